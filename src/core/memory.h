@@ -1,0 +1,80 @@
+// Memory accounting by category (parameters, gradients, optimizer state, activations,
+// workspace, communication buffers) with current and peak bytes, plus an RAII float buffer
+// that reports itself to a tracker. The tracker is passed in, never global.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace trident {
+
+enum class MemCategory : int {
+  kParameters = 0,
+  kGradients,
+  kOptimizerState,
+  kActivations,
+  kWorkspace,
+  kCommBuffers,
+  kCount
+};
+
+const char* mem_category_name(MemCategory c);  // "parameters", "gradients", ...
+
+class MemoryTracker {
+ public:
+  void add(MemCategory c, std::size_t bytes);
+  void release(MemCategory c, std::size_t bytes);
+
+  std::size_t current(MemCategory c) const { return current_[index(c)]; }
+  std::size_t peak(MemCategory c) const { return peak_[index(c)]; }
+  std::size_t current_total() const { return current_total_; }
+  std::size_t peak_total() const { return peak_total_; }
+  // Forget the peaks (e.g. after start-up) so the next step's peaks are measured alone.
+  void reset_peaks();
+
+  // One line per category: "parameters  current 12.3 MiB  peak 12.3 MiB".
+  std::string report() const;
+
+ private:
+  static int index(MemCategory c) { return static_cast<int>(c); }
+  static constexpr int kN = static_cast<int>(MemCategory::kCount);
+  std::array<std::size_t, kN> current_{};
+  std::array<std::size_t, kN> peak_{};
+  std::size_t current_total_ = 0;
+  std::size_t peak_total_ = 0;
+};
+
+// Human-readable byte count: "512 B", "1.50 KiB", "12.3 MiB", "1.20 GiB".
+std::string format_bytes(double bytes);
+
+// A 64-byte aligned, zero-initialised array of floats accounted under one category.
+// Move-only; releases its bytes from the tracker when destroyed.
+class FloatBuffer {
+ public:
+  FloatBuffer() = default;
+  FloatBuffer(MemoryTracker& tracker, MemCategory category, std::size_t count);
+  FloatBuffer(FloatBuffer&& other) noexcept;
+  FloatBuffer& operator=(FloatBuffer&& other) noexcept;
+  FloatBuffer(const FloatBuffer&) = delete;
+  FloatBuffer& operator=(const FloatBuffer&) = delete;
+  ~FloatBuffer();
+
+  float* data() { return data_; }
+  const float* data() const { return data_; }
+  std::size_t size() const { return count_; }
+  bool empty() const { return count_ == 0; }
+  float& operator[](std::size_t i) { return data_[i]; }
+  const float& operator[](std::size_t i) const { return data_[i]; }
+  void zero();
+  void reset();  // free now
+
+ private:
+  float* data_ = nullptr;
+  std::size_t count_ = 0;
+  MemoryTracker* tracker_ = nullptr;
+  MemCategory category_ = MemCategory::kWorkspace;
+};
+
+}  // namespace trident

@@ -1,0 +1,99 @@
+// CPU math for the transformer: forward and backward of every op, as free functions over raw
+// fp32 arrays (llm.c style). Argument order: outputs, saved-for-backward, inputs, weights, sizes.
+// Shape legend: N = rows (B*T), B batch, T sequence, C channels, OC output channels,
+// NH heads, HS head size (C / NH), V vocabulary rows held by this rank.
+//
+// Gradient conventions (these make micro-batching and residual streams free):
+//   * parameter gradients (dweight, dbias, dwte, dwpe) ACCUMULATE (+=);
+//   * input gradients are OVERWRITTEN (=) unless the function says "accumulates into dinp".
+// Parallelism: OpenMP inside each kernel, BLAS threads for sgemm. Kernels never allocate
+// per call except where documented (attention's per-thread scratch).
+#pragma once
+
+#include <cstdint>
+
+namespace trident::kernels {
+
+// Threads used by BLAS and OpenMP kernels (both set together).
+void set_num_threads(int threads);
+int num_threads();
+
+// ---- matmul, weight in Hugging Face Conv1D layout [in, out] ----
+// out (N, OC) = inp (N, C) @ weight (C, OC) + bias (OC); bias may be null.
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
+                    int64_t N, int64_t C, int64_t OC);
+// dinp (N, C) = dout @ weight^T (skipped if dinp is null);
+// dweight (C, OC) += inp^T @ dout; dbias (OC) += column sums of dout (skipped if null).
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                     const float* inp, const float* weight, int64_t N, int64_t C, int64_t OC);
+
+// ---- matmul against a row-major table [V, C] (the tied LM head: logits = x @ wte^T) ----
+// out (N, V) = inp (N, C) @ table (V, C)^T.
+void matmul_forward_nt(float* out, const float* inp, const float* table, int64_t N, int64_t C,
+                       int64_t V);
+// dinp (N, C) = dout (N, V) @ table (V, C) (skipped if null); dtable (V, C) += dout^T @ inp.
+void matmul_backward_nt(float* dinp, float* dtable, const float* dout, const float* inp,
+                        const float* table, int64_t N, int64_t C, int64_t V);
+
+// ---- embeddings ----
+// out (N, C) = table[ids[n] - row_begin] for ids in [row_begin, row_begin + rows), else 0
+// (rows outside belong to another tensor-parallel rank). table is (rows, C).
+void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N,
+                       int64_t C, int64_t row_begin, int64_t rows);
+// dtable (rows, C) += scatter of dout rows to their ids (ids outside the range ignored).
+// Deterministic: the result does not depend on the thread count.
+void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t N,
+                        int64_t C, int64_t row_begin, int64_t rows);
+// out (B, T, C) += wpe (T, C) broadcast over B.
+void position_embedding_forward(float* out, const float* wpe, int64_t B, int64_t T, int64_t C);
+// dwpe (T, C) += sum over B of dout (B, T, C).
+void position_embedding_backward(float* dwpe, const float* dout, int64_t B, int64_t T,
+                                 int64_t C);
+
+// ---- LayerNorm over the last dimension, eps 1e-5 ----
+// out (N, C), mean (N), rstd (N) saved for backward.
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, int64_t N, int64_t C);
+// Accumulates into dinp (N, C) (+=); dweight, dbias (C) +=.
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean,
+                        const float* rstd, int64_t N, int64_t C);
+
+// ---- GELU, tanh approximation (GPT-2's gelu_new) ----
+void gelu_forward(float* out, const float* inp, int64_t n);
+// dinp = gelu'(inp) * dout. dinp may alias dout.
+void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+
+// ---- residual ----
+// out = a + b (n elements); out may alias a or b.
+void residual_forward(float* out, const float* a, const float* b, int64_t n);
+
+// ---- causal self-attention ----
+// qkv (B, T, 3C) laid out [q | k | v], head h at columns h*HS .. h*HS+HS-1 of each part;
+// out (B, T, C); att (B, NH, T, T) saved softmax probabilities (upper triangle zero).
+// C here is NH * HS of the heads this rank holds.
+void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T,
+                       int64_t C, int64_t NH);
+// dqkv (B, T, 3C) = gradient w.r.t. qkv (overwritten).
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
+                        int64_t B, int64_t T, int64_t C, int64_t NH);
+
+// ---- cross-entropy fused with softmax over the vocabulary ----
+// logits (N, Vp) with the first V columns real and the rest padding (ignored).
+// Writes losses[n] = -log softmax(logits[n, :V])[targets[n]] and overwrites logits in place
+// with dlogits = (softmax - onehot(target)) * dloss (padding columns set to 0), so at most one
+// copy of the logits' gradient ever exists. Targets < 0 are ignored (loss 0, gradient 0).
+void crossentropy_softmax_forward_backward(float* losses, float* logits, const int32_t* targets,
+                                           int64_t N, int64_t V, int64_t Vp, float dloss);
+
+// ---- AdamW on a contiguous range (decoupled weight decay, Loshchilov & Hutter) ----
+// t is the 1-based step for bias correction; grads are multiplied by grad_scale first
+// (used for clipping). Updates param, m, v in place.
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int64_t t,
+                  float grad_scale);
+
+// Sum of squares in double (for the global gradient norm).
+double sum_squares(const float* x, int64_t n);
+
+}  // namespace trident::kernels
