@@ -1,0 +1,209 @@
+// Communicator: collectives and point-to-point messages over one MPI process group, each
+// returning a Work handle, with sequence numbers, signature checks (debug) and a watchdog.
+// Process layout (Mesh) lives in comm/mesh.h; MPI start-up in comm/runtime.h.
+//
+// How communication overlaps computation: a communication thread per group.
+//   Every Communicator owns one worker thread that executes the group's collectives, in
+//   issue order, as ordinary *blocking* MPI calls (MPI_Allreduce, MPI_Reduce_scatter_block,
+//   ...). The caller enqueues and returns a Work at once; Work::wait blocks on a condition
+//   variable. We chose this over non-blocking collectives (MPI_Iallreduce & co.) because:
+//   - OpenMPI's libnbc only progresses inside MPI calls, so an MPI_Iallreduce issued before
+//     a long backward pass does almost nothing until wait() unless the compute code is
+//     sprinkled with MPI_Test calls. bench/comm.cpp measures this ("overlap" section): with
+//     libnbc and no test() calls the whole collective is exposed after the compute; with the
+//     worker thread it runs during the compute.
+//   - Blocking collectives use OpenMPI's tuned algorithms, i.e. exactly what raw MPI gives,
+//     so the layer costs only a queue hand-off (bench: ratio ~1.0 at >= 16 MB).
+//   - One thread per group keeps each group's order (the MPI contract) while different
+//     groups (tp, dp, pp) progress independently, so no cross-group ordering deadlock.
+//   It needs MPI_THREAD_MULTIPLE (MpiRuntime requests it and fails clearly without it).
+//   send/recv are MPI_Isend/MPI_Irecv posted directly by the caller; they progress whenever
+//   any thread of the process is inside MPI (e.g. a group worker) and at wait()/test().
+//
+// Contracts (as in gloo/c10d):
+//   - All ranks of a group issue the group's collectives in the same order with matching
+//     arguments (kind, count, dtype, root). Debug mode (TRIDENT_COMM_DEBUG=1 or
+//     CommOptions::debug) checks this before every collective and throws, on every rank, an
+//     error naming the first mismatching rank instead of hanging or corrupting memory.
+//   - A buffer passed to an operation is not read or written by the caller between issue and
+//     the successful wait()/test() of its Work, and must outlive that moment.
+//   - A Communicator is used from one thread at a time (the training loop's thread).
+//   - Communicators are destroyed before MpiRuntime (destruction drains pending work).
+//
+// Watchdog: a wait longer than the timeout (TRIDENT_COMM_TIMEOUT seconds, default 300, or
+// CommOptions::timeout_s) asks the other group members which call they have reached, then
+// reports the operation, the group, its call number and the ranks that did not arrive. By
+// default it prints that and calls MPI_Abort so the whole job ends (no silent hang);
+// CommOptions::on_timeout = TimeoutAction::kThrow makes wait() throw it instead (tests).
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+namespace trident::comm {
+
+enum class ReduceOp : int32_t { kSum, kAvg, kMax, kMin };
+enum class DType : int32_t { kF32, kF64, kI32, kI64, kU8, kU64 };
+enum class OpKind : int32_t {
+  kAllreduce, kReduceScatter, kAllGather, kBroadcast, kBarrier, kSend, kRecv
+};
+enum class TimeoutAction { kAbort, kThrow };
+
+const char* to_string(ReduceOp op);
+const char* to_string(DType dtype);
+const char* to_string(OpKind kind);
+
+template <class T> constexpr DType dtype_of() {
+  if constexpr (std::is_same_v<T, float>) return DType::kF32;
+  else if constexpr (std::is_same_v<T, double>) return DType::kF64;
+  else if constexpr (std::is_same_v<T, int32_t>) return DType::kI32;
+  else if constexpr (std::is_same_v<T, int64_t>) return DType::kI64;
+  else if constexpr (std::is_same_v<T, uint8_t>) return DType::kU8;
+  else if constexpr (std::is_same_v<T, uint64_t>) return DType::kU64;
+  else static_assert(sizeof(T) == 0, "unsupported element type for trident::comm");
+}
+size_t dtype_size(DType dtype);
+
+struct CommOptions {
+  double timeout_s = 300.0;     // watchdog limit of one wait()
+  bool debug = false;           // check operation signatures across the group
+  TimeoutAction on_timeout = TimeoutAction::kAbort;
+  // Defaults overridden by TRIDENT_COMM_TIMEOUT (seconds) and TRIDENT_COMM_DEBUG (0/1).
+  static CommOptions from_env();
+};
+
+// What one rank believes a collective is; compared across the group in debug mode.
+struct Signature {
+  OpKind kind = OpKind::kBarrier;
+  DType dtype = DType::kF32;
+  ReduceOp op = ReduceOp::kSum;
+  int32_t root = -1;            // broadcast root, send/recv peer; -1 otherwise
+  int64_t count = 0;            // elements: buffer (allreduce, broadcast), total (gathers)
+  uint64_t counts_hash = 0;     // hash of the per-rank counts of *_v variants, 0 otherwise
+  uint64_t seq = 0;             // the group's call number, from 1
+  std::string describe() const; // "allreduce(count=12, dtype=f32, op=sum)"
+};
+
+namespace detail {
+struct WorkState;
+struct Group;
+}  // namespace detail
+
+// Handle of one issued operation. Copyable (shared state); a default Work is complete.
+class Work {
+ public:
+  Work() = default;
+  explicit Work(std::shared_ptr<detail::WorkState> state) : state_(std::move(state)) {}
+  // Blocks until done; rethrows the operation's error. Runs the watchdog with the
+  // communicator's timeout, or with timeout_s when > 0.
+  void wait(double timeout_s = -1.0);
+  // True when done (rethrowing its error); never blocks.
+  bool test();
+  bool is_completed() const;
+
+ private:
+  std::shared_ptr<detail::WorkState> state_;
+};
+
+// Element counts of splitting `total` over `parts` ranks: the first total % parts ranks get
+// one extra element. Rank r's chunk starts at the sum of the counts before it. This is the
+// layout reduce_scatter_v / all_gather_v expect when callers shard an indivisible buffer.
+std::vector<int64_t> chunk_counts(int64_t total, int parts);
+std::vector<int64_t> chunk_offsets(std::span<const int64_t> counts);
+
+class Communicator {
+ public:
+  // Wraps a duplicate of `comm` (the caller keeps ownership of `comm`). `name` appears in
+  // errors ("group dp"). Collective over `comm`.
+  Communicator(MPI_Comm comm, std::string name, CommOptions options = CommOptions::from_env());
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const;
+  int size() const;
+  const std::string& name() const;
+  const CommOptions& options() const;
+  void set_timeout(double seconds);
+  void set_debug(bool on);
+  void set_timeout_action(TimeoutAction action);
+  // The underlying (duplicated) MPI communicator, e.g. for a raw-MPI baseline.
+  MPI_Comm mpi_comm() const;
+  // Number of collectives issued on this group so far.
+  uint64_t collectives_issued() const;
+
+  // In place: buf <- op over ranks of buf. kAvg divides the sum by size() (floating only).
+  template <class T> Work allreduce(std::span<T> buf, ReduceOp op = ReduceOp::kSum) {
+    return allreduce_raw(buf.data(), static_cast<int64_t>(buf.size()), dtype_of<T>(), op);
+  }
+  // Equal chunks: in.size() == size() * out.size(); rank r receives the reduction of
+  // in[r*c, (r+1)*c) with c = out.size(). `in` and `out` must not overlap.
+  template <class T>
+  Work reduce_scatter(std::span<const T> in, std::span<T> out, ReduceOp op = ReduceOp::kSum) {
+    return reduce_scatter_raw(in.data(), static_cast<int64_t>(in.size()), out.data(),
+                              static_cast<int64_t>(out.size()), {}, dtype_of<T>(), op);
+  }
+  // Variable chunks: counts[r] elements for rank r, laid out back to back in `in` (rank r's
+  // chunk at offset sum(counts[0..r)); chunk_counts() gives the usual split).
+  // in.size() == sum(counts), out.size() == counts[rank()].
+  template <class T>
+  Work reduce_scatter_v(std::span<const T> in, std::span<T> out,
+                        std::span<const int64_t> counts, ReduceOp op = ReduceOp::kSum) {
+    return reduce_scatter_raw(in.data(), static_cast<int64_t>(in.size()), out.data(),
+                              static_cast<int64_t>(out.size()), counts, dtype_of<T>(), op);
+  }
+  // Equal chunks: out.size() == size() * in.size(); rank r's `in` lands at out[r*c, (r+1)*c).
+  // In place when in.data() == out.data() + rank() * in.size().
+  template <class T> Work all_gather(std::span<const T> in, std::span<T> out) {
+    return all_gather_raw(in.data(), static_cast<int64_t>(in.size()), out.data(),
+                          static_cast<int64_t>(out.size()), {}, dtype_of<T>());
+  }
+  // Variable chunks laid out as in reduce_scatter_v: in.size() == counts[rank()],
+  // out.size() == sum(counts). In place when `in` is already at its offset in `out`.
+  template <class T>
+  Work all_gather_v(std::span<const T> in, std::span<T> out, std::span<const int64_t> counts) {
+    return all_gather_raw(in.data(), static_cast<int64_t>(in.size()), out.data(),
+                          static_cast<int64_t>(out.size()), counts, dtype_of<T>());
+  }
+  template <class T> Work broadcast(std::span<T> buf, int root) {
+    return broadcast_raw(buf.data(), static_cast<int64_t>(buf.size()), dtype_of<T>(), root);
+  }
+  Work barrier();
+  // Point to point (not sequenced with the collectives; match by peer and tag, in order).
+  template <class T> Work send(std::span<const T> buf, int peer, int tag = 0) {
+    return send_raw(buf.data(), static_cast<int64_t>(buf.size()), dtype_of<T>(), peer, tag);
+  }
+  template <class T> Work recv(std::span<T> buf, int peer, int tag = 0) {
+    return recv_raw(buf.data(), static_cast<int64_t>(buf.size()), dtype_of<T>(), peer, tag);
+  }
+
+  // Untyped entry points (the templates above forward here).
+  Work allreduce_raw(void* buf, int64_t count, DType dtype, ReduceOp op);
+  Work reduce_scatter_raw(const void* in, int64_t in_count, void* out, int64_t out_count,
+                          std::span<const int64_t> counts, DType dtype, ReduceOp op);
+  Work all_gather_raw(const void* in, int64_t in_count, void* out, int64_t out_count,
+                      std::span<const int64_t> counts, DType dtype);
+  Work broadcast_raw(void* buf, int64_t count, DType dtype, int root);
+  Work send_raw(const void* buf, int64_t count, DType dtype, int peer, int tag);
+  Work recv_raw(void* buf, int64_t count, DType dtype, int peer, int tag);
+
+ private:
+  std::shared_ptr<detail::Group> group_;
+};
+
+// Start-up check that every rank of `comm` holds the same value (e.g. a config hash). Throws
+// on every rank, with the same message, when they differ: which ranks hold which hash.
+void check_same_across_ranks(Communicator& comm, std::string_view what, uint64_t hash);
+
+// For main(): prints "[rank R] error: <message>" to stderr once and ends the whole job with
+// MPI_Abort(code) (plain exit when MPI is not running). Never returns.
+[[noreturn]] void abort_job(const std::string& message, int code = 1);
+
+}  // namespace trident::comm

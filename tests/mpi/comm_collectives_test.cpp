@@ -1,0 +1,384 @@
+// Collectives, send/recv, Work overlap, Mesh groups, debug-mode mismatch and watchdog, run
+// on several world sizes under mpirun.
+// ranks: 1 2 3 4
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "comm/mesh.h"
+#include "comm/runtime.h"
+#include "core/check.h"
+
+namespace trident::comm {
+namespace {
+
+// Tests must never hang: any wait past 30 s aborts the whole job.
+CommOptions test_options() {
+  CommOptions o;
+  o.timeout_s = 30.0;
+  o.on_timeout = TimeoutAction::kAbort;
+  return o;
+}
+
+std::unique_ptr<Communicator> make_world() {
+  return std::make_unique<Communicator>(MPI_COMM_WORLD, "world", test_options());
+}
+
+std::vector<int64_t> sizes_for(int n) {
+  return {0, 1, 7, 3 * n + 1, (int64_t{1} << 20) + 3};
+}
+
+// Small integers so fp32 sums are exact.
+float value(int rank, int64_t i) { return static_cast<float>(rank + 1 + i % 7); }
+float sum_over_ranks(int n, int64_t i) {
+  return static_cast<float>(n * (n + 1) / 2 + n * (i % 7));
+}
+
+TEST(Comm, AllreduceSumAvgMaxOverSizes) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  for (int64_t count : sizes_for(n)) {
+    std::vector<float> buf(count);
+    for (int64_t i = 0; i < count; ++i) buf[i] = value(r, i);
+    w->allreduce(std::span(buf)).wait();
+    for (int64_t i = 0; i < count; ++i) {
+      ASSERT_EQ(buf[i], sum_over_ranks(n, i)) << "count " << count << " i " << i;
+    }
+    for (int64_t i = 0; i < count; ++i) buf[i] = value(r, i);
+    w->allreduce(std::span(buf), ReduceOp::kAvg).wait();
+    for (int64_t i = 0; i < count; ++i) {
+      ASSERT_NEAR(buf[i], sum_over_ranks(n, i) / n, 1e-6f) << "count " << count;
+    }
+    for (int64_t i = 0; i < count; ++i) buf[i] = value(r, i);
+    w->allreduce(std::span(buf), ReduceOp::kMax).wait();
+    for (int64_t i = 0; i < count; ++i) ASSERT_EQ(buf[i], value(n - 1, i));
+  }
+}
+
+TEST(Comm, AllreduceIntegerAndBytes) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  std::vector<int32_t> ints(5, r);
+  w->allreduce(std::span(ints)).wait();
+  for (int32_t v : ints) EXPECT_EQ(v, n * (n - 1) / 2);
+  std::vector<uint8_t> bytes(3, static_cast<uint8_t>(r));
+  w->allreduce(std::span(bytes), ReduceOp::kMax).wait();
+  for (uint8_t v : bytes) EXPECT_EQ(v, n - 1);
+  EXPECT_THROW(w->allreduce(std::span(ints), ReduceOp::kAvg), Error);
+}
+
+TEST(Comm, ReduceScatterEqualChunks) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  for (int64_t chunk : {int64_t{0}, int64_t{1}, int64_t{5}, int64_t{1} << 18}) {
+    std::vector<float> in(n * chunk), out(chunk, -1.0f);
+    for (int64_t i = 0; i < n * chunk; ++i) in[i] = static_cast<float>(r + i % 1000);
+    w->reduce_scatter(std::span<const float>(in), std::span(out)).wait();
+    for (int64_t j = 0; j < chunk; ++j) {
+      const int64_t i = r * chunk + j;
+      ASSERT_EQ(out[j], static_cast<float>(n * (i % 1000) + n * (n - 1) / 2)) << chunk;
+    }
+  }
+  std::vector<float> in(n * 3 + 1), out(3);
+  EXPECT_THROW(w->reduce_scatter(std::span<const float>(in), std::span(out)), Error);
+}
+
+TEST(Comm, ReduceScatterVariableChunks) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  for (int64_t total : sizes_for(n)) {
+    auto counts = chunk_counts(total, n);
+    auto offsets = chunk_offsets(counts);
+    std::vector<float> in(total), out(counts[r]);
+    for (int64_t i = 0; i < total; ++i) in[i] = value(r, i);
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg}) {
+      w->reduce_scatter_v(std::span<const float>(in), std::span(out),
+                          std::span<const int64_t>(counts), op).wait();
+      for (int64_t j = 0; j < counts[r]; ++j) {
+        const float expect = sum_over_ranks(n, offsets[r] + j) / (op == ReduceOp::kAvg ? n : 1);
+        ASSERT_NEAR(out[j], expect, 1e-6f) << "total " << total;
+      }
+    }
+  }
+}
+
+TEST(Comm, AllGatherEqualAndInPlace) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  for (int64_t chunk : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{1} << 18}) {
+    std::vector<float> in(chunk), out(n * chunk, -1.0f);
+    for (int64_t j = 0; j < chunk; ++j) in[j] = value(r, j);
+    w->all_gather(std::span<const float>(in), std::span(out)).wait();
+    for (int q = 0; q < n; ++q) {
+      for (int64_t j = 0; j < chunk; ++j) ASSERT_EQ(out[q * chunk + j], value(q, j));
+    }
+    // In place: my chunk already sits at its offset in the output.
+    std::vector<float> buf(n * chunk, -1.0f);
+    for (int64_t j = 0; j < chunk; ++j) buf[r * chunk + j] = value(r, j);
+    std::span<const float> mine(buf.data() + r * chunk, chunk);
+    w->all_gather(mine, std::span(buf)).wait();
+    EXPECT_EQ(buf, out);
+  }
+}
+
+TEST(Comm, AllGatherVariableChunks) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  for (int64_t total : sizes_for(n)) {
+    auto counts = chunk_counts(total, n);
+    auto offsets = chunk_offsets(counts);
+    std::vector<float> in(counts[r]), out(total, -1.0f);
+    for (int64_t j = 0; j < counts[r]; ++j) in[j] = static_cast<float>(offsets[r] + j);
+    w->all_gather_v(std::span<const float>(in), std::span(out),
+                    std::span<const int64_t>(counts)).wait();
+    for (int64_t i = 0; i < total; ++i) ASSERT_EQ(out[i], static_cast<float>(i)) << total;
+  }
+}
+
+TEST(Comm, BroadcastFromEveryRoot) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  for (int root = 0; root < n; ++root) {
+    for (int64_t count : sizes_for(n)) {
+      std::vector<float> buf(count, r == root ? 0.0f : -1.0f);
+      if (r == root) for (int64_t i = 0; i < count; ++i) buf[i] = value(root, i);
+      w->broadcast(std::span(buf), root).wait();
+      for (int64_t i = 0; i < count; ++i) ASSERT_EQ(buf[i], value(root, i));
+    }
+  }
+  std::vector<uint64_t> h(1, r == 0 ? 0xabcdef0123456789ull : 0);
+  w->broadcast(std::span(h), 0).wait();
+  EXPECT_EQ(h[0], 0xabcdef0123456789ull);
+  w->barrier().wait();
+}
+
+// Issue, compute without touching the buffer, then wait: the result is right and the
+// collective made progress while we computed (the worker thread runs it).
+TEST(Comm, WorkOverlapsComputation) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  const int64_t count = int64_t{1} << 20;
+  std::vector<float> buf(count);
+  for (int64_t i = 0; i < count; ++i) buf[i] = value(r, i);
+  Work work = w->allreduce(std::span(buf));
+  std::vector<float> other(1 << 16, 1.0f);
+  double acc = 0;
+  for (int rep = 0; rep < 50; ++rep) {
+    for (float& x : other) x = x * 1.0001f + 0.5f;
+    acc += other[rep];
+  }
+  EXPECT_GT(acc, 0.0);
+  while (!work.test()) std::this_thread::yield();
+  EXPECT_TRUE(work.is_completed());
+  work.wait();  // a second wait on a finished Work is fine
+  for (int64_t i = 0; i < count; i += 997) ASSERT_EQ(buf[i], sum_over_ranks(n, i));
+
+  // Several outstanding operations, waited in reverse order.
+  std::vector<std::vector<float>> bufs(4, std::vector<float>(1000, static_cast<float>(r)));
+  std::vector<Work> works;
+  for (auto& b : bufs) works.push_back(w->allreduce(std::span(b)));
+  for (int i = 3; i >= 0; --i) works[i].wait();
+  for (auto& b : bufs) EXPECT_EQ(b[999], static_cast<float>(n * (n - 1) / 2));
+  EXPECT_EQ(w->collectives_issued(), 5u);
+}
+
+TEST(Comm, SendRecvRing) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  if (n == 1) GTEST_SKIP() << "needs 2 ranks";
+  const int next = (r + 1) % n, prev = (r + n - 1) % n;
+  for (int64_t count : {int64_t{0}, int64_t{1}, int64_t{1} << 20}) {
+    std::vector<float> out(count, static_cast<float>(r)), in(count, -1.0f);
+    // Both sides post the send first: non-blocking, so no deadlock.
+    Work s = w->send(std::span<const float>(out), next, 7);
+    Work rv = w->recv(std::span(in), prev, 7);
+    rv.wait();
+    s.wait();
+    for (int64_t i = 0; i < count; i += 4099) ASSERT_EQ(in[i], static_cast<float>(prev));
+  }
+  // Tags keep messages apart regardless of posting order.
+  std::vector<int32_t> a(1, 100 + r), b(1, 200 + r), ra(1), rb(1);
+  Work s1 = w->send(std::span<const int32_t>(a), next, 1);
+  Work s2 = w->send(std::span<const int32_t>(b), next, 2);
+  w->recv(std::span(rb), prev, 2).wait();
+  w->recv(std::span(ra), prev, 1).wait();
+  s1.wait();
+  s2.wait();
+  EXPECT_EQ(ra[0], 100 + prev);
+  EXPECT_EQ(rb[0], 200 + prev);
+}
+
+std::vector<MeshShape> layouts(int n) {
+  std::vector<MeshShape> out;
+  for (int pp = 1; pp <= n; ++pp)
+    for (int dp = 1; dp <= n; ++dp)
+      for (int tp = 1; tp <= n; ++tp)
+        if (pp * dp * tp == n) out.push_back({pp, dp, tp});
+  return out;
+}
+
+// Gathers the world ranks of a group's members, in group-rank order.
+std::vector<int32_t> members(Communicator& g, int world_rank) {
+  std::vector<int32_t> mine(1, world_rank), all(g.size());
+  g.all_gather(std::span<const int32_t>(mine), std::span(all)).wait();
+  return all;
+}
+
+TEST(Comm, MeshCoordinatesAndGroups) {
+  int n = 0, r = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  for (const MeshShape& s : layouts(n)) {
+    SCOPED_TRACE(fmt::format("pp={} dp={} tp={}", s.pp, s.dp, s.tp));
+    Mesh mesh(MPI_COMM_WORLD, s, test_options());
+    const MeshCoord c = mesh.coord();
+    EXPECT_EQ(c.tp, r % s.tp);
+    EXPECT_EQ(c.dp, (r / s.tp) % s.dp);
+    EXPECT_EQ(c.pp, r / (s.tp * s.dp));
+    EXPECT_EQ(mesh.rank_of(c), r);
+    EXPECT_EQ(mesh.world().size(), n);
+    EXPECT_EQ(mesh.tp().size(), s.tp);
+    EXPECT_EQ(mesh.dp().size(), s.dp);
+    EXPECT_EQ(mesh.pp().size(), s.pp);
+    EXPECT_EQ(mesh.tp().rank(), c.tp);
+    EXPECT_EQ(mesh.dp().rank(), c.dp);
+    EXPECT_EQ(mesh.pp().rank(), c.pp);
+    auto tp = members(mesh.tp(), r);
+    for (int t = 0; t < s.tp; ++t) EXPECT_EQ(tp[t], mesh.rank_of({c.pp, c.dp, t}));
+    auto dp = members(mesh.dp(), r);
+    for (int d = 0; d < s.dp; ++d) EXPECT_EQ(dp[d], mesh.rank_of({c.pp, d, c.tp}));
+    auto pp = members(mesh.pp(), r);
+    for (int p = 0; p < s.pp; ++p) EXPECT_EQ(pp[p], mesh.rank_of({p, c.dp, c.tp}));
+    // Groups along different axes work concurrently.
+    std::vector<float> a(100, 1.0f), b(100, 1.0f);
+    Work wa = mesh.dp().allreduce(std::span(a));
+    Work wb = mesh.tp().allreduce(std::span(b));
+    wb.wait();
+    wa.wait();
+    EXPECT_EQ(a[0], static_cast<float>(s.dp));
+    EXPECT_EQ(b[0], static_cast<float>(s.tp));
+  }
+  EXPECT_THROW(Mesh(MPI_COMM_WORLD, MeshShape{n, 2, 1}, test_options()), Error);
+}
+
+TEST(Comm, DebugModeNamesFirstMismatch) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  if (n == 1) GTEST_SKIP() << "needs 2 ranks";
+  w->set_debug(true);
+  w->barrier().wait();  // call #1, matching
+  std::vector<float> twelve(12, 1.0f), ten(10, 1.0f), gathered(10 * n);
+  std::string message;
+  try {
+    if (r == 0) {
+      w->allreduce(std::span(twelve)).wait();
+    } else {
+      w->all_gather(std::span<const float>(ten), std::span(gathered)).wait();
+    }
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find(fmt::format("rank 1 called all_gather(count={}", 10 * n)),
+            std::string::npos) << message;
+  EXPECT_NE(message.find("as call #2 on group world while rank 0 called allreduce(count=12"),
+            std::string::npos) << message;
+  // The group stays usable: every rank skipped the mismatched call.
+  w->allreduce(std::span(twelve)).wait();
+  EXPECT_EQ(twelve[0], static_cast<float>(n));
+}
+
+TEST(Comm, WatchdogNamesRanksThatDidNotArrive) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  if (n == 1) GTEST_SKIP() << "needs 2 ranks";
+  w->barrier().wait();
+  w->set_timeout(1.0);
+  w->set_timeout_action(TimeoutAction::kThrow);
+  const int late = n - 1;
+  std::vector<float> buf(100, 1.0f);
+  if (r == late) {
+    // Skip the collective long enough for the others to time out, then join so they drain.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    w->allreduce(std::span(buf)).wait();
+  } else {
+    auto start = std::chrono::steady_clock::now();
+    std::string message;
+    Work work = w->allreduce(std::span(buf));
+    try {
+      work.wait();
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_LT(took, 2.4);
+    EXPECT_GE(took, 1.0);
+    EXPECT_NE(message.find("allreduce(count=100"), std::string::npos) << message;
+    EXPECT_NE(message.find("on group world"), std::string::npos) << message;
+    EXPECT_NE(message.find(fmt::format("ranks that did not arrive: [{}]", late)),
+              std::string::npos) << message;
+    work.wait(30.0);  // completes once the late rank joins
+  }
+  EXPECT_EQ(buf[0], static_cast<float>(n));
+  w->set_timeout(30.0);
+  w->barrier().wait();
+}
+
+TEST(Comm, CheckSameAcrossRanks) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  EXPECT_NO_THROW(check_same_across_ranks(*w, "config", 0x1234));
+  if (n == 1) return;
+  try {
+    check_same_across_ranks(*w, "config", r == 1 ? 0xbad : 0x1234);
+    ADD_FAILURE() << "expected a mismatch error on rank " << r;
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("disagree on config"), std::string::npos) << m;
+    EXPECT_NE(m.find("ranks [1] have 0000000000000bad"), std::string::npos) << m;
+  }
+}
+
+}  // namespace
+}  // namespace trident::comm
+
+// Prints failures with the rank on ranks > 0 (rank 0 keeps gtest's normal output).
+class RankFailurePrinter : public testing::EmptyTestEventListener {
+ public:
+  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const testing::TestPartResult& result) override {
+    if (result.failed()) {
+      std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, result.file_name(),
+                   result.line_number(), result.summary());
+    }
+  }
+
+ private:
+  int rank_;
+};
+
+int main(int argc, char** argv) {
+  trident::comm::MpiRuntime mpi(&argc, &argv);
+  testing::InitGoogleTest(&argc, argv);
+  if (mpi.world_rank() != 0) {
+    auto& listeners = testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new RankFailurePrinter(mpi.world_rank()));
+  }
+  int failed = 0;
+  try {
+    failed = RUN_ALL_TESTS() != 0;
+  } catch (const std::exception& e) {
+    trident::comm::abort_job(e.what(), 2);
+  }
+  // Every rank exits non-zero if any rank failed.
+  int any_failed = 0;
+  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (any_failed && mpi.world_rank() == 0) std::fprintf(stderr, "a test failed on some rank\n");
+  return any_failed;
+}
