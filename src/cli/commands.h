@@ -1,0 +1,9 @@
+// Entry points of the `trident` subcommands; src/cli/main.cpp dispatches to them. Each takes the
+// subcommand's own argv (argv[0] is the subcommand name) and returns the process exit code.
+#pragma once
+
+namespace trident::cli {
+
+int run_ckpt(int argc, char** argv);  // trident ckpt info DIR
+
+}  // namespace trident::cli
