@@ -1,0 +1,232 @@
+// GPT-2 model assembly, forward and backward.
+#include "nn/gpt.h"
+
+#include <cstring>
+
+#include "core/check.h"
+#include "kernels/kernels.h"
+
+namespace trident::nn {
+
+GPT::GPT(const GPTConfig& cfg, const TpContext& tp, const StageSpec& stage)
+    : cfg_(cfg), tp_(tp), stage_(stage) {
+  cfg_.validate();
+  if (stage_.layer_end < 0) stage_.layer_end = cfg_.n_layer;
+  TRI_CHECK(stage_.layer_begin >= 0 && stage_.layer_begin <= stage_.layer_end &&
+                stage_.layer_end <= cfg_.n_layer,
+            "stage layers [{}, {}) out of range for n_layer {}", stage_.layer_begin,
+            stage_.layer_end, cfg_.n_layer);
+  TRI_CHECK(tp_.size >= 1 && tp_.rank >= 0 && tp_.rank < tp_.size, "bad tp rank {} of {}",
+            tp_.rank, tp_.size);
+  TRI_CHECK(tp_.size == 1 || tp_.comm != nullptr, "tensor parallelism needs a communicator");
+  const int64_t C = cfg_.n_embd;
+  const int64_t Vp = cfg_.padded_vocab(tp_.size);
+  vocab_local_ = Vp / tp_.size;
+
+  // wte: vocabulary rows split over tp (VocabParallelEmbedding); rows past vocab_size padding.
+  auto wte_info = [&] {
+    ParamInfo info;
+    info.name = "wte.weight";
+    info.logical_shape = {cfg_.vocab_size, C};
+    info.shard.dim = 0;
+    const int64_t begin = tp_.rank * vocab_local_;
+    const int64_t real = std::max<int64_t>(0, std::min<int64_t>(vocab_local_, cfg_.vocab_size - begin));
+    if (real > 0) info.shard.chunks.push_back({begin, real});
+    if (vocab_local_ - real > 0) info.shard.chunks.push_back({-1, vocab_local_ - real});
+    info.weight_decay = true;
+    info.init_std = 0.02f;
+    info.tp_replicated = tp_.size == 1;
+    return info;
+  };
+  if (stage_.has_embedding) {
+    embed_group_ = params_.begin_group("embeddings");
+    wte_ = params_.add(wte_info());
+    ParamInfo wpe;
+    wpe.name = "wpe.weight";
+    wpe.logical_shape = {cfg_.n_positions, C};
+    wpe.weight_decay = true;
+    wpe.init_std = 0.02f;
+    wpe_ = params_.add(std::move(wpe));
+  }
+  for (int l = stage_.layer_begin; l < stage_.layer_end; ++l) {
+    block_groups_.push_back(params_.begin_group(fmt::format("h.{}", l)));
+    blocks_.emplace_back(params_, cfg_, tp_, l);
+  }
+  if (stage_.has_head) {
+    head_group_ = params_.begin_group("head");
+    ParamInfo w, b;
+    w.name = "ln_f.weight", w.logical_shape = {C}, w.init_value = 1.0f;
+    b.name = "ln_f.bias", b.logical_shape = {C}, b.init_value = 0.0f;
+    lnf_w_ = params_.add(std::move(w));
+    lnf_b_ = params_.add(std::move(b));
+    // The tied LM head: on a last stage without the embedding, a second copy of wte whose
+    // gradient the pipeline sums with the first stage's every step.
+    if (!stage_.has_embedding) wte_ = params_.add(wte_info());
+  }
+}
+
+void GPT::allocate(MemoryTracker& tracker) {
+  tracker_ = &tracker;
+  params_.allocate(tracker);
+}
+
+int64_t GPT::activation_floats(int64_t B, int64_t T) const {
+  const int64_t N = B * T, C = cfg_.n_embd;
+  const int64_t layers = stage_.layer_end - stage_.layer_begin;
+  int64_t total = (layers + 1) * N * C + layers * BlockActivations::floats(cfg_, tp_.size, B, T);
+  if (stage_.has_head) total += N * C + 2 * N + N * vocab_local_ + N;
+  return total;
+}
+
+GPTActivations GPT::make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const {
+  TRI_CHECK(B > 0 && T > 0, "batch ({}) and sequence length ({}) must be positive", B, T);
+  TRI_CHECK(T <= cfg_.n_positions,
+            "sequence length {} exceeds the model's n_positions {} (the position table); use "
+            "--seq-len <= {}",
+            T, cfg_.n_positions, cfg_.n_positions);
+  GPTActivations a;
+  a.B = B, a.T = T;
+  const auto N = static_cast<std::size_t>(B * T);
+  const auto C = static_cast<std::size_t>(cfg_.n_embd);
+  a.ids.assign(N, 0);
+  a.targets.assign(N, 0);
+  const int layers = stage_.layer_end - stage_.layer_begin;
+  for (int l = 0; l <= layers; ++l) a.residual.emplace_back(tracker, MemCategory::kActivations, N * C);
+  for (int l = 0; l < layers; ++l) a.blocks.emplace_back(tracker, cfg_, tp_.size, B, T);
+  if (stage_.has_head) {
+    a.lnf = FloatBuffer(tracker, MemCategory::kActivations, N * C);
+    a.lnf_mean = FloatBuffer(tracker, MemCategory::kActivations, N);
+    a.lnf_rstd = FloatBuffer(tracker, MemCategory::kActivations, N);
+    a.logits = FloatBuffer(tracker, MemCategory::kActivations, N * static_cast<std::size_t>(vocab_local_));
+    a.losses = FloatBuffer(tracker, MemCategory::kActivations, N);
+  }
+  return a;
+}
+
+void GPT::ensure_scratch(int64_t N) {
+  if (N <= scratch_tokens_) return;
+  TRI_CHECK(tracker_ != nullptr, "GPT::allocate() must be called before running the model");
+  dres_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(N * cfg_.n_embd));
+  scratch_ = BlockScratch(*tracker_, cfg_, tp_.size, N);
+  scratch_tokens_ = N;
+}
+
+void GPT::embed_forward(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
+  TRI_CHECK(stage_.has_embedding, "embed_forward on a stage without the embedding");
+  TRI_CHECK(B * T <= acts.B * acts.T && T <= cfg_.n_positions, "batch {}x{} exceeds activations {}x{}",
+            B, T, acts.B, acts.T);
+  const int64_t N = B * T, C = cfg_.n_embd;
+  std::memcpy(acts.ids.data(), ids, static_cast<std::size_t>(N) * sizeof(int32_t));
+  hook_forward(embed_group_);
+  float* x = acts.stage_input();
+  kernels::embedding_forward(x, ids, params_.data(wte_), N, C, tp_.rank * vocab_local_, vocab_local_);
+  tp_.allreduce_sum(x, N * C);  // each tp rank contributed the rows of its vocabulary slice
+  kernels::position_embedding_forward(x, params_.data(wpe_), B, T, C);
+}
+
+void GPT::blocks_forward(GPTActivations& acts, int64_t B, int64_t T) {
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    hook_forward(block_groups_[i]);
+    blocks_[i].forward(params_, acts.blocks[i], acts.residual[i + 1].data(), acts.residual[i].data(), B, T);
+  }
+}
+
+void GPT::head_forward(GPTActivations& acts, int64_t N) {
+  TRI_CHECK(stage_.has_head, "head on a stage without the LM head");
+  const int64_t C = cfg_.n_embd;
+  hook_forward(head_group_);
+  kernels::layernorm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(),
+                             acts.stage_output(), params_.data(lnf_w_), params_.data(lnf_b_), N, C);
+  kernels::matmul_forward_nt(acts.logits.data(), acts.lnf.data(), params_.data(wte_), N, C, vocab_local_);
+}
+
+double GPT::head_forward_backward(GPTActivations& acts, const int32_t* targets, int64_t B,
+                                  int64_t T, float dloss) {
+  const int64_t N = B * T, C = cfg_.n_embd;
+  TRI_CHECK(tp_.size == 1, "the tensor-parallel (vocab-parallel) loss is not implemented yet");
+  ensure_scratch(N);
+  std::memcpy(acts.targets.data(), targets, static_cast<std::size_t>(N) * sizeof(int32_t));
+  head_forward(acts, N);
+  kernels::crossentropy_softmax_forward_backward(acts.losses.data(), acts.logits.data(), targets,
+                                                 N, cfg_.vocab_size, vocab_local_, dloss);
+  double loss_sum = 0.0;
+  for (int64_t n = 0; n < N; ++n) loss_sum += acts.losses[static_cast<std::size_t>(n)];
+  // Backward through the head: logits now hold dlogits.
+  hook_before_backward(head_group_);
+  float* dlnf = scratch_.dln.data();
+  kernels::matmul_backward_nt(dlnf, params_.grad(wte_), acts.logits.data(), acts.lnf.data(),
+                              params_.data(wte_), N, C, vocab_local_);
+  std::memset(dres_.data(), 0, static_cast<std::size_t>(N * C) * sizeof(float));
+  kernels::layernorm_backward(dres_.data(), params_.grad(lnf_w_), params_.grad(lnf_b_), dlnf,
+                              acts.stage_output(), params_.data(lnf_w_), acts.lnf_mean.data(),
+                              acts.lnf_rstd.data(), N, C);
+  if (!stage_.has_embedding) hook_after_backward(head_group_);
+  return loss_sum;
+}
+
+void GPT::blocks_backward(GPTActivations& acts, int64_t B, int64_t T) {
+  ensure_scratch(B * T);
+  for (std::size_t i = blocks_.size(); i-- > 0;) {
+    hook_before_backward(block_groups_[i]);
+    blocks_[i].backward(params_, acts.blocks[i], scratch_, dres_.data(), acts.residual[i].data(), B, T);
+    hook_after_backward(block_groups_[i]);
+  }
+}
+
+void GPT::embed_backward(GPTActivations& acts, int64_t B, int64_t T) {
+  const int64_t N = B * T, C = cfg_.n_embd;
+  hook_before_backward(embed_group_);
+  kernels::position_embedding_backward(params_.grad(wpe_), dres_.data(), B, T, C);
+  kernels::embedding_backward(params_.grad(wte_), dres_.data(), acts.ids.data(), N, C,
+                              tp_.rank * vocab_local_, vocab_local_);
+  // With the head on this stage too, wte's gradient is complete only now.
+  hook_after_backward(embed_group_);
+  if (stage_.has_head && head_group_ >= 0) hook_after_backward(head_group_);
+}
+
+double GPT::forward_backward(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
+                             int64_t B, int64_t T, float dloss) {
+  embed_forward(acts, ids, B, T);
+  blocks_forward(acts, B, T);
+  const double loss = head_forward_backward(acts, targets, B, T, dloss);
+  blocks_backward(acts, B, T);
+  embed_backward(acts, B, T);
+  return loss;
+}
+
+double GPT::forward_loss(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
+                         int64_t B, int64_t T) {
+  TRI_CHECK(tp_.size == 1, "the tensor-parallel (vocab-parallel) loss is not implemented yet");
+  const int64_t N = B * T;
+  embed_forward(acts, ids, B, T);
+  blocks_forward(acts, B, T);
+  head_forward(acts, N);
+  kernels::crossentropy_softmax_forward_backward(acts.losses.data(), acts.logits.data(), targets,
+                                                 N, cfg_.vocab_size, vocab_local_, 0.0f);
+  double loss_sum = 0.0;
+  for (int64_t n = 0; n < N; ++n) loss_sum += acts.losses[static_cast<std::size_t>(n)];
+  return loss_sum;
+}
+
+const float* GPT::forward_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
+  embed_forward(acts, ids, B, T);
+  blocks_forward(acts, B, T);
+  head_forward(acts, B * T);
+  return acts.logits.data();
+}
+
+const float* GPT::forward_last_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
+  TRI_CHECK(B == 1, "generation runs one sequence at a time");
+  TRI_CHECK(tp_.size == 1, "generation with tensor parallelism is not implemented yet");
+  embed_forward(acts, ids, B, T);
+  blocks_forward(acts, B, T);
+  // Only the last position's logits are needed: one row through ln_f and the head.
+  const int64_t C = cfg_.n_embd;
+  const float* last = acts.stage_output() + (T - 1) * C;
+  kernels::layernorm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(), last,
+                             params_.data(lnf_w_), params_.data(lnf_b_), 1, C);
+  kernels::matmul_forward_nt(acts.logits.data(), acts.lnf.data(), params_.data(wte_), 1, C, vocab_local_);
+  return acts.logits.data();
+}
+
+}  // namespace trident::nn

@@ -1,0 +1,111 @@
+// GPT-2 as Hugging Face computes it: token + learned position embeddings, pre-LN blocks, final
+// LayerNorm, LM head tied to the token embedding. Explicit forward/backward in stage-sized
+// pieces (embed, blocks, head) so the pipeline executor can run a stage's share and the
+// single-process run is just all pieces in order.
+//
+// Shapes: B batch, T sequence, C = n_embd, Vp padded vocabulary rows on this rank, N = B*T.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/memory.h"
+#include "nn/block.h"
+#include "nn/gpt_config.h"
+#include "nn/parameters.h"
+#include "nn/tensor_parallel.h"
+
+namespace trident::nn {
+
+// Which part of the model this rank holds (pipeline parallelism). The default is everything.
+struct StageSpec {
+  int layer_begin = 0;
+  int layer_end = -1;          // exclusive; -1 = n_layer
+  bool has_embedding = true;   // wte + wpe lookup (first stage)
+  bool has_head = true;        // ln_f + tied LM head + loss (last stage)
+};
+
+// Everything one micro-batch's forward saves for its backward. Reused across steps.
+struct GPTActivations {
+  int64_t B = 0, T = 0;                  // capacity; a run may use fewer tokens
+  std::vector<int32_t> ids, targets;     // (B, T)
+  std::vector<FloatBuffer> residual;     // [layer - layer_begin] (N, C): input of that layer;
+                                         // the last entry is the stage output
+  std::vector<BlockActivations> blocks;  // [layer - layer_begin]
+  FloatBuffer lnf, lnf_mean, lnf_rstd;   // (N, C), (N), (N)  head only
+  FloatBuffer logits;                    // (N, Vp)  head only; becomes dlogits in place
+  FloatBuffer losses;                    // (N)  head only
+
+  float* stage_input() { return residual.front().data(); }
+  float* stage_output() { return residual.back().data(); }
+};
+
+class GPT {
+ public:
+  GPT(const GPTConfig& cfg, const TpContext& tp = {}, const StageSpec& stage = {});
+
+  const GPTConfig& config() const { return cfg_; }
+  const StageSpec& stage() const { return stage_; }
+  const TpContext& tp() const { return tp_; }
+  ParameterSet& params() { return params_; }
+  const ParameterSet& params() const { return params_; }
+  int64_t padded_vocab_local() const { return vocab_local_; }
+  void set_hooks(ModelHooks* hooks) { hooks_ = hooks; }
+
+  // Allocates parameters and gradients; then initialise or load them.
+  void allocate(MemoryTracker& tracker);
+  GPTActivations make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const;
+  // Floats make_activations allocates (the analytic formula of docs/memory.md).
+  int64_t activation_floats(int64_t B, int64_t T) const;
+
+  // ---- pieces, in execution order; each works on acts with B*T tokens (B, T given) ----
+  void embed_forward(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T);
+  void blocks_forward(GPTActivations& acts, int64_t B, int64_t T);
+  // Final LayerNorm, logits, loss; then backward through the head into residual_grad().
+  // dloss scales each token's loss gradient (1 / tokens in the global batch). Returns the
+  // sum of the token losses of this micro-batch.
+  double head_forward_backward(GPTActivations& acts, const int32_t* targets, int64_t B,
+                               int64_t T, float dloss);
+  // Blocks backward: residual_grad() holds d loss / d stage output on entry and
+  // d loss / d stage input on exit.
+  void blocks_backward(GPTActivations& acts, int64_t B, int64_t T);
+  void embed_backward(GPTActivations& acts, int64_t B, int64_t T);
+  float* residual_grad() { return dres_.data(); }
+
+  // ---- whole model on one rank ----
+  double forward_backward(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
+                          int64_t B, int64_t T, float dloss);
+  // Forward only: sum of token losses (evaluation).
+  double forward_loss(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
+                      int64_t B, int64_t T);
+  // Forward only: logits (N, Vp) left in acts.logits (padding columns included).
+  const float* forward_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T);
+  // Forward only: logits (Vp floats per position) of the last position of each row, for
+  // generation; returns a pointer into acts.logits of row b's last position.
+  const float* forward_last_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T);
+
+ private:
+  void ensure_scratch(int64_t N);
+  void head_forward(GPTActivations& acts, int64_t N);
+  void hook_forward(int group) { if (hooks_) hooks_->before_group_forward(group); }
+  void hook_before_backward(int group) { if (hooks_) hooks_->before_group_backward(group); }
+  void hook_after_backward(int group) { if (hooks_) hooks_->after_group_backward(group); }
+
+  GPTConfig cfg_;
+  TpContext tp_;
+  StageSpec stage_;
+  int64_t vocab_local_ = 0;
+  ParameterSet params_;
+  int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
+  int embed_group_ = -1, head_group_ = -1;
+  std::vector<Block> blocks_;
+  std::vector<int> block_groups_;
+  MemoryTracker* tracker_ = nullptr;
+  FloatBuffer dres_;  // (N, C) residual-stream gradient
+  BlockScratch scratch_;
+  int64_t scratch_tokens_ = 0;
+  ModelHooks* hooks_ = nullptr;
+};
+
+}  // namespace trident::nn

@@ -1,0 +1,119 @@
+// Parameter registration, the logical <-> local index mapping and initialisation.
+#include "nn/parameters.h"
+
+#include "core/check.h"
+#include "core/rng.h"
+
+namespace trident::nn {
+
+Shape local_shape_of(const Shape& logical, const ShardSpec& shard) {
+  if (shard.is_full()) return logical;
+  TRI_CHECK(shard.dim >= 0 && shard.dim < static_cast<int>(logical.size()),
+            "shard dimension {} out of range for shape {}", shard.dim, shape_str(logical));
+  Shape local = logical;
+  int64_t len = 0;
+  for (const Chunk& c : shard.chunks) {
+    TRI_CHECK(c.length >= 0 && (c.logical_begin < 0 ||
+                                c.logical_begin + c.length <= logical[static_cast<std::size_t>(shard.dim)]),
+              "chunk [{}, +{}) out of range for dim {} of {}", c.logical_begin, c.length,
+              shard.dim, shape_str(logical));
+    len += c.length;
+  }
+  local[static_cast<std::size_t>(shard.dim)] = len;
+  return local;
+}
+
+void for_each_local_element(const ParamInfo& info,
+                            const std::function<void(int64_t, int64_t)>& fn) {
+  const int64_t n = shape_numel(info.local_shape);
+  if (info.shard.is_full()) {
+    for (int64_t i = 0; i < n; ++i) fn(i, i);
+    return;
+  }
+  // View both tensors as (outer, dim, inner) around the split dimension.
+  const auto d = static_cast<std::size_t>(info.shard.dim);
+  int64_t outer = 1, inner = 1;
+  for (std::size_t i = 0; i < d; ++i) outer *= info.logical_shape[i];
+  for (std::size_t i = d + 1; i < info.logical_shape.size(); ++i) inner *= info.logical_shape[i];
+  const int64_t logical_dim = info.logical_shape[d];
+  const int64_t local_dim = info.local_shape[d];
+  int64_t local = 0;
+  for (int64_t o = 0; o < outer; ++o) {
+    int64_t local_row = 0;
+    for (const Chunk& c : info.shard.chunks) {
+      for (int64_t r = 0; r < c.length; ++r, ++local_row) {
+        for (int64_t i = 0; i < inner; ++i) {
+          local = (o * local_dim + local_row) * inner + i;
+          const int64_t logical =
+              c.logical_begin < 0 ? -1 : (o * logical_dim + c.logical_begin + r) * inner + i;
+          fn(local, logical);
+        }
+      }
+    }
+  }
+}
+
+void scatter_logical_to_local(const ParamInfo& info, const float* logical, float* local) {
+  for_each_local_element(info, [&](int64_t l, int64_t g) { local[l] = g < 0 ? 0.0f : logical[g]; });
+}
+
+void gather_local_to_logical(const ParamInfo& info, const float* local, float* logical) {
+  for_each_local_element(info, [&](int64_t l, int64_t g) {
+    if (g >= 0) logical[g] = local[l];
+  });
+}
+
+int ParameterSet::begin_group(std::string name) {
+  TRI_CHECK(values_.empty(), "parameters registered after allocation");
+  if (!group_names_.empty()) group_end_.back() = total_;
+  group_names_.push_back(std::move(name));
+  group_begin_.push_back(total_);
+  group_end_.push_back(total_);
+  return num_groups() - 1;
+}
+
+int ParameterSet::add(ParamInfo info) {
+  TRI_CHECK(values_.empty(), "parameter {} registered after allocation", info.name);
+  TRI_CHECK(!group_names_.empty(), "parameter {} registered outside a group", info.name);
+  TRI_CHECK(find(info.name) < 0, "parameter {} registered twice", info.name);
+  info.local_shape = local_shape_of(info.logical_shape, info.shard);
+  info.numel = shape_numel(info.local_shape);
+  info.group = num_groups() - 1;
+  info.offset = total_;
+  total_ += info.numel;
+  group_end_.back() = total_;
+  infos_.push_back(std::move(info));
+  return size() - 1;
+}
+
+int ParameterSet::find(const std::string& name) const {
+  for (int i = 0; i < size(); ++i) {
+    if (infos_[static_cast<std::size_t>(i)].name == name) return i;
+  }
+  return -1;
+}
+
+void ParameterSet::allocate(MemoryTracker& tracker) {
+  values_ = FloatBuffer(tracker, MemCategory::kParameters, static_cast<std::size_t>(total_));
+  grads_ = FloatBuffer(tracker, MemCategory::kGradients, static_cast<std::size_t>(total_));
+}
+
+void ParameterSet::initialize(uint64_t seed) {
+  TRI_CHECK(!values_.empty() || total_ == 0, "initialize() before allocate()");
+  for (int id = 0; id < size(); ++id) {
+    const ParamInfo& p = info(id);
+    float* out = data(id);
+    const uint64_t stream = fnv1a64(p.name);
+    for_each_local_element(p, [&](int64_t l, int64_t g) {
+      if (g < 0) {
+        out[l] = 0.0f;
+      } else if (p.init_std > 0.0f) {
+        out[l] = p.init_std * normal_at(seed, stream, static_cast<uint64_t>(g));
+      } else {
+        out[l] = p.init_value;
+      }
+    });
+  }
+}
+
+}  // namespace trident::nn

@@ -1,0 +1,104 @@
+// Parameters: every trainable tensor of a rank, its Hugging Face name, its logical (unsharded)
+// shape and how this rank's local slice maps into it. Values and gradients live in one flat
+// allocation each (llm.c style), in registration order, grouped by layer so that DDP buckets,
+// ZeRO shards and checkpoint slices are just offset ranges. Initialisation draws each
+// *logical* element from a counter-based RNG keyed by (seed, name, logical index), so every
+// layout starts from bit-identical weights.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/memory.h"
+#include "core/tensor.h"
+
+namespace trident::nn {
+
+// A run of `length` logical indices along the split dimension starting at `logical_begin`;
+// logical_begin < 0 marks padding (rows that exist locally but not in the logical tensor,
+// e.g. the padded vocabulary): zero at init, never saved.
+struct Chunk {
+  int64_t logical_begin = 0;
+  int64_t length = 0;
+};
+
+// local tensor = concatenation along `dim` of `chunks` of the logical tensor. No chunks means
+// the local tensor is the whole logical tensor (replicated).
+struct ShardSpec {
+  int dim = 0;
+  std::vector<Chunk> chunks;
+  bool is_full() const { return chunks.empty(); }
+};
+
+struct ParamInfo {
+  std::string name;      // Hugging Face GPT-2 name, e.g. "h.0.attn.c_attn.weight"
+  Shape logical_shape;   // as stored in checkpoints
+  Shape local_shape;     // what this rank holds
+  ShardSpec shard;
+  bool weight_decay = false;  // matrices and embeddings decay; biases and LayerNorm do not
+  float init_std = 0.0f;      // > 0: normal(0, init_std); otherwise constant init_value
+  float init_value = 0.0f;
+  // True when every tensor-parallel rank holds the same values (LayerNorm, row-parallel
+  // biases): the global gradient norm counts such a parameter once, not tp times.
+  bool tp_replicated = true;
+  // Filled in by ParameterSet:
+  int group = 0;         // layer group (embeddings, h.0, ..., ln_f)
+  int64_t offset = 0;    // into the flat buffers
+  int64_t numel = 0;     // local elements
+};
+
+// Local shape of a logical tensor under a shard spec.
+Shape local_shape_of(const Shape& logical, const ShardSpec& shard);
+// Logical flat index of every local element, in local order; -1 for padding.
+// Calls fn(local_index, logical_index) for each element.
+void for_each_local_element(const ParamInfo& info,
+                            const std::function<void(int64_t, int64_t)>& fn);
+// Copies the logical tensor's values that this rank holds into `local` (padding set to 0).
+void scatter_logical_to_local(const ParamInfo& info, const float* logical, float* local);
+// Writes this rank's values into their places in `logical` (padding skipped).
+void gather_local_to_logical(const ParamInfo& info, const float* local, float* logical);
+
+class ParameterSet {
+ public:
+  // Registration: groups are contiguous in the flat buffers, in registration order.
+  int begin_group(std::string name);
+  int add(ParamInfo info);  // returns the parameter's id
+  // Allocates values and gradients (zeroed) once all parameters are registered.
+  void allocate(MemoryTracker& tracker);
+
+  int size() const { return static_cast<int>(infos_.size()); }
+  const ParamInfo& info(int id) const { return infos_.at(static_cast<std::size_t>(id)); }
+  const std::vector<ParamInfo>& infos() const { return infos_; }
+  int find(const std::string& name) const;  // -1 when absent
+
+  int num_groups() const { return static_cast<int>(group_names_.size()); }
+  const std::string& group_name(int g) const { return group_names_.at(static_cast<std::size_t>(g)); }
+  // [begin, end) of a group in the flat buffers.
+  int64_t group_begin(int g) const { return group_begin_.at(static_cast<std::size_t>(g)); }
+  int64_t group_end(int g) const { return group_end_.at(static_cast<std::size_t>(g)); }
+
+  int64_t total_numel() const { return total_; }
+  float* data(int id) { return values_.data() + info(id).offset; }
+  const float* data(int id) const { return values_.data() + info(id).offset; }
+  float* grad(int id) { return grads_.data() + info(id).offset; }
+  const float* grad(int id) const { return grads_.data() + info(id).offset; }
+  FloatBuffer& values() { return values_; }
+  FloatBuffer& grads() { return grads_; }
+  const FloatBuffer& values() const { return values_; }
+  const FloatBuffer& grads() const { return grads_; }
+
+  // GPT-2 initialisation from the logical tensors: identical on every layout for one seed.
+  void initialize(uint64_t seed);
+  void zero_grads() { grads_.zero(); }
+
+ private:
+  std::vector<ParamInfo> infos_;
+  std::vector<std::string> group_names_;
+  std::vector<int64_t> group_begin_, group_end_;
+  int64_t total_ = 0;
+  FloatBuffer values_, grads_;
+};
+
+}  // namespace trident::nn

@@ -1,0 +1,53 @@
+// AdamW (decoupled weight decay, as torch.optim.AdamW) over a range of the flat parameter
+// buffer. The range is the whole model for one process or this rank's ZeRO shard; moments are
+// held for that range only. Weight decay applies to matrices and embeddings, never to biases
+// or LayerNorm parameters (ParamInfo::weight_decay).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/memory.h"
+#include "nn/parameters.h"
+
+namespace trident::optim {
+
+struct AdamWConfig {
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.1f;
+};
+
+class AdamW {
+ public:
+  // Optimises flat elements [begin, end) of `params` (end < 0: to the end).
+  AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamWConfig& cfg,
+        int64_t begin = 0, int64_t end = -1);
+
+  // One update of the owned range: values[i] from grads[i] * grad_scale. `values` and `grads`
+  // point at the start of the owned range (which may be a separate shard buffer).
+  void step(float* values, const float* grads, float lr, float grad_scale);
+
+  int64_t step_count() const { return t_; }
+  void set_step_count(int64_t t) { t_ = t; }
+  int64_t begin() const { return begin_; }
+  int64_t end() const { return end_; }
+  FloatBuffer& exp_avg() { return m_; }
+  FloatBuffer& exp_avg_sq() { return v_; }
+  const FloatBuffer& exp_avg() const { return m_; }
+  const FloatBuffer& exp_avg_sq() const { return v_; }
+
+ private:
+  struct Range {
+    int64_t begin, end;  // relative to begin_
+    bool decay;
+  };
+  AdamWConfig cfg_;
+  int64_t begin_ = 0, end_ = 0;
+  std::vector<Range> ranges_;
+  FloatBuffer m_, v_;
+  int64_t t_ = 0;
+};
+
+}  // namespace trident::optim

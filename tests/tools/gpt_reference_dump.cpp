@@ -1,0 +1,111 @@
+// Writes what tests/ref/gpt_torch_reference_test.py compares against PyTorch: initial weights
+// (Hugging Face names, logical layout), step-0 logits and gradients, and 10 AdamW steps
+// (losses, grad norms, final weights) of a small GPT-2 on fixed random batches.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "ckpt/safetensors.h"
+#include "core/rng.h"
+#include "kernels/kernels.h"
+#include "nn/gpt.h"
+#include "optim/adamw.h"
+#include "optim/grad_clip.h"
+#include "optim/lr_schedule.h"
+
+using namespace trident;
+
+namespace {
+
+// Adds every parameter (or its gradient) as a logical tensor, padding rows dropped.
+void add_logical(ckpt::SafetensorsWriter& w, const nn::ParameterSet& ps, bool grads,
+                 const std::string& prefix, std::vector<std::vector<float>>& keep) {
+  for (int id = 0; id < ps.size(); ++id) {
+    const nn::ParamInfo& p = ps.info(id);
+    keep.emplace_back(static_cast<std::size_t>(shape_numel(p.logical_shape)));
+    nn::gather_local_to_logical(p, grads ? ps.grad(id) : ps.data(id), keep.back().data());
+    w.add_tensor(prefix + p.name, p.logical_shape, keep.back().data());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::cerr << "usage: gpt_reference_dump OUT_DIR\n";
+    return 2;
+  }
+  const std::string out = argv[1];
+  kernels::set_num_threads(2);
+  nn::GPTConfig cfg;
+  cfg.n_layer = 2, cfg.n_head = 4, cfg.n_embd = 64, cfg.n_positions = 32, cfg.vocab_size = 101;
+  const int64_t B = 4, T = 16, N = B * T, steps = 10;
+  const float lr = 3e-3f, min_lr = 3e-4f, grad_clip = 2.4f;  // between the steps' norms: some steps clip, some do not
+  const int64_t warmup = 2;
+
+  MemoryTracker tracker;
+  nn::GPT model(cfg);
+  model.allocate(tracker);
+  model.params().initialize(1234);
+  nn::GPTActivations acts = model.make_activations(tracker, B, T);
+  nn::ParameterSet& ps = model.params();
+
+  nlohmann::json meta = {{"n_layer", cfg.n_layer}, {"n_head", cfg.n_head}, {"batch_size", B},
+                         {"seq_len", T}, {"lr", lr}, {"min_lr", min_lr},
+                         {"warmup_steps", warmup}, {"grad_clip", grad_clip},
+                         {"weight_decay", 0.1}};
+  std::vector<std::vector<int32_t>> ids(steps), targets(steps);
+  for (int64_t s = 0; s < steps; ++s) {
+    for (int64_t i = 0; i < N; ++i) {
+      // A learnable pattern (target = next id of a cycle) so the loss visibly moves.
+      const auto r = static_cast<int32_t>(uniform_at(5, static_cast<uint64_t>(s), static_cast<uint64_t>(i)) * 100.0f);
+      ids[s].push_back(r % cfg.vocab_size);
+      targets[s].push_back((r * 3 + 1) % cfg.vocab_size);
+    }
+    meta["batches"].push_back({{"ids", ids[s]}, {"targets", targets[s]}});
+  }
+  {
+    ckpt::SafetensorsWriter w;
+    std::vector<std::vector<float>> keep;
+    add_logical(w, ps, false, "", keep);
+    w.write(out + "/init.safetensors");
+  }
+  // Step-0 logits (real vocabulary columns only) before the fused loss overwrites them.
+  std::vector<float> logits(static_cast<std::size_t>(N * cfg.vocab_size));
+  {
+    const float* l = model.forward_logits(acts, ids[0].data(), B, T);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t v = 0; v < cfg.vocab_size; ++v) logits[static_cast<std::size_t>(n * cfg.vocab_size + v)] = l[n * model.padded_vocab_local() + v];
+    }
+  }
+  optim::AdamW adam(ps, tracker, {});
+  optim::LrSchedule sched{optim::LrSchedule::Kind::kCosine, lr, min_lr, warmup, steps};
+  for (int64_t s = 0; s < steps; ++s) {
+    ps.zero_grads();
+    const double loss = model.forward_backward(acts, ids[s].data(), targets[s].data(), B, T, 1.0f / static_cast<float>(N)) / static_cast<double>(N);
+    const double norm = std::sqrt(kernels::sum_squares(ps.grads().data(), ps.total_numel()));
+    if (s == 0) {
+      ckpt::SafetensorsWriter w;
+      std::vector<std::vector<float>> keep;
+      w.add_tensor("logits", {N, cfg.vocab_size}, logits.data());
+      add_logical(w, ps, true, "grad.", keep);
+      w.write(out + "/step0.safetensors");
+    }
+    adam.step(ps.values().data(), ps.grads().data(), sched.at(s), optim::clip_scale(norm, grad_clip));
+    meta["losses"].push_back(loss);
+    meta["grad_norms"].push_back(norm);
+    fmt::print("step {} loss {:.6f} grad_norm {:.6f} lr {:.2e}\n", s, loss, norm, sched.at(s));
+  }
+  {
+    ckpt::SafetensorsWriter w;
+    std::vector<std::vector<float>> keep;
+    add_logical(w, ps, false, "", keep);
+    w.write(out + "/final.safetensors");
+  }
+  std::ofstream(out + "/meta.json") << meta.dump();
+  return 0;
+}
