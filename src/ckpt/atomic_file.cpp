@@ -64,13 +64,13 @@ int write_all(int fd, const char* data, std::size_t bytes) {
 
 }  // namespace
 
-namespace testing {
+namespace test_hooks {
 void inject_write_failure(std::int64_t after_bytes, int err) {
   g_written_total.store(0);
   g_fail_errno.store(err);
   g_fail_after.store(after_bytes);
 }
-}  // namespace testing
+}  // namespace test_hooks
 
 // ---------------------------------------------------------------------------------------------
 AtomicFile::AtomicFile(std::string final_path) : final_path_(std::move(final_path)) {

@@ -83,10 +83,10 @@ class StagedDirectory {
   bool done_ = false;
 };
 
-namespace testing {
+namespace test_hooks {
 // Test hook: make the AtomicFile write that would cross `after_bytes` total bytes (counted
 // across all AtomicFiles from now on) fail with errno `err` (e.g. ENOSPC). -1 disables it.
 void inject_write_failure(std::int64_t after_bytes, int err);
-}  // namespace testing
+}  // namespace test_hooks
 
 }  // namespace trident::ckpt

@@ -55,6 +55,7 @@ std::string error_of(const std::function<void()>& fn) {
 #define EXPECT_ERROR_HAS(expr, ...)                                        \
   do {                                                                     \
     const std::string msg_ = error_of([&] { (void)(expr); });              \
+    if (std::getenv("TRIDENT_SHOW_ERRORS")) std::printf("%s\n", msg_.c_str()); \
     for (const char* part : {__VA_ARGS__}) {                               \
       EXPECT_NE(msg_.find(part), std::string::npos) << "missing '" << part \
                                                     << "' in: " << msg_;   \

@@ -1,0 +1,574 @@
+// Checkpoint directories: names, config.json, atomic commit, latest resolution, validation and
+// the `ckpt info` summary.
+#include "ckpt/checkpoint.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "ckpt/atomic_file.h"
+#include "core/check.h"
+
+namespace fs = std::filesystem;
+
+namespace trident::ckpt {
+namespace {
+
+std::string join_path(const std::string& a, const std::string& b) { return (fs::path(a) / b).string(); }
+
+bool is_file(const std::string& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+// step_NNNNNNNN -> N, or -1 when the name is not a step directory name.
+std::int64_t parse_step_name(const std::string& name) {
+  static const std::regex re("^step_([0-9]{1,18})$");
+  std::smatch m;
+  if (!std::regex_match(name, m, re)) return -1;
+  return std::stoll(m[1].str());
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TRI_CHECK(in.good(), "cannot read '{}'", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+  const std::string text = read_text_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    TRI_FAIL("'{}' is not valid JSON: {}", path, e.what());
+  }
+}
+
+// Every step_* directory under root with a note on whether it is complete.
+std::string describe_step_dirs(const std::string& root) {
+  std::vector<std::pair<std::int64_t, std::string>> found;
+  std::vector<std::string> staging;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory()) continue;
+    const std::int64_t step = parse_step_name(name);
+    if (step >= 0) {
+      const bool complete = is_file(join_path(entry.path().string(), kModelFile)) &&
+                            is_file(join_path(entry.path().string(), kConfigFile));
+      found.emplace_back(step, complete ? name : name + " (incomplete)");
+    } else if (name.size() > 5 && name.starts_with(".step_") && name.ends_with(".tmp")) {
+      staging.push_back(name);
+    }
+  }
+  std::sort(found.begin(), found.end());
+  std::string out;
+  if (found.empty()) {
+    out = "no step directories exist there";
+  } else {
+    std::vector<std::string> names;
+    for (const auto& f : found) names.push_back(f.second);
+    out = fmt::format("step directories present: {}", fmt::join(names, ", "));
+  }
+  if (!staging.empty()) {
+    out += fmt::format(" (plus interrupted saves: {})", fmt::join(staging, ", "));
+  }
+  return out;
+}
+
+std::string list_limited(const std::vector<std::string>& items, std::size_t max = 8) {
+  std::vector<std::string> shown(items.begin(), items.begin() + std::min(items.size(), max));
+  std::string s = fmt::format("{}", fmt::join(shown, ", "));
+  if (items.size() > max) s += fmt::format(" and {} more", items.size() - max);
+  return s;
+}
+
+// "; 2 missing: [a, b]; 1 with the wrong shape: [c]" for the non-empty lists.
+std::string problem_list(const std::vector<std::string>& missing, const std::vector<std::string>& wrong,
+                         const std::vector<std::string>& extra) {
+  std::string s;
+  if (!missing.empty()) s += fmt::format("; {} missing: [{}]", missing.size(), list_limited(missing));
+  if (!wrong.empty()) s += fmt::format("; {} mismatched: [{}]", wrong.size(), list_limited(wrong));
+  if (!extra.empty()) s += fmt::format("; {} unexpected: [{}]", extra.size(), list_limited(extra));
+  return s;
+}
+
+int json_int(const nlohmann::json& j, const char* key, const std::string& source) {
+  TRI_CHECK(j.contains(key), "{} has no \"{}\"; a GPT-2 config.json needs n_layer, n_head, "
+            "n_embd, n_positions (or n_ctx) and vocab_size", source, key);
+  const auto& v = j[key];
+  TRI_CHECK(v.is_number_integer(), "\"{}\" in {} must be an integer, got {}", key, source, v.dump());
+  const auto x = v.get<std::int64_t>();
+  TRI_CHECK(x >= -(1LL << 31) && x < (1LL << 31), "\"{}\" in {} is out of range: {}", key, source, x);
+  return static_cast<int>(x);
+}
+
+std::string format_bytes(std::uint64_t b) {
+  if (b >= (1ull << 30)) return fmt::format("{:.2f} GiB", static_cast<double>(b) / (1ull << 30));
+  if (b >= (1ull << 20)) return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1ull << 20));
+  if (b >= (1ull << 10)) return fmt::format("{:.1f} KiB", static_cast<double>(b) / (1ull << 10));
+  return fmt::format("{} B", b);
+}
+
+bool ignorable_hf_tensor(const std::string& name, const std::string& prefix) {
+  static const std::regex buffers("^h\\.[0-9]+\\.attn\\.(bias|masked_bias)$");
+  if (!name.starts_with(prefix)) return name == "lm_head.weight";
+  const std::string rest = name.substr(prefix.size());
+  return std::regex_match(rest, buffers) || name == "lm_head.weight";
+}
+
+std::string detect_prefix(const SafetensorsReader& reader) {
+  if (!reader.contains("wte.weight") && reader.contains("transformer.wte.weight")) return "transformer.";
+  return "";
+}
+
+}  // namespace
+
+std::string step_dir_name(std::int64_t step) {
+  TRI_CHECK(step >= 0, "checkpoint step must be non-negative, got {}", step);
+  return fmt::format("step_{:08d}", step);
+}
+
+std::vector<TensorSpec> gpt2_tensor_specs(const nn::GPTConfig& config) {
+  const std::int64_t C = config.n_embd, V = config.vocab_size, P = config.n_positions;
+  std::vector<TensorSpec> specs;
+  specs.push_back({"wte.weight", {V, C}});
+  specs.push_back({"wpe.weight", {P, C}});
+  for (int i = 0; i < config.n_layer; ++i) {
+    const std::string h = fmt::format("h.{}.", i);
+    specs.push_back({h + "ln_1.weight", {C}});
+    specs.push_back({h + "ln_1.bias", {C}});
+    specs.push_back({h + "attn.c_attn.weight", {C, 3 * C}});
+    specs.push_back({h + "attn.c_attn.bias", {3 * C}});
+    specs.push_back({h + "attn.c_proj.weight", {C, C}});
+    specs.push_back({h + "attn.c_proj.bias", {C}});
+    specs.push_back({h + "ln_2.weight", {C}});
+    specs.push_back({h + "ln_2.bias", {C}});
+    specs.push_back({h + "mlp.c_fc.weight", {C, 4 * C}});
+    specs.push_back({h + "mlp.c_fc.bias", {4 * C}});
+    specs.push_back({h + "mlp.c_proj.weight", {4 * C, C}});
+    specs.push_back({h + "mlp.c_proj.bias", {C}});
+  }
+  specs.push_back({"ln_f.weight", {C}});
+  specs.push_back({"ln_f.bias", {C}});
+  return specs;
+}
+
+std::string exp_avg_name(const std::string& param) { return param + ".exp_avg"; }
+std::string exp_avg_sq_name(const std::string& param) { return param + ".exp_avg_sq"; }
+
+// ---------------------------------------------------------------------------------------------
+// config.json
+
+nlohmann::json gpt_config_to_hf_json(const nn::GPTConfig& c) {
+  nlohmann::json j;
+  j["model_type"] = "gpt2";
+  j["architectures"] = {"GPT2LMHeadModel"};
+  j["n_layer"] = c.n_layer;
+  j["n_head"] = c.n_head;
+  j["n_embd"] = c.n_embd;
+  j["n_positions"] = c.n_positions;
+  j["n_ctx"] = c.n_positions;
+  j["n_inner"] = nullptr;  // 4 * n_embd
+  j["vocab_size"] = c.vocab_size;
+  j["layer_norm_epsilon"] = 1e-5;
+  j["activation_function"] = "gelu_new";
+  j["tie_word_embeddings"] = true;
+  j["scale_attn_weights"] = true;
+  j["initializer_range"] = 0.02;
+  // Trident trains without dropout.
+  j["attn_pdrop"] = 0.0;
+  j["embd_pdrop"] = 0.0;
+  j["resid_pdrop"] = 0.0;
+  if (c.vocab_size > 50256) {
+    j["bos_token_id"] = 50256;
+    j["eos_token_id"] = 50256;
+  }
+  j["torch_dtype"] = "float32";
+  j["use_cache"] = true;
+  j["trident_vocab_pad_multiple"] = c.vocab_pad_multiple;
+  return j;
+}
+
+nn::GPTConfig gpt_config_from_hf_json(const nlohmann::json& j, const std::string& source) {
+  TRI_CHECK(j.is_object(), "{} is not a JSON object", source);
+  if (j.contains("model_type")) {
+    TRI_CHECK(j["model_type"] == "gpt2", "{} has model_type {}; Trident trains GPT-2 models "
+              "(model_type \"gpt2\") only", source, j["model_type"].dump());
+  }
+  nn::GPTConfig c;
+  c.n_layer = json_int(j, "n_layer", source);
+  c.n_head = json_int(j, "n_head", source);
+  c.n_embd = json_int(j, "n_embd", source);
+  c.vocab_size = json_int(j, "vocab_size", source);
+  if (j.contains("n_positions")) {
+    c.n_positions = json_int(j, "n_positions", source);
+  } else {
+    c.n_positions = json_int(j, "n_ctx", source);
+  }
+  if (j.contains("trident_vocab_pad_multiple")) {
+    c.vocab_pad_multiple = json_int(j, "trident_vocab_pad_multiple", source);
+  }
+  if (j.contains("activation_function")) {
+    const auto& a = j["activation_function"];
+    TRI_CHECK(a == "gelu_new" || a == "gelu_pytorch_tanh",
+              "{} has activation_function {}; Trident implements GPT-2's tanh GELU only "
+              "(\"gelu_new\")", source, a.dump());
+  }
+  if (j.contains("layer_norm_epsilon")) {
+    const auto& e = j["layer_norm_epsilon"];
+    TRI_CHECK(e.is_number() && std::abs(e.get<double>() - 1e-5) <= 1e-12,
+              "{} has layer_norm_epsilon {}; Trident's layernorm uses 1e-5", source, e.dump());
+  }
+  if (j.contains("tie_word_embeddings")) {
+    TRI_CHECK(j["tie_word_embeddings"] == true,
+              "{} has tie_word_embeddings {}; Trident ties the LM head to wte", source,
+              j["tie_word_embeddings"].dump());
+  }
+  if (j.contains("n_inner") && !j["n_inner"].is_null()) {
+    const int inner = json_int(j, "n_inner", source);
+    TRI_CHECK(inner == 4 * c.n_embd, "{} has n_inner {}; Trident's MLP is 4 * n_embd = {} wide",
+              source, inner, 4 * c.n_embd);
+  }
+  if (j.contains("scale_attn_weights")) {
+    TRI_CHECK(j["scale_attn_weights"] == true, "{} has scale_attn_weights false; Trident always "
+              "scales attention by 1/sqrt(head_size)", source);
+  }
+  if (j.contains("scale_attn_by_inverse_layer_idx")) {
+    TRI_CHECK(j["scale_attn_by_inverse_layer_idx"] != true,
+              "{} has scale_attn_by_inverse_layer_idx true, which Trident does not implement", source);
+  }
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    TRI_FAIL("invalid model config in {}: {}", source, e.what());
+  }
+  return c;
+}
+
+nn::GPTConfig read_gpt_config(const std::string& path) {
+  TRI_CHECK(is_file(path), "model config '{}' does not exist", path);
+  return gpt_config_from_hf_json(read_json_file(path), path);
+}
+
+void check_same_model_shape(const nn::GPTConfig& ck, const nn::GPTConfig& model,
+                            const std::string& checkpoint_path) {
+  std::vector<std::string> diffs;
+  auto cmp = [&](const char* key, int a, int b) {
+    if (a != b) diffs.push_back(fmt::format("{} {} but the model has {}", key, a, b));
+  };
+  cmp("n_layer", ck.n_layer, model.n_layer);
+  cmp("n_head", ck.n_head, model.n_head);
+  cmp("n_embd", ck.n_embd, model.n_embd);
+  cmp("n_positions", ck.n_positions, model.n_positions);
+  cmp("vocab_size", ck.vocab_size, model.vocab_size);
+  TRI_CHECK(diffs.empty(),
+            "checkpoint {} has {}; load it into the same model shape (its config.json gives the "
+            "shape: drop --model, or pick a matching preset)",
+            checkpoint_path, fmt::join(diffs, ", "));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+CheckpointWriter::CheckpointWriter(std::string root, std::int64_t step, const nn::GPTConfig& config)
+    : root_(std::move(root)), step_(step), config_(config) {
+  (void)step_dir_name(step);  // validates step
+  config_.validate();
+  model_.set_metadata("format", "pt");  // Hugging Face's loader checks this
+}
+
+void CheckpointWriter::set_optimizer_step(std::int64_t optimizer_step) { optimizer_step_ = optimizer_step; }
+
+std::string CheckpointWriter::commit() {
+  const std::string name = step_dir_name(step_);
+  // The model tensors must be exactly the logical GPT-2 set, so every checkpoint loads.
+  {
+    std::map<std::string, Shape> have;
+    for (auto& [n, s] : model_.layout()) have[n] = s;
+    std::vector<std::string> missing, wrong;
+    for (const auto& spec : gpt2_tensor_specs(config_)) {
+      auto it = have.find(spec.name);
+      if (it == have.end()) {
+        missing.push_back(spec.name);
+        continue;
+      }
+      if (it->second != spec.shape) {
+        wrong.push_back(fmt::format("{} {} (expected {})", spec.name, shape_str(it->second),
+                                    shape_str(spec.shape)));
+      }
+      have.erase(it);
+    }
+    std::vector<std::string> extra;
+    for (const auto& [n, s] : have) extra.push_back(n);
+    TRI_CHECK(missing.empty() && wrong.empty() && extra.empty(),
+              "checkpoint step {} for {}: the model tensors handed to the writer do not match "
+              "the config ({}){}",
+              step_, root_, config_.describe(), problem_list(missing, wrong, extra));
+  }
+  std::string previous = "nothing";
+  if (is_file(join_path(root_, kLatestFile))) {
+    std::string s = read_text_file(join_path(root_, kLatestFile));
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
+    previous = s;
+  }
+  std::string final_path;
+  try {
+    StagedDirectory staged(root_, name);
+    model_.write(join_path(staged.path(), kModelFile));
+    write_file_atomic(join_path(staged.path(), kConfigFile), gpt_config_to_hf_json(config_).dump(2) + "\n");
+    if (optimizer_.size() > 0 || optimizer_step_) {
+      SafetensorsWriter opt = optimizer_;
+      opt.set_metadata("step", std::to_string(optimizer_step_.value_or(step_)));
+      opt.set_metadata("format", "trident-adamw");
+      opt.write(join_path(staged.path(), kOptimizerFile));
+    }
+    nlohmann::json state = trident_.is_object() ? trident_ : nlohmann::json{{"state", trident_}};
+    state["step"] = step_;
+    write_file_atomic(join_path(staged.path(), kTridentFile), state.dump(2) + "\n");
+    staged.commit();
+    final_path = staged.final_path();
+  } catch (const std::exception& e) {
+    TRI_FAIL("saving checkpoint {} in '{}' failed, nothing was committed ({} still names {}): {}",
+             name, root_, kLatestFile, previous, e.what());
+  }
+  try {
+    write_file_atomic(join_path(root_, kLatestFile), name + "\n");
+  } catch (const std::exception& e) {
+    TRI_FAIL("checkpoint {} was written to '{}' but updating '{}' failed ({} still names {}): {}",
+             name, final_path, join_path(root_, kLatestFile), kLatestFile, previous, e.what());
+  }
+  return final_path;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+std::vector<std::string> list_step_dirs(const std::string& root) {
+  std::vector<std::pair<std::int64_t, std::string>> found;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::int64_t step = parse_step_name(entry.path().filename().string());
+    if (step < 0 || !entry.is_directory()) continue;
+    if (is_file(join_path(entry.path().string(), kModelFile)) &&
+        is_file(join_path(entry.path().string(), kConfigFile))) {
+      found.emplace_back(step, entry.path().string());
+    }
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> out;
+  for (auto& f : found) out.push_back(std::move(f.second));
+  return out;
+}
+
+std::string latest_checkpoint(const std::string& root) {
+  std::error_code ec;
+  TRI_CHECK(fs::exists(root, ec), "checkpoint directory '{}' does not exist", root);
+  TRI_CHECK(fs::is_directory(root, ec), "checkpoint path '{}' is not a directory", root);
+  const std::string latest = join_path(root, kLatestFile);
+  TRI_CHECK(is_file(latest),
+            "no checkpoint to load in '{}': it holds neither {} nor a '{}' file naming the newest "
+            "step; {}. Pass a step directory itself to use one of them",
+            root, kModelFile, kLatestFile, describe_step_dirs(root));
+  std::string name = read_text_file(latest);
+  while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
+  TRI_CHECK(parse_step_name(name) >= 0,
+            "'{}' holds \"{}\", not a step directory name like step_00000100; {}", latest, name,
+            describe_step_dirs(root));
+  const std::string dir = join_path(root, name);
+  TRI_CHECK(fs::is_directory(dir, ec), "'{}' names {}, but '{}' does not exist; {}", latest, name,
+            dir, describe_step_dirs(root));
+  for (const char* f : {kModelFile, kConfigFile}) {
+    TRI_CHECK(is_file(join_path(dir, f)), "'{}' names {}, but '{}' is incomplete (no {}); {}",
+              latest, name, dir, f, describe_step_dirs(root));
+  }
+  return dir;
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  std::error_code ec;
+  TRI_CHECK(fs::exists(path, ec), "checkpoint path '{}' does not exist", path);
+  if (is_file(join_path(path, kModelFile))) return path;
+  return latest_checkpoint(path);
+}
+
+void LoadedCheckpoint::read_param(const std::string& name, const Shape& shape, float* dst) const {
+  model.read(model_prefix + name, shape, dst);
+}
+
+std::optional<std::int64_t> LoadedCheckpoint::optimizer_step() const {
+  if (!optimizer) return std::nullopt;
+  const auto it = optimizer->metadata().find("step");
+  if (it == optimizer->metadata().end()) return std::nullopt;
+  try {
+    return std::stoll(it->second);
+  } catch (const std::exception&) {
+    TRI_FAIL("optimizer state {} has a non-integer step \"{}\" in its metadata", optimizer->path(),
+             it->second);
+  }
+}
+
+namespace {
+LoadedCheckpoint open_checkpoint(const std::string& path) {
+  const std::string dir = resolve_checkpoint(path);
+  const std::string config_path = join_path(dir, kConfigFile);
+  TRI_CHECK(is_file(config_path),
+            "'{}' has {} but no {}; Trident needs the Hugging Face GPT-2 config.json beside the "
+            "weights to know the model shape", dir, kModelFile, kConfigFile);
+  nn::GPTConfig config = read_gpt_config(config_path);
+  SafetensorsReader model(join_path(dir, kModelFile));
+  LoadedCheckpoint ck{dir, config, std::move(model), std::nullopt, nullptr, -1, ""};
+  ck.model_prefix = detect_prefix(ck.model);
+  if (is_file(join_path(dir, kOptimizerFile))) ck.optimizer.emplace(join_path(dir, kOptimizerFile));
+  if (is_file(join_path(dir, kTridentFile))) {
+    ck.trident = read_json_file(join_path(dir, kTridentFile));
+    if (ck.trident.is_object() && ck.trident.contains("step") && ck.trident["step"].is_number_integer()) {
+      ck.step = ck.trident["step"].get<std::int64_t>();
+    }
+  }
+  return ck;
+}
+}  // namespace
+
+LoadedCheckpoint load_checkpoint(const std::string& path) {
+  LoadedCheckpoint ck = open_checkpoint(path);
+  validate_model_tensors(ck.model, ck.config, ck.model_prefix);
+  if (ck.optimizer) validate_optimizer_tensors(*ck.optimizer, ck.config);
+  return ck;
+}
+
+void validate_model_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config,
+                            const std::string& prefix) {
+  std::vector<std::string> missing, wrong_shape, wrong_dtype, extra, inferred;
+  std::set<std::string> expected;
+  for (const auto& spec : gpt2_tensor_specs(config)) {
+    const std::string name = prefix + spec.name;
+    expected.insert(name);
+    if (!reader.contains(name)) {
+      missing.push_back(name);
+      continue;
+    }
+    const auto& t = reader.info(name);
+    if (t.shape != spec.shape) {
+      wrong_shape.push_back(fmt::format("{} is {} (expected {})", name, shape_str(t.shape), shape_str(spec.shape)));
+    }
+    if (!dtype_readable_as_f32(t.dtype)) {
+      wrong_dtype.push_back(fmt::format("{} is {}", name, dtype_name(t.dtype)));
+    }
+  }
+  int max_layer = -1;
+  static const std::regex layer_re("^h\\.([0-9]+)\\.");
+  for (const auto& t : reader.tensors()) {
+    if (t.name.starts_with(prefix)) {
+      std::smatch m;
+      const std::string rest = t.name.substr(prefix.size());
+      if (std::regex_search(rest, m, layer_re)) max_layer = std::max(max_layer, std::stoi(m[1].str()));
+    }
+    if (expected.count(t.name) == 0 && !ignorable_hf_tensor(t.name, prefix)) extra.push_back(t.name);
+  }
+  if (missing.empty() && wrong_shape.empty() && wrong_dtype.empty() && extra.empty()) return;
+
+  // Say what shape the checkpoint's tensors imply, where they do.
+  auto infer = [&](const char* key, std::int64_t ck, std::int64_t model) {
+    if (ck != model) inferred.push_back(fmt::format("{} {} but the model has {}", key, ck, model));
+  };
+  if (reader.contains(prefix + "wte.weight") && reader.info(prefix + "wte.weight").shape.size() == 2) {
+    const auto& s = reader.info(prefix + "wte.weight").shape;
+    infer("vocab_size", s[0], config.vocab_size);
+    infer("n_embd", s[1], config.n_embd);
+  }
+  if (reader.contains(prefix + "wpe.weight") && reader.info(prefix + "wpe.weight").shape.size() == 2) {
+    infer("n_positions", reader.info(prefix + "wpe.weight").shape[0], config.n_positions);
+  }
+  if (max_layer >= 0) infer("n_layer", max_layer + 1, config.n_layer);
+
+  std::string msg = fmt::format("model tensors in {} do not match the model ({})", reader.path(),
+                                config.describe());
+  if (!inferred.empty()) msg += fmt::format(": checkpoint has {}", fmt::join(inferred, ", "));
+  if (!missing.empty()) msg += fmt::format("; {} missing: {}", missing.size(), list_limited(missing));
+  if (!wrong_shape.empty()) msg += fmt::format("; {} with the wrong shape: {}", wrong_shape.size(), list_limited(wrong_shape));
+  if (!wrong_dtype.empty()) msg += fmt::format("; {} with a dtype that is not a float: {}", wrong_dtype.size(), list_limited(wrong_dtype));
+  if (!extra.empty()) msg += fmt::format("; {} unexpected: {}", extra.size(), list_limited(extra));
+  TRI_FAIL("{}", msg);
+}
+
+void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config) {
+  std::vector<std::string> missing, wrong;
+  for (const auto& spec : gpt2_tensor_specs(config)) {
+    for (const std::string& name : {exp_avg_name(spec.name), exp_avg_sq_name(spec.name)}) {
+      if (!reader.contains(name)) {
+        missing.push_back(name);
+        continue;
+      }
+      const auto& t = reader.info(name);
+      if (t.shape != spec.shape || t.dtype != DType::kF32) {
+        wrong.push_back(fmt::format("{} is {} {} (expected F32 {})", name, dtype_name(t.dtype),
+                                    shape_str(t.shape), shape_str(spec.shape)));
+      }
+    }
+  }
+  TRI_CHECK(missing.empty() && wrong.empty(), "optimizer state in {} does not match the model ({}){}",
+            reader.path(), config.describe(), problem_list(missing, wrong, {}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// describe
+
+std::string describe_checkpoint(const std::string& path) {
+  LoadedCheckpoint ck = open_checkpoint(path);
+  std::string out;
+  out += fmt::format("checkpoint: {}\n", ck.path);
+  out += fmt::format("step: {}\n", ck.step >= 0 ? std::to_string(ck.step) : std::string("unknown (no trident.json)"));
+  const auto& c = ck.config;
+  out += fmt::format("config: n_layer={} n_head={} n_embd={} n_positions={} vocab_size={}\n", c.n_layer,
+                     c.n_head, c.n_embd, c.n_positions, c.vocab_size);
+  std::int64_t total = 0;
+  std::uint64_t bytes = 0;
+  std::size_t width = 4;
+  for (const auto& t : ck.model.tensors()) width = std::max(width, t.name.size());
+  std::string rows;
+  for (const auto& t : ck.model.tensors()) {
+    rows += fmt::format("  {:<{}}  {:<14}  {}\n", t.name, width, shape_str(t.shape), dtype_name(t.dtype));
+    if (!ignorable_hf_tensor(t.name, ck.model_prefix)) total += t.numel();
+    bytes += t.end - t.begin;
+  }
+  out += fmt::format("model.safetensors: {} tensors, {} parameters, {}\n", ck.model.tensors().size(),
+                     total, format_bytes(bytes));
+  out += rows;
+  try {
+    validate_model_tensors(ck.model, ck.config, ck.model_prefix);
+    out += fmt::format("model tensors: match config.json ({} parameters expected)\n", c.num_parameters());
+  } catch (const Error& e) {
+    out += fmt::format("model tensors: DO NOT MATCH config.json: {}\n", e.what());
+  }
+  if (ck.optimizer) {
+    const auto step = ck.optimizer_step();
+    out += fmt::format("optimizer state: present ({} tensors, step {})", ck.optimizer->tensors().size(),
+                       step ? std::to_string(*step) : std::string("unknown"));
+    try {
+      validate_optimizer_tensors(*ck.optimizer, ck.config);
+      out += ", AdamW exp_avg and exp_avg_sq for every parameter\n";
+    } catch (const Error& e) {
+      out += fmt::format("\n  INCOMPLETE: {}\n", e.what());
+    }
+  } else {
+    out += "optimizer state: absent (usable with --init-from, not --resume)\n";
+  }
+  if (ck.trident.is_object()) {
+    std::vector<std::string> keys;
+    for (auto it = ck.trident.begin(); it != ck.trident.end(); ++it) keys.push_back(it.key());
+    out += fmt::format("trident.json: {}\n", fmt::join(keys, ", "));
+  } else {
+    out += "trident.json: absent\n";
+  }
+  return out;
+}
+
+}  // namespace trident::ckpt

@@ -1,0 +1,147 @@
+// Checkpoint directories: ROOT/step_NNNNNNNN/ holding model.safetensors (logical fp32 tensors
+// with Hugging Face GPT-2 names), config.json (Hugging Face GPT-2 keys), optimizer.safetensors
+// (AdamW moments "<param>.exp_avg" / "<param>.exp_avg_sq", step in metadata) and trident.json
+// (free-form run state given by the caller), committed atomically; ROOT/latest names the newest.
+// Layout-free: this layer never sees shards or model classes. Gathering shards into logical
+// tensors (and slicing them back) is left to the model/parallel code; what goes into
+// trident.json and how training resumes is left to train/.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ckpt/safetensors.h"
+#include "nn/gpt_config.h"
+
+namespace trident::ckpt {
+
+inline constexpr const char* kModelFile = "model.safetensors";
+inline constexpr const char* kConfigFile = "config.json";
+inline constexpr const char* kOptimizerFile = "optimizer.safetensors";
+inline constexpr const char* kTridentFile = "trident.json";
+inline constexpr const char* kLatestFile = "latest";
+
+std::string step_dir_name(std::int64_t step);  // 42 -> "step_00000042"
+
+// ---------------------------------------------------------------------------------------------
+// Tensor names.
+
+struct TensorSpec {
+  std::string name;
+  Shape shape;
+};
+
+// Every tensor of the logical GPT-2 model in Hugging Face order and layout (Conv1D weights are
+// [in, out]; wte is [vocab_size, C], unpadded; the LM head is tied to wte and not stored):
+// wte.weight, wpe.weight, h.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias},
+// ln_f.weight, ln_f.bias.
+std::vector<TensorSpec> gpt2_tensor_specs(const nn::GPTConfig& config);
+
+// Optimizer-state names for a parameter: "<param>.exp_avg", "<param>.exp_avg_sq".
+std::string exp_avg_name(const std::string& param);
+std::string exp_avg_sq_name(const std::string& param);
+
+// ---------------------------------------------------------------------------------------------
+// config.json <-> GPTConfig.
+
+// Hugging Face GPT-2 config.json (model_type, architectures, n_layer, n_head, n_embd,
+// n_positions, n_ctx, vocab_size, layer_norm_epsilon, activation_function "gelu_new",
+// tie_word_embeddings, ...) plus "trident_vocab_pad_multiple".
+nlohmann::json gpt_config_to_hf_json(const nn::GPTConfig& config);
+// Accepts config.json as Hugging Face writes it (unknown keys ignored). Throws, naming `source`,
+// for missing keys and for settings Trident does not implement (another activation, another
+// layer-norm epsilon, untied embeddings, n_inner != 4 * n_embd, model_type other than gpt2).
+nn::GPTConfig gpt_config_from_hf_json(const nlohmann::json& json, const std::string& source);
+nn::GPTConfig read_gpt_config(const std::string& config_json_path);
+
+// Throws "checkpoint X has n_embd 384 but the model has 768; ..." listing every difference.
+void check_same_model_shape(const nn::GPTConfig& checkpoint, const nn::GPTConfig& model,
+                            const std::string& checkpoint_path);
+
+// ---------------------------------------------------------------------------------------------
+// Writing.
+
+// Collects one checkpoint and commits it atomically:
+//   1. everything is written into ROOT/.step_NNNNNNNN.tmp/ (each file fsynced),
+//   2. that directory is renamed to ROOT/step_NNNNNNNN/ (replacing an existing one atomically),
+//   3. ROOT/latest is rewritten atomically to "step_NNNNNNNN".
+// A failure at any point (a provider that throws, a full disk) removes the staging directory
+// and leaves the previous step directories and `latest` untouched. Nothing is written before
+// commit(); tensors are pulled from their providers one at a time during commit(), so a caller
+// can gather one logical tensor at a time.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(std::string root, std::int64_t step, const nn::GPTConfig& config);
+
+  // Model tensors (add them all; commit() checks the set against gpt2_tensor_specs()).
+  SafetensorsWriter& model() { return model_; }
+  // AdamW state; optional. Add exp_avg_name(p) / exp_avg_sq_name(p) for each parameter p.
+  // The optimizer step is stored in its metadata as "step"; more metadata may be added.
+  SafetensorsWriter& optimizer() { return optimizer_; }
+  void set_optimizer_step(std::int64_t optimizer_step);
+  // Free-form run state (run config, data position, RNG, metrics). "step" is always set to the
+  // checkpoint's step.
+  void set_trident_json(nlohmann::json state) { trident_ = std::move(state); }
+
+  // Writes, commits, updates latest; returns ROOT/step_NNNNNNNN.
+  std::string commit();
+
+ private:
+  std::string root_;
+  std::int64_t step_;
+  nn::GPTConfig config_;
+  SafetensorsWriter model_;
+  SafetensorsWriter optimizer_;
+  nlohmann::json trident_ = nlohmann::json::object();
+  std::optional<std::int64_t> optimizer_step_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Reading.
+
+// ROOT/latest resolved and checked: throws when ROOT does not exist, has no `latest` (listing
+// the step directories that do exist), or `latest` names a missing or incomplete directory.
+std::string latest_checkpoint(const std::string& root);
+// Step directories under ROOT that look complete (hold model.safetensors and config.json),
+// sorted by step.
+std::vector<std::string> list_step_dirs(const std::string& root);
+// PATH itself when it holds model.safetensors; otherwise latest_checkpoint(PATH).
+std::string resolve_checkpoint(const std::string& path);
+
+struct LoadedCheckpoint {
+  std::string path;                         // the step directory (or HF-style directory)
+  nn::GPTConfig config;                     // from config.json
+  SafetensorsReader model;                  // model.safetensors
+  std::optional<SafetensorsReader> optimizer;  // optimizer.safetensors when present
+  nlohmann::json trident;                   // trident.json, or null when absent
+  std::int64_t step = -1;                   // trident.json "step", else -1 (e.g. a HF model)
+  // "" or "transformer." (GPT2LMHeadModel.save_pretrained writes the latter).
+  std::string model_prefix;
+
+  // Reads the logical parameter with the Hugging Face name `name` (no prefix) into dst.
+  void read_param(const std::string& name, const Shape& shape, float* dst) const;
+  std::optional<std::int64_t> optimizer_step() const;  // optimizer metadata "step"
+};
+
+// Loads PATH (a step directory, a ROOT with `latest`, or a Hugging Face GPT-2 directory with
+// only model.safetensors + config.json) and validates the model tensors against config.json.
+LoadedCheckpoint load_checkpoint(const std::string& path);
+
+// Checks every expected model tensor's name, shape and dtype against `config`; one error lists
+// all that is missing, mismatched or extra, and infers the checkpoint's shape where it can
+// ("checkpoint has n_embd 384 but the model has 768"). Hugging Face's attention buffers
+// (h.{i}.attn.bias, h.{i}.attn.masked_bias) and a tied lm_head.weight are ignored.
+// `prefix` as in LoadedCheckpoint::model_prefix.
+void validate_model_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config,
+                            const std::string& prefix = "");
+// Checks optimizer.safetensors holds exp_avg and exp_avg_sq for every model tensor, same shapes.
+void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config);
+
+// Human-readable summary for `trident ckpt info`: step, config, tensors (name, shape, dtype),
+// total parameters, optimizer state, trident.json keys.
+std::string describe_checkpoint(const std::string& path);
+
+}  // namespace trident::ckpt
