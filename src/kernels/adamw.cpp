@@ -1,0 +1,107 @@
+// AdamW on a flat fp32 range, matching torch.optim.AdamW (PyTorch 1.13, CPU, foreach=False)
+// bit for bit, plus the double-precision sum of squares used for the global gradient norm.
+//
+// Exact agreement needs PyTorch's rounding order, including where its vectorised CPU kernels
+// use a fused multiply-add (add_ with alpha, addcmul_) and where they do not; the compiler
+// must not contract the remaining a * b + c into FMAs, hence fp-contract=off for this file.
+#pragma GCC optimize("fp-contract=off")
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <vector>
+
+#include "core/check.h"
+#include "kernels/kernels.h"
+
+namespace trident::kernels {
+namespace {
+
+// A hyperparameter given as float, widened to the double a Python user would have written
+// (0.9f -> 0.9, not 0.899999976...): PyTorch computes 1 - beta1, 1 - lr * wd and the bias
+// corrections in double from the decimal, and those roundings are what we must reproduce.
+// The shortest decimal that round-trips the float is exactly that decimal.
+double as_decimal(float x) {
+  char buf[32];
+  const auto printed = std::to_chars(buf, buf + sizeof(buf), x);
+  double value = static_cast<double>(x);
+  if (printed.ec == std::errc()) std::from_chars(buf, printed.ptr, value);
+  return value;
+}
+
+struct AdamScalars {
+  float decay, b1, one_minus_b1, b2, one_minus_b2, neg_step_size, bc2_sqrt, eps, grad_scale;
+};
+
+// The element-wise update, a plain function rather than the body of the OpenMP loop because
+// the file's optimize pragma does not reach the functions OpenMP outlines.
+void adamw_block(float* param, const float* grad, float* m, float* v, int64_t n,
+                 const AdamScalars& k) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = grad[i] * k.grad_scale;
+    float p = param[i] * k.decay;                                  // param.mul_(1 - lr * wd)
+    const float mi = std::fma(g, k.one_minus_b1, m[i] * k.b1);      // m.mul_(b1).add_(g, alpha=1-b1)
+    const float vi = std::fma(k.one_minus_b2 * g, g, v[i] * k.b2);  // v.mul_(b2).addcmul_(g, g, 1-b2)
+    const float denom = std::sqrt(vi) / k.bc2_sqrt + k.eps;         // (v.sqrt() / bc2_sqrt).add_(eps)
+    p = p + (k.neg_step_size * mi) / denom;                         // p.addcdiv_(m, denom, -step_size)
+    param[i] = p;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+}  // namespace
+
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int64_t t,
+                  float grad_scale) {
+  TRI_CHECK(n >= 0, "adamw_update: bad size n={}", n);
+  TRI_CHECK(t >= 1, "adamw_update: step t is 1-based, got {}", t);
+  TRI_CHECK(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f,
+            "adamw_update: betas must be in [0, 1), got ({}, {})", beta1, beta2);
+  const double lr_d = as_decimal(lr);
+  const double b1_d = as_decimal(beta1);
+  const double b2_d = as_decimal(beta2);
+  const double wd_d = as_decimal(weight_decay);
+  const double step = static_cast<double>(t);
+  // Scalars exactly as PyTorch forms them: in double, then rounded to the tensor's float.
+  const float decay = static_cast<float>(1.0 - lr_d * wd_d);
+  const float b1 = static_cast<float>(b1_d);
+  const float one_minus_b1 = static_cast<float>(1.0 - b1_d);
+  const float b2 = static_cast<float>(b2_d);
+  const float one_minus_b2 = static_cast<float>(1.0 - b2_d);
+  const float neg_step_size = static_cast<float>(-(lr_d / (1.0 - std::pow(b1_d, step))));
+  const float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(b2_d, step)));
+  const AdamScalars k{decay, b1, one_minus_b1, b2, one_minus_b2, neg_step_size, bc2_sqrt, eps,
+                     grad_scale};
+  constexpr int64_t kBlock = 1 << 14;
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    const int64_t begin = blk * kBlock;
+    adamw_block(param + begin, grad + begin, m + begin, v + begin, std::min(kBlock, n - begin), k);
+  }
+}
+
+double sum_squares(const float* x, int64_t n) {
+  TRI_CHECK(n >= 0, "sum_squares: bad size n={}", n);
+  // Fixed-size chunks summed in double, then the chunk sums added in order: the result is
+  // the same for every thread count (a plain OpenMP reduction would not be).
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<size_t>(nchunks));
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const int64_t end = std::min(n, (k + 1) * kChunk);
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = k * kChunk; i < end; ++i) acc += static_cast<double>(x[i]) * x[i];
+    partial[static_cast<size_t>(k)] = acc;
+  }
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+}  // namespace trident::kernels
