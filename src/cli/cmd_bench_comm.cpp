@@ -138,29 +138,23 @@ void overlap_report(Communicator& tri, MPI_Comm raw, MPI_Comm sync, Buffers& buf
   const double comm_s = time_ops(sync, 5, [&] {
     MPI_Allreduce(MPI_IN_PLACE, a, static_cast<int>(count), MPI_FLOAT, MPI_SUM, raw);
   });
-  // Calibrate the compute to take about as long as the collective.
-  int64_t reps = 16;
-  double t = 0;
-  for (;;) {
-    double t0 = now_s();
-    sink += compute(reps, scratch);
-    t = now_s() - t0;
-    if (t > 0.25 * comm_s && t > 2e-3) break;
-    reps *= 2;
-  }
-  double local = reps * (comm_s / t);
-  MPI_Allreduce(&local, &local, 1, MPI_DOUBLE, MPI_MIN, sync);  // same work on every rank
-  reps = std::max<int64_t>(1, static_cast<int64_t>(local));
-  const double compute_s = time_ops(sync, 3, [&] { sink += compute(reps, scratch); });
+  // The compute runs for a fixed wall-clock window of 1.5x the collective's time, so a
+  // collective that progresses during it adds (almost) nothing after the window.
+  const double window_s = 1.5 * comm_s;
+  auto compute_for = [&](double seconds) {
+    const double t0 = now_s();
+    while (now_s() - t0 < seconds) sink += compute(8, scratch);
+  };
+  const double compute_s = window_s;
   const double tri_s = time_ops(sync, 3, [&] {
     comm::Work w = tri.allreduce(std::span(a, count));
-    sink += compute(reps, scratch);
+    compute_for(window_s);
     w.wait();
   });
   const double nbc_s = time_ops(sync, 3, [&] {
     MPI_Request req;
     MPI_Iallreduce(MPI_IN_PLACE, a, static_cast<int>(count), MPI_FLOAT, MPI_SUM, raw, &req);
-    sink += compute(reps, scratch);
+    compute_for(window_s);
     MPI_Wait(&req, MPI_STATUS_IGNORE);
   });
   if (rank == 0) {

@@ -30,6 +30,7 @@ using Clock = std::chrono::steady_clock;
 constexpr int kQueryTag = 101;   // "which call have you reached?" payload: the asker's call #
 constexpr int kAnswerTag = 102;  // reply: {asked call #, my issued call count}
 constexpr double kServiceAfterS = 0.05;  // waits longer than this answer watchdog queries
+constexpr int kSpinIterations = 200;     // yields before sleeping (in wait and in the worker)
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -216,6 +217,7 @@ struct Group {
   std::mutex queue_mutex;
   std::condition_variable queue_cv;
   std::deque<std::function<void()>> queue;
+  std::atomic<size_t> queue_size{0};
   bool stopping = false;
   std::thread worker;
 
@@ -231,12 +233,18 @@ struct Group {
   void run_worker() {
     for (;;) {
       std::function<void()> fn;
+      // Back-to-back operations are common (buckets, layers): look again before sleeping.
+      for (int i = 0; i < kSpinIterations && queue_size.load(std::memory_order_acquire) == 0;
+           ++i) {
+        std::this_thread::yield();
+      }
       {
         std::unique_lock lock(queue_mutex);
         queue_cv.wait(lock, [&] { return stopping || !queue.empty(); });
         if (queue.empty()) return;
         fn = std::move(queue.front());
         queue.pop_front();
+        queue_size.store(queue.size(), std::memory_order_release);
       }
       fn();
     }
@@ -246,6 +254,7 @@ struct Group {
     {
       std::lock_guard lock(queue_mutex);
       queue.push_back(std::move(fn));
+      queue_size.store(queue.size(), std::memory_order_release);
     }
     queue_cv.notify_one();
   }
@@ -295,6 +304,7 @@ struct WorkState {
   std::mutex mutex;
   std::condition_variable cv;
   bool done = false;
+  std::atomic<bool> done_flag{false};  // mirrors `done` for lock-free spinning
   std::exception_ptr error;
   Signature sig;
   std::shared_ptr<Group> group;
@@ -306,6 +316,7 @@ struct WorkState {
       std::lock_guard lock(mutex);
       error = std::move(e);
       done = true;
+      done_flag.store(true, std::memory_order_release);
     }
     cv.notify_all();
   }
@@ -414,6 +425,11 @@ void Work::wait(double timeout_s) {
       std::this_thread::yield();
     }
   } else {
+    // Spin briefly first: short collectives finish within microseconds, and a condition
+    // variable wake-up costs more than that on a busy machine.
+    for (int i = 0; i < kSpinIterations && !s.done_flag.load(std::memory_order_acquire); ++i) {
+      std::this_thread::yield();
+    }
     std::unique_lock lock(s.mutex);
     while (!s.done) {
       s.cv.wait_for(lock, std::chrono::milliseconds(20));
