@@ -5,5 +5,6 @@
 namespace trident::cli {
 
 int run_ckpt(int argc, char** argv);  // trident ckpt info DIR
+int run_bench_comm(int argc, char** argv);  // trident bench comm [--max-bytes N] (under mpirun)
 
 }  // namespace trident::cli
