@@ -6,5 +6,10 @@ namespace trident::cli {
 
 int run_ckpt(int argc, char** argv);  // trident ckpt info DIR
 int run_bench_comm(int argc, char** argv);  // trident bench comm [--max-bytes N] (under mpirun)
+int run_prepare(int argc, char** argv);  // trident prepare --input FILE... | --corpus janeausten --out PREFIX
+
+int run_train(int argc, char** argv);     // trident train [--config FILE] [--option value ...]
+int run_generate(int argc, char** argv);  // trident generate --ckpt DIR --prompt TEXT
+int run_bench(int argc, char** argv);     // trident bench comm
 
 }  // namespace trident::cli

@@ -1,0 +1,31 @@
+// `trident train`: parses the run configuration, starts MPI and the mesh, runs the loop.
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "comm/mesh.h"
+#include "comm/runtime.h"
+#include "core/check.h"
+#include "train/run_config.h"
+#include "train/trainer.h"
+
+namespace trident::cli {
+
+int run_train(int argc, char** argv) {
+  if (train::run_config_wants_help(argc, argv)) {
+    fmt::print("usage: trident train [--config FILE.toml] [--option value ...]\n\n{}",
+               train::run_config_help());
+    return 0;
+  }
+  const train::RunConfig cfg = train::parse_run_config(argc, argv);
+  comm::MpiRuntime mpi(nullptr, nullptr);
+  comm::MeshShape shape;
+  shape.dp = cfg.parallel.dp;
+  shape.tp = cfg.parallel.tp;
+  shape.pp = cfg.parallel.pp;
+  comm::validate_mesh(shape, mpi.world_size());
+  comm::Mesh mesh(mpi.world(), shape);
+  train::run_training(cfg, mesh);
+  return 0;
+}
+
+}  // namespace trident::cli

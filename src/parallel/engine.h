@@ -1,0 +1,99 @@
+// The training engine: one rank's share of a dp x tp x pp layout of the model, and the step
+// that composes them. Micro-batches (or the pipeline schedule) run forward and backward,
+// gradients are synchronised over dp, the tied embedding's gradient is summed between the
+// first and last pipeline stage, the global gradient norm counts every unique element once,
+// and AdamW (optionally ZeRO-sharded) updates the weights. Data loading, metrics and
+// checkpoint files are left to train/.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/mesh.h"
+#include "core/memory.h"
+#include "nn/gpt.h"
+#include "optim/adamw.h"
+
+namespace trident::parallel {
+
+struct EngineOptions {
+  int zero = 0;                  // ZeRO stage over dp (0..3)
+  std::string schedule = "1f1b";  // pipeline schedule when pp > 1
+  int micro_batches = 1;         // per step per dp rank
+  int virtual_stages = 1;
+  bool sequence_parallel = false;
+  double bucket_mb = 25.0;       // DDP gradient bucket size
+  bool overlap = true;           // overlap gradient allreduce with backward
+  optim::AdamWConfig adamw;
+  double grad_clip = 1.0;        // 0: off
+};
+
+// Fills rows [row_begin, row_begin + rows) of the current global batch: ids and targets are
+// (rows, T) row-major.
+using BatchFn = std::function<void(int64_t row_begin, int64_t rows, int32_t* ids, int32_t* targets)>;
+
+struct StepStats {
+  double loss = 0.0;       // mean over every token of the global batch
+  double grad_norm = 0.0;  // global L2 norm before clipping
+  float clip_scale = 1.0f;
+};
+
+class Engine {
+ public:
+  // global_batch rows of seq_len tokens per step, split over dp and then micro-batches.
+  Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOptions& options,
+         MemoryTracker& tracker, int64_t global_batch, int64_t seq_len);
+  ~Engine();
+
+  void initialize(uint64_t seed);  // GPT-2 init from the logical tensors
+  StepStats train_step(const BatchFn& batch, float lr);
+  // Mean token loss of one global batch (no gradients). Same on every rank.
+  double eval_loss(const BatchFn& batch);
+
+  // ---- layout-free state: logical tensors by Hugging Face name ----
+  // Collective over the world: every rank calls with the same names in the same order; the
+  // full logical tensor arrives on world rank 0 (others' `out` is untouched, may be null).
+  void gather_param(const std::string& name, const Shape& logical_shape, float* out);
+  // kind 0: exp_avg, 1: exp_avg_sq
+  void gather_optimizer_state(const std::string& name, const Shape& logical_shape, int kind,
+                              float* out);
+  // Every rank passes the full logical tensor and keeps its slice. Not collective.
+  void load_param(const std::string& name, const float* logical);
+  void load_optimizer_state(const std::string& name, int kind, const float* logical);
+  int64_t optimizer_step() const;
+  void set_optimizer_step(int64_t t);
+
+  const nn::GPTConfig& config() const { return config_; }
+  nn::GPT& model() { return *model_; }
+  comm::Mesh& mesh() { return mesh_; }
+  MemoryTracker& tracker() { return tracker_; }
+  int64_t micro_batch_rows() const { return micro_rows_; }
+  int micro_batches() const { return micro_batches_; }
+  int64_t seq_len() const { return seq_len_; }
+  bool is_output_rank() const { return mesh_.rank() == 0; }
+  std::string describe() const;
+
+ private:
+  // Sum of squares of this rank's gradient elements that no other rank also counts.
+  double local_unique_grad_sumsq() const;
+  // Whether this rank's copy of parameter `id` is the one counted/saved (replicas skip).
+  bool owns_for_reduction(int id) const;
+  double reduce_loss(double local_loss_sum);
+
+  comm::Mesh& mesh_;
+  nn::GPTConfig config_;
+  EngineOptions options_;
+  MemoryTracker& tracker_;
+  int64_t global_batch_, seq_len_, rank_rows_, micro_rows_;
+  int micro_batches_;
+  std::unique_ptr<nn::TensorParallelComm> tp_comm_;
+  std::unique_ptr<nn::GPT> model_;
+  std::unique_ptr<optim::AdamW> adamw_;
+  nn::GPTActivations acts_;
+  std::vector<int32_t> ids_, targets_;
+};
+
+}  // namespace trident::parallel

@@ -1,0 +1,34 @@
+// Model FLOPs and a quick sgemm throughput probe.
+#include "train/flops.h"
+
+#include <cblas.h>
+
+#include <vector>
+
+#include "core/timer.h"
+
+namespace trident::train {
+
+double training_flops_per_token(const nn::GPTConfig& cfg, int64_t seq_len) {
+  const double n = static_cast<double>(cfg.num_parameters()) -
+                   static_cast<double>(cfg.n_positions) * cfg.n_embd;
+  return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * static_cast<double>(seq_len);
+}
+
+double measure_sgemm_flops(double seconds) {
+  const int n = 1024;
+  std::vector<float> a(static_cast<std::size_t>(n) * n, 0.5f), b(a.size(), 0.25f), c(a.size());
+  // One warm-up call (thread pool start, page faults), then time whole calls.
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
+              0.0f, c.data(), n);
+  Stopwatch sw;
+  int calls = 0;
+  do {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
+                n, 0.0f, c.data(), n);
+    ++calls;
+  } while (sw.seconds() < seconds);
+  return 2.0 * n * n * n * calls / sw.seconds();
+}
+
+}  // namespace trident::train

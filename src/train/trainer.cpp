@@ -1,0 +1,208 @@
+// The training loop (see trainer.h).
+#include "train/trainer.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "ckpt/checkpoint.h"
+#include "core/check.h"
+#include "core/timer.h"
+#include "data/batch_sampler.h"
+#include "data/token_shard.h"
+#include "kernels/kernels.h"
+#include "optim/lr_schedule.h"
+#include "parallel/engine.h"
+#include "train/checkpointing.h"
+#include "train/flops.h"
+#include "train/progress.h"
+
+namespace trident::train {
+
+namespace {
+
+nn::GPTConfig model_config_for(const RunConfig& cfg) {
+  nn::GPTConfig wanted = resolve_model_config(cfg.model);
+  if (!cfg.train.init_from.empty()) {
+    // The shape of a model loaded with --init-from is whatever its config.json says.
+    return ckpt::load_checkpoint(cfg.train.init_from).config;
+  }
+  return wanted;
+}
+
+parallel::EngineOptions engine_options(const RunConfig& cfg) {
+  parallel::EngineOptions o;
+  o.zero = cfg.parallel.zero;
+  o.schedule = std::string(enum_name(cfg.parallel.schedule));
+  o.micro_batches = cfg.num_micro_batches();
+  o.virtual_stages = cfg.parallel.virtual_stages;
+  o.sequence_parallel = cfg.parallel.sequence_parallel;
+  o.bucket_mb = cfg.parallel.bucket_mb;
+  o.overlap = cfg.parallel.overlap;
+  o.adamw.beta1 = static_cast<float>(cfg.optim.beta1);
+  o.adamw.beta2 = static_cast<float>(cfg.optim.beta2);
+  o.adamw.eps = static_cast<float>(cfg.optim.eps);
+  o.adamw.weight_decay = static_cast<float>(cfg.optim.weight_decay);
+  o.grad_clip = cfg.optim.grad_clip;
+  return o;
+}
+
+nlohmann::json memory_json(const MemoryTracker& t) {
+  nlohmann::json j;
+  for (int c = 0; c < static_cast<int>(MemCategory::kCount); ++c) {
+    j[mem_category_name(static_cast<MemCategory>(c))] = t.peak(static_cast<MemCategory>(c));
+  }
+  j["total"] = t.peak_total();
+  return j;
+}
+
+// Validation loss over the fixed eval batches (same on every rank).
+double evaluate(parallel::Engine& engine, const data::EvalBatches& batches) {
+  double sum = 0.0;
+  for (int64_t b = 0; b < batches.num_batches(); ++b) {
+    sum += engine.eval_loss([&](int64_t row, int64_t rows, int32_t* ids, int32_t* targets) {
+      batches.fill(b, row, rows, ids, targets);
+    });
+  }
+  return sum / static_cast<double>(batches.num_batches());
+}
+
+}  // namespace
+
+void run_training(const RunConfig& cfg, comm::Mesh& mesh) {
+  const bool lead = mesh.rank() == 0;
+  if (cfg.train.threads > 0) kernels::set_num_threads(cfg.train.threads);
+  comm::check_same_across_ranks(mesh.world(), "the run configuration", run_config_hash(cfg));
+
+  const nn::GPTConfig model_cfg = model_config_for(cfg);
+  TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
+                                    "and PREFIX_val.bin, written by `trident prepare`)");
+  const data::TokenShard train_shard =
+      data::TokenShard::open(cfg.data.data + "_train.bin", model_cfg.vocab_size);
+  std::optional<data::TokenShard> val_shard;
+  if (cfg.data.eval_every > 0) {
+    val_shard = data::TokenShard::open(cfg.data.data + "_val.bin", model_cfg.vocab_size);
+  }
+  data::SamplerConfig sampler_cfg;
+  sampler_cfg.batch_size = cfg.data.batch_size;
+  sampler_cfg.seq_len = cfg.data.seq_len;
+  sampler_cfg.seed = cfg.train.seed;
+  sampler_cfg.order = cfg.data.data_order == DataOrder::kSequential ? data::DataOrder::kSequential
+                                                                    : data::DataOrder::kRandom;
+  const data::BatchSampler sampler(train_shard, sampler_cfg);
+  std::optional<data::EvalBatches> eval_batches;
+  if (val_shard) eval_batches.emplace(*val_shard, cfg.data.batch_size, cfg.data.seq_len, cfg.data.eval_batches);
+
+  MemoryTracker tracker;
+  parallel::Engine engine(mesh, model_cfg, engine_options(cfg), tracker, cfg.data.batch_size,
+                          cfg.data.seq_len);
+  int64_t start_step = 0;
+  nlohmann::json history = nlohmann::json::array();
+  if (!cfg.train.resume.empty()) {
+    const RestoredState st = load_into_engine(engine, cfg.train.resume, /*with_optimizer=*/true);
+    start_step = st.step;
+    if (lead) fmt::print(stderr, "resumed from {} at step {}\n", st.path, start_step);
+  } else if (!cfg.train.init_from.empty()) {
+    const RestoredState st = load_into_engine(engine, cfg.train.init_from, /*with_optimizer=*/false);
+    if (lead) fmt::print(stderr, "initialised from {}\n", st.path);
+  } else {
+    engine.initialize(cfg.train.seed);
+  }
+  TRI_CHECK(start_step <= cfg.train.steps,
+            "the checkpoint is at step {} but --steps is {}: nothing to do; raise --steps",
+            start_step, cfg.train.steps);
+
+  optim::LrSchedule schedule;
+  schedule.kind = cfg.optim.lr_schedule == LrSchedule::kConstant ? optim::LrSchedule::Kind::kConstant
+                                                                 : optim::LrSchedule::Kind::kCosine;
+  schedule.max_lr = static_cast<float>(cfg.optim.lr);
+  schedule.min_lr = static_cast<float>(cfg.optim.min_lr_value());
+  schedule.warmup_steps = cfg.optim.warmup_steps;
+  schedule.total_steps = cfg.train.steps;
+
+  const double flops_per_token = training_flops_per_token(model_cfg, cfg.data.seq_len);
+  const double peak_flops = measure_sgemm_flops(0.2) * mesh.size();
+  if (lead) {
+    fmt::print(stderr, "model: {}\n{}\n", model_cfg.describe(), engine.describe());
+  }
+
+  std::ofstream metrics;
+  if (lead && !cfg.train.metrics.empty()) {
+    metrics.open(cfg.train.metrics, start_step > 0 ? std::ios::app : std::ios::trunc);
+    TRI_CHECK(metrics.good(), "cannot open the metrics file {} for writing", cfg.train.metrics);
+  }
+  auto save = [&](int64_t step) {
+    nlohmann::json state = {{"run_config", to_json(cfg)},
+                            {"step", step},
+                            {"data", {{"order", enum_name(cfg.data.data_order)}, {"next_step", step},
+                                      {"seed", cfg.train.seed}}},
+                            {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
+    const std::string dir = save_checkpoint(engine, cfg.train.ckpt_dir, step, state);
+    return dir;
+  };
+
+  ProgressLine progress(lead);
+  const int64_t tokens_per_step = static_cast<int64_t>(cfg.data.batch_size) * cfg.data.seq_len;
+  Stopwatch run_clock;
+  double last_loss = NAN;
+  for (int64_t step = start_step; step < cfg.train.steps; ++step) {
+    const float lr = schedule.at(step);
+    tracker.reset_peaks();
+    Stopwatch step_clock;
+    const parallel::StepStats stats = engine.train_step(
+        [&](int64_t row, int64_t rows, int32_t* ids, int32_t* targets) {
+          sampler.fill(step, row, rows, ids, targets);
+        },
+        lr);
+    const double step_s = step_clock.seconds();
+    last_loss = stats.loss;
+    TRI_CHECK(std::isfinite(stats.loss), "loss became {} at step {}: lower --lr or check the data",
+              stats.loss, step);
+    const int64_t done = step + 1;
+    const double tps = static_cast<double>(tokens_per_step) / step_s;
+    nlohmann::json line = {{"step", done},
+                           {"loss", stats.loss},
+                           {"lr", lr},
+                           {"grad_norm", stats.grad_norm},
+                           {"clip_scale", stats.clip_scale},
+                           {"tokens", done * tokens_per_step},
+                           {"tokens_per_s", tps},
+                           {"step_ms", step_s * 1e3},
+                           {"mfu", tps * flops_per_token / peak_flops},
+                           {"memory", memory_json(tracker)}};
+    const bool eval_now = eval_batches && (done % cfg.data.eval_every == 0 || done == cfg.train.steps);
+    if (eval_now) {
+      const double val = evaluate(engine, *eval_batches);
+      line["val_loss"] = val;
+      progress.note(fmt::format("step {}: val_loss {:.4f} (train loss {:.4f})", done, val, stats.loss));
+    }
+    if (metrics.is_open()) {
+      metrics << line.dump() << "\n";
+      metrics.flush();
+    }
+    if (done % cfg.train.log_every == 0 || done == cfg.train.steps) {
+      const double elapsed = run_clock.seconds();
+      const double eta = elapsed / static_cast<double>(done - start_step) * static_cast<double>(cfg.train.steps - done);
+      progress.update(done, cfg.train.steps, stats.loss, lr, tps, eta);
+    }
+    if (!cfg.train.ckpt_dir.empty() && cfg.train.ckpt_every > 0 && done % cfg.train.ckpt_every == 0 &&
+        done != cfg.train.steps) {
+      progress.note("saved " + save(done));
+    }
+  }
+  progress.finish();
+  if (!cfg.train.ckpt_dir.empty() && start_step < cfg.train.steps) {
+    const std::string dir = save(cfg.train.steps);
+    if (lead) fmt::print(stderr, "saved {}\n", dir);
+  }
+  if (lead) {
+    fmt::print(stderr, "done: {} steps, final loss {:.4f}, {:.1f} s\nmemory (peak per rank 0):\n{}",
+               cfg.train.steps, last_loss, run_clock.seconds(), tracker.report());
+  }
+}
+
+}  // namespace trident::train
