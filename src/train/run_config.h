@@ -1,0 +1,352 @@
+// The run configuration of `trident train`: one struct per concern, and for every field one
+// declaration (in the for_each_field lists below) that gives its name, default, --help line,
+// accepted range and suggestion aliases. Defaults, --help, command-line and TOML parsing,
+// printing, JSON and the config hash are all driven by those lists (run_config.cpp).
+// Checks that need the model or the world size (heads % tp, layers % pp, world == dp*tp*pp)
+// are left to the code that has them.
+//
+// Precedence: the defaults below < the TOML file named by --config < command-line flags.
+// Names: a field `grad_accum` of DataOptions is the TOML key `grad_accum` in table [data] and
+// the flag `--grad-accum`. Flag names are unique across the tables.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <nlohmann/json_fwd.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "nn/gpt_config.h"
+
+namespace trident::train {
+
+// ---- Enumerated options. enum_names(E{}) lists the spellings, indexed by the enum's value.
+enum class DataOrder { kRandom, kSequential };
+enum class LrSchedule { kCosine, kConstant };
+enum class PipelineSchedule { kGPipe, k1F1B, kInterleaved };
+
+std::span<const std::string_view> enum_names(DataOrder);         // random, sequential
+std::span<const std::string_view> enum_names(LrSchedule);        // cosine, constant
+std::span<const std::string_view> enum_names(PipelineSchedule);  // gpipe, 1f1b, interleaved
+
+template <class E>
+  requires std::is_enum_v<E>
+std::string_view enum_name(E e) {
+  return enum_names(e)[static_cast<size_t>(e)];
+}
+
+// ---- Field descriptors.
+// The accepted numeric range of a field (inclusive; `above` makes the lower bound exclusive).
+struct Bounds {
+  double min = -std::numeric_limits<double>::infinity();
+  double max = std::numeric_limits<double>::infinity();
+  bool min_exclusive = false;
+  bool max_exclusive = false;
+};
+
+// What one field is: its name (snake_case; the flag is --kebab-case), default, a one-line
+// description for --help, accepted range, and the names other tools use for it (space
+// separated; only used to suggest the right name for an unknown key, never accepted).
+template <class T>
+struct Field {
+  std::string_view name;
+  T default_value;
+  std::string_view help;
+  Bounds bounds = {};
+  std::string_view default_text = {};  // shown in --help instead of the default value
+  std::string_view aliases = {};
+  std::string_view value_name = {};  // --help placeholder for strings ("PREFIX", "DIR")
+
+  Field at_least(double lo) const { Field f = *this; f.bounds.min = lo; return f; }
+  Field above(double lo) const {
+    Field f = *this; f.bounds.min = lo; f.bounds.min_exclusive = true; return f;
+  }
+  Field at_most(double hi) const { Field f = *this; f.bounds.max = hi; return f; }
+  Field below(double hi) const {
+    Field f = *this; f.bounds.max = hi; f.bounds.max_exclusive = true; return f;
+  }
+  Field shown_as(std::string_view text) const { Field f = *this; f.default_text = text; return f; }
+  Field alias(std::string_view names) const { Field f = *this; f.aliases = names; return f; }
+  Field placeholder(std::string_view text) const { Field f = *this; f.value_name = text; return f; }
+};
+
+template <class T>
+Field<T> field(std::string_view name, T default_value, std::string_view help) {
+  return Field<T>{name, std::move(default_value), help};
+}
+inline Field<std::string> field(std::string_view name, const char* default_value,
+                                std::string_view help) {
+  return Field<std::string>{name, std::string(default_value), help};
+}
+
+template <class S, class T>
+concept OptionsOf = std::is_same_v<std::remove_const_t<S>, T>;
+
+// ---- [model]: which network. Overrides left at 0 take the preset's (or config.json's) value.
+struct ModelOptions {
+  std::string model;       // preset name (tiny, small, gpt2, gpt2-medium) or path to a config.json
+  int n_layer;             // 0: from the preset
+  int n_head;              // 0: from the preset
+  int n_embd;              // 0: from the preset
+  int n_positions;         // 0: from the preset
+  int vocab_size;          // 0: from the preset
+  int vocab_pad_multiple;  // 0: from the preset
+  ModelOptions();
+};
+
+template <class S, class V>
+  requires OptionsOf<S, ModelOptions>
+void for_each_field(S& o, V&& v) {
+  v(field("model", "small", "preset (tiny, small, gpt2, gpt2-medium) or path to a Hugging Face config.json")
+        .placeholder("NAME|PATH").alias("preset model_name arch config"), o.model);
+  v(field("n_layer", 0, "override: transformer blocks").at_least(0).shown_as("0 = from the preset")
+        .alias("num_layers n_layers layers"), o.n_layer);
+  v(field("n_head", 0, "override: attention heads").at_least(0).shown_as("0 = from the preset")
+        .alias("num_heads num_attention_heads heads"), o.n_head);
+  v(field("n_embd", 0, "override: channels (hidden size)").at_least(0).shown_as("0 = from the preset")
+        .alias("hidden_size d_model n_embed embd"), o.n_embd);
+  v(field("n_positions", 0, "override: longest sequence the position table holds").at_least(0)
+        .shown_as("0 = from the preset").alias("max_position_embeddings n_ctx context_length"), o.n_positions);
+  v(field("vocab_size", 0, "override: real tokens in the vocabulary").at_least(0)
+        .shown_as("0 = from the preset").alias("vocab n_vocab"), o.vocab_size);
+  v(field("vocab_pad_multiple", 0, "override: pad embedding rows to a multiple of this (and of tp)")
+        .at_least(0).shown_as("0 = from the preset").alias("pad_vocab_multiple vocab_padding"), o.vocab_pad_multiple);
+}
+
+// ---- [data]: what the model reads, and how much per step.
+struct DataOptions {
+  std::string data;      // PREFIX: reads PREFIX_train.bin and PREFIX_val.bin
+  DataOrder data_order;  // random: batches drawn from (seed, step); sequential: front to back as llm.c
+  int seq_len;           // T, tokens per sequence
+  int batch_size;        // B, sequences per optimizer step over all data-parallel ranks
+  int grad_accum;        // micro-batches per step per data-parallel rank (pipeline: the micro-batch count)
+  int eval_every;        // steps between validation passes; 0: never
+  int eval_batches;      // batches of batch_size sequences per validation pass
+  DataOptions();
+};
+
+template <class S, class V>
+  requires OptionsOf<S, DataOptions>
+void for_each_field(S& o, V&& v) {
+  v(field("data", "", "token shards PREFIX_train.bin and PREFIX_val.bin (written by trident prepare)")
+        .placeholder("PREFIX").shown_as("none; required unless resuming").alias("dataset data_prefix data_dir prefix"), o.data);
+  v(field("data_order", DataOrder::kRandom,
+          "random: each step's batch drawn from (seed, step); sequential: read front to back like llm.c")
+        .alias("order shuffle sampling"), o.data_order);
+  v(field("seq_len", 64, "tokens per sequence (T); at most the model's n_positions").at_least(1)
+        .alias("seq_length sequence_length block_size context T"), o.seq_len);
+  v(field("batch_size", 8, "sequences per optimizer step, over all data-parallel ranks (global B)")
+        .at_least(1).alias("global_batch_size batch B"), o.batch_size);
+  v(field("grad_accum", 1, "micro-batches per step on each data-parallel rank (pipeline: the micro-batch count)")
+        .at_least(1).alias("gradient_accumulation_steps accumulation accum grad_accumulation"), o.grad_accum);
+  v(field("eval_every", 100, "steps between validation passes (and at the last step); 0: never")
+        .at_least(0).alias("eval_interval val_every val_interval"), o.eval_every);
+  v(field("eval_batches", 20, "batches of batch_size sequences per validation pass").at_least(1)
+        .alias("eval_iters val_batches val_steps eval_steps"), o.eval_batches);
+}
+
+// ---- [optim]: AdamW, the learning-rate schedule and gradient clipping.
+struct OptimOptions {
+  double lr;                    // peak learning rate
+  std::optional<double> min_lr;  // floor of the cosine decay; unset: lr / 10 (filled in by parsing)
+  int warmup_steps;             // linear warm-up from 0 to lr
+  LrSchedule lr_schedule;       // cosine: decay to min_lr at the last step; constant: lr after warm-up
+  double weight_decay;          // decoupled (AdamW), on matrices only
+  double beta1;
+  double beta2;
+  double eps;
+  double grad_clip;  // clip the global gradient norm to this; 0: no clipping
+  OptimOptions();
+  double min_lr_value() const { return min_lr.value_or(lr / 10); }
+};
+
+template <class S, class V>
+  requires OptionsOf<S, OptimOptions>
+void for_each_field(S& o, V&& v) {
+  v(field("lr", 6e-4, "peak learning rate, reached at the end of warm-up").at_least(0)
+        .alias("learning_rate max_lr peak_lr"), o.lr);
+  v(field("min_lr", std::optional<double>{}, "learning rate at the end of the cosine decay").at_least(0)
+        .shown_as("lr / 10").alias("min_learning_rate final_lr lr_min"), o.min_lr);
+  v(field("warmup_steps", 0, "steps of linear warm-up from 0 to lr").at_least(0)
+        .alias("warmup warmup_iters lr_warmup_steps lr_warmup_iters"), o.warmup_steps);
+  v(field("lr_schedule", LrSchedule::kCosine,
+          "cosine: decay from lr to min_lr by the last step; constant: lr after warm-up")
+        .alias("lr_scheduler scheduler decay lr_decay lr_decay_style"), o.lr_schedule);
+  v(field("weight_decay", 0.1, "AdamW decoupled weight decay (matrices only)").at_least(0)
+        .alias("wd decay_rate"), o.weight_decay);
+  v(field("beta1", 0.9, "AdamW first-moment decay").at_least(0).below(1)
+        .alias("adam_beta1 b1 momentum"), o.beta1);
+  v(field("beta2", 0.95, "AdamW second-moment decay").at_least(0).below(1)
+        .alias("adam_beta2 b2"), o.beta2);
+  v(field("eps", 1e-8, "AdamW denominator epsilon").above(0).alias("adam_eps epsilon adam_epsilon"), o.eps);
+  v(field("grad_clip", 1.0, "clip the global gradient norm to this; 0: no clipping").at_least(0)
+        .alias("clip_grad max_grad_norm clip_grad_norm grad_norm_clip"), o.grad_clip);
+}
+
+// ---- [parallel]: how the work is laid out over dp * tp * pp ranks.
+struct ParallelOptions {
+  int dp;                     // data-parallel replicas
+  int tp;                     // tensor-parallel ranks per layer
+  int pp;                     // pipeline stages
+  int zero;                   // ZeRO stage over dp: 0 none, 1 optimizer, 2 + gradients, 3 + parameters
+  PipelineSchedule schedule;  // pipeline schedule (pp > 1)
+  int micro_batches;          // pipeline micro-batches per step; 0: grad_accum
+  int virtual_stages;         // model chunks per pipeline rank (interleaved schedule)
+  bool sequence_parallel;     // split LayerNorm/dropout regions along the sequence over tp
+  double bucket_mb;           // data-parallel gradient bucket size in MiB
+  bool overlap;               // overlap gradient communication with backward
+  ParallelOptions();
+  int world_size() const { return dp * tp * pp; }
+};
+
+template <class S, class V>
+  requires OptionsOf<S, ParallelOptions>
+void for_each_field(S& o, V&& v) {
+  v(field("dp", 1, "data-parallel replicas").at_least(1)
+        .alias("data_parallel data_parallel_size dp_size"), o.dp);
+  v(field("tp", 1, "tensor-parallel ranks per layer (Megatron-style)").at_least(1)
+        .alias("tensor_parallel tensor_model_parallel_size tp_size"), o.tp);
+  v(field("pp", 1, "pipeline stages").at_least(1)
+        .alias("pipeline_parallel pipeline_model_parallel_size pp_size stages"), o.pp);
+  v(field("zero", 0, "ZeRO stage over dp: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters")
+        .at_least(0).at_most(3).alias("zero_stage stage"), o.zero);
+  v(field("schedule", PipelineSchedule::k1F1B, "pipeline schedule (used when pp > 1)")
+        .alias("pipeline_schedule pp_schedule"), o.schedule);
+  v(field("micro_batches", 0, "pipeline micro-batches per step").at_least(0).shown_as("0 = grad_accum")
+        .alias("num_microbatches microbatches num_micro_batches chunks"), o.micro_batches);
+  v(field("virtual_stages", 1, "model chunks per pipeline rank (needs schedule interleaved when > 1)")
+        .at_least(1).alias("virtual_pipeline_model_parallel_size num_virtual_stages vpp chunks_per_stage"),
+    o.virtual_stages);
+  v(field("sequence_parallel", false, "split LayerNorm/dropout regions along the sequence over tp")
+        .alias("sp sequence_parallelism"), o.sequence_parallel);
+  v(field("bucket_mb", 25.0, "data-parallel gradient bucket size, MiB").above(0)
+        .alias("bucket_size bucket_cap_mb bucket_size_mb"), o.bucket_mb);
+  v(field("overlap", true, "overlap gradient communication with backward")
+        .alias("overlap_comm overlap_grad_reduce"), o.overlap);
+}
+
+// ---- [train]: the run itself.
+struct TrainOptions {
+  int steps;              // optimizer steps to take (in total, when resuming)
+  int64_t seed;           // weights, data order and dropout all derive from it (>= 0; TOML integers are int64)
+  std::string init_from;  // directory with model.safetensors + config.json to start from
+  std::string resume;     // checkpoint directory to continue from (DIR/latest)
+  std::string ckpt_dir;   // where checkpoints go; empty: none
+  int ckpt_every;         // steps between checkpoints (and at the end); 0: only at the end
+  std::string metrics;    // JSON-lines metrics file; empty: none
+  int threads;            // OpenMP threads per rank; 0: OpenMP's default
+  int log_every;          // steps between progress lines on stderr
+  TrainOptions();
+};
+
+template <class S, class V>
+  requires OptionsOf<S, TrainOptions>
+void for_each_field(S& o, V&& v) {
+  v(field("steps", 100, "optimizer steps in the whole run (a resumed run counts from its checkpoint)")
+        .at_least(1).alias("max_steps max_iters iters num_steps train_iters train_steps iterations"), o.steps);
+  v(field("seed", int64_t{1337}, "seeds weights, data order and dropout").at_least(0)
+        .alias("random_seed rng_seed"), o.seed);
+  v(field("init_from", "", "start from a directory holding model.safetensors and config.json")
+        .placeholder("DIR").shown_as("none").alias("init pretrained from_pretrained load init_checkpoint"), o.init_from);
+  v(field("resume", "", "continue from the checkpoint DIR/latest").placeholder("DIR").shown_as("none")
+        .alias("resume_from restore resume_dir"), o.resume);
+  v(field("ckpt_dir", "", "directory for checkpoints DIR/step_NNNNNNNN").placeholder("DIR").shown_as("none: no checkpoints")
+        .alias("checkpoint_dir out_dir save_dir output_dir save"), o.ckpt_dir);
+  v(field("ckpt_every", 0, "steps between checkpoints (one is always written at the end)").at_least(0)
+        .shown_as("0 = only at the end").alias("save_every checkpoint_every save_interval ckpt_interval"),
+    o.ckpt_every);
+  v(field("metrics", "", "write one JSON line of metrics per step to this file").placeholder("FILE").shown_as("none")
+        .alias("metrics_file log_file metrics_path"), o.metrics);
+  v(field("threads", 0, "OpenMP threads per rank").at_least(0).shown_as("0 = OpenMP's default")
+        .alias("num_threads omp_threads nthreads"), o.threads);
+  v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)
+        .alias("log_interval print_every"), o.log_every);
+}
+
+// ---- The whole run.
+struct RunConfig {
+  ModelOptions model;
+  DataOptions data;
+  OptimOptions optim;
+  ParallelOptions parallel;
+  TrainOptions train;
+
+  // Sequences each data-parallel rank takes per step: batch_size / dp.
+  int rank_batch() const { return data.batch_size / parallel.dp; }
+  // Micro-batches per step per data-parallel rank: micro_batches, or grad_accum when 0.
+  int num_micro_batches() const {
+    return parallel.micro_batches > 0 ? parallel.micro_batches : data.grad_accum;
+  }
+  // Sequences per micro-batch: batch_size / dp / num_micro_batches().
+  int micro_batch_size() const { return rank_batch() / num_micro_batches(); }
+};
+
+// The tables in TOML order, with the title --help shows for each.
+struct Section {
+  std::string_view name;
+  std::string_view title;
+  std::string_view aliases;  // for suggestions only, as Field::aliases
+};
+inline constexpr Section kSections[] = {
+    {"model", "the network", "network arch architecture gpt"},
+    {"data", "token shards, sequence length, batch", "dataset dataloader input"},
+    {"optim", "AdamW, learning-rate schedule, clipping", "optimizer optimiser optimization adamw"},
+    {"parallel", "layout over dp * tp * pp ranks", "parallelism distributed layout"},
+    {"train", "steps, seed, checkpoints, metrics", "training run trainer checkpoint"},
+};
+
+// Visits every field of the run as v(section_name, field, value).
+template <class S, class V>
+  requires OptionsOf<S, RunConfig>
+void for_each_field(S& c, V&& v) {
+  for_each_field(c.model, [&](const auto& f, auto& x) { v(kSections[0].name, f, x); });
+  for_each_field(c.data, [&](const auto& f, auto& x) { v(kSections[1].name, f, x); });
+  for_each_field(c.optim, [&](const auto& f, auto& x) { v(kSections[2].name, f, x); });
+  for_each_field(c.parallel, [&](const auto& f, auto& x) { v(kSections[3].name, f, x); });
+  for_each_field(c.train, [&](const auto& f, auto& x) { v(kSections[4].name, f, x); });
+}
+
+// ---- The API.
+
+// Parses `trident train` arguments. argv[0] (the program or subcommand name) is skipped.
+// Accepts `--config FILE.toml` (anywhere, once), `--name VALUE`, `--name=VALUE`, and for
+// booleans `--name`, `--no-name`, `--name=true|false`. `--help`/`-h` are ignored here: check
+// run_config_wants_help first. Throws trident::Error naming the option, where it came from
+// and what is accepted. The result is validated and has min_lr filled in.
+RunConfig parse_run_config(int argc, char** argv);
+bool run_config_wants_help(int argc, char** argv);
+
+// Applies a TOML document (the text, and the name used in messages) on top of `cfg`.
+void apply_toml(RunConfig& cfg, std::string_view toml_text, std::string_view source_name);
+void apply_toml_file(RunConfig& cfg, const std::string& path);
+
+// Fills in derived defaults (min_lr = lr / 10) and checks the relations between fields that
+// need neither the model nor the world (batch_size % dp, micro-batch split, schedule vs
+// virtual stages, ...). Throws trident::Error with what to change.
+void finalize_run_config(RunConfig& cfg);
+void validate_run_config(const RunConfig& cfg);
+
+// Usage text: every option grouped by table, with its default and a one-line description.
+std::string run_config_help();
+
+// A readable dump that is itself a valid TOML config (`trident train --config` accepts it).
+std::string format_run_config(const RunConfig& cfg);
+
+// {"model": {...}, "data": {...}, ...}: every field, enums as their names. Stored in
+// checkpoints' trident.json. run_config_from_json takes missing keys from the defaults,
+// rejects unknown ones and validates the result.
+nlohmann::json to_json(const RunConfig& cfg);
+RunConfig run_config_from_json(const nlohmann::json& j);
+
+// FNV-1a 64 over to_json(cfg).dump() (sorted keys): equal on every rank iff the configs agree.
+uint64_t run_config_hash(const RunConfig& cfg);
+
+// The model the run trains: the preset or config.json named by `model`, with the non-zero
+// overrides applied, validated. (With train.init_from set the caller reads that directory's
+// config.json instead.)
+nn::GPTConfig resolve_model_config(const ModelOptions& model);
+
+}  // namespace trident::train

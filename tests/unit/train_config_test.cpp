@@ -1,0 +1,427 @@
+// The run configuration: defaults, TOML < flag precedence, error messages, --help, JSON, hash,
+// and that every file in configs/ parses.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "train/run_config.h"
+
+namespace trident::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+RunConfig parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "train");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  return parse_run_config(static_cast<int>(argv.size()), argv.data());
+}
+
+// Writes a TOML file unique to this process and test; removed by the destructor.
+struct TempToml {
+  fs::path path;
+  explicit TempToml(const std::string& text) {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path = fs::temp_directory_path() /
+           fmt::format("trident_cfg_{}_{}_{}.toml", getpid(), info->name(), counter()++);
+    std::ofstream(path) << text;
+  }
+  ~TempToml() { fs::remove(path); }
+  static int& counter() {
+    static int n = 0;
+    return n;
+  }
+};
+
+// The message of the trident::Error `fn` throws ("" and a test failure when it throws none).
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a trident::Error";
+  return "";
+}
+
+const RunConfig kDefaults;
+
+#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
+
+TEST(TrainConfig, Defaults) {
+  const RunConfig c;
+  EXPECT_EQ(c.model.model, "small");
+  EXPECT_EQ(c.model.n_layer, 0);
+  EXPECT_EQ(c.model.vocab_pad_multiple, 0);
+  EXPECT_EQ(c.data.data, "");
+  EXPECT_EQ(c.data.data_order, DataOrder::kRandom);
+  EXPECT_EQ(c.data.seq_len, 64);
+  EXPECT_EQ(c.data.batch_size, 8);
+  EXPECT_EQ(c.data.grad_accum, 1);
+  EXPECT_DOUBLE_EQ(c.optim.lr, 6e-4);
+  EXPECT_FALSE(c.optim.min_lr.has_value());
+  EXPECT_DOUBLE_EQ(c.optim.min_lr_value(), 6e-5);
+  EXPECT_EQ(c.optim.lr_schedule, LrSchedule::kCosine);
+  EXPECT_DOUBLE_EQ(c.optim.weight_decay, 0.1);
+  EXPECT_DOUBLE_EQ(c.optim.beta1, 0.9);
+  EXPECT_DOUBLE_EQ(c.optim.beta2, 0.95);
+  EXPECT_DOUBLE_EQ(c.optim.eps, 1e-8);
+  EXPECT_DOUBLE_EQ(c.optim.grad_clip, 1.0);
+  EXPECT_EQ(c.parallel.dp, 1);
+  EXPECT_EQ(c.parallel.tp, 1);
+  EXPECT_EQ(c.parallel.pp, 1);
+  EXPECT_EQ(c.parallel.zero, 0);
+  EXPECT_EQ(c.parallel.schedule, PipelineSchedule::k1F1B);
+  EXPECT_EQ(c.parallel.micro_batches, 0);
+  EXPECT_EQ(c.parallel.virtual_stages, 1);
+  EXPECT_FALSE(c.parallel.sequence_parallel);
+  EXPECT_DOUBLE_EQ(c.parallel.bucket_mb, 25.0);
+  EXPECT_TRUE(c.parallel.overlap);
+  EXPECT_EQ(c.train.seed, 1337);
+  EXPECT_EQ(c.train.threads, 0);
+  EXPECT_EQ(c.train.ckpt_dir, "");
+  EXPECT_EQ(c.num_micro_batches(), 1);
+
+  // Parsing with only the required --data fills in min_lr = lr / 10.
+  const RunConfig p = parse({"--data", "d/x"});
+  EXPECT_EQ(p.data.data, "d/x");
+  ASSERT_TRUE(p.optim.min_lr.has_value());
+  EXPECT_DOUBLE_EQ(*p.optim.min_lr, 6e-5);
+  EXPECT_DOUBLE_EQ(parse({"--data", "x", "--lr", "1e-3"}).optim.min_lr.value(), 1e-4);
+}
+
+TEST(TrainConfig, TomlThenFlagsPrecedence) {
+  TempToml f(R"(
+[data]
+data = "from_toml"
+batch_size = 16
+[optim]
+lr = 0.002
+lr_schedule = "constant"
+[parallel]
+dp = 2
+overlap = false
+[train]
+steps = 7
+)");
+  const RunConfig a = parse({"--config", f.path.string()});
+  EXPECT_EQ(a.data.data, "from_toml");
+  EXPECT_EQ(a.data.batch_size, 16);
+  EXPECT_DOUBLE_EQ(a.optim.lr, 0.002);
+  EXPECT_DOUBLE_EQ(*a.optim.min_lr, 0.0002);
+  EXPECT_EQ(a.optim.lr_schedule, LrSchedule::kConstant);
+  EXPECT_EQ(a.parallel.dp, 2);
+  EXPECT_FALSE(a.parallel.overlap);
+  EXPECT_EQ(a.train.steps, 7);
+  EXPECT_EQ(a.data.seq_len, 64);  // untouched: the default
+
+  // Flags win wherever they appear, before or after --config.
+  const RunConfig b = parse({"--lr", "0.005", "--config", f.path.string(), "--batch-size=32",
+                             "--overlap", "--steps", "9", "--data-order", "sequential"});
+  EXPECT_DOUBLE_EQ(b.optim.lr, 0.005);
+  EXPECT_DOUBLE_EQ(*b.optim.min_lr, 0.0005);  // derived from the final lr
+  EXPECT_EQ(b.data.batch_size, 32);
+  EXPECT_TRUE(b.parallel.overlap);
+  EXPECT_EQ(b.train.steps, 9);
+  EXPECT_EQ(b.data.data_order, DataOrder::kSequential);
+  EXPECT_EQ(b.data.data, "from_toml");
+
+  const RunConfig c = parse({"--config=" + f.path.string(), "--no-overlap", "--sequence-parallel",
+                             "--seed", "42", "--steps", "3", "--steps", "4"});
+  EXPECT_FALSE(c.parallel.overlap);
+  EXPECT_TRUE(c.parallel.sequence_parallel);
+  EXPECT_EQ(c.train.seed, 42);
+  EXPECT_EQ(c.train.steps, 4);  // the last repetition wins
+  EXPECT_FALSE(parse({"--data", "x", "--overlap=false"}).parallel.overlap);
+  EXPECT_FALSE(parse({"--data", "x", "--overlap", "false"}).parallel.overlap);
+
+  const RunConfig d = parse({"--data", "x", "--model", "tiny", "--n-layer", "4", "--tp", "2",
+                             "--pp", "2", "--dp", "2", "--zero", "3", "--schedule", "interleaved",
+                             "--virtual-stages", "2", "--micro-batches", "2", "--bucket-mb", "0.5",
+                             "--min-lr", "0", "--warmup-steps", "5", "--weight-decay", "0",
+                             "--grad-clip", "0", "--init-from", "hf", "--ckpt-dir", "ck",
+                             "--ckpt-every", "10", "--eval-every", "0", "--metrics", "m.jsonl",
+                             "--threads", "1", "--grad-accum", "2", "--seq-len", "32"});
+  EXPECT_EQ(d.model.model, "tiny");
+  EXPECT_EQ(d.model.n_layer, 4);
+  EXPECT_EQ(d.parallel.zero, 3);
+  EXPECT_EQ(d.parallel.schedule, PipelineSchedule::kInterleaved);
+  EXPECT_EQ(d.num_micro_batches(), 2);
+  EXPECT_EQ(d.micro_batch_size(), 2);
+  EXPECT_DOUBLE_EQ(d.parallel.bucket_mb, 0.5);
+  EXPECT_DOUBLE_EQ(*d.optim.min_lr, 0.0);
+  EXPECT_EQ(d.train.init_from, "hf");
+  EXPECT_EQ(d.train.ckpt_every, 10);
+  EXPECT_EQ(d.data.seq_len, 32);
+  EXPECT_EQ(d.parallel.world_size(), 8);
+}
+
+TEST(TrainConfig, UnknownKeySuggestsNearest) {
+  TempToml f("[optim]\nlr = 1e-3\nlerning_rate = 1e-3\n");
+  const std::string e = error_of([&] { parse({"--config", f.path.string()}); });
+  EXPECT_CONTAINS(e, fmt::format("unknown option 'lerning_rate' in {} [optim]; did you mean 'lr'?",
+                                 f.path.string()));
+  EXPECT_CONTAINS(e, "line 3");
+
+  TempToml typo("[data]\nbatch_sise = 4\n");
+  EXPECT_CONTAINS(error_of([&] { parse({"--config", typo.path.string()}); }),
+                  "did you mean 'batch_size'?");
+
+  TempToml wrong_table("[train]\nlr = 1e-3\n");
+  EXPECT_CONTAINS(error_of([&] { parse({"--config", wrong_table.path.string()}); }),
+                  "'lr' belongs in [optim]");
+
+  TempToml far("[optim]\nzzzzzz = 1\n");
+  const std::string list = error_of([&] { parse({"--config", far.path.string()}); });
+  EXPECT_CONTAINS(list, "the options of [optim] are lr, min_lr, warmup_steps");
+
+  TempToml table("[optimizer]\nlr = 1e-3\n");
+  EXPECT_CONTAINS(error_of([&] { parse({"--config", table.path.string()}); }),
+                  "unknown table [optimizer]");
+  EXPECT_CONTAINS(error_of([&] { parse({"--config", table.path.string()}); }),
+                  "did you mean [optim]?");
+
+  TempToml top("lr = 1e-3\n");
+  EXPECT_CONTAINS(error_of([&] { parse({"--config", top.path.string()}); }), "put it under [optim]");
+
+  // Flags.
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--lerning-rate", "1"}); }),
+                  "unknown option '--lerning-rate'; did you mean '--lr'?");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--batchsize", "1"}); }),
+                  "did you mean '--batch-size'?");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--learning-rate", "1"}); }),
+                  "did you mean '--lr'?");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--gradient-accumulation-steps", "2"}); }),
+                  "did you mean '--grad-accum'?");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--batch_size", "2"}); }), "--batch-size");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--qqqqqqqq", "2"}); }), "--grad-accum");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "stray"}); }), "unexpected argument 'stray'");
+}
+
+TEST(TrainConfig, TypeErrors) {
+  TempToml f("[optim]\nlr = 'abc'\n");
+  const std::string e = error_of([&] { parse({"--config", f.path.string()}); });
+  EXPECT_CONTAINS(e, fmt::format("'lr' in {} [optim] (line 2): expected a number, got the string 'abc'",
+                                 f.path.string()));
+
+  TempToml g("[data]\nbatch_size = 2.5\n");
+  EXPECT_CONTAINS(error_of([&] { parse({"--config", g.path.string()}); }),
+                  "expected an integer, got the number 2.5");
+  TempToml h("[parallel]\noverlap = 1\n");
+  EXPECT_CONTAINS(error_of([&] { parse({"--config", h.path.string()}); }),
+                  "expected true or false, got the integer 1");
+  TempToml s("[parallel]\nschedule = 3\n");
+  EXPECT_CONTAINS(error_of([&] { parse({"--config", s.path.string()}); }),
+                  "expected one of gpipe, 1f1b, interleaved");
+  TempToml syntax("[optim\nlr = 1\n");
+  EXPECT_CONTAINS(error_of([&] { parse({"--config", syntax.path.string()}); }), "TOML syntax error");
+  EXPECT_CONTAINS(error_of([] { parse({"--config", "/nonexistent/x.toml"}); }),
+                  "cannot read the config file '/nonexistent/x.toml'");
+
+  // An integer is accepted where a number is expected.
+  TempToml i("[data]\ndata = \"x\"\n[optim]\nlr = 1\ngrad_clip = 0\n");
+  EXPECT_DOUBLE_EQ(parse({"--config", i.path.string()}).optim.lr, 1.0);
+
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--lr", "abc"}); }),
+                  "--lr: expected a number, got 'abc'");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--steps", "10x"}); }),
+                  "--steps: expected an integer, got '10x'");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--steps"}); }), "missing value for --steps");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--seed", "-1"}); }),
+                  "--seed = -1 is out of range: must be >= 0");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--overlap=maybe"}); }), "true or false");
+}
+
+TEST(TrainConfig, RangeErrors) {
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--lr", "-1e-3"}); }),
+                  "--lr = -0.001 is out of range: must be >= 0");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--batch-size", "0"}); }),
+                  "--batch-size = 0 is out of range: must be >= 1");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--steps", "0"}); }),
+                  "--steps = 0 is out of range: must be >= 1");
+  for (const char* flag : {"--dp", "--tp", "--pp"}) {
+    EXPECT_CONTAINS(error_of([&] { parse({"--data", "x", flag, "0"}); }), "must be >= 1");
+  }
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--zero", "4"}); }),
+                  "--zero = 4 is out of range: must be between 0 and 3");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--schedule", "zigzag"}); }),
+                  "--schedule: unknown value 'zigzag'; accepted values: gpipe, 1f1b, interleaved");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--lr-schedule", "linear"}); }),
+                  "accepted values: cosine, constant");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--data-order", "shuffled"}); }),
+                  "accepted values: random, sequential");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--bucket-mb", "0"}); }), "must be > 0");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--bucket-mb", "-2"}); }), "must be > 0");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--beta2", "1"}); }), "must be >= 0 and < 1");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--lr", "inf"}); }), "out of range");
+  TempToml neg("[optim]\nlr = -1.0\n");
+  EXPECT_CONTAINS(error_of([&] { parse({"--config", neg.path.string()}); }),
+                  fmt::format("'lr' in {} [optim] (line 2) = -1 is out of range: must be >= 0",
+                              neg.path.string()));
+
+  // Relations that need neither the model nor the world.
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--batch-size", "6", "--dp", "4"}); }),
+                  "batch size 6 is not divisible by dp 4: each data-parallel rank takes "
+                  "batch_size / dp sequences");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--batch-size", "8", "--grad-accum", "3"}); }),
+                  "cannot be split into 3 equal micro-batches");
+  EXPECT_CONTAINS(
+      error_of([] { parse({"--data", "x", "--grad-accum", "2", "--micro-batches", "4"}); }),
+      "micro_batches 4 and grad_accum 2 disagree");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--virtual-stages", "2"}); }),
+                  "virtual_stages 2 needs schedule interleaved");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--min-lr", "1"}); }), "min_lr 1 is above lr");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--init-from", "a", "--resume", "b"}); }),
+                  "give one");
+  EXPECT_CONTAINS(error_of([] { parse({}); }), "no training data: give --data PREFIX");
+  EXPECT_NO_THROW(parse({"--resume", "ck"}));  // the checkpoint knows its data
+}
+
+TEST(TrainConfig, JsonRoundTrip) {
+  const RunConfig a = parse({"--data", "d", "--model", "tiny", "--n-embd", "64", "--lr", "3e-4",
+                             "--dp", "2", "--tp", "2", "--zero", "2", "--schedule", "gpipe",
+                             "--sequence-parallel", "--no-overlap", "--seed", "9223372036854775807",
+                             "--data-order", "sequential", "--lr-schedule", "constant",
+                             "--metrics", "m \"quoted\".jsonl", "--bucket-mb", "0.1"});
+  const nlohmann::json j = to_json(a);
+  EXPECT_EQ(j["optim"]["lr"].get<double>(), 3e-4);
+  EXPECT_EQ(j["parallel"]["schedule"], "gpipe");
+  EXPECT_EQ(j["train"]["seed"].get<int64_t>(), 9223372036854775807ll);
+  const RunConfig b = run_config_from_json(nlohmann::json::parse(j.dump()));
+  EXPECT_EQ(to_json(b), j);
+  EXPECT_EQ(run_config_hash(a), run_config_hash(b));
+  EXPECT_EQ(b.train.metrics, "m \"quoted\".jsonl");
+  EXPECT_EQ(b.parallel.schedule, PipelineSchedule::kGPipe);
+  EXPECT_FALSE(b.parallel.overlap);
+
+  // Missing keys take defaults; unknown keys and bad values are refused.
+  const RunConfig c = run_config_from_json({{"optim", {{"lr", 1e-3}}}});
+  EXPECT_DOUBLE_EQ(c.optim.lr, 1e-3);
+  EXPECT_DOUBLE_EQ(*c.optim.min_lr, 1e-4);
+  EXPECT_EQ(c.data.batch_size, 8);
+  EXPECT_CONTAINS(error_of([] { run_config_from_json({{"optim", {{"lrr", 1e-3}}}}); }),
+                  "did you mean 'lr'?");
+  EXPECT_CONTAINS(error_of([] { run_config_from_json({{"data", {{"batch_size", "8"}}}}); }),
+                  "expected an integer");
+  EXPECT_CONTAINS(error_of([] { run_config_from_json({{"parallel", {{"zero", 9}}}}); }),
+                  "out of range");
+
+  // The TOML dump is itself a config that parses back to the same run.
+  TempToml dump(format_run_config(a));
+  RunConfig d;
+  apply_toml_file(d, dump.path.string());
+  finalize_run_config(d);
+  EXPECT_EQ(to_json(d), j) << format_run_config(a);
+  EXPECT_CONTAINS(format_run_config(a), "lr = 0.0003");
+  EXPECT_CONTAINS(format_run_config(a), "# default: 0.0006");
+}
+
+TEST(TrainConfig, HashEqualityAndInequality) {
+  const RunConfig a = parse({"--data", "x"});
+  const RunConfig b = parse({"--data", "x"});
+  EXPECT_EQ(run_config_hash(a), run_config_hash(b));
+  // Every single field changes the hash.
+  int fields = 0;
+  for_each_field(kDefaults, [&](std::string_view, const auto& f, const auto&) {
+    ++fields;
+    (void)f;
+  });
+  std::set<uint64_t> hashes{run_config_hash(a)};
+  RunConfig c = a;
+  for (int k = 0; k < fields; ++k) {
+    RunConfig m = a;
+    int i = 0;
+    for_each_field(m, [&](std::string_view, const auto& f, auto& x) {
+      using T = std::decay_t<decltype(x)>;
+      if (i++ != k) return;
+      if constexpr (std::is_same_v<T, bool>) x = !x;
+      else if constexpr (std::is_same_v<T, std::string>) x += "z";
+      else if constexpr (std::is_enum_v<T>) x = static_cast<T>((static_cast<int>(x) + 1) % 2);
+      else if constexpr (std::is_same_v<T, std::optional<double>>) x = *x / 2;
+      else x = x + 1;
+      (void)f;
+    });
+    hashes.insert(run_config_hash(m));
+  }
+  EXPECT_EQ(hashes.size(), static_cast<size_t>(fields) + 1);
+  c.optim.lr = 6.0000001e-4;
+  EXPECT_NE(run_config_hash(a), run_config_hash(c));
+}
+
+TEST(TrainConfig, HelpMentionsEveryField) {
+  const std::string help = run_config_help();
+  for_each_field(kDefaults, [&](std::string_view section, const auto& f, const auto&) {
+    std::string flag = "--" + std::string(f.name);
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    EXPECT_CONTAINS(help, flag + " ");
+    EXPECT_CONTAINS(help, std::string(f.help));
+    EXPECT_CONTAINS(help, fmt::format("[{}]", section));
+  });
+  EXPECT_CONTAINS(help, "--config FILE.toml");
+  EXPECT_CONTAINS(help, "(default: 0.0006)");
+  EXPECT_CONTAINS(help, "(default: lr / 10)");
+  EXPECT_CONTAINS(help, "--schedule gpipe|1f1b|interleaved");
+  EXPECT_CONTAINS(help, "--zero 0..3");
+  EXPECT_CONTAINS(help, "--no-overlap");
+  std::vector<std::string> args = {"train", "--lr", "1", "--help"};
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  EXPECT_TRUE(run_config_wants_help(4, argv.data()));
+  EXPECT_FALSE(run_config_wants_help(3, argv.data()));
+}
+
+TEST(TrainConfig, ExampleConfigsParse) {
+  const fs::path root = fs::path(__FILE__).parent_path().parent_path().parent_path();
+  int n = 0;
+  for (const auto& entry : fs::directory_iterator(root / "configs")) {
+    if (entry.path().extension() != ".toml") continue;
+    SCOPED_TRACE(entry.path().string());
+    const RunConfig c = parse({"--config", entry.path().string()});
+    EXPECT_NO_THROW(resolve_model_config(c.model));
+    ++n;
+  }
+  EXPECT_GE(n, 3);
+  const RunConfig hybrid = parse({"--config", (root / "configs/hybrid_8rank.toml").string()});
+  EXPECT_EQ(hybrid.parallel.world_size(), 8);
+  EXPECT_EQ(hybrid.parallel.schedule, PipelineSchedule::k1F1B);
+  const RunConfig tiny = parse({"--config", (root / "configs/tiny.toml").string()});
+  EXPECT_EQ(resolve_model_config(tiny.model).n_layer, 8);
+}
+
+TEST(TrainConfig, ResolveModel) {
+  ModelOptions m;
+  m.model = "tiny";
+  m.n_layer = 2;
+  m.vocab_pad_multiple = 128;
+  const nn::GPTConfig g = resolve_model_config(m);
+  EXPECT_EQ(g.n_layer, 2);
+  EXPECT_EQ(g.n_embd, 32);
+  EXPECT_EQ(g.vocab_pad_multiple, 128);
+
+  const fs::path dir = fs::temp_directory_path() / fmt::format("trident_cfg_model_{}", getpid());
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json")
+      << R"({"n_layer": 3, "n_head": 2, "n_embd": 16, "n_positions": 32, "vocab_size": 500})";
+  m = ModelOptions{};
+  m.model = dir.string();
+  const nn::GPTConfig h = resolve_model_config(m);
+  EXPECT_EQ(h.n_layer, 3);
+  EXPECT_EQ(h.vocab_size, 500);
+  m.model = (dir / "config.json").string();
+  EXPECT_EQ(resolve_model_config(m).n_positions, 32);
+  fs::remove_all(dir);
+  m.model = "gpt3";
+  EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "neither a preset");
+}
+
+}  // namespace
+}  // namespace trident::train
