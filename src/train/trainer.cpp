@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -132,6 +133,8 @@ void run_training(const RunConfig& cfg, comm::Mesh& mesh) {
 
   std::ofstream metrics;
   if (lead && !cfg.train.metrics.empty()) {
+    const auto parent = std::filesystem::path(cfg.train.metrics).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent);
     metrics.open(cfg.train.metrics, start_step > 0 ? std::ios::app : std::ios::trunc);
     TRI_CHECK(metrics.good(), "cannot open the metrics file {} for writing", cfg.train.metrics);
   }
