@@ -1,5 +1,6 @@
 // Softmax cross-entropy over the vocabulary fused with its backward: one row at a time, the
 // logits are overwritten in place by their gradient, so no second (N, Vp) buffer exists.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -30,14 +31,21 @@ void crossentropy_softmax_forward_backward(float* losses, float* logits, const i
 #pragma omp simd reduction(max : maxv)
     for (int64_t i = 0; i < V; ++i) maxv = x[i] > maxv ? x[i] : maxv;
     const float target_logit = x[target];
-    // Pass 2 stores exp(x - max) in place and sums it in double (50k terms; the row stays
-    // in L2 for pass 3, so the extra passes cost little next to the exps).
+    // Pass 2 stores exp(x - max) in place and sums it: in float within blocks of 1024 (a
+    // mixed float/double SIMD reduction runs ~8x slower here), block sums in double. The row
+    // (200 KB) stays in L2 for pass 3, so the extra passes cost little next to the exps.
     double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < V; ++i) {
-      const float e = detail::exp_approx(x[i] - maxv);
-      x[i] = e;
-      sum += e;
+    constexpr int64_t kSumBlock = 1024;
+    for (int64_t i0 = 0; i0 < V; i0 += kSumBlock) {
+      const int64_t i1 = std::min(V, i0 + kSumBlock);
+      float block_sum = 0.0f;
+#pragma omp simd reduction(+ : block_sum)
+      for (int64_t i = i0; i < i1; ++i) {
+        const float e = detail::exp_approx(x[i] - maxv);
+        x[i] = e;
+        block_sum += e;
+      }
+      sum += block_sum;
     }
     losses[n] = static_cast<float>(std::log(sum) - static_cast<double>(target_logit - maxv));
     const float scale = static_cast<float>(static_cast<double>(dloss) / sum);
