@@ -72,6 +72,12 @@ class GPT {
   void blocks_backward(GPTActivations& acts, int64_t B, int64_t T);
   void embed_backward(GPTActivations& acts, int64_t B, int64_t T);
   float* residual_grad() { return dres_.data(); }
+  // residual_grad() sized for B*T tokens, allocated if needed: where a pipeline stage without
+  // the head receives d loss / d stage output before blocks_backward.
+  float* prepare_residual_grad(int64_t B, int64_t T) {
+    ensure_scratch(B * T);
+    return dres_.data();
+  }
 
   // ---- whole model on one rank ----
   double forward_backward(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
