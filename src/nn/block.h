@@ -3,6 +3,12 @@
 // column-parallel (A = [A_1 ... A_t], each rank owns whole heads), attn.c_proj and mlp.c_proj
 // are row-parallel (partial sums allreduced, bias added once after the sum), so a block costs
 // two allreduces forward and two backward. With tp size 1 it is the plain block.
+// With sequence parallelism (TpContext::sequence_parallel) the residual stream and the two
+// LayerNorms hold only this rank's Nl of the N token rows: all_gather before c_attn and
+// mlp.c_fc, reduce_scatter after attn.c_proj and mlp.c_proj (backward: the conjugates, plus a
+// re-gather of the LayerNorm output for the weight gradients, as Megatron does, so nothing
+// (N, C) is saved). The LayerNorm gradients are then partial sums over this rank's rows:
+// marked ParamInfo::tp_partial_grad, summed over tp by GPT::allreduce_tp_partial_grads.
 #pragma once
 
 #include <cstdint>
@@ -16,25 +22,28 @@
 namespace trident::nn {
 
 // What a block's forward saves for its backward, for one micro-batch of N = B*T tokens.
-// Shapes use local (per tp rank) widths: Cl = C/tp, NHl = NH/tp.
+// Shapes use local (per tp rank) widths: Cl = C/tp, NHl = NH/tp, and Nl = the rows this rank
+// holds of the sequence-parallel regions (Nl = N without sequence parallelism).
 struct BlockActivations {
-  FloatBuffer ln1;        // (N, C)
-  FloatBuffer ln1_mean;   // (N)
-  FloatBuffer ln1_rstd;   // (N)
+  FloatBuffer ln1;        // (Nl, C)
+  FloatBuffer ln1_mean;   // (Nl)
+  FloatBuffer ln1_rstd;   // (Nl)
   FloatBuffer qkv;        // (N, 3Cl)
   FloatBuffer att;        // (B, NHl, T, T) softmax probabilities
   FloatBuffer atty;       // (N, Cl)
-  FloatBuffer residual2;  // (N, C) x + attention output
-  FloatBuffer ln2;        // (N, C)
-  FloatBuffer ln2_mean;   // (N)
-  FloatBuffer ln2_rstd;   // (N)
+  FloatBuffer residual2;  // (Nl, C) x + attention output
+  FloatBuffer ln2;        // (Nl, C)
+  FloatBuffer ln2_mean;   // (Nl)
+  FloatBuffer ln2_rstd;   // (Nl)
   FloatBuffer fch;        // (N, 4Cl)
   FloatBuffer fch_gelu;   // (N, 4Cl)
 
   BlockActivations() = default;
-  BlockActivations(MemoryTracker& tracker, const GPTConfig& cfg, int tp, int64_t B, int64_t T);
+  // local_rows: Nl under sequence parallelism; < 0 means N.
+  BlockActivations(MemoryTracker& tracker, const GPTConfig& cfg, int tp, int64_t B, int64_t T,
+                   int64_t local_rows = -1);
   // Floats allocated for one block; the analytic activation formula of docs/memory.md.
-  static int64_t floats(const GPTConfig& cfg, int tp, int64_t B, int64_t T);
+  static int64_t floats(const GPTConfig& cfg, int tp, int64_t B, int64_t T, int64_t local_rows = -1);
 };
 
 // Gradient scratch shared by all blocks of a model (backward runs one block at a time).
@@ -43,9 +52,15 @@ struct BlockScratch {
   FloatBuffer dqkv;   // (N, 3Cl)
   FloatBuffer datty;  // (N, Cl)
   FloatBuffer dfch;   // (N, 4Cl)
+  // Sequence parallelism only (empty otherwise); also used by GPT's embedding and head:
+  FloatBuffer gathered;   // (N, C) all-gathered LayerNorm output
+  FloatBuffer full;       // (N, C) partial sums before reduce_scatter / gathered gradient
+  FloatBuffer dln_local;  // (Nl, C) reduce-scattered LayerNorm-output gradient
 
   BlockScratch() = default;
-  BlockScratch(MemoryTracker& tracker, const GPTConfig& cfg, int tp, int64_t N);
+  // sp_local_rows >= 0: allocate the sequence-parallel buffers for Nl = sp_local_rows.
+  BlockScratch(MemoryTracker& tracker, const GPTConfig& cfg, int tp, int64_t N,
+               int64_t sp_local_rows = -1);
 };
 
 class Block {
@@ -53,15 +68,21 @@ class Block {
   // Registers h.<layer>.* in `params` (as the current group), sliced for this tp rank.
   Block(ParameterSet& params, const GPTConfig& cfg, const TpContext& tp, int layer);
 
-  // out (N, C) = block(x (N, C)). out must not alias x.
+  // out (Nl, C) = block(x (Nl, C)). out must not alias x. scratch is needed (and only used)
+  // with sequence parallelism.
   void forward(ParameterSet& params, BlockActivations& acts, float* out, const float* x,
-               int64_t B, int64_t T) const;
-  // dres (N, C): on entry d loss / d out, on exit d loss / d x (updated in place).
+               int64_t B, int64_t T, BlockScratch* scratch = nullptr) const;
+  // dres (Nl, C): on entry d loss / d out, on exit d loss / d x (updated in place).
   // Parameter gradients accumulate.
   void backward(ParameterSet& params, const BlockActivations& acts, BlockScratch& scratch,
                 float* dres, const float* x, int64_t B, int64_t T) const;
 
  private:
+  void forward_sp(ParameterSet& params, BlockActivations& acts, BlockScratch& s, float* out,
+                  const float* x, int64_t B, int64_t T) const;
+  void backward_sp(ParameterSet& params, const BlockActivations& acts, BlockScratch& s,
+                   float* dres, const float* x, int64_t B, int64_t T) const;
+
   GPTConfig cfg_;
   TpContext tp_;
   int ln1_w_, ln1_b_, attn_w_, attn_b_, proj_w_, proj_b_;

@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "kernels/vocab_parallel.h"
 
 namespace trident::nn {
 
@@ -19,6 +20,9 @@ GPT::GPT(const GPTConfig& cfg, const TpContext& tp, const StageSpec& stage)
   TRI_CHECK(tp_.size >= 1 && tp_.rank >= 0 && tp_.rank < tp_.size, "bad tp rank {} of {}",
             tp_.rank, tp_.size);
   TRI_CHECK(tp_.size == 1 || tp_.comm != nullptr, "tensor parallelism needs a communicator");
+  TRI_CHECK(tp_.comm == nullptr || (tp_.comm->size() == tp_.size && tp_.comm->rank() == tp_.rank),
+            "TpContext says tp rank {} of {} but its communicator is rank {} of {}", tp_.rank,
+            tp_.size, tp_.comm ? tp_.comm->rank() : 0, tp_.comm ? tp_.comm->size() : 0);
   const int64_t C = cfg_.n_embd;
   const int64_t Vp = cfg_.padded_vocab(tp_.size);
   vocab_local_ = Vp / tp_.size;
@@ -57,6 +61,7 @@ GPT::GPT(const GPTConfig& cfg, const TpContext& tp, const StageSpec& stage)
     ParamInfo w, b;
     w.name = "ln_f.weight", w.logical_shape = {C}, w.init_value = 1.0f;
     b.name = "ln_f.bias", b.logical_shape = {C}, b.init_value = 0.0f;
+    w.tp_partial_grad = b.tp_partial_grad = tp_.sp();  // ln_f runs on local rows under SP
     lnf_w_ = params_.add(std::move(w));
     lnf_b_ = params_.add(std::move(b));
     // The tied LM head: on a last stage without the embedding, a second copy of wte whose
@@ -71,11 +76,41 @@ void GPT::allocate(MemoryTracker& tracker) {
 }
 
 int64_t GPT::activation_floats(int64_t B, int64_t T) const {
-  const int64_t N = B * T, C = cfg_.n_embd;
+  const int64_t N = B * T, C = cfg_.n_embd, Nl = local_rows(N);
   const int64_t layers = stage_.layer_end - stage_.layer_begin;
-  int64_t total = (layers + 1) * N * C + layers * BlockActivations::floats(cfg_, tp_.size, B, T);
-  if (stage_.has_head) total += N * C + 2 * N + N * vocab_local_ + N;
+  int64_t total = (layers + 1) * Nl * C +
+                  layers * BlockActivations::floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1);
+  if (stage_.has_head) total += Nl * C + 2 * Nl + N * vocab_local_ + N;
   return total;
+}
+
+std::vector<int> GPT::tp_partial_grad_params() const {
+  std::vector<int> ids;
+  for (int id = 0; id < params_.size(); ++id) {
+    if (params_.info(id).tp_partial_grad) ids.push_back(id);
+  }
+  return ids;
+}
+
+void GPT::allreduce_tp_partial_grads() {
+  const std::vector<int> ids = tp_partial_grad_params();
+  if (ids.empty() || tp_.size == 1) return;
+  int64_t total = 0;
+  for (int id : ids) total += params_.info(id).numel;
+  std::vector<float> packed(static_cast<std::size_t>(total));
+  int64_t at = 0;
+  for (int id : ids) {
+    const int64_t n = params_.info(id).numel;
+    std::memcpy(packed.data() + at, params_.grad(id), static_cast<std::size_t>(n) * sizeof(float));
+    at += n;
+  }
+  tp_.allreduce_sum(packed.data(), total);
+  at = 0;
+  for (int id : ids) {
+    const int64_t n = params_.info(id).numel;
+    std::memcpy(params_.grad(id), packed.data() + at, static_cast<std::size_t>(n) * sizeof(float));
+    at += n;
+  }
 }
 
 GPTActivations GPT::make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const {
@@ -87,16 +122,19 @@ GPTActivations GPT::make_activations(MemoryTracker& tracker, int64_t B, int64_t 
   GPTActivations a;
   a.B = B, a.T = T;
   const auto N = static_cast<std::size_t>(B * T);
+  const auto Nl = static_cast<std::size_t>(local_rows(B * T));
   const auto C = static_cast<std::size_t>(cfg_.n_embd);
   a.ids.assign(N, 0);
   a.targets.assign(N, 0);
   const int layers = stage_.layer_end - stage_.layer_begin;
-  for (int l = 0; l <= layers; ++l) a.residual.emplace_back(tracker, MemCategory::kActivations, N * C);
-  for (int l = 0; l < layers; ++l) a.blocks.emplace_back(tracker, cfg_, tp_.size, B, T);
+  for (int l = 0; l <= layers; ++l) a.residual.emplace_back(tracker, MemCategory::kActivations, Nl * C);
+  for (int l = 0; l < layers; ++l) {
+    a.blocks.emplace_back(tracker, cfg_, tp_.size, B, T, tp_.sp() ? static_cast<int64_t>(Nl) : -1);
+  }
   if (stage_.has_head) {
-    a.lnf = FloatBuffer(tracker, MemCategory::kActivations, N * C);
-    a.lnf_mean = FloatBuffer(tracker, MemCategory::kActivations, N);
-    a.lnf_rstd = FloatBuffer(tracker, MemCategory::kActivations, N);
+    a.lnf = FloatBuffer(tracker, MemCategory::kActivations, Nl * C);
+    a.lnf_mean = FloatBuffer(tracker, MemCategory::kActivations, Nl);
+    a.lnf_rstd = FloatBuffer(tracker, MemCategory::kActivations, Nl);
     a.logits = FloatBuffer(tracker, MemCategory::kActivations, N * static_cast<std::size_t>(vocab_local_));
     a.losses = FloatBuffer(tracker, MemCategory::kActivations, N);
   }
@@ -107,8 +145,11 @@ void GPT::ensure_scratch(int64_t N) {
   if (N <= scratch_tokens_) return;
   TRI_CHECK(tracker_ != nullptr, "GPT::allocate() must be called before running the model");
   dres_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(N * cfg_.n_embd));
-  scratch_ = BlockScratch(*tracker_, cfg_, tp_.size, N);
+  scratch_ = BlockScratch(*tracker_, cfg_, tp_.size, N, tp_.sp() ? tp_.rows(N).count : -1);
   scratch_tokens_ = N;
+  if (tp_.size > 1) {
+    ce_sums_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(3 * N));
+  }
 }
 
 void GPT::embed_forward(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
@@ -119,15 +160,28 @@ void GPT::embed_forward(GPTActivations& acts, const int32_t* ids, int64_t B, int
   std::memcpy(acts.ids.data(), ids, static_cast<std::size_t>(N) * sizeof(int32_t));
   hook_forward(embed_group_);
   float* x = acts.stage_input();
+  if (tp_.sp()) {
+    // Megatron's sequence-parallel embedding: the partial lookups are reduce-scattered over
+    // the token rows instead of allreduced; positions are added to this rank's rows.
+    ensure_scratch(N);
+    kernels::embedding_forward(scratch_.full.data(), ids, params_.data(wte_), N, C,
+                               tp_.rank * vocab_local_, vocab_local_);
+    const RowSplit rows = tp_.rows(N);
+    tp_.reduce_scatter_rows(scratch_.full.data(), x, N, C);
+    kernels::position_embedding_forward_rows(x, params_.data(wpe_), rows.begin, rows.count, T, C);
+    return;
+  }
   kernels::embedding_forward(x, ids, params_.data(wte_), N, C, tp_.rank * vocab_local_, vocab_local_);
   tp_.allreduce_sum(x, N * C);  // each tp rank contributed the rows of its vocabulary slice
   kernels::position_embedding_forward(x, params_.data(wpe_), B, T, C);
 }
 
 void GPT::blocks_forward(GPTActivations& acts, int64_t B, int64_t T) {
+  ensure_scratch_sp(B * T);
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
     hook_forward(block_groups_[i]);
-    blocks_[i].forward(params_, acts.blocks[i], acts.residual[i + 1].data(), acts.residual[i].data(), B, T);
+    blocks_[i].forward(params_, acts.blocks[i], acts.residual[i + 1].data(), acts.residual[i].data(),
+                       B, T, &scratch_);
   }
 }
 
@@ -135,31 +189,70 @@ void GPT::head_forward(GPTActivations& acts, int64_t N) {
   TRI_CHECK(stage_.has_head, "head on a stage without the LM head");
   const int64_t C = cfg_.n_embd;
   hook_forward(head_group_);
+  ensure_scratch_sp(N);
   kernels::layernorm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(),
-                             acts.stage_output(), params_.data(lnf_w_), params_.data(lnf_b_), N, C);
-  kernels::matmul_forward_nt(acts.logits.data(), acts.lnf.data(), params_.data(wte_), N, C, vocab_local_);
+                             acts.stage_output(), params_.data(lnf_w_), params_.data(lnf_b_),
+                             local_rows(N), C);
+  const float* lnf = acts.lnf.data();
+  if (tp_.sp()) {  // the head is column-parallel over the vocabulary: it needs every row
+    tp_.gather_rows(acts.lnf.data(), scratch_.gathered.data(), N, C);
+    lnf = scratch_.gathered.data();
+  }
+  kernels::matmul_forward_nt(acts.logits.data(), lnf, params_.data(wte_), N, C, vocab_local_);
+}
+
+void GPT::vocab_parallel_loss(GPTActivations& acts, const int32_t* targets, int64_t N, float dloss) {
+  namespace k = kernels;
+  const int64_t Vl = vocab_local_, begin = tp_.rank * Vl;
+  const int64_t real = k::vocab_real_columns(cfg_.vocab_size, begin, Vl);
+  k::vocab_parallel_check_targets(targets, N, cfg_.vocab_size);
+  if (static_cast<int64_t>(ce_sums_.size()) < 3 * N) {
+    TRI_CHECK(tracker_ != nullptr, "GPT::allocate() must be called before running the model");
+    ce_sums_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(3 * N));
+  }
+  float* rowmax = ce_sums_.data();
+  float* sums = rowmax + N;  // (2N): sum-exp, target logit - max
+  k::vocab_parallel_row_max(rowmax, acts.logits.data(), N, Vl, real);
+  tp_.allreduce_max(rowmax, N);
+  k::vocab_parallel_exp_sum(sums, acts.logits.data(), rowmax, targets, N, Vl, begin, real);
+  tp_.allreduce_sum(sums, 2 * N);
+  k::vocab_parallel_loss_grad(acts.losses.data(), acts.logits.data(), sums, targets, N, Vl, begin,
+                              real, dloss);
 }
 
 double GPT::head_forward_backward(GPTActivations& acts, const int32_t* targets, int64_t B,
                                   int64_t T, float dloss) {
-  const int64_t N = B * T, C = cfg_.n_embd;
-  TRI_CHECK(tp_.size == 1, "the tensor-parallel (vocab-parallel) loss is not implemented yet");
+  const int64_t N = B * T, C = cfg_.n_embd, Nl = local_rows(N);
   ensure_scratch(N);
   std::memcpy(acts.targets.data(), targets, static_cast<std::size_t>(N) * sizeof(int32_t));
   head_forward(acts, N);
-  kernels::crossentropy_softmax_forward_backward(acts.losses.data(), acts.logits.data(), targets,
-                                                 N, cfg_.vocab_size, vocab_local_, dloss);
+  if (tp_.size == 1) {
+    kernels::crossentropy_softmax_forward_backward(acts.losses.data(), acts.logits.data(), targets,
+                                                   N, cfg_.vocab_size, vocab_local_, dloss);
+  } else {
+    vocab_parallel_loss(acts, targets, N, dloss);
+  }
   double loss_sum = 0.0;
   for (int64_t n = 0; n < N; ++n) loss_sum += acts.losses[static_cast<std::size_t>(n)];
   // Backward through the head: logits now hold dlogits.
   hook_before_backward(head_group_);
+  // wte's gradient from the head accumulates into the local slice (the embedding adds its part).
   float* dlnf = scratch_.dln.data();
-  kernels::matmul_backward_nt(dlnf, params_.grad(wte_), acts.logits.data(), acts.lnf.data(),
+  const float* lnf = tp_.sp() ? scratch_.gathered.data() : acts.lnf.data();
+  kernels::matmul_backward_nt(dlnf, params_.grad(wte_), acts.logits.data(), lnf,
                               params_.data(wte_), N, C, vocab_local_);
-  std::memset(dres_.data(), 0, static_cast<std::size_t>(N * C) * sizeof(float));
+  if (tp_.sp()) {
+    // Conjugate of the all_gather before the head: sum the partials, keep this rank's rows.
+    tp_.reduce_scatter_rows(dlnf, scratch_.dln_local.data(), N, C);
+    dlnf = scratch_.dln_local.data();
+  } else {
+    // The head's input is replicated over tp: identity forward, allreduce backward.
+    tp_.allreduce_sum(dlnf, N * C);
+  }
+  std::memset(dres_.data(), 0, static_cast<std::size_t>(Nl * C) * sizeof(float));
   kernels::layernorm_backward(dres_.data(), params_.grad(lnf_w_), params_.grad(lnf_b_), dlnf,
                               acts.stage_output(), params_.data(lnf_w_), acts.lnf_mean.data(),
-                              acts.lnf_rstd.data(), N, C);
+                              acts.lnf_rstd.data(), Nl, C);
   if (!stage_.has_embedding) hook_after_backward(head_group_);
   return loss_sum;
 }
@@ -176,8 +269,15 @@ void GPT::blocks_backward(GPTActivations& acts, int64_t B, int64_t T) {
 void GPT::embed_backward(GPTActivations& acts, int64_t B, int64_t T) {
   const int64_t N = B * T, C = cfg_.n_embd;
   hook_before_backward(embed_group_);
-  kernels::position_embedding_backward(params_.grad(wpe_), dres_.data(), B, T, C);
-  kernels::embedding_backward(params_.grad(wte_), dres_.data(), acts.ids.data(), N, C,
+  const float* dx = dres_.data();
+  if (tp_.sp()) {
+    // Conjugate of the embedding's reduce_scatter: every rank gets d/dx of all rows, so wpe's
+    // gradient is complete (and identical) on every rank, and wte's covers all tokens.
+    tp_.gather_rows(dres_.data(), scratch_.full.data(), N, C);
+    dx = scratch_.full.data();
+  }
+  kernels::position_embedding_backward(params_.grad(wpe_), dx, B, T, C);
+  kernels::embedding_backward(params_.grad(wte_), dx, acts.ids.data(), N, C,
                               tp_.rank * vocab_local_, vocab_local_);
   // With the head on this stage too, wte's gradient is complete only now.
   hook_after_backward(embed_group_);
@@ -196,13 +296,16 @@ double GPT::forward_backward(GPTActivations& acts, const int32_t* ids, const int
 
 double GPT::forward_loss(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
                          int64_t B, int64_t T) {
-  TRI_CHECK(tp_.size == 1, "the tensor-parallel (vocab-parallel) loss is not implemented yet");
   const int64_t N = B * T;
   embed_forward(acts, ids, B, T);
   blocks_forward(acts, B, T);
   head_forward(acts, N);
-  kernels::crossentropy_softmax_forward_backward(acts.losses.data(), acts.logits.data(), targets,
-                                                 N, cfg_.vocab_size, vocab_local_, 0.0f);
+  if (tp_.size == 1) {
+    kernels::crossentropy_softmax_forward_backward(acts.losses.data(), acts.logits.data(), targets,
+                                                   N, cfg_.vocab_size, vocab_local_, 0.0f);
+  } else {
+    vocab_parallel_loss(acts, targets, N, 0.0f);
+  }
   double loss_sum = 0.0;
   for (int64_t n = 0; n < N; ++n) loss_sum += acts.losses[static_cast<std::size_t>(n)];
   return loss_sum;
@@ -217,11 +320,33 @@ const float* GPT::forward_logits(GPTActivations& acts, const int32_t* ids, int64
 
 const float* GPT::forward_last_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
   TRI_CHECK(B == 1, "generation runs one sequence at a time");
-  TRI_CHECK(tp_.size == 1, "generation with tensor parallelism is not implemented yet");
   embed_forward(acts, ids, B, T);
   blocks_forward(acts, B, T);
   // Only the last position's logits are needed: one row through ln_f and the head.
   const int64_t C = cfg_.n_embd;
+  if (tp_.size > 1) {
+    const float* x = acts.stage_output();
+    if (tp_.sp()) {  // the last row lives on one rank: gather the stage output's rows
+      tp_.gather_rows(acts.stage_output(), scratch_.full.data(), B * T, C);
+      x = scratch_.full.data();
+    }
+    const int64_t Vl = vocab_local_, Vp = Vl * tp_.size;
+    const auto need = static_cast<std::size_t>(C + 2 + Vl + Vp);
+    if (last_logits_.size() < need) {
+      TRI_CHECK(tracker_ != nullptr, "GPT::allocate() must be called before running the model");
+      last_logits_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, need);
+    }
+    float* lnf = last_logits_.data();
+    float* local = lnf + C + 2;
+    float* full = local + Vl;
+    kernels::layernorm_forward(lnf, lnf + C, lnf + C + 1, x + (T - 1) * C, params_.data(lnf_w_),
+                               params_.data(lnf_b_), 1, C);
+    kernels::matmul_forward_nt(local, lnf, params_.data(wte_), 1, C, Vl);
+    // Sampling needs the whole vocabulary: gather every rank's slice in vocabulary order.
+    const std::vector<int64_t> counts(static_cast<std::size_t>(tp_.size), Vl);
+    tp_.comm->all_gather(local, full, counts);
+    return full;
+  }
   const float* last = acts.stage_output() + (T - 1) * C;
   kernels::layernorm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(), last,
                              params_.data(lnf_w_), params_.data(lnf_b_), 1, C);

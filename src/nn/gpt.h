@@ -4,6 +4,22 @@
 // single-process run is just all pieces in order.
 //
 // Shapes: B batch, T sequence, C = n_embd, Vp padded vocabulary rows on this rank, N = B*T.
+//
+// Tensor parallelism (TpContext, tp > 1): wte is split by vocabulary rows (VocabParallelEmbedding:
+// each rank looks up its rows, an allreduce sums them); the tied head computes this rank's
+// (N, Vp) logit columns and the vocab-parallel cross-entropy (kernels/vocab_parallel.h)
+// reduces max, sum-exp and the target logit over tp, so the full logits never exist; the head's
+// input gradient dlnf = dlogits @ wte_local is allreduced (identity forward, allreduce
+// backward). With sequence parallelism the residual stream (stage input/output, residual_grad)
+// holds only this rank's local_rows(N) token rows (see nn/tensor_parallel.h): the embedding
+// reduce-scatters instead of allreducing, ln_f runs on local rows and is all-gathered before
+// the head, and the head's input gradient is reduce-scattered.
+//
+// What the caller (engine) must do for tp: construct with TpContext{rank, size, comm,
+// sequence_parallel}; count tp_replicated parameters once in the grad norm; and, with sequence
+// parallelism, call allreduce_tp_partial_grads() once per step after the last micro-batch's
+// backward and before the gradient norm / optimizer (the LayerNorm gradients are per-rank
+// partial sums until then; see ParamInfo::tp_partial_grad).
 #pragma once
 
 #include <cstdint>
@@ -30,10 +46,10 @@ struct StageSpec {
 struct GPTActivations {
   int64_t B = 0, T = 0;                  // capacity; a run may use fewer tokens
   std::vector<int32_t> ids, targets;     // (B, T)
-  std::vector<FloatBuffer> residual;     // [layer - layer_begin] (N, C): input of that layer;
+  std::vector<FloatBuffer> residual;     // [layer - layer_begin] (Nl, C): input of that layer;
                                          // the last entry is the stage output
   std::vector<BlockActivations> blocks;  // [layer - layer_begin]
-  FloatBuffer lnf, lnf_mean, lnf_rstd;   // (N, C), (N), (N)  head only
+  FloatBuffer lnf, lnf_mean, lnf_rstd;   // (Nl, C), (Nl), (Nl)  head only
   FloatBuffer logits;                    // (N, Vp)  head only; becomes dlogits in place
   FloatBuffer losses;                    // (N)  head only
 
@@ -51,6 +67,16 @@ class GPT {
   ParameterSet& params() { return params_; }
   const ParameterSet& params() const { return params_; }
   int64_t padded_vocab_local() const { return vocab_local_; }
+  // Token rows of N this rank holds in the residual stream: N, or its sequence-parallel share.
+  // Pipeline send/recv and residual_grad() carry local_rows(B*T) * C floats.
+  int64_t local_rows(int64_t N) const { return tp_.local_rows(N); }
+  // Parameters whose gradients are partial over tp (ParamInfo::tp_partial_grad; sequence
+  // parallelism only, else empty), and their sum over the tp group in one packed allreduce.
+  // Call once per step after all micro-batches' backward, before the grad norm. Gradient
+  // accumulation over micro-batches is fine (the sum is linear), as is doing it before or after
+  // the dp gradient reduction.
+  std::vector<int> tp_partial_grad_params() const;
+  void allreduce_tp_partial_grads();
   void set_hooks(ModelHooks* hooks) { hooks_ = hooks; }
 
   // Allocates parameters and gradients; then initialise or load them.
@@ -85,15 +111,21 @@ class GPT {
   // Forward only: sum of token losses (evaluation).
   double forward_loss(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
                       int64_t B, int64_t T);
-  // Forward only: logits (N, Vp) left in acts.logits (padding columns included).
+  // Forward only: logits (N, Vp) left in acts.logits (padding columns included; with tp, this
+  // rank's vocabulary columns).
   const float* forward_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T);
   // Forward only: logits (Vp floats per position) of the last position of each row, for
-  // generation; returns a pointer into acts.logits of row b's last position.
+  // generation; returns a pointer into acts.logits of row b's last position. With tp the
+  // slices are all-gathered (padded vocabulary, global order) into a model-owned buffer.
   const float* forward_last_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T);
 
  private:
   void ensure_scratch(int64_t N);
   void head_forward(GPTActivations& acts, int64_t N);
+  // Vocab-parallel loss (tp > 1): losses and dlogits in place, as the single-process kernel.
+  void vocab_parallel_loss(GPTActivations& acts, const int32_t* targets, int64_t N, float dloss);
+  // Sequence parallelism needs the (N, C) gather buffers in forward too.
+  void ensure_scratch_sp(int64_t N) { if (tp_.sp()) ensure_scratch(N); }
   void hook_forward(int group) { if (hooks_) hooks_->before_group_forward(group); }
   void hook_before_backward(int group) { if (hooks_) hooks_->before_group_backward(group); }
   void hook_after_backward(int group) { if (hooks_) hooks_->after_group_backward(group); }
@@ -111,6 +143,8 @@ class GPT {
   FloatBuffer dres_;  // (N, C) residual-stream gradient
   BlockScratch scratch_;
   int64_t scratch_tokens_ = 0;
+  FloatBuffer ce_sums_;      // (3N) vocab-parallel loss: row max, sum-exp, target logit
+  FloatBuffer last_logits_;  // C + 2 + Vl + Vp: generation with tp
   ModelHooks* hooks_ = nullptr;
 };
 
