@@ -731,13 +731,21 @@ void abort_job(const std::string& message, int code) {
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
   const bool mpi_up = initialized && !finalized;
-  int rank = 0;
-  if (mpi_up) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  int rank = 0, size = 1;
+  if (mpi_up) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+  }
   if (!aborting.exchange(true)) {
-    std::fprintf(stderr, "[rank %d] error: %s\n", rank, message.c_str());
+    if (size > 1) {
+      std::fprintf(stderr, "[rank %d] error: %s\n", rank, message.c_str());
+    } else {
+      std::fprintf(stderr, "error: %s\n", message.c_str());
+    }
     std::fflush(stderr);
   }
-  if (mpi_up) MPI_Abort(MPI_COMM_WORLD, code);
+  // Alone there is nobody to stop, and MPI_Abort would only add OpenMPI's banner.
+  if (mpi_up && size > 1) MPI_Abort(MPI_COMM_WORLD, code);
   std::_Exit(code);
 }
 
