@@ -142,8 +142,8 @@ PipelineExecutor::SendBuffer& PipelineExecutor::acquire_send_buffer() {
     if (sb->work.test()) return *sb;
   }
   auto sb = std::make_unique<SendBuffer>();
-  const auto n = static_cast<std::size_t>(opts_.micro_batch_rows * opts_.seq_len *
-                                          chunks_[0]->config().n_embd);
+  const auto n = static_cast<std::size_t>(
+      chunks_[0]->local_rows(opts_.micro_batch_rows * opts_.seq_len) * chunks_[0]->config().n_embd);
   sb->buf = FloatBuffer(tracker_, MemCategory::kCommBuffers, n);
   send_buffers_.push_back(std::move(sb));
   return *send_buffers_.back();
@@ -200,7 +200,8 @@ void PipelineExecutor::progress_loop() {
 
 double PipelineExecutor::run_step(const BatchProvider& batches, float dloss) {
   const int64_t B = opts_.micro_batch_rows, T = opts_.seq_len;
-  const int64_t n = B * T * chunks_[0]->config().n_embd;
+  // Residual-stream floats of one micro-batch (with sequence parallelism, this tp rank's rows).
+  const int64_t n = chunks_[0]->local_rows(B * T) * chunks_[0]->config().n_embd;
   const int S = spec_.num_chunks();
   const auto t0 = Clock::now();
   auto now = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
