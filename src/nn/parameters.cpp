@@ -96,24 +96,43 @@ int ParameterSet::find(const std::string& name) const {
 void ParameterSet::allocate(MemoryTracker& tracker) {
   values_ = FloatBuffer(tracker, MemCategory::kParameters, static_cast<std::size_t>(total_));
   grads_ = FloatBuffer(tracker, MemCategory::kGradients, static_cast<std::size_t>(total_));
+  value_ptr_.resize(infos_.size());
+  grad_ptr_.resize(infos_.size());
+  for (std::size_t id = 0; id < infos_.size(); ++id) {
+    value_ptr_[id] = values_.data() + infos_[id].offset;
+    grad_ptr_[id] = grads_.data() + infos_[id].offset;
+  }
+}
+
+void ParameterSet::release_flat_values() {
+  values_.reset();
+  for (float*& p : value_ptr_) p = nullptr;
+}
+
+void ParameterSet::release_flat_grads() {
+  grads_.reset();
+  for (float*& p : grad_ptr_) p = nullptr;
 }
 
 void ParameterSet::initialize(uint64_t seed) {
   TRI_CHECK(!values_.empty() || total_ == 0, "initialize() before allocate()");
-  for (int id = 0; id < size(); ++id) {
-    const ParamInfo& p = info(id);
-    float* out = data(id);
-    const uint64_t stream = fnv1a64(p.name);
-    for_each_local_element(p, [&](int64_t l, int64_t g) {
-      if (g < 0) {
-        out[l] = 0.0f;
-      } else if (p.init_std > 0.0f) {
-        out[l] = p.init_std * normal_at(seed, stream, static_cast<uint64_t>(g));
-      } else {
-        out[l] = p.init_value;
-      }
-    });
-  }
+  for (int id = 0; id < size(); ++id) initialize(seed, id);
+}
+
+void ParameterSet::initialize(uint64_t seed, int id) {
+  const ParamInfo& p = info(id);
+  float* out = data(id);
+  TRI_CHECK(out != nullptr || p.numel == 0, "initialize: parameter {} has no storage", p.name);
+  const uint64_t stream = fnv1a64(p.name);
+  for_each_local_element(p, [&](int64_t l, int64_t g) {
+    if (g < 0) {
+      out[l] = 0.0f;
+    } else if (p.init_std > 0.0f) {
+      out[l] = p.init_std * normal_at(seed, stream, static_cast<uint64_t>(g));
+    } else {
+      out[l] = p.init_value;
+    }
+  });
 }
 
 }  // namespace trident::nn

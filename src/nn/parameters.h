@@ -84,10 +84,20 @@ class ParameterSet {
   int64_t group_end(int g) const { return group_end_.at(static_cast<std::size_t>(g)); }
 
   int64_t total_numel() const { return total_; }
-  float* data(int id) { return values_.data() + info(id).offset; }
-  const float* data(int id) const { return values_.data() + info(id).offset; }
-  float* grad(int id) { return grads_.data() + info(id).offset; }
-  const float* grad(int id) const { return grads_.data() + info(id).offset; }
+  // Where parameter `id`'s values and gradient live. By default inside the flat buffers
+  // (values_.data() + offset); ZeRO (parallel/ddp_reducer.h) may point a parameter at a
+  // working buffer it materialises on demand, or at nothing (nullptr) while it is not.
+  float* data(int id) { return value_ptr_[static_cast<std::size_t>(id)]; }
+  const float* data(int id) const { return value_ptr_[static_cast<std::size_t>(id)]; }
+  float* grad(int id) { return grad_ptr_[static_cast<std::size_t>(id)]; }
+  const float* grad(int id) const { return grad_ptr_[static_cast<std::size_t>(id)]; }
+  void set_data_ptr(int id, float* p) { value_ptr_.at(static_cast<std::size_t>(id)) = p; }
+  void set_grad_ptr(int id, float* p) { grad_ptr_.at(static_cast<std::size_t>(id)) = p; }
+  // Frees the flat value / gradient buffer (ZeRO-3 / ZeRO-2 keep only shards); every
+  // parameter's pointer becomes nullptr until set again.
+  void release_flat_values();
+  void release_flat_grads();
+  // The flat buffers; empty once released.
   FloatBuffer& values() { return values_; }
   FloatBuffer& grads() { return grads_; }
   const FloatBuffer& values() const { return values_; }
@@ -95,7 +105,11 @@ class ParameterSet {
 
   // GPT-2 initialisation from the logical tensors: identical on every layout for one seed.
   void initialize(uint64_t seed);
-  void zero_grads() { grads_.zero(); }
+  // The same for one parameter (into data(id)).
+  void initialize(uint64_t seed, int id);
+  void zero_grads() {
+    if (!grads_.empty()) grads_.zero();
+  }
 
  private:
   std::vector<ParamInfo> infos_;
@@ -103,6 +117,7 @@ class ParameterSet {
   std::vector<int64_t> group_begin_, group_end_;
   int64_t total_ = 0;
   FloatBuffer values_, grads_;
+  std::vector<float*> value_ptr_, grad_ptr_;  // per parameter id
 };
 
 }  // namespace trident::nn

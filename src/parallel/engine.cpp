@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -34,11 +35,21 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
             config_.n_positions);
   TRI_CHECK(shape.tp == 1, "tensor parallelism (tp {}) is not wired into the engine yet", shape.tp);
   TRI_CHECK(shape.pp == 1, "pipeline parallelism (pp {}) is not wired into the engine yet", shape.pp);
-  TRI_CHECK(options.zero == 0, "ZeRO stage {} is not wired into the engine yet", options.zero);
+  TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
+            options.zero);
 
   model_ = std::make_unique<nn::GPT>(config_);
   model_->allocate(tracker_);
-  adamw_ = std::make_unique<optim::AdamW>(model_->params(), tracker_, options_.adamw);
+  if (shape.dp > 1 || options_.zero > 0) {
+    dp_ = std::make_unique<DataParallel>(
+        model_->params(), mesh_.dp(), tracker_,
+        DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap});
+    model_->set_hooks(dp_.get());
+    adamw_ = std::make_unique<optim::AdamW>(model_->params(), tracker_, options_.adamw,
+                                            dp_->optimizer_begin(), dp_->optimizer_end());
+  } else {
+    adamw_ = std::make_unique<optim::AdamW>(model_->params(), tracker_, options_.adamw);
+  }
   acts_ = model_->make_activations(tracker_, micro_rows_, seq_len_);
   ids_.resize(static_cast<std::size_t>(micro_rows_ * seq_len_));
   targets_.resize(ids_.size());
@@ -55,7 +66,13 @@ std::string Engine::describe() const {
       micro_batches_, micro_rows_);
 }
 
-void Engine::initialize(uint64_t seed) { model_->params().initialize(seed); }
+void Engine::initialize(uint64_t seed) {
+  if (dp_ && dp_->values_sharded()) {
+    dp_->initialize_shard(seed);  // ZeRO-3: only this rank's shard exists
+  } else {
+    model_->params().initialize(seed);
+  }
+}
 
 bool Engine::owns_for_reduction(int id) const {
   const nn::ParamInfo& info = model_->params().info(id);
@@ -67,6 +84,10 @@ bool Engine::owns_for_reduction(int id) const {
 }
 
 double Engine::local_unique_grad_sumsq() const {
+  // ZeRO-2/3: each dp rank holds the reduced gradient of its shard only and counts that.
+  if (dp_ && options_.zero >= 2) {
+    return dp_->shard_grad_sumsq([this](int id) { return owns_for_reduction(id); });
+  }
   // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's.
   if (mesh_.coord().dp != 0) return 0.0;
   const nn::ParameterSet& ps = model_->params();
@@ -88,24 +109,34 @@ double Engine::reduce_loss(double local_loss_sum) {
 
 StepStats Engine::train_step(const BatchFn& batch, float lr) {
   nn::ParameterSet& ps = model_->params();
-  ps.zero_grads();
+  if (dp_) {
+    dp_->begin_step();
+  } else {
+    ps.zero_grads();
+  }
   const float dloss = 1.0f / static_cast<float>(global_batch_ * seq_len_);
   const int64_t row0 = mesh_.coord().dp * rank_rows_;
   double loss_sum = 0.0;
   for (int m = 0; m < micro_batches_; ++m) {
     batch(row0 + m * micro_rows_, micro_rows_, ids_.data(), targets_.data());
+    // dp: each rank's gradient is its rows' share of the global mean; the reducer sums the
+    // buckets over dp as backward produces them (last micro-batch only, or every micro-batch
+    // into the shards for ZeRO-2/3) and end_micro_batch waits for what is still in flight.
+    if (dp_) dp_->begin_micro_batch(m == micro_batches_ - 1);
     loss_sum += model_->forward_backward(acts_, ids_.data(), targets_.data(), micro_rows_, seq_len_, dloss);
-  }
-  if (mesh_.shape().dp > 1) {
-    // Each rank's gradient is its rows' share of the global mean: summing gives the mean.
-    mesh_.dp().allreduce(std::span<float>(ps.grads().data(), ps.grads().size()), comm::ReduceOp::kSum).wait();
+    if (dp_) dp_->end_micro_batch();
   }
   StepStats stats;
   std::vector<double> sq{local_unique_grad_sumsq()};
   mesh_.world().allreduce(std::span<double>(sq), comm::ReduceOp::kSum).wait();
   stats.grad_norm = std::sqrt(sq[0]);
   stats.clip_scale = optim::clip_scale(stats.grad_norm, options_.grad_clip);
-  adamw_->step(ps.values().data(), ps.grads().data(), lr, stats.clip_scale);
+  if (dp_) {
+    dp_->optimizer_step(*adamw_, lr, stats.clip_scale);  // ZeRO: shard update + all_gather
+    stats.comm_wait_s = dp_->comm_wait_seconds();
+  } else {
+    adamw_->step(ps.values().data(), ps.grads().data(), lr, stats.clip_scale);
+  }
   stats.loss = reduce_loss(loss_sum);
   return stats;
 }
@@ -117,6 +148,7 @@ double Engine::eval_loss(const BatchFn& batch) {
     batch(row0 + m * micro_rows_, micro_rows_, ids_.data(), targets_.data());
     loss_sum += model_->forward_loss(acts_, ids_.data(), targets_.data(), micro_rows_, seq_len_);
   }
+  if (dp_) dp_->release_all();  // ZeRO-3: drop the groups the forward gathered
   return reduce_loss(loss_sum);
 }
 
@@ -141,6 +173,13 @@ void Engine::gather_param(const std::string& name, const Shape& logical_shape, f
   info.name = name;
   info.logical_shape = logical_shape;
   if (id >= 0) info = ps.info(id);
+  if (id >= 0 && dp_ && dp_->values_sharded()) {
+    // ZeRO-3: each dp rank adds its shard's elements (zeros elsewhere).
+    std::vector<float> local(static_cast<std::size_t>(info.numel));
+    dp_->read_shard_values(id, local.data());
+    assemble_logical(mesh_, info, local.data(), owns_for_reduction(id), out);
+    return;
+  }
   const bool contributes = id >= 0 && mesh_.coord().dp == 0 && owns_for_reduction(id);
   assemble_logical(mesh_, info, id >= 0 ? ps.data(id) : nullptr, contributes, out);
 }
@@ -152,20 +191,34 @@ void Engine::gather_optimizer_state(const std::string& name, const Shape& logica
   nn::ParamInfo info;
   info.name = name;
   info.logical_shape = logical_shape;
-  const float* local = nullptr;
+  std::vector<float> local;
   if (id >= 0) {
     info = ps.info(id);
+    // The moments of [offset, offset + numel) this rank holds (all, or its ZeRO shard).
     const FloatBuffer& state = kind == 0 ? adamw_->exp_avg() : adamw_->exp_avg_sq();
-    local = state.data() + (info.offset - adamw_->begin());
+    local.assign(static_cast<std::size_t>(info.numel), 0.0f);
+    const int64_t lo = std::max(info.offset, adamw_->begin());
+    const int64_t hi = std::min(info.offset + info.numel, adamw_->end());
+    for (int64_t i = lo; i < hi; ++i) {
+      local[static_cast<std::size_t>(i - info.offset)] = state[static_cast<std::size_t>(i - adamw_->begin())];
+    }
   }
-  const bool contributes = id >= 0 && mesh_.coord().dp == 0 && owns_for_reduction(id);
-  assemble_logical(mesh_, info, local, contributes, out);
+  // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
+  const bool sharded = options_.zero >= 1;
+  const bool contributes = id >= 0 && (sharded || mesh_.coord().dp == 0) && owns_for_reduction(id);
+  assemble_logical(mesh_, info, id >= 0 ? local.data() : nullptr, contributes, out);
 }
 
 void Engine::load_param(const std::string& name, const float* logical) {
   nn::ParameterSet& ps = model_->params();
   const int id = ps.find(name);
   if (id < 0) return;  // held by another stage
+  if (dp_ && dp_->values_sharded()) {
+    std::vector<float> local(static_cast<std::size_t>(ps.info(id).numel));
+    nn::scatter_logical_to_local(ps.info(id), logical, local.data());
+    dp_->write_shard_values(id, local.data());
+    return;
+  }
   nn::scatter_logical_to_local(ps.info(id), logical, ps.data(id));
 }
 
@@ -175,7 +228,13 @@ void Engine::load_optimizer_state(const std::string& name, int kind, const float
   if (id < 0) return;
   const nn::ParamInfo& info = ps.info(id);
   FloatBuffer& state = kind == 0 ? adamw_->exp_avg() : adamw_->exp_avg_sq();
-  nn::scatter_logical_to_local(info, logical, state.data() + (info.offset - adamw_->begin()));
+  std::vector<float> local(static_cast<std::size_t>(info.numel));
+  nn::scatter_logical_to_local(info, logical, local.data());
+  const int64_t lo = std::max(info.offset, adamw_->begin());
+  const int64_t hi = std::min(info.offset + info.numel, adamw_->end());
+  for (int64_t i = lo; i < hi; ++i) {
+    state[static_cast<std::size_t>(i - adamw_->begin())] = local[static_cast<std::size_t>(i - info.offset)];
+  }
 }
 
 int64_t Engine::optimizer_step() const { return adamw_->step_count(); }

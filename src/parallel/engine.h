@@ -16,6 +16,7 @@
 #include "core/memory.h"
 #include "nn/gpt.h"
 #include "optim/adamw.h"
+#include "parallel/ddp_reducer.h"
 
 namespace trident::parallel {
 
@@ -39,6 +40,7 @@ struct StepStats {
   double loss = 0.0;       // mean over every token of the global batch
   double grad_norm = 0.0;  // global L2 norm before clipping
   float clip_scale = 1.0f;
+  double comm_wait_s = 0.0;  // time blocked on dp communication (exposed, not overlapped)
 };
 
 class Engine {
@@ -75,6 +77,8 @@ class Engine {
   int64_t seq_len() const { return seq_len_; }
   bool is_output_rank() const { return mesh_.rank() == 0; }
   std::string describe() const;
+  // The dp/ZeRO reducer (null when dp == 1 and zero == 0).
+  DataParallel* data_parallel() { return dp_.get(); }
 
  private:
   // Sum of squares of this rank's gradient elements that no other rank also counts.
@@ -92,6 +96,7 @@ class Engine {
   std::unique_ptr<nn::TensorParallelComm> tp_comm_;
   std::unique_ptr<nn::GPT> model_;
   std::unique_ptr<optim::AdamW> adamw_;
+  std::unique_ptr<DataParallel> dp_;  // after model_: destroyed first
   nn::GPTActivations acts_;
   std::vector<int32_t> ids_, targets_;
 };

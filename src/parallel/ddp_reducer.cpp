@@ -1,0 +1,344 @@
+// DDP buckets and ZeRO 1-3 over the dp group (see ddp_reducer.h).
+#include "parallel/ddp_reducer.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/check.h"
+#include "core/timer.h"
+#include "kernels/kernels.h"
+
+namespace trident::parallel {
+
+std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t cap_elems) {
+  std::vector<BucketSpan> out;
+  for (int id = params.size() - 1; id >= 0; --id) {
+    const nn::ParamInfo& p = params.info(id);
+    // Parameters are registered at increasing offsets: a bucket grows downwards.
+    if (!out.empty() && out.back().hi - p.offset <= cap_elems) {
+      out.back().first = id;
+      out.back().lo = p.offset;
+      continue;
+    }
+    out.push_back({id, id, p.offset, p.offset + p.numel});
+  }
+  return out;
+}
+
+DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, MemoryTracker& tracker,
+                           const DataParallelOptions& options)
+    : params_(params), dp_(dp), tracker_(tracker), options_(options),
+      layout_(params.total_numel(), dp.rank(), dp.size()) {
+  TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
+            options.zero);
+  const double cap = options.bucket_mb * 1024.0 * 1024.0 / sizeof(float);
+  spans_ = assign_buckets(params, cap < 1.0 ? 1 : static_cast<int64_t>(cap));
+  bucket_of_.assign(static_cast<std::size_t>(params.size()), -1);
+  group_buckets_.assign(static_cast<std::size_t>(params.num_groups()), {});
+  buckets_.resize(spans_.size());
+  for (std::size_t b = 0; b < spans_.size(); ++b) {
+    Bucket& bk = buckets_[b];
+    bk.span = spans_[b];
+    for (int id = bk.span.first; id <= bk.span.last; ++id) {
+      bucket_of_[static_cast<std::size_t>(id)] = static_cast<int>(b);
+      const int g = params.info(id).group;
+      if (std::find(bk.groups.begin(), bk.groups.end(), g) == bk.groups.end()) {
+        bk.groups.push_back(g);
+        group_buckets_[static_cast<std::size_t>(g)].push_back(static_cast<int>(b));
+      }
+    }
+  }
+  group_final_.assign(static_cast<std::size_t>(params.num_groups()), 0);
+  // The tied embedding: its group (the embeddings on a first stage) and the head that also
+  // reads it and writes its gradient.
+  wte_ = params.find("wte.weight");
+  for (int g = 0; g < params.num_groups(); ++g) {
+    if (params.group_name(g) == "head") head_group_ = g;
+    if (params.group_name(g) == "embeddings") embed_group_ = g;
+  }
+  if (wte_ >= 0) wte_group_ = params.info(wte_).group;
+
+  if (options_.zero >= 2) {
+    shard_grads_ = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(layout_.numel()));
+    params_.release_flat_grads();
+  }
+  if (options_.zero >= 3) {
+    shard_values_ = FloatBuffer(tracker_, MemCategory::kParameters, static_cast<std::size_t>(layout_.numel()));
+    // Keep whatever the flat buffer holds (normally nothing yet: initialise or load after).
+    if (!params_.values().empty()) {
+      std::memcpy(shard_values_.data(), params_.values().data() + layout_.begin(),
+                  static_cast<std::size_t>(layout_.numel()) * sizeof(float));
+    }
+    params_.release_flat_values();
+    gathered_.resize(static_cast<std::size_t>(params.num_groups()));
+  }
+}
+
+DataParallel::~DataParallel() {
+  // Never leave a collective writing into a buffer we are about to free.
+  for (Bucket& b : buckets_) {
+    try { b.work.wait(); } catch (...) {}
+  }
+  for (Gathered& g : gathered_) {
+    try { g.work.wait(); } catch (...) {}
+  }
+}
+
+void DataParallel::wait(comm::Work& w) {
+  Stopwatch sw;
+  w.wait();
+  wait_s_ += sw.seconds();
+}
+
+void DataParallel::begin_step() {
+  wait_s_ = 0.0;
+  params_.zero_grads();
+  if (!shard_grads_.empty()) shard_grads_.zero();
+}
+
+void DataParallel::begin_micro_batch(bool last) {
+  armed_ = options_.zero >= 2 || last;
+  current_bwd_ = -1;
+  std::fill(group_final_.begin(), group_final_.end(), 0);
+  for (Bucket& b : buckets_) {
+    b.pending = static_cast<int>(b.groups.size());
+    b.ready = b.launched = b.retired = false;
+  }
+}
+
+void DataParallel::ensure_grad_storage(int bi) {
+  Bucket& b = buckets_[static_cast<std::size_t>(bi)];
+  if (options_.zero < 2 || !b.grad.empty() || b.span.hi == b.span.lo) return;
+  TRI_CHECK(!b.launched, "ZeRO-{}: a gradient of bucket {} was written after its reduction started",
+            options_.zero, bi);
+  b.grad = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(b.span.hi - b.span.lo));
+  for (int id = b.span.first; id <= b.span.last; ++id) {
+    params_.set_grad_ptr(id, b.grad.data() + (params_.info(id).offset - b.span.lo));
+  }
+}
+
+void DataParallel::launch(Bucket& b) {
+  b.launched = true;
+  const int64_t n = b.span.hi - b.span.lo;
+  if (options_.zero < 2) {
+    // Sum: every rank's gradient is its rows' share of the global mean.
+    b.work = dp_.allreduce(std::span<float>(params_.grads().data() + b.span.lo, static_cast<std::size_t>(n)),
+                           comm::ReduceOp::kSum);
+    return;
+  }
+  ensure_grad_storage(static_cast<int>(&b - buckets_.data()));
+  const std::vector<int64_t> counts = layout_.counts_of(b.span.lo, b.span.hi);
+  b.recv = FloatBuffer(tracker_, MemCategory::kCommBuffers,
+                       static_cast<std::size_t>(counts[static_cast<std::size_t>(layout_.rank)]));
+  b.work = dp_.reduce_scatter_v(std::span<const float>(b.grad.data(), static_cast<std::size_t>(n)),
+                                std::span<float>(b.recv.data(), b.recv.size()),
+                                std::span<const int64_t>(counts), comm::ReduceOp::kSum);
+  // Bound the gradient working set: retire what has finished, and wait for the oldest when
+  // more than kMaxInFlight buckets are still being reduced.
+  constexpr std::size_t kMaxInFlight = 2;
+  in_flight_.push_back(static_cast<int>(&b - buckets_.data()));
+  while (!in_flight_.empty() &&
+         (in_flight_.size() > kMaxInFlight || buckets_[static_cast<std::size_t>(in_flight_.front())].work.test())) {
+    retire(buckets_[static_cast<std::size_t>(in_flight_.front())]);
+    in_flight_.pop_front();
+  }
+}
+
+void DataParallel::retire(Bucket& b) {
+  if (b.retired) return;
+  wait(b.work);
+  const auto [lo, hi] = layout_.mine(b.span.lo, b.span.hi);
+  // Gradient accumulation over micro-batches happens here, on the reduced shard.
+  float* acc = shard_grads_.data() + (lo - layout_.begin());
+  const float* r = b.recv.data();
+  for (int64_t i = 0; i < hi - lo; ++i) acc[i] += r[i];
+  b.recv.reset();
+  b.grad.reset();
+  for (int id = b.span.first; id <= b.span.last; ++id) params_.set_grad_ptr(id, nullptr);
+  b.retired = true;
+}
+
+void DataParallel::group_final(int g) {
+  if (g < 0 || group_final_[static_cast<std::size_t>(g)]) return;
+  group_final_[static_cast<std::size_t>(g)] = 1;
+  for (int bi : group_buckets_[static_cast<std::size_t>(g)]) {
+    Bucket& b = buckets_[static_cast<std::size_t>(bi)];
+    if (--b.pending > 0) continue;
+    b.ready = true;
+    if (armed_ && options_.overlap) launch(b);
+  }
+}
+
+void DataParallel::end_micro_batch() {
+  if (armed_) {
+    // In bucket order: the same on every rank (and the launch order when overlap is off).
+    for (Bucket& b : buckets_) {
+      if (!b.launched) launch(b);
+    }
+    if (options_.zero < 2) {
+      for (Bucket& b : buckets_) wait(b.work);
+    }
+  }
+  if (options_.zero >= 2) {
+    for (Bucket& b : buckets_) retire(b);
+    in_flight_.clear();
+  }
+  release_all();
+}
+
+double DataParallel::shard_grad_sumsq(const std::function<bool(int)>& owns) const {
+  if (options_.zero < 2) return 0.0;
+  double sum = 0.0;
+  for (int id = 0; id < params_.size(); ++id) {
+    const nn::ParamInfo& p = params_.info(id);
+    const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
+    if (hi > lo && owns(id)) sum += kernels::sum_squares(shard_grads_.data() + (lo - layout_.begin()), hi - lo);
+  }
+  return sum;
+}
+
+void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scale) {
+  TRI_CHECK(adamw.begin() == optimizer_begin() && adamw.end() == optimizer_end(),
+            "optimizer range [{}, {}) is not this rank's ZeRO range [{}, {})", adamw.begin(),
+            adamw.end(), optimizer_begin(), optimizer_end());
+  const int64_t b = layout_.begin();
+  switch (options_.zero) {
+    case 0: adamw.step(params_.values().data(), params_.grads().data(), lr, grad_scale); return;
+    case 1: adamw.step(params_.values().data() + b, params_.grads().data() + b, lr, grad_scale); break;
+    case 2: adamw.step(params_.values().data() + b, shard_grads_.data(), lr, grad_scale); break;
+    default: adamw.step(shard_values_.data(), shard_grads_.data(), lr, grad_scale); return;
+  }
+  // Stages 1-2: every rank updated its shard; gather the full values in place.
+  float* v = params_.values().data();
+  comm::Work w = dp_.all_gather_v(
+      std::span<const float>(v + b, static_cast<std::size_t>(layout_.numel())),
+      std::span<float>(v, static_cast<std::size_t>(layout_.total)),
+      std::span<const int64_t>(comm::chunk_counts(layout_.total, layout_.size)));
+  wait(w);
+}
+
+// ---- hooks ----
+
+void DataParallel::before_group_forward(int g) {
+  if (options_.zero < 3) return;
+  std::vector<int> keep = values_needed(g, false);
+  std::vector<int> next;
+  if (g + 1 < params_.num_groups()) next = values_needed(g + 1, false);
+  std::vector<int> all = keep;
+  all.insert(all.end(), next.begin(), next.end());
+  keep_only(all);
+  for (int h : keep) acquire(h);
+  for (int h : next) issue_gather(h);
+}
+
+void DataParallel::before_group_backward(int g) {
+  // The group whose backward ran before this one is final unless the tied wte is in it
+  // (its gradient gets more from the embedding backward, which reports itself).
+  if (current_bwd_ >= 0 && current_bwd_ != g && current_bwd_ != wte_group_) group_final(current_bwd_);
+  current_bwd_ = g;
+  if (options_.zero >= 2) {
+    for (int bi : group_buckets_[static_cast<std::size_t>(g)]) ensure_grad_storage(bi);
+    if (g == head_group_ && wte_ >= 0 && wte_group_ != g) ensure_grad_storage(bucket_of_[static_cast<std::size_t>(wte_)]);
+  }
+  if (options_.zero < 3) return;
+  std::vector<int> keep = values_needed(g, true);
+  std::vector<int> next;
+  if (g - 1 >= 0) next = values_needed(g - 1, true);
+  std::vector<int> all = keep;
+  all.insert(all.end(), next.begin(), next.end());
+  keep_only(all);
+  for (int h : keep) acquire(h);
+  for (int h : next) issue_gather(h);
+}
+
+void DataParallel::after_group_backward(int g) { group_final(g); }
+
+// ---- stage 3 ----
+
+std::vector<int> DataParallel::values_needed(int g, bool backward) const {
+  // The embedding backward reads no parameter values (lookups' gradients need only the ids).
+  if (backward && g == embed_group_) return {};
+  std::vector<int> v{g};
+  if (g == head_group_ && wte_group_ >= 0 && wte_group_ != g) v.push_back(wte_group_);
+  return v;
+}
+
+void DataParallel::issue_gather(int g) {
+  Gathered& s = gathered_[static_cast<std::size_t>(g)];
+  if (s.state != 0) return;
+  const int64_t gb = params_.group_begin(g), ge = params_.group_end(g);
+  s.buf = FloatBuffer(tracker_, MemCategory::kParameters, static_cast<std::size_t>(ge - gb));
+  const std::vector<int64_t> counts = layout_.counts_of(gb, ge);
+  const auto [lo, hi] = layout_.mine(gb, ge);
+  s.work = dp_.all_gather_v(
+      std::span<const float>(shard_values_.data() + (lo - layout_.begin()), static_cast<std::size_t>(hi - lo)),
+      std::span<float>(s.buf.data(), s.buf.size()), std::span<const int64_t>(counts));
+  for (int id = 0; id < params_.size(); ++id) {
+    const nn::ParamInfo& p = params_.info(id);
+    if (p.group == g) params_.set_data_ptr(id, s.buf.data() + (p.offset - gb));
+  }
+  s.state = 1;
+}
+
+void DataParallel::acquire(int g) {
+  issue_gather(g);
+  Gathered& s = gathered_[static_cast<std::size_t>(g)];
+  if (s.state == 1) {
+    wait(s.work);
+    s.state = 2;
+  }
+}
+
+void DataParallel::release(int g) {
+  Gathered& s = gathered_[static_cast<std::size_t>(g)];
+  if (s.state == 0) return;
+  if (s.state == 1) wait(s.work);
+  s.buf.reset();
+  s.state = 0;
+  for (int id = 0; id < params_.size(); ++id) {
+    if (params_.info(id).group == g) params_.set_data_ptr(id, nullptr);
+  }
+}
+
+void DataParallel::keep_only(const std::vector<int>& keep) {
+  for (int g = 0; g < static_cast<int>(gathered_.size()); ++g) {
+    if (std::find(keep.begin(), keep.end(), g) == keep.end()) release(g);
+  }
+}
+
+void DataParallel::release_all() { keep_only({}); }
+
+void DataParallel::read_shard_values(int id, float* local) const {
+  const nn::ParamInfo& p = params_.info(id);
+  std::fill(local, local + p.numel, 0.0f);
+  const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
+  if (hi > lo) {
+    std::memcpy(local + (lo - p.offset), shard_values_.data() + (lo - layout_.begin()),
+                static_cast<std::size_t>(hi - lo) * sizeof(float));
+  }
+}
+
+void DataParallel::write_shard_values(int id, const float* local) {
+  const nn::ParamInfo& p = params_.info(id);
+  const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
+  if (hi > lo) {
+    std::memcpy(shard_values_.data() + (lo - layout_.begin()), local + (lo - p.offset),
+                static_cast<std::size_t>(hi - lo) * sizeof(float));
+  }
+}
+
+void DataParallel::initialize_shard(uint64_t seed) {
+  for (int id = 0; id < params_.size(); ++id) {
+    const nn::ParamInfo& p = params_.info(id);
+    const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
+    if (hi <= lo) continue;
+    FloatBuffer tmp(tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(p.numel));
+    float* saved = params_.data(id);
+    params_.set_data_ptr(id, tmp.data());
+    params_.initialize(seed, id);
+    params_.set_data_ptr(id, saved);
+    write_shard_values(id, tmp.data());
+  }
+}
+
+}  // namespace trident::parallel

@@ -1,0 +1,159 @@
+// Data parallelism over the dp group: DDP's bucketed gradient reduction overlapping backward,
+// and ZeRO stages 1-3 (Rajbhandari et al. 2020) on the same buckets. Implements nn::ModelHooks,
+// so nn::GPT tells it when a layer group's backward begins and ends; the engine drives the step
+// (begin_step, begin/end_micro_batch, optimizer_step). Tensor and pipeline parallelism are left
+// to the engine: everything here is over one dp group of one (tp, pp) coordinate.
+//
+// Buckets (as c10d's reducer): assigned once over the parameters in reverse registration
+// order (= the order backward produces gradients), each a contiguous flat range of whole
+// parameters of at most bucket_mb MiB (a larger parameter alone). A bucket holds a pending
+// count of the layer groups it overlaps; when the last one's gradients are final the bucket's
+// communication starts on the dp worker thread while backward goes on. The summed values do
+// not depend on the bucketing: each element is reduced over the same ranks either way (the
+// MPI algorithm may associate the N-rank sum differently for different message sizes, so
+// with N > 2 results can differ in the last bits).
+//
+// When a group's gradients are final: GPT calls after_group_backward(g) when g is done, but
+// on one stage with both ends it reports the head group only after embed_backward (wte lives
+// in the embedding group and its gradient gets the head's part first). ln_f's gradient is
+// final as soon as the next group's backward begins, so a group without the tied wte is also
+// marked final at the next before_group_backward; otherwise the bucket holding ln_f and the
+// last blocks would wait for the whole backward.
+//
+// Stages (Ψ parameters, N dp ranks, fp32, bytes per rank at rest):
+//   0 DDP:  allreduce (sum) of each bucket on the last micro-batch    params 4Ψ, grads 4Ψ, Adam 8Ψ
+//   1:      as 0; AdamW moments for this rank's shard only; each rank updates its shard of the
+//           values, then all_gather of the values                     4Ψ + 4Ψ + 8Ψ/N
+//   2:      gradients exist only per bucket, allocated when its first gradient is written
+//           and freed once reduce_scattered into this rank's shard (every micro-batch)
+//                                                                     4Ψ + 4Ψ/N + 8Ψ/N
+//   3:      values sharded too: a group's values are all_gathered into a working buffer just
+//           before its forward and its backward (the next group's gather prefetched) and freed
+//           after                                                     16Ψ/N
+//   plus, during the step, the bucket / gathered-group working set.
+// The loss is scaled by 1 / global tokens, so the dp *sum* is the global mean gradient.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/memory.h"
+#include "nn/parameters.h"
+#include "nn/tensor_parallel.h"
+#include "optim/adamw.h"
+#include "parallel/zero.h"
+
+namespace trident::parallel {
+
+struct DataParallelOptions {
+  int zero = 0;           // ZeRO stage 0..3
+  double bucket_mb = 25;  // MiB per bucket; <= 0 or tiny: one bucket per parameter
+  bool overlap = true;    // false: launch every bucket after backward (for comparison)
+};
+
+// Buckets as parameter id ranges [first, last] (inclusive), in launch order (the last
+// parameters first), each at most cap_elems elements unless a single parameter is larger.
+struct BucketSpan {
+  int first = 0, last = 0;
+  int64_t lo = 0, hi = 0;  // flat range
+};
+std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t cap_elems);
+
+class DataParallel : public nn::ModelHooks {
+ public:
+  // Sets up shards and releases the flat buffers ZeRO does not keep (values for stage 3,
+  // gradients for stages 2-3). `params` must be allocated.
+  DataParallel(nn::ParameterSet& params, comm::Communicator& dp, MemoryTracker& tracker,
+               const DataParallelOptions& options);
+  ~DataParallel() override;
+
+  const DataParallelOptions& options() const { return options_; }
+  const ShardLayout& layout() const { return layout_; }
+  const std::vector<BucketSpan>& buckets() const { return spans_; }
+  // Flat range the optimizer owns on this rank: everything (stage 0) or the shard.
+  int64_t optimizer_begin() const { return options_.zero >= 1 ? layout_.begin() : 0; }
+  int64_t optimizer_end() const { return options_.zero >= 1 ? layout_.end() : layout_.total; }
+
+  // ---- the step ----
+  void begin_step();  // zeroes gradients, resets timers
+  // `last`: gradients are communicated (stage 0/1) on the last micro-batch only.
+  void begin_micro_batch(bool last);
+  // Launches what backward did not (overlap off), waits for this micro-batch's communication;
+  // stage 2/3 accumulate the reduced shard and free the buckets; stage 3 frees gathered groups.
+  void end_micro_batch();
+  // Sum of squares of the reduced gradient this rank counts for the global norm (stages 2-3:
+  // its shard, of parameters for which `owns(id)`; stages 0-1: nothing, the engine counts the
+  // replicated full gradient once).
+  double shard_grad_sumsq(const std::function<bool(int)>& owns) const;
+  // AdamW on this rank's range, then (stages 1-2) all_gather of the updated values.
+  void optimizer_step(optim::AdamW& adamw, float lr, float grad_scale);
+  // Frees every gathered group (stage 3; e.g. after an evaluation forward).
+  void release_all();
+  // Seconds blocked on dp communication since begin_step (the exposed part).
+  double comm_wait_seconds() const { return wait_s_; }
+
+  // ---- stage 3: values live in shards ----
+  bool values_sharded() const { return options_.zero >= 3; }
+  // Param `id`'s local tensor with this rank's shard elements filled in, zeros elsewhere.
+  void read_shard_values(int id, float* local) const;
+  // Stores this rank's shard elements of param `id` from a full local tensor.
+  void write_shard_values(int id, const float* local);
+  // Initialises the shard from the logical tensors (as ParameterSet::initialize).
+  void initialize_shard(uint64_t seed);
+
+  // ---- nn::ModelHooks ----
+  void before_group_forward(int group) override;
+  void before_group_backward(int group) override;
+  void after_group_backward(int group) override;
+
+ private:
+  struct Bucket {
+    BucketSpan span;
+    std::vector<int> groups;  // groups it overlaps
+    int pending = 0;
+    bool ready = false, launched = false, retired = false;
+    FloatBuffer grad;  // stages 2-3: gradient storage while alive
+    FloatBuffer recv;  // stages 2-3: this rank's reduced part
+    comm::Work work;
+  };
+  struct Gathered {  // stage 3: one group's values
+    FloatBuffer buf;
+    comm::Work work;
+    int state = 0;  // 0 none, 1 issued, 2 ready
+  };
+  void group_final(int g);
+  void launch(Bucket& b);
+  void retire(Bucket& b);  // stages 2-3: wait, add into the shard, free the bucket
+  void ensure_grad_storage(int bucket);
+  void wait(comm::Work& w);
+  // Stage 3 gathering.
+  std::vector<int> values_needed(int g, bool backward) const;
+  void issue_gather(int g);
+  void acquire(int g);
+  void release(int g);
+  void keep_only(const std::vector<int>& keep);
+
+  nn::ParameterSet& params_;
+  comm::Communicator& dp_;
+  MemoryTracker& tracker_;
+  DataParallelOptions options_;
+  ShardLayout layout_;
+  std::vector<BucketSpan> spans_;
+  std::vector<Bucket> buckets_;
+  std::vector<int> bucket_of_;                  // per parameter id
+  std::vector<std::vector<int>> group_buckets_;  // per group
+  std::vector<char> group_final_;
+  std::deque<int> in_flight_;  // stages 2-3: launched, not yet retired, in launch order
+  int current_bwd_ = -1;
+  bool armed_ = false;  // this micro-batch communicates
+  int wte_ = -1, wte_group_ = -1, head_group_ = -1, embed_group_ = -1;
+  FloatBuffer shard_values_;  // stage 3
+  FloatBuffer shard_grads_;   // stages 2-3
+  std::vector<Gathered> gathered_;
+  double wait_s_ = 0.0;
+};
+
+}  // namespace trident::parallel

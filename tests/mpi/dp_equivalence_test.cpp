@@ -1,0 +1,392 @@
+// Data parallelism and ZeRO 1-3 against the single-process Engine: losses and final weights of
+// 10 steps of a tiny GPT for every stage, bucket size and micro-batch count; memory per rank
+// against the ZeRO formulas; checkpoint state (gather/load) across layouts; bad input.
+// ranks: 2 4
+//
+// Tolerances (fp32). What differs from the single-process run is only the order of additions:
+// a dp rank's gradient sums its own rows, and the dp reduction then adds the N partial sums
+// (the single process adds all rows in one sweep), ZeRO-2/3 reduce-scatter and accumulate
+// micro-batches on the shard, and the grad norm sums squares per shard. Each reordering moves
+// a gradient element by ~1e-7 relative. The loss after k steps then differs by ~1e-7 * k
+// relative: we allow 2e-5 relative (1e-4 for the grad norm). Adam divides m by sqrt(v), so an
+// element whose gradient is a near-cancelling sum can move its update by up to ~lr per step;
+// in practice the worst element after 10 steps differs by ~2e-5 (printed): weights are
+// compared with max |d| <= 1e-4 (0.1 lr) and mean |d| <= 1e-6. Changing only the bucket size
+// is bitwise equal on 2 ranks (a + b either way); on 4 ranks MPI may pick another reduction
+// algorithm for another message size, which associates the 4-term sum differently.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "comm/mesh.h"
+#include "comm/runtime.h"
+#include "core/check.h"
+#include "core/rng.h"
+#include "nn/gpt_config.h"
+#include "parallel/engine.h"
+
+namespace trident::parallel {
+namespace {
+
+constexpr int kSteps = 10;
+constexpr int64_t kBatch = 8, kSeq = 16;
+constexpr float kLr = 1e-3f;
+
+comm::CommOptions test_options() {
+  comm::CommOptions o;
+  o.timeout_s = 60.0;
+  o.on_timeout = comm::TimeoutAction::kAbort;
+  return o;
+}
+
+std::unique_ptr<comm::Mesh> g_world_mesh, g_self_mesh;
+
+comm::Mesh& dp_mesh() {
+  if (!g_world_mesh) {
+    int n = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &n);
+    g_world_mesh = std::make_unique<comm::Mesh>(MPI_COMM_WORLD, comm::MeshShape{1, n, 1}, test_options());
+  }
+  return *g_world_mesh;
+}
+comm::Mesh& self_mesh() {
+  if (!g_self_mesh) {
+    g_self_mesh = std::make_unique<comm::Mesh>(MPI_COMM_SELF, comm::MeshShape{1, 1, 1}, test_options());
+  }
+  return *g_self_mesh;
+}
+
+nn::GPTConfig model() { return nn::gpt_preset("tiny"); }
+
+// A deterministic global batch: tokens from (step, row, t); targets a fixed function of the
+// input so the loss goes down.
+BatchFn batch_for(int step, int vocab) {
+  return [step, vocab](int64_t row0, int64_t rows, int32_t* ids, int32_t* targets) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t t = 0; t < kSeq; ++t) {
+        const uint64_t h = fnv1a64(std::to_string(step) + ":" + std::to_string(row0 + r) + ":" + std::to_string(t));
+        const auto id = static_cast<int32_t>(h % static_cast<uint64_t>(vocab));
+        ids[r * kSeq + t] = id;
+        targets[r * kSeq + t] = static_cast<int32_t>((id * 7 + 3) % vocab);
+      }
+    }
+  };
+}
+
+struct Result {
+  std::vector<double> losses, norms;
+  std::map<std::string, std::vector<float>> weights;  // world rank 0 only
+};
+
+std::vector<std::pair<std::string, Shape>> logical_params(Engine& e) {
+  std::vector<std::pair<std::string, Shape>> out;
+  for (const nn::ParamInfo& p : e.model().params().infos()) out.emplace_back(p.name, p.logical_shape);
+  return out;
+}
+
+std::map<std::string, std::vector<float>> gather_all(Engine& e, bool moments = false, int kind = 0) {
+  std::map<std::string, std::vector<float>> w;
+  for (const auto& [name, shape] : logical_params(e)) {
+    std::vector<float> v(static_cast<std::size_t>(shape_numel(shape)));
+    if (moments) {
+      e.gather_optimizer_state(name, shape, kind, v.data());
+    } else {
+      e.gather_param(name, shape, v.data());
+    }
+    w[name] = std::move(v);
+  }
+  return w;
+}
+
+EngineOptions options(int zero, double bucket_mb = 25.0, int micro = 1, bool overlap = true) {
+  EngineOptions o;
+  o.zero = zero;
+  o.bucket_mb = bucket_mb;
+  o.micro_batches = micro;
+  o.overlap = overlap;
+  o.grad_clip = 1.0;
+  return o;
+}
+
+Result train(comm::Mesh& mesh, const EngineOptions& opt, int steps = kSteps) {
+  MemoryTracker tracker;
+  Engine e(mesh, model(), opt, tracker, kBatch, kSeq);
+  e.initialize(1234);
+  Result r;
+  for (int s = 0; s < steps; ++s) {
+    StepStats st = e.train_step(batch_for(s, e.config().vocab_size), kLr);
+    r.losses.push_back(st.loss);
+    r.norms.push_back(st.grad_norm);
+  }
+  r.weights = gather_all(e);
+  return r;
+}
+
+const Result& reference(int micro) {
+  static std::map<int, Result> cache;
+  auto it = cache.find(micro);
+  if (it == cache.end()) it = cache.emplace(micro, train(self_mesh(), options(0, 25.0, micro))).first;
+  return it->second;
+}
+
+struct Diff {
+  double max_abs = 0.0, mean_abs = 0.0;
+  bool bitwise = true;
+};
+Diff compare_weights(const Result& a, const Result& b) {
+  Diff d;
+  int64_t n = 0;
+  for (const auto& [name, va] : a.weights) {
+    const std::vector<float>& vb = b.weights.at(name);
+    for (std::size_t i = 0; i < va.size(); ++i) {
+      const double x = std::fabs(static_cast<double>(va[i]) - vb[i]);
+      d.max_abs = std::max(d.max_abs, x);
+      d.mean_abs += x;
+      d.bitwise = d.bitwise && va[i] == vb[i];
+      ++n;
+    }
+  }
+  d.mean_abs /= static_cast<double>(std::max<int64_t>(1, n));
+  return d;
+}
+
+bool is_rank0() { return dp_mesh().rank() == 0; }
+
+void expect_matches(const Result& got, const Result& want, const std::string& what) {
+  ASSERT_EQ(got.losses.size(), want.losses.size());
+  for (std::size_t s = 0; s < got.losses.size(); ++s) {
+    EXPECT_NEAR(got.losses[s], want.losses[s], 2e-5 * std::fabs(want.losses[s])) << what << " step " << s;
+    EXPECT_NEAR(got.norms[s], want.norms[s], 1e-4 * std::fabs(want.norms[s])) << what << " step " << s;
+  }
+  if (!is_rank0()) return;
+  const Diff d = compare_weights(got, want);
+  std::printf("[dp %d] %-28s loss %.7f vs %.7f  weights max|d| %.3g mean|d| %.3g%s\n",
+              dp_mesh().size(), what.c_str(), got.losses.back(), want.losses.back(), d.max_abs,
+              d.mean_abs, d.bitwise ? " (bitwise equal)" : "");
+  EXPECT_LE(d.max_abs, 0.1 * kLr) << what;
+  EXPECT_LE(d.mean_abs, 1e-6) << what;
+}
+
+class ZeroStage : public testing::TestWithParam<int> {};
+
+TEST_P(ZeroStage, MatchesSingleProcess) {
+  const int zero = GetParam();
+  const Result got = train(dp_mesh(), options(zero));
+  expect_matches(got, reference(1), "zero " + std::to_string(zero));
+  EXPECT_LT(got.losses.back(), got.losses.front());  // it trains
+}
+
+TEST_P(ZeroStage, GradAccumulationMatches) {
+  const int zero = GetParam();
+  expect_matches(train(dp_mesh(), options(zero, 25.0, 2)), reference(2),
+                 "zero " + std::to_string(zero) + " micro 2");
+}
+
+TEST_P(ZeroStage, BucketSizesGiveTheSameResult) {
+  const int zero = GetParam();
+  // One bucket per parameter, a few parameters per bucket (~0.01 MiB), one bucket for all;
+  // with overlap off too.
+  const Result one_each = train(dp_mesh(), options(zero, 1e-9));
+  for (double mb : {0.01, 1000.0}) {
+    const Result r = train(dp_mesh(), options(zero, mb));
+    expect_matches(r, one_each, "zero " + std::to_string(zero) + " bucket " + std::to_string(mb) + " MiB");
+  }
+  expect_matches(train(dp_mesh(), options(zero, 0.01, 1, false)), one_each,
+                 "zero " + std::to_string(zero) + " overlap off");
+  expect_matches(one_each, reference(1), "zero " + std::to_string(zero) + " 1 bucket/param");
+}
+
+INSTANTIATE_TEST_SUITE_P(Dp, ZeroStage, testing::Values(0, 1, 2, 3));
+
+TEST(DpBuckets, ReverseOrderCoversEveryParameterOnce) {
+  nn::GPT m(model());
+  MemoryTracker t;
+  m.allocate(t);
+  const nn::ParameterSet& ps = m.params();
+  for (int64_t cap : {int64_t{1}, int64_t{3000}, int64_t{1} << 40}) {
+    const std::vector<BucketSpan> b = assign_buckets(ps, cap);
+    int64_t expect_hi = ps.total_numel();
+    int expect_last = ps.size() - 1;
+    for (const BucketSpan& s : b) {
+      EXPECT_EQ(s.hi, expect_hi);
+      EXPECT_EQ(s.last, expect_last);
+      EXPECT_TRUE(s.hi - s.lo <= cap || s.first == s.last);
+      expect_hi = s.lo;
+      expect_last = s.first - 1;
+    }
+    EXPECT_EQ(expect_hi, 0);
+    if (cap == 1) EXPECT_EQ(static_cast<int>(b.size()), ps.size());
+    if (cap > ps.total_numel()) EXPECT_EQ(b.size(), 1u);
+  }
+}
+
+// Bytes per rank at rest (after a step) against the fp32 ZeRO formulas, Ψ parameters, N ranks:
+//   stage 0: 4Ψ + 4Ψ + 8Ψ = 16Ψ        stage 1: 4Ψ + 4Ψ + 8Ψ/N
+//   stage 2: 4Ψ + 4Ψ/N + 8Ψ/N          stage 3: 4Ψ/N + 4Ψ/N + 8Ψ/N = 16Ψ/N
+// and the peaks during the step against the formula plus the working set.
+TEST(DpMemory, PerRankBytesFollowTheZeroFormulas) {
+  const double N = dp_mesh().size();
+  for (int zero = 0; zero <= 3; ++zero) {
+    MemoryTracker t;
+    const double bucket_mb = 0.02;  // ~5k floats: several buckets
+    Engine e(dp_mesh(), model(), options(zero, bucket_mb), t, kBatch, kSeq);
+    e.initialize(1);
+    t.reset_peaks();
+    e.train_step(batch_for(0, e.config().vocab_size), kLr);
+    const nn::ParameterSet& ps = e.model().params();
+    const double psi = static_cast<double>(ps.total_numel());
+    const double want_p = zero >= 3 ? 4 * psi / N : 4 * psi;
+    const double want_g = zero >= 2 ? 4 * psi / N : 4 * psi;
+    const double want_o = zero >= 1 ? 8 * psi / N : 8 * psi;
+    const double got_p = static_cast<double>(t.current(MemCategory::kParameters));
+    const double got_g = static_cast<double>(t.current(MemCategory::kGradients));
+    const double got_o = static_cast<double>(t.current(MemCategory::kOptimizerState));
+    // Working sets: ZeRO-2 buckets (at most a bucket or one parameter each, the head's also
+    // holding wte's bucket); ZeRO-3 gathered groups (the embeddings, the head, two blocks).
+    int64_t max_param = 0, max_group = 0;
+    for (const nn::ParamInfo& p : ps.infos()) max_param = std::max(max_param, p.numel);
+    for (int g = 0; g < ps.num_groups(); ++g) max_group = std::max(max_group, ps.group_end(g) - ps.group_begin(g));
+    const double peak_g = static_cast<double>(t.peak(MemCategory::kGradients));
+    const double peak_p = static_cast<double>(t.peak(MemCategory::kParameters));
+    if (is_rank0()) {
+      std::printf("[dp %.0f] zero %d  Psi %.0f  params %.0f (formula %.0f)  grads %.0f (%.0f)  "
+                  "optimizer %.0f (%.0f)  total %.0f (%.0f)  peak grads %.0f  peak params %.0f\n",
+                  N, zero, psi, got_p, want_p, got_g, want_g, got_o, want_o, got_p + got_g + got_o,
+                  want_p + want_g + want_o, peak_g, peak_p);
+    }
+    EXPECT_NEAR(got_p, want_p, 0.1 * want_p) << "zero " << zero;
+    EXPECT_NEAR(got_g, want_g, 0.1 * want_g) << "zero " << zero;
+    EXPECT_NEAR(got_o, want_o, 0.1 * want_o) << "zero " << zero;
+    if (zero >= 2) {
+      const double cap = std::max<double>(bucket_mb * 1024 * 1024, 4.0 * max_param);
+      EXPECT_LE(peak_g, want_g + 4 * cap) << "zero " << zero;
+      EXPECT_LT(peak_g, 4 * psi) << "zero " << zero;  // never the full gradient
+    }
+    if (zero >= 3) {
+      EXPECT_LE(peak_p, want_p + 4.0 * 4 * max_group) << "zero 3";
+      EXPECT_LT(peak_p, 4 * psi) << "zero 3";  // never all values
+    }
+  }
+}
+
+// A checkpoint's logical tensors (values and both moments) are the same whichever layout wrote
+// them, and load into any other layout: train 3 steps in layout A, move the state into layout B
+// and continue; compare with A continuing.
+TEST(DpCheckpoint, StateMovesBetweenLayouts) {
+  auto state_of = [](Engine& e) {
+    auto all = gather_all(e);
+    for (int kind = 0; kind < 2; ++kind) {
+      for (auto& [name, v] : gather_all(e, true, kind)) all[name + (kind ? ".v" : ".m")] = std::move(v);
+    }
+    return all;
+  };
+  auto bcast = [](std::map<std::string, std::vector<float>>& m, const std::vector<std::pair<std::string, Shape>>& names) {
+    for (const auto& [name, shape] : names) {
+      for (const char* suffix : {"", ".m", ".v"}) {
+        std::vector<float>& v = m[name + suffix];
+        v.resize(static_cast<std::size_t>(shape_numel(shape)));
+        dp_mesh().world().broadcast(std::span<float>(v), 0).wait();
+      }
+    }
+  };
+  for (auto [za, zb] : {std::pair{3, 0}, std::pair{0, 2}, std::pair{1, 3}}) {
+    MemoryTracker ta, tb;
+    Engine a(dp_mesh(), model(), options(za), ta, kBatch, kSeq);
+    a.initialize(7);
+    for (int s = 0; s < 3; ++s) a.train_step(batch_for(s, a.config().vocab_size), kLr);
+    auto st = state_of(a);
+    const auto names = logical_params(a);
+    bcast(st, names);
+    Engine b(dp_mesh(), model(), options(zb), tb, kBatch, kSeq);
+    for (const auto& [name, shape] : names) {
+      b.load_param(name, st[name].data());
+      b.load_optimizer_state(name, 0, st[name + ".m"].data());
+      b.load_optimizer_state(name, 1, st[name + ".v"].data());
+    }
+    b.set_optimizer_step(a.optimizer_step());
+    auto st_b = state_of(b);
+    if (is_rank0()) {
+      for (auto& [k, v] : st) ASSERT_EQ(v, st_b[k]) << k << " zero " << za << " -> " << zb;
+    }
+    for (int s = 3; s < 5; ++s) {
+      const double la = a.train_step(batch_for(s, a.config().vocab_size), kLr).loss;
+      const double lb = b.train_step(batch_for(s, b.config().vocab_size), kLr).loss;
+      EXPECT_NEAR(la, lb, 1e-5 * std::fabs(la)) << "zero " << za << " -> " << zb;
+    }
+  }
+}
+
+TEST(DpBadInput, BatchNotDivisibleByDp) {
+  MemoryTracker t;
+  const int n = dp_mesh().size();
+  try {
+    Engine e(dp_mesh(), model(), options(0), t, n * 3 + 1, kSeq);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fmt::format("not divisible by dp {}", n)), std::string::npos) << e.what();
+  }
+  try {
+    Engine e(dp_mesh(), model(), options(4), t, kBatch, kSeq);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ZeRO stage 4"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DpBadInput, RanksWithDifferentConfigsAreNamed) {
+  comm::Communicator& w = dp_mesh().world();
+  const uint64_t hash = w.rank() == 1 ? 0xbad : 0x600d;  // rank 1 was started differently
+  try {
+    comm::check_same_across_ranks(w, "the run configuration", hash);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("the run configuration"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("1"), std::string::npos) << msg;
+  }
+}
+
+}  // namespace
+}  // namespace trident::parallel
+
+class RankFailurePrinter : public testing::EmptyTestEventListener {
+ public:
+  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const testing::TestPartResult& result) override {
+    if (result.failed()) {
+      std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, result.file_name(),
+                   result.line_number(), result.summary());
+    }
+  }
+
+ private:
+  int rank_;
+};
+
+int main(int argc, char** argv) {
+  trident::comm::MpiRuntime mpi(&argc, &argv);
+  testing::InitGoogleTest(&argc, argv);
+  if (mpi.world_rank() != 0) {
+    auto& listeners = testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new RankFailurePrinter(mpi.world_rank()));
+  }
+  int failed = 0;
+  try {
+    failed = RUN_ALL_TESTS() != 0;
+  } catch (const std::exception& e) {
+    trident::comm::abort_job(e.what(), 2);
+  }
+  trident::parallel::g_world_mesh.reset();
+  trident::parallel::g_self_mesh.reset();
+  int any_failed = 0;
+  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (any_failed && mpi.world_rank() == 0) std::fprintf(stderr, "a test failed on some rank\n");
+  return any_failed;
+}
