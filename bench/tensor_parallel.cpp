@@ -1,7 +1,6 @@
 // build/bench/tensor_parallel: what tensor parallelism costs and saves, measured against the
-// theory. Per training step (one micro-batch, forward + backward + the sequence-parallel
-// LayerNorm gradient sum) it counts every element the tp group communicates, by wrapping the
-// model's TensorParallelComm, and compares with the formulas below; and it compares this
+// theory. Per training step (one micro-batch, forward + backward) it counts every element the
+// tp group communicates, by wrapping the model's TensorParallelComm, and compares with the formulas below; and it compares this
 // rank's activation memory (MemoryTracker) with Korthikanti et al. 2022's formulas converted
 // to what Trident stores (fp32, no dropout). Timings are printed for information only.
 //
@@ -21,7 +20,8 @@
 //                        ln_f forward; the embedding's backward)
 //       reduce_scatter = (4L + 2) bsh  (per layer 2 forward + 2 backward; embedding forward;
 //                        head backward)
-//       allreduce      = 3 bs + (4L + 2) h  (loss; LayerNorm gradients once per step)
+//       allreduce      = 3 bs + (4L + 2) h  (loss; the LayerNorm gradients' row shares,
+//                        summed inside backward: 4h per block, 2h for ln_f)
 //   Bytes a rank sends with ring algorithms: allreduce 2(t-1)/t * 4n, all_gather and
 //   reduce_scatter (t-1)/t * 4n for an n-element (full) buffer.
 #include <mpi.h>
@@ -140,14 +140,12 @@ void run(const Args& args) {
     const double act_bytes = static_cast<double>(tracker.current(MemCategory::kActivations));
     // One warm-up step (allocates the scratch), then the measured step.
     model.forward_backward(acts, ids.data(), targets.data(), b, s, 1.0f / static_cast<float>(bs));
-    model.allreduce_tp_partial_grads();
     counting.reset();
     tracker.reset_peaks();
     mesh.tp().barrier().wait();
     const auto t0 = std::chrono::steady_clock::now();
     const double loss = model.forward_backward(acts, ids.data(), targets.data(), b, s,
                                                1.0f / static_cast<float>(bs));
-    model.allreduce_tp_partial_grads();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
     // ---- communication ----

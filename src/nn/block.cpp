@@ -2,6 +2,7 @@
 #include "nn/block.h"
 
 #include <cmath>
+#include <cstring>
 #include <fmt/format.h>
 
 #include "core/check.h"
@@ -78,6 +79,7 @@ BlockScratch::BlockScratch(MemoryTracker& tracker, const GPTConfig& cfg, int tp,
     gathered = FloatBuffer(tracker, W, n * C);
     full = FloatBuffer(tracker, W, n * C);
     dln_local = FloatBuffer(tracker, W, static_cast<std::size_t>(sp_local_rows) * C);
+    ln_grads = FloatBuffer(tracker, W, 4 * C);
   }
 }
 
@@ -106,8 +108,6 @@ Block::Block(ParameterSet& params, const GPTConfig& cfg, const TpContext& tp, in
     info.init_std = std;
     info.init_value = value;
     info.tp_replicated = replicated || tp.size == 1;
-    // LayerNorms run on this rank's token rows under sequence parallelism: partial gradients.
-    info.tp_partial_grad = tp.sp() && name.starts_with("ln_");
     return params.add(std::move(info));
   };
   const ShardSpec full;
@@ -201,7 +201,8 @@ void Block::backward(ParameterSet& ps, const BlockActivations& a, BlockScratch& 
 //   backward: dres (Nl) -all_gather-> (N) -> row/column-parallel backward -> partial dln (N)
 //             -reduce_scatter-> (Nl) -> LayerNorm backward (partial dweight, dbias)
 // The row-parallel biases' gradients come from the gathered (N) output gradient, so they are
-// complete on every rank; only the LayerNorm parameters' gradients are partial.
+// complete on every rank; only the LayerNorm parameters' gradients are partial: they go to
+// scratch, are allreduced over tp (4C floats) and then accumulate into the gradients.
 
 namespace {
 // out (Nl, C) = reduce_scatter(partial (N, C)) + bias + residual.
@@ -243,6 +244,8 @@ void Block::backward_sp(ParameterSet& ps, const BlockActivations& a, BlockScratc
   namespace k = kernels;
   const int64_t N = B * T, C = cfg_.n_embd, Cl = C / tp_.size, NHl = cfg_.n_head / tp_.size;
   const int64_t Nl = tp_.rows(N).count;
+  float* lng = s.ln_grads.data();  // [ln_2 weight | ln_2 bias | ln_1 weight | ln_1 bias]
+  std::memset(lng, 0, static_cast<std::size_t>(4 * C) * sizeof(float));
   // MLP branch. Conjugate of the reduce_scatter: gather d/d(out) over the sequence.
   tp_.gather_rows(dres, s.full.data(), N, C);
   k::matmul_backward(s.dfch.data(), ps.grad(fcproj_w_), ps.grad(fcproj_b_), s.full.data(),
@@ -253,9 +256,8 @@ void Block::backward_sp(ParameterSet& ps, const BlockActivations& a, BlockScratc
                      s.gathered.data(), ps.data(fc_w_), N, C, 4 * Cl);
   // Conjugate of the all_gather: sum the partial input gradients, keep this rank's rows.
   tp_.reduce_scatter_rows(s.dln.data(), s.dln_local.data(), N, C);
-  k::layernorm_backward(dres, ps.grad(ln2_w_), ps.grad(ln2_b_), s.dln_local.data(),
-                        a.residual2.data(), ps.data(ln2_w_), a.ln2_mean.data(), a.ln2_rstd.data(),
-                        Nl, C);
+  k::layernorm_backward(dres, lng, lng + C, s.dln_local.data(), a.residual2.data(),
+                        ps.data(ln2_w_), a.ln2_mean.data(), a.ln2_rstd.data(), Nl, C);
   // Attention branch: dres is now d/d(residual2) on this rank's rows.
   tp_.gather_rows(dres, s.full.data(), N, C);
   k::matmul_backward(s.datty.data(), ps.grad(proj_w_), ps.grad(proj_b_), s.full.data(),
@@ -265,8 +267,14 @@ void Block::backward_sp(ParameterSet& ps, const BlockActivations& a, BlockScratc
   k::matmul_backward(s.dln.data(), ps.grad(attn_w_), ps.grad(attn_b_), s.dqkv.data(),
                      s.gathered.data(), ps.data(attn_w_), N, C, 3 * Cl);
   tp_.reduce_scatter_rows(s.dln.data(), s.dln_local.data(), N, C);
-  k::layernorm_backward(dres, ps.grad(ln1_w_), ps.grad(ln1_b_), s.dln_local.data(), x,
+  k::layernorm_backward(dres, lng + 2 * C, lng + 3 * C, s.dln_local.data(), x,
                         ps.data(ln1_w_), a.ln1_mean.data(), a.ln1_rstd.data(), Nl, C);
+  // Sum the LayerNorm gradients' row shares over tp; accumulate (+=) into the gradients.
+  tp_.allreduce_sum(lng, 4 * C);
+  float* dst[4] = {ps.grad(ln2_w_), ps.grad(ln2_b_), ps.grad(ln1_w_), ps.grad(ln1_b_)};
+  for (int p = 0; p < 4; ++p) {
+    for (int64_t c = 0; c < C; ++c) dst[p][c] += lng[p * C + c];
+  }
 }
 
 }  // namespace trident::nn

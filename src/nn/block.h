@@ -7,8 +7,10 @@
 // LayerNorms hold only this rank's Nl of the N token rows: all_gather before c_attn and
 // mlp.c_fc, reduce_scatter after attn.c_proj and mlp.c_proj (backward: the conjugates, plus a
 // re-gather of the LayerNorm output for the weight gradients, as Megatron does, so nothing
-// (N, C) is saved). The LayerNorm gradients are then partial sums over this rank's rows:
-// marked ParamInfo::tp_partial_grad, summed over tp by GPT::allreduce_tp_partial_grads.
+// (N, C) is saved). The LayerNorms' weight/bias gradients are then partial sums over this
+// rank's rows: backward computes them into scratch, allreduces them over tp (one 4C-float
+// allreduce per block) and adds the sum to the gradients, so they are complete and replicated
+// before after_group_backward, with micro-batching and any data parallelism unchanged.
 #pragma once
 
 #include <cstdint>
@@ -56,6 +58,7 @@ struct BlockScratch {
   FloatBuffer gathered;   // (N, C) all-gathered LayerNorm output
   FloatBuffer full;       // (N, C) partial sums before reduce_scatter / gathered gradient
   FloatBuffer dln_local;  // (Nl, C) reduce-scattered LayerNorm-output gradient
+  FloatBuffer ln_grads;   // (4C) partial LayerNorm weight/bias gradients, summed over tp
 
   BlockScratch() = default;
   // sp_local_rows >= 0: allocate the sequence-parallel buffers for Nl = sp_local_rows.

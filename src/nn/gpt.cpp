@@ -61,7 +61,6 @@ GPT::GPT(const GPTConfig& cfg, const TpContext& tp, const StageSpec& stage)
     ParamInfo w, b;
     w.name = "ln_f.weight", w.logical_shape = {C}, w.init_value = 1.0f;
     b.name = "ln_f.bias", b.logical_shape = {C}, b.init_value = 0.0f;
-    w.tp_partial_grad = b.tp_partial_grad = tp_.sp();  // ln_f runs on local rows under SP
     lnf_w_ = params_.add(std::move(w));
     lnf_b_ = params_.add(std::move(b));
     // The tied LM head: on a last stage without the embedding, a second copy of wte whose
@@ -82,35 +81,6 @@ int64_t GPT::activation_floats(int64_t B, int64_t T) const {
                   layers * BlockActivations::floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1);
   if (stage_.has_head) total += Nl * C + 2 * Nl + N * vocab_local_ + N;
   return total;
-}
-
-std::vector<int> GPT::tp_partial_grad_params() const {
-  std::vector<int> ids;
-  for (int id = 0; id < params_.size(); ++id) {
-    if (params_.info(id).tp_partial_grad) ids.push_back(id);
-  }
-  return ids;
-}
-
-void GPT::allreduce_tp_partial_grads() {
-  const std::vector<int> ids = tp_partial_grad_params();
-  if (ids.empty() || tp_.size == 1) return;
-  int64_t total = 0;
-  for (int id : ids) total += params_.info(id).numel;
-  std::vector<float> packed(static_cast<std::size_t>(total));
-  int64_t at = 0;
-  for (int id : ids) {
-    const int64_t n = params_.info(id).numel;
-    std::memcpy(packed.data() + at, params_.grad(id), static_cast<std::size_t>(n) * sizeof(float));
-    at += n;
-  }
-  tp_.allreduce_sum(packed.data(), total);
-  at = 0;
-  for (int id : ids) {
-    const int64_t n = params_.info(id).numel;
-    std::memcpy(params_.grad(id), packed.data() + at, static_cast<std::size_t>(n) * sizeof(float));
-    at += n;
-  }
 }
 
 GPTActivations GPT::make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const {
@@ -250,9 +220,22 @@ double GPT::head_forward_backward(GPTActivations& acts, const int32_t* targets, 
     tp_.allreduce_sum(dlnf, N * C);
   }
   std::memset(dres_.data(), 0, static_cast<std::size_t>(Nl * C) * sizeof(float));
-  kernels::layernorm_backward(dres_.data(), params_.grad(lnf_w_), params_.grad(lnf_b_), dlnf,
-                              acts.stage_output(), params_.data(lnf_w_), acts.lnf_mean.data(),
-                              acts.lnf_rstd.data(), Nl, C);
+  if (tp_.sp()) {
+    // ln_f ran on this rank's rows: its gradients are partial; sum them over tp, then add.
+    float* lng = scratch_.ln_grads.data();
+    std::memset(lng, 0, static_cast<std::size_t>(2 * C) * sizeof(float));
+    kernels::layernorm_backward(dres_.data(), lng, lng + C, dlnf, acts.stage_output(),
+                                params_.data(lnf_w_), acts.lnf_mean.data(), acts.lnf_rstd.data(),
+                                Nl, C);
+    tp_.allreduce_sum(lng, 2 * C);
+    float* gw = params_.grad(lnf_w_);
+    float* gb = params_.grad(lnf_b_);
+    for (int64_t c = 0; c < C; ++c) gw[c] += lng[c], gb[c] += lng[C + c];
+  } else {
+    kernels::layernorm_backward(dres_.data(), params_.grad(lnf_w_), params_.grad(lnf_b_), dlnf,
+                                acts.stage_output(), params_.data(lnf_w_), acts.lnf_mean.data(),
+                                acts.lnf_rstd.data(), Nl, C);
+  }
   if (!stage_.has_embedding) hook_after_backward(head_group_);
   return loss_sum;
 }

@@ -16,10 +16,11 @@
 // the head, and the head's input gradient is reduce-scattered.
 //
 // What the caller (engine) must do for tp: construct with TpContext{rank, size, comm,
-// sequence_parallel}; count tp_replicated parameters once in the grad norm; and, with sequence
-// parallelism, call allreduce_tp_partial_grads() once per step after the last micro-batch's
-// backward and before the gradient norm / optimizer (the LayerNorm gradients are per-rank
-// partial sums until then; see ParamInfo::tp_partial_grad).
+// sequence_parallel}; count tp_replicated parameters once in the grad norm (every tp rank
+// holds identical copies of them); count the loss of one tp rank (all hold the same). Nothing
+// after backward: under sequence parallelism the LayerNorm gradients (partial over this rank's
+// rows) are allreduced over tp inside backward, before the group's after_group_backward hook.
+// A pipeline stage exchanges local_rows(B*T) * C floats.
 #pragma once
 
 #include <cstdint>
@@ -70,13 +71,6 @@ class GPT {
   // Token rows of N this rank holds in the residual stream: N, or its sequence-parallel share.
   // Pipeline send/recv and residual_grad() carry local_rows(B*T) * C floats.
   int64_t local_rows(int64_t N) const { return tp_.local_rows(N); }
-  // Parameters whose gradients are partial over tp (ParamInfo::tp_partial_grad; sequence
-  // parallelism only, else empty), and their sum over the tp group in one packed allreduce.
-  // Call once per step after all micro-batches' backward, before the grad norm. Gradient
-  // accumulation over micro-batches is fine (the sum is linear), as is doing it before or after
-  // the dp gradient reduction.
-  std::vector<int> tp_partial_grad_params() const;
-  void allreduce_tp_partial_grads();
   void set_hooks(ModelHooks* hooks) { hooks_ = hooks; }
 
   // Allocates parameters and gradients; then initialise or load them.

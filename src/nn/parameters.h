@@ -43,10 +43,6 @@ struct ParamInfo {
   // True when every tensor-parallel rank holds the same values (LayerNorm, row-parallel
   // biases): the global gradient norm counts such a parameter once, not tp times.
   bool tp_replicated = true;
-  // Sequence parallelism: each tp rank's gradient covers only its token rows (LayerNorm
-  // weights and biases), so the gradients must be summed over tp once per step before use
-  // (GPT::allreduce_tp_partial_grads). After that sum the parameter is tp_replicated as usual.
-  bool tp_partial_grad = false;
   // Filled in by ParameterSet:
   int group = 0;         // layer group (embeddings, h.0, ..., ln_f)
   int64_t offset = 0;    // into the flat buffers

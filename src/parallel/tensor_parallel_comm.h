@@ -1,7 +1,6 @@
 // nn::TensorParallelComm over a comm::Communicator (the mesh's tp group): the collectives the
 // tensor-parallel model issues, as blocking calls. Also the start-up validation of a tp size
-// against the model shape and the world. What the engine does with tp around a step (the
-// sequence-parallel gradient sum) is GPT::allreduce_tp_partial_grads; see nn/gpt.h.
+// against the model shape and the world. What the engine must do for tp: see nn/gpt.h.
 #pragma once
 
 #include <memory>
