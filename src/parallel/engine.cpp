@@ -10,6 +10,7 @@
 #include "core/check.h"
 #include "kernels/kernels.h"
 #include "optim/grad_clip.h"
+#include "parallel/tensor_parallel_comm.h"
 
 namespace trident::parallel {
 
@@ -33,12 +34,19 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
   TRI_CHECK(seq_len >= 1 && seq_len <= config_.n_positions,
             "sequence length {} must be between 1 and the model's n_positions {}", seq_len,
             config_.n_positions);
-  TRI_CHECK(shape.tp == 1, "tensor parallelism (tp {}) is not wired into the engine yet", shape.tp);
+  validate_tensor_parallel(config_, shape.tp, shape.world());
   TRI_CHECK(shape.pp == 1, "pipeline parallelism (pp {}) is not wired into the engine yet", shape.pp);
   TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
             options.zero);
 
-  model_ = std::make_unique<nn::GPT>(config_);
+  // Tensor parallelism: the model issues its tp collectives on the mesh's tp group; the step
+  // needs nothing else (replicated parameters counted once below; see nn/gpt.h).
+  nn::TpContext tp;
+  if (shape.tp > 1) {
+    tp_comm_ = std::make_unique<CommTensorParallel>(mesh_.tp());
+    tp = make_tp_context(*tp_comm_, options_.sequence_parallel);
+  }
+  model_ = std::make_unique<nn::GPT>(config_, tp);
   model_->allocate(tracker_);
   if (shape.dp > 1 || options_.zero > 0) {
     dp_ = std::make_unique<DataParallel>(
