@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -164,6 +165,16 @@ void BpeTokenizer::encode_append(std::string_view text, std::vector<int32_t>* ou
     bpe(text.substr(pos, end - pos), out);
     pos = end;
   }
+}
+
+size_t BpeTokenizer::encode_chunk(std::string_view text, size_t pos, size_t min_bytes, std::vector<int32_t>* out) {
+  const size_t stop = min_bytes >= text.size() - std::min(pos, text.size()) ? text.size() : pos + min_bytes;
+  while (pos < stop) {
+    const size_t end = pretoken_end(text, pos);
+    bpe(text.substr(pos, end - pos), out);
+    pos = end;
+  }
+  return pos;
 }
 
 std::vector<int32_t> BpeTokenizer::encode(std::string_view text) {

@@ -28,6 +28,10 @@ class BpeTokenizer {
   // Not thread-safe (it fills a cache): give each thread its own copy.
   std::vector<int32_t> encode(std::string_view text);
   void encode_append(std::string_view text, std::vector<int32_t>* out);
+  // Encodes text from pos (which must be 0 or a value this function returned) for at least
+  // min_bytes bytes, stopping at a pre-token boundary, and returns where it stopped. Encoding a
+  // text chunk by chunk this way gives exactly encode(text); used for progress reporting.
+  size_t encode_chunk(std::string_view text, size_t pos, size_t min_bytes, std::vector<int32_t>* out);
 
   // Concatenated bytes of the tokens; throws trident::Error on an id outside [0, vocab_size).
   std::string decode(std::span<const int32_t> ids) const;
