@@ -33,6 +33,32 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
             options.zero);
   const double cap = options.bucket_mb * 1024.0 * 1024.0 / sizeof(float);
   spans_ = assign_buckets(params, cap < 1.0 ? 1 : static_cast<int64_t>(cap));
+  {
+    const int w = params.find("wte.weight");
+    int hg = -1, eg = -1;
+    for (int g = 0; g < params.num_groups(); ++g) {
+      if (params.group_name(g) == "head") hg = g;
+      if (params.group_name(g) == "embeddings") eg = g;
+    }
+    const nn::ParamInfo* wi = w >= 0 ? &params.info(w) : nullptr;
+    tied_split_ = options.zero < 2 && wi && hg >= 0 && wi->group == eg && wi->shard.dim == 0 &&
+                  wi->shard.chunks.size() <= 2;
+    if (tied_split_) {
+      // wte alone in a bucket: cut the bucket that holds it.
+      std::vector<BucketSpan> cut;
+      for (const BucketSpan& b : spans_) {
+        if (w < b.first || w > b.last) {
+          cut.push_back(b);
+          continue;
+        }
+        const int64_t wlo = wi->offset, whi = wi->offset + wi->numel;
+        if (b.last > w) cut.push_back({w + 1, b.last, whi, b.hi});
+        cut.push_back({w, w, wlo, whi});
+        if (b.first < w) cut.push_back({b.first, w - 1, b.lo, wlo});
+      }
+      spans_ = std::move(cut);
+    }
+  }
   bucket_of_.assign(static_cast<std::size_t>(params.size()), -1);
   group_buckets_.assign(static_cast<std::size_t>(params.num_groups()), {});
   buckets_.resize(spans_.size());
@@ -57,6 +83,15 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
     if (params.group_name(g) == "embeddings") embed_group_ = g;
   }
   if (wte_ >= 0) wte_group_ = params.info(wte_).group;
+  if (tied_split_) {
+    wte_bucket_ = bucket_of_[static_cast<std::size_t>(wte_)];
+    // Its only producer before the embedding backward is the head.
+    Bucket& b = buckets_[static_cast<std::size_t>(wte_bucket_)];
+    auto& eb = group_buckets_[static_cast<std::size_t>(wte_group_)];
+    eb.erase(std::remove(eb.begin(), eb.end(), wte_bucket_), eb.end());
+    b.groups = {head_group_};
+    group_buckets_[static_cast<std::size_t>(head_group_)].push_back(wte_bucket_);
+  }
 
   if (options_.zero >= 2) {
     shard_grads_ = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(layout_.numel()));
@@ -120,6 +155,11 @@ void DataParallel::ensure_grad_storage(int bi) {
 void DataParallel::launch(Bucket& b) {
   b.launched = true;
   const int64_t n = b.span.hi - b.span.lo;
+  if (tied_split_ && &b - buckets_.data() == wte_bucket_) {
+    // The embedding backward (still to come) accumulates into a scratch copy from now on.
+    tied_scratch_ = FloatBuffer(tracker_, MemCategory::kCommBuffers, static_cast<std::size_t>(n));
+    params_.set_grad_ptr(wte_, tied_scratch_.data());
+  }
   if (options_.zero < 2) {
     // Sum: every rank's gradient is its rows' share of the global mean.
     b.work = dp_.allreduce(std::span<float>(params_.grads().data() + b.span.lo, static_cast<std::size_t>(n)),
@@ -178,12 +218,51 @@ void DataParallel::end_micro_batch() {
     if (options_.zero < 2) {
       for (Bucket& b : buckets_) wait(b.work);
     }
+    if (tied_split_) finish_tied_rows();
   }
   if (options_.zero >= 2) {
     for (Bucket& b : buckets_) retire(b);
     in_flight_.clear();
   }
   release_all();
+}
+
+void DataParallel::finish_tied_rows() {
+  const nn::ParamInfo& w = params_.info(wte_);
+  const int64_t rows = w.local_shape[0], C = rows > 0 ? w.numel / rows : 0;
+  // Every dp rank's token ids (same count everywhere), then the union of local rows.
+  std::vector<int32_t> all(static_cast<std::size_t>(n_ids_ * layout_.size));
+  TRI_CHECK(ids_ != nullptr || n_ids_ == 0, "DataParallel::set_tokens was not called");
+  comm::Work ids_work = dp_.all_gather(std::span<const int32_t>(ids_, static_cast<std::size_t>(n_ids_)),
+                                       std::span<int32_t>(all));
+  wait(ids_work);
+  std::vector<int64_t> local_rows;
+  for (int32_t id : all) {
+    int64_t at = 0;  // the local row of logical row `id`, if this rank holds it
+    for (const nn::Chunk& c : w.shard.chunks) {
+      if (c.logical_begin >= 0 && id >= c.logical_begin && id < c.logical_begin + c.length) {
+        local_rows.push_back(at + (id - c.logical_begin));
+      }
+      at += c.length;
+    }
+    if (w.shard.is_full()) local_rows.push_back(id);
+  }
+  std::sort(local_rows.begin(), local_rows.end());
+  local_rows.erase(std::unique(local_rows.begin(), local_rows.end()), local_rows.end());
+  std::vector<float> packed(local_rows.size() * static_cast<std::size_t>(C));
+  for (std::size_t i = 0; i < local_rows.size(); ++i) {
+    std::memcpy(packed.data() + i * C, tied_scratch_.data() + local_rows[i] * C, static_cast<std::size_t>(C) * sizeof(float));
+  }
+  comm::Work work = dp_.allreduce(std::span<float>(packed), comm::ReduceOp::kSum);
+  wait(work);
+  float* g = params_.grads().data() + w.offset;  // already summed over dp (the head's part)
+  for (std::size_t i = 0; i < local_rows.size(); ++i) {
+    float* row = g + local_rows[i] * C;
+    const float* add = packed.data() + i * C;
+    for (int64_t c = 0; c < C; ++c) row[c] += add[c];
+  }
+  params_.set_grad_ptr(wte_, g);
+  tied_scratch_.reset();
 }
 
 double DataParallel::shard_grad_sumsq(const std::function<bool(int)>& owns) const {

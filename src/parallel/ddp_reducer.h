@@ -20,6 +20,13 @@
 // marked final at the next before_group_backward; otherwise the bucket holding ln_f and the
 // last blocks would wait for the whole backward.
 //
+// The tied wte (stages 0-1, embedding and head on this rank): its gradient is dense from the
+// head but final only after the embedding backward, the very last step of backward, and it is
+// the largest tensor (2/3 of GPT-2 small). So wte is a bucket of its own, reduced as soon as
+// the head's part is final (overlapping the blocks' backward), while the embedding backward
+// writes into a scratch copy; afterwards only the scratch rows of tokens some dp rank looked up
+// (the union of the ids, all_gathered) are summed over dp and added. Same sums, other order.
+//
 // Stages (Ψ parameters, N dp ranks, fp32, bytes per rank at rest):
 //   0 DDP:  allreduce (sum) of each bucket on the last micro-batch    params 4Ψ, grads 4Ψ, Adam 8Ψ
 //   1:      as 0; AdamW moments for this rank's shard only; each rank updates its shard of the
@@ -79,6 +86,8 @@ class DataParallel : public nn::ModelHooks {
 
   // ---- the step ----
   void begin_step();  // zeroes gradients, resets timers
+  // The micro-batch's token ids (this rank's rows), for the tied wte's sparse rows.
+  void set_tokens(const int32_t* ids, int64_t n) { ids_ = ids, n_ids_ = n; }
   // `last`: gradients are communicated (stage 0/1) on the last micro-batch only.
   void begin_micro_batch(bool last);
   // Launches what backward did not (overlap off), waits for this micro-batch's communication;
@@ -129,6 +138,7 @@ class DataParallel : public nn::ModelHooks {
   void retire(Bucket& b);  // stages 2-3: wait, add into the shard, free the bucket
   void ensure_grad_storage(int bucket);
   void wait(comm::Work& w);
+  void finish_tied_rows();  // the sparse wte rows of the embedding backward
   // Stage 3 gathering.
   std::vector<int> values_needed(int g, bool backward) const;
   void issue_gather(int g);
@@ -150,6 +160,11 @@ class DataParallel : public nn::ModelHooks {
   int current_bwd_ = -1;
   bool armed_ = false;  // this micro-batch communicates
   int wte_ = -1, wte_group_ = -1, head_group_ = -1, embed_group_ = -1;
+  bool tied_split_ = false;    // the wte treatment above is on
+  int wte_bucket_ = -1;
+  FloatBuffer tied_scratch_;  // the embedding backward's wte gradient while wte is reduced
+  const int32_t* ids_ = nullptr;
+  int64_t n_ids_ = 0;
   FloatBuffer shard_values_;  // stage 3
   FloatBuffer shard_grads_;   // stages 2-3
   std::vector<Gathered> gathered_;

@@ -130,7 +130,10 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
     // dp: each rank's gradient is its rows' share of the global mean; the reducer sums the
     // buckets over dp as backward produces them (last micro-batch only, or every micro-batch
     // into the shards for ZeRO-2/3) and end_micro_batch waits for what is still in flight.
-    if (dp_) dp_->begin_micro_batch(m == micro_batches_ - 1);
+    if (dp_) {
+      dp_->set_tokens(ids_.data(), micro_rows_ * seq_len_);
+      dp_->begin_micro_batch(m == micro_batches_ - 1);
+    }
     loss_sum += model_->forward_backward(acts_, ids_.data(), targets_.data(), micro_rows_, seq_len_, dloss);
     if (dp_) dp_->end_micro_batch();
   }
