@@ -15,6 +15,7 @@
 
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "kernels/profile.h"
 
 namespace trident::kernels {
 namespace {
@@ -100,6 +101,7 @@ void adamw_block(float* param, const float* grad, float* m, float* v, int64_t n,
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int64_t t,
                   float grad_scale) {
+  detail::KernelTimer timer(KernelOp::kAdamW, false, n);
   TRI_CHECK(n >= 0, "adamw_update: bad size n={}", n);
   TRI_CHECK(t >= 1, "adamw_update: step t is 1-based, got {}", t);
   TRI_CHECK(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f,
@@ -129,6 +131,7 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
 }
 
 double sum_squares(const float* x, int64_t n) {
+  detail::KernelTimer timer(KernelOp::kSumSquares, false, n);
   TRI_CHECK(n >= 0, "sum_squares: bad size n={}", n);
   // Fixed-size chunks summed in double, then the chunk sums added in order: the result is
   // the same for every thread count (a plain OpenMP reduction would not be).

@@ -11,6 +11,7 @@
 
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "kernels/profile.h"
 #include "kernels/vec_math.h"
 
 namespace trident::kernels {
@@ -58,6 +59,7 @@ float* thread_scratch(int64_t count) {
 
 void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T,
                        int64_t C, int64_t NH) {
+  detail::KernelTimer timer(KernelOp::kAttention, false, B * T, C, NH);
   TRI_CHECK(B >= 0 && T >= 0 && NH > 0 && C > 0 && C % NH == 0,
             "attention_forward: bad sizes B={} T={} C={} NH={} (C must be a multiple of NH)",
             B, T, C, NH);
@@ -102,6 +104,7 @@ void attention_forward(float* out, float* att, const float* qkv, int64_t B, int6
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
                         int64_t B, int64_t T, int64_t C, int64_t NH) {
+  detail::KernelTimer timer(KernelOp::kAttention, true, B * T, C, NH);
   TRI_CHECK(B >= 0 && T >= 0 && NH > 0 && C > 0 && C % NH == 0,
             "attention_backward: bad sizes B={} T={} C={} NH={} (C must be a multiple of NH)",
             B, T, C, NH);

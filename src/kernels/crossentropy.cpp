@@ -6,12 +6,14 @@
 
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "kernels/profile.h"
 #include "kernels/vec_math.h"
 
 namespace trident::kernels {
 
 void crossentropy_softmax_forward_backward(float* losses, float* logits, const int32_t* targets,
                                            int64_t N, int64_t V, int64_t Vp, float dloss) {
+  detail::KernelTimer timer(KernelOp::kCrossEntropy, false, N, V, Vp);
   TRI_CHECK(N >= 0 && V > 0 && Vp >= V, "crossentropy: bad sizes N={} V={} Vp={}", N, V, Vp);
   // Validate targets before the parallel loop (an exception must not escape an OpenMP region).
   for (int64_t n = 0; n < N; ++n) {

@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "kernels/profile.h"
 
 namespace trident::kernels {
 namespace {
@@ -15,6 +16,7 @@ constexpr int64_t kColBlock = 16;
 
 void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N,
                        int64_t C, int64_t row_begin, int64_t rows) {
+  detail::KernelTimer timer(KernelOp::kEmbedding, false, N, C);
   TRI_CHECK(N >= 0 && C >= 0 && rows >= 0, "embedding_forward: bad sizes N={} C={} rows={}", N, C, rows);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
@@ -30,6 +32,7 @@ void embedding_forward(float* out, const int32_t* ids, const float* table, int64
 
 void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int64_t N,
                         int64_t C, int64_t row_begin, int64_t rows) {
+  detail::KernelTimer timer(KernelOp::kEmbedding, true, N, C);
   TRI_CHECK(N >= 0 && C >= 0 && rows >= 0, "embedding_backward: bad sizes N={} C={} rows={}", N, C, rows);
   // Parallel over channel blocks: every thread walks all N tokens in order and owns its
   // columns of every table row, so each element receives its contributions in token order
@@ -51,6 +54,7 @@ void embedding_backward(float* dtable, const float* dout, const int32_t* ids, in
 }
 
 void position_embedding_forward(float* out, const float* wpe, int64_t B, int64_t T, int64_t C) {
+  detail::KernelTimer timer(KernelOp::kEmbedding, false, B * T, C);
   TRI_CHECK(B >= 0 && T >= 0 && C >= 0, "position_embedding_forward: bad sizes B={} T={} C={}", B, T, C);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < B; ++b) {
@@ -65,6 +69,7 @@ void position_embedding_forward(float* out, const float* wpe, int64_t B, int64_t
 
 void position_embedding_backward(float* dwpe, const float* dout, int64_t B, int64_t T,
                                  int64_t C) {
+  detail::KernelTimer timer(KernelOp::kEmbedding, true, B * T, C);
   TRI_CHECK(B >= 0 && T >= 0 && C >= 0, "position_embedding_backward: bad sizes B={} T={} C={}", B, T, C);
   // Parallel over positions; the batch is summed in order b = 0..B-1 (deterministic).
 #pragma omp parallel for schedule(static)
@@ -79,6 +84,7 @@ void position_embedding_backward(float* dwpe, const float* dout, int64_t B, int6
 }
 
 void residual_forward(float* out, const float* a, const float* b, int64_t n) {
+  detail::KernelTimer timer(KernelOp::kResidual, false, n);
   TRI_CHECK(n >= 0, "residual_forward: bad size n={}", n);
   // out may alias a or b: element i is read before it is written, by the same iteration.
 #pragma omp parallel for simd schedule(static)

@@ -2,6 +2,7 @@
 // Uses the identity 0.5 * (1 + tanh(u)) = sigmoid(2u): one exp, no cancellation near 0.
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "kernels/profile.h"
 #include "kernels/vec_math.h"
 
 namespace trident::kernels {
@@ -11,6 +12,7 @@ constexpr float kCubic = 0.044715f;
 }  // namespace
 
 void gelu_forward(float* out, const float* inp, int64_t n) {
+  detail::KernelTimer timer(KernelOp::kGelu, false, n);
   TRI_CHECK(n >= 0, "gelu_forward: bad size n={}", n);
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
@@ -22,6 +24,7 @@ void gelu_forward(float* out, const float* inp, int64_t n) {
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
+  detail::KernelTimer timer(KernelOp::kGelu, true, n);
   TRI_CHECK(n >= 0, "gelu_backward: bad size n={}", n);
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {

@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "kernels/profile.h"
 
 namespace trident::kernels {
 namespace {
@@ -14,6 +15,7 @@ constexpr int64_t kColBlock = 64;  // channels per task in the dweight/dbias red
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
                        const float* weight, const float* bias, int64_t N, int64_t C) {
+  detail::KernelTimer timer(KernelOp::kLayerNorm, false, N, C);
   TRI_CHECK(N >= 0 && C > 0, "layernorm_forward: bad sizes N={} C={}", N, C);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
@@ -42,6 +44,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean,
                         const float* rstd, int64_t N, int64_t C) {
+  detail::KernelTimer timer(KernelOp::kLayerNorm, true, N, C);
   TRI_CHECK(N >= 0 && C > 0, "layernorm_backward: bad sizes N={} C={}", N, C);
   // dinp, row by row: with xhat = (x - mean) * rstd and g = weight * dout,
   // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).

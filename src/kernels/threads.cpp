@@ -1,5 +1,5 @@
-// Thread count shared by the OpenMP kernels and OpenBLAS, set together so neither pool
-// oversubscribes the cores the other one is using.
+// Thread count of the OpenMP kernels. OpenBLAS is held at one thread: matmul.cpp splits each
+// sgemm over the OpenMP threads itself, so only one thread pool ever competes for the cores.
 #include <cblas.h>
 #include <omp.h>
 
@@ -10,7 +10,7 @@ namespace trident::kernels {
 
 void set_num_threads(int threads) {
   TRI_CHECK(threads >= 1, "thread count must be >= 1, got {}", threads);
-  openblas_set_num_threads(threads);
+  openblas_set_num_threads(1);
   omp_set_num_threads(threads);
 }
 

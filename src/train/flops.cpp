@@ -2,6 +2,7 @@
 #include "train/flops.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <vector>
 
@@ -17,6 +18,10 @@ double training_flops_per_token(const nn::GPTConfig& cfg, int64_t seq_len) {
 
 double measure_sgemm_flops(double seconds) {
   const int n = 1024;
+  // OpenBLAS's own threading with as many threads as the OpenMP kernels use (the training
+  // kernels split sgemm over OpenMP threads themselves and keep OpenBLAS at one thread).
+  const int before = openblas_get_num_threads();
+  openblas_set_num_threads(omp_get_max_threads());
   std::vector<float> a(static_cast<std::size_t>(n) * n, 0.5f), b(a.size(), 0.25f), c(a.size());
   // One warm-up call (thread pool start, page faults), then time whole calls.
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
@@ -28,7 +33,9 @@ double measure_sgemm_flops(double seconds) {
                 n, 0.0f, c.data(), n);
     ++calls;
   } while (sw.seconds() < seconds);
-  return 2.0 * n * n * n * calls / sw.seconds();
+  const double flops = 2.0 * n * n * n * calls / sw.seconds();
+  openblas_set_num_threads(before);
+  return flops;
 }
 
 }  // namespace trident::train
