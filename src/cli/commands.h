@@ -11,5 +11,6 @@ int run_prepare(int argc, char** argv);  // trident prepare --input FILE... | --
 int run_train(int argc, char** argv);     // trident train [--config FILE] [--option value ...]
 int run_generate(int argc, char** argv);  // trident generate --ckpt DIR --prompt TEXT
 int run_bench(int argc, char** argv);     // trident bench comm
+int run_plan(int argc, char** argv);      // trident plan --model PRESET --world N [--memory-per-rank BYTES]
 
 }  // namespace trident::cli

@@ -23,6 +23,7 @@ constexpr Command kCommands[] = {
     {"generate", trident::cli::run_generate, "generate text from a checkpoint"},
     {"ckpt", trident::cli::run_ckpt, "inspect checkpoints: trident ckpt info DIR"},
     {"bench", trident::cli::run_bench, "benchmarks: trident bench comm (under mpirun)"},
+    {"plan", trident::cli::run_plan, "predict memory and step time of every dp x tp x pp layout, ranked"},
 };
 
 void print_usage() {

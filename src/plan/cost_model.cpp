@@ -1,0 +1,339 @@
+// Compute models, communication costs and the step-time prediction (see cost_model.h).
+#include "plan/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/check.h"
+#include "core/memory.h"
+#include "core/rng.h"
+#include "core/timer.h"
+#include "kernels/kernels.h"
+#include "nn/gpt.h"
+#include "parallel/pipeline/partition.h"
+#include "parallel/pipeline/simulator.h"
+#include "plan/memory_model.h"
+
+namespace trident::plan {
+
+// ---- work formulas ----
+double block_forward_flops(const nn::GPTConfig& m, int tp, int64_t B, int64_t T) {
+  const double N = static_cast<double>(B * T), C = m.n_embd;
+  // qkv 3C^2 + proj C^2 + fc 4C^2 + fcproj 4C^2 multiply-adds per token; QK^T and AV
+  // 2 * T * C each per token (counted non-causal); all split over tp.
+  return (2.0 * N * 12.0 * C * C + 4.0 * static_cast<double>(B) * T * T * C) / tp;
+}
+
+double head_flops(const nn::GPTConfig& m, int tp, int64_t B, int64_t T) {
+  return 6.0 * static_cast<double>(B * T) * m.n_embd * static_cast<double>(m.padded_vocab(tp)) / tp;
+}
+
+double FlopComputeModel::block_forward(int tp, bool, int64_t B, int64_t T) {
+  return block_forward_flops(m_, tp, B, T) / flops_;
+}
+double FlopComputeModel::embed_forward(int, bool, int64_t B, int64_t T) {
+  return 12.0 * static_cast<double>(B * T) * m_.n_embd / bytes_;
+}
+double FlopComputeModel::head(int tp, bool, int64_t B, int64_t T) {
+  return head_flops(m_, tp, B, T) / flops_;
+}
+double FlopComputeModel::optimizer(int64_t elements) {
+  return 40.0 * static_cast<double>(elements) / bytes_;
+}
+
+// ---- measured ----
+namespace {
+
+void fill_small(float* x, int64_t n, uint64_t seed) {
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (int64_t i = 0; i < n; ++i) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    x[i] = static_cast<float>(static_cast<int64_t>(s % 2001) - 1000) * 1e-4f;
+  }
+}
+
+// Best of a few runs of fn after a warm-up (at least 2 timed runs, up to `budget` seconds).
+template <class F>
+double time_best(F&& fn, double budget = 0.25) {
+  fn();
+  double best = 1e30, spent = 0;
+  for (int i = 0; i < 5 && (i < 2 || spent < budget); ++i) {
+    Stopwatch sw;
+    fn();
+    const double s = sw.seconds();
+    best = std::min(best, s);
+    spent += s;
+  }
+  return best;
+}
+
+}  // namespace
+
+MeasuredComputeModel::MeasuredComputeModel(const nn::GPTConfig& m, int threads)
+    : m_(m), threads_(std::max(1, threads)) {}
+
+const MeasuredComputeModel::BlockTimes& MeasuredComputeModel::block(int tp, bool sp, int64_t B, int64_t T) {
+  const int64_t Tc = std::min<int64_t>(T, 2048);
+  const int64_t Bc = std::clamp<int64_t>(B, 1, std::max<int64_t>(1, 2048 / Tc));
+  auto key = std::make_tuple(tp, sp, Bc, Tc);
+  auto it = blocks_.find(key);
+  if (it != blocks_.end()) return it->second;
+  Stopwatch total;
+  kernels::set_num_threads(threads_);
+  auto comm = make_null_tp_comm(0, tp);
+  nn::GPT g(m_, nn::TpContext{0, tp, tp > 1 ? comm.get() : nullptr, sp}, nn::StageSpec{0, 1, false, false});
+  MemoryTracker tracker;
+  g.allocate(tracker);
+  g.params().initialize(1);
+  nn::GPTActivations acts = g.make_activations(tracker, Bc, Tc);
+  const int64_t rows = g.local_rows(Bc * Tc) * m_.n_embd;
+  fill_small(acts.stage_input(), rows, 1);
+  const double fwd = time_best([&] { g.blocks_forward(acts, Bc, Tc); });
+  std::vector<float> dout(static_cast<std::size_t>(rows));
+  fill_small(dout.data(), rows, 2);
+  const double bwd = time_best([&] {
+    std::memcpy(g.prepare_residual_grad(Bc, Tc), dout.data(), dout.size() * sizeof(float));
+    g.blocks_backward(acts, Bc, Tc);
+  });
+  calib_s_ += total.seconds();
+  return blocks_[key] = BlockTimes{fwd, bwd, Bc, Tc};
+}
+
+const MeasuredComputeModel::EndTimes& MeasuredComputeModel::ends(int tp, bool sp, int64_t T) {
+  const int64_t Tc = std::min<int64_t>(T, 256), Bc = 1;
+  auto key = std::make_tuple(tp, sp, Tc);
+  auto it = ends_.find(key);
+  if (it != ends_.end()) return it->second;
+  Stopwatch total;
+  kernels::set_num_threads(threads_);
+  auto comm = make_null_tp_comm(0, tp);
+  const nn::TpContext ctx{0, tp, tp > 1 ? comm.get() : nullptr, sp};
+  MemoryTracker tracker;
+  const int64_t N = Bc * Tc;
+  std::vector<int32_t> ids(static_cast<std::size_t>(N));
+  for (int64_t i = 0; i < N; ++i) ids[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 7919) % m_.vocab_size);
+
+  nn::GPT emb(m_, ctx, nn::StageSpec{0, 0, true, false});
+  emb.allocate(tracker);
+  emb.params().initialize(1);
+  nn::GPTActivations ea = emb.make_activations(tracker, Bc, Tc);
+  const double efwd = time_best([&] { emb.embed_forward(ea, ids.data(), Bc, Tc); }, 0.05);
+  const int64_t rows = emb.local_rows(N) * m_.n_embd;
+  std::vector<float> dout(static_cast<std::size_t>(rows));
+  fill_small(dout.data(), rows, 3);
+  const double ebwd = time_best([&] {
+    std::memcpy(emb.prepare_residual_grad(Bc, Tc), dout.data(), dout.size() * sizeof(float));
+    emb.embed_backward(ea, Bc, Tc);
+  }, 0.05);
+
+  nn::GPT head(m_, ctx, nn::StageSpec{m_.n_layer, m_.n_layer, false, true});
+  head.allocate(tracker);
+  head.params().initialize(1);
+  nn::GPTActivations ha = head.make_activations(tracker, Bc, Tc);
+  fill_small(ha.stage_output(), rows, 4);
+  const double h = time_best([&] {
+    head.head_forward_backward(ha, ids.data(), Bc, Tc, 1.0f / static_cast<float>(N));
+  });
+  calib_s_ += total.seconds();
+  return ends_[key] = EndTimes{efwd, ebwd, h, Bc, Tc};
+}
+
+double MeasuredComputeModel::block_forward(int tp, bool sp, int64_t B, int64_t T) {
+  const BlockTimes& b = block(tp, sp, B, T);
+  return b.fwd * block_forward_flops(m_, tp, B, T) / block_forward_flops(m_, tp, b.B, b.T);
+}
+double MeasuredComputeModel::block_backward(int tp, bool sp, int64_t B, int64_t T) {
+  const BlockTimes& b = block(tp, sp, B, T);
+  return b.bwd * block_forward_flops(m_, tp, B, T) / block_forward_flops(m_, tp, b.B, b.T);
+}
+double MeasuredComputeModel::embed_forward(int tp, bool sp, int64_t B, int64_t T) {
+  const EndTimes& e = ends(tp, sp, T);
+  return e.embed_fwd * static_cast<double>(B * T) / static_cast<double>(e.B * e.T);
+}
+double MeasuredComputeModel::embed_backward(int tp, bool sp, int64_t B, int64_t T) {
+  const EndTimes& e = ends(tp, sp, T);
+  return e.embed_bwd * static_cast<double>(B * T) / static_cast<double>(e.B * e.T);
+}
+double MeasuredComputeModel::head(int tp, bool sp, int64_t B, int64_t T) {
+  const EndTimes& e = ends(tp, sp, T);
+  return e.head * static_cast<double>(B * T) / static_cast<double>(e.B * e.T);
+}
+double MeasuredComputeModel::optimizer(int64_t elements) {
+  if (optimizer_per_elem_ < 0) {
+    Stopwatch total;
+    kernels::set_num_threads(threads_);
+    const int64_t n = 1 << 21;
+    std::vector<float> p(n, 0.1f), g(n, 0.01f), m(n, 0.0f), v(n, 0.0f);
+    int64_t t = 0;
+    const double s = time_best([&] {
+      std::memset(g.data(), 0, g.size() * sizeof(float));
+      volatile double sq = kernels::sum_squares(g.data(), n);
+      (void)sq;
+      kernels::adamw_update(p.data(), g.data(), m.data(), v.data(), n, 1e-3f, 0.9f, 0.95f, 1e-8f,
+                            0.1f, ++t, 1.0f);
+    }, 0.05);
+    optimizer_per_elem_ = s / static_cast<double>(n);
+    calib_s_ += total.seconds();
+  }
+  return optimizer_per_elem_ * static_cast<double>(elements);
+}
+
+double measure_memcpy_bandwidth(double seconds) {
+  const std::size_t n = 32u << 20;
+  std::vector<char> a(n, 1), b(n, 2);
+  std::memcpy(b.data(), a.data(), n);
+  Stopwatch sw;
+  int calls = 0;
+  do {
+    std::memcpy(calls % 2 ? a.data() : b.data(), calls % 2 ? b.data() : a.data(), n);
+    ++calls;
+  } while (sw.seconds() < seconds);
+  return static_cast<double>(n) * calls / sw.seconds();
+}
+
+// ---- communication ----
+double CommModel::allreduce(double bytes, int n) const {
+  if (n <= 1) return 0;
+  return 2.0 * (n - 1) / n * bytes / bandwidth + 2.0 * (n - 1) * latency;
+}
+double CommModel::reduce_scatter(double bytes, int n) const {
+  if (n <= 1) return 0;
+  return static_cast<double>(n - 1) / n * bytes / bandwidth + (n - 1) * latency;
+}
+double CommModel::allreduce_copy(double bytes, int n) const {
+  if (n <= 1) return 0;
+  return 2.0 * (n - 1) / n * bytes / bandwidth;
+}
+
+// ---- the step ----
+namespace {
+
+struct TpCosts {
+  double block_fwd = 0, block_bwd = 0, embed = 0, head = 0;
+};
+
+// Tensor-parallel collectives of one micro-batch (Megatron: two allreduces of (N, C) per
+// block forward and two backward; sequence parallelism swaps each for a reduce-scatter +
+// all-gather pair of the same bytes and re-gathers the LayerNorm outputs in backward).
+TpCosts tp_costs(const CommModel& cm, const nn::GPTConfig& m, int tp, bool sp, int64_t N) {
+  TpCosts c;
+  if (tp <= 1) return c;
+  const double act = 4.0 * static_cast<double>(N) * m.n_embd;
+  c.block_fwd = 2 * cm.allreduce(act, tp);
+  c.block_bwd = 2 * cm.allreduce(act, tp) +
+                (sp ? 2 * cm.reduce_scatter(act, tp) + cm.allreduce(16.0 * m.n_embd, tp) : 0);
+  c.embed = sp ? cm.reduce_scatter(act, tp) : cm.allreduce(act, tp);
+  c.head = 3 * cm.allreduce(4.0 * static_cast<double>(N), tp) +
+           (sp ? 2 * cm.reduce_scatter(act, tp) : cm.allreduce(act, tp));
+  return c;
+}
+
+// Data-parallel traffic of one step for Ψ local parameters (ddp_reducer.h).
+double dp_traffic(const CommModel& cm, int zero, int dp, int M, double psi) {
+  if (dp <= 1) return 0;
+  const double bytes = 4.0 * psi;
+  switch (zero) {
+    case 0: return cm.allreduce(bytes, dp);
+    case 1: return cm.allreduce(bytes, dp) + cm.reduce_scatter(bytes, dp);   // + all_gather of values
+    case 2: return M * cm.reduce_scatter(bytes, dp) + cm.reduce_scatter(bytes, dp);
+    default: return 3.0 * M * cm.reduce_scatter(bytes, dp);  // gathers before fwd and bwd, reduce-scatter
+  }
+}
+
+}  // namespace
+
+StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeModel& compute,
+                            const MachineModel& machine) {
+  const nn::GPTConfig& m = req.model;
+  const int64_t B = req.batch_size / l.dp / l.micro_batches, T = req.seq_len, N = B * T;
+  const int tp = l.tp, M = l.micro_batches, V = l.virtual_stages;
+  const bool sp = l.sequence_parallel && tp > 1;
+  const int64_t Nl = sp ? (N + tp - 1) / tp : N;
+  const CommModel& cm = machine.comm;
+  CommModel copy = cm;  // CPU time of the bytes only
+  copy.latency = 0;
+  const TpCosts tpc = tp_costs(cm, m, tp, sp, N), tpc0 = tp_costs(copy, m, tp, sp, N);
+
+  const double bf = compute.block_forward(tp, sp, B, T), bb = compute.block_backward(tp, sp, B, T);
+  const double ef = compute.embed_forward(tp, sp, B, T), eb = compute.embed_backward(tp, sp, B, T);
+  const double hd = compute.head(tp, sp, B, T);
+  const pp::Partition part = pp::partition_layers(m.n_layer, {l.pp, V});
+  const MemoryPrediction mem = predict_memory(req, l);
+
+  pp::CostModel costs;
+  costs.comm = l.pp > 1 ? cm.p2p(4.0 * static_cast<double>(Nl) * m.n_embd) : 0;
+  costs.tied = cm.allreduce(4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd, 2);
+  std::vector<double> cpu_work(static_cast<std::size_t>(l.pp)), bwd_one(static_cast<std::size_t>(l.pp));
+  for (int r = 0; r < l.pp; ++r) {
+    costs.forward_by_chunk.emplace_back();
+    costs.backward_by_chunk.emplace_back();
+    double work = 0;
+    for (int c = 0; c < V; ++c) {
+      const nn::StageSpec& s = part.chunk(r, c);
+      const double layers = s.layer_end - s.layer_begin;
+      auto fwd = [&](const TpCosts& t) { return (s.has_embedding ? ef + t.embed : 0) + layers * (bf + t.block_fwd); };
+      auto bwd = [&](const TpCosts& t) {
+        return (s.has_head ? hd + t.head : 0) + layers * (bb + t.block_bwd) + (s.has_embedding ? eb : 0);
+      };
+      costs.forward_by_chunk.back().push_back(fwd(tpc));
+      costs.backward_by_chunk.back().push_back(bwd(tpc));
+      work += M * (fwd(tpc0) + bwd(tpc0));
+      bwd_one[static_cast<std::size_t>(r)] += bwd(tpc);
+      // Activation and gradient messages: copied out and in (2 per micro-batch per chunk edge).
+      if (l.pp > 1) work += 2.0 * M * copy.p2p(4.0 * static_cast<double>(Nl) * m.n_embd);
+    }
+    cpu_work[static_cast<std::size_t>(r)] = work;
+  }
+
+  StepPrediction p;
+  double pipe_step = 0;
+  std::vector<double> busy(static_cast<std::size_t>(l.pp));
+  if (l.pp > 1) {
+    const pp::SimResult sim = pp::simulate(pp::ScheduleSpec{l.schedule, l.pp, M, V}, costs);
+    TRI_CHECK(sim.ok, "pipeline simulation of {} failed: {}", l.train_flags(), sim.error);
+    pipe_step = sim.step_time;
+    busy = sim.busy;
+    double idle = 0;
+    for (double b : sim.bubble) idle += b;
+    p.bubble = idle / l.pp;
+  } else {
+    busy[0] = M * (costs.forward_by_chunk[0][0] + costs.backward_by_chunk[0][0]);
+    pipe_step = busy[0];
+  }
+
+  const double bucket_bytes = req.bucket_mb * 1024.0 * 1024.0;
+  double tail = 0, shared_work = 0;
+  for (int r = 0; r < l.pp; ++r) {
+    const auto i = static_cast<std::size_t>(r);
+    const double psi = static_cast<double>(mem.params_by_pp_rank[i]);
+    const double dp_comm = dp_traffic(cm, l.zero, l.dp, M, psi);
+    // What cannot hide behind backward: the bucket finished last (the embedding's, which
+    // holds wte, on the first stage) and whatever exceeds the backward it overlaps with
+    // (the last micro-batch's for ZeRO 0/1; the whole step's for 2/3, which talk every
+    // micro-batch).
+    const double window = machine.overlap ? (l.zero >= 2 ? busy[i] : bwd_one[i]) : 0;
+    double last_bytes = std::min(4.0 * psi, bucket_bytes);
+    const nn::StageSpec& first = part.chunk(r, 0);
+    if (first.has_embedding || part.chunk(r, V - 1).has_head) {
+      last_bytes = std::max(last_bytes, 4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd);
+    }
+    const double last = std::min(dp_comm, dp_traffic(cm, std::min(l.zero, 1), l.dp, 1, last_bytes / 4.0));
+    const double exposed = std::max(last, dp_comm - window);
+    const double opt = compute.optimizer(static_cast<int64_t>(l.zero >= 1 ? std::ceil(psi / l.dp) : psi));
+    tail = std::max(tail, exposed + opt);
+    p.dp_comm_s = std::max(p.dp_comm_s, dp_comm);
+    p.optimizer_s = std::max(p.optimizer_s, opt);
+    p.compute_s = std::max(p.compute_s, busy[i]);
+    shared_work += cpu_work[i] + dp_traffic(copy, l.zero, l.dp, M, psi) + opt;
+  }
+  p.dedicated_s = pipe_step + tail;
+  // Every tp and dp rank of a stage does the same work; each uses threads_per_rank threads.
+  p.shared_s = shared_work * l.dp * l.tp * machine.threads_per_rank / std::max(1, machine.cores);
+  p.step_s = std::max(p.dedicated_s, p.shared_s);
+  p.tokens_per_s = static_cast<double>(req.batch_size * req.seq_len) / p.step_s;
+  return p;
+}
+
+}  // namespace trident::plan

@@ -1,0 +1,129 @@
+// Predicted step time of a layout: per-chunk forward/backward costs from a compute model
+// (measured on this machine, or FLOP-rate analytic for tests), tensor-parallel collectives
+// folded into the chunks' costs, the pipeline simulator (parallel/pipeline/simulator.h) for
+// the schedule's bubbles, then the data-parallel gradient/parameter traffic of the ZeRO stage
+// and the optimizer. Ranks that share cores are modelled explicitly: the step is at least the
+// total CPU work of all ranks divided by the cores (with 8 ranks on 2 cores a pipeline's idle
+// ranks leave their core to others, so bubbles cost little and every FLOP and copy counts).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <tuple>
+
+#include "nn/gpt_config.h"
+#include "plan/layout.h"
+
+namespace trident::plan {
+
+// Seconds one rank (with its threads) spends on a piece of the model for one micro-batch of
+// B sequences of T tokens, on a tp slice of width 1/tp.
+class ComputeModel {
+ public:
+  virtual ~ComputeModel() = default;
+  virtual double block_forward(int tp, bool sp, int64_t B, int64_t T) = 0;
+  virtual double block_backward(int tp, bool sp, int64_t B, int64_t T) = 0;
+  virtual double embed_forward(int tp, bool sp, int64_t B, int64_t T) = 0;
+  virtual double embed_backward(int tp, bool sp, int64_t B, int64_t T) = 0;
+  // ln_f, tied LM head, loss, and their backward (the last chunk's Backward runs them).
+  virtual double head(int tp, bool sp, int64_t B, int64_t T) = 0;
+  // Zeroing gradients, the grad-norm sum and AdamW over `elements` local parameters.
+  virtual double optimizer(int64_t elements) = 0;
+};
+
+// Work of each piece in the units the rates below use (FLOPs, or token-channels for the
+// embedding, or elements for the optimizer).
+double block_forward_flops(const nn::GPTConfig& m, int tp, int64_t B, int64_t T);
+double head_flops(const nn::GPTConfig& m, int tp, int64_t B, int64_t T);  // forward + backward
+
+// Everything at one FLOP rate (backward = 2x forward): for tests and --flops.
+class FlopComputeModel final : public ComputeModel {
+ public:
+  FlopComputeModel(const nn::GPTConfig& m, double flops_per_s, double bytes_per_s = 10e9)
+      : m_(m), flops_(flops_per_s), bytes_(bytes_per_s) {}
+  double block_forward(int tp, bool, int64_t B, int64_t T) override;
+  double block_backward(int tp, bool sp, int64_t B, int64_t T) override {
+    return 2 * block_forward(tp, sp, B, T);
+  }
+  double embed_forward(int, bool, int64_t B, int64_t T) override;
+  double embed_backward(int tp, bool sp, int64_t B, int64_t T) override {
+    return embed_forward(tp, sp, B, T);
+  }
+  double head(int tp, bool, int64_t B, int64_t T) override;
+  double optimizer(int64_t elements) override;
+
+ private:
+  nn::GPTConfig m_;
+  double flops_, bytes_;
+};
+
+// Times the real model pieces (nn::GPT forward/backward of one block, the embedding and the
+// head, at the tp slice's widths, tp communication replaced by no-ops) and AdamW on this
+// machine with `threads` threads, once per (tp, sp, shape) when first asked, and scales to
+// other shapes by the FLOP formulas. Calibration shapes are capped (<= 2048 tokens per
+// block, <= 256 for the head, which is linear in tokens) so planning gpt2 stays quick.
+class MeasuredComputeModel final : public ComputeModel {
+ public:
+  MeasuredComputeModel(const nn::GPTConfig& m, int threads);
+  double block_forward(int tp, bool sp, int64_t B, int64_t T) override;
+  double block_backward(int tp, bool sp, int64_t B, int64_t T) override;
+  double embed_forward(int tp, bool sp, int64_t B, int64_t T) override;
+  double embed_backward(int tp, bool sp, int64_t B, int64_t T) override;
+  double head(int tp, bool sp, int64_t B, int64_t T) override;
+  double optimizer(int64_t elements) override;
+  // Seconds spent measuring so far.
+  double calibration_seconds() const { return calib_s_; }
+
+ private:
+  struct BlockTimes { double fwd, bwd; int64_t B, T; };
+  struct EndTimes { double embed_fwd, embed_bwd, head; int64_t B, T; };
+  const BlockTimes& block(int tp, bool sp, int64_t B, int64_t T);
+  const EndTimes& ends(int tp, bool sp, int64_t T);
+  nn::GPTConfig m_;
+  int threads_;
+  std::map<std::tuple<int, bool, int64_t, int64_t>, BlockTimes> blocks_;
+  std::map<std::tuple<int, bool, int64_t>, EndTimes> ends_;
+  double optimizer_per_elem_ = -1;
+  double calib_s_ = 0;
+};
+
+// Point-to-point and collective costs (ring algorithms): a message of b bytes takes
+// latency + b / bandwidth; an allreduce over n ranks 2(n-1)/n * b / bandwidth + 2(n-1) * latency.
+struct CommModel {
+  double bandwidth = 5e9;  // bytes/s
+  double latency = 20e-6;  // s
+  double p2p(double bytes) const { return latency + bytes / bandwidth; }
+  double allreduce(double bytes, int n) const;
+  double reduce_scatter(double bytes, int n) const;  // = all_gather
+  // The bytes-over-bandwidth part only (CPU time of the copies on a shared-memory transport).
+  double allreduce_copy(double bytes, int n) const;
+};
+
+struct MachineModel {
+  int cores = 1;             // cores all ranks share (one machine)
+  int threads_per_rank = 1;  // OpenMP/BLAS threads of each rank
+  CommModel comm;
+  bool overlap = true;       // dp gradient communication overlaps backward
+};
+
+struct StepPrediction {
+  double step_s = 0;          // max(dedicated_s, shared_s)
+  double dedicated_s = 0;     // every rank on its own cores: pipeline critical path + exposed comm
+  double shared_s = 0;        // total CPU work of all ranks / cores
+  double compute_s = 0;       // busiest rank's compute (incl. tp collectives), per step
+  double dp_comm_s = 0;       // busiest rank's dp traffic per step (before overlap)
+  double optimizer_s = 0;
+  double bubble = 0;          // mean pipeline idle fraction (simulator), 0 without pp
+  double tokens_per_s = 0;
+  bool shared_bound() const { return shared_s > dedicated_s; }
+};
+
+// Measures a single-thread memcpy bandwidth (bytes/s) for the default link model of ranks on
+// one machine: a shared-memory message is copied twice (in and out), so bandwidth / 2.
+double measure_memcpy_bandwidth(double seconds = 0.1);
+
+StepPrediction predict_step(const PlanRequest& request, const Layout& layout, ComputeModel& compute,
+                            const MachineModel& machine);
+
+}  // namespace trident::plan

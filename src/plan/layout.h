@@ -1,0 +1,65 @@
+// Layouts the planner considers: every dp x tp x pp factorisation of the world size crossed
+// with ZeRO stages (dp > 1), pipeline schedules (pp > 1: GPipe, 1F1B, interleaved with V = 2)
+// and micro-batch counts, each either valid for the model and batch or rejected with the
+// reason the engine would give. Memory and time predictions are left to memory_model.h and
+// cost_model.h; ranking to planner.h.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nn/gpt_config.h"
+#include "parallel/pipeline/schedule.h"
+
+namespace trident::plan {
+
+struct Layout {
+  int dp = 1, tp = 1, pp = 1;
+  int zero = 0;                                       // ZeRO stage over dp (0 when dp == 1)
+  pp::ScheduleKind schedule = pp::ScheduleKind::kOneFOneB;  // meaningful when pp > 1
+  int virtual_stages = 1;                             // V (interleaved only)
+  int micro_batches = 1;                              // M per dp rank per step
+  bool sequence_parallel = false;                     // only when tp > 1
+
+  int world() const { return dp * tp * pp; }
+  // "dp2 tp2 pp2"
+  std::string shape() const;
+  // "gpipe", "1f1b", "interleaved V=2", or "-" when pp == 1.
+  std::string schedule_name() const;
+  // The `trident train` flags that run this layout:
+  // "--dp 2 --tp 2 --pp 2 --zero 1 --schedule 1f1b --micro-batches 4 --virtual-stages 1".
+  std::string train_flags() const;
+  bool operator==(const Layout&) const = default;
+};
+
+// What the planner is asked about: the model, the world and the batch.
+struct PlanRequest {
+  nn::GPTConfig model;
+  int world = 1;
+  int64_t batch_size = 8;  // global sequences per optimizer step
+  int64_t seq_len = 64;    // T
+  int micro_batches = 0;   // 0: try every divisor of the per-dp-rank batch
+  bool sequence_parallel = false;
+  double bucket_mb = 25.0;       // DDP/ZeRO bucket size (working-set memory)
+  double memory_per_rank = 0.0;  // bytes; 0: unlimited
+};
+
+// Throws trident::Error for requests no layout can satisfy: world < 1, batch or seq_len < 1,
+// seq_len above the model's n_positions, micro_batches < 0.
+void validate_request(const PlanRequest& request);
+
+struct Candidate {
+  Layout layout;
+  bool valid = true;
+  std::string reason;  // why not, when !valid
+};
+
+// Every layout for the request: valid ones and (with their reasons) the factorisations and
+// settings the engine would reject: tp not dividing n_head or 4*n_embd, more pipeline chunks
+// than layers, interleaving that does not divide the layers or the micro-batches, a batch
+// that does not split over dp or into M micro-batches. ZeRO 1-3 are only tried with dp > 1,
+// schedules only with pp > 1.
+std::vector<Candidate> enumerate_layouts(const PlanRequest& request);
+
+}  // namespace trident::plan

@@ -1,0 +1,113 @@
+// Per-rank memory prediction (see memory_model.h).
+#include "plan/memory_model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "parallel/pipeline/partition.h"
+
+namespace trident::plan {
+namespace {
+
+class NullTpComm final : public nn::TensorParallelComm {
+ public:
+  NullTpComm(int rank, int size) : rank_(rank), size_(size) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void allreduce_sum(float*, int64_t) override {}
+  void allreduce_max(float*, int64_t) override {}
+  void reduce_scatter_sum(const float* in, float* out, std::span<const int64_t> counts) override {
+    int64_t off = 0;
+    for (int r = 0; r < rank_; ++r) off += counts[static_cast<std::size_t>(r)];
+    std::memcpy(out, in + off, static_cast<std::size_t>(counts[static_cast<std::size_t>(rank_)]) * sizeof(float));
+  }
+  void all_gather(const float* in, float* out, std::span<const int64_t> counts) override {
+    int64_t off = 0;
+    for (int r = 0; r < rank_; ++r) off += counts[static_cast<std::size_t>(r)];
+    std::memcpy(out + off, in, static_cast<std::size_t>(counts[static_cast<std::size_t>(rank_)]) * sizeof(float));
+  }
+
+ private:
+  int rank_, size_;
+};
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+std::unique_ptr<nn::TensorParallelComm> make_null_tp_comm(int rank, int size) {
+  return std::make_unique<NullTpComm>(rank, size);
+}
+
+RankChunks build_rank_chunks(const nn::GPTConfig& model, const Layout& layout, int rank) {
+  RankChunks rc;
+  rc.tp_comm = make_null_tp_comm(0, layout.tp);
+  nn::TpContext tp{0, layout.tp, layout.tp > 1 ? rc.tp_comm.get() : nullptr,
+                   layout.sequence_parallel && layout.tp > 1};
+  const pp::Partition part = pp::partition_layers(model.n_layer, {layout.pp, layout.virtual_stages});
+  for (int c = 0; c < layout.virtual_stages; ++c) {
+    rc.chunks.push_back(std::make_unique<nn::GPT>(model, tp, part.chunk(rank, c)));
+  }
+  return rc;
+}
+
+std::vector<int> peak_live_per_chunk(const pp::ScheduleSpec& spec, int rank) {
+  std::vector<int> live(static_cast<std::size_t>(spec.virtual_stages), 0), peak = live;
+  for (const pp::Instruction& ins : pp::compute_order(spec, rank)) {
+    auto c = static_cast<std::size_t>(ins.chunk);
+    if (ins.op == pp::Op::kForward) peak[c] = std::max(peak[c], ++live[c]);
+    if (ins.op == pp::Op::kBackward) --live[c];
+  }
+  return peak;
+}
+
+MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
+  const nn::GPTConfig& m = req.model;
+  const int64_t B = req.batch_size / l.dp / l.micro_batches, T = req.seq_len, N = B * T;
+  const int64_t C = m.n_embd, Cl = C / l.tp;
+  const int64_t dp = l.dp;
+  const pp::ScheduleSpec spec{l.schedule, l.pp, l.micro_batches, l.virtual_stages};
+  const double bucket_elems = req.bucket_mb * 1024.0 * 1024.0 / 4.0;
+  MemoryPrediction out;
+  for (int r = 0; r < l.pp; ++r) {
+    RankChunks rc = build_rank_chunks(m, l, r);
+    const std::vector<int> live =
+        l.pp > 1 ? peak_live_per_chunk(spec, r) : std::vector<int>(static_cast<std::size_t>(l.virtual_stages), 1);
+    int64_t psi = 0, max_param = 0, max_group = 0;
+    double act_floats = 0, work_floats = 0;
+    for (std::size_t c = 0; c < rc.chunks.size(); ++c) {
+      const nn::GPT& g = *rc.chunks[c];
+      const nn::ParameterSet& ps = g.params();
+      psi += ps.total_numel();
+      for (const nn::ParamInfo& p : ps.infos()) max_param = std::max(max_param, p.numel);
+      for (int gi = 0; gi < ps.num_groups(); ++gi) {
+        max_group = std::max(max_group, ps.group_end(gi) - ps.group_begin(gi));
+      }
+      act_floats += static_cast<double>(live[c]) * static_cast<double>(g.activation_floats(B, T));
+      // GPT::ensure_scratch: residual grad + BlockScratch (+ sequence-parallel buffers,
+      // + the vocab-parallel loss sums).
+      double w = static_cast<double>(N * C + N * C + N * 3 * Cl + N * Cl + N * 4 * Cl);
+      if (g.tp().sp()) w += static_cast<double>(2 * N * C + g.local_rows(N) * C + 4 * C);
+      if (l.tp > 1) w += static_cast<double>(3 * N);
+      work_floats += w;
+    }
+    MemoryBreakdown mb;
+    const double shard = static_cast<double>(ceil_div(psi, dp));
+    const double full = static_cast<double>(psi);
+    // Working sets during the step (ZeRO-2/3 buckets: the one reducing and the one filling).
+    const double bucket = std::min(full, std::max(bucket_elems, static_cast<double>(max_param)));
+    mb.params = 4 * (l.zero >= 3 ? shard + std::min(full, 2.0 * static_cast<double>(max_group)) : full);
+    mb.grads = 4 * (l.zero >= 2 ? shard + std::min(full, 2.0 * bucket) : full);
+    mb.optimizer = 8 * (l.zero >= 1 ? shard : full);
+    mb.activations = 4 * act_floats;
+    mb.workspace = 4 * work_floats;
+    out.by_pp_rank.push_back(mb);
+    out.params_by_pp_rank.push_back(psi);
+  }
+  for (int r = 0; r < l.pp; ++r) {
+    if (out.by_pp_rank[static_cast<std::size_t>(r)].total() > out.worst().total()) out.worst_pp_rank = r;
+  }
+  return out;
+}
+
+}  // namespace trident::plan

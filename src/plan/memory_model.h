@@ -1,0 +1,54 @@
+// Predicted bytes per rank, by category, for a layout: parameters, gradients and AdamW state
+// from the parameter count of each pipeline rank's model chunks (the embedding on the first
+// stage, the tied head's copy of wte on the last, blocks split by pp::partition_layers, tp
+// slices of the padded vocabulary), sharded over dp by the ZeRO stage (ddp_reducer.h):
+//   stage 0: 4Ψ + 4Ψ + 8Ψ     1: 4Ψ + 4Ψ + 8Ψ/N     2: 4Ψ + 4Ψ/N + 8Ψ/N     3: 16Ψ/N
+// plus the step's working sets (ZeRO-2/3: two gradient buckets in flight; ZeRO-3: the gathered
+// values of the current and the prefetched layer group). Activations: the model's own formula
+// (nn::GPT::activation_floats) per micro-batch and chunk, times the most micro-batches the
+// schedule holds live on that chunk (GPipe: M; 1F1B: min(pp - rank, M)); workspace: the
+// backward scratch each chunk allocates. The counts come from constructing the same nn::GPT
+// objects the engine builds (construction allocates nothing).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "nn/gpt.h"
+#include "plan/layout.h"
+
+namespace trident::plan {
+
+struct MemoryBreakdown {
+  double params = 0, grads = 0, optimizer = 0, activations = 0, workspace = 0;  // bytes
+  double total() const { return params + grads + optimizer + activations + workspace; }
+};
+
+struct MemoryPrediction {
+  std::vector<MemoryBreakdown> by_pp_rank;  // every tp and dp rank of a stage is alike
+  std::vector<int64_t> params_by_pp_rank;   // Ψ of the rank's chunks (local, padded), unsharded
+  int worst_pp_rank = 0;                    // largest total
+  const MemoryBreakdown& worst() const { return by_pp_rank.at(static_cast<std::size_t>(worst_pp_rank)); }
+};
+
+MemoryPrediction predict_memory(const PlanRequest& request, const Layout& layout);
+
+// The most micro-batches each local chunk of `rank` holds activations for at once under the
+// schedule (walking its compute order: a Forward acquires, a Backward releases).
+std::vector<int> peak_live_per_chunk(const pp::ScheduleSpec& spec, int rank);
+
+// The model chunks pipeline rank `rank` holds in `layout` (V of them, local order), built as
+// the engine builds them (tp rank 0; communication through a no-op stand-in that lives as
+// long as the returned object). Nothing is allocated.
+struct RankChunks {
+  std::unique_ptr<nn::TensorParallelComm> tp_comm;
+  std::vector<std::unique_ptr<nn::GPT>> chunks;
+};
+RankChunks build_rank_chunks(const nn::GPTConfig& model, const Layout& layout, int rank);
+
+// A TensorParallelComm that moves nothing (all_gather/reduce_scatter copy this rank's own
+// chunk): for counting parameters and timing one rank's compute of a tp slice.
+std::unique_ptr<nn::TensorParallelComm> make_null_tp_comm(int rank, int size);
+
+}  // namespace trident::plan

@@ -1,0 +1,117 @@
+// Ranking and printing of the planner's predictions (see planner.h).
+#include "plan/planner.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <tuple>
+
+#include "core/check.h"
+#include "core/memory.h"
+
+namespace trident::plan {
+
+int Plan::fitting() const {
+  return static_cast<int>(std::count_if(rows.begin(), rows.end(), [](const PlanRow& r) { return r.fits; }));
+}
+
+PlanRow predict_layout(const PlanRequest& req, const Layout& l, ComputeModel& compute,
+                       const MachineModel& machine) {
+  PlanRow row;
+  row.layout = l;
+  row.memory = predict_memory(req, l);
+  row.step = predict_step(req, l, compute, machine);
+  row.fits = req.memory_per_rank <= 0 || row.memory.worst().total() <= req.memory_per_rank;
+  return row;
+}
+
+Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel& machine) {
+  Plan plan;
+  for (const Candidate& c : enumerate_layouts(req)) {
+    if (!c.valid) {
+      plan.rejected.push_back(c);
+      continue;
+    }
+    plan.rows.push_back(predict_layout(req, c.layout, compute, machine));
+  }
+  TRI_CHECK(!plan.rows.empty(),
+            "no layout of {} ranks is valid for this model and batch (batch {}, seq {}); see the "
+            "reasons with a world size that has valid layouts, or change --batch-size/--micro-batches",
+            req.world, req.batch_size, req.seq_len);
+  std::stable_sort(plan.rows.begin(), plan.rows.end(), [](const PlanRow& a, const PlanRow& b) {
+    if (a.fits != b.fits) return a.fits;
+    if (a.fits) return a.step.tokens_per_s > b.step.tokens_per_s;
+    return a.memory.worst().total() < b.memory.worst().total();
+  });
+  if (plan.fitting() == 0) {
+    const PlanRow& s = plan.rows.front();
+    TRI_FAIL("no layout of {} ranks fits in {} per rank: the smallest needs {} ({} zero {}{}, "
+             "M={}); raise --memory-per-rank, use more ranks, or shrink --batch-size/--seq-len",
+             req.world, format_bytes(req.memory_per_rank), format_bytes(s.memory.worst().total()),
+             s.layout.shape(), s.layout.zero,
+             s.layout.pp > 1 ? " " + s.layout.schedule_name() : std::string(), s.layout.micro_batches);
+  }
+  return plan;
+}
+
+std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOptions& opt) {
+  const double MiB = 1024.0 * 1024.0;
+  std::string out;
+  const int64_t tokens = req.batch_size * req.seq_len;
+  out += fmt::format("{} layouts valid, {} fit{}; global batch {} x {} = {} tokens per step\n",
+                     plan.rows.size(), plan.fitting(),
+                     req.memory_per_rank > 0 ? fmt::format(" in {} per rank", format_bytes(req.memory_per_rank))
+                                             : std::string(" (no memory limit)"),
+                     req.batch_size, req.seq_len, tokens);
+  out += fmt::format("{:>3}  {:<14} {:>4} {:<15} {:>3}  {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}  {:>9} {:>9} {:>7}  {}\n",
+                     "#", "layout", "zero", "schedule", "M", "params", "grads", "optim", "acts",
+                     "work", "total MiB", "step ms", "tokens/s", "bubble", "bound");
+  std::set<std::tuple<int, int, int, int, int, int>> seen;
+  int shown = 0, index = 0;
+  for (const PlanRow& r : plan.rows) {
+    ++index;
+    const Layout& l = r.layout;
+    if (!opt.all) {
+      auto key = std::make_tuple(l.dp, l.tp, l.pp, l.zero, static_cast<int>(l.schedule), l.virtual_stages);
+      if (!seen.insert(key).second) continue;
+    }
+    if (opt.top > 0 && shown >= opt.top) break;
+    ++shown;
+    const MemoryBreakdown& m = r.memory.worst();
+    out += fmt::format("{:>3}  {:<14} {:>4} {:<15} {:>3}  {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>9.1f}  {:>9.1f} {:>9.0f} {:>6.1f}%  {}{}\n",
+                       r.fits ? fmt::format("{}", index) : std::string("-"), l.shape(), l.zero,
+                       l.schedule_name(), l.micro_batches, m.params / MiB, m.grads / MiB,
+                       m.optimizer / MiB, m.activations / MiB, m.workspace / MiB, m.total() / MiB,
+                       r.step.step_s * 1e3, r.step.tokens_per_s, 100 * r.step.bubble,
+                       r.step.shared_bound() ? "cores" : "path",
+                       r.fits ? "" : "  (does not fit)");
+  }
+  if (shown < static_cast<int>(plan.rows.size())) {
+    out += fmt::format("({} more rows: {})\n", static_cast<int>(plan.rows.size()) - shown,
+                       opt.all ? "raise --top" : "--all shows every micro-batch count");
+  }
+  out += "memory: the worst pipeline rank, peak during the step; bound: 'cores' = total CPU work / "
+         "cores (ranks share cores), 'path' = pipeline critical path + exposed communication\n";
+  if (opt.show_rejected && !plan.rejected.empty()) {
+    out += "not valid:\n";
+    // One line per layout shape (and interleaving): the reason at the largest micro-batch
+    // count tried (the one that does not go away with more micro-batches), without the
+    // check's source location.
+    std::vector<std::string> order;
+    std::map<std::string, std::string> why_of;
+    for (const Candidate& c : plan.rejected) {
+      std::string what = c.layout.shape();
+      if (c.layout.pp > 1 && c.layout.schedule == pp::ScheduleKind::kInterleaved) what += " interleaved V=2";
+      if (!why_of.count(what)) order.push_back(what);
+      std::string why = c.reason;
+      if (const auto at = why.rfind(" ["); at != std::string::npos && why.back() == ']') why.resize(at);
+      why_of[what] = why;
+    }
+    for (const std::string& what : order) out += fmt::format("  {}: {}\n", what, why_of[what]);
+  }
+  return out;
+}
+
+}  // namespace trident::plan

@@ -1,0 +1,109 @@
+// Planner memory model against hand-computed formulas: ZeRO stages 0-3 over dp, a pipeline
+// split (embedding on the first stage, the head's wte copy on the last, 1F1B vs GPipe live
+// micro-batches), a tensor-parallel split (Korthikanti et al.'s per-layer activations in fp32
+// without dropout: the model's BlockActivations).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "plan/memory_model.h"
+
+namespace trident::plan {
+namespace {
+
+// tiny: L = 8, NH = 4, C = 32, n_positions 64, vocab 1000 padded to 1024 (1024 at tp 2 too).
+constexpr double C = 32, L = 8, Vp = 1024, P = 64;
+constexpr double kBlock = 12 * C * C + 13 * C;                    // one block's parameters
+constexpr double kEmbed = Vp * C + P * C;                         // wte (padded) + wpe
+constexpr double kPsi = kEmbed + L * kBlock + 2 * C;              // + ln_f
+
+PlanRequest request(int world, int64_t batch) {
+  PlanRequest r;
+  r.model = nn::gpt_preset("tiny");
+  r.world = world;
+  r.batch_size = batch;
+  r.seq_len = 16;
+  return r;
+}
+
+// Activation floats of one micro-batch of B x T on a chunk of `layers` blocks at tp `tp`.
+double act_floats(double B, double T, double layers, bool head, int tp) {
+  const double N = B * T;
+  const double block = N * (3 * C + 4) + N * 12 * C / tp + B * (4.0 / tp) * T * T;
+  double f = (layers + 1) * N * C + layers * block;
+  if (head) f += N * C + 2 * N + N * Vp / tp + N;
+  return f;
+}
+
+TEST(PlanMemory, ZeroStagesFollowTheFormulas) {
+  PlanRequest r = request(2, 4);
+  r.bucket_mb = 0.01;  // 2621 floats: the largest parameter (wte, 32768) is the bucket
+  Layout l;
+  l.dp = 2;
+  const double half = std::ceil(kPsi / 2);
+  const double bucket = Vp * C;
+  const double max_group = kEmbed;  // embeddings group: wte + wpe
+  const double acts = 4 * act_floats(2, 16, L, true, 1);
+  for (int zero = 0; zero <= 3; ++zero) {
+    l.zero = zero;
+    const MemoryPrediction m = predict_memory(r, l);
+    ASSERT_EQ(m.by_pp_rank.size(), 1u);
+    EXPECT_EQ(m.params_by_pp_rank[0], static_cast<int64_t>(kPsi));
+    const MemoryBreakdown& b = m.worst();
+    EXPECT_DOUBLE_EQ(b.params, zero >= 3 ? 4 * (half + 2 * max_group) : 4 * kPsi) << zero;
+    EXPECT_DOUBLE_EQ(b.grads, zero >= 2 ? 4 * (half + 2 * bucket) : 4 * kPsi) << zero;
+    EXPECT_DOUBLE_EQ(b.optimizer, zero >= 1 ? 8 * half : 8 * kPsi) << zero;
+    EXPECT_DOUBLE_EQ(b.activations, acts) << zero;
+  }
+}
+
+TEST(PlanMemory, PipelineSplitPutsEmbeddingFirstAndHeadCopyLast) {
+  PlanRequest r = request(8, 16);
+  Layout l;
+  l.dp = 4, l.pp = 2, l.micro_batches = 4;  // B = 16 / 4 / 4 = 1 per micro-batch
+  l.schedule = pp::ScheduleKind::kOneFOneB;
+  MemoryPrediction m = predict_memory(r, l);
+  ASSERT_EQ(m.by_pp_rank.size(), 2u);
+  EXPECT_EQ(m.params_by_pp_rank[0], static_cast<int64_t>(kEmbed + 4 * kBlock));
+  EXPECT_EQ(m.params_by_pp_rank[1], static_cast<int64_t>(4 * kBlock + 2 * C + Vp * C));
+  // 1F1B: rank 0 holds min(pp, M) = 2 micro-batches, rank 1 one.
+  EXPECT_DOUBLE_EQ(m.by_pp_rank[0].activations, 4 * 2 * act_floats(1, 16, 4, false, 1));
+  EXPECT_DOUBLE_EQ(m.by_pp_rank[1].activations, 4 * 1 * act_floats(1, 16, 4, true, 1));
+  // GPipe: all M on every rank.
+  l.schedule = pp::ScheduleKind::kGPipe;
+  m = predict_memory(r, l);
+  EXPECT_DOUBLE_EQ(m.by_pp_rank[0].activations, 4 * 4 * act_floats(1, 16, 4, false, 1));
+  EXPECT_DOUBLE_EQ(m.by_pp_rank[1].activations, 4 * 4 * act_floats(1, 16, 4, true, 1));
+  EXPECT_EQ(m.worst_pp_rank, 1);  // the logits
+}
+
+TEST(PlanMemory, LivePerChunkMatchesTheSchedules) {
+  for (int M : {1, 2, 4, 8}) {
+    for (int rank = 0; rank < 4; ++rank) {
+      EXPECT_EQ(peak_live_per_chunk({pp::ScheduleKind::kOneFOneB, 4, M, 1}, rank)[0], std::min(4 - rank, M));
+      EXPECT_EQ(peak_live_per_chunk({pp::ScheduleKind::kGPipe, 4, M, 1}, rank)[0], M);
+    }
+  }
+}
+
+TEST(PlanMemory, TensorParallelSplitsBlocksAndVocabulary) {
+  PlanRequest r = request(2, 2);
+  Layout l1, l2;
+  l2.tp = 2;
+  const MemoryPrediction m1 = predict_memory(r, l1), m2 = predict_memory(r, l2);
+  const double psi1 = static_cast<double>(m1.params_by_pp_rank[0]);
+  const double psi2 = static_cast<double>(m2.params_by_pp_rank[0]);
+  // Matrices and wte halve; LayerNorms, wpe and the row-parallel biases stay whole.
+  EXPECT_LT(psi2, 0.6 * psi1);
+  EXPECT_GT(psi2, 0.5 * psi1);
+  EXPECT_DOUBLE_EQ(m2.worst().params, 4 * psi2);
+  // Korthikanti et al. (fp32, no dropout): the 12C-wide tensors and the attention matrix split
+  // over tp, the LayerNorm inputs and the residual stay whole.
+  EXPECT_DOUBLE_EQ(m2.worst().activations, 4 * act_floats(2, 16, L, true, 2));
+  // Sequence parallelism also splits the residual stream's rows.
+  r.sequence_parallel = l2.sequence_parallel = true;
+  EXPECT_LT(predict_memory(r, l2).worst().activations, m2.worst().activations);
+}
+
+}  // namespace
+}  // namespace trident::plan
