@@ -89,6 +89,11 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       double w = static_cast<double>(N * C + N * C + N * 3 * Cl + N * Cl + N * 4 * Cl);
       if (g.tp().sp()) w += static_cast<double>(2 * N * C + g.local_rows(N) * C + 4 * C);
       if (l.tp > 1) w += static_cast<double>(3 * N);
+      // DataParallel's scratch copy of the tied wte gradient (ZeRO 0/1, embedding and head on
+      // one rank): the embedding's part waits there while the head's part is reduced.
+      if ((l.dp > 1 || l.zero > 0) && l.zero < 2 && g.stage().has_embedding && g.stage().has_head) {
+        w += static_cast<double>(m.padded_vocab(l.tp) / l.tp * C);
+      }
       work_floats += w;
     }
     MemoryBreakdown mb;
