@@ -279,9 +279,13 @@ double GPT::forward_backward(GPTActivations& acts, const int32_t* ids, const int
 
 double GPT::forward_loss(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
                          int64_t B, int64_t T) {
-  const int64_t N = B * T;
   embed_forward(acts, ids, B, T);
   blocks_forward(acts, B, T);
+  return head_loss(acts, targets, B, T);
+}
+
+double GPT::head_loss(GPTActivations& acts, const int32_t* targets, int64_t B, int64_t T) {
+  const int64_t N = B * T;
   head_forward(acts, N);
   if (tp_.size == 1) {
     kernels::crossentropy_softmax_forward_backward(acts.losses.data(), acts.logits.data(), targets,

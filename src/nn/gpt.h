@@ -102,6 +102,9 @@ class GPT {
   // ---- whole model on one rank ----
   double forward_backward(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
                           int64_t B, int64_t T, float dloss);
+  // Forward only, the last stage's share: ln_f, logits and the sum of the token losses of
+  // acts' stage output (evaluation; no gradients).
+  double head_loss(GPTActivations& acts, const int32_t* targets, int64_t B, int64_t T);
   // Forward only: sum of token losses (evaluation).
   double forward_loss(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
                       int64_t B, int64_t T);

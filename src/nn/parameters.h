@@ -80,6 +80,8 @@ class ParameterSet {
   int64_t group_end(int g) const { return group_end_.at(static_cast<std::size_t>(g)); }
 
   int64_t total_numel() const { return total_; }
+  // allocate() has run (the flat buffers may since have been released by ZeRO).
+  bool allocated() const { return value_ptr_.size() == infos_.size() && !infos_.empty(); }
   // Where parameter `id`'s values and gradient live. By default inside the flat buffers
   // (values_.data() + offset); ZeRO (parallel/ddp_reducer.h) may point a parameter at a
   // working buffer it materialises on demand, or at nothing (nullptr) while it is not.

@@ -313,7 +313,9 @@ void DataParallel::before_group_forward(int g) {
 void DataParallel::before_group_backward(int g) {
   // The group whose backward ran before this one is final unless the tied wte is in it
   // (its gradient gets more from the embedding backward, which reports itself).
-  if (current_bwd_ >= 0 && current_bwd_ != g && current_bwd_ != wte_group_) group_final(current_bwd_);
+  if (!options_.pipeline && current_bwd_ >= 0 && current_bwd_ != g && current_bwd_ != wte_group_) {
+    group_final(current_bwd_);
+  }
   current_bwd_ = g;
   if (options_.zero >= 2) {
     for (int bi : group_buckets_[static_cast<std::size_t>(g)]) ensure_grad_storage(bi);

@@ -59,6 +59,10 @@ struct DataParallelOptions {
   int zero = 0;           // ZeRO stage 0..3
   double bucket_mb = 25;  // MiB per bucket; <= 0 or tiny: one bucket per parameter
   bool overlap = true;    // false: launch every bucket after backward (for comparison)
+  // Under a pipeline schedule the micro-batches' backwards interleave and the executor reports
+  // after_group_backward only on a group's last backward of the step; then only that report
+  // marks a group final (not the start of the next group's backward).
+  bool pipeline = false;
 };
 
 // Buckets as parameter id ranges [first, last] (inclusive), in launch order (the last
@@ -104,6 +108,9 @@ class DataParallel : public nn::ModelHooks {
   // Seconds blocked on dp communication since begin_step (the exposed part).
   double comm_wait_seconds() const { return wait_s_; }
 
+  // Stages 2-3: this rank's reduced gradient shard, flat elements [layout().begin(),
+  // layout().end()); null for stages 0-1.
+  float* shard_grads() { return shard_grads_.empty() ? nullptr : shard_grads_.data(); }
   // ---- stage 3: values live in shards ----
   bool values_sharded() const { return options_.zero >= 3; }
   // Param `id`'s local tensor with this rank's shard elements filled in, zeros elsewhere.

@@ -10,9 +10,16 @@
 #include "core/check.h"
 #include "kernels/kernels.h"
 #include "optim/grad_clip.h"
+#include "parallel/pipeline/partition.h"
 #include "parallel/tensor_parallel_comm.h"
 
 namespace trident::parallel {
+
+namespace {
+// Message tag of the evaluation pipeline: below the executor's range (which starts at 16);
+// evaluation never overlaps a training step, and MPI keeps one pair's messages in order.
+constexpr int kEvalTag = 1;
+}  // namespace
 
 Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOptions& options,
                MemoryTracker& tracker, int64_t global_batch, int64_t seq_len)
@@ -35,7 +42,6 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
             "sequence length {} must be between 1 and the model's n_positions {}", seq_len,
             config_.n_positions);
   validate_tensor_parallel(config_, shape.tp, shape.world());
-  TRI_CHECK(shape.pp == 1, "pipeline parallelism (pp {}) is not wired into the engine yet", shape.pp);
   TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
             options.zero);
 
@@ -46,120 +52,280 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
     tp_comm_ = std::make_unique<CommTensorParallel>(mesh_.tp());
     tp = make_tp_context(*tp_comm_, options_.sequence_parallel);
   }
-  model_ = std::make_unique<nn::GPT>(config_, tp);
-  model_->allocate(tracker_);
-  if (shape.dp > 1 || options_.zero > 0) {
-    dp_ = std::make_unique<DataParallel>(
-        model_->params(), mesh_.dp(), tracker_,
-        DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap});
-    model_->set_hooks(dp_.get());
-    adamw_ = std::make_unique<optim::AdamW>(model_->params(), tracker_, options_.adamw,
-                                            dp_->optimizer_begin(), dp_->optimizer_end());
+  // Pipeline parallelism: this rank's chunks of the layer stack (V of them when interleaved).
+  const int V = shape.pp > 1 ? options_.virtual_stages : 1;
+  std::vector<nn::StageSpec> stages{nn::StageSpec{}};
+  pp::ScheduleSpec spec;
+  if (shape.pp > 1) {
+    spec.kind = pp::parse_schedule_kind(options_.schedule);
+    spec.pp = shape.pp;
+    spec.micro_batches = micro_batches_;
+    spec.virtual_stages = V;
+    spec.validate();
+    pp::PartitionOptions po;
+    po.pp = shape.pp;
+    po.virtual_stages = V;
+    const pp::Partition part = pp::partition_layers(config_.n_layer, po);
+    stages.clear();
+    for (int c = 0; c < V; ++c) stages.push_back(part.chunk(mesh_.coord().pp, c));
   } else {
-    adamw_ = std::make_unique<optim::AdamW>(model_->params(), tracker_, options_.adamw);
+    TRI_CHECK(options_.virtual_stages == 1,
+              "--virtual-stages {} needs pipeline parallelism (--pp > 1) and the interleaved "
+              "schedule", options_.virtual_stages);
   }
-  acts_ = model_->make_activations(tracker_, micro_rows_, seq_len_);
-  ids_.resize(static_cast<std::size_t>(micro_rows_ * seq_len_));
-  targets_.resize(ids_.size());
+  for (const nn::StageSpec& st : stages) {
+    Chunk c;
+    c.model = std::make_unique<nn::GPT>(config_, tp, st);
+    c.model->allocate(tracker_);
+    if (shape.dp > 1 || options_.zero > 0) {
+      c.dp = std::make_unique<DataParallel>(
+          c.model->params(), mesh_.dp(), tracker_,
+          DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1});
+      c.adamw = std::make_unique<optim::AdamW>(c.model->params(), tracker_, options_.adamw,
+                                               c.dp->optimizer_begin(), c.dp->optimizer_end());
+    } else {
+      c.adamw = std::make_unique<optim::AdamW>(c.model->params(), tracker_, options_.adamw);
+    }
+    chunks_.push_back(std::move(c));
+  }
+  if (shape.pp == 1) {
+    if (chunks_[0].dp) chunks_[0].model->set_hooks(chunks_[0].dp.get());
+    acts_ = chunks_[0].model->make_activations(tracker_, micro_rows_, seq_len_);
+    ids_.resize(static_cast<std::size_t>(micro_rows_ * seq_len_));
+    targets_.resize(ids_.size());
+    return;
+  }
+  std::vector<nn::GPT*> models;
+  for (Chunk& c : chunks_) models.push_back(c.model.get());
+  pp::ExecutorOptions eo;
+  eo.micro_batch_rows = micro_rows_;
+  eo.seq_len = seq_len_;
+  eo.reduce_tied_grads = false;  // summed after the dp reduction, see sum_tied_embedding_grads
+  executor_ = std::make_unique<pp::PipelineExecutor>(mesh_.pp(), models, spec, tracker_, eo);
+  std::vector<nn::ModelHooks*> hooks;
+  for (Chunk& c : chunks_) hooks.push_back(c.dp.get());
+  if (chunks_[0].dp) executor_->set_hooks(hooks);
+  for (Chunk& c : chunks_) eval_acts_.push_back(c.model->make_activations(tracker_, micro_rows_, seq_len_));
+  mb_ids_.assign(static_cast<std::size_t>(micro_batches_), std::vector<int32_t>(static_cast<std::size_t>(micro_rows_ * seq_len_)));
+  mb_targets_ = mb_ids_;
+  // The tied embedding's group: first and last stage, same tp coordinate, every dp rank.
+  const int p = mesh_.coord().pp;
+  const bool on_end = p == 0 || p == shape.pp - 1;
+  MPI_Comm_split(mesh_.world().mpi_comm(), on_end ? mesh_.coord().tp : MPI_UNDEFINED, mesh_.rank(),
+                 &tied_comm_);
+  if (on_end) tied_group_ = std::make_unique<comm::Communicator>(tied_comm_, "tied_embedding");
 }
 
-Engine::~Engine() = default;
+Engine::~Engine() {
+  executor_.reset();
+  tied_group_.reset();
+  if (tied_comm_ != MPI_COMM_NULL) MPI_Comm_free(&tied_comm_);
+}
 
 std::string Engine::describe() const {
   const comm::MeshShape& s = mesh_.shape();
-  return fmt::format(
+  std::string text = fmt::format(
       "layout dp {} x tp {} x pp {} (world {}), zero {}; global batch {} x {} tokens, {} "
       "sequences per dp rank in {} micro-batch(es) of {}",
       s.dp, s.tp, s.pp, s.world(), options_.zero, global_batch_, seq_len_, rank_rows_,
       micro_batches_, micro_rows_);
+  if (executor_) {
+    text += fmt::format("; schedule {}", executor_->spec().describe());
+    if (options_.sequence_parallel) text += ", sequence parallel";
+  }
+  return text;
 }
 
 void Engine::initialize(uint64_t seed) {
-  if (dp_ && dp_->values_sharded()) {
-    dp_->initialize_shard(seed);  // ZeRO-3: only this rank's shard exists
-  } else {
-    model_->params().initialize(seed);
+  for (Chunk& c : chunks_) {
+    if (c.dp && c.dp->values_sharded()) {
+      c.dp->initialize_shard(seed);  // ZeRO-3: only this rank's shard exists
+    } else {
+      c.model->params().initialize(seed);
+    }
   }
 }
 
-bool Engine::owns_for_reduction(int id) const {
-  const nn::ParamInfo& info = model_->params().info(id);
+bool Engine::owns_for_reduction(const Chunk& c, int id) const {
+  const nn::ParamInfo& info = c.model->params().info(id);
   if (info.tp_replicated && mesh_.coord().tp != 0) return false;
   // The last stage's copy of the tied embedding mirrors the first stage's.
-  const nn::StageSpec& st = model_->stage();
-  if (info.name == "wte.weight" && !st.has_embedding) return false;
+  if (info.name == "wte.weight" && !c.model->stage().has_embedding) return false;
   return true;
 }
 
 double Engine::local_unique_grad_sumsq() const {
-  // ZeRO-2/3: each dp rank holds the reduced gradient of its shard only and counts that.
-  if (dp_ && options_.zero >= 2) {
-    return dp_->shard_grad_sumsq([this](int id) { return owns_for_reduction(id); });
-  }
-  // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's.
-  if (mesh_.coord().dp != 0) return 0.0;
-  const nn::ParameterSet& ps = model_->params();
   double sum = 0.0;
-  for (int id = 0; id < ps.size(); ++id) {
-    if (!owns_for_reduction(id)) continue;
-    sum += kernels::sum_squares(ps.grad(id), ps.info(id).numel);
+  for (const Chunk& c : chunks_) {
+    // ZeRO-2/3: each dp rank holds the reduced gradient of its shard only and counts that.
+    if (c.dp && options_.zero >= 2) {
+      sum += c.dp->shard_grad_sumsq([&](int id) { return owns_for_reduction(c, id); });
+      continue;
+    }
+    // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's.
+    if (mesh_.coord().dp != 0) continue;
+    const nn::ParameterSet& ps = c.model->params();
+    for (int id = 0; id < ps.size(); ++id) {
+      if (!owns_for_reduction(c, id)) continue;
+      sum += kernels::sum_squares(ps.grad(id), ps.info(id).numel);
+    }
   }
   return sum;
 }
 
+bool Engine::holds_loss() const {
+  return chunks_.back().model->stage().has_head && mesh_.coord().tp == 0;
+}
+
 double Engine::reduce_loss(double local_loss_sum) {
   // Each (dp rank, last stage) holds its rows' loss; tp ranks hold identical copies.
-  const bool counts = model_->stage().has_head && mesh_.coord().tp == 0;
-  std::vector<double> v{counts ? local_loss_sum : 0.0};
+  std::vector<double> v{holds_loss() ? local_loss_sum : 0.0};
   mesh_.world().allreduce(std::span<double>(v), comm::ReduceOp::kSum).wait();
   return v[0] / static_cast<double>(global_batch_ * seq_len_);
 }
 
-StepStats Engine::train_step(const BatchFn& batch, float lr) {
-  nn::ParameterSet& ps = model_->params();
-  if (dp_) {
-    dp_->begin_step();
+void Engine::sum_tied_embedding_grads() {
+  // After the dp reduction: first-stage wte gradient + last-stage copy's, on both. Every rank
+  // of the group contributes the elements it owns after the dp reduction -- its ZeRO-2/3
+  // shard, or (stages 0-1, replicated over dp) dp rank 0 everything -- so the sum counts each
+  // stage's gradient once and every rank reads back the elements it holds.
+  if (!tied_group_) return;
+  const Chunk& c = mesh_.coord().pp == 0 ? chunks_.front() : chunks_.back();
+  nn::ParameterSet& ps = c.model->params();
+  const int id = ps.find("wte.weight");
+  TRI_CHECK(id >= 0, "stage {} holds no wte.weight to tie", mesh_.coord().pp);
+  const nn::ParamInfo& info = ps.info(id);
+  std::vector<float> sum(static_cast<std::size_t>(info.numel), 0.0f);
+  float* shard = c.dp ? c.dp->shard_grads() : nullptr;
+  int64_t lo = 0, hi = 0;
+  if (shard) {
+    const ShardLayout& layout = c.dp->layout();
+    lo = std::max(info.offset, layout.begin());
+    hi = std::min(info.offset + info.numel, layout.end());
+    for (int64_t i = lo; i < hi; ++i) {
+      sum[static_cast<std::size_t>(i - info.offset)] = shard[i - layout.begin()];
+    }
+  } else if (mesh_.coord().dp == 0) {
+    std::memcpy(sum.data(), ps.grad(id), sum.size() * sizeof(float));
+  }
+  tied_group_->allreduce(std::span<float>(sum), comm::ReduceOp::kSum).wait();
+  if (shard) {
+    const ShardLayout& layout = c.dp->layout();
+    for (int64_t i = lo; i < hi; ++i) {
+      shard[i - layout.begin()] = sum[static_cast<std::size_t>(i - info.offset)];
+    }
   } else {
-    ps.zero_grads();
+    std::memcpy(ps.grad(id), sum.data(), sum.size() * sizeof(float));
+  }
+}
+
+StepStats Engine::train_step(const BatchFn& batch, float lr) {
+  for (Chunk& c : chunks_) {
+    if (c.dp) {
+      c.dp->begin_step();
+    } else {
+      c.model->params().zero_grads();
+    }
   }
   const float dloss = 1.0f / static_cast<float>(global_batch_ * seq_len_);
   const int64_t row0 = mesh_.coord().dp * rank_rows_;
   double loss_sum = 0.0;
-  for (int m = 0; m < micro_batches_; ++m) {
-    batch(row0 + m * micro_rows_, micro_rows_, ids_.data(), targets_.data());
-    // dp: each rank's gradient is its rows' share of the global mean; the reducer sums the
-    // buckets over dp as backward produces them (last micro-batch only, or every micro-batch
-    // into the shards for ZeRO-2/3) and end_micro_batch waits for what is still in flight.
-    if (dp_) {
-      dp_->set_tokens(ids_.data(), micro_rows_ * seq_len_);
-      dp_->begin_micro_batch(m == micro_batches_ - 1);
+  if (!executor_) {
+    Chunk& c = chunks_[0];
+    for (int m = 0; m < micro_batches_; ++m) {
+      batch(row0 + m * micro_rows_, micro_rows_, ids_.data(), targets_.data());
+      // dp: each rank's gradient is its rows' share of the global mean; the reducer sums the
+      // buckets over dp as backward produces them (last micro-batch only, or every micro-batch
+      // into the shards for ZeRO-2/3) and end_micro_batch waits for what is still in flight.
+      if (c.dp) {
+        c.dp->set_tokens(ids_.data(), micro_rows_ * seq_len_);
+        c.dp->begin_micro_batch(m == micro_batches_ - 1);
+      }
+      loss_sum += c.model->forward_backward(acts_, ids_.data(), targets_.data(), micro_rows_, seq_len_, dloss);
+      if (c.dp) c.dp->end_micro_batch();
     }
-    loss_sum += model_->forward_backward(acts_, ids_.data(), targets_.data(), micro_rows_, seq_len_, dloss);
-    if (dp_) dp_->end_micro_batch();
+  } else {
+    for (int m = 0; m < micro_batches_; ++m) {
+      batch(row0 + m * micro_rows_, micro_rows_, mb_ids_[static_cast<std::size_t>(m)].data(),
+            mb_targets_[static_cast<std::size_t>(m)].data());
+    }
+    // The schedule interleaves micro-batches, so each reducer sees the whole step as one
+    // micro-batch: gradients accumulate over all of them and are reduced once they are final.
+    for (Chunk& c : chunks_) {
+      if (c.dp) c.dp->begin_micro_batch(true);
+    }
+    loss_sum = executor_->run_step(
+        [&](int m) {
+          return pp::MicroBatch{mb_ids_[static_cast<std::size_t>(m)].data(),
+                                mb_targets_[static_cast<std::size_t>(m)].data()};
+        },
+        dloss);
+    for (Chunk& c : chunks_) {
+      if (c.dp) c.dp->end_micro_batch();
+    }
+    sum_tied_embedding_grads();
   }
   StepStats stats;
   std::vector<double> sq{local_unique_grad_sumsq()};
   mesh_.world().allreduce(std::span<double>(sq), comm::ReduceOp::kSum).wait();
   stats.grad_norm = std::sqrt(sq[0]);
   stats.clip_scale = optim::clip_scale(stats.grad_norm, options_.grad_clip);
-  if (dp_) {
-    dp_->optimizer_step(*adamw_, lr, stats.clip_scale);  // ZeRO: shard update + all_gather
-    stats.comm_wait_s = dp_->comm_wait_seconds();
-  } else {
-    adamw_->step(ps.values().data(), ps.grads().data(), lr, stats.clip_scale);
+  for (Chunk& c : chunks_) {
+    if (c.dp) {
+      c.dp->optimizer_step(*c.adamw, lr, stats.clip_scale);  // ZeRO: shard update + all_gather
+      stats.comm_wait_s += c.dp->comm_wait_seconds();
+    } else {
+      nn::ParameterSet& ps = c.model->params();
+      c.adamw->step(ps.values().data(), ps.grads().data(), lr, stats.clip_scale);
+    }
   }
   stats.loss = reduce_loss(loss_sum);
   return stats;
+}
+
+double Engine::pipeline_eval_micro_batch(const int32_t* ids, const int32_t* targets) {
+  // Forward only, through the global chunks in order: chunk s lives on pp rank s % pp as
+  // local chunk s / pp; activations travel with blocking send/recv (no schedule needed).
+  const int P = mesh_.shape().pp, me = mesh_.coord().pp;
+  const int S = P * static_cast<int>(chunks_.size());
+  const int64_t B = micro_rows_, T = seq_len_;
+  double loss = 0.0;
+  for (int s = 0; s < S; ++s) {
+    if (s % P != me) continue;
+    const auto k = static_cast<std::size_t>(s / P);
+    nn::GPT& model = *chunks_[k].model;
+    nn::GPTActivations& acts = eval_acts_[k];
+    const auto n = static_cast<std::size_t>(model.local_rows(B * T) * config_.n_embd);
+    if (s == 0) {
+      model.embed_forward(acts, ids, B, T);
+    } else {
+      mesh_.pp().recv(std::span<float>(acts.stage_input(), n), (s - 1) % P, kEvalTag).wait();
+    }
+    model.blocks_forward(acts, B, T);
+    if (s + 1 < S) {
+      mesh_.pp().send(std::span<const float>(acts.stage_output(), n), (s + 1) % P, kEvalTag).wait();
+    } else {
+      loss = model.head_loss(acts, targets, B, T);
+    }
+  }
+  return loss;
 }
 
 double Engine::eval_loss(const BatchFn& batch) {
   const int64_t row0 = mesh_.coord().dp * rank_rows_;
   double loss_sum = 0.0;
   for (int m = 0; m < micro_batches_; ++m) {
-    batch(row0 + m * micro_rows_, micro_rows_, ids_.data(), targets_.data());
-    loss_sum += model_->forward_loss(acts_, ids_.data(), targets_.data(), micro_rows_, seq_len_);
+    batch(row0 + m * micro_rows_, micro_rows_, ids_.empty() ? mb_ids_[0].data() : ids_.data(),
+          targets_.empty() ? mb_targets_[0].data() : targets_.data());
+    if (!executor_) {
+      loss_sum += chunks_[0].model->forward_loss(acts_, ids_.data(), targets_.data(), micro_rows_, seq_len_);
+    } else {
+      loss_sum += pipeline_eval_micro_batch(mb_ids_[0].data(), mb_targets_[0].data());
+    }
   }
-  if (dp_) dp_->release_all();  // ZeRO-3: drop the groups the forward gathered
+  for (Chunk& c : chunks_) {
+    if (c.dp) c.dp->release_all();  // ZeRO-3: drop the groups the forward gathered
+  }
   return reduce_loss(loss_sum);
 }
 
@@ -177,78 +343,93 @@ void assemble_logical(comm::Mesh& mesh, const nn::ParamInfo& info, const float* 
 }  // namespace
 
 void Engine::gather_param(const std::string& name, const Shape& logical_shape, float* out) {
-  nn::ParameterSet& ps = model_->params();
-  const int id = ps.find(name);
-  // Every rank takes part, also those that do not hold `name` (another stage does).
-  nn::ParamInfo info;
-  info.name = name;
-  info.logical_shape = logical_shape;
-  if (id >= 0) info = ps.info(id);
-  if (id >= 0 && dp_ && dp_->values_sharded()) {
-    // ZeRO-3: each dp rank adds its shard's elements (zeros elsewhere).
-    std::vector<float> local(static_cast<std::size_t>(info.numel));
-    dp_->read_shard_values(id, local.data());
-    assemble_logical(mesh_, info, local.data(), owns_for_reduction(id), out);
-    return;
-  }
-  const bool contributes = id >= 0 && mesh_.coord().dp == 0 && owns_for_reduction(id);
-  assemble_logical(mesh_, info, id >= 0 ? ps.data(id) : nullptr, contributes, out);
-}
-
-void Engine::gather_optimizer_state(const std::string& name, const Shape& logical_shape, int kind,
-                                    float* out) {
-  nn::ParameterSet& ps = model_->params();
-  const int id = ps.find(name);
+  // Every rank takes part, also those that do not hold `name` (another stage does). At most
+  // one chunk of a rank counts a parameter (the last stage's wte copy never does).
   nn::ParamInfo info;
   info.name = name;
   info.logical_shape = logical_shape;
   std::vector<float> local;
-  if (id >= 0) {
+  bool contributes = false;
+  for (Chunk& c : chunks_) {
+    nn::ParameterSet& ps = c.model->params();
+    const int id = ps.find(name);
+    if (id < 0 || !owns_for_reduction(c, id)) continue;
     info = ps.info(id);
-    // The moments of [offset, offset + numel) this rank holds (all, or its ZeRO shard).
-    const FloatBuffer& state = kind == 0 ? adamw_->exp_avg() : adamw_->exp_avg_sq();
     local.assign(static_cast<std::size_t>(info.numel), 0.0f);
-    const int64_t lo = std::max(info.offset, adamw_->begin());
-    const int64_t hi = std::min(info.offset + info.numel, adamw_->end());
-    for (int64_t i = lo; i < hi; ++i) {
-      local[static_cast<std::size_t>(i - info.offset)] = state[static_cast<std::size_t>(i - adamw_->begin())];
+    if (c.dp && c.dp->values_sharded()) {
+      // ZeRO-3: each dp rank adds its shard's elements (zeros elsewhere).
+      c.dp->read_shard_values(id, local.data());
+      contributes = true;
+    } else {
+      std::memcpy(local.data(), ps.data(id), local.size() * sizeof(float));
+      contributes = mesh_.coord().dp == 0;
     }
   }
-  // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
-  const bool sharded = options_.zero >= 1;
-  const bool contributes = id >= 0 && (sharded || mesh_.coord().dp == 0) && owns_for_reduction(id);
-  assemble_logical(mesh_, info, id >= 0 ? local.data() : nullptr, contributes, out);
+  assemble_logical(mesh_, info, contributes ? local.data() : nullptr, contributes, out);
+}
+
+void Engine::gather_optimizer_state(const std::string& name, const Shape& logical_shape, int kind,
+                                    float* out) {
+  nn::ParamInfo info;
+  info.name = name;
+  info.logical_shape = logical_shape;
+  std::vector<float> local;
+  bool contributes = false;
+  for (Chunk& c : chunks_) {
+    nn::ParameterSet& ps = c.model->params();
+    const int id = ps.find(name);
+    if (id < 0 || !owns_for_reduction(c, id)) continue;
+    info = ps.info(id);
+    // The moments of [offset, offset + numel) this rank holds (all, or its ZeRO shard).
+    const FloatBuffer& state = kind == 0 ? c.adamw->exp_avg() : c.adamw->exp_avg_sq();
+    local.assign(static_cast<std::size_t>(info.numel), 0.0f);
+    const int64_t lo = std::max(info.offset, c.adamw->begin());
+    const int64_t hi = std::min(info.offset + info.numel, c.adamw->end());
+    for (int64_t i = lo; i < hi; ++i) {
+      local[static_cast<std::size_t>(i - info.offset)] = state[static_cast<std::size_t>(i - c.adamw->begin())];
+    }
+    // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
+    contributes = options_.zero >= 1 || mesh_.coord().dp == 0;
+  }
+  assemble_logical(mesh_, info, contributes ? local.data() : nullptr, contributes, out);
 }
 
 void Engine::load_param(const std::string& name, const float* logical) {
-  nn::ParameterSet& ps = model_->params();
-  const int id = ps.find(name);
-  if (id < 0) return;  // held by another stage
-  if (dp_ && dp_->values_sharded()) {
-    std::vector<float> local(static_cast<std::size_t>(ps.info(id).numel));
-    nn::scatter_logical_to_local(ps.info(id), logical, local.data());
-    dp_->write_shard_values(id, local.data());
-    return;
+  for (Chunk& c : chunks_) {
+    nn::ParameterSet& ps = c.model->params();
+    const int id = ps.find(name);
+    if (id < 0) continue;  // held by another stage
+    if (c.dp && c.dp->values_sharded()) {
+      std::vector<float> local(static_cast<std::size_t>(ps.info(id).numel));
+      nn::scatter_logical_to_local(ps.info(id), logical, local.data());
+      c.dp->write_shard_values(id, local.data());
+    } else {
+      nn::scatter_logical_to_local(ps.info(id), logical, ps.data(id));
+    }
   }
-  nn::scatter_logical_to_local(ps.info(id), logical, ps.data(id));
 }
 
 void Engine::load_optimizer_state(const std::string& name, int kind, const float* logical) {
-  nn::ParameterSet& ps = model_->params();
-  const int id = ps.find(name);
-  if (id < 0) return;
-  const nn::ParamInfo& info = ps.info(id);
-  FloatBuffer& state = kind == 0 ? adamw_->exp_avg() : adamw_->exp_avg_sq();
-  std::vector<float> local(static_cast<std::size_t>(info.numel));
-  nn::scatter_logical_to_local(info, logical, local.data());
-  const int64_t lo = std::max(info.offset, adamw_->begin());
-  const int64_t hi = std::min(info.offset + info.numel, adamw_->end());
-  for (int64_t i = lo; i < hi; ++i) {
-    state[static_cast<std::size_t>(i - adamw_->begin())] = local[static_cast<std::size_t>(i - info.offset)];
+  for (Chunk& c : chunks_) {
+    nn::ParameterSet& ps = c.model->params();
+    const int id = ps.find(name);
+    if (id < 0) continue;
+    const nn::ParamInfo& info = ps.info(id);
+    FloatBuffer& state = kind == 0 ? c.adamw->exp_avg() : c.adamw->exp_avg_sq();
+    std::vector<float> local(static_cast<std::size_t>(info.numel));
+    nn::scatter_logical_to_local(info, logical, local.data());
+    const int64_t lo = std::max(info.offset, c.adamw->begin());
+    const int64_t hi = std::min(info.offset + info.numel, c.adamw->end());
+    for (int64_t i = lo; i < hi; ++i) {
+      state[static_cast<std::size_t>(i - c.adamw->begin())] = local[static_cast<std::size_t>(i - info.offset)];
+    }
   }
 }
 
-int64_t Engine::optimizer_step() const { return adamw_->step_count(); }
-void Engine::set_optimizer_step(int64_t t) { adamw_->set_step_count(t); }
+int64_t Engine::optimizer_step() const { return chunks_.front().adamw->step_count(); }
+
+void Engine::set_optimizer_step(int64_t t) {
+  for (Chunk& c : chunks_) c.adamw->set_step_count(t);
+}
 
 }  // namespace trident::parallel

@@ -17,6 +17,7 @@
 #include "nn/gpt.h"
 #include "optim/adamw.h"
 #include "parallel/ddp_reducer.h"
+#include "parallel/pipeline/executor.h"
 
 namespace trident::parallel {
 
@@ -62,14 +63,18 @@ class Engine {
   // kind 0: exp_avg, 1: exp_avg_sq
   void gather_optimizer_state(const std::string& name, const Shape& logical_shape, int kind,
                               float* out);
-  // Every rank passes the full logical tensor and keeps its slice. Not collective.
+  // Every rank passes the full logical tensor and keeps its slice (in every chunk that holds
+  // the parameter: the tied wte lives on the first and the last stage). Not collective.
   void load_param(const std::string& name, const float* logical);
   void load_optimizer_state(const std::string& name, int kind, const float* logical);
   int64_t optimizer_step() const;
   void set_optimizer_step(int64_t t);
 
   const nn::GPTConfig& config() const { return config_; }
-  nn::GPT& model() { return *model_; }
+  // This rank's first model chunk (the whole model when pp == 1).
+  nn::GPT& model() { return *chunks_.front().model; }
+  int num_chunks() const { return static_cast<int>(chunks_.size()); }
+  nn::GPT& chunk_model(int c) { return *chunks_.at(static_cast<std::size_t>(c)).model; }
   comm::Mesh& mesh() { return mesh_; }
   MemoryTracker& tracker() { return tracker_; }
   int64_t micro_batch_rows() const { return micro_rows_; }
@@ -77,15 +82,26 @@ class Engine {
   int64_t seq_len() const { return seq_len_; }
   bool is_output_rank() const { return mesh_.rank() == 0; }
   std::string describe() const;
-  // The dp/ZeRO reducer (null when dp == 1 and zero == 0).
-  DataParallel* data_parallel() { return dp_.get(); }
+  // The dp/ZeRO reducer of the first chunk (null when dp == 1 and zero == 0).
+  DataParallel* data_parallel() { return chunks_.front().dp.get(); }
+  // The pipeline executor (null when pp == 1).
+  pp::PipelineExecutor* pipeline() { return executor_.get(); }
 
  private:
+  // One model chunk this rank holds, with its data-parallel reducer and optimizer.
+  struct Chunk {
+    std::unique_ptr<nn::GPT> model;
+    std::unique_ptr<DataParallel> dp;  // after model: destroyed first
+    std::unique_ptr<optim::AdamW> adamw;
+  };
   // Sum of squares of this rank's gradient elements that no other rank also counts.
   double local_unique_grad_sumsq() const;
-  // Whether this rank's copy of parameter `id` is the one counted/saved (replicas skip).
-  bool owns_for_reduction(int id) const;
+  // Whether this rank's copy of parameter `id` of chunk `c` is the one counted/saved.
+  bool owns_for_reduction(const Chunk& c, int id) const;
   double reduce_loss(double local_loss_sum);
+  bool holds_loss() const;  // this rank computes losses (last stage, tp rank 0)
+  void sum_tied_embedding_grads();
+  double pipeline_eval_micro_batch(const int32_t* ids, const int32_t* targets);
 
   comm::Mesh& mesh_;
   nn::GPTConfig config_;
@@ -94,11 +110,16 @@ class Engine {
   int64_t global_batch_, seq_len_, rank_rows_, micro_rows_;
   int micro_batches_;
   std::unique_ptr<nn::TensorParallelComm> tp_comm_;
-  std::unique_ptr<nn::GPT> model_;
-  std::unique_ptr<optim::AdamW> adamw_;
-  std::unique_ptr<DataParallel> dp_;  // after model_: destroyed first
-  nn::GPTActivations acts_;
+  std::vector<Chunk> chunks_;
+  std::unique_ptr<pp::PipelineExecutor> executor_;
+  // Ranks of the first and last pipeline stage with this rank's tp coordinate (all dp): where
+  // the tied embedding's two gradients are summed. Null unless pp > 1 and this rank is on one.
+  std::unique_ptr<comm::Communicator> tied_group_;
+  MPI_Comm tied_comm_ = MPI_COMM_NULL;
+  nn::GPTActivations acts_;                   // pp == 1: the micro-batch loop's activations
+  std::vector<nn::GPTActivations> eval_acts_;  // pp > 1: per chunk, for evaluation
   std::vector<int32_t> ids_, targets_;
+  std::vector<std::vector<int32_t>> mb_ids_, mb_targets_;  // pp > 1: the step's micro-batches
 };
 
 }  // namespace trident::parallel

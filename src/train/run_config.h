@@ -231,6 +231,7 @@ void for_each_field(S& o, V&& v) {
 // ---- [train]: the run itself.
 struct TrainOptions {
   int steps;              // optimizer steps to take (in total, when resuming)
+  int stop_after;         // stop (with a checkpoint) once this many steps are done; 0: at `steps`
   int64_t seed;           // weights, data order and dropout all derive from it (>= 0; TOML integers are int64)
   std::string init_from;  // directory with model.safetensors + config.json to start from
   std::string resume;     // checkpoint directory to continue from (DIR/latest)
@@ -247,6 +248,8 @@ template <class S, class V>
 void for_each_field(S& o, V&& v) {
   v(field("steps", 100, "optimizer steps in the whole run (a resumed run counts from its checkpoint)")
         .at_least(1).alias("max_steps max_iters iters num_steps train_iters train_steps iterations"), o.steps);
+  v(field("stop_after", 0, "stop (and checkpoint) after this many steps; the LR schedule still spans --steps, so --resume continues it exactly")
+        .at_least(0).shown_as("0 = run to --steps").alias("stop_at halt_after"), o.stop_after);
   v(field("seed", int64_t{1337}, "seeds weights, data order and dropout").at_least(0)
         .alias("random_seed rng_seed"), o.seed);
   v(field("init_from", "", "start from a directory holding model.safetensors and config.json")

@@ -152,7 +152,10 @@ void run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   const int64_t tokens_per_step = static_cast<int64_t>(cfg.data.batch_size) * cfg.data.seq_len;
   Stopwatch run_clock;
   double last_loss = NAN;
-  for (int64_t step = start_step; step < cfg.train.steps; ++step) {
+  // --stop-after ends this invocation early; the schedule still spans --steps.
+  const int64_t end_step = cfg.train.stop_after > 0 ? std::min<int64_t>(cfg.train.stop_after, cfg.train.steps)
+                                                    : cfg.train.steps;
+  for (int64_t step = start_step; step < end_step; ++step) {
     const float lr = schedule.at(step);
     tracker.reset_peaks();
     Stopwatch step_clock;
@@ -177,7 +180,7 @@ void run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                            {"step_ms", step_s * 1e3},
                            {"mfu", tps * flops_per_token / peak_flops},
                            {"memory", memory_json(tracker)}};
-    const bool eval_now = eval_batches && (done % cfg.data.eval_every == 0 || done == cfg.train.steps);
+    const bool eval_now = eval_batches && (done % cfg.data.eval_every == 0 || done == end_step);
     if (eval_now) {
       const double val = evaluate(engine, *eval_batches);
       line["val_loss"] = val;
@@ -187,24 +190,24 @@ void run_training(const RunConfig& cfg, comm::Mesh& mesh) {
       metrics << line.dump() << "\n";
       metrics.flush();
     }
-    if (done % cfg.train.log_every == 0 || done == cfg.train.steps) {
+    if (done % cfg.train.log_every == 0 || done == end_step) {
       const double elapsed = run_clock.seconds();
-      const double eta = elapsed / static_cast<double>(done - start_step) * static_cast<double>(cfg.train.steps - done);
+      const double eta = elapsed / static_cast<double>(done - start_step) * static_cast<double>(end_step - done);
       progress.update(done, cfg.train.steps, stats.loss, lr, tps, eta);
     }
     if (!cfg.train.ckpt_dir.empty() && cfg.train.ckpt_every > 0 && done % cfg.train.ckpt_every == 0 &&
-        done != cfg.train.steps) {
+        done != end_step) {
       progress.note("saved " + save(done));
     }
   }
   progress.finish();
-  if (!cfg.train.ckpt_dir.empty() && start_step < cfg.train.steps) {
-    const std::string dir = save(cfg.train.steps);
+  if (!cfg.train.ckpt_dir.empty() && start_step < end_step) {
+    const std::string dir = save(end_step);
     if (lead) fmt::print(stderr, "saved {}\n", dir);
   }
   if (lead) {
-    fmt::print(stderr, "done: {} steps, final loss {:.4f}, {:.1f} s\nmemory (peak per rank 0):\n{}",
-               cfg.train.steps, last_loss, run_clock.seconds(), tracker.report());
+    fmt::print(stderr, "done: step {} of {}, final loss {:.4f}, {:.1f} s\nmemory (peak per rank 0):\n{}",
+               end_step, cfg.train.steps, last_loss, run_clock.seconds(), tracker.report());
   }
 }
 

@@ -63,7 +63,7 @@ PipelineExecutor::PipelineExecutor(comm::Communicator& pp_group, std::vector<nn:
               "pp rank {} chunk {} is global stage {} of {}: it must {}hold the embedding and "
               "{}hold the head (build it from partition_layers().chunk(rank, chunk))",
               rank_, c, s, S, s == 0 ? "" : "not ", s == S - 1 ? "" : "not ");
-    TRI_CHECK(g->params().total_numel() == 0 || g->params().values().size() > 0,
+    TRI_CHECK(g->params().total_numel() == 0 || g->params().allocated(),
               "pp rank {} chunk {}: allocate() the model before building the executor", rank_, c);
     hooks_.push_back(std::make_unique<ChunkHooks>());
     g->set_hooks(hooks_.back().get());

@@ -1,0 +1,79 @@
+"""Resharding (issue 8): a checkpoint written by one layout resumes at another and training
+continues as if uninterrupted: N steps at layout X, save, N steps at layout Y equals 2N steps
+at layout X within fp32 tolerance (losses of steps N+1..2N and the final weights).
+
+Tolerances as in layout_matrix_test.py: layouts differ only in summation order, so losses
+agree to ~1e-6 relative (bound 2e-5) and weights within 1% of Adam's step budget sum(lr)."""
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import check, finish, mpirun, read_metrics, run, synthetic_tokens, trident, write_shard  # noqa: E402
+import safetensors_stdlib as st  # noqa: E402
+
+N = 3
+LR = 3e-3
+# (name, layout X flags, layout Y flags)
+PAIRS = [
+    ("tp4 -> tp1", "--tp 4", ""),
+    ("pp2 -> pp4", "--pp 2 --schedule 1f1b", "--pp 4 --schedule gpipe"),
+    ("dp2 zero3 -> dp4 zero0", "--dp 2 --zero 3", "--dp 4 --zero 0"),
+    ("dp2 x tp2 x pp2 -> dp4 x tp2", "--dp 2 --tp 2 --pp 2", "--dp 4 --tp 2"),
+    ("single -> dp2 x pp2 interleaved zero1", "", "--dp 2 --pp 2 --schedule interleaved --virtual-stages 2 --zero 1"),
+    ("tp2 sequence-parallel -> pp2 x tp2", "--tp 2 --sequence-parallel", "--pp 2 --tp 2"),
+]
+
+
+def world(flags):
+    f = flags.split()
+    size = 1
+    for k in ("--dp", "--tp", "--pp"):
+        if k in f:
+            size *= int(f[f.index(k) + 1])
+    return size
+
+
+def launch(T, flags, args):
+    n = world(flags)
+    cmd = ([mpirun(), "-n", str(n)] if n > 1 else []) + [T] + args + flags.split()
+    return run(cmd, env={"TRIDENT_COMM_TIMEOUT": "120"})
+
+
+def main():
+    build = sys.argv[1]
+    T = trident(build)
+    with tempfile.TemporaryDirectory() as d:
+        write_shard(f"{d}/syn_train.bin", synthetic_tokens(30000, 1000, 21))
+        write_shard(f"{d}/syn_val.bin", synthetic_tokens(3000, 1000, 22))
+        common = ["train", "--model", "tiny", "--data", f"{d}/syn", "--batch-size", "16", "--seq-len", "32",
+                  "--steps", str(2 * N), "--lr", str(LR), "--warmup-steps", "1", "--eval-every", "0",
+                  "--seed", "9", "--micro-batches", "4", "--log-every", "100"]
+        for i, (name, x, y) in enumerate(PAIRS):
+            ref, part = f"{d}/ref{i}", f"{d}/part{i}"
+            rc, _, err = launch(T, x, common + ["--ckpt-dir", ref, "--metrics", f"{ref}.jsonl"])
+            if rc:
+                check(f"{name}: uninterrupted run at X", False, err.strip()[-1200:])
+                continue
+            rc, _, err = launch(T, x, common + ["--ckpt-dir", part, "--stop-after", str(N)])
+            if rc:
+                check(f"{name}: first half at X", False, err.strip()[-1200:])
+                continue
+            rc, _, err = launch(T, y, common + ["--ckpt-dir", part, "--resume", part,
+                                                "--metrics", f"{part}.jsonl"])
+            if rc:
+                check(f"{name}: second half at Y", False, err.strip()[-1200:])
+                continue
+            a = [m["loss"] for m in read_metrics(f"{ref}.jsonl")][N:]
+            b = [m["loss"] for m in read_metrics(f"{part}.jsonl")]
+            dev = max(abs(p - q) / abs(p) for p, q in zip(a, b)) if len(a) == len(b) == N else float("inf")
+            w, where = st.max_abs_diff(st.load(f"{ref}/step_{2 * N:08d}/model.safetensors"),
+                                       st.load(f"{part}/step_{2 * N:08d}/model.safetensors"))
+            print(f"{name:<40} loss rel dev {dev:.2e}  weight abs dev {w:.2e} ({where})", flush=True)
+            check(f"{name}: losses continue", dev < 2e-5, f"{a} vs {b}")
+            check(f"{name}: final weights", w < 0.01 * 2 * N * LR, f"{w:.2e} at {where}")
+
+
+if __name__ == "__main__":
+    main()
+    finish()
