@@ -46,9 +46,13 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                         const float* rstd, int64_t N, int64_t C) {
   detail::KernelTimer timer(KernelOp::kLayerNorm, true, N, C);
   TRI_CHECK(N >= 0 && C > 0, "layernorm_backward: bad sizes N={} C={}", N, C);
+  // One parallel region for both passes (one fork/join per call instead of two).
+  const int64_t nblocks = (C + kColBlock - 1) / kColBlock;
+#pragma omp parallel
+  {
   // dinp, row by row: with xhat = (x - mean) * rstd and g = weight * dout,
   // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t n = 0; n < N; ++n) {
     const float* x = inp + n * C;
     const float* dy = dout + n * C;
@@ -72,9 +76,9 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     }
   }
   // dweight += sum_n dout * xhat, dbias += sum_n dout: parallel over channel blocks, rows in
-  // order, so the sums do not depend on the thread count.
-  const int64_t nblocks = (C + kColBlock - 1) / kColBlock;
-#pragma omp parallel for schedule(static)
+  // order, so the sums do not depend on the thread count. Independent of the dinp pass
+  // (it reads only inputs; dinp never aliases dout or inp), hence the nowait above.
+#pragma omp for schedule(static)
   for (int64_t blk = 0; blk < nblocks; ++blk) {
     const int64_t c0 = blk * kColBlock;
     const int64_t c1 = std::min(C, c0 + kColBlock);
@@ -96,6 +100,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
       dbias[c] += db[c - c0];
     }
   }
+  }  // omp parallel
 }
 
 }  // namespace trident::kernels
