@@ -30,9 +30,9 @@ void sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t
 }
 
 // Runs f(i) for i in [0, count). With enough independent heads for every thread, the heads
-// are spread over OpenMP threads and OpenBLAS is held at one thread meanwhile (its own pool
-// would otherwise fight the OpenMP threads for the same cores); otherwise the heads run in
-// order and each sgemm uses all BLAS threads.
+// are spread over OpenMP threads with single-threaded sgemm inside; otherwise they run in
+// order. (OpenBLAS is normally at one thread already: kernels::set_num_threads and
+// matmul.cpp keep it there; the set/restore below covers callers that changed it.)
 template <class F>
 void for_each_head(int64_t count, F&& f) {
   const int threads = omp_get_max_threads();

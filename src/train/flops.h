@@ -12,8 +12,10 @@ namespace trident::train {
 
 double training_flops_per_token(const nn::GPTConfig& cfg, int64_t seq_len);
 
-// Measured sgemm throughput (FLOP/s) of this process with its current thread count: the
-// "peak" MFU is reported against (an honest, achievable ceiling on this machine).
+// Measured sgemm throughput (FLOP/s) of OpenBLAS's own threading with omp_get_max_threads()
+// threads, 1024^3 products: the "peak" MFU is reported against (an honest, achievable ceiling
+// on this machine). The training kernels keep OpenBLAS at one thread and split each sgemm over
+// the OpenMP threads themselves (kernels/matmul.cpp); the probe restores that setting.
 double measure_sgemm_flops(double seconds = 0.3);
 
 }  // namespace trident::train
