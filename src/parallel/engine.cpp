@@ -66,6 +66,8 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
     po.pp = shape.pp;
     po.virtual_stages = V;
     const pp::Partition part = pp::partition_layers(config_.n_layer, po);
+    partition_text_ = part.describe();
+    if (!partition_text_.empty() && partition_text_.back() == '\n') partition_text_.pop_back();
     stages.clear();
     for (int c = 0; c < V; ++c) stages.push_back(part.chunk(mesh_.coord().pp, c));
   } else {
@@ -131,8 +133,9 @@ std::string Engine::describe() const {
       micro_batches_, micro_rows_);
   if (executor_) {
     text += fmt::format("; schedule {}", executor_->spec().describe());
-    if (options_.sequence_parallel) text += ", sequence parallel";
   }
+  if (options_.sequence_parallel) text += ", sequence parallel";
+  if (!partition_text_.empty()) text += "\n" + partition_text_;
   return text;
 }
 

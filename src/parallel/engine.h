@@ -118,6 +118,7 @@ class Engine {
   MPI_Comm tied_comm_ = MPI_COMM_NULL;
   nn::GPTActivations acts_;                   // pp == 1: the micro-batch loop's activations
   std::vector<nn::GPTActivations> eval_acts_;  // pp > 1: per chunk, for evaluation
+  std::string partition_text_;  // pp > 1: which layers each stage holds, for start-up logs
   std::vector<int32_t> ids_, targets_;
   std::vector<std::vector<int32_t>> mb_ids_, mb_targets_;  // pp > 1: the step's micro-batches
 };

@@ -51,7 +51,7 @@ Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel
              "M={}); raise --memory-per-rank, use more ranks, or shrink --batch-size/--seq-len",
              req.world, format_bytes(req.memory_per_rank), format_bytes(s.memory.worst().total()),
              s.layout.shape(), s.layout.zero,
-             s.layout.pp > 1 ? " " + s.layout.schedule_name() : std::string(), s.layout.micro_batches);
+             s.layout.pp > 1 ? fmt::format(" {}", s.layout.schedule_name()) : std::string(), s.layout.micro_batches);
   }
   return plan;
 }

@@ -74,6 +74,41 @@ def main():
             check(f"{name}: final weights", w < 0.01 * 2 * N * LR, f"{w:.2e} at {where}")
 
 
+
+
+def hf_directory_into_layouts(build):
+    """A Hugging Face-style directory (only model.safetensors + config.json) initialises any
+    layout: the first validation loss is the same at every layout."""
+    import shutil
+    T = trident(build)
+    with tempfile.TemporaryDirectory() as d:
+        write_shard(f"{d}/syn_train.bin", synthetic_tokens(30000, 1000, 31))
+        write_shard(f"{d}/syn_val.bin", synthetic_tokens(3000, 1000, 32))
+        common = ["train", "--model", "tiny", "--data", f"{d}/syn", "--batch-size", "8", "--seq-len", "32",
+                  "--micro-batches", "2", "--log-every", "100", "--eval-batches", "2"]
+        rc, _, err = launch(T, "", common + ["--steps", "2", "--ckpt-dir", f"{d}/src", "--eval-every", "0"])
+        check("source run for the HF-style directory", rc == 0, err[-800:] if rc else "")
+        if rc:
+            return
+        os.makedirs(f"{d}/hf")
+        for f in ("model.safetensors", "config.json"):
+            shutil.copy(f"{d}/src/step_00000002/{f}", f"{d}/hf/{f}")
+        vals = {}
+        for flags in ["", "--tp 2 --pp 2", "--dp 2 --pp 2 --zero 3", "--tp 4"]:
+            rc, _, err = launch(T, flags, common + ["--init-from", f"{d}/hf", "--steps", "1", "--lr", "1e-12",
+                                                    "--eval-every", "1", "--metrics", f"{d}/m.jsonl"])
+            if rc:
+                check(f"HF-style directory into layout '{flags}'", False, err.strip()[-800:])
+                continue
+            vals[flags] = read_metrics(f"{d}/m.jsonl")[0]["val_loss"]
+        base = vals.get("")
+        for flags, v in vals.items():
+            if flags:
+                check(f"HF-style directory into layout '{flags}' evaluates like single-process",
+                      base is not None and abs(v - base) < 2e-5 * base, f"{v:.7f} vs {base}")
+
+
 if __name__ == "__main__":
     main()
+    hf_directory_into_layouts(sys.argv[1])
     finish()

@@ -14,6 +14,7 @@
 #include "comm/mesh.h"
 #include "comm/runtime.h"
 #include "core/check.h"
+#include "mpi_gtest_main.h"
 
 namespace trident::comm {
 namespace {
@@ -347,38 +348,4 @@ TEST(Comm, CheckSameAcrossRanks) {
 }  // namespace
 }  // namespace trident::comm
 
-// Prints failures with the rank on ranks > 0 (rank 0 keeps gtest's normal output).
-class RankFailurePrinter : public testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const testing::TestPartResult& result) override {
-    if (result.failed()) {
-      std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, result.file_name(),
-                   result.line_number(), result.summary());
-    }
-  }
-
- private:
-  int rank_;
-};
-
-int main(int argc, char** argv) {
-  trident::comm::MpiRuntime mpi(&argc, &argv);
-  testing::InitGoogleTest(&argc, argv);
-  if (mpi.world_rank() != 0) {
-    auto& listeners = testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new RankFailurePrinter(mpi.world_rank()));
-  }
-  int failed = 0;
-  try {
-    failed = RUN_ALL_TESTS() != 0;
-  } catch (const std::exception& e) {
-    trident::comm::abort_job(e.what(), 2);
-  }
-  // Every rank exits non-zero if any rank failed.
-  int any_failed = 0;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (any_failed && mpi.world_rank() == 0) std::fprintf(stderr, "a test failed on some rank\n");
-  return any_failed;
-}
+int main(int argc, char** argv) { return trident::test::run_tests_on_every_rank(argc, argv); }

@@ -30,6 +30,7 @@
 #include "core/rng.h"
 #include "nn/gpt_config.h"
 #include "parallel/engine.h"
+#include "mpi_gtest_main.h"
 
 namespace trident::parallel {
 namespace {
@@ -221,8 +222,12 @@ TEST(DpBuckets, ReverseOrderCoversEveryParameterOnce) {
       expect_last = s.first - 1;
     }
     EXPECT_EQ(expect_hi, 0);
-    if (cap == 1) EXPECT_EQ(static_cast<int>(b.size()), ps.size());
-    if (cap > ps.total_numel()) EXPECT_EQ(b.size(), 1u);
+    if (cap == 1) {
+      EXPECT_EQ(static_cast<int>(b.size()), ps.size());
+    }
+    if (cap > ps.total_numel()) {
+      EXPECT_EQ(b.size(), 1u);
+    }
   }
 }
 
@@ -355,38 +360,9 @@ TEST(DpBadInput, RanksWithDifferentConfigsAreNamed) {
 }  // namespace
 }  // namespace trident::parallel
 
-class RankFailurePrinter : public testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const testing::TestPartResult& result) override {
-    if (result.failed()) {
-      std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, result.file_name(),
-                   result.line_number(), result.summary());
-    }
-  }
-
- private:
-  int rank_;
-};
-
 int main(int argc, char** argv) {
-  trident::comm::MpiRuntime mpi(&argc, &argv);
-  testing::InitGoogleTest(&argc, argv);
-  if (mpi.world_rank() != 0) {
-    auto& listeners = testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new RankFailurePrinter(mpi.world_rank()));
-  }
-  int failed = 0;
-  try {
-    failed = RUN_ALL_TESTS() != 0;
-  } catch (const std::exception& e) {
-    trident::comm::abort_job(e.what(), 2);
-  }
-  trident::parallel::g_world_mesh.reset();
-  trident::parallel::g_self_mesh.reset();
-  int any_failed = 0;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (any_failed && mpi.world_rank() == 0) std::fprintf(stderr, "a test failed on some rank\n");
-  return any_failed;
+  return trident::test::run_tests_on_every_rank(argc, argv, {}, [] {
+    trident::parallel::g_world_mesh.reset();
+    trident::parallel::g_self_mesh.reset();
+  });
 }

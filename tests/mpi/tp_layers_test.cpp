@@ -29,6 +29,7 @@
 #include "kernels/kernels.h"
 #include "nn/gpt.h"
 #include "parallel/tensor_parallel_comm.h"
+#include "mpi_gtest_main.h"
 
 namespace trident {
 namespace {
@@ -345,47 +346,24 @@ TEST(TensorParallel, BadInputGivesClearErrors) {
 }  // namespace
 }  // namespace trident
 
-// Prints failures with the rank on ranks > 0 (rank 0 keeps gtest's normal output).
-class RankFailurePrinter : public testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const testing::TestPartResult& result) override {
-    if (result.failed()) {
-      std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, result.file_name(),
-                   result.line_number(), result.summary());
-    }
-  }
-
- private:
-  int rank_;
-};
-
 int main(int argc, char** argv) {
-  trident::comm::MpiRuntime mpi(&argc, &argv);
-  testing::InitGoogleTest(&argc, argv);
-  if (mpi.world_rank() != 0) {
-    auto& listeners = testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new RankFailurePrinter(mpi.world_rank()));
-  }
-  int failed = 0;
-  try {
-    trident::kernels::set_num_threads(1);
-    // Tests must never hang: any collective waiting past 30 s aborts the whole job.
-    trident::comm::CommOptions options;
-    options.timeout_s = 30.0;
-    options.on_timeout = trident::comm::TimeoutAction::kAbort;
-    trident::comm::Mesh mesh(MPI_COMM_WORLD, {1, 1, mpi.world_size()}, options);
-    trident::g_mesh = &mesh;
-    trident::g_tp = std::make_unique<trident::parallel::CommTensorParallel>(mesh.tp());
-    failed = RUN_ALL_TESTS() != 0;
-    trident::g_tp.reset();
-  } catch (const std::exception& e) {
-    trident::comm::abort_job(e.what(), 2);
-  }
-  // Every rank exits non-zero if any rank failed.
-  int any_failed = 0;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (any_failed && mpi.world_rank() == 0) std::fprintf(stderr, "a test failed on some rank\n");
-  return any_failed;
+  std::unique_ptr<trident::comm::Mesh> mesh;
+  return trident::test::run_tests_on_every_rank(
+      argc, argv,
+      [&] {
+        trident::kernels::set_num_threads(1);
+        // Tests must never hang: any collective waiting past 30 s aborts the whole job.
+        trident::comm::CommOptions options;
+        options.timeout_s = 30.0;
+        options.on_timeout = trident::comm::TimeoutAction::kAbort;
+        int world = 1;
+        MPI_Comm_size(MPI_COMM_WORLD, &world);
+        mesh = std::make_unique<trident::comm::Mesh>(MPI_COMM_WORLD, trident::comm::MeshShape{1, 1, world}, options);
+        trident::g_mesh = mesh.get();
+        trident::g_tp = std::make_unique<trident::parallel::CommTensorParallel>(mesh->tp());
+      },
+      [&] {
+        trident::g_tp.reset();
+        mesh.reset();
+      });
 }
