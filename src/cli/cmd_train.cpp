@@ -12,8 +12,7 @@ namespace trident::cli {
 
 int run_train(int argc, char** argv) {
   if (train::run_config_wants_help(argc, argv)) {
-    fmt::print("usage: trident train [--config FILE.toml] [--option value ...]\n\n{}",
-               train::run_config_help());
+    fmt::print("{}", train::run_config_help());
     return 0;
   }
   const train::RunConfig cfg = train::parse_run_config(argc, argv);

@@ -72,9 +72,20 @@ double evaluate(parallel::Engine& engine, const data::EvalBatches& batches) {
   return sum / static_cast<double>(batches.num_batches());
 }
 
+// A resumed run may leave out --data: the checkpoint's run configuration names the shards.
+RunConfig with_data_from_checkpoint(RunConfig cfg) {
+  if (!cfg.data.data.empty() || cfg.train.resume.empty()) return cfg;
+  const ckpt::LoadedCheckpoint loaded = ckpt::load_checkpoint(cfg.train.resume);
+  if (loaded.trident.is_object() && loaded.trident.contains("run_config")) {
+    cfg.data.data = run_config_from_json(loaded.trident["run_config"]).data.data;
+  }
+  return cfg;
+}
+
 }  // namespace
 
-void run_training(const RunConfig& cfg, comm::Mesh& mesh) {
+void run_training(const RunConfig& given, comm::Mesh& mesh) {
+  const RunConfig cfg = with_data_from_checkpoint(given);
   const bool lead = mesh.rank() == 0;
   if (cfg.train.threads > 0) kernels::set_num_threads(cfg.train.threads);
   comm::check_same_across_ranks(mesh.world(), "the run configuration", run_config_hash(cfg));
@@ -82,6 +93,7 @@ void run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   const nn::GPTConfig model_cfg = model_config_for(cfg);
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
                                     "and PREFIX_val.bin, written by `trident prepare`)");
+  if (lead && given.data.data.empty()) fmt::print(stderr, "data: {} (from the checkpoint)\n", cfg.data.data);
   const data::TokenShard train_shard =
       data::TokenShard::open(cfg.data.data + "_train.bin", model_cfg.vocab_size);
   std::optional<data::TokenShard> val_shard;

@@ -47,6 +47,11 @@ def main():
         for f in ["model.safetensors", "optimizer.safetensors"]:
             check(f"final {f} bitwise identical", filecmp.cmp(f"{d}/a/step_00000008/{f}",
                                                               f"{d}/b/step_00000008/{f}", shallow=False))
+        # A resumed run may leave out --data: the checkpoint's run configuration names it.
+        rc, _, err = run([T, "train", "--model", "tiny", "--batch-size", "4", "--seq-len", "32", "--steps", "10",
+                          "--eval-every", "0", "--resume", f"{d}/b", "--ckpt-dir", f"{d}/b"])
+        check("resume without --data reads the shards named in the checkpoint",
+              rc == 0 and "(from the checkpoint)" in err, err[-800:])
         # --init-from takes the weights only. With a negligible learning rate (Adam moves each
         # weight by ~lr = 1e-12) the validation loss after one step equals the checkpoint's.
         rc, _, err = run([T, "train", "--init-from", f"{d}/a/step_00000008", "--data", f"{d}/syn",
