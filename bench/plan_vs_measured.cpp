@@ -1,8 +1,10 @@
 // Planner vs measurement: for a model on N ranks (default: the `small` preset on 8 ranks of
 // this machine), runs `trident train` under scripts/trident-mpirun for a set of layouts, reads
 // tokens/s from the metrics JSON lines (the first step, warm-up, dropped) and prints it next
-// to the planner's prediction (plan/planner.h, compute costs measured here as `trident plan`
-// does) and against the single-process run (one rank with all cores). A layout the engine
+// to the planner's prediction and against the single-process run (one rank with all cores).
+// The predictions for the N-rank layouts come from `trident plan` run first under
+// scripts/trident-mpirun -n N (--json), i.e. calibrated with all N ranks measuring together
+// (plan/calibrate.h); the single-process one from the planner in this process, alone. A layout the engine
 // rejects prints "unsupported" with its error. Slow on 2 cores: a few steps each.
 //
 //   build/bench/plan_vs_measured [--model small] [--world 8] [--steps 3] [--seq-len 128]
@@ -24,6 +26,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/timer.h"
 #include "plan/planner.h"
 
 namespace fs = std::filesystem;
@@ -36,6 +39,11 @@ struct Args {
   std::string mpirun = "scripts/trident-mpirun", layouts, out_dir = "runs/bench_plan";
   int world = 8, steps = 3, cores = 0;
   int64_t seq = 128, batch = 8;
+};
+
+struct Predicted {
+  plan::Layout layout;
+  double tokens_per_s = 0, memory_bytes = 0;
 };
 
 struct Measured {
@@ -152,20 +160,48 @@ int main(int argc, char** argv) {
     machine.cores = cores;
     machine.threads_per_rank = std::max(1, cores / a.world);
     machine.comm.bandwidth = plan::measure_memcpy_bandwidth() / 2;
-    plan::MeasuredComputeModel compute(req.model, machine.threads_per_rank);
-    const plan::Plan p = plan::make_plan(req, compute, machine);
+
+    // The calibrated plan: all N ranks measure together under mpirun.
+    fs::create_directories(a.out_dir);
+    const std::string plan_json = a.out_dir + "/plan.jsonl", plan_log = a.out_dir + "/plan.log";
+    const std::string plan_cmd = fmt::format(
+        "{} -n {} {} plan --model {} --world {} --batch-size {} --seq-len {} --cores {} --all --json {} > {} 2>&1",
+        a.mpirun, a.world, a.trident, a.model, a.world, a.batch, a.seq, cores, plan_json, plan_log);
+    fmt::print(stderr, "  running {}\n", plan_cmd);
+    Stopwatch plan_sw;
+    TRI_CHECK(std::system(plan_cmd.c_str()) == 0, "the calibrated planner failed: {}",
+              first_error(read_file(plan_log)));
+    const double plan_s = plan_sw.seconds();
+    std::vector<Predicted> rows;  // rank order
+    {
+      std::ifstream f(plan_json);
+      std::string line;
+      while (std::getline(f, line)) {
+        const auto j = nlohmann::json::parse(line);
+        if (!j.at("fits").get<bool>()) continue;
+        Predicted r;
+        r.layout.dp = j.at("dp"), r.layout.tp = j.at("tp"), r.layout.pp = j.at("pp");
+        r.layout.zero = j.at("zero");
+        r.layout.schedule = pp::parse_schedule_kind(j.at("schedule").get<std::string>());
+        r.layout.virtual_stages = j.at("virtual_stages"), r.layout.micro_batches = j.at("micro_batches");
+        r.layout.sequence_parallel = j.at("sequence_parallel");
+        r.tokens_per_s = j.at("tokens_per_s"), r.memory_bytes = j.at("memory_bytes");
+        rows.push_back(r);
+      }
+    }
+    TRI_CHECK(!rows.empty(), "the calibrated planner wrote no rows to {}", plan_json);
 
     // Which layouts: given, or per dp x tp x pp shape the best 1F1B (or only) schedule with
     // ZeRO 0 and its best M, plus ZeRO 1 and 3 of the widest dp.
-    std::vector<plan::Layout> layouts;
-    auto best_for = [&](plan::Layout want) -> std::optional<plan::Layout> {
-      for (const plan::PlanRow& r : p.rows) {  // ranked: the first match has the best M
+    std::vector<Predicted> layouts;
+    auto best_for = [&](plan::Layout want) -> std::optional<Predicted> {
+      for (const Predicted& r : rows) {  // ranked: the first match has the best M
         const plan::Layout& l = r.layout;
         if (l.dp == want.dp && l.tp == want.tp && l.pp == want.pp && l.zero == want.zero &&
             (l.pp == 1 || (l.schedule == want.schedule && l.virtual_stages == want.virtual_stages)) &&
             (want.micro_batches == 0 || l.micro_batches == want.micro_batches) &&
             l.sequence_parallel == want.sequence_parallel) {
-          return l;
+          return r;
         }
       }
       return std::nullopt;
@@ -177,7 +213,7 @@ int main(int argc, char** argv) {
       while (std::getline(in, item, ';')) wanted.push_back(parse_layout(item));
     } else {
       std::map<std::tuple<int, int, int>, bool> shapes;
-      for (const plan::PlanRow& r : p.rows) shapes[{r.layout.dp, r.layout.tp, r.layout.pp}] = true;
+      for (const Predicted& r : rows) shapes[{r.layout.dp, r.layout.tp, r.layout.pp}] = true;
       for (const auto& [s, _] : shapes) {
         plan::Layout l;
         l.dp = std::get<0>(s), l.tp = std::get<1>(s), l.pp = std::get<2>(s), l.micro_batches = 0;
@@ -214,30 +250,31 @@ int main(int argc, char** argv) {
     const Measured single = run(a, "single", "", fmt::format("--threads {}", cores));
 
     fmt::print("\n{} on {} ranks ({} cores), batch {} x seq {}, {} steps (first dropped); "
-               "compute costs measured in {:.1f} s\n",
-               a.model, a.world, cores, a.batch, a.seq, a.steps,
-               compute.calibration_seconds() + compute1.calibration_seconds());
+               "calibrated plan under mpirun -n {} took {:.1f} s, single-process costs {:.1f} s\n",
+               a.model, a.world, cores, a.batch, a.seq, a.steps, a.world, plan_s,
+               compute1.calibration_seconds());
     fmt::print("{:<42} {:>10} {:>10} {:>8} {:>9} {:>10} {:>10}\n", "layout (trident train flags)",
                "pred tok/s", "meas tok/s", "meas/pred", "vs single", "pred MiB", "meas MiB*");
-    auto row = [&](const std::string& name, const plan::PlanRow& pr, const Measured& m) {
+    auto row = [&](const std::string& name, double pred_tok, double pred_bytes, const Measured& m) {
       if (!m.ok) {
-        fmt::print("{:<42} {:>10.0f} {:>10} {:>8} {:>9} {:>10.1f}   {}\n", name, pr.step.tokens_per_s,
-                   "unsupported", "-", "-", pr.memory.worst().total() / 1048576.0, m.error);
+        fmt::print("{:<42} {:>10.0f} {:>10} {:>8} {:>9} {:>10.1f}   {}\n", name, pred_tok,
+                   "unsupported", "-", "-", pred_bytes / 1048576.0, m.error);
         return;
       }
       fmt::print("{:<42} {:>10.0f} {:>10.0f} {:>8.2f} {:>9} {:>10.1f} {:>10.1f}\n", name,
-                 pr.step.tokens_per_s, m.tokens_per_s, m.tokens_per_s / pr.step.tokens_per_s,
+                 pred_tok, m.tokens_per_s, m.tokens_per_s / pred_tok,
                  single.ok ? fmt::format("{:.2f}x", m.tokens_per_s / single.tokens_per_s) : "-",
-                 pr.memory.worst().total() / 1048576.0, m.peak_mib);
+                 pred_bytes / 1048576.0, m.peak_mib);
     };
-    row(fmt::format("single process ({} threads)", cores), single_pred, single);
-    for (const plan::Layout& l : layouts) {
-      const plan::PlanRow pr = plan::predict_layout(req, l, compute, machine);
+    row(fmt::format("single process ({} threads)", cores), single_pred.step.tokens_per_s,
+        single_pred.memory.worst().total(), single);
+    for (const Predicted& pr : layouts) {
+      const plan::Layout& l = pr.layout;
       std::string name = l.train_flags();
       const Measured m = run(a, fmt::format("dp{}_tp{}_pp{}_z{}_{}_m{}", l.dp, l.tp, l.pp, l.zero,
                                             pp::to_string(l.schedule), l.micro_batches),
                              a.mpirun + " -n " + std::to_string(a.world), name);
-      row(name, pr, m);
+      row(name, pr.tokens_per_s, pr.memory_bytes, m);
       std::fflush(stdout);
     }
     fmt::print("* measured MiB: world rank 0's peak (pp stage 0); predicted: the worst stage\n");

@@ -2,17 +2,26 @@
 // layouts (with ZeRO stage, schedule and micro-batches) that fit, with predicted per-rank
 // memory by category and predicted step time, ranked by tokens/s. Compute costs are measured
 // here, once, on one thread per rank (plan/cost_model.h); the models are in src/plan/.
+// Under mpirun with W > 1 ranks (scripts/trident-mpirun -n W), all ranks measure together:
+// compute while every rank computes, and the links with real allreduces and messages
+// between the ranks (plan/calibrate.h), so oversubscribed cores are priced in; rank 0 prints.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <memory>
 #include <string>
 #include <thread>
 
 #include "cli/commands.h"
+#include "comm/communicator.h"
+#include "comm/runtime.h"
 #include "core/check.h"
+#include "plan/calibrate.h"
 #include "plan/planner.h"
 #include "train/run_config.h"
 
@@ -54,6 +63,7 @@ int run_plan(int argc, char** argv) {
   int64_t batch = 8, seq = 0;
   double bucket_mb = 25.0, link_gbps = 0, latency_us = 20, flops = 0;
   bool sp = false, all = false, no_overlap = false;
+  std::string json_out;
   app.add_option("--model", model, "preset (tiny, small, gpt2, gpt2-medium) or a config.json")->capture_default_str();
   app.add_option("--world", world, "ranks (dp * tp * pp)")->required();
   app.add_option("--memory-per-rank", memory, "bytes each rank may use (e.g. 2GiB); 0: unlimited")->capture_default_str();
@@ -64,17 +74,30 @@ int run_plan(int argc, char** argv) {
   app.add_option("--bucket-mb", bucket_mb, "DDP/ZeRO gradient bucket size, MiB")->capture_default_str();
   app.add_option("--cores", cores, "cores all ranks share (one machine)")->capture_default_str();
   app.add_option("--threads", threads, "threads per rank; default: max(1, cores / world)");
-  app.add_option("--link-gbps", link_gbps, "link bandwidth in Gbit/s; default: measured memcpy / 2 (shared memory)");
-  app.add_option("--latency-us", latency_us, "per-message latency, microseconds")->capture_default_str();
+  app.add_option("--link-gbps", link_gbps,
+                 "link bandwidth in Gbit/s; default: measured (under mpirun: pair allreduces of 16 MiB; "
+                 "alone: memcpy / 2)");
+  app.add_option("--latency-us", latency_us,
+                 "per-message latency, microseconds; default: measured under mpirun, else 20")->capture_default_str();
   app.add_option("--flops", flops, "use this FLOP/s per rank instead of timing the model here");
   app.add_flag("--no-overlap", no_overlap, "dp communication does not overlap backward");
   app.add_flag("--all", all, "show every micro-batch count (default: the best fitting one per layout)");
   app.add_option("--top", top, "show at most this many rows; 0: all")->capture_default_str();
+  app.add_option("--json", json_out, "also write every fitting row (rank order) as JSON lines to this file");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+
+  comm::MpiRuntime mpi(&argc, &argv);
+  const int ranks = mpi.world_size();
+  const bool root = mpi.world_rank() == 0;
+  std::unique_ptr<comm::Communicator> world_comm;
+  if (ranks > 1) world_comm = std::make_unique<comm::Communicator>(MPI_COMM_WORLD, "plan-calibration");
+  auto out = [&](const std::string& text) {
+    if (root) std::fputs(text.c_str(), stdout);
+  };
 
   plan::PlanRequest req;
   train::ModelOptions mo;
@@ -95,37 +118,100 @@ int run_plan(int argc, char** argv) {
   machine.threads_per_rank = threads > 0 ? threads : std::max(1, cores / world);
   machine.overlap = !no_overlap;
   machine.comm.latency = latency_us * 1e-6;
-  machine.comm.bandwidth = link_gbps > 0 ? link_gbps * 1e9 / 8 : plan::measure_memcpy_bandwidth() / 2;
+  std::string comm_note = link_gbps > 0 ? "" : " (bandwidth: measured memcpy / 2)";
+  if (ranks > 1) {
+    // All ranks measure the links together (the same values on every rank).
+    const double share = std::min(1.0, static_cast<double>(cores) / (ranks * machine.threads_per_rank));
+    const plan::CommCalibration cal = plan::calibrate_comm(*world_comm, share);
+    machine.comm.bandwidth = cal.model.bandwidth;
+    machine.comm.copy_bandwidth = cal.model.copy_bandwidth;
+    machine.comm.p2p_latency = cal.model.p2p_latency;
+    if (app.count("--latency-us") == 0) machine.comm.latency = cal.model.latency;
+    if (link_gbps > 0) machine.comm.bandwidth = machine.comm.copy_bandwidth = link_gbps * 1e9 / 8;
+    out(fmt::format(
+        "calibrated with {} ranks at once: 4-byte allreduce {:.0f} us in pairs ({:.0f} us over all {}), "
+        "4-byte message {:.0f} us, {:.0f} MiB allreduce in pairs {:.1f} ms; one pair while the other "
+        "ranks compute: 4-byte allreduce {:.0f} us, message {:.0f} us\n",
+        ranks, cal.pair_allreduce_small_s * 1e6, cal.world_allreduce_small_s * 1e6, ranks,
+        cal.pair_p2p_s * 1e6, cal.large_bytes / 1048576.0, cal.pair_allreduce_large_s * 1e3,
+        cal.loaded_allreduce_small_s * 1e6, cal.loaded_p2p_s * 1e6));
+    const plan::WaitCalibration wc = plan::calibrate_wait_cpu(*world_comm, cores, machine.threads_per_rank);
+    machine.wait_cpu = wc.wait_cpu;
+    out(fmt::format("a rank computing while the other {} wait for its message runs {:.2f}x slower than while they "
+                    "sleep ({:.0f} vs {:.0f} ms): a waiting rank keeps {:.2f} of a core busy{}\n",
+                    ranks - 1, wc.with_waiters_s / std::max(wc.alone_s, 1e-9), wc.with_waiters_s * 1e3,
+                    wc.alone_s * 1e3, wc.wait_cpu,
+                    wc.wait_cpu > 0 ? " (pipeline bubbles cost CPU)" : " (bubbles leave the cores to others)"));
+    comm_note = link_gbps > 0 ? " (latency measured)"
+                              : fmt::format(" (measured; CPU copy rate {:.2f} GB/s per core)",
+                                            machine.comm.copy_bandwidth / 1e9);
+    if (ranks != world) {
+      out(fmt::format("note: calibrated with {} ranks but planning --world {}; run under "
+                      "scripts/trident-mpirun -n {} to measure the job's own contention\n",
+                      ranks, world, world));
+    }
+  } else {
+    machine.comm.bandwidth = link_gbps > 0 ? link_gbps * 1e9 / 8 : plan::measure_memcpy_bandwidth() / 2;
+  }
 
   std::unique_ptr<plan::ComputeModel> compute;
   plan::MeasuredComputeModel* measured = nullptr;
+  std::unique_ptr<plan::CommTimingSync> sync;
   if (flops > 0) {
     compute = std::make_unique<plan::FlopComputeModel>(req.model, flops);
   } else {
     auto m = std::make_unique<plan::MeasuredComputeModel>(req.model, machine.threads_per_rank);
+    if (ranks > 1) {
+      sync = std::make_unique<plan::CommTimingSync>(*world_comm, cores, machine.threads_per_rank);
+      m->set_sync(sync.get());  // every rank runs the same make_plan, so they time in step
+    }
     measured = m.get();
     compute = std::move(m);
   }
-  fmt::print("model {}: {}\n", model, req.model.describe());
-  fmt::print("machine: {} cores shared by {} ranks x {} thread(s); links {:.2f} GB/s, {:.0f} us latency{}\n",
-             cores, world, machine.threads_per_rank, machine.comm.bandwidth / 1e9, latency_us,
-             link_gbps > 0 ? "" : " (bandwidth: measured memcpy / 2)");
+  out(fmt::format("model {}: {}\n", model, req.model.describe()));
+  out(fmt::format("machine: {} cores shared by {} ranks x {} thread(s); links {:.2f} GB/s, {:.0f} us latency{}\n",
+                  cores, world, machine.threads_per_rank, machine.comm.bandwidth / 1e9,
+                  machine.comm.latency * 1e6, comm_note));
   std::fflush(stdout);
   const plan::Plan p = plan::make_plan(req, *compute, machine);
-  if (measured) {
-    fmt::print("compute costs measured on this machine in {:.1f} s (one block, embedding, head, AdamW)\n",
-               measured->calibration_seconds());
+  if (measured && ranks > 1) {
+    out(fmt::format("compute costs measured in {:.1f} s with all {} ranks computing at once (one block, "
+                    "embedding, head, AdamW; median rank, x {:.2f} for each rank's share of the cores)\n",
+                    measured->calibration_seconds(), ranks, sync->core_share()));
+  } else if (measured) {
+    out(fmt::format("compute costs measured on this machine in {:.1f} s (one block, embedding, head, AdamW)\n",
+                    measured->calibration_seconds()));
   } else {
-    fmt::print("compute costs: {:.3g} FLOP/s per rank (--flops)\n", flops);
+    out(fmt::format("compute costs: {:.3g} FLOP/s per rank (--flops)\n", flops));
   }
   plan::FormatOptions fo;
   fo.all = all;
   fo.top = top;
-  std::fputs(plan::format_plan(p, req, fo).c_str(), stdout);
+  out(plan::format_plan(p, req, fo));
+  if (root && !json_out.empty()) {
+    std::ofstream js(json_out);
+    TRI_CHECK(js.good(), "cannot write --json {}", json_out);
+    for (const plan::PlanRow& r : p.rows) {
+      const plan::Layout& l = r.layout;
+      nlohmann::json j{{"dp", l.dp}, {"tp", l.tp}, {"pp", l.pp}, {"zero", l.zero},
+                       {"schedule", pp::to_string(l.schedule)}, {"virtual_stages", l.virtual_stages},
+                       {"micro_batches", l.micro_batches}, {"sequence_parallel", l.sequence_parallel},
+                       {"fits", r.fits}, {"tokens_per_s", r.step.tokens_per_s}, {"step_s", r.step.step_s},
+                       {"memory_bytes", r.memory.worst().total()}, {"calibrated_ranks", ranks}};
+      js << j.dump() << "\n";
+    }
+  }
   const plan::PlanRow& best = p.rows.front();
-  fmt::print("best: scripts/trident-mpirun -n {} build/trident train --model {} --batch-size {} --seq-len {} {}{}\n",
-             world, model, req.batch_size, req.seq_len, best.layout.train_flags(),
-             machine.threads_per_rank > 1 ? fmt::format(" --threads {}", machine.threads_per_rank) : "");
+  out(fmt::format("best: scripts/trident-mpirun -n {} build/trident train --model {} --batch-size {} --seq-len {} {}{}\n",
+                  world, model, req.batch_size, req.seq_len, best.layout.train_flags(),
+                  machine.threads_per_rank > 1 ? fmt::format(" --threads {}", machine.threads_per_rank) : ""));
+  if (ranks == 1 && world > 1 && flops <= 0) {
+    out(fmt::format("hint: timed alone, with {} us latency assumed; run under scripts/trident-mpirun -n {} "
+                    "(same arguments) to measure compute and links with all {} ranks at once, which "
+                    "prices in sharing the cores\n",
+                    latency_us, world, world));
+  }
+  std::fflush(stdout);
   return 0;
 }
 

@@ -74,6 +74,20 @@ double time_best(F&& fn, double budget = 0.25) {
 MeasuredComputeModel::MeasuredComputeModel(const nn::GPTConfig& m, int threads)
     : m_(m), threads_(std::max(1, threads)) {}
 
+// Alone: the best of a few runs. Together (sync_): all ranks start at once and run the piece
+// a fixed number of times (so they all compete until the end), each takes its mean, the
+// median over ranks is converted to one core's seconds.
+template <class F>
+double MeasuredComputeModel::time_piece(F&& fn, double budget) {
+  if (!sync_) return time_best(fn, budget);
+  sync_->begin();
+  fn();
+  constexpr int kRuns = 3;
+  Stopwatch sw;
+  for (int i = 0; i < kRuns; ++i) fn();
+  return sync_->combine(sw.seconds() / kRuns) * sync_->core_share();
+}
+
 const MeasuredComputeModel::BlockTimes& MeasuredComputeModel::block(int tp, bool sp, int64_t B, int64_t T) {
   const int64_t Tc = std::min<int64_t>(T, 2048);
   const int64_t Bc = std::clamp<int64_t>(B, 1, std::max<int64_t>(1, 2048 / Tc));
@@ -90,13 +104,13 @@ const MeasuredComputeModel::BlockTimes& MeasuredComputeModel::block(int tp, bool
   nn::GPTActivations acts = g.make_activations(tracker, Bc, Tc);
   const int64_t rows = g.local_rows(Bc * Tc) * m_.n_embd;
   fill_small(acts.stage_input(), rows, 1);
-  const double fwd = time_best([&] { g.blocks_forward(acts, Bc, Tc); });
+  const double fwd = time_piece([&] { g.blocks_forward(acts, Bc, Tc); }, 0.25);
   std::vector<float> dout(static_cast<std::size_t>(rows));
   fill_small(dout.data(), rows, 2);
-  const double bwd = time_best([&] {
+  const double bwd = time_piece([&] {
     std::memcpy(g.prepare_residual_grad(Bc, Tc), dout.data(), dout.size() * sizeof(float));
     g.blocks_backward(acts, Bc, Tc);
-  });
+  }, 0.25);
   calib_s_ += total.seconds();
   return blocks_[key] = BlockTimes{fwd, bwd, Bc, Tc};
 }
@@ -119,11 +133,11 @@ const MeasuredComputeModel::EndTimes& MeasuredComputeModel::ends(int tp, bool sp
   emb.allocate(tracker);
   emb.params().initialize(1);
   nn::GPTActivations ea = emb.make_activations(tracker, Bc, Tc);
-  const double efwd = time_best([&] { emb.embed_forward(ea, ids.data(), Bc, Tc); }, 0.05);
+  const double efwd = time_piece([&] { emb.embed_forward(ea, ids.data(), Bc, Tc); }, 0.05);
   const int64_t rows = emb.local_rows(N) * m_.n_embd;
   std::vector<float> dout(static_cast<std::size_t>(rows));
   fill_small(dout.data(), rows, 3);
-  const double ebwd = time_best([&] {
+  const double ebwd = time_piece([&] {
     std::memcpy(emb.prepare_residual_grad(Bc, Tc), dout.data(), dout.size() * sizeof(float));
     emb.embed_backward(ea, Bc, Tc);
   }, 0.05);
@@ -133,9 +147,9 @@ const MeasuredComputeModel::EndTimes& MeasuredComputeModel::ends(int tp, bool sp
   head.params().initialize(1);
   nn::GPTActivations ha = head.make_activations(tracker, Bc, Tc);
   fill_small(ha.stage_output(), rows, 4);
-  const double h = time_best([&] {
+  const double h = time_piece([&] {
     head.head_forward_backward(ha, ids.data(), Bc, Tc, 1.0f / static_cast<float>(N));
-  });
+  }, 0.25);
   calib_s_ += total.seconds();
   return ends_[key] = EndTimes{efwd, ebwd, h, Bc, Tc};
 }
@@ -167,7 +181,7 @@ double MeasuredComputeModel::optimizer(int64_t elements) {
     const int64_t n = 1 << 21;
     std::vector<float> p(n, 0.1f), g(n, 0.01f), m(n, 0.0f), v(n, 0.0f);
     int64_t t = 0;
-    const double s = time_best([&] {
+    const double s = time_piece([&] {
       std::memset(g.data(), 0, g.size() * sizeof(float));
       volatile double sq = kernels::sum_squares(g.data(), n);
       (void)sq;
@@ -204,7 +218,7 @@ double CommModel::reduce_scatter(double bytes, int n) const {
 }
 double CommModel::allreduce_copy(double bytes, int n) const {
   if (n <= 1) return 0;
-  return 2.0 * (n - 1) / n * bytes / bandwidth;
+  return 2.0 * (n - 1) / n * bytes / (copy_bandwidth > 0 ? copy_bandwidth : bandwidth);
 }
 
 // ---- the step ----
@@ -254,6 +268,8 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   const CommModel& cm = machine.comm;
   CommModel copy = cm;  // CPU time of the bytes only
   copy.latency = 0;
+  copy.p2p_latency = 0;
+  if (cm.copy_bandwidth > 0) copy.bandwidth = cm.copy_bandwidth;
   const TpCosts tpc = tp_costs(cm, m, tp, sp, N), tpc0 = tp_costs(copy, m, tp, sp, N);
 
   const double bf = compute.block_forward(tp, sp, B, T), bb = compute.block_backward(tp, sp, B, T);
@@ -289,12 +305,13 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
 
   StepPrediction p;
   double pipe_step = 0;
-  std::vector<double> busy(static_cast<std::size_t>(l.pp));
+  std::vector<double> busy(static_cast<std::size_t>(l.pp)), bubbles(static_cast<std::size_t>(l.pp));
   if (l.pp > 1) {
     const pp::SimResult sim = pp::simulate(pp::ScheduleSpec{l.schedule, l.pp, M, V}, costs);
     TRI_CHECK(sim.ok, "pipeline simulation of {} failed: {}", l.train_flags(), sim.error);
     pipe_step = sim.step_time;
     busy = sim.busy;
+    bubbles = sim.bubble;
     double idle = 0;
     for (double b : sim.bubble) idle += b;
     p.bubble = idle / l.pp;
@@ -330,7 +347,20 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   }
   p.dedicated_s = pipe_step + tail;
   // Every tp and dp rank of a stage does the same work; each uses threads_per_rank threads.
-  p.shared_s = shared_work * l.dp * l.tp * machine.threads_per_rank / std::max(1, machine.cores);
+  const double thr = machine.threads_per_rank, cores = std::max(1, machine.cores);
+  p.shared_s = shared_work * l.dp * l.tp * thr / cores;
+  if (machine.wait_cpu > 0 && l.pp > 1) {
+    // Ranks waiting in a bubble (a fraction bubble_r of the step) still burn wait_cpu of a
+    // core: cores * S = work + wait_cpu * sum(bubble_r) * S over all ranks, so
+    // S = work / (cores - wait_cpu * sum(bubble_r)). A computing rank always gets at least
+    // its fair share, cores / (ranks * threads), which bounds S by the path at that share.
+    double idle_ranks = 0;  // sum over all ranks of their bubble fractions
+    for (double b : bubbles) idle_ranks += b * l.dp * l.tp * thr;
+    const double fair = p.dedicated_s * l.world() * thr / cores;
+    const double denom = cores - machine.wait_cpu * idle_ranks;
+    const double spun = denom > 0 ? shared_work * l.dp * l.tp * thr / denom : fair;
+    p.shared_s = std::max(p.shared_s, std::min(spun, std::max(fair, p.shared_s)));
+  }
   p.step_s = std::max(p.dedicated_s, p.shared_s);
   p.tokens_per_s = static_cast<double>(req.batch_size * req.seq_len) / p.step_s;
   return p;

@@ -58,6 +58,19 @@ class FlopComputeModel final : public ComputeModel {
   double flops_, bytes_;
 };
 
+// How MeasuredComputeModel times when ranks calibrate together (plan/calibrate.h): every rank
+// of the job measures the same piece at the same moment, so each sees the contention the
+// training job will see (ranks sharing cores, memory bandwidth, context switches).
+class TimingSync {
+ public:
+  virtual ~TimingSync() = default;
+  virtual void begin() = 0;                          // all ranks start together (a barrier)
+  virtual double combine(double local_s) = 0;        // every rank's value -> one (the median), same on all
+  // Wall seconds measured while all ranks compute -> seconds of one core's work: the share of
+  // a core each rank had (cores / (ranks * threads), at most 1).
+  virtual double core_share() const = 0;
+};
+
 // Times the real model pieces (nn::GPT forward/backward of one block, the embedding and the
 // head, at the tp slice's widths, tp communication replaced by no-ops) and AdamW on this
 // machine with `threads` threads, once per (tp, sp, shape) when first asked, and scales to
@@ -74,6 +87,11 @@ class MeasuredComputeModel final : public ComputeModel {
   double optimizer(int64_t elements) override;
   // Seconds spent measuring so far.
   double calibration_seconds() const { return calib_s_; }
+  // Calibrate concurrently: each piece is timed on every rank at once (a fixed number of runs,
+  // the mean per rank, the median over ranks, times core_share()) instead of the best run of
+  // this process alone. All ranks must then ask for the same pieces in the same order (run
+  // the same make_plan). nullptr: alone (the default).
+  void set_sync(TimingSync* sync) { sync_ = sync; }
 
  private:
   struct BlockTimes { double fwd, bwd; int64_t B, T; };
@@ -86,14 +104,21 @@ class MeasuredComputeModel final : public ComputeModel {
   std::map<std::tuple<int, bool, int64_t>, EndTimes> ends_;
   double optimizer_per_elem_ = -1;
   double calib_s_ = 0;
+  TimingSync* sync_ = nullptr;
+  template <class F> double time_piece(F&& fn, double budget);
 };
 
 // Point-to-point and collective costs (ring algorithms): a message of b bytes takes
 // latency + b / bandwidth; an allreduce over n ranks 2(n-1)/n * b / bandwidth + 2(n-1) * latency.
+// p2p_latency < 0: the same as latency. copy_bandwidth < 0: the same as bandwidth; it is the
+// rate at which the CPU copies message bytes (the shared-cores bound counts that work), which
+// differs from the wall-clock bandwidth when it was measured with ranks sharing cores.
 struct CommModel {
   double bandwidth = 5e9;  // bytes/s
-  double latency = 20e-6;  // s
-  double p2p(double bytes) const { return latency + bytes / bandwidth; }
+  double latency = 20e-6;  // s, per step of a collective
+  double p2p_latency = -1;
+  double copy_bandwidth = -1;
+  double p2p(double bytes) const { return (p2p_latency >= 0 ? p2p_latency : latency) + bytes / bandwidth; }
   double allreduce(double bytes, int n) const;
   double reduce_scatter(double bytes, int n) const;  // = all_gather
   // The bytes-over-bandwidth part only (CPU time of the copies on a shared-memory transport).
@@ -105,12 +130,16 @@ struct MachineModel {
   int threads_per_rank = 1;  // OpenMP/BLAS threads of each rank
   CommModel comm;
   bool overlap = true;       // dp gradient communication overlaps backward
+  // Share of a core a rank keeps busy while it waits for a message (a pipeline bubble): MPI
+  // waits spin and yield rather than sleep. 0: bubbles leave the cores to the other ranks.
+  // Measured under mpirun (plan/calibrate.h); 0 when planning alone.
+  double wait_cpu = 0;
 };
 
 struct StepPrediction {
   double step_s = 0;          // max(dedicated_s, shared_s)
   double dedicated_s = 0;     // every rank on its own cores: pipeline critical path + exposed comm
-  double shared_s = 0;        // total CPU work of all ranks / cores
+  double shared_s = 0;        // total CPU work of all ranks (+ their spinning in bubbles) / cores
   double compute_s = 0;       // busiest rank's compute (incl. tp collectives), per step
   double dp_comm_s = 0;       // busiest rank's dp traffic per step (before overlap)
   double optimizer_s = 0;

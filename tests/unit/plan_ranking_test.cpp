@@ -55,6 +55,27 @@ TEST(PlanRanking, FreeCommunicationDedicatedCoresPrefersDataParallel) {
   EXPECT_LT(p8.step.tokens_per_s, 1.2 * single.step.tokens_per_s);
 }
 
+// Ranks that burn CPU while waiting in a pipeline bubble (MachineModel::wait_cpu, measured
+// under mpirun) make a pipeline on shared cores slower; without a pipeline nothing changes.
+TEST(PlanRanking, WaitingRanksThatSpinCostPipelinesOnSharedCores) {
+  const PlanRequest r = request();
+  FlopComputeModel compute(r.model, 1e9, 1e18);
+  MachineModel yielding = free_comm(2), spinning = free_comm(2);
+  spinning.wait_cpu = 0.2;
+  Layout pipe;
+  pipe.pp = 4;
+  pipe.dp = 2;
+  pipe.micro_batches = 2;
+  const PlanRow a = predict_layout(r, pipe, compute, yielding), b = predict_layout(r, pipe, compute, spinning);
+  EXPECT_GT(b.step.step_s, 1.05 * a.step.step_s);
+  // Never worse than the pipeline's path at each rank's fair share of the cores.
+  EXPECT_LE(b.step.step_s, a.step.dedicated_s * 8 / 2 + 1e-12);
+  Layout dp;
+  dp.dp = 8;
+  EXPECT_DOUBLE_EQ(predict_layout(r, dp, compute, yielding).step.step_s,
+                   predict_layout(r, dp, compute, spinning).step.step_s);
+}
+
 TEST(PlanRanking, SharedCoresBoundTheStepByTotalWork) {
   const PlanRequest r = request();
   FlopComputeModel compute(r.model, 1e9, 1e18);

@@ -1,0 +1,205 @@
+// Concurrent calibration of the cost model under mpirun (see calibrate.h).
+#include "plan/calibrate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <chrono>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "core/check.h"
+#include "core/timer.h"
+
+namespace trident::plan {
+
+double median_across(comm::Communicator& comm, double value) {
+  std::vector<double> all(static_cast<std::size_t>(comm.size()));
+  const double mine[1] = {value};
+  comm.all_gather(std::span<const double>(mine, 1), std::span<double>(all)).wait();
+  std::vector<double> ok;
+  for (double v : all) {
+    if (!std::isnan(v)) ok.push_back(v);
+  }
+  if (ok.empty()) return std::numeric_limits<double>::quiet_NaN();
+  std::sort(ok.begin(), ok.end());
+  const std::size_t n = ok.size();
+  return n % 2 ? ok[n / 2] : 0.5 * (ok[n / 2 - 1] + ok[n / 2]);
+}
+
+CommTimingSync::CommTimingSync(comm::Communicator& world, int cores, int threads)
+    : world_(world),
+      share_(std::min(1.0, static_cast<double>(std::max(1, cores)) / (world.size() * std::max(1, threads)))) {}
+
+void CommTimingSync::begin() { world_.barrier().wait(); }
+
+double CommTimingSync::combine(double local_s) { return median_across(world_, local_s); }
+
+namespace {
+
+// Mean seconds of `reps` calls of fn after `warm` warm-up calls, started together.
+template <class F>
+double timed(comm::Communicator& world, int warm, int reps, F&& fn) {
+  for (int i = 0; i < warm; ++i) fn();
+  world.barrier().wait();
+  Stopwatch sw;
+  for (int i = 0; i < reps; ++i) fn();
+  return sw.seconds() / reps;
+}
+
+}  // namespace
+
+CommCalibration calibrate_comm(comm::Communicator& world, double core_share) {
+  const int W = world.size(), rank = world.rank();
+  TRI_CHECK(W >= 2, "calibrating communication needs at least 2 ranks, got {}", W);
+  CommCalibration c;
+  c.ranks = W;
+
+  // Pairs (0,1), (2,3), ...; with an odd W the last rank sits out (NaN, ignored).
+  MPI_Comm raw = MPI_COMM_NULL;
+  MPI_Comm_split(world.mpi_comm(), rank / 2, rank, &raw);
+  double small = std::numeric_limits<double>::quiet_NaN(), p2p = small, large = small;
+  double loaded_small = small, loaded_p2p = small;
+  const int64_t large_count = 4 << 20;  // 16 MiB of floats
+  c.large_bytes = 4.0 * static_cast<double>(large_count);
+  {
+    comm::Communicator pair(raw, "plan-calibration-pair");
+    MPI_Comm_free(&raw);
+    // Every rank runs the same number of operations so the pairs stay busy together; a lone
+    // rank allreduces with itself.
+    std::vector<float> one(1, 1.0f);
+    const double s = timed(world, 20, 200, [&] { pair.allreduce(std::span<float>(one)).wait(); });
+    double pp_s = 0;
+    if (pair.size() == 2) {
+      const int peer = 1 - pair.rank();
+      pp_s = timed(world, 20, 200, [&] {
+        if (pair.rank() == 0) {
+          pair.send(std::span<const float>(one), peer).wait();
+          pair.recv(std::span<float>(one), peer).wait();
+        } else {
+          pair.recv(std::span<float>(one), peer).wait();
+          pair.send(std::span<const float>(one), peer).wait();
+        }
+      });
+    } else {
+      world.barrier().wait();
+    }
+    // Loaded: pair (0, 1) talks while every other rank computes, as a tp/pp/dp group of a
+    // training job talks while the other ranks run their forward/backward: a message now
+    // waits until the peer is scheduled again (ranks > cores, mpi_yield_when_idle).
+    {
+      MPI_Comm side = MPI_COMM_NULL;
+      MPI_Comm_dup(world.mpi_comm(), &side);
+      MPI_Barrier(side);
+      MPI_Request done = MPI_REQUEST_NULL;
+      if (rank < 2) {
+        const int peer = 1 - rank;
+        pair.allreduce(std::span<float>(one)).wait();
+        Stopwatch sw;
+        constexpr int kReps = 200;
+        for (int i = 0; i < kReps; ++i) pair.allreduce(std::span<float>(one)).wait();
+        const double ar = sw.seconds() / kReps;
+        sw.restart();
+        for (int i = 0; i < kReps; ++i) {
+          if (rank == 0) {
+            pair.send(std::span<const float>(one), peer).wait();
+            pair.recv(std::span<float>(one), peer).wait();
+          } else {
+            pair.recv(std::span<float>(one), peer).wait();
+            pair.send(std::span<const float>(one), peer).wait();
+          }
+        }
+        loaded_small = ar, loaded_p2p = sw.seconds() / kReps / 2;
+        MPI_Ibarrier(side, &done);
+        MPI_Wait(&done, MPI_STATUS_IGNORE);
+      } else {
+        MPI_Ibarrier(side, &done);
+        std::vector<float> work(1 << 16, 1.0f);
+        int flag = 0;
+        float acc = 0;
+        while (!flag) {
+          for (int k = 0; k < 20; ++k) {
+            for (float& w : work) w = w * 0.999f + 1e-3f;
+          }
+          acc += work[0];
+          MPI_Test(&done, &flag, MPI_STATUS_IGNORE);
+        }
+        if (acc < 0) work[1] = acc;  // keep the loop
+      }
+      MPI_Comm_free(&side);
+    }
+    std::vector<float> big(static_cast<std::size_t>(large_count), 1e-3f);
+    const double l = timed(world, 1, 3, [&] { pair.allreduce(std::span<float>(big)).wait(); });
+    if (pair.size() == 2) small = s, p2p = pp_s / 2, large = l;
+  }
+  std::vector<float> one(1, 1.0f);
+  c.world_allreduce_small_s = median_across(
+      world, timed(world, 20, 200, [&] { world.allreduce(std::span<float>(one)).wait(); }));
+  c.pair_allreduce_small_s = median_across(world, small);
+  c.pair_p2p_s = median_across(world, p2p);
+  c.pair_allreduce_large_s = median_across(world, large);
+  c.loaded_allreduce_small_s = median_across(world, loaded_small);
+  c.loaded_p2p_s = median_across(world, loaded_p2p);
+
+  // CommModel for n = 2: allreduce = b / bandwidth + 2 latency. The latencies are the loaded
+  // ones when other ranks exist to load the cores (W > 2), the job's usual situation.
+  const bool loaded = W > 2;
+  c.model.latency = (loaded ? c.loaded_allreduce_small_s : c.pair_allreduce_small_s) / 2;
+  c.model.p2p_latency = loaded ? c.loaded_p2p_s : c.pair_p2p_s;
+  const double data_s = std::max(c.pair_allreduce_large_s - 2 * c.model.latency, 0.1 * c.pair_allreduce_large_s);
+  c.model.bandwidth = c.large_bytes / data_s;
+  c.model.copy_bandwidth = c.model.bandwidth / std::max(1e-9, core_share);
+  return c;
+}
+
+namespace {
+
+// `passes` sweeps of single-thread arithmetic over a cache-resident buffer; returns seconds.
+double spin_work(std::vector<float>& buf, int passes) {
+  Stopwatch sw;
+  for (int k = 0; k < passes; ++k) {
+    for (float& w : buf) w = w * 0.999f + 1e-3f;
+  }
+  return sw.seconds();
+}
+
+}  // namespace
+
+WaitCalibration calibrate_wait_cpu(comm::Communicator& world, int cores, int threads) {
+  const int W = world.size(), rank = world.rank();
+  WaitCalibration c;
+  std::vector<float> buf(1 << 16, 1.0f);
+  // Passes for ~0.2 s alone (rank 0 decides; everyone learns it).
+  int passes[1] = {0};
+  if (rank == 0) {
+    const double t = spin_work(buf, 50);
+    passes[0] = std::max(1, static_cast<int>(50 * 0.2 / std::max(t, 1e-6)));
+  }
+  world.broadcast(std::span<int>(passes, 1), 0).wait();
+  float token[1] = {0};
+  double times[2] = {0, 0};
+  for (int trial = 0; trial < 2; ++trial) {
+    world.barrier().wait();
+    if (rank == 0) {
+      spin_work(buf, std::max(1, passes[0] / 10));  // warm up
+      const double t = spin_work(buf, passes[0]);
+      times[trial] = t;
+      for (int r = 1; r < W; ++r) world.send(std::span<const float>(token, 1), r, 7).wait();
+    } else if (trial == 0) {
+      // (a) out of the way: sleep until rank 0 is done (~0.22 s alone), then take its message.
+      std::this_thread::sleep_for(std::chrono::milliseconds(600));
+      world.recv(std::span<float>(token, 1), 0, 7).wait();  // spins only at the end
+    } else {
+      world.recv(std::span<float>(token, 1), 0, 7).wait();  // (b) waiting the whole time
+    }
+  }
+  double bc[2] = {times[0], times[1]};
+  world.broadcast(std::span<double>(bc, 2), 0).wait();
+  c.alone_s = bc[0], c.with_waiters_s = bc[1];
+  const double s = c.with_waiters_s / std::max(c.alone_s, 1e-9);
+  c.wait_cpu = std::clamp((s * cores - threads) / std::max(1, W - 1), 0.0, 1.0);
+  if (s < 1.05) c.wait_cpu = 0;  // no measurable slowdown: waiting costs nothing
+  return c;
+}
+
+}  // namespace trident::plan
