@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "core/check.h"
 #include "kernels/kernels.h"
@@ -202,21 +203,15 @@ void Engine::sum_tied_embedding_grads() {
   float* shard = c.dp ? c.dp->shard_grads() : nullptr;
   int64_t lo = 0, hi = 0;
   if (shard) {
-    const ShardLayout& layout = c.dp->layout();
-    lo = std::max(info.offset, layout.begin());
-    hi = std::min(info.offset + info.numel, layout.end());
-    for (int64_t i = lo; i < hi; ++i) {
-      sum[static_cast<std::size_t>(i - info.offset)] = shard[i - layout.begin()];
-    }
+    std::tie(lo, hi) = c.dp->layout().mine(info.offset, info.offset + info.numel);
+    shard += lo - c.dp->layout().begin();
+    std::copy(shard, shard + (hi - lo), sum.data() + (lo - info.offset));
   } else if (mesh_.coord().dp == 0) {
     std::memcpy(sum.data(), ps.grad(id), sum.size() * sizeof(float));
   }
   tied_group_->allreduce(std::span<float>(sum), comm::ReduceOp::kSum).wait();
   if (shard) {
-    const ShardLayout& layout = c.dp->layout();
-    for (int64_t i = lo; i < hi; ++i) {
-      shard[i - layout.begin()] = sum[static_cast<std::size_t>(i - info.offset)];
-    }
+    std::copy_n(sum.data() + (lo - info.offset), hi - lo, shard);
   } else {
     std::memcpy(ps.grad(id), sum.data(), sum.size() * sizeof(float));
   }
@@ -345,26 +340,40 @@ void assemble_logical(comm::Mesh& mesh, const nn::ParamInfo& info, const float* 
 }
 }  // namespace
 
+Engine::OwnedParam Engine::owned_param(const std::string& name) {
+  // At most one chunk of a rank counts a parameter (the last stage's wte copy never does).
+  for (Chunk& c : chunks_) {
+    const int id = c.model->params().find(name);
+    if (id >= 0 && owns_for_reduction(c, id)) return {&c, id};
+  }
+  return {};
+}
+
+Engine::MomentSlice Engine::moments_of(Chunk& c, int id, int kind) {
+  // The optimizer holds [begin, end) of the flat buffer (everything, or the ZeRO shard).
+  const nn::ParamInfo& info = c.model->params().info(id);
+  FloatBuffer& state = kind == 0 ? c.adamw->exp_avg() : c.adamw->exp_avg_sq();
+  const int64_t lo = std::max(info.offset, c.adamw->begin());
+  const int64_t hi = std::max(lo, std::min(info.offset + info.numel, c.adamw->end()));
+  return {state.data() + (lo - c.adamw->begin()), lo - info.offset, hi - lo};
+}
+
 void Engine::gather_param(const std::string& name, const Shape& logical_shape, float* out) {
-  // Every rank takes part, also those that do not hold `name` (another stage does). At most
-  // one chunk of a rank counts a parameter (the last stage's wte copy never does).
+  // Every rank takes part, also those that do not hold `name` (another stage does).
   nn::ParamInfo info;
   info.name = name;
   info.logical_shape = logical_shape;
   std::vector<float> local;
   bool contributes = false;
-  for (Chunk& c : chunks_) {
-    nn::ParameterSet& ps = c.model->params();
-    const int id = ps.find(name);
-    if (id < 0 || !owns_for_reduction(c, id)) continue;
-    info = ps.info(id);
+  if (const OwnedParam p = owned_param(name); p.chunk) {
+    info = p.chunk->model->params().info(p.id);
     local.assign(static_cast<std::size_t>(info.numel), 0.0f);
-    if (c.dp && c.dp->values_sharded()) {
+    if (p.chunk->dp && p.chunk->dp->values_sharded()) {
       // ZeRO-3: each dp rank adds its shard's elements (zeros elsewhere).
-      c.dp->read_shard_values(id, local.data());
+      p.chunk->dp->read_shard_values(p.id, local.data());
       contributes = true;
     } else {
-      std::memcpy(local.data(), ps.data(id), local.size() * sizeof(float));
+      std::memcpy(local.data(), p.chunk->model->params().data(p.id), local.size() * sizeof(float));
       contributes = mesh_.coord().dp == 0;
     }
   }
@@ -378,19 +387,11 @@ void Engine::gather_optimizer_state(const std::string& name, const Shape& logica
   info.logical_shape = logical_shape;
   std::vector<float> local;
   bool contributes = false;
-  for (Chunk& c : chunks_) {
-    nn::ParameterSet& ps = c.model->params();
-    const int id = ps.find(name);
-    if (id < 0 || !owns_for_reduction(c, id)) continue;
-    info = ps.info(id);
-    // The moments of [offset, offset + numel) this rank holds (all, or its ZeRO shard).
-    const FloatBuffer& state = kind == 0 ? c.adamw->exp_avg() : c.adamw->exp_avg_sq();
+  if (const OwnedParam p = owned_param(name); p.chunk) {
+    info = p.chunk->model->params().info(p.id);
     local.assign(static_cast<std::size_t>(info.numel), 0.0f);
-    const int64_t lo = std::max(info.offset, c.adamw->begin());
-    const int64_t hi = std::min(info.offset + info.numel, c.adamw->end());
-    for (int64_t i = lo; i < hi; ++i) {
-      local[static_cast<std::size_t>(i - info.offset)] = state[static_cast<std::size_t>(i - c.adamw->begin())];
-    }
+    const MomentSlice m = moments_of(*p.chunk, p.id, kind);
+    std::copy_n(m.data, m.count, local.data() + m.local_begin);
     // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
     contributes = options_.zero >= 1 || mesh_.coord().dp == 0;
   }
@@ -414,18 +415,12 @@ void Engine::load_param(const std::string& name, const float* logical) {
 
 void Engine::load_optimizer_state(const std::string& name, int kind, const float* logical) {
   for (Chunk& c : chunks_) {
-    nn::ParameterSet& ps = c.model->params();
-    const int id = ps.find(name);
+    const int id = c.model->params().find(name);
     if (id < 0) continue;
-    const nn::ParamInfo& info = ps.info(id);
-    FloatBuffer& state = kind == 0 ? c.adamw->exp_avg() : c.adamw->exp_avg_sq();
-    std::vector<float> local(static_cast<std::size_t>(info.numel));
-    nn::scatter_logical_to_local(info, logical, local.data());
-    const int64_t lo = std::max(info.offset, c.adamw->begin());
-    const int64_t hi = std::min(info.offset + info.numel, c.adamw->end());
-    for (int64_t i = lo; i < hi; ++i) {
-      state[static_cast<std::size_t>(i - c.adamw->begin())] = local[static_cast<std::size_t>(i - info.offset)];
-    }
+    std::vector<float> local(static_cast<std::size_t>(c.model->params().info(id).numel));
+    nn::scatter_logical_to_local(c.model->params().info(id), logical, local.data());
+    const MomentSlice m = moments_of(c, id, kind);
+    std::copy_n(local.data() + m.local_begin, m.count, m.data);
   }
 }
 

@@ -94,6 +94,19 @@ class Engine {
     std::unique_ptr<DataParallel> dp;  // after model: destroyed first
     std::unique_ptr<optim::AdamW> adamw;
   };
+  // The chunk and id of `name` whose copy this rank counts and saves; chunk null if none.
+  struct OwnedParam {
+    Chunk* chunk = nullptr;
+    int id = -1;
+  };
+  OwnedParam owned_param(const std::string& name);
+  // Chunk c's AdamW moments (kind 0: exp_avg, 1: exp_avg_sq) of parameter `id` that this rank
+  // holds: `count` elements at `data`, starting at the parameter's local index `local_begin`.
+  struct MomentSlice {
+    float* data;
+    int64_t local_begin, count;
+  };
+  MomentSlice moments_of(Chunk& c, int id, int kind);
   // Sum of squares of this rank's gradient elements that no other rank also counts.
   double local_unique_grad_sumsq() const;
   // Whether this rank's copy of parameter `id` of chunk `c` is the one counted/saved.
