@@ -31,6 +31,7 @@
 #include "nn/gpt_config.h"
 #include "parallel/engine.h"
 #include "mpi_gtest_main.h"
+#include "synthetic_batch.h"
 
 namespace trident::parallel {
 namespace {
@@ -65,20 +66,7 @@ comm::Mesh& self_mesh() {
 
 nn::GPTConfig model() { return nn::gpt_preset("tiny"); }
 
-// A deterministic global batch: tokens from (step, row, t); targets a fixed function of the
-// input so the loss goes down.
-BatchFn batch_for(int step, int vocab) {
-  return [step, vocab](int64_t row0, int64_t rows, int32_t* ids, int32_t* targets) {
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t t = 0; t < kSeq; ++t) {
-        const uint64_t h = fnv1a64(std::to_string(step) + ":" + std::to_string(row0 + r) + ":" + std::to_string(t));
-        const auto id = static_cast<int32_t>(h % static_cast<uint64_t>(vocab));
-        ids[r * kSeq + t] = id;
-        targets[r * kSeq + t] = static_cast<int32_t>((id * 7 + 3) % vocab);
-      }
-    }
-  };
-}
+BatchFn batch_for(int step, int vocab) { return test::synthetic_batch(step, vocab, kSeq); }
 
 struct Result {
   std::vector<double> losses, norms;

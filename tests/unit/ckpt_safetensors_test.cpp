@@ -13,12 +13,15 @@
 
 #include "ckpt/safetensors.h"
 #include "core/check.h"
+#include "../support/expect_error.h"
 
 namespace fs = std::filesystem;
 using namespace trident;
 using namespace trident::ckpt;
 
 namespace {
+
+using trident::test::error_of;
 
 class TempDir {
  public:
@@ -43,24 +46,6 @@ void write_raw(const std::string& path, const std::string& header, const std::st
   out << header << data;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-#define EXPECT_ERROR_HAS(expr, ...)                                        \
-  do {                                                                     \
-    const std::string msg_ = error_of([&] { (void)(expr); });              \
-    if (std::getenv("TRIDENT_SHOW_ERRORS")) std::printf("%s\n", msg_.c_str()); \
-    for (const char* part : {__VA_ARGS__}) {                               \
-      EXPECT_NE(msg_.find(part), std::string::npos) << "missing '" << part \
-                                                    << "' in: " << msg_;   \
-    }                                                                      \
-  } while (0)
 
 std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

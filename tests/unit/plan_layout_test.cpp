@@ -6,9 +6,12 @@
 
 #include "core/check.h"
 #include "plan/layout.h"
+#include "../support/expect_error.h"
 
 namespace trident::plan {
 namespace {
+
+using trident::test::error_of;
 
 PlanRequest tiny_request(int world, int64_t batch, int M) {
   PlanRequest r;
@@ -20,14 +23,6 @@ PlanRequest tiny_request(int world, int64_t batch, int M) {
   return r;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 TEST(PlanLayout, World8TinyCountsByHand) {
   // world 8, batch 16, M = 2. (pp, tp, dp): tp 8 fails n_head 4. Valid:

@@ -12,9 +12,12 @@
 
 #include "core/check.h"
 #include "train/run_config.h"
+#include "../support/expect_error.h"
 
 namespace trident::train {
 namespace {
+
+using trident::test::error_of;
 
 namespace fs = std::filesystem;
 
@@ -41,17 +44,6 @@ struct TempToml {
   }
 };
 
-// The message of the trident::Error `fn` throws ("" and a test failure when it throws none).
-template <class Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a trident::Error";
-  return "";
-}
 
 const RunConfig kDefaults;
 
