@@ -53,19 +53,14 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
   return root + "/" + ckpt::step_dir_name(step);
 }
 
-RestoredState load_into_engine(parallel::Engine& engine, const std::string& path,
-                               bool with_optimizer) {
-  ckpt::LoadedCheckpoint loaded = ckpt::load_checkpoint(path);
+int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint& loaded,
+                         bool with_optimizer) {
   ckpt::check_same_model_shape(loaded.config, engine.config(), loaded.path);
   for (const auto& spec : ckpt::gpt2_tensor_specs(engine.config())) {
     std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
     loaded.read_param(spec.name, spec.shape, logical.data());
     engine.load_param(spec.name, logical.data());
   }
-  RestoredState out;
-  out.path = loaded.path;
-  out.trident = loaded.trident;
-  out.step = loaded.step < 0 ? 0 : loaded.step;
   if (with_optimizer) {
     TRI_CHECK(loaded.optimizer.has_value(),
               "checkpoint {} has no optimizer.safetensors, so it cannot be resumed exactly; use "
@@ -83,7 +78,7 @@ RestoredState load_into_engine(parallel::Engine& engine, const std::string& path
     TRI_CHECK(opt_step.has_value(), "optimizer.safetensors in {} has no 'step' metadata", loaded.path);
     engine.set_optimizer_step(*opt_step);
   }
-  return out;
+  return loaded.step < 0 ? 0 : loaded.step;
 }
 
 }  // namespace trident::train

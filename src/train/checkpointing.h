@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "ckpt/checkpoint.h"
 #include "parallel/engine.h"
 
 namespace trident::train {
@@ -16,16 +17,11 @@ namespace trident::train {
 std::string save_checkpoint(parallel::Engine& engine, const std::string& root, int64_t step,
                             const nlohmann::json& trident_state);
 
-struct RestoredState {
-  int64_t step = 0;               // completed steps
-  nlohmann::json trident;         // trident.json (null for a Hugging Face directory)
-  std::string path;
-};
-
-// Loads model weights (and, with `with_optimizer`, AdamW state and its step) from PATH (a
-// step directory, a run directory with `latest`, or a Hugging Face GPT-2 directory) into the
-// engine. The checkpoint's model shape must equal the engine's; a clear error otherwise.
-RestoredState load_into_engine(parallel::Engine& engine, const std::string& path,
-                               bool with_optimizer);
+// Loads model weights (and, with `with_optimizer`, AdamW state and its step) from a loaded
+// checkpoint (a step directory, a run directory's latest, or a Hugging Face GPT-2 directory)
+// into the engine. The checkpoint's model shape must equal the engine's; a clear error
+// otherwise. Returns the checkpoint's step (0 for a Hugging Face directory).
+int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint& loaded,
+                         bool with_optimizer);
 
 }  // namespace trident::train

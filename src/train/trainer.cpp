@@ -26,15 +26,6 @@ namespace trident::train {
 
 namespace {
 
-nn::GPTConfig model_config_for(const RunConfig& cfg) {
-  nn::GPTConfig wanted = resolve_model_config(cfg.model);
-  if (!cfg.train.init_from.empty()) {
-    // The shape of a model loaded with --init-from is whatever its config.json says.
-    return ckpt::load_checkpoint(cfg.train.init_from).config;
-  }
-  return wanted;
-}
-
 parallel::EngineOptions engine_options(const RunConfig& cfg) {
   parallel::EngineOptions o;
   o.zero = cfg.parallel.zero;
@@ -72,12 +63,18 @@ double evaluate(parallel::Engine& engine, const data::EvalBatches& batches) {
   return sum / static_cast<double>(batches.num_batches());
 }
 
+// The checkpoint a run starts from (--resume, else --init-from), loaded once; none otherwise.
+std::optional<ckpt::LoadedCheckpoint> source_checkpoint(const RunConfig& cfg) {
+  const std::string& from = cfg.train.resume.empty() ? cfg.train.init_from : cfg.train.resume;
+  if (from.empty()) return std::nullopt;
+  return ckpt::load_checkpoint(from);
+}
+
 // A resumed run may leave out --data: the checkpoint's run configuration names the shards.
-RunConfig with_data_from_checkpoint(RunConfig cfg) {
+RunConfig with_data_from_checkpoint(RunConfig cfg, const std::optional<ckpt::LoadedCheckpoint>& source) {
   if (!cfg.data.data.empty() || cfg.train.resume.empty()) return cfg;
-  const ckpt::LoadedCheckpoint loaded = ckpt::load_checkpoint(cfg.train.resume);
-  if (loaded.trident.is_object() && loaded.trident.contains("run_config")) {
-    cfg.data.data = run_config_from_json(loaded.trident["run_config"]).data.data;
+  if (source->trident.is_object() && source->trident.contains("run_config")) {
+    cfg.data.data = run_config_from_json(source->trident["run_config"]).data.data;
   }
   return cfg;
 }
@@ -85,12 +82,15 @@ RunConfig with_data_from_checkpoint(RunConfig cfg) {
 }  // namespace
 
 void run_training(const RunConfig& given, comm::Mesh& mesh) {
-  const RunConfig cfg = with_data_from_checkpoint(given);
+  const std::optional<ckpt::LoadedCheckpoint> source = source_checkpoint(given);
+  const RunConfig cfg = with_data_from_checkpoint(given, source);
   const bool lead = mesh.rank() == 0;
   if (cfg.train.threads > 0) kernels::set_num_threads(cfg.train.threads);
   comm::check_same_across_ranks(mesh.world(), "the run configuration", run_config_hash(cfg));
 
-  const nn::GPTConfig model_cfg = model_config_for(cfg);
+  // The shape of a model loaded with --init-from is whatever its config.json says.
+  const nn::GPTConfig model_cfg = cfg.train.init_from.empty() ? resolve_model_config(cfg.model)
+                                                              : source->config;
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
                                     "and PREFIX_val.bin, written by `trident prepare`)");
   if (lead && given.data.data.empty()) fmt::print(stderr, "data: {} (from the checkpoint)\n", cfg.data.data);
@@ -114,14 +114,12 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
   parallel::Engine engine(mesh, model_cfg, engine_options(cfg), tracker, cfg.data.batch_size,
                           cfg.data.seq_len);
   int64_t start_step = 0;
-  nlohmann::json history = nlohmann::json::array();
   if (!cfg.train.resume.empty()) {
-    const RestoredState st = load_into_engine(engine, cfg.train.resume, /*with_optimizer=*/true);
-    start_step = st.step;
-    if (lead) fmt::print(stderr, "resumed from {} at step {}\n", st.path, start_step);
-  } else if (!cfg.train.init_from.empty()) {
-    const RestoredState st = load_into_engine(engine, cfg.train.init_from, /*with_optimizer=*/false);
-    if (lead) fmt::print(stderr, "initialised from {}\n", st.path);
+    start_step = load_into_engine(engine, *source, /*with_optimizer=*/true);
+    if (lead) fmt::print(stderr, "resumed from {} at step {}\n", source->path, start_step);
+  } else if (source) {
+    load_into_engine(engine, *source, /*with_optimizer=*/false);
+    if (lead) fmt::print(stderr, "initialised from {}\n", source->path);
   } else {
     engine.initialize(cfg.train.seed);
   }
