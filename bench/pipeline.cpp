@@ -1,12 +1,14 @@
 // build/bench/pipeline: measured pipeline bubble vs theory and vs the simulator.
 // Usage: scripts/trident-mpirun -n 2|4 build/bench/pipeline [--steps N] [--layers L]
-//        [--embd C] [--seq T] [--rows B] [--timeline]
+//        [--embd C] [--seq T] [--rows B] [--timeline] [--send-progress auto|thread|none]
 // pp = world size. A tiny-vocabulary GPT split evenly (equal stage costs up to the small
 // embedding and head). For each schedule and micro-batch count: the mean over ranks of the
 // measured idle fraction of a step (1 - compute time / step time) next to theory
 // ((p-1)/(m+p-1) for GPipe and 1F1B, (p-1)/(Vm+p-1) interleaved), and the simulator's step
 // time from the measured per-chunk forward/backward costs next to the measured step time.
 // With more ranks than cores the ranks share CPUs and the idle fraction is not meaningful.
+// --send-progress (default auto) is the executor's ExecutorOptions::send_progress; the
+// header line says whether the ranks poll their sends from a progress thread.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -31,6 +33,7 @@ namespace {
 struct Args {
   int steps = 3, layers = 8, embd = 128, seq = 64, rows = 4;
   bool timeline = false;
+  pp::SendProgress send_progress = pp::SendProgress::kAuto;
 };
 
 Args parse(int argc, char** argv) {
@@ -47,6 +50,13 @@ Args parse(int argc, char** argv) {
     else if (k == "--seq") a.seq = next();
     else if (k == "--rows") a.rows = next();
     else if (k == "--timeline") a.timeline = true;
+    else if (k == "--send-progress") {
+      const std::string v = i + 1 < argc ? argv[++i] : "";
+      if (v == "auto") a.send_progress = pp::SendProgress::kAuto;
+      else if (v == "thread") a.send_progress = pp::SendProgress::kThread;
+      else if (v == "none") a.send_progress = pp::SendProgress::kNone;
+      else comm::abort_job(fmt::format("--send-progress takes auto, thread or none, not '{}'", v));
+    }
     else comm::abort_job(fmt::format("unknown argument {}", k));
   }
   return a;
@@ -79,6 +89,7 @@ int main(int argc, char** argv) {
                  "step ms", "sim ms", "sim/meas", "idle %", "theory %", "sim idle%", "diff pp");
     }
     std::vector<Row> rows;
+    bool said_progress = false;
     struct Config { pp::ScheduleKind kind; int V; };
     for (Config c : {Config{pp::ScheduleKind::kGPipe, 1}, Config{pp::ScheduleKind::kOneFOneB, 1},
                      Config{pp::ScheduleKind::kInterleaved, 2}}) {
@@ -97,7 +108,17 @@ int main(int argc, char** argv) {
         const pp::ScheduleSpec spec{c.kind, P, M, c.V};
         pp::ExecutorOptions eo;
         eo.micro_batch_rows = args.rows, eo.seq_len = args.seq;
+        eo.send_progress = args.send_progress;
         pp::PipelineExecutor exec(pp, ptrs, spec, tracker, eo);
+        if (!said_progress) {
+          int polling = exec.has_progress_thread() ? 1 : 0, ranks_polling = 0;
+          MPI_Allreduce(&polling, &ranks_polling, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+          if (rank == 0) {
+            fmt::print("# send progress: {} of {} ranks poll their sends from a progress thread\n",
+                       ranks_polling, P);
+          }
+          said_progress = true;
+        }
         std::vector<int32_t> tokens(static_cast<std::size_t>(M * args.rows * args.seq));
         for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7) % 64);
         auto provider = [&](int mb) {

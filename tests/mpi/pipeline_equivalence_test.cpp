@@ -87,12 +87,16 @@ struct Case {
   int M;
   int V = 1;
   bool balance = false;
+  // Results must not depend on how sends progress; kAuto follows the launcher's transport.
+  SendProgress progress = SendProgress::kAuto;
 };
 
 void run_case(comm::Communicator& world, const Case& cs) {
   const int P = world.size(), rank = world.rank();
   const ScheduleSpec spec{cs.kind, P, cs.M, cs.V};
-  SCOPED_TRACE(spec.describe() + (cs.balance ? " balanced" : ""));
+  SCOPED_TRACE(spec.describe() + (cs.balance ? " balanced" : "") +
+               (cs.progress == SendProgress::kThread ? " progress thread"
+                : cs.progress == SendProgress::kNone ? " no progress thread" : ""));
   const nn::GPTConfig cfg = tiny();
   const float dloss = 1.0f / static_cast<float>(cs.M * kB * kT);
 
@@ -120,7 +124,7 @@ void run_case(comm::Communicator& world, const Case& cs) {
     ptrs.push_back(chunks.back().get());
   }
   ExecutorOptions eo;
-  eo.micro_batch_rows = kB, eo.seq_len = kT;
+  eo.micro_batch_rows = kB, eo.seq_len = kT, eo.send_progress = cs.progress;
   PipelineExecutor exec(world, ptrs, spec, tracker, eo);
 
   for (int step = 0; step < kSteps; ++step) {
@@ -178,6 +182,9 @@ std::vector<Case> cases(int P) {
     if (M % P == 0) out.push_back({ScheduleKind::kInterleaved, M, 2});
   }
   out.push_back({ScheduleKind::kOneFOneB, 4, 1, true});
+  out.push_back({ScheduleKind::kGPipe, 8, 1, false, SendProgress::kThread});
+  out.push_back({ScheduleKind::kInterleaved, 2 * P, 2, false, SendProgress::kThread});
+  out.push_back({ScheduleKind::kOneFOneB, 8, 1, false, SendProgress::kNone});
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "comm/progress_probe.h"
 #include "core/check.h"
 
 namespace trident::pp {
@@ -77,7 +78,14 @@ PipelineExecutor::PipelineExecutor(comm::Communicator& pp_group, std::vector<nn:
   live_.resize(static_cast<std::size_t>(spec_.virtual_stages));
   for (auto& l : live_) l.resize(static_cast<std::size_t>(spec_.micro_batches));
   pool_size_.assign(static_cast<std::size_t>(spec_.virtual_stages), 0);
-  if (opts_.progress_thread && spec_.pp > 1) progress_ = std::thread([this] { progress_loop(); });
+  bool poll_sends = opts_.send_progress == SendProgress::kThread;
+  if (opts_.send_progress == SendProgress::kAuto && spec_.pp > 1) {
+    comm::SendProgressProbeOptions probe;
+    probe.bytes = static_cast<std::size_t>(chunks_[0]->local_rows(opts_.micro_batch_rows * opts_.seq_len) *
+                                           chunks_[0]->config().n_embd) * sizeof(float);
+    poll_sends = comm::sends_need_sender_progress(comm_, probe);
+  }
+  if (poll_sends && spec_.pp > 1) progress_ = std::thread([this] { progress_loop(); });
 }
 
 PipelineExecutor::~PipelineExecutor() {
@@ -172,6 +180,10 @@ void PipelineExecutor::track_send(const comm::Work& work) {
 }
 
 void PipelineExecutor::progress_loop() {
+  // Runs only where sends need their sender inside MPI (see the constructor), so it polls
+  // often: each MPI_Test lets the transport push the next fragment of a large message.
+  // Every poll runs the whole MPI progress engine (about 10 us of CPU), which is why the
+  // thread is not started where the transport moves messages by itself.
   while (!stop_) {
     if (!step_running_) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));

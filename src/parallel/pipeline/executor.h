@@ -13,9 +13,11 @@
 //                    activation lands in the micro-batch's own stage-input buffer, the
 //                    gradient in the chunk's residual_grad().
 //   Send*            MPI_Isend from the micro-batch's stage output (activation) or from a
-//                    pooled copy of residual_grad() (gradient); all waited at End. A progress
-//                    thread tests in-flight sends while compute runs, so a large message
-//                    moves without waiting for this rank's next MPI call.
+//                    pooled copy of residual_grad() (gradient); all waited at End. Where the
+//                    transport needs the sender inside MPI to move a large message (TCP,
+//                    shared memory without single-copy: comm/progress_probe.h), a progress
+//                    thread tests in-flight sends while compute runs, so the message does
+//                    not wait for this rank's next MPI call.
 //   ReduceTiedGrads  wte's gradient summed between the first and last stage (both end with
 //                    a + b, bit-identical), unless ExecutorOptions::reduce_tied_grads is false
 //                    (then call reduce_tied_grads() yourself, e.g. after the dp reduction).
@@ -49,11 +51,15 @@ struct MicroBatch {
 };
 using BatchProvider = std::function<MicroBatch(int mb)>;
 
+// kAuto: run the progress thread only where comm/progress_probe.h measures that this rank's
+// sends need it (the probe runs once, in the constructor, with the activation's size).
+enum class SendProgress { kAuto, kThread, kNone };
+
 struct ExecutorOptions {
   int64_t micro_batch_rows = 1;   // B of one micro-batch
   int64_t seq_len = 1;            // T
   bool reduce_tied_grads = true;  // run ReduceTiedGrads inside run_step
-  bool progress_thread = true;    // see the file comment
+  SendProgress send_progress = SendProgress::kAuto;  // see the file comment
 };
 
 class PipelineExecutor {
@@ -92,6 +98,8 @@ class PipelineExecutor {
   Timeline gather_timeline();
   // Activation buffers the pool holds for local chunk c (= the most in flight at once so far).
   int pool_size(int chunk) const;
+  // Whether this rank polls its sends from a progress thread (ExecutorOptions::send_progress).
+  bool has_progress_thread() const { return progress_.joinable(); }
 
  private:
   struct Slot;
