@@ -333,10 +333,12 @@ namespace {
 void assemble_logical(comm::Mesh& mesh, const nn::ParamInfo& info, const float* local,
                       bool contributes, float* out) {
   const auto n = static_cast<std::size_t>(shape_numel(info.logical_shape));
-  std::vector<float> logical(n, 0.0f);
-  if (contributes && local) nn::gather_local_to_logical(info, local, logical.data());
-  mesh.world().allreduce(std::span<float>(logical), comm::ReduceOp::kSum).wait();
-  if (mesh.rank() == 0 && out) std::memcpy(out, logical.data(), n * sizeof(float));
+  // Rank 0 sums straight into `out`; the others into a scratch tensor.
+  std::vector<float> scratch;
+  float* logical = mesh.rank() == 0 && out ? out : (scratch.resize(n), scratch.data());
+  std::fill_n(logical, n, 0.0f);
+  if (contributes && local) nn::gather_local_to_logical(info, local, logical);
+  mesh.world().allreduce(std::span<float>(logical, n), comm::ReduceOp::kSum).wait();
 }
 }  // namespace
 
@@ -363,21 +365,23 @@ void Engine::gather_param(const std::string& name, const Shape& logical_shape, f
   nn::ParamInfo info;
   info.name = name;
   info.logical_shape = logical_shape;
-  std::vector<float> local;
+  std::vector<float> shard;
+  const float* local = nullptr;
   bool contributes = false;
   if (const OwnedParam p = owned_param(name); p.chunk) {
     info = p.chunk->model->params().info(p.id);
-    local.assign(static_cast<std::size_t>(info.numel), 0.0f);
     if (p.chunk->dp && p.chunk->dp->values_sharded()) {
       // ZeRO-3: each dp rank adds its shard's elements (zeros elsewhere).
-      p.chunk->dp->read_shard_values(p.id, local.data());
+      shard.assign(static_cast<std::size_t>(info.numel), 0.0f);
+      p.chunk->dp->read_shard_values(p.id, shard.data());
+      local = shard.data();
       contributes = true;
     } else {
-      std::memcpy(local.data(), p.chunk->model->params().data(p.id), local.size() * sizeof(float));
+      local = p.chunk->model->params().data(p.id);
       contributes = mesh_.coord().dp == 0;
     }
   }
-  assemble_logical(mesh_, info, contributes ? local.data() : nullptr, contributes, out);
+  assemble_logical(mesh_, info, contributes ? local : nullptr, contributes, out);
 }
 
 void Engine::gather_optimizer_state(const std::string& name, const Shape& logical_shape, int kind,
@@ -385,17 +389,23 @@ void Engine::gather_optimizer_state(const std::string& name, const Shape& logica
   nn::ParamInfo info;
   info.name = name;
   info.logical_shape = logical_shape;
-  std::vector<float> local;
+  std::vector<float> padded;
+  const float* local = nullptr;
   bool contributes = false;
   if (const OwnedParam p = owned_param(name); p.chunk) {
     info = p.chunk->model->params().info(p.id);
-    local.assign(static_cast<std::size_t>(info.numel), 0.0f);
     const MomentSlice m = moments_of(*p.chunk, p.id, kind);
-    std::copy_n(m.data, m.count, local.data() + m.local_begin);
+    if (m.local_begin == 0 && m.count == info.numel) {
+      local = m.data;  // the whole local tensor: no copy
+    } else {
+      padded.assign(static_cast<std::size_t>(info.numel), 0.0f);
+      std::copy_n(m.data, m.count, padded.data() + m.local_begin);
+      local = padded.data();
+    }
     // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
     contributes = options_.zero >= 1 || mesh_.coord().dp == 0;
   }
-  assemble_logical(mesh_, info, contributes ? local.data() : nullptr, contributes, out);
+  assemble_logical(mesh_, info, contributes ? local : nullptr, contributes, out);
 }
 
 void Engine::load_param(const std::string& name, const float* logical) {

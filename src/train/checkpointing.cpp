@@ -1,6 +1,7 @@
 // Checkpoint save/restore for the engine (see checkpointing.h).
 #include "train/checkpointing.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "ckpt/checkpoint.h"
@@ -8,39 +9,74 @@
 
 namespace trident::train {
 
+namespace {
+
+// One logical tensor to gather: a parameter or one of its two AdamW moments.
+struct GatherStep {
+  const ckpt::TensorSpec* spec;
+  int kind;  // -1: the parameter, 0: exp_avg, 1: exp_avg_sq
+};
+
+void gather(parallel::Engine& engine, const GatherStep& step, float* out) {
+  if (step.kind < 0) {
+    engine.gather_param(step.spec->name, step.spec->shape, out);
+  } else {
+    engine.gather_optimizer_state(step.spec->name, step.spec->shape, step.kind, out);
+  }
+}
+
+}  // namespace
+
 std::string save_checkpoint(parallel::Engine& engine, const std::string& root, int64_t step,
                             const nlohmann::json& trident_state) {
   const nn::GPTConfig& cfg = engine.config();
   const bool writer_rank = engine.mesh().rank() == 0;
   const auto specs = ckpt::gpt2_tensor_specs(cfg);
-  // Gather every tensor to rank 0 first (collective, same order everywhere); rank 0 then
-  // streams them out. Held once on rank 0 only: the logical model plus its two moments.
-  std::vector<std::vector<float>> params, m, v;
+  // Every gather is collective, so all ranks run them in the order rank 0's writer pulls
+  // them: model.safetensors (the parameters), then optimizer.safetensors (each parameter's
+  // exp_avg and exp_avg_sq).
+  std::vector<GatherStep> plan;
+  for (const auto& spec : specs) plan.push_back({&spec, -1});
   for (const auto& spec : specs) {
-    const auto n = static_cast<std::size_t>(shape_numel(spec.shape));
-    params.emplace_back(writer_rank ? n : 0);
-    m.emplace_back(writer_rank ? n : 0);
-    v.emplace_back(writer_rank ? n : 0);
-    engine.gather_param(spec.name, spec.shape, writer_rank ? params.back().data() : nullptr);
-    engine.gather_optimizer_state(spec.name, spec.shape, 0, writer_rank ? m.back().data() : nullptr);
-    engine.gather_optimizer_state(spec.name, spec.shape, 1, writer_rank ? v.back().data() : nullptr);
+    plan.push_back({&spec, 0});
+    plan.push_back({&spec, 1});
   }
-  std::string path;
+  std::size_t done = 0;  // steps of `plan` gathered so far
   std::string error;
   if (writer_rank) {
+    // Each tensor is gathered when the writer reaches it and streamed out of one reused
+    // buffer, so rank 0 never holds more than the largest logical tensor (wte) at once.
+    int64_t largest = 0;
+    for (const auto& spec : specs) largest = std::max(largest, shape_numel(spec.shape));
+    std::vector<float> buffer(static_cast<std::size_t>(largest));
+    auto provider = [&](std::size_t index) {
+      return [&, index](ckpt::TensorSink& sink) {
+        TRI_CHECK(index == done, "checkpoint writer pulled tensor {} of {} out of order ({} expected)",
+                  index, plan.size(), done);
+        gather(engine, plan[index], buffer.data());
+        ++done;
+        sink.write(buffer.data(), shape_numel(plan[index].spec->shape));
+      };
+    };
     try {
       ckpt::CheckpointWriter writer(root, step, cfg);
-      for (std::size_t i = 0; i < specs.size(); ++i) {
-        writer.model().add_tensor(specs[i].name, specs[i].shape, params[i].data());
-        writer.optimizer().add_tensor(ckpt::exp_avg_name(specs[i].name), specs[i].shape, m[i].data());
-        writer.optimizer().add_tensor(ckpt::exp_avg_sq_name(specs[i].name), specs[i].shape, v[i].data());
+      for (std::size_t i = 0; i < plan.size(); ++i) {
+        const ckpt::TensorSpec& spec = *plan[i].spec;
+        const std::string name = plan[i].kind < 0 ? spec.name
+                                 : plan[i].kind == 0 ? ckpt::exp_avg_name(spec.name)
+                                                     : ckpt::exp_avg_sq_name(spec.name);
+        (plan[i].kind < 0 ? writer.model() : writer.optimizer()).add_tensor(name, spec.shape, provider(i));
       }
       writer.set_optimizer_step(engine.optimizer_step());
       writer.set_trident_json(trident_state);
-      path = writer.commit();
+      writer.commit();
     } catch (const std::exception& e) {
       error = e.what();
     }
+    // A failed write stops pulling tensors; the other ranks still wait in those gathers.
+    for (; done < plan.size(); ++done) gather(engine, plan[done], buffer.data());
+  } else {
+    for (const GatherStep& s : plan) gather(engine, s, nullptr);
   }
   // Every rank learns whether the write worked, so all of them stop together on failure.
   std::vector<int32_t> failed{error.empty() ? 0 : 1};

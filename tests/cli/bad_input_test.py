@@ -7,7 +7,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import check, finish, run, synthetic_tokens, trident, write_shard  # noqa: E402
+from harness import check, finish, mpirun, run, synthetic_tokens, trident, write_shard  # noqa: E402
 
 
 def expect_error(what, cmd, *fragments, env=None):
@@ -87,6 +87,23 @@ def main():
                 check("previous checkpoint still loads", rc == 0 and "step_00000001" in out + err, err[-300:])
                 check("no partial step directory left", not os.path.exists(f"{mnt}/step_00000002"),
                       str(os.listdir(mnt)))
+                # The same on 2 ranks with the moments sharded (ZeRO-1): rank 0 streams each
+                # tensor as the ranks gather it, so its write fails between gathers the other
+                # rank is already in; both must end with the error, not hang or mismatch.
+                # Filling the disk to 200 KB free makes model.safetensors (550 KB) fail, before
+                # any moment is gathered. A short comm timeout turns a hang into a failure.
+                # (Rank 1's own message, "rank 0 failed to write the checkpoint", is not
+                # required: mpirun may end rank 1 as soon as rank 0 exits, before it prints.)
+                st = os.statvfs(mnt)
+                with open(f"{mnt}/filler", "wb") as f:
+                    f.write(b"\0" * (st.f_bavail * st.f_frsize - 200 * 1024))
+                env = dict(os.environ, TRIDENT_COMM_TIMEOUT="30")
+                expect_error("disk full while 2 ranks save a ZeRO-1 checkpoint",
+                             [mpirun(), "-n", "2"] + base +
+                             ["--data", f"{d}/ok", "--ckpt-dir", f"{mnt}", "--resume", mnt, "--steps", "2",
+                              "--dp", "2", "--zero", "1"],
+                             "disk full", "model.safetensors", env=env)
+                check("latest unchanged after the failed 2-rank save", open(f"{mnt}/latest").read() == before)
             finally:
                 subprocess.run(["umount", mnt])
 
