@@ -20,6 +20,7 @@
 #include "parallel/engine.h"
 #include "train/checkpointing.h"
 #include "train/flops.h"
+#include "train/pipeline_report.h"
 #include "train/progress.h"
 
 namespace trident::train {
@@ -159,6 +160,13 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
   };
 
   ProgressLine progress(lead);
+  PipelineReport pipeline_report(engine.pipeline());
+  if (!cfg.train.pipeline_timeline.empty()) {
+    TRI_CHECK(cfg.parallel.pp > 1, "--pipeline-timeline {} needs a pipeline (--pp > 1; this run has pp {})",
+              cfg.train.pipeline_timeline, cfg.parallel.pp);
+    const auto parent = std::filesystem::path(cfg.train.pipeline_timeline).parent_path();
+    if (lead && !parent.empty()) std::filesystem::create_directories(parent);
+  }
   const int64_t tokens_per_step = static_cast<int64_t>(cfg.data.batch_size) * cfg.data.seq_len;
   Stopwatch run_clock;
   double last_loss = NAN;
@@ -190,6 +198,7 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
                            {"step_ms", step_s * 1e3},
                            {"mfu", tps * flops_per_token / peak_flops},
                            {"memory", memory_json(tracker)}};
+    if (const auto idle = pipeline_report.record_step()) line["pipeline_idle"] = *idle;
     const bool eval_now = eval_batches && (done % cfg.data.eval_every == 0 || done == end_step);
     if (eval_now) {
       const double val = evaluate(engine, *eval_batches);
@@ -218,6 +227,11 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
   if (lead) {
     fmt::print(stderr, "done: step {} of {}, final loss {:.4f}, {:.1f} s\nmemory (peak per rank 0):\n{}",
                end_step, cfg.train.steps, last_loss, run_clock.seconds(), tracker.report());
+    fmt::print(stderr, "{}", pipeline_report.summary());
+    if (!cfg.train.pipeline_timeline.empty()) {
+      pipeline_report.write_svg(cfg.train.pipeline_timeline);
+      fmt::print(stderr, "wrote {}\n", cfg.train.pipeline_timeline);
+    }
   }
 }
 

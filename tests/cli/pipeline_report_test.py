@@ -1,0 +1,49 @@
+"""With --pp > 1, `trident train` reports the pipeline's measured bubble: pipeline_idle in every
+metrics line, the mean beside the schedule's theoretical bubble at the end, the last step's
+timeline as ASCII, and --pipeline-timeline FILE as an SVG chart. Without a pipeline,
+--pipeline-timeline is refused before training."""
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import check, finish, mpirun, read_metrics, run, synthetic_tokens, trident, write_shard  # noqa: E402
+
+
+def main():
+    T = trident(sys.argv[1])
+    with tempfile.TemporaryDirectory() as d:
+        tokens = synthetic_tokens(5000, 1000, 5)
+        write_shard(f"{d}/s_train.bin", tokens)
+        write_shard(f"{d}/s_val.bin", tokens[:2000])
+        base = [T, "train", "--model", "tiny", "--data", f"{d}/s", "--batch-size", "8", "--seq-len", "16",
+                "--steps", "3", "--eval-every", "0"]
+        svg = f"{d}/out/timeline.svg"
+        rc, out, err = run([mpirun(), "-n", "2"] + base +
+                           ["--pp", "2", "--schedule", "gpipe", "--micro-batches", "4",
+                            "--metrics", f"{d}/m.jsonl", "--pipeline-timeline", svg])
+        check("pp 2 run succeeds", rc == 0, err[-800:])
+        if rc == 0:
+            rows = read_metrics(f"{d}/m.jsonl")
+            idle = [r.get("pipeline_idle") for r in rows]
+            # Rank 1 cannot start before rank 0's first forward, so a pipeline always idles.
+            check("every metrics line has pipeline_idle in (0, 1)",
+                  len(rows) == 3 and all(isinstance(x, float) and 0 < x < 1 for x in idle), str(idle))
+            check("summary gives the measured idle and the schedule's bubble",
+                  "pipeline: idle" in err and "gpipe pp=2 M=4 schedule's bubble is 20.0%" in err,
+                  err[-600:])
+            check("summary draws both ranks of the last step",
+                  "rank  0 |" in err and "rank  1 |" in err, err[-600:])
+            text = open(svg).read() if os.path.exists(svg) else ""
+            # GPipe, M = 4: four forwards and four backwards on each of the two ranks.
+            check("the SVG holds both ranks' forwards and backwards",
+                  text.startswith("<svg") and text.count("<rect") == 16 and ">F3<" in text and ">B3<" in text,
+                  text[:200])
+        rc, out, err = run(base + ["--pipeline-timeline", f"{d}/none.svg"])
+        check("--pipeline-timeline without a pipeline is refused",
+              rc != 0 and "needs a pipeline" in err and not os.path.exists(f"{d}/none.svg"), err[-300:])
+
+
+if __name__ == "__main__":
+    main()
+    finish()
