@@ -36,52 +36,73 @@ struct AdamScalars {
   float decay, b1, one_minus_b1, b2, one_minus_b2, neg_step_size, bc2_sqrt, eps, grad_scale;
 };
 
+// One vector width's operations, so a single loop body (adamw_lanes) serves every width.
+#if defined(__AVX512F__)
+struct Lanes {
+  using V = __m512;
+  static constexpr int64_t kWidth = 16;
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V x) { _mm512_storeu_ps(p, x); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  // _mm512_sqrt_ps trips GCC 12's -Wmaybe-uninitialized (its _mm512_undefined_ps
+  // pass-through); the all-lanes masked form computes the same thing without it.
+  static V sqrt(V x) { return _mm512_maskz_sqrt_ps(static_cast<__mmask16>(0xFFFF), x); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+struct Lanes {
+  using V = __m256;
+  static constexpr int64_t kWidth = 8;
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V x) { _mm256_storeu_ps(p, x); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V sqrt(V x) { return _mm256_sqrt_ps(x); }
+};
+#endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+// The update on whole vectors, in the scalar tail's order of operations; returns how many
+// leading elements it did.
+template <class L>
+int64_t adamw_lanes(float* param, const float* grad, float* m, float* v, int64_t n,
+                    const AdamScalars& k) {
+  const auto scale = L::set1(k.grad_scale), decay = L::set1(k.decay);
+  const auto b1 = L::set1(k.b1), omb1 = L::set1(k.one_minus_b1);
+  const auto b2 = L::set1(k.b2), omb2 = L::set1(k.one_minus_b2);
+  const auto bc2 = L::set1(k.bc2_sqrt), eps = L::set1(k.eps);
+  const auto nstep = L::set1(k.neg_step_size);
+  int64_t i = 0;
+  for (; i + L::kWidth <= n; i += L::kWidth) {
+    const auto g = L::mul(L::load(grad + i), scale);
+    const auto p = L::mul(L::load(param + i), decay);
+    const auto mi = L::fmadd(g, omb1, L::mul(L::load(m + i), b1));
+    const auto vi = L::fmadd(L::mul(omb2, g), g, L::mul(L::load(v + i), b2));
+    const auto denom = L::add(L::div(L::sqrt(vi), bc2), eps);
+    L::store(param + i, L::add(p, L::div(L::mul(nstep, mi), denom)));
+    L::store(m + i, mi);
+    L::store(v + i, vi);
+  }
+  return i;
+}
+#endif
+
 // The element-wise update, a plain function rather than the body of the OpenMP loop because
 // the file's optimize pragma does not reach the functions OpenMP outlines. GCC will not
 // vectorise sqrt without -fno-math-errno (which the build does not set), and a scalar
 // sqrt + div makes this ~4x slower than memory allows, so the bulk uses intrinsics; the
 // operations and their order are the same in every path.
-#if defined(__AVX512F__)
-// _mm512_sqrt_ps trips GCC 12's -Wmaybe-uninitialized (its _mm512_undefined_ps pass-through);
-// the all-lanes masked form computes the same thing without it.
-inline __m512 sqrt16(__m512 x) { return _mm512_maskz_sqrt_ps(static_cast<__mmask16>(0xFFFF), x); }
-#endif
-
 void adamw_block(float* param, const float* grad, float* m, float* v, int64_t n,
                  const AdamScalars& k) {
   int64_t i = 0;
-#if defined(__AVX512F__)
-  const __m512 scale = _mm512_set1_ps(k.grad_scale), decay = _mm512_set1_ps(k.decay);
-  const __m512 b1 = _mm512_set1_ps(k.b1), omb1 = _mm512_set1_ps(k.one_minus_b1);
-  const __m512 b2 = _mm512_set1_ps(k.b2), omb2 = _mm512_set1_ps(k.one_minus_b2);
-  const __m512 bc2 = _mm512_set1_ps(k.bc2_sqrt), eps = _mm512_set1_ps(k.eps);
-  const __m512 nstep = _mm512_set1_ps(k.neg_step_size);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 g = _mm512_mul_ps(_mm512_loadu_ps(grad + i), scale);
-    const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(param + i), decay);
-    const __m512 mi = _mm512_fmadd_ps(g, omb1, _mm512_mul_ps(_mm512_loadu_ps(m + i), b1));
-    const __m512 vi = _mm512_fmadd_ps(_mm512_mul_ps(omb2, g), g, _mm512_mul_ps(_mm512_loadu_ps(v + i), b2));
-    const __m512 denom = _mm512_add_ps(_mm512_div_ps(sqrt16(vi), bc2), eps);
-    _mm512_storeu_ps(param + i, _mm512_add_ps(p, _mm512_div_ps(_mm512_mul_ps(nstep, mi), denom)));
-    _mm512_storeu_ps(m + i, mi);
-    _mm512_storeu_ps(v + i, vi);
-  }
-#elif defined(__AVX2__) && defined(__FMA__)
-  const __m256 scale = _mm256_set1_ps(k.grad_scale), decay = _mm256_set1_ps(k.decay);
-  const __m256 b1 = _mm256_set1_ps(k.b1), omb1 = _mm256_set1_ps(k.one_minus_b1);
-  const __m256 b2 = _mm256_set1_ps(k.b2), omb2 = _mm256_set1_ps(k.one_minus_b2);
-  const __m256 bc2 = _mm256_set1_ps(k.bc2_sqrt), eps = _mm256_set1_ps(k.eps);
-  const __m256 nstep = _mm256_set1_ps(k.neg_step_size);
-  for (; i + 8 <= n; i += 8) {
-    const __m256 g = _mm256_mul_ps(_mm256_loadu_ps(grad + i), scale);
-    const __m256 p = _mm256_mul_ps(_mm256_loadu_ps(param + i), decay);
-    const __m256 mi = _mm256_fmadd_ps(g, omb1, _mm256_mul_ps(_mm256_loadu_ps(m + i), b1));
-    const __m256 vi = _mm256_fmadd_ps(_mm256_mul_ps(omb2, g), g, _mm256_mul_ps(_mm256_loadu_ps(v + i), b2));
-    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
-    _mm256_storeu_ps(param + i, _mm256_add_ps(p, _mm256_div_ps(_mm256_mul_ps(nstep, mi), denom)));
-    _mm256_storeu_ps(m + i, mi);
-    _mm256_storeu_ps(v + i, vi);
-  }
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  i = adamw_lanes<Lanes>(param, grad, m, v, n, k);
 #endif
   for (; i < n; ++i) {
     const float g = grad[i] * k.grad_scale;

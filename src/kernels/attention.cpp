@@ -55,25 +55,36 @@ float* thread_scratch(int64_t count) {
   return scratch.data();
 }
 
+// Where one (batch, head) pair bh = b * NH + h lives: its q, k, v are (T, HS) views of
+// qkv (row stride 3C, at columns h*HS, C + h*HS, 2C + h*HS), its output/gradient rows a
+// (T, HS) view of a (B, T, C) tensor, its attention matrix the bh-th (T, T) block.
+struct HeadLayout {
+  int64_t T, C, NH, HS, C3;
+  float scale;  // 1 / sqrt(HS)
+  HeadLayout(const char* op, int64_t B, int64_t T_, int64_t C_, int64_t NH_)
+      : T(T_), C(C_), NH(NH_), HS(NH_ > 0 ? C_ / NH_ : 0), C3(3 * C_) {
+    TRI_CHECK(B >= 0 && T >= 0 && NH > 0 && C > 0 && C % NH == 0,
+              "{}: bad sizes B={} T={} C={} NH={} (C must be a multiple of NH)", op, B, T, C, NH);
+    scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  }
+  int64_t q_offset(int64_t bh) const { return (bh / NH) * T * C3 + (bh % NH) * HS; }
+  int64_t row_offset(int64_t bh) const { return (bh / NH) * T * C + (bh % NH) * HS; }
+};
+
 }  // namespace
 
 void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T,
                        int64_t C, int64_t NH) {
   detail::KernelTimer timer(KernelOp::kAttention, false, B * T, C, NH);
-  TRI_CHECK(B >= 0 && T >= 0 && NH > 0 && C > 0 && C % NH == 0,
-            "attention_forward: bad sizes B={} T={} C={} NH={} (C must be a multiple of NH)",
-            B, T, C, NH);
-  const int64_t HS = C / NH;
-  const int64_t C3 = 3 * C;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  const HeadLayout L("attention_forward", B, T, C, NH);
+  const int64_t HS = L.HS, C3 = L.C3;
+  const float scale = L.scale;
   for_each_head(B * NH, [&](int64_t bh) {
-    const int64_t b = bh / NH;
-    const int64_t h = bh % NH;
-    const float* q = qkv + b * T * C3 + h * HS;  // (T, HS), row stride 3C
+    const float* q = qkv + L.q_offset(bh);
     const float* k = q + C;
     const float* v = q + 2 * C;
-    float* a = att + bh * T * T;                // (T, T)
-    float* o = out + b * T * C + h * HS;        // (T, HS), row stride C
+    float* a = att + bh * T * T;
+    float* o = out + L.row_offset(bh);
     for (int64_t i0 = 0; i0 < T; i0 += kRowBlock) {
       const int64_t i1 = std::min(T, i0 + kRowBlock);
       // preatt[i0:i1, 0:i1] = scale * q[i0:i1] @ k[0:i1]^T
@@ -105,21 +116,16 @@ void attention_forward(float* out, float* att, const float* qkv, int64_t B, int6
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
                         int64_t B, int64_t T, int64_t C, int64_t NH) {
   detail::KernelTimer timer(KernelOp::kAttention, true, B * T, C, NH);
-  TRI_CHECK(B >= 0 && T >= 0 && NH > 0 && C > 0 && C % NH == 0,
-            "attention_backward: bad sizes B={} T={} C={} NH={} (C must be a multiple of NH)",
-            B, T, C, NH);
-  const int64_t HS = C / NH;
-  const int64_t C3 = 3 * C;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HS));
+  const HeadLayout L("attention_backward", B, T, C, NH);
+  const int64_t HS = L.HS, C3 = L.C3;
+  const float scale = L.scale;
   for_each_head(B * NH, [&](int64_t bh) {
-    const int64_t b = bh / NH;
-    const int64_t h = bh % NH;
-    const float* q = qkv + b * T * C3 + h * HS;
+    const float* q = qkv + L.q_offset(bh);
     const float* k = q + C;
     const float* v = q + 2 * C;
     const float* a = att + bh * T * T;
-    const float* dO = dout + b * T * C + h * HS;  // (T, HS), row stride C
-    float* dq = dqkv + b * T * C3 + h * HS;       // (T, HS) each, row stride 3C
+    const float* dO = dout + L.row_offset(bh);
+    float* dq = dqkv + L.q_offset(bh);
     float* dk = dq + C;
     float* dv = dq + 2 * C;
     float* d = thread_scratch(T * T);  // datt, then dpreatt in place
