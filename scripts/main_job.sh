@@ -36,9 +36,9 @@ scripts/trident-mpirun -n 8 "$T" train --config configs/hybrid_8rank.toml --step
   --metrics "$RUN/phase2.jsonl" "$@"
 
 echo "== samples from $CKPT (single process; the checkpoint is layout-free)"
-echo "-- greedy:"
+echo "-- greedy, repetition penalty 1.3 (without it a model this small loops on its likeliest phrase):"
 "$T" generate --ckpt "$CKPT" --prompt "It is a truth universally acknowledged" \
-  --max-new-tokens 60 --temperature 0
+  --max-new-tokens 60 --temperature 0 --repetition-penalty 1.3
 echo "-- temperature 0.8, top-k 40:"
 "$T" generate --ckpt "$CKPT" --prompt "Elizabeth" --max-new-tokens 60 --temperature 0.8 --seed 7
 

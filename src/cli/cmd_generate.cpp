@@ -1,69 +1,41 @@
 // `trident generate`: loads a checkpoint (any layout wrote it; it is layout-free) into a
-// single-process model and samples text. Temperature 0 is greedy and deterministic; otherwise
-// draws come from a counter-based RNG keyed by (seed, position), so a seed reproduces a sample.
+// single-process model and samples text (nn/sampling.h: temperature 0 is greedy and
+// deterministic; a seed reproduces a sample).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
-#include <numeric>
+#include <span>
 #include <vector>
 
 #include "cli/commands.h"
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
-#include "core/rng.h"
 #include "data/bpe_tokenizer.h"
 #include "kernels/kernels.h"
 #include "nn/gpt.h"
+#include "nn/sampling.h"
 
 namespace trident::cli {
-
-namespace {
-
-// Picks the next token from `logits` (the first vocab_size entries are real).
-int32_t sample_token(const float* logits, int vocab, float temperature, int top_k, uint64_t seed,
-                     uint64_t position) {
-  if (temperature <= 0.0f) {
-    return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
-  }
-  std::vector<int32_t> order(static_cast<std::size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  const int k = top_k > 0 ? std::min(top_k, vocab) : vocab;
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                    [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-  const float max_logit = logits[order[0]];
-  std::vector<double> p(static_cast<std::size_t>(k));
-  double sum = 0.0;
-  for (int i = 0; i < k; ++i) {
-    p[static_cast<std::size_t>(i)] = std::exp((logits[order[static_cast<std::size_t>(i)]] - max_logit) / temperature);
-    sum += p[static_cast<std::size_t>(i)];
-  }
-  double u = uniform_at(seed, 0x67656e65726174ull, position) * sum;
-  for (int i = 0; i < k; ++i) {
-    u -= p[static_cast<std::size_t>(i)];
-    if (u <= 0.0) return order[static_cast<std::size_t>(i)];
-  }
-  return order[static_cast<std::size_t>(k - 1)];
-}
-
-}  // namespace
 
 int run_generate(int argc, char** argv) {
   CLI::App app{"Generate text from a checkpoint (a run directory with `latest`, a step directory, "
                "or a Hugging Face GPT-2 directory with model.safetensors + config.json)",
                "trident generate"};
   std::string ckpt_path, prompt = "\n", tokenizer_dir = data::BpeTokenizer::kDefaultAssetDir;
-  int max_new_tokens = 100, top_k = 40, threads = 0;
-  float temperature = 0.8f;
-  uint64_t seed = 1337;
+  int max_new_tokens = 100, threads = 0;
+  nn::SamplingOptions sampling;
   app.add_option("--ckpt", ckpt_path, "checkpoint directory")->required();
   app.add_option("--prompt", prompt, "text to continue")->capture_default_str();
   app.add_option("--max-new-tokens", max_new_tokens, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--temperature", temperature, "sampling temperature; 0 = greedy (deterministic)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--top-k", top_k, "sample among the k most likely tokens; 0 = all")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--seed", seed, "sampling seed")->capture_default_str();
+  app.add_option("--temperature", sampling.temperature, "sampling temperature; 0 = greedy (deterministic)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--top-k", sampling.top_k, "sample among the k most likely tokens; 0 = all")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--repetition-penalty", sampling.repetition_penalty,
+                 "divide the (positive) logits of tokens already in the text by this, as Hugging "
+                 "Face does; 1 = off, 1.2-1.5 keeps greedy text from looping")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--seed", sampling.seed, "sampling seed")->capture_default_str();
   app.add_option("--tokenizer", tokenizer_dir, "folder with encoder.json and vocab.bpe")->capture_default_str();
   app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str();
   try {
@@ -101,7 +73,8 @@ int run_generate(int argc, char** argv) {
     const int64_t T = std::min<int64_t>(static_cast<int64_t>(tokens.size()), cfg.n_positions);
     const int32_t* window = tokens.data() + (static_cast<int64_t>(tokens.size()) - T);
     const float* logits = model.forward_last_logits(acts, window, 1, T);
-    const int32_t next = sample_token(logits, cfg.vocab_size, temperature, top_k, seed, tokens.size());
+    const int32_t next = nn::sample_token(std::span<const float>(logits, static_cast<std::size_t>(cfg.vocab_size)),
+                                          tokens, sampling, tokens.size());
     tokens.push_back(next);
     const std::string_view bytes = tokenizer.token_bytes(next);
     std::fwrite(bytes.data(), 1, bytes.size(), stdout);
