@@ -5,6 +5,7 @@
 #include <string>
 
 #include "ckpt/checkpoint.h"
+#include "cli/cli11_errors.h"
 #include "cli/commands.h"
 
 namespace trident::cli {
@@ -22,6 +23,7 @@ int run_ckpt(int argc, char** argv) {
                    "a step directory, a checkpoint root holding 'latest', or a Hugging Face "
                    "GPT-2 directory (model.safetensors + config.json)")
       ->required();
+  use_trident_error_format(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <span>
 #include <vector>
 
+#include "cli/cli11_errors.h"
 #include "cli/commands.h"
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
@@ -19,6 +21,24 @@
 
 namespace trident::cli {
 
+namespace {
+
+// CLI11's PositiveNumber / NonNegativeNumber print their range up to DBL_MAX; say it plainly.
+CLI::Validator number_above(double bound, bool allow_equal) {
+  const std::string need = fmt::format("{} {}", allow_equal ? ">=" : ">", bound);
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (end == text.c_str() || *end != '\0') return fmt::format("'{}' is not a number", text);
+        if (allow_equal ? v >= bound : v > bound) return "";
+        return fmt::format("must be {}, got {}", need, text);
+      },
+      need);
+}
+
+}  // namespace
+
 int run_generate(int argc, char** argv) {
   CLI::App app{"Generate text from a checkpoint (a run directory with `latest`, a step directory, "
                "or a Hugging Face GPT-2 directory with model.safetensors + config.json)",
@@ -28,16 +48,17 @@ int run_generate(int argc, char** argv) {
   nn::SamplingOptions sampling;
   app.add_option("--ckpt", ckpt_path, "checkpoint directory")->required();
   app.add_option("--prompt", prompt, "text to continue")->capture_default_str();
-  app.add_option("--max-new-tokens", max_new_tokens, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--temperature", sampling.temperature, "sampling temperature; 0 = greedy (deterministic)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--top-k", sampling.top_k, "sample among the k most likely tokens; 0 = all")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--max-new-tokens", max_new_tokens, "tokens to generate")->capture_default_str()->check(number_above(0, false));
+  app.add_option("--temperature", sampling.temperature, "sampling temperature; 0 = greedy (deterministic)")->capture_default_str()->check(number_above(0, true));
+  app.add_option("--top-k", sampling.top_k, "sample among the k most likely tokens; 0 = all")->capture_default_str()->check(number_above(0, true));
   app.add_option("--repetition-penalty", sampling.repetition_penalty,
                  "divide the (positive) logits of tokens already in the text by this, as Hugging "
                  "Face does; 1 = off, 1.2-1.5 keeps greedy text from looping")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(number_above(0, false));
   app.add_option("--seed", sampling.seed, "sampling seed")->capture_default_str();
   app.add_option("--tokenizer", tokenizer_dir, "folder with encoder.json and vocab.bpe")->capture_default_str();
   app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str();
+  use_trident_error_format(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "cli/cli11_errors.h"
 #include "cli/commands.h"
 #include "comm/communicator.h"
 #include "comm/runtime.h"
@@ -84,6 +85,7 @@ int run_plan(int argc, char** argv) {
   app.add_flag("--all", all, "show every micro-batch count (default: the best fitting one per layout)");
   app.add_option("--top", top, "show at most this many rows; 0: all")->capture_default_str();
   app.add_option("--json", json_out, "also write every fitting row (rank order) as JSON lines to this file");
+  use_trident_error_format(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -6,6 +6,7 @@
 
 #include <iostream>
 
+#include "cli/cli11_errors.h"
 #include "cli/commands.h"
 #include "data/janeausten.h"
 #include "data/prepare.h"
@@ -32,6 +33,7 @@ int run_prepare(int argc, char** argv) {
       ->capture_default_str();
   bool quiet = false;
   app.add_flag("--quiet", quiet, "No progress bar");
+  use_trident_error_format(app);
   try {
     app.parse(argc, argv);  // CLI11 skips argv[0], the subcommand name
   } catch (const CLI::ParseError& e) {

@@ -65,6 +65,10 @@ def main():
         expect_error("corrupt safetensors header", base + ["--data", f"{d}/ok", "--resume", f"{d}/corrupt",
                                                            "--steps", "4"], "model.safetensors", "corrupt")
         expect_error("generate from a missing checkpoint", [T, "generate", "--ckpt", f"{d}/none"], "none")
+        expect_error("generate with a non-positive repetition penalty",
+                     [T, "generate", "--ckpt", f"{d}/ck", "--repetition-penalty", "0"],
+                     "--repetition-penalty", "must be > 0")
+        expect_error("prepare without --out", [T, "prepare", "--input", f"{d}/a.txt"], "--out is required")
 
         # A full disk while writing a checkpoint: the previous one stays intact and loadable.
         mnt = f"{d}/small_disk"
