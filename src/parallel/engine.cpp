@@ -66,6 +66,15 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
     pp::PartitionOptions po;
     po.pp = shape.pp;
     po.virtual_stages = V;
+    if (options_.balance_stages) {
+      // Costs in transformer layers, from forward FLOPs per token (backward scales alike): a
+      // block does 24 C^2 + 4 T C (its matmuls and causal attention), the LM head 2 C V; the
+      // embedding is a lookup (negligible).
+      const double C = static_cast<double>(config_.n_embd), T = static_cast<double>(seq_len_);
+      po.balance_cost = true;
+      po.embedding_cost = 0.0;
+      po.head_cost = static_cast<double>(config_.vocab_size) / (12.0 * C + 2.0 * T);
+    }
     const pp::Partition part = pp::partition_layers(config_.n_layer, po);
     partition_text_ = part.describe();
     if (!partition_text_.empty() && partition_text_.back() == '\n') partition_text_.pop_back();
@@ -75,6 +84,8 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
     TRI_CHECK(options_.virtual_stages == 1,
               "--virtual-stages {} needs pipeline parallelism (--pp > 1) and the interleaved "
               "schedule", options_.virtual_stages);
+    TRI_CHECK(!options_.balance_stages,
+              "--balance-stages splits layers over pipeline stages; it needs --pp > 1");
   }
   for (const nn::StageSpec& st : stages) {
     Chunk c;

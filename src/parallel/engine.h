@@ -26,6 +26,7 @@ struct EngineOptions {
   std::string schedule = "1f1b";  // pipeline schedule when pp > 1
   int micro_batches = 1;         // per step per dp rank
   int virtual_stages = 1;
+  bool balance_stages = false;   // pp: split layers by estimated cost (see Engine's constructor)
   bool sequence_parallel = false;
   double bucket_mb = 25.0;       // DDP gradient bucket size
   bool overlap = true;           // overlap gradient allreduce with backward

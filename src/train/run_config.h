@@ -195,6 +195,7 @@ struct ParallelOptions {
   PipelineSchedule schedule;  // pipeline schedule (pp > 1)
   int micro_batches;          // pipeline micro-batches per step; 0: grad_accum
   int virtual_stages;         // model chunks per pipeline rank (interleaved schedule)
+  bool balance_stages;        // split layers over pipeline stages by estimated cost, not count
   bool sequence_parallel;     // split LayerNorm/dropout regions along the sequence over tp
   double bucket_mb;           // data-parallel gradient bucket size in MiB
   bool overlap;               // overlap gradient communication with backward
@@ -220,6 +221,8 @@ void for_each_field(S& o, V&& v) {
   v(field("virtual_stages", 1, "model chunks per pipeline rank (needs schedule interleaved when > 1)")
         .at_least(1).alias("virtual_pipeline_model_parallel_size num_virtual_stages vpp chunks_per_stage"),
     o.virtual_stages);
+  v(field("balance_stages", false, "pp > 1: split layers by estimated cost (the LM head counts as vocab/(12*n_embd + 2*seq_len) layers) instead of evenly")
+        .alias("balance partition_by_cost cost_balanced"), o.balance_stages);
   v(field("sequence_parallel", false, "split LayerNorm/dropout regions along the sequence over tp")
         .alias("sp sequence_parallelism"), o.sequence_parallel);
   v(field("bucket_mb", 25.0, "data-parallel gradient bucket size, MiB").above(0)

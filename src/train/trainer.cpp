@@ -33,6 +33,7 @@ parallel::EngineOptions engine_options(const RunConfig& cfg) {
   o.schedule = std::string(enum_name(cfg.parallel.schedule));
   o.micro_batches = cfg.num_micro_batches();
   o.virtual_stages = cfg.parallel.virtual_stages;
+  o.balance_stages = cfg.parallel.balance_stages;
   o.sequence_parallel = cfg.parallel.sequence_parallel;
   o.bucket_mb = cfg.parallel.bucket_mb;
   o.overlap = cfg.parallel.overlap;

@@ -1,7 +1,7 @@
 """With --pp > 1, `trident train` reports the pipeline's measured bubble: pipeline_idle in every
 metrics line, the mean beside the schedule's theoretical bubble at the end, the last step's
 timeline as ASCII, and --pipeline-timeline FILE as an SVG chart. Without a pipeline,
---pipeline-timeline is refused before training."""
+--pipeline-timeline is refused before training. --balance-stages splits the layers by cost."""
 import os
 import sys
 import tempfile
@@ -39,6 +39,13 @@ def main():
             check("the SVG holds both ranks' forwards and backwards",
                   text.startswith("<svg") and text.count("<rect") == 16 and ">F3<" in text and ">B3<" in text,
                   text[:200])
+        # --balance-stages: tiny's LM head (vocab 1000, C 32, T 16) counts as 1000 / 416 = 2.4
+        # layers, so of 8 layers the first stage takes 5 (cost 5 of 10.4) instead of 4.
+        rc, out, err = run([mpirun(), "-n", "2"] + base + ["--pp", "2", "--micro-batches", "2", "--balance-stages"])
+        check("--balance-stages gives the head's stage fewer layers",
+              rc == 0 and "embedding + layers [0, 5)" in err and "layers [5, 8) + ln_f + head" in err, err[-600:])
+        rc, out, err = run(base + ["--balance-stages"])
+        check("--balance-stages without a pipeline is refused", rc != 0 and "needs --pp > 1" in err, err[-300:])
         rc, out, err = run(base + ["--pipeline-timeline", f"{d}/none.svg"])
         check("--pipeline-timeline without a pipeline is refused",
               rc != 0 and "needs a pipeline" in err and not os.path.exists(f"{d}/none.svg"), err[-300:])

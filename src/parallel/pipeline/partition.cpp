@@ -26,7 +26,8 @@ Partition partition_layers(int n_layer, const PartitionOptions& o) {
             "virtual_stages({}) = {}; choose --virtual-stages so that it divides",
             n_layer, o.pp, o.virtual_stages, S);
   TRI_CHECK(!o.balance_cost || o.virtual_stages == 1,
-            "the cost-balanced split supports --virtual-stages 1 only");
+            "the cost-balanced split (--balance-stages) supports --virtual-stages 1 only; drop "
+            "one of the two");
   TRI_CHECK(o.embedding_cost >= 0 && o.head_cost >= 0, "stage costs must be >= 0");
 
   Partition p;
