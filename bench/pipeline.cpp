@@ -111,11 +111,11 @@ int main(int argc, char** argv) {
         eo.send_progress = args.send_progress;
         pp::PipelineExecutor exec(pp, ptrs, spec, tracker, eo);
         if (!said_progress) {
-          int polling = exec.has_progress_thread() ? 1 : 0, ranks_polling = 0;
-          MPI_Allreduce(&polling, &ranks_polling, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+          int32_t polling = exec.has_progress_thread() ? 1 : 0;
+          pp.allreduce(std::span<int32_t>(&polling, 1)).wait();
           if (rank == 0) {
             fmt::print("# send progress: {} of {} ranks poll their sends from a progress thread\n",
-                       ranks_polling, P);
+                       polling, P);
           }
           said_progress = true;
         }

@@ -693,6 +693,9 @@ void validate_run_config(const RunConfig& cfg) {
             "init_from '{}' and resume '{}' are both set: init_from starts a new run from "
             "weights, resume continues a run; give one",
             t.init_from, t.resume);
+  TRI_CHECK(t.pipeline_timeline.empty() || p.pp > 1,
+            "--pipeline-timeline {} needs a pipeline (--pp > 1; this run has pp {})",
+            t.pipeline_timeline, p.pp);
   TRI_CHECK(cfg.model.n_positions == 0 || d.seq_len <= cfg.model.n_positions,
             "seq_len {} is longer than n_positions {}: the position table holds n_positions "
             "tokens",

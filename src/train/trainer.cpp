@@ -143,10 +143,14 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
     fmt::print(stderr, "model: {}\n{}\n", model_cfg.describe(), engine.describe());
   }
 
+  // Output files may name directories that do not exist yet; the lead rank writes them.
+  auto make_parent_directory = [&](const std::string& file) {
+    const auto parent = std::filesystem::path(file).parent_path();
+    if (lead && !parent.empty()) std::filesystem::create_directories(parent);
+  };
   std::ofstream metrics;
   if (lead && !cfg.train.metrics.empty()) {
-    const auto parent = std::filesystem::path(cfg.train.metrics).parent_path();
-    if (!parent.empty()) std::filesystem::create_directories(parent);
+    make_parent_directory(cfg.train.metrics);
     metrics.open(cfg.train.metrics, start_step > 0 ? std::ios::app : std::ios::trunc);
     TRI_CHECK(metrics.good(), "cannot open the metrics file {} for writing", cfg.train.metrics);
   }
@@ -162,12 +166,7 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
 
   ProgressLine progress(lead);
   PipelineReport pipeline_report(engine.pipeline());
-  if (!cfg.train.pipeline_timeline.empty()) {
-    TRI_CHECK(cfg.parallel.pp > 1, "--pipeline-timeline {} needs a pipeline (--pp > 1; this run has pp {})",
-              cfg.train.pipeline_timeline, cfg.parallel.pp);
-    const auto parent = std::filesystem::path(cfg.train.pipeline_timeline).parent_path();
-    if (lead && !parent.empty()) std::filesystem::create_directories(parent);
-  }
+  if (!cfg.train.pipeline_timeline.empty()) make_parent_directory(cfg.train.pipeline_timeline);
   const int64_t tokens_per_step = static_cast<int64_t>(cfg.data.batch_size) * cfg.data.seq_len;
   Stopwatch run_clock;
   double last_loss = NAN;

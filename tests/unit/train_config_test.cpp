@@ -272,6 +272,9 @@ TEST(TrainConfig, RangeErrors) {
   EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--virtual-stages", "2"}); }),
                   "virtual_stages 2 needs schedule interleaved");
   EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--min-lr", "1"}); }), "min_lr 1 is above lr");
+  EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--pipeline-timeline", "t.svg"}); }),
+                  "--pipeline-timeline t.svg needs a pipeline (--pp > 1; this run has pp 1)");
+  EXPECT_NO_THROW(parse({"--data", "x", "--pp", "2", "--pipeline-timeline", "t.svg"}));
   EXPECT_CONTAINS(error_of([] { parse({"--data", "x", "--init-from", "a", "--resume", "b"}); }),
                   "give one");
   EXPECT_CONTAINS(error_of([] { parse({}); }), "no training data: give --data PREFIX");
