@@ -20,12 +20,7 @@ namespace trident::comm {
 namespace {
 
 // Tests must never hang: any wait past 30 s aborts the whole job.
-CommOptions test_options() {
-  CommOptions o;
-  o.timeout_s = 30.0;
-  o.on_timeout = TimeoutAction::kAbort;
-  return o;
-}
+CommOptions test_options() { return test::aborting_after(30.0); }
 
 std::unique_ptr<Communicator> make_world() {
   return std::make_unique<Communicator>(MPI_COMM_WORLD, "world", test_options());

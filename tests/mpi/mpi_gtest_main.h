@@ -31,6 +31,15 @@ class RankFailurePrinter : public testing::EmptyTestEventListener {
   int rank_;
 };
 
+// Communicator options for tests: a watchdog that ends the whole job after `timeout_s`, so a
+// hang fails the test instead of running into ctest's timeout.
+inline comm::CommOptions aborting_after(double timeout_s) {
+  comm::CommOptions o;
+  o.timeout_s = timeout_s;
+  o.on_timeout = comm::TimeoutAction::kAbort;
+  return o;
+}
+
 // `setup` runs once MPI is up, before the tests; `teardown` after them, still inside MPI
 // (release communicators there: they must go before MPI_Finalize).
 inline int run_tests_on_every_rank(int argc, char** argv, const std::function<void()>& setup = {},

@@ -34,12 +34,7 @@ constexpr int kSteps = 3;
 constexpr uint64_t kSeed = 1234;
 constexpr float kLr = 1e-3f;
 
-comm::CommOptions test_options() {
-  comm::CommOptions o;
-  o.timeout_s = 30.0;
-  o.on_timeout = comm::TimeoutAction::kAbort;
-  return o;
-}
+comm::CommOptions test_options() { return test::aborting_after(30.0); }
 
 nn::GPTConfig tiny() {
   nn::GPTConfig c;

@@ -40,12 +40,7 @@ constexpr int kSteps = 10;
 constexpr int64_t kBatch = 4, kSeq = 16;
 constexpr float kLr = 1e-3f;
 
-comm::CommOptions test_options() {
-  comm::CommOptions o;
-  o.timeout_s = 60.0;
-  o.on_timeout = comm::TimeoutAction::kAbort;
-  return o;
-}
+comm::CommOptions test_options() { return test::aborting_after(60.0); }
 
 int world_size() {
   int n = 1;
