@@ -20,6 +20,7 @@
 #include "cli/commands.h"
 #include "core/check.h"
 #include "../support/expect_error.h"
+#include "../support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace trident;
@@ -29,22 +30,7 @@ namespace {
 
 using trident::test::error_of;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "trident_ckpt_XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string sub(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using trident::test::TempDir;
 
 
 nn::GPTConfig micro_config() {

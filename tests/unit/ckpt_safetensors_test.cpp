@@ -14,6 +14,7 @@
 #include "ckpt/safetensors.h"
 #include "core/check.h"
 #include "../support/expect_error.h"
+#include "../support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace trident;
@@ -23,19 +24,7 @@ namespace {
 
 using trident::test::error_of;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "trident_ckpt_st_XXXXXX").string();
-    path_ = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using trident::test::TempDir;
 
 // Writes an arbitrary (possibly broken) safetensors file: 8-byte length, header, data.
 void write_raw(const std::string& path, const std::string& header, const std::string& data,
@@ -68,7 +57,7 @@ TEST(CkptSafetensors, RoundTripWithMetadataAndChunkedProvider) {
   });
   w.set_metadata("format", "pt");
   w.set_metadata("quote\"d", "va\\lue\n");
-  const std::string path = dir.file("x.safetensors");
+  const std::string path = dir.sub("x.safetensors");
   w.write(path);
 
   EXPECT_EQ(fs::file_size(path), w.file_size());
@@ -96,7 +85,7 @@ TEST(CkptSafetensors, RoundTripWithMetadataAndChunkedProvider) {
 
 TEST(CkptSafetensors, ProviderThatWritesTooLittleOrThrowsLeavesNoFile) {
   TempDir dir;
-  const std::string path = dir.file("x.safetensors");
+  const std::string path = dir.sub("x.safetensors");
   std::vector<float> v(8, 1.f);
   {
     SafetensorsWriter w;
@@ -133,8 +122,8 @@ TEST(CkptSafetensors, WriterRejectsDuplicateNames) {
 TEST(CkptSafetensors, InterchangeWithPython) {
   if (!fs::exists("/usr/bin/python3")) GTEST_SKIP() << "/usr/bin/python3 not available";
   TempDir dir;
-  const std::string py_file = dir.file("py.safetensors");
-  const std::string script = dir.file("gen.py");
+  const std::string py_file = dir.sub("py.safetensors");
+  const std::string script = dir.sub("gen.py");
   {
     std::ofstream s(script);
     s << R"PY(
@@ -170,14 +159,14 @@ with open(sys.argv[1], "wb") as f:
   EXPECT_EQ(r.get("c", {3}), (std::vector<float>{1.0f, -3.0f, 0.15625f}));
 
   // And the other direction: Python parses our file by hand.
-  const std::string ours = dir.file("ours.safetensors");
+  const std::string ours = dir.sub("ours.safetensors");
   std::vector<float> w(12);
   for (int i = 0; i < 12; ++i) w[i] = static_cast<float>(i) / 8.f;
   SafetensorsWriter writer;
   writer.add_tensor("h.0.attn.c_attn.weight", {3, 4}, w.data());
   writer.set_metadata("format", "pt");
   writer.write(ours);
-  const std::string check = dir.file("check.py");
+  const std::string check = dir.sub("check.py");
   {
     std::ofstream s(check);
     s << R"PY(
@@ -205,8 +194,8 @@ TEST(CkptSafetensors, MissingNameListsCloseNamesAndShapeMismatchIsClear) {
   SafetensorsWriter w;
   w.add_tensor("h.0.mlp.c_fc.weight", {2, 3}, v.data());
   w.add_tensor("h.0.mlp.c_proj.weight", {3, 2}, v.data());
-  w.write(dir.file("m.safetensors"));
-  SafetensorsReader r(dir.file("m.safetensors"));
+  w.write(dir.sub("m.safetensors"));
+  SafetensorsReader r(dir.sub("m.safetensors"));
   EXPECT_ERROR_HAS(r.get("h.0.mlp.c_fc.weigth", {2, 3}), "tensor 'h.0.mlp.c_fc.weigth' not found",
                    "m.safetensors", "close names: h.0.mlp.c_fc.weight");
   EXPECT_ERROR_HAS(r.get("h.0.mlp.c_fc.weight", {3, 2}), "has shape [2, 3] but [3, 2] was expected");
@@ -220,7 +209,7 @@ TEST(CkptSafetensors, MissingFileIsClear) {
 // Each corruption gets its own message, naming the file.
 TEST(CkptSafetensors, CorruptFilesGiveSpecificErrors) {
   TempDir dir;
-  const std::string p = dir.file("bad.safetensors");
+  const std::string p = dir.sub("bad.safetensors");
   const std::string d16(16, '\0');
   auto open = [&] { SafetensorsReader r(p); };
 
