@@ -340,15 +340,15 @@ double Engine::eval_loss(const BatchFn& batch) {
 
 namespace {
 // Builds the logical tensor on world rank 0 from every rank's contribution: owners write their
-// elements, everyone else zeros, and a sum over the world (x + 0 == x exactly) assembles it.
-void assemble_logical(comm::Mesh& mesh, const nn::ParamInfo& info, const float* local,
-                      bool contributes, float* out) {
+// elements (`local`, this rank's local tensor), everyone else (local == nullptr) zeros, and a
+// sum over the world (x + 0 == x exactly) assembles it.
+void assemble_logical(comm::Mesh& mesh, const nn::ParamInfo& info, const float* local, float* out) {
   const auto n = static_cast<std::size_t>(shape_numel(info.logical_shape));
   // Rank 0 sums straight into `out`; the others into a scratch tensor.
   std::vector<float> scratch;
   float* logical = mesh.rank() == 0 && out ? out : (scratch.resize(n), scratch.data());
   std::fill_n(logical, n, 0.0f);
-  if (contributes && local) nn::gather_local_to_logical(info, local, logical);
+  if (local) nn::gather_local_to_logical(info, local, logical);
   mesh.world().allreduce(std::span<float>(logical, n), comm::ReduceOp::kSum).wait();
 }
 }  // namespace
@@ -392,7 +392,7 @@ void Engine::gather_param(const std::string& name, const Shape& logical_shape, f
       contributes = mesh_.coord().dp == 0;
     }
   }
-  assemble_logical(mesh_, info, contributes ? local : nullptr, contributes, out);
+  assemble_logical(mesh_, info, contributes ? local : nullptr, out);
 }
 
 void Engine::gather_optimizer_state(const std::string& name, const Shape& logical_shape, int kind,
@@ -416,7 +416,7 @@ void Engine::gather_optimizer_state(const std::string& name, const Shape& logica
     // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
     contributes = options_.zero >= 1 || mesh_.coord().dp == 0;
   }
-  assemble_logical(mesh_, info, contributes ? local : nullptr, contributes, out);
+  assemble_logical(mesh_, info, contributes ? local : nullptr, out);
 }
 
 void Engine::load_param(const std::string& name, const float* logical) {
