@@ -242,6 +242,7 @@ struct TrainOptions {
   int ckpt_every;         // steps between checkpoints (and at the end); 0: only at the end
   std::string metrics;    // JSON-lines metrics file; empty: none
   std::string pipeline_timeline;  // SVG of the last step's measured pipeline timeline; empty: none
+  std::string batch_log;  // JSON lines: each step's global batch as row offsets into the shard; empty: none
   int threads;            // OpenMP threads per rank; 0: OpenMP's default
   int log_every;          // steps between progress lines on stderr
   TrainOptions();
@@ -269,6 +270,8 @@ void for_each_field(S& o, V&& v) {
         .alias("metrics_file log_file metrics_path"), o.metrics);
   v(field("pipeline_timeline", "", "with pp > 1: write the last step's measured pipeline timeline to FILE as SVG")
         .placeholder("FILE").shown_as("none").alias("timeline pp_timeline trace"), o.pipeline_timeline);
+  v(field("batch_log", "", "write each step's global batch to FILE as JSON lines (the training shard offset of every row), so what a run trained on can be replayed")
+        .placeholder("FILE").shown_as("none").alias("data_log batch_trace log_batches"), o.batch_log);
   v(field("threads", 0, "OpenMP threads per rank").at_least(0).shown_as("0 = OpenMP's default")
         .alias("num_threads omp_threads nthreads"), o.threads);
   v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)

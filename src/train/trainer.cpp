@@ -18,6 +18,7 @@
 #include "kernels/kernels.h"
 #include "optim/lr_schedule.h"
 #include "parallel/engine.h"
+#include "train/batch_log.h"
 #include "train/checkpointing.h"
 #include "train/flops.h"
 #include "train/pipeline_report.h"
@@ -164,6 +165,7 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
     return dir;
   };
 
+  BatchLog batch_log(cfg.train.batch_log, lead, start_step);
   ProgressLine progress(lead);
   PipelineReport pipeline_report(engine.pipeline());
   if (!cfg.train.pipeline_timeline.empty()) make_parent_directory(cfg.train.pipeline_timeline);
@@ -175,6 +177,7 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
                                                     : cfg.train.steps;
   for (int64_t step = start_step; step < end_step; ++step) {
     const float lr = schedule.at(step);
+    batch_log.record(step, sampler);
     tracker.reset_peaks();
     Stopwatch step_clock;
     const parallel::StepStats stats = engine.train_step(
