@@ -39,7 +39,7 @@ class DataPrepare : public ::testing::Test {
   fs::path dir_;
 };
 
-std::vector<int32_t> all_tokens(const TokenShard& s) { return {s.tokens().begin(), s.tokens().end()}; }
+std::vector<int32_t> all_tokens(const TokenShard& s) { return s.to_vector(); }
 
 TEST_F(DataPrepare, DocumentsAreSeparatedByEndOfText) {
   const std::string a = "Hello world\n", b = "It's a truth universally acknowledged.";
@@ -105,7 +105,7 @@ TEST_F(DataPrepare, JaneAustenHoldsOutPersuasion) {
   EXPECT_GT(r.val_cross_entropy_under_train_unigram_nats, r.val.unigram_entropy_nats);
   const auto val = TokenShard::open(r.val.path, 50257);
   auto tok = BpeTokenizer::from_dir(gpt2_);
-  EXPECT_EQ(tok.decode(std::vector<int32_t>(val.tokens().begin(), val.tokens().begin() + 2)), "<|endoftext|>Pers");
+  EXPECT_EQ(tok.decode(std::vector<int32_t>{val[0], val[1]}), "<|endoftext|>Pers");
 }
 
 TEST_F(DataPrepare, CommandLine) {
