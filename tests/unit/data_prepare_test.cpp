@@ -47,7 +47,7 @@ TEST_F(DataPrepare, DocumentsAreSeparatedByEndOfText) {
   opt.inputs = {write("a.txt", a), write("b.txt", b)};
   opt.out_prefix = (dir_ / "out" / "x").string();
   opt.val_fraction = 0.0;
-  opt.tokenizer_dir = gpt2_;
+  opt.tokenizer = gpt2_;
   std::ostringstream log;
   const auto r = prepare(opt, log);
   EXPECT_EQ(r.train.documents, 2);
@@ -72,7 +72,7 @@ TEST_F(DataPrepare, ValFractionTakesTheTailOfTheStream) {
   opt.inputs = {write("t.txt", text)};
   opt.out_prefix = (dir_ / "t").string();
   opt.val_fraction = 0.25;
-  opt.tokenizer_dir = gpt2_;
+  opt.tokenizer = gpt2_;
   opt.progress = false;
   std::ostringstream log;
   const auto r = prepare(opt, log);
@@ -92,7 +92,7 @@ TEST_F(DataPrepare, JaneAustenHoldsOutPersuasion) {
   opt.corpus = "janeausten";
   opt.rdb = asset_path(root_, "janeaustenr/data/Rdata.rdb");
   opt.out_prefix = (dir_ / "janeausten").string();
-  opt.tokenizer_dir = gpt2_;
+  opt.tokenizer = gpt2_;
   std::ostringstream log;
   const auto r = prepare(opt, log);
   EXPECT_EQ(r.train.documents, 5);
@@ -126,7 +126,7 @@ TEST_F(DataPrepare, CommandLine) {
 TEST_F(DataPrepare, Errors) {
   std::ostringstream log;
   PrepareOptions opt;
-  opt.tokenizer_dir = gpt2_;
+  opt.tokenizer = gpt2_;
   opt.out_prefix = (dir_ / "e").string();
   EXPECT_THROW(prepare(opt, log), Error);  // no input
   opt.inputs = {(dir_ / "missing.txt").string()};
@@ -143,7 +143,7 @@ TEST_F(DataPrepare, Errors) {
   opt.corpus = "shakespeare";
   EXPECT_THROW(prepare(opt, log), Error);
   opt.corpus = "";
-  opt.tokenizer_dir = (dir_ / "no-tokenizer").string();
+  opt.tokenizer = (dir_ / "no-tokenizer").string();
   try {
     prepare(opt, log);
     ADD_FAILURE() << "expected trident::Error";
