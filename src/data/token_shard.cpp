@@ -137,7 +137,8 @@ TokenShard TokenShard::open(const std::string& path, int32_t vocab_size) {
     for (size_t i = 0; i < count; ++i) {
       TRI_CHECK(static_cast<int64_t>(ids[i]) < vocab_size,
                 "token shard {} holds token id {} at position {}, outside the vocabulary [0, {}). Was it "
-                "made with another tokenizer?",
+                "made with another tokenizer? The model's vocabulary must cover the shard's (its _meta.json "
+                "names the tokenizer and vocab_size; e.g. --vocab-size 100277 for cl100k)",
                 path, ids[i], i, vocab_size);
     }
   };

@@ -130,6 +130,18 @@ def main():
                     i, k = diffs[0]
                     detail += f"; novel {i} differs at token {k}: trident {docs[i][k:k + 8]} js {expected[i][k:k + 8]}"
                 check("Jane Austen: ids equal js-tiktoken's", len(docs) == 6 and not diffs, detail)
+            # The 32-bit shards train a model with cl100k's vocabulary; the first loss is about
+            # ln(100277) = 11.5 for near-uniform initial logits.
+            rc, out, err = run([T, "train", "--model", "tiny", "--vocab-size", "100277", "--data", f"{d}/ja",
+                                "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--eval-every", "0",
+                                "--metrics", f"{d}/m.jsonl"])
+            losses = [json.loads(x)["loss"] for x in open(f"{d}/m.jsonl")] if rc == 0 else []
+            check("train on cl100k shards with --vocab-size 100277", rc == 0 and len(losses) == 2 and
+                  abs(losses[0] - 11.5158) < 0.1, err[-500:] if rc else str(losses))
+            rc, out, err = run([T, "train", "--model", "tiny", "--data", f"{d}/ja", "--steps", "1", "--batch-size", "2",
+                                "--seq-len", "16", "--eval-every", "0"])
+            check("a model vocabulary too small for the shards is refused", rc != 0 and "100257" in err and
+                  "another tokenizer" in err, err[-300:])
 
 
 if __name__ == "__main__":
