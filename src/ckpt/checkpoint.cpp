@@ -200,8 +200,8 @@ nlohmann::json gpt_config_to_hf_json(const nn::GPTConfig& c) {
 nn::GPTConfig gpt_config_from_hf_json(const nlohmann::json& j, const std::string& source) {
   TRI_CHECK(j.is_object(), "{} is not a JSON object", source);
   if (j.contains("model_type")) {
-    TRI_CHECK(j["model_type"] == "gpt2", "{} has model_type {}; Trident trains GPT-2 models "
-              "(model_type \"gpt2\") only", source, j["model_type"].dump());
+    TRI_CHECK(j["model_type"] == "gpt2", "{} has model_type {}: Trident implements the gpt2 family only "
+              "(model_type \"gpt2\"); give a GPT-2 config.json or a preset", source, j["model_type"].dump());
   }
   nn::GPTConfig c;
   c.n_layer = json_int(j, "n_layer", source);
