@@ -16,6 +16,7 @@
 // algorithm for another message size, which associates the 4-term sum differently.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -31,6 +32,7 @@
 #include "nn/gpt_config.h"
 #include "parallel/engine.h"
 #include "mpi_gtest_main.h"
+#include "replica_check.h"
 #include "synthetic_batch.h"
 
 namespace trident::parallel {
@@ -108,6 +110,9 @@ Result train(comm::Mesh& mesh, const EngineOptions& opt, int steps = kSteps) {
     r.losses.push_back(st.loss);
     r.norms.push_back(st.grad_norm);
   }
+  // gather_all reads dp rank 0's copy; the other replicas must hold the very same bits.
+  const test::ReplicaMismatch rm = test::compare_dp_replicas(e);
+  EXPECT_EQ(rm.elements, 0) << "zero " << opt.zero << ": dp replicas differ, first " << rm.first;
   r.weights = gather_all(e);
   return r;
 }
@@ -306,6 +311,33 @@ TEST(DpCheckpoint, StateMovesBetweenLayouts) {
       const double la = a.train_step(batch_for(s, a.config().vocab_size), kLr).loss;
       const double lb = b.train_step(batch_for(s, b.config().vocab_size), kLr).loss;
       EXPECT_NEAR(la, lb, 1e-5 * std::fabs(la)) << "zero " << za << " -> " << zb;
+    }
+    for (Engine* e : {&a, &b}) {
+      const test::ReplicaMismatch rm = test::compare_dp_replicas(*e);
+      EXPECT_EQ(rm.elements, 0) << "zero " << za << " -> " << zb << ": dp replicas differ, first " << rm.first;
+    }
+  }
+}
+
+// The replica comparison can fail: one bit of one element changed on dp rank 1 is counted
+// (once, by every rank), at ZeRO 0 and 1 (where every rank holds every value).
+TEST(DpReplicas, OneFlippedBitOnOneReplicaIsFound) {
+  for (int zero : {0, 1}) {
+    MemoryTracker t;
+    Engine e(dp_mesh(), model(), options(zero), t, kBatch, kSeq);
+    e.initialize(3);
+    e.train_step(batch_for(0, e.config().vocab_size), kLr);
+    ASSERT_EQ(test::compare_dp_replicas(e).elements, 0) << "zero " << zero;
+    nn::ParameterSet& ps = e.model().params();
+    const int id = ps.size() / 2;
+    if (dp_mesh().dp().rank() == 1) {
+      float* v = ps.data(id) + 3;
+      *v = std::bit_cast<float>(std::bit_cast<uint32_t>(*v) ^ 1u);
+    }
+    const test::ReplicaMismatch rm = test::compare_dp_replicas(e);
+    EXPECT_EQ(rm.elements, 1) << "zero " << zero;
+    if (dp_mesh().dp().rank() == 1) {
+      EXPECT_NE(rm.first.find(ps.info(id).name + "[3] on dp rank 1"), std::string::npos) << rm.first;
     }
   }
 }
