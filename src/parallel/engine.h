@@ -83,8 +83,8 @@ class Engine {
   int64_t seq_len() const { return seq_len_; }
   bool is_output_rank() const { return mesh_.rank() == 0; }
   std::string describe() const;
-  // The dp/ZeRO reducer of the first chunk (null when dp == 1 and zero == 0).
-  DataParallel* data_parallel() { return chunks_.front().dp.get(); }
+  // The dp/ZeRO reducer of chunk c (null when dp == 1 and zero == 0).
+  DataParallel* data_parallel(int c = 0) { return chunks_.at(static_cast<std::size_t>(c)).dp.get(); }
   // The pipeline executor (null when pp == 1).
   pp::PipelineExecutor* pipeline() { return executor_.get(); }
 

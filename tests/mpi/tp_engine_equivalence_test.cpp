@@ -31,6 +31,7 @@
 #include "parallel/engine.h"
 #include "parallel/tensor_parallel_comm.h"
 #include "mpi_gtest_main.h"
+#include "replica_check.h"
 #include "synthetic_batch.h"
 
 namespace trident::parallel {
@@ -76,7 +77,12 @@ Result train(comm::Mesh& mesh, const EngineOptions& opt) {
     r.losses.push_back(st.loss);
     r.norms.push_back(st.grad_norm);
   }
-  for (const nn::ParamInfo& p : e.model().params().infos()) {
+  // gather_param reads dp rank 0's slices; the other replicas must hold the very same bits.
+  const test::ReplicaMismatch rm = test::compare_dp_replicas(e);
+  EXPECT_EQ(rm.elements, 0) << "zero " << opt.zero << ": dp replicas differ, first " << rm.first;
+  // Every logical parameter (a pipeline stage holds only some; gather_param is collective).
+  const nn::GPT whole(model());
+  for (const nn::ParamInfo& p : whole.params().infos()) {
     std::vector<float> v(static_cast<std::size_t>(shape_numel(p.logical_shape)));
     e.gather_param(p.name, p.logical_shape, v.data());
     r.weights[p.name] = std::move(v);
@@ -137,8 +143,8 @@ void expect_matches(const Result& got, const Result& want, const std::string& wh
   EXPECT_LE(sum_abs / static_cast<double>(n), 1e-6) << what;
 }
 
-void run_layout(int dp, int tp, const EngineOptions& opt, const std::string& what) {
-  comm::Mesh mesh(MPI_COMM_WORLD, comm::MeshShape{1, dp, tp}, test_options());
+void run_layout(int dp, int tp, const EngineOptions& opt, const std::string& what, int pp = 1) {
+  comm::Mesh mesh(MPI_COMM_WORLD, comm::MeshShape{pp, dp, tp}, test_options());
   expect_matches(train(mesh, opt), reference(opt.micro_batches), what);
 }
 
@@ -160,6 +166,13 @@ TEST(TpEngine, DataTimesTensorParallelMatches) {
   run_layout(2, 2, options(true), "dp2 x tp2 + sp");
   run_layout(2, 2, options(true, 1), "dp2 x tp2 + sp, zero 1");
   run_layout(2, 2, options(false, 3), "dp2 x tp2, zero 3");
+}
+
+// dp replicas under a pipeline (each stage's dp group compared by train's replica check).
+TEST(TpEngine, DataTimesPipelineParallelMatches) {
+  if (world_size() != 4) GTEST_SKIP() << "dp 2 x pp 2 needs 4 ranks";
+  run_layout(2, 1, options(false, 1, 2), "dp2 x pp2, zero 1", 2);
+  run_layout(2, 1, options(false, 3, 2), "dp2 x pp2, zero 3", 2);
 }
 
 // Layout-free state: the single-process run's final logical weights, loaded into a tp engine
