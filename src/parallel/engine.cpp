@@ -275,9 +275,25 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
     sum_tied_embedding_grads();
   }
   StepStats stats;
-  std::vector<double> sq{local_unique_grad_sumsq()};
-  mesh_.world().allreduce(std::span<double>(sq), comm::ReduceOp::kSum).wait();
-  stats.grad_norm = std::sqrt(sq[0]);
+  // The squared grad norm and the loss in one world sum (elementwise, so each is summed as
+  // alone), both before any update: a poisoned step must be known before it is applied.
+  std::vector<double> sums{local_unique_grad_sumsq(), holds_loss() ? loss_sum : 0.0};
+  mesh_.world().allreduce(std::span<double>(sums), comm::ReduceOp::kSum).wait();
+  stats.grad_norm = std::sqrt(sums[0]);
+  stats.loss = sums[1] / static_cast<double>(global_batch_ * seq_len_);
+  // A NaN or inf on any rank reaches the sums above. Every rank then votes on what it read and
+  // the world takes the maximum (exact), so all ranks skip or all update even if an MPI
+  // implementation handed different ranks different roundings of an overflowing sum.
+  std::vector<int32_t> bad{std::isfinite(stats.loss) && std::isfinite(stats.grad_norm) ? 0 : 1};
+  mesh_.world().allreduce(std::span<int32_t>(bad), comm::ReduceOp::kMax).wait();
+  stats.skipped = bad[0] != 0;
+  if (stats.skipped) {
+    // No update: weights, AdamW moments and its step counter stay as they were (the gradients
+    // are zeroed by the next step's begin_step). ZeRO-1/2 replicas need no all-gather either,
+    // since no shard changed.
+    stats.clip_scale = 0.0f;
+    return stats;
+  }
   stats.clip_scale = optim::clip_scale(stats.grad_norm, options_.grad_clip);
   for (Chunk& c : chunks_) {
     if (c.dp) {
@@ -288,7 +304,6 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
       c.adamw->step(ps.values().data(), ps.grads().data(), lr, stats.clip_scale);
     }
   }
-  stats.loss = reduce_loss(loss_sum);
   return stats;
 }
 

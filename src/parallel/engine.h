@@ -43,6 +43,10 @@ struct StepStats {
   double grad_norm = 0.0;  // global L2 norm before clipping
   float clip_scale = 1.0f;
   double comm_wait_s = 0.0;  // time blocked on dp communication (exposed, not overlapped)
+  // The loss or the grad norm was not finite somewhere in the world: no rank applied the
+  // update (weights, AdamW moments and step counter unchanged). What to do next is the
+  // caller's policy (train/nonfinite_policy.h).
+  bool skipped = false;
 };
 
 class Engine {
