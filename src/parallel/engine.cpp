@@ -460,6 +460,55 @@ void Engine::load_optimizer_state(const std::string& name, int kind, const float
   }
 }
 
+namespace {
+// Index of the first non-finite of n floats, or -1.
+int64_t first_nonfinite(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) return i;
+  }
+  return -1;
+}
+}  // namespace
+
+std::string Engine::find_nonfinite_state() {
+  std::string mine;
+  for (Chunk& c : chunks_) {
+    const nn::ParameterSet& ps = c.model->params();
+    std::vector<float> shard;
+    for (int id = 0; id < ps.size() && mine.empty(); ++id) {
+      const nn::ParamInfo& info = ps.info(id);
+      const float* values = ps.data(id);
+      if (c.dp && c.dp->values_sharded()) {  // ZeRO-3: only the shard is this rank's
+        shard.assign(static_cast<std::size_t>(info.numel), 0.0f);
+        c.dp->read_shard_values(id, shard.data());
+        values = shard.data();
+      }
+      if (const int64_t i = first_nonfinite(values, info.numel); i >= 0) {
+        mine = fmt::format("{} (weights), local element {}, value {}", info.name, i, values[i]);
+        break;
+      }
+      for (int kind = 0; kind < 2; ++kind) {
+        const MomentSlice m = moments_of(c, id, kind);
+        if (const int64_t i = first_nonfinite(m.data, m.count); i >= 0) {
+          mine = fmt::format("{} ({}), local element {}, value {}", info.name,
+                             kind == 0 ? "exp_avg" : "exp_avg_sq", m.local_begin + i, m.data[i]);
+          break;
+        }
+      }
+    }
+    if (!mine.empty()) break;
+  }
+  // The lowest rank that found one tells everyone what it found.
+  comm::Communicator& world = mesh_.world();
+  std::vector<int32_t> first{mine.empty() ? world.size() : world.rank()};
+  world.allreduce(std::span<int32_t>(first), comm::ReduceOp::kMin).wait();
+  if (first[0] == world.size()) return {};
+  std::vector<uint8_t> text(256, 0);
+  if (world.rank() == first[0]) std::copy_n(mine.begin(), std::min(mine.size(), text.size() - 1), text.begin());
+  world.broadcast(std::span<uint8_t>(text), first[0]).wait();
+  return fmt::format("{} on rank {}", reinterpret_cast<const char*>(text.data()), first[0]);
+}
+
 int64_t Engine::optimizer_step() const { return chunks_.front().adamw->step_count(); }
 
 void Engine::set_optimizer_step(int64_t t) {

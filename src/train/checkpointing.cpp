@@ -29,6 +29,15 @@ void gather(parallel::Engine& engine, const GatherStep& step, float* out) {
 
 std::string save_checkpoint(parallel::Engine& engine, const std::string& root, int64_t step,
                             const nlohmann::json& trident_state) {
+  // Never write NaN/inf: a poisoned checkpoint would load fine and poison every run resumed
+  // from it. Every rank scans its own shards; all agree, so all refuse together.
+  const std::string poisoned = engine.find_nonfinite_state();
+  TRI_CHECK(poisoned.empty(),
+            "not writing the checkpoint of step {} under {}: {} is not finite, so the weights or "
+            "the optimizer state are poisoned; nothing was written and the checkpoints already "
+            "there (and 'latest') are untouched. Lower --lr (or check the data) and start again or "
+            "resume from the last good checkpoint",
+            step, root, poisoned);
   const nn::GPTConfig& cfg = engine.config();
   const bool writer_rank = engine.mesh().rank() == 0;
   const auto specs = ckpt::gpt2_tensor_specs(cfg);

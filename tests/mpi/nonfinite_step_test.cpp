@@ -2,12 +2,15 @@
 // every rank, for every kind of layout (DDP, ZeRO 1-3, tp, pp, mixed). The skipped step must
 // leave no trace: weights, both AdamW moments and the Adam step counter are bitwise what they
 // were, and the run then continues exactly as a run that never took the poisoned step (same
-// layout, so bitwise: the same operations in the same order).
+// layout, so bitwise: the same operations in the same order). And a checkpoint is never written
+// from non-finite weights or moments, even when only one rank's shard holds the NaN.
 // ranks: 2 4
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <memory>
@@ -15,9 +18,11 @@
 #include <vector>
 
 #include "ckpt/checkpoint.h"
+#include "core/check.h"
 #include "comm/mesh.h"
 #include "nn/gpt_config.h"
 #include "parallel/engine.h"
+#include "train/checkpointing.h"
 #include "mpi_gtest_main.h"
 #include "synthetic_batch.h"
 
@@ -153,6 +158,83 @@ TEST(NonfiniteStep, SkippedOnEveryRankAndLeavesNoTrace) {
     // last; a NaN and an inf.
     check_layout(l, "wpe.weight", nan);
     check_layout(l, "ln_f.bias", inf);
+  }
+}
+
+// A fresh directory made by rank 0, its name known to every rank.
+std::string shared_temp_dir() {
+  std::vector<char> name(256, 0);
+  if (rank0()) {
+    std::string t = (std::filesystem::temp_directory_path() / "trident_nonfinite_XXXXXX").string();
+    EXPECT_NE(mkdtemp(t.data()), nullptr);
+    std::copy(t.begin(), t.end(), name.begin());
+  }
+  MPI_Bcast(name.data(), static_cast<int>(name.size()), MPI_CHAR, 0, MPI_COMM_WORLD);
+  return name.data();
+}
+
+// The message of the trident::Error `fn` throws, "" when it throws none.
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const trident::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(NonfiniteState, CheckpointIsRefusedAndTheLastOneStaysLatest) {
+  for (const Layout& l : layouts()) {
+    SCOPED_TRACE(l.name);
+    comm::Mesh mesh(MPI_COMM_WORLD, l.shape, test::aborting_after(60.0));
+    MemoryTracker t;
+    Engine e(mesh, nn::gpt_preset("tiny"), options(l.zero), t, kBatch, kSeq);
+    e.initialize(5);
+    e.train_step(batch(0), kLr);
+    const std::string root = shared_temp_dir();
+    EXPECT_EQ(e.find_nonfinite_state(), "");
+    train::save_checkpoint(e, root, 1, nlohmann::json::object());
+    MPI_Barrier(MPI_COMM_WORLD);
+
+    // One element of ln_f.bias's exp_avg_sq: the end of the flat buffer, so under ZeRO only the
+    // last dp rank's shard holds it (and under pp only the last stage).
+    const Shape shape{nn::gpt_preset("tiny").n_embd};
+    std::vector<float> v(static_cast<std::size_t>(shape[0]));
+    e.gather_optimizer_state("ln_f.bias", shape, 1, v.data());
+    MPI_Bcast(v.data(), static_cast<int>(v.size()), MPI_FLOAT, 0, MPI_COMM_WORLD);
+    const std::vector<float> good = v;
+    v.back() = std::numeric_limits<float>::quiet_NaN();
+    e.load_optimizer_state("ln_f.bias", 1, v.data());
+    const std::string err = error_of([&] { train::save_checkpoint(e, root, 2, nlohmann::json::object()); });
+    EXPECT_NE(err.find("not writing the checkpoint of step 2"), std::string::npos) << err;
+    EXPECT_NE(err.find("ln_f.bias (exp_avg_sq)"), std::string::npos) << err;
+    if (l.name == "dp2 zero1") {
+      EXPECT_NE(err.find("on rank 1"), std::string::npos) << err;
+    }
+    e.load_optimizer_state("ln_f.bias", 1, good.data());
+
+    // A weight, on the first stage.
+    std::vector<float> w = logical_everywhere(e, "wpe.weight");
+    w[3] = std::numeric_limits<float>::infinity();
+    e.load_param("wpe.weight", w.data());
+    const std::string err2 = error_of([&] { train::save_checkpoint(e, root, 3, nlohmann::json::object()); });
+    EXPECT_NE(err2.find("wpe.weight (weights)"), std::string::npos) << err2;
+
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank0()) {
+      std::ifstream latest(root + "/latest");
+      std::string name;
+      latest >> name;
+      EXPECT_EQ(name, "step_00000001");
+      EXPECT_FALSE(std::filesystem::exists(root + "/step_00000002"));
+      EXPECT_FALSE(std::filesystem::exists(root + "/step_00000003"));
+      std::size_t entries = 0;
+      for ([[maybe_unused]] const auto& f : std::filesystem::directory_iterator(root)) ++entries;
+      EXPECT_EQ(entries, 2u) << "only step_00000001 and latest (no staging left)";
+      std::filesystem::remove_all(root);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
   }
 }
 
