@@ -195,6 +195,23 @@ def ckpt_info_checks(T, d):
                  "ln_f.bias.exp_avg_sq", "not finite")
 
 
+def generate_checks(T, d):
+    # tiny's vocabulary is 1000 GPT-2 ids; "Emma" starts with "Em" (id 10161).
+    from harness import REPO
+    gen = [T, "generate", "--tokenizer", f"{REPO}/data/assets/gpt2", "--max-new-tokens", "3", "--temperature", "0"]
+    rc, out, err = run(gen + ["--ckpt", f"{d}/good", "--prompt", " a, a."])
+    check("generate from the tiny model with a prompt inside its vocabulary", rc == 0 and out.startswith(" a, a."),
+          "" if rc == 0 else err[-400:])
+    text = expect_error("generate refuses a prompt token outside the model's vocabulary",
+                        gen + ["--ckpt", f"{d}/good", "--prompt", "Emma walked"],
+                        "outside the model's vocabulary of 1000 tokens", "GPT-2 id 10161")
+    check("generate printed nothing of the refused prompt", "walked" not in text.split("error:")[0])
+    expect_error("generate refuses an empty prompt when the vocabulary has no <|endoftext|>",
+                 gen + ["--ckpt", f"{d}/good", "--prompt", ""], "prompt is empty", "<|endoftext|>")
+    expect_error("generate refuses non-finite weights",
+                 gen + ["--ckpt", f"{d}/bad_NaN_in_a_weight/step_00000002"], "h.1.mlp.c_fc.weight", "not finite")
+
+
 def main():
     build = sys.argv[1]
     T = trident(build)
@@ -203,6 +220,7 @@ def main():
         write_shard(f"{d}/syn_val.bin", synthetic_tokens(4000, 1000, 2))
         poisoned_steps(T, d)
         ckpt_info_checks(T, d)
+        generate_checks(T, d)
     finish()
 
 
