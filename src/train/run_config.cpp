@@ -34,11 +34,13 @@ namespace {
 constexpr std::string_view kDataOrderNames[] = {"random", "sequential"};
 constexpr std::string_view kLrScheduleNames[] = {"cosine", "constant"};
 constexpr std::string_view kScheduleNames[] = {"gpipe", "1f1b", "interleaved"};
+constexpr std::string_view kNonfiniteNames[] = {"skip", "stop"};
 }  // namespace
 
 std::span<const std::string_view> enum_names(DataOrder) { return kDataOrderNames; }
 std::span<const std::string_view> enum_names(LrSchedule) { return kLrScheduleNames; }
 std::span<const std::string_view> enum_names(PipelineSchedule) { return kScheduleNames; }
+std::span<const std::string_view> enum_names(NonfinitePolicy) { return kNonfiniteNames; }
 
 // ---------------------------------------------------------------------------------------------
 // Defaults: each struct's constructor applies the defaults of its field list.
