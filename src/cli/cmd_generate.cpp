@@ -45,6 +45,7 @@ int run_generate(int argc, char** argv) {
                "trident generate"};
   std::string ckpt_path, prompt = "\n", tokenizer_dir = data::BpeTokenizer::kDefaultAssetDir;
   int max_new_tokens = 100, threads = 0;
+  bool print_ids = false;
   nn::SamplingOptions sampling;
   app.add_option("--ckpt", ckpt_path, "checkpoint directory")->required();
   app.add_option("--prompt", prompt, "text to continue")->capture_default_str();
@@ -58,6 +59,7 @@ int run_generate(int argc, char** argv) {
   app.add_option("--seed", sampling.seed, "sampling seed")->capture_default_str();
   app.add_option("--tokenizer", tokenizer_dir, "folder with encoder.json and vocab.bpe")->capture_default_str();
   app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str();
+  app.add_flag("--print-ids", print_ids, "also print the prompt's and the generated token ids on stderr");
   use_trident_error_format(app);
   try {
     app.parse(argc, argv);
@@ -106,6 +108,7 @@ int run_generate(int argc, char** argv) {
               i, tokenizer.token_bytes(tokens[i]), tokens[i], cfg.vocab_size, cfg.vocab_size - 1,
               cfg.vocab_size);
   }
+  const std::size_t prompt_tokens = tokens.size();
   fmt::print("{}", prompt);
   std::fflush(stdout);
   for (int i = 0; i < max_new_tokens; ++i) {
@@ -121,6 +124,11 @@ int run_generate(int argc, char** argv) {
     std::fflush(stdout);
   }
   fmt::print("\n");
+  if (print_ids) {
+    const std::span<const int32_t> all(tokens);
+    fmt::print(stderr, "prompt ids: {}\ngenerated ids: {}\n", fmt::join(all.first(prompt_tokens), " "),
+               fmt::join(all.subspan(prompt_tokens), " "));
+  }
   return 0;
 }
 
