@@ -15,6 +15,7 @@
 #include "core/check.h"
 #include "core/timer.h"
 #include "data/tokenizer.h"
+#include "data/assets.h"
 #include "data/janeausten.h"
 #include "data/progress.h"
 #include "data/token_shard.h"
@@ -69,7 +70,7 @@ PrepareResult prepare(const PrepareOptions& options, std::ostream& log) {
   std::vector<Document> docs;
   if (options.corpus == "janeausten") {
     TRI_CHECK(options.inputs.empty(), "--corpus janeausten brings its own text; drop --input (or drop --corpus)");
-    const std::string rdb = options.rdb.empty() ? kJaneAustenDefaultRdb : options.rdb;
+    const std::string rdb = options.rdb.empty() ? resolve_default_asset(kJaneAustenDefaultRdb) : options.rdb;
     for (auto& novel : load_jane_austen(rdb)) {
       const bool val = novel.key == kJaneAustenHeldOut;
       docs.push_back({novel.title, std::move(novel.text), val});

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "core/check.h"
+#include "data/assets.h"
 #include "data/bpe_tokenizer.h"
 #include "data/tiktoken_tokenizer.h"
 
@@ -56,7 +57,8 @@ std::vector<std::string> tokenizer_names() { return {"gpt2", "cl100k"}; }
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (spec == "gpt2") return std::make_unique<Gpt2>(BpeTokenizer::from_dir(BpeTokenizer::kDefaultAssetDir));
   if (spec == "cl100k") {
-    return std::make_unique<Cl100k>(TiktokenTokenizer::from_js_ranks(std::string("data/assets/cl100k/") + kCl100kFile));
+    return std::make_unique<Cl100k>(
+        TiktokenTokenizer::from_js_ranks(resolve_default_asset(std::string("data/assets/cl100k/") + kCl100kFile)));
   }
   const fs::path dir(spec);
   TRI_CHECK(fs::is_directory(dir),
