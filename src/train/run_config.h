@@ -244,6 +244,7 @@ struct TrainOptions {
   std::string pipeline_timeline;  // SVG of the last step's measured pipeline timeline; empty: none
   int threads;            // OpenMP threads per rank; 0: OpenMP's default
   int log_every;          // steps between progress lines on stderr
+  std::string preempt_signals;  // signals that stop the run after this step with a checkpoint
   TrainOptions();
 };
 
@@ -273,6 +274,9 @@ void for_each_field(S& o, V&& v) {
         .alias("num_threads omp_threads nthreads"), o.threads);
   v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)
         .alias("log_interval print_every"), o.log_every);
+  v(field("preempt_signals", "TERM,INT,USR1",
+          "signals that stop the run after the current step with a checkpoint (exit 75; a second one aborts at once); none: keep the default actions")
+        .placeholder("SIG,SIG").alias("signals stop_signals preemption_signals"), o.preempt_signals);
 }
 
 // ---- The whole run.

@@ -21,6 +21,7 @@
 #include "train/checkpointing.h"
 #include "train/flops.h"
 #include "train/pipeline_report.h"
+#include "train/preemption.h"
 #include "train/progress.h"
 
 namespace trident::train {
@@ -83,7 +84,9 @@ RunConfig with_data_from_checkpoint(RunConfig cfg, const std::optional<ckpt::Loa
 
 }  // namespace
 
-void run_training(const RunConfig& given, comm::Mesh& mesh) {
+int run_training(const RunConfig& given, comm::Mesh& mesh) {
+  // Installed first, so a signal during set-up still stops the run after its first step.
+  const PreemptionHandler preemption(parse_preempt_signals(given.train.preempt_signals));
   const std::optional<ckpt::LoadedCheckpoint> source = source_checkpoint(given);
   const RunConfig cfg = with_data_from_checkpoint(given, source);
   const bool lead = mesh.rank() == 0;
@@ -170,8 +173,9 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
   const int64_t tokens_per_step = static_cast<int64_t>(cfg.data.batch_size) * cfg.data.seq_len;
   Stopwatch run_clock;
   double last_loss = NAN;
+  int stop_signal = 0;  // the stop signal the ranks agreed on, 0 when none
   // --stop-after ends this invocation early; the schedule still spans --steps.
-  const int64_t end_step = cfg.train.stop_after > 0 ? std::min<int64_t>(cfg.train.stop_after, cfg.train.steps)
+  int64_t end_step = cfg.train.stop_after > 0 ? std::min<int64_t>(cfg.train.stop_after, cfg.train.steps)
                                                     : cfg.train.steps;
   for (int64_t step = start_step; step < end_step; ++step) {
     const float lr = schedule.at(step);
@@ -214,15 +218,20 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
       const double eta = elapsed / static_cast<double>(done - start_step) * static_cast<double>(end_step - done);
       progress.update(done, cfg.train.steps, stats.loss, lr, tps, eta);
     }
+    if (done < end_step && (stop_signal = preemption.agreed_signal(mesh.world())) != 0) {
+      end_step = done;  // saved below, like the end of the run
+      break;
+    }
     if (!cfg.train.ckpt_dir.empty() && cfg.train.ckpt_every > 0 && done % cfg.train.ckpt_every == 0 &&
         done != end_step) {
       progress.note("saved " + save(done));
     }
   }
   progress.finish();
+  std::string saved;
   if (!cfg.train.ckpt_dir.empty() && start_step < end_step) {
-    const std::string dir = save(end_step);
-    if (lead) fmt::print(stderr, "saved {}\n", dir);
+    saved = save(end_step);
+    if (lead) fmt::print(stderr, "saved {}\n", saved);
   }
   if (lead) {
     fmt::print(stderr, "done: step {} of {}, final loss {:.4f}, {:.1f} s\nmemory (peak per rank 0):\n{}",
@@ -233,6 +242,12 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
       fmt::print(stderr, "wrote {}\n", cfg.train.pipeline_timeline);
     }
   }
+  if (stop_signal == 0) return 0;
+  if (lead) {
+    fmt::print(stderr, "{}", preempted_message(stop_signal, end_step, cfg.train.steps, saved,
+                                               cfg.train.ckpt_dir, mesh.size()));
+  }
+  return saved.empty() ? kExitPreemptedUnsaved : kExitPreempted;
 }
 
 }  // namespace trident::train

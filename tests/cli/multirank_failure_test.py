@@ -9,7 +9,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import check, finish, mpirun, run, synthetic_tokens, trident, write_shard  # noqa: E402
+from harness import check, finish, kill_tree, mpirun, rank_pids, run, synthetic_tokens, trident, write_shard  # noqa: E402
 
 
 def expect_job_error(what, cmd, *fragments, env=None):
@@ -48,16 +48,16 @@ def main():
         p = subprocess.Popen([mpirun(), "-n", "2", *base, "--steps", "100000", "--dp", "2"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         time.sleep(4)
-        children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        ranks = rank_pids(p.pid)  # p is scripts/trident-mpirun; the ranks are below its mpirun
         killed = False
-        if children:
-            os.kill(int(children[-1]), signal.SIGKILL)
+        if 1 in ranks:
+            os.kill(ranks[1], signal.SIGKILL)
             killed = True
         try:
             out, _ = p.communicate(timeout=120)
             ended = True
         except subprocess.TimeoutExpired:
-            p.kill()
+            kill_tree(p)
             out, ended = "", False
         check("a rank killed mid-run ends the job (no hang)", killed and ended and p.returncode != 0,
               f"killed={killed} ended={ended} rc={p.returncode}: {out.strip()[-400:]}")
