@@ -240,6 +240,7 @@ struct TrainOptions {
   std::string resume;     // checkpoint directory to continue from (DIR/latest)
   std::string ckpt_dir;   // where checkpoints go; empty: none
   int ckpt_every;         // steps between checkpoints (and at the end); 0: only at the end
+  int keep_last;          // checkpoints kept in ckpt_dir (the newest); 0: all
   std::string metrics;    // JSON-lines metrics file; empty: none
   std::string pipeline_timeline;  // SVG of the last step's measured pipeline timeline; empty: none
   int threads;            // OpenMP threads per rank; 0: OpenMP's default
@@ -266,6 +267,8 @@ void for_each_field(S& o, V&& v) {
   v(field("ckpt_every", 0, "steps between checkpoints (one is always written at the end)").at_least(0)
         .shown_as("0 = only at the end").alias("save_every checkpoint_every save_interval ckpt_interval"),
     o.ckpt_every);
+  v(field("keep_last", 0, "keep only the newest K checkpoints in --ckpt-dir, removing older ones after each save (never the one 'latest' names)")
+        .at_least(0).shown_as("0 = keep all").placeholder("K").alias("save_total_limit keep_checkpoints max_checkpoints keep"), o.keep_last);
   v(field("metrics", "", "write one JSON line of metrics per step to this file").placeholder("FILE").shown_as("none")
         .alias("metrics_file log_file metrics_path"), o.metrics);
   v(field("pipeline_timeline", "", "with pp > 1: write the last step's measured pipeline timeline to FILE as SVG")

@@ -19,6 +19,7 @@
 #include "optim/lr_schedule.h"
 #include "parallel/engine.h"
 #include "train/checkpointing.h"
+#include "train/ckpt_dir_owner.h"
 #include "train/flops.h"
 #include "train/pipeline_report.h"
 #include "train/preemption.h"
@@ -115,6 +116,13 @@ int run_training(const RunConfig& given, comm::Mesh& mesh) {
   std::optional<data::EvalBatches> eval_batches;
   if (val_shard) eval_batches.emplace(*val_shard, cfg.data.batch_size, cfg.data.seq_len, cfg.data.eval_batches);
 
+  // Held for the whole run: no second run writes into this directory meanwhile.
+  std::optional<CheckpointDirOwner> ckpt_owner;
+  if (!cfg.train.ckpt_dir.empty()) {
+    const int64_t first = cfg.train.resume.empty() ? 0 : std::max<int64_t>(source->step, 0);
+    ckpt_owner.emplace(mesh.world(), cfg.train.ckpt_dir, first, cfg.train.keep_last);
+  }
+
   MemoryTracker tracker;
   parallel::Engine engine(mesh, model_cfg, engine_options(cfg), tracker, cfg.data.batch_size,
                           cfg.data.seq_len);
@@ -164,6 +172,7 @@ int run_training(const RunConfig& given, comm::Mesh& mesh) {
                                       {"seed", cfg.train.seed}}},
                             {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
     const std::string dir = save_checkpoint(engine, cfg.train.ckpt_dir, step, state);
+    ckpt_owner->after_save();
     return dir;
   };
 
