@@ -136,6 +136,16 @@ std::string step_dir_name(std::int64_t step) {
   return fmt::format("step_{:08d}", step);
 }
 
+std::int64_t step_from_dir_name(const std::string& name) { return parse_step_name(name); }
+
+std::int64_t latest_step(const std::string& root) {
+  const std::string latest = join_path(root, kLatestFile);
+  if (!is_file(latest)) return -1;
+  std::string name = read_text_file(latest);
+  while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
+  return parse_step_name(name);
+}
+
 std::vector<TensorSpec> gpt2_tensor_specs(const nn::GPTConfig& config) {
   const std::int64_t C = config.n_embd, V = config.vocab_size, P = config.n_positions;
   std::vector<TensorSpec> specs;
@@ -289,6 +299,17 @@ void CheckpointWriter::set_optimizer_step(std::int64_t optimizer_step) { optimiz
 
 std::string CheckpointWriter::commit() {
   const std::string name = step_dir_name(step_);
+  std::string previous = "nothing";
+  if (is_file(join_path(root_, kLatestFile))) {
+    std::string s = read_text_file(join_path(root_, kLatestFile));
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
+    previous = s;
+  }
+  const std::int64_t latest = parse_step_name(previous);
+  TRI_CHECK(latest <= step_,
+            "not saving checkpoint {} in '{}': {} names {}, a later step, and it never moves "
+            "backwards; continue from that one (--resume {}) or save to another --ckpt-dir",
+            name, root_, kLatestFile, previous, root_);
   // The model tensors must be exactly the logical GPT-2 set, so every checkpoint loads.
   {
     std::map<std::string, Shape> have;
@@ -312,12 +333,6 @@ std::string CheckpointWriter::commit() {
               "checkpoint step {} for {}: the model tensors handed to the writer do not match "
               "the config ({}){}",
               step_, root_, config_.describe(), problem_list(missing, wrong, extra));
-  }
-  std::string previous = "nothing";
-  if (is_file(join_path(root_, kLatestFile))) {
-    std::string s = read_text_file(join_path(root_, kLatestFile));
-    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
-    previous = s;
   }
   std::string final_path;
   try {

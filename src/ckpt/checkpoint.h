@@ -25,6 +25,9 @@ inline constexpr const char* kTridentFile = "trident.json";
 inline constexpr const char* kLatestFile = "latest";
 
 std::string step_dir_name(std::int64_t step);  // 42 -> "step_00000042"
+std::int64_t step_from_dir_name(const std::string& name);  // "step_00000042" -> 42; else -1
+// The step ROOT/latest names; -1 when there is no latest file or it names no step directory.
+std::int64_t latest_step(const std::string& root);
 
 // ---------------------------------------------------------------------------------------------
 // Tensor names.
@@ -68,6 +71,8 @@ void check_same_model_shape(const nn::GPTConfig& checkpoint, const nn::GPTConfig
 //   1. everything is written into ROOT/.step_NNNNNNNN.tmp/ (each file fsynced),
 //   2. that directory is renamed to ROOT/step_NNNNNNNN/ (replacing an existing one atomically),
 //   3. ROOT/latest is rewritten atomically to "step_NNNNNNNN".
+// `latest` never moves backwards: commit() refuses, before writing anything, a step older than
+// the one ROOT/latest names (the same step is replaced atomically).
 // A failure at any point (a provider that throws, a full disk) removes the staging directory
 // and leaves the previous step directories and `latest` untouched. Nothing is written before
 // commit(); tensors are pulled from their providers one at a time during commit(), so a caller

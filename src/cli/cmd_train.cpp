@@ -23,8 +23,7 @@ int run_train(int argc, char** argv) {
   shape.pp = cfg.parallel.pp;
   comm::validate_mesh(shape, mpi.world_size());
   comm::Mesh mesh(mpi.world(), shape);
-  train::run_training(cfg, mesh);
-  return 0;
+  return train::run_training(cfg, mesh);
 }
 
 }  // namespace trident::cli

@@ -22,6 +22,7 @@
 
 #include "core/check.h"
 #include "core/rng.h"
+#include "train/preemption.h"
 
 namespace trident::train {
 
@@ -697,6 +698,7 @@ void validate_run_config(const RunConfig& cfg) {
             "init_from '{}' and resume '{}' are both set: init_from starts a new run from "
             "weights, resume continues a run; give one",
             t.init_from, t.resume);
+  (void)parse_preempt_signals(t.preempt_signals);  // names checked before anything starts
   TRI_CHECK(t.pipeline_timeline.empty() || p.pp > 1,
             "--pipeline-timeline {} needs a pipeline (--pp > 1; this run has pp {})",
             t.pipeline_timeline, p.pp);

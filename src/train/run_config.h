@@ -251,11 +251,13 @@ struct TrainOptions {
   std::string resume;     // checkpoint directory to continue from (DIR/latest)
   std::string ckpt_dir;   // where checkpoints go; empty: none
   int ckpt_every;         // steps between checkpoints (and at the end); 0: only at the end
+  int keep_last;          // checkpoints kept in ckpt_dir (the newest); 0: all
   std::string metrics;    // JSON-lines metrics file; empty: none
   std::string pipeline_timeline;  // SVG of the last step's measured pipeline timeline; empty: none
   std::string batch_log;  // JSON lines: each step's global batch as row offsets into the shard; empty: none
   int threads;            // OpenMP threads per rank; 0: OpenMP's default
   int log_every;          // steps between progress lines on stderr
+  std::string preempt_signals;  // signals that stop the run after this step with a checkpoint
   TrainOptions();
 };
 
@@ -277,6 +279,8 @@ void for_each_field(S& o, V&& v) {
   v(field("ckpt_every", 0, "steps between checkpoints (one is always written at the end)").at_least(0)
         .shown_as("0 = only at the end").alias("save_every checkpoint_every save_interval ckpt_interval"),
     o.ckpt_every);
+  v(field("keep_last", 0, "keep only the newest K checkpoints in --ckpt-dir, removing older ones after each save (never the one 'latest' names)")
+        .at_least(0).shown_as("0 = keep all").placeholder("K").alias("save_total_limit keep_checkpoints max_checkpoints keep"), o.keep_last);
   v(field("metrics", "", "write one JSON line of metrics per step to this file").placeholder("FILE").shown_as("none")
         .alias("metrics_file log_file metrics_path"), o.metrics);
   v(field("pipeline_timeline", "", "with pp > 1: write the last step's measured pipeline timeline to FILE as SVG")
@@ -287,6 +291,9 @@ void for_each_field(S& o, V&& v) {
         .alias("num_threads omp_threads nthreads"), o.threads);
   v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)
         .alias("log_interval print_every"), o.log_every);
+  v(field("preempt_signals", "TERM,INT,USR1",
+          "signals that stop the run after the current step with a checkpoint (exit 75; a second one aborts at once); none: keep the default actions")
+        .placeholder("SIG,SIG").alias("signals stop_signals preemption_signals"), o.preempt_signals);
 }
 
 // ---- The whole run.

@@ -20,9 +20,11 @@
 #include "parallel/engine.h"
 #include "train/batch_log.h"
 #include "train/checkpointing.h"
+#include "train/ckpt_dir_owner.h"
 #include "train/flops.h"
 #include "train/nonfinite_policy.h"
 #include "train/pipeline_report.h"
+#include "train/preemption.h"
 #include "train/progress.h"
 
 namespace trident::train {
@@ -85,7 +87,9 @@ RunConfig with_data_from_checkpoint(RunConfig cfg, const std::optional<ckpt::Loa
 
 }  // namespace
 
-void run_training(const RunConfig& given, comm::Mesh& mesh) {
+int run_training(const RunConfig& given, comm::Mesh& mesh) {
+  // Installed first, so a signal during set-up still stops the run after its first step.
+  const PreemptionHandler preemption(parse_preempt_signals(given.train.preempt_signals));
   const std::optional<ckpt::LoadedCheckpoint> source = source_checkpoint(given);
   const RunConfig cfg = with_data_from_checkpoint(given, source);
   const bool lead = mesh.rank() == 0;
@@ -113,6 +117,13 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
   const data::BatchSampler sampler(train_shard, sampler_cfg);
   std::optional<data::EvalBatches> eval_batches;
   if (val_shard) eval_batches.emplace(*val_shard, cfg.data.batch_size, cfg.data.seq_len, cfg.data.eval_batches);
+
+  // Held for the whole run: no second run writes into this directory meanwhile.
+  std::optional<CheckpointDirOwner> ckpt_owner;
+  if (!cfg.train.ckpt_dir.empty()) {
+    const int64_t first = cfg.train.resume.empty() ? 0 : std::max<int64_t>(source->step, 0);
+    ckpt_owner.emplace(mesh.world(), cfg.train.ckpt_dir, first, cfg.train.keep_last);
+  }
 
   MemoryTracker tracker;
   parallel::Engine engine(mesh, model_cfg, engine_options(cfg), tracker, cfg.data.batch_size,
@@ -163,6 +174,7 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
                                       {"seed", cfg.train.seed}}},
                             {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
     const std::string dir = save_checkpoint(engine, cfg.train.ckpt_dir, step, state);
+    ckpt_owner->after_save();
     return dir;
   };
 
@@ -174,8 +186,9 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
   Stopwatch run_clock;
   double last_loss = NAN;
   NonfiniteGuard nonfinite(cfg.optim.on_nonfinite, cfg.optim.max_bad_steps);
+  int stop_signal = 0;  // the stop signal the ranks agreed on, 0 when none
   // --stop-after ends this invocation early; the schedule still spans --steps.
-  const int64_t end_step = cfg.train.stop_after > 0 ? std::min<int64_t>(cfg.train.stop_after, cfg.train.steps)
+  int64_t end_step = cfg.train.stop_after > 0 ? std::min<int64_t>(cfg.train.stop_after, cfg.train.steps)
                                                     : cfg.train.steps;
   for (int64_t step = start_step; step < end_step; ++step) {
     const float lr = schedule.at(step);
@@ -220,15 +233,20 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
       const double eta = elapsed / static_cast<double>(done - start_step) * static_cast<double>(end_step - done);
       progress.update(done, cfg.train.steps, stats.loss, lr, tps, eta);
     }
+    if (done < end_step && (stop_signal = preemption.agreed_signal(mesh.world())) != 0) {
+      end_step = done;  // saved below, like the end of the run
+      break;
+    }
     if (!cfg.train.ckpt_dir.empty() && cfg.train.ckpt_every > 0 && done % cfg.train.ckpt_every == 0 &&
         done != end_step) {
       progress.note("saved " + save(done));
     }
   }
   progress.finish();
+  std::string saved;
   if (!cfg.train.ckpt_dir.empty() && start_step < end_step) {
-    const std::string dir = save(end_step);
-    if (lead) fmt::print(stderr, "saved {}\n", dir);
+    saved = save(end_step);
+    if (lead) fmt::print(stderr, "saved {}\n", saved);
   }
   if (lead) {
     fmt::print(stderr, "done: step {} of {}, final loss {:.4f}, {:.1f} s\nmemory (peak per rank 0):\n{}",
@@ -239,6 +257,12 @@ void run_training(const RunConfig& given, comm::Mesh& mesh) {
       fmt::print(stderr, "wrote {}\n", cfg.train.pipeline_timeline);
     }
   }
+  if (stop_signal == 0) return 0;
+  if (lead) {
+    fmt::print(stderr, "{}", preempted_message(stop_signal, end_step, cfg.train.steps, saved,
+                                               cfg.train.ckpt_dir, mesh.size()));
+  }
+  return saved.empty() ? kExitPreemptedUnsaved : kExitPreempted;
 }
 
 }  // namespace trident::train

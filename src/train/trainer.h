@@ -8,7 +8,9 @@
 
 namespace trident::train {
 
-// Trains as `cfg` says on the ranks of `mesh` (dp x tp x pp from cfg.parallel).
-void run_training(const RunConfig& cfg, comm::Mesh& mesh);
+// Trains as `cfg` says on the ranks of `mesh` (dp x tp x pp from cfg.parallel). Returns the
+// process exit code: 0, or kExitPreempted / kExitPreemptedUnsaved (train/preemption.h) when a
+// stop signal ended the run early.
+int run_training(const RunConfig& cfg, comm::Mesh& mesh);
 
 }  // namespace trident::train

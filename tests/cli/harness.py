@@ -50,6 +50,53 @@ def synthetic_tokens(n, vocab, seed=0):
     return out
 
 
+def descendants(pid):
+    """Every live process below `pid` (children, grandchildren, ...), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name (field 2) is in parentheses and may hold spaces; ppid follows it.
+        parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    out, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        out += kids
+        frontier += kids
+    return out
+
+
+def rank_pids(launcher_pid):
+    """{MPI rank: pid} of the ranks started under a scripts/trident-mpirun (or mpirun) process."""
+    ranks = {}
+    for pid in descendants(launcher_pid):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        for kv in env:
+            if kv.startswith(b"OMPI_COMM_WORLD_RANK="):
+                ranks[int(kv.split(b"=", 1)[1])] = pid
+    return ranks
+
+
+def kill_tree(proc):
+    """SIGKILL a subprocess.Popen and everything below it (a launcher and its ranks)."""
+    for pid in descendants(proc.pid) + [proc.pid]:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    proc.wait()
+
+
 def read_metrics(path):
     with open(path) as f:
         return [json.loads(line) for line in f]

@@ -10,7 +10,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import check, finish, mpirun, run, synthetic_tokens, trident, write_shard  # noqa: E402
+from harness import check, finish, kill_tree, mpirun, rank_pids, run, synthetic_tokens, trident, write_shard  # noqa: E402
 
 
 def expect_job_error(what, cmd, *fragments, env=None):
@@ -74,28 +74,18 @@ def signal_a_rank(cmd, rank, sig, env):
     p = subprocess.Popen([mpirun(), "-n", "2", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          env=e)
     time.sleep(4)
-    target = None
-    for pid in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split():
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
-        except OSError:
-            continue
-        if environ.get(b"OMPI_COMM_WORLD_RANK") == str(rank).encode():
-            target = int(pid)
+    # p is scripts/trident-mpirun; the ranks are below its mpirun.
+    target = rank_pids(p.pid).get(rank)
     if target is None:
-        p.kill()
-        p.communicate()
-        return rank, False, None, f"no process of world rank {rank} among mpirun's children"
+        kill_tree(p)
+        return rank, False, None, f"no process of world rank {rank} under the launcher"
     os.kill(target, sig)
     try:
         out, _ = p.communicate(timeout=120)
         return rank, True, p.returncode, out
     except subprocess.TimeoutExpired:
-        p.kill()
-        if sig == signal.SIGSTOP:
-            os.kill(target, signal.SIGKILL)
-        return rank, False, None, p.communicate()[0]
+        kill_tree(p)
+        return rank, False, None, ""
 
 if __name__ == "__main__":
     main()
