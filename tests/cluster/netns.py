@@ -239,12 +239,12 @@ class Cluster:
         e.update(extra or {})
         return e
 
-    def mpirun_argv(self, np, argv, ranks_per_node, map_by="slot", nodes=None, mpirun=MPIRUN, extra=()):
+    def mpirun_argv(self, np, argv, ranks_per_node, map_by="slot", nodes=None, supervisor=(), extra=()):
         """OpenMPI's remote launch of argv as np ranks over the nodes, ranks_per_node slots each,
         from node 0; through scripts/trident-mpirun, so the local settings (root, oversubscription,
-        yielding, single copy) hold on every node."""
+        yielding, single copy) hold on every node. supervisor: its options (--max-restarts ...)."""
         subnet = f"{SUBNET}.0/24"
-        launch = [mpirun, "-n", str(np), "--hostfile", self.hostfile(ranks_per_node, nodes),
+        launch = [MPIRUN, *supervisor, "-n", str(np), "--hostfile", self.hostfile(ranks_per_node, nodes),
                   "--map-by", map_by,
                   "--mca", "plm_rsh_agent", AGENT,
                   # Every daemon straight from mpirun: an agent inside a node need not reach others.
