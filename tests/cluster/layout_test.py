@@ -86,7 +86,8 @@ def main():
                 w_dev, where = st.max_abs_diff(st.load(f"{d}/{tag}/step_{STEPS:08d}/model.safetensors"), ref_w)
                 print(f"{tag}: loss rel dev {loss_dev:.2e}, weight abs dev {w_dev:.2e} ({where}), "
                       f"bytes received per node {got}", flush=True)
-                check(f"{tag} losses", len(loss) == STEPS and loss_dev < 2e-5, f"{loss} vs {ref_loss}")
+                ok = len(loss) == STEPS and loss_dev < 2e-5
+                check(f"{tag} losses", ok, "" if ok else f"{loss} vs {ref_loss}")
                 check(f"{tag} weights", w_dev < 0.01 * budget, f"{w_dev:.2e} at {where}")
                 where_ran = placement(err)
                 check(f"{tag} ran on {nodes} nodes, {per_node} ranks each",
