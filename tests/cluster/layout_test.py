@@ -10,7 +10,7 @@ in (scripts/netns-agent gives each node its own), so a tp group listed under one
 on one node. Rows launched with --map-by node (round robin: launcher ranks 0 and 1 on different
 nodes) show that Trident regroups ranks by node for any placement. And every node must have
 received at least one step's worth of gradient bytes over its link, so the traffic really went
-over TCP between the namespaces."""
+over TCP between the namespaces. Every link is shaped to 1 Gbit/s (tc) throughout."""
 import os
 import re
 import sys
@@ -69,6 +69,12 @@ def main():
             (4, 2, "node", 2, 2, 2, ["--micro-batches", "4"]),            # 3D over 4 nodes
         ]
         with Cluster(4) as c:
+            # Every row runs over shaped links: 1 Gbit/s out of every node (netem where the kernel
+            # has it, else tbf; this only shows that shaping leaves the results alone).
+            for i in range(4):
+                c.shape(i, rate="1gbit")
+            qdiscs = [c.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", "eth0"])[1] for ns in c.ns]
+            check("every node's link is shaped to 1 Gbit/s", all("rate 1Gbit" in q for q in qdiscs), f"{qdiscs}")
             for nodes, per_node, map_by, dp, tp, pp, extra in rows:
                 tag = f"n{nodes}x{per_node}_{map_by}_dp{dp}_tp{tp}_pp{pp}"
                 world = dp * tp * pp

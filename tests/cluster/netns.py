@@ -23,6 +23,7 @@ import atexit
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,9 +80,15 @@ def leftovers():
 
 
 def remove_leftovers():
+    """Deletes leftovers (killing what still runs in them) and their temporary directories."""
     found = leftovers()
     for ns in found:
         _delete(ns)
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        m = re.match(r"^trid(\d+)x[0-9a-f]+-", name)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
     return found
 
 

@@ -61,7 +61,7 @@ class SlurmCluster:
     def up(self):
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self._old[sig] = signal.signal(sig, lambda s, f: (_ for _ in ()).throw(SystemExit(128 + s)))
-        self.dir = tempfile.mkdtemp(prefix="trident-slurm-")  # 0700, as munged wants
+        self.dir = tempfile.mkdtemp(prefix=f"{self.ns}-slurm-")  # 0700, as munged wants
         subprocess.run(["ip", "netns", "add", self.ns], check=True, capture_output=True)
         # Beside loopback, one address of its own: Slurm looks its listening address up with
         # AI_ADDRCONFIG, which finds nothing where only loopback is configured.
