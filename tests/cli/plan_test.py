@@ -2,8 +2,8 @@
 (docs/planner.md): every row a valid layout of the world, ranked by predicted tokens/s, within
 --memory-per-rank; --top, --all, --micro-batches, --sequence-parallel, --flops, --link-gbps,
 --no-overlap change the output as documented; the 'best:' line is the first row's layout;
-under mpirun the ranks calibrate together (calibrated_ranks). Mostly with --flops, so no
-compute is timed and the predictions are deterministic."""
+under mpirun the ranks calibrate together (calibrated_ranks). Mostly with --flops and a given
+--link-gbps, so nothing is timed and the predictions are deterministic."""
 import json
 import os
 import re
@@ -27,7 +27,10 @@ def main():
             path = f"{d}/plan.jsonl"
             if os.path.exists(path):
                 os.remove(path)
-            rc, out, err = run((cmd or base) + list(flags) + ["--json", path], timeout=300)
+            flags = list(flags)
+            if "--flops" in flags and "--link-gbps" not in flags:
+                flags += ["--link-gbps", "5"]  # a fixed link too, so the predictions are deterministic
+            rc, out, err = run((cmd or base) + flags + ["--json", path], timeout=300)
             rows = [json.loads(line) for line in open(path)] if rc == 0 and os.path.exists(path) else []
             return rc, out + err, rows
 
