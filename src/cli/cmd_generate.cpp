@@ -83,19 +83,30 @@ int run_generate(int argc, char** argv) {
     const nn::ParamInfo& info = ps.info(id);
     std::vector<float> logical(static_cast<std::size_t>(shape_numel(info.logical_shape)));
     loaded.read_param(info.name, info.logical_shape, logical.data());
+    // NaN weights would print garbage (every logit NaN) and exit 0; refuse them instead.
+    ckpt::check_finite(logical.data(), static_cast<int64_t>(logical.size()), loaded.model_prefix + info.name,
+                       loaded.model.path());
     nn::scatter_logical_to_local(info, logical.data(), ps.data(id));
   }
   nn::GPTActivations acts = model.make_activations(tracker, 1, cfg.n_positions);
 
   std::vector<int32_t> tokens = tokenizer.encode(prompt);
-  if (tokens.empty()) tokens.push_back(data::BpeTokenizer::kEndOfText);
-  // A model trained on a smaller vocabulary (tiny: 1000) has no embedding row for the other
-  // GPT-2 tokens; looking one up would read past the table.
-  for (const int32_t t : tokens) {
-    TRI_CHECK(t < cfg.vocab_size,
-              "the prompt's token {} ('{}') is outside the model's vocabulary of {} tokens (this "
-              "checkpoint was trained on token ids < {}); use a prompt made of those tokens",
-              t, tokenizer.token_bytes(t), cfg.vocab_size, cfg.vocab_size);
+  if (tokens.empty()) {
+    TRI_CHECK(data::BpeTokenizer::kEndOfText < cfg.vocab_size,
+              "the prompt is empty and the model's vocabulary ({} tokens) has no GPT-2 "
+              "<|endoftext|> (id {}) to start from; pass a non-empty --prompt",
+              cfg.vocab_size, data::BpeTokenizer::kEndOfText);
+    tokens.push_back(data::BpeTokenizer::kEndOfText);
+  }
+  // A model with a smaller vocabulary (a test model, or one trained on remapped ids) has no
+  // embedding row for larger GPT-2 ids: reading one would be out of bounds.
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    TRI_CHECK(tokens[i] >= 0 && tokens[i] < cfg.vocab_size,
+              "the prompt's token {} ('{}', GPT-2 id {}) is outside the model's vocabulary of {} "
+              "tokens (ids 0..{}); this model was not trained on full GPT-2 tokens, so use a prompt "
+              "whose tokens all have ids below {}",
+              i, tokenizer.token_bytes(tokens[i]), tokens[i], cfg.vocab_size, cfg.vocab_size - 1,
+              cfg.vocab_size);
   }
   const std::size_t prompt_tokens = tokens.size();
   fmt::print("{}", prompt);

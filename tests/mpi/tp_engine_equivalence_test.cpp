@@ -8,8 +8,8 @@
 //
 // Bounds (fp32, only summation order differs: tp sums partial matmuls over ranks, the
 // vocab-parallel loss sums per-rank sum-exps), u = 2^-24. Every per-token gradient inherits
-// the rounding of the longest reduction it passes, the softmax's V = 1000-term sum (split over
-// the tp ranks): eta = u * sqrt(V) = 1.9e-6 relative (the roundings add as a random walk).
+// the rounding of the longest reduction it passes, the softmax's V = 1000-term sum split
+// over ranks: eta = u * sqrt(V) = 1.9e-6 relative (the roundings add as a random walk).
 //   loss, step k:      k * u * sqrt(V / (B*T)) relative (the mean over B*T = 64 tokens
 //                      averages the per-token roundings; each step's weights add one more)
 //   grad norm, step k: k * eta relative
