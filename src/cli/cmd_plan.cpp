@@ -194,6 +194,7 @@ int run_plan(int argc, char** argv) {
     std::ofstream js(json_out);
     TRI_CHECK(js.good(), "cannot write --json {}", json_out);
     for (const plan::PlanRow& r : p.rows) {
+      if (!r.fits) continue;  // as documented: the fitting rows (they come first)
       const plan::Layout& l = r.layout;
       nlohmann::json j{{"dp", l.dp}, {"tp", l.tp}, {"pp", l.pp}, {"zero", l.zero},
                        {"schedule", pp::to_string(l.schedule)}, {"virtual_stages", l.virtual_stages},
