@@ -28,7 +28,10 @@ rm -rf "$CKPT" "$RUN"/phase*.jsonl
 echo "== phase 1: steps 1-$HALF on 8 ranks as dp 2 x tp 2 x pp 2 (1F1B, ZeRO-1)"
 scripts/trident-mpirun -n 8 "$T" train --config configs/hybrid_8rank.toml --steps "$STEPS" \
   --stop-after "$HALF" --ckpt-dir "$CKPT" --metrics "$RUN/phase1.jsonl" "$@"
-"$T" ckpt info "$CKPT" | head -5
+# (Into a file, then its head: ckpt info verifies every tensor as it prints, and a pipe into
+# head would end it with SIGPIPE, failing the job under pipefail.)
+"$T" ckpt info "$CKPT" >"$RUN/ckpt_info.txt"
+head -5 "$RUN/ckpt_info.txt"
 
 echo "== phase 2: resume step $HALF at another layout, dp 4 x tp 2 (no pipeline), to step $STEPS"
 scripts/trident-mpirun -n 8 "$T" train --config configs/hybrid_8rank.toml --steps "$STEPS" \
