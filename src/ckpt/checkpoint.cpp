@@ -210,8 +210,8 @@ nlohmann::json gpt_config_to_hf_json(const nn::GPTConfig& c) {
 nn::GPTConfig gpt_config_from_hf_json(const nlohmann::json& j, const std::string& source) {
   TRI_CHECK(j.is_object(), "{} is not a JSON object", source);
   if (j.contains("model_type")) {
-    TRI_CHECK(j["model_type"] == "gpt2", "{} has model_type {}; Trident trains GPT-2 models "
-              "(model_type \"gpt2\") only", source, j["model_type"].dump());
+    TRI_CHECK(j["model_type"] == "gpt2", "{} has model_type {}: Trident implements the gpt2 family only "
+              "(model_type \"gpt2\"); give a GPT-2 config.json or a preset", source, j["model_type"].dump());
   }
   nn::GPTConfig c;
   c.n_layer = json_int(j, "n_layer", source);
@@ -531,6 +531,72 @@ void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::GPTCo
   }
   TRI_CHECK(missing.empty() && wrong.empty(), "optimizer state in {} does not match the model ({}){}",
             reader.path(), config.describe(), problem_list(missing, wrong, {}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify
+
+void check_finite(const float* data, std::int64_t n, const std::string& tensor, const std::string& file) {
+  std::int64_t first = -1, bad = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(data[i])) {
+      if (first < 0) first = i;
+      ++bad;
+    }
+  }
+  TRI_CHECK(bad == 0,
+            "tensor '{}' in {} holds {} at element {} ({} of {} elements are not finite): Trident "
+            "never writes non-finite values, so this file is damaged or comes from a diverged run",
+            tensor, file, data[first], first, bad, n);
+}
+
+std::string verify_checkpoint(const std::string& path) {
+  LoadedCheckpoint ck = open_checkpoint(path);  // config.json parsed and validated
+  validate_model_tensors(ck.model, ck.config, ck.model_prefix);
+  const std::vector<TensorSpec> specs = gpt2_tensor_specs(ck.config);
+  std::int64_t largest = 0;
+  for (const auto& spec : specs) largest = std::max(largest, shape_numel(spec.shape));
+  std::vector<float> buffer(static_cast<std::size_t>(largest));
+  std::int64_t elements = 0;
+  for (const auto& spec : specs) {
+    ck.read_param(spec.name, spec.shape, buffer.data());
+    check_finite(buffer.data(), shape_numel(spec.shape), ck.model_prefix + spec.name, ck.model.path());
+    elements += shape_numel(spec.shape);
+  }
+  std::string summary = fmt::format("verified: {} model tensors ({} parameters) load with the shapes "
+                                    "config.json implies", specs.size(), elements);
+
+  const std::string trident_file = join_path(ck.path, kTridentFile);
+  const std::int64_t dir_step = parse_step_name(fs::path(ck.path).filename().string());
+  if (is_file(trident_file)) {
+    TRI_CHECK(ck.trident.is_object(), "{} is not a JSON object", trident_file);
+    TRI_CHECK(ck.trident.contains("step") && ck.trident["step"].is_number_integer() &&
+                  ck.trident["step"].get<std::int64_t>() >= 0,
+              "{}: field 'step' is {}, not a non-negative integer; without it a resumed run "
+              "would not know where its schedule and data stand",
+              trident_file, ck.trident.contains("step") ? ck.trident["step"].dump() : "missing");
+    TRI_CHECK(dir_step < 0 || ck.step == dir_step,
+              "{}: field 'step' is {} but the directory is {}", trident_file, ck.step,
+              fs::path(ck.path).filename().string());
+  }
+  if (ck.optimizer) {
+    validate_optimizer_tensors(*ck.optimizer, ck.config);
+    for (const auto& spec : specs) {
+      for (const std::string& name : {exp_avg_name(spec.name), exp_avg_sq_name(spec.name)}) {
+        ck.optimizer->read(name, spec.shape, buffer.data());
+        check_finite(buffer.data(), shape_numel(spec.shape), name, ck.optimizer->path());
+      }
+    }
+    const auto opt_step = ck.optimizer_step();  // throws on a non-integer
+    TRI_CHECK(opt_step.has_value() && *opt_step >= 0,
+              "optimizer state {} has no non-negative integer 'step' in its metadata (AdamW's bias "
+              "correction needs it)", ck.optimizer->path());
+    TRI_CHECK(ck.step < 0 || *opt_step <= ck.step,
+              "optimizer state {} is at AdamW step {}, beyond the run's step {} in {}: the two "
+              "files do not belong together", ck.optimizer->path(), *opt_step, ck.step, trident_file);
+    summary += fmt::format("; optimizer state complete (AdamW step {})", *opt_step);
+  }
+  return summary + "; all finite";
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -145,6 +145,19 @@ void validate_model_tensors(const SafetensorsReader& reader, const nn::GPTConfig
 // Checks optimizer.safetensors holds exp_avg and exp_avg_sq for every model tensor, same shapes.
 void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config);
 
+// Throws "tensor 'NAME' in FILE holds NaN at element 17 (3 of 4096 elements are not finite)"
+// when any of the n floats is NaN or inf: no checkpoint Trident writes holds one, so a file
+// that does is damaged or comes from a diverged run.
+void check_finite(const float* data, std::int64_t n, const std::string& tensor, const std::string& file);
+
+// Everything a load reads, checked as `ckpt info` promises: config.json is a valid GPT-2
+// config; model.safetensors has every tensor config.json implies, with that shape, readable
+// and finite; optimizer.safetensors (when present) has both moments of every parameter,
+// finite, and an integer step no larger than the run's; trident.json (when present) is an
+// object whose "step" is a non-negative integer equal to the directory's step_NNNNNNNN.
+// Throws naming the file (and tensor or field) of the first problem; returns a summary line.
+std::string verify_checkpoint(const std::string& path);
+
 // Human-readable summary for `trident ckpt info`: step, config, tensors (name, shape, dtype),
 // total parameters, optimizer state, trident.json keys.
 std::string describe_checkpoint(const std::string& path);

@@ -1,4 +1,6 @@
-// `trident ckpt info DIR`: prints what a checkpoint holds. Checkpoints are layout-free (logical
+// `trident ckpt info DIR`: prints what a checkpoint holds, then verifies that it loads (every
+// tensor present, the right shape, finite; config.json, optimizer state and trident.json
+// consistent) and exits non-zero naming the first problem. Checkpoints are layout-free (logical
 // tensors), so there is no `ckpt convert`: any layout loads any checkpoint directly.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -7,8 +9,23 @@
 #include "ckpt/checkpoint.h"
 #include "cli/cli11_errors.h"
 #include "cli/commands.h"
+#include "core/check.h"
+#include "train/run_config.h"
 
 namespace trident::cli {
+
+namespace {
+// trident.json's run configuration must be one `train --resume` accepts.
+void check_run_config(const ckpt::LoadedCheckpoint& ck) {
+  if (!ck.trident.is_object() || !ck.trident.contains("run_config")) return;
+  try {
+    (void)train::run_config_from_json(ck.trident["run_config"]);
+  } catch (const Error& e) {
+    TRI_FAIL("{}/{}: field 'run_config' is not a run configuration this version accepts: {}", ck.path,
+             ckpt::kTridentFile, e.what());
+  }
+}
+}  // namespace
 
 int run_ckpt(int argc, char** argv) {
   CLI::App app{"Inspect checkpoints. Checkpoints hold logical (unsharded) tensors, so one "
@@ -18,7 +35,8 @@ int run_ckpt(int argc, char** argv) {
   std::string path;
   auto* info = app.add_subcommand(
       "info", "Print a checkpoint's step, model config, tensors (name, shape, dtype), parameter "
-              "count and whether optimizer state is present");
+              "count and whether optimizer state is present; then read every tensor and exit "
+              "non-zero, naming the file and tensor or field, unless it all loads and is finite");
   info->add_option("DIR", path,
                    "a step directory, a checkpoint root holding 'latest', or a Hugging Face "
                    "GPT-2 directory (model.safetensors + config.json)")
@@ -30,8 +48,13 @@ int run_ckpt(int argc, char** argv) {
     return app.exit(e);
   }
   if (info->parsed()) {
-    const std::string text = ckpt::describe_checkpoint(path);  // trident::Error goes to main
+    // trident::Error goes to main: a message naming the file and the problem, exit status 1.
+    const std::string text = ckpt::describe_checkpoint(path);
     std::fputs(text.c_str(), stdout);
+    std::fflush(stdout);
+    const std::string verified = ckpt::verify_checkpoint(path);
+    check_run_config(ckpt::load_checkpoint(path));
+    std::fputs((verified + "\n").c_str(), stdout);
   }
   return 0;
 }

@@ -45,6 +45,7 @@ int run_generate(int argc, char** argv) {
                "trident generate"};
   std::string ckpt_path, prompt = "\n", tokenizer_dir = data::BpeTokenizer::kDefaultAssetDir;
   int max_new_tokens = 100, threads = 0;
+  bool print_ids = false;
   nn::SamplingOptions sampling;
   app.add_option("--ckpt", ckpt_path, "checkpoint directory")->required();
   app.add_option("--prompt", prompt, "text to continue")->capture_default_str();
@@ -58,6 +59,7 @@ int run_generate(int argc, char** argv) {
   app.add_option("--seed", sampling.seed, "sampling seed")->capture_default_str();
   app.add_option("--tokenizer", tokenizer_dir, "folder with encoder.json and vocab.bpe")->capture_default_str();
   app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str();
+  app.add_flag("--print-ids", print_ids, "also print the prompt's and the generated token ids on stderr");
   use_trident_error_format(app);
   try {
     app.parse(argc, argv);
@@ -81,12 +83,32 @@ int run_generate(int argc, char** argv) {
     const nn::ParamInfo& info = ps.info(id);
     std::vector<float> logical(static_cast<std::size_t>(shape_numel(info.logical_shape)));
     loaded.read_param(info.name, info.logical_shape, logical.data());
+    // NaN weights would print garbage (every logit NaN) and exit 0; refuse them instead.
+    ckpt::check_finite(logical.data(), static_cast<int64_t>(logical.size()), loaded.model_prefix + info.name,
+                       loaded.model.path());
     nn::scatter_logical_to_local(info, logical.data(), ps.data(id));
   }
   nn::GPTActivations acts = model.make_activations(tracker, 1, cfg.n_positions);
 
   std::vector<int32_t> tokens = tokenizer.encode(prompt);
-  if (tokens.empty()) tokens.push_back(data::BpeTokenizer::kEndOfText);
+  if (tokens.empty()) {
+    TRI_CHECK(data::BpeTokenizer::kEndOfText < cfg.vocab_size,
+              "the prompt is empty and the model's vocabulary ({} tokens) has no GPT-2 "
+              "<|endoftext|> (id {}) to start from; pass a non-empty --prompt",
+              cfg.vocab_size, data::BpeTokenizer::kEndOfText);
+    tokens.push_back(data::BpeTokenizer::kEndOfText);
+  }
+  // A model with a smaller vocabulary (a test model, or one trained on remapped ids) has no
+  // embedding row for larger GPT-2 ids: reading one would be out of bounds.
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    TRI_CHECK(tokens[i] >= 0 && tokens[i] < cfg.vocab_size,
+              "the prompt's token {} ('{}', GPT-2 id {}) is outside the model's vocabulary of {} "
+              "tokens (ids 0..{}); this model was not trained on full GPT-2 tokens, so use a prompt "
+              "whose tokens all have ids below {}",
+              i, tokenizer.token_bytes(tokens[i]), tokens[i], cfg.vocab_size, cfg.vocab_size - 1,
+              cfg.vocab_size);
+  }
+  const std::size_t prompt_tokens = tokens.size();
   fmt::print("{}", prompt);
   std::fflush(stdout);
   for (int i = 0; i < max_new_tokens; ++i) {
@@ -102,6 +124,11 @@ int run_generate(int argc, char** argv) {
     std::fflush(stdout);
   }
   fmt::print("\n");
+  if (print_ids) {
+    const std::span<const int32_t> all(tokens);
+    fmt::print(stderr, "prompt ids: {}\ngenerated ids: {}\n", fmt::join(all.first(prompt_tokens), " "),
+               fmt::join(all.subspan(prompt_tokens), " "));
+  }
   return 0;
 }
 

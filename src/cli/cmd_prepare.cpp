@@ -16,8 +16,9 @@ namespace trident::cli {
 int run_prepare(int argc, char** argv) {
   data::PrepareOptions opt;
   CLI::App app{
-      "Tokenize text with GPT-2's BPE into llm.c token shards PREFIX_train.bin and PREFIX_val.bin (+ PREFIX_meta.json).\n"
-      "Every document (input file, or novel) is preceded by <|endoftext|> (50256).",
+      "Tokenize text into llm.c token shards PREFIX_train.bin and PREFIX_val.bin (+ PREFIX_meta.json).\n"
+      "Every document (input file, or novel) is preceded by <|endoftext|> (gpt2: 50256, cl100k: 100257).\n"
+      "Vocabularies beyond 65,536 ids (cl100k) are written as 32-bit shards.",
       "trident prepare"};
   app.add_option("--input", opt.inputs, "Text files, one document each");
   app.add_option("--out", opt.out_prefix, "Output prefix, e.g. data/janeausten")->required();
@@ -29,7 +30,9 @@ int run_prepare(int argc, char** argv) {
       ->check(CLI::IsMember({"janeausten"}));
   app.add_option("--rdb", opt.rdb,
                  fmt::format("janeausten: r-cran-janeaustenr's Rdata.rdb (default {})", data::kJaneAustenDefaultRdb));
-  app.add_option("--tokenizer", opt.tokenizer_dir, "Folder holding GPT-2's encoder.json and vocab.bpe")
+  app.add_option("--tokenizer", opt.tokenizer,
+                 "gpt2 (GPT-2's BPE, 50,257 ids) or cl100k (OpenAI's cl100k_base, 100,277 ids), or a folder holding "
+                 "GPT-2's encoder.json + vocab.bpe or cl100k_base.js")
       ->capture_default_str();
   bool quiet = false;
   app.add_flag("--quiet", quiet, "No progress bar");

@@ -28,4 +28,19 @@ std::string asset_path(const std::string& repo_root, const std::string& relative
   return p.string();
 }
 
+std::string resolve_default_asset(const std::string& relative_path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(relative_path, ec) || fs::path(relative_path).is_absolute()) return relative_path;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return relative_path;
+  try {
+    const fs::path candidate = fs::path(find_repo_root(exe.string())) / relative_path;
+    if (fs::exists(candidate, ec)) return candidate.string();
+  } catch (const Error&) {
+    // The binary is not inside a checkout: keep the relative path.
+  }
+  return relative_path;
+}
+
 }  // namespace trident::data

@@ -15,4 +15,10 @@ std::string find_repo_root(const std::string& start);
 // scripts/fetch_assets.sh.
 std::string asset_path(const std::string& repo_root, const std::string& relative);
 
+// A default asset path such as "data/assets/gpt2": as given when it exists from the working
+// directory, else the same path under the repository that holds the running binary
+// (build/trident inside a checkout), so the defaults work from any directory. Returns the
+// path unchanged when neither exists (the caller's error then names it).
+std::string resolve_default_asset(const std::string& relative_path);
+
 }  // namespace trident::data

@@ -13,11 +13,8 @@ namespace {
 const uint64_t kSamplerStream = fnv1a64("trident.data.batch_sampler");
 
 void copy_row(const TokenShard& shard, int64_t offset, int64_t seq_len, int32_t* inputs, int32_t* targets) {
-  const uint16_t* src = shard.tokens().data() + offset;
-  for (int64_t t = 0; t < seq_len; ++t) {
-    inputs[t] = src[t];
-    targets[t] = src[t + 1];
-  }
+  shard.copy(static_cast<size_t>(offset), static_cast<size_t>(seq_len), inputs);
+  shard.copy(static_cast<size_t>(offset) + 1, static_cast<size_t>(seq_len), targets);
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 // cache, and decoding.
 #include "data/bpe_tokenizer.h"
 
+#include "data/assets.h"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -36,7 +38,8 @@ uint64_t pair_key(int32_t left, int32_t right) {
 }  // namespace
 
 BpeTokenizer BpeTokenizer::from_dir(const std::string& dir) {
-  return from_files(dir + "/encoder.json", dir + "/vocab.bpe");
+  const std::string d = dir == kDefaultAssetDir ? resolve_default_asset(dir) : dir;
+  return from_files(d + "/encoder.json", d + "/vocab.bpe");
 }
 
 BpeTokenizer BpeTokenizer::from_files(const std::string& encoder_json, const std::string& vocab_bpe) {

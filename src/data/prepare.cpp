@@ -14,7 +14,8 @@
 
 #include "core/check.h"
 #include "core/timer.h"
-#include "data/bpe_tokenizer.h"
+#include "data/tokenizer.h"
+#include "data/assets.h"
 #include "data/janeausten.h"
 #include "data/progress.h"
 #include "data/token_shard.h"
@@ -36,14 +37,16 @@ std::string read_input(const std::string& path) {
   return ss.str();
 }
 
+// Occurrences of each id, indexed by id (ids are non-negative; the size follows the largest).
 std::vector<int64_t> counts_of(std::span<const int32_t> tokens) {
-  std::vector<int64_t> counts(65536, 0);
-  for (int32_t t : tokens) ++counts[static_cast<uint16_t>(t)];
+  const int32_t max_id = tokens.empty() ? 0 : *std::max_element(tokens.begin(), tokens.end());
+  std::vector<int64_t> counts(static_cast<size_t>(max_id) + 1, 0);
+  for (int32_t t : tokens) ++counts[static_cast<size_t>(t)];
   return counts;
 }
 
-int64_t count_documents(std::span<const int32_t> tokens) {
-  return std::count(tokens.begin(), tokens.end(), BpeTokenizer::kEndOfText);
+int64_t count_documents(std::span<const int32_t> tokens, int32_t separator) {
+  return std::count(tokens.begin(), tokens.end(), separator);
 }
 
 }  // namespace
@@ -67,7 +70,7 @@ PrepareResult prepare(const PrepareOptions& options, std::ostream& log) {
   std::vector<Document> docs;
   if (options.corpus == "janeausten") {
     TRI_CHECK(options.inputs.empty(), "--corpus janeausten brings its own text; drop --input (or drop --corpus)");
-    const std::string rdb = options.rdb.empty() ? kJaneAustenDefaultRdb : options.rdb;
+    const std::string rdb = options.rdb.empty() ? resolve_default_asset(kJaneAustenDefaultRdb) : options.rdb;
     for (auto& novel : load_jane_austen(rdb)) {
       const bool val = novel.key == kJaneAustenHeldOut;
       docs.push_back({novel.title, std::move(novel.text), val});
@@ -81,7 +84,8 @@ PrepareResult prepare(const PrepareOptions& options, std::ostream& log) {
     for (const auto& path : options.inputs) docs.push_back({path, read_input(path), false});
   }
 
-  auto tokenizer = BpeTokenizer::from_dir(options.tokenizer_dir);
+  const std::unique_ptr<Tokenizer> tokenizer = load_tokenizer(options.tokenizer);
+  const int32_t separator = tokenizer->end_of_text();
   int64_t total_bytes = 0;
   for (const auto& d : docs) total_bytes += static_cast<int64_t>(d.text.size());
   ProgressBar bar(log, "prepare: tokenizing", total_bytes, stderr_is_tty() && &log == &std::cerr, options.progress);
@@ -90,9 +94,9 @@ PrepareResult prepare(const PrepareOptions& options, std::ostream& log) {
   constexpr size_t kChunk = size_t{1} << 20;
   for (const auto& d : docs) {
     auto& out = d.val ? val : train;
-    out.push_back(BpeTokenizer::kEndOfText);  // llm.c's convention: every document starts with it
+    out.push_back(separator);  // llm.c's convention: every document starts with it
     for (size_t pos = 0; pos < d.text.size();) {
-      const size_t next = tokenizer.encode_chunk(d.text, pos, kChunk, &out);
+      const size_t next = tokenizer->encode_chunk(d.text, pos, kChunk, &out);
       done += static_cast<int64_t>(next - pos);
       pos = next;
       bar.update(done);
@@ -120,28 +124,33 @@ PrepareResult prepare(const PrepareOptions& options, std::ostream& log) {
     std::filesystem::create_directories(parent, ec);
     TRI_CHECK(!ec, "cannot create output folder {}: {}", parent.string(), ec.message());
   }
-  write_token_shard(result.train.path, train);
-  write_token_shard(result.val.path, val);
+  const int token_bytes = token_bytes_for_vocab(tokenizer->vocab_size());
+  write_token_shard(result.train.path, train, token_bytes);
+  write_token_shard(result.val.path, val, token_bytes);
   result.train.tokens = static_cast<int64_t>(train.size());
   result.val.tokens = static_cast<int64_t>(val.size());
-  result.train.documents = count_documents(train);
-  result.val.documents = count_documents(val);
+  result.train.documents = count_documents(train, separator);
+  result.val.documents = count_documents(val, separator);
   result.train.unigram_entropy_nats = unigram_entropy_nats(train);
   result.val.unigram_entropy_nats = unigram_entropy_nats(val);
   if (!val.empty()) {
     const auto train_counts = counts_of(train);
-    const double denom = static_cast<double>(train.size()) + tokenizer.vocab_size();
+    const double denom = static_cast<double>(train.size()) + tokenizer->vocab_size();
     double ce = 0.0;
-    for (int32_t t : val) ce -= std::log((static_cast<double>(train_counts[t]) + 1.0) / denom);
+    for (int32_t t : val) {
+      const double c = static_cast<size_t>(t) < train_counts.size() ? static_cast<double>(train_counts[static_cast<size_t>(t)]) : 0.0;
+      ce -= std::log((c + 1.0) / denom);
+    }
     result.val_cross_entropy_under_train_unigram_nats = ce / static_cast<double>(val.size());
   }
   result.seconds = clock.seconds();
 
   nlohmann::json meta = {
-      {"format", "llm.c token shards (magic 20240520, version 1, uint16 tokens)"},
-      {"tokenizer", "gpt2"},
-      {"vocab_size", tokenizer.vocab_size()},
-      {"document_separator", BpeTokenizer::kEndOfText},
+      {"format", token_bytes == 2 ? "llm.c token shards (magic 20240520, version 1, uint16 tokens)"
+                                  : "llm.c token shards (magic 20240801, version 7, uint32 tokens)"},
+      {"tokenizer", tokenizer->name()},
+      {"vocab_size", tokenizer->vocab_size()},
+      {"document_separator", separator},
       {"corpus", options.corpus.empty() ? nlohmann::json(options.inputs) : nlohmann::json(options.corpus)},
       {"input_bytes", total_bytes},
       {"train", {{"path", result.train.path}, {"tokens", result.train.tokens}, {"documents", result.train.documents},

@@ -1,7 +1,8 @@
-// `trident prepare` as a library call: tokenizes text documents with GPT-2's BPE and writes
-// PREFIX_train.bin / PREFIX_val.bin token shards (llm.c format) plus PREFIX_meta.json with the
-// counts and unigram entropies. Each document is preceded by <|endoftext|> (50256), as llm.c
-// does, so documents are separated by it. Argument parsing is left to src/cli/cmd_prepare.cpp.
+// `trident prepare` as a library call: tokenizes text documents (GPT-2's BPE or cl100k_base)
+// and writes PREFIX_train.bin / PREFIX_val.bin token shards (llm.c format; 32-bit tokens when
+// the vocabulary exceeds 65,536 ids) plus PREFIX_meta.json with the counts and unigram
+// entropies. Each document is preceded by the tokenizer's <|endoftext|>, as llm.c does, so
+// documents are separated by it. Argument parsing is left to src/cli/cmd_prepare.cpp.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +19,7 @@ struct PrepareOptions {
   double val_fraction = 0.1;        // inputs: the last fraction of the token stream goes to val
   std::string corpus;               // "" (use inputs) or "janeausten" (Persuasion held out)
   std::string rdb;                  // janeausten: path of Rdata.rdb; default kJaneAustenDefaultRdb
-  std::string tokenizer_dir = "data/assets/gpt2";
+  std::string tokenizer = "gpt2";     // a name (gpt2, cl100k) or a folder: see data/tokenizer.h
   bool progress = true;             // progress bar on the log stream (\r when it is a terminal)
 };
 

@@ -1,6 +1,6 @@
-// Causal multi-head self-attention, forward and backward. Every product goes through sgemm
-// on strided views of qkv (lda = 3C, no copies), restricted to the lower-triangular blocks
-// the causal mask leaves; heads run in parallel with single-threaded sgemm inside.
+// Causal self-attention, multi-head and grouped-query, forward and backward. Every product
+// goes through sgemm on strided views of qkv (no copies), restricted to the lower-triangular
+// blocks the causal mask leaves; heads run in parallel with single-threaded sgemm inside.
 #include <cblas.h>
 #include <omp.h>
 
@@ -55,40 +55,45 @@ float* thread_scratch(int64_t count) {
   return scratch.data();
 }
 
-// Where one (batch, head) pair bh = b * NH + h lives: its q, k, v are (T, HS) views of
-// qkv (row stride 3C, at columns h*HS, C + h*HS, 2C + h*HS), its output/gradient rows a
-// (T, HS) view of a (B, T, C) tensor, its attention matrix the bh-th (T, T) block.
+// Where one (batch, query head) pair bh = b * NH + h lives. qkv rows are [q | k | v] with
+// NH query heads and NKV key/value heads (NKV divides NH; query head h reads key/value head
+// h / (NH / NKV), as Hugging Face's repeat_kv: contiguous groups). q, k, v are (T, HS) views
+// with row stride RW = (NH + 2 NKV) HS; the output/gradient rows a (T, HS) view of a
+// (B, T, NH HS) tensor; the attention matrix the bh-th (T, T) block.
 struct HeadLayout {
-  int64_t T, C, NH, HS, C3;
+  int64_t T, NH, NKV, HS, QW, KVW, RW, group;
   float scale;  // 1 / sqrt(HS)
-  HeadLayout(const char* op, int64_t B, int64_t T_, int64_t C_, int64_t NH_)
-      : T(T_), C(C_), NH(NH_), HS(NH_ > 0 ? C_ / NH_ : 0), C3(3 * C_) {
-    TRI_CHECK(B >= 0 && T >= 0 && NH > 0 && C > 0 && C % NH == 0,
-              "{}: bad sizes B={} T={} C={} NH={} (C must be a multiple of NH)", op, B, T, C, NH);
+  HeadLayout(const char* op, int64_t B, int64_t T_, int64_t NH_, int64_t NKV_, int64_t HS_)
+      : T(T_), NH(NH_), NKV(NKV_), HS(HS_), QW(NH_ * HS_), KVW(NKV_ * HS_), RW((NH_ + 2 * NKV_) * HS_),
+        group(NKV_ > 0 ? NH_ / NKV_ : 0) {
+    TRI_CHECK(B >= 0 && T >= 0 && NH > 0 && NKV > 0 && HS > 0 && NH % NKV == 0,
+              "{}: bad sizes B={} T={} NH={} NKV={} HS={} (NKV must divide NH)", op, B, T, NH, NKV, HS);
     scale = 1.0f / std::sqrt(static_cast<float>(HS));
   }
-  int64_t q_offset(int64_t bh) const { return (bh / NH) * T * C3 + (bh % NH) * HS; }
-  int64_t row_offset(int64_t bh) const { return (bh / NH) * T * C + (bh % NH) * HS; }
+  int64_t q_offset(int64_t bh) const { return (bh / NH) * T * RW + (bh % NH) * HS; }
+  int64_t k_offset(int64_t bh) const { return (bh / NH) * T * RW + QW + (bh % NH) / group * HS; }
+  int64_t v_offset(int64_t bh) const { return k_offset(bh) + KVW; }
+  int64_t row_offset(int64_t bh) const { return (bh / NH) * T * QW + (bh % NH) * HS; }
 };
 
 }  // namespace
 
-void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T,
-                       int64_t C, int64_t NH) {
-  detail::KernelTimer timer(KernelOp::kAttention, false, B * T, C, NH);
-  const HeadLayout L("attention_forward", B, T, C, NH);
-  const int64_t HS = L.HS, C3 = L.C3;
+void attention_gqa_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t NH,
+                           int64_t NKV, int64_t HS) {
+  detail::KernelTimer timer(KernelOp::kAttention, false, B * T, NH * HS, NH);
+  const HeadLayout L("attention_forward", B, T, NH, NKV, HS);
+  const int64_t RW = L.RW, QW = L.QW;
   const float scale = L.scale;
   for_each_head(B * NH, [&](int64_t bh) {
     const float* q = qkv + L.q_offset(bh);
-    const float* k = q + C;
-    const float* v = q + 2 * C;
+    const float* k = qkv + L.k_offset(bh);
+    const float* v = qkv + L.v_offset(bh);
     float* a = att + bh * T * T;
     float* o = out + L.row_offset(bh);
     for (int64_t i0 = 0; i0 < T; i0 += kRowBlock) {
       const int64_t i1 = std::min(T, i0 + kRowBlock);
       // preatt[i0:i1, 0:i1] = scale * q[i0:i1] @ k[0:i1]^T
-      sgemm(CblasNoTrans, CblasTrans, i1 - i0, i1, HS, scale, q + i0 * C3, C3, k, C3, 0.0f,
+      sgemm(CblasNoTrans, CblasTrans, i1 - i0, i1, HS, scale, q + i0 * RW, RW, k, RW, 0.0f,
             a + i0 * T, T);
       for (int64_t t = i0; t < i1; ++t) {
         float* row = a + t * T;
@@ -107,62 +112,81 @@ void attention_forward(float* out, float* att, const float* qkv, int64_t B, int6
         std::memset(row + t + 1, 0, static_cast<size_t>(T - t - 1) * sizeof(float));
       }
       // out[i0:i1] = att[i0:i1, 0:i1] @ v[0:i1]
-      sgemm(CblasNoTrans, CblasNoTrans, i1 - i0, HS, i1, 1.0f, a + i0 * T, T, v, C3, 0.0f,
-            o + i0 * C, C);
+      sgemm(CblasNoTrans, CblasNoTrans, i1 - i0, HS, i1, 1.0f, a + i0 * T, T, v, RW, 0.0f,
+            o + i0 * QW, QW);
     }
   });
 }
 
-void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
-                        int64_t B, int64_t T, int64_t C, int64_t NH) {
-  detail::KernelTimer timer(KernelOp::kAttention, true, B * T, C, NH);
-  const HeadLayout L("attention_backward", B, T, C, NH);
-  const int64_t HS = L.HS, C3 = L.C3;
+void attention_gqa_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int64_t B,
+                            int64_t T, int64_t NH, int64_t NKV, int64_t HS) {
+  detail::KernelTimer timer(KernelOp::kAttention, true, B * T, NH * HS, NH);
+  const HeadLayout L("attention_backward", B, T, NH, NKV, HS);
+  const int64_t RW = L.RW, QW = L.QW;
   const float scale = L.scale;
-  for_each_head(B * NH, [&](int64_t bh) {
-    const float* q = qkv + L.q_offset(bh);
-    const float* k = q + C;
-    const float* v = q + 2 * C;
-    const float* a = att + bh * T * T;
-    const float* dO = dout + L.row_offset(bh);
-    float* dq = dqkv + L.q_offset(bh);
-    float* dk = dq + C;
-    float* dv = dq + 2 * C;
-    float* d = thread_scratch(T * T);  // datt, then dpreatt in place
-    for (int64_t i0 = 0; i0 < T; i0 += kRowBlock) {
-      const int64_t i1 = std::min(T, i0 + kRowBlock);
-      // datt[i0:i1, 0:i1] = dout[i0:i1] @ v[0:i1]^T
-      sgemm(CblasNoTrans, CblasTrans, i1 - i0, i1, HS, 1.0f, dO + i0 * C, C, v, C3, 0.0f,
-            d + i0 * T, T);
-      // Softmax backward, with the 1/sqrt(HS) of the forward folded in:
-      // dpreatt[t, j] = scale * att[t, j] * (datt[t, j] - sum_j' att[t, j'] datt[t, j']).
-      // Entries right of the diagonal inside the block are zeroed: the dk product below
-      // reads them.
-      for (int64_t t = i0; t < i1; ++t) {
-        const float* arow = a + t * T;
-        float* drow = d + t * T;
-        float dot = 0.0f;
+  // One task per (batch, key/value head): the query heads of its group run in order and add
+  // their shares into the shared dk, dv (beta 1 after the first), so no two threads write
+  // the same rows.
+  for_each_head(B * NKV, [&](int64_t bkv) {
+    for (int64_t g = 0; g < L.group; ++g) {
+      const int64_t bh = (bkv / NKV) * NH + (bkv % NKV) * L.group + g;
+      const float beta_kv = g == 0 ? 0.0f : 1.0f;
+      const float* q = qkv + L.q_offset(bh);
+      const float* k = qkv + L.k_offset(bh);
+      const float* v = qkv + L.v_offset(bh);
+      const float* a = att + bh * T * T;
+      const float* dO = dout + L.row_offset(bh);
+      float* dq = dqkv + L.q_offset(bh);
+      float* dk = dqkv + L.k_offset(bh);
+      float* dv = dqkv + L.v_offset(bh);
+      float* d = thread_scratch(T * T);  // datt, then dpreatt in place
+      for (int64_t i0 = 0; i0 < T; i0 += kRowBlock) {
+        const int64_t i1 = std::min(T, i0 + kRowBlock);
+        // datt[i0:i1, 0:i1] = dout[i0:i1] @ v[0:i1]^T
+        sgemm(CblasNoTrans, CblasTrans, i1 - i0, i1, HS, 1.0f, dO + i0 * QW, QW, v, RW, 0.0f,
+              d + i0 * T, T);
+        // Softmax backward, with the 1/sqrt(HS) of the forward folded in:
+        // dpreatt[t, j] = scale * att[t, j] * (datt[t, j] - sum_j' att[t, j'] datt[t, j']).
+        // Entries right of the diagonal inside the block are zeroed: the dk product below
+        // reads them.
+        for (int64_t t = i0; t < i1; ++t) {
+          const float* arow = a + t * T;
+          float* drow = d + t * T;
+          float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t j = 0; j <= t; ++j) dot += arow[j] * drow[j];
+          for (int64_t j = 0; j <= t; ++j) dot += arow[j] * drow[j];
 #pragma omp simd
-        for (int64_t j = 0; j <= t; ++j) drow[j] = scale * arow[j] * (drow[j] - dot);
-        std::memset(drow + t + 1, 0, static_cast<size_t>(i1 - t - 1) * sizeof(float));
+          for (int64_t j = 0; j <= t; ++j) drow[j] = scale * arow[j] * (drow[j] - dot);
+          std::memset(drow + t + 1, 0, static_cast<size_t>(i1 - t - 1) * sizeof(float));
+        }
+        // dq[i0:i1] = dpreatt[i0:i1, 0:i1] @ k[0:i1]
+        sgemm(CblasNoTrans, CblasNoTrans, i1 - i0, HS, i1, 1.0f, d + i0 * T, T, k, RW, 0.0f,
+              dq + i0 * RW, RW);
       }
-      // dq[i0:i1] = dpreatt[i0:i1, 0:i1] @ k[0:i1]
-      sgemm(CblasNoTrans, CblasNoTrans, i1 - i0, HS, i1, 1.0f, d + i0 * T, T, k, C3, 0.0f,
-            dq + i0 * C3, C3);
-    }
-    // Key/value rows j0..j1 receive from query rows j0..T-1 only (causality).
-    for (int64_t j0 = 0; j0 < T; j0 += kRowBlock) {
-      const int64_t j1 = std::min(T, j0 + kRowBlock);
-      // dk[j0:j1] = dpreatt[j0:T, j0:j1]^T @ q[j0:T]
-      sgemm(CblasTrans, CblasNoTrans, j1 - j0, HS, T - j0, 1.0f, d + j0 * T + j0, T,
-            q + j0 * C3, C3, 0.0f, dk + j0 * C3, C3);
-      // dv[j0:j1] = att[j0:T, j0:j1]^T @ dout[j0:T]
-      sgemm(CblasTrans, CblasNoTrans, j1 - j0, HS, T - j0, 1.0f, a + j0 * T + j0, T,
-            dO + j0 * C, C, 0.0f, dv + j0 * C3, C3);
+      // Key/value rows j0..j1 receive from query rows j0..T-1 only (causality).
+      for (int64_t j0 = 0; j0 < T; j0 += kRowBlock) {
+        const int64_t j1 = std::min(T, j0 + kRowBlock);
+        // dk[j0:j1] (+)= dpreatt[j0:T, j0:j1]^T @ q[j0:T]
+        sgemm(CblasTrans, CblasNoTrans, j1 - j0, HS, T - j0, 1.0f, d + j0 * T + j0, T,
+              q + j0 * RW, RW, beta_kv, dk + j0 * RW, RW);
+        // dv[j0:j1] (+)= att[j0:T, j0:j1]^T @ dout[j0:T]
+        sgemm(CblasTrans, CblasNoTrans, j1 - j0, HS, T - j0, 1.0f, a + j0 * T + j0, T,
+              dO + j0 * QW, QW, beta_kv, dv + j0 * RW, RW);
+      }
     }
   });
+}
+
+void attention_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T,
+                       int64_t C, int64_t NH) {
+  TRI_CHECK(NH > 0 && C > 0 && C % NH == 0, "attention_forward: C={} must be a multiple of NH={}", C, NH);
+  attention_gqa_forward(out, att, qkv, B, T, NH, NH, C / NH);
+}
+
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
+                        int64_t B, int64_t T, int64_t C, int64_t NH) {
+  TRI_CHECK(NH > 0 && C > 0 && C % NH == 0, "attention_backward: C={} must be a multiple of NH={}", C, NH);
+  attention_gqa_backward(dqkv, dout, qkv, att, B, T, NH, NH, C / NH);
 }
 
 }  // namespace trident::kernels

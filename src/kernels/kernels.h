@@ -59,6 +59,31 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
                         const float* inp, const float* weight, const float* mean,
                         const float* rstd, int64_t N, int64_t C);
 
+// ---- RMSNorm over the last dimension (Llama: weight only, no mean subtraction) ----
+// out (N, C) = inp * rstd * weight with rstd (N) = 1 / sqrt(mean(inp^2) + eps), saved.
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t N, int64_t C,
+                     float eps);
+// Accumulates into dinp (N, C) (+=); dweight (C) +=.
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                      const float* rstd, int64_t N, int64_t C);
+
+// ---- rotary position embedding, Hugging Face's rotate-half convention ----
+// For each of `heads` heads of HS channels (HS even) in rows of x (N = B*T rows, row stride
+// `stride`, head k at columns k*HS; row n is position pos0 + n % T), with
+// inv_freq_i = theta^(-2i/HS) and a_i = position * inv_freq_i for i < HS/2:
+//   x[i] <- x[i] cos a_i - x[i + HS/2] sin a_i,  x[i + HS/2] <- x[i + HS/2] cos a_i + x[i] sin a_i.
+// In place. The backward applies the inverse rotation (the transpose) to the gradient, in place.
+void rope_forward(float* x, int64_t B, int64_t T, int64_t heads, int64_t HS, int64_t stride, float theta,
+                  int64_t pos0 = 0);
+void rope_backward(float* dx, int64_t B, int64_t T, int64_t heads, int64_t HS, int64_t stride, float theta,
+                   int64_t pos0 = 0);
+
+// ---- SwiGLU (Llama's MLP activation) ----
+// out (n) = silu(gate) * up, silu(g) = g * sigmoid(g).
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
+// dgate = dout * up * silu'(gate), dup = dout * silu(gate) (both overwritten).
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+
 // ---- GELU, tanh approximation (GPT-2's gelu_new) ----
 void gelu_forward(float* out, const float* inp, int64_t n);
 // dinp = gelu'(inp) * dout. dinp may alias dout.
@@ -77,6 +102,17 @@ void attention_forward(float* out, float* att, const float* qkv, int64_t B, int6
 // dqkv (B, T, 3C) = gradient w.r.t. qkv (overwritten).
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* att,
                         int64_t B, int64_t T, int64_t C, int64_t NH);
+
+// ---- causal grouped-query attention (Llama; MHA is NKV == NH) ----
+// qkv (B, T, (NH + 2 NKV) HS) laid out [q | k | v]: NH query heads, then NKV key and NKV value
+// heads; query head h uses key/value head h / (NH / NKV) (Hugging Face's repeat_kv).
+// out (B, T, NH HS); att (B, NH, T, T) saved probabilities. attention_forward/backward above
+// are the NKV == NH case.
+void attention_gqa_forward(float* out, float* att, const float* qkv, int64_t B, int64_t T, int64_t NH,
+                           int64_t NKV, int64_t HS);
+// dqkv overwritten; each key/value head's gradient sums over its group of query heads.
+void attention_gqa_backward(float* dqkv, const float* dout, const float* qkv, const float* att, int64_t B,
+                            int64_t T, int64_t NH, int64_t NKV, int64_t HS);
 
 // ---- cross-entropy fused with softmax over the vocabulary ----
 // logits (N, Vp) with the first V columns real and the rest padding (ignored).

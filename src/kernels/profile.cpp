@@ -21,6 +21,9 @@ const char* kernel_op_name(KernelOp op) {
     case KernelOp::kCrossEntropy: return "crossentropy";
     case KernelOp::kAdamW: return "adamw";
     case KernelOp::kSumSquares: return "grad_norm";
+    case KernelOp::kRmsNorm: return "rmsnorm";
+    case KernelOp::kRope: return "rope";
+    case KernelOp::kSwiGlu: return "swiglu";
     case KernelOp::kCount: break;
   }
   return "unknown";

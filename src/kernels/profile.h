@@ -21,6 +21,9 @@ enum class KernelOp : int {
   kCrossEntropy,  // dims (N, V, Vp)
   kAdamW,         // dims (n, 0, 0)
   kSumSquares,    // the gradient norm: dims (n, 0, 0)
+  kRmsNorm,       // dims (N, C, 0)
+  kRope,          // rotary position embedding: dims (B*T, heads, HS)
+  kSwiGlu,        // dims (n, 0, 0)
   kCount
 };
 const char* kernel_op_name(KernelOp op);

@@ -31,8 +31,6 @@ void GPTConfig::validate() const {
   TRI_CHECK(n_positions > 0, "n_positions (maximum sequence length) must be positive, got {}",
             n_positions);
   TRI_CHECK(vocab_size > 0, "vocab_size must be positive, got {}", vocab_size);
-  TRI_CHECK(vocab_size <= 65536,
-            "vocab_size {} does not fit the uint16 token shards (at most 65536)", vocab_size);
   TRI_CHECK(vocab_pad_multiple > 0, "vocab_pad_multiple must be positive, got {}",
             vocab_pad_multiple);
   TRI_CHECK(n_embd % n_head == 0,

@@ -275,9 +275,25 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
     sum_tied_embedding_grads();
   }
   StepStats stats;
-  std::vector<double> sq{local_unique_grad_sumsq()};
-  mesh_.world().allreduce(std::span<double>(sq), comm::ReduceOp::kSum).wait();
-  stats.grad_norm = std::sqrt(sq[0]);
+  // The squared grad norm and the loss in one world sum (elementwise, so each is summed as
+  // alone), both before any update: a poisoned step must be known before it is applied.
+  std::vector<double> sums{local_unique_grad_sumsq(), holds_loss() ? loss_sum : 0.0};
+  mesh_.world().allreduce(std::span<double>(sums), comm::ReduceOp::kSum).wait();
+  stats.grad_norm = std::sqrt(sums[0]);
+  stats.loss = sums[1] / static_cast<double>(global_batch_ * seq_len_);
+  // A NaN or inf on any rank reaches the sums above. Every rank then votes on what it read and
+  // the world takes the maximum (exact), so all ranks skip or all update even if an MPI
+  // implementation handed different ranks different roundings of an overflowing sum.
+  std::vector<int32_t> bad{std::isfinite(stats.loss) && std::isfinite(stats.grad_norm) ? 0 : 1};
+  mesh_.world().allreduce(std::span<int32_t>(bad), comm::ReduceOp::kMax).wait();
+  stats.skipped = bad[0] != 0;
+  if (stats.skipped) {
+    // No update: weights, AdamW moments and its step counter stay as they were (the gradients
+    // are zeroed by the next step's begin_step). ZeRO-1/2 replicas need no all-gather either,
+    // since no shard changed.
+    stats.clip_scale = 0.0f;
+    return stats;
+  }
   stats.clip_scale = optim::clip_scale(stats.grad_norm, options_.grad_clip);
   for (Chunk& c : chunks_) {
     if (c.dp) {
@@ -288,7 +304,6 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
       c.adamw->step(ps.values().data(), ps.grads().data(), lr, stats.clip_scale);
     }
   }
-  stats.loss = reduce_loss(loss_sum);
   return stats;
 }
 
@@ -443,6 +458,55 @@ void Engine::load_optimizer_state(const std::string& name, int kind, const float
     const MomentSlice m = moments_of(c, id, kind);
     std::copy_n(local.data() + m.local_begin, m.count, m.data);
   }
+}
+
+namespace {
+// Index of the first non-finite of n floats, or -1.
+int64_t first_nonfinite(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) return i;
+  }
+  return -1;
+}
+}  // namespace
+
+std::string Engine::find_nonfinite_state() {
+  std::string mine;
+  for (Chunk& c : chunks_) {
+    const nn::ParameterSet& ps = c.model->params();
+    std::vector<float> shard;
+    for (int id = 0; id < ps.size() && mine.empty(); ++id) {
+      const nn::ParamInfo& info = ps.info(id);
+      const float* values = ps.data(id);
+      if (c.dp && c.dp->values_sharded()) {  // ZeRO-3: only the shard is this rank's
+        shard.assign(static_cast<std::size_t>(info.numel), 0.0f);
+        c.dp->read_shard_values(id, shard.data());
+        values = shard.data();
+      }
+      if (const int64_t i = first_nonfinite(values, info.numel); i >= 0) {
+        mine = fmt::format("{} (weights), local element {}, value {}", info.name, i, values[i]);
+        break;
+      }
+      for (int kind = 0; kind < 2; ++kind) {
+        const MomentSlice m = moments_of(c, id, kind);
+        if (const int64_t i = first_nonfinite(m.data, m.count); i >= 0) {
+          mine = fmt::format("{} ({}), local element {}, value {}", info.name,
+                             kind == 0 ? "exp_avg" : "exp_avg_sq", m.local_begin + i, m.data[i]);
+          break;
+        }
+      }
+    }
+    if (!mine.empty()) break;
+  }
+  // The lowest rank that found one tells everyone what it found.
+  comm::Communicator& world = mesh_.world();
+  std::vector<int32_t> first{mine.empty() ? world.size() : world.rank()};
+  world.allreduce(std::span<int32_t>(first), comm::ReduceOp::kMin).wait();
+  if (first[0] == world.size()) return {};
+  std::vector<uint8_t> text(256, 0);
+  if (world.rank() == first[0]) std::copy_n(mine.begin(), std::min(mine.size(), text.size() - 1), text.begin());
+  world.broadcast(std::span<uint8_t>(text), first[0]).wait();
+  return fmt::format("{} on rank {}", reinterpret_cast<const char*>(text.data()), first[0]);
 }
 
 int64_t Engine::optimizer_step() const { return chunks_.front().adamw->step_count(); }

@@ -43,6 +43,10 @@ struct StepStats {
   double grad_norm = 0.0;  // global L2 norm before clipping
   float clip_scale = 1.0f;
   double comm_wait_s = 0.0;  // time blocked on dp communication (exposed, not overlapped)
+  // The loss or the grad norm was not finite somewhere in the world: no rank applied the
+  // update (weights, AdamW moments and step counter unchanged). What to do next is the
+  // caller's policy (train/nonfinite_policy.h).
+  bool skipped = false;
 };
 
 class Engine {
@@ -70,6 +74,11 @@ class Engine {
   void load_optimizer_state(const std::string& name, int kind, const float* logical);
   int64_t optimizer_step() const;
   void set_optimizer_step(int64_t t);
+  // Collective over the world: every rank scans the weights and AdamW moments it holds (its
+  // shards under ZeRO) for NaN/inf. Returns, on every rank alike, the first offender of the
+  // lowest such rank ("h.3.mlp.c_fc.weight exp_avg_sq, element 17, on rank 2"), or "" when
+  // all are finite.
+  std::string find_nonfinite_state();
 
   const nn::GPTConfig& config() const { return config_; }
   // This rank's first model chunk (the whole model when pp == 1).
@@ -83,8 +92,8 @@ class Engine {
   int64_t seq_len() const { return seq_len_; }
   bool is_output_rank() const { return mesh_.rank() == 0; }
   std::string describe() const;
-  // The dp/ZeRO reducer of the first chunk (null when dp == 1 and zero == 0).
-  DataParallel* data_parallel() { return chunks_.front().dp.get(); }
+  // The dp/ZeRO reducer of chunk c (null when dp == 1 and zero == 0).
+  DataParallel* data_parallel(int c = 0) { return chunks_.at(static_cast<std::size_t>(c)).dp.get(); }
   // The pipeline executor (null when pp == 1).
   pp::PipelineExecutor* pipeline() { return executor_.get(); }
 

@@ -29,6 +29,15 @@ void gather(parallel::Engine& engine, const GatherStep& step, float* out) {
 
 std::string save_checkpoint(parallel::Engine& engine, const std::string& root, int64_t step,
                             const nlohmann::json& trident_state) {
+  // Never write NaN/inf: a poisoned checkpoint would load fine and poison every run resumed
+  // from it. Every rank scans its own shards; all agree, so all refuse together.
+  const std::string poisoned = engine.find_nonfinite_state();
+  TRI_CHECK(poisoned.empty(),
+            "not writing the checkpoint of step {} under {}: {} is not finite, so the weights or "
+            "the optimizer state are poisoned; nothing was written and the checkpoints already "
+            "there (and 'latest') are untouched. Lower --lr (or check the data) and start again or "
+            "resume from the last good checkpoint",
+            step, root, poisoned);
   const nn::GPTConfig& cfg = engine.config();
   const bool writer_rank = engine.mesh().rank() == 0;
   const auto specs = ckpt::gpt2_tensor_specs(cfg);
@@ -95,6 +104,7 @@ int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint&
   for (const auto& spec : ckpt::gpt2_tensor_specs(engine.config())) {
     std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
     loaded.read_param(spec.name, spec.shape, logical.data());
+    ckpt::check_finite(logical.data(), shape_numel(spec.shape), spec.name, loaded.model.path());
     engine.load_param(spec.name, logical.data());
   }
   if (with_optimizer) {
@@ -105,10 +115,12 @@ int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint&
     ckpt::validate_optimizer_tensors(*loaded.optimizer, engine.config());
     for (const auto& spec : ckpt::gpt2_tensor_specs(engine.config())) {
       std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
-      loaded.optimizer->read(ckpt::exp_avg_name(spec.name), spec.shape, logical.data());
-      engine.load_optimizer_state(spec.name, 0, logical.data());
-      loaded.optimizer->read(ckpt::exp_avg_sq_name(spec.name), spec.shape, logical.data());
-      engine.load_optimizer_state(spec.name, 1, logical.data());
+      for (int kind = 0; kind < 2; ++kind) {
+        const std::string name = kind == 0 ? ckpt::exp_avg_name(spec.name) : ckpt::exp_avg_sq_name(spec.name);
+        loaded.optimizer->read(name, spec.shape, logical.data());
+        ckpt::check_finite(logical.data(), shape_numel(spec.shape), name, loaded.optimizer->path());
+        engine.load_optimizer_state(spec.name, kind, logical.data());
+      }
     }
     const auto opt_step = loaded.optimizer_step();
     TRI_CHECK(opt_step.has_value(), "optimizer.safetensors in {} has no 'step' metadata", loaded.path);

@@ -3,6 +3,8 @@
 // (how an int, a number, a path or an enum is parsed, printed and checked) lives here once.
 #include "train/run_config.h"
 
+#include "ckpt/checkpoint.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -33,11 +35,13 @@ namespace {
 constexpr std::string_view kDataOrderNames[] = {"random", "sequential"};
 constexpr std::string_view kLrScheduleNames[] = {"cosine", "constant"};
 constexpr std::string_view kScheduleNames[] = {"gpipe", "1f1b", "interleaved"};
+constexpr std::string_view kNonfiniteNames[] = {"skip", "stop"};
 }  // namespace
 
 std::span<const std::string_view> enum_names(DataOrder) { return kDataOrderNames; }
 std::span<const std::string_view> enum_names(LrSchedule) { return kLrScheduleNames; }
 std::span<const std::string_view> enum_names(PipelineSchedule) { return kScheduleNames; }
+std::span<const std::string_view> enum_names(NonfinitePolicy) { return kNonfiniteNames; }
 
 // ---------------------------------------------------------------------------------------------
 // Defaults: each struct's constructor applies the defaults of its field list.
@@ -862,31 +866,9 @@ nn::GPTConfig resolve_model_config(const ModelOptions& m) {
     TRI_CHECK(fs::is_regular_file(path, ec),
               "model '{}' is neither a preset ({}) nor a readable config.json", m.model,
               fmt::join(presets, ", "));
-    std::ifstream in(path);
-    json cj;
-    try {
-      cj = json::parse(in);
-    } catch (const json::exception& e) {
-      TRI_FAIL("cannot parse the model config '{}': {}", path.string(), e.what());
-    }
-    auto get = [&](std::initializer_list<const char*> keys, int& dst) {
-      for (const char* k : keys) {
-        if (cj.contains(k)) {
-          TRI_CHECK(cj[k].is_number_integer(), "'{}' in {} must be an integer, got {}", k,
-                    path.string(), describe_json(cj[k]));
-          dst = cj[k].get<int>();
-          return;
-        }
-      }
-      TRI_FAIL("{} has no '{}' (a Hugging Face GPT-2 config.json holds n_layer, n_head, "
-               "n_embd, n_positions, vocab_size)",
-               path.string(), *keys.begin());
-    };
-    get({"n_layer", "num_hidden_layers"}, g.n_layer);
-    get({"n_head", "num_attention_heads"}, g.n_head);
-    get({"n_embd", "hidden_size"}, g.n_embd);
-    get({"n_positions", "n_ctx", "max_position_embeddings"}, g.n_positions);
-    get({"vocab_size"}, g.vocab_size);
+    // One reader for every config.json (the checkpoint's): it checks model_type and every key
+    // that would change the architecture, so a Llama config is refused, never read as GPT-2.
+    g = ckpt::read_gpt_config(path.string());
   }
   if (m.n_layer) g.n_layer = m.n_layer;
   if (m.n_head) g.n_head = m.n_head;

@@ -29,10 +29,12 @@ namespace trident::train {
 enum class DataOrder { kRandom, kSequential };
 enum class LrSchedule { kCosine, kConstant };
 enum class PipelineSchedule { kGPipe, k1F1B, kInterleaved };
+enum class NonfinitePolicy { kSkip, kStop };
 
 std::span<const std::string_view> enum_names(DataOrder);         // random, sequential
 std::span<const std::string_view> enum_names(LrSchedule);        // cosine, constant
 std::span<const std::string_view> enum_names(PipelineSchedule);  // gpipe, 1f1b, interleaved
+std::span<const std::string_view> enum_names(NonfinitePolicy);   // skip, stop
 
 template <class E>
   requires std::is_enum_v<E>
@@ -161,6 +163,8 @@ struct OptimOptions {
   double beta2;
   double eps;
   double grad_clip;  // clip the global gradient norm to this; 0: no clipping
+  NonfinitePolicy on_nonfinite;  // a step whose loss or grad norm is NaN/inf: skip it, or stop
+  int max_bad_steps;             // skip: stop after this many non-finite steps in a row
   OptimOptions();
   double min_lr_value() const { return min_lr.value_or(lr / 10); }
 };
@@ -186,6 +190,13 @@ void for_each_field(S& o, V&& v) {
   v(field("eps", 1e-8, "AdamW denominator epsilon").above(0).alias("adam_eps epsilon adam_epsilon"), o.eps);
   v(field("grad_clip", 1.0, "clip the global gradient norm to this; 0: no clipping").at_least(0)
         .alias("clip_grad max_grad_norm clip_grad_norm grad_norm_clip"), o.grad_clip);
+  v(field("on_nonfinite", NonfinitePolicy::kSkip,
+          "a step whose loss or grad norm is NaN/inf on any rank is never applied (weights, moments, "
+          "Adam step unchanged; the LR schedule and data still advance); skip: go on, stop: end the run")
+        .alias("nonfinite nan_policy skip_nan on_nan"), o.on_nonfinite);
+  v(field("max_bad_steps", 5, "with on_nonfinite skip: stop with an error after this many non-finite "
+                              "steps in a row").at_least(1)
+        .alias("max_skipped_steps max_nan_steps bad_steps"), o.max_bad_steps);
 }
 
 // ---- [parallel]: how the work is laid out over dp * tp * pp ranks.
@@ -245,6 +256,7 @@ struct TrainOptions {
   int keep_last;          // checkpoints kept in ckpt_dir (the newest); 0: all
   std::string metrics;    // JSON-lines metrics file; empty: none
   std::string pipeline_timeline;  // SVG of the last step's measured pipeline timeline; empty: none
+  std::string batch_log;  // JSON lines: each step's global batch as row offsets into the shard; empty: none
   int threads;            // OpenMP threads per rank; 0: OpenMP's default
   int log_every;          // steps between progress lines on stderr
   std::string preempt_signals;  // signals that stop the run after this step with a checkpoint
@@ -275,6 +287,8 @@ void for_each_field(S& o, V&& v) {
         .alias("metrics_file log_file metrics_path"), o.metrics);
   v(field("pipeline_timeline", "", "with pp > 1: write the last step's measured pipeline timeline to FILE as SVG")
         .placeholder("FILE").shown_as("none").alias("timeline pp_timeline trace"), o.pipeline_timeline);
+  v(field("batch_log", "", "write each step's global batch to FILE as JSON lines (the training shard offset of every row), so what a run trained on can be replayed")
+        .placeholder("FILE").shown_as("none").alias("data_log batch_trace log_batches"), o.batch_log);
   v(field("threads", 0, "OpenMP threads per rank").at_least(0).shown_as("0 = OpenMP's default")
         .alias("num_threads omp_threads nthreads"), o.threads);
   v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)

@@ -18,9 +18,11 @@
 #include "kernels/kernels.h"
 #include "optim/lr_schedule.h"
 #include "parallel/engine.h"
+#include "train/batch_log.h"
 #include "train/checkpointing.h"
 #include "train/ckpt_dir_owner.h"
 #include "train/flops.h"
+#include "train/nonfinite_policy.h"
 #include "train/pipeline_report.h"
 #include "train/preemption.h"
 #include "train/progress.h"
@@ -165,18 +167,21 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     return dir;
   };
 
+  BatchLog batch_log(cfg.train.batch_log, lead, start_step);
   ProgressLine progress(lead);
   PipelineReport pipeline_report(engine.pipeline());
   if (!cfg.train.pipeline_timeline.empty()) make_parent_directory(cfg.train.pipeline_timeline);
   const int64_t tokens_per_step = static_cast<int64_t>(cfg.data.batch_size) * cfg.data.seq_len;
   Stopwatch run_clock;
   double last_loss = NAN;
+  NonfiniteGuard nonfinite(cfg.optim.on_nonfinite, cfg.optim.max_bad_steps);
   int stop_signal = 0;  // the stop signal the ranks agreed on, 0 when none
   // --stop-after ends this invocation early; the schedule still spans --steps.
   int64_t end_step = cfg.train.stop_after > 0 ? std::min<int64_t>(cfg.train.stop_after, cfg.train.steps)
                                                     : cfg.train.steps;
   for (int64_t step = start_step; step < end_step; ++step) {
     const float lr = schedule.at(step);
+    batch_log.record(step, sampler);
     tracker.reset_peaks();
     Stopwatch step_clock;
     const parallel::StepStats stats = engine.train_step(
@@ -185,16 +190,15 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
         },
         lr);
     const double step_s = step_clock.seconds();
-    last_loss = stats.loss;
-    TRI_CHECK(std::isfinite(stats.loss), "loss became {} at step {}: lower --lr or check the data",
-              stats.loss, step);
     const int64_t done = step + 1;
+    if (!stats.skipped) last_loss = stats.loss;
     const double tps = static_cast<double>(tokens_per_step) / step_s;
     nlohmann::json line = {{"step", done},
                            {"loss", stats.loss},
                            {"lr", lr},
                            {"grad_norm", stats.grad_norm},
                            {"clip_scale", stats.clip_scale},
+                           {"skipped", stats.skipped},
                            {"tokens", done * tokens_per_step},
                            {"tokens_per_s", tps},
                            {"step_ms", step_s * 1e3},
@@ -211,6 +215,8 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
       metrics << line.dump() << "\n";
       metrics.flush();
     }
+    // A poisoned step was not applied; this stops the run (throws) or notes it on stderr.
+    if (const std::string note = nonfinite.record(done, stats); !note.empty()) progress.note(note);
     if (done % cfg.train.log_every == 0 || done == end_step) {
       const double elapsed = run_clock.seconds();
       const double eta = elapsed / static_cast<double>(done - start_step) * static_cast<double>(end_step - done);

@@ -1,6 +1,7 @@
 """Multi-rank bad input and failures (issues 5 and 8): a world size that does not match the
-layout, a layout that does not divide the model, ranks started with different configs and a
-rank killed mid-step each end the whole job with a clear error -- never a hang."""
+layout, a layout that does not divide the model, ranks started with different configs, a
+rank killed mid-step (mpirun names it) and a rank that hangs (Trident's watchdog names it)
+each end the whole job with a clear error -- never a hang."""
 import os
 import signal
 import subprocess
@@ -43,27 +44,48 @@ def main():
                          [mpirun(), "-n", "1", *base, "--steps", "2", "--dp", "2", ":",
                           "-n", "1", *base, "--steps", "2", "--dp", "2", "--lr", "1e-3"],
                          "run configuration")
-        # A rank killed mid-run: the job ends (mpirun or the comm watchdog) instead of hanging.
-        env = dict(os.environ, OMP_NUM_THREADS="1", TRIDENT_COMM_TIMEOUT="20")
-        p = subprocess.Popen([mpirun(), "-n", "2", *base, "--steps", "100000", "--dp", "2"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        time.sleep(4)
-        ranks = rank_pids(p.pid)  # p is scripts/trident-mpirun; the ranks are below its mpirun
-        killed = False
-        if 1 in ranks:
-            os.kill(ranks[1], signal.SIGKILL)
-            killed = True
-        try:
-            out, _ = p.communicate(timeout=120)
-            ended = True
-        except subprocess.TimeoutExpired:
-            kill_tree(p)
-            out, ended = "", False
-        check("a rank killed mid-run ends the job (no hang)", killed and ended and p.returncode != 0,
-              f"killed={killed} ended={ended} rc={p.returncode}: {out.strip()[-400:]}")
-        check("the failure names the dead rank", "rank" in out and ("signal" in out or "did not arrive" in out),
+        # A rank killed mid-run: mpirun sees the death at once and ends the job (Trident gets no
+        # chance to speak); its report must name the rank that was killed.
+        env = {"TRIDENT_COMM_TIMEOUT": "20"}
+        rank, ended, rc, out = signal_a_rank(base + ["--steps", "100000", "--dp", "2"], 1, signal.SIGKILL, env)
+        check("a rank killed mid-run ends the job (no hang)", ended and rc != 0, f"rc={rc}: {out.strip()[-400:]}")
+        check("the launcher's report names the killed rank", f"process rank {rank} " in out and "signal 9" in out,
               out.strip()[-400:])
+        # A rank that stops answering (SIGSTOP: alive, never reaching the next allreduce): nothing
+        # outside Trident notices, so the watchdog of the rank waiting for it must end the job and
+        # name it (operation, group, the rank that did not arrive and that it did not answer).
+        env = {"TRIDENT_COMM_TIMEOUT": "5"}
+        rank, ended, rc, out = signal_a_rank(base + ["--steps", "100000", "--dp", "2"], 1, signal.SIGSTOP, env)
+        other = 1 - rank
+        check("a hung rank ends the job through the watchdog (no hang)", ended and rc != 0,
+              f"rc={rc}: {out.strip()[-400:]}")
+        # (The operation and group depend on where the rank stopped: a dp bucket, the world's
+        # grad-norm sum, the tied rows' all_gather.)
+        want = [f"[rank {other}] error: watchdog: ", "did not complete within 5.0 s",
+                f"ranks that did not arrive: [{rank}]", f"rank {rank} did not answer"]
+        check("Trident's watchdog names the hung rank", all(w in out for w in want),
+              f"missing {[w for w in want if w not in out]}: {out.strip()[-600:]}")
 
+
+def signal_a_rank(cmd, rank, sig, env):
+    """Starts a 2-rank run, sends `sig` to world rank `rank` after 4 s; returns (rank, ended
+    within 120 s, return code, output)."""
+    e = dict(os.environ, OMP_NUM_THREADS="1", **env)
+    p = subprocess.Popen([mpirun(), "-n", "2", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=e)
+    time.sleep(4)
+    # p is scripts/trident-mpirun; the ranks are below its mpirun.
+    target = rank_pids(p.pid).get(rank)
+    if target is None:
+        kill_tree(p)
+        return rank, False, None, f"no process of world rank {rank} under the launcher"
+    os.kill(target, sig)
+    try:
+        out, _ = p.communicate(timeout=120)
+        return rank, True, p.returncode, out
+    except subprocess.TimeoutExpired:
+        kill_tree(p)
+        return rank, False, None, ""
 
 if __name__ == "__main__":
     main()

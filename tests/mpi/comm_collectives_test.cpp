@@ -154,26 +154,50 @@ TEST(Comm, BroadcastFromEveryRoot) {
   w->barrier().wait();
 }
 
-// Issue, compute without touching the buffer, then wait: the result is right and the
-// collective made progress while we computed (the worker thread runs it).
+// Overlap, as the training step relies on it: an issued collective completes while the issuing
+// thread only computes (no wait(), test() or other MPI call of its own), because the group's
+// worker thread runs it. Made deterministic on np > 1: rank 0 issues its part only after every
+// other rank has issued, computed a chunk and seen its Work still outstanding (it cannot have
+// completed: rank 0 had not joined), so those ranks provably compute with the collective in
+// flight. Each rank then computes until is_completed() turns true (a 60 s cap fails the test
+// instead of hanging), and the result is right. A non-blocking MPI_Iallreduce without test()
+// calls would never complete in that loop (bench/comm's overlap section measures this).
 TEST(Comm, WorkOverlapsComputation) {
   auto w = make_world();
   const int n = w->size(), r = w->rank();
   const int64_t count = int64_t{1} << 20;
   std::vector<float> buf(count);
   for (int64_t i = 0; i < count; ++i) buf[i] = value(r, i);
-  Work work = w->allreduce(std::span(buf));
-  std::vector<float> other(1 << 16, 1.0f);
-  double acc = 0;
-  for (int rep = 0; rep < 50; ++rep) {
-    for (float& x : other) x = x * 1.0001f + 0.5f;
-    acc += other[rep];
+  std::vector<float> other(1 << 14, 1.0f);
+  auto compute_chunk = [&] {
+    for (float& x : other) x = x * 0.999f + 0.5f;
+  };
+  int32_t go = 1;
+  Work work;
+  if (r == 0) {
+    for (int peer = 1; peer < n; ++peer) w->recv(std::span<int32_t>(&go, 1), peer, 11).wait();
+    work = w->allreduce(std::span(buf));
+  } else {
+    work = w->allreduce(std::span(buf));
+    compute_chunk();
+    EXPECT_FALSE(work.is_completed()) << "completed before rank 0 issued its part";
+    w->send(std::span<const int32_t>(&go, 1), 0, 11).wait();
   }
-  EXPECT_GT(acc, 0.0);
-  while (!work.test()) std::this_thread::yield();
-  EXPECT_TRUE(work.is_completed());
+  int64_t chunks = 0;
+  const auto start = std::chrono::steady_clock::now();
+  while (!work.is_completed() && std::chrono::steady_clock::now() - start < std::chrono::seconds(60)) {
+    compute_chunk();  // the caller never enters MPI here
+    ++chunks;
+  }
+  ASSERT_TRUE(work.is_completed()) << "the allreduce did not progress while this rank computed (" << chunks
+                                   << " chunks, 60 s)";
+  if (n > 1 && r == 1) std::printf("[np %d] rank 1 computed %lld chunks with the allreduce in flight\n", n,
+                                   static_cast<long long>(chunks));
+  EXPECT_TRUE(std::isfinite(other[7]) && other[7] > 1.0f);  // the compute ran (x -> 500)
+  EXPECT_TRUE(work.test());
   work.wait();  // a second wait on a finished Work is fine
   for (int64_t i = 0; i < count; i += 997) ASSERT_EQ(buf[i], sum_over_ranks(n, i));
+  w->barrier().wait();
 
   // Several outstanding operations, waited in reverse order.
   std::vector<std::vector<float>> bufs(4, std::vector<float>(1000, static_cast<float>(r)));
@@ -181,7 +205,7 @@ TEST(Comm, WorkOverlapsComputation) {
   for (auto& b : bufs) works.push_back(w->allreduce(std::span(b)));
   for (int i = 3; i >= 0; --i) works[i].wait();
   for (auto& b : bufs) EXPECT_EQ(b[999], static_cast<float>(n * (n - 1) / 2));
-  EXPECT_EQ(w->collectives_issued(), 5u);
+  EXPECT_EQ(w->collectives_issued(), 6u);  // with the barrier
 }
 
 TEST(Comm, SendRecvRing) {

@@ -16,6 +16,7 @@
 // algorithm for another message size, which associates the 4-term sum differently.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -31,6 +32,7 @@
 #include "nn/gpt_config.h"
 #include "parallel/engine.h"
 #include "mpi_gtest_main.h"
+#include "replica_check.h"
 #include "synthetic_batch.h"
 
 namespace trident::parallel {
@@ -108,6 +110,9 @@ Result train(comm::Mesh& mesh, const EngineOptions& opt, int steps = kSteps) {
     r.losses.push_back(st.loss);
     r.norms.push_back(st.grad_norm);
   }
+  // gather_all reads dp rank 0's copy; the other replicas must hold the very same bits.
+  const test::ReplicaMismatch rm = test::compare_dp_replicas(e);
+  EXPECT_EQ(rm.elements, 0) << "zero " << opt.zero << ": dp replicas differ, first " << rm.first;
   r.weights = gather_all(e);
   return r;
 }
@@ -229,9 +234,12 @@ TEST(DpMemory, PerRankBytesFollowTheZeroFormulas) {
     e.train_step(batch_for(0, e.config().vocab_size), kLr);
     const nn::ParameterSet& ps = e.model().params();
     const double psi = static_cast<double>(ps.total_numel());
-    const double want_p = zero >= 3 ? 4 * psi / N : 4 * psi;
-    const double want_g = zero >= 2 ? 4 * psi / N : 4 * psi;
-    const double want_o = zero >= 1 ? 8 * psi / N : 8 * psi;
+    // Exact: this rank's shard is psi / N rounded up or down (comm::chunk_counts, no padding).
+    const double shard = e.data_parallel() ? static_cast<double>(e.data_parallel()->layout().numel()) : psi;
+    EXPECT_LE(std::fabs(shard - psi / N), 1.0) << "zero " << zero;
+    const double want_p = zero >= 3 ? 4 * shard : 4 * psi;
+    const double want_g = zero >= 2 ? 4 * shard : 4 * psi;
+    const double want_o = zero >= 1 ? 8 * shard : 8 * psi;
     const double got_p = static_cast<double>(t.current(MemCategory::kParameters));
     const double got_g = static_cast<double>(t.current(MemCategory::kGradients));
     const double got_o = static_cast<double>(t.current(MemCategory::kOptimizerState));
@@ -248,9 +256,10 @@ TEST(DpMemory, PerRankBytesFollowTheZeroFormulas) {
                   N, zero, psi, got_p, want_p, got_g, want_g, got_o, want_o, got_p + got_g + got_o,
                   want_p + want_g + want_o, peak_g, peak_p);
     }
-    EXPECT_NEAR(got_p, want_p, 0.1 * want_p) << "zero " << zero;
-    EXPECT_NEAR(got_g, want_g, 0.1 * want_g) << "zero " << zero;
-    EXPECT_NEAR(got_o, want_o, 0.1 * want_o) << "zero " << zero;
+    // The tracker counts bytes exactly and nothing else lives in these categories at rest.
+    EXPECT_EQ(got_p, want_p) << "zero " << zero;
+    EXPECT_EQ(got_g, want_g) << "zero " << zero;
+    EXPECT_EQ(got_o, want_o) << "zero " << zero;
     if (zero >= 2) {
       const double cap = std::max<double>(bucket_mb * 1024 * 1024, 4.0 * max_param);
       EXPECT_LE(peak_g, want_g + 4 * cap) << "zero " << zero;
@@ -307,6 +316,33 @@ TEST(DpCheckpoint, StateMovesBetweenLayouts) {
       const double lb = b.train_step(batch_for(s, b.config().vocab_size), kLr).loss;
       EXPECT_NEAR(la, lb, 1e-5 * std::fabs(la)) << "zero " << za << " -> " << zb;
     }
+    for (Engine* e : {&a, &b}) {
+      const test::ReplicaMismatch rm = test::compare_dp_replicas(*e);
+      EXPECT_EQ(rm.elements, 0) << "zero " << za << " -> " << zb << ": dp replicas differ, first " << rm.first;
+    }
+  }
+}
+
+// The replica comparison can fail: one bit of one element changed on dp rank 1 is counted
+// (once, by every rank), at ZeRO 0 and 1 (where every rank holds every value).
+TEST(DpReplicas, OneFlippedBitOnOneReplicaIsFound) {
+  for (int zero : {0, 1}) {
+    MemoryTracker t;
+    Engine e(dp_mesh(), model(), options(zero), t, kBatch, kSeq);
+    e.initialize(3);
+    e.train_step(batch_for(0, e.config().vocab_size), kLr);
+    ASSERT_EQ(test::compare_dp_replicas(e).elements, 0) << "zero " << zero;
+    nn::ParameterSet& ps = e.model().params();
+    const int id = ps.size() / 2;
+    if (dp_mesh().dp().rank() == 1) {
+      float* v = ps.data(id) + 3;
+      *v = std::bit_cast<float>(std::bit_cast<uint32_t>(*v) ^ 1u);
+    }
+    const test::ReplicaMismatch rm = test::compare_dp_replicas(e);
+    EXPECT_EQ(rm.elements, 1) << "zero " << zero;
+    if (dp_mesh().dp().rank() == 1) {
+      EXPECT_NE(rm.first.find(ps.info(id).name + "[3] on dp rank 1"), std::string::npos) << rm.first;
+    }
   }
 }
 
@@ -334,9 +370,14 @@ TEST(DpBadInput, RanksWithDifferentConfigsAreNamed) {
     comm::check_same_across_ranks(w, "the run configuration", hash);
     FAIL() << "expected an error";
   } catch (const Error& e) {
+    // The groups are listed by hash (0xbad < 0x600d): rank 1 alone, then everyone else.
+    std::string others = "0";
+    for (int r = 2; r < w.size(); ++r) others += fmt::format(", {}", r);
+    const std::string want = fmt::format("ranks of group {} disagree on the run configuration: ranks [1] have "
+                                         "0000000000000bad; ranks [{}] have 000000000000600d.",
+                                         w.name(), others);
     const std::string msg = e.what();
-    EXPECT_NE(msg.find("the run configuration"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("1"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(want), std::string::npos) << msg << "\nwanted: " << want;
   }
 }
 

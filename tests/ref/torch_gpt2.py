@@ -11,8 +11,9 @@ def gelu_new(x):
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-def forward(W, ids, n_layer, n_head):
-    """Returns logits (B, T, V) for token ids (B, T)."""
+def forward(W, ids, n_layer, n_head, gelu=gelu_new):
+    """Returns logits (B, T, V) for token ids (B, T). `gelu` is replaceable so tests can plant a
+    wrong activation and see their checks fail."""
     B, T = ids.shape
     wte = W["wte.weight"]
     C = wte.shape[1]
@@ -32,14 +33,14 @@ def forward(W, ids, n_layer, n_head):
         y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
         x = x + (y @ W[p + "attn.c_proj.weight"] + W[p + "attn.c_proj.bias"])
         h = F.layer_norm(x, (C,), W[p + "ln_2.weight"], W[p + "ln_2.bias"], 1e-5)
-        h = gelu_new(h @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"])
+        h = gelu(h @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"])
         x = x + (h @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"])
     x = F.layer_norm(x, (C,), W["ln_f.weight"], W["ln_f.bias"], 1e-5)
     return x @ wte.t()
 
 
-def loss_fn(W, ids, targets, n_layer, n_head):
-    logits = forward(W, ids, n_layer, n_head)
+def loss_fn(W, ids, targets, n_layer, n_head, gelu=gelu_new):
+    logits = forward(W, ids, n_layer, n_head, gelu)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 

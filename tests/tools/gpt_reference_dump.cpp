@@ -54,10 +54,13 @@ int main(int argc, char** argv) {
   nn::GPTActivations acts = model.make_activations(tracker, B, T);
   nn::ParameterSet& ps = model.params();
 
+  // The optimizer settings the reference replays are the ones this AdamW actually uses.
+  const optim::AdamWConfig adam_cfg{};
   nlohmann::json meta = {{"n_layer", cfg.n_layer}, {"n_head", cfg.n_head}, {"batch_size", B},
                          {"seq_len", T}, {"lr", lr}, {"min_lr", min_lr},
                          {"warmup_steps", warmup}, {"grad_clip", grad_clip},
-                         {"weight_decay", 0.1}};
+                         {"weight_decay", adam_cfg.weight_decay}, {"beta1", adam_cfg.beta1},
+                         {"beta2", adam_cfg.beta2}, {"eps", adam_cfg.eps}};
   std::vector<std::vector<int32_t>> ids(steps), targets(steps);
   for (int64_t s = 0; s < steps; ++s) {
     for (int64_t i = 0; i < N; ++i) {
@@ -82,7 +85,7 @@ int main(int argc, char** argv) {
       for (int64_t v = 0; v < cfg.vocab_size; ++v) logits[static_cast<std::size_t>(n * cfg.vocab_size + v)] = l[n * model.padded_vocab_local() + v];
     }
   }
-  optim::AdamW adam(ps, tracker, {});
+  optim::AdamW adam(ps, tracker, adam_cfg);
   optim::LrSchedule sched{optim::LrSchedule::Kind::kCosine, lr, min_lr, warmup, steps};
   for (int64_t s = 0; s < steps; ++s) {
     ps.zero_grads();

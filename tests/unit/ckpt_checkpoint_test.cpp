@@ -2,6 +2,8 @@
 // validation messages, atomicity under failures (throwing provider, injected and real ENOSPC),
 // `latest` resolution errors and `ckpt info`.
 #include <gtest/gtest.h>
+
+#include <limits>
 #include <stdlib.h>
 #include <sys/mount.h>
 #include <sys/statvfs.h>
@@ -432,7 +434,19 @@ TEST(CkptCheckpoint, DescribeAndCli) {
   const int rc = trident::cli::run_ckpt(3, argv);
   const std::string out = ::testing::internal::GetCapturedStdout();
   EXPECT_EQ(rc, 0);
-  EXPECT_EQ(out, info);
+  EXPECT_EQ(out, info + verify_checkpoint(dir.path()) + "\n");
+  EXPECT_NE(out.find("all finite"), std::string::npos) << out;
+}
+
+TEST(CkptCheckpoint, VerifyNamesTheNonFiniteTensor) {
+  TempDir dir;
+  const auto c = micro_config();
+  auto w = make_weights(c, 1.f);
+  w.at("h.1.mlp.c_proj.bias")[5] = -std::numeric_limits<float>::infinity();
+  save(dir.path(), 3, c, w);
+  EXPECT_ERROR_HAS(verify_checkpoint(dir.path()), "tensor 'h.1.mlp.c_proj.bias'", "model.safetensors",
+                   "-inf at element 5", "1 of 8 elements");
+  EXPECT_ERROR_HAS(check_finite(w.at("h.1.mlp.c_proj.bias").data(), 8, "x", "f"), "tensor 'x' in f");
 }
 
 // Manual timing at GPT-2 124M size (run with --gtest_also_run_disabled_tests): one 500 MB

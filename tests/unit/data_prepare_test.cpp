@@ -39,7 +39,7 @@ class DataPrepare : public ::testing::Test {
   fs::path dir_;
 };
 
-std::vector<int32_t> all_tokens(const TokenShard& s) { return {s.tokens().begin(), s.tokens().end()}; }
+std::vector<int32_t> all_tokens(const TokenShard& s) { return s.to_vector(); }
 
 TEST_F(DataPrepare, DocumentsAreSeparatedByEndOfText) {
   const std::string a = "Hello world\n", b = "It's a truth universally acknowledged.";
@@ -47,7 +47,7 @@ TEST_F(DataPrepare, DocumentsAreSeparatedByEndOfText) {
   opt.inputs = {write("a.txt", a), write("b.txt", b)};
   opt.out_prefix = (dir_ / "out" / "x").string();
   opt.val_fraction = 0.0;
-  opt.tokenizer_dir = gpt2_;
+  opt.tokenizer = gpt2_;
   std::ostringstream log;
   const auto r = prepare(opt, log);
   EXPECT_EQ(r.train.documents, 2);
@@ -72,7 +72,7 @@ TEST_F(DataPrepare, ValFractionTakesTheTailOfTheStream) {
   opt.inputs = {write("t.txt", text)};
   opt.out_prefix = (dir_ / "t").string();
   opt.val_fraction = 0.25;
-  opt.tokenizer_dir = gpt2_;
+  opt.tokenizer = gpt2_;
   opt.progress = false;
   std::ostringstream log;
   const auto r = prepare(opt, log);
@@ -92,7 +92,7 @@ TEST_F(DataPrepare, JaneAustenHoldsOutPersuasion) {
   opt.corpus = "janeausten";
   opt.rdb = asset_path(root_, "janeaustenr/data/Rdata.rdb");
   opt.out_prefix = (dir_ / "janeausten").string();
-  opt.tokenizer_dir = gpt2_;
+  opt.tokenizer = gpt2_;
   std::ostringstream log;
   const auto r = prepare(opt, log);
   EXPECT_EQ(r.train.documents, 5);
@@ -105,7 +105,7 @@ TEST_F(DataPrepare, JaneAustenHoldsOutPersuasion) {
   EXPECT_GT(r.val_cross_entropy_under_train_unigram_nats, r.val.unigram_entropy_nats);
   const auto val = TokenShard::open(r.val.path, 50257);
   auto tok = BpeTokenizer::from_dir(gpt2_);
-  EXPECT_EQ(tok.decode(std::vector<int32_t>(val.tokens().begin(), val.tokens().begin() + 2)), "<|endoftext|>Pers");
+  EXPECT_EQ(tok.decode(std::vector<int32_t>{val[0], val[1]}), "<|endoftext|>Pers");
 }
 
 TEST_F(DataPrepare, CommandLine) {
@@ -126,7 +126,7 @@ TEST_F(DataPrepare, CommandLine) {
 TEST_F(DataPrepare, Errors) {
   std::ostringstream log;
   PrepareOptions opt;
-  opt.tokenizer_dir = gpt2_;
+  opt.tokenizer = gpt2_;
   opt.out_prefix = (dir_ / "e").string();
   EXPECT_THROW(prepare(opt, log), Error);  // no input
   opt.inputs = {(dir_ / "missing.txt").string()};
@@ -143,7 +143,7 @@ TEST_F(DataPrepare, Errors) {
   opt.corpus = "shakespeare";
   EXPECT_THROW(prepare(opt, log), Error);
   opt.corpus = "";
-  opt.tokenizer_dir = (dir_ / "no-tokenizer").string();
+  opt.tokenizer = (dir_ / "no-tokenizer").string();
   try {
     prepare(opt, log);
     ADD_FAILURE() << "expected trident::Error";

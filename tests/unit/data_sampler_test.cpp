@@ -85,7 +85,19 @@ TEST_F(DataSampler, RandomOffsetsDependOnSeedAndStepAndCoverTheShard) {
   const BatchSampler b(shard_, {.batch_size = 4, .seq_len = 16, .seed = 2, .order = DataOrder::kRandom});
   EXPECT_NE(gather(a, 0, {4}), gather(b, 0, {4}));
   EXPECT_NE(gather(a, 0, {4}), gather(a, 1, {4}));
-  EXPECT_EQ(gather(a, 3, {4}), gather(a, 3, {4}));
+  // On (seed, step, row) only: not on what was drawn before (a sampler used for 100 other
+  // steps and a fresh one agree), nor on the batch size (row r of a batch of 8 is row r of a
+  // batch of 4), and the rows of one step are different draws.
+  const auto step3 = gather(a, 3, {4});
+  for (int64_t step = 0; step < 100; ++step) gather(a, step, {4});
+  const BatchSampler fresh(shard_, {.batch_size = 4, .seq_len = 16, .seed = 1, .order = DataOrder::kRandom});
+  EXPECT_EQ(gather(a, 3, {4}), step3);
+  EXPECT_EQ(gather(fresh, 3, {4}), step3);
+  const BatchSampler wide(shard_, {.batch_size = 8, .seq_len = 16, .seed = 1, .order = DataOrder::kRandom});
+  for (int64_t r = 0; r < 4; ++r) EXPECT_EQ(wide.row_offset(3, r), a.row_offset(3, r)) << "row " << r;
+  std::set<int64_t> rows;
+  for (int64_t r = 0; r < 4; ++r) rows.insert(a.row_offset(3, r));
+  EXPECT_EQ(rows.size(), 4u);
   std::set<int64_t> offsets;
   int64_t max_off = 0;
   for (int64_t step = 0; step < 2000; ++step) {

@@ -142,5 +142,48 @@ TEST_F(DataShard, TokenOutOfRange) {
   EXPECT_EQ(TokenShard::open(path("vocab.bin"), 65536).size(), 100u);
 }
 
+// Vocabularies beyond 65,536 ids (cl100k, Llama 3) need llm.c's uint32 variant.
+TEST_F(DataShard, WideRoundTrip) {
+  EXPECT_EQ(token_bytes_for_vocab(65536), 2);
+  EXPECT_EQ(token_bytes_for_vocab(65537), 4);
+  const std::vector<int32_t> tokens = {0, 65535, 65536, 100276, 128255, 7};
+  write_token_shard(path("wide.bin"), tokens, token_bytes_for_vocab(128256));
+  EXPECT_EQ(fs::file_size(path("wide.bin")), 1024 + 4 * tokens.size());
+  std::ifstream in(path("wide.bin"), std::ios::binary);
+  int32_t header[3];
+  in.read(reinterpret_cast<char*>(header), sizeof(header));
+  EXPECT_EQ(header[0], kShardMagic32);
+  EXPECT_EQ(header[1], kShardVersion32);
+  EXPECT_EQ(header[2], 6);
+  const TokenShard shard = TokenShard::open(path("wide.bin"), 128256);
+  EXPECT_EQ(shard.token_bytes(), 4);
+  EXPECT_EQ(shard.to_vector(), tokens);
+  std::vector<int32_t> mid(3);
+  shard.copy(2, 3, mid.data());
+  EXPECT_EQ(mid, (std::vector<int32_t>{65536, 100276, 128255}));
+  expect_error(path("wide.bin"), 100277, {"wide.bin", "128255", "position 4", "100277"});
+}
+
+TEST_F(DataShard, NarrowWriterRefusesWideIds) {
+  TokenShardWriter w(path("narrow.bin"));
+  try {
+    w.append(std::vector<int32_t>{1, 70000});
+    ADD_FAILURE() << "expected an error for id 70000 in a uint16 shard";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("32-bit shards"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(DataShard, WideTruncatedAndWrongVersion) {
+  write_token_shard(path("w.bin"), std::vector<int32_t>{1, 2, 3}, 4);
+  std::ifstream in(path("w.bin"), std::ios::binary);
+  std::vector<char> bytes{std::istreambuf_iterator<char>(in), {}};
+  auto cut = bytes;
+  cut.resize(cut.size() - 2);
+  expect_error(write_raw("wcut.bin", cut), 1000, {"wcut.bin", "truncated", "1036 bytes"});
+  bytes[4] = 1;  // version 1 belongs to the uint16 magic
+  expect_error(write_raw("wver.bin", bytes), 1000, {"wver.bin", "version 1", "expected 7"});
+}
+
 }  // namespace
 }  // namespace trident::data

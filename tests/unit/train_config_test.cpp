@@ -416,6 +416,14 @@ TEST(TrainConfig, ResolveModel) {
   EXPECT_EQ(h.vocab_size, 500);
   m.model = (dir / "config.json").string();
   EXPECT_EQ(resolve_model_config(m).n_positions, 32);
+  // A Llama config.json is refused by model_type, and without it by its keys: never read as GPT-2.
+  std::ofstream(dir / "config.json")
+      << R"({"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64,
+             "max_position_embeddings": 128, "vocab_size": 500})";
+  EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "model_type \"llama\"");
+  std::ofstream(dir / "config.json")
+      << R"({"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "vocab_size": 500})";
+  EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "no \"n_layer\"");
   fs::remove_all(dir);
   m.model = "gpt3";
   EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "neither a preset");
