@@ -13,6 +13,7 @@ PACKAGES=(
   zlib1g-dev
   python3 python3-numpy python3-torch
   gnuplot-nox
+  slurmctld slurmd slurm-client munge
 )
 # npm only fetches the tokenizer files; a machine that already has it (e.g. from NodeSource)
 # keeps its own, since Debian's npm conflicts with that nodejs.

@@ -461,6 +461,15 @@ LoadedCheckpoint load_checkpoint(const std::string& path) {
 
 void validate_model_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config,
                             const std::string& prefix) {
+  // A config.json that names far more layers than the file holds (n_layer 1e9) must not make
+  // us list 12 * n_layer expected names first: compare the counts up front (small mismatches
+  // get the detailed report below).
+  const std::int64_t expected_count = 12 * static_cast<std::int64_t>(config.n_layer) + 4;  // gpt2_tensor_specs
+  TRI_CHECK(expected_count <= 2 * static_cast<std::int64_t>(reader.tensors().size()) + 1024,
+            "model tensors in {} do not match the model ({}): config.json implies {} tensors (12 per "
+            "layer for n_layer {}, plus 4) but the file holds {}; config.json does not belong to "
+            "these weights",
+            reader.path(), config.describe(), expected_count, config.n_layer, reader.tensors().size());
   std::vector<std::string> missing, wrong_shape, wrong_dtype, extra, inferred;
   std::set<std::string> expected;
   for (const auto& spec : gpt2_tensor_specs(config)) {
@@ -515,6 +524,11 @@ void validate_model_tensors(const SafetensorsReader& reader, const nn::GPTConfig
 }
 
 void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config) {
+  const std::int64_t expected_count = 2 * (12 * static_cast<std::int64_t>(config.n_layer) + 4);
+  TRI_CHECK(expected_count <= 2 * static_cast<std::int64_t>(reader.tensors().size()) + 1024,
+            "optimizer state in {} does not match the model ({}): it needs {} tensors (exp_avg and "
+            "exp_avg_sq of each of n_layer {}'s parameters) but the file holds {}",
+            reader.path(), config.describe(), expected_count, config.n_layer, reader.tensors().size());
   std::vector<std::string> missing, wrong;
   for (const auto& spec : gpt2_tensor_specs(config)) {
     for (const std::string& name : {exp_avg_name(spec.name), exp_avg_sq_name(spec.name)}) {

@@ -18,6 +18,7 @@
 #include "kernels/kernels.h"
 #include "nn/gpt.h"
 #include "nn/sampling.h"
+#include "train/memory_check.h"
 
 namespace trident::cli {
 
@@ -75,6 +76,15 @@ int run_generate(int argc, char** argv) {
             "the model's vocabulary ({}) is larger than the tokenizer's ({}): this checkpoint was "
             "not trained on GPT-2 tokens",
             cfg.vocab_size, tokenizer.vocab_size());
+  // Weights and their gradient buffers (4 + 4 bytes a parameter), checked before building, so
+  // an absurd config.json is an error and not an allocation that never ends.
+  if (const auto avail = train::available_memory_bytes()) {
+    const double need = 8.0 * static_cast<double>(cfg.num_parameters());
+    TRI_CHECK(need <= *avail,
+              "the model in {} ({}) needs at least {} (4-byte weights and gradients), but only {} "
+              "is available; this machine cannot load it", loaded.path, cfg.describe(),
+              format_bytes(need), format_bytes(*avail));
+  }
   MemoryTracker tracker;
   nn::GPT model(cfg);
   model.allocate(tracker);

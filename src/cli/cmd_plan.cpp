@@ -19,6 +19,9 @@
 
 #include "cli/cli11_errors.h"
 #include "cli/commands.h"
+#include "core/memory.h"
+#include "nn/parameters.h"
+#include "train/memory_check.h"
 #include "comm/communicator.h"
 #include "comm/runtime.h"
 #include "core/check.h"
@@ -113,6 +116,15 @@ int run_plan(int argc, char** argv) {
   req.bucket_mb = bucket_mb;
   req.memory_per_rank = parse_bytes(memory);
   plan::validate_request(req);
+  // The planner builds each layout's model chunks to count them (metadata only, one ParamInfo
+  // per tensor): refuse a depth whose metadata alone would not fit, instead of hanging in it.
+  if (const auto avail = train::available_memory_bytes()) {
+    const double meta = (12.0 * req.model.n_layer + 5.0) * static_cast<double>(sizeof(nn::ParamInfo));
+    TRI_CHECK(meta <= *avail / 4,
+              "cannot plan {}: describing its {} layers' tensors alone takes {} ({} is available); "
+              "such a model cannot be built here at any layout",
+              req.model.describe(), req.model.n_layer, format_bytes(meta), format_bytes(*avail));
+  }
   TRI_CHECK(cores >= 1, "--cores must be at least 1, got {}", cores);
 
   plan::MachineModel machine;
@@ -194,6 +206,7 @@ int run_plan(int argc, char** argv) {
     std::ofstream js(json_out);
     TRI_CHECK(js.good(), "cannot write --json {}", json_out);
     for (const plan::PlanRow& r : p.rows) {
+      if (!r.fits) continue;  // as documented: the fitting rows (they come first)
       const plan::Layout& l = r.layout;
       nlohmann::json j{{"dp", l.dp}, {"tp", l.tp}, {"pp", l.pp}, {"zero", l.zero},
                        {"schedule", pp::to_string(l.schedule)}, {"virtual_stages", l.virtual_stages},

@@ -3,6 +3,7 @@
 
 #include "cli/commands.h"
 #include "comm/mesh.h"
+#include "comm/node_order.h"
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "train/resume_config.h"
@@ -32,7 +33,10 @@ int run_train(int argc, char** argv) {
   shape.tp = cfg.parallel.tp;
   shape.pp = cfg.parallel.pp;
   comm::validate_mesh(shape, mpi.world_size());
-  comm::Mesh mesh(mpi.world(), shape);
+  // Ranks regrouped by node first, so that every tp group shares a node for any placement.
+  comm::NodeMajorWorld placed(mpi.world());
+  comm::Mesh mesh(placed.comm(), shape);
+  if (mesh.rank() == 0) fmt::print(stderr, "{}", placed.describe(shape.tp));
   return train::run_training(cfg, mesh);
 }
 

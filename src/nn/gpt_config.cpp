@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+
 #include "core/check.h"
 
 namespace trident::nn {
@@ -12,16 +14,36 @@ int64_t GPTConfig::padded_vocab(int tp) const {
   return (vocab_size + multiple - 1) / multiple * multiple;
 }
 
+namespace {
+// a * b and a + b in 64 bits, throwing instead of wrapping: a shape typed by hand (or read from
+// a config.json) may be large enough to overflow, and a wrapped count would size allocations.
+int64_t checked_mul(int64_t a, int64_t b, const GPTConfig& c) {
+  int64_t r = 0;
+  TRI_CHECK(!__builtin_mul_overflow(a, b, &r),
+            "the model (n_layer={} n_embd={} vocab_size={} n_positions={}) has more than 2^63 "
+            "parameters; no machine can hold it: choose a smaller shape",
+            c.n_layer, c.n_embd, c.vocab_size, c.n_positions);
+  return r;
+}
+int64_t checked_add(int64_t a, int64_t b, const GPTConfig& c) {
+  int64_t r = 0;
+  TRI_CHECK(!__builtin_add_overflow(a, b, &r),
+            "the model (n_layer={} n_embd={} vocab_size={} n_positions={}) has more than 2^63 "
+            "parameters; no machine can hold it: choose a smaller shape",
+            c.n_layer, c.n_embd, c.vocab_size, c.n_positions);
+  return r;
+}
+}  // namespace
+
 int64_t GPTConfig::num_parameters() const {
+  const GPTConfig& c = *this;
   const int64_t C = n_embd, L = n_layer;
-  const int64_t embeddings = static_cast<int64_t>(vocab_size) * C + static_cast<int64_t>(n_positions) * C;
-  const int64_t per_block = 2 * C            // ln_1
-                            + C * 3 * C + 3 * C  // attn.c_attn
-                            + C * C + C          // attn.c_proj
-                            + 2 * C              // ln_2
-                            + C * 4 * C + 4 * C  // mlp.c_fc
-                            + 4 * C * C + C;     // mlp.c_proj
-  return embeddings + L * per_block + 2 * C;    // + ln_f
+  // ln_1, attn.c_attn (C x 3C + 3C), attn.c_proj (C x C + C), ln_2, mlp.c_fc (C x 4C + 4C),
+  // mlp.c_proj (4C x C + C): 12 C^2 + 13 C.
+  const int64_t per_block = checked_add(checked_mul(12, checked_mul(C, C, c), c), checked_mul(13, C, c), c);
+  const int64_t embeddings =
+      checked_mul(checked_add(vocab_size, n_positions, c), C, c);  // wte + wpe
+  return checked_add(checked_add(embeddings, checked_mul(L, per_block, c), c), checked_mul(2, C, c), c);  // + ln_f
 }
 
 void GPTConfig::validate() const {
@@ -33,6 +55,12 @@ void GPTConfig::validate() const {
   TRI_CHECK(vocab_size > 0, "vocab_size must be positive, got {}", vocab_size);
   TRI_CHECK(vocab_pad_multiple > 0, "vocab_pad_multiple must be positive, got {}",
             vocab_pad_multiple);
+  // Widths such as the MLP's 4 * n_embd are computed as int, and the parameter count must fit
+  // 64 bits (checked, throws).
+  TRI_CHECK(n_embd <= std::numeric_limits<int>::max() / 4,
+            "n_embd {} is too large: the MLP's 4 * n_embd must fit a 32-bit int (n_embd at most {})",
+            n_embd, std::numeric_limits<int>::max() / 4);
+  (void)num_parameters();
   TRI_CHECK(n_embd % n_head == 0,
             "n_embd ({}) must be divisible by n_head ({}): each head gets n_embd / n_head "
             "channels; choose e.g. n_head = {}",

@@ -75,22 +75,21 @@ int ParameterSet::begin_group(std::string name) {
 int ParameterSet::add(ParamInfo info) {
   TRI_CHECK(values_.empty(), "parameter {} registered after allocation", info.name);
   TRI_CHECK(!group_names_.empty(), "parameter {} registered outside a group", info.name);
-  TRI_CHECK(find(info.name) < 0, "parameter {} registered twice", info.name);
+  TRI_CHECK(ids_.count(info.name) == 0, "parameter {} registered twice", info.name);
   info.local_shape = local_shape_of(info.logical_shape, info.shard);
   info.numel = shape_numel(info.local_shape);
   info.group = num_groups() - 1;
   info.offset = total_;
   total_ += info.numel;
   group_end_.back() = total_;
+  ids_.emplace(info.name, size());
   infos_.push_back(std::move(info));
   return size() - 1;
 }
 
 int ParameterSet::find(const std::string& name) const {
-  for (int i = 0; i < size(); ++i) {
-    if (infos_[static_cast<std::size_t>(i)].name == name) return i;
-  }
-  return -1;
+  const auto it = ids_.find(name);
+  return it == ids_.end() ? -1 : it->second;
 }
 
 void ParameterSet::allocate(MemoryTracker& tracker) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/memory.h"
@@ -71,7 +72,8 @@ class ParameterSet {
   int size() const { return static_cast<int>(infos_.size()); }
   const ParamInfo& info(int id) const { return infos_.at(static_cast<std::size_t>(id)); }
   const std::vector<ParamInfo>& infos() const { return infos_; }
-  int find(const std::string& name) const;  // -1 when absent
+  int find(const std::string& name) const;  // -1 when absent; O(1) (hashed), so registering
+                                            // and looking up L layers' parameters is O(L)
 
   int num_groups() const { return static_cast<int>(group_names_.size()); }
   const std::string& group_name(int g) const { return group_names_.at(static_cast<std::size_t>(g)); }
@@ -111,6 +113,7 @@ class ParameterSet {
 
  private:
   std::vector<ParamInfo> infos_;
+  std::unordered_map<std::string, int> ids_;  // name -> id
   std::vector<std::string> group_names_;
   std::vector<int64_t> group_begin_, group_end_;
   int64_t total_ = 0;

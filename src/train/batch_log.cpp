@@ -12,7 +12,9 @@ namespace trident::train {
 BatchLog::BatchLog(const std::string& path, bool lead, int64_t start_step) : path_(path) {
   if (path.empty() || !lead) return;
   const auto parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent);
+  std::error_code ec;
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  TRI_CHECK(!ec, "cannot create the folder {} for the batch log {}: {}", parent.string(), path, ec.message());
   out_.open(path, start_step > 0 ? std::ios::app : std::ios::trunc);
   TRI_CHECK(out_.good(), "cannot open the batch log {} for writing; check the directory exists and is writable",
             path);

@@ -22,6 +22,7 @@
 #include "train/checkpointing.h"
 #include "train/ckpt_dir_owner.h"
 #include "train/flops.h"
+#include "train/memory_check.h"
 #include "train/nonfinite_policy.h"
 #include "train/pipeline_report.h"
 #include "train/preemption.h"
@@ -89,6 +90,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   // The shape of a model loaded with --init-from is whatever its config.json says.
   const nn::GPTConfig model_cfg = cfg.train.init_from.empty() ? resolve_model_config(cfg.model)
                                                               : source->config;
+  check_model_fits(model_cfg, cfg, mesh);  // before anything is allocated
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
                                     "and PREFIX_val.bin, written by `trident prepare`)");
   const data::TokenShard train_shard =

@@ -11,9 +11,10 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import check, finish, run, synthetic_tokens, trident, write_shard  # noqa: E402
+from harness import REPO, check, finish, run, synthetic_tokens, trident, write_shard  # noqa: E402
 
 VOCAB, N_POSITIONS = 1000, 64
+TOKENIZER = os.path.join(REPO, "data", "assets", "gpt2")  # scripts/setup.sh fetches it; ctest runs in build/
 
 
 def main():
@@ -31,7 +32,8 @@ def main():
 
         def generate(*flags, prompt=" a b c"):
             # The text is raw token bytes (not always UTF-8): compare bytes, decode leniently.
-            p = subprocess.run([T, "generate", "--ckpt", f"{d}/ck", "--prompt", prompt, "--print-ids", *flags],
+            p = subprocess.run([T, "generate", "--ckpt", f"{d}/ck", "--tokenizer", TOKENIZER, "--prompt", prompt,
+                                "--print-ids", *flags],
                                capture_output=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
             rc, out, err = p.returncode, p.stdout, p.stderr.decode(errors="replace")
             ids = {}
@@ -90,7 +92,7 @@ def main():
         rc, _, err = run([T, "train", "--model", "tiny", "--vocab-size", "50300", "--data", f"{d}/syn", "--steps", "1",
                           "--batch-size", "2", "--seq-len", "16", "--eval-every", "0", "--ckpt-dir", f"{d}/big"])
         check("train a model with a vocabulary larger than GPT-2's", rc == 0, err[-300:])
-        rc, _, err = run([T, "generate", "--ckpt", f"{d}/big", "--prompt", " a"])
+        rc, _, err = run([T, "generate", "--ckpt", f"{d}/big", "--tokenizer", TOKENIZER, "--prompt", " a"])
         check("a model larger than the tokenizer's vocabulary is refused",
               rc != 0 and "the model's vocabulary (50300) is larger than the tokenizer's (50257)" in err, err[-400:])
 

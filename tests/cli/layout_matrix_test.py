@@ -37,32 +37,30 @@ flags to the layout runs only):
   norm 0.18, weights 2.6e-2;
 - TRIDENT_MATRIX_MUTATE="--lr 0.0033" (10% more lr): losses 2.3e-4, grad norm 4e-2 from
   step 2, weights 1.3e-2."""
-import math
 import os
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import check, finish, mpirun, read_metrics, run, synthetic_tokens, trident, write_shard  # noqa: E402
+import equivalence as eq  # noqa: E402
 import safetensors_stdlib as st  # noqa: E402
 
 STEPS = 5
 BATCH, SEQ, VOCAB = 16, 32, 1000
-LR, EPS = 3e-3, 1e-6
-U = 2.0 ** -24
-ETA = U * math.sqrt(BATCH * SEQ)
+LR, EPS = 3e-3, eq.EPS
 
 
 def loss_bound(k):  # relative, after k steps (k = 1 is the first step's loss)
-    return k * U * math.sqrt(VOCAB / (BATCH * SEQ))
+    return eq.loss_bound(k, BATCH, SEQ, VOCAB)
 
 
 def grad_norm_bound(k):  # relative
-    return k * ETA
+    return eq.grad_norm_bound(k, BATCH, SEQ)
 
 
 def weight_bound(ref_grad_norms, n_params):  # absolute, after all steps
-    return sum(LR * ETA * (g / math.sqrt(n_params)) / EPS for g in ref_grad_norms)
+    return eq.weight_bound(ref_grad_norms, n_params, LR, BATCH, SEQ)
 
 
 def layouts():

@@ -212,6 +212,43 @@ def generate_checks(T, d):
                  gen + ["--ckpt", f"{d}/bad_NaN_in_a_weight/step_00000002"], "h.1.mlp.c_fc.weight", "not finite")
 
 
+def size_checks(T, d):
+    import time
+    train = [T, "train", "--data", f"{d}/syn", "--steps", "1", "--eval-every", "0"]
+
+    def quick_error(what, cmd, *fragments, limit=30):
+        t0 = time.monotonic()
+        expect_error(what, cmd, *fragments, timeout=limit * 4)
+        took = time.monotonic() - t0
+        check(f"{what}: refused within {limit} s", took < limit, f"{took:.1f} s")
+
+    # 100000 layers of tiny at batch 64 x 64: ~1.3G parameters and ~1 TiB of activations.
+    quick_error("--n-layer 100000 is refused before building, with the planner's estimate",
+                train + ["--model", "tiny", "--n-layer", "100000", "--batch-size", "64", "--seq-len", "64"],
+                "trident plan's memory model", "is available", "activations")
+    big = dict(model_type="gpt2", n_layer=1000000000, n_head=4, n_embd=32, n_positions=64, vocab_size=1000)
+    with open(f"{d}/big.json", "w") as f:
+        json.dump(big, f)
+    quick_error("config.json with n_layer 1e9 is refused before building",
+                train + ["--model", f"{d}/big.json"], "cannot be built here", "12704000034112 parameters")
+    quick_error("plan of a config.json with n_layer 1e9 is refused", [T, "plan", "--model", f"{d}/big.json",
+                                                                        "--world", "1"], "cannot plan")
+    with open(f"{d}/huge.json", "w") as f:
+        json.dump(dict(big, n_layer=10 ** 12), f)
+    quick_error("config.json with n_layer 1e12 (beyond 32 bits) is refused", train + ["--model", f"{d}/huge.json"],
+                "n_layer", "out of range")
+    quick_error("a parameter count beyond 64 bits is an error, not a wrapped number",
+                train + ["--model", "tiny", "--n-layer", "2147483647", "--n-embd", "536870908"], "2^63")
+    # A checkpoint whose config.json claims 1e9 layers: every reader refuses it at once.
+    shutil.copytree(f"{d}/good/step_00000002", f"{d}/bigck")
+    shutil.copy(f"{d}/big.json", f"{d}/bigck/config.json")
+    for name, cmd in [("ckpt info", [T, "ckpt", "info", f"{d}/bigck"]),
+                      ("generate", [T, "generate", "--ckpt", f"{d}/bigck"]),
+                      ("train --init-from", train + ["--init-from", f"{d}/bigck"])]:
+        quick_error(f"{name} of a checkpoint whose config.json says n_layer 1e9", cmd,
+                    "config.json implies 12000000004 tensors")
+
+
 def main():
     build = sys.argv[1]
     T = trident(build)
@@ -221,6 +258,7 @@ def main():
         poisoned_steps(T, d)
         ckpt_info_checks(T, d)
         generate_checks(T, d)
+        size_checks(T, d)
     finish()
 
 

@@ -1,0 +1,152 @@
+// The memory check before building the engine (see memory_check.h).
+#include "train/memory_check.h"
+
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "core/memory.h"
+#include "parallel/pipeline/schedule.h"
+#include "plan/layout.h"
+#include "plan/memory_model.h"
+
+namespace trident::train {
+
+namespace {
+
+// The first number in a file ("max" and unreadable files: nullopt).
+std::optional<double> read_number(const char* path) {
+  std::ifstream in(path);
+  std::string word;
+  if (!(in >> word)) return std::nullopt;
+  char* end = nullptr;
+  const double v = std::strtod(word.c_str(), &end);
+  if (end == word.c_str()) return std::nullopt;
+  return v;
+}
+
+std::optional<double> mem_available() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  double kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024.0;
+  }
+  return std::nullopt;
+}
+
+// What the cgroup still allows: limit - usage (v2, else v1); nullopt without a limit.
+std::optional<double> cgroup_headroom() {
+  if (const auto max = read_number("/sys/fs/cgroup/memory.max")) {
+    const double used = read_number("/sys/fs/cgroup/memory.current").value_or(0.0);
+    return std::max(0.0, *max - used);
+  }
+  const auto limit = read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+  // v1 reports "no limit" as a huge number (about 2^63).
+  if (limit && *limit < 1e18) {
+    const double used = read_number("/sys/fs/cgroup/memory/memory.usage_in_bytes").value_or(0.0);
+    return std::max(0.0, *limit - used);
+  }
+  return std::nullopt;
+}
+
+bool check_disabled() {
+  const char* v = std::getenv("TRIDENT_MEMORY_CHECK");
+  return v != nullptr && std::strcmp(v, "0") == 0;
+}
+
+}  // namespace
+
+std::optional<double> available_memory_bytes() {
+  std::optional<double> avail = mem_available();
+  if (const auto cg = cgroup_headroom()) avail = avail ? std::min(*avail, *cg) : *cg;
+  return avail;
+}
+
+double lower_bound_bytes_per_rank(const nn::GPTConfig& model, int world) {
+  return 16.0 * static_cast<double>(model.num_parameters()) / static_cast<double>(std::max(1, world));
+}
+
+void check_model_fits(const nn::GPTConfig& model, const RunConfig& cfg, comm::Mesh& mesh) {
+  model.validate();  // the parameter count in checked 64-bit arithmetic, before any estimate
+  if (check_disabled()) return;
+  const std::optional<double> avail = available_memory_bytes();
+  if (!avail) return;  // nothing to compare with (not Linux?): the allocation will tell
+  // Ranks on this node share its memory.
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Comm_split_type(mesh.world().mpi_comm(), MPI_COMM_TYPE_SHARED, mesh.rank(), MPI_INFO_NULL, &node);
+  int local = 1;
+  MPI_Comm_size(node, &local);
+  auto node_sum = [&](double mine) {
+    double sum = 0;
+    MPI_Allreduce(&mine, &sum, 1, MPI_DOUBLE, MPI_SUM, node);
+    return sum;
+  };
+  const std::string hint = fmt::format(
+      "; use a smaller model, or more ranks with --zero 3 / --tp / --pp (or a smaller --batch-size / "
+      "--seq-len, or --grad-accum); `trident plan --model ... --world N --memory-per-rank {:.0f}MiB` "
+      "lists the layouts that fit. TRIDENT_MEMORY_CHECK=0 skips this check",
+      *avail / local / (1024.0 * 1024.0));
+  const int world = mesh.size();
+
+  // 1. The bound that needs nothing built.
+  const double floor_per_rank = lower_bound_bytes_per_rank(model, world);
+  const double floor_node = node_sum(floor_per_rank);
+  if (floor_node > *avail) {
+    MPI_Comm_free(&node);
+    TRI_FAIL("the model ({}) cannot be built here: its {} parameters need at least 16 bytes each "
+             "(weights, gradients, two AdamW moments), {} per rank even split over all {} ranks, {} "
+             "for the {} rank(s) on this node, but only {} is available{}",
+             model.describe(), model.num_parameters(), format_bytes(floor_per_rank), world,
+             format_bytes(floor_node), local, format_bytes(*avail), hint);
+  }
+
+  // 2. The planner's estimate for this layout (the engine's own checks of the layout come when
+  // it is built; a layout the planner cannot model is left to them).
+  plan::PlanRequest req;
+  req.model = model;
+  req.world = world;
+  req.batch_size = cfg.data.batch_size;
+  req.seq_len = cfg.data.seq_len;
+  req.bucket_mb = cfg.parallel.bucket_mb;
+  req.sequence_parallel = cfg.parallel.sequence_parallel;
+  plan::Layout layout;
+  layout.dp = cfg.parallel.dp;
+  layout.tp = cfg.parallel.tp;
+  layout.pp = cfg.parallel.pp;
+  layout.zero = cfg.parallel.zero;
+  layout.schedule = pp::parse_schedule_kind(enum_name(cfg.parallel.schedule));
+  layout.virtual_stages = cfg.parallel.pp > 1 ? cfg.parallel.virtual_stages : 1;
+  layout.micro_batches = cfg.num_micro_batches();
+  layout.sequence_parallel = cfg.parallel.sequence_parallel;
+  std::optional<plan::MemoryBreakdown> mine;
+  try {
+    if (cfg.data.seq_len <= model.n_positions && cfg.data.batch_size % cfg.parallel.dp == 0 &&
+        cfg.rank_batch() % cfg.num_micro_batches() == 0) {
+      const plan::MemoryPrediction p = plan::predict_memory(req, layout);
+      mine = p.by_pp_rank.at(static_cast<std::size_t>(mesh.coord().pp));
+    }
+  } catch (const Error&) {
+    // An invalid layout: the engine's constructor names the problem.
+  }
+  const double node_total = node_sum(mine ? mine->total() : 0.0);
+  MPI_Comm_free(&node);
+  if (!mine || node_total <= *avail) return;
+  TRI_FAIL("the model ({}) at this layout needs about {} on this rank (parameters {}, gradients {}, "
+           "optimizer state {}, activations {}, workspace {}: trident plan's memory model), {} for "
+           "the {} rank(s) on this node, but only {} is available{}",
+           model.describe(), format_bytes(mine->total()), format_bytes(mine->params),
+           format_bytes(mine->grads), format_bytes(mine->optimizer), format_bytes(mine->activations),
+           format_bytes(mine->workspace), format_bytes(node_total), local, format_bytes(*avail), hint);
+}
+
+}  // namespace trident::train

@@ -1,0 +1,32 @@
+// Refusing, before anything is allocated, a model this machine cannot hold. First a bound that
+// needs no construction at all (weights, gradients and both AdamW moments are 16 bytes per
+// parameter, at best split over every rank: 16 Psi / world), so a config.json with n_layer 1e9
+// fails in microseconds instead of allocating until bad_alloc; then trident plan's memory
+// model (plan/memory_model.h, the same numbers `trident plan` prints) for this exact layout,
+// summed over the ranks that share this node, against the memory the node has available
+// (/proc/meminfo MemAvailable, and the cgroup's limit when one is set).
+// TRIDENT_MEMORY_CHECK=0 skips the check (e.g. on a machine that swaps on purpose).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "comm/mesh.h"
+#include "nn/gpt_config.h"
+#include "train/run_config.h"
+
+namespace trident::train {
+
+// Bytes this process could still allocate: MemAvailable, lowered to what the cgroup (v2 or
+// v1) still allows; nullopt when neither can be read.
+std::optional<double> available_memory_bytes();
+
+// Collective over the world. Throws trident::Error naming the estimate (per rank, by category,
+// and for the node) and what is available, with what to change.
+void check_model_fits(const nn::GPTConfig& model, const RunConfig& cfg, comm::Mesh& mesh);
+
+// The construction-free lower bound: 16 bytes per parameter over `world` ranks (the parameter
+// count in checked 64-bit arithmetic).
+double lower_bound_bytes_per_rank(const nn::GPTConfig& model, int world);
+
+}  // namespace trident::train

@@ -1,0 +1,114 @@
+"""`trident plan`: its flags do what --help says and --json writes the documented fields
+(docs/planner.md): every row a valid layout of the world, ranked by predicted tokens/s, within
+--memory-per-rank; --top, --all, --micro-batches, --sequence-parallel, --flops, --link-gbps,
+--no-overlap change the output as documented; the 'best:' line is the first row's layout;
+under mpirun the ranks calibrate together (calibrated_ranks). Mostly with --flops and a given
+--link-gbps, so nothing is timed and the predictions are deterministic."""
+import json
+import os
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import check, finish, mpirun, run, trident  # noqa: E402
+
+FIELDS = {"dp", "tp", "pp", "zero", "schedule", "virtual_stages", "micro_batches", "sequence_parallel", "fits",
+          "tokens_per_s", "step_s", "memory_bytes", "calibrated_ranks"}
+ROW = re.compile(r"^\s*\d+\s+dp(\d+) tp(\d+) pp(\d+)\s", re.M)
+
+
+def main():
+    build = sys.argv[1]
+    T = trident(build)
+    base = [T, "plan", "--model", "tiny", "--world", "8", "--batch-size", "16", "--seq-len", "32"]
+    with tempfile.TemporaryDirectory() as d:
+        def plan(*flags, cmd=None):
+            path = f"{d}/plan.jsonl"
+            if os.path.exists(path):
+                os.remove(path)
+            flags = list(flags)
+            if "--flops" in flags and "--link-gbps" not in flags:
+                flags += ["--link-gbps", "5"]  # a fixed link too, so the predictions are deterministic
+            rc, out, err = run((cmd or base) + flags + ["--json", path], timeout=300)
+            rows = [json.loads(line) for line in open(path)] if rc == 0 and os.path.exists(path) else []
+            return rc, out + err, rows
+
+        rc, text, rows = plan("--flops", "1e10")
+        check("plan --json runs and writes rows", rc == 0 and len(rows) > 10, "" if rows else text[-500:])
+        if not rows:
+            return
+        check("every JSON row has the documented fields", all(FIELDS <= set(r) for r in rows),
+              str([sorted(FIELDS - set(r)) for r in rows if not FIELDS <= set(r)][:3]))
+        check("every row is a layout of 8 ranks that fits", all(r["dp"] * r["tp"] * r["pp"] == 8 and r["fits"]
+                                                                 for r in rows))
+        check("rows are ranked by predicted tokens/s",
+              all(a["tokens_per_s"] >= b["tokens_per_s"] for a, b in zip(rows, rows[1:])))
+        check("tokens/s = global tokens / step time",
+              all(abs(r["tokens_per_s"] * r["step_s"] - 512) < 1e-6 * 512 for r in rows))
+        check("calibrated_ranks is 1 when run alone", all(r["calibrated_ranks"] == 1 for r in rows))
+        best = rows[0]
+        want = (f"--dp {best['dp']} --tp {best['tp']} --pp {best['pp']} --zero {best['zero']} "
+                f"--schedule {best['schedule']} --micro-batches {best['micro_batches']}")
+        best_line = (f"best: scripts/trident-mpirun -n 8 build/trident train --model tiny --batch-size 16 --seq-len 32 "
+                     f"{want}")
+        check("the best: line is the first row's layout", best_line in text, f"wanted '{best_line}'")
+
+        # --memory-per-rank: every row within it, fewer rows than unlimited; too little is an error.
+        limit = sorted(r["memory_bytes"] for r in rows)[len(rows) // 2]
+        rc, text, capped = plan("--flops", "1e10", "--memory-per-rank", str(int(limit)))
+        check("--memory-per-rank: --json keeps only the rows that fit in it",
+              rc == 0 and 0 < len(capped) < len(rows) and all(r["memory_bytes"] <= limit for r in capped),
+              f"{len(capped)} of {len(rows)} rows")
+        rc, text, _ = plan("--flops", "1e10", "--memory-per-rank", "1KiB")
+        refused = rc != 0 and "no layout of 8 ranks fits in 1.00 KiB" in text
+        check("a limit nothing fits in is refused", refused, "" if refused else text[-300:])
+
+        rc, text, _ = plan("--flops", "1e10", "--top", "3")
+        shown = ROW.findall(text)
+        check("--top 3 shows 3 rows", rc == 0 and len(shown) == 3, f"{len(shown)} rows")
+        rc, all_text, _ = plan("--flops", "1e10", "--all")
+        check("--all shows every micro-batch count (one table row per JSON row)",
+              rc == 0 and len(ROW.findall(all_text)) == len(rows), f"{len(ROW.findall(all_text))} vs {len(rows)}")
+        check("without --all fewer rows are shown", len(ROW.findall(plan("--flops", "1e10")[1])) < len(rows))
+
+        rc, _, m2 = plan("--flops", "1e10", "--micro-batches", "2")
+        check("--micro-batches 2: every row has 2 micro-batches", rc == 0 and m2 and all(r["micro_batches"] == 2
+                                                                                       for r in m2))
+        rc, _, sp = plan("--flops", "1e10", "--sequence-parallel")
+        check("--sequence-parallel: every tp > 1 row is sequence parallel",
+              rc == 0 and any(r["tp"] > 1 for r in sp) and all(r["sequence_parallel"] == (r["tp"] > 1) for r in sp))
+
+        def by_layout(rs):
+            return {(r["dp"], r["tp"], r["pp"], r["zero"], r["schedule"], r["virtual_stages"], r["micro_batches"]):
+                    r for r in rs}
+        ref = by_layout(rows)
+        _, _, fast = plan("--flops", "2e10")
+        check("--flops 2e10 predicts a shorter step for every layout than 1e10",
+              all(r["step_s"] < ref[k]["step_s"] for k, r in by_layout(fast).items() if k in ref), "")
+        _, _, slow_link = plan("--flops", "1e10", "--link-gbps", "0.01", "--latency-us", "2000")
+        dp_rows = [k for k in by_layout(slow_link) if k[0] > 1 and k in ref]
+        check("a slower link predicts longer steps for dp layouts",
+              dp_rows and all(by_layout(slow_link)[k]["step_s"] > ref[k]["step_s"] for k in dp_rows))
+        # (16 cores: the step is bound by the critical path, where overlap counts, not by the cores.)
+        _, _, no_overlap = plan("--flops", "1e10", "--link-gbps", "0.01", "--cores", "16", "--no-overlap")
+        _, _, overlap = plan("--flops", "1e10", "--link-gbps", "0.01", "--cores", "16")
+        o, n = by_layout(overlap), by_layout(no_overlap)
+        check("--no-overlap never predicts a shorter step, and a longer one for some dp layout",
+              all(n[k]["step_s"] >= o[k]["step_s"] for k in n if k in o) and
+              any(n[k]["step_s"] > o[k]["step_s"] for k in n if k in o and k[0] > 1))
+
+        # Calibration: alone (times the model here) and under mpirun with all ranks at once.
+        rc, text, timed = plan("--top", "1")
+        ok = rc == 0 and timed and "hint: timed alone" in text
+        check("plan calibrates alone", ok, "" if ok else text[-300:])
+        cmd = [mpirun(), "-n", "2", T, "plan", "--model", "tiny", "--world", "2", "--batch-size", "8", "--seq-len", "32",
+               "--top", "1"]
+        rc, text, together = plan(cmd=cmd)
+        ok = rc == 0 and together and all(r["calibrated_ranks"] == 2 for r in together) and "timed alone" not in text
+        check("under mpirun -n 2 the ranks calibrate together", ok, "" if ok else text[-500:])
+
+
+if __name__ == "__main__":
+    main()
+    finish()
