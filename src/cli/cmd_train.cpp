@@ -6,6 +6,7 @@
 #include "comm/node_order.h"
 #include "comm/runtime.h"
 #include "core/check.h"
+#include "train/resume_config.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
 
@@ -16,8 +17,17 @@ int run_train(int argc, char** argv) {
     fmt::print("{}", train::run_config_help());
     return 0;
   }
-  const train::RunConfig cfg = train::parse_run_config(argc, argv);
+  train::FieldNames given;
+  train::RunConfig cfg = train::parse_run_config(argc, argv, &given);
   comm::MpiRuntime mpi(nullptr, nullptr);
+  if (!cfg.train.resume.empty()) {
+    // Every rank reads the same trident.json, so the layout below comes from it too.
+    train::ResumedConfig resumed = train::resume_run_config(cfg, given, mpi.world_size());
+    if (mpi.world_rank() == 0) {
+      for (const std::string& note : resumed.notes) fmt::print(stderr, "{}\n", note);
+    }
+    cfg = std::move(resumed.config);
+  }
   comm::MeshShape shape;
   shape.dp = cfg.parallel.dp;
   shape.tp = cfg.parallel.tp;

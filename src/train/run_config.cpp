@@ -494,7 +494,8 @@ std::string line_suffix(const toml::node& n) {
 // ---------------------------------------------------------------------------------------------
 // TOML.
 
-void apply_toml(RunConfig& cfg, std::string_view toml_text, std::string_view source_name) {
+void apply_toml(RunConfig& cfg, std::string_view toml_text, std::string_view source_name,
+                FieldNames* set_fields) {
   toml::table root;
   try {
     root = toml::parse(toml_text, source_name);
@@ -518,19 +519,20 @@ void apply_toml(RunConfig& cfg, std::string_view toml_text, std::string_view sou
                                             line_suffix(value));
       const bool found = with_field(cfg, section, name, [&](const auto& f, auto& x) {
         assign(f, x, value_from_toml(f, value, where), where);
+        if (set_fields) set_fields->insert(std::string(f.name));
       });
       if (!found) unknown_key(name, section, source_name, line_suffix(value));
     }
   }
 }
 
-void apply_toml_file(RunConfig& cfg, const std::string& path) {
+void apply_toml_file(RunConfig& cfg, const std::string& path, FieldNames* set_fields) {
   std::ifstream in(path, std::ios::binary);
   TRI_CHECK(in.good(), "cannot read the config file '{}': {}; configs/ holds examples", path,
             std::strerror(errno));
   std::stringstream text;
   text << in.rdbuf();
-  apply_toml(cfg, text.str(), path);
+  apply_toml(cfg, text.str(), path, set_fields);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -544,7 +546,7 @@ bool run_config_wants_help(int argc, char** argv) {
   return false;
 }
 
-RunConfig parse_run_config(int argc, char** argv) {
+RunConfig parse_run_config(int argc, char** argv, FieldNames* given) {
   std::vector<std::string_view> args(argv + std::min(argc, 1), argv + argc);
   RunConfig cfg;
 
@@ -564,7 +566,7 @@ RunConfig parse_run_config(int argc, char** argv) {
               path);
     config_path = std::string(path);
   }
-  if (config_path) apply_toml_file(cfg, *config_path);
+  if (config_path) apply_toml_file(cfg, *config_path, given);
 
   // Pass 2: flags, in order (a repeated flag: the last one wins).
   for (size_t i = 0; i < args.size(); ++i) {
@@ -621,6 +623,7 @@ RunConfig parse_run_config(int argc, char** argv) {
     with_field(cfg, info->section, name, [&](const auto& f, auto& x) {
       using T = std::decay_t<decltype(x)>;
       const std::string where = "--" + kebab(f.name);
+      if (given) given->insert(std::string(f.name));
       if constexpr (std::is_same_v<T, bool>) {
         if (negated) {
           x = false;
@@ -650,6 +653,26 @@ RunConfig parse_run_config(int argc, char** argv) {
             "no training data: give --data PREFIX (or data = \"PREFIX\" under [data]) naming "
             "PREFIX_train.bin and PREFIX_val.bin, as written by `trident prepare --out PREFIX`");
   return cfg;
+}
+
+std::vector<FieldChange> override_fields(RunConfig& dst, const RunConfig& src, const FieldNames& names) {
+  std::vector<FieldChange> changes;
+  for_each_field(dst, [&](std::string_view section, const auto& f, auto& x) {
+    if (!names.contains(f.name)) return;
+    for_each_field(src, [&](std::string_view, const auto& g, const auto& y) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(x)>, std::decay_t<decltype(y)>>) {
+        if (g.name != f.name || x == y) return;
+        auto shown = [](const auto& v) {
+          const std::string t = value_text(v);
+          return t.empty() ? std::string("''") : t;
+        };
+        changes.push_back({std::string(section), std::string(f.name),
+                           fmt::format("--{} {} -> {}", kebab(f.name), shown(x), shown(y))});
+        x = y;
+      }
+    });
+  });
+  return changes;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -801,8 +824,7 @@ nlohmann::json to_json(const RunConfig& cfg) {
   return j;
 }
 
-RunConfig run_config_from_json(const nlohmann::json& j) {
-  constexpr std::string_view kWhere = "the JSON run config";
+RunConfig run_config_from_json(const nlohmann::json& j, std::string_view kWhere) {
   TRI_CHECK(j.is_object(), "{} must be an object with the tables {}, got {}", kWhere,
             section_names_text(), describe_json(j));
   RunConfig cfg;

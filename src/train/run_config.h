@@ -14,10 +14,12 @@
 #include <limits>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "nn/gpt_config.h"
 
@@ -248,7 +250,7 @@ struct TrainOptions {
   int stop_after;         // stop (with a checkpoint) once this many steps are done; 0: at `steps`
   int64_t seed;           // weights, data order and dropout all derive from it (>= 0; TOML integers are int64)
   std::string init_from;  // directory with model.safetensors + config.json to start from
-  std::string resume;     // checkpoint directory to continue from (DIR/latest)
+  std::string resume;     // checkpoint to continue from (DIR/latest or a step dir); restores the run config
   std::string ckpt_dir;   // where checkpoints go; empty: none
   int ckpt_every;         // steps between checkpoints (and at the end); 0: only at the end
   int keep_last;          // checkpoints kept in ckpt_dir (the newest); 0: all
@@ -272,7 +274,7 @@ void for_each_field(S& o, V&& v) {
         .alias("random_seed rng_seed"), o.seed);
   v(field("init_from", "", "start from a directory holding model.safetensors and config.json")
         .placeholder("DIR").shown_as("none").alias("init pretrained from_pretrained load init_checkpoint"), o.init_from);
-  v(field("resume", "", "continue from the checkpoint DIR/latest").placeholder("DIR").shown_as("none")
+  v(field("resume", "", "continue the run saved in DIR (DIR/latest, or a step directory) with its saved options; flags given override, each change printed").placeholder("DIR").shown_as("none")
         .alias("resume_from restore resume_dir"), o.resume);
   v(field("ckpt_dir", "", "directory for checkpoints DIR/step_NNNNNNNN").placeholder("DIR").shown_as("none: no checkpoints")
         .alias("checkpoint_dir out_dir save_dir output_dir save"), o.ckpt_dir);
@@ -341,17 +343,33 @@ void for_each_field(S& c, V&& v) {
 
 // ---- The API.
 
+// Field names ("steps", "lr", ...; unique across the tables) that a source set explicitly.
+using FieldNames = std::set<std::string, std::less<>>;
+
 // Parses `trident train` arguments. argv[0] (the program or subcommand name) is skipped.
 // Accepts `--config FILE.toml` (anywhere, once), `--name VALUE`, `--name=VALUE`, and for
 // booleans `--name`, `--no-name`, `--name=true|false`. `--help`/`-h` are ignored here: check
 // run_config_wants_help first. Throws trident::Error naming the option, where it came from
 // and what is accepted. The result is validated and has min_lr filled in.
-RunConfig parse_run_config(int argc, char** argv);
+// With `given`, also records the fields the TOML file or a flag set (whatever the value), so
+// that `--resume` can tell an explicit `--zero 0` from the default.
+RunConfig parse_run_config(int argc, char** argv, FieldNames* given = nullptr);
 bool run_config_wants_help(int argc, char** argv);
 
 // Applies a TOML document (the text, and the name used in messages) on top of `cfg`.
-void apply_toml(RunConfig& cfg, std::string_view toml_text, std::string_view source_name);
-void apply_toml_file(RunConfig& cfg, const std::string& path);
+// With `set_fields`, records the fields it set.
+void apply_toml(RunConfig& cfg, std::string_view toml_text, std::string_view source_name,
+                FieldNames* set_fields = nullptr);
+void apply_toml_file(RunConfig& cfg, const std::string& path, FieldNames* set_fields = nullptr);
+
+// Copies the fields named in `names` from `src` into `dst`; returns those whose value changed,
+// as "--steps 100 -> 200" with the flag's spelling, in field order.
+struct FieldChange {
+  std::string section;
+  std::string name;
+  std::string text;  // "--steps 100 -> 200"
+};
+std::vector<FieldChange> override_fields(RunConfig& dst, const RunConfig& src, const FieldNames& names);
 
 // Fills in derived defaults (min_lr = lr / 10) and checks the relations between fields that
 // need neither the model nor the world (batch_size % dp, micro-batch split, schedule vs
@@ -368,8 +386,10 @@ std::string format_run_config(const RunConfig& cfg);
 // {"model": {...}, "data": {...}, ...}: every field, enums as their names. Stored in
 // checkpoints' trident.json. run_config_from_json takes missing keys from the defaults,
 // rejects unknown ones and validates the result.
+// `source_name` is how errors name the document ("run/step_00000004/trident.json 'run_config'").
 nlohmann::json to_json(const RunConfig& cfg);
-RunConfig run_config_from_json(const nlohmann::json& j);
+RunConfig run_config_from_json(const nlohmann::json& j,
+                               std::string_view source_name = "the JSON run config");
 
 // FNV-1a 64 over to_json(cfg).dump() (sorted keys): equal on every rank iff the configs agree.
 uint64_t run_config_hash(const RunConfig& cfg);

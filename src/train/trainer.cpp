@@ -77,22 +77,12 @@ std::optional<ckpt::LoadedCheckpoint> source_checkpoint(const RunConfig& cfg) {
   return ckpt::load_checkpoint(from);
 }
 
-// A resumed run may leave out --data: the checkpoint's run configuration names the shards.
-RunConfig with_data_from_checkpoint(RunConfig cfg, const std::optional<ckpt::LoadedCheckpoint>& source) {
-  if (!cfg.data.data.empty() || cfg.train.resume.empty()) return cfg;
-  if (source->trident.is_object() && source->trident.contains("run_config")) {
-    cfg.data.data = run_config_from_json(source->trident["run_config"]).data.data;
-  }
-  return cfg;
-}
-
 }  // namespace
 
-int run_training(const RunConfig& given, comm::Mesh& mesh) {
+int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   // Installed first, so a signal during set-up still stops the run after its first step.
-  const PreemptionHandler preemption(parse_preempt_signals(given.train.preempt_signals));
-  const std::optional<ckpt::LoadedCheckpoint> source = source_checkpoint(given);
-  const RunConfig cfg = with_data_from_checkpoint(given, source);
+  const PreemptionHandler preemption(parse_preempt_signals(cfg.train.preempt_signals));
+  const std::optional<ckpt::LoadedCheckpoint> source = source_checkpoint(cfg);
   const bool lead = mesh.rank() == 0;
   if (cfg.train.threads > 0) kernels::set_num_threads(cfg.train.threads);
   comm::check_same_across_ranks(mesh.world(), "the run configuration", run_config_hash(cfg));
@@ -103,7 +93,6 @@ int run_training(const RunConfig& given, comm::Mesh& mesh) {
   check_model_fits(model_cfg, cfg, mesh);  // before anything is allocated
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
                                     "and PREFIX_val.bin, written by `trident prepare`)");
-  if (lead && given.data.data.empty()) fmt::print(stderr, "data: {} (from the checkpoint)\n", cfg.data.data);
   const data::TokenShard train_shard =
       data::TokenShard::open(cfg.data.data + "_train.bin", model_cfg.vocab_size);
   std::optional<data::TokenShard> val_shard;

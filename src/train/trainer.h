@@ -8,7 +8,8 @@
 
 namespace trident::train {
 
-// Trains as `cfg` says on the ranks of `mesh` (dp x tp x pp from cfg.parallel). Returns the
+// Trains as `cfg` says on the ranks of `mesh` (dp x tp x pp from cfg.parallel). With
+// train.resume set, `cfg` is the checkpoint's run configuration (train/resume_config.h). Returns the
 // process exit code: 0, or kExitPreempted / kExitPreemptedUnsaved (train/preemption.h) when a
 // stop signal ended the run early.
 int run_training(const RunConfig& cfg, comm::Mesh& mesh);

@@ -93,8 +93,9 @@ def interrupted_then_resumed(what, T, launcher, base, d, name, sig, target, unin
     check(f"{what}: the message gives the command that resumes", cmd == want, "" if cmd == want else f"{cmd} vs {want}")
     if cmd != want:
         return
-    # Until the run configuration is restored from the checkpoint, the flags come along.
-    rc, _, err = run(launcher + cmd + base[2:] + ["--ckpt-dir", ckpt, "--metrics", metrics], timeout=300)
+    # Exactly the printed command: the checkpoint restores the model, data, schedule, layout,
+    # ckpt_dir and metrics file (appended to).
+    rc, _, err = run(launcher + cmd, timeout=300)
     check(f"{what}: the resumed run finishes", rc == 0, err[-1500:] if rc else "")
     if rc:
         return

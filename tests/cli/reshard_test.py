@@ -14,14 +14,15 @@ import safetensors_stdlib as st  # noqa: E402
 
 N = 3
 LR = 3e-3
-# (name, layout X flags, layout Y flags)
+# (name, layout X flags, layout Y flags). --resume restores every option not given, so Y gives
+# its layout in full (--tp 1, --pp 1, --no-sequence-parallel where X differs).
 PAIRS = [
-    ("tp4 -> tp1", "--tp 4", ""),
+    ("tp4 -> tp1", "--tp 4", "--tp 1"),
     ("pp2 -> pp4", "--pp 2 --schedule 1f1b", "--pp 4 --schedule gpipe"),
     ("dp2 zero3 -> dp4 zero0", "--dp 2 --zero 3", "--dp 4 --zero 0"),
-    ("dp2 x tp2 x pp2 -> dp4 x tp2", "--dp 2 --tp 2 --pp 2", "--dp 4 --tp 2"),
+    ("dp2 x tp2 x pp2 -> dp4 x tp2", "--dp 2 --tp 2 --pp 2", "--dp 4 --tp 2 --pp 1"),
     ("single -> dp2 x pp2 interleaved zero1", "", "--dp 2 --pp 2 --schedule interleaved --virtual-stages 2 --zero 1"),
-    ("tp2 sequence-parallel -> pp2 x tp2", "--tp 2 --sequence-parallel", "--pp 2 --tp 2"),
+    ("tp2 sequence-parallel -> pp2 x tp2", "--tp 2 --sequence-parallel", "--pp 2 --tp 2 --no-sequence-parallel"),
 ]
 
 

@@ -51,7 +51,7 @@ def main():
         rc, _, err = run([T, "train", "--model", "tiny", "--batch-size", "4", "--seq-len", "32", "--steps", "10",
                           "--eval-every", "0", "--resume", f"{d}/b", "--ckpt-dir", f"{d}/b"])
         check("resume without --data reads the shards named in the checkpoint",
-              rc == 0 and "(from the checkpoint)" in err, err[-800:])
+              rc == 0 and "run configuration from the checkpoint" in err and f"data {d}/syn," in err, err[-800:])
         # --init-from takes the weights only. With a negligible learning rate (Adam moves each
         # weight by ~lr = 1e-12) the validation loss after one step equals the checkpoint's.
         rc, _, err = run([T, "train", "--init-from", f"{d}/a/step_00000008", "--data", f"{d}/syn",

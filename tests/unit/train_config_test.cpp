@@ -10,9 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/checkpoint.h"
 #include "core/check.h"
+#include "train/resume_config.h"
 #include "train/run_config.h"
 #include "../support/expect_error.h"
+#include "../support/temp_dir.h"
 
 namespace trident::train {
 namespace {
@@ -424,6 +427,155 @@ TEST(TrainConfig, ResolveModel) {
   fs::remove_all(dir);
   m.model = "gpt3";
   EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "neither a preset");
+}
+
+}  // namespace
+}  // namespace trident::train
+
+// ---- Which fields were given explicitly, and --resume's merge over the saved run.
+
+namespace trident::train {
+namespace {
+
+RunConfig parse_given(std::vector<std::string> args, FieldNames& given) {
+  args.insert(args.begin(), "train");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  return parse_run_config(static_cast<int>(argv.size()), argv.data(), &given);
+}
+
+TEST(TrainConfigGiven, FlagsAndTomlAreRecordedDefaultsAreNot) {
+  TempToml f("[optim]\nlr = 0.002\n[train]\nsteps = 7\n");
+  FieldNames given;
+  const RunConfig c = parse_given({"--config", f.path.string(), "--data", "x", "--zero", "0", "--no-overlap",
+                                   "--seq-len=32"}, given);
+  // --zero 0 is the default value, but given: a resume must apply it over a saved zero 1.
+  EXPECT_EQ(given, (FieldNames{"data", "lr", "overlap", "seq_len", "steps", "zero"}));
+  EXPECT_EQ(c.parallel.zero, 0);
+  FieldNames none;
+  (void)parse_given({"--data", "x"}, none);
+  EXPECT_EQ(none, (FieldNames{"data"}));
+}
+
+TEST(TrainConfigGiven, OverrideFieldsCopiesNamedFieldsAndReportsChanges) {
+  RunConfig saved;
+  saved.train.steps = 100;
+  saved.parallel.zero = 1;
+  saved.data.data = "old";
+  RunConfig given;
+  given.train.steps = 200;
+  given.parallel.zero = 0;
+  given.data.data = "old";  // named, unchanged: not reported
+  given.optim.lr = 1.0;     // not named: not copied
+  const auto changes = override_fields(saved, given, FieldNames{"steps", "zero", "data"});
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_EQ(changes[0].text, "--zero 1 -> 0");  // field order: [parallel] before [train]
+  EXPECT_EQ(changes[1].text, "--steps 100 -> 200");
+  EXPECT_EQ(saved.train.steps, 200);
+  EXPECT_EQ(saved.parallel.zero, 0);
+  EXPECT_DOUBLE_EQ(saved.optim.lr, RunConfig().optim.lr);
+  RunConfig none;
+  given.train.ckpt_dir = "ck";
+  EXPECT_EQ(override_fields(none, given, FieldNames{"ckpt_dir"})[0].text, "--ckpt-dir '' -> ck");
+}
+
+// A step directory as `trident train` writes it, minus real tensors (resume_run_config reads
+// only trident.json and config.json).
+struct SavedRun {
+  trident::test::TempDir dir;
+  std::string step_dir;
+  RunConfig cfg;
+  SavedRun() {
+    cfg.model.model = "tiny";
+    cfg.data.data = "shards";
+    cfg.data.batch_size = 6;
+    cfg.data.seq_len = 24;
+    cfg.optim.lr = 2e-3;
+    cfg.train.steps = 12;
+    cfg.train.stop_after = 6;
+    cfg.train.ckpt_dir = dir.sub("run");
+    cfg.train.metrics = "m.jsonl";
+    finalize_run_config(cfg);
+    step_dir = dir.sub("run/step_00000006");
+    fs::create_directories(step_dir);
+    std::ofstream(step_dir + "/model.safetensors") << "x";
+    std::ofstream(step_dir + "/config.json") << ckpt::gpt_config_to_hf_json(nn::gpt_preset("tiny")).dump();
+    write({{"run_config", to_json(cfg)}, {"step", 6}, {"data", {{"next_step", 6}}}});
+    std::ofstream(dir.sub("run/latest")) << "step_00000006\n";
+  }
+  void write(const nlohmann::json& j) const { std::ofstream(step_dir + "/trident.json") << j.dump(); }
+  void write_text(const std::string& text) const { std::ofstream(step_dir + "/trident.json") << text; }
+  ResumedConfig resume(std::vector<std::string> flags) const {
+    flags.insert(flags.begin(), {"--resume", dir.sub("run")});
+    FieldNames given;
+    const RunConfig c = parse_given(flags, given);
+    return resume_run_config(c, given, c.parallel.world_size());
+  }
+};
+
+TEST(TrainConfigResume, AloneRestoresEveryField) {
+  const SavedRun run;
+  const ResumedConfig r = run.resume({});
+  RunConfig want = run.cfg;
+  want.train.stop_after = 0;  // one invocation's limit
+  want.train.resume = run.step_dir;
+  EXPECT_EQ(to_json(r.config), to_json(want));
+  ASSERT_EQ(r.notes.size(), 1u);
+  EXPECT_CONTAINS(r.notes[0], "run configuration from the checkpoint");
+}
+
+TEST(TrainConfigResume, GivenFlagsOverrideEachNoted) {
+  const SavedRun run;
+  const ResumedConfig r = run.resume({"--steps", "20", "--dp", "2", "--metrics", "n.jsonl", "--batch-size", "6"});
+  EXPECT_EQ(r.config.train.steps, 20);
+  EXPECT_EQ(r.config.parallel.dp, 2);
+  EXPECT_EQ(r.config.train.metrics, "n.jsonl");
+  EXPECT_EQ(r.config.data.seq_len, 24);  // not given: restored
+  EXPECT_EQ(r.notes, (std::vector<std::string>{r.notes[0], "resume: --dp 1 -> 2", "resume: --steps 12 -> 20",
+                                               "resume: --metrics m.jsonl -> n.jsonl"}));
+}
+
+TEST(TrainConfigResume, ChangesTheWeightsCannotFollowAreRefusedNamingTheFlag) {
+  const SavedRun run;
+  EXPECT_ERROR_HAS(run.resume({"--n-embd", "64"}), "--n-embd 0 -> 64 cannot be honoured", "n_embd");
+  EXPECT_ERROR_HAS(run.resume({"--model", "small"}), "--model tiny -> small cannot be honoured");
+  EXPECT_ERROR_HAS(run.resume({"--seq-len", "65"}), "--seq-len 65 cannot be honoured", "n_positions 64");
+  EXPECT_NO_THROW(run.resume({"--vocab-pad-multiple", "128"}));  // padding is not in the checkpoint
+}
+
+TEST(TrainConfigResume, MalformedTridentJsonNamesTheFileAndField) {
+  const SavedRun run;
+  const std::string path = run.step_dir + "/trident.json";
+  const nlohmann::json good = {{"run_config", to_json(run.cfg)}, {"step", 6}, {"data", {{"next_step", 6}}}};
+  run.write_text("{\"step\": 6,");
+  EXPECT_ERROR_HAS(run.resume({}), path.c_str(), "not valid JSON");
+  for (const nlohmann::json& bad_step : {nlohmann::json("6"), nlohmann::json(-6), nlohmann::json(6.5),
+                                         nlohmann::json(nullptr)}) {
+    nlohmann::json j = good;
+    j["step"] = bad_step;
+    run.write(j);
+    EXPECT_ERROR_HAS(run.resume({}), path.c_str(), "'step'", "non-negative integer");
+  }
+  nlohmann::json j = good;
+  j["step"] = 7;
+  run.write(j);
+  EXPECT_ERROR_HAS(run.resume({}), path.c_str(), "'step'", "is 7 but the directory is step_00000006");
+  j = good;
+  j["data"]["next_step"] = 0;
+  run.write(j);
+  EXPECT_ERROR_HAS(run.resume({}), path.c_str(), "'data.next_step'");
+  j = good;
+  j["run_config"]["data"]["batch_size"] = "six";
+  run.write(j);
+  EXPECT_ERROR_HAS(run.resume({}), path.c_str(), "'run_config'", "'batch_size'", "the string 'six'");
+  j = good;
+  j.erase("run_config");
+  run.write(j);
+  EXPECT_ERROR_HAS(run.resume({}), path.c_str(), "no 'run_config'");
+  j = good;
+  j.erase("step");
+  run.write(j);
+  EXPECT_ERROR_HAS(run.resume({}), path.c_str(), "no 'step'");
 }
 
 }  // namespace
