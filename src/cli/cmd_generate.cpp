@@ -15,6 +15,7 @@
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
 #include "data/bpe_tokenizer.h"
+#include "data/tokenizer.h"
 #include "kernels/kernels.h"
 #include "nn/gpt.h"
 #include "nn/sampling.h"
@@ -58,7 +59,9 @@ int run_generate(int argc, char** argv) {
                  "Face does; 1 = off, 1.2-1.5 keeps greedy text from looping")
       ->capture_default_str()->check(number_above(0, false));
   app.add_option("--seed", sampling.seed, "sampling seed")->capture_default_str();
-  app.add_option("--tokenizer", tokenizer_dir, "folder with encoder.json and vocab.bpe")->capture_default_str();
+  app.add_option("--tokenizer", tokenizer_dir,
+                 "the tokenizer the model was trained with: gpt2, cl100k, or a folder holding its files")
+      ->capture_default_str();
   app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str();
   app.add_flag("--print-ids", print_ids, "also print the prompt's and the generated token ids on stderr");
   use_trident_error_format(app);
@@ -71,11 +74,14 @@ int run_generate(int argc, char** argv) {
 
   ckpt::LoadedCheckpoint loaded = ckpt::load_checkpoint(ckpt_path);
   const nn::GPTConfig cfg = loaded.config;
-  data::BpeTokenizer tokenizer = data::BpeTokenizer::from_dir(tokenizer_dir);
+  const std::unique_ptr<data::Tokenizer> tokenizer_ptr =
+      data::load_tokenizer(tokenizer_dir == data::BpeTokenizer::kDefaultAssetDir ? "gpt2" : tokenizer_dir);
+  data::Tokenizer& tokenizer = *tokenizer_ptr;
+  const std::string tok_name = tokenizer.name() == "gpt2" ? "GPT-2" : tokenizer.name();
   TRI_CHECK(cfg.vocab_size <= tokenizer.vocab_size(),
             "the model's vocabulary ({}) is larger than the tokenizer's ({}): this checkpoint was "
-            "not trained on GPT-2 tokens",
-            cfg.vocab_size, tokenizer.vocab_size());
+            "not trained on {} tokens; pass the tokenizer it was trained with (--tokenizer gpt2|cl100k|DIR)",
+            cfg.vocab_size, tokenizer.vocab_size(), tok_name);
   // Weights and their gradient buffers (4 + 4 bytes a parameter), checked before building, so
   // an absurd config.json is an error and not an allocation that never ends.
   if (const auto avail = train::available_memory_bytes()) {
@@ -102,21 +108,21 @@ int run_generate(int argc, char** argv) {
 
   std::vector<int32_t> tokens = tokenizer.encode(prompt);
   if (tokens.empty()) {
-    TRI_CHECK(data::BpeTokenizer::kEndOfText < cfg.vocab_size,
-              "the prompt is empty and the model's vocabulary ({} tokens) has no GPT-2 "
+    TRI_CHECK(tokenizer.end_of_text() < cfg.vocab_size,
+              "the prompt is empty and the model's vocabulary ({} tokens) has no {} "
               "<|endoftext|> (id {}) to start from; pass a non-empty --prompt",
-              cfg.vocab_size, data::BpeTokenizer::kEndOfText);
-    tokens.push_back(data::BpeTokenizer::kEndOfText);
+              cfg.vocab_size, tok_name, tokenizer.end_of_text());
+    tokens.push_back(tokenizer.end_of_text());
   }
   // A model with a smaller vocabulary (a test model, or one trained on remapped ids) has no
   // embedding row for larger GPT-2 ids: reading one would be out of bounds.
   for (std::size_t i = 0; i < tokens.size(); ++i) {
     TRI_CHECK(tokens[i] >= 0 && tokens[i] < cfg.vocab_size,
-              "the prompt's token {} ('{}', GPT-2 id {}) is outside the model's vocabulary of {} "
-              "tokens (ids 0..{}); this model was not trained on full GPT-2 tokens, so use a prompt "
+              "the prompt's token {} ('{}', {} id {}) is outside the model's vocabulary of {} "
+              "tokens (ids 0..{}); this model was not trained on full {} tokens, so use a prompt "
               "whose tokens all have ids below {}",
-              i, tokenizer.token_bytes(tokens[i]), tokens[i], cfg.vocab_size, cfg.vocab_size - 1,
-              cfg.vocab_size);
+              i, tokenizer.token_bytes(tokens[i]).value_or("?"), tok_name, tokens[i], cfg.vocab_size,
+              cfg.vocab_size - 1, tok_name, cfg.vocab_size);
   }
   const std::size_t prompt_tokens = tokens.size();
   fmt::print("{}", prompt);
@@ -129,7 +135,8 @@ int run_generate(int argc, char** argv) {
     const int32_t next = nn::sample_token(std::span<const float>(logits, static_cast<std::size_t>(cfg.vocab_size)),
                                           tokens, sampling, tokens.size());
     tokens.push_back(next);
-    const std::string_view bytes = tokenizer.token_bytes(next);
+    // An id no token has (a gap of the vocabulary) prints nothing; --print-ids still shows it.
+    const std::string bytes = tokenizer.token_bytes(next).value_or("");
     std::fwrite(bytes.data(), 1, bytes.size(), stdout);
     std::fflush(stdout);
   }

@@ -145,6 +145,11 @@ std::vector<int32_t> TiktokenTokenizer::encode(std::string_view text) {
   return out;
 }
 
+std::optional<std::string> TiktokenTokenizer::token_bytes(int32_t id) const {
+  if (id < 0 || id >= vocab_size() || id_to_bytes_[static_cast<size_t>(id)].empty()) return std::nullopt;
+  return id_to_bytes_[static_cast<size_t>(id)];
+}
+
 std::string TiktokenTokenizer::decode(std::span<const int32_t> ids) const {
   std::string out;
   for (size_t i = 0; i < ids.size(); ++i) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -32,6 +33,8 @@ class TiktokenTokenizer {
   // One past the largest id, special tokens included (cl100k: 100277).
   int32_t vocab_size() const { return static_cast<int32_t>(id_to_bytes_.size()); }
   int32_t end_of_text() const { return end_of_text_; }
+  // The bytes of one id (a special token's name for special ids), nullopt in the gaps.
+  std::optional<std::string> token_bytes(int32_t id) const;
   size_t rank_count() const { return ranks_.size(); }
 
  private:

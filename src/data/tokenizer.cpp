@@ -24,6 +24,10 @@ class Gpt2 final : public Tokenizer {
   std::string decode(std::span<const int32_t> ids) const override { return t_.decode(ids); }
   int32_t vocab_size() const override { return t_.vocab_size(); }
   int32_t end_of_text() const override { return BpeTokenizer::kEndOfText; }
+  std::optional<std::string> token_bytes(int32_t id) const override {
+    if (id < 0 || id >= t_.vocab_size()) return std::nullopt;
+    return std::string(t_.token_bytes(id));
+  }
 
  private:
   BpeTokenizer t_;
@@ -39,6 +43,7 @@ class Cl100k final : public Tokenizer {
   std::string decode(std::span<const int32_t> ids) const override { return t_.decode(ids); }
   int32_t vocab_size() const override { return t_.vocab_size(); }
   int32_t end_of_text() const override { return t_.end_of_text(); }
+  std::optional<std::string> token_bytes(int32_t id) const override { return t_.token_bytes(id); }
 
  private:
   TiktokenTokenizer t_;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -23,6 +24,9 @@ class Tokenizer {
   virtual std::string decode(std::span<const int32_t> ids) const = 0;
   virtual int32_t vocab_size() const = 0;  // one past the largest id
   virtual int32_t end_of_text() const = 0;  // <|endoftext|>: the document separator
+  // The bytes of one id, or nullopt for an id no token has (cl100k leaves gaps below its
+  // special tokens); for printing a model's samples, which may land on such an id.
+  virtual std::optional<std::string> token_bytes(int32_t id) const = 0;
   std::vector<int32_t> encode(std::string_view text);
 };
 

@@ -134,10 +134,27 @@ def main():
             # ln(100277) = 11.5 for near-uniform initial logits.
             rc, out, err = run([T, "train", "--model", "tiny", "--vocab-size", "100277", "--data", f"{d}/ja",
                                 "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--eval-every", "0",
-                                "--metrics", f"{d}/m.jsonl"])
+                                "--metrics", f"{d}/m.jsonl", "--ckpt-dir", f"{d}/ck"])
             losses = [json.loads(x)["loss"] for x in open(f"{d}/m.jsonl")] if rc == 0 else []
             check("train on cl100k shards with --vocab-size 100277", rc == 0 and len(losses) == 2 and
                   abs(losses[0] - 11.5158) < 0.1, err[-500:] if rc else str(losses))
+            # generate with the cl100k model: the prompt encodes as js-tiktoken does, every sampled
+            # id lies in the model's vocabulary; the GPT-2 tokenizer is refused for it.
+            prompt = "It is a truth universally acknowledged"
+            rc, out, err = run([T, "generate", "--ckpt", f"{d}/ck", "--tokenizer", "cl100k", "--prompt", prompt,
+                                "--max-new-tokens", "8", "--seed", "3", "--print-ids"])
+            ids = {}
+            for line in err.splitlines():
+                if line.startswith(("prompt ids:", "generated ids:")):
+                    key, _, vals = line.partition(":")
+                    ids[key] = [int(x) for x in vals.split()]
+            want = js_encode(d, [prompt])
+            check("generate --tokenizer cl100k", rc == 0 and want is not None and ids.get("prompt ids") == want[0]
+                  and len(ids.get("generated ids", [])) == 8 and all(0 <= t < 100277 for t in ids["generated ids"]),
+                  err[-500:] if rc else str(ids))
+            rc, out, err = run([T, "generate", "--ckpt", f"{d}/ck", "--prompt", prompt])
+            check("generate refuses the GPT-2 tokenizer for a cl100k model", rc != 0 and "--tokenizer" in err,
+                  err[-300:])
             rc, out, err = run([T, "train", "--model", "tiny", "--data", f"{d}/ja", "--steps", "1", "--batch-size", "2",
                                 "--seq-len", "16", "--eval-every", "0"])
             check("a model vocabulary too small for the shards is refused", rc != 0 and "100257" in err and
