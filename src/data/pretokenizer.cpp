@@ -4,34 +4,6 @@
 #include "data/unicode_class.h"
 
 namespace trident::data {
-namespace {
-
-struct Char {
-  CharClass cls;
-  uint32_t len;
-};
-
-inline Char char_at(std::string_view text, size_t pos) {
-  const auto c = static_cast<unsigned char>(text[pos]);
-  if (c < 0x80) {
-    // ASCII fast path, no decoding needed.
-    return {char_class(c), 1};
-  }
-  const Utf8Char u = decode_utf8(text, pos);
-  return {char_class(u.cp), u.len};
-}
-
-// End of the maximal run of characters of class cls starting at pos.
-inline size_t run_end(std::string_view text, size_t pos, CharClass cls) {
-  while (pos < text.size()) {
-    const Char ch = char_at(text, pos);
-    if (ch.cls != cls) break;
-    pos += ch.len;
-  }
-  return pos;
-}
-
-}  // namespace
 
 size_t pretoken_end(std::string_view text, size_t pos) {
   const size_t n = text.size();
@@ -49,17 +21,17 @@ size_t pretoken_end(std::string_view text, size_t pos) {
   }
   //  ?\p{L}+ |  ?\p{N}+ |  ?[^\s\p{L}\p{N}]+  with the optional leading space
   if (c == ' ' && pos + 1 < n) {
-    const Char next = char_at(text, pos + 1);
-    if (next.cls != CharClass::kSpace) return run_end(text, pos + 1 + next.len, next.cls);
+    const ClassedChar next = classed_char_at(text, pos + 1);
+    if (next.cls != CharClass::kSpace) return class_run_end(text, pos + 1 + next.len, next.cls);
   }
-  const Char first = char_at(text, pos);
-  if (first.cls != CharClass::kSpace) return run_end(text, pos + first.len, first.cls);
+  const ClassedChar first = classed_char_at(text, pos);
+  if (first.cls != CharClass::kSpace) return class_run_end(text, pos + first.len, first.cls);
   // \s+(?!\S) | \s+ : a white-space run stops before its last character when a non-space
   // follows, so that character can lead the next piece (" word"); a run of one stays whole.
   size_t end = pos, last_start = pos;
   int count = 0;
   while (end < n) {
-    const Char ch = char_at(text, end);
+    const ClassedChar ch = classed_char_at(text, end);
     if (ch.cls != CharClass::kSpace) break;
     last_start = end;
     end += ch.len;

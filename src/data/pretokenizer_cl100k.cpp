@@ -7,27 +7,6 @@
 namespace trident::data {
 namespace {
 
-struct Char {
-  CharClass cls;
-  uint32_t len;
-};
-
-inline Char char_at(std::string_view text, size_t pos) {
-  const auto c = static_cast<unsigned char>(text[pos]);
-  if (c < 0x80) return {char_class(c), 1};
-  const Utf8Char u = decode_utf8(text, pos);
-  return {char_class(u.cp), u.len};
-}
-
-inline size_t run_end(std::string_view text, size_t pos, CharClass cls) {
-  while (pos < text.size()) {
-    const Char ch = char_at(text, pos);
-    if (ch.cls != cls) break;
-    pos += ch.len;
-  }
-  return pos;
-}
-
 inline bool is_newline(char c) { return c == '\r' || c == '\n'; }
 inline char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
 
@@ -45,19 +24,19 @@ size_t cl100k_pretoken_end(std::string_view text, size_t pos) {
       if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return pos + 3;
     }
   }
-  const Char first = char_at(text, pos);
+  const ClassedChar first = classed_char_at(text, pos);
   // [^\r\n\p{L}\p{N}]?\p{L}+ : letters, optionally led by one character that is neither a
   // letter, a number nor a line break (a space, a tab, punctuation).
-  if (first.cls == CharClass::kLetter) return run_end(text, pos + first.len, CharClass::kLetter);
+  if (first.cls == CharClass::kLetter) return class_run_end(text, pos + first.len, CharClass::kLetter);
   if (first.cls != CharClass::kNumber && !is_newline(c) && pos + first.len < n &&
-      char_at(text, pos + first.len).cls == CharClass::kLetter) {
-    return run_end(text, pos + first.len, CharClass::kLetter);
+      classed_char_at(text, pos + first.len).cls == CharClass::kLetter) {
+    return class_run_end(text, pos + first.len, CharClass::kLetter);
   }
   // \p{N}{1,3}
   if (first.cls == CharClass::kNumber) {
     size_t end = pos + first.len;
     for (int k = 1; k < 3 && end < n; ++k) {
-      const Char ch = char_at(text, end);
+      const ClassedChar ch = classed_char_at(text, end);
       if (ch.cls != CharClass::kNumber) break;
       end += ch.len;
     }
@@ -65,9 +44,9 @@ size_t cl100k_pretoken_end(std::string_view text, size_t pos) {
   }
   //  ?[^\s\p{L}\p{N}]+[\r\n]*
   size_t start = pos;
-  if (c == ' ' && pos + 1 < n && char_at(text, pos + 1).cls == CharClass::kOther) start = pos + 1;
-  if (char_at(text, start).cls == CharClass::kOther) {
-    size_t end = run_end(text, start, CharClass::kOther);
+  if (c == ' ' && pos + 1 < n && classed_char_at(text, pos + 1).cls == CharClass::kOther) start = pos + 1;
+  if (classed_char_at(text, start).cls == CharClass::kOther) {
+    size_t end = class_run_end(text, start, CharClass::kOther);
     while (end < n && is_newline(text[end])) ++end;
     return end;
   }
@@ -75,7 +54,7 @@ size_t cl100k_pretoken_end(std::string_view text, size_t pos) {
   size_t end = pos, last_start = pos, last_newline = n;
   int count = 0;
   while (end < n) {
-    const Char ch = char_at(text, end);
+    const ClassedChar ch = classed_char_at(text, end);
     if (ch.cls != CharClass::kSpace) break;
     if (is_newline(text[end])) last_newline = end;
     last_start = end;

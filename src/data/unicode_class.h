@@ -47,6 +47,29 @@ inline Utf8Char decode_utf8(std::string_view s, size_t pos) {
 // Class of a code point: General_Category L*, N*, the White_Space property, or other.
 CharClass char_class(uint32_t cp);
 
+// One character of UTF-8 text with its class: what the pre-tokenizers step through.
+struct ClassedChar {
+  CharClass cls;
+  uint32_t len;  // bytes
+};
+
+inline ClassedChar classed_char_at(std::string_view text, size_t pos) {
+  const auto c = static_cast<unsigned char>(text[pos]);
+  if (c < 0x80) return {char_class(c), 1};  // ASCII fast path, no decoding needed
+  const Utf8Char u = decode_utf8(text, pos);
+  return {char_class(u.cp), u.len};
+}
+
+// End of the maximal run of characters of class cls starting at pos.
+inline size_t class_run_end(std::string_view text, size_t pos, CharClass cls) {
+  while (pos < text.size()) {
+    const ClassedChar ch = classed_char_at(text, pos);
+    if (ch.cls != cls) break;
+    pos += ch.len;
+  }
+  return pos;
+}
+
 namespace detail {
 struct CodePointRange {
   uint32_t lo, hi;  // inclusive

@@ -17,20 +17,19 @@ int64_t GPTConfig::padded_vocab(int tp) const {
 namespace {
 // a * b and a + b in 64 bits, throwing instead of wrapping: a shape typed by hand (or read from
 // a config.json) may be large enough to overflow, and a wrapped count would size allocations.
+[[noreturn]] void fail_too_many_parameters(const GPTConfig& c) {
+  TRI_FAIL("the model (n_layer={} n_embd={} vocab_size={} n_positions={}) has more than 2^63 "
+           "parameters; no machine can hold it: choose a smaller shape",
+           c.n_layer, c.n_embd, c.vocab_size, c.n_positions);
+}
 int64_t checked_mul(int64_t a, int64_t b, const GPTConfig& c) {
   int64_t r = 0;
-  TRI_CHECK(!__builtin_mul_overflow(a, b, &r),
-            "the model (n_layer={} n_embd={} vocab_size={} n_positions={}) has more than 2^63 "
-            "parameters; no machine can hold it: choose a smaller shape",
-            c.n_layer, c.n_embd, c.vocab_size, c.n_positions);
+  if (__builtin_mul_overflow(a, b, &r)) fail_too_many_parameters(c);
   return r;
 }
 int64_t checked_add(int64_t a, int64_t b, const GPTConfig& c) {
   int64_t r = 0;
-  TRI_CHECK(!__builtin_add_overflow(a, b, &r),
-            "the model (n_layer={} n_embd={} vocab_size={} n_positions={}) has more than 2^63 "
-            "parameters; no machine can hold it: choose a smaller shape",
-            c.n_layer, c.n_embd, c.vocab_size, c.n_positions);
+  if (__builtin_add_overflow(a, b, &r)) fail_too_many_parameters(c);
   return r;
 }
 }  // namespace

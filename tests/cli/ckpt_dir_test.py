@@ -5,43 +5,20 @@ removed at start-up; --keep-last keeps the newest checkpoints; `latest` never mo
 backwards (a run that would write older checkpoints is refused before it trains)."""
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import check, finish, kill_tree, mpirun, run, synthetic_tokens, trident, write_shard  # noqa: E402
+from harness import (check, finish, kill_tree, latest, lines, mpirun, run, start, synthetic_tokens, trident,  # noqa: E402
+                     wait_for_steps, write_shard)
 
 
-def start(cmd, err_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(err_path, "w") as err:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
 
 
-def lines(path):
-    try:
-        with open(path) as f:
-            return sum(1 for _ in f)
-    except OSError:
-        return 0
 
 
-def wait_for_steps(proc, metrics, n, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if lines(metrics) >= n:
-            return True
-        time.sleep(0.01)
-    return False
 
 
-def latest(ckpt):
-    try:
-        return open(f"{ckpt}/latest").read().strip()
-    except OSError:
-        return None
 
 
 def step_dirs(ckpt):

@@ -5,6 +5,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 failures = []
@@ -95,6 +96,40 @@ def kill_tree(proc):
         except OSError:
             pass
     proc.wait()
+
+
+def start(cmd, err_path):
+    """Starts a run in the background, its stderr into a file (not a pipe: nothing blocks while
+    the test polls)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with open(err_path, "w") as err:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+
+
+def lines(path):
+    try:
+        with open(path) as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def wait_for_steps(proc, metrics, n, timeout=120):
+    """Polls the metrics file until it holds n steps (the run is then well inside its loop)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if lines(metrics) >= n:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def latest(ckpt):
+    """The step directory a checkpoint directory's `latest` names, or None."""
+    try:
+        return open(f"{ckpt}/latest").read().strip()
+    except OSError:
+        return None
 
 
 def read_metrics(path):

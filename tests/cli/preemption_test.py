@@ -12,34 +12,16 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (check, finish, kill_tree, mpirun, rank_pids, read_metrics, run,  # noqa: E402
-                     synthetic_tokens, trident, write_shard)
+from harness import (check, finish, kill_tree, latest, lines, mpirun, rank_pids, read_metrics, run, start,  # noqa: E402
+                     synthetic_tokens, trident, wait_for_steps, write_shard)
 
 EXIT_PREEMPTED, EXIT_UNSAVED = 75, 76
 
 
-def start(cmd, err_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(err_path, "w") as err:  # a file, not a pipe: nothing blocks while we poll
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
 
 
-def lines(path):
-    try:
-        with open(path) as f:
-            return sum(1 for _ in f)
-    except OSError:
-        return 0
 
 
-def wait_for_steps(proc, metrics, n, timeout=120):
-    """Polls the metrics file until it holds n steps (the run is then well inside its loop)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if lines(metrics) >= n:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def finish_run(proc, timeout=120):
@@ -50,11 +32,6 @@ def finish_run(proc, timeout=120):
         return None
 
 
-def latest(ckpt):
-    try:
-        return open(f"{ckpt}/latest").read().strip()
-    except OSError:
-        return None
 
 
 def resume_command(err):
