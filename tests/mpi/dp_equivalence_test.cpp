@@ -34,6 +34,7 @@
 #include "nn/gpt_config.h"
 #include "parallel/engine.h"
 #include "mpi_gtest_main.h"
+#include "equivalence_bounds.h"
 #include "replica_check.h"
 #include "synthetic_batch.h"
 
@@ -68,10 +69,7 @@ nn::GPTConfig model() { return nn::gpt_preset("tiny"); }
 
 BatchFn batch_for(int step, int vocab) { return test::synthetic_batch(step, vocab, kSeq); }
 
-struct Result {
-  std::vector<double> losses, norms;
-  std::map<std::string, std::vector<float>> weights;  // world rank 0 only
-};
+using Result = test::RunCurves;
 
 std::vector<std::pair<std::string, Shape>> logical_params(Engine& e) {
   std::vector<std::pair<std::string, Shape>> out;
@@ -151,34 +149,17 @@ Diff compare_weights(const Result& a, const Result& b) {
 
 bool is_rank0() { return dp_mesh().rank() == 0; }
 
-// The bounds of the header comment, from the reference run's own grad norms.
-constexpr double kU = 1.0 / (1 << 24);  // fp32 unit roundoff
-double eta() { return kU * std::sqrt(static_cast<double>(model().vocab_size)); }
-double loss_bound(int k) {  // relative, after k steps (k = 1: the first loss)
-  return k * kU * std::sqrt(static_cast<double>(model().vocab_size) / static_cast<double>(kBatch * kSeq));
-}
-double norm_bound(int k) { return k * eta(); }  // relative
-double weight_bound(const Result& ref) {      // absolute, after all steps
-  int64_t n = 0;
-  for (const auto& [name, w] : ref.weights) n += static_cast<int64_t>(w.size());
-  double b = 0.0;
-  for (double g : ref.norms) b += kLr * eta() * (g / std::sqrt(static_cast<double>(n))) / kEps;
-  return b;
+// The bounds of the header comment.
+test::EquivalenceBounds bounds() {
+  return {static_cast<double>(model().vocab_size), static_cast<double>(kBatch * kSeq), kLr, kEps};
 }
 
 void expect_matches(const Result& got, const Result& want, const std::string& what) {
-  ASSERT_EQ(got.losses.size(), want.losses.size());
-  double loss_dev = 0.0, norm_dev = 0.0;
-  for (std::size_t s = 0; s < got.losses.size(); ++s) {
-    const int k = static_cast<int>(s) + 1;
-    EXPECT_NEAR(got.losses[s], want.losses[s], loss_bound(k) * std::fabs(want.losses[s])) << what << " step " << k;
-    EXPECT_NEAR(got.norms[s], want.norms[s], norm_bound(k) * std::fabs(want.norms[s])) << what << " step " << k;
-    loss_dev = std::max(loss_dev, std::fabs(got.losses[s] - want.losses[s]) / std::fabs(want.losses[s]) / loss_bound(k));
-    norm_dev = std::max(norm_dev, std::fabs(got.norms[s] - want.norms[s]) / std::fabs(want.norms[s]) / norm_bound(k));
-  }
+  ASSERT_EQ(got.losses.size(), want.losses.size()) << what;
+  const auto [loss_dev, norm_dev] = test::expect_curves_match(got, want, bounds(), what);
   if (!is_rank0()) return;
   const Diff d = compare_weights(got, want);
-  const double w_bound = weight_bound(want);
+  const double w_bound = bounds().weights(want);
   std::printf("[dp %d] %-28s loss/norm dev <= %.2f/%.2f of bound; weights max|d| %.3g of %.3g, mean|d| %.3g%s\n",
               dp_mesh().size(), what.c_str(), loss_dev, norm_dev, d.max_abs, w_bound, d.mean_abs,
               d.bitwise ? " (bitwise equal)" : "");
