@@ -24,7 +24,7 @@
 #include "comm/runtime.h"
 #include "core/rng.h"
 #include "core/timer.h"
-#include "nn/gpt_config.h"
+#include "nn/model_config.h"
 #include "parallel/engine.h"
 
 using namespace trident;
@@ -84,7 +84,7 @@ Timing run(comm::Mesh& mesh, const Args& a, bool overlap) {
   o.bucket_mb = a.bucket_mb;
   o.overlap = overlap;
   MemoryTracker tracker;
-  const nn::GPTConfig cfg = nn::gpt_preset(a.preset);
+  const nn::ModelConfig cfg = nn::model_preset(a.preset);
   parallel::Engine e(mesh, cfg, o, tracker, a.batch, a.seq);
   e.initialize(1);
   Timing t;
@@ -125,7 +125,7 @@ int main(int argc, char** argv) {
   try {
     const Args a = parse(argc, argv);
     const int n = mpi.world_size(), rank = mpi.world_rank();
-    const nn::GPTConfig cfg = nn::gpt_preset(a.preset);
+    const nn::ModelConfig cfg = nn::model_preset(a.preset);
     const double tokens = static_cast<double>(a.batch * a.seq);
     const std::string load_before = loadavg();
 
@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
     if (rank == 0) {
       int64_t params = 0;
       {
-        nn::GPT m(cfg);
+        nn::Model m(cfg);
         MemoryTracker t;
         m.allocate(t);
         params = m.params().total_numel();

@@ -28,8 +28,9 @@
 #include "core/timer.h"
 #include "kernels/kernels.h"
 #include "kernels/profile.h"
-#include "nn/gpt.h"
-#include "nn/gpt_config.h"
+#include "nn/architecture.h"
+#include "nn/model.h"
+#include "nn/model_config.h"
 #include "optim/adamw.h"
 #include "optim/grad_clip.h"
 #include "train/flops.h"
@@ -99,7 +100,7 @@ double median(std::vector<double> v) {
 // The PyTorch side: a child process spoken to over two pipes (see bench/torch_step.py).
 class TorchProcess {
  public:
-  TorchProcess(const Options& o, const nn::GPTConfig& c) {
+  TorchProcess(const Options& o, const nn::ModelConfig& c) {
     int to_child[2], from_child[2];
     if (pipe(to_child) != 0 || pipe(from_child) != 0) throw std::runtime_error("pipe failed");
     std::vector<std::string> args = {o.python, o.script,
@@ -219,7 +220,7 @@ int main(int argc, char** argv) {
   }
   if (o.script.empty()) o.script = std::string(TRIDENT_BENCH_DIR) + "/torch_step.py";
   try {
-    const nn::GPTConfig cfg = nn::gpt_preset(o.preset);
+    const nn::ModelConfig cfg = nn::model_preset(o.preset);
     const int64_t B = o.batch, T = o.seq, N = B * T;
     kernels::set_num_threads(o.threads);
     std::printf("# gpt_vs_torch: preset %s (%s)\n", o.preset.c_str(), cfg.describe().c_str());
@@ -230,11 +231,11 @@ int main(int argc, char** argv) {
 
     // ---- Trident ----
     MemoryTracker tracker;
-    nn::GPT model(cfg);
+    nn::Model model(cfg);
     model.allocate(tracker);
     nn::ParameterSet& ps = model.params();
     ps.initialize(1234);
-    nn::GPTActivations acts = model.make_activations(tracker, B, T);
+    nn::ModelActivations acts = model.make_activations(tracker, B, T);
     optim::AdamW adam(ps, tracker, {});
     std::vector<int32_t> ids(static_cast<std::size_t>(N)), targets(ids.size());
     for (int64_t i = 0; i < N; ++i) {
@@ -308,7 +309,7 @@ int main(int argc, char** argv) {
     // ---- figures ----
     const double tri_step = median(tri_s);
     const double tri_tps = static_cast<double>(N) / tri_step;
-    const double flops_token = train::training_flops_per_token(cfg, T);
+    const double flops_token = nn::training_flops_per_token(cfg, T);
     const double tri_flops = flops_token * tri_tps;
     const double peak = median(sgemm);
     std::printf("\n# FLOPs per token = 6*N + 12*L*C*T (PaLM; N = %ld parameters in matmuls incl. "

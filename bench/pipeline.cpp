@@ -21,7 +21,7 @@
 #include "comm/communicator.h"
 #include "comm/runtime.h"
 #include "kernels/kernels.h"
-#include "nn/gpt.h"
+#include "nn/model.h"
 #include "parallel/pipeline/executor.h"
 #include "parallel/pipeline/partition.h"
 #include "parallel/pipeline/simulator.h"
@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
     comm::Communicator pp(MPI_COMM_WORLD, "pp");
     const int P = pp.size(), rank = pp.rank();
     kernels::set_num_threads(1);
-    nn::GPTConfig cfg;
+    nn::ModelConfig cfg;
     cfg.n_layer = args.layers, cfg.n_embd = args.embd, cfg.n_head = 4;
     cfg.n_positions = args.seq, cfg.vocab_size = 64, cfg.vocab_pad_multiple = 64;
     if (rank == 0) {
@@ -96,10 +96,10 @@ int main(int argc, char** argv) {
       if (c.V > 1 && cfg.n_layer % (P * c.V) != 0) continue;
       const pp::Partition part = pp::partition_layers(cfg.n_layer, {P, c.V});
       MemoryTracker tracker;
-      std::vector<std::unique_ptr<nn::GPT>> chunks;
-      std::vector<nn::GPT*> ptrs;
+      std::vector<std::unique_ptr<nn::Model>> chunks;
+      std::vector<nn::Model*> ptrs;
       for (int v = 0; v < c.V; ++v) {
-        chunks.push_back(std::make_unique<nn::GPT>(cfg, nn::TpContext{}, part.chunk(rank, v)));
+        chunks.push_back(std::make_unique<nn::Model>(cfg, nn::TpContext{}, part.chunk(rank, v)));
         chunks.back()->allocate(tracker);
         chunks.back()->params().initialize(1);
         ptrs.push_back(chunks.back().get());

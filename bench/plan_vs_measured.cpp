@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
   const int cores = a.cores > 0 ? a.cores : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   try {
     plan::PlanRequest req;
-    req.model = nn::gpt_preset(a.model);
+    req.model = nn::model_preset(a.model);
     req.world = a.world;
     req.batch_size = a.batch;
     req.seq_len = a.seq;

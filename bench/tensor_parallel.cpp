@@ -44,7 +44,8 @@
 #include "core/check.h"
 #include "core/memory.h"
 #include "kernels/kernels.h"
-#include "nn/gpt.h"
+#include "nn/architecture.h"
+#include "nn/model.h"
 #include "parallel/tensor_parallel_comm.h"
 
 namespace trident {
@@ -111,7 +112,7 @@ void run(const Args& args) {
   int world = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  nn::GPTConfig cfg;
+  nn::ModelConfig cfg;
   cfg.n_layer = args.layers, cfg.n_head = args.heads, cfg.n_embd = args.embd;
   cfg.n_positions = std::max(args.seq, 16), cfg.vocab_size = args.vocab;
   parallel::validate_tensor_parallel(cfg, world, world);
@@ -133,10 +134,10 @@ void run(const Args& args) {
 
   for (bool sp : {false, true}) {
     MemoryTracker tracker;
-    nn::GPT model(cfg, parallel::make_tp_context(counting, sp));
+    nn::Model model(cfg, parallel::make_tp_context(counting, sp));
     model.allocate(tracker);
     model.params().initialize(1);
-    nn::GPTActivations acts = model.make_activations(tracker, b, s);
+    nn::ModelActivations acts = model.make_activations(tracker, b, s);
     const double act_bytes = static_cast<double>(tracker.current(MemCategory::kActivations));
     // One warm-up step (allocates the scratch), then the measured step.
     model.forward_backward(acts, ids.data(), targets.data(), b, s, 1.0f / static_cast<float>(bs));
@@ -187,10 +188,10 @@ void run(const Args& args) {
     }
 
     // ---- activation memory ----
-    // Per layer, measured: one BlockActivations plus the layer's input (residual stream).
+    // Per layer, measured: one layer's activations plus the layer's input (residual stream).
     const int64_t Nl = model.local_rows(bs);
     const double measured_layer =
-        4.0 * static_cast<double>(nn::BlockActivations::floats(cfg, t, b, s, sp ? Nl : -1) + Nl * h);
+        4.0 * static_cast<double>(nn::architecture(cfg.family).layer_activation_floats(cfg, t, b, s, sp ? Nl : -1) + Nl * h);
     const double sbh = static_cast<double>(bsh), as_h = static_cast<double>(a * s) / h;
     // Korthikanti et al. (2-byte activations, dropout masks and dropout outputs included).
     const double paper = sp ? sbh / t * (34 + 5 * as_h) : sbh * (10 + 24.0 / t + 5 * as_h / t);

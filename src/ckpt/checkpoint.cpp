@@ -100,16 +100,6 @@ std::string problem_list(const std::vector<std::string>& missing, const std::vec
   return s;
 }
 
-int json_int(const nlohmann::json& j, const char* key, const std::string& source) {
-  TRI_CHECK(j.contains(key), "{} has no \"{}\"; a GPT-2 config.json needs n_layer, n_head, "
-            "n_embd, n_positions (or n_ctx) and vocab_size", source, key);
-  const auto& v = j[key];
-  TRI_CHECK(v.is_number_integer(), "\"{}\" in {} must be an integer, got {}", key, source, v.dump());
-  const auto x = v.get<std::int64_t>();
-  TRI_CHECK(x >= -(1LL << 31) && x < (1LL << 31), "\"{}\" in {} is out of range: {}", key, source, x);
-  return static_cast<int>(x);
-}
-
 std::string format_bytes(std::uint64_t b) {
   if (b >= (1ull << 30)) return fmt::format("{:.2f} GiB", static_cast<double>(b) / (1ull << 30));
   if (b >= (1ull << 20)) return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1ull << 20));
@@ -117,15 +107,18 @@ std::string format_bytes(std::uint64_t b) {
   return fmt::format("{} B", b);
 }
 
-bool ignorable_hf_tensor(const std::string& name, const std::string& prefix) {
-  static const std::regex buffers("^h\\.[0-9]+\\.attn\\.(bias|masked_bias)$");
-  if (!name.starts_with(prefix)) return name == "lm_head.weight";
-  const std::string rest = name.substr(prefix.size());
-  return std::regex_match(rest, buffers) || name == "lm_head.weight";
+bool ignorable_hf_tensor(const nn::ModelConfig& config, const std::string& name, const std::string& prefix) {
+  const nn::Architecture& arch = nn::architecture(config.family);
+  // Buffers under the model class's prefix, or beside it (GPT2LMHeadModel's lm_head.weight).
+  return (name.starts_with(prefix) && arch.ignorable_tensor(config, name.substr(prefix.size()))) ||
+         arch.ignorable_tensor(config, name);
 }
 
-std::string detect_prefix(const SafetensorsReader& reader) {
-  if (!reader.contains("wte.weight") && reader.contains("transformer.wte.weight")) return "transformer.";
+std::string detect_prefix(const SafetensorsReader& reader, const nn::ModelConfig& config) {
+  const nn::Architecture& arch = nn::architecture(config.family);
+  const std::string prefix(arch.hf_alternative_prefix());
+  const std::string first = arch.embedding_params(config).front().name;
+  if (!prefix.empty() && !reader.contains(first) && reader.contains(prefix + first)) return prefix;
   return "";
 }
 
@@ -146,139 +139,36 @@ std::int64_t latest_step(const std::string& root) {
   return parse_step_name(name);
 }
 
-std::vector<TensorSpec> gpt2_tensor_specs(const nn::GPTConfig& config) {
-  const std::int64_t C = config.n_embd, V = config.vocab_size, P = config.n_positions;
-  std::vector<TensorSpec> specs;
-  specs.push_back({"wte.weight", {V, C}});
-  specs.push_back({"wpe.weight", {P, C}});
-  for (int i = 0; i < config.n_layer; ++i) {
-    const std::string h = fmt::format("h.{}.", i);
-    specs.push_back({h + "ln_1.weight", {C}});
-    specs.push_back({h + "ln_1.bias", {C}});
-    specs.push_back({h + "attn.c_attn.weight", {C, 3 * C}});
-    specs.push_back({h + "attn.c_attn.bias", {3 * C}});
-    specs.push_back({h + "attn.c_proj.weight", {C, C}});
-    specs.push_back({h + "attn.c_proj.bias", {C}});
-    specs.push_back({h + "ln_2.weight", {C}});
-    specs.push_back({h + "ln_2.bias", {C}});
-    specs.push_back({h + "mlp.c_fc.weight", {C, 4 * C}});
-    specs.push_back({h + "mlp.c_fc.bias", {4 * C}});
-    specs.push_back({h + "mlp.c_proj.weight", {4 * C, C}});
-    specs.push_back({h + "mlp.c_proj.bias", {C}});
-  }
-  specs.push_back({"ln_f.weight", {C}});
-  specs.push_back({"ln_f.bias", {C}});
-  return specs;
-}
-
 std::string exp_avg_name(const std::string& param) { return param + ".exp_avg"; }
 std::string exp_avg_sq_name(const std::string& param) { return param + ".exp_avg_sq"; }
 
 // ---------------------------------------------------------------------------------------------
 // config.json
 
-nlohmann::json gpt_config_to_hf_json(const nn::GPTConfig& c) {
-  nlohmann::json j;
-  j["model_type"] = "gpt2";
-  j["architectures"] = {"GPT2LMHeadModel"};
-  j["n_layer"] = c.n_layer;
-  j["n_head"] = c.n_head;
-  j["n_embd"] = c.n_embd;
-  j["n_positions"] = c.n_positions;
-  j["n_ctx"] = c.n_positions;
-  j["n_inner"] = nullptr;  // 4 * n_embd
-  j["vocab_size"] = c.vocab_size;
-  j["layer_norm_epsilon"] = 1e-5;
-  j["activation_function"] = "gelu_new";
-  j["tie_word_embeddings"] = true;
-  j["scale_attn_weights"] = true;
-  j["initializer_range"] = 0.02;
-  // Trident trains without dropout.
-  j["attn_pdrop"] = 0.0;
-  j["embd_pdrop"] = 0.0;
-  j["resid_pdrop"] = 0.0;
-  if (c.vocab_size > 50256) {
-    j["bos_token_id"] = 50256;
-    j["eos_token_id"] = 50256;
-  }
-  j["torch_dtype"] = "float32";
-  j["use_cache"] = true;
-  j["trident_vocab_pad_multiple"] = c.vocab_pad_multiple;
-  return j;
-}
-
-nn::GPTConfig gpt_config_from_hf_json(const nlohmann::json& j, const std::string& source) {
-  TRI_CHECK(j.is_object(), "{} is not a JSON object", source);
-  if (j.contains("model_type")) {
-    TRI_CHECK(j["model_type"] == "gpt2", "{} has model_type {}: Trident implements the gpt2 family only "
-              "(model_type \"gpt2\"); give a GPT-2 config.json or a preset", source, j["model_type"].dump());
-  }
-  nn::GPTConfig c;
-  c.n_layer = json_int(j, "n_layer", source);
-  c.n_head = json_int(j, "n_head", source);
-  c.n_embd = json_int(j, "n_embd", source);
-  c.vocab_size = json_int(j, "vocab_size", source);
-  if (j.contains("n_positions")) {
-    c.n_positions = json_int(j, "n_positions", source);
-  } else {
-    c.n_positions = json_int(j, "n_ctx", source);
-  }
-  if (j.contains("trident_vocab_pad_multiple")) {
-    c.vocab_pad_multiple = json_int(j, "trident_vocab_pad_multiple", source);
-  }
-  if (j.contains("activation_function")) {
-    const auto& a = j["activation_function"];
-    TRI_CHECK(a == "gelu_new" || a == "gelu_pytorch_tanh",
-              "{} has activation_function {}; Trident implements GPT-2's tanh GELU only "
-              "(\"gelu_new\")", source, a.dump());
-  }
-  if (j.contains("layer_norm_epsilon")) {
-    const auto& e = j["layer_norm_epsilon"];
-    TRI_CHECK(e.is_number() && std::abs(e.get<double>() - 1e-5) <= 1e-12,
-              "{} has layer_norm_epsilon {}; Trident's layernorm uses 1e-5", source, e.dump());
-  }
-  if (j.contains("tie_word_embeddings")) {
-    TRI_CHECK(j["tie_word_embeddings"] == true,
-              "{} has tie_word_embeddings {}; Trident ties the LM head to wte", source,
-              j["tie_word_embeddings"].dump());
-  }
-  if (j.contains("n_inner") && !j["n_inner"].is_null()) {
-    const int inner = json_int(j, "n_inner", source);
-    TRI_CHECK(inner == 4 * c.n_embd, "{} has n_inner {}; Trident's MLP is 4 * n_embd = {} wide",
-              source, inner, 4 * c.n_embd);
-  }
-  if (j.contains("scale_attn_weights")) {
-    TRI_CHECK(j["scale_attn_weights"] == true, "{} has scale_attn_weights false; Trident always "
-              "scales attention by 1/sqrt(head_size)", source);
-  }
-  if (j.contains("scale_attn_by_inverse_layer_idx")) {
-    TRI_CHECK(j["scale_attn_by_inverse_layer_idx"] != true,
-              "{} has scale_attn_by_inverse_layer_idx true, which Trident does not implement", source);
-  }
-  try {
-    c.validate();
-  } catch (const Error& e) {
-    TRI_FAIL("invalid model config in {}: {}", source, e.what());
-  }
-  return c;
-}
-
-nn::GPTConfig read_gpt_config(const std::string& path) {
+nn::ModelConfig read_model_config(const std::string& path) {
   TRI_CHECK(is_file(path), "model config '{}' does not exist", path);
-  return gpt_config_from_hf_json(read_json_file(path), path);
+  return nn::model_config_from_hf_json(read_json_file(path), path);
 }
 
-void check_same_model_shape(const nn::GPTConfig& ck, const nn::GPTConfig& model,
+void check_same_model_shape(const nn::ModelConfig& ck, const nn::ModelConfig& model,
                             const std::string& checkpoint_path) {
   std::vector<std::string> diffs;
-  auto cmp = [&](const char* key, int a, int b) {
+  auto cmp = [&](const char* key, auto a, auto b) {
     if (a != b) diffs.push_back(fmt::format("{} {} but the model has {}", key, a, b));
   };
+  cmp("model_type", nn::family_name(ck.family), nn::family_name(model.family));
   cmp("n_layer", ck.n_layer, model.n_layer);
   cmp("n_head", ck.n_head, model.n_head);
   cmp("n_embd", ck.n_embd, model.n_embd);
   cmp("n_positions", ck.n_positions, model.n_positions);
   cmp("vocab_size", ck.vocab_size, model.vocab_size);
+  if (ck.family == model.family && ck.family != nn::Family::kGpt2) {  // GPT-2 derives these
+    cmp("n_kv_head", ck.kv_heads(), model.kv_heads());
+    cmp("n_inner", ck.mlp_width(), model.mlp_width());
+    cmp("tie_word_embeddings", ck.tie_word_embeddings, model.tie_word_embeddings);
+    cmp("norm_eps", ck.norm_eps, model.norm_eps);
+    cmp("rope_theta", ck.rope_theta, model.rope_theta);
+  }
   TRI_CHECK(diffs.empty(),
             "checkpoint {} has {}; load it into the same model shape (its config.json gives the "
             "shape: drop --model, or pick a matching preset)",
@@ -288,7 +178,7 @@ void check_same_model_shape(const nn::GPTConfig& ck, const nn::GPTConfig& model,
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-CheckpointWriter::CheckpointWriter(std::string root, std::int64_t step, const nn::GPTConfig& config)
+CheckpointWriter::CheckpointWriter(std::string root, std::int64_t step, const nn::ModelConfig& config)
     : root_(std::move(root)), step_(step), config_(config) {
   (void)step_dir_name(step);  // validates step
   config_.validate();
@@ -315,7 +205,7 @@ std::string CheckpointWriter::commit() {
     std::map<std::string, Shape> have;
     for (auto& [n, s] : model_.layout()) have[n] = s;
     std::vector<std::string> missing, wrong;
-    for (const auto& spec : gpt2_tensor_specs(config_)) {
+    for (const auto& spec : nn::model_tensor_specs(config_)) {
       auto it = have.find(spec.name);
       if (it == have.end()) {
         missing.push_back(spec.name);
@@ -338,7 +228,7 @@ std::string CheckpointWriter::commit() {
   try {
     StagedDirectory staged(root_, name);
     model_.write(join_path(staged.path(), kModelFile));
-    write_file_atomic(join_path(staged.path(), kConfigFile), gpt_config_to_hf_json(config_).dump(2) + "\n");
+    write_file_atomic(join_path(staged.path(), kConfigFile), nn::model_config_to_hf_json(config_).dump(2) + "\n");
     if (optimizer_.size() > 0 || optimizer_step_) {
       SafetensorsWriter opt = optimizer_;
       opt.set_metadata("step", std::to_string(optimizer_step_.value_or(step_)));
@@ -435,12 +325,12 @@ LoadedCheckpoint open_checkpoint(const std::string& path) {
   const std::string dir = resolve_checkpoint(path);
   const std::string config_path = join_path(dir, kConfigFile);
   TRI_CHECK(is_file(config_path),
-            "'{}' has {} but no {}; Trident needs the Hugging Face GPT-2 config.json beside the "
-            "weights to know the model shape", dir, kModelFile, kConfigFile);
-  nn::GPTConfig config = read_gpt_config(config_path);
+            "'{}' has {} but no {}; Trident needs the Hugging Face config.json beside the "
+            "weights to know the model family and shape", dir, kModelFile, kConfigFile);
+  nn::ModelConfig config = read_model_config(config_path);
   SafetensorsReader model(join_path(dir, kModelFile));
   LoadedCheckpoint ck{dir, config, std::move(model), std::nullopt, nullptr, -1, ""};
-  ck.model_prefix = detect_prefix(ck.model);
+  ck.model_prefix = detect_prefix(ck.model, ck.config);
   if (is_file(join_path(dir, kOptimizerFile))) ck.optimizer.emplace(join_path(dir, kOptimizerFile));
   if (is_file(join_path(dir, kTridentFile))) {
     ck.trident = read_json_file(join_path(dir, kTridentFile));
@@ -459,20 +349,20 @@ LoadedCheckpoint load_checkpoint(const std::string& path) {
   return ck;
 }
 
-void validate_model_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config,
+void validate_model_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config,
                             const std::string& prefix) {
   // A config.json that names far more layers than the file holds (n_layer 1e9) must not make
   // us list 12 * n_layer expected names first: compare the counts up front (small mismatches
   // get the detailed report below).
-  const std::int64_t expected_count = 12 * static_cast<std::int64_t>(config.n_layer) + 4;  // gpt2_tensor_specs
+  const std::int64_t expected_count = nn::model_tensor_count(config);
   TRI_CHECK(expected_count <= 2 * static_cast<std::int64_t>(reader.tensors().size()) + 1024,
-            "model tensors in {} do not match the model ({}): config.json implies {} tensors (12 per "
-            "layer for n_layer {}, plus 4) but the file holds {}; config.json does not belong to "
-            "these weights",
+            "model tensors in {} do not match the model ({}): config.json implies {} tensors for "
+            "n_layer {} but the file holds {}; config.json does not belong to these weights",
             reader.path(), config.describe(), expected_count, config.n_layer, reader.tensors().size());
+  const nn::Architecture& arch = nn::architecture(config.family);
   std::vector<std::string> missing, wrong_shape, wrong_dtype, extra, inferred;
   std::set<std::string> expected;
-  for (const auto& spec : gpt2_tensor_specs(config)) {
+  for (const auto& spec : nn::model_tensor_specs(config)) {
     const std::string name = prefix + spec.name;
     expected.insert(name);
     if (!reader.contains(name)) {
@@ -488,14 +378,9 @@ void validate_model_tensors(const SafetensorsReader& reader, const nn::GPTConfig
     }
   }
   int max_layer = -1;
-  static const std::regex layer_re("^h\\.([0-9]+)\\.");
   for (const auto& t : reader.tensors()) {
-    if (t.name.starts_with(prefix)) {
-      std::smatch m;
-      const std::string rest = t.name.substr(prefix.size());
-      if (std::regex_search(rest, m, layer_re)) max_layer = std::max(max_layer, std::stoi(m[1].str()));
-    }
-    if (expected.count(t.name) == 0 && !ignorable_hf_tensor(t.name, prefix)) extra.push_back(t.name);
+    if (t.name.starts_with(prefix)) max_layer = std::max(max_layer, arch.layer_of(t.name.substr(prefix.size())));
+    if (expected.count(t.name) == 0 && !ignorable_hf_tensor(config, t.name, prefix)) extra.push_back(t.name);
   }
   if (missing.empty() && wrong_shape.empty() && wrong_dtype.empty() && extra.empty()) return;
 
@@ -503,13 +388,10 @@ void validate_model_tensors(const SafetensorsReader& reader, const nn::GPTConfig
   auto infer = [&](const char* key, std::int64_t ck, std::int64_t model) {
     if (ck != model) inferred.push_back(fmt::format("{} {} but the model has {}", key, ck, model));
   };
-  if (reader.contains(prefix + "wte.weight") && reader.info(prefix + "wte.weight").shape.size() == 2) {
-    const auto& s = reader.info(prefix + "wte.weight").shape;
-    infer("vocab_size", s[0], config.vocab_size);
-    infer("n_embd", s[1], config.n_embd);
-  }
-  if (reader.contains(prefix + "wpe.weight") && reader.info(prefix + "wpe.weight").shape.size() == 2) {
-    infer("n_positions", reader.info(prefix + "wpe.weight").shape[0], config.n_positions);
+  for (const nn::ShapeWitness& w : arch.shape_witnesses(config)) {
+    const std::string name = prefix + w.tensor;
+    if (!reader.contains(name) || reader.info(name).shape.size() <= static_cast<std::size_t>(w.dim)) continue;
+    infer(w.field.c_str(), reader.info(name).shape[static_cast<std::size_t>(w.dim)], w.value);
   }
   if (max_layer >= 0) infer("n_layer", max_layer + 1, config.n_layer);
 
@@ -523,14 +405,14 @@ void validate_model_tensors(const SafetensorsReader& reader, const nn::GPTConfig
   TRI_FAIL("{}", msg);
 }
 
-void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config) {
-  const std::int64_t expected_count = 2 * (12 * static_cast<std::int64_t>(config.n_layer) + 4);
+void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config) {
+  const std::int64_t expected_count = 2 * nn::model_tensor_count(config);
   TRI_CHECK(expected_count <= 2 * static_cast<std::int64_t>(reader.tensors().size()) + 1024,
             "optimizer state in {} does not match the model ({}): it needs {} tensors (exp_avg and "
             "exp_avg_sq of each of n_layer {}'s parameters) but the file holds {}",
             reader.path(), config.describe(), expected_count, config.n_layer, reader.tensors().size());
   std::vector<std::string> missing, wrong;
-  for (const auto& spec : gpt2_tensor_specs(config)) {
+  for (const auto& spec : nn::model_tensor_specs(config)) {
     for (const std::string& name : {exp_avg_name(spec.name), exp_avg_sq_name(spec.name)}) {
       if (!reader.contains(name)) {
         missing.push_back(name);
@@ -567,7 +449,7 @@ void check_finite(const float* data, std::int64_t n, const std::string& tensor, 
 std::string verify_checkpoint(const std::string& path) {
   LoadedCheckpoint ck = open_checkpoint(path);  // config.json parsed and validated
   validate_model_tensors(ck.model, ck.config, ck.model_prefix);
-  const std::vector<TensorSpec> specs = gpt2_tensor_specs(ck.config);
+  const std::vector<TensorSpec> specs = nn::model_tensor_specs(ck.config);
   std::int64_t largest = 0;
   for (const auto& spec : specs) largest = std::max(largest, shape_numel(spec.shape));
   std::vector<float> buffer(static_cast<std::size_t>(largest));
@@ -622,8 +504,7 @@ std::string describe_checkpoint(const std::string& path) {
   out += fmt::format("checkpoint: {}\n", ck.path);
   out += fmt::format("step: {}\n", ck.step >= 0 ? std::to_string(ck.step) : std::string("unknown (no trident.json)"));
   const auto& c = ck.config;
-  out += fmt::format("config: n_layer={} n_head={} n_embd={} n_positions={} vocab_size={}\n", c.n_layer,
-                     c.n_head, c.n_embd, c.n_positions, c.vocab_size);
+  out += fmt::format("config: {}\n", c.describe());
   std::int64_t total = 0;
   std::uint64_t bytes = 0;
   std::size_t width = 4;
@@ -631,7 +512,7 @@ std::string describe_checkpoint(const std::string& path) {
   std::string rows;
   for (const auto& t : ck.model.tensors()) {
     rows += fmt::format("  {:<{}}  {:<14}  {}\n", t.name, width, shape_str(t.shape), dtype_name(t.dtype));
-    if (!ignorable_hf_tensor(t.name, ck.model_prefix)) total += t.numel();
+    if (!ignorable_hf_tensor(c, t.name, ck.model_prefix)) total += t.numel();
     bytes += t.end - t.begin;
   }
   out += fmt::format("model.safetensors: {} tensors, {} parameters, {}\n", ck.model.tensors().size(),

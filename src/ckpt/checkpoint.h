@@ -1,5 +1,6 @@
 // Checkpoint directories: ROOT/step_NNNNNNNN/ holding model.safetensors (logical fp32 tensors
-// with Hugging Face GPT-2 names), config.json (Hugging Face GPT-2 keys), optimizer.safetensors
+// with the family's Hugging Face names), config.json (the family's Hugging Face keys, so
+// Hugging Face's own loader accepts the directory), optimizer.safetensors
 // (AdamW moments "<param>.exp_avg" / "<param>.exp_avg_sq", step in metadata) and trident.json
 // (free-form run state given by the caller), committed atomically; ROOT/latest names the newest.
 // Layout-free: this layer never sees shards or model classes. Gathering shards into logical
@@ -14,7 +15,8 @@
 #include <vector>
 
 #include "ckpt/safetensors.h"
-#include "nn/gpt_config.h"
+#include "nn/architecture.h"
+#include "nn/model_config.h"
 
 namespace trident::ckpt {
 
@@ -32,36 +34,20 @@ std::int64_t latest_step(const std::string& root);
 // ---------------------------------------------------------------------------------------------
 // Tensor names.
 
-struct TensorSpec {
-  std::string name;
-  Shape shape;
-};
-
-// Every tensor of the logical GPT-2 model in Hugging Face order and layout (Conv1D weights are
-// [in, out]; wte is [vocab_size, C], unpadded; the LM head is tied to wte and not stored):
-// wte.weight, wpe.weight, h.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias},
-// ln_f.weight, ln_f.bias.
-std::vector<TensorSpec> gpt2_tensor_specs(const nn::GPTConfig& config);
+// The logical tensors of a model, from its architecture's declaration (nn/architecture.h).
+using nn::TensorSpec;
 
 // Optimizer-state names for a parameter: "<param>.exp_avg", "<param>.exp_avg_sq".
 std::string exp_avg_name(const std::string& param);
 std::string exp_avg_sq_name(const std::string& param);
 
 // ---------------------------------------------------------------------------------------------
-// config.json <-> GPTConfig.
+// config.json (nn::model_config_to_hf_json / model_config_from_hf_json hold the keys).
 
-// Hugging Face GPT-2 config.json (model_type, architectures, n_layer, n_head, n_embd,
-// n_positions, n_ctx, vocab_size, layer_norm_epsilon, activation_function "gelu_new",
-// tie_word_embeddings, ...) plus "trident_vocab_pad_multiple".
-nlohmann::json gpt_config_to_hf_json(const nn::GPTConfig& config);
-// Accepts config.json as Hugging Face writes it (unknown keys ignored). Throws, naming `source`,
-// for missing keys and for settings Trident does not implement (another activation, another
-// layer-norm epsilon, untied embeddings, n_inner != 4 * n_embd, model_type other than gpt2).
-nn::GPTConfig gpt_config_from_hf_json(const nlohmann::json& json, const std::string& source);
-nn::GPTConfig read_gpt_config(const std::string& config_json_path);
+nn::ModelConfig read_model_config(const std::string& config_json_path);
 
 // Throws "checkpoint X has n_embd 384 but the model has 768; ..." listing every difference.
-void check_same_model_shape(const nn::GPTConfig& checkpoint, const nn::GPTConfig& model,
+void check_same_model_shape(const nn::ModelConfig& checkpoint, const nn::ModelConfig& model,
                             const std::string& checkpoint_path);
 
 // ---------------------------------------------------------------------------------------------
@@ -79,9 +65,9 @@ void check_same_model_shape(const nn::GPTConfig& checkpoint, const nn::GPTConfig
 // can gather one logical tensor at a time.
 class CheckpointWriter {
  public:
-  CheckpointWriter(std::string root, std::int64_t step, const nn::GPTConfig& config);
+  CheckpointWriter(std::string root, std::int64_t step, const nn::ModelConfig& config);
 
-  // Model tensors (add them all; commit() checks the set against gpt2_tensor_specs()).
+  // Model tensors (add them all; commit() checks the set against nn::model_tensor_specs()).
   SafetensorsWriter& model() { return model_; }
   // AdamW state; optional. Add exp_avg_name(p) / exp_avg_sq_name(p) for each parameter p.
   // The optimizer step is stored in its metadata as "step"; more metadata may be added.
@@ -97,7 +83,7 @@ class CheckpointWriter {
  private:
   std::string root_;
   std::int64_t step_;
-  nn::GPTConfig config_;
+  nn::ModelConfig config_;
   SafetensorsWriter model_;
   SafetensorsWriter optimizer_;
   nlohmann::json trident_ = nlohmann::json::object();
@@ -118,12 +104,12 @@ std::string resolve_checkpoint(const std::string& path);
 
 struct LoadedCheckpoint {
   std::string path;                         // the step directory (or HF-style directory)
-  nn::GPTConfig config;                     // from config.json
+  nn::ModelConfig config;                     // from config.json
   SafetensorsReader model;                  // model.safetensors
   std::optional<SafetensorsReader> optimizer;  // optimizer.safetensors when present
   nlohmann::json trident;                   // trident.json, or null when absent
   std::int64_t step = -1;                   // trident.json "step", else -1 (e.g. a HF model)
-  // "" or "transformer." (GPT2LMHeadModel.save_pretrained writes the latter).
+  // "" or the architecture's alternative prefix ("transformer." from GPT2LMHeadModel).
   std::string model_prefix;
 
   // Reads the logical parameter with the Hugging Face name `name` (no prefix) into dst.
@@ -131,27 +117,27 @@ struct LoadedCheckpoint {
   std::optional<std::int64_t> optimizer_step() const;  // optimizer metadata "step"
 };
 
-// Loads PATH (a step directory, a ROOT with `latest`, or a Hugging Face GPT-2 directory with
-// only model.safetensors + config.json) and validates the model tensors against config.json.
+// Loads PATH (a step directory, a ROOT with `latest`, or a Hugging Face directory with only
+// model.safetensors + config.json) and validates the model tensors against config.json.
 LoadedCheckpoint load_checkpoint(const std::string& path);
 
 // Checks every expected model tensor's name, shape and dtype against `config`; one error lists
 // all that is missing, mismatched or extra, and infers the checkpoint's shape where it can
-// ("checkpoint has n_embd 384 but the model has 768"). Hugging Face's attention buffers
-// (h.{i}.attn.bias, h.{i}.attn.masked_bias) and a tied lm_head.weight are ignored.
+// ("checkpoint has n_embd 384 but the model has 768"). Buffers Hugging Face saves beside the
+// parameters (the architecture's ignorable_tensor) are ignored.
 // `prefix` as in LoadedCheckpoint::model_prefix.
-void validate_model_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config,
+void validate_model_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config,
                             const std::string& prefix = "");
 // Checks optimizer.safetensors holds exp_avg and exp_avg_sq for every model tensor, same shapes.
-void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::GPTConfig& config);
+void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config);
 
 // Throws "tensor 'NAME' in FILE holds NaN at element 17 (3 of 4096 elements are not finite)"
 // when any of the n floats is NaN or inf: no checkpoint Trident writes holds one, so a file
 // that does is damaged or comes from a diverged run.
 void check_finite(const float* data, std::int64_t n, const std::string& tensor, const std::string& file);
 
-// Everything a load reads, checked as `ckpt info` promises: config.json is a valid GPT-2
-// config; model.safetensors has every tensor config.json implies, with that shape, readable
+// Everything a load reads, checked as `ckpt info` promises: config.json is a valid config of
+// a supported family; model.safetensors has every tensor config.json implies, with that shape, readable
 // and finite; optimizer.safetensors (when present) has both moments of every parameter,
 // finite, and an integer step no larger than the run's; trident.json (when present) is an
 // object whose "step" is a non-negative integer equal to the directory's step_NNNNNNNN.

@@ -17,7 +17,7 @@
 #include "data/bpe_tokenizer.h"
 #include "data/tokenizer.h"
 #include "kernels/kernels.h"
-#include "nn/gpt.h"
+#include "nn/model.h"
 #include "nn/sampling.h"
 #include "train/memory_check.h"
 
@@ -73,7 +73,7 @@ int run_generate(int argc, char** argv) {
   if (threads > 0) kernels::set_num_threads(threads);
 
   ckpt::LoadedCheckpoint loaded = ckpt::load_checkpoint(ckpt_path);
-  const nn::GPTConfig cfg = loaded.config;
+  const nn::ModelConfig cfg = loaded.config;
   const std::unique_ptr<data::Tokenizer> tokenizer_ptr =
       data::load_tokenizer(tokenizer_dir == data::BpeTokenizer::kDefaultAssetDir ? "gpt2" : tokenizer_dir);
   data::Tokenizer& tokenizer = *tokenizer_ptr;
@@ -92,7 +92,7 @@ int run_generate(int argc, char** argv) {
               format_bytes(need), format_bytes(*avail));
   }
   MemoryTracker tracker;
-  nn::GPT model(cfg);
+  nn::Model model(cfg);
   model.allocate(tracker);
   nn::ParameterSet& ps = model.params();
   for (int id = 0; id < ps.size(); ++id) {
@@ -104,7 +104,7 @@ int run_generate(int argc, char** argv) {
                        loaded.model.path());
     nn::scatter_logical_to_local(info, logical.data(), ps.data(id));
   }
-  nn::GPTActivations acts = model.make_activations(tracker, 1, cfg.n_positions);
+  nn::ModelActivations acts = model.make_activations(tracker, 1, cfg.n_positions);
 
   std::vector<int32_t> tokens = tokenizer.encode(prompt);
   if (tokens.empty()) {

@@ -89,6 +89,14 @@ void gelu_forward(float* out, const float* inp, int64_t n);
 // dinp = gelu'(inp) * dout. dinp may alias dout.
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
 
+// ---- column blocks (separate q, k, v projections <-> the fused rows attention reads) ----
+// out (N, wa + wb + wc) rows = [a row | b row | c row] of a (N, wa), b (N, wb), c (N, wc).
+void pack_columns3(float* out, const float* a, int64_t wa, const float* b, int64_t wb, const float* c,
+                   int64_t wc, int64_t N);
+// The inverse: a, b, c (overwritten) from in (N, wa + wb + wc).
+void unpack_columns3(float* a, int64_t wa, float* b, int64_t wb, float* c, int64_t wc, const float* in,
+                     int64_t N);
+
 // ---- residual ----
 // out = a + b (n elements); out may alias a or b.
 void residual_forward(float* out, const float* a, const float* b, int64_t n);

@@ -63,10 +63,11 @@ void gather_local_to_logical(const ParamInfo& info, const float* local, float* l
   });
 }
 
-int ParameterSet::begin_group(std::string name) {
+int ParameterSet::begin_group(std::string name, GroupRole role) {
   TRI_CHECK(values_.empty(), "parameters registered after allocation");
   if (!group_names_.empty()) group_end_.back() = total_;
   group_names_.push_back(std::move(name));
+  group_roles_.push_back(role);
   group_begin_.push_back(total_);
   group_end_.push_back(total_);
   return num_groups() - 1;
@@ -85,6 +86,27 @@ int ParameterSet::add(ParamInfo info) {
   ids_.emplace(info.name, size());
   infos_.push_back(std::move(info));
   return size() - 1;
+}
+
+int ParameterSet::find_role(ParamRole role) const {
+  for (int id = 0; id < size(); ++id) {
+    if (infos_[static_cast<std::size_t>(id)].role == role) return id;
+  }
+  return -1;
+}
+
+int ParameterSet::find_tied() const {
+  for (int id = 0; id < size(); ++id) {
+    if (infos_[static_cast<std::size_t>(id)].tied) return id;
+  }
+  return -1;
+}
+
+int ParameterSet::find_group(GroupRole role) const {
+  for (int g = 0; g < num_groups(); ++g) {
+    if (group_roles_[static_cast<std::size_t>(g)] == role) return g;
+  }
+  return -1;
 }
 
 int ParameterSet::find(const std::string& name) const {

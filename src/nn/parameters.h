@@ -33,17 +33,38 @@ struct ShardSpec {
   bool is_full() const { return chunks.empty(); }
 };
 
+// What generic code (the decoder model, the pipeline, the reducer, checkpoints) may need to
+// know about a parameter without knowing its name; declared by the architecture (param_decl.h).
+enum class ParamRole {
+  kOther,
+  kTokenEmbedding,     // [vocab, C]; looked up by the embedding; the head's weight when tied
+  kPositionEmbedding,  // [positions, C] learned absolute positions (GPT-2)
+  kFinalNormWeight,
+  kFinalNormBias,
+  kLmHead,             // [vocab, C] an untied output projection
+};
+
 struct ParamInfo {
-  std::string name;      // Hugging Face GPT-2 name, e.g. "h.0.attn.c_attn.weight"
+  std::string name;      // Hugging Face name, e.g. "h.0.attn.c_attn.weight"
   Shape logical_shape;   // as stored in checkpoints
   Shape local_shape;     // what this rank holds
   ShardSpec shard;
   bool weight_decay = false;  // matrices and embeddings decay; biases and LayerNorm do not
   float init_std = 0.0f;      // > 0: normal(0, init_std); otherwise constant init_value
   float init_value = 0.0f;
-  // True when every tensor-parallel rank holds the same values (LayerNorm, row-parallel
-  // biases): the global gradient norm counts such a parameter once, not tp times.
-  bool tp_replicated = true;
+  // Whether this tp rank's copy is the one counted in the global gradient norm and saved:
+  // false on all but one of the tp ranks that hold identical values (a replicated norm, or a
+  // key/value head held by several ranks), so each logical element counts once.
+  bool tp_owner = true;
+  // tp ranks holding this same slice whose gradients are partial and must be summed (key/value
+  // heads replicated because tp > num_key_value_heads); 1 otherwise.
+  int tp_replicas = 1;
+  ParamRole role = ParamRole::kOther;
+  // Used by both the embedding and the LM head (param_decl.h).
+  bool tied = false;
+  // The LM head's copy of a tied parameter on a last stage without the embedding: its
+  // gradient is summed with the embedding's each step; it is never counted or saved.
+  bool tied_copy = false;
   // Filled in by ParameterSet:
   int group = 0;         // layer group (embeddings, h.0, ..., ln_f)
   int64_t offset = 0;    // into the flat buffers
@@ -61,10 +82,15 @@ void scatter_logical_to_local(const ParamInfo& info, const float* logical, float
 // Writes this rank's values into their places in `logical` (padding skipped).
 void gather_local_to_logical(const ParamInfo& info, const float* local, float* logical);
 
+// What a parameter group is, for generic code that treats the embedding and the head apart.
+enum class GroupRole { kEmbedding, kLayer, kHead };
+
 class ParameterSet {
  public:
   // Registration: groups are contiguous in the flat buffers, in registration order.
-  int begin_group(std::string name);
+  int begin_group(std::string name, GroupRole role = GroupRole::kLayer);
+  GroupRole group_role(int g) const { return group_roles_.at(static_cast<std::size_t>(g)); }
+  int find_group(GroupRole role) const;  // the first group with `role`, or -1
   int add(ParamInfo info);  // returns the parameter's id
   // Allocates values and gradients (zeroed) once all parameters are registered.
   void allocate(MemoryTracker& tracker);
@@ -72,6 +98,10 @@ class ParameterSet {
   int size() const { return static_cast<int>(infos_.size()); }
   const ParamInfo& info(int id) const { return infos_.at(static_cast<std::size_t>(id)); }
   const std::vector<ParamInfo>& infos() const { return infos_; }
+  // The first parameter with `role` (the tied copy included), or -1.
+  int find_role(ParamRole role) const;
+  // The parameter declared tied (the embedding or its LM-head copy), or -1.
+  int find_tied() const;
   int find(const std::string& name) const;  // -1 when absent; O(1) (hashed), so registering
                                             // and looking up L layers' parameters is O(L)
 
@@ -103,7 +133,7 @@ class ParameterSet {
   const FloatBuffer& values() const { return values_; }
   const FloatBuffer& grads() const { return grads_; }
 
-  // GPT-2 initialisation from the logical tensors: identical on every layout for one seed.
+  // Initialisation from the logical tensors (each parameter's declared init): identical on every layout for one seed.
   void initialize(uint64_t seed);
   // The same for one parameter (into data(id)).
   void initialize(uint64_t seed, int id);
@@ -115,6 +145,7 @@ class ParameterSet {
   std::vector<ParamInfo> infos_;
   std::unordered_map<std::string, int> ids_;  // name -> id
   std::vector<std::string> group_names_;
+  std::vector<GroupRole> group_roles_;
   std::vector<int64_t> group_begin_, group_end_;
   int64_t total_ = 0;
   FloatBuffer values_, grads_;

@@ -34,17 +34,14 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
   const double cap = options.bucket_mb * 1024.0 * 1024.0 / sizeof(float);
   spans_ = assign_buckets(params, cap < 1.0 ? 1 : static_cast<int64_t>(cap));
   {
-    const int w = params.find("wte.weight");
-    int hg = -1, eg = -1;
-    for (int g = 0; g < params.num_groups(); ++g) {
-      if (params.group_name(g) == "head") hg = g;
-      if (params.group_name(g) == "embeddings") eg = g;
-    }
+    const int w = params.find_tied();
+    const int hg = params.find_group(nn::GroupRole::kHead);
+    const int eg = params.find_group(nn::GroupRole::kEmbedding);
     const nn::ParamInfo* wi = w >= 0 ? &params.info(w) : nullptr;
     tied_split_ = options.zero < 2 && wi && hg >= 0 && wi->group == eg && wi->shard.dim == 0 &&
                   wi->shard.chunks.size() <= 2;
     if (tied_split_) {
-      // wte alone in a bucket: cut the bucket that holds it.
+      // The tied embedding alone in a bucket: cut the bucket that holds it.
       std::vector<BucketSpan> cut;
       for (const BucketSpan& b : spans_) {
         if (w < b.first || w > b.last) {
@@ -77,20 +74,18 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
   group_final_.assign(static_cast<std::size_t>(params.num_groups()), 0);
   // The tied embedding: its group (the embeddings on a first stage) and the head that also
   // reads it and writes its gradient.
-  wte_ = params.find("wte.weight");
-  for (int g = 0; g < params.num_groups(); ++g) {
-    if (params.group_name(g) == "head") head_group_ = g;
-    if (params.group_name(g) == "embeddings") embed_group_ = g;
-  }
-  if (wte_ >= 0) wte_group_ = params.info(wte_).group;
+  tied_ = params.find_tied();
+  head_group_ = params.find_group(nn::GroupRole::kHead);
+  embed_group_ = params.find_group(nn::GroupRole::kEmbedding);
+  if (tied_ >= 0) tied_group_ = params.info(tied_).group;
   if (tied_split_) {
-    wte_bucket_ = bucket_of_[static_cast<std::size_t>(wte_)];
+    tied_bucket_ = bucket_of_[static_cast<std::size_t>(tied_)];
     // Its only producer before the embedding backward is the head.
-    Bucket& b = buckets_[static_cast<std::size_t>(wte_bucket_)];
-    auto& eb = group_buckets_[static_cast<std::size_t>(wte_group_)];
-    eb.erase(std::remove(eb.begin(), eb.end(), wte_bucket_), eb.end());
+    Bucket& b = buckets_[static_cast<std::size_t>(tied_bucket_)];
+    auto& eb = group_buckets_[static_cast<std::size_t>(tied_group_)];
+    eb.erase(std::remove(eb.begin(), eb.end(), tied_bucket_), eb.end());
     b.groups = {head_group_};
-    group_buckets_[static_cast<std::size_t>(head_group_)].push_back(wte_bucket_);
+    group_buckets_[static_cast<std::size_t>(head_group_)].push_back(tied_bucket_);
   }
 
   if (options_.zero >= 2) {
@@ -155,10 +150,10 @@ void DataParallel::ensure_grad_storage(int bi) {
 void DataParallel::launch(Bucket& b) {
   b.launched = true;
   const int64_t n = b.span.hi - b.span.lo;
-  if (tied_split_ && &b - buckets_.data() == wte_bucket_) {
+  if (tied_split_ && &b - buckets_.data() == tied_bucket_) {
     // The embedding backward (still to come) accumulates into a scratch copy from now on.
     tied_scratch_ = FloatBuffer(tracker_, MemCategory::kCommBuffers, static_cast<std::size_t>(n));
-    params_.set_grad_ptr(wte_, tied_scratch_.data());
+    params_.set_grad_ptr(tied_, tied_scratch_.data());
   }
   if (options_.zero < 2) {
     // Sum: every rank's gradient is its rows' share of the global mean.
@@ -228,7 +223,7 @@ void DataParallel::end_micro_batch() {
 }
 
 void DataParallel::finish_tied_rows() {
-  const nn::ParamInfo& w = params_.info(wte_);
+  const nn::ParamInfo& w = params_.info(tied_);
   const int64_t rows = w.local_shape[0], C = rows > 0 ? w.numel / rows : 0;
   // Every dp rank's token ids (same count everywhere), then the union of local rows.
   std::vector<int32_t> all(static_cast<std::size_t>(n_ids_ * layout_.size));
@@ -261,7 +256,7 @@ void DataParallel::finish_tied_rows() {
     const float* add = packed.data() + i * C;
     for (int64_t c = 0; c < C; ++c) row[c] += add[c];
   }
-  params_.set_grad_ptr(wte_, g);
+  params_.set_grad_ptr(tied_, g);
   tied_scratch_.reset();
 }
 
@@ -311,15 +306,15 @@ void DataParallel::before_group_forward(int g) {
 }
 
 void DataParallel::before_group_backward(int g) {
-  // The group whose backward ran before this one is final unless the tied wte is in it
+  // The group whose backward ran before this one is final unless the tied embedding is in it
   // (its gradient gets more from the embedding backward, which reports itself).
-  if (!options_.pipeline && current_bwd_ >= 0 && current_bwd_ != g && current_bwd_ != wte_group_) {
+  if (!options_.pipeline && current_bwd_ >= 0 && current_bwd_ != g && current_bwd_ != tied_group_) {
     group_final(current_bwd_);
   }
   current_bwd_ = g;
   if (options_.zero >= 2) {
     for (int bi : group_buckets_[static_cast<std::size_t>(g)]) ensure_grad_storage(bi);
-    if (g == head_group_ && wte_ >= 0 && wte_group_ != g) ensure_grad_storage(bucket_of_[static_cast<std::size_t>(wte_)]);
+    if (g == head_group_ && tied_ >= 0 && tied_group_ != g) ensure_grad_storage(bucket_of_[static_cast<std::size_t>(tied_)]);
   }
   if (options_.zero < 3) return;
   std::vector<int> keep = values_needed(g, true);
@@ -340,7 +335,7 @@ std::vector<int> DataParallel::values_needed(int g, bool backward) const {
   // The embedding backward reads no parameter values (lookups' gradients need only the ids).
   if (backward && g == embed_group_) return {};
   std::vector<int> v{g};
-  if (g == head_group_ && wte_group_ >= 0 && wte_group_ != g) v.push_back(wte_group_);
+  if (g == head_group_ && tied_group_ >= 0 && tied_group_ != g) v.push_back(tied_group_);
   return v;
 }
 

@@ -1,6 +1,6 @@
 // Data parallelism over the dp group: DDP's bucketed gradient reduction overlapping backward,
 // and ZeRO stages 1-3 (Rajbhandari et al. 2020) on the same buckets. Implements nn::ModelHooks,
-// so nn::GPT tells it when a layer group's backward begins and ends; the engine drives the step
+// so nn::Model tells it when a layer group's backward begins and ends; the engine drives the step
 // (begin_step, begin/end_micro_batch, optimizer_step). Tensor and pipeline parallelism are left
 // to the engine: everything here is over one dp group of one (tp, pp) coordinate.
 //
@@ -14,15 +14,15 @@
 // with N > 2 results can differ in the last bits).
 //
 // When a group's gradients are final: GPT calls after_group_backward(g) when g is done, but
-// on one stage with both ends it reports the head group only after embed_backward (wte lives
+// on one stage with both ends it reports the head group only after embed_backward (the tied embedding lives
 // in the embedding group and its gradient gets the head's part first). ln_f's gradient is
-// final as soon as the next group's backward begins, so a group without the tied wte is also
+// final as soon as the next group's backward begins, so a group without the tied embedding is also
 // marked final at the next before_group_backward; otherwise the bucket holding ln_f and the
 // last blocks would wait for the whole backward.
 //
-// The tied wte (stages 0-1, embedding and head on this rank): its gradient is dense from the
+// The tied embedding (stages 0-1, embedding and head on this rank): its gradient is dense from the
 // head but final only after the embedding backward, the very last step of backward, and it is
-// the largest tensor (2/3 of GPT-2 small). So wte is a bucket of its own, reduced as soon as
+// the largest tensor (2/3 of GPT-2 small). So the tied embedding is a bucket of its own, reduced as soon as
 // the head's part is final (overlapping the blocks' backward), while the embedding backward
 // writes into a scratch copy; afterwards only the scratch rows of tokens some dp rank looked up
 // (the union of the ids, all_gathered) are summed over dp and added. Same sums, other order.
@@ -90,7 +90,7 @@ class DataParallel : public nn::ModelHooks {
 
   // ---- the step ----
   void begin_step();  // zeroes gradients, resets timers
-  // The micro-batch's token ids (this rank's rows), for the tied wte's sparse rows.
+  // The micro-batch's token ids (this rank's rows), for the tied embedding's sparse rows.
   void set_tokens(const int32_t* ids, int64_t n) { ids_ = ids, n_ids_ = n; }
   // `last`: gradients are communicated (stage 0/1) on the last micro-batch only.
   void begin_micro_batch(bool last);
@@ -145,7 +145,7 @@ class DataParallel : public nn::ModelHooks {
   void retire(Bucket& b);  // stages 2-3: wait, add into the shard, free the bucket
   void ensure_grad_storage(int bucket);
   void wait(comm::Work& w);
-  void finish_tied_rows();  // the sparse wte rows of the embedding backward
+  void finish_tied_rows();  // the sparse the tied embedding rows of the embedding backward
   // Stage 3 gathering.
   std::vector<int> values_needed(int g, bool backward) const;
   void issue_gather(int g);
@@ -166,10 +166,10 @@ class DataParallel : public nn::ModelHooks {
   std::deque<int> in_flight_;  // stages 2-3: launched, not yet retired, in launch order
   int current_bwd_ = -1;
   bool armed_ = false;  // this micro-batch communicates
-  int wte_ = -1, wte_group_ = -1, head_group_ = -1, embed_group_ = -1;
-  bool tied_split_ = false;    // the wte treatment above is on
-  int wte_bucket_ = -1;
-  FloatBuffer tied_scratch_;  // the embedding backward's wte gradient while wte is reduced
+  int tied_ = -1, tied_group_ = -1, head_group_ = -1, embed_group_ = -1;
+  bool tied_split_ = false;    // the tied-embedding treatment above is on
+  int tied_bucket_ = -1;
+  FloatBuffer tied_scratch_;  // the embedding backward's the tied embedding gradient while the tied embedding is reduced
   const int32_t* ids_ = nullptr;
   int64_t n_ids_ = 0;
   FloatBuffer shard_values_;  // stage 3

@@ -10,6 +10,7 @@
 
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "nn/architecture.h"
 #include "optim/grad_clip.h"
 #include "parallel/pipeline/partition.h"
 #include "parallel/tensor_parallel_comm.h"
@@ -22,7 +23,7 @@ namespace {
 constexpr int kEvalTag = 1;
 }  // namespace
 
-Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOptions& options,
+Engine::Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOptions& options,
                MemoryTracker& tracker, int64_t global_batch, int64_t seq_len)
     : mesh_(mesh), config_(config), options_(options), tracker_(tracker),
       global_batch_(global_batch), seq_len_(seq_len) {
@@ -47,7 +48,7 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
             options.zero);
 
   // Tensor parallelism: the model issues its tp collectives on the mesh's tp group; the step
-  // needs nothing else (replicated parameters counted once below; see nn/gpt.h).
+  // needs nothing else (replicated parameters counted once below; see nn/model.h).
   nn::TpContext tp;
   if (shape.tp > 1) {
     tp_comm_ = std::make_unique<CommTensorParallel>(mesh_.tp());
@@ -68,12 +69,12 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
     po.virtual_stages = V;
     if (options_.balance_stages) {
       // Costs in transformer layers, from forward FLOPs per token (backward scales alike): a
-      // block does 24 C^2 + 4 T C (its matmuls and causal attention), the LM head 2 C V; the
-      // embedding is a lookup (negligible).
-      const double C = static_cast<double>(config_.n_embd), T = static_cast<double>(seq_len_);
+      // layer as its declaration counts it, the LM head 2 C V; the embedding is a lookup
+      // (negligible).
+      const double layer = nn::layer_forward_flops(config_, 1, 1, seq_len_) / static_cast<double>(seq_len_);
       po.balance_cost = true;
       po.embedding_cost = 0.0;
-      po.head_cost = static_cast<double>(config_.vocab_size) / (12.0 * C + 2.0 * T);
+      po.head_cost = 2.0 * config_.n_embd * static_cast<double>(config_.vocab_size) / layer;
     }
     const pp::Partition part = pp::partition_layers(config_.n_layer, po);
     partition_text_ = part.describe();
@@ -89,7 +90,7 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
   }
   for (const nn::StageSpec& st : stages) {
     Chunk c;
-    c.model = std::make_unique<nn::GPT>(config_, tp, st);
+    c.model = std::make_unique<nn::Model>(config_, tp, st);
     c.model->allocate(tracker_);
     if (shape.dp > 1 || options_.zero > 0) {
       c.dp = std::make_unique<DataParallel>(
@@ -109,7 +110,7 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
     targets_.resize(ids_.size());
     return;
   }
-  std::vector<nn::GPT*> models;
+  std::vector<nn::Model*> models;
   for (Chunk& c : chunks_) models.push_back(c.model.get());
   pp::ExecutorOptions eo;
   eo.micro_batch_rows = micro_rows_;
@@ -122,7 +123,9 @@ Engine::Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOption
   for (Chunk& c : chunks_) eval_acts_.push_back(c.model->make_activations(tracker_, micro_rows_, seq_len_));
   mb_ids_.assign(static_cast<std::size_t>(micro_batches_), std::vector<int32_t>(static_cast<std::size_t>(micro_rows_ * seq_len_)));
   mb_targets_ = mb_ids_;
-  // The tied embedding's group: first and last stage, same tp coordinate, every dp rank.
+  // The tied embedding's group: first and last stage, same tp coordinate, every dp rank
+  // (none when nothing is tied: an untied head's gradient is its own stage's).
+  if (!nn::has_tied_embedding(config_)) return;
   const int p = mesh_.coord().pp;
   const bool on_end = p == 0 || p == shape.pp - 1;
   MPI_Comm_split(mesh_.world().mpi_comm(), on_end ? mesh_.coord().tp : MPI_UNDEFINED, mesh_.rank(),
@@ -163,10 +166,9 @@ void Engine::initialize(uint64_t seed) {
 
 bool Engine::owns_for_reduction(const Chunk& c, int id) const {
   const nn::ParamInfo& info = c.model->params().info(id);
-  if (info.tp_replicated && mesh_.coord().tp != 0) return false;
+  if (!info.tp_owner) return false;
   // The last stage's copy of the tied embedding mirrors the first stage's.
-  if (info.name == "wte.weight" && !c.model->stage().has_embedding) return false;
-  return true;
+  return !info.tied_copy;
 }
 
 double Engine::local_unique_grad_sumsq() const {
@@ -200,15 +202,15 @@ double Engine::reduce_loss(double local_loss_sum) {
 }
 
 void Engine::sum_tied_embedding_grads() {
-  // After the dp reduction: first-stage wte gradient + last-stage copy's, on both. Every rank
+  // After the dp reduction: first-stage tied-embedding gradient + last-stage copy's, on both. Every rank
   // of the group contributes the elements it owns after the dp reduction -- its ZeRO-2/3
   // shard, or (stages 0-1, replicated over dp) dp rank 0 everything -- so the sum counts each
   // stage's gradient once and every rank reads back the elements it holds.
   if (!tied_group_) return;
   const Chunk& c = mesh_.coord().pp == 0 ? chunks_.front() : chunks_.back();
   nn::ParameterSet& ps = c.model->params();
-  const int id = ps.find("wte.weight");
-  TRI_CHECK(id >= 0, "stage {} holds no wte.weight to tie", mesh_.coord().pp);
+  const int id = ps.find_tied();
+  TRI_CHECK(id >= 0, "stage {} holds no tied embedding", mesh_.coord().pp);
   const nn::ParamInfo& info = ps.info(id);
   std::vector<float> sum(static_cast<std::size_t>(info.numel), 0.0f);
   float* shard = c.dp ? c.dp->shard_grads() : nullptr;
@@ -317,8 +319,8 @@ double Engine::pipeline_eval_micro_batch(const int32_t* ids, const int32_t* targ
   for (int s = 0; s < S; ++s) {
     if (s % P != me) continue;
     const auto k = static_cast<std::size_t>(s / P);
-    nn::GPT& model = *chunks_[k].model;
-    nn::GPTActivations& acts = eval_acts_[k];
+    nn::Model& model = *chunks_[k].model;
+    nn::ModelActivations& acts = eval_acts_[k];
     const auto n = static_cast<std::size_t>(model.local_rows(B * T) * config_.n_embd);
     if (s == 0) {
       model.embed_forward(acts, ids, B, T);
@@ -369,7 +371,7 @@ void assemble_logical(comm::Mesh& mesh, const nn::ParamInfo& info, const float* 
 }  // namespace
 
 Engine::OwnedParam Engine::owned_param(const std::string& name) {
-  // At most one chunk of a rank counts a parameter (the last stage's wte copy never does).
+  // At most one chunk of a rank counts a parameter (the last stage's tied copy never does).
   for (Chunk& c : chunks_) {
     const int id = c.model->params().find(name);
     if (id >= 0 && owns_for_reduction(c, id)) return {&c, id};

@@ -14,7 +14,7 @@
 
 #include "comm/mesh.h"
 #include "core/memory.h"
-#include "nn/gpt.h"
+#include "nn/model.h"
 #include "optim/adamw.h"
 #include "parallel/ddp_reducer.h"
 #include "parallel/pipeline/executor.h"
@@ -52,7 +52,7 @@ struct StepStats {
 class Engine {
  public:
   // global_batch rows of seq_len tokens per step, split over dp and then micro-batches.
-  Engine(comm::Mesh& mesh, const nn::GPTConfig& config, const EngineOptions& options,
+  Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOptions& options,
          MemoryTracker& tracker, int64_t global_batch, int64_t seq_len);
   ~Engine();
 
@@ -69,7 +69,7 @@ class Engine {
   void gather_optimizer_state(const std::string& name, const Shape& logical_shape, int kind,
                               float* out);
   // Every rank passes the full logical tensor and keeps its slice (in every chunk that holds
-  // the parameter: the tied wte lives on the first and the last stage). Not collective.
+  // the parameter: the tied embedding lives on the first and the last stage). Not collective.
   void load_param(const std::string& name, const float* logical);
   void load_optimizer_state(const std::string& name, int kind, const float* logical);
   int64_t optimizer_step() const;
@@ -80,11 +80,11 @@ class Engine {
   // all are finite.
   std::string find_nonfinite_state();
 
-  const nn::GPTConfig& config() const { return config_; }
+  const nn::ModelConfig& config() const { return config_; }
   // This rank's first model chunk (the whole model when pp == 1).
-  nn::GPT& model() { return *chunks_.front().model; }
+  nn::Model& model() { return *chunks_.front().model; }
   int num_chunks() const { return static_cast<int>(chunks_.size()); }
-  nn::GPT& chunk_model(int c) { return *chunks_.at(static_cast<std::size_t>(c)).model; }
+  nn::Model& chunk_model(int c) { return *chunks_.at(static_cast<std::size_t>(c)).model; }
   comm::Mesh& mesh() { return mesh_; }
   MemoryTracker& tracker() { return tracker_; }
   int64_t micro_batch_rows() const { return micro_rows_; }
@@ -100,7 +100,7 @@ class Engine {
  private:
   // One model chunk this rank holds, with its data-parallel reducer and optimizer.
   struct Chunk {
-    std::unique_ptr<nn::GPT> model;
+    std::unique_ptr<nn::Model> model;
     std::unique_ptr<DataParallel> dp;  // after model: destroyed first
     std::unique_ptr<optim::AdamW> adamw;
   };
@@ -127,7 +127,7 @@ class Engine {
   double pipeline_eval_micro_batch(const int32_t* ids, const int32_t* targets);
 
   comm::Mesh& mesh_;
-  nn::GPTConfig config_;
+  nn::ModelConfig config_;
   EngineOptions options_;
   MemoryTracker& tracker_;
   int64_t global_batch_, seq_len_, rank_rows_, micro_rows_;
@@ -139,8 +139,8 @@ class Engine {
   // the tied embedding's two gradients are summed. Null unless pp > 1 and this rank is on one.
   std::unique_ptr<comm::Communicator> tied_group_;
   MPI_Comm tied_comm_ = MPI_COMM_NULL;
-  nn::GPTActivations acts_;                   // pp == 1: the micro-batch loop's activations
-  std::vector<nn::GPTActivations> eval_acts_;  // pp > 1: per chunk, for evaluation
+  nn::ModelActivations acts_;                   // pp == 1: the micro-batch loop's activations
+  std::vector<nn::ModelActivations> eval_acts_;  // pp > 1: per chunk, for evaluation
   std::string partition_text_;  // pp > 1: which layers each stage holds, for start-up logs
   std::vector<int32_t> ids_, targets_;
   std::vector<std::vector<int32_t>> mb_ids_, mb_targets_;  // pp > 1: the step's micro-batches

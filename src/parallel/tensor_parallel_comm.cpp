@@ -1,6 +1,8 @@
 // TensorParallelComm over comm::Communicator, and tp validation.
 #include "parallel/tensor_parallel_comm.h"
 
+#include "nn/architecture.h"
+
 #include <numeric>
 
 #include "core/check.h"
@@ -34,7 +36,7 @@ void CommTensorParallel::all_gather(const float* in, float* out, std::span<const
                       std::span<float>(out, static_cast<std::size_t>(total)), counts).wait();
 }
 
-void validate_tensor_parallel(const nn::GPTConfig& cfg, int tp, int world_size) {
+void validate_tensor_parallel(const nn::ModelConfig& cfg, int tp, int world_size) {
   TRI_CHECK(tp >= 1, "tp must be at least 1, got {}", tp);
   TRI_CHECK(tp <= world_size,
             "tp ({}) is larger than the world size ({}): tensor parallelism splits each layer over "
@@ -43,14 +45,7 @@ void validate_tensor_parallel(const nn::GPTConfig& cfg, int tp, int world_size) 
   TRI_CHECK(world_size % tp == 0,
             "the world size ({}) is not a multiple of tp ({}); use a tp that divides {}", world_size,
             tp, world_size);
-  TRI_CHECK(cfg.n_head % tp == 0,
-            "n_head ({}) is not divisible by tp ({}): tensor parallelism gives each rank whole "
-            "attention heads; choose a tp that divides {}",
-            cfg.n_head, tp, cfg.n_head);
-  TRI_CHECK((4 * static_cast<int64_t>(cfg.n_embd)) % tp == 0,
-            "the MLP width 4*n_embd ({}) is not divisible by tp ({}): mlp.c_fc is split by columns; "
-            "choose a tp that divides {}",
-            4 * static_cast<int64_t>(cfg.n_embd), tp, 4 * static_cast<int64_t>(cfg.n_embd));
+  nn::check_tensor_parallel_split(cfg, tp);
 }
 
 nn::TpContext make_tp_context(nn::TensorParallelComm& comm, bool sequence_parallel) {

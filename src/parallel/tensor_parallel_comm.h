@@ -1,12 +1,12 @@
 // nn::TensorParallelComm over a comm::Communicator (the mesh's tp group): the collectives the
 // tensor-parallel model issues, as blocking calls. Also the start-up validation of a tp size
-// against the model shape and the world. What the engine must do for tp: see nn/gpt.h.
+// against the model shape and the world. What the engine must do for tp: see nn/model.h.
 #pragma once
 
 #include <memory>
 
 #include "comm/communicator.h"
-#include "nn/gpt_config.h"
+#include "nn/model_config.h"
 #include "nn/tensor_parallel.h"
 
 namespace trident::parallel {
@@ -27,9 +27,9 @@ class CommTensorParallel final : public nn::TensorParallelComm {
 
 // Throws trident::Error with what to change when `tp` cannot split this model on `world`
 // ranks: tp < 1 or > world, world % tp != 0, n_head or the MLP width 4*n_embd not divisible.
-void validate_tensor_parallel(const nn::GPTConfig& cfg, int tp, int world_size);
+void validate_tensor_parallel(const nn::ModelConfig& cfg, int tp, int world_size);
 
-// The context to construct nn::GPT with: rank and size from `group`, collectives via `comm`
+// The context to construct nn::Model with: rank and size from `group`, collectives via `comm`
 // (which must outlive the model).
 nn::TpContext make_tp_context(nn::TensorParallelComm& comm, bool sequence_parallel);
 

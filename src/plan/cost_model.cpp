@@ -11,7 +11,8 @@
 #include "core/rng.h"
 #include "core/timer.h"
 #include "kernels/kernels.h"
-#include "nn/gpt.h"
+#include "nn/model.h"
+#include "nn/architecture.h"
 #include "parallel/pipeline/partition.h"
 #include "parallel/pipeline/simulator.h"
 #include "plan/memory_model.h"
@@ -19,14 +20,11 @@
 namespace trident::plan {
 
 // ---- work formulas ----
-double block_forward_flops(const nn::GPTConfig& m, int tp, int64_t B, int64_t T) {
-  const double N = static_cast<double>(B * T), C = m.n_embd;
-  // qkv 3C^2 + proj C^2 + fc 4C^2 + fcproj 4C^2 multiply-adds per token; QK^T and AV
-  // 2 * T * C each per token (counted non-causal); all split over tp.
-  return (2.0 * N * 12.0 * C * C + 4.0 * static_cast<double>(B) * T * T * C) / tp;
+double block_forward_flops(const nn::ModelConfig& m, int tp, int64_t B, int64_t T) {
+  return nn::layer_forward_flops(m, tp, B, T);  // from the architecture's declaration
 }
 
-double head_flops(const nn::GPTConfig& m, int tp, int64_t B, int64_t T) {
+double head_flops(const nn::ModelConfig& m, int tp, int64_t B, int64_t T) {
   return 6.0 * static_cast<double>(B * T) * m.n_embd * static_cast<double>(m.padded_vocab(tp)) / tp;
 }
 
@@ -71,7 +69,7 @@ double time_best(F&& fn, double budget = 0.25) {
 
 }  // namespace
 
-MeasuredComputeModel::MeasuredComputeModel(const nn::GPTConfig& m, int threads)
+MeasuredComputeModel::MeasuredComputeModel(const nn::ModelConfig& m, int threads)
     : m_(m), threads_(std::max(1, threads)) {}
 
 // Alone: the best of a few runs. Together (sync_): all ranks start at once and run the piece
@@ -97,11 +95,11 @@ const MeasuredComputeModel::BlockTimes& MeasuredComputeModel::block(int tp, bool
   Stopwatch total;
   kernels::set_num_threads(threads_);
   auto comm = make_null_tp_comm(0, tp);
-  nn::GPT g(m_, nn::TpContext{0, tp, tp > 1 ? comm.get() : nullptr, sp}, nn::StageSpec{0, 1, false, false});
+  nn::Model g(m_, nn::TpContext{0, tp, tp > 1 ? comm.get() : nullptr, sp}, nn::StageSpec{0, 1, false, false});
   MemoryTracker tracker;
   g.allocate(tracker);
   g.params().initialize(1);
-  nn::GPTActivations acts = g.make_activations(tracker, Bc, Tc);
+  nn::ModelActivations acts = g.make_activations(tracker, Bc, Tc);
   const int64_t rows = g.local_rows(Bc * Tc) * m_.n_embd;
   fill_small(acts.stage_input(), rows, 1);
   const double fwd = time_piece([&] { g.blocks_forward(acts, Bc, Tc); }, 0.25);
@@ -129,10 +127,10 @@ const MeasuredComputeModel::EndTimes& MeasuredComputeModel::ends(int tp, bool sp
   std::vector<int32_t> ids(static_cast<std::size_t>(N));
   for (int64_t i = 0; i < N; ++i) ids[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 7919) % m_.vocab_size);
 
-  nn::GPT emb(m_, ctx, nn::StageSpec{0, 0, true, false});
+  nn::Model emb(m_, ctx, nn::StageSpec{0, 0, true, false});
   emb.allocate(tracker);
   emb.params().initialize(1);
-  nn::GPTActivations ea = emb.make_activations(tracker, Bc, Tc);
+  nn::ModelActivations ea = emb.make_activations(tracker, Bc, Tc);
   const double efwd = time_piece([&] { emb.embed_forward(ea, ids.data(), Bc, Tc); }, 0.05);
   const int64_t rows = emb.local_rows(N) * m_.n_embd;
   std::vector<float> dout(static_cast<std::size_t>(rows));
@@ -142,10 +140,10 @@ const MeasuredComputeModel::EndTimes& MeasuredComputeModel::ends(int tp, bool sp
     emb.embed_backward(ea, Bc, Tc);
   }, 0.05);
 
-  nn::GPT head(m_, ctx, nn::StageSpec{m_.n_layer, m_.n_layer, false, true});
+  nn::Model head(m_, ctx, nn::StageSpec{m_.n_layer, m_.n_layer, false, true});
   head.allocate(tracker);
   head.params().initialize(1);
-  nn::GPTActivations ha = head.make_activations(tracker, Bc, Tc);
+  nn::ModelActivations ha = head.make_activations(tracker, Bc, Tc);
   fill_small(ha.stage_output(), rows, 4);
   const double h = time_piece([&] {
     head.head_forward_backward(ha, ids.data(), Bc, Tc, 1.0f / static_cast<float>(N));
@@ -231,7 +229,7 @@ struct TpCosts {
 // Tensor-parallel collectives of one micro-batch (Megatron: two allreduces of (N, C) per
 // block forward and two backward; sequence parallelism swaps each for a reduce-scatter +
 // all-gather pair of the same bytes and re-gathers the LayerNorm outputs in backward).
-TpCosts tp_costs(const CommModel& cm, const nn::GPTConfig& m, int tp, bool sp, int64_t N) {
+TpCosts tp_costs(const CommModel& cm, const nn::ModelConfig& m, int tp, bool sp, int64_t N) {
   TpCosts c;
   if (tp <= 1) return c;
   const double act = 4.0 * static_cast<double>(N) * m.n_embd;
@@ -260,7 +258,7 @@ double dp_traffic(const CommModel& cm, int zero, int dp, int M, double psi) {
 
 StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeModel& compute,
                             const MachineModel& machine) {
-  const nn::GPTConfig& m = req.model;
+  const nn::ModelConfig& m = req.model;
   const int64_t B = req.batch_size / l.dp / l.micro_batches, T = req.seq_len, N = B * T;
   const int tp = l.tp, M = l.micro_batches, V = l.virtual_stages;
   const bool sp = l.sequence_parallel && tp > 1;
@@ -280,7 +278,7 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
 
   pp::CostModel costs;
   costs.comm = l.pp > 1 ? cm.p2p(4.0 * static_cast<double>(Nl) * m.n_embd) : 0;
-  costs.tied = cm.allreduce(4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd, 2);
+  costs.tied = nn::has_tied_embedding(m) ? cm.allreduce(4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd, 2) : 0.0;
   std::vector<double> cpu_work(static_cast<std::size_t>(l.pp)), bwd_one(static_cast<std::size_t>(l.pp));
   for (int r = 0; r < l.pp; ++r) {
     costs.forward_by_chunk.emplace_back();
@@ -327,7 +325,7 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     const double psi = static_cast<double>(mem.params_by_pp_rank[i]);
     const double dp_comm = dp_traffic(cm, l.zero, l.dp, M, psi);
     // What cannot hide behind backward: the bucket finished last (the embedding's, which
-    // holds wte, on the first stage) and whatever exceeds the backward it overlaps with
+    // holds the tied embedding, on the first stage) and whatever exceeds the backward it overlaps with
     // (the last micro-batch's for ZeRO 0/1; the whole step's for 2/3, which talk every
     // micro-batch).
     const double window = machine.overlap ? (l.zero >= 2 ? busy[i] : bwd_one[i]) : 0;

@@ -12,7 +12,7 @@
 #include <string>
 #include <tuple>
 
-#include "nn/gpt_config.h"
+#include "nn/model_config.h"
 #include "plan/layout.h"
 
 namespace trident::plan {
@@ -34,13 +34,13 @@ class ComputeModel {
 
 // Work of each piece in the units the rates below use (FLOPs, or token-channels for the
 // embedding, or elements for the optimizer).
-double block_forward_flops(const nn::GPTConfig& m, int tp, int64_t B, int64_t T);
-double head_flops(const nn::GPTConfig& m, int tp, int64_t B, int64_t T);  // forward + backward
+double block_forward_flops(const nn::ModelConfig& m, int tp, int64_t B, int64_t T);
+double head_flops(const nn::ModelConfig& m, int tp, int64_t B, int64_t T);  // forward + backward
 
 // Everything at one FLOP rate (backward = 2x forward): for tests and --flops.
 class FlopComputeModel final : public ComputeModel {
  public:
-  FlopComputeModel(const nn::GPTConfig& m, double flops_per_s, double bytes_per_s = 10e9)
+  FlopComputeModel(const nn::ModelConfig& m, double flops_per_s, double bytes_per_s = 10e9)
       : m_(m), flops_(flops_per_s), bytes_(bytes_per_s) {}
   double block_forward(int tp, bool, int64_t B, int64_t T) override;
   double block_backward(int tp, bool sp, int64_t B, int64_t T) override {
@@ -54,7 +54,7 @@ class FlopComputeModel final : public ComputeModel {
   double optimizer(int64_t elements) override;
 
  private:
-  nn::GPTConfig m_;
+  nn::ModelConfig m_;
   double flops_, bytes_;
 };
 
@@ -71,14 +71,14 @@ class TimingSync {
   virtual double core_share() const = 0;
 };
 
-// Times the real model pieces (nn::GPT forward/backward of one block, the embedding and the
+// Times the real model pieces (nn::Model forward/backward of one block, the embedding and the
 // head, at the tp slice's widths, tp communication replaced by no-ops) and AdamW on this
 // machine with `threads` threads, once per (tp, sp, shape) when first asked, and scales to
 // other shapes by the FLOP formulas. Calibration shapes are capped (<= 2048 tokens per
 // block, <= 256 for the head, which is linear in tokens) so planning gpt2 stays quick.
 class MeasuredComputeModel final : public ComputeModel {
  public:
-  MeasuredComputeModel(const nn::GPTConfig& m, int threads);
+  MeasuredComputeModel(const nn::ModelConfig& m, int threads);
   double block_forward(int tp, bool sp, int64_t B, int64_t T) override;
   double block_backward(int tp, bool sp, int64_t B, int64_t T) override;
   double embed_forward(int tp, bool sp, int64_t B, int64_t T) override;
@@ -98,7 +98,7 @@ class MeasuredComputeModel final : public ComputeModel {
   struct EndTimes { double embed_fwd, embed_bwd, head; int64_t B, T; };
   const BlockTimes& block(int tp, bool sp, int64_t B, int64_t T);
   const EndTimes& ends(int tp, bool sp, int64_t T);
-  nn::GPTConfig m_;
+  nn::ModelConfig m_;
   int threads_;
   std::map<std::tuple<int, bool, int64_t, int64_t>, BlockTimes> blocks_;
   std::map<std::tuple<int, bool, int64_t>, EndTimes> ends_;

@@ -49,7 +49,7 @@ std::vector<int> divisors(int64_t n) {
 }
 
 // The engine's and pipeline's own checks, as a reason string ("" when valid).
-std::string pipeline_reason(const nn::GPTConfig& m, const Layout& l) {
+std::string pipeline_reason(const nn::ModelConfig& m, const Layout& l) {
   try {
     pp::ScheduleSpec spec{l.schedule, l.pp, l.micro_batches, l.virtual_stages};
     spec.validate();
@@ -64,7 +64,7 @@ std::string pipeline_reason(const nn::GPTConfig& m, const Layout& l) {
 
 std::vector<Candidate> enumerate_layouts(const PlanRequest& r) {
   validate_request(r);
-  const nn::GPTConfig& m = r.model;
+  const nn::ModelConfig& m = r.model;
   std::vector<Candidate> out;
   auto reject = [&](Layout l, std::string why) { out.push_back({l, false, std::move(why)}); };
   for (int pp : divisors(r.world)) {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "nn/gpt_config.h"
+#include "nn/model_config.h"
 #include "parallel/pipeline/schedule.h"
 
 namespace trident::plan {
@@ -35,7 +35,7 @@ struct Layout {
 
 // What the planner is asked about: the model, the world and the batch.
 struct PlanRequest {
-  nn::GPTConfig model;
+  nn::ModelConfig model;
   int world = 1;
   int64_t batch_size = 8;  // global sequences per optimizer step
   int64_t seq_len = 64;    // T

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "nn/architecture.h"
 #include "parallel/pipeline/partition.h"
 
 namespace trident::plan {
@@ -39,14 +40,14 @@ std::unique_ptr<nn::TensorParallelComm> make_null_tp_comm(int rank, int size) {
   return std::make_unique<NullTpComm>(rank, size);
 }
 
-RankChunks build_rank_chunks(const nn::GPTConfig& model, const Layout& layout, int rank) {
+RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout, int rank) {
   RankChunks rc;
   rc.tp_comm = make_null_tp_comm(0, layout.tp);
   nn::TpContext tp{0, layout.tp, layout.tp > 1 ? rc.tp_comm.get() : nullptr,
                    layout.sequence_parallel && layout.tp > 1};
   const pp::Partition part = pp::partition_layers(model.n_layer, {layout.pp, layout.virtual_stages});
   for (int c = 0; c < layout.virtual_stages; ++c) {
-    rc.chunks.push_back(std::make_unique<nn::GPT>(model, tp, part.chunk(rank, c)));
+    rc.chunks.push_back(std::make_unique<nn::Model>(model, tp, part.chunk(rank, c)));
   }
   return rc;
 }
@@ -62,9 +63,9 @@ std::vector<int> peak_live_per_chunk(const pp::ScheduleSpec& spec, int rank) {
 }
 
 MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
-  const nn::GPTConfig& m = req.model;
+  const nn::ModelConfig& m = req.model;
   const int64_t B = req.batch_size / l.dp / l.micro_batches, T = req.seq_len, N = B * T;
-  const int64_t C = m.n_embd, Cl = C / l.tp;
+  const int64_t C = m.n_embd;
   const int64_t dp = l.dp;
   const pp::ScheduleSpec spec{l.schedule, l.pp, l.micro_batches, l.virtual_stages};
   const double bucket_elems = req.bucket_mb * 1024.0 * 1024.0 / 4.0;
@@ -76,7 +77,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     int64_t psi = 0, max_param = 0, max_group = 0;
     double act_floats = 0, work_floats = 0;
     for (std::size_t c = 0; c < rc.chunks.size(); ++c) {
-      const nn::GPT& g = *rc.chunks[c];
+      const nn::Model& g = *rc.chunks[c];
       const nn::ParameterSet& ps = g.params();
       psi += ps.total_numel();
       for (const nn::ParamInfo& p : ps.infos()) max_param = std::max(max_param, p.numel);
@@ -84,14 +85,12 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
         max_group = std::max(max_group, ps.group_end(gi) - ps.group_begin(gi));
       }
       act_floats += static_cast<double>(live[c]) * static_cast<double>(g.activation_floats(B, T));
-      // GPT::ensure_scratch: residual grad + BlockScratch (+ sequence-parallel buffers,
-      // + the vocab-parallel loss sums).
-      double w = static_cast<double>(N * C + N * C + N * 3 * Cl + N * Cl + N * 4 * Cl);
-      if (g.tp().sp()) w += static_cast<double>(2 * N * C + g.local_rows(N) * C + 4 * C);
-      if (l.tp > 1) w += static_cast<double>(3 * N);
-      // DataParallel's scratch copy of the tied wte gradient (ZeRO 0/1, embedding and head on
+      // Model::ensure_scratch: residual grad, shared and layer scratch, vocab-parallel sums.
+      double w = static_cast<double>(g.workspace_floats(N));
+      // DataParallel's scratch copy of the tied embedding gradient (ZeRO 0/1, embedding and head on
       // one rank): the embedding's part waits there while the head's part is reduced.
-      if ((l.dp > 1 || l.zero > 0) && l.zero < 2 && g.stage().has_embedding && g.stage().has_head) {
+      if ((l.dp > 1 || l.zero > 0) && l.zero < 2 && g.stage().has_embedding && g.stage().has_head &&
+          nn::has_tied_embedding(m)) {
         w += static_cast<double>(m.padded_vocab(l.tp) / l.tp * C);
       }
       work_floats += w;

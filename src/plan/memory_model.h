@@ -1,13 +1,13 @@
 // Predicted bytes per rank, by category, for a layout: parameters, gradients and AdamW state
 // from the parameter count of each pipeline rank's model chunks (the embedding on the first
-// stage, the tied head's copy of wte on the last, blocks split by pp::partition_layers, tp
+// stage, the tied head's copy of the tied embedding on the last, blocks split by pp::partition_layers, tp
 // slices of the padded vocabulary), sharded over dp by the ZeRO stage (ddp_reducer.h):
 //   stage 0: 4Ψ + 4Ψ + 8Ψ     1: 4Ψ + 4Ψ + 8Ψ/N     2: 4Ψ + 4Ψ/N + 8Ψ/N     3: 16Ψ/N
 // plus the step's working sets (ZeRO-2/3: two gradient buckets in flight; ZeRO-3: the gathered
 // values of the current and the prefetched layer group). Activations: the model's own formula
-// (nn::GPT::activation_floats) per micro-batch and chunk, times the most micro-batches the
+// (nn::Model::activation_floats) per micro-batch and chunk, times the most micro-batches the
 // schedule holds live on that chunk (GPipe: M; 1F1B: min(pp - rank, M)); workspace: the
-// backward scratch each chunk allocates. The counts come from constructing the same nn::GPT
+// backward scratch each chunk allocates. The counts come from constructing the same nn::Model
 // objects the engine builds (construction allocates nothing).
 #pragma once
 
@@ -15,7 +15,7 @@
 #include <memory>
 #include <vector>
 
-#include "nn/gpt.h"
+#include "nn/model.h"
 #include "plan/layout.h"
 
 namespace trident::plan {
@@ -43,9 +43,9 @@ std::vector<int> peak_live_per_chunk(const pp::ScheduleSpec& spec, int rank);
 // long as the returned object). Nothing is allocated.
 struct RankChunks {
   std::unique_ptr<nn::TensorParallelComm> tp_comm;
-  std::vector<std::unique_ptr<nn::GPT>> chunks;
+  std::vector<std::unique_ptr<nn::Model>> chunks;
 };
-RankChunks build_rank_chunks(const nn::GPTConfig& model, const Layout& layout, int rank);
+RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout, int rank);
 
 // A TensorParallelComm that moves nothing (all_gather/reduce_scatter copy this rank's own
 // chunk): for counting parameters and timing one rank's compute of a tp slice.

@@ -38,9 +38,9 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
             "there (and 'latest') are untouched. Lower --lr (or check the data) and start again or "
             "resume from the last good checkpoint",
             step, root, poisoned);
-  const nn::GPTConfig& cfg = engine.config();
+  const nn::ModelConfig& cfg = engine.config();
   const bool writer_rank = engine.mesh().rank() == 0;
-  const auto specs = ckpt::gpt2_tensor_specs(cfg);
+  const auto specs = nn::model_tensor_specs(cfg);
   // Every gather is collective, so all ranks run them in the order rank 0's writer pulls
   // them: model.safetensors (the parameters), then optimizer.safetensors (each parameter's
   // exp_avg and exp_avg_sq).
@@ -54,7 +54,7 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
   std::string error;
   if (writer_rank) {
     // Each tensor is gathered when the writer reaches it and streamed out of one reused
-    // buffer, so rank 0 never holds more than the largest logical tensor (wte) at once.
+    // buffer, so rank 0 never holds more than the largest logical tensor (the tied embedding) at once.
     int64_t largest = 0;
     for (const auto& spec : specs) largest = std::max(largest, shape_numel(spec.shape));
     std::vector<float> buffer(static_cast<std::size_t>(largest));
@@ -101,7 +101,7 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
 int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint& loaded,
                          bool with_optimizer) {
   ckpt::check_same_model_shape(loaded.config, engine.config(), loaded.path);
-  for (const auto& spec : ckpt::gpt2_tensor_specs(engine.config())) {
+  for (const auto& spec : nn::model_tensor_specs(engine.config())) {
     std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
     loaded.read_param(spec.name, spec.shape, logical.data());
     ckpt::check_finite(logical.data(), shape_numel(spec.shape), spec.name, loaded.model.path());
@@ -113,7 +113,7 @@ int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint&
               "--init-from to start a new run from its weights",
               loaded.path);
     ckpt::validate_optimizer_tensors(*loaded.optimizer, engine.config());
-    for (const auto& spec : ckpt::gpt2_tensor_specs(engine.config())) {
+    for (const auto& spec : nn::model_tensor_specs(engine.config())) {
       std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
       for (int kind = 0; kind < 2; ++kind) {
         const std::string name = kind == 0 ? ckpt::exp_avg_name(spec.name) : ckpt::exp_avg_sq_name(spec.name);

@@ -1,7 +1,7 @@
 // Saving and restoring a training run through the layout-free checkpoint format: every rank
 // takes part in gathering each logical tensor, one at a time in the order world rank 0's
 // writer streams them to the files (committed atomically), so rank 0 holds at most one
-// logical tensor (the largest is wte) beyond its own shards. If rank 0's write fails part way,
+// logical tensor (the largest is the tied embedding) beyond its own shards. If rank 0's write fails part way,
 // it still joins the remaining gathers, and then every rank learns the outcome. On load every
 // rank reads the files and keeps its own slice, so a checkpoint from any layout loads into
 // any other.

@@ -1,4 +1,4 @@
-// Model FLOPs and a quick sgemm throughput probe.
+// A quick sgemm throughput probe (the model FLOPs are nn::training_flops_per_token).
 #include "train/flops.h"
 
 #include <cblas.h>
@@ -9,12 +9,6 @@
 #include "core/timer.h"
 
 namespace trident::train {
-
-double training_flops_per_token(const nn::GPTConfig& cfg, int64_t seq_len) {
-  const double n = static_cast<double>(cfg.num_parameters()) -
-                   static_cast<double>(cfg.n_positions) * cfg.n_embd;
-  return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * static_cast<double>(seq_len);
-}
 
 double measure_sgemm_flops(double seconds) {
   const int n = 1024;

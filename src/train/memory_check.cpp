@@ -72,11 +72,11 @@ std::optional<double> available_memory_bytes() {
   return avail;
 }
 
-double lower_bound_bytes_per_rank(const nn::GPTConfig& model, int world) {
+double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world) {
   return 16.0 * static_cast<double>(model.num_parameters()) / static_cast<double>(std::max(1, world));
 }
 
-void check_model_fits(const nn::GPTConfig& model, const RunConfig& cfg, comm::Mesh& mesh) {
+void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::Mesh& mesh) {
   model.validate();  // the parameter count in checked 64-bit arithmetic, before any estimate
   if (check_disabled()) return;
   const std::optional<double> avail = available_memory_bytes();

@@ -12,7 +12,7 @@
 #include <optional>
 
 #include "comm/mesh.h"
-#include "nn/gpt_config.h"
+#include "nn/model_config.h"
 #include "train/run_config.h"
 
 namespace trident::train {
@@ -23,10 +23,10 @@ std::optional<double> available_memory_bytes();
 
 // Collective over the world. Throws trident::Error naming the estimate (per rank, by category,
 // and for the node) and what is available, with what to change.
-void check_model_fits(const nn::GPTConfig& model, const RunConfig& cfg, comm::Mesh& mesh);
+void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::Mesh& mesh);
 
 // The construction-free lower bound: 16 bytes per parameter over `world` ranks (the parameter
 // count in checked 64-bit arithmetic).
-double lower_bound_bytes_per_rank(const nn::GPTConfig& model, int world);
+double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world);
 
 }  // namespace trident::train

@@ -106,7 +106,7 @@ ResumedConfig resume_run_config(const RunConfig& given, const FieldNames& given_
   cfg.train.resume = dir;
 
   // The weights fix the model: a change of its shape cannot be honoured.
-  const nn::GPTConfig stored = ckpt::read_gpt_config((fs::path(dir) / ckpt::kConfigFile).string());
+  const nn::ModelConfig stored = ckpt::read_model_config((fs::path(dir) / ckpt::kConfigFile).string());
   const FieldNames shape = shape_fields();
   std::vector<std::string> shape_flags;
   for (const FieldChange& c : changes) {
@@ -115,7 +115,7 @@ ResumedConfig resume_run_config(const RunConfig& given, const FieldNames& given_
   if (!shape_flags.empty()) {
     std::string problem;
     try {
-      const nn::GPTConfig wanted = resolve_model_config(cfg.model);
+      const nn::ModelConfig wanted = resolve_model_config(cfg.model);
       ckpt::check_same_model_shape(stored, wanted, dir);
     } catch (const Error& e) {
       problem = e.what();
@@ -128,7 +128,7 @@ ResumedConfig resume_run_config(const RunConfig& given, const FieldNames& given_
   } else if (!fs::exists(cfg.model.model)) {
     // A config.json path that is gone (or relative to another directory): the checkpoint's
     // own config.json is the same model.
-    const auto presets = nn::gpt_preset_names();
+    const auto presets = nn::model_preset_names();
     if (std::find(presets.begin(), presets.end(), cfg.model.model) == presets.end()) {
       out.notes.push_back(fmt::format("resume: model config '{}' does not exist here; using the "
                                       "checkpoint's {}",

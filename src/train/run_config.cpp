@@ -853,12 +853,12 @@ uint64_t run_config_hash(const RunConfig& cfg) { return fnv1a64(to_json(cfg).dum
 // ---------------------------------------------------------------------------------------------
 // The model.
 
-nn::GPTConfig resolve_model_config(const ModelOptions& m) {
+nn::ModelConfig resolve_model_config(const ModelOptions& m) {
   namespace fs = std::filesystem;
-  nn::GPTConfig g;
-  const auto presets = nn::gpt_preset_names();
+  nn::ModelConfig g;
+  const auto presets = nn::model_preset_names();
   if (std::find(presets.begin(), presets.end(), m.model) != presets.end()) {
-    g = nn::gpt_preset(m.model);
+    g = nn::model_preset(m.model);
   } else {
     fs::path path = m.model;
     std::error_code ec;
@@ -866,12 +866,14 @@ nn::GPTConfig resolve_model_config(const ModelOptions& m) {
     TRI_CHECK(fs::is_regular_file(path, ec),
               "model '{}' is neither a preset ({}) nor a readable config.json", m.model,
               fmt::join(presets, ", "));
-    // One reader for every config.json (the checkpoint's): it checks model_type and every key
-    // that would change the architecture, so a Llama config is refused, never read as GPT-2.
-    g = ckpt::read_gpt_config(path.string());
+    // One reader for every config.json (the checkpoint's): model_type picks the family, and
+    // a key the family does not implement is refused, never silently dropped.
+    g = ckpt::read_model_config(path.string());
   }
   if (m.n_layer) g.n_layer = m.n_layer;
   if (m.n_head) g.n_head = m.n_head;
+  if (m.n_kv_head) g.n_kv_head = m.n_kv_head;
+  if (m.n_inner) g.n_inner = m.n_inner;
   if (m.n_embd) g.n_embd = m.n_embd;
   if (m.n_positions) g.n_positions = m.n_positions;
   if (m.vocab_size) g.vocab_size = m.vocab_size;

@@ -21,7 +21,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "nn/gpt_config.h"
+#include "nn/model_config.h"
 
 namespace trident::train {
 
@@ -91,10 +91,12 @@ concept OptionsOf = std::is_same_v<std::remove_const_t<S>, T>;
 
 // ---- [model]: which network. Overrides left at 0 take the preset's (or config.json's) value.
 struct ModelOptions {
-  std::string model;       // preset name (tiny, small, gpt2, gpt2-medium) or path to a config.json
+  std::string model;       // preset name (nn::model_preset_names()) or path to a config.json
   int n_layer;             // 0: from the preset
   int n_head;              // 0: from the preset
+  int n_kv_head;           // 0: from the preset
   int n_embd;              // 0: from the preset
+  int n_inner;             // 0: from the preset
   int n_positions;         // 0: from the preset
   int vocab_size;          // 0: from the preset
   int vocab_pad_multiple;  // 0: from the preset
@@ -104,14 +106,19 @@ struct ModelOptions {
 template <class S, class V>
   requires OptionsOf<S, ModelOptions>
 void for_each_field(S& o, V&& v) {
-  v(field("model", "small", "preset (tiny, small, gpt2, gpt2-medium) or path to a Hugging Face config.json")
+  v(field("model", "small", "preset (tiny, small, gpt2, gpt2-medium; llama-tiny, llama-small, llama-1b) or path "
+              "to a Hugging Face config.json (model_type gpt2 or llama)")
         .placeholder("NAME|PATH").alias("preset model_name arch config"), o.model);
   v(field("n_layer", 0, "override: transformer blocks").at_least(0).shown_as("0 = from the preset")
         .alias("num_layers n_layers layers"), o.n_layer);
   v(field("n_head", 0, "override: attention heads").at_least(0).shown_as("0 = from the preset")
         .alias("num_heads num_attention_heads heads"), o.n_head);
+  v(field("n_kv_head", 0, "override: key/value heads (grouped-query attention; Llama)").at_least(0)
+        .shown_as("0 = from the preset").alias("num_key_value_heads n_kv_heads kv_heads"), o.n_kv_head);
   v(field("n_embd", 0, "override: channels (hidden size)").at_least(0).shown_as("0 = from the preset")
         .alias("hidden_size d_model n_embed embd"), o.n_embd);
+  v(field("n_inner", 0, "override: MLP hidden width (Llama's intermediate_size; GPT-2: 4 * n_embd)").at_least(0)
+        .shown_as("0 = from the preset").alias("intermediate_size ffn_dim d_ff mlp_width"), o.n_inner);
   v(field("n_positions", 0, "override: longest sequence the position table holds").at_least(0)
         .shown_as("0 = from the preset").alias("max_position_embeddings n_ctx context_length"), o.n_positions);
   v(field("vocab_size", 0, "override: real tokens in the vocabulary").at_least(0)
@@ -397,6 +404,6 @@ uint64_t run_config_hash(const RunConfig& cfg);
 // The model the run trains: the preset or config.json named by `model`, with the non-zero
 // overrides applied, validated. (With train.init_from set the caller reads that directory's
 // config.json instead.)
-nn::GPTConfig resolve_model_config(const ModelOptions& model);
+nn::ModelConfig resolve_model_config(const ModelOptions& model);
 
 }  // namespace trident::train

@@ -88,7 +88,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   comm::check_same_across_ranks(mesh.world(), "the run configuration", run_config_hash(cfg));
 
   // The shape of a model loaded with --init-from is whatever its config.json says.
-  const nn::GPTConfig model_cfg = cfg.train.init_from.empty() ? resolve_model_config(cfg.model)
+  const nn::ModelConfig model_cfg = cfg.train.init_from.empty() ? resolve_model_config(cfg.model)
                                                               : source->config;
   check_model_fits(model_cfg, cfg, mesh);  // before anything is allocated
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
@@ -141,7 +141,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   schedule.warmup_steps = cfg.optim.warmup_steps;
   schedule.total_steps = cfg.train.steps;
 
-  const double flops_per_token = training_flops_per_token(model_cfg, cfg.data.seq_len);
+  const double flops_per_token = nn::training_flops_per_token(model_cfg, cfg.data.seq_len);
   const double peak_flops = measure_sgemm_flops(0.2) * mesh.size();
   if (lead) {
     fmt::print(stderr, "model: {}\n{}\n", model_cfg.describe(), engine.describe());

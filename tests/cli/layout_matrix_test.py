@@ -63,7 +63,22 @@ def weight_bound(ref_grad_norms, n_params):  # absolute, after all steps
     return eq.weight_bound(ref_grad_norms, n_params, LR, BATCH, SEQ)
 
 
-def layouts():
+# The model families' rows (argv[2]): GPT-2's tiny preset runs every layout; Llama (grouped-query,
+# untied head; and tied with multi-head attention, from a Hugging Face config.json) runs the core
+# rows: dp, tp inside the kv heads (tp 2) and beyond them (tp 4: each key/value head replicated on
+# two ranks), pipelines with and without a tied head, interleaving, ZeRO-3, 3D.
+LLAMA_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 3, "1f1b"), (4, 2, 1, 0, "1f1b"), (2, 4, 1, 3, "1f1b"),
+              (2, 2, 2, 0, "1f1b"), (2, 2, 2, 3, "gpipe"), (1, 4, 2, 0, "interleaved"), (1, 1, 8, 0, "1f1b")]
+LLAMA_TIED_CONFIG = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 88,
+    "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
+    "vocab_size": 1000, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True,
+    "hidden_act": "silu"}
+
+
+def layouts(model="tiny"):
+    if model != "tiny":
+        return LLAMA_ROWS
     rows = []
     for dp, tp, pp in [(8, 1, 1), (4, 2, 1), (2, 4, 1), (4, 1, 2), (2, 2, 2), (1, 4, 2), (2, 1, 4),
                        (1, 2, 4), (1, 1, 8)]:
@@ -84,12 +99,20 @@ def main():
     T = trident(build)
     only = os.environ.get("TRIDENT_MATRIX_ONLY")  # e.g. "2,2,2" to run one layout while debugging
     mutation = os.environ.get("TRIDENT_MATRIX_MUTATE", "").split()  # extra flags for the layouts
-    rows = [r for r in layouts() if not only or only == f"{r[0]},{r[1]},{r[2]}"]
+    model = sys.argv[2] if len(sys.argv) > 2 else "tiny"
+    rows = [r for r in layouts(model) if not only or only == f"{r[0]},{r[1]},{r[2]}"]
     compared = 0
     with tempfile.TemporaryDirectory() as d:
+        model_arg = model
+        if model == "llama-tiny-tied":
+            import json
+            model_arg = f"{d}/llama_tied.json"
+            with open(model_arg, "w") as f:
+                json.dump(LLAMA_TIED_CONFIG, f)
+        print(f"model: {model}")
         write_shard(f"{d}/syn_train.bin", synthetic_tokens(30000, VOCAB, 11))
         write_shard(f"{d}/syn_val.bin", synthetic_tokens(3000, VOCAB, 12))
-        common = ["train", "--model", "tiny", "--data", f"{d}/syn", "--batch-size", str(BATCH), "--seq-len",
+        common = ["train", "--model", model_arg, "--data", f"{d}/syn", "--batch-size", str(BATCH), "--seq-len",
                   str(SEQ), "--steps", str(STEPS), "--lr", str(LR), "--lr-schedule", "constant", "--eps", str(EPS),
                   "--eval-every", "0", "--seed", "5", "--log-every", "100"]
         rc, _, err = run([T] + common + ["--ckpt-dir", f"{d}/ref", "--metrics", f"{d}/ref.jsonl"])
@@ -138,7 +161,7 @@ def main():
             check(f"layout {tag} weights", w_dev <= w_bound, f"{w_dev:.2e} > {w_bound:.2e} at {where}")
             compared += 1
     # A matrix that compared nothing (a filter that matches no row, every run failing) fails.
-    want = len(layouts()) if not only else max(1, len(rows))
+    want = len(layouts(model)) if not only else max(1, len(rows))
     check(f"layouts compared: {compared} of {want}", compared == want and compared >= 1)
 
 

@@ -31,7 +31,7 @@
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "core/rng.h"
-#include "nn/gpt_config.h"
+#include "nn/model_config.h"
 #include "parallel/engine.h"
 #include "mpi_gtest_main.h"
 #include "equivalence_bounds.h"
@@ -65,7 +65,7 @@ comm::Mesh& self_mesh() {
   return *g_self_mesh;
 }
 
-nn::GPTConfig model() { return nn::gpt_preset("tiny"); }
+nn::ModelConfig model() { return nn::model_preset("tiny"); }
 
 BatchFn batch_for(int step, int vocab) { return test::synthetic_batch(step, vocab, kSeq); }
 
@@ -199,7 +199,7 @@ TEST_P(ZeroStage, BucketSizesGiveTheSameResult) {
 INSTANTIATE_TEST_SUITE_P(Dp, ZeroStage, testing::Values(0, 1, 2, 3));
 
 TEST(DpBuckets, ReverseOrderCoversEveryParameterOnce) {
-  nn::GPT m(model());
+  nn::Model m(model());
   MemoryTracker t;
   m.allocate(t);
   const nn::ParameterSet& ps = m.params();

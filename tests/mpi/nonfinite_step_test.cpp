@@ -20,7 +20,7 @@
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
 #include "comm/mesh.h"
-#include "nn/gpt_config.h"
+#include "nn/model_config.h"
 #include "parallel/engine.h"
 #include "train/checkpointing.h"
 #include "mpi_gtest_main.h"
@@ -62,7 +62,7 @@ struct State {
 
 State gather_state(Engine& e) {
   State s;
-  for (const ckpt::TensorSpec& spec : ckpt::gpt2_tensor_specs(e.config())) {
+  for (const ckpt::TensorSpec& spec : nn::model_tensor_specs(e.config())) {
     const auto n = static_cast<std::size_t>(shape_numel(spec.shape));
     std::vector<float> v(n), m(n), q(n);
     e.gather_param(spec.name, spec.shape, v.data());
@@ -95,7 +95,7 @@ std::string first_difference(const State& a, const State& b) {
 
 // The full logical tensor `name` on every rank (gather to rank 0, then broadcast).
 std::vector<float> logical_everywhere(Engine& e, const std::string& name) {
-  for (const ckpt::TensorSpec& spec : ckpt::gpt2_tensor_specs(e.config())) {
+  for (const ckpt::TensorSpec& spec : nn::model_tensor_specs(e.config())) {
     if (spec.name != name) continue;
     std::vector<float> v(static_cast<std::size_t>(shape_numel(spec.shape)));
     e.gather_param(spec.name, spec.shape, v.data());
@@ -114,7 +114,7 @@ EngineOptions options(int zero) {
   return o;
 }
 
-BatchFn batch(int step) { return test::synthetic_batch(step, nn::gpt_preset("tiny").vocab_size, kSeq); }
+BatchFn batch(int step) { return test::synthetic_batch(step, nn::model_preset("tiny").vocab_size, kSeq); }
 
 // Runs: a good step, a step with `poison` (one element of one parameter) made non-finite,
 // the parameter restored, a good step. Compares with a run that takes only the good steps.
@@ -122,7 +122,7 @@ void check_layout(const Layout& l, const std::string& poison, float bad_value) {
   SCOPED_TRACE(l.name + ", " + poison + " = " + std::to_string(bad_value));
   comm::Mesh mesh(MPI_COMM_WORLD, l.shape, test::aborting_after(60.0));
   MemoryTracker t1, t2;
-  Engine e(mesh, nn::gpt_preset("tiny"), options(l.zero), t1, kBatch, kSeq);
+  Engine e(mesh, nn::model_preset("tiny"), options(l.zero), t1, kBatch, kSeq);
   e.initialize(99);
   EXPECT_FALSE(e.train_step(batch(0), kLr).skipped);
   std::vector<float> good = logical_everywhere(e, poison), bad = good;
@@ -140,7 +140,7 @@ void check_layout(const Layout& l, const std::string& poison, float bad_value) {
   EXPECT_TRUE(std::isfinite(after.loss) && std::isfinite(after.grad_norm));
 
   // The same layout without the poisoned step: batches 0 and 2 only.
-  Engine ref(mesh, nn::gpt_preset("tiny"), options(l.zero), t2, kBatch, kSeq);
+  Engine ref(mesh, nn::model_preset("tiny"), options(l.zero), t2, kBatch, kSeq);
   ref.initialize(99);
   ref.train_step(batch(0), kLr);
   const StepStats ref_after = ref.train_step(batch(2), kLr);
@@ -189,7 +189,7 @@ TEST(NonfiniteState, CheckpointIsRefusedAndTheLastOneStaysLatest) {
     SCOPED_TRACE(l.name);
     comm::Mesh mesh(MPI_COMM_WORLD, l.shape, test::aborting_after(60.0));
     MemoryTracker t;
-    Engine e(mesh, nn::gpt_preset("tiny"), options(l.zero), t, kBatch, kSeq);
+    Engine e(mesh, nn::model_preset("tiny"), options(l.zero), t, kBatch, kSeq);
     e.initialize(5);
     e.train_step(batch(0), kLr);
     const std::string root = shared_temp_dir();
@@ -199,7 +199,7 @@ TEST(NonfiniteState, CheckpointIsRefusedAndTheLastOneStaysLatest) {
 
     // One element of ln_f.bias's exp_avg_sq: the end of the flat buffer, so under ZeRO only the
     // last dp rank's shard holds it (and under pp only the last stage).
-    const Shape shape{nn::gpt_preset("tiny").n_embd};
+    const Shape shape{nn::model_preset("tiny").n_embd};
     std::vector<float> v(static_cast<std::size_t>(shape[0]));
     e.gather_optimizer_state("ln_f.bias", shape, 1, v.data());
     MPI_Bcast(v.data(), static_cast<int>(v.size()), MPI_FLOAT, 0, MPI_COMM_WORLD);

@@ -24,7 +24,7 @@
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "kernels/kernels.h"
-#include "nn/gpt.h"
+#include "nn/model.h"
 #include "optim/adamw.h"
 #include "parallel/pipeline/executor.h"
 #include "parallel/pipeline/partition.h"
@@ -41,8 +41,8 @@ constexpr double kU = 1.0 / (1 << 24);  // fp32 unit roundoff
 
 comm::CommOptions test_options() { return test::aborting_after(30.0); }
 
-nn::GPTConfig tiny() {
-  nn::GPTConfig c;
+nn::ModelConfig tiny() {
+  nn::ModelConfig c;
   c.n_layer = 8, c.n_head = 4, c.n_embd = 32, c.n_positions = kT, c.vocab_size = 1000;
   return c;
 }
@@ -97,27 +97,27 @@ void run_case(comm::Communicator& world, const Case& cs) {
   SCOPED_TRACE(spec.describe() + (cs.balance ? " balanced" : "") +
                (cs.progress == SendProgress::kThread ? " progress thread"
                 : cs.progress == SendProgress::kNone ? " no progress thread" : ""));
-  const nn::GPTConfig cfg = tiny();
+  const nn::ModelConfig cfg = tiny();
   const float dloss = 1.0f / static_cast<float>(cs.M * kB * kT);
 
   // Reference: the whole model, gradient accumulation over the same micro-batches.
   MemoryTracker ref_tracker;
-  nn::GPT ref(cfg);
+  nn::Model ref(cfg);
   ref.allocate(ref_tracker);
   ref.params().initialize(kSeed);
   optim::AdamW ref_opt(ref.params(), ref_tracker, {});
-  nn::GPTActivations ref_acts = ref.make_activations(ref_tracker, kB, kT);
+  nn::ModelActivations ref_acts = ref.make_activations(ref_tracker, kB, kT);
 
   // Pipeline: this rank's chunks.
   PartitionOptions po;
   po.pp = P, po.virtual_stages = cs.V, po.balance_cost = cs.balance;
   const Partition part = partition_layers(cfg.n_layer, po);
   MemoryTracker tracker;
-  std::vector<std::unique_ptr<nn::GPT>> chunks;
+  std::vector<std::unique_ptr<nn::Model>> chunks;
   std::vector<std::unique_ptr<optim::AdamW>> opts;
-  std::vector<nn::GPT*> ptrs;
+  std::vector<nn::Model*> ptrs;
   for (int c = 0; c < cs.V; ++c) {
-    chunks.push_back(std::make_unique<nn::GPT>(cfg, nn::TpContext{}, part.chunk(rank, c)));
+    chunks.push_back(std::make_unique<nn::Model>(cfg, nn::TpContext{}, part.chunk(rank, c)));
     chunks.back()->allocate(tracker);
     chunks.back()->params().initialize(kSeed);
     opts.push_back(std::make_unique<optim::AdamW>(chunks.back()->params(), tracker, optim::AdamWConfig{}));
@@ -213,13 +213,13 @@ TEST(PipelineEquivalence, OneFOneBHoldsPpMicroBatchesGPipeHoldsM) {
   // Spelled out for M = 8, pp = 2 (the check): the first stage's activation peak.
   comm::Communicator world(MPI_COMM_WORLD, "pp", test_options());
   const int P = world.size(), rank = world.rank();
-  const nn::GPTConfig cfg = tiny();
+  const nn::ModelConfig cfg = tiny();
   const Partition part = partition_layers(cfg.n_layer, {P, 1});
   std::size_t peak[2] = {0, 0};
   int k = 0;
   for (ScheduleKind kind : {ScheduleKind::kOneFOneB, ScheduleKind::kGPipe}) {
     MemoryTracker tracker;
-    nn::GPT model(cfg, {}, part.chunk(rank, 0));
+    nn::Model model(cfg, {}, part.chunk(rank, 0));
     model.allocate(tracker);
     model.params().initialize(kSeed);
     ExecutorOptions eo;
@@ -248,10 +248,10 @@ TEST(PipelineEquivalence, DeadStageIsNamedNotHung) {
     comm::CommOptions o = test_options();
     o.timeout_s = 1.0, o.on_timeout = comm::TimeoutAction::kThrow;
     comm::Communicator pp(sub, "pp", o);
-    const nn::GPTConfig cfg = tiny();
+    const nn::ModelConfig cfg = tiny();
     const Partition part = partition_layers(cfg.n_layer, {2, 1});
     MemoryTracker tracker;
-    nn::GPT model(cfg, {}, part.chunk(pp.rank(), 0));
+    nn::Model model(cfg, {}, part.chunk(pp.rank(), 0));
     model.allocate(tracker);
     model.params().initialize(kSeed);
     ExecutorOptions eo;

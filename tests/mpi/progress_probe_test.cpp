@@ -12,7 +12,7 @@
 #include "comm/communicator.h"
 #include "comm/progress_probe.h"
 #include "core/memory.h"
-#include "nn/gpt.h"
+#include "nn/model.h"
 #include "parallel/pipeline/executor.h"
 #include "parallel/pipeline/partition.h"
 #include "mpi_gtest_main.h"
@@ -54,14 +54,14 @@ TEST(SendProgressProbe, MatchesTheTransport) {
 TEST(SendProgressProbe, ExecutorStartsThePollingThreadAsAsked) {
   comm::Communicator world(MPI_COMM_WORLD, "pp");
   const int P = world.size();
-  nn::GPTConfig cfg;
+  nn::ModelConfig cfg;
   // Activations of 4 x 64 x 64 floats = 64 KiB: above what OpenMPI's shared memory sends
   // eagerly in the first fragment (32 KiB), so copy-in/copy-out needs the sender. (The probe
   // uses the real message size: a pipeline of small messages needs no polling thread.)
   cfg.n_layer = 2 * P, cfg.n_head = 2, cfg.n_embd = 64, cfg.n_positions = 64, cfg.vocab_size = 64;
   const pp::Partition part = pp::partition_layers(cfg.n_layer, {P, 1});
   MemoryTracker tracker;
-  nn::GPT model(cfg, {}, part.chunk(world.rank(), 0));
+  nn::Model model(cfg, {}, part.chunk(world.rank(), 0));
   model.allocate(tracker);
   const pp::ScheduleSpec spec{pp::ScheduleKind::kOneFOneB, P, 2, 1};
   for (const pp::SendProgress mode : {pp::SendProgress::kThread, pp::SendProgress::kNone}) {

@@ -37,7 +37,7 @@
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "core/rng.h"
-#include "nn/gpt_config.h"
+#include "nn/model_config.h"
 #include "parallel/engine.h"
 #include "parallel/tensor_parallel_comm.h"
 #include "mpi_gtest_main.h"
@@ -66,8 +66,8 @@ int world_rank() {
   return r;
 }
 
-nn::GPTConfig model() {
-  nn::GPTConfig c = nn::gpt_preset("tiny");
+nn::ModelConfig model() {
+  nn::ModelConfig c = nn::model_preset("tiny");
   c.n_layer = 3;  // keeps every run under a second on 2 shared cores
   return c;
 }
@@ -90,7 +90,7 @@ Result train(comm::Mesh& mesh, const EngineOptions& opt) {
   const test::ReplicaMismatch rm = test::compare_dp_replicas(e);
   EXPECT_EQ(rm.elements, 0) << "zero " << opt.zero << ": dp replicas differ, first " << rm.first;
   // Every logical parameter (a pipeline stage holds only some; gather_param is collective).
-  const nn::GPT whole(model());
+  const nn::Model whole(model());
   for (const nn::ParamInfo& p : whole.params().infos()) {
     std::vector<float> v(static_cast<std::size_t>(shape_numel(p.logical_shape)));
     e.gather_param(p.name, p.logical_shape, v.data());
@@ -224,7 +224,7 @@ TEST(TpEngine, LogicalWeightsLoadIntoTensorParallelSlices) {
 TEST(TpEngine, BadLayoutsGiveClearErrors) {
   // n_head 4 does not split over 3 ranks: only checkable without a 3-rank world by the
   // validation function the engine calls.
-  nn::GPTConfig c = model();
+  nn::ModelConfig c = model();
   try {
     validate_tensor_parallel(c, 3, 3);
     ADD_FAILURE() << "expected an error";

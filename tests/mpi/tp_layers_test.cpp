@@ -27,7 +27,8 @@
 #include "core/check.h"
 #include "core/rng.h"
 #include "kernels/kernels.h"
-#include "nn/gpt.h"
+#include "nn/architecture.h"
+#include "nn/model.h"
 #include "parallel/tensor_parallel_comm.h"
 #include "mpi_gtest_main.h"
 
@@ -83,19 +84,27 @@ void init_params(nn::ParameterSet& ps) {
   for (std::size_t i = 0; i < ps.values().size(); ++i) ps.values()[i] *= 3.0f;
 }
 
-nn::GPTConfig small_config(int vocab = 1003) {
-  nn::GPTConfig c;
+nn::ModelConfig small_config(int vocab = 1003) {
+  nn::ModelConfig c;
   c.n_layer = 2, c.n_head = 4, c.n_embd = 32, c.n_positions = 16, c.vocab_size = vocab;
   c.vocab_pad_multiple = 8;
+  return c;
+}
+
+// Llama: 8 query heads of 4 channels on 2 key/value heads, MLP width 72 (not a multiple of C).
+nn::ModelConfig llama_config(bool tied) {
+  nn::ModelConfig c = small_config();
+  c.family = nn::Family::kLlama;
+  c.n_head = 8, c.n_kv_head = 2, c.n_inner = 72, c.tie_word_embeddings = tied;
   return c;
 }
 
 // ---------------------------------------------------------------- initial weights
 TEST(TensorParallel, InitialSlicesEqualTheUnshardedModel) {
   for (bool sp : {false, true}) {
-    nn::GPTConfig cfg = small_config();
+    nn::ModelConfig cfg = small_config();
     MemoryTracker tracker;
-    nn::GPT ref(cfg), tp(cfg, tp_ctx(sp));
+    nn::Model ref(cfg), tp(cfg, tp_ctx(sp));
     ref.allocate(tracker), tp.allocate(tracker);
     ref.params().initialize(42), tp.params().initialize(42);
     EXPECT_EQ(tp.padded_vocab_local(), cfg.padded_vocab(tp_size()) / tp_size());
@@ -115,50 +124,55 @@ TEST(TensorParallel, InitialSlicesEqualTheUnshardedModel) {
 }
 
 // ---------------------------------------------------------------- block
-void check_block(bool sp) {
-  SCOPED_TRACE(sp ? "sequence parallel" : "tensor parallel");
-  const nn::GPTConfig cfg = small_config();
+void check_block(const nn::ModelConfig& cfg, bool sp) {
+  SCOPED_TRACE(fmt::format("{} {}", nn::family_name(cfg.family), sp ? "sequence parallel" : "tensor parallel"));
   const int64_t B = 2, T = 7, N = B * T, C = cfg.n_embd;  // N = 14: ragged split at tp 4
+  const nn::Architecture& arch = nn::architecture(cfg.family);
   MemoryTracker tracker;
   nn::ParameterSet rps, tps;
-  rps.begin_group("h.0"), tps.begin_group("h.0");
+  rps.begin_group("layer.0"), tps.begin_group("layer.0");
   const nn::TpContext ctx = tp_ctx(sp);
-  nn::Block rblock(rps, cfg, nn::TpContext{}, 0), tblock(tps, cfg, ctx, 0);
+  const auto rblock = arch.make_layer(rps, cfg, nn::TpContext{}, 0);
+  const auto tblock = arch.make_layer(tps, cfg, ctx, 0);
   rps.allocate(tracker), tps.allocate(tracker);
   init_params(rps), init_params(tps);
 
   const std::vector<float> x = randn(1, N * C), dout = randn(2, N * C);
-  nn::BlockActivations racts(tracker, cfg, 1, B, T);
-  nn::BlockScratch rscratch(tracker, cfg, 1, N);
+  const auto racts = rblock->make_activations(tracker, B, T, -1);
+  nn::SharedScratch rscratch(tracker, N, C, arch.layer_scratch_floats(cfg, 1, N));
   std::vector<float> rout(static_cast<std::size_t>(N * C)), rdx = dout;
-  rblock.forward(rps, racts, rout.data(), x.data(), B, T);
-  rblock.backward(rps, racts, rscratch, rdx.data(), x.data(), B, T);
+  rblock->forward(rps, *racts, rout.data(), x.data(), B, T, rscratch);
+  rblock->backward(rps, *racts, rscratch, rdx.data(), x.data(), B, T);
 
   const nn::RowSplit rows = sp ? ctx.rows(N) : nn::RowSplit{0, N, {}};
   const int64_t Nl = rows.count, off = rows.begin * C;
-  nn::BlockActivations tacts(tracker, cfg, tp_size(), B, T, sp ? Nl : -1);
-  nn::BlockScratch tscratch(tracker, cfg, tp_size(), N, sp ? Nl : -1);
+  const auto tacts = tblock->make_activations(tracker, B, T, sp ? Nl : -1);
+  nn::SharedScratch tscratch(tracker, N, C, arch.layer_scratch_floats(cfg, tp_size(), N), sp ? Nl : -1);
   std::vector<float> tx(x.begin() + off, x.begin() + off + Nl * C);
   std::vector<float> tout(static_cast<std::size_t>(Nl * C));
   std::vector<float> tdx(dout.begin() + off, dout.begin() + off + Nl * C);
-  tblock.forward(tps, tacts, tout.data(), tx.data(), B, T, &tscratch);
-  tblock.backward(tps, tacts, tscratch, tdx.data(), tx.data(), B, T);
+  tblock->forward(tps, *tacts, tout.data(), tx.data(), B, T, tscratch);
+  tblock->backward(tps, *tacts, tscratch, tdx.data(), tx.data(), B, T);
   expect_close("block output", tout.data(), rout.data() + off, Nl * C);
   expect_close("block input gradient", tdx.data(), rdx.data() + off, Nl * C);
   expect_grads_match(tps, rps);
 }
 
-TEST(TensorParallel, BlockMatchesUnsharded) { check_block(false); }
-TEST(TensorParallel, SequenceParallelBlockMatchesUnsharded) { check_block(true); }
+TEST(TensorParallel, BlockMatchesUnsharded) { check_block(small_config(), false); }
+TEST(TensorParallel, SequenceParallelBlockMatchesUnsharded) { check_block(small_config(), true); }
+// 8 query heads on 2 key/value heads: split at tp 2, replicated (their gradients summed over
+// the ranks sharing a head) at tp 4.
+TEST(TensorParallel, LlamaGqaBlockMatchesUnsharded) { check_block(llama_config(false), false); }
+TEST(TensorParallel, LlamaGqaSequenceParallelBlockMatchesUnsharded) { check_block(llama_config(false), true); }
 
 // ---------------------------------------------------------------- embedding
 void check_embedding(bool sp) {
   SCOPED_TRACE(sp ? "sequence parallel" : "tensor parallel");
-  const nn::GPTConfig cfg = small_config();
+  const nn::ModelConfig cfg = small_config();
   const int64_t B = 3, T = 5, N = B * T, C = cfg.n_embd;
   const nn::StageSpec stage{0, 0, true, false};
   MemoryTracker tracker;
-  nn::GPT ref(cfg, {}, stage), tp(cfg, tp_ctx(sp), stage);
+  nn::Model ref(cfg, {}, stage), tp(cfg, tp_ctx(sp), stage);
   ref.allocate(tracker), tp.allocate(tracker);
   init_params(ref.params()), init_params(tp.params());
   std::vector<int32_t> ids(static_cast<std::size_t>(N));
@@ -166,7 +180,7 @@ void check_embedding(bool sp) {
   ids[3] = ids[9];  // a repeated token accumulates twice
   ids[0] = cfg.vocab_size - 1;
   const std::vector<float> dx = randn(3, N * C);
-  nn::GPTActivations ra = ref.make_activations(tracker, B, T), ta = tp.make_activations(tracker, B, T);
+  nn::ModelActivations ra = ref.make_activations(tracker, B, T), ta = tp.make_activations(tracker, B, T);
 
   ref.embed_forward(ra, ids.data(), B, T);
   ref.blocks_backward(ra, B, T);  // no blocks: allocates residual_grad()
@@ -190,11 +204,11 @@ TEST(TensorParallel, SequenceParallelEmbeddingMatchesUnsharded) { check_embeddin
 // ---------------------------------------------------------------- head + vocab-parallel loss
 void check_head(bool sp, int vocab) {
   SCOPED_TRACE(fmt::format("{} vocab {}", sp ? "sequence parallel" : "tensor parallel", vocab));
-  const nn::GPTConfig cfg = small_config(vocab);
+  const nn::ModelConfig cfg = small_config(vocab);
   const int64_t B = 2, T = 7, N = B * T, C = cfg.n_embd;
   const nn::StageSpec stage{0, 0, false, true};
   MemoryTracker tracker;
-  nn::GPT ref(cfg, {}, stage), tp(cfg, tp_ctx(sp), stage);
+  nn::Model ref(cfg, {}, stage), tp(cfg, tp_ctx(sp), stage);
   ref.allocate(tracker), tp.allocate(tracker);
   init_params(ref.params()), init_params(tp.params());
   std::vector<int32_t> targets(static_cast<std::size_t>(N));
@@ -204,7 +218,7 @@ void check_head(bool sp, int vocab) {
   targets[4] = -1;
   const std::vector<float> x = randn(4, N * C, 2.0f);
   const float dloss = 1.0f / static_cast<float>(N);
-  nn::GPTActivations ra = ref.make_activations(tracker, B, T), ta = tp.make_activations(tracker, B, T);
+  nn::ModelActivations ra = ref.make_activations(tracker, B, T), ta = tp.make_activations(tracker, B, T);
 
   std::copy(x.begin(), x.end(), ra.stage_output());
   const double rloss = ref.head_forward_backward(ra, targets.data(), B, T, dloss);
@@ -238,12 +252,11 @@ TEST(TensorParallel, SequenceParallelHeadMatchesUnsharded) {
 }
 
 // ---------------------------------------------------------------- whole model
-void check_gpt(bool sp) {
-  SCOPED_TRACE(sp ? "sequence parallel" : "tensor parallel");
-  const nn::GPTConfig cfg = small_config();
+void check_gpt(const nn::ModelConfig& cfg, bool sp) {
+  SCOPED_TRACE(fmt::format("{} {}", cfg.describe(), sp ? "sequence parallel" : "tensor parallel"));
   const int64_t B = 2, T = 7, N = B * T;
   MemoryTracker tracker;
-  nn::GPT ref(cfg), tp(cfg, tp_ctx(sp));
+  nn::Model ref(cfg), tp(cfg, tp_ctx(sp));
   ref.allocate(tracker), tp.allocate(tracker);
   init_params(ref.params()), init_params(tp.params());
   std::vector<int32_t> ids(static_cast<std::size_t>(N)), targets(ids.size());
@@ -252,7 +265,7 @@ void check_gpt(bool sp) {
     targets[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 211 + 990) % cfg.vocab_size);
   }
   const float dloss = 1.0f / static_cast<float>(N);
-  nn::GPTActivations ra = ref.make_activations(tracker, B, T), ta = tp.make_activations(tracker, B, T);
+  nn::ModelActivations ra = ref.make_activations(tracker, B, T), ta = tp.make_activations(tracker, B, T);
   // Two micro-batches: gradients accumulate (the SP LayerNorm gradients are summed over tp
   // inside each backward, so nothing is left for the caller).
   double rloss = 0, tloss = 0;
@@ -266,7 +279,7 @@ void check_gpt(bool sp) {
   // Replicated parameters get bit-identical gradients on every tp rank (so they stay identical
   // after the optimizer, and the grad norm may count one rank's copy).
   for (const nn::ParamInfo& info : tp.params().infos()) {
-    if (!info.tp_replicated) continue;
+    if (!info.shard.is_full()) continue;
     const float* g = tp.params().grad(tp.params().find(info.name));
     std::vector<float> all(static_cast<std::size_t>(info.numel * tp_size()));
     const std::vector<int64_t> counts(static_cast<std::size_t>(tp_size()), info.numel);
@@ -286,7 +299,7 @@ void check_gpt(bool sp) {
   // Generation: the gathered last-position logits equal the unsharded model's (padded
   // vocabulary; the padding columns are 0 since the padding rows of wte are 0).
   for (int64_t len : {int64_t{3}, T}) {  // 3 tokens at tp 4: a rank holds no rows
-    nn::GPTActivations rg = ref.make_activations(tracker, 1, len), tg = tp.make_activations(tracker, 1, len);
+    nn::ModelActivations rg = ref.make_activations(tracker, 1, len), tg = tp.make_activations(tracker, 1, len);
     const float* rlog = ref.forward_last_logits(rg, ids.data(), 1, len);
     const float* tlog = tp.forward_last_logits(tg, ids.data(), 1, len);
     const int64_t Vp1 = cfg.padded_vocab(1), Vpt = cfg.padded_vocab(tp_size());
@@ -296,27 +309,35 @@ void check_gpt(bool sp) {
   }
 }
 
-TEST(TensorParallel, WholeGptMatchesUnsharded) { check_gpt(false); }
-TEST(TensorParallel, WholeGptWithSequenceParallelMatchesUnsharded) { check_gpt(true); }
+TEST(TensorParallel, WholeGptMatchesUnsharded) { check_gpt(small_config(), false); }
+TEST(TensorParallel, WholeGptWithSequenceParallelMatchesUnsharded) { check_gpt(small_config(), true); }
+TEST(TensorParallel, WholeLlamaMatchesUnsharded) {
+  check_gpt(llama_config(false), false);
+  check_gpt(llama_config(true), false);
+}
+TEST(TensorParallel, WholeLlamaWithSequenceParallelMatchesUnsharded) {
+  check_gpt(llama_config(false), true);
+  check_gpt(llama_config(true), true);
+}
 
 // Activation memory: sequence parallelism divides the LayerNorm/residual regions by tp.
 TEST(TensorParallel, ActivationFloatsMatchTheAllocationAndShrinkWithSequenceParallel) {
-  const nn::GPTConfig cfg = small_config();
+  const nn::ModelConfig cfg = small_config();
   const int64_t B = 2, T = 8;
   for (bool sp : {false, true}) {
     MemoryTracker tracker;
-    nn::GPT tp(cfg, tp_ctx(sp));
-    nn::GPTActivations a = tp.make_activations(tracker, B, T);
+    nn::Model tp(cfg, tp_ctx(sp));
+    nn::ModelActivations a = tp.make_activations(tracker, B, T);
     EXPECT_EQ(tracker.current(MemCategory::kActivations),
               static_cast<std::size_t>(tp.activation_floats(B, T)) * sizeof(float));
   }
-  nn::GPT plain(cfg, tp_ctx(false)), seq(cfg, tp_ctx(true));
+  nn::Model plain(cfg, tp_ctx(false)), seq(cfg, tp_ctx(true));
   EXPECT_LT(seq.activation_floats(B, T), plain.activation_floats(B, T));
 }
 
 // ---------------------------------------------------------------- bad input
 TEST(TensorParallel, BadInputGivesClearErrors) {
-  nn::GPTConfig cfg = small_config();
+  nn::ModelConfig cfg = small_config();
   auto message_of = [](auto&& fn) -> std::string {
     try {
       fn();
@@ -334,12 +355,12 @@ TEST(TensorParallel, BadInputGivesClearErrors) {
   EXPECT_NO_THROW(parallel::validate_tensor_parallel(cfg, 4, 8));
   // The model itself refuses heads it cannot split (tp = 2 or 4 here, 3 heads).
   cfg.n_head = 3, cfg.n_embd = 30;
-  m = message_of([&] { nn::GPT model(cfg, tp_ctx(false)); });
+  m = message_of([&] { nn::Model model(cfg, tp_ctx(false)); });
   EXPECT_NE(m.find(fmt::format("n_head (3) is not divisible by tp ({})", tp_size())), std::string::npos) << m;
   // A context that disagrees with its communicator.
   nn::TpContext bad = tp_ctx(false);
   bad.rank = (bad.rank + 1) % bad.size;
-  m = message_of([&] { nn::GPT model(small_config(), bad); });
+  m = message_of([&] { nn::Model model(small_config(), bad); });
   EXPECT_NE(m.find("but its communicator is rank"), std::string::npos) << m;
 }
 

@@ -1,6 +1,6 @@
-// Writes what tests/ref/gpt_torch_reference_test.py compares against PyTorch: initial weights
-// (Hugging Face names, logical layout), step-0 logits and gradients, and 10 AdamW steps
-// (losses, grad norms, final weights) of a small GPT-2 on fixed random batches.
+// Writes what tests/ref/{gpt,llama}_torch_reference_test.py compare against PyTorch: initial
+// weights (Hugging Face names, logical layout), step-0 logits and gradients, and 10 AdamW steps
+// (losses, grad norms, final weights) of a small GPT-2 or Llama on fixed random batches.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -12,7 +12,7 @@
 #include "ckpt/safetensors.h"
 #include "core/rng.h"
 #include "kernels/kernels.h"
-#include "nn/gpt.h"
+#include "nn/model.h"
 #include "optim/adamw.h"
 #include "optim/grad_clip.h"
 #include "optim/lr_schedule.h"
@@ -35,28 +35,54 @@ void add_logical(ckpt::SafetensorsWriter& w, const nn::ParameterSet& ps, bool gr
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::cerr << "usage: gpt_reference_dump OUT_DIR\n";
+  // gpt_reference_dump [--family llama --n-kv-head K --tie-word-embeddings 0|1] OUT_DIR
+  const std::string usage =
+      "usage: gpt_reference_dump [--family gpt2|llama] [--n-kv-head K] [--tie-word-embeddings 0|1] OUT_DIR\n";
+  nn::ModelConfig cfg;
+  cfg.n_layer = 2, cfg.n_head = 4, cfg.n_embd = 64, cfg.n_positions = 32, cfg.vocab_size = 101;
+  std::string out;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 < argc && a == "--family") {
+      cfg.family = std::string(argv[++i]) == "llama" ? nn::Family::kLlama : nn::Family::kGpt2;
+    } else if (i + 1 < argc && a == "--n-kv-head") {
+      cfg.n_kv_head = std::stoi(argv[++i]);
+    } else if (i + 1 < argc && a == "--tie-word-embeddings") {
+      cfg.tie_word_embeddings = std::string(argv[++i]) == "1";
+    } else if (out.empty() && !a.starts_with("--")) {
+      out = a;
+    } else {
+      std::cerr << usage;
+      return 2;
+    }
+  }
+  if (out.empty()) {
+    std::cerr << usage;
     return 2;
   }
-  const std::string out = argv[1];
+  if (cfg.family == nn::Family::kLlama) {
+    // The shape tests/ref/llama_torch_reference_test.py expects (its TORCH_FP32_SHAPE).
+    cfg.n_inner = 176, cfg.rope_theta = 10000.0, cfg.norm_eps = 1e-5;
+  } else {
+    cfg.tie_word_embeddings = true;
+  }
   kernels::set_num_threads(2);
-  nn::GPTConfig cfg;
-  cfg.n_layer = 2, cfg.n_head = 4, cfg.n_embd = 64, cfg.n_positions = 32, cfg.vocab_size = 101;
   const int64_t B = 4, T = 16, N = B * T, steps = 10;
   const float lr = 3e-3f, min_lr = 3e-4f, grad_clip = 2.4f;  // between the steps' norms: some steps clip, some do not
   const int64_t warmup = 2;
 
   MemoryTracker tracker;
-  nn::GPT model(cfg);
+  nn::Model model(cfg);
   model.allocate(tracker);
   model.params().initialize(1234);
-  nn::GPTActivations acts = model.make_activations(tracker, B, T);
+  nn::ModelActivations acts = model.make_activations(tracker, B, T);
   nn::ParameterSet& ps = model.params();
 
   // The optimizer settings the reference replays are the ones this AdamW actually uses.
   const optim::AdamWConfig adam_cfg{};
-  nlohmann::json meta = {{"n_layer", cfg.n_layer}, {"n_head", cfg.n_head}, {"batch_size", B},
+  nlohmann::json meta = {{"n_layer", cfg.n_layer}, {"n_head", cfg.n_head}, {"n_kv_head", cfg.kv_heads()},
+                         {"rope_theta", cfg.rope_theta}, {"rms_norm_eps", cfg.norm_eps},
+                         {"tie_word_embeddings", cfg.tie_word_embeddings}, {"batch_size", B},
                          {"seq_len", T}, {"lr", lr}, {"min_lr", min_lr},
                          {"warmup_steps", warmup}, {"grad_clip", grad_clip},
                          {"weight_decay", adam_cfg.weight_decay}, {"beta1", adam_cfg.beta1},

@@ -35,18 +35,18 @@ using trident::test::error_of;
 using trident::test::TempDir;
 
 
-nn::GPTConfig micro_config() {
-  nn::GPTConfig c;
+nn::ModelConfig micro_config() {
+  nn::ModelConfig c;
   c.n_layer = 2, c.n_head = 2, c.n_embd = 8, c.n_positions = 16, c.vocab_size = 50;
   return c;
 }
 
 // Logical tensors with values that depend on name, index and a seed.
 using Weights = std::map<std::string, std::vector<float>>;
-Weights make_weights(const nn::GPTConfig& c, float seed) {
+Weights make_weights(const nn::ModelConfig& c, float seed) {
   Weights w;
   float k = seed;
-  for (const auto& spec : gpt2_tensor_specs(c)) {
+  for (const auto& spec : nn::model_tensor_specs(c)) {
     std::vector<float> v(static_cast<std::size_t>(shape_numel(spec.shape)));
     for (std::size_t i = 0; i < v.size(); ++i) v[i] = k + 0.001f * static_cast<float>(i);
     k += 1.f;
@@ -56,15 +56,15 @@ Weights make_weights(const nn::GPTConfig& c, float seed) {
 }
 
 // Fills a writer with model, optimizer and trident.json for `weights`.
-void fill(CheckpointWriter& writer, const nn::GPTConfig& c, const Weights& weights) {
-  for (const auto& spec : gpt2_tensor_specs(c)) {
+void fill(CheckpointWriter& writer, const nn::ModelConfig& c, const Weights& weights) {
+  for (const auto& spec : nn::model_tensor_specs(c)) {
     writer.model().add_tensor(spec.name, spec.shape, weights.at(spec.name).data());
     writer.optimizer().add_tensor(exp_avg_name(spec.name), spec.shape, weights.at(spec.name).data());
     writer.optimizer().add_tensor(exp_avg_sq_name(spec.name), spec.shape, weights.at(spec.name).data());
   }
 }
 
-std::string save(const std::string& root, std::int64_t step, const nn::GPTConfig& c, const Weights& w) {
+std::string save(const std::string& root, std::int64_t step, const nn::ModelConfig& c, const Weights& w) {
   CheckpointWriter writer(root, step, c);
   fill(writer, c, w);
   writer.set_optimizer_step(step);
@@ -77,8 +77,8 @@ std::string read_file(const std::string& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-void expect_weights(const LoadedCheckpoint& ck, const nn::GPTConfig& c, const Weights& w) {
-  for (const auto& spec : gpt2_tensor_specs(c)) {
+void expect_weights(const LoadedCheckpoint& ck, const nn::ModelConfig& c, const Weights& w) {
+  for (const auto& spec : nn::model_tensor_specs(c)) {
     std::vector<float> got(static_cast<std::size_t>(shape_numel(spec.shape)));
     ck.read_param(spec.name, spec.shape, got.data());
     ASSERT_EQ(got, w.at(spec.name)) << spec.name;
@@ -127,27 +127,27 @@ TEST(CkptCheckpoint, SaveLoadRoundTrip) {
 }
 
 TEST(CkptCheckpoint, TensorSpecsMatchParameterCount) {
-  for (const auto& name : nn::gpt_preset_names()) {
-    const auto c = nn::gpt_preset(name);
+  for (const auto& name : nn::model_preset_names()) {
+    const auto c = nn::model_preset(name);
     std::int64_t total = 0;
-    for (const auto& s : gpt2_tensor_specs(c)) total += shape_numel(s.shape);
+    for (const auto& s : nn::model_tensor_specs(c)) total += shape_numel(s.shape);
     EXPECT_EQ(total, c.num_parameters()) << name;
   }
-  const auto specs = gpt2_tensor_specs(nn::gpt_preset("gpt2"));
+  const auto specs = nn::model_tensor_specs(nn::model_preset("gpt2"));
   EXPECT_EQ(specs.size(), 2u + 12u * 12u + 2u);
   EXPECT_EQ(specs[4].name, "h.0.attn.c_attn.weight");
   EXPECT_EQ(specs[4].shape, (Shape{768, 2304}));
 }
 
 TEST(CkptCheckpoint, ConfigJsonRoundTripAndHuggingFaceConfig) {
-  const auto c = nn::gpt_preset("small");
-  const auto j = gpt_config_to_hf_json(c);
+  const auto c = nn::model_preset("small");
+  const auto j = nn::model_config_to_hf_json(c);
   EXPECT_EQ(j["model_type"], "gpt2");
   EXPECT_EQ(j["architectures"][0], "GPT2LMHeadModel");
   EXPECT_EQ(j["activation_function"], "gelu_new");
   EXPECT_EQ(j["tie_word_embeddings"], true);
   EXPECT_EQ(j["n_ctx"], 256);
-  const auto back = gpt_config_from_hf_json(j, "x");
+  const auto back = nn::model_config_from_hf_json(j, "x");
   EXPECT_EQ(back.describe(), c.describe());
 
   // config.json as Hugging Face ships it for gpt2 (unknown keys ignored).
@@ -160,26 +160,26 @@ TEST(CkptCheckpoint, ConfigJsonRoundTripAndHuggingFaceConfig) {
     "summary_type": "cls_index", "summary_use_proj": true,
     "task_specific_params": {"text-generation": {"do_sample": true, "max_length": 50}},
     "vocab_size": 50257})");
-  const auto g = gpt_config_from_hf_json(hf, "hf/config.json");
-  EXPECT_EQ(g.describe(), nn::gpt_preset("gpt2").describe());
+  const auto g = nn::model_config_from_hf_json(hf, "hf/config.json");
+  EXPECT_EQ(g.describe(), nn::model_preset("gpt2").describe());
 
   auto with = [&](const char* key, nlohmann::json v) {
     auto x = hf;
     if (v.is_discarded()) x.erase(key); else x[key] = v;
     return x;
   };
-  EXPECT_ERROR_HAS(gpt_config_from_hf_json(with("n_layer", nlohmann::json::value_t::discarded), "cfg.json"),
+  EXPECT_ERROR_HAS(nn::model_config_from_hf_json(with("n_layer", nlohmann::json::value_t::discarded), "cfg.json"),
                    "cfg.json has no \"n_layer\"");
-  EXPECT_ERROR_HAS(gpt_config_from_hf_json(with("activation_function", "gelu"), "cfg.json"),
+  EXPECT_ERROR_HAS(nn::model_config_from_hf_json(with("activation_function", "gelu"), "cfg.json"),
                    "activation_function \"gelu\"");
-  EXPECT_ERROR_HAS(gpt_config_from_hf_json(with("layer_norm_epsilon", 1e-6), "cfg.json"), "layer_norm_epsilon");
-  EXPECT_ERROR_HAS(gpt_config_from_hf_json(with("model_type", "llama"), "cfg.json"), "model_type \"llama\"");
-  EXPECT_ERROR_HAS(gpt_config_from_hf_json(with("n_embd", "768"), "cfg.json"), "\"n_embd\" in cfg.json must be an integer");
-  EXPECT_ERROR_HAS(gpt_config_from_hf_json(with("n_head", 7), "cfg.json"), "invalid model config in cfg.json",
+  EXPECT_ERROR_HAS(nn::model_config_from_hf_json(with("layer_norm_epsilon", 1e-6), "cfg.json"), "layer_norm_epsilon");
+  EXPECT_ERROR_HAS(nn::model_config_from_hf_json(with("model_type", "llama"), "cfg.json"), "model_type \"llama\"");
+  EXPECT_ERROR_HAS(nn::model_config_from_hf_json(with("n_embd", "768"), "cfg.json"), "\"n_embd\" in cfg.json must be an integer");
+  EXPECT_ERROR_HAS(nn::model_config_from_hf_json(with("n_head", 7), "cfg.json"), "invalid model config in cfg.json",
                    "divisible by n_head");
-  EXPECT_ERROR_HAS(gpt_config_from_hf_json(with("n_inner", 1000), "cfg.json"), "n_inner 1000");
-  EXPECT_ERROR_HAS(gpt_config_from_hf_json(with("tie_word_embeddings", false), "cfg.json"), "tie_word_embeddings");
-  EXPECT_EQ(gpt_config_from_hf_json(with("n_positions", nlohmann::json::value_t::discarded), "c").n_positions, 1024);
+  EXPECT_ERROR_HAS(nn::model_config_from_hf_json(with("n_inner", 1000), "cfg.json"), "n_inner 1000");
+  EXPECT_ERROR_HAS(nn::model_config_from_hf_json(with("tie_word_embeddings", false), "cfg.json"), "tie_word_embeddings");
+  EXPECT_EQ(nn::model_config_from_hf_json(with("n_positions", nlohmann::json::value_t::discarded), "c").n_positions, 1024);
 }
 
 // A directory as Hugging Face saves a GPT-2: only model.safetensors + config.json, with the
@@ -191,7 +191,7 @@ TEST(CkptCheckpoint, HuggingFaceStyleDirectoryLoadsAsInitSource) {
     TempDir dir;
     SafetensorsWriter model;
     std::vector<float> mask(16 * 16, 1.f), masked_bias(1, -1e4f);
-    for (const auto& spec : gpt2_tensor_specs(c)) {
+    for (const auto& spec : nn::model_tensor_specs(c)) {
       model.add_tensor(prefix + spec.name, spec.shape, w.at(spec.name).data());
     }
     for (int i = 0; i < c.n_layer; ++i) {
@@ -201,7 +201,7 @@ TEST(CkptCheckpoint, HuggingFaceStyleDirectoryLoadsAsInitSource) {
     if (!prefix.empty()) model.add_tensor("lm_head.weight", {50, 8}, w.at("wte.weight").data());
     model.set_metadata("format", "pt");
     model.write(dir.sub("model.safetensors"));
-    auto cfg = gpt_config_to_hf_json(c);
+    auto cfg = nn::model_config_to_hf_json(c);
     cfg.erase("trident_vocab_pad_multiple");
     cfg["summary_type"] = "cls_index";
     std::ofstream(dir.sub("config.json")) << cfg.dump(2);
@@ -236,13 +236,13 @@ TEST(CkptCheckpoint, ValidationNamesTheMismatch) {
   TempDir dir2;
   SafetensorsWriter m;
   const auto w = make_weights(c, 0.f);
-  for (const auto& spec : gpt2_tensor_specs(c)) {
+  for (const auto& spec : nn::model_tensor_specs(c)) {
     if (spec.name == "h.1.ln_2.bias") continue;
     m.add_tensor(spec.name, spec.shape, w.at(spec.name).data());
   }
   m.add_tensor("h.1.ln_3.bias", {8}, w.at("ln_f.bias").data());
   m.write(dir2.sub("model.safetensors"));
-  std::ofstream(dir2.sub("config.json")) << gpt_config_to_hf_json(c).dump();
+  std::ofstream(dir2.sub("config.json")) << nn::model_config_to_hf_json(c).dump();
   EXPECT_ERROR_HAS(load_checkpoint(dir2.path()), "1 missing: h.1.ln_2.bias", "1 unexpected: h.1.ln_3.bias");
 
   // The writer refuses an incomplete model before touching the disk.
@@ -258,7 +258,7 @@ TEST(CkptCheckpoint, OptimizerStateIsValidated) {
   const auto c = micro_config();
   const auto w = make_weights(c, 0.f);
   CheckpointWriter writer(dir.path(), 2, c);
-  for (const auto& spec : gpt2_tensor_specs(c)) {
+  for (const auto& spec : nn::model_tensor_specs(c)) {
     writer.model().add_tensor(spec.name, spec.shape, w.at(spec.name).data());
     writer.optimizer().add_tensor(exp_avg_name(spec.name), spec.shape, w.at(spec.name).data());
   }
@@ -276,7 +276,7 @@ TEST(CkptCheckpoint, FailureMidWriteKeepsPreviousCheckpoint) {
 
   const auto w2 = make_weights(c, 2.f);
   CheckpointWriter writer(dir.path(), 2, c);
-  for (const auto& spec : gpt2_tensor_specs(c)) {
+  for (const auto& spec : nn::model_tensor_specs(c)) {
     const float* data = w2.at(spec.name).data();
     const std::int64_t n = shape_numel(spec.shape);
     if (spec.name == "h.1.mlp.c_fc.weight") {
@@ -453,10 +453,10 @@ TEST(CkptCheckpoint, VerifyNamesTheNonFiniteTensor) {
 // model.safetensors streamed from a single reused buffer, then read back.
 TEST(CkptCheckpoint, DISABLED_Gpt2SizedModelStreams) {
   TempDir dir;
-  const auto c = nn::gpt_preset("gpt2");
+  const auto c = nn::model_preset("gpt2");
   std::vector<float> scratch(static_cast<std::size_t>(c.vocab_size) * c.n_embd, 0.5f);
   CheckpointWriter writer(dir.path(), 1, c);
-  for (const auto& spec : gpt2_tensor_specs(c)) {
+  for (const auto& spec : nn::model_tensor_specs(c)) {
     writer.model().add_tensor(spec.name, spec.shape, [&, n = shape_numel(spec.shape)](TensorSink& sink) {
       sink.write(scratch.data(), n);  // a real caller gathers the tensor here
     });

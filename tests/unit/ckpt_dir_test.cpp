@@ -111,7 +111,7 @@ TEST(CkptLatest, NeverMovesBackwards) {
   make_step_dirs(dir.path(), {8});
   write_file(dir.sub(kLatestFile), "step_00000008\n");
   EXPECT_EQ(latest_step(dir.path()), 8);
-  nn::GPTConfig c;
+  nn::ModelConfig c;
   c.n_layer = 1, c.n_head = 1, c.n_embd = 4, c.n_positions = 4, c.vocab_size = 8;
   CheckpointWriter older(dir.path(), 4, c);
   EXPECT_ERROR_HAS(older.commit(), "not saving checkpoint step_00000004", "names step_00000008",

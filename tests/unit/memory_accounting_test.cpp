@@ -11,7 +11,7 @@
 #include "core/memory.h"
 #include "core/rng.h"
 #include "kernels/kernels.h"
-#include "nn/gpt.h"
+#include "nn/model.h"
 #include "optim/adamw.h"
 #include "optim/grad_clip.h"
 
@@ -36,14 +36,14 @@ double analytic_activation_bytes(int64_t B, int64_t T, int64_t C, int64_t NH, in
 }
 
 struct Step {
-  nn::GPTConfig cfg;
+  nn::ModelConfig cfg;
   MemoryTracker tracker;
-  nn::GPT model;
-  nn::GPTActivations acts;
+  nn::Model model;
+  nn::ModelActivations acts;
   optim::AdamW adam;
   int64_t B, T;
 
-  Step(const nn::GPTConfig& c, int64_t b, int64_t t)
+  Step(const nn::ModelConfig& c, int64_t b, int64_t t)
       : cfg(c), model(c), acts(), adam(init(), tracker, {}), B(b), T(t) {
     acts = model.make_activations(tracker, B, T);
     const int64_t N = B * T;
@@ -66,8 +66,8 @@ struct Step {
   }
 };
 
-nn::GPTConfig test_shape() {
-  nn::GPTConfig c;
+nn::ModelConfig test_shape() {
+  nn::ModelConfig c;
   // Enough layers that the per-layer term dominates the head; a vocabulary that pads.
   c.n_layer = 6, c.n_head = 4, c.n_embd = 64, c.n_positions = 64, c.vocab_size = 1000;
   return c;
@@ -94,7 +94,7 @@ TEST(MemoryAccounting, ParamsGradsAdamWAre16BytesPerAllocatedElement) {
 TEST(MemoryAccounting, ActivationPeakEqualsTheFormula) {
   for (int64_t T : {16, 32, 64}) {
     Step s(test_shape(), 2, T);
-    const nn::GPTConfig& c = s.cfg;
+    const nn::ModelConfig& c = s.cfg;
     const double formula = analytic_activation_bytes(s.B, T, c.n_embd, c.n_head, c.n_layer,
                                                      c.padded_vocab());
     const double peak = static_cast<double>(s.tracker.peak(MemCategory::kActivations));
@@ -106,12 +106,12 @@ TEST(MemoryAccounting, ActivationPeakEqualsTheFormula) {
 
 TEST(MemoryAccounting, FormulaMatchesPresetsInDocs) {
   // docs/memory.md evaluates the formula at batch 4 x 256 tokens for these presets.
-  const nn::GPTConfig small = nn::gpt_preset("small"), gpt2 = nn::gpt_preset("gpt2");
+  const nn::ModelConfig small = nn::model_preset("small"), gpt2 = nn::model_preset("gpt2");
   EXPECT_EQ(analytic_activation_bytes(4, 256, 384, 6, 6, small.padded_vocab()), 398045184.0);
   EXPECT_EQ(analytic_activation_bytes(4, 256, 768, 12, 12, gpt2.padded_vocab()), 967520256.0);
   // And the model sizes its buffers the same way (no allocation needed to check).
-  EXPECT_EQ(4.0 * static_cast<double>(nn::GPT(small).activation_floats(4, 256)), 398045184.0);
-  EXPECT_EQ(4.0 * static_cast<double>(nn::GPT(gpt2).activation_floats(4, 256)), 967520256.0);
+  EXPECT_EQ(4.0 * static_cast<double>(nn::Model(small).activation_floats(4, 256)), 398045184.0);
+  EXPECT_EQ(4.0 * static_cast<double>(nn::Model(gpt2).activation_floats(4, 256)), 967520256.0);
 }
 
 }  // namespace

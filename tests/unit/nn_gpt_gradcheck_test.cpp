@@ -13,27 +13,44 @@
 #include "core/check.h"
 #include "core/rng.h"
 #include "kernels/kernels.h"
-#include "nn/gpt.h"
+#include "nn/model.h"
 
 namespace trident::nn {
 namespace {
 
-GPTConfig tiny_shape() {
-  GPTConfig c;
+ModelConfig tiny_shape() {
+  ModelConfig c;
   c.n_layer = 2, c.n_head = 2, c.n_embd = 16, c.n_positions = 8, c.vocab_size = 37;
   c.vocab_pad_multiple = 8;  // padded to 40: padding must not change loss or gradients
   return c;
 }
 
+// Llama with grouped-query attention (4 query heads on 2 key/value heads), an untied head
+// and an MLP width (48) no longer than GPT-2's 4C: the same reduction lengths as below.
+ModelConfig llama_gqa_shape() {
+  ModelConfig c = tiny_shape();
+  c.family = Family::kLlama;
+  c.n_head = 4, c.n_kv_head = 2, c.n_inner = 48, c.tie_word_embeddings = false;
+  c.rope_theta = 10000.0, c.norm_eps = 1e-5;
+  return c;
+}
+
+// Llama with multi-head attention and the head tied to the embedding.
+ModelConfig llama_tied_mha_shape() {
+  ModelConfig c = llama_gqa_shape();
+  c.n_head = 2, c.n_kv_head = 0, c.tie_word_embeddings = true;
+  return c;
+}
+
 struct Fixture {
-  GPTConfig cfg = tiny_shape();
+  ModelConfig cfg;
   MemoryTracker tracker;
-  GPT model{cfg};
-  GPTActivations acts;
+  Model model{cfg};
+  ModelActivations acts;
   std::vector<int32_t> ids, targets;
   static constexpr int64_t B = 2, T = 5;
 
-  Fixture() {
+  explicit Fixture(ModelConfig c = tiny_shape()) : cfg(c) {
     kernels::set_num_threads(1);
     model.allocate(tracker);
     model.params().initialize(7);
@@ -64,8 +81,8 @@ struct Fixture {
 // step actually applied (w +- e d rounded to fp32), so rounding the perturbation costs nothing.
 // Each tensor is checked along its own gradient (the derivative is |g| there: the magnitude to
 // ~1e-4 relative) and along a random direction (an error orthogonal to g shows at first order).
-TEST(GptGradcheck, EveryParameterTensorMatchesFiniteDifferences) {
-  Fixture f;
+void check_every_tensor(const ModelConfig& cfg) {
+  Fixture f(cfg);
   ParameterSet& ps = f.model.params();
   ps.zero_grads();
   const double loss = f.model.forward_backward(f.acts, f.ids.data(), f.targets.data(), Fixture::B,
@@ -134,6 +151,15 @@ TEST(GptGradcheck, EveryParameterTensorMatchesFiniteDifferences) {
   }
 }
 
+TEST(GptGradcheck, EveryParameterTensorMatchesFiniteDifferences) { check_every_tensor(tiny_shape()); }
+// RMSNorm, RoPE, SwiGLU and grouped-query attention backward through the whole model.
+TEST(LlamaGradcheck, GqaUntiedEveryParameterTensorMatchesFiniteDifferences) {
+  check_every_tensor(llama_gqa_shape());
+}
+TEST(LlamaGradcheck, MhaTiedEveryParameterTensorMatchesFiniteDifferences) {
+  check_every_tensor(llama_tied_mha_shape());
+}
+
 TEST(GptGradcheck, PaddingRowsStayZeroAndGetNoGradient) {
   Fixture f;
   ParameterSet& ps = f.model.params();
@@ -149,17 +175,17 @@ TEST(GptGradcheck, PaddingRowsStayZeroAndGetNoGradient) {
 }
 
 TEST(GptParameters, PresetCountsMatchGpt2) {
-  EXPECT_EQ(gpt_preset("gpt2").num_parameters(), 124439808);
-  EXPECT_EQ(gpt_preset("gpt2-medium").num_parameters(), 354823168);
+  EXPECT_EQ(model_preset("gpt2").num_parameters(), 124439808);
+  EXPECT_EQ(model_preset("gpt2-medium").num_parameters(), 354823168);
   // The model's registered parameters (padding excluded) agree with the formula.
-  GPT model(gpt_preset("small"));
+  Model model(model_preset("small"));
   int64_t logical = 0;
   for (const ParamInfo& p : model.params().infos()) logical += shape_numel(p.logical_shape);
-  EXPECT_EQ(logical, gpt_preset("small").num_parameters());
+  EXPECT_EQ(logical, model_preset("small").num_parameters());
 }
 
 TEST(GptConfigValidation, BadShapesGiveClearErrors) {
-  GPTConfig c = tiny_shape();
+  ModelConfig c = tiny_shape();
   c.n_head = 3;
   try {
     c.validate();
@@ -173,7 +199,7 @@ TEST(GptConfigValidation, BadShapesGiveClearErrors) {
   c = tiny_shape();
   c.n_embd = -4;
   EXPECT_THROW(c.validate(), Error);
-  EXPECT_THROW(gpt_preset("gpt5"), Error);
+  EXPECT_THROW(model_preset("gpt5"), Error);
 }
 
 }  // namespace

@@ -8,8 +8,8 @@
 
 #include "core/check.h"
 #include "core/memory.h"
-#include "nn/gpt.h"
-#include "nn/gpt_config.h"
+#include "nn/model.h"
+#include "nn/model_config.h"
 #include "nn/parameters.h"
 #include "train/memory_check.h"
 #include "../support/expect_error.h"
@@ -19,18 +19,18 @@ namespace {
 
 TEST(ModelSize, PresetCountsAreExact) {
   // Hugging Face's counts for GPT-2 (tied head counted once).
-  EXPECT_EQ(gpt_preset("gpt2").num_parameters(), 124439808);
-  EXPECT_EQ(gpt_preset("gpt2-medium").num_parameters(), 354823168);
+  EXPECT_EQ(model_preset("gpt2").num_parameters(), 124439808);
+  EXPECT_EQ(model_preset("gpt2-medium").num_parameters(), 354823168);
   // And the count is what construction registers.
-  const GPTConfig tiny = gpt_preset("tiny");
-  GPT m(tiny);
+  const ModelConfig tiny = model_preset("tiny");
+  Model m(tiny);
   int64_t registered = 0;
   for (const ParamInfo& p : m.params().infos()) registered += shape_numel(p.logical_shape);
   EXPECT_EQ(registered, tiny.num_parameters());
 }
 
 TEST(ModelSize, OverflowIsAnErrorNotAWrappedCount) {
-  GPTConfig c = gpt_preset("tiny");
+  ModelConfig c = model_preset("tiny");
   c.n_embd = std::numeric_limits<int>::max() / 4 / 4 * 4;  // 12 C^2 fits, times n_layer does not
   c.n_layer = std::numeric_limits<int>::max();
   EXPECT_ERROR_HAS(c.num_parameters(), "more than 2^63 parameters");
@@ -44,10 +44,10 @@ TEST(ModelSize, RegistrationIsLinearInTheNumberOfTensors) {
   // 100000 layers: 1.2M tensors. Registering them with a scan per name (the old duplicate
   // check) is ~7e11 string comparisons, hours; hashed it takes about a second. Construction
   // allocates nothing (the 1.3G parameters are never allocated here).
-  GPTConfig c = gpt_preset("tiny");
+  ModelConfig c = model_preset("tiny");
   c.n_layer = 100000;
   const auto t0 = std::chrono::steady_clock::now();
-  GPT m(c);
+  Model m(c);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(m.params().size(), 12 * 100000 + 4);  // + wte, wpe, ln_f.weight, ln_f.bias
   EXPECT_EQ(m.params().find("h.99999.mlp.c_proj.bias"), m.params().size() - 3);
@@ -67,7 +67,7 @@ TEST(ModelSize, DuplicateNamesAreStillRefused) {
 }
 
 TEST(ModelSize, MemoryLowerBoundAndAvailability) {
-  const GPTConfig g = gpt_preset("gpt2");
+  const ModelConfig g = model_preset("gpt2");
   EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4), 16.0 * 124439808 / 4);
   const auto avail = train::available_memory_bytes();
   ASSERT_TRUE(avail.has_value()) << "Linux has /proc/meminfo";

@@ -15,7 +15,7 @@ using trident::test::error_of;
 
 PlanRequest tiny_request(int world, int64_t batch, int M) {
   PlanRequest r;
-  r.model = nn::gpt_preset("tiny");  // 8 layers, 4 heads, 32 channels
+  r.model = nn::model_preset("tiny");  // 8 layers, 4 heads, 32 channels
   r.world = world;
   r.batch_size = batch;
   r.seq_len = 16;
@@ -107,7 +107,7 @@ TEST(PlanLayout, BadRequestsSayWhatToChange) {
   PlanRequest r = tiny_request(8, 8, 0);
   r.seq_len = 1000;
   EXPECT_NE(error_of([&] { enumerate_layouts(r); }).find("n_positions"), std::string::npos);
-  EXPECT_NE(error_of([] { nn::gpt_preset("gpt5"); }).find("known presets"), std::string::npos);
+  EXPECT_NE(error_of([] { nn::model_preset("gpt5"); }).find("known presets"), std::string::npos);
 }
 
 }  // namespace

@@ -19,7 +19,7 @@ constexpr double kPsi = kEmbed + L * kBlock + 2 * C;              // + ln_f
 
 PlanRequest request(int world, int64_t batch) {
   PlanRequest r;
-  r.model = nn::gpt_preset("tiny");
+  r.model = nn::model_preset("tiny");
   r.world = world;
   r.batch_size = batch;
   r.seq_len = 16;

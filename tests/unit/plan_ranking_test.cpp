@@ -14,7 +14,7 @@ namespace {
 
 PlanRequest request() {
   PlanRequest r;
-  r.model = nn::gpt_preset("tiny");
+  r.model = nn::model_preset("tiny");
   r.world = 8;
   r.batch_size = 8;
   r.seq_len = 32;

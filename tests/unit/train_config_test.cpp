@@ -400,7 +400,7 @@ TEST(TrainConfig, ResolveModel) {
   m.model = "tiny";
   m.n_layer = 2;
   m.vocab_pad_multiple = 128;
-  const nn::GPTConfig g = resolve_model_config(m);
+  const nn::ModelConfig g = resolve_model_config(m);
   EXPECT_EQ(g.n_layer, 2);
   EXPECT_EQ(g.n_embd, 32);
   EXPECT_EQ(g.vocab_pad_multiple, 128);
@@ -411,19 +411,31 @@ TEST(TrainConfig, ResolveModel) {
       << R"({"n_layer": 3, "n_head": 2, "n_embd": 16, "n_positions": 32, "vocab_size": 500})";
   m = ModelOptions{};
   m.model = dir.string();
-  const nn::GPTConfig h = resolve_model_config(m);
+  const nn::ModelConfig h = resolve_model_config(m);
   EXPECT_EQ(h.n_layer, 3);
   EXPECT_EQ(h.vocab_size, 500);
   m.model = (dir / "config.json").string();
   EXPECT_EQ(resolve_model_config(m).n_positions, 32);
-  // A Llama config.json is refused by model_type, and without it by its keys: never read as GPT-2.
+  // A Llama config.json is read as Llama (by model_type, or without it by its keys), never as
+  // GPT-2; an incomplete one names the missing key; one that mixes families is refused.
   std::ofstream(dir / "config.json")
       << R"({"model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64,
              "max_position_embeddings": 128, "vocab_size": 500})";
-  EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "model_type \"llama\"");
+  EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "no \"intermediate_size\"");
   std::ofstream(dir / "config.json")
-      << R"({"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "vocab_size": 500})";
-  EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "no \"n_layer\"");
+      << R"({"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64,
+             "intermediate_size": 96, "max_position_embeddings": 128, "vocab_size": 500})";
+  const nn::ModelConfig l = resolve_model_config(m);
+  EXPECT_EQ(l.family, nn::Family::kLlama);
+  EXPECT_EQ(l.kv_heads(), 2);
+  EXPECT_EQ(l.mlp_width(), 96);
+  EXPECT_FALSE(l.tie_word_embeddings);  // Hugging Face's LlamaConfig default
+  std::ofstream(dir / "config.json")
+      << R"({"model_type": "gpt2", "n_layer": 3, "n_head": 2, "n_embd": 16, "n_positions": 32,
+             "vocab_size": 500, "num_key_value_heads": 1})";
+  EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "holds \"num_key_value_heads\", a llama key");
+  std::ofstream(dir / "config.json") << R"({"model_type": "mistral", "vocab_size": 500})";
+  EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "model_type \"mistral\", which Trident does not implement");
   fs::remove_all(dir);
   m.model = "gpt3";
   EXPECT_CONTAINS(error_of([&] { resolve_model_config(m); }), "neither a preset");
@@ -499,7 +511,7 @@ struct SavedRun {
     step_dir = dir.sub("run/step_00000006");
     fs::create_directories(step_dir);
     std::ofstream(step_dir + "/model.safetensors") << "x";
-    std::ofstream(step_dir + "/config.json") << ckpt::gpt_config_to_hf_json(nn::gpt_preset("tiny")).dump();
+    std::ofstream(step_dir + "/config.json") << nn::model_config_to_hf_json(nn::model_preset("tiny")).dump();
     write({{"run_config", to_json(cfg)}, {"step", 6}, {"data", {{"next_step", 6}}}});
     std::ofstream(dir.sub("run/latest")) << "step_00000006\n";
   }

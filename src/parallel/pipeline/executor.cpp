@@ -20,7 +20,7 @@ enum { kActTag = 0, kGradTag = 1 };
 }  // namespace
 
 struct PipelineExecutor::Slot {
-  nn::GPTActivations acts;
+  nn::ModelActivations acts;
   comm::Work send;  // the activation send reading acts.stage_output()
 };
 
@@ -42,7 +42,7 @@ class PipelineExecutor::ChunkHooks : public nn::ModelHooks {
   }
 };
 
-PipelineExecutor::PipelineExecutor(comm::Communicator& pp_group, std::vector<nn::GPT*> chunks,
+PipelineExecutor::PipelineExecutor(comm::Communicator& pp_group, std::vector<nn::Model*> chunks,
                                    const ScheduleSpec& spec, MemoryTracker& tracker,
                                    const ExecutorOptions& options)
     : comm_(pp_group), chunks_(std::move(chunks)), spec_(spec), tracker_(tracker), opts_(options) {
@@ -57,7 +57,7 @@ PipelineExecutor::PipelineExecutor(comm::Communicator& pp_group, std::vector<nn:
             opts_.micro_batch_rows, opts_.seq_len);
   const int S = spec_.num_chunks();
   for (int c = 0; c < spec_.virtual_stages; ++c) {
-    nn::GPT* g = chunks_[static_cast<std::size_t>(c)];
+    nn::Model* g = chunks_[static_cast<std::size_t>(c)];
     TRI_CHECK(g != nullptr, "pp rank {}: chunk {} is null", rank_, c);
     const int s = rank_ + c * spec_.pp;
     TRI_CHECK(g->stage().has_embedding == (s == 0) && g->stage().has_head == (s == S - 1),
@@ -228,7 +228,7 @@ double PipelineExecutor::run_step(const BatchProvider& batches, float dloss) {
 
   for (std::size_t i = 0; i < list_.size(); ++i) {
     const Instruction& ins = list_[i];
-    nn::GPT* model = ins.op == Op::kEnd ? nullptr : chunks_[static_cast<std::size_t>(ins.chunk)];
+    nn::Model* model = ins.op == Op::kEnd ? nullptr : chunks_[static_cast<std::size_t>(ins.chunk)];
     const int s = rank_ + ins.chunk * spec_.pp;
     switch (ins.op) {
       case Op::kRecvActivation: {
@@ -310,9 +310,10 @@ double PipelineExecutor::run_step(const BatchProvider& batches, float dloss) {
 void PipelineExecutor::reduce_tied_grads() {
   const int P = spec_.pp;
   if (P == 1 || (rank_ != 0 && rank_ != P - 1)) return;
-  nn::GPT* model = rank_ == 0 ? chunks_.front() : chunks_.back();
-  const int id = model->params().find("wte.weight");
-  TRI_CHECK(id >= 0, "pp rank {}: no wte.weight to tie", rank_);
+  nn::Model* model = rank_ == 0 ? chunks_.front() : chunks_.back();
+  // Both ends derive this from the same config: an untied model has nothing to sum.
+  const int id = model->params().find_tied();
+  if (id < 0) return;
   const auto count = static_cast<std::size_t>(model->params().info(id).numel);
   float* grad = model->params().grad(id);
   FloatBuffer other(tracker_, MemCategory::kCommBuffers, count);
@@ -320,8 +321,8 @@ void PipelineExecutor::reduce_tied_grads() {
   comm::Work r = comm_.recv(std::span<float>(other.data(), count), peer, kTiedTag);
   comm::Work s = comm_.send(std::span<const float>(grad, count), peer, kTiedTag);
   const Instruction ins{Op::kReduceTiedGrads, -1, 0, peer};
-  wait(r, ins, "tied wte gradient");
-  wait(s, ins, "tied wte gradient");
+  wait(r, ins, "tied embedding gradient");
+  wait(s, ins, "tied embedding gradient");
   // a + b on both sides: the two copies stay bit-identical.
   for (std::size_t i = 0; i < count; ++i) grad[i] += other[i];
 }

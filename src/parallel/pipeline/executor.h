@@ -18,10 +18,10 @@
 //                    shared memory without single-copy: comm/progress_probe.h), a progress
 //                    thread tests in-flight sends while compute runs, so the message does
 //                    not wait for this rank's next MPI call.
-//   ReduceTiedGrads  wte's gradient summed between the first and last stage (both end with
+//   ReduceTiedGrads  the tied embedding's gradient summed between the first and last stage (both end with
 //                    a + b, bit-identical), unless ExecutorOptions::reduce_tied_grads is false
 //                    (then call reduce_tied_grads() yourself, e.g. after the dp reduction).
-// Activations: a GPTActivations per in-flight micro-batch per chunk, from a pool that grows to
+// Activations: a ModelActivations per in-flight micro-batch per chunk, from a pool that grows to
 // the schedule's peak (1F1B: min(pp - rank, M) on rank `rank`, GPipe: M) and is reused across
 // steps; MemoryTracker's kActivations peak shows it.
 #pragma once
@@ -36,7 +36,7 @@
 
 #include "comm/communicator.h"
 #include "core/memory.h"
-#include "nn/gpt.h"
+#include "nn/model.h"
 #include "parallel/pipeline/schedule.h"
 #include "parallel/pipeline/simulator.h"
 
@@ -68,7 +68,7 @@ class PipelineExecutor {
   // `pp_group`: this rank's pipeline group (Mesh::pp()); its size is spec.pp. `chunks`: this
   // rank's V model chunks in local order (chunk c = global stage rank + c * pp, built from
   // Partition::chunk(rank, c)), allocated; they must outlive the executor.
-  PipelineExecutor(comm::Communicator& pp_group, std::vector<nn::GPT*> chunks,
+  PipelineExecutor(comm::Communicator& pp_group, std::vector<nn::Model*> chunks,
                    const ScheduleSpec& spec, MemoryTracker& tracker,
                    const ExecutorOptions& options);
   ~PipelineExecutor();
@@ -78,7 +78,7 @@ class PipelineExecutor {
   // Hooks for every chunk (group ids are per chunk's ParameterSet; `chunk_hooks[c]` or one
   // for all). before_group_forward/backward are forwarded on every micro-batch;
   // after_group_backward only on the chunk's last backward of the step, when its gradients
-  // (accumulated over the micro-batches) are final -- except wte's, which the tied
+  // (accumulated over the micro-batches) are final -- except the tied embedding's, which the tied
   // reduction completes.
   void set_hooks(std::vector<nn::ModelHooks*> chunk_hooks);
 
@@ -86,7 +86,7 @@ class PipelineExecutor {
   // zero them before. dloss = 1 / (tokens of the global batch). Returns the sum of the token
   // losses of all micro-batches on the rank holding the last chunk, 0 elsewhere.
   double run_step(const BatchProvider& batches, float dloss);
-  // Sums wte's gradient between pp rank 0 (embedding) and pp rank pp-1 (head copy); a no-op
+  // Sums the tied embedding's gradient between pp rank 0 (embedding) and pp rank pp-1 (head copy); a no-op
   // on other ranks and with pp == 1. Both ranks must call it.
   void reduce_tied_grads();
 
@@ -117,7 +117,7 @@ class PipelineExecutor {
   void progress_loop();
 
   comm::Communicator& comm_;
-  std::vector<nn::GPT*> chunks_;
+  std::vector<nn::Model*> chunks_;
   ScheduleSpec spec_;
   MemoryTracker& tracker_;
   ExecutorOptions opts_;

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "nn/gpt.h"
+#include "nn/model.h"
 
 namespace trident::pp {
 

@@ -31,7 +31,7 @@ enum class Op : uint8_t {
   kSendActivation,   // output of (mb, chunk) to the next stage, rank `peer`
   kRecvGrad,         // gradient of (mb, chunk)'s output from the next stage, rank `peer`
   kSendGrad,         // gradient of (mb, chunk)'s input to the previous stage, rank `peer`
-  kReduceTiedGrads,  // sum wte's gradient with rank `peer` (first <-> last stage)
+  kReduceTiedGrads,  // sum the tied embedding's gradient with rank `peer` (first <-> last stage)
   kEnd,              // step over: the rank's gradients are final
 };
 

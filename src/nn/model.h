@@ -1,25 +1,27 @@
-// GPT-2 as Hugging Face computes it: token + learned position embeddings, pre-LN blocks, final
-// LayerNorm, LM head tied to the token embedding. Explicit forward/backward in stage-sized
-// pieces (embed, blocks, head) so the pipeline executor can run a stage's share and the
-// single-process run is just all pieces in order.
+// A decoder-only language model of any declared family (nn/architecture.h): token embedding
+// (+ learned positions where the family has them), the family's layers, a final norm and the
+// LM head (tied to the embedding or its own weight), with explicit forward/backward in
+// stage-sized pieces (embed, blocks, head) so the pipeline executor can run a stage's share
+// and the single-process run is just all pieces in order. This class knows parameters only by
+// their declared role (ParamRole), never by name.
 //
 // Shapes: B batch, T sequence, C = n_embd, Vp padded vocabulary rows on this rank, N = B*T.
 //
-// Tensor parallelism (TpContext, tp > 1): wte is split by vocabulary rows (VocabParallelEmbedding:
-// each rank looks up its rows, an allreduce sums them); the tied head computes this rank's
-// (N, Vp) logit columns and the vocab-parallel cross-entropy (kernels/vocab_parallel.h)
-// reduces max, sum-exp and the target logit over tp, so the full logits never exist; the head's
-// input gradient dlnf = dlogits @ wte_local is allreduced (identity forward, allreduce
+// Tensor parallelism (TpContext, tp > 1): the embedding is split by vocabulary rows
+// (VocabParallelEmbedding: each rank looks up its rows, an allreduce sums them); the head
+// computes this rank's (N, Vp) logit columns and the vocab-parallel cross-entropy
+// (kernels/vocab_parallel.h) reduces max, sum-exp and the target logit over tp, so the full
+// logits never exist; the head's input gradient is allreduced (identity forward, allreduce
 // backward). With sequence parallelism the residual stream (stage input/output, residual_grad)
 // holds only this rank's local_rows(N) token rows (see nn/tensor_parallel.h): the embedding
-// reduce-scatters instead of allreducing, ln_f runs on local rows and is all-gathered before
-// the head, and the head's input gradient is reduce-scattered.
+// reduce-scatters instead of allreducing, the final norm runs on local rows and is all-gathered
+// before the head, and the head's input gradient is reduce-scattered.
 //
 // What the caller (engine) must do for tp: construct with TpContext{rank, size, comm,
-// sequence_parallel}; count tp_replicated parameters once in the grad norm (every tp rank
-// holds identical copies of them); count the loss of one tp rank (all hold the same). Nothing
-// after backward: under sequence parallelism the LayerNorm gradients (partial over this rank's
-// rows) are allreduced over tp inside backward, before the group's after_group_backward hook.
+// sequence_parallel}; count only parameters whose ParamInfo::tp_owner is set in the grad norm;
+// count the loss of one tp rank (all hold the same). Nothing after backward: norm gradients
+// under sequence parallelism and replicated key/value heads are summed over tp inside
+// backward, before the group's after_group_backward hook.
 // A pipeline stage exchanges local_rows(B*T) * C floats.
 #pragma once
 
@@ -28,8 +30,8 @@
 #include <vector>
 
 #include "core/memory.h"
-#include "nn/block.h"
-#include "nn/gpt_config.h"
+#include "nn/layer.h"
+#include "nn/model_config.h"
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
 
@@ -39,18 +41,18 @@ namespace trident::nn {
 struct StageSpec {
   int layer_begin = 0;
   int layer_end = -1;          // exclusive; -1 = n_layer
-  bool has_embedding = true;   // wte + wpe lookup (first stage)
-  bool has_head = true;        // ln_f + tied LM head + loss (last stage)
+  bool has_embedding = true;   // token (+ position) embedding lookup (first stage)
+  bool has_head = true;        // final norm + LM head + loss (last stage)
 };
 
 // Everything one micro-batch's forward saves for its backward. Reused across steps.
-struct GPTActivations {
+struct ModelActivations {
   int64_t B = 0, T = 0;                  // capacity; a run may use fewer tokens
   std::vector<int32_t> ids, targets;     // (B, T)
   std::vector<FloatBuffer> residual;     // [layer - layer_begin] (Nl, C): input of that layer;
                                          // the last entry is the stage output
-  std::vector<BlockActivations> blocks;  // [layer - layer_begin]
-  FloatBuffer lnf, lnf_mean, lnf_rstd;   // (Nl, C), (Nl), (Nl)  head only
+  std::vector<std::unique_ptr<LayerActivations>> blocks;  // [layer - layer_begin]
+  FloatBuffer lnf, lnf_mean, lnf_rstd;   // (Nl, C), (Nl), (Nl) final norm  head only
   FloatBuffer logits;                    // (N, Vp)  head only; becomes dlogits in place
   FloatBuffer losses;                    // (N)  head only
 
@@ -58,11 +60,11 @@ struct GPTActivations {
   float* stage_output() { return residual.back().data(); }
 };
 
-class GPT {
+class Model {
  public:
-  GPT(const GPTConfig& cfg, const TpContext& tp = {}, const StageSpec& stage = {});
+  Model(const ModelConfig& cfg, const TpContext& tp = {}, const StageSpec& stage = {});
 
-  const GPTConfig& config() const { return cfg_; }
+  const ModelConfig& config() const { return cfg_; }
   const StageSpec& stage() const { return stage_; }
   const TpContext& tp() const { return tp_; }
   ParameterSet& params() { return params_; }
@@ -75,22 +77,25 @@ class GPT {
 
   // Allocates parameters and gradients; then initialise or load them.
   void allocate(MemoryTracker& tracker);
-  GPTActivations make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const;
+  ModelActivations make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const;
   // Floats make_activations allocates (the analytic formula of docs/memory.md).
   int64_t activation_floats(int64_t B, int64_t T) const;
+  // Floats of gradient scratch a step of N = B*T tokens allocates (residual gradient, the
+  // shared and the layers' scratch, the vocab-parallel loss sums).
+  int64_t workspace_floats(int64_t N) const;
 
   // ---- pieces, in execution order; each works on acts with B*T tokens (B, T given) ----
-  void embed_forward(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T);
-  void blocks_forward(GPTActivations& acts, int64_t B, int64_t T);
-  // Final LayerNorm, logits, loss; then backward through the head into residual_grad().
+  void embed_forward(ModelActivations& acts, const int32_t* ids, int64_t B, int64_t T);
+  void blocks_forward(ModelActivations& acts, int64_t B, int64_t T);
+  // Final norm, logits, loss; then backward through the head into residual_grad().
   // dloss scales each token's loss gradient (1 / tokens in the global batch). Returns the
   // sum of the token losses of this micro-batch.
-  double head_forward_backward(GPTActivations& acts, const int32_t* targets, int64_t B,
+  double head_forward_backward(ModelActivations& acts, const int32_t* targets, int64_t B,
                                int64_t T, float dloss);
   // Blocks backward: residual_grad() holds d loss / d stage output on entry and
   // d loss / d stage input on exit.
-  void blocks_backward(GPTActivations& acts, int64_t B, int64_t T);
-  void embed_backward(GPTActivations& acts, int64_t B, int64_t T);
+  void blocks_backward(ModelActivations& acts, int64_t B, int64_t T);
+  void embed_backward(ModelActivations& acts, int64_t B, int64_t T);
   float* residual_grad() { return dres_.data(); }
   // residual_grad() sized for B*T tokens, allocated if needed: where a pipeline stage without
   // the head receives d loss / d stage output before blocks_backward.
@@ -100,45 +105,52 @@ class GPT {
   }
 
   // ---- whole model on one rank ----
-  double forward_backward(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
+  double forward_backward(ModelActivations& acts, const int32_t* ids, const int32_t* targets,
                           int64_t B, int64_t T, float dloss);
-  // Forward only, the last stage's share: ln_f, logits and the sum of the token losses of
+  // Forward only, the last stage's share: final norm, logits and the sum of the token losses of
   // acts' stage output (evaluation; no gradients).
-  double head_loss(GPTActivations& acts, const int32_t* targets, int64_t B, int64_t T);
+  double head_loss(ModelActivations& acts, const int32_t* targets, int64_t B, int64_t T);
   // Forward only: sum of token losses (evaluation).
-  double forward_loss(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
+  double forward_loss(ModelActivations& acts, const int32_t* ids, const int32_t* targets,
                       int64_t B, int64_t T);
   // Forward only: logits (N, Vp) left in acts.logits (padding columns included; with tp, this
   // rank's vocabulary columns).
-  const float* forward_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T);
+  const float* forward_logits(ModelActivations& acts, const int32_t* ids, int64_t B, int64_t T);
   // Forward only: logits (Vp floats per position) of the last position of each row, for
   // generation; returns a pointer into acts.logits of row b's last position. With tp the
   // slices are all-gathered (padded vocabulary, global order) into a model-owned buffer.
-  const float* forward_last_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T);
+  const float* forward_last_logits(ModelActivations& acts, const int32_t* ids, int64_t B, int64_t T);
 
  private:
   void ensure_scratch(int64_t N);
-  void head_forward(GPTActivations& acts, int64_t N);
+  void head_forward(ModelActivations& acts, int64_t N);
+  // The final norm (LayerNorm or RMSNorm, as declared) over `rows` rows.
+  void final_norm_forward(float* out, float* mean, float* rstd, const float* x, int64_t rows) const;
+  // dx = (not +=) d/dx; the weight (and bias) gradients accumulate into gw (and gb).
+  void final_norm_backward(float* dx, float* gw, float* gb, const float* dout, const float* x,
+                           const float* mean, const float* rstd, int64_t rows) const;
   // Vocab-parallel loss (tp > 1): losses and dlogits in place, as the single-process kernel.
-  void vocab_parallel_loss(GPTActivations& acts, const int32_t* targets, int64_t N, float dloss);
+  void vocab_parallel_loss(ModelActivations& acts, const int32_t* targets, int64_t N, float dloss);
   // Sequence parallelism needs the (N, C) gather buffers in forward too.
   void ensure_scratch_sp(int64_t N) { if (tp_.sp()) ensure_scratch(N); }
   void hook_forward(int group) { if (hooks_) hooks_->before_group_forward(group); }
   void hook_before_backward(int group) { if (hooks_) hooks_->before_group_backward(group); }
   void hook_after_backward(int group) { if (hooks_) hooks_->after_group_backward(group); }
 
-  GPTConfig cfg_;
+  ModelConfig cfg_;
   TpContext tp_;
   StageSpec stage_;
   int64_t vocab_local_ = 0;
   ParameterSet params_;
-  int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
+  // Parameters by role (-1 where this stage or family has none). head_w_ is the LM head's
+  // weight: the token embedding (or its tied copy) when tied, lm_head otherwise.
+  int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1, head_w_ = -1;
   int embed_group_ = -1, head_group_ = -1;
-  std::vector<Block> blocks_;
+  std::vector<std::unique_ptr<Layer>> blocks_;
   std::vector<int> block_groups_;
   MemoryTracker* tracker_ = nullptr;
   FloatBuffer dres_;  // (N, C) residual-stream gradient
-  BlockScratch scratch_;
+  SharedScratch scratch_;
   int64_t scratch_tokens_ = 0;
   FloatBuffer ce_sums_;      // (3N) vocab-parallel loss: row max, sum-exp, target logit
   FloatBuffer last_logits_;  // C + 2 + Vl + Vp: generation with tp

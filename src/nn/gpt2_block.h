@@ -17,7 +17,8 @@
 #include <string>
 
 #include "core/memory.h"
-#include "nn/gpt_config.h"
+#include "nn/layer.h"
+#include "nn/model_config.h"
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
 
@@ -26,7 +27,7 @@ namespace trident::nn {
 // What a block's forward saves for its backward, for one micro-batch of N = B*T tokens.
 // Shapes use local (per tp rank) widths: Cl = C/tp, NHl = NH/tp, and Nl = the rows this rank
 // holds of the sequence-parallel regions (Nl = N without sequence parallelism).
-struct BlockActivations {
+struct Gpt2BlockActivations final : LayerActivations {
   FloatBuffer ln1;        // (Nl, C)
   FloatBuffer ln1_mean;   // (Nl)
   FloatBuffer ln1_rstd;   // (Nl)
@@ -40,53 +41,40 @@ struct BlockActivations {
   FloatBuffer fch;        // (N, 4Cl)
   FloatBuffer fch_gelu;   // (N, 4Cl)
 
-  BlockActivations() = default;
   // local_rows: Nl under sequence parallelism; < 0 means N.
-  BlockActivations(MemoryTracker& tracker, const GPTConfig& cfg, int tp, int64_t B, int64_t T,
-                   int64_t local_rows = -1);
+  Gpt2BlockActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t B, int64_t T,
+                       int64_t local_rows = -1);
   // Floats allocated for one block; the analytic activation formula of docs/memory.md.
-  static int64_t floats(const GPTConfig& cfg, int tp, int64_t B, int64_t T, int64_t local_rows = -1);
+  static int64_t floats(const ModelConfig& cfg, int tp, int64_t B, int64_t T, int64_t local_rows = -1);
+  // The block's share of SharedScratch::layer: dqkv (N, 3Cl), datty (N, Cl), dfch (N, 4Cl).
+  static int64_t scratch_floats(const ModelConfig& cfg, int tp, int64_t N);
 };
 
-// Gradient scratch shared by all blocks of a model (backward runs one block at a time).
-struct BlockScratch {
-  FloatBuffer dln;    // (N, C)
-  FloatBuffer dqkv;   // (N, 3Cl)
-  FloatBuffer datty;  // (N, Cl)
-  FloatBuffer dfch;   // (N, 4Cl)
-  // Sequence parallelism only (empty otherwise); also used by GPT's embedding and head:
-  FloatBuffer gathered;   // (N, C) all-gathered LayerNorm output
-  FloatBuffer full;       // (N, C) partial sums before reduce_scatter / gathered gradient
-  FloatBuffer dln_local;  // (Nl, C) reduce-scattered LayerNorm-output gradient
-  FloatBuffer ln_grads;   // (4C) partial LayerNorm weight/bias gradients, summed over tp
-
-  BlockScratch() = default;
-  // sp_local_rows >= 0: allocate the sequence-parallel buffers for Nl = sp_local_rows.
-  BlockScratch(MemoryTracker& tracker, const GPTConfig& cfg, int tp, int64_t N,
-               int64_t sp_local_rows = -1);
-};
-
-class Block {
+class Gpt2Block final : public Layer {
  public:
-  // Registers h.<layer>.* in `params` (as the current group), sliced for this tp rank.
-  Block(ParameterSet& params, const GPTConfig& cfg, const TpContext& tp, int layer);
+  // Registers h.<layer>.* (GPT-2's declaration) in `params` as the current group, sliced for
+  // this tp rank.
+  Gpt2Block(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer);
 
-  // out (Nl, C) = block(x (Nl, C)). out must not alias x. scratch is needed (and only used)
-  // with sequence parallelism.
-  void forward(ParameterSet& params, BlockActivations& acts, float* out, const float* x,
-               int64_t B, int64_t T, BlockScratch* scratch = nullptr) const;
-  // dres (Nl, C): on entry d loss / d out, on exit d loss / d x (updated in place).
-  // Parameter gradients accumulate.
-  void backward(ParameterSet& params, const BlockActivations& acts, BlockScratch& scratch,
-                float* dres, const float* x, int64_t B, int64_t T) const;
+  std::unique_ptr<LayerActivations> make_activations(MemoryTracker& tracker, int64_t B, int64_t T,
+                                                     int64_t local_rows) const override;
+  void forward(ParameterSet& params, LayerActivations& acts, float* out, const float* x, int64_t B,
+               int64_t T, SharedScratch& scratch) const override;
+  void backward(ParameterSet& params, const LayerActivations& acts, SharedScratch& scratch,
+                float* dres, const float* x, int64_t B, int64_t T) const override;
 
  private:
-  void forward_sp(ParameterSet& params, BlockActivations& acts, BlockScratch& s, float* out,
+  struct Grads;  // the carved SharedScratch::layer
+  void forward_plain(ParameterSet& params, Gpt2BlockActivations& acts, float* out, const float* x,
+                     int64_t B, int64_t T) const;
+  void backward_plain(ParameterSet& params, const Gpt2BlockActivations& acts, SharedScratch& s,
+                      float* dres, const float* x, int64_t B, int64_t T) const;
+  void forward_sp(ParameterSet& params, Gpt2BlockActivations& acts, SharedScratch& s, float* out,
                   const float* x, int64_t B, int64_t T) const;
-  void backward_sp(ParameterSet& params, const BlockActivations& acts, BlockScratch& s,
+  void backward_sp(ParameterSet& params, const Gpt2BlockActivations& acts, SharedScratch& s,
                    float* dres, const float* x, int64_t B, int64_t T) const;
 
-  GPTConfig cfg_;
+  ModelConfig cfg_;
   TpContext tp_;
   int ln1_w_, ln1_b_, attn_w_, attn_b_, proj_w_, proj_b_;
   int ln2_w_, ln2_b_, fc_w_, fc_b_, fcproj_w_, fcproj_b_;

@@ -1,5 +1,5 @@
 // Transformer block forward/backward and its tensor-parallel parameter slicing.
-#include "nn/block.h"
+#include "nn/gpt2_block.h"
 
 #include <cmath>
 #include <cstring>
@@ -7,34 +7,11 @@
 
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "nn/architecture.h"
 
 namespace trident::nn {
 
-namespace {
-
-// Column split of a [in, parts*width] matrix (or [parts*width] bias) where each of `parts`
-// consecutive blocks of `width` columns is split over tp separately (q, k, v each by heads).
-ShardSpec column_split(int dim, int64_t width, int parts, const TpContext& tp) {
-  ShardSpec s;
-  s.dim = dim;
-  if (tp.size == 1) return s;
-  const int64_t local = width / tp.size;
-  for (int p = 0; p < parts; ++p) s.chunks.push_back({p * width + tp.rank * local, local});
-  return s;
-}
-
-ShardSpec row_split(int64_t rows, const TpContext& tp) {
-  ShardSpec s;
-  s.dim = 0;
-  if (tp.size == 1) return s;
-  const int64_t local = rows / tp.size;
-  s.chunks.push_back({tp.rank * local, local});
-  return s;
-}
-
-}  // namespace
-
-BlockActivations::BlockActivations(MemoryTracker& tracker, const GPTConfig& cfg, int tp,
+Gpt2BlockActivations::Gpt2BlockActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp,
                                    int64_t B, int64_t T, int64_t local_rows) {
   const auto N = static_cast<std::size_t>(B * T);
   const auto Nl = static_cast<std::size_t>(local_rows < 0 ? B * T : local_rows);
@@ -56,7 +33,7 @@ BlockActivations::BlockActivations(MemoryTracker& tracker, const GPTConfig& cfg,
   fch_gelu = FloatBuffer(tracker, A, N * 4 * Cl);
 }
 
-int64_t BlockActivations::floats(const GPTConfig& cfg, int tp, int64_t B, int64_t T,
+int64_t Gpt2BlockActivations::floats(const ModelConfig& cfg, int tp, int64_t B, int64_t T,
                                  int64_t local_rows) {
   const int64_t N = B * T, C = cfg.n_embd, Cl = C / tp, NHl = cfg.n_head / tp;
   const int64_t Nl = local_rows < 0 ? N : local_rows;
@@ -65,64 +42,38 @@ int64_t BlockActivations::floats(const GPTConfig& cfg, int tp, int64_t B, int64_
   return Nl * (3 * C + 4) + N * 12 * Cl + B * NHl * T * T;
 }
 
-BlockScratch::BlockScratch(MemoryTracker& tracker, const GPTConfig& cfg, int tp, int64_t N,
-                           int64_t sp_local_rows) {
-  const auto n = static_cast<std::size_t>(N);
-  const auto C = static_cast<std::size_t>(cfg.n_embd);
-  const auto Cl = C / static_cast<std::size_t>(tp);
-  const auto W = MemCategory::kWorkspace;
-  dln = FloatBuffer(tracker, W, n * C);
-  dqkv = FloatBuffer(tracker, W, n * 3 * Cl);
-  datty = FloatBuffer(tracker, W, n * Cl);
-  dfch = FloatBuffer(tracker, W, n * 4 * Cl);
-  if (sp_local_rows >= 0) {
-    gathered = FloatBuffer(tracker, W, n * C);
-    full = FloatBuffer(tracker, W, n * C);
-    dln_local = FloatBuffer(tracker, W, static_cast<std::size_t>(sp_local_rows) * C);
-    ln_grads = FloatBuffer(tracker, W, 4 * C);
-  }
+int64_t Gpt2BlockActivations::scratch_floats(const ModelConfig& cfg, int tp, int64_t N) {
+  return N * 8 * (cfg.n_embd / tp);  // dqkv 3Cl + datty Cl + dfch 4Cl
 }
 
-Block::Block(ParameterSet& params, const GPTConfig& cfg, const TpContext& tp, int layer)
+struct Gpt2Block::Grads {
+  float* dqkv;   // (N, 3Cl)
+  float* datty;  // (N, Cl)
+  float* dfch;   // (N, 4Cl)
+  Grads(SharedScratch& s, int64_t N, int64_t Cl)
+      : dqkv(s.layer.data()), datty(dqkv + N * 3 * Cl), dfch(datty + N * Cl) {}
+};
+
+Gpt2Block::Gpt2Block(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer)
     : cfg_(cfg), tp_(tp) {
-  TRI_CHECK(cfg.n_head % tp.size == 0,
-            "n_head ({}) is not divisible by tp ({}): tensor parallelism gives each rank whole "
-            "attention heads; choose a tp that divides {}",
-            cfg.n_head, tp.size, cfg.n_head);
-  TRI_CHECK((4 * static_cast<int64_t>(cfg.n_embd)) % tp.size == 0,
-            "the MLP width 4*n_embd ({}) is not divisible by tp ({}): mlp.c_fc is split by "
-            "columns; choose a tp that divides {}",
-            4 * static_cast<int64_t>(cfg.n_embd), tp.size, 4 * static_cast<int64_t>(cfg.n_embd));
-  const int64_t C = cfg.n_embd;
+  const Architecture& arch = architecture(Family::kGpt2);
+  const int64_t Vp = cfg.padded_vocab(tp.size);
+  for (const ParamDecl& d : arch.layer_params(cfg, layer)) {
+    params.add(shard_for_tp(d, Vp, cfg.vocab_size, tp.rank, tp.size));
+  }
   const std::string p = fmt::format("h.{}.", layer);
-  const float std_w = 0.02f;
-  // GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) (two per block).
-  const float std_proj = 0.02f / std::sqrt(2.0f * static_cast<float>(cfg.n_layer));
-  auto add = [&](const std::string& name, Shape shape, ShardSpec shard, bool decay, float std,
-                 float value, bool replicated) {
-    ParamInfo info;
-    info.name = p + name;
-    info.logical_shape = std::move(shape);
-    info.shard = std::move(shard);
-    info.weight_decay = decay;
-    info.init_std = std;
-    info.init_value = value;
-    info.tp_replicated = replicated || tp.size == 1;
-    return params.add(std::move(info));
-  };
-  const ShardSpec full;
-  ln1_w_ = add("ln_1.weight", {C}, full, false, 0, 1, true);
-  ln1_b_ = add("ln_1.bias", {C}, full, false, 0, 0, true);
-  attn_w_ = add("attn.c_attn.weight", {C, 3 * C}, column_split(1, C, 3, tp), true, std_w, 0, false);
-  attn_b_ = add("attn.c_attn.bias", {3 * C}, column_split(0, C, 3, tp), false, 0, 0, false);
-  proj_w_ = add("attn.c_proj.weight", {C, C}, row_split(C, tp), true, std_proj, 0, false);
-  proj_b_ = add("attn.c_proj.bias", {C}, full, false, 0, 0, true);
-  ln2_w_ = add("ln_2.weight", {C}, full, false, 0, 1, true);
-  ln2_b_ = add("ln_2.bias", {C}, full, false, 0, 0, true);
-  fc_w_ = add("mlp.c_fc.weight", {C, 4 * C}, column_split(1, 4 * C, 1, tp), true, std_w, 0, false);
-  fc_b_ = add("mlp.c_fc.bias", {4 * C}, column_split(0, 4 * C, 1, tp), false, 0, 0, false);
-  fcproj_w_ = add("mlp.c_proj.weight", {4 * C, C}, row_split(4 * C, tp), true, std_proj, 0, false);
-  fcproj_b_ = add("mlp.c_proj.bias", {C}, full, false, 0, 0, true);
+  auto id = [&](const char* name) { return params.find(p + name); };
+  ln1_w_ = id("ln_1.weight"), ln1_b_ = id("ln_1.bias");
+  attn_w_ = id("attn.c_attn.weight"), attn_b_ = id("attn.c_attn.bias");
+  proj_w_ = id("attn.c_proj.weight"), proj_b_ = id("attn.c_proj.bias");
+  ln2_w_ = id("ln_2.weight"), ln2_b_ = id("ln_2.bias");
+  fc_w_ = id("mlp.c_fc.weight"), fc_b_ = id("mlp.c_fc.bias");
+  fcproj_w_ = id("mlp.c_proj.weight"), fcproj_b_ = id("mlp.c_proj.bias");
+}
+
+std::unique_ptr<LayerActivations> Gpt2Block::make_activations(MemoryTracker& tracker, int64_t B,
+                                                              int64_t T, int64_t local_rows) const {
+  return std::make_unique<Gpt2BlockActivations>(tracker, cfg_, tp_.size, B, T, local_rows);
 }
 
 namespace {
@@ -137,14 +88,29 @@ void finish_row_parallel(const TpContext& tp, float* out, const float* bias, int
 }
 }  // namespace
 
-void Block::forward(ParameterSet& ps, BlockActivations& a, float* out, const float* x,
-                    int64_t B, int64_t T, BlockScratch* scratch) const {
-  namespace k = kernels;
+void Gpt2Block::forward(ParameterSet& ps, LayerActivations& acts, float* out, const float* x,
+                        int64_t B, int64_t T, SharedScratch& s) const {
+  auto& a = static_cast<Gpt2BlockActivations&>(acts);
   if (tp_.sp()) {
-    TRI_CHECK(scratch != nullptr, "sequence-parallel block forward needs the gradient scratch");
-    forward_sp(ps, a, *scratch, out, x, B, T);
-    return;
+    forward_sp(ps, a, s, out, x, B, T);
+  } else {
+    forward_plain(ps, a, out, x, B, T);
   }
+}
+
+void Gpt2Block::backward(ParameterSet& ps, const LayerActivations& acts, SharedScratch& s,
+                         float* dres, const float* x, int64_t B, int64_t T) const {
+  const auto& a = static_cast<const Gpt2BlockActivations&>(acts);
+  if (tp_.sp()) {
+    backward_sp(ps, a, s, dres, x, B, T);
+  } else {
+    backward_plain(ps, a, s, dres, x, B, T);
+  }
+}
+
+void Gpt2Block::forward_plain(ParameterSet& ps, Gpt2BlockActivations& a, float* out, const float* x,
+                              int64_t B, int64_t T) const {
+  namespace k = kernels;
   const int64_t N = B * T, C = cfg_.n_embd, Cl = C / tp_.size, NHl = cfg_.n_head / tp_.size;
   const bool single = tp_.size == 1;
   k::layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, ps.data(ln1_w_),
@@ -166,28 +132,25 @@ void Block::forward(ParameterSet& ps, BlockActivations& a, float* out, const flo
   k::residual_forward(out, out, a.residual2.data(), N * C);
 }
 
-void Block::backward(ParameterSet& ps, const BlockActivations& a, BlockScratch& s, float* dres,
-                     const float* x, int64_t B, int64_t T) const {
+void Gpt2Block::backward_plain(ParameterSet& ps, const Gpt2BlockActivations& a, SharedScratch& s,
+                               float* dres, const float* x, int64_t B, int64_t T) const {
   namespace k = kernels;
-  if (tp_.sp()) {
-    backward_sp(ps, a, s, dres, x, B, T);
-    return;
-  }
   const int64_t N = B * T, C = cfg_.n_embd, Cl = C / tp_.size, NHl = cfg_.n_head / tp_.size;
+  const Grads g(s, N, Cl);
   // MLP branch: dres is d/d(out) and, through the residual, already d/d(residual2)'s direct part.
-  k::matmul_backward(s.dfch.data(), ps.grad(fcproj_w_), ps.grad(fcproj_b_), dres,
+  k::matmul_backward(g.dfch, ps.grad(fcproj_w_), ps.grad(fcproj_b_), dres,
                      a.fch_gelu.data(), ps.data(fcproj_w_), N, 4 * Cl, C);
-  k::gelu_backward(s.dfch.data(), a.fch.data(), s.dfch.data(), N * 4 * Cl);
-  k::matmul_backward(s.dln.data(), ps.grad(fc_w_), ps.grad(fc_b_), s.dfch.data(), a.ln2.data(),
+  k::gelu_backward(g.dfch, a.fch.data(), g.dfch, N * 4 * Cl);
+  k::matmul_backward(s.dln.data(), ps.grad(fc_w_), ps.grad(fc_b_), g.dfch, a.ln2.data(),
                      ps.data(fc_w_), N, C, 4 * Cl);
   tp_.allreduce_sum(s.dln.data(), N * C);  // column-parallel input gradient
   k::layernorm_backward(dres, ps.grad(ln2_w_), ps.grad(ln2_b_), s.dln.data(), a.residual2.data(),
                         ps.data(ln2_w_), a.ln2_mean.data(), a.ln2_rstd.data(), N, C);
   // Attention branch: dres is now d/d(residual2).
-  k::matmul_backward(s.datty.data(), ps.grad(proj_w_), ps.grad(proj_b_), dres, a.atty.data(),
+  k::matmul_backward(g.datty, ps.grad(proj_w_), ps.grad(proj_b_), dres, a.atty.data(),
                      ps.data(proj_w_), N, Cl, C);
-  k::attention_backward(s.dqkv.data(), s.datty.data(), a.qkv.data(), a.att.data(), B, T, Cl, NHl);
-  k::matmul_backward(s.dln.data(), ps.grad(attn_w_), ps.grad(attn_b_), s.dqkv.data(),
+  k::attention_backward(g.dqkv, g.datty, a.qkv.data(), a.att.data(), B, T, Cl, NHl);
+  k::matmul_backward(s.dln.data(), ps.grad(attn_w_), ps.grad(attn_b_), g.dqkv,
                      a.ln1.data(), ps.data(attn_w_), N, C, 3 * Cl);
   tp_.allreduce_sum(s.dln.data(), N * C);
   k::layernorm_backward(dres, ps.grad(ln1_w_), ps.grad(ln1_b_), s.dln.data(), x,
@@ -218,8 +181,8 @@ void finish_row_parallel_sp(const TpContext& tp, float* out, const float* partia
 }
 }  // namespace
 
-void Block::forward_sp(ParameterSet& ps, BlockActivations& a, BlockScratch& s, float* out,
-                       const float* x, int64_t B, int64_t T) const {
+void Gpt2Block::forward_sp(ParameterSet& ps, Gpt2BlockActivations& a, SharedScratch& s, float* out,
+                           const float* x, int64_t B, int64_t T) const {
   namespace k = kernels;
   const int64_t N = B * T, C = cfg_.n_embd, Cl = C / tp_.size, NHl = cfg_.n_head / tp_.size;
   const int64_t Nl = tp_.rows(N).count;
@@ -239,20 +202,21 @@ void Block::forward_sp(ParameterSet& ps, BlockActivations& a, BlockScratch& s, f
   finish_row_parallel_sp(tp_, out, s.full.data(), ps.data(fcproj_b_), a.residual2.data(), N, Nl, C);
 }
 
-void Block::backward_sp(ParameterSet& ps, const BlockActivations& a, BlockScratch& s,
-                        float* dres, const float* x, int64_t B, int64_t T) const {
+void Gpt2Block::backward_sp(ParameterSet& ps, const Gpt2BlockActivations& a, SharedScratch& s,
+                            float* dres, const float* x, int64_t B, int64_t T) const {
   namespace k = kernels;
   const int64_t N = B * T, C = cfg_.n_embd, Cl = C / tp_.size, NHl = cfg_.n_head / tp_.size;
   const int64_t Nl = tp_.rows(N).count;
-  float* lng = s.ln_grads.data();  // [ln_2 weight | ln_2 bias | ln_1 weight | ln_1 bias]
+  const Grads g(s, N, Cl);
+  float* lng = s.norm_grads.data();  // [ln_2 weight | ln_2 bias | ln_1 weight | ln_1 bias]
   std::memset(lng, 0, static_cast<std::size_t>(4 * C) * sizeof(float));
   // MLP branch. Conjugate of the reduce_scatter: gather d/d(out) over the sequence.
   tp_.gather_rows(dres, s.full.data(), N, C);
-  k::matmul_backward(s.dfch.data(), ps.grad(fcproj_w_), ps.grad(fcproj_b_), s.full.data(),
+  k::matmul_backward(g.dfch, ps.grad(fcproj_w_), ps.grad(fcproj_b_), s.full.data(),
                      a.fch_gelu.data(), ps.data(fcproj_w_), N, 4 * Cl, C);
-  k::gelu_backward(s.dfch.data(), a.fch.data(), s.dfch.data(), N * 4 * Cl);
+  k::gelu_backward(g.dfch, a.fch.data(), g.dfch, N * 4 * Cl);
   tp_.gather_rows(a.ln2.data(), s.gathered.data(), N, C);  // re-gather the saved local rows
-  k::matmul_backward(s.dln.data(), ps.grad(fc_w_), ps.grad(fc_b_), s.dfch.data(),
+  k::matmul_backward(s.dln.data(), ps.grad(fc_w_), ps.grad(fc_b_), g.dfch,
                      s.gathered.data(), ps.data(fc_w_), N, C, 4 * Cl);
   // Conjugate of the all_gather: sum the partial input gradients, keep this rank's rows.
   tp_.reduce_scatter_rows(s.dln.data(), s.dln_local.data(), N, C);
@@ -260,11 +224,11 @@ void Block::backward_sp(ParameterSet& ps, const BlockActivations& a, BlockScratc
                         ps.data(ln2_w_), a.ln2_mean.data(), a.ln2_rstd.data(), Nl, C);
   // Attention branch: dres is now d/d(residual2) on this rank's rows.
   tp_.gather_rows(dres, s.full.data(), N, C);
-  k::matmul_backward(s.datty.data(), ps.grad(proj_w_), ps.grad(proj_b_), s.full.data(),
+  k::matmul_backward(g.datty, ps.grad(proj_w_), ps.grad(proj_b_), s.full.data(),
                      a.atty.data(), ps.data(proj_w_), N, Cl, C);
-  k::attention_backward(s.dqkv.data(), s.datty.data(), a.qkv.data(), a.att.data(), B, T, Cl, NHl);
+  k::attention_backward(g.dqkv, g.datty, a.qkv.data(), a.att.data(), B, T, Cl, NHl);
   tp_.gather_rows(a.ln1.data(), s.gathered.data(), N, C);
-  k::matmul_backward(s.dln.data(), ps.grad(attn_w_), ps.grad(attn_b_), s.dqkv.data(),
+  k::matmul_backward(s.dln.data(), ps.grad(attn_w_), ps.grad(attn_b_), g.dqkv,
                      s.gathered.data(), ps.data(attn_w_), N, C, 3 * Cl);
   tp_.reduce_scatter_rows(s.dln.data(), s.dln_local.data(), N, C);
   k::layernorm_backward(dres, lng + 2 * C, lng + 3 * C, s.dln_local.data(), x,

@@ -1,15 +1,16 @@
-// GPT-2 model assembly, forward and backward.
-#include "nn/gpt.h"
+// Decoder model assembly from an architecture's declaration, forward and backward.
+#include "nn/model.h"
 
 #include <cstring>
 
 #include "core/check.h"
 #include "kernels/kernels.h"
 #include "kernels/vocab_parallel.h"
+#include "nn/architecture.h"
 
 namespace trident::nn {
 
-GPT::GPT(const GPTConfig& cfg, const TpContext& tp, const StageSpec& stage)
+Model::Model(const ModelConfig& cfg, const TpContext& tp, const StageSpec& stage)
     : cfg_(cfg), tp_(tp), stage_(stage) {
   cfg_.validate();
   if (stage_.layer_end < 0) stage_.layer_end = cfg_.n_layer;
@@ -23,73 +24,74 @@ GPT::GPT(const GPTConfig& cfg, const TpContext& tp, const StageSpec& stage)
   TRI_CHECK(tp_.comm == nullptr || (tp_.comm->size() == tp_.size && tp_.comm->rank() == tp_.rank),
             "TpContext says tp rank {} of {} but its communicator is rank {} of {}", tp_.rank,
             tp_.size, tp_.comm ? tp_.comm->rank() : 0, tp_.comm ? tp_.comm->size() : 0);
-  const int64_t C = cfg_.n_embd;
+  check_tensor_parallel_split(cfg_, tp_.size);
+  const Architecture& arch = architecture(cfg_.family);
   const int64_t Vp = cfg_.padded_vocab(tp_.size);
   vocab_local_ = Vp / tp_.size;
+  auto add = [&](const ParamDecl& d) { return params_.add(shard_for_tp(d, Vp, cfg_.vocab_size, tp_.rank, tp_.size)); };
 
-  // wte: vocabulary rows split over tp (VocabParallelEmbedding); rows past vocab_size padding.
-  auto wte_info = [&] {
-    ParamInfo info;
-    info.name = "wte.weight";
-    info.logical_shape = {cfg_.vocab_size, C};
-    info.shard.dim = 0;
-    const int64_t begin = tp_.rank * vocab_local_;
-    const int64_t real = std::max<int64_t>(0, std::min<int64_t>(vocab_local_, cfg_.vocab_size - begin));
-    if (real > 0) info.shard.chunks.push_back({begin, real});
-    if (vocab_local_ - real > 0) info.shard.chunks.push_back({-1, vocab_local_ - real});
-    info.weight_decay = true;
-    info.init_std = 0.02f;
-    info.tp_replicated = tp_.size == 1;
-    return info;
-  };
+  const std::vector<ParamDecl> embedding = arch.embedding_params(cfg_);
   if (stage_.has_embedding) {
-    embed_group_ = params_.begin_group("embeddings");
-    wte_ = params_.add(wte_info());
-    ParamInfo wpe;
-    wpe.name = "wpe.weight";
-    wpe.logical_shape = {cfg_.n_positions, C};
-    wpe.weight_decay = true;
-    wpe.init_std = 0.02f;
-    wpe_ = params_.add(std::move(wpe));
+    embed_group_ = params_.begin_group("embeddings", GroupRole::kEmbedding);
+    for (const ParamDecl& d : embedding) add(d);
   }
   for (int l = stage_.layer_begin; l < stage_.layer_end; ++l) {
-    block_groups_.push_back(params_.begin_group(fmt::format("h.{}", l)));
-    blocks_.emplace_back(params_, cfg_, tp_, l);
+    block_groups_.push_back(params_.begin_group(fmt::format("layer.{}", l)));
+    blocks_.push_back(arch.make_layer(params_, cfg_, tp_, l));
   }
   if (stage_.has_head) {
-    head_group_ = params_.begin_group("head");
-    ParamInfo w, b;
-    w.name = "ln_f.weight", w.logical_shape = {C}, w.init_value = 1.0f;
-    b.name = "ln_f.bias", b.logical_shape = {C}, b.init_value = 0.0f;
-    lnf_w_ = params_.add(std::move(w));
-    lnf_b_ = params_.add(std::move(b));
-    // The tied LM head: on a last stage without the embedding, a second copy of wte whose
+    head_group_ = params_.begin_group("head", GroupRole::kHead);
+    for (const ParamDecl& d : arch.head_params(cfg_)) add(d);
+    // A tied head on a last stage without the embedding: a second copy of the embedding whose
     // gradient the pipeline sums with the first stage's every step.
-    if (!stage_.has_embedding) wte_ = params_.add(wte_info());
+    if (!stage_.has_embedding) {
+      for (const ParamDecl& d : embedding) {
+        if (!d.tied) continue;
+        ParamInfo copy = shard_for_tp(d, Vp, cfg_.vocab_size, tp_.rank, tp_.size);
+        copy.tied_copy = true;
+        params_.add(std::move(copy));
+      }
+    }
   }
+  wte_ = params_.find_role(ParamRole::kTokenEmbedding);
+  wpe_ = params_.find_role(ParamRole::kPositionEmbedding);
+  lnf_w_ = params_.find_role(ParamRole::kFinalNormWeight);
+  lnf_b_ = params_.find_role(ParamRole::kFinalNormBias);
+  head_w_ = cfg_.tie_word_embeddings ? wte_ : params_.find_role(ParamRole::kLmHead);
+  TRI_CHECK(!stage_.has_head || head_w_ >= 0, "{}: the head stage holds no LM head weight",
+            cfg_.describe());
 }
 
-void GPT::allocate(MemoryTracker& tracker) {
+void Model::allocate(MemoryTracker& tracker) {
   tracker_ = &tracker;
   params_.allocate(tracker);
 }
 
-int64_t GPT::activation_floats(int64_t B, int64_t T) const {
+int64_t Model::activation_floats(int64_t B, int64_t T) const {
   const int64_t N = B * T, C = cfg_.n_embd, Nl = local_rows(N);
   const int64_t layers = stage_.layer_end - stage_.layer_begin;
+  const Architecture& arch = architecture(cfg_.family);
   int64_t total = (layers + 1) * Nl * C +
-                  layers * BlockActivations::floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1);
+                  layers * arch.layer_activation_floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1);
   if (stage_.has_head) total += Nl * C + 2 * Nl + N * vocab_local_ + N;
   return total;
 }
 
-GPTActivations GPT::make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const {
+int64_t Model::workspace_floats(int64_t N) const {
+  const int64_t C = cfg_.n_embd;
+  const int64_t layer = architecture(cfg_.family).layer_scratch_floats(cfg_, tp_.size, N);
+  int64_t w = N * C + SharedScratch::floats(N, C, layer, tp_.sp() ? tp_.rows(N).count : -1);
+  if (tp_.size > 1) w += 3 * N;
+  return w;
+}
+
+ModelActivations Model::make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const {
   TRI_CHECK(B > 0 && T > 0, "batch ({}) and sequence length ({}) must be positive", B, T);
   TRI_CHECK(T <= cfg_.n_positions,
             "sequence length {} exceeds the model's n_positions {} (the position table); use "
             "--seq-len <= {}",
             T, cfg_.n_positions, cfg_.n_positions);
-  GPTActivations a;
+  ModelActivations a;
   a.B = B, a.T = T;
   const auto N = static_cast<std::size_t>(B * T);
   const auto Nl = static_cast<std::size_t>(local_rows(B * T));
@@ -99,7 +101,8 @@ GPTActivations GPT::make_activations(MemoryTracker& tracker, int64_t B, int64_t 
   const int layers = stage_.layer_end - stage_.layer_begin;
   for (int l = 0; l <= layers; ++l) a.residual.emplace_back(tracker, MemCategory::kActivations, Nl * C);
   for (int l = 0; l < layers; ++l) {
-    a.blocks.emplace_back(tracker, cfg_, tp_.size, B, T, tp_.sp() ? static_cast<int64_t>(Nl) : -1);
+    a.blocks.push_back(blocks_[static_cast<std::size_t>(l)]->make_activations(
+        tracker, B, T, tp_.sp() ? static_cast<int64_t>(Nl) : -1));
   }
   if (stage_.has_head) {
     a.lnf = FloatBuffer(tracker, MemCategory::kActivations, Nl * C);
@@ -111,18 +114,20 @@ GPTActivations GPT::make_activations(MemoryTracker& tracker, int64_t B, int64_t 
   return a;
 }
 
-void GPT::ensure_scratch(int64_t N) {
+void Model::ensure_scratch(int64_t N) {
   if (N <= scratch_tokens_) return;
-  TRI_CHECK(tracker_ != nullptr, "GPT::allocate() must be called before running the model");
+  TRI_CHECK(tracker_ != nullptr, "Model::allocate() must be called before running the model");
   dres_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(N * cfg_.n_embd));
-  scratch_ = BlockScratch(*tracker_, cfg_, tp_.size, N, tp_.sp() ? tp_.rows(N).count : -1);
+  scratch_ = SharedScratch(*tracker_, N, cfg_.n_embd,
+                           architecture(cfg_.family).layer_scratch_floats(cfg_, tp_.size, N),
+                           tp_.sp() ? tp_.rows(N).count : -1);
   scratch_tokens_ = N;
   if (tp_.size > 1) {
     ce_sums_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(3 * N));
   }
 }
 
-void GPT::embed_forward(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
+void Model::embed_forward(ModelActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
   TRI_CHECK(stage_.has_embedding, "embed_forward on a stage without the embedding");
   TRI_CHECK(B * T <= acts.B * acts.T && T <= cfg_.n_positions, "batch {}x{} exceeds activations {}x{}",
             B, T, acts.B, acts.T);
@@ -138,46 +143,67 @@ void GPT::embed_forward(GPTActivations& acts, const int32_t* ids, int64_t B, int
                                tp_.rank * vocab_local_, vocab_local_);
     const RowSplit rows = tp_.rows(N);
     tp_.reduce_scatter_rows(scratch_.full.data(), x, N, C);
-    kernels::position_embedding_forward_rows(x, params_.data(wpe_), rows.begin, rows.count, T, C);
+    if (wpe_ >= 0) kernels::position_embedding_forward_rows(x, params_.data(wpe_), rows.begin, rows.count, T, C);
     return;
   }
   kernels::embedding_forward(x, ids, params_.data(wte_), N, C, tp_.rank * vocab_local_, vocab_local_);
   tp_.allreduce_sum(x, N * C);  // each tp rank contributed the rows of its vocabulary slice
-  kernels::position_embedding_forward(x, params_.data(wpe_), B, T, C);
+  if (wpe_ >= 0) kernels::position_embedding_forward(x, params_.data(wpe_), B, T, C);
 }
 
-void GPT::blocks_forward(GPTActivations& acts, int64_t B, int64_t T) {
-  ensure_scratch_sp(B * T);
+void Model::blocks_forward(ModelActivations& acts, int64_t B, int64_t T) {
+  // Layers may use the shared scratch in forward too (Llama's separate q/k/v outputs).
+  if (!blocks_.empty()) ensure_scratch(B * T);
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
     hook_forward(block_groups_[i]);
-    blocks_[i].forward(params_, acts.blocks[i], acts.residual[i + 1].data(), acts.residual[i].data(),
-                       B, T, &scratch_);
+    blocks_[i]->forward(params_, *acts.blocks[i], acts.residual[i + 1].data(), acts.residual[i].data(),
+                        B, T, scratch_);
   }
 }
 
-void GPT::head_forward(GPTActivations& acts, int64_t N) {
+void Model::head_forward(ModelActivations& acts, int64_t N) {
   TRI_CHECK(stage_.has_head, "head on a stage without the LM head");
   const int64_t C = cfg_.n_embd;
   hook_forward(head_group_);
   ensure_scratch_sp(N);
-  kernels::layernorm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(),
-                             acts.stage_output(), params_.data(lnf_w_), params_.data(lnf_b_),
-                             local_rows(N), C);
+  final_norm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(), acts.stage_output(),
+                     local_rows(N));
   const float* lnf = acts.lnf.data();
   if (tp_.sp()) {  // the head is column-parallel over the vocabulary: it needs every row
     tp_.gather_rows(acts.lnf.data(), scratch_.gathered.data(), N, C);
     lnf = scratch_.gathered.data();
   }
-  kernels::matmul_forward_nt(acts.logits.data(), lnf, params_.data(wte_), N, C, vocab_local_);
+  kernels::matmul_forward_nt(acts.logits.data(), lnf, params_.data(head_w_), N, C, vocab_local_);
 }
 
-void GPT::vocab_parallel_loss(GPTActivations& acts, const int32_t* targets, int64_t N, float dloss) {
+void Model::final_norm_forward(float* out, float* mean, float* rstd, const float* x, int64_t rows) const {
+  const int64_t C = cfg_.n_embd;
+  if (lnf_b_ >= 0) {
+    kernels::layernorm_forward(out, mean, rstd, x, params_.data(lnf_w_), params_.data(lnf_b_), rows, C);
+  } else {
+    kernels::rmsnorm_forward(out, rstd, x, params_.data(lnf_w_), rows, C, static_cast<float>(cfg_.norm_eps));
+  }
+}
+
+void Model::final_norm_backward(float* dx, float* gw, float* gb, const float* dout, const float* x,
+                                const float* mean, const float* rstd, int64_t rows) const {
+  // The kernels accumulate into dx; the residual-stream gradient starts here, so it is zeroed.
+  const int64_t C = cfg_.n_embd;
+  std::memset(dx, 0, static_cast<std::size_t>(rows * C) * sizeof(float));
+  if (lnf_b_ >= 0) {
+    kernels::layernorm_backward(dx, gw, gb, dout, x, params_.data(lnf_w_), mean, rstd, rows, C);
+  } else {
+    kernels::rmsnorm_backward(dx, gw, dout, x, params_.data(lnf_w_), rstd, rows, C);
+  }
+}
+
+void Model::vocab_parallel_loss(ModelActivations& acts, const int32_t* targets, int64_t N, float dloss) {
   namespace k = kernels;
   const int64_t Vl = vocab_local_, begin = tp_.rank * Vl;
   const int64_t real = k::vocab_real_columns(cfg_.vocab_size, begin, Vl);
   k::vocab_parallel_check_targets(targets, N, cfg_.vocab_size);
   if (static_cast<int64_t>(ce_sums_.size()) < 3 * N) {
-    TRI_CHECK(tracker_ != nullptr, "GPT::allocate() must be called before running the model");
+    TRI_CHECK(tracker_ != nullptr, "Model::allocate() must be called before running the model");
     ce_sums_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(3 * N));
   }
   float* rowmax = ce_sums_.data();
@@ -190,7 +216,7 @@ void GPT::vocab_parallel_loss(GPTActivations& acts, const int32_t* targets, int6
                               real, dloss);
 }
 
-double GPT::head_forward_backward(GPTActivations& acts, const int32_t* targets, int64_t B,
+double Model::head_forward_backward(ModelActivations& acts, const int32_t* targets, int64_t B,
                                   int64_t T, float dloss) {
   const int64_t N = B * T, C = cfg_.n_embd, Nl = local_rows(N);
   ensure_scratch(N);
@@ -209,8 +235,8 @@ double GPT::head_forward_backward(GPTActivations& acts, const int32_t* targets, 
   // wte's gradient from the head accumulates into the local slice (the embedding adds its part).
   float* dlnf = scratch_.dln.data();
   const float* lnf = tp_.sp() ? scratch_.gathered.data() : acts.lnf.data();
-  kernels::matmul_backward_nt(dlnf, params_.grad(wte_), acts.logits.data(), lnf,
-                              params_.data(wte_), N, C, vocab_local_);
+  kernels::matmul_backward_nt(dlnf, params_.grad(head_w_), acts.logits.data(), lnf,
+                              params_.data(head_w_), N, C, vocab_local_);
   if (tp_.sp()) {
     // Conjugate of the all_gather before the head: sum the partials, keep this rank's rows.
     tp_.reduce_scatter_rows(dlnf, scratch_.dln_local.data(), N, C);
@@ -219,37 +245,33 @@ double GPT::head_forward_backward(GPTActivations& acts, const int32_t* targets, 
     // The head's input is replicated over tp: identity forward, allreduce backward.
     tp_.allreduce_sum(dlnf, N * C);
   }
-  std::memset(dres_.data(), 0, static_cast<std::size_t>(Nl * C) * sizeof(float));
   if (tp_.sp()) {
     // ln_f ran on this rank's rows: its gradients are partial; sum them over tp, then add.
-    float* lng = scratch_.ln_grads.data();
+    float* lng = scratch_.norm_grads.data();
     std::memset(lng, 0, static_cast<std::size_t>(2 * C) * sizeof(float));
-    kernels::layernorm_backward(dres_.data(), lng, lng + C, dlnf, acts.stage_output(),
-                                params_.data(lnf_w_), acts.lnf_mean.data(), acts.lnf_rstd.data(),
-                                Nl, C);
+    final_norm_backward(dres_.data(), lng, lng + C, dlnf, acts.stage_output(), acts.lnf_mean.data(),
+                        acts.lnf_rstd.data(), Nl);
     tp_.allreduce_sum(lng, 2 * C);
-    float* gw = params_.grad(lnf_w_);
-    float* gb = params_.grad(lnf_b_);
-    for (int64_t c = 0; c < C; ++c) gw[c] += lng[c], gb[c] += lng[C + c];
+    kernels::residual_forward(params_.grad(lnf_w_), params_.grad(lnf_w_), lng, C);
+    if (lnf_b_ >= 0) kernels::residual_forward(params_.grad(lnf_b_), params_.grad(lnf_b_), lng + C, C);
   } else {
-    kernels::layernorm_backward(dres_.data(), params_.grad(lnf_w_), params_.grad(lnf_b_), dlnf,
-                                acts.stage_output(), params_.data(lnf_w_), acts.lnf_mean.data(),
-                                acts.lnf_rstd.data(), Nl, C);
+    final_norm_backward(dres_.data(), params_.grad(lnf_w_), lnf_b_ >= 0 ? params_.grad(lnf_b_) : nullptr,
+                        dlnf, acts.stage_output(), acts.lnf_mean.data(), acts.lnf_rstd.data(), Nl);
   }
   if (!stage_.has_embedding) hook_after_backward(head_group_);
   return loss_sum;
 }
 
-void GPT::blocks_backward(GPTActivations& acts, int64_t B, int64_t T) {
+void Model::blocks_backward(ModelActivations& acts, int64_t B, int64_t T) {
   ensure_scratch(B * T);
   for (std::size_t i = blocks_.size(); i-- > 0;) {
     hook_before_backward(block_groups_[i]);
-    blocks_[i].backward(params_, acts.blocks[i], scratch_, dres_.data(), acts.residual[i].data(), B, T);
+    blocks_[i]->backward(params_, *acts.blocks[i], scratch_, dres_.data(), acts.residual[i].data(), B, T);
     hook_after_backward(block_groups_[i]);
   }
 }
 
-void GPT::embed_backward(GPTActivations& acts, int64_t B, int64_t T) {
+void Model::embed_backward(ModelActivations& acts, int64_t B, int64_t T) {
   const int64_t N = B * T, C = cfg_.n_embd;
   hook_before_backward(embed_group_);
   const float* dx = dres_.data();
@@ -259,7 +281,7 @@ void GPT::embed_backward(GPTActivations& acts, int64_t B, int64_t T) {
     tp_.gather_rows(dres_.data(), scratch_.full.data(), N, C);
     dx = scratch_.full.data();
   }
-  kernels::position_embedding_backward(params_.grad(wpe_), dx, B, T, C);
+  if (wpe_ >= 0) kernels::position_embedding_backward(params_.grad(wpe_), dx, B, T, C);
   kernels::embedding_backward(params_.grad(wte_), dx, acts.ids.data(), N, C,
                               tp_.rank * vocab_local_, vocab_local_);
   // With the head on this stage too, wte's gradient is complete only now.
@@ -267,7 +289,7 @@ void GPT::embed_backward(GPTActivations& acts, int64_t B, int64_t T) {
   if (stage_.has_head && head_group_ >= 0) hook_after_backward(head_group_);
 }
 
-double GPT::forward_backward(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
+double Model::forward_backward(ModelActivations& acts, const int32_t* ids, const int32_t* targets,
                              int64_t B, int64_t T, float dloss) {
   embed_forward(acts, ids, B, T);
   blocks_forward(acts, B, T);
@@ -277,14 +299,14 @@ double GPT::forward_backward(GPTActivations& acts, const int32_t* ids, const int
   return loss;
 }
 
-double GPT::forward_loss(GPTActivations& acts, const int32_t* ids, const int32_t* targets,
+double Model::forward_loss(ModelActivations& acts, const int32_t* ids, const int32_t* targets,
                          int64_t B, int64_t T) {
   embed_forward(acts, ids, B, T);
   blocks_forward(acts, B, T);
   return head_loss(acts, targets, B, T);
 }
 
-double GPT::head_loss(GPTActivations& acts, const int32_t* targets, int64_t B, int64_t T) {
+double Model::head_loss(ModelActivations& acts, const int32_t* targets, int64_t B, int64_t T) {
   const int64_t N = B * T;
   head_forward(acts, N);
   if (tp_.size == 1) {
@@ -298,14 +320,14 @@ double GPT::head_loss(GPTActivations& acts, const int32_t* targets, int64_t B, i
   return loss_sum;
 }
 
-const float* GPT::forward_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
+const float* Model::forward_logits(ModelActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
   embed_forward(acts, ids, B, T);
   blocks_forward(acts, B, T);
   head_forward(acts, B * T);
   return acts.logits.data();
 }
 
-const float* GPT::forward_last_logits(GPTActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
+const float* Model::forward_last_logits(ModelActivations& acts, const int32_t* ids, int64_t B, int64_t T) {
   TRI_CHECK(B == 1, "generation runs one sequence at a time");
   embed_forward(acts, ids, B, T);
   blocks_forward(acts, B, T);
@@ -320,24 +342,22 @@ const float* GPT::forward_last_logits(GPTActivations& acts, const int32_t* ids, 
     const int64_t Vl = vocab_local_, Vp = Vl * tp_.size;
     const auto need = static_cast<std::size_t>(C + 2 + Vl + Vp);
     if (last_logits_.size() < need) {
-      TRI_CHECK(tracker_ != nullptr, "GPT::allocate() must be called before running the model");
+      TRI_CHECK(tracker_ != nullptr, "Model::allocate() must be called before running the model");
       last_logits_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, need);
     }
     float* lnf = last_logits_.data();
     float* local = lnf + C + 2;
     float* full = local + Vl;
-    kernels::layernorm_forward(lnf, lnf + C, lnf + C + 1, x + (T - 1) * C, params_.data(lnf_w_),
-                               params_.data(lnf_b_), 1, C);
-    kernels::matmul_forward_nt(local, lnf, params_.data(wte_), 1, C, Vl);
+    final_norm_forward(lnf, lnf + C, lnf + C + 1, x + (T - 1) * C, 1);
+    kernels::matmul_forward_nt(local, lnf, params_.data(head_w_), 1, C, Vl);
     // Sampling needs the whole vocabulary: gather every rank's slice in vocabulary order.
     const std::vector<int64_t> counts(static_cast<std::size_t>(tp_.size), Vl);
     tp_.comm->all_gather(local, full, counts);
     return full;
   }
   const float* last = acts.stage_output() + (T - 1) * C;
-  kernels::layernorm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(), last,
-                             params_.data(lnf_w_), params_.data(lnf_b_), 1, C);
-  kernels::matmul_forward_nt(acts.logits.data(), acts.lnf.data(), params_.data(wte_), 1, C, vocab_local_);
+  final_norm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(), last, 1);
+  kernels::matmul_forward_nt(acts.logits.data(), acts.lnf.data(), params_.data(head_w_), 1, C, vocab_local_);
   return acts.logits.data();
 }
 

@@ -1,0 +1,107 @@
+// An architecture family, declared once: its Hugging Face config.json keys (read and written
+// here, with defaults and validation), its parameters (param_decl.h: name, shape, tp split,
+// decay, init, role, ties), its per-layer activation floats and how to build its layers.
+// Everything else derives from the declaration: the parameter count, the checkpoint tensor
+// list, each rank's slices, `ckpt info`, the memory model, the planner's costs and the MFU
+// formula. Adding a family is one more Architecture (docs/DESIGN.md, "Adding an architecture").
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "nn/model_config.h"
+#include "nn/param_decl.h"
+
+namespace trident::nn {
+
+class Layer;
+struct TpContext;
+
+// A config field whose value a checkpoint's tensors reveal: the size of `dim` of `tensor`
+// (so a mismatch can say "checkpoint has n_embd 384 but the model has 768").
+struct ShapeWitness {
+  std::string field;
+  std::string tensor;
+  int dim;
+  int64_t value;  // what the model's config says
+};
+
+class Architecture {
+ public:
+  virtual ~Architecture() = default;
+  virtual Family family() const = 0;
+  // Hugging Face config.json keys, this family's and no other's (another family's key in a
+  // config.json is a contradiction).
+  virtual std::vector<std::string> hf_keys() const = 0;
+  virtual nlohmann::json to_hf_json(const ModelConfig& c) const = 0;
+  // model_type has been checked; `source` names the file in errors.
+  virtual ModelConfig from_hf_json(const nlohmann::json& j, const std::string& source) const = 0;
+  virtual std::vector<std::string> preset_names() const = 0;
+  virtual ModelConfig preset(std::string_view name) const = 0;  // name is one of preset_names()
+  // Family-specific checks beyond ModelConfig::validate's generic ones.
+  virtual void validate(const ModelConfig& c) const = 0;
+
+  // ---- parameters, in registration (and checkpoint) order ----
+  virtual std::vector<ParamDecl> embedding_params(const ModelConfig& c) const = 0;
+  // Every layer declares the same shapes (the count multiplies one layer by n_layer).
+  virtual std::vector<ParamDecl> layer_params(const ModelConfig& c, int layer) const = 0;
+  virtual std::vector<ParamDecl> head_params(const ModelConfig& c) const = 0;
+  // Hugging Face tensors a checkpoint may hold that are not parameters (attention masks,
+  // rotary buffers, a tied lm_head.weight); `name` is without any prefix.
+  virtual bool ignorable_tensor(const ModelConfig& c, const std::string& name) const = 0;
+  // Prefix a model class adds before every name (GPT2LMHeadModel saves "transformer.wte...").
+  virtual std::string_view hf_alternative_prefix() const { return ""; }
+  // Matches "h.12." / "model.layers.12." and returns 12, else -1 (to infer n_layer).
+  virtual int layer_of(const std::string& name) const = 0;
+  virtual std::vector<ShapeWitness> shape_witnesses(const ModelConfig& c) const = 0;
+
+  // ---- compute and memory ----
+  // Floats one layer's forward saves for backward (B rows of T tokens; `local_rows` the
+  // sequence-parallel rows, N without it): the activation formula of docs/memory.md.
+  virtual int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
+                                          int64_t local_rows) const = 0;
+  // Gradient scratch the layers share (one layer's backward at a time), floats for N tokens.
+  virtual int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const = 0;
+  virtual std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c,
+                                            const TpContext& tp, int layer) const = 0;
+  // Final norm: LayerNorm with bias (GPT-2) or RMSNorm (Llama).
+  virtual bool final_norm_has_bias() const = 0;
+};
+
+const Architecture& architecture(Family f);
+// The family of a Hugging Face model_type; throws listing the supported ones.
+const Architecture& architecture_for_model_type(std::string_view model_type, const std::string& source);
+std::vector<const Architecture*> all_architectures();
+
+// ---- derived from the declarations ----
+struct TensorSpec {
+  std::string name;
+  Shape shape;
+};
+// Throws, naming what does not divide and the fix, unless tensor parallelism of size tp can
+// split the model as declared (heads, the MLP width, key/value heads).
+void check_tensor_parallel_split(const ModelConfig& c, int tp);
+// Whether the LM head is the token embedding (a parameter declared tied): the pipeline then
+// sums the two stages' gradients of it.
+bool has_tied_embedding(const ModelConfig& c);
+// Every logical parameter in checkpoint order (a tied head once, as its embedding).
+std::vector<TensorSpec> model_tensor_specs(const ModelConfig& c);
+// How many tensors model_tensor_specs lists, without listing them.
+int64_t model_tensor_count(const ModelConfig& c);
+// Training FLOPs per token at sequence length T: 6 N + 12 L H T (PaLM, app. B), N the
+// declared matmul parameters, H = n_head * head_size the attention width.
+double training_flops_per_token(const ModelConfig& c, int64_t T);
+// Forward FLOPs of one layer for N = B*T tokens on one of tp ranks: 2 per multiply-add of its
+// matmul parameters, plus the attention score/value products counted non-causal.
+double layer_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T);
+
+// Hugging Face config.json of any family <-> ModelConfig. Reading dispatches on model_type
+// (missing, unknown, or contradicted by another family's keys: a clear error naming `source`).
+nlohmann::json model_config_to_hf_json(const ModelConfig& c);
+ModelConfig model_config_from_hf_json(const nlohmann::json& j, const std::string& source);
+
+}  // namespace trident::nn

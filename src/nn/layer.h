@@ -1,0 +1,53 @@
+// One transformer layer of any family, as the decoder model (nn/model.h) drives it: explicit
+// forward and backward over the residual stream, with its parameters registered in the
+// model's ParameterSet by the layer itself (from its architecture's declarations).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "core/memory.h"
+#include "nn/parameters.h"
+
+namespace trident::nn {
+
+// What a layer's forward saves for its backward, for one micro-batch; the family's own type.
+struct LayerActivations {
+  virtual ~LayerActivations() = default;
+};
+
+// Buffers the layers, the embedding and the head share (one runs at a time). N = B*T tokens,
+// Nl = this rank's rows under sequence parallelism (N without it), C channels.
+struct SharedScratch {
+  FloatBuffer dln;         // (N, C) gradient w.r.t. a norm's output
+  FloatBuffer layer;       // the layers' own gradient scratch (Architecture::layer_scratch_floats)
+  // Sequence parallelism only (empty otherwise):
+  FloatBuffer gathered;    // (N, C) all-gathered norm output
+  FloatBuffer full;        // (N, C) partial sums before reduce_scatter / gathered gradient
+  FloatBuffer dln_local;   // (Nl, C) reduce-scattered norm-output gradient
+  FloatBuffer norm_grads;  // (4C) partial norm weight/bias gradients, summed over tp
+
+  SharedScratch() = default;
+  // sp_local_rows >= 0: allocate the sequence-parallel buffers for Nl = sp_local_rows.
+  SharedScratch(MemoryTracker& tracker, int64_t N, int64_t C, int64_t layer_floats,
+                int64_t sp_local_rows = -1);
+  // Floats the constructor allocates (the memory model's workspace term).
+  static int64_t floats(int64_t N, int64_t C, int64_t layer_floats, int64_t sp_local_rows = -1);
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  // local_rows: Nl under sequence parallelism; < 0 means N.
+  virtual std::unique_ptr<LayerActivations> make_activations(MemoryTracker& tracker, int64_t B,
+                                                             int64_t T, int64_t local_rows) const = 0;
+  // out (Nl, C) = layer(x (Nl, C)); out must not alias x.
+  virtual void forward(ParameterSet& params, LayerActivations& acts, float* out, const float* x,
+                       int64_t B, int64_t T, SharedScratch& scratch) const = 0;
+  // dres (Nl, C): on entry d loss / d out, on exit d loss / d x (updated in place). Parameter
+  // gradients accumulate; on return they are complete for this micro-batch on every tp rank.
+  virtual void backward(ParameterSet& params, const LayerActivations& acts, SharedScratch& scratch,
+                        float* dres, const float* x, int64_t B, int64_t T) const = 0;
+};
+
+}  // namespace trident::nn

@@ -1,0 +1,68 @@
+// One Llama decoder layer exactly as Hugging Face's LlamaDecoderLayer computes it:
+//   h = x + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm_1(x)
+//   out = h + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                 n2 = rmsnorm_2(h)
+// with nn.Linear weights [out, in], no biases, grouped-query attention (query head h uses
+// key/value head h / (NH / NKV), as repeat_kv), rotary embeddings in the rotate-half convention.
+//
+// Tensor parallel as Megatron: q/k/v and gate/up are column-parallel (whole heads per rank),
+// o_proj and down_proj row-parallel; the conjugate functions of nn/tp_region.h bracket the two
+// regions, so one body serves the plain and the sequence-parallel path. When tp exceeds the
+// key/value heads, tp / NKV ranks hold the same head (TpSplit::kKvHeads): each computes its
+// query heads' share of that head's gradient, and backward sums the shares over tp.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "core/memory.h"
+#include "nn/layer.h"
+#include "nn/model_config.h"
+#include "nn/parameters.h"
+#include "nn/tensor_parallel.h"
+
+namespace trident::nn {
+
+// Local widths on one tp rank: Q = NHl * HS query channels, KV = NKVl * HS key (and value)
+// channels, I = intermediate / tp; Nl the sequence-parallel rows (N without it).
+struct LlamaBlockActivations final : LayerActivations {
+  FloatBuffer n1, rstd1;  // (Nl, C), (Nl)
+  FloatBuffer qkv;        // (N, Q + 2 KV) after rotary
+  FloatBuffer att;        // (B, NHl, T, T) probabilities
+  FloatBuffer atty;       // (N, Q)
+  FloatBuffer h;          // (Nl, C) x + attention output
+  FloatBuffer n2, rstd2;  // (Nl, C), (Nl)
+  FloatBuffer gate, up;   // (N, I)
+  FloatBuffer act;        // (N, I) silu(gate) * up
+
+  LlamaBlockActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t B, int64_t T,
+                        int64_t local_rows);
+  static int64_t floats(const ModelConfig& cfg, int tp, int64_t B, int64_t T, int64_t local_rows);
+  // The layer's share of SharedScratch::layer.
+  static int64_t scratch_floats(const ModelConfig& cfg, int tp, int64_t N);
+};
+
+class LlamaBlock final : public Layer {
+ public:
+  LlamaBlock(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer);
+
+  std::unique_ptr<LayerActivations> make_activations(MemoryTracker& tracker, int64_t B, int64_t T,
+                                                     int64_t local_rows) const override;
+  void forward(ParameterSet& params, LayerActivations& acts, float* out, const float* x, int64_t B,
+               int64_t T, SharedScratch& scratch) const override;
+  void backward(ParameterSet& params, const LayerActivations& acts, SharedScratch& scratch,
+                float* dres, const float* x, int64_t B, int64_t T) const override;
+
+ private:
+  // Sums the key/value weight gradients' shares of this micro-batch over the ranks holding the
+  // same head, then adds them to the gradients (kv replication only); `all` is scratch for
+  // every head's k and v slots.
+  void sum_kv_replicas(ParameterSet& params, const float* dk, const float* dv, float* all) const;
+
+  ModelConfig cfg_;
+  TpContext tp_;
+  int q_heads_ = 0, kv_heads_ = 0;  // local
+  int kv_replicas_ = 1;
+  int n1_w_, q_w_, k_w_, v_w_, o_w_, n2_w_, gate_w_, up_w_, down_w_;
+};
+
+}  // namespace trident::nn

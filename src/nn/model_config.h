@@ -1,0 +1,51 @@
+// The model's shape: which architecture family, its hyperparameters, the named presets. What
+// each family means by them -- its parameters, Hugging Face config.json keys, validation,
+// FLOPs -- is declared once in nn/architecture.h; the count and checks here derive from it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace trident::nn {
+
+// Hugging Face's model_type of each family Trident implements.
+enum class Family { kGpt2, kLlama };
+std::string_view family_name(Family f);  // "gpt2", "llama"
+
+struct ModelConfig {
+  Family family = Family::kGpt2;
+  int n_layer = 12;
+  int n_head = 12;
+  int n_kv_head = 0;  // key/value heads (grouped-query attention); 0 = n_head
+  int n_embd = 768;
+  int n_inner = 0;    // MLP hidden width; 0 = the family's default (GPT-2: 4 * n_embd)
+  int n_positions = 1024;  // longest sequence (GPT-2: rows of the position table)
+  int vocab_size = 50257;  // real tokens; the embedding may be padded (below)
+  // The embedding/LM-head rows are padded up to a multiple of this (and of the tensor-parallel
+  // size) for fast matmuls; padded logits are masked out, so the loss never changes.
+  int vocab_pad_multiple = 64;
+  double norm_eps = 1e-5;      // LayerNorm / RMSNorm epsilon
+  double rope_theta = 10000.0;  // rotary base (Llama)
+  bool tie_word_embeddings = true;  // the LM head is the token embedding
+
+  int head_size() const { return n_embd / n_head; }
+  int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  int mlp_width() const { return n_inner > 0 ? n_inner : 4 * n_embd; }
+  // vocab_size rounded up to a multiple of vocab_pad_multiple * tp.
+  int64_t padded_vocab(int tp = 1) const;
+  // Parameters of the logical (unpadded, Hugging Face) model, a tied head counted once;
+  // summed from the architecture's declarations in 64 bits (throws on overflow).
+  int64_t num_parameters() const;
+  // Throws trident::Error naming the first bad field and what to do.
+  void validate() const;
+  std::string describe() const;  // "llama n_layer=12 n_head=12 n_embd=768 ..."
+};
+
+// Presets of every family: "tiny", "small", "gpt2", "gpt2-medium", "llama-tiny",
+// "llama-small", "llama-1b". Throws trident::Error listing them for any other name.
+ModelConfig model_preset(std::string_view name);
+std::vector<std::string> model_preset_names();
+
+}  // namespace trident::nn

@@ -1,0 +1,76 @@
+// Slicing a declared parameter for one tensor-parallel rank.
+#include "nn/param_decl.h"
+
+#include "core/check.h"
+
+namespace trident::nn {
+
+namespace {
+
+ShardSpec even_split(const ParamDecl& d, int rank, int size) {
+  ShardSpec s;
+  s.dim = d.dim;
+  if (size == 1) return s;
+  const int64_t extent = d.shape.at(static_cast<std::size_t>(d.dim));
+  const int64_t part = extent / d.sections;
+  const int64_t units = part / d.unit;
+  TRI_CHECK(units % size == 0,
+            "{}: tensor parallelism {} does not divide its {} {} (each rank takes whole ones); "
+            "choose a tp that divides {}",
+            d.name, size, units, d.unit > 1 ? "heads" : "rows", units);
+  const int64_t local = part / size;
+  for (int p = 0; p < d.sections; ++p) s.chunks.push_back({p * part + rank * local, local});
+  return s;
+}
+
+}  // namespace
+
+ParamInfo shard_for_tp(const ParamDecl& d, int64_t padded_vocab, int64_t vocab_size, int rank, int size) {
+  ParamInfo info;
+  info.name = d.name;
+  info.logical_shape = d.shape;
+  info.weight_decay = d.weight_decay;
+  info.init_std = d.init_std;
+  info.init_value = d.init_value;
+  info.role = d.role;
+  info.tied = d.tied;
+  switch (d.split) {
+    case TpSplit::kReplicated:
+      info.tp_owner = rank == 0;
+      break;
+    case TpSplit::kSplit:
+      info.shard = even_split(d, rank, size);
+      break;
+    case TpSplit::kVocab: {
+      info.shard.dim = 0;
+      const int64_t local = padded_vocab / size;
+      const int64_t begin = rank * local;
+      const int64_t real = std::max<int64_t>(0, std::min<int64_t>(local, vocab_size - begin));
+      if (real > 0) info.shard.chunks.push_back({begin, real});
+      if (local - real > 0) info.shard.chunks.push_back({-1, local - real});
+      break;
+    }
+    case TpSplit::kKvHeads: {
+      const int64_t heads = d.shape.at(0) / d.unit;
+      if (heads % size == 0) {
+        info.shard = even_split(d, rank, size);
+        break;
+      }
+      TRI_CHECK(size % heads == 0,
+                "{}: {} key/value heads and tensor parallelism {}: neither divides the other, so "
+                "the heads cannot be split or replicated evenly; choose a tp that divides {} or "
+                "is a multiple of it",
+                d.name, heads, size, heads);
+      const int64_t replicas = size / heads;
+      const int64_t head = rank / replicas;
+      info.shard.dim = 0;
+      info.shard.chunks.push_back({head * d.unit, d.unit});
+      info.tp_owner = rank % replicas == 0;
+      info.tp_replicas = static_cast<int>(replicas);
+      break;
+    }
+  }
+  return info;
+}
+
+}  // namespace trident::nn

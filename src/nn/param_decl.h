@@ -1,0 +1,58 @@
+// A parameter as an architecture declares it, once: its Hugging Face name, logical shape, how
+// tensor parallelism splits it, whether AdamW decays it, how it is initialised, and the role
+// generic code may ask for (the token embedding, the LM head, ...) instead of naming it.
+// Everything else -- the parameter count, the checkpoint tensor list, each rank's slice, the
+// FLOP formula -- is derived from these declarations (nn/architecture.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "nn/parameters.h"
+
+namespace trident::nn {
+
+// How tensor parallelism splits a parameter over the tp ranks.
+enum class TpSplit {
+  kReplicated,  // every tp rank holds all of it (norms, row-parallel biases)
+  // Dimension `dim` is `sections` equal parts (a fused q|k|v is 3); each part is split over tp
+  // in whole units of `unit` (a head's channels, or 1), rank r taking the r-th slice of each.
+  kSplit,
+  // The vocabulary rows (dim 0), padded up to ModelConfig::padded_vocab(tp): rank r holds rows
+  // [r Vp/tp, (r+1) Vp/tp); rows past vocab_size are padding (Megatron's VocabParallelEmbedding).
+  kVocab,
+  // Key/value heads (dim 0 of an nn.Linear [heads * unit, in]): split like kSplit when tp
+  // divides the head count; when the head count divides tp, each rank holds the one head its
+  // query heads use and the tp / heads ranks holding it are replicas whose gradients the
+  // model sums (Megatron's GQA with tp > num_key_value_heads).
+  kKvHeads,
+};
+
+struct ParamDecl {
+  std::string name;  // Hugging Face name
+  Shape shape;       // logical, as Hugging Face stores it
+  TpSplit split = TpSplit::kReplicated;
+  int dim = 0;
+  int sections = 1;
+  int64_t unit = 1;
+  bool weight_decay = false;
+  float init_std = 0.0f;  // > 0: normal(0, init_std); otherwise the constant init_value
+  float init_value = 0.0f;
+  ParamRole role = ParamRole::kOther;
+  // Used by the embedding and, as the LM head, by the last stage: one logical tensor, counted
+  // and saved once; a pipeline whose head is on another stage holds a copy whose gradient is
+  // summed with the embedding's (ParamInfo::tied_copy).
+  bool tied = false;
+  // A matrix every token multiplies with (counts in the 6N of the FLOP formula). A tied
+  // embedding counts: the head multiplies with it.
+  bool matmul = false;
+};
+
+// This tp rank's slice of a declared parameter. Throws, naming the parameter and the fix, when
+// the split does not divide (vocab_size and padded_vocab: the vocabulary rows of `config`).
+ParamInfo shard_for_tp(const ParamDecl& decl, int64_t padded_vocab, int64_t vocab_size, int tp_rank,
+                       int tp_size);
+
+}  // namespace trident::nn
