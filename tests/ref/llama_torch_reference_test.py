@@ -7,7 +7,12 @@ The reference runs in float64, so every difference measured is Trident's fp32 ro
 bounds are derived in fp32_bounds.py (Fp32Bounds.llama). The test then shows they bite: it
 reruns the reference with a plausible bug planted on the PyTorch side and requires each mutant
 to fail the checks named in MUTANTS (a mutant that changes nothing for a shape, the kv-head
-mapping when NKV is 1 or NH, is skipped for it).
+mapping when NKV is 1 or NH, is skipped for it). Measured on a --torch-fp32 dump (gqa_untied,
+bounds: logits 7.4e-6, gradients 1.5e-5, updates 1.5e-4): interleaved RoPE fails logits by 1.1e-2,
+the interleaved kv mapping by 0.74, eps x10 by 0.12, tanh-GELU for SiLU by 1.3e-2; dropping
+weight decay fails the losses at 1.8x their bound and the weights by 5.4e-3; a learning rate 10%
+off at step 3 fails the losses at 58x and the weights by 2.3e-2. The fp32 dump itself passes
+with logits at 2.7e-7, gradients 7.0e-7 and updates 6.4e-5.
 
 Dump format (what tests/tools/gpt_reference_dump writes, --family llama): OUT/init.safetensors
 (initial weights, HF names, logical shapes; a tied model has no lm_head.weight, or one equal to

@@ -167,9 +167,8 @@ def forward(W, ids, cfg, hooks=HF):
     emb = W["model.embed_tokens.weight"]
     C = emb.shape[1]
     NH, NKV = cfg.n_head, cfg.n_kv_head
-    hd = C // NH
-    if hd * NH != C:
-        raise ValueError(f"hidden size {C} is not a multiple of n_head {NH}")
+    # Head size from q_proj's rows, as newer HF configs may set head_dim apart from C / NH.
+    hd = W["model.layers.0.self_attn.q_proj.weight"].shape[0] // NH if cfg.n_layer else C // NH
     eps = cfg.rms_norm_eps if hooks.rms_eps is None else hooks.rms_eps
     cos, sin = rope_cos_sin(T, hd, cfg.rope_theta, emb.dtype)
     x = emb[ids]
@@ -181,7 +180,7 @@ def forward(W, ids, cfg, hooks=HF):
         v = F.linear(h, W[p + "self_attn.v_proj.weight"]).view(B, T, NKV, hd).transpose(1, 2)
         q, k = hooks.rope(q, cos, sin), hooks.rope(k, cos, sin)
         k, v = hooks.repeat_kv(k, NH // NKV), hooks.repeat_kv(v, NH // NKV)
-        y = causal_attention(q, k, v).transpose(1, 2).reshape(B, T, NH * hd)
+        y = causal_attention(q, k, v).transpose(1, 2).reshape(B, T, NH * hd)  # heads side by side
         x = x + F.linear(y, W[p + "self_attn.o_proj.weight"])
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
         m = hooks.act(F.linear(h, W[p + "mlp.gate_proj.weight"])) * F.linear(h, W[p + "mlp.up_proj.weight"])
