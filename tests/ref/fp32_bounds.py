@@ -24,7 +24,20 @@ is checked against Adam's budget sum(lr) instead (update_exempt below).
 What these bounds catch (gpt_torch_reference_test.py plants each bug on the PyTorch side and
 requires the checks to fail; measured): exact-erf GELU instead of gelu_new fails logits (1.2e-5), gradients (8e-5) and the final
 weights (3.5e-4); weight decay dropped fails the losses (2.2e-4) and the weights (7.6e-3); a
-learning rate 10% off at one step fails the losses (1.1e-3) and the weights (2.3e-2)."""
+learning rate 10% off at one step fails the losses (1.1e-3) and the weights (2.3e-2).
+
+Llama (Fp32Bounds.llama, used by llama_torch_reference_test.py) has the same depth, D = 2L + 1
+(attention and SwiGLU MLP per layer, then the LM head; RMSNorm, softmax and SiLU in between),
+but other reduction lengths: the MLP's down projection sums over intermediate_size (not 4C),
+the LM head's input gradient over the vocabulary, the q/k/v/gate/up projections over C, the
+attention over T and every weight gradient over the B*T tokens of a step; n is the longest.
+RoPE adds one error the GPT-2 derivation has no counterpart for: fp32 computes the angle
+t * theta^(-2i/HD) with three roundings (the power, the reciprocal, the product), so pair i of
+position t is rotated by an angle off by <= 3 t theta^(-2i/HD) u radians, which is the relative
+error it puts on that pair. Pair 0's angle is exact (inv_freq = 1, t an integer); the worst
+other pair is i = 1 at t = T - 1. q and k are both rotated in each of L layers:
+
+    rope_rel = 2 L * 3 (T - 1) theta^(-2/HD) u,  added to forward_rel (backward doubles both)."""
 import math
 
 import numpy as np
@@ -33,11 +46,20 @@ U = 2.0 ** -24
 
 
 class Fp32Bounds:
-    def __init__(self, n_layer, n_embd, tokens_per_step):
+    def __init__(self, n_layer, n_embd, tokens_per_step, reduction=None, rope_rel=0.0):
+        """GPT-2's bounds; `reduction` and `rope_rel` are for other families (see llama())."""
         self.depth = 2 * n_layer + 1
-        self.reduction = max(4 * n_embd, tokens_per_step)
-        self.forward_rel = self.depth * math.sqrt(self.reduction) * U
+        self.reduction = max(4 * n_embd, tokens_per_step) if reduction is None else reduction
+        self.rope_rel = rope_rel
+        self.forward_rel = self.depth * math.sqrt(self.reduction) * U + rope_rel
         self.backward_rel = 2.0 * self.forward_rel
+
+    @classmethod
+    def llama(cls, n_layer, hidden, intermediate, vocab, head_dim, rope_theta, batch_size, seq_len):
+        """Llama's bounds (derivation in the module docstring)."""
+        reduction = max(hidden, intermediate, vocab, seq_len, batch_size * seq_len)
+        rope_rel = 2 * n_layer * 3 * (seq_len - 1) * rope_theta ** (-2.0 / head_dim) * U
+        return cls(n_layer, hidden, batch_size * seq_len, reduction=reduction, rope_rel=rope_rel)
 
     def loss_rel(self, step):
         return (step + 1) * self.forward_rel
@@ -49,7 +71,8 @@ class Fp32Bounds:
         return steps * self.backward_rel
 
     def describe(self):
-        return (f"u=2^-24, depth {self.depth}, reduction {self.reduction}: forward {self.forward_rel:.2e}, "
+        rope = f" (of which RoPE angles {self.rope_rel:.2e})" if self.rope_rel else ""
+        return (f"u=2^-24, depth {self.depth}, reduction {self.reduction}: forward {self.forward_rel:.2e}{rope}, "
                 f"backward {self.backward_rel:.2e}")
 
 
