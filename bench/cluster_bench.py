@@ -20,7 +20,7 @@ Needs root (ip netns). A benchmark, not a test: minutes per cluster on 2 cores. 
 
   sudo python3 bench/cluster_bench.py [--build build] [--nodes 2,4] [--rates 10gbit,1gbit]
       [--delay 50us] [--model tiny] [--batch-size 8] [--seq-len 64] [--steps 5]
-      [--max-bytes 16M] [--layouts "dp8;dp4,tp2;dp2,tp2,pp2"] [--out runs/cluster_bench]
+      [--min-bytes 1M] [--max-bytes 4M] [--layouts "dp8;dp4,tp2;dp2,tp2,pp2"] [--out runs/cluster_bench]
 """
 import argparse
 import itertools
@@ -114,7 +114,7 @@ def one_cluster(a, nodes, rate, T, log):
             c.shape(i, rate=rate, delay=a.delay)
         # 1. Communicator vs raw MPI.
         t0 = time.time()
-        rc, out, err = c.mpirun(WORLD, [T, "bench", "comm", "--min-bytes", "64K", "--max-bytes", a.max_bytes,
+        rc, out, err = c.mpirun(WORLD, [T, "bench", "comm", "--min-bytes", a.min_bytes, "--max-bytes", a.max_bytes,
                                         "--no-overlap"], rpn, timeout=1800)
         open(os.path.join(out_dir, "comm.txt"), "w").write(out + err)
         if rc != 0:
@@ -176,13 +176,13 @@ def report(results, a):
             for size, raw, tri, ratio in rows:
                 p(f"  {coll:<15} {size:>8} {raw:>10.4f} {tri:>10.4f} {ratio:>8.3f}")
         ok_rows = [r for r in res["layouts"] if "meas_tokens_per_s" in r]
-        p(f"  {'layout':<58} {'pred tok/s':>10} {'meas tok/s':>10} {'meas/pred':>9} {'<=15%':>6}")
+        p(f"  {'layout':<96} {'pred tok/s':>10} {'meas tok/s':>10} {'meas/pred':>9} {'<=15%':>6}")
         for r in res["layouts"]:
             if "meas_tokens_per_s" not in r:
-                p(f"  {r['flags']:<58} {r['pred_tokens_per_s']:>10.0f} {'failed':>10}   {r['error']}")
+                p(f"  {r['flags']:<96} {r['pred_tokens_per_s']:>10.0f} {'failed':>10}   {r['error']}")
                 continue
             q = r["meas_tokens_per_s"] / r["pred_tokens_per_s"]
-            p(f"  {r['flags']:<58} {r['pred_tokens_per_s']:>10.0f} {r['meas_tokens_per_s']:>10.0f} {q:>9.2f} "
+            p(f"  {r['flags']:<96} {r['pred_tokens_per_s']:>10.0f} {r['meas_tokens_per_s']:>10.0f} {q:>9.2f} "
               f"{'yes' if abs(q - 1) <= 0.15 else 'no':>6}")
         if len(ok_rows) >= 2:
             pred = [r["pred_tokens_per_s"] for r in ok_rows]
@@ -207,13 +207,18 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--max-bytes", default="16M")
+    ap.add_argument("--min-bytes", default="1M")
+    ap.add_argument("--max-bytes", default="4M")
     ap.add_argument("--cores", type=int, default=os.cpu_count())
     ap.add_argument("--data", default="", help="token shard prefix (default: a synthetic one for "
                     "the tiny preset's 1000-token vocabulary)")
     ap.add_argument("--layouts", default="")
     ap.add_argument("--out", default=os.path.join(REPO, "runs", "cluster_bench"))
+    ap.add_argument("--report", metavar="RESULTS_JSON", help="only print the report of an earlier run's results.json")
     a = ap.parse_args()
+    if a.report:
+        print(report(json.load(open(a.report)), a))
+        return
     netns.require_namespaces()
     if a.delay and not netns.netem_available():
         sys.exit("--delay needs tc's netem qdisc, which this kernel lacks (CONFIG_NET_SCH_NETEM); "
