@@ -33,11 +33,10 @@ std::optional<std::string> AsyncCheckpointer::start(int64_t step, const nlohmann
   snapshot_seconds_ = clock.seconds();
   if (writer_rank_) {
     finished_.store(false, std::memory_order_relaxed);
-    written_.clear();
     error_.clear();
     writer_ = std::thread([this] {
       try {
-        written_ = write_snapshot(snapshot_, root_);
+        write_snapshot(snapshot_, root_);
       } catch (const std::exception& e) {
         error_ = e.what();
       } catch (...) {

@@ -58,7 +58,6 @@ class AsyncCheckpointer {
   // Rank 0's writer and what it reports (read after `finished_` is seen true).
   std::thread writer_;
   std::atomic<bool> finished_{false};
-  std::string written_;
   std::string error_;
 };
 
