@@ -21,6 +21,7 @@ const char* mem_category_name(MemCategory c) {
     case MemCategory::kActivations: return "activations";
     case MemCategory::kWorkspace: return "workspace";
     case MemCategory::kCommBuffers: return "comm_buffers";
+    case MemCategory::kCheckpointSnapshot: return "ckpt_snapshot";
     case MemCategory::kCount: break;
   }
   return "unknown";

@@ -1,6 +1,7 @@
 // Memory accounting by category (parameters, gradients, optimizer state, activations,
-// workspace, communication buffers) with current and peak bytes, plus an RAII float buffer
-// that reports itself to a tracker. The tracker is passed in, never global.
+// workspace, communication buffers, the asynchronous checkpoint's snapshot) with current and
+// peak bytes, plus an RAII float buffer that reports itself to a tracker. The tracker is
+// passed in, never global.
 #pragma once
 
 #include <array>
@@ -17,6 +18,7 @@ enum class MemCategory : int {
   kActivations,
   kWorkspace,
   kCommBuffers,
+  kCheckpointSnapshot,  // --async-ckpt: rank 0's host copy of the checkpoint being written
   kCount
 };
 

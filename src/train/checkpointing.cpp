@@ -2,6 +2,8 @@
 #include "train/checkpointing.h"
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <vector>
 
 #include "ckpt/checkpoint.h"
@@ -25,12 +27,43 @@ void gather(parallel::Engine& engine, const GatherStep& step, float* out) {
   }
 }
 
-}  // namespace
+// The order rank 0's writer pulls the tensors in: model.safetensors (the parameters), then
+// optimizer.safetensors (each parameter's exp_avg and exp_avg_sq). Every gather is
+// collective, so all ranks run them in this order.
+std::vector<GatherStep> gather_plan(const std::vector<ckpt::TensorSpec>& specs) {
+  std::vector<GatherStep> plan;
+  for (const auto& spec : specs) plan.push_back({&spec, -1});
+  for (const auto& spec : specs) {
+    plan.push_back({&spec, 0});
+    plan.push_back({&spec, 1});
+  }
+  return plan;
+}
 
-std::string save_checkpoint(parallel::Engine& engine, const std::string& root, int64_t step,
-                            const nlohmann::json& trident_state) {
-  // Never write NaN/inf: a poisoned checkpoint would load fine and poison every run resumed
-  // from it. Every rank scans its own shards; all agree, so all refuse together.
+std::string tensor_name(const GatherStep& s) {
+  return s.kind < 0 ? s.spec->name : s.kind == 0 ? ckpt::exp_avg_name(s.spec->name) : ckpt::exp_avg_sq_name(s.spec->name);
+}
+
+// Rank 0: writes and commits the checkpoint whose plan[i] tensor `emit(i, sink)` supplies
+// (pulled in plan order, one at a time).
+std::string write_plan(const std::string& root, int64_t step, const nn::ModelConfig& cfg,
+                       const std::vector<GatherStep>& plan, int64_t optimizer_step,
+                       const nlohmann::json& trident_state,
+                       const std::function<void(std::size_t, ckpt::TensorSink&)>& emit) {
+  ckpt::CheckpointWriter writer(root, step, cfg);
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    (plan[i].kind < 0 ? writer.model() : writer.optimizer())
+        .add_tensor(tensor_name(plan[i]), plan[i].spec->shape,
+                    [&emit, i](ckpt::TensorSink& sink) { emit(i, sink); });
+  }
+  writer.set_optimizer_step(optimizer_step);
+  writer.set_trident_json(trident_state);
+  return writer.commit();
+}
+
+// Never write NaN/inf: a poisoned checkpoint would load fine and poison every run resumed
+// from it. Every rank scans its own shards; all agree, so all refuse together.
+void refuse_nonfinite(parallel::Engine& engine, const std::string& root, int64_t step) {
   const std::string poisoned = engine.find_nonfinite_state();
   TRI_CHECK(poisoned.empty(),
             "not writing the checkpoint of step {} under {}: {} is not finite, so the weights or "
@@ -38,18 +71,17 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
             "there (and 'latest') are untouched. Lower --lr (or check the data) and start again or "
             "resume from the last good checkpoint",
             step, root, poisoned);
+}
+
+}  // namespace
+
+std::string save_checkpoint(parallel::Engine& engine, const std::string& root, int64_t step,
+                            const nlohmann::json& trident_state) {
+  refuse_nonfinite(engine, root, step);
   const nn::ModelConfig& cfg = engine.config();
   const bool writer_rank = engine.mesh().rank() == 0;
   const auto specs = nn::model_tensor_specs(cfg);
-  // Every gather is collective, so all ranks run them in the order rank 0's writer pulls
-  // them: model.safetensors (the parameters), then optimizer.safetensors (each parameter's
-  // exp_avg and exp_avg_sq).
-  std::vector<GatherStep> plan;
-  for (const auto& spec : specs) plan.push_back({&spec, -1});
-  for (const auto& spec : specs) {
-    plan.push_back({&spec, 0});
-    plan.push_back({&spec, 1});
-  }
+  const std::vector<GatherStep> plan = gather_plan(specs);
   std::size_t done = 0;  // steps of `plan` gathered so far
   std::string error;
   if (writer_rank) {
@@ -58,27 +90,15 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
     int64_t largest = 0;
     for (const auto& spec : specs) largest = std::max(largest, shape_numel(spec.shape));
     std::vector<float> buffer(static_cast<std::size_t>(largest));
-    auto provider = [&](std::size_t index) {
-      return [&, index](ckpt::TensorSink& sink) {
-        TRI_CHECK(index == done, "checkpoint writer pulled tensor {} of {} out of order ({} expected)",
-                  index, plan.size(), done);
-        gather(engine, plan[index], buffer.data());
-        ++done;
-        sink.write(buffer.data(), shape_numel(plan[index].spec->shape));
-      };
-    };
     try {
-      ckpt::CheckpointWriter writer(root, step, cfg);
-      for (std::size_t i = 0; i < plan.size(); ++i) {
-        const ckpt::TensorSpec& spec = *plan[i].spec;
-        const std::string name = plan[i].kind < 0 ? spec.name
-                                 : plan[i].kind == 0 ? ckpt::exp_avg_name(spec.name)
-                                                     : ckpt::exp_avg_sq_name(spec.name);
-        (plan[i].kind < 0 ? writer.model() : writer.optimizer()).add_tensor(name, spec.shape, provider(i));
-      }
-      writer.set_optimizer_step(engine.optimizer_step());
-      writer.set_trident_json(trident_state);
-      writer.commit();
+      write_plan(root, step, cfg, plan, engine.optimizer_step(), trident_state,
+                 [&](std::size_t index, ckpt::TensorSink& sink) {
+                   TRI_CHECK(index == done, "checkpoint writer pulled tensor {} of {} out of order ({} expected)",
+                             index, plan.size(), done);
+                   gather(engine, plan[index], buffer.data());
+                   ++done;
+                   sink.write(buffer.data(), shape_numel(plan[index].spec->shape));
+                 });
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -96,6 +116,58 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
                                              "the previous checkpoint is intact"));
   }
   return root + "/" + ckpt::step_dir_name(step);
+}
+
+void take_snapshot(parallel::Engine& engine, const std::string& root, int64_t step,
+                   const nlohmann::json& trident_state, CheckpointSnapshot& snapshot) {
+  refuse_nonfinite(engine, root, step);
+  const nn::ModelConfig& cfg = engine.config();
+  const auto specs = nn::model_tensor_specs(cfg);
+  const std::vector<GatherStep> plan = gather_plan(specs);
+  const bool writer_rank = engine.mesh().rank() == 0;
+  if (writer_rank && snapshot.values.empty()) {
+    std::size_t total = 0;
+    for (const GatherStep& s : plan) total += static_cast<std::size_t>(shape_numel(s.spec->shape));
+    snapshot.values = FloatBuffer(engine.tracker(), MemCategory::kCheckpointSnapshot, total);
+  }
+  std::size_t offset = 0;
+  for (const GatherStep& s : plan) {
+    gather(engine, s, writer_rank ? snapshot.values.data() + offset : nullptr);
+    offset += static_cast<std::size_t>(shape_numel(s.spec->shape));
+  }
+  snapshot.config = cfg;
+  snapshot.step = step;
+  snapshot.optimizer_step = engine.optimizer_step();
+  snapshot.trident_state = trident_state;
+}
+
+std::string write_snapshot(const CheckpointSnapshot& snapshot, const std::string& root) {
+  const auto specs = nn::model_tensor_specs(snapshot.config);
+  const std::vector<GatherStep> plan = gather_plan(specs);
+  std::vector<std::size_t> offsets;
+  std::size_t offset = 0;
+  for (const GatherStep& s : plan) {
+    offsets.push_back(offset);
+    offset += static_cast<std::size_t>(shape_numel(s.spec->shape));
+  }
+  TRI_CHECK(offset == snapshot.values.size(), "the checkpoint snapshot of step {} holds {} values but "
+            "the model has {}", snapshot.step, snapshot.values.size(), offset);
+  // The engine's state was checked at the step boundary; checking the copy too means a
+  // snapshot that went wrong can never become a checkpoint.
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    const float* v = snapshot.values.data() + offsets[i];
+    const int64_t n = shape_numel(plan[i].spec->shape);
+    for (int64_t j = 0; j < n; ++j) {
+      TRI_CHECK(std::isfinite(v[j]), "not writing the checkpoint of step {} under {}: its snapshot "
+                "holds a non-finite value in {} (element {}); nothing was written and the "
+                "checkpoints already there (and 'latest') are untouched",
+                snapshot.step, root, tensor_name(plan[i]), j);
+    }
+  }
+  return write_plan(root, snapshot.step, snapshot.config, plan, snapshot.optimizer_step,
+                    snapshot.trident_state, [&](std::size_t index, ckpt::TensorSink& sink) {
+                      sink.write(snapshot.values.data() + offsets[index], shape_numel(plan[index].spec->shape));
+                    });
 }
 
 int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint& loaded,

@@ -138,15 +138,21 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   } catch (const Error&) {
     // An invalid layout: the engine's constructor names the problem.
   }
-  const double node_total = node_sum(mine ? mine->total() : 0.0);
+  // --async-ckpt: rank 0 also holds the checkpoint's snapshot, the logical weights and both
+  // AdamW moments in fp32.
+  const double snapshot = cfg.train.async_ckpt && !cfg.train.ckpt_dir.empty() && mesh.rank() == 0
+                              ? 12.0 * static_cast<double>(model.num_parameters())
+                              : 0.0;
+  const double node_total = node_sum(mine ? mine->total() + snapshot : 0.0);
   MPI_Comm_free(&node);
   if (!mine || node_total <= *avail) return;
   TRI_FAIL("the model ({}) at this layout needs about {} on this rank (parameters {}, gradients {}, "
-           "optimizer state {}, activations {}, workspace {}: trident plan's memory model), {} for "
-           "the {} rank(s) on this node, but only {} is available{}",
-           model.describe(), format_bytes(mine->total()), format_bytes(mine->params),
+           "optimizer state {}, activations {}, workspace {}: trident plan's memory model; "
+           "--async-ckpt snapshot {}), {} for the {} rank(s) on this node, but only {} is available{}",
+           model.describe(), format_bytes(mine->total() + snapshot), format_bytes(mine->params),
            format_bytes(mine->grads), format_bytes(mine->optimizer), format_bytes(mine->activations),
-           format_bytes(mine->workspace), format_bytes(node_total), local, format_bytes(*avail), hint);
+           format_bytes(mine->workspace), format_bytes(snapshot), format_bytes(node_total), local,
+           format_bytes(*avail), hint);
 }
 
 }  // namespace trident::train

@@ -261,6 +261,7 @@ struct TrainOptions {
   std::string ckpt_dir;   // where checkpoints go; empty: none
   int ckpt_every;         // steps between checkpoints (and at the end); 0: only at the end
   int keep_last;          // checkpoints kept in ckpt_dir (the newest); 0: all
+  bool async_ckpt;        // write the periodic checkpoints from a snapshot on a background thread
   std::string metrics;    // JSON-lines metrics file; empty: none
   std::string pipeline_timeline;  // SVG of the last step's measured pipeline timeline; empty: none
   std::string batch_log;  // JSON lines: each step's global batch as row offsets into the shard; empty: none
@@ -290,6 +291,8 @@ void for_each_field(S& o, V&& v) {
     o.ckpt_every);
   v(field("keep_last", 0, "keep only the newest K checkpoints in --ckpt-dir, removing older ones after each save (never the one 'latest' names)")
         .at_least(0).shown_as("0 = keep all").placeholder("K").alias("save_total_limit keep_checkpoints max_checkpoints keep"), o.keep_last);
+  v(field("async_ckpt", false, "write each --ckpt-every checkpoint on a background thread from a snapshot while training goes on (rank 0 then holds a host copy of the model and both AdamW moments, 12 bytes per parameter); a failed write stops the run at the next step; the final checkpoint waits for it")
+        .alias("async_save async_checkpoint async_checkpointing background_save"), o.async_ckpt);
   v(field("metrics", "", "write one JSON line of metrics per step to this file").placeholder("FILE").shown_as("none")
         .alias("metrics_file log_file metrics_path"), o.metrics);
   v(field("pipeline_timeline", "", "with pp > 1: write the last step's measured pipeline timeline to FILE as SVG")

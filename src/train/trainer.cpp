@@ -18,6 +18,7 @@
 #include "kernels/kernels.h"
 #include "optim/lr_schedule.h"
 #include "parallel/engine.h"
+#include "train/async_checkpoint.h"
 #include "train/batch_log.h"
 #include "train/checkpointing.h"
 #include "train/ckpt_dir_owner.h"
@@ -158,16 +159,23 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     metrics.open(cfg.train.metrics, start_step > 0 ? std::ios::app : std::ios::trunc);
     TRI_CHECK(metrics.good(), "cannot open the metrics file {} for writing", cfg.train.metrics);
   }
+  auto run_state = [&](int64_t step) {
+    return nlohmann::json{{"run_config", to_json(cfg)},
+                          {"step", step},
+                          {"data", {{"order", enum_name(cfg.data.data_order)}, {"next_step", step},
+                                    {"seed", cfg.train.seed}}},
+                          {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
+  };
   auto save = [&](int64_t step) {
-    nlohmann::json state = {{"run_config", to_json(cfg)},
-                            {"step", step},
-                            {"data", {{"order", enum_name(cfg.data.data_order)}, {"next_step", step},
-                                      {"seed", cfg.train.seed}}},
-                            {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
-    const std::string dir = save_checkpoint(engine, cfg.train.ckpt_dir, step, state);
+    const std::string dir = save_checkpoint(engine, cfg.train.ckpt_dir, step, run_state(step));
     ckpt_owner->after_save();
     return dir;
   };
+
+  // Declared after the engine and the directory's owner, so a write still in flight when the
+  // run ends (an error) finishes before the lock is released.
+  std::optional<AsyncCheckpointer> async_ckpt;
+  if (cfg.train.async_ckpt && !cfg.train.ckpt_dir.empty()) async_ckpt.emplace(engine, cfg.train.ckpt_dir);
 
   BatchLog batch_log(cfg.train.batch_log, lead, start_step);
   ProgressLine progress(lead);
@@ -181,6 +189,12 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   // --stop-after ends this invocation early; the schedule still spans --steps.
   int64_t end_step = cfg.train.stop_after > 0 ? std::min<int64_t>(cfg.train.stop_after, cfg.train.steps)
                                                     : cfg.train.steps;
+  // A background write that finished: prune (--keep-last) and say so, as after a save.
+  auto written = [&](const std::optional<std::string>& dir) {
+    if (!dir) return;
+    ckpt_owner->after_save();
+    progress.note("saved " + *dir);
+  };
   for (int64_t step = start_step; step < end_step; ++step) {
     const float lr = schedule.at(step);
     batch_log.record(step, sampler);
@@ -224,14 +238,26 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
       const double eta = elapsed / static_cast<double>(done - start_step) * static_cast<double>(end_step - done);
       progress.update(done, cfg.train.steps, stats.loss, lr, tps, eta);
     }
+    if (async_ckpt) written(async_ckpt->poll());  // a failed write stops the run here
     if (done < end_step && (stop_signal = preemption.agreed_signal(mesh.world())) != 0) {
       end_step = done;  // saved below, like the end of the run
       break;
     }
     if (!cfg.train.ckpt_dir.empty() && cfg.train.ckpt_every > 0 && done % cfg.train.ckpt_every == 0 &&
         done != end_step) {
-      progress.note("saved " + save(done));
+      if (async_ckpt) {
+        written(async_ckpt->start(done, run_state(done)));
+        progress.note(fmt::format("writing the checkpoint of step {} in the background (snapshot {:.0f} ms)",
+                                  done, async_ckpt->last_snapshot_seconds() * 1e3));
+      } else {
+        progress.note("saved " + save(done));
+      }
     }
+  }
+  if (async_ckpt && async_ckpt->in_flight()) {
+    progress.note(fmt::format("waiting for the checkpoint of step {} being written in the background",
+                              async_ckpt->in_flight_step()));
+    written(async_ckpt->finish());
   }
   progress.finish();
   std::string saved;

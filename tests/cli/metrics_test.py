@@ -18,7 +18,8 @@ L, C, NPOS, VOCAB, PADDED = 8, 32, 64, 1000, 1024
 N_LOGICAL = 135744
 N_ALLOCATED = N_LOGICAL + (PADDED - VOCAB) * C
 FLOPS_PER_TOKEN = 6 * (N_LOGICAL - NPOS * C) + 12 * L * C * SEQ
-CATEGORIES = {"parameters", "gradients", "optimizer_state", "activations", "workspace", "comm_buffers", "total"}
+CATEGORIES = {"parameters", "gradients", "optimizer_state", "activations", "workspace", "comm_buffers", "ckpt_snapshot",
+              "total"}
 
 
 def main():
