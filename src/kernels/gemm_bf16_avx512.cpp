@@ -1,8 +1,8 @@
 // The AVX-512 BF16 GEMM (see gemm_bf16_avx512.h). Goto/BLIS structure:
 //   for each kNc columns of B, for each kKc-deep slice of k:
-//     pack that slice of B into kNr-column panels (L2), then for each kMc rows of A:
-//       pack those rows into kMr-row panels, then for each B panel (kept in L1), for each A
-//       panel: one kMr x kNr micro-tile of C in 24 zmm accumulators.
+//     pack that slice of B into kNr-column panels, then for each kMc rows of A:
+//       pack those rows into kMr-row panels (L2), then for each B panel, for each A panel:
+//       one kMr x kNr micro-tile of C in 24 zmm accumulators.
 // vdpbf16ps multiplies pairs: lane j of the accumulator gains a.lo*b.lo + a.hi*b.hi, where
 // the 32-bit lane j of each source holds two consecutive k of one row/column. So both panels
 // store, for every pair of k (p = k / 2), one 32-bit word per row (A) or column (B):
@@ -28,10 +28,13 @@ namespace {
 constexpr int kMr = 8;         // rows per micro-tile: broadcasts of A
 constexpr int kNv = 3;         // zmm accumulators per row, 16 fp32 columns each: 24 in all
 constexpr int kNr = 16 * kNv;  // columns per micro-tile
-constexpr int64_t kKc = 256;   // k per slice (even, so only the last slice has an unpaired k):
-                               // one B panel is kKc/2 x kNr words = 24 KiB, within L1 (48 KiB)
-constexpr int64_t kMc = 192;   // rows of A packed at once: 96 KiB of L2
-constexpr int64_t kNc = 1536;  // columns of B packed at once: 768 KiB, within L2 (1 MiB)
+constexpr int64_t kKc = 768;   // k per slice (even, so only the last slice has an unpaired k)
+constexpr int64_t kMc = 96;    // rows of A packed at once: 144 KiB, in L2 (1 MiB)
+constexpr int64_t kNc = 1536;  // columns of B packed at once: 2.3 MiB, in L3
+// Block sizes measured on Zen 5 (bench/bf16_matmul shapes): a kKc of 256, whose B panel
+// (kKc/2 x kNr words) fits L1, ran 10-30% slower than 768, whose 72 KiB panel streams from L2
+// (3 vector loads per 24 vdpbf16ps, 16 bytes a cycle, far below L2's bandwidth): C is read
+// and written once per slice, and C of a training matmul is larger than the caches.
 static_assert(kMr % 8 == 0 && kNr % 8 == 0, "pack_panel writes panels in groups of 8 words");
 
 // Products smaller than this (multiply-adds) are not worth waking a second thread for.

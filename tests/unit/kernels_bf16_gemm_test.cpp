@@ -1,7 +1,7 @@
 // The own AVX-512 BF16 GEMM (kernels/gemm_bf16_avx512.h, via Bf16Gemm's kAvx512Bf16 backend)
 // against a double reference of the same bf16 inputs, in every transpose form, overwrite and
 // accumulate, on shapes that straddle every block size of the kernel (micro-tile 8 x 48,
-// k slices of 256, row blocks of 192, column blocks of 1536) and on odd k.
+// k slices of 768, row blocks of 96, column blocks of 1536) and on odd k.
 //
 // Tolerance, a worst-case bound rather than a statistical one: a bf16 x bf16 product has at
 // most 16 significant bits, so it is exact in fp32 (24), and the only error is the fp32
@@ -103,11 +103,12 @@ struct Dims {
   int64_t M, N, K;
 };
 
-// Each straddles a block boundary of the kernel (8 x 48 tiles, k slices of 256 with pairs,
-// 192-row and 1536-column blocks) or is degenerate-small.
+// Each straddles a block boundary of the kernel (8 x 48 tiles, k slices of 768 in pairs,
+// 96-row and 1536-column blocks) or is degenerate-small.
 const Dims kShapes[] = {
-    {1, 1, 1},     {1, 1, 2},     {3, 5, 7},      {7, 47, 255},    {8, 48, 256},  {9, 49, 257},
-    {37, 29, 131}, {17, 100, 513}, {200, 1537, 5}, {193, 50, 300},  {1, 300, 77},  {256, 320, 1031},
+    {1, 1, 1},      {1, 1, 2},      {3, 5, 7},       {7, 47, 767},  {8, 48, 768},  {9, 49, 769},
+    {37, 29, 131},  {17, 100, 513}, {200, 1537, 5},  {193, 50, 300}, {1, 300, 77},  {256, 320, 1031},
+    {97, 1537, 770},
 };
 
 TEST(Bf16GemmAvx512, MatchesFp64ReferenceInEveryForm) {
