@@ -4,7 +4,7 @@
 // accumulation and output.
 //
 // Numerics: every bf16 x bf16 product is exact in fp32; each C element is one fp32 sum over k
-// in a fixed order (pairs of k per vdpbf16ps, blocks of kKc along k added into C in turn), so
+// in a fixed order (pairs of k per vdpbf16ps, slices of 768 k added into C in turn), so
 // the result depends on neither the thread count nor the data, only on the shape. vdpbf16ps
 // treats subnormal inputs and results as zero (DAZ/FTZ), which float_to_bf16 inputs never are.
 //

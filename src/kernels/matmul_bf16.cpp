@@ -3,7 +3,6 @@
 
 #include <cblas.h>
 
-#include <algorithm>
 #include <dnnl.hpp>
 #include <map>
 #include <tuple>
@@ -112,10 +111,6 @@ void Bf16Gemm::gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
     return;
   }
   if (backend_ == Bf16Backend::kAvx512Bf16) {
-    // The kernel gathers 16 rows of a matrix at once with 32-bit element offsets.
-    constexpr int64_t kMaxLd = (int64_t{1} << 31) / 16;
-    TRI_CHECK(lda < kMaxLd && ldb < kMaxLd, "bf16 gemm: leading dimension {} too large for the AVX-512 kernel (< {})",
-              std::max(lda, ldb), kMaxLd);
     gemm_bf16_avx512(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, pack_);
     return;
   }
