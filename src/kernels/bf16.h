@@ -41,6 +41,10 @@ inline bf16_t float_to_bf16_stochastic(float f, uint32_t random) {
   return static_cast<bf16_t>(u >> 16);
 }
 
+// True when this CPU executes AVX-512 BF16 together with the AVX-512 F/BW/VL instructions the
+// vector conversions and the bf16 GEMM (gemm_bf16_avx512.h) use alongside it.
+bool cpu_has_avx512_bf16();
+
 // Whole arrays (OpenMP; the fp32 -> bf16 direction uses AVX-512 BF16 instructions where the
 // CPU has them, with identical results).
 void convert_to_bf16(bf16_t* out, const float* in, int64_t n);

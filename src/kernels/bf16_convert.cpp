@@ -19,12 +19,13 @@ namespace {
   for (; i < end; ++i) out[i] = float_to_bf16(in[i]);
 }
 
+}  // namespace
+
 bool cpu_has_avx512_bf16() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16") != 0;
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 }
-
-}  // namespace
 
 void convert_to_bf16(bf16_t* out, const float* in, int64_t n) {
   TRI_CHECK(n >= 0, "convert_to_bf16: bad size {}", n);

@@ -49,14 +49,14 @@ struct Bf16Gemm::OneDnn {
 
 Bf16Gemm::Bf16Gemm(Bf16Backend backend) : backend_(Bf16Backend::kFallback) {
   std::string why;
-  if (backend != Bf16Backend::kFallback) {
+  if (backend == Bf16Backend::kAuto || backend == Bf16Backend::kOneDnn) {
     try {
       auto d = std::make_unique<OneDnn>();
       const std::string impl = d->get({false, false, 64, 64, 64, 64, 64, 64, false}).pd.impl_info_str();
       // kAuto takes oneDNN only where it beats sgemm: its AMX kernel (bench/bf16_matmul: 3.7x
       // OpenBLAS fp32 on one Sapphire Rapids core). Its AVX-512 BF16 kernel ran at 0.68x of
-      // sgemm there (oneDNN 2.6), and its reference kernel is far slower still; the fallback
-      // then costs the same as fp32. kOneDnn takes any non-reference kernel.
+      // sgemm there (oneDNN 2.6), and its reference kernel is far slower still; the own
+      // kernel below serves those CPUs. kOneDnn takes any non-reference kernel.
       const bool usable = impl.find("ref") == std::string::npos &&
                           (backend == Bf16Backend::kOneDnn || impl.find("amx") != std::string::npos);
       if (usable) {
@@ -71,6 +71,17 @@ Bf16Gemm::Bf16Gemm(Bf16Backend backend) : backend_(Bf16Backend::kFallback) {
     }
     TRI_CHECK(backend_ == Bf16Backend::kOneDnn || backend == Bf16Backend::kAuto,
               "the oneDNN bf16 matmul is not available here: {}", why);
+  }
+  if (backend_ == Bf16Backend::kFallback &&
+      (backend == Bf16Backend::kAuto || backend == Bf16Backend::kAvx512Bf16)) {
+    if (cpu_has_avx512_bf16()) {
+      backend_ = Bf16Backend::kAvx512Bf16;
+      description_ = "own AVX-512 BF16 kernel (vdpbf16ps)";
+    } else {
+      why += std::string(why.empty() ? "" : "; ") + "no AVX-512 BF16 instructions on this CPU";
+    }
+    TRI_CHECK(backend_ == Bf16Backend::kAvx512Bf16 || backend == Bf16Backend::kAuto,
+              "the AVX-512 BF16 kernel needs a CPU with avx512_bf16 (lscpu shows it); use the automatic backend");
   }
   if (backend_ == Bf16Backend::kFallback) {
     description_ = "fallback: bf16 widened to fp32 + sgemm" + (why.empty() ? std::string() : " (" + why + ")");
@@ -97,6 +108,10 @@ void Bf16Gemm::gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
     dnnl::memory c(e.pd.dst_desc(), dnnl_->engine, C);
     e.prim.execute(dnnl_->stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
     dnnl_->stream.wait();
+    return;
+  }
+  if (backend_ == Bf16Backend::kAvx512Bf16) {
+    gemm_bf16_avx512(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc, pack_);
     return;
   }
   // Fallback: the stored matrices widened to fp32 (rows x ld each), then sgemm.
