@@ -114,7 +114,7 @@ bool ignorable_hf_tensor(const nn::ModelConfig& config, const std::string& name,
          arch.ignorable_tensor(config, name);
 }
 
-std::string detect_prefix(const SafetensorsReader& reader, const nn::ModelConfig& config) {
+std::string detect_prefix(const SafetensorsSet& reader, const nn::ModelConfig& config) {
   const nn::Architecture& arch = nn::architecture(config.family);
   const std::string prefix(arch.hf_alternative_prefix());
   const std::string first = arch.embedding_params(config).front().name;
@@ -300,7 +300,7 @@ std::string latest_checkpoint(const std::string& root) {
 std::string resolve_checkpoint(const std::string& path) {
   std::error_code ec;
   TRI_CHECK(fs::exists(path, ec), "checkpoint path '{}' does not exist", path);
-  if (is_file(join_path(path, kModelFile))) return path;
+  if (is_file(join_path(path, kModelFile)) || is_file(join_path(path, kModelIndexFile))) return path;
   return latest_checkpoint(path);
 }
 
@@ -325,10 +325,10 @@ LoadedCheckpoint open_checkpoint(const std::string& path) {
   const std::string dir = resolve_checkpoint(path);
   const std::string config_path = join_path(dir, kConfigFile);
   TRI_CHECK(is_file(config_path),
-            "'{}' has {} but no {}; Trident needs the Hugging Face config.json beside the "
-            "weights to know the model family and shape", dir, kModelFile, kConfigFile);
+            "'{}' has model weights but no {}; Trident needs the Hugging Face config.json beside the "
+            "weights to know the model family and shape", dir, kConfigFile);
   nn::ModelConfig config = read_model_config(config_path);
-  SafetensorsReader model(join_path(dir, kModelFile));
+  SafetensorsSet model(dir);
   LoadedCheckpoint ck{dir, config, std::move(model), std::nullopt, nullptr, -1, ""};
   ck.model_prefix = detect_prefix(ck.model, ck.config);
   if (is_file(join_path(dir, kOptimizerFile))) ck.optimizer.emplace(join_path(dir, kOptimizerFile));
@@ -349,7 +349,11 @@ LoadedCheckpoint load_checkpoint(const std::string& path) {
   return ck;
 }
 
-void validate_model_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config,
+std::string model_source(const SafetensorsSet& set) {
+  return set.sharded() ? set.index_path() : set.shards().front().path();
+}
+
+void validate_model_tensors(const SafetensorsSet& reader, const nn::ModelConfig& config,
                             const std::string& prefix) {
   // A config.json that names far more layers than the file holds (n_layer 1e9) must not make
   // us list 12 * n_layer expected names first: compare the counts up front (small mismatches
@@ -358,7 +362,7 @@ void validate_model_tensors(const SafetensorsReader& reader, const nn::ModelConf
   TRI_CHECK(expected_count <= 2 * static_cast<std::int64_t>(reader.tensors().size()) + 1024,
             "model tensors in {} do not match the model ({}): config.json implies {} tensors for "
             "n_layer {} but the file holds {}; config.json does not belong to these weights",
-            reader.path(), config.describe(), expected_count, config.n_layer, reader.tensors().size());
+            model_source(reader), config.describe(), expected_count, config.n_layer, reader.tensors().size());
   const nn::Architecture& arch = nn::architecture(config.family);
   std::vector<std::string> missing, wrong_shape, wrong_dtype, extra, inferred;
   std::set<std::string> expected;
@@ -395,7 +399,7 @@ void validate_model_tensors(const SafetensorsReader& reader, const nn::ModelConf
   }
   if (max_layer >= 0) infer("n_layer", max_layer + 1, config.n_layer);
 
-  std::string msg = fmt::format("model tensors in {} do not match the model ({})", reader.path(),
+  std::string msg = fmt::format("model tensors in {} do not match the model ({})", model_source(reader),
                                 config.describe());
   if (!inferred.empty()) msg += fmt::format(": checkpoint has {}", fmt::join(inferred, ", "));
   if (!missing.empty()) msg += fmt::format("; {} missing: {}", missing.size(), list_limited(missing));
@@ -456,7 +460,8 @@ std::string verify_checkpoint(const std::string& path) {
   std::int64_t elements = 0;
   for (const auto& spec : specs) {
     ck.read_param(spec.name, spec.shape, buffer.data());
-    check_finite(buffer.data(), shape_numel(spec.shape), ck.model_prefix + spec.name, ck.model.path());
+    check_finite(buffer.data(), shape_numel(spec.shape), ck.model_prefix + spec.name,
+                 ck.model.file_of(ck.model_prefix + spec.name));
     elements += shape_numel(spec.shape);
   }
   std::string summary = fmt::format("verified: {} model tensors ({} parameters) load with the shapes "
@@ -515,7 +520,11 @@ std::string describe_checkpoint(const std::string& path) {
     if (!ignorable_hf_tensor(c, t.name, ck.model_prefix)) total += t.numel();
     bytes += t.end - t.begin;
   }
-  out += fmt::format("model.safetensors: {} tensors, {} parameters, {}\n", ck.model.tensors().size(),
+  for (const std::string& w : ck.model.warnings()) out += fmt::format("warning: {}\n", w);
+  out += fmt::format("{}: {} tensors, {} parameters, {}\n",
+                     ck.model.sharded() ? fmt::format("{} ({} shards)", kModelIndexFile, ck.model.shards().size())
+                                        : std::string(kModelFile),
+                     ck.model.tensors().size(),
                      total, format_bytes(bytes));
   out += rows;
   try {

@@ -15,12 +15,14 @@
 #include <vector>
 
 #include "ckpt/safetensors.h"
+#include "ckpt/safetensors_set.h"
 #include "nn/architecture.h"
 #include "nn/model_config.h"
 
 namespace trident::ckpt {
 
 inline constexpr const char* kModelFile = "model.safetensors";
+inline constexpr const char* kModelIndexFile = "model.safetensors.index.json";  // sharded HF weights
 inline constexpr const char* kConfigFile = "config.json";
 inline constexpr const char* kOptimizerFile = "optimizer.safetensors";
 inline constexpr const char* kTridentFile = "trident.json";
@@ -99,13 +101,14 @@ std::string latest_checkpoint(const std::string& root);
 // Step directories under ROOT that look complete (hold model.safetensors and config.json),
 // sorted by step.
 std::vector<std::string> list_step_dirs(const std::string& root);
-// PATH itself when it holds model.safetensors; otherwise latest_checkpoint(PATH).
+// PATH itself when it holds model.safetensors (or a sharded Hugging Face directory's
+// model.safetensors.index.json); otherwise latest_checkpoint(PATH).
 std::string resolve_checkpoint(const std::string& path);
 
 struct LoadedCheckpoint {
   std::string path;                         // the step directory (or HF-style directory)
   nn::ModelConfig config;                     // from config.json
-  SafetensorsReader model;                  // model.safetensors
+  SafetensorsSet model;                     // model.safetensors, or a sharded HF directory's shards
   std::optional<SafetensorsReader> optimizer;  // optimizer.safetensors when present
   nlohmann::json trident;                   // trident.json, or null when absent
   std::int64_t step = -1;                   // trident.json "step", else -1 (e.g. a HF model)
@@ -126,8 +129,10 @@ LoadedCheckpoint load_checkpoint(const std::string& path);
 // ("checkpoint has n_embd 384 but the model has 768"). Buffers Hugging Face saves beside the
 // parameters (the architecture's ignorable_tensor) are ignored.
 // `prefix` as in LoadedCheckpoint::model_prefix.
-void validate_model_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config,
+void validate_model_tensors(const SafetensorsSet& reader, const nn::ModelConfig& config,
                             const std::string& prefix = "");
+// The file a set's tensors come from, for messages: model.safetensors or the index.
+std::string model_source(const SafetensorsSet& set);
 // Checks optimizer.safetensors holds exp_avg and exp_avg_sq for every model tensor, same shapes.
 void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config);
 

@@ -101,7 +101,7 @@ int run_generate(int argc, char** argv) {
     loaded.read_param(info.name, info.logical_shape, logical.data());
     // NaN weights would print garbage (every logit NaN) and exit 0; refuse them instead.
     ckpt::check_finite(logical.data(), static_cast<int64_t>(logical.size()), loaded.model_prefix + info.name,
-                       loaded.model.path());
+                       loaded.model.file_of(loaded.model_prefix + info.name));
     nn::scatter_logical_to_local(info, logical.data(), ps.data(id));
   }
   nn::ModelActivations acts = model.make_activations(tracker, 1, cfg.n_positions);

@@ -176,7 +176,8 @@ int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint&
   for (const auto& spec : nn::model_tensor_specs(engine.config())) {
     std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
     loaded.read_param(spec.name, spec.shape, logical.data());
-    ckpt::check_finite(logical.data(), shape_numel(spec.shape), spec.name, loaded.model.path());
+    ckpt::check_finite(logical.data(), shape_numel(spec.shape), spec.name,
+                       loaded.model.file_of(loaded.model_prefix + spec.name));
     engine.load_param(spec.name, logical.data());
   }
   if (with_optimizer) {

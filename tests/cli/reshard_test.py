@@ -26,6 +26,15 @@ PAIRS = [
 ]
 
 
+# Llama (llama-tiny: grouped-query attention, untied head): a 3D layout resumed at tp 4, where
+# each key/value head is replicated on two ranks, and a pipeline with its untied head resumed
+# without one.
+LLAMA_PAIRS = [
+    ("llama dp2 x tp2 x pp2 -> tp4", "--dp 2 --tp 2 --pp 2", "--dp 1 --tp 4 --pp 1"),
+    ("llama pp4 1f1b -> dp2 zero3", "--pp 4 --schedule 1f1b", "--pp 1 --dp 2 --zero 3"),
+]
+
+
 def world(flags):
     f = flags.split()
     size = 1
@@ -41,16 +50,16 @@ def launch(T, flags, args):
     return run(cmd, env={"TRIDENT_COMM_TIMEOUT": "120"})
 
 
-def main():
+def main(model="tiny", pairs=PAIRS):
     build = sys.argv[1]
     T = trident(build)
     with tempfile.TemporaryDirectory() as d:
         write_shard(f"{d}/syn_train.bin", synthetic_tokens(30000, 1000, 21))
         write_shard(f"{d}/syn_val.bin", synthetic_tokens(3000, 1000, 22))
-        common = ["train", "--model", "tiny", "--data", f"{d}/syn", "--batch-size", "16", "--seq-len", "32",
+        common = ["train", "--model", model, "--data", f"{d}/syn", "--batch-size", "16", "--seq-len", "32",
                   "--steps", str(2 * N), "--lr", str(LR), "--warmup-steps", "1", "--eval-every", "0",
                   "--seed", "9", "--micro-batches", "4", "--log-every", "100"]
-        for i, (name, x, y) in enumerate(PAIRS):
+        for i, (name, x, y) in enumerate(pairs):
             ref, part = f"{d}/ref{i}", f"{d}/part{i}"
             rc, _, err = launch(T, x, common + ["--ckpt-dir", ref, "--metrics", f"{ref}.jsonl"])
             if rc:
@@ -77,26 +86,46 @@ def main():
 
 
 
-def hf_directory_into_layouts(build):
-    """A Hugging Face-style directory (only model.safetensors + config.json) initialises any
-    layout: the first validation loss is the same at every layout."""
+def hf_directory_into_layouts(build, model="tiny", sharded=False):
+    """A Hugging Face-style directory (only model.safetensors + config.json; or, sharded, the
+    model-0000N-of-0000M.safetensors files with model.safetensors.index.json that real Llama
+    checkpoints use) initialises any layout: the first validation loss is the same at every
+    layout. The directory's config.json picks the model (--model DIR)."""
+    import json
     import shutil
+    import subprocess
     T = trident(build)
     with tempfile.TemporaryDirectory() as d:
         write_shard(f"{d}/syn_train.bin", synthetic_tokens(30000, 1000, 31))
         write_shard(f"{d}/syn_val.bin", synthetic_tokens(3000, 1000, 32))
-        common = ["train", "--model", "tiny", "--data", f"{d}/syn", "--batch-size", "8", "--seq-len", "32",
+        common = ["--data", f"{d}/syn", "--batch-size", "8", "--seq-len", "32",
                   "--micro-batches", "2", "--log-every", "100", "--eval-batches", "2"]
-        rc, _, err = launch(T, "", common + ["--steps", "2", "--ckpt-dir", f"{d}/src", "--eval-every", "0"])
-        check("source run for the HF-style directory", rc == 0, err[-800:] if rc else "")
+        rc, _, err = launch(T, "", ["train", "--model", model] + common +
+                            ["--steps", "2", "--ckpt-dir", f"{d}/src", "--eval-every", "0"])
+        check(f"{model}: source run for the HF-style directory", rc == 0, err[-800:] if rc else "")
         if rc:
             return
         os.makedirs(f"{d}/hf")
-        for f in ("model.safetensors", "config.json"):
-            shutil.copy(f"{d}/src/step_00000002/{f}", f"{d}/hf/{f}")
+        shutil.copy(f"{d}/src/step_00000002/config.json", f"{d}/hf/config.json")
+        if sharded:
+            shard_tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ref", "shard_safetensors.py")
+            subprocess.run(["/usr/bin/python3", shard_tool, f"{d}/src/step_00000002/model.safetensors", f"{d}/hf",
+                            "--max-shard-size", "100KB"], check=True)
+            index = json.load(open(f"{d}/hf/model.safetensors.index.json"))
+            shards = sorted(set(index["weight_map"].values()))
+            check(f"{model}: the directory is sharded as Hugging Face shards it", len(shards) >= 2 and
+                  not os.path.exists(f"{d}/hf/model.safetensors"), f"{shards}")
+        else:
+            shutil.copy(f"{d}/src/step_00000002/model.safetensors", f"{d}/hf/model.safetensors")
+        config = json.load(open(f"{d}/hf/config.json"))
+        if model.startswith("llama"):
+            check("a Llama checkpoint's config.json is Hugging Face's LlamaForCausalLM",
+                  config.get("model_type") == "llama" and config.get("architectures") == ["LlamaForCausalLM"] and
+                  config.get("num_key_value_heads") == 2 and config.get("tie_word_embeddings") is False, f"{config}")
         vals = {}
         for flags in ["", "--tp 2 --pp 2", "--dp 2 --pp 2 --zero 3", "--tp 4"]:
-            rc, _, err = launch(T, flags, common + ["--init-from", f"{d}/hf", "--steps", "1", "--lr", "1e-12",
+            rc, _, err = launch(T, flags, ["train", "--model", f"{d}/hf"] + common +
+                                ["--init-from", f"{d}/hf", "--steps", "1", "--lr", "1e-12",
                                                     "--eval-every", "1", "--metrics", f"{d}/m.jsonl"])
             if rc:
                 check(f"HF-style directory into layout '{flags}'", False, err.strip()[-800:])
@@ -105,11 +134,13 @@ def hf_directory_into_layouts(build):
         base = vals.get("")
         for flags, v in vals.items():
             if flags:
-                check(f"HF-style directory into layout '{flags}' evaluates like single-process",
+                check(f"{model}{' sharded' if sharded else ''} HF-style directory into layout '{flags}' evaluates like single-process",
                       base is not None and abs(v - base) < 2e-5 * base, f"{v:.7f} vs {base}")
 
 
 if __name__ == "__main__":
     main()
+    main("llama-tiny", LLAMA_PAIRS)
     hf_directory_into_layouts(sys.argv[1])
+    hf_directory_into_layouts(sys.argv[1], "llama-tiny", sharded=True)
     finish()

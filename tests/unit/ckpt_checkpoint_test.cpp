@@ -114,7 +114,7 @@ TEST(CkptCheckpoint, SaveLoadRoundTrip) {
   EXPECT_EQ(ck.config.n_embd, 8);
   EXPECT_EQ(ck.config.vocab_size, 50);
   EXPECT_EQ(ck.config.vocab_pad_multiple, c.vocab_pad_multiple);
-  EXPECT_EQ(ck.model.metadata().at("format"), "pt");
+  EXPECT_EQ(ck.model.shards().front().metadata().at("format"), "pt");
   expect_weights(ck, c, w);
   ASSERT_TRUE(ck.optimizer.has_value());
   EXPECT_EQ(ck.optimizer->get(exp_avg_sq_name("h.1.mlp.c_fc.weight"), {8, 32}),
