@@ -15,6 +15,7 @@
 #include "parallel/pipeline/partition.h"
 #include "parallel/pipeline/simulator.h"
 #include "plan/memory_model.h"
+#include "plan/placement.h"
 
 namespace trident::plan {
 
@@ -244,6 +245,15 @@ TpCosts tp_costs(const CommModel& cm, const nn::GPTConfig& m, int tp, bool sp, i
   return c;
 }
 
+// CPU time of a link's bytes only: no latency, the copy rate.
+CommModel copy_only(const CommModel& cm) {
+  CommModel copy = cm;
+  copy.latency = 0;
+  copy.p2p_latency = 0;
+  if (cm.copy_bandwidth > 0) copy.bandwidth = cm.copy_bandwidth;
+  return copy;
+}
+
 // Data-parallel traffic of one step for Ψ local parameters (ddp_reducer.h).
 double dp_traffic(const CommModel& cm, int zero, int dp, int M, double psi) {
   if (dp <= 1) return 0;
@@ -265,12 +275,15 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   const int tp = l.tp, M = l.micro_batches, V = l.virtual_stages;
   const bool sp = l.sequence_parallel && tp > 1;
   const int64_t Nl = sp ? (N + tp - 1) / tp : N;
-  const CommModel& cm = machine.comm;
-  CommModel copy = cm;  // CPU time of the bytes only
-  copy.latency = 0;
-  copy.p2p_latency = 0;
-  if (cm.copy_bandwidth > 0) copy.bandwidth = cm.copy_bandwidth;
-  const TpCosts tpc = tp_costs(cm, m, tp, sp, N), tpc0 = tp_costs(copy, m, tp, sp, N);
+  // Each axis's groups talk over the intra-node link, or the inter-node one where a group
+  // spans nodes. cm: the pipeline axis's (stage messages, the tied-embedding allreduce between
+  // the first and the last stage).
+  const GroupsCrossNodes crosses = groups_cross_nodes(l, machine.node_of_rank);
+  auto link = [&](bool spans) -> const CommModel& { return spans ? machine.inter_node : machine.comm; };
+  const CommModel& cm = link(crosses.pp);
+  const CommModel &tpl = link(crosses.tp), &dpl = link(crosses.dp);
+  const CommModel copy = copy_only(cm), tp_copy = copy_only(tpl), dp_copy = copy_only(dpl);
+  const TpCosts tpc = tp_costs(tpl, m, tp, sp, N), tpc0 = tp_costs(tp_copy, m, tp, sp, N);
 
   const double bf = compute.block_forward(tp, sp, B, T), bb = compute.block_backward(tp, sp, B, T);
   const double ef = compute.embed_forward(tp, sp, B, T), eb = compute.embed_backward(tp, sp, B, T);
@@ -325,7 +338,7 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   for (int r = 0; r < l.pp; ++r) {
     const auto i = static_cast<std::size_t>(r);
     const double psi = static_cast<double>(mem.params_by_pp_rank[i]);
-    const double dp_comm = dp_traffic(cm, l.zero, l.dp, M, psi);
+    const double dp_comm = dp_traffic(dpl, l.zero, l.dp, M, psi);
     // What cannot hide behind backward: the bucket finished last (the embedding's, which
     // holds wte, on the first stage) and whatever exceeds the backward it overlaps with
     // (the last micro-batch's for ZeRO 0/1; the whole step's for 2/3, which talk every
@@ -336,14 +349,14 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     if (first.has_embedding || part.chunk(r, V - 1).has_head) {
       last_bytes = std::max(last_bytes, 4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd);
     }
-    const double last = std::min(dp_comm, dp_traffic(cm, std::min(l.zero, 1), l.dp, 1, last_bytes / 4.0));
+    const double last = std::min(dp_comm, dp_traffic(dpl, std::min(l.zero, 1), l.dp, 1, last_bytes / 4.0));
     const double exposed = std::max(last, dp_comm - window);
     const double opt = compute.optimizer(static_cast<int64_t>(l.zero >= 1 ? std::ceil(psi / l.dp) : psi));
     tail = std::max(tail, exposed + opt);
     p.dp_comm_s = std::max(p.dp_comm_s, dp_comm);
     p.optimizer_s = std::max(p.optimizer_s, opt);
     p.compute_s = std::max(p.compute_s, busy[i]);
-    shared_work += cpu_work[i] + dp_traffic(copy, l.zero, l.dp, M, psi) + opt;
+    shared_work += cpu_work[i] + dp_traffic(dp_copy, l.zero, l.dp, M, psi) + opt;
   }
   p.dedicated_s = pipe_step + tail;
   // Every tp and dp rank of a stage does the same work; each uses threads_per_rank threads.
@@ -361,7 +374,14 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     const double spun = denom > 0 ? shared_work * l.dp * l.tp * thr / denom : fair;
     p.shared_s = std::max(p.shared_s, std::min(spun, std::max(fair, p.shared_s)));
   }
-  p.step_s = std::max(p.dedicated_s, p.shared_s);
+  // The world allreduces wait for the slowest rank, so they add to the step whichever bound
+  // holds; over the inter-node link as soon as the world spans nodes.
+  const bool multi_node = std::any_of(machine.node_of_rank.begin(), machine.node_of_rank.end(),
+                                      [&](int n) { return n != machine.node_of_rank.front(); });
+  const double one_sync = machine.world_allreduce_s >= 0 ? machine.world_allreduce_s
+                                                         : link(multi_node).allreduce(16.0, l.world());
+  p.sync_s = machine.step_world_allreduces * one_sync;
+  p.step_s = std::max(p.dedicated_s, p.shared_s) + p.sync_s;
   p.tokens_per_s = static_cast<double>(req.batch_size * req.seq_len) / p.step_s;
   return p;
 }
