@@ -169,6 +169,7 @@ int run_plan(int argc, char** argv) {
                     describe(placed->nodes() > 1 ? "inside a node" : "links", cal.intra)));
     if (cal.multi_node) {
       take(machine.inter_node, cal.inter_model);
+      machine.inter_node_streams = std::max(1, ranks / placed->nodes());
       out(fmt::format("calibrated across nodes: {}\n", describe("pairs on different nodes", cal.inter)));
       // The plan's world may differ from the calibrated one: keep the ranks per node.
       machine.node_of_rank = world == ranks ? node_of : plan::block_placement(world, ranks / placed->nodes());

@@ -279,9 +279,14 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   // spans nodes. cm: the pipeline axis's (stage messages, the tied-embedding allreduce between
   // the first and the last stage).
   const GroupsCrossNodes crosses = groups_cross_nodes(l, machine.node_of_rank);
-  auto link = [&](bool spans) -> const CommModel& { return spans ? machine.inter_node : machine.comm; };
-  const CommModel& cm = link(crosses.pp);
-  const CommModel &tpl = link(crosses.tp), &dpl = link(crosses.dp);
+  auto link = [&](bool spans, int streams) {
+    if (!spans) return machine.comm;
+    CommModel shared = machine.inter_node;
+    shared.bandwidth *= static_cast<double>(std::max(1, machine.inter_node_streams)) / std::max(1, streams);
+    return shared;
+  };
+  const CommModel cm = link(crosses.pp, crosses.pp_streams);
+  const CommModel tpl = link(crosses.tp, crosses.tp_streams), dpl = link(crosses.dp, crosses.dp_streams);
   const CommModel copy = copy_only(cm), tp_copy = copy_only(tpl), dp_copy = copy_only(dpl);
   const TpCosts tpc = tp_costs(tpl, m, tp, sp, N), tpc0 = tp_costs(tp_copy, m, tp, sp, N);
 
@@ -379,7 +384,7 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   const bool multi_node = std::any_of(machine.node_of_rank.begin(), machine.node_of_rank.end(),
                                       [&](int n) { return n != machine.node_of_rank.front(); });
   const double one_sync = machine.world_allreduce_s >= 0 ? machine.world_allreduce_s
-                                                         : link(multi_node).allreduce(16.0, l.world());
+                                                         : link(multi_node, 1).allreduce(16.0, l.world());
   p.sync_s = machine.step_world_allreduces * one_sync;
   p.step_s = std::max(p.dedicated_s, p.shared_s) + p.sync_s;
   p.tokens_per_s = static_cast<double>(req.batch_size * req.seq_len) / p.step_s;

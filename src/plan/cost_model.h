@@ -134,6 +134,10 @@ struct MachineModel {
   // nodes, which a group's collectives use when the group spans nodes.
   std::vector<int> node_of_rank;
   CommModel inter_node;
+  // Streams that left each node at once when inter_node was measured (every rank of a node in
+  // a pair across nodes): a node's link is shared, so a group whose ring is one of k streams
+  // on it gets inter_node.bandwidth * inter_node_streams / k.
+  int inter_node_streams = 1;
   // The world collectives every step pays whatever the layout, one after another: the loss +
   // grad-norm sum and the non-finite vote (engine), the preemption vote (trainer). Measured
   // under mpirun (plan/calibrate.h); alone: comm's latency model of a small world allreduce.

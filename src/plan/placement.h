@@ -13,6 +13,10 @@ namespace trident::plan {
 
 struct GroupsCrossNodes {
   bool tp = false, dp = false, pp = false;  // true: some group along that axis spans nodes
+  // The most groups along that axis that span nodes and have a rank on one node: how many of
+  // those groups' streams share one node's link when they all talk at once (a ring leaves
+  // each node once per group).
+  int tp_streams = 0, dp_streams = 0, pp_streams = 0;
 };
 
 // node_of_rank: mesh rank -> node index, world() entries; empty: every rank on one node.

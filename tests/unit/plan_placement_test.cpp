@@ -42,6 +42,13 @@ TEST(PlanPlacement, GroupsCrossNodesFollowTheMeshOrder) {
   g = groups_cross_nodes(shape(2, 4, 1), block_placement(8, 2));
   EXPECT_TRUE(g.tp);
   EXPECT_TRUE(g.dp);
+  // Streams per node: dp 8 is one ring leaving each node once; dp 4 x tp 2 two rings; dp 2 x
+  // tp 4 four dp pairs {r, r + 4}, every one across.
+  EXPECT_EQ(groups_cross_nodes(shape(8, 1, 1), two).dp_streams, 1);
+  EXPECT_EQ(groups_cross_nodes(shape(4, 2, 1), two).dp_streams, 2);
+  EXPECT_EQ(groups_cross_nodes(shape(2, 4, 1), two).dp_streams, 4);
+  EXPECT_EQ(groups_cross_nodes(shape(1, 2, 4), two).pp_streams, 2);
+  EXPECT_EQ(groups_cross_nodes(shape(4, 2, 1), two).tp_streams, 0);
   // One node (no map): nothing crosses.
   g = groups_cross_nodes(shape(8, 1, 1), {});
   EXPECT_FALSE(g.tp || g.dp || g.pp);
@@ -82,6 +89,11 @@ TEST(PlanPlacement, SlowInterNodeLinkChargesTheGroupsThatCrossIt) {
   // exposed part, which the prediction reports as dp_comm_s.
   const double grads = 4.0 * static_cast<double>(predict_memory(r, dp8).params_by_pp_rank[0]);
   EXPECT_NEAR(b.step.dp_comm_s, 2.0 * 7 / 8 * grads / 1e6, 1e-3 * b.step.dp_comm_s);
+  // Measured with 4 streams per node sharing the link, the one ring of dp 8 gets 4x that.
+  MachineModel shared = slow;
+  shared.inter_node_streams = 4;
+  EXPECT_NEAR(predict_layout(r, dp8, compute, shared).step.dp_comm_s, b.step.dp_comm_s / 4,
+              1e-3 * b.step.dp_comm_s);
   EXPECT_GT(b.step.step_s, a.step.step_s + 0.5 * b.step.dp_comm_s);
   // tp 2 x pp 4: tp stays on a node (unchanged by the slow link), pp crosses once: its
   // activation messages (B x T x C floats per micro-batch) go over 1 MB/s.
