@@ -157,7 +157,7 @@ def one_cluster(a, nodes, rate, T, log):
                 rc, out, err = c.mpirun(WORLD, argv, rpn, timeout=1800)
                 row = rows_out.setdefault(flags, {"flags": flags, "pred_tokens_per_s": r["tokens_per_s"],
                                                   "pred_step_ms": r["step_s"] * 1e3, "rounds": [],
-                                                  "pred": {k: r.get(k) for k in ("dedicated_s", "shared_s",
+                                                  "pred": {k: r.get(k) for k in ("dedicated_s", "shared_s", "contended_s",
                                                                                  "sync_s", "dp_comm_s")}})
                 if rc != 0:
                     row["error"] = err.strip().splitlines()[-1][:200] if err.strip() else f"exit {rc}"

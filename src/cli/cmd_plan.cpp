@@ -237,7 +237,7 @@ int run_plan(int argc, char** argv) {
                        {"schedule", pp::to_string(l.schedule)}, {"virtual_stages", l.virtual_stages},
                        {"micro_batches", l.micro_batches}, {"sequence_parallel", l.sequence_parallel},
                        {"fits", r.fits}, {"tokens_per_s", r.step.tokens_per_s}, {"step_s", r.step.step_s},
-                       {"dedicated_s", r.step.dedicated_s}, {"shared_s", r.step.shared_s},
+                       {"dedicated_s", r.step.dedicated_s}, {"shared_s", r.step.shared_s}, {"contended_s", r.step.contended_s},
                        {"sync_s", r.step.sync_s}, {"dp_comm_s", r.step.dp_comm_s},
                        {"memory_bytes", r.memory.worst().total()}, {"calibrated_ranks", ranks}};
       js << j.dump() << "\n";

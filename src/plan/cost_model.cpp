@@ -300,9 +300,12 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   costs.comm = l.pp > 1 ? cm.p2p(4.0 * static_cast<double>(Nl) * m.n_embd) : 0;
   costs.tied = cm.allreduce(4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd, 2);
   std::vector<double> cpu_work(static_cast<std::size_t>(l.pp)), bwd_one(static_cast<std::size_t>(l.pp));
+  std::vector<std::vector<double>> compute_fwd, compute_bwd;  // the chunks' costs without tp collectives
   for (int r = 0; r < l.pp; ++r) {
     costs.forward_by_chunk.emplace_back();
     costs.backward_by_chunk.emplace_back();
+    compute_fwd.emplace_back();
+    compute_bwd.emplace_back();
     double work = 0;
     for (int c = 0; c < V; ++c) {
       const nn::StageSpec& s = part.chunk(r, c);
@@ -313,6 +316,8 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
       };
       costs.forward_by_chunk.back().push_back(fwd(tpc));
       costs.backward_by_chunk.back().push_back(bwd(tpc));
+      compute_fwd.back().push_back(fwd(TpCosts{}));
+      compute_bwd.back().push_back(bwd(TpCosts{}));
       work += M * (fwd(tpc0) + bwd(tpc0));
       bwd_one[static_cast<std::size_t>(r)] += bwd(tpc);
       // Activation and gradient messages: copied out and in (2 per micro-batch per chunk edge).
@@ -379,6 +384,32 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     const double spun = denom > 0 ? shared_work * l.dp * l.tp * thr / denom : fair;
     p.shared_s = std::max(p.shared_s, std::min(spun, std::max(fair, p.shared_s)));
   }
+  // Ranks sharing cores all compute at once between their collectives, so a rank's compute runs
+  // at its share of the cores while its collectives' latencies (measured with the cores busy)
+  // add on top: the critical path with compute slowed to that share. The share counts ranks
+  // in a bubble as wait_cpu of one; it is 1 with a core per rank (dedicated_s again).
+  const double demand = l.world() * thr * ((1 - p.bubble) + p.bubble * machine.wait_cpu);
+  const double share = std::min(1.0, cores / std::max(demand, 1e-9));
+  if (share < 1) {
+    pp::CostModel slowed = costs;
+    for (int r = 0; r < l.pp; ++r) {
+      const auto i = static_cast<std::size_t>(r);
+      for (int c = 0; c < V; ++c) {
+        const auto j = static_cast<std::size_t>(c);
+        slowed.forward_by_chunk[i][j] += compute_fwd[i][j] * (1 / share - 1);
+        slowed.backward_by_chunk[i][j] += compute_bwd[i][j] * (1 / share - 1);
+      }
+    }
+    double path = 0;
+    if (l.pp > 1) {
+      const pp::SimResult sim = pp::simulate(pp::ScheduleSpec{l.schedule, l.pp, M, V}, slowed);
+      TRI_CHECK(sim.ok, "pipeline simulation of {} failed: {}", l.train_flags(), sim.error);
+      path = sim.step_time;
+    } else {
+      path = M * (slowed.forward_by_chunk[0][0] + slowed.backward_by_chunk[0][0]);
+    }
+    p.contended_s = path + tail - p.optimizer_s + p.optimizer_s / share;
+  }
   // The world allreduces wait for the slowest rank, so they add to the step whichever bound
   // holds; over the inter-node link as soon as the world spans nodes.
   const bool multi_node = std::any_of(machine.node_of_rank.begin(), machine.node_of_rank.end(),
@@ -386,7 +417,7 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   const double one_sync = machine.world_allreduce_s >= 0 ? machine.world_allreduce_s
                                                          : link(multi_node, 1).allreduce(16.0, l.world());
   p.sync_s = machine.step_world_allreduces * one_sync;
-  p.step_s = std::max(p.dedicated_s, p.shared_s) + p.sync_s;
+  p.step_s = std::max({p.dedicated_s, p.shared_s, p.contended_s}) + p.sync_s;
   p.tokens_per_s = static_cast<double>(req.batch_size * req.seq_len) / p.step_s;
   return p;
 }

@@ -7,6 +7,7 @@
 // ranks leave their core to others, so bubbles cost little and every FLOP and copy counts).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -151,16 +152,17 @@ struct MachineModel {
 };
 
 struct StepPrediction {
-  double step_s = 0;          // max(dedicated_s, shared_s) + sync_s
+  double step_s = 0;          // max(dedicated_s, shared_s, contended_s) + sync_s
   double dedicated_s = 0;     // every rank on its own cores: pipeline critical path + exposed comm
   double shared_s = 0;        // total CPU work of all ranks (+ their spinning in bubbles) / cores
+  double contended_s = 0;     // the critical path with compute at each rank's share of the cores
   double compute_s = 0;       // busiest rank's compute (incl. tp collectives), per step
   double dp_comm_s = 0;       // busiest rank's dp traffic per step (before overlap)
   double optimizer_s = 0;
   double sync_s = 0;          // the per-step world allreduces (MachineModel), added to the step
   double bubble = 0;          // mean pipeline idle fraction (simulator), 0 without pp
   double tokens_per_s = 0;
-  bool shared_bound() const { return shared_s > dedicated_s; }
+  bool shared_bound() const { return std::max(shared_s, contended_s) > dedicated_s; }
 };
 
 // Measures a single-thread memcpy bandwidth (bytes/s) for the default link model of ranks on
