@@ -76,17 +76,22 @@ MeasuredComputeModel::MeasuredComputeModel(const nn::GPTConfig& m, int threads)
     : m_(m), threads_(std::max(1, threads)) {}
 
 // Alone: the best of a few runs. Together (sync_): all ranks start at once and run the piece
-// a fixed number of times (so they all compete until the end), each takes its mean, the
-// median over ranks is converted to one core's seconds.
+// a fixed number of times (so they all compete until the end), each takes its best run (the
+// machine may be shared with other jobs whose load comes and goes), the median over ranks is
+// converted to one core's seconds.
 template <class F>
 double MeasuredComputeModel::time_piece(F&& fn, double budget) {
   if (!sync_) return time_best(fn, budget);
   sync_->begin();
   fn();
   constexpr int kRuns = 3;
-  Stopwatch sw;
-  for (int i = 0; i < kRuns; ++i) fn();
-  return sync_->combine(sw.seconds() / kRuns) * sync_->core_share();
+  double best = 1e30;
+  for (int i = 0; i < kRuns; ++i) {
+    Stopwatch sw;
+    fn();
+    best = std::min(best, sw.seconds());
+  }
+  return sync_->combine(best) * sync_->core_share();
 }
 
 const MeasuredComputeModel::BlockTimes& MeasuredComputeModel::block(int tp, bool sp, int64_t B, int64_t T) {
