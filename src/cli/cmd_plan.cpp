@@ -23,9 +23,11 @@
 #include "nn/parameters.h"
 #include "train/memory_check.h"
 #include "comm/communicator.h"
+#include "comm/node_order.h"
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "plan/calibrate.h"
+#include "plan/placement.h"
 #include "plan/planner.h"
 #include "train/run_config.h"
 
@@ -98,8 +100,14 @@ int run_plan(int argc, char** argv) {
   comm::MpiRuntime mpi(&argc, &argv);
   const int ranks = mpi.world_size();
   const bool root = mpi.world_rank() == 0;
+  // Ranks regrouped node by node as `trident train` does (comm/node_order.h), so the calibrated
+  // pairs and the planned groups sit on the nodes the job's will.
+  std::unique_ptr<comm::NodeMajorWorld> placed;
   std::unique_ptr<comm::Communicator> world_comm;
-  if (ranks > 1) world_comm = std::make_unique<comm::Communicator>(MPI_COMM_WORLD, "plan-calibration");
+  if (ranks > 1) {
+    placed = std::make_unique<comm::NodeMajorWorld>(MPI_COMM_WORLD);
+    world_comm = std::make_unique<comm::Communicator>(placed->comm(), "plan-calibration");
+  }
   auto out = [&](const std::string& text) {
     if (root) std::fputs(text.c_str(), stdout);
   };
@@ -136,19 +144,36 @@ int run_plan(int argc, char** argv) {
   if (ranks > 1) {
     // All ranks measure the links together (the same values on every rank).
     const double share = std::min(1.0, static_cast<double>(cores) / (ranks * machine.threads_per_rank));
-    const plan::CommCalibration cal = plan::calibrate_comm(*world_comm, share);
-    machine.comm.bandwidth = cal.model.bandwidth;
-    machine.comm.copy_bandwidth = cal.model.copy_bandwidth;
-    machine.comm.p2p_latency = cal.model.p2p_latency;
-    if (app.count("--latency-us") == 0) machine.comm.latency = cal.model.latency;
-    if (link_gbps > 0) machine.comm.bandwidth = machine.comm.copy_bandwidth = link_gbps * 1e9 / 8;
-    out(fmt::format(
-        "calibrated with {} ranks at once: 4-byte allreduce {:.0f} us in pairs ({:.0f} us over all {}), "
-        "4-byte message {:.0f} us, {:.0f} MiB allreduce in pairs {:.1f} ms; one pair while the other "
-        "ranks compute: 4-byte allreduce {:.0f} us, message {:.0f} us\n",
-        ranks, cal.pair_allreduce_small_s * 1e6, cal.world_allreduce_small_s * 1e6, ranks,
-        cal.pair_p2p_s * 1e6, cal.large_bytes / 1048576.0, cal.pair_allreduce_large_s * 1e3,
-        cal.loaded_allreduce_small_s * 1e6, cal.loaded_p2p_s * 1e6));
+    const std::vector<int>& node_of = placed->node_of();
+    const plan::CommCalibration cal = plan::calibrate_comm(*world_comm, share, node_of);
+    auto take = [&](plan::CommModel& link, const plan::CommModel& measured) {
+      link.bandwidth = measured.bandwidth;
+      link.copy_bandwidth = measured.copy_bandwidth;
+      link.p2p_latency = measured.p2p_latency;
+      link.latency = app.count("--latency-us") == 0 ? measured.latency : latency_us * 1e-6;
+      if (link_gbps > 0) link.bandwidth = link.copy_bandwidth = link_gbps * 1e9 / 8;
+    };
+    take(machine.comm, cal.model);
+    machine.world_allreduce_s = cal.world_allreduce_small_s;
+    auto describe = [&](const char* where, const plan::PairTimes& t) {
+      return fmt::format(
+          "{}: 4-byte allreduce {:.0f} us in pairs, 4-byte message {:.0f} us, {:.0f} MiB allreduce in pairs "
+          "{:.1f} ms; one pair while the other ranks compute: 4-byte allreduce {:.0f} us, message {:.0f} us",
+          where, t.allreduce_small_s * 1e6, t.p2p_s * 1e6, cal.large_bytes / 1048576.0,
+          t.allreduce_large_s * 1e3, t.loaded_allreduce_small_s * 1e6, t.loaded_p2p_s * 1e6);
+    };
+    out(fmt::format("calibrated with {} ranks at once ({} over all {}: 4-byte allreduce {:.0f} us, "
+                    "{} per step); {}\n",
+                    ranks, placed->nodes() > 1 ? fmt::format("{} nodes", placed->nodes()) : "one node", ranks,
+                    cal.world_allreduce_small_s * 1e6, machine.step_world_allreduces,
+                    describe(placed->nodes() > 1 ? "inside a node" : "links", cal.intra)));
+    if (cal.multi_node) {
+      take(machine.inter_node, cal.inter_model);
+      machine.inter_node_streams = std::max(1, ranks / placed->nodes());
+      out(fmt::format("calibrated across nodes: {}\n", describe("pairs on different nodes", cal.inter)));
+      // The plan's world may differ from the calibrated one: keep the ranks per node.
+      machine.node_of_rank = world == ranks ? node_of : plan::block_placement(world, ranks / placed->nodes());
+    }
     const plan::WaitCalibration wc = plan::calibrate_wait_cpu(*world_comm, cores, machine.threads_per_rank);
     machine.wait_cpu = wc.wait_cpu;
     out(fmt::format("a rank computing while the other {} wait for its message runs {:.2f}x slower than while they "
@@ -212,6 +237,8 @@ int run_plan(int argc, char** argv) {
                        {"schedule", pp::to_string(l.schedule)}, {"virtual_stages", l.virtual_stages},
                        {"micro_batches", l.micro_batches}, {"sequence_parallel", l.sequence_parallel},
                        {"fits", r.fits}, {"tokens_per_s", r.step.tokens_per_s}, {"step_s", r.step.step_s},
+                       {"dedicated_s", r.step.dedicated_s}, {"shared_s", r.step.shared_s}, {"contended_s", r.step.contended_s},
+                       {"sync_s", r.step.sync_s}, {"dp_comm_s", r.step.dp_comm_s},
                        {"memory_bytes", r.memory.worst().total()}, {"calibrated_ranks", ranks}};
       js << j.dump() << "\n";
     }

@@ -36,6 +36,8 @@ class NodeMajorWorld {
 
   MPI_Comm comm() const { return comm_; }
   int nodes() const { return nodes_; }
+  // Mesh rank -> node index (0 .. nodes() - 1).
+  const std::vector<int>& node_of() const { return node_of_; }
   std::string describe(int tp) const { return describe_placement(node_of_, names_, order_, tp); }
 
  private:

@@ -11,6 +11,8 @@
 // All functions are collective over the communicator; every rank gets the same values.
 #pragma once
 
+#include <vector>
+
 #include "comm/communicator.h"
 #include "plan/cost_model.h"
 
@@ -33,25 +35,37 @@ class CommTimingSync final : public TimingSync {
   double share_;
 };
 
-struct CommCalibration {
-  int ranks = 1;
-  double pair_allreduce_small_s = 0;  // 4-byte allreduce in pairs (all pairs at once)
-  double pair_p2p_s = 0;              // one-way 4-byte message in pairs (half a round trip)
-  double pair_allreduce_large_s = 0;  // large_bytes allreduce in pairs
-  double large_bytes = 0;
-  double world_allreduce_small_s = 0; // 4-byte allreduce over all ranks (for comparison)
-  // Ranks 0 and 1 alone talking while all other ranks compute (W > 2): the latency a group of
-  // a training job sees when the cores are busy with the other ranks.
+// One kind of link, measured with rank pairs that all talk at once.
+struct PairTimes {
+  double allreduce_small_s = 0;  // 4-byte allreduce in pairs (all pairs at once)
+  double p2p_s = 0;              // one-way 4-byte message in pairs (half a round trip)
+  double allreduce_large_s = 0;  // large_bytes allreduce in pairs
+  // The pair holding rank 0 alone talking while all other ranks compute (W > 2): the latency a
+  // group of a training job sees when the cores are busy with the other ranks.
   double loaded_allreduce_small_s = 0;
   double loaded_p2p_s = 0;
+};
+
+struct CommCalibration {
+  int ranks = 1;
+  double large_bytes = 0;
+  double world_allreduce_small_s = 0;  // 4-byte allreduce over all ranks (each step pays a few)
+  PairTimes intra;                     // pairs inside one node
   // latency = (loaded, when W > 2) small pair allreduce / 2 (one ring step), p2p_latency the
   // (loaded) one-way message, bandwidth from the large pair allreduce.
   CommModel model;
+  // Several nodes: pairs across nodes (rank i of the node-major order with rank i + W/2), all
+  // at once, as a dp or pp group spanning nodes talks while the others do.
+  bool multi_node = false;
+  PairTimes inter;
+  CommModel inter_model;
 };
 
 // Measures CommModel over `world` (size >= 2). `core_share` as in TimingSync: the copy
-// bandwidth (CPU work of the bytes) is the wall-clock bandwidth / core_share.
-CommCalibration calibrate_comm(comm::Communicator& world, double core_share);
+// bandwidth (CPU work of the bytes) is the wall-clock bandwidth / core_share. node_of_rank:
+// world rank -> node (comm::NodeMajorWorld::node_of); empty or all equal: one node.
+CommCalibration calibrate_comm(comm::Communicator& world, double core_share,
+                               const std::vector<int>& node_of_rank = {});
 
 // How much of a core a rank keeps busy while it waits for a message (Work::wait on a recv
 // spins with MPI_Test and yield; OpenMPI's mpi_yield_when_idle only yields): rank 0 times a

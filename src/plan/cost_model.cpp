@@ -16,6 +16,7 @@
 #include "parallel/pipeline/partition.h"
 #include "parallel/pipeline/simulator.h"
 #include "plan/memory_model.h"
+#include "plan/placement.h"
 
 namespace trident::plan {
 
@@ -73,17 +74,22 @@ MeasuredComputeModel::MeasuredComputeModel(const nn::ModelConfig& m, int threads
     : m_(m), threads_(std::max(1, threads)) {}
 
 // Alone: the best of a few runs. Together (sync_): all ranks start at once and run the piece
-// a fixed number of times (so they all compete until the end), each takes its mean, the
-// median over ranks is converted to one core's seconds.
+// a fixed number of times (so they all compete until the end), each takes its best run (the
+// machine may be shared with other jobs whose load comes and goes), the median over ranks is
+// converted to one core's seconds.
 template <class F>
 double MeasuredComputeModel::time_piece(F&& fn, double budget) {
   if (!sync_) return time_best(fn, budget);
   sync_->begin();
   fn();
   constexpr int kRuns = 3;
-  Stopwatch sw;
-  for (int i = 0; i < kRuns; ++i) fn();
-  return sync_->combine(sw.seconds() / kRuns) * sync_->core_share();
+  double best = 1e30;
+  for (int i = 0; i < kRuns; ++i) {
+    Stopwatch sw;
+    fn();
+    best = std::min(best, sw.seconds());
+  }
+  return sync_->combine(best) * sync_->core_share();
 }
 
 const MeasuredComputeModel::BlockTimes& MeasuredComputeModel::block(int tp, bool sp, int64_t B, int64_t T) {
@@ -242,6 +248,15 @@ TpCosts tp_costs(const CommModel& cm, const nn::ModelConfig& m, int tp, bool sp,
   return c;
 }
 
+// CPU time of a link's bytes only: no latency, the copy rate.
+CommModel copy_only(const CommModel& cm) {
+  CommModel copy = cm;
+  copy.latency = 0;
+  copy.p2p_latency = 0;
+  if (cm.copy_bandwidth > 0) copy.bandwidth = cm.copy_bandwidth;
+  return copy;
+}
+
 // Data-parallel traffic of one step for Ψ local parameters (ddp_reducer.h).
 double dp_traffic(const CommModel& cm, int zero, int dp, int M, double psi) {
   if (dp <= 1) return 0;
@@ -263,12 +278,20 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   const int tp = l.tp, M = l.micro_batches, V = l.virtual_stages;
   const bool sp = l.sequence_parallel && tp > 1;
   const int64_t Nl = sp ? (N + tp - 1) / tp : N;
-  const CommModel& cm = machine.comm;
-  CommModel copy = cm;  // CPU time of the bytes only
-  copy.latency = 0;
-  copy.p2p_latency = 0;
-  if (cm.copy_bandwidth > 0) copy.bandwidth = cm.copy_bandwidth;
-  const TpCosts tpc = tp_costs(cm, m, tp, sp, N), tpc0 = tp_costs(copy, m, tp, sp, N);
+  // Each axis's groups talk over the intra-node link, or the inter-node one where a group
+  // spans nodes. cm: the pipeline axis's (stage messages, the tied-embedding allreduce between
+  // the first and the last stage).
+  const GroupsCrossNodes crosses = groups_cross_nodes(l, machine.node_of_rank);
+  auto link = [&](bool spans, int streams) {
+    if (!spans) return machine.comm;
+    CommModel shared = machine.inter_node;
+    shared.bandwidth *= static_cast<double>(std::max(1, machine.inter_node_streams)) / std::max(1, streams);
+    return shared;
+  };
+  const CommModel cm = link(crosses.pp, crosses.pp_streams);
+  const CommModel tpl = link(crosses.tp, crosses.tp_streams), dpl = link(crosses.dp, crosses.dp_streams);
+  const CommModel copy = copy_only(cm), tp_copy = copy_only(tpl), dp_copy = copy_only(dpl);
+  const TpCosts tpc = tp_costs(tpl, m, tp, sp, N), tpc0 = tp_costs(tp_copy, m, tp, sp, N);
 
   const double bf = compute.block_forward(tp, sp, B, T), bb = compute.block_backward(tp, sp, B, T);
   const double ef = compute.embed_forward(tp, sp, B, T), eb = compute.embed_backward(tp, sp, B, T);
@@ -280,9 +303,12 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   costs.comm = l.pp > 1 ? cm.p2p(4.0 * static_cast<double>(Nl) * m.n_embd) : 0;
   costs.tied = nn::has_tied_embedding(m) ? cm.allreduce(4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd, 2) : 0.0;
   std::vector<double> cpu_work(static_cast<std::size_t>(l.pp)), bwd_one(static_cast<std::size_t>(l.pp));
+  std::vector<std::vector<double>> compute_fwd, compute_bwd;  // the chunks' costs without tp collectives
   for (int r = 0; r < l.pp; ++r) {
     costs.forward_by_chunk.emplace_back();
     costs.backward_by_chunk.emplace_back();
+    compute_fwd.emplace_back();
+    compute_bwd.emplace_back();
     double work = 0;
     for (int c = 0; c < V; ++c) {
       const nn::StageSpec& s = part.chunk(r, c);
@@ -293,6 +319,8 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
       };
       costs.forward_by_chunk.back().push_back(fwd(tpc));
       costs.backward_by_chunk.back().push_back(bwd(tpc));
+      compute_fwd.back().push_back(fwd(TpCosts{}));
+      compute_bwd.back().push_back(bwd(TpCosts{}));
       work += M * (fwd(tpc0) + bwd(tpc0));
       bwd_one[static_cast<std::size_t>(r)] += bwd(tpc);
       // Activation and gradient messages: copied out and in (2 per micro-batch per chunk edge).
@@ -323,7 +351,7 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   for (int r = 0; r < l.pp; ++r) {
     const auto i = static_cast<std::size_t>(r);
     const double psi = static_cast<double>(mem.params_by_pp_rank[i]);
-    const double dp_comm = dp_traffic(cm, l.zero, l.dp, M, psi);
+    const double dp_comm = dp_traffic(dpl, l.zero, l.dp, M, psi);
     // What cannot hide behind backward: the bucket finished last (the embedding's, which
     // holds the tied embedding, on the first stage) and whatever exceeds the backward it overlaps with
     // (the last micro-batch's for ZeRO 0/1; the whole step's for 2/3, which talk every
@@ -334,14 +362,14 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     if (first.has_embedding || part.chunk(r, V - 1).has_head) {
       last_bytes = std::max(last_bytes, 4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd);
     }
-    const double last = std::min(dp_comm, dp_traffic(cm, std::min(l.zero, 1), l.dp, 1, last_bytes / 4.0));
+    const double last = std::min(dp_comm, dp_traffic(dpl, std::min(l.zero, 1), l.dp, 1, last_bytes / 4.0));
     const double exposed = std::max(last, dp_comm - window);
     const double opt = compute.optimizer(static_cast<int64_t>(l.zero >= 1 ? std::ceil(psi / l.dp) : psi));
     tail = std::max(tail, exposed + opt);
     p.dp_comm_s = std::max(p.dp_comm_s, dp_comm);
     p.optimizer_s = std::max(p.optimizer_s, opt);
     p.compute_s = std::max(p.compute_s, busy[i]);
-    shared_work += cpu_work[i] + dp_traffic(copy, l.zero, l.dp, M, psi) + opt;
+    shared_work += cpu_work[i] + dp_traffic(dp_copy, l.zero, l.dp, M, psi) + opt;
   }
   p.dedicated_s = pipe_step + tail;
   // Every tp and dp rank of a stage does the same work; each uses threads_per_rank threads.
@@ -359,7 +387,40 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     const double spun = denom > 0 ? shared_work * l.dp * l.tp * thr / denom : fair;
     p.shared_s = std::max(p.shared_s, std::min(spun, std::max(fair, p.shared_s)));
   }
-  p.step_s = std::max(p.dedicated_s, p.shared_s);
+  // Ranks sharing cores all compute at once between their collectives, so a rank's compute runs
+  // at its share of the cores while its collectives' latencies (measured with the cores busy)
+  // add on top: the critical path with compute slowed to that share. The share counts ranks
+  // in a bubble as wait_cpu of one; it is 1 with a core per rank (dedicated_s again).
+  const double demand = l.world() * thr * ((1 - p.bubble) + p.bubble * machine.wait_cpu);
+  const double share = std::min(1.0, cores / std::max(demand, 1e-9));
+  if (share < 1) {
+    pp::CostModel slowed = costs;
+    for (int r = 0; r < l.pp; ++r) {
+      const auto i = static_cast<std::size_t>(r);
+      for (int c = 0; c < V; ++c) {
+        const auto j = static_cast<std::size_t>(c);
+        slowed.forward_by_chunk[i][j] += compute_fwd[i][j] * (1 / share - 1);
+        slowed.backward_by_chunk[i][j] += compute_bwd[i][j] * (1 / share - 1);
+      }
+    }
+    double path = 0;
+    if (l.pp > 1) {
+      const pp::SimResult sim = pp::simulate(pp::ScheduleSpec{l.schedule, l.pp, M, V}, slowed);
+      TRI_CHECK(sim.ok, "pipeline simulation of {} failed: {}", l.train_flags(), sim.error);
+      path = sim.step_time;
+    } else {
+      path = M * (slowed.forward_by_chunk[0][0] + slowed.backward_by_chunk[0][0]);
+    }
+    p.contended_s = path + tail - p.optimizer_s + p.optimizer_s / share;
+  }
+  // The world allreduces wait for the slowest rank, so they add to the step whichever bound
+  // holds; over the inter-node link as soon as the world spans nodes.
+  const bool multi_node = std::any_of(machine.node_of_rank.begin(), machine.node_of_rank.end(),
+                                      [&](int n) { return n != machine.node_of_rank.front(); });
+  const double one_sync = machine.world_allreduce_s >= 0 ? machine.world_allreduce_s
+                                                         : link(multi_node, 1).allreduce(16.0, l.world());
+  p.sync_s = machine.step_world_allreduces * one_sync;
+  p.step_s = std::max({p.dedicated_s, p.shared_s, p.contended_s}) + p.sync_s;
   p.tokens_per_s = static_cast<double>(req.batch_size * req.seq_len) / p.step_s;
   return p;
 }

@@ -7,10 +7,12 @@
 // ranks leave their core to others, so bubbles cost little and every FLOP and copy counts).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "nn/model_config.h"
 #include "plan/layout.h"
@@ -128,7 +130,20 @@ struct CommModel {
 struct MachineModel {
   int cores = 1;             // cores all ranks share (one machine)
   int threads_per_rank = 1;  // OpenMP/BLAS threads of each rank
-  CommModel comm;
+  CommModel comm;            // links between ranks of one node
+  // Several nodes: mesh rank -> node (plan/placement.h; empty: one node), and the link between
+  // nodes, which a group's collectives use when the group spans nodes.
+  std::vector<int> node_of_rank;
+  CommModel inter_node;
+  // Streams that left each node at once when inter_node was measured (every rank of a node in
+  // a pair across nodes): a node's link is shared, so a group whose ring is one of k streams
+  // on it gets inter_node.bandwidth * inter_node_streams / k.
+  int inter_node_streams = 1;
+  // The world collectives every step pays whatever the layout, one after another: the loss +
+  // grad-norm sum and the non-finite vote (engine), the preemption vote (trainer). Measured
+  // under mpirun (plan/calibrate.h); alone: comm's latency model of a small world allreduce.
+  int step_world_allreduces = 3;
+  double world_allreduce_s = -1;  // one small allreduce over all ranks; < 0: from the latency model
   bool overlap = true;       // dp gradient communication overlaps backward
   // Share of a core a rank keeps busy while it waits for a message (a pipeline bubble): MPI
   // waits spin and yield rather than sleep. 0: bubbles leave the cores to the other ranks.
@@ -137,15 +152,17 @@ struct MachineModel {
 };
 
 struct StepPrediction {
-  double step_s = 0;          // max(dedicated_s, shared_s)
+  double step_s = 0;          // max(dedicated_s, shared_s, contended_s) + sync_s
   double dedicated_s = 0;     // every rank on its own cores: pipeline critical path + exposed comm
   double shared_s = 0;        // total CPU work of all ranks (+ their spinning in bubbles) / cores
+  double contended_s = 0;     // the critical path with compute at each rank's share of the cores
   double compute_s = 0;       // busiest rank's compute (incl. tp collectives), per step
   double dp_comm_s = 0;       // busiest rank's dp traffic per step (before overlap)
   double optimizer_s = 0;
+  double sync_s = 0;          // the per-step world allreduces (MachineModel), added to the step
   double bubble = 0;          // mean pipeline idle fraction (simulator), 0 without pp
   double tokens_per_s = 0;
-  bool shared_bound() const { return shared_s > dedicated_s; }
+  bool shared_bound() const { return std::max(shared_s, contended_s) > dedicated_s; }
 };
 
 // Measures a single-thread memcpy bandwidth (bytes/s) for the default link model of ranks on

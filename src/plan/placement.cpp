@@ -1,0 +1,50 @@
+// Group spans over nodes (see placement.h).
+#include "plan/placement.h"
+
+#include <algorithm>
+
+#include "comm/mesh.h"
+#include "core/check.h"
+
+namespace trident::plan {
+
+GroupsCrossNodes groups_cross_nodes(const Layout& l, const std::vector<int>& node_of_rank) {
+  GroupsCrossNodes g;
+  if (node_of_rank.empty()) return g;
+  const comm::MeshShape shape{l.pp, l.dp, l.tp};
+  TRI_CHECK(static_cast<int>(node_of_rank.size()) == shape.world(),
+            "rank placement has {} ranks but layout {} has {}", node_of_rank.size(), l.shape(), shape.world());
+  const int nodes = 1 + *std::max_element(node_of_rank.begin(), node_of_rank.end());
+  auto node_of = [&](const comm::MeshCoord& c) { return node_of_rank[static_cast<std::size_t>(comm::mesh_rank(c, shape))]; };
+  // One axis: for each group (the ranks sharing the other two coordinates), whether it spans
+  // nodes and which nodes it touches.
+  auto axis = [&](int size, auto member, bool& spans, int& streams) {
+    std::vector<int> per_node(static_cast<std::size_t>(nodes), 0);
+    for (int r = 0; r < shape.world(); ++r) {
+      comm::MeshCoord c = comm::mesh_coord(r, shape);
+      if (member(c) != 0) continue;  // one visit per group: its member at coordinate 0
+      std::vector<bool> touched(static_cast<std::size_t>(nodes), false);
+      for (int k = 0; k < size; ++k) {
+        comm::MeshCoord m = c;
+        member(m) = k;
+        touched[static_cast<std::size_t>(node_of(m))] = true;
+      }
+      if (std::count(touched.begin(), touched.end(), true) < 2) continue;
+      spans = true;
+      for (int n = 0; n < nodes; ++n) per_node[static_cast<std::size_t>(n)] += touched[static_cast<std::size_t>(n)];
+    }
+    streams = *std::max_element(per_node.begin(), per_node.end());
+  };
+  axis(l.tp, [](comm::MeshCoord& c) -> int& { return c.tp; }, g.tp, g.tp_streams);
+  axis(l.dp, [](comm::MeshCoord& c) -> int& { return c.dp; }, g.dp, g.dp_streams);
+  axis(l.pp, [](comm::MeshCoord& c) -> int& { return c.pp; }, g.pp, g.pp_streams);
+  return g;
+}
+
+std::vector<int> block_placement(int world, int ranks_per_node) {
+  std::vector<int> node(static_cast<std::size_t>(std::max(0, world)));
+  for (int r = 0; r < world; ++r) node[static_cast<std::size_t>(r)] = r / std::max(1, ranks_per_node);
+  return node;
+}
+
+}  // namespace trident::plan
