@@ -325,8 +325,9 @@ LoadedCheckpoint open_checkpoint(const std::string& path) {
   const std::string dir = resolve_checkpoint(path);
   const std::string config_path = join_path(dir, kConfigFile);
   TRI_CHECK(is_file(config_path),
-            "'{}' has model weights but no {}; Trident needs the Hugging Face config.json beside the "
-            "weights to know the model family and shape", dir, kConfigFile);
+            "'{}' has {} but no {}; Trident needs the Hugging Face config.json beside the "
+            "weights to know the model family and shape",
+            dir, is_file(join_path(dir, kModelFile)) ? kModelFile : kModelIndexFile, kConfigFile);
   nn::ModelConfig config = read_model_config(config_path);
   SafetensorsSet model(dir);
   LoadedCheckpoint ck{dir, config, std::move(model), std::nullopt, nullptr, -1, ""};

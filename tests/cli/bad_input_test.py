@@ -48,6 +48,37 @@ def main():
         expect_error("unknown preset", base + ["--data", f"{d}/ok", "--model", "gpt5"], "gpt5", "tiny")
         expect_error("n_embd not divisible by n_head", base + ["--data", f"{d}/ok", "--n-head", "5"],
                      "divisible by n_head")
+        # Model families (issue 12): a config.json is read by its model_type, never as another
+        # family; contradictions, unknown families and unimplemented settings are refused.
+        import json
+        def config_file(name, cfg):
+            with open(f"{d}/{name}.json", "w") as f:
+                json.dump(cfg, f)
+            return f"{d}/{name}.json"
+        llama = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 88, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+                 "vocab_size": 1000}
+        expect_error("config.json of an unsupported family",
+                     base + ["--data", f"{d}/ok", "--model", config_file("mixtral", {**llama, "model_type": "mixtral"})],
+                     "mixtral", "does not implement", "gpt2, llama")
+        expect_error("config.json whose keys contradict its model_type",
+                     base + ["--data", f"{d}/ok", "--model", config_file("mixed", {**llama, "n_embd": 32})],
+                     "mixes two model families", "n_embd")
+        expect_error("Llama config.json without intermediate_size",
+                     base + ["--data", f"{d}/ok", "--model",
+                             config_file("noffn", {k: v for k, v in llama.items() if k != "intermediate_size"})],
+                     "intermediate_size")
+        expect_error("Llama config.json with rope_scaling",
+                     base + ["--data", f"{d}/ok", "--model", config_file("scaled", {**llama, "rope_scaling": {"type": "llama3"}})],
+                     "rope_scaling")
+        expect_error("kv heads that do not divide the heads",
+                     base + ["--data", f"{d}/ok", "--model", config_file("kv3", {**llama, "num_key_value_heads": 3})],
+                     "num_key_value_heads 3")
+        expect_error("kv heads and tp that do not divide each other",
+                     [mpirun(), "-n", "2"] + base + ["--data", f"{d}/ok", "--tp", "2", "--model",
+                                                     config_file("kv3tp", {**llama, "num_attention_heads": 6,
+                                                                           "hidden_size": 48, "num_key_value_heads": 3})],
+                     "3 key/value heads and tensor parallelism 2")
         expect_error("zero batch size", base + ["--data", f"{d}/ok", "--batch-size", "0"], "batch")
         expect_error("negative steps", base + ["--data", f"{d}/ok", "--steps", "-3"], "steps")
 

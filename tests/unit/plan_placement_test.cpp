@@ -57,7 +57,7 @@ TEST(PlanPlacement, GroupsCrossNodesFollowTheMeshOrder) {
 
 PlanRequest request() {
   PlanRequest r;
-  r.model = nn::gpt_preset("tiny");
+  r.model = nn::model_preset("tiny");
   r.world = 8;
   r.batch_size = 8;
   r.seq_len = 32;
