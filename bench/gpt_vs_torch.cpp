@@ -1,12 +1,15 @@
-// One GPT-2 training step (forward + backward + grad-norm clipping + AdamW, fp32, one process)
-// in Trident and in PyTorch (bench/torch_step.py, a subprocess with the same threads, model,
-// batch and sequence), alternated A B A B ... in one invocation so both see the same machine
-// load; the median step time of each side gives tokens/s and their ratio. Also: Trident's
-// achieved FLOP/s (6N + 12LCT per token) against sgemm throughput probed between the rounds
-// (MFU against measured peak), a per-phase profile of Trident's step from the kernels'
-// timing hook (kernels/profile.h), and peak memory by category.
+// One training step (forward + backward + grad-norm clipping + AdamW, fp32, one process) of
+// any preset's model -- GPT-2 or Llama, the family comes from the preset -- in Trident and in
+// PyTorch (bench/torch_step.py, a subprocess with the same threads, model, batch and sequence:
+// tests/ref/torch_gpt2.py's or tests/ref/torch_llama.py's model), alternated A B A B ... in one
+// invocation so both see the same machine load; the median step time of each side gives
+// tokens/s and their ratio. Also: Trident's achieved FLOP/s (6N + 12LHT per token) against
+// sgemm throughput probed between the rounds (MFU against measured peak), a per-phase profile
+// of Trident's step from the kernels' timing hook (kernels/profile.h), and peak memory by
+// category.
 //
 //   build/bench/gpt_vs_torch --preset small --threads 2 --batch 4 --seq 256 --steps 5
+//   build/bench/gpt_vs_torch --preset llama-small --threads 2 --batch 4 --seq 256 --steps 3
 #include <fmt/format.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -51,10 +54,14 @@ struct Options {
 };
 
 void usage() {
-  std::puts(
-      "usage: gpt_vs_torch [--preset small|gpt2|tiny|gpt2-medium] [--threads 2] [--batch 4]\n"
-      "                    [--seq 256] [--steps 5] [--rounds 3] [--no-torch]\n"
-      "                    [--python /usr/bin/python3] [--script bench/torch_step.py]");
+  std::string presets;
+  for (const std::string& name : nn::model_preset_names()) presets += (presets.empty() ? "" : "|") + name;
+  std::printf(
+      "usage: gpt_vs_torch [--preset %s]\n"
+      "                    [--threads 2] [--batch 4] [--seq 256] [--steps 5] [--rounds 3] [--no-torch]\n"
+      "                    [--python /usr/bin/python3] [--script bench/torch_step.py]\n"
+      "  (default preset small; a llama-* preset benchmarks the Llama family)\n",
+      presets.c_str());
 }
 
 Options parse(int argc, char** argv) {
@@ -111,7 +118,16 @@ class TorchProcess {
                                      "--vocab-size", std::to_string(c.vocab_size),
                                      "--batch", std::to_string(o.batch),
                                      "--seq", std::to_string(o.seq),
-                                     "--threads", std::to_string(o.threads)};
+                                     "--threads", std::to_string(o.threads),
+                                     "--family", std::string(nn::family_name(c.family))};
+    if (c.family == nn::Family::kLlama) {
+      const std::vector<std::string> llama = {"--n-kv-head", std::to_string(c.kv_heads()),
+                                              "--n-inner", std::to_string(c.mlp_width()),
+                                              "--rope-theta", fmt::format("{}", c.rope_theta),
+                                              "--norm-eps", fmt::format("{}", c.norm_eps),
+                                              "--tie", c.tie_word_embeddings ? "1" : "0"};
+      args.insert(args.end(), llama.begin(), llama.end());
+    }
     std::fflush(stdout);
     pid_ = fork();
     if (pid_ < 0) throw std::runtime_error("fork failed");
@@ -170,7 +186,10 @@ class TorchProcess {
 // Per-phase sums of the kernel calls of the profiled steps.
 class PhaseProfile : public kernels::ProfileSink {
  public:
-  explicit PhaseProfile(int64_t C) : C_(C) {}
+  explicit PhaseProfile(const nn::ModelConfig& c)
+      : family_(c.family), C_(c.n_embd), Q_(static_cast<int64_t>(c.n_head) * c.head_size()),
+        KV_(static_cast<int64_t>(c.kv_heads()) * c.head_size()), I_(c.mlp_width()),
+        V_(c.padded_vocab()) {}
   void record(const kernels::KernelCall& k) override {
     using kernels::KernelOp;
     std::string name;
@@ -184,8 +203,13 @@ class PhaseProfile : public kernels::ProfileSink {
         else name = "matmul other";
         name += dir;
         break;
-      case KernelOp::kMatmulNt: name = std::string("matmul lm_head") + dir; break;
+      case KernelOp::kMatmulNt:
+        // GPT-2 uses this kernel only for the LM head; Llama's nn.Linear [out, in] weights use
+        // it for every projection, told apart by (in, out) = (d1, d2).
+        name = (family_ == nn::Family::kLlama ? llama_projection(k.d1, k.d2) : "matmul lm_head") + dir;
+        break;
       case KernelOp::kAttention: name = std::string("attention (softmax, QK^T, AV)") + dir; break;
+      case KernelOp::kRope: name = std::string("rope") + dir; break;
       case KernelOp::kCrossEntropy: name = "cross-entropy (fused fwd+bwd)"; break;
       case KernelOp::kAdamW: name = "optimizer (AdamW)"; break;
       case KernelOp::kSumSquares: name = "grad norm (sum of squares)"; break;
@@ -202,7 +226,19 @@ class PhaseProfile : public kernels::ProfileSink {
   double total() const { return total_; }
 
  private:
-  int64_t C_;
+  std::string llama_projection(int64_t in, int64_t out) const {
+    if (out == V_) return "matmul lm_head";
+    // q_proj (C -> Q) and o_proj (Q -> C) have the same shape when Q == C.
+    if (in == C_ && out == Q_ && Q_ == C_) return "matmul q_proj + o_proj";
+    if (in == C_ && out == Q_) return "matmul q_proj";
+    if (in == Q_ && out == C_) return "matmul o_proj";
+    if (in == C_ && out == KV_) return "matmul k_proj + v_proj";
+    if (in == C_ && out == I_) return "matmul gate_proj + up_proj";
+    if (in == I_ && out == C_) return "matmul down_proj";
+    return "matmul other";
+  }
+  nn::Family family_;
+  int64_t C_, Q_, KV_, I_, V_;
   std::map<std::string, double> seconds_;
   double total_ = 0.0;
 };
@@ -310,12 +346,16 @@ int main(int argc, char** argv) {
     const double tri_step = median(tri_s);
     const double tri_tps = static_cast<double>(N) / tri_step;
     const double flops_token = nn::training_flops_per_token(cfg, T);
+    // The declared matmul parameters N of the formula (a tied head once; no position table or
+    // biases or norm gains): FLOPs/token less the attention term, over 6.
+    const double attention_flops_token = 12.0 * cfg.n_layer * cfg.n_head * cfg.head_size() * static_cast<double>(T);
+    const double matmul_params = (flops_token - attention_flops_token) / 6.0;
     const double tri_flops = flops_token * tri_tps;
     const double peak = median(sgemm);
-    std::printf("\n# FLOPs per token = 6*N + 12*L*C*T (PaLM; N = %ld parameters in matmuls incl. "
-                "the tied head, excl. wpe; attention counted non-causal) = %.4g\n",
-                cfg.num_parameters() - static_cast<int64_t>(cfg.n_positions) * cfg.n_embd,
-                flops_token);
+    std::printf("\n# FLOPs per token = 6*N + 12*L*H*T (PaLM; N = %.0f parameters in matmuls incl. "
+                "the head, excl. position table, biases and norms; H = heads x head size; "
+                "attention counted non-causal) = %.4g\n",
+                matmul_params, flops_token);
     std::printf("sgemm (1024^3, %d threads)   %8.1f GFLOP/s (median of %zu probes, min %.1f, max %.1f)\n",
                 o.threads, peak / 1e9, sgemm.size(),
                 *std::min_element(sgemm.begin(), sgemm.end()) / 1e9,
@@ -337,7 +377,7 @@ int main(int argc, char** argv) {
     std::printf("trident MFU vs sgemm        %8.1f %%\n", 100.0 * tri_flops / peak);
 
     // ---- profile: a few more steps with the kernels' timing hook on ----
-    PhaseProfile prof(cfg.n_embd);
+    PhaseProfile prof(cfg);
     const int prof_steps = std::max(2, o.steps);
     kernels::set_profile_sink(&prof);
     Stopwatch psw;
@@ -359,7 +399,7 @@ int main(int argc, char** argv) {
     const double other = prof_total - prof.total();
     std::printf("  %-34s %8.2f ms  %5.1f%%\n", "other (untimed glue, memsets)", other / prof_steps * 1e3,
                 100.0 * other / prof_total);
-    const double mm_flops = 6.0 * static_cast<double>(cfg.num_parameters() - static_cast<int64_t>(cfg.n_positions) * cfg.n_embd) * static_cast<double>(N);
+    const double mm_flops = 6.0 * matmul_params * static_cast<double>(N);
     std::printf("  all matmuls: %.1f%% of the step, at %.1f GFLOP/s (6N per token) = %.1f%% of sgemm\n",
                 100.0 * matmul / prof_total, mm_flops / (matmul / prof_steps) / 1e9,
                 100.0 * mm_flops / (matmul / prof_steps) / peak);

@@ -1,7 +1,8 @@
-"""PyTorch side of bench/gpt_vs_torch: the same GPT-2 training step on CPU in fp32 (the model of
-tests/ref/torch_gpt2.py, Hugging Face's computation), F.cross_entropy, torch.optim.AdamW with
-weight decay on matrices and embeddings only, clip_grad_norm_. Driven over stdin/stdout so
-the C++ bench can alternate Trident and PyTorch runs in one invocation:
+"""PyTorch side of bench/gpt_vs_torch: the same training step on CPU in fp32 -- the model of
+tests/ref/torch_gpt2.py (--family gpt2) or of tests/ref/torch_llama.py (--family llama), each
+Hugging Face's computation -- F.cross_entropy, torch.optim.AdamW with weight decay on matrices
+and embeddings only, clip_grad_norm_. Driven over stdin/stdout so the C++ bench can alternate
+Trident and PyTorch runs in one invocation:
   stdin "run K"  ->  stdout one JSON line {"step_s": [K step times in seconds], "loss": ...}
   stdin "quit"   ->  exit
 It prints {"ready": ...} once the model is built and one warm-up step has run."""
@@ -17,22 +18,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import torch_gpt2  # noqa: E402
+import torch_llama  # noqa: E402
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n-layer", type=int, required=True)
-    ap.add_argument("--n-head", type=int, required=True)
-    ap.add_argument("--n-embd", type=int, required=True)
-    ap.add_argument("--n-positions", type=int, required=True)
-    ap.add_argument("--vocab-size", type=int, required=True)
-    ap.add_argument("--batch", type=int, required=True)
-    ap.add_argument("--seq", type=int, required=True)
-    ap.add_argument("--threads", type=int, required=True)
-    a = ap.parse_args()
-
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
+def gpt2_model(a):
+    """GPT-2 weights with Hugging Face names (Conv1D layout [in, out], GPT-2's init with the
+    residual projections scaled by 1/sqrt(2L)) and the forward pass over them."""
     L, C, V = a.n_layer, a.n_embd, a.vocab_size
     std_proj = 0.02 / (2 * L) ** 0.5
     W = {"wte.weight": torch.randn(V, C) * 0.02, "wpe.weight": torch.randn(a.n_positions, C) * 0.02}
@@ -45,6 +36,47 @@ def main():
         W[p + "mlp.c_fc.weight"], W[p + "mlp.c_fc.bias"] = torch.randn(C, 4 * C) * 0.02, torch.zeros(4 * C)
         W[p + "mlp.c_proj.weight"], W[p + "mlp.c_proj.bias"] = torch.randn(4 * C, C) * std_proj, torch.zeros(C)
     W["ln_f.weight"], W["ln_f.bias"] = torch.ones(C), torch.zeros(C)
+    return W, lambda ids: torch_gpt2.forward(W, ids, L, a.n_head)
+
+
+def llama_model(a):
+    """Llama weights with Hugging Face names in HF's order (torch_llama.param_shapes: nn.Linear
+    layout [out, in], no lm_head when tied), matrices N(0, 0.02) and RMSNorm gains 1 as
+    Trident's declaration initializes them, and the forward pass over them."""
+    cfg = torch_llama.LlamaConfig(n_layer=a.n_layer, n_head=a.n_head, n_kv_head=a.n_kv_head,
+                                  rope_theta=a.rope_theta, rms_norm_eps=a.norm_eps,
+                                  tie_word_embeddings=bool(a.tie))
+    W = {}
+    for name, shape in torch_llama.param_shapes(cfg, a.n_embd, a.n_inner, a.vocab_size).items():
+        W[name] = torch.ones(shape) if len(shape) == 1 else torch.randn(shape) * 0.02
+    return W, lambda ids: torch_llama.forward(W, ids, cfg)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--family", choices=["gpt2", "llama"], default="gpt2")
+    ap.add_argument("--n-layer", type=int, required=True)
+    ap.add_argument("--n-head", type=int, required=True)
+    ap.add_argument("--n-embd", type=int, required=True)
+    ap.add_argument("--n-positions", type=int, required=True)
+    ap.add_argument("--vocab-size", type=int, required=True)
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--seq", type=int, required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    # Llama only (the C++ side always passes them for --family llama):
+    ap.add_argument("--n-kv-head", type=int, default=0)
+    ap.add_argument("--n-inner", type=int, default=0)
+    ap.add_argument("--rope-theta", type=float, default=10000.0)
+    ap.add_argument("--norm-eps", type=float, default=1e-5)
+    ap.add_argument("--tie", type=int, choices=[0, 1], default=1)
+    a = ap.parse_args()
+    if a.family == "llama" and (a.n_kv_head < 1 or a.n_inner < 1):
+        ap.error("--family llama needs --n-kv-head and --n-inner (>= 1)")
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    V = a.vocab_size
+    W, forward = llama_model(a) if a.family == "llama" else gpt2_model(a)
     for t in W.values():
         t.requires_grad_(True)
     decay = [t for t in W.values() if t.dim() >= 2]
@@ -58,7 +90,7 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        logits = torch_gpt2.forward(W, ids, L, a.n_head)
+        logits = forward(ids)
         loss = F.cross_entropy(logits.view(-1, V), targets.view(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
