@@ -79,7 +79,7 @@ void check_tensor_parallel_split(const ModelConfig& c, int tp) {
   // Everything else the declarations say about splitting (key/value heads vs tp): slicing one
   // layer for rank 0 throws naming the parameter and the fix.
   for (const ParamDecl& d : architecture(c.family).layer_params(c, 0)) {
-    (void)shard_for_tp(d, c.padded_vocab(tp), c.vocab_size, 0, tp);
+    (void)shard_for_tp(d, c, 0, tp);
   }
 }
 

@@ -56,11 +56,7 @@ struct Gpt2Block::Grads {
 
 Gpt2Block::Gpt2Block(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer)
     : cfg_(cfg), tp_(tp) {
-  const Architecture& arch = architecture(Family::kGpt2);
-  const int64_t Vp = cfg.padded_vocab(tp.size);
-  for (const ParamDecl& d : arch.layer_params(cfg, layer)) {
-    params.add(shard_for_tp(d, Vp, cfg.vocab_size, tp.rank, tp.size));
-  }
+  add_declared(params, architecture(Family::kGpt2).layer_params(cfg, layer), cfg, tp.rank, tp.size);
   const std::string p = fmt::format("h.{}.", layer);
   auto id = [&](const char* name) { return params.find(p + name); };
   ln1_w_ = id("ln_1.weight"), ln1_b_ = id("ln_1.bias");

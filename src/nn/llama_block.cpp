@@ -99,11 +99,7 @@ int64_t LlamaBlockActivations::scratch_floats(const ModelConfig& cfg, int tp, in
 
 LlamaBlock::LlamaBlock(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer)
     : cfg_(cfg), tp_(tp) {
-  const Architecture& arch = architecture(Family::kLlama);
-  const int64_t Vp = cfg.padded_vocab(tp.size);
-  for (const ParamDecl& d : arch.layer_params(cfg, layer)) {
-    params.add(shard_for_tp(d, Vp, cfg.vocab_size, tp.rank, tp.size));
-  }
+  add_declared(params, architecture(Family::kLlama).layer_params(cfg, layer), cfg, tp.rank, tp.size);
   const std::string p = fmt::format("model.layers.{}.", layer);
   auto id = [&](const char* name) { return params.find(p + name); };
   n1_w_ = id("input_layernorm.weight");

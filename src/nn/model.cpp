@@ -28,12 +28,11 @@ Model::Model(const ModelConfig& cfg, const TpContext& tp, const StageSpec& stage
   const Architecture& arch = architecture(cfg_.family);
   const int64_t Vp = cfg_.padded_vocab(tp_.size);
   vocab_local_ = Vp / tp_.size;
-  auto add = [&](const ParamDecl& d) { return params_.add(shard_for_tp(d, Vp, cfg_.vocab_size, tp_.rank, tp_.size)); };
 
   const std::vector<ParamDecl> embedding = arch.embedding_params(cfg_);
   if (stage_.has_embedding) {
     embed_group_ = params_.begin_group("embeddings", GroupRole::kEmbedding);
-    for (const ParamDecl& d : embedding) add(d);
+    add_declared(params_, embedding, cfg_, tp_.rank, tp_.size);
   }
   for (int l = stage_.layer_begin; l < stage_.layer_end; ++l) {
     block_groups_.push_back(params_.begin_group(fmt::format("layer.{}", l)));
@@ -41,13 +40,13 @@ Model::Model(const ModelConfig& cfg, const TpContext& tp, const StageSpec& stage
   }
   if (stage_.has_head) {
     head_group_ = params_.begin_group("head", GroupRole::kHead);
-    for (const ParamDecl& d : arch.head_params(cfg_)) add(d);
+    add_declared(params_, arch.head_params(cfg_), cfg_, tp_.rank, tp_.size);
     // A tied head on a last stage without the embedding: a second copy of the embedding whose
     // gradient the pipeline sums with the first stage's every step.
     if (!stage_.has_embedding) {
       for (const ParamDecl& d : embedding) {
         if (!d.tied) continue;
-        ParamInfo copy = shard_for_tp(d, Vp, cfg_.vocab_size, tp_.rank, tp_.size);
+        ParamInfo copy = shard_for_tp(d, cfg_, tp_.rank, tp_.size);
         copy.tied_copy = true;
         params_.add(std::move(copy));
       }

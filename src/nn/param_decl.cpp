@@ -25,7 +25,8 @@ ShardSpec even_split(const ParamDecl& d, int rank, int size) {
 
 }  // namespace
 
-ParamInfo shard_for_tp(const ParamDecl& d, int64_t padded_vocab, int64_t vocab_size, int rank, int size) {
+ParamInfo shard_for_tp(const ParamDecl& d, const ModelConfig& config, int rank, int size) {
+  const int64_t padded_vocab = config.padded_vocab(size), vocab_size = config.vocab_size;
   ParamInfo info;
   info.name = d.name;
   info.logical_shape = d.shape;
@@ -71,6 +72,11 @@ ParamInfo shard_for_tp(const ParamDecl& d, int64_t padded_vocab, int64_t vocab_s
     }
   }
   return info;
+}
+
+void add_declared(ParameterSet& params, const std::vector<ParamDecl>& decls, const ModelConfig& config,
+                  int tp_rank, int tp_size) {
+  for (const ParamDecl& d : decls) params.add(shard_for_tp(d, config, tp_rank, tp_size));
 }
 
 }  // namespace trident::nn

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "nn/model_config.h"
 #include "nn/parameters.h"
 
 namespace trident::nn {
@@ -50,9 +51,11 @@ struct ParamDecl {
   bool matmul = false;
 };
 
-// This tp rank's slice of a declared parameter. Throws, naming the parameter and the fix, when
-// the split does not divide (vocab_size and padded_vocab: the vocabulary rows of `config`).
-ParamInfo shard_for_tp(const ParamDecl& decl, int64_t padded_vocab, int64_t vocab_size, int tp_rank,
-                       int tp_size);
+// This tp rank's slice of a declared parameter of a model shaped `config`. Throws, naming the
+// parameter and the fix, when the split does not divide.
+ParamInfo shard_for_tp(const ParamDecl& decl, const ModelConfig& config, int tp_rank, int tp_size);
+// Adds each declaration's slice for this tp rank to `params` (in the current group).
+void add_declared(ParameterSet& params, const std::vector<ParamDecl>& decls, const ModelConfig& config,
+                  int tp_rank, int tp_size);
 
 }  // namespace trident::nn
