@@ -69,7 +69,7 @@ int run_plan(int argc, char** argv) {
   int64_t batch = 8, seq = 0;
   double bucket_mb = 25.0, link_gbps = 0, latency_us = 20, flops = 0;
   bool sp = false, all = false, no_overlap = false;
-  std::string json_out;
+  std::string json_out, recompute = "none";
   app.add_option("--model", model, "preset (tiny, small, gpt2, gpt2-medium) or a config.json")->capture_default_str();
   app.add_option("--world", world, "ranks (dp * tp * pp)")->required();
   app.add_option("--memory-per-rank", memory, "bytes each rank may use (e.g. 2GiB); 0: unlimited")->capture_default_str();
@@ -77,6 +77,9 @@ int run_plan(int argc, char** argv) {
   app.add_option("--seq-len", seq, "tokens per sequence; default: the model's n_positions");
   app.add_option("--micro-batches", micro_batches, "micro-batches per dp rank; 0: try every divisor")->capture_default_str();
   app.add_flag("--sequence-parallel", sp, "plan tp layouts with sequence parallelism");
+  app.add_option("--recompute", recompute,
+                 "activation recomputation the run will use: none, selective or full (docs/memory.md)")
+      ->capture_default_str();
   app.add_option("--bucket-mb", bucket_mb, "DDP/ZeRO gradient bucket size, MiB")->capture_default_str();
   app.add_option("--cores", cores, "cores all ranks share (one machine)")->capture_default_str();
   app.add_option("--threads", threads, "threads per rank; default: max(1, cores / world)");
@@ -121,6 +124,7 @@ int run_plan(int argc, char** argv) {
   req.seq_len = seq > 0 ? seq : req.model.n_positions;
   req.micro_batches = micro_batches;
   req.sequence_parallel = sp;
+  req.recompute = nn::parse_recompute(recompute);
   req.bucket_mb = bucket_mb;
   req.memory_per_rank = parse_bytes(memory);
   plan::validate_request(req);

@@ -64,6 +64,9 @@ class Architecture {
   // sequence-parallel rows, N without it): the activation formula of docs/memory.md.
   virtual int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
                                           int64_t local_rows) const = 0;
+  // Of those, the attention core's (LayerActivations::attention_core): what selective
+  // recompute does not save per layer.
+  virtual int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const = 0;
   // Gradient scratch the layers share (one layer's backward at a time), floats for N tokens.
   virtual int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const = 0;
   virtual std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c,

@@ -199,6 +199,9 @@ class Gpt2Architecture final : public Architecture {
                                   int64_t local_rows) const override {
     return Gpt2BlockActivations::floats(c, tp, B, T, local_rows);
   }
+  int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const override {
+    return Gpt2BlockActivations::attention_core_floats(c, tp, B, T);
+  }
   int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const override {
     return Gpt2BlockActivations::scratch_floats(c, tp, N);
   }

@@ -12,18 +12,20 @@
 namespace trident::nn {
 
 Gpt2BlockActivations::Gpt2BlockActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp,
-                                   int64_t B, int64_t T, int64_t local_rows) {
+                                   int64_t B, int64_t T, int64_t local_rows,
+                                   bool save_attention_core) {
   const auto N = static_cast<std::size_t>(B * T);
   const auto Nl = static_cast<std::size_t>(local_rows < 0 ? B * T : local_rows);
   const auto C = static_cast<std::size_t>(cfg.n_embd);
   const auto Cl = C / static_cast<std::size_t>(tp);
-  const auto NHl = static_cast<std::size_t>(cfg.n_head / tp);
   const auto A = MemCategory::kActivations;
   ln1 = FloatBuffer(tracker, A, Nl * C);
   ln1_mean = FloatBuffer(tracker, A, Nl);
   ln1_rstd = FloatBuffer(tracker, A, Nl);
   qkv = FloatBuffer(tracker, A, N * 3 * Cl);
-  att = FloatBuffer(tracker, A, static_cast<std::size_t>(B) * NHl * static_cast<std::size_t>(T * T));
+  if (save_attention_core) {
+    att = FloatBuffer(tracker, A, static_cast<std::size_t>(attention_core_floats(cfg, tp, B, T)));
+  }
   atty = FloatBuffer(tracker, A, N * Cl);
   residual2 = FloatBuffer(tracker, A, Nl * C);
   ln2 = FloatBuffer(tracker, A, Nl * C);
@@ -40,6 +42,11 @@ int64_t Gpt2BlockActivations::floats(const ModelConfig& cfg, int tp, int64_t B, 
   // ln1, residual2, ln2: 3C (on Nl rows); qkv, atty, fch, fch_gelu: 12 Cl; means/rstds: 4
   // (Nl rows); att: NHl*T.
   return Nl * (3 * C + 4) + N * 12 * Cl + B * NHl * T * T;
+}
+
+int64_t Gpt2BlockActivations::attention_core_floats(const ModelConfig& cfg, int tp, int64_t B,
+                                                   int64_t T) {
+  return B * (cfg.n_head / tp) * T * T;
 }
 
 int64_t Gpt2BlockActivations::scratch_floats(const ModelConfig& cfg, int tp, int64_t N) {
@@ -68,8 +75,19 @@ Gpt2Block::Gpt2Block(ParameterSet& params, const ModelConfig& cfg, const TpConte
 }
 
 std::unique_ptr<LayerActivations> Gpt2Block::make_activations(MemoryTracker& tracker, int64_t B,
-                                                              int64_t T, int64_t local_rows) const {
-  return std::make_unique<Gpt2BlockActivations>(tracker, cfg_, tp_.size, B, T, local_rows);
+                                                              int64_t T, int64_t local_rows,
+                                                              bool save_attention_core) const {
+  return std::make_unique<Gpt2BlockActivations>(tracker, cfg_, tp_.size, B, T, local_rows,
+                                                save_attention_core);
+}
+
+void Gpt2Block::recompute_attention_core(LayerActivations& acts, int64_t B, int64_t T,
+                                         SharedScratch& s) const {
+  auto& a = static_cast<Gpt2BlockActivations&>(acts);
+  const int64_t N = B * T, Cl = cfg_.n_embd / tp_.size, NHl = cfg_.n_head / tp_.size;
+  // The attention output is already saved (atty); this call's copy lands in datty, which the
+  // backward overwrites before reading.
+  kernels::attention_forward(Grads(s, N, Cl).datty, a.att.data(), a.qkv.data(), B, T, Cl, NHl);
 }
 
 namespace {

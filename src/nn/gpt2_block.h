@@ -41,11 +41,16 @@ struct Gpt2BlockActivations final : LayerActivations {
   FloatBuffer fch;        // (N, 4Cl)
   FloatBuffer fch_gelu;   // (N, 4Cl)
 
-  // local_rows: Nl under sequence parallelism; < 0 means N.
+  // local_rows: Nl under sequence parallelism; < 0 means N. Without save_attention_core, att
+  // stays empty (selective recompute).
   Gpt2BlockActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t B, int64_t T,
-                       int64_t local_rows = -1);
-  // Floats allocated for one block; the analytic activation formula of docs/memory.md.
+                       int64_t local_rows = -1, bool save_attention_core = true);
+  FloatBuffer& attention_core() override { return att; }
+  // Floats allocated for one block, att included; the analytic activation formula of
+  // docs/memory.md.
   static int64_t floats(const ModelConfig& cfg, int tp, int64_t B, int64_t T, int64_t local_rows = -1);
+  // Of those, att's.
+  static int64_t attention_core_floats(const ModelConfig& cfg, int tp, int64_t B, int64_t T);
   // The block's share of SharedScratch::layer: dqkv (N, 3Cl), datty (N, Cl), dfch (N, 4Cl).
   static int64_t scratch_floats(const ModelConfig& cfg, int tp, int64_t N);
 };
@@ -57,11 +62,14 @@ class Gpt2Block final : public Layer {
   Gpt2Block(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer);
 
   std::unique_ptr<LayerActivations> make_activations(MemoryTracker& tracker, int64_t B, int64_t T,
-                                                     int64_t local_rows) const override;
+                                                     int64_t local_rows,
+                                                     bool save_attention_core) const override;
   void forward(ParameterSet& params, LayerActivations& acts, float* out, const float* x, int64_t B,
                int64_t T, SharedScratch& scratch) const override;
   void backward(ParameterSet& params, const LayerActivations& acts, SharedScratch& scratch,
                 float* dres, const float* x, int64_t B, int64_t T) const override;
+  void recompute_attention_core(LayerActivations& acts, int64_t B, int64_t T,
+                                SharedScratch& scratch) const override;
 
  private:
   struct Grads;  // the carved SharedScratch::layer

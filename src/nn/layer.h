@@ -14,6 +14,10 @@ namespace trident::nn {
 // What a layer's forward saves for its backward, for one micro-batch; the family's own type.
 struct LayerActivations {
   virtual ~LayerActivations() = default;
+  // The attention core: the (B, NH, T, T) softmax probabilities, recomputable from the saved
+  // qkv. Under selective recompute it is left unallocated and the model lends its one shared
+  // buffer here for the duration of the layer's forward or backward.
+  virtual FloatBuffer& attention_core() = 0;
 };
 
 // Buffers the layers, the embedding and the head share (one runs at a time). N = B*T tokens,
@@ -38,9 +42,11 @@ struct SharedScratch {
 class Layer {
  public:
   virtual ~Layer() = default;
-  // local_rows: Nl under sequence parallelism; < 0 means N.
+  // local_rows: Nl under sequence parallelism; < 0 means N. Without save_attention_core the
+  // attention core is not allocated (selective recompute; see LayerActivations).
   virtual std::unique_ptr<LayerActivations> make_activations(MemoryTracker& tracker, int64_t B,
-                                                             int64_t T, int64_t local_rows) const = 0;
+                                                             int64_t T, int64_t local_rows,
+                                                             bool save_attention_core) const = 0;
   // out (Nl, C) = layer(x (Nl, C)); out must not alias x.
   virtual void forward(ParameterSet& params, LayerActivations& acts, float* out, const float* x,
                        int64_t B, int64_t T, SharedScratch& scratch) const = 0;
@@ -48,6 +54,11 @@ class Layer {
   // gradients accumulate; on return they are complete for this micro-batch on every tp rank.
   virtual void backward(ParameterSet& params, const LayerActivations& acts, SharedScratch& scratch,
                         float* dres, const float* x, int64_t B, int64_t T) const = 0;
+  // Selective recompute: refills acts' attention core from its saved qkv with the forward's
+  // own kernel (so bitwise as forward wrote it), using the layer's part of the shared scratch
+  // for the attention output it discards. Just before backward, which overwrites that scratch.
+  virtual void recompute_attention_core(LayerActivations& acts, int64_t B, int64_t T,
+                                        SharedScratch& scratch) const = 0;
 };
 
 }  // namespace trident::nn

@@ -189,6 +189,9 @@ class LlamaArchitecture final : public Architecture {
                                   int64_t local_rows) const override {
     return LlamaBlockActivations::floats(c, tp, B, T, local_rows);
   }
+  int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const override {
+    return LlamaBlockActivations::attention_core_floats(c, tp, B, T);
+  }
   int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const override {
     return LlamaBlockActivations::scratch_floats(c, tp, N);
   }

@@ -63,7 +63,8 @@ void add_into(float* dst, const float* src, int64_t n) { kernels::residual_forwa
 }  // namespace
 
 LlamaBlockActivations::LlamaBlockActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp,
-                                             int64_t B, int64_t T, int64_t local_rows) {
+                                             int64_t B, int64_t T, int64_t local_rows,
+                                             bool save_attention_core) {
   const Widths w(cfg, tp);
   const auto N = static_cast<std::size_t>(B * T);
   const auto Nl = static_cast<std::size_t>(local_rows < 0 ? B * T : local_rows);
@@ -72,7 +73,9 @@ LlamaBlockActivations::LlamaBlockActivations(MemoryTracker& tracker, const Model
   n1 = FloatBuffer(tracker, A, Nl * C);
   rstd1 = FloatBuffer(tracker, A, Nl);
   qkv = FloatBuffer(tracker, A, N * static_cast<std::size_t>(w.QKV));
-  att = FloatBuffer(tracker, A, static_cast<std::size_t>(B * w.NH * T * T));
+  if (save_attention_core) {
+    att = FloatBuffer(tracker, A, static_cast<std::size_t>(attention_core_floats(cfg, tp, B, T)));
+  }
   atty = FloatBuffer(tracker, A, N * static_cast<std::size_t>(w.Q));
   h = FloatBuffer(tracker, A, Nl * C);
   n2 = FloatBuffer(tracker, A, Nl * C);
@@ -88,6 +91,11 @@ int64_t LlamaBlockActivations::floats(const ModelConfig& cfg, int tp, int64_t B,
   const int64_t N = B * T, Nl = local_rows < 0 ? N : local_rows;
   // n1, h, n2: 3C and rstd1/2: 2 on Nl rows; qkv, atty, gate, up, act on N rows; att.
   return Nl * (3 * w.C + 2) + N * (w.QKV + w.Q + 3 * w.I) + B * w.NH * T * T;
+}
+
+int64_t LlamaBlockActivations::attention_core_floats(const ModelConfig& cfg, int tp, int64_t B,
+                                                    int64_t T) {
+  return B * Widths(cfg, tp).NH * T * T;
 }
 
 int64_t LlamaBlockActivations::scratch_floats(const ModelConfig& cfg, int tp, int64_t N) {
@@ -115,8 +123,20 @@ LlamaBlock::LlamaBlock(ParameterSet& params, const ModelConfig& cfg, const TpCon
 }
 
 std::unique_ptr<LayerActivations> LlamaBlock::make_activations(MemoryTracker& tracker, int64_t B,
-                                                               int64_t T, int64_t local_rows) const {
-  return std::make_unique<LlamaBlockActivations>(tracker, cfg_, tp_.size, B, T, local_rows);
+                                                               int64_t T, int64_t local_rows,
+                                                               bool save_attention_core) const {
+  return std::make_unique<LlamaBlockActivations>(tracker, cfg_, tp_.size, B, T, local_rows,
+                                                 save_attention_core);
+}
+
+void LlamaBlock::recompute_attention_core(LayerActivations& acts, int64_t B, int64_t T,
+                                          SharedScratch& s) const {
+  auto& a = static_cast<LlamaBlockActivations&>(acts);
+  const Widths w(cfg_, tp_.size);
+  // qkv was saved after rotary, so the core follows from it alone; the attention output this
+  // call also writes lands in datty, which the backward overwrites before reading.
+  kernels::attention_gqa_forward(carve(s, w, B * T).datty, a.att.data(), a.qkv.data(), B, T, w.NH,
+                                 w.NKV, w.HS);
 }
 
 void LlamaBlock::forward(ParameterSet& ps, LayerActivations& acts, float* out, const float* x,

@@ -34,9 +34,13 @@ struct LlamaBlockActivations final : LayerActivations {
   FloatBuffer gate, up;   // (N, I)
   FloatBuffer act;        // (N, I) silu(gate) * up
 
+  // Without save_attention_core, att stays empty (selective recompute).
   LlamaBlockActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t B, int64_t T,
-                        int64_t local_rows);
+                        int64_t local_rows, bool save_attention_core = true);
+  FloatBuffer& attention_core() override { return att; }
+  // Floats allocated for one layer, att included (docs/memory.md), and att's share of them.
   static int64_t floats(const ModelConfig& cfg, int tp, int64_t B, int64_t T, int64_t local_rows);
+  static int64_t attention_core_floats(const ModelConfig& cfg, int tp, int64_t B, int64_t T);
   // The layer's share of SharedScratch::layer.
   static int64_t scratch_floats(const ModelConfig& cfg, int tp, int64_t N);
 };
@@ -46,11 +50,14 @@ class LlamaBlock final : public Layer {
   LlamaBlock(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer);
 
   std::unique_ptr<LayerActivations> make_activations(MemoryTracker& tracker, int64_t B, int64_t T,
-                                                     int64_t local_rows) const override;
+                                                     int64_t local_rows,
+                                                     bool save_attention_core) const override;
   void forward(ParameterSet& params, LayerActivations& acts, float* out, const float* x, int64_t B,
                int64_t T, SharedScratch& scratch) const override;
   void backward(ParameterSet& params, const LayerActivations& acts, SharedScratch& scratch,
                 float* dres, const float* x, int64_t B, int64_t T) const override;
+  void recompute_attention_core(LayerActivations& acts, int64_t B, int64_t T,
+                                SharedScratch& scratch) const override;
 
  private:
   // Sums the key/value weight gradients' shares of this micro-batch over the ranks holding the

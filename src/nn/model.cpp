@@ -2,6 +2,7 @@
 #include "nn/model.h"
 
 #include <cstring>
+#include <utility>
 
 #include "core/check.h"
 #include "kernels/kernels.h"
@@ -70,10 +71,31 @@ int64_t Model::activation_floats(int64_t B, int64_t T) const {
   const int64_t N = B * T, C = cfg_.n_embd, Nl = local_rows(N);
   const int64_t layers = stage_.layer_end - stage_.layer_begin;
   const Architecture& arch = architecture(cfg_.family);
-  int64_t total = (layers + 1) * Nl * C +
-                  layers * arch.layer_activation_floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1);
+  // Every layer's input and the stage output (the residual stream) are always kept.
+  int64_t total = (layers + 1) * Nl * C;
+  const int64_t layer = arch.layer_activation_floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1);
+  switch (recompute_) {
+    case Recompute::kNone: total += layers * layer; break;
+    case Recompute::kSelective:
+      total += layers * (layer - arch.attention_core_floats(cfg_, tp_.size, B, T));
+      break;
+    case Recompute::kFull: break;  // the layers' working set is the model's (recompute_floats)
+  }
   if (stage_.has_head) total += Nl * C + 2 * Nl + N * vocab_local_ + N;
   return total;
+}
+
+int64_t Model::recompute_floats(int64_t B, int64_t T) const {
+  if (blocks_.empty()) return 0;
+  const int64_t Nl = local_rows(B * T);
+  const Architecture& arch = architecture(cfg_.family);
+  switch (recompute_) {
+    case Recompute::kNone: return 0;
+    case Recompute::kSelective: return arch.attention_core_floats(cfg_, tp_.size, B, T);
+    case Recompute::kFull:
+      return arch.layer_activation_floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1) + Nl * cfg_.n_embd;
+  }
+  return 0;
 }
 
 int64_t Model::workspace_floats(int64_t N) const {
@@ -92,6 +114,7 @@ ModelActivations Model::make_activations(MemoryTracker& tracker, int64_t B, int6
             T, cfg_.n_positions, cfg_.n_positions);
   ModelActivations a;
   a.B = B, a.T = T;
+  a.recompute = recompute_;
   const auto N = static_cast<std::size_t>(B * T);
   const auto Nl = static_cast<std::size_t>(local_rows(B * T));
   const auto C = static_cast<std::size_t>(cfg_.n_embd);
@@ -99,9 +122,9 @@ ModelActivations Model::make_activations(MemoryTracker& tracker, int64_t B, int6
   a.targets.assign(N, 0);
   const int layers = stage_.layer_end - stage_.layer_begin;
   for (int l = 0; l <= layers; ++l) a.residual.emplace_back(tracker, MemCategory::kActivations, Nl * C);
-  for (int l = 0; l < layers; ++l) {
+  for (int l = 0; l < layers && recompute_ != Recompute::kFull; ++l) {
     a.blocks.push_back(blocks_[static_cast<std::size_t>(l)]->make_activations(
-        tracker, B, T, tp_.sp() ? static_cast<int64_t>(Nl) : -1));
+        tracker, B, T, tp_.sp() ? static_cast<int64_t>(Nl) : -1, recompute_ == Recompute::kNone));
   }
   if (stage_.has_head) {
     a.lnf = FloatBuffer(tracker, MemCategory::kActivations, Nl * C);
@@ -112,6 +135,54 @@ ModelActivations Model::make_activations(MemoryTracker& tracker, int64_t B, int6
   }
   return a;
 }
+
+void Model::ensure_recompute(int64_t B, int64_t T) {
+  if (recompute_ == Recompute::kNone || blocks_.empty()) return;
+  if (B * T <= recompute_B_ * recompute_T_ && T <= recompute_T_) return;
+  TRI_CHECK(tracker_ != nullptr, "Model::allocate() must be called before running the model");
+  const auto count = static_cast<std::size_t>(recompute_floats(B, T));
+  const int64_t Nl = local_rows(B * T);
+  if (recompute_ == Recompute::kSelective) {
+    attention_core_ = FloatBuffer(*tracker_, MemCategory::kActivations, count);
+  } else {
+    // Every layer declares the same shapes, so one layer's activations fit them all.
+    rerun_acts_ = blocks_.front()->make_activations(*tracker_, B, T, tp_.sp() ? Nl : -1, true);
+    rerun_out_ = FloatBuffer(*tracker_, MemCategory::kActivations, static_cast<std::size_t>(Nl * cfg_.n_embd));
+  }
+  recompute_B_ = B, recompute_T_ = T;
+}
+
+LayerActivations& Model::layer_activations(ModelActivations& acts, std::size_t i) {
+  return recompute_ == Recompute::kFull ? *rerun_acts_ : *acts.blocks[i];
+}
+
+void Model::check_activations(const ModelActivations& acts) const {
+  TRI_CHECK(acts.recompute == recompute_,
+            "activations were made for --recompute {} but the model runs --recompute {}",
+            recompute_name(acts.recompute), recompute_name(recompute_));
+}
+
+namespace {
+// Selective recompute: lends the model's one attention-core buffer to the activations of the
+// layer that runs now, for its forward or backward, and takes it back after (no layer's
+// activations hold it between them). No-op for the other modes.
+class LentAttentionCore {
+ public:
+  LentAttentionCore(bool lend, LayerActivations& acts, FloatBuffer& core)
+      : slot_(lend ? &acts.attention_core() : nullptr), core_(core) {
+    if (slot_) std::swap(*slot_, core_);
+  }
+  ~LentAttentionCore() {
+    if (slot_) std::swap(*slot_, core_);
+  }
+  LentAttentionCore(const LentAttentionCore&) = delete;
+  LentAttentionCore& operator=(const LentAttentionCore&) = delete;
+
+ private:
+  FloatBuffer* slot_;
+  FloatBuffer& core_;
+};
+}  // namespace
 
 void Model::ensure_scratch(int64_t N) {
   if (N <= scratch_tokens_) return;
@@ -151,12 +222,15 @@ void Model::embed_forward(ModelActivations& acts, const int32_t* ids, int64_t B,
 }
 
 void Model::blocks_forward(ModelActivations& acts, int64_t B, int64_t T) {
+  check_activations(acts);
   // Layers may use the shared scratch in forward too (Llama's separate q/k/v outputs).
   if (!blocks_.empty()) ensure_scratch(B * T);
+  ensure_recompute(B, T);
   for (std::size_t i = 0; i < blocks_.size(); ++i) {
     hook_forward(block_groups_[i]);
-    blocks_[i]->forward(params_, *acts.blocks[i], acts.residual[i + 1].data(), acts.residual[i].data(),
-                        B, T, scratch_);
+    LayerActivations& la = layer_activations(acts, i);
+    const LentAttentionCore lent(recompute_ == Recompute::kSelective, la, attention_core_);
+    blocks_[i]->forward(params_, la, acts.residual[i + 1].data(), acts.residual[i].data(), B, T, scratch_);
   }
 }
 
@@ -262,10 +336,22 @@ double Model::head_forward_backward(ModelActivations& acts, const int32_t* targe
 }
 
 void Model::blocks_backward(ModelActivations& acts, int64_t B, int64_t T) {
+  check_activations(acts);
   ensure_scratch(B * T);
+  ensure_recompute(B, T);
   for (std::size_t i = blocks_.size(); i-- > 0;) {
+    // Under ZeRO-3 this gathers the layer's weights again: the rerun below needs them, so the
+    // rerun comes after the hook, never before.
     hook_before_backward(block_groups_[i]);
-    blocks_[i]->backward(params_, *acts.blocks[i], scratch_, dres_.data(), acts.residual[i].data(), B, T);
+    LayerActivations& la = layer_activations(acts, i);
+    const float* x = acts.residual[i].data();
+    if (recompute_ == Recompute::kFull) {
+      // The same forward on the same input and weights: bitwise what the forward saved.
+      blocks_[i]->forward(params_, la, rerun_out_.data(), x, B, T, scratch_);
+    }
+    const LentAttentionCore lent(recompute_ == Recompute::kSelective, la, attention_core_);
+    if (recompute_ == Recompute::kSelective) blocks_[i]->recompute_attention_core(la, B, T, scratch_);
+    blocks_[i]->backward(params_, la, scratch_, dres_.data(), x, B, T);
     hook_after_backward(block_groups_[i]);
   }
 }

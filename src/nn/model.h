@@ -33,6 +33,7 @@
 #include "nn/layer.h"
 #include "nn/model_config.h"
 #include "nn/parameters.h"
+#include "nn/recompute.h"
 #include "nn/tensor_parallel.h"
 
 namespace trident::nn {
@@ -48,10 +49,12 @@ struct StageSpec {
 // Everything one micro-batch's forward saves for its backward. Reused across steps.
 struct ModelActivations {
   int64_t B = 0, T = 0;                  // capacity; a run may use fewer tokens
+  Recompute recompute = Recompute::kNone;  // the model's mode when these were made
   std::vector<int32_t> ids, targets;     // (B, T)
   std::vector<FloatBuffer> residual;     // [layer - layer_begin] (Nl, C): input of that layer;
                                          // the last entry is the stage output
-  std::vector<std::unique_ptr<LayerActivations>> blocks;  // [layer - layer_begin]
+  std::vector<std::unique_ptr<LayerActivations>> blocks;  // [layer - layer_begin]; empty
+                                                          // under full recompute
   FloatBuffer lnf, lnf_mean, lnf_rstd;   // (Nl, C), (Nl), (Nl) final norm  head only
   FloatBuffer logits;                    // (N, Vp)  head only; becomes dlogits in place
   FloatBuffer losses;                    // (N)  head only
@@ -74,12 +77,21 @@ class Model {
   // Pipeline send/recv and residual_grad() carry local_rows(B*T) * C floats.
   int64_t local_rows(int64_t N) const { return tp_.local_rows(N); }
   void set_hooks(ModelHooks* hooks) { hooks_ = hooks; }
+  // Activation recomputation (nn/recompute.h); set before make_activations, which allocates
+  // accordingly (activations made under another mode are rejected).
+  void set_recompute(Recompute r) { recompute_ = r; }
+  Recompute recompute() const { return recompute_; }
 
   // Allocates parameters and gradients; then initialise or load them.
   void allocate(MemoryTracker& tracker);
   ModelActivations make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const;
-  // Floats make_activations allocates (the analytic formula of docs/memory.md).
+  // Floats make_activations allocates for one micro-batch under the recompute mode (the
+  // analytic formula of docs/memory.md).
   int64_t activation_floats(int64_t B, int64_t T) const;
+  // Activation floats the model itself allocates once, whatever the micro-batches in flight,
+  // at its first forward of B*T tokens: the one attention core (selective) or the one layer
+  // working set plus the rerun's (Nl, C) output (full); 0 without recompute.
+  int64_t recompute_floats(int64_t B, int64_t T) const;
   // Floats of gradient scratch a step of N = B*T tokens allocates (residual gradient, the
   // shared and the layers' scratch, the vocab-parallel loss sums).
   int64_t workspace_floats(int64_t N) const;
@@ -136,6 +148,12 @@ class Model {
   void hook_forward(int group) { if (hooks_) hooks_->before_group_forward(group); }
   void hook_before_backward(int group) { if (hooks_) hooks_->before_group_backward(group); }
   void hook_after_backward(int group) { if (hooks_) hooks_->after_group_backward(group); }
+  // The buffers recompute_floats counts, for at least B rows of T tokens.
+  void ensure_recompute(int64_t B, int64_t T);
+  // Where layer i's forward writes what its backward reads: the micro-batch's own, or the
+  // shared working set under full recompute.
+  LayerActivations& layer_activations(ModelActivations& acts, std::size_t i);
+  void check_activations(const ModelActivations& acts) const;
 
   ModelConfig cfg_;
   TpContext tp_;
@@ -155,6 +173,12 @@ class Model {
   FloatBuffer ce_sums_;      // (3N) vocab-parallel loss: row max, sum-exp, target logit
   FloatBuffer last_logits_;  // C + 2 + Vl + Vp: generation with tp
   ModelHooks* hooks_ = nullptr;
+  Recompute recompute_ = Recompute::kNone;
+  // Recompute's model-owned buffers (kActivations), sized for recompute_B_ x recompute_T_.
+  std::unique_ptr<LayerActivations> rerun_acts_;  // full: the layers' one working set
+  FloatBuffer rerun_out_;                         // full: (Nl, C) the rerun's discarded output
+  FloatBuffer attention_core_;                    // selective: lent to the running layer
+  int64_t recompute_B_ = 0, recompute_T_ = 0;
 };
 
 }  // namespace trident::nn

@@ -91,6 +91,7 @@ Engine::Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOpti
   for (const nn::StageSpec& st : stages) {
     Chunk c;
     c.model = std::make_unique<nn::Model>(config_, tp, st);
+    c.model->set_recompute(options_.recompute);
     c.model->allocate(tracker_);
     if (shape.dp > 1 || options_.zero > 0) {
       c.dp = std::make_unique<DataParallel>(
@@ -150,6 +151,9 @@ std::string Engine::describe() const {
     text += fmt::format("; schedule {}", executor_->spec().describe());
   }
   if (options_.sequence_parallel) text += ", sequence parallel";
+  if (options_.recompute != nn::Recompute::kNone) {
+    text += fmt::format(", {} recompute", nn::recompute_name(options_.recompute));
+  }
   if (!partition_text_.empty()) text += "\n" + partition_text_;
   return text;
 }

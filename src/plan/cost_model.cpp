@@ -314,8 +314,12 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
       const nn::StageSpec& s = part.chunk(r, c);
       const double layers = s.layer_end - s.layer_begin;
       auto fwd = [&](const TpCosts& t) { return (s.has_embedding ? ef + t.embed : 0) + layers * (bf + t.block_fwd); };
+      // Full recompute reruns every layer's forward (its collectives too) before its backward;
+      // selective's attention-core rerun is left out (small next to the layer's matmuls).
+      const bool rerun = req.recompute == nn::Recompute::kFull;
       auto bwd = [&](const TpCosts& t) {
-        return (s.has_head ? hd + t.head : 0) + layers * (bb + t.block_bwd) + (s.has_embedding ? eb : 0);
+        const double layer = bb + t.block_bwd + (rerun ? bf + t.block_fwd : 0);
+        return (s.has_head ? hd + t.head : 0) + layers * layer + (s.has_embedding ? eb : 0);
       };
       costs.forward_by_chunk.back().push_back(fwd(tpc));
       costs.backward_by_chunk.back().push_back(bwd(tpc));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "nn/model_config.h"
+#include "nn/recompute.h"
 #include "parallel/pipeline/schedule.h"
 
 namespace trident::plan {
@@ -41,6 +42,7 @@ struct PlanRequest {
   int64_t seq_len = 64;    // T
   int micro_batches = 0;   // 0: try every divisor of the per-dp-rank batch
   bool sequence_parallel = false;
+  nn::Recompute recompute = nn::Recompute::kNone;  // activation recomputation (memory)
   double bucket_mb = 25.0;       // DDP/ZeRO bucket size (working-set memory)
   double memory_per_rank = 0.0;  // bytes; 0: unlimited
 };

@@ -40,7 +40,8 @@ std::unique_ptr<nn::TensorParallelComm> make_null_tp_comm(int rank, int size) {
   return std::make_unique<NullTpComm>(rank, size);
 }
 
-RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout, int rank) {
+RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout, int rank,
+                             nn::Recompute recompute) {
   RankChunks rc;
   rc.tp_comm = make_null_tp_comm(0, layout.tp);
   nn::TpContext tp{0, layout.tp, layout.tp > 1 ? rc.tp_comm.get() : nullptr,
@@ -48,6 +49,7 @@ RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout,
   const pp::Partition part = pp::partition_layers(model.n_layer, {layout.pp, layout.virtual_stages});
   for (int c = 0; c < layout.virtual_stages; ++c) {
     rc.chunks.push_back(std::make_unique<nn::Model>(model, tp, part.chunk(rank, c)));
+    rc.chunks.back()->set_recompute(recompute);
   }
   return rc;
 }
@@ -71,7 +73,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
   const double bucket_elems = req.bucket_mb * 1024.0 * 1024.0 / 4.0;
   MemoryPrediction out;
   for (int r = 0; r < l.pp; ++r) {
-    RankChunks rc = build_rank_chunks(m, l, r);
+    RankChunks rc = build_rank_chunks(m, l, r, req.recompute);
     const std::vector<int> live =
         l.pp > 1 ? peak_live_per_chunk(spec, r) : std::vector<int>(static_cast<std::size_t>(l.virtual_stages), 1);
     int64_t psi = 0, max_param = 0, max_group = 0;
@@ -84,7 +86,9 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       for (int gi = 0; gi < ps.num_groups(); ++gi) {
         max_group = std::max(max_group, ps.group_end(gi) - ps.group_begin(gi));
       }
-      act_floats += static_cast<double>(live[c]) * static_cast<double>(g.activation_floats(B, T));
+      // Each live micro-batch's own, plus what the chunk's model holds once (recompute).
+      act_floats += static_cast<double>(live[c]) * static_cast<double>(g.activation_floats(B, T)) +
+                    static_cast<double>(g.recompute_floats(B, T));
       // Model::ensure_scratch: residual grad, shared and layer scratch, vocab-parallel sums.
       double w = static_cast<double>(g.workspace_floats(N));
       // DataParallel's scratch copy of the tied embedding gradient (ZeRO 0/1, embedding and head on

@@ -5,8 +5,10 @@
 //   stage 0: 4Ψ + 4Ψ + 8Ψ     1: 4Ψ + 4Ψ + 8Ψ/N     2: 4Ψ + 4Ψ/N + 8Ψ/N     3: 16Ψ/N
 // plus the step's working sets (ZeRO-2/3: two gradient buckets in flight; ZeRO-3: the gathered
 // values of the current and the prefetched layer group). Activations: the model's own formula
-// (nn::Model::activation_floats) per micro-batch and chunk, times the most micro-batches the
-// schedule holds live on that chunk (GPipe: M; 1F1B: min(pp - rank, M)); workspace: the
+// (nn::Model::activation_floats, under the request's recompute mode) per micro-batch and
+// chunk, times the most micro-batches the schedule holds live on that chunk (GPipe: M; 1F1B:
+// min(pp - rank, M)), plus the chunk's one recompute working set
+// (nn::Model::recompute_floats); workspace: the
 // backward scratch each chunk allocates. The counts come from constructing the same nn::Model
 // objects the engine builds (construction allocates nothing).
 #pragma once
@@ -45,7 +47,8 @@ struct RankChunks {
   std::unique_ptr<nn::TensorParallelComm> tp_comm;
   std::vector<std::unique_ptr<nn::Model>> chunks;
 };
-RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout, int rank);
+RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout, int rank,
+                             nn::Recompute recompute = nn::Recompute::kNone);
 
 // A TensorParallelComm that moves nothing (all_gather/reduce_scatter copy this rank's own
 // chunk): for counting parameters and timing one rank's compute of a tp slice.

@@ -119,6 +119,7 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   req.seq_len = cfg.data.seq_len;
   req.bucket_mb = cfg.parallel.bucket_mb;
   req.sequence_parallel = cfg.parallel.sequence_parallel;
+  req.recompute = cfg.parallel.recompute;
   plan::Layout layout;
   layout.dp = cfg.parallel.dp;
   layout.tp = cfg.parallel.tp;

@@ -42,6 +42,7 @@ std::span<const std::string_view> enum_names(DataOrder) { return kDataOrderNames
 std::span<const std::string_view> enum_names(LrSchedule) { return kLrScheduleNames; }
 std::span<const std::string_view> enum_names(PipelineSchedule) { return kScheduleNames; }
 std::span<const std::string_view> enum_names(NonfinitePolicy) { return kNonfiniteNames; }
+std::span<const std::string_view> enum_names(nn::Recompute) { return nn::recompute_names(); }
 
 // ---------------------------------------------------------------------------------------------
 // Defaults: each struct's constructor applies the defaults of its field list.

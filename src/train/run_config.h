@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "nn/model_config.h"
+#include "nn/recompute.h"
 
 namespace trident::train {
 
@@ -35,6 +36,7 @@ std::span<const std::string_view> enum_names(DataOrder);         // random, sequ
 std::span<const std::string_view> enum_names(LrSchedule);        // cosine, constant
 std::span<const std::string_view> enum_names(PipelineSchedule);  // gpipe, 1f1b, interleaved
 std::span<const std::string_view> enum_names(NonfinitePolicy);   // skip, stop
+std::span<const std::string_view> enum_names(nn::Recompute);     // none, selective, full
 
 template <class E>
   requires std::is_enum_v<E>
@@ -217,6 +219,7 @@ struct ParallelOptions {
   int virtual_stages;         // model chunks per pipeline rank (interleaved schedule)
   bool balance_stages;        // split layers over pipeline stages by estimated cost, not count
   bool sequence_parallel;     // split LayerNorm/dropout regions along the sequence over tp
+  nn::Recompute recompute;    // activation recomputation (nn/recompute.h)
   double bucket_mb;           // data-parallel gradient bucket size in MiB
   bool overlap;               // overlap gradient communication with backward
   ParallelOptions();
@@ -245,6 +248,9 @@ void for_each_field(S& o, V&& v) {
         .alias("balance partition_by_cost cost_balanced"), o.balance_stages);
   v(field("sequence_parallel", false, "split LayerNorm/dropout regions along the sequence over tp")
         .alias("sp sequence_parallelism"), o.sequence_parallel);
+  v(field("recompute", nn::Recompute::kNone,
+          "activation recomputation: none; selective: drop each layer's attention probabilities and recompute them from the saved qkv in backward; full: keep only each layer's input and rerun its forward before its backward (results bitwise as none; see docs/memory.md)")
+        .alias("recompute_granularity activation_checkpointing checkpoint_activations ac"), o.recompute);
   v(field("bucket_mb", 25.0, "data-parallel gradient bucket size, MiB").above(0)
         .alias("bucket_size bucket_cap_mb bucket_size_mb"), o.bucket_mb);
   v(field("overlap", true, "overlap gradient communication with backward")
