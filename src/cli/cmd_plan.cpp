@@ -248,8 +248,9 @@ int run_plan(int argc, char** argv) {
     }
   }
   const plan::PlanRow& best = p.rows.front();
-  out(fmt::format("best: scripts/trident-mpirun -n {} build/trident train --model {} --batch-size {} --seq-len {} {}{}\n",
+  out(fmt::format("best: scripts/trident-mpirun -n {} build/trident train --model {} --batch-size {} --seq-len {} {}{}{}\n",
                   world, model, req.batch_size, req.seq_len, best.layout.train_flags(),
+                  req.recompute != nn::Recompute::kNone ? fmt::format(" --recompute {}", recompute) : "",
                   machine.threads_per_rank > 1 ? fmt::format(" --threads {}", machine.threads_per_rank) : ""));
   if (ranks == 1 && world > 1 && flops <= 0) {
     out(fmt::format("hint: timed alone, with {} us latency assumed; run under scripts/trident-mpirun -n {} "

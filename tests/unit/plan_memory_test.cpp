@@ -77,6 +77,28 @@ TEST(PlanMemory, PipelineSplitPutsEmbeddingFirstAndHeadCopyLast) {
   EXPECT_EQ(m.worst_pp_rank, 1);  // the logits
 }
 
+TEST(PlanMemory, RecomputeModesFollowTheFormulas) {
+  // docs/memory.md's recompute table on the 1F1B split above (rank 0: 2 live micro-batches of
+  // 4 layers, rank 1: 1 with the head): selective drops each layer's B*NH*T^2 probabilities
+  // per micro-batch and holds one such buffer per chunk; full keeps only the layers' inputs
+  // per micro-batch and holds one layer's activations plus its (N, C) rerun output per chunk.
+  PlanRequest r = request(8, 16);
+  Layout l;
+  l.dp = 4, l.pp = 2, l.micro_batches = 4;
+  l.schedule = pp::ScheduleKind::kOneFOneB;
+  const double B = 1, T = 16, N = B * T;
+  const double core = B * 4 * T * T, layer = N * (3 * C + 4) + N * 12 * C + core;
+  const double head = N * C + 2 * N + N * Vp + N;
+  r.recompute = nn::Recompute::kSelective;
+  MemoryPrediction m = predict_memory(r, l);
+  EXPECT_DOUBLE_EQ(m.by_pp_rank[0].activations, 4 * (2 * (act_floats(1, 16, 4, false, 1) - 4 * core) + core));
+  EXPECT_DOUBLE_EQ(m.by_pp_rank[1].activations, 4 * (act_floats(1, 16, 4, true, 1) - 4 * core + core));
+  r.recompute = nn::Recompute::kFull;
+  m = predict_memory(r, l);
+  EXPECT_DOUBLE_EQ(m.by_pp_rank[0].activations, 4 * (2 * 5 * N * C + layer + N * C));
+  EXPECT_DOUBLE_EQ(m.by_pp_rank[1].activations, 4 * (5 * N * C + head + layer + N * C));
+}
+
 TEST(PlanMemory, LivePerChunkMatchesTheSchedules) {
   for (int M : {1, 2, 4, 8}) {
     for (int rank = 0; rank < 4; ++rank) {

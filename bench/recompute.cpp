@@ -1,0 +1,144 @@
+// build/bench/recompute: what activation recomputation (--recompute, nn/recompute.h) costs in
+// step time and saves in activation memory, single process.
+// Usage: build/bench/recompute [--model small] [--rows 4] [--seq 256] [--steps 5] [--threads 2]
+// One model per mode (none, selective, full) from the same seed; the steps (forward + backward
+// of one micro-batch; the optimizer is the same in every mode, so it is left out) alternate
+// between the modes round by round, so drift on a shared machine hits all three alike, and each
+// mode's median step is printed as a ratio against none's. Activation bytes are the tracker's
+// (every micro-batch's own plus the model's recompute working set), next to the target of
+// issue 13: full <= none / n_layer + one layer's working set. Each mode's gradients are also
+// compared bitwise with none's (a recompute that changed the numbers would be no benchmark).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/memory.h"
+#include "core/timer.h"
+#include "kernels/kernels.h"
+#include "nn/architecture.h"
+#include "nn/model.h"
+
+using namespace trident;
+
+namespace {
+
+struct Args {
+  std::string model = "small";
+  int64_t rows = 4, seq = 256;
+  int steps = 5, threads = 2;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    if (i + 1 >= argc) throw std::runtime_error(fmt::format("{} needs a value", k));
+    const char* v = argv[++i];
+    if (k == "--model") a.model = v;
+    else if (k == "--rows") a.rows = std::atoll(v);
+    else if (k == "--seq") a.seq = std::atoll(v);
+    else if (k == "--steps") a.steps = std::atoi(v);
+    else if (k == "--threads") a.threads = std::atoi(v);
+    else throw std::runtime_error(fmt::format("unknown argument {}", k));
+  }
+  if (a.rows < 1 || a.seq < 1 || a.steps < 1 || a.threads < 1) {
+    throw std::runtime_error("--rows, --seq, --steps and --threads must be positive");
+  }
+  return a;
+}
+
+struct Run {
+  nn::Recompute mode;
+  MemoryTracker tracker;
+  std::unique_ptr<nn::Model> model;
+  nn::ModelActivations acts;
+  std::vector<double> seconds;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Args a = parse(argc, argv);
+    kernels::set_num_threads(a.threads);
+    const nn::ModelConfig cfg = nn::model_preset(a.model);
+    const int64_t B = a.rows, T = a.seq, N = B * T;
+    std::vector<int32_t> ids(static_cast<std::size_t>(N)), targets(ids.size());
+    for (int64_t i = 0; i < N; ++i) {
+      ids[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 7 + 3) % cfg.vocab_size);
+      targets[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 11 + 5) % cfg.vocab_size);
+    }
+    std::vector<std::unique_ptr<Run>> runs;
+    for (nn::Recompute m : {nn::Recompute::kNone, nn::Recompute::kSelective, nn::Recompute::kFull}) {
+      auto r = std::make_unique<Run>();
+      r->mode = m;
+      r->model = std::make_unique<nn::Model>(cfg);
+      r->model->set_recompute(m);
+      r->model->allocate(r->tracker);
+      r->model->params().initialize(1337);
+      r->acts = r->model->make_activations(r->tracker, B, T);
+      runs.push_back(std::move(r));
+    }
+    auto step = [&](Run& r) {
+      r.model->params().zero_grads();
+      Stopwatch sw;
+      r.model->forward_backward(r.acts, ids.data(), targets.data(), B, T, 1.0f / static_cast<float>(N));
+      return sw.seconds();
+    };
+    fmt::print("recompute bench: {} ({} layers), batch {} x {} tokens, {} threads, median of {} steps "
+               "(after one warm-up), modes alternating\n",
+               a.model, cfg.n_layer, B, T, a.threads, a.steps);
+    for (auto& r : runs) step(*r);  // warm-up: first-touch of the buffers, the rerun's allocation
+    for (int s = 0; s < a.steps; ++s) {
+      for (auto& r : runs) r->seconds.push_back(step(*r));
+    }
+    const Run& none = *runs.front();
+    const std::size_t P = static_cast<std::size_t>(none.model->params().total_numel());
+    const double t0 = median(none.seconds);
+    const double act0 = static_cast<double>(none.tracker.peak(MemCategory::kActivations));
+    fmt::print("{:>10} {:>10} {:>8} {:>14} {:>8} {:>12}\n", "recompute", "step ms", "ratio",
+               "activations", "ratio", "grads");
+    for (const auto& r : runs) {
+      const double t = median(r->seconds);
+      const double act = static_cast<double>(r->tracker.peak(MemCategory::kActivations));
+      const bool same = std::memcmp(r->model->params().grads().data(), none.model->params().grads().data(),
+                                    P * sizeof(float)) == 0;
+      fmt::print("{:>10} {:>10.1f} {:>7.3f}x {:>14} {:>7.3f}x {:>12}\n", nn::recompute_name(r->mode),
+                 1e3 * t, t / t0, format_bytes(act), act / act0, same ? "bitwise" : "DIFFER");
+    }
+    // Issue 13's target for full recompute: one layer's working set is what the rerun holds
+    // (a layer's activations plus its (N, C) output).
+    const nn::Model& full = *runs.back()->model;
+    const double working = 4.0 * static_cast<double>(full.recompute_floats(B, T));
+    const double full_act = static_cast<double>(runs.back()->tracker.peak(MemCategory::kActivations));
+    const double target = act0 / cfg.n_layer + working;
+    fmt::print("full: {} against none / n_layer + one layer's working set = {} + {} = {} ({:.2f}x "
+               "the target; the layers' share alone: {} kept vs {} for none)\n",
+               format_bytes(full_act), format_bytes(act0 / cfg.n_layer), format_bytes(working),
+               format_bytes(target), full_act / target,
+               format_bytes(4.0 * static_cast<double>(cfg.n_layer * full.local_rows(N) * cfg.n_embd) + working),
+               format_bytes(4.0 * static_cast<double>(cfg.n_layer) *
+                            static_cast<double>(nn::architecture(cfg.family).layer_activation_floats(cfg, 1, B, T, -1) +
+                                                N * cfg.n_embd)));
+    for (const auto& r : runs) {
+      if (std::memcmp(r->model->params().grads().data(), none.model->params().grads().data(), P * sizeof(float))) {
+        return 1;
+      }
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "recompute bench: {}\n", e.what());
+    return 2;
+  }
+}
