@@ -123,14 +123,17 @@ int main(int argc, char** argv) {
     const double working = 4.0 * static_cast<double>(full.recompute_floats(B, T));
     const double full_act = static_cast<double>(runs.back()->tracker.peak(MemCategory::kActivations));
     const double target = act0 / cfg.n_layer + working;
-    fmt::print("full: {} against none / n_layer + one layer's working set = {} + {} = {} ({:.2f}x "
-               "the target; the layers' share alone: {} kept vs {} for none)\n",
+    fmt::print("full, all activations: {} against none / n_layer + one layer's working set = {} + {} "
+               "= {} ({:.2f}x the target; the head's buffers, logits included, are kept in every mode)\n",
                format_bytes(full_act), format_bytes(act0 / cfg.n_layer), format_bytes(working),
-               format_bytes(target), full_act / target,
-               format_bytes(4.0 * static_cast<double>(cfg.n_layer * full.local_rows(N) * cfg.n_embd) + working),
-               format_bytes(4.0 * static_cast<double>(cfg.n_layer) *
-                            static_cast<double>(nn::architecture(cfg.family).layer_activation_floats(cfg, 1, B, T, -1) +
-                                                N * cfg.n_embd)));
+               format_bytes(target), full_act / target);
+    // The same target on the layers' share alone (the residual stream and the layers' buffers).
+    const double C = static_cast<double>(cfg.n_embd), Nd = static_cast<double>(N), L = cfg.n_layer;
+    const double layer = static_cast<double>(nn::architecture(cfg.family).layer_activation_floats(cfg, 1, B, T, -1));
+    const double full_layers = 4.0 * L * Nd * C + working, none_layers = 4.0 * L * (Nd * C + layer);
+    fmt::print("full, the layers' share: {} against {} / n_layer + {} = {} ({:.2f}x the target)\n",
+               format_bytes(full_layers), format_bytes(none_layers), format_bytes(working),
+               format_bytes(none_layers / L + working), full_layers / (none_layers / L + working));
     for (const auto& r : runs) {
       if (std::memcmp(r->model->params().grads().data(), none.model->params().grads().data(), P * sizeof(float))) {
         return 1;
