@@ -10,7 +10,9 @@
 // |diff| <= 1e-5 * max |ref| + 1e-9 per tensor, weights after the steps max |diff| <= 1e-5
 // (measured: losses still bitwise, only wte's gradient off, weights <= 2e-8).
 // Also: 1F1B holds min(pp, M) micro-batches of activations on rank 0, GPipe holds M (and
-// the MemoryTracker's activation peak says so), and a stage that never answers makes its
+// the MemoryTracker's activation peak says so; under --recompute selective/full the
+// per-micro-batch part shrinks and each chunk adds its one recompute working set, while the
+// pipeline's results stay those of the reference without recompute, bitwise at step 0), and a stage that never answers makes its
 // neighbour fail with an error naming it instead of hanging.
 // ranks: 2 4
 #include <gtest/gtest.h>
@@ -18,6 +20,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <string>
 #include <thread>
 
 #include "comm/communicator.h"
@@ -89,6 +92,7 @@ struct Case {
   bool balance = false;
   // Results must not depend on how sends progress; kAuto follows the launcher's transport.
   SendProgress progress = SendProgress::kAuto;
+  nn::Recompute recompute = nn::Recompute::kNone;  // the pipeline's; the reference runs none
 };
 
 void run_case(comm::Communicator& world, const Case& cs) {
@@ -96,7 +100,8 @@ void run_case(comm::Communicator& world, const Case& cs) {
   const ScheduleSpec spec{cs.kind, P, cs.M, cs.V};
   SCOPED_TRACE(spec.describe() + (cs.balance ? " balanced" : "") +
                (cs.progress == SendProgress::kThread ? " progress thread"
-                : cs.progress == SendProgress::kNone ? " no progress thread" : ""));
+                : cs.progress == SendProgress::kNone ? " no progress thread" : "") +
+               " recompute " + std::string(nn::recompute_name(cs.recompute)));
   const nn::ModelConfig cfg = tiny();
   const float dloss = 1.0f / static_cast<float>(cs.M * kB * kT);
 
@@ -118,6 +123,7 @@ void run_case(comm::Communicator& world, const Case& cs) {
   std::vector<nn::Model*> ptrs;
   for (int c = 0; c < cs.V; ++c) {
     chunks.push_back(std::make_unique<nn::Model>(cfg, nn::TpContext{}, part.chunk(rank, c)));
+    chunks.back()->set_recompute(cs.recompute);
     chunks.back()->allocate(tracker);
     chunks.back()->params().initialize(kSeed);
     opts.push_back(std::make_unique<optim::AdamW>(chunks.back()->params(), tracker, optim::AdamWConfig{}));
@@ -182,7 +188,8 @@ void run_case(comm::Communicator& world, const Case& cs) {
   if (cs.kind != ScheduleKind::kInterleaved) {
     EXPECT_EQ(exec.pool_size(0), expected);
     EXPECT_EQ(tracker.peak(MemCategory::kActivations),
-              static_cast<std::size_t>(expected * chunks[0]->activation_floats(kB, kT)) * sizeof(float));
+              static_cast<std::size_t>(expected * chunks[0]->activation_floats(kB, kT) +
+                                       chunks[0]->recompute_floats(kB, kT)) * sizeof(float));
   }
 }
 
@@ -197,6 +204,11 @@ std::vector<Case> cases(int P) {
   out.push_back({ScheduleKind::kGPipe, 8, 1, false, SendProgress::kThread});
   out.push_back({ScheduleKind::kInterleaved, 2 * P, 2, false, SendProgress::kThread});
   out.push_back({ScheduleKind::kOneFOneB, 8, 1, false, SendProgress::kNone});
+  for (nn::Recompute r : {nn::Recompute::kSelective, nn::Recompute::kFull}) {
+    out.push_back({ScheduleKind::kOneFOneB, 4, 1, false, SendProgress::kAuto, r});
+    out.push_back({ScheduleKind::kGPipe, 4, 1, false, SendProgress::kAuto, r});
+    out.push_back({ScheduleKind::kInterleaved, 2 * P, 2, false, SendProgress::kAuto, r});
+  }
   return out;
 }
 
