@@ -6,9 +6,18 @@ needed: any difference is a bug). Layouts: one process with two micro-batches; d
 weights gathered again); dp2 x tp2 x pp2 interleaved (two chunks per rank). The model family is
 argv[2] (tiny = GPT-2, llama-tiny = Llama with grouped-query attention).
 
-The checks bite (tried by hand, see the report in the commit that added this): a full rerun
-skipped, or run before the layer's before_group_backward hook (ZeRO-3 then reruns with weights
-it has released), makes the full runs differ."""
+Also each run's activation peak (the metrics' memory.activations, rank 0) must fall from none to
+selective to full: the micro-batches in flight drop their probabilities, or all their layers'
+buffers.
+
+The checks bite (mutations tried by hand in src/nn/model.cpp):
+- the full rerun skipped (backward reads the working set the last forward left): single-process
+  losses differ from step 2 (6.90864 vs 6.90699), grad norms 0.579 vs 0.521, weights by 1.8e-2;
+- the rerun moved before the layer's before_group_backward hook: the ZeRO-3 row's full run
+  reruns on weights the gather buffer no longer holds and dies (rc 139), the other rows pass
+  (their weights never move), so the ZeRO-3 row is the one that guards the hook order;
+- selective's recompute_attention_core skipped (backward reads another layer's
+  probabilities): llama-tiny dp2 x tp2 x pp2 losses differ from step 2, weights by 1.3e-2."""
 import os
 import sys
 import tempfile
@@ -58,15 +67,16 @@ def main():
                     continue
                 metrics = read_metrics(f"{d}/{tag}.jsonl")
                 weights = st.load(f"{d}/{tag}/step_{STEPS:08d}/model.safetensors")
-                results[mode] = ([m["loss"] for m in metrics], [m["grad_norm"] for m in metrics], weights)
+                results[mode] = ([m["loss"] for m in metrics], [m["grad_norm"] for m in metrics], weights,
+                                 metrics[-1]["memory"]["activations"])
             if "none" not in results:
                 continue
-            ref_loss, ref_norm, ref_w = results["none"]
+            ref_loss, ref_norm, ref_w, ref_act = results["none"]
             check(f"{model} {name} none ran {STEPS} steps", len(ref_loss) == STEPS, f"{len(ref_loss)} lines")
             for mode in MODES[1:]:
                 if mode not in results:
                     continue
-                loss, norm, w = results[mode]
+                loss, norm, w, _ = results[mode]
                 dev, where = st.max_abs_diff(w, ref_w)
                 same_w = all(w[k] == ref_w[k] for k in ref_w)
                 print(f"{model} {name} {mode}: losses {loss} (none {ref_loss}); max weight dev {dev:.2e}"
@@ -75,6 +85,11 @@ def main():
                 check(f"{model} {name} {mode} grad norms bitwise as none", norm == ref_norm, f"{norm} vs {ref_norm}")
                 check(f"{model} {name} {mode} weights bitwise as none", same_w, f"max dev {dev:.2e} at {where}")
                 compared += 1
+            if len(results) == len(MODES):
+                acts = [results[m][3] for m in MODES]
+                print(f"{model} {name} activation peak bytes (rank 0) none/selective/full: {acts}", flush=True)
+                check(f"{model} {name} activations fall none > selective > full", acts[0] > acts[1] > acts[2],
+                      f"{acts}")
     want = 2 * (len(LAYOUTS) if not only else 1)
     check(f"{model}: mode comparisons made: {compared} of {want}", compared == want)
 
