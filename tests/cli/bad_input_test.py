@@ -39,6 +39,10 @@ def main():
         expect_error("wrong magic", base + ["--data", f"{d}/magic"], "magic_train.bin", "magic")
         write_shard(f"{d}/vocab_train.bin", good[:100] + [1500] + good[100:])
         expect_error("token id >= vocab", base + ["--data", f"{d}/vocab"], "vocab_train.bin", "1500")
+        expect_error("unknown --recompute", base + ["--data", f"{d}/ok", "--recompute", "attention"],
+                     "--recompute", "none, selective, full")
+        expect_error("unknown plan --recompute", [T, "plan", "--model", "tiny", "--world", "1", "--flops", "1e11",
+                                                  "--recompute", "attention"], "--recompute", "none, selective or full")
         expect_error("unknown flag suggests the nearest", base + ["--data", f"{d}/ok", "--lerning-rate", "1e-3"],
                      "lerning", "lr")
         with open(f"{d}/bad.toml", "w") as f:
