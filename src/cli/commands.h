@@ -5,7 +5,8 @@
 namespace trident::cli {
 
 int run_ckpt(int argc, char** argv);  // trident ckpt info DIR
-int run_bench_comm(int argc, char** argv);  // trident bench comm [--max-bytes N] (under mpirun)
+int run_bench_comm(int argc, char** argv);
+int run_bench_decode(int argc, char** argv);  // trident bench decode [--models ...] [--formats ...]  // trident bench comm [--max-bytes N] (under mpirun)
 int run_prepare(int argc, char** argv);  // trident prepare --input FILE... | --corpus janeausten --out PREFIX
 
 int run_train(int argc, char** argv);     // trident train [--config FILE] [--option value ...]
