@@ -75,9 +75,7 @@ int run_generate(int argc, char** argv) {
   if (threads > 0) kernels::set_num_threads(threads);
 
   // Refuse absurd shapes before loading: the weights are held once, 4 bytes a parameter at most.
-  const nn::ModelConfig cfg = quant::is_quantized_checkpoint(ckpt_path)
-                                  ? quant::load_quantized(ckpt_path).config
-                                  : ckpt::load_checkpoint(ckpt_path).config;
+  const nn::ModelConfig cfg = quant::inference_config(ckpt_path);
   if (const auto avail = train::available_memory_bytes()) {
     const double need = 4.0 * static_cast<double>(cfg.num_parameters());
     TRI_CHECK(need <= *avail,

@@ -250,6 +250,10 @@ QuantizedModel load_quantized(const std::string& dir) {
   return m;
 }
 
+nn::ModelConfig inference_config(const std::string& path) {
+  return is_quantized_checkpoint(path) ? read_header(path).config : ckpt::load_checkpoint(path).config;
+}
+
 QuantizedModel load_for_inference(const std::string& path) {
   if (is_quantized_checkpoint(path)) return load_quantized(path);
   const ckpt::LoadedCheckpoint ck = ckpt::load_checkpoint(path);

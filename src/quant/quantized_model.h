@@ -59,6 +59,8 @@ void save_quantized(const QuantizedModel& m, const std::string& dir);
 // scale is finite and positive and every offset finite (a corrupt file is an error naming the
 // tensor, never wrong text).
 QuantizedModel load_quantized(const std::string& dir);
+// The model config of either kind of checkpoint, without reading its tensors.
+nn::ModelConfig inference_config(const std::string& path);
 // A quantized checkpoint, or an fp32 one (any directory `generate` reads) kept fp32.
 QuantizedModel load_for_inference(const std::string& path);
 // `ckpt info` for a quantized checkpoint: format, tensors, bytes; load_quantized verifies.
