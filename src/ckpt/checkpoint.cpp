@@ -147,7 +147,14 @@ std::string exp_avg_sq_name(const std::string& param) { return param + ".exp_avg
 
 nn::ModelConfig read_model_config(const std::string& path) {
   TRI_CHECK(is_file(path), "model config '{}' does not exist", path);
-  return nn::model_config_from_hf_json(read_json_file(path), path);
+  const nlohmann::json j = read_json_file(path);
+  // `trident quantize` writes this key (quant/quantized_model.h); only generate/eval read such a
+  // checkpoint, and training from it would silently train on rounded weights.
+  TRI_CHECK(!j.is_object() || !j.contains("quantization_config"),
+            "{} belongs to a quantized checkpoint ({}): `trident generate`, `trident eval` and `trident "
+            "ckpt info` read it; training needs the fp32 checkpoint it was quantized from", path,
+            j["quantization_config"].dump());
+  return nn::model_config_from_hf_json(j, path);
 }
 
 void check_same_model_shape(const nn::ModelConfig& ck, const nn::ModelConfig& model,

@@ -123,7 +123,21 @@ void SafetensorsWriter::add_tensor(const std::string& name, const Shape& shape,
   TRI_CHECK(!contains(name), "tensor '{}' was added twice to one safetensors file", name);
   for (const auto d : shape) TRI_CHECK(d >= 0, "tensor '{}' has a negative dimension {}", name, shape_str(shape));
   TRI_CHECK(static_cast<bool>(provider), "tensor '{}' has no data provider", name);
-  entries_.push_back({name, shape, std::move(provider)});
+  entries_.push_back({name, shape, std::move(provider), DType::kF32, nullptr});
+}
+
+void SafetensorsWriter::add_raw_tensor(const std::string& name, DType dtype, const Shape& shape,
+                                       std::vector<std::byte> bytes) {
+  const auto expected = static_cast<std::uint64_t>(shape_numel(shape)) * dtype_size(dtype);
+  TRI_CHECK(bytes.size() == expected, "tensor '{}' {} of {} needs {} bytes, got {}", name, shape_str(shape),
+            dtype_name(dtype), expected, bytes.size());
+  add_tensor(name, shape, [](TensorSink&) {});
+  entries_.back().dtype = dtype;
+  entries_.back().raw = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
+}
+
+std::uint64_t SafetensorsWriter::Entry::bytes() const {
+  return static_cast<std::uint64_t>(shape_numel(shape)) * dtype_size(dtype);
 }
 
 bool SafetensorsWriter::contains(const std::string& name) const {
@@ -150,10 +164,11 @@ std::string SafetensorsWriter::header_bytes() const {
   std::uint64_t offset = 0;
   for (std::size_t i = 0; i < entries_.size(); ++i) {
     const auto& e = entries_[i];
-    const std::uint64_t bytes = static_cast<std::uint64_t>(shape_numel(e.shape)) * 4;
+    const std::uint64_t bytes = e.bytes();
     if (i > 0 || !metadata_.empty()) json += ",";
-    json += fmt::format("{}:{{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[{},{}]}}",
-                        nlohmann::json(e.name).dump(), shape_json(e.shape), offset, offset + bytes);
+    json += fmt::format("{}:{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{},{}]}}",
+                        nlohmann::json(e.name).dump(), dtype_name(e.dtype), shape_json(e.shape), offset,
+                        offset + bytes);
     offset += bytes;
   }
   json += "}";
@@ -169,14 +184,14 @@ std::vector<std::uint64_t> SafetensorsWriter::file_offsets() const {
   std::vector<std::uint64_t> out;
   for (const auto& e : entries_) {
     out.push_back(offset);
-    offset += static_cast<std::uint64_t>(shape_numel(e.shape)) * 4;
+    offset += e.bytes();
   }
   return out;
 }
 
 std::uint64_t SafetensorsWriter::file_size() const {
   std::uint64_t size = header_bytes().size();
-  for (const auto& e : entries_) size += static_cast<std::uint64_t>(shape_numel(e.shape)) * 4;
+  for (const auto& e : entries_) size += e.bytes();
   return size;
 }
 
@@ -206,6 +221,10 @@ void SafetensorsWriter::write(const std::string& path) const {
   AtomicFile file(path);  // removed again if anything below throws
   file.write(header_bytes());
   for (const auto& e : entries_) {
+    if (e.raw) {
+      file.write(e.raw->data(), e.raw->size());
+      continue;
+    }
     const std::int64_t n = shape_numel(e.shape);
     CountingSink sink(file, e.name, n);
     e.provider(sink);

@@ -45,12 +45,15 @@ using TensorProvider = std::function<void(TensorSink& sink)>;
 // Collects (name, shape, data source) entries, then streams them to a file in the order added.
 // Names, shapes and metadata must be known before write() (the header comes first); the data
 // itself is pulled from each provider only when write() reaches that tensor.
-// All tensors are written as F32.
+// Tensors are written as F32, except those added with add_raw_tensor.
 class SafetensorsWriter {
  public:
   // `data` must stay valid until write() returns.
   void add_tensor(const std::string& name, const Shape& shape, const float* data);
   void add_tensor(const std::string& name, const Shape& shape, TensorProvider provider);
+  // A tensor of any dtype given as its raw little-endian bytes (numel * dtype_size; checked),
+  // e.g. packed integer weights. Held by the writer until write().
+  void add_raw_tensor(const std::string& name, DType dtype, const Shape& shape, std::vector<std::byte> bytes);
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
   std::size_t size() const { return entries_.size(); }
@@ -72,7 +75,10 @@ class SafetensorsWriter {
   struct Entry {
     std::string name;
     Shape shape;
-    TensorProvider provider;
+    TensorProvider provider;  // F32 tensors
+    DType dtype = DType::kF32;
+    std::shared_ptr<const std::vector<std::byte>> raw;  // add_raw_tensor's bytes
+    std::uint64_t bytes() const;
   };
   std::vector<Entry> entries_;
   Metadata metadata_;

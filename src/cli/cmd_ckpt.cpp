@@ -3,6 +3,7 @@
 // consistent) and exits non-zero naming the first problem. Checkpoints are layout-free (logical
 // tensors), so there is no `ckpt convert`: any layout loads any checkpoint directly.
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <cstdio>
 #include <string>
 
@@ -10,6 +11,7 @@
 #include "cli/cli11_errors.h"
 #include "cli/commands.h"
 #include "core/check.h"
+#include "quant/quantized_model.h"
 #include "train/run_config.h"
 
 namespace trident::cli {
@@ -47,7 +49,12 @@ int run_ckpt(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  if (info->parsed()) {
+  if (info->parsed() && quant::is_quantized_checkpoint(path)) {
+    std::fputs(quant::describe_quantized(path).c_str(), stdout);
+    const quant::QuantizedModel m = quant::load_quantized(path);  // verifies every tensor
+    std::fputs(fmt::format("ok: {} packed matrices and {} fp32 tensors load, scales finite and positive\n",
+                           m.matrices.size(), m.tensors.size()).c_str(), stdout);
+  } else if (info->parsed()) {
     // trident::Error goes to main: a message naming the file and the problem, exit status 1.
     const std::string text = ckpt::describe_checkpoint(path);
     std::fputs(text.c_str(), stdout);

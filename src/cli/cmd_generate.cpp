@@ -1,5 +1,6 @@
-// `trident generate`: loads a checkpoint (any layout wrote it; it is layout-free) into a
-// single-process model and samples text (nn/sampling.h: temperature 0 is greedy and
+// `trident generate`: loads a checkpoint (any layout wrote it; it is layout-free; fp32 or from
+// `trident quantize`) into the single-process inference model with a KV cache
+// (infer/decode_model.h: the prompt is fed once, then one token per step) and samples text (nn/sampling.h: temperature 0 is greedy and
 // deterministic; a seed reproduces a sample).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -17,7 +18,8 @@
 #include "data/bpe_tokenizer.h"
 #include "data/tokenizer.h"
 #include "kernels/kernels.h"
-#include "nn/model.h"
+#include "infer/decode_model.h"
+#include "quant/quantized_model.h"
 #include "nn/sampling.h"
 #include "train/memory_check.h"
 
@@ -72,8 +74,14 @@ int run_generate(int argc, char** argv) {
   }
   if (threads > 0) kernels::set_num_threads(threads);
 
-  ckpt::LoadedCheckpoint loaded = ckpt::load_checkpoint(ckpt_path);
-  const nn::ModelConfig cfg = loaded.config;
+  // Refuse absurd shapes before loading: the weights are held once, 4 bytes a parameter at most.
+  const nn::ModelConfig cfg = quant::inference_config(ckpt_path);
+  if (const auto avail = train::available_memory_bytes()) {
+    const double need = 4.0 * static_cast<double>(cfg.num_parameters());
+    TRI_CHECK(need <= *avail,
+              "the model in {} ({}) needs at least {} (4-byte weights), but only {} is available; this "
+              "machine cannot load it", ckpt_path, cfg.describe(), format_bytes(need), format_bytes(*avail));
+  }
   const std::unique_ptr<data::Tokenizer> tokenizer_ptr =
       data::load_tokenizer(tokenizer_dir == data::BpeTokenizer::kDefaultAssetDir ? "gpt2" : tokenizer_dir);
   data::Tokenizer& tokenizer = *tokenizer_ptr;
@@ -82,29 +90,7 @@ int run_generate(int argc, char** argv) {
             "the model's vocabulary ({}) is larger than the tokenizer's ({}): this checkpoint was "
             "not trained on {} tokens; pass the tokenizer it was trained with (--tokenizer gpt2|cl100k|DIR)",
             cfg.vocab_size, tokenizer.vocab_size(), tok_name);
-  // Weights and their gradient buffers (4 + 4 bytes a parameter), checked before building, so
-  // an absurd config.json is an error and not an allocation that never ends.
-  if (const auto avail = train::available_memory_bytes()) {
-    const double need = 8.0 * static_cast<double>(cfg.num_parameters());
-    TRI_CHECK(need <= *avail,
-              "the model in {} ({}) needs at least {} (4-byte weights and gradients), but only {} "
-              "is available; this machine cannot load it", loaded.path, cfg.describe(),
-              format_bytes(need), format_bytes(*avail));
-  }
-  MemoryTracker tracker;
-  nn::Model model(cfg);
-  model.allocate(tracker);
-  nn::ParameterSet& ps = model.params();
-  for (int id = 0; id < ps.size(); ++id) {
-    const nn::ParamInfo& info = ps.info(id);
-    std::vector<float> logical(static_cast<std::size_t>(shape_numel(info.logical_shape)));
-    loaded.read_param(info.name, info.logical_shape, logical.data());
-    // NaN weights would print garbage (every logit NaN) and exit 0; refuse them instead.
-    ckpt::check_finite(logical.data(), static_cast<int64_t>(logical.size()), loaded.model_prefix + info.name,
-                       loaded.model.file_of(loaded.model_prefix + info.name));
-    nn::scatter_logical_to_local(info, logical.data(), ps.data(id));
-  }
-  nn::ModelActivations acts = model.make_activations(tracker, 1, cfg.n_positions);
+  infer::DecodeModel model(quant::load_for_inference(ckpt_path));
 
   std::vector<int32_t> tokens = tokenizer.encode(prompt);
   if (tokens.empty()) {
@@ -127,11 +113,14 @@ int run_generate(int argc, char** argv) {
   const std::size_t prompt_tokens = tokens.size();
   fmt::print("{}", prompt);
   std::fflush(stdout);
-  for (int i = 0; i < max_new_tokens; ++i) {
-    // Without a KV cache each token re-reads the context, cropped to the position table.
+  const float* logits = nullptr;
+  auto refill = [&] {  // the last n_positions tokens (all the position table holds), from position 0
     const int64_t T = std::min<int64_t>(static_cast<int64_t>(tokens.size()), cfg.n_positions);
-    const int32_t* window = tokens.data() + (static_cast<int64_t>(tokens.size()) - T);
-    const float* logits = model.forward_last_logits(acts, window, 1, T);
+    model.reset();
+    logits = model.forward(tokens.data() + (static_cast<int64_t>(tokens.size()) - T), T);
+  };
+  refill();
+  for (int i = 0; i < max_new_tokens; ++i) {
     const int32_t next = nn::sample_token(std::span<const float>(logits, static_cast<std::size_t>(cfg.vocab_size)),
                                           tokens, sampling, tokens.size());
     tokens.push_back(next);
@@ -139,6 +128,13 @@ int run_generate(int argc, char** argv) {
     const std::string bytes = tokenizer.token_bytes(next).value_or("");
     std::fwrite(bytes.data(), 1, bytes.size(), stdout);
     std::fflush(stdout);
+    if (i + 1 == max_new_tokens) break;
+    // A full cache slides: the window is recomputed, as a model without a cache would see it.
+    if (model.position() == model.capacity()) {
+      refill();
+    } else {
+      logits = model.forward(&next, 1);
+    }
   }
   fmt::print("\n");
   if (print_ids) {

@@ -20,9 +20,11 @@ struct Command {
 constexpr Command kCommands[] = {
     {"prepare", trident::cli::run_prepare, "tokenize text into token shards (PREFIX_train.bin, PREFIX_val.bin)"},
     {"train", trident::cli::run_train, "train a GPT-2 (single process or dp x tp x pp under mpirun)"},
-    {"generate", trident::cli::run_generate, "generate text from a checkpoint"},
+    {"generate", trident::cli::run_generate, "generate text from a checkpoint (fp32 or quantized; KV cache)"},
+    {"eval", trident::cli::run_eval, "validation loss / perplexity of a checkpoint (fp32 or quantized) on a token shard"},
+    {"quantize", trident::cli::run_quantize, "quantize a checkpoint's layer matrices to int8 or q4 (weight-only)"},
     {"ckpt", trident::cli::run_ckpt, "inspect checkpoints: trident ckpt info DIR"},
-    {"bench", trident::cli::run_bench, "benchmarks: trident bench comm (under mpirun)"},
+    {"bench", trident::cli::run_bench, "benchmarks: trident bench comm (under mpirun), trident bench decode"},
     {"plan", trident::cli::run_plan, "predict memory and step time of every dp x tp x pp layout, ranked"},
 };
 

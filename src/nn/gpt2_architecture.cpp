@@ -149,12 +149,14 @@ class Gpt2Architecture final : public Architecture {
     auto column = [&](const char* n, Shape shape, int dim, int sections, int64_t unit, bool weight) {
       return ParamDecl{.name = p + n, .shape = std::move(shape), .split = TpSplit::kSplit, .dim = dim,
                        .sections = sections, .unit = unit, .weight_decay = weight,
-                       .init_std = weight ? std_w : 0.0f, .matmul = weight};
+                       .init_std = weight ? std_w : 0.0f, .matmul = weight,
+                       .in_out = weight};
     };
     // Row-parallel: input rows split; the bias is added once, after the sum (replicated).
     auto row = [&](const char* n, int64_t rows, int64_t unit) {
       return ParamDecl{.name = p + n, .shape = {rows, C}, .split = TpSplit::kSplit, .dim = 0,
-                       .unit = unit, .weight_decay = true, .init_std = std_proj, .matmul = true};
+                       .unit = unit, .weight_decay = true, .init_std = std_proj, .matmul = true,
+                       .in_out = true};
     };
     return {norm("ln_1.weight", 1.0f),
             norm("ln_1.bias", 0.0f),

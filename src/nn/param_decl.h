@@ -49,6 +49,9 @@ struct ParamDecl {
   // A matrix every token multiplies with (counts in the 6N of the FLOP formula). A tied
   // embedding counts: the head multiplies with it.
   bool matmul = false;
+  // A matrix stored as Hugging Face's Conv1D [in, out] (GPT-2); otherwise nn.Linear's
+  // [out, in]. Quantization (quant/) stores every matrix [out, in] and transposes by this.
+  bool in_out = false;
 };
 
 // This tp rank's slice of a declared parameter of a model shaped `config`. Throws, naming the

@@ -1,0 +1,80 @@
+// `trident eval`: validation loss and perplexity of a checkpoint (fp32 or quantized) on a token
+// shard, through the inference path (infer/decode_model.h: the packed kernels for a quantized
+// one). The shard is cut into consecutive windows of --seq-len + 1 tokens; each window is one
+// sequence from position 0, and every one of its --seq-len targets counts.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cli/cli11_errors.h"
+#include "cli/commands.h"
+#include "core/check.h"
+#include "core/timer.h"
+#include "data/token_shard.h"
+#include "infer/decode_model.h"
+#include "kernels/kernels.h"
+#include "quant/quant_matmul.h"
+
+namespace trident::cli {
+
+int run_eval(int argc, char** argv) {
+  CLI::App app{"Validation loss and perplexity of a checkpoint (fp32 or quantized) on a token shard", "trident eval"};
+  std::string ckpt_path, shard_path;
+  int64_t seq_len = 0, max_tokens = 0;
+  int threads = 0;
+  app.add_option("--ckpt", ckpt_path, "checkpoint: fp32 (step directory or root) or from `trident quantize`")->required();
+  app.add_option("--data", shard_path, "token shard (e.g. data/janeausten_val.bin)")->required();
+  app.add_option("--seq-len", seq_len, "tokens per window; 0 = min(256, n_positions)")->capture_default_str();
+  app.add_option("--max-tokens", max_tokens, "score at most this many targets from the start; 0 = the whole shard")
+      ->capture_default_str();
+  app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str();
+  use_trident_error_format(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (threads > 0) kernels::set_num_threads(threads);
+  quant::QuantizedModel weights = quant::load_for_inference(ckpt_path);
+  const nn::ModelConfig cfg = weights.config;
+  const std::string format = std::string(quant::format_name(weights.format)) +
+                             (weights.group > 0 ? fmt::format(" g{}", weights.group) : "");
+  if (seq_len == 0) seq_len = std::min<int64_t>(256, cfg.n_positions);
+  TRI_CHECK(seq_len >= 1 && seq_len <= cfg.n_positions, "--seq-len {} must be in [1, n_positions {}]", seq_len,
+            cfg.n_positions);
+  const data::TokenShard shard = data::TokenShard::open(shard_path, cfg.vocab_size);
+  TRI_CHECK(shard.size() >= static_cast<size_t>(seq_len + 1), "{} holds {} tokens, fewer than one window of {}",
+            shard_path, shard.size(), seq_len + 1);
+  infer::DecodeModel model(std::move(weights), seq_len);
+  std::vector<int32_t> window(static_cast<std::size_t>(seq_len + 1));
+  double loss_sum = 0.0;
+  int64_t scored = 0;
+  const int64_t V = cfg.vocab_size;
+  Stopwatch timer;
+  for (size_t begin = 0; begin + static_cast<size_t>(seq_len) + 1 <= shard.size(); begin += static_cast<size_t>(seq_len)) {
+    if (max_tokens > 0 && scored >= max_tokens) break;
+    shard.copy(begin, window.size(), window.data());
+    model.reset();
+    const float* logits = model.forward(window.data(), seq_len, true);
+    for (int64_t t = 0; t < seq_len; ++t) {
+      const float* row = logits + t * V;
+      double mx = row[0];
+      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, static_cast<double>(row[v]));
+      double sum = 0.0;
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v]) - mx);
+      loss_sum += std::log(sum) + mx - row[window[static_cast<std::size_t>(t + 1)]];
+    }
+    scored += seq_len;
+  }
+  const double loss = loss_sum / static_cast<double>(scored);
+  fmt::print("{{\"ckpt\": \"{}\", \"format\": \"{}\", \"kernel\": \"{}\", \"tokens\": {}, \"seq_len\": {}, "
+             "\"val_loss\": {:.6f}, \"perplexity\": {:.4f}, \"seconds\": {:.1f}}}\n",
+             ckpt_path, format, quant::kernel_path_name(model.weights().format), scored, seq_len, loss,
+             std::exp(loss), timer.seconds());
+  return 0;
+}
+
+}  // namespace trident::cli

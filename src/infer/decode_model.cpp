@@ -1,0 +1,84 @@
+// Cached inference over a declared family (see decode_model.h).
+#include "infer/decode_model.h"
+
+#include <algorithm>
+
+#include "core/check.h"
+#include "kernels/kernels.h"
+#include "nn/architecture.h"
+
+namespace trident::infer {
+
+std::unique_ptr<DecodeLayer> make_decode_layer(const quant::QuantizedModel& m, int layer, int64_t max_positions) {
+  switch (m.config.family) {
+    case nn::Family::kGpt2: return make_gpt2_decode_layer(m, layer, max_positions);
+    case nn::Family::kLlama: return make_llama_decode_layer(m, layer, max_positions);
+  }
+  TRI_FAIL("no decode layer for family {}", nn::family_name(m.config.family));
+}
+
+DecodeModel::DecodeModel(quant::QuantizedModel weights, int64_t max_positions)
+    : w_(std::move(weights)), max_positions_(max_positions > 0 ? max_positions : w_.config.n_positions) {
+  const nn::ModelConfig& c = w_.config;
+  TRI_CHECK(max_positions_ <= c.n_positions, "a cache of {} positions exceeds the model's n_positions {}",
+            max_positions_, c.n_positions);
+  const nn::Architecture& arch = nn::architecture(c.family);
+  auto by_role = [&](const std::vector<nn::ParamDecl>& decls, nn::ParamRole role) -> const float* {
+    for (const nn::ParamDecl& d : decls) {
+      if (d.role == role) return w_.tensor(d.name).data();
+    }
+    return nullptr;
+  };
+  wte_ = by_role(arch.embedding_params(c), nn::ParamRole::kTokenEmbedding);
+  wpe_ = by_role(arch.embedding_params(c), nn::ParamRole::kPositionEmbedding);
+  const auto head = arch.head_params(c);
+  lnf_w_ = by_role(head, nn::ParamRole::kFinalNormWeight);
+  lnf_b_ = by_role(head, nn::ParamRole::kFinalNormBias);
+  head_ = c.tie_word_embeddings ? wte_ : by_role(head, nn::ParamRole::kLmHead);
+  TRI_CHECK(wte_ != nullptr && lnf_w_ != nullptr && head_ != nullptr, "{}: the declaration lacks an embedding, "
+            "final norm or LM head", c.describe());
+  for (int l = 0; l < c.n_layer; ++l) layers_.push_back(make_decode_layer(w_, l, max_positions_));
+}
+
+const float* DecodeModel::forward(const int32_t* ids, int64_t n, bool all_logits) {
+  const nn::ModelConfig& c = w_.config;
+  const int64_t C = c.n_embd, V = c.vocab_size;
+  TRI_CHECK(n > 0 && pos_ + n <= max_positions_, "{} more tokens after {} exceed the cache of {} positions",
+            n, pos_, max_positions_);
+  for (int64_t t = 0; t < n; ++t) {
+    TRI_CHECK(ids[t] >= 0 && ids[t] < V, "token id {} is outside the vocabulary of {}", ids[t], V);
+  }
+  x_.resize(static_cast<std::size_t>(n * C));
+  kernels::embedding_forward(x_.data(), ids, wte_, n, C, 0, V);
+  if (wpe_ != nullptr) {
+    for (int64_t t = 0; t < n; ++t) {
+      kernels::residual_forward(x_.data() + t * C, x_.data() + t * C, wpe_ + (pos_ + t) * C, C);
+    }
+  }
+  for (auto& layer : layers_) layer->forward(x_.data(), pos_, n, scratch_);
+  pos_ += n;
+  const int64_t rows = all_logits ? n : 1;
+  const float* last = x_.data() + (n - rows) * C;
+  normed_.resize(static_cast<std::size_t>(rows * C));
+  stats_.resize(static_cast<std::size_t>(2 * rows));
+  if (lnf_b_ != nullptr) {
+    kernels::layernorm_forward(normed_.data(), stats_.data(), stats_.data() + rows, last, lnf_w_, lnf_b_, rows, C);
+  } else {
+    kernels::rmsnorm_forward(normed_.data(), stats_.data(), last, lnf_w_, rows, C, static_cast<float>(c.norm_eps));
+  }
+  logits_.resize(static_cast<std::size_t>(rows * V));
+  kernels::matmul_forward_nt(logits_.data(), normed_.data(), head_, rows, C, V);
+  return logits_.data();
+}
+
+int64_t DecodeModel::weight_bytes_per_token() const {
+  const nn::ModelConfig& c = w_.config;
+  int64_t bytes = w_.matrix_bytes() + w_.tensor_bytes();
+  // An embedding table is read one row per token; the tied one is read whole as the head.
+  for (const nn::ParamDecl& d : nn::architecture(c.family).embedding_params(c)) {
+    if (!d.tied) bytes -= (shape_numel(d.shape) - c.n_embd) * 4;
+  }
+  return bytes;
+}
+
+}  // namespace trident::infer

@@ -1,0 +1,55 @@
+// Weight-only round-to-nearest quantization of one matrix, stored as [out, in] (one row per
+// output channel, whatever the family's checkpoint layout):
+//   int8: symmetric per output row, w = s_o * q, q in [-127, 127], s_o = max|w_o| / 127.
+//   q4:   asymmetric per group of G consecutive inputs of a row, w = s_g * q + m_g, q in
+//         [0, 15], m_g = min of the group, s_g = (max - min) / 15 (llama.cpp's Q4_1 shape).
+//         Asymmetric because a group's weights are rarely centred on 0: min/max use all 16
+//         levels on the group's actual range, so the step is range/15 instead of 2 max|w|/15;
+//         the price is one more float per group (4 + 64/G bits per weight).
+// Round-trip error of one weight: at most half a step (s/2) in both formats.
+// Packing of q4: G/2 bytes per group; byte j holds input j of the group in its low nibble and
+// input j + G/2 in its high nibble (so 16 bytes expand to two runs of 16 consecutive inputs).
+// Kernels on these matrices: quant/quant_matmul.h. Which tensors get quantized: quant/quantize.h.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace trident::quant {
+
+enum class Format { kFp32, kInt8, kQ4 };
+std::string_view format_name(Format f);  // "fp32", "int8", "q4"
+// "int8" | "q4" (and "fp32" when allow_fp32); anything else: an error listing the choices.
+Format parse_format(std::string_view name, bool allow_fp32 = false);
+// Group sizes q4 accepts (a multiple of 32 so a group is whole 16-byte vectors).
+bool valid_group_size(int g);
+
+struct QuantMatrix {
+  Format format = Format::kFp32;
+  int64_t rows = 0;  // output channels O
+  int64_t cols = 0;  // inputs I
+  int group = 0;     // q4: inputs per group
+  std::vector<float> fp32;     // fp32: (O, I)
+  std::vector<int8_t> q8;      // int8: (O, I)
+  std::vector<uint8_t> q4;     // q4: (O, I/2) packed as above
+  std::vector<float> scale;    // int8: (O); q4: (O, I/G)
+  std::vector<float> offset;   // q4: (O, I/G) the group minimum m_g (the zero point, in weight units)
+  std::vector<int32_t> row_sum;  // int8: (O) sum of q over the row (derived; the VNNI kernel's shift)
+
+  int64_t groups_per_row() const { return group > 0 ? cols / group : 0; }
+  // Bytes a matrix-vector product reads: the packed weights and their scales/offsets.
+  int64_t weight_bytes() const;
+  // Element (o, i) as the kernels see it, in double.
+  double at(int64_t o, int64_t i) const;
+  // Recomputes row_sum from q8 (after loading).
+  void finish_int8();
+};
+
+// w (O, I) row-major [out, in]. Throws when a q4 group size does not divide I (naming it).
+QuantMatrix quantize(const float* w, int64_t rows, int64_t cols, Format format, int group = 0);
+// The quantization step of row o at input i (s_o or s_g): the round-trip bound is step / 2.
+double step_at(const QuantMatrix& m, int64_t o, int64_t i);
+
+}  // namespace trident::quant
