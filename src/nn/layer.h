@@ -48,6 +48,9 @@ class Layer {
   // gradients accumulate; on return they are complete for this micro-batch on every tp rank.
   virtual void backward(ParameterSet& params, const LayerActivations& acts, SharedScratch& scratch,
                         float* dres, const float* x, int64_t B, int64_t T) const = 0;
+  // Layers with an auxiliary objective (the mixture of experts' load-balancing loss): its
+  // weight in the training objective per unit of the layer's per-sequence term (nn/moe_mlp.h).
+  virtual void set_aux_loss_weight(float /*weight*/) {}
 };
 
 }  // namespace trident::nn

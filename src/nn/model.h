@@ -74,6 +74,11 @@ class Model {
   // Pipeline send/recv and residual_grad() carry local_rows(B*T) * C floats.
   int64_t local_rows(int64_t N) const { return tp_.local_rows(N); }
   void set_hooks(ModelHooks* hooks) { hooks_ = hooks; }
+  // Mixture of experts: the load-balancing loss's weight per (layer, sequence) term, i.e.
+  // coef / (n_layer * sequences in the global batch); see nn/moe_mlp.h. 0 (default): off.
+  void set_aux_loss_weight(float weight) {
+    for (auto& b : blocks_) b->set_aux_loss_weight(weight);
+  }
 
   // Allocates parameters and gradients; then initialise or load them.
   void allocate(MemoryTracker& tracker);

@@ -49,6 +49,10 @@ struct ParamDecl {
   // A matrix every token multiplies with (counts in the 6N of the FLOP formula). A tied
   // embedding counts: the head multiplies with it.
   bool matmul = false;
+  // The mixture-of-experts expert this weight belongs to (-1: none). A token multiplies with
+  // it only when routed there, so the FLOP formula counts it n_experts_per_tok / n_experts
+  // times; expert parallelism will shard by it.
+  int expert = -1;
 };
 
 // This tp rank's slice of a declared parameter of a model shaped `config`. Throws, naming the

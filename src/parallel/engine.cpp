@@ -92,6 +92,12 @@ Engine::Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOpti
     Chunk c;
     c.model = std::make_unique<nn::Model>(config_, tp, st);
     c.model->allocate(tracker_);
+    // The MoE load-balancing loss: averaged over every layer and every sequence of the
+    // global batch, whatever the layout (nn/moe_mlp.h).
+    if (config_.is_moe()) {
+      c.model->set_aux_loss_weight(static_cast<float>(
+          config_.router_aux_loss_coef / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch))));
+    }
     if (shape.dp > 1 || options_.zero > 0) {
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
