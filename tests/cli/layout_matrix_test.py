@@ -69,6 +69,9 @@ def weight_bound(ref_grad_norms, n_params):  # absolute, after all steps
 # two ranks), pipelines with and without a tied head, interleaving, ZeRO-3, 3D.
 LLAMA_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 3, "1f1b"), (4, 2, 1, 0, "1f1b"), (2, 4, 1, 3, "1f1b"),
               (2, 2, 2, 0, "1f1b"), (2, 2, 2, 3, "gpipe"), (1, 4, 2, 0, "interleaved"), (1, 1, 8, 0, "1f1b")]
+# Mixtral (4 layers of 4 experts, top-2, aux loss on): Llama's rows with 4 pipeline stages at most
+# (one layer each) instead of 8.
+MIXTRAL_ROWS = [r for r in LLAMA_ROWS if r[2] <= 4] + [(1, 2, 4, 0, "1f1b")]
 LLAMA_TIED_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 88,
     "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
@@ -77,6 +80,8 @@ LLAMA_TIED_CONFIG = {
 
 
 def layouts(model="tiny"):
+    if model == "mixtral-tiny":
+        return MIXTRAL_ROWS
     if model != "tiny":
         return LLAMA_ROWS
     rows = []
