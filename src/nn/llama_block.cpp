@@ -187,6 +187,7 @@ void LlamaBlock::backward(ParameterSet& ps, const LayerActivations& acts, Shared
   if (moe_) {
     const float* n2 = tp_enter(tp_, a.n2.data(), s.gathered.data(), N, C);  // re-gathered
     moe_->backward(ps, *a.moe, s.dln.data(), dout, n2, B, T, aux_weight_);
+    aux_loss_sum_ += a.moe->aux_sum;
   } else {
     k::matmul_backward_nt(g.dgate, ps.grad(down_w_), dout, a.act.data(), ps.data(down_w_), N, w.I, C);
     k::swiglu_backward(g.dgate, g.dup, g.dgate, a.gate.data(), a.up.data(), N * w.I);

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "core/memory.h"
 #include "nn/layer.h"
@@ -57,6 +58,7 @@ class LlamaBlock final : public Layer {
   void backward(ParameterSet& params, const LayerActivations& acts, SharedScratch& scratch,
                 float* dres, const float* x, int64_t B, int64_t T) const override;
   void set_aux_loss_weight(float w) override { aux_weight_ = w; }
+  double take_aux_loss_sum() override { return std::exchange(aux_loss_sum_, 0.0); }
 
  private:
   // Sums the key/value weight gradients' shares of this micro-batch over the ranks holding the
@@ -71,6 +73,9 @@ class LlamaBlock final : public Layer {
   int n1_w_, q_w_, k_w_, v_w_, o_w_, n2_w_, gate_w_ = -1, up_w_ = -1, down_w_ = -1;
   std::unique_ptr<MoeMlp> moe_;  // in place of gate/up/down when the config has experts
   float aux_weight_ = 0.0f;      // the MoE load-balancing loss's weight per sequence
+  // Sum of the aux terms of the micro-batches backward ran on: a statistic for the metrics,
+  // written by the (const) backward, read and reset by take_aux_loss_sum.
+  mutable double aux_loss_sum_ = 0.0;
 
 };
 

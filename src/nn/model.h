@@ -79,6 +79,12 @@ class Model {
   void set_aux_loss_weight(float weight) {
     for (auto& b : blocks_) b->set_aux_loss_weight(weight);
   }
+  // This stage's unweighted aux-loss terms since the last call (Layer::take_aux_loss_sum).
+  double take_aux_loss_sum() {
+    double s = 0.0;
+    for (auto& b : blocks_) s += b->take_aux_loss_sum();
+    return s;
+  }
 
   // Allocates parameters and gradients; then initialise or load them.
   void allocate(MemoryTracker& tracker);

@@ -164,6 +164,15 @@ def main():
             check(f"layout {tag} losses", not bad_loss, f"steps {bad_loss}: {loss} vs {ref_loss}")
             check(f"layout {tag} grad norms", not bad_norm, f"steps {bad_norm}: {norm} vs {ref_norm}")
             check(f"layout {tag} weights", w_dev <= w_bound, f"{w_dev:.2e} > {w_bound:.2e} at {where}")
+            if "aux_loss" in ref[0]:
+                # MoE: the load-balancing loss within the loss's bound. One token moved from expert
+                # e to e' changes it by E / (k T) |P_e' - P_e| / (layers * sequences), ~1e-5
+                # relative here for a 1% difference in P, beyond the bound (8e-8 at step 1), so
+                # equal aux losses also mean equal routing (short of a routing hash).
+                aux, ref_aux = [x["aux_loss"] for x in got][:n], [m["aux_loss"] for m in ref][:n]
+                bad_aux = [k + 1 for k in range(n) if abs(aux[k] - ref_aux[k]) > loss_bound(k + 1) * abs(ref_aux[k])]
+                print(f"    aux loss rel dev {max_rel(aux, ref_aux):.2e}")
+                check(f"layout {tag} aux losses", not bad_aux, f"steps {bad_aux}: {aux} vs {ref_aux}")
             compared += 1
     # A matrix that compared nothing (a filter that matches no row, every run failing) fails.
     want = len(layouts(model)) if not only else max(1, len(rows))
