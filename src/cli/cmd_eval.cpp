@@ -38,6 +38,7 @@ int run_eval(int argc, char** argv) {
     return app.exit(e);
   }
   if (threads > 0) kernels::set_num_threads(threads);
+  infer::require_decode_layer(quant::inference_config(ckpt_path).family);
   quant::QuantizedModel weights = quant::load_for_inference(ckpt_path);
   const nn::ModelConfig cfg = weights.config;
   const std::string format = std::string(quant::format_name(weights.format)) +

@@ -76,6 +76,7 @@ int run_generate(int argc, char** argv) {
 
   // Refuse absurd shapes before loading: the weights are held once, 4 bytes a parameter at most.
   const nn::ModelConfig cfg = quant::inference_config(ckpt_path);
+  infer::require_decode_layer(cfg.family);
   if (const auto avail = train::available_memory_bytes()) {
     const double need = 4.0 * static_cast<double>(cfg.num_parameters());
     TRI_CHECK(need <= *avail,

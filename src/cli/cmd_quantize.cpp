@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "infer/decode_layer.h"
 #include "quant/quantized_model.h"
 
 namespace trident::cli {
@@ -40,6 +41,7 @@ int run_quantize(int argc, char** argv) {
             "'{}' is already quantized; quantize the fp32 checkpoint it was made from (re-quantizing "
             "would compound the rounding)", ckpt_path);
   const ckpt::LoadedCheckpoint ck = ckpt::load_checkpoint(ckpt_path);
+  infer::require_decode_layer(ck.config.family);  // a quantized checkpoint is only for decode
   const quant::QuantizedModel m = quant::build_quantized_model(
       ck.config,
       [&](const nn::ParamDecl& d, float* dst) {

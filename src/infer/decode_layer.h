@@ -33,6 +33,9 @@ class DecodeLayer {
   virtual void forward(float* x, int64_t pos, int64_t n, DecodeScratch& s) = 0;
 };
 
+// Throws a clear error where the family has no decode layer yet (inference paths call it
+// before loading any weights).
+void require_decode_layer(nn::Family family);
 // The family's layer `layer`, holding a KV cache of `max_positions` positions.
 std::unique_ptr<DecodeLayer> make_decode_layer(const quant::QuantizedModel& m, int layer, int64_t max_positions);
 std::unique_ptr<DecodeLayer> make_gpt2_decode_layer(const quant::QuantizedModel& m, int layer, int64_t max_positions);

@@ -10,14 +10,29 @@ namespace trident::nn {
 
 const Architecture& gpt2_architecture();   // gpt2_architecture.cpp
 const Architecture& llama_architecture();  // llama_architecture.cpp
+const Architecture& mixtral_architecture();  // mixtral_architecture.cpp
 
-std::vector<const Architecture*> all_architectures() { return {&gpt2_architecture(), &llama_architecture()}; }
-
-const Architecture& architecture(Family f) {
-  return f == Family::kLlama ? llama_architecture() : gpt2_architecture();
+std::vector<const Architecture*> all_architectures() {
+  return {&gpt2_architecture(), &llama_architecture(), &mixtral_architecture()};
 }
 
-std::string_view family_name(Family f) { return f == Family::kLlama ? "llama" : "gpt2"; }
+const Architecture& architecture(Family f) {
+  switch (f) {
+    case Family::kLlama: return llama_architecture();
+    case Family::kMixtral: return mixtral_architecture();
+    case Family::kGpt2: break;
+  }
+  return gpt2_architecture();
+}
+
+std::string_view family_name(Family f) {
+  switch (f) {
+    case Family::kLlama: return "llama";
+    case Family::kMixtral: return "mixtral";
+    case Family::kGpt2: break;
+  }
+  return "gpt2";
+}
 
 const Architecture& architecture_for_model_type(std::string_view model_type, const std::string& source) {
   std::vector<std::string> known;
@@ -49,6 +64,9 @@ int64_t decl_numel(const std::vector<ParamDecl>& decls, const ModelConfig& c, bo
   int64_t n = 0;
   for (const ParamDecl& d : decls) {
     if (matmul_only && !d.matmul) continue;
+    // Active parameters: a token multiplies with k of the E experts' weights (k/E of the
+    // E experts' total = one expert's weight counted for k of the E declarations).
+    if (matmul_only && d.expert >= c.n_experts_per_tok) continue;
     int64_t e = 1;
     for (int64_t s : d.shape) e = checked_mul(e, s, c);
     n = checked_add(n, e, c);
@@ -136,17 +154,21 @@ ModelConfig model_config_from_hf_json(const nlohmann::json& j, const std::string
     found = &architecture_for_model_type(j["model_type"].get<std::string>(), source);
   } else {
     // Hand-written configs may omit model_type: the family whose keys it holds, if exactly one.
+    // Families share keys (Mixtral holds Llama's): take the one explaining most of the keys
+    // held, and among equals the one declaring fewest (a Llama file is not a Mixtral one).
     std::vector<const Architecture*> matching;
+    std::size_t best_held = 1, best_declared = 0;
     for (const Architecture* a : all_architectures()) {
-      for (const std::string& key : a->hf_keys()) {
-        if (j.contains(key)) {
-          matching.push_back(a);
-          break;
-        }
-      }
+      const std::vector<std::string> keys = a->hf_keys();
+      const auto held = static_cast<std::size_t>(
+          std::count_if(keys.begin(), keys.end(), [&](const std::string& k) { return j.contains(k); }));
+      if (held < best_held || (held == best_held && !matching.empty() && keys.size() > best_declared)) continue;
+      if (held > best_held || keys.size() < best_declared) matching.clear();
+      best_held = held, best_declared = keys.size();
+      matching.push_back(a);
     }
     TRI_CHECK(matching.size() == 1,
-              "{} has no model_type and its keys {}; add \"model_type\": \"gpt2\" or \"llama\"", source,
+              "{} has no model_type and its keys {}; add \"model_type\": \"gpt2\", \"llama\" or \"mixtral\"", source,
               matching.empty() ? "name no supported family" : "belong to more than one family");
     found = matching.front();
   }

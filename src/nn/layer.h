@@ -59,6 +59,12 @@ class Layer {
   // for the attention output it discards. Just before backward, which overwrites that scratch.
   virtual void recompute_attention_core(LayerActivations& acts, int64_t B, int64_t T,
                                         SharedScratch& scratch) const = 0;
+  // Layers with an auxiliary objective (the mixture of experts' load-balancing loss): its
+  // weight in the training objective per unit of the layer's per-sequence term (nn/moe_mlp.h).
+  virtual void set_aux_loss_weight(float /*weight*/) {}
+  // The unweighted auxiliary-loss terms of the micro-batches backward ran on since the last
+  // call (counted in backward, which runs once per micro-batch, unlike a recomputed forward).
+  virtual double take_aux_loss_sum() { return 0.0; }
 };
 
 }  // namespace trident::nn

@@ -80,6 +80,10 @@ LlamaBlockActivations::LlamaBlockActivations(MemoryTracker& tracker, const Model
   h = FloatBuffer(tracker, A, Nl * C);
   n2 = FloatBuffer(tracker, A, Nl * C);
   rstd2 = FloatBuffer(tracker, A, Nl);
+  if (cfg.is_moe()) {
+    moe = std::make_unique<MoeActivations>(tracker, cfg, tp, B * T);
+    return;
+  }
   gate = FloatBuffer(tracker, A, N * static_cast<std::size_t>(w.I));
   up = FloatBuffer(tracker, A, N * static_cast<std::size_t>(w.I));
   act = FloatBuffer(tracker, A, N * static_cast<std::size_t>(w.I));
@@ -90,7 +94,8 @@ int64_t LlamaBlockActivations::floats(const ModelConfig& cfg, int tp, int64_t B,
   const Widths w(cfg, tp);
   const int64_t N = B * T, Nl = local_rows < 0 ? N : local_rows;
   // n1, h, n2: 3C and rstd1/2: 2 on Nl rows; qkv, atty, gate, up, act on N rows; att.
-  return Nl * (3 * w.C + 2) + N * (w.QKV + w.Q + 3 * w.I) + B * w.NH * T * T;
+  const int64_t mlp = cfg.is_moe() ? MoeActivations::floats(cfg, tp, N) : N * 3 * w.I;
+  return Nl * (3 * w.C + 2) + N * (w.QKV + w.Q) + mlp + B * w.NH * T * T;
 }
 
 int64_t LlamaBlockActivations::attention_core_floats(const ModelConfig& cfg, int tp, int64_t B,
@@ -107,7 +112,7 @@ int64_t LlamaBlockActivations::scratch_floats(const ModelConfig& cfg, int tp, in
 
 LlamaBlock::LlamaBlock(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer)
     : cfg_(cfg), tp_(tp) {
-  add_declared(params, architecture(Family::kLlama).layer_params(cfg, layer), cfg, tp.rank, tp.size);
+  add_declared(params, architecture(cfg.family).layer_params(cfg, layer), cfg, tp.rank, tp.size);
   const std::string p = fmt::format("model.layers.{}.", layer);
   auto id = [&](const char* name) { return params.find(p + name); };
   n1_w_ = id("input_layernorm.weight");
@@ -116,9 +121,13 @@ LlamaBlock::LlamaBlock(ParameterSet& params, const ModelConfig& cfg, const TpCon
   v_w_ = id("self_attn.v_proj.weight");
   o_w_ = id("self_attn.o_proj.weight");
   n2_w_ = id("post_attention_layernorm.weight");
-  gate_w_ = id("mlp.gate_proj.weight");
-  up_w_ = id("mlp.up_proj.weight");
-  down_w_ = id("mlp.down_proj.weight");
+  if (cfg.is_moe()) {
+    moe_ = std::make_unique<MoeMlp>(params, cfg, tp, layer);
+  } else {
+    gate_w_ = id("mlp.gate_proj.weight");
+    up_w_ = id("mlp.up_proj.weight");
+    down_w_ = id("mlp.down_proj.weight");
+  }
   kv_replicas_ = params.info(k_w_).tp_replicas;
 }
 
@@ -167,11 +176,15 @@ void LlamaBlock::forward(ParameterSet& ps, LayerActivations& acts, float* out, c
   // MLP.
   k::rmsnorm_forward(a.n2.data(), a.rstd2.data(), a.h.data(), ps.data(n2_w_), Nl, C, eps);
   const float* n2 = tp_enter(tp_, a.n2.data(), s.gathered.data(), N, C);
-  k::matmul_forward_nt(a.gate.data(), n2, ps.data(gate_w_), N, C, w.I);
-  k::matmul_forward_nt(a.up.data(), n2, ps.data(up_w_), N, C, w.I);
-  k::swiglu_forward(a.act.data(), a.gate.data(), a.up.data(), N * w.I);
   partial = tp_.sp() ? s.full.data() : out;
-  k::matmul_forward_nt(partial, a.act.data(), ps.data(down_w_), N, w.I, C);
+  if (moe_) {
+    moe_->forward(ps, *a.moe, partial, n2, B, T);
+  } else {
+    k::matmul_forward_nt(a.gate.data(), n2, ps.data(gate_w_), N, C, w.I);
+    k::matmul_forward_nt(a.up.data(), n2, ps.data(up_w_), N, C, w.I);
+    k::swiglu_forward(a.act.data(), a.gate.data(), a.up.data(), N * w.I);
+    k::matmul_forward_nt(partial, a.act.data(), ps.data(down_w_), N, w.I, C);
+  }
   tp_exit(tp_, partial, out, N, C);
   add_into(out, a.h.data(), Nl * C);
 }
@@ -191,12 +204,18 @@ void LlamaBlock::backward(ParameterSet& ps, const LayerActivations& acts, Shared
 
   // MLP: dres is d/d out and, through the residual, the direct part of d/d h.
   const float* dout = tp_exit_backward(tp_, dres, s.full.data(), N, C);
-  k::matmul_backward_nt(g.dgate, ps.grad(down_w_), dout, a.act.data(), ps.data(down_w_), N, w.I, C);
-  k::swiglu_backward(g.dgate, g.dup, g.dgate, a.gate.data(), a.up.data(), N * w.I);
-  const float* n2 = tp_enter(tp_, a.n2.data(), s.gathered.data(), N, C);  // re-gathered
-  k::matmul_backward_nt(s.dln.data(), ps.grad(gate_w_), g.dgate, n2, ps.data(gate_w_), N, C, w.I);
-  k::matmul_backward_nt(g.tmp, ps.grad(up_w_), g.dup, n2, ps.data(up_w_), N, C, w.I);
-  add_into(s.dln.data(), g.tmp, N * C);
+  if (moe_) {
+    const float* n2 = tp_enter(tp_, a.n2.data(), s.gathered.data(), N, C);  // re-gathered
+    moe_->backward(ps, *a.moe, s.dln.data(), dout, n2, B, T, aux_weight_);
+    aux_loss_sum_ += a.moe->aux_sum;
+  } else {
+    k::matmul_backward_nt(g.dgate, ps.grad(down_w_), dout, a.act.data(), ps.data(down_w_), N, w.I, C);
+    k::swiglu_backward(g.dgate, g.dup, g.dgate, a.gate.data(), a.up.data(), N * w.I);
+    const float* n2 = tp_enter(tp_, a.n2.data(), s.gathered.data(), N, C);  // re-gathered
+    k::matmul_backward_nt(s.dln.data(), ps.grad(gate_w_), g.dgate, n2, ps.data(gate_w_), N, C, w.I);
+    k::matmul_backward_nt(g.tmp, ps.grad(up_w_), g.dup, n2, ps.data(up_w_), N, C, w.I);
+    add_into(s.dln.data(), g.tmp, N * C);
+  }
   const float* dn2 = tp_enter_backward(tp_, s.dln.data(), s.dln_local.data(), N, C);
   k::rmsnorm_backward(dres, ng2, dn2, a.h.data(), ps.data(n2_w_), a.rstd2.data(), Nl, C);
 

@@ -4,6 +4,9 @@
 // with nn.Linear weights [out, in], no biases, grouped-query attention (query head h uses
 // key/value head h / (NH / NKV), as repeat_kv), rotary embeddings in the rotate-half convention.
 //
+// With ModelConfig::n_experts > 0 (Mixtral) the MLP is the mixture of experts of nn/moe_mlp.h,
+// inside the same tensor-parallel region.
+//
 // Tensor parallel as Megatron: q/k/v and gate/up are column-parallel (whole heads per rank),
 // o_proj and down_proj row-parallel; the conjugate functions of nn/tp_region.h bracket the two
 // regions, so one body serves the plain and the sequence-parallel path. When tp exceeds the
@@ -13,10 +16,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "core/memory.h"
 #include "nn/layer.h"
 #include "nn/model_config.h"
+#include "nn/moe_mlp.h"
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
 
@@ -31,8 +36,9 @@ struct LlamaBlockActivations final : LayerActivations {
   FloatBuffer atty;       // (N, Q)
   FloatBuffer h;          // (Nl, C) x + attention output
   FloatBuffer n2, rstd2;  // (Nl, C), (Nl)
-  FloatBuffer gate, up;   // (N, I)
-  FloatBuffer act;        // (N, I) silu(gate) * up
+  FloatBuffer gate, up;   // (N, I)  dense MLP only
+  FloatBuffer act;        // (N, I) silu(gate) * up  dense MLP only
+  std::unique_ptr<MoeActivations> moe;  // mixture-of-experts MLP only
 
   // Without save_attention_core, att stays empty (selective recompute).
   LlamaBlockActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t B, int64_t T,
@@ -58,6 +64,8 @@ class LlamaBlock final : public Layer {
                 float* dres, const float* x, int64_t B, int64_t T) const override;
   void recompute_attention_core(LayerActivations& acts, int64_t B, int64_t T,
                                 SharedScratch& scratch) const override;
+  void set_aux_loss_weight(float w) override { aux_weight_ = w; }
+  double take_aux_loss_sum() override { return std::exchange(aux_loss_sum_, 0.0); }
 
  private:
   // Sums the key/value weight gradients' shares of this micro-batch over the ranks holding the
@@ -69,7 +77,13 @@ class LlamaBlock final : public Layer {
   TpContext tp_;
   int q_heads_ = 0, kv_heads_ = 0;  // local
   int kv_replicas_ = 1;
-  int n1_w_, q_w_, k_w_, v_w_, o_w_, n2_w_, gate_w_, up_w_, down_w_;
+  int n1_w_, q_w_, k_w_, v_w_, o_w_, n2_w_, gate_w_ = -1, up_w_ = -1, down_w_ = -1;
+  std::unique_ptr<MoeMlp> moe_;  // in place of gate/up/down when the config has experts
+  float aux_weight_ = 0.0f;      // the MoE load-balancing loss's weight per sequence
+  // Sum of the aux terms of the micro-batches backward ran on: a statistic for the metrics,
+  // written by the (const) backward, read and reset by take_aux_loss_sum.
+  mutable double aux_loss_sum_ = 0.0;
+
 };
 
 }  // namespace trident::nn

@@ -81,6 +81,17 @@ class Model {
   // accordingly (activations made under another mode are rejected).
   void set_recompute(Recompute r) { recompute_ = r; }
   Recompute recompute() const { return recompute_; }
+  // Mixture of experts: the load-balancing loss's weight per (layer, sequence) term, i.e.
+  // coef / (n_layer * sequences in the global batch); see nn/moe_mlp.h. 0 (default): off.
+  void set_aux_loss_weight(float weight) {
+    for (auto& b : blocks_) b->set_aux_loss_weight(weight);
+  }
+  // This stage's unweighted aux-loss terms since the last call (Layer::take_aux_loss_sum).
+  double take_aux_loss_sum() {
+    double s = 0.0;
+    for (auto& b : blocks_) s += b->take_aux_loss_sum();
+    return s;
+  }
 
   // Allocates parameters and gradients; then initialise or load them.
   void allocate(MemoryTracker& tracker);

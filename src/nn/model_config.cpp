@@ -49,6 +49,7 @@ std::string ModelConfig::describe() const {
   if (n_inner > 0) s += fmt::format(" n_inner={}", n_inner);
   s += fmt::format(" n_positions={} vocab_size={}", n_positions, vocab_size);
   if (family != Family::kGpt2) s += tie_word_embeddings ? " tied" : " untied";
+  if (is_moe()) s += fmt::format(" experts={} top_k={}", n_experts, n_experts_per_tok);
   return s + fmt::format(" ({} params)", num_parameters());
 }
 

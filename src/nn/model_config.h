@@ -11,8 +11,8 @@
 namespace trident::nn {
 
 // Hugging Face's model_type of each family Trident implements.
-enum class Family { kGpt2, kLlama };
-std::string_view family_name(Family f);  // "gpt2", "llama"
+enum class Family { kGpt2, kLlama, kMixtral };
+std::string_view family_name(Family f);  // "gpt2", "llama", "mixtral"
 
 struct ModelConfig {
   Family family = Family::kGpt2;
@@ -29,10 +29,17 @@ struct ModelConfig {
   double norm_eps = 1e-5;      // LayerNorm / RMSNorm epsilon
   double rope_theta = 10000.0;  // rotary base (Llama)
   bool tie_word_embeddings = true;  // the LM head is the token embedding
+  // Mixture of experts (Mixtral): every layer's MLP is n_experts SwiGLU experts of width
+  // mlp_width(), each token routed to its top n_experts_per_tok (nn/moe_mlp.h). 0 = dense.
+  int n_experts = 0;            // num_local_experts
+  int n_experts_per_tok = 2;    // num_experts_per_tok (k)
+  bool norm_topk_prob = true;   // renormalise the k routing weights to sum 1 (Mixtral: always)
+  double router_aux_loss_coef = 0.001;  // weight of the load-balancing loss (docs/moe.md)
 
   int head_size() const { return n_embd / n_head; }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int mlp_width() const { return n_inner > 0 ? n_inner : 4 * n_embd; }
+  bool is_moe() const { return n_experts > 0; }
   // vocab_size rounded up to a multiple of vocab_pad_multiple * tp.
   int64_t padded_vocab(int tp = 1) const;
   // Parameters of the logical (unpadded, Hugging Face) model, a tied head counted once;

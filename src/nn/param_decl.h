@@ -52,6 +52,10 @@ struct ParamDecl {
   // A matrix stored as Hugging Face's Conv1D [in, out] (GPT-2); otherwise nn.Linear's
   // [out, in]. Quantization (quant/) stores every matrix [out, in] and transposes by this.
   bool in_out = false;
+  // The mixture-of-experts expert this weight belongs to (-1: none). A token multiplies with
+  // it only when routed there, so the FLOP formula counts it n_experts_per_tok / n_experts
+  // times; expert parallelism will shard by it.
+  int expert = -1;
 };
 
 // This tp rank's slice of a declared parameter of a model shaped `config`. Throws, naming the

@@ -93,6 +93,12 @@ Engine::Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOpti
     c.model = std::make_unique<nn::Model>(config_, tp, st);
     c.model->set_recompute(options_.recompute);
     c.model->allocate(tracker_);
+    // The MoE load-balancing loss: averaged over every layer and every sequence of the
+    // global batch, whatever the layout (nn/moe_mlp.h).
+    if (config_.is_moe()) {
+      c.model->set_aux_loss_weight(static_cast<float>(
+          config_.router_aux_loss_coef / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch))));
+    }
     if (shape.dp > 1 || options_.zero > 0) {
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
@@ -283,10 +289,15 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
   StepStats stats;
   // The squared grad norm and the loss in one world sum (elementwise, so each is summed as
   // alone), both before any update: a poisoned step must be known before it is applied.
-  std::vector<double> sums{local_unique_grad_sumsq(), holds_loss() ? loss_sum : 0.0};
+  // The aux terms: every stage's layers, every dp rank's sequences, one tp rank's copy.
+  double aux_sum = 0.0;
+  for (Chunk& c : chunks_) aux_sum += c.model->take_aux_loss_sum();
+  std::vector<double> sums{local_unique_grad_sumsq(), holds_loss() ? loss_sum : 0.0,
+                           mesh_.coord().tp == 0 ? aux_sum : 0.0};
   mesh_.world().allreduce(std::span<double>(sums), comm::ReduceOp::kSum).wait();
   stats.grad_norm = std::sqrt(sums[0]);
   stats.loss = sums[1] / static_cast<double>(global_batch_ * seq_len_);
+  stats.aux_loss = sums[2] / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch_));
   // A NaN or inf on any rank reaches the sums above. Every rank then votes on what it read and
   // the world takes the maximum (exact), so all ranks skip or all update even if an MPI
   // implementation handed different ranks different roundings of an overflowing sum.

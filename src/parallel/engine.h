@@ -42,6 +42,9 @@ using BatchFn = std::function<void(int64_t row_begin, int64_t rows, int32_t* ids
 struct StepStats {
   double loss = 0.0;       // mean over every token of the global batch
   double grad_norm = 0.0;  // global L2 norm before clipping
+  // Mixture of experts: the load-balancing loss (unweighted) averaged over every layer and
+  // every sequence of the global batch; 0 for dense models. Not part of `loss`.
+  double aux_loss = 0.0;
   float clip_scale = 1.0f;
   double comm_wait_s = 0.0;  // time blocked on dp communication (exposed, not overlapped)
   // The loss or the grad norm was not finite somewhere in the world: no rank applied the

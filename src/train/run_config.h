@@ -108,8 +108,8 @@ struct ModelOptions {
 template <class S, class V>
   requires OptionsOf<S, ModelOptions>
 void for_each_field(S& o, V&& v) {
-  v(field("model", "small", "preset (tiny, small, gpt2, gpt2-medium; llama-tiny, llama-small, llama-1b) or path "
-              "to a Hugging Face config.json (model_type gpt2 or llama)")
+  v(field("model", "small", "preset (tiny, small, gpt2, gpt2-medium; llama-tiny, llama-small, llama-1b; mixtral-tiny, mixtral-small) or path "
+              "to a Hugging Face config.json (model_type gpt2, llama or mixtral)")
         .placeholder("NAME|PATH").alias("preset model_name arch config"), o.model);
   v(field("n_layer", 0, "override: transformer blocks").at_least(0).shown_as("0 = from the preset")
         .alias("num_layers n_layers layers"), o.n_layer);

@@ -222,6 +222,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                            {"mfu", tps * flops_per_token / peak_flops},
                            {"memory", memory_json(tracker)}};
     if (const auto idle = pipeline_report.record_step()) line["pipeline_idle"] = *idle;
+    if (model_cfg.is_moe()) line["aux_loss"] = stats.aux_loss;  // `loss` is the cross-entropy
     const bool eval_now = eval_batches && (done % cfg.data.eval_every == 0 || done == end_step);
     if (eval_now) {
       const double val = evaluate(engine, *eval_batches);

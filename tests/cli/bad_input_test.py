@@ -63,8 +63,15 @@ def main():
                  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
                  "vocab_size": 1000}
         expect_error("config.json of an unsupported family",
+                     base + ["--data", f"{d}/ok", "--model", config_file("qwen", {**llama, "model_type": "qwen2_moe"})],
+                     "qwen2_moe", "does not implement", "gpt2, llama, mixtral")
+        mixtral = {**llama, "model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2}
+        expect_error("Mixtral config.json without its experts",
                      base + ["--data", f"{d}/ok", "--model", config_file("mixtral", {**llama, "model_type": "mixtral"})],
-                     "mixtral", "does not implement", "gpt2, llama")
+                     "num_local_experts", "Mixtral config.json needs")
+        expect_error("Mixtral config.json routing each token to more experts than it has",
+                     base + ["--data", f"{d}/ok", "--model", config_file("k5", {**mixtral, "num_experts_per_tok": 5})],
+                     "num_experts_per_tok 5 must be between 1 and num_local_experts 4")
         expect_error("config.json whose keys contradict its model_type",
                      base + ["--data", f"{d}/ok", "--model", config_file("mixed", {**llama, "n_embd": 32})],
                      "mixes two model families", "n_embd")

@@ -69,6 +69,9 @@ def weight_bound(ref_grad_norms, n_params):  # absolute, after all steps
 # two ranks), pipelines with and without a tied head, interleaving, ZeRO-3, 3D.
 LLAMA_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 3, "1f1b"), (4, 2, 1, 0, "1f1b"), (2, 4, 1, 3, "1f1b"),
               (2, 2, 2, 0, "1f1b"), (2, 2, 2, 3, "gpipe"), (1, 4, 2, 0, "interleaved"), (1, 1, 8, 0, "1f1b")]
+# Mixtral (4 layers of 4 experts, top-2, aux loss on): Llama's rows with 4 pipeline stages at most
+# (one layer each) instead of 8.
+MIXTRAL_ROWS = [r for r in LLAMA_ROWS if r[2] <= 4] + [(1, 2, 4, 0, "1f1b")]
 LLAMA_TIED_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 88,
     "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
@@ -77,6 +80,8 @@ LLAMA_TIED_CONFIG = {
 
 
 def layouts(model="tiny"):
+    if model == "mixtral-tiny":
+        return MIXTRAL_ROWS
     if model != "tiny":
         return LLAMA_ROWS
     rows = []
@@ -159,6 +164,15 @@ def main():
             check(f"layout {tag} losses", not bad_loss, f"steps {bad_loss}: {loss} vs {ref_loss}")
             check(f"layout {tag} grad norms", not bad_norm, f"steps {bad_norm}: {norm} vs {ref_norm}")
             check(f"layout {tag} weights", w_dev <= w_bound, f"{w_dev:.2e} > {w_bound:.2e} at {where}")
+            if "aux_loss" in ref[0]:
+                # MoE: the load-balancing loss within the loss's bound. One token moved from expert
+                # e to e' changes it by E / (k T) |P_e' - P_e| / (layers * sequences), ~1e-5
+                # relative here for a 1% difference in P, beyond the bound (8e-8 at step 1), so
+                # equal aux losses also mean equal routing (short of a routing hash).
+                aux, ref_aux = [x["aux_loss"] for x in got][:n], [m["aux_loss"] for m in ref][:n]
+                bad_aux = [k + 1 for k in range(n) if abs(aux[k] - ref_aux[k]) > loss_bound(k + 1) * abs(ref_aux[k])]
+                print(f"    aux loss rel dev {max_rel(aux, ref_aux):.2e}")
+                check(f"layout {tag} aux losses", not bad_aux, f"steps {bad_aux}: {aux} vs {ref_aux}")
             compared += 1
     # A matrix that compared nothing (a filter that matches no row, every run failing) fails.
     want = len(layouts(model)) if not only else max(1, len(rows))

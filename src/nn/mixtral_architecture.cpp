@@ -1,0 +1,165 @@
+// Mixtral, declared once: Hugging Face's MixtralForCausalLM is Llama (nn/llama_architecture.cpp:
+// RMSNorm, rotary positions, grouped-query attention) with each layer's dense MLP replaced by a
+// sparse mixture of SwiGLU experts (`block_sparse_moe`: a router `gate` [E, C] and experts
+// w1 = gate_proj [I, C], w3 = up_proj [I, C], w2 = down_proj [C, I]); nn/moe_mlp.h computes it.
+// Everything Llama declares is taken from the Llama declaration; only the MLP differs.
+#include <fmt/format.h>
+
+#include "core/check.h"
+#include "nn/architecture.h"
+#include "nn/hf_config_json.h"
+#include "nn/llama_block.h"
+
+namespace trident::nn {
+
+const Architecture& llama_architecture();  // llama_architecture.cpp
+
+namespace {
+
+constexpr const char* kNeeds =
+    "a Mixtral config.json needs num_local_experts and num_experts_per_tok besides Llama's keys";
+
+class MixtralArchitecture final : public Architecture {
+ public:
+  Family family() const override { return Family::kMixtral; }
+
+  std::vector<std::string> hf_keys() const override {
+    std::vector<std::string> keys = llama().hf_keys();
+    for (const char* k : {"num_local_experts", "num_experts_per_tok", "router_aux_loss_coef",
+                          "output_router_logits", "router_jitter_noise", "sliding_window"}) {
+      keys.emplace_back(k);
+    }
+    return keys;
+  }
+
+  nlohmann::json to_hf_json(const ModelConfig& c) const override {
+    nlohmann::json j = llama().to_hf_json(c);
+    j["model_type"] = "mixtral";
+    j["architectures"] = {"MixtralForCausalLM"};
+    for (const char* k : {"attention_bias", "mlp_bias", "pretraining_tp"}) j.erase(k);
+    j["num_local_experts"] = c.n_experts;
+    j["num_experts_per_tok"] = c.n_experts_per_tok;
+    j["router_aux_loss_coef"] = c.router_aux_loss_coef;
+    j["output_router_logits"] = false;
+    j["router_jitter_noise"] = 0.0;
+    j["sliding_window"] = nullptr;
+    // Qwen2-MoE's key; Hugging Face's Mixtral always renormalises (true).
+    j["norm_topk_prob"] = c.norm_topk_prob;
+    return j;
+  }
+
+  ModelConfig from_hf_json(const nlohmann::json& j, const std::string& source) const override {
+    ModelConfig c = llama().from_hf_json(j, source);
+    c.family = Family::kMixtral;
+    c.n_experts = hf_json_int(j, "num_local_experts", source, kNeeds);
+    c.n_experts_per_tok = hf_json_int(j, "num_experts_per_tok", source, kNeeds);
+    c.router_aux_loss_coef = hf_json_number(j, "router_aux_loss_coef", source, 0.001);
+    c.norm_topk_prob = hf_json_bool(j, "norm_topk_prob", source, true);
+    TRI_CHECK(hf_json_number(j, "router_jitter_noise", source, 0.0) == 0.0,
+              "{} has router_jitter_noise {}: Trident's router is deterministic (the same routing in "
+              "every layout); set it to 0", source, j["router_jitter_noise"].dump());
+    TRI_CHECK(!j.contains("sliding_window") || j["sliding_window"].is_null(),
+              "{} has sliding_window {}: Trident's attention is full causal; set it to null", source,
+              j.contains("sliding_window") ? j["sliding_window"].dump() : "");
+    return c;
+  }
+
+  std::vector<std::string> preset_names() const override { return {"mixtral-tiny", "mixtral-small"}; }
+
+  ModelConfig preset(std::string_view name) const override {
+    ModelConfig c = llama().preset(name == "mixtral-tiny" ? "llama-tiny" : "llama-small");
+    c.family = Family::kMixtral;
+    if (name == "mixtral-tiny") {
+      // llama-tiny's attention with 4 experts of width 48, top-2: fast in 8-rank tests, an
+      // expert width tp 2 and 4 split, and an aux coefficient large enough to matter.
+      c.n_layer = 4, c.n_inner = 48, c.n_experts = 4, c.n_experts_per_tok = 2;
+      c.router_aux_loss_coef = 0.01;
+    } else {  // mixtral-small: llama-small's shape with 8 experts of width 512, top-2
+      c.n_inner = 512, c.n_experts = 8, c.n_experts_per_tok = 2, c.router_aux_loss_coef = 0.01;
+    }
+    return c;
+  }
+
+  void validate(const ModelConfig& c) const override {
+    llama().validate(c);
+    TRI_CHECK(c.n_experts >= 1, "a Mixtral model needs num_local_experts >= 1 (the experts of each "
+              "layer's MLP), got {}", c.n_experts);
+    TRI_CHECK(c.n_experts_per_tok >= 1 && c.n_experts_per_tok <= c.n_experts,
+              "num_experts_per_tok {} must be between 1 and num_local_experts {}: each token is routed "
+              "to k distinct experts of the E a layer has", c.n_experts_per_tok, c.n_experts);
+    TRI_CHECK(c.router_aux_loss_coef >= 0, "router_aux_loss_coef must be >= 0, got {}",
+              c.router_aux_loss_coef);
+  }
+
+  std::vector<ParamDecl> embedding_params(const ModelConfig& c) const override { return llama().embedding_params(c); }
+
+  std::vector<ParamDecl> layer_params(const ModelConfig& c, int layer) const override {
+    // Llama's attention and norms; its dense MLP becomes the router and the experts.
+    std::vector<ParamDecl> v;
+    for (ParamDecl& d : llama().layer_params(c, layer)) {
+      if (d.name.find(".mlp.") == std::string::npos) v.push_back(std::move(d));
+    }
+    const int64_t C = c.n_embd, I = c.mlp_width();
+    const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", layer);
+    // The router is replicated over tp (every rank routes every token alike).
+    v.push_back(ParamDecl{.name = p + "gate.weight", .shape = {c.n_experts, C}, .weight_decay = true,
+                          .init_std = 0.02f, .matmul = true});
+    for (int e = 0; e < c.n_experts; ++e) {
+      auto linear = [&](const char* n, int64_t out, int64_t in, int dim) {
+        return ParamDecl{.name = fmt::format("{}experts.{}.{}", p, e, n), .shape = {out, in},
+                         .split = TpSplit::kSplit, .dim = dim, .weight_decay = true, .init_std = 0.02f,
+                         .matmul = true, .expert = e};
+      };
+      // As the dense MLP: w1/w3 column-parallel, w2 row-parallel.
+      v.push_back(linear("w1.weight", I, C, 0));
+      v.push_back(linear("w2.weight", C, I, 1));
+      v.push_back(linear("w3.weight", I, C, 0));
+    }
+    return v;
+  }
+
+  std::vector<ParamDecl> head_params(const ModelConfig& c) const override { return llama().head_params(c); }
+  bool ignorable_tensor(const ModelConfig& c, const std::string& name) const override {
+    return llama().ignorable_tensor(c, name);
+  }
+  int layer_of(const std::string& name) const override { return llama().layer_of(name); }
+
+  std::vector<ShapeWitness> shape_witnesses(const ModelConfig& c) const override {
+    std::vector<ShapeWitness> w;
+    for (ShapeWitness& s : llama().shape_witnesses(c)) {
+      if (s.field != "intermediate_size") w.push_back(std::move(s));
+    }
+    const std::string p = "model.layers.0.block_sparse_moe.";
+    w.push_back({"num_local_experts", p + "gate.weight", 0, c.n_experts});
+    w.push_back({"intermediate_size", p + "experts.0.w1.weight", 0, c.mlp_width()});
+    return w;
+  }
+
+  int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
+                                  int64_t local_rows) const override {
+    return LlamaBlockActivations::floats(c, tp, B, T, local_rows);
+  }
+  int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const override {
+    return LlamaBlockActivations::attention_core_floats(c, tp, B, T);
+  }
+  int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const override {
+    return LlamaBlockActivations::scratch_floats(c, tp, N);
+  }
+  std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c, const TpContext& tp,
+                                    int layer) const override {
+    return std::make_unique<LlamaBlock>(params, c, tp, layer);
+  }
+  bool final_norm_has_bias() const override { return false; }
+
+ private:
+  static const Architecture& llama() { return llama_architecture(); }
+};
+
+}  // namespace
+
+const Architecture& mixtral_architecture() {
+  static const MixtralArchitecture arch;  // immutable: a declaration, not state
+  return arch;
+}
+
+}  // namespace trident::nn

@@ -1,0 +1,232 @@
+// Mixture-of-experts MLP forward/backward (see moe_mlp.h).
+#include "nn/moe_mlp.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/check.h"
+#include "kernels/kernels.h"
+
+namespace trident::nn {
+
+namespace {
+
+int64_t routed_rows(const ModelConfig& c, int64_t N) { return N * c.n_experts_per_tok; }
+
+}  // namespace
+
+MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t N) {
+  const auto A = MemCategory::kActivations;
+  const auto E = static_cast<std::size_t>(cfg.n_experts), K = static_cast<std::size_t>(cfg.n_experts_per_tok);
+  const auto R = static_cast<std::size_t>(routed_rows(cfg, N)), n = static_cast<std::size_t>(N);
+  const auto Il = static_cast<std::size_t>(cfg.mlp_width() / tp), C = static_cast<std::size_t>(cfg.n_embd);
+  probs = FloatBuffer(tracker, A, n * E);
+  weights = FloatBuffer(tracker, A, n * K);
+  h1 = FloatBuffer(tracker, A, R * Il);
+  h3 = FloatBuffer(tracker, A, R * Il);
+  act = FloatBuffer(tracker, A, R * Il);
+  y = FloatBuffer(tracker, A, R * C);
+  xs = FloatBuffer(tracker, A, R * C);
+  dys = FloatBuffer(tracker, A, R * C);
+  experts.assign(n * K, 0);
+  row_of.assign(n * K, 0);
+  token_of.assign(R, 0);
+  offsets.assign(E + 1, 0);
+}
+
+int64_t MoeActivations::floats(const ModelConfig& cfg, int tp, int64_t N) {
+  const int64_t R = routed_rows(cfg, N), Il = cfg.mlp_width() / tp;
+  return N * (cfg.n_experts + cfg.n_experts_per_tok) + R * (3 * Il + 3 * cfg.n_embd);
+}
+
+MoeMlp::MoeMlp(const ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer)
+    : cfg_(cfg), tp_(tp) {
+  const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", layer);
+  router_ = params.find(p + "gate.weight");
+  TRI_CHECK(router_ >= 0, "{}gate.weight is not registered", p);
+  for (int e = 0; e < cfg.n_experts; ++e) {
+    w1_.push_back(params.find(fmt::format("{}experts.{}.w1.weight", p, e)));
+    w2_.push_back(params.find(fmt::format("{}experts.{}.w2.weight", p, e)));
+    w3_.push_back(params.find(fmt::format("{}experts.{}.w3.weight", p, e)));
+  }
+}
+
+void MoeMlp::forward(const ParameterSet& ps, MoeActivations& a, float* partial, const float* x, int64_t B,
+                     int64_t T) const {
+  namespace k = kernels;
+  const int64_t N = B * T, C = cfg_.n_embd, E = cfg_.n_experts, K = cfg_.n_experts_per_tok;
+  const int64_t Il = cfg_.mlp_width() / tp_.size;
+  const float* wr = ps.data(router_);
+  // Router: one fixed-order dot product per (token, expert), so a token's logits do not
+  // depend on the rows it shares a call with; softmax in double.
+  std::vector<double> logit(static_cast<std::size_t>(E));
+  for (int64_t n = 0; n < N; ++n) {
+    const float* xn = x + n * C;
+    double mx = -INFINITY;
+    for (int64_t e = 0; e < E; ++e) {
+      double s = 0.0;
+      for (int64_t c = 0; c < C; ++c) s += static_cast<double>(xn[c]) * wr[e * C + c];
+      logit[e] = static_cast<double>(static_cast<float>(s));  // fp32 logits
+      mx = std::max(mx, logit[e]);
+    }
+    double z = 0.0;
+    for (int64_t e = 0; e < E; ++e) z += std::exp(logit[e] - mx);
+    float* p = a.probs.data() + n * E;
+    for (int64_t e = 0; e < E; ++e) p[e] = static_cast<float>(std::exp(logit[e] - mx) / z);
+    // Top k: the largest probabilities, ties to the lowest id (strict > keeps the earlier).
+    int32_t* sel = a.experts.data() + n * K;
+    std::vector<bool> taken(static_cast<std::size_t>(E), false);
+    for (int64_t j = 0; j < K; ++j) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < E; ++e) {
+        if (!taken[e] && (best < 0 || p[e] > p[best])) best = e;
+      }
+      taken[best] = true;
+      sel[j] = static_cast<int32_t>(best);
+    }
+    std::sort(sel, sel + K);  // combined in expert-id order
+    double sum = 0.0;
+    for (int64_t j = 0; j < K; ++j) sum += p[sel[j]];
+    for (int64_t j = 0; j < K; ++j) {
+      a.weights[n * K + j] = cfg_.norm_topk_prob ? static_cast<float>(p[sel[j]] / sum) : p[sel[j]];
+    }
+  }
+  // Group the routed rows by expert, tokens in order within each.
+  std::fill(a.offsets.begin(), a.offsets.end(), 0);
+  for (int64_t i = 0; i < N * K; ++i) ++a.offsets[a.experts[i] + 1];
+  for (int64_t e = 0; e < E; ++e) a.offsets[e + 1] += a.offsets[e];
+  std::vector<int64_t> next(a.offsets.begin(), a.offsets.end() - 1);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t r = next[a.experts[n * K + j]]++;
+      a.row_of[n * K + j] = static_cast<int32_t>(r);
+      a.token_of[r] = static_cast<int32_t>(n);
+      std::memcpy(a.xs.data() + r * C, x + n * C, static_cast<std::size_t>(C) * sizeof(float));
+    }
+  }
+  // Each expert over its rows (none for an expert no token chose).
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = a.offsets[e], rows = a.offsets[e + 1] - r0;
+    if (rows == 0) continue;
+    const float* xe = a.xs.data() + r0 * C;
+    k::matmul_forward_nt(a.h1.data() + r0 * Il, xe, ps.data(w1_[e]), rows, C, Il);
+    k::matmul_forward_nt(a.h3.data() + r0 * Il, xe, ps.data(w3_[e]), rows, C, Il);
+    k::swiglu_forward(a.act.data() + r0 * Il, a.h1.data() + r0 * Il, a.h3.data() + r0 * Il, rows * Il);
+    k::matmul_forward_nt(a.y.data() + r0 * C, a.act.data() + r0 * Il, ps.data(w2_[e]), rows, Il, C);
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    float* o = partial + n * C;
+    std::fill(o, o + C, 0.0f);
+    for (int64_t j = 0; j < K; ++j) {
+      const float w = a.weights[n * K + j];
+      const float* yr = a.y.data() + static_cast<int64_t>(a.row_of[n * K + j]) * C;
+      for (int64_t c = 0; c < C; ++c) o[c] += w * yr[c];
+    }
+  }
+  // Load-balancing statistics per sequence.
+  a.seq_counts.assign(static_cast<std::size_t>(B * E), 0);
+  a.aux_sum = 0.0;
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t* cnt = a.seq_counts.data() + b * E;
+    for (int64_t i = b * T * K; i < (b + 1) * T * K; ++i) ++cnt[a.experts[i]];
+    for (int64_t e = 0; e < E; ++e) {
+      double P = 0.0;
+      for (int64_t t = 0; t < T; ++t) P += a.probs[(b * T + t) * E + e];
+      const double f = static_cast<double>(E) / static_cast<double>(K * T) * cnt[e];
+      a.aux_sum += f * P / static_cast<double>(T);
+    }
+  }
+}
+
+void MoeMlp::backward(ParameterSet& ps, const MoeActivations& a, float* dx, const float* dout, const float* x,
+                      int64_t B, int64_t T, float aux_weight) const {
+  namespace k = kernels;
+  const int64_t N = B * T, C = cfg_.n_embd, E = cfg_.n_experts, K = cfg_.n_experts_per_tok;
+  const int64_t Il = cfg_.mlp_width() / tp_.size;
+  // Routing-weight gradients <dout_n, y_(n,j)>: partial over tp (y is), summed.
+  std::vector<float> dw(static_cast<std::size_t>(N * K));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t j = 0; j < K; ++j) {
+      const float* yr = a.y.data() + static_cast<int64_t>(a.row_of[n * K + j]) * C;
+      double s = 0.0;
+      for (int64_t c = 0; c < C; ++c) s += static_cast<double>(dout[n * C + c]) * yr[c];
+      dw[n * K + j] = static_cast<float>(s);
+      // d y_(n,j) = w_(n,j) dout_n, in the routed row.
+      float* dy = a.dys.data() + static_cast<int64_t>(a.row_of[n * K + j]) * C;
+      const float w = a.weights[n * K + j];
+      for (int64_t c = 0; c < C; ++c) dy[c] = w * dout[n * C + c];
+    }
+  }
+  tp_.allreduce_sum(dw.data(), N * K);
+  // Experts backward over their rows (inputs re-gathered into xs: x may be a re-gathered
+  // sequence-parallel buffer, so nothing of forward's gather is assumed to survive).
+  std::memset(dx, 0, static_cast<std::size_t>(N * C) * sizeof(float));
+  std::vector<float> dh1, dh3, tmp, tmp1;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = a.offsets[e], rows = a.offsets[e + 1] - r0;
+    if (rows == 0) continue;
+    float* xe = a.xs.data() + r0 * C;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(xe + r * C, x + static_cast<int64_t>(a.token_of[r0 + r]) * C, static_cast<std::size_t>(C) * sizeof(float));
+    }
+    dh1.assign(static_cast<std::size_t>(rows * Il), 0.0f);
+    dh3.assign(dh1.size(), 0.0f);
+    tmp.assign(static_cast<std::size_t>(rows * C), 0.0f);
+    tmp1.assign(tmp.size(), 0.0f);
+    k::matmul_backward_nt(dh1.data(), ps.grad(w2_[e]), a.dys.data() + r0 * C, a.act.data() + r0 * Il,
+                          ps.data(w2_[e]), rows, Il, C);
+    k::swiglu_backward(dh1.data(), dh3.data(), dh1.data(), a.h1.data() + r0 * Il, a.h3.data() + r0 * Il, rows * Il);
+    k::matmul_backward_nt(tmp.data(), ps.grad(w3_[e]), dh3.data(), xe, ps.data(w3_[e]), rows, C, Il);
+    k::matmul_backward_nt(tmp1.data(), ps.grad(w1_[e]), dh1.data(), xe, ps.data(w1_[e]), rows, C, Il);
+    // Scatter-add in expert order: each token's k input gradients are summed in a fixed order.
+    for (int64_t r = 0; r < rows; ++r) {
+      float* d = dx + static_cast<int64_t>(a.token_of[r0 + r]) * C;
+      for (int64_t c = 0; c < C; ++c) d[c] += tmp1[r * C + c] + tmp[r * C + c];
+    }
+  }
+  // Router: routing weights -> probabilities (+ the aux loss) -> logits -> Wr and x.
+  std::vector<double> dp(static_cast<std::size_t>(E)), dlogit(static_cast<std::size_t>(N * E));
+  for (int64_t n = 0; n < N; ++n) {
+    const float* p = a.probs.data() + n * E;
+    const int32_t* sel = a.experts.data() + n * K;
+    std::fill(dp.begin(), dp.end(), 0.0);
+    if (cfg_.norm_topk_prob) {  // w_j = p_j / S: dp_j = (dw_j - sum_i dw_i w_i) / S
+      double S = 0.0, dot = 0.0;
+      for (int64_t j = 0; j < K; ++j) S += p[sel[j]];
+      for (int64_t j = 0; j < K; ++j) dot += static_cast<double>(dw[n * K + j]) * a.weights[n * K + j];
+      for (int64_t j = 0; j < K; ++j) dp[sel[j]] = (dw[n * K + j] - dot) / S;
+    } else {
+      for (int64_t j = 0; j < K; ++j) dp[sel[j]] = dw[n * K + j];
+    }
+    const int64_t b = n / T;
+    for (int64_t e = 0; e < E; ++e) {
+      const double f = static_cast<double>(E) / static_cast<double>(K * T) * a.seq_counts[b * E + e];
+      dp[e] += static_cast<double>(aux_weight) * f / static_cast<double>(T);
+    }
+    double dot = 0.0;
+    for (int64_t e = 0; e < E; ++e) dot += p[e] * dp[e];
+    for (int64_t e = 0; e < E; ++e) dlogit[n * E + e] = p[e] * (dp[e] - dot);
+  }
+  float* gr = ps.grad(router_);
+  const float* wr = ps.data(router_);
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0.0;
+      for (int64_t n = 0; n < N; ++n) s += dlogit[n * E + e] * x[n * C + c];
+      gr[e * C + c] += static_cast<float>(s);
+    }
+  }
+  if (tp_.rank != 0) return;  // the input gradient is summed over tp: add the router's once
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0.0;
+      for (int64_t e = 0; e < E; ++e) s += dlogit[n * E + e] * wr[e * C + c];
+      dx[n * C + c] += static_cast<float>(s);
+    }
+  }
+}
+
+}  // namespace trident::nn
