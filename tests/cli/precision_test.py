@@ -23,10 +23,11 @@ Llama's llama-tiny (argv[2] picks one; default both):
    of the fp32 run's.
 4. An unknown --precision is one clear error naming the accepted values.
 
-Mutations tried by hand (each fails a check here; see the report in the commit):
-- MatmulEngine::forward in bf16 dropping the bias (beta 0): bf16 vs fp32 losses off by far
-  more than bound 1 at step 1 (tiny);
-- Model::set_precision ignored (the engine stays fp32): "bf16 differs from fp32" fails."""
+Mutations tried by hand (each failed a check here):
+- MatmulEngine::backward_nt in bf16 zeroing the head's input gradient instead of computing it:
+  tiny's grad norm off by 0.74 relative at step 1 ("bf16 tracks fp32 (grad norm)");
+- Model::set_precision ignored (the engine stays fp32): "bf16 differs from fp32", "names its
+  matmul backend" and "fp32 resume computes in fp32" fail."""
 import math
 import os
 import sys
