@@ -108,7 +108,7 @@ void Gpt2Block::forward(ParameterSet& ps, LayerActivations& acts, float* out, co
   if (tp_.sp()) {
     forward_sp(ps, a, s, out, x, B, T);
   } else {
-    forward_plain(ps, a, out, x, B, T);
+    forward_plain(ps, a, s, out, x, B, T);
   }
 }
 
@@ -122,26 +122,26 @@ void Gpt2Block::backward(ParameterSet& ps, const LayerActivations& acts, SharedS
   }
 }
 
-void Gpt2Block::forward_plain(ParameterSet& ps, Gpt2BlockActivations& a, float* out, const float* x,
-                              int64_t B, int64_t T) const {
+void Gpt2Block::forward_plain(ParameterSet& ps, Gpt2BlockActivations& a, SharedScratch& s,
+                              float* out, const float* x, int64_t B, int64_t T) const {
   namespace k = kernels;
   const int64_t N = B * T, C = cfg_.n_embd, Cl = C / tp_.size, NHl = cfg_.n_head / tp_.size;
   const bool single = tp_.size == 1;
   k::layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, ps.data(ln1_w_),
                        ps.data(ln1_b_), N, C);
-  k::matmul_forward(a.qkv.data(), a.ln1.data(), ps.data(attn_w_), ps.data(attn_b_), N, C, 3 * Cl);
+  s.mm().forward(a.qkv.data(), a.ln1.data(), ps.data(attn_w_), ps.data(attn_b_), N, C, 3 * Cl);
   k::attention_forward(a.atty.data(), a.att.data(), a.qkv.data(), B, T, Cl, NHl);
   float* attproj = a.residual2.data();
-  k::matmul_forward(attproj, a.atty.data(), ps.data(proj_w_), single ? ps.data(proj_b_) : nullptr,
-                    N, Cl, C);
+  s.mm().forward(attproj, a.atty.data(), ps.data(proj_w_), single ? ps.data(proj_b_) : nullptr,
+                 N, Cl, C);
   finish_row_parallel(tp_, attproj, ps.data(proj_b_), N, C);
   k::residual_forward(a.residual2.data(), attproj, x, N * C);
   k::layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), a.residual2.data(),
                        ps.data(ln2_w_), ps.data(ln2_b_), N, C);
-  k::matmul_forward(a.fch.data(), a.ln2.data(), ps.data(fc_w_), ps.data(fc_b_), N, C, 4 * Cl);
+  s.mm().forward(a.fch.data(), a.ln2.data(), ps.data(fc_w_), ps.data(fc_b_), N, C, 4 * Cl);
   k::gelu_forward(a.fch_gelu.data(), a.fch.data(), N * 4 * Cl);
-  k::matmul_forward(out, a.fch_gelu.data(), ps.data(fcproj_w_),
-                    single ? ps.data(fcproj_b_) : nullptr, N, 4 * Cl, C);
+  s.mm().forward(out, a.fch_gelu.data(), ps.data(fcproj_w_),
+                 single ? ps.data(fcproj_b_) : nullptr, N, 4 * Cl, C);
   finish_row_parallel(tp_, out, ps.data(fcproj_b_), N, C);
   k::residual_forward(out, out, a.residual2.data(), N * C);
 }
@@ -152,20 +152,20 @@ void Gpt2Block::backward_plain(ParameterSet& ps, const Gpt2BlockActivations& a, 
   const int64_t N = B * T, C = cfg_.n_embd, Cl = C / tp_.size, NHl = cfg_.n_head / tp_.size;
   const Grads g(s, N, Cl);
   // MLP branch: dres is d/d(out) and, through the residual, already d/d(residual2)'s direct part.
-  k::matmul_backward(g.dfch, ps.grad(fcproj_w_), ps.grad(fcproj_b_), dres,
-                     a.fch_gelu.data(), ps.data(fcproj_w_), N, 4 * Cl, C);
+  s.mm().backward(g.dfch, ps.grad(fcproj_w_), ps.grad(fcproj_b_), dres,
+                  a.fch_gelu.data(), ps.data(fcproj_w_), N, 4 * Cl, C);
   k::gelu_backward(g.dfch, a.fch.data(), g.dfch, N * 4 * Cl);
-  k::matmul_backward(s.dln.data(), ps.grad(fc_w_), ps.grad(fc_b_), g.dfch, a.ln2.data(),
-                     ps.data(fc_w_), N, C, 4 * Cl);
+  s.mm().backward(s.dln.data(), ps.grad(fc_w_), ps.grad(fc_b_), g.dfch, a.ln2.data(),
+                  ps.data(fc_w_), N, C, 4 * Cl);
   tp_.allreduce_sum(s.dln.data(), N * C);  // column-parallel input gradient
   k::layernorm_backward(dres, ps.grad(ln2_w_), ps.grad(ln2_b_), s.dln.data(), a.residual2.data(),
                         ps.data(ln2_w_), a.ln2_mean.data(), a.ln2_rstd.data(), N, C);
   // Attention branch: dres is now d/d(residual2).
-  k::matmul_backward(g.datty, ps.grad(proj_w_), ps.grad(proj_b_), dres, a.atty.data(),
-                     ps.data(proj_w_), N, Cl, C);
+  s.mm().backward(g.datty, ps.grad(proj_w_), ps.grad(proj_b_), dres, a.atty.data(),
+                  ps.data(proj_w_), N, Cl, C);
   k::attention_backward(g.dqkv, g.datty, a.qkv.data(), a.att.data(), B, T, Cl, NHl);
-  k::matmul_backward(s.dln.data(), ps.grad(attn_w_), ps.grad(attn_b_), g.dqkv,
-                     a.ln1.data(), ps.data(attn_w_), N, C, 3 * Cl);
+  s.mm().backward(s.dln.data(), ps.grad(attn_w_), ps.grad(attn_b_), g.dqkv,
+                  a.ln1.data(), ps.data(attn_w_), N, C, 3 * Cl);
   tp_.allreduce_sum(s.dln.data(), N * C);
   k::layernorm_backward(dres, ps.grad(ln1_w_), ps.grad(ln1_b_), s.dln.data(), x,
                         ps.data(ln1_w_), a.ln1_mean.data(), a.ln1_rstd.data(), N, C);
@@ -203,16 +203,16 @@ void Gpt2Block::forward_sp(ParameterSet& ps, Gpt2BlockActivations& a, SharedScra
   k::layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x, ps.data(ln1_w_),
                        ps.data(ln1_b_), Nl, C);
   tp_.gather_rows(a.ln1.data(), s.gathered.data(), N, C);
-  k::matmul_forward(a.qkv.data(), s.gathered.data(), ps.data(attn_w_), ps.data(attn_b_), N, C, 3 * Cl);
+  s.mm().forward(a.qkv.data(), s.gathered.data(), ps.data(attn_w_), ps.data(attn_b_), N, C, 3 * Cl);
   k::attention_forward(a.atty.data(), a.att.data(), a.qkv.data(), B, T, Cl, NHl);
-  k::matmul_forward(s.full.data(), a.atty.data(), ps.data(proj_w_), nullptr, N, Cl, C);
+  s.mm().forward(s.full.data(), a.atty.data(), ps.data(proj_w_), nullptr, N, Cl, C);
   finish_row_parallel_sp(tp_, a.residual2.data(), s.full.data(), ps.data(proj_b_), x, N, Nl, C);
   k::layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), a.residual2.data(),
                        ps.data(ln2_w_), ps.data(ln2_b_), Nl, C);
   tp_.gather_rows(a.ln2.data(), s.gathered.data(), N, C);
-  k::matmul_forward(a.fch.data(), s.gathered.data(), ps.data(fc_w_), ps.data(fc_b_), N, C, 4 * Cl);
+  s.mm().forward(a.fch.data(), s.gathered.data(), ps.data(fc_w_), ps.data(fc_b_), N, C, 4 * Cl);
   k::gelu_forward(a.fch_gelu.data(), a.fch.data(), N * 4 * Cl);
-  k::matmul_forward(s.full.data(), a.fch_gelu.data(), ps.data(fcproj_w_), nullptr, N, 4 * Cl, C);
+  s.mm().forward(s.full.data(), a.fch_gelu.data(), ps.data(fcproj_w_), nullptr, N, 4 * Cl, C);
   finish_row_parallel_sp(tp_, out, s.full.data(), ps.data(fcproj_b_), a.residual2.data(), N, Nl, C);
 }
 
@@ -226,24 +226,24 @@ void Gpt2Block::backward_sp(ParameterSet& ps, const Gpt2BlockActivations& a, Sha
   std::memset(lng, 0, static_cast<std::size_t>(4 * C) * sizeof(float));
   // MLP branch. Conjugate of the reduce_scatter: gather d/d(out) over the sequence.
   tp_.gather_rows(dres, s.full.data(), N, C);
-  k::matmul_backward(g.dfch, ps.grad(fcproj_w_), ps.grad(fcproj_b_), s.full.data(),
-                     a.fch_gelu.data(), ps.data(fcproj_w_), N, 4 * Cl, C);
+  s.mm().backward(g.dfch, ps.grad(fcproj_w_), ps.grad(fcproj_b_), s.full.data(),
+                  a.fch_gelu.data(), ps.data(fcproj_w_), N, 4 * Cl, C);
   k::gelu_backward(g.dfch, a.fch.data(), g.dfch, N * 4 * Cl);
   tp_.gather_rows(a.ln2.data(), s.gathered.data(), N, C);  // re-gather the saved local rows
-  k::matmul_backward(s.dln.data(), ps.grad(fc_w_), ps.grad(fc_b_), g.dfch,
-                     s.gathered.data(), ps.data(fc_w_), N, C, 4 * Cl);
+  s.mm().backward(s.dln.data(), ps.grad(fc_w_), ps.grad(fc_b_), g.dfch,
+                  s.gathered.data(), ps.data(fc_w_), N, C, 4 * Cl);
   // Conjugate of the all_gather: sum the partial input gradients, keep this rank's rows.
   tp_.reduce_scatter_rows(s.dln.data(), s.dln_local.data(), N, C);
   k::layernorm_backward(dres, lng, lng + C, s.dln_local.data(), a.residual2.data(),
                         ps.data(ln2_w_), a.ln2_mean.data(), a.ln2_rstd.data(), Nl, C);
   // Attention branch: dres is now d/d(residual2) on this rank's rows.
   tp_.gather_rows(dres, s.full.data(), N, C);
-  k::matmul_backward(g.datty, ps.grad(proj_w_), ps.grad(proj_b_), s.full.data(),
-                     a.atty.data(), ps.data(proj_w_), N, Cl, C);
+  s.mm().backward(g.datty, ps.grad(proj_w_), ps.grad(proj_b_), s.full.data(),
+                  a.atty.data(), ps.data(proj_w_), N, Cl, C);
   k::attention_backward(g.dqkv, g.datty, a.qkv.data(), a.att.data(), B, T, Cl, NHl);
   tp_.gather_rows(a.ln1.data(), s.gathered.data(), N, C);
-  k::matmul_backward(s.dln.data(), ps.grad(attn_w_), ps.grad(attn_b_), g.dqkv,
-                     s.gathered.data(), ps.data(attn_w_), N, C, 3 * Cl);
+  s.mm().backward(s.dln.data(), ps.grad(attn_w_), ps.grad(attn_b_), g.dqkv,
+                  s.gathered.data(), ps.data(attn_w_), N, C, 3 * Cl);
   tp_.reduce_scatter_rows(s.dln.data(), s.dln_local.data(), N, C);
   k::layernorm_backward(dres, lng + 2 * C, lng + 3 * C, s.dln_local.data(), x,
                         ps.data(ln1_w_), a.ln1_mean.data(), a.ln1_rstd.data(), Nl, C);

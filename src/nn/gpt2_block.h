@@ -73,8 +73,8 @@ class Gpt2Block final : public Layer {
 
  private:
   struct Grads;  // the carved SharedScratch::layer
-  void forward_plain(ParameterSet& params, Gpt2BlockActivations& acts, float* out, const float* x,
-                     int64_t B, int64_t T) const;
+  void forward_plain(ParameterSet& params, Gpt2BlockActivations& acts, SharedScratch& s,
+                     float* out, const float* x, int64_t B, int64_t T) const;
   void backward_plain(ParameterSet& params, const Gpt2BlockActivations& acts, SharedScratch& s,
                       float* dres, const float* x, int64_t B, int64_t T) const;
   void forward_sp(ParameterSet& params, Gpt2BlockActivations& acts, SharedScratch& s, float* out,

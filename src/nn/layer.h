@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "core/memory.h"
+#include "kernels/matmul_engine.h"
 #include "nn/parameters.h"
 
 namespace trident::nn {
@@ -30,6 +31,14 @@ struct SharedScratch {
   FloatBuffer full;        // (N, C) partial sums before reduce_scatter / gathered gradient
   FloatBuffer dln_local;   // (Nl, C) reduce-scattered norm-output gradient
   FloatBuffer norm_grads;  // (4C) partial norm weight/bias gradients, summed over tp
+  // The owning model's matmuls (nn::Model sets it); null: fp32, as for a layer driven alone.
+  kernels::MatmulEngine* matmul = nullptr;
+  kernels::MatmulEngine& mm() { return matmul != nullptr ? *matmul : fp32_; }
+
+ private:
+  kernels::MatmulEngine fp32_;
+
+ public:
 
   SharedScratch() = default;
   // sp_local_rows >= 0: allocate the sequence-parallel buffers for Nl = sp_local_rows.

@@ -162,15 +162,15 @@ void LlamaBlock::forward(ParameterSet& ps, LayerActivations& acts, float* out, c
   float* q = g.split;
   float* kk = q + N * w.Q;
   float* v = kk + N * w.KV;
-  k::matmul_forward_nt(q, n1, ps.data(q_w_), N, C, w.Q);
-  k::matmul_forward_nt(kk, n1, ps.data(k_w_), N, C, w.KV);
-  k::matmul_forward_nt(v, n1, ps.data(v_w_), N, C, w.KV);
+  s.mm().forward_nt(q, n1, ps.data(q_w_), N, C, w.Q);
+  s.mm().forward_nt(kk, n1, ps.data(k_w_), N, C, w.KV);
+  s.mm().forward_nt(v, n1, ps.data(v_w_), N, C, w.KV);
   k::pack_columns3(a.qkv.data(), q, w.Q, kk, w.KV, v, w.KV, N);
   // Queries and keys are the first NH + NKV heads of each fused row.
   k::rope_forward(a.qkv.data(), B, T, w.NH + w.NKV, w.HS, w.QKV, static_cast<float>(cfg_.rope_theta));
   k::attention_gqa_forward(a.atty.data(), a.att.data(), a.qkv.data(), B, T, w.NH, w.NKV, w.HS);
   float* partial = tp_.sp() ? s.full.data() : a.h.data();
-  k::matmul_forward_nt(partial, a.atty.data(), ps.data(o_w_), N, w.Q, C);
+  s.mm().forward_nt(partial, a.atty.data(), ps.data(o_w_), N, w.Q, C);
   tp_exit(tp_, partial, a.h.data(), N, C);
   add_into(a.h.data(), x, Nl * C);
   // MLP.
@@ -178,12 +178,12 @@ void LlamaBlock::forward(ParameterSet& ps, LayerActivations& acts, float* out, c
   const float* n2 = tp_enter(tp_, a.n2.data(), s.gathered.data(), N, C);
   partial = tp_.sp() ? s.full.data() : out;
   if (moe_) {
-    moe_->forward(ps, *a.moe, partial, n2, B, T);
+    moe_->forward(s.mm(), ps, *a.moe, partial, n2, B, T);
   } else {
-    k::matmul_forward_nt(a.gate.data(), n2, ps.data(gate_w_), N, C, w.I);
-    k::matmul_forward_nt(a.up.data(), n2, ps.data(up_w_), N, C, w.I);
+    s.mm().forward_nt(a.gate.data(), n2, ps.data(gate_w_), N, C, w.I);
+    s.mm().forward_nt(a.up.data(), n2, ps.data(up_w_), N, C, w.I);
     k::swiglu_forward(a.act.data(), a.gate.data(), a.up.data(), N * w.I);
-    k::matmul_forward_nt(partial, a.act.data(), ps.data(down_w_), N, w.I, C);
+    s.mm().forward_nt(partial, a.act.data(), ps.data(down_w_), N, w.I, C);
   }
   tp_exit(tp_, partial, out, N, C);
   add_into(out, a.h.data(), Nl * C);
@@ -206,14 +206,14 @@ void LlamaBlock::backward(ParameterSet& ps, const LayerActivations& acts, Shared
   const float* dout = tp_exit_backward(tp_, dres, s.full.data(), N, C);
   if (moe_) {
     const float* n2 = tp_enter(tp_, a.n2.data(), s.gathered.data(), N, C);  // re-gathered
-    moe_->backward(ps, *a.moe, s.dln.data(), dout, n2, B, T, aux_weight_);
+    moe_->backward(s.mm(), ps, *a.moe, s.dln.data(), dout, n2, B, T, aux_weight_);
     aux_loss_sum_ += a.moe->aux_sum;
   } else {
-    k::matmul_backward_nt(g.dgate, ps.grad(down_w_), dout, a.act.data(), ps.data(down_w_), N, w.I, C);
+    s.mm().backward_nt(g.dgate, ps.grad(down_w_), dout, a.act.data(), ps.data(down_w_), N, w.I, C);
     k::swiglu_backward(g.dgate, g.dup, g.dgate, a.gate.data(), a.up.data(), N * w.I);
     const float* n2 = tp_enter(tp_, a.n2.data(), s.gathered.data(), N, C);  // re-gathered
-    k::matmul_backward_nt(s.dln.data(), ps.grad(gate_w_), g.dgate, n2, ps.data(gate_w_), N, C, w.I);
-    k::matmul_backward_nt(g.tmp, ps.grad(up_w_), g.dup, n2, ps.data(up_w_), N, C, w.I);
+    s.mm().backward_nt(s.dln.data(), ps.grad(gate_w_), g.dgate, n2, ps.data(gate_w_), N, C, w.I);
+    s.mm().backward_nt(g.tmp, ps.grad(up_w_), g.dup, n2, ps.data(up_w_), N, C, w.I);
     add_into(s.dln.data(), g.tmp, N * C);
   }
   const float* dn2 = tp_enter_backward(tp_, s.dln.data(), s.dln_local.data(), N, C);
@@ -221,7 +221,7 @@ void LlamaBlock::backward(ParameterSet& ps, const LayerActivations& acts, Shared
 
   // Attention: dres is now d/d h.
   dout = tp_exit_backward(tp_, dres, s.full.data(), N, C);
-  k::matmul_backward_nt(g.datty, ps.grad(o_w_), dout, a.atty.data(), ps.data(o_w_), N, w.Q, C);
+  s.mm().backward_nt(g.datty, ps.grad(o_w_), dout, a.atty.data(), ps.data(o_w_), N, w.Q, C);
   k::attention_gqa_backward(g.dqkv, g.datty, a.qkv.data(), a.att.data(), B, T, w.NH, w.NKV, w.HS);
   k::rope_backward(g.dqkv, B, T, w.NH + w.NKV, w.HS, w.QKV, static_cast<float>(cfg_.rope_theta));
   float* dq = g.split;
@@ -233,10 +233,10 @@ void LlamaBlock::backward(ParameterSet& ps, const LayerActivations& acts, Shared
   float* dwk = replicas ? g.kv_part : ps.grad(k_w_);
   float* dwv = replicas ? g.kv_part + w.KV * C : ps.grad(v_w_);
   if (replicas) std::memset(g.kv_part, 0, static_cast<std::size_t>(2 * w.KV * C) * sizeof(float));
-  k::matmul_backward_nt(s.dln.data(), ps.grad(q_w_), dq, n1, ps.data(q_w_), N, C, w.Q);
-  k::matmul_backward_nt(g.tmp, dwk, dk, n1, ps.data(k_w_), N, C, w.KV);
+  s.mm().backward_nt(s.dln.data(), ps.grad(q_w_), dq, n1, ps.data(q_w_), N, C, w.Q);
+  s.mm().backward_nt(g.tmp, dwk, dk, n1, ps.data(k_w_), N, C, w.KV);
   add_into(s.dln.data(), g.tmp, N * C);
-  k::matmul_backward_nt(g.tmp, dwv, dv, n1, ps.data(v_w_), N, C, w.KV);
+  s.mm().backward_nt(g.tmp, dwv, dv, n1, ps.data(v_w_), N, C, w.KV);
   add_into(s.dln.data(), g.tmp, N * C);
   if (replicas) sum_kv_replicas(ps, g.kv_part, g.kv_part + w.KV * C, g.kv_sum);
   const float* dn1 = tp_enter_backward(tp_, s.dln.data(), s.dln_local.data(), N, C);

@@ -12,8 +12,9 @@
 namespace trident::nn {
 
 Model::Model(const ModelConfig& cfg, const TpContext& tp, const StageSpec& stage)
-    : cfg_(cfg), tp_(tp), stage_(stage) {
+    : cfg_(cfg), tp_(tp), stage_(stage), matmul_(std::make_unique<kernels::MatmulEngine>()) {
   cfg_.validate();
+  scratch_.matmul = matmul_.get();
   if (stage_.layer_end < 0) stage_.layer_end = cfg_.n_layer;
   TRI_CHECK(stage_.layer_begin >= 0 && stage_.layer_begin <= stage_.layer_end &&
                 stage_.layer_end <= cfg_.n_layer,
@@ -191,6 +192,7 @@ void Model::ensure_scratch(int64_t N) {
   scratch_ = SharedScratch(*tracker_, N, cfg_.n_embd,
                            architecture(cfg_.family).layer_scratch_floats(cfg_, tp_.size, N),
                            tp_.sp() ? tp_.rows(N).count : -1);
+  scratch_.matmul = matmul_.get();
   scratch_tokens_ = N;
   if (tp_.size > 1) {
     ce_sums_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(3 * N));
@@ -246,7 +248,7 @@ void Model::head_forward(ModelActivations& acts, int64_t N) {
     tp_.gather_rows(acts.lnf.data(), scratch_.gathered.data(), N, C);
     lnf = scratch_.gathered.data();
   }
-  kernels::matmul_forward_nt(acts.logits.data(), lnf, params_.data(head_w_), N, C, vocab_local_);
+  matmul_->forward_nt(acts.logits.data(), lnf, params_.data(head_w_), N, C, vocab_local_);
 }
 
 void Model::final_norm_forward(float* out, float* mean, float* rstd, const float* x, int64_t rows) const {
@@ -308,8 +310,8 @@ double Model::head_forward_backward(ModelActivations& acts, const int32_t* targe
   // wte's gradient from the head accumulates into the local slice (the embedding adds its part).
   float* dlnf = scratch_.dln.data();
   const float* lnf = tp_.sp() ? scratch_.gathered.data() : acts.lnf.data();
-  kernels::matmul_backward_nt(dlnf, params_.grad(head_w_), acts.logits.data(), lnf,
-                              params_.data(head_w_), N, C, vocab_local_);
+  matmul_->backward_nt(dlnf, params_.grad(head_w_), acts.logits.data(), lnf,
+                       params_.data(head_w_), N, C, vocab_local_);
   if (tp_.sp()) {
     // Conjugate of the all_gather before the head: sum the partials, keep this rank's rows.
     tp_.reduce_scatter_rows(dlnf, scratch_.dln_local.data(), N, C);
@@ -434,7 +436,7 @@ const float* Model::forward_last_logits(ModelActivations& acts, const int32_t* i
     float* local = lnf + C + 2;
     float* full = local + Vl;
     final_norm_forward(lnf, lnf + C, lnf + C + 1, x + (T - 1) * C, 1);
-    kernels::matmul_forward_nt(local, lnf, params_.data(head_w_), 1, C, Vl);
+    matmul_->forward_nt(local, lnf, params_.data(head_w_), 1, C, Vl);
     // Sampling needs the whole vocabulary: gather every rank's slice in vocabulary order.
     const std::vector<int64_t> counts(static_cast<std::size_t>(tp_.size), Vl);
     tp_.comm->all_gather(local, full, counts);
@@ -442,7 +444,7 @@ const float* Model::forward_last_logits(ModelActivations& acts, const int32_t* i
   }
   const float* last = acts.stage_output() + (T - 1) * C;
   final_norm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(), last, 1);
-  kernels::matmul_forward_nt(acts.logits.data(), acts.lnf.data(), params_.data(head_w_), 1, C, vocab_local_);
+  matmul_->forward_nt(acts.logits.data(), acts.lnf.data(), params_.data(head_w_), 1, C, vocab_local_);
   return acts.logits.data();
 }
 

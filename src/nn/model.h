@@ -92,6 +92,9 @@ class Model {
     for (auto& b : blocks_) s += b->take_aux_loss_sum();
     return s;
   }
+  // The precision of every matmul of the layers and the head (kernels/matmul_engine.h).
+  void set_precision(kernels::Precision p) { *matmul_ = kernels::MatmulEngine(p); }
+  const kernels::MatmulEngine& matmul() const { return *matmul_; }
 
   // Allocates parameters and gradients; then initialise or load them.
   void allocate(MemoryTracker& tracker);
@@ -178,6 +181,8 @@ class Model {
   std::vector<std::unique_ptr<Layer>> blocks_;
   std::vector<int> block_groups_;
   MemoryTracker* tracker_ = nullptr;
+  // On the heap so scratch_.matmul stays valid when the model moves.
+  std::unique_ptr<kernels::MatmulEngine> matmul_;
   FloatBuffer dres_;  // (N, C) residual-stream gradient
   SharedScratch scratch_;
   int64_t scratch_tokens_ = 0;

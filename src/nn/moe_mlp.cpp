@@ -54,7 +54,7 @@ MoeMlp::MoeMlp(const ParameterSet& params, const ModelConfig& cfg, const TpConte
   }
 }
 
-void MoeMlp::forward(const ParameterSet& ps, MoeActivations& a, float* partial, const float* x, int64_t B,
+void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActivations& a, float* partial, const float* x, int64_t B,
                      int64_t T) const {
   namespace k = kernels;
   const int64_t N = B * T, C = cfg_.n_embd, E = cfg_.n_experts, K = cfg_.n_experts_per_tok;
@@ -112,10 +112,10 @@ void MoeMlp::forward(const ParameterSet& ps, MoeActivations& a, float* partial, 
     const int64_t r0 = a.offsets[e], rows = a.offsets[e + 1] - r0;
     if (rows == 0) continue;
     const float* xe = a.xs.data() + r0 * C;
-    k::matmul_forward_nt(a.h1.data() + r0 * Il, xe, ps.data(w1_[e]), rows, C, Il);
-    k::matmul_forward_nt(a.h3.data() + r0 * Il, xe, ps.data(w3_[e]), rows, C, Il);
+    mm.forward_nt(a.h1.data() + r0 * Il, xe, ps.data(w1_[e]), rows, C, Il);
+    mm.forward_nt(a.h3.data() + r0 * Il, xe, ps.data(w3_[e]), rows, C, Il);
     k::swiglu_forward(a.act.data() + r0 * Il, a.h1.data() + r0 * Il, a.h3.data() + r0 * Il, rows * Il);
-    k::matmul_forward_nt(a.y.data() + r0 * C, a.act.data() + r0 * Il, ps.data(w2_[e]), rows, Il, C);
+    mm.forward_nt(a.y.data() + r0 * C, a.act.data() + r0 * Il, ps.data(w2_[e]), rows, Il, C);
   }
   for (int64_t n = 0; n < N; ++n) {
     float* o = partial + n * C;
@@ -141,7 +141,7 @@ void MoeMlp::forward(const ParameterSet& ps, MoeActivations& a, float* partial, 
   }
 }
 
-void MoeMlp::backward(ParameterSet& ps, const MoeActivations& a, float* dx, const float* dout, const float* x,
+void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActivations& a, float* dx, const float* dout, const float* x,
                       int64_t B, int64_t T, float aux_weight) const {
   namespace k = kernels;
   const int64_t N = B * T, C = cfg_.n_embd, E = cfg_.n_experts, K = cfg_.n_experts_per_tok;
@@ -176,11 +176,11 @@ void MoeMlp::backward(ParameterSet& ps, const MoeActivations& a, float* dx, cons
     dh3.assign(dh1.size(), 0.0f);
     tmp.assign(static_cast<std::size_t>(rows * C), 0.0f);
     tmp1.assign(tmp.size(), 0.0f);
-    k::matmul_backward_nt(dh1.data(), ps.grad(w2_[e]), a.dys.data() + r0 * C, a.act.data() + r0 * Il,
+    mm.backward_nt(dh1.data(), ps.grad(w2_[e]), a.dys.data() + r0 * C, a.act.data() + r0 * Il,
                           ps.data(w2_[e]), rows, Il, C);
     k::swiglu_backward(dh1.data(), dh3.data(), dh1.data(), a.h1.data() + r0 * Il, a.h3.data() + r0 * Il, rows * Il);
-    k::matmul_backward_nt(tmp.data(), ps.grad(w3_[e]), dh3.data(), xe, ps.data(w3_[e]), rows, C, Il);
-    k::matmul_backward_nt(tmp1.data(), ps.grad(w1_[e]), dh1.data(), xe, ps.data(w1_[e]), rows, C, Il);
+    mm.backward_nt(tmp.data(), ps.grad(w3_[e]), dh3.data(), xe, ps.data(w3_[e]), rows, C, Il);
+    mm.backward_nt(tmp1.data(), ps.grad(w1_[e]), dh1.data(), xe, ps.data(w1_[e]), rows, C, Il);
     // Scatter-add in expert order: each token's k input gradients are summed in a fixed order.
     for (int64_t r = 0; r < rows; ++r) {
       float* d = dx + static_cast<int64_t>(a.token_of[r0 + r]) * C;

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "core/memory.h"
+#include "kernels/matmul_engine.h"
 #include "nn/model_config.h"
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
@@ -61,11 +62,12 @@ class MoeMlp {
   MoeMlp(const ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer);
 
   // partial (N, C) = this rank's share of the MoE output for x (N, C), every token row.
-  void forward(const ParameterSet& params, MoeActivations& a, float* partial, const float* x, int64_t B,
+  // The experts' matmuls go through `mm` (the model's precision); the router stays fp32.
+  void forward(kernels::MatmulEngine& mm, const ParameterSet& params, MoeActivations& a, float* partial, const float* x, int64_t B,
                int64_t T) const;
   // dx (N, C) = (overwritten) this rank's share of d/dx, given dout (N, C) = d/d output (full).
   // Parameter gradients accumulate; the aux loss's gradient is aux_weight per unit of aux_b.
-  void backward(ParameterSet& params, const MoeActivations& a, float* dx, const float* dout, const float* x,
+  void backward(kernels::MatmulEngine& mm, ParameterSet& params, const MoeActivations& a, float* dx, const float* dout, const float* x,
                 int64_t B, int64_t T, float aux_weight) const;
 
  private:

@@ -92,6 +92,7 @@ Engine::Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOpti
     Chunk c;
     c.model = std::make_unique<nn::Model>(config_, tp, st);
     c.model->set_recompute(options_.recompute);
+    c.model->set_precision(options_.precision);
     c.model->allocate(tracker_);
     // The MoE load-balancing loss: averaged over every layer and every sequence of the
     // global batch, whatever the layout (nn/moe_mlp.h).
@@ -159,6 +160,9 @@ std::string Engine::describe() const {
   if (options_.sequence_parallel) text += ", sequence parallel";
   if (options_.recompute != nn::Recompute::kNone) {
     text += fmt::format(", {} recompute", nn::recompute_name(options_.recompute));
+  }
+  if (options_.precision != kernels::Precision::kFp32 && !chunks_.empty()) {
+    text += "; matmuls: " + chunks_.front().model->matmul().describe();
   }
   if (!partition_text_.empty()) text += "\n" + partition_text_;
   return text;

@@ -29,6 +29,7 @@ struct EngineOptions {
   bool balance_stages = false;   // pp: split layers by estimated cost (see Engine's constructor)
   bool sequence_parallel = false;
   nn::Recompute recompute = nn::Recompute::kNone;  // activation recomputation
+  kernels::Precision precision = kernels::Precision::kFp32;  // of every matmul
   double bucket_mb = 25.0;       // DDP gradient bucket size
   bool overlap = true;           // overlap gradient allreduce with backward
   optim::AdamWConfig adamw;

@@ -43,6 +43,7 @@ std::span<const std::string_view> enum_names(LrSchedule) { return kLrScheduleNam
 std::span<const std::string_view> enum_names(PipelineSchedule) { return kScheduleNames; }
 std::span<const std::string_view> enum_names(NonfinitePolicy) { return kNonfiniteNames; }
 std::span<const std::string_view> enum_names(nn::Recompute) { return nn::recompute_names(); }
+std::span<const std::string_view> enum_names(kernels::Precision) { return kernels::precision_names(); }
 
 // ---------------------------------------------------------------------------------------------
 // Defaults: each struct's constructor applies the defaults of its field list.

@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/matmul_engine.h"
 #include "nn/model_config.h"
 #include "nn/recompute.h"
 
@@ -37,6 +38,7 @@ std::span<const std::string_view> enum_names(LrSchedule);        // cosine, cons
 std::span<const std::string_view> enum_names(PipelineSchedule);  // gpipe, 1f1b, interleaved
 std::span<const std::string_view> enum_names(NonfinitePolicy);   // skip, stop
 std::span<const std::string_view> enum_names(nn::Recompute);     // none, selective, full
+std::span<const std::string_view> enum_names(kernels::Precision);  // fp32, bf16
 
 template <class E>
   requires std::is_enum_v<E>
@@ -272,6 +274,7 @@ struct TrainOptions {
   std::string pipeline_timeline;  // SVG of the last step's measured pipeline timeline; empty: none
   std::string batch_log;  // JSON lines: each step's global batch as row offsets into the shard; empty: none
   int threads;            // OpenMP threads per rank; 0: OpenMP's default
+  kernels::Precision precision;  // of every matmul (kernels/matmul_engine.h)
   int log_every;          // steps between progress lines on stderr
   std::string preempt_signals;  // signals that stop the run after this step with a checkpoint
   TrainOptions();
@@ -307,6 +310,9 @@ void for_each_field(S& o, V&& v) {
         .placeholder("FILE").shown_as("none").alias("data_log batch_trace log_batches"), o.batch_log);
   v(field("threads", 0, "OpenMP threads per rank").at_least(0).shown_as("0 = OpenMP's default")
         .alias("num_threads omp_threads nthreads"), o.threads);
+  v(field("precision", kernels::Precision::kFp32,
+          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style); parameters, gradients, optimizer and checkpoints stay fp32")
+        .alias("dtype mixed_precision amp autocast compute_dtype"), o.precision);
   v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)
         .alias("log_interval print_every"), o.log_every);
   v(field("preempt_signals", "TERM,INT,USR1",

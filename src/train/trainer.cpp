@@ -42,6 +42,7 @@ parallel::EngineOptions engine_options(const RunConfig& cfg) {
   o.balance_stages = cfg.parallel.balance_stages;
   o.sequence_parallel = cfg.parallel.sequence_parallel;
   o.recompute = cfg.parallel.recompute;
+  o.precision = cfg.train.precision;
   o.bucket_mb = cfg.parallel.bucket_mb;
   o.overlap = cfg.parallel.overlap;
   o.adamw.beta1 = static_cast<float>(cfg.optim.beta1);

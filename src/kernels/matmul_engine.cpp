@@ -1,0 +1,102 @@
+// A model's matmuls at its precision; see matmul_engine.h.
+#include "kernels/matmul_engine.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "core/check.h"
+#include "kernels/kernels.h"
+#include "kernels/matmul_bf16.h"
+#include "kernels/profile.h"
+
+namespace trident::kernels {
+namespace {
+
+constexpr std::array<std::string_view, 2> kPrecisionNames = {"fp32", "bf16"};
+
+void check_sizes(const char* what, int64_t N, int64_t C, int64_t OC) {
+  TRI_CHECK(N >= 0 && C >= 0 && OC >= 0, "{}: bad sizes N={} C={} OC={}", what, N, C, OC);
+}
+
+}  // namespace
+
+std::span<const std::string_view> precision_names() { return kPrecisionNames; }
+
+MatmulEngine::MatmulEngine(Precision precision) : precision_(precision) {
+  if (precision_ == Precision::kBf16) gemm_ = std::make_unique<Bf16Gemm>();
+}
+MatmulEngine::~MatmulEngine() = default;
+MatmulEngine::MatmulEngine(MatmulEngine&&) noexcept = default;
+MatmulEngine& MatmulEngine::operator=(MatmulEngine&&) noexcept = default;
+
+std::string MatmulEngine::describe() const {
+  if (precision_ == Precision::kFp32) return "fp32 sgemm";
+  return "bf16 operands, fp32 accumulation: " + gemm_->describe();
+}
+
+const bf16_t* MatmulEngine::round_a(const float* x, int64_t n) {
+  if (a_.size() < static_cast<size_t>(n)) a_.resize(static_cast<size_t>(n));
+  convert_to_bf16(a_.data(), x, n);
+  return a_.data();
+}
+
+const bf16_t* MatmulEngine::round_b(const float* x, int64_t n) {
+  if (b_.size() < static_cast<size_t>(n)) b_.resize(static_cast<size_t>(n));
+  convert_to_bf16(b_.data(), x, n);
+  return b_.data();
+}
+
+void MatmulEngine::forward(float* out, const float* inp, const float* weight, const float* bias,
+                           int64_t N, int64_t C, int64_t OC) {
+  if (precision_ == Precision::kFp32) return matmul_forward(out, inp, weight, bias, N, C, OC);
+  detail::KernelTimer timer(KernelOp::kMatmul, false, N, C, OC);
+  check_sizes("matmul_forward (bf16)", N, C, OC);
+  float beta = 0.0f;
+  if (bias != nullptr) {  // seeded, then accumulated into, as the fp32 kernel does
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * OC, bias, static_cast<size_t>(OC) * sizeof(float));
+    beta = 1.0f;
+  }
+  // out (N, OC) = inp (N, C) @ weight (C, OC)
+  gemm_->gemm(false, false, N, OC, C, round_a(inp, N * C), C, round_b(weight, C * OC), OC, beta, out, OC);
+}
+
+void MatmulEngine::backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                            const float* inp, const float* weight, int64_t N, int64_t C, int64_t OC) {
+  if (precision_ == Precision::kFp32) return matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+  {
+    detail::KernelTimer timer(KernelOp::kMatmul, true, N, C, OC);
+    check_sizes("matmul_backward (bf16)", N, C, OC);
+    const bf16_t* dout16 = round_a(dout, N * OC);
+    // dinp (N, C) = dout (N, OC) @ weight (C, OC)^T
+    if (dinp != nullptr) gemm_->gemm(false, true, N, C, OC, dout16, OC, round_b(weight, C * OC), OC, 0.0f, dinp, C);
+    // dweight (C, OC) += inp (N, C)^T @ dout (N, OC)
+    if (dweight != nullptr) gemm_->gemm(true, false, C, OC, N, round_b(inp, N * C), C, dout16, OC, 1.0f, dweight, OC);
+  }
+  // dbias: the fp32 kernel's column sums of the fp32 dout (no product, so no rounding).
+  if (dbias != nullptr) matmul_backward(nullptr, nullptr, dbias, dout, nullptr, nullptr, N, C, OC);
+}
+
+void MatmulEngine::forward_nt(float* out, const float* inp, const float* table, int64_t N, int64_t C,
+                              int64_t V) {
+  if (precision_ == Precision::kFp32) return matmul_forward_nt(out, inp, table, N, C, V);
+  detail::KernelTimer timer(KernelOp::kMatmulNt, false, N, C, V);
+  check_sizes("matmul_forward_nt (bf16)", N, C, V);
+  // out (N, V) = inp (N, C) @ table (V, C)^T
+  gemm_->gemm(false, true, N, V, C, round_a(inp, N * C), C, round_b(table, V * C), C, 0.0f, out, V);
+}
+
+void MatmulEngine::backward_nt(float* dinp, float* dtable, const float* dout, const float* inp,
+                               const float* table, int64_t N, int64_t C, int64_t V) {
+  if (precision_ == Precision::kFp32) return matmul_backward_nt(dinp, dtable, dout, inp, table, N, C, V);
+  detail::KernelTimer timer(KernelOp::kMatmulNt, true, N, C, V);
+  check_sizes("matmul_backward_nt (bf16)", N, C, V);
+  const bf16_t* dout16 = round_a(dout, N * V);
+  // dinp (N, C) = dout (N, V) @ table (V, C)
+  if (dinp != nullptr) gemm_->gemm(false, false, N, C, V, dout16, V, round_b(table, V * C), C, 0.0f, dinp, C);
+  // dtable (V, C) += dout (N, V)^T @ inp (N, C)
+  if (dtable != nullptr) gemm_->gemm(true, false, V, C, N, dout16, V, round_b(inp, N * C), C, 1.0f, dtable, C);
+}
+
+}  // namespace trident::kernels

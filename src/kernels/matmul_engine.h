@@ -1,0 +1,62 @@
+// The matmuls of one model, at its precision (--precision). Every dense product of the layers
+// and the LM head goes through the model's MatmulEngine, so the precision is chosen in one place:
+//   kFp32  sgemm (kernels/matmul.cpp), bitwise the kernels::matmul_* functions;
+//   kBf16  torch.autocast("cpu", bfloat16) numerics: both operands of every product (forward
+//          and both backward products) are rounded to bf16 (nearest even, kernels/bf16.h) and
+//          multiplied with fp32 accumulation by a Bf16Gemm (kernels/matmul_bf16.h); outputs,
+//          biases and their gradients, and everything outside the matmuls stay fp32. Weights are
+//          converted per call (no per-step cache): the fp32 parameters stay the master copy.
+// Not thread-safe (like Bf16Gemm): one engine per model, reused scratch for the bf16 operands.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kernels/bf16.h"
+
+namespace trident::kernels {
+
+enum class Precision { kFp32, kBf16 };
+
+// The spellings, indexed by the enum's value: fp32, bf16.
+std::span<const std::string_view> precision_names();
+
+class Bf16Gemm;
+
+class MatmulEngine {
+ public:
+  explicit MatmulEngine(Precision precision = Precision::kFp32);
+  ~MatmulEngine();
+  MatmulEngine(MatmulEngine&&) noexcept;
+  MatmulEngine& operator=(MatmulEngine&&) noexcept;
+
+  Precision precision() const { return precision_; }
+  // "fp32 sgemm" or "bf16 operands, fp32 accumulation: <Bf16Gemm backend>".
+  std::string describe() const;
+
+  // The contracts of kernels::matmul_forward / _backward / _forward_nt / _backward_nt
+  // (kernels/kernels.h): same shapes, same accumulate/overwrite conventions.
+  void forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N,
+               int64_t C, int64_t OC);
+  void backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                const float* weight, int64_t N, int64_t C, int64_t OC);
+  void forward_nt(float* out, const float* inp, const float* table, int64_t N, int64_t C,
+                  int64_t V);
+  void backward_nt(float* dinp, float* dtable, const float* dout, const float* inp,
+                   const float* table, int64_t N, int64_t C, int64_t V);
+
+ private:
+  // bf16 copies of two operands, in scratch reused across calls.
+  const bf16_t* round_a(const float* x, int64_t n);
+  const bf16_t* round_b(const float* x, int64_t n);
+
+  Precision precision_;
+  std::unique_ptr<Bf16Gemm> gemm_;  // kBf16 only
+  std::vector<bf16_t> a_, b_;
+};
+
+}  // namespace trident::kernels
