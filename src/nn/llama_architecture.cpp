@@ -6,9 +6,8 @@
 #include <cmath>
 
 #include "core/check.h"
-#include "nn/architecture.h"
 #include "nn/hf_config_json.h"
-#include "nn/llama_block.h"
+#include "nn/llama_block_architecture.h"
 
 namespace trident::nn {
 namespace {
@@ -17,7 +16,7 @@ constexpr const char* kNeeds =
     "a Llama config.json needs hidden_size, intermediate_size, num_hidden_layers, "
     "num_attention_heads, max_position_embeddings and vocab_size";
 
-class LlamaArchitecture final : public Architecture {
+class LlamaArchitecture final : public LlamaBlockArchitecture {
  public:
   Family family() const override { return Family::kLlama; }
 
@@ -184,22 +183,6 @@ class LlamaArchitecture final : public Architecture {
             {"num_key_value_heads * head_dim", p + "self_attn.k_proj.weight", 0,
              static_cast<int64_t>(c.kv_heads()) * c.head_size()}};
   }
-
-  int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
-                                  int64_t local_rows) const override {
-    return LlamaBlockActivations::floats(c, tp, B, T, local_rows);
-  }
-  int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const override {
-    return LlamaBlockActivations::attention_core_floats(c, tp, B, T);
-  }
-  int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const override {
-    return LlamaBlockActivations::scratch_floats(c, tp, N);
-  }
-  std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c, const TpContext& tp,
-                                    int layer) const override {
-    return std::make_unique<LlamaBlock>(params, c, tp, layer);
-  }
-  bool final_norm_has_bias() const override { return false; }
 };
 
 }  // namespace

@@ -6,9 +6,8 @@
 #include <fmt/format.h>
 
 #include "core/check.h"
-#include "nn/architecture.h"
 #include "nn/hf_config_json.h"
-#include "nn/llama_block.h"
+#include "nn/llama_block_architecture.h"
 
 namespace trident::nn {
 
@@ -19,7 +18,7 @@ namespace {
 constexpr const char* kNeeds =
     "a Mixtral config.json needs num_local_experts and num_experts_per_tok besides Llama's keys";
 
-class MixtralArchitecture final : public Architecture {
+class MixtralArchitecture final : public LlamaBlockArchitecture {
  public:
   Family family() const override { return Family::kMixtral; }
 
@@ -134,22 +133,6 @@ class MixtralArchitecture final : public Architecture {
     w.push_back({"intermediate_size", p + "experts.0.w1.weight", 0, c.mlp_width()});
     return w;
   }
-
-  int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
-                                  int64_t local_rows) const override {
-    return LlamaBlockActivations::floats(c, tp, B, T, local_rows);
-  }
-  int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const override {
-    return LlamaBlockActivations::attention_core_floats(c, tp, B, T);
-  }
-  int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const override {
-    return LlamaBlockActivations::scratch_floats(c, tp, N);
-  }
-  std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c, const TpContext& tp,
-                                    int layer) const override {
-    return std::make_unique<LlamaBlock>(params, c, tp, layer);
-  }
-  bool final_norm_has_bias() const override { return false; }
 
  private:
   static const Architecture& llama() { return llama_architecture(); }

@@ -1,0 +1,33 @@
+// The part of an architecture declaration that follows from its layers being LlamaBlocks
+// (nn/llama_block.h): activation and scratch sizes, the attention core, the layer factory and
+// the bias-free final RMSNorm. Llama and Mixtral (whose MoE MLP lives inside the LlamaBlock)
+// both derive from it, so these facts are written once.
+#pragma once
+
+#include <memory>
+
+#include "nn/architecture.h"
+#include "nn/llama_block.h"
+
+namespace trident::nn {
+
+class LlamaBlockArchitecture : public Architecture {
+ public:
+  int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
+                                  int64_t local_rows) const override {
+    return LlamaBlockActivations::floats(c, tp, B, T, local_rows);
+  }
+  int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const override {
+    return LlamaBlockActivations::attention_core_floats(c, tp, B, T);
+  }
+  int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const override {
+    return LlamaBlockActivations::scratch_floats(c, tp, N);
+  }
+  std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c, const TpContext& tp,
+                                    int layer) const override {
+    return std::make_unique<LlamaBlock>(params, c, tp, layer);
+  }
+  bool final_norm_has_bias() const override { return false; }
+};
+
+}  // namespace trident::nn
