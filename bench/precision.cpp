@@ -7,8 +7,6 @@
 // bf16 run's matmul backend is printed; its loss is printed next to fp32's.
 #include <fmt/format.h>
 
-#include <algorithm>
-#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <string>
@@ -20,34 +18,11 @@
 #include "kernels/matmul_engine.h"
 #include "nn/model.h"
 
+#include "model_step_bench.h"
+
 using namespace trident;
 
 namespace {
-
-struct Args {
-  std::string model = "small";
-  int64_t rows = 4, seq = 256;
-  int steps = 5, threads = 2;
-};
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    if (i + 1 >= argc) throw std::runtime_error(fmt::format("{} needs a value", k));
-    const char* v = argv[++i];
-    if (k == "--model") a.model = v;
-    else if (k == "--rows") a.rows = std::atoll(v);
-    else if (k == "--seq") a.seq = std::atoll(v);
-    else if (k == "--steps") a.steps = std::atoi(v);
-    else if (k == "--threads") a.threads = std::atoi(v);
-    else throw std::runtime_error(fmt::format("unknown argument {}", k));
-  }
-  if (a.rows < 1 || a.seq < 1 || a.steps < 1 || a.threads < 1) {
-    throw std::runtime_error("--rows, --seq, --steps and --threads must be positive");
-  }
-  return a;
-}
 
 struct Run {
   kernels::Precision precision;
@@ -57,24 +32,17 @@ struct Run {
   std::vector<double> seconds;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    const Args a = parse(argc, argv);
+    const bench::ModelStepArgs a = bench::parse_model_step_args(argc, argv);
     kernels::set_num_threads(a.threads);
     const nn::ModelConfig cfg = nn::model_preset(a.model);
     const int64_t B = a.rows, T = a.seq, N = B * T;
-    std::vector<int32_t> ids(static_cast<std::size_t>(N)), targets(ids.size());
-    for (int64_t i = 0; i < N; ++i) {
-      ids[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 7 + 3) % cfg.vocab_size);
-      targets[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 11 + 5) % cfg.vocab_size);
-    }
+    const bench::SyntheticBatch batch = bench::synthetic_batch(cfg, N);
+    const std::vector<int32_t>& ids = batch.ids;
+    const std::vector<int32_t>& targets = batch.targets;
     std::vector<std::unique_ptr<Run>> runs;
     for (kernels::Precision p : {kernels::Precision::kFp32, kernels::Precision::kBf16}) {
       auto r = std::make_unique<Run>();
@@ -102,10 +70,10 @@ int main(int argc, char** argv) {
     for (int s = 0; s < a.steps; ++s) {
       for (std::size_t i = 0; i < runs.size(); ++i) runs[i]->seconds.push_back(step(i));
     }
-    const double t0 = median(runs.front()->seconds);
+    const double t0 = bench::median(runs.front()->seconds);
     fmt::print("{:>9} {:>10} {:>12} {:>8} {:>10}\n", "precision", "step ms", "tokens/s", "ratio", "loss");
     for (std::size_t i = 0; i < runs.size(); ++i) {
-      const double t = median(runs[i]->seconds);
+      const double t = bench::median(runs[i]->seconds);
       fmt::print("{:>9} {:>10.1f} {:>12.0f} {:>7.3f}x {:>10.5f}\n",
                  kernels::precision_names()[static_cast<std::size_t>(runs[i]->precision)], 1e3 * t,
                  static_cast<double>(N) / t, t0 / t, loss[i]);

@@ -10,8 +10,6 @@
 // compared bitwise with none's (a recompute that changed the numbers would be no benchmark).
 #include <fmt/format.h>
 
-#include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -24,34 +22,11 @@
 #include "nn/architecture.h"
 #include "nn/model.h"
 
+#include "model_step_bench.h"
+
 using namespace trident;
 
 namespace {
-
-struct Args {
-  std::string model = "small";
-  int64_t rows = 4, seq = 256;
-  int steps = 5, threads = 2;
-};
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    if (i + 1 >= argc) throw std::runtime_error(fmt::format("{} needs a value", k));
-    const char* v = argv[++i];
-    if (k == "--model") a.model = v;
-    else if (k == "--rows") a.rows = std::atoll(v);
-    else if (k == "--seq") a.seq = std::atoll(v);
-    else if (k == "--steps") a.steps = std::atoi(v);
-    else if (k == "--threads") a.threads = std::atoi(v);
-    else throw std::runtime_error(fmt::format("unknown argument {}", k));
-  }
-  if (a.rows < 1 || a.seq < 1 || a.steps < 1 || a.threads < 1) {
-    throw std::runtime_error("--rows, --seq, --steps and --threads must be positive");
-  }
-  return a;
-}
 
 struct Run {
   nn::Recompute mode;
@@ -61,24 +36,17 @@ struct Run {
   std::vector<double> seconds;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    const Args a = parse(argc, argv);
+    const bench::ModelStepArgs a = bench::parse_model_step_args(argc, argv);
     kernels::set_num_threads(a.threads);
     const nn::ModelConfig cfg = nn::model_preset(a.model);
     const int64_t B = a.rows, T = a.seq, N = B * T;
-    std::vector<int32_t> ids(static_cast<std::size_t>(N)), targets(ids.size());
-    for (int64_t i = 0; i < N; ++i) {
-      ids[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 7 + 3) % cfg.vocab_size);
-      targets[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 11 + 5) % cfg.vocab_size);
-    }
+    const bench::SyntheticBatch batch = bench::synthetic_batch(cfg, N);
+    const std::vector<int32_t>& ids = batch.ids;
+    const std::vector<int32_t>& targets = batch.targets;
     std::vector<std::unique_ptr<Run>> runs;
     for (nn::Recompute m : {nn::Recompute::kNone, nn::Recompute::kSelective, nn::Recompute::kFull}) {
       auto r = std::make_unique<Run>();
@@ -105,12 +73,12 @@ int main(int argc, char** argv) {
     }
     const Run& none = *runs.front();
     const std::size_t P = static_cast<std::size_t>(none.model->params().total_numel());
-    const double t0 = median(none.seconds);
+    const double t0 = bench::median(none.seconds);
     const double act0 = static_cast<double>(none.tracker.peak(MemCategory::kActivations));
     fmt::print("{:>10} {:>10} {:>8} {:>14} {:>8} {:>12}\n", "recompute", "step ms", "ratio",
                "activations", "ratio", "grads");
     for (const auto& r : runs) {
-      const double t = median(r->seconds);
+      const double t = bench::median(r->seconds);
       const double act = static_cast<double>(r->tracker.peak(MemCategory::kActivations));
       const bool same = std::memcmp(r->model->params().grads().data(), none.model->params().grads().data(),
                                     P * sizeof(float)) == 0;
