@@ -89,7 +89,7 @@ double max_over(double x) {
 Result run(comm::Mesh& mesh, const Args& a, Mode mode, const std::string& root) {
   MemoryTracker tracker;
   const nn::ModelConfig cfg = nn::model_preset(a.preset);
-  parallel::Engine e(mesh, cfg, parallel::EngineOptions{}, tracker, a.batch, a.seq);
+  parallel::Engine e(mesh, cfg, parallel::EngineOptions{}, tracker, a.batch, a.seq, 1);
   e.initialize(1);
   std::optional<train::AsyncCheckpointer> async;
   if (mode == Mode::kAsync) async.emplace(e, root);

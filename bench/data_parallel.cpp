@@ -85,7 +85,7 @@ Timing run(comm::Mesh& mesh, const Args& a, bool overlap) {
   o.overlap = overlap;
   MemoryTracker tracker;
   const nn::ModelConfig cfg = nn::model_preset(a.preset);
-  parallel::Engine e(mesh, cfg, o, tracker, a.batch, a.seq);
+  parallel::Engine e(mesh, cfg, o, tracker, a.batch, a.seq, 1);
   e.initialize(1);
   Timing t;
   for (int s = 0; s <= a.steps; ++s) {  // step 0 warms up

@@ -143,6 +143,11 @@ double layer_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T) {
   return (2.0 * N * matmul + 4.0 * static_cast<double>(B) * T * T * attention_width) / tp;
 }
 
+double head_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T) {
+  const double N = static_cast<double>(B * T);
+  return 2.0 * N * c.n_embd * static_cast<double>(c.vocab_size) / tp;
+}
+
 nlohmann::json model_config_to_hf_json(const ModelConfig& c) { return architecture(c.family).to_hf_json(c); }
 
 ModelConfig model_config_from_hf_json(const nlohmann::json& j, const std::string& source) {

@@ -101,6 +101,9 @@ double training_flops_per_token(const ModelConfig& c, int64_t T);
 // Forward FLOPs of one layer for N = B*T tokens on one of tp ranks: 2 per multiply-add of its
 // matmul parameters, plus the attention score/value products counted non-causal.
 double layer_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T);
+// Forward FLOPs of the LM head for N = B*T tokens on one of tp ranks: the (N, C) x (C, V)
+// logits product (V the real vocabulary), which every family's decoder ends with.
+double head_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T);
 
 // Hugging Face config.json of any family <-> ModelConfig. Reading dispatches on model_type
 // (missing, unknown, or contradicted by another family's keys: a clear error naming `source`).

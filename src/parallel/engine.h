@@ -1,154 +1,65 @@
-// The training engine: one rank's share of a dp x tp x pp layout of the model, and the step
-// that composes them. Micro-batches (or the pipeline schedule) run forward and backward,
-// gradients are synchronised over dp, the tied embedding's gradient is summed between the
-// first and last pipeline stage, the global gradient norm counts every unique element once,
-// and AdamW (optionally ZeRO-sharded) updates the weights. Data loading, metrics and
-// checkpoint files are left to train/.
+// The training engine: a thin composition of one rank's layout (rank_layout.h: what the rank
+// holds), the training step (train_step.h), evaluation (eval_step.h) and the layout-free state
+// (layout_state.h: logical tensors in and out, for checkpoints). It knows no model family: the
+// model's declaration (nn/architecture.h) decides shapes, ties and costs. Data loading,
+// metrics and checkpoint files are left to train/.
 #pragma once
 
 #include <cstdint>
-#include <functional>
-#include <memory>
 #include <string>
-#include <vector>
 
-#include "comm/mesh.h"
-#include "core/memory.h"
-#include "nn/model.h"
-#include "optim/adamw.h"
-#include "parallel/ddp_reducer.h"
-#include "parallel/pipeline/executor.h"
+#include "parallel/engine_options.h"
+#include "parallel/eval_step.h"
+#include "parallel/layout_state.h"
+#include "parallel/rank_layout.h"
+#include "parallel/train_step.h"
 
 namespace trident::parallel {
 
-struct EngineOptions {
-  int zero = 0;                  // ZeRO stage over dp (0..3)
-  std::string schedule = "1f1b";  // pipeline schedule when pp > 1
-  int micro_batches = 1;         // per step per dp rank
-  int virtual_stages = 1;
-  bool balance_stages = false;   // pp: split layers by estimated cost (see Engine's constructor)
-  bool sequence_parallel = false;
-  nn::Recompute recompute = nn::Recompute::kNone;  // activation recomputation
-  kernels::Precision precision = kernels::Precision::kFp32;  // of every matmul
-  double bucket_mb = 25.0;       // DDP gradient bucket size
-  bool overlap = true;           // overlap gradient allreduce with backward
-  optim::AdamWConfig adamw;
-  double grad_clip = 1.0;        // 0: off
-};
-
-// Fills rows [row_begin, row_begin + rows) of the current global batch: ids and targets are
-// (rows, T) row-major.
-using BatchFn = std::function<void(int64_t row_begin, int64_t rows, int32_t* ids, int32_t* targets)>;
-
-struct StepStats {
-  double loss = 0.0;       // mean over every token of the global batch
-  double grad_norm = 0.0;  // global L2 norm before clipping
-  // Mixture of experts: the load-balancing loss (unweighted) averaged over every layer and
-  // every sequence of the global batch; 0 for dense models. Not part of `loss`.
-  double aux_loss = 0.0;
-  float clip_scale = 1.0f;
-  double comm_wait_s = 0.0;  // time blocked on dp communication (exposed, not overlapped)
-  // The loss or the grad norm was not finite somewhere in the world: no rank applied the
-  // update (weights, AdamW moments and step counter unchanged). What to do next is the
-  // caller's policy (train/nonfinite_policy.h).
-  bool skipped = false;
-};
-
 class Engine {
  public:
-  // global_batch rows of seq_len tokens per step, split over dp and then micro-batches.
+  // global_batch rows of seq_len tokens per step, split over dp and then into micro_batches.
   Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOptions& options,
-         MemoryTracker& tracker, int64_t global_batch, int64_t seq_len);
-  ~Engine();
+         MemoryTracker& tracker, int64_t global_batch, int64_t seq_len, int micro_batches)
+      : layout_(mesh, config, options, tracker, global_batch, seq_len, micro_batches) {}
 
-  void initialize(uint64_t seed);  // GPT-2 init from the logical tensors
-  StepStats train_step(const BatchFn& batch, float lr);
+  void initialize(uint64_t seed) { initialize_params(layout_, seed); }
+  StepStats train_step(const BatchFn& batch, float lr) { return parallel::train_step(layout_, batch, lr); }
   // Mean token loss of one global batch (no gradients). Same on every rank.
-  double eval_loss(const BatchFn& batch);
+  double eval_loss(const BatchFn& batch) { return parallel::eval_loss(layout_, batch); }
 
-  // ---- layout-free state: logical tensors by Hugging Face name ----
-  // Collective over the world: every rank calls with the same names in the same order; the
-  // full logical tensor arrives on world rank 0 (others' `out` is untouched, may be null).
-  void gather_param(const std::string& name, const Shape& logical_shape, float* out);
-  // kind 0: exp_avg, 1: exp_avg_sq
-  void gather_optimizer_state(const std::string& name, const Shape& logical_shape, int kind,
-                              float* out);
-  // Every rank passes the full logical tensor and keeps its slice (in every chunk that holds
-  // the parameter: the tied embedding lives on the first and the last stage). Not collective.
-  void load_param(const std::string& name, const float* logical);
-  void load_optimizer_state(const std::string& name, int kind, const float* logical);
-  int64_t optimizer_step() const;
-  void set_optimizer_step(int64_t t);
-  // Collective over the world: every rank scans the weights and AdamW moments it holds (its
-  // shards under ZeRO) for NaN/inf. Returns, on every rank alike, the first offender of the
-  // lowest such rank ("h.3.mlp.c_fc.weight exp_avg_sq, element 17, on rank 2"), or "" when
-  // all are finite.
-  std::string find_nonfinite_state();
+  // ---- layout-free state (layout_state.h) ----
+  void gather_param(const std::string& name, const Shape& logical_shape, float* out) {
+    parallel::gather_param(layout_, name, logical_shape, out);
+  }
+  void gather_optimizer_state(const std::string& name, const Shape& logical_shape, int kind, float* out) {
+    parallel::gather_optimizer_state(layout_, name, logical_shape, kind, out);
+  }
+  void load_param(const std::string& name, const float* logical) { parallel::load_param(layout_, name, logical); }
+  void load_optimizer_state(const std::string& name, int kind, const float* logical) {
+    parallel::load_optimizer_state(layout_, name, kind, logical);
+  }
+  int64_t optimizer_step() const { return parallel::optimizer_step(layout_); }
+  void set_optimizer_step(int64_t t) { parallel::set_optimizer_step(layout_, t); }
+  std::string find_nonfinite_state() { return parallel::find_nonfinite_state(layout_); }
 
-  const nn::ModelConfig& config() const { return config_; }
+  // ---- what the rank holds (rank_layout.h) ----
+  RankLayout& layout() { return layout_; }
+  const nn::ModelConfig& config() const { return layout_.config(); }
   // This rank's first model chunk (the whole model when pp == 1).
-  nn::Model& model() { return *chunks_.front().model; }
-  int num_chunks() const { return static_cast<int>(chunks_.size()); }
-  nn::Model& chunk_model(int c) { return *chunks_.at(static_cast<std::size_t>(c)).model; }
-  comm::Mesh& mesh() { return mesh_; }
-  MemoryTracker& tracker() { return tracker_; }
-  int64_t micro_batch_rows() const { return micro_rows_; }
-  int micro_batches() const { return micro_batches_; }
-  int64_t seq_len() const { return seq_len_; }
-  bool is_output_rank() const { return mesh_.rank() == 0; }
-  std::string describe() const;
+  nn::Model& model() { return chunk_model(0); }
+  int num_chunks() const { return static_cast<int>(layout_.chunks().size()); }
+  nn::Model& chunk_model(int c) { return *layout_.chunks().at(static_cast<std::size_t>(c)).model; }
+  comm::Mesh& mesh() { return layout_.mesh(); }
+  MemoryTracker& tracker() { return layout_.tracker(); }
+  std::string describe() const { return layout_.describe(); }
   // The dp/ZeRO reducer of chunk c (null when dp == 1 and zero == 0).
-  DataParallel* data_parallel(int c = 0) { return chunks_.at(static_cast<std::size_t>(c)).dp.get(); }
+  DataParallel* data_parallel(int c = 0) { return layout_.chunks().at(static_cast<std::size_t>(c)).dp.get(); }
   // The pipeline executor (null when pp == 1).
-  pp::PipelineExecutor* pipeline() { return executor_.get(); }
+  pp::PipelineExecutor* pipeline() { return layout_.executor(); }
 
  private:
-  // One model chunk this rank holds, with its data-parallel reducer and optimizer.
-  struct Chunk {
-    std::unique_ptr<nn::Model> model;
-    std::unique_ptr<DataParallel> dp;  // after model: destroyed first
-    std::unique_ptr<optim::AdamW> adamw;
-  };
-  // The chunk and id of `name` whose copy this rank counts and saves; chunk null if none.
-  struct OwnedParam {
-    Chunk* chunk = nullptr;
-    int id = -1;
-  };
-  OwnedParam owned_param(const std::string& name);
-  // Chunk c's AdamW moments (kind 0: exp_avg, 1: exp_avg_sq) of parameter `id` that this rank
-  // holds: `count` elements at `data`, starting at the parameter's local index `local_begin`.
-  struct MomentSlice {
-    float* data;
-    int64_t local_begin, count;
-  };
-  MomentSlice moments_of(Chunk& c, int id, int kind);
-  // Sum of squares of this rank's gradient elements that no other rank also counts.
-  double local_unique_grad_sumsq() const;
-  // Whether this rank's copy of parameter `id` of chunk `c` is the one counted/saved.
-  bool owns_for_reduction(const Chunk& c, int id) const;
-  double reduce_loss(double local_loss_sum);
-  bool holds_loss() const;  // this rank computes losses (last stage, tp rank 0)
-  void sum_tied_embedding_grads();
-  double pipeline_eval_micro_batch(const int32_t* ids, const int32_t* targets);
-
-  comm::Mesh& mesh_;
-  nn::ModelConfig config_;
-  EngineOptions options_;
-  MemoryTracker& tracker_;
-  int64_t global_batch_, seq_len_, rank_rows_, micro_rows_;
-  int micro_batches_;
-  std::unique_ptr<nn::TensorParallelComm> tp_comm_;
-  std::vector<Chunk> chunks_;
-  std::unique_ptr<pp::PipelineExecutor> executor_;
-  // Ranks of the first and last pipeline stage with this rank's tp coordinate (all dp): where
-  // the tied embedding's two gradients are summed. Null unless pp > 1 and this rank is on one.
-  std::unique_ptr<comm::Communicator> tied_group_;
-  MPI_Comm tied_comm_ = MPI_COMM_NULL;
-  nn::ModelActivations acts_;                   // pp == 1: the micro-batch loop's activations
-  std::vector<nn::ModelActivations> eval_acts_;  // pp > 1: per chunk, for evaluation
-  std::string partition_text_;  // pp > 1: which layers each stage holds, for start-up logs
-  std::vector<int32_t> ids_, targets_;
-  std::vector<std::vector<int32_t>> mb_ids_, mb_targets_;  // pp > 1: the step's micro-batches
+  RankLayout layout_;
 };
 
 }  // namespace trident::parallel

@@ -36,8 +36,7 @@ namespace {
 parallel::EngineOptions engine_options(const RunConfig& cfg) {
   parallel::EngineOptions o;
   o.zero = cfg.parallel.zero;
-  o.schedule = std::string(enum_name(cfg.parallel.schedule));
-  o.micro_batches = cfg.num_micro_batches();
+  o.schedule = pp::parse_schedule_kind(enum_name(cfg.parallel.schedule));
   o.virtual_stages = cfg.parallel.virtual_stages;
   o.balance_stages = cfg.parallel.balance_stages;
   o.sequence_parallel = cfg.parallel.sequence_parallel;
@@ -121,7 +120,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
 
   MemoryTracker tracker;
   parallel::Engine engine(mesh, model_cfg, engine_options(cfg), tracker, cfg.data.batch_size,
-                          cfg.data.seq_len);
+                          cfg.data.seq_len, cfg.num_micro_batches());
   int64_t start_step = 0;
   if (!cfg.train.resume.empty()) {
     start_step = load_into_engine(engine, *source, /*with_optimizer=*/true);

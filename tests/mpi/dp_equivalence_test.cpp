@@ -91,20 +91,19 @@ std::map<std::string, std::vector<float>> gather_all(Engine& e, bool moments = f
   return w;
 }
 
-EngineOptions options(int zero, double bucket_mb = 25.0, int micro = 1, bool overlap = true) {
+EngineOptions options(int zero, double bucket_mb = 25.0, bool overlap = true) {
   EngineOptions o;
   o.zero = zero;
   o.bucket_mb = bucket_mb;
-  o.micro_batches = micro;
   o.overlap = overlap;
   o.grad_clip = 1.0;
   o.adamw.eps = kEps;
   return o;
 }
 
-Result train(comm::Mesh& mesh, const EngineOptions& opt, int steps = kSteps) {
+Result train(comm::Mesh& mesh, const EngineOptions& opt, int micro = 1, int steps = kSteps) {
   MemoryTracker tracker;
-  Engine e(mesh, model(), opt, tracker, kBatch, kSeq);
+  Engine e(mesh, model(), opt, tracker, kBatch, kSeq, micro);
   e.initialize(1234);
   Result r;
   for (int s = 0; s < steps; ++s) {
@@ -122,7 +121,7 @@ Result train(comm::Mesh& mesh, const EngineOptions& opt, int steps = kSteps) {
 const Result& reference(int micro) {
   static std::map<int, Result> cache;
   auto it = cache.find(micro);
-  if (it == cache.end()) it = cache.emplace(micro, train(self_mesh(), options(0, 25.0, micro))).first;
+  if (it == cache.end()) it = cache.emplace(micro, train(self_mesh(), options(0), micro)).first;
   return it->second;
 }
 
@@ -178,7 +177,7 @@ TEST_P(ZeroStage, MatchesSingleProcess) {
 
 TEST_P(ZeroStage, GradAccumulationMatches) {
   const int zero = GetParam();
-  expect_matches(train(dp_mesh(), options(zero, 25.0, 2)), reference(2),
+  expect_matches(train(dp_mesh(), options(zero), 2), reference(2),
                  "zero " + std::to_string(zero) + " micro 2");
 }
 
@@ -191,7 +190,7 @@ TEST_P(ZeroStage, BucketSizesGiveTheSameResult) {
     const Result r = train(dp_mesh(), options(zero, mb));
     expect_matches(r, one_each, "zero " + std::to_string(zero) + " bucket " + std::to_string(mb) + " MiB");
   }
-  expect_matches(train(dp_mesh(), options(zero, 0.01, 1, false)), one_each,
+  expect_matches(train(dp_mesh(), options(zero, 0.01, false)), one_each,
                  "zero " + std::to_string(zero) + " overlap off");
   expect_matches(one_each, reference(1), "zero " + std::to_string(zero) + " 1 bucket/param");
 }
@@ -233,7 +232,7 @@ TEST(DpMemory, PerRankBytesFollowTheZeroFormulas) {
   for (int zero = 0; zero <= 3; ++zero) {
     MemoryTracker t;
     const double bucket_mb = 0.02;  // ~5k floats: several buckets
-    Engine e(dp_mesh(), model(), options(zero, bucket_mb), t, kBatch, kSeq);
+    Engine e(dp_mesh(), model(), options(zero, bucket_mb), t, kBatch, kSeq, 1);
     e.initialize(1);
     t.reset_peaks();
     e.train_step(batch_for(0, e.config().vocab_size), kLr);
@@ -299,13 +298,13 @@ TEST(DpCheckpoint, StateMovesBetweenLayouts) {
   };
   for (auto [za, zb] : {std::pair{3, 0}, std::pair{0, 2}, std::pair{1, 3}}) {
     MemoryTracker ta, tb;
-    Engine a(dp_mesh(), model(), options(za), ta, kBatch, kSeq);
+    Engine a(dp_mesh(), model(), options(za), ta, kBatch, kSeq, 1);
     a.initialize(7);
     for (int s = 0; s < 3; ++s) a.train_step(batch_for(s, a.config().vocab_size), kLr);
     auto st = state_of(a);
     const auto names = logical_params(a);
     bcast(st, names);
-    Engine b(dp_mesh(), model(), options(zb), tb, kBatch, kSeq);
+    Engine b(dp_mesh(), model(), options(zb), tb, kBatch, kSeq, 1);
     for (const auto& [name, shape] : names) {
       b.load_param(name, st[name].data());
       b.load_optimizer_state(name, 0, st[name + ".m"].data());
@@ -333,7 +332,7 @@ TEST(DpCheckpoint, StateMovesBetweenLayouts) {
 TEST(DpReplicas, OneFlippedBitOnOneReplicaIsFound) {
   for (int zero : {0, 1}) {
     MemoryTracker t;
-    Engine e(dp_mesh(), model(), options(zero), t, kBatch, kSeq);
+    Engine e(dp_mesh(), model(), options(zero), t, kBatch, kSeq, 1);
     e.initialize(3);
     e.train_step(batch_for(0, e.config().vocab_size), kLr);
     ASSERT_EQ(test::compare_dp_replicas(e).elements, 0) << "zero " << zero;
@@ -355,13 +354,13 @@ TEST(DpBadInput, BatchNotDivisibleByDp) {
   MemoryTracker t;
   const int n = dp_mesh().size();
   try {
-    Engine e(dp_mesh(), model(), options(0), t, n * 3 + 1, kSeq);
+    Engine e(dp_mesh(), model(), options(0), t, n * 3 + 1, kSeq, 1);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(fmt::format("not divisible by dp {}", n)), std::string::npos) << e.what();
   }
   try {
-    Engine e(dp_mesh(), model(), options(4), t, kBatch, kSeq);
+    Engine e(dp_mesh(), model(), options(4), t, kBatch, kSeq, 1);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("ZeRO stage 4"), std::string::npos) << e.what();

@@ -106,10 +106,11 @@ std::vector<float> logical_everywhere(Engine& e, const std::string& name) {
   return {};
 }
 
+constexpr int kMicroBatches = 2;
+
 EngineOptions options(int zero) {
   EngineOptions o;
   o.zero = zero;
-  o.micro_batches = 2;
   o.grad_clip = 1.0;
   return o;
 }
@@ -122,7 +123,7 @@ void check_layout(const Layout& l, const std::string& poison, float bad_value) {
   SCOPED_TRACE(l.name + ", " + poison + " = " + std::to_string(bad_value));
   comm::Mesh mesh(MPI_COMM_WORLD, l.shape, test::aborting_after(60.0));
   MemoryTracker t1, t2;
-  Engine e(mesh, nn::model_preset("tiny"), options(l.zero), t1, kBatch, kSeq);
+  Engine e(mesh, nn::model_preset("tiny"), options(l.zero), t1, kBatch, kSeq, kMicroBatches);
   e.initialize(99);
   EXPECT_FALSE(e.train_step(batch(0), kLr).skipped);
   std::vector<float> good = logical_everywhere(e, poison), bad = good;
@@ -140,7 +141,7 @@ void check_layout(const Layout& l, const std::string& poison, float bad_value) {
   EXPECT_TRUE(std::isfinite(after.loss) && std::isfinite(after.grad_norm));
 
   // The same layout without the poisoned step: batches 0 and 2 only.
-  Engine ref(mesh, nn::model_preset("tiny"), options(l.zero), t2, kBatch, kSeq);
+  Engine ref(mesh, nn::model_preset("tiny"), options(l.zero), t2, kBatch, kSeq, kMicroBatches);
   ref.initialize(99);
   ref.train_step(batch(0), kLr);
   const StepStats ref_after = ref.train_step(batch(2), kLr);
@@ -189,7 +190,7 @@ TEST(NonfiniteState, CheckpointIsRefusedAndTheLastOneStaysLatest) {
     SCOPED_TRACE(l.name);
     comm::Mesh mesh(MPI_COMM_WORLD, l.shape, test::aborting_after(60.0));
     MemoryTracker t;
-    Engine e(mesh, nn::model_preset("tiny"), options(l.zero), t, kBatch, kSeq);
+    Engine e(mesh, nn::model_preset("tiny"), options(l.zero), t, kBatch, kSeq, kMicroBatches);
     e.initialize(5);
     e.train_step(batch(0), kLr);
     const std::string root = shared_temp_dir();

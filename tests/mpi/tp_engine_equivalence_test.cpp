@@ -76,9 +76,9 @@ BatchFn batch_for(int step, int vocab) { return test::synthetic_batch(step, voca
 
 using Result = test::RunCurves;
 
-Result train(comm::Mesh& mesh, const EngineOptions& opt) {
+Result train(comm::Mesh& mesh, const EngineOptions& opt, int micro = 1) {
   MemoryTracker tracker;
-  Engine e(mesh, model(), opt, tracker, kBatch, kSeq);
+  Engine e(mesh, model(), opt, tracker, kBatch, kSeq, micro);
   e.initialize(1234);
   Result r;
   for (int s = 0; s < kSteps; ++s) {
@@ -99,11 +99,10 @@ Result train(comm::Mesh& mesh, const EngineOptions& opt) {
   return r;
 }
 
-EngineOptions options(bool sp, int zero = 0, int micro = 1) {
+EngineOptions options(bool sp, int zero = 0) {
   EngineOptions o;
   o.sequence_parallel = sp;
   o.zero = zero;
-  o.micro_batches = micro;
   o.grad_clip = 1.0;
   o.adamw.eps = kEps;
   return o;
@@ -118,7 +117,7 @@ const Result& reference(int micro) {
     g_self_mesh = std::make_unique<comm::Mesh>(MPI_COMM_SELF, comm::MeshShape{1, 1, 1}, test_options());
   }
   auto it = cache.find(micro);
-  if (it == cache.end()) it = cache.emplace(micro, train(*g_self_mesh, options(false, 0, micro))).first;
+  if (it == cache.end()) it = cache.emplace(micro, train(*g_self_mesh, options(false), micro)).first;
   return it->second;
 }
 
@@ -153,9 +152,10 @@ void expect_matches(const Result& got, const Result& want, const std::string& wh
   EXPECT_LE(sum_abs / static_cast<double>(n), 1e-6) << what;
 }
 
-void run_layout(int dp, int tp, const EngineOptions& opt, const std::string& what, int pp = 1) {
+void run_layout(int dp, int tp, const EngineOptions& opt, const std::string& what, int pp = 1,
+                int micro = 1) {
   comm::Mesh mesh(MPI_COMM_WORLD, comm::MeshShape{pp, dp, tp}, test_options());
-  expect_matches(train(mesh, opt), reference(opt.micro_batches), what);
+  expect_matches(train(mesh, opt, micro), reference(micro), what);
 }
 
 TEST(TpEngine, TensorParallelMatchesSingleProcess) {
@@ -167,7 +167,7 @@ TEST(TpEngine, SequenceParallelMatchesSingleProcess) {
 }
 
 TEST(TpEngine, SequenceParallelWithMicroBatchesMatches) {
-  run_layout(1, world_size(), options(true, 0, 2), "tp + sp, 2 micro-batches");
+  run_layout(1, world_size(), options(true), "tp + sp, 2 micro-batches", 1, 2);
 }
 
 TEST(TpEngine, DataTimesTensorParallelMatches) {
@@ -181,8 +181,8 @@ TEST(TpEngine, DataTimesTensorParallelMatches) {
 // dp replicas under a pipeline (each stage's dp group compared by train's replica check).
 TEST(TpEngine, DataTimesPipelineParallelMatches) {
   if (world_size() != 4) GTEST_SKIP() << "dp 2 x pp 2 needs 4 ranks";
-  run_layout(2, 1, options(false, 1, 2), "dp2 x pp2, zero 1", 2);
-  run_layout(2, 1, options(false, 3, 2), "dp2 x pp2, zero 3", 2);
+  run_layout(2, 1, options(false, 1), "dp2 x pp2, zero 1", 2, 2);
+  run_layout(2, 1, options(false, 3), "dp2 x pp2, zero 3", 2, 2);
 }
 
 // Layout-free state: the single-process run's final logical weights, loaded into a tp engine
@@ -192,7 +192,7 @@ TEST(TpEngine, LogicalWeightsLoadIntoTensorParallelSlices) {
     const Result& ref = reference(1);
     comm::Mesh mesh(MPI_COMM_WORLD, comm::MeshShape{1, 1, world_size()}, test_options());
     MemoryTracker tracker;
-    Engine e(mesh, model(), options(sp), tracker, kBatch, kSeq);
+    Engine e(mesh, model(), options(sp), tracker, kBatch, kSeq, 1);
     std::vector<float> logical;
     for (const nn::ParamInfo& p : e.model().params().infos()) {
       logical.assign(static_cast<std::size_t>(shape_numel(p.logical_shape)), 0.0f);
@@ -208,7 +208,7 @@ TEST(TpEngine, LogicalWeightsLoadIntoTensorParallelSlices) {
       }
     }
     MemoryTracker t1;
-    Engine single(*g_self_mesh, model(), options(false), t1, kBatch, kSeq);
+    Engine single(*g_self_mesh, model(), options(false), t1, kBatch, kSeq, 1);
     for (const nn::ParamInfo& p : single.model().params().infos()) {
       logical.assign(static_cast<std::size_t>(shape_numel(p.logical_shape)), 0.0f);
       if (world_rank() == 0) logical = ref.weights.at(p.name);

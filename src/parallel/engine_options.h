@@ -1,0 +1,29 @@
+// How the engine lays out and optimises one model: the ZeRO stage, the pipeline schedule, the
+// tensor-parallel and memory options, AdamW and clipping. Declared once here; `trident train`'s
+// run config holds this struct and parses into it (train/run_config.h), so no layer above
+// mirrors these fields. The mesh shape (dp x tp x pp) and the batch are not options of the
+// engine: they come with the Mesh and the constructor.
+#pragma once
+
+#include "kernels/matmul_engine.h"
+#include "nn/recompute.h"
+#include "optim/adamw.h"
+#include "parallel/pipeline/schedule.h"
+
+namespace trident::parallel {
+
+struct EngineOptions {
+  int zero = 0;                                       // ZeRO stage over dp (0..3)
+  pp::ScheduleKind schedule = pp::ScheduleKind::kOneFOneB;  // pipeline schedule when pp > 1
+  int virtual_stages = 1;                             // model chunks per pp rank (interleaved)
+  bool balance_stages = false;  // pp: split layers by estimated cost (see rank_layout.cpp)
+  bool sequence_parallel = false;
+  nn::Recompute recompute = nn::Recompute::kNone;             // activation recomputation
+  kernels::Precision precision = kernels::Precision::kFp32;  // of every matmul
+  double bucket_mb = 25.0;  // DDP gradient bucket size, MiB
+  bool overlap = true;      // overlap gradient allreduce with backward
+  optim::AdamWConfig adamw;
+  double grad_clip = 1.0;  // clip the global gradient norm to this; 0: off
+};
+
+}  // namespace trident::parallel

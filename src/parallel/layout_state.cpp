@@ -1,0 +1,194 @@
+// Logical tensors in and out of a layout (see layout_state.h).
+#include "parallel/layout_state.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace trident::parallel {
+
+namespace {
+
+// Builds the logical tensor on world rank 0 from every rank's contribution: owners write their
+// elements (`local`, this rank's local tensor), everyone else (local == nullptr) zeros, and a
+// sum over the world (x + 0 == x exactly) assembles it.
+void assemble_logical(comm::Mesh& mesh, const nn::ParamInfo& info, const float* local, float* out) {
+  const auto n = static_cast<std::size_t>(shape_numel(info.logical_shape));
+  // Rank 0 sums straight into `out`; the others into a scratch tensor.
+  std::vector<float> scratch;
+  float* logical = mesh.rank() == 0 && out ? out : (scratch.resize(n), scratch.data());
+  std::fill_n(logical, n, 0.0f);
+  if (local) nn::gather_local_to_logical(info, local, logical);
+  mesh.world().allreduce(std::span<float>(logical, n), comm::ReduceOp::kSum).wait();
+}
+
+// The chunk and id of `name` whose copy this rank counts and saves; chunk null if none.
+struct OwnedParam {
+  ModelChunk* chunk = nullptr;
+  int id = -1;
+};
+OwnedParam owned_param(RankLayout& L, const std::string& name) {
+  // At most one chunk of a rank counts a parameter (the last stage's tied copy never does).
+  for (ModelChunk& c : L.chunks()) {
+    const int id = c.model->params().find(name);
+    if (id >= 0 && RankLayout::owns(c, id)) return {&c, id};
+  }
+  return {};
+}
+
+// Chunk c's AdamW moments (kind 0: exp_avg, 1: exp_avg_sq) of parameter `id` that this rank
+// holds: `count` elements at `data`, starting at the parameter's local index `local_begin`.
+struct MomentSlice {
+  float* data;
+  int64_t local_begin, count;
+};
+MomentSlice moments_of(ModelChunk& c, int id, int kind) {
+  // The optimizer holds [begin, end) of the flat buffer (everything, or the ZeRO shard).
+  const nn::ParamInfo& info = c.model->params().info(id);
+  FloatBuffer& state = kind == 0 ? c.adamw->exp_avg() : c.adamw->exp_avg_sq();
+  const int64_t lo = std::max(info.offset, c.adamw->begin());
+  const int64_t hi = std::max(lo, std::min(info.offset + info.numel, c.adamw->end()));
+  return {state.data() + (lo - c.adamw->begin()), lo - info.offset, hi - lo};
+}
+
+// Index of the first non-finite of n floats, or -1.
+int64_t first_nonfinite(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) return i;
+  }
+  return -1;
+}
+
+}  // namespace
+
+void initialize_params(RankLayout& L, uint64_t seed) {
+  for (ModelChunk& c : L.chunks()) {
+    if (c.dp && c.dp->values_sharded()) {
+      c.dp->initialize_shard(seed);  // ZeRO-3: only this rank's shard exists
+    } else {
+      c.model->params().initialize(seed);
+    }
+  }
+}
+
+void gather_param(RankLayout& L, const std::string& name, const Shape& logical_shape, float* out) {
+  // Every rank takes part, also those that do not hold `name` (another stage does).
+  nn::ParamInfo info;
+  info.name = name;
+  info.logical_shape = logical_shape;
+  std::vector<float> shard;
+  const float* local = nullptr;
+  bool contributes = false;
+  if (const OwnedParam p = owned_param(L, name); p.chunk) {
+    info = p.chunk->model->params().info(p.id);
+    if (p.chunk->dp && p.chunk->dp->values_sharded()) {
+      // ZeRO-3: each dp rank adds its shard's elements (zeros elsewhere).
+      shard.assign(static_cast<std::size_t>(info.numel), 0.0f);
+      p.chunk->dp->read_shard_values(p.id, shard.data());
+      local = shard.data();
+      contributes = true;
+    } else {
+      local = p.chunk->model->params().data(p.id);
+      contributes = L.mesh().coord().dp == 0;
+    }
+  }
+  assemble_logical(L.mesh(), info, contributes ? local : nullptr, out);
+}
+
+void gather_optimizer_state(RankLayout& L, const std::string& name, const Shape& logical_shape,
+                            int kind, float* out) {
+  nn::ParamInfo info;
+  info.name = name;
+  info.logical_shape = logical_shape;
+  std::vector<float> padded;
+  const float* local = nullptr;
+  bool contributes = false;
+  if (const OwnedParam p = owned_param(L, name); p.chunk) {
+    info = p.chunk->model->params().info(p.id);
+    const MomentSlice m = moments_of(*p.chunk, p.id, kind);
+    if (m.local_begin == 0 && m.count == info.numel) {
+      local = m.data;  // the whole local tensor: no copy
+    } else {
+      padded.assign(static_cast<std::size_t>(info.numel), 0.0f);
+      std::copy_n(m.data, m.count, padded.data() + m.local_begin);
+      local = padded.data();
+    }
+    // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
+    contributes = L.options().zero >= 1 || L.mesh().coord().dp == 0;
+  }
+  assemble_logical(L.mesh(), info, contributes ? local : nullptr, out);
+}
+
+void load_param(RankLayout& L, const std::string& name, const float* logical) {
+  for (ModelChunk& c : L.chunks()) {
+    nn::ParameterSet& ps = c.model->params();
+    const int id = ps.find(name);
+    if (id < 0) continue;  // held by another stage
+    if (c.dp && c.dp->values_sharded()) {
+      std::vector<float> local(static_cast<std::size_t>(ps.info(id).numel));
+      nn::scatter_logical_to_local(ps.info(id), logical, local.data());
+      c.dp->write_shard_values(id, local.data());
+    } else {
+      nn::scatter_logical_to_local(ps.info(id), logical, ps.data(id));
+    }
+  }
+}
+
+void load_optimizer_state(RankLayout& L, const std::string& name, int kind, const float* logical) {
+  for (ModelChunk& c : L.chunks()) {
+    const int id = c.model->params().find(name);
+    if (id < 0) continue;
+    std::vector<float> local(static_cast<std::size_t>(c.model->params().info(id).numel));
+    nn::scatter_logical_to_local(c.model->params().info(id), logical, local.data());
+    const MomentSlice m = moments_of(c, id, kind);
+    std::copy_n(local.data() + m.local_begin, m.count, m.data);
+  }
+}
+
+int64_t optimizer_step(const RankLayout& L) { return L.chunks().front().adamw->step_count(); }
+
+void set_optimizer_step(RankLayout& L, int64_t t) {
+  for (ModelChunk& c : L.chunks()) c.adamw->set_step_count(t);
+}
+
+std::string find_nonfinite_state(RankLayout& L) {
+  std::string mine;
+  for (ModelChunk& c : L.chunks()) {
+    const nn::ParameterSet& ps = c.model->params();
+    std::vector<float> shard;
+    for (int id = 0; id < ps.size() && mine.empty(); ++id) {
+      const nn::ParamInfo& info = ps.info(id);
+      const float* values = ps.data(id);
+      if (c.dp && c.dp->values_sharded()) {  // ZeRO-3: only the shard is this rank's
+        shard.assign(static_cast<std::size_t>(info.numel), 0.0f);
+        c.dp->read_shard_values(id, shard.data());
+        values = shard.data();
+      }
+      if (const int64_t i = first_nonfinite(values, info.numel); i >= 0) {
+        mine = fmt::format("{} (weights), local element {}, value {}", info.name, i, values[i]);
+        break;
+      }
+      for (int kind = 0; kind < 2; ++kind) {
+        const MomentSlice m = moments_of(c, id, kind);
+        if (const int64_t i = first_nonfinite(m.data, m.count); i >= 0) {
+          mine = fmt::format("{} ({}), local element {}, value {}", info.name,
+                             kind == 0 ? "exp_avg" : "exp_avg_sq", m.local_begin + i, m.data[i]);
+          break;
+        }
+      }
+    }
+    if (!mine.empty()) break;
+  }
+  // The lowest rank that found one tells everyone what it found.
+  comm::Communicator& world = L.mesh().world();
+  std::vector<int32_t> first{mine.empty() ? world.size() : world.rank()};
+  world.allreduce(std::span<int32_t>(first), comm::ReduceOp::kMin).wait();
+  if (first[0] == world.size()) return {};
+  std::vector<uint8_t> text(256, 0);
+  if (world.rank() == first[0]) std::copy_n(mine.begin(), std::min(mine.size(), text.size() - 1), text.begin());
+  world.broadcast(std::span<uint8_t>(text), first[0]).wait();
+  return fmt::format("{} on rank {}", reinterpret_cast<const char*>(text.data()), first[0]);
+}
+
+}  // namespace trident::parallel

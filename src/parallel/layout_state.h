@@ -1,0 +1,36 @@
+// Layout-free state of a RankLayout: logical (unsharded) tensors by Hugging Face name, moved
+// between the world and this rank's slices -- tp splits, pp stages, ZeRO shards, the tied
+// parameter on two stages -- whatever the layout. Used by checkpointing (ckpt/, train/
+// checkpointing.cpp) and the equivalence tests; the file formats are left to them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "parallel/rank_layout.h"
+
+namespace trident::parallel {
+
+// Initialises every parameter from its logical tensor (the counter-based RNG keyed by seed,
+// name and element: every layout starts from the same weights); ZeRO-3 ranks only their shard.
+void initialize_params(RankLayout& layout, uint64_t seed);
+
+// Collective over the world: every rank calls with the same names in the same order; the full
+// logical tensor arrives on world rank 0 (others' `out` is untouched, may be null).
+void gather_param(RankLayout& layout, const std::string& name, const Shape& logical_shape, float* out);
+// kind 0: exp_avg, 1: exp_avg_sq
+void gather_optimizer_state(RankLayout& layout, const std::string& name, const Shape& logical_shape,
+                            int kind, float* out);
+// Every rank passes the full logical tensor and keeps its slice (in every chunk that holds the
+// parameter: a tied one lives on the first and the last stage). Not collective.
+void load_param(RankLayout& layout, const std::string& name, const float* logical);
+void load_optimizer_state(RankLayout& layout, const std::string& name, int kind, const float* logical);
+int64_t optimizer_step(const RankLayout& layout);
+void set_optimizer_step(RankLayout& layout, int64_t t);
+// Collective over the world: every rank scans the weights and AdamW moments it holds (its
+// shards under ZeRO) for NaN/inf. Returns, on every rank alike, the first offender of the
+// lowest such rank ("h.3.mlp.c_fc.weight exp_avg_sq, element 17, on rank 2"), or "" when all
+// are finite.
+std::string find_nonfinite_state(RankLayout& layout);
+
+}  // namespace trident::parallel

@@ -1,0 +1,179 @@
+// Building what one rank holds (see rank_layout.h).
+#include "parallel/rank_layout.h"
+
+#include <fmt/format.h>
+
+#include "core/check.h"
+#include "nn/architecture.h"
+#include "parallel/pipeline/partition.h"
+#include "parallel/tensor_parallel_comm.h"
+
+namespace trident::parallel {
+
+RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOptions& options,
+                       MemoryTracker& tracker, int64_t global_batch, int64_t seq_len, int micro_batches)
+    : mesh_(mesh), config_(config), options_(options), tracker_(tracker) {
+  const comm::MeshShape& shape = mesh.shape();
+  config_.validate();
+  TRI_CHECK(global_batch % shape.dp == 0,
+            "batch size {} is not divisible by dp {}: each data-parallel rank takes batch_size / "
+            "dp sequences; use a batch size that is a multiple of {}",
+            global_batch, shape.dp, shape.dp);
+  BatchSplit& b = batch_;
+  b.global_batch = global_batch;
+  b.seq_len = seq_len;
+  b.rank_rows = global_batch / shape.dp;
+  b.micro_batches = micro_batches;
+  TRI_CHECK(micro_batches >= 1 && b.rank_rows % micro_batches == 0,
+            "the {} sequences per data-parallel rank (batch size {} / dp {}) do not split into {} "
+            "micro-batches; use a micro-batch count that divides {}",
+            b.rank_rows, global_batch, shape.dp, micro_batches, b.rank_rows);
+  b.micro_rows = b.rank_rows / micro_batches;
+  TRI_CHECK(seq_len >= 1 && seq_len <= config_.n_positions,
+            "sequence length {} must be between 1 and the model's n_positions {}", seq_len,
+            config_.n_positions);
+  validate_tensor_parallel(config_, shape.tp, shape.world());
+  TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
+            options.zero);
+
+  // Tensor parallelism: the model issues its tp collectives on the mesh's tp group; the step
+  // needs nothing else (replicated parameters counted once, see owns()).
+  nn::TpContext tp;
+  if (shape.tp > 1) {
+    tp_comm_ = std::make_unique<CommTensorParallel>(mesh_.tp());
+    tp = make_tp_context(*tp_comm_, options_.sequence_parallel);
+  }
+  // Pipeline parallelism: this rank's chunks of the layer stack (V of them when interleaved).
+  const int V = shape.pp > 1 ? options_.virtual_stages : 1;
+  std::vector<nn::StageSpec> stages{nn::StageSpec{}};
+  pp::ScheduleSpec spec;
+  if (shape.pp > 1) {
+    spec.kind = options_.schedule;
+    spec.pp = shape.pp;
+    spec.micro_batches = micro_batches;
+    spec.virtual_stages = V;
+    spec.validate();
+    pp::PartitionOptions po;
+    po.pp = shape.pp;
+    po.virtual_stages = V;
+    if (options_.balance_stages) {
+      // Costs in transformer layers, from forward FLOPs per token as the architecture declares
+      // them (backward scales alike); the embedding is a lookup (negligible).
+      const double layer = nn::layer_forward_flops(config_, 1, 1, seq_len) / static_cast<double>(seq_len);
+      po.balance_cost = true;
+      po.embedding_cost = 0.0;
+      po.head_cost = nn::head_forward_flops(config_, 1, 1, 1) / layer;
+    }
+    const pp::Partition part = pp::partition_layers(config_.n_layer, po);
+    partition_text_ = part.describe();
+    if (!partition_text_.empty() && partition_text_.back() == '\n') partition_text_.pop_back();
+    stages.clear();
+    for (int c = 0; c < V; ++c) stages.push_back(part.chunk(mesh_.coord().pp, c));
+  } else {
+    TRI_CHECK(options_.virtual_stages == 1,
+              "--virtual-stages {} needs pipeline parallelism (--pp > 1) and the interleaved "
+              "schedule", options_.virtual_stages);
+    TRI_CHECK(!options_.balance_stages,
+              "--balance-stages splits layers over pipeline stages; it needs --pp > 1");
+  }
+  for (const nn::StageSpec& st : stages) {
+    ModelChunk c;
+    c.model = std::make_unique<nn::Model>(config_, tp, st);
+    c.model->set_recompute(options_.recompute);
+    c.model->set_precision(options_.precision);
+    c.model->allocate(tracker_);
+    // The MoE load-balancing loss: averaged over every layer and every sequence of the
+    // global batch, whatever the layout (nn/moe_mlp.h).
+    if (config_.is_moe()) {
+      c.model->set_aux_loss_weight(static_cast<float>(
+          config_.router_aux_loss_coef / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch))));
+    }
+    if (shape.dp > 1 || options_.zero > 0) {
+      c.dp = std::make_unique<DataParallel>(
+          c.model->params(), mesh_.dp(), tracker_,
+          DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1});
+      c.adamw = std::make_unique<optim::AdamW>(c.model->params(), tracker_, options_.adamw,
+                                               c.dp->optimizer_begin(), c.dp->optimizer_end());
+    } else {
+      c.adamw = std::make_unique<optim::AdamW>(c.model->params(), tracker_, options_.adamw);
+    }
+    chunks_.push_back(std::move(c));
+  }
+  if (shape.pp == 1) {
+    if (chunks_[0].dp) chunks_[0].model->set_hooks(chunks_[0].dp.get());
+    buffers_.acts = chunks_[0].model->make_activations(tracker_, b.micro_rows, seq_len);
+    buffers_.ids.resize(static_cast<std::size_t>(b.micro_rows * seq_len));
+    buffers_.targets.resize(buffers_.ids.size());
+    return;
+  }
+  build_pipeline(spec);
+}
+
+void RankLayout::build_pipeline(const pp::ScheduleSpec& spec) {
+  const BatchSplit& b = batch_;
+  std::vector<nn::Model*> models;
+  for (ModelChunk& c : chunks_) models.push_back(c.model.get());
+  pp::ExecutorOptions eo;
+  eo.micro_batch_rows = b.micro_rows;
+  eo.seq_len = b.seq_len;
+  eo.reduce_tied_grads = false;  // summed after the dp reduction (train_step.cpp)
+  executor_ = std::make_unique<pp::PipelineExecutor>(mesh_.pp(), models, spec, tracker_, eo);
+  std::vector<nn::ModelHooks*> hooks;
+  for (ModelChunk& c : chunks_) hooks.push_back(c.dp.get());
+  if (chunks_[0].dp) executor_->set_hooks(hooks);
+  for (ModelChunk& c : chunks_) {
+    buffers_.eval_acts.push_back(c.model->make_activations(tracker_, b.micro_rows, b.seq_len));
+  }
+  buffers_.mb_ids.assign(static_cast<std::size_t>(b.micro_batches),
+                         std::vector<int32_t>(static_cast<std::size_t>(b.micro_rows * b.seq_len)));
+  buffers_.mb_targets = buffers_.mb_ids;
+  // The tied parameter's group: first and last stage, same tp coordinate, every dp rank
+  // (none when nothing is tied: an untied head's gradient is its own stage's).
+  if (!nn::has_tied_embedding(config_)) return;
+  const int p = mesh_.coord().pp;
+  const bool on_end = p == 0 || p == mesh_.shape().pp - 1;
+  MPI_Comm_split(mesh_.world().mpi_comm(), on_end ? mesh_.coord().tp : MPI_UNDEFINED, mesh_.rank(),
+                 &tied_comm_);
+  if (on_end) tied_group_ = std::make_unique<comm::Communicator>(tied_comm_, "tied_embedding");
+}
+
+RankLayout::~RankLayout() {
+  executor_.reset();
+  tied_group_.reset();
+  if (tied_comm_ != MPI_COMM_NULL) MPI_Comm_free(&tied_comm_);
+}
+
+bool RankLayout::owns(const ModelChunk& chunk, int id) {
+  const nn::ParamInfo& info = chunk.model->params().info(id);
+  if (!info.tp_owner) return false;
+  // The last stage's copy of a tied parameter mirrors the first stage's.
+  return !info.tied_copy;
+}
+
+bool RankLayout::holds_loss() const {
+  return chunks_.back().model->stage().has_head && mesh_.coord().tp == 0;
+}
+
+std::string RankLayout::describe() const {
+  const comm::MeshShape& s = mesh_.shape();
+  const BatchSplit& b = batch_;
+  std::string text = fmt::format(
+      "layout dp {} x tp {} x pp {} (world {}), zero {}; global batch {} x {} tokens, {} "
+      "sequences per dp rank in {} micro-batch(es) of {}",
+      s.dp, s.tp, s.pp, s.world(), options_.zero, b.global_batch, b.seq_len, b.rank_rows,
+      b.micro_batches, b.micro_rows);
+  if (executor_) {
+    text += fmt::format("; schedule {}", executor_->spec().describe());
+  }
+  if (options_.sequence_parallel) text += ", sequence parallel";
+  if (options_.recompute != nn::Recompute::kNone) {
+    text += fmt::format(", {} recompute", nn::recompute_name(options_.recompute));
+  }
+  if (options_.precision != kernels::Precision::kFp32 && !chunks_.empty()) {
+    text += "; matmuls: " + chunks_.front().model->matmul().describe();
+  }
+  if (!partition_text_.empty()) text += "\n" + partition_text_;
+  return text;
+}
+
+}  // namespace trident::parallel

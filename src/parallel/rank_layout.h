@@ -1,0 +1,104 @@
+// What one rank holds in a dp x tp x pp layout of a model: its model chunks (V of them with the
+// interleaved schedule), each with its DDP/ZeRO reducer over the rank's dp group and an AdamW
+// over its shard; the tensor-parallel communicator, the pipeline executor, the tied-embedding
+// group; and the activation working set a step and an evaluation share. Built once from the
+// model config, the engine options and the batch; validated here (batch vs dp and micro-batches,
+// sequence length, tp split, ZeRO stage, schedule). What a step does with it is train_step.h,
+// eval_step.h and layout_state.h; none of them knows the model's family.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/mesh.h"
+#include "core/memory.h"
+#include "nn/model.h"
+#include "optim/adamw.h"
+#include "parallel/ddp_reducer.h"
+#include "parallel/engine_options.h"
+#include "parallel/pipeline/executor.h"
+
+namespace trident::parallel {
+
+// Fills rows [row_begin, row_begin + rows) of the current global batch: ids and targets are
+// (rows, T) row-major.
+using BatchFn = std::function<void(int64_t row_begin, int64_t rows, int32_t* ids, int32_t* targets)>;
+
+// A step's global batch and how it splits: global_batch rows of seq_len tokens, global_batch /
+// dp rows per data-parallel rank, those in micro_batches micro-batches of micro_rows.
+struct BatchSplit {
+  int64_t global_batch = 0, seq_len = 0;
+  int micro_batches = 1;
+  int64_t rank_rows = 0, micro_rows = 0;  // derived by RankLayout
+  int64_t tokens() const { return global_batch * seq_len; }
+};
+
+// One model chunk this rank holds, with its data-parallel reducer and optimizer.
+struct ModelChunk {
+  std::unique_ptr<nn::Model> model;
+  std::unique_ptr<DataParallel> dp;  // null when dp == 1 and zero == 0; after model: destroyed first
+  std::unique_ptr<optim::AdamW> adamw;
+};
+
+// The micro-batch inputs and activations of a step; evaluation reuses them.
+struct StepBuffers {
+  nn::ModelActivations acts;                   // pp == 1: the micro-batch loop's activations
+  std::vector<nn::ModelActivations> eval_acts;  // pp > 1: per chunk, for evaluation
+  std::vector<int32_t> ids, targets;            // pp == 1: one micro-batch
+  std::vector<std::vector<int32_t>> mb_ids, mb_targets;  // pp > 1: the step's micro-batches
+};
+
+class RankLayout {
+ public:
+  RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOptions& options,
+             MemoryTracker& tracker, int64_t global_batch, int64_t seq_len, int micro_batches);
+  ~RankLayout();
+  RankLayout(const RankLayout&) = delete;
+  RankLayout& operator=(const RankLayout&) = delete;
+
+  comm::Mesh& mesh() { return mesh_; }
+  const comm::Mesh& mesh() const { return mesh_; }
+  const nn::ModelConfig& config() const { return config_; }
+  const EngineOptions& options() const { return options_; }
+  MemoryTracker& tracker() { return tracker_; }
+  const BatchSplit& batch() const { return batch_; }
+  // This rank's first row of the global batch.
+  int64_t first_row() const { return mesh_.coord().dp * batch_.rank_rows; }
+
+  std::vector<ModelChunk>& chunks() { return chunks_; }
+  const std::vector<ModelChunk>& chunks() const { return chunks_; }
+  pp::PipelineExecutor* executor() { return executor_.get(); }  // null when pp == 1
+  // First and last pipeline stage with this rank's tp coordinate (all dp): where the tied
+  // embedding's two gradients are summed. Null unless pp > 1, a parameter is tied and this
+  // rank is on one of those stages.
+  comm::Communicator* tied_group() { return tied_group_.get(); }
+  StepBuffers& buffers() { return buffers_; }
+
+  // Whether this rank's copy of parameter `id` of `chunk` is the one counted (grad norm) and
+  // saved: its tp owner, and not the last stage's mirror of a tied parameter.
+  static bool owns(const ModelChunk& chunk, int id);
+  // This rank computes losses (last stage, tp rank 0); others' loss sums are not counted.
+  bool holds_loss() const;
+  std::string describe() const;
+
+ private:
+  void build_pipeline(const pp::ScheduleSpec& spec);
+
+  comm::Mesh& mesh_;
+  nn::ModelConfig config_;
+  EngineOptions options_;
+  MemoryTracker& tracker_;
+  BatchSplit batch_;
+  std::unique_ptr<nn::TensorParallelComm> tp_comm_;
+  std::vector<ModelChunk> chunks_;
+  std::unique_ptr<pp::PipelineExecutor> executor_;
+  std::unique_ptr<comm::Communicator> tied_group_;
+  MPI_Comm tied_comm_ = MPI_COMM_NULL;
+  StepBuffers buffers_;
+  std::string partition_text_;  // pp > 1: which layers each stage holds, for start-up logs
+};
+
+}  // namespace trident::parallel

@@ -1,0 +1,171 @@
+// The training step (see train_step.h).
+#include "parallel/train_step.h"
+
+#include <cmath>
+#include <cstring>
+#include <tuple>
+
+#include "core/check.h"
+#include "kernels/kernels.h"
+#include "optim/grad_clip.h"
+
+namespace trident::parallel {
+
+namespace {
+
+void zero_grads(RankLayout& L) {
+  for (ModelChunk& c : L.chunks()) {
+    if (c.dp) {
+      c.dp->begin_step();
+    } else {
+      c.model->params().zero_grads();
+    }
+  }
+}
+
+// pp == 1: forward and backward of each micro-batch; returns the rank's loss sum.
+double run_micro_batches(RankLayout& L, const BatchFn& batch, float dloss) {
+  const BatchSplit& b = L.batch();
+  StepBuffers& buf = L.buffers();
+  ModelChunk& c = L.chunks()[0];
+  double loss_sum = 0.0;
+  for (int m = 0; m < b.micro_batches; ++m) {
+    batch(L.first_row() + m * b.micro_rows, b.micro_rows, buf.ids.data(), buf.targets.data());
+    // dp: each rank's gradient is its rows' share of the global mean; the reducer sums the
+    // buckets over dp as backward produces them (last micro-batch only, or every micro-batch
+    // into the shards for ZeRO-2/3) and end_micro_batch waits for what is still in flight.
+    if (c.dp) {
+      c.dp->set_tokens(buf.ids.data(), b.micro_rows * b.seq_len);
+      c.dp->begin_micro_batch(m == b.micro_batches - 1);
+    }
+    loss_sum += c.model->forward_backward(buf.acts, buf.ids.data(), buf.targets.data(), b.micro_rows,
+                                          b.seq_len, dloss);
+    if (c.dp) c.dp->end_micro_batch();
+  }
+  return loss_sum;
+}
+
+// After the dp reduction: first-stage tied gradient + last-stage copy's, on both. Every rank
+// of the group contributes the elements it owns after the dp reduction -- its ZeRO-2/3
+// shard, or (stages 0-1, replicated over dp) dp rank 0 everything -- so the sum counts each
+// stage's gradient once and every rank reads back the elements it holds.
+void sum_tied_grads(RankLayout& L) {
+  comm::Communicator* group = L.tied_group();
+  if (!group) return;
+  const int p = L.mesh().coord().pp;
+  const ModelChunk& c = p == 0 ? L.chunks().front() : L.chunks().back();
+  nn::ParameterSet& ps = c.model->params();
+  const int id = ps.find_tied();
+  TRI_CHECK(id >= 0, "stage {} holds no tied embedding", p);
+  const nn::ParamInfo& info = ps.info(id);
+  std::vector<float> sum(static_cast<std::size_t>(info.numel), 0.0f);
+  float* shard = c.dp ? c.dp->shard_grads() : nullptr;
+  int64_t lo = 0, hi = 0;
+  if (shard) {
+    std::tie(lo, hi) = c.dp->layout().mine(info.offset, info.offset + info.numel);
+    shard += lo - c.dp->layout().begin();
+    std::copy(shard, shard + (hi - lo), sum.data() + (lo - info.offset));
+  } else if (L.mesh().coord().dp == 0) {
+    std::memcpy(sum.data(), ps.grad(id), sum.size() * sizeof(float));
+  }
+  group->allreduce(std::span<float>(sum), comm::ReduceOp::kSum).wait();
+  if (shard) {
+    std::copy_n(sum.data() + (lo - info.offset), hi - lo, shard);
+  } else {
+    std::memcpy(ps.grad(id), sum.data(), sum.size() * sizeof(float));
+  }
+}
+
+// pp > 1: the schedule's instruction list over all micro-batches; returns the rank's loss sum.
+double run_pipeline(RankLayout& L, const BatchFn& batch, float dloss) {
+  const BatchSplit& b = L.batch();
+  StepBuffers& buf = L.buffers();
+  for (int m = 0; m < b.micro_batches; ++m) {
+    const auto k = static_cast<std::size_t>(m);
+    batch(L.first_row() + m * b.micro_rows, b.micro_rows, buf.mb_ids[k].data(), buf.mb_targets[k].data());
+  }
+  // The schedule interleaves micro-batches, so each reducer sees the whole step as one
+  // micro-batch: gradients accumulate over all of them and are reduced once they are final.
+  for (ModelChunk& c : L.chunks()) {
+    if (c.dp) c.dp->begin_micro_batch(true);
+  }
+  const double loss_sum = L.executor()->run_step(
+      [&](int m) {
+        const auto k = static_cast<std::size_t>(m);
+        return pp::MicroBatch{buf.mb_ids[k].data(), buf.mb_targets[k].data()};
+      },
+      dloss);
+  for (ModelChunk& c : L.chunks()) {
+    if (c.dp) c.dp->end_micro_batch();
+  }
+  sum_tied_grads(L);
+  return loss_sum;
+}
+
+// Sum of squares of this rank's gradient elements that no other rank also counts.
+double local_unique_grad_sumsq(const RankLayout& L) {
+  double sum = 0.0;
+  for (const ModelChunk& c : L.chunks()) {
+    // ZeRO-2/3: each dp rank holds the reduced gradient of its shard only and counts that.
+    if (c.dp && L.options().zero >= 2) {
+      sum += c.dp->shard_grad_sumsq([&](int id) { return RankLayout::owns(c, id); });
+      continue;
+    }
+    // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's.
+    if (L.mesh().coord().dp != 0) continue;
+    const nn::ParameterSet& ps = c.model->params();
+    for (int id = 0; id < ps.size(); ++id) {
+      if (!RankLayout::owns(c, id)) continue;
+      sum += kernels::sum_squares(ps.grad(id), ps.info(id).numel);
+    }
+  }
+  return sum;
+}
+
+}  // namespace
+
+StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
+  zero_grads(L);
+  const BatchSplit& b = L.batch();
+  const float dloss = 1.0f / static_cast<float>(b.tokens());
+  const double loss_sum = L.executor() ? run_pipeline(L, batch, dloss) : run_micro_batches(L, batch, dloss);
+  StepStats stats;
+  // The squared grad norm and the loss in one world sum (elementwise, so each is summed as
+  // alone), both before any update: a poisoned step must be known before it is applied.
+  // The aux terms: every stage's layers, every dp rank's sequences, one tp rank's copy.
+  double aux_sum = 0.0;
+  for (ModelChunk& c : L.chunks()) aux_sum += c.model->take_aux_loss_sum();
+  comm::Communicator& world = L.mesh().world();
+  std::vector<double> sums{local_unique_grad_sumsq(L), L.holds_loss() ? loss_sum : 0.0,
+                           L.mesh().coord().tp == 0 ? aux_sum : 0.0};
+  world.allreduce(std::span<double>(sums), comm::ReduceOp::kSum).wait();
+  stats.grad_norm = std::sqrt(sums[0]);
+  stats.loss = sums[1] / static_cast<double>(b.tokens());
+  stats.aux_loss = sums[2] / (static_cast<double>(L.config().n_layer) * static_cast<double>(b.global_batch));
+  // A NaN or inf on any rank reaches the sums above. Every rank then votes on what it read and
+  // the world takes the maximum (exact), so all ranks skip or all update even if an MPI
+  // implementation handed different ranks different roundings of an overflowing sum.
+  std::vector<int32_t> bad{std::isfinite(stats.loss) && std::isfinite(stats.grad_norm) ? 0 : 1};
+  world.allreduce(std::span<int32_t>(bad), comm::ReduceOp::kMax).wait();
+  stats.skipped = bad[0] != 0;
+  if (stats.skipped) {
+    // No update: weights, AdamW moments and its step counter stay as they were (the gradients
+    // are zeroed by the next step's begin_step). ZeRO-1/2 replicas need no all-gather either,
+    // since no shard changed.
+    stats.clip_scale = 0.0f;
+    return stats;
+  }
+  stats.clip_scale = optim::clip_scale(stats.grad_norm, L.options().grad_clip);
+  for (ModelChunk& c : L.chunks()) {
+    if (c.dp) {
+      c.dp->optimizer_step(*c.adamw, lr, stats.clip_scale);  // ZeRO: shard update + all_gather
+      stats.comm_wait_s += c.dp->comm_wait_seconds();
+    } else {
+      nn::ParameterSet& ps = c.model->params();
+      c.adamw->step(ps.values().data(), ps.grads().data(), lr, stats.clip_scale);
+    }
+  }
+  return stats;
+}
+
+}  // namespace trident::parallel

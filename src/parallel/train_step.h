@@ -1,0 +1,29 @@
+// One training step over a RankLayout: the micro-batches (pp = 1) or the pipeline schedule's
+// instruction list (pp > 1) run forward and backward, the dp reduction is waited for, a tied
+// parameter's two gradients are summed between the first and last stage, the global gradient
+// norm counts every unique element once, and AdamW (optionally ZeRO-sharded) applies the
+// clipped update, unless the loss or the norm was not finite anywhere (then no rank applies it).
+#pragma once
+
+#include "parallel/rank_layout.h"
+
+namespace trident::parallel {
+
+struct StepStats {
+  double loss = 0.0;       // mean over every token of the global batch
+  double grad_norm = 0.0;  // global L2 norm before clipping
+  // Mixture of experts: the load-balancing loss (unweighted) averaged over every layer and
+  // every sequence of the global batch; 0 for dense models. Not part of `loss`.
+  double aux_loss = 0.0;
+  float clip_scale = 1.0f;
+  double comm_wait_s = 0.0;  // time blocked on dp communication (exposed, not overlapped)
+  // The loss or the grad norm was not finite somewhere in the world: no rank applied the
+  // update (weights, AdamW moments and step counter unchanged). What to do next is the
+  // caller's policy (train/nonfinite_policy.h).
+  bool skipped = false;
+};
+
+// Collective over the world. `batch` fills this rank's rows of the step's global batch.
+StepStats train_step(RankLayout& layout, const BatchFn& batch, float lr);
+
+}  // namespace trident::parallel
