@@ -25,9 +25,13 @@ DataOrder parse_data_order(const std::string& name) {
   TRI_FAIL("unknown data order '{}': use 'random' or 'sequential'", name);
 }
 
-const char* data_order_name(DataOrder order) {
-  return order == DataOrder::kRandom ? "random" : "sequential";
-}
+namespace {
+constexpr std::string_view kOrderNames[] = {"random", "sequential"};
+}  // namespace
+
+std::span<const std::string_view> data_order_names() { return kOrderNames; }
+
+const char* data_order_name(DataOrder order) { return kOrderNames[static_cast<std::size_t>(order)].data(); }
 
 BatchSampler::BatchSampler(const TokenShard& shard, const SamplerConfig& config) : shard_(&shard), config_(config) {
   const int64_t b = config.batch_size, t = config.seq_len;

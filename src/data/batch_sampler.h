@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
+#include <string_view>
 
 #include "data/token_shard.h"
 
@@ -24,6 +26,8 @@ struct SamplerConfig {
   DataOrder order = DataOrder::kRandom;
 };
 
+// The spellings, indexed by the enum's value: "random", "sequential".
+std::span<const std::string_view> data_order_names();
 // Parses "random" / "sequential"; the error lists the valid names.
 DataOrder parse_data_order(const std::string& name);
 const char* data_order_name(DataOrder order);

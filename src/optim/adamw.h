@@ -12,11 +12,13 @@
 
 namespace trident::optim {
 
+// Held in double as the run config gives them (trident.json keeps the values as written); the
+// update kernel takes them rounded to float.
 struct AdamWConfig {
-  float beta1 = 0.9f;
-  float beta2 = 0.95f;
-  float eps = 1e-8f;
-  float weight_decay = 0.1f;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
 };
 
 class AdamW {

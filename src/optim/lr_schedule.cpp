@@ -20,6 +20,12 @@ float LrSchedule::at(int64_t step) const {
   return static_cast<float>(min_lr + coeff * (max_lr - min_lr));
 }
 
+namespace {
+constexpr std::string_view kKindNames[] = {"cosine", "constant"};
+}  // namespace
+
+std::span<const std::string_view> lr_schedule_kind_names() { return kKindNames; }
+
 LrSchedule::Kind parse_lr_schedule_kind(const std::string& name) {
   if (name == "cosine") return LrSchedule::Kind::kCosine;
   if (name == "constant") return LrSchedule::Kind::kConstant;

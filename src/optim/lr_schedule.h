@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
+#include <string_view>
 
 namespace trident::optim {
 
@@ -19,6 +21,8 @@ struct LrSchedule {
   float at(int64_t step) const;
 };
 
-LrSchedule::Kind parse_lr_schedule_kind(const std::string& name);  // "cosine" | "constant"
+// The spellings, indexed by LrSchedule::Kind's value: "cosine", "constant".
+std::span<const std::string_view> lr_schedule_kind_names();
+LrSchedule::Kind parse_lr_schedule_kind(const std::string& name);
 
 }  // namespace trident::optim

@@ -117,18 +117,18 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   req.world = world;
   req.batch_size = cfg.data.batch_size;
   req.seq_len = cfg.data.seq_len;
-  req.bucket_mb = cfg.parallel.bucket_mb;
-  req.sequence_parallel = cfg.parallel.sequence_parallel;
-  req.recompute = cfg.parallel.recompute;
+  req.bucket_mb = cfg.engine.bucket_mb;
+  req.sequence_parallel = cfg.engine.sequence_parallel;
+  req.recompute = cfg.engine.recompute;
   plan::Layout layout;
   layout.dp = cfg.parallel.dp;
   layout.tp = cfg.parallel.tp;
   layout.pp = cfg.parallel.pp;
-  layout.zero = cfg.parallel.zero;
-  layout.schedule = pp::parse_schedule_kind(enum_name(cfg.parallel.schedule));
-  layout.virtual_stages = cfg.parallel.pp > 1 ? cfg.parallel.virtual_stages : 1;
+  layout.zero = cfg.engine.zero;
+  layout.schedule = cfg.engine.schedule;
+  layout.virtual_stages = cfg.parallel.pp > 1 ? cfg.engine.virtual_stages : 1;
   layout.micro_batches = cfg.num_micro_batches();
-  layout.sequence_parallel = cfg.parallel.sequence_parallel;
+  layout.sequence_parallel = cfg.engine.sequence_parallel;
   std::optional<plan::MemoryBreakdown> mine;
   try {
     if (cfg.data.seq_len <= model.n_positions && cfg.data.batch_size % cfg.parallel.dp == 0 &&

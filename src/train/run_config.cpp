@@ -32,21 +32,20 @@ using json = nlohmann::json;
 // Enums.
 
 namespace {
-constexpr std::string_view kDataOrderNames[] = {"random", "sequential"};
-constexpr std::string_view kLrScheduleNames[] = {"cosine", "constant"};
-constexpr std::string_view kScheduleNames[] = {"gpipe", "1f1b", "interleaved"};
 constexpr std::string_view kNonfiniteNames[] = {"skip", "stop"};
 }  // namespace
 
-std::span<const std::string_view> enum_names(DataOrder) { return kDataOrderNames; }
-std::span<const std::string_view> enum_names(LrSchedule) { return kLrScheduleNames; }
-std::span<const std::string_view> enum_names(PipelineSchedule) { return kScheduleNames; }
+std::span<const std::string_view> enum_names(data::DataOrder) { return data::data_order_names(); }
+std::span<const std::string_view> enum_names(optim::LrSchedule::Kind) { return optim::lr_schedule_kind_names(); }
+std::span<const std::string_view> enum_names(pp::ScheduleKind) { return pp::schedule_kind_names(); }
 std::span<const std::string_view> enum_names(NonfinitePolicy) { return kNonfiniteNames; }
 std::span<const std::string_view> enum_names(nn::Recompute) { return nn::recompute_names(); }
 std::span<const std::string_view> enum_names(kernels::Precision) { return kernels::precision_names(); }
 
 // ---------------------------------------------------------------------------------------------
-// Defaults: each struct's constructor applies the defaults of its field list.
+// Defaults: each struct's constructor applies the defaults of its field list. Fields held by
+// the engine's options take their defaults from that struct's initialisers, so the scratch
+// copy below already holds them.
 
 namespace {
 struct SetDefault {
@@ -57,9 +56,18 @@ struct SetDefault {
 
 ModelOptions::ModelOptions() { for_each_field(*this, SetDefault{}); }
 DataOptions::DataOptions() { for_each_field(*this, SetDefault{}); }
-OptimOptions::OptimOptions() { for_each_field(*this, SetDefault{}); }
-ParallelOptions::ParallelOptions() { for_each_field(*this, SetDefault{}); }
-TrainOptions::TrainOptions() { for_each_field(*this, SetDefault{}); }
+OptimOptions::OptimOptions() {
+  parallel::EngineOptions scratch;
+  for_each_field(*this, scratch, SetDefault{});
+}
+ParallelOptions::ParallelOptions() {
+  parallel::EngineOptions scratch;
+  for_each_field(*this, scratch, SetDefault{});
+}
+TrainOptions::TrainOptions() {
+  parallel::EngineOptions scratch;
+  for_each_field(*this, scratch, SetDefault{});
+}
 
 namespace {
 
@@ -693,6 +701,7 @@ void validate_run_config(const RunConfig& cfg) {
   });
   const DataOptions& d = cfg.data;
   const ParallelOptions& p = cfg.parallel;
+  const parallel::EngineOptions& e = cfg.engine;
   const OptimOptions& o = cfg.optim;
   const TrainOptions& t = cfg.train;
 
@@ -712,10 +721,10 @@ void validate_run_config(const RunConfig& cfg) {
             cfg.rank_batch(), d.batch_size, p.dp, m,
             p.micro_batches > 0 ? "micro_batches" : "grad_accum", m, cfg.rank_batch(), m,
             p.dp * m);
-  TRI_CHECK(p.virtual_stages == 1 || p.schedule == PipelineSchedule::kInterleaved,
+  TRI_CHECK(e.virtual_stages == 1 || e.schedule == pp::ScheduleKind::kInterleaved,
             "virtual_stages {} needs schedule interleaved (got {}): only the interleaved "
             "schedule places several model chunks on one pipeline rank",
-            p.virtual_stages, enum_name(p.schedule));
+            e.virtual_stages, enum_name(e.schedule));
   TRI_CHECK(!o.min_lr || *o.min_lr <= o.lr,
             "min_lr {} is above lr {}: the schedule decays from lr down to min_lr", *o.min_lr,
             o.lr);

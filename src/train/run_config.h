@@ -5,6 +5,11 @@
 // Checks that need the model or the world size (heads % tp, layers % pp, world == dp*tp*pp)
 // are left to the code that has them.
 //
+// One declaration per option: an option of a lower layer is its struct's member and enum
+// (parallel::EngineOptions with optim::AdamWConfig, data::DataOrder, optim::LrSchedule::Kind,
+// pp::ScheduleKind), which the run config holds (RunConfig::engine) and whose default the field
+// takes from that struct; the lists below add only the key, --help, range and aliases.
+//
 // Precedence: the defaults below < the TOML file named by --config < command-line flags.
 // Names: a field `grad_accum` of DataOptions is the TOML key `grad_accum` in table [data] and
 // the flag `--grad-accum`. Flag names are unique across the tables.
@@ -21,24 +26,25 @@
 #include <type_traits>
 #include <vector>
 
+#include "data/batch_sampler.h"
 #include "kernels/matmul_engine.h"
 #include "nn/model_config.h"
 #include "nn/recompute.h"
+#include "optim/lr_schedule.h"
+#include "parallel/engine_options.h"
 
 namespace trident::train {
 
-// ---- Enumerated options. enum_names(E{}) lists the spellings, indexed by the enum's value.
-enum class DataOrder { kRandom, kSequential };
-enum class LrSchedule { kCosine, kConstant };
-enum class PipelineSchedule { kGPipe, k1F1B, kInterleaved };
+// ---- Enumerated options. enum_names(E{}) lists the spellings, indexed by the enum's value
+// (the lower layer's own table, except for the run's own NonfinitePolicy).
 enum class NonfinitePolicy { kSkip, kStop };
 
-std::span<const std::string_view> enum_names(DataOrder);         // random, sequential
-std::span<const std::string_view> enum_names(LrSchedule);        // cosine, constant
-std::span<const std::string_view> enum_names(PipelineSchedule);  // gpipe, 1f1b, interleaved
-std::span<const std::string_view> enum_names(NonfinitePolicy);   // skip, stop
-std::span<const std::string_view> enum_names(nn::Recompute);     // none, selective, full
-std::span<const std::string_view> enum_names(kernels::Precision);  // fp32, bf16
+std::span<const std::string_view> enum_names(data::DataOrder);          // random, sequential
+std::span<const std::string_view> enum_names(optim::LrSchedule::Kind);  // cosine, constant
+std::span<const std::string_view> enum_names(pp::ScheduleKind);         // gpipe, 1f1b, interleaved
+std::span<const std::string_view> enum_names(NonfinitePolicy);          // skip, stop
+std::span<const std::string_view> enum_names(nn::Recompute);            // none, selective, full
+std::span<const std::string_view> enum_names(kernels::Precision);       // fp32, bf16
 
 template <class E>
   requires std::is_enum_v<E>
@@ -93,6 +99,12 @@ inline Field<std::string> field(std::string_view name, const char* default_value
 template <class S, class T>
 concept OptionsOf = std::is_same_v<std::remove_const_t<S>, T>;
 
+// A table whose fields live partly in its own struct S and partly in the engine's options E:
+// both const or both not.
+template <class S, class E, class T>
+concept TableOf = OptionsOf<S, T> && OptionsOf<E, parallel::EngineOptions> &&
+                  (std::is_const_v<S> == std::is_const_v<E>);
+
 // ---- [model]: which network. Overrides left at 0 take the preset's (or config.json's) value.
 struct ModelOptions {
   std::string model;       // preset name (nn::model_preset_names()) or path to a config.json
@@ -133,8 +145,8 @@ void for_each_field(S& o, V&& v) {
 
 // ---- [data]: what the model reads, and how much per step.
 struct DataOptions {
-  std::string data;      // PREFIX: reads PREFIX_train.bin and PREFIX_val.bin
-  DataOrder data_order;  // random: batches drawn from (seed, step); sequential: front to back as llm.c
+  std::string data;            // PREFIX: reads PREFIX_train.bin and PREFIX_val.bin
+  data::DataOrder data_order;  // the sampler's (data/batch_sampler.h)
   int seq_len;           // T, tokens per sequence
   int batch_size;        // B, sequences per optimizer step over all data-parallel ranks
   int grad_accum;        // micro-batches per step per data-parallel rank (pipeline: the micro-batch count)
@@ -148,7 +160,7 @@ template <class S, class V>
 void for_each_field(S& o, V&& v) {
   v(field("data", "", "token shards PREFIX_train.bin and PREFIX_val.bin (written by trident prepare)")
         .placeholder("PREFIX").shown_as("none; required unless resuming").alias("dataset data_prefix data_dir prefix"), o.data);
-  v(field("data_order", DataOrder::kRandom,
+  v(field("data_order", data::SamplerConfig{}.order,
           "random: each step's batch drawn from (seed, step); sequential: read front to back like llm.c")
         .alias("order shuffle sampling"), o.data_order);
   v(field("seq_len", 64, "tokens per sequence (T); at most the model's n_positions").at_least(1)
@@ -163,44 +175,42 @@ void for_each_field(S& o, V&& v) {
         .alias("eval_iters val_batches val_steps eval_steps"), o.eval_batches);
 }
 
-// ---- [optim]: AdamW, the learning-rate schedule and gradient clipping.
+// ---- [optim]: the learning-rate schedule, and the engine's AdamW and gradient clipping
+// (RunConfig::engine: weight_decay, beta1, beta2, eps, grad_clip).
 struct OptimOptions {
   double lr;                    // peak learning rate
   std::optional<double> min_lr;  // floor of the cosine decay; unset: lr / 10 (filled in by parsing)
   int warmup_steps;             // linear warm-up from 0 to lr
-  LrSchedule lr_schedule;       // cosine: decay to min_lr at the last step; constant: lr after warm-up
-  double weight_decay;          // decoupled (AdamW), on matrices only
-  double beta1;
-  double beta2;
-  double eps;
-  double grad_clip;  // clip the global gradient norm to this; 0: no clipping
+  optim::LrSchedule::Kind lr_schedule;  // cosine: decay to min_lr at the last step; constant: lr after warm-up
   NonfinitePolicy on_nonfinite;  // a step whose loss or grad norm is NaN/inf: skip it, or stop
   int max_bad_steps;             // skip: stop after this many non-finite steps in a row
   OptimOptions();
   double min_lr_value() const { return min_lr.value_or(lr / 10); }
 };
 
-template <class S, class V>
-  requires OptionsOf<S, OptimOptions>
-void for_each_field(S& o, V&& v) {
+template <class S, class E, class V>
+  requires TableOf<S, E, OptimOptions>
+void for_each_field(S& o, E& e, V&& v) {
+  const parallel::EngineOptions d;  // the engine's defaults are the run's
   v(field("lr", 6e-4, "peak learning rate, reached at the end of warm-up").at_least(0)
         .alias("learning_rate max_lr peak_lr"), o.lr);
   v(field("min_lr", std::optional<double>{}, "learning rate at the end of the cosine decay").at_least(0)
         .shown_as("lr / 10").alias("min_learning_rate final_lr lr_min"), o.min_lr);
   v(field("warmup_steps", 0, "steps of linear warm-up from 0 to lr").at_least(0)
         .alias("warmup warmup_iters lr_warmup_steps lr_warmup_iters"), o.warmup_steps);
-  v(field("lr_schedule", LrSchedule::kCosine,
+  v(field("lr_schedule", optim::LrSchedule{}.kind,
           "cosine: decay from lr to min_lr by the last step; constant: lr after warm-up")
         .alias("lr_scheduler scheduler decay lr_decay lr_decay_style"), o.lr_schedule);
-  v(field("weight_decay", 0.1, "AdamW decoupled weight decay (matrices only)").at_least(0)
-        .alias("wd decay_rate"), o.weight_decay);
-  v(field("beta1", 0.9, "AdamW first-moment decay").at_least(0).below(1)
-        .alias("adam_beta1 b1 momentum"), o.beta1);
-  v(field("beta2", 0.95, "AdamW second-moment decay").at_least(0).below(1)
-        .alias("adam_beta2 b2"), o.beta2);
-  v(field("eps", 1e-8, "AdamW denominator epsilon").above(0).alias("adam_eps epsilon adam_epsilon"), o.eps);
-  v(field("grad_clip", 1.0, "clip the global gradient norm to this; 0: no clipping").at_least(0)
-        .alias("clip_grad max_grad_norm clip_grad_norm grad_norm_clip"), o.grad_clip);
+  v(field("weight_decay", d.adamw.weight_decay, "AdamW decoupled weight decay (matrices only)").at_least(0)
+        .alias("wd decay_rate"), e.adamw.weight_decay);
+  v(field("beta1", d.adamw.beta1, "AdamW first-moment decay").at_least(0).below(1)
+        .alias("adam_beta1 b1 momentum"), e.adamw.beta1);
+  v(field("beta2", d.adamw.beta2, "AdamW second-moment decay").at_least(0).below(1)
+        .alias("adam_beta2 b2"), e.adamw.beta2);
+  v(field("eps", d.adamw.eps, "AdamW denominator epsilon").above(0).alias("adam_eps epsilon adam_epsilon"),
+    e.adamw.eps);
+  v(field("grad_clip", d.grad_clip, "clip the global gradient norm to this; 0: no clipping").at_least(0)
+        .alias("clip_grad max_grad_norm clip_grad_norm grad_norm_clip"), e.grad_clip);
   v(field("on_nonfinite", NonfinitePolicy::kSkip,
           "a step whose loss or grad norm is NaN/inf on any rank is never applied (weights, moments, "
           "Adam step unchanged; the LR schedule and data still advance); skip: go on, stop: end the run")
@@ -210,53 +220,48 @@ void for_each_field(S& o, V&& v) {
         .alias("max_skipped_steps max_nan_steps bad_steps"), o.max_bad_steps);
 }
 
-// ---- [parallel]: how the work is laid out over dp * tp * pp ranks.
+// ---- [parallel]: how the work is laid out over dp * tp * pp ranks: the mesh shape and the
+// micro-batch count here, the rest the engine's options (RunConfig::engine: zero, schedule,
+// virtual_stages, balance_stages, sequence_parallel, recompute, bucket_mb, overlap).
 struct ParallelOptions {
-  int dp;                     // data-parallel replicas
-  int tp;                     // tensor-parallel ranks per layer
-  int pp;                     // pipeline stages
-  int zero;                   // ZeRO stage over dp: 0 none, 1 optimizer, 2 + gradients, 3 + parameters
-  PipelineSchedule schedule;  // pipeline schedule (pp > 1)
-  int micro_batches;          // pipeline micro-batches per step; 0: grad_accum
-  int virtual_stages;         // model chunks per pipeline rank (interleaved schedule)
-  bool balance_stages;        // split layers over pipeline stages by estimated cost, not count
-  bool sequence_parallel;     // split LayerNorm/dropout regions along the sequence over tp
-  nn::Recompute recompute;    // activation recomputation (nn/recompute.h)
-  double bucket_mb;           // data-parallel gradient bucket size in MiB
-  bool overlap;               // overlap gradient communication with backward
+  int dp;             // data-parallel replicas
+  int tp;             // tensor-parallel ranks per layer
+  int pp;             // pipeline stages
+  int micro_batches;  // pipeline micro-batches per step; 0: grad_accum
   ParallelOptions();
   int world_size() const { return dp * tp * pp; }
 };
 
-template <class S, class V>
-  requires OptionsOf<S, ParallelOptions>
-void for_each_field(S& o, V&& v) {
+template <class S, class E, class V>
+  requires TableOf<S, E, ParallelOptions>
+void for_each_field(S& o, E& e, V&& v) {
+  const parallel::EngineOptions d;  // the engine's defaults are the run's
   v(field("dp", 1, "data-parallel replicas").at_least(1)
         .alias("data_parallel data_parallel_size dp_size"), o.dp);
   v(field("tp", 1, "tensor-parallel ranks per layer (Megatron-style)").at_least(1)
         .alias("tensor_parallel tensor_model_parallel_size tp_size"), o.tp);
   v(field("pp", 1, "pipeline stages").at_least(1)
         .alias("pipeline_parallel pipeline_model_parallel_size pp_size stages"), o.pp);
-  v(field("zero", 0, "ZeRO stage over dp: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters")
-        .at_least(0).at_most(3).alias("zero_stage stage"), o.zero);
-  v(field("schedule", PipelineSchedule::k1F1B, "pipeline schedule (used when pp > 1)")
-        .alias("pipeline_schedule pp_schedule"), o.schedule);
+  v(field("zero", d.zero, "ZeRO stage over dp: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters")
+        .at_least(0).at_most(3).alias("zero_stage stage"), e.zero);
+  v(field("schedule", d.schedule, "pipeline schedule (used when pp > 1)")
+        .alias("pipeline_schedule pp_schedule"), e.schedule);
   v(field("micro_batches", 0, "pipeline micro-batches per step").at_least(0).shown_as("0 = grad_accum")
         .alias("num_microbatches microbatches num_micro_batches chunks"), o.micro_batches);
-  v(field("virtual_stages", 1, "model chunks per pipeline rank (needs schedule interleaved when > 1)")
+  v(field("virtual_stages", d.virtual_stages, "model chunks per pipeline rank (needs schedule interleaved when > 1)")
         .at_least(1).alias("virtual_pipeline_model_parallel_size num_virtual_stages vpp chunks_per_stage"),
-    o.virtual_stages);
-  v(field("balance_stages", false, "pp > 1: split layers by estimated cost (the LM head counts as vocab/(12*n_embd + 2*seq_len) layers) instead of evenly")
-        .alias("balance partition_by_cost cost_balanced"), o.balance_stages);
-  v(field("sequence_parallel", false, "split LayerNorm/dropout regions along the sequence over tp")
-        .alias("sp sequence_parallelism"), o.sequence_parallel);
-  v(field("recompute", nn::Recompute::kNone,
+    e.virtual_stages);
+  v(field("balance_stages", d.balance_stages, "pp > 1: split layers by estimated cost (the LM head counts as vocab/(12*n_embd + 2*seq_len) layers) instead of evenly")
+        .alias("balance partition_by_cost cost_balanced"), e.balance_stages);
+  v(field("sequence_parallel", d.sequence_parallel, "split LayerNorm/dropout regions along the sequence over tp")
+        .alias("sp sequence_parallelism"), e.sequence_parallel);
+  v(field("recompute", d.recompute,
           "activation recomputation: none; selective: drop each layer's attention probabilities and recompute them from the saved qkv in backward; full: keep only each layer's input and rerun its forward before its backward (results bitwise as none; see docs/memory.md)")
-        .alias("recompute_granularity activation_checkpointing checkpoint_activations ac"), o.recompute);
-  v(field("bucket_mb", 25.0, "data-parallel gradient bucket size, MiB").above(0)
-        .alias("bucket_size bucket_cap_mb bucket_size_mb"), o.bucket_mb);
-  v(field("overlap", true, "overlap gradient communication with backward")
-        .alias("overlap_comm overlap_grad_reduce"), o.overlap);
+        .alias("recompute_granularity activation_checkpointing checkpoint_activations ac"), e.recompute);
+  v(field("bucket_mb", d.bucket_mb, "data-parallel gradient bucket size, MiB").above(0)
+        .alias("bucket_size bucket_cap_mb bucket_size_mb"), e.bucket_mb);
+  v(field("overlap", d.overlap, "overlap gradient communication with backward")
+        .alias("overlap_comm overlap_grad_reduce"), e.overlap);
 }
 
 // ---- [train]: the run itself.
@@ -274,15 +279,15 @@ struct TrainOptions {
   std::string pipeline_timeline;  // SVG of the last step's measured pipeline timeline; empty: none
   std::string batch_log;  // JSON lines: each step's global batch as row offsets into the shard; empty: none
   int threads;            // OpenMP threads per rank; 0: OpenMP's default
-  kernels::Precision precision;  // of every matmul (kernels/matmul_engine.h)
   int log_every;          // steps between progress lines on stderr
   std::string preempt_signals;  // signals that stop the run after this step with a checkpoint
   TrainOptions();
 };
 
-template <class S, class V>
-  requires OptionsOf<S, TrainOptions>
-void for_each_field(S& o, V&& v) {
+// Of [train], the engine's options hold `precision` (RunConfig::engine).
+template <class S, class E, class V>
+  requires TableOf<S, E, TrainOptions>
+void for_each_field(S& o, E& e, V&& v) {
   v(field("steps", 100, "optimizer steps in the whole run (a resumed run counts from its checkpoint)")
         .at_least(1).alias("max_steps max_iters iters num_steps train_iters train_steps iterations"), o.steps);
   v(field("stop_after", 0, "stop (and checkpoint) after this many steps; the LR schedule still spans --steps, so --resume continues it exactly")
@@ -310,9 +315,9 @@ void for_each_field(S& o, V&& v) {
         .placeholder("FILE").shown_as("none").alias("data_log batch_trace log_batches"), o.batch_log);
   v(field("threads", 0, "OpenMP threads per rank").at_least(0).shown_as("0 = OpenMP's default")
         .alias("num_threads omp_threads nthreads"), o.threads);
-  v(field("precision", kernels::Precision::kFp32,
+  v(field("precision", parallel::EngineOptions{}.precision,
           "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style); parameters, gradients, optimizer and checkpoints stay fp32")
-        .alias("dtype mixed_precision amp autocast compute_dtype"), o.precision);
+        .alias("dtype mixed_precision amp autocast compute_dtype"), e.precision);
   v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)
         .alias("log_interval print_every"), o.log_every);
   v(field("preempt_signals", "TERM,INT,USR1",
@@ -327,6 +332,9 @@ struct RunConfig {
   OptimOptions optim;
   ParallelOptions parallel;
   TrainOptions train;
+  // The engine's options, set from [parallel], [optim] and [train] (their field lists say which).
+  // The micro-batch count is not one of them: the engine takes num_micro_batches() with the batch.
+  parallel::EngineOptions engine;
 
   // Sequences each data-parallel rank takes per step: batch_size / dp.
   int rank_batch() const { return data.batch_size / parallel.dp; }
@@ -358,9 +366,9 @@ template <class S, class V>
 void for_each_field(S& c, V&& v) {
   for_each_field(c.model, [&](const auto& f, auto& x) { v(kSections[0].name, f, x); });
   for_each_field(c.data, [&](const auto& f, auto& x) { v(kSections[1].name, f, x); });
-  for_each_field(c.optim, [&](const auto& f, auto& x) { v(kSections[2].name, f, x); });
-  for_each_field(c.parallel, [&](const auto& f, auto& x) { v(kSections[3].name, f, x); });
-  for_each_field(c.train, [&](const auto& f, auto& x) { v(kSections[4].name, f, x); });
+  for_each_field(c.optim, c.engine, [&](const auto& f, auto& x) { v(kSections[2].name, f, x); });
+  for_each_field(c.parallel, c.engine, [&](const auto& f, auto& x) { v(kSections[3].name, f, x); });
+  for_each_field(c.train, c.engine, [&](const auto& f, auto& x) { v(kSections[4].name, f, x); });
 }
 
 // ---- The API.

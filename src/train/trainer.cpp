@@ -33,25 +33,6 @@ namespace trident::train {
 
 namespace {
 
-parallel::EngineOptions engine_options(const RunConfig& cfg) {
-  parallel::EngineOptions o;
-  o.zero = cfg.parallel.zero;
-  o.schedule = pp::parse_schedule_kind(enum_name(cfg.parallel.schedule));
-  o.virtual_stages = cfg.parallel.virtual_stages;
-  o.balance_stages = cfg.parallel.balance_stages;
-  o.sequence_parallel = cfg.parallel.sequence_parallel;
-  o.recompute = cfg.parallel.recompute;
-  o.precision = cfg.train.precision;
-  o.bucket_mb = cfg.parallel.bucket_mb;
-  o.overlap = cfg.parallel.overlap;
-  o.adamw.beta1 = static_cast<float>(cfg.optim.beta1);
-  o.adamw.beta2 = static_cast<float>(cfg.optim.beta2);
-  o.adamw.eps = static_cast<float>(cfg.optim.eps);
-  o.adamw.weight_decay = static_cast<float>(cfg.optim.weight_decay);
-  o.grad_clip = cfg.optim.grad_clip;
-  return o;
-}
-
 nlohmann::json memory_json(const MemoryTracker& t) {
   nlohmann::json j;
   for (int c = 0; c < static_cast<int>(MemCategory::kCount); ++c) {
@@ -101,13 +82,11 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   if (cfg.data.eval_every > 0) {
     val_shard = data::TokenShard::open(cfg.data.data + "_val.bin", model_cfg.vocab_size);
   }
-  data::SamplerConfig sampler_cfg;
-  sampler_cfg.batch_size = cfg.data.batch_size;
-  sampler_cfg.seq_len = cfg.data.seq_len;
-  sampler_cfg.seed = cfg.train.seed;
-  sampler_cfg.order = cfg.data.data_order == DataOrder::kSequential ? data::DataOrder::kSequential
-                                                                    : data::DataOrder::kRandom;
-  const data::BatchSampler sampler(train_shard, sampler_cfg);
+  // The sampler's one option is its order; the batch shape and the seed are the run's.
+  const data::BatchSampler sampler(train_shard, {.batch_size = cfg.data.batch_size,
+                                                 .seq_len = cfg.data.seq_len,
+                                                 .seed = static_cast<uint64_t>(cfg.train.seed),
+                                                 .order = cfg.data.data_order});
   std::optional<data::EvalBatches> eval_batches;
   if (val_shard) eval_batches.emplace(*val_shard, cfg.data.batch_size, cfg.data.seq_len, cfg.data.eval_batches);
 
@@ -119,7 +98,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   }
 
   MemoryTracker tracker;
-  parallel::Engine engine(mesh, model_cfg, engine_options(cfg), tracker, cfg.data.batch_size,
+  parallel::Engine engine(mesh, model_cfg, cfg.engine, tracker, cfg.data.batch_size,
                           cfg.data.seq_len, cfg.num_micro_batches());
   int64_t start_step = 0;
   if (!cfg.train.resume.empty()) {
@@ -135,13 +114,12 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
             "the checkpoint is at step {} but --steps is {}: nothing to do; raise --steps",
             start_step, cfg.train.steps);
 
-  optim::LrSchedule schedule;
-  schedule.kind = cfg.optim.lr_schedule == LrSchedule::kConstant ? optim::LrSchedule::Kind::kConstant
-                                                                 : optim::LrSchedule::Kind::kCosine;
-  schedule.max_lr = static_cast<float>(cfg.optim.lr);
-  schedule.min_lr = static_cast<float>(cfg.optim.min_lr_value());
-  schedule.warmup_steps = cfg.optim.warmup_steps;
-  schedule.total_steps = cfg.train.steps;
+  // The schedule spans the whole run (--steps), also when --stop-after ends this invocation.
+  const optim::LrSchedule schedule{.kind = cfg.optim.lr_schedule,
+                                   .max_lr = static_cast<float>(cfg.optim.lr),
+                                   .min_lr = static_cast<float>(cfg.optim.min_lr_value()),
+                                   .warmup_steps = cfg.optim.warmup_steps,
+                                   .total_steps = cfg.train.steps};
 
   const double flops_per_token = nn::training_flops_per_token(model_cfg, cfg.data.seq_len);
   const double peak_flops = measure_sgemm_flops(0.2) * mesh.size();

@@ -78,15 +78,18 @@ int main(int argc, char** argv) {
   nn::ModelActivations acts = model.make_activations(tracker, B, T);
   nn::ParameterSet& ps = model.params();
 
-  // The optimizer settings the reference replays are the ones this AdamW actually uses.
+  // The optimizer settings the reference replays are the ones this AdamW actually uses (the
+  // kernel takes them rounded to float).
   const optim::AdamWConfig adam_cfg{};
   nlohmann::json meta = {{"n_layer", cfg.n_layer}, {"n_head", cfg.n_head}, {"n_kv_head", cfg.kv_heads()},
                          {"rope_theta", cfg.rope_theta}, {"rms_norm_eps", cfg.norm_eps},
                          {"tie_word_embeddings", cfg.tie_word_embeddings}, {"batch_size", B},
                          {"seq_len", T}, {"lr", lr}, {"min_lr", min_lr},
                          {"warmup_steps", warmup}, {"grad_clip", grad_clip},
-                         {"weight_decay", adam_cfg.weight_decay}, {"beta1", adam_cfg.beta1},
-                         {"beta2", adam_cfg.beta2}, {"eps", adam_cfg.eps}};
+                         {"weight_decay", static_cast<float>(adam_cfg.weight_decay)},
+                         {"beta1", static_cast<float>(adam_cfg.beta1)},
+                         {"beta2", static_cast<float>(adam_cfg.beta2)},
+                         {"eps", static_cast<float>(adam_cfg.eps)}};
   std::vector<std::vector<int32_t>> ids(steps), targets(steps);
   for (int64_t s = 0; s < steps; ++s) {
     for (int64_t i = 0; i < N; ++i) {

@@ -58,29 +58,29 @@ TEST(TrainConfig, Defaults) {
   EXPECT_EQ(c.model.n_layer, 0);
   EXPECT_EQ(c.model.vocab_pad_multiple, 0);
   EXPECT_EQ(c.data.data, "");
-  EXPECT_EQ(c.data.data_order, DataOrder::kRandom);
+  EXPECT_EQ(c.data.data_order, data::DataOrder::kRandom);
   EXPECT_EQ(c.data.seq_len, 64);
   EXPECT_EQ(c.data.batch_size, 8);
   EXPECT_EQ(c.data.grad_accum, 1);
   EXPECT_DOUBLE_EQ(c.optim.lr, 6e-4);
   EXPECT_FALSE(c.optim.min_lr.has_value());
   EXPECT_DOUBLE_EQ(c.optim.min_lr_value(), 6e-5);
-  EXPECT_EQ(c.optim.lr_schedule, LrSchedule::kCosine);
-  EXPECT_DOUBLE_EQ(c.optim.weight_decay, 0.1);
-  EXPECT_DOUBLE_EQ(c.optim.beta1, 0.9);
-  EXPECT_DOUBLE_EQ(c.optim.beta2, 0.95);
-  EXPECT_DOUBLE_EQ(c.optim.eps, 1e-8);
-  EXPECT_DOUBLE_EQ(c.optim.grad_clip, 1.0);
+  EXPECT_EQ(c.optim.lr_schedule, optim::LrSchedule::Kind::kCosine);
+  EXPECT_DOUBLE_EQ(c.engine.adamw.weight_decay, 0.1);
+  EXPECT_DOUBLE_EQ(c.engine.adamw.beta1, 0.9);
+  EXPECT_DOUBLE_EQ(c.engine.adamw.beta2, 0.95);
+  EXPECT_DOUBLE_EQ(c.engine.adamw.eps, 1e-8);
+  EXPECT_DOUBLE_EQ(c.engine.grad_clip, 1.0);
   EXPECT_EQ(c.parallel.dp, 1);
   EXPECT_EQ(c.parallel.tp, 1);
   EXPECT_EQ(c.parallel.pp, 1);
-  EXPECT_EQ(c.parallel.zero, 0);
-  EXPECT_EQ(c.parallel.schedule, PipelineSchedule::k1F1B);
+  EXPECT_EQ(c.engine.zero, 0);
+  EXPECT_EQ(c.engine.schedule, pp::ScheduleKind::kOneFOneB);
   EXPECT_EQ(c.parallel.micro_batches, 0);
-  EXPECT_EQ(c.parallel.virtual_stages, 1);
-  EXPECT_FALSE(c.parallel.sequence_parallel);
-  EXPECT_DOUBLE_EQ(c.parallel.bucket_mb, 25.0);
-  EXPECT_TRUE(c.parallel.overlap);
+  EXPECT_EQ(c.engine.virtual_stages, 1);
+  EXPECT_FALSE(c.engine.sequence_parallel);
+  EXPECT_DOUBLE_EQ(c.engine.bucket_mb, 25.0);
+  EXPECT_TRUE(c.engine.overlap);
   EXPECT_EQ(c.train.seed, 1337);
   EXPECT_EQ(c.train.threads, 0);
   EXPECT_EQ(c.train.ckpt_dir, "");
@@ -92,6 +92,54 @@ TEST(TrainConfig, Defaults) {
   ASSERT_TRUE(p.optim.min_lr.has_value());
   EXPECT_DOUBLE_EQ(*p.optim.min_lr, 6e-5);
   EXPECT_DOUBLE_EQ(parse({"--data", "x", "--lr", "1e-3"}).optim.min_lr.value(), 1e-4);
+}
+
+// The engine's options are declared once (parallel::EngineOptions): the run config's defaults
+// are that struct's, and every key of [parallel], [optim] and [train] that the engine takes
+// lands in its own member, not in a neighbour's.
+TEST(TrainConfig, EngineOptionsAreTheEnginesOwnStruct) {
+  const parallel::EngineOptions d;
+  const RunConfig c;
+  EXPECT_EQ(c.engine.zero, d.zero);
+  EXPECT_EQ(c.engine.schedule, d.schedule);
+  EXPECT_EQ(c.engine.virtual_stages, d.virtual_stages);
+  EXPECT_EQ(c.engine.balance_stages, d.balance_stages);
+  EXPECT_EQ(c.engine.sequence_parallel, d.sequence_parallel);
+  EXPECT_EQ(c.engine.recompute, d.recompute);
+  EXPECT_EQ(c.engine.precision, d.precision);
+  EXPECT_EQ(c.engine.bucket_mb, d.bucket_mb);
+  EXPECT_EQ(c.engine.overlap, d.overlap);
+  EXPECT_EQ(c.engine.adamw.beta1, d.adamw.beta1);
+  EXPECT_EQ(c.engine.adamw.beta2, d.adamw.beta2);
+  EXPECT_EQ(c.engine.adamw.eps, d.adamw.eps);
+  EXPECT_EQ(c.engine.adamw.weight_decay, d.adamw.weight_decay);
+  EXPECT_EQ(c.engine.grad_clip, d.grad_clip);
+
+  const RunConfig p = parse({"--data", "x", "--pp", "2", "--zero", "2", "--schedule", "interleaved",
+                             "--virtual-stages", "3", "--balance-stages", "--sequence-parallel",
+                             "--recompute", "full", "--precision", "bf16", "--bucket-mb", "4",
+                             "--no-overlap", "--beta1", "0.8", "--beta2", "0.7", "--eps", "1e-6",
+                             "--weight-decay", "0.05", "--grad-clip", "0.5"});
+  EXPECT_EQ(p.engine.zero, 2);
+  EXPECT_EQ(p.engine.schedule, pp::ScheduleKind::kInterleaved);
+  EXPECT_EQ(p.engine.virtual_stages, 3);
+  EXPECT_TRUE(p.engine.balance_stages);
+  EXPECT_TRUE(p.engine.sequence_parallel);
+  EXPECT_EQ(p.engine.recompute, nn::Recompute::kFull);
+  EXPECT_EQ(p.engine.precision, kernels::Precision::kBf16);
+  EXPECT_EQ(p.engine.bucket_mb, 4.0);
+  EXPECT_FALSE(p.engine.overlap);
+  EXPECT_EQ(p.engine.adamw.beta1, 0.8);
+  EXPECT_EQ(p.engine.adamw.beta2, 0.7);
+  EXPECT_EQ(p.engine.adamw.eps, 1e-6);
+  EXPECT_EQ(p.engine.adamw.weight_decay, 0.05);
+  EXPECT_EQ(p.engine.grad_clip, 0.5);
+  // The same keys in trident.json.
+  const nlohmann::json j = to_json(p);
+  EXPECT_EQ(j["parallel"]["schedule"], "interleaved");
+  EXPECT_EQ(j["optim"]["beta2"], 0.7);
+  EXPECT_EQ(j["train"]["precision"], "bf16");
+  EXPECT_EQ(run_config_from_json(j).engine.adamw.beta2, 0.7);
 }
 
 TEST(TrainConfig, TomlThenFlagsPrecedence) {
@@ -113,9 +161,9 @@ steps = 7
   EXPECT_EQ(a.data.batch_size, 16);
   EXPECT_DOUBLE_EQ(a.optim.lr, 0.002);
   EXPECT_DOUBLE_EQ(*a.optim.min_lr, 0.0002);
-  EXPECT_EQ(a.optim.lr_schedule, LrSchedule::kConstant);
+  EXPECT_EQ(a.optim.lr_schedule, optim::LrSchedule::Kind::kConstant);
   EXPECT_EQ(a.parallel.dp, 2);
-  EXPECT_FALSE(a.parallel.overlap);
+  EXPECT_FALSE(a.engine.overlap);
   EXPECT_EQ(a.train.steps, 7);
   EXPECT_EQ(a.data.seq_len, 64);  // untouched: the default
 
@@ -125,19 +173,19 @@ steps = 7
   EXPECT_DOUBLE_EQ(b.optim.lr, 0.005);
   EXPECT_DOUBLE_EQ(*b.optim.min_lr, 0.0005);  // derived from the final lr
   EXPECT_EQ(b.data.batch_size, 32);
-  EXPECT_TRUE(b.parallel.overlap);
+  EXPECT_TRUE(b.engine.overlap);
   EXPECT_EQ(b.train.steps, 9);
-  EXPECT_EQ(b.data.data_order, DataOrder::kSequential);
+  EXPECT_EQ(b.data.data_order, data::DataOrder::kSequential);
   EXPECT_EQ(b.data.data, "from_toml");
 
   const RunConfig c = parse({"--config=" + f.path.string(), "--no-overlap", "--sequence-parallel",
                              "--seed", "42", "--steps", "3", "--steps", "4"});
-  EXPECT_FALSE(c.parallel.overlap);
-  EXPECT_TRUE(c.parallel.sequence_parallel);
+  EXPECT_FALSE(c.engine.overlap);
+  EXPECT_TRUE(c.engine.sequence_parallel);
   EXPECT_EQ(c.train.seed, 42);
   EXPECT_EQ(c.train.steps, 4);  // the last repetition wins
-  EXPECT_FALSE(parse({"--data", "x", "--overlap=false"}).parallel.overlap);
-  EXPECT_FALSE(parse({"--data", "x", "--overlap", "false"}).parallel.overlap);
+  EXPECT_FALSE(parse({"--data", "x", "--overlap=false"}).engine.overlap);
+  EXPECT_FALSE(parse({"--data", "x", "--overlap", "false"}).engine.overlap);
 
   const RunConfig d = parse({"--data", "x", "--model", "tiny", "--n-layer", "4", "--tp", "2",
                              "--pp", "2", "--dp", "2", "--zero", "3", "--schedule", "interleaved",
@@ -148,11 +196,11 @@ steps = 7
                              "--threads", "1", "--grad-accum", "2", "--seq-len", "32"});
   EXPECT_EQ(d.model.model, "tiny");
   EXPECT_EQ(d.model.n_layer, 4);
-  EXPECT_EQ(d.parallel.zero, 3);
-  EXPECT_EQ(d.parallel.schedule, PipelineSchedule::kInterleaved);
+  EXPECT_EQ(d.engine.zero, 3);
+  EXPECT_EQ(d.engine.schedule, pp::ScheduleKind::kInterleaved);
   EXPECT_EQ(d.num_micro_batches(), 2);
   EXPECT_EQ(d.micro_batch_size(), 2);
-  EXPECT_DOUBLE_EQ(d.parallel.bucket_mb, 0.5);
+  EXPECT_DOUBLE_EQ(d.engine.bucket_mb, 0.5);
   EXPECT_DOUBLE_EQ(*d.optim.min_lr, 0.0);
   EXPECT_EQ(d.train.init_from, "hf");
   EXPECT_EQ(d.train.ckpt_every, 10);
@@ -298,8 +346,8 @@ TEST(TrainConfig, JsonRoundTrip) {
   EXPECT_EQ(to_json(b), j);
   EXPECT_EQ(run_config_hash(a), run_config_hash(b));
   EXPECT_EQ(b.train.metrics, "m \"quoted\".jsonl");
-  EXPECT_EQ(b.parallel.schedule, PipelineSchedule::kGPipe);
-  EXPECT_FALSE(b.parallel.overlap);
+  EXPECT_EQ(b.engine.schedule, pp::ScheduleKind::kGPipe);
+  EXPECT_FALSE(b.engine.overlap);
 
   // Missing keys take defaults; unknown keys and bad values are refused.
   const RunConfig c = run_config_from_json({{"optim", {{"lr", 1e-3}}}});
@@ -390,7 +438,7 @@ TEST(TrainConfig, ExampleConfigsParse) {
   EXPECT_GE(n, 3);
   const RunConfig hybrid = parse({"--config", (root / "configs/hybrid_8rank.toml").string()});
   EXPECT_EQ(hybrid.parallel.world_size(), 8);
-  EXPECT_EQ(hybrid.parallel.schedule, PipelineSchedule::k1F1B);
+  EXPECT_EQ(hybrid.engine.schedule, pp::ScheduleKind::kOneFOneB);
   const RunConfig tiny = parse({"--config", (root / "configs/tiny.toml").string()});
   EXPECT_EQ(resolve_model_config(tiny.model).n_layer, 8);
 }
@@ -463,7 +511,7 @@ TEST(TrainConfigGiven, FlagsAndTomlAreRecordedDefaultsAreNot) {
                                    "--seq-len=32"}, given);
   // --zero 0 is the default value, but given: a resume must apply it over a saved zero 1.
   EXPECT_EQ(given, (FieldNames{"data", "lr", "overlap", "seq_len", "steps", "zero"}));
-  EXPECT_EQ(c.parallel.zero, 0);
+  EXPECT_EQ(c.engine.zero, 0);
   FieldNames none;
   (void)parse_given({"--data", "x"}, none);
   EXPECT_EQ(none, (FieldNames{"data"}));
@@ -472,11 +520,11 @@ TEST(TrainConfigGiven, FlagsAndTomlAreRecordedDefaultsAreNot) {
 TEST(TrainConfigGiven, OverrideFieldsCopiesNamedFieldsAndReportsChanges) {
   RunConfig saved;
   saved.train.steps = 100;
-  saved.parallel.zero = 1;
+  saved.engine.zero = 1;
   saved.data.data = "old";
   RunConfig given;
   given.train.steps = 200;
-  given.parallel.zero = 0;
+  given.engine.zero = 0;
   given.data.data = "old";  // named, unchanged: not reported
   given.optim.lr = 1.0;     // not named: not copied
   const auto changes = override_fields(saved, given, FieldNames{"steps", "zero", "data"});
@@ -484,7 +532,7 @@ TEST(TrainConfigGiven, OverrideFieldsCopiesNamedFieldsAndReportsChanges) {
   EXPECT_EQ(changes[0].text, "--zero 1 -> 0");  // field order: [parallel] before [train]
   EXPECT_EQ(changes[1].text, "--steps 100 -> 200");
   EXPECT_EQ(saved.train.steps, 200);
-  EXPECT_EQ(saved.parallel.zero, 0);
+  EXPECT_EQ(saved.engine.zero, 0);
   EXPECT_DOUBLE_EQ(saved.optim.lr, RunConfig().optim.lr);
   RunConfig none;
   given.train.ckpt_dir = "ck";

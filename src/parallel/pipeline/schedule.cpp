@@ -10,13 +10,15 @@
 
 namespace trident::pp {
 
+namespace {
+constexpr std::string_view kKindNames[] = {"gpipe", "1f1b", "interleaved"};
+}  // namespace
+
+std::span<const std::string_view> schedule_kind_names() { return kKindNames; }
+
 const char* to_string(ScheduleKind kind) {
-  switch (kind) {
-    case ScheduleKind::kGPipe: return "gpipe";
-    case ScheduleKind::kOneFOneB: return "1f1b";
-    case ScheduleKind::kInterleaved: return "interleaved";
-  }
-  return "?";
+  const auto i = static_cast<std::size_t>(kind);
+  return i < std::size(kKindNames) ? kKindNames[i].data() : "?";
 }
 
 ScheduleKind parse_schedule_kind(std::string_view name) {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,7 +21,9 @@
 namespace trident::pp {
 
 enum class ScheduleKind { kGPipe, kOneFOneB, kInterleaved };
-const char* to_string(ScheduleKind kind);  // "gpipe", "1f1b", "interleaved"
+// The spellings, indexed by the enum's value: "gpipe", "1f1b", "interleaved".
+std::span<const std::string_view> schedule_kind_names();
+const char* to_string(ScheduleKind kind);
 // Accepts "gpipe", "1f1b" (or "1F1B"), "interleaved"; throws listing them otherwise.
 ScheduleKind parse_schedule_kind(std::string_view name);
 
