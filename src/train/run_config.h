@@ -1,7 +1,8 @@
 // The run configuration of `trident train`: one struct per concern, and for every field one
 // declaration (in the for_each_field lists below) that gives its name, default, --help line,
 // accepted range and suggestion aliases. Defaults, --help, command-line and TOML parsing,
-// printing, JSON and the config hash are all driven by those lists (run_config.cpp).
+// printing, JSON and the config hash are all driven by those lists (run_config.cpp,
+// run_config_cli.cpp, run_config_text.cpp).
 // Checks that need the model or the world size (heads % tp, layers % pp, world == dp*tp*pp)
 // are left to the code that has them.
 //
