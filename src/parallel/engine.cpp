@@ -97,8 +97,8 @@ Engine::Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOpti
     // The MoE load-balancing loss: averaged over every layer and every sequence of the
     // global batch, whatever the layout (nn/moe_mlp.h).
     if (config_.is_moe()) {
-      c.model->set_aux_loss_weight(static_cast<float>(
-          config_.router_aux_loss_coef / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch))));
+      aux_loss_weight_ = config_.router_aux_loss_coef / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch));
+      c.model->set_aux_loss_weight(static_cast<float>(aux_loss_weight_));
     }
     if (shape.dp > 1 || options_.zero > 0) {
       c.dp = std::make_unique<DataParallel>(
@@ -111,6 +111,7 @@ Engine::Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOpti
     }
     chunks_.push_back(std::move(c));
   }
+  if (options_.precision == kernels::Precision::kFp16) loss_scaler_.emplace(options_.loss_scaler);
   if (shape.pp == 1) {
     if (chunks_[0].dp) chunks_[0].model->set_hooks(chunks_[0].dp.get());
     acts_ = chunks_[0].model->make_activations(tracker_, micro_rows_, seq_len_);
@@ -252,7 +253,14 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
       c.model->params().zero_grads();
     }
   }
-  const float dloss = 1.0f / static_cast<float>(global_batch_ * seq_len_);
+  // fp16: backward runs on the loss times the scale (a power of two, so scaling and unscaling
+  // are exact unless something over- or underflows, which is the point of it) and everything
+  // computed from the gradients below divides it out again.
+  const double scale = loss_scaler_ ? loss_scaler_->scale() : 1.0;
+  const float dloss = 1.0f / static_cast<float>(global_batch_ * seq_len_) * static_cast<float>(scale);
+  if (loss_scaler_ && config_.is_moe()) {
+    for (Chunk& c : chunks_) c.model->set_aux_loss_weight(static_cast<float>(aux_loss_weight_ * scale));
+  }
   const int64_t row0 = mesh_.coord().dp * rank_rows_;
   double loss_sum = 0.0;
   if (!executor_) {
@@ -299,7 +307,8 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
   std::vector<double> sums{local_unique_grad_sumsq(), holds_loss() ? loss_sum : 0.0,
                            mesh_.coord().tp == 0 ? aux_sum : 0.0};
   mesh_.world().allreduce(std::span<double>(sums), comm::ReduceOp::kSum).wait();
-  stats.grad_norm = std::sqrt(sums[0]);
+  stats.grad_norm = std::sqrt(sums[0]) / scale;
+  stats.loss_scale = loss_scaler_ ? scale : 0.0;
   stats.loss = sums[1] / static_cast<double>(global_batch_ * seq_len_);
   stats.aux_loss = sums[2] / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch_));
   // A NaN or inf on any rank reaches the sums above. Every rank then votes on what it read and
@@ -308,6 +317,12 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
   std::vector<int32_t> bad{std::isfinite(stats.loss) && std::isfinite(stats.grad_norm) ? 0 : 1};
   mesh_.world().allreduce(std::span<int32_t>(bad), comm::ReduceOp::kMax).wait();
   stats.skipped = bad[0] != 0;
+  if (loss_scaler_) {
+    // Every rank holds the same world-reduced verdict, so every scaler takes the same state.
+    // At the minimum scale there is nothing left to back off: such a step is poisoned.
+    stats.overflow = stats.skipped && std::isfinite(stats.loss) && scale > options_.loss_scaler.min_scale;
+    loss_scaler_->update(stats.skipped);
+  }
   if (stats.skipped) {
     // No update: weights, AdamW moments and its step counter stay as they were (the gradients
     // are zeroed by the next step's begin_step). ZeRO-1/2 replicas need no all-gather either,
@@ -316,13 +331,15 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
     return stats;
   }
   stats.clip_scale = optim::clip_scale(stats.grad_norm, options_.grad_clip);
+  // AdamW multiplies the gradients by this: the clip factor and, in fp16, 1 / scale.
+  const float grad_factor = stats.clip_scale * static_cast<float>(1.0 / scale);
   for (Chunk& c : chunks_) {
     if (c.dp) {
-      c.dp->optimizer_step(*c.adamw, lr, stats.clip_scale);  // ZeRO: shard update + all_gather
+      c.dp->optimizer_step(*c.adamw, lr, grad_factor);  // ZeRO: shard update + all_gather
       stats.comm_wait_s += c.dp->comm_wait_seconds();
     } else {
       nn::ParameterSet& ps = c.model->params();
-      c.adamw->step(ps.values().data(), ps.grads().data(), lr, stats.clip_scale);
+      c.adamw->step(ps.values().data(), ps.grads().data(), lr, grad_factor);
     }
   }
   return stats;
@@ -534,6 +551,11 @@ int64_t Engine::optimizer_step() const { return chunks_.front().adamw->step_coun
 
 void Engine::set_optimizer_step(int64_t t) {
   for (Chunk& c : chunks_) c.adamw->set_step_count(t);
+}
+
+void Engine::restore_loss_scaler(const optim::LossScalerState& state) {
+  TRI_CHECK(loss_scaler_.has_value(), "a loss-scaler state can only be restored into an fp16 run");
+  loss_scaler_->restore(state);
 }
 
 }  // namespace trident::parallel

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "core/memory.h"
 #include "nn/model.h"
 #include "optim/adamw.h"
+#include "optim/loss_scaler.h"
 #include "parallel/ddp_reducer.h"
 #include "parallel/pipeline/executor.h"
 
@@ -30,6 +32,8 @@ struct EngineOptions {
   bool sequence_parallel = false;
   nn::Recompute recompute = nn::Recompute::kNone;  // activation recomputation
   kernels::Precision precision = kernels::Precision::kFp32;  // of every matmul
+  // Dynamic loss scaling, used when precision is fp16 (optim/loss_scaler.h).
+  optim::LossScalerConfig loss_scaler;
   double bucket_mb = 25.0;       // DDP gradient bucket size
   bool overlap = true;           // overlap gradient allreduce with backward
   optim::AdamWConfig adamw;
@@ -52,6 +56,12 @@ struct StepStats {
   // update (weights, AdamW moments and step counter unchanged). What to do next is the
   // caller's policy (train/nonfinite_policy.h).
   bool skipped = false;
+  // --precision fp16: the loss scale this step's backward ran with (0 otherwise), and whether
+  // the step was skipped because its scaled gradients overflowed while its loss was finite
+  // above the minimum scale (the scaler's business, not a poisoned step: the scale is lowered
+  // for the next step).
+  double loss_scale = 0.0;
+  bool overflow = false;
 };
 
 class Engine {
@@ -77,8 +87,13 @@ class Engine {
   // the parameter: the tied embedding lives on the first and the last stage). Not collective.
   void load_param(const std::string& name, const float* logical);
   void load_optimizer_state(const std::string& name, int kind, const float* logical);
+  // Updates applied so far (AdamW's step counter; a skipped step does not count).
   int64_t optimizer_step() const;
   void set_optimizer_step(int64_t t);
+  // --precision fp16's dynamic loss scaler; null in the other precisions.
+  const optim::LossScaler* loss_scaler() const { return loss_scaler_ ? &*loss_scaler_ : nullptr; }
+  // Restores a checkpointed scaler state (fp16 only; throws trident::Error otherwise).
+  void restore_loss_scaler(const optim::LossScalerState& state);
   // Collective over the world: every rank scans the weights and AdamW moments it holds (its
   // shards under ZeRO) for NaN/inf. Returns, on every rank alike, the first offender of the
   // lowest such rank ("h.3.mlp.c_fc.weight exp_avg_sq, element 17, on rank 2"), or "" when
@@ -138,6 +153,8 @@ class Engine {
   int64_t global_batch_, seq_len_, rank_rows_, micro_rows_;
   int micro_batches_;
   std::unique_ptr<nn::TensorParallelComm> tp_comm_;
+  std::optional<optim::LossScaler> loss_scaler_;  // fp16 only
+  double aux_loss_weight_ = 0.0;  // MoE: per-layer-per-sequence weight before loss scaling
   std::vector<Chunk> chunks_;
   std::unique_ptr<pp::PipelineExecutor> executor_;
   // Ranks of the first and last pipeline stage with this rank's tp coordinate (all dp): where

@@ -176,6 +176,11 @@ struct OptimOptions {
   double grad_clip;  // clip the global gradient norm to this; 0: no clipping
   NonfinitePolicy on_nonfinite;  // a step whose loss or grad norm is NaN/inf: skip it, or stop
   int max_bad_steps;             // skip: stop after this many non-finite steps in a row
+  // --precision fp16's dynamic loss scaling (optim/loss_scaler.h; Megatron's names and defaults)
+  double initial_loss_scale;
+  double min_loss_scale;
+  int loss_scale_window;  // clean steps before the scale grows x2
+  int hysteresis;         // overflowing steps tolerated before the scale halves
   OptimOptions();
   double min_lr_value() const { return min_lr.value_or(lr / 10); }
 };
@@ -203,11 +208,19 @@ void for_each_field(S& o, V&& v) {
         .alias("clip_grad max_grad_norm clip_grad_norm grad_norm_clip"), o.grad_clip);
   v(field("on_nonfinite", NonfinitePolicy::kSkip,
           "a step whose loss or grad norm is NaN/inf on any rank is never applied (weights, moments, "
-          "Adam step unchanged; the LR schedule and data still advance); skip: go on, stop: end the run")
+          "Adam step unchanged; the data order advances, the LR schedule does not, as in Megatron-LM); skip: go on, stop: end the run")
         .alias("nonfinite nan_policy skip_nan on_nan"), o.on_nonfinite);
   v(field("max_bad_steps", 5, "with on_nonfinite skip: stop with an error after this many non-finite "
                               "steps in a row").at_least(1)
         .alias("max_skipped_steps max_nan_steps bad_steps"), o.max_bad_steps);
+  v(field("initial_loss_scale", 4294967296.0, "precision fp16: the loss scale of the first step (backward runs on loss x scale; a step whose scaled gradients overflow is skipped on every rank)")
+        .above(0).shown_as("2^32").alias("loss_scale init_loss_scale initial_scale"), o.initial_loss_scale);
+  v(field("min_loss_scale", 1.0, "precision fp16: the scale never drops below this; an overflow at it is a non-finite step (on_nonfinite)")
+        .above(0).alias("min_scale loss_scale_min"), o.min_loss_scale);
+  v(field("loss_scale_window", 1000, "precision fp16: clean steps in a row before the loss scale doubles")
+        .at_least(1).alias("growth_interval scale_window"), o.loss_scale_window);
+  v(field("hysteresis", 2, "precision fp16: overflowing steps tolerated before the loss scale halves (refilled when it grows)")
+        .at_least(1).alias("loss_scale_hysteresis"), o.hysteresis);
 }
 
 // ---- [parallel]: how the work is laid out over dp * tp * pp ranks.
@@ -311,7 +324,7 @@ void for_each_field(S& o, V&& v) {
   v(field("threads", 0, "OpenMP threads per rank").at_least(0).shown_as("0 = OpenMP's default")
         .alias("num_threads omp_threads nthreads"), o.threads);
   v(field("precision", kernels::Precision::kFp32,
-          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style); parameters, gradients, optimizer and checkpoints stay fp32")
+          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style); fp16: the same with fp16 operands (overflow beyond 65504 is inf) and dynamic loss scaling ([optim] initial_loss_scale, loss_scale_window, hysteresis, min_loss_scale); parameters, gradients, optimizer and checkpoints stay fp32")
         .alias("dtype mixed_precision amp autocast compute_dtype"), o.precision);
   v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)
         .alias("log_interval print_every"), o.log_every);

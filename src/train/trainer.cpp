@@ -23,6 +23,7 @@
 #include "train/checkpointing.h"
 #include "train/ckpt_dir_owner.h"
 #include "train/flops.h"
+#include "train/loss_scaler_state.h"
 #include "train/memory_check.h"
 #include "train/nonfinite_policy.h"
 #include "train/pipeline_report.h"
@@ -50,6 +51,10 @@ parallel::EngineOptions engine_options(const RunConfig& cfg) {
   o.adamw.eps = static_cast<float>(cfg.optim.eps);
   o.adamw.weight_decay = static_cast<float>(cfg.optim.weight_decay);
   o.grad_clip = cfg.optim.grad_clip;
+  o.loss_scaler.initial_scale = cfg.optim.initial_loss_scale;
+  o.loss_scaler.min_scale = cfg.optim.min_loss_scale;
+  o.loss_scaler.growth_interval = cfg.optim.loss_scale_window;
+  o.loss_scaler.hysteresis = cfg.optim.hysteresis;
   return o;
 }
 
@@ -126,6 +131,9 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   if (!cfg.train.resume.empty()) {
     start_step = load_into_engine(engine, *source, /*with_optimizer=*/true);
     if (lead) fmt::print(stderr, "resumed from {} at step {}\n", source->path, start_step);
+    if (restore_loss_scaler_state(engine, *source) && lead) {
+      fmt::print(stderr, "fp16 loss scale {:g} restored from the checkpoint\n", engine.loss_scaler()->scale());
+    }
   } else if (source) {
     load_into_engine(engine, *source, /*with_optimizer=*/false);
     if (lead) fmt::print(stderr, "initialised from {}\n", source->path);
@@ -162,11 +170,13 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     TRI_CHECK(metrics.good(), "cannot open the metrics file {} for writing", cfg.train.metrics);
   }
   auto run_state = [&](int64_t step) {
-    return nlohmann::json{{"run_config", to_json(cfg)},
-                          {"step", step},
-                          {"data", {{"order", enum_name(cfg.data.data_order)}, {"next_step", step},
-                                    {"seed", cfg.train.seed}}},
-                          {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
+    nlohmann::json state{{"run_config", to_json(cfg)},
+                         {"step", step},
+                         {"data", {{"order", enum_name(cfg.data.data_order)}, {"next_step", step},
+                                   {"seed", cfg.train.seed}}},
+                         {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
+    add_loss_scaler_state(engine, state);
+    return state;
   };
   auto save = [&](int64_t step) {
     const std::string dir = save_checkpoint(engine, cfg.train.ckpt_dir, step, run_state(step));
@@ -198,7 +208,10 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     progress.note("saved " + *dir);
   };
   for (int64_t step = start_step; step < end_step; ++step) {
-    const float lr = schedule.at(step);
+    // The schedule follows the updates applied, the data the steps taken: a skipped step
+    // (poisoned, or an fp16 overflow) repeats its learning rate at the next step, as
+    // Megatron-LM advances its scheduler only after a successful update.
+    const float lr = schedule.at(engine.optimizer_step());
     batch_log.record(step, sampler);
     tracker.reset_peaks();
     Stopwatch step_clock;
@@ -224,6 +237,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                            {"memory", memory_json(tracker)}};
     if (const auto idle = pipeline_report.record_step()) line["pipeline_idle"] = *idle;
     if (model_cfg.is_moe()) line["aux_loss"] = stats.aux_loss;  // `loss` is the cross-entropy
+    if (engine.loss_scaler() != nullptr) line["loss_scale"] = stats.loss_scale;  // this step's
     const bool eval_now = eval_batches && (done % cfg.data.eval_every == 0 || done == end_step);
     if (eval_now) {
       const double val = evaluate(engine, *eval_batches);
