@@ -112,7 +112,8 @@ int64_t LlamaBlockActivations::scratch_floats(const ModelConfig& cfg, int tp, in
 
 LlamaBlock::LlamaBlock(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer)
     : cfg_(cfg), tp_(tp) {
-  add_declared(params, architecture(cfg.family).layer_params(cfg, layer), cfg, tp.rank, tp.size);
+  add_declared(params, local_experts(architecture(cfg.family).layer_params(cfg, layer), tp.ep.rank, tp.ep.size, cfg.n_experts),
+               cfg, tp.rank, tp.size);
   const std::string p = fmt::format("model.layers.{}.", layer);
   auto id = [&](const char* name) { return params.find(p + name); };
   n1_w_ = id("input_layernorm.weight");

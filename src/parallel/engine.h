@@ -126,6 +126,9 @@ class Engine {
   double local_unique_grad_sumsq() const;
   // Whether this rank's copy of parameter `id` of chunk `c` is the one counted/saved.
   bool owns_for_reduction(const Chunk& c, int id) const;
+  // The coordinate over which this parameter's copies are replicas (dp, or edp for an expert
+  // under expert parallelism): the copy at 0 is counted and saved.
+  int replica_coord(const nn::ParamInfo& info) const;
   double reduce_loss(double local_loss_sum);
   bool holds_loss() const;  // this rank computes losses (last stage, tp rank 0)
   void sum_tied_embedding_grads();
@@ -138,6 +141,7 @@ class Engine {
   int64_t global_batch_, seq_len_, rank_rows_, micro_rows_;
   int micro_batches_;
   std::unique_ptr<nn::TensorParallelComm> tp_comm_;
+  std::unique_ptr<nn::ExpertParallelComm> ep_comm_;
   std::vector<Chunk> chunks_;
   std::unique_ptr<pp::PipelineExecutor> executor_;
   // Ranks of the first and last pipeline stage with this rank's tp coordinate (all dp): where

@@ -700,6 +700,10 @@ void validate_run_config(const RunConfig& cfg) {
             "batch size {} is not divisible by dp {}: each data-parallel rank takes "
             "batch_size / dp sequences; use a batch size that is a multiple of {}",
             d.batch_size, p.dp, p.dp);
+  TRI_CHECK(p.dp % p.ep == 0,
+            "ep {} does not divide dp {}: expert parallelism splits the experts over groups of ep "
+            "data-parallel ranks; choose an ep that divides dp (or a dp that is a multiple of {})",
+            p.ep, p.dp, p.ep);
   TRI_CHECK(p.micro_batches == 0 || d.grad_accum == 1 || p.micro_batches == d.grad_accum,
             "micro_batches {} and grad_accum {} disagree: both give the micro-batches per step "
             "(micro_batches 0 means grad_accum); set only one",

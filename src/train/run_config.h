@@ -215,6 +215,7 @@ struct ParallelOptions {
   int dp;                     // data-parallel replicas
   int tp;                     // tensor-parallel ranks per layer
   int pp;                     // pipeline stages
+  int ep;                     // expert-parallel ranks, out of dp (mixture of experts)
   int zero;                   // ZeRO stage over dp: 0 none, 1 optimizer, 2 + gradients, 3 + parameters
   PipelineSchedule schedule;  // pipeline schedule (pp > 1)
   int micro_batches;          // pipeline micro-batches per step; 0: grad_accum
@@ -237,6 +238,8 @@ void for_each_field(S& o, V&& v) {
         .alias("tensor_parallel tensor_model_parallel_size tp_size"), o.tp);
   v(field("pp", 1, "pipeline stages").at_least(1)
         .alias("pipeline_parallel pipeline_model_parallel_size pp_size stages"), o.pp);
+  v(field("ep", 1, "expert-parallel ranks (mixture of experts): each group of ep dp ranks splits every layer's experts between them and exchanges tokens by all-to-all; ep divides dp and num_local_experts; ZeRO must be 0 (docs/moe.md)")
+        .at_least(1).alias("expert_parallel expert_model_parallel_size ep_size moe_expert_parallel"), o.ep);
   v(field("zero", 0, "ZeRO stage over dp: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters")
         .at_least(0).at_most(3).alias("zero_stage stage"), o.zero);
   v(field("schedule", PipelineSchedule::k1F1B, "pipeline schedule (used when pp > 1)")
