@@ -209,6 +209,8 @@ void LlamaBlock::backward(ParameterSet& ps, const LayerActivations& acts, Shared
     const float* n2 = tp_enter(tp_, a.n2.data(), s.gathered.data(), N, C);  // re-gathered
     moe_->backward(s.mm(), ps, *a.moe, s.dln.data(), dout, n2, B, T, aux_weight_);
     aux_loss_sum_ += a.moe->aux_sum;
+    expert_load_.resize(static_cast<std::size_t>(cfg_.n_experts), 0);
+    for (std::size_t i = 0; i < a.moe->seq_counts.size(); ++i) expert_load_[i % expert_load_.size()] += a.moe->seq_counts[i];
   } else {
     s.mm().backward_nt(g.dgate, ps.grad(down_w_), dout, a.act.data(), ps.data(down_w_), N, w.I, C);
     k::swiglu_backward(g.dgate, g.dup, g.dgate, a.gate.data(), a.up.data(), N * w.I);

@@ -319,6 +319,14 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
   stats.grad_norm = std::sqrt(sums[0]);
   stats.loss = sums[1] / static_cast<double>(global_batch_ * seq_len_);
   stats.aux_loss = sums[2] / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch_));
+  if (config_.is_moe()) {
+    // Each layer lives on one stage; every dp rank routes its own tokens; tp ranks alike (one counts).
+    stats.expert_load.assign(static_cast<std::size_t>(config_.n_layer * config_.n_experts), 0);
+    std::vector<int64_t> mine(stats.expert_load.size(), 0);
+    for (Chunk& c : chunks_) c.model->take_expert_load(mine);
+    if (mesh_.coord().tp == 0) stats.expert_load = std::move(mine);
+    mesh_.world().allreduce(std::span<int64_t>(stats.expert_load), comm::ReduceOp::kSum).wait();
+  }
   // A NaN or inf on any rank reaches the sums above. Every rank then votes on what it read and
   // the world takes the maximum (exact), so all ranks skip or all update even if an MPI
   // implementation handed different ranks different roundings of an overflowing sum.

@@ -46,6 +46,10 @@ struct StepStats {
   // Mixture of experts: the load-balancing loss (unweighted) averaged over every layer and
   // every sequence of the global batch; 0 for dense models. Not part of `loss`.
   double aux_loss = 0.0;
+  // Mixture of experts: (n_layer, E) tokens of the global batch routed to each layer's experts
+  // (each token counted once per expert it reached, so a layer's row sums to k x tokens);
+  // empty for dense models. Equal in every layout when routing is.
+  std::vector<int64_t> expert_load;
   float clip_scale = 1.0f;
   double comm_wait_s = 0.0;  // time blocked on dp communication (exposed, not overlapped)
   // The loss or the grad norm was not finite somewhere in the world: no rank applied the

@@ -884,7 +884,17 @@ nn::ModelConfig resolve_model_config(const ModelOptions& m) {
   if (m.n_positions) g.n_positions = m.n_positions;
   if (m.vocab_size) g.vocab_size = m.vocab_size;
   if (m.vocab_pad_multiple) g.vocab_pad_multiple = m.vocab_pad_multiple;
+  g = with_objective_overrides(g, m);
   g.validate();
+  return g;
+}
+
+nn::ModelConfig with_objective_overrides(nn::ModelConfig g, const ModelOptions& m) {
+  if (m.moe_aux_loss_coef) {
+    TRI_CHECK(g.is_moe(), "--moe-aux-loss-coef {} weights a mixture-of-experts load-balancing loss, but "
+              "this model ({}) has no experts; drop the flag", *m.moe_aux_loss_coef, nn::family_name(g.family));
+    g.router_aux_loss_coef = *m.moe_aux_loss_coef;
+  }
   return g;
 }
 

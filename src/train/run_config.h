@@ -104,6 +104,7 @@ struct ModelOptions {
   int n_positions;         // 0: from the preset
   int vocab_size;          // 0: from the preset
   int vocab_pad_multiple;  // 0: from the preset
+  std::optional<double> moe_aux_loss_coef;  // unset: the preset's / config.json's router_aux_loss_coef
   ModelOptions();
 };
 
@@ -129,6 +130,8 @@ void for_each_field(S& o, V&& v) {
         .shown_as("0 = from the preset").alias("vocab n_vocab"), o.vocab_size);
   v(field("vocab_pad_multiple", 0, "override: pad embedding rows to a multiple of this (and of tp)")
         .at_least(0).shown_as("0 = from the preset").alias("pad_vocab_multiple vocab_padding"), o.vocab_pad_multiple);
+  v(field("moe_aux_loss_coef", std::optional<double>{}, "override (mixture of experts): weight of the load-balancing loss added to the objective (Hugging Face's router_aux_loss_coef; docs/moe.md)")
+        .at_least(0).shown_as("from the preset").alias("router_aux_loss_coef aux_loss_coef moe_aux_loss_coeff load_balancing_coef"), o.moe_aux_loss_coef);
 }
 
 // ---- [data]: what the model reads, and how much per step.
@@ -423,5 +426,8 @@ uint64_t run_config_hash(const RunConfig& cfg);
 // overrides applied, validated. (With train.init_from set the caller reads that directory's
 // config.json instead.)
 nn::ModelConfig resolve_model_config(const ModelOptions& model);
+// `model` with the [model] options that weight the objective rather than shape the network
+// (moe_aux_loss_coef) applied: also honoured for a model loaded with --init-from.
+nn::ModelConfig with_objective_overrides(nn::ModelConfig model, const ModelOptions& options);
 
 }  // namespace trident::train

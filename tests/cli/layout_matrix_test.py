@@ -179,6 +179,11 @@ def main():
                 bad_aux = [k + 1 for k in range(n) if abs(aux[k] - ref_aux[k]) > loss_bound(k + 1) * abs(ref_aux[k])]
                 print(f"    aux loss rel dev {max_rel(aux, ref_aux):.2e}")
                 check(f"layout {tag} aux losses", not bad_aux, f"steps {bad_aux}: {aux} vs {ref_aux}")
+                # Per-layer expert load (fewest / most tokens any expert got): integers, equal in
+                # every layout iff every layer's routing histogram is, and k x tokens in all.
+                load = [x["expert_load"] for x in got][:n]
+                ref_load = [m["expert_load"] for m in ref][:n]
+                check(f"layout {tag} expert load", load == ref_load, f"{load} vs {ref_load}")
             compared += 1
     # A matrix that compared nothing (a filter that matches no row, every run failing) fails.
     want = len(layouts(model)) if not only else max(1, len(rows))
