@@ -112,7 +112,8 @@ int64_t LlamaBlockActivations::scratch_floats(const ModelConfig& cfg, int tp, in
 
 LlamaBlock::LlamaBlock(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer)
     : cfg_(cfg), tp_(tp) {
-  add_declared(params, architecture(cfg.family).layer_params(cfg, layer), cfg, tp.rank, tp.size);
+  add_declared(params, local_experts(architecture(cfg.family).layer_params(cfg, layer), tp.ep.rank, tp.ep.size, cfg.n_experts),
+               cfg, tp.rank, tp.size);
   const std::string p = fmt::format("model.layers.{}.", layer);
   auto id = [&](const char* name) { return params.find(p + name); };
   n1_w_ = id("input_layernorm.weight");
@@ -208,6 +209,8 @@ void LlamaBlock::backward(ParameterSet& ps, const LayerActivations& acts, Shared
     const float* n2 = tp_enter(tp_, a.n2.data(), s.gathered.data(), N, C);  // re-gathered
     moe_->backward(s.mm(), ps, *a.moe, s.dln.data(), dout, n2, B, T, aux_weight_);
     aux_loss_sum_ += a.moe->aux_sum;
+    expert_load_.resize(static_cast<std::size_t>(cfg_.n_experts), 0);
+    for (std::size_t i = 0; i < a.moe->seq_counts.size(); ++i) expert_load_[i % expert_load_.size()] += a.moe->seq_counts[i];
   } else {
     s.mm().backward_nt(g.dgate, ps.grad(down_w_), dout, a.act.data(), ps.data(down_w_), N, w.I, C);
     k::swiglu_backward(g.dgate, g.dup, g.dgate, a.gate.data(), a.up.data(), N * w.I);

@@ -66,6 +66,7 @@ class LlamaBlock final : public Layer {
                                 SharedScratch& scratch) const override;
   void set_aux_loss_weight(float w) override { aux_weight_ = w; }
   double take_aux_loss_sum() override { return std::exchange(aux_loss_sum_, 0.0); }
+  std::vector<int64_t> take_expert_load() override { return std::exchange(expert_load_, {}); }
 
  private:
   // Sums the key/value weight gradients' shares of this micro-batch over the ranks holding the
@@ -83,6 +84,7 @@ class LlamaBlock final : public Layer {
   // Sum of the aux terms of the micro-batches backward ran on: a statistic for the metrics,
   // written by the (const) backward, read and reset by take_aux_loss_sum.
   mutable double aux_loss_sum_ = 0.0;
+  mutable std::vector<int64_t> expert_load_;  // (E) likewise, tokens per expert
 
 };
 

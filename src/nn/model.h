@@ -92,6 +92,15 @@ class Model {
     for (auto& b : blocks_) s += b->take_aux_loss_sum();
     return s;
   }
+  // Adds this stage's per-expert token counts since the last call (Layer::take_expert_load)
+  // into load (n_layer, E), at the layers' global indices.
+  void take_expert_load(std::vector<int64_t>& load) {
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      const std::vector<int64_t> l = blocks_[i]->take_expert_load();
+      const std::size_t at = (static_cast<std::size_t>(stage_.layer_begin) + i) * l.size();
+      for (std::size_t e = 0; e < l.size(); ++e) load.at(at + e) += l[e];
+    }
+  }
   // The precision of every matmul of the layers and the head (kernels/matmul_engine.h).
   void set_precision(kernels::Precision p) { *matmul_ = kernels::MatmulEngine(p); }
   const kernels::MatmulEngine& matmul() const { return *matmul_; }

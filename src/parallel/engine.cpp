@@ -12,6 +12,7 @@
 #include "kernels/kernels.h"
 #include "nn/architecture.h"
 #include "optim/grad_clip.h"
+#include "parallel/expert_parallel_comm.h"
 #include "parallel/pipeline/partition.h"
 #include "parallel/tensor_parallel_comm.h"
 
@@ -53,6 +54,13 @@ Engine::Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOpti
   if (shape.tp > 1) {
     tp_comm_ = std::make_unique<CommTensorParallel>(mesh_.tp());
     tp = make_tp_context(*tp_comm_, options_.sequence_parallel);
+  }
+  // Expert parallelism: the MoE layers exchange token rows over the mesh's ep group and hold
+  // their ep rank's experts only (nn/moe_mlp.h); expert gradients are reduced over edp below.
+  validate_expert_parallel(config_, shape.ep, options_.zero);
+  if (shape.ep > 1) {
+    ep_comm_ = std::make_unique<CommExpertParallel>(mesh_.ep());
+    tp.ep = make_ep_context(*ep_comm_);
   }
   // Pipeline parallelism: this rank's chunks of the layer stack (V of them when interleaved).
   const int V = shape.pp > 1 ? options_.virtual_stages : 1;
@@ -103,7 +111,8 @@ Engine::Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOpti
     if (shape.dp > 1 || options_.zero > 0) {
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
-          DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1});
+          DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1,
+                              shape.ep > 1 ? &mesh_.edp() : nullptr});
       c.adamw = std::make_unique<optim::AdamW>(c.model->params(), tracker_, options_.adamw,
                                                c.dp->optimizer_begin(), c.dp->optimizer_end());
     } else {
@@ -155,6 +164,10 @@ std::string Engine::describe() const {
       "sequences per dp rank in {} micro-batch(es) of {}",
       s.dp, s.tp, s.pp, s.world(), options_.zero, global_batch_, seq_len_, rank_rows_,
       micro_batches_, micro_rows_);
+  if (s.ep > 1) {
+    text += fmt::format("; expert parallel ep {} (of dp; {} of {} experts per rank)", s.ep,
+                        config_.n_experts / s.ep, config_.n_experts);
+  }
   if (executor_) {
     text += fmt::format("; schedule {}", executor_->spec().describe());
   }
@@ -194,15 +207,19 @@ double Engine::local_unique_grad_sumsq() const {
       sum += c.dp->shard_grad_sumsq([&](int id) { return owns_for_reduction(c, id); });
       continue;
     }
-    // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's.
-    if (mesh_.coord().dp != 0) continue;
+    // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's (an
+    // expert's: edp rank 0's, the replicas holding that expert).
     const nn::ParameterSet& ps = c.model->params();
     for (int id = 0; id < ps.size(); ++id) {
-      if (!owns_for_reduction(c, id)) continue;
+      if (!owns_for_reduction(c, id) || replica_coord(ps.info(id)) != 0) continue;
       sum += kernels::sum_squares(ps.grad(id), ps.info(id).numel);
     }
   }
   return sum;
+}
+
+int Engine::replica_coord(const nn::ParamInfo& info) const {
+  return info.expert >= 0 ? mesh_.edp_coord() : mesh_.coord().dp;
 }
 
 bool Engine::holds_loss() const {
@@ -311,6 +328,14 @@ StepStats Engine::train_step(const BatchFn& batch, float lr) {
   stats.loss_scale = loss_scaler_ ? scale : 0.0;
   stats.loss = sums[1] / static_cast<double>(global_batch_ * seq_len_);
   stats.aux_loss = sums[2] / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch_));
+  if (config_.is_moe()) {
+    // Each layer lives on one stage; every dp rank routes its own tokens; tp ranks alike (one counts).
+    stats.expert_load.assign(static_cast<std::size_t>(config_.n_layer * config_.n_experts), 0);
+    std::vector<int64_t> mine(stats.expert_load.size(), 0);
+    for (Chunk& c : chunks_) c.model->take_expert_load(mine);
+    if (mesh_.coord().tp == 0) stats.expert_load = std::move(mine);
+    mesh_.world().allreduce(std::span<int64_t>(stats.expert_load), comm::ReduceOp::kSum).wait();
+  }
   // A NaN or inf on any rank reaches the sums above. Every rank then votes on what it read and
   // the world takes the maximum (exact), so all ranks skip or all update even if an MPI
   // implementation handed different ranks different roundings of an overflowing sum.
@@ -442,7 +467,7 @@ void Engine::gather_param(const std::string& name, const Shape& logical_shape, f
       contributes = true;
     } else {
       local = p.chunk->model->params().data(p.id);
-      contributes = mesh_.coord().dp == 0;
+      contributes = replica_coord(info) == 0;
     }
   }
   assemble_logical(mesh_, info, contributes ? local : nullptr, out);
@@ -467,7 +492,7 @@ void Engine::gather_optimizer_state(const std::string& name, const Shape& logica
       local = padded.data();
     }
     // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
-    contributes = options_.zero >= 1 || mesh_.coord().dp == 0;
+    contributes = options_.zero >= 1 || replica_coord(info) == 0;
   }
   assemble_logical(mesh_, info, contributes ? local : nullptr, out);
 }

@@ -50,6 +50,10 @@ struct StepStats {
   // Mixture of experts: the load-balancing loss (unweighted) averaged over every layer and
   // every sequence of the global batch; 0 for dense models. Not part of `loss`.
   double aux_loss = 0.0;
+  // Mixture of experts: (n_layer, E) tokens of the global batch routed to each layer's experts
+  // (each token counted once per expert it reached, so a layer's row sums to k x tokens);
+  // empty for dense models. Equal in every layout when routing is.
+  std::vector<int64_t> expert_load;
   float clip_scale = 1.0f;
   double comm_wait_s = 0.0;  // time blocked on dp communication (exposed, not overlapped)
   // The loss or the grad norm was not finite somewhere in the world: no rank applied the
@@ -141,6 +145,9 @@ class Engine {
   double local_unique_grad_sumsq() const;
   // Whether this rank's copy of parameter `id` of chunk `c` is the one counted/saved.
   bool owns_for_reduction(const Chunk& c, int id) const;
+  // The coordinate over which this parameter's copies are replicas (dp, or edp for an expert
+  // under expert parallelism): the copy at 0 is counted and saved.
+  int replica_coord(const nn::ParamInfo& info) const;
   double reduce_loss(double local_loss_sum);
   bool holds_loss() const;  // this rank computes losses (last stage, tp rank 0)
   void sum_tied_embedding_grads();
@@ -155,6 +162,7 @@ class Engine {
   std::unique_ptr<nn::TensorParallelComm> tp_comm_;
   std::optional<optim::LossScaler> loss_scaler_;  // fp16 only
   double aux_loss_weight_ = 0.0;  // MoE: per-layer-per-sequence weight before loss scaling
+  std::unique_ptr<nn::ExpertParallelComm> ep_comm_;
   std::vector<Chunk> chunks_;
   std::unique_ptr<pp::PipelineExecutor> executor_;
   // Ranks of the first and last pipeline stage with this rank's tp coordinate (all dp): where

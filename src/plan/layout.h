@@ -22,6 +22,7 @@ struct Layout {
   int virtual_stages = 1;                             // V (interleaved only)
   int micro_batches = 1;                              // M per dp rank per step
   bool sequence_parallel = false;                     // only when tp > 1
+  int ep = 1;  // expert-parallel ranks out of dp (mixture of experts; expert parameters / ep)
 
   int world() const { return dp * tp * pp; }
   // "dp2 tp2 pp2"

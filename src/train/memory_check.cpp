@@ -124,6 +124,7 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   layout.dp = cfg.parallel.dp;
   layout.tp = cfg.parallel.tp;
   layout.pp = cfg.parallel.pp;
+  layout.ep = cfg.parallel.ep;
   layout.zero = cfg.parallel.zero;
   layout.schedule = pp::parse_schedule_kind(enum_name(cfg.parallel.schedule));
   layout.virtual_stages = cfg.parallel.pp > 1 ? cfg.parallel.virtual_stages : 1;

@@ -104,6 +104,7 @@ struct ModelOptions {
   int n_positions;         // 0: from the preset
   int vocab_size;          // 0: from the preset
   int vocab_pad_multiple;  // 0: from the preset
+  std::optional<double> moe_aux_loss_coef;  // unset: the preset's / config.json's router_aux_loss_coef
   ModelOptions();
 };
 
@@ -129,6 +130,8 @@ void for_each_field(S& o, V&& v) {
         .shown_as("0 = from the preset").alias("vocab n_vocab"), o.vocab_size);
   v(field("vocab_pad_multiple", 0, "override: pad embedding rows to a multiple of this (and of tp)")
         .at_least(0).shown_as("0 = from the preset").alias("pad_vocab_multiple vocab_padding"), o.vocab_pad_multiple);
+  v(field("moe_aux_loss_coef", std::optional<double>{}, "override (mixture of experts): weight of the load-balancing loss added to the objective (Hugging Face's router_aux_loss_coef; docs/moe.md)")
+        .at_least(0).shown_as("from the preset").alias("router_aux_loss_coef aux_loss_coef moe_aux_loss_coeff load_balancing_coef"), o.moe_aux_loss_coef);
 }
 
 // ---- [data]: what the model reads, and how much per step.
@@ -228,6 +231,7 @@ struct ParallelOptions {
   int dp;                     // data-parallel replicas
   int tp;                     // tensor-parallel ranks per layer
   int pp;                     // pipeline stages
+  int ep;                     // expert-parallel ranks, out of dp (mixture of experts)
   int zero;                   // ZeRO stage over dp: 0 none, 1 optimizer, 2 + gradients, 3 + parameters
   PipelineSchedule schedule;  // pipeline schedule (pp > 1)
   int micro_batches;          // pipeline micro-batches per step; 0: grad_accum
@@ -250,6 +254,8 @@ void for_each_field(S& o, V&& v) {
         .alias("tensor_parallel tensor_model_parallel_size tp_size"), o.tp);
   v(field("pp", 1, "pipeline stages").at_least(1)
         .alias("pipeline_parallel pipeline_model_parallel_size pp_size stages"), o.pp);
+  v(field("ep", 1, "expert-parallel ranks (mixture of experts): each group of ep dp ranks splits every layer's experts between them and exchanges tokens by all-to-all; ep divides dp and num_local_experts; ZeRO must be 0 (docs/moe.md)")
+        .at_least(1).alias("expert_parallel expert_model_parallel_size ep_size moe_expert_parallel"), o.ep);
   v(field("zero", 0, "ZeRO stage over dp: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters")
         .at_least(0).at_most(3).alias("zero_stage stage"), o.zero);
   v(field("schedule", PipelineSchedule::k1F1B, "pipeline schedule (used when pp > 1)")
@@ -433,5 +439,8 @@ uint64_t run_config_hash(const RunConfig& cfg);
 // overrides applied, validated. (With train.init_from set the caller reads that directory's
 // config.json instead.)
 nn::ModelConfig resolve_model_config(const ModelOptions& model);
+// `model` with the [model] options that weight the objective rather than shape the network
+// (moe_aux_loss_coef) applied: also honoured for a model loaded with --init-from.
+nn::ModelConfig with_objective_overrides(nn::ModelConfig model, const ModelOptions& options);
 
 }  // namespace trident::train

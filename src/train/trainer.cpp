@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -58,6 +59,18 @@ parallel::EngineOptions engine_options(const RunConfig& cfg) {
   return o;
 }
 
+// Per layer, the fewest and the most tokens of the step's global batch any one expert got.
+nlohmann::json expert_load_json(const std::vector<int64_t>& load, int n_experts) {
+  nlohmann::json mn = nlohmann::json::array(), mx = nlohmann::json::array();
+  for (std::size_t at = 0; at + static_cast<std::size_t>(n_experts) <= load.size(); at += static_cast<std::size_t>(n_experts)) {
+    const auto [lo, hi] = std::minmax_element(load.begin() + static_cast<std::ptrdiff_t>(at),
+                                              load.begin() + static_cast<std::ptrdiff_t>(at) + n_experts);
+    mn.push_back(*lo);
+    mx.push_back(*hi);
+  }
+  return {{"min", mn}, {"max", mx}};
+}
+
 nlohmann::json memory_json(const MemoryTracker& t) {
   nlohmann::json j;
   for (int c = 0; c < static_cast<int>(MemCategory::kCount); ++c) {
@@ -95,9 +108,10 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   if (cfg.train.threads > 0) kernels::set_num_threads(cfg.train.threads);
   comm::check_same_across_ranks(mesh.world(), "the run configuration", run_config_hash(cfg));
 
-  // The shape of a model loaded with --init-from is whatever its config.json says.
+  // The shape of a model loaded with --init-from is whatever its config.json says; the
+  // objective's weights (--moe-aux-loss-coef) still apply.
   const nn::ModelConfig model_cfg = cfg.train.init_from.empty() ? resolve_model_config(cfg.model)
-                                                              : source->config;
+                                                              : with_objective_overrides(source->config, cfg.model);
   check_model_fits(model_cfg, cfg, mesh);  // before anything is allocated
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
                                     "and PREFIX_val.bin, written by `trident prepare`)");
@@ -236,7 +250,10 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                            {"mfu", tps * flops_per_token / peak_flops},
                            {"memory", memory_json(tracker)}};
     if (const auto idle = pipeline_report.record_step()) line["pipeline_idle"] = *idle;
-    if (model_cfg.is_moe()) line["aux_loss"] = stats.aux_loss;  // `loss` is the cross-entropy
+    if (model_cfg.is_moe()) {
+      line["aux_loss"] = stats.aux_loss;  // `loss` is the cross-entropy
+      line["expert_load"] = expert_load_json(stats.expert_load, model_cfg.n_experts);
+    }
     if (engine.loss_scaler() != nullptr) line["loss_scale"] = stats.loss_scale;  // this step's
     const bool eval_now = eval_batches && (done % cfg.data.eval_every == 0 || done == end_step);
     if (eval_now) {

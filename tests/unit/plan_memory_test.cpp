@@ -99,6 +99,27 @@ TEST(PlanMemory, RecomputeModesFollowTheFormulas) {
   EXPECT_DOUBLE_EQ(m.by_pp_rank[1].activations, 4 * (5 * N * C + head + layer + N * C));
 }
 
+TEST(PlanMemory, ExpertParallelismDividesExpertParameters) {
+  // mixtral-tiny: 4 layers of E = 4 experts (w1, w2, w3: 3 I C each, I = 48, C = 32). At ep the
+  // rank holds E / ep of them; every other parameter (router included) is whole.
+  PlanRequest r = request(4, 8);
+  r.model = nn::model_preset("mixtral-tiny");
+  const double expert = 3.0 * 48 * 32, experts = 4 * 4 * expert;
+  Layout l;
+  l.dp = 4;
+  const MemoryPrediction full = predict_memory(r, l);
+  const double psi = static_cast<double>(full.params_by_pp_rank[0]);
+  // Every parameter once, plus the vocabulary padding (1000 -> 1024) of the untied embedding and head.
+  EXPECT_EQ(psi, static_cast<double>(r.model.num_parameters()) + 2 * (Vp - 1000) * C);
+  for (int ep : {2, 4}) {
+    l.ep = ep;
+    const MemoryPrediction m = predict_memory(r, l);
+    EXPECT_EQ(static_cast<double>(m.params_by_pp_rank[0]), psi - experts + experts / ep) << ep;
+    EXPECT_DOUBLE_EQ(m.worst().params, 4 * (psi - experts + experts / ep)) << ep;
+    EXPECT_DOUBLE_EQ(m.worst().optimizer, 8 * (psi - experts + experts / ep)) << ep;
+  }
+}
+
 TEST(PlanMemory, LivePerChunkMatchesTheSchedules) {
   for (int M : {1, 2, 4, 8}) {
     for (int rank = 0; rank < 4; ++rank) {
