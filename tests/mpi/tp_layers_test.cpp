@@ -142,6 +142,9 @@ void check_block(const nn::ModelConfig& cfg, bool sp) {
   nn::SharedScratch rscratch(tracker, N, C, arch.layer_scratch_floats(cfg, 1, N));
   std::vector<float> rout(static_cast<std::size_t>(N * C)), rdx = dout;
   rblock->forward(rps, *racts, rout.data(), x.data(), B, T, rscratch);
+  // Backward twice: the second accumulates into non-zero gradients, as micro-batches do.
+  rblock->backward(rps, *racts, rscratch, rdx.data(), x.data(), B, T);
+  rdx = dout;
   rblock->backward(rps, *racts, rscratch, rdx.data(), x.data(), B, T);
 
   const nn::RowSplit rows = sp ? ctx.rows(N) : nn::RowSplit{0, N, {}};
@@ -152,6 +155,8 @@ void check_block(const nn::ModelConfig& cfg, bool sp) {
   std::vector<float> tout(static_cast<std::size_t>(Nl * C));
   std::vector<float> tdx(dout.begin() + off, dout.begin() + off + Nl * C);
   tblock->forward(tps, *tacts, tout.data(), tx.data(), B, T, tscratch);
+  tblock->backward(tps, *tacts, tscratch, tdx.data(), tx.data(), B, T);
+  tdx.assign(dout.begin() + off, dout.begin() + off + Nl * C);
   tblock->backward(tps, *tacts, tscratch, tdx.data(), tx.data(), B, T);
   expect_close("block output", tout.data(), rout.data() + off, Nl * C);
   expect_close("block input gradient", tdx.data(), rdx.data() + off, Nl * C);
