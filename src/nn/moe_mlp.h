@@ -1,5 +1,6 @@
 // A Mixtral-style sparse mixture-of-experts MLP (Hugging Face MixtralSparseMoeBlock), the
-// module LlamaBlock uses in place of its dense SwiGLU MLP when ModelConfig::n_experts > 0:
+// module the Llama block (nn/llama_block.h, through nn/mlp.h) uses in place of its dense SwiGLU
+// MLP when ModelConfig::n_experts > 0:
 //   logits = x Wr^T (fp32, Wr [E, C] the router, no bias), p = softmax(logits) over E,
 //   S = the top k experts of p (ties: the lowest expert id), w_j = p_j / sum_S p (or p_j when
 //   norm_topk_prob is off), out = sum_{j in S, in expert-id order} w_j * expert_j(x),
