@@ -50,6 +50,8 @@ parallel::EngineOptions engine_options(const RunConfig& cfg) {
   o.adamw.eps = static_cast<float>(cfg.optim.eps);
   o.adamw.weight_decay = static_cast<float>(cfg.optim.weight_decay);
   o.grad_clip = cfg.optim.grad_clip;
+  o.offload = {cfg.parallel.offload == Offload::kOptimizer, cfg.parallel.offload_dir,
+               int64_t{cfg.parallel.offload_block_kib} * 1024};
   return o;
 }
 
