@@ -53,7 +53,8 @@ class OffloadedMomentStore final : public MomentStore {
     TRI_CHECK(block_bytes > 0 && block_bytes % static_cast<int64_t>(AsyncFile::kAlignment) == 0,
               "offload block size {} bytes is not a positive multiple of {} (direct I/O's alignment)",
               block_bytes, AsyncFile::kAlignment);
-    file_.emplace(path, static_cast<std::size_t>(blocks_) * 2 * block_bytes_, "the optimizer offload file");
+    file_.emplace(path, blocks_ == 0 ? 0 : offset(blocks_ - 1) + 2 * half_bytes(blocks_ - 1),
+                  "the optimizer offload file");
     for (AlignedBytes& b : staging_) b = aligned_bytes(2 * block_bytes_);
     resident_ = staging_.size() * 2 * block_bytes_;
     offloaded_ = 2 * static_cast<std::size_t>(n) * sizeof(float);
@@ -75,7 +76,7 @@ class OffloadedMomentStore final : public MomentStore {
     constexpr int64_t kSlots = 3;  // block i updates while i + 1 reads and i - 1 writes
     std::array<std::optional<AsyncFile::Ticket>, kSlots> reading, writing;
     auto slot = [&](int64_t i) { return static_cast<std::size_t>(i % kSlots); };
-    reading[0] = file_->submit_read(staging_[0].get(), 2 * block_bytes_, offset(0));
+    reading[0] = file_->submit_read(staging_[0].get(), 2 * half_bytes(0), offset(0));
     for (int64_t i = 0; i < blocks_; ++i) {
       const std::size_t s = slot(i);
       file_->wait(*reading[s]);
@@ -86,12 +87,12 @@ class OffloadedMomentStore final : public MomentStore {
           file_->wait(*writing[next]);
           writing[next].reset();
         }
-        reading[next] = file_->submit_read(staging_[next].get(), 2 * block_bytes_, offset(i + 1));
+        reading[next] = file_->submit_read(staging_[next].get(), 2 * half_bytes(i + 1), offset(i + 1));
       }
       auto* m = reinterpret_cast<float*>(staging_[s].get());
       const int64_t begin = i * block_elems_;
-      fn(begin, std::min(block_elems_, n_ - begin), m, m + block_elems_);
-      writing[s] = file_->submit_write(staging_[s].get(), 2 * block_bytes_, offset(i));
+      fn(begin, std::min(block_elems_, n_ - begin), m, m + half_bytes(i) / sizeof(float));
+      writing[s] = file_->submit_write(staging_[s].get(), 2 * half_bytes(i), offset(i));
     }
     for (auto& w : writing) {
       if (w) file_->wait(*w);
@@ -109,7 +110,7 @@ class OffloadedMomentStore final : public MomentStore {
     for_each_piece(begin, count, [&](int64_t blk, int64_t lo, int64_t len, int64_t done) {
       if (len < block_elems_) load_half(blk, kind);  // keep the rest of the block
       std::copy_n(in + done, len, half() + lo);
-      file_->wait(file_->submit_write(staging_[0].get(), block_bytes_, offset(blk) + kind * block_bytes_));
+      file_->wait(file_->submit_write(staging_[0].get(), half_bytes(blk), offset(blk) + kind * half_bytes(blk)));
     });
   }
 
@@ -125,10 +126,17 @@ class OffloadedMomentStore final : public MomentStore {
 
  private:
   std::size_t offset(int64_t blk) const { return static_cast<std::size_t>(blk) * 2 * block_bytes_; }
+  // Bytes of one moment in block `blk`: the block size, less for the last block (its elements
+  // rounded up to whole pages), so a small store does not take a whole block of disk.
+  std::size_t half_bytes(int64_t blk) const {
+    if (blk + 1 < blocks_) return block_bytes_;
+    const auto bytes = static_cast<std::size_t>(n_ - blk * block_elems_) * sizeof(float);
+    return (bytes + AsyncFile::kAlignment - 1) / AsyncFile::kAlignment * AsyncFile::kAlignment;
+  }
   float* half() { return reinterpret_cast<float*>(staging_[0].get()); }
   // One moment's half of block `blk` into staging buffer 0 (random access; no update runs).
   void load_half(int64_t blk, int kind) {
-    file_->wait(file_->submit_read(staging_[0].get(), block_bytes_, offset(blk) + kind * block_bytes_));
+    file_->wait(file_->submit_read(staging_[0].get(), half_bytes(blk), offset(blk) + kind * half_bytes(blk)));
   }
   // fn(block, first element within it, length, elements done before) over [begin, begin + count).
   template <class F>

@@ -4,7 +4,8 @@
 // the update is elementwise, so the result is bitwise the same for any block size.
 //
 // The offloaded store keeps block i's exp_avg and exp_avg_sq next to each other in its file
-// (one read and one write per block and step) and three staging buffers in memory, so that
+// (one read and one write per block and step; the last block's halves shrink to its elements
+// rounded up to 4 KiB pages) and three staging buffers in memory, so that
 // the update of block i overlaps the read of block i + 1 and the write of block i - 1. The
 // file is scratch: written at start-up, never read back by a later run (checkpoints hold the
 // moments), so a crash leaves it useless and the checkpoints untouched; a clean exit deletes it.

@@ -408,6 +408,7 @@ Engine::MomentSlice Engine::moments_of(Chunk& c, int id, int kind, bool read) {
   const nn::ParamInfo& info = c.model->params().info(id);
   const int64_t lo = std::max(info.offset, c.adamw->begin());
   const int64_t hi = std::max(lo, std::min(info.offset + info.numel, c.adamw->end()));
+  if (hi == lo) return {{}, 0, 0, 0};  // not in this rank's range (another ZeRO shard's)
   MomentSlice m{{}, lo - info.offset, hi - lo, lo - c.adamw->begin()};
   if (read) {
     m.data.resize(static_cast<std::size_t>(m.count));
