@@ -14,13 +14,11 @@ blocks must not change a bit). Layouts: one process; dp2 under ZeRO 0, 1, 2 and 
 - bad input: --offload without --offload-dir, a missing directory, a read-only one, a full disk
   (a 256 KiB tmpfs, when this user may mount one): one clear error, non-zero exit, no step run.
 
-The checks bite (mutations tried by hand):
-- the update skipped for the last (partial) block in moment_store.cpp: every layout's loss differs
-  from step 2;
-- block i+1's read submitted into the buffer block i-2's write still uses (the wait on it removed):
-  the weights differ at dp2/ZeRO-0 and one process (the moments of one block land in another);
-- the write-back of a partial block in OffloadedMomentStore::write without the read that keeps the
-  rest: the resume rows differ."""
+Mutations were tried by hand against tests/unit/optim_moment_store_test.cpp, whose store this
+test drives end to end: the update skipped for the last (partial) block fails the bitwise AdamW and
+the block-order checks; the read that keeps the rest of a partially written block removed fails
+the random-access check. The moments_of bug found while writing this test (a parameter outside
+this rank's ZeRO-1 shard read at an offset past the store) made the dp2 ZeRO 1-3 rows fail."""
 import os
 import subprocess
 import sys
