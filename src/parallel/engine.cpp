@@ -113,11 +113,13 @@ Engine::Engine(comm::Mesh& mesh, const nn::ModelConfig& config, const EngineOpti
           c.model->params(), mesh_.dp(), tracker_,
           DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1,
                               shape.ep > 1 ? &mesh_.edp() : nullptr});
-      c.adamw = std::make_unique<optim::AdamW>(c.model->params(), tracker_, options_.adamw,
-                                               c.dp->optimizer_begin(), c.dp->optimizer_end());
-    } else {
-      c.adamw = std::make_unique<optim::AdamW>(c.model->params(), tracker_, options_.adamw);
     }
+    const int64_t opt_begin = c.dp ? c.dp->optimizer_begin() : 0;
+    const int64_t opt_end = c.dp ? c.dp->optimizer_end() : c.model->params().total_numel();
+    c.adamw = std::make_unique<optim::AdamW>(
+        c.model->params(), tracker_, options_.adamw, opt_begin, opt_end,
+        optim::make_moment_store(tracker_, opt_end - opt_begin, options_.offload, mesh_.rank(),
+                                 static_cast<int>(chunks_.size())));
     chunks_.push_back(std::move(c));
   }
   if (options_.precision == kernels::Precision::kFp16) loss_scaler_.emplace(options_.loss_scaler);
@@ -177,6 +179,9 @@ std::string Engine::describe() const {
   }
   if (options_.precision != kernels::Precision::kFp32 && !chunks_.empty()) {
     text += "; matmuls: " + chunks_.front().model->matmul().describe();
+  }
+  if (options_.offload.optimizer && !chunks_.empty()) {
+    text += "; AdamW moments " + chunks_.front().adamw->moments().describe();
   }
   if (!partition_text_.empty()) text += "\n" + partition_text_;
   return text;
@@ -440,13 +445,18 @@ Engine::OwnedParam Engine::owned_param(const std::string& name) {
   return {};
 }
 
-Engine::MomentSlice Engine::moments_of(Chunk& c, int id, int kind) {
+Engine::MomentSlice Engine::moments_of(Chunk& c, int id, int kind, bool read) {
   // The optimizer holds [begin, end) of the flat buffer (everything, or the ZeRO shard).
   const nn::ParamInfo& info = c.model->params().info(id);
-  FloatBuffer& state = kind == 0 ? c.adamw->exp_avg() : c.adamw->exp_avg_sq();
   const int64_t lo = std::max(info.offset, c.adamw->begin());
   const int64_t hi = std::max(lo, std::min(info.offset + info.numel, c.adamw->end()));
-  return {state.data() + (lo - c.adamw->begin()), lo - info.offset, hi - lo};
+  if (hi == lo) return {{}, 0, 0, 0};  // not in this rank's range (another ZeRO shard's)
+  MomentSlice m{{}, lo - info.offset, hi - lo, lo - c.adamw->begin()};
+  if (read) {
+    m.data.resize(static_cast<std::size_t>(m.count));
+    c.adamw->moments().read(kind, m.store_begin, m.count, m.data.data());
+  }
+  return m;
 }
 
 void Engine::gather_param(const std::string& name, const Shape& logical_shape, float* out) {
@@ -483,14 +493,14 @@ void Engine::gather_optimizer_state(const std::string& name, const Shape& logica
   bool contributes = false;
   if (const OwnedParam p = owned_param(name); p.chunk) {
     info = p.chunk->model->params().info(p.id);
-    const MomentSlice m = moments_of(*p.chunk, p.id, kind);
+    MomentSlice m = moments_of(*p.chunk, p.id, kind);
     if (m.local_begin == 0 && m.count == info.numel) {
-      local = m.data;  // the whole local tensor: no copy
+      padded = std::move(m.data);  // the whole local tensor
     } else {
       padded.assign(static_cast<std::size_t>(info.numel), 0.0f);
-      std::copy_n(m.data, m.count, padded.data() + m.local_begin);
-      local = padded.data();
+      std::copy_n(m.data.data(), m.count, padded.data() + m.local_begin);
     }
+    local = padded.data();
     // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
     contributes = options_.zero >= 1 || replica_coord(info) == 0;
   }
@@ -518,8 +528,8 @@ void Engine::load_optimizer_state(const std::string& name, int kind, const float
     if (id < 0) continue;
     std::vector<float> local(static_cast<std::size_t>(c.model->params().info(id).numel));
     nn::scatter_logical_to_local(c.model->params().info(id), logical, local.data());
-    const MomentSlice m = moments_of(c, id, kind);
-    std::copy_n(local.data() + m.local_begin, m.count, m.data);
+    const MomentSlice m = moments_of(c, id, kind, /*read=*/false);
+    c.adamw->moments().write(kind, m.store_begin, m.count, local.data() + m.local_begin);
   }
 }
 
@@ -552,7 +562,7 @@ std::string Engine::find_nonfinite_state() {
       }
       for (int kind = 0; kind < 2; ++kind) {
         const MomentSlice m = moments_of(c, id, kind);
-        if (const int64_t i = first_nonfinite(m.data, m.count); i >= 0) {
+        if (const int64_t i = first_nonfinite(m.data.data(), m.count); i >= 0) {
           mine = fmt::format("{} ({}), local element {}, value {}", info.name,
                              kind == 0 ? "exp_avg" : "exp_avg_sq", m.local_begin + i, m.data[i]);
           break;

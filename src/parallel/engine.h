@@ -37,6 +37,7 @@ struct EngineOptions {
   double bucket_mb = 25.0;       // DDP gradient bucket size
   bool overlap = true;           // overlap gradient allreduce with backward
   optim::AdamWConfig adamw;
+  optim::OffloadOptions offload;  // where the AdamW moments live (optim/moment_store.h)
   double grad_clip = 1.0;        // 0: off
 };
 
@@ -135,12 +136,13 @@ class Engine {
   };
   OwnedParam owned_param(const std::string& name);
   // Chunk c's AdamW moments (kind 0: exp_avg, 1: exp_avg_sq) of parameter `id` that this rank
-  // holds: `count` elements at `data`, starting at the parameter's local index `local_begin`.
+  // holds: `count` elements from the parameter's local index `local_begin`, which is
+  // `store_begin` in the moment store (in memory or offloaded); read into `data` when `read`.
   struct MomentSlice {
-    float* data;
-    int64_t local_begin, count;
+    std::vector<float> data;
+    int64_t local_begin, count, store_begin;
   };
-  MomentSlice moments_of(Chunk& c, int id, int kind);
+  MomentSlice moments_of(Chunk& c, int id, int kind, bool read = true);
   // Sum of squares of this rank's gradient elements that no other rank also counts.
   double local_unique_grad_sumsq() const;
   // Whether this rank's copy of parameter `id` of chunk `c` is the one counted/saved.

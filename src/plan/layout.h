@@ -45,6 +45,10 @@ struct PlanRequest {
   bool sequence_parallel = false;
   nn::Recompute recompute = nn::Recompute::kNone;  // activation recomputation (memory)
   double bucket_mb = 25.0;       // DDP/ZeRO bucket size (working-set memory)
+  // --offload optimizer: the AdamW moments on disk, three staging blocks of both in memory
+  // per model chunk (optim/moment_store.h).
+  bool offload_optimizer = false;
+  double offload_block_bytes = 4.0 * 1024 * 1024;
   double memory_per_rank = 0.0;  // bytes; 0: unlimited
 };
 

@@ -36,12 +36,14 @@ constexpr std::string_view kDataOrderNames[] = {"random", "sequential"};
 constexpr std::string_view kLrScheduleNames[] = {"cosine", "constant"};
 constexpr std::string_view kScheduleNames[] = {"gpipe", "1f1b", "interleaved"};
 constexpr std::string_view kNonfiniteNames[] = {"skip", "stop"};
+constexpr std::string_view kOffloadNames[] = {"none", "optimizer"};
 }  // namespace
 
 std::span<const std::string_view> enum_names(DataOrder) { return kDataOrderNames; }
 std::span<const std::string_view> enum_names(LrSchedule) { return kLrScheduleNames; }
 std::span<const std::string_view> enum_names(PipelineSchedule) { return kScheduleNames; }
 std::span<const std::string_view> enum_names(NonfinitePolicy) { return kNonfiniteNames; }
+std::span<const std::string_view> enum_names(Offload) { return kOffloadNames; }
 std::span<const std::string_view> enum_names(nn::Recompute) { return nn::recompute_names(); }
 std::span<const std::string_view> enum_names(kernels::Precision) { return kernels::precision_names(); }
 
@@ -720,6 +722,12 @@ void validate_run_config(const RunConfig& cfg) {
             "virtual_stages {} needs schedule interleaved (got {}): only the interleaved "
             "schedule places several model chunks on one pipeline rank",
             p.virtual_stages, enum_name(p.schedule));
+  TRI_CHECK(p.offload == Offload::kNone || !p.offload_dir.empty(),
+            "--offload {} needs --offload-dir DIR: an existing directory on a local disk with room "
+            "for 8 bytes per parameter (the AdamW moments)", enum_name(p.offload));
+  TRI_CHECK(p.offload_block_kib % 4 == 0,
+            "offload_block_kib {} is not a multiple of 4: direct I/O moves whole 4 KiB pages; use "
+            "{}", p.offload_block_kib, (p.offload_block_kib + 3) / 4 * 4);
   TRI_CHECK(!o.min_lr || *o.min_lr <= o.lr,
             "min_lr {} is above lr {}: the schedule decays from lr down to min_lr", *o.min_lr,
             o.lr);

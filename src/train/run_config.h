@@ -32,11 +32,13 @@ enum class DataOrder { kRandom, kSequential };
 enum class LrSchedule { kCosine, kConstant };
 enum class PipelineSchedule { kGPipe, k1F1B, kInterleaved };
 enum class NonfinitePolicy { kSkip, kStop };
+enum class Offload { kNone, kOptimizer };
 
 std::span<const std::string_view> enum_names(DataOrder);         // random, sequential
 std::span<const std::string_view> enum_names(LrSchedule);        // cosine, constant
 std::span<const std::string_view> enum_names(PipelineSchedule);  // gpipe, 1f1b, interleaved
 std::span<const std::string_view> enum_names(NonfinitePolicy);   // skip, stop
+std::span<const std::string_view> enum_names(Offload);           // none, optimizer
 std::span<const std::string_view> enum_names(nn::Recompute);     // none, selective, full
 std::span<const std::string_view> enum_names(kernels::Precision);  // fp32, bf16
 
@@ -241,6 +243,9 @@ struct ParallelOptions {
   nn::Recompute recompute;    // activation recomputation (nn/recompute.h)
   double bucket_mb;           // data-parallel gradient bucket size in MiB
   bool overlap;               // overlap gradient communication with backward
+  Offload offload;            // optimizer: this rank's AdamW moments live in a file under offload_dir
+  std::string offload_dir;    // directory for the offload files (must exist)
+  int offload_block_kib;      // KiB of one moment per I/O block (a multiple of 4)
   ParallelOptions();
   int world_size() const { return dp * tp * pp; }
 };
@@ -276,6 +281,13 @@ void for_each_field(S& o, V&& v) {
         .alias("bucket_size bucket_cap_mb bucket_size_mb"), o.bucket_mb);
   v(field("overlap", true, "overlap gradient communication with backward")
         .alias("overlap_comm overlap_grad_reduce"), o.overlap);
+  v(field("offload", Offload::kNone,
+          "none; optimizer: the AdamW moments this rank owns (its ZeRO shard) live in a file under --offload-dir, streamed through in blocks with io_uring while the update runs (results bitwise as none; see docs/memory.md)")
+        .alias("offload_optimizer cpu_offload optimizer_offload zero_offload offload_device"), o.offload);
+  v(field("offload_dir", "", "directory (existing, writable, with room for 8 bytes per parameter) for --offload's files, one per rank; two live runs cannot share it")
+        .placeholder("DIR").shown_as("none").alias("nvme_path offload_path swap_dir offload_folder"), o.offload_dir);
+  v(field("offload_block_kib", 4096, "--offload: KiB of one moment per I/O block (a multiple of 4); three blocks of both moments stay in memory")
+        .at_least(4).alias("offload_block_size buffer_size offload_buffer_size"), o.offload_block_kib);
 }
 
 // ---- [train]: the run itself.

@@ -56,6 +56,8 @@ parallel::EngineOptions engine_options(const RunConfig& cfg) {
   o.loss_scaler.min_scale = cfg.optim.min_loss_scale;
   o.loss_scaler.growth_interval = cfg.optim.loss_scale_window;
   o.loss_scaler.hysteresis = cfg.optim.hysteresis;
+  o.offload = {cfg.parallel.offload == Offload::kOptimizer, cfg.parallel.offload_dir,
+               int64_t{cfg.parallel.offload_block_kib} * 1024};
   return o;
 }
 

@@ -57,6 +57,33 @@ TEST(PlanMemory, ZeroStagesFollowTheFormulas) {
   }
 }
 
+TEST(PlanMemory, OffloadMovesTheMomentsToDiskLeavingStagingResident) {
+  PlanRequest r = request(2, 4);
+  Layout l;
+  l.dp = 2;
+  const double half = std::ceil(kPsi / 2);
+  r.offload_optimizer = true;
+  r.offload_block_bytes = 64 * 1024;
+  for (int zero = 0; zero <= 3; ++zero) {
+    l.zero = zero;
+    PlanRequest plain = r;
+    plain.offload_optimizer = false;
+    const MemoryBreakdown on = predict_memory(r, l).worst(), off = predict_memory(plain, l).worst();
+    EXPECT_DOUBLE_EQ(on.offloaded, zero >= 1 ? 8 * half : 8 * kPsi) << zero;
+    EXPECT_DOUBLE_EQ(on.optimizer, 6 * 64 * 1024) << zero;  // three blocks of both moments
+    EXPECT_DOUBLE_EQ(off.offloaded, 0) << zero;
+    EXPECT_DOUBLE_EQ(off.total() - on.total(), off.optimizer - 6 * 64 * 1024) << zero;
+  }
+  // Interleaved: one store, so one set of staging blocks, per model chunk.
+  Layout v;
+  v.pp = 2;
+  v.schedule = pp::ScheduleKind::kInterleaved;
+  v.virtual_stages = 2;
+  v.micro_batches = 2;
+  r.world = 2;
+  EXPECT_DOUBLE_EQ(predict_memory(r, v).worst().optimizer, 2 * 6 * 64 * 1024);
+}
+
 TEST(PlanMemory, PipelineSplitPutsEmbeddingFirstAndHeadCopyLast) {
   PlanRequest r = request(8, 16);
   Layout l;
