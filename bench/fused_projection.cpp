@@ -123,7 +123,10 @@ int main(int argc, char** argv) {
     const double s = median(ts), f = median(tf);
     const double flops = 6.0 * static_cast<double>(N * C * W);  // forward + both backward products
     std::string widths;
-    for (int64_t w : c.widths) widths += (widths.empty() ? "" : "+") + std::to_string(w);
+    for (int64_t w : c.widths) {
+      if (!widths.empty()) widths += '+';
+      widths += std::to_string(w);
+    }
     std::printf("  %-10s %10s %12.2f %12.2f %7.2fx %14.1f %14.1f\n", c.name, widths.c_str(), s, f, s / f,
                 flops / s / 1e6, flops / f / 1e6);
     fused_gf.push_back(flops / f / 1e6);
