@@ -37,29 +37,22 @@ std::string MatmulEngine::describe() const {
   return "bf16 operands, fp32 accumulation: " + gemm_->describe();
 }
 
-const bf16_t* MatmulEngine::round_a(const float* x, int64_t n) {
-  if (a_.size() < static_cast<size_t>(n)) a_.resize(static_cast<size_t>(n));
-  convert_to_bf16(a_.data(), x, n);
-  return a_.data();
+namespace {
+// x converted by `convert` into `scratch`, grown to n and reused across calls.
+template <class T, class Convert>
+const T* converted(std::vector<T>& scratch, const float* x, int64_t n, Convert convert) {
+  if (scratch.size() < static_cast<size_t>(n)) scratch.resize(static_cast<size_t>(n));
+  convert(scratch.data(), x, n);
+  return scratch.data();
 }
+// round_to_fp16 is overloaded (scalar and array): this names the array form.
+void to_fp16_values(float* out, const float* in, int64_t n) { round_to_fp16(out, in, n); }
+}  // namespace
 
-const bf16_t* MatmulEngine::round_b(const float* x, int64_t n) {
-  if (b_.size() < static_cast<size_t>(n)) b_.resize(static_cast<size_t>(n));
-  convert_to_bf16(b_.data(), x, n);
-  return b_.data();
-}
-
-const float* MatmulEngine::round16_a(const float* x, int64_t n) {
-  if (a16_.size() < static_cast<size_t>(n)) a16_.resize(static_cast<size_t>(n));
-  round_to_fp16(a16_.data(), x, n);
-  return a16_.data();
-}
-
-const float* MatmulEngine::round16_b(const float* x, int64_t n) {
-  if (b16_.size() < static_cast<size_t>(n)) b16_.resize(static_cast<size_t>(n));
-  round_to_fp16(b16_.data(), x, n);
-  return b16_.data();
-}
+const bf16_t* MatmulEngine::round_a(const float* x, int64_t n) { return converted(a_, x, n, convert_to_bf16); }
+const bf16_t* MatmulEngine::round_b(const float* x, int64_t n) { return converted(b_, x, n, convert_to_bf16); }
+const float* MatmulEngine::round16_a(const float* x, int64_t n) { return converted(a16_, x, n, to_fp16_values); }
+const float* MatmulEngine::round16_b(const float* x, int64_t n) { return converted(b16_, x, n, to_fp16_values); }
 
 void MatmulEngine::forward(float* out, const float* inp, const float* weight, const float* bias,
                            int64_t N, int64_t C, int64_t OC) {
