@@ -24,6 +24,7 @@
 #include "kernels/matmul_engine.h"
 #include "nn/model_config.h"
 #include "nn/recompute.h"
+#include "optim/loss_scaler.h"
 
 namespace trident::train {
 
@@ -181,11 +182,9 @@ struct OptimOptions {
   double grad_clip;  // clip the global gradient norm to this; 0: no clipping
   NonfinitePolicy on_nonfinite;  // a step whose loss or grad norm is NaN/inf: skip it, or stop
   int max_bad_steps;             // skip: stop after this many non-finite steps in a row
-  // --precision fp16's dynamic loss scaling (optim/loss_scaler.h; Megatron's names and defaults)
-  double initial_loss_scale;
-  double min_loss_scale;
-  int loss_scale_window;  // clean steps before the scale grows x2
-  int hysteresis;         // overflowing steps tolerated before the scale halves
+  // --precision fp16's dynamic loss scaling (optim/loss_scaler.h; Megatron's names and
+  // defaults), bound field by field below and handed to the engine as it is
+  optim::LossScalerConfig loss_scaler;
   OptimOptions();
   double min_lr_value() const { return min_lr.value_or(lr / 10); }
 };
@@ -219,13 +218,13 @@ void for_each_field(S& o, V&& v) {
                               "steps in a row").at_least(1)
         .alias("max_skipped_steps max_nan_steps bad_steps"), o.max_bad_steps);
   v(field("initial_loss_scale", 4294967296.0, "precision fp16: the loss scale of the first step (backward runs on loss x scale; a step whose scaled gradients overflow is skipped on every rank)")
-        .above(0).shown_as("2^32").alias("loss_scale init_loss_scale initial_scale"), o.initial_loss_scale);
+        .above(0).shown_as("2^32").alias("loss_scale init_loss_scale initial_scale"), o.loss_scaler.initial_scale);
   v(field("min_loss_scale", 1.0, "precision fp16: the scale never drops below this; an overflow at it is a non-finite step (on_nonfinite)")
-        .above(0).alias("min_scale loss_scale_min"), o.min_loss_scale);
-  v(field("loss_scale_window", 1000, "precision fp16: clean steps in a row before the loss scale doubles")
-        .at_least(1).alias("growth_interval scale_window"), o.loss_scale_window);
+        .above(0).alias("min_scale loss_scale_min"), o.loss_scaler.min_scale);
+  v(field("loss_scale_window", int64_t{1000}, "precision fp16: clean steps in a row before the loss scale doubles")
+        .at_least(1).alias("growth_interval scale_window"), o.loss_scaler.growth_interval);
   v(field("hysteresis", 2, "precision fp16: overflowing steps tolerated before the loss scale halves (refilled when it grows)")
-        .at_least(1).alias("loss_scale_hysteresis"), o.hysteresis);
+        .at_least(1).alias("loss_scale_hysteresis"), o.loss_scaler.hysteresis);
 }
 
 // ---- [parallel]: how the work is laid out over dp * tp * pp ranks.

@@ -52,10 +52,7 @@ parallel::EngineOptions engine_options(const RunConfig& cfg) {
   o.adamw.eps = static_cast<float>(cfg.optim.eps);
   o.adamw.weight_decay = static_cast<float>(cfg.optim.weight_decay);
   o.grad_clip = cfg.optim.grad_clip;
-  o.loss_scaler.initial_scale = cfg.optim.initial_loss_scale;
-  o.loss_scaler.min_scale = cfg.optim.min_loss_scale;
-  o.loss_scaler.growth_interval = cfg.optim.loss_scale_window;
-  o.loss_scaler.hysteresis = cfg.optim.hysteresis;
+  o.loss_scaler = cfg.optim.loss_scaler;
   o.offload = {cfg.parallel.offload == Offload::kOptimizer, cfg.parallel.offload_dir,
                int64_t{cfg.parallel.offload_block_kib} * 1024};
   return o;
