@@ -228,10 +228,12 @@ class PhaseProfile : public kernels::ProfileSink {
  private:
   std::string llama_projection(int64_t in, int64_t out) const {
     if (out == V_) return "matmul lm_head";
-    // q_proj (C -> Q) and o_proj (Q -> C) have the same shape when Q == C.
-    if (in == C_ && out == Q_ && Q_ == C_) return "matmul q_proj + o_proj";
-    if (in == C_ && out == Q_) return "matmul q_proj";
+    // The fused projections (nn/column_parallel_linear.h): q|k|v and gate|up, one product each.
+    if (in == C_ && out == Q_ + 2 * KV_) return "matmul q_proj|k_proj|v_proj (fused)";
+    if (in == C_ && out == 2 * I_) return "matmul gate_proj|up_proj (fused)";
     if (in == Q_ && out == C_) return "matmul o_proj";
+    // Separate products: the fallback where a run's weights are not adjacent in memory.
+    if (in == C_ && out == Q_) return "matmul q_proj";
     if (in == C_ && out == KV_) return "matmul k_proj + v_proj";
     if (in == C_ && out == I_) return "matmul gate_proj + up_proj";
     if (in == I_ && out == C_) return "matmul down_proj";

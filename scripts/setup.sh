@@ -10,7 +10,7 @@ PACKAGES=(
   openmpi-bin libopenmpi-dev
   libgtest-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev libtomlplusplus-dev
-  zlib1g-dev
+  zlib1g-dev liburing-dev
   python3 python3-numpy python3-torch
   gnuplot-nox
   slurmctld slurmd slurm-client munge

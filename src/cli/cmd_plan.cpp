@@ -69,7 +69,7 @@ int run_plan(int argc, char** argv) {
   int64_t batch = 8, seq = 0;
   double bucket_mb = 25.0, link_gbps = 0, latency_us = 20, flops = 0;
   bool sp = false, all = false, no_overlap = false;
-  std::string json_out, recompute = "none";
+  std::string json_out, recompute = "none", offload = "none";
   app.add_option("--model", model, "preset (tiny, small, gpt2, gpt2-medium) or a config.json")->capture_default_str();
   app.add_option("--world", world, "ranks (dp * tp * pp)")->required();
   app.add_option("--memory-per-rank", memory, "bytes each rank may use (e.g. 2GiB); 0: unlimited")->capture_default_str();
@@ -81,6 +81,10 @@ int run_plan(int argc, char** argv) {
                  "activation recomputation the run will use: none, selective or full (docs/memory.md)")
       ->capture_default_str();
   app.add_option("--bucket-mb", bucket_mb, "DDP/ZeRO gradient bucket size, MiB")->capture_default_str();
+  app.add_option("--offload", offload,
+                 "none, or optimizer: the run keeps its AdamW moments on disk (--offload-dir); memory "
+                 "then counts only three 4 MiB staging blocks of them (docs/memory.md)")
+      ->check(CLI::IsMember({"none", "optimizer"}))->capture_default_str();
   app.add_option("--cores", cores, "cores all ranks share (one machine)")->capture_default_str();
   app.add_option("--threads", threads, "threads per rank; default: max(1, cores / world)");
   app.add_option("--link-gbps", link_gbps,
@@ -126,6 +130,7 @@ int run_plan(int argc, char** argv) {
   req.sequence_parallel = sp;
   req.recompute = nn::parse_recompute(recompute);
   req.bucket_mb = bucket_mb;
+  req.offload_optimizer = offload == "optimizer";
   req.memory_per_rank = parse_bytes(memory);
   plan::validate_request(req);
   // The planner builds each layout's model chunks to count them (metadata only, one ParamInfo
@@ -250,7 +255,8 @@ int run_plan(int argc, char** argv) {
   const plan::PlanRow& best = p.rows.front();
   out(fmt::format("best: scripts/trident-mpirun -n {} build/trident train --model {} --batch-size {} --seq-len {} {}{}{}\n",
                   world, model, req.batch_size, req.seq_len, best.layout.train_flags(),
-                  req.recompute != nn::Recompute::kNone ? fmt::format(" --recompute {}", recompute) : "",
+                  fmt::format("{}{}", req.recompute != nn::Recompute::kNone ? fmt::format(" --recompute {}", recompute) : "",
+                              req.offload_optimizer ? " --offload optimizer --offload-dir DIR" : ""),
                   machine.threads_per_rank > 1 ? fmt::format(" --threads {}", machine.threads_per_rank) : ""));
   if (ranks == 1 && world > 1 && flops <= 0) {
     out(fmt::format("hint: timed alone, with {} us latency assumed; run under scripts/trident-mpirun -n {} "

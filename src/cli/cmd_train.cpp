@@ -32,6 +32,7 @@ int run_train(int argc, char** argv) {
   shape.dp = cfg.parallel.dp;
   shape.tp = cfg.parallel.tp;
   shape.pp = cfg.parallel.pp;
+  shape.ep = cfg.parallel.ep;
   comm::validate_mesh(shape, mpi.world_size());
   // Ranks regrouped by node first, so that every tp group shares a node for any placement.
   comm::NodeMajorWorld placed(mpi.world());

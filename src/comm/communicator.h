@@ -52,7 +52,7 @@ namespace trident::comm {
 enum class ReduceOp : int32_t { kSum, kAvg, kMax, kMin };
 enum class DType : int32_t { kF32, kF64, kI32, kI64, kU8, kU64 };
 enum class OpKind : int32_t {
-  kAllreduce, kReduceScatter, kAllGather, kBroadcast, kBarrier, kSend, kRecv
+  kAllreduce, kReduceScatter, kAllGather, kBroadcast, kBarrier, kSend, kRecv, kAllToAll
 };
 enum class TimeoutAction { kAbort, kThrow };
 
@@ -172,6 +172,25 @@ class Communicator {
     return all_gather_raw(in.data(), static_cast<int64_t>(in.size()), out.data(),
                           static_cast<int64_t>(out.size()), counts, dtype_of<T>());
   }
+  // Personalised exchange (MPI_Alltoallv): this rank sends send_counts[r] elements to rank r,
+  // laid out back to back in `in` (rank r's chunk at offset sum(send_counts[0..r))), and
+  // receives recv_counts[r] elements from rank r, laid out the same way in `out`.
+  // in.size() == sum(send_counts), out.size() == sum(recv_counts); they must not overlap.
+  // Counts differ between ranks, so callers exchange them first (all_to_all of one count per
+  // rank); debug mode checks that every send count equals its peer's receive count and throws
+  // on every rank, naming the pair, instead of truncating or hanging.
+  template <class T>
+  Work all_to_all_v(std::span<const T> in, std::span<const int64_t> send_counts, std::span<T> out,
+                    std::span<const int64_t> recv_counts) {
+    return all_to_all_raw(in.data(), static_cast<int64_t>(in.size()), send_counts, out.data(),
+                          static_cast<int64_t>(out.size()), recv_counts, dtype_of<T>());
+  }
+  // Equal chunks: in.size() == out.size() == size() * c; rank r receives in[r*c, (r+1)*c)
+  // of every rank, rank s's at out[s*c, (s+1)*c).
+  template <class T> Work all_to_all(std::span<const T> in, std::span<T> out) {
+    return all_to_all_raw(in.data(), static_cast<int64_t>(in.size()), {}, out.data(),
+                          static_cast<int64_t>(out.size()), {}, dtype_of<T>());
+  }
   template <class T> Work broadcast(std::span<T> buf, int root) {
     return broadcast_raw(buf.data(), static_cast<int64_t>(buf.size()), dtype_of<T>(), root);
   }
@@ -191,6 +210,9 @@ class Communicator {
   Work all_gather_raw(const void* in, int64_t in_count, void* out, int64_t out_count,
                       std::span<const int64_t> counts, DType dtype);
   Work broadcast_raw(void* buf, int64_t count, DType dtype, int root);
+  // Empty counts: equal chunks (all_to_all).
+  Work all_to_all_raw(const void* in, int64_t in_count, std::span<const int64_t> send_counts, void* out,
+                      int64_t out_count, std::span<const int64_t> recv_counts, DType dtype);
   Work send_raw(const void* buf, int64_t count, DType dtype, int peer, int tag);
   Work recv_raw(void* buf, int64_t count, DType dtype, int peer, int tag);
 

@@ -12,6 +12,10 @@ void validate_mesh(const MeshShape& s, int world_size) {
             "dp({}) * tp({}) * pp({}) = {} != world size {}: launch {} ranks or choose sizes "
             "whose product is {}",
             s.dp, s.tp, s.pp, s.world(), world_size, s.world(), world_size);
+  TRI_CHECK(s.ep >= 1 && s.dp % s.ep == 0,
+            "ep {} does not divide dp {}: expert parallelism splits each group of ep data-parallel "
+            "ranks' experts between them; choose an ep that divides dp",
+            s.ep, s.dp);
 }
 
 MeshCoord mesh_coord(int rank, const MeshShape& s) {
@@ -48,16 +52,20 @@ Mesh::Mesh(MPI_Comm world, MeshShape shape, CommOptions options) : shape_(shape)
   tp_ = split(world, c.pp * s.dp + c.dp, c.tp, "tp", options);
   dp_ = split(world, c.pp * s.tp + c.tp, c.dp, "dp", options);
   pp_ = split(world, c.dp * s.tp + c.tp, c.pp, "pp", options);
+  // color: (pp, tp, the other ep-axis coordinate), key: the group's own coordinate
+  const int ep = c.dp % s.ep, edp = c.dp / s.ep, n_edp = s.dp / s.ep;
+  ep_ = split(world, (c.pp * s.tp + c.tp) * n_edp + edp, ep, "ep", options);
+  edp_ = split(world, (c.pp * s.tp + c.tp) * s.ep + ep, edp, "edp", options);
 }
 
 void Mesh::set_timeout(double seconds) {
-  for (auto* g : {world_.get(), tp_.get(), dp_.get(), pp_.get()}) g->set_timeout(seconds);
+  for (auto* g : {world_.get(), tp_.get(), dp_.get(), pp_.get(), ep_.get(), edp_.get()}) g->set_timeout(seconds);
 }
 void Mesh::set_debug(bool on) {
-  for (auto* g : {world_.get(), tp_.get(), dp_.get(), pp_.get()}) g->set_debug(on);
+  for (auto* g : {world_.get(), tp_.get(), dp_.get(), pp_.get(), ep_.get(), edp_.get()}) g->set_debug(on);
 }
 void Mesh::set_timeout_action(TimeoutAction action) {
-  for (auto* g : {world_.get(), tp_.get(), dp_.get(), pp_.get()}) g->set_timeout_action(action);
+  for (auto* g : {world_.get(), tp_.get(), dp_.get(), pp_.get(), ep_.get(), edp_.get()}) g->set_timeout_action(action);
 }
 
 }  // namespace trident::comm

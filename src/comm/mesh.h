@@ -5,6 +5,11 @@
 //
 // tp groups are neighbouring ranks (same node on a cluster); pp crosses the slowest links.
 // Inside each group a rank's group rank equals its coordinate on that axis.
+//
+// Expert parallelism (ep, dividing dp) is carved out of dp: consecutive dp ranks form an ep group
+// (ep coordinate = dp % ep; they hold different experts and exchange tokens), and the ranks
+// holding the same experts (same dp % ep) form the expert-data-parallel group edp (group rank
+// dp / ep) over which expert gradients are reduced. ep 1: ep groups of one, edp = dp.
 #pragma once
 
 #include <mpi.h>
@@ -20,6 +25,7 @@ struct MeshShape {
   int pp = 1;
   int dp = 1;
   int tp = 1;
+  int ep = 1;  // expert-parallel ranks, out of dp
   int world() const { return pp * dp * tp; }
 };
 
@@ -51,7 +57,13 @@ class Mesh {
   Communicator& tp() { return *tp_; }  // same pp, dp; group rank = tp coordinate
   Communicator& dp() { return *dp_; }  // same pp, tp; group rank = dp coordinate
   Communicator& pp() { return *pp_; }  // same dp, tp; group rank = pp coordinate
-  // Applies to all four groups.
+  // same pp, tp, dp / ep; group rank = dp % ep (the ep coordinate)
+  Communicator& ep() { return *ep_; }
+  // same pp, tp, dp % ep; group rank = dp / ep (expert data parallelism)
+  Communicator& edp() { return *edp_; }
+  int ep_coord() const { return coord_.dp % shape_.ep; }
+  int edp_coord() const { return coord_.dp / shape_.ep; }
+  // Applies to all groups.
   void set_timeout(double seconds);
   void set_debug(bool on);
   void set_timeout_action(TimeoutAction action);
@@ -59,7 +71,7 @@ class Mesh {
  private:
   MeshShape shape_;
   MeshCoord coord_;
-  std::unique_ptr<Communicator> world_, tp_, dp_, pp_;
+  std::unique_ptr<Communicator> world_, tp_, dp_, pp_, ep_, edp_;
 };
 
 }  // namespace trident::comm

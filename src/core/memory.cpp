@@ -22,6 +22,7 @@ const char* mem_category_name(MemCategory c) {
     case MemCategory::kWorkspace: return "workspace";
     case MemCategory::kCommBuffers: return "comm_buffers";
     case MemCategory::kCheckpointSnapshot: return "ckpt_snapshot";
+    case MemCategory::kOffloaded: return "offloaded";
     case MemCategory::kCount: break;
   }
   return "unknown";
@@ -31,6 +32,7 @@ void MemoryTracker::add(MemCategory c, std::size_t bytes) {
   const int i = index(c);
   current_[i] += bytes;
   peak_[i] = std::max(peak_[i], current_[i]);
+  if (c == MemCategory::kOffloaded) return;  // on disk: not part of the resident total
   current_total_ += bytes;
   peak_total_ = std::max(peak_total_, current_total_);
 }
@@ -40,7 +42,7 @@ void MemoryTracker::release(MemCategory c, std::size_t bytes) {
   TRI_CHECK(current_[i] >= bytes, "memory accounting underflow in {}: releasing {} of {} bytes",
             mem_category_name(c), bytes, current_[i]);
   current_[i] -= bytes;
-  current_total_ -= bytes;
+  if (c != MemCategory::kOffloaded) current_total_ -= bytes;
 }
 
 void MemoryTracker::reset_peaks() {
@@ -61,14 +63,21 @@ std::string format_bytes(double bytes) {
 std::string MemoryTracker::report() const {
   std::string out;
   for (int i = 0; i < kN; ++i) {
+    if (static_cast<MemCategory>(i) == MemCategory::kOffloaded) continue;  // after the total
     out += fmt::format("  {:<16} current {:>11}  peak {:>11}\n",
                        mem_category_name(static_cast<MemCategory>(i)),
                        format_bytes(static_cast<double>(current_[i])),
                        format_bytes(static_cast<double>(peak_[i])));
   }
-  out += fmt::format("  {:<16} current {:>11}  peak {:>11}\n", "total",
+  out += fmt::format("  {:<16} current {:>11}  peak {:>11}\n", "total resident",
                      format_bytes(static_cast<double>(current_total_)),
                      format_bytes(static_cast<double>(peak_total_)));
+  const int off = index(MemCategory::kOffloaded);
+  if (peak_[off] > 0) {
+    out += fmt::format("  {:<16} current {:>11}  peak {:>11}  (on disk, --offload)\n", "offloaded",
+                       format_bytes(static_cast<double>(current_[off])),
+                       format_bytes(static_cast<double>(peak_[off])));
+  }
   return out;
 }
 

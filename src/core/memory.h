@@ -1,6 +1,7 @@
 // Memory accounting by category (parameters, gradients, optimizer state, activations,
 // workspace, communication buffers, the asynchronous checkpoint's snapshot) with current and
-// peak bytes, plus an RAII float buffer that reports itself to a tracker. The tracker is
+// peak bytes; one more category, offloaded, counts the state kept on disk (--offload), which
+// the resident totals leave out, plus an RAII float buffer that reports itself to a tracker. The tracker is
 // passed in, never global.
 #pragma once
 
@@ -19,6 +20,7 @@ enum class MemCategory : int {
   kWorkspace,
   kCommBuffers,
   kCheckpointSnapshot,  // --async-ckpt: rank 0's host copy of the checkpoint being written
+  kOffloaded,           // --offload: state held in files on disk, not in memory (never in the totals)
   kCount
 };
 
@@ -31,6 +33,7 @@ class MemoryTracker {
 
   std::size_t current(MemCategory c) const { return current_[index(c)]; }
   std::size_t peak(MemCategory c) const { return peak_[index(c)]; }
+  // Resident bytes: every category but kOffloaded.
   std::size_t current_total() const { return current_total_; }
   std::size_t peak_total() const { return peak_total_; }
   // Forget the peaks (e.g. after start-up) so the next step's peaks are measured alone.

@@ -1,5 +1,5 @@
 // Where data assets live: scripts/fetch_assets.sh downloads them under <repo>/data/assets/.
-// Helpers to find that folder from a path inside the repository (a test's __FILE__, the
+// Helpers to find that folder from a path inside the repository (a test's TRIDENT_SOURCE_DIR, the
 // binary's location or the working directory).
 #pragma once
 

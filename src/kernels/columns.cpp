@@ -1,5 +1,6 @@
-// Packing three column blocks into fused rows and back (Llama's separate q/k/v projections
-// feed the fused-row attention kernel).
+// Copying a block of columns between row-major matrices: how a fused projection's packed rows
+// ([q | k | v], [gate | up]) are assembled from, or split into, separate products when its
+// weights are not adjacent in memory (nn/column_parallel_linear.h).
 #include <cstring>
 
 #include "core/check.h"
@@ -7,29 +8,13 @@
 
 namespace trident::kernels {
 
-void pack_columns3(float* out, const float* a, int64_t wa, const float* b, int64_t wb, const float* c,
-                   int64_t wc, int64_t N) {
-  TRI_CHECK(N >= 0 && wa >= 0 && wb >= 0 && wc >= 0, "pack_columns3: bad sizes");
-  const int64_t w = wa + wb + wc;
+void copy_columns(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t N,
+                  int64_t width) {
+  TRI_CHECK(N >= 0 && width >= 0 && dst_stride >= width && src_stride >= width,
+            "copy_columns: bad sizes N={} width={} strides {} {}", N, width, dst_stride, src_stride);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
-    float* row = out + n * w;
-    std::memcpy(row, a + n * wa, static_cast<std::size_t>(wa) * sizeof(float));
-    std::memcpy(row + wa, b + n * wb, static_cast<std::size_t>(wb) * sizeof(float));
-    std::memcpy(row + wa + wb, c + n * wc, static_cast<std::size_t>(wc) * sizeof(float));
-  }
-}
-
-void unpack_columns3(float* a, int64_t wa, float* b, int64_t wb, float* c, int64_t wc, const float* in,
-                     int64_t N) {
-  TRI_CHECK(N >= 0 && wa >= 0 && wb >= 0 && wc >= 0, "unpack_columns3: bad sizes");
-  const int64_t w = wa + wb + wc;
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    const float* row = in + n * w;
-    std::memcpy(a + n * wa, row, static_cast<std::size_t>(wa) * sizeof(float));
-    std::memcpy(b + n * wb, row + wa, static_cast<std::size_t>(wb) * sizeof(float));
-    std::memcpy(c + n * wc, row + wa + wb, static_cast<std::size_t>(wc) * sizeof(float));
+    std::memcpy(dst + n * dst_stride, src + n * src_stride, static_cast<std::size_t>(width) * sizeof(float));
   }
 }
 

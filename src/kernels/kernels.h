@@ -83,23 +83,28 @@ void rope_backward(float* dx, int64_t B, int64_t T, int64_t heads, int64_t HS, i
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
 // dgate = dout * up * silu'(gate), dup = dout * silu(gate) (both overwritten).
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+// The same on row-packed operands, as one fused gate/up projection produces them: gu (N, 2I)
+// rows [gate | up], out (N, I); dgu (N, 2I) = [dgate | dup] (overwritten, must not alias dout).
+void swiglu_packed_forward(float* out, const float* gu, int64_t N, int64_t I);
+void swiglu_packed_backward(float* dgu, const float* dout, const float* gu, int64_t N, int64_t I);
 
 // ---- GELU, tanh approximation (GPT-2's gelu_new) ----
 void gelu_forward(float* out, const float* inp, int64_t n);
 // dinp = gelu'(inp) * dout. dinp may alias dout.
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
 
-// ---- column blocks (separate q, k, v projections <-> the fused rows attention reads) ----
-// out (N, wa + wb + wc) rows = [a row | b row | c row] of a (N, wa), b (N, wb), c (N, wc).
-void pack_columns3(float* out, const float* a, int64_t wa, const float* b, int64_t wb, const float* c,
-                   int64_t wc, int64_t N);
-// The inverse: a, b, c (overwritten) from in (N, wa + wb + wc).
-void unpack_columns3(float* a, int64_t wa, float* b, int64_t wb, float* c, int64_t wc, const float* in,
-                     int64_t N);
+// ---- column blocks (a fused projection's packed rows <-> separate products) ----
+// Rows n < N: dst[n * dst_stride + j] = src[n * src_stride + j] for j < width.
+void copy_columns(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t N,
+                  int64_t width);
 
 // ---- residual ----
 // out = a + b (n elements); out may alias a or b.
 void residual_forward(float* out, const float* a, const float* b, int64_t n);
+// dst += src (n elements): gradient shares and partial sums.
+void accumulate(float* dst, const float* src, int64_t n);
+// out (N, C) rows += bias (C): a row-parallel layer's bias, added once after the tp sum.
+void add_bias_rows(float* out, const float* bias, int64_t N, int64_t C);
 
 // ---- causal self-attention ----
 // qkv (B, T, 3C) laid out [q | k | v], head h at columns h*HS .. h*HS+HS-1 of each part;
@@ -139,5 +144,7 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
 
 // Sum of squares in double (for the global gradient norm).
 double sum_squares(const float* x, int64_t n);
+// Sum in double, element 0 first (the token losses: the same order whatever the threads).
+double sum_in_order(const float* x, int64_t n);
 
 }  // namespace trident::kernels

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "kernels/fp16.h"
 #include "kernels/kernels.h"
 #include "kernels/matmul_bf16.h"
 #include "kernels/profile.h"
@@ -13,7 +14,7 @@
 namespace trident::kernels {
 namespace {
 
-constexpr std::array<std::string_view, 2> kPrecisionNames = {"fp32", "bf16"};
+constexpr std::array<std::string_view, 3> kPrecisionNames = {"fp32", "bf16", "fp16"};
 
 void check_sizes(const char* what, int64_t N, int64_t C, int64_t OC) {
   TRI_CHECK(N >= 0 && C >= 0 && OC >= 0, "{}: bad sizes N={} C={} OC={}", what, N, C, OC);
@@ -32,24 +33,33 @@ MatmulEngine& MatmulEngine::operator=(MatmulEngine&&) noexcept = default;
 
 std::string MatmulEngine::describe() const {
   if (precision_ == Precision::kFp32) return "fp32 sgemm";
+  if (precision_ == Precision::kFp16) return "fp16 operands, fp32 accumulation: fp32 sgemm on fp16-rounded values";
   return "bf16 operands, fp32 accumulation: " + gemm_->describe();
 }
 
-const bf16_t* MatmulEngine::round_a(const float* x, int64_t n) {
-  if (a_.size() < static_cast<size_t>(n)) a_.resize(static_cast<size_t>(n));
-  convert_to_bf16(a_.data(), x, n);
-  return a_.data();
+namespace {
+// x converted by `convert` into `scratch`, grown to n and reused across calls.
+template <class T, class Convert>
+const T* converted(std::vector<T>& scratch, const float* x, int64_t n, Convert convert) {
+  if (scratch.size() < static_cast<size_t>(n)) scratch.resize(static_cast<size_t>(n));
+  convert(scratch.data(), x, n);
+  return scratch.data();
 }
+// round_to_fp16 is overloaded (scalar and array): this names the array form.
+void to_fp16_values(float* out, const float* in, int64_t n) { round_to_fp16(out, in, n); }
+}  // namespace
 
-const bf16_t* MatmulEngine::round_b(const float* x, int64_t n) {
-  if (b_.size() < static_cast<size_t>(n)) b_.resize(static_cast<size_t>(n));
-  convert_to_bf16(b_.data(), x, n);
-  return b_.data();
-}
+const bf16_t* MatmulEngine::round_a(const float* x, int64_t n) { return converted(a_, x, n, convert_to_bf16); }
+const bf16_t* MatmulEngine::round_b(const float* x, int64_t n) { return converted(b_, x, n, convert_to_bf16); }
+const float* MatmulEngine::round16_a(const float* x, int64_t n) { return converted(a16_, x, n, to_fp16_values); }
+const float* MatmulEngine::round16_b(const float* x, int64_t n) { return converted(b16_, x, n, to_fp16_values); }
 
 void MatmulEngine::forward(float* out, const float* inp, const float* weight, const float* bias,
                            int64_t N, int64_t C, int64_t OC) {
   if (precision_ == Precision::kFp32) return matmul_forward(out, inp, weight, bias, N, C, OC);
+  if (precision_ == Precision::kFp16) {
+    return matmul_forward(out, round16_a(inp, N * C), round16_b(weight, C * OC), bias, N, C, OC);
+  }
   detail::KernelTimer timer(KernelOp::kMatmul, false, N, C, OC);
   check_sizes("matmul_forward (bf16)", N, C, OC);
   float beta = 0.0f;
@@ -65,7 +75,14 @@ void MatmulEngine::forward(float* out, const float* inp, const float* weight, co
 void MatmulEngine::backward(float* dinp, float* dweight, float* dbias, const float* dout,
                             const float* inp, const float* weight, int64_t N, int64_t C, int64_t OC) {
   if (precision_ == Precision::kFp32) return matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC);
-  {
+  if (precision_ == Precision::kFp16) {
+    // dout is rounded once and reused by both products; the weight's rounding is dropped
+    // before the input's is made (one b-scratch serves both, in turn).
+    const float* dout16 = round16_a(dout, N * OC);
+    if (dinp != nullptr) matmul_backward(dinp, nullptr, nullptr, dout16, nullptr, round16_b(weight, C * OC), N, C, OC);
+    if (dweight != nullptr) matmul_backward(nullptr, dweight, nullptr, dout16, round16_b(inp, N * C), nullptr, N, C, OC);
+  }
+  if (precision_ == Precision::kBf16) {
     detail::KernelTimer timer(KernelOp::kMatmul, true, N, C, OC);
     check_sizes("matmul_backward (bf16)", N, C, OC);
     const bf16_t* dout16 = round_a(dout, N * OC);
@@ -81,6 +98,9 @@ void MatmulEngine::backward(float* dinp, float* dweight, float* dbias, const flo
 void MatmulEngine::forward_nt(float* out, const float* inp, const float* table, int64_t N, int64_t C,
                               int64_t V) {
   if (precision_ == Precision::kFp32) return matmul_forward_nt(out, inp, table, N, C, V);
+  if (precision_ == Precision::kFp16) {
+    return matmul_forward_nt(out, round16_a(inp, N * C), round16_b(table, V * C), N, C, V);
+  }
   detail::KernelTimer timer(KernelOp::kMatmulNt, false, N, C, V);
   check_sizes("matmul_forward_nt (bf16)", N, C, V);
   // out (N, V) = inp (N, C) @ table (V, C)^T
@@ -90,6 +110,12 @@ void MatmulEngine::forward_nt(float* out, const float* inp, const float* table, 
 void MatmulEngine::backward_nt(float* dinp, float* dtable, const float* dout, const float* inp,
                                const float* table, int64_t N, int64_t C, int64_t V) {
   if (precision_ == Precision::kFp32) return matmul_backward_nt(dinp, dtable, dout, inp, table, N, C, V);
+  if (precision_ == Precision::kFp16) {
+    const float* dout16 = round16_a(dout, N * V);
+    if (dinp != nullptr) matmul_backward_nt(dinp, nullptr, dout16, nullptr, round16_b(table, V * C), N, C, V);
+    if (dtable != nullptr) matmul_backward_nt(nullptr, dtable, dout16, round16_b(inp, N * C), nullptr, N, C, V);
+    return;
+  }
   detail::KernelTimer timer(KernelOp::kMatmulNt, true, N, C, V);
   check_sizes("matmul_backward_nt (bf16)", N, C, V);
   const bf16_t* dout16 = round_a(dout, N * V);

@@ -6,6 +6,10 @@
 //          multiplied with fp32 accumulation by a Bf16Gemm (kernels/matmul_bf16.h); outputs,
 //          biases and their gradients, and everything outside the matmuls stay fp32. Weights are
 //          converted per call (no per-step cache): the fp32 parameters stay the master copy.
+//   kFp16  the same with fp16 rounding (kernels/fp16.h): operands become the nearest fp16 value
+//          (beyond 65504: inf, which the loss scaler of --precision fp16 detects), held in fp32
+//          and multiplied by the fp32 sgemm, exact per product (11-bit significands), fp32
+//          accumulation: an fp16 tensor-core matmul's numerics, on any CPU, at sgemm speed.
 // Not thread-safe (like Bf16Gemm): one engine per model, reused scratch for the bf16 operands.
 #pragma once
 
@@ -20,9 +24,9 @@
 
 namespace trident::kernels {
 
-enum class Precision { kFp32, kBf16 };
+enum class Precision { kFp32, kBf16, kFp16 };
 
-// The spellings, indexed by the enum's value: fp32, bf16.
+// The spellings, indexed by the enum's value: fp32, bf16, fp16.
 std::span<const std::string_view> precision_names();
 
 class Bf16Gemm;
@@ -35,7 +39,7 @@ class MatmulEngine {
   MatmulEngine& operator=(MatmulEngine&&) noexcept;
 
   Precision precision() const { return precision_; }
-  // "fp32 sgemm" or "bf16 operands, fp32 accumulation: <Bf16Gemm backend>".
+  // "fp32 sgemm", "bf16 operands, fp32 accumulation: <Bf16Gemm backend>" or "fp16 operands, ...".
   std::string describe() const;
 
   // The contracts of kernels::matmul_forward / _backward / _forward_nt / _backward_nt
@@ -54,9 +58,14 @@ class MatmulEngine {
   const bf16_t* round_a(const float* x, int64_t n);
   const bf16_t* round_b(const float* x, int64_t n);
 
+  // fp16 values of two operands, as fp32, in scratch reused across calls.
+  const float* round16_a(const float* x, int64_t n);
+  const float* round16_b(const float* x, int64_t n);
+
   Precision precision_;
   std::unique_ptr<Bf16Gemm> gemm_;  // kBf16 only
   std::vector<bf16_t> a_, b_;
+  std::vector<float> a16_, b16_;  // kFp16 only
 };
 
 }  // namespace trident::kernels

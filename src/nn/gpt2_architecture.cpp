@@ -7,6 +7,7 @@
 #include "core/check.h"
 #include "nn/architecture.h"
 #include "nn/gpt2_block.h"
+#include "nn/gpt2_layer_decls.h"
 #include "nn/hf_config_json.h"
 
 namespace trident::nn {
@@ -137,39 +138,7 @@ class Gpt2Architecture final : public Architecture {
   }
 
   std::vector<ParamDecl> layer_params(const ModelConfig& c, int layer) const override {
-    const int64_t C = c.n_embd, HS = c.head_size();
-    const std::string p = fmt::format("h.{}.", layer);
-    const float std_w = 0.02f;
-    // GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) (two per block).
-    const float std_proj = 0.02f / std::sqrt(2.0f * static_cast<float>(c.n_layer));
-    auto norm = [&](const char* n, float v) {
-      return ParamDecl{.name = p + n, .shape = {C}, .init_value = v};
-    };
-    // Column-parallel: output columns split (q, k and v separately, by whole heads).
-    auto column = [&](const char* n, Shape shape, int dim, int sections, int64_t unit, bool weight) {
-      return ParamDecl{.name = p + n, .shape = std::move(shape), .split = TpSplit::kSplit, .dim = dim,
-                       .sections = sections, .unit = unit, .weight_decay = weight,
-                       .init_std = weight ? std_w : 0.0f, .matmul = weight,
-                       .in_out = weight};
-    };
-    // Row-parallel: input rows split; the bias is added once, after the sum (replicated).
-    auto row = [&](const char* n, int64_t rows, int64_t unit) {
-      return ParamDecl{.name = p + n, .shape = {rows, C}, .split = TpSplit::kSplit, .dim = 0,
-                       .unit = unit, .weight_decay = true, .init_std = std_proj, .matmul = true,
-                       .in_out = true};
-    };
-    return {norm("ln_1.weight", 1.0f),
-            norm("ln_1.bias", 0.0f),
-            column("attn.c_attn.weight", {C, 3 * C}, 1, 3, HS, true),
-            column("attn.c_attn.bias", {3 * C}, 0, 3, HS, false),
-            row("attn.c_proj.weight", C, HS),
-            norm("attn.c_proj.bias", 0.0f),
-            norm("ln_2.weight", 1.0f),
-            norm("ln_2.bias", 0.0f),
-            column("mlp.c_fc.weight", {C, 4 * C}, 1, 1, 1, true),
-            column("mlp.c_fc.bias", {4 * C}, 0, 1, 1, false),
-            row("mlp.c_proj.weight", 4 * C, 1),
-            norm("mlp.c_proj.bias", 0.0f)};
+    return gpt2_layer_decls(c, layer).all();
   }
 
   std::vector<ParamDecl> head_params(const ModelConfig& c) const override {
@@ -199,22 +168,58 @@ class Gpt2Architecture final : public Architecture {
 
   int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
                                   int64_t local_rows) const override {
-    return Gpt2BlockActivations::floats(c, tp, B, T, local_rows);
+    return TransformerBlock::activation_floats(gpt2_block_shape(c, tp), c, tp, B, T, local_rows);
   }
   int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const override {
-    return Gpt2BlockActivations::attention_core_floats(c, tp, B, T);
+    return TransformerBlock::attention_core_floats(gpt2_block_shape(c, tp), B, T);
   }
   int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const override {
-    return Gpt2BlockActivations::scratch_floats(c, tp, N);
+    return TransformerBlock::scratch_floats(gpt2_block_shape(c, tp), N);
   }
   std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c, const TpContext& tp,
                                     int layer) const override {
-    return std::make_unique<Gpt2Block>(params, c, tp, layer);
+    return make_gpt2_block(params, c, tp, layer);
   }
   bool final_norm_has_bias() const override { return true; }
 };
 
 }  // namespace
+
+Gpt2LayerDecls gpt2_layer_decls(const ModelConfig& c, int layer) {
+  const int64_t C = c.n_embd, HS = c.head_size();
+  const std::string p = fmt::format("h.{}.", layer);
+  const float std_w = 0.02f;
+  // GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) (two per block).
+  const float std_proj = 0.02f / std::sqrt(2.0f * static_cast<float>(c.n_layer));
+  auto norm = [&](const char* n, float v) {
+    return ParamDecl{.name = p + n, .shape = {C}, .init_value = v};
+  };
+  // Column-parallel: output columns split (q, k and v separately, by whole heads).
+  auto column = [&](const char* n, Shape shape, int dim, int sections, int64_t unit, bool weight) {
+    return ParamDecl{.name = p + n, .shape = std::move(shape), .split = TpSplit::kSplit, .dim = dim,
+                     .sections = sections, .unit = unit, .weight_decay = weight,
+                     .init_std = weight ? std_w : 0.0f, .matmul = weight,
+                     .in_out = weight};
+  };
+  // Row-parallel: input rows split; the bias is added once, after the sum (replicated).
+  auto row = [&](const char* n, int64_t rows, int64_t unit) {
+    return ParamDecl{.name = p + n, .shape = {rows, C}, .split = TpSplit::kSplit, .dim = 0,
+                     .unit = unit, .weight_decay = true, .init_std = std_proj, .matmul = true,
+                     .in_out = true};
+  };
+  return {.ln_1_weight = norm("ln_1.weight", 1.0f),
+          .ln_1_bias = norm("ln_1.bias", 0.0f),
+          .c_attn_weight = column("attn.c_attn.weight", {C, 3 * C}, 1, 3, HS, true),
+          .c_attn_bias = column("attn.c_attn.bias", {3 * C}, 0, 3, HS, false),
+          .attn_c_proj_weight = row("attn.c_proj.weight", C, HS),
+          .attn_c_proj_bias = norm("attn.c_proj.bias", 0.0f),
+          .ln_2_weight = norm("ln_2.weight", 1.0f),
+          .ln_2_bias = norm("ln_2.bias", 0.0f),
+          .c_fc_weight = column("mlp.c_fc.weight", {C, 4 * C}, 1, 1, 1, true),
+          .c_fc_bias = column("mlp.c_fc.bias", {4 * C}, 0, 1, 1, false),
+          .mlp_c_proj_weight = row("mlp.c_proj.weight", 4 * C, 1),
+          .mlp_c_proj_bias = norm("mlp.c_proj.bias", 0.0f)};
+}
 
 const Architecture& gpt2_architecture() {
   static const Gpt2Architecture arch;  // immutable: a declaration, not state

@@ -74,6 +74,9 @@ class Layer {
   // The unweighted auxiliary-loss terms of the micro-batches backward ran on since the last
   // call (counted in backward, which runs once per micro-batch, unlike a recomputed forward).
   virtual double take_aux_loss_sum() { return 0.0; }
+  // Mixture of experts: tokens routed to each of the layer's experts by the micro-batches
+  // backward ran on since the last call (this rank's tokens); empty for other layers.
+  virtual std::vector<int64_t> take_expert_load() { return {}; }
 };
 
 }  // namespace trident::nn

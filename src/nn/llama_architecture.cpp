@@ -8,6 +8,7 @@
 #include "core/check.h"
 #include "nn/hf_config_json.h"
 #include "nn/llama_block_architecture.h"
+#include "nn/llama_layer_decls.h"
 
 namespace trident::nn {
 namespace {
@@ -136,24 +137,7 @@ class LlamaArchitecture final : public LlamaBlockArchitecture {
   }
 
   std::vector<ParamDecl> layer_params(const ModelConfig& c, int layer) const override {
-    const int64_t C = c.n_embd, HS = c.head_size(), Q = c.n_head * HS, KV = c.kv_heads() * HS;
-    const int64_t I = c.mlp_width();
-    const std::string p = fmt::format("model.layers.{}.", layer);
-    auto norm = [&](const char* n) { return ParamDecl{.name = p + n, .shape = {C}, .init_value = 1.0f}; };
-    // nn.Linear [out, in]: column-parallel splits dim 0 (outputs), row-parallel dim 1 (inputs).
-    auto linear = [&](const char* n, int64_t out, int64_t in, TpSplit split, int dim, int64_t unit) {
-      return ParamDecl{.name = p + n, .shape = {out, in}, .split = split, .dim = dim, .unit = unit,
-                       .weight_decay = true, .init_std = 0.02f, .matmul = true};
-    };
-    return {norm("input_layernorm.weight"),
-            linear("self_attn.q_proj.weight", Q, C, TpSplit::kSplit, 0, HS),
-            linear("self_attn.k_proj.weight", KV, C, TpSplit::kKvHeads, 0, HS),
-            linear("self_attn.v_proj.weight", KV, C, TpSplit::kKvHeads, 0, HS),
-            linear("self_attn.o_proj.weight", C, Q, TpSplit::kSplit, 1, HS),
-            norm("post_attention_layernorm.weight"),
-            linear("mlp.gate_proj.weight", I, C, TpSplit::kSplit, 0, 1),
-            linear("mlp.up_proj.weight", I, C, TpSplit::kSplit, 0, 1),
-            linear("mlp.down_proj.weight", C, I, TpSplit::kSplit, 1, 1)};
+    return llama_layer_decls(c, layer).all();
   }
 
   std::vector<ParamDecl> head_params(const ModelConfig& c) const override {
@@ -186,6 +170,27 @@ class LlamaArchitecture final : public LlamaBlockArchitecture {
 };
 
 }  // namespace
+
+LlamaLayerDecls llama_layer_decls(const ModelConfig& c, int layer) {
+  const int64_t C = c.n_embd, HS = c.head_size(), Q = c.n_head * HS, KV = c.kv_heads() * HS;
+  const int64_t I = c.mlp_width();
+  const std::string p = fmt::format("model.layers.{}.", layer);
+  auto norm = [&](const char* n) { return ParamDecl{.name = p + n, .shape = {C}, .init_value = 1.0f}; };
+  // nn.Linear [out, in]: column-parallel splits dim 0 (outputs), row-parallel dim 1 (inputs).
+  auto linear = [&](const char* n, int64_t out, int64_t in, TpSplit split, int dim, int64_t unit) {
+    return ParamDecl{.name = p + n, .shape = {out, in}, .split = split, .dim = dim, .unit = unit,
+                     .weight_decay = true, .init_std = 0.02f, .matmul = true};
+  };
+  return {.input_norm = norm("input_layernorm.weight"),
+          .q_proj = linear("self_attn.q_proj.weight", Q, C, TpSplit::kSplit, 0, HS),
+          .k_proj = linear("self_attn.k_proj.weight", KV, C, TpSplit::kKvHeads, 0, HS),
+          .v_proj = linear("self_attn.v_proj.weight", KV, C, TpSplit::kKvHeads, 0, HS),
+          .o_proj = linear("self_attn.o_proj.weight", C, Q, TpSplit::kSplit, 1, HS),
+          .post_attention_norm = norm("post_attention_layernorm.weight"),
+          .gate_proj = linear("mlp.gate_proj.weight", I, C, TpSplit::kSplit, 0, 1),
+          .up_proj = linear("mlp.up_proj.weight", I, C, TpSplit::kSplit, 0, 1),
+          .down_proj = linear("mlp.down_proj.weight", C, I, TpSplit::kSplit, 1, 1)};
+}
 
 const Architecture& llama_architecture() {
   static const LlamaArchitecture arch;  // immutable: a declaration, not state

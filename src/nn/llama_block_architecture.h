@@ -1,6 +1,6 @@
 // The part of an architecture declaration that follows from its layers being LlamaBlocks
 // (nn/llama_block.h): activation and scratch sizes, the attention core, the layer factory and
-// the bias-free final RMSNorm. Llama and Mixtral (whose MoE MLP lives inside the LlamaBlock)
+// the bias-free final RMSNorm. Llama and Mixtral (whose MoE MLP lives inside the Llama block)
 // both derive from it, so these facts are written once.
 #pragma once
 
@@ -15,17 +15,17 @@ class LlamaBlockArchitecture : public Architecture {
  public:
   int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
                                   int64_t local_rows) const override {
-    return LlamaBlockActivations::floats(c, tp, B, T, local_rows);
+    return TransformerBlock::activation_floats(llama_block_shape(c, tp), c, tp, B, T, local_rows);
   }
   int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const override {
-    return LlamaBlockActivations::attention_core_floats(c, tp, B, T);
+    return TransformerBlock::attention_core_floats(llama_block_shape(c, tp), B, T);
   }
   int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const override {
-    return LlamaBlockActivations::scratch_floats(c, tp, N);
+    return TransformerBlock::scratch_floats(llama_block_shape(c, tp), N);
   }
   std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c, const TpContext& tp,
                                     int layer) const override {
-    return std::make_unique<LlamaBlock>(params, c, tp, layer);
+    return make_llama_block(params, c, tp, layer);
   }
   bool final_norm_has_bias() const override { return false; }
 };

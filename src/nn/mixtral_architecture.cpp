@@ -8,6 +8,7 @@
 #include "core/check.h"
 #include "nn/hf_config_json.h"
 #include "nn/llama_block_architecture.h"
+#include "nn/llama_layer_decls.h"
 
 namespace trident::nn {
 
@@ -94,10 +95,7 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
 
   std::vector<ParamDecl> layer_params(const ModelConfig& c, int layer) const override {
     // Llama's attention and norms; its dense MLP becomes the router and the experts.
-    std::vector<ParamDecl> v;
-    for (ParamDecl& d : llama().layer_params(c, layer)) {
-      if (d.name.find(".mlp.") == std::string::npos) v.push_back(std::move(d));
-    }
+    std::vector<ParamDecl> v = llama_layer_decls(c, layer).all(/*with_mlp=*/false);
     const int64_t C = c.n_embd, I = c.mlp_width();
     const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", layer);
     // The router is replicated over tp (every rank routes every token alike).

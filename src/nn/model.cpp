@@ -59,6 +59,7 @@ Model::Model(const ModelConfig& cfg, const TpContext& tp, const StageSpec& stage
   lnf_w_ = params_.find_role(ParamRole::kFinalNormWeight);
   lnf_b_ = params_.find_role(ParamRole::kFinalNormBias);
   head_w_ = cfg_.tie_word_embeddings ? wte_ : params_.find_role(ParamRole::kLmHead);
+  if (lnf_w_ >= 0) final_norm_.emplace(params_, lnf_w_, lnf_b_, static_cast<float>(cfg_.norm_eps));
   TRI_CHECK(!stage_.has_head || head_w_ >= 0, "{}: the head stage holds no LM head weight",
             cfg_.describe());
 }
@@ -252,24 +253,7 @@ void Model::head_forward(ModelActivations& acts, int64_t N) {
 }
 
 void Model::final_norm_forward(float* out, float* mean, float* rstd, const float* x, int64_t rows) const {
-  const int64_t C = cfg_.n_embd;
-  if (lnf_b_ >= 0) {
-    kernels::layernorm_forward(out, mean, rstd, x, params_.data(lnf_w_), params_.data(lnf_b_), rows, C);
-  } else {
-    kernels::rmsnorm_forward(out, rstd, x, params_.data(lnf_w_), rows, C, static_cast<float>(cfg_.norm_eps));
-  }
-}
-
-void Model::final_norm_backward(float* dx, float* gw, float* gb, const float* dout, const float* x,
-                                const float* mean, const float* rstd, int64_t rows) const {
-  // The kernels accumulate into dx; the residual-stream gradient starts here, so it is zeroed.
-  const int64_t C = cfg_.n_embd;
-  std::memset(dx, 0, static_cast<std::size_t>(rows * C) * sizeof(float));
-  if (lnf_b_ >= 0) {
-    kernels::layernorm_backward(dx, gw, gb, dout, x, params_.data(lnf_w_), mean, rstd, rows, C);
-  } else {
-    kernels::rmsnorm_backward(dx, gw, dout, x, params_.data(lnf_w_), rstd, rows, C);
-  }
+  final_norm_->forward(params_, out, mean, rstd, x, rows);
 }
 
 void Model::vocab_parallel_loss(ModelActivations& acts, const int32_t* targets, int64_t N, float dloss) {
@@ -303,8 +287,7 @@ double Model::head_forward_backward(ModelActivations& acts, const int32_t* targe
   } else {
     vocab_parallel_loss(acts, targets, N, dloss);
   }
-  double loss_sum = 0.0;
-  for (int64_t n = 0; n < N; ++n) loss_sum += acts.losses[static_cast<std::size_t>(n)];
+  const double loss_sum = kernels::sum_in_order(acts.losses.data(), N);
   // Backward through the head: logits now hold dlogits.
   hook_before_backward(head_group_);
   // wte's gradient from the head accumulates into the local slice (the embedding adds its part).
@@ -320,19 +303,14 @@ double Model::head_forward_backward(ModelActivations& acts, const int32_t* targe
     // The head's input is replicated over tp: identity forward, allreduce backward.
     tp_.allreduce_sum(dlnf, N * C);
   }
-  if (tp_.sp()) {
-    // ln_f ran on this rank's rows: its gradients are partial; sum them over tp, then add.
-    float* lng = scratch_.norm_grads.data();
-    std::memset(lng, 0, static_cast<std::size_t>(2 * C) * sizeof(float));
-    final_norm_backward(dres_.data(), lng, lng + C, dlnf, acts.stage_output(), acts.lnf_mean.data(),
-                        acts.lnf_rstd.data(), Nl);
-    tp_.allreduce_sum(lng, 2 * C);
-    kernels::residual_forward(params_.grad(lnf_w_), params_.grad(lnf_w_), lng, C);
-    if (lnf_b_ >= 0) kernels::residual_forward(params_.grad(lnf_b_), params_.grad(lnf_b_), lng + C, C);
-  } else {
-    final_norm_backward(dres_.data(), params_.grad(lnf_w_), lnf_b_ >= 0 ? params_.grad(lnf_b_) : nullptr,
-                        dlnf, acts.stage_output(), acts.lnf_mean.data(), acts.lnf_rstd.data(), Nl);
-  }
+  // The norm accumulates into dx; the residual-stream gradient starts here, so it is zeroed.
+  // Under sequence parallelism ln_f ran on this rank's rows: NormGrads sums its partial
+  // weight gradients over tp.
+  std::memset(dres_.data(), 0, static_cast<std::size_t>(Nl * C) * sizeof(float));
+  NormGrads norm_grads(tp_, scratch_, params_, {&*final_norm_});
+  final_norm_->backward(params_, norm_grads.slot(0), dres_.data(), dlnf, acts.stage_output(),
+                        acts.lnf_mean.data(), acts.lnf_rstd.data(), Nl);
+  norm_grads.finish();
   if (!stage_.has_embedding) hook_after_backward(head_group_);
   return loss_sum;
 }
@@ -402,8 +380,7 @@ double Model::head_loss(ModelActivations& acts, const int32_t* targets, int64_t 
   } else {
     vocab_parallel_loss(acts, targets, N, 0.0f);
   }
-  double loss_sum = 0.0;
-  for (int64_t n = 0; n < N; ++n) loss_sum += acts.losses[static_cast<std::size_t>(n)];
+  const double loss_sum = kernels::sum_in_order(acts.losses.data(), N);
   return loss_sum;
 }
 

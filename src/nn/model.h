@@ -27,11 +27,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "core/memory.h"
 #include "nn/layer.h"
 #include "nn/model_config.h"
+#include "nn/norm.h"
 #include "nn/parameters.h"
 #include "nn/recompute.h"
 #include "nn/tensor_parallel.h"
@@ -91,6 +93,15 @@ class Model {
     double s = 0.0;
     for (auto& b : blocks_) s += b->take_aux_loss_sum();
     return s;
+  }
+  // Adds this stage's per-expert token counts since the last call (Layer::take_expert_load)
+  // into load (n_layer, E), at the layers' global indices.
+  void take_expert_load(std::vector<int64_t>& load) {
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      const std::vector<int64_t> l = blocks_[i]->take_expert_load();
+      const std::size_t at = (static_cast<std::size_t>(stage_.layer_begin) + i) * l.size();
+      for (std::size_t e = 0; e < l.size(); ++e) load.at(at + e) += l[e];
+    }
   }
   // The precision of every matmul of the layers and the head (kernels/matmul_engine.h).
   void set_precision(kernels::Precision p) { *matmul_ = kernels::MatmulEngine(p); }
@@ -152,9 +163,6 @@ class Model {
   void head_forward(ModelActivations& acts, int64_t N);
   // The final norm (LayerNorm or RMSNorm, as declared) over `rows` rows.
   void final_norm_forward(float* out, float* mean, float* rstd, const float* x, int64_t rows) const;
-  // dx = (not +=) d/dx; the weight (and bias) gradients accumulate into gw (and gb).
-  void final_norm_backward(float* dx, float* gw, float* gb, const float* dout, const float* x,
-                           const float* mean, const float* rstd, int64_t rows) const;
   // Vocab-parallel loss (tp > 1): losses and dlogits in place, as the single-process kernel.
   void vocab_parallel_loss(ModelActivations& acts, const int32_t* targets, int64_t N, float dloss);
   // Sequence parallelism needs the (N, C) gather buffers in forward too.
@@ -178,6 +186,7 @@ class Model {
   // weight: the token embedding (or its tied copy) when tied, lm_head otherwise.
   int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1, head_w_ = -1;
   int embed_group_ = -1, head_group_ = -1;
+  std::optional<Norm> final_norm_;  // the head stage's
   std::vector<std::unique_ptr<Layer>> blocks_;
   std::vector<int> block_groups_;
   MemoryTracker* tracker_ = nullptr;

@@ -18,7 +18,7 @@ int64_t routed_rows(const ModelConfig& c, int64_t N) { return N * c.n_experts_pe
 
 }  // namespace
 
-MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t N) {
+MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t N) : tracker_(&tracker) {
   const auto A = MemCategory::kActivations;
   const auto E = static_cast<std::size_t>(cfg.n_experts), K = static_cast<std::size_t>(cfg.n_experts_per_tok);
   const auto R = static_cast<std::size_t>(routed_rows(cfg, N)), n = static_cast<std::size_t>(N);
@@ -37,17 +37,31 @@ MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, i
   offsets.assign(E + 1, 0);
 }
 
+void MoeActivations::ensure(FloatBuffer& b, std::size_t n) const {
+  if (b.size() < n) b = FloatBuffer(*tracker_, MemCategory::kActivations, n);
+}
+
 int64_t MoeActivations::floats(const ModelConfig& cfg, int tp, int64_t N) {
   const int64_t R = routed_rows(cfg, N), Il = cfg.mlp_width() / tp;
   return N * (cfg.n_experts + cfg.n_experts_per_tok) + R * (3 * Il + 3 * cfg.n_embd);
 }
 
 MoeMlp::MoeMlp(const ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer)
-    : cfg_(cfg), tp_(tp) {
+    : cfg_(cfg), tp_(tp), ep_(tp.ep) {
+  TRI_CHECK(ep_.size >= 1 && cfg.n_experts % ep_.size == 0,
+            "expert parallelism ep {} does not divide the {} experts of each layer: each ep rank "
+            "holds num_local_experts / ep of them; choose an ep that divides {}",
+            ep_.size, cfg.n_experts, cfg.n_experts);
+  // No communicator: a model built only to count parameters and memory (plan/memory_model).
+  TRI_CHECK(!ep_.comm || (ep_.comm->size() == ep_.size && ep_.comm->rank() == ep_.rank),
+            "EpContext says ep rank {} of {} but its communicator is rank {} of {}", ep_.rank, ep_.size,
+            ep_.comm ? ep_.comm->rank() : 0, ep_.comm ? ep_.comm->size() : 0);
+  local_ = ep_.local_count(cfg.n_experts);
+  first_ = ep_.first_expert(cfg.n_experts);
   const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", layer);
   router_ = params.find(p + "gate.weight");
   TRI_CHECK(router_ >= 0, "{}gate.weight is not registered", p);
-  for (int e = 0; e < cfg.n_experts; ++e) {
+  for (int e = first_; e < first_ + local_; ++e) {
     w1_.push_back(params.find(fmt::format("{}experts.{}.w1.weight", p, e)));
     w2_.push_back(params.find(fmt::format("{}experts.{}.w2.weight", p, e)));
     w3_.push_back(params.find(fmt::format("{}experts.{}.w3.weight", p, e)));
@@ -107,15 +121,36 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
       std::memcpy(a.xs.data() + r * C, x + n * C, static_cast<std::size_t>(C) * sizeof(float));
     }
   }
-  // Each expert over its rows (none for an expert no token chose).
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t r0 = a.offsets[e], rows = a.offsets[e + 1] - r0;
-    if (rows == 0) continue;
-    const float* xe = a.xs.data() + r0 * C;
-    mm.forward_nt(a.h1.data() + r0 * Il, xe, ps.data(w1_[e]), rows, C, Il);
-    mm.forward_nt(a.h3.data() + r0 * Il, xe, ps.data(w3_[e]), rows, C, Il);
-    k::swiglu_forward(a.act.data() + r0 * Il, a.h1.data() + r0 * Il, a.h3.data() + r0 * Il, rows * Il);
-    mm.forward_nt(a.y.data() + r0 * C, a.act.data() + r0 * Il, ps.data(w2_[e]), rows, Il, C);
+  if (ep_.size == 1) {
+    experts_forward(mm, ps, a.offsets.data(), a.xs.data(), a.h1.data(), a.h3.data(), a.act.data(), a.y.data());
+  } else {
+    TRI_CHECK(ep_.comm, "expert parallelism ep {} needs a communicator to exchange tokens", ep_.size);
+    // Rows per (owner, local expert), then the rows themselves, to the owners.
+    const int64_t R = N * K;
+    a.send_counts.assign(static_cast<std::size_t>(E), 0);
+    for (int64_t e = 0; e < E; ++e) a.send_counts[e] = a.offsets[e + 1] - a.offsets[e];
+    a.recv_counts.assign(a.send_counts.size(), 0);
+    ep_.comm->all_to_all_counts(a.send_counts.data(), a.recv_counts.data(), local_);
+    a.owner_offsets.assign(static_cast<std::size_t>(local_ + 1), 0);
+    for (int s = 0; s < ep_.size; ++s) {
+      for (int l = 0; l < local_; ++l) a.owner_offsets[l + 1] += a.recv_counts[s * local_ + l];
+    }
+    for (int l = 0; l < local_; ++l) a.owner_offsets[l + 1] += a.owner_offsets[l];
+    const int64_t Ro = a.owner_offsets[local_];
+    const auto rows = static_cast<std::size_t>(std::max(R, Ro));
+    a.ensure(a.ex, rows * C);
+    a.ensure(a.yo, rows * C);
+    a.ensure(a.xo, static_cast<std::size_t>(Ro * C));
+    a.ensure(a.h1, static_cast<std::size_t>(Ro * Il));
+    a.ensure(a.h3, static_cast<std::size_t>(Ro * Il));
+    a.ensure(a.act, static_cast<std::size_t>(Ro * Il));
+    const std::vector<int64_t> sent = exchange_elems(a.send_counts), received = exchange_elems(a.recv_counts);
+    ep_.comm->all_to_all_v(a.xs.data(), sent, a.ex.data(), received);
+    to_expert_major(a, a.ex.data(), a.xo.data(), C);
+    experts_forward(mm, ps, a.owner_offsets.data(), a.xo.data(), a.h1.data(), a.h3.data(), a.act.data(), a.yo.data());
+    // The outputs back to their sources, in the order the rows came: a.y as at ep 1.
+    to_source_major(a, a.yo.data(), a.ex.data(), C);
+    ep_.comm->all_to_all_v(a.ex.data(), received, a.y.data(), sent);
   }
   for (int64_t n = 0; n < N; ++n) {
     float* o = partial + n * C;
@@ -141,11 +176,83 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
   }
 }
 
+void MoeMlp::experts_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, const int64_t* offsets, const float* x,
+                             float* h1, float* h3, float* act, float* y) const {
+  const int64_t C = cfg_.n_embd, Il = cfg_.mlp_width() / tp_.size;
+  for (int l = 0; l < local_; ++l) {  // none for an expert no token chose
+    const int64_t r0 = offsets[l], rows = offsets[l + 1] - r0;
+    if (rows == 0) continue;
+    const float* xe = x + r0 * C;
+    mm.forward_nt(h1 + r0 * Il, xe, ps.data(w1_[l]), rows, C, Il);
+    mm.forward_nt(h3 + r0 * Il, xe, ps.data(w3_[l]), rows, C, Il);
+    kernels::swiglu_forward(act + r0 * Il, h1 + r0 * Il, h3 + r0 * Il, rows * Il);
+    mm.forward_nt(y + r0 * C, act + r0 * Il, ps.data(w2_[l]), rows, Il, C);
+  }
+}
+
+void MoeMlp::experts_backward(kernels::MatmulEngine& mm, ParameterSet& ps, const int64_t* offsets, const float* x,
+                              const float* h1, const float* h3, const float* act, const float* dy, float* dxr) const {
+  const int64_t C = cfg_.n_embd, Il = cfg_.mlp_width() / tp_.size;
+  std::vector<float> dh1, dh3, tmp, tmp1;
+  for (int l = 0; l < local_; ++l) {
+    const int64_t r0 = offsets[l], rows = offsets[l + 1] - r0;
+    if (rows == 0) continue;
+    const float* xe = x + r0 * C;
+    dh1.assign(static_cast<std::size_t>(rows * Il), 0.0f);
+    dh3.assign(dh1.size(), 0.0f);
+    tmp.assign(static_cast<std::size_t>(rows * C), 0.0f);
+    tmp1.assign(tmp.size(), 0.0f);
+    mm.backward_nt(dh1.data(), ps.grad(w2_[l]), dy + r0 * C, act + r0 * Il, ps.data(w2_[l]), rows, Il, C);
+    kernels::swiglu_backward(dh1.data(), dh3.data(), dh1.data(), h1 + r0 * Il, h3 + r0 * Il, rows * Il);
+    mm.backward_nt(tmp.data(), ps.grad(w3_[l]), dh3.data(), xe, ps.data(w3_[l]), rows, C, Il);
+    mm.backward_nt(tmp1.data(), ps.grad(w1_[l]), dh1.data(), xe, ps.data(w1_[l]), rows, C, Il);
+    float* d = dxr + r0 * C;
+    for (int64_t i = 0; i < rows * C; ++i) d[i] = tmp1[i] + tmp[i];
+  }
+}
+
+namespace {
+// Copies blocks of rows: block b of `counts` (rows) moves from `from_at[b]` to `to_at[b]`.
+void move_blocks(const float* from, float* to, const std::vector<int64_t>& counts, const std::vector<int64_t>& from_at,
+                 const std::vector<int64_t>& to_at, int64_t width) {
+  for (std::size_t b = 0; b < counts.size(); ++b) {
+    std::memcpy(to + to_at[b] * width, from + from_at[b] * width, static_cast<std::size_t>(counts[b] * width) * sizeof(float));
+  }
+}
+// Row offsets of block (s, l) of P x El counts laid out source-major and expert-major.
+std::pair<std::vector<int64_t>, std::vector<int64_t>> block_starts(const std::vector<int64_t>& counts, int P, int El) {
+  std::vector<int64_t> sm(counts.size()), em(counts.size());
+  int64_t at = 0;
+  for (std::size_t b = 0; b < counts.size(); ++b) sm[b] = at, at += counts[b];
+  at = 0;
+  for (int l = 0; l < El; ++l) {
+    for (int s = 0; s < P; ++s) em[s * El + l] = at, at += counts[s * El + l];
+  }
+  return {sm, em};
+}
+}  // namespace
+
+void MoeMlp::to_expert_major(const MoeActivations& a, const float* from, float* to, int64_t width) const {
+  const auto [sm, em] = block_starts(a.recv_counts, ep_.size, local_);
+  move_blocks(from, to, a.recv_counts, sm, em, width);
+}
+
+void MoeMlp::to_source_major(const MoeActivations& a, const float* from, float* to, int64_t width) const {
+  const auto [sm, em] = block_starts(a.recv_counts, ep_.size, local_);
+  move_blocks(from, to, a.recv_counts, em, sm, width);
+}
+
+std::vector<int64_t> MoeMlp::exchange_elems(const std::vector<int64_t>& row_counts) const {
+  std::vector<int64_t> elems(static_cast<std::size_t>(ep_.size), 0);
+  for (int s = 0; s < ep_.size; ++s) {
+    for (int l = 0; l < local_; ++l) elems[s] += row_counts[s * local_ + l] * cfg_.n_embd;
+  }
+  return elems;
+}
+
 void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActivations& a, float* dx, const float* dout, const float* x,
                       int64_t B, int64_t T, float aux_weight) const {
-  namespace k = kernels;
   const int64_t N = B * T, C = cfg_.n_embd, E = cfg_.n_experts, K = cfg_.n_experts_per_tok;
-  const int64_t Il = cfg_.mlp_width() / tp_.size;
   // Routing-weight gradients <dout_n, y_(n,j)>: partial over tp (y is), summed.
   std::vector<float> dw(static_cast<std::size_t>(N * K));
   for (int64_t n = 0; n < N; ++n) {
@@ -161,31 +268,34 @@ void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActi
     }
   }
   tp_.allreduce_sum(dw.data(), N * K);
-  // Experts backward over their rows (inputs re-gathered into xs: x may be a re-gathered
-  // sequence-parallel buffer, so nothing of forward's gather is assumed to survive).
+  // Experts backward over their rows: dxr (R, C) receives each routed row's input gradient.
+  const int64_t R = N * K;
+  std::vector<float> dxr(static_cast<std::size_t>(R * C));
+  if (ep_.size == 1) {
+    // Inputs re-gathered into xs: x may be a re-gathered sequence-parallel buffer, so nothing
+    // of forward's gather is assumed to survive.
+    for (int64_t r = 0; r < R; ++r) {
+      std::memcpy(a.xs.data() + r * C, x + static_cast<int64_t>(a.token_of[r]) * C, static_cast<std::size_t>(C) * sizeof(float));
+    }
+    experts_backward(mm, ps, a.offsets.data(), a.xs.data(), a.h1.data(), a.h3.data(), a.act.data(), a.dys.data(), dxr.data());
+  } else {
+    // The conjugate exchange: output gradients to the owners (the forward's counts), input
+    // gradients back. The owner's input rows are the ones it received in forward (a.xo).
+    const std::vector<int64_t> sent = exchange_elems(a.send_counts), received = exchange_elems(a.recv_counts);
+    ep_.comm->all_to_all_v(a.dys.data(), sent, a.ex.data(), received);
+    to_expert_major(a, a.ex.data(), a.yo.data(), C);
+    std::vector<float> dxo(static_cast<std::size_t>(a.owner_offsets[local_] * C));
+    experts_backward(mm, ps, a.owner_offsets.data(), a.xo.data(), a.h1.data(), a.h3.data(), a.act.data(), a.yo.data(),
+                     dxo.data());
+    to_source_major(a, dxo.data(), a.ex.data(), C);
+    ep_.comm->all_to_all_v(a.ex.data(), received, dxr.data(), sent);
+  }
+  // Scatter-add in expert order: each token's k input gradients are summed in a fixed order.
   std::memset(dx, 0, static_cast<std::size_t>(N * C) * sizeof(float));
-  std::vector<float> dh1, dh3, tmp, tmp1;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t r0 = a.offsets[e], rows = a.offsets[e + 1] - r0;
-    if (rows == 0) continue;
-    float* xe = a.xs.data() + r0 * C;
-    for (int64_t r = 0; r < rows; ++r) {
-      std::memcpy(xe + r * C, x + static_cast<int64_t>(a.token_of[r0 + r]) * C, static_cast<std::size_t>(C) * sizeof(float));
-    }
-    dh1.assign(static_cast<std::size_t>(rows * Il), 0.0f);
-    dh3.assign(dh1.size(), 0.0f);
-    tmp.assign(static_cast<std::size_t>(rows * C), 0.0f);
-    tmp1.assign(tmp.size(), 0.0f);
-    mm.backward_nt(dh1.data(), ps.grad(w2_[e]), a.dys.data() + r0 * C, a.act.data() + r0 * Il,
-                          ps.data(w2_[e]), rows, Il, C);
-    k::swiglu_backward(dh1.data(), dh3.data(), dh1.data(), a.h1.data() + r0 * Il, a.h3.data() + r0 * Il, rows * Il);
-    mm.backward_nt(tmp.data(), ps.grad(w3_[e]), dh3.data(), xe, ps.data(w3_[e]), rows, C, Il);
-    mm.backward_nt(tmp1.data(), ps.grad(w1_[e]), dh1.data(), xe, ps.data(w1_[e]), rows, C, Il);
-    // Scatter-add in expert order: each token's k input gradients are summed in a fixed order.
-    for (int64_t r = 0; r < rows; ++r) {
-      float* d = dx + static_cast<int64_t>(a.token_of[r0 + r]) * C;
-      for (int64_t c = 0; c < C; ++c) d[c] += tmp1[r * C + c] + tmp[r * C + c];
-    }
+  for (int64_t r = 0; r < R; ++r) {
+    float* d = dx + static_cast<int64_t>(a.token_of[r]) * C;
+    const float* g = dxr.data() + r * C;
+    for (int64_t c = 0; c < C; ++c) d[c] += g[c];
   }
   // Router: routing weights -> probabilities (+ the aux loss) -> logits -> Wr and x.
   std::vector<double> dp(static_cast<std::size_t>(E)), dlogit(static_cast<std::size_t>(N * E));

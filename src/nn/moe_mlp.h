@@ -1,5 +1,6 @@
 // A Mixtral-style sparse mixture-of-experts MLP (Hugging Face MixtralSparseMoeBlock), the
-// module LlamaBlock uses in place of its dense SwiGLU MLP when ModelConfig::n_experts > 0:
+// module the Llama block (nn/llama_block.h, through nn/mlp.h) uses in place of its dense SwiGLU
+// MLP when ModelConfig::n_experts > 0:
 //   logits = x Wr^T (fp32, Wr [E, C] the router, no bias), p = softmax(logits) over E,
 //   S = the top k experts of p (ties: the lowest expert id), w_j = p_j / sum_S p (or p_j when
 //   norm_topk_prob is off), out = sum_{j in S, in expert-id order} w_j * expert_j(x),
@@ -23,6 +24,20 @@
 // every tp rank routes alike. Backward sums the routing-weight gradients <dout, y_j> over tp (y_j
 // is a partial sum there) and adds the router's input gradient on tp rank 0 only (the block's
 // tp_enter_backward sums the input gradient over tp).
+//
+// Expert parallelism (EpContext in the TpContext, ep > 1): this rank holds experts
+// [q E/P, (q+1) E/P) of P = ep ranks. Every rank routes its own tokens (the router is
+// replicated) and groups the routed rows by expert as above, so the rows for owner q are one
+// contiguous range; per-expert row counts are exchanged first, then the rows (all_to_allv).
+// The owner runs each local expert over its rows from source rank 0 (in that rank's token
+// order), then from rank 1, ... (one grouped matmul per expert), and sends each source its
+// outputs back in the order they came, so every source combines its tokens' k outputs in
+// expert-id order exactly as at ep 1. Backward is the conjugate: output-gradient rows go to
+// the owners, input-gradient rows come back and are scatter-added in expert order. An expert's
+// weight gradient so holds the sum over the ep group's tokens; the engine sums it over the
+// expert-data-parallel group (the ranks holding the same experts), never scaled by ep.
+// With tp the ep group is the ranks of one tp coordinate: each exchanges its tp slice's
+// partial outputs and the block's tp_exit sums them as at ep 1.
 #pragma once
 
 #include <cstdint>
@@ -51,9 +66,23 @@ struct MoeActivations {
   std::vector<int64_t> offsets;   // (E + 1) first routed row of each expert
   std::vector<int32_t> seq_counts;  // (B, E) tokens of sequence b routed to e
   double aux_sum = 0.0;     // sum over the micro-batch's sequences of aux_b (unweighted)
+  // ep > 1, the owner side: rows received from every source for this rank's El experts,
+  // counts[s * El + l] from source s for local expert l, kept in expert-major order (expert
+  // l's rows from source 0, then 1, ...); h1/h3/act above then hold these rows (grown on
+  // demand, as the load is only known after routing).
+  std::vector<int64_t> send_counts, recv_counts;  // (P * El) routed rows
+  std::vector<int64_t> owner_offsets;  // (El + 1) first expert-major row of each local expert
+  FloatBuffer xo;                      // (Ro, C) the received input rows, expert-major
+  mutable FloatBuffer ex, yo;          // (max(R, Ro), C) exchange scratch
+
+  // Grows `b` to at least n floats (contents lost), tracked like the rest.
+  void ensure(FloatBuffer& b, std::size_t n) const;
 
   MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t N);
   static int64_t floats(const ModelConfig& cfg, int tp, int64_t N);
+
+ private:
+  MemoryTracker* tracker_ = nullptr;
 };
 
 class MoeMlp {
@@ -71,10 +100,26 @@ class MoeMlp {
                 int64_t B, int64_t T, float aux_weight) const;
 
  private:
+  // The local experts (all of them at ep 1) over grouped rows: expert l's rows are
+  // [offsets[l], offsets[l+1]) of x/h1/h3/act/y.
+  void experts_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, const int64_t* offsets, const float* x, float* h1,
+                       float* h3, float* act, float* y) const;
+  // dxr (rows, C) = each row's input gradient; weight gradients accumulate.
+  void experts_backward(kernels::MatmulEngine& mm, ParameterSet& ps, const int64_t* offsets, const float* x, const float* h1,
+                        const float* h3, const float* act, const float* dy, float* dxr) const;
+  // ep > 1: rows between the sources' layout (grouped by source, then local expert) and the
+  // owner's (by local expert, then source).
+  void to_expert_major(const MoeActivations& a, const float* from, float* to, int64_t width) const;
+  void to_source_major(const MoeActivations& a, const float* from, float* to, int64_t width) const;
+  // ep > 1: element counts of the rows each rank sends (by_sender: a.send_counts) or receives.
+  std::vector<int64_t> exchange_elems(const std::vector<int64_t>& row_counts) const;
+
   ModelConfig cfg_;
   TpContext tp_;
+  EpContext ep_;
+  int local_ = 0, first_ = 0;  // local experts [first_, first_ + local_)
   int router_ = -1;
-  std::vector<int> w1_, w2_, w3_;  // per expert
+  std::vector<int> w1_, w2_, w3_;  // per local expert
 };
 
 }  // namespace trident::nn

@@ -35,6 +35,7 @@ ParamInfo shard_for_tp(const ParamDecl& d, const ModelConfig& config, int rank, 
   info.init_value = d.init_value;
   info.role = d.role;
   info.tied = d.tied;
+  info.expert = d.expert;
   switch (d.split) {
     case TpSplit::kReplicated:
       info.tp_owner = rank == 0;
@@ -77,6 +78,13 @@ ParamInfo shard_for_tp(const ParamDecl& d, const ModelConfig& config, int rank, 
 void add_declared(ParameterSet& params, const std::vector<ParamDecl>& decls, const ModelConfig& config,
                   int tp_rank, int tp_size) {
   for (const ParamDecl& d : decls) params.add(shard_for_tp(d, config, tp_rank, tp_size));
+}
+
+std::vector<ParamDecl> local_experts(std::vector<ParamDecl> decls, int ep_rank, int ep_size, int n_experts) {
+  if (ep_size == 1) return decls;
+  const int per_rank = n_experts / ep_size;
+  std::erase_if(decls, [&](const ParamDecl& d) { return d.expert >= 0 && d.expert / per_rank != ep_rank; });
+  return decls;
 }
 
 }  // namespace trident::nn

@@ -64,5 +64,8 @@ ParamInfo shard_for_tp(const ParamDecl& decl, const ModelConfig& config, int tp_
 // Adds each declaration's slice for this tp rank to `params` (in the current group).
 void add_declared(ParameterSet& params, const std::vector<ParamDecl>& decls, const ModelConfig& config,
                   int tp_rank, int tp_size);
+// The declarations expert-parallel rank ep_rank of ep_size holds: every non-expert one and the
+// weights of its experts [ep_rank E / ep_size, (ep_rank + 1) E / ep_size) (nn/expert_parallel.h).
+std::vector<ParamDecl> local_experts(std::vector<ParamDecl> decls, int ep_rank, int ep_size, int n_experts);
 
 }  // namespace trident::nn

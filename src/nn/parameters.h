@@ -65,6 +65,10 @@ struct ParamInfo {
   // The LM head's copy of a tied parameter on a last stage without the embedding: its
   // gradient is summed with the embedding's each step; it is never counted or saved.
   bool tied_copy = false;
+  // The mixture-of-experts expert it belongs to (-1: none). Under expert parallelism only the
+  // ranks holding that expert have it, and its gradient is reduced over the expert-data-parallel
+  // group instead of dp (parallel/ddp_reducer.h).
+  int expert = -1;
   // Filled in by ParameterSet:
   int group = 0;         // layer group (embeddings, h.0, ..., ln_f)
   int64_t offset = 0;    // into the flat buffers

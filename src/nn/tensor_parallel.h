@@ -13,6 +13,8 @@
 #include <span>
 #include <vector>
 
+#include "nn/expert_parallel.h"
+
 namespace trident::nn {
 
 // Implemented over comm/ by the parallel layer (parallel/tensor_parallel_comm.h); nn/ only
@@ -43,6 +45,9 @@ struct TpContext {
   int size = 1;
   TensorParallelComm* comm = nullptr;  // required when size > 1
   bool sequence_parallel = false;      // ignored when size == 1
+  // Expert parallelism rides along: every layer is built with this context, and only the
+  // mixture-of-experts MLP reads it (nn/moe_mlp.h). Independent of the tp fields above.
+  EpContext ep;
 
   bool sp() const { return sequence_parallel && size > 1; }
 

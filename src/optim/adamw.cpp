@@ -2,6 +2,7 @@
 #include "optim/adamw.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "core/check.h"
 #include "kernels/kernels.h"
@@ -9,8 +10,8 @@
 namespace trident::optim {
 
 AdamW::AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamWConfig& cfg,
-             int64_t begin, int64_t end)
-    : cfg_(cfg), begin_(begin), end_(end < 0 ? params.total_numel() : end) {
+             int64_t begin, int64_t end, std::unique_ptr<MomentStore> store)
+    : cfg_(cfg), begin_(begin), end_(end < 0 ? params.total_numel() : end), store_(std::move(store)) {
   TRI_CHECK(begin_ >= 0 && begin_ <= end_ && end_ <= params.total_numel(),
             "optimizer range [{}, {}) outside the {} parameters", begin_, end_, params.total_numel());
   for (const nn::ParamInfo& p : params.infos()) {
@@ -22,18 +23,24 @@ AdamW::AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamW
       ranges_.push_back({b - begin_, e - begin_, p.weight_decay});
     }
   }
-  const auto n = static_cast<std::size_t>(end_ - begin_);
-  m_ = FloatBuffer(tracker, MemCategory::kOptimizerState, n);
-  v_ = FloatBuffer(tracker, MemCategory::kOptimizerState, n);
+  if (!store_) store_ = make_memory_moment_store(tracker, end_ - begin_);
+  TRI_CHECK(store_->size() == end_ - begin_, "moment store holds {} elements, the range {}",
+            store_->size(), end_ - begin_);
 }
 
 void AdamW::step(float* values, const float* grads, float lr, float grad_scale) {
   ++t_;
-  for (const Range& r : ranges_) {
-    kernels::adamw_update(values + r.begin, grads + r.begin, m_.data() + r.begin,
-                          v_.data() + r.begin, r.end - r.begin, lr, cfg_.beta1, cfg_.beta2,
-                          cfg_.eps, r.decay ? cfg_.weight_decay : 0.0f, t_, grad_scale);
-  }
+  // Each block of the store meets the decay ranges it overlaps; the update is elementwise, so
+  // any split gives the same bits as one pass.
+  store_->update([&](int64_t off, int64_t n, float* m, float* v) {
+    for (const Range& r : ranges_) {
+      const int64_t b = std::max(r.begin, off), e = std::min(r.end, off + n);
+      if (b >= e) continue;
+      kernels::adamw_update(values + b, grads + b, m + (b - off), v + (b - off), e - b, lr,
+                            cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0f,
+                            t_, grad_scale);
+    }
+  });
 }
 
 }  // namespace trident::optim

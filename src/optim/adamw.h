@@ -1,14 +1,17 @@
 // AdamW (decoupled weight decay, as torch.optim.AdamW) over a range of the flat parameter
 // buffer. The range is the whole model for one process or this rank's ZeRO shard; moments are
 // held for that range only. Weight decay applies to matrices and embeddings, never to biases
-// or LayerNorm parameters (ParamInfo::weight_decay).
+// or LayerNorm parameters (ParamInfo::weight_decay). The moments live in a MomentStore (in
+// memory, or offloaded to disk: optim/moment_store.h), which hands them over block by block.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/memory.h"
 #include "nn/parameters.h"
+#include "optim/moment_store.h"
 
 namespace trident::optim {
 
@@ -23,9 +26,10 @@ struct AdamWConfig {
 
 class AdamW {
  public:
-  // Optimises flat elements [begin, end) of `params` (end < 0: to the end).
+  // Optimises flat elements [begin, end) of `params` (end < 0: to the end), with the moments
+  // in `store` (null: in memory; else its size must be end - begin).
   AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamWConfig& cfg,
-        int64_t begin = 0, int64_t end = -1);
+        int64_t begin = 0, int64_t end = -1, std::unique_ptr<MomentStore> store = nullptr);
 
   // One update of the owned range: values[i] from grads[i] * grad_scale. `values` and `grads`
   // point at the start of the owned range (which may be a separate shard buffer).
@@ -35,10 +39,9 @@ class AdamW {
   void set_step_count(int64_t t) { t_ = t; }
   int64_t begin() const { return begin_; }
   int64_t end() const { return end_; }
-  FloatBuffer& exp_avg() { return m_; }
-  FloatBuffer& exp_avg_sq() { return v_; }
-  const FloatBuffer& exp_avg() const { return m_; }
-  const FloatBuffer& exp_avg_sq() const { return v_; }
+  // exp_avg and exp_avg_sq of [begin, end), indexed from begin().
+  MomentStore& moments() { return *store_; }
+  const MomentStore& moments() const { return *store_; }
 
  private:
   struct Range {
@@ -48,7 +51,7 @@ class AdamW {
   AdamWConfig cfg_;
   int64_t begin_ = 0, end_ = 0;
   std::vector<Range> ranges_;
-  FloatBuffer m_, v_;
+  std::unique_ptr<MomentStore> store_;
   int64_t t_ = 0;
 };
 

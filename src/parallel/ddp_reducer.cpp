@@ -31,6 +31,8 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
       layout_(params.total_numel(), dp.rank(), dp.size()) {
   TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
             options.zero);
+  TRI_CHECK(!options.expert_group || options.zero == 0,
+            "ZeRO-{} with expert parallelism is not supported; use --zero 0 with --ep", options.zero);
   const double cap = options.bucket_mb * 1024.0 * 1024.0 / sizeof(float);
   spans_ = assign_buckets(params, cap < 1.0 ? 1 : static_cast<int64_t>(cap));
   {
@@ -108,6 +110,9 @@ DataParallel::~DataParallel() {
   // Never leave a collective writing into a buffer we are about to free.
   for (Bucket& b : buckets_) {
     try { b.work.wait(); } catch (...) {}
+    for (comm::Work& w : b.expert_works) {
+      try { w.wait(); } catch (...) {}
+    }
   }
   for (Gathered& g : gathered_) {
     try { g.work.wait(); } catch (...) {}
@@ -155,6 +160,10 @@ void DataParallel::launch(Bucket& b) {
     tied_scratch_ = FloatBuffer(tracker_, MemCategory::kCommBuffers, static_cast<std::size_t>(n));
     params_.set_grad_ptr(tied_, tied_scratch_.data());
   }
+  if (options_.expert_group) {
+    launch_split(b);
+    return;
+  }
   if (options_.zero < 2) {
     // Sum: every rank's gradient is its rows' share of the global mean.
     b.work = dp_.allreduce(std::span<float>(params_.grads().data() + b.span.lo, static_cast<std::size_t>(n)),
@@ -176,6 +185,30 @@ void DataParallel::launch(Bucket& b) {
          (in_flight_.size() > kMaxInFlight || buckets_[static_cast<std::size_t>(in_flight_.front())].work.test())) {
     retire(buckets_[static_cast<std::size_t>(in_flight_.front())]);
     in_flight_.pop_front();
+  }
+}
+
+void DataParallel::launch_split(Bucket& b) {
+  // Runs of consecutive parameters of one kind (dense or expert), each summed over its group:
+  // the expert-data-parallel group for experts (nothing when it is one rank), dp otherwise. The
+  // sums are the same as unsplit: every rank's gradient is its rows' share of the global mean,
+  // an expert's already summed over its ep group's tokens by the owner.
+  b.expert_works.clear();
+  comm::Communicator& edp = *options_.expert_group;
+  float* g = params_.grads().data();
+  int id = b.span.first;
+  while (id <= b.span.last) {
+    const bool expert = params_.info(id).expert >= 0;
+    int end = id;
+    while (end + 1 <= b.span.last && (params_.info(end + 1).expert >= 0) == expert) ++end;
+    const int64_t lo = params_.info(id).offset, hi = params_.info(end).offset + params_.info(end).numel;
+    const std::span<float> run(g + lo, static_cast<std::size_t>(hi - lo));
+    if (!expert) {
+      b.expert_works.push_back(dp_.allreduce(run, comm::ReduceOp::kSum));
+    } else if (edp.size() > 1) {
+      b.expert_works.push_back(edp.allreduce(run, comm::ReduceOp::kSum));
+    }
+    id = end + 1;
   }
 }
 
@@ -211,7 +244,10 @@ void DataParallel::end_micro_batch() {
       if (!b.launched) launch(b);
     }
     if (options_.zero < 2) {
-      for (Bucket& b : buckets_) wait(b.work);
+      for (Bucket& b : buckets_) {
+        wait(b.work);
+        for (comm::Work& w : b.expert_works) wait(w);
+      }
     }
     if (tied_split_) finish_tied_rows();
   }

@@ -63,6 +63,10 @@ struct DataParallelOptions {
   // after_group_backward only on a group's last backward of the step; then only that report
   // marks a group final (not the start of the next group's backward).
   bool pipeline = false;
+  // Expert parallelism: the group expert parameters (ParamInfo::expert >= 0) are summed over
+  // -- the expert-data-parallel ranks holding the same experts -- instead of dp; dense ones
+  // still over dp. Stage 0 only (the engine refuses ZeRO with ep). Null: everything over dp.
+  comm::Communicator* expert_group = nullptr;
 };
 
 // Buckets as parameter id ranges [first, last] (inclusive), in launch order (the last
@@ -134,6 +138,7 @@ class DataParallel : public nn::ModelHooks {
     FloatBuffer grad;  // stages 2-3: gradient storage while alive
     FloatBuffer recv;  // stages 2-3: this rank's reduced part
     comm::Work work;
+    std::vector<comm::Work> expert_works;  // expert parallelism: the expert runs' sums
   };
   struct Gathered {  // stage 3: one group's values
     FloatBuffer buf;
@@ -142,6 +147,7 @@ class DataParallel : public nn::ModelHooks {
   };
   void group_final(int g);
   void launch(Bucket& b);
+  void launch_split(Bucket& b);  // expert parallelism: dense runs over dp, expert runs over edp
   void retire(Bucket& b);  // stages 2-3: wait, add into the shard, free the bucket
   void ensure_grad_storage(int bucket);
   void wait(comm::Work& w);

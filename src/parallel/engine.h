@@ -39,9 +39,14 @@ class Engine {
   void load_optimizer_state(const std::string& name, int kind, const float* logical) {
     parallel::load_optimizer_state(layout_, name, kind, logical);
   }
+  // Updates applied so far (AdamW's step counter; a skipped step does not count).
   int64_t optimizer_step() const { return parallel::optimizer_step(layout_); }
   void set_optimizer_step(int64_t t) { parallel::set_optimizer_step(layout_, t); }
   std::string find_nonfinite_state() { return parallel::find_nonfinite_state(layout_); }
+  // --precision fp16's dynamic loss scaler; null in the other precisions.
+  const optim::LossScaler* loss_scaler() const { return layout_.loss_scaler(); }
+  // Restores a checkpointed scaler state (fp16 only; throws trident::Error otherwise).
+  void restore_loss_scaler(const optim::LossScalerState& state) { layout_.restore_loss_scaler(state); }
 
   // ---- what the rank holds (rank_layout.h) ----
   RankLayout& layout() { return layout_; }

@@ -8,6 +8,8 @@
 #include "kernels/matmul_engine.h"
 #include "nn/recompute.h"
 #include "optim/adamw.h"
+#include "optim/loss_scaler.h"
+#include "optim/moment_store.h"
 #include "parallel/pipeline/schedule.h"
 
 namespace trident::parallel {
@@ -20,9 +22,12 @@ struct EngineOptions {
   bool sequence_parallel = false;
   nn::Recompute recompute = nn::Recompute::kNone;             // activation recomputation
   kernels::Precision precision = kernels::Precision::kFp32;  // of every matmul
+  // Dynamic loss scaling, used when precision is fp16 (optim/loss_scaler.h).
+  optim::LossScalerConfig loss_scaler;
   double bucket_mb = 25.0;  // DDP gradient bucket size, MiB
   bool overlap = true;      // overlap gradient allreduce with backward
   optim::AdamWConfig adamw;
+  optim::OffloadOptions offload;  // where the AdamW moments live (optim/moment_store.h)
   double grad_clip = 1.0;  // clip the global gradient norm to this; 0: off
 };
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace trident::parallel {
 
@@ -38,18 +39,24 @@ OwnedParam owned_param(RankLayout& L, const std::string& name) {
 }
 
 // Chunk c's AdamW moments (kind 0: exp_avg, 1: exp_avg_sq) of parameter `id` that this rank
-// holds: `count` elements at `data`, starting at the parameter's local index `local_begin`.
+// holds: `count` elements from the parameter's local index `local_begin`, which is
+// `store_begin` in the moment store (in memory or offloaded); read into `data` when `read`.
 struct MomentSlice {
-  float* data;
-  int64_t local_begin, count;
+  std::vector<float> data;
+  int64_t local_begin, count, store_begin;
 };
-MomentSlice moments_of(ModelChunk& c, int id, int kind) {
+MomentSlice moments_of(ModelChunk& c, int id, int kind, bool read = true) {
   // The optimizer holds [begin, end) of the flat buffer (everything, or the ZeRO shard).
   const nn::ParamInfo& info = c.model->params().info(id);
-  FloatBuffer& state = kind == 0 ? c.adamw->exp_avg() : c.adamw->exp_avg_sq();
   const int64_t lo = std::max(info.offset, c.adamw->begin());
   const int64_t hi = std::max(lo, std::min(info.offset + info.numel, c.adamw->end()));
-  return {state.data() + (lo - c.adamw->begin()), lo - info.offset, hi - lo};
+  if (hi == lo) return {{}, 0, 0, 0};  // not in this rank's range (another ZeRO shard's)
+  MomentSlice m{{}, lo - info.offset, hi - lo, lo - c.adamw->begin()};
+  if (read) {
+    m.data.resize(static_cast<std::size_t>(m.count));
+    c.adamw->moments().read(kind, m.store_begin, m.count, m.data.data());
+  }
+  return m;
 }
 
 // Index of the first non-finite of n floats, or -1.
@@ -90,7 +97,7 @@ void gather_param(RankLayout& L, const std::string& name, const Shape& logical_s
       contributes = true;
     } else {
       local = p.chunk->model->params().data(p.id);
-      contributes = L.mesh().coord().dp == 0;
+      contributes = L.replica_coord(info) == 0;
     }
   }
   assemble_logical(L.mesh(), info, contributes ? local : nullptr, out);
@@ -106,16 +113,16 @@ void gather_optimizer_state(RankLayout& L, const std::string& name, const Shape&
   bool contributes = false;
   if (const OwnedParam p = owned_param(L, name); p.chunk) {
     info = p.chunk->model->params().info(p.id);
-    const MomentSlice m = moments_of(*p.chunk, p.id, kind);
+    MomentSlice m = moments_of(*p.chunk, p.id, kind);
     if (m.local_begin == 0 && m.count == info.numel) {
-      local = m.data;  // the whole local tensor: no copy
+      padded = std::move(m.data);  // the whole local tensor
     } else {
       padded.assign(static_cast<std::size_t>(info.numel), 0.0f);
-      std::copy_n(m.data, m.count, padded.data() + m.local_begin);
-      local = padded.data();
+      std::copy_n(m.data.data(), m.count, padded.data() + m.local_begin);
     }
+    local = padded.data();
     // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
-    contributes = L.options().zero >= 1 || L.mesh().coord().dp == 0;
+    contributes = L.options().zero >= 1 || L.replica_coord(info) == 0;
   }
   assemble_logical(L.mesh(), info, contributes ? local : nullptr, out);
 }
@@ -141,8 +148,8 @@ void load_optimizer_state(RankLayout& L, const std::string& name, int kind, cons
     if (id < 0) continue;
     std::vector<float> local(static_cast<std::size_t>(c.model->params().info(id).numel));
     nn::scatter_logical_to_local(c.model->params().info(id), logical, local.data());
-    const MomentSlice m = moments_of(c, id, kind);
-    std::copy_n(local.data() + m.local_begin, m.count, m.data);
+    const MomentSlice m = moments_of(c, id, kind, /*read=*/false);
+    c.adamw->moments().write(kind, m.store_begin, m.count, local.data() + m.local_begin);
   }
 }
 
@@ -171,7 +178,7 @@ std::string find_nonfinite_state(RankLayout& L) {
       }
       for (int kind = 0; kind < 2; ++kind) {
         const MomentSlice m = moments_of(c, id, kind);
-        if (const int64_t i = first_nonfinite(m.data, m.count); i >= 0) {
+        if (const int64_t i = first_nonfinite(m.data.data(), m.count); i >= 0) {
           mine = fmt::format("{} ({}), local element {}, value {}", info.name,
                              kind == 0 ? "exp_avg" : "exp_avg_sq", m.local_begin + i, m.data[i]);
           break;

@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "nn/architecture.h"
+#include "parallel/expert_parallel_comm.h"
 #include "parallel/pipeline/partition.h"
 #include "parallel/tensor_parallel_comm.h"
 
@@ -42,6 +43,13 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
   if (shape.tp > 1) {
     tp_comm_ = std::make_unique<CommTensorParallel>(mesh_.tp());
     tp = make_tp_context(*tp_comm_, options_.sequence_parallel);
+  }
+  // Expert parallelism: the MoE layers exchange token rows over the mesh's ep group and hold
+  // their ep rank's experts only (nn/moe_mlp.h); expert gradients are reduced over edp.
+  validate_expert_parallel(config_, shape.ep, options_.zero);
+  if (shape.ep > 1) {
+    ep_comm_ = std::make_unique<CommExpertParallel>(mesh_.ep());
+    tp.ep = make_ep_context(*ep_comm_);
   }
   // Pipeline parallelism: this rank's chunks of the layer stack (V of them when interleaved).
   const int V = shape.pp > 1 ? options_.virtual_stages : 1;
@@ -85,20 +93,24 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     // The MoE load-balancing loss: averaged over every layer and every sequence of the
     // global batch, whatever the layout (nn/moe_mlp.h).
     if (config_.is_moe()) {
-      c.model->set_aux_loss_weight(static_cast<float>(
-          config_.router_aux_loss_coef / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch))));
+      aux_loss_weight_ = config_.router_aux_loss_coef / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch));
+      c.model->set_aux_loss_weight(static_cast<float>(aux_loss_weight_));
     }
     if (shape.dp > 1 || options_.zero > 0) {
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
-          DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1});
-      c.adamw = std::make_unique<optim::AdamW>(c.model->params(), tracker_, options_.adamw,
-                                               c.dp->optimizer_begin(), c.dp->optimizer_end());
-    } else {
-      c.adamw = std::make_unique<optim::AdamW>(c.model->params(), tracker_, options_.adamw);
+          DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1,
+                              shape.ep > 1 ? &mesh_.edp() : nullptr});
     }
+    const int64_t opt_begin = c.dp ? c.dp->optimizer_begin() : 0;
+    const int64_t opt_end = c.dp ? c.dp->optimizer_end() : c.model->params().total_numel();
+    c.adamw = std::make_unique<optim::AdamW>(
+        c.model->params(), tracker_, options_.adamw, opt_begin, opt_end,
+        optim::make_moment_store(tracker_, opt_end - opt_begin, options_.offload, mesh_.rank(),
+                                 static_cast<int>(chunks_.size())));
     chunks_.push_back(std::move(c));
   }
+  if (options_.precision == kernels::Precision::kFp16) loss_scaler_.emplace(options_.loss_scaler);
   if (shape.pp == 1) {
     if (chunks_[0].dp) chunks_[0].model->set_hooks(chunks_[0].dp.get());
     buffers_.acts = chunks_[0].model->make_activations(tracker_, b.micro_rows, seq_len);
@@ -150,6 +162,15 @@ bool RankLayout::owns(const ModelChunk& chunk, int id) {
   return !info.tied_copy;
 }
 
+int RankLayout::replica_coord(const nn::ParamInfo& info) const {
+  return info.expert >= 0 ? mesh_.edp_coord() : mesh_.coord().dp;
+}
+
+void RankLayout::restore_loss_scaler(const optim::LossScalerState& state) {
+  TRI_CHECK(loss_scaler_.has_value(), "a loss-scaler state can only be restored into an fp16 run");
+  loss_scaler_->restore(state);
+}
+
 bool RankLayout::holds_loss() const {
   return chunks_.back().model->stage().has_head && mesh_.coord().tp == 0;
 }
@@ -162,6 +183,10 @@ std::string RankLayout::describe() const {
       "sequences per dp rank in {} micro-batch(es) of {}",
       s.dp, s.tp, s.pp, s.world(), options_.zero, b.global_batch, b.seq_len, b.rank_rows,
       b.micro_batches, b.micro_rows);
+  if (s.ep > 1) {
+    text += fmt::format("; expert parallel ep {} (of dp; {} of {} experts per rank)", s.ep,
+                        config_.n_experts / s.ep, config_.n_experts);
+  }
   if (executor_) {
     text += fmt::format("; schedule {}", executor_->spec().describe());
   }
@@ -171,6 +196,9 @@ std::string RankLayout::describe() const {
   }
   if (options_.precision != kernels::Precision::kFp32 && !chunks_.empty()) {
     text += "; matmuls: " + chunks_.front().model->matmul().describe();
+  }
+  if (options_.offload.optimizer() && !chunks_.empty()) {
+    text += "; AdamW moments " + chunks_.front().adamw->moments().describe();
   }
   if (!partition_text_.empty()) text += "\n" + partition_text_;
   return text;

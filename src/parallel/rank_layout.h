@@ -1,7 +1,7 @@
 // What one rank holds in a dp x tp x pp layout of a model: its model chunks (V of them with the
 // interleaved schedule), each with its DDP/ZeRO reducer over the rank's dp group and an AdamW
 // over its shard; the tensor-parallel communicator, the pipeline executor, the tied-embedding
-// group; and the activation working set a step and an evaluation share. Built once from the
+// group, the expert-parallel exchange, the fp16 loss scaler; and the activation working set a step and an evaluation share. Built once from the
 // model config, the engine options and the batch; validated here (batch vs dp and micro-batches,
 // sequence length, tp split, ZeRO stage, schedule). What a step does with it is train_step.h,
 // eval_step.h and layout_state.h; none of them knows the model's family.
@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "core/memory.h"
 #include "nn/model.h"
 #include "optim/adamw.h"
+#include "optim/loss_scaler.h"
 #include "parallel/ddp_reducer.h"
 #include "parallel/engine_options.h"
 #include "parallel/pipeline/executor.h"
@@ -80,6 +82,16 @@ class RankLayout {
   // Whether this rank's copy of parameter `id` of `chunk` is the one counted (grad norm) and
   // saved: its tp owner, and not the last stage's mirror of a tied parameter.
   static bool owns(const ModelChunk& chunk, int id);
+  // The coordinate over which this parameter's copies are replicas (dp, or edp for an expert
+  // under expert parallelism): the copy at 0 is counted and saved.
+  int replica_coord(const nn::ParamInfo& info) const;
+  // MoE: the load-balancing loss weight per layer and sequence, before any loss scaling.
+  double aux_loss_weight() const { return aux_loss_weight_; }
+  // --precision fp16's dynamic loss scaler; null in the other precisions.
+  optim::LossScaler* loss_scaler() { return loss_scaler_ ? &*loss_scaler_ : nullptr; }
+  const optim::LossScaler* loss_scaler() const { return loss_scaler_ ? &*loss_scaler_ : nullptr; }
+  // Restores a checkpointed scaler state (fp16 only; throws trident::Error otherwise).
+  void restore_loss_scaler(const optim::LossScalerState& state);
   // This rank computes losses (last stage, tp rank 0); others' loss sums are not counted.
   bool holds_loss() const;
   std::string describe() const;
@@ -93,6 +105,9 @@ class RankLayout {
   MemoryTracker& tracker_;
   BatchSplit batch_;
   std::unique_ptr<nn::TensorParallelComm> tp_comm_;
+  std::unique_ptr<nn::ExpertParallelComm> ep_comm_;  // before chunks_: their MoE layers use it
+  std::optional<optim::LossScaler> loss_scaler_;      // fp16 only
+  double aux_loss_weight_ = 0.0;
   std::vector<ModelChunk> chunks_;
   std::unique_ptr<pp::PipelineExecutor> executor_;
   std::unique_ptr<comm::Communicator> tied_group_;

@@ -111,11 +111,11 @@ double local_unique_grad_sumsq(const RankLayout& L) {
       sum += c.dp->shard_grad_sumsq([&](int id) { return RankLayout::owns(c, id); });
       continue;
     }
-    // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's.
-    if (L.mesh().coord().dp != 0) continue;
+    // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's (an
+    // expert's: edp rank 0's, the replicas holding that expert).
     const nn::ParameterSet& ps = c.model->params();
     for (int id = 0; id < ps.size(); ++id) {
-      if (!RankLayout::owns(c, id)) continue;
+      if (!RankLayout::owns(c, id) || L.replica_coord(ps.info(id)) != 0) continue;
       sum += kernels::sum_squares(ps.grad(id), ps.info(id).numel);
     }
   }
@@ -127,7 +127,15 @@ double local_unique_grad_sumsq(const RankLayout& L) {
 StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
   zero_grads(L);
   const BatchSplit& b = L.batch();
-  const float dloss = 1.0f / static_cast<float>(b.tokens());
+  // fp16: backward runs on the loss times the scale (a power of two, so scaling and unscaling
+  // are exact unless something over- or underflows, which is the point of it) and everything
+  // computed from the gradients below divides it out again.
+  optim::LossScaler* scaler = L.loss_scaler();
+  const double scale = scaler ? scaler->scale() : 1.0;
+  const float dloss = 1.0f / static_cast<float>(b.tokens()) * static_cast<float>(scale);
+  if (scaler && L.config().is_moe()) {
+    for (ModelChunk& c : L.chunks()) c.model->set_aux_loss_weight(static_cast<float>(L.aux_loss_weight() * scale));
+  }
   const double loss_sum = L.executor() ? run_pipeline(L, batch, dloss) : run_micro_batches(L, batch, dloss);
   StepStats stats;
   // The squared grad norm and the loss in one world sum (elementwise, so each is summed as
@@ -139,15 +147,31 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
   std::vector<double> sums{local_unique_grad_sumsq(L), L.holds_loss() ? loss_sum : 0.0,
                            L.mesh().coord().tp == 0 ? aux_sum : 0.0};
   world.allreduce(std::span<double>(sums), comm::ReduceOp::kSum).wait();
-  stats.grad_norm = std::sqrt(sums[0]);
+  stats.grad_norm = std::sqrt(sums[0]) / scale;
+  stats.loss_scale = scaler ? scale : 0.0;
   stats.loss = sums[1] / static_cast<double>(b.tokens());
   stats.aux_loss = sums[2] / (static_cast<double>(L.config().n_layer) * static_cast<double>(b.global_batch));
+  if (L.config().is_moe()) {
+    // Each layer lives on one stage; every dp rank routes its own tokens; tp ranks alike (one counts).
+    const nn::ModelConfig& cfg = L.config();
+    stats.expert_load.assign(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts), 0);
+    std::vector<int64_t> mine(stats.expert_load.size(), 0);
+    for (ModelChunk& c : L.chunks()) c.model->take_expert_load(mine);
+    if (L.mesh().coord().tp == 0) stats.expert_load = std::move(mine);
+    world.allreduce(std::span<int64_t>(stats.expert_load), comm::ReduceOp::kSum).wait();
+  }
   // A NaN or inf on any rank reaches the sums above. Every rank then votes on what it read and
   // the world takes the maximum (exact), so all ranks skip or all update even if an MPI
   // implementation handed different ranks different roundings of an overflowing sum.
   std::vector<int32_t> bad{std::isfinite(stats.loss) && std::isfinite(stats.grad_norm) ? 0 : 1};
   world.allreduce(std::span<int32_t>(bad), comm::ReduceOp::kMax).wait();
   stats.skipped = bad[0] != 0;
+  if (scaler) {
+    // Every rank holds the same world-reduced verdict, so every scaler takes the same state.
+    // At the minimum scale there is nothing left to back off: such a step is poisoned.
+    stats.overflow = stats.skipped && std::isfinite(stats.loss) && scale > L.options().loss_scaler.min_scale;
+    scaler->update(stats.skipped);
+  }
   if (stats.skipped) {
     // No update: weights, AdamW moments and its step counter stay as they were (the gradients
     // are zeroed by the next step's begin_step). ZeRO-1/2 replicas need no all-gather either,
@@ -156,13 +180,15 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
     return stats;
   }
   stats.clip_scale = optim::clip_scale(stats.grad_norm, L.options().grad_clip);
+  // AdamW multiplies the gradients by this: the clip factor and, in fp16, 1 / scale.
+  const float grad_factor = stats.clip_scale * static_cast<float>(1.0 / scale);
   for (ModelChunk& c : L.chunks()) {
     if (c.dp) {
-      c.dp->optimizer_step(*c.adamw, lr, stats.clip_scale);  // ZeRO: shard update + all_gather
+      c.dp->optimizer_step(*c.adamw, lr, grad_factor);  // ZeRO: shard update + all_gather
       stats.comm_wait_s += c.dp->comm_wait_seconds();
     } else {
       nn::ParameterSet& ps = c.model->params();
-      c.adamw->step(ps.values().data(), ps.grads().data(), lr, stats.clip_scale);
+      c.adamw->step(ps.values().data(), ps.grads().data(), lr, grad_factor);
     }
   }
   return stats;

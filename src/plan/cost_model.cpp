@@ -101,7 +101,7 @@ const MeasuredComputeModel::BlockTimes& MeasuredComputeModel::block(int tp, bool
   Stopwatch total;
   kernels::set_num_threads(threads_);
   auto comm = make_null_tp_comm(0, tp);
-  nn::Model g(m_, nn::TpContext{0, tp, tp > 1 ? comm.get() : nullptr, sp}, nn::StageSpec{0, 1, false, false});
+  nn::Model g(m_, nn::TpContext{0, tp, tp > 1 ? comm.get() : nullptr, sp, {}}, nn::StageSpec{0, 1, false, false});
   MemoryTracker tracker;
   g.allocate(tracker);
   g.params().initialize(1);
@@ -127,7 +127,7 @@ const MeasuredComputeModel::EndTimes& MeasuredComputeModel::ends(int tp, bool sp
   Stopwatch total;
   kernels::set_num_threads(threads_);
   auto comm = make_null_tp_comm(0, tp);
-  const nn::TpContext ctx{0, tp, tp > 1 ? comm.get() : nullptr, sp};
+  const nn::TpContext ctx{0, tp, tp > 1 ? comm.get() : nullptr, sp, {}};
   MemoryTracker tracker;
   const int64_t N = Bc * Tc;
   std::vector<int32_t> ids(static_cast<std::size_t>(N));

@@ -8,7 +8,9 @@
 
 namespace trident::plan {
 
-std::string Layout::shape() const { return fmt::format("dp{} tp{} pp{}", dp, tp, pp); }
+std::string Layout::shape() const {
+  return fmt::format("dp{} tp{} pp{}", dp, tp, pp) + (ep > 1 ? fmt::format(" ep{}", ep) : "");
+}
 
 std::string Layout::schedule_name() const {
   if (pp == 1) return "-";
@@ -22,6 +24,7 @@ std::string Layout::train_flags() const {
   s += fmt::format(" --micro-batches {}", micro_batches);
   if (virtual_stages > 1) s += fmt::format(" --virtual-stages {}", virtual_stages);
   if (sequence_parallel) s += " --sequence-parallel";
+  if (ep > 1) s += fmt::format(" --ep {}", ep);
   return s;
 }
 

@@ -22,6 +22,7 @@ struct Layout {
   int virtual_stages = 1;                             // V (interleaved only)
   int micro_batches = 1;                              // M per dp rank per step
   bool sequence_parallel = false;                     // only when tp > 1
+  int ep = 1;  // expert-parallel ranks out of dp (mixture of experts; expert parameters / ep)
 
   int world() const { return dp * tp * pp; }
   // "dp2 tp2 pp2"
@@ -44,6 +45,10 @@ struct PlanRequest {
   bool sequence_parallel = false;
   nn::Recompute recompute = nn::Recompute::kNone;  // activation recomputation (memory)
   double bucket_mb = 25.0;       // DDP/ZeRO bucket size (working-set memory)
+  // --offload optimizer: the AdamW moments on disk, three staging blocks of both in memory
+  // per model chunk (optim/moment_store.h).
+  bool offload_optimizer = false;
+  double offload_block_bytes = 4.0 * 1024 * 1024;
   double memory_per_rank = 0.0;  // bytes; 0: unlimited
 };
 

@@ -44,8 +44,10 @@ RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout,
                              nn::Recompute recompute) {
   RankChunks rc;
   rc.tp_comm = make_null_tp_comm(0, layout.tp);
+  // Expert parallelism: ep rank 0's experts (every ep rank holds as many), no exchange needed
+  // to count parameters and activations.
   nn::TpContext tp{0, layout.tp, layout.tp > 1 ? rc.tp_comm.get() : nullptr,
-                   layout.sequence_parallel && layout.tp > 1};
+                   layout.sequence_parallel && layout.tp > 1, nn::EpContext{0, layout.ep, nullptr}};
   const pp::Partition part = pp::partition_layers(model.n_layer, {layout.pp, layout.virtual_stages});
   for (int c = 0; c < layout.virtual_stages; ++c) {
     rc.chunks.push_back(std::make_unique<nn::Model>(model, tp, part.chunk(rank, c)));
@@ -107,6 +109,10 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     mb.params = 4 * (l.zero >= 3 ? shard + std::min(full, 2.0 * static_cast<double>(max_group)) : full);
     mb.grads = 4 * (l.zero >= 2 ? shard + std::min(full, 2.0 * bucket) : full);
     mb.optimizer = 8 * (l.zero >= 1 ? shard : full);
+    if (req.offload_optimizer) {
+      mb.offloaded = mb.optimizer;
+      mb.optimizer = 6.0 * req.offload_block_bytes * static_cast<double>(rc.chunks.size());
+    }
     mb.activations = 4 * act_floats;
     mb.workspace = 4 * work_floats;
     out.by_pp_rank.push_back(mb);

@@ -3,6 +3,8 @@
 // stage, the tied head's copy of the tied embedding on the last, blocks split by pp::partition_layers, tp
 // slices of the padded vocabulary), sharded over dp by the ZeRO stage (ddp_reducer.h):
 //   stage 0: 4Ψ + 4Ψ + 8Ψ     1: 4Ψ + 4Ψ + 8Ψ/N     2: 4Ψ + 4Ψ/N + 8Ψ/N     3: 16Ψ/N
+// (--offload optimizer moves the 8Ψ or 8Ψ/N of the moments to `offloaded`, leaving three
+// staging blocks of both moments, 6 x block bytes, per model chunk resident)
 // plus the step's working sets (ZeRO-2/3: two gradient buckets in flight; ZeRO-3: the gathered
 // values of the current and the prefetched layer group). Activations: the model's own formula
 // (nn::Model::activation_floats, under the request's recompute mode) per micro-batch and
@@ -24,6 +26,7 @@ namespace trident::plan {
 
 struct MemoryBreakdown {
   double params = 0, grads = 0, optimizer = 0, activations = 0, workspace = 0;  // bytes
+  double offloaded = 0;  // on disk (--offload optimizer: the moments); not part of total()
   double total() const { return params + grads + optimizer + activations + workspace; }
 };
 

@@ -94,6 +94,10 @@ std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOp
   }
   out += "memory: the worst pipeline rank, peak during the step; bound: 'cores' = total CPU work / "
          "cores (ranks share cores), 'path' = pipeline critical path + exposed communication\n";
+  if (!plan.rows.empty() && plan.rows.front().memory.worst().offloaded > 0) {
+    out += "optimizer: resident staging only (--offload optimizer); the AdamW moments are on disk, "
+           "not in total\n";
+  }
   if (opt.show_rejected && !plan.rejected.empty()) {
     out += "not valid:\n";
     // One line per layout shape (and interleaving): the reason at the largest micro-batch

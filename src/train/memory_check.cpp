@@ -72,8 +72,9 @@ std::optional<double> available_memory_bytes() {
   return avail;
 }
 
-double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world) {
-  return 16.0 * static_cast<double>(model.num_parameters()) / static_cast<double>(std::max(1, world));
+double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world, bool offload_optimizer) {
+  const double bytes_per_param = offload_optimizer ? 8.0 : 16.0;
+  return bytes_per_param * static_cast<double>(model.num_parameters()) / static_cast<double>(std::max(1, world));
 }
 
 void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::Mesh& mesh) {
@@ -93,20 +94,24 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   };
   const std::string hint = fmt::format(
       "; use a smaller model, or more ranks with --zero 3 / --tp / --pp (or a smaller --batch-size / "
-      "--seq-len, or --grad-accum); `trident plan --model ... --world N --memory-per-rank {:.0f}MiB` "
+      "--seq-len, or --grad-accum, or --offload optimizer --offload-dir DIR); `trident plan --model ... --world N --memory-per-rank {:.0f}MiB` "
       "lists the layouts that fit. TRIDENT_MEMORY_CHECK=0 skips this check",
       *avail / local / (1024.0 * 1024.0));
   const int world = mesh.size();
 
   // 1. The bound that needs nothing built.
-  const double floor_per_rank = lower_bound_bytes_per_rank(model, world);
+  const bool offload = cfg.engine.offload.optimizer();
+  const double floor_per_rank = lower_bound_bytes_per_rank(model, world, offload);
   const double floor_node = node_sum(floor_per_rank);
   if (floor_node > *avail) {
     MPI_Comm_free(&node);
-    TRI_FAIL("the model ({}) cannot be built here: its {} parameters need at least 16 bytes each "
-             "(weights, gradients, two AdamW moments), {} per rank even split over all {} ranks, {} "
+    TRI_FAIL("the model ({}) cannot be built here: its {} parameters need at least {} bytes each "
+             "in memory ({}), {} per rank even split over all {} ranks, {} "
              "for the {} rank(s) on this node, but only {} is available{}",
-             model.describe(), model.num_parameters(), format_bytes(floor_per_rank), world,
+             model.describe(), model.num_parameters(), offload ? 8 : 16,
+             offload ? "weights and gradients; the AdamW moments are offloaded"
+                     : "weights, gradients, two AdamW moments",
+             format_bytes(floor_per_rank), world,
              format_bytes(floor_node), local, format_bytes(*avail), hint);
   }
 
@@ -120,10 +125,13 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   req.bucket_mb = cfg.engine.bucket_mb;
   req.sequence_parallel = cfg.engine.sequence_parallel;
   req.recompute = cfg.engine.recompute;
+  req.offload_optimizer = offload;
+  req.offload_block_bytes = static_cast<double>(cfg.engine.offload.block_bytes());
   plan::Layout layout;
   layout.dp = cfg.parallel.dp;
   layout.tp = cfg.parallel.tp;
   layout.pp = cfg.parallel.pp;
+  layout.ep = cfg.parallel.ep;
   layout.zero = cfg.engine.zero;
   layout.schedule = cfg.engine.schedule;
   layout.virtual_stages = cfg.parallel.pp > 1 ? cfg.engine.virtual_stages : 1;
@@ -147,13 +155,14 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   const double node_total = node_sum(mine ? mine->total() + snapshot : 0.0);
   MPI_Comm_free(&node);
   if (!mine || node_total <= *avail) return;
-  TRI_FAIL("the model ({}) at this layout needs about {} on this rank (parameters {}, gradients {}, "
-           "optimizer state {}, activations {}, workspace {}: trident plan's memory model; "
-           "--async-ckpt snapshot {}), {} for the {} rank(s) on this node, but only {} is available{}",
+  TRI_FAIL("the model ({}) at this layout needs about {} resident on this rank (parameters {}, "
+           "gradients {}, optimizer state {}, activations {}, workspace {}: trident plan's memory "
+           "model; --async-ckpt snapshot {}; offloaded to disk, not counted: {}), {} for the {} "
+           "rank(s) on this node, but only {} is available{}",
            model.describe(), format_bytes(mine->total() + snapshot), format_bytes(mine->params),
            format_bytes(mine->grads), format_bytes(mine->optimizer), format_bytes(mine->activations),
-           format_bytes(mine->workspace), format_bytes(snapshot), format_bytes(node_total), local,
-           format_bytes(*avail), hint);
+           format_bytes(mine->workspace), format_bytes(snapshot), format_bytes(mine->offloaded),
+           format_bytes(node_total), local, format_bytes(*avail), hint);
 }
 
 }  // namespace trident::train

@@ -1,6 +1,7 @@
 // Refusing, before anything is allocated, a model this machine cannot hold. First a bound that
 // needs no construction at all (weights, gradients and both AdamW moments are 16 bytes per
-// parameter, at best split over every rank: 16 Psi / world), so a config.json with n_layer 1e9
+// parameter, at best split over every rank: 16 Psi / world; 8 Psi / world with the moments
+// offloaded to disk), so a config.json with n_layer 1e9
 // fails in microseconds instead of allocating until bad_alloc; then trident plan's memory
 // model (plan/memory_model.h, the same numbers `trident plan` prints) for this exact layout,
 // summed over the ranks that share this node, against the memory the node has available
@@ -25,8 +26,8 @@ std::optional<double> available_memory_bytes();
 // and for the node) and what is available, with what to change.
 void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::Mesh& mesh);
 
-// The construction-free lower bound: 16 bytes per parameter over `world` ranks (the parameter
-// count in checked 64-bit arithmetic).
-double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world);
+// The construction-free lower bound: 16 bytes per parameter over `world` ranks, 8 when the
+// AdamW moments are offloaded (the parameter count in checked 64-bit arithmetic).
+double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world, bool offload_optimizer = false);
 
 }  // namespace trident::train

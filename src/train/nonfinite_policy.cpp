@@ -12,6 +12,11 @@ std::string NonfiniteGuard::record(int64_t step, const parallel::StepStats& stat
     consecutive_ = 0;
     return {};
   }
+  if (stats.overflow) {  // fp16: the loss scaler backs off; not a poisoned step
+    ++overflows_;
+    return fmt::format("step {}: fp16 gradients overflowed at loss scale {:g}; the update was skipped "
+                       "and the scale lowered (Megatron-style dynamic loss scaling)", step, stats.loss_scale);
+  }
   ++consecutive_;
   ++total_;
   const std::string what = fmt::format("step {}: loss {} and grad norm {} (not finite on some rank)",

@@ -2,8 +2,12 @@
 // some rank. The engine has already skipped that step's update on every rank (weights, AdamW
 // moments and its step counter are unchanged, see parallel::StepStats::skipped); this policy
 // decides whether the run goes on (--on-nonfinite skip, at most --max-bad-steps such steps in
-// a row) or stops (--on-nonfinite stop). A skipped step still counts as a step: the LR schedule
-// and the data order (both functions of the step) advance past it, as in Megatron-LM.
+// a row) or stops (--on-nonfinite stop). A skipped step still counts as a step for the data
+// order (a function of the step), but not for the LR schedule, which is a function of the
+// updates applied: as in Megatron-LM, whose train_step advances its scheduler only when the
+// update succeeded. With --precision fp16 a step whose scaled gradients overflowed while the
+// loss stayed finite is the loss scaler's business (StepStats::overflow): it is noted, not
+// counted as poisoned.
 // Every rank sees the same StepStats, so every rank takes the same decision.
 #pragma once
 
@@ -26,12 +30,14 @@ class NonfiniteGuard {
 
   int consecutive_bad() const { return consecutive_; }
   int64_t total_skipped() const { return total_; }
+  int64_t total_overflows() const { return overflows_; }
 
  private:
   NonfinitePolicy policy_;
   int max_bad_steps_;
   int consecutive_ = 0;
   int64_t total_ = 0;
+  int64_t overflows_ = 0;
 };
 
 }  // namespace trident::train

@@ -39,6 +39,7 @@ std::span<const std::string_view> enum_names(data::DataOrder) { return data::dat
 std::span<const std::string_view> enum_names(optim::LrSchedule::Kind) { return optim::lr_schedule_kind_names(); }
 std::span<const std::string_view> enum_names(pp::ScheduleKind) { return pp::schedule_kind_names(); }
 std::span<const std::string_view> enum_names(NonfinitePolicy) { return kNonfiniteNames; }
+std::span<const std::string_view> enum_names(optim::OffloadKind) { return optim::offload_kind_names(); }
 std::span<const std::string_view> enum_names(nn::Recompute) { return nn::recompute_names(); }
 std::span<const std::string_view> enum_names(kernels::Precision) { return kernels::precision_names(); }
 
@@ -167,6 +168,10 @@ void validate_run_config(const RunConfig& cfg) {
             "batch size {} is not divisible by dp {}: each data-parallel rank takes "
             "batch_size / dp sequences; use a batch size that is a multiple of {}",
             d.batch_size, p.dp, p.dp);
+  TRI_CHECK(p.dp % p.ep == 0,
+            "ep {} does not divide dp {}: expert parallelism splits the experts over groups of ep "
+            "data-parallel ranks; choose an ep that divides dp (or a dp that is a multiple of {})",
+            p.ep, p.dp, p.ep);
   TRI_CHECK(p.micro_batches == 0 || d.grad_accum == 1 || p.micro_batches == d.grad_accum,
             "micro_batches {} and grad_accum {} disagree: both give the micro-batches per step "
             "(micro_batches 0 means grad_accum); set only one",
@@ -183,6 +188,12 @@ void validate_run_config(const RunConfig& cfg) {
             "virtual_stages {} needs schedule interleaved (got {}): only the interleaved "
             "schedule places several model chunks on one pipeline rank",
             e.virtual_stages, enum_name(e.schedule));
+  TRI_CHECK(!e.offload.optimizer() || !e.offload.dir.empty(),
+            "--offload {} needs --offload-dir DIR: an existing directory on a local disk with room "
+            "for 8 bytes per parameter (the AdamW moments)", enum_name(e.offload.kind));
+  TRI_CHECK(e.offload.block_kib % 4 == 0,
+            "offload_block_kib {} is not a multiple of 4: direct I/O moves whole 4 KiB pages; use "
+            "{}", e.offload.block_kib, (e.offload.block_kib + 3) / 4 * 4);
   TRI_CHECK(!o.min_lr || *o.min_lr <= o.lr,
             "min_lr {} is above lr {}: the schedule decays from lr down to min_lr", *o.min_lr,
             o.lr);
@@ -266,7 +277,17 @@ nn::ModelConfig resolve_model_config(const ModelOptions& m) {
   if (m.n_positions) g.n_positions = m.n_positions;
   if (m.vocab_size) g.vocab_size = m.vocab_size;
   if (m.vocab_pad_multiple) g.vocab_pad_multiple = m.vocab_pad_multiple;
+  g = with_objective_overrides(g, m);
   g.validate();
+  return g;
+}
+
+nn::ModelConfig with_objective_overrides(nn::ModelConfig g, const ModelOptions& m) {
+  if (m.moe_aux_loss_coef) {
+    TRI_CHECK(g.is_moe(), "--moe-aux-loss-coef {} weights a mixture-of-experts load-balancing loss, but "
+              "this model ({}) has no experts; drop the flag", *m.moe_aux_loss_coef, nn::family_name(g.family));
+    g.router_aux_loss_coef = *m.moe_aux_loss_coef;
+  }
   return g;
 }
 

@@ -44,8 +44,9 @@ std::span<const std::string_view> enum_names(data::DataOrder);          // rando
 std::span<const std::string_view> enum_names(optim::LrSchedule::Kind);  // cosine, constant
 std::span<const std::string_view> enum_names(pp::ScheduleKind);         // gpipe, 1f1b, interleaved
 std::span<const std::string_view> enum_names(NonfinitePolicy);          // skip, stop
+std::span<const std::string_view> enum_names(optim::OffloadKind);       // none, optimizer
 std::span<const std::string_view> enum_names(nn::Recompute);            // none, selective, full
-std::span<const std::string_view> enum_names(kernels::Precision);       // fp32, bf16
+std::span<const std::string_view> enum_names(kernels::Precision);       // fp32, bf16, fp16
 
 template <class E>
   requires std::is_enum_v<E>
@@ -117,6 +118,7 @@ struct ModelOptions {
   int n_positions;         // 0: from the preset
   int vocab_size;          // 0: from the preset
   int vocab_pad_multiple;  // 0: from the preset
+  std::optional<double> moe_aux_loss_coef;  // unset: the preset's / config.json's router_aux_loss_coef
   ModelOptions();
 };
 
@@ -142,6 +144,8 @@ void for_each_field(S& o, V&& v) {
         .shown_as("0 = from the preset").alias("vocab n_vocab"), o.vocab_size);
   v(field("vocab_pad_multiple", 0, "override: pad embedding rows to a multiple of this (and of tp)")
         .at_least(0).shown_as("0 = from the preset").alias("pad_vocab_multiple vocab_padding"), o.vocab_pad_multiple);
+  v(field("moe_aux_loss_coef", std::optional<double>{}, "override (mixture of experts): weight of the load-balancing loss added to the objective (Hugging Face's router_aux_loss_coef; docs/moe.md)")
+        .at_least(0).shown_as("from the preset").alias("router_aux_loss_coef aux_loss_coef moe_aux_loss_coeff load_balancing_coef"), o.moe_aux_loss_coef);
 }
 
 // ---- [data]: what the model reads, and how much per step.
@@ -176,8 +180,8 @@ void for_each_field(S& o, V&& v) {
         .alias("eval_iters val_batches val_steps eval_steps"), o.eval_batches);
 }
 
-// ---- [optim]: the learning-rate schedule, and the engine's AdamW and gradient clipping
-// (RunConfig::engine: weight_decay, beta1, beta2, eps, grad_clip).
+// ---- [optim]: the learning-rate schedule, and the engine's AdamW, gradient clipping and fp16
+// loss scaling (RunConfig::engine: weight_decay, beta1, beta2, eps, grad_clip, loss_scaler).
 struct OptimOptions {
   double lr;                    // peak learning rate
   std::optional<double> min_lr;  // floor of the cosine decay; unset: lr / 10 (filled in by parsing)
@@ -214,20 +218,29 @@ void for_each_field(S& o, E& e, V&& v) {
         .alias("clip_grad max_grad_norm clip_grad_norm grad_norm_clip"), e.grad_clip);
   v(field("on_nonfinite", NonfinitePolicy::kSkip,
           "a step whose loss or grad norm is NaN/inf on any rank is never applied (weights, moments, "
-          "Adam step unchanged; the LR schedule and data still advance); skip: go on, stop: end the run")
+          "Adam step unchanged; the data order advances, the LR schedule does not, as in Megatron-LM); skip: go on, stop: end the run")
         .alias("nonfinite nan_policy skip_nan on_nan"), o.on_nonfinite);
   v(field("max_bad_steps", 5, "with on_nonfinite skip: stop with an error after this many non-finite "
                               "steps in a row").at_least(1)
         .alias("max_skipped_steps max_nan_steps bad_steps"), o.max_bad_steps);
+  v(field("initial_loss_scale", d.loss_scaler.initial_scale, "precision fp16: the loss scale of the first step (backward runs on loss x scale; a step whose scaled gradients overflow is skipped on every rank)")
+        .above(0).shown_as("2^32").alias("loss_scale init_loss_scale initial_scale"), e.loss_scaler.initial_scale);
+  v(field("min_loss_scale", d.loss_scaler.min_scale, "precision fp16: the scale never drops below this; an overflow at it is a non-finite step (on_nonfinite)")
+        .above(0).alias("min_scale loss_scale_min"), e.loss_scaler.min_scale);
+  v(field("loss_scale_window", d.loss_scaler.growth_interval, "precision fp16: clean steps in a row before the loss scale doubles")
+        .at_least(1).alias("growth_interval scale_window"), e.loss_scaler.growth_interval);
+  v(field("hysteresis", d.loss_scaler.hysteresis, "precision fp16: overflowing steps tolerated before the loss scale halves (refilled when it grows)")
+        .at_least(1).alias("loss_scale_hysteresis"), e.loss_scaler.hysteresis);
 }
 
 // ---- [parallel]: how the work is laid out over dp * tp * pp ranks: the mesh shape and the
 // micro-batch count here, the rest the engine's options (RunConfig::engine: zero, schedule,
-// virtual_stages, balance_stages, sequence_parallel, recompute, bucket_mb, overlap).
+// virtual_stages, balance_stages, sequence_parallel, recompute, bucket_mb, overlap, offload).
 struct ParallelOptions {
   int dp;             // data-parallel replicas
   int tp;             // tensor-parallel ranks per layer
   int pp;             // pipeline stages
+  int ep;             // expert-parallel ranks, out of dp (mixture of experts)
   int micro_batches;  // pipeline micro-batches per step; 0: grad_accum
   ParallelOptions();
   int world_size() const { return dp * tp * pp; }
@@ -243,6 +256,8 @@ void for_each_field(S& o, E& e, V&& v) {
         .alias("tensor_parallel tensor_model_parallel_size tp_size"), o.tp);
   v(field("pp", 1, "pipeline stages").at_least(1)
         .alias("pipeline_parallel pipeline_model_parallel_size pp_size stages"), o.pp);
+  v(field("ep", 1, "expert-parallel ranks (mixture of experts): each group of ep dp ranks splits every layer's experts between them and exchanges tokens by all-to-all; ep divides dp and num_local_experts; ZeRO must be 0 (docs/moe.md)")
+        .at_least(1).alias("expert_parallel expert_model_parallel_size ep_size moe_expert_parallel"), o.ep);
   v(field("zero", d.zero, "ZeRO stage over dp: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters")
         .at_least(0).at_most(3).alias("zero_stage stage"), e.zero);
   v(field("schedule", d.schedule, "pipeline schedule (used when pp > 1)")
@@ -263,6 +278,13 @@ void for_each_field(S& o, E& e, V&& v) {
         .alias("bucket_size bucket_cap_mb bucket_size_mb"), e.bucket_mb);
   v(field("overlap", d.overlap, "overlap gradient communication with backward")
         .alias("overlap_comm overlap_grad_reduce"), e.overlap);
+  v(field("offload", d.offload.kind,
+          "none; optimizer: the AdamW moments this rank owns (its ZeRO shard) live in a file under --offload-dir, streamed through in blocks with io_uring while the update runs (results bitwise as none; see docs/memory.md)")
+        .alias("offload_optimizer cpu_offload optimizer_offload zero_offload offload_device"), e.offload.kind);
+  v(field("offload_dir", d.offload.dir, "directory (existing, writable, with room for 8 bytes per parameter) for --offload's files, one per rank; two live runs cannot share it")
+        .placeholder("DIR").shown_as("none").alias("nvme_path offload_path swap_dir offload_folder"), e.offload.dir);
+  v(field("offload_block_kib", d.offload.block_kib, "--offload: KiB of one moment per I/O block (a multiple of 4); three blocks of both moments stay in memory")
+        .at_least(4).alias("offload_block_size buffer_size offload_buffer_size"), e.offload.block_kib);
 }
 
 // ---- [train]: the run itself.
@@ -317,7 +339,7 @@ void for_each_field(S& o, E& e, V&& v) {
   v(field("threads", 0, "OpenMP threads per rank").at_least(0).shown_as("0 = OpenMP's default")
         .alias("num_threads omp_threads nthreads"), o.threads);
   v(field("precision", parallel::EngineOptions{}.precision,
-          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style); parameters, gradients, optimizer and checkpoints stay fp32")
+          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style); fp16: the same with fp16 operands (overflow beyond 65504 is inf) and dynamic loss scaling ([optim] initial_loss_scale, loss_scale_window, hysteresis, min_loss_scale); parameters, gradients, optimizer and checkpoints stay fp32")
         .alias("dtype mixed_precision amp autocast compute_dtype"), e.precision);
   v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)
         .alias("log_interval print_every"), o.log_every);
@@ -429,5 +451,8 @@ uint64_t run_config_hash(const RunConfig& cfg);
 // overrides applied, validated. (With train.init_from set the caller reads that directory's
 // config.json instead.)
 nn::ModelConfig resolve_model_config(const ModelOptions& model);
+// `model` with the [model] options that weight the objective rather than shape the network
+// (moe_aux_loss_coef) applied: also honoured for a model loaded with --init-from.
+nn::ModelConfig with_objective_overrides(nn::ModelConfig model, const ModelOptions& options);
 
 }  // namespace trident::train

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -23,6 +24,7 @@
 #include "train/checkpointing.h"
 #include "train/ckpt_dir_owner.h"
 #include "train/flops.h"
+#include "train/loss_scaler_state.h"
 #include "train/memory_check.h"
 #include "train/nonfinite_policy.h"
 #include "train/pipeline_report.h"
@@ -32,6 +34,18 @@
 namespace trident::train {
 
 namespace {
+
+// Per layer, the fewest and the most tokens of the step's global batch any one expert got.
+nlohmann::json expert_load_json(const std::vector<int64_t>& load, int n_experts) {
+  nlohmann::json mn = nlohmann::json::array(), mx = nlohmann::json::array();
+  for (std::size_t at = 0; at + static_cast<std::size_t>(n_experts) <= load.size(); at += static_cast<std::size_t>(n_experts)) {
+    const auto [lo, hi] = std::minmax_element(load.begin() + static_cast<std::ptrdiff_t>(at),
+                                              load.begin() + static_cast<std::ptrdiff_t>(at) + n_experts);
+    mn.push_back(*lo);
+    mx.push_back(*hi);
+  }
+  return {{"min", mn}, {"max", mx}};
+}
 
 nlohmann::json memory_json(const MemoryTracker& t) {
   nlohmann::json j;
@@ -70,9 +84,10 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   if (cfg.train.threads > 0) kernels::set_num_threads(cfg.train.threads);
   comm::check_same_across_ranks(mesh.world(), "the run configuration", run_config_hash(cfg));
 
-  // The shape of a model loaded with --init-from is whatever its config.json says.
+  // The shape of a model loaded with --init-from is whatever its config.json says; the
+  // objective's weights (--moe-aux-loss-coef) still apply.
   const nn::ModelConfig model_cfg = cfg.train.init_from.empty() ? resolve_model_config(cfg.model)
-                                                              : source->config;
+                                                              : with_objective_overrides(source->config, cfg.model);
   check_model_fits(model_cfg, cfg, mesh);  // before anything is allocated
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
                                     "and PREFIX_val.bin, written by `trident prepare`)");
@@ -104,6 +119,9 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   if (!cfg.train.resume.empty()) {
     start_step = load_into_engine(engine, *source, /*with_optimizer=*/true);
     if (lead) fmt::print(stderr, "resumed from {} at step {}\n", source->path, start_step);
+    if (restore_loss_scaler_state(engine, *source) && lead) {
+      fmt::print(stderr, "fp16 loss scale {:g} restored from the checkpoint\n", engine.loss_scaler()->scale());
+    }
   } else if (source) {
     load_into_engine(engine, *source, /*with_optimizer=*/false);
     if (lead) fmt::print(stderr, "initialised from {}\n", source->path);
@@ -139,11 +157,13 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     TRI_CHECK(metrics.good(), "cannot open the metrics file {} for writing", cfg.train.metrics);
   }
   auto run_state = [&](int64_t step) {
-    return nlohmann::json{{"run_config", to_json(cfg)},
-                          {"step", step},
-                          {"data", {{"order", enum_name(cfg.data.data_order)}, {"next_step", step},
-                                    {"seed", cfg.train.seed}}},
-                          {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
+    nlohmann::json state{{"run_config", to_json(cfg)},
+                         {"step", step},
+                         {"data", {{"order", enum_name(cfg.data.data_order)}, {"next_step", step},
+                                   {"seed", cfg.train.seed}}},
+                         {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
+    add_loss_scaler_state(engine, state);
+    return state;
   };
   auto save = [&](int64_t step) {
     const std::string dir = save_checkpoint(engine, cfg.train.ckpt_dir, step, run_state(step));
@@ -175,7 +195,10 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     progress.note("saved " + *dir);
   };
   for (int64_t step = start_step; step < end_step; ++step) {
-    const float lr = schedule.at(step);
+    // The schedule follows the updates applied, the data the steps taken: a skipped step
+    // (poisoned, or an fp16 overflow) repeats its learning rate at the next step, as
+    // Megatron-LM advances its scheduler only after a successful update.
+    const float lr = schedule.at(engine.optimizer_step());
     batch_log.record(step, sampler);
     tracker.reset_peaks();
     Stopwatch step_clock;
@@ -200,7 +223,11 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                            {"mfu", tps * flops_per_token / peak_flops},
                            {"memory", memory_json(tracker)}};
     if (const auto idle = pipeline_report.record_step()) line["pipeline_idle"] = *idle;
-    if (model_cfg.is_moe()) line["aux_loss"] = stats.aux_loss;  // `loss` is the cross-entropy
+    if (model_cfg.is_moe()) {
+      line["aux_loss"] = stats.aux_loss;  // `loss` is the cross-entropy
+      line["expert_load"] = expert_load_json(stats.expert_load, model_cfg.n_experts);
+    }
+    if (engine.loss_scaler() != nullptr) line["loss_scale"] = stats.loss_scale;  // this step's
     const bool eval_now = eval_batches && (done % cfg.data.eval_every == 0 || done == end_step);
     if (eval_now) {
       const double val = evaluate(engine, *eval_batches);

@@ -72,6 +72,32 @@ def main():
         expect_error("Mixtral config.json routing each token to more experts than it has",
                      base + ["--data", f"{d}/ok", "--model", config_file("k5", {**mixtral, "num_experts_per_tok": 5})],
                      "num_experts_per_tok 5 must be between 1 and num_local_experts 4")
+        # Expert parallelism (issue 15): ep must divide dp and the experts; ZeRO and dense models
+        # are refused with the fix.
+        moe = base + ["--data", f"{d}/ok", "--model", "mixtral-tiny"]
+        expect_error("--ep that does not divide --dp", [mpirun(), "-n", "2"] + moe + ["--dp", "2", "--ep", "4"],
+                     "ep 4 does not divide dp 2", "choose an ep that divides dp")
+        expect_error("--ep that does not divide the experts",
+                     [mpirun(), "-n", "2"] + base + ["--data", f"{d}/ok", "--dp", "2", "--ep", "2", "--model",
+                                                     config_file("e3", {**mixtral, "num_local_experts": 3})],
+                     "--ep 2 does not divide the 3 experts", "choose an ep that divides 3")
+        expect_error("--ep with ZeRO", [mpirun(), "-n", "2"] + moe + ["--dp", "2", "--ep", "2", "--zero", "1"],
+                     "--ep 2 with --zero 1 is not supported", "use --zero 0 with --ep")
+        expect_error("--ep with a dense model", [mpirun(), "-n", "2"] + base + ["--data", f"{d}/ok", "--dp", "2", "--ep", "2"],
+                     "--ep 2 splits a mixture-of-experts model", "use --ep 1")
+        rc, _, err = run(moe + ["--ckpt-dir", f"{d}/moe4"])
+        check("a Mixtral run writes a checkpoint", rc == 0, err[-500:])
+        # Its step directory with a config.json claiming 8 experts, loaded at ep 2.
+        import shutil
+        shutil.copytree(f"{d}/moe4/step_00000002", f"{d}/moe8")
+        with open(f"{d}/moe8/config.json") as f:
+            e8 = {**json.load(f), "num_local_experts": 8}
+        with open(f"{d}/moe8/config.json", "w") as f:
+            json.dump(e8, f)
+        expect_error("a checkpoint whose expert count differs from its config.json",
+                     [mpirun(), "-n", "2"] + base + ["--data", f"{d}/ok", "--init-from", f"{d}/moe8", "--dp", "2",
+                                                     "--ep", "2"],
+                     "checkpoint has num_local_experts 4 but the model has 8")
         expect_error("config.json whose keys contradict its model_type",
                      base + ["--data", f"{d}/ok", "--model", config_file("mixed", {**llama, "n_embd": 32})],
                      "mixes two model families", "n_embd")

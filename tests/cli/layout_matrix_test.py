@@ -71,7 +71,10 @@ LLAMA_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 3, "1f1b"), (4, 2, 1, 0, "1f1b"), 
               (2, 2, 2, 0, "1f1b"), (2, 2, 2, 3, "gpipe"), (1, 4, 2, 0, "interleaved"), (1, 1, 8, 0, "1f1b")]
 # Mixtral (4 layers of 4 experts, top-2, aux loss on): Llama's rows with 4 pipeline stages at most
 # (one layer each) instead of 8.
-MIXTRAL_ROWS = [r for r in LLAMA_ROWS if r[2] <= 4] + [(1, 2, 4, 0, "1f1b")]
+# Expert parallelism (a 6th entry, ep; 1 when absent): the ep group out of dp, with tp and pp.
+MIXTRAL_ROWS = [r for r in LLAMA_ROWS if r[2] <= 4] + [(1, 2, 4, 0, "1f1b")] + [
+    (8, 1, 1, 0, "1f1b", 4), (8, 1, 1, 0, "1f1b", 2), (4, 2, 1, 0, "1f1b", 4), (4, 1, 2, 0, "1f1b", 2),
+    (2, 2, 2, 0, "gpipe", 2), (2, 1, 4, 0, "1f1b", 2)]
 LLAMA_TIED_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 88,
     "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
@@ -105,7 +108,8 @@ def main():
     only = os.environ.get("TRIDENT_MATRIX_ONLY")  # e.g. "2,2,2" to run one layout while debugging
     mutation = os.environ.get("TRIDENT_MATRIX_MUTATE", "").split()  # extra flags for the layouts
     model = sys.argv[2] if len(sys.argv) > 2 else "tiny"
-    rows = [r for r in layouts(model) if not only or only == f"{r[0]},{r[1]},{r[2]}"]
+    rows = [r if len(r) == 6 else r + (1,) for r in layouts(model)]
+    rows = [r for r in rows if not only or only == f"{r[0]},{r[1]},{r[2]}" + (f",ep{r[5]}" if r[5] > 1 else "")]
     compared = 0
     with tempfile.TemporaryDirectory() as d:
         model_arg = model
@@ -134,16 +138,18 @@ def main():
         print(f"bounds: loss {[f'{loss_bound(k):.1e}' for k in range(1, STEPS + 1)]} relative, grad norm "
               f"{[f'{grad_norm_bound(k):.1e}' for k in range(1, STEPS + 1)]} relative, weights {w_bound:.2e} "
               f"absolute (N = {n_params})")
-        print(f"{'dp':>3} {'tp':>3} {'pp':>3} {'zero':>4} {'schedule':>11} {'M':>2} | "
+        print(f"{'dp':>3} {'tp':>3} {'pp':>3} {'ep':>3} {'zero':>4} {'schedule':>11} {'M':>2} | "
               f"{'loss rel dev':>12} {'norm rel dev':>12} {'weight abs dev':>14}")
-        for dp, tp, pp, z, s in rows:
-            tag = f"dp{dp}_tp{tp}_pp{pp}_z{z}_{s}"
+        for dp, tp, pp, z, s, ep in rows:
+            tag = f"dp{dp}_tp{tp}_pp{pp}_z{z}_{s}" + (f"_ep{ep}" if ep > 1 else "")
             # Micro-batches: 2 per dp rank without pipelining, 4 with (interleaving needs M % pp == 0).
             m = 2 if pp == 1 else (pp if s == "interleaved" else 4)
             extra = ["--dp", str(dp), "--tp", str(tp), "--pp", str(pp), "--zero", str(z),
                      "--schedule", s, "--micro-batches", str(m)]
             if s == "interleaved":
                 extra += ["--virtual-stages", "2"]
+            if ep > 1:
+                extra += ["--ep", str(ep)]
             rc, _, err = run([mpirun(), "-n", "8", T] + common + extra + mutation +
                              ["--ckpt-dir", f"{d}/{tag}", "--metrics", f"{d}/{tag}.jsonl"],
                              env={"TRIDENT_COMM_TIMEOUT": "120"})
@@ -156,7 +162,7 @@ def main():
             w_dev, where = st.max_abs_diff(st.load(f"{d}/{tag}/step_{STEPS:08d}/model.safetensors"), ref_w)
             n = min(len(loss), STEPS)
             loss_dev, norm_dev = max_rel(loss[:n], ref_loss[:n]), max_rel(norm[:n], ref_norm[:n])
-            print(f"{dp:>3} {tp:>3} {pp:>3} {z:>4} {s:>11} {m:>2} | {loss_dev:>12.2e} {norm_dev:>12.2e} "
+            print(f"{dp:>3} {tp:>3} {pp:>3} {ep:>3} {z:>4} {s:>11} {m:>2} | {loss_dev:>12.2e} {norm_dev:>12.2e} "
                   f"{w_dev:>14.2e}  ({where})", flush=True)
             check(f"layout {tag} ran {STEPS} steps", len(loss) == STEPS, f"{len(loss)} metrics lines")
             bad_loss = [k + 1 for k in range(n) if abs(loss[k] - ref_loss[k]) > loss_bound(k + 1) * abs(ref_loss[k])]
@@ -173,6 +179,11 @@ def main():
                 bad_aux = [k + 1 for k in range(n) if abs(aux[k] - ref_aux[k]) > loss_bound(k + 1) * abs(ref_aux[k])]
                 print(f"    aux loss rel dev {max_rel(aux, ref_aux):.2e}")
                 check(f"layout {tag} aux losses", not bad_aux, f"steps {bad_aux}: {aux} vs {ref_aux}")
+                # Per-layer expert load (fewest / most tokens any expert got): integers, equal in
+                # every layout iff every layer's routing histogram is, and k x tokens in all.
+                load = [x["expert_load"] for x in got][:n]
+                ref_load = [m["expert_load"] for m in ref][:n]
+                check(f"layout {tag} expert load", load == ref_load, f"{load} vs {ref_load}")
             compared += 1
     # A matrix that compared nothing (a filter that matches no row, every run failing) fails.
     want = len(layouts(model)) if not only else max(1, len(rows))

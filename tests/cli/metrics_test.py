@@ -4,7 +4,9 @@ otherwise; tokens and tokens_per_s follow from B*T and
 step_ms; mfu = tokens_per_s * (6N + 12 L C T) / peak with one peak (the start-up sgemm probe)
 for the whole run, N the parameters without the position table; memory holds every category,
 parameters/gradients/optimizer_state at exactly 4/4/8 bytes per allocated element; val_loss
-appears on evaluation steps; under --pp also pipeline_idle."""
+appears on evaluation steps; under --pp also pipeline_idle. Mixture of experts: aux_loss and
+expert_load (per layer the fewest / most tokens an expert got, bracketing k x tokens / E), and
+--moe-aux-loss-coef X trains exactly like a config.json with router_aux_loss_coef X."""
 import os
 import sys
 import tempfile
@@ -19,7 +21,7 @@ N_LOGICAL = 135744
 N_ALLOCATED = N_LOGICAL + (PADDED - VOCAB) * C
 FLOPS_PER_TOKEN = 6 * (N_LOGICAL - NPOS * C) + 12 * L * C * SEQ
 CATEGORIES = {"parameters", "gradients", "optimizer_state", "activations", "workspace", "comm_buffers", "ckpt_snapshot",
-              "total"}
+              "offloaded", "total"}
 
 
 def main():
@@ -57,7 +59,8 @@ def main():
             check(f"step {s}: memory has every category, exact 4/4/8 bytes per element for the state",
                   set(mem) == CATEGORIES and mem["parameters"] == 4 * N_ALLOCATED and
                   mem["gradients"] == 4 * N_ALLOCATED and mem["optimizer_state"] == 8 * N_ALLOCATED and
-                  mem["activations"] > 0 and mem["total"] >= sum(v for k, v in mem.items() if k != "total"),
+                  mem["activations"] > 0 and mem["offloaded"] == 0 and
+                  mem["total"] >= sum(v for k, v in mem.items() if k != "total"),
                   str(mem))
             check(f"step {s}: val_loss exactly on evaluation steps", ("val_loss" in x) == (s % 3 == 0))
             check(f"step {s}: no pipeline_idle without a pipeline", "pipeline_idle" not in x)
@@ -77,6 +80,47 @@ def main():
                   str([x.get("pipeline_idle") for x in pm]))
 
 
+def mixtral():
+    import json
+    build = sys.argv[1]
+    T = trident(build)
+    with tempfile.TemporaryDirectory() as d:
+        write_shard(f"{d}/syn_train.bin", synthetic_tokens(20000, VOCAB, 5))
+        write_shard(f"{d}/syn_val.bin", synthetic_tokens(4000, VOCAB, 6))
+        common = ["train", "--data", f"{d}/syn", "--batch-size", str(B), "--seq-len", str(SEQ), "--steps", "3",
+                  "--eval-every", "0", "--log-every", "100", "--lr", "3e-3"]
+        rc, _, err = run([T] + common + ["--model", "mixtral-tiny", "--ckpt-dir", f"{d}/ck", "--metrics", f"{d}/m.jsonl"])
+        check("a Mixtral run with --metrics", rc == 0, err[-500:] if rc else "")
+        if rc:
+            return
+        m = read_metrics(f"{d}/m.jsonl")
+        E, K, L_MOE = 4, 2, 4  # mixtral-tiny
+        for x in m:
+            lo, hi = x["expert_load"]["min"], x["expert_load"]["max"]
+            check(f"step {x['step']}: expert_load has min and max per layer with min*E <= k*tokens <= max*E",
+                  len(lo) == len(hi) == L_MOE and all(0 <= a <= b and a * E <= K * B * SEQ <= b * E for a, b in zip(lo, hi)),
+                  str(x["expert_load"]))
+        # The flag and the config.json key are one fact: the same run either way; a different
+        # coefficient changes the gradient.
+        with open(f"{d}/ck/step_00000003/config.json") as f:
+            cfg = json.load(f)
+        cfg["router_aux_loss_coef"] = 0.5
+        with open(f"{d}/half.json", "w") as f:
+            json.dump(cfg, f)
+        runs = {}
+        for name, flags in [("config.json 0.5", ["--model", f"{d}/half.json"]),
+                            ("flag 0.5", ["--model", "mixtral-tiny", "--moe-aux-loss-coef", "0.5"])]:
+            rc, _, err = run([T] + common + flags + ["--metrics", f"{d}/{len(runs)}.jsonl"])
+            check(f"Mixtral run with {name}", rc == 0, err[-500:] if rc else "")
+            runs[name] = [(x["loss"], x["grad_norm"]) for x in read_metrics(f"{d}/{len(runs)}.jsonl")] if rc == 0 else None
+        check("--moe-aux-loss-coef 0.5 trains exactly as router_aux_loss_coef 0.5 in config.json",
+              runs["flag 0.5"] is not None and runs["flag 0.5"] == runs["config.json 0.5"], str(runs))
+        check("a different aux coefficient changes the gradient",
+              runs["flag 0.5"] is not None and runs["flag 0.5"][0][1] != m[0]["grad_norm"],
+              f"{runs['flag 0.5']} vs {m[0]['grad_norm']}")
+
+
 if __name__ == "__main__":
     main()
+    mixtral()
     finish()

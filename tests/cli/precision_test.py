@@ -59,7 +59,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         write_shard(f"{d}/syn_train.bin", synthetic_tokens(20000, VOCAB, 11))
         write_shard(f"{d}/syn_val.bin", synthetic_tokens(3000, VOCAB, 12))
-        rc, _, err = run([T, "train", "--model", "tiny", "--data", f"{d}/syn", "--steps", "1", "--precision", "fp16"])
+        rc, _, err = run([T, "train", "--model", "tiny", "--data", f"{d}/syn", "--steps", "1", "--precision", "fp8"])
         check("unknown --precision is one clear error", rc != 0 and "fp16" in err and "bf16" in err
               and "Traceback" not in err and len(err.strip().splitlines()) <= 3, err.strip()[-500:])
         for model in models:

@@ -34,6 +34,15 @@ LLAMA_PAIRS = [
     ("llama pp4 1f1b -> dp2 zero3", "--pp 4 --schedule 1f1b", "--pp 1 --dp 2 --zero 3"),
 ]
 
+# Mixtral with expert parallelism: a checkpoint saved with each rank holding 2 (or 1) of the 4
+# experts resumes where every rank holds all of them, and the reverse (one expert per tensor in
+# the file whatever the ep).
+MIXTRAL_PAIRS = [
+    ("mixtral dp4 ep2 -> dp2 ep1", "--dp 4 --ep 2", "--dp 2 --ep 1"),
+    ("mixtral dp2 x pp2 ep2 -> dp4 ep4", "--dp 2 --pp 2 --ep 2", "--dp 4 --pp 1 --ep 4"),
+    ("mixtral single -> dp4 x tp2 ep4", "", "--dp 4 --tp 2 --ep 4"),
+]
+
 
 def world(flags):
     f = flags.split()
@@ -141,6 +150,7 @@ def hf_directory_into_layouts(build, model="tiny", sharded=False):
 if __name__ == "__main__":
     main()
     main("llama-tiny", LLAMA_PAIRS)
+    main("mixtral-tiny", MIXTRAL_PAIRS)
     hf_directory_into_layouts(sys.argv[1])
     hf_directory_into_layouts(sys.argv[1], "llama-tiny", sharded=True)
     finish()

@@ -137,6 +137,85 @@ TEST(Comm, AllGatherVariableChunks) {
   }
 }
 
+// Element j of what rank `from` sends rank `to`: small integers, exact in fp32.
+float a2a_value(int from, int to, int64_t j) { return static_cast<float>(from * 10000 + to * 100 + j % 97); }
+
+TEST(Comm, AllToAllEqualChunks) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  for (int64_t chunk : {int64_t{0}, int64_t{1}, int64_t{5}, int64_t{1} << 18}) {
+    std::vector<float> in(n * chunk), out(n * chunk, -1.0f);
+    for (int q = 0; q < n; ++q) {
+      for (int64_t j = 0; j < chunk; ++j) in[q * chunk + j] = a2a_value(r, q, j);
+    }
+    w->all_to_all(std::span<const float>(in), std::span(out)).wait();
+    for (int s = 0; s < n; ++s) {
+      for (int64_t j = 0; j < chunk; ++j) ASSERT_EQ(out[s * chunk + j], a2a_value(s, r, j)) << chunk;
+    }
+  }
+  std::vector<float> in(n * 3 + 1), out(n * 3 + 1);
+  if (n > 1) {
+    EXPECT_THROW(w->all_to_all(std::span<const float>(in), std::span(out)), Error);
+  }
+}
+
+// Rank `from` sends rank `to` this many elements: zeros, ones and a large block, never symmetric.
+int64_t a2a_count(int from, int to, int round) {
+  const int64_t c = (from * 3 + to * 5 + round) % 4;
+  return c == 3 ? (int64_t{1} << 16) + from : c;
+}
+
+TEST(Comm, AllToAllVariableCountsExchangedFirst) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  for (int round = 0; round < 4; ++round) {
+    // As a caller does: its own send counts, the receive counts learned by an all_to_all.
+    std::vector<int64_t> send(n), recv(n, -1);
+    for (int q = 0; q < n; ++q) send[q] = a2a_count(r, q, round);
+    w->all_to_all(std::span<const int64_t>(send), std::span(recv)).wait();
+    for (int s = 0; s < n; ++s) ASSERT_EQ(recv[s], a2a_count(s, r, round));
+    std::vector<float> in, out(std::accumulate(recv.begin(), recv.end(), int64_t{0}), -1.0f);
+    for (int q = 0; q < n; ++q) {
+      for (int64_t j = 0; j < send[q]; ++j) in.push_back(a2a_value(r, q, j));
+    }
+    w->all_to_all_v(std::span<const float>(in), std::span<const int64_t>(send), std::span(out),
+                    std::span<const int64_t>(recv)).wait();
+    int64_t at = 0;
+    for (int s = 0; s < n; ++s) {
+      for (int64_t j = 0; j < recv[s]; ++j, ++at) ASSERT_EQ(out[at], a2a_value(s, r, j)) << "round " << round;
+    }
+  }
+  // Buffers that do not match the counts are refused before anything is sent.
+  std::vector<int64_t> ones(n, 1);
+  std::vector<float> small(n - 1), out(n);
+  EXPECT_THROW(w->all_to_all_v(std::span<const float>(small), std::span<const int64_t>(ones), std::span(out),
+                               std::span<const int64_t>(ones)), Error);
+}
+
+TEST(Comm, DebugModeNamesAllToAllCountMismatch) {
+  auto w = make_world();
+  const int n = w->size(), r = w->rank();
+  if (n == 1) GTEST_SKIP() << "needs 2 ranks";
+  w->set_debug(true);
+  // Rank 1 expects 3 elements from rank 0, which sends it 2; everyone else agrees.
+  std::vector<int64_t> send(n, 2), recv(n, 2);
+  if (r == 1) recv[0] = 3;
+  std::vector<float> in(2 * n, 1.0f), out(static_cast<std::size_t>(std::accumulate(recv.begin(), recv.end(), int64_t{0})));
+  std::string message;
+  try {
+    w->all_to_all_v(std::span<const float>(in), std::span<const int64_t>(send), std::span(out),
+                    std::span<const int64_t>(recv)).wait();
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("rank 0 sends 2 elements to rank 1 but that rank expects 3"), std::string::npos)
+      << message;
+  // The group stays usable.
+  std::vector<float> one(1, 1.0f);
+  w->allreduce(std::span(one)).wait();
+  EXPECT_EQ(one[0], static_cast<float>(n));
+}
+
 TEST(Comm, BroadcastFromEveryRoot) {
   auto w = make_world();
   const int n = w->size(), r = w->rank();
@@ -283,8 +362,27 @@ TEST(Comm, MeshCoordinatesAndGroups) {
     wa.wait();
     EXPECT_EQ(a[0], static_cast<float>(s.dp));
     EXPECT_EQ(b[0], static_cast<float>(s.tp));
+    // Expert parallelism out of dp, for every ep dividing dp: ep groups are runs of consecutive
+    // dp ranks, edp groups the ranks with the same dp % ep.
+    for (int ep = 1; ep <= s.dp; ++ep) {
+      if (s.dp % ep) continue;
+      MeshShape se = s;
+      se.ep = ep;
+      Mesh m(MPI_COMM_WORLD, se, test_options());
+      EXPECT_EQ(m.ep().size(), ep);
+      EXPECT_EQ(m.edp().size(), s.dp / ep);
+      EXPECT_EQ(m.ep().rank(), c.dp % ep);
+      EXPECT_EQ(m.edp().rank(), c.dp / ep);
+      auto epm = members(m.ep(), r);
+      for (int q = 0; q < ep; ++q) EXPECT_EQ(epm[q], m.rank_of({c.pp, c.dp / ep * ep + q, c.tp}));
+      auto edpm = members(m.edp(), r);
+      for (int d = 0; d < s.dp / ep; ++d) EXPECT_EQ(edpm[d], m.rank_of({c.pp, d * ep + c.dp % ep, c.tp}));
+    }
   }
   EXPECT_THROW(Mesh(MPI_COMM_WORLD, MeshShape{n, 2, 1}, test_options()), Error);
+  if (n % 2 == 0) {
+    EXPECT_THROW(Mesh(MPI_COMM_WORLD, MeshShape{1, 2, n / 2, 4}, test_options()), Error);
+  }
 }
 
 TEST(Comm, DebugModeNamesFirstMismatch) {

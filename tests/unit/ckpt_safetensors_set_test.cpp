@@ -71,7 +71,7 @@ void write_two_shards(const TempDir& dir) {
 }
 
 std::string shard_tool() {
-  return (fs::path(__FILE__).parent_path().parent_path() / "ref" / "shard_safetensors.py").string();
+  return (fs::path(TRIDENT_SOURCE_DIR) / "tests" / "ref" / "shard_safetensors.py").string();
 }
 
 }  // namespace

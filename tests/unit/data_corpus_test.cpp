@@ -20,7 +20,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string rdb_path() { return asset_path(find_repo_root(__FILE__), "janeaustenr/data/Rdata.rdb"); }
+std::string rdb_path() { return asset_path(find_repo_root(TRIDENT_SOURCE_DIR), "janeaustenr/data/Rdata.rdb"); }
 
 template <typename F>
 void expect_error(F&& f, std::initializer_list<std::string> parts) {

@@ -25,7 +25,7 @@ namespace fs = std::filesystem;
 class DataPrepare : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = find_repo_root(__FILE__);
+    root_ = find_repo_root(TRIDENT_SOURCE_DIR);
     gpt2_ = asset_path(root_, "gpt2");
     dir_ = fs::temp_directory_path() / ("trident_data_prepare_test_" + std::to_string(::getpid()));
     fs::create_directories(dir_);

@@ -18,7 +18,7 @@
 namespace trident::data {
 namespace {
 
-std::string repo_root() { return find_repo_root(__FILE__); }
+std::string repo_root() { return find_repo_root(TRIDENT_SOURCE_DIR); }
 
 BpeTokenizer& tokenizer() {
   static BpeTokenizer tok = BpeTokenizer::from_dir(asset_path(repo_root(), "gpt2"));

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/bf16.h"
+#include "kernels/fp16.h"
 #include "kernels/kernels.h"
 #include "kernels/matmul_engine.h"
 
@@ -166,6 +167,51 @@ TEST(MatmulEngine, Fp32IsBitwiseTheSgemmKernels) {
   matmul_backward_nt(di2.data(), t2.data(), dout.data(), inp.data(), w.data(), N, C, OC);
   EXPECT_EQ(di, di2);
   EXPECT_EQ(t1, t2);
+}
+
+// fp16: every product is the fp32 sgemm on the operands rounded to fp16 (fp16 x fp16 products are
+// exact in fp32, so this is fp16-operand, fp32-accumulate numerics), bitwise; the bias and its
+// gradient stay fp32; an operand beyond fp16's range becomes inf, which the loss scaler sees.
+TEST(MatmulEngine, Fp16IsTheSgemmOnFp16RoundedOperands) {
+  const int64_t N = 31, C = 44, OC = 52;
+  std::mt19937 gen(13);
+  const auto inp = random_vec(N * C, gen), w = random_vec(C * OC, gen), bias = random_vec(OC, gen);
+  const auto dout = random_vec(N * OC, gen);
+  auto r16 = [](const std::vector<float>& v) {
+    std::vector<float> r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = round_to_fp16(v[i]);
+    return r;
+  };
+  const auto inp16 = r16(inp), w16 = r16(w), dout16 = r16(dout);
+  MatmulEngine e(Precision::kFp16);
+  std::vector<float> a(static_cast<size_t>(N * OC)), b(a.size()), unrounded(a.size());
+  e.forward(a.data(), inp.data(), w.data(), bias.data(), N, C, OC);
+  matmul_forward(b.data(), inp16.data(), w16.data(), bias.data(), N, C, OC);
+  matmul_forward(unrounded.data(), inp.data(), w.data(), bias.data(), N, C, OC);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, unrounded) << "the operands were not rounded";
+  std::vector<float> di(static_cast<size_t>(N * C)), di2(di.size()), dw(static_cast<size_t>(C * OC), 0.5f), dw2 = dw;
+  std::vector<float> db(static_cast<size_t>(OC), 0.25f), db2 = db;
+  e.backward(di.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), N, C, OC);
+  matmul_backward(di2.data(), dw2.data(), nullptr, dout16.data(), inp16.data(), w16.data(), N, C, OC);
+  matmul_backward(nullptr, nullptr, db2.data(), dout.data(), nullptr, nullptr, N, C, OC);
+  EXPECT_EQ(di, di2);
+  EXPECT_EQ(dw, dw2);
+  EXPECT_EQ(db, db2);
+  std::vector<float> o1(static_cast<size_t>(N * OC)), o2(o1.size());
+  e.forward_nt(o1.data(), inp.data(), w.data(), N, C, OC);
+  matmul_forward_nt(o2.data(), inp16.data(), w16.data(), N, C, OC);
+  EXPECT_EQ(o1, o2);
+  std::vector<float> t1(static_cast<size_t>(OC * C), 0.5f), t2 = t1;
+  e.backward_nt(di.data(), t1.data(), dout.data(), inp.data(), w.data(), N, C, OC);
+  matmul_backward_nt(di2.data(), t2.data(), dout16.data(), inp16.data(), w16.data(), N, C, OC);
+  EXPECT_EQ(di, di2);
+  EXPECT_EQ(t1, t2);
+  // Overflow: a gradient beyond 65504 reaches the products as inf.
+  auto big = dout;
+  big[5] = 70000.0f;
+  e.backward(di.data(), dw.data(), nullptr, big.data(), inp.data(), w.data(), N, C, OC);
+  EXPECT_TRUE(std::isinf(di[0]) || std::isnan(di[0]));
 }
 
 }  // namespace

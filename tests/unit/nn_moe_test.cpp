@@ -64,6 +64,18 @@ TEST(MoeStress, TiedRouterSendsEveryTokenToTheLowestExpertsAndIdleExpertsGetNoGr
     }
   }
   for (int64_t i = 0; i < ps.total_numel(); ++i) ASSERT_TRUE(std::isfinite(ps.grads()[static_cast<std::size_t>(i)]));
+  // The expert load the metrics report: every token on experts 0..k-1, none elsewhere, per
+  // layer; counted once per backward and reset by the read.
+  std::vector<int64_t> load(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts), 0);
+  model.take_expert_load(load);
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    for (int e = 0; e < cfg.n_experts; ++e) {
+      EXPECT_EQ(load[static_cast<std::size_t>(l * cfg.n_experts + e)], e < K ? B * T : 0) << "layer " << l << " expert " << e;
+    }
+  }
+  std::vector<int64_t> again(load.size(), 0);
+  model.take_expert_load(again);
+  EXPECT_EQ(again, std::vector<int64_t>(load.size(), 0));
 }
 
 TEST(MoeDeclaration, CountsEveryExpertButActiveFlopsOnlyK) {

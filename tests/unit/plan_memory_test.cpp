@@ -57,6 +57,33 @@ TEST(PlanMemory, ZeroStagesFollowTheFormulas) {
   }
 }
 
+TEST(PlanMemory, OffloadMovesTheMomentsToDiskLeavingStagingResident) {
+  PlanRequest r = request(2, 4);
+  Layout l;
+  l.dp = 2;
+  const double half = std::ceil(kPsi / 2);
+  r.offload_optimizer = true;
+  r.offload_block_bytes = 64 * 1024;
+  for (int zero = 0; zero <= 3; ++zero) {
+    l.zero = zero;
+    PlanRequest plain = r;
+    plain.offload_optimizer = false;
+    const MemoryBreakdown on = predict_memory(r, l).worst(), off = predict_memory(plain, l).worst();
+    EXPECT_DOUBLE_EQ(on.offloaded, zero >= 1 ? 8 * half : 8 * kPsi) << zero;
+    EXPECT_DOUBLE_EQ(on.optimizer, 6 * 64 * 1024) << zero;  // three blocks of both moments
+    EXPECT_DOUBLE_EQ(off.offloaded, 0) << zero;
+    EXPECT_DOUBLE_EQ(off.total() - on.total(), off.optimizer - 6 * 64 * 1024) << zero;
+  }
+  // Interleaved: one store, so one set of staging blocks, per model chunk.
+  Layout v;
+  v.pp = 2;
+  v.schedule = pp::ScheduleKind::kInterleaved;
+  v.virtual_stages = 2;
+  v.micro_batches = 2;
+  r.world = 2;
+  EXPECT_DOUBLE_EQ(predict_memory(r, v).worst().optimizer, 2 * 6 * 64 * 1024);
+}
+
 TEST(PlanMemory, PipelineSplitPutsEmbeddingFirstAndHeadCopyLast) {
   PlanRequest r = request(8, 16);
   Layout l;
@@ -97,6 +124,27 @@ TEST(PlanMemory, RecomputeModesFollowTheFormulas) {
   m = predict_memory(r, l);
   EXPECT_DOUBLE_EQ(m.by_pp_rank[0].activations, 4 * (2 * 5 * N * C + layer + N * C));
   EXPECT_DOUBLE_EQ(m.by_pp_rank[1].activations, 4 * (5 * N * C + head + layer + N * C));
+}
+
+TEST(PlanMemory, ExpertParallelismDividesExpertParameters) {
+  // mixtral-tiny: 4 layers of E = 4 experts (w1, w2, w3: 3 I C each, I = 48, C = 32). At ep the
+  // rank holds E / ep of them; every other parameter (router included) is whole.
+  PlanRequest r = request(4, 8);
+  r.model = nn::model_preset("mixtral-tiny");
+  const double expert = 3.0 * 48 * 32, experts = 4 * 4 * expert;
+  Layout l;
+  l.dp = 4;
+  const MemoryPrediction full = predict_memory(r, l);
+  const double psi = static_cast<double>(full.params_by_pp_rank[0]);
+  // Every parameter once, plus the vocabulary padding (1000 -> 1024) of the untied embedding and head.
+  EXPECT_EQ(psi, static_cast<double>(r.model.num_parameters()) + 2 * (Vp - 1000) * C);
+  for (int ep : {2, 4}) {
+    l.ep = ep;
+    const MemoryPrediction m = predict_memory(r, l);
+    EXPECT_EQ(static_cast<double>(m.params_by_pp_rank[0]), psi - experts + experts / ep) << ep;
+    EXPECT_DOUBLE_EQ(m.worst().params, 4 * (psi - experts + experts / ep)) << ep;
+    EXPECT_DOUBLE_EQ(m.worst().optimizer, 8 * (psi - experts + experts / ep)) << ep;
+  }
 }
 
 TEST(PlanMemory, LivePerChunkMatchesTheSchedules) {

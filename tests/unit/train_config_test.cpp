@@ -426,7 +426,7 @@ TEST(TrainConfig, HelpMentionsEveryField) {
 }
 
 TEST(TrainConfig, ExampleConfigsParse) {
-  const fs::path root = fs::path(__FILE__).parent_path().parent_path().parent_path();
+  const fs::path root = fs::path(TRIDENT_SOURCE_DIR);
   int n = 0;
   for (const auto& entry : fs::directory_iterator(root / "configs")) {
     if (entry.path().extension() != ".toml") continue;

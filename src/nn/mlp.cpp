@@ -1,0 +1,69 @@
+// MLP module forward/backward (see mlp.h).
+#include "nn/mlp.h"
+
+#include "core/check.h"
+#include "kernels/kernels.h"
+#include "nn/tp_region.h"
+
+namespace trident::nn {
+
+Mlp::Mlp(const TpContext& tp, MlpActivation activation, ColumnParallelLinear in, RowParallelLinear out)
+    : tp_(tp), activation_(activation), in_(std::move(in)), out_(std::move(out)) {
+  I_ = out_->in_width();
+  C_ = out_->out_width();
+  const int64_t expected = activation == MlpActivation::kSwiGlu ? 2 * I_ : I_;
+  TRI_CHECK(in_->out_width() == expected && (activation != MlpActivation::kSwiGlu || in_->size() == 2),
+            "MLP: input projection of width {} for an activation of width {}", in_->out_width(), I_);
+}
+
+Mlp::Mlp(const TpContext& tp, std::unique_ptr<MoeMlp> moe, int64_t C) : tp_(tp), moe_(std::move(moe)), C_(C) {}
+
+MlpActivations Mlp::make_activations(MemoryTracker& tracker, int64_t N) const {
+  MlpActivations a;
+  if (moe_) return a;  // the experts' activations are MoeActivations
+  const auto A = MemCategory::kActivations;
+  a.pre = FloatBuffer(tracker, A, static_cast<std::size_t>(N * in_->out_width()));
+  a.act = FloatBuffer(tracker, A, static_cast<std::size_t>(N * I_));
+  return a;
+}
+
+void Mlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, SharedScratch& s, MlpActivations& a,
+                  MoeActivations* moe, const MlpScratch& g, float* out, const float* in, int64_t B,
+                  int64_t T) const {
+  const int64_t N = B * T;
+  if (moe_) {
+    float* partial = tp_.sp() ? s.full.data() : out;
+    moe_->forward(mm, ps, *moe, partial, in, B, T);
+    tp_exit(tp_, partial, out, N, C_);
+    return;
+  }
+  in_->forward(mm, ps, a.pre.data(), in, N, g.work);
+  if (activation_ == MlpActivation::kSwiGlu) {
+    kernels::swiglu_packed_forward(a.act.data(), a.pre.data(), N, I_);
+  } else {
+    kernels::gelu_forward(a.act.data(), a.pre.data(), N * I_);
+  }
+  out_->forward(mm, ps, tp_, s, out, a.act.data(), N);
+}
+
+double Mlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScratch& s, const MlpActivations& a,
+                     const MoeActivations* moe, const MlpScratch& g, float* dinp, const float* dout,
+                     const float* in, int64_t B, int64_t T, float aux_weight) const {
+  const int64_t N = B * T;
+  if (moe_) {
+    const float* dfull = tp_exit_backward(tp_, dout, s.full.data(), N, C_);
+    moe_->backward(mm, ps, *moe, dinp, dfull, in, B, T, aux_weight);
+    return moe->aux_sum;
+  }
+  if (activation_ == MlpActivation::kSwiGlu) {
+    out_->backward(mm, ps, tp_, s, g.dact, dout, a.act.data(), N);
+    kernels::swiglu_packed_backward(g.dpre, g.dact, a.pre.data(), N, I_);
+  } else {
+    out_->backward(mm, ps, tp_, s, g.dpre, dout, a.act.data(), N);
+    kernels::gelu_backward(g.dpre, a.pre.data(), g.dpre, N * I_);
+  }
+  in_->backward(mm, ps, dinp, g.dpre, in, N, g.work);
+  return 0.0;
+}
+
+}  // namespace trident::nn

@@ -1,0 +1,76 @@
+// The feed-forward half of a block as a module, over one tp region (input: every token row,
+// gathered; output: this rank's summed rows):
+//   GELU (GPT-2):   c_proj(gelu(c_fc(x)))  Conv1D weights with biases;
+//   SwiGLU (Llama): down(silu(gate(x)) * up(x))  gate|up one fused column-parallel run
+//                   (column_parallel_linear.h), packed rows [gate | up];
+//   mixture of experts (Mixtral): nn/moe_mlp.h, which produces partial sums; this module
+//                   ends its region with tp_exit as the row-parallel layer does for the others.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "core/memory.h"
+#include "kernels/matmul_engine.h"
+#include "nn/column_parallel_linear.h"
+#include "nn/layer.h"
+#include "nn/moe_mlp.h"
+#include "nn/parameters.h"
+#include "nn/row_parallel_linear.h"
+#include "nn/tensor_parallel.h"
+
+namespace trident::nn {
+
+enum class MlpActivation { kGelu, kSwiGlu };
+
+struct MlpActivations {
+  FloatBuffer pre;  // (N, in width) the column-parallel output: c_fc's, or [gate | up]
+  FloatBuffer act;  // (N, I) the activation's output
+};
+
+// The module's part of the layer's gradient scratch.
+struct MlpScratch {
+  float* dpre = nullptr;  // (N, in width)
+  float* dact = nullptr;  // (N, I) SwiGLU (GELU works in place in dpre)
+  float* work = nullptr;  // the column projection's work_floats(N)
+};
+
+class Mlp {
+ public:
+  Mlp(const TpContext& tp, MlpActivation activation, ColumnParallelLinear in, RowParallelLinear out);
+  // The mixture of experts, for a residual stream of C channels.
+  Mlp(const TpContext& tp, std::unique_ptr<MoeMlp> moe, int64_t C);
+
+  bool is_moe() const { return moe_ != nullptr; }
+  const ColumnParallelLinear* in_projection() const { return in_ ? &*in_ : nullptr; }
+  MlpActivations make_activations(MemoryTracker& tracker, int64_t N) const;
+  // Dense only: activation floats, and gradient scratch floats given the column projection's
+  // work floats, for N tokens, I = the activation's local width.
+  static int64_t activation_floats(MlpActivation act, int64_t N, int64_t I) {
+    return N * (act == MlpActivation::kSwiGlu ? 3 * I : 2 * I);
+  }
+  static int64_t scratch_floats(MlpActivation act, int64_t N, int64_t I, int64_t work) {
+    return act == MlpActivation::kSwiGlu ? N * 3 * I + work : N * I + work;
+  }
+
+  // out (Nl, C) = MLP(in (N, C)) summed over tp. `moe` holds the expert activations (MoE only).
+  void forward(kernels::MatmulEngine& mm, const ParameterSet& params, SharedScratch& s, MlpActivations& a,
+               MoeActivations* moe, const MlpScratch& g, float* out, const float* in, int64_t B, int64_t T) const;
+  // dinp (N, C) = this rank's share of d/d in (overwritten), from dout (Nl, C). Returns the
+  // micro-batch's unweighted auxiliary loss (MoE; 0 otherwise).
+  double backward(kernels::MatmulEngine& mm, ParameterSet& params, SharedScratch& s, const MlpActivations& a,
+                  const MoeActivations* moe, const MlpScratch& g, float* dinp, const float* dout, const float* in,
+                  int64_t B, int64_t T, float aux_weight) const;
+
+ private:
+  TpContext tp_;
+  MlpActivation activation_ = MlpActivation::kGelu;
+  std::optional<ColumnParallelLinear> in_;
+  std::optional<RowParallelLinear> out_;
+  std::unique_ptr<MoeMlp> moe_;
+  int64_t I_ = 0;  // the activation's local width (dense)
+  int64_t C_ = 0;  // output channels
+};
+
+}  // namespace trident::nn

@@ -1,0 +1,51 @@
+// Row-parallel linear layer with the region's exit and the bias epilogue (see row_parallel_linear.h).
+#include "nn/row_parallel_linear.h"
+
+#include "core/check.h"
+#include "kernels/kernels.h"
+#include "nn/tp_region.h"
+
+namespace trident::nn {
+
+RowParallelLinear::RowParallelLinear(const ParameterSet& ps, const ParamDecl& weight, const ParamDecl* bias)
+    : in_out_(weight.in_out) {
+  weight_ = ps.find(weight.name);
+  TRI_CHECK(weight_ >= 0, "{} is declared but not registered", weight.name);
+  if (bias != nullptr) {
+    bias_ = ps.find(bias->name);
+    TRI_CHECK(bias_ >= 0, "{} is declared but not registered", bias->name);
+  }
+  const Shape& s = ps.info(weight_).local_shape;
+  TRI_CHECK(s.size() == 2, "{}: not a matrix", weight.name);
+  in_ = in_out_ ? s[0] : s[1];
+  out_ = in_out_ ? s[1] : s[0];
+}
+
+void RowParallelLinear::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, const TpContext& tp,
+                                SharedScratch& s, float* out, const float* in, int64_t N) const {
+  const bool single = tp.size == 1;
+  const float* bias = bias_ >= 0 ? ps.data(bias_) : nullptr;
+  float* partial = tp.sp() ? s.full.data() : out;
+  if (in_out_) {
+    mm.forward(partial, in, ps.data(weight_), single ? bias : nullptr, N, in_, out_);
+  } else {
+    TRI_CHECK(bias == nullptr, "row-parallel nn.Linear weights take no bias here");
+    mm.forward_nt(partial, in, ps.data(weight_), N, in_, out_);
+  }
+  tp_exit(tp, partial, out, N, out_);
+  if (!single && bias != nullptr) kernels::add_bias_rows(out, bias, tp.local_rows(N), out_);
+}
+
+void RowParallelLinear::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const TpContext& tp,
+                                 SharedScratch& s, float* dinp, const float* dout, const float* in,
+                                 int64_t N) const {
+  const float* dfull = tp_exit_backward(tp, dout, s.full.data(), N, out_);
+  if (in_out_) {
+    mm.backward(dinp, ps.grad(weight_), bias_ >= 0 ? ps.grad(bias_) : nullptr, dfull, in, ps.data(weight_),
+                N, in_, out_);
+  } else {
+    mm.backward_nt(dinp, ps.grad(weight_), dfull, in, ps.data(weight_), N, in_, out_);
+  }
+}
+
+}  // namespace trident::nn

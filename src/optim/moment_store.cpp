@@ -1,0 +1,191 @@
+// The in-memory and the offloaded moment stores (see moment_store.h).
+#include "optim/moment_store.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <optional>
+
+#include "core/async_file_io.h"
+#include "core/check.h"
+
+namespace trident::optim {
+namespace {
+
+class MemoryMomentStore final : public MomentStore {
+ public:
+  MemoryMomentStore(MemoryTracker& tracker, int64_t n)
+      : MomentStore(n),
+        m_(tracker, MemCategory::kOptimizerState, static_cast<std::size_t>(n)),
+        v_(tracker, MemCategory::kOptimizerState, static_cast<std::size_t>(n)) {}
+
+  void update(const BlockFn& fn) override {
+    if (n_ > 0) fn(0, n_, m_.data(), v_.data());
+  }
+  void read(int kind, int64_t begin, int64_t count, float* out) override {
+    check(begin, count);
+    std::copy_n(buf(kind) + begin, count, out);
+  }
+  void write(int kind, int64_t begin, int64_t count, const float* in) override {
+    check(begin, count);
+    std::copy_n(in, count, buf(kind) + begin);
+  }
+  std::string describe() const override { return "in memory"; }
+
+ private:
+  float* buf(int kind) { return kind == 0 ? m_.data() : v_.data(); }
+  void check(int64_t begin, int64_t count) const {
+    TRI_CHECK(begin >= 0 && count >= 0 && begin + count <= n_, "moments [{}, {}) outside the {} held",
+              begin, begin + count, n_);
+  }
+  FloatBuffer m_, v_;
+};
+
+class OffloadedMomentStore final : public MomentStore {
+ public:
+  OffloadedMomentStore(MemoryTracker& tracker, int64_t n, const std::string& path, int64_t block_bytes)
+      : MomentStore(n), tracker_(tracker), block_bytes_(static_cast<std::size_t>(block_bytes)),
+        block_elems_(block_bytes / static_cast<int64_t>(sizeof(float))),
+        blocks_((n + block_elems_ - 1) / block_elems_) {
+    TRI_CHECK(block_bytes > 0 && block_bytes % static_cast<int64_t>(AsyncFile::kAlignment) == 0,
+              "offload block size {} bytes is not a positive multiple of {} (direct I/O's alignment)",
+              block_bytes, AsyncFile::kAlignment);
+    file_.emplace(path, blocks_ == 0 ? 0 : offset(blocks_ - 1) + 2 * half_bytes(blocks_ - 1),
+                  "the optimizer offload file");
+    for (AlignedBytes& b : staging_) b = aligned_bytes(2 * block_bytes_);
+    resident_ = staging_.size() * 2 * block_bytes_;
+    offloaded_ = 2 * static_cast<std::size_t>(n) * sizeof(float);
+    tracker_.add(MemCategory::kOptimizerState, resident_);
+    tracker_.add(MemCategory::kOffloaded, offloaded_);
+  }
+
+  ~OffloadedMomentStore() override {
+    tracker_.release(MemCategory::kOptimizerState, resident_);
+    tracker_.release(MemCategory::kOffloaded, offloaded_);
+    // Unlinked while still locked, so a run that takes the name next cannot lose its file.
+    const std::string path = file_->path();
+    file_.reset();
+    ::unlink(path.c_str());
+  }
+
+  void update(const BlockFn& fn) override {
+    if (blocks_ == 0) return;
+    constexpr int64_t kSlots = 3;  // block i updates while i + 1 reads and i - 1 writes
+    std::array<std::optional<AsyncFile::Ticket>, kSlots> reading, writing;
+    auto slot = [&](int64_t i) { return static_cast<std::size_t>(i % kSlots); };
+    reading[0] = file_->submit_read(staging_[0].get(), 2 * half_bytes(0), offset(0));
+    for (int64_t i = 0; i < blocks_; ++i) {
+      const std::size_t s = slot(i);
+      file_->wait(*reading[s]);
+      reading[s].reset();
+      if (i + 1 < blocks_) {
+        const std::size_t next = slot(i + 1);
+        if (writing[next]) {  // block i - 2's write still owns that buffer
+          file_->wait(*writing[next]);
+          writing[next].reset();
+        }
+        reading[next] = file_->submit_read(staging_[next].get(), 2 * half_bytes(i + 1), offset(i + 1));
+      }
+      auto* m = reinterpret_cast<float*>(staging_[s].get());
+      const int64_t begin = i * block_elems_;
+      fn(begin, std::min(block_elems_, n_ - begin), m, m + half_bytes(i) / sizeof(float));
+      writing[s] = file_->submit_write(staging_[s].get(), 2 * half_bytes(i), offset(i));
+    }
+    for (auto& w : writing) {
+      if (w) file_->wait(*w);
+    }
+  }
+
+  void read(int kind, int64_t begin, int64_t count, float* out) override {
+    for_each_piece(begin, count, [&](int64_t blk, int64_t lo, int64_t len, int64_t done) {
+      load_half(blk, kind);
+      std::copy_n(half() + lo, len, out + done);
+    });
+  }
+
+  void write(int kind, int64_t begin, int64_t count, const float* in) override {
+    for_each_piece(begin, count, [&](int64_t blk, int64_t lo, int64_t len, int64_t done) {
+      if (len < block_elems_) load_half(blk, kind);  // keep the rest of the block
+      std::copy_n(in + done, len, half() + lo);
+      file_->wait(file_->submit_write(staging_[0].get(), half_bytes(blk), offset(blk) + kind * half_bytes(blk)));
+    });
+  }
+
+  std::string describe() const override {
+    return fmt::format("offloaded to {} ({} io_uring, {} block(s) of 2 x {})", file_->path(),
+                       file_->direct() ? "O_DIRECT" : "buffered (the file system refuses O_DIRECT)",
+                       blocks_, format_bytes(static_cast<double>(block_bytes_)));
+  }
+
+  IoStats io_stats() const override {
+    return {file_->bytes_read(), file_->bytes_written(), file_->wait_seconds()};
+  }
+
+ private:
+  std::size_t offset(int64_t blk) const { return static_cast<std::size_t>(blk) * 2 * block_bytes_; }
+  // Bytes of one moment in block `blk`: the block size, less for the last block (its elements
+  // rounded up to whole pages), so a small store does not take a whole block of disk.
+  std::size_t half_bytes(int64_t blk) const {
+    if (blk + 1 < blocks_) return block_bytes_;
+    const auto bytes = static_cast<std::size_t>(n_ - blk * block_elems_) * sizeof(float);
+    return (bytes + AsyncFile::kAlignment - 1) / AsyncFile::kAlignment * AsyncFile::kAlignment;
+  }
+  float* half() { return reinterpret_cast<float*>(staging_[0].get()); }
+  // One moment's half of block `blk` into staging buffer 0 (random access; no update runs).
+  void load_half(int64_t blk, int kind) {
+    file_->wait(file_->submit_read(staging_[0].get(), half_bytes(blk), offset(blk) + kind * half_bytes(blk)));
+  }
+  // fn(block, first element within it, length, elements done before) over [begin, begin + count).
+  template <class F>
+  void for_each_piece(int64_t begin, int64_t count, F&& fn) {
+    TRI_CHECK(begin >= 0 && count >= 0 && begin + count <= n_, "moments [{}, {}) outside the {} held",
+              begin, begin + count, n_);
+    int64_t done = 0;
+    while (done < count) {
+      const int64_t at = begin + done, blk = at / block_elems_, lo = at - blk * block_elems_;
+      const int64_t len = std::min(count - done, block_elems_ - lo);
+      fn(blk, lo, len, done);
+      done += len;
+    }
+  }
+
+  MemoryTracker& tracker_;
+  std::size_t block_bytes_;
+  int64_t block_elems_, blocks_;
+  std::optional<AsyncFile> file_;
+  std::array<AlignedBytes, 3> staging_;
+  std::size_t resident_ = 0, offloaded_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<MomentStore> make_memory_moment_store(MemoryTracker& tracker, int64_t n) {
+  return std::make_unique<MemoryMomentStore>(tracker, n);
+}
+
+std::unique_ptr<MomentStore> make_offloaded_moment_store(MemoryTracker& tracker, int64_t n,
+                                                         const std::string& path,
+                                                         int64_t block_bytes) {
+  return std::make_unique<OffloadedMomentStore>(tracker, n, path, block_bytes);
+}
+
+std::span<const std::string_view> offload_kind_names() {
+  static constexpr std::string_view kNames[] = {"none", "optimizer"};
+  return kNames;
+}
+
+std::unique_ptr<MomentStore> make_moment_store(MemoryTracker& tracker, int64_t n,
+                                               const OffloadOptions& options, int world_rank,
+                                               int chunk) {
+  if (!options.optimizer()) return make_memory_moment_store(tracker, n);
+  TRI_CHECK(!options.dir.empty(), "--offload optimizer needs --offload-dir DIR (a directory on a "
+                                  "local disk with room for 8 bytes per parameter)");
+  const std::string path =
+      fmt::format("{}/trident-offload-rank{:05d}-chunk{}.moments", options.dir, world_rank, chunk);
+  return make_offloaded_moment_store(tracker, n, path, options.block_bytes());
+}
+
+}  // namespace trident::optim

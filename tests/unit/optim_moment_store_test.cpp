@@ -1,0 +1,177 @@
+// The moment store (optim/moment_store.h): AdamW over an offloaded store gives bitwise the
+// values and moments of the in-memory store (blocks that split the decay ranges anywhere,
+// a last partial block), random access reads/writes across block edges keep the neighbours,
+// the accounting puts the moments under "offloaded" and only the staging buffers in the
+// resident total, a second store on the same file is refused while the first lives, a
+// missing directory is one clear error, and a clean exit removes the file.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "nn/parameters.h"
+#include "optim/adamw.h"
+#include "optim/moment_store.h"
+
+namespace trident::optim {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr int64_t kBlock = 4096;  // bytes: 1024 floats per block
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    char tmpl[] = "/tmp/trident_moment_store_XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+// Parameters whose decay setting flips at offsets that are not block multiples.
+nn::ParameterSet make_params(MemoryTracker& tracker) {
+  nn::ParameterSet ps;
+  ps.begin_group("g");
+  const int64_t sizes[] = {1500, 37, 2600, 1, 900};
+  for (int i = 0; i < 5; ++i) {
+    nn::ParamInfo p;
+    p.name = fmt::format("p{}", i);
+    p.logical_shape = p.local_shape = {sizes[i]};
+    p.weight_decay = i % 2 == 0;
+    ps.add(p);
+  }
+  ps.allocate(tracker);
+  return ps;
+}
+
+void fill(std::vector<float>& x, uint64_t seed) {
+  uint64_t s = seed;
+  for (float& f : x) {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    f = static_cast<float>(static_cast<int64_t>(s >> 40) - (1LL << 23)) / static_cast<float>(1 << 23);
+  }
+}
+
+TEST(MomentStore, OffloadedAdamWIsBitwiseInMemoryAdamW) {
+  TempDir dir;
+  MemoryTracker tracker;
+  nn::ParameterSet ps = make_params(tracker);
+  const int64_t n = ps.total_numel();
+  const int64_t begin = 123, end = n - 7;  // a ZeRO-like shard, not block aligned
+  AdamWConfig cfg;
+  AdamW mem(ps, tracker, cfg, begin, end);
+  AdamW off(ps, tracker, cfg, begin, end,
+            make_offloaded_moment_store(tracker, end - begin, (dir.path / "m.bin").string(), kBlock));
+  std::vector<float> w0(static_cast<std::size_t>(n)), g(w0.size());
+  fill(w0, 1);
+  std::vector<float> wa = w0, wb = w0;
+  for (int step = 0; step < 5; ++step) {
+    fill(g, 100 + static_cast<uint64_t>(step));
+    mem.step(wa.data() + begin, g.data() + begin, 1e-2f, 0.7f);
+    off.step(wb.data() + begin, g.data() + begin, 1e-2f, 0.7f);
+  }
+  EXPECT_EQ(std::memcmp(wa.data(), wb.data(), wa.size() * sizeof(float)), 0);
+  EXPECT_NE(std::memcmp(wa.data(), w0.data(), wa.size() * sizeof(float)), 0);  // it moved
+  for (int kind = 0; kind < 2; ++kind) {
+    std::vector<float> a(static_cast<std::size_t>(end - begin)), b(a.size());
+    mem.moments().read(kind, 0, end - begin, a.data());
+    off.moments().read(kind, 0, end - begin, b.data());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "kind " << kind;
+  }
+  const MomentStore::IoStats io = off.moments().io_stats();
+  const double file_bytes = 5.0 * 2 * kBlock;  // 4988 elements: 5 blocks of both moments
+  EXPECT_GE(io.bytes_read, 5 * file_bytes);
+  EXPECT_GE(io.bytes_written, 5 * file_bytes);
+}
+
+TEST(MomentStore, RandomAccessAcrossBlocksKeepsNeighbours) {
+  TempDir dir;
+  MemoryTracker tracker;
+  const int64_t n = 3000;
+  auto store = make_offloaded_moment_store(tracker, n, (dir.path / "m.bin").string(), kBlock);
+  std::vector<float> m(static_cast<std::size_t>(n)), v(m.size());
+  fill(m, 7);
+  fill(v, 8);
+  store->write(0, 0, n, m.data());
+  store->write(1, 0, n, v.data());
+  // A piece straddling blocks 0 and 1 rewritten: the rest of both blocks stays.
+  std::vector<float> piece(100, 42.0f);
+  store->write(1, 1000, 100, piece.data());
+  std::copy(piece.begin(), piece.end(), v.begin() + 1000);
+  std::vector<float> back(m.size());
+  store->read(0, 0, n, back.data());
+  EXPECT_EQ(back, m);
+  store->read(1, 0, n, back.data());
+  EXPECT_EQ(back, v);
+  // update() sees what write() stored, block by block, and its changes persist.
+  int64_t seen = 0;
+  store->update([&](int64_t b, int64_t count, float* bm, float* bv) {
+    EXPECT_EQ(b, seen);
+    for (int64_t i = 0; i < count; ++i) {
+      EXPECT_EQ(bm[i], m[static_cast<std::size_t>(b + i)]);
+      EXPECT_EQ(bv[i], v[static_cast<std::size_t>(b + i)]);
+      bm[i] += 1.0f;
+    }
+    seen += count;
+  });
+  EXPECT_EQ(seen, n);
+  store->read(0, 2990, 10, back.data());
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(back[static_cast<std::size_t>(i)], m[2990 + static_cast<std::size_t>(i)] + 1.0f);
+}
+
+TEST(MomentStore, AccountsOffloadedApartFromResident) {
+  TempDir dir;
+  MemoryTracker tracker;
+  const int64_t n = 10000;
+  {
+    auto store = make_offloaded_moment_store(tracker, n, (dir.path / "m.bin").string(), kBlock);
+    EXPECT_EQ(tracker.current(MemCategory::kOffloaded), static_cast<std::size_t>(8 * n));
+    EXPECT_EQ(tracker.current(MemCategory::kOptimizerState), static_cast<std::size_t>(3 * 2 * kBlock));
+    EXPECT_EQ(tracker.current_total(), static_cast<std::size_t>(3 * 2 * kBlock));
+    EXPECT_NE(tracker.report().find("offloaded"), std::string::npos);
+    EXPECT_TRUE(fs::exists(dir.path / "m.bin"));
+  }
+  EXPECT_EQ(tracker.current_total(), 0u);
+  EXPECT_EQ(tracker.current(MemCategory::kOffloaded), 0u);
+  EXPECT_FALSE(fs::exists(dir.path / "m.bin"));  // a clean exit leaves nothing behind
+  auto mem = make_memory_moment_store(tracker, n);
+  EXPECT_EQ(tracker.current(MemCategory::kOptimizerState), static_cast<std::size_t>(8 * n));
+  EXPECT_EQ(tracker.current(MemCategory::kOffloaded), 0u);
+}
+
+TEST(MomentStore, SecondLiveUserOfTheFileIsRefused) {
+  TempDir dir;
+  MemoryTracker tracker;
+  OffloadOptions o{OffloadKind::kOptimizer, dir.path.string(), kBlock / 1024};
+  auto first = make_moment_store(tracker, 5000, o, 0, 0);
+  try {
+    auto second = make_moment_store(tracker, 5000, o, 0, 0);
+    FAIL() << "a second store on the same rank's file was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("in use by another live run"), std::string::npos) << e.what();
+  }
+  auto other_rank = make_moment_store(tracker, 5000, o, 1, 0);  // ranks of one run never collide
+  EXPECT_NE(other_rank->describe().find("rank00001"), std::string::npos);
+}
+
+TEST(MomentStore, MissingDirectoryIsOneClearError) {
+  MemoryTracker tracker;
+  OffloadOptions o{OffloadKind::kOptimizer, "/nonexistent/trident_offload", kBlock / 1024};
+  try {
+    make_moment_store(tracker, 100, o, 0, 0);
+    FAIL() << "a missing directory was accepted";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("/nonexistent/trident_offload"), std::string::npos) << what;
+    EXPECT_NE(what.find("--offload-dir"), std::string::npos) << what;
+  }
+  EXPECT_THROW(make_offloaded_moment_store(tracker, 100, "/tmp/x.bin", 1000), Error);  // unaligned block
+}
+
+}  // namespace
+}  // namespace trident::optim
