@@ -142,6 +142,34 @@ TEST(TrainConfig, EngineOptionsAreTheEnginesOwnStruct) {
   EXPECT_EQ(run_config_from_json(j).engine.adamw.beta2, 0.7);
 }
 
+// The fp16 loss-scaling keys ([optim]) and the offload keys ([parallel]) bind straight into the
+// engine's own optim::LossScalerConfig and optim::OffloadOptions, defaults included.
+TEST(TrainConfig, LossScalerAndOffloadKeysAreTheEnginesOwnStructs) {
+  const parallel::EngineOptions d;
+  const RunConfig c;
+  EXPECT_EQ(c.engine.loss_scaler.initial_scale, d.loss_scaler.initial_scale);
+  EXPECT_EQ(c.engine.loss_scaler.min_scale, d.loss_scaler.min_scale);
+  EXPECT_EQ(c.engine.loss_scaler.growth_interval, d.loss_scaler.growth_interval);
+  EXPECT_EQ(c.engine.loss_scaler.hysteresis, d.loss_scaler.hysteresis);
+  EXPECT_EQ(c.engine.offload.kind, optim::OffloadKind::kNone);
+  EXPECT_EQ(c.engine.offload.block_kib, d.offload.block_kib);
+
+  const RunConfig p = parse({"--data", "x", "--precision", "fp16", "--initial-loss-scale", "1024",
+                             "--min-loss-scale", "2", "--loss-scale-window", "7", "--hysteresis", "3",
+                             "--offload", "optimizer", "--offload-dir", "/tmp", "--offload-block-kib", "8"});
+  EXPECT_EQ(p.engine.loss_scaler.initial_scale, 1024.0);
+  EXPECT_EQ(p.engine.loss_scaler.min_scale, 2.0);
+  EXPECT_EQ(p.engine.loss_scaler.growth_interval, 7);
+  EXPECT_EQ(p.engine.loss_scaler.hysteresis, 3);
+  EXPECT_TRUE(p.engine.offload.optimizer());
+  EXPECT_EQ(p.engine.offload.dir, "/tmp");
+  EXPECT_EQ(p.engine.offload.block_bytes(), 8 * 1024);
+  const RunConfig back = run_config_from_json(to_json(p));
+  EXPECT_EQ(back.engine.loss_scaler.growth_interval, 7);
+  EXPECT_EQ(back.engine.offload.kind, optim::OffloadKind::kOptimizer);
+  EXPECT_EQ(back.engine.offload.block_kib, 8);
+}
+
 TEST(TrainConfig, TomlThenFlagsPrecedence) {
   TempToml f(R"(
 [data]
