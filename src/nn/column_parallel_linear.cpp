@@ -8,14 +8,6 @@
 
 namespace trident::nn {
 
-namespace {
-int declared_id(const ParameterSet& params, const ParamDecl& d) {
-  const int id = params.find(d.name);
-  TRI_CHECK(id >= 0, "{} is declared but not registered (the block registers its layer's declarations)", d.name);
-  return id;
-}
-}  // namespace
-
 ColumnParallelLinear::ColumnParallelLinear(const ParameterSet& ps, const std::vector<const ParamDecl*>& weights,
                                            const ParamDecl* bias) {
   TRI_CHECK(!weights.empty(), "a column-parallel linear layer needs a weight");
@@ -25,7 +17,7 @@ ColumnParallelLinear::ColumnParallelLinear(const ParameterSet& ps, const std::ve
   TRI_CHECK(bias == nullptr || (weights.size() == 1 && in_out_), "{}: only a single Conv1D weight takes a bias",
             weights.front()->name);
   for (const ParamDecl* d : weights) {
-    const int id = declared_id(ps, *d);
+    const int id = declared_param_id(ps, *d);
     const Shape& s = ps.info(id).local_shape;
     TRI_CHECK(s.size() == 2 && d->in_out == in_out_, "{}: not a matrix of the run's layout", d->name);
     const int64_t in = in_out_ ? s[0] : s[1], out = in_out_ ? s[1] : s[0];
@@ -35,7 +27,7 @@ ColumnParallelLinear::ColumnParallelLinear(const ParameterSet& ps, const std::ve
     in_ = in;
     out_ += out;
   }
-  if (bias != nullptr) bias_ = declared_id(ps, *bias);
+  if (bias != nullptr) bias_ = declared_param_id(ps, *bias);
 }
 
 int64_t ColumnParallelLinear::work_floats(int64_t N) const {

@@ -8,16 +8,8 @@
 
 namespace trident::nn {
 
-namespace {
-int declared_id(const ParameterSet& params, const ParamDecl& d) {
-  const int id = params.find(d.name);
-  TRI_CHECK(id >= 0, "{} is declared but not registered (the block registers its layer's declarations)", d.name);
-  return id;
-}
-}  // namespace
-
 Norm::Norm(const ParameterSet& params, const ParamDecl& weight, const ParamDecl* bias, float eps)
-    : weight_(declared_id(params, weight)), bias_(bias != nullptr ? declared_id(params, *bias) : -1),
+    : weight_(declared_param_id(params, weight)), bias_(bias != nullptr ? declared_param_id(params, *bias) : -1),
       C_(weight.shape.at(0)), eps_(eps) {}
 
 Norm::Norm(const ParameterSet& params, int weight_id, int bias_id, float eps)

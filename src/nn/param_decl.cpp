@@ -87,4 +87,11 @@ std::vector<ParamDecl> local_experts(std::vector<ParamDecl> decls, int ep_rank, 
   return decls;
 }
 
+int declared_param_id(const ParameterSet& params, const ParamDecl& decl) {
+  const int id = params.find(decl.name);
+  TRI_CHECK(id >= 0, "{} is declared but not registered (the block registers its layer's declarations)",
+            decl.name);
+  return id;
+}
+
 }  // namespace trident::nn

@@ -68,4 +68,8 @@ void add_declared(ParameterSet& params, const std::vector<ParamDecl>& decls, con
 // weights of its experts [ep_rank E / ep_size, (ep_rank + 1) E / ep_size) (nn/expert_parallel.h).
 std::vector<ParamDecl> local_experts(std::vector<ParamDecl> decls, int ep_rank, int ep_size, int n_experts);
 
+// The id under which a module's declared parameter was registered; one clear error when the
+// block never registered it (a module handed a declaration its layer did not add).
+int declared_param_id(const ParameterSet& params, const ParamDecl& decl);
+
 }  // namespace trident::nn

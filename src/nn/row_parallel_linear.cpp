@@ -9,12 +9,8 @@ namespace trident::nn {
 
 RowParallelLinear::RowParallelLinear(const ParameterSet& ps, const ParamDecl& weight, const ParamDecl* bias)
     : in_out_(weight.in_out) {
-  weight_ = ps.find(weight.name);
-  TRI_CHECK(weight_ >= 0, "{} is declared but not registered", weight.name);
-  if (bias != nullptr) {
-    bias_ = ps.find(bias->name);
-    TRI_CHECK(bias_ >= 0, "{} is declared but not registered", bias->name);
-  }
+  weight_ = declared_param_id(ps, weight);
+  if (bias != nullptr) bias_ = declared_param_id(ps, *bias);
   const Shape& s = ps.info(weight_).local_shape;
   TRI_CHECK(s.size() == 2, "{}: not a matrix", weight.name);
   in_ = in_out_ ? s[0] : s[1];
