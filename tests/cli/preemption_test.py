@@ -43,7 +43,9 @@ def resume_command(err):
 
 
 def losses(path):
-    return [(m["step"], m["loss"]) for m in read_metrics(path)]
+    """Per step: the loss, and the fp16 loss scale where there is one (the scaler's state must
+    survive the stop too)."""
+    return [(m["step"], m["loss"], m.get("loss_scale")) for m in read_metrics(path)]
 
 
 def interrupted_then_resumed(what, T, launcher, base, d, name, sig, target, uninterrupted):
@@ -97,6 +99,17 @@ def main():
         check("uninterrupted run", rc == 0, err[-1500:] if rc else "")
         interrupted_then_resumed("one process, SIGTERM", T, [], base, d, "b", signal.SIGTERM,
                                  lambda p: p.pid, f"{d}/a.jsonl")
+
+        # fp16: the dynamic loss scaler's state (scale, growth and hysteresis counters) goes into
+        # the checkpoint the signal writes. From 2^32 the first steps overflow and are skipped;
+        # a 20-step window makes the scale move all through the run.
+        fp16 = base + ["--precision", "fp16", "--loss-scale-window", "20"]
+        rc, _, err = run(fp16 + ["--metrics", f"{d}/h.jsonl"], timeout=300)
+        check("uninterrupted fp16 run", rc == 0, err[-1500:] if rc else "")
+        scales = {m.get("loss_scale") for m in read_metrics(f"{d}/h.jsonl")} if rc == 0 else set()
+        check("the fp16 run's loss scale changes during the run", len(scales) >= 3, str(sorted(scales, key=str)))
+        interrupted_then_resumed("one process, fp16, SIGTERM", T, [], fp16, d, "h1", signal.SIGTERM,
+                                 lambda p: p.pid, f"{d}/h.jsonl")
 
         long_run = [a if a != "300" else "100000" for a in base]
         proc = start(long_run + ["--metrics", f"{d}/c.jsonl"], f"{d}/c.err")
