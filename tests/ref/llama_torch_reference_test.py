@@ -1,7 +1,10 @@
 """Trident's Llama vs PyTorch (torch_llama.py, HF's LlamaForCausalLM semantics): the same weights
 (written by Trident as safetensors with Hugging Face names) give the same logits, loss and
 every parameter's gradient, and 10 AdamW steps with a cosine schedule and gradient clipping
-give the same losses, grad norms and final weights; for MHA and GQA, tied and untied heads.
+give the same losses, grad norms and final weights; for MHA and GQA, tied and untied heads, and
+for Mixtral (torch_mixtral.py: HF's MixtralSparseMoeBlock, 4 experts, top 2, weights renormalised
+or not, the load-balancing loss at coefficient 0.5 in the objective so that its router gradient
+is large enough to check): the same plus every step's aux loss.
 
 The reference runs in float64, so every difference measured is Trident's fp32 rounding; the
 bounds are derived in fp32_bounds.py (Fp32Bounds.llama). The test then shows they bite: it
@@ -20,7 +23,16 @@ model.embed_tokens.weight), OUT/step0.safetensors ("logits" (B*T, V) and "grad.N
 weight at the initial weights on batch 0), OUT/final.safetensors (weights after the steps),
 OUT/meta.json: n_layer, n_head, n_kv_head, rope_theta, rms_norm_eps, tie_word_embeddings,
 batch_size, seq_len, lr, min_lr, warmup_steps, grad_clip, weight_decay, beta1, beta2, eps,
-batches [{ids, targets}] (flat B*T each), losses, grad_norms (per step, before clipping).
+batches [{ids, targets}] (flat B*T each), losses (cross-entropy), grad_norms (per step, before
+clipping, of the whole objective); Mixtral also n_experts, top_k, norm_topk_prob,
+router_aux_loss_coef, aux_losses (per step, unweighted, averaged over layers and sequences) and
+expert_load (per step, the (n_layer, E) tokens routed to each expert).
+
+Routing is discrete: a token whose k-th and (k+1)-th router probabilities were within rounding
+of each other could pick another expert in fp32 than in float64. So the test compares the
+tokens per expert of every layer and step exactly, and prints beside it the smallest such gap
+per step: a routing difference next to a gap of the order of the forward bound is a tie, not
+a bug (then change the dump's seed); next to a large gap it is a bug.
 Hidden size, intermediate size and vocabulary are read from the weights' shapes.
 
 Usage:
@@ -53,14 +65,19 @@ CASES = {
     "mha_tied": {"n_kv_head": 4, "tie_word_embeddings": True},
     "gqa_untied": {"n_kv_head": 2, "tie_word_embeddings": False},
     "gqa_tied": {"n_kv_head": 2, "tie_word_embeddings": True},
+    "moe_top2": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2, "norm_topk_prob": True},
+    "moe_top2_raw": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2,
+                     "norm_topk_prob": False},
 }
 __doc__ += ", ".join(CASES)
 
 
 def dump_command(tool, case, out):
     c = CASES[case]
-    return [tool, "--family", "llama", "--n-kv-head", str(c["n_kv_head"]),
-            "--tie-word-embeddings", "1" if c["tie_word_embeddings"] else "0", out]
+    moe = ["--n-experts", str(c["n_experts"]), "--top-k", str(c["top_k"]),
+           "--norm-topk-prob", "1" if c["norm_topk_prob"] else "0"] if c.get("n_experts") else []
+    return [tool, "--family", "mixtral" if moe else "llama", "--n-kv-head", str(c["n_kv_head"]),
+            "--tie-word-embeddings", "1" if c["tie_word_embeddings"] else "0"] + moe + [out]
 
 
 # Each mutant and the checks it must fail (a prefix of the check's name).
@@ -71,6 +88,9 @@ MUTANTS = {
     "gelu_for_silu": ["logits", "every parameter's gradient", "final weights"],
     "no_weight_decay": ["step losses", "final weights"],
     "lr_off_at_step_3": ["step losses", "final weights"],
+    "moe_renorm_flipped": ["logits", "every parameter's gradient", "final weights"],
+    "moe_aux_dropped": ["every parameter's gradient", "final weights"],
+    "moe_aux_batch_level": ["every parameter's gradient"],
 }
 OPTIMIZER_MUTANTS = ("no_weight_decay", "lr_off_at_step_3")
 
@@ -95,7 +115,8 @@ def load_dump(out):
 
 def shapes_of(init):
     emb = init["model.embed_tokens.weight"]
-    return emb.shape[1], init["model.layers.0.mlp.gate_proj.weight"].shape[0], emb.shape[0]
+    gate = init.get("model.layers.0.mlp.gate_proj.weight", init.get("model.layers.0.block_sparse_moe.experts.0.w1.weight"))
+    return emb.shape[1], gate.shape[0], emb.shape[0]
 
 
 def tied_head_check(d, cfg, check):
@@ -125,7 +146,9 @@ def run_reference(d, mutant, verbose, tag):
     check = Checks(verbose, tag)
     if verbose:
         print(f"{tag}: L={cfg.n_layer} C={C} NH={cfg.n_head} NKV={cfg.n_kv_head} I={I} V={V} B={B} T={T} "
-              f"theta={cfg.rope_theta} eps={cfg.rms_norm_eps} tied={cfg.tie_word_embeddings}; "
+              f"theta={cfg.rope_theta} eps={cfg.rms_norm_eps} tied={cfg.tie_word_embeddings} "
+              f"experts={cfg.n_experts} top_k={cfg.top_k} renorm={cfg.norm_topk_prob} "
+              f"aux_coef={cfg.router_aux_loss_coef}; "
               f"bounds: {bounds.describe()}")
     expected = set(torch_llama.param_shapes(cfg, C, I, V))
     check("the dump holds exactly the model's weights", set(init) == expected and set(final) == expected,
@@ -140,13 +163,16 @@ def run_reference(d, mutant, verbose, tag):
     # Forward and backward at the initial weights.
     W = fresh()
     ids, targets = batches[0]
-    logits = torch_llama.forward(W, ids, cfg, hooks)
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
-    loss.backward()
+    obj, loss, aux, _, logits = torch_llama.objective(W, ids, targets, cfg, hooks)
+    obj.backward()
+    moe = cfg.n_experts > 0
     e = rel_err(step0["logits"], logits.detach().numpy().reshape(B * T, V))
     check("logits", e < bounds.forward_rel, f"max rel err {e:.2e} (bound {bounds.forward_rel:.2e})")
     e = abs(meta["losses"][0] - loss.item()) / loss.item()
     check("loss", e < bounds.loss_rel(0), f"trident {meta['losses'][0]:.9f} torch {loss.item():.9f} rel {e:.2e}")
+    if moe:
+        e = abs(meta["aux_losses"][0] - aux.item()) / aux.item()
+        check("aux loss", e < bounds.loss_rel(0), f"trident {meta['aux_losses'][0]:.9f} torch {aux.item():.9f} rel {e:.2e}")
     worst, worst_name, missing = 0.0, "", []
     for name, w in W.items():
         if "grad." + name not in step0:
@@ -167,7 +193,8 @@ def run_reference(d, mutant, verbose, tag):
     no_decay = [w for w in W.values() if w.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=meta["lr"], betas=(meta["beta1"], meta["beta2"]), eps=meta["eps"])
-    clipped, loss_ratio, norm_ratio, lr_budget, detail = 0, 0.0, 0.0, 0.0, []
+    clipped, loss_ratio, norm_ratio, aux_ratio, lr_budget, detail = 0, 0.0, 0.0, 0.0, 0.0, []
+    gaps, loads = [], []
     for step, (ids, targets) in enumerate(batches):
         lr = torch_gpt2.lr_at(step, meta["lr"], meta["min_lr"], meta["warmup_steps"], len(batches))
         if mutant == "lr_off_at_step_3" and step == 3:
@@ -176,8 +203,12 @@ def run_reference(d, mutant, verbose, tag):
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad()
-        loss = torch_llama.loss_fn(W, ids, targets, cfg, hooks)
-        loss.backward()
+        obj, loss, aux, routing, _ = torch_llama.objective(W, ids, targets, cfg, hooks)
+        obj.backward()
+        if moe:
+            gaps.append(routing["gap"])
+            loads.append(routing["load"])
+            aux_ratio = max(aux_ratio, abs(meta["aux_losses"][step] - aux.item()) / aux.item() / bounds.loss_rel(step))
         norm = torch.nn.utils.clip_grad_norm_(list(W.values()), meta["grad_clip"]).item()
         clipped += norm > meta["grad_clip"]
         opt.step()
@@ -189,6 +220,14 @@ def run_reference(d, mutant, verbose, tag):
     check("step losses", loss_ratio < 1, f"worst at {loss_ratio:.3f} of the bound (loss/grad-norm rel err per step: "
           f"{' '.join(detail)})")
     check("step grad norms", norm_ratio < 1, f"worst at {norm_ratio:.3f} of the bound")
+    if moe:
+        check("step aux losses", aux_ratio < 1, f"worst at {aux_ratio:.3f} of the bound")
+        want = [[int(n) for n in step] for step in meta["expert_load"]]
+        first = next((s for s, (a, b) in enumerate(zip(loads, want)) if a != b), None)
+        check("routing: every layer's tokens per expert at every step", loads == want,
+              (f"equal; " if first is None else f"first difference at step {first}: torch {loads[first]} "
+               f"trident {want[first]}; ") + "smallest k-th/(k+1)-th probability gap per step "
+              f"{' '.join(f'{g:.1e}' for g in gaps)} (forward bound {bounds.forward_rel:.1e})")
     check("clipping engaged on some steps but not all", 0 < clipped < len(batches),
           f"{clipped} of {len(batches)} steps clipped")
     ref = {k: w.detach().numpy() for k, w in W.items()}

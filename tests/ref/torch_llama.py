@@ -14,6 +14,9 @@ names, nn.Linear layout [out, in]:
   model.norm.weight                             (C,)
   lm_head.weight                                (V, C), absent when tie_word_embeddings
 
+With n_experts > 0 (Mixtral) each layer's mlp.* is a sparse mixture of experts instead
+(torch_mixtral.py: block_sparse_moe.gate and experts.J.w1/w2/w3).
+
 What HF does, step by step (and where it changes dtype; this reference runs every step in the
 dtype of its inputs, float64 in the tests, so the only casts that matter are noted):
   x = embed_tokens[ids]
@@ -36,6 +39,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+import torch_mixtral
+
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
@@ -45,6 +50,12 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6  # LlamaConfig's default; Llama 2/3 config.json files say 1e-5
     tie_word_embeddings: bool = False
+    # Mixtral: experts per layer (0: dense Llama), experts per token, whether their weights are
+    # renormalised, and the load-balancing loss's weight in the objective.
+    n_experts: int = 0
+    top_k: int = 2
+    norm_topk_prob: bool = True
+    router_aux_loss_coef: float = 0.0
 
     def __post_init__(self):
         if self.n_head % self.n_kv_head != 0:
@@ -55,7 +66,10 @@ class LlamaConfig:
         """From a dump's meta.json (keys as tests/tools/gpt_reference_dump writes them)."""
         return LlamaConfig(n_layer=meta["n_layer"], n_head=meta["n_head"], n_kv_head=meta["n_kv_head"],
                            rope_theta=float(meta["rope_theta"]), rms_norm_eps=float(meta["rms_norm_eps"]),
-                           tie_word_embeddings=bool(meta["tie_word_embeddings"]))
+                           tie_word_embeddings=bool(meta["tie_word_embeddings"]),
+                           n_experts=int(meta.get("n_experts", 0)), top_k=int(meta.get("top_k", 2)),
+                           norm_topk_prob=bool(meta.get("norm_topk_prob", True)),
+                           router_aux_loss_coef=float(meta.get("router_aux_loss_coef", 0.0)))
 
     @staticmethod
     def from_hf(config):
@@ -128,6 +142,9 @@ class Hooks:
     repeat_kv: Callable = repeat_kv
     act: Callable = F.silu
     rms_eps: Optional[float] = None  # None: cfg.rms_norm_eps
+    moe_renorm: Optional[bool] = None  # None: cfg.norm_topk_prob
+    aux_rule: str = "sequence"  # torch_mixtral.moe_block: "sequence" (Trident's) or "batch" (HF's)
+    aux_in_objective: bool = True  # the load-balancing loss is added to the cross-entropy
 
 
 HF = Hooks()
@@ -138,12 +155,19 @@ MUTANT_HOOKS = {
     "kv_heads_interleaved": Hooks(repeat_kv=repeat_kv_interleaved),  # only differs when 1 < NKV < NH
     "rms_eps_x10": None,  # built per config by mutant_hooks(): eps 10x the config's
     "gelu_for_silu": Hooks(act=lambda x: F.gelu(x, approximate="tanh")),
+    # Mixtral only: the k weights left as softmax probabilities / renormalised against the
+    # config, the load-balancing loss left out of the objective, HF's batch-level rule for it.
+    "moe_renorm_flipped": None,  # built per config by mutant_hooks()
+    "moe_aux_dropped": Hooks(aux_in_objective=False),
+    "moe_aux_batch_level": Hooks(aux_rule="batch"),
 }
 
 
 def mutant_hooks(name, cfg):
     if name == "rms_eps_x10":
         return Hooks(rms_eps=cfg.rms_norm_eps * 10)
+    if name == "moe_renorm_flipped":
+        return Hooks(moe_renorm=not cfg.norm_topk_prob)
     return MUTANT_HOOKS[name]
 
 
@@ -151,6 +175,8 @@ def mutant_applies(name, cfg):
     """Whether a mutant changes anything for this shape (a kv mapping needs 1 < NKV < NH)."""
     if name == "kv_heads_interleaved":
         return 1 < cfg.n_kv_head < cfg.n_head
+    if name.startswith("moe_"):
+        return cfg.n_experts > 0 and (name == "moe_renorm_flipped" or cfg.router_aux_loss_coef > 0)
     return True
 
 
@@ -161,8 +187,9 @@ def lm_head_weight(W, cfg):
     return W["model.embed_tokens.weight"] if cfg.tie_word_embeddings else W["lm_head.weight"]
 
 
-def forward(W, ids, cfg, hooks=HF):
-    """Logits (B, T, V) for token ids (B, T); every sequence starts at position 0."""
+def forward(W, ids, cfg, hooks=HF, moe_stats=None):
+    """Logits (B, T, V) for token ids (B, T); every sequence starts at position 0. With experts,
+    each layer appends (its aux summed over the B sequences, its routing statistics) to moe_stats."""
     B, T = ids.shape
     emb = W["model.embed_tokens.weight"]
     C = emb.shape[1]
@@ -183,6 +210,13 @@ def forward(W, ids, cfg, hooks=HF):
         y = causal_attention(q, k, v).transpose(1, 2).reshape(B, T, NH * hd)  # heads side by side
         x = x + F.linear(y, W[p + "self_attn.o_proj.weight"])
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
+        if cfg.n_experts:
+            renorm = cfg.norm_topk_prob if hooks.moe_renorm is None else hooks.moe_renorm
+            y, aux, routing = torch_mixtral.moe_block(h, W, p, cfg, hooks.act, renorm, hooks.aux_rule)
+            if moe_stats is not None:
+                moe_stats.append((aux, routing))
+            x = x + y
+            continue
         m = hooks.act(F.linear(h, W[p + "mlp.gate_proj.weight"])) * F.linear(h, W[p + "mlp.up_proj.weight"])
         x = x + F.linear(m, W[p + "mlp.down_proj.weight"])
     x = rms_norm(x, W["model.norm.weight"], eps)
@@ -190,8 +224,23 @@ def forward(W, ids, cfg, hooks=HF):
 
 
 def loss_fn(W, ids, targets, cfg, hooks=HF):
-    logits = forward(W, ids, cfg, hooks)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return objective(W, ids, targets, cfg, hooks)[0]
+
+
+def objective(W, ids, targets, cfg, hooks=HF):
+    """(what backward runs on, the cross-entropy, the mean load-balancing loss, the routing (per
+    layer's tokens per expert, flattened, and the smallest top-k gap), the logits): for a dense
+    model the first two are the same, aux 0 and routing None.
+    With experts: cross-entropy + router_aux_loss_coef x aux averaged over layers and sequences."""
+    stats = []
+    logits = forward(W, ids, cfg, hooks, stats)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    if not stats:
+        return ce, ce, 0.0, None, logits
+    aux = sum(a for a, _ in stats) / (cfg.n_layer * ids.shape[0])
+    coef = cfg.router_aux_loss_coef if hooks.aux_in_objective else 0.0
+    routing = {"load": [n for _, r in stats for n in r["load"]], "gap": min(r["gap"] for _, r in stats)}
+    return ce + coef * aux, ce, aux, routing, logits
 
 
 def param_shapes(cfg, hidden, intermediate, vocab):
@@ -204,9 +253,12 @@ def param_shapes(cfg, hidden, intermediate, vocab):
         s[p + "self_attn.k_proj.weight"] = (cfg.n_kv_head * hd, hidden)
         s[p + "self_attn.v_proj.weight"] = (cfg.n_kv_head * hd, hidden)
         s[p + "self_attn.o_proj.weight"] = (hidden, cfg.n_head * hd)
-        s[p + "mlp.gate_proj.weight"] = (intermediate, hidden)
-        s[p + "mlp.up_proj.weight"] = (intermediate, hidden)
-        s[p + "mlp.down_proj.weight"] = (hidden, intermediate)
+        if cfg.n_experts:
+            s.update(torch_mixtral.param_shapes(cfg, p, hidden, intermediate))
+        else:
+            s[p + "mlp.gate_proj.weight"] = (intermediate, hidden)
+            s[p + "mlp.up_proj.weight"] = (intermediate, hidden)
+            s[p + "mlp.down_proj.weight"] = (hidden, intermediate)
         s[p + "input_layernorm.weight"] = (hidden,)
         s[p + "post_attention_layernorm.weight"] = (hidden,)
     s["model.norm.weight"] = (hidden,)

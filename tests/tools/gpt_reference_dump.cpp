@@ -1,6 +1,7 @@
 // Writes what tests/ref/{gpt,llama}_torch_reference_test.py compare against PyTorch: initial
 // weights (Hugging Face names, logical layout), step-0 logits and gradients, and 10 AdamW steps
-// (losses, grad norms, final weights) of a small GPT-2 or Llama on fixed random batches.
+// (losses, grad norms, final weights; Mixtral also the aux losses) of a small GPT-2, Llama or
+// Mixtral on fixed random batches.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -35,16 +36,23 @@ void add_logical(ckpt::SafetensorsWriter& w, const nn::ParameterSet& ps, bool gr
 }  // namespace
 
 int main(int argc, char** argv) {
-  // gpt_reference_dump [--family llama --n-kv-head K --tie-word-embeddings 0|1] OUT_DIR
   const std::string usage =
-      "usage: gpt_reference_dump [--family gpt2|llama] [--n-kv-head K] [--tie-word-embeddings 0|1] OUT_DIR\n";
+      "usage: gpt_reference_dump [--family gpt2|llama|mixtral] [--n-kv-head K] [--tie-word-embeddings 0|1]\n"
+      "                          [--n-experts E --top-k K --norm-topk-prob 0|1] OUT_DIR\n";
   nn::ModelConfig cfg;
   cfg.n_layer = 2, cfg.n_head = 4, cfg.n_embd = 64, cfg.n_positions = 32, cfg.vocab_size = 101;
   std::string out;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (i + 1 < argc && a == "--family") {
-      cfg.family = std::string(argv[++i]) == "llama" ? nn::Family::kLlama : nn::Family::kGpt2;
+      const std::string f = argv[++i];
+      cfg.family = f == "llama" ? nn::Family::kLlama : f == "mixtral" ? nn::Family::kMixtral : nn::Family::kGpt2;
+    } else if (i + 1 < argc && a == "--n-experts") {
+      cfg.n_experts = std::stoi(argv[++i]);
+    } else if (i + 1 < argc && a == "--top-k") {
+      cfg.n_experts_per_tok = std::stoi(argv[++i]);
+    } else if (i + 1 < argc && a == "--norm-topk-prob") {
+      cfg.norm_topk_prob = std::string(argv[++i]) == "1";
     } else if (i + 1 < argc && a == "--n-kv-head") {
       cfg.n_kv_head = std::stoi(argv[++i]);
     } else if (i + 1 < argc && a == "--tie-word-embeddings") {
@@ -60,9 +68,12 @@ int main(int argc, char** argv) {
     std::cerr << usage;
     return 2;
   }
-  if (cfg.family == nn::Family::kLlama) {
+  if (cfg.family != nn::Family::kGpt2) {
     // The shape tests/ref/llama_torch_reference_test.py expects (its TORCH_FP32_SHAPE).
     cfg.n_inner = 176, cfg.rope_theta = 10000.0, cfg.norm_eps = 1e-5;
+    // Mixtral: a large load-balancing weight, so that its share of the router's gradient is
+    // well above the fp32 bound and a wrong aux gradient shows.
+    if (cfg.family == nn::Family::kMixtral) cfg.router_aux_loss_coef = 0.5;
   } else {
     cfg.tie_word_embeddings = true;
   }
@@ -77,6 +88,8 @@ int main(int argc, char** argv) {
   model.params().initialize(1234);
   nn::ModelActivations acts = model.make_activations(tracker, B, T);
   nn::ParameterSet& ps = model.params();
+  // The engine's weighting (parallel/rank_layout.cpp): coef per layer and per sequence.
+  if (cfg.is_moe()) model.set_aux_loss_weight(static_cast<float>(cfg.router_aux_loss_coef / (cfg.n_layer * B)));
 
   // The optimizer settings the reference replays are the ones this AdamW actually uses (the
   // kernel takes them rounded to float).
@@ -90,6 +103,12 @@ int main(int argc, char** argv) {
                          {"beta1", static_cast<float>(adam_cfg.beta1)},
                          {"beta2", static_cast<float>(adam_cfg.beta2)},
                          {"eps", static_cast<float>(adam_cfg.eps)}};
+  if (cfg.is_moe()) {
+    meta["n_experts"] = cfg.n_experts;
+    meta["top_k"] = cfg.n_experts_per_tok;
+    meta["norm_topk_prob"] = cfg.norm_topk_prob;
+    meta["router_aux_loss_coef"] = cfg.router_aux_loss_coef;
+  }
   std::vector<std::vector<int32_t>> ids(steps), targets(steps);
   for (int64_t s = 0; s < steps; ++s) {
     for (int64_t i = 0; i < N; ++i) {
@@ -113,6 +132,9 @@ int main(int argc, char** argv) {
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t v = 0; v < cfg.vocab_size; ++v) logits[static_cast<std::size_t>(n * cfg.vocab_size + v)] = l[n * model.padded_vocab_local() + v];
     }
+    model.take_aux_loss_sum();  // this forward's aux terms and routing are not step 0's
+    std::vector<int64_t> discard(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts), 0);
+    if (cfg.is_moe()) model.take_expert_load(discard);
   }
   optim::AdamW adam(ps, tracker, adam_cfg);
   optim::LrSchedule sched{optim::LrSchedule::Kind::kCosine, lr, min_lr, warmup, steps};
@@ -129,6 +151,12 @@ int main(int argc, char** argv) {
     }
     adam.step(ps.values().data(), ps.grads().data(), sched.at(s), optim::clip_scale(norm, grad_clip));
     meta["losses"].push_back(loss);
+    if (cfg.is_moe()) {
+      meta["aux_losses"].push_back(model.take_aux_loss_sum() / static_cast<double>(cfg.n_layer * B));
+      std::vector<int64_t> load(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts), 0);
+      model.take_expert_load(load);
+      meta["expert_load"].push_back(load);  // (n_layer, E) tokens routed to each expert
+    }
     meta["grad_norms"].push_back(norm);
     fmt::print("step {} loss {:.6f} grad_norm {:.6f} lr {:.2e}\n", s, loss, norm, sched.at(s));
   }
