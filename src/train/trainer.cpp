@@ -182,7 +182,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   if (!cfg.train.pipeline_timeline.empty()) make_parent_directory(cfg.train.pipeline_timeline);
   const int64_t tokens_per_step = static_cast<int64_t>(cfg.data.batch_size) * cfg.data.seq_len;
   Stopwatch run_clock;
-  double last_loss = NAN;
+  double last_loss = NAN;  // the last step's loss that was finite (applied, or skipped by an fp16 overflow)
   NonfiniteGuard nonfinite(cfg.optim.on_nonfinite, cfg.optim.max_bad_steps);
   int stop_signal = 0;  // the stop signal the ranks agreed on, 0 when none
   // --stop-after ends this invocation early; the schedule still spans --steps.
@@ -209,7 +209,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
         lr);
     const double step_s = step_clock.seconds();
     const int64_t done = step + 1;
-    if (!stats.skipped) last_loss = stats.loss;
+    if (std::isfinite(stats.loss)) last_loss = stats.loss;
     const double tps = static_cast<double>(tokens_per_step) / step_s;
     nlohmann::json line = {{"step", done},
                            {"loss", stats.loss},
@@ -273,8 +273,15 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     if (lead) fmt::print(stderr, "saved {}\n", saved);
   }
   if (lead) {
-    fmt::print(stderr, "done: step {} of {}, final loss {:.4f}, {:.1f} s\nmemory (peak per rank 0):\n{}",
-               end_step, cfg.train.steps, last_loss, run_clock.seconds(), tracker.report());
+    // Skipped steps are said: "final loss" of a run that applied nothing would mislead.
+    std::string skipped;
+    if (nonfinite.total_skipped() + nonfinite.total_overflows() > 0) {
+      skipped = fmt::format(" ({} step(s) skipped: {} fp16 overflow(s), {} non-finite)",
+                            nonfinite.total_skipped() + nonfinite.total_overflows(),
+                            nonfinite.total_overflows(), nonfinite.total_skipped());
+    }
+    fmt::print(stderr, "done: step {} of {}, final loss {:.4f}{}, {:.1f} s\nmemory (peak per rank 0):\n{}",
+               end_step, cfg.train.steps, last_loss, skipped, run_clock.seconds(), tracker.report());
     fmt::print(stderr, "{}", pipeline_report.summary());
     if (!cfg.train.pipeline_timeline.empty()) {
       pipeline_report.write_svg(cfg.train.pipeline_timeline);

@@ -102,6 +102,9 @@ def main():
         check("fp16: the loss scale follows Megatron's state machine", [m["loss_scale"] for m in big] == want,
               f"{[m['loss_scale'] for m in big][:n_skip + 2]} vs {want[:n_skip + 2]}")
         check("fp16: overflow steps still report a finite loss", all(math.isfinite(m["loss"]) for m in big))
+        summary = f"({sum(skipped)} step(s) skipped: {sum(skipped)} fp16 overflow(s), 0 non-finite)"
+        check("fp16: the closing line counts the skipped steps", summary in big_err and "final loss nan" not in big_err,
+              big_err.strip()[-300:])
         lr32 = [m["lr"] for m in fp32]
         got_lr = [m["lr"] for m in big]
         applied = 0
