@@ -280,8 +280,13 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                             nonfinite.total_skipped() + nonfinite.total_overflows(),
                             nonfinite.total_overflows(), nonfinite.total_skipped());
     }
-    fmt::print(stderr, "done: step {} of {}, final loss {:.4f}{}, {:.1f} s\nmemory (peak per rank 0):\n{}",
-               end_step, cfg.train.steps, last_loss, skipped, run_clock.seconds(), tracker.report());
+    if (start_step >= end_step) {
+      fmt::print(stderr, "done: nothing to train, the run is already at step {} of {} (raise --steps to go on)\n",
+                 start_step, cfg.train.steps);
+    } else {
+      fmt::print(stderr, "done: step {} of {}, final loss {:.4f}{}, {:.1f} s\nmemory (peak per rank 0):\n{}",
+                 end_step, cfg.train.steps, last_loss, skipped, run_clock.seconds(), tracker.report());
+    }
     fmt::print(stderr, "{}", pipeline_report.summary());
     if (!cfg.train.pipeline_timeline.empty()) {
       pipeline_report.write_svg(cfg.train.pipeline_timeline);
