@@ -274,7 +274,7 @@ int main(int argc, char** argv) {
     for (const Predicted& pr : layouts) {
       const plan::Layout& l = pr.layout;
       std::string name = l.train_flags();
-      const Measured m = run(a, fmt::format("dp{}_tp{}_pp{}_z{}_{}_m{}", l.dp, l.tp, l.pp, l.zero,
+      const Measured m = run(a, fmt::format("dp{}_tp{}_pp{}_ep{}_z{}_{}_m{}", l.dp, l.tp, l.pp, l.ep, l.zero,
                                             pp::to_string(l.schedule), l.micro_batches),
                              a.mpirun + " -n " + std::to_string(a.world), name);
       row(name, pr.tokens_per_s, pr.memory_bytes, m);
