@@ -65,6 +65,8 @@ def layout_flags(r):
         s += f" --virtual-stages {r['virtual_stages']}"
     if r["sequence_parallel"]:
         s += " --sequence-parallel"
+    if r.get("ep", 1) > 1:  # a mixture of experts' expert-parallel split (Layout::train_flags)
+        s += f" --ep {r['ep']}"
     return s
 
 

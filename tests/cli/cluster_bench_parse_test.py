@@ -47,6 +47,9 @@ def main():
           str(only))
     flags = cb.layout_flags(only[0])
     check("layout_flags gives trident train flags", flags.startswith("--dp ") and "--micro-batches" in flags, flags)
+    moe_row = dict(only[0], dp=4, ep=2)
+    check("layout_flags carries a mixture of experts' --ep", cb.layout_flags(moe_row).endswith(" --ep 2"),
+          cb.layout_flags(moe_row))
     check("kendall_tau: same order 1, reversed -1",
           cb.kendall_tau([3, 2, 1], [30, 20, 10]) == 1.0 and cb.kendall_tau([3, 2, 1], [1, 2, 3]) == -1.0)
     finish()
