@@ -4,7 +4,7 @@ link rate, a tests/cluster/netns.py cluster (network namespaces joined by veth p
 every node's link shaped by tc) runs, all under OpenMPI's own remote launch over TCP:
 
   1. `trident bench comm` with 8 ranks: Trident's collectives vs raw blocking MPI on the same
-     buffers in the same program run (allreduce / reduce_scatter / all_gather busbw, ratio);
+     buffers in the same program run (allreduce / reduce_scatter / all_gather / all_to_all(_v) busbw, ratio);
   2. `trident plan --all --json` with 8 ranks, i.e. calibrated on this simulated cluster;
   3. `trident train` for one layout per dp x tp x pp shape (the planner's best schedule and
      micro-batch count for it, ZeRO 0), tokens/s from the metrics (step 1 dropped);
@@ -44,7 +44,9 @@ def parse_comm(out):
     """bench comm's table -> {collective: [(size, raw_busbw, tri_busbw, ratio)]}."""
     tables, current = {}, None
     for line in out.splitlines():
-        m = re.match(r"^# (allreduce|reduce_scatter|all_gather) \(busbw", line)
+        # "# all_to_all_v (uneven pairs) (busbw ...": every table header, so no table's rows
+        # run on into the one before.
+        m = re.match(r"^# (\w+)(?: \([a-z ]+\))? \(busbw", line)
         if m:
             current = tables.setdefault(m.group(1), [])
             continue
@@ -63,6 +65,8 @@ def layout_flags(r):
         s += f" --virtual-stages {r['virtual_stages']}"
     if r["sequence_parallel"]:
         s += " --sequence-parallel"
+    if r.get("ep", 1) > 1:  # a mixture of experts' expert-parallel split (Layout::train_flags)
+        s += f" --ep {r['ep']}"
     return s
 
 

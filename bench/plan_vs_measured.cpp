@@ -9,7 +9,8 @@
 //
 //   build/bench/plan_vs_measured [--model small] [--world 8] [--steps 3] [--seq-len 128]
 //       [--batch-size 8] [--data data/janeausten] [--trident build/trident] [--cores N]
-//       [--layouts "dp8;dp4,tp2;dp2,pp4,1f1b"]   (default: one per dp x tp x pp shape + ZeRO 1/3)
+//       [--layouts "dp8;dp4,tp2;dp2,pp4,1f1b;dp4,ep2"]   (default: one per dp x tp x pp shape and,
+//       for a mixture of experts, ep split + ZeRO 1/3)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -108,7 +109,7 @@ Measured run(const Args& a, const std::string& name, const std::string& launcher
   return m;
 }
 
-// "dp2,tp2,pp2,1f1b,z1,m4,v2,sp" -> Layout (missing M: the planner's best M for the shape).
+// "dp2,tp2,pp2,ep2,1f1b,z1,m4,v2,sp" -> Layout (missing M: the planner's best M for the shape).
 plan::Layout parse_layout(const std::string& text) {
   plan::Layout l;
   std::istringstream in(text);
@@ -118,6 +119,7 @@ plan::Layout parse_layout(const std::string& text) {
     if (tok.rfind("dp", 0) == 0) l.dp = std::stoi(tok.substr(2));
     else if (tok.rfind("tp", 0) == 0) l.tp = std::stoi(tok.substr(2));
     else if (tok.rfind("pp", 0) == 0) l.pp = std::stoi(tok.substr(2));
+    else if (tok.rfind("ep", 0) == 0) l.ep = std::stoi(tok.substr(2));
     else if (tok[0] == 'z') l.zero = std::stoi(tok.substr(1));
     else if (tok[0] == 'm') l.micro_batches = std::stoi(tok.substr(1));
     else if (tok[0] == 'v') l.virtual_stages = std::stoi(tok.substr(1));
@@ -182,6 +184,7 @@ int main(int argc, char** argv) {
         Predicted r;
         r.layout.dp = j.at("dp"), r.layout.tp = j.at("tp"), r.layout.pp = j.at("pp");
         r.layout.zero = j.at("zero");
+        r.layout.ep = j.value("ep", 1);
         r.layout.schedule = pp::parse_schedule_kind(j.at("schedule").get<std::string>());
         r.layout.virtual_stages = j.at("virtual_stages"), r.layout.micro_batches = j.at("micro_batches");
         r.layout.sequence_parallel = j.at("sequence_parallel");
@@ -197,7 +200,7 @@ int main(int argc, char** argv) {
     auto best_for = [&](plan::Layout want) -> std::optional<Predicted> {
       for (const Predicted& r : rows) {  // ranked: the first match has the best M
         const plan::Layout& l = r.layout;
-        if (l.dp == want.dp && l.tp == want.tp && l.pp == want.pp && l.zero == want.zero &&
+        if (l.dp == want.dp && l.tp == want.tp && l.pp == want.pp && l.ep == want.ep && l.zero == want.zero &&
             (l.pp == 1 || (l.schedule == want.schedule && l.virtual_stages == want.virtual_stages)) &&
             (want.micro_batches == 0 || l.micro_batches == want.micro_batches) &&
             l.sequence_parallel == want.sequence_parallel) {
@@ -212,18 +215,18 @@ int main(int argc, char** argv) {
       std::string item;
       while (std::getline(in, item, ';')) wanted.push_back(parse_layout(item));
     } else {
-      std::map<std::tuple<int, int, int>, bool> shapes;
-      for (const Predicted& r : rows) shapes[{r.layout.dp, r.layout.tp, r.layout.pp}] = true;
+      std::map<std::tuple<int, int, int, int>, bool> shapes;  // dp, tp, pp, ep (a mixture of experts)
+      for (const Predicted& r : rows) shapes[{r.layout.dp, r.layout.tp, r.layout.pp, r.layout.ep}] = true;
       for (const auto& [s, _] : shapes) {
         plan::Layout l;
-        l.dp = std::get<0>(s), l.tp = std::get<1>(s), l.pp = std::get<2>(s), l.micro_batches = 0;
+        l.dp = std::get<0>(s), l.tp = std::get<1>(s), l.pp = std::get<2>(s), l.ep = std::get<3>(s), l.micro_batches = 0;
         wanted.push_back(l);
         if (l.pp > 1) {
           plan::Layout g = l;
           g.schedule = pp::ScheduleKind::kGPipe;
           if (l.dp == 1 && l.tp == 1) wanted.push_back(g);
         }
-        if (l.dp == a.world) {
+        if (l.dp == a.world && l.ep == 1) {
           for (int z : {1, 3}) {
             plan::Layout lz = l;
             lz.zero = z;
@@ -271,7 +274,7 @@ int main(int argc, char** argv) {
     for (const Predicted& pr : layouts) {
       const plan::Layout& l = pr.layout;
       std::string name = l.train_flags();
-      const Measured m = run(a, fmt::format("dp{}_tp{}_pp{}_z{}_{}_m{}", l.dp, l.tp, l.pp, l.zero,
+      const Measured m = run(a, fmt::format("dp{}_tp{}_pp{}_ep{}_z{}_{}_m{}", l.dp, l.tp, l.pp, l.ep, l.zero,
                                             pp::to_string(l.schedule), l.micro_batches),
                              a.mpirun + " -n " + std::to_string(a.world), name);
       row(name, pr.tokens_per_s, pr.memory_bytes, m);

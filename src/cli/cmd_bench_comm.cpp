@@ -3,8 +3,11 @@
 // measurement that backs the worker-thread design in comm/communicator.h.
 //
 //   algbw = bytes / time;  busbw = algbw * 2(n-1)/n (allreduce), * (n-1)/n (reduce_scatter,
-//   all_gather); bytes = the full buffer (allreduce), the input (reduce_scatter), the output
-//   (all_gather). Times are per operation, the slowest rank's, best of three interleaved rounds
+//   all_gather, all_to_all, all_to_all_v); bytes = the full buffer (allreduce), the input
+//   (reduce_scatter, all_to_all, all_to_all_v: what each rank sends, its own chunk included),
+//   the output (all_gather). all_to_all_v (the MoE token exchange, nn/moe_mlp.h) sends uneven
+//   chunks: rank r gives rank s u * (1 + (r + s) % n) elements, so every rank sends and receives
+//   the same total while each pair differs, against MPI_Alltoallv with the same counts. Times are per operation, the slowest rank's, best of three interleaved rounds
 //   (the machine may be shared; the best round is the least disturbed).
 #include <mpi.h>
 
@@ -14,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -51,7 +55,16 @@ std::string human(int64_t bytes) {
   return fmt::format("{}", bytes);
 }
 
-enum class Coll { kAllreduce, kReduceScatter, kAllGather };
+enum class Coll { kAllreduce, kReduceScatter, kAllGather, kAllToAll, kAllToAllV };
+
+// all_to_all_v's counts for about `count` elements sent per rank: u * (1 + (rank + s) % n) to
+// rank s; the same expression is what rank s receives from `rank`.
+std::vector<int64_t> uneven_counts(int64_t count, int n, int rank) {
+  const int64_t u = std::max<int64_t>(1, count / (int64_t{n} * (n + 1) / 2));
+  std::vector<int64_t> c(static_cast<std::size_t>(n));
+  for (int s = 0; s < n; ++s) c[static_cast<std::size_t>(s)] = u * (1 + (rank + s) % n);
+  return c;
+}
 
 struct Buffers {
   std::vector<float> a, b;  // a: allreduce buffer / reduce_scatter input / all_gather output
@@ -79,6 +92,14 @@ Result run_one(Coll coll, int64_t count, Communicator& tri, MPI_Comm raw, MPI_Co
   const int chunk = static_cast<int>(count / n);
   float* a = buf.a.data();
   float* b = buf.b.data();
+  // all_to_all_v: what this rank sends to / receives from each rank, as MPI's int layout too.
+  const std::vector<int64_t> counts = uneven_counts(count, n, tri.rank());
+  std::vector<int> raw_counts, raw_displs;
+  for (int64_t c : counts) {
+    raw_displs.push_back(raw_counts.empty() ? 0 : raw_displs.back() + raw_counts.back());
+    raw_counts.push_back(static_cast<int>(c));
+  }
+  const int64_t v_total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
   auto raw_op = [&] {
     switch (coll) {
       case Coll::kAllreduce:
@@ -89,6 +110,13 @@ Result run_one(Coll coll, int64_t count, Communicator& tri, MPI_Comm raw, MPI_Co
         break;
       case Coll::kAllGather:
         MPI_Allgather(b, chunk, MPI_FLOAT, a, chunk, MPI_FLOAT, raw);
+        break;
+      case Coll::kAllToAll:
+        MPI_Alltoall(a, chunk, MPI_FLOAT, b, chunk, MPI_FLOAT, raw);
+        break;
+      case Coll::kAllToAllV:
+        MPI_Alltoallv(a, raw_counts.data(), raw_displs.data(), MPI_FLOAT, b, raw_counts.data(),
+                      raw_displs.data(), MPI_FLOAT, raw);
         break;
     }
   };
@@ -103,6 +131,12 @@ Result run_one(Coll coll, int64_t count, Communicator& tri, MPI_Comm raw, MPI_Co
         break;
       case Coll::kAllGather:
         tri.all_gather(std::span<const float>(b, chunk), std::span(a, int64_t{chunk} * n)).wait();
+        break;
+      case Coll::kAllToAll:
+        tri.all_to_all(std::span<const float>(a, int64_t{chunk} * n), std::span(b, int64_t{chunk} * n)).wait();
+        break;
+      case Coll::kAllToAllV:
+        tri.all_to_all_v(std::span<const float>(a, v_total), counts, std::span(b, v_total), counts).wait();
         break;
     }
   };
@@ -208,8 +242,9 @@ int run_bench_comm(int argc, char** argv) {
     MPI_Comm_dup(MPI_COMM_WORLD, &sync);
     const int n = tri.size(), rank = tri.rank();
     Buffers buf;
-    buf.a.assign(max_bytes / 4 + n, 1.0f);
-    buf.b.assign(max_bytes / 4 + n, 1.0f);
+    // + n(n+1)/2: all_to_all_v sends at least one element per unit of its uneven pattern.
+    buf.a.assign(max_bytes / 4 + n + n * (n + 1) / 2, 1.0f);
+    buf.b.assign(max_bytes / 4 + n + n * (n + 1) / 2, 1.0f);
     if (rank == 0) {
       std::printf("# trident bench comm: %d ranks, fp32, sum; raw = blocking MPI on the same "
                   "buffers; times per op (us), bandwidths GB/s\n", n);
@@ -219,6 +254,8 @@ int run_bench_comm(int argc, char** argv) {
         {Coll::kAllreduce, "allreduce", n > 1 ? 2.0 * (n - 1) / n : 0.0},
         {Coll::kReduceScatter, "reduce_scatter", n > 1 ? 1.0 * (n - 1) / n : 0.0},
         {Coll::kAllGather, "all_gather", n > 1 ? 1.0 * (n - 1) / n : 0.0},
+        {Coll::kAllToAll, "all_to_all", n > 1 ? 1.0 * (n - 1) / n : 0.0},
+        {Coll::kAllToAllV, "all_to_all_v (uneven pairs)", n > 1 ? 1.0 * (n - 1) / n : 0.0},
     };
     for (const Spec& spec : specs) {
       if (rank == 0) {
@@ -232,6 +269,10 @@ int run_bench_comm(int argc, char** argv) {
         if (spec.coll != Coll::kAllreduce) count -= count % n;  // equal chunks
         if (count == 0) continue;
         Result r = run_one(spec.coll, count, tri, raw, sync, buf);
+        if (spec.coll == Coll::kAllToAllV) {  // what it sends: whole units per pair
+          const std::vector<int64_t> c = uneven_counts(count, n, rank);
+          count = std::accumulate(c.begin(), c.end(), int64_t{0});
+        }
         const double gb = count * 4 / 1e9;
         const double raw_bus = gb / r.raw_s * spec.factor, tri_bus = gb / r.tri_s * spec.factor;
         const double ratio = r.raw_s / r.tri_s;  // = tri busbw / raw busbw

@@ -1,5 +1,6 @@
 // `trident plan --model PRESET --world N [--memory-per-rank BYTES]`: lists the dp x tp x pp
-// layouts (with ZeRO stage, schedule and micro-batches) that fit, with predicted per-rank
+// layouts (with ZeRO stage, schedule, micro-batches and, for a mixture of experts, the
+// expert-parallel split ep of dp) that fit, with predicted per-rank
 // memory by category and predicted step time, ranked by tokens/s. Compute costs are measured
 // here, once, on one thread per rank (plan/cost_model.h); the models are in src/plan/.
 // Under mpirun with W > 1 ranks (scripts/trident-mpirun -n W), all ranks measure together:
@@ -60,7 +61,8 @@ double parse_bytes(const std::string& text) {
 
 int run_plan(int argc, char** argv) {
   CLI::App app{"Predict per-rank memory and step time of every dp x tp x pp layout (ZeRO stage, "
-               "pipeline schedule, micro-batches) of a model on N ranks, ranked by tokens/s among "
+               "pipeline schedule, micro-batches; for a mixture of experts also each expert-parallel "
+               "split ep of dp, with ZeRO 0) of a model on N ranks, ranked by tokens/s among "
                "those that fit. Compute costs are measured on this machine at start.",
                "trident plan"};
   std::string model = "small", memory = "0";
@@ -242,12 +244,12 @@ int run_plan(int argc, char** argv) {
     for (const plan::PlanRow& r : p.rows) {
       if (!r.fits) continue;  // as documented: the fitting rows (they come first)
       const plan::Layout& l = r.layout;
-      nlohmann::json j{{"dp", l.dp}, {"tp", l.tp}, {"pp", l.pp}, {"zero", l.zero},
+      nlohmann::json j{{"dp", l.dp}, {"tp", l.tp}, {"pp", l.pp}, {"ep", l.ep}, {"zero", l.zero},
                        {"schedule", pp::to_string(l.schedule)}, {"virtual_stages", l.virtual_stages},
                        {"micro_batches", l.micro_batches}, {"sequence_parallel", l.sequence_parallel},
                        {"fits", r.fits}, {"tokens_per_s", r.step.tokens_per_s}, {"step_s", r.step.step_s},
                        {"dedicated_s", r.step.dedicated_s}, {"shared_s", r.step.shared_s}, {"contended_s", r.step.contended_s},
-                       {"sync_s", r.step.sync_s}, {"dp_comm_s", r.step.dp_comm_s},
+                       {"sync_s", r.step.sync_s}, {"dp_comm_s", r.step.dp_comm_s}, {"ep_comm_s", r.step.ep_comm_s},
                        {"memory_bytes", r.memory.worst().total()}, {"calibrated_ranks", ranks}};
       js << j.dump() << "\n";
     }

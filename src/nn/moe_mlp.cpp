@@ -9,6 +9,7 @@
 
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "nn/moe_exchange.h"
 
 namespace trident::nn {
 
@@ -17,6 +18,12 @@ namespace {
 int64_t routed_rows(const ModelConfig& c, int64_t N) { return N * c.n_experts_per_tok; }
 
 }  // namespace
+
+int64_t moe_exchange_floats(const ModelConfig& cfg, int64_t N) { return routed_rows(cfg, N) * cfg.n_embd; }
+
+int64_t moe_exchange_buffer_floats(const ModelConfig& cfg, int ep, int64_t N) {
+  return ep > 1 ? 3 * moe_exchange_floats(cfg, N) : 0;  // ex, yo, xo below (forward, ep > 1)
+}
 
 MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t N) : tracker_(&tracker) {
   const auto A = MemCategory::kActivations;
@@ -126,7 +133,6 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
   } else {
     TRI_CHECK(ep_.comm, "expert parallelism ep {} needs a communicator to exchange tokens", ep_.size);
     // Rows per (owner, local expert), then the rows themselves, to the owners.
-    const int64_t R = N * K;
     a.send_counts.assign(static_cast<std::size_t>(E), 0);
     for (int64_t e = 0; e < E; ++e) a.send_counts[e] = a.offsets[e + 1] - a.offsets[e];
     a.recv_counts.assign(a.send_counts.size(), 0);
@@ -137,9 +143,11 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
     }
     for (int l = 0; l < local_; ++l) a.owner_offsets[l + 1] += a.owner_offsets[l];
     const int64_t Ro = a.owner_offsets[local_];
-    const auto rows = static_cast<std::size_t>(std::max(R, Ro));
-    a.ensure(a.ex, rows * C);
-    a.ensure(a.yo, rows * C);
+    // The exchange buffers (moe_exchange_buffer_floats: one exchange's rows each when routing
+    // is balanced, Ro = R).
+    const auto width = static_cast<std::size_t>(std::max(moe_exchange_floats(cfg_, N), Ro * C));
+    a.ensure(a.ex, width);
+    a.ensure(a.yo, width);
     a.ensure(a.xo, static_cast<std::size_t>(Ro * C));
     a.ensure(a.h1, static_cast<std::size_t>(Ro * Il));
     a.ensure(a.h3, static_cast<std::size_t>(Ro * Il));

@@ -13,6 +13,7 @@
 #include "kernels/kernels.h"
 #include "nn/model.h"
 #include "nn/architecture.h"
+#include "nn/moe_exchange.h"
 #include "parallel/pipeline/partition.h"
 #include "parallel/pipeline/simulator.h"
 #include "plan/memory_model.h"
@@ -248,6 +249,25 @@ TpCosts tp_costs(const CommModel& cm, const nn::ModelConfig& m, int tp, bool sp,
   return c;
 }
 
+// Expert parallelism's token exchange of one MoE layer for one micro-batch of N tokens
+// (nn/moe_mlp.h): forward the row counts (E int64, one all_to_all), the routed input rows to
+// the experts' owners and their outputs back; backward the output gradients out and the input
+// gradients back. Each all_to_allv moves this rank's k N rows of C floats
+// (nn::moe_exchange_floats), 1/ep of them to its own experts. Balanced routing is assumed:
+// every rank sends and receives as many rows, so the expert compute per rank is the routed
+// tokens' expert FLOPs / ep = the block's own at ep 1 (what block_forward prices).
+struct EpCosts {
+  double fwd = 0, bwd = 0;
+};
+EpCosts ep_costs(const CommModel& cm, const nn::ModelConfig& m, int ep, int64_t N) {
+  EpCosts c;
+  if (ep <= 1) return c;
+  const double rows = 4.0 * static_cast<double>(nn::moe_exchange_floats(m, N));
+  c.fwd = cm.all_to_all(8.0 * m.n_experts, ep) + 2 * cm.all_to_all(rows, ep);
+  c.bwd = 2 * cm.all_to_all(rows, ep);
+  return c;
+}
+
 // CPU time of a link's bytes only: no latency, the copy rate.
 CommModel copy_only(const CommModel& cm) {
   CommModel copy = cm;
@@ -292,6 +312,10 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   const CommModel tpl = link(crosses.tp, crosses.tp_streams), dpl = link(crosses.dp, crosses.dp_streams);
   const CommModel copy = copy_only(cm), tp_copy = copy_only(tpl), dp_copy = copy_only(dpl);
   const TpCosts tpc = tp_costs(tpl, m, tp, sp, N), tpc0 = tp_costs(tp_copy, m, tp, sp, N);
+  // Expert parallelism: the ep group exchanges tokens, the edp group reduces expert gradients.
+  const CommModel epl = link(crosses.ep, crosses.ep_streams), edpl = link(crosses.edp, crosses.edp_streams);
+  const CommModel edp_copy = copy_only(edpl);
+  const EpCosts epc = ep_costs(epl, m, l.ep, N), epc0 = ep_costs(copy_only(epl), m, l.ep, N);
 
   const double bf = compute.block_forward(tp, sp, B, T), bb = compute.block_backward(tp, sp, B, T);
   const double ef = compute.embed_forward(tp, sp, B, T), eb = compute.embed_backward(tp, sp, B, T);
@@ -303,6 +327,7 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   costs.comm = l.pp > 1 ? cm.p2p(4.0 * static_cast<double>(Nl) * m.n_embd) : 0;
   costs.tied = nn::has_tied_embedding(m) ? cm.allreduce(4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd, 2) : 0.0;
   std::vector<double> cpu_work(static_cast<std::size_t>(l.pp)), bwd_one(static_cast<std::size_t>(l.pp));
+  std::vector<double> ep_exchange(static_cast<std::size_t>(l.pp));
   std::vector<std::vector<double>> compute_fwd, compute_bwd;  // the chunks' costs without tp collectives
   for (int r = 0; r < l.pp; ++r) {
     costs.forward_by_chunk.emplace_back();
@@ -313,20 +338,26 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     for (int c = 0; c < V; ++c) {
       const nn::StageSpec& s = part.chunk(r, c);
       const double layers = s.layer_end - s.layer_begin;
-      auto fwd = [&](const TpCosts& t) { return (s.has_embedding ? ef + t.embed : 0) + layers * (bf + t.block_fwd); };
-      // Full recompute reruns every layer's forward (its collectives too) before its backward;
-      // selective's attention-core rerun is left out (small next to the layer's matmuls).
-      const bool rerun = req.recompute == nn::Recompute::kFull;
-      auto bwd = [&](const TpCosts& t) {
-        const double layer = bb + t.block_bwd + (rerun ? bf + t.block_fwd : 0);
-        return (s.has_head ? hd + t.head : 0) + layers * layer + (s.has_embedding ? eb : 0);
+      const double moe = moe_layer_count(m, s.layer_begin, s.layer_end);
+      auto fwd = [&](const TpCosts& t, const EpCosts& e) {
+        return (s.has_embedding ? ef + t.embed : 0) + layers * (bf + t.block_fwd) + moe * e.fwd;
       };
-      costs.forward_by_chunk.back().push_back(fwd(tpc));
-      costs.backward_by_chunk.back().push_back(bwd(tpc));
-      compute_fwd.back().push_back(fwd(TpCosts{}));
-      compute_bwd.back().push_back(bwd(TpCosts{}));
-      work += M * (fwd(tpc0) + bwd(tpc0));
-      bwd_one[static_cast<std::size_t>(r)] += bwd(tpc);
+      // Full recompute reruns every layer's forward (its collectives and token exchange too)
+      // before its backward; selective's attention-core rerun is left out (small next to the
+      // layer's matmuls).
+      const bool rerun = req.recompute == nn::Recompute::kFull;
+      auto bwd = [&](const TpCosts& t, const EpCosts& e) {
+        const double layer = bb + t.block_bwd + (rerun ? bf + t.block_fwd : 0);
+        return (s.has_head ? hd + t.head : 0) + layers * layer + moe * (e.bwd + (rerun ? e.fwd : 0)) +
+               (s.has_embedding ? eb : 0);
+      };
+      costs.forward_by_chunk.back().push_back(fwd(tpc, epc));
+      costs.backward_by_chunk.back().push_back(bwd(tpc, epc));
+      compute_fwd.back().push_back(fwd(TpCosts{}, EpCosts{}));
+      compute_bwd.back().push_back(bwd(TpCosts{}, EpCosts{}));
+      work += M * (fwd(tpc0, epc0) + bwd(tpc0, epc0));
+      bwd_one[static_cast<std::size_t>(r)] += bwd(tpc, epc);
+      ep_exchange[static_cast<std::size_t>(r)] += M * moe * (epc.fwd * (rerun ? 2 : 1) + epc.bwd);
       // Activation and gradient messages: copied out and in (2 per micro-batch per chunk edge).
       if (l.pp > 1) work += 2.0 * M * copy.p2p(4.0 * static_cast<double>(Nl) * m.n_embd);
     }
@@ -355,7 +386,13 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   for (int r = 0; r < l.pp; ++r) {
     const auto i = static_cast<std::size_t>(r);
     const double psi = static_cast<double>(mem.params_by_pp_rank[i]);
-    const double dp_comm = dp_traffic(dpl, l.zero, l.dp, M, psi);
+    // Under ep the expert weights are reduced over edp (dp / ep ranks), the rest over dp.
+    const double experts = l.ep > 1 ? static_cast<double>(mem.expert_params_by_pp_rank[i]) : 0.0;
+    auto grad_traffic = [&](const CommModel& dense_link, const CommModel& expert_link) {
+      return dp_traffic(dense_link, l.zero, l.dp, M, psi - experts) +
+             (experts > 0 ? dp_traffic(expert_link, l.zero, l.dp / l.ep, M, experts) : 0.0);
+    };
+    const double dp_comm = grad_traffic(dpl, edpl);
     // What cannot hide behind backward: the bucket finished last (the embedding's, which
     // holds the tied embedding, on the first stage) and whatever exceeds the backward it overlaps with
     // (the last micro-batch's for ZeRO 0/1; the whole step's for 2/3, which talk every
@@ -373,7 +410,8 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     p.dp_comm_s = std::max(p.dp_comm_s, dp_comm);
     p.optimizer_s = std::max(p.optimizer_s, opt);
     p.compute_s = std::max(p.compute_s, busy[i]);
-    shared_work += cpu_work[i] + dp_traffic(dp_copy, l.zero, l.dp, M, psi) + opt;
+    p.ep_comm_s = std::max(p.ep_comm_s, ep_exchange[i]);
+    shared_work += cpu_work[i] + grad_traffic(dp_copy, edp_copy) + opt;
   }
   p.dedicated_s = pipe_step + tail;
   // Every tp and dp rank of a stage does the same work; each uses threads_per_rank threads.
@@ -423,7 +461,8 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
                                       [&](int n) { return n != machine.node_of_rank.front(); });
   const double one_sync = machine.world_allreduce_s >= 0 ? machine.world_allreduce_s
                                                          : link(multi_node, 1).allreduce(16.0, l.world());
-  p.sync_s = machine.step_world_allreduces * one_sync;
+  // A mixture of experts adds one: the per-layer expert load summed over the world (engine).
+  p.sync_s = (machine.step_world_allreduces + (m.is_moe() ? 1 : 0)) * one_sync;
   p.step_s = std::max({p.dedicated_s, p.shared_s, p.contended_s}) + p.sync_s;
   p.tokens_per_s = static_cast<double>(req.batch_size * req.seq_len) / p.step_s;
   return p;

@@ -123,6 +123,9 @@ struct CommModel {
   double p2p(double bytes) const { return (p2p_latency >= 0 ? p2p_latency : latency) + bytes / bandwidth; }
   double allreduce(double bytes, int n) const;
   double reduce_scatter(double bytes, int n) const;  // = all_gather
+  // A rank sends `bytes` in all, 1/n of them to itself (a copy): n - 1 steps, each one
+  // latency and 1/n of the bytes (pairwise exchange), the reduce_scatter's cost.
+  double all_to_all(double bytes, int n) const { return reduce_scatter(bytes, n); }
   // The bytes-over-bandwidth part only (CPU time of the copies on a shared-memory transport).
   double allreduce_copy(double bytes, int n) const;
 };
@@ -158,6 +161,7 @@ struct StepPrediction {
   double contended_s = 0;     // the critical path with compute at each rank's share of the cores
   double compute_s = 0;       // busiest rank's compute (incl. tp collectives), per step
   double dp_comm_s = 0;       // busiest rank's dp traffic per step (before overlap)
+  double ep_comm_s = 0;       // busiest rank's MoE token exchange per step (in compute_s)
   double optimizer_s = 0;
   double sync_s = 0;          // the per-step world allreduces (MachineModel), added to the step
   double bubble = 0;          // mean pipeline idle fraction (simulator), 0 without pp

@@ -123,6 +123,20 @@ std::vector<Candidate> enumerate_layouts(const PlanRequest& r) {
             lz.zero = zero;
             out.push_back({lz, true, {}});
           }
+          // Expert parallelism, out of dp, for a mixture of experts: every ep > 1 dividing dp
+          // and the experts, ZeRO 0 only (parallel/expert_parallel_comm.h: ZeRO shards the
+          // flat buffer over dp, whose ranks hold different experts).
+          if (!m.is_moe()) continue;
+          for (int ep : divisors(base.dp)) {
+            if (ep == 1) continue;
+            Layout le = ls;
+            le.ep = ep;
+            if (m.n_experts % ep != 0) {
+              reject(le, fmt::format("ep {} does not divide the {} experts of each layer", ep, m.n_experts));
+              continue;
+            }
+            out.push_back({le, true, {}});
+          }
         }
       }
     }

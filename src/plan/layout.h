@@ -1,6 +1,7 @@
 // Layouts the planner considers: every dp x tp x pp factorisation of the world size crossed
-// with ZeRO stages (dp > 1), pipeline schedules (pp > 1: GPipe, 1F1B, interleaved with V = 2)
-// and micro-batch counts, each either valid for the model and batch or rejected with the
+// with ZeRO stages (dp > 1), pipeline schedules (pp > 1: GPipe, 1F1B, interleaved with V = 2),
+// micro-batch counts and, for a mixture of experts, expert-parallel splits of dp, each either
+// valid for the model and batch or rejected with the
 // reason the engine would give. Memory and time predictions are left to memory_model.h and
 // cost_model.h; ranking to planner.h.
 #pragma once
@@ -66,7 +67,8 @@ struct Candidate {
 // settings the engine would reject: tp not dividing n_head or 4*n_embd, more pipeline chunks
 // than layers, interleaving that does not divide the layers or the micro-batches, a batch
 // that does not split over dp or into M micro-batches. ZeRO 1-3 are only tried with dp > 1,
-// schedules only with pp > 1.
+// schedules only with pp > 1. Mixture-of-experts models also get every expert-parallel split
+// ep > 1 of dp that divides the experts (ZeRO 0 only, as the engine requires).
 std::vector<Candidate> enumerate_layouts(const PlanRequest& request);
 
 }  // namespace trident::plan

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "nn/architecture.h"
+#include "nn/moe_exchange.h"
 #include "parallel/pipeline/partition.h"
 
 namespace trident::plan {
@@ -56,6 +57,16 @@ RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout,
   return rc;
 }
 
+int moe_layer_count(const nn::ModelConfig& model, int layer_begin, int layer_end) {
+  const nn::Architecture& arch = nn::architecture(model.family);
+  int n = 0;
+  for (int layer = layer_begin; layer < layer_end; ++layer) {
+    const std::vector<nn::ParamDecl> decls = arch.layer_params(model, layer);
+    n += std::any_of(decls.begin(), decls.end(), [](const nn::ParamDecl& d) { return d.expert >= 0; });
+  }
+  return n;
+}
+
 std::vector<int> peak_live_per_chunk(const pp::ScheduleSpec& spec, int rank) {
   std::vector<int> live(static_cast<std::size_t>(spec.virtual_stages), 0), peak = live;
   for (const pp::Instruction& ins : pp::compute_order(spec, rank)) {
@@ -78,19 +89,29 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     RankChunks rc = build_rank_chunks(m, l, r, req.recompute);
     const std::vector<int> live =
         l.pp > 1 ? peak_live_per_chunk(spec, r) : std::vector<int>(static_cast<std::size_t>(l.virtual_stages), 1);
-    int64_t psi = 0, max_param = 0, max_group = 0;
+    int64_t psi = 0, expert_psi = 0, max_param = 0, max_group = 0;
     double act_floats = 0, work_floats = 0;
     for (std::size_t c = 0; c < rc.chunks.size(); ++c) {
       const nn::Model& g = *rc.chunks[c];
       const nn::ParameterSet& ps = g.params();
       psi += ps.total_numel();
-      for (const nn::ParamInfo& p : ps.infos()) max_param = std::max(max_param, p.numel);
+      for (const nn::ParamInfo& p : ps.infos()) {
+        max_param = std::max(max_param, p.numel);
+        if (p.expert >= 0) expert_psi += p.numel;
+      }
       for (int gi = 0; gi < ps.num_groups(); ++gi) {
         max_group = std::max(max_group, ps.group_end(gi) - ps.group_begin(gi));
       }
       // Each live micro-batch's own, plus what the chunk's model holds once (recompute).
       act_floats += static_cast<double>(live[c]) * static_cast<double>(g.activation_floats(B, T)) +
                     static_cast<double>(g.recompute_floats(B, T));
+      // The MoE layers' token-exchange buffers (ep > 1), in each layer's activations: per live
+      // micro-batch and layer, or in the one rerun layer's under full recompute.
+      const nn::StageSpec& st = g.stage();
+      const int moe = moe_layer_count(m, st.layer_begin, st.layer_end);
+      const double exchange = static_cast<double>(nn::moe_exchange_buffer_floats(m, l.ep, N));
+      act_floats += req.recompute == nn::Recompute::kFull ? (moe > 0 ? exchange : 0.0)
+                                                          : static_cast<double>(live[c]) * moe * exchange;
       // Model::ensure_scratch: residual grad, shared and layer scratch, vocab-parallel sums.
       double w = static_cast<double>(g.workspace_floats(N));
       // DataParallel's scratch copy of the tied embedding gradient (ZeRO 0/1, embedding and head on
@@ -117,6 +138,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     mb.workspace = 4 * work_floats;
     out.by_pp_rank.push_back(mb);
     out.params_by_pp_rank.push_back(psi);
+    out.expert_params_by_pp_rank.push_back(expert_psi);
   }
   for (int r = 0; r < l.pp; ++r) {
     if (out.by_pp_rank[static_cast<std::size_t>(r)].total() > out.worst().total()) out.worst_pp_rank = r;

@@ -12,7 +12,10 @@
 // min(pp - rank, M)), plus the chunk's one recompute working set
 // (nn::Model::recompute_floats); workspace: the
 // backward scratch each chunk allocates. The counts come from constructing the same nn::Model
-// objects the engine builds (construction allocates nothing).
+// objects the engine builds (construction allocates nothing). Expert parallelism (ep > 1):
+// each rank holds E / ep experts of every MoE layer, and each MoE layer's activations add its
+// token-exchange buffers (nn/moe_exchange.h, balanced routing) per live micro-batch (once per
+// chunk under full recompute, which keeps one layer's activations).
 #pragma once
 
 #include <cstdint>
@@ -33,11 +36,17 @@ struct MemoryBreakdown {
 struct MemoryPrediction {
   std::vector<MemoryBreakdown> by_pp_rank;  // every tp and dp rank of a stage is alike
   std::vector<int64_t> params_by_pp_rank;   // Ψ of the rank's chunks (local, padded), unsharded
+  // Of Ψ, the expert weights (nn::ParamInfo::expert >= 0): reduced over dp / ep, not dp.
+  std::vector<int64_t> expert_params_by_pp_rank;
   int worst_pp_rank = 0;                    // largest total
   const MemoryBreakdown& worst() const { return by_pp_rank.at(static_cast<std::size_t>(worst_pp_rank)); }
 };
 
 MemoryPrediction predict_memory(const PlanRequest& request, const Layout& layout);
+
+// Layers in [layer_begin, layer_end) whose declarations hold experts (nn::ParamDecl::expert):
+// the mixture-of-experts layers, which exchange token rows under expert parallelism.
+int moe_layer_count(const nn::ModelConfig& model, int layer_begin, int layer_end);
 
 // The most micro-batches each local chunk of `rank` holds activations for at once under the
 // schedule (walking its compute order: a Forward acquires, a Backward releases).

@@ -16,28 +16,36 @@ GroupsCrossNodes groups_cross_nodes(const Layout& l, const std::vector<int>& nod
             "rank placement has {} ranks but layout {} has {}", node_of_rank.size(), l.shape(), shape.world());
   const int nodes = 1 + *std::max_element(node_of_rank.begin(), node_of_rank.end());
   auto node_of = [&](const comm::MeshCoord& c) { return node_of_rank[static_cast<std::size_t>(comm::mesh_rank(c, shape))]; };
-  // One axis: for each group (the ranks sharing the other two coordinates), whether it spans
-  // nodes and which nodes it touches.
-  auto axis = [&](int size, auto member, bool& spans, int& streams) {
+  // One axis: for each group (visited once, through its member with first(c)), whether it
+  // spans nodes and which nodes it touches; member(c, k) is the group's k-th rank.
+  auto axis = [&](int size, auto first, auto member, bool& spans, int& streams) {
     std::vector<int> per_node(static_cast<std::size_t>(nodes), 0);
     for (int r = 0; r < shape.world(); ++r) {
-      comm::MeshCoord c = comm::mesh_coord(r, shape);
-      if (member(c) != 0) continue;  // one visit per group: its member at coordinate 0
+      const comm::MeshCoord c = comm::mesh_coord(r, shape);
+      if (!first(c)) continue;
       std::vector<bool> touched(static_cast<std::size_t>(nodes), false);
-      for (int k = 0; k < size; ++k) {
-        comm::MeshCoord m = c;
-        member(m) = k;
-        touched[static_cast<std::size_t>(node_of(m))] = true;
-      }
+      for (int k = 0; k < size; ++k) touched[static_cast<std::size_t>(node_of(member(c, k)))] = true;
       if (std::count(touched.begin(), touched.end(), true) < 2) continue;
       spans = true;
       for (int n = 0; n < nodes; ++n) per_node[static_cast<std::size_t>(n)] += touched[static_cast<std::size_t>(n)];
     }
     streams = *std::max_element(per_node.begin(), per_node.end());
   };
-  axis(l.tp, [](comm::MeshCoord& c) -> int& { return c.tp; }, g.tp, g.tp_streams);
-  axis(l.dp, [](comm::MeshCoord& c) -> int& { return c.dp; }, g.dp, g.dp_streams);
-  axis(l.pp, [](comm::MeshCoord& c) -> int& { return c.pp; }, g.pp, g.pp_streams);
+  // The three mesh axes: a group is the ranks sharing the other two coordinates.
+  auto along = [&](int size, int comm::MeshCoord::*field, bool& spans, int& streams) {
+    axis(size, [&](const comm::MeshCoord& c) { return c.*field == 0; },
+         [&](comm::MeshCoord c, int k) { c.*field = k; return c; }, spans, streams);
+  };
+  along(l.tp, &comm::MeshCoord::tp, g.tp, g.tp_streams);
+  along(l.dp, &comm::MeshCoord::dp, g.dp, g.dp_streams);
+  along(l.pp, &comm::MeshCoord::pp, g.pp, g.pp_streams);
+  if (l.ep > 1) {
+    const int ep = l.ep;
+    axis(ep, [&](const comm::MeshCoord& c) { return c.dp % ep == 0; },
+         [&](comm::MeshCoord c, int k) { c.dp += k; return c; }, g.ep, g.ep_streams);
+    axis(l.dp / ep, [&](const comm::MeshCoord& c) { return c.dp < ep; },
+         [&](comm::MeshCoord c, int k) { c.dp += k * ep; return c; }, g.edp, g.edp_streams);
+  }
   return g;
 }
 

@@ -17,6 +17,11 @@ struct GroupsCrossNodes {
   // those groups' streams share one node's link when they all talk at once (a ring leaves
   // each node once per group).
   int tp_streams = 0, dp_streams = 0, pp_streams = 0;
+  // Expert parallelism (layout.ep > 1), carved out of dp as comm::Mesh does: an ep group is ep
+  // consecutive dp coordinates (the token exchange), an edp group the dp coordinates with the
+  // same dp % ep (expert gradients).
+  bool ep = false, edp = false;
+  int ep_streams = 0, edp_streams = 0;
 };
 
 // node_of_rank: mesh rank -> node index, world() entries; empty: every rank on one node.

@@ -65,22 +65,22 @@ std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOp
                      req.memory_per_rank > 0 ? fmt::format(" in {} per rank", format_bytes(req.memory_per_rank))
                                              : std::string(" (no memory limit)"),
                      req.batch_size, req.seq_len, tokens);
-  out += fmt::format("{:>3}  {:<14} {:>4} {:<15} {:>3}  {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}  {:>9} {:>9} {:>7}  {}\n",
+  out += fmt::format("{:>3}  {:<16} {:>4} {:<15} {:>3}  {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}  {:>9} {:>9} {:>7}  {}\n",
                      "#", "layout", "zero", "schedule", "M", "params", "grads", "optim", "acts",
                      "work", "total MiB", "step ms", "tokens/s", "bubble", "bound");
-  std::set<std::tuple<int, int, int, int, int, int>> seen;
+  std::set<std::tuple<int, int, int, int, int, int, int>> seen;
   int shown = 0, index = 0;
   for (const PlanRow& r : plan.rows) {
     ++index;
     const Layout& l = r.layout;
     if (!opt.all) {
-      auto key = std::make_tuple(l.dp, l.tp, l.pp, l.zero, static_cast<int>(l.schedule), l.virtual_stages);
+      auto key = std::make_tuple(l.dp, l.tp, l.pp, l.ep, l.zero, static_cast<int>(l.schedule), l.virtual_stages);
       if (!seen.insert(key).second) continue;
     }
     if (opt.top > 0 && shown >= opt.top) break;
     ++shown;
     const MemoryBreakdown& m = r.memory.worst();
-    out += fmt::format("{:>3}  {:<14} {:>4} {:<15} {:>3}  {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>9.1f}  {:>9.1f} {:>9.0f} {:>6.1f}%  {}{}\n",
+    out += fmt::format("{:>3}  {:<16} {:>4} {:<15} {:>3}  {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>9.1f}  {:>9.1f} {:>9.0f} {:>6.1f}%  {}{}\n",
                        r.fits ? fmt::format("{}", index) : std::string("-"), l.shape(), l.zero,
                        l.schedule_name(), l.micro_batches, m.params / MiB, m.grads / MiB,
                        m.optimizer / MiB, m.activations / MiB, m.workspace / MiB, m.total() / MiB,

@@ -25,9 +25,11 @@ def main():
                         "--no-overlap"], timeout=300)
     check("bench comm on 2 ranks", rc == 0, err[-800:] if rc else "")
     tables = cb.parse_comm(out)
-    ok = set(tables) == {"allreduce", "reduce_scatter", "all_gather"} and all(
-        [r[0] for r in rows] == ["4K", "16K"] and all(x[1] > 0 and x[2] > 0 and x[3] > 0 for x in rows)
-        for rows in tables.values())
+    # all_to_all_v sends whole units of its uneven pattern: a little under each size.
+    ok = set(tables) == {"allreduce", "reduce_scatter", "all_gather", "all_to_all", "all_to_all_v"} and all(
+        len(rows) == 2 and (name == "all_to_all_v" or [r[0] for r in rows] == ["4K", "16K"]) and
+        all(x[1] > 0 and x[2] > 0 and x[3] > 0 for x in rows)
+        for name, rows in tables.items())
     check("parse_comm reads every collective's rows (size, raw busbw, trident busbw, ratio)", ok, str(tables))
     with tempfile.TemporaryDirectory() as d:
         rc, _, err = run([T, "plan", "--model", "tiny", "--world", "8", "--batch-size", "8", "--seq-len", "64",
@@ -45,6 +47,9 @@ def main():
           str(only))
     flags = cb.layout_flags(only[0])
     check("layout_flags gives trident train flags", flags.startswith("--dp ") and "--micro-batches" in flags, flags)
+    moe_row = dict(only[0], dp=4, ep=2)
+    check("layout_flags carries a mixture of experts' --ep", cb.layout_flags(moe_row).endswith(" --ep 2"),
+          cb.layout_flags(moe_row))
     check("kendall_tau: same order 1, reversed -1",
           cb.kendall_tau([3, 2, 1], [30, 20, 10]) == 1.0 and cb.kendall_tau([3, 2, 1], [1, 2, 3]) == -1.0)
     finish()

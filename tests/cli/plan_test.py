@@ -1,7 +1,8 @@
 """`trident plan`: its flags do what --help says and --json writes the documented fields
 (docs/planner.md): every row a valid layout of the world, ranked by predicted tokens/s, within
 --memory-per-rank; --top, --all, --micro-batches, --sequence-parallel, --flops, --link-gbps,
---no-overlap change the output as documented; the 'best:' line is the first row's layout;
+--no-overlap change the output as documented; the 'best:' line is the first row's layout; a
+mixture of experts gets its ep splits of dp;
 under mpirun the ranks calibrate together (calibrated_ranks). Mostly with --flops and a given
 --link-gbps, so nothing is timed and the predictions are deterministic."""
 import json
@@ -13,7 +14,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import check, finish, mpirun, run, trident  # noqa: E402
 
-FIELDS = {"dp", "tp", "pp", "zero", "schedule", "virtual_stages", "micro_batches", "sequence_parallel", "fits",
+FIELDS = {"dp", "tp", "pp", "ep", "zero", "schedule", "virtual_stages", "micro_batches", "sequence_parallel", "fits",
           "tokens_per_s", "step_s", "memory_bytes", "calibrated_ranks"}
 ROW = re.compile(r"^\s*\d+\s+dp(\d+) tp(\d+) pp(\d+)\s", re.M)
 
@@ -97,6 +98,26 @@ def main():
         check("--no-overlap never predicts a shorter step, and a longer one for some dp layout",
               all(n[k]["step_s"] >= o[k]["step_s"] for k in n if k in o) and
               any(n[k]["step_s"] > o[k]["step_s"] for k in n if k in o and k[0] > 1))
+
+        check("a dense model gets no expert-parallel rows", all(r["ep"] == 1 for r in rows))
+        # A mixture of experts: ep splits of dp (ZeRO 0, dividing the 4 experts) ranked with the rest.
+        moe = [T, "plan", "--model", "mixtral-tiny", "--world", "4", "--batch-size", "8", "--seq-len", "16"]
+        rc, text, mrows = plan("--flops", "1e10", "--all", cmd=moe)
+        eps = {(r["dp"], r["ep"]) for r in mrows if r["ep"] > 1}
+        check("plan --model mixtral-tiny lists ep 2 and 4 splits of dp",
+              rc == 0 and eps == {(2, 2), (4, 2), (4, 4)}, f"{sorted(eps)}" if rc == 0 else text[-500:])
+        check("ep rows are ZeRO 0 and split dp", all(r["zero"] == 0 and r["dp"] % r["ep"] == 0
+                                                    for r in mrows if r["ep"] > 1))
+        check("the table shows the ep rows", "dp4 tp1 pp1 ep2" in text and "dp4 tp1 pp1 ep4" in text)
+        fast_link = plan("--flops", "1e10", "--link-gbps", "1e6", "--latency-us", "0", cmd=moe)[2]
+        slow_link = plan("--flops", "1e10", "--link-gbps", "1", "--latency-us", "5000", cmd=moe)[2]
+        def first_dp4(rs, ep):  # rank of the best dp4 x tp1 x pp1 ZeRO-0 row at this ep
+            return next((i for i, r in enumerate(rs) if (r["dp"], r["tp"], r["ep"], r["zero"]) == (4, 1, ep, 0)), None)
+        ranks = [first_dp4(fast_link, 2), first_dp4(fast_link, 1), first_dp4(slow_link, 2), first_dp4(slow_link, 1)]
+        check("dp4 ep2 ranks above dp4 ep1 with free links and below it with latency-bound ones",
+              None not in ranks and ranks[0] < ranks[1] and ranks[2] > ranks[3], f"{ranks}")
+        check("ep rows report their exchange time (ep_comm_s)",
+              all((r["ep_comm_s"] > 0) == (r["ep"] > 1) for r in slow_link))
 
         # Calibration: alone (times the model here) and under mpirun with all ranks at once.
         rc, text, timed = plan("--top", "1")

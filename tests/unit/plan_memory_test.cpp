@@ -1,11 +1,19 @@
 // Planner memory model against hand-computed formulas: ZeRO stages 0-3 over dp, a pipeline
 // split (embedding on the first stage, the head's wte copy on the last, 1F1B vs GPipe live
 // micro-batches), a tensor-parallel split (Korthikanti et al.'s per-layer activations in fp32
-// without dropout: the model's BlockActivations).
+// without dropout: the model's BlockActivations); and, for expert parallelism, the
+// activation estimate against the MemoryTracker of two ep ranks running a step in threads.
 #include <gtest/gtest.h>
 
+#include <barrier>
 #include <cmath>
+#include <cstring>
+#include <thread>
 
+#include "core/memory.h"
+#include "kernels/kernels.h"
+#include "nn/expert_parallel.h"
+#include "nn/model.h"
 #include "plan/memory_model.h"
 
 namespace trident::plan {
@@ -144,6 +152,101 @@ TEST(PlanMemory, ExpertParallelismDividesExpertParameters) {
     EXPECT_EQ(static_cast<double>(m.params_by_pp_rank[0]), psi - experts + experts / ep) << ep;
     EXPECT_DOUBLE_EQ(m.worst().params, 4 * (psi - experts + experts / ep)) << ep;
     EXPECT_DOUBLE_EQ(m.worst().optimizer, 8 * (psi - experts + experts / ep)) << ep;
+  }
+}
+
+// An ep group of ranks as threads of this process: each call posts this rank's buffer and
+// counts, waits for all, copies its chunk from every source, and waits again before anyone
+// reuses a buffer (the semantics of nn::ExpertParallelComm, without MPI).
+struct ThreadGroup {
+  explicit ThreadGroup(int n) : size(n), sync(n), in(n), counts(n) {}
+  int size;
+  std::barrier<> sync;
+  std::vector<const void*> in;
+  std::vector<std::vector<int64_t>> counts;  // per source: elements to each rank
+};
+
+class ThreadEp final : public nn::ExpertParallelComm {
+ public:
+  ThreadEp(ThreadGroup& g, int rank) : g_(g), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return g_.size; }
+  void all_to_all_v(const float* in, std::span<const int64_t> send, float* out, std::span<const int64_t>) override {
+    exchange(in, std::vector<int64_t>(send.begin(), send.end()), out, sizeof(float));
+  }
+  void all_to_all_counts(const int64_t* in, int64_t* out, int64_t per_rank) override {
+    exchange(in, std::vector<int64_t>(static_cast<std::size_t>(g_.size), per_rank), out, sizeof(int64_t));
+  }
+
+ private:
+  void exchange(const void* in, std::vector<int64_t> send, void* out, std::size_t elem) {
+    g_.in[rank_] = in;
+    g_.counts[rank_] = std::move(send);
+    g_.sync.arrive_and_wait();
+    char* o = static_cast<char*>(out);
+    for (int s = 0; s < g_.size; ++s) {
+      int64_t at = 0;
+      for (int r = 0; r < rank_; ++r) at += g_.counts[s][r];
+      const auto n = static_cast<std::size_t>(g_.counts[s][rank_]) * elem;
+      std::memcpy(o, static_cast<const char*>(g_.in[s]) + at * static_cast<int64_t>(elem), n);
+      o += n;
+    }
+    g_.sync.arrive_and_wait();
+  }
+  ThreadGroup& g_;
+  int rank_;
+};
+
+TEST(PlanMemory, ExpertParallelActivationsMatchTheTrackerOfTwoEpRanks) {
+  // mixtral-tiny with every token routed to all E = 4 experts (k = E): routing is balanced
+  // whatever the router, each ep rank receives as many rows as it sends, so the estimate
+  // (nn/moe_exchange.h's exchange buffers per MoE layer) is exact, not a bound.
+  PlanRequest r = request(2, 4);
+  r.model = nn::model_preset("mixtral-tiny");
+  r.model.n_experts_per_tok = r.model.n_experts;
+  const int64_t B = 2, T = r.seq_len;  // 4 sequences over dp 2, one micro-batch
+  for (int ep : {1, 2}) {
+    Layout l;
+    l.dp = 2, l.ep = ep;
+    const MemoryPrediction predicted = predict_memory(r, l);
+    ThreadGroup group(ep);
+    std::vector<double> peak(static_cast<std::size_t>(ep));
+    std::vector<double> loss(static_cast<std::size_t>(ep));
+    auto run_rank = [&](int q) {
+      kernels::set_num_threads(1);
+      ThreadEp comm(group, q);
+      nn::TpContext tp;
+      tp.ep = nn::EpContext{q, ep, ep > 1 ? &comm : nullptr};
+      MemoryTracker tracker;
+      nn::Model model(r.model, tp);
+      model.allocate(tracker);
+      model.params().initialize(5);
+      nn::ModelActivations acts = model.make_activations(tracker, B, T);
+      std::vector<int32_t> ids, targets;
+      for (int64_t i = 0; i < B * T; ++i) {
+        ids.push_back(static_cast<int32_t>((i * 13 + 7 * q) % 1000));
+        targets.push_back(static_cast<int32_t>((i * 5 + q) % 1000));
+      }
+      model.params().zero_grads();
+      loss[static_cast<std::size_t>(q)] = model.forward_backward(acts, ids.data(), targets.data(), B, T, 1.0f / (B * T));
+      peak[static_cast<std::size_t>(q)] = static_cast<double>(tracker.peak(MemCategory::kActivations));
+    };
+    std::vector<std::thread> ranks;
+    for (int q = 0; q < ep; ++q) ranks.emplace_back(run_rank, q);
+    for (std::thread& t : ranks) t.join();
+    for (int q = 0; q < ep; ++q) {
+      EXPECT_TRUE(std::isfinite(loss[static_cast<std::size_t>(q)])) << "ep " << ep << " rank " << q;
+      EXPECT_EQ(peak[static_cast<std::size_t>(q)], predicted.worst().activations) << "ep " << ep << " rank " << q;
+    }
+    if (ep == 2) {
+      // What ep adds: per layer three buffers of the k N routed rows x C (receive, owner
+      // outputs, owner inputs).
+      Layout one = l;
+      one.ep = 1;
+      const double rows = static_cast<double>(r.model.n_experts_per_tok) * B * T;
+      EXPECT_DOUBLE_EQ(predicted.worst().activations - predict_memory(r, one).worst().activations,
+                       4 * 4 * 3 * rows * C);
+    }
   }
 }
 
