@@ -8,6 +8,7 @@
 
 #include "core/memory.h"
 #include "kernels/matmul_engine.h"
+#include "nn/moe_loss.h"
 #include "nn/parameters.h"
 
 namespace trident::nn {
@@ -68,12 +69,12 @@ class Layer {
   // for the attention output it discards. Just before backward, which overwrites that scratch.
   virtual void recompute_attention_core(LayerActivations& acts, int64_t B, int64_t T,
                                         SharedScratch& scratch) const = 0;
-  // Layers with an auxiliary objective (the mixture of experts' load-balancing loss): its
-  // weight in the training objective per unit of the layer's per-sequence term (nn/moe_mlp.h).
-  virtual void set_aux_loss_weight(float /*weight*/) {}
+  // Layers with auxiliary objectives (the mixture of experts' load-balancing loss and router
+  // z-loss): their weights in the training objective per unit of the layer's terms (nn/moe_loss.h).
+  virtual void set_moe_loss_weights(const MoeLossWeights& /*weights*/) {}
   // The unweighted auxiliary-loss terms of the micro-batches backward ran on since the last
   // call (counted in backward, which runs once per micro-batch, unlike a recomputed forward).
-  virtual double take_aux_loss_sum() { return 0.0; }
+  virtual MoeLossSums take_moe_loss_sums() { return {}; }
   // Mixture of experts: tokens routed to each of the layer's experts by the micro-batches
   // backward ran on since the last call (this rank's tokens); empty for other layers.
   virtual std::vector<int64_t> take_expert_load() { return {}; }

@@ -26,7 +26,8 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
   std::vector<std::string> hf_keys() const override {
     std::vector<std::string> keys = llama().hf_keys();
     for (const char* k : {"num_local_experts", "num_experts_per_tok", "router_aux_loss_coef",
-                          "output_router_logits", "router_jitter_noise", "sliding_window"}) {
+                          "router_z_loss_coef", "output_router_logits", "router_jitter_noise",
+                          "sliding_window"}) {
       keys.emplace_back(k);
     }
     return keys;
@@ -40,6 +41,8 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     j["num_local_experts"] = c.n_experts;
     j["num_experts_per_tok"] = c.n_experts_per_tok;
     j["router_aux_loss_coef"] = c.router_aux_loss_coef;
+    // Not a key of Hugging Face's Mixtral (Switch Transformers' name): written only when used.
+    if (c.router_z_loss_coef > 0) j["router_z_loss_coef"] = c.router_z_loss_coef;
     j["output_router_logits"] = false;
     j["router_jitter_noise"] = 0.0;
     j["sliding_window"] = nullptr;
@@ -54,6 +57,7 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     c.n_experts = hf_json_int(j, "num_local_experts", source, kNeeds);
     c.n_experts_per_tok = hf_json_int(j, "num_experts_per_tok", source, kNeeds);
     c.router_aux_loss_coef = hf_json_number(j, "router_aux_loss_coef", source, 0.001);
+    c.router_z_loss_coef = hf_json_number(j, "router_z_loss_coef", source, 0.0);
     c.norm_topk_prob = hf_json_bool(j, "norm_topk_prob", source, true);
     TRI_CHECK(hf_json_number(j, "router_jitter_noise", source, 0.0) == 0.0,
               "{} has router_jitter_noise {}: Trident's router is deterministic (the same routing in "
@@ -89,6 +93,7 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
               "to k distinct experts of the E a layer has", c.n_experts_per_tok, c.n_experts);
     TRI_CHECK(c.router_aux_loss_coef >= 0, "router_aux_loss_coef must be >= 0, got {}",
               c.router_aux_loss_coef);
+    TRI_CHECK(c.router_z_loss_coef >= 0, "router_z_loss_coef must be >= 0, got {}", c.router_z_loss_coef);
   }
 
   std::vector<ParamDecl> embedding_params(const ModelConfig& c) const override { return llama().embedding_params(c); }

@@ -46,14 +46,14 @@ void Mlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, SharedScrat
   out_->forward(mm, ps, tp_, s, out, a.act.data(), N);
 }
 
-double Mlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScratch& s, const MlpActivations& a,
+MoeLossSums Mlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScratch& s, const MlpActivations& a,
                      const MoeActivations* moe, const MlpScratch& g, float* dinp, const float* dout,
-                     const float* in, int64_t B, int64_t T, float aux_weight) const {
+                     const float* in, int64_t B, int64_t T, const MoeLossWeights& weights) const {
   const int64_t N = B * T;
   if (moe_) {
     const float* dfull = tp_exit_backward(tp_, dout, s.full.data(), N, C_);
-    moe_->backward(mm, ps, *moe, dinp, dfull, in, B, T, aux_weight);
-    return moe->aux_sum;
+    moe_->backward(mm, ps, *moe, dinp, dfull, in, B, T, weights);
+    return {moe->aux_sum, moe->z_sum};
   }
   if (activation_ == MlpActivation::kSwiGlu) {
     out_->backward(mm, ps, tp_, s, g.dact, dout, a.act.data(), N);
@@ -63,7 +63,7 @@ double Mlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScratch&
     kernels::gelu_backward(g.dpre, a.pre.data(), g.dpre, N * I_);
   }
   in_->backward(mm, ps, dinp, g.dpre, in, N, g.work);
-  return 0.0;
+  return {};
 }
 
 }  // namespace trident::nn

@@ -15,6 +15,7 @@
 #include "kernels/matmul_engine.h"
 #include "nn/column_parallel_linear.h"
 #include "nn/layer.h"
+#include "nn/moe_loss.h"
 #include "nn/moe_mlp.h"
 #include "nn/parameters.h"
 #include "nn/row_parallel_linear.h"
@@ -58,10 +59,10 @@ class Mlp {
   void forward(kernels::MatmulEngine& mm, const ParameterSet& params, SharedScratch& s, MlpActivations& a,
                MoeActivations* moe, const MlpScratch& g, float* out, const float* in, int64_t B, int64_t T) const;
   // dinp (N, C) = this rank's share of d/d in (overwritten), from dout (Nl, C). Returns the
-  // micro-batch's unweighted auxiliary loss (MoE; 0 otherwise).
-  double backward(kernels::MatmulEngine& mm, ParameterSet& params, SharedScratch& s, const MlpActivations& a,
+  // micro-batch's unweighted auxiliary losses (MoE; 0 otherwise).
+  MoeLossSums backward(kernels::MatmulEngine& mm, ParameterSet& params, SharedScratch& s, const MlpActivations& a,
                   const MoeActivations* moe, const MlpScratch& g, float* dinp, const float* dout, const float* in,
-                  int64_t B, int64_t T, float aux_weight) const;
+                  int64_t B, int64_t T, const MoeLossWeights& weights) const;
 
  private:
   TpContext tp_;

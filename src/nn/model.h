@@ -84,14 +84,15 @@ class Model {
   void set_recompute(Recompute r) { recompute_ = r; }
   Recompute recompute() const { return recompute_; }
   // Mixture of experts: the load-balancing loss's weight per (layer, sequence) term, i.e.
-  // coef / (n_layer * sequences in the global batch); see nn/moe_mlp.h. 0 (default): off.
-  void set_aux_loss_weight(float weight) {
-    for (auto& b : blocks_) b->set_aux_loss_weight(weight);
+  // coef / (n_layer * sequences in the global batch), and the z-loss's per (layer, token)
+  // term; see nn/moe_loss.h. 0 (default): off.
+  void set_moe_loss_weights(const MoeLossWeights& w) {
+    for (auto& b : blocks_) b->set_moe_loss_weights(w);
   }
-  // This stage's unweighted aux-loss terms since the last call (Layer::take_aux_loss_sum).
-  double take_aux_loss_sum() {
-    double s = 0.0;
-    for (auto& b : blocks_) s += b->take_aux_loss_sum();
+  // This stage's unweighted auxiliary terms since the last call (Layer::take_moe_loss_sums).
+  MoeLossSums take_moe_loss_sums() {
+    MoeLossSums s;
+    for (auto& b : blocks_) s += b->take_moe_loss_sums();
     return s;
   }
   // Adds this stage's per-expert token counts since the last call (Layer::take_expert_load)

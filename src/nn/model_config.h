@@ -35,6 +35,7 @@ struct ModelConfig {
   int n_experts_per_tok = 2;    // num_experts_per_tok (k)
   bool norm_topk_prob = true;   // renormalise the k routing weights to sum 1 (Mixtral: always)
   double router_aux_loss_coef = 0.001;  // weight of the load-balancing loss (docs/moe.md)
+  double router_z_loss_coef = 0.0;      // weight of the router z-loss (docs/moe.md); 0: off
 
   int head_size() const { return n_embd / n_head; }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }

@@ -84,6 +84,8 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
   // Router: one fixed-order dot product per (token, expert), so a token's logits do not
   // depend on the rows it shares a call with; softmax in double.
   std::vector<double> logit(static_cast<std::size_t>(E));
+  a.lse.resize(static_cast<std::size_t>(N));
+  a.z_sum = 0.0;
   for (int64_t n = 0; n < N; ++n) {
     const float* xn = x + n * C;
     double mx = -INFINITY;
@@ -97,6 +99,8 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
     for (int64_t e = 0; e < E; ++e) z += std::exp(logit[e] - mx);
     float* p = a.probs.data() + n * E;
     for (int64_t e = 0; e < E; ++e) p[e] = static_cast<float>(std::exp(logit[e] - mx) / z);
+    a.lse[static_cast<std::size_t>(n)] = mx + std::log(z);
+    a.z_sum += a.lse[static_cast<std::size_t>(n)] * a.lse[static_cast<std::size_t>(n)];
     // Top k: the largest probabilities, ties to the lowest id (strict > keeps the earlier).
     int32_t* sel = a.experts.data() + n * K;
     std::vector<bool> taken(static_cast<std::size_t>(E), false);
@@ -259,7 +263,7 @@ std::vector<int64_t> MoeMlp::exchange_elems(const std::vector<int64_t>& row_coun
 }
 
 void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActivations& a, float* dx, const float* dout, const float* x,
-                      int64_t B, int64_t T, float aux_weight) const {
+                      int64_t B, int64_t T, const MoeLossWeights& weights) const {
   const int64_t N = B * T, C = cfg_.n_embd, E = cfg_.n_experts, K = cfg_.n_experts_per_tok;
   // Routing-weight gradients <dout_n, y_(n,j)>: partial over tp (y is), summed.
   std::vector<float> dw(static_cast<std::size_t>(N * K));
@@ -322,11 +326,13 @@ void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActi
     const int64_t b = n / T;
     for (int64_t e = 0; e < E; ++e) {
       const double f = static_cast<double>(E) / static_cast<double>(K * T) * a.seq_counts[b * E + e];
-      dp[e] += static_cast<double>(aux_weight) * f / static_cast<double>(T);
+      dp[e] += static_cast<double>(weights.aux) * f / static_cast<double>(T);
     }
     double dot = 0.0;
     for (int64_t e = 0; e < E; ++e) dot += p[e] * dp[e];
-    for (int64_t e = 0; e < E; ++e) dlogit[n * E + e] = p[e] * (dp[e] - dot);
+    // + the z-loss's: d (w lse^2) / d logit_e = 2 w lse p_e.
+    const double dz = 2.0 * static_cast<double>(weights.z) * a.lse[static_cast<std::size_t>(n)];
+    for (int64_t e = 0; e < E; ++e) dlogit[n * E + e] = p[e] * (dp[e] - dot + dz);
   }
   float* gr = ps.grad(router_);
   const float* wr = ps.data(router_);

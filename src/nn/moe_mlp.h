@@ -19,6 +19,11 @@
 // the sum over every layer and sequence of the world is the average. f is a count (no
 // gradient); d aux_b / d p[t, e] = f_e / T.
 //
+// Router z-loss (ST-MoE, Zoph et al. 2022; Megatron's --moe-z-loss-coeff): per token n,
+// z_n = (log sum_e exp(logit_ne))^2, which keeps the router's logits small. The objective adds
+// z_weight * sum_n z_n, z_weight = router_z_loss_coef / (layers * tokens of the global batch):
+// the mean over every layer and token, whatever the layout. d z_n / d logit_ne = 2 lse_n p_ne.
+//
 // Tensor parallelism: w1/w3 column-parallel and w2 row-parallel like the dense MLP (each rank
 // computes partial expert outputs, summed by the block's tp_exit); the router is replicated, so
 // every tp rank routes alike. Backward sums the routing-weight gradients <dout, y_j> over tp (y_j
@@ -46,6 +51,7 @@
 
 #include "core/memory.h"
 #include "kernels/matmul_engine.h"
+#include "nn/moe_loss.h"
 #include "nn/model_config.h"
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
@@ -66,6 +72,8 @@ struct MoeActivations {
   std::vector<int64_t> offsets;   // (E + 1) first routed row of each expert
   std::vector<int32_t> seq_counts;  // (B, E) tokens of sequence b routed to e
   double aux_sum = 0.0;     // sum over the micro-batch's sequences of aux_b (unweighted)
+  std::vector<double> lse;  // (N) log sum_e exp(logit_ne) of each token (the z-loss's)
+  double z_sum = 0.0;       // sum over the micro-batch's tokens of lse^2 (unweighted)
   // ep > 1, the owner side: rows received from every source for this rank's El experts,
   // counts[s * El + l] from source s for local expert l, kept in expert-major order (expert
   // l's rows from source 0, then 1, ...); h1/h3/act above then hold these rows (grown on
@@ -95,9 +103,10 @@ class MoeMlp {
   void forward(kernels::MatmulEngine& mm, const ParameterSet& params, MoeActivations& a, float* partial, const float* x, int64_t B,
                int64_t T) const;
   // dx (N, C) = (overwritten) this rank's share of d/dx, given dout (N, C) = d/d output (full).
-  // Parameter gradients accumulate; the aux loss's gradient is aux_weight per unit of aux_b.
+  // Parameter gradients accumulate; the aux loss's gradient is weights.aux per unit of aux_b,
+  // the z-loss's weights.z per unit of z_n.
   void backward(kernels::MatmulEngine& mm, ParameterSet& params, const MoeActivations& a, float* dx, const float* dout, const float* x,
-                int64_t B, int64_t T, float aux_weight) const;
+                int64_t B, int64_t T, const MoeLossWeights& weights) const;
 
  private:
   // The local experts (all of them at ep 1) over grouped rows: expert l's rows are

@@ -129,7 +129,7 @@ void TransformerBlock::backward(ParameterSet& ps, const LayerActivations& acts, 
   // MLP: dres is d/d out and, through the residual, the direct part of d/d h. The norm's
   // output is re-gathered (sequence parallelism saves only this rank's rows).
   const float* in = tp_enter(tp_, a.norm2.out.data(), s.gathered.data(), N, C);
-  aux_loss_sum_ += mlp_.backward(s.mm(), ps, s, a.mlp, a.moe.get(), g.mlp, s.dln.data(), dres, in, B, T, aux_weight_);
+  moe_loss_sums_ += mlp_.backward(s.mm(), ps, s, a.mlp, a.moe.get(), g.mlp, s.dln.data(), dres, in, B, T, moe_weights_);
   if (a.moe) {  // this micro-batch's tokens per expert, for the metrics' expert_load
     expert_load_.resize(static_cast<std::size_t>(cfg_.n_experts), 0);
     for (std::size_t i = 0; i < a.moe->seq_counts.size(); ++i) expert_load_[i % expert_load_.size()] += a.moe->seq_counts[i];

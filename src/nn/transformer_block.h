@@ -81,8 +81,8 @@ class TransformerBlock : public Layer {
   void backward(ParameterSet& params, const LayerActivations& acts, SharedScratch& scratch, float* dres,
                 const float* x, int64_t B, int64_t T) const override;
   void recompute_attention_core(LayerActivations& acts, int64_t B, int64_t T, SharedScratch& scratch) const override;
-  void set_aux_loss_weight(float w) override { aux_weight_ = w; }
-  double take_aux_loss_sum() override { return std::exchange(aux_loss_sum_, 0.0); }
+  void set_moe_loss_weights(const MoeLossWeights& w) override { moe_weights_ = w; }
+  MoeLossSums take_moe_loss_sums() override { return std::exchange(moe_loss_sums_, {}); }
   std::vector<int64_t> take_expert_load() override { return std::exchange(expert_load_, {}); }
 
  private:
@@ -96,10 +96,10 @@ class TransformerBlock : public Layer {
   Attention attn_;
   Norm norm2_;
   Mlp mlp_;
-  float aux_weight_ = 0.0f;  // the MoE load-balancing loss's weight per sequence
-  // Sum of the aux terms of the micro-batches backward ran on: a statistic for the metrics,
-  // written by the (const) backward, read and reset by take_aux_loss_sum.
-  mutable double aux_loss_sum_ = 0.0;
+  MoeLossWeights moe_weights_;  // the MoE auxiliary losses' weights (nn/moe_loss.h)
+  // Sums of the auxiliary terms of the micro-batches backward ran on: statistics for the
+  // metrics, written by the (const) backward, read and reset by take_moe_loss_sums.
+  mutable MoeLossSums moe_loss_sums_;
   mutable std::vector<int64_t> expert_load_;  // (E) likewise, tokens per expert (MoE only)
 };
 

@@ -93,8 +93,10 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     // The MoE load-balancing loss: averaged over every layer and every sequence of the
     // global batch, whatever the layout (nn/moe_mlp.h).
     if (config_.is_moe()) {
-      aux_loss_weight_ = config_.router_aux_loss_coef / (static_cast<double>(config_.n_layer) * static_cast<double>(global_batch));
-      c.model->set_aux_loss_weight(static_cast<float>(aux_loss_weight_));
+      const auto layers = static_cast<double>(config_.n_layer);
+      aux_loss_weight_ = config_.router_aux_loss_coef / (layers * static_cast<double>(global_batch));
+      z_loss_weight_ = config_.router_z_loss_coef / (layers * static_cast<double>(global_batch * seq_len));
+      c.model->set_moe_loss_weights(moe_loss_weights(1.0));
     }
     if (shape.dp > 1 || options_.zero > 0) {
       c.dp = std::make_unique<DataParallel>(

@@ -85,8 +85,11 @@ class RankLayout {
   // The coordinate over which this parameter's copies are replicas (dp, or edp for an expert
   // under expert parallelism): the copy at 0 is counted and saved.
   int replica_coord(const nn::ParamInfo& info) const;
-  // MoE: the load-balancing loss weight per layer and sequence, before any loss scaling.
-  double aux_loss_weight() const { return aux_loss_weight_; }
+  // MoE: the auxiliary losses' weights (per (layer, sequence) balance term, per (layer, token)
+  // z term; nn/moe_loss.h), times `scale` (fp16's loss scale; 1 otherwise).
+  nn::MoeLossWeights moe_loss_weights(double scale) const {
+    return {static_cast<float>(aux_loss_weight_ * scale), static_cast<float>(z_loss_weight_ * scale)};
+  }
   // --precision fp16's dynamic loss scaler; null in the other precisions.
   optim::LossScaler* loss_scaler() { return loss_scaler_ ? &*loss_scaler_ : nullptr; }
   const optim::LossScaler* loss_scaler() const { return loss_scaler_ ? &*loss_scaler_ : nullptr; }
@@ -107,7 +110,7 @@ class RankLayout {
   std::unique_ptr<nn::TensorParallelComm> tp_comm_;
   std::unique_ptr<nn::ExpertParallelComm> ep_comm_;  // before chunks_: their MoE layers use it
   std::optional<optim::LossScaler> loss_scaler_;      // fp16 only
-  double aux_loss_weight_ = 0.0;
+  double aux_loss_weight_ = 0.0, z_loss_weight_ = 0.0;
   std::vector<ModelChunk> chunks_;
   std::unique_ptr<pp::PipelineExecutor> executor_;
   std::unique_ptr<comm::Communicator> tied_group_;

@@ -134,23 +134,25 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
   const double scale = scaler ? scaler->scale() : 1.0;
   const float dloss = 1.0f / static_cast<float>(b.tokens()) * static_cast<float>(scale);
   if (scaler && L.config().is_moe()) {
-    for (ModelChunk& c : L.chunks()) c.model->set_aux_loss_weight(static_cast<float>(L.aux_loss_weight() * scale));
+    for (ModelChunk& c : L.chunks()) c.model->set_moe_loss_weights(L.moe_loss_weights(scale));
   }
   const double loss_sum = L.executor() ? run_pipeline(L, batch, dloss) : run_micro_batches(L, batch, dloss);
   StepStats stats;
   // The squared grad norm and the loss in one world sum (elementwise, so each is summed as
   // alone), both before any update: a poisoned step must be known before it is applied.
   // The aux terms: every stage's layers, every dp rank's sequences, one tp rank's copy.
-  double aux_sum = 0.0;
-  for (ModelChunk& c : L.chunks()) aux_sum += c.model->take_aux_loss_sum();
+  nn::MoeLossSums moe_sums;
+  for (ModelChunk& c : L.chunks()) moe_sums += c.model->take_moe_loss_sums();
   comm::Communicator& world = L.mesh().world();
   std::vector<double> sums{local_unique_grad_sumsq(L), L.holds_loss() ? loss_sum : 0.0,
-                           L.mesh().coord().tp == 0 ? aux_sum : 0.0};
+                           L.mesh().coord().tp == 0 ? moe_sums.aux : 0.0,
+                           L.mesh().coord().tp == 0 ? moe_sums.z : 0.0};
   world.allreduce(std::span<double>(sums), comm::ReduceOp::kSum).wait();
   stats.grad_norm = std::sqrt(sums[0]) / scale;
   stats.loss_scale = scaler ? scale : 0.0;
   stats.loss = sums[1] / static_cast<double>(b.tokens());
   stats.aux_loss = sums[2] / (static_cast<double>(L.config().n_layer) * static_cast<double>(b.global_batch));
+  stats.z_loss = sums[3] / (static_cast<double>(L.config().n_layer) * static_cast<double>(b.tokens()));
   if (L.config().is_moe()) {
     // Each layer lives on one stage; every dp rank routes its own tokens; tp ranks alike (one counts).
     const nn::ModelConfig& cfg = L.config();

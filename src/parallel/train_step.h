@@ -18,6 +18,9 @@ struct StepStats {
   // Mixture of experts: the load-balancing loss (unweighted) averaged over every layer and
   // every sequence of the global batch; 0 for dense models. Not part of `loss`.
   double aux_loss = 0.0;
+  // Mixture of experts: the router z-loss (unweighted) averaged over every layer and every
+  // token of the global batch; 0 for dense models. Not part of `loss`.
+  double z_loss = 0.0;
   // Mixture of experts: (n_layer, E) tokens of the global batch routed to each layer's experts
   // (each token counted once per expert it reached, so a layer's row sums to k x tokens);
   // empty for dense models. Equal in every layout when routing is.

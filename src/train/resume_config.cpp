@@ -77,8 +77,10 @@ FieldNames shape_fields() {
   FieldNames names;
   ModelOptions m;
   for_each_field(m, [&](const auto& f, auto&) {
-    // Not the model's shape: padding, and the aux loss's weight in the objective.
-    if (f.name != "vocab_pad_multiple" && f.name != "moe_aux_loss_coef") names.insert(std::string(f.name));
+    // Not the model's shape: padding, and the auxiliary losses' weights in the objective.
+    if (f.name != "vocab_pad_multiple" && f.name != "moe_aux_loss_coef" && f.name != "moe_z_loss_coef") {
+      names.insert(std::string(f.name));
+    }
   });
   return names;
 }

@@ -288,6 +288,11 @@ nn::ModelConfig with_objective_overrides(nn::ModelConfig g, const ModelOptions& 
               "this model ({}) has no experts; drop the flag", *m.moe_aux_loss_coef, nn::family_name(g.family));
     g.router_aux_loss_coef = *m.moe_aux_loss_coef;
   }
+  if (m.moe_z_loss_coef) {
+    TRI_CHECK(g.is_moe(), "--moe-z-loss-coef {} weights a mixture-of-experts router z-loss, but this model "
+              "({}) has no experts; drop the flag", *m.moe_z_loss_coef, nn::family_name(g.family));
+    g.router_z_loss_coef = *m.moe_z_loss_coef;
+  }
   return g;
 }
 

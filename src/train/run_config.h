@@ -119,6 +119,7 @@ struct ModelOptions {
   int vocab_size;          // 0: from the preset
   int vocab_pad_multiple;  // 0: from the preset
   std::optional<double> moe_aux_loss_coef;  // unset: the preset's / config.json's router_aux_loss_coef
+  std::optional<double> moe_z_loss_coef;    // unset: the preset's / config.json's router_z_loss_coef
   ModelOptions();
 };
 
@@ -146,6 +147,8 @@ void for_each_field(S& o, V&& v) {
         .at_least(0).shown_as("0 = from the preset").alias("pad_vocab_multiple vocab_padding"), o.vocab_pad_multiple);
   v(field("moe_aux_loss_coef", std::optional<double>{}, "override (mixture of experts): weight of the load-balancing loss added to the objective (Hugging Face's router_aux_loss_coef; docs/moe.md)")
         .at_least(0).shown_as("from the preset").alias("router_aux_loss_coef aux_loss_coef moe_aux_loss_coeff load_balancing_coef"), o.moe_aux_loss_coef);
+  v(field("moe_z_loss_coef", std::optional<double>{}, "override (mixture of experts): weight of the router z-loss, the mean over layers and tokens of logsumexp(router logits)^2, added to the objective (ST-MoE; Megatron's --moe-z-loss-coeff; docs/moe.md)")
+        .at_least(0).shown_as("from the preset (0)").alias("router_z_loss_coef z_loss_coef moe_z_loss_coeff"), o.moe_z_loss_coef);
 }
 
 // ---- [data]: what the model reads, and how much per step.

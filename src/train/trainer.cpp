@@ -225,6 +225,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     if (const auto idle = pipeline_report.record_step()) line["pipeline_idle"] = *idle;
     if (model_cfg.is_moe()) {
       line["aux_loss"] = stats.aux_loss;  // `loss` is the cross-entropy
+      if (model_cfg.router_z_loss_coef > 0) line["z_loss"] = stats.z_loss;
       line["expert_load"] = expert_load_json(stats.expert_load, model_cfg.n_experts);
     }
     if (engine.loss_scaler() != nullptr) line["loss_scale"] = stats.loss_scale;  // this step's

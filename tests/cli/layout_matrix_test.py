@@ -124,6 +124,8 @@ def main():
         common = ["train", "--model", model_arg, "--data", f"{d}/syn", "--batch-size", str(BATCH), "--seq-len",
                   str(SEQ), "--steps", str(STEPS), "--lr", str(LR), "--lr-schedule", "constant", "--eps", str(EPS),
                   "--eval-every", "0", "--seed", "5", "--log-every", "100"]
+        if model == "mixtral-tiny":
+            common += ["--moe-z-loss-coef", "0.01"]  # the router z-loss on too: in the objective, and compared
         rc, _, err = run([T] + common + ["--ckpt-dir", f"{d}/ref", "--metrics", f"{d}/ref.jsonl"])
         check("single-process reference run", rc == 0, err[-1500:] if rc else "")
         if rc:
@@ -179,6 +181,11 @@ def main():
                 bad_aux = [k + 1 for k in range(n) if abs(aux[k] - ref_aux[k]) > loss_bound(k + 1) * abs(ref_aux[k])]
                 print(f"    aux loss rel dev {max_rel(aux, ref_aux):.2e}")
                 check(f"layout {tag} aux losses", not bad_aux, f"steps {bad_aux}: {aux} vs {ref_aux}")
+                if "z_loss" in ref[0]:
+                    z, ref_z = [x["z_loss"] for x in got][:n], [m["z_loss"] for m in ref][:n]
+                    bad_z = [k + 1 for k in range(n) if abs(z[k] - ref_z[k]) > loss_bound(k + 1) * abs(ref_z[k])]
+                    print(f"    z-loss rel dev {max_rel(z, ref_z):.2e}")
+                    check(f"layout {tag} z-losses", not bad_z, f"steps {bad_z}: {z} vs {ref_z}")
                 # Per-layer expert load (fewest / most tokens any expert got): integers, equal in
                 # every layout iff every layer's routing histogram is, and k x tokens in all.
                 load = [x["expert_load"] for x in got][:n]

@@ -65,7 +65,8 @@ CASES = {
     "mha_tied": {"n_kv_head": 4, "tie_word_embeddings": True},
     "gqa_untied": {"n_kv_head": 2, "tie_word_embeddings": False},
     "gqa_tied": {"n_kv_head": 2, "tie_word_embeddings": True},
-    "moe_top2": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2, "norm_topk_prob": True},
+    "moe_top2": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2, "norm_topk_prob": True,
+                 "z_loss_coef": 0.1},
     "moe_top2_raw": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2,
                      "norm_topk_prob": False},
 }
@@ -75,7 +76,8 @@ __doc__ += ", ".join(CASES)
 def dump_command(tool, case, out):
     c = CASES[case]
     moe = ["--n-experts", str(c["n_experts"]), "--top-k", str(c["top_k"]),
-           "--norm-topk-prob", "1" if c["norm_topk_prob"] else "0"] if c.get("n_experts") else []
+           "--norm-topk-prob", "1" if c["norm_topk_prob"] else "0",
+           "--z-loss-coef", str(c.get("z_loss_coef", 0.0))] if c.get("n_experts") else []
     return [tool, "--family", "mixtral" if moe else "llama", "--n-kv-head", str(c["n_kv_head"]),
             "--tie-word-embeddings", "1" if c["tie_word_embeddings"] else "0"] + moe + [out]
 
@@ -91,6 +93,7 @@ MUTANTS = {
     "moe_renorm_flipped": ["logits", "every parameter's gradient", "final weights"],
     "moe_aux_dropped": ["every parameter's gradient", "final weights"],
     "moe_aux_batch_level": ["every parameter's gradient"],
+    "moe_z_dropped": ["every parameter's gradient", "final weights"],
 }
 OPTIMIZER_MUTANTS = ("no_weight_decay", "lr_off_at_step_3")
 
@@ -148,7 +151,7 @@ def run_reference(d, mutant, verbose, tag):
         print(f"{tag}: L={cfg.n_layer} C={C} NH={cfg.n_head} NKV={cfg.n_kv_head} I={I} V={V} B={B} T={T} "
               f"theta={cfg.rope_theta} eps={cfg.rms_norm_eps} tied={cfg.tie_word_embeddings} "
               f"experts={cfg.n_experts} top_k={cfg.top_k} renorm={cfg.norm_topk_prob} "
-              f"aux_coef={cfg.router_aux_loss_coef}; "
+              f"aux_coef={cfg.router_aux_loss_coef} z_coef={cfg.router_z_loss_coef}; "
               f"bounds: {bounds.describe()}")
     expected = set(torch_llama.param_shapes(cfg, C, I, V))
     check("the dump holds exactly the model's weights", set(init) == expected and set(final) == expected,
@@ -163,7 +166,7 @@ def run_reference(d, mutant, verbose, tag):
     # Forward and backward at the initial weights.
     W = fresh()
     ids, targets = batches[0]
-    obj, loss, aux, _, logits = torch_llama.objective(W, ids, targets, cfg, hooks)
+    obj, loss, aux, routing0, logits = torch_llama.objective(W, ids, targets, cfg, hooks)
     obj.backward()
     moe = cfg.n_experts > 0
     e = rel_err(step0["logits"], logits.detach().numpy().reshape(B * T, V))
@@ -173,6 +176,9 @@ def run_reference(d, mutant, verbose, tag):
     if moe:
         e = abs(meta["aux_losses"][0] - aux.item()) / aux.item()
         check("aux loss", e < bounds.loss_rel(0), f"trident {meta['aux_losses'][0]:.9f} torch {aux.item():.9f} rel {e:.2e}")
+        z = routing0["z"].item()
+        e = abs(meta["z_losses"][0] - z) / z
+        check("z-loss", e < bounds.loss_rel(0), f"trident {meta['z_losses'][0]:.9f} torch {z:.9f} rel {e:.2e}")
     worst, worst_name, missing = 0.0, "", []
     for name, w in W.items():
         if "grad." + name not in step0:
@@ -248,7 +254,7 @@ def check_dump(out, tag):
     failures = pre.failed + run_reference(d, None, verbose=True, tag=tag)
     for mutant, must_fail in MUTANTS.items():
         if not torch_llama.mutant_applies(mutant, cfg):
-            print(f"skip {tag}: mutant {mutant} changes nothing at NKV={cfg.n_kv_head}, NH={cfg.n_head}")
+            print(f"skip {tag}: mutant {mutant} changes nothing for this config (NKV={cfg.n_kv_head}, NH={cfg.n_head}, experts={cfg.n_experts}, z_coef={cfg.router_z_loss_coef})")
             continue
         got = run_reference(d, mutant, verbose=False, tag=tag)
         missed = [c for c in must_fail if c not in got]

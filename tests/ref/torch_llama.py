@@ -56,6 +56,7 @@ class LlamaConfig:
     top_k: int = 2
     norm_topk_prob: bool = True
     router_aux_loss_coef: float = 0.0
+    router_z_loss_coef: float = 0.0
 
     def __post_init__(self):
         if self.n_head % self.n_kv_head != 0:
@@ -69,7 +70,8 @@ class LlamaConfig:
                            tie_word_embeddings=bool(meta["tie_word_embeddings"]),
                            n_experts=int(meta.get("n_experts", 0)), top_k=int(meta.get("top_k", 2)),
                            norm_topk_prob=bool(meta.get("norm_topk_prob", True)),
-                           router_aux_loss_coef=float(meta.get("router_aux_loss_coef", 0.0)))
+                           router_aux_loss_coef=float(meta.get("router_aux_loss_coef", 0.0)),
+                           router_z_loss_coef=float(meta.get("router_z_loss_coef", 0.0)))
 
     @staticmethod
     def from_hf(config):
@@ -145,6 +147,7 @@ class Hooks:
     moe_renorm: Optional[bool] = None  # None: cfg.norm_topk_prob
     aux_rule: str = "sequence"  # torch_mixtral.moe_block: "sequence" (Trident's) or "batch" (HF's)
     aux_in_objective: bool = True  # the load-balancing loss is added to the cross-entropy
+    z_in_objective: bool = True    # the router z-loss is added too
 
 
 HF = Hooks()
@@ -160,6 +163,7 @@ MUTANT_HOOKS = {
     "moe_renorm_flipped": None,  # built per config by mutant_hooks()
     "moe_aux_dropped": Hooks(aux_in_objective=False),
     "moe_aux_batch_level": Hooks(aux_rule="batch"),
+    "moe_z_dropped": Hooks(z_in_objective=False),
 }
 
 
@@ -176,6 +180,8 @@ def mutant_applies(name, cfg):
     if name == "kv_heads_interleaved":
         return 1 < cfg.n_kv_head < cfg.n_head
     if name.startswith("moe_"):
+        if name == "moe_z_dropped":
+            return cfg.n_experts > 0 and cfg.router_z_loss_coef > 0
         return cfg.n_experts > 0 and (name == "moe_renorm_flipped" or cfg.router_aux_loss_coef > 0)
     return True
 
@@ -229,8 +235,8 @@ def loss_fn(W, ids, targets, cfg, hooks=HF):
 
 def objective(W, ids, targets, cfg, hooks=HF):
     """(what backward runs on, the cross-entropy, the mean load-balancing loss, the routing (per
-    layer's tokens per expert, flattened, and the smallest top-k gap), the logits): for a dense
-    model the first two are the same, aux 0 and routing None.
+    layer's tokens per expert, flattened, the smallest top-k gap, the mean z-loss), the logits):
+    for a dense model the first two are the same, aux 0 and routing None.
     With experts: cross-entropy + router_aux_loss_coef x aux averaged over layers and sequences."""
     stats = []
     logits = forward(W, ids, cfg, hooks, stats)
@@ -239,8 +245,10 @@ def objective(W, ids, targets, cfg, hooks=HF):
         return ce, ce, 0.0, None, logits
     aux = sum(a for a, _ in stats) / (cfg.n_layer * ids.shape[0])
     coef = cfg.router_aux_loss_coef if hooks.aux_in_objective else 0.0
-    routing = {"load": [n for _, r in stats for n in r["load"]], "gap": min(r["gap"] for _, r in stats)}
-    return ce + coef * aux, ce, aux, routing, logits
+    z = sum(r["z"] for _, r in stats) / (cfg.n_layer * ids.numel())
+    routing = {"load": [n for _, r in stats for n in r["load"]], "gap": min(r["gap"] for _, r in stats), "z": z}
+    z_coef = cfg.router_z_loss_coef if hooks.z_in_objective else 0.0
+    return ce + coef * aux + z_coef * z, ce, aux, routing, logits
 
 
 def param_shapes(cfg, hidden, intermediate, vocab):

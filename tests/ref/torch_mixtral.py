@@ -18,20 +18,25 @@ load_balancing_loss_func: per layer and per sequence of T tokens, f_e = E / (k T
 sequence's tokens routed to e), P_e = the mean over the sequence of p_e, aux = sum_e f_e P_e
 (f carries no gradient); averaged over layers and sequences, times router_aux_loss_coef, added to
 the cross-entropy. HF's rule is kept as a mutant (`aux_rule="batch"`: the same sums over all the
-layer's tokens at once)."""
+layer's tokens at once).
+
+The router z-loss (ST-MoE; off unless router_z_loss_coef > 0): per token, logsumexp(router
+logits)^2, averaged over layers and tokens, times router_z_loss_coef, added to the objective."""
 import torch
 import torch.nn.functional as F
 
 
 def moe_block(x, W, prefix, cfg, act, renorm, aux_rule):
     """x (B, T, C) -> (out (B, T, C), this layer's aux summed over its B sequences, routing
-    statistics: tokens routed to each expert, and the smallest gap between a token's k-th and
-    (k+1)-th probability, which says how far the routing is from a tie)."""
+    statistics: tokens routed to each expert, the z terms summed over the layer's tokens, and the
+    smallest gap between a token's k-th and (k+1)-th probability, which says how far the routing
+    is from a tie)."""
     B, T, C = x.shape
     E, K = cfg.n_experts, cfg.top_k
     moe = prefix + "block_sparse_moe."
     rows = x.reshape(B * T, C)
-    probs = F.linear(rows, W[moe + "gate.weight"]).softmax(dim=-1)
+    logits = F.linear(rows, W[moe + "gate.weight"])
+    probs = logits.softmax(dim=-1)
     weights, chosen = torch.topk(probs, K, dim=-1)
     if renorm:
         weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -53,7 +58,8 @@ def moe_block(x, W, prefix, cfg, act, renorm, aux_rule):
         aux = B * (f * probs.mean(dim=0)).sum()  # as B sequences' worth, to average alike
     sorted_p = probs.detach().sort(dim=-1, descending=True).values
     gap = (sorted_p[:, K - 1] - sorted_p[:, K]).min().item() if K < E else float("inf")
-    return out.view(B, T, C), aux, {"load": routed.sum(dim=0).long().tolist(), "gap": gap}
+    z = torch.logsumexp(logits, dim=-1).pow(2).sum()
+    return out.view(B, T, C), aux, {"load": routed.sum(dim=0).long().tolist(), "gap": gap, "z": z}
 
 
 def param_shapes(cfg, prefix, hidden, intermediate):

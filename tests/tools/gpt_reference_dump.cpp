@@ -38,7 +38,7 @@ void add_logical(ckpt::SafetensorsWriter& w, const nn::ParameterSet& ps, bool gr
 int main(int argc, char** argv) {
   const std::string usage =
       "usage: gpt_reference_dump [--family gpt2|llama|mixtral] [--n-kv-head K] [--tie-word-embeddings 0|1]\n"
-      "                          [--n-experts E --top-k K --norm-topk-prob 0|1] OUT_DIR\n";
+      "                          [--n-experts E --top-k K --norm-topk-prob 0|1 --z-loss-coef Z] OUT_DIR\n";
   nn::ModelConfig cfg;
   cfg.n_layer = 2, cfg.n_head = 4, cfg.n_embd = 64, cfg.n_positions = 32, cfg.vocab_size = 101;
   std::string out;
@@ -51,6 +51,8 @@ int main(int argc, char** argv) {
       cfg.n_experts = std::stoi(argv[++i]);
     } else if (i + 1 < argc && a == "--top-k") {
       cfg.n_experts_per_tok = std::stoi(argv[++i]);
+    } else if (i + 1 < argc && a == "--z-loss-coef") {
+      cfg.router_z_loss_coef = std::stod(argv[++i]);
     } else if (i + 1 < argc && a == "--norm-topk-prob") {
       cfg.norm_topk_prob = std::string(argv[++i]) == "1";
     } else if (i + 1 < argc && a == "--n-kv-head") {
@@ -89,7 +91,10 @@ int main(int argc, char** argv) {
   nn::ModelActivations acts = model.make_activations(tracker, B, T);
   nn::ParameterSet& ps = model.params();
   // The engine's weighting (parallel/rank_layout.cpp): coef per layer and per sequence.
-  if (cfg.is_moe()) model.set_aux_loss_weight(static_cast<float>(cfg.router_aux_loss_coef / (cfg.n_layer * B)));
+  if (cfg.is_moe()) {
+    model.set_moe_loss_weights({static_cast<float>(cfg.router_aux_loss_coef / (cfg.n_layer * B)),
+                                static_cast<float>(cfg.router_z_loss_coef / (cfg.n_layer * B * T))});
+  }
 
   // The optimizer settings the reference replays are the ones this AdamW actually uses (the
   // kernel takes them rounded to float).
@@ -108,6 +113,7 @@ int main(int argc, char** argv) {
     meta["top_k"] = cfg.n_experts_per_tok;
     meta["norm_topk_prob"] = cfg.norm_topk_prob;
     meta["router_aux_loss_coef"] = cfg.router_aux_loss_coef;
+    meta["router_z_loss_coef"] = cfg.router_z_loss_coef;
   }
   std::vector<std::vector<int32_t>> ids(steps), targets(steps);
   for (int64_t s = 0; s < steps; ++s) {
@@ -132,7 +138,7 @@ int main(int argc, char** argv) {
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t v = 0; v < cfg.vocab_size; ++v) logits[static_cast<std::size_t>(n * cfg.vocab_size + v)] = l[n * model.padded_vocab_local() + v];
     }
-    model.take_aux_loss_sum();  // this forward's aux terms and routing are not step 0's
+    model.take_moe_loss_sums();  // this forward's aux terms and routing are not step 0's
     std::vector<int64_t> discard(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts), 0);
     if (cfg.is_moe()) model.take_expert_load(discard);
   }
@@ -152,7 +158,9 @@ int main(int argc, char** argv) {
     adam.step(ps.values().data(), ps.grads().data(), sched.at(s), optim::clip_scale(norm, grad_clip));
     meta["losses"].push_back(loss);
     if (cfg.is_moe()) {
-      meta["aux_losses"].push_back(model.take_aux_loss_sum() / static_cast<double>(cfg.n_layer * B));
+      const nn::MoeLossSums sums = model.take_moe_loss_sums();
+      meta["aux_losses"].push_back(sums.aux / static_cast<double>(cfg.n_layer * B));
+      meta["z_losses"].push_back(sums.z / static_cast<double>(cfg.n_layer * B * T));
       std::vector<int64_t> load(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts), 0);
       model.take_expert_load(load);
       meta["expert_load"].push_back(load);  // (n_layer, E) tokens routed to each expert

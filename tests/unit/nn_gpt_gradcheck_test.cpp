@@ -45,12 +45,14 @@ ModelConfig llama_tied_mha_shape() {
 
 // Mixtral: Llama's attention with 4 SwiGLU experts of width 24, top-2, the routing weights
 // renormalised or not, and a load-balancing weight large enough that the aux loss's share of
-// the router gradient is well above rounding (coef 0.5 averaged over 2 layers x 2 sequences).
+// the router gradient is well above rounding (coef 0.5 averaged over 2 layers x 2 sequences),
+// and the router z-loss on likewise (coef 0.1 averaged over 2 layers x 10 tokens).
 ModelConfig mixtral_shape(bool norm_topk) {
   ModelConfig c = llama_gqa_shape();
   c.family = Family::kMixtral;
   c.n_inner = 24, c.n_experts = 4, c.n_experts_per_tok = 2, c.norm_topk_prob = norm_topk;
   c.router_aux_loss_coef = 0.5;
+  c.router_z_loss_coef = 0.1;
   return c;
 }
 
@@ -71,24 +73,28 @@ struct Fixture {
     for (std::size_t i = 0; i < v.size(); ++i) v[i] *= 5.0f;
     acts = model.make_activations(tracker, B, T);
     if (cfg.is_moe()) {
-      aux_weight = static_cast<float>(cfg.router_aux_loss_coef / (cfg.n_layer * B));
-      model.set_aux_loss_weight(aux_weight);
+      moe_weights = {static_cast<float>(cfg.router_aux_loss_coef / (cfg.n_layer * B)),
+                     static_cast<float>(cfg.router_z_loss_coef / (cfg.n_layer * B * T))};
+      model.set_moe_loss_weights(moe_weights);
     }
     for (int64_t i = 0; i < B * T; ++i) {
       ids.push_back(static_cast<int32_t>((i * 7 + 3) % cfg.vocab_size));
       targets.push_back(static_cast<int32_t>((i * 11 + 5) % cfg.vocab_size));
     }
   }
-  float aux_weight = 0.0f;
-  // The objective as training sees it: the mean token loss plus the weighted aux loss of the
-  // forward that left acts.
+  MoeLossWeights moe_weights;
+  // The objective as training sees it: the mean token loss plus the weighted aux and z losses
+  // of the forward that left acts.
   double aux_term() const {
-    double aux = 0.0;
+    double aux = 0.0, z = 0.0;
     if (!cfg.is_moe()) return 0.0;
     for (const auto& b : acts.blocks) {
-      if (const auto* moe = static_cast<const LlamaBlockActivations&>(*b).moe.get()) aux += moe->aux_sum;
+      if (const auto* moe = static_cast<const LlamaBlockActivations&>(*b).moe.get()) {
+        aux += moe->aux_sum;
+        z += moe->z_sum;
+      }
     }
-    return aux_weight * aux;
+    return moe_weights.aux * aux + moe_weights.z * z;
   }
   // The token-to-expert assignment of the last forward (empty for dense models).
   std::vector<int32_t> routing() const {

@@ -29,7 +29,7 @@ TEST(MoeStress, TiedRouterSendsEveryTokenToTheLowestExpertsAndIdleExpertsGetNoGr
   Model model(cfg);
   model.allocate(tracker);
   model.params().initialize(3);
-  model.set_aux_loss_weight(0.1f);
+  model.set_moe_loss_weights({0.1f, 0.1f});
   ParameterSet& ps = model.params();
   for (int l = 0; l < cfg.n_layer; ++l) {  // a zero router: every logit ties
     const int r = ps.find(fmt::format("model.layers.{}.block_sparse_moe.gate.weight", l));
@@ -50,6 +50,8 @@ TEST(MoeStress, TiedRouterSendsEveryTokenToTheLowestExpertsAndIdleExpertsGetNoGr
     }
     // f_e = E / k for the k chosen experts, P_e = 1 / E: aux = k (E / k) / E = 1 per sequence.
     EXPECT_NEAR(moe.aux_sum, static_cast<double>(B), 1e-6);
+    // Every logit 0: logsumexp = log E for every token, z = (log E)^2 each.
+    EXPECT_NEAR(moe.z_sum, static_cast<double>(B * T) * std::log(cfg.n_experts) * std::log(cfg.n_experts), 1e-9);
     for (int e = 0; e < cfg.n_experts; ++e) {
       for (const char* w : {"w1", "w2", "w3"}) {
         const int id = ps.find(fmt::format("model.layers.{}.block_sparse_moe.experts.{}.{}.weight", l, e, w));
