@@ -13,7 +13,10 @@ CLI:
 3. Bad input: bf16 sums with dp 1 (nothing is summed) and an unknown dtype are each one clear
    error.
 
-Mutations tried by hand (each failed a check here): see the commit message / report."""
+Mutations tried by hand (each failed a check here): DataParallel::sum sending fp32 whatever the
+option (the DDP, tied-row and ep paths): "tiny zero 0" and "mixtral-tiny ep 2: bf16 sums differ
+from fp32". Not discriminated here: the edp (expert) sums alone going fp32 while the dense ones
+stay bf16 (the run still differs from fp32)."""
 import os
 import sys
 import tempfile

@@ -19,7 +19,8 @@
 //   embedding's two parts before the reduction instead of after: within the bounds);
 //   ZeRO 0 = ZeRO 1 (the same sums, AdamW elementwise on a shard)
 //   and ZeRO 2 = ZeRO 3 (both reduce-scatter); every dp replica holds the same weights.
-// The runs must differ from fp32 (the option acts).
+// The runs must differ from fp32 (the option acts). Mutation tried by hand: DataParallel::sum
+// sending fp32 whatever the option fails "TracksFp32WithinTheBf16BoundAndDiffers" at ZeRO 0/1.
 #include <gtest/gtest.h>
 
 #include <cmath>
