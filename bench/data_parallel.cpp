@@ -2,6 +2,8 @@
 //   1. single process (world rank 0 alone, a 1x1x1 mesh over MPI_COMM_SELF) on the global batch
 //   2. dp over every rank on the same global batch, overlap on (buckets reduced during backward)
 //   3. the same with overlap off (every bucket launched after backward)
+//   4. the same as 2 with --grad-reduce-dtype bf16: step time and bytes sent per rank per step
+//      (Communicator::bytes_sent) as ratios bf16 / fp32
 // Prints tokens/s, scaling efficiency = dp tokens/s / (ranks * single tokens/s), and the exposed
 // communication: time blocked waiting for dp communication / step time (max over ranks).
 // Run: scripts/trident-mpirun -n 2 build/bench/data_parallel [--preset small] [--batch 4]
@@ -76,10 +78,13 @@ parallel::BatchFn batch_for(int step, int vocab, int64_t T) {
 
 struct Timing {
   double step_s = 0.0, wait_s = 0.0;  // mean per measured step
+  double bytes = 0.0;                 // dp bytes sent by this rank per measured step
 };
 
-Timing run(comm::Mesh& mesh, const Args& a, bool overlap) {
+Timing run(comm::Mesh& mesh, const Args& a, bool overlap,
+           parallel::GradReduceDType dtype = parallel::GradReduceDType::kFp32) {
   parallel::EngineOptions o;
+  o.grad_reduce_dtype = dtype;
   o.zero = a.zero;
   o.bucket_mb = a.bucket_mb;
   o.overlap = overlap;
@@ -90,12 +95,14 @@ Timing run(comm::Mesh& mesh, const Args& a, bool overlap) {
   Timing t;
   for (int s = 0; s <= a.steps; ++s) {  // step 0 warms up
     mesh.world().barrier().wait();
+    const uint64_t sent = mesh.dp().bytes_sent();
     Stopwatch sw;
     const parallel::StepStats st = e.train_step(batch_for(s, cfg.vocab_size, a.seq), 1e-4f);
     const double took = sw.seconds();
     if (s > 0) {
       t.step_s += took / a.steps;
       t.wait_s += st.comm_wait_s / a.steps;
+      t.bytes += static_cast<double>(mesh.dp().bytes_sent() - sent) / a.steps;
     }
   }
   return t;
@@ -144,6 +151,8 @@ int main(int argc, char** argv) {
     comm::Mesh mesh(MPI_COMM_WORLD, comm::MeshShape{1, n, 1});
     const Timing on = run(mesh, a, true);
     const Timing off = run(mesh, a, false);
+    const Timing bf16 = run(mesh, a, true, parallel::GradReduceDType::kBf16);
+    const double bf16_step = max_over(bf16.step_s), bf16_wait = max_over(bf16.wait_s);
     const double on_step = max_over(on.step_s), on_wait = max_over(on.wait_s);
     const double off_step = max_over(off.step_s), off_wait = max_over(off.wait_s);
 
@@ -173,6 +182,12 @@ int main(int argc, char** argv) {
       fmt::print("{:<26} {:>10.3f} {:>12.1f} {:>10.2f}x {:>9.3f} s {:>4.1f}%\n",
                  fmt::format("dp {} overlap off", n), off_step, off_tps, off_tps / single_tps, off_wait,
                  100.0 * off_wait / off_step);
+      fmt::print("{:<26} {:>10.3f} {:>12.1f} {:>10.2f}x {:>9.3f} s {:>4.1f}%\n",
+                 fmt::format("dp {} on, bf16 sums", n), bf16_step, tokens / bf16_step,
+                 tokens / bf16_step / single_tps, bf16_wait, 100.0 * bf16_wait / bf16_step);
+      fmt::print("bf16 / fp32 gradient sums (overlap on, same invocation): step time {:.3f}x, "
+                 "dp bytes sent per rank per step {:.0f} / {:.0f} = {:.3f}x\n",
+                 bf16_step / on_step, bf16.bytes, on.bytes, bf16.bytes / on.bytes);
       fmt::print("scaling efficiency (dp tokens/s / ({} x single)): overlap on {:.1f}%, off {:.1f}%\n", n,
                  100.0 * on_tps / (n * single_tps), 100.0 * off_tps / (n * single_tps));
       fmt::print("exposed communication (time blocked in dp waits / step): overlap on {:.1f}% "

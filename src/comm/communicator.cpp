@@ -19,6 +19,7 @@
 #include <numeric>
 #include <thread>
 
+#include "comm/bf16_sum.h"
 #include "core/check.h"
 
 namespace trident::comm {
@@ -44,6 +45,7 @@ MPI_Datatype mpi_type(DType d) {
     case DType::kI64: return MPI_INT64_T;
     case DType::kU8: return MPI_UINT8_T;
     case DType::kU64: return MPI_UINT64_T;
+    case DType::kBF16: return MPI_UINT16_T;
   }
   return MPI_BYTE;
 }
@@ -132,6 +134,7 @@ const char* to_string(DType d) {
     case DType::kI64: return "i64";
     case DType::kU8: return "u8";
     case DType::kU64: return "u64";
+    case DType::kBF16: return "bf16";
   }
   return "?";
 }
@@ -158,6 +161,7 @@ size_t dtype_size(DType d) {
     case DType::kI64: return 8;
     case DType::kU8: return 1;
     case DType::kU64: return 8;
+    case DType::kBF16: return 2;
   }
   return 1;
 }
@@ -214,6 +218,7 @@ struct Group {
   CommOptions options;
   std::vector<int> world_ranks;   // group rank -> MPI_COMM_WORLD rank
   std::atomic<uint64_t> issued{0};
+  std::atomic<uint64_t> bytes_sent{0};  // see Communicator::bytes_sent
 
   std::mutex queue_mutex;
   std::condition_variable queue_cv;
@@ -528,6 +533,7 @@ void Communicator::set_debug(bool on) { group_->options.debug = on; }
 void Communicator::set_timeout_action(TimeoutAction a) { group_->options.on_timeout = a; }
 MPI_Comm Communicator::mpi_comm() const { return group_->comm; }
 uint64_t Communicator::collectives_issued() const { return group_->issued.load(); }
+uint64_t Communicator::bytes_sent() const { return group_->bytes_sent.load(); }
 
 namespace {
 
@@ -553,6 +559,13 @@ Work issue(const std::shared_ptr<detail::Group>& gp, Signature sig,
   return Work(state);
 }
 
+// Bytes a rank sends to the others in a bandwidth-optimal ring over `size` ranks: a
+// reduce-scatter or an all-gather of a `total`-byte buffer moves (size - 1) / size of it, an
+// allreduce both phases.
+uint64_t ring_bytes(int64_t total, int size, int phases) {
+  return static_cast<uint64_t>(phases * total * (size - 1) / std::max(1, size));
+}
+
 void scale(void* buf, int64_t n, DType d, int size) {
   if (d == DType::kF32) {
     float* p = static_cast<float*>(buf);
@@ -575,10 +588,13 @@ void check_counts(const detail::Group& g, std::span<const int64_t> counts, const
 }  // namespace
 
 Work Communicator::allreduce_raw(void* buf, int64_t count, DType dtype, ReduceOp op) {
+  TRI_CHECK(dtype != DType::kBF16, "allreduce on group {}: MPI has no bf16 sum; use "
+            "allreduce_bf16 on the fp32 values", name());
   TRI_CHECK(op != ReduceOp::kAvg || is_floating(dtype),
             "allreduce on group {}: op avg needs a floating dtype, got {}", name(), to_string(dtype));
   const int n = to_int_count(count, "allreduce");
   Signature sig{OpKind::kAllreduce, dtype, op, -1, count, 0, 0};
+  group_->bytes_sent += ring_bytes(count * static_cast<int64_t>(dtype_size(dtype)), size(), 2);
   return issue(group_, sig, [=](detail::Group& g) {
     check_mpi(MPI_Allreduce(MPI_IN_PLACE, buf, n, mpi_type(dtype), mpi_op(op), g.comm),
               "MPI_Allreduce", g.name);
@@ -592,7 +608,10 @@ Work Communicator::reduce_scatter_raw(const void* in, int64_t in_count, void* ou
   const detail::Group& g0 = *group_;
   TRI_CHECK(op != ReduceOp::kAvg || is_floating(dtype),
             "reduce_scatter on group {}: op avg needs a floating dtype", g0.name);
+  TRI_CHECK(dtype != DType::kBF16, "reduce_scatter on group {}: MPI has no bf16 sum; use "
+            "reduce_scatter_bf16_v on the fp32 values", g0.name);
   Signature sig{OpKind::kReduceScatter, dtype, op, -1, in_count, 0, 0};
+  group_->bytes_sent += ring_bytes(in_count * static_cast<int64_t>(dtype_size(dtype)), g0.size, 1);
   if (counts.empty()) {
     TRI_CHECK(in_count == out_count * g0.size,
               "reduce_scatter on group {}: input has {} elements, expected size ({}) x output "
@@ -626,6 +645,7 @@ Work Communicator::all_gather_raw(const void* in, int64_t in_count, void* out, i
   const detail::Group& g0 = *group_;
   const size_t es = dtype_size(dtype);
   Signature sig{OpKind::kAllGather, dtype, ReduceOp::kSum, -1, out_count, 0, 0};
+  group_->bytes_sent += static_cast<uint64_t>(in_count * static_cast<int64_t>(es) * (g0.size - 1));
   if (counts.empty()) {
     TRI_CHECK(out_count == in_count * g0.size,
               "all_gather on group {}: output has {} elements, expected size ({}) x input ({}) "
@@ -744,6 +764,75 @@ Work Communicator::all_to_all_raw(const void* in, int64_t in_count, std::span<co
     check_mpi(MPI_Alltoallv(in, s.counts.data(), s.displs.data(), mpi_type(dtype), out, r.counts.data(),
                             r.displs.data(), mpi_type(dtype), g.comm),
               "MPI_Alltoallv", g.name);
+  });
+}
+
+namespace {
+
+// The bf16 sum's exchange (see allreduce_bf16 in the header), on the worker thread: `wire` holds
+// this rank's bf16 values laid out by `counts`; returns this rank's chunk of the bf16 sum.
+std::vector<kernels::bf16_t> exchange_bf16_sum(detail::Group& g, const std::vector<kernels::bf16_t>& wire,
+                                               const std::vector<int64_t>& counts, const char* what) {
+  const IntLayout send = int_layout(counts, what);
+  const int mine = send.counts[static_cast<std::size_t>(g.rank)];
+  std::vector<int> rcounts(static_cast<std::size_t>(g.size), mine), rdispls(static_cast<std::size_t>(g.size));
+  for (int s = 0; s < g.size; ++s) rdispls[static_cast<std::size_t>(s)] = to_int_count(int64_t{s} * mine, what);
+  std::vector<kernels::bf16_t> got(static_cast<std::size_t>(g.size) * static_cast<std::size_t>(mine));
+  check_mpi(MPI_Alltoallv(wire.data(), send.counts.data(), send.displs.data(), MPI_UINT16_T, got.data(),
+                          rcounts.data(), rdispls.data(), MPI_UINT16_T, g.comm),
+            "MPI_Alltoallv (bf16 sum)", g.name);
+  std::vector<kernels::bf16_t> sum(static_cast<std::size_t>(mine));
+  sum_bf16_chunks(got.data(), g.size, mine, sum.data());
+  return sum;
+}
+
+}  // namespace
+
+Work Communicator::allreduce_bf16(std::span<float> buf) {
+  const int64_t count = static_cast<int64_t>(buf.size());
+  to_int_count(count, "allreduce_bf16");
+  Signature sig{OpKind::kAllreduce, DType::kBF16, ReduceOp::kSum, -1, count, 0, 0};
+  {
+    // What the all_to_all_v and the all_gather_v send: every chunk but this rank's, then this
+    // rank's chunk to each other rank.
+    const int64_t mine = chunk_counts(count, size())[static_cast<std::size_t>(rank())];
+    group_->bytes_sent += static_cast<uint64_t>(2 * ((count - mine) + mine * (size() - 1)));
+  }
+  float* data = buf.data();
+  return issue(group_, sig, [=](detail::Group& g) {
+    const std::vector<int64_t> counts = chunk_counts(count, g.size);
+    std::vector<kernels::bf16_t> wire(static_cast<std::size_t>(count));
+    round_to_bf16(data, count, wire.data());
+    const std::vector<kernels::bf16_t> sum = exchange_bf16_sum(g, wire, counts, "allreduce_bf16");
+    const IntLayout l = int_layout(counts, "allreduce_bf16");
+    check_mpi(MPI_Allgatherv(sum.data(), static_cast<int>(sum.size()), MPI_UINT16_T, wire.data(),
+                             l.counts.data(), l.displs.data(), MPI_UINT16_T, g.comm),
+              "MPI_Allgatherv (bf16 sum)", g.name);
+    widen_from_bf16(wire.data(), count, data);
+  });
+}
+
+Work Communicator::reduce_scatter_bf16_v(std::span<const float> in, std::span<float> out,
+                                         std::span<const int64_t> counts_in) {
+  const detail::Group& g0 = *group_;
+  check_counts(g0, counts_in, "reduce_scatter_bf16_v");
+  const int64_t total = std::accumulate(counts_in.begin(), counts_in.end(), int64_t{0});
+  TRI_CHECK(static_cast<int64_t>(in.size()) == total && static_cast<int64_t>(out.size()) == counts_in[g0.rank],
+            "reduce_scatter_bf16_v on group {}: input has {} elements (expected sum(counts) = {}), "
+            "output {} (expected counts[{}] = {})",
+            g0.name, in.size(), total, out.size(), g0.rank, counts_in[g0.rank]);
+  to_int_count(total, "reduce_scatter_bf16_v");
+  Signature sig{OpKind::kReduceScatter, DType::kBF16, ReduceOp::kSum, -1, total, 0, 0};
+  group_->bytes_sent += static_cast<uint64_t>(2 * (total - counts_in[g0.rank]));
+  sig.counts_hash = fnv1a(counts_in.data(), counts_in.size_bytes()) | 1;
+  std::vector<int64_t> counts(counts_in.begin(), counts_in.end());
+  const float* src = in.data();
+  float* dst = out.data();
+  return issue(group_, sig, [=](detail::Group& g) {
+    std::vector<kernels::bf16_t> wire(static_cast<std::size_t>(total));
+    round_to_bf16(src, total, wire.data());
+    const std::vector<kernels::bf16_t> sum = exchange_bf16_sum(g, wire, counts, "reduce_scatter_bf16_v");
+    widen_from_bf16(sum.data(), static_cast<int64_t>(sum.size()), dst);
   });
 }
 

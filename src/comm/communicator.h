@@ -50,7 +50,9 @@
 namespace trident::comm {
 
 enum class ReduceOp : int32_t { kSum, kAvg, kMax, kMin };
-enum class DType : int32_t { kF32, kF64, kI32, kI64, kU8, kU64 };
+// kBF16 only moves bits (MPI has no bf16 type or sum): sums of bf16 go through allreduce_bf16 /
+// reduce_scatter_bf16_v, which add in fp32.
+enum class DType : int32_t { kF32, kF64, kI32, kI64, kU8, kU64, kBF16 };
 enum class OpKind : int32_t {
   kAllreduce, kReduceScatter, kAllGather, kBroadcast, kBarrier, kSend, kRecv, kAllToAll
 };
@@ -138,6 +140,12 @@ class Communicator {
   MPI_Comm mpi_comm() const;
   // Number of collectives issued on this group so far.
   uint64_t collectives_issued() const;
+  // Bytes this rank has sent to the others in allreduce, reduce-scatter and all-gather calls
+  // (fp32 and the bf16 sums; not broadcast, all-to-all or point-to-point). The fp32 collectives
+  // count a bandwidth-optimal ring's (an allreduce 2 (N-1)/N of the buffer, a reduce-scatter
+  // (N-1)/N, an all-gather its input to N-1 ranks) -- MPI picks its own algorithm, which sends at
+  // least that -- the bf16 sums what their all_to_all_v and all_gather_v send. For benchmarks.
+  uint64_t bytes_sent() const;
 
   // In place: buf <- op over ranks of buf. kAvg divides the sum by size() (floating only).
   template <class T> Work allreduce(std::span<T> buf, ReduceOp op = ReduceOp::kSum) {
@@ -191,6 +199,19 @@ class Communicator {
     return all_to_all_raw(in.data(), static_cast<int64_t>(in.size()), {}, out.data(),
                           static_cast<int64_t>(out.size()), {}, dtype_of<T>());
   }
+  // bf16 sums of fp32 buffers (gradients, --grad-reduce-dtype bf16), half the bytes of the fp32
+  // collectives. Every rank rounds its values to bf16 (nearest even); an all_to_all_v sends rank
+  // r every rank's bf16 of r's chunk; r adds them in fp32 in rank order 0, 1, ..., N-1 and
+  // rounds the sum to bf16 once. So each element is round(sum_s round(x_s)) whatever MPI's
+  // algorithms, bucket boundaries or message sizes (MPI only moves bytes), the same bits on
+  // every rank. Rank r's chunk is chunk_counts(n, N)[r] (allreduce) or counts[r] (reduce-scatter).
+  // Wire: all_to_all_v + all_gather_v of 2 bytes per element, each (N-1)/N of the buffer per
+  // rank, as a ring allreduce's two phases of 4 bytes. Op sum only.
+  // In place: buf <- the bf16 sum over ranks, widened back to fp32 (exact).
+  Work allreduce_bf16(std::span<float> buf);
+  // As reduce_scatter_v with op sum: out (counts[rank()] elements) <- the bf16 sum, widened.
+  Work reduce_scatter_bf16_v(std::span<const float> in, std::span<float> out,
+                             std::span<const int64_t> counts);
   template <class T> Work broadcast(std::span<T> buf, int root) {
     return broadcast_raw(buf.data(), static_cast<int64_t>(buf.size()), dtype_of<T>(), root);
   }

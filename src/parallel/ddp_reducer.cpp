@@ -125,6 +125,11 @@ void DataParallel::wait(comm::Work& w) {
   wait_s_ += sw.seconds();
 }
 
+comm::Work DataParallel::sum(comm::Communicator& group, std::span<float> buf) {
+  if (options_.reduce_dtype == GradReduceDType::kBf16) return group.allreduce_bf16(buf);
+  return group.allreduce(buf, comm::ReduceOp::kSum);
+}
+
 void DataParallel::begin_step() {
   wait_s_ = 0.0;
   params_.zero_grads();
@@ -166,17 +171,18 @@ void DataParallel::launch(Bucket& b) {
   }
   if (options_.zero < 2) {
     // Sum: every rank's gradient is its rows' share of the global mean.
-    b.work = dp_.allreduce(std::span<float>(params_.grads().data() + b.span.lo, static_cast<std::size_t>(n)),
-                           comm::ReduceOp::kSum);
+    b.work = sum(dp_, std::span<float>(params_.grads().data() + b.span.lo, static_cast<std::size_t>(n)));
     return;
   }
   ensure_grad_storage(static_cast<int>(&b - buckets_.data()));
   const std::vector<int64_t> counts = layout_.counts_of(b.span.lo, b.span.hi);
   b.recv = FloatBuffer(tracker_, MemCategory::kCommBuffers,
                        static_cast<std::size_t>(counts[static_cast<std::size_t>(layout_.rank)]));
-  b.work = dp_.reduce_scatter_v(std::span<const float>(b.grad.data(), static_cast<std::size_t>(n)),
-                                std::span<float>(b.recv.data(), b.recv.size()),
-                                std::span<const int64_t>(counts), comm::ReduceOp::kSum);
+  const std::span<const float> in(b.grad.data(), static_cast<std::size_t>(n));
+  const std::span<float> out(b.recv.data(), b.recv.size());
+  b.work = options_.reduce_dtype == GradReduceDType::kBf16
+               ? dp_.reduce_scatter_bf16_v(in, out, std::span<const int64_t>(counts))
+               : dp_.reduce_scatter_v(in, out, std::span<const int64_t>(counts), comm::ReduceOp::kSum);
   // Bound the gradient working set: retire what has finished, and wait for the oldest when
   // more than kMaxInFlight buckets are still being reduced.
   constexpr std::size_t kMaxInFlight = 2;
@@ -204,9 +210,9 @@ void DataParallel::launch_split(Bucket& b) {
     const int64_t lo = params_.info(id).offset, hi = params_.info(end).offset + params_.info(end).numel;
     const std::span<float> run(g + lo, static_cast<std::size_t>(hi - lo));
     if (!expert) {
-      b.expert_works.push_back(dp_.allreduce(run, comm::ReduceOp::kSum));
+      b.expert_works.push_back(sum(dp_, run));
     } else if (edp.size() > 1) {
-      b.expert_works.push_back(edp.allreduce(run, comm::ReduceOp::kSum));
+      b.expert_works.push_back(sum(edp, run));
     }
     id = end + 1;
   }
@@ -284,7 +290,7 @@ void DataParallel::finish_tied_rows() {
   for (std::size_t i = 0; i < local_rows.size(); ++i) {
     std::memcpy(packed.data() + i * C, tied_scratch_.data() + local_rows[i] * C, static_cast<std::size_t>(C) * sizeof(float));
   }
-  comm::Work work = dp_.allreduce(std::span<float>(packed), comm::ReduceOp::kSum);
+  comm::Work work = sum(dp_, std::span<float>(packed));
   wait(work);
   float* g = params_.grads().data() + w.offset;  // already summed over dp (the head's part)
   for (std::size_t i = 0; i < local_rows.size(); ++i) {

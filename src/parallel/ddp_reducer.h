@@ -51,6 +51,7 @@
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
 #include "optim/adamw.h"
+#include "parallel/grad_reduce_dtype.h"
 #include "parallel/zero.h"
 
 namespace trident::parallel {
@@ -67,6 +68,10 @@ struct DataParallelOptions {
   // -- the expert-data-parallel ranks holding the same experts -- instead of dp; dense ones
   // still over dp. Stage 0 only (the engine refuses ZeRO with ep). Null: everything over dp.
   comm::Communicator* expert_group = nullptr;
+  // Every gradient sum over dp (and over edp): fp32, or bf16 on the wire (grad_reduce_dtype.h).
+  // With bf16 each bucket's reduced element is round_bf16(sum_r round_bf16(g_r)), the same bits
+  // on every rank and for any bucket size; ZeRO 2-3 keep it (widened) as the shard's gradient.
+  GradReduceDType reduce_dtype = GradReduceDType::kFp32;
 };
 
 // Buckets as parameter id ranges [first, last] (inclusive), in launch order (the last
@@ -151,6 +156,8 @@ class DataParallel : public nn::ModelHooks {
   void retire(Bucket& b);  // stages 2-3: wait, add into the shard, free the bucket
   void ensure_grad_storage(int bucket);
   void wait(comm::Work& w);
+  // The sum over `group` in the configured dtype (options_.reduce_dtype).
+  comm::Work sum(comm::Communicator& group, std::span<float> buf);
   void finish_tied_rows();  // the sparse the tied embedding rows of the embedding backward
   // Stage 3 gathering.
   std::vector<int> values_needed(int g, bool backward) const;

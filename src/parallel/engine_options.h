@@ -10,6 +10,7 @@
 #include "optim/adamw.h"
 #include "optim/loss_scaler.h"
 #include "optim/moment_store.h"
+#include "parallel/grad_reduce_dtype.h"
 #include "parallel/pipeline/schedule.h"
 
 namespace trident::parallel {
@@ -24,6 +25,7 @@ struct EngineOptions {
   kernels::Precision precision = kernels::Precision::kFp32;  // of every matmul
   // Dynamic loss scaling, used when precision is fp16 (optim/loss_scaler.h).
   optim::LossScalerConfig loss_scaler;
+  GradReduceDType grad_reduce_dtype = GradReduceDType::kFp32;  // of the dp/edp gradient sums
   double bucket_mb = 25.0;  // DDP gradient bucket size, MiB
   bool overlap = true;      // overlap gradient allreduce with backward
   optim::AdamWConfig adamw;

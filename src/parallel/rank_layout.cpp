@@ -102,7 +102,7 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
           DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1,
-                              shape.ep > 1 ? &mesh_.edp() : nullptr});
+                              shape.ep > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype});
     }
     const int64_t opt_begin = c.dp ? c.dp->optimizer_begin() : 0;
     const int64_t opt_end = c.dp ? c.dp->optimizer_end() : c.model->params().total_numel();
@@ -199,6 +199,7 @@ std::string RankLayout::describe() const {
   if (options_.precision != kernels::Precision::kFp32 && !chunks_.empty()) {
     text += "; matmuls: " + chunks_.front().model->matmul().describe();
   }
+  if (options_.grad_reduce_dtype == GradReduceDType::kBf16) text += "; gradient sums in bf16";
   if (options_.offload.optimizer() && !chunks_.empty()) {
     text += "; AdamW moments " + chunks_.front().adamw->moments().describe();
   }

@@ -42,6 +42,7 @@ std::span<const std::string_view> enum_names(NonfinitePolicy) { return kNonfinit
 std::span<const std::string_view> enum_names(optim::OffloadKind) { return optim::offload_kind_names(); }
 std::span<const std::string_view> enum_names(nn::Recompute) { return nn::recompute_names(); }
 std::span<const std::string_view> enum_names(kernels::Precision) { return kernels::precision_names(); }
+std::span<const std::string_view> enum_names(parallel::GradReduceDType) { return parallel::grad_reduce_dtype_names(); }
 
 // ---------------------------------------------------------------------------------------------
 // Defaults: each struct's constructor applies the defaults of its field list. Fields held by
@@ -188,6 +189,10 @@ void validate_run_config(const RunConfig& cfg) {
             "virtual_stages {} needs schedule interleaved (got {}): only the interleaved "
             "schedule places several model chunks on one pipeline rank",
             e.virtual_stages, enum_name(e.schedule));
+  TRI_CHECK(e.grad_reduce_dtype == parallel::GradReduceDType::kFp32 || p.dp > 1,
+            "--grad-reduce-dtype {} needs data parallelism (--dp > 1; this run has dp {}): with one "
+            "data-parallel rank no gradient is summed; drop the flag",
+            enum_name(e.grad_reduce_dtype), p.dp);
   TRI_CHECK(!e.offload.optimizer() || !e.offload.dir.empty(),
             "--offload {} needs --offload-dir DIR: an existing directory on a local disk with room "
             "for 8 bytes per parameter (the AdamW moments)", enum_name(e.offload.kind));

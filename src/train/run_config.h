@@ -47,6 +47,7 @@ std::span<const std::string_view> enum_names(NonfinitePolicy);          // skip,
 std::span<const std::string_view> enum_names(optim::OffloadKind);       // none, optimizer
 std::span<const std::string_view> enum_names(nn::Recompute);            // none, selective, full
 std::span<const std::string_view> enum_names(kernels::Precision);       // fp32, bf16, fp16
+std::span<const std::string_view> enum_names(parallel::GradReduceDType);  // fp32, bf16
 
 template <class E>
   requires std::is_enum_v<E>
@@ -310,7 +311,7 @@ struct TrainOptions {
   TrainOptions();
 };
 
-// Of [train], the engine's options hold `precision` (RunConfig::engine).
+// Of [train], the engine's options hold `precision` and `grad_reduce_dtype` (RunConfig::engine).
 template <class S, class E, class V>
   requires TableOf<S, E, TrainOptions>
 void for_each_field(S& o, E& e, V&& v) {
@@ -344,6 +345,9 @@ void for_each_field(S& o, E& e, V&& v) {
   v(field("precision", parallel::EngineOptions{}.precision,
           "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style); fp16: the same with fp16 operands (overflow beyond 65504 is inf) and dynamic loss scaling ([optim] initial_loss_scale, loss_scale_window, hysteresis, min_loss_scale); parameters, gradients, optimizer and checkpoints stay fp32")
         .alias("dtype mixed_precision amp autocast compute_dtype"), e.precision);
+  v(field("grad_reduce_dtype", parallel::EngineOptions{}.grad_reduce_dtype,
+          "element type of the data-parallel gradient sums (DDP allreduce, ZeRO reduce-scatter, ep's edp sums): fp32; bf16: half the bytes, each rank's gradient rounded to bf16 and the ranks' values added in fp32 in rank order at the chunk's owner, then rounded to bf16 once (the same bits on every rank, for any bucket size); needs dp > 1")
+        .alias("reduce_dtype grad_reduce_precision allreduce_dtype grad_comm_dtype"), e.grad_reduce_dtype);
   v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)
         .alias("log_interval print_every"), o.log_every);
   v(field("preempt_signals", "TERM,INT,USR1",

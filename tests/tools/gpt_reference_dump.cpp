@@ -4,6 +4,7 @@
 // Mixtral on fixed random batches.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include "ckpt/safetensors.h"
 #include "core/rng.h"
 #include "kernels/kernels.h"
+#include "kernels/matmul_engine.h"
 #include "nn/model.h"
 #include "optim/adamw.h"
 #include "optim/grad_clip.h"
@@ -36,9 +38,12 @@ void add_logical(ckpt::SafetensorsWriter& w, const nn::ParameterSet& ps, bool gr
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --precision: the model's matmul precision, as trident train's (tests/ref/autocast_reference_test.py).
   const std::string usage =
       "usage: gpt_reference_dump [--family gpt2|llama|mixtral] [--n-kv-head K] [--tie-word-embeddings 0|1]\n"
-      "                          [--n-experts E --top-k K --norm-topk-prob 0|1 --z-loss-coef Z] OUT_DIR\n";
+      "                          [--n-experts E --top-k K --norm-topk-prob 0|1 --z-loss-coef Z]\n"
+      "                          [--precision fp32|bf16|fp16] OUT_DIR\n";
+  kernels::Precision precision = kernels::Precision::kFp32;
   nn::ModelConfig cfg;
   cfg.n_layer = 2, cfg.n_head = 4, cfg.n_embd = 64, cfg.n_positions = 32, cfg.vocab_size = 101;
   std::string out;
@@ -59,6 +64,15 @@ int main(int argc, char** argv) {
       cfg.n_kv_head = std::stoi(argv[++i]);
     } else if (i + 1 < argc && a == "--tie-word-embeddings") {
       cfg.tie_word_embeddings = std::string(argv[++i]) == "1";
+    } else if (i + 1 < argc && a == "--precision") {
+      const std::string v = argv[++i];
+      const auto names = kernels::precision_names();
+      const auto at = std::find(names.begin(), names.end(), v);
+      if (at == names.end()) {
+        std::cerr << usage;
+        return 2;
+      }
+      precision = static_cast<kernels::Precision>(at - names.begin());
     } else if (out.empty() && !a.starts_with("--")) {
       out = a;
     } else {
@@ -86,6 +100,7 @@ int main(int argc, char** argv) {
 
   MemoryTracker tracker;
   nn::Model model(cfg);
+  model.set_precision(precision);
   model.allocate(tracker);
   model.params().initialize(1234);
   nn::ModelActivations acts = model.make_activations(tracker, B, T);

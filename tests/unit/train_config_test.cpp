@@ -107,6 +107,7 @@ TEST(TrainConfig, EngineOptionsAreTheEnginesOwnStruct) {
   EXPECT_EQ(c.engine.sequence_parallel, d.sequence_parallel);
   EXPECT_EQ(c.engine.recompute, d.recompute);
   EXPECT_EQ(c.engine.precision, d.precision);
+  EXPECT_EQ(c.engine.grad_reduce_dtype, d.grad_reduce_dtype);
   EXPECT_EQ(c.engine.bucket_mb, d.bucket_mb);
   EXPECT_EQ(c.engine.overlap, d.overlap);
   EXPECT_EQ(c.engine.adamw.beta1, d.adamw.beta1);
@@ -119,8 +120,10 @@ TEST(TrainConfig, EngineOptionsAreTheEnginesOwnStruct) {
                              "--virtual-stages", "3", "--balance-stages", "--sequence-parallel",
                              "--recompute", "full", "--precision", "bf16", "--bucket-mb", "4",
                              "--no-overlap", "--beta1", "0.8", "--beta2", "0.7", "--eps", "1e-6",
-                             "--weight-decay", "0.05", "--grad-clip", "0.5"});
+                             "--weight-decay", "0.05", "--grad-clip", "0.5", "--dp", "2",
+                             "--grad-reduce-dtype", "bf16"});
   EXPECT_EQ(p.engine.zero, 2);
+  EXPECT_EQ(p.engine.grad_reduce_dtype, parallel::GradReduceDType::kBf16);
   EXPECT_EQ(p.engine.schedule, pp::ScheduleKind::kInterleaved);
   EXPECT_EQ(p.engine.virtual_stages, 3);
   EXPECT_TRUE(p.engine.balance_stages);
@@ -139,7 +142,9 @@ TEST(TrainConfig, EngineOptionsAreTheEnginesOwnStruct) {
   EXPECT_EQ(j["parallel"]["schedule"], "interleaved");
   EXPECT_EQ(j["optim"]["beta2"], 0.7);
   EXPECT_EQ(j["train"]["precision"], "bf16");
+  EXPECT_EQ(j["train"]["grad_reduce_dtype"], "bf16");
   EXPECT_EQ(run_config_from_json(j).engine.adamw.beta2, 0.7);
+  EXPECT_EQ(run_config_from_json(j).engine.grad_reduce_dtype, parallel::GradReduceDType::kBf16);
 }
 
 // The fp16 loss-scaling keys ([optim]) and the offload keys ([parallel]) bind straight into the
