@@ -17,6 +17,7 @@
 #include "data/batch_sampler.h"
 #include "data/token_shard.h"
 #include "kernels/kernels.h"
+#include "nn/lora.h"
 #include "optim/lr_schedule.h"
 #include "parallel/engine.h"
 #include "train/async_checkpoint.h"
@@ -123,6 +124,8 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
       fmt::print(stderr, "fp16 loss scale {:g} restored from the checkpoint\n", engine.loss_scaler()->scale());
     }
   } else if (source) {
+    // LoRA: the adapters (no checkpoint tensors) start as PEFT's, the base is then loaded over.
+    if (model_cfg.lora.enabled()) engine.initialize(cfg.train.seed);
     load_into_engine(engine, *source, /*with_optimizer=*/false);
     if (lead) fmt::print(stderr, "initialised from {}\n", source->path);
   } else {
@@ -143,6 +146,14 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   const double peak_flops = measure_sgemm_flops(0.2) * mesh.size();
   if (lead) {
     fmt::print(stderr, "model: {}\n{}\n", model_cfg.describe(), engine.describe());
+    if (model_cfg.lora.enabled()) {
+      const int64_t adapters = nn::lora_parameter_count(model_cfg), base = model_cfg.num_parameters();
+      fmt::print(stderr,
+                 "lora: {} adapter parameters trained on a frozen base of {} ({:.3f}%); optimizer state "
+                 "(adapters only) {:.1f} KiB on rank 0\n",
+                 adapters, base, 100.0 * static_cast<double>(adapters) / static_cast<double>(base),
+                 static_cast<double>(tracker.current(MemCategory::kOptimizerState)) / 1024.0);
+    }
   }
 
   // Output files may name directories that do not exist yet; the lead rank writes them.
