@@ -87,8 +87,16 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
 
   // The shape of a model loaded with --init-from is whatever its config.json says; the
   // objective's weights (--moe-aux-loss-coef) still apply.
-  const nn::ModelConfig model_cfg = cfg.train.init_from.empty() ? resolve_model_config(cfg.model)
-                                                              : with_objective_overrides(source->config, cfg.model);
+  // A LoRA run resumed: its base's shape is the checkpoint's config.json (the base was loaded
+  // with --init-from, so [model] never named it).
+  const bool from_source = !cfg.train.init_from.empty() || (source && cfg.model.lora_rank > 0);
+  const nn::ModelConfig model_cfg = from_source ? with_objective_overrides(source->config, cfg.model)
+                                                : resolve_model_config(cfg.model);
+  // Which base a LoRA run's adapters belong to, recorded in every checkpoint (trident.json
+  // lora_base, adapter_config.json base_model_name_or_path).
+  const std::string lora_base = !model_cfg.lora.enabled() ? ""
+                                : !cfg.train.init_from.empty() ? source->path
+                                                               : source->trident.value("lora_base", std::string());
   check_model_fits(model_cfg, cfg, mesh);  // before anything is allocated
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
                                     "and PREFIX_val.bin, written by `trident prepare`)");
@@ -174,6 +182,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                                    {"seed", cfg.train.seed}}},
                          {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
     add_loss_scaler_state(engine, state);
+    if (model_cfg.lora.enabled()) state["lora_base"] = lora_base;
     return state;
   };
   auto save = [&](int64_t step) {

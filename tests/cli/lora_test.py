@@ -1,11 +1,14 @@
 """LoRA fine-tuning end to end (docs/lora.md): a tiny Llama and GPT-2 trained briefly are the
 frozen bases; `train --init-from BASE --lora-rank 4 --lora-targets ...` then trains only the
 adapters. Checked: the base weights in the LoRA run's checkpoint are bitwise the base's; the
-training loss falls; dp2, tp2 and dp2 x tp2 (ZeRO 1 and 2 on dp2) follow the single-process
-loss curve and grad norm within the layout bounds of equivalence.py; the optimizer state is the
-adapters' only (the memory printout's optimizer bytes); and bad input gets one clear error each:
+validation loss falls; the checkpoint holds the adapters in PEFT's names with PEFT's
+adapter_config.json, `ckpt info` verifies it, and a resumed run is bitwise the uninterrupted one;
+the optimizer state is the adapters' only (8 bytes per adapter parameter); dp2 (ZeRO 0-3), tp2
+(with and without sequence parallelism), pp2 and dp2 x tp2 follow the single-process loss curve
+and grad norm within the layout bounds of equivalence.py; and bad input gets one clear error each:
 an unknown target for the family, a rank larger than a target allows, LoRA without a base,
-targets without a rank, Mixtral's experts."""
+targets without a rank (Mixtral's experts: unit.nn_lora_test)."""
+import json
 import os
 import re
 import sys
@@ -59,14 +62,38 @@ def main():
             after = safetensors_stdlib.load(f"{ref_dir}/{latest(ref_dir)}/model.safetensors")
             changed = [n for n in before if before[n] != after.get(n)]
             check(f"{model}: the frozen base is bitwise unchanged after training", not changed, f"changed: {changed[:4]}")
+            # The checkpoint: PEFT's names and config beside the base, and a bitwise resume.
+            step_dir = f"{ref_dir}/{latest(ref_dir)}"
+            adapters = safetensors_stdlib.load(f"{step_dir}/adapter_model.safetensors")
+            with open(f"{step_dir}/adapter_config.json") as f:
+                acfg = json.load(f)
+            prefix = "base_model.model." + ("transformer." if model == "tiny" else "")
+            check(f"{model}: adapters saved in PEFT's names",
+                  adapters and all(n.startswith(prefix) and n.endswith((".lora_A.weight", ".lora_B.weight")) for n in adapters),
+                  f"{sorted(adapters)[:2]}")
+            want = {"peft_type": "LORA", "r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "bias": "none",
+                    "task_type": "CAUSAL_LM", "fan_in_fan_out": model == "tiny", "base_model_name_or_path": base}
+            check(f"{model}: adapter_config.json is PEFT's", all(acfg.get(k) == v for k, v in want.items()) and
+                  len(acfg["target_modules"]) == len(targets.split(",")), json.dumps(acfg))
+            rc, out, err = run([T, "ckpt", "info", step_dir])
+            check(f"{model}: ckpt info verifies the LoRA checkpoint", rc == 0 and "LoRA adapters complete" in out,
+                  (out + err)[-600:])
+            half = f"{d}/{model}_half"
+            rc, _, err = run([T] + lora + ["--ckpt-dir", half, "--stop-after", str(STEPS // 2)])
+            rc2, _, err2 = run([T, "train", "--resume", half])
+            same = rc == 0 and rc2 == 0 and all(
+                open(f"{half}/{latest(half)}/{f}", "rb").read() == open(f"{step_dir}/{f}", "rb").read()
+                for f in ("adapter_model.safetensors", "optimizer.safetensors", "model.safetensors"))
+            check(f"{model}: a resumed LoRA run is bitwise the uninterrupted one", same, (err + err2)[-800:])
             # AdamW's two fp32 moments for the adapters only: 8 bytes per adapter parameter.
             n = re.search(r"lora: (\d+) adapter parameters", err)
             opt = ref[0]["memory"]["optimizer_state"]
             check(f"{model}: optimizer state is the adapters' only", n is not None and opt == 8 * int(n.group(1)),
                   f"optimizer_state {opt} B, adapters {n.group(1) if n else '?'}")
             layouts = [("dp2", 2, ["--dp", "2"]), ("dp2 zero1", 2, ["--dp", "2", "--zero", "1"]),
-                       ("dp2 zero2", 2, ["--dp", "2", "--zero", "2"]), ("tp2", 2, ["--tp", "2"]),
-                       ("dp2 x tp2", 4, ["--dp", "2", "--tp", "2"])]
+                       ("dp2 zero2", 2, ["--dp", "2", "--zero", "2"]), ("dp2 zero3", 2, ["--dp", "2", "--zero", "3"]),
+                       ("tp2", 2, ["--tp", "2"]), ("tp2 sp", 2, ["--tp", "2", "--sequence-parallel"]),
+                       ("pp2", 2, ["--pp", "2", "--grad-accum", "2"]), ("dp2 x tp2", 4, ["--dp", "2", "--tp", "2"])]
             for tag, n, extra in layouts:
                 name = tag.replace(" ", "_")
                 rc, _, err = run([mpirun(), "-n", str(n), T] + lora + extra +
