@@ -42,7 +42,8 @@ def main():
             lora = ["train", "--init-from", base, "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", targets,
                     "--steps", str(STEPS), "--lr", str(LR), "--lr-schedule", "constant", "--eps", str(EPS)] + common
             ref_dir = f"{d}/{model}_ref"
-            rc, out, err = run([T] + lora + ["--ckpt-dir", ref_dir, "--metrics", f"{d}/{model}_ref.jsonl"])
+            rc, out, lora_err = run([T] + lora + ["--ckpt-dir", ref_dir, "--metrics", f"{d}/{model}_ref.jsonl"])
+            err = lora_err
             check(f"{model}: LoRA run from the base", rc == 0, err[-1500:])
             if rc:
                 continue
@@ -85,8 +86,25 @@ def main():
                 open(f"{half}/{latest(half)}/{f}", "rb").read() == open(f"{step_dir}/{f}", "rb").read()
                 for f in ("adapter_model.safetensors", "optimizer.safetensors", "model.safetensors"))
             check(f"{model}: a resumed LoRA run is bitwise the uninterrupted one", same, (err + err2)[-800:])
+            # merge-lora: a full checkpoint in which only the adapted weights differ from the base
+            # (that its logits are the adapter model's: unit.nn_lora_test LoraMerge).
+            merged = f"{d}/{model}_merged"
+            rc, out, err = run([T, "merge-lora", "--base", base, "--adapter", ref_dir, "--out", merged])
+            check(f"{model}: merge-lora", rc == 0, (out + err)[-600:])
+            if rc == 0:
+                m = safetensors_stdlib.load(f"{merged}/model.safetensors")
+                adapted = {n[len(prefix):-len(".lora_A.weight")] + ".weight" for n in adapters if n.endswith(".lora_A.weight")}
+                adapted = {n[len("transformer."):] if n.startswith("transformer.") else n for n in adapted}
+                same = [n for n in before if n not in adapted and m[n] != before[n]]
+                moved = [n for n in adapted if m[n] == before[n]]
+                check(f"{model}: merge-lora changes exactly the adapted weights", m.keys() == before.keys() and not same
+                      and not moved and adapted, f"unadapted changed {same[:3]}, adapted unchanged {moved[:3]}")
+                rc, out, err = run([T, "ckpt", "info", merged])
+                check(f"{model}: the merged checkpoint verifies", rc == 0, (out + err)[-400:])
+                rc, out, err = run([T, "merge-lora", "--base", base, "--adapter", ref_dir, "--out", merged])
+                check(f"{model}: merge-lora refuses a non-empty --out", rc != 0 and "not empty" in err, err[-300:])
             # AdamW's two fp32 moments for the adapters only: 8 bytes per adapter parameter.
-            n = re.search(r"lora: (\d+) adapter parameters", err)
+            n = re.search(r"lora: (\d+) adapter parameters", lora_err)
             opt = ref[0]["memory"]["optimizer_state"]
             check(f"{model}: optimizer state is the adapters' only", n is not None and opt == 8 * int(n.group(1)),
                   f"optimizer_state {opt} B, adapters {n.group(1) if n else '?'}")
@@ -105,6 +123,10 @@ def main():
                 bad_loss, bad_norm = deviations(got, steps, BATCH, SEQ, VOCAB)
                 check(f"{model}: LoRA {tag} == single process", len(got) == len(steps) and not bad_loss and not bad_norm,
                       f"steps off in loss {bad_loss}, grad norm {bad_norm}")
+        # An adapter trained on another base is refused.
+        rc, _, err = run([T, "merge-lora", "--base", f"{d}/tiny_base/{latest(f'{d}/tiny_base')}", "--adapter",
+                          f"{d}/llama-tiny_ref", "--out", f"{d}/cross"])
+        check("merge-lora refuses an adapter of another model", rc != 0 and "not a gpt2 LoRA target" in err, err[-300:])
         # Bad input: one clear error each.
         base_dir = f"{d}/llama-tiny_base"
         base = f"{base_dir}/{latest(base_dir)}"

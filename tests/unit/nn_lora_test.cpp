@@ -6,7 +6,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
@@ -21,6 +23,8 @@
 #include "nn/llama_layer_decls.h"
 #include "nn/lora.h"
 #include "nn/lora_adapter.h"
+#include "nn/lora_merge.h"
+#include "nn/model.h"
 #include "nn/row_parallel_linear.h"
 
 namespace trident::nn {
@@ -275,6 +279,78 @@ TEST(LoraAdapter, FreshAdapterLeavesTheBaseOutputBitwise) {
   adapted.forward(mm, h.ps, y1.data(), x.data(), N, h.work.data(), h.scratch.lora.data());
   plain.forward(mm, h.ps, y2.data(), x.data(), N, h.work.data());
   EXPECT_EQ(y1, y2);
+}
+
+// merge-lora's W += s B A gives the adapter model's logits: the two differ only in where the
+// adapter's product is rounded. Each stage's dot products gain at most r terms and one rounding
+// of W', so a worst-case (Higham) bound per stage is (n + r + 1) u with n its longest reduction;
+// over the D = 2L + 1 stages of every path the logits are within D (n + r + 1) u max|logit|.
+void expect_merged_matches(ModelConfig cfg) {
+  kernels::set_num_threads(1);
+  ModelConfig plain = cfg;
+  plain.lora = {};
+  const int64_t B = 2, T = 8, N = B * T;
+  MemoryTracker tracker;
+  Model adapted(cfg), merged(plain);
+  adapted.allocate(tracker);
+  merged.allocate(tracker);
+  ParameterSet& pa = adapted.params();
+  ParameterSet& pm = merged.params();
+  pa.initialize(21);
+  for (int id = 0; id < pa.size(); ++id) {  // a trained adapter: B non-zero
+    if (!pa.info(id).name.ends_with("lora_B.weight")) continue;
+    for (int64_t i = 0; i < pa.info(id).numel; ++i) pa.data(id)[i] = 0.2f * normal_at(3, id, static_cast<uint64_t>(i));
+  }
+  for (int id = 0; id < pm.size(); ++id) {
+    const int src = pa.find(pm.info(id).name);
+    ASSERT_GE(src, 0);
+    std::copy_n(pa.data(src), pm.info(id).numel, pm.data(id));
+  }
+  int count = 0;
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    for (const LoraTarget& t : selected_lora_targets(cfg, l)) {
+      const LoraDecls d = lora_decls(t.base, cfg.lora.rank);
+      merge_lora(t.base, cfg.lora.scale(), cfg.lora.rank, pm.data(pm.find(t.base.name)), pa.data(pa.find(d.a.name)),
+                 pa.data(pa.find(d.b.name)));
+      ++count;
+    }
+  }
+  ASSERT_EQ(count, cfg.n_layer * static_cast<int>(cfg.lora.targets.size()));
+  std::vector<int32_t> ids(N);
+  for (int64_t i = 0; i < N; ++i) ids[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 7 + 3) % cfg.vocab_size);
+  ModelActivations aa = adapted.make_activations(tracker, B, T), am = merged.make_activations(tracker, B, T);
+  const int64_t V = adapted.padded_vocab_local();
+  const float* la = adapted.forward_logits(aa, ids.data(), B, T);
+  std::vector<float> want(la, la + N * V);
+  const float* lm = merged.forward_logits(am, ids.data(), B, T);
+  double worst = 0, scale = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t v = 0; v < cfg.vocab_size; ++v) {
+      worst = std::max(worst, std::abs(static_cast<double>(lm[n * V + v]) - want[static_cast<std::size_t>(n * V + v)]));
+      scale = std::max(scale, std::abs(static_cast<double>(want[static_cast<std::size_t>(n * V + v)])));
+    }
+  }
+  const int64_t n = std::max<int64_t>({cfg.n_embd, cfg.mlp_width(), T});
+  const double bound = (2.0 * cfg.n_layer + 1) * static_cast<double>(n + cfg.lora.rank + 1) * 6e-8 * scale;
+  EXPECT_LE(worst, bound) << "logit scale " << scale;
+  // ... and the adapters matter: the base alone is far off.
+  EXPECT_GT(worst, 0.0);
+  std::printf("merged vs adapter logits: max diff %.3g (bound %.3g, scale %.3g)\n", worst, bound, scale);
+}
+
+TEST(LoraMerge, MergedModelGivesTheAdapterModelsLogits) {
+  ModelConfig llama = model_preset("llama-tiny");
+  llama.n_layer = 2;
+  llama.vocab_size = 96;
+  llama.lora = LoraConfig{.rank = 4, .alpha = 8.0, .targets = {"q", "v", "o", "up", "down"}};
+  llama.validate();
+  expect_merged_matches(llama);
+  ModelConfig gpt2 = model_preset("tiny");
+  gpt2.n_layer = 2;
+  gpt2.vocab_size = 96;
+  gpt2.lora = LoraConfig{.rank = 3, .alpha = 6.0, .targets = {"c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"}};
+  gpt2.validate();
+  expect_merged_matches(gpt2);  // Conv1D: the merge transposes B A
 }
 
 }  // namespace
