@@ -154,11 +154,11 @@ void for_each_field(S& o, V&& v) {
   v(field("moe_z_loss_coef", std::optional<double>{}, "override (mixture of experts): weight of the router z-loss, the mean over layers and tokens of logsumexp(router logits)^2, added to the objective (ST-MoE; Megatron's --moe-z-loss-coeff; docs/moe.md)")
         .at_least(0).shown_as("from the preset (0)").alias("router_z_loss_coef z_loss_coef moe_z_loss_coeff"), o.moe_z_loss_coef);
   v(field("lora_rank", 0, "LoRA: train rank-r adapters on a frozen base (needs --init-from or --resume; docs/lora.md)")
-        .at_least(0).shown_as("0 = off").alias("lora_r r rank lora_dim"), o.lora_rank);
+        .at_least(0).shown_as("0 = off").alias("lora_r lora_dim"), o.lora_rank);
   v(field("lora_alpha", 0.0, "LoRA: adapter outputs are scaled by alpha / r (PEFT's lora_alpha)")
-        .at_least(0).shown_as("0 = 2 * lora_rank").alias("alpha lora_scaling"), o.lora_alpha);
+        .at_least(0).shown_as("0 = 2 * lora_rank").alias("lora_scaling"), o.lora_alpha);
   v(field("lora_targets", "", "LoRA: layers to adapt; llama/mixtral q,k,v,o(,gate,up,down: llama); gpt2 c_attn,attn.c_proj,c_fc,mlp.c_proj")
-        .placeholder("LIST").shown_as("none").alias("target_modules lora_target_modules targets"), o.lora_targets);
+        .placeholder("LIST").shown_as("none").alias("target_modules lora_target_modules"), o.lora_targets);
 }
 
 // ---- [data]: what the model reads, and how much per step.

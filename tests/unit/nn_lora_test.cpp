@@ -351,6 +351,12 @@ TEST(LoraMerge, MergedModelGivesTheAdapterModelsLogits) {
   gpt2.lora = LoraConfig{.rank = 3, .alpha = 6.0, .targets = {"c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"}};
   gpt2.validate();
   expect_merged_matches(gpt2);  // Conv1D: the merge transposes B A
+  ModelConfig mixtral = model_preset("mixtral-tiny");
+  mixtral.n_layer = 2;
+  mixtral.vocab_size = 96;
+  mixtral.lora = LoraConfig{.rank = 2, .alpha = 4.0, .targets = {"q", "k", "v", "o"}};
+  mixtral.validate();
+  expect_merged_matches(mixtral);  // attention adapters beside frozen experts
 }
 
 }  // namespace
