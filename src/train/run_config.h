@@ -467,8 +467,9 @@ uint64_t run_config_hash(const RunConfig& cfg);
 // overrides applied, validated. (With train.init_from set the caller reads that directory's
 // config.json instead.)
 nn::ModelConfig resolve_model_config(const ModelOptions& model);
-// `model` with the [model] options that weight the objective rather than shape the network
-// (moe_aux_loss_coef) applied: also honoured for a model loaded with --init-from.
+// `model` with the [model] options that weight the objective rather than shape the base network
+// (moe_aux_loss_coef, moe_z_loss_coef) and the LoRA adapters (lora_rank, lora_alpha,
+// lora_targets; validated here) applied: also honoured for a model loaded with --init-from.
 nn::ModelConfig with_objective_overrides(nn::ModelConfig model, const ModelOptions& options);
 
 }  // namespace trident::train
