@@ -2,6 +2,8 @@
 // the `ckpt info` summary.
 #include "ckpt/checkpoint.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -13,6 +15,7 @@
 
 #include "ckpt/atomic_file.h"
 #include "core/check.h"
+#include "nn/lora_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -230,12 +233,22 @@ std::string CheckpointWriter::commit() {
               "checkpoint step {} for {}: the model tensors handed to the writer do not match "
               "the config ({}){}",
               step_, root_, config_.describe(), problem_list(missing, wrong, extra));
+    std::map<std::string, Shape> adapters;
+    for (auto& [n, s] : adapters_.layout()) adapters[n] = s;
+    std::map<std::string, Shape> expected;
+    for (const auto& spec : nn::lora_tensor_specs(config_)) expected[nn::peft_tensor_name(config_, spec.name)] = spec.shape;
+    TRI_CHECK(adapters == expected, "checkpoint step {} for {}: the adapters handed to the writer ({}) are not the "
+              "config's LoRA adapters ({})", step_, root_, adapters.size(), expected.size());
   }
   std::string final_path;
   try {
     StagedDirectory staged(root_, name);
     model_.write(join_path(staged.path(), kModelFile));
     write_file_atomic(join_path(staged.path(), kConfigFile), nn::model_config_to_hf_json(config_).dump(2) + "\n");
+    if (config_.lora.enabled()) {
+      adapters_.write(join_path(staged.path(), kAdapterFile));
+      write_file_atomic(join_path(staged.path(), kAdapterConfigFile), adapter_config_.dump(2) + "\n");
+    }
     if (optimizer_.size() > 0 || optimizer_step_) {
       SafetensorsWriter opt = optimizer_;
       opt.set_metadata("step", std::to_string(optimizer_step_.value_or(step_)));
@@ -336,6 +349,11 @@ LoadedCheckpoint open_checkpoint(const std::string& path) {
             "weights to know the model family and shape",
             dir, is_file(join_path(dir, kModelFile)) ? kModelFile : kModelIndexFile, kConfigFile);
   nn::ModelConfig config = read_model_config(config_path);
+  // A LoRA run's checkpoint: its adapters are part of the model it describes.
+  if (const std::string adapter = join_path(dir, kAdapterConfigFile); is_file(adapter)) {
+    config.lora = nn::lora_config_from_adapter_json(config, read_json_file(adapter), adapter);
+    config.validate();
+  }
   SafetensorsSet model(dir);
   LoadedCheckpoint ck{dir, config, std::move(model), std::nullopt, nullptr, -1, ""};
   ck.model_prefix = detect_prefix(ck.model, ck.config);
@@ -418,13 +436,14 @@ void validate_model_tensors(const SafetensorsSet& reader, const nn::ModelConfig&
 }
 
 void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config) {
-  const std::int64_t expected_count = 2 * nn::model_tensor_count(config);
+  const std::vector<nn::TensorSpec> trained = nn::trained_tensor_specs(config);
+  const std::int64_t expected_count = 2 * static_cast<std::int64_t>(trained.size());
   TRI_CHECK(expected_count <= 2 * static_cast<std::int64_t>(reader.tensors().size()) + 1024,
             "optimizer state in {} does not match the model ({}): it needs {} tensors (exp_avg and "
             "exp_avg_sq of each of n_layer {}'s parameters) but the file holds {}",
             reader.path(), config.describe(), expected_count, config.n_layer, reader.tensors().size());
   std::vector<std::string> missing, wrong;
-  for (const auto& spec : nn::model_tensor_specs(config)) {
+  for (const auto& spec : trained) {
     for (const std::string& name : {exp_avg_name(spec.name), exp_avg_sq_name(spec.name)}) {
       if (!reader.contains(name)) {
         missing.push_back(name);
@@ -490,8 +509,9 @@ std::string verify_checkpoint(const std::string& path) {
   }
   if (ck.optimizer) {
     validate_optimizer_tensors(*ck.optimizer, ck.config);
-    for (const auto& spec : specs) {
+    for (const auto& spec : nn::trained_tensor_specs(ck.config)) {
       for (const std::string& name : {exp_avg_name(spec.name), exp_avg_sq_name(spec.name)}) {
+        buffer.resize(std::max(buffer.size(), static_cast<std::size_t>(shape_numel(spec.shape))));
         ck.optimizer->read(name, spec.shape, buffer.data());
         check_finite(buffer.data(), shape_numel(spec.shape), name, ck.optimizer->path());
       }
@@ -504,6 +524,16 @@ std::string verify_checkpoint(const std::string& path) {
               "optimizer state {} is at AdamW step {}, beyond the run's step {} in {}: the two "
               "files do not belong together", ck.optimizer->path(), *opt_step, ck.step, trident_file);
     summary += fmt::format("; optimizer state complete (AdamW step {})", *opt_step);
+  }
+  if (ck.config.lora.enabled()) {
+    const std::string file = join_path(ck.path, kAdapterFile);
+    const SafetensorsReader adapters(file);
+    for (const auto& spec : nn::lora_tensor_specs(ck.config)) {
+      buffer.resize(std::max(buffer.size(), static_cast<std::size_t>(shape_numel(spec.shape))));
+      adapters.read(nn::peft_tensor_name(ck.config, spec.name), spec.shape, buffer.data());
+      check_finite(buffer.data(), shape_numel(spec.shape), spec.name, file);
+    }
+    summary += fmt::format("; LoRA adapters complete (r {}, {})", ck.config.lora.rank, fmt::join(ck.config.lora.targets, ","));
   }
   return summary + "; all finite";
 }

@@ -25,6 +25,9 @@ inline constexpr const char* kModelFile = "model.safetensors";
 inline constexpr const char* kModelIndexFile = "model.safetensors.index.json";  // sharded HF weights
 inline constexpr const char* kConfigFile = "config.json";
 inline constexpr const char* kOptimizerFile = "optimizer.safetensors";
+// A LoRA run's adapters in PEFT's names and PEFT's config (nn/lora_checkpoint.h).
+inline constexpr const char* kAdapterFile = "adapter_model.safetensors";
+inline constexpr const char* kAdapterConfigFile = "adapter_config.json";
 inline constexpr const char* kTridentFile = "trident.json";
 inline constexpr const char* kLatestFile = "latest";
 
@@ -71,7 +74,12 @@ class CheckpointWriter {
 
   // Model tensors (add them all; commit() checks the set against nn::model_tensor_specs()).
   SafetensorsWriter& model() { return model_; }
-  // AdamW state; optional. Add exp_avg_name(p) / exp_avg_sq_name(p) for each parameter p.
+  // LoRA runs: the adapters under PEFT's names (commit() checks them against
+  // nn::lora_tensor_specs()), written with `adapter_config` as adapter_config.json.
+  SafetensorsWriter& adapters() { return adapters_; }
+  void set_adapter_config(nlohmann::json adapter_config) { adapter_config_ = std::move(adapter_config); }
+  // AdamW state; optional. Add exp_avg_name(p) / exp_avg_sq_name(p) for each trained parameter p
+  // (nn::trained_tensor_specs: a LoRA run's adapters only).
   // The optimizer step is stored in its metadata as "step"; more metadata may be added.
   SafetensorsWriter& optimizer() { return optimizer_; }
   void set_optimizer_step(std::int64_t optimizer_step);
@@ -88,6 +96,8 @@ class CheckpointWriter {
   nn::ModelConfig config_;
   SafetensorsWriter model_;
   SafetensorsWriter optimizer_;
+  SafetensorsWriter adapters_;
+  nlohmann::json adapter_config_;
   nlohmann::json trident_ = nlohmann::json::object();
   std::optional<std::int64_t> optimizer_step_;
 };
@@ -133,7 +143,8 @@ void validate_model_tensors(const SafetensorsSet& reader, const nn::ModelConfig&
                             const std::string& prefix = "");
 // The file a set's tensors come from, for messages: model.safetensors or the index.
 std::string model_source(const SafetensorsSet& set);
-// Checks optimizer.safetensors holds exp_avg and exp_avg_sq for every model tensor, same shapes.
+// Checks optimizer.safetensors holds exp_avg and exp_avg_sq for every trained tensor (every model
+// tensor, or a LoRA run's adapters), same shapes.
 void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config);
 
 // Throws "tensor 'NAME' in FILE holds NaN at element 17 (3 of 4096 elements are not finite)"

@@ -13,7 +13,8 @@ int run_train(int argc, char** argv);     // trident train [--config FILE] [--op
 int run_generate(int argc, char** argv);  // trident generate --ckpt DIR --prompt TEXT
 int run_bench(int argc, char** argv);     // trident bench comm
 int run_eval(int argc, char** argv);      // trident eval --ckpt DIR --data SHARD
-int run_quantize(int argc, char** argv);  // trident quantize --ckpt DIR --out DIR --format int8|q4
+int run_quantize(int argc, char** argv);
+int run_merge_lora(int argc, char** argv);  // trident merge-lora --base DIR --adapter DIR --out DIR  // trident quantize --ckpt DIR --out DIR --format int8|q4
 int run_plan(int argc, char** argv);      // trident plan --model PRESET --world N [--memory-per-rank BYTES]
 
 }  // namespace trident::cli

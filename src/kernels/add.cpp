@@ -14,6 +14,13 @@ void accumulate(float* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
+void scale(float* x, float s, int64_t n) {
+  detail::KernelTimer timer(KernelOp::kResidual, false, n);
+  TRI_CHECK(n >= 0, "scale: bad size n={}", n);
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
 void add_bias_rows(float* out, const float* bias, int64_t N, int64_t C) {
   detail::KernelTimer timer(KernelOp::kResidual, false, N * C);
   TRI_CHECK(N >= 0 && C >= 0, "add_bias_rows: bad sizes N={} C={}", N, C);

@@ -103,6 +103,12 @@ void copy_columns(float* dst, int64_t dst_stride, const float* src, int64_t src_
 void residual_forward(float* out, const float* a, const float* b, int64_t n);
 // dst += src (n elements): gradient shares and partial sums.
 void accumulate(float* dst, const float* src, int64_t n);
+// x *= s (n elements): a LoRA adapter's alpha / r.
+void scale(float* x, float s, int64_t n);
+// Rows n < N: dst[n * dst_stride + j] += src[n * src_stride + j] for j < width (a block of a
+// fused projection's packed rows receiving its adapter's product).
+void accumulate_columns(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t N,
+                        int64_t width);
 // out (N, C) rows += bias (C): a row-parallel layer's bias, added once after the tp sum.
 void add_bias_rows(float* out, const float* bias, int64_t N, int64_t C);
 

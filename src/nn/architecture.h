@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "nn/model_config.h"
+#include "nn/lora.h"
 #include "nn/param_decl.h"
 
 namespace trident::nn {
@@ -58,6 +59,11 @@ class Architecture {
   // Matches "h.12." / "model.layers.12." and returns 12, else -1 (to infer n_layer).
   virtual int layer_of(const std::string& name) const = 0;
   virtual std::vector<ShapeWitness> shape_witnesses(const ModelConfig& c) const = 0;
+  // The linear layers of layer `layer` a LoRA adapter may attach to (nn/lora.h), declared with
+  // the layer's parameters.
+  virtual std::vector<LoraTarget> lora_targets(const ModelConfig& c, int layer) const = 0;
+  // Why a name that is no target is refused, when the family has a reason to give ("" else).
+  virtual std::string lora_unsupported(const std::string& /*target*/) const { return ""; }
 
   // ---- compute and memory ----
   // Floats one layer's forward saves for backward (B rows of T tokens; `local_rows` the

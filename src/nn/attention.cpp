@@ -45,7 +45,7 @@ void Attention::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, Share
                         AttentionActivations& a, const AttentionScratch& g, float* out, const float* in,
                         int64_t B, int64_t T) const {
   const int64_t N = B * T;
-  qkv_.forward(mm, ps, a.qkv.data(), in, N, g.work);
+  qkv_.forward(mm, ps, a.qkv.data(), in, N, g.work, s.lora.data());
   if (heads_.rope_theta != 0.0) {
     // Queries and keys are the first NH + NKV heads of each packed row.
     kernels::rope_forward(a.qkv.data(), B, T, heads_.NH + heads_.NKV, heads_.HS, heads_.QKV(),
@@ -81,7 +81,7 @@ void Attention::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScra
       std::memset(grad, 0, kv_bytes);
     }
   }
-  qkv_.backward(mm, ps, dinp, g.dqkv, in, N, g.work);
+  qkv_.backward(mm, ps, dinp, g.dqkv, in, N, g.work, s.lora.data());
   if (kv_replicated()) sum_kv_replicas(ps, g);
 }
 

@@ -9,7 +9,7 @@
 namespace trident::nn {
 
 ColumnParallelLinear::ColumnParallelLinear(const ParameterSet& ps, const std::vector<const ParamDecl*>& weights,
-                                           const ParamDecl* bias) {
+                                           const ParamDecl* bias, const LoraContext* lora) {
   TRI_CHECK(!weights.empty(), "a column-parallel linear layer needs a weight");
   in_out_ = weights.front()->in_out;
   TRI_CHECK(!in_out_ || weights.size() == 1, "{}: a fused run of Conv1D [in, out] weights is not one matrix",
@@ -22,12 +22,18 @@ ColumnParallelLinear::ColumnParallelLinear(const ParameterSet& ps, const std::ve
     TRI_CHECK(s.size() == 2 && d->in_out == in_out_, "{}: not a matrix of the run's layout", d->name);
     const int64_t in = in_out_ ? s[0] : s[1], out = in_out_ ? s[1] : s[0];
     TRI_CHECK(ids_.empty() || in == in_, "{}: input width {} differs from the run's {}", d->name, in, in_);
+    TRI_CHECK(ids_.empty() || ps.info(id).frozen == frozen_, "{}: a run is frozen or trained as a whole", d->name);
+    frozen_ = ps.info(id).frozen;
     ids_.push_back(id);
     widths_.push_back(out);
+    lora_.push_back(lora != nullptr ? LoraAdapter::find(ps, *d, *lora) : std::nullopt);
     in_ = in;
     out_ += out;
   }
-  if (bias != nullptr) bias_ = declared_param_id(ps, *bias);
+  if (bias != nullptr) {
+    bias_ = declared_param_id(ps, *bias);
+    TRI_CHECK(ps.info(bias_).frozen == frozen_, "{}: frozen unlike its weight", bias->name);
+  }
 }
 
 int64_t ColumnParallelLinear::work_floats(int64_t N) const {
@@ -45,7 +51,17 @@ bool ColumnParallelLinear::fused(const ParameterSet& ps, bool grads) const {
 }
 
 void ColumnParallelLinear::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, float* out,
-                                   const float* in, int64_t N, float* work) const {
+                                   const float* in, int64_t N, float* work, float* lora_work) const {
+  base_forward(mm, ps, out, in, N, work);
+  int64_t col = 0;
+  for (std::size_t i = 0; i < ids_.size(); ++i) {
+    if (lora_[i]) lora_[i]->forward(mm, ps, out + col, out_, in, N, lora_work);
+    col += widths_[i];
+  }
+}
+
+void ColumnParallelLinear::base_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, float* out,
+                                        const float* in, int64_t N, float* work) const {
   if (in_out_) {
     mm.forward(out, in, ps.data(ids_[0]), bias_ >= 0 ? ps.data(bias_) : nullptr, N, in_, out_);
     return;
@@ -63,13 +79,29 @@ void ColumnParallelLinear::forward(kernels::MatmulEngine& mm, const ParameterSet
 }
 
 void ColumnParallelLinear::backward(kernels::MatmulEngine& mm, ParameterSet& ps, float* dinp,
-                                    const float* dout, const float* in, int64_t N, float* work) const {
+                                    const float* dout, const float* in, int64_t N, float* work,
+                                    float* lora_work) const {
+  base_backward(mm, ps, dinp, dout, in, N, work);
+  int64_t col = 0;
+  for (std::size_t i = 0; i < ids_.size(); ++i) {
+    if (lora_[i]) lora_[i]->backward(mm, ps, dinp, dout + col, out_, in, N, lora_work);
+    col += widths_[i];
+  }
+}
+
+void ColumnParallelLinear::base_backward(kernels::MatmulEngine& mm, ParameterSet& ps, float* dinp,
+                                         const float* dout, const float* in, int64_t N, float* work) const {
   if (in_out_) {
-    mm.backward(dinp, ps.grad(ids_[0]), bias_ >= 0 ? ps.grad(bias_) : nullptr, dout, in,
-                ps.data(ids_[0]), N, in_, out_);
+    mm.backward(dinp, frozen_ ? nullptr : ps.grad(ids_[0]), bias_ >= 0 && !frozen_ ? ps.grad(bias_) : nullptr, dout,
+                in, ps.data(ids_[0]), N, in_, out_);
     return;
   }
   const bool values = fused(ps, false);
+  if (frozen_ && values) {
+    // No weight gradients: the input gradient is the one product (the saving LoRA is for).
+    mm.backward_nt(dinp, nullptr, dout, in, ps.data(ids_[0]), N, in_, out_);
+    return;
+  }
   if (values && fused(ps, true)) {
     mm.backward_nt(dinp, ps.grad(ids_[0]), dout, in, ps.data(ids_[0]), N, in_, out_);
     return;
@@ -83,7 +115,7 @@ void ColumnParallelLinear::backward(kernels::MatmulEngine& mm, ParameterSet& ps,
   for (std::size_t i = 0; i < ids_.size(); ++i) {
     kernels::copy_columns(block, widths_[i], dout + col, out_, N, widths_[i]);
     float* di = values ? nullptr : (i == 0 ? dinp : tmp);
-    mm.backward_nt(di, ps.grad(ids_[i]), block, in, ps.data(ids_[i]), N, in_, widths_[i]);
+    mm.backward_nt(di, frozen_ ? nullptr : ps.grad(ids_[i]), block, in, ps.data(ids_[i]), N, in_, widths_[i]);
     if (!values && i > 0) kernels::accumulate(dinp, tmp, N * in_);
     col += widths_[i];
   }

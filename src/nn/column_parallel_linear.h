@@ -15,12 +15,18 @@
 //
 // Weights are nn.Linear [out, in] for a run; a single weight may be Conv1D [in, out] (GPT-2,
 // ParamDecl::in_out) with an optional bias split like it.
+//
+// LoRA (nn/lora_adapter.h): a weight whose adapter is registered gets it added to its block of
+// the output and of the input gradient. A frozen base (ParamInfo::frozen) gets no weight or
+// bias gradient: backward then computes only the input gradient, one product for the run.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "kernels/matmul_engine.h"
+#include "nn/lora_adapter.h"
 #include "nn/param_decl.h"
 #include "nn/parameters.h"
 
@@ -29,9 +35,10 @@ namespace trident::nn {
 class ColumnParallelLinear {
  public:
   // `weights` in declaration order, all [out, in] of the same input width (or one Conv1D
-  // weight); `bias` only with a single weight. Looks up the registered parameters.
+  // weight); `bias` only with a single weight. Looks up the registered parameters (and, given
+  // `lora`, the weights' adapters).
   ColumnParallelLinear(const ParameterSet& params, const std::vector<const ParamDecl*>& weights,
-                       const ParamDecl* bias = nullptr);
+                       const ParamDecl* bias = nullptr, const LoraContext* lora = nullptr);
 
   int64_t in_width() const { return in_; }
   int64_t out_width() const { return out_; }  // local: the sum of the run's widths
@@ -46,18 +53,26 @@ class ColumnParallelLinear {
   // Whether the run is one matrix in memory now (values; gradients too when `grads`).
   bool fused(const ParameterSet& params, bool grads) const;
   // out (N, out_width) = in (N, in_width) W^T (+ bias), packed [w0 | w1 | ...] per row.
-  // `work`: work_floats(N) floats, used only when the run is not fused.
+  // `work`: work_floats(N) floats, used only when the run is not fused; `lora_work`: the
+  // adapters' (SharedScratch::lora), used only with adapters.
   void forward(kernels::MatmulEngine& mm, const ParameterSet& params, float* out, const float* in,
-               int64_t N, float* work) const;
+               int64_t N, float* work, float* lora_work = nullptr) const;
   // dinp (N, in_width) = dout W (overwritten); the weight (and bias) gradients accumulate.
   void backward(kernels::MatmulEngine& mm, ParameterSet& params, float* dinp, const float* dout,
-                const float* in, int64_t N, float* work) const;
+                const float* in, int64_t N, float* work, float* lora_work = nullptr) const;
 
  private:
+  void base_forward(kernels::MatmulEngine& mm, const ParameterSet& params, float* out, const float* in, int64_t N,
+                    float* work) const;
+  void base_backward(kernels::MatmulEngine& mm, ParameterSet& params, float* dinp, const float* dout,
+                     const float* in, int64_t N, float* work) const;
+
   std::vector<int> ids_;
   std::vector<int64_t> widths_;
   int bias_ = -1;
   bool in_out_ = false;  // Conv1D layout
+  bool frozen_ = false;  // the weights (and bias): no gradients
+  std::vector<std::optional<LoraAdapter>> lora_;  // per weight
   int64_t in_ = 0, out_ = 0;
 };
 

@@ -140,6 +140,9 @@ class Gpt2Architecture final : public Architecture {
   std::vector<ParamDecl> layer_params(const ModelConfig& c, int layer) const override {
     return gpt2_layer_decls(c, layer).all();
   }
+  std::vector<LoraTarget> lora_targets(const ModelConfig& c, int layer) const override {
+    return gpt2_layer_decls(c, layer).lora_targets();
+  }
 
   std::vector<ParamDecl> head_params(const ModelConfig& c) const override {
     const int64_t C = c.n_embd;

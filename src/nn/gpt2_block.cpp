@@ -2,6 +2,7 @@
 #include "nn/gpt2_block.h"
 
 #include "nn/gpt2_layer_decls.h"
+#include "nn/lora.h"
 #include "nn/param_decl.h"
 
 namespace trident::nn {
@@ -22,11 +23,14 @@ std::unique_ptr<Layer> make_gpt2_block(ParameterSet& params, const ModelConfig& 
                                        int layer) {
   const Gpt2LayerDecls d = gpt2_layer_decls(cfg, layer);
   add_declared(params, d.all(), cfg, tp.rank, tp.size);
+  add_lora(params, cfg, layer, tp.rank, tp.size);  // after the base: the block's fused runs stay adjacent
+  const LoraContext lora{.scale = cfg.lora.scale(), .tp = tp};
   const BlockShape shape = gpt2_block_shape(cfg, tp.size);
-  Attention attn(params, tp, shape.heads, ColumnParallelLinear(params, {&d.c_attn_weight}, &d.c_attn_bias),
-                 RowParallelLinear(params, d.attn_c_proj_weight, &d.attn_c_proj_bias));
-  Mlp mlp(tp, MlpActivation::kGelu, ColumnParallelLinear(params, {&d.c_fc_weight}, &d.c_fc_bias),
-          RowParallelLinear(params, d.mlp_c_proj_weight, &d.mlp_c_proj_bias));
+  Attention attn(params, tp, shape.heads,
+                 ColumnParallelLinear(params, {&d.c_attn_weight}, &d.c_attn_bias, &lora),
+                 RowParallelLinear(params, d.attn_c_proj_weight, &d.attn_c_proj_bias, &lora));
+  Mlp mlp(tp, MlpActivation::kGelu, ColumnParallelLinear(params, {&d.c_fc_weight}, &d.c_fc_bias, &lora),
+          RowParallelLinear(params, d.mlp_c_proj_weight, &d.mlp_c_proj_bias, &lora));
   // LayerNorm's eps is the kernel's 1e-5 (GPT-2's layer_norm_epsilon).
   return std::make_unique<TransformerBlock>(cfg, tp, shape, Norm(params, d.ln_1_weight, &d.ln_1_bias, 1e-5f),
                                             std::move(attn), Norm(params, d.ln_2_weight, &d.ln_2_bias, 1e-5f),

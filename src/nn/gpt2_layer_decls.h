@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "nn/lora.h"
 #include "nn/model_config.h"
 #include "nn/param_decl.h"
 
@@ -20,6 +21,11 @@ struct Gpt2LayerDecls {
   std::vector<ParamDecl> all() const {
     return {ln_1_weight, ln_1_bias, c_attn_weight, c_attn_bias, attn_c_proj_weight, attn_c_proj_bias,
             ln_2_weight, ln_2_bias, c_fc_weight,   c_fc_bias,   mlp_c_proj_weight,  mlp_c_proj_bias};
+  }
+  // The LoRA targets (nn/lora.h), named as PEFT's target_modules name GPT-2's Conv1D modules.
+  std::vector<LoraTarget> lora_targets() const {
+    return {{"c_attn", "c_attn", c_attn_weight}, {"attn.c_proj", "attn.c_proj", attn_c_proj_weight},
+            {"c_fc", "c_fc", c_fc_weight}, {"mlp.c_proj", "mlp.c_proj", mlp_c_proj_weight}};
   }
 };
 

@@ -32,6 +32,8 @@ struct SharedScratch {
   FloatBuffer full;        // (N, C) partial sums before reduce_scatter / gathered gradient
   FloatBuffer dln_local;   // (Nl, C) reduce-scattered norm-output gradient
   FloatBuffer norm_grads;  // (4C) partial norm weight/bias gradients, summed over tp
+  // LoRA runs only (empty otherwise): one adapter's work (nn/lora_adapter.h, lora_scratch_floats).
+  FloatBuffer lora;
   // The owning model's matmuls (nn::Model sets it); null: fp32, as for a layer driven alone.
   kernels::MatmulEngine* matmul = nullptr;
   kernels::MatmulEngine& mm() { return matmul != nullptr ? *matmul : fp32_; }

@@ -139,6 +139,9 @@ class LlamaArchitecture final : public LlamaBlockArchitecture {
   std::vector<ParamDecl> layer_params(const ModelConfig& c, int layer) const override {
     return llama_layer_decls(c, layer).all();
   }
+  std::vector<LoraTarget> lora_targets(const ModelConfig& c, int layer) const override {
+    return llama_layer_decls(c, layer).lora_targets();
+  }
 
   std::vector<ParamDecl> head_params(const ModelConfig& c) const override {
     std::vector<ParamDecl> v{ParamDecl{.name = "model.norm.weight", .shape = {c.n_embd}, .init_value = 1.0f,

@@ -5,6 +5,7 @@
 
 #include "nn/architecture.h"
 #include "nn/llama_layer_decls.h"
+#include "nn/lora.h"
 #include "nn/moe_mlp.h"
 #include "nn/param_decl.h"
 
@@ -39,15 +40,19 @@ std::unique_ptr<Layer> make_llama_block(ParameterSet& params, const ModelConfig&
   // With expert parallelism only this rank's experts are registered (nn/expert_parallel.h).
   add_declared(params, local_experts(architecture(cfg.family).layer_params(cfg, layer), tp.ep.rank, tp.ep.size, cfg.n_experts),
                cfg, tp.rank, tp.size);
+  add_lora(params, cfg, layer, tp.rank, tp.size);  // after the base: the fused runs stay adjacent
+  const LoraContext lora{.scale = cfg.lora.scale(), .tp = tp};
   const LlamaLayerDecls d = llama_layer_decls(cfg, layer);
   const BlockShape shape = llama_block_shape(cfg, tp.size);
   const auto eps = static_cast<float>(cfg.norm_eps);
-  Attention attn(params, tp, shape.heads, ColumnParallelLinear(params, {&d.q_proj, &d.k_proj, &d.v_proj}),
-                 RowParallelLinear(params, d.o_proj));
+  Attention attn(params, tp, shape.heads,
+                 ColumnParallelLinear(params, {&d.q_proj, &d.k_proj, &d.v_proj}, nullptr, &lora),
+                 RowParallelLinear(params, d.o_proj, nullptr, &lora));
   Mlp mlp = cfg.is_moe()
                 ? Mlp(tp, std::make_unique<MoeMlp>(params, cfg, tp, layer), cfg.n_embd)
-                : Mlp(tp, MlpActivation::kSwiGlu, ColumnParallelLinear(params, {&d.gate_proj, &d.up_proj}),
-                      RowParallelLinear(params, d.down_proj));
+                : Mlp(tp, MlpActivation::kSwiGlu,
+                      ColumnParallelLinear(params, {&d.gate_proj, &d.up_proj}, nullptr, &lora),
+                      RowParallelLinear(params, d.down_proj, nullptr, &lora));
   return std::make_unique<TransformerBlock>(cfg, tp, shape, Norm(params, d.input_norm, nullptr, eps),
                                             std::move(attn), Norm(params, d.post_attention_norm, nullptr, eps),
                                             std::move(mlp));

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "nn/lora.h"
 #include "nn/model_config.h"
 #include "nn/param_decl.h"
 
@@ -19,6 +20,15 @@ struct LlamaLayerDecls {
   std::vector<ParamDecl> all(bool with_mlp = true) const {
     std::vector<ParamDecl> v{input_norm, q_proj, k_proj, v_proj, o_proj, post_attention_norm};
     if (with_mlp) v.insert(v.end(), {gate_proj, up_proj, down_proj});
+    return v;
+  }
+  // The LoRA targets (nn/lora.h): short name, PEFT's module name, base. Without the dense MLP's
+  // when `with_mlp` is false (Mixtral's experts take none).
+  std::vector<LoraTarget> lora_targets(bool with_mlp = true) const {
+    std::vector<LoraTarget> v{{"q", "q_proj", q_proj}, {"k", "k_proj", k_proj}, {"v", "v_proj", v_proj},
+                              {"o", "o_proj", o_proj}};
+    if (with_mlp) v.insert(v.end(), {{"gate", "gate_proj", gate_proj}, {"up", "up_proj", up_proj},
+                                     {"down", "down_proj", down_proj}});
     return v;
   }
 };

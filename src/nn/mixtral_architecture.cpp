@@ -121,6 +121,20 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
   }
 
   std::vector<ParamDecl> head_params(const ModelConfig& c) const override { return llama().head_params(c); }
+  // The attention projections only: an adapter per expert (and a router that would then be
+  // trained on a frozen MLP) is a different method (MoLA / PEFT's per-expert targets) not done here.
+  std::vector<LoraTarget> lora_targets(const ModelConfig& c, int layer) const override {
+    return llama_layer_decls(c, layer).lora_targets(/*with_mlp=*/false);
+  }
+  std::string lora_unsupported(const std::string& target) const override {
+    for (const char* n : {"gate", "up", "down", "w1", "w2", "w3"}) {
+      if (target == n) {
+        return "Mixtral's MLP is its experts, which take no adapters here; target the attention projections "
+               "(q,k,v,o)";
+      }
+    }
+    return "";
+  }
   bool ignorable_tensor(const ModelConfig& c, const std::string& name) const override {
     return llama().ignorable_tensor(c, name);
   }

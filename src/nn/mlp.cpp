@@ -37,7 +37,7 @@ void Mlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, SharedScrat
     tp_exit(tp_, partial, out, N, C_);
     return;
   }
-  in_->forward(mm, ps, a.pre.data(), in, N, g.work);
+  in_->forward(mm, ps, a.pre.data(), in, N, g.work, s.lora.data());
   if (activation_ == MlpActivation::kSwiGlu) {
     kernels::swiglu_packed_forward(a.act.data(), a.pre.data(), N, I_);
   } else {
@@ -62,7 +62,7 @@ MoeLossSums Mlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScr
     out_->backward(mm, ps, tp_, s, g.dpre, dout, a.act.data(), N);
     kernels::gelu_backward(g.dpre, a.pre.data(), g.dpre, N * I_);
   }
-  in_->backward(mm, ps, dinp, g.dpre, in, N, g.work);
+  in_->backward(mm, ps, dinp, g.dpre, in, N, g.work, s.lora.data());
   return {};
 }
 

@@ -105,7 +105,7 @@ int64_t Model::workspace_floats(int64_t N) const {
   const int64_t layer = architecture(cfg_.family).layer_scratch_floats(cfg_, tp_.size, N);
   int64_t w = N * C + SharedScratch::floats(N, C, layer, tp_.sp() ? tp_.rows(N).count : -1);
   if (tp_.size > 1) w += 3 * N;
-  return w;
+  return w + lora_scratch_floats(cfg_, tp_.size, N);
 }
 
 ModelActivations Model::make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const {
@@ -194,6 +194,9 @@ void Model::ensure_scratch(int64_t N) {
                            architecture(cfg_.family).layer_scratch_floats(cfg_, tp_.size, N),
                            tp_.sp() ? tp_.rows(N).count : -1);
   scratch_.matmul = matmul_.get();
+  if (const int64_t lora = lora_scratch_floats(cfg_, tp_.size, N); lora > 0) {
+    scratch_.lora = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(lora));
+  }
   scratch_tokens_ = N;
   if (tp_.size > 1) {
     ce_sums_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(3 * N));

@@ -39,6 +39,7 @@ void ModelConfig::validate() const {
             "channels; choose e.g. n_head = {}",
             n_embd, n_head, n_embd % 64 == 0 ? n_embd / 64 : 1);
   architecture(family).validate(*this);
+  validate_lora(*this);
   (void)num_parameters();
 }
 
@@ -50,6 +51,7 @@ std::string ModelConfig::describe() const {
   s += fmt::format(" n_positions={} vocab_size={}", n_positions, vocab_size);
   if (family != Family::kGpt2) s += tie_word_embeddings ? " tied" : " untied";
   if (is_moe()) s += fmt::format(" experts={} top_k={}", n_experts, n_experts_per_tok);
+  if (lora.enabled()) s += fmt::format(" lora r={} alpha={:g} targets={}", lora.rank, lora.alpha, fmt::join(lora.targets, ","));
   return s + fmt::format(" ({} params)", num_parameters());
 }
 

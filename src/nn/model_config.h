@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "nn/lora_config.h"
+
 namespace trident::nn {
 
 // Hugging Face's model_type of each family Trident implements.
@@ -36,6 +38,9 @@ struct ModelConfig {
   bool norm_topk_prob = true;   // renormalise the k routing weights to sum 1 (Mixtral: always)
   double router_aux_loss_coef = 0.001;  // weight of the load-balancing loss (docs/moe.md)
   double router_z_loss_coef = 0.0;      // weight of the router z-loss (docs/moe.md); 0: off
+  // LoRA adapters on a frozen base (nn/lora.h); off by default. Not a config.json key: a
+  // checkpoint's adapters are described by their own adapter_config.json.
+  LoraConfig lora;
 
   int head_size() const { return n_embd / n_head; }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }

@@ -33,6 +33,8 @@ ParamInfo shard_for_tp(const ParamDecl& d, const ModelConfig& config, int rank, 
   info.weight_decay = d.weight_decay;
   info.init_std = d.init_std;
   info.init_value = d.init_value;
+  info.init_uniform = d.init_uniform;
+  info.frozen = config.lora.enabled() && !d.lora;
   info.role = d.role;
   info.tied = d.tied;
   info.expert = d.expert;

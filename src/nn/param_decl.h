@@ -41,6 +41,8 @@ struct ParamDecl {
   bool weight_decay = false;
   float init_std = 0.0f;  // > 0: normal(0, init_std); otherwise the constant init_value
   float init_value = 0.0f;
+  // > 0 (and init_std 0): uniform on [-init_uniform, init_uniform] (a LoRA A matrix, nn/lora.h).
+  float init_uniform = 0.0f;
   ParamRole role = ParamRole::kOther;
   // Used by the embedding and, as the LM head, by the last stage: one logical tensor, counted
   // and saved once; a pipeline whose head is on another stage holds a copy whose gradient is
@@ -56,6 +58,9 @@ struct ParamDecl {
   // it only when routed there, so the FLOP formula counts it n_experts_per_tok / n_experts
   // times; expert parallelism will shard by it.
   int expert = -1;
+  // A LoRA adapter matrix (nn/lora.h): the only kind of parameter a LoRA run trains; every
+  // other declared parameter of such a run is registered frozen (ParamInfo::frozen).
+  bool lora = false;
 };
 
 // This tp rank's slice of a declared parameter of a model shaped `config`. Throws, naming the

@@ -150,6 +150,9 @@ void ParameterSet::initialize(uint64_t seed, int id) {
       out[l] = 0.0f;
     } else if (p.init_std > 0.0f) {
       out[l] = p.init_std * normal_at(seed, stream, static_cast<uint64_t>(g));
+    } else if (p.init_uniform > 0.0f) {
+      // uniform_at is in (0, 1]: 2u - 1 in (-1, 1].
+      out[l] = p.init_uniform * (2.0f * uniform_at(seed, stream, static_cast<uint64_t>(g)) - 1.0f);
     } else {
       out[l] = p.init_value;
     }

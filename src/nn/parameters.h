@@ -52,6 +52,10 @@ struct ParamInfo {
   bool weight_decay = false;  // matrices and embeddings decay; biases and LayerNorm do not
   float init_std = 0.0f;      // > 0: normal(0, init_std); otherwise constant init_value
   float init_value = 0.0f;
+  float init_uniform = 0.0f;  // > 0 (init_std 0): uniform on [-init_uniform, init_uniform]
+  // Not trained: the base of a LoRA run (nn/lora.h). Layers compute no weight gradient for it
+  // (its input gradient still flows) and the optimizer leaves it bitwise as loaded.
+  bool frozen = false;
   // Whether this tp rank's copy is the one counted in the global gradient norm and saved:
   // false on all but one of the tp ranks that hold identical values (a replicated norm, or a
   // key/value head held by several ranks), so each logical element counts once.

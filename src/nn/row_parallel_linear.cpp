@@ -7,9 +7,12 @@
 
 namespace trident::nn {
 
-RowParallelLinear::RowParallelLinear(const ParameterSet& ps, const ParamDecl& weight, const ParamDecl* bias)
+RowParallelLinear::RowParallelLinear(const ParameterSet& ps, const ParamDecl& weight, const ParamDecl* bias,
+                                     const LoraContext* lora)
     : in_out_(weight.in_out) {
   weight_ = declared_param_id(ps, weight);
+  frozen_ = ps.info(weight_).frozen;
+  if (lora != nullptr) lora_ = LoraAdapter::find(ps, weight, *lora);
   if (bias != nullptr) bias_ = declared_param_id(ps, *bias);
   const Shape& s = ps.info(weight_).local_shape;
   TRI_CHECK(s.size() == 2, "{}: not a matrix", weight.name);
@@ -28,6 +31,7 @@ void RowParallelLinear::forward(kernels::MatmulEngine& mm, const ParameterSet& p
     TRI_CHECK(bias == nullptr, "row-parallel nn.Linear weights take no bias here");
     mm.forward_nt(partial, in, ps.data(weight_), N, in_, out_);
   }
+  if (lora_) lora_->forward(mm, ps, partial, out_, in, N, s.lora.data());
   tp_exit(tp, partial, out, N, out_);
   if (!single && bias != nullptr) kernels::add_bias_rows(out, bias, tp.local_rows(N), out_);
 }
@@ -36,12 +40,14 @@ void RowParallelLinear::backward(kernels::MatmulEngine& mm, ParameterSet& ps, co
                                  SharedScratch& s, float* dinp, const float* dout, const float* in,
                                  int64_t N) const {
   const float* dfull = tp_exit_backward(tp, dout, s.full.data(), N, out_);
+  float* dweight = frozen_ ? nullptr : ps.grad(weight_);
   if (in_out_) {
-    mm.backward(dinp, ps.grad(weight_), bias_ >= 0 ? ps.grad(bias_) : nullptr, dfull, in, ps.data(weight_),
-                N, in_, out_);
+    mm.backward(dinp, dweight, bias_ >= 0 && !frozen_ ? ps.grad(bias_) : nullptr, dfull, in, ps.data(weight_), N,
+                in_, out_);
   } else {
-    mm.backward_nt(dinp, ps.grad(weight_), dfull, in, ps.data(weight_), N, in_, out_);
+    mm.backward_nt(dinp, dweight, dfull, in, ps.data(weight_), N, in_, out_);
   }
+  if (lora_) lora_->backward(mm, ps, dinp, dfull, out_, in, N, s.lora.data());
 }
 
 }  // namespace trident::nn

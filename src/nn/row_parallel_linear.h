@@ -6,12 +6,16 @@
 // into the matmul itself.
 //
 // Weight: nn.Linear [out, in] or Conv1D [in, out] (ParamDecl::in_out); bias optional.
+// LoRA (nn/lora_adapter.h): an adapter registered for the weight adds its term to the partial
+// sums before tp_exit; a frozen base gets no weight or bias gradient.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "kernels/matmul_engine.h"
 #include "nn/layer.h"
+#include "nn/lora_adapter.h"
 #include "nn/param_decl.h"
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
@@ -20,7 +24,8 @@ namespace trident::nn {
 
 class RowParallelLinear {
  public:
-  RowParallelLinear(const ParameterSet& params, const ParamDecl& weight, const ParamDecl* bias = nullptr);
+  RowParallelLinear(const ParameterSet& params, const ParamDecl& weight, const ParamDecl* bias = nullptr,
+                    const LoraContext* lora = nullptr);
 
   int64_t in_width() const { return in_; }  // local
   int64_t out_width() const { return out_; }
@@ -37,6 +42,8 @@ class RowParallelLinear {
  private:
   int weight_ = -1, bias_ = -1;
   bool in_out_ = false;
+  bool frozen_ = false;
+  std::optional<LoraAdapter> lora_;
   int64_t in_ = 0, out_ = 0;
 };
 

@@ -3,6 +3,8 @@
 // held for that range only. Weight decay applies to matrices and embeddings, never to biases
 // or LayerNorm parameters (ParamInfo::weight_decay). The moments live in a MomentStore (in
 // memory, or offloaded to disk: optim/moment_store.h), which hands them over block by block.
+// Frozen parameters (a LoRA run's base, nn/lora.h) are not optimised and have no moments: the
+// store holds the range's trainable elements only, in flat order (store_index maps).
 #pragma once
 
 #include <cstdint>
@@ -27,7 +29,7 @@ struct AdamWConfig {
 class AdamW {
  public:
   // Optimises flat elements [begin, end) of `params` (end < 0: to the end), with the moments
-  // in `store` (null: in memory; else its size must be end - begin).
+  // in `store` (null: in memory; else its size must be moment_count(params, begin, end)).
   AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamWConfig& cfg,
         int64_t begin = 0, int64_t end = -1, std::unique_ptr<MomentStore> store = nullptr);
 
@@ -35,11 +37,16 @@ class AdamW {
   // point at the start of the owned range (which may be a separate shard buffer).
   void step(float* values, const float* grads, float lr, float grad_scale);
 
+  // Elements of [begin, end) (end < 0: to the end) that are trained (not frozen): the moments held.
+  static int64_t moment_count(const nn::ParameterSet& params, int64_t begin = 0, int64_t end = -1);
+  // Index into the moment store of flat element `flat` (in [begin(), end()), of a trained parameter).
+  int64_t store_index(int64_t flat) const;
+
   int64_t step_count() const { return t_; }
   void set_step_count(int64_t t) { t_ = t; }
   int64_t begin() const { return begin_; }
   int64_t end() const { return end_; }
-  // exp_avg and exp_avg_sq of [begin, end), indexed from begin().
+  // exp_avg and exp_avg_sq of the trained elements of [begin, end), indexed by store_index.
   MomentStore& moments() { return *store_; }
   const MomentStore& moments() const { return *store_; }
 
@@ -47,6 +54,7 @@ class AdamW {
   struct Range {
     int64_t begin, end;  // relative to begin_
     bool decay;
+    int64_t store;  // the moment store's index of `begin`
   };
   AdamWConfig cfg_;
   int64_t begin_ = 0, end_ = 0;

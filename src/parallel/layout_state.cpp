@@ -50,8 +50,9 @@ MomentSlice moments_of(ModelChunk& c, int id, int kind, bool read = true) {
   const nn::ParamInfo& info = c.model->params().info(id);
   const int64_t lo = std::max(info.offset, c.adamw->begin());
   const int64_t hi = std::max(lo, std::min(info.offset + info.numel, c.adamw->end()));
-  if (hi == lo) return {{}, 0, 0, 0};  // not in this rank's range (another ZeRO shard's)
-  MomentSlice m{{}, lo - info.offset, hi - lo, lo - c.adamw->begin()};
+  // Not in this rank's range (another ZeRO shard's), or frozen (no moments: a LoRA base).
+  if (hi == lo || info.frozen) return {{}, 0, 0, 0};
+  MomentSlice m{{}, lo - info.offset, hi - lo, c.adamw->store_index(lo)};
   if (read) {
     m.data.resize(static_cast<std::size_t>(m.count));
     c.adamw->moments().read(kind, m.store_begin, m.count, m.data.data());

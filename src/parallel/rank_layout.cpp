@@ -108,7 +108,8 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     const int64_t opt_end = c.dp ? c.dp->optimizer_end() : c.model->params().total_numel();
     c.adamw = std::make_unique<optim::AdamW>(
         c.model->params(), tracker_, options_.adamw, opt_begin, opt_end,
-        optim::make_moment_store(tracker_, opt_end - opt_begin, options_.offload, mesh_.rank(),
+        optim::make_moment_store(tracker_, optim::AdamW::moment_count(c.model->params(), opt_begin, opt_end),
+                                 options_.offload, mesh_.rank(),
                                  static_cast<int>(chunks_.size())));
     chunks_.push_back(std::move(c));
   }

@@ -106,16 +106,19 @@ double run_pipeline(RankLayout& L, const BatchFn& batch, float dloss) {
 double local_unique_grad_sumsq(const RankLayout& L) {
   double sum = 0.0;
   for (const ModelChunk& c : L.chunks()) {
+    // A frozen parameter (a LoRA base) is not trained: its gradient, where a layer computes one
+    // at all, is no part of the norm that clips the trained ones.
+    auto counted = [&](int id) { return RankLayout::owns(c, id) && !c.model->params().info(id).frozen; };
     // ZeRO-2/3: each dp rank holds the reduced gradient of its shard only and counts that.
     if (c.dp && L.options().zero >= 2) {
-      sum += c.dp->shard_grad_sumsq([&](int id) { return RankLayout::owns(c, id); });
+      sum += c.dp->shard_grad_sumsq(counted);
       continue;
     }
     // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's (an
     // expert's: edp rank 0's, the replicas holding that expert).
     const nn::ParameterSet& ps = c.model->params();
     for (int id = 0; id < ps.size(); ++id) {
-      if (!RankLayout::owns(c, id) || L.replica_coord(ps.info(id)) != 0) continue;
+      if (!counted(id) || L.replica_coord(ps.info(id)) != 0) continue;
       sum += kernels::sum_squares(ps.grad(id), ps.info(id).numel);
     }
   }

@@ -1,13 +1,18 @@
 // Checkpoint save/restore for the engine (see checkpointing.h).
 #include "train/checkpointing.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
+#include <filesystem>
 #include <cmath>
 #include <functional>
 #include <vector>
 
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
+#include "nn/lora_checkpoint.h"
 
 namespace trident::train {
 
@@ -15,8 +20,13 @@ namespace {
 
 // One logical tensor to gather: a parameter or one of its two AdamW moments.
 struct GatherStep {
-  const ckpt::TensorSpec* spec;
+  ckpt::TensorSpec spec_value;
   int kind;  // -1: the parameter, 0: exp_avg, 1: exp_avg_sq
+  bool adapter = false;  // a LoRA adapter: adapter_model.safetensors, under PEFT's name
+  const ckpt::TensorSpec* spec = &spec_value;
+  GatherStep(ckpt::TensorSpec s, int k, bool a) : spec_value(std::move(s)), kind(k), adapter(a) {}
+  GatherStep(const GatherStep& o) : spec_value(o.spec_value), kind(o.kind), adapter(o.adapter) {}
+  GatherStep& operator=(const GatherStep&) = delete;
 };
 
 void gather(parallel::Engine& engine, const GatherStep& step, float* out) {
@@ -27,15 +37,17 @@ void gather(parallel::Engine& engine, const GatherStep& step, float* out) {
   }
 }
 
-// The order rank 0's writer pulls the tensors in: model.safetensors (the parameters), then
-// optimizer.safetensors (each parameter's exp_avg and exp_avg_sq). Every gather is
-// collective, so all ranks run them in this order.
-std::vector<GatherStep> gather_plan(const std::vector<ckpt::TensorSpec>& specs) {
+// The order rank 0's writer pulls the tensors in: model.safetensors (the parameters), a LoRA
+// run's adapter_model.safetensors, then optimizer.safetensors (each trained parameter's
+// exp_avg and exp_avg_sq: a LoRA run's frozen base has none). Every gather is collective, so
+// all ranks run them in this order.
+std::vector<GatherStep> gather_plan(const nn::ModelConfig& cfg) {
   std::vector<GatherStep> plan;
-  for (const auto& spec : specs) plan.push_back({&spec, -1});
-  for (const auto& spec : specs) {
-    plan.push_back({&spec, 0});
-    plan.push_back({&spec, 1});
+  for (const auto& spec : nn::model_tensor_specs(cfg)) plan.emplace_back(spec, -1, false);
+  for (const auto& spec : nn::lora_tensor_specs(cfg)) plan.emplace_back(spec, -1, true);
+  for (const auto& spec : nn::trained_tensor_specs(cfg)) {
+    plan.emplace_back(spec, 0, false);
+    plan.emplace_back(spec, 1, false);
   }
   return plan;
 }
@@ -52,9 +64,12 @@ std::string write_plan(const std::string& root, int64_t step, const nn::ModelCon
                        const std::function<void(std::size_t, ckpt::TensorSink&)>& emit) {
   ckpt::CheckpointWriter writer(root, step, cfg);
   for (std::size_t i = 0; i < plan.size(); ++i) {
-    (plan[i].kind < 0 ? writer.model() : writer.optimizer())
-        .add_tensor(tensor_name(plan[i]), plan[i].spec->shape,
-                    [&emit, i](ckpt::TensorSink& sink) { emit(i, sink); });
+    ckpt::SafetensorsWriter& file = plan[i].adapter ? writer.adapters() : plan[i].kind < 0 ? writer.model() : writer.optimizer();
+    file.add_tensor(plan[i].adapter ? nn::peft_tensor_name(cfg, plan[i].spec->name) : tensor_name(plan[i]),
+                    plan[i].spec->shape, [&emit, i](ckpt::TensorSink& sink) { emit(i, sink); });
+  }
+  if (cfg.lora.enabled()) {
+    writer.set_adapter_config(nn::lora_adapter_config(cfg, trident_state.value("lora_base", std::string())));
   }
   writer.set_optimizer_step(optimizer_step);
   writer.set_trident_json(trident_state);
@@ -73,6 +88,25 @@ void refuse_nonfinite(parallel::Engine& engine, const std::string& root, int64_t
             step, root, poisoned);
 }
 
+// A LoRA run's adapters from LOADED/adapter_model.safetensors (PEFT's names).
+void load_adapters(parallel::Engine& engine, const ckpt::LoadedCheckpoint& loaded) {
+  const std::string path = loaded.path + "/" + ckpt::kAdapterFile;
+  TRI_CHECK(std::filesystem::is_regular_file(path),
+            "{} has no {}: it is not a LoRA run's checkpoint, so there are no adapters to resume; start one "
+            "with --init-from {} --lora-rank ...", loaded.path, ckpt::kAdapterFile, loaded.path);
+  const ckpt::SafetensorsReader reader(path);
+  const nn::ModelConfig& cfg = engine.config();
+  for (const auto& spec : nn::lora_tensor_specs(cfg)) {
+    const std::string name = nn::peft_tensor_name(cfg, spec.name);
+    TRI_CHECK(reader.contains(name), "{} has no {}: its adapters are not this run's (--lora-rank {}, --lora-targets {})",
+              path, name, cfg.lora.rank, fmt::format("{}", fmt::join(cfg.lora.targets, ",")));
+    std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
+    reader.read(name, spec.shape, logical.data());
+    ckpt::check_finite(logical.data(), shape_numel(spec.shape), name, path);
+    engine.load_param(spec.name, logical.data());
+  }
+}
+
 }  // namespace
 
 std::string save_checkpoint(parallel::Engine& engine, const std::string& root, int64_t step,
@@ -80,15 +114,14 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
   refuse_nonfinite(engine, root, step);
   const nn::ModelConfig& cfg = engine.config();
   const bool writer_rank = engine.mesh().rank() == 0;
-  const auto specs = nn::model_tensor_specs(cfg);
-  const std::vector<GatherStep> plan = gather_plan(specs);
+  const std::vector<GatherStep> plan = gather_plan(cfg);
   std::size_t done = 0;  // steps of `plan` gathered so far
   std::string error;
   if (writer_rank) {
     // Each tensor is gathered when the writer reaches it and streamed out of one reused
     // buffer, so rank 0 never holds more than the largest logical tensor (the tied embedding) at once.
     int64_t largest = 0;
-    for (const auto& spec : specs) largest = std::max(largest, shape_numel(spec.shape));
+    for (const GatherStep& s : plan) largest = std::max(largest, shape_numel(s.spec->shape));
     std::vector<float> buffer(static_cast<std::size_t>(largest));
     try {
       write_plan(root, step, cfg, plan, engine.optimizer_step(), trident_state,
@@ -122,8 +155,7 @@ void take_snapshot(parallel::Engine& engine, const std::string& root, int64_t st
                    const nlohmann::json& trident_state, CheckpointSnapshot& snapshot) {
   refuse_nonfinite(engine, root, step);
   const nn::ModelConfig& cfg = engine.config();
-  const auto specs = nn::model_tensor_specs(cfg);
-  const std::vector<GatherStep> plan = gather_plan(specs);
+  const std::vector<GatherStep> plan = gather_plan(cfg);
   const bool writer_rank = engine.mesh().rank() == 0;
   if (writer_rank && snapshot.values.empty()) {
     std::size_t total = 0;
@@ -142,8 +174,7 @@ void take_snapshot(parallel::Engine& engine, const std::string& root, int64_t st
 }
 
 std::string write_snapshot(const CheckpointSnapshot& snapshot, const std::string& root) {
-  const auto specs = nn::model_tensor_specs(snapshot.config);
-  const std::vector<GatherStep> plan = gather_plan(specs);
+  const std::vector<GatherStep> plan = gather_plan(snapshot.config);
   std::vector<std::size_t> offsets;
   std::size_t offset = 0;
   for (const GatherStep& s : plan) {
@@ -180,13 +211,15 @@ int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint&
                        loaded.model.file_of(loaded.model_prefix + spec.name));
     engine.load_param(spec.name, logical.data());
   }
+  // A resumed LoRA run continues its adapters; --init-from starts fresh ones on the base.
+  if (with_optimizer && engine.config().lora.enabled()) load_adapters(engine, loaded);
   if (with_optimizer) {
     TRI_CHECK(loaded.optimizer.has_value(),
               "checkpoint {} has no optimizer.safetensors, so it cannot be resumed exactly; use "
               "--init-from to start a new run from its weights",
               loaded.path);
     ckpt::validate_optimizer_tensors(*loaded.optimizer, engine.config());
-    for (const auto& spec : nn::model_tensor_specs(engine.config())) {
+    for (const auto& spec : nn::trained_tensor_specs(engine.config())) {
       std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
       for (int kind = 0; kind < 2; ++kind) {
         const std::string name = kind == 0 ? ckpt::exp_avg_name(spec.name) : ckpt::exp_avg_sq_name(spec.name);

@@ -20,6 +20,7 @@
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
 #include "core/rng.h"
+#include "nn/lora.h"
 #include "train/preemption.h"
 #include "train/run_config_names.h"
 #include "train/run_config_values.h"
@@ -159,6 +160,7 @@ void validate_run_config(const RunConfig& cfg) {
     TRI_CHECK(problem.empty(), "[{}] {} = {} is out of range: {} ({})", section, f.name,
               value_text(x), problem, f.help);
   });
+  const ModelOptions& model = cfg.model;
   const DataOptions& d = cfg.data;
   const ParallelOptions& p = cfg.parallel;
   const parallel::EngineOptions& e = cfg.engine;
@@ -202,6 +204,9 @@ void validate_run_config(const RunConfig& cfg) {
   TRI_CHECK(!o.min_lr || *o.min_lr <= o.lr,
             "min_lr {} is above lr {}: the schedule decays from lr down to min_lr", *o.min_lr,
             o.lr);
+  TRI_CHECK(model.lora_rank == 0 || !t.init_from.empty() || !t.resume.empty(),
+            "--lora-rank {} trains adapters on a frozen base, and this run has none: pass --init-from DIR "
+            "(a trained checkpoint or Hugging Face model directory)", model.lora_rank);
   TRI_CHECK(t.init_from.empty() || t.resume.empty(),
             "init_from '{}' and resume '{}' are both set: init_from starts a new run from "
             "weights, resume continues a run; give one",
@@ -288,6 +293,23 @@ nn::ModelConfig resolve_model_config(const ModelOptions& m) {
 }
 
 nn::ModelConfig with_objective_overrides(nn::ModelConfig g, const ModelOptions& m) {
+  if (m.lora_rank > 0 || !m.lora_targets.empty()) {
+    g.lora.rank = m.lora_rank;
+    g.lora.alpha = m.lora_alpha > 0 ? m.lora_alpha : 2.0 * m.lora_rank;
+    g.lora.targets.clear();
+    std::string_view rest = m.lora_targets;
+    while (!rest.empty()) {
+      const std::size_t comma = rest.find(',');
+      const std::string_view name = rest.substr(0, comma);
+      TRI_CHECK(!name.empty(), "--lora-targets '{}' has an empty name; separate names by single commas",
+                m.lora_targets);
+      g.lora.targets.emplace_back(name);
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+      TRI_CHECK(comma == std::string_view::npos || !rest.empty(), "--lora-targets '{}' ends with a comma",
+                m.lora_targets);
+    }
+    nn::validate_lora(g);
+  }
   if (m.moe_aux_loss_coef) {
     TRI_CHECK(g.is_moe(), "--moe-aux-loss-coef {} weights a mixture-of-experts load-balancing loss, but "
               "this model ({}) has no experts; drop the flag", *m.moe_aux_loss_coef, nn::family_name(g.family));

@@ -121,6 +121,9 @@ struct ModelOptions {
   int vocab_pad_multiple;  // 0: from the preset
   std::optional<double> moe_aux_loss_coef;  // unset: the preset's / config.json's router_aux_loss_coef
   std::optional<double> moe_z_loss_coef;    // unset: the preset's / config.json's router_z_loss_coef
+  int lora_rank;             // 0: no adapters, every parameter trained
+  double lora_alpha;         // 0: 2 * lora_rank
+  std::string lora_targets;  // comma-separated short names of the family's LoRA targets
   ModelOptions();
 };
 
@@ -150,6 +153,12 @@ void for_each_field(S& o, V&& v) {
         .at_least(0).shown_as("from the preset").alias("router_aux_loss_coef aux_loss_coef moe_aux_loss_coeff load_balancing_coef"), o.moe_aux_loss_coef);
   v(field("moe_z_loss_coef", std::optional<double>{}, "override (mixture of experts): weight of the router z-loss, the mean over layers and tokens of logsumexp(router logits)^2, added to the objective (ST-MoE; Megatron's --moe-z-loss-coeff; docs/moe.md)")
         .at_least(0).shown_as("from the preset (0)").alias("router_z_loss_coef z_loss_coef moe_z_loss_coeff"), o.moe_z_loss_coef);
+  v(field("lora_rank", 0, "LoRA: train rank-r adapters on a frozen base (needs --init-from or --resume; docs/lora.md)")
+        .at_least(0).shown_as("0 = off").alias("lora_r lora_dim"), o.lora_rank);
+  v(field("lora_alpha", 0.0, "LoRA: adapter outputs are scaled by alpha / r (PEFT's lora_alpha)")
+        .at_least(0).shown_as("0 = 2 * lora_rank").alias("lora_scaling"), o.lora_alpha);
+  v(field("lora_targets", "", "LoRA: layers to adapt; llama/mixtral q,k,v,o(,gate,up,down: llama); gpt2 c_attn,attn.c_proj,c_fc,mlp.c_proj")
+        .placeholder("LIST").shown_as("none").alias("target_modules lora_target_modules"), o.lora_targets);
 }
 
 // ---- [data]: what the model reads, and how much per step.
@@ -458,8 +467,9 @@ uint64_t run_config_hash(const RunConfig& cfg);
 // overrides applied, validated. (With train.init_from set the caller reads that directory's
 // config.json instead.)
 nn::ModelConfig resolve_model_config(const ModelOptions& model);
-// `model` with the [model] options that weight the objective rather than shape the network
-// (moe_aux_loss_coef) applied: also honoured for a model loaded with --init-from.
+// `model` with the [model] options that weight the objective rather than shape the base network
+// (moe_aux_loss_coef, moe_z_loss_coef) and the LoRA adapters (lora_rank, lora_alpha,
+// lora_targets; validated here) applied: also honoured for a model loaded with --init-from.
 nn::ModelConfig with_objective_overrides(nn::ModelConfig model, const ModelOptions& options);
 
 }  // namespace trident::train

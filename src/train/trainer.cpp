@@ -17,6 +17,7 @@
 #include "data/batch_sampler.h"
 #include "data/token_shard.h"
 #include "kernels/kernels.h"
+#include "nn/lora.h"
 #include "optim/lr_schedule.h"
 #include "parallel/engine.h"
 #include "train/async_checkpoint.h"
@@ -86,8 +87,16 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
 
   // The shape of a model loaded with --init-from is whatever its config.json says; the
   // objective's weights (--moe-aux-loss-coef) still apply.
-  const nn::ModelConfig model_cfg = cfg.train.init_from.empty() ? resolve_model_config(cfg.model)
-                                                              : with_objective_overrides(source->config, cfg.model);
+  // A LoRA run resumed: its base's shape is the checkpoint's config.json (the base was loaded
+  // with --init-from, so [model] never named it).
+  const bool from_source = !cfg.train.init_from.empty() || (source && cfg.model.lora_rank > 0);
+  const nn::ModelConfig model_cfg = from_source ? with_objective_overrides(source->config, cfg.model)
+                                                : resolve_model_config(cfg.model);
+  // Which base a LoRA run's adapters belong to, recorded in every checkpoint (trident.json
+  // lora_base, adapter_config.json base_model_name_or_path).
+  const std::string lora_base = !model_cfg.lora.enabled() ? ""
+                                : !cfg.train.init_from.empty() ? source->path
+                                                               : source->trident.value("lora_base", std::string());
   check_model_fits(model_cfg, cfg, mesh);  // before anything is allocated
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
                                     "and PREFIX_val.bin, written by `trident prepare`)");
@@ -123,6 +132,8 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
       fmt::print(stderr, "fp16 loss scale {:g} restored from the checkpoint\n", engine.loss_scaler()->scale());
     }
   } else if (source) {
+    // LoRA: the adapters (no checkpoint tensors) start as PEFT's, the base is then loaded over.
+    if (model_cfg.lora.enabled()) engine.initialize(cfg.train.seed);
     load_into_engine(engine, *source, /*with_optimizer=*/false);
     if (lead) fmt::print(stderr, "initialised from {}\n", source->path);
   } else {
@@ -143,6 +154,14 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   const double peak_flops = measure_sgemm_flops(0.2) * mesh.size();
   if (lead) {
     fmt::print(stderr, "model: {}\n{}\n", model_cfg.describe(), engine.describe());
+    if (model_cfg.lora.enabled()) {
+      const int64_t adapters = nn::lora_parameter_count(model_cfg), base = model_cfg.num_parameters();
+      fmt::print(stderr,
+                 "lora: {} adapter parameters trained on a frozen base of {} ({:.3f}%); optimizer state "
+                 "(adapters only) {:.1f} KiB on rank 0\n",
+                 adapters, base, 100.0 * static_cast<double>(adapters) / static_cast<double>(base),
+                 static_cast<double>(tracker.current(MemCategory::kOptimizerState)) / 1024.0);
+    }
   }
 
   // Output files may name directories that do not exist yet; the lead rank writes them.
@@ -163,6 +182,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                                    {"seed", cfg.train.seed}}},
                          {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
     add_loss_scaler_state(engine, state);
+    if (model_cfg.lora.enabled()) state["lora_base"] = lora_base;
     return state;
   };
   auto save = [&](int64_t step) {
