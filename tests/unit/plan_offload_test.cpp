@@ -99,6 +99,26 @@ TEST(PlanOffload, RanksOfANodeShareItsDisk) {
   EXPECT_DOUBLE_EQ(predict_step(r, l, compute, two_nodes).offload_s, 8 * shard / 1e6 + 8 * shard / 1e6);
 }
 
+// Two ranks on one core: the contended bound slows AdamW's compute to the rank's share (1/2)
+// but not the disk, so the update there is max(disk time, 2 x compute).
+TEST(PlanOffload, SharedCoresSlowTheUpdatesComputeNotItsDisk) {
+  PlanRequest r = request(2);
+  Layout plain;
+  plain.dp = 2;
+  Layout off = plain;
+  off.offload = true;
+  FlopComputeModel compute(r.model, 1e9, 1e9);
+  const double P = psi(r, plain);  // ZeRO 0: the whole Ψ on each rank
+  const double opt = compute.optimizer(static_cast<int64_t>(P));
+  const MachineModel slow = machine(1, 1e6, 1e6);
+  const StepPrediction a = predict_step(r, plain, compute, slow), b = predict_step(r, off, compute, slow);
+  const double io = 2 * (8 * P / 1e6 + 8 * P / 1e6);  // two ranks share the disk
+  ASSERT_GT(a.contended_s, 0);
+  EXPECT_NEAR(b.contended_s - a.contended_s, io - 2 * opt, 1e-9 * io);
+  const MachineModel fast = machine(1, 1e15, 1e15);
+  EXPECT_DOUBLE_EQ(predict_step(r, off, compute, fast).contended_s, predict_step(r, plain, compute, fast).contended_s);
+}
+
 // The smallest resident total over the valid layouts, with or without offload.
 double smallest(const PlanRequest& r, bool offload) {
   double best = 1e300;
