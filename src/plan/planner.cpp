@@ -36,11 +36,13 @@ Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel
       continue;
     }
     PlanRow row = predict_layout(req, c.layout, compute, machine);
-    // Offload only where it is the way to fit: it never makes a step faster.
+    // Offload only where it is the way to fit: it never makes a step faster. Kept only when
+    // it shrinks the layout (its staging blocks can outweigh a small model's moments).
     if (!row.fits && req.offload_auto && machine.disk.known()) {
       Layout offloaded = c.layout;
       offloaded.offload = true;
-      row = predict_layout(req, offloaded, compute, machine);
+      PlanRow off = predict_layout(req, offloaded, compute, machine);
+      if (off.memory.worst().total() < row.memory.worst().total()) row = std::move(off);
     }
     plan.rows.push_back(row);
   }
@@ -56,20 +58,24 @@ Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel
   if (plan.fitting() == 0) {
     const PlanRow& s = plan.rows.front();
     const bool offloads = s.layout.offload;
-    // What offload's requirement is when it was not tried: the same smallest layout offloaded.
+    // Offload's requirement when no row offloads: the smallest layout offloaded.
     std::string offload_note;
     if (!offloads) {
-      double need = s.memory.worst().total();
+      double need = -1;
       for (const PlanRow& r : plan.rows) {
         Layout o = r.layout;
         o.offload = true;
-        need = std::min(need, predict_memory(req, o).worst().total());
+        const double t = predict_memory(req, o).worst().total();
+        if (need < 0 || t < need) need = t;
       }
-      offload_note = fmt::format("; with --offload optimizer the smallest would need {}{}", format_bytes(need),
-                                 need <= req.memory_per_rank
-                                     ? " (it fits: pass --offload-dir DIR, the disk the run offloads to, "
-                                       "so the planner can price it)"
-                                     : "");
+      const bool tried = req.offload_auto && machine.disk.known();
+      std::string why;
+      if (need > s.memory.worst().total()) {
+        why = " (its staging blocks outweigh the moments: lower --offload-block-kib)";
+      } else if (need <= req.memory_per_rank && !tried) {
+        why = " (it fits: plan with --offload-dir DIR, the disk the run offloads to, so the planner can price it)";
+      }
+      offload_note = fmt::format("; with --offload optimizer the smallest would need {}{}", format_bytes(need), why);
     }
     TRI_FAIL("no layout of {} ranks fits in {} per rank: the smallest needs {} ({} zero {}{}, "
              "M={}{}){}; raise --memory-per-rank, use more ranks, or shrink --batch-size/--seq-len",

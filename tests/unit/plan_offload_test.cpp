@@ -177,12 +177,30 @@ TEST(PlanOffload, AutoProposesOffloadOnlyWhereTheLayoutDoesNotFitWithoutIt) {
   r.memory_per_rank = 0.5 * (with + without);
   const std::string unknown = error_of(r, compute, machine(2, 0, 0));
   EXPECT_NE(unknown.find("with --offload optimizer the smallest would need"), std::string::npos) << unknown;
-  EXPECT_NE(unknown.find("pass --offload-dir"), std::string::npos) << unknown;
+  EXPECT_NE(unknown.find("plan with --offload-dir"), std::string::npos) << unknown;
   // Below even the offloaded requirement: refused, saying offload was counted.
   r.memory_per_rank = 0.5 * with;
   const std::string none = error_of(r, compute, m);
   EXPECT_NE(none.find("even with --offload optimizer"), std::string::npos) << none;
   EXPECT_NE(none.find("no layout of 2 ranks fits"), std::string::npos) << none;
+}
+
+// Staging blocks larger than the moments (tiny's 8Ψ ~ 1 MiB against 24 MiB of 4 MiB blocks):
+// offload would not shrink any layout, so auto proposes none and the refusal says why.
+TEST(PlanOffload, AutoSkipsOffloadThatWouldNotShrinkTheLayout) {
+  PlanRequest r = request(2);
+  r.offload_auto = true;
+  r.offload_block_bytes = 4.0 * 1024 * 1024;
+  FlopComputeModel compute(r.model, 1e9, 1e9);
+  const MachineModel m = machine(2, 1e9, 1e9);
+  const double without = smallest(r, false);
+  ASSERT_GT(smallest(r, true), without);
+  r.memory_per_rank = 1.5 * without;
+  for (const PlanRow& row : make_plan(r, compute, m).rows) EXPECT_FALSE(row.layout.offload);
+  r.memory_per_rank = 0.5 * without;
+  const std::string e = error_of(r, compute, m);
+  EXPECT_NE(e.find("outweigh the moments"), std::string::npos) << e;
+  EXPECT_EQ(e.find("even with --offload optimizer"), std::string::npos) << e;
 }
 
 TEST(PlanOffload, DiskProbeMeasuresAndRemovesItsFile) {
