@@ -6,10 +6,12 @@
 // offloaded to a file under --dir; the steps (forward + backward + AdamW) alternate between
 // the two round by round, so drift on a shared machine hits both alike, and the offloaded
 // median is printed as a ratio against the in-memory one, for the whole step and for the
-// optimizer update alone. The disk: a sequential O_DIRECT write and read of a file as large
-// as the moments, in the same blocks, two requests in flight (the page cache is out of the
-// way wherever the file system takes O_DIRECT; said when it does not). Hidden I/O: the share
-// of the update's disk time (bytes moved / measured bandwidth) it did not spend waiting.
+// optimizer update alone. The disk: the planner's probe (plan/calibrate_disk.h), a sequential
+// O_DIRECT write and read of a file as large as the moments in the store's requests (both
+// moments of a block), two in flight (the page cache is out of the way wherever the file
+// system takes O_DIRECT; said when it does not). Hidden I/O: the share of the update's disk
+// time (bytes moved / measured bandwidth) it did not spend waiting; and the measured update
+// against the planner's model of it, max(disk time, in-memory update).
 // The weights of the two models are compared bitwise at the end (exit 1 if they differ).
 #include <fmt/format.h>
 
@@ -26,6 +28,8 @@
 #include "nn/model.h"
 #include "optim/adamw.h"
 #include "optim/moment_store.h"
+#include "plan/calibrate_disk.h"
+#include "plan/cost_model.h"
 
 #include "model_step_bench.h"
 
@@ -40,32 +44,6 @@ struct Run {
   nn::ModelActivations acts;
   std::vector<double> step_s, update_s;
 };
-
-// Sequential write then read of `bytes` in `block`-sized requests, two in flight: MB/s each way.
-std::pair<double, double> disk_bandwidth(const std::string& path, std::size_t bytes, std::size_t block,
-                                         bool* direct) {
-  AsyncFile f(path, bytes, "the bandwidth probe file");
-  *direct = f.direct();
-  AlignedBytes a = aligned_bytes(block), b = aligned_bytes(block);
-  std::memset(a.get(), 1, block);
-  std::memset(b.get(), 2, block);
-  auto pass = [&](bool write) {
-    Stopwatch sw;
-    AsyncFile::Ticket pending[2] = {0, 0};
-    for (std::size_t off = 0, i = 0; off < bytes; off += block, ++i) {
-      std::byte* buf = (i % 2 ? b : a).get();
-      if (pending[i % 2]) f.wait(pending[i % 2]);
-      pending[i % 2] = write ? f.submit_write(buf, block, off) : f.submit_read(buf, block, off);
-    }
-    for (AsyncFile::Ticket t : pending) {
-      if (t) f.wait(t);
-    }
-    return static_cast<double>(bytes) / sw.seconds() / 1e6;
-  };
-  const double w = pass(true), r = pass(false);
-  ::unlink(path.c_str());
-  return {w, r};
-}
 
 }  // namespace
 
@@ -131,10 +109,11 @@ int main(int argc, char** argv) {
                  1e3 * t, t / t0, 1e3 * u, u / u0, format_bytes(static_cast<double>(r->tracker.peak_total())),
                  format_bytes(static_cast<double>(r->tracker.peak(MemCategory::kOffloaded))));
     }
-    bool direct = false;
-    const auto [write_mbs, read_mbs] = disk_bandwidth(dir + "/trident-bench-probe.bin",
-                                                      static_cast<std::size_t>((8 * P + (1 << 22) - 1) >> 22 << 22),
-                                                      static_cast<std::size_t>(block_kib * 1024), &direct);
+    // The planner's probe (plan/calibrate_disk.h), here as large as the moments.
+    const plan::DiskCalibration disk = plan::calibrate_disk(dir, static_cast<std::size_t>(2 * block_kib * 1024),
+                                                            static_cast<std::size_t>(8 * P));
+    const bool direct = disk.direct;
+    const double write_mbs = disk.model.write_bandwidth / 1e6, read_mbs = disk.model.read_bandwidth / 1e6;
     const double steps = a.steps;
     const double rd = (io1.bytes_read - io0.bytes_read) / steps, wr = (io1.bytes_written - io0.bytes_written) / steps;
     const double disk_s = rd / (read_mbs * 1e6) + wr / (write_mbs * 1e6);
@@ -147,11 +126,16 @@ int main(int argc, char** argv) {
                "{:.1f} ms vs in-memory update {:.1f} ms\n",
                format_bytes(rd), format_bytes(wr), 1e3 * disk_s, 1e3 * waited,
                100.0 * std::max(0.0, 1.0 - waited / disk_s), 1e3 * disk_s, 1e3 * u0);
+    // The planner's model of the offloaded update (plan/cost_model.h): the I/O fully behind the
+    // compute, max(disk time, in-memory update); measured against it as a ratio.
+    const double predicted = plan::offloaded_update_seconds(disk_s, u0);
+    fmt::print("planner's model of the offloaded update: max(disk {:.1f} ms, in-memory update {:.1f} ms) = "
+               "{:.1f} ms; measured {:.1f} ms = {:.3f}x the model\n",
+               1e3 * disk_s, 1e3 * u0, 1e3 * predicted, 1e3 * u1, u1 / predicted);
     const bool same = std::memcmp(mem.model->params().values().data(), off.model->params().values().data(),
                                   static_cast<std::size_t>(P) * sizeof(float)) == 0;
     fmt::print("weights after {} steps: {}\n", a.steps + 1, same ? "bitwise equal" : "DIFFER");
     (void)t1;
-    (void)u1;
     return same ? 0 : 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "offload bench: {}\n", e.what());

@@ -12,9 +12,11 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <memory>
+#include <span>
 #include <string>
 #include <thread>
 
@@ -28,6 +30,7 @@
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "plan/calibrate.h"
+#include "plan/calibrate_disk.h"
 #include "plan/placement.h"
 #include "plan/planner.h"
 #include "train/run_config.h"
@@ -71,7 +74,9 @@ int run_plan(int argc, char** argv) {
   int64_t batch = 8, seq = 0;
   double bucket_mb = 25.0, link_gbps = 0, latency_us = 20, flops = 0;
   bool sp = false, all = false, no_overlap = false;
-  std::string json_out, recompute = "none", offload = "none";
+  std::string json_out, recompute = "none", offload = "auto", offload_dir;
+  int offload_block_kib = 4096;
+  double disk_mbps = 0;
   app.add_option("--model", model, "preset (tiny, small, gpt2, gpt2-medium) or a config.json")->capture_default_str();
   app.add_option("--world", world, "ranks (dp * tp * pp)")->required();
   app.add_option("--memory-per-rank", memory, "bytes each rank may use (e.g. 2GiB); 0: unlimited")->capture_default_str();
@@ -84,9 +89,19 @@ int run_plan(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--bucket-mb", bucket_mb, "DDP/ZeRO gradient bucket size, MiB")->capture_default_str();
   app.add_option("--offload", offload,
-                 "none, or optimizer: the run keeps its AdamW moments on disk (--offload-dir); memory "
-                 "then counts only three 4 MiB staging blocks of them (docs/memory.md)")
-      ->check(CLI::IsMember({"none", "optimizer"}))->capture_default_str();
+                 "optimizer offload (docs/planner.md): auto proposes --offload optimizer for a layout that "
+                 "does not fit --memory-per-rank without it (needs the disk: --offload-dir or --disk-mbps); "
+                 "optimizer plans every layout with its AdamW moments on disk (memory then counts only three "
+                 "staging blocks of them, docs/memory.md); none never offloads")
+      ->check(CLI::IsMember({"none", "auto", "optimizer"}))->capture_default_str();
+  app.add_option("--offload-dir", offload_dir,
+                 "the directory the run offloads to: its disk's sequential O_DIRECT read and write bandwidth "
+                 "is measured there (a 64 MiB probe file, removed after) to price offload");
+  app.add_option("--offload-block-kib", offload_block_kib,
+                 "the run's --offload-block-kib: staging memory and the probe's request size (2 x this)")
+      ->capture_default_str();
+  app.add_option("--disk-mbps", disk_mbps,
+                 "the offload disk's read and write bandwidth in MB/s instead of measuring --offload-dir");
   app.add_option("--cores", cores, "cores all ranks share (one machine)")->capture_default_str();
   app.add_option("--threads", threads, "threads per rank; default: max(1, cores / world)");
   app.add_option("--link-gbps", link_gbps,
@@ -133,6 +148,14 @@ int run_plan(int argc, char** argv) {
   req.recompute = nn::parse_recompute(recompute);
   req.bucket_mb = bucket_mb;
   req.offload_optimizer = offload == "optimizer";
+  req.offload_auto = offload == "auto";
+  TRI_CHECK(offload_block_kib > 0 && offload_block_kib % 4 == 0,
+            "--offload-block-kib must be a positive multiple of 4 (direct I/O's 4 KiB pages), got {}", offload_block_kib);
+  req.offload_block_bytes = 1024.0 * offload_block_kib;
+  TRI_CHECK(!req.offload_optimizer || !offload_dir.empty() || disk_mbps > 0,
+            "plan --offload optimizer needs the offload disk's speed: pass --offload-dir DIR (the directory "
+            "the run will offload to, measured there) or --disk-mbps MBPS");
+  TRI_CHECK(disk_mbps >= 0, "--disk-mbps must be positive, got {}", disk_mbps);
   req.memory_per_rank = parse_bytes(memory);
   plan::validate_request(req);
   // The planner builds each layout's model chunks to count them (metadata only, one ParamInfo
@@ -204,6 +227,35 @@ int run_plan(int argc, char** argv) {
     machine.comm.bandwidth = link_gbps > 0 ? link_gbps * 1e9 / 8 : plan::measure_memcpy_bandwidth() / 2;
   }
 
+  std::string disk_note;
+  if (offload != "none" && disk_mbps > 0) {
+    machine.disk.read_bandwidth = machine.disk.write_bandwidth = disk_mbps * 1e6;
+    disk_note = fmt::format("offload disk: {:.0f} MB/s read and write (--disk-mbps)", disk_mbps);
+  } else if (offload != "none" && !offload_dir.empty()) {
+    // Rank 0 alone probes (the node's ranks share the disk: the cost model divides it); every
+    // rank learns the figures, or that the probe failed (rank 0 says why).
+    double got[4] = {0, 0, 0, 0};  // ok, read, write, direct
+    std::exception_ptr failed;
+    plan::DiskCalibration dc;
+    if (root) {
+      try {
+        dc = plan::calibrate_disk(offload_dir, static_cast<std::size_t>(2 * req.offload_block_bytes));
+        got[0] = 1, got[1] = dc.model.read_bandwidth, got[2] = dc.model.write_bandwidth, got[3] = dc.direct;
+      } catch (const std::exception&) {
+        failed = std::current_exception();
+      }
+    }
+    if (world_comm) world_comm->broadcast(std::span<double>(got, 4), 0).wait();
+    if (failed) std::rethrow_exception(failed);  // rank 0's own error, naming the directory
+    TRI_CHECK(got[0] != 0, "rank 0 could not measure the offload disk under --offload-dir {}", offload_dir);
+    machine.disk.read_bandwidth = got[1];
+    machine.disk.write_bandwidth = got[2];
+    disk_note = fmt::format("offload disk under {}: sequential {} read {:.0f} MB/s, write {:.0f} MB/s "
+                            "({:.0f} MiB probe in {} requests)",
+                            offload_dir, got[3] != 0 ? "O_DIRECT" : "buffered (the file system refuses O_DIRECT)",
+                            got[1] / 1e6, got[2] / 1e6, dc.probe_bytes / 1048576.0, format_bytes(dc.request_bytes));
+  }
+
   std::unique_ptr<plan::ComputeModel> compute;
   plan::MeasuredComputeModel* measured = nullptr;
   std::unique_ptr<plan::CommTimingSync> sync;
@@ -222,6 +274,7 @@ int run_plan(int argc, char** argv) {
   out(fmt::format("machine: {} cores shared by {} ranks x {} thread(s); links {:.2f} GB/s, {:.0f} us latency{}\n",
                   cores, world, machine.threads_per_rank, machine.comm.bandwidth / 1e9,
                   machine.comm.latency * 1e6, comm_note));
+  if (!disk_note.empty()) out(disk_note + "\n");
   std::fflush(stdout);
   const plan::Plan p = plan::make_plan(req, *compute, machine);
   if (measured && ranks > 1) {
@@ -250,6 +303,7 @@ int run_plan(int argc, char** argv) {
                        {"fits", r.fits}, {"tokens_per_s", r.step.tokens_per_s}, {"step_s", r.step.step_s},
                        {"dedicated_s", r.step.dedicated_s}, {"shared_s", r.step.shared_s}, {"contended_s", r.step.contended_s},
                        {"sync_s", r.step.sync_s}, {"dp_comm_s", r.step.dp_comm_s}, {"ep_comm_s", r.step.ep_comm_s},
+                       {"offload", l.offload}, {"offload_s", r.step.offload_s},
                        {"memory_bytes", r.memory.worst().total()}, {"calibrated_ranks", ranks}};
       js << j.dump() << "\n";
     }
@@ -258,7 +312,7 @@ int run_plan(int argc, char** argv) {
   out(fmt::format("best: scripts/trident-mpirun -n {} build/trident train --model {} --batch-size {} --seq-len {} {}{}{}\n",
                   world, model, req.batch_size, req.seq_len, best.layout.train_flags(),
                   fmt::format("{}{}", req.recompute != nn::Recompute::kNone ? fmt::format(" --recompute {}", recompute) : "",
-                              req.offload_optimizer ? " --offload optimizer --offload-dir DIR" : ""),
+                              best.layout.offload ? fmt::format(" --offload-dir {}", offload_dir.empty() ? "DIR" : offload_dir) : ""),
                   machine.threads_per_rank > 1 ? fmt::format(" --threads {}", machine.threads_per_rank) : ""));
   if (ranks == 1 && world > 1 && flops <= 0) {
     out(fmt::format("hint: timed alone, with {} us latency assumed; run under scripts/trident-mpirun -n {} "

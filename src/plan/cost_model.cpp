@@ -213,6 +213,13 @@ double measure_memcpy_bandwidth(double seconds) {
 }
 
 // ---- communication ----
+double offload_io_seconds(double moment_bytes, const DiskModel& disk, int sharing) {
+  TRI_CHECK(disk.known(), "the offload disk's bandwidth is unknown (read {} B/s, write {} B/s)",
+            disk.read_bandwidth, disk.write_bandwidth);
+  const double ranks = std::max(1, sharing);
+  return moment_bytes / (disk.read_bandwidth / ranks) + moment_bytes / (disk.write_bandwidth / ranks);
+}
+
 double CommModel::allreduce(double bytes, int n) const {
   if (n <= 1) return 0;
   return 2.0 * (n - 1) / n * bytes / bandwidth + 2.0 * (n - 1) * latency;
@@ -382,7 +389,19 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   }
 
   const double bucket_bytes = req.bucket_mb * 1024.0 * 1024.0;
-  double tail = 0, shared_work = 0;
+  double tail = 0, shared_work = 0, opt_wall_max = 0;
+  const bool offloaded = l.offload || req.offload_optimizer;
+  TRI_CHECK(!offloaded || machine.disk.known(),
+            "{} offloads the optimizer but the offload disk's bandwidth is unknown; plan with --offload-dir "
+            "DIR (measured there) or --disk-mbps", l.train_flags());
+  // One disk per node, shared by the node's ranks of this layout.
+  int disk_sharing = l.world();
+  if (!machine.node_of_rank.empty()) {
+    disk_sharing = static_cast<int>(std::count(machine.node_of_rank.begin(),
+                                               machine.node_of_rank.begin() + std::min<std::ptrdiff_t>(
+                                                   l.world(), static_cast<std::ptrdiff_t>(machine.node_of_rank.size())),
+                                               machine.node_of_rank.front()));
+  }
   for (int r = 0; r < l.pp; ++r) {
     const auto i = static_cast<std::size_t>(r);
     const double psi = static_cast<double>(mem.params_by_pp_rank[i]);
@@ -406,7 +425,12 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     const double last = std::min(dp_comm, dp_traffic(dpl, std::min(l.zero, 1), l.dp, 1, last_bytes / 4.0));
     const double exposed = std::max(last, dp_comm - window);
     const double opt = compute.optimizer(static_cast<int64_t>(l.zero >= 1 ? std::ceil(psi / l.dp) : psi));
-    tail = std::max(tail, exposed + opt);
+    // Offloaded: the moments the memory model put on disk stream in and out behind the update.
+    const double io = offloaded ? offload_io_seconds(mem.by_pp_rank[i].offloaded, machine.disk, disk_sharing) : 0.0;
+    const double opt_wall = offloaded ? offloaded_update_seconds(io, opt) : opt;
+    tail = std::max(tail, exposed + opt_wall);
+    p.offload_s = std::max(p.offload_s, io);
+    opt_wall_max = std::max(opt_wall_max, opt_wall);
     p.dp_comm_s = std::max(p.dp_comm_s, dp_comm);
     p.optimizer_s = std::max(p.optimizer_s, opt);
     p.compute_s = std::max(p.compute_s, busy[i]);
@@ -453,7 +477,10 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     } else {
       path = M * (slowed.forward_by_chunk[0][0] + slowed.backward_by_chunk[0][0]);
     }
-    p.contended_s = path + tail - p.optimizer_s + p.optimizer_s / share;
+    // The update's compute slows to the share; its disk I/O (offload) does not.
+    const double opt_slowed = offloaded ? offloaded_update_seconds(p.offload_s, p.optimizer_s / share)
+                                        : p.optimizer_s / share;
+    p.contended_s = path + tail - opt_wall_max + opt_slowed;
   }
   // The world allreduces wait for the slowest rank, so they add to the step whichever bound
   // holds; over the inter-node link as soon as the world spans nodes.

@@ -2,7 +2,8 @@
 // (measured on this machine, or FLOP-rate analytic for tests), tensor-parallel collectives
 // folded into the chunks' costs, the pipeline simulator (parallel/pipeline/simulator.h) for
 // the schedule's bubbles, then the data-parallel gradient/parameter traffic of the ZeRO stage
-// and the optimizer. Ranks that share cores are modelled explicitly: the step is at least the
+// and the optimizer (with optimizer offload: the slower of its compute and its disk I/O,
+// which the moment store overlaps). Ranks that share cores are modelled explicitly: the step is at least the
 // total CPU work of all ranks divided by the cores (with 8 ranks on 2 cores a pipeline's idle
 // ranks leave their core to others, so bubbles cost little and every FLOP and copy counts).
 #pragma once
@@ -130,6 +131,24 @@ struct CommModel {
   double allreduce_copy(double bytes, int n) const;
 };
 
+// The disk under --offload-dir, as the engine uses it (plan/calibrate_disk.h): sequential
+// O_DIRECT reads and writes in the offload store's requests (both moments of one block).
+// 0: not measured (the planner then cannot price offload).
+struct DiskModel {
+  double read_bandwidth = 0;   // bytes/s
+  double write_bandwidth = 0;  // bytes/s
+  bool known() const { return read_bandwidth > 0 && write_bandwidth > 0; }
+};
+
+// Disk seconds of one rank's offloaded AdamW pass: its moments (`moment_bytes`, 8 per element
+// of its optimizer shard) read once and written once per step, one after the other on the
+// disk, whose bandwidth the `sharing` ranks of a node split (they all update at the step's end).
+double offload_io_seconds(double moment_bytes, const DiskModel& disk, int sharing);
+// Wall seconds of the offloaded update: the store double-buffers (block i updates while i + 1
+// reads and i - 1 writes), so the I/O hides behind the compute and the slower of the two is
+// the update's time. bench/offload prints this prediction against its measurement.
+inline double offloaded_update_seconds(double io_s, double compute_s) { return std::max(io_s, compute_s); }
+
 struct MachineModel {
   int cores = 1;             // cores all ranks share (one machine)
   int threads_per_rank = 1;  // OpenMP/BLAS threads of each rank
@@ -152,6 +171,9 @@ struct MachineModel {
   // waits spin and yield rather than sleep. 0: bubbles leave the cores to the other ranks.
   // Measured under mpirun (plan/calibrate.h); 0 when planning alone.
   double wait_cpu = 0;
+  // The offload disk (--offload-dir), shared by the ranks of each node; needed by layouts
+  // that offload (Layout::offload, PlanRequest::offload_optimizer).
+  DiskModel disk;
 };
 
 struct StepPrediction {
@@ -162,7 +184,8 @@ struct StepPrediction {
   double compute_s = 0;       // busiest rank's compute (incl. tp collectives), per step
   double dp_comm_s = 0;       // busiest rank's dp traffic per step (before overlap)
   double ep_comm_s = 0;       // busiest rank's MoE token exchange per step (in compute_s)
-  double optimizer_s = 0;
+  double optimizer_s = 0;      // AdamW's compute (busiest rank)
+  double offload_s = 0;        // busiest rank's offload disk time (offload_io_seconds); 0 without offload
   double sync_s = 0;          // the per-step world allreduces (MachineModel), added to the step
   double bubble = 0;          // mean pipeline idle fraction (simulator), 0 without pp
   double tokens_per_s = 0;

@@ -24,6 +24,7 @@ struct Layout {
   int micro_batches = 1;                              // M per dp rank per step
   bool sequence_parallel = false;                     // only when tp > 1
   int ep = 1;  // expert-parallel ranks out of dp (mixture of experts; expert parameters / ep)
+  bool offload = false;  // --offload optimizer: this rank's AdamW moments on disk
 
   int world() const { return dp * tp * pp; }
   // "dp2 tp2 pp2"
@@ -31,7 +32,8 @@ struct Layout {
   // "gpipe", "1f1b", "interleaved V=2", or "-" when pp == 1.
   std::string schedule_name() const;
   // The `trident train` flags that run this layout:
-  // "--dp 2 --tp 2 --pp 2 --zero 1 --schedule 1f1b --micro-batches 4 --virtual-stages 1".
+  // "--dp 2 --tp 2 --pp 2 --zero 1 --schedule 1f1b --micro-batches 4 --virtual-stages 1"
+  // (and " --offload optimizer" when offload; the run adds its --offload-dir).
   std::string train_flags() const;
   bool operator==(const Layout&) const = default;
 };
@@ -47,8 +49,11 @@ struct PlanRequest {
   nn::Recompute recompute = nn::Recompute::kNone;  // activation recomputation (memory)
   double bucket_mb = 25.0;       // DDP/ZeRO bucket size (working-set memory)
   // --offload optimizer: the AdamW moments on disk, three staging blocks of both in memory
-  // per model chunk (optim/moment_store.h).
+  // per model chunk (optim/moment_store.h). offload_optimizer: every layout offloads;
+  // offload_auto: a layout that does not fit memory_per_rank is planned again offloaded
+  // (make_plan, when the machine's disk is known).
   bool offload_optimizer = false;
+  bool offload_auto = false;
   double offload_block_bytes = 4.0 * 1024 * 1024;
   double memory_per_rank = 0.0;  // bytes; 0: unlimited
 };

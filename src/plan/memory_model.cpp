@@ -130,7 +130,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     mb.params = 4 * (l.zero >= 3 ? shard + std::min(full, 2.0 * static_cast<double>(max_group)) : full);
     mb.grads = 4 * (l.zero >= 2 ? shard + std::min(full, 2.0 * bucket) : full);
     mb.optimizer = 8 * (l.zero >= 1 ? shard : full);
-    if (req.offload_optimizer) {
+    if (req.offload_optimizer || l.offload) {
       mb.offloaded = mb.optimizer;
       mb.optimizer = 6.0 * req.offload_block_bytes * static_cast<double>(rc.chunks.size());
     }

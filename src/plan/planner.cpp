@@ -21,6 +21,7 @@ PlanRow predict_layout(const PlanRequest& req, const Layout& l, ComputeModel& co
                        const MachineModel& machine) {
   PlanRow row;
   row.layout = l;
+  row.layout.offload = l.offload || req.offload_optimizer;
   row.memory = predict_memory(req, l);
   row.step = predict_step(req, l, compute, machine);
   row.fits = req.memory_per_rank <= 0 || row.memory.worst().total() <= req.memory_per_rank;
@@ -34,7 +35,16 @@ Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel
       plan.rejected.push_back(c);
       continue;
     }
-    plan.rows.push_back(predict_layout(req, c.layout, compute, machine));
+    PlanRow row = predict_layout(req, c.layout, compute, machine);
+    // Offload only where it is the way to fit: it never makes a step faster. Kept only when
+    // it shrinks the layout (its staging blocks can outweigh a small model's moments).
+    if (!row.fits && req.offload_auto && machine.disk.known()) {
+      Layout offloaded = c.layout;
+      offloaded.offload = true;
+      PlanRow off = predict_layout(req, offloaded, compute, machine);
+      if (off.memory.worst().total() < row.memory.worst().total()) row = std::move(off);
+    }
+    plan.rows.push_back(row);
   }
   TRI_CHECK(!plan.rows.empty(),
             "no layout of {} ranks is valid for this model and batch (batch {}, seq {}); see the "
@@ -47,11 +57,32 @@ Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel
   });
   if (plan.fitting() == 0) {
     const PlanRow& s = plan.rows.front();
+    const bool offloads = s.layout.offload;
+    // Offload's requirement when no row offloads: the smallest layout offloaded.
+    std::string offload_note;
+    if (!offloads) {
+      double need = -1;
+      for (const PlanRow& r : plan.rows) {
+        Layout o = r.layout;
+        o.offload = true;
+        const double t = predict_memory(req, o).worst().total();
+        if (need < 0 || t < need) need = t;
+      }
+      const bool tried = req.offload_auto && machine.disk.known();
+      std::string why;
+      if (need > s.memory.worst().total()) {
+        why = " (its staging blocks outweigh the moments: lower --offload-block-kib)";
+      } else if (need <= req.memory_per_rank && !tried) {
+        why = " (it fits: plan with --offload-dir DIR, the disk the run offloads to, so the planner can price it)";
+      }
+      offload_note = fmt::format("; with --offload optimizer the smallest would need {}{}", format_bytes(need), why);
+    }
     TRI_FAIL("no layout of {} ranks fits in {} per rank: the smallest needs {} ({} zero {}{}, "
-             "M={}); raise --memory-per-rank, use more ranks, or shrink --batch-size/--seq-len",
+             "M={}{}){}; raise --memory-per-rank, use more ranks, or shrink --batch-size/--seq-len",
              req.world, format_bytes(req.memory_per_rank), format_bytes(s.memory.worst().total()),
              s.layout.shape(), s.layout.zero,
-             s.layout.pp > 1 ? fmt::format(" {}", s.layout.schedule_name()) : std::string(), s.layout.micro_batches);
+             s.layout.pp > 1 ? fmt::format(" {}", s.layout.schedule_name()) : std::string(), s.layout.micro_batches,
+             offloads ? ", even with --offload optimizer" : "", offload_note);
   }
   return plan;
 }
@@ -65,9 +96,9 @@ std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOp
                      req.memory_per_rank > 0 ? fmt::format(" in {} per rank", format_bytes(req.memory_per_rank))
                                              : std::string(" (no memory limit)"),
                      req.batch_size, req.seq_len, tokens);
-  out += fmt::format("{:>3}  {:<16} {:>4} {:<15} {:>3}  {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}  {:>9} {:>9} {:>7}  {}\n",
+  out += fmt::format("{:>3}  {:<16} {:>4} {:<15} {:>3}  {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}  {:>9} {:>9} {:>7}  {:<5} {}\n",
                      "#", "layout", "zero", "schedule", "M", "params", "grads", "optim", "acts",
-                     "work", "total MiB", "step ms", "tokens/s", "bubble", "bound");
+                     "work", "total MiB", "step ms", "tokens/s", "bubble", "bound", "offload");
   std::set<std::tuple<int, int, int, int, int, int, int>> seen;
   int shown = 0, index = 0;
   for (const PlanRow& r : plan.rows) {
@@ -80,12 +111,13 @@ std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOp
     if (opt.top > 0 && shown >= opt.top) break;
     ++shown;
     const MemoryBreakdown& m = r.memory.worst();
-    out += fmt::format("{:>3}  {:<16} {:>4} {:<15} {:>3}  {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>9.1f}  {:>9.1f} {:>9.0f} {:>6.1f}%  {}{}\n",
+    out += fmt::format("{:>3}  {:<16} {:>4} {:<15} {:>3}  {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>8.1f} {:>9.1f}  {:>9.1f} {:>9.0f} {:>6.1f}%  {:<5} {}{}\n",
                        r.fits ? fmt::format("{}", index) : std::string("-"), l.shape(), l.zero,
                        l.schedule_name(), l.micro_batches, m.params / MiB, m.grads / MiB,
                        m.optimizer / MiB, m.activations / MiB, m.workspace / MiB, m.total() / MiB,
                        r.step.step_s * 1e3, r.step.tokens_per_s, 100 * r.step.bubble,
                        r.step.shared_bound() ? "cores" : "path",
+                       l.offload ? fmt::format("disk {:.1f} ms", r.step.offload_s * 1e3) : std::string("-"),
                        r.fits ? "" : "  (does not fit)");
   }
   if (shown < static_cast<int>(plan.rows.size())) {
@@ -94,9 +126,11 @@ std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOp
   }
   out += "memory: the worst pipeline rank, peak during the step; bound: 'cores' = total CPU work / "
          "cores (ranks share cores), 'path' = pipeline critical path + exposed communication\n";
-  if (!plan.rows.empty() && plan.rows.front().memory.worst().offloaded > 0) {
-    out += "optimizer: resident staging only (--offload optimizer); the AdamW moments are on disk, "
-           "not in total\n";
+  if (std::any_of(plan.rows.begin(), plan.rows.end(), [](const PlanRow& r) { return r.layout.offload; })) {
+    out += "offload 'disk': the row runs --offload optimizer (proposed only where the layout does not fit "
+           "without it, or asked for); optim is then the resident staging, the AdamW moments are on disk, "
+           "not in total; the step's update takes max(AdamW compute, the moments' read + write at the "
+           "measured disk bandwidth shared by a node's ranks), the disk time shown\n";
   }
   if (opt.show_rejected && !plan.rejected.empty()) {
     out += "not valid:\n";

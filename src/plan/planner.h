@@ -26,8 +26,10 @@ struct Plan {
   int fitting() const;
 };
 
-// Predicts every valid layout. Throws trident::Error when none fits --memory-per-rank, naming
-// the smallest requirement and the layout that has it.
+// Predicts every valid layout. With request.offload_auto and a known machine.disk, a layout
+// that does not fit is predicted again with --offload optimizer (never one that fits: offload
+// only adds disk time). Throws trident::Error when none fits --memory-per-rank, naming the
+// smallest requirement, the layout that has it and what offload would need.
 Plan make_plan(const PlanRequest& request, ComputeModel& compute, const MachineModel& machine);
 
 struct FormatOptions {

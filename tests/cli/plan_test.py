@@ -3,6 +3,8 @@
 --memory-per-rank; --top, --all, --micro-batches, --sequence-parallel, --flops, --link-gbps,
 --no-overlap change the output as documented; the 'best:' line is the first row's layout; a
 mixture of experts gets its ep splits of dp;
+a limit that only optimizer offload fits gets offload rows (priced from --disk-mbps or the disk
+measured under --offload-dir), and without the disk the refusal says what offload would need;
 under mpirun the ranks calibrate together (calibrated_ranks). Mostly with --flops and a given
 --link-gbps, so nothing is timed and the predictions are deterministic."""
 import json
@@ -15,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import check, finish, mpirun, run, trident  # noqa: E402
 
 FIELDS = {"dp", "tp", "pp", "ep", "zero", "schedule", "virtual_stages", "micro_batches", "sequence_parallel", "fits",
-          "tokens_per_s", "step_s", "memory_bytes", "calibrated_ranks"}
+          "tokens_per_s", "step_s", "memory_bytes", "calibrated_ranks", "offload", "offload_s"}
 ROW = re.compile(r"^\s*\d+\s+dp(\d+) tp(\d+) pp(\d+)\s", re.M)
 
 
@@ -64,6 +66,46 @@ def main():
         rc, text, _ = plan("--flops", "1e10", "--memory-per-rank", "1KiB")
         refused = rc != 0 and "no layout of 8 ranks fits in 1.00 KiB" in text
         check("a limit nothing fits in is refused", refused, "" if refused else text[-300:])
+
+        check("without a memory limit no row offloads", all(not r["offload"] and r["offload_s"] == 0 for r in rows))
+
+        # Optimizer offload (4 KiB blocks: tiny's staging then stays well below its moments).
+        off = ["--flops", "1e10", "--offload-block-kib", "4"]
+        rc, text, offloaded = plan(*off, "--offload", "optimizer", "--disk-mbps", "1000")
+        check("--offload optimizer: every row offloads, with its disk time",
+              rc == 0 and offloaded and all(r["offload"] and r["offload_s"] > 0 for r in offloaded), text[-300:])
+        with_min = min((r["memory_bytes"] for r in offloaded), default=0)
+        without_min = min(r["memory_bytes"] for r in rows)
+        between = str(int((with_min + without_min) / 2))
+        rc, text, only = plan(*off, "--disk-mbps", "1000", "--memory-per-rank", between)
+        check("a limit only offload fits: the fitting rows offload (--offload auto, the default)",
+              rc == 0 and only and all(r["offload"] and r["memory_bytes"] <= float(between) for r in only),
+              text[-500:])
+        check("the table marks the offload rows with their disk time", re.search(r"path|cores", text) is not None
+              and re.search(r"\bdisk \d+\.\d ms", text) is not None, text[-500:])
+        check("the best: line offloads", "--offload optimizer --offload-dir DIR" in text, text[-300:])
+        slow = plan(*off, "--disk-mbps", "1", "--memory-per-rank", between)[2]
+        def key(r):
+            return (r["dp"], r["tp"], r["pp"], r["zero"], r["schedule"], r["virtual_stages"], r["micro_batches"])
+        fast_by = {key(r): r for r in only}
+        check("a slower disk predicts longer offloaded steps",
+              slow and all(r["step_s"] > fast_by[key(r)]["step_s"] for r in slow if key(r) in fast_by))
+        rc, text, _ = plan(*off, "--memory-per-rank", between)
+        ok = rc != 0 and "with --offload optimizer the smallest would need" in text and "--offload-dir" in text
+        check("without the disk the refusal names offload's requirement and how to price it", ok, text[-400:])
+        rc, text, _ = plan(*off, "--disk-mbps", "1000", "--memory-per-rank", str(int(with_min / 2)))
+        ok = rc != 0 and "even with --offload optimizer" in text
+        check("below even offload's requirement: refused, saying so", ok, text[-400:])
+        rc, text, _ = plan(*off, "--offload", "optimizer")
+        check("--offload optimizer without a disk is refused", rc != 0 and "--offload-dir" in text, text[-300:])
+        with tempfile.TemporaryDirectory() as disk:
+            rc, text, measured = plan(*off, "--offload-dir", disk, "--memory-per-rank", between)
+            ok = rc == 0 and measured and all(r["offload"] for r in measured) and "offload disk under" in text
+            check("--offload-dir: the disk is measured there and prices the offload rows", ok, text[-500:])
+            check("the best: line names the --offload-dir", f"--offload-dir {disk}" in text)
+            check("the disk probe is removed", os.listdir(disk) == [], str(os.listdir(disk)))
+        rc, text, _ = plan(*off, "--offload-dir", f"{d}/no-such-dir", "--memory-per-rank", between)
+        check("a missing --offload-dir is one clear error", rc != 0 and "does not exist" in text, text[-300:])
 
         rc, text, _ = plan("--flops", "1e10", "--top", "3")
         shown = ROW.findall(text)
