@@ -321,6 +321,10 @@ std::string resolve_checkpoint(const std::string& path) {
   std::error_code ec;
   TRI_CHECK(fs::exists(path, ec), "checkpoint path '{}' does not exist", path);
   if (is_file(join_path(path, kModelFile)) || is_file(join_path(path, kModelIndexFile))) return path;
+  // DIR/latest itself (the file the help text names): the directory it belongs to.
+  if (const fs::path p(path); is_file(path) && p.filename() == kLatestFile) {
+    return latest_checkpoint(p.parent_path().empty() ? "." : p.parent_path().string());
+  }
   return latest_checkpoint(path);
 }
 
@@ -436,12 +440,13 @@ void validate_model_tensors(const SafetensorsSet& reader, const nn::ModelConfig&
 }
 
 void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config) {
-  const std::vector<nn::TensorSpec> trained = nn::trained_tensor_specs(config);
-  const std::int64_t expected_count = 2 * static_cast<std::int64_t>(trained.size());
+  // The count first, without listing the tensors (see validate_model_tensors).
+  const std::int64_t expected_count = 2 * nn::trained_tensor_count(config);
   TRI_CHECK(expected_count <= 2 * static_cast<std::int64_t>(reader.tensors().size()) + 1024,
             "optimizer state in {} does not match the model ({}): it needs {} tensors (exp_avg and "
             "exp_avg_sq of each of n_layer {}'s parameters) but the file holds {}",
             reader.path(), config.describe(), expected_count, config.n_layer, reader.tensors().size());
+  const std::vector<nn::TensorSpec> trained = nn::trained_tensor_specs(config);
   std::vector<std::string> missing, wrong;
   for (const auto& spec : trained) {
     for (const std::string& name : {exp_avg_name(spec.name), exp_avg_sq_name(spec.name)}) {

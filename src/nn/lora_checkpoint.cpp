@@ -24,6 +24,12 @@ std::vector<TensorSpec> trained_tensor_specs(const ModelConfig& c) {
   return c.lora.enabled() ? lora_tensor_specs(c) : model_tensor_specs(c);
 }
 
+int64_t trained_tensor_count(const ModelConfig& c) {
+  if (!c.lora.enabled()) return model_tensor_count(c);
+  // Every layer has the same targets (layer 0's), two tensors (A, B) each.
+  return 2 * static_cast<int64_t>(selected_lora_targets(c, 0).size()) * c.n_layer;
+}
+
 std::string peft_tensor_name(const ModelConfig& c, const std::string& name) {
   return "base_model.model." + std::string(architecture(c.family).hf_alternative_prefix()) + name;
 }

@@ -16,6 +16,9 @@ namespace trident::nn {
 std::vector<TensorSpec> lora_tensor_specs(const ModelConfig& c);
 // The tensors the optimizer trains: the adapters of a LoRA run, else every model tensor.
 std::vector<TensorSpec> trained_tensor_specs(const ModelConfig& c);
+// How many tensors trained_tensor_specs(c) lists, computed without listing them: a config.json
+// claiming 1e9 layers is refused on this count before anything is built.
+int64_t trained_tensor_count(const ModelConfig& c);
 // PEFT's name of an adapter tensor: "base_model.model." + the Hugging Face model class's name
 // (GPT2LMHeadModel's "transformer." prefix included).
 std::string peft_tensor_name(const ModelConfig& c, const std::string& name);
