@@ -108,6 +108,18 @@ ResumedConfig resume_run_config(const RunConfig& given, const FieldNames& given_
   const std::vector<FieldChange> changes = override_fields(cfg, given, overrides);
   cfg.train.resume = dir;
 
+  // The saved adapters fix the LoRA settings, as the weights fix the shape (config.json, which
+  // the shape check below reads, is the base's and says nothing of them).
+  std::vector<std::string> lora_flags;
+  for (const FieldChange& c : changes) {
+    if (c.name.starts_with("lora_")) lora_flags.push_back(c.text);
+  }
+  TRI_CHECK(lora_flags.empty(),
+            "{} cannot be honoured when resuming {}: a resumed run continues the adapters it saved, "
+            "with their rank, alpha and targets; drop {} to continue them, or train new adapters in "
+            "a new run with --init-from on the base model",
+            fmt::join(lora_flags, ", "), dir, lora_flags.size() == 1 ? "that flag" : "those flags");
+
   // The weights fix the model: a change of its shape cannot be honoured.
   const nn::ModelConfig stored = ckpt::read_model_config((fs::path(dir) / ckpt::kConfigFile).string());
   const FieldNames shape = shape_fields();

@@ -86,6 +86,12 @@ def main():
                 open(f"{half}/{latest(half)}/{f}", "rb").read() == open(f"{step_dir}/{f}", "rb").read()
                 for f in ("adapter_model.safetensors", "optimizer.safetensors", "model.safetensors"))
             check(f"{model}: a resumed LoRA run is bitwise the uninterrupted one", same, (err + err2)[-800:])
+            rc, _, err = run([T, "train", "--resume", half, "--lora-rank", "8"])
+            check(f"{model}: resuming with another --lora-rank is one clear error",
+                  rc != 0 and "--lora-rank" in err and "cannot be honoured" in err and "--init-from" in err, err[-400:])
+            # The checkpoint's 'latest' file itself names the run as well as its directory does.
+            rc, _, err = run([T, "train", "--resume", f"{half}/latest", "--steps", str(STEPS + 1)])
+            check(f"{model}: --resume DIR/latest continues the run", rc == 0, err[-400:])
             # merge-lora: a full checkpoint in which only the adapted weights differ from the base
             # (that its logits are the adapter model's: unit.nn_lora_test LoraMerge).
             merged = f"{d}/{model}_merged"

@@ -124,6 +124,10 @@ TEST(CkptCheckpoint, SaveLoadRoundTrip) {
   EXPECT_EQ(load_checkpoint(path).step, 7);
   EXPECT_EQ(latest_checkpoint(dir.path()), path);
   EXPECT_EQ(list_step_dirs(dir.path()), std::vector<std::string>{path});
+  // The root, and its 'latest' file itself, resolve to the newest step.
+  EXPECT_EQ(resolve_checkpoint(dir.path()), path);
+  EXPECT_EQ(resolve_checkpoint(dir.path() + "/latest"), path);
+  EXPECT_EQ(resolve_checkpoint(path), path);
 }
 
 TEST(CkptCheckpoint, TensorSpecsMatchParameterCount) {
