@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "core/check.h"
+#include "kernels/parallel_blocks.h"
 #include "kernels/bf16.h"
 
 namespace trident::kernels {
@@ -30,16 +31,13 @@ bool cpu_has_avx512_bf16() {
 void convert_to_bf16(bf16_t* out, const float* in, int64_t n) {
   TRI_CHECK(n >= 0, "convert_to_bf16: bad size {}", n);
   static const bool fast = cpu_has_avx512_bf16();  // a CPU property, fixed for the process
-  constexpr int64_t kBlock = 1 << 14;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t e = b + kBlock < n ? b + kBlock : n;
+  for_each_block(n, [&](int64_t b, int64_t e) {
     if (fast) {
       to_bf16_avx512(out, in, b, e);
     } else {
       for (int64_t i = b; i < e; ++i) out[i] = float_to_bf16(in[i]);
     }
-  }
+  });
 }
 
 void convert_from_bf16(float* out, const bf16_t* in, int64_t n) {
