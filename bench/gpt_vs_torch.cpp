@@ -38,6 +38,8 @@
 #include "optim/grad_clip.h"
 #include "train/flops.h"
 
+#include "same_shape_sgemm.h"
+
 using namespace trident;
 
 namespace {
@@ -217,6 +219,7 @@ class PhaseProfile : public kernels::ProfileSink {
     }
     seconds_[name] += k.seconds;
     total_ += k.seconds;
+    same_shapes_.record(k);
   }
   void add(const std::string& name, double s) {
     seconds_[name] += s;
@@ -224,6 +227,7 @@ class PhaseProfile : public kernels::ProfileSink {
   }
   const std::map<std::string, double>& seconds() const { return seconds_; }
   double total() const { return total_; }
+  const bench::SameShapeSgemm& same_shapes() const { return same_shapes_; }
 
  private:
   std::string llama_projection(int64_t in, int64_t out) const {
@@ -243,6 +247,7 @@ class PhaseProfile : public kernels::ProfileSink {
   int64_t C_, Q_, KV_, I_, V_;
   std::map<std::string, double> seconds_;
   double total_ = 0.0;
+  bench::SameShapeSgemm same_shapes_;
 };
 
 }  // namespace
@@ -405,6 +410,14 @@ int main(int argc, char** argv) {
     std::printf("  all matmuls: %.1f%% of the step, at %.1f GFLOP/s (6N per token) = %.1f%% of sgemm\n",
                 100.0 * matmul / prof_total, mm_flops / (matmul / prof_steps) / 1e9,
                 100.0 * mm_flops / (matmul / prof_steps) / peak);
+    // The BLAS's own speed on the same products (bench/same_shape_sgemm.h): what any caller
+    // gets for these shapes, against which Trident's matmul time shows its own overhead.
+    const double blas = prof.same_shapes().seconds(o.threads, 5);
+    std::printf("  the same products through OpenBLAS sgemm (%d threads, its own threading): %.2f ms/step "
+                "= %.1f GFLOP/s = %.1f%% of the 1024^3 probe\n", o.threads, blas / prof_steps * 1e3,
+                mm_flops / (blas / prof_steps) / 1e9, 100.0 * mm_flops / (blas / prof_steps) / peak);
+    std::printf("  Trident's matmuls against the same-shape sgemm: %.1f%% (time of sgemm / time of Trident)\n",
+                100.0 * blas / matmul);
 
     // ---- memory ----
     std::printf("\n# memory peaks by category (one step)\n%s", tracker.report().c_str());
