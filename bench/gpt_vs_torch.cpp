@@ -1,4 +1,4 @@
-// One training step (forward + backward + grad-norm clipping + AdamW, fp32, one process) of
+// One training step (forward + backward + grad-norm clipping + AdamW, fp32 or --precision bf16, one process) of
 // any preset's model -- GPT-2 or Llama, the family comes from the preset -- in Trident and in
 // PyTorch (bench/torch_step.py, a subprocess with the same threads, model, batch and sequence:
 // tests/ref/torch_gpt2.py's or tests/ref/torch_llama.py's model), alternated A B A B ... in one
@@ -10,6 +10,7 @@
 //
 //   build/bench/gpt_vs_torch --preset small --threads 2 --batch 4 --seq 256 --steps 5
 //   build/bench/gpt_vs_torch --preset llama-small --threads 2 --batch 4 --seq 256 --steps 3
+//   build/bench/gpt_vs_torch --preset gpt2 --precision bf16 --steps 2 --rounds 3
 #include <fmt/format.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -30,6 +31,7 @@
 #include "core/rng.h"
 #include "core/timer.h"
 #include "kernels/kernels.h"
+#include "kernels/matmul_engine.h"
 #include "kernels/profile.h"
 #include "nn/architecture.h"
 #include "nn/model.h"
@@ -51,6 +53,9 @@ struct Options {
   int steps = 5;   // timed steps per round and side
   int rounds = 3;  // A B alternations
   bool torch = true;
+  // bf16: Trident's --precision bf16 (every matmul on bf16 operands, fp32 accumulation) against
+  // PyTorch's forward and loss under torch.autocast("cpu", dtype=torch.bfloat16).
+  kernels::Precision precision = kernels::Precision::kFp32;
   std::string python = "/usr/bin/python3";
   std::string script;  // default: torch_step.py next to this source file's bench/ directory
 };
@@ -61,6 +66,7 @@ void usage() {
   std::printf(
       "usage: gpt_vs_torch [--preset %s]\n"
       "                    [--threads 2] [--batch 4] [--seq 256] [--steps 5] [--rounds 3] [--no-torch]\n"
+      "                    [--precision fp32|bf16]\n"
       "                    [--python /usr/bin/python3] [--script bench/torch_step.py]\n"
       "  (default preset small; a llama-* preset benchmarks the Llama family)\n",
       presets.c_str());
@@ -81,6 +87,12 @@ Options parse(int argc, char** argv) {
     else if (a == "--steps") o.steps = std::stoi(next());
     else if (a == "--rounds") o.rounds = std::stoi(next());
     else if (a == "--no-torch") o.torch = false;
+    else if (a == "--precision") {
+      const std::string p = next();
+      if (p == "fp32") o.precision = kernels::Precision::kFp32;
+      else if (p == "bf16") o.precision = kernels::Precision::kBf16;
+      else throw std::runtime_error("--precision takes fp32 or bf16, not " + p);
+    }
     else if (a == "--python") o.python = next();
     else if (a == "--script") o.script = next();
     else if (a == "--help" || a == "-h") { usage(); std::exit(0); }
@@ -122,6 +134,7 @@ class TorchProcess {
                                      "--seq", std::to_string(o.seq),
                                      "--threads", std::to_string(o.threads),
                                      "--family", std::string(nn::family_name(c.family))};
+    if (o.precision == kernels::Precision::kBf16) args.insert(args.end(), {"--autocast", "bf16"});
     if (c.family == nn::Family::kLlama) {
       const std::vector<std::string> llama = {"--n-kv-head", std::to_string(c.kv_heads()),
                                               "--n-inner", std::to_string(c.mlp_width()),
@@ -267,14 +280,18 @@ int main(int argc, char** argv) {
     const int64_t B = o.batch, T = o.seq, N = B * T;
     kernels::set_num_threads(o.threads);
     std::printf("# gpt_vs_torch: preset %s (%s)\n", o.preset.c_str(), cfg.describe().c_str());
-    std::printf("# batch %ld x seq %ld = %ld tokens/step, threads %d, fp32; %d rounds x %d steps "
-                "per side, alternated\n", B, T, N, o.threads, o.rounds, o.steps);
+    const bool bf16 = o.precision == kernels::Precision::kBf16;
+    std::printf("# batch %ld x seq %ld = %ld tokens/step, threads %d, %s; %d rounds x %d steps "
+                "per side, alternated\n", B, T, N, o.threads,
+                bf16 ? "bf16 matmuls (PyTorch: torch.autocast bf16); sgemm figures stay fp32" : "fp32",
+                o.rounds, o.steps);
     std::printf("# load average at start: %s (nproc %ld)\n", load_average().c_str(),
                 sysconf(_SC_NPROCESSORS_ONLN));
 
     // ---- Trident ----
     MemoryTracker tracker;
     nn::Model model(cfg);
+    model.set_precision(o.precision);
     model.allocate(tracker);
     nn::ParameterSet& ps = model.params();
     ps.initialize(1234);

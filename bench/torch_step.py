@@ -1,4 +1,4 @@
-"""PyTorch side of bench/gpt_vs_torch: the same training step on CPU in fp32 -- the model of
+"""PyTorch side of bench/gpt_vs_torch: the same training step on CPU in fp32 (or bf16 autocast) -- the model of
 tests/ref/torch_gpt2.py (--family gpt2) or of tests/ref/torch_llama.py (--family llama), each
 Hugging Face's computation -- F.cross_entropy, torch.optim.AdamW with weight decay on matrices
 and embeddings only, clip_grad_norm_. Driven over stdin/stdout so the C++ bench can alternate
@@ -69,6 +69,9 @@ def main():
     ap.add_argument("--rope-theta", type=float, default=10000.0)
     ap.add_argument("--norm-eps", type=float, default=1e-5)
     ap.add_argument("--tie", type=int, choices=[0, 1], default=1)
+    # bf16: forward and loss under torch.autocast("cpu", dtype=torch.bfloat16), the peer of
+    # Trident's --precision bf16 (weights, gradients and AdamW stay fp32 on both sides).
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none")
     a = ap.parse_args()
     if a.family == "llama" and (a.n_kv_head < 1 or a.n_inner < 1):
         ap.error("--family llama needs --n-kv-head and --n-inner (>= 1)")
@@ -90,8 +93,9 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        logits = forward(ids)
-        loss = F.cross_entropy(logits.view(-1, V), targets.view(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+            logits = forward(ids)
+            loss = F.cross_entropy(logits.view(-1, V), targets.view(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
