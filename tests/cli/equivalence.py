@@ -25,6 +25,30 @@ def weight_bound(ref_grad_norms, n_params, lr, batch, seq, eps=EPS):  # absolute
     return sum(lr * eta(batch, seq) * (g / math.sqrt(n_params)) / eps for g in ref_grad_norms)
 
 
+BF16_STEP = 2.0 ** -7  # spacing of bf16 numbers relative to their magnitude (8 significant bits)
+
+
+def bf16_loss_factor(batch, seq):
+    """How much wider the loss bound is for --precision bf16 (every matmul operand rounded to
+    bf16, nearest even, products accumulated in fp32). A layout perturbs an fp32 value by a
+    relative delta ~ eta (reordered sums). Rounding it to bf16 usually gives the same bf16
+    number, but with probability ~ delta / s (s = BF16_STEP) the perturbation crosses a rounding
+    boundary and the operand moves by a whole s. Per element the expected change is still
+    delta, its root mean square sqrt(delta * s). The loss, a mean over B*T tokens of sums over
+    the vocabulary, averages such flips like the fp32 roundings its bound is derived from, so
+    that bound grows by sqrt(s / eta)."""
+    return math.sqrt(BF16_STEP / eta(batch, seq))
+
+
+def bf16_step_factor(batch, seq):
+    """How much wider the grad-norm and weight bounds are for --precision bf16: s / eta, i.e. a
+    whole bf16 step s per element and step where fp32 has eta. The gradient norm is a sum of
+    squares dominated by its largest elements (the rows of frequent tokens, the norm gains),
+    which do not average the flips, and each such element can carry a whole step; an element's
+    AdamW update then moves by lr * s * g_rms / eps at most (the fp32 argument with s for eta)."""
+    return BF16_STEP / eta(batch, seq)
+
+
 def deviations(got, ref, batch, seq, vocab):
     """Steps (1-based) whose loss or grad norm is outside the bounds: (bad losses, bad norms)."""
     bad_loss = [k + 1 for k, (a, b) in enumerate(zip(got, ref))

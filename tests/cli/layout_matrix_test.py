@@ -5,6 +5,10 @@ single-process run's within bounds derived from fp32 rounding (below). Each row 
 deviations next to the bounds. The matrix fails if it compared no layout (or, without
 TRIDENT_MATRIX_ONLY, fewer rows than it lists).
 
+With a third argument `bf16` it runs --precision bf16 on BF16_ROWS, with the bounds of
+equivalence.bf16_loss_factor / bf16_step_factor (the derivation is there) and the weights
+compared by their root mean square deviation.
+
 Bounds. A layout changes only the order of floating-point sums (dp adds per-rank gradient
 shares, tp adds partial products, micro-batches split the batch). u = 2^-24 (fp32 unit
 roundoff). A sum of n terms reassociated differs by ~u*sqrt(n) relative (the roundings are a
@@ -48,19 +52,28 @@ import safetensors_stdlib as st  # noqa: E402
 
 STEPS = 5
 BATCH, SEQ, VOCAB = 16, 32, 1000
-LR, EPS = 3e-3, eq.EPS
+# --precision (argv[3], default fp32): bf16 runs a subset of the rows with the bounds widened by
+# equivalence.bf16_loss_factor and bf16_step_factor (derived there) and AdamW eps 1e-4, not 1e-6: eps must sit above
+# the gradient noise a layout causes (the fp32 argument above), and in bf16 an element's gradient
+# moves by up to a bf16 step of its summands, 2^-7 x g_rms ~ 1e-5 here, not by fp32's 1e-8.
+# (With eps 1e-6, llama-tiny's grad norm drifted 1.1e-3 relative by step 3 at dp8, tp1: the
+# noise-level elements of rare tokens' embedding rows took lr-sized steps of either sign.)
+PRECISION = sys.argv[3] if len(sys.argv) > 3 else "fp32"
+WIDEN_LOSS = eq.bf16_loss_factor(BATCH, SEQ) if PRECISION == "bf16" else 1.0
+WIDEN_STEP = eq.bf16_step_factor(BATCH, SEQ) if PRECISION == "bf16" else 1.0
+LR, EPS = 3e-3, (1e-4 if PRECISION == "bf16" else eq.EPS)
 
 
 def loss_bound(k):  # relative, after k steps (k = 1 is the first step's loss)
-    return eq.loss_bound(k, BATCH, SEQ, VOCAB)
+    return WIDEN_LOSS * eq.loss_bound(k, BATCH, SEQ, VOCAB)
 
 
 def grad_norm_bound(k):  # relative
-    return eq.grad_norm_bound(k, BATCH, SEQ)
+    return WIDEN_STEP * eq.grad_norm_bound(k, BATCH, SEQ)
 
 
 def weight_bound(ref_grad_norms, n_params):  # absolute, after all steps
-    return eq.weight_bound(ref_grad_norms, n_params, LR, BATCH, SEQ)
+    return WIDEN_STEP * eq.weight_bound(ref_grad_norms, n_params, LR, BATCH, SEQ, EPS)
 
 
 # The model families' rows (argv[2]): GPT-2's tiny preset runs every layout; Llama (grouped-query,
@@ -82,7 +95,15 @@ LLAMA_TIED_CONFIG = {
     "hidden_act": "silu"}
 
 
+# bf16 rows: dp with and without ZeRO-3, tp (inside and beyond Llama's kv heads), a pipeline,
+# 3D, and an 8-stage pipeline: every kind of reordered sum once.
+BF16_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 3, "1f1b"), (4, 2, 1, 0, "1f1b"), (2, 4, 1, 3, "1f1b"),
+             (2, 2, 2, 0, "1f1b"), (1, 1, 8, 0, "1f1b")]
+
+
 def layouts(model="tiny"):
+    if PRECISION == "bf16":
+        return BF16_ROWS
     if model == "mixtral-tiny":
         return MIXTRAL_ROWS
     if model != "tiny":
@@ -118,12 +139,14 @@ def main():
             model_arg = f"{d}/llama_tied.json"
             with open(model_arg, "w") as f:
                 json.dump(LLAMA_TIED_CONFIG, f)
-        print(f"model: {model}")
+        print(f"model: {model}, precision {PRECISION} (bounds: loss x {WIDEN_LOSS:.1f}, grad norm and weights "
+              f"x {WIDEN_STEP:.1f})")
         write_shard(f"{d}/syn_train.bin", synthetic_tokens(30000, VOCAB, 11))
         write_shard(f"{d}/syn_val.bin", synthetic_tokens(3000, VOCAB, 12))
         common = ["train", "--model", model_arg, "--data", f"{d}/syn", "--batch-size", str(BATCH), "--seq-len",
                   str(SEQ), "--steps", str(STEPS), "--lr", str(LR), "--lr-schedule", "constant", "--eps", str(EPS),
                   "--eval-every", "0", "--seed", "5", "--log-every", "100"]
+        common += ["--precision", PRECISION]
         if model == "mixtral-tiny":
             common += ["--moe-z-loss-coef", "0.01"]  # the router z-loss on too: in the objective, and compared
         rc, _, err = run([T] + common + ["--ckpt-dir", f"{d}/ref", "--metrics", f"{d}/ref.jsonl"])
@@ -171,7 +194,15 @@ def main():
             bad_norm = [k + 1 for k in range(n) if abs(norm[k] - ref_norm[k]) > grad_norm_bound(k + 1) * ref_norm[k]]
             check(f"layout {tag} losses", not bad_loss, f"steps {bad_loss}: {loss} vs {ref_loss}")
             check(f"layout {tag} grad norms", not bad_norm, f"steps {bad_norm}: {norm} vs {ref_norm}")
-            check(f"layout {tag} weights", w_dev <= w_bound, f"{w_dev:.2e} > {w_bound:.2e} at {where}")
+            if PRECISION == "bf16":
+                # The bound is on a typical element; the rare operand whose rounding flipped moves
+                # by a whole bf16 step, so the largest deviation is heavy-tailed (an element near
+                # eps takes an lr-sized step of either sign) and the root mean square is compared.
+                w_rms = st.rms_diff(st.load(f"{d}/{tag}/step_{STEPS:08d}/model.safetensors"), ref_w)
+                print(f"    weights rms dev {w_rms:.2e} (bound {w_bound:.2e}), max {w_dev:.2e}")
+                check(f"layout {tag} weights (rms)", w_rms <= w_bound, f"{w_rms:.2e} > {w_bound:.2e}")
+            else:
+                check(f"layout {tag} weights", w_dev <= w_bound, f"{w_dev:.2e} > {w_bound:.2e} at {where}")
             if "aux_loss" in ref[0]:
                 # MoE: the load-balancing loss within the loss's bound. One token moved from expert
                 # e to e' changes it by E / (k T) |P_e' - P_e| / (layers * sequences), ~1e-5

@@ -30,3 +30,13 @@ def max_abs_diff(a, b):
         if d > worst:
             worst, where = d, k
     return worst, where
+
+
+def rms_diff(a, b):
+    """Root mean square of a - b over every element of two checkpoints with the same names."""
+    assert a.keys() == b.keys(), f"different tensors: {sorted(set(a) ^ set(b))}"
+    total, n = 0.0, 0
+    for k in a:
+        total += sum((x - y) ** 2 for x, y in zip(a[k], b[k]))
+        n += len(a[k])
+    return (total / n) ** 0.5 if n else 0.0
