@@ -19,10 +19,12 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "cli/cli11_errors.h"
 #include "cli/commands.h"
 #include "core/memory.h"
+#include "kernels/matmul_engine.h"
 #include "nn/parameters.h"
 #include "train/memory_check.h"
 #include "comm/communicator.h"
@@ -74,7 +76,7 @@ int run_plan(int argc, char** argv) {
   int64_t batch = 8, seq = 0;
   double bucket_mb = 25.0, link_gbps = 0, latency_us = 20, flops = 0;
   bool sp = false, all = false, no_overlap = false;
-  std::string json_out, recompute = "none", offload = "auto", offload_dir;
+  std::string json_out, recompute = "none", offload = "auto", offload_dir, precision = "fp32";
   int offload_block_kib = 4096;
   double disk_mbps = 0;
   app.add_option("--model", model, "preset (tiny, small, gpt2, gpt2-medium) or a config.json")->capture_default_str();
@@ -86,6 +88,12 @@ int run_plan(int argc, char** argv) {
   app.add_flag("--sequence-parallel", sp, "plan tp layouts with sequence parallelism");
   app.add_option("--recompute", recompute,
                  "activation recomputation the run will use: none, selective or full (docs/memory.md)")
+      ->capture_default_str();
+  app.add_option("--precision", precision,
+                 "the run's --precision: its matmuls are timed at it (bf16 is about twice fp32 where the CPU has "
+                 "bf16 instructions); memory is the same in every precision (parameters, gradients, moments and "
+                 "activations stay fp32, docs/memory.md)")
+      ->check(CLI::IsMember(std::vector<std::string>(kernels::precision_names().begin(), kernels::precision_names().end())))
       ->capture_default_str();
   app.add_option("--bucket-mb", bucket_mb, "DDP/ZeRO gradient bucket size, MiB")->capture_default_str();
   app.add_option("--offload", offload,
@@ -262,7 +270,10 @@ int run_plan(int argc, char** argv) {
   if (flops > 0) {
     compute = std::make_unique<plan::FlopComputeModel>(req.model, flops);
   } else {
-    auto m = std::make_unique<plan::MeasuredComputeModel>(req.model, machine.threads_per_rank);
+    const auto names = kernels::precision_names();
+    const auto at = std::find(names.begin(), names.end(), precision);
+    auto m = std::make_unique<plan::MeasuredComputeModel>(req.model, machine.threads_per_rank,
+                                                          static_cast<kernels::Precision>(at - names.begin()));
     if (ranks > 1) {
       sync = std::make_unique<plan::CommTimingSync>(*world_comm, cores, machine.threads_per_rank);
       m->set_sync(sync.get());  // every rank runs the same make_plan, so they time in step
@@ -279,11 +290,11 @@ int run_plan(int argc, char** argv) {
   const plan::Plan p = plan::make_plan(req, *compute, machine);
   if (measured && ranks > 1) {
     out(fmt::format("compute costs measured in {:.1f} s with all {} ranks computing at once (one block, "
-                    "embedding, head, AdamW; median rank, x {:.2f} for each rank's share of the cores)\n",
-                    measured->calibration_seconds(), ranks, sync->core_share()));
+                    "embedding, head, AdamW; {} matmuls; median rank, x {:.2f} for each rank's share of the cores)\n",
+                    measured->calibration_seconds(), ranks, precision, sync->core_share()));
   } else if (measured) {
-    out(fmt::format("compute costs measured on this machine in {:.1f} s (one block, embedding, head, AdamW)\n",
-                    measured->calibration_seconds()));
+    out(fmt::format("compute costs measured on this machine in {:.1f} s (one block, embedding, head, AdamW; "
+                    "{} matmuls)\n", measured->calibration_seconds(), precision));
   } else {
     out(fmt::format("compute costs: {:.3g} FLOP/s per rank (--flops)\n", flops));
   }
@@ -311,7 +322,8 @@ int run_plan(int argc, char** argv) {
   const plan::PlanRow& best = p.rows.front();
   out(fmt::format("best: scripts/trident-mpirun -n {} build/trident train --model {} --batch-size {} --seq-len {} {}{}{}\n",
                   world, model, req.batch_size, req.seq_len, best.layout.train_flags(),
-                  fmt::format("{}{}", req.recompute != nn::Recompute::kNone ? fmt::format(" --recompute {}", recompute) : "",
+                  fmt::format("{}{}{}", req.recompute != nn::Recompute::kNone ? fmt::format(" --recompute {}", recompute) : "",
+                              precision != "fp32" ? fmt::format(" --precision {}", precision) : "",
                               best.layout.offload ? fmt::format(" --offload-dir {}", offload_dir.empty() ? "DIR" : offload_dir) : ""),
                   machine.threads_per_rank > 1 ? fmt::format(" --threads {}", machine.threads_per_rank) : ""));
   if (ranks == 1 && world > 1 && flops <= 0) {

@@ -71,8 +71,8 @@ double time_best(F&& fn, double budget = 0.25) {
 
 }  // namespace
 
-MeasuredComputeModel::MeasuredComputeModel(const nn::ModelConfig& m, int threads)
-    : m_(m), threads_(std::max(1, threads)) {}
+MeasuredComputeModel::MeasuredComputeModel(const nn::ModelConfig& m, int threads, kernels::Precision precision)
+    : m_(m), threads_(std::max(1, threads)), precision_(precision) {}
 
 // Alone: the best of a few runs. Together (sync_): all ranks start at once and run the piece
 // a fixed number of times (so they all compete until the end), each takes its best run (the
@@ -103,6 +103,7 @@ const MeasuredComputeModel::BlockTimes& MeasuredComputeModel::block(int tp, bool
   kernels::set_num_threads(threads_);
   auto comm = make_null_tp_comm(0, tp);
   nn::Model g(m_, nn::TpContext{0, tp, tp > 1 ? comm.get() : nullptr, sp, {}}, nn::StageSpec{0, 1, false, false});
+  g.set_precision(precision_);
   MemoryTracker tracker;
   g.allocate(tracker);
   g.params().initialize(1);
@@ -135,6 +136,7 @@ const MeasuredComputeModel::EndTimes& MeasuredComputeModel::ends(int tp, bool sp
   for (int64_t i = 0; i < N; ++i) ids[static_cast<std::size_t>(i)] = static_cast<int32_t>((i * 7919) % m_.vocab_size);
 
   nn::Model emb(m_, ctx, nn::StageSpec{0, 0, true, false});
+  emb.set_precision(precision_);
   emb.allocate(tracker);
   emb.params().initialize(1);
   nn::ModelActivations ea = emb.make_activations(tracker, Bc, Tc);
@@ -148,6 +150,7 @@ const MeasuredComputeModel::EndTimes& MeasuredComputeModel::ends(int tp, bool sp
   }, 0.05);
 
   nn::Model head(m_, ctx, nn::StageSpec{m_.n_layer, m_.n_layer, false, true});
+  head.set_precision(precision_);
   head.allocate(tracker);
   head.params().initialize(1);
   nn::ModelActivations ha = head.make_activations(tracker, Bc, Tc);

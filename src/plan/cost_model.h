@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/matmul_engine.h"
 #include "nn/model_config.h"
 #include "plan/layout.h"
 
@@ -75,13 +76,14 @@ class TimingSync {
 };
 
 // Times the real model pieces (nn::Model forward/backward of one block, the embedding and the
-// head, at the tp slice's widths, tp communication replaced by no-ops) and AdamW on this
-// machine with `threads` threads, once per (tp, sp, shape) when first asked, and scales to
+// head, at the tp slice's widths, tp communication replaced by no-ops, with the run's matmul
+// precision) and AdamW on this machine with `threads` threads, once per (tp, sp, shape) when first asked, and scales to
 // other shapes by the FLOP formulas. Calibration shapes are capped (<= 2048 tokens per
 // block, <= 256 for the head, which is linear in tokens) so planning gpt2 stays quick.
 class MeasuredComputeModel final : public ComputeModel {
  public:
-  MeasuredComputeModel(const nn::ModelConfig& m, int threads);
+  MeasuredComputeModel(const nn::ModelConfig& m, int threads,
+                       kernels::Precision precision = kernels::Precision::kFp32);
   double block_forward(int tp, bool sp, int64_t B, int64_t T) override;
   double block_backward(int tp, bool sp, int64_t B, int64_t T) override;
   double embed_forward(int tp, bool sp, int64_t B, int64_t T) override;
@@ -103,6 +105,7 @@ class MeasuredComputeModel final : public ComputeModel {
   const EndTimes& ends(int tp, bool sp, int64_t T);
   nn::ModelConfig m_;
   int threads_;
+  kernels::Precision precision_;
   std::map<std::tuple<int, bool, int64_t, int64_t>, BlockTimes> blocks_;
   std::map<std::tuple<int, bool, int64_t>, EndTimes> ends_;
   double optimizer_per_elem_ = -1;

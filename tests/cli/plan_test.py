@@ -165,6 +165,19 @@ def main():
         rc, text, timed = plan("--top", "1")
         ok = rc == 0 and timed and "hint: timed alone" in text
         check("plan calibrates alone", ok, "" if ok else text[-300:])
+        # --precision: the pieces are timed with the run's matmul precision, and the best: line carries it.
+        rc, text, timed16 = plan("--top", "1", "--precision", "bf16")
+        ok = rc == 0 and timed16 and "bf16 matmuls" in text and " --precision bf16" in text.split("best:")[-1]
+        check("plan --precision bf16 times bf16 matmuls and proposes --precision bf16", ok, "" if ok else text[-500:])
+        def mem_by_layout(rs):
+            return {(r["dp"], r["tp"], r["pp"], r["zero"], r["schedule"], r["micro_batches"]): r["memory_bytes"] for r in rs}
+        m32, m16 = mem_by_layout(timed or []), mem_by_layout(timed16 or [])
+        same = [k for k in m32 if k in m16]
+        check("plan's memory does not change with --precision (storage stays fp32)",
+              same and all(m32[k] == m16[k] for k in same), f"{len(same)} common layouts")
+        rc, text, _ = plan("--top", "1", "--precision", "fp8")
+        check("plan --precision fp8 is refused naming the accepted values", rc != 0 and "fp8" in text and "bf16" in text,
+              text[-300:])
         cmd = [mpirun(), "-n", "2", T, "plan", "--model", "tiny", "--world", "2", "--batch-size", "8", "--seq-len", "32",
                "--top", "1"]
         rc, text, together = plan(cmd=cmd)
