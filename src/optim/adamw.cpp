@@ -1,4 +1,4 @@
-// AdamW over flat ranges, split at parameter boundaries so each range has one decay setting.
+// AdamW over owned flat ranges, split at parameter boundaries so each range has one decay setting.
 #include "optim/adamw.h"
 
 #include <algorithm>
@@ -9,21 +9,40 @@
 
 namespace trident::optim {
 
+namespace {
+
+std::vector<AdamW::FlatRange> one_range(const nn::ParameterSet& params, int64_t begin, int64_t end) {
+  return {{begin, end < 0 ? params.total_numel() : end}};
+}
+
+}  // namespace
+
 AdamW::AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamWConfig& cfg,
              int64_t begin, int64_t end, std::unique_ptr<MomentStore> store)
-    : cfg_(cfg), begin_(begin), end_(end < 0 ? params.total_numel() : end), store_(std::move(store)) {
-  TRI_CHECK(begin_ >= 0 && begin_ <= end_ && end_ <= params.total_numel(),
-            "optimizer range [{}, {}) outside the {} parameters", begin_, end_, params.total_numel());
-  int64_t stored = 0;
-  for (const nn::ParamInfo& p : params.infos()) {
-    const int64_t b = std::max(begin_, p.offset), e = std::min(end_, p.offset + p.numel);
-    if (b >= e || p.frozen) continue;
-    if (!ranges_.empty() && ranges_.back().decay == p.weight_decay && ranges_.back().end == b - begin_) {
-      ranges_.back().end = e - begin_;
-    } else {
-      ranges_.push_back({b - begin_, e - begin_, p.weight_decay, stored});
+    : AdamW(params, tracker, cfg, one_range(params, begin, end), std::move(store)) {}
+
+AdamW::AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamWConfig& cfg,
+             const std::vector<FlatRange>& owned, std::unique_ptr<MomentStore> store)
+    : cfg_(cfg), owned_(owned), store_(std::move(store)) {
+  int64_t stored = 0, at = 0, prev_end = 0;
+  for (const auto& [lo, hi] : owned_) {
+    TRI_CHECK(lo >= prev_end && lo <= hi && hi <= params.total_numel(),
+              "optimizer range [{}, {}) outside the {} parameters or not after the previous one", lo,
+              hi, params.total_numel());
+    prev_end = hi;
+    for (const nn::ParamInfo& p : params.infos()) {
+      const int64_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.numel);
+      if (b >= e || p.frozen) continue;
+      const int64_t local = at + (b - lo);
+      if (!ranges_.empty() && ranges_.back().decay == p.weight_decay && ranges_.back().end == local &&
+          ranges_.back().flat + (ranges_.back().end - ranges_.back().begin) == b) {
+        ranges_.back().end = local + (e - b);
+      } else {
+        ranges_.push_back({local, local + (e - b), b, p.weight_decay, stored});
+      }
+      stored += e - b;
     }
-    stored += e - b;
+    at += hi - lo;
   }
   if (!store_) store_ = make_memory_moment_store(tracker, stored);
   TRI_CHECK(store_->size() == stored, "moment store holds {} elements, the range's trained ones {}",
@@ -31,24 +50,39 @@ AdamW::AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamW
 }
 
 int64_t AdamW::moment_count(const nn::ParameterSet& params, int64_t begin, int64_t end) {
-  if (end < 0) end = params.total_numel();
+  return moment_count(params, one_range(params, begin, end));
+}
+
+int64_t AdamW::moment_count(const nn::ParameterSet& params, const std::vector<FlatRange>& owned) {
   int64_t n = 0;
-  for (const nn::ParamInfo& p : params.infos()) {
-    if (!p.frozen) n += std::max<int64_t>(0, std::min(end, p.offset + p.numel) - std::max(begin, p.offset));
+  for (const auto& [begin, end] : owned) {
+    for (const nn::ParamInfo& p : params.infos()) {
+      if (!p.frozen) n += std::max<int64_t>(0, std::min(end, p.offset + p.numel) - std::max(begin, p.offset));
+    }
   }
   return n;
 }
 
 int64_t AdamW::store_index(int64_t flat) const {
-  const int64_t rel = flat - begin_;
   for (const Range& r : ranges_) {
-    if (rel >= r.begin && rel < r.end) return r.store + (rel - r.begin);
+    if (flat >= r.flat && flat < r.flat + (r.end - r.begin)) return r.store + (flat - r.flat);
   }
-  TRI_CHECK(false, "flat element {} is not a trained element of the optimizer's range [{}, {})", flat, begin_, end_);
+  TRI_CHECK(false, "flat element {} is not a trained element of the optimizer's ranges", flat);
   return -1;
 }
 
-void AdamW::step(float* values, const float* grads, float lr, float grad_scale) {
+AdamW::FlatRange AdamW::owned_part(int64_t lo, int64_t hi) const {
+  FlatRange part{lo, lo};
+  for (const auto& [b, e] : owned_) {
+    const int64_t x = std::max(lo, b), y = std::min(hi, e);
+    if (x >= y) continue;
+    TRI_CHECK(part.first == part.second, "flat range [{}, {}) meets more than one optimizer range", lo, hi);
+    part = {x, y};
+  }
+  return part;
+}
+
+void AdamW::step(float* values, const float* grads, float lr, float grad_scale, At values_at, At grads_at) {
   ++t_;
   // Each block of the store meets the ranges it overlaps (in store indices: frozen parameters
   // between ranges have none); the update is elementwise, so any split gives the same bits as
@@ -57,8 +91,9 @@ void AdamW::step(float* values, const float* grads, float lr, float grad_scale) 
     for (const Range& r : ranges_) {
       const int64_t b = std::max(r.store, off), e = std::min(r.store + (r.end - r.begin), off + n);
       if (b >= e) continue;
-      const int64_t flat = r.begin + (b - r.store);
-      kernels::adamw_update(values + flat, grads + flat, m + (b - off), v + (b - off), e - b, lr,
+      const int64_t local = r.begin + (b - r.store), flat = r.flat + (b - r.store);
+      kernels::adamw_update(values + (values_at == At::kFlat ? flat : local),
+                            grads + (grads_at == At::kFlat ? flat : local), m + (b - off), v + (b - off), e - b, lr,
                             cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0f,
                             t_, grad_scale);
     }

@@ -1,6 +1,6 @@
-// AdamW (decoupled weight decay, as torch.optim.AdamW) over a range of the flat parameter
-// buffer. The range is the whole model for one process or this rank's ZeRO shard; moments are
-// held for that range only. Weight decay applies to matrices and embeddings, never to biases
+// AdamW (decoupled weight decay, as torch.optim.AdamW) over owned ranges of the flat parameter
+// buffer: the whole model for one process, or this rank's ZeRO shard (one range, or under
+// expert parallelism one per ZeRO segment: parallel/zero.h); moments are held for those only. Weight decay applies to matrices and embeddings, never to biases
 // or LayerNorm parameters (ParamInfo::weight_decay). The moments live in a MomentStore (in
 // memory, or offloaded to disk: optim/moment_store.h), which hands them over block by block.
 // Frozen parameters (a LoRA run's base, nn/lora.h) are not optimised and have no moments: the
@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/memory.h"
@@ -32,32 +33,45 @@ class AdamW {
   // in `store` (null: in memory; else its size must be moment_count(params, begin, end)).
   AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamWConfig& cfg,
         int64_t begin = 0, int64_t end = -1, std::unique_ptr<MomentStore> store = nullptr);
+  // Optimises the flat ranges `owned` (ascending, disjoint). Their concatenation is the "owned
+  // order" step() indexes by default (a ZeRO shard buffer).
+  using FlatRange = std::pair<int64_t, int64_t>;
+  AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamWConfig& cfg,
+        const std::vector<FlatRange>& owned, std::unique_ptr<MomentStore> store = nullptr);
 
-  // One update of the owned range: values[i] from grads[i] * grad_scale. `values` and `grads`
-  // point at the start of the owned range (which may be a separate shard buffer).
-  void step(float* values, const float* grads, float lr, float grad_scale);
+  // Where a buffer handed to step() starts: at the first owned element, in owned order (a
+  // shard buffer), or at flat element 0 (the full flat buffer, of which the owned ranges are
+  // updated in place).
+  enum class At { kOwned, kFlat };
+  // One update of the owned ranges: values[i] from grads[i] * grad_scale.
+  void step(float* values, const float* grads, float lr, float grad_scale, At values_at = At::kOwned,
+            At grads_at = At::kOwned);
 
   // Elements of [begin, end) (end < 0: to the end) that are trained (not frozen): the moments held.
   static int64_t moment_count(const nn::ParameterSet& params, int64_t begin = 0, int64_t end = -1);
-  // Index into the moment store of flat element `flat` (in [begin(), end()), of a trained parameter).
+  static int64_t moment_count(const nn::ParameterSet& params, const std::vector<FlatRange>& owned);
+  // Index into the moment store of flat element `flat` (owned, of a trained parameter).
   int64_t store_index(int64_t flat) const;
+  // The owned part of flat range [lo, hi), which must meet at most one owned range (a
+  // parameter does: it lies in one ZeRO segment); {lo, lo} when none.
+  FlatRange owned_part(int64_t lo, int64_t hi) const;
+  const std::vector<FlatRange>& owned() const { return owned_; }
 
   int64_t step_count() const { return t_; }
   void set_step_count(int64_t t) { t_ = t; }
-  int64_t begin() const { return begin_; }
-  int64_t end() const { return end_; }
-  // exp_avg and exp_avg_sq of the trained elements of [begin, end), indexed by store_index.
+  // exp_avg and exp_avg_sq of the trained owned elements, indexed by store_index.
   MomentStore& moments() { return *store_; }
   const MomentStore& moments() const { return *store_; }
 
  private:
   struct Range {
-    int64_t begin, end;  // relative to begin_
+    int64_t begin, end;  // in owned order
+    int64_t flat;        // the flat index of `begin`
     bool decay;
     int64_t store;  // the moment store's index of `begin`
   };
   AdamWConfig cfg_;
-  int64_t begin_ = 0, end_ = 0;
+  std::vector<FlatRange> owned_;
   std::vector<Range> ranges_;
   std::unique_ptr<MomentStore> store_;
   int64_t t_ = 0;

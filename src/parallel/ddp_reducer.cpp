@@ -10,6 +10,28 @@
 
 namespace trident::parallel {
 
+namespace {
+
+// One ZeRO segment over dp; under expert parallelism the expert parameters' runs over edp.
+ShardLayout make_shard_layout(const nn::ParameterSet& params, const comm::Communicator& dp,
+                              const comm::Communicator* edp) {
+  std::vector<FlatRange> expert_runs;
+  if (edp) {
+    for (const nn::ParamInfo& p : params.infos()) {
+      if (p.expert < 0 || p.numel == 0) continue;
+      if (!expert_runs.empty() && expert_runs.back().second == p.offset) {
+        expert_runs.back().second += p.numel;
+      } else {
+        expert_runs.emplace_back(p.offset, p.offset + p.numel);
+      }
+    }
+  }
+  return ShardLayout(params.total_numel(), expert_runs, dp.rank(), dp.size(), edp ? edp->rank() : dp.rank(),
+                     edp ? edp->size() : dp.size());
+}
+
+}  // namespace
+
 std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t cap_elems) {
   std::vector<BucketSpan> out;
   for (int id = params.size() - 1; id >= 0; --id) {
@@ -28,11 +50,9 @@ std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t c
 DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, MemoryTracker& tracker,
                            const DataParallelOptions& options)
     : params_(params), dp_(dp), tracker_(tracker), options_(options),
-      layout_(params.total_numel(), dp.rank(), dp.size()) {
+      layout_(make_shard_layout(params, dp, options.expert_group)) {
   TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
             options.zero);
-  TRI_CHECK(!options.expert_group || options.zero == 0,
-            "ZeRO-{} with expert parallelism is not supported; use --zero 0 with --ep", options.zero);
   const double cap = options.bucket_mb * 1024.0 * 1024.0 / sizeof(float);
   spans_ = assign_buckets(params, cap < 1.0 ? 1 : static_cast<int64_t>(cap));
   {
@@ -98,8 +118,10 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
     shard_values_ = FloatBuffer(tracker_, MemCategory::kParameters, static_cast<std::size_t>(layout_.numel()));
     // Keep whatever the flat buffer holds (normally nothing yet: initialise or load after).
     if (!params_.values().empty()) {
-      std::memcpy(shard_values_.data(), params_.values().data() + layout_.begin(),
-                  static_cast<std::size_t>(layout_.numel()) * sizeof(float));
+      for (const ShardSegment& s : layout_.segments) {
+        std::memcpy(shard_values_.data() + s.base, params_.values().data() + s.my_lo(),
+                    static_cast<std::size_t>(s.my_hi() - s.my_lo()) * sizeof(float));
+      }
     }
     params_.release_flat_values();
     gathered_.resize(static_cast<std::size_t>(params.num_groups()));
@@ -109,13 +131,14 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
 DataParallel::~DataParallel() {
   // Never leave a collective writing into a buffer we are about to free.
   for (Bucket& b : buckets_) {
-    try { b.work.wait(); } catch (...) {}
-    for (comm::Work& w : b.expert_works) {
+    for (comm::Work& w : b.works) {
       try { w.wait(); } catch (...) {}
     }
   }
   for (Gathered& g : gathered_) {
-    try { g.work.wait(); } catch (...) {}
+    for (comm::Work& w : g.works) {
+      try { w.wait(); } catch (...) {}
+    }
   }
 }
 
@@ -123,6 +146,10 @@ void DataParallel::wait(comm::Work& w) {
   Stopwatch sw;
   w.wait();
   wait_s_ += sw.seconds();
+}
+
+void DataParallel::wait_all(std::vector<comm::Work>& works) {
+  for (comm::Work& w : works) wait(w);
 }
 
 comm::Work DataParallel::sum(comm::Communicator& group, std::span<float> buf) {
@@ -165,30 +192,60 @@ void DataParallel::launch(Bucket& b) {
     tied_scratch_ = FloatBuffer(tracker_, MemCategory::kCommBuffers, static_cast<std::size_t>(n));
     params_.set_grad_ptr(tied_, tied_scratch_.data());
   }
-  if (options_.expert_group) {
-    launch_split(b);
-    return;
-  }
+  b.works.clear();
   if (options_.zero < 2) {
-    // Sum: every rank's gradient is its rows' share of the global mean.
-    b.work = sum(dp_, std::span<float>(params_.grads().data() + b.span.lo, static_cast<std::size_t>(n)));
+    if (options_.expert_group) {
+      launch_split(b);
+    } else {
+      // Sum: every rank's gradient is its rows' share of the global mean.
+      b.works.push_back(sum(dp_, std::span<float>(params_.grads().data() + b.span.lo, static_cast<std::size_t>(n))));
+    }
     return;
   }
   ensure_grad_storage(static_cast<int>(&b - buckets_.data()));
-  const std::vector<int64_t> counts = layout_.counts_of(b.span.lo, b.span.hi);
-  b.recv = FloatBuffer(tracker_, MemCategory::kCommBuffers,
-                       static_cast<std::size_t>(counts[static_cast<std::size_t>(layout_.rank)]));
-  const std::span<const float> in(b.grad.data(), static_cast<std::size_t>(n));
-  const std::span<float> out(b.recv.data(), b.recv.size());
-  b.work = options_.reduce_dtype == GradReduceDType::kBf16
-               ? dp_.reduce_scatter_bf16_v(in, out, std::span<const int64_t>(counts))
-               : dp_.reduce_scatter_v(in, out, std::span<const int64_t>(counts), comm::ReduceOp::kSum);
+  // Each ZeRO segment the bucket overlaps (one without ep) is reduce-scattered over its own
+  // group: dp, or edp for experts (the same sums as stage 0's, each rank keeping its part).
+  struct Cut {
+    const ShardSegment* seg;
+    int64_t lo, hi;
+  };
+  std::vector<Cut> cuts;
+  b.recv_parts.clear();
+  int64_t received = 0;
+  for (const ShardSegment& s : layout_.segments) {
+    const int64_t lo = std::max(b.span.lo, s.lo), hi = std::min(b.span.hi, s.hi);
+    if (lo >= hi) continue;
+    cuts.push_back({&s, lo, hi});
+    b.recv_parts.push_back(layout_.mine(lo, hi));
+    received += b.recv_parts.back().second - b.recv_parts.back().first;
+  }
+  b.recv = FloatBuffer(tracker_, MemCategory::kCommBuffers, static_cast<std::size_t>(received));
+  int64_t at = 0;
+  for (std::size_t i = 0; i < cuts.size(); ++i) {
+    const Cut& c = cuts[i];
+    const int64_t mine = b.recv_parts[i].second - b.recv_parts[i].first;
+    const std::span<const float> in(b.grad.data() + (c.lo - b.span.lo), static_cast<std::size_t>(c.hi - c.lo));
+    const std::span<float> out(b.recv.data() + at, static_cast<std::size_t>(mine));
+    at += mine;
+    comm::Communicator& group = group_of(*c.seg);
+    if (group.size() == 1) {  // an edp group of one (ep == dp): the sum is this rank's gradient
+      std::copy(in.begin(), in.end(), out.begin());
+      continue;
+    }
+    const std::vector<int64_t> counts = c.seg->counts_of(c.lo, c.hi);
+    b.works.push_back(options_.reduce_dtype == GradReduceDType::kBf16
+                          ? group.reduce_scatter_bf16_v(in, out, std::span<const int64_t>(counts))
+                          : group.reduce_scatter_v(in, out, std::span<const int64_t>(counts), comm::ReduceOp::kSum));
+  }
   // Bound the gradient working set: retire what has finished, and wait for the oldest when
   // more than kMaxInFlight buckets are still being reduced.
   constexpr std::size_t kMaxInFlight = 2;
+  auto finished = [](Bucket& x) {
+    return std::all_of(x.works.begin(), x.works.end(), [](comm::Work& w) { return w.test(); });
+  };
   in_flight_.push_back(static_cast<int>(&b - buckets_.data()));
   while (!in_flight_.empty() &&
-         (in_flight_.size() > kMaxInFlight || buckets_[static_cast<std::size_t>(in_flight_.front())].work.test())) {
+         (in_flight_.size() > kMaxInFlight || finished(buckets_[static_cast<std::size_t>(in_flight_.front())]))) {
     retire(buckets_[static_cast<std::size_t>(in_flight_.front())]);
     in_flight_.pop_front();
   }
@@ -199,7 +256,6 @@ void DataParallel::launch_split(Bucket& b) {
   // the expert-data-parallel group for experts (nothing when it is one rank), dp otherwise. The
   // sums are the same as unsplit: every rank's gradient is its rows' share of the global mean,
   // an expert's already summed over its ep group's tokens by the owner.
-  b.expert_works.clear();
   comm::Communicator& edp = *options_.expert_group;
   float* g = params_.grads().data();
   int id = b.span.first;
@@ -210,9 +266,9 @@ void DataParallel::launch_split(Bucket& b) {
     const int64_t lo = params_.info(id).offset, hi = params_.info(end).offset + params_.info(end).numel;
     const std::span<float> run(g + lo, static_cast<std::size_t>(hi - lo));
     if (!expert) {
-      b.expert_works.push_back(sum(dp_, run));
+      b.works.push_back(sum(dp_, run));
     } else if (edp.size() > 1) {
-      b.expert_works.push_back(sum(edp, run));
+      b.works.push_back(sum(edp, run));
     }
     id = end + 1;
   }
@@ -220,12 +276,15 @@ void DataParallel::launch_split(Bucket& b) {
 
 void DataParallel::retire(Bucket& b) {
   if (b.retired) return;
-  wait(b.work);
-  const auto [lo, hi] = layout_.mine(b.span.lo, b.span.hi);
+  wait_all(b.works);
   // Gradient accumulation over micro-batches happens here, on the reduced shard.
-  float* acc = shard_grads_.data() + (lo - layout_.begin());
   const float* r = b.recv.data();
-  for (int64_t i = 0; i < hi - lo; ++i) acc[i] += r[i];
+  for (const auto& [lo, hi] : b.recv_parts) {
+    if (hi <= lo) continue;
+    float* acc = shard_grads_.data() + layout_.index(lo);
+    for (int64_t i = 0; i < hi - lo; ++i) acc[i] += r[i];
+    r += hi - lo;
+  }
   b.recv.reset();
   b.grad.reset();
   for (int id = b.span.first; id <= b.span.last; ++id) params_.set_grad_ptr(id, nullptr);
@@ -250,10 +309,7 @@ void DataParallel::end_micro_batch() {
       if (!b.launched) launch(b);
     }
     if (options_.zero < 2) {
-      for (Bucket& b : buckets_) {
-        wait(b.work);
-        for (comm::Work& w : b.expert_works) wait(w);
-      }
+      for (Bucket& b : buckets_) wait_all(b.works);
     }
     if (tied_split_) finish_tied_rows();
   }
@@ -268,7 +324,7 @@ void DataParallel::finish_tied_rows() {
   const nn::ParamInfo& w = params_.info(tied_);
   const int64_t rows = w.local_shape[0], C = rows > 0 ? w.numel / rows : 0;
   // Every dp rank's token ids (same count everywhere), then the union of local rows.
-  std::vector<int32_t> all(static_cast<std::size_t>(n_ids_ * layout_.size));
+  std::vector<int32_t> all(static_cast<std::size_t>(n_ids_ * dp_.size()));
   TRI_CHECK(ids_ != nullptr || n_ids_ == 0, "DataParallel::set_tokens was not called");
   comm::Work ids_work = dp_.all_gather(std::span<const int32_t>(ids_, static_cast<std::size_t>(n_ids_)),
                                        std::span<int32_t>(all));
@@ -308,29 +364,35 @@ double DataParallel::shard_grad_sumsq(const std::function<bool(int)>& owns) cons
   for (int id = 0; id < params_.size(); ++id) {
     const nn::ParamInfo& p = params_.info(id);
     const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
-    if (hi > lo && owns(id)) sum += kernels::sum_squares(shard_grads_.data() + (lo - layout_.begin()), hi - lo);
+    if (hi > lo && owns(id)) sum += kernels::sum_squares(shard_grads_.data() + layout_.index(lo), hi - lo);
   }
   return sum;
 }
 
 void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scale) {
-  TRI_CHECK(adamw.begin() == optimizer_begin() && adamw.end() == optimizer_end(),
-            "optimizer range [{}, {}) is not this rank's ZeRO range [{}, {})", adamw.begin(),
-            adamw.end(), optimizer_begin(), optimizer_end());
-  const int64_t b = layout_.begin();
+  TRI_CHECK(adamw.owned() == optimizer_ranges(),
+            "the optimizer's {} flat ranges are not this rank's ZeRO-{} ranges ({})", adamw.owned().size(),
+            options_.zero, optimizer_ranges().size());
+  using At = optim::AdamW::At;
+  float* v = params_.values().data();
   switch (options_.zero) {
-    case 0: adamw.step(params_.values().data(), params_.grads().data(), lr, grad_scale); return;
-    case 1: adamw.step(params_.values().data() + b, params_.grads().data() + b, lr, grad_scale); break;
-    case 2: adamw.step(params_.values().data() + b, shard_grads_.data(), lr, grad_scale); break;
+    case 0: adamw.step(v, params_.grads().data(), lr, grad_scale); return;  // owns [0, total)
+    case 1: adamw.step(v, params_.grads().data(), lr, grad_scale, At::kFlat, At::kFlat); break;
+    case 2: adamw.step(v, shard_grads_.data(), lr, grad_scale, At::kFlat, At::kOwned); break;
     default: adamw.step(shard_values_.data(), shard_grads_.data(), lr, grad_scale); return;
   }
-  // Stages 1-2: every rank updated its shard; gather the full values in place.
-  float* v = params_.values().data();
-  comm::Work w = dp_.all_gather_v(
-      std::span<const float>(v + b, static_cast<std::size_t>(layout_.numel())),
-      std::span<float>(v, static_cast<std::size_t>(layout_.total)),
-      std::span<const int64_t>(comm::chunk_counts(layout_.total, layout_.size)));
-  wait(w);
+  // Stages 1-2: every rank updated its shard; gather each segment's full values in place over
+  // its group (dp; edp for experts).
+  std::vector<comm::Work> works;
+  for (const ShardSegment& s : layout_.segments) {
+    comm::Communicator& group = group_of(s);
+    if (group.size() == 1) continue;
+    works.push_back(group.all_gather_v(
+        std::span<const float>(v + s.my_lo(), static_cast<std::size_t>(s.my_hi() - s.my_lo())),
+        std::span<float>(v + s.lo, static_cast<std::size_t>(s.hi - s.lo)),
+        std::span<const int64_t>(s.counts_of(s.lo, s.hi))));
+  }
+  wait_all(works);
 }
 
 // ---- hooks ----
@@ -386,11 +448,22 @@ void DataParallel::issue_gather(int g) {
   if (s.state != 0) return;
   const int64_t gb = params_.group_begin(g), ge = params_.group_end(g);
   s.buf = FloatBuffer(tracker_, MemCategory::kParameters, static_cast<std::size_t>(ge - gb));
-  const std::vector<int64_t> counts = layout_.counts_of(gb, ge);
-  const auto [lo, hi] = layout_.mine(gb, ge);
-  s.work = dp_.all_gather_v(
-      std::span<const float>(shard_values_.data() + (lo - layout_.begin()), static_cast<std::size_t>(hi - lo)),
-      std::span<float>(s.buf.data(), s.buf.size()), std::span<const int64_t>(counts));
+  // Each ZeRO segment of the group (dense layers: one; an MoE layer's experts: their own, over
+  // edp) is gathered over its group.
+  s.works.clear();
+  for (const ShardSegment& seg : layout_.segments) {
+    const int64_t lo = std::max(gb, seg.lo), hi = std::min(ge, seg.hi);
+    if (lo >= hi) continue;
+    const auto [a, b] = layout_.mine(lo, hi);
+    const std::span<const float> in(shard_values_.data() + (b > a ? layout_.index(a) : 0), static_cast<std::size_t>(b - a));
+    const std::span<float> out(s.buf.data() + (lo - gb), static_cast<std::size_t>(hi - lo));
+    comm::Communicator& group = group_of(seg);
+    if (group.size() == 1) {
+      std::copy(in.begin(), in.end(), out.begin());
+      continue;
+    }
+    s.works.push_back(group.all_gather_v(in, out, std::span<const int64_t>(seg.counts_of(lo, hi))));
+  }
   for (int id = 0; id < params_.size(); ++id) {
     const nn::ParamInfo& p = params_.info(id);
     if (p.group == g) params_.set_data_ptr(id, s.buf.data() + (p.offset - gb));
@@ -402,7 +475,7 @@ void DataParallel::acquire(int g) {
   issue_gather(g);
   Gathered& s = gathered_[static_cast<std::size_t>(g)];
   if (s.state == 1) {
-    wait(s.work);
+    wait_all(s.works);
     s.state = 2;
   }
 }
@@ -410,7 +483,7 @@ void DataParallel::acquire(int g) {
 void DataParallel::release(int g) {
   Gathered& s = gathered_[static_cast<std::size_t>(g)];
   if (s.state == 0) return;
-  if (s.state == 1) wait(s.work);
+  if (s.state == 1) wait_all(s.works);
   s.buf.reset();
   s.state = 0;
   for (int id = 0; id < params_.size(); ++id) {
@@ -431,7 +504,7 @@ void DataParallel::read_shard_values(int id, float* local) const {
   std::fill(local, local + p.numel, 0.0f);
   const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
   if (hi > lo) {
-    std::memcpy(local + (lo - p.offset), shard_values_.data() + (lo - layout_.begin()),
+    std::memcpy(local + (lo - p.offset), shard_values_.data() + layout_.index(lo),
                 static_cast<std::size_t>(hi - lo) * sizeof(float));
   }
 }
@@ -440,7 +513,7 @@ void DataParallel::write_shard_values(int id, const float* local) {
   const nn::ParamInfo& p = params_.info(id);
   const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
   if (hi > lo) {
-    std::memcpy(shard_values_.data() + (lo - layout_.begin()), local + (lo - p.offset),
+    std::memcpy(shard_values_.data() + layout_.index(lo), local + (lo - p.offset),
                 static_cast<std::size_t>(hi - lo) * sizeof(float));
   }
 }

@@ -39,6 +39,13 @@
 //           after                                                     16Ψ/N
 //   plus, during the step, the bucket / gathered-group working set.
 // The loss is scaled by 1 / global tokens, so the dp *sum* is the global mean gradient.
+//
+// Expert parallelism (options.expert_group): an expert's gradient, already summed over its ep
+// group's tokens by its owner, is summed over edp (the ranks holding the same experts), never
+// scaled by ep; dense gradients over dp. Under ZeRO the shards follow (zero.h): dense segments
+// over dp, expert segments over edp, each bucket's and each gathered group's collectives cut at
+// the segment boundaries, so Ψ above is this rank's parameters (its E / ep experts) and a
+// rank's share is dense / N + experts / (N / ep).
 #pragma once
 
 #include <cstdint>
@@ -65,8 +72,8 @@ struct DataParallelOptions {
   // marks a group final (not the start of the next group's backward).
   bool pipeline = false;
   // Expert parallelism: the group expert parameters (ParamInfo::expert >= 0) are summed over
-  // -- the expert-data-parallel ranks holding the same experts -- instead of dp; dense ones
-  // still over dp. Stage 0 only (the engine refuses ZeRO with ep). Null: everything over dp.
+  // -- the expert-data-parallel ranks holding the same experts -- instead of dp, and sharded
+  // over it by ZeRO; dense ones over dp. Null: everything over dp.
   comm::Communicator* expert_group = nullptr;
   // Every gradient sum over dp (and over edp): fp32, or bf16 on the wire (grad_reduce_dtype.h).
   // With bf16 each bucket's reduced element is round_bf16(sum_r round_bf16(g_r)), the same bits
@@ -93,9 +100,10 @@ class DataParallel : public nn::ModelHooks {
   const DataParallelOptions& options() const { return options_; }
   const ShardLayout& layout() const { return layout_; }
   const std::vector<BucketSpan>& buckets() const { return spans_; }
-  // Flat range the optimizer owns on this rank: everything (stage 0) or the shard.
-  int64_t optimizer_begin() const { return options_.zero >= 1 ? layout_.begin() : 0; }
-  int64_t optimizer_end() const { return options_.zero >= 1 ? layout_.end() : layout_.total; }
+  // Flat ranges the optimizer owns on this rank: everything (stage 0) or the shard's pieces.
+  std::vector<FlatRange> optimizer_ranges() const {
+    return options_.zero >= 1 ? layout_.pieces() : std::vector<FlatRange>{{0, layout_.total}};
+  }
 
   // ---- the step ----
   void begin_step();  // zeroes gradients, resets timers
@@ -117,8 +125,8 @@ class DataParallel : public nn::ModelHooks {
   // Seconds blocked on dp communication since begin_step (the exposed part).
   double comm_wait_seconds() const { return wait_s_; }
 
-  // Stages 2-3: this rank's reduced gradient shard, flat elements [layout().begin(),
-  // layout().end()); null for stages 0-1.
+  // Stages 2-3: this rank's reduced gradient shard, layout().numel() elements in shard order
+  // (layout().index(flat)); null for stages 0-1.
   float* shard_grads() { return shard_grads_.empty() ? nullptr : shard_grads_.data(); }
   // ---- stage 3: values live in shards ----
   bool values_sharded() const { return options_.zero >= 3; }
@@ -141,13 +149,13 @@ class DataParallel : public nn::ModelHooks {
     int pending = 0;
     bool ready = false, launched = false, retired = false;
     FloatBuffer grad;  // stages 2-3: gradient storage while alive
-    FloatBuffer recv;  // stages 2-3: this rank's reduced part
-    comm::Work work;
-    std::vector<comm::Work> expert_works;  // expert parallelism: the expert runs' sums
+    FloatBuffer recv;  // stages 2-3: this rank's reduced parts, in shard order
+    std::vector<FlatRange> recv_parts;  // stages 2-3: the flat range of each part of recv
+    std::vector<comm::Work> works;  // one sum, or one per dense / expert run or ZeRO segment
   };
   struct Gathered {  // stage 3: one group's values
     FloatBuffer buf;
-    comm::Work work;
+    std::vector<comm::Work> works;  // one per ZeRO segment the group overlaps
     int state = 0;  // 0 none, 1 issued, 2 ready
   };
   void group_final(int g);
@@ -156,6 +164,9 @@ class DataParallel : public nn::ModelHooks {
   void retire(Bucket& b);  // stages 2-3: wait, add into the shard, free the bucket
   void ensure_grad_storage(int bucket);
   void wait(comm::Work& w);
+  void wait_all(std::vector<comm::Work>& works);
+  // The group a ZeRO segment is sharded over.
+  comm::Communicator& group_of(const ShardSegment& s) { return s.expert ? *options_.expert_group : dp_; }
   // The sum over `group` in the configured dtype (options_.reduce_dtype).
   comm::Work sum(comm::Communicator& group, std::span<float> buf);
   void finish_tied_rows();  // the sparse the tied embedding rows of the embedding backward

@@ -19,7 +19,7 @@ void CommExpertParallel::all_to_all_counts(const int64_t* in, int64_t* out, int6
   group_.all_to_all(std::span<const int64_t>(in, n), std::span<int64_t>(out, n)).wait();
 }
 
-void validate_expert_parallel(const nn::ModelConfig& cfg, int ep, int zero) {
+void validate_expert_parallel(const nn::ModelConfig& cfg, int ep) {
   if (ep == 1) return;
   TRI_CHECK(cfg.is_moe(), "--ep {} splits a mixture-of-experts model's experts over ranks, but this "
             "model has no experts (a dense {}); use --ep 1", ep, nn::family_name(cfg.family));
@@ -27,10 +27,6 @@ void validate_expert_parallel(const nn::ModelConfig& cfg, int ep, int zero) {
             "--ep {} does not divide the {} experts of each layer (num_local_experts): each ep rank "
             "holds num_local_experts / ep of them; choose an ep that divides {}",
             ep, cfg.n_experts, cfg.n_experts);
-  TRI_CHECK(zero == 0,
-            "--ep {} with --zero {} is not supported: ZeRO shards the flat parameter buffer over dp, "
-            "whose ranks hold different experts under expert parallelism; use --zero 0 with --ep",
-            ep, zero);
 }
 
 nn::EpContext make_ep_context(nn::ExpertParallelComm& comm) {

@@ -22,10 +22,10 @@ class CommExpertParallel final : public nn::ExpertParallelComm {
   comm::Communicator& group_;
 };
 
-// Throws trident::Error naming the fix when expert parallelism `ep` cannot split this model
-// or combine with `zero`: a dense model, E % ep != 0, or ZeRO > 0 (which shards the flat
-// parameter buffer over dp, whose ranks hold different experts under ep).
-void validate_expert_parallel(const nn::ModelConfig& cfg, int ep, int zero);
+// Throws trident::Error naming the fix when expert parallelism `ep` cannot split this model:
+// a dense model, or E % ep != 0. (Any ZeRO stage combines: parallel/zero.h shards experts over
+// edp.)
+void validate_expert_parallel(const nn::ModelConfig& cfg, int ep);
 
 nn::EpContext make_ep_context(nn::ExpertParallelComm& comm);
 

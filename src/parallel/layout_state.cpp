@@ -46,10 +46,10 @@ struct MomentSlice {
   int64_t local_begin, count, store_begin;
 };
 MomentSlice moments_of(ModelChunk& c, int id, int kind, bool read = true) {
-  // The optimizer holds [begin, end) of the flat buffer (everything, or the ZeRO shard).
+  // The optimizer holds flat ranges (everything, or the ZeRO shard's: dense parameters sharded
+  // over dp, experts over edp); a parameter meets at most one of them.
   const nn::ParamInfo& info = c.model->params().info(id);
-  const int64_t lo = std::max(info.offset, c.adamw->begin());
-  const int64_t hi = std::max(lo, std::min(info.offset + info.numel, c.adamw->end()));
+  const auto [lo, hi] = c.adamw->owned_part(info.offset, info.offset + info.numel);
   // Not in this rank's range (another ZeRO shard's), or frozen (no moments: a LoRA base).
   if (hi == lo || info.frozen) return {{}, 0, 0, 0};
   MomentSlice m{{}, lo - info.offset, hi - lo, c.adamw->store_index(lo)};
@@ -122,7 +122,8 @@ void gather_optimizer_state(RankLayout& L, const std::string& name, const Shape&
       std::copy_n(m.data.data(), m.count, padded.data() + m.local_begin);
     }
     local = padded.data();
-    // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere); otherwise dp rank 0's copy.
+    // ZeRO >= 1: every dp rank adds its shard (zeros elsewhere; an expert's shards are over the
+    // edp ranks holding it); otherwise dp rank 0's copy (an expert's: edp rank 0's).
     contributes = L.options().zero >= 1 || L.replica_coord(info) == 0;
   }
   assemble_logical(L.mesh(), info, contributes ? local : nullptr, out);

@@ -46,7 +46,7 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
   }
   // Expert parallelism: the MoE layers exchange token rows over the mesh's ep group and hold
   // their ep rank's experts only (nn/moe_mlp.h); expert gradients are reduced over edp.
-  validate_expert_parallel(config_, shape.ep, options_.zero);
+  validate_expert_parallel(config_, shape.ep);
   if (shape.ep > 1) {
     ep_comm_ = std::make_unique<CommExpertParallel>(mesh_.ep());
     tp.ep = make_ep_context(*ep_comm_);
@@ -104,11 +104,11 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
           DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1,
                               shape.ep > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype});
     }
-    const int64_t opt_begin = c.dp ? c.dp->optimizer_begin() : 0;
-    const int64_t opt_end = c.dp ? c.dp->optimizer_end() : c.model->params().total_numel();
+    const std::vector<FlatRange> owned =
+        c.dp ? c.dp->optimizer_ranges() : std::vector<FlatRange>{{0, c.model->params().total_numel()}};
     c.adamw = std::make_unique<optim::AdamW>(
-        c.model->params(), tracker_, options_.adamw, opt_begin, opt_end,
-        optim::make_moment_store(tracker_, optim::AdamW::moment_count(c.model->params(), opt_begin, opt_end),
+        c.model->params(), tracker_, options_.adamw, owned,
+        optim::make_moment_store(tracker_, optim::AdamW::moment_count(c.model->params(), owned),
                                  options_.offload, mesh_.rank(),
                                  static_cast<int>(chunks_.size())));
     chunks_.push_back(std::move(c));

@@ -63,7 +63,7 @@ void sum_tied_grads(RankLayout& L) {
   int64_t lo = 0, hi = 0;
   if (shard) {
     std::tie(lo, hi) = c.dp->layout().mine(info.offset, info.offset + info.numel);
-    shard += lo - c.dp->layout().begin();
+    if (hi > lo) shard += c.dp->layout().index(lo);
     std::copy(shard, shard + (hi - lo), sum.data() + (lo - info.offset));
   } else if (L.mesh().coord().dp == 0) {
     std::memcpy(sum.data(), ps.grad(id), sum.size() * sizeof(float));

@@ -125,8 +125,8 @@ std::vector<Candidate> enumerate_layouts(const PlanRequest& r) {
             out.push_back({lz, true, {}});
           }
           // Expert parallelism, out of dp, for a mixture of experts: every ep > 1 dividing dp
-          // and the experts, ZeRO 0 only (parallel/expert_parallel_comm.h: ZeRO shards the
-          // flat buffer over dp, whose ranks hold different experts).
+          // and the experts, with every ZeRO stage (parallel/zero.h: dense state sharded over
+          // dp, expert state over edp = dp / ep).
           if (!m.is_moe()) continue;
           for (int ep : divisors(base.dp)) {
             if (ep == 1) continue;
@@ -136,7 +136,10 @@ std::vector<Candidate> enumerate_layouts(const PlanRequest& r) {
               reject(le, fmt::format("ep {} does not divide the {} experts of each layer", ep, m.n_experts));
               continue;
             }
-            out.push_back({le, true, {}});
+            for (int zero = 0; zero <= 3; ++zero) {
+              le.zero = zero;
+              out.push_back({le, true, {}});
+            }
           }
         }
       }

@@ -35,6 +35,28 @@ class NullTpComm final : public nn::TensorParallelComm {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The largest ZeRO shard of a rank's chunks (dp rank 0's, the first of every chunk_counts
+// split): without ep all parameters over dp (as ceil(psi / dp)); with ep each chunk's runs of
+// dense parameters over dp and of expert parameters over edp = dp / ep, as DataParallel cuts
+// them (parallel/zero.h).
+int64_t zero_shard_elems(const RankChunks& rc, int64_t dp, int ep) {
+  int64_t psi = 0, shard = 0;
+  for (const auto& chunk : rc.chunks) {
+    psi += chunk->params().total_numel();
+    int64_t run = 0;
+    bool expert = false;
+    for (const nn::ParamInfo& p : chunk->params().infos()) {
+      if ((p.expert >= 0) != expert) {
+        shard += ceil_div(run, expert ? dp / ep : dp);
+        run = 0, expert = p.expert >= 0;
+      }
+      run += p.numel;
+    }
+    shard += ceil_div(run, expert ? dp / ep : dp);
+  }
+  return ep > 1 ? shard : ceil_div(psi, dp);
+}
+
 }  // namespace
 
 std::unique_ptr<nn::TensorParallelComm> make_null_tp_comm(int rank, int size) {
@@ -123,7 +145,9 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       work_floats += w;
     }
     MemoryBreakdown mb;
-    const double shard = static_cast<double>(ceil_div(psi, dp));
+    // ZeRO shards dense state over dp and expert state over edp = dp / ep (parallel/zero.h),
+    // each segment split by chunk_counts: the first rank of each holds the ceiling.
+    const double shard = static_cast<double>(zero_shard_elems(rc, dp, l.ep));
     const double full = static_cast<double>(psi);
     // Working sets during the step (ZeRO-2/3 buckets: the one reducing and the one filling).
     const double bucket = std::min(full, std::max(bucket_elems, static_cast<double>(max_param)));

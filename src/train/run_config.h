@@ -269,7 +269,7 @@ void for_each_field(S& o, E& e, V&& v) {
         .alias("tensor_parallel tensor_model_parallel_size tp_size"), o.tp);
   v(field("pp", 1, "pipeline stages").at_least(1)
         .alias("pipeline_parallel pipeline_model_parallel_size pp_size stages"), o.pp);
-  v(field("ep", 1, "expert-parallel ranks (mixture of experts): each group of ep dp ranks splits every layer's experts between them and exchanges tokens by all-to-all; ep divides dp and num_local_experts; ZeRO must be 0 (docs/moe.md)")
+  v(field("ep", 1, "expert-parallel ranks (mixture of experts): each group of ep dp ranks splits every layer's experts between them and exchanges tokens by all-to-all; ep divides dp and num_local_experts; any ZeRO stage (expert state sharded over the dp / ep ranks holding the same experts; docs/moe.md)")
         .at_least(1).alias("expert_parallel expert_model_parallel_size ep_size moe_expert_parallel"), o.ep);
   v(field("zero", d.zero, "ZeRO stage over dp: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters")
         .at_least(0).at_most(3).alias("zero_stage stage"), e.zero);

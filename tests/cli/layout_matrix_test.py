@@ -84,10 +84,15 @@ LLAMA_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 3, "1f1b"), (4, 2, 1, 0, "1f1b"), 
               (2, 2, 2, 0, "1f1b"), (2, 2, 2, 3, "gpipe"), (1, 4, 2, 0, "interleaved"), (1, 1, 8, 0, "1f1b")]
 # Mixtral (4 layers of 4 experts, top-2, aux loss on): Llama's rows with 4 pipeline stages at most
 # (one layer each) instead of 8.
-# Expert parallelism (a 6th entry, ep; 1 when absent): the ep group out of dp, with tp and pp.
+# Expert parallelism (a 6th entry, ep; 1 when absent): the ep group out of dp, with tp and pp;
+# then ZeRO 1-3 with ep (dense state sharded over dp, expert state over edp = dp / ep): dp 2 x
+# ep 2 (edp 1: each expert's state whole on its one holder) at every stage, dp 4 x ep 2 (edp 2:
+# expert shards), and with tp 2 or pp 2 added. A row's world is dp x tp x pp (4 or 8 ranks).
 MIXTRAL_ROWS = [r for r in LLAMA_ROWS if r[2] <= 4] + [(1, 2, 4, 0, "1f1b")] + [
     (8, 1, 1, 0, "1f1b", 4), (8, 1, 1, 0, "1f1b", 2), (4, 2, 1, 0, "1f1b", 4), (4, 1, 2, 0, "1f1b", 2),
-    (2, 2, 2, 0, "gpipe", 2), (2, 1, 4, 0, "1f1b", 2)]
+    (2, 2, 2, 0, "gpipe", 2), (2, 1, 4, 0, "1f1b", 2)] + [
+    (2, 1, 1, 1, "1f1b", 2), (2, 1, 1, 2, "1f1b", 2), (2, 1, 1, 3, "1f1b", 2), (4, 1, 1, 3, "1f1b", 2),
+    (4, 2, 1, 2, "1f1b", 2), (2, 2, 1, 3, "1f1b", 2), (2, 1, 2, 1, "1f1b", 2), (4, 1, 2, 3, "interleaved", 2)]
 LLAMA_TIED_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 88,
     "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
@@ -130,7 +135,9 @@ def main():
     mutation = os.environ.get("TRIDENT_MATRIX_MUTATE", "").split()  # extra flags for the layouts
     model = sys.argv[2] if len(sys.argv) > 2 else "tiny"
     rows = [r if len(r) == 6 else r + (1,) for r in layouts(model)]
-    rows = [r for r in rows if not only or only == f"{r[0]},{r[1]},{r[2]}" + (f",ep{r[5]}" if r[5] > 1 else "")]
+    # TRIDENT_MATRIX_ONLY: "dp,tp,pp" (",epN" with ep; ",zZ" picks one ZeRO stage of those rows)
+    rows = [r for r in rows if not only or only in (f"{r[0]},{r[1]},{r[2]}" + (f",ep{r[5]}" if r[5] > 1 else ""),
+                                                    f"{r[0]},{r[1]},{r[2]}" + (f",ep{r[5]}" if r[5] > 1 else "") + f",z{r[3]}")]
     compared = 0
     with tempfile.TemporaryDirectory() as d:
         model_arg = model
@@ -175,7 +182,7 @@ def main():
                 extra += ["--virtual-stages", "2"]
             if ep > 1:
                 extra += ["--ep", str(ep)]
-            rc, _, err = run([mpirun(), "-n", "8", T] + common + extra + mutation +
+            rc, _, err = run([mpirun(), "-n", str(dp * tp * pp), T] + common + extra + mutation +
                              ["--ckpt-dir", f"{d}/{tag}", "--metrics", f"{d}/{tag}.jsonl"],
                              env={"TRIDENT_COMM_TIMEOUT": "120"})
             if rc != 0:

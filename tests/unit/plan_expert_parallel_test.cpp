@@ -25,9 +25,9 @@ PlanRequest mixtral(int world, int64_t batch) {
   return r;
 }
 
-TEST(PlanExpertParallel, EnumeratesEpSplitsOfDpThatDivideTheExpertsWithZeroZeroOnly) {
+TEST(PlanExpertParallel, EnumeratesEpSplitsOfDpThatDivideTheExpertsAtEveryZeroStage) {
   const std::vector<Candidate> all = enumerate_layouts(mixtral(8, 8));
-  std::set<std::tuple<int, int>> dp_ep;  // valid (dp, ep > 1)
+  std::set<std::tuple<int, int, int>> dp_ep_zero;  // valid (dp, ep > 1, zero)
   std::set<std::string> rejected;
   for (const Candidate& c : all) {
     if (c.layout.ep == 1) continue;
@@ -35,12 +35,14 @@ TEST(PlanExpertParallel, EnumeratesEpSplitsOfDpThatDivideTheExpertsWithZeroZeroO
       rejected.insert(c.layout.shape() + ": " + c.reason);
       continue;
     }
-    EXPECT_EQ(c.layout.zero, 0) << c.layout.train_flags();  // the engine refuses ZeRO with ep
     EXPECT_EQ(c.layout.dp % c.layout.ep, 0) << c.layout.train_flags();
-    dp_ep.insert({c.layout.dp, c.layout.ep});
+    dp_ep_zero.insert({c.layout.dp, c.layout.ep, c.layout.zero});
   }
-  const std::set<std::tuple<int, int>> want{{2, 2}, {4, 2}, {4, 4}, {8, 2}, {8, 4}};
-  EXPECT_EQ(dp_ep, want);
+  std::set<std::tuple<int, int, int>> want;
+  for (auto [dp, ep] : std::vector<std::pair<int, int>>{{2, 2}, {4, 2}, {4, 4}, {8, 2}, {8, 4}}) {
+    for (int zero = 0; zero <= 3; ++zero) want.insert({dp, ep, zero});
+  }
+  EXPECT_EQ(dp_ep_zero, want);
   // ep 8 divides dp 8 but not the 4 experts: listed as not valid, with why.
   EXPECT_EQ(rejected, std::set<std::string>{"dp8 tp1 pp1 ep8: ep 8 does not divide the 4 experts of each layer"});
   // A dense model gets none.
@@ -102,6 +104,30 @@ TEST(PlanExpertParallel, StepAddsTheTokenExchangeAndReducesExpertsOverEdp) {
   // A slow link makes the exchange dominate: ep ranks last.
   const MachineModel slow = dedicated(1e9, 1e-2);  // latency-bound: 5 exchanges per layer and micro-batch
   EXPECT_GT(predict_step(r, l2, compute, slow).step_s, predict_step(r, l1, compute, slow).step_s);
+}
+
+// ZeRO with ep (parallel/zero.h): dense state sharded over dp, this rank's E / ep experts over
+// edp = dp / ep, so a rank holds 1 / dp of all state whatever the ep (each ceiling of a
+// segment's split adds under one element: 2 segments per layer and one more).
+TEST(PlanExpertParallel, ZeroShardsDenseStateOverDpAndExpertStateOverEdp) {
+  const PlanRequest r = mixtral(4, 8);
+  Layout l;
+  l.dp = 4, l.micro_batches = 2;
+  const MemoryPrediction m1 = predict_memory(r, l);
+  const double psi = static_cast<double>(m1.params_by_pp_rank[0]);  // every expert (ep 1)
+  const double experts = static_cast<double>(m1.expert_params_by_pp_rank[0]);
+  ASSERT_EQ(experts, kL * kE * 3 * kI * kC);
+  const double slack = 2 * kL + 1;
+  for (int ep : {1, 2, 4}) {
+    for (int zero = 1; zero <= 3; ++zero) {
+      l.ep = ep, l.zero = zero;
+      const MemoryBreakdown b = predict_memory(r, l).by_pp_rank[0];
+      const double local = experts / ep, edp = 4.0 / ep;
+      const double shard = (psi - experts) / 4 + local / edp;
+      EXPECT_NEAR(shard, psi / 4, 1e-9) << ep;  // the same 1 / dp of all state
+      EXPECT_NEAR(b.optimizer, 8 * shard, 8 * slack) << ep << " zero " << zero;
+    }
+  }
 }
 
 TEST(PlanExpertParallel, FullRecomputeRerunsTheForwardExchange) {
