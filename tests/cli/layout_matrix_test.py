@@ -88,6 +88,12 @@ LLAMA_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 3, "1f1b"), (4, 2, 1, 0, "1f1b"), 
 MIXTRAL_ROWS = [r for r in LLAMA_ROWS if r[2] <= 4] + [(1, 2, 4, 0, "1f1b")] + [
     (8, 1, 1, 0, "1f1b", 4), (8, 1, 1, 0, "1f1b", 2), (4, 2, 1, 0, "1f1b", 4), (4, 1, 2, 0, "1f1b", 2),
     (2, 2, 2, 0, "gpipe", 2), (2, 1, 4, 0, "1f1b", 2)]
+# Mixtral with the aux-free router bias updating (rate 0.01, so it moves routing within 5 steps)
+# and a capacity that drops (factor 1.0): dp, ep, tp and pp with micro-batches. The bias is in the
+# saved weights, so the weight check compares it too (equal counts give equal bias, bitwise).
+MIXTRAL_BALANCED_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 0, "1f1b", 2), (4, 2, 1, 0, "1f1b"),
+                         (4, 1, 2, 0, "1f1b", 2), (2, 2, 2, 0, "gpipe", 2)]
+MIXTRAL_BALANCED_FLAGS = ["--moe-bias-update-rate", "0.01", "--moe-capacity-factor", "1.0"]
 LLAMA_TIED_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 88,
     "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
@@ -106,6 +112,8 @@ def layouts(model="tiny"):
         return BF16_ROWS
     if model == "mixtral-tiny":
         return MIXTRAL_ROWS
+    if model == "mixtral-tiny-balanced":
+        return MIXTRAL_BALANCED_ROWS
     if model != "tiny":
         return LLAMA_ROWS
     rows = []
@@ -147,6 +155,9 @@ def main():
                   str(SEQ), "--steps", str(STEPS), "--lr", str(LR), "--lr-schedule", "constant", "--eps", str(EPS),
                   "--eval-every", "0", "--seed", "5", "--log-every", "100"]
         common += ["--precision", PRECISION]
+        if model == "mixtral-tiny-balanced":
+            common[common.index(model_arg)] = "mixtral-tiny"
+            common += MIXTRAL_BALANCED_FLAGS
         if model == "mixtral-tiny":
             common += ["--moe-z-loss-coef", "0.01"]  # the router z-loss on too: in the objective, and compared
         rc, _, err = run([T] + common + ["--ckpt-dir", f"{d}/ref", "--metrics", f"{d}/ref.jsonl"])
@@ -222,6 +233,11 @@ def main():
                 load = [x["expert_load"] for x in got][:n]
                 ref_load = [m["expert_load"] for m in ref][:n]
                 check(f"layout {tag} expert load", load == ref_load, f"{load} vs {ref_load}")
+                if "dropped_fraction" in ref[0]:  # a ratio of integer counts: equal exactly
+                    dr, ref_dr = [x["dropped_fraction"] for x in got][:n], [m["dropped_fraction"] for m in ref][:n]
+                    print(f"    dropped fraction {dr}")
+                    check(f"layout {tag} dropped fractions", dr == ref_dr and all(f > 0 for f in ref_dr),
+                          f"{dr} vs {ref_dr}")
             compared += 1
     # A matrix that compared nothing (a filter that matches no row, every run failing) fails.
     want = len(layouts(model)) if not only else max(1, len(rows))
