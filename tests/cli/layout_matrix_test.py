@@ -195,7 +195,8 @@ def main():
             got = read_metrics(f"{d}/{tag}.jsonl")
             loss = [x["loss"] for x in got]
             norm = [x["grad_norm"] for x in got]
-            w_dev, where = st.max_abs_diff(st.load(f"{d}/{tag}/step_{STEPS:08d}/model.safetensors"), ref_w)
+            got_w = st.load(f"{d}/{tag}/step_{STEPS:08d}/model.safetensors")
+            w_dev, where = st.max_abs_diff(got_w, ref_w)
             n = min(len(loss), STEPS)
             loss_dev, norm_dev = max_rel(loss[:n], ref_loss[:n]), max_rel(norm[:n], ref_norm[:n])
             print(f"{dp:>3} {tp:>3} {pp:>3} {ep:>3} {z:>4} {s:>11} {m:>2} | {loss_dev:>12.2e} {norm_dev:>12.2e} "
@@ -209,11 +210,17 @@ def main():
                 # The bound is on a typical element; the rare operand whose rounding flipped moves
                 # by a whole bf16 step, so the largest deviation is heavy-tailed (an element near
                 # eps takes an lr-sized step of either sign) and the root mean square is compared.
-                w_rms = st.rms_diff(st.load(f"{d}/{tag}/step_{STEPS:08d}/model.safetensors"), ref_w)
+                w_rms = st.rms_diff(got_w, ref_w)
                 print(f"    weights rms dev {w_rms:.2e} (bound {w_bound:.2e}), max {w_dev:.2e}")
                 check(f"layout {tag} weights (rms)", w_rms <= w_bound, f"{w_rms:.2e} > {w_bound:.2e}")
             else:
                 check(f"layout {tag} weights", w_dev <= w_bound, f"{w_dev:.2e} > {w_bound:.2e} at {where}")
+            # The aux-free router bias moves by +-rate from integer counts: equal bitwise, and moved.
+            bias = [k for k in ref_w if k.endswith(".gate.e_score_correction_bias")]
+            if bias:
+                check(f"layout {tag} router bias (bitwise)", all(got_w[k] == ref_w[k] for k in bias)
+                      and any(x != 0 for k in bias for x in ref_w[k]),
+                      f"{[list(got_w[k]) for k in bias]} vs {[list(ref_w[k]) for k in bias]}")
             if "aux_loss" in ref[0]:
                 # MoE: the load-balancing loss within the loss's bound. One token moved from expert
                 # e to e' changes it by E / (k T) |P_e' - P_e| / (layers * sequences), ~1e-5
