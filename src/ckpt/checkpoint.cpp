@@ -16,6 +16,7 @@
 #include "ckpt/atomic_file.h"
 #include "core/check.h"
 #include "nn/lora_checkpoint.h"
+#include "nn/moe_router.h"
 
 namespace fs = std::filesystem;
 
@@ -215,7 +216,9 @@ std::string CheckpointWriter::commit() {
     std::map<std::string, Shape> have;
     for (auto& [n, s] : model_.layout()) have[n] = s;
     std::vector<std::string> missing, wrong;
-    for (const auto& spec : nn::model_tensor_specs(config_)) {
+    std::vector<nn::TensorSpec> specs = nn::model_tensor_specs(config_);
+    for (nn::TensorSpec& b : nn::router_bias_specs(config_)) specs.push_back(std::move(b));  // state, F32
+    for (const auto& spec : specs) {
       auto it = have.find(spec.name);
       if (it == have.end()) {
         missing.push_back(spec.name);
@@ -411,6 +414,16 @@ void validate_model_tensors(const SafetensorsSet& reader, const nn::ModelConfig&
       wrong_dtype.push_back(fmt::format("{} is {}", name, dtype_name(t.dtype)));
     }
   }
+  // The aux-free router bias (nn/moe_router.h) is state, not a parameter: optional (a checkpoint
+  // written without it starts it at zero), but of the right shape when there.
+  for (const auto& spec : nn::router_bias_specs(config)) {
+    const std::string name = prefix + spec.name;
+    expected.insert(name);
+    if (!reader.contains(name)) continue;
+    if (reader.info(name).shape != spec.shape) {
+      wrong_shape.push_back(fmt::format("{} is {} (expected {})", name, shape_str(reader.info(name).shape), shape_str(spec.shape)));
+    }
+  }
   int max_layer = -1;
   for (const auto& t : reader.tensors()) {
     if (t.name.starts_with(prefix)) max_layer = std::max(max_layer, arch.layer_of(t.name.substr(prefix.size())));
@@ -498,6 +511,15 @@ std::string verify_checkpoint(const std::string& path) {
   }
   std::string summary = fmt::format("verified: {} model tensors ({} parameters) load with the shapes "
                                     "config.json implies", specs.size(), elements);
+  int bias_layers = 0;  // the aux-free router bias, where the checkpoint holds it
+  for (const auto& spec : nn::router_bias_specs(ck.config)) {
+    if (!ck.model.contains(ck.model_prefix + spec.name)) continue;
+    std::vector<float> bias(static_cast<std::size_t>(shape_numel(spec.shape)));
+    ck.read_param(spec.name, spec.shape, bias.data());
+    check_finite(bias.data(), shape_numel(spec.shape), ck.model_prefix + spec.name, ck.model.file_of(ck.model_prefix + spec.name));
+    ++bias_layers;
+  }
+  if (bias_layers > 0) summary += fmt::format(", and the router bias of {} layers", bias_layers);
 
   const std::string trident_file = join_path(ck.path, kTridentFile);
   const std::int64_t dir_step = parse_step_name(fs::path(ck.path).filename().string());

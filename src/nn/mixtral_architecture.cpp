@@ -5,6 +5,8 @@
 // Everything Llama declares is taken from the Llama declaration; only the MLP differs.
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "core/check.h"
 #include "nn/hf_config_json.h"
 #include "nn/llama_block_architecture.h"
@@ -26,8 +28,8 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
   std::vector<std::string> hf_keys() const override {
     std::vector<std::string> keys = llama().hf_keys();
     for (const char* k : {"num_local_experts", "num_experts_per_tok", "router_aux_loss_coef",
-                          "router_z_loss_coef", "output_router_logits", "router_jitter_noise",
-                          "sliding_window"}) {
+                          "router_z_loss_coef", "router_bias_update_rate", "expert_capacity_factor",
+                          "output_router_logits", "router_jitter_noise", "sliding_window"}) {
       keys.emplace_back(k);
     }
     return keys;
@@ -43,6 +45,10 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     j["router_aux_loss_coef"] = c.router_aux_loss_coef;
     // Not a key of Hugging Face's Mixtral (Switch Transformers' name): written only when used.
     if (c.router_z_loss_coef > 0) j["router_z_loss_coef"] = c.router_z_loss_coef;
+    // Trident's (nn/moe_router.h), written only when used. A config.json with the bias rate
+    // says its model.safetensors holds the selection bias (e_score_correction_bias).
+    if (c.router_bias_update_rate > 0) j["router_bias_update_rate"] = c.router_bias_update_rate;
+    if (c.expert_capacity_factor > 0) j["expert_capacity_factor"] = c.expert_capacity_factor;
     j["output_router_logits"] = false;
     j["router_jitter_noise"] = 0.0;
     j["sliding_window"] = nullptr;
@@ -58,6 +64,8 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     c.n_experts_per_tok = hf_json_int(j, "num_experts_per_tok", source, kNeeds);
     c.router_aux_loss_coef = hf_json_number(j, "router_aux_loss_coef", source, 0.001);
     c.router_z_loss_coef = hf_json_number(j, "router_z_loss_coef", source, 0.0);
+    c.router_bias_update_rate = hf_json_number(j, "router_bias_update_rate", source, 0.0);
+    c.expert_capacity_factor = hf_json_number(j, "expert_capacity_factor", source, 0.0);
     c.norm_topk_prob = hf_json_bool(j, "norm_topk_prob", source, true);
     TRI_CHECK(hf_json_number(j, "router_jitter_noise", source, 0.0) == 0.0,
               "{} has router_jitter_noise {}: Trident's router is deterministic (the same routing in "
@@ -94,6 +102,12 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     TRI_CHECK(c.router_aux_loss_coef >= 0, "router_aux_loss_coef must be >= 0, got {}",
               c.router_aux_loss_coef);
     TRI_CHECK(c.router_z_loss_coef >= 0, "router_z_loss_coef must be >= 0, got {}", c.router_z_loss_coef);
+    TRI_CHECK(c.router_bias_update_rate >= 0 && std::isfinite(c.router_bias_update_rate),
+              "router_bias_update_rate (--moe-bias-update-rate) must be >= 0 (0: no aux-free balancing "
+              "bias; DeepSeek-V3 used 0.001), got {}", c.router_bias_update_rate);
+    TRI_CHECK(c.expert_capacity_factor >= 0 && std::isfinite(c.expert_capacity_factor),
+              "expert_capacity_factor (--moe-capacity-factor) must be >= 0 (0: dropless; 1.0 keeps "
+              "ceil(T k / E) tokens per expert and sequence), got {}", c.expert_capacity_factor);
   }
 
   std::vector<ParamDecl> embedding_params(const ModelConfig& c) const override { return llama().embedding_params(c); }

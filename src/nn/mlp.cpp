@@ -53,7 +53,7 @@ MoeLossSums Mlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScr
   if (moe_) {
     const float* dfull = tp_exit_backward(tp_, dout, s.full.data(), N, C_);
     moe_->backward(mm, ps, *moe, dinp, dfull, in, B, T, weights);
-    return {moe->aux_sum, moe->z_sum};
+    return {moe->aux_sum, moe->z_sum, static_cast<double>(moe->dropped)};
   }
   if (activation_ == MlpActivation::kSwiGlu) {
     out_->backward(mm, ps, tp_, s, g.dact, dout, a.act.data(), N);

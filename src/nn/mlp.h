@@ -44,6 +44,10 @@ class Mlp {
   Mlp(const TpContext& tp, std::unique_ptr<MoeMlp> moe, int64_t C);
 
   bool is_moe() const { return moe_ != nullptr; }
+  // The mixture of experts' selection bias (MoeMlp::set_router_bias); ignored by a dense MLP.
+  void set_router_bias(const float* bias) {
+    if (moe_) moe_->set_router_bias(bias);
+  }
   const ColumnParallelLinear* in_projection() const { return in_ ? &*in_ : nullptr; }
   MlpActivations make_activations(MemoryTracker& tracker, int64_t N) const;
   // Dense only: activation floats, and gradient scratch floats given the column projection's

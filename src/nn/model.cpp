@@ -1,6 +1,7 @@
 // Decoder model assembly from an architecture's declaration, forward and backward.
 #include "nn/model.h"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -8,6 +9,7 @@
 #include "kernels/kernels.h"
 #include "kernels/vocab_parallel.h"
 #include "nn/architecture.h"
+#include "nn/moe_router.h"
 
 namespace trident::nn {
 
@@ -54,6 +56,13 @@ Model::Model(const ModelConfig& cfg, const TpContext& tp, const StageSpec& stage
       }
     }
   }
+  if (cfg_.has_router_bias()) {
+    router_bias_.assign(static_cast<std::size_t>(cfg_.n_layer) * static_cast<std::size_t>(cfg_.n_experts), 0.0f);
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      const std::size_t layer = static_cast<std::size_t>(stage_.layer_begin) + i;
+      blocks_[i]->set_router_bias(router_bias_.data() + layer * static_cast<std::size_t>(cfg_.n_experts));
+    }
+  }
   wte_ = params_.find_role(ParamRole::kTokenEmbedding);
   wpe_ = params_.find_role(ParamRole::kPositionEmbedding);
   lnf_w_ = params_.find_role(ParamRole::kFinalNormWeight);
@@ -62,6 +71,22 @@ Model::Model(const ModelConfig& cfg, const TpContext& tp, const StageSpec& stage
   if (lnf_w_ >= 0) final_norm_.emplace(params_, lnf_w_, lnf_b_, static_cast<float>(cfg_.norm_eps));
   TRI_CHECK(!stage_.has_head || head_w_ >= 0, "{}: the head stage holds no LM head weight",
             cfg_.describe());
+}
+
+void Model::set_router_bias(const std::vector<float>& bias) {
+  TRI_CHECK(bias.size() == router_bias_.size(), "{}: a router bias of {} floats for a table of {} (n_layer x E; "
+            "empty when router_bias_update_rate is 0)", cfg_.describe(), bias.size(), router_bias_.size());
+  std::copy(bias.begin(), bias.end(), router_bias_.begin());  // in place: the layers point into it
+}
+
+void Model::update_router_bias(const std::vector<int64_t>& load) {
+  if (router_bias_.empty()) return;
+  const auto E = static_cast<std::size_t>(cfg_.n_experts);
+  TRI_CHECK(load.size() == router_bias_.size(), "router bias update: {} expert counts for a table of {}", load.size(),
+            router_bias_.size());
+  for (std::size_t l = 0; l < static_cast<std::size_t>(cfg_.n_layer); ++l) {
+    nn::update_router_bias(router_bias_.data() + l * E, load.data() + l * E, cfg_.n_experts, cfg_.router_bias_update_rate);
+  }
 }
 
 void Model::allocate(MemoryTracker& tracker) {

@@ -38,6 +38,12 @@ struct ModelConfig {
   bool norm_topk_prob = true;   // renormalise the k routing weights to sum 1 (Mixtral: always)
   double router_aux_loss_coef = 0.001;  // weight of the load-balancing loss (docs/moe.md)
   double router_z_loss_coef = 0.0;      // weight of the router z-loss (docs/moe.md); 0: off
+  // Aux-loss-free balancing (DeepSeek-V3; nn/moe_router.h): each layer's per-expert selection
+  // bias moves by this much per optimizer step towards balanced load. 0: off, no bias at all.
+  double router_bias_update_rate = 0.0;
+  // Capacity (nn/moe_router.h): an expert keeps at most ceil(c T k / E) of a sequence's routed
+  // tokens, by router probability. 0: dropless.
+  double expert_capacity_factor = 0.0;
   // LoRA adapters on a frozen base (nn/lora.h); off by default. Not a config.json key: a
   // checkpoint's adapters are described by their own adapter_config.json.
   LoraConfig lora;
@@ -46,6 +52,7 @@ struct ModelConfig {
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int mlp_width() const { return n_inner > 0 ? n_inner : 4 * n_embd; }
   bool is_moe() const { return n_experts > 0; }
+  bool has_router_bias() const { return is_moe() && router_bias_update_rate > 0; }
   // vocab_size rounded up to a multiple of vocab_pad_multiple * tp.
   int64_t padded_vocab(int tp = 1) const;
   // Parameters of the logical (unpadded, Hugging Face) model, a tied head counted once;

@@ -14,9 +14,13 @@ struct MoeLossWeights {
 struct MoeLossSums {
   double aux = 0.0;  // balance terms, summed over (layer, sequence)
   double z = 0.0;    // z terms, summed over (layer, token)
+  // Not a loss: routed (token, expert) pairs dropped over capacity (nn/moe_router.h), summed
+  // over (layer, token); a count, exact in double, travelling with the sums above.
+  double dropped = 0.0;
   MoeLossSums& operator+=(const MoeLossSums& o) {
     aux += o.aux;
     z += o.z;
+    dropped += o.dropped;
     return *this;
   }
 };

@@ -10,6 +10,7 @@
 #include "core/check.h"
 #include "kernels/kernels.h"
 #include "nn/moe_exchange.h"
+#include "nn/moe_router.h"
 
 namespace trident::nn {
 
@@ -101,31 +102,37 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
     for (int64_t e = 0; e < E; ++e) p[e] = static_cast<float>(std::exp(logit[e] - mx) / z);
     a.lse[static_cast<std::size_t>(n)] = mx + std::log(z);
     a.z_sum += a.lse[static_cast<std::size_t>(n)] * a.lse[static_cast<std::size_t>(n)];
-    // Top k: the largest probabilities, ties to the lowest id (strict > keeps the earlier).
+    // Top k: the largest probabilities (plus the aux-free bias, selection only), ties to the
+    // lowest id; the weights use the unbiased probabilities.
     int32_t* sel = a.experts.data() + n * K;
-    std::vector<bool> taken(static_cast<std::size_t>(E), false);
-    for (int64_t j = 0; j < K; ++j) {
-      int64_t best = -1;
-      for (int64_t e = 0; e < E; ++e) {
-        if (!taken[e] && (best < 0 || p[e] > p[best])) best = e;
-      }
-      taken[best] = true;
-      sel[j] = static_cast<int32_t>(best);
-    }
-    std::sort(sel, sel + K);  // combined in expert-id order
+    select_experts(p, bias_, E, K, sel);
     double sum = 0.0;
     for (int64_t j = 0; j < K; ++j) sum += p[sel[j]];
     for (int64_t j = 0; j < K; ++j) {
       a.weights[n * K + j] = cfg_.norm_topk_prob ? static_cast<float>(p[sel[j]] / sum) : p[sel[j]];
     }
   }
-  // Group the routed rows by expert, tokens in order within each.
+  // Capacity, per sequence (nn/moe_router.h): the dropped pairs get no routed row.
+  const int64_t cap = expert_capacity(cfg_.expert_capacity_factor, T, K, E);
+  a.keep.resize(static_cast<std::size_t>(N * K));
+  a.dropped = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    a.dropped += apply_capacity(a.experts.data() + b * T * K, a.probs.data() + b * T * E, T, E, K, cap,
+                                a.keep.data() + b * T * K);
+  }
+  // Group the kept routed rows by expert, tokens in order within each.
   std::fill(a.offsets.begin(), a.offsets.end(), 0);
-  for (int64_t i = 0; i < N * K; ++i) ++a.offsets[a.experts[i] + 1];
+  for (int64_t i = 0; i < N * K; ++i) {
+    if (a.keep[i]) ++a.offsets[a.experts[i] + 1];
+  }
   for (int64_t e = 0; e < E; ++e) a.offsets[e + 1] += a.offsets[e];
   std::vector<int64_t> next(a.offsets.begin(), a.offsets.end() - 1);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t j = 0; j < K; ++j) {
+      if (!a.keep[n * K + j]) {
+        a.row_of[n * K + j] = -1;
+        continue;
+      }
       const int64_t r = next[a.experts[n * K + j]]++;
       a.row_of[n * K + j] = static_cast<int32_t>(r);
       a.token_of[r] = static_cast<int32_t>(n);
@@ -168,6 +175,7 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
     float* o = partial + n * C;
     std::fill(o, o + C, 0.0f);
     for (int64_t j = 0; j < K; ++j) {
+      if (a.row_of[n * K + j] < 0) continue;  // dropped: contributes zero
       const float w = a.weights[n * K + j];
       const float* yr = a.y.data() + static_cast<int64_t>(a.row_of[n * K + j]) * C;
       for (int64_t c = 0; c < C; ++c) o[c] += w * yr[c];
@@ -269,6 +277,10 @@ void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActi
   std::vector<float> dw(static_cast<std::size_t>(N * K));
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t j = 0; j < K; ++j) {
+      if (a.row_of[n * K + j] < 0) {  // dropped: no output, so no weight gradient
+        dw[n * K + j] = 0.0f;
+        continue;
+      }
       const float* yr = a.y.data() + static_cast<int64_t>(a.row_of[n * K + j]) * C;
       double s = 0.0;
       for (int64_t c = 0; c < C; ++c) s += static_cast<double>(dout[n * C + c]) * yr[c];
@@ -281,7 +293,7 @@ void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActi
   }
   tp_.allreduce_sum(dw.data(), N * K);
   // Experts backward over their rows: dxr (R, C) receives each routed row's input gradient.
-  const int64_t R = N * K;
+  const int64_t R = a.offsets[E];  // the kept routed rows
   std::vector<float> dxr(static_cast<std::size_t>(R * C));
   if (ep_.size == 1) {
     // Inputs re-gathered into xs: x may be a re-gathered sequence-parallel buffer, so nothing

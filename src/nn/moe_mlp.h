@@ -13,6 +13,10 @@
 // call, so a token's routing depends only on its own input row, whatever the micro-batch,
 // dp or tp split. Combining in expert-id order fixes the sum order of each token's k outputs.
 //
+// Selection bias and capacity (nn/moe_router.h): the top k may be chosen by p + b (the weights
+// stay unbiased), and a pair over its expert's per-sequence capacity is dropped (no routed row,
+// contributes zero, weights not renormalised).
+//
 // Load balancing (docs/moe.md): per sequence b of T tokens, f_e = E / (k T) * (tokens of b
 // routed to e), P_e = mean over b's tokens of p_e, aux_b = sum_e f_e P_e. The objective adds
 // aux_weight * sum_b aux_b, aux_weight = coef / (layers * sequences of the global batch), so
@@ -67,7 +71,9 @@ struct MoeActivations {
   FloatBuffer y;            // (R, C) expert outputs (partial sums over tp)
   mutable FloatBuffer xs, dys;  // (R, C) scratch: gathered inputs, output gradients (backward)
   std::vector<int32_t> experts;   // (N, k) the chosen experts, ascending
-  std::vector<int32_t> row_of;    // (N, k) the routed row of (token, j)
+  std::vector<int32_t> row_of;    // (N, k) the routed row of (token, j); -1: dropped (capacity)
+  std::vector<uint8_t> keep;      // (N, k) 1: within its expert's capacity (nn/moe_router.h)
+  int64_t dropped = 0;            // pairs over capacity in this micro-batch
   std::vector<int32_t> token_of;  // (R) the token of each routed row
   std::vector<int64_t> offsets;   // (E + 1) first routed row of each expert
   std::vector<int32_t> seq_counts;  // (B, E) tokens of sequence b routed to e
@@ -97,6 +103,8 @@ class MoeMlp {
  public:
   // Registers nothing: the block registers the layer's declared parameters; this finds its own.
   MoeMlp(const ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer);
+  // The layer's aux-free selection bias (E floats, owned by the model; nn/moe_router.h), or null.
+  void set_router_bias(const float* bias) { bias_ = bias; }
 
   // partial (N, C) = this rank's share of the MoE output for x (N, C), every token row.
   // The experts' matmuls go through `mm` (the model's precision); the router stays fp32.
@@ -128,6 +136,7 @@ class MoeMlp {
   EpContext ep_;
   int local_ = 0, first_ = 0;  // local experts [first_, first_ + local_)
   int router_ = -1;
+  const float* bias_ = nullptr;  // (E) selection bias, or null
   std::vector<int> w1_, w2_, w3_;  // per local expert
 };
 

@@ -84,6 +84,7 @@ class TransformerBlock : public Layer {
   void set_moe_loss_weights(const MoeLossWeights& w) override { moe_weights_ = w; }
   MoeLossSums take_moe_loss_sums() override { return std::exchange(moe_loss_sums_, {}); }
   std::vector<int64_t> take_expert_load() override { return std::exchange(expert_load_, {}); }
+  void set_router_bias(const float* bias) override { mlp_.set_router_bias(bias); }
 
  private:
   struct Scratch;  // the carved SharedScratch::layer

@@ -149,13 +149,16 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
   comm::Communicator& world = L.mesh().world();
   std::vector<double> sums{local_unique_grad_sumsq(L), L.holds_loss() ? loss_sum : 0.0,
                            L.mesh().coord().tp == 0 ? moe_sums.aux : 0.0,
-                           L.mesh().coord().tp == 0 ? moe_sums.z : 0.0};
+                           L.mesh().coord().tp == 0 ? moe_sums.z : 0.0,
+                           L.mesh().coord().tp == 0 ? moe_sums.dropped : 0.0};
   world.allreduce(std::span<double>(sums), comm::ReduceOp::kSum).wait();
   stats.grad_norm = std::sqrt(sums[0]) / scale;
   stats.loss_scale = scaler ? scale : 0.0;
   stats.loss = sums[1] / static_cast<double>(b.tokens());
   stats.aux_loss = sums[2] / (static_cast<double>(L.config().n_layer) * static_cast<double>(b.global_batch));
   stats.z_loss = sums[3] / (static_cast<double>(L.config().n_layer) * static_cast<double>(b.tokens()));
+  stats.dropped_fraction =
+      sums[4] / (static_cast<double>(L.config().n_layer) * static_cast<double>(b.tokens()) * L.config().n_experts_per_tok);
   if (L.config().is_moe()) {
     // Each layer lives on one stage; every dp rank routes its own tokens; tp ranks alike (one counts).
     const nn::ModelConfig& cfg = L.config();
@@ -178,7 +181,7 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
     scaler->update(stats.skipped);
   }
   if (stats.skipped) {
-    // No update: weights, AdamW moments and its step counter stay as they were (the gradients
+    // No update: weights, AdamW moments, its step counter and the router bias stay as they were (the gradients
     // are zeroed by the next step's begin_step). ZeRO-1/2 replicas need no all-gather either,
     // since no shard changed.
     stats.clip_scale = 0.0f;
@@ -196,6 +199,9 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
       c.adamw->step(ps.values().data(), ps.grads().data(), lr, grad_factor);
     }
   }
+  // Aux-loss-free balancing (nn/moe_router.h): once per applied update, from the world's exact
+  // counts, which every rank holds for every layer, so every chunk updates its whole table alike.
+  for (ModelChunk& c : L.chunks()) c.model->update_router_bias(stats.expert_load);
   return stats;
 }
 

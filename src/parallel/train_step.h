@@ -25,6 +25,9 @@ struct StepStats {
   // (each token counted once per expert it reached, so a layer's row sums to k x tokens);
   // empty for dense models. Equal in every layout when routing is.
   std::vector<int64_t> expert_load;
+  // Mixture of experts with a capacity factor: the fraction of the global batch's routed
+  // (token, expert) pairs dropped over capacity, over every layer (nn/moe_router.h); else 0.
+  double dropped_fraction = 0.0;
   float clip_scale = 1.0f;
   double comm_wait_s = 0.0;  // time blocked on dp communication (exposed, not overlapped)
   // The loss or the grad norm was not finite somewhere in the world: no rank applied the

@@ -13,6 +13,7 @@
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
 #include "nn/lora_checkpoint.h"
+#include "nn/moe_router.h"
 
 namespace trident::train {
 
@@ -58,15 +59,24 @@ std::string tensor_name(const GatherStep& s) {
 
 // Rank 0: writes and commits the checkpoint whose plan[i] tensor `emit(i, sink)` supplies
 // (pulled in plan order, one at a time).
+// `router_bias`: the model's (n_layer, E) aux-free bias (nn/moe_router.h; empty when off), which
+// every rank holds whole, so rank 0 writes its own copy: one F32 [E] tensor per layer.
 std::string write_plan(const std::string& root, int64_t step, const nn::ModelConfig& cfg,
                        const std::vector<GatherStep>& plan, int64_t optimizer_step,
-                       const nlohmann::json& trident_state,
+                       const nlohmann::json& trident_state, const std::vector<float>& router_bias,
                        const std::function<void(std::size_t, ckpt::TensorSink&)>& emit) {
   ckpt::CheckpointWriter writer(root, step, cfg);
   for (std::size_t i = 0; i < plan.size(); ++i) {
     ckpt::SafetensorsWriter& file = plan[i].adapter ? writer.adapters() : plan[i].kind < 0 ? writer.model() : writer.optimizer();
     file.add_tensor(plan[i].adapter ? nn::peft_tensor_name(cfg, plan[i].spec->name) : tensor_name(plan[i]),
                     plan[i].spec->shape, [&emit, i](ckpt::TensorSink& sink) { emit(i, sink); });
+  }
+  const std::vector<nn::TensorSpec> bias = nn::router_bias_specs(cfg);
+  TRI_CHECK(router_bias.size() == bias.size() * static_cast<std::size_t>(cfg.n_experts),
+            "checkpoint step {}: a router bias of {} floats for {} layers of {} experts", step, router_bias.size(),
+            bias.size(), cfg.n_experts);
+  for (std::size_t l = 0; l < bias.size(); ++l) {
+    writer.model().add_tensor(bias[l].name, bias[l].shape, router_bias.data() + l * static_cast<std::size_t>(cfg.n_experts));
   }
   if (cfg.lora.enabled()) {
     writer.set_adapter_config(nn::lora_adapter_config(cfg, trident_state.value("lora_base", std::string())));
@@ -107,6 +117,30 @@ void load_adapters(parallel::Engine& engine, const ckpt::LoadedCheckpoint& loade
   }
 }
 
+// The aux-free router bias (nn/moe_router.h) into every chunk (each holds the whole table):
+// the checkpoint's where it has one, zeros where it has none (written without the bias).
+void load_router_bias(parallel::Engine& engine, const ckpt::LoadedCheckpoint& loaded) {
+  const nn::ModelConfig& cfg = engine.config();
+  const std::vector<nn::TensorSpec> specs = nn::router_bias_specs(cfg);
+  if (specs.empty()) {
+    const std::string name = loaded.model_prefix + nn::router_bias_name(0);
+    TRI_CHECK(!cfg.is_moe() || !loaded.model.contains(name),
+              "{} holds the aux-free balancing bias ({}, ...) but this run has --moe-bias-update-rate 0, which "
+              "would route without it (other experts than the checkpoint's); give the rate the checkpoint was "
+              "trained with (its config.json's router_bias_update_rate) or a new one", loaded.path, name);
+    return;
+  }
+  std::vector<float> table(specs.size() * static_cast<std::size_t>(cfg.n_experts), 0.0f);
+  for (std::size_t l = 0; l < specs.size(); ++l) {
+    const std::string name = loaded.model_prefix + specs[l].name;
+    if (!loaded.model.contains(name)) continue;  // zeros
+    float* row = table.data() + l * static_cast<std::size_t>(cfg.n_experts);
+    loaded.read_param(specs[l].name, specs[l].shape, row);
+    ckpt::check_finite(row, cfg.n_experts, name, loaded.model.file_of(name));
+  }
+  for (int c = 0; c < engine.num_chunks(); ++c) engine.chunk_model(c).set_router_bias(table);
+}
+
 }  // namespace
 
 std::string save_checkpoint(parallel::Engine& engine, const std::string& root, int64_t step,
@@ -124,7 +158,7 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
     for (const GatherStep& s : plan) largest = std::max(largest, shape_numel(s.spec->shape));
     std::vector<float> buffer(static_cast<std::size_t>(largest));
     try {
-      write_plan(root, step, cfg, plan, engine.optimizer_step(), trident_state,
+      write_plan(root, step, cfg, plan, engine.optimizer_step(), trident_state, engine.model().router_bias(),
                  [&](std::size_t index, ckpt::TensorSink& sink) {
                    TRI_CHECK(index == done, "checkpoint writer pulled tensor {} of {} out of order ({} expected)",
                              index, plan.size(), done);
@@ -167,6 +201,7 @@ void take_snapshot(parallel::Engine& engine, const std::string& root, int64_t st
     gather(engine, s, writer_rank ? snapshot.values.data() + offset : nullptr);
     offset += static_cast<std::size_t>(shape_numel(s.spec->shape));
   }
+  if (writer_rank) snapshot.router_bias = engine.model().router_bias();
   snapshot.config = cfg;
   snapshot.step = step;
   snapshot.optimizer_step = engine.optimizer_step();
@@ -195,8 +230,12 @@ std::string write_snapshot(const CheckpointSnapshot& snapshot, const std::string
                 snapshot.step, root, tensor_name(plan[i]), j);
     }
   }
+  for (std::size_t i = 0; i < snapshot.router_bias.size(); ++i) {
+    TRI_CHECK(std::isfinite(snapshot.router_bias[i]), "not writing the checkpoint of step {} under {}: its snapshot's "
+              "router bias holds a non-finite value (element {})", snapshot.step, root, i);
+  }
   return write_plan(root, snapshot.step, snapshot.config, plan, snapshot.optimizer_step,
-                    snapshot.trident_state, [&](std::size_t index, ckpt::TensorSink& sink) {
+                    snapshot.trident_state, snapshot.router_bias, [&](std::size_t index, ckpt::TensorSink& sink) {
                       sink.write(snapshot.values.data() + offsets[index], shape_numel(plan[index].spec->shape));
                     });
 }
@@ -211,6 +250,7 @@ int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint&
                        loaded.model.file_of(loaded.model_prefix + spec.name));
     engine.load_param(spec.name, logical.data());
   }
+  load_router_bias(engine, loaded);
   // A resumed LoRA run continues its adapters; --init-from starts fresh ones on the base.
   if (with_optimizer && engine.config().lora.enabled()) load_adapters(engine, loaded);
   if (with_optimizer) {

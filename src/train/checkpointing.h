@@ -32,6 +32,7 @@ struct CheckpointSnapshot {
   int64_t optimizer_step = 0;
   nlohmann::json trident_state;
   FloatBuffer values;  // rank 0: parameters, then each parameter's exp_avg and exp_avg_sq
+  std::vector<float> router_bias;  // rank 0: the aux-free bias table (nn::Model::router_bias)
 };
 
 // Collective, at a step boundary. Refuses non-finite state exactly as save_checkpoint does

@@ -78,7 +78,8 @@ FieldNames shape_fields() {
   ModelOptions m;
   for_each_field(m, [&](const auto& f, auto&) {
     // Not the model's shape: padding, and the auxiliary losses' weights in the objective.
-    if (f.name != "vocab_pad_multiple" && f.name != "moe_aux_loss_coef" && f.name != "moe_z_loss_coef") {
+    if (f.name != "vocab_pad_multiple" && f.name != "moe_aux_loss_coef" && f.name != "moe_z_loss_coef" &&
+        f.name != "moe_bias_update_rate" && f.name != "moe_capacity_factor") {
       names.insert(std::string(f.name));
     }
   });

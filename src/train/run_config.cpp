@@ -320,6 +320,16 @@ nn::ModelConfig with_objective_overrides(nn::ModelConfig g, const ModelOptions& 
               "({}) has no experts; drop the flag", *m.moe_z_loss_coef, nn::family_name(g.family));
     g.router_z_loss_coef = *m.moe_z_loss_coef;
   }
+  if (m.moe_bias_update_rate) {
+    TRI_CHECK(g.is_moe(), "--moe-bias-update-rate {} moves a mixture-of-experts router's selection bias, but this "
+              "model ({}) has no experts; drop the flag", *m.moe_bias_update_rate, nn::family_name(g.family));
+    g.router_bias_update_rate = *m.moe_bias_update_rate;
+  }
+  if (m.moe_capacity_factor) {
+    TRI_CHECK(g.is_moe(), "--moe-capacity-factor {} caps the tokens of a mixture-of-experts layer's experts, but "
+              "this model ({}) has no experts; drop the flag", *m.moe_capacity_factor, nn::family_name(g.family));
+    g.expert_capacity_factor = *m.moe_capacity_factor;
+  }
   return g;
 }
 

@@ -121,6 +121,8 @@ struct ModelOptions {
   int vocab_pad_multiple;  // 0: from the preset
   std::optional<double> moe_aux_loss_coef;  // unset: the preset's / config.json's router_aux_loss_coef
   std::optional<double> moe_z_loss_coef;    // unset: the preset's / config.json's router_z_loss_coef
+  std::optional<double> moe_bias_update_rate;  // unset: config.json's router_bias_update_rate (0)
+  std::optional<double> moe_capacity_factor;   // unset: config.json's expert_capacity_factor (0)
   int lora_rank;             // 0: no adapters, every parameter trained
   double lora_alpha;         // 0: 2 * lora_rank
   std::string lora_targets;  // comma-separated short names of the family's LoRA targets
@@ -153,6 +155,10 @@ void for_each_field(S& o, V&& v) {
         .at_least(0).shown_as("from the preset").alias("router_aux_loss_coef aux_loss_coef moe_aux_loss_coeff load_balancing_coef"), o.moe_aux_loss_coef);
   v(field("moe_z_loss_coef", std::optional<double>{}, "override (mixture of experts): weight of the router z-loss, the mean over layers and tokens of logsumexp(router logits)^2, added to the objective (ST-MoE; Megatron's --moe-z-loss-coeff; docs/moe.md)")
         .at_least(0).shown_as("from the preset (0)").alias("router_z_loss_coef z_loss_coef moe_z_loss_coeff"), o.moe_z_loss_coef);
+  v(field("moe_bias_update_rate", std::optional<double>{}, "override (mixture of experts): aux-loss-free balancing (DeepSeek-V3; 0.001 there): a per-expert bias added to the router probabilities for top-k selection only, moved by this much per optimizer step towards balanced load; saved as gate.e_score_correction_bias (docs/moe.md)")
+        .at_least(0).shown_as("from config.json (0 = off)").alias("router_bias_update_rate bias_update_speed bias_update_rate moe_router_bias_update_rate aux_free_bias"), o.moe_bias_update_rate);
+  v(field("moe_capacity_factor", std::optional<double>{}, "override (mixture of experts): each expert keeps at most ceil(c T k / E) routed tokens of each sequence, by router probability (ties: position); the rest contribute zero (docs/moe.md)")
+        .at_least(0).shown_as("from config.json (0 = dropless)").alias("expert_capacity_factor capacity_factor moe_expert_capacity_factor"), o.moe_capacity_factor);
   v(field("lora_rank", 0, "LoRA: train rank-r adapters on a frozen base (needs --init-from or --resume; docs/lora.md)")
         .at_least(0).shown_as("0 = off").alias("lora_r lora_dim"), o.lora_rank);
   v(field("lora_alpha", 0.0, "LoRA: adapter outputs are scaled by alpha / r (PEFT's lora_alpha)")

@@ -246,6 +246,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     if (model_cfg.is_moe()) {
       line["aux_loss"] = stats.aux_loss;  // `loss` is the cross-entropy
       if (model_cfg.router_z_loss_coef > 0) line["z_loss"] = stats.z_loss;
+      if (model_cfg.expert_capacity_factor > 0) line["dropped_fraction"] = stats.dropped_fraction;
       line["expert_load"] = expert_load_json(stats.expert_load, model_cfg.n_experts);
     }
     if (engine.loss_scaler() != nullptr) line["loss_scale"] = stats.loss_scale;  // this step's

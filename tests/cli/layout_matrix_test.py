@@ -93,6 +93,12 @@ MIXTRAL_ROWS = [r for r in LLAMA_ROWS if r[2] <= 4] + [(1, 2, 4, 0, "1f1b")] + [
     (2, 2, 2, 0, "gpipe", 2), (2, 1, 4, 0, "1f1b", 2)] + [
     (2, 1, 1, 1, "1f1b", 2), (2, 1, 1, 2, "1f1b", 2), (2, 1, 1, 3, "1f1b", 2), (4, 1, 1, 3, "1f1b", 2),
     (4, 2, 1, 2, "1f1b", 2), (2, 2, 1, 3, "1f1b", 2), (2, 1, 2, 1, "1f1b", 2), (4, 1, 2, 3, "interleaved", 2)]
+# Mixtral with the aux-free router bias updating (rate 0.01, so it moves routing within 5 steps)
+# and a capacity that drops (factor 1.0): dp, ep, tp and pp with micro-batches. The bias is in the
+# saved weights, so the weight check compares it too (equal counts give equal bias, bitwise).
+MIXTRAL_BALANCED_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 0, "1f1b", 2), (4, 2, 1, 0, "1f1b"),
+                         (4, 1, 2, 0, "1f1b", 2), (2, 2, 2, 0, "gpipe", 2)]
+MIXTRAL_BALANCED_FLAGS = ["--moe-bias-update-rate", "0.01", "--moe-capacity-factor", "1.0"]
 LLAMA_TIED_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 88,
     "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
@@ -111,6 +117,8 @@ def layouts(model="tiny"):
         return BF16_ROWS
     if model == "mixtral-tiny":
         return MIXTRAL_ROWS
+    if model == "mixtral-tiny-balanced":
+        return MIXTRAL_BALANCED_ROWS
     if model != "tiny":
         return LLAMA_ROWS
     rows = []
@@ -154,6 +162,9 @@ def main():
                   str(SEQ), "--steps", str(STEPS), "--lr", str(LR), "--lr-schedule", "constant", "--eps", str(EPS),
                   "--eval-every", "0", "--seed", "5", "--log-every", "100"]
         common += ["--precision", PRECISION]
+        if model == "mixtral-tiny-balanced":
+            common[common.index(model_arg)] = "mixtral-tiny"
+            common += MIXTRAL_BALANCED_FLAGS
         if model == "mixtral-tiny":
             common += ["--moe-z-loss-coef", "0.01"]  # the router z-loss on too: in the objective, and compared
         rc, _, err = run([T] + common + ["--ckpt-dir", f"{d}/ref", "--metrics", f"{d}/ref.jsonl"])
@@ -191,7 +202,8 @@ def main():
             got = read_metrics(f"{d}/{tag}.jsonl")
             loss = [x["loss"] for x in got]
             norm = [x["grad_norm"] for x in got]
-            w_dev, where = st.max_abs_diff(st.load(f"{d}/{tag}/step_{STEPS:08d}/model.safetensors"), ref_w)
+            got_w = st.load(f"{d}/{tag}/step_{STEPS:08d}/model.safetensors")
+            w_dev, where = st.max_abs_diff(got_w, ref_w)
             n = min(len(loss), STEPS)
             loss_dev, norm_dev = max_rel(loss[:n], ref_loss[:n]), max_rel(norm[:n], ref_norm[:n])
             print(f"{dp:>3} {tp:>3} {pp:>3} {ep:>3} {z:>4} {s:>11} {m:>2} | {loss_dev:>12.2e} {norm_dev:>12.2e} "
@@ -205,11 +217,17 @@ def main():
                 # The bound is on a typical element; the rare operand whose rounding flipped moves
                 # by a whole bf16 step, so the largest deviation is heavy-tailed (an element near
                 # eps takes an lr-sized step of either sign) and the root mean square is compared.
-                w_rms = st.rms_diff(st.load(f"{d}/{tag}/step_{STEPS:08d}/model.safetensors"), ref_w)
+                w_rms = st.rms_diff(got_w, ref_w)
                 print(f"    weights rms dev {w_rms:.2e} (bound {w_bound:.2e}), max {w_dev:.2e}")
                 check(f"layout {tag} weights (rms)", w_rms <= w_bound, f"{w_rms:.2e} > {w_bound:.2e}")
             else:
                 check(f"layout {tag} weights", w_dev <= w_bound, f"{w_dev:.2e} > {w_bound:.2e} at {where}")
+            # The aux-free router bias moves by +-rate from integer counts: equal bitwise, and moved.
+            bias = [k for k in ref_w if k.endswith(".gate.e_score_correction_bias")]
+            if bias:
+                check(f"layout {tag} router bias (bitwise)", all(got_w[k] == ref_w[k] for k in bias)
+                      and any(x != 0 for k in bias for x in ref_w[k]),
+                      f"{[list(got_w[k]) for k in bias]} vs {[list(ref_w[k]) for k in bias]}")
             if "aux_loss" in ref[0]:
                 # MoE: the load-balancing loss within the loss's bound. One token moved from expert
                 # e to e' changes it by E / (k T) |P_e' - P_e| / (layers * sequences), ~1e-5
@@ -229,6 +247,11 @@ def main():
                 load = [x["expert_load"] for x in got][:n]
                 ref_load = [m["expert_load"] for m in ref][:n]
                 check(f"layout {tag} expert load", load == ref_load, f"{load} vs {ref_load}")
+                if "dropped_fraction" in ref[0]:  # a ratio of integer counts: equal exactly
+                    dr, ref_dr = [x["dropped_fraction"] for x in got][:n], [m["dropped_fraction"] for m in ref][:n]
+                    print(f"    dropped fraction {dr}")
+                    check(f"layout {tag} dropped fractions", dr == ref_dr and all(f > 0 for f in ref_dr),
+                          f"{dr} vs {ref_dr}")
             compared += 1
     # A matrix that compared nothing (a filter that matches no row, every run failing) fails.
     want = len(layouts(model)) if not only else max(1, len(rows))

@@ -56,6 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_np  # noqa: E402
 import torch_gpt2  # noqa: E402  (lr_at: Trident's schedule, written independently)
 import torch_llama  # noqa: E402
+import torch_mixtral  # noqa: E402  (update_bias: the aux-free bias rule, written independently)
 from fp32_bounds import Fp32Bounds, compare_updates, rel_err  # noqa: E402
 
 # The shapes the dump tool is asked for: MHA and GQA (NKV = 2 of NH = 4, so the contiguous
@@ -69,6 +70,9 @@ CASES = {
                  "z_loss_coef": 0.1},
     "moe_top2_raw": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2,
                      "norm_topk_prob": False},
+    # The aux-free bias (a preset nonzero bias, updated every step) and a capacity that drops.
+    "moe_capacity_bias": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2,
+                          "norm_topk_prob": True, "bias_rate": 0.005, "capacity_factor": 1.0},
 }
 __doc__ += ", ".join(CASES)
 
@@ -77,7 +81,8 @@ def dump_command(tool, case, out):
     c = CASES[case]
     moe = ["--n-experts", str(c["n_experts"]), "--top-k", str(c["top_k"]),
            "--norm-topk-prob", "1" if c["norm_topk_prob"] else "0",
-           "--z-loss-coef", str(c.get("z_loss_coef", 0.0))] if c.get("n_experts") else []
+           "--z-loss-coef", str(c.get("z_loss_coef", 0.0)), "--bias-rate", str(c.get("bias_rate", 0.0)),
+           "--capacity-factor", str(c.get("capacity_factor", 0.0))] if c.get("n_experts") else []
     return [tool, "--family", "mixtral" if moe else "llama", "--n-kv-head", str(c["n_kv_head"]),
             "--tie-word-embeddings", "1" if c["tie_word_embeddings"] else "0"] + moe + [out]
 
@@ -94,6 +99,11 @@ MUTANTS = {
     "moe_aux_dropped": ["every parameter's gradient", "final weights"],
     "moe_aux_batch_level": ["every parameter's gradient"],
     "moe_z_dropped": ["every parameter's gradient", "final weights"],
+    "moe_bias_in_weights": ["logits", "every parameter's gradient", "final weights"],
+    "moe_bias_ignored": ["logits", "routing: every layer's tokens per expert at every step", "final weights"],
+    "moe_bias_update_flipped": ["router bias", "final weights"],
+    "moe_capacity_by_position": ["logits", "every parameter's gradient", "final weights"],
+    "moe_capacity_renormalised": ["logits", "every parameter's gradient", "final weights"],
 }
 OPTIMIZER_MUTANTS = ("no_weight_decay", "lr_off_at_step_3")
 
@@ -160,8 +170,21 @@ def run_reference(d, mutant, verbose, tag):
         return check.failed
     batches = [(torch.tensor(b["ids"]).view(B, T), torch.tensor(b["targets"]).view(B, T)) for b in meta["batches"]]
 
+    E = cfg.n_experts
+    bias_names = [f"model.layers.{l}.block_sparse_moe.gate.e_score_correction_bias" for l in range(cfg.n_layer)]
+    bias_on = cfg.router_bias_update_rate > 0
+
     def fresh():
-        return {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in init.items()}
+        """The weights, then (state, no gradient, not in the optimizer) the preset router bias."""
+        W = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in init.items()}
+        if bias_on:
+            b0 = np.asarray(meta["router_bias_init"], dtype=np.float32).reshape(cfg.n_layer, E)
+            for l, name in enumerate(bias_names):
+                W[name] = torch.tensor(b0[l], dtype=torch.float64)
+        return W
+
+    def trained(W):
+        return [w for k, w in W.items() if k not in bias_names]
 
     # Forward and backward at the initial weights.
     W = fresh()
@@ -179,8 +202,15 @@ def run_reference(d, mutant, verbose, tag):
         z = routing0["z"].item()
         e = abs(meta["z_losses"][0] - z) / z
         check("z-loss", e < bounds.loss_rel(0), f"trident {meta['z_losses'][0]:.9f} torch {z:.9f} rel {e:.2e}")
+        if bias_on:
+            check("the preset bias changes some tokens' experts", routing0["bias_changed"] > 0,
+                  f"{routing0['bias_changed']} (token, layer) selections differ from the unbiased top k")
+        if cfg.expert_capacity_factor > 0:
+            check("capacity drops some pairs", routing0["dropped"] > 0, f"{routing0['dropped']} pairs dropped at step 0")
     worst, worst_name, missing = 0.0, "", []
     for name, w in W.items():
+        if name in bias_names:
+            continue
         if "grad." + name not in step0:
             missing.append(name)
             continue
@@ -195,12 +225,13 @@ def run_reference(d, mutant, verbose, tag):
     # not (Trident's ParamInfo::weight_decay; the same rule as the GPT-2 test).
     W = fresh()
     wd = 0.0 if mutant == "no_weight_decay" else meta["weight_decay"]
-    decay = [w for w in W.values() if w.dim() >= 2]
-    no_decay = [w for w in W.values() if w.dim() < 2]
+    decay = [w for w in trained(W) if w.dim() >= 2]
+    no_decay = [w for w in trained(W) if w.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=meta["lr"], betas=(meta["beta1"], meta["beta2"]), eps=meta["eps"])
     clipped, loss_ratio, norm_ratio, aux_ratio, lr_budget, detail = 0, 0.0, 0.0, 0.0, 0.0, []
-    gaps, loads = [], []
+    gaps, loads, dropped, bias_equal = [], [], [], []
+    bias = np.asarray(meta.get("router_bias_init", []), dtype=np.float32).reshape(cfg.n_layer, -1) if bias_on else None
     for step, (ids, targets) in enumerate(batches):
         lr = torch_gpt2.lr_at(step, meta["lr"], meta["min_lr"], meta["warmup_steps"], len(batches))
         if mutant == "lr_off_at_step_3" and step == 3:
@@ -215,9 +246,17 @@ def run_reference(d, mutant, verbose, tag):
             gaps.append(routing["gap"])
             loads.append(routing["load"])
             aux_ratio = max(aux_ratio, abs(meta["aux_losses"][step] - aux.item()) / aux.item() / bounds.loss_rel(step))
-        norm = torch.nn.utils.clip_grad_norm_(list(W.values()), meta["grad_clip"]).item()
+        norm = torch.nn.utils.clip_grad_norm_(trained(W), meta["grad_clip"]).item()
         clipped += norm > meta["grad_clip"]
         opt.step()
+        if moe:
+            dropped.append(routing["dropped"])
+        if bias_on:  # once per step, from this step's tokens per expert (before dropping)
+            for l, name in enumerate(bias_names):
+                bias[l] = torch_mixtral.update_bias(bias[l], routing["load"][l * E:(l + 1) * E],
+                                                    hooks.bias_update_sign * cfg.router_bias_update_rate)
+                W[name] = torch.tensor(bias[l], dtype=torch.float64)
+            bias_equal.append(np.array_equal(bias.reshape(-1), np.asarray(meta["router_biases"][step], dtype=np.float32)))
         tl, tn = meta["losses"][step], meta["grad_norms"][step]
         le, ne = abs(tl - loss.item()) / loss.item(), abs(tn - norm) / norm
         loss_ratio = max(loss_ratio, le / bounds.loss_rel(step))
@@ -234,9 +273,15 @@ def run_reference(d, mutant, verbose, tag):
               (f"equal; " if first is None else f"first difference at step {first}: torch {loads[first]} "
                f"trident {want[first]}; ") + "smallest k-th/(k+1)-th probability gap per step "
               f"{' '.join(f'{g:.1e}' for g in gaps)} (forward bound {bounds.forward_rel:.1e})")
+    if moe and "dropped" in meta:
+        check("capacity: pairs dropped at every step", dropped == meta["dropped"],
+              f"torch {dropped} trident {meta['dropped']}")
+    if bias_on:
+        check("router bias", all(bias_equal),
+              f"bitwise (fp32) after every step: equal at steps {[s for s, ok in enumerate(bias_equal) if ok]} of {len(bias_equal)}")
     check("clipping engaged on some steps but not all", 0 < clipped < len(batches),
           f"{clipped} of {len(batches)} steps clipped")
-    ref = {k: w.detach().numpy() for k, w in W.items()}
+    ref = {k: w.detach().numpy() for k, w in W.items() if k not in bias_names}  # the bias: checked above
     # No Llama weight has an element with an exactly zero gradient (no biases), so nothing is
     # exempt from the update bound (update_exempt matches GPT-2's key bias only).
     worst, name, _, bad = compare_updates(init, final, ref, C, len(batches), bounds, lr_budget)

@@ -57,6 +57,9 @@ class LlamaConfig:
     norm_topk_prob: bool = True
     router_aux_loss_coef: float = 0.0
     router_z_loss_coef: float = 0.0
+    # Aux-free balancing bias update rate and capacity factor (torch_mixtral.py); 0: off.
+    router_bias_update_rate: float = 0.0
+    expert_capacity_factor: float = 0.0
 
     def __post_init__(self):
         if self.n_head % self.n_kv_head != 0:
@@ -71,7 +74,9 @@ class LlamaConfig:
                            n_experts=int(meta.get("n_experts", 0)), top_k=int(meta.get("top_k", 2)),
                            norm_topk_prob=bool(meta.get("norm_topk_prob", True)),
                            router_aux_loss_coef=float(meta.get("router_aux_loss_coef", 0.0)),
-                           router_z_loss_coef=float(meta.get("router_z_loss_coef", 0.0)))
+                           router_z_loss_coef=float(meta.get("router_z_loss_coef", 0.0)),
+                           router_bias_update_rate=float(meta.get("router_bias_update_rate", 0.0)),
+                           expert_capacity_factor=float(meta.get("expert_capacity_factor", 0.0)))
 
     @staticmethod
     def from_hf(config):
@@ -148,6 +153,9 @@ class Hooks:
     aux_rule: str = "sequence"  # torch_mixtral.moe_block: "sequence" (Trident's) or "batch" (HF's)
     aux_in_objective: bool = True  # the load-balancing loss is added to the cross-entropy
     z_in_objective: bool = True    # the router z-loss is added too
+    bias_rule: str = "selection"   # torch_mixtral.moe_block: "selection" (Trident's), "weights", "ignored"
+    capacity_rule: str = "probs"   # "probs" (Trident's), "position" (Switch), "renormalised"
+    bias_update_sign: float = 1.0  # -1: the bias update pushes towards imbalance (a mutant)
 
 
 HF = Hooks()
@@ -164,6 +172,13 @@ MUTANT_HOOKS = {
     "moe_aux_dropped": Hooks(aux_in_objective=False),
     "moe_aux_batch_level": Hooks(aux_rule="batch"),
     "moe_z_dropped": Hooks(z_in_objective=False),
+    # Aux-free bias and capacity: the bias in the weights too / not in the selection, the
+    # update's sign flipped, Switch's keep-by-position capacity, kept weights renormalised.
+    "moe_bias_in_weights": Hooks(bias_rule="weights"),
+    "moe_bias_ignored": Hooks(bias_rule="ignored"),
+    "moe_bias_update_flipped": Hooks(bias_update_sign=-1.0),
+    "moe_capacity_by_position": Hooks(capacity_rule="position"),
+    "moe_capacity_renormalised": Hooks(capacity_rule="renormalised"),
 }
 
 
@@ -179,6 +194,10 @@ def mutant_applies(name, cfg):
     """Whether a mutant changes anything for this shape (a kv mapping needs 1 < NKV < NH)."""
     if name == "kv_heads_interleaved":
         return 1 < cfg.n_kv_head < cfg.n_head
+    if name.startswith("moe_bias"):
+        return cfg.n_experts > 0 and cfg.router_bias_update_rate > 0
+    if name.startswith("moe_capacity"):
+        return cfg.n_experts > 0 and cfg.expert_capacity_factor > 0
     if name.startswith("moe_"):
         if name == "moe_z_dropped":
             return cfg.n_experts > 0 and cfg.router_z_loss_coef > 0
@@ -218,7 +237,8 @@ def forward(W, ids, cfg, hooks=HF, moe_stats=None):
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
         if cfg.n_experts:
             renorm = cfg.norm_topk_prob if hooks.moe_renorm is None else hooks.moe_renorm
-            y, aux, routing = torch_mixtral.moe_block(h, W, p, cfg, hooks.act, renorm, hooks.aux_rule)
+            y, aux, routing = torch_mixtral.moe_block(h, W, p, cfg, hooks.act, renorm, hooks.aux_rule,
+                                                      hooks.bias_rule, hooks.capacity_rule)
             if moe_stats is not None:
                 moe_stats.append((aux, routing))
             x = x + y
@@ -246,7 +266,8 @@ def objective(W, ids, targets, cfg, hooks=HF):
     aux = sum(a for a, _ in stats) / (cfg.n_layer * ids.shape[0])
     coef = cfg.router_aux_loss_coef if hooks.aux_in_objective else 0.0
     z = sum(r["z"] for _, r in stats) / (cfg.n_layer * ids.numel())
-    routing = {"load": [n for _, r in stats for n in r["load"]], "gap": min(r["gap"] for _, r in stats), "z": z}
+    routing = {"load": [n for _, r in stats for n in r["load"]], "gap": min(r["gap"] for _, r in stats), "z": z,
+               "dropped": sum(r["dropped"] for _, r in stats), "bias_changed": sum(r["bias_changed"] for _, r in stats)}
     z_coef = cfg.router_z_loss_coef if hooks.z_in_objective else 0.0
     return ce + coef * aux + z_coef * z, ce, aux, routing, logits
 

@@ -21,12 +21,59 @@ the cross-entropy. HF's rule is kept as a mutant (`aux_rule="batch"`: the same s
 layer's tokens at once).
 
 The router z-loss (ST-MoE; off unless router_z_loss_coef > 0): per token, logsumexp(router
-logits)^2, averaged over layers and tokens, times router_z_loss_coef, added to the objective."""
+logits)^2, averaged over layers and tokens, times router_z_loss_coef, added to the objective.
+
+Aux-loss-free balancing (DeepSeek-V3; Trident's nn/moe_router.h): with a bias b (E) in W under
+model.layers.N.block_sparse_moe.gate.e_score_correction_bias (state, no gradient), the top k
+are chosen by p + b and weighted by the unbiased p (renormalised over the k chosen as above);
+update_bias is the once-per-step rule b_e += u sign(mean load - load_e), in float32 as Trident.
+
+Capacity (cfg.expert_capacity_factor c > 0): per sequence, cap = min(T, ceil(c T k / E)); an
+expert keeps the pairs that chose it by descending p_e, ties by token position (Megatron's
+"probs" drop policy); a dropped pair's weight is zeroed, not renormalised away. f_e, the
+load and the bias update count the choices before dropping."""
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def moe_block(x, W, prefix, cfg, act, renorm, aux_rule):
+def capacity_keep(chosen, probs, B, T, E, K, factor, by_position=False):
+    """(B*T, K) bool: which (token, slot) pairs their expert keeps under the capacity rule above
+    (by_position: Switch Transformers' rule, a mutant)."""
+    keep = torch.ones(chosen.shape, dtype=torch.bool)
+    if factor <= 0:
+        return keep
+    cap = min(T, math.ceil(factor * T * K / E))
+    p = probs.detach()
+    for b in range(B):
+        for e in range(E):
+            token, slot = (chosen[b * T:(b + 1) * T] == e).nonzero(as_tuple=True)
+            if token.numel() <= cap:
+                continue
+            order = sorted(range(token.numel()), key=lambda i: (0.0 if by_position else -p[b * T + token[i], e].item(),
+                                                                 token[i].item()))
+            for i in order[cap:]:
+                keep[b * T + token[i], slot[i]] = False
+    return keep
+
+
+def update_bias(bias, load, rate):
+    """One step of the aux-free bias (float32 numpy array (E,), integer loads (E,))."""
+    total, E = sum(load), len(load)
+    u = np.float32(rate)
+    out = bias.copy()
+    for e in range(E):
+        d = total - E * load[e]
+        if d > 0:
+            out[e] = np.float32(out[e] + u)
+        elif d < 0:
+            out[e] = np.float32(out[e] - u)
+    return out
+
+
+def moe_block(x, W, prefix, cfg, act, renorm, aux_rule, bias_rule="selection", capacity_rule="probs"):
     """x (B, T, C) -> (out (B, T, C), this layer's aux summed over its B sequences, routing
     statistics: tokens routed to each expert, the z terms summed over the layer's tokens, and the
     smallest gap between a token's k-th and (k+1)-th probability, which says how far the routing
@@ -37,9 +84,23 @@ def moe_block(x, W, prefix, cfg, act, renorm, aux_rule):
     rows = x.reshape(B * T, C)
     logits = F.linear(rows, W[moe + "gate.weight"])
     probs = logits.softmax(dim=-1)
-    weights, chosen = torch.topk(probs, K, dim=-1)
+    bias = W.get(moe + "gate.e_score_correction_bias") if bias_rule != "ignored" else None
+    if bias is None:
+        weights, chosen = torch.topk(probs, K, dim=-1)
+        unbiased_chosen = chosen
+    else:
+        scores = probs + bias
+        chosen = torch.topk(scores.detach(), K, dim=-1).indices
+        unbiased_chosen = torch.topk(probs.detach(), K, dim=-1).indices
+        # The weights are the unbiased probabilities ("weights" mutant: the biased scores).
+        weights = (scores if bias_rule == "weights" else probs).gather(-1, chosen)
     if renorm:
         weights = weights / weights.sum(dim=-1, keepdim=True)
+    keep = capacity_keep(chosen, probs, B, T, E, K, getattr(cfg, "expert_capacity_factor", 0.0),
+                         by_position=capacity_rule == "position")
+    if capacity_rule == "renormalised" and renorm:  # mutant: the kept weights renormalised again
+        weights = weights * keep / (weights * keep).sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    weights = weights * keep  # a dropped pair contributes zero
     out = torch.zeros_like(rows)
     for e in range(E):
         token, slot = (chosen == e).nonzero(as_tuple=True)
@@ -59,7 +120,9 @@ def moe_block(x, W, prefix, cfg, act, renorm, aux_rule):
     sorted_p = probs.detach().sort(dim=-1, descending=True).values
     gap = (sorted_p[:, K - 1] - sorted_p[:, K]).min().item() if K < E else float("inf")
     z = torch.logsumexp(logits, dim=-1).pow(2).sum()
-    return out.view(B, T, C), aux, {"load": routed.sum(dim=0).long().tolist(), "gap": gap, "z": z}
+    changed = int((chosen.sort(dim=-1).values != unbiased_chosen.sort(dim=-1).values).any(dim=-1).sum())
+    return out.view(B, T, C), aux, {"load": routed.sum(dim=0).long().tolist(), "gap": gap, "z": z,
+                                    "dropped": int((~keep).sum()), "bias_changed": changed}
 
 
 def param_shapes(cfg, prefix, hidden, intermediate):

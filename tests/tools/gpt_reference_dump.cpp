@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   const std::string usage =
       "usage: gpt_reference_dump [--family gpt2|llama|mixtral] [--n-kv-head K] [--tie-word-embeddings 0|1]\n"
       "                          [--n-experts E --top-k K --norm-topk-prob 0|1 --z-loss-coef Z]\n"
+      "                          [--bias-rate U --capacity-factor C]\n"
       "                          [--precision fp32|bf16|fp16] OUT_DIR\n";
   kernels::Precision precision = kernels::Precision::kFp32;
   nn::ModelConfig cfg;
@@ -58,6 +59,10 @@ int main(int argc, char** argv) {
       cfg.n_experts_per_tok = std::stoi(argv[++i]);
     } else if (i + 1 < argc && a == "--z-loss-coef") {
       cfg.router_z_loss_coef = std::stod(argv[++i]);
+    } else if (i + 1 < argc && a == "--bias-rate") {
+      cfg.router_bias_update_rate = std::stod(argv[++i]);
+    } else if (i + 1 < argc && a == "--capacity-factor") {
+      cfg.expert_capacity_factor = std::stod(argv[++i]);
     } else if (i + 1 < argc && a == "--norm-topk-prob") {
       cfg.norm_topk_prob = std::string(argv[++i]) == "1";
     } else if (i + 1 < argc && a == "--n-kv-head") {
@@ -129,6 +134,16 @@ int main(int argc, char** argv) {
     meta["norm_topk_prob"] = cfg.norm_topk_prob;
     meta["router_aux_loss_coef"] = cfg.router_aux_loss_coef;
     meta["router_z_loss_coef"] = cfg.router_z_loss_coef;
+    meta["router_bias_update_rate"] = cfg.router_bias_update_rate;
+    meta["expert_capacity_factor"] = cfg.expert_capacity_factor;
+  }
+  if (cfg.has_router_bias()) {
+    // A preset nonzero bias (as a checkpoint would hold), large against the initial router's
+    // spread of probabilities, so that it changes which experts many tokens choose.
+    std::vector<float> bias(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts));
+    for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = 0.01f * static_cast<float>(static_cast<int>((i * 7 + 3) % 5) - 2);
+    model.set_router_bias(bias);
+    meta["router_bias_init"] = bias;
   }
   std::vector<std::vector<int32_t>> ids(steps), targets(steps);
   for (int64_t s = 0; s < steps; ++s) {
@@ -179,6 +194,11 @@ int main(int argc, char** argv) {
       std::vector<int64_t> load(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts), 0);
       model.take_expert_load(load);
       meta["expert_load"].push_back(load);  // (n_layer, E) tokens routed to each expert
+      meta["dropped"].push_back(static_cast<int64_t>(sums.dropped));  // pairs over capacity, all layers
+      if (cfg.has_router_bias()) {  // the engine's rule (parallel/train_step.cpp): after the update
+        model.update_router_bias(load);
+        meta["router_biases"].push_back(model.router_bias());
+      }
     }
     meta["grad_norms"].push_back(norm);
     fmt::print("step {} loss {:.6f} grad_norm {:.6f} lr {:.2e}\n", s, loss, norm, sched.at(s));

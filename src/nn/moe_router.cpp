@@ -1,0 +1,76 @@
+// Routing rules of the mixture of experts (see moe_router.h).
+#include "nn/moe_router.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/check.h"
+
+namespace trident::nn {
+
+void select_experts(const float* p, const float* bias, int64_t E, int64_t K, int32_t* sel) {
+  auto score = [&](int64_t e) { return bias != nullptr ? p[e] + bias[e] : p[e]; };
+  std::vector<bool> taken(static_cast<std::size_t>(E), false);
+  for (int64_t j = 0; j < K; ++j) {
+    int64_t best = -1;
+    for (int64_t e = 0; e < E; ++e) {  // strict > keeps the lower id on a tie
+      if (!taken[e] && (best < 0 || score(e) > score(best))) best = e;
+    }
+    taken[best] = true;
+    sel[j] = static_cast<int32_t>(best);
+  }
+  std::sort(sel, sel + K);  // combined in expert-id order
+}
+
+int64_t expert_capacity(double factor, int64_t T, int64_t K, int64_t E) {
+  if (factor <= 0) return -1;
+  const double cap = std::ceil(factor * static_cast<double>(T * K) / static_cast<double>(E));
+  return std::min<int64_t>(T, static_cast<int64_t>(cap));
+}
+
+int64_t apply_capacity(const int32_t* experts, const float* probs, int64_t T, int64_t E, int64_t K,
+                       int64_t cap, uint8_t* keep) {
+  std::fill(keep, keep + T * K, uint8_t{1});
+  if (cap < 0) return 0;
+  int64_t dropped = 0;
+  std::vector<int64_t> pairs;  // t * K + j of the pairs that chose e
+  for (int64_t e = 0; e < E; ++e) {
+    pairs.clear();
+    for (int64_t i = 0; i < T * K; ++i) {
+      if (experts[i] == e) pairs.push_back(i);
+    }
+    if (static_cast<int64_t>(pairs.size()) <= cap) continue;
+    // Descending probability of e, then ascending token (the pairs are in token order).
+    std::stable_sort(pairs.begin(), pairs.end(),
+                     [&](int64_t a, int64_t b) { return probs[(a / K) * E + e] > probs[(b / K) * E + e]; });
+    for (std::size_t r = static_cast<std::size_t>(cap); r < pairs.size(); ++r) keep[pairs[r]] = 0;
+    dropped += static_cast<int64_t>(pairs.size()) - cap;
+  }
+  return dropped;
+}
+
+void update_router_bias(float* bias, const int64_t* load, int64_t E, double rate) {
+  const int64_t total = std::accumulate(load, load + E, int64_t{0});
+  const auto u = static_cast<float>(rate);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t d = total - E * load[e];  // E x (mean - load_e): exact
+    if (d > 0) bias[e] += u;
+    if (d < 0) bias[e] -= u;
+  }
+}
+
+std::string router_bias_name(int layer) {
+  return fmt::format("model.layers.{}.block_sparse_moe.gate.e_score_correction_bias", layer);
+}
+
+std::vector<TensorSpec> router_bias_specs(const ModelConfig& c) {
+  std::vector<TensorSpec> specs;
+  if (!c.has_router_bias()) return specs;
+  for (int l = 0; l < c.n_layer; ++l) specs.push_back({router_bias_name(l), {c.n_experts}});
+  return specs;
+}
+
+}  // namespace trident::nn

@@ -1,0 +1,64 @@
+// The mixture of experts' routing rules beyond the router's probabilities (nn/moe_mlp.h runs
+// them): top-k selection with an optional selection bias, the per-sequence capacity rule, and
+// the bias's once-per-step update. Plain functions over arrays, so they are tested alone.
+//
+// Aux-loss-free balancing (DeepSeek-V3, Wang et al. 2024 "Auxiliary-Loss-Free Load Balancing"):
+// each MoE layer holds a bias b[E] (fp32 state, not trained) that is added to the router
+// probabilities only to choose the top k; the routing weights stay the unbiased p_j / sum p.
+// After every applied optimizer step, b_e += u sign(mean_e' load_e' - load_e), load_e the
+// tokens of the whole global batch that chose e in this layer (integer counts summed exactly
+// over the world: parallel/train_step.cpp). A skipped step (non-finite loss) updates nothing.
+// Saved as model.layers.N.block_sparse_moe.gate.e_score_correction_bias, DeepSeek-V3's name
+// under Mixtral's module path, F32 [E]; absent from a checkpoint (one written without the
+// bias) it starts at zero.
+//
+// Capacity (expert_capacity_factor c > 0). A sequence is never split over ranks or micro-batches
+// in this engine (sequence parallelism gathers every row before the MLP), so capacity is per
+// sequence: cap = ceil(c T k / E) routed (token, expert) pairs per expert and sequence. Within a
+// sequence an expert keeps its pairs by descending router probability p_e (unbiased), ties by
+// token position; the rest are dropped: they contribute zero and their weight is not
+// renormalised away (the kept weights stay p_j / sum over all k chosen). That follows
+// Megatron-Core's --moe-token-drop-policy probs (topk_softmax_with_capacity normalises the top
+// k, then multiplies by the capacity mask), except that Megatron ranks by the normalised gate
+// and we by p_e, the "router probability"; Switch Transformers keeps by position, HF's
+// Mixtral has no capacity. Megatron's capacity, ceil(c tokens k / E), counts a micro-batch's
+// tokens on one rank, so its drops change with the layout; per sequence they cannot. The load-balancing loss's f_e counts the
+// choices before dropping, as Switch (its density uses the expert mask before capacity) and
+// Megatron (tokens_per_expert from the top-k map) do, and so do expert_load and the bias.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nn/architecture.h"
+#include "nn/model_config.h"
+
+namespace trident::nn {
+
+// sel[K] = the K experts with the largest p_e + bias_e (bias null: p_e; fp32 sums), ties to the
+// lowest id, in ascending id order.
+void select_experts(const float* p, const float* bias, int64_t E, int64_t K, int32_t* sel);
+
+// Routed pairs one expert keeps per sequence of T tokens: ceil(c T K / E); -1 when c is 0
+// (no capacity). The product is rounded up in double, then clamped to T (an expert gets at
+// most one pair per token).
+int64_t expert_capacity(double factor, int64_t T, int64_t K, int64_t E);
+
+// One sequence of T tokens: experts (T, K) the chosen ids, probs (T, E). Sets keep[t K + j] to
+// 1 for the pairs each expert keeps under `cap` (see above), 0 for the dropped; returns how
+// many were dropped.
+int64_t apply_capacity(const int32_t* experts, const float* probs, int64_t T, int64_t E, int64_t K,
+                       int64_t cap, uint8_t* keep);
+
+// One layer's bias after an applied step: b_e += rate sign(sum(load) / E - load_e), in fp32
+// (the comparison in integers: sign(sum(load) - E load_e)).
+void update_router_bias(float* bias, const int64_t* load, int64_t E, double rate);
+
+// model.layers.<layer>.block_sparse_moe.gate.e_score_correction_bias
+std::string router_bias_name(int layer);
+// The bias tensors a checkpoint of `c` holds (one F32 [E] per layer), in layer order; none
+// unless c.has_router_bias().
+std::vector<TensorSpec> router_bias_specs(const ModelConfig& c);
+
+}  // namespace trident::nn

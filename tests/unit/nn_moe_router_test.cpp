@@ -1,0 +1,230 @@
+// The mixture of experts' routing rules (nn/moe_router.h): selection with the aux-free bias
+// (chosen by p + b, weighted by the unbiased p), the per-sequence capacity rule (descending
+// probability, ties by position, dropped pairs contribute zero), and the bias update, each
+// against a hand computation; then the same rules inside a Mixtral layer (nn/moe_mlp.h).
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "nn/llama_block.h"
+#include "nn/model.h"
+#include "nn/moe_router.h"
+
+namespace trident::nn {
+namespace {
+
+TEST(MoeRouter, SelectionByBiasedScoreTiesToLowestId) {
+  const float p[4] = {0.4f, 0.3f, 0.2f, 0.1f};
+  int32_t sel[2];
+  select_experts(p, nullptr, 4, 2, sel);
+  EXPECT_EQ(sel[0], 0);
+  EXPECT_EQ(sel[1], 1);
+  const float bias[4] = {0.0f, -0.2f, 0.0f, 0.35f};  // scores 0.4, 0.1, 0.2, 0.45
+  select_experts(p, bias, 4, 2, sel);
+  EXPECT_EQ(sel[0], 0);
+  EXPECT_EQ(sel[1], 3);
+  const float tie[4] = {0.25f, 0.25f, 0.25f, 0.25f};
+  select_experts(tie, nullptr, 4, 2, sel);
+  EXPECT_EQ(sel[0], 0);
+  EXPECT_EQ(sel[1], 1);
+}
+
+TEST(MoeRouter, CapacityIsCeilOfFactorTimesShareClampedToTheSequence) {
+  EXPECT_EQ(expert_capacity(0.0, 8, 2, 4), -1);   // off
+  EXPECT_EQ(expert_capacity(1.0, 8, 2, 4), 4);    // 8 * 2 / 4
+  EXPECT_EQ(expert_capacity(0.3, 8, 2, 4), 2);    // ceil(1.2)
+  EXPECT_EQ(expert_capacity(0.01, 8, 2, 4), 1);   // ceil(0.04)
+  EXPECT_EQ(expert_capacity(10.0, 8, 2, 4), 8);   // an expert gets one pair per token at most
+}
+
+TEST(MoeRouter, CapacityKeepsHighestProbabilityThenEarliestToken) {
+  // T = 5 tokens, K = 1, E = 2; every token chose expert 0 with p_0 = 0.6 0.9 0.8 0.9 0.8.
+  const int32_t experts[5] = {0, 0, 0, 0, 0};
+  const float probs[10] = {0.6f, 0.4f, 0.9f, 0.1f, 0.8f, 0.2f, 0.9f, 0.1f, 0.8f, 0.2f};
+  uint8_t keep[5];
+  // cap 3: the two 0.9s (tokens 1, 3), then of the tied 0.8s the earlier (token 2).
+  EXPECT_EQ(apply_capacity(experts, probs, 5, 2, 1, 3, keep), 2);
+  EXPECT_EQ(std::vector<int>(keep, keep + 5), (std::vector<int>{0, 1, 1, 1, 0}));
+  EXPECT_EQ(apply_capacity(experts, probs, 5, 2, 1, -1, keep), 0);  // no capacity
+  EXPECT_EQ(std::vector<int>(keep, keep + 5), (std::vector<int>{1, 1, 1, 1, 1}));
+  // K = 2, E = 3: each expert ranked by its own probability; expert 2 (one pair) untouched.
+  const int32_t e2[6] = {0, 1, 0, 1, 0, 2};
+  const float p2[9] = {0.5f, 0.3f, 0.2f, 0.4f, 0.5f, 0.1f, 0.45f, 0.1f, 0.45f};
+  uint8_t k2[6];
+  EXPECT_EQ(apply_capacity(e2, p2, 3, 3, 2, 1, k2), 3);  // 2 of expert 0, 1 of expert 1
+  // expert 0: tokens 0 (0.5), 1 (0.4), 2 (0.45) -> keeps token 0; expert 1: tokens 0 (0.3), 1 (0.5) -> token 1.
+  EXPECT_EQ(std::vector<int>(k2, k2 + 6), (std::vector<int>{1, 0, 0, 1, 0, 1}));
+}
+
+TEST(MoeRouter, BiasUpdateIsRateTimesSignOfMeanMinusLoad) {
+  std::vector<float> b = {0.0f, 0.5f, -0.25f, 0.125f};
+  const int64_t load[4] = {5, 3, 3, 1};  // mean 3
+  update_router_bias(b.data(), load, 4, 0.001);
+  const float u = 0.001f;
+  EXPECT_EQ(b, (std::vector<float>{0.0f - u, 0.5f, -0.25f, 0.125f + u}));
+  const int64_t uneven[3] = {2, 1, 1};  // mean 4/3: above it 2, below it 1 and 1
+  std::vector<float> c(3, 0.0f);
+  update_router_bias(c.data(), uneven, 3, 0.5);
+  EXPECT_EQ(c, (std::vector<float>{-0.5f, 0.5f, 0.5f}));
+}
+
+TEST(MoeRouter, BiasSpecsOnlyWhenTheRateIsOn) {
+  ModelConfig c = model_preset("mixtral-tiny");
+  EXPECT_TRUE(router_bias_specs(c).empty());
+  c.router_bias_update_rate = 0.001;
+  const auto specs = router_bias_specs(c);
+  ASSERT_EQ(specs.size(), static_cast<std::size_t>(c.n_layer));
+  EXPECT_EQ(specs[1].name, "model.layers.1.block_sparse_moe.gate.e_score_correction_bias");
+  EXPECT_EQ(specs[1].shape, (Shape{c.n_experts}));
+}
+
+ModelConfig moe_shape() {
+  ModelConfig c = model_preset("mixtral-tiny");
+  c.n_layer = 2, c.n_positions = 16, c.vocab_size = 50, c.vocab_pad_multiple = 8;
+  return c;
+}
+
+const MoeActivations& layer_moe(const ModelActivations& acts, int l) {
+  return *static_cast<const LlamaBlockActivations&>(*acts.blocks[static_cast<std::size_t>(l)]).moe;
+}
+
+struct MoeRun {
+  ModelConfig cfg;
+  MemoryTracker tracker;
+  Model model;
+  ModelActivations acts;
+  std::vector<int32_t> ids, targets;
+  static constexpr int64_t B = 2, T = 8;
+  explicit MoeRun(const ModelConfig& c) : cfg(c), model(c) {
+    kernels::set_num_threads(1);
+    model.allocate(tracker);
+    model.params().initialize(3);
+    acts = model.make_activations(tracker, B, T);
+    for (int64_t i = 0; i < B * T; ++i) {
+      ids.push_back(static_cast<int32_t>(i * 7 % 50)), targets.push_back(static_cast<int32_t>(i * 3 % 50));
+    }
+  }
+  double step() {
+    model.params().zero_grads();
+    return model.forward_backward(acts, ids.data(), targets.data(), B, T, 1.0f / (B * T));
+  }
+};
+
+TEST(MoeRouter, BiasInTheLayerChangesSelectionNotWeights) {
+  ModelConfig cfg = moe_shape();
+  cfg.router_bias_update_rate = 0.001;
+  MoeRun plain(cfg), biased(cfg);
+  std::vector<float> bias(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts), 0.0f);
+  for (int l = 0; l < cfg.n_layer; ++l) bias[static_cast<std::size_t>(l * cfg.n_experts + 3)] = 2.0f;  // beats any p
+  biased.model.set_router_bias(bias);
+  plain.step();
+  biased.step();
+  const int64_t E = cfg.n_experts, K = cfg.n_experts_per_tok;
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const MoeActivations& a = layer_moe(biased.acts, l);
+    const MoeActivations& p = layer_moe(plain.acts, l);
+    int changed = 0;
+    for (int64_t n = 0; n < MoeRun::B * MoeRun::T; ++n) {
+      const int32_t* sel = a.experts.data() + n * K;
+      ASSERT_TRUE(std::find(sel, sel + K, 3) != sel + K) << "layer " << l << " token " << n;
+      changed += !std::equal(sel, sel + K, p.experts.data() + n * K);
+      // The weights are the unbiased probabilities of the chosen experts, renormalised.
+      const float* pr = a.probs.data() + n * E;
+      double sum = 0.0;
+      for (int64_t j = 0; j < K; ++j) sum += pr[sel[j]];
+      for (int64_t j = 0; j < K; ++j) {
+        EXPECT_EQ(a.weights[static_cast<std::size_t>(n * K + j)], static_cast<float>(pr[sel[j]] / sum));
+      }
+    }
+    EXPECT_GT(changed, 0) << "the bias changed no token's experts in layer " << l;
+  }
+}
+
+TEST(MoeRouter, CapacityDropsInTheLayerAndDroppedPairsContributeNothing) {
+  ModelConfig cfg = moe_shape();
+  cfg.expert_capacity_factor = 0.5;  // cap = ceil(0.5 * 8 * 2 / 4) = 2 of a sequence's 16 pairs per expert
+  MoeRun run(cfg);
+  run.step();
+  const int64_t E = cfg.n_experts, K = cfg.n_experts_per_tok, T = MoeRun::T;
+  const int64_t cap = expert_capacity(cfg.expert_capacity_factor, T, K, E);
+  ASSERT_EQ(cap, 2);
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const MoeActivations& a = layer_moe(run.acts, l);
+    int64_t dropped = 0;
+    for (int64_t b = 0; b < MoeRun::B; ++b) {
+      for (int64_t e = 0; e < E; ++e) {
+        std::vector<std::pair<float, int64_t>> chose;  // (-p, token) of the pairs that chose e
+        int64_t kept = 0;
+        for (int64_t t = 0; t < T; ++t) {
+          for (int64_t j = 0; j < K; ++j) {
+            const std::size_t i = static_cast<std::size_t>((b * T + t) * K + j);
+            if (a.experts[i] != e) continue;
+            chose.emplace_back(-a.probs[static_cast<std::size_t>((b * T + t) * E + e)], t);
+            kept += a.keep[i];
+            EXPECT_EQ(a.row_of[i] < 0, a.keep[i] == 0);
+          }
+        }
+        std::sort(chose.begin(), chose.end());
+        EXPECT_EQ(kept, std::min<int64_t>(cap, static_cast<int64_t>(chose.size())));
+        for (std::size_t r = 0; r < chose.size(); ++r) {  // the first cap by (-p, t) are the kept
+          const int64_t t = chose[r].second;
+          const int32_t* sel = a.experts.data() + (b * T + t) * K;
+          const int64_t j = std::find(sel, sel + K, e) - sel;
+          EXPECT_EQ(a.keep[static_cast<std::size_t>((b * T + t) * K + j)], r < static_cast<std::size_t>(cap) ? 1 : 0);
+        }
+        dropped += std::max<int64_t>(0, static_cast<int64_t>(chose.size()) - cap);
+      }
+    }
+    EXPECT_EQ(a.dropped, dropped);
+    EXPECT_GT(a.dropped, 0);
+    EXPECT_EQ(a.offsets[static_cast<std::size_t>(E)], MoeRun::B * T * K - a.dropped);
+  }
+  // The routed rows: every kept pair has one in its expert's range, every row one kept pair, a
+  // dropped pair none (so it contributes nothing; the values are checked against PyTorch in
+  // ref.llama_torch_reference_test, case moe_capacity_bias).
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const MoeActivations& a = layer_moe(run.acts, l);
+    std::vector<int> seen(static_cast<std::size_t>(a.offsets[static_cast<std::size_t>(E)]), 0);
+    for (int64_t i = 0; i < MoeRun::B * T * K; ++i) {
+      const int32_t r = a.row_of[static_cast<std::size_t>(i)];
+      if (r < 0) continue;
+      const int32_t e = a.experts[static_cast<std::size_t>(i)];
+      EXPECT_GE(r, a.offsets[static_cast<std::size_t>(e)]);
+      EXPECT_LT(r, a.offsets[static_cast<std::size_t>(e) + 1]);
+      ++seen[static_cast<std::size_t>(r)];
+    }
+    for (int s : seen) EXPECT_EQ(s, 1);
+  }
+}
+
+TEST(MoeRouter, ModelUpdateMatchesHandComputationOverSteps) {
+  ModelConfig cfg = moe_shape();
+  cfg.router_bias_update_rate = 0.01;
+  MoeRun run(cfg);
+  const auto E = static_cast<std::size_t>(cfg.n_experts);
+  std::vector<float> want(static_cast<std::size_t>(cfg.n_layer) * E, 0.0f);
+  for (int s = 0; s < 3; ++s) {
+    run.step();
+    std::vector<int64_t> load(want.size(), 0);
+    run.model.take_expert_load(load);
+    for (std::size_t l = 0; l < static_cast<std::size_t>(cfg.n_layer); ++l) {
+      int64_t total = 0;
+      for (std::size_t e = 0; e < E; ++e) total += load[l * E + e];
+      EXPECT_EQ(total, MoeRun::B * MoeRun::T * cfg.n_experts_per_tok);
+      for (std::size_t e = 0; e < E; ++e) {
+        const double mean = static_cast<double>(total) / static_cast<double>(E);
+        const double d = mean - static_cast<double>(load[l * E + e]);
+        want[l * E + e] += d > 0 ? 0.01f : d < 0 ? -0.01f : 0.0f;
+      }
+    }
+    run.model.update_router_bias(load);
+    EXPECT_EQ(run.model.router_bias(), want) << "after step " << s;
+  }
+}
+
+}  // namespace
+}  // namespace trident::nn
