@@ -156,7 +156,8 @@ nn::ModelConfig read_model_config(const std::string& path) {
   // checkpoint, and training from it would silently train on rounded weights.
   TRI_CHECK(!j.is_object() || !j.contains("quantization_config"),
             "{} belongs to a quantized checkpoint ({}): `trident generate`, `trident eval` and `trident "
-            "ckpt info` read it; training needs the fp32 checkpoint it was quantized from", path,
+            "ckpt info` read it, and `train` only as a frozen QLoRA base (--init-from DIR --lora-rank r "
+            "--lora-targets ...); full training needs the fp32 checkpoint it was quantized from", path,
             j["quantization_config"].dump());
   return nn::model_config_from_hf_json(j, path);
 }
@@ -219,6 +220,7 @@ std::string CheckpointWriter::commit() {
     std::vector<nn::TensorSpec> specs = nn::model_tensor_specs(config_);
     for (nn::TensorSpec& b : nn::router_bias_specs(config_)) specs.push_back(std::move(b));  // state, F32
     for (const auto& spec : specs) {
+      if (!packed_base_.empty()) break;  // the base's files are copied, not written
       auto it = have.find(spec.name);
       if (it == have.end()) {
         missing.push_back(spec.name);
@@ -246,8 +248,15 @@ std::string CheckpointWriter::commit() {
   std::string final_path;
   try {
     StagedDirectory staged(root_, name);
-    model_.write(join_path(staged.path(), kModelFile));
-    write_file_atomic(join_path(staged.path(), kConfigFile), nn::model_config_to_hf_json(config_).dump(2) + "\n");
+    if (packed_base_.empty()) {
+      model_.write(join_path(staged.path(), kModelFile));
+      write_file_atomic(join_path(staged.path(), kConfigFile), nn::model_config_to_hf_json(config_).dump(2) + "\n");
+    } else {
+      for (const char* f : {kModelFile, kConfigFile}) {
+        TRI_CHECK(is_file(join_path(packed_base_, f)), "the QLoRA base {} has no {} any more", packed_base_, f);
+        fs::copy_file(join_path(packed_base_, f), join_path(staged.path(), f));
+      }
+    }
     if (config_.lora.enabled()) {
       adapters_.write(join_path(staged.path(), kAdapterFile));
       write_file_atomic(join_path(staged.path(), kAdapterConfigFile), adapter_config_.dump(2) + "\n");

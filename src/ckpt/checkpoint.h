@@ -86,6 +86,10 @@ class CheckpointWriter {
   // Free-form run state (run config, data position, RNG, metrics). "step" is always set to the
   // checkpoint's step.
   void set_trident_json(nlohmann::json state) { trident_ = std::move(state); }
+  // QLoRA: the frozen base is the quantized checkpoint DIR, kept packed: its model.safetensors
+  // and config.json are copied byte for byte instead of model tensors (add none), so the step
+  // directory is itself a quantized checkpoint plus the run's files.
+  void set_packed_base(std::string dir) { packed_base_ = std::move(dir); }
 
   // Writes, commits, updates latest; returns ROOT/step_NNNNNNNN.
   std::string commit();
@@ -100,6 +104,7 @@ class CheckpointWriter {
   nlohmann::json adapter_config_;
   nlohmann::json trident_ = nlohmann::json::object();
   std::optional<std::int64_t> optimizer_step_;
+  std::string packed_base_;
 };
 
 // ---------------------------------------------------------------------------------------------

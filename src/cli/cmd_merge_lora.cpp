@@ -18,6 +18,7 @@
 #include "nn/lora.h"
 #include "nn/lora_checkpoint.h"
 #include "nn/lora_merge.h"
+#include "quant/quantized_model.h"
 
 namespace trident::cli {
 
@@ -43,6 +44,12 @@ int run_merge_lora(int argc, char** argv) {
   std::error_code ec;
   TRI_CHECK(!fs::exists(out_dir, ec) || fs::is_empty(out_dir, ec),
             "--out '{}' exists and is not empty; give a new directory (nothing was written)", out_dir);
+  // A QLoRA run's base: merging writes fp32 weights, so the dequantized values are the base to
+  // merge into; one explicit step makes that visible (and the file reusable).
+  TRI_CHECK(!quant::is_quantized_checkpoint(ckpt::resolve_checkpoint(base_path)),
+            "--base {} is a quantized checkpoint (a QLoRA base); merged weights are fp32, so merge into its "
+            "dequantized values: `trident dequantize --ckpt {} --out DEQ`, then `trident merge-lora --base DEQ "
+            "--adapter ...`", base_path, base_path);
   const ckpt::LoadedCheckpoint base = ckpt::load_checkpoint(base_path);
   TRI_CHECK(!base.config.lora.enabled(), "--base {} is itself a LoRA run's checkpoint; give the base it was "
             "trained on (its adapter_config.json names it)", base.path);

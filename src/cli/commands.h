@@ -14,6 +14,7 @@ int run_generate(int argc, char** argv);  // trident generate --ckpt DIR --promp
 int run_bench(int argc, char** argv);     // trident bench comm
 int run_eval(int argc, char** argv);      // trident eval --ckpt DIR --data SHARD
 int run_quantize(int argc, char** argv);
+int run_dequantize(int argc, char** argv);  // trident dequantize --ckpt QDIR --out DIR
 int run_merge_lora(int argc, char** argv);  // trident merge-lora --base DIR --adapter DIR --out DIR  // trident quantize --ckpt DIR --out DIR --format int8|q4
 int run_plan(int argc, char** argv);      // trident plan --model PRESET --world N [--memory-per-rank BYTES]
 

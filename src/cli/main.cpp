@@ -23,6 +23,7 @@ constexpr Command kCommands[] = {
     {"generate", trident::cli::run_generate, "generate text from a checkpoint (fp32 or quantized; KV cache)"},
     {"eval", trident::cli::run_eval, "validation loss / perplexity of a checkpoint (fp32 or quantized) on a token shard"},
     {"quantize", trident::cli::run_quantize, "quantize a checkpoint's layer matrices to int8 or q4 (weight-only)"},
+    {"dequantize", trident::cli::run_dequantize, "write a quantized checkpoint back as fp32 (the values it computes with)"},
     {"merge-lora", trident::cli::run_merge_lora, "merge a LoRA run's adapters into its base: a full checkpoint"},
     {"ckpt", trident::cli::run_ckpt, "inspect checkpoints: trident ckpt info DIR"},
     {"bench", trident::cli::run_bench, "benchmarks: trident bench comm (under mpirun), trident bench decode"},

@@ -16,6 +16,7 @@ namespace trident {
 const char* mem_category_name(MemCategory c) {
   switch (c) {
     case MemCategory::kParameters: return "parameters";
+    case MemCategory::kPackedBase: return "packed_base";
     case MemCategory::kGradients: return "gradients";
     case MemCategory::kOptimizerState: return "optimizer_state";
     case MemCategory::kActivations: return "activations";

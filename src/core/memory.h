@@ -14,6 +14,7 @@ namespace trident {
 
 enum class MemCategory : int {
   kParameters = 0,
+  kPackedBase,          // QLoRA: the frozen base's quantized matrices, packed (quant/packed_base.h)
   kGradients,
   kOptimizerState,
   kActivations,

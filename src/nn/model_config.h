@@ -47,12 +47,19 @@ struct ModelConfig {
   // LoRA adapters on a frozen base (nn/lora.h); off by default. Not a config.json key: a
   // checkpoint's adapters are described by their own adapter_config.json.
   LoraConfig lora;
+  // QLoRA: the frozen base's layer matrices stay packed as `trident quantize` wrote them
+  // ("int8" or "q4", quant/quant_format.h; q4 with packed_base_group inputs per group) and are
+  // dequantized one layer at a time (quant/packed_base.h). "": an fp32 base. Not a config.json
+  // key: the quantized checkpoint's quantization_config says it.
+  std::string packed_base_format;
+  int packed_base_group = 0;
 
   int head_size() const { return n_embd / n_head; }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int mlp_width() const { return n_inner > 0 ? n_inner : 4 * n_embd; }
   bool is_moe() const { return n_experts > 0; }
   bool has_router_bias() const { return is_moe() && router_bias_update_rate > 0; }
+  bool packed_base() const { return lora.enabled() && !packed_base_format.empty(); }
   // vocab_size rounded up to a multiple of vocab_pad_multiple * tp.
   int64_t padded_vocab(int tp = 1) const;
   // Parameters of the logical (unpadded, Hugging Face) model, a tied head counted once;

@@ -25,6 +25,10 @@ ShardSpec even_split(const ParamDecl& d, int rank, int size) {
 
 }  // namespace
 
+bool is_packable(const ParamDecl& d) {
+  return d.matmul && d.shape.size() == 2 && d.role == ParamRole::kOther && !d.lora;
+}
+
 ParamInfo shard_for_tp(const ParamDecl& d, const ModelConfig& config, int rank, int size) {
   const int64_t padded_vocab = config.padded_vocab(size), vocab_size = config.vocab_size;
   ParamInfo info;
@@ -35,6 +39,7 @@ ParamInfo shard_for_tp(const ParamDecl& d, const ModelConfig& config, int rank, 
   info.init_value = d.init_value;
   info.init_uniform = d.init_uniform;
   info.frozen = config.lora.enabled() && !d.lora;
+  info.packed = info.frozen && config.packed_base() && is_packable(d);
   info.role = d.role;
   info.tied = d.tied;
   info.expert = d.expert;

@@ -63,6 +63,11 @@ struct ParamDecl {
   bool lora = false;
 };
 
+// The matrices weight-only quantization packs and a QLoRA run holds packed: the layers' 2-D
+// matmul weights (not the embeddings, the LM head, norms, biases or adapters;
+// quant::is_quantizable agrees for every family `trident quantize` takes).
+bool is_packable(const ParamDecl& d);
+
 // This tp rank's slice of a declared parameter of a model shaped `config`. Throws, naming the
 // parameter and the fix, when the split does not divide.
 ParamInfo shard_for_tp(const ParamDecl& decl, const ModelConfig& config, int tp_rank, int tp_size);

@@ -78,7 +78,7 @@ int ParameterSet::add(ParamInfo info) {
   TRI_CHECK(!group_names_.empty(), "parameter {} registered outside a group", info.name);
   TRI_CHECK(ids_.count(info.name) == 0, "parameter {} registered twice", info.name);
   info.local_shape = local_shape_of(info.logical_shape, info.shard);
-  info.numel = shape_numel(info.local_shape);
+  info.numel = info.packed ? 0 : shape_numel(info.local_shape);
   info.group = num_groups() - 1;
   info.offset = total_;
   total_ += info.numel;
@@ -120,8 +120,9 @@ void ParameterSet::allocate(MemoryTracker& tracker) {
   value_ptr_.resize(infos_.size());
   grad_ptr_.resize(infos_.size());
   for (std::size_t id = 0; id < infos_.size(); ++id) {
-    value_ptr_[id] = values_.data() + infos_[id].offset;
-    grad_ptr_[id] = grads_.data() + infos_[id].offset;
+    const bool flat = !infos_[id].packed;
+    value_ptr_[id] = flat ? values_.data() + infos_[id].offset : nullptr;
+    grad_ptr_[id] = flat ? grads_.data() + infos_[id].offset : nullptr;
   }
 }
 
@@ -142,6 +143,7 @@ void ParameterSet::initialize(uint64_t seed) {
 
 void ParameterSet::initialize(uint64_t seed, int id) {
   const ParamInfo& p = info(id);
+  if (p.packed) return;  // loaded packed, never drawn
   float* out = data(id);
   TRI_CHECK(out != nullptr || p.numel == 0, "initialize: parameter {} has no storage", p.name);
   const uint64_t stream = fnv1a64(p.name);

@@ -56,6 +56,10 @@ struct ParamInfo {
   // Not trained: the base of a LoRA run (nn/lora.h). Layers compute no weight gradient for it
   // (its input gradient still flows) and the optimizer leaves it bitwise as loaded.
   bool frozen = false;
+  // A frozen base matrix of a QLoRA run held packed outside the flat buffers
+  // (quant/packed_base.h): it takes no room there (numel 0) and no gradient; data() points at
+  // its dequantized values only while its layer runs.
+  bool packed = false;
   // Whether this tp rank's copy is the one counted in the global gradient norm and saved:
   // false on all but one of the tp ranks that hold identical values (a replicated norm, or a
   // key/value head held by several ranks), so each logical element counts once.
@@ -76,7 +80,7 @@ struct ParamInfo {
   // Filled in by ParameterSet:
   int group = 0;         // layer group (embeddings, h.0, ..., ln_f)
   int64_t offset = 0;    // into the flat buffers
-  int64_t numel = 0;     // local elements
+  int64_t numel = 0;     // local elements in the flat buffers (0 for a packed one)
 };
 
 // Local shape of a logical tensor under a shard spec.

@@ -39,6 +39,10 @@ class Engine {
   void load_optimizer_state(const std::string& name, int kind, const float* logical) {
     parallel::load_optimizer_state(layout_, name, kind, logical);
   }
+  void load_packed_param(const nn::ParamDecl& decl, const quant::QuantMatrix& full) {
+    parallel::load_packed_param(layout_, decl, full);
+  }
+  void check_packed_base() const { parallel::check_packed_base(layout_); }
   // Updates applied so far (AdamW's step counter; a skipped step does not count).
   int64_t optimizer_step() const { return parallel::optimizer_step(layout_); }
   void set_optimizer_step(int64_t t) { parallel::set_optimizer_step(layout_, t); }

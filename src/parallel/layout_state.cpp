@@ -7,6 +7,8 @@
 #include <cmath>
 #include <vector>
 
+#include "core/check.h"
+
 namespace trident::parallel {
 
 namespace {
@@ -90,6 +92,8 @@ void gather_param(RankLayout& L, const std::string& name, const Shape& logical_s
   bool contributes = false;
   if (const OwnedParam p = owned_param(L, name); p.chunk) {
     info = p.chunk->model->params().info(p.id);
+    TRI_CHECK(!info.packed, "{} is a packed (quantized) base matrix: it is not gathered as fp32; a QLoRA "
+              "checkpoint keeps the quantized base as loaded", name);
     if (p.chunk->dp && p.chunk->dp->values_sharded()) {
       // ZeRO-3: each dp rank adds its shard's elements (zeros elsewhere).
       shard.assign(static_cast<std::size_t>(info.numel), 0.0f);
@@ -134,6 +138,7 @@ void load_param(RankLayout& L, const std::string& name, const float* logical) {
     nn::ParameterSet& ps = c.model->params();
     const int id = ps.find(name);
     if (id < 0) continue;  // held by another stage
+    TRI_CHECK(!ps.info(id).packed, "{} is a packed base matrix: load it with load_packed_param", name);
     if (c.dp && c.dp->values_sharded()) {
       std::vector<float> local(static_cast<std::size_t>(ps.info(id).numel));
       nn::scatter_logical_to_local(ps.info(id), logical, local.data());
@@ -152,6 +157,19 @@ void load_optimizer_state(RankLayout& L, const std::string& name, int kind, cons
     nn::scatter_logical_to_local(c.model->params().info(id), logical, local.data());
     const MomentSlice m = moments_of(c, id, kind, /*read=*/false);
     c.adamw->moments().write(kind, m.store_begin, m.count, local.data() + m.local_begin);
+  }
+}
+
+void load_packed_param(RankLayout& L, const nn::ParamDecl& decl, const quant::QuantMatrix& full) {
+  for (ModelChunk& c : L.chunks()) {
+    TRI_CHECK(c.packed != nullptr, "{}: this run's base is not packed (no QLoRA)", decl.name);
+    c.packed->load(decl, full);
+  }
+}
+
+void check_packed_base(const RankLayout& L) {
+  for (const ModelChunk& c : L.chunks()) {
+    if (c.packed) c.packed->check_complete();
   }
 }
 

@@ -25,6 +25,10 @@ void gather_optimizer_state(RankLayout& layout, const std::string& name, const S
 // parameter: a tied one lives on the first and the last stage). Not collective.
 void load_param(RankLayout& layout, const std::string& name, const float* logical);
 void load_optimizer_state(RankLayout& layout, const std::string& name, int kind, const float* logical);
+// QLoRA: every rank passes the whole packed matrix of a packed base parameter and keeps its
+// slice (quant/packed_base.h); then check_packed_base once, after the last.
+void load_packed_param(RankLayout& layout, const nn::ParamDecl& decl, const quant::QuantMatrix& full);
+void check_packed_base(const RankLayout& layout);
 int64_t optimizer_step(const RankLayout& layout);
 void set_optimizer_step(RankLayout& layout, int64_t t);
 // Collective over the world: every rank scans the weights and AdamW moments it holds (its

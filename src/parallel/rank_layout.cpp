@@ -36,6 +36,12 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
   validate_tensor_parallel(config_, shape.tp, shape.world());
   TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
             options.zero);
+  // ZeRO-2/3 aim parameters at buckets and gathered groups of the flat buffers, which a packed
+  // base (quant/packed_base.h) is not part of.
+  TRI_CHECK(!config_.packed_base() || options.zero <= 1,
+            "QLoRA (a quantized base) runs with ZeRO 0 or 1, not --zero {}: the frozen base is packed outside the "
+            "buffers ZeRO-2/3 shard, and only the adapters are trained, whose state ZeRO-1 already shards",
+            options.zero);
 
   // Tensor parallelism: the model issues its tp collectives on the mesh's tp group; the step
   // needs nothing else (replicated parameters counted once, see owns()).
@@ -111,11 +117,15 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
         optim::make_moment_store(tracker_, optim::AdamW::moment_count(c.model->params(), owned),
                                  options_.offload, mesh_.rank(),
                                  static_cast<int>(chunks_.size())));
+    if (config_.packed_base()) {
+      c.packed = std::make_unique<quant::PackedBase>(c.model->params(), tracker_);
+      c.packed->set_inner(c.dp.get());
+    }
     chunks_.push_back(std::move(c));
   }
   if (options_.precision == kernels::Precision::kFp16) loss_scaler_.emplace(options_.loss_scaler);
   if (shape.pp == 1) {
-    if (chunks_[0].dp) chunks_[0].model->set_hooks(chunks_[0].dp.get());
+    if (chunks_[0].hooks()) chunks_[0].model->set_hooks(chunks_[0].hooks());
     buffers_.acts = chunks_[0].model->make_activations(tracker_, b.micro_rows, seq_len);
     buffers_.ids.resize(static_cast<std::size_t>(b.micro_rows * seq_len));
     buffers_.targets.resize(buffers_.ids.size());
@@ -134,8 +144,8 @@ void RankLayout::build_pipeline(const pp::ScheduleSpec& spec) {
   eo.reduce_tied_grads = false;  // summed after the dp reduction (train_step.cpp)
   executor_ = std::make_unique<pp::PipelineExecutor>(mesh_.pp(), models, spec, tracker_, eo);
   std::vector<nn::ModelHooks*> hooks;
-  for (ModelChunk& c : chunks_) hooks.push_back(c.dp.get());
-  if (chunks_[0].dp) executor_->set_hooks(hooks);
+  for (ModelChunk& c : chunks_) hooks.push_back(c.hooks());
+  if (chunks_[0].hooks()) executor_->set_hooks(hooks);
   for (ModelChunk& c : chunks_) {
     buffers_.eval_acts.push_back(c.model->make_activations(tracker_, b.micro_rows, b.seq_len));
   }

@@ -22,6 +22,7 @@
 #include "parallel/ddp_reducer.h"
 #include "parallel/engine_options.h"
 #include "parallel/pipeline/executor.h"
+#include "quant/packed_base.h"
 
 namespace trident::parallel {
 
@@ -43,6 +44,13 @@ struct ModelChunk {
   std::unique_ptr<nn::Model> model;
   std::unique_ptr<DataParallel> dp;  // null when dp == 1 and zero == 0; after model: destroyed first
   std::unique_ptr<optim::AdamW> adamw;
+  // QLoRA: the packed frozen base; the model's hooks (dequantize, then dp's). Declared last:
+  // destroyed first, before the reducer it hands on to.
+  std::unique_ptr<quant::PackedBase> packed;
+  // What the model's hooks are: the packed base's, else the reducer's (null: none).
+  nn::ModelHooks* hooks() const {
+    return packed ? static_cast<nn::ModelHooks*>(packed.get()) : static_cast<nn::ModelHooks*>(dp.get());
+  }
 };
 
 // The micro-batch inputs and activations of a step; evaluation reuses them.

@@ -58,6 +58,17 @@ double step_at(const QuantMatrix& m, int64_t o, int64_t i) {
   return 0.0;
 }
 
+void dequantize(const QuantMatrix& m, float* out, bool transposed) {
+  const int64_t R = m.rows, I = m.cols;
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < R; ++o) {
+    for (int64_t i = 0; i < I; ++i) {
+      const auto v = static_cast<float>(m.at(o, i));
+      out[transposed ? i * R + o : o * I + i] = v;
+    }
+  }
+}
+
 void QuantMatrix::finish_int8() {
   row_sum.assign(static_cast<std::size_t>(rows), 0);
   for (int64_t o = 0; o < rows; ++o) {

@@ -49,6 +49,12 @@ struct QuantMatrix {
 
 // w (O, I) row-major [out, in]. Throws when a q4 group size does not divide I (naming it).
 QuantMatrix quantize(const float* w, int64_t rows, int64_t cols, Format format, int group = 0);
+// The matrix as fp32, every element rounded once from at(o, i) (s q, or s q + m, in double):
+// the values QLoRA trains on (quant/packed_base.h) and `trident dequantize` writes, so a QLoRA
+// run and a LoRA run on the dequantized checkpoint multiply the same fp32 weights bit for bit.
+// out is [rows, cols] (nn.Linear), or [cols, rows] when `transposed` (Conv1D's [in, out]).
+void dequantize(const QuantMatrix& m, float* out, bool transposed = false);
+
 // The quantization step of row o at input i (s_o or s_g): the round-trip bound is step / 2.
 double step_at(const QuantMatrix& m, int64_t o, int64_t i);
 

@@ -54,7 +54,7 @@ std::vector<nn::ParamDecl> declared_params(const nn::ModelConfig& c) {
 }
 
 bool is_quantizable(const nn::ParamDecl& d, const nn::ModelConfig& c) {
-  return d.matmul && d.shape.size() == 2 && nn::architecture(c.family).layer_of(d.name) >= 0;
+  return nn::is_packable(d) && nn::architecture(c.family).layer_of(d.name) >= 0;
 }
 
 namespace {
@@ -269,7 +269,8 @@ QuantizedModel load_for_inference(const std::string& path) {
 std::string describe_quantized(const std::string& dir) {
   const QuantHeader h = read_header(dir);
   const ckpt::SafetensorsReader r((fs::path(dir) / ckpt::kModelFile).string());
-  std::string out = fmt::format("checkpoint: {} (quantized, format {}{}; not trainable: generate and eval read it)\n",
+  std::string out = fmt::format("checkpoint: {} (quantized, format {}{}; generate and eval read it, train only as "
+                                "a frozen QLoRA base)\n",
                                 dir, format_name(h.format), h.format == Format::kQ4 ? fmt::format(", group size {}", h.group) : "");
   out += fmt::format("model: {}\n", h.config.describe());
   uint64_t bytes = 0;

@@ -44,7 +44,10 @@ void gather(parallel::Engine& engine, const GatherStep& step, float* out) {
 // all ranks run them in this order.
 std::vector<GatherStep> gather_plan(const nn::ModelConfig& cfg) {
   std::vector<GatherStep> plan;
-  for (const auto& spec : nn::model_tensor_specs(cfg)) plan.emplace_back(spec, -1, false);
+  // QLoRA: the frozen base stays the quantized checkpoint's (files copied by the writer).
+  if (!cfg.packed_base()) {
+    for (const auto& spec : nn::model_tensor_specs(cfg)) plan.emplace_back(spec, -1, false);
+  }
   for (const auto& spec : nn::lora_tensor_specs(cfg)) plan.emplace_back(spec, -1, true);
   for (const auto& spec : nn::trained_tensor_specs(cfg)) {
     plan.emplace_back(spec, 0, false);
@@ -78,6 +81,7 @@ std::string write_plan(const std::string& root, int64_t step, const nn::ModelCon
   for (std::size_t l = 0; l < bias.size(); ++l) {
     writer.model().add_tensor(bias[l].name, bias[l].shape, router_bias.data() + l * static_cast<std::size_t>(cfg.n_experts));
   }
+  if (cfg.packed_base()) writer.set_packed_base(trident_state.value("lora_base", std::string()));
   if (cfg.lora.enabled()) {
     writer.set_adapter_config(nn::lora_adapter_config(cfg, trident_state.value("lora_base", std::string())));
   }
@@ -243,7 +247,9 @@ std::string write_snapshot(const CheckpointSnapshot& snapshot, const std::string
 int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint& loaded,
                          bool with_optimizer) {
   ckpt::check_same_model_shape(loaded.config, engine.config(), loaded.path);
+  // QLoRA: the base came packed (load_packed_base), not as fp32 tensors.
   for (const auto& spec : nn::model_tensor_specs(engine.config())) {
+    if (engine.config().packed_base()) break;
     std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
     loaded.read_param(spec.name, spec.shape, logical.data());
     ckpt::check_finite(logical.data(), shape_numel(spec.shape), spec.name,

@@ -10,6 +10,7 @@
 
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
+#include "quant/quantized_model.h"
 
 namespace fs = std::filesystem;
 
@@ -122,7 +123,10 @@ ResumedConfig resume_run_config(const RunConfig& given, const FieldNames& given_
             fmt::join(lora_flags, ", "), dir, lora_flags.size() == 1 ? "that flag" : "those flags");
 
   // The weights fix the model: a change of its shape cannot be honoured.
-  const nn::ModelConfig stored = ckpt::read_model_config((fs::path(dir) / ckpt::kConfigFile).string());
+  // A QLoRA run's directory is a quantized checkpoint (train/qlora.h): its base's shape alike.
+  const nn::ModelConfig stored = quant::is_quantized_checkpoint(dir)
+                                     ? quant::inference_config(dir)
+                                     : ckpt::read_model_config((fs::path(dir) / ckpt::kConfigFile).string());
   const FieldNames shape = shape_fields();
   std::vector<std::string> shape_flags;
   for (const FieldChange& c : changes) {

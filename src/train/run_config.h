@@ -336,7 +336,7 @@ void for_each_field(S& o, E& e, V&& v) {
         .at_least(0).shown_as("0 = run to --steps").alias("stop_at halt_after"), o.stop_after);
   v(field("seed", int64_t{1337}, "seeds weights, data order and dropout").at_least(0)
         .alias("random_seed rng_seed"), o.seed);
-  v(field("init_from", "", "start from a directory holding model.safetensors and config.json")
+  v(field("init_from", "", "start from a directory holding model.safetensors and config.json (a `trident quantize` output: QLoRA, with --lora-rank)")
         .placeholder("DIR").shown_as("none").alias("init pretrained from_pretrained load init_checkpoint"), o.init_from);
   v(field("resume", "", "continue the run saved in DIR (DIR/latest, or a step directory) with its saved options; flags given override, each change printed").placeholder("DIR").shown_as("none")
         .alias("resume_from restore resume_dir"), o.resume);

@@ -31,6 +31,7 @@
 #include "train/pipeline_report.h"
 #include "train/preemption.h"
 #include "train/progress.h"
+#include "train/qlora.h"
 
 namespace trident::train {
 
@@ -72,6 +73,7 @@ double evaluate(parallel::Engine& engine, const data::EvalBatches& batches) {
 std::optional<ckpt::LoadedCheckpoint> source_checkpoint(const RunConfig& cfg) {
   const std::string& from = cfg.train.resume.empty() ? cfg.train.init_from : cfg.train.resume;
   if (from.empty()) return std::nullopt;
+  if (is_quantized_source(from)) return open_quantized_source(from);  // QLoRA (train/qlora.h)
   return ckpt::load_checkpoint(from);
 }
 
@@ -90,8 +92,12 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   // A LoRA run resumed: its base's shape is the checkpoint's config.json (the base was loaded
   // with --init-from, so [model] never named it).
   const bool from_source = !cfg.train.init_from.empty() || (source && cfg.model.lora_rank > 0);
-  const nn::ModelConfig model_cfg = from_source ? with_objective_overrides(source->config, cfg.model)
-                                                : resolve_model_config(cfg.model);
+  // QLoRA: the quantized base, packed (quant/packed_base.h); loaded once, sliced by every rank.
+  std::optional<quant::QuantizedModel> packed;
+  if (source && quant::is_quantized_checkpoint(source->path)) packed = quant::load_quantized(source->path);
+  nn::ModelConfig model_cfg = from_source ? with_objective_overrides(source->config, cfg.model)
+                                          : resolve_model_config(cfg.model);
+  if (packed) model_cfg = with_packed_base(model_cfg, *packed, source->path);
   // Which base a LoRA run's adapters belong to, recorded in every checkpoint (trident.json
   // lora_base, adapter_config.json base_model_name_or_path).
   const std::string lora_base = !model_cfg.lora.enabled() ? ""
@@ -125,6 +131,14 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   parallel::Engine engine(mesh, model_cfg, cfg.engine, tracker, cfg.data.batch_size,
                           cfg.data.seq_len, cfg.num_micro_batches());
   int64_t start_step = 0;
+  int64_t packed_params = 0, packed_bytes = 0;  // the logical base's layer matrices, packed
+  if (packed) {
+    if (cfg.train.resume.empty()) engine.initialize(cfg.train.seed);  // the adapters, as PEFT's
+    load_packed_base(engine, *packed);
+    for (const auto& [name, m] : packed->matrices) packed_params += m.rows * m.cols;
+    packed_bytes = packed->matrix_bytes();
+    packed.reset();  // each rank keeps its slices only
+  }
   if (!cfg.train.resume.empty()) {
     start_step = load_into_engine(engine, *source, /*with_optimizer=*/true);
     if (lead) fmt::print(stderr, "resumed from {} at step {}\n", source->path, start_step);
@@ -133,7 +147,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     }
   } else if (source) {
     // LoRA: the adapters (no checkpoint tensors) start as PEFT's, the base is then loaded over.
-    if (model_cfg.lora.enabled()) engine.initialize(cfg.train.seed);
+    if (model_cfg.lora.enabled() && !model_cfg.packed_base()) engine.initialize(cfg.train.seed);
     load_into_engine(engine, *source, /*with_optimizer=*/false);
     if (lead) fmt::print(stderr, "initialised from {}\n", source->path);
   } else {
@@ -161,6 +175,15 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                  "(adapters only) {:.1f} KiB on rank 0\n",
                  adapters, base, 100.0 * static_cast<double>(adapters) / static_cast<double>(base),
                  static_cast<double>(tracker.current(MemCategory::kOptimizerState)) / 1024.0);
+      if (model_cfg.packed_base()) {
+        fmt::print(stderr,
+                   "qlora: frozen base's {} layer-matrix parameters packed as {}{}: {:.3f} bytes per parameter "
+                   "(fp32: 4), {:.1f} KiB held on rank 0, dequantized one layer at a time\n",
+                   packed_params, model_cfg.packed_base_format,
+                   model_cfg.packed_base_group > 0 ? fmt::format(" g{}", model_cfg.packed_base_group) : "",
+                   static_cast<double>(packed_bytes) / static_cast<double>(std::max<int64_t>(packed_params, 1)),
+                   static_cast<double>(tracker.current(MemCategory::kPackedBase)) / 1024.0);
+      }
     }
   }
 

@@ -1,0 +1,60 @@
+// `trident dequantize`: a quantized checkpoint (quant/quantized_model.h) back to a plain fp32
+// one holding the values the quantized model computes with (quant::dequantize, the same fp32
+// a QLoRA run trains on), e.g. to merge a QLoRA run's adapters (`merge-lora --base` the result)
+// or to train LoRA on exactly the weights a QLoRA run sees.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+
+#include "ckpt/atomic_file.h"
+#include "ckpt/checkpoint.h"
+#include "ckpt/safetensors.h"
+#include "cli/cli11_errors.h"
+#include "cli/commands.h"
+#include "core/check.h"
+#include "quant/quantized_model.h"
+
+namespace trident::cli {
+
+int run_dequantize(int argc, char** argv) {
+  CLI::App app{"Write a quantized checkpoint's weights back as a plain fp32 checkpoint (model.safetensors and "
+               "config.json): each packed matrix as the values its kernels and QLoRA use (s q, or s q + m), "
+               "every other tensor as stored.",
+               "trident dequantize"};
+  std::string ckpt_path, out_dir;
+  app.add_option("--ckpt", ckpt_path, "a `trident quantize` output (or a QLoRA run's step directory)")->required();
+  app.add_option("--out", out_dir, "directory to write (must not exist or be empty)")->required();
+  use_trident_error_format(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  const std::string dir = ckpt::resolve_checkpoint(ckpt_path);
+  TRI_CHECK(quant::is_quantized_checkpoint(dir), "--ckpt {} is not a quantized checkpoint (its config.json has no "
+            "{}); it is fp32 already", dir, quant::kQuantizationKey);
+  std::error_code ec;
+  TRI_CHECK(!std::filesystem::exists(out_dir, ec) || std::filesystem::is_empty(out_dir, ec),
+            "--out '{}' exists and is not empty; give a new directory (nothing was written)", out_dir);
+  const quant::QuantizedModel q = quant::load_quantized(dir);
+  ckpt::SafetensorsWriter writer;
+  std::vector<std::vector<float>> keep;
+  for (const nn::ParamDecl& d : quant::declared_params(q.config)) {
+    if (!quant::is_quantizable(d, q.config)) {
+      writer.add_tensor(d.name, d.shape, q.tensor(d.name).data());
+      continue;
+    }
+    keep.emplace_back(static_cast<std::size_t>(shape_numel(d.shape)));
+    quant::dequantize(q.matrix(d.name), keep.back().data(), d.in_out);
+    writer.add_tensor(d.name, d.shape, keep.back().data());
+  }
+  std::filesystem::create_directories(out_dir);
+  writer.write(out_dir + "/" + ckpt::kModelFile);
+  ckpt::write_file_atomic(out_dir + "/" + ckpt::kConfigFile, nn::model_config_to_hf_json(q.config).dump(2) + "\n");
+  fmt::print("dequantized {} ({}{}) -> {}: {} matrices as fp32\n", dir, quant::format_name(q.format),
+             q.group > 0 ? fmt::format(" g{}", q.group) : "", out_dir, q.matrices.size());
+  return 0;
+}
+
+}  // namespace trident::cli
