@@ -5,10 +5,13 @@
 // Everything Llama declares is taken from the Llama declaration; only the MLP differs.
 #include <fmt/format.h>
 
+#include <limits>
+
 #include "core/check.h"
 #include "nn/hf_config_json.h"
 #include "nn/llama_block_architecture.h"
 #include "nn/llama_layer_decls.h"
+#include "nn/mixtral_layer_decls.h"
 
 namespace trident::nn {
 
@@ -27,7 +30,7 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     std::vector<std::string> keys = llama().hf_keys();
     for (const char* k : {"num_local_experts", "num_experts_per_tok", "router_aux_loss_coef",
                           "router_z_loss_coef", "output_router_logits", "router_jitter_noise",
-                          "sliding_window"}) {
+                          "sliding_window", "first_k_dense_replace", "n_shared_experts"}) {
       keys.emplace_back(k);
     }
     return keys;
@@ -48,6 +51,9 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     j["sliding_window"] = nullptr;
     // Qwen2-MoE's key; Hugging Face's Mixtral always renormalises (true).
     j["norm_topk_prob"] = c.norm_topk_prob;
+    // DeepSeek-V3's keys (not Mixtral's, whose config would ignore them): written only when used.
+    if (c.first_k_dense > 0) j["first_k_dense_replace"] = c.first_k_dense;
+    if (c.n_shared_experts > 0) j["n_shared_experts"] = c.n_shared_experts;
     return j;
   }
 
@@ -59,6 +65,11 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     c.router_aux_loss_coef = hf_json_number(j, "router_aux_loss_coef", source, 0.001);
     c.router_z_loss_coef = hf_json_number(j, "router_z_loss_coef", source, 0.0);
     c.norm_topk_prob = hf_json_bool(j, "norm_topk_prob", source, true);
+    if (j.contains("first_k_dense_replace")) c.first_k_dense = hf_json_int(j, "first_k_dense_replace", source, kNeeds);
+    if (j.contains("n_shared_experts")) {
+      // DeepSeek writes null for none.
+      c.n_shared_experts = j["n_shared_experts"].is_null() ? 0 : hf_json_int(j, "n_shared_experts", source, kNeeds);
+    }
     TRI_CHECK(hf_json_number(j, "router_jitter_noise", source, 0.0) == 0.0,
               "{} has router_jitter_noise {}: Trident's router is deterministic (the same routing in "
               "every layout); set it to 0", source, j["router_jitter_noise"].dump());
@@ -94,12 +105,27 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     TRI_CHECK(c.router_aux_loss_coef >= 0, "router_aux_loss_coef must be >= 0, got {}",
               c.router_aux_loss_coef);
     TRI_CHECK(c.router_z_loss_coef >= 0, "router_z_loss_coef must be >= 0, got {}", c.router_z_loss_coef);
+    TRI_CHECK(c.first_k_dense >= 0 && c.first_k_dense < c.n_layer,
+              "first_k_dense_replace (--moe-first-k-dense) {} must be between 0 and n_layer - 1 = {}: layers "
+              "[0, k) keep a dense MLP and at least one layer must have experts (a model without any is a "
+              "llama)", c.first_k_dense, c.n_layer - 1);
+    TRI_CHECK(c.n_shared_experts >= 0 && c.n_shared_experts <= std::numeric_limits<int>::max() / c.mlp_width(),
+              "n_shared_experts (--moe-shared-experts) must be between 0 and {} (their SwiGLU of width "
+              "n_shared_experts x intermediate_size {} must fit a 32-bit int), got {}",
+              std::numeric_limits<int>::max() / c.mlp_width(), c.mlp_width(), c.n_shared_experts);
+  }
+
+  std::vector<LayerRun> layer_runs(const ModelConfig& c) const override {
+    if (c.first_k_dense <= 0 || c.first_k_dense >= c.n_layer) return {{0, c.n_layer}};
+    return {{0, c.first_k_dense}, {c.first_k_dense, c.n_layer}};
   }
 
   std::vector<ParamDecl> embedding_params(const ModelConfig& c) const override { return llama().embedding_params(c); }
 
   std::vector<ParamDecl> layer_params(const ModelConfig& c, int layer) const override {
-    // Llama's attention and norms; its dense MLP becomes the router and the experts.
+    // Llama's attention and norms; its dense MLP becomes the router and the experts, except in
+    // the first_k_dense layers (DeepSeek-V3's first_k_dense_replace), which keep it.
+    if (!c.layer_is_moe(layer)) return llama_layer_decls(c, layer).all();
     std::vector<ParamDecl> v = llama_layer_decls(c, layer).all(/*with_mlp=*/false);
     const int64_t C = c.n_embd, I = c.mlp_width();
     const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", layer);
@@ -116,6 +142,9 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
       v.push_back(linear("w1.weight", I, C, 0));
       v.push_back(linear("w2.weight", C, I, 1));
       v.push_back(linear("w3.weight", I, C, 0));
+    }
+    if (const std::optional<SharedExpertDecls> sh = shared_expert_decls(c, layer)) {
+      v.insert(v.end(), {sh->gate_proj, sh->up_proj, sh->down_proj});
     }
     return v;
   }
@@ -145,9 +174,14 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     for (ShapeWitness& s : llama().shape_witnesses(c)) {
       if (s.field != "intermediate_size") w.push_back(std::move(s));
     }
-    const std::string p = "model.layers.0.block_sparse_moe.";
+    // The first MoE layer's (layer 0 is dense with first_k_dense).
+    const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", c.first_k_dense);
     w.push_back({"num_local_experts", p + "gate.weight", 0, c.n_experts});
     w.push_back({"intermediate_size", p + "experts.0.w1.weight", 0, c.mlp_width()});
+    if (c.n_shared_experts > 0) {
+      w.push_back({"n_shared_experts * intermediate_size", p + "shared_experts.gate_proj.weight", 0,
+                   c.shared_expert_width()});
+    }
     return w;
   }
 
@@ -156,6 +190,23 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
 };
 
 }  // namespace
+
+std::optional<SharedExpertDecls> shared_expert_decls(const ModelConfig& c, int layer) {
+  if (c.n_shared_experts <= 0 || !c.layer_is_moe(layer)) return std::nullopt;
+  // DeepSeek's names (mlp.shared_experts.{gate,up,down}_proj) under Mixtral's module name for
+  // the layer's MoE (block_sparse_moe, beside its gate and experts): renaming a DeepSeek
+  // checkpoint's is a prefix change. Split over tp like the dense MLP (gate/up by columns, down
+  // by rows); no `expert` index: a dense parameter, replicated over ep, reduced over all of dp.
+  const int64_t C = c.n_embd, I = c.shared_expert_width();
+  const std::string p = fmt::format("model.layers.{}.block_sparse_moe.shared_experts.", layer);
+  auto linear = [&](const char* n, int64_t out, int64_t in, int dim) {
+    return ParamDecl{.name = p + n, .shape = {out, in}, .split = TpSplit::kSplit, .dim = dim, .weight_decay = true,
+                     .init_std = 0.02f, .matmul = true};
+  };
+  return SharedExpertDecls{.gate_proj = linear("gate_proj.weight", I, C, 0),
+                           .up_proj = linear("up_proj.weight", I, C, 0),
+                           .down_proj = linear("down_proj.weight", C, I, 1)};
+}
 
 const Architecture& mixtral_architecture() {
   static const MixtralArchitecture arch;  // immutable: a declaration, not state

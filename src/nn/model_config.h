@@ -3,6 +3,7 @@
 // FLOPs -- is declared once in nn/architecture.h; the count and checks here derive from it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -38,6 +39,13 @@ struct ModelConfig {
   bool norm_topk_prob = true;   // renormalise the k routing weights to sum 1 (Mixtral: always)
   double router_aux_loss_coef = 0.001;  // weight of the load-balancing loss (docs/moe.md)
   double router_z_loss_coef = 0.0;      // weight of the router z-loss (docs/moe.md); 0: off
+  // DeepSeek-V3's first_k_dense_replace: layers [0, first_k_dense) keep Llama's dense SwiGLU
+  // MLP (model.layers.N.mlp.*, width mlp_width(), the experts' width); the rest are MoE layers.
+  int first_k_dense = 0;
+  // DeepSeek's n_shared_experts: S SwiGLU experts every token of an MoE layer passes through,
+  // ungated, added to the routed experts' output; built as DeepSeek builds them, ONE SwiGLU of
+  // width S * mlp_width() (nn/mlp.h). 0: none.
+  int n_shared_experts = 0;
   // LoRA adapters on a frozen base (nn/lora.h); off by default. Not a config.json key: a
   // checkpoint's adapters are described by their own adapter_config.json.
   LoraConfig lora;
@@ -46,6 +54,14 @@ struct ModelConfig {
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int mlp_width() const { return n_inner > 0 ? n_inner : 4 * n_embd; }
   bool is_moe() const { return n_experts > 0; }
+  // Whether layer `layer`'s MLP is the mixture of experts (not one of the first_k_dense).
+  bool layer_is_moe(int layer) const { return is_moe() && layer >= first_k_dense; }
+  // Layers with experts in [begin, end) (the aux losses and expert load average over these).
+  int moe_layers(int begin, int end) const {
+    return is_moe() ? std::max(0, end - std::max(begin, first_k_dense)) : 0;
+  }
+  int moe_layers() const { return moe_layers(0, n_layer); }
+  int shared_expert_width() const { return n_shared_experts * mlp_width(); }
   // vocab_size rounded up to a multiple of vocab_pad_multiple * tp.
   int64_t padded_vocab(int tp = 1) const;
   // Parameters of the logical (unpadded, Hugging Face) model, a tied head counted once;

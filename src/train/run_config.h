@@ -121,6 +121,8 @@ struct ModelOptions {
   int vocab_pad_multiple;  // 0: from the preset
   std::optional<double> moe_aux_loss_coef;  // unset: the preset's / config.json's router_aux_loss_coef
   std::optional<double> moe_z_loss_coef;    // unset: the preset's / config.json's router_z_loss_coef
+  std::optional<int> moe_first_k_dense;     // unset: the preset's / config.json's first_k_dense_replace
+  std::optional<int> moe_shared_experts;    // unset: the preset's / config.json's n_shared_experts
   int lora_rank;             // 0: no adapters, every parameter trained
   double lora_alpha;         // 0: 2 * lora_rank
   std::string lora_targets;  // comma-separated short names of the family's LoRA targets
@@ -153,6 +155,10 @@ void for_each_field(S& o, V&& v) {
         .at_least(0).shown_as("from the preset").alias("router_aux_loss_coef aux_loss_coef moe_aux_loss_coeff load_balancing_coef"), o.moe_aux_loss_coef);
   v(field("moe_z_loss_coef", std::optional<double>{}, "override (mixture of experts): weight of the router z-loss, the mean over layers and tokens of logsumexp(router logits)^2, added to the objective (ST-MoE; Megatron's --moe-z-loss-coeff; docs/moe.md)")
         .at_least(0).shown_as("from the preset (0)").alias("router_z_loss_coef z_loss_coef moe_z_loss_coeff"), o.moe_z_loss_coef);
+  v(field("moe_first_k_dense", std::optional<int>{}, "override (mixture of experts): the first k layers keep a dense SwiGLU MLP of the experts' width, the rest have experts (DeepSeek-V3's first_k_dense_replace; docs/moe.md)")
+        .at_least(0).shown_as("from the preset (0)").alias("first_k_dense_replace first_k_dense k_dense moe_layer_freq"), o.moe_first_k_dense);
+  v(field("moe_shared_experts", std::optional<int>{}, "override (mixture of experts): shared experts every token of an MoE layer passes through, ungated, as one SwiGLU of S x the expert width (DeepSeek's n_shared_experts; docs/moe.md)")
+        .at_least(0).shown_as("from the preset (0)").alias("n_shared_experts shared_experts num_shared_experts moe_shared_expert_intermediate_size"), o.moe_shared_experts);
   v(field("lora_rank", 0, "LoRA: train rank-r adapters on a frozen base (needs --init-from or --resume; docs/lora.md)")
         .at_least(0).shown_as("0 = off").alias("lora_r lora_dim"), o.lora_rank);
   v(field("lora_alpha", 0.0, "LoRA: adapter outputs are scaled by alpha / r (PEFT's lora_alpha)")

@@ -21,12 +21,20 @@ the cross-entropy. HF's rule is kept as a mutant (`aux_rule="batch"`: the same s
 layer's tokens at once).
 
 The router z-loss (ST-MoE; off unless router_z_loss_coef > 0): per token, logsumexp(router
-logits)^2, averaged over layers and tokens, times router_z_loss_coef, added to the objective."""
+logits)^2, averaged over layers and tokens, times router_z_loss_coef, added to the objective.
+
+DeepSeek-V3's variants (transformers' DeepseekV3MoE): the first first_k_dense layers keep the dense
+SwiGLU (torch_llama.forward), and with n_shared_experts S every token also passes through the
+shared experts, one ungated SwiGLU of width S x I added to the routed experts' output:
+
+  model.layers.N.block_sparse_moe.shared_experts.{gate,up,down}_proj.weight  (S I, C), (S I, C), (C, S I)
+
+The aux and z averages are over the MoE layers only (the dense ones have no router)."""
 import torch
 import torch.nn.functional as F
 
 
-def moe_block(x, W, prefix, cfg, act, renorm, aux_rule):
+def moe_block(x, W, prefix, cfg, act, renorm, aux_rule, shared=True):
     """x (B, T, C) -> (out (B, T, C), this layer's aux summed over its B sequences, routing
     statistics: tokens routed to each expert, the z terms summed over the layer's tokens, and the
     smallest gap between a token's k-th and (k+1)-th probability, which says how far the routing
@@ -49,6 +57,10 @@ def moe_block(x, W, prefix, cfg, act, renorm, aux_rule):
         w1, w3, w2 = (W[f"{moe}experts.{e}.{n}.weight"] for n in ("w1", "w3", "w2"))
         ye = F.linear(act(F.linear(xe, w1)) * F.linear(xe, w3), w2)
         out = out.index_add(0, token, ye * weights[token, slot].unsqueeze(-1))
+    if cfg.n_shared_experts and shared:  # ungated, every token (DeepseekV3MoE.shared_experts)
+        sp = moe + "shared_experts."
+        out = out + F.linear(act(F.linear(rows, W[sp + "gate_proj.weight"])) * F.linear(rows, W[sp + "up_proj.weight"]),
+                             W[sp + "down_proj.weight"])
     routed = F.one_hot(chosen, E).sum(dim=1).to(probs.dtype)  # (B*T, E): 1 where chosen
     if aux_rule == "sequence":
         f = E / (K * T) * routed.view(B, T, E).sum(dim=1)  # (B, E)
@@ -70,4 +82,8 @@ def param_shapes(cfg, prefix, hidden, intermediate):
         s[f"{moe}experts.{e}.w1.weight"] = (intermediate, hidden)
         s[f"{moe}experts.{e}.w2.weight"] = (hidden, intermediate)
         s[f"{moe}experts.{e}.w3.weight"] = (intermediate, hidden)
+    if cfg.n_shared_experts:
+        width = cfg.n_shared_experts * intermediate
+        for n, shape in (("gate_proj", (width, hidden)), ("up_proj", (width, hidden)), ("down_proj", (hidden, width))):
+            s[f"{moe}shared_experts.{n}.weight"] = shape
     return s
