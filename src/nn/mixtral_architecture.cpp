@@ -3,6 +3,8 @@
 // sparse mixture of SwiGLU experts (`block_sparse_moe`: a router `gate` [E, C] and experts
 // w1 = gate_proj [I, C], w3 = up_proj [I, C], w2 = down_proj [C, I]); nn/moe_mlp.h computes it.
 // Everything Llama declares is taken from the Llama declaration; only the MLP differs.
+// DeepSeek-V3's layer mix on top (docs/moe.md): the first first_k_dense_replace layers keep
+// Llama's dense MLP, and the MoE layers may add n_shared_experts shared experts (one SwiGLU).
 #include <fmt/format.h>
 
 #include <limits>
