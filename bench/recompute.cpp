@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
                format_bytes(target), full_act / target);
     // The same target on the layers' share alone (the residual stream and the layers' buffers).
     const double C = static_cast<double>(cfg.n_embd), Nd = static_cast<double>(N), L = cfg.n_layer;
-    const double layer = static_cast<double>(nn::architecture(cfg.family).layer_activation_floats(cfg, 1, B, T, -1));
+    const double layer = static_cast<double>(nn::architecture(cfg.family).layer_activation_floats(cfg, 1, B, T, -1, 0));
     const double full_layers = 4.0 * L * Nd * C + working, none_layers = 4.0 * L * (Nd * C + layer);
     fmt::print("full, the layers' share: {} against {} / n_layer + {} = {} ({:.2f}x the target)\n",
                format_bytes(full_layers), format_bytes(none_layers), format_bytes(working),

@@ -181,6 +181,10 @@ void check_same_model_shape(const nn::ModelConfig& ck, const nn::ModelConfig& mo
     cmp("norm_eps", ck.norm_eps, model.norm_eps);
     cmp("rope_theta", ck.rope_theta, model.rope_theta);
   }
+  if (ck.family == model.family && ck.family == nn::Family::kMixtral) {  // which layers hold what
+    cmp("first_k_dense_replace", ck.first_k_dense, model.first_k_dense);
+    cmp("n_shared_experts", ck.n_shared_experts, model.n_shared_experts);
+  }
   TRI_CHECK(diffs.empty(),
             "checkpoint {} has {}; load it into the same model shape (its config.json gives the "
             "shape: drop --model, or pick a matching preset)",

@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+
 #include "core/check.h"
 
 namespace trident::nn {
@@ -75,10 +77,12 @@ int64_t decl_numel(const std::vector<ParamDecl>& decls, const ModelConfig& c, bo
 }
 int64_t declared_numel(const ModelConfig& c, bool matmul_only) {
   const Architecture& a = architecture(c.family);
-  const int64_t layer = decl_numel(a.layer_params(c, 0), c, matmul_only);
-  return checked_add(checked_add(decl_numel(a.embedding_params(c), c, matmul_only),
-                                 checked_mul(c.n_layer, layer, c), c),
-                     decl_numel(a.head_params(c), c, matmul_only), c);
+  int64_t n = checked_add(decl_numel(a.embedding_params(c), c, matmul_only),
+                          decl_numel(a.head_params(c), c, matmul_only), c);
+  for (const Architecture::LayerRun& r : a.layer_runs(c)) {
+    n = checked_add(n, checked_mul(r.end - r.begin, decl_numel(a.layer_params(c, r.begin), c, matmul_only), c), c);
+  }
+  return n;
 }
 
 }  // namespace
@@ -96,8 +100,9 @@ void check_tensor_parallel_split(const ModelConfig& c, int tp) {
             c.mlp_width(), tp, c.mlp_width());
   // Everything else the declarations say about splitting (key/value heads vs tp): slicing one
   // layer for rank 0 throws naming the parameter and the fix.
-  for (const ParamDecl& d : architecture(c.family).layer_params(c, 0)) {
-    (void)shard_for_tp(d, c, 0, tp);
+  const Architecture& a = architecture(c.family);
+  for (const Architecture::LayerRun& r : a.layer_runs(c)) {
+    for (const ParamDecl& d : a.layer_params(c, r.begin)) (void)shard_for_tp(d, c, 0, tp);
   }
 }
 
@@ -122,9 +127,11 @@ std::vector<TensorSpec> model_tensor_specs(const ModelConfig& c) {
 
 int64_t model_tensor_count(const ModelConfig& c) {
   const Architecture& a = architecture(c.family);
-  return static_cast<int64_t>(a.embedding_params(c).size()) +
-         static_cast<int64_t>(c.n_layer) * static_cast<int64_t>(a.layer_params(c, 0).size()) +
-         static_cast<int64_t>(a.head_params(c).size());
+  int64_t n = static_cast<int64_t>(a.embedding_params(c).size()) + static_cast<int64_t>(a.head_params(c).size());
+  for (const Architecture::LayerRun& r : a.layer_runs(c)) {
+    n += static_cast<int64_t>(r.end - r.begin) * static_cast<int64_t>(a.layer_params(c, r.begin).size());
+  }
+  return n;
 }
 
 double training_flops_per_token(const ModelConfig& c, int64_t T) {
@@ -133,10 +140,19 @@ double training_flops_per_token(const ModelConfig& c, int64_t T) {
   return 6.0 * n + 12.0 * c.n_layer * attention_width * static_cast<double>(T);
 }
 
-double layer_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T) {
+double layers_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T, int begin, int end) {
+  double f = 0;
+  for (const Architecture::LayerRun& r : architecture(c.family).layer_runs(c)) {
+    const int lo = std::max(r.begin, begin), hi = std::min(r.end, end);
+    if (lo < hi) f += (hi - lo) * layer_forward_flops(c, tp, B, T, lo);
+  }
+  return f;
+}
+
+double layer_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T, int layer) {
   const Architecture& a = architecture(c.family);
   const double N = static_cast<double>(B * T);
-  const double matmul = static_cast<double>(decl_numel(a.layer_params(c, 0), c, true));
+  const double matmul = static_cast<double>(decl_numel(a.layer_params(c, layer), c, true));
   const double attention_width = static_cast<double>(c.n_head) * c.head_size();
   // Each matmul parameter is a multiply-add per token; QK^T and AV are 2 T H each per token
   // (counted non-causal, as the MFU formula does); all split over tp.

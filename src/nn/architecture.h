@@ -48,8 +48,15 @@ class Architecture {
 
   // ---- parameters, in registration (and checkpoint) order ----
   virtual std::vector<ParamDecl> embedding_params(const ModelConfig& c) const = 0;
-  // Every layer declares the same shapes (the count multiplies one layer by n_layer).
+  // Layer `layer`'s parameters. Layers of one run of layer_runs() declare the same shapes
+  // (the counts multiply a run's first layer by its length, never listing n_layer layers).
   virtual std::vector<ParamDecl> layer_params(const ModelConfig& c, int layer) const = 0;
+  struct LayerRun {
+    int begin = 0, end = 0;  // layers [begin, end)
+  };
+  // Consecutive layers declaring the same shapes, covering [0, n_layer) in order: one run
+  // unless a family's layers differ (Mixtral's first_k_dense dense layers).
+  virtual std::vector<LayerRun> layer_runs(const ModelConfig& c) const { return {{0, c.n_layer}}; }
   virtual std::vector<ParamDecl> head_params(const ModelConfig& c) const = 0;
   // Hugging Face tensors a checkpoint may hold that are not parameters (attention masks,
   // rotary buffers, a tied lm_head.weight); `name` is without any prefix.
@@ -68,13 +75,15 @@ class Architecture {
   // ---- compute and memory ----
   // Floats one layer's forward saves for backward (B rows of T tokens; `local_rows` the
   // sequence-parallel rows, N without it): the activation formula of docs/memory.md.
+  // Per layer (`layer`: its global index; layers of a run are alike).
   virtual int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
-                                          int64_t local_rows) const = 0;
+                                          int64_t local_rows, int layer) const = 0;
   // Of those, the attention core's (LayerActivations::attention_core): what selective
   // recompute does not save per layer.
-  virtual int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const = 0;
-  // Gradient scratch the layers share (one layer's backward at a time), floats for N tokens.
-  virtual int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const = 0;
+  virtual int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T, int layer) const = 0;
+  // Gradient scratch of one layer's backward, floats for N tokens (the layers share the
+  // largest of a model's: one layer's backward runs at a time).
+  virtual int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N, int layer) const = 0;
   virtual std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c,
                                             const TpContext& tp, int layer) const = 0;
   // Final norm: LayerNorm with bias (GPT-2) or RMSNorm (Llama).
@@ -104,9 +113,11 @@ int64_t model_tensor_count(const ModelConfig& c);
 // Training FLOPs per token at sequence length T: 6 N + 12 L H T (PaLM, app. B), N the
 // declared matmul parameters, H = n_head * head_size the attention width.
 double training_flops_per_token(const ModelConfig& c, int64_t T);
-// Forward FLOPs of one layer for N = B*T tokens on one of tp ranks: 2 per multiply-add of its
-// matmul parameters, plus the attention score/value products counted non-causal.
-double layer_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T);
+// Forward FLOPs of layer `layer` for N = B*T tokens on one of tp ranks: 2 per multiply-add of
+// its matmul parameters, plus the attention score/value products counted non-causal.
+double layer_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T, int layer);
+// The same summed over layers [begin, end) (a pipeline stage), one evaluation per layer run.
+double layers_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T, int begin, int end);
 // Forward FLOPs of the LM head for N = B*T tokens on one of tp ranks: the (N, C) x (C, V)
 // logits product (V the real vocabulary), which every family's decoder ends with.
 double head_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T);

@@ -170,13 +170,13 @@ class Gpt2Architecture final : public Architecture {
   }
 
   int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
-                                  int64_t local_rows) const override {
+                                  int64_t local_rows, int /*layer*/) const override {
     return TransformerBlock::activation_floats(gpt2_block_shape(c, tp), c, tp, B, T, local_rows);
   }
-  int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const override {
+  int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T, int /*layer*/) const override {
     return TransformerBlock::attention_core_floats(gpt2_block_shape(c, tp), B, T);
   }
-  int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const override {
+  int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N, int /*layer*/) const override {
     return TransformerBlock::scratch_floats(gpt2_block_shape(c, tp), N);
   }
   std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c, const TpContext& tp,

@@ -6,12 +6,13 @@
 #include "nn/architecture.h"
 #include "nn/llama_layer_decls.h"
 #include "nn/lora.h"
+#include "nn/mixtral_layer_decls.h"
 #include "nn/moe_mlp.h"
 #include "nn/param_decl.h"
 
 namespace trident::nn {
 
-BlockShape llama_block_shape(const ModelConfig& cfg, int tp) {
+BlockShape llama_block_shape(const ModelConfig& cfg, int tp, int layer) {
   BlockShape s;
   s.C = cfg.n_embd;
   s.norm_bias = false;
@@ -23,10 +24,11 @@ BlockShape llama_block_shape(const ModelConfig& cfg, int tp) {
   s.heads.kv_heads_total = nkv;
   s.heads.rope_theta = cfg.rope_theta;
   s.qkv_widest = std::max(s.heads.Q(), s.heads.KV());
-  s.moe = cfg.is_moe();
+  s.moe = cfg.layer_is_moe(layer);
+  s.shared_experts = s.moe && cfg.n_shared_experts > 0;
   s.activation = MlpActivation::kSwiGlu;
-  if (!s.moe) {
-    s.I = cfg.mlp_width() / tp;
+  if (!s.moe || s.shared_experts) {  // the dense SwiGLU's widths: the layer's or the shared experts'
+    s.I = (s.moe ? cfg.shared_expert_width() : cfg.mlp_width()) / tp;
     s.mlp_in = 2 * s.I;
     s.mlp_widest = s.I;
   }
@@ -43,16 +45,22 @@ std::unique_ptr<Layer> make_llama_block(ParameterSet& params, const ModelConfig&
   add_lora(params, cfg, layer, tp.rank, tp.size);  // after the base: the fused runs stay adjacent
   const LoraContext lora{.scale = cfg.lora.scale(), .tp = tp};
   const LlamaLayerDecls d = llama_layer_decls(cfg, layer);
-  const BlockShape shape = llama_block_shape(cfg, tp.size);
+  const BlockShape shape = llama_block_shape(cfg, tp.size, layer);
   const auto eps = static_cast<float>(cfg.norm_eps);
   Attention attn(params, tp, shape.heads,
                  ColumnParallelLinear(params, {&d.q_proj, &d.k_proj, &d.v_proj}, nullptr, &lora),
                  RowParallelLinear(params, d.o_proj, nullptr, &lora));
-  Mlp mlp = cfg.is_moe()
-                ? Mlp(tp, std::make_unique<MoeMlp>(params, cfg, tp, layer), cfg.n_embd)
-                : Mlp(tp, MlpActivation::kSwiGlu,
-                      ColumnParallelLinear(params, {&d.gate_proj, &d.up_proj}, nullptr, &lora),
-                      RowParallelLinear(params, d.down_proj, nullptr, &lora));
+  auto swiglu = [&](const ParamDecl& gate, const ParamDecl& up, const ParamDecl& down) {
+    return Mlp(tp, MlpActivation::kSwiGlu, ColumnParallelLinear(params, {&gate, &up}, nullptr, &lora),
+               RowParallelLinear(params, down, nullptr, &lora));
+  };
+  std::unique_ptr<Mlp> shared;
+  if (const std::optional<SharedExpertDecls> sh = shared_expert_decls(cfg, layer)) {
+    shared = std::make_unique<Mlp>(swiglu(sh->gate_proj, sh->up_proj, sh->down_proj));
+  }
+  Mlp mlp = cfg.layer_is_moe(layer)
+                ? Mlp(tp, std::make_unique<MoeMlp>(params, cfg, tp, layer), cfg.n_embd, std::move(shared))
+                : swiglu(d.gate_proj, d.up_proj, d.down_proj);
   return std::make_unique<TransformerBlock>(cfg, tp, shape, Norm(params, d.input_norm, nullptr, eps),
                                             std::move(attn), Norm(params, d.post_attention_norm, nullptr, eps),
                                             std::move(mlp));

@@ -7,8 +7,9 @@
 // projections are one fused run, and a SwiGLU MLP whose gate|up are one fused run
 // (nn/column_parallel_linear.h: one matmul each where the weights are adjacent in memory).
 //
-// With ModelConfig::n_experts > 0 (Mixtral) the MLP is the mixture of experts of nn/moe_mlp.h,
-// inside the same tensor-parallel region.
+// With ModelConfig::n_experts > 0 (Mixtral) the MLP of every layer past the first_k_dense is the
+// mixture of experts of nn/moe_mlp.h (plus its shared experts, if any: a dense SwiGLU of width
+// n_shared_experts x I), inside the same tensor-parallel region.
 //
 // Tensor parallel as Megatron: q/k/v and gate/up are column-parallel (whole heads per rank),
 // o_proj and down_proj row-parallel. When tp exceeds the key/value heads, tp / NKV ranks hold
@@ -28,8 +29,8 @@ namespace trident::nn {
 // Llama's (and Mixtral's) saved activations: the block's (moe set for Mixtral).
 using LlamaBlockActivations = BlockActivations;
 
-// The block's local widths for a tp rank (the float counts of the architecture).
-BlockShape llama_block_shape(const ModelConfig& cfg, int tp);
+// Layer `layer`'s local widths for a tp rank (the float counts of the architecture).
+BlockShape llama_block_shape(const ModelConfig& cfg, int tp, int layer);
 // Registers model.layers.<layer>.* (the family's declaration) in `params` as the current
 // group, sliced for this tp rank, and builds the block from the same declarations.
 std::unique_ptr<Layer> make_llama_block(ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer);

@@ -14,14 +14,14 @@ namespace trident::nn {
 class LlamaBlockArchitecture : public Architecture {
  public:
   int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
-                                  int64_t local_rows) const override {
-    return TransformerBlock::activation_floats(llama_block_shape(c, tp), c, tp, B, T, local_rows);
+                                  int64_t local_rows, int layer) const override {
+    return TransformerBlock::activation_floats(llama_block_shape(c, tp, layer), c, tp, B, T, local_rows);
   }
-  int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T) const override {
-    return TransformerBlock::attention_core_floats(llama_block_shape(c, tp), B, T);
+  int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T, int layer) const override {
+    return TransformerBlock::attention_core_floats(llama_block_shape(c, tp, layer), B, T);
   }
-  int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N) const override {
-    return TransformerBlock::scratch_floats(llama_block_shape(c, tp), N);
+  int64_t layer_scratch_floats(const ModelConfig& c, int tp, int64_t N, int layer) const override {
+    return TransformerBlock::scratch_floats(llama_block_shape(c, tp, layer), N);
   }
   std::unique_ptr<Layer> make_layer(ParameterSet& params, const ModelConfig& c, const TpContext& tp,
                                     int layer) const override {

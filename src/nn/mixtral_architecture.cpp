@@ -3,14 +3,18 @@
 // sparse mixture of SwiGLU experts (`block_sparse_moe`: a router `gate` [E, C] and experts
 // w1 = gate_proj [I, C], w3 = up_proj [I, C], w2 = down_proj [C, I]); nn/moe_mlp.h computes it.
 // Everything Llama declares is taken from the Llama declaration; only the MLP differs.
+// DeepSeek-V3's layer mix on top (docs/moe.md): the first first_k_dense_replace layers keep
+// Llama's dense MLP, and the MoE layers may add n_shared_experts shared experts (one SwiGLU).
 #include <fmt/format.h>
 
 #include <cmath>
+#include <limits>
 
 #include "core/check.h"
 #include "nn/hf_config_json.h"
 #include "nn/llama_block_architecture.h"
 #include "nn/llama_layer_decls.h"
+#include "nn/mixtral_layer_decls.h"
 
 namespace trident::nn {
 
@@ -29,7 +33,8 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     std::vector<std::string> keys = llama().hf_keys();
     for (const char* k : {"num_local_experts", "num_experts_per_tok", "router_aux_loss_coef",
                           "router_z_loss_coef", "router_bias_update_rate", "expert_capacity_factor",
-                          "output_router_logits", "router_jitter_noise", "sliding_window"}) {
+                          "output_router_logits", "router_jitter_noise", "sliding_window",
+                          "first_k_dense_replace", "n_shared_experts"}) {
       keys.emplace_back(k);
     }
     return keys;
@@ -54,6 +59,9 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     j["sliding_window"] = nullptr;
     // Qwen2-MoE's key; Hugging Face's Mixtral always renormalises (true).
     j["norm_topk_prob"] = c.norm_topk_prob;
+    // DeepSeek-V3's keys (not Mixtral's, whose config would ignore them): written only when used.
+    if (c.first_k_dense > 0) j["first_k_dense_replace"] = c.first_k_dense;
+    if (c.n_shared_experts > 0) j["n_shared_experts"] = c.n_shared_experts;
     return j;
   }
 
@@ -67,6 +75,11 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     c.router_bias_update_rate = hf_json_number(j, "router_bias_update_rate", source, 0.0);
     c.expert_capacity_factor = hf_json_number(j, "expert_capacity_factor", source, 0.0);
     c.norm_topk_prob = hf_json_bool(j, "norm_topk_prob", source, true);
+    if (j.contains("first_k_dense_replace")) c.first_k_dense = hf_json_int(j, "first_k_dense_replace", source, kNeeds);
+    if (j.contains("n_shared_experts")) {
+      // DeepSeek writes null for none.
+      c.n_shared_experts = j["n_shared_experts"].is_null() ? 0 : hf_json_int(j, "n_shared_experts", source, kNeeds);
+    }
     TRI_CHECK(hf_json_number(j, "router_jitter_noise", source, 0.0) == 0.0,
               "{} has router_jitter_noise {}: Trident's router is deterministic (the same routing in "
               "every layout); set it to 0", source, j["router_jitter_noise"].dump());
@@ -108,12 +121,33 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     TRI_CHECK(c.expert_capacity_factor >= 0 && std::isfinite(c.expert_capacity_factor),
               "expert_capacity_factor (--moe-capacity-factor) must be >= 0 (0: dropless; 1.0 keeps "
               "ceil(T k / E) tokens per expert and sequence), got {}", c.expert_capacity_factor);
+    // The bias table and its checkpoint tensors are laid out over every layer while the expert
+    // load counts only MoE layers; until they share one indexing the two are not combined.
+    TRI_CHECK(c.first_k_dense == 0 || c.router_bias_update_rate == 0,
+              "first_k_dense_replace (--moe-first-k-dense) {} with the aux-free balancing bias "
+              "(--moe-bias-update-rate {}) is not supported yet: use one of them", c.first_k_dense,
+              c.router_bias_update_rate);
+    TRI_CHECK(c.first_k_dense >= 0 && c.first_k_dense < c.n_layer,
+              "first_k_dense_replace (--moe-first-k-dense) {} must be between 0 and n_layer - 1 = {}: layers "
+              "[0, k) keep a dense MLP and at least one layer must have experts (a model without any is a "
+              "llama)", c.first_k_dense, c.n_layer - 1);
+    TRI_CHECK(c.n_shared_experts >= 0 && c.n_shared_experts <= std::numeric_limits<int>::max() / c.mlp_width(),
+              "n_shared_experts (--moe-shared-experts) must be between 0 and {} (their SwiGLU of width "
+              "n_shared_experts x intermediate_size {} must fit a 32-bit int), got {}",
+              std::numeric_limits<int>::max() / c.mlp_width(), c.mlp_width(), c.n_shared_experts);
+  }
+
+  std::vector<LayerRun> layer_runs(const ModelConfig& c) const override {
+    if (c.first_k_dense <= 0 || c.first_k_dense >= c.n_layer) return {{0, c.n_layer}};
+    return {{0, c.first_k_dense}, {c.first_k_dense, c.n_layer}};
   }
 
   std::vector<ParamDecl> embedding_params(const ModelConfig& c) const override { return llama().embedding_params(c); }
 
   std::vector<ParamDecl> layer_params(const ModelConfig& c, int layer) const override {
-    // Llama's attention and norms; its dense MLP becomes the router and the experts.
+    // Llama's attention and norms; its dense MLP becomes the router and the experts, except in
+    // the first_k_dense layers (DeepSeek-V3's first_k_dense_replace), which keep it.
+    if (!c.layer_is_moe(layer)) return llama_layer_decls(c, layer).all();
     std::vector<ParamDecl> v = llama_layer_decls(c, layer).all(/*with_mlp=*/false);
     const int64_t C = c.n_embd, I = c.mlp_width();
     const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", layer);
@@ -130,6 +164,9 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
       v.push_back(linear("w1.weight", I, C, 0));
       v.push_back(linear("w2.weight", C, I, 1));
       v.push_back(linear("w3.weight", I, C, 0));
+    }
+    if (const std::optional<SharedExpertDecls> sh = shared_expert_decls(c, layer)) {
+      v.insert(v.end(), {sh->gate_proj, sh->up_proj, sh->down_proj});
     }
     return v;
   }
@@ -159,9 +196,14 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     for (ShapeWitness& s : llama().shape_witnesses(c)) {
       if (s.field != "intermediate_size") w.push_back(std::move(s));
     }
-    const std::string p = "model.layers.0.block_sparse_moe.";
+    // The first MoE layer's (layer 0 is dense with first_k_dense).
+    const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", c.first_k_dense);
     w.push_back({"num_local_experts", p + "gate.weight", 0, c.n_experts});
     w.push_back({"intermediate_size", p + "experts.0.w1.weight", 0, c.mlp_width()});
+    if (c.n_shared_experts > 0) {
+      w.push_back({"n_shared_experts * intermediate_size", p + "shared_experts.gate_proj.weight", 0,
+                   c.shared_expert_width()});
+    }
     return w;
   }
 
@@ -170,6 +212,23 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
 };
 
 }  // namespace
+
+std::optional<SharedExpertDecls> shared_expert_decls(const ModelConfig& c, int layer) {
+  if (c.n_shared_experts <= 0 || !c.layer_is_moe(layer)) return std::nullopt;
+  // DeepSeek's names (mlp.shared_experts.{gate,up,down}_proj) under Mixtral's module name for
+  // the layer's MoE (block_sparse_moe, beside its gate and experts): renaming a DeepSeek
+  // checkpoint's is a prefix change. Split over tp like the dense MLP (gate/up by columns, down
+  // by rows); no `expert` index: a dense parameter, replicated over ep, reduced over all of dp.
+  const int64_t C = c.n_embd, I = c.shared_expert_width();
+  const std::string p = fmt::format("model.layers.{}.block_sparse_moe.shared_experts.", layer);
+  auto linear = [&](const char* n, int64_t out, int64_t in, int dim) {
+    return ParamDecl{.name = p + n, .shape = {out, in}, .split = TpSplit::kSplit, .dim = dim, .weight_decay = true,
+                     .init_std = 0.02f, .matmul = true};
+  };
+  return SharedExpertDecls{.gate_proj = linear("gate_proj.weight", I, C, 0),
+                           .up_proj = linear("up_proj.weight", I, C, 0),
+                           .down_proj = linear("down_proj.weight", C, I, 1)};
+}
 
 const Architecture& mixtral_architecture() {
   static const MixtralArchitecture arch;  // immutable: a declaration, not state

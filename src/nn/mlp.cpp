@@ -16,11 +16,19 @@ Mlp::Mlp(const TpContext& tp, MlpActivation activation, ColumnParallelLinear in,
             "MLP: input projection of width {} for an activation of width {}", in_->out_width(), I_);
 }
 
-Mlp::Mlp(const TpContext& tp, std::unique_ptr<MoeMlp> moe, int64_t C) : tp_(tp), moe_(std::move(moe)), C_(C) {}
+Mlp::Mlp(const TpContext& tp, std::unique_ptr<MoeMlp> moe, int64_t C, std::unique_ptr<Mlp> shared)
+    : tp_(tp), moe_(std::move(moe)), shared_(std::move(shared)), C_(C) {
+  TRI_CHECK(!shared_ || (!shared_->is_moe() && shared_->activation_ == MlpActivation::kSwiGlu && shared_->C_ == C),
+            "MLP: the shared experts must be a dense SwiGLU over the {} channels", C);
+}
 
 MlpActivations Mlp::make_activations(MemoryTracker& tracker, int64_t N) const {
   MlpActivations a;
-  if (moe_) return a;  // the experts' activations are MoeActivations
+  // The experts' activations are MoeActivations; the shared experts' are these.
+  if (moe_) {
+    if (shared_) return shared_->make_activations(tracker, N);
+    return a;
+  }
   const auto A = MemCategory::kActivations;
   a.pre = FloatBuffer(tracker, A, static_cast<std::size_t>(N * in_->out_width()));
   a.act = FloatBuffer(tracker, A, static_cast<std::size_t>(N * I_));
@@ -34,6 +42,10 @@ void Mlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, SharedScrat
   if (moe_) {
     float* partial = tp_.sp() ? s.full.data() : out;
     moe_->forward(mm, ps, *moe, partial, in, B, T);
+    if (shared_) {
+      shared_->swiglu_partial(mm, ps, s, a, g, g.shared, in, N);
+      kernels::accumulate(partial, g.shared, N * C_);
+    }
     tp_exit(tp_, partial, out, N, C_);
     return;
   }
@@ -53,6 +65,10 @@ MoeLossSums Mlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScr
   if (moe_) {
     const float* dfull = tp_exit_backward(tp_, dout, s.full.data(), N, C_);
     moe_->backward(mm, ps, *moe, dinp, dfull, in, B, T, weights);
+    if (shared_) {
+      shared_->swiglu_partial_backward(mm, ps, s, a, g, g.shared, dfull, in, N);
+      kernels::accumulate(dinp, g.shared, N * C_);
+    }
     return {moe->aux_sum, moe->z_sum, static_cast<double>(moe->dropped)};
   }
   if (activation_ == MlpActivation::kSwiGlu) {
@@ -64,6 +80,21 @@ MoeLossSums Mlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScr
   }
   in_->backward(mm, ps, dinp, g.dpre, in, N, g.work, s.lora.data());
   return {};
+}
+
+void Mlp::swiglu_partial(kernels::MatmulEngine& mm, const ParameterSet& ps, SharedScratch& s, MlpActivations& a,
+                         const MlpScratch& g, float* partial, const float* in, int64_t N) const {
+  in_->forward(mm, ps, a.pre.data(), in, N, g.work, s.lora.data());
+  kernels::swiglu_packed_forward(a.act.data(), a.pre.data(), N, I_);
+  out_->forward_partial(mm, ps, s, partial, a.act.data(), N);
+}
+
+void Mlp::swiglu_partial_backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScratch& s,
+                                  const MlpActivations& a, const MlpScratch& g, float* dinp, const float* dfull,
+                                  const float* in, int64_t N) const {
+  out_->backward_partial(mm, ps, s, g.dact, dfull, a.act.data(), N);
+  kernels::swiglu_packed_backward(g.dpre, g.dact, a.pre.data(), N, I_);
+  in_->backward(mm, ps, dinp, g.dpre, in, N, g.work, s.lora.data());
 }
 
 }  // namespace trident::nn

@@ -94,19 +94,33 @@ void Model::allocate(MemoryTracker& tracker) {
   params_.allocate(tracker);
 }
 
+std::vector<int> Model::stage_run_layers() const {
+  // The first layer of each run of alike layers (Architecture::layer_runs) in this stage.
+  std::vector<int> firsts;
+  for (const Architecture::LayerRun& r : architecture(cfg_.family).layer_runs(cfg_)) {
+    const int lo = std::max(r.begin, stage_.layer_begin), hi = std::min(r.end, stage_.layer_end);
+    if (lo < hi) firsts.push_back(lo);
+  }
+  return firsts;
+}
+
 int64_t Model::activation_floats(int64_t B, int64_t T) const {
   const int64_t N = B * T, C = cfg_.n_embd, Nl = local_rows(N);
   const int64_t layers = stage_.layer_end - stage_.layer_begin;
   const Architecture& arch = architecture(cfg_.family);
   // Every layer's input and the stage output (the residual stream) are always kept.
   int64_t total = (layers + 1) * Nl * C;
-  const int64_t layer = arch.layer_activation_floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1);
-  switch (recompute_) {
-    case Recompute::kNone: total += layers * layer; break;
-    case Recompute::kSelective:
-      total += layers * (layer - arch.attention_core_floats(cfg_, tp_.size, B, T));
-      break;
-    case Recompute::kFull: break;  // the layers' working set is the model's (recompute_floats)
+  for (const Architecture::LayerRun& r : arch.layer_runs(cfg_)) {
+    const int lo = std::max(r.begin, stage_.layer_begin), hi = std::min(r.end, stage_.layer_end);
+    if (lo >= hi) continue;
+    const int64_t layer = arch.layer_activation_floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1, lo);
+    switch (recompute_) {
+      case Recompute::kNone: total += (hi - lo) * layer; break;
+      case Recompute::kSelective:
+        total += (hi - lo) * (layer - arch.attention_core_floats(cfg_, tp_.size, B, T, lo));
+        break;
+      case Recompute::kFull: break;  // the layers' working set is the model's (recompute_floats)
+    }
   }
   if (stage_.has_head) total += Nl * C + 2 * Nl + N * vocab_local_ + N;
   return total;
@@ -116,18 +130,30 @@ int64_t Model::recompute_floats(int64_t B, int64_t T) const {
   if (blocks_.empty()) return 0;
   const int64_t Nl = local_rows(B * T);
   const Architecture& arch = architecture(cfg_.family);
-  switch (recompute_) {
-    case Recompute::kNone: return 0;
-    case Recompute::kSelective: return arch.attention_core_floats(cfg_, tp_.size, B, T);
-    case Recompute::kFull:
-      return arch.layer_activation_floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1) + Nl * cfg_.n_embd;
+  int64_t floats = 0;
+  for (const int l : stage_run_layers()) {
+    switch (recompute_) {
+      case Recompute::kNone: break;
+      // One attention-core buffer lent to each layer in turn: the largest.
+      case Recompute::kSelective: floats = std::max(floats, arch.attention_core_floats(cfg_, tp_.size, B, T, l)); break;
+      // One working set per kind of layer in the stage (a dense layer's lacks the experts').
+      case Recompute::kFull: floats += arch.layer_activation_floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1, l); break;
+    }
   }
-  return 0;
+  return recompute_ == Recompute::kFull ? floats + Nl * cfg_.n_embd : floats;
+}
+
+int64_t Model::layer_scratch_floats(int64_t N) const {
+  int64_t layer = 0;  // shared by the layers (one backward at a time): the largest
+  for (const int l : stage_run_layers()) {
+    layer = std::max(layer, architecture(cfg_.family).layer_scratch_floats(cfg_, tp_.size, N, l));
+  }
+  return layer;
 }
 
 int64_t Model::workspace_floats(int64_t N) const {
   const int64_t C = cfg_.n_embd;
-  const int64_t layer = architecture(cfg_.family).layer_scratch_floats(cfg_, tp_.size, N);
+  const int64_t layer = layer_scratch_floats(N);
   int64_t w = N * C + SharedScratch::floats(N, C, layer, tp_.sp() ? tp_.rows(N).count : -1);
   if (tp_.size > 1) w += 3 * N;
   return w + lora_scratch_floats(cfg_, tp_.size, N);
@@ -172,15 +198,22 @@ void Model::ensure_recompute(int64_t B, int64_t T) {
   if (recompute_ == Recompute::kSelective) {
     attention_core_ = FloatBuffer(*tracker_, MemCategory::kActivations, count);
   } else {
-    // Every layer declares the same shapes, so one layer's activations fit them all.
-    rerun_acts_ = blocks_.front()->make_activations(*tracker_, B, T, tp_.sp() ? Nl : -1, true);
+    // Layers of a run declare the same shapes: one working set per run fits all its layers.
+    rerun_acts_.clear();
+    rerun_of_.assign(blocks_.size(), 0);
+    const std::vector<int> firsts = stage_run_layers();
+    for (std::size_t k = 0; k < firsts.size(); ++k) {
+      const auto first = static_cast<std::size_t>(firsts[k] - stage_.layer_begin);
+      rerun_acts_.push_back(blocks_[first]->make_activations(*tracker_, B, T, tp_.sp() ? Nl : -1, true));
+      for (std::size_t i = first; i < blocks_.size(); ++i) rerun_of_[i] = k;
+    }
     rerun_out_ = FloatBuffer(*tracker_, MemCategory::kActivations, static_cast<std::size_t>(Nl * cfg_.n_embd));
   }
   recompute_B_ = B, recompute_T_ = T;
 }
 
 LayerActivations& Model::layer_activations(ModelActivations& acts, std::size_t i) {
-  return recompute_ == Recompute::kFull ? *rerun_acts_ : *acts.blocks[i];
+  return recompute_ == Recompute::kFull ? *rerun_acts_[rerun_of_[i]] : *acts.blocks[i];
 }
 
 void Model::check_activations(const ModelActivations& acts) const {
@@ -216,7 +249,7 @@ void Model::ensure_scratch(int64_t N) {
   TRI_CHECK(tracker_ != nullptr, "Model::allocate() must be called before running the model");
   dres_ = FloatBuffer(*tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(N * cfg_.n_embd));
   scratch_ = SharedScratch(*tracker_, N, cfg_.n_embd,
-                           architecture(cfg_.family).layer_scratch_floats(cfg_, tp_.size, N),
+                           layer_scratch_floats(N),
                            tp_.sp() ? tp_.rows(N).count : -1);
   scratch_.matmul = matmul_.get();
   if (const int64_t lora = lora_scratch_floats(cfg_, tp_.size, N); lora > 0) {

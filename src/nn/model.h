@@ -84,7 +84,7 @@ class Model {
   void set_recompute(Recompute r) { recompute_ = r; }
   Recompute recompute() const { return recompute_; }
   // Mixture of experts: the load-balancing loss's weight per (layer, sequence) term, i.e.
-  // coef / (n_layer * sequences in the global batch), and the z-loss's per (layer, token)
+  // coef / (MoE layers * sequences in the global batch), and the z-loss's per (layer, token)
   // term; see nn/moe_loss.h. 0 (default): off.
   void set_moe_loss_weights(const MoeLossWeights& w) {
     for (auto& b : blocks_) b->set_moe_loss_weights(w);
@@ -185,6 +185,10 @@ class Model {
   // shared working set under full recompute.
   LayerActivations& layer_activations(ModelActivations& acts, std::size_t i);
   void check_activations(const ModelActivations& acts) const;
+  // The first global layer index of each run of alike layers (Architecture::layer_runs) in
+  // this stage, and the gradient scratch the stage's layers share (the largest layer's).
+  std::vector<int> stage_run_layers() const;
+  int64_t layer_scratch_floats(int64_t N) const;
 
   ModelConfig cfg_;
   TpContext tp_;
@@ -210,7 +214,9 @@ class Model {
   ModelHooks* hooks_ = nullptr;
   Recompute recompute_ = Recompute::kNone;
   // Recompute's model-owned buffers (kActivations), sized for recompute_B_ x recompute_T_.
-  std::unique_ptr<LayerActivations> rerun_acts_;  // full: the layers' one working set
+  // full: one working set per run of alike layers in the stage; rerun_of_[i] is block i's
+  std::vector<std::unique_ptr<LayerActivations>> rerun_acts_;
+  std::vector<std::size_t> rerun_of_;
   FloatBuffer rerun_out_;                         // full: (Nl, C) the rerun's discarded output
   FloatBuffer attention_core_;                    // selective: lent to the running layer
   int64_t recompute_B_ = 0, recompute_T_ = 0;

@@ -38,6 +38,12 @@ void ModelConfig::validate() const {
             "n_embd ({}) must be divisible by n_head ({}): each head gets n_embd / n_head "
             "channels; choose e.g. n_head = {}",
             n_embd, n_head, n_embd % 64 == 0 ? n_embd / 64 : 1);
+  if (!is_moe()) {
+    TRI_CHECK(first_k_dense == 0 && n_shared_experts == 0,
+              "first_k_dense_replace {} / n_shared_experts {} shape a mixture-of-experts model's layers, but this "
+              "{} model has no experts: use a mixtral model (or set both to 0)",
+              first_k_dense, n_shared_experts, family_name(family));
+  }
   architecture(family).validate(*this);
   validate_lora(*this);
   (void)num_parameters();
@@ -51,6 +57,8 @@ std::string ModelConfig::describe() const {
   s += fmt::format(" n_positions={} vocab_size={}", n_positions, vocab_size);
   if (family != Family::kGpt2) s += tie_word_embeddings ? " tied" : " untied";
   if (is_moe()) s += fmt::format(" experts={} top_k={}", n_experts, n_experts_per_tok);
+  if (first_k_dense > 0) s += fmt::format(" first_k_dense={}", first_k_dense);
+  if (n_shared_experts > 0) s += fmt::format(" shared_experts={}", n_shared_experts);
   if (lora.enabled()) s += fmt::format(" lora r={} alpha={:g} targets={}", lora.rank, lora.alpha, fmt::join(lora.targets, ","));
   return s + fmt::format(" ({} params)", num_parameters());
 }

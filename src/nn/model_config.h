@@ -3,6 +3,7 @@
 // FLOPs -- is declared once in nn/architecture.h; the count and checks here derive from it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -44,6 +45,13 @@ struct ModelConfig {
   // Capacity (nn/moe_router.h): an expert keeps at most ceil(c T k / E) of a sequence's routed
   // tokens, by router probability. 0: dropless.
   double expert_capacity_factor = 0.0;
+  // DeepSeek-V3's first_k_dense_replace: layers [0, first_k_dense) keep Llama's dense SwiGLU
+  // MLP (model.layers.N.mlp.*, width mlp_width(), the experts' width); the rest are MoE layers.
+  int first_k_dense = 0;
+  // DeepSeek's n_shared_experts: S SwiGLU experts every token of an MoE layer passes through,
+  // ungated, added to the routed experts' output; built as DeepSeek builds them, ONE SwiGLU of
+  // width S * mlp_width() (nn/mlp.h). 0: none.
+  int n_shared_experts = 0;
   // LoRA adapters on a frozen base (nn/lora.h); off by default. Not a config.json key: a
   // checkpoint's adapters are described by their own adapter_config.json.
   LoraConfig lora;
@@ -60,6 +68,14 @@ struct ModelConfig {
   bool is_moe() const { return n_experts > 0; }
   bool has_router_bias() const { return is_moe() && router_bias_update_rate > 0; }
   bool packed_base() const { return lora.enabled() && !packed_base_format.empty(); }
+  // Whether layer `layer`'s MLP is the mixture of experts (not one of the first_k_dense).
+  bool layer_is_moe(int layer) const { return is_moe() && layer >= first_k_dense; }
+  // Layers with experts in [begin, end) (the aux losses and expert load average over these).
+  int moe_layers(int begin, int end) const {
+    return is_moe() ? std::max(0, end - std::max(begin, first_k_dense)) : 0;
+  }
+  int moe_layers() const { return moe_layers(0, n_layer); }
+  int shared_expert_width() const { return n_shared_experts * mlp_width(); }
   // vocab_size rounded up to a multiple of vocab_pad_multiple * tp.
   int64_t padded_vocab(int tp = 1) const;
   // Parameters of the logical (unpadded, Hugging Face) model, a tied head counted once;

@@ -36,6 +36,19 @@ void RowParallelLinear::forward(kernels::MatmulEngine& mm, const ParameterSet& p
   if (!single && bias != nullptr) kernels::add_bias_rows(out, bias, tp.local_rows(N), out_);
 }
 
+void RowParallelLinear::forward_partial(kernels::MatmulEngine& mm, const ParameterSet& ps, SharedScratch& s,
+                                        float* partial, const float* in, int64_t N) const {
+  TRI_CHECK(bias_ < 0 && !in_out_, "a row-parallel partial product is for bias-free nn.Linear weights");
+  mm.forward_nt(partial, in, ps.data(weight_), N, in_, out_);
+  if (lora_) lora_->forward(mm, ps, partial, out_, in, N, s.lora.data());
+}
+
+void RowParallelLinear::backward_partial(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScratch& s,
+                                         float* dinp, const float* dfull, const float* in, int64_t N) const {
+  mm.backward_nt(dinp, frozen_ ? nullptr : ps.grad(weight_), dfull, in, ps.data(weight_), N, in_, out_);
+  if (lora_) lora_->backward(mm, ps, dinp, dfull, out_, in, N, s.lora.data());
+}
+
 void RowParallelLinear::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const TpContext& tp,
                                  SharedScratch& s, float* dinp, const float* dout, const float* in,
                                  int64_t N) const {

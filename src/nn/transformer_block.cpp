@@ -17,7 +17,7 @@ namespace {
 int64_t work_floats(const BlockShape& s, int64_t N) {
   const int64_t attn = s.qkv_widest > 0 ? N * (s.qkv_widest + s.C) : 0;
   int64_t mlp = 0;
-  if (!s.moe) {
+  if (!s.moe || s.shared_experts) {
     mlp = s.mlp_widest > 0 ? N * (s.mlp_widest + s.C) : 0;
     if (s.activation == MlpActivation::kSwiGlu) mlp = std::max(mlp, N * s.I);
   }
@@ -43,7 +43,9 @@ TransformerBlock::TransformerBlock(const ModelConfig& cfg, const TpContext& tp, 
   const auto widest_plus_c = [&](int64_t widest) { return widest > 0 ? widest + shape_.C : 0; };
   TRI_CHECK(attn_.qkv_projection().work_floats(1) == widest_plus_c(shape_.qkv_widest) &&
                 attn_.kv_replicated() == shape_.kv_replicated && mlp_.is_moe() == shape_.moe &&
-                (shape_.moe || (mlp_.in_projection()->out_width() == shape_.mlp_in &&
+                mlp_.has_shared_experts() == shape_.shared_experts &&
+                ((shape_.moe && !shape_.shared_experts) ||
+                 (mlp_.in_projection()->out_width() == shape_.mlp_in &&
                                 mlp_.in_projection()->work_floats(1) == widest_plus_c(shape_.mlp_widest))) &&
                 norm1_.has_bias() == shape_.norm_bias,
             "transformer block: the modules built do not match the block's declared shape");
@@ -52,15 +54,18 @@ TransformerBlock::TransformerBlock(const ModelConfig& cfg, const TpContext& tp, 
 int64_t TransformerBlock::activation_floats(const BlockShape& s, const ModelConfig& cfg, int tp, int64_t B,
                                             int64_t T, int64_t local_rows) {
   const int64_t N = B * T, Nl = local_rows < 0 ? N : local_rows;
-  const int64_t mlp = s.moe ? MoeActivations::floats(cfg, tp, N) : Mlp::activation_floats(s.activation, N, s.I);
+  const int64_t mlp = (s.moe ? MoeActivations::floats(cfg, tp, N) : 0) +
+                      (!s.moe || s.shared_experts ? Mlp::activation_floats(s.activation, N, s.I) : 0);
   // norm1, h, norm2 on Nl rows; qkv, atty, the core and the MLP's on N rows.
   return 2 * Norm::activation_floats(s.norm_bias, Nl, s.C) + Nl * s.C + Attention::activation_floats(s.heads, B, T) +
          mlp;
 }
 
 int64_t TransformerBlock::scratch_floats(const BlockShape& s, int64_t N) {
-  // dqkv, datty; the MLP's column output gradient; the shared work region; kv replica sums.
-  return N * (s.heads.QKV() + s.heads.Q()) + (s.moe ? 0 : N * s.mlp_in) + work_floats(s, N) + kv_replica_floats(s);
+  // dqkv, datty; the MLP's column output gradient (dense or shared experts) and the shared
+  // experts' (N, C) output; the shared work region; kv replica sums.
+  const int64_t mlp = s.moe && !s.shared_experts ? 0 : N * s.mlp_in + (s.shared_experts ? N * s.C : 0);
+  return N * (s.heads.QKV() + s.heads.Q()) + mlp + work_floats(s, N) + kv_replica_floats(s);
 }
 
 TransformerBlock::Scratch TransformerBlock::carve(SharedScratch& s, int64_t N) const {
@@ -72,7 +77,8 @@ TransformerBlock::Scratch TransformerBlock::carve(SharedScratch& s, int64_t N) c
   auto take = [&](int64_t n) { float* q = p; p += n; return q; };
   g.attn.dqkv = take(N * shape_.heads.QKV());
   g.attn.datty = take(N * shape_.heads.Q());
-  if (!shape_.moe) g.mlp.dpre = take(N * shape_.mlp_in);
+  if (!shape_.moe || shape_.shared_experts) g.mlp.dpre = take(N * shape_.mlp_in);
+  if (shape_.shared_experts) g.mlp.shared = take(N * shape_.C);
   float* work = take(work_floats(shape_, N));
   g.attn.work = g.mlp.work = g.mlp.dact = work;
   if (shape_.kv_replicated) {
@@ -91,11 +97,8 @@ std::unique_ptr<LayerActivations> TransformerBlock::make_activations(MemoryTrack
   a->attn = attn_.make_activations(tracker, B, T, save_attention_core);
   a->h = FloatBuffer(tracker, MemCategory::kActivations, static_cast<std::size_t>(Nl * shape_.C));
   a->norm2 = norm2_.make_activations(tracker, Nl);
-  if (mlp_.is_moe()) {
-    a->moe = std::make_unique<MoeActivations>(tracker, cfg_, tp_.size, N);
-  } else {
-    a->mlp = mlp_.make_activations(tracker, N);
-  }
+  if (mlp_.is_moe()) a->moe = std::make_unique<MoeActivations>(tracker, cfg_, tp_.size, N);
+  a->mlp = mlp_.make_activations(tracker, N);  // dense, or the shared experts' (none: empty)
   return a;
 }
 

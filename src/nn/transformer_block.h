@@ -40,7 +40,7 @@ struct BlockActivations final : LayerActivations {
   AttentionActivations attn;   // qkv (N, QKV), att (B, NH, T, T), atty (N, Q)
   FloatBuffer h;               // (Nl, C) x + attention output
   NormActivations norm2;       // (Nl, C) and row statistics
-  MlpActivations mlp;          // dense MLP only: (N, in width), (N, I)
+  MlpActivations mlp;          // dense MLP or shared experts only: (N, in width), (N, I)
   std::unique_ptr<MoeActivations> moe;  // mixture-of-experts MLP only
   FloatBuffer& attention_core() override { return attn.att; }
 };
@@ -54,6 +54,7 @@ struct BlockShape {
   int64_t qkv_widest = 0;  // the widest weight of a fused q|k|v run; 0: one weight
   bool kv_replicated = false;
   bool moe = false;
+  bool shared_experts = false;  // MoE with shared experts: I, mlp_in, mlp_widest are theirs
   MlpActivation activation = MlpActivation::kGelu;
   int64_t I = 0;           // the MLP activation's local width (dense)
   int64_t mlp_in = 0;      // the MLP's column-parallel output width (dense)

@@ -73,7 +73,10 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     if (options_.balance_stages) {
       // Costs in transformer layers, from forward FLOPs per token as the architecture declares
       // them (backward scales alike); the embedding is a lookup (negligible).
-      const double layer = nn::layer_forward_flops(config_, 1, 1, seq_len) / static_cast<double>(seq_len);
+      // Layers are counted alike (the partition's unit): the last one's FLOPs (an MoE layer
+      // when any is; first_k_dense layers are cheaper, which this balance does not see).
+      const double layer = nn::layer_forward_flops(config_, 1, 1, seq_len, config_.n_layer - 1) /
+                           static_cast<double>(seq_len);
       po.balance_cost = true;
       po.embedding_cost = 0.0;
       po.head_cost = nn::head_forward_flops(config_, 1, 1, 1) / layer;
@@ -96,10 +99,10 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     c.model->set_recompute(options_.recompute);
     c.model->set_precision(options_.precision);
     c.model->allocate(tracker_);
-    // The MoE load-balancing loss: averaged over every layer and every sequence of the
+    // The MoE load-balancing loss: averaged over every MoE layer and every sequence of the
     // global batch, whatever the layout (nn/moe_mlp.h).
     if (config_.is_moe()) {
-      const auto layers = static_cast<double>(config_.n_layer);
+      const auto layers = static_cast<double>(config_.moe_layers());  // the dense ones have no router
       aux_loss_weight_ = config_.router_aux_loss_coef / (layers * static_cast<double>(global_batch));
       z_loss_weight_ = config_.router_z_loss_coef / (layers * static_cast<double>(global_batch * seq_len));
       c.model->set_moe_loss_weights(moe_loss_weights(1.0));

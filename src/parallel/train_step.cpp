@@ -1,6 +1,7 @@
 // The training step (see train_step.h).
 #include "parallel/train_step.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -155,10 +156,12 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
   stats.grad_norm = std::sqrt(sums[0]) / scale;
   stats.loss_scale = scaler ? scale : 0.0;
   stats.loss = sums[1] / static_cast<double>(b.tokens());
-  stats.aux_loss = sums[2] / (static_cast<double>(L.config().n_layer) * static_cast<double>(b.global_batch));
-  stats.z_loss = sums[3] / (static_cast<double>(L.config().n_layer) * static_cast<double>(b.tokens()));
+  // Averaged over the MoE layers (first_k_dense layers have no router).
+  const auto moe_layers = static_cast<double>(std::max(1, L.config().moe_layers()));
+  stats.aux_loss = sums[2] / (moe_layers * static_cast<double>(b.global_batch));
+  stats.z_loss = sums[3] / (moe_layers * static_cast<double>(b.tokens()));
   stats.dropped_fraction =
-      sums[4] / (static_cast<double>(L.config().n_layer) * static_cast<double>(b.tokens()) * L.config().n_experts_per_tok);
+      sums[4] / (moe_layers * static_cast<double>(b.tokens()) * L.config().n_experts_per_tok);
   if (L.config().is_moe()) {
     // Each layer lives on one stage; every dp rank routes its own tokens; tp ranks alike (one counts).
     const nn::ModelConfig& cfg = L.config();
@@ -167,6 +170,9 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
     for (ModelChunk& c : L.chunks()) c.model->take_expert_load(mine);
     if (L.mesh().coord().tp == 0) stats.expert_load = std::move(mine);
     world.allreduce(std::span<int64_t>(stats.expert_load), comm::ReduceOp::kSum).wait();
+    // The MoE layers' rows only: the first_k_dense layers route nothing.
+    stats.expert_load.erase(stats.expert_load.begin(),
+                            stats.expert_load.begin() + static_cast<std::ptrdiff_t>(cfg.first_k_dense) * cfg.n_experts);
   }
   // A NaN or inf on any rank reaches the sums above. Every rank then votes on what it read and
   // the world takes the maximum (exact), so all ranks skip or all update even if an MPI

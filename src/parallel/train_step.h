@@ -15,13 +15,14 @@ namespace trident::parallel {
 struct StepStats {
   double loss = 0.0;       // mean over every token of the global batch
   double grad_norm = 0.0;  // global L2 norm before clipping
-  // Mixture of experts: the load-balancing loss (unweighted) averaged over every layer and
+  // Mixture of experts: the load-balancing loss (unweighted) averaged over every MoE layer and
   // every sequence of the global batch; 0 for dense models. Not part of `loss`.
   double aux_loss = 0.0;
-  // Mixture of experts: the router z-loss (unweighted) averaged over every layer and every
+  // Mixture of experts: the router z-loss (unweighted) averaged over every MoE layer and every
   // token of the global batch; 0 for dense models. Not part of `loss`.
   double z_loss = 0.0;
-  // Mixture of experts: (n_layer, E) tokens of the global batch routed to each layer's experts
+  // Mixture of experts: (MoE layers, E) tokens of the global batch routed to the experts of each
+  // layer past the first_k_dense
   // (each token counted once per expert it reached, so a layer's row sums to k x tokens);
   // empty for dense models. Equal in every layout when routing is.
   std::vector<int64_t> expert_load;

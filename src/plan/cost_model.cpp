@@ -23,7 +23,8 @@ namespace trident::plan {
 
 // ---- work formulas ----
 double block_forward_flops(const nn::ModelConfig& m, int tp, int64_t B, int64_t T) {
-  return nn::layer_forward_flops(m, tp, B, T);  // from the architecture's declaration
+  // From the architecture's declaration; the last layer (an MoE one when any is) is the unit.
+  return nn::layer_forward_flops(m, tp, B, T, m.n_layer - 1);
 }
 
 double head_flops(const nn::ModelConfig& m, int tp, int64_t B, int64_t T) {
@@ -102,7 +103,9 @@ const MeasuredComputeModel::BlockTimes& MeasuredComputeModel::block(int tp, bool
   Stopwatch total;
   kernels::set_num_threads(threads_);
   auto comm = make_null_tp_comm(0, tp);
-  nn::Model g(m_, nn::TpContext{0, tp, tp > 1 ? comm.get() : nullptr, sp, {}}, nn::StageSpec{0, 1, false, false});
+  // The layer block_forward_flops prices (the last), so the FLOP scaling holds for it.
+  nn::Model g(m_, nn::TpContext{0, tp, tp > 1 ? comm.get() : nullptr, sp, {}},
+              nn::StageSpec{m_.n_layer - 1, m_.n_layer, false, false});
   g.set_precision(precision_);
   MemoryTracker tracker;
   g.allocate(tracker);
@@ -349,16 +352,21 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
       const nn::StageSpec& s = part.chunk(r, c);
       const double layers = s.layer_end - s.layer_begin;
       const double moe = moe_layer_count(m, s.layer_begin, s.layer_end);
+      // The chunk's layers in units of the priced one (block_forward_flops): they differ when
+      // some are dense (first_k_dense); each has one tp region either way.
+      const double units = layers > 0 ? nn::layers_forward_flops(m, tp, B, T, s.layer_begin, s.layer_end) /
+                                            block_forward_flops(m, tp, B, T)
+                                      : 0.0;
       auto fwd = [&](const TpCosts& t, const EpCosts& e) {
-        return (s.has_embedding ? ef + t.embed : 0) + layers * (bf + t.block_fwd) + moe * e.fwd;
+        return (s.has_embedding ? ef + t.embed : 0) + units * bf + layers * t.block_fwd + moe * e.fwd;
       };
       // Full recompute reruns every layer's forward (its collectives and token exchange too)
       // before its backward; selective's attention-core rerun is left out (small next to the
       // layer's matmuls).
       const bool rerun = req.recompute == nn::Recompute::kFull;
       auto bwd = [&](const TpCosts& t, const EpCosts& e) {
-        const double layer = bb + t.block_bwd + (rerun ? bf + t.block_fwd : 0);
-        return (s.has_head ? hd + t.head : 0) + layers * layer + moe * (e.bwd + (rerun ? e.fwd : 0)) +
+        const double work = units * (bb + (rerun ? bf : 0)) + layers * (t.block_bwd + (rerun ? t.block_fwd : 0));
+        return (s.has_head ? hd + t.head : 0) + work + moe * (e.bwd + (rerun ? e.fwd : 0)) +
                (s.has_embedding ? eb : 0);
       };
       costs.forward_by_chunk.back().push_back(fwd(tpc, epc));

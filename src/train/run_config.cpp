@@ -287,6 +287,16 @@ nn::ModelConfig resolve_model_config(const ModelOptions& m) {
   if (m.n_positions) g.n_positions = m.n_positions;
   if (m.vocab_size) g.vocab_size = m.vocab_size;
   if (m.vocab_pad_multiple) g.vocab_pad_multiple = m.vocab_pad_multiple;
+  if (m.moe_first_k_dense) {
+    TRI_CHECK(g.is_moe(), "--moe-first-k-dense {} keeps the first layers of a mixture-of-experts model dense, but "
+              "this model ({}) has no experts; drop the flag", *m.moe_first_k_dense, nn::family_name(g.family));
+    g.first_k_dense = *m.moe_first_k_dense;
+  }
+  if (m.moe_shared_experts) {
+    TRI_CHECK(g.is_moe(), "--moe-shared-experts {} adds shared experts to a mixture-of-experts model, but this "
+              "model ({}) has no experts; drop the flag", *m.moe_shared_experts, nn::family_name(g.family));
+    g.n_shared_experts = *m.moe_shared_experts;
+  }
   g = with_objective_overrides(g, m);
   g.validate();
   return g;

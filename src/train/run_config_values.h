@@ -49,7 +49,7 @@ std::string choices(E e) {
 // "an integer", "a number", ...: what a field accepts, for type errors.
 template <class T>
 std::string expected_text() {
-  if constexpr (std::is_same_v<T, int>) return "an integer";
+  if constexpr (std::is_same_v<T, int> || std::is_same_v<T, std::optional<int>>) return "an integer";
   else if constexpr (std::is_same_v<T, int64_t>) return "an integer";
   else if constexpr (std::is_same_v<T, double> || std::is_same_v<T, std::optional<double>>)
     return "a number";
@@ -124,7 +124,9 @@ T value_from_text(const Field<T>& f, std::string_view text, const std::string& w
   auto bad = [&]() -> T {
     TRI_FAIL("{}: expected {}, got '{}'", where, expected_text<T>(), text);
   };
-  if constexpr (std::is_same_v<T, int> || std::is_same_v<T, int64_t>) {
+  if constexpr (std::is_same_v<T, std::optional<int>>) {  // an override: set means given
+    return value_from_text(Field<int>{f.name, 0, f.help, f.bounds}, text, where);
+  } else if constexpr (std::is_same_v<T, int> || std::is_same_v<T, int64_t>) {
     T v{};
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
     if (ec == std::errc::result_out_of_range) {
@@ -154,7 +156,9 @@ T value_from_toml(const Field<T>& f, const toml::node& n, const std::string& whe
   auto bad = [&]() -> T {
     TRI_FAIL("{}: expected {}, got {}", where, expected_text<T>(), describe_toml(n));
   };
-  if constexpr (std::is_same_v<T, int> || std::is_same_v<T, int64_t>) {
+  if constexpr (std::is_same_v<T, std::optional<int>>) {
+    return value_from_toml(Field<int>{f.name, 0, f.help, f.bounds}, n, where);
+  } else if constexpr (std::is_same_v<T, int> || std::is_same_v<T, int64_t>) {
     const auto i = n.value_exact<int64_t>();
     if (!i) return bad();
     if (*i < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
@@ -190,7 +194,10 @@ T value_from_json(const Field<T>& f, const json& j, const std::string& where) {
   auto bad = [&]() -> T {
     TRI_FAIL("{}: expected {}, got {}", where, expected_text<T>(), describe_json(j));
   };
-  if constexpr (std::is_same_v<T, int> || std::is_same_v<T, int64_t>) {
+  if constexpr (std::is_same_v<T, std::optional<int>>) {
+    if (j.is_null()) return std::nullopt;
+    return value_from_json(Field<int>{f.name, 0, f.help, f.bounds}, j, where);
+  } else if constexpr (std::is_same_v<T, int> || std::is_same_v<T, int64_t>) {
     if (!j.is_number_integer()) return bad();
     if (j.is_number_unsigned()) {
       const uint64_t u = j.get<uint64_t>();

@@ -72,6 +72,26 @@ def main():
         expect_error("Mixtral config.json routing each token to more experts than it has",
                      base + ["--data", f"{d}/ok", "--model", config_file("k5", {**mixtral, "num_experts_per_tok": 5})],
                      "num_experts_per_tok 5 must be between 1 and num_local_experts 4")
+        # DeepSeek-V3's layer mix (issue 15): first_k_dense below n_layer, no negatives, MoE only.
+        expect_error("first_k_dense_replace as large as n_layer",
+                     base + ["--data", f"{d}/ok", "--model", config_file("k2", {**mixtral, "first_k_dense_replace": 2})],
+                     "first_k_dense_replace (--moe-first-k-dense) 2 must be between 0 and n_layer - 1 = 1")
+        expect_error("--moe-first-k-dense past the layers",
+                     base + ["--data", f"{d}/ok", "--model", "mixtral-tiny", "--moe-first-k-dense", "9"],
+                     "9 must be between 0 and n_layer - 1 = 3")
+        expect_error("negative --moe-shared-experts",
+                     base + ["--data", f"{d}/ok", "--model", "mixtral-tiny", "--moe-shared-experts", "-1"],
+                     "--moe-shared-experts = -1 is out of range")
+        expect_error("--moe-shared-experts on a dense model",
+                     base + ["--data", f"{d}/ok", "--model", "llama-tiny", "--moe-shared-experts", "1"],
+                     "--moe-shared-experts 1 adds shared experts", "has no experts; drop the flag")
+        expect_error("first_k_dense_replace in a Llama config.json",
+                     base + ["--data", f"{d}/ok", "--model", config_file("lk", {**llama, "first_k_dense_replace": 1})],
+                     "first_k_dense_replace", "mixes two model families")
+        expect_error("first-k dense layers with the aux-free bias",
+                     base + ["--data", f"{d}/ok", "--model", "mixtral-tiny", "--moe-first-k-dense", "1",
+                             "--moe-bias-update-rate", "0.01"],
+                     "with the aux-free balancing bias", "is not supported yet")
         # Expert parallelism (issue 15): ep must divide dp and the experts; dense models are
         # refused with the fix (ZeRO with ep is allowed: cli.layout_matrix_test.mixtral-tiny).
         moe = base + ["--data", f"{d}/ok", "--model", "mixtral-tiny"]

@@ -99,6 +99,13 @@ MIXTRAL_ROWS = [r for r in LLAMA_ROWS if r[2] <= 4] + [(1, 2, 4, 0, "1f1b")] + [
 MIXTRAL_BALANCED_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 0, "1f1b", 2), (4, 2, 1, 0, "1f1b"),
                          (4, 1, 2, 0, "1f1b", 2), (2, 2, 2, 0, "gpipe", 2)]
 MIXTRAL_BALANCED_FLAGS = ["--moe-bias-update-rate", "0.01", "--moe-capacity-factor", "1.0"]
+# Mixtral-tiny with DeepSeek-V3's layer mix (layer 0 dense, first_k_dense 1; one shared expert in
+# layers 1-3): the shared experts and the dense layer are dense parameters (replicated over ep,
+# split by tp), pipeline stages mix dense and MoE layers (pp 2: layers 0-1 | 2-3; pp 4: a dense
+# stage), and the aux loss averages over the 3 MoE layers.
+DENSE_SHARED_ROWS = [(8, 1, 1, 0, "1f1b", 2), (4, 2, 1, 0, "1f1b"), (4, 1, 2, 0, "1f1b"), (2, 2, 2, 0, "gpipe", 2),
+                     (2, 1, 4, 0, "1f1b", 2)]
+DENSE_SHARED_FLAGS = ["--moe-first-k-dense", "1", "--moe-shared-experts", "1"]
 LLAMA_TIED_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 88,
     "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
@@ -119,6 +126,8 @@ def layouts(model="tiny"):
         return MIXTRAL_ROWS
     if model == "mixtral-tiny-balanced":
         return MIXTRAL_BALANCED_ROWS
+    if model == "mixtral-tiny-dense-shared":
+        return DENSE_SHARED_ROWS
     if model != "tiny":
         return LLAMA_ROWS
     rows = []
@@ -165,7 +174,11 @@ def main():
         if model == "mixtral-tiny-balanced":
             common[common.index(model_arg)] = "mixtral-tiny"
             common += MIXTRAL_BALANCED_FLAGS
-        if model == "mixtral-tiny":
+        if model == "mixtral-tiny-dense-shared":
+            model_arg = "mixtral-tiny"
+            common[2] = model_arg
+            common += DENSE_SHARED_FLAGS
+        if model.startswith("mixtral-tiny"):
             common += ["--moe-z-loss-coef", "0.01"]  # the router z-loss on too: in the objective, and compared
         rc, _, err = run([T] + common + ["--ckpt-dir", f"{d}/ref", "--metrics", f"{d}/ref.jsonl"])
         check("single-process reference run", rc == 0, err[-1500:] if rc else "")

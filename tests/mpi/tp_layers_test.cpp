@@ -149,7 +149,7 @@ void check_block(const nn::ModelConfig& cfg, bool sp) {
 
   const std::vector<float> x = randn(1, N * C), dout = randn(2, N * C);
   const auto racts = rblock->make_activations(tracker, B, T, -1, true);
-  nn::SharedScratch rscratch(tracker, N, C, arch.layer_scratch_floats(cfg, 1, N));
+  nn::SharedScratch rscratch(tracker, N, C, arch.layer_scratch_floats(cfg, 1, N, 0));
   std::vector<float> rout(static_cast<std::size_t>(N * C)), rdx = dout;
   rblock->forward(rps, *racts, rout.data(), x.data(), B, T, rscratch);
   // Backward twice: the second accumulates into non-zero gradients, as micro-batches do.
@@ -160,7 +160,7 @@ void check_block(const nn::ModelConfig& cfg, bool sp) {
   const nn::RowSplit rows = sp ? ctx.rows(N) : nn::RowSplit{0, N, {}};
   const int64_t Nl = rows.count, off = rows.begin * C;
   const auto tacts = tblock->make_activations(tracker, B, T, sp ? Nl : -1, true);
-  nn::SharedScratch tscratch(tracker, N, C, arch.layer_scratch_floats(cfg, tp_size(), N), sp ? Nl : -1);
+  nn::SharedScratch tscratch(tracker, N, C, arch.layer_scratch_floats(cfg, tp_size(), N, 0), sp ? Nl : -1);
   std::vector<float> tx(x.begin() + off, x.begin() + off + Nl * C);
   std::vector<float> tout(static_cast<std::size_t>(Nl * C));
   std::vector<float> tdx(dout.begin() + off, dout.begin() + off + Nl * C);

@@ -25,8 +25,9 @@ OUT/meta.json: n_layer, n_head, n_kv_head, rope_theta, rms_norm_eps, tie_word_em
 batch_size, seq_len, lr, min_lr, warmup_steps, grad_clip, weight_decay, beta1, beta2, eps,
 batches [{ids, targets}] (flat B*T each), losses (cross-entropy), grad_norms (per step, before
 clipping, of the whole objective); Mixtral also n_experts, top_k, norm_topk_prob,
-router_aux_loss_coef, aux_losses (per step, unweighted, averaged over layers and sequences) and
-expert_load (per step, the (n_layer, E) tokens routed to each expert).
+router_aux_loss_coef, first_k_dense, n_shared_experts, aux_losses (per step, unweighted, averaged
+over the MoE layers and sequences) and expert_load (per step, the (MoE layers, E) tokens routed to
+each expert).
 
 Routing is discrete: a token whose k-th and (k+1)-th router probabilities were within rounding
 of each other could pick another expert in fp32 than in float64. So the test compares the
@@ -73,6 +74,9 @@ CASES = {
     # The aux-free bias (a preset nonzero bias, updated every step) and a capacity that drops.
     "moe_capacity_bias": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2,
                           "norm_topk_prob": True, "bias_rate": 0.005, "capacity_factor": 1.0},
+    # DeepSeek-V3's layer mix: layer 0 dense (first_k_dense 1), layer 1 MoE with one shared expert.
+    "moe_dense_shared": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2,
+                         "norm_topk_prob": True, "z_loss_coef": 0.1, "first_k_dense": 1, "shared_experts": 1},
 }
 __doc__ += ", ".join(CASES)
 
@@ -82,7 +86,8 @@ def dump_command(tool, case, out):
     moe = ["--n-experts", str(c["n_experts"]), "--top-k", str(c["top_k"]),
            "--norm-topk-prob", "1" if c["norm_topk_prob"] else "0",
            "--z-loss-coef", str(c.get("z_loss_coef", 0.0)), "--bias-rate", str(c.get("bias_rate", 0.0)),
-           "--capacity-factor", str(c.get("capacity_factor", 0.0))] if c.get("n_experts") else []
+           "--capacity-factor", str(c.get("capacity_factor", 0.0)), "--first-k-dense", str(c.get("first_k_dense", 0)),
+           "--shared-experts", str(c.get("shared_experts", 0))] if c.get("n_experts") else []
     return [tool, "--family", "mixtral" if moe else "llama", "--n-kv-head", str(c["n_kv_head"]),
             "--tie-word-embeddings", "1" if c["tie_word_embeddings"] else "0"] + moe + [out]
 
@@ -104,6 +109,8 @@ MUTANTS = {
     "moe_bias_update_flipped": ["router bias", "final weights"],
     "moe_capacity_by_position": ["logits", "every parameter's gradient", "final weights"],
     "moe_capacity_renormalised": ["logits", "every parameter's gradient", "final weights"],
+    "moe_shared_dropped": ["logits", "every parameter's gradient", "final weights"],
+    "moe_aux_over_all_layers": ["aux loss", "every parameter's gradient"],
 }
 OPTIMIZER_MUTANTS = ("no_weight_decay", "lr_off_at_step_3")
 
@@ -160,7 +167,8 @@ def run_reference(d, mutant, verbose, tag):
     if verbose:
         print(f"{tag}: L={cfg.n_layer} C={C} NH={cfg.n_head} NKV={cfg.n_kv_head} I={I} V={V} B={B} T={T} "
               f"theta={cfg.rope_theta} eps={cfg.rms_norm_eps} tied={cfg.tie_word_embeddings} "
-              f"experts={cfg.n_experts} top_k={cfg.top_k} renorm={cfg.norm_topk_prob} "
+              f"experts={cfg.n_experts} top_k={cfg.top_k} renorm={cfg.norm_topk_prob} first_k_dense={cfg.first_k_dense} "
+              f"shared={cfg.n_shared_experts} "
               f"aux_coef={cfg.router_aux_loss_coef} z_coef={cfg.router_z_loss_coef}; "
               f"bounds: {bounds.describe()}")
     expected = set(torch_llama.param_shapes(cfg, C, I, V))
@@ -214,7 +222,8 @@ def run_reference(d, mutant, verbose, tag):
         if "grad." + name not in step0:
             missing.append(name)
             continue
-        e = rel_err(step0["grad." + name], w.grad.numpy())
+        # A weight the (mutant) objective does not use has no gradient: zero.
+        e = rel_err(step0["grad." + name], w.grad.numpy() if w.grad is not None else np.zeros(w.shape))
         if e > worst:
             worst, worst_name = e, name
     check("every parameter's gradient", worst < bounds.backward_rel and not missing,

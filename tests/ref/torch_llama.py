@@ -15,7 +15,8 @@ names, nn.Linear layout [out, in]:
   lm_head.weight                                (V, C), absent when tie_word_embeddings
 
 With n_experts > 0 (Mixtral) each layer's mlp.* is a sparse mixture of experts instead
-(torch_mixtral.py: block_sparse_moe.gate and experts.J.w1/w2/w3).
+(torch_mixtral.py: block_sparse_moe.gate and experts.J.w1/w2/w3), except the first first_k_dense
+layers, which keep mlp.* (DeepSeek-V3's first_k_dense_replace).
 
 What HF does, step by step (and where it changes dtype; this reference runs every step in the
 dtype of its inputs, float64 in the tests, so the only casts that matter are noted):
@@ -60,6 +61,13 @@ class LlamaConfig:
     # Aux-free balancing bias update rate and capacity factor (torch_mixtral.py); 0: off.
     router_bias_update_rate: float = 0.0
     expert_capacity_factor: float = 0.0
+    # DeepSeek-V3's first_k_dense_replace (layers [0, k) keep the dense SwiGLU) and
+    # n_shared_experts (one ungated SwiGLU of S x the expert width beside the routed experts).
+    first_k_dense: int = 0
+    n_shared_experts: int = 0
+
+    def moe_layers(self):
+        return self.n_layer - self.first_k_dense if self.n_experts else 0
 
     def __post_init__(self):
         if self.n_head % self.n_kv_head != 0:
@@ -76,7 +84,9 @@ class LlamaConfig:
                            router_aux_loss_coef=float(meta.get("router_aux_loss_coef", 0.0)),
                            router_z_loss_coef=float(meta.get("router_z_loss_coef", 0.0)),
                            router_bias_update_rate=float(meta.get("router_bias_update_rate", 0.0)),
-                           expert_capacity_factor=float(meta.get("expert_capacity_factor", 0.0)))
+                           expert_capacity_factor=float(meta.get("expert_capacity_factor", 0.0)),
+                           first_k_dense=int(meta.get("first_k_dense", 0)),
+                           n_shared_experts=int(meta.get("n_shared_experts", 0)))
 
     @staticmethod
     def from_hf(config):
@@ -156,6 +166,8 @@ class Hooks:
     bias_rule: str = "selection"   # torch_mixtral.moe_block: "selection" (Trident's), "weights", "ignored"
     capacity_rule: str = "probs"   # "probs" (Trident's), "position" (Switch), "renormalised"
     bias_update_sign: float = 1.0  # -1: the bias update pushes towards imbalance (a mutant)
+    shared_experts: bool = True    # the shared experts' output is added to the routed experts'
+    aux_over_all_layers: bool = False  # the aux / z averages divide by n_layer, not the MoE layers
 
 
 HF = Hooks()
@@ -179,6 +191,10 @@ MUTANT_HOOKS = {
     "moe_bias_update_flipped": Hooks(bias_update_sign=-1.0),
     "moe_capacity_by_position": Hooks(capacity_rule="position"),
     "moe_capacity_renormalised": Hooks(capacity_rule="renormalised"),
+    # With first_k_dense / shared experts: the shared experts left out, the auxiliary losses
+    # averaged over every layer (dense ones included) instead of the MoE layers.
+    "moe_shared_dropped": Hooks(shared_experts=False),
+    "moe_aux_over_all_layers": Hooks(aux_over_all_layers=True),
 }
 
 
@@ -201,6 +217,10 @@ def mutant_applies(name, cfg):
     if name.startswith("moe_"):
         if name == "moe_z_dropped":
             return cfg.n_experts > 0 and cfg.router_z_loss_coef > 0
+        if name == "moe_shared_dropped":
+            return cfg.n_experts > 0 and cfg.n_shared_experts > 0
+        if name == "moe_aux_over_all_layers":
+            return cfg.n_experts > 0 and cfg.first_k_dense > 0 and cfg.router_aux_loss_coef > 0
         return cfg.n_experts > 0 and (name == "moe_renorm_flipped" or cfg.router_aux_loss_coef > 0)
     return True
 
@@ -235,10 +255,10 @@ def forward(W, ids, cfg, hooks=HF, moe_stats=None):
         y = causal_attention(q, k, v).transpose(1, 2).reshape(B, T, NH * hd)  # heads side by side
         x = x + F.linear(y, W[p + "self_attn.o_proj.weight"])
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
-        if cfg.n_experts:
+        if cfg.n_experts and l >= cfg.first_k_dense:
             renorm = cfg.norm_topk_prob if hooks.moe_renorm is None else hooks.moe_renorm
             y, aux, routing = torch_mixtral.moe_block(h, W, p, cfg, hooks.act, renorm, hooks.aux_rule,
-                                                      hooks.bias_rule, hooks.capacity_rule)
+                                                      hooks.bias_rule, hooks.capacity_rule, hooks.shared_experts)
             if moe_stats is not None:
                 moe_stats.append((aux, routing))
             x = x + y
@@ -263,9 +283,10 @@ def objective(W, ids, targets, cfg, hooks=HF):
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     if not stats:
         return ce, ce, 0.0, None, logits
-    aux = sum(a for a, _ in stats) / (cfg.n_layer * ids.shape[0])
+    layers = cfg.n_layer if hooks.aux_over_all_layers else cfg.moe_layers()  # averaged over the MoE layers
+    aux = sum(a for a, _ in stats) / (layers * ids.shape[0])
     coef = cfg.router_aux_loss_coef if hooks.aux_in_objective else 0.0
-    z = sum(r["z"] for _, r in stats) / (cfg.n_layer * ids.numel())
+    z = sum(r["z"] for _, r in stats) / (layers * ids.numel())
     routing = {"load": [n for _, r in stats for n in r["load"]], "gap": min(r["gap"] for _, r in stats), "z": z,
                "dropped": sum(r["dropped"] for _, r in stats), "bias_changed": sum(r["bias_changed"] for _, r in stats)}
     z_coef = cfg.router_z_loss_coef if hooks.z_in_objective else 0.0
@@ -282,7 +303,7 @@ def param_shapes(cfg, hidden, intermediate, vocab):
         s[p + "self_attn.k_proj.weight"] = (cfg.n_kv_head * hd, hidden)
         s[p + "self_attn.v_proj.weight"] = (cfg.n_kv_head * hd, hidden)
         s[p + "self_attn.o_proj.weight"] = (hidden, cfg.n_head * hd)
-        if cfg.n_experts:
+        if cfg.n_experts and l >= cfg.first_k_dense:
             s.update(torch_mixtral.param_shapes(cfg, p, hidden, intermediate))
         else:
             s[p + "mlp.gate_proj.weight"] = (intermediate, hidden)

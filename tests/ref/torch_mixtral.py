@@ -31,7 +31,15 @@ update_bias is the once-per-step rule b_e += u sign(mean load - load_e), in floa
 Capacity (cfg.expert_capacity_factor c > 0): per sequence, cap = min(T, ceil(c T k / E)); an
 expert keeps the pairs that chose it by descending p_e, ties by token position (Megatron's
 "probs" drop policy); a dropped pair's weight is zeroed, not renormalised away. f_e, the
-load and the bias update count the choices before dropping."""
+load and the bias update count the choices before dropping.
+
+DeepSeek-V3's variants (transformers' DeepseekV3MoE): the first first_k_dense layers keep the dense
+SwiGLU (torch_llama.forward), and with n_shared_experts S every token also passes through the
+shared experts, one ungated SwiGLU of width S x I added to the routed experts' output:
+
+  model.layers.N.block_sparse_moe.shared_experts.{gate,up,down}_proj.weight  (S I, C), (S I, C), (C, S I)
+
+The aux and z averages are over the MoE layers only (the dense ones have no router)."""
 import math
 
 import numpy as np
@@ -73,7 +81,8 @@ def update_bias(bias, load, rate):
     return out
 
 
-def moe_block(x, W, prefix, cfg, act, renorm, aux_rule, bias_rule="selection", capacity_rule="probs"):
+def moe_block(x, W, prefix, cfg, act, renorm, aux_rule, bias_rule="selection", capacity_rule="probs",
+              shared=True):
     """x (B, T, C) -> (out (B, T, C), this layer's aux summed over its B sequences, routing
     statistics: tokens routed to each expert, the z terms summed over the layer's tokens, and the
     smallest gap between a token's k-th and (k+1)-th probability, which says how far the routing
@@ -110,6 +119,10 @@ def moe_block(x, W, prefix, cfg, act, renorm, aux_rule, bias_rule="selection", c
         w1, w3, w2 = (W[f"{moe}experts.{e}.{n}.weight"] for n in ("w1", "w3", "w2"))
         ye = F.linear(act(F.linear(xe, w1)) * F.linear(xe, w3), w2)
         out = out.index_add(0, token, ye * weights[token, slot].unsqueeze(-1))
+    if cfg.n_shared_experts and shared:  # ungated, every token (DeepseekV3MoE.shared_experts)
+        sp = moe + "shared_experts."
+        out = out + F.linear(act(F.linear(rows, W[sp + "gate_proj.weight"])) * F.linear(rows, W[sp + "up_proj.weight"]),
+                             W[sp + "down_proj.weight"])
     routed = F.one_hot(chosen, E).sum(dim=1).to(probs.dtype)  # (B*T, E): 1 where chosen
     if aux_rule == "sequence":
         f = E / (K * T) * routed.view(B, T, E).sum(dim=1)  # (B, E)
@@ -133,4 +146,8 @@ def param_shapes(cfg, prefix, hidden, intermediate):
         s[f"{moe}experts.{e}.w1.weight"] = (intermediate, hidden)
         s[f"{moe}experts.{e}.w2.weight"] = (hidden, intermediate)
         s[f"{moe}experts.{e}.w3.weight"] = (intermediate, hidden)
+    if cfg.n_shared_experts:
+        width = cfg.n_shared_experts * intermediate
+        for n, shape in (("gate_proj", (width, hidden)), ("up_proj", (width, hidden)), ("down_proj", (hidden, width))):
+            s[f"{moe}shared_experts.{n}.weight"] = shape
     return s

@@ -41,7 +41,8 @@ int main(int argc, char** argv) {
   // --precision: the model's matmul precision, as trident train's (tests/ref/autocast_reference_test.py).
   const std::string usage =
       "usage: gpt_reference_dump [--family gpt2|llama|mixtral] [--n-kv-head K] [--tie-word-embeddings 0|1]\n"
-      "                          [--n-experts E --top-k K --norm-topk-prob 0|1 --z-loss-coef Z]\n"
+      "                          [--n-experts E --top-k K --norm-topk-prob 0|1 --z-loss-coef Z\n"
+      "                           --first-k-dense K --shared-experts S]\n"
       "                          [--bias-rate U --capacity-factor C]\n"
       "                          [--precision fp32|bf16|fp16] OUT_DIR\n";
   kernels::Precision precision = kernels::Precision::kFp32;
@@ -63,6 +64,10 @@ int main(int argc, char** argv) {
       cfg.router_bias_update_rate = std::stod(argv[++i]);
     } else if (i + 1 < argc && a == "--capacity-factor") {
       cfg.expert_capacity_factor = std::stod(argv[++i]);
+    } else if (i + 1 < argc && a == "--first-k-dense") {
+      cfg.first_k_dense = std::stoi(argv[++i]);
+    } else if (i + 1 < argc && a == "--shared-experts") {
+      cfg.n_shared_experts = std::stoi(argv[++i]);
     } else if (i + 1 < argc && a == "--norm-topk-prob") {
       cfg.norm_topk_prob = std::string(argv[++i]) == "1";
     } else if (i + 1 < argc && a == "--n-kv-head") {
@@ -110,10 +115,11 @@ int main(int argc, char** argv) {
   model.params().initialize(1234);
   nn::ModelActivations acts = model.make_activations(tracker, B, T);
   nn::ParameterSet& ps = model.params();
-  // The engine's weighting (parallel/rank_layout.cpp): coef per layer and per sequence.
+  // The engine's weighting (parallel/rank_layout.cpp): coef per MoE layer and per sequence.
+  const int moe_layers = cfg.moe_layers();
   if (cfg.is_moe()) {
-    model.set_moe_loss_weights({static_cast<float>(cfg.router_aux_loss_coef / (cfg.n_layer * B)),
-                                static_cast<float>(cfg.router_z_loss_coef / (cfg.n_layer * B * T))});
+    model.set_moe_loss_weights({static_cast<float>(cfg.router_aux_loss_coef / (moe_layers * B)),
+                                static_cast<float>(cfg.router_z_loss_coef / (moe_layers * B * T))});
   }
 
   // The optimizer settings the reference replays are the ones this AdamW actually uses (the
@@ -134,6 +140,8 @@ int main(int argc, char** argv) {
     meta["norm_topk_prob"] = cfg.norm_topk_prob;
     meta["router_aux_loss_coef"] = cfg.router_aux_loss_coef;
     meta["router_z_loss_coef"] = cfg.router_z_loss_coef;
+    meta["first_k_dense"] = cfg.first_k_dense;
+    meta["n_shared_experts"] = cfg.n_shared_experts;
     meta["router_bias_update_rate"] = cfg.router_bias_update_rate;
     meta["expert_capacity_factor"] = cfg.expert_capacity_factor;
   }
@@ -189,11 +197,12 @@ int main(int argc, char** argv) {
     meta["losses"].push_back(loss);
     if (cfg.is_moe()) {
       const nn::MoeLossSums sums = model.take_moe_loss_sums();
-      meta["aux_losses"].push_back(sums.aux / static_cast<double>(cfg.n_layer * B));
-      meta["z_losses"].push_back(sums.z / static_cast<double>(cfg.n_layer * B * T));
+      meta["aux_losses"].push_back(sums.aux / static_cast<double>(moe_layers * B));
+      meta["z_losses"].push_back(sums.z / static_cast<double>(moe_layers * B * T));
       std::vector<int64_t> load(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts), 0);
       model.take_expert_load(load);
-      meta["expert_load"].push_back(load);  // (n_layer, E) tokens routed to each expert
+      std::vector<int64_t> moe_load(load.begin() + static_cast<std::ptrdiff_t>(cfg.first_k_dense) * cfg.n_experts, load.end());
+      meta["expert_load"].push_back(moe_load);  // (MoE layers, E) tokens routed to each expert
       meta["dropped"].push_back(static_cast<int64_t>(sums.dropped));  // pairs over capacity, all layers
       if (cfg.has_router_bias()) {  // the engine's rule (parallel/train_step.cpp): after the update
         model.update_router_bias(load);

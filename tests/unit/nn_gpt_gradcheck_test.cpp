@@ -73,8 +73,8 @@ struct Fixture {
     for (std::size_t i = 0; i < v.size(); ++i) v[i] *= 5.0f;
     acts = model.make_activations(tracker, B, T);
     if (cfg.is_moe()) {
-      moe_weights = {static_cast<float>(cfg.router_aux_loss_coef / (cfg.n_layer * B)),
-                     static_cast<float>(cfg.router_z_loss_coef / (cfg.n_layer * B * T))};
+      moe_weights = {static_cast<float>(cfg.router_aux_loss_coef / (cfg.moe_layers() * B)),
+                     static_cast<float>(cfg.router_z_loss_coef / (cfg.moe_layers() * B * T))};
       model.set_moe_loss_weights(moe_weights);
     }
     for (int64_t i = 0; i < B * T; ++i) {
@@ -230,6 +230,13 @@ TEST(MixtralGradcheck, RenormalisedTopKEveryParameterTensorMatchesFiniteDifferen
 }
 TEST(MixtralGradcheck, UnnormalisedTopKEveryParameterTensorMatchesFiniteDifferences) {
   check_every_tensor(mixtral_shape(false));
+}
+// DeepSeek-V3's layer mix: layer 0 dense (first_k_dense 1), layer 1 the experts plus two shared
+// experts (one SwiGLU of width 48); the aux and z weights then average over the one MoE layer.
+TEST(MixtralGradcheck, FirstKDenseAndSharedExpertsEveryParameterTensorMatchesFiniteDifferences) {
+  ModelConfig c = mixtral_shape(true);
+  c.first_k_dense = 1, c.n_shared_experts = 2;
+  check_every_tensor(c);
 }
 
 TEST(GptGradcheck, PaddingRowsStayZeroAndGetNoGradient) {

@@ -29,8 +29,17 @@ struct Result {
   int64_t per_micro_floats = 0, once_floats = 0;
 };
 
+// A preset, or "mixtral-tiny-dense-shared": mixtral-tiny with layer 0 dense and one shared
+// expert (layers of two shapes: full recompute keeps a working set per kind).
+nn::ModelConfig config_named(const std::string& name) {
+  if (name != "mixtral-tiny-dense-shared") return nn::model_preset(name);
+  nn::ModelConfig c = nn::model_preset("mixtral-tiny");
+  c.first_k_dense = 1, c.n_shared_experts = 1;
+  return c;
+}
+
 Result run(const std::string& preset, nn::Recompute mode) {
-  const nn::ModelConfig cfg = nn::model_preset(preset);
+  const nn::ModelConfig cfg = config_named(preset);
   MemoryTracker tracker;
   nn::Model model(cfg);
   model.set_recompute(mode);
@@ -88,7 +97,7 @@ TEST_P(Recompute, TrackerMatchesFormula) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, Recompute, ::testing::Values("tiny", "llama-tiny"));
+INSTANTIATE_TEST_SUITE_P(Families, Recompute, ::testing::Values("tiny", "llama-tiny", "mixtral-tiny-dense-shared"));
 
 // docs/memory.md's formulas for GPT-2, written out independently of the allocation code
 // (N = B*T; one stage with every layer and the head):

@@ -426,6 +426,7 @@ TEST(TrainConfig, HashEqualityAndInequality) {
       else if constexpr (std::is_same_v<T, std::string>) x += "z";
       else if constexpr (std::is_enum_v<T>) x = static_cast<T>((static_cast<int>(x) + 1) % 2);
       else if constexpr (std::is_same_v<T, std::optional<double>>) x = *x / 2;
+      else if constexpr (std::is_same_v<T, std::optional<int>>) x = x.value_or(0) + 1;
       else x = x + 1;
       (void)f;
     });
