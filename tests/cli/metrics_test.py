@@ -21,7 +21,7 @@ N_LOGICAL = 135744
 N_ALLOCATED = N_LOGICAL + (PADDED - VOCAB) * C
 FLOPS_PER_TOKEN = 6 * (N_LOGICAL - NPOS * C) + 12 * L * C * SEQ
 CATEGORIES = {"parameters", "gradients", "optimizer_state", "activations", "workspace", "comm_buffers", "ckpt_snapshot",
-              "offloaded", "total"}
+              "offloaded", "packed_base", "total"}
 
 
 def main():
@@ -59,7 +59,7 @@ def main():
             check(f"step {s}: memory has every category, exact 4/4/8 bytes per element for the state",
                   set(mem) == CATEGORIES and mem["parameters"] == 4 * N_ALLOCATED and
                   mem["gradients"] == 4 * N_ALLOCATED and mem["optimizer_state"] == 8 * N_ALLOCATED and
-                  mem["activations"] > 0 and mem["offloaded"] == 0 and
+                  mem["activations"] > 0 and mem["offloaded"] == 0 and mem["packed_base"] == 0 and
                   mem["total"] >= sum(v for k, v in mem.items() if k != "total"),
                   str(mem))
             check(f"step {s}: val_loss exactly on evaluation steps", ("val_loss" in x) == (s % 3 == 0))
