@@ -12,8 +12,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <string_view>
 #include <toml++/toml.h>
 #include <vector>
 
@@ -262,6 +264,21 @@ uint64_t run_config_hash(const RunConfig& cfg) { return fnv1a64(to_json(cfg).dum
 // ---------------------------------------------------------------------------------------------
 // The model.
 
+namespace {
+
+// A mixture-of-experts override from the command line: refused on a dense model, with what the
+// flag does in the message, else written into the config.
+template <class T>
+void override_moe(nn::ModelConfig& g, const std::optional<T>& value, std::string_view flag, std::string_view what,
+                  T nn::ModelConfig::*field) {
+  if (!value) return;
+  TRI_CHECK(g.is_moe(), "{} {} {}, but this model ({}) has no experts; drop the flag", flag, *value, what,
+            nn::family_name(g.family));
+  g.*field = *value;
+}
+
+}  // namespace
+
 nn::ModelConfig resolve_model_config(const ModelOptions& m) {
   namespace fs = std::filesystem;
   nn::ModelConfig g;
@@ -287,16 +304,10 @@ nn::ModelConfig resolve_model_config(const ModelOptions& m) {
   if (m.n_positions) g.n_positions = m.n_positions;
   if (m.vocab_size) g.vocab_size = m.vocab_size;
   if (m.vocab_pad_multiple) g.vocab_pad_multiple = m.vocab_pad_multiple;
-  if (m.moe_first_k_dense) {
-    TRI_CHECK(g.is_moe(), "--moe-first-k-dense {} keeps the first layers of a mixture-of-experts model dense, but "
-              "this model ({}) has no experts; drop the flag", *m.moe_first_k_dense, nn::family_name(g.family));
-    g.first_k_dense = *m.moe_first_k_dense;
-  }
-  if (m.moe_shared_experts) {
-    TRI_CHECK(g.is_moe(), "--moe-shared-experts {} adds shared experts to a mixture-of-experts model, but this "
-              "model ({}) has no experts; drop the flag", *m.moe_shared_experts, nn::family_name(g.family));
-    g.n_shared_experts = *m.moe_shared_experts;
-  }
+  override_moe(g, m.moe_first_k_dense, "--moe-first-k-dense", "keeps the first layers of a mixture-of-experts model dense",
+               &nn::ModelConfig::first_k_dense);
+  override_moe(g, m.moe_shared_experts, "--moe-shared-experts", "adds shared experts to a mixture-of-experts model",
+               &nn::ModelConfig::n_shared_experts);
   g = with_objective_overrides(g, m);
   g.validate();
   return g;
@@ -320,26 +331,14 @@ nn::ModelConfig with_objective_overrides(nn::ModelConfig g, const ModelOptions& 
     }
     nn::validate_lora(g);
   }
-  if (m.moe_aux_loss_coef) {
-    TRI_CHECK(g.is_moe(), "--moe-aux-loss-coef {} weights a mixture-of-experts load-balancing loss, but "
-              "this model ({}) has no experts; drop the flag", *m.moe_aux_loss_coef, nn::family_name(g.family));
-    g.router_aux_loss_coef = *m.moe_aux_loss_coef;
-  }
-  if (m.moe_z_loss_coef) {
-    TRI_CHECK(g.is_moe(), "--moe-z-loss-coef {} weights a mixture-of-experts router z-loss, but this model "
-              "({}) has no experts; drop the flag", *m.moe_z_loss_coef, nn::family_name(g.family));
-    g.router_z_loss_coef = *m.moe_z_loss_coef;
-  }
-  if (m.moe_bias_update_rate) {
-    TRI_CHECK(g.is_moe(), "--moe-bias-update-rate {} moves a mixture-of-experts router's selection bias, but this "
-              "model ({}) has no experts; drop the flag", *m.moe_bias_update_rate, nn::family_name(g.family));
-    g.router_bias_update_rate = *m.moe_bias_update_rate;
-  }
-  if (m.moe_capacity_factor) {
-    TRI_CHECK(g.is_moe(), "--moe-capacity-factor {} caps the tokens of a mixture-of-experts layer's experts, but "
-              "this model ({}) has no experts; drop the flag", *m.moe_capacity_factor, nn::family_name(g.family));
-    g.expert_capacity_factor = *m.moe_capacity_factor;
-  }
+  override_moe(g, m.moe_aux_loss_coef, "--moe-aux-loss-coef", "weights a mixture-of-experts load-balancing loss",
+               &nn::ModelConfig::router_aux_loss_coef);
+  override_moe(g, m.moe_z_loss_coef, "--moe-z-loss-coef", "weights a mixture-of-experts router z-loss",
+               &nn::ModelConfig::router_z_loss_coef);
+  override_moe(g, m.moe_bias_update_rate, "--moe-bias-update-rate", "moves a mixture-of-experts router's selection bias",
+               &nn::ModelConfig::router_bias_update_rate);
+  override_moe(g, m.moe_capacity_factor, "--moe-capacity-factor", "caps the tokens of a mixture-of-experts layer's experts",
+               &nn::ModelConfig::expert_capacity_factor);
   return g;
 }
 
