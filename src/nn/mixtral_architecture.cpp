@@ -121,12 +121,6 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     TRI_CHECK(c.expert_capacity_factor >= 0 && std::isfinite(c.expert_capacity_factor),
               "expert_capacity_factor (--moe-capacity-factor) must be >= 0 (0: dropless; 1.0 keeps "
               "ceil(T k / E) tokens per expert and sequence), got {}", c.expert_capacity_factor);
-    // The bias table and its checkpoint tensors are laid out over every layer while the expert
-    // load counts only MoE layers; until they share one indexing the two are not combined.
-    TRI_CHECK(c.first_k_dense == 0 || c.router_bias_update_rate == 0,
-              "first_k_dense_replace (--moe-first-k-dense) {} with the aux-free balancing bias "
-              "(--moe-bias-update-rate {}) is not supported yet: use one of them", c.first_k_dense,
-              c.router_bias_update_rate);
     TRI_CHECK(c.first_k_dense >= 0 && c.first_k_dense < c.n_layer,
               "first_k_dense_replace (--moe-first-k-dense) {} must be between 0 and n_layer - 1 = {}: layers "
               "[0, k) keep a dense MLP and at least one layer must have experts (a model without any is a "

@@ -57,10 +57,13 @@ Model::Model(const ModelConfig& cfg, const TpContext& tp, const StageSpec& stage
     }
   }
   if (cfg_.has_router_bias()) {
-    router_bias_.assign(static_cast<std::size_t>(cfg_.n_layer) * static_cast<std::size_t>(cfg_.n_experts), 0.0f);
+    // One row per MoE layer: row m is layer first_k_dense + m (the dense layers route nothing).
+    router_bias_.assign(static_cast<std::size_t>(cfg_.moe_layers()) * static_cast<std::size_t>(cfg_.n_experts), 0.0f);
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
-      const std::size_t layer = static_cast<std::size_t>(stage_.layer_begin) + i;
-      blocks_[i]->set_router_bias(router_bias_.data() + layer * static_cast<std::size_t>(cfg_.n_experts));
+      const int layer = stage_.layer_begin + static_cast<int>(i);
+      if (!cfg_.layer_is_moe(layer)) continue;
+      const auto row = static_cast<std::size_t>(layer - cfg_.first_k_dense);
+      blocks_[i]->set_router_bias(router_bias_.data() + row * static_cast<std::size_t>(cfg_.n_experts));
     }
   }
   wte_ = params_.find_role(ParamRole::kTokenEmbedding);
@@ -74,7 +77,7 @@ Model::Model(const ModelConfig& cfg, const TpContext& tp, const StageSpec& stage
 }
 
 void Model::set_router_bias(const std::vector<float>& bias) {
-  TRI_CHECK(bias.size() == router_bias_.size(), "{}: a router bias of {} floats for a table of {} (n_layer x E; "
+  TRI_CHECK(bias.size() == router_bias_.size(), "{}: a router bias of {} floats for a table of {} (MoE layers x E; "
             "empty when router_bias_update_rate is 0)", cfg_.describe(), bias.size(), router_bias_.size());
   std::copy(bias.begin(), bias.end(), router_bias_.begin());  // in place: the layers point into it
 }
@@ -84,7 +87,7 @@ void Model::update_router_bias(const std::vector<int64_t>& load) {
   const auto E = static_cast<std::size_t>(cfg_.n_experts);
   TRI_CHECK(load.size() == router_bias_.size(), "router bias update: {} expert counts for a table of {}", load.size(),
             router_bias_.size());
-  for (std::size_t l = 0; l < static_cast<std::size_t>(cfg_.n_layer); ++l) {
+  for (std::size_t l = 0; l < static_cast<std::size_t>(cfg_.moe_layers()); ++l) {
     nn::update_router_bias(router_bias_.data() + l * E, load.data() + l * E, cfg_.n_experts, cfg_.router_bias_update_rate);
   }
 }

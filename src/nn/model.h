@@ -104,13 +104,13 @@ class Model {
       for (std::size_t e = 0; e < l.size(); ++e) load.at(at + e) += l[e];
     }
   }
-  // Aux-loss-free balancing (nn/moe_router.h; ModelConfig::has_router_bias): every layer's
-  // selection bias, (n_layer, E) fp32 -- the whole model's on every stage, so that each rank
+  // Aux-loss-free balancing (nn/moe_router.h; ModelConfig::has_router_bias): every MoE layer's
+  // selection bias, (moe_layers, E) fp32 from layer first_k_dense on -- the whole model's on every stage, so that each rank
   // holds the full table, updated alike from the world's counts; empty when off.
   const std::vector<float>& router_bias() const { return router_bias_; }
   void set_router_bias(const std::vector<float>& bias);
-  // After an applied optimizer step: each layer's bias from load (n_layer, E), the global
-  // batch's tokens per expert (StepStats::expert_load).
+  // After an applied optimizer step: each MoE layer's bias from load (moe_layers, E), the global
+  // batch's tokens per expert (StepStats::expert_load, which holds the MoE layers' rows only).
   void update_router_bias(const std::vector<int64_t>& load);
   // The precision of every matmul of the layers and the head (kernels/matmul_engine.h).
   void set_precision(kernels::Precision p) { *matmul_ = kernels::MatmulEngine(p); }
@@ -202,7 +202,7 @@ class Model {
   std::optional<Norm> final_norm_;  // the head stage's
   std::vector<std::unique_ptr<Layer>> blocks_;
   std::vector<int> block_groups_;
-  std::vector<float> router_bias_;  // (n_layer, E); never resized after construction (the layers point into it)
+  std::vector<float> router_bias_;  // (MoE layers, E), from layer first_k_dense; never resized after construction (the layers point into it)
   MemoryTracker* tracker_ = nullptr;
   // On the heap so scratch_.matmul stays valid when the model moves.
   std::unique_ptr<kernels::MatmulEngine> matmul_;

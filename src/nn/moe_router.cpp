@@ -69,7 +69,7 @@ std::string router_bias_name(int layer) {
 std::vector<TensorSpec> router_bias_specs(const ModelConfig& c) {
   std::vector<TensorSpec> specs;
   if (!c.has_router_bias()) return specs;
-  for (int l = 0; l < c.n_layer; ++l) specs.push_back({router_bias_name(l), {c.n_experts}});
+  for (int l = c.first_k_dense; l < c.n_layer; ++l) specs.push_back({router_bias_name(l), {c.n_experts}});
   return specs;
 }
 

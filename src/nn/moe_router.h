@@ -57,7 +57,8 @@ void update_router_bias(float* bias, const int64_t* load, int64_t E, double rate
 
 // model.layers.<layer>.block_sparse_moe.gate.e_score_correction_bias
 std::string router_bias_name(int layer);
-// The bias tensors a checkpoint of `c` holds (one F32 [E] per layer), in layer order; none
+// The bias tensors a checkpoint of `c` holds (one F32 [E] per MoE layer, from first_k_dense on),
+// in layer order; none
 // unless c.has_router_bias().
 std::vector<TensorSpec> router_bias_specs(const ModelConfig& c);
 

@@ -62,7 +62,7 @@ std::string tensor_name(const GatherStep& s) {
 
 // Rank 0: writes and commits the checkpoint whose plan[i] tensor `emit(i, sink)` supplies
 // (pulled in plan order, one at a time).
-// `router_bias`: the model's (n_layer, E) aux-free bias (nn/moe_router.h; empty when off), which
+// `router_bias`: the model's (MoE layers, E) aux-free bias (nn/moe_router.h; empty when off), which
 // every rank holds whole, so rank 0 writes its own copy: one F32 [E] tensor per layer.
 std::string write_plan(const std::string& root, int64_t step, const nn::ModelConfig& cfg,
                        const std::vector<GatherStep>& plan, int64_t optimizer_step,
@@ -127,7 +127,7 @@ void load_router_bias(parallel::Engine& engine, const ckpt::LoadedCheckpoint& lo
   const nn::ModelConfig& cfg = engine.config();
   const std::vector<nn::TensorSpec> specs = nn::router_bias_specs(cfg);
   if (specs.empty()) {
-    const std::string name = loaded.model_prefix + nn::router_bias_name(0);
+    const std::string name = loaded.model_prefix + nn::router_bias_name(cfg.first_k_dense);
     TRI_CHECK(!cfg.is_moe() || !loaded.model.contains(name),
               "{} holds the aux-free balancing bias ({}, ...) but this run has --moe-bias-update-rate 0, which "
               "would route without it (other experts than the checkpoint's); give the rate the checkpoint was "

@@ -88,10 +88,6 @@ def main():
         expect_error("first_k_dense_replace in a Llama config.json",
                      base + ["--data", f"{d}/ok", "--model", config_file("lk", {**llama, "first_k_dense_replace": 1})],
                      "first_k_dense_replace", "mixes two model families")
-        expect_error("first-k dense layers with the aux-free bias",
-                     base + ["--data", f"{d}/ok", "--model", "mixtral-tiny", "--moe-first-k-dense", "1",
-                             "--moe-bias-update-rate", "0.01"],
-                     "with the aux-free balancing bias", "is not supported yet")
         # Expert parallelism (issue 15): ep must divide dp and the experts; dense models are
         # refused with the fix (ZeRO with ep is allowed: cli.layout_matrix_test.mixtral-tiny).
         moe = base + ["--data", f"{d}/ok", "--model", "mixtral-tiny"]

@@ -102,10 +102,11 @@ MIXTRAL_BALANCED_FLAGS = ["--moe-bias-update-rate", "0.01", "--moe-capacity-fact
 # Mixtral-tiny with DeepSeek-V3's layer mix (layer 0 dense, first_k_dense 1; one shared expert in
 # layers 1-3): the shared experts and the dense layer are dense parameters (replicated over ep,
 # split by tp), pipeline stages mix dense and MoE layers (pp 2: layers 0-1 | 2-3; pp 4: a dense
-# stage), and the aux loss averages over the 3 MoE layers.
+# stage), and the aux loss averages over the 3 MoE layers. The aux-free bias updates too (one row
+# per MoE layer: layers 1-3; the dense-only stage of pp 4 holds the table but routes nothing).
 DENSE_SHARED_ROWS = [(8, 1, 1, 0, "1f1b", 2), (4, 2, 1, 0, "1f1b"), (4, 1, 2, 0, "1f1b"), (2, 2, 2, 0, "gpipe", 2),
                      (2, 1, 4, 0, "1f1b", 2)]
-DENSE_SHARED_FLAGS = ["--moe-first-k-dense", "1", "--moe-shared-experts", "1"]
+DENSE_SHARED_FLAGS = ["--moe-first-k-dense", "1", "--moe-shared-experts", "1", "--moe-bias-update-rate", "0.01"]
 LLAMA_TIED_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 88,
     "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,

@@ -92,6 +92,29 @@ def main():
               rc == 0 and all(abs(x) <= 0.0200001 for n in names for x in wc.get(n, [1.0])),
               err[-2000:] if rc else f"{[list(wc[n]) for n in names if n in wc]}")
 
+        # First-k dense layers with the bias: one bias row per MoE layer, none for the dense layer 0;
+        # resumed bitwise (the table is indexed from first_k_dense on, also in the checkpoint).
+        kd = common + ["--moe-first-k-dense", "1"]
+        rc, _, err = run(kd + ["--ckpt-dir", f"{d}/k", "--metrics", f"{d}/k.jsonl"])
+        check("4 steps with --moe-first-k-dense 1 and the bias", rc == 0, err[-2000:] if rc else "")
+        if rc == 0:
+            hk = header(f"{d}/k/step_00000004/model.safetensors")
+            wk = st.load(f"{d}/k/step_00000004/model.safetensors")
+            check("the dense layer 0 has no bias, the MoE layers 1.. have one that moved",
+                  BIAS.format(0) not in hk and all(BIAS.format(l) in hk for l in range(1, layers))
+                  and any(x != 0 for l in range(1, layers) for x in wk[BIAS.format(l)]),
+                  f"{sorted(k for k in hk if 'correction' in k)}")
+            rc, _, err = run(kd + ["--ckpt-dir", f"{d}/k2", "--stop-after", "2"])
+            rc2, _, err2 = run(kd + ["--ckpt-dir", f"{d}/k2", "--resume", f"{d}/k2", "--metrics", f"{d}/k2.jsonl"])
+            k1 = read_metrics(f"{d}/k.jsonl")
+            k2 = read_metrics(f"{d}/k2.jsonl") if rc == 0 and rc2 == 0 else []
+            check("first-k dense with the bias resumes bitwise (metrics and weights)",
+                  [[m[k] for k in keys] for m in k2] == [[m[k] for k in keys] for m in k1[2:]] and
+                  st.load(f"{d}/k2/step_00000004/model.safetensors") == wk, (err + err2)[-1500:])
+            rc, out, err = run([T, "ckpt", "info", f"{d}/k/step_00000004"])
+            check("ckpt info verifies the bias of the 3 MoE layers", rc == 0 and f"router bias of {layers - 1} layers"
+                  in out + err, (out + err)[-600:])
+
         # Bad input.
         bad = [
             (["--moe-bias-update-rate", "-0.001"], "moe_bias_update_rate"),
