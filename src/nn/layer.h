@@ -80,6 +80,9 @@ class Layer {
   // Mixture of experts: tokens routed to each of the layer's experts by the micro-batches
   // backward ran on since the last call (this rank's tokens); empty for other layers.
   virtual std::vector<int64_t> take_expert_load() { return {}; }
+  // Mixture of experts: the wrapping sum of nn::routing_hash over the same micro-batches; 0 for
+  // other layers.
+  virtual uint64_t take_routing_hash() { return 0; }
   // Mixture of experts: the layer's aux-free selection bias (E floats the model owns and keeps
   // alive; nn/moe_router.h), or null for none. Other layers ignore it.
   virtual void set_router_bias(const float* /*bias*/) {}

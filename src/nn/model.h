@@ -104,6 +104,13 @@ class Model {
       for (std::size_t e = 0; e < l.size(); ++e) load.at(at + e) += l[e];
     }
   }
+  // Adds this stage's routing hashes since the last call (Layer::take_routing_hash) into
+  // hash (n_layer), at the layers' global indices.
+  void take_routing_hash(std::vector<uint64_t>& hash) {
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      hash.at(static_cast<std::size_t>(stage_.layer_begin) + i) += blocks_[i]->take_routing_hash();
+    }
+  }
   // Aux-loss-free balancing (nn/moe_router.h; ModelConfig::has_router_bias): every MoE layer's
   // selection bias, (moe_layers, E) fp32 from layer first_k_dense on -- the whole model's on every stage, so that each rank
   // holds the full table, updated alike from the world's counts; empty when off.

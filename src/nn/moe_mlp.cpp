@@ -182,6 +182,7 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
     }
   }
   // Load-balancing statistics per sequence.
+  a.routing_hash = routing_hash(a.experts.data(), a.keep.empty() ? nullptr : a.keep.data(), B, T, K);
   a.seq_counts.assign(static_cast<std::size_t>(B * E), 0);
   a.aux_sum = 0.0;
   for (int64_t b = 0; b < B; ++b) {

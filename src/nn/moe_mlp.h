@@ -77,6 +77,7 @@ struct MoeActivations {
   std::vector<int32_t> token_of;  // (R) the token of each routed row
   std::vector<int64_t> offsets;   // (E + 1) first routed row of each expert
   std::vector<int32_t> seq_counts;  // (B, E) tokens of sequence b routed to e
+  uint64_t routing_hash = 0;        // nn::routing_hash of experts and keep
   double aux_sum = 0.0;     // sum over the micro-batch's sequences of aux_b (unweighted)
   std::vector<double> lse;  // (N) log sum_e exp(logit_ne) of each token (the z-loss's)
   double z_sum = 0.0;       // sum over the micro-batch's tokens of lse^2 (unweighted)

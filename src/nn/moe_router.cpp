@@ -62,6 +62,34 @@ void update_router_bias(float* bias, const int64_t* load, int64_t E, double rate
   }
 }
 
+namespace {
+
+// SplitMix64's finaliser (Steele et al. 2014): a bijective 64-bit mix.
+uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+uint64_t routing_hash(const int32_t* experts, const uint8_t* keep, int64_t B, int64_t T, int64_t K) {
+  uint64_t sum = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) {
+      uint64_t h = mix64(static_cast<uint64_t>(t));
+      const int64_t i = (b * T + t) * K;
+      for (int64_t j = 0; j < K; ++j) {
+        const auto choice = static_cast<uint64_t>(experts[i + j]) * 2 + (keep == nullptr || keep[i + j] ? 1 : 0);
+        h = mix64(h ^ choice);
+      }
+      sum += h;  // wraps: unsigned
+    }
+  }
+  return sum;
+}
+
 std::string router_bias_name(int layer) {
   return fmt::format("model.layers.{}.block_sparse_moe.gate.e_score_correction_bias", layer);
 }

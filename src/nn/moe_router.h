@@ -55,6 +55,13 @@ int64_t apply_capacity(const int32_t* experts, const float* probs, int64_t T, in
 // (the comparison in integers: sign(sum(load) - E load_e)).
 void update_router_bias(float* bias, const int64_t* load, int64_t E, double rate);
 
+// A fingerprint of one micro-batch's routing for the metrics' routing_hash: the wrapping 64-bit
+// sum over its B sequences of T tokens of a mix of (position t in the sequence, each chosen
+// expert id in ascending order, whether capacity kept it). A sum, so it adds up exactly over
+// micro-batches and ranks in any order: equal in every layout iff every token (by position)
+// made the same choices -- up to reordering whole sequences, which the data order fixes anyway.
+uint64_t routing_hash(const int32_t* experts, const uint8_t* keep, int64_t B, int64_t T, int64_t K);
+
 // model.layers.<layer>.block_sparse_moe.gate.e_score_correction_bias
 std::string router_bias_name(int layer);
 // The bias tensors a checkpoint of `c` holds (one F32 [E] per MoE layer, from first_k_dense on),

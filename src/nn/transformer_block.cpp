@@ -136,6 +136,7 @@ void TransformerBlock::backward(ParameterSet& ps, const LayerActivations& acts, 
   if (a.moe) {  // this micro-batch's tokens per expert, for the metrics' expert_load
     expert_load_.resize(static_cast<std::size_t>(cfg_.n_experts), 0);
     for (std::size_t i = 0; i < a.moe->seq_counts.size(); ++i) expert_load_[i % expert_load_.size()] += a.moe->seq_counts[i];
+    routing_hash_ += a.moe->routing_hash;
   }
   const float* dn = tp_enter_backward(tp_, s.dln.data(), s.dln_local.data(), N, C);
   norm2_.backward(ps, norm_grads.slot(0), dres, dn, a.norm2, a.h.data(), Nl);

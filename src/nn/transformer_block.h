@@ -85,6 +85,7 @@ class TransformerBlock : public Layer {
   void set_moe_loss_weights(const MoeLossWeights& w) override { moe_weights_ = w; }
   MoeLossSums take_moe_loss_sums() override { return std::exchange(moe_loss_sums_, {}); }
   std::vector<int64_t> take_expert_load() override { return std::exchange(expert_load_, {}); }
+  uint64_t take_routing_hash() override { return std::exchange(routing_hash_, 0); }
   void set_router_bias(const float* bias) override { mlp_.set_router_bias(bias); }
 
  private:
@@ -103,6 +104,7 @@ class TransformerBlock : public Layer {
   // metrics, written by the (const) backward, read and reset by take_moe_loss_sums.
   mutable MoeLossSums moe_loss_sums_;
   mutable std::vector<int64_t> expert_load_;  // (E) likewise, tokens per expert (MoE only)
+  mutable uint64_t routing_hash_ = 0;          // likewise, nn::routing_hash summed (MoE only)
 };
 
 }  // namespace trident::nn

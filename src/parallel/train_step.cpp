@@ -173,6 +173,12 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
     // The MoE layers' rows only: the first_k_dense layers route nothing.
     stats.expert_load.erase(stats.expert_load.begin(),
                             stats.expert_load.begin() + static_cast<std::ptrdiff_t>(cfg.first_k_dense) * cfg.n_experts);
+    // The routing hashes likewise (wrapping sums add up exactly in any order).
+    std::vector<uint64_t> hash(static_cast<std::size_t>(cfg.n_layer), 0);
+    for (ModelChunk& c : L.chunks()) c.model->take_routing_hash(hash);
+    if (L.mesh().coord().tp != 0) std::fill(hash.begin(), hash.end(), 0);
+    world.allreduce(std::span<uint64_t>(hash), comm::ReduceOp::kSum).wait();
+    stats.routing_hash.assign(hash.begin() + cfg.first_k_dense, hash.end());
   }
   // A NaN or inf on any rank reaches the sums above. Every rank then votes on what it read and
   // the world takes the maximum (exact), so all ranks skip or all update even if an MPI

@@ -26,6 +26,10 @@ struct StepStats {
   // (each token counted once per expert it reached, so a layer's row sums to k x tokens);
   // empty for dense models. Equal in every layout when routing is.
   std::vector<int64_t> expert_load;
+  // Mixture of experts: per MoE layer, the wrapping sum over the global batch of nn::routing_hash
+  // (which token positions chose which experts, kept or dropped): equal in every layout when
+  // routing is; empty for dense models.
+  std::vector<uint64_t> routing_hash;
   // Mixture of experts with a capacity factor: the fraction of the global batch's routed
   // (token, expert) pairs dropped over capacity, over every layer (nn/moe_router.h); else 0.
   double dropped_fraction = 0.0;

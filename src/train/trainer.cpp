@@ -271,6 +271,9 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
       if (model_cfg.router_z_loss_coef > 0) line["z_loss"] = stats.z_loss;
       if (model_cfg.expert_capacity_factor > 0) line["dropped_fraction"] = stats.dropped_fraction;
       line["expert_load"] = expert_load_json(stats.expert_load, model_cfg.n_experts);
+      nlohmann::json hashes = nlohmann::json::array();  // hex: JSON numbers lose bits past 2^53
+      for (const uint64_t h : stats.routing_hash) hashes.push_back(fmt::format("{:016x}", h));
+      line["routing_hash"] = hashes;
     }
     if (engine.loss_scaler() != nullptr) line["loss_scale"] = stats.loss_scale;  // this step's
     const bool eval_now = eval_batches && (done % cfg.data.eval_every == 0 || done == end_step);

@@ -261,6 +261,12 @@ def main():
                 load = [x["expert_load"] for x in got][:n]
                 ref_load = [m["expert_load"] for m in ref][:n]
                 check(f"layout {tag} expert load", load == ref_load, f"{load} vs {ref_load}")
+                # Which token positions chose which experts (kept or dropped), per MoE layer: a
+                # hash summed exactly over micro-batches and ranks, so equal iff routing is.
+                hashes = [x["routing_hash"] for x in got][:n]
+                ref_hashes = [m["routing_hash"] for m in ref][:n]
+                check(f"layout {tag} routing hash", hashes == ref_hashes and
+                      len(ref_hashes[0]) == len(ref_load[0]["max"]), f"{hashes} vs {ref_hashes}")
                 if "dropped_fraction" in ref[0]:  # a ratio of integer counts: equal exactly
                     dr, ref_dr = [x["dropped_fraction"] for x in got][:n], [m["dropped_fraction"] for m in ref][:n]
                     print(f"    dropped fraction {dr}")

@@ -5,7 +5,8 @@ step_ms; mfu = tokens_per_s * (6N + 12 L C T) / peak with one peak (the start-up
 for the whole run, N the parameters without the position table; memory holds every category,
 parameters/gradients/optimizer_state at exactly 4/4/8 bytes per allocated element; val_loss
 appears on evaluation steps; under --pp also pipeline_idle. Mixture of experts: aux_loss and
-expert_load (per layer the fewest / most tokens an expert got, bracketing k x tokens / E), and
+expert_load (per layer the fewest / most tokens an expert got, bracketing k x tokens / E), routing_hash
+(one hex value per MoE layer), and
 --moe-aux-loss-coef X trains exactly like a config.json with router_aux_loss_coef X."""
 import os
 import sys
@@ -100,6 +101,11 @@ def mixtral():
             check(f"step {x['step']}: expert_load has min and max per layer with min*E <= k*tokens <= max*E",
                   len(lo) == len(hi) == L_MOE and all(0 <= a <= b and a * E <= K * B * SEQ <= b * E for a, b in zip(lo, hi)),
                   str(x["expert_load"]))
+            rh = x.get("routing_hash", [])
+            check(f"step {x['step']}: routing_hash is one 64-bit hex value per MoE layer",
+                  len(rh) == L_MOE and all(isinstance(h, str) and len(h) == 16 and int(h, 16) >= 0 for h in rh), str(rh))
+        check("routing_hash differs between steps (the weights moved, so did some routing)",
+              len({tuple(x["routing_hash"]) for x in m}) == len(m), str([x["routing_hash"] for x in m]))
         # The flag and the config.json key are one fact: the same run either way; a different
         # coefficient changes the gradient.
         with open(f"{d}/ck/step_00000003/config.json") as f:

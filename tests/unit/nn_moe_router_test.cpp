@@ -226,5 +226,34 @@ TEST(MoeRouter, ModelUpdateMatchesHandComputationOverSteps) {
   }
 }
 
+TEST(MoeRouter, RoutingHashSeesPositionsChoicesAndDropsAndSumsOverSequences) {
+  // Two sequences of T = 3 tokens, K = 2 ascending choices each.
+  const int64_t T = 3, K = 2;
+  const std::vector<int32_t> experts{0, 1, 2, 3, 1, 3, /**/ 0, 2, 1, 2, 0, 3};
+  const std::vector<uint8_t> kept(experts.size(), 1);
+  const uint64_t both = routing_hash(experts.data(), kept.data(), 2, T, K);
+  // Split over micro-batches or ranks, sequence by sequence: the wrapping sum is the same.
+  EXPECT_EQ(routing_hash(experts.data(), kept.data(), 1, T, K) +
+                routing_hash(experts.data() + T * K, kept.data() + T * K, 1, T, K),
+            both);
+  // Sequences in another order: the same (the data order, not routing, places sequences).
+  std::vector<int32_t> swapped(experts.begin() + T * K, experts.end());
+  swapped.insert(swapped.end(), experts.begin(), experts.begin() + T * K);
+  EXPECT_EQ(routing_hash(swapped.data(), kept.data(), 2, T, K), both);
+  // Two tokens of a sequence trading their choices: a different hash (positions count).
+  std::vector<int32_t> traded = experts;
+  std::swap_ranges(traded.begin(), traded.begin() + K, traded.begin() + K);
+  EXPECT_NE(routing_hash(traded.data(), kept.data(), 2, T, K), both);
+  // One other expert for one token: different.
+  std::vector<int32_t> other = experts;
+  other[5] = 2;
+  EXPECT_NE(routing_hash(other.data(), kept.data(), 2, T, K), both);
+  // A pair dropped over capacity: different; no keep flags means all kept.
+  std::vector<uint8_t> dropped = kept;
+  dropped[7] = 0;
+  EXPECT_NE(routing_hash(experts.data(), dropped.data(), 2, T, K), both);
+  EXPECT_EQ(routing_hash(experts.data(), nullptr, 2, T, K), both);
+}
+
 }  // namespace
 }  // namespace trident::nn
