@@ -40,7 +40,7 @@ int run_dequantize(int argc, char** argv) {
   const quant::QuantizedModel q = quant::load_quantized(dir);
   ckpt::SafetensorsWriter writer;
   std::vector<std::vector<float>> keep;
-  for (const nn::ParamDecl& d : quant::declared_params(q.config)) {
+  for (const nn::ParamDecl& d : quant::inference_tensors(q.config)) {
     if (!quant::is_quantizable(d, q.config)) {
       writer.add_tensor(d.name, d.shape, q.tensor(d.name).data());
       continue;

@@ -147,7 +147,7 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", layer);
     // The router is replicated over tp (every rank routes every token alike).
     v.push_back(ParamDecl{.name = p + "gate.weight", .shape = {c.n_experts, C}, .weight_decay = true,
-                          .init_std = 0.02f, .matmul = true});
+                          .init_std = 0.02f, .matmul = true, .keep_fp32 = true});
     for (int e = 0; e < c.n_experts; ++e) {
       auto linear = [&](const char* n, int64_t out, int64_t in, int dim) {
         return ParamDecl{.name = fmt::format("{}experts.{}.{}", p, e, n), .shape = {out, in},

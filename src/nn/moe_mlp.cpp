@@ -82,35 +82,14 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
   const int64_t N = B * T, C = cfg_.n_embd, E = cfg_.n_experts, K = cfg_.n_experts_per_tok;
   const int64_t Il = cfg_.mlp_width() / tp_.size;
   const float* wr = ps.data(router_);
-  // Router: one fixed-order dot product per (token, expert), so a token's logits do not
-  // depend on the rows it shares a call with; softmax in double.
-  std::vector<double> logit(static_cast<std::size_t>(E));
+  // Router (nn/moe_router.h): per token, independent of the rows it shares a call with.
   a.lse.resize(static_cast<std::size_t>(N));
   a.z_sum = 0.0;
   for (int64_t n = 0; n < N; ++n) {
-    const float* xn = x + n * C;
-    double mx = -INFINITY;
-    for (int64_t e = 0; e < E; ++e) {
-      double s = 0.0;
-      for (int64_t c = 0; c < C; ++c) s += static_cast<double>(xn[c]) * wr[e * C + c];
-      logit[e] = static_cast<double>(static_cast<float>(s));  // fp32 logits
-      mx = std::max(mx, logit[e]);
-    }
-    double z = 0.0;
-    for (int64_t e = 0; e < E; ++e) z += std::exp(logit[e] - mx);
-    float* p = a.probs.data() + n * E;
-    for (int64_t e = 0; e < E; ++e) p[e] = static_cast<float>(std::exp(logit[e] - mx) / z);
-    a.lse[static_cast<std::size_t>(n)] = mx + std::log(z);
-    a.z_sum += a.lse[static_cast<std::size_t>(n)] * a.lse[static_cast<std::size_t>(n)];
-    // Top k: the largest probabilities (plus the aux-free bias, selection only), ties to the
-    // lowest id; the weights use the unbiased probabilities.
-    int32_t* sel = a.experts.data() + n * K;
-    select_experts(p, bias_, E, K, sel);
-    double sum = 0.0;
-    for (int64_t j = 0; j < K; ++j) sum += p[sel[j]];
-    for (int64_t j = 0; j < K; ++j) {
-      a.weights[n * K + j] = cfg_.norm_topk_prob ? static_cast<float>(p[sel[j]] / sum) : p[sel[j]];
-    }
+    const double lse = route_token(x + n * C, wr, bias_, cfg_, a.probs.data() + n * E, a.experts.data() + n * K,
+                                   a.weights.data() + n * K);
+    a.lse[static_cast<std::size_t>(n)] = lse;
+    a.z_sum += lse * lse;
   }
   // Capacity, per sequence (nn/moe_router.h): the dropped pairs get no routed row.
   const int64_t cap = expert_capacity(cfg_.expert_capacity_factor, T, K, E);

@@ -25,6 +25,31 @@ void select_experts(const float* p, const float* bias, int64_t E, int64_t K, int
   std::sort(sel, sel + K);  // combined in expert-id order
 }
 
+double route_token(const float* x, const float* router, const float* bias, const ModelConfig& cfg, float* probs,
+                   int32_t* sel, float* weights) {
+  const int64_t C = cfg.n_embd, E = cfg.n_experts, K = cfg.n_experts_per_tok;
+  std::vector<double> logit(static_cast<std::size_t>(E));
+  double mx = -INFINITY;
+  for (int64_t e = 0; e < E; ++e) {
+    double s = 0.0;
+    for (int64_t c = 0; c < C; ++c) s += static_cast<double>(x[c]) * router[e * C + c];
+    logit[e] = static_cast<double>(static_cast<float>(s));  // fp32 logits
+    mx = std::max(mx, logit[e]);
+  }
+  double z = 0.0;
+  for (int64_t e = 0; e < E; ++e) z += std::exp(logit[e] - mx);
+  for (int64_t e = 0; e < E; ++e) probs[e] = static_cast<float>(std::exp(logit[e] - mx) / z);
+  // Top k: the largest probabilities (plus the aux-free bias, selection only), ties to the
+  // lowest id; the weights use the unbiased probabilities.
+  select_experts(probs, bias, E, K, sel);
+  double sum = 0.0;
+  for (int64_t j = 0; j < K; ++j) sum += probs[sel[j]];
+  for (int64_t j = 0; j < K; ++j) {
+    weights[j] = cfg.norm_topk_prob ? static_cast<float>(probs[sel[j]] / sum) : probs[sel[j]];
+  }
+  return mx + std::log(z);
+}
+
 int64_t expert_capacity(double factor, int64_t T, int64_t K, int64_t E) {
   if (factor <= 0) return -1;
   const double cap = std::ceil(factor * static_cast<double>(T * K) / static_cast<double>(E));

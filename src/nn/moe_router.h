@@ -40,6 +40,15 @@ namespace trident::nn {
 // lowest id, in ascending id order.
 void select_experts(const float* p, const float* bias, int64_t E, int64_t K, int32_t* sel);
 
+// Routes one token x (C) with the router's weights (E, C): fp32 logits from one fixed-order
+// double dot product per expert (so a token's logits do not depend on the rows it shares a call
+// with), the softmax in double into probs (E), the top K by probs + bias (select_experts) into
+// sel (K, ascending), and their routing weights (K): p_j / sum of the K chosen when
+// cfg.norm_topk_prob (Mixtral), else p_j. Returns log sum_e exp(logit_e), the z-loss's term.
+// Training (nn/moe_mlp.cpp) and inference (infer/) both route through this.
+double route_token(const float* x, const float* router, const float* bias, const ModelConfig& cfg, float* probs,
+                   int32_t* sel, float* weights);
+
 // Routed pairs one expert keeps per sequence of T tokens: ceil(c T K / E); -1 when c is 0
 // (no capacity). The product is rounded up in double, then clamped to T (an expert gets at
 // most one pair per token).

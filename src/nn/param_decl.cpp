@@ -26,7 +26,7 @@ ShardSpec even_split(const ParamDecl& d, int rank, int size) {
 }  // namespace
 
 bool is_packable(const ParamDecl& d) {
-  return d.matmul && d.shape.size() == 2 && d.role == ParamRole::kOther && !d.lora;
+  return d.matmul && !d.keep_fp32 && d.shape.size() == 2 && d.role == ParamRole::kOther && !d.lora;
 }
 
 ParamInfo shard_for_tp(const ParamDecl& d, const ModelConfig& config, int rank, int size) {

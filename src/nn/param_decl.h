@@ -51,6 +51,9 @@ struct ParamDecl {
   // A matrix every token multiplies with (counts in the 6N of the FLOP formula). A tied
   // embedding counts: the head multiplies with it.
   bool matmul = false;
+  // Quantization and QLoRA keep it fp32 although it is a layer matrix: the MoE router, whose
+  // logits choose experts (a rounded router routes other tokens elsewhere; nn/moe_router.h).
+  bool keep_fp32 = false;
   // A matrix stored as Hugging Face's Conv1D [in, out] (GPT-2); otherwise nn.Linear's
   // [out, in]. Quantization (quant/) stores every matrix [out, in] and transposes by this.
   bool in_out = false;

@@ -14,6 +14,7 @@
 #include "ckpt/safetensors.h"
 #include "core/check.h"
 #include "nn/architecture.h"
+#include "nn/moe_router.h"
 
 namespace trident::quant {
 
@@ -53,6 +54,12 @@ std::vector<nn::ParamDecl> declared_params(const nn::ModelConfig& c) {
   return all;
 }
 
+std::vector<nn::ParamDecl> inference_tensors(const nn::ModelConfig& c) {
+  std::vector<nn::ParamDecl> all = declared_params(c);
+  for (const nn::TensorSpec& s : nn::router_bias_specs(c)) all.push_back(nn::ParamDecl{.name = s.name, .shape = s.shape});
+  return all;
+}
+
 bool is_quantizable(const nn::ParamDecl& d, const nn::ModelConfig& c) {
   return nn::is_packable(d) && nn::architecture(c.family).layer_of(d.name) >= 0;
 }
@@ -89,7 +96,7 @@ QuantizedModel build_quantized_model(const nn::ModelConfig& c, const ReadTensor&
     TRI_CHECK(valid_group_size(group), "q4 group size {} is not supported; use --group-size 32, 64 or 128", group);
   }
   std::vector<float> buf, t;
-  for (const nn::ParamDecl& d : declared_params(c)) {
+  for (const nn::ParamDecl& d : inference_tensors(c)) {
     buf.resize(static_cast<std::size_t>(shape_numel(d.shape)));
     read(d, buf.data());
     if (!is_quantizable(d, c)) {
@@ -128,7 +135,7 @@ void save_quantized(const QuantizedModel& m, const std::string& dir) {
             "--out '{}' exists and is not empty; give a new directory (nothing was written)", dir);
   fs::create_directories(dir);
   ckpt::SafetensorsWriter w;
-  for (const nn::ParamDecl& d : declared_params(m.config)) {
+  for (const nn::ParamDecl& d : inference_tensors(m.config)) {
     if (!is_quantizable(d, m.config)) {
       w.add_tensor(d.name, d.shape, m.tensor(d.name).data());
       continue;
@@ -212,7 +219,7 @@ QuantizedModel load_quantized(const std::string& dir) {
   QuantizedModel m;
   m.config = h.config, m.format = h.format, m.group = h.group;
   std::size_t expected_tensors = 0;
-  for (const nn::ParamDecl& d : declared_params(h.config)) {
+  for (const nn::ParamDecl& d : inference_tensors(h.config)) {
     if (!is_quantizable(d, h.config)) {
       std::vector<float> t = r.get(d.name, d.shape);
       ckpt::check_finite(t.data(), static_cast<int64_t>(t.size()), d.name, r.path());

@@ -43,6 +43,10 @@ struct QuantizedModel {
 
 // Every parameter the family declares, in checkpoint order (embedding, layers, head).
 std::vector<nn::ParamDecl> declared_params(const nn::ModelConfig& c);
+// What inference reads and a quantized checkpoint holds: declared_params, then the fp32 state
+// tensors a checkpoint carries beside them (the aux-free router bias, nn/moe_router.h), which
+// every format keeps fp32.
+std::vector<nn::ParamDecl> inference_tensors(const nn::ModelConfig& c);
 // The matrices quantization packs: 2-D matmul parameters of the layers.
 bool is_quantizable(const nn::ParamDecl& d, const nn::ModelConfig& c);
 

@@ -1,7 +1,8 @@
 // The KV-cache decode path (infer/decode_model.h) against the training model's full forward
 // (nn::Model::forward_logits, which recomputes the whole prefix): a prompt fed at once and the
-// rest one token at a time gives every position's logits within fp32 bounds, for both families
-// (Llama with grouped-query attention and an untied head too).
+// rest one token at a time gives every position's logits within fp32 bounds, for every family
+// (Llama with grouped-query attention and an untied head too; Mixtral with a dense layer, a
+// shared expert and the router bias, and without them).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +14,7 @@
 #include "core/memory.h"
 #include "infer/decode_model.h"
 #include "nn/model.h"
+#include "nn/moe_router.h"
 
 namespace trident::infer {
 namespace {
@@ -23,6 +25,13 @@ quant::QuantizedModel weights_of(nn::Model& model, quant::Format format, int gro
       model.config(),
       [&](const nn::ParamDecl& d, float* dst) {
         // One process: the local tensor is the logical one (plus vocabulary padding rows after it).
+        const std::vector<nn::TensorSpec> bias = nn::router_bias_specs(model.config());
+        for (std::size_t m = 0; m < bias.size(); ++m) {  // state, not a parameter: the model's table
+          if (bias[m].name != d.name) continue;
+          const auto E = static_cast<std::size_t>(model.config().n_experts);
+          std::memcpy(dst, model.router_bias().data() + m * E, E * sizeof(float));
+          return;
+        }
         std::memcpy(dst, ps.data(ps.find(d.name)), static_cast<std::size_t>(shape_numel(d.shape)) * sizeof(float));
       },
       format, group);
@@ -33,6 +42,11 @@ void expect_cache_equals_recompute(nn::ModelConfig cfg) {
   nn::Model model(cfg);
   model.allocate(tracker);
   model.params().initialize(1234);
+  if (cfg.has_router_bias()) {  // a bias large enough to change some choices (probabilities ~1/E)
+    std::vector<float> bias(model.router_bias().size());
+    for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = 0.05f * static_cast<float>(i % 3);
+    model.set_router_bias(bias);
+  }
   const int64_t T = 13, V = cfg.vocab_size, Vp = model.padded_vocab_local();
   std::vector<int32_t> ids(T);
   for (int64_t t = 0; t < T; ++t) ids[static_cast<std::size_t>(t)] = static_cast<int32_t>((t * 37 + 11) % V);
@@ -74,6 +88,19 @@ TEST(DecodeModel, LlamaCacheEqualsRecompute) {
   nn::ModelConfig c = nn::model_preset("llama-tiny");
   c.n_kv_head = 2;  // grouped-query attention
   c.tie_word_embeddings = false;
+  expect_cache_equals_recompute(c);
+}
+
+TEST(DecodeModel, MixtralCacheEqualsRecompute) {
+  // A dense first layer, a shared expert and the aux-free bias: every MLP kind the block has.
+  // Routing is a discrete choice of the fp32 logits; both paths route through nn::route_token,
+  // and the inputs differ by rounding only, far from this seed's closest tie.
+  nn::ModelConfig c = nn::model_preset("mixtral-tiny");
+  c.first_k_dense = 1;
+  c.n_shared_experts = 1;
+  c.router_bias_update_rate = 0.01;
+  expect_cache_equals_recompute(c);
+  c.first_k_dense = 0, c.n_shared_experts = 0, c.router_bias_update_rate = 0, c.norm_topk_prob = false;
   expect_cache_equals_recompute(c);
 }
 
