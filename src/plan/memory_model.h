@@ -60,7 +60,7 @@ struct RankChunks {
   std::vector<std::unique_ptr<nn::Model>> chunks;
 };
 RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout, int rank,
-                             nn::Recompute recompute = nn::Recompute::kNone);
+                             nn::Recompute recompute = nn::Recompute::kNone, kernels::Precision precision = kernels::Precision::kFp32);
 
 // A TensorParallelComm that moves nothing (all_gather/reduce_scatter copy this rank's own
 // chunk): for counting parameters and timing one rank's compute of a tp slice.
