@@ -444,9 +444,8 @@ int main(int argc, char** argv) {
     std::printf("parameters+gradients+AdamW = %zu bytes = %.4f bytes x %ld allocated parameter "
                 "elements\n", p16, static_cast<double>(p16) / static_cast<double>(ps.total_numel()),
                 ps.total_numel());
-    std::printf("activations: %zu bytes allocated, analytic formula (docs/memory.md) %ld floats = %ld bytes\n",
-                tracker.peak(MemCategory::kActivations), model.activation_floats(B, T),
-                model.activation_floats(B, T) * 4);
+    std::printf("activations: %zu bytes allocated, analytic formula (docs/memory.md) %ld bytes\n",
+                tracker.peak(MemCategory::kActivations), model.activation_bytes(B, T));
     std::printf("# load average at end: %s\n", load_average().c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "gpt_vs_torch: %s\n", e.what());

@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
     // Issue 13's target for full recompute: one layer's working set is what the rerun holds
     // (a layer's activations plus its (N, C) output).
     const nn::Model& full = *runs.back()->model;
-    const double working = 4.0 * static_cast<double>(full.recompute_floats(B, T));
+    const double working = static_cast<double>(full.recompute_bytes(B, T));
     const double full_act = static_cast<double>(runs.back()->tracker.peak(MemCategory::kActivations));
     const double target = act0 / cfg.n_layer + working;
     fmt::print("full, all activations: {} against none / n_layer + one layer's working set = {} + {} "
@@ -97,8 +97,9 @@ int main(int argc, char** argv) {
                format_bytes(target), full_act / target);
     // The same target on the layers' share alone (the residual stream and the layers' buffers).
     const double C = static_cast<double>(cfg.n_embd), Nd = static_cast<double>(N), L = cfg.n_layer;
-    const double layer = static_cast<double>(nn::architecture(cfg.family).layer_activation_floats(cfg, 1, B, T, -1, 0));
-    const double full_layers = 4.0 * L * Nd * C + working, none_layers = 4.0 * L * (Nd * C + layer);
+    const double layer = static_cast<double>(nn::architecture(cfg.family).layer_activation_bytes(
+        cfg, 1, B, T, -1, 0, full.operand_storage()));
+    const double full_layers = 4.0 * L * Nd * C + working, none_layers = L * (4.0 * Nd * C + layer);
     fmt::print("full, the layers' share: {} against {} / n_layer + {} = {} ({:.2f}x the target)\n",
                format_bytes(full_layers), format_bytes(none_layers), format_bytes(working),
                format_bytes(none_layers / L + working), full_layers / (none_layers / L + working));

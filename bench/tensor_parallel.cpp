@@ -191,7 +191,9 @@ void run(const Args& args) {
     // Per layer, measured: one layer's activations plus the layer's input (residual stream).
     const int64_t Nl = model.local_rows(bs);
     const double measured_layer =
-        4.0 * static_cast<double>(nn::architecture(cfg.family).layer_activation_floats(cfg, t, b, s, sp ? Nl : -1, 0) + Nl * h);
+        static_cast<double>(nn::architecture(cfg.family).layer_activation_bytes(cfg, t, b, s, sp ? Nl : -1, 0,
+                                                                                 model.operand_storage()) +
+                            4 * Nl * h);
     const double sbh = static_cast<double>(bsh), as_h = static_cast<double>(a * s) / h;
     // Korthikanti et al. (2-byte activations, dropout masks and dropout outputs included).
     const double paper = sp ? sbh / t * (34 + 5 * as_h) : sbh * (10 + 24.0 / t + 5 * as_h / t);

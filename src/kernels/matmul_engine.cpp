@@ -125,4 +125,99 @@ void MatmulEngine::backward_nt(float* dinp, float* dtable, const float* dout, co
   if (dtable != nullptr) gemm_->gemm(true, false, V, C, N, dout16, V, round_b(inp, N * C), C, 1.0f, dtable, C);
 }
 
+
+// ---- pre-rounded activation operands ----
+
+void MatmulEngine::round_operand(Precision p, uint16_t* out, const float* in, int64_t n) {
+  TRI_CHECK(p != Precision::kFp32, "round_operand: fp32 operands are not rounded");
+  if (p == Precision::kBf16) return convert_to_bf16(out, in, n);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = float_to_fp16_bits(in[i]);
+}
+
+void MatmulEngine::widen_operand(Precision p, float* out, const uint16_t* in, int64_t n) {
+  TRI_CHECK(p != Precision::kFp32, "widen_operand: fp32 operands are not rounded");
+  if (p == Precision::kBf16) return convert_from_bf16(out, in, n);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = fp16_bits_to_float(in[i]);
+}
+
+void MatmulEngine::check_rounded(const ActOperand& x) const {
+  TRI_CHECK(x.rounded == precision_ && precision_ != Precision::kFp32,
+            "a matmul operand stored in {} bits was given to a {} matmul engine", precision_names()[static_cast<int>(x.rounded)],
+            precision_names()[static_cast<int>(precision_)]);
+}
+
+const float* MatmulEngine::widened16(std::vector<float>& s, const ActOperand& x, int64_t n) {
+  if (s.size() < static_cast<size_t>(n)) s.resize(static_cast<size_t>(n));
+  widen_operand(Precision::kFp16, s.data(), x.bits, n);
+  return s.data();
+}
+
+void MatmulEngine::forward(float* out, ActOperand inp, const float* weight, const float* bias, int64_t N,
+                           int64_t C, int64_t OC) {
+  if (inp.bits == nullptr) return forward(out, inp.f32, weight, bias, N, C, OC);
+  check_rounded(inp);
+  if (precision_ == Precision::kFp16) {
+    return matmul_forward(out, widened16(a16_, inp, N * C), round16_b(weight, C * OC), bias, N, C, OC);
+  }
+  detail::KernelTimer timer(KernelOp::kMatmul, false, N, C, OC);
+  check_sizes("matmul_forward (bf16)", N, C, OC);
+  float beta = 0.0f;
+  if (bias != nullptr) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * OC, bias, static_cast<size_t>(OC) * sizeof(float));
+    beta = 1.0f;
+  }
+  gemm_->gemm(false, false, N, OC, C, inp.bits, C, round_b(weight, C * OC), OC, beta, out, OC);
+}
+
+void MatmulEngine::backward(float* dinp, float* dweight, float* dbias, const float* dout, ActOperand inp,
+                            const float* weight, int64_t N, int64_t C, int64_t OC) {
+  if (inp.bits == nullptr) return backward(dinp, dweight, dbias, dout, inp.f32, weight, N, C, OC);
+  check_rounded(inp);
+  if (precision_ == Precision::kFp16) {
+    const float* dout16 = round16_a(dout, N * OC);
+    if (dinp != nullptr) matmul_backward(dinp, nullptr, nullptr, dout16, nullptr, round16_b(weight, C * OC), N, C, OC);
+    if (dweight != nullptr) {
+      matmul_backward(nullptr, dweight, nullptr, dout16, widened16(b16_, inp, N * C), nullptr, N, C, OC);
+    }
+  } else {
+    detail::KernelTimer timer(KernelOp::kMatmul, true, N, C, OC);
+    check_sizes("matmul_backward (bf16)", N, C, OC);
+    const bf16_t* dout16 = round_a(dout, N * OC);
+    if (dinp != nullptr) gemm_->gemm(false, true, N, C, OC, dout16, OC, round_b(weight, C * OC), OC, 0.0f, dinp, C);
+    if (dweight != nullptr) gemm_->gemm(true, false, C, OC, N, inp.bits, C, dout16, OC, 1.0f, dweight, OC);
+  }
+  if (dbias != nullptr) matmul_backward(nullptr, nullptr, dbias, dout, nullptr, nullptr, N, C, OC);
+}
+
+void MatmulEngine::forward_nt(float* out, ActOperand inp, const float* table, int64_t N, int64_t C, int64_t V) {
+  if (inp.bits == nullptr) return forward_nt(out, inp.f32, table, N, C, V);
+  check_rounded(inp);
+  if (precision_ == Precision::kFp16) {
+    return matmul_forward_nt(out, widened16(a16_, inp, N * C), round16_b(table, V * C), N, C, V);
+  }
+  detail::KernelTimer timer(KernelOp::kMatmulNt, false, N, C, V);
+  check_sizes("matmul_forward_nt (bf16)", N, C, V);
+  gemm_->gemm(false, true, N, V, C, inp.bits, C, round_b(table, V * C), C, 0.0f, out, V);
+}
+
+void MatmulEngine::backward_nt(float* dinp, float* dtable, const float* dout, ActOperand inp, const float* table,
+                               int64_t N, int64_t C, int64_t V) {
+  if (inp.bits == nullptr) return backward_nt(dinp, dtable, dout, inp.f32, table, N, C, V);
+  check_rounded(inp);
+  if (precision_ == Precision::kFp16) {
+    const float* dout16 = round16_a(dout, N * V);
+    if (dinp != nullptr) matmul_backward_nt(dinp, nullptr, dout16, nullptr, round16_b(table, V * C), N, C, V);
+    if (dtable != nullptr) matmul_backward_nt(nullptr, dtable, dout16, widened16(b16_, inp, N * C), nullptr, N, C, V);
+    return;
+  }
+  detail::KernelTimer timer(KernelOp::kMatmulNt, true, N, C, V);
+  check_sizes("matmul_backward_nt (bf16)", N, C, V);
+  const bf16_t* dout16 = round_a(dout, N * V);
+  if (dinp != nullptr) gemm_->gemm(false, false, N, C, V, dout16, V, round_b(table, V * C), C, 0.0f, dinp, C);
+  if (dtable != nullptr) gemm_->gemm(true, false, V, C, N, dout16, V, inp.bits, C, 1.0f, dtable, C);
+}
+
 }  // namespace trident::kernels

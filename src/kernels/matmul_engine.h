@@ -31,6 +31,18 @@ std::span<const std::string_view> precision_names();
 
 class Bf16Gemm;
 
+// An activation operand of a product: fp32, or already rounded to the engine's 16 bits (bf16
+// bits under kBf16, fp16 bits under kFp16: exactly what the fp32 entry points round it to).
+// Saved activations that backward reads only as a matmul operand are stored so under
+// bf16/fp16 (nn/saved_operand.h); the engine then skips its own rounding pass.
+struct ActOperand {
+  const float* f32 = nullptr;
+  const uint16_t* bits = nullptr;
+  Precision rounded = Precision::kFp32;  // what `bits` holds
+  ActOperand(const float* x) : f32(x) {}  // NOLINT: implicit, so fp32 callers are unchanged
+  ActOperand(const uint16_t* b, Precision p) : bits(b), rounded(p) {}
+};
+
 class MatmulEngine {
  public:
   explicit MatmulEngine(Precision precision = Precision::kFp32);
@@ -53,7 +65,27 @@ class MatmulEngine {
   void backward_nt(float* dinp, float* dtable, const float* dout, const float* inp,
                    const float* table, int64_t N, int64_t C, int64_t V);
 
+  // The same products with the activation operand (inp) fp32 or pre-rounded; bitwise the
+  // fp32-operand entry points given the fp32 values the 16 bits were rounded from. A
+  // pre-rounded operand must be of this engine's precision (kBf16 or kFp16).
+  void forward(float* out, ActOperand inp, const float* weight, const float* bias, int64_t N, int64_t C,
+               int64_t OC);
+  void backward(float* dinp, float* dweight, float* dbias, const float* dout, ActOperand inp,
+                const float* weight, int64_t N, int64_t C, int64_t OC);
+  void forward_nt(float* out, ActOperand inp, const float* table, int64_t N, int64_t C, int64_t V);
+  void backward_nt(float* dinp, float* dtable, const float* dout, ActOperand inp, const float* table,
+                   int64_t N, int64_t C, int64_t V);
+
+  // The rounding the entry points apply to an operand, as 16-bit words: bf16 (kBf16) or fp16
+  // (kFp16) bits of in[0..n); and back to fp32 (exact). Throws under kFp32.
+  static void round_operand(Precision p, uint16_t* out, const float* in, int64_t n);
+  static void widen_operand(Precision p, float* out, const uint16_t* in, int64_t n);
+
  private:
+  // A pre-rounded operand's fp16 values (kFp16), widened into scratch `s`.
+  const float* widened16(std::vector<float>& s, const ActOperand& x, int64_t n);
+  void check_rounded(const ActOperand& x) const;
+
   // bf16 copies of two operands, in scratch reused across calls.
   const bf16_t* round_a(const float* x, int64_t n);
   const bf16_t* round_b(const float* x, int64_t n);

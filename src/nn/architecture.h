@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kernels/matmul_engine.h"
 #include "nn/model_config.h"
 #include "nn/lora.h"
 #include "nn/param_decl.h"
@@ -73,11 +74,12 @@ class Architecture {
   virtual std::string lora_unsupported(const std::string& /*target*/) const { return ""; }
 
   // ---- compute and memory ----
-  // Floats one layer's forward saves for backward (B rows of T tokens; `local_rows` the
-  // sequence-parallel rows, N without it): the activation formula of docs/memory.md.
+  // Bytes one layer's forward saves for backward (B rows of T tokens; `local_rows` the
+  // sequence-parallel rows, N without it; `storage`: how its matmul-only operands are saved,
+  // nn/saved_operand.h): the activation formula of docs/memory.md.
   // Per layer (`layer`: its global index; layers of a run are alike).
-  virtual int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
-                                          int64_t local_rows, int layer) const = 0;
+  virtual int64_t layer_activation_bytes(const ModelConfig& c, int tp, int64_t B, int64_t T, int64_t local_rows,
+                                         int layer, kernels::Precision storage) const = 0;
   // Of those, the attention core's (LayerActivations::attention_core): what selective
   // recompute does not save per layer.
   virtual int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T, int layer) const = 0;

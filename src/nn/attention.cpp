@@ -18,13 +18,13 @@ Attention::Attention(const ParameterSet& ps, const TpContext& tp, AttentionHeads
 }
 
 AttentionActivations Attention::make_activations(MemoryTracker& tracker, int64_t B, int64_t T,
-                                                 bool save_core) const {
+                                                 bool save_core, kernels::Precision storage) const {
   const auto A = MemCategory::kActivations;
   const auto N = static_cast<std::size_t>(B * T);
   AttentionActivations a;
   a.qkv = FloatBuffer(tracker, A, N * static_cast<std::size_t>(heads_.QKV()));
   if (save_core) a.att = FloatBuffer(tracker, A, static_cast<std::size_t>(core_floats(heads_, B, T)));
-  a.atty = FloatBuffer(tracker, A, N * static_cast<std::size_t>(heads_.Q()));
+  a.atty = SavedOperand(tracker, storage, B * T * heads_.Q());
   return a;
 }
 
@@ -42,7 +42,7 @@ void Attention::recompute_core(AttentionActivations& a, float* discard, int64_t 
 }
 
 void Attention::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, SharedScratch& s,
-                        AttentionActivations& a, const AttentionScratch& g, float* out, const float* in,
+                        AttentionActivations& a, const AttentionScratch& g, float* out, kernels::ActOperand in,
                         int64_t B, int64_t T) const {
   const int64_t N = B * T;
   qkv_.forward(mm, ps, a.qkv.data(), in, N, g.work, s.lora.data());
@@ -51,15 +51,18 @@ void Attention::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, Share
     kernels::rope_forward(a.qkv.data(), B, T, heads_.NH + heads_.NKV, heads_.HS, heads_.QKV(),
                           static_cast<float>(heads_.rope_theta));
   }
-  core_forward(a.atty.data(), a.att.data(), a.qkv.data(), B, T);
-  out_.forward(mm, ps, tp_, s, out, a.atty.data(), N);
+  // The attention output goes through datty (free until backward) when saved in 16 bits.
+  float* atty = a.atty.target(g.datty);
+  core_forward(atty, a.att.data(), a.qkv.data(), B, T);
+  a.atty.store(atty, N * heads_.Q());
+  out_.forward(mm, ps, tp_, s, out, a.atty.operand(), N);
 }
 
 void Attention::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScratch& s,
                          const AttentionActivations& a, const AttentionScratch& g, float* dinp, const float* dout,
-                         const float* in, int64_t B, int64_t T) const {
+                         kernels::ActOperand in, int64_t B, int64_t T) const {
   const int64_t N = B * T;
-  out_.backward(mm, ps, tp_, s, g.datty, dout, a.atty.data(), N);
+  out_.backward(mm, ps, tp_, s, g.datty, dout, a.atty.operand(), N);
   if (heads_.NKV == heads_.NH && heads_.rope_theta == 0.0) {
     kernels::attention_backward(g.dqkv, g.datty, a.qkv.data(), a.att.data(), B, T, heads_.Q(), heads_.NH);
   } else {

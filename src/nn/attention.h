@@ -18,6 +18,7 @@
 #include "nn/layer.h"
 #include "nn/parameters.h"
 #include "nn/row_parallel_linear.h"
+#include "nn/saved_operand.h"
 #include "nn/tensor_parallel.h"
 
 namespace trident::nn {
@@ -35,7 +36,7 @@ struct AttentionHeads {
 struct AttentionActivations {
   FloatBuffer qkv;   // (N, QKV) packed rows, after rotary
   FloatBuffer att;   // (B, NH, T, T) softmax probabilities (the attention core)
-  FloatBuffer atty;  // (N, Q)
+  SavedOperand atty;  // (N, Q): read by backward only as the out projection's operand
 };
 
 // The module's part of the layer's gradient scratch (pointers into SharedScratch::layer).
@@ -54,9 +55,11 @@ class Attention {
 
   const AttentionHeads& heads() const { return heads_; }
   const ColumnParallelLinear& qkv_projection() const { return qkv_; }
-  AttentionActivations make_activations(MemoryTracker& tracker, int64_t B, int64_t T, bool save_core) const;
-  static int64_t activation_floats(const AttentionHeads& h, int64_t B, int64_t T) {
-    return B * T * (h.QKV() + h.Q()) + core_floats(h, B, T);
+  // `storage`: how atty is saved (saved_operand.h); qkv and the core stay fp32.
+  AttentionActivations make_activations(MemoryTracker& tracker, int64_t B, int64_t T, bool save_core,
+                                        kernels::Precision storage) const;
+  static int64_t activation_bytes(const AttentionHeads& h, int64_t B, int64_t T, kernels::Precision storage) {
+    return 4 * B * T * h.QKV() + SavedOperand::bytes(storage, B * T * h.Q()) + 4 * core_floats(h, B, T);
   }
   static int64_t core_floats(const AttentionHeads& h, int64_t B, int64_t T) { return B * h.NH * T * T; }
   // Scratch floats for N tokens, given the qkv projection's work floats and the input width C.
@@ -69,10 +72,10 @@ class Attention {
 
   // out (Nl, C) = attention of in (N, C), summed over tp (plus the output bias).
   void forward(kernels::MatmulEngine& mm, const ParameterSet& params, SharedScratch& s, AttentionActivations& a,
-               const AttentionScratch& g, float* out, const float* in, int64_t B, int64_t T) const;
+               const AttentionScratch& g, float* out, kernels::ActOperand in, int64_t B, int64_t T) const;
   // dinp (N, C) = this rank's share of d/d in (overwritten), from dout (Nl, C).
   void backward(kernels::MatmulEngine& mm, ParameterSet& params, SharedScratch& s, const AttentionActivations& a,
-                const AttentionScratch& g, float* dinp, const float* dout, const float* in, int64_t B,
+                const AttentionScratch& g, float* dinp, const float* dout, kernels::ActOperand in, int64_t B,
                 int64_t T) const;
   // Refills a.att from a.qkv with forward's kernel; the attention output it also writes goes
   // to `discard` (N, Q).

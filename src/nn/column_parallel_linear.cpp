@@ -51,7 +51,7 @@ bool ColumnParallelLinear::fused(const ParameterSet& ps, bool grads) const {
 }
 
 void ColumnParallelLinear::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, float* out,
-                                   const float* in, int64_t N, float* work, float* lora_work) const {
+                                   kernels::ActOperand in, int64_t N, float* work, float* lora_work) const {
   base_forward(mm, ps, out, in, N, work);
   int64_t col = 0;
   for (std::size_t i = 0; i < ids_.size(); ++i) {
@@ -61,7 +61,7 @@ void ColumnParallelLinear::forward(kernels::MatmulEngine& mm, const ParameterSet
 }
 
 void ColumnParallelLinear::base_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, float* out,
-                                        const float* in, int64_t N, float* work) const {
+                                        kernels::ActOperand in, int64_t N, float* work) const {
   if (in_out_) {
     mm.forward(out, in, ps.data(ids_[0]), bias_ >= 0 ? ps.data(bias_) : nullptr, N, in_, out_);
     return;
@@ -79,7 +79,7 @@ void ColumnParallelLinear::base_forward(kernels::MatmulEngine& mm, const Paramet
 }
 
 void ColumnParallelLinear::backward(kernels::MatmulEngine& mm, ParameterSet& ps, float* dinp,
-                                    const float* dout, const float* in, int64_t N, float* work,
+                                    const float* dout, kernels::ActOperand in, int64_t N, float* work,
                                     float* lora_work) const {
   base_backward(mm, ps, dinp, dout, in, N, work);
   int64_t col = 0;
@@ -90,7 +90,7 @@ void ColumnParallelLinear::backward(kernels::MatmulEngine& mm, ParameterSet& ps,
 }
 
 void ColumnParallelLinear::base_backward(kernels::MatmulEngine& mm, ParameterSet& ps, float* dinp,
-                                         const float* dout, const float* in, int64_t N, float* work) const {
+                                         const float* dout, kernels::ActOperand in, int64_t N, float* work) const {
   if (in_out_) {
     mm.backward(dinp, frozen_ ? nullptr : ps.grad(ids_[0]), bias_ >= 0 && !frozen_ ? ps.grad(bias_) : nullptr, dout,
                 in, ps.data(ids_[0]), N, in_, out_);

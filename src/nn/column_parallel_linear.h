@@ -55,17 +55,17 @@ class ColumnParallelLinear {
   // out (N, out_width) = in (N, in_width) W^T (+ bias), packed [w0 | w1 | ...] per row.
   // `work`: work_floats(N) floats, used only when the run is not fused; `lora_work`: the
   // adapters' (SharedScratch::lora), used only with adapters.
-  void forward(kernels::MatmulEngine& mm, const ParameterSet& params, float* out, const float* in,
+  void forward(kernels::MatmulEngine& mm, const ParameterSet& params, float* out, kernels::ActOperand in,
                int64_t N, float* work, float* lora_work = nullptr) const;
   // dinp (N, in_width) = dout W (overwritten); the weight (and bias) gradients accumulate.
   void backward(kernels::MatmulEngine& mm, ParameterSet& params, float* dinp, const float* dout,
-                const float* in, int64_t N, float* work, float* lora_work = nullptr) const;
+                kernels::ActOperand in, int64_t N, float* work, float* lora_work = nullptr) const;
 
  private:
-  void base_forward(kernels::MatmulEngine& mm, const ParameterSet& params, float* out, const float* in, int64_t N,
+  void base_forward(kernels::MatmulEngine& mm, const ParameterSet& params, float* out, kernels::ActOperand in, int64_t N,
                     float* work) const;
   void base_backward(kernels::MatmulEngine& mm, ParameterSet& params, float* dinp, const float* dout,
-                     const float* in, int64_t N, float* work) const;
+                     kernels::ActOperand in, int64_t N, float* work) const;
 
   std::vector<int> ids_;
   std::vector<int64_t> widths_;

@@ -169,9 +169,9 @@ class Gpt2Architecture final : public Architecture {
             {"n_positions", "wpe.weight", 0, c.n_positions}};
   }
 
-  int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
-                                  int64_t local_rows, int /*layer*/) const override {
-    return TransformerBlock::activation_floats(gpt2_block_shape(c, tp), c, tp, B, T, local_rows);
+  int64_t layer_activation_bytes(const ModelConfig& c, int tp, int64_t B, int64_t T, int64_t local_rows,
+                                 int /*layer*/, kernels::Precision storage) const override {
+    return TransformerBlock::activation_bytes(gpt2_block_shape(c, tp), c, tp, B, T, local_rows, storage);
   }
   int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T, int /*layer*/) const override {
     return TransformerBlock::attention_core_floats(gpt2_block_shape(c, tp), B, T);

@@ -55,10 +55,12 @@ class Layer {
  public:
   virtual ~Layer() = default;
   // local_rows: Nl under sequence parallelism; < 0 means N. Without save_attention_core the
-  // attention core is not allocated (selective recompute; see LayerActivations).
+  // attention core is not allocated (selective recompute; see LayerActivations). `storage`:
+  // how the activations read only as matmul operands are saved (nn/saved_operand.h).
   virtual std::unique_ptr<LayerActivations> make_activations(MemoryTracker& tracker, int64_t B,
                                                              int64_t T, int64_t local_rows,
-                                                             bool save_attention_core) const = 0;
+                                                             bool save_attention_core,
+                                                             kernels::Precision storage) const = 0;
   // out (Nl, C) = layer(x (Nl, C)); out must not alias x.
   virtual void forward(ParameterSet& params, LayerActivations& acts, float* out, const float* x,
                        int64_t B, int64_t T, SharedScratch& scratch) const = 0;

@@ -13,9 +13,9 @@ namespace trident::nn {
 
 class LlamaBlockArchitecture : public Architecture {
  public:
-  int64_t layer_activation_floats(const ModelConfig& c, int tp, int64_t B, int64_t T,
-                                  int64_t local_rows, int layer) const override {
-    return TransformerBlock::activation_floats(llama_block_shape(c, tp, layer), c, tp, B, T, local_rows);
+  int64_t layer_activation_bytes(const ModelConfig& c, int tp, int64_t B, int64_t T, int64_t local_rows,
+                                 int layer, kernels::Precision storage) const override {
+    return TransformerBlock::activation_bytes(llama_block_shape(c, tp, layer), c, tp, B, T, local_rows, storage);
   }
   int64_t attention_core_floats(const ModelConfig& c, int tp, int64_t B, int64_t T, int layer) const override {
     return TransformerBlock::attention_core_floats(llama_block_shape(c, tp, layer), B, T);

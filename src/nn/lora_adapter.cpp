@@ -29,7 +29,7 @@ std::optional<LoraAdapter> LoraAdapter::find(const ParameterSet& ps, const Param
   return l;
 }
 
-void LoraAdapter::down(kernels::MatmulEngine& mm, const ParameterSet& ps, float* v, const float* in,
+void LoraAdapter::down(kernels::MatmulEngine& mm, const ParameterSet& ps, float* v, kernels::ActOperand in,
                        int64_t N) const {
   mm.forward_nt(v, in, ps.data(a_), N, in_, r_);
   if (row_) tp_.allreduce_sum(v, N * r_);
@@ -37,7 +37,7 @@ void LoraAdapter::down(kernels::MatmulEngine& mm, const ParameterSet& ps, float*
 }
 
 void LoraAdapter::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, float* out, int64_t ld,
-                          const float* in, int64_t N, float* work) const {
+                          kernels::ActOperand in, int64_t N, float* work) const {
   float* v = work;           // (N, r)
   float* y = work + N * r_;  // (N, out)
   down(mm, ps, v, in, N);
@@ -47,7 +47,7 @@ void LoraAdapter::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, flo
 }
 
 void LoraAdapter::backward(kernels::MatmulEngine& mm, ParameterSet& ps, float* dinp, const float* dout,
-                           int64_t ld, const float* in, int64_t N, float* work) const {
+                           int64_t ld, kernels::ActOperand in, int64_t N, float* work) const {
   float* v = work;                 // (N, r)
   float* du = work + N * r_;       // (N, r)
   float* du_sum = du + N * r_;     // (N, r) column-parallel with tp > 1 only

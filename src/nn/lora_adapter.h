@@ -44,18 +44,18 @@ class LoraAdapter {
   int64_t work_floats(int64_t N) const { return N * (in_ + out_ + 3 * r_); }
 
   // out (N, out_width(), row stride ld) += s (in A^T) B^T; in (N, in_width()).
-  void forward(kernels::MatmulEngine& mm, const ParameterSet& params, float* out, int64_t ld, const float* in,
+  void forward(kernels::MatmulEngine& mm, const ParameterSet& params, float* out, int64_t ld, kernels::ActOperand in,
                int64_t N, float* work) const;
   // dinp (N, in_width()) += the adapter's input gradient; A's and B's gradients accumulate.
   // dout (N, out_width(), row stride ld): d loss / d out (column: this rank's columns; row: the
   // full gradient of the summed output).
   void backward(kernels::MatmulEngine& mm, ParameterSet& params, float* dinp, const float* dout, int64_t ld,
-                const float* in, int64_t N, float* work) const;
+                kernels::ActOperand in, int64_t N, float* work) const;
 
  private:
   LoraAdapter() = default;
   // v (N, r) = s in A^T, summed over tp for a row-parallel base.
-  void down(kernels::MatmulEngine& mm, const ParameterSet& params, float* v, const float* in, int64_t N) const;
+  void down(kernels::MatmulEngine& mm, const ParameterSet& params, float* v, kernels::ActOperand in, int64_t N) const;
 
   int a_ = -1, b_ = -1;
   bool row_ = false;

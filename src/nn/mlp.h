@@ -23,6 +23,7 @@
 #include "nn/moe_mlp.h"
 #include "nn/parameters.h"
 #include "nn/row_parallel_linear.h"
+#include "nn/saved_operand.h"
 #include "nn/tensor_parallel.h"
 
 namespace trident::nn {
@@ -31,7 +32,7 @@ enum class MlpActivation { kGelu, kSwiGlu };
 
 struct MlpActivations {
   FloatBuffer pre;  // (N, in width) the column-parallel output: c_fc's, or [gate | up]
-  FloatBuffer act;  // (N, I) the activation's output
+  SavedOperand act;  // (N, I) the activation's output: read by backward only as the down projection's operand
 };
 
 // The module's part of the layer's gradient scratch.
@@ -59,11 +60,12 @@ class Mlp {
   const ColumnParallelLinear* in_projection() const {
     return shared_ ? shared_->in_projection() : in_ ? &*in_ : nullptr;
   }
-  MlpActivations make_activations(MemoryTracker& tracker, int64_t N) const;
-  // Dense only: activation floats, and gradient scratch floats given the column projection's
+  // `storage`: how the activation's output is saved (saved_operand.h); pre stays fp32.
+  MlpActivations make_activations(MemoryTracker& tracker, int64_t N, kernels::Precision storage) const;
+  // Dense only: activation bytes, and gradient scratch floats given the column projection's
   // work floats, for N tokens, I = the activation's local width.
-  static int64_t activation_floats(MlpActivation act, int64_t N, int64_t I) {
-    return N * (act == MlpActivation::kSwiGlu ? 3 * I : 2 * I);
+  static int64_t activation_bytes(MlpActivation act, int64_t N, int64_t I, kernels::Precision storage) {
+    return 4 * N * (act == MlpActivation::kSwiGlu ? 2 * I : I) + SavedOperand::bytes(storage, N * I);
   }
   static int64_t scratch_floats(MlpActivation act, int64_t N, int64_t I, int64_t work) {
     return act == MlpActivation::kSwiGlu ? N * 3 * I + work : N * I + work;
@@ -72,20 +74,20 @@ class Mlp {
   // out (Nl, C) = MLP(in (N, C)) summed over tp. `moe` holds the expert activations (MoE only;
   // `a` then holds the shared experts').
   void forward(kernels::MatmulEngine& mm, const ParameterSet& params, SharedScratch& s, MlpActivations& a,
-               MoeActivations* moe, const MlpScratch& g, float* out, const float* in, int64_t B, int64_t T) const;
+               MoeActivations* moe, const MlpScratch& g, float* out, kernels::ActOperand in, int64_t B, int64_t T) const;
   // dinp (N, C) = this rank's share of d/d in (overwritten), from dout (Nl, C). Returns the
   // micro-batch's unweighted auxiliary losses (MoE; 0 otherwise).
   MoeLossSums backward(kernels::MatmulEngine& mm, ParameterSet& params, SharedScratch& s, const MlpActivations& a,
-                  const MoeActivations* moe, const MlpScratch& g, float* dinp, const float* dout, const float* in,
+                  const MoeActivations* moe, const MlpScratch& g, float* dinp, const float* dout, kernels::ActOperand in,
                   int64_t B, int64_t T, const MoeLossWeights& weights) const;
 
  private:
   // Dense SwiGLU without the region's exit (the shared experts): partial (N, C) = its partial
   // sums; backward from dfull (N, C), the gathered output gradient; dinp (N, C) overwritten.
   void swiglu_partial(kernels::MatmulEngine& mm, const ParameterSet& ps, SharedScratch& s, MlpActivations& a,
-                      const MlpScratch& g, float* partial, const float* in, int64_t N) const;
+                      const MlpScratch& g, float* partial, kernels::ActOperand in, int64_t N) const;
   void swiglu_partial_backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScratch& s, const MlpActivations& a,
-                               const MlpScratch& g, float* dinp, const float* dfull, const float* in, int64_t N) const;
+                               const MlpScratch& g, float* dinp, const float* dfull, kernels::ActOperand in, int64_t N) const;
 
   TpContext tp_;
   MlpActivation activation_ = MlpActivation::kGelu;

@@ -107,43 +107,48 @@ std::vector<int> Model::stage_run_layers() const {
   return firsts;
 }
 
-int64_t Model::activation_floats(int64_t B, int64_t T) const {
+int64_t Model::activation_bytes(int64_t B, int64_t T) const {
   const int64_t N = B * T, C = cfg_.n_embd, Nl = local_rows(N);
   const int64_t layers = stage_.layer_end - stage_.layer_begin;
   const Architecture& arch = architecture(cfg_.family);
-  // Every layer's input and the stage output (the residual stream) are always kept.
-  int64_t total = (layers + 1) * Nl * C;
+  const kernels::Precision storage = operand_storage();
+  // Every layer's input and the stage output (the residual stream) are always kept, in fp32.
+  int64_t total = 4 * (layers + 1) * Nl * C;
   for (const Architecture::LayerRun& r : arch.layer_runs(cfg_)) {
     const int lo = std::max(r.begin, stage_.layer_begin), hi = std::min(r.end, stage_.layer_end);
     if (lo >= hi) continue;
-    const int64_t layer = arch.layer_activation_floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1, lo);
+    const int64_t layer = arch.layer_activation_bytes(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1, lo, storage);
     switch (recompute_) {
       case Recompute::kNone: total += (hi - lo) * layer; break;
       case Recompute::kSelective:
-        total += (hi - lo) * (layer - arch.attention_core_floats(cfg_, tp_.size, B, T, lo));
+        total += (hi - lo) * (layer - 4 * arch.attention_core_floats(cfg_, tp_.size, B, T, lo));
         break;
-      case Recompute::kFull: break;  // the layers' working set is the model's (recompute_floats)
+      case Recompute::kFull: break;  // the layers' working set is the model's (recompute_bytes)
     }
   }
-  if (stage_.has_head) total += Nl * C + 2 * Nl + N * vocab_local_ + N;
+  if (stage_.has_head) total += 4 * (Nl * C + 2 * Nl + N * vocab_local_ + N);
   return total;
 }
 
-int64_t Model::recompute_floats(int64_t B, int64_t T) const {
+int64_t Model::recompute_bytes(int64_t B, int64_t T) const {
   if (blocks_.empty()) return 0;
   const int64_t Nl = local_rows(B * T);
   const Architecture& arch = architecture(cfg_.family);
-  int64_t floats = 0;
+  int64_t bytes = 0;
   for (const int l : stage_run_layers()) {
     switch (recompute_) {
       case Recompute::kNone: break;
       // One attention-core buffer lent to each layer in turn: the largest.
-      case Recompute::kSelective: floats = std::max(floats, arch.attention_core_floats(cfg_, tp_.size, B, T, l)); break;
+      case Recompute::kSelective:
+        bytes = std::max(bytes, 4 * arch.attention_core_floats(cfg_, tp_.size, B, T, l));
+        break;
       // One working set per kind of layer in the stage (a dense layer's lacks the experts').
-      case Recompute::kFull: floats += arch.layer_activation_floats(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1, l); break;
+      case Recompute::kFull:
+        bytes += arch.layer_activation_bytes(cfg_, tp_.size, B, T, tp_.sp() ? Nl : -1, l, operand_storage());
+        break;
     }
   }
-  return recompute_ == Recompute::kFull ? floats + Nl * cfg_.n_embd : floats;
+  return recompute_ == Recompute::kFull ? bytes + 4 * Nl * cfg_.n_embd : bytes;
 }
 
 int64_t Model::layer_scratch_floats(int64_t N) const {
@@ -171,6 +176,7 @@ ModelActivations Model::make_activations(MemoryTracker& tracker, int64_t B, int6
   ModelActivations a;
   a.B = B, a.T = T;
   a.recompute = recompute_;
+  a.storage = operand_storage();
   const auto N = static_cast<std::size_t>(B * T);
   const auto Nl = static_cast<std::size_t>(local_rows(B * T));
   const auto C = static_cast<std::size_t>(cfg_.n_embd);
@@ -180,7 +186,7 @@ ModelActivations Model::make_activations(MemoryTracker& tracker, int64_t B, int6
   for (int l = 0; l <= layers; ++l) a.residual.emplace_back(tracker, MemCategory::kActivations, Nl * C);
   for (int l = 0; l < layers && recompute_ != Recompute::kFull; ++l) {
     a.blocks.push_back(blocks_[static_cast<std::size_t>(l)]->make_activations(
-        tracker, B, T, tp_.sp() ? static_cast<int64_t>(Nl) : -1, recompute_ == Recompute::kNone));
+        tracker, B, T, tp_.sp() ? static_cast<int64_t>(Nl) : -1, recompute_ == Recompute::kNone, a.storage));
   }
   if (stage_.has_head) {
     a.lnf = FloatBuffer(tracker, MemCategory::kActivations, Nl * C);
@@ -196,9 +202,9 @@ void Model::ensure_recompute(int64_t B, int64_t T) {
   if (recompute_ == Recompute::kNone || blocks_.empty()) return;
   if (B * T <= recompute_B_ * recompute_T_ && T <= recompute_T_) return;
   TRI_CHECK(tracker_ != nullptr, "Model::allocate() must be called before running the model");
-  const auto count = static_cast<std::size_t>(recompute_floats(B, T));
   const int64_t Nl = local_rows(B * T);
   if (recompute_ == Recompute::kSelective) {
+    const auto count = static_cast<std::size_t>(recompute_bytes(B, T) / 4);
     attention_core_ = FloatBuffer(*tracker_, MemCategory::kActivations, count);
   } else {
     // Layers of a run declare the same shapes: one working set per run fits all its layers.
@@ -207,7 +213,8 @@ void Model::ensure_recompute(int64_t B, int64_t T) {
     const std::vector<int> firsts = stage_run_layers();
     for (std::size_t k = 0; k < firsts.size(); ++k) {
       const auto first = static_cast<std::size_t>(firsts[k] - stage_.layer_begin);
-      rerun_acts_.push_back(blocks_[first]->make_activations(*tracker_, B, T, tp_.sp() ? Nl : -1, true));
+      rerun_acts_.push_back(
+          blocks_[first]->make_activations(*tracker_, B, T, tp_.sp() ? Nl : -1, true, operand_storage()));
       for (std::size_t i = first; i < blocks_.size(); ++i) rerun_of_[i] = k;
     }
     rerun_out_ = FloatBuffer(*tracker_, MemCategory::kActivations, static_cast<std::size_t>(Nl * cfg_.n_embd));
@@ -223,6 +230,11 @@ void Model::check_activations(const ModelActivations& acts) const {
   TRI_CHECK(acts.recompute == recompute_,
             "activations were made for --recompute {} but the model runs --recompute {}",
             recompute_name(acts.recompute), recompute_name(recompute_));
+  TRI_CHECK(acts.storage == operand_storage(),
+            "activations were made to save matmul operands as {} but the model now saves them as {} (set the "
+            "precision before make_activations)",
+            kernels::precision_names()[static_cast<int>(acts.storage)],
+            kernels::precision_names()[static_cast<int>(operand_storage())]);
 }
 
 namespace {

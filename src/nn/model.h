@@ -52,6 +52,7 @@ struct StageSpec {
 struct ModelActivations {
   int64_t B = 0, T = 0;                  // capacity; a run may use fewer tokens
   Recompute recompute = Recompute::kNone;  // the model's mode when these were made
+  kernels::Precision storage = kernels::Precision::kFp32;  // likewise, Model::operand_storage
   std::vector<int32_t> ids, targets;     // (B, T)
   std::vector<FloatBuffer> residual;     // [layer - layer_begin] (Nl, C): input of that layer;
                                          // the last entry is the stage output
@@ -122,17 +123,22 @@ class Model {
   // The precision of every matmul of the layers and the head (kernels/matmul_engine.h).
   void set_precision(kernels::Precision p) { *matmul_ = kernels::MatmulEngine(p); }
   const kernels::MatmulEngine& matmul() const { return *matmul_; }
+  // How the activations read only as matmul operands are saved (nn/saved_operand.h): in the
+  // matmuls' 16 bits under bf16/fp16 (bitwise the same results as fp32 storage, half the
+  // bytes), fp32 under fp32. The switch (on by default) exists to check that equality.
+  void set_store_16bit_operands(bool on) { store16_ = on; }
+  kernels::Precision operand_storage() const { return store16_ ? matmul_->precision() : kernels::Precision::kFp32; }
 
   // Allocates parameters and gradients; then initialise or load them.
   void allocate(MemoryTracker& tracker);
   ModelActivations make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const;
-  // Floats make_activations allocates for one micro-batch under the recompute mode (the
-  // analytic formula of docs/memory.md).
-  int64_t activation_floats(int64_t B, int64_t T) const;
-  // Activation floats the model itself allocates once, whatever the micro-batches in flight,
+  // Bytes make_activations allocates for one micro-batch under the recompute mode and the
+  // operand storage (the analytic formula of docs/memory.md).
+  int64_t activation_bytes(int64_t B, int64_t T) const;
+  // Activation bytes the model itself allocates once, whatever the micro-batches in flight,
   // at its first forward of B*T tokens: the one attention core (selective) or the one layer
   // working set plus the rerun's (Nl, C) output (full); 0 without recompute.
-  int64_t recompute_floats(int64_t B, int64_t T) const;
+  int64_t recompute_bytes(int64_t B, int64_t T) const;
   // Floats of gradient scratch a step of N = B*T tokens allocates (residual gradient, the
   // shared and the layers' scratch, the vocab-parallel loss sums).
   int64_t workspace_floats(int64_t N) const;
@@ -186,7 +192,7 @@ class Model {
   void hook_forward(int group) { if (hooks_) hooks_->before_group_forward(group); }
   void hook_before_backward(int group) { if (hooks_) hooks_->before_group_backward(group); }
   void hook_after_backward(int group) { if (hooks_) hooks_->after_group_backward(group); }
-  // The buffers recompute_floats counts, for at least B rows of T tokens.
+  // The buffers recompute_bytes counts, for at least B rows of T tokens.
   void ensure_recompute(int64_t B, int64_t T);
   // Where layer i's forward writes what its backward reads: the micro-batch's own, or the
   // shared working set under full recompute.
@@ -220,6 +226,7 @@ class Model {
   FloatBuffer last_logits_;  // C + 2 + Vl + Vp: generation with tp
   ModelHooks* hooks_ = nullptr;
   Recompute recompute_ = Recompute::kNone;
+  bool store16_ = true;  // set_store_16bit_operands
   // Recompute's model-owned buffers (kActivations), sized for recompute_B_ x recompute_T_.
   // full: one working set per run of alike layers in the stage; rerun_of_[i] is block i's
   std::vector<std::unique_ptr<LayerActivations>> rerun_acts_;

@@ -15,11 +15,11 @@ Norm::Norm(const ParameterSet& params, const ParamDecl& weight, const ParamDecl*
 Norm::Norm(const ParameterSet& params, int weight_id, int bias_id, float eps)
     : weight_(weight_id), bias_(bias_id), C_(params.info(weight_id).numel), eps_(eps) {}
 
-NormActivations Norm::make_activations(MemoryTracker& tracker, int64_t rows) const {
+NormActivations Norm::make_activations(MemoryTracker& tracker, int64_t rows, kernels::Precision storage) const {
   const auto A = MemCategory::kActivations;
   const auto r = static_cast<std::size_t>(rows);
   NormActivations a;
-  a.out = FloatBuffer(tracker, A, r * static_cast<std::size_t>(C_));
+  a.out = SavedOperand(tracker, storage, rows * C_);
   if (has_bias()) a.mean = FloatBuffer(tracker, A, r);
   a.rstd = FloatBuffer(tracker, A, r);
   return a;

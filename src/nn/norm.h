@@ -18,13 +18,14 @@
 #include "nn/layer.h"
 #include "nn/param_decl.h"
 #include "nn/parameters.h"
+#include "nn/saved_operand.h"
 #include "nn/tensor_parallel.h"
 
 namespace trident::nn {
 
 // What a norm's forward saves: the normalised rows and the row statistics.
 struct NormActivations {
-  FloatBuffer out;   // (rows, C)
+  SavedOperand out;  // (rows, C): read by backward only as the next projection's operand
   FloatBuffer mean;  // (rows), LayerNorm only
   FloatBuffer rstd;  // (rows)
 };
@@ -46,17 +47,24 @@ class Norm {
   int64_t channels() const { return C_; }
   // Gradient floats of its parameters (C, or 2C with the bias).
   int64_t grad_floats() const { return has_bias() ? 2 * C_ : C_; }
-  NormActivations make_activations(MemoryTracker& tracker, int64_t rows) const;
-  // Floats make_activations allocates.
-  static int64_t activation_floats(bool has_bias, int64_t rows, int64_t C) {
-    return rows * (C + (has_bias ? 2 : 1));
+  // `storage`: how the output is saved (saved_operand.h); the statistics are fp32.
+  NormActivations make_activations(MemoryTracker& tracker, int64_t rows, kernels::Precision storage) const;
+  // Bytes make_activations allocates.
+  static int64_t activation_bytes(bool has_bias, int64_t rows, int64_t C, kernels::Precision storage) {
+    return SavedOperand::bytes(storage, rows * C) + 4 * rows * (has_bias ? 2 : 1);
   }
 
   // out (rows, C) = norm(x); mean (rows, LayerNorm only) and rstd (rows) saved for backward.
   void forward(const ParameterSet& params, float* out, float* mean, float* rstd, const float* x,
                int64_t rows) const;
-  void forward(const ParameterSet& params, NormActivations& a, const float* x, int64_t rows) const {
-    forward(params, a.out.data(), a.mean.data(), a.rstd.data(), x, rows);
+  // Saves into `a`; returns the fp32 output: a's own buffer, or `temp` ((rows, C) floats) when
+  // the output is saved in 16 bits.
+  const float* forward(const ParameterSet& params, NormActivations& a, const float* x, int64_t rows,
+                       float* temp) const {
+    float* out = a.out.target(temp);
+    forward(params, out, a.mean.data(), a.rstd.data(), x, rows);
+    a.out.store(out, rows * C_);
+    return out;
   }
   // dx (rows, C) += d/dx for dout = d/d(norm output); the parameter gradients accumulate into
   // `grads` (this norm's slot of a NormGrads).

@@ -21,7 +21,7 @@ RowParallelLinear::RowParallelLinear(const ParameterSet& ps, const ParamDecl& we
 }
 
 void RowParallelLinear::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, const TpContext& tp,
-                                SharedScratch& s, float* out, const float* in, int64_t N) const {
+                                SharedScratch& s, float* out, kernels::ActOperand in, int64_t N) const {
   const bool single = tp.size == 1;
   const float* bias = bias_ >= 0 ? ps.data(bias_) : nullptr;
   float* partial = tp.sp() ? s.full.data() : out;
@@ -37,20 +37,20 @@ void RowParallelLinear::forward(kernels::MatmulEngine& mm, const ParameterSet& p
 }
 
 void RowParallelLinear::forward_partial(kernels::MatmulEngine& mm, const ParameterSet& ps, SharedScratch& s,
-                                        float* partial, const float* in, int64_t N) const {
+                                        float* partial, kernels::ActOperand in, int64_t N) const {
   TRI_CHECK(bias_ < 0 && !in_out_, "a row-parallel partial product is for bias-free nn.Linear weights");
   mm.forward_nt(partial, in, ps.data(weight_), N, in_, out_);
   if (lora_) lora_->forward(mm, ps, partial, out_, in, N, s.lora.data());
 }
 
 void RowParallelLinear::backward_partial(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScratch& s,
-                                         float* dinp, const float* dfull, const float* in, int64_t N) const {
+                                         float* dinp, const float* dfull, kernels::ActOperand in, int64_t N) const {
   mm.backward_nt(dinp, frozen_ ? nullptr : ps.grad(weight_), dfull, in, ps.data(weight_), N, in_, out_);
   if (lora_) lora_->backward(mm, ps, dinp, dfull, out_, in, N, s.lora.data());
 }
 
 void RowParallelLinear::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const TpContext& tp,
-                                 SharedScratch& s, float* dinp, const float* dout, const float* in,
+                                 SharedScratch& s, float* dinp, const float* dout, kernels::ActOperand in,
                                  int64_t N) const {
   const float* dfull = tp_exit_backward(tp, dout, s.full.data(), N, out_);
   float* dweight = frozen_ ? nullptr : ps.grad(weight_);

@@ -33,19 +33,19 @@ class RowParallelLinear {
   // out (Nl, out_width) = the sum over tp of in (N, in_width) W^T, plus the bias. Under
   // sequence parallelism the partial sums go through scratch.full.
   void forward(kernels::MatmulEngine& mm, const ParameterSet& params, const TpContext& tp,
-               SharedScratch& scratch, float* out, const float* in, int64_t N) const;
+               SharedScratch& scratch, float* out, kernels::ActOperand in, int64_t N) const;
   // dinp (N, in_width) = d/d in (overwritten), from dout (Nl, out_width) = d/d out; the weight
   // and bias gradients accumulate (the bias's from every token row: complete on each rank).
   void backward(kernels::MatmulEngine& mm, ParameterSet& params, const TpContext& tp,
-                SharedScratch& scratch, float* dinp, const float* dout, const float* in, int64_t N) const;
+                SharedScratch& scratch, float* dinp, const float* dout, kernels::ActOperand in, int64_t N) const;
   // The same without the region's exit, for a module that ends one region with another's
   // partial sums (the shared experts' down projection inside the MoE's region, nn/mlp.h):
   // partial (N, out_width) = in W^T (overwritten; no bias), and backward from dfull (N,
   // out_width), the gradient already brought to every row.
   void forward_partial(kernels::MatmulEngine& mm, const ParameterSet& params, SharedScratch& scratch,
-                       float* partial, const float* in, int64_t N) const;
+                       float* partial, kernels::ActOperand in, int64_t N) const;
   void backward_partial(kernels::MatmulEngine& mm, ParameterSet& params, SharedScratch& scratch, float* dinp,
-                        const float* dfull, const float* in, int64_t N) const;
+                        const float* dfull, kernels::ActOperand in, int64_t N) const;
 
  private:
   int weight_ = -1, bias_ = -1;

@@ -51,14 +51,16 @@ TransformerBlock::TransformerBlock(const ModelConfig& cfg, const TpContext& tp, 
             "transformer block: the modules built do not match the block's declared shape");
 }
 
-int64_t TransformerBlock::activation_floats(const BlockShape& s, const ModelConfig& cfg, int tp, int64_t B,
-                                            int64_t T, int64_t local_rows) {
+int64_t TransformerBlock::activation_bytes(const BlockShape& s, const ModelConfig& cfg, int tp, int64_t B,
+                                           int64_t T, int64_t local_rows, kernels::Precision storage) {
   const int64_t N = B * T, Nl = local_rows < 0 ? N : local_rows;
-  const int64_t mlp = (s.moe ? MoeActivations::floats(cfg, tp, N) : 0) +
-                      (!s.moe || s.shared_experts ? Mlp::activation_floats(s.activation, N, s.I) : 0);
-  // norm1, h, norm2 on Nl rows; qkv, atty, the core and the MLP's on N rows.
-  return 2 * Norm::activation_floats(s.norm_bias, Nl, s.C) + Nl * s.C + Attention::activation_floats(s.heads, B, T) +
-         mlp;
+  const int64_t mlp = (s.moe ? 4 * MoeActivations::floats(cfg, tp, N) : 0) +
+                      (!s.moe || s.shared_experts ? Mlp::activation_bytes(s.activation, N, s.I, storage) : 0);
+  // norm1, h, norm2 on Nl rows; qkv, atty, the core and the MLP's on N rows. A MoE block's
+  // norm2 output stays fp32: the (fp32) router's weight gradient reads it as values.
+  return Norm::activation_bytes(s.norm_bias, Nl, s.C, storage) +
+         Norm::activation_bytes(s.norm_bias, Nl, s.C, s.moe ? kernels::Precision::kFp32 : storage) + 4 * Nl * s.C +
+         Attention::activation_bytes(s.heads, B, T, storage) + mlp;
 }
 
 int64_t TransformerBlock::scratch_floats(const BlockShape& s, int64_t N) {
@@ -90,15 +92,16 @@ TransformerBlock::Scratch TransformerBlock::carve(SharedScratch& s, int64_t N) c
 
 std::unique_ptr<LayerActivations> TransformerBlock::make_activations(MemoryTracker& tracker, int64_t B, int64_t T,
                                                                      int64_t local_rows,
-                                                                     bool save_attention_core) const {
+                                                                     bool save_attention_core,
+                                                                     kernels::Precision storage) const {
   const int64_t N = B * T, Nl = local_rows < 0 ? N : local_rows;
   auto a = std::make_unique<BlockActivations>();
-  a->norm1 = norm1_.make_activations(tracker, Nl);
-  a->attn = attn_.make_activations(tracker, B, T, save_attention_core);
+  a->norm1 = norm1_.make_activations(tracker, Nl, storage);
+  a->attn = attn_.make_activations(tracker, B, T, save_attention_core, storage);
   a->h = FloatBuffer(tracker, MemCategory::kActivations, static_cast<std::size_t>(Nl * shape_.C));
-  a->norm2 = norm2_.make_activations(tracker, Nl);
+  a->norm2 = norm2_.make_activations(tracker, Nl, mlp_.is_moe() ? kernels::Precision::kFp32 : storage);
   if (mlp_.is_moe()) a->moe = std::make_unique<MoeActivations>(tracker, cfg_, tp_.size, N);
-  a->mlp = mlp_.make_activations(tracker, N);  // dense, or the shared experts' (none: empty)
+  a->mlp = mlp_.make_activations(tracker, N, storage);  // dense, or the shared experts' (none: empty)
   return a;
 }
 
@@ -108,17 +111,29 @@ void TransformerBlock::recompute_attention_core(LayerActivations& acts, int64_t 
   attn_.recompute_core(static_cast<BlockActivations&>(acts).attn, carve(s, B * T).attn.datty, B, T);
 }
 
+kernels::ActOperand TransformerBlock::region_input(const NormActivations& a, const float* out, SharedScratch& s,
+                                                  int64_t N) const {
+  const int64_t C = shape_.C;
+  if (!tp_.sp()) return a.out.operand();
+  // Sequence parallelism gathers fp32 rows (16-bit ones widened first, exactly; the engine
+  // rounds them back to the same bits): backward widens into dln_local, free until the
+  // region's reduce-scatter writes it.
+  if (out == nullptr) out = a.out.values(s.dln_local.data(), tp_.local_rows(N) * C);
+  tp_.gather_rows(out, s.gathered.data(), N, C);
+  return s.gathered.data();
+}
+
 void TransformerBlock::forward(ParameterSet& ps, LayerActivations& acts, float* out, const float* x, int64_t B,
                                int64_t T, SharedScratch& s) const {
   auto& a = static_cast<BlockActivations&>(acts);
   const int64_t N = B * T, Nl = tp_.local_rows(N), C = shape_.C;
   const Scratch g = carve(s, N);
-  norm1_.forward(ps, a.norm1, x, Nl);
-  const float* in = tp_enter(tp_, a.norm1.out.data(), s.gathered.data(), N, C);
-  attn_.forward(s.mm(), ps, s, a.attn, g.attn, a.h.data(), in, B, T);
+  // A norm's fp32 output goes through dln (free until backward) when saved in 16 bits.
+  const float* n1 = norm1_.forward(ps, a.norm1, x, Nl, s.dln.data());
+  attn_.forward(s.mm(), ps, s, a.attn, g.attn, a.h.data(), region_input(a.norm1, n1, s, N), B, T);
   kernels::accumulate(a.h.data(), x, Nl * C);
-  norm2_.forward(ps, a.norm2, a.h.data(), Nl);
-  in = tp_enter(tp_, a.norm2.out.data(), s.gathered.data(), N, C);
+  const float* n2 = norm2_.forward(ps, a.norm2, a.h.data(), Nl, s.dln.data());
+  const kernels::ActOperand in = region_input(a.norm2, n2, s, N);
   mlp_.forward(s.mm(), ps, s, a.mlp, a.moe.get(), g.mlp, out, in, B, T);
   kernels::accumulate(out, a.h.data(), Nl * C);
 }
@@ -131,7 +146,7 @@ void TransformerBlock::backward(ParameterSet& ps, const LayerActivations& acts, 
   NormGrads norm_grads(tp_, s, ps, {&norm2_, &norm1_});
   // MLP: dres is d/d out and, through the residual, the direct part of d/d h. The norm's
   // output is re-gathered (sequence parallelism saves only this rank's rows).
-  const float* in = tp_enter(tp_, a.norm2.out.data(), s.gathered.data(), N, C);
+  kernels::ActOperand in = region_input(a.norm2, nullptr, s, N);
   moe_loss_sums_ += mlp_.backward(s.mm(), ps, s, a.mlp, a.moe.get(), g.mlp, s.dln.data(), dres, in, B, T, moe_weights_);
   if (a.moe) {  // this micro-batch's tokens per expert, for the metrics' expert_load
     expert_load_.resize(static_cast<std::size_t>(cfg_.n_experts), 0);
@@ -141,7 +156,7 @@ void TransformerBlock::backward(ParameterSet& ps, const LayerActivations& acts, 
   const float* dn = tp_enter_backward(tp_, s.dln.data(), s.dln_local.data(), N, C);
   norm2_.backward(ps, norm_grads.slot(0), dres, dn, a.norm2, a.h.data(), Nl);
   // Attention: dres is now d/d h.
-  in = tp_enter(tp_, a.norm1.out.data(), s.gathered.data(), N, C);
+  in = region_input(a.norm1, nullptr, s, N);
   attn_.backward(s.mm(), ps, s, a.attn, g.attn, s.dln.data(), dres, in, B, T);
   dn = tp_enter_backward(tp_, s.dln.data(), s.dln_local.data(), N, C);
   norm1_.backward(ps, norm_grads.slot(1), dres, dn, a.norm1, x, Nl);

@@ -36,10 +36,10 @@ namespace trident::nn {
 // What one block saves for its backward, for one micro-batch; Nl = the rows this rank holds of
 // the residual stream (N without sequence parallelism).
 struct BlockActivations final : LayerActivations {
-  NormActivations norm1;       // (Nl, C) and row statistics
-  AttentionActivations attn;   // qkv (N, QKV), att (B, NH, T, T), atty (N, Q)
+  NormActivations norm1;       // (Nl, C) and row statistics; fp32 or 16 bits (saved_operand.h)
+  AttentionActivations attn;   // qkv (N, QKV), att (B, NH, T, T), atty (N, Q; fp32 or 16 bits)
   FloatBuffer h;               // (Nl, C) x + attention output
-  NormActivations norm2;       // (Nl, C) and row statistics
+  NormActivations norm2;       // (Nl, C) and row statistics; fp32 for MoE (its router reads values)
   MlpActivations mlp;          // dense MLP or shared experts only: (N, in width), (N, I)
   std::unique_ptr<MoeActivations> moe;  // mixture-of-experts MLP only
   FloatBuffer& attention_core() override { return attn.att; }
@@ -66,17 +66,19 @@ class TransformerBlock : public Layer {
   TransformerBlock(const ModelConfig& cfg, const TpContext& tp, BlockShape shape, Norm norm1, Attention attn,
                    Norm norm2, Mlp mlp);
 
-  // Floats one block's activations take (the analytic formula of docs/memory.md), the
-  // attention core's share of them, and the block's gradient scratch for N tokens.
-  static int64_t activation_floats(const BlockShape& s, const ModelConfig& cfg, int tp, int64_t B, int64_t T,
-                                   int64_t local_rows);
+  // Bytes one block's activations take with matmul operands saved as `storage` (the analytic
+  // formula of docs/memory.md), the attention core's floats (fp32 in every precision), and the
+  // block's gradient scratch floats for N tokens.
+  static int64_t activation_bytes(const BlockShape& s, const ModelConfig& cfg, int tp, int64_t B, int64_t T,
+                                  int64_t local_rows, kernels::Precision storage);
   static int64_t attention_core_floats(const BlockShape& s, int64_t B, int64_t T) {
     return Attention::core_floats(s.heads, B, T);
   }
   static int64_t scratch_floats(const BlockShape& s, int64_t N);
 
   std::unique_ptr<LayerActivations> make_activations(MemoryTracker& tracker, int64_t B, int64_t T,
-                                                     int64_t local_rows, bool save_attention_core) const override;
+                                                     int64_t local_rows, bool save_attention_core,
+                                                     kernels::Precision storage) const override;
   void forward(ParameterSet& params, LayerActivations& acts, float* out, const float* x, int64_t B, int64_t T,
                SharedScratch& scratch) const override;
   void backward(ParameterSet& params, const LayerActivations& acts, SharedScratch& scratch, float* dres,
@@ -91,6 +93,9 @@ class TransformerBlock : public Layer {
  private:
   struct Scratch;  // the carved SharedScratch::layer
   Scratch carve(SharedScratch& s, int64_t N) const;
+  // The region's input (N, C) from a norm's saved output: forward from its fp32 values `out`,
+  // backward (out null) from what was saved; gathered under sequence parallelism.
+  kernels::ActOperand region_input(const NormActivations& a, const float* out, SharedScratch& s, int64_t N) const;
 
   ModelConfig cfg_;
   TpContext tp_;

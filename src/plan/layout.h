@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/matmul_engine.h"
 #include "nn/model_config.h"
 #include "nn/recompute.h"
 #include "parallel/pipeline/schedule.h"
@@ -47,6 +48,8 @@ struct PlanRequest {
   int micro_batches = 0;   // 0: try every divisor of the per-dp-rank batch
   bool sequence_parallel = false;
   nn::Recompute recompute = nn::Recompute::kNone;  // activation recomputation (memory)
+  // --precision: bf16/fp16 save the matmul-only activations in 16 bits (nn/saved_operand.h).
+  kernels::Precision precision = kernels::Precision::kFp32;
   double bucket_mb = 25.0;       // DDP/ZeRO bucket size (working-set memory)
   // --offload optimizer: the AdamW moments on disk, three staging blocks of both in memory
   // per model chunk (optim/moment_store.h). offload_optimizer: every layout offloads;

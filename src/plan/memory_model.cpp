@@ -64,7 +64,7 @@ std::unique_ptr<nn::TensorParallelComm> make_null_tp_comm(int rank, int size) {
 }
 
 RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout, int rank,
-                             nn::Recompute recompute) {
+                             nn::Recompute recompute, kernels::Precision precision) {
   RankChunks rc;
   rc.tp_comm = make_null_tp_comm(0, layout.tp);
   // Expert parallelism: ep rank 0's experts (every ep rank holds as many), no exchange needed
@@ -75,6 +75,7 @@ RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout,
   for (int c = 0; c < layout.virtual_stages; ++c) {
     rc.chunks.push_back(std::make_unique<nn::Model>(model, tp, part.chunk(rank, c)));
     rc.chunks.back()->set_recompute(recompute);
+    rc.chunks.back()->set_precision(precision);
   }
   return rc;
 }
@@ -108,11 +109,11 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
   const double bucket_elems = req.bucket_mb * 1024.0 * 1024.0 / 4.0;
   MemoryPrediction out;
   for (int r = 0; r < l.pp; ++r) {
-    RankChunks rc = build_rank_chunks(m, l, r, req.recompute);
+    RankChunks rc = build_rank_chunks(m, l, r, req.recompute, req.precision);
     const std::vector<int> live =
         l.pp > 1 ? peak_live_per_chunk(spec, r) : std::vector<int>(static_cast<std::size_t>(l.virtual_stages), 1);
     int64_t psi = 0, expert_psi = 0, max_param = 0, max_group = 0;
-    double act_floats = 0, work_floats = 0;
+    double act_bytes = 0, work_floats = 0;
     for (std::size_t c = 0; c < rc.chunks.size(); ++c) {
       const nn::Model& g = *rc.chunks[c];
       const nn::ParameterSet& ps = g.params();
@@ -125,15 +126,15 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
         max_group = std::max(max_group, ps.group_end(gi) - ps.group_begin(gi));
       }
       // Each live micro-batch's own, plus what the chunk's model holds once (recompute).
-      act_floats += static_cast<double>(live[c]) * static_cast<double>(g.activation_floats(B, T)) +
-                    static_cast<double>(g.recompute_floats(B, T));
+      act_bytes += static_cast<double>(live[c]) * static_cast<double>(g.activation_bytes(B, T)) +
+                    static_cast<double>(g.recompute_bytes(B, T));
       // The MoE layers' token-exchange buffers (ep > 1), in each layer's activations: per live
       // micro-batch and layer, or in the one rerun layer's under full recompute.
       const nn::StageSpec& st = g.stage();
       const int moe = moe_layer_count(m, st.layer_begin, st.layer_end);
       const double exchange = static_cast<double>(nn::moe_exchange_buffer_floats(m, l.ep, N));
-      act_floats += req.recompute == nn::Recompute::kFull ? (moe > 0 ? exchange : 0.0)
-                                                          : static_cast<double>(live[c]) * moe * exchange;
+      act_bytes += 4 * (req.recompute == nn::Recompute::kFull ? (moe > 0 ? exchange : 0.0)
+                                                              : static_cast<double>(live[c]) * moe * exchange);
       // Model::ensure_scratch: residual grad, shared and layer scratch, vocab-parallel sums.
       double w = static_cast<double>(g.workspace_floats(N));
       // DataParallel's scratch copy of the tied embedding gradient (ZeRO 0/1, embedding and head on
@@ -158,7 +159,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       mb.offloaded = mb.optimizer;
       mb.optimizer = 6.0 * req.offload_block_bytes * static_cast<double>(rc.chunks.size());
     }
-    mb.activations = 4 * act_floats;
+    mb.activations = act_bytes;
     mb.workspace = 4 * work_floats;
     out.by_pp_rank.push_back(mb);
     out.params_by_pp_rank.push_back(psi);

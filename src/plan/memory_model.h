@@ -7,10 +7,10 @@
 // staging blocks of both moments, 6 x block bytes, per model chunk resident)
 // plus the step's working sets (ZeRO-2/3: two gradient buckets in flight; ZeRO-3: the gathered
 // values of the current and the prefetched layer group). Activations: the model's own formula
-// (nn::Model::activation_floats, under the request's recompute mode) per micro-batch and
+// (nn::Model::activation_bytes, under the request's recompute mode and precision) per micro-batch and
 // chunk, times the most micro-batches the schedule holds live on that chunk (GPipe: M; 1F1B:
 // min(pp - rank, M)), plus the chunk's one recompute working set
-// (nn::Model::recompute_floats); workspace: the
+// (nn::Model::recompute_bytes); workspace: the
 // backward scratch each chunk allocates. The counts come from constructing the same nn::Model
 // objects the engine builds (construction allocates nothing). Expert parallelism (ep > 1):
 // each rank holds E / ep experts of every MoE layer, and each MoE layer's activations add its
@@ -60,7 +60,7 @@ struct RankChunks {
   std::vector<std::unique_ptr<nn::Model>> chunks;
 };
 RankChunks build_rank_chunks(const nn::ModelConfig& model, const Layout& layout, int rank,
-                             nn::Recompute recompute = nn::Recompute::kNone);
+                             nn::Recompute recompute = nn::Recompute::kNone, kernels::Precision precision = kernels::Precision::kFp32);
 
 // A TensorParallelComm that moves nothing (all_gather/reduce_scatter copy this rank's own
 // chunk): for counting parameters and timing one rank's compute of a tp slice.

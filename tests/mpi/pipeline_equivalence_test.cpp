@@ -188,8 +188,8 @@ void run_case(comm::Communicator& world, const Case& cs) {
   if (cs.kind != ScheduleKind::kInterleaved) {
     EXPECT_EQ(exec.pool_size(0), expected);
     EXPECT_EQ(tracker.peak(MemCategory::kActivations),
-              static_cast<std::size_t>(expected * chunks[0]->activation_floats(kB, kT) +
-                                       chunks[0]->recompute_floats(kB, kT)) * sizeof(float));
+              static_cast<std::size_t>(expected * chunks[0]->activation_bytes(kB, kT) +
+                                       chunks[0]->recompute_bytes(kB, kT)));
   }
 }
 

@@ -148,7 +148,7 @@ void check_block(const nn::ModelConfig& cfg, bool sp) {
   init_params(rps), init_params(tps);
 
   const std::vector<float> x = randn(1, N * C), dout = randn(2, N * C);
-  const auto racts = rblock->make_activations(tracker, B, T, -1, true);
+  const auto racts = rblock->make_activations(tracker, B, T, -1, true, kernels::Precision::kFp32);
   nn::SharedScratch rscratch(tracker, N, C, arch.layer_scratch_floats(cfg, 1, N, 0));
   std::vector<float> rout(static_cast<std::size_t>(N * C)), rdx = dout;
   rblock->forward(rps, *racts, rout.data(), x.data(), B, T, rscratch);
@@ -159,7 +159,7 @@ void check_block(const nn::ModelConfig& cfg, bool sp) {
 
   const nn::RowSplit rows = sp ? ctx.rows(N) : nn::RowSplit{0, N, {}};
   const int64_t Nl = rows.count, off = rows.begin * C;
-  const auto tacts = tblock->make_activations(tracker, B, T, sp ? Nl : -1, true);
+  const auto tacts = tblock->make_activations(tracker, B, T, sp ? Nl : -1, true, kernels::Precision::kFp32);
   nn::SharedScratch tscratch(tracker, N, C, arch.layer_scratch_floats(cfg, tp_size(), N, 0), sp ? Nl : -1);
   std::vector<float> tx(x.begin() + off, x.begin() + off + Nl * C);
   std::vector<float> tout(static_cast<std::size_t>(Nl * C));
@@ -344,10 +344,10 @@ TEST(TensorParallel, ActivationFloatsMatchTheAllocationAndShrinkWithSequencePara
     nn::Model tp(cfg, tp_ctx(sp));
     nn::ModelActivations a = tp.make_activations(tracker, B, T);
     EXPECT_EQ(tracker.current(MemCategory::kActivations),
-              static_cast<std::size_t>(tp.activation_floats(B, T)) * sizeof(float));
+              static_cast<std::size_t>(tp.activation_bytes(B, T)));
   }
   nn::Model plain(cfg, tp_ctx(false)), seq(cfg, tp_ctx(true));
-  EXPECT_LT(seq.activation_floats(B, T), plain.activation_floats(B, T));
+  EXPECT_LT(seq.activation_bytes(B, T), plain.activation_bytes(B, T));
 }
 
 // ---------------------------------------------------------------- bad input

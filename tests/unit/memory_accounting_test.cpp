@@ -110,8 +110,8 @@ TEST(MemoryAccounting, FormulaMatchesPresetsInDocs) {
   EXPECT_EQ(analytic_activation_bytes(4, 256, 384, 6, 6, small.padded_vocab()), 398045184.0);
   EXPECT_EQ(analytic_activation_bytes(4, 256, 768, 12, 12, gpt2.padded_vocab()), 967520256.0);
   // And the model sizes its buffers the same way (no allocation needed to check).
-  EXPECT_EQ(4.0 * static_cast<double>(nn::Model(small).activation_floats(4, 256)), 398045184.0);
-  EXPECT_EQ(4.0 * static_cast<double>(nn::Model(gpt2).activation_floats(4, 256)), 967520256.0);
+  EXPECT_EQ(static_cast<double>(nn::Model(small).activation_bytes(4, 256)), 398045184.0);
+  EXPECT_EQ(static_cast<double>(nn::Model(gpt2).activation_bytes(4, 256)), 967520256.0);
 }
 
 }  // namespace

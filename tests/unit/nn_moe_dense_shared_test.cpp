@@ -94,7 +94,7 @@ TEST(MoeDenseShared, ActivationFloatsMatchTheTrackerPerStage) {
     m.allocate(tracker);
     const std::size_t before = tracker.current(MemCategory::kActivations);
     ModelActivations acts = m.make_activations(tracker, B, T);
-    EXPECT_EQ(tracker.current(MemCategory::kActivations) - before, 4 * static_cast<std::size_t>(m.activation_floats(B, T)))
+    EXPECT_EQ(tracker.current(MemCategory::kActivations) - before, static_cast<std::size_t>(m.activation_bytes(B, T)))
         << "layers [" << begin << ", " << end << ")";
   }
 }

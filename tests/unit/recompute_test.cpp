@@ -26,7 +26,7 @@ struct Result {
   std::vector<float> grads;
   std::vector<double> losses;
   std::size_t activation_bytes = 0;
-  int64_t per_micro_floats = 0, once_floats = 0;
+  int64_t per_micro_bytes = 0, once_bytes = 0;
 };
 
 // A preset, or "mixtral-tiny-dense-shared": mixtral-tiny with layer 0 dense and one shared
@@ -69,8 +69,8 @@ Result run(const std::string& preset, nn::Recompute mode) {
   const nn::ParameterSet& ps = model.params();
   r.grads.assign(ps.grads().data(), ps.grads().data() + ps.total_numel());
   r.activation_bytes = tracker.current(MemCategory::kActivations);
-  r.per_micro_floats = model.activation_floats(kB, kT);
-  r.once_floats = model.recompute_floats(kB, kT);
+  r.per_micro_bytes = model.activation_bytes(kB, kT);
+  r.once_bytes = model.recompute_bytes(kB, kT);
   return r;
 }
 
@@ -92,7 +92,7 @@ TEST_P(Recompute, TrackerMatchesFormula) {
   for (nn::Recompute mode : {nn::Recompute::kNone, nn::Recompute::kSelective, nn::Recompute::kFull}) {
     const Result r = run(GetParam(), mode);
     // Every micro-batch's own activations plus the model's one recompute working set.
-    EXPECT_EQ(r.activation_bytes, 4 * static_cast<std::size_t>(kMicro * r.per_micro_floats + r.once_floats))
+    EXPECT_EQ(r.activation_bytes, static_cast<std::size_t>(kMicro * r.per_micro_bytes + r.once_bytes))
         << nn::recompute_name(mode);
   }
 }
@@ -111,14 +111,14 @@ TEST(RecomputeFormula, Gpt2AsDocumented) {
   const int64_t B = 4, T = 256, N = B * T, C = c.n_embd, NH = c.n_head, L = c.n_layer;
   const int64_t head = 2 * N * C + 3 * N + N * c.padded_vocab(), core = B * NH * T * T;
   nn::Model m(c);
-  EXPECT_EQ(m.activation_floats(B, T), L * (N * (16 * C + 4) + core) + head);
-  EXPECT_EQ(m.recompute_floats(B, T), 0);
+  EXPECT_EQ(m.activation_bytes(B, T), 4 * (L * (N * (16 * C + 4) + core) + head));
+  EXPECT_EQ(m.recompute_bytes(B, T), 4 * (0));
   m.set_recompute(nn::Recompute::kSelective);
-  EXPECT_EQ(m.activation_floats(B, T), L * N * (16 * C + 4) + head);
-  EXPECT_EQ(m.recompute_floats(B, T), core);
+  EXPECT_EQ(m.activation_bytes(B, T), 4 * (L * N * (16 * C + 4) + head));
+  EXPECT_EQ(m.recompute_bytes(B, T), 4 * (core));
   m.set_recompute(nn::Recompute::kFull);
-  EXPECT_EQ(m.activation_floats(B, T), L * N * C + head);
-  EXPECT_EQ(m.recompute_floats(B, T), N * (15 * C + 4) + core + N * C);
+  EXPECT_EQ(m.activation_bytes(B, T), 4 * (L * N * C + head));
+  EXPECT_EQ(m.recompute_bytes(B, T), 4 * (N * (15 * C + 4) + core + N * C));
 }
 
 TEST(RecomputeFormula, ActivationsOfAnotherModeAreRejected) {
