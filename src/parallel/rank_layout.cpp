@@ -57,6 +57,11 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     ep_comm_ = std::make_unique<CommExpertParallel>(mesh_.ep());
     tp.ep = make_ep_context(*ep_comm_);
   }
+  // Checked here, on the run's final options (a resume restores --zero from its checkpoint).
+  TRI_CHECK(!options_.offload.params() || options_.zero == 3,
+            "--offload optimizer+params offloads ZeRO-3's parameter shards (as DeepSpeed's offload_param, "
+            "which also needs stage 3): add --zero 3 (this run has --zero {}), or use --offload optimizer",
+            options_.zero);
   // Pipeline parallelism: this rank's chunks of the layer stack (V of them when interleaved).
   const int V = shape.pp > 1 ? options_.virtual_stages : 1;
   std::vector<nn::StageSpec> stages{nn::StageSpec{}};
@@ -120,6 +125,7 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
         optim::make_moment_store(tracker_, optim::AdamW::moment_count(c.model->params(), owned),
                                  options_.offload, mesh_.rank(),
                                  static_cast<int>(chunks_.size())));
+    if (options_.offload.params()) c.dp->attach_value_store(c.adamw->moments());
     if (config_.packed_base()) {
       c.packed = std::make_unique<quant::PackedBase>(c.model->params(), tracker_);
       c.packed->set_inner(c.dp.get());
@@ -215,7 +221,9 @@ std::string RankLayout::describe() const {
   }
   if (options_.grad_reduce_dtype == GradReduceDType::kBf16) text += "; gradient sums in bf16";
   if (options_.offload.optimizer() && !chunks_.empty()) {
-    text += "; AdamW moments " + chunks_.front().adamw->moments().describe();
+    text += std::string(options_.offload.params() ? "; AdamW moments and ZeRO-3 parameter shard "
+                                                  : "; AdamW moments ") +
+            chunks_.front().adamw->moments().describe();
   }
   if (!partition_text_.empty()) text += "\n" + partition_text_;
   return text;

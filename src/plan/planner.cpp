@@ -22,7 +22,8 @@ PlanRow predict_layout(const PlanRequest& req, const Layout& l, ComputeModel& co
   PlanRow row;
   row.layout = l;
   row.layout.offload = l.offload || req.offload_optimizer;
-  row.memory = predict_memory(req, l);
+  row.layout.offload_params = row.layout.offload && l.zero >= 3 && (l.offload_params || req.offload_params);
+  row.memory = predict_memory(req, row.layout);
   row.step = predict_step(req, l, compute, machine);
   row.fits = req.memory_per_rank <= 0 || row.memory.worst().total() <= req.memory_per_rank;
   return row;
@@ -43,6 +44,12 @@ Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel
       offloaded.offload = true;
       PlanRow off = predict_layout(req, offloaded, compute, machine);
       if (off.memory.worst().total() < row.memory.worst().total()) row = std::move(off);
+      // Still too big at ZeRO 3: the parameter shard to disk as well (the slowest way to fit).
+      if (!row.fits && c.layout.zero >= 3) {
+        offloaded.offload_params = true;
+        PlanRow params = predict_layout(req, offloaded, compute, machine);
+        if (params.memory.worst().total() < row.memory.worst().total()) row = std::move(params);
+      }
     }
     plan.rows.push_back(row);
   }

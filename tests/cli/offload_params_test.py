@@ -1,0 +1,179 @@
+"""--offload optimizer+params against --offload none, end to end (issue 14, parameter offload on top
+of ZeRO-3): at the same layout the two runs give bitwise the same per-step losses and grad norms,
+the same final weights and the same optimizer.safetensors. The parameter shard then lives in the
+offload file with the moments (a third part of each 16 KiB block), each group's slice is read from
+it before the group's gather (the one after next read ahead), and the update streams it with the
+moments; nothing of that may change a bit. Layouts (tiny, 3 steps): dp2 ZeRO 3; dp2 ZeRO 3 with
+bf16 matmuls, full recompute (the rerun gathers again) and two micro-batches; dp2 x pp2 1F1B ZeRO 3;
+dp2 x tp2 ZeRO 3. Then, at dp2 ZeRO 3:
+- the accounting: memory.offloaded holds the moments and the values (12 bytes per shard element),
+  the resident optimizer_state the three staging blocks of three parts, and the resident
+  parameters' peak falls by the shard (4 bytes per shard element) less the slices in flight
+  against --offload none;
+- resume crosses modes both ways (optimizer+params stopped at step 2 resumed with none, and the
+  reverse) and ends bitwise where the uninterrupted run ends: checkpoints are streamed from the
+  offload file and filled back into it;
+- bad input: optimizer+params without --zero 3 (one message saying to add it), a full disk (a
+  256 KiB tmpfs), and a file-size limit (ulimit -f 8 MiB) below the offload file (EFBIG, not a
+  silent SIGXFSZ kill), each one clear error before any step, and the checkpoint the limited run
+  resumed from still resumes.
+
+Planted bugs seen failing (then removed): the prefetch's slack inside the first page dropped
+(FilePrefetch's skip_ forced to 0) fails every equivalence row and the resumes; the update's write
+of the values part left out (two parts written back instead of three) fails them too."""
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (check, finish, mpirun, read_metrics, run, synthetic_tokens, trident,  # noqa: E402
+                     write_shard)
+import safetensors_stdlib as st  # noqa: E402
+
+STEPS = 3
+BATCH, SEQ, VOCAB = 8, 32, 1000
+N_ALLOCATED = 135744 + 24 * 32  # tiny: logical parameters + padded vocabulary rows
+BLOCK_KIB = 16
+ZERO3 = ["--dp", "2", "--zero", "3"]
+
+LAYOUTS = [
+    ("dp2_zero3", 2, ZERO3),
+    ("dp2_zero3_bf16_full", 2, ZERO3 + ["--precision", "bf16", "--recompute", "full", "--micro-batches", "2"]),
+    ("dp2_pp2_zero3_1f1b", 4, ZERO3 + ["--pp", "2", "--schedule", "1f1b", "--micro-batches", "2"]),
+    ("dp2_tp2_zero3", 4, ZERO3 + ["--tp", "2"]),
+]
+
+
+def launch(T, ranks):
+    return [T] if ranks == 1 else [mpirun(), "-n", str(ranks), T]
+
+
+def result(d, tag, steps=STEPS):
+    metrics = read_metrics(f"{d}/{tag}.jsonl")
+    step_dir = f"{d}/{tag}/step_{steps:08d}"
+    return ([(m["loss"], m["grad_norm"]) for m in metrics], st.load(f"{step_dir}/model.safetensors"),
+            st.load(f"{step_dir}/optimizer.safetensors"), metrics)
+
+
+def same_run(name, a, b):
+    check(f"{name}: losses and grad norms bitwise", a[0] == b[0], f"{a[0]} vs {b[0]}")
+    check(f"{name}: final weights bitwise", a[1] == b[1], "max |diff| %g at %s" % st.max_abs_diff(a[1], b[1]))
+    check(f"{name}: AdamW moments bitwise", a[2] == b[2], "max |diff| %g at %s" % st.max_abs_diff(a[2], b[2]))
+
+
+def fails_clearly(name, cmd, needle):
+    rc, _, err = run(cmd)
+    check(f"{name}: non-zero exit", rc != 0, f"rc={rc}")
+    check(f"{name}: names the problem ({needle!r})", needle in err, err.strip()[-600:])
+    check(f"{name}: before any step", "step 1/" not in err and "step 3/" not in err, err.strip()[-300:])
+    return err
+
+
+def main():
+    T = trident(sys.argv[1])
+    env = {"TRIDENT_COMM_TIMEOUT": "120"}
+    with tempfile.TemporaryDirectory() as d:
+        write_shard(f"{d}/syn_train.bin", synthetic_tokens(20000, VOCAB, 11))
+        write_shard(f"{d}/syn_val.bin", synthetic_tokens(3000, VOCAB, 12))
+        off = f"{d}/offload"
+        os.makedirs(off)
+        common = ["train", "--model", "tiny", "--data", f"{d}/syn", "--batch-size", str(BATCH), "--seq-len",
+                  str(SEQ), "--lr", "3e-3", "--lr-schedule", "constant", "--eval-every", "0", "--seed", "5",
+                  "--log-every", "100"]
+        offload = ["--offload", "optimizer+params", "--offload-dir", off, "--offload-block-kib", str(BLOCK_KIB)]
+        modes = {"none": ["--offload", "none"], "params": offload}
+
+        # 1. Equivalence at every layout.
+        only = os.environ.get("TRIDENT_OFFLOAD_ONLY")  # a layout name, or "none" for the rest only
+        for name, ranks, flags in LAYOUTS:
+            if only and only != name:
+                continue
+            res = {}
+            for mode, extra in modes.items():
+                tag = f"{name}_{mode}"
+                cmd = launch(T, ranks) + common + flags + extra + [
+                    "--steps", str(STEPS), "--ckpt-dir", f"{d}/{tag}", "--metrics", f"{d}/{tag}.jsonl"]
+                rc, _, err = run(cmd, env=env)
+                check(f"{tag} runs", rc == 0, f"rc={rc}: {err.strip()[-1500:]}" if rc else "")
+                if rc == 0:
+                    res[mode] = result(d, tag)
+                if mode == "params" and rc == 0:
+                    check(f"{tag}: the start-up line says the shard is offloaded",
+                          "parameter shard offloaded to" in err, err[-800:])
+            if len(res) == 2:
+                same_run(name, res["none"], res["params"])
+            check(f"{name}: offload files removed at exit", os.listdir(off) == [], str(os.listdir(off)))
+            if name == "dp2_zero3" and len(res) == 2:
+                shard = N_ALLOCATED // 2  # rank 0's (the count is even)
+                mem, none_mem = res["params"][3][-1]["memory"], res["none"][3][-1]["memory"]
+                check("dp2_zero3: memory.offloaded is the moments and the values (12 bytes per shard element)",
+                      mem["offloaded"] == 12 * shard, str(mem))
+                check("dp2_zero3: resident optimizer_state is three staging blocks of three parts",
+                      mem["optimizer_state"] == 3 * 3 * BLOCK_KIB * 1024, str(mem))
+                # Peaks (the metrics' memory): none holds the shard plus the gathered groups; this
+                # mode the gathered groups plus at most two slices read, each at most the largest
+                # group's (the embeddings: (1024 + 64) x 32 floats) half, widened by a page at each end.
+                slice_bytes = 4 * (1024 + 64) * 32 // 2 + 2 * 4096
+                drop = none_mem["parameters"] - mem["parameters"]
+                check("dp2_zero3: resident parameters fall by the shard less at most two slices in flight",
+                      4 * shard - 2 * slice_bytes <= drop <= 4 * shard, f"{drop}: {none_mem} vs {mem}")
+                check("dp2_zero3: the resident total falls by at least the moments less the staging",
+                      none_mem["total"] - mem["total"] >= 8 * shard - 3 * 3 * BLOCK_KIB * 1024, f"{none_mem} vs {mem}")
+
+        # 2. Resume across modes at dp2 ZeRO 3 (4 steps; the reference runs them without offload).
+        run2 = launch(T, 2)
+        rc, _, err = run(run2 + common + ZERO3 + ["--steps", "4", "--ckpt-dir", f"{d}/ref", "--metrics",
+                                                  f"{d}/ref.jsonl"], env=env)
+        check("resume reference runs", rc == 0, err[-1500:])
+        ref = result(d, "ref", 4) if rc == 0 else None
+        for first, second in (("params", "none"), ("none", "params")):
+            tag = f"resume_{first}_to_{second}"
+            rc, _, err = run(run2 + common + ZERO3 + modes[first] + [
+                "--steps", "4", "--stop-after", "2", "--ckpt-dir", f"{d}/{tag}", "--metrics", f"{d}/{tag}.jsonl"],
+                env=env)
+            check(f"{tag}: first half", rc == 0, err[-1500:])
+            rc, _, err = run(run2 + ["train", "--resume", f"{d}/{tag}", "--ckpt-dir", f"{d}/{tag}", "--metrics",
+                                     f"{d}/{tag}.jsonl"] + modes[second], env=env)
+            check(f"{tag}: resumed", rc == 0, err[-1500:])
+            if rc == 0 and ref:
+                same_run(tag, ref, result(d, tag, 4))
+
+        # 3. Bad input.
+        short = [T] + common + ["--steps", "2"]
+        for zero in ([], ["--zero", "1"]):
+            fails_clearly(f"optimizer+params with {' '.join(zero) or 'no --zero'}", short + zero + offload,
+                          "add --zero 3")
+        one = short + ["--zero", "3"]
+        full = f"{d}/full"
+        os.makedirs(full)
+        if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", full],
+                                                capture_output=True).returncode == 0:
+            try:
+                fails_clearly("a full disk (256 KiB tmpfs)",
+                              one + ["--offload", "optimizer+params", "--offload-dir", full], "has only")
+                check("the full disk is left empty", os.listdir(full) == [], str(os.listdir(full)))
+            finally:
+                subprocess.run(["umount", full])
+        else:
+            print("skip full-disk check: cannot mount a small tmpfs here")
+        # A file-size limit below the offload file and above what MPI's start-up files take (a
+        # few MiB): tiny widened to 128 channels, 1.7M parameters, a 20 MB offload file, against
+        # 8 MiB. The checkpoint it resumes from is read, not written: EFBIG from fallocate.
+        rc, _, err = run([T] + common + ["--n-embd", "128", "--zero", "3", "--steps", "4", "--stop-after", "2",
+                                         "--ckpt-dir", f"{d}/limited", "--metrics", f"{d}/limited.jsonl"])
+        check("the limited run's checkpoint is written", rc == 0, err[-1500:])
+        limited = ["bash", "-c", 'ulimit -f 8192 && exec "$@"', "_"]
+        fails_clearly("a file-size limit (ulimit -f 8192) below the offload file",
+                      limited + [T, "train", "--resume", f"{d}/limited", "--ckpt-dir", f"{d}/limited", "--metrics",
+                                 f"{d}/limited.jsonl", "--offload", "optimizer+params", "--offload-dir", off],
+                      "file-size limit")
+        check("the refused run leaves no offload file", os.listdir(off) == [], str(os.listdir(off)))
+        rc, _, err = run([T, "train", "--resume", f"{d}/limited", "--ckpt-dir", f"{d}/limited", "--metrics",
+                          f"{d}/limited.jsonl"])
+        check("its checkpoint still resumes", rc == 0 and os.path.isdir(f"{d}/limited/step_00000004"), err[-1500:])
+    finish()
+
+
+if __name__ == "__main__":
+    main()
