@@ -5,7 +5,8 @@ offload file with the moments (a third part of each 16 KiB block), each group's 
 it before the group's gather (the one after next read ahead), and the update streams it with the
 moments; nothing of that may change a bit. Layouts (tiny, 3 steps): dp2 ZeRO 3; dp2 ZeRO 3 with
 bf16 matmuls, full recompute (the rerun gathers again) and two micro-batches; dp2 x pp2 1F1B ZeRO 3;
-dp2 x tp2 ZeRO 3. Then, at dp2 ZeRO 3:
+dp2 x tp2 ZeRO 3; dp2 x pp2 interleaved (two model chunks per rank: two offload files);
+mixtral-tiny at dp2 x ep2 ZeRO 3 in fp16 (expert segments, loss scaling). Then, at dp2 ZeRO 3:
 - the accounting: memory.offloaded holds the moments and the values (12 bytes per shard element),
   the resident optimizer_state the three staging blocks of three parts, and the resident
   parameters' peak falls by the shard (4 bytes per shard element) less the slices in flight
@@ -42,6 +43,10 @@ LAYOUTS = [
     ("dp2_zero3_bf16_full", 2, ZERO3 + ["--precision", "bf16", "--recompute", "full", "--micro-batches", "2"]),
     ("dp2_pp2_zero3_1f1b", 4, ZERO3 + ["--pp", "2", "--schedule", "1f1b", "--micro-batches", "2"]),
     ("dp2_tp2_zero3", 4, ZERO3 + ["--tp", "2"]),
+    ("dp2_pp2_zero3_interleaved", 4, ZERO3 + ["--pp", "2", "--schedule", "interleaved", "--virtual-stages", "2",
+                                              "--micro-batches", "2"]),
+    # Experts sharded over edp (their own ZeRO segments inside each MoE group) and fp16's loss scaling.
+    ("mixtral_dp2_ep2_zero3_fp16", 2, ZERO3 + ["--model", "mixtral-tiny", "--ep", "2", "--precision", "fp16"]),
 ]
 
 
@@ -90,9 +95,14 @@ def main():
             if only and only != name:
                 continue
             res = {}
+            base = list(common)
+            if "--model" in flags:  # the layout's model in place of tiny
+                at = flags.index("--model")
+                base[base.index("tiny")] = flags[at + 1]
+                flags = flags[:at] + flags[at + 2:]
             for mode, extra in modes.items():
                 tag = f"{name}_{mode}"
-                cmd = launch(T, ranks) + common + flags + extra + [
+                cmd = launch(T, ranks) + base + flags + extra + [
                     "--steps", str(STEPS), "--ckpt-dir", f"{d}/{tag}", "--metrics", f"{d}/{tag}.jsonl"]
                 rc, _, err = run(cmd, env=env)
                 check(f"{tag} runs", rc == 0, f"rc={rc}: {err.strip()[-1500:]}" if rc else "")
