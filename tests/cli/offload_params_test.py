@@ -14,6 +14,8 @@ mixtral-tiny at dp2 x ep2 ZeRO 3 in fp16 (expert segments, loss scaling). Then, 
 - resume crosses modes both ways (optimizer+params stopped at step 2 resumed with none, and the
   reverse) and ends bitwise where the uninterrupted run ends: checkpoints are streamed from the
   offload file and filled back into it;
+- a run killed (SIGKILL) mid-training leaves its checkpoint, which resumes with the offload file
+  deleted and ends bitwise as an uninterrupted run;
 - bad input: optimizer+params without --zero 3 (one message saying to add it), a full disk (a
   256 KiB tmpfs), and a file-size limit (ulimit -f 8 MiB) below the offload file (EFBIG, not a
   silent SIGXFSZ kill), each one clear error before any step, and the checkpoint the limited run
@@ -26,10 +28,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (check, finish, mpirun, read_metrics, run, synthetic_tokens, trident,  # noqa: E402
-                     write_shard)
+from harness import (check, finish, kill_tree, latest, mpirun, read_metrics, run, start,  # noqa: E402
+                     synthetic_tokens, trident, wait_for_steps, write_shard)
 import safetensors_stdlib as st  # noqa: E402
 
 STEPS = 3
@@ -149,7 +152,36 @@ def main():
             if rc == 0 and ref:
                 same_run(tag, ref, result(d, tag, 4))
 
-        # 3. Bad input.
+        # 3. A run killed (SIGKILL) mid-training: its checkpoint resumes without the offload
+        # file (deleted: a crash leaves it useless) and ends bitwise as an uninterrupted run.
+        tag = "killed"
+        one = [T] + common + ["--zero", "3"]
+        proc = start(one + offload + ["--steps", "100000", "--ckpt-every", "2", "--ckpt-dir", f"{d}/{tag}",
+                                      "--metrics", f"{d}/{tag}.jsonl", "--threads", "1"], f"{d}/{tag}.err")
+        wait_for_steps(proc, f"{d}/{tag}.jsonl", 1)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and latest(f"{d}/{tag}") is None:
+            time.sleep(0.001)
+        check("the long run was still running when killed", proc.poll() is None, f"rc={proc.poll()}")
+        kill_tree(proc)
+        if latest(f"{d}/{tag}") is not None:
+            step_dir = f"{d}/{tag}/{latest(f'{d}/{tag}')}"
+            end = int(step_dir.rsplit("_", 1)[1]) + 2
+            check("the killed run left its offload file behind", os.listdir(off) != [], str(os.listdir(off)))
+            for f in os.listdir(off):
+                os.remove(os.path.join(off, f))
+            rc, _, err = run(one + ["--steps", str(end), "--ckpt-dir", f"{d}/killed_ref", "--metrics",
+                                    f"{d}/killed_ref.jsonl"])
+            check("killed run's reference runs", rc == 0, err[-1500:])
+            rc2, _, err2 = run([T, "train", "--resume", step_dir, "--steps", str(end), "--ckpt-dir",
+                                f"{d}/{tag}_resumed", "--metrics", f"{d}/{tag}_resumed.jsonl"])
+            check("killed run resumes from its checkpoint without its offload file", rc2 == 0, err2[-1500:])
+            if rc == 0 and rc2 == 0:
+                a, b = result(d, "killed_ref", end), result(d, f"{tag}_resumed", end)
+                check("killed + resumed run ends bitwise as the uninterrupted one", a[1] == b[1] and a[2] == b[2],
+                      "max |diff| %g at %s" % st.max_abs_diff(a[1], b[1]))
+
+        # 4. Bad input.
         short = [T] + common + ["--steps", "2"]
         for zero in ([], ["--zero", "1"]):
             fails_clearly(f"optimizer+params with {' '.join(zero) or 'no --zero'}", short + zero + offload,
