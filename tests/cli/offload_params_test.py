@@ -49,7 +49,8 @@ LAYOUTS = [
     ("dp2_pp2_zero3_interleaved", 4, ZERO3 + ["--pp", "2", "--schedule", "interleaved", "--virtual-stages", "2",
                                               "--micro-batches", "2"]),
     # Experts sharded over edp (their own ZeRO segments inside each MoE group) and fp16's loss scaling.
-    ("mixtral_dp2_ep2_zero3_fp16", 2, ZERO3 + ["--model", "mixtral-tiny", "--ep", "2", "--precision", "fp16"]),
+    ("mixtral_dp2_ep2_zero3_fp16", 2, ZERO3 + ["--model", "mixtral-tiny", "--ep", "2", "--precision", "fp16",
+                                                "--initial-loss-scale", "1024"]),
 ]
 
 
@@ -116,6 +117,8 @@ def main():
                           "parameter shard offloaded to" in err, err[-800:])
             if len(res) == 2:
                 same_run(name, res["none"], res["params"])
+                check(f"{name}: the updates were applied (no step skipped)",
+                      not any(m.get("skipped") for m in res["params"][3]), str([m.get("skipped") for m in res["params"][3]]))
             check(f"{name}: offload files removed at exit", os.listdir(off) == [], str(os.listdir(off)))
             if name == "dp2_zero3" and len(res) == 2:
                 shard = N_ALLOCATED // 2  # rank 0's (the count is even)
