@@ -89,6 +89,7 @@ bool bench_model(const bench::ModelStepArgs& a, const std::string& dir, int64_t 
     if (params) {
       parallel::DataParallelOptions zero3;
       zero3.zero = 3;
+      zero3.offload_values = k == optim::OffloadKind::kOptimizerParams;
       r->dp = std::make_unique<parallel::DataParallel>(ps, *self, r->tracker, zero3);
     }
     const std::vector<optim::AdamW::FlatRange> owned =

@@ -111,10 +111,13 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
   }
 
   if (options_.zero >= 2) {
-    shard_grads_ = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(layout_.numel()));
+    // The flat gradients (zeros at construction) go first, so the start-up peak never holds both.
     params_.release_flat_grads();
+    shard_grads_ = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(layout_.numel()));
   }
-  if (options_.zero >= 3) {
+  if (options_.zero >= 3 && options_.offload_values) {
+    gathered_.resize(static_cast<std::size_t>(params.num_groups()));  // the values wait for the store
+  } else if (options_.zero >= 3) {
     shard_values_ = FloatBuffer(tracker_, MemCategory::kParameters, static_cast<std::size_t>(layout_.numel()));
     // Keep whatever the flat buffer holds (normally nothing yet: initialise or load after).
     if (!params_.values().empty()) {
@@ -475,6 +478,7 @@ void DataParallel::issue_gather(int g) {
   s.works.clear();
   // The shard: in memory, or this group's slice as read from the offload file (shard index i
   // at shard[i]).
+  TRI_CHECK(!options_.offload_values || value_store_, "ZeRO-3 values offloaded but no store attached yet");
   const float* shard = shard_values_.data();
   if (value_store_) {
     const auto [first, last] = group_shard_[static_cast<std::size_t>(g)];
@@ -548,6 +552,7 @@ void DataParallel::read_shard_values(int id, float* local) const {
   std::fill(local, local + p.numel, 0.0f);
   const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
   if (hi <= lo) return;
+  TRI_CHECK(!options_.offload_values || value_store_, "ZeRO-3 values offloaded but no store attached yet");
   if (value_store_) {
     value_store_->read(2, layout_.index(lo), hi - lo, local + (lo - p.offset));
   } else {
@@ -560,6 +565,7 @@ void DataParallel::write_shard_values(int id, const float* local) {
   const nn::ParamInfo& p = params_.info(id);
   const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
   if (hi <= lo) return;
+  TRI_CHECK(!options_.offload_values || value_store_, "ZeRO-3 values offloaded but no store attached yet");
   if (value_store_) {
     value_store_->write(2, layout_.index(lo), hi - lo, local + (lo - p.offset));
   } else {
@@ -571,12 +577,18 @@ void DataParallel::write_shard_values(int id, const float* local) {
 void DataParallel::attach_value_store(optim::MomentStore& store) {
   TRI_CHECK(options_.zero >= 3, "--offload optimizer+params offloads ZeRO-3's parameter shards; this "
             "reducer runs ZeRO-{}: add --zero 3", options_.zero);
+  TRI_CHECK(options_.offload_values && value_store_ == nullptr,
+            "attach_value_store needs DataParallelOptions::offload_values, once");
   TRI_CHECK(store.holds_values() && store.size() == layout_.numel(),
             "the offload store holds {} elements{}, the ZeRO-3 shard {}", store.size(),
             store.holds_values() ? "" : " and no values", layout_.numel());
   release_all();
-  if (layout_.numel() > 0) store.write(2, 0, layout_.numel(), shard_values_.data());
-  shard_values_.reset();
+  if (!params_.values().empty()) {  // whatever the flat buffer holds (normally zeros: initialise or load after)
+    for (const ShardSegment& s : layout_.segments) {
+      if (s.my_hi() > s.my_lo()) store.write(2, s.base, s.my_hi() - s.my_lo(), params_.values().data() + s.my_lo());
+    }
+  }
+  params_.release_flat_values();
   value_store_ = &store;
   // Each group's shard elements are contiguous in shard order (shard order is flat order
   // within this rank's pieces, and a group is a flat range).

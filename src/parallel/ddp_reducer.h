@@ -84,6 +84,9 @@ struct DataParallelOptions {
   // With bf16 each bucket's reduced element is round_bf16(sum_r round_bf16(g_r)), the same bits
   // on every rank and for any bucket size; ZeRO 2-3 keep it (widened) as the shard's gradient.
   GradReduceDType reduce_dtype = GradReduceDType::kFp32;
+  // Stage 3, --offload optimizer+params: the value shard never lives in memory; the flat values
+  // stay until attach_value_store writes this rank's part of them into the store.
+  bool offload_values = false;
 };
 
 // Buckets as parameter id ranges [first, last] (inclusive), in launch order (the last
@@ -141,8 +144,9 @@ class DataParallel : public nn::ModelHooks {
   void write_shard_values(int id, const float* local);
   // Initialises the shard from the logical tensors (as ParameterSet::initialize).
   void initialize_shard(uint64_t seed);
-  // Stage 3, --offload optimizer+params: the value shard moves into `store` (the optimizer's
-  // moment store holding values, in shard order) and leaves memory; from here on the shard is
+  // Stage 3, --offload optimizer+params (options.offload_values): this rank's part of the flat
+  // values goes into `store` (the optimizer's moment store holding values, in shard order) and
+  // the flat values are freed, so the shard is never in memory; from here on the shard is
   // read from it (gathers, checkpoints) and the optimizer updates it there. `store` must
   // outlive this reducer's last gather.
   void attach_value_store(optim::MomentStore& store);

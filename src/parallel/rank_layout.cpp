@@ -116,7 +116,8 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
           DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1,
-                              shape.ep > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype});
+                              shape.ep > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype,
+                              options_.offload.params()});
     }
     const std::vector<FlatRange> owned =
         c.dp ? c.dp->optimizer_ranges() : std::vector<FlatRange>{{0, c.model->params().total_numel()}};
