@@ -1,26 +1,32 @@
-// build/bench/offload: what --offload optimizer (optim/moment_store.h) costs in step time,
-// single process, and what the disk under --dir allows.
-// Usage: build/bench/offload [--model small] [--rows 4] [--seq 256] [--steps 5] [--threads 2]
-//                            [--dir /tmp] [--block-kib 4096]
-// Two models from the same seed, one with its AdamW moments in memory and one with them
-// offloaded to a file under --dir; the steps (forward + backward + AdamW) alternate between
-// the two round by round, so drift on a shared machine hits both alike, and the offloaded
-// median is printed as a ratio against the in-memory one, for the whole step and for the
-// optimizer update alone. The disk: the planner's probe (plan/calibrate_disk.h), a sequential
-// O_DIRECT write and read of a file as large as the moments in the store's requests (both
-// moments of a block), two in flight (the page cache is out of the way wherever the file
-// system takes O_DIRECT; said when it does not). Hidden I/O: the share of the update's disk
-// time (bytes moved / measured bandwidth) it did not spend waiting; and the measured update
-// against the planner's model of it, max(disk time, in-memory update).
-// The weights of the two models are compared bitwise at the end (exit 1 if they differ).
+// build/bench/offload: what --offload optimizer and --offload optimizer+params
+// (optim/moment_store.h) cost in step time, single process, and what the disk under --dir allows.
+// Usage: build/bench/offload [--model small[,gpt2...]] [--rows 4] [--seq 256] [--steps 5]
+//                            [--threads 2] [--dir /tmp] [--block-kib 4096] [--params]
+// Models from the same seed, one with its AdamW moments in memory and one with them offloaded
+// to a file under --dir (with --params: all of them under ZeRO-3 over a one-rank group, and a
+// third with the parameter shard offloaded too, read ahead of each layer's gather); the steps
+// (forward + backward + AdamW) alternate between them round by round, so drift on a shared
+// machine hits all alike, and each offloaded median is printed as a ratio against the
+// in-memory one, for the whole step and for the optimizer update alone, with the resident
+// peak of a step (after the warm-up; peaks reset) and its ratio. The disk: the planner's probe
+// (plan/calibrate_disk.h), a sequential O_DIRECT write and read of a file as large as the
+// moments in the store's requests (both moments of a block), two in flight (the page cache
+// is out of the way wherever the file system takes O_DIRECT; said when it does not). Hidden
+// I/O: the share of the offload's disk time (bytes moved / measured bandwidth) not spent
+// waiting; and the measured update against the planner's model of it, max(disk time,
+// in-memory update). Several models (a comma list) run one after the other in one invocation.
+// The weights of the runs are compared bitwise at the end (exit 1 if they differ).
 #include <fmt/format.h>
+#include <mpi.h>
 
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "core/async_file_io.h"
 #include "core/memory.h"
 #include "core/timer.h"
@@ -28,6 +34,7 @@
 #include "nn/model.h"
 #include "optim/adamw.h"
 #include "optim/moment_store.h"
+#include "parallel/ddp_reducer.h"
 #include "plan/calibrate_disk.h"
 #include "plan/cost_model.h"
 
@@ -38,107 +45,200 @@ using namespace trident;
 namespace {
 
 struct Run {
+  optim::OffloadKind kind = optim::OffloadKind::kNone;
   MemoryTracker tracker;
   std::unique_ptr<nn::Model> model;
   std::unique_ptr<optim::AdamW> adamw;
+  std::unique_ptr<parallel::DataParallel> dp;  // --params: ZeRO-3 over one rank (after adamw: destroyed first)
   nn::ModelActivations acts;
   std::vector<double> step_s, update_s;
+  const char* name() const {
+    return kind == optim::OffloadKind::kNone ? "in memory" : kind == optim::OffloadKind::kOptimizer ? "optimizer" : "opt+params";
+  }
 };
+
+// The flat logical values of a run (ZeRO-3: read from its shard, wherever it lives).
+std::vector<float> weights(Run& r) {
+  nn::ParameterSet& ps = r.model->params();
+  std::vector<float> out(static_cast<std::size_t>(ps.total_numel()));
+  for (int id = 0; id < ps.size(); ++id) {
+    float* at = out.data() + ps.info(id).offset;
+    if (r.dp) {
+      r.dp->read_shard_values(id, at);
+    } else {
+      std::memcpy(at, ps.data(id), static_cast<std::size_t>(ps.info(id).numel) * sizeof(float));
+    }
+  }
+  return out;
+}
+
+bool bench_model(const bench::ModelStepArgs& a, const std::string& dir, int64_t block_kib, bool params,
+                 comm::Communicator* self) {
+  const nn::ModelConfig cfg = nn::model_preset(a.model);
+  const int64_t B = a.rows, T = a.seq, N = B * T;
+  const bench::SyntheticBatch batch = bench::synthetic_batch(cfg, N);
+  const optim::AdamWConfig adam;
+  std::vector<std::unique_ptr<Run>> runs;
+  for (optim::OffloadKind k : {optim::OffloadKind::kNone, optim::OffloadKind::kOptimizer, optim::OffloadKind::kOptimizerParams}) {
+    if (k == optim::OffloadKind::kOptimizerParams && !params) continue;
+    auto r = std::make_unique<Run>();
+    r->kind = k;
+    r->model = std::make_unique<nn::Model>(cfg);
+    r->model->allocate(r->tracker);
+    nn::ParameterSet& ps = r->model->params();
+    if (params) {
+      parallel::DataParallelOptions zero3;
+      zero3.zero = 3;
+      zero3.offload_values = k == optim::OffloadKind::kOptimizerParams;
+      r->dp = std::make_unique<parallel::DataParallel>(ps, *self, r->tracker, zero3);
+    }
+    const std::vector<optim::AdamW::FlatRange> owned =
+        r->dp ? r->dp->optimizer_ranges() : std::vector<optim::AdamW::FlatRange>{{0, ps.total_numel()}};
+    const int64_t n = optim::AdamW::moment_count(ps, owned);
+    std::unique_ptr<optim::MomentStore> store;
+    if (k != optim::OffloadKind::kNone) {
+      store = optim::make_offloaded_moment_store(
+          r->tracker, n, fmt::format("{}/trident-bench-offload-{}.state", dir, static_cast<int>(k)), block_kib * 1024,
+          k == optim::OffloadKind::kOptimizerParams);
+    }
+    r->adamw = std::make_unique<optim::AdamW>(ps, r->tracker, adam, owned, std::move(store));
+    if (k == optim::OffloadKind::kOptimizerParams) r->dp->attach_value_store(r->adamw->moments());
+    if (r->dp) {
+      r->dp->initialize_shard(1337);
+      r->model->set_hooks(r->dp.get());
+    } else {
+      ps.initialize(1337);
+    }
+    r->acts = r->model->make_activations(r->tracker, B, T);
+    runs.push_back(std::move(r));
+  }
+  Run& mem = *runs[0];
+  const int64_t P = mem.model->params().total_numel();
+  auto step = [&](Run& r) {
+    Stopwatch sw;
+    if (r.dp) {
+      r.dp->begin_step();
+      r.dp->set_tokens(batch.ids.data(), N);
+      r.dp->begin_micro_batch(true);
+    } else {
+      r.model->params().zero_grads();
+    }
+    r.model->forward_backward(r.acts, batch.ids.data(), batch.targets.data(), B, T, 1.0f / static_cast<float>(N));
+    if (r.dp) r.dp->end_micro_batch();
+    Stopwatch su;
+    if (r.dp) {
+      r.dp->optimizer_step(*r.adamw, 6e-4f, 1.0f);
+    } else {
+      nn::ParameterSet& ps = r.model->params();
+      r.adamw->step(ps.values().data(), ps.grads().data(), 6e-4f, 1.0f);
+    }
+    r.update_s.push_back(su.seconds());
+    r.step_s.push_back(sw.seconds());
+  };
+  fmt::print("offload bench: {} ({} parameters), batch {} x {} tokens, {} threads, {}median of {} steps "
+             "(after one warm-up), {} alternating\n",
+             a.model, P, B, T, a.threads, params ? "ZeRO-3 over one rank, " : "", a.steps,
+             params ? "in memory, optimizer and optimizer+params offload" : "in memory and offloaded");
+  for (std::size_t i = 1; i < runs.size(); ++i) fmt::print("{}: {}\n", runs[i]->name(), runs[i]->adamw->moments().describe());
+  for (auto& r : runs) step(*r);  // warm-up: first touch, the file's first pass
+  std::vector<optim::MomentStore::IoStats> io0;
+  for (auto& r : runs) {
+    r->step_s.clear(), r->update_s.clear();
+    r->tracker.reset_peaks();
+    io0.push_back(r->adamw->moments().io_stats());
+  }
+  for (int s = 0; s < a.steps; ++s) {
+    for (auto& r : runs) step(*r);
+  }
+  const double t0 = bench::median(mem.step_s), u0 = bench::median(mem.update_s);
+  const double m0 = static_cast<double>(mem.tracker.peak_total());
+  fmt::print("{:>10} {:>10} {:>8} {:>11} {:>8} {:>16} {:>8} {:>12}\n", "state", "step ms", "ratio", "update ms",
+             "ratio", "resident peak", "ratio", "offloaded");
+  for (const auto& r : runs) {
+    const double t = bench::median(r->step_s), u = bench::median(r->update_s);
+    const auto peak = static_cast<double>(r->tracker.peak_total());
+    fmt::print("{:>10} {:>10.1f} {:>7.3f}x {:>11.1f} {:>7.3f}x {:>16} {:>7.3f}x {:>12}\n", r->name(), 1e3 * t, t / t0,
+               1e3 * u, u / u0, format_bytes(peak), peak / m0,
+               format_bytes(static_cast<double>(r->tracker.peak(MemCategory::kOffloaded))));
+  }
+  // The planner's probe (plan/calibrate_disk.h), here as large as the moments.
+  const plan::DiskCalibration disk = plan::calibrate_disk(dir, static_cast<std::size_t>(2 * block_kib * 1024),
+                                                          static_cast<std::size_t>(8 * P));
+  const double write_mbs = disk.model.write_bandwidth / 1e6, read_mbs = disk.model.read_bandwidth / 1e6;
+  fmt::print("disk under {} ({}): sequential write {:.0f} MB/s, read {:.0f} MB/s\n", dir,
+             disk.direct ? "O_DIRECT" : "buffered: the file system refuses O_DIRECT, the page cache is in the way",
+             write_mbs, read_mbs);
+  const double steps = a.steps;
+  for (std::size_t i = 1; i < runs.size(); ++i) {
+    Run& r = *runs[i];
+    const optim::MomentStore::IoStats io1 = r.adamw->moments().io_stats();
+    const double rd = (io1.bytes_read - io0[i].bytes_read) / steps, wr = (io1.bytes_written - io0[i].bytes_written) / steps;
+    const double disk_s = rd / (read_mbs * 1e6) + wr / (write_mbs * 1e6);
+    const double waited = (io1.wait_s - io0[i].wait_s) / steps;
+    fmt::print("{} per step: read {}, wrote {}; at those rates {:.1f} ms of disk time, {:.1f} ms spent waiting "
+               "for it: {:.0f}% hidden{}\n",
+               r.name(), format_bytes(rd), format_bytes(wr), 1e3 * disk_s, 1e3 * waited,
+               100.0 * std::max(0.0, 1.0 - waited / disk_s),
+               r.kind == optim::OffloadKind::kOptimizerParams ? " (behind the layers' compute and the update)"
+                                                              : " (behind the update)");
+    if (r.kind == optim::OffloadKind::kOptimizer) {
+      // The planner's model of the offloaded update (plan/cost_model.h): the I/O fully behind
+      // the compute, max(disk time, in-memory update); measured against it as a ratio.
+      const double predicted = plan::offloaded_update_seconds(disk_s, u0);
+      fmt::print("planner's model of the offloaded update: max(disk {:.1f} ms, in-memory update {:.1f} ms) = "
+                 "{:.1f} ms; measured {:.1f} ms = {:.3f}x the model\n",
+                 1e3 * disk_s, 1e3 * u0, 1e3 * predicted, 1e3 * bench::median(r.update_s),
+                 bench::median(r.update_s) / predicted);
+    }
+  }
+  const std::vector<float> w0 = weights(mem);
+  bool all_same = true;
+  for (std::size_t i = 1; i < runs.size(); ++i) {
+    const bool same = weights(*runs[i]) == w0;
+    all_same = all_same && same;
+    fmt::print("weights after {} steps, {} vs in memory: {}\n", a.steps + 1, runs[i]->name(),
+               same ? "bitwise equal" : "DIFFER");
+  }
+  return all_same;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rc = 0;
   try {
-    // --dir and --block-kib are ours; the rest is the shared model-step parser's.
-    std::string dir = "/tmp";
+    // --dir, --block-kib, --params and a comma list of --model are ours; the rest is the shared
+    // model-step parser's.
+    std::string dir = "/tmp", models = "small";
     int64_t block_kib = 4096;
+    bool params = false;
     std::vector<char*> rest{argv[0]};
     for (int i = 1; i < argc; ++i) {
       const std::string k = argv[i];
-      if ((k == "--dir" || k == "--block-kib") && i + 1 < argc) {
-        (k == "--dir" ? (void)(dir = argv[++i]) : (void)(block_kib = std::atoll(argv[++i])));
+      if (k == "--params") {
+        params = true;
+      } else if ((k == "--dir" || k == "--block-kib" || k == "--model") && i + 1 < argc) {
+        const std::string v = argv[++i];
+        if (k == "--dir") dir = v;
+        else if (k == "--model") models = v;
+        else block_kib = std::atoll(v.c_str());
       } else {
         rest.push_back(argv[i]);
       }
     }
-    const bench::ModelStepArgs a = bench::parse_model_step_args(static_cast<int>(rest.size()), rest.data());
+    bench::ModelStepArgs a = bench::parse_model_step_args(static_cast<int>(rest.size()), rest.data());
     kernels::set_num_threads(a.threads);
-    const nn::ModelConfig cfg = nn::model_preset(a.model);
-    const int64_t B = a.rows, T = a.seq, N = B * T;
-    const bench::SyntheticBatch batch = bench::synthetic_batch(cfg, N);
-    const optim::AdamWConfig adam;
-    Run mem, off;
-    for (Run* r : {&mem, &off}) {
-      r->model = std::make_unique<nn::Model>(cfg);
-      r->model->allocate(r->tracker);
-      r->model->params().initialize(1337);
-      r->acts = r->model->make_activations(r->tracker, B, T);
+    comm::Communicator self(MPI_COMM_SELF, "offload-bench");
+    std::stringstream list(models);
+    for (std::string m; std::getline(list, m, ',');) {
+      a.model = m;
+      if (!bench_model(a, dir, block_kib, params, &self)) rc = 1;
     }
-    const int64_t P = mem.model->params().total_numel();
-    mem.adamw = std::make_unique<optim::AdamW>(mem.model->params(), mem.tracker, adam);
-    off.adamw = std::make_unique<optim::AdamW>(
-        off.model->params(), off.tracker, adam, 0, -1,
-        optim::make_offloaded_moment_store(off.tracker, P, dir + "/trident-bench-offload.moments", block_kib * 1024));
-    auto step = [&](Run& r) {
-      r.model->params().zero_grads();
-      Stopwatch sw;
-      r.model->forward_backward(r.acts, batch.ids.data(), batch.targets.data(), B, T, 1.0f / static_cast<float>(N));
-      Stopwatch su;
-      nn::ParameterSet& ps = r.model->params();
-      r.adamw->step(ps.values().data(), ps.grads().data(), 6e-4f, 1.0f);
-      r.update_s.push_back(su.seconds());
-      r.step_s.push_back(sw.seconds());
-    };
-    fmt::print("offload bench: {} ({} parameters), batch {} x {} tokens, {} threads, median of {} steps "
-               "(after one warm-up), in memory and offloaded alternating\nmoments {}\n",
-               a.model, P, B, T, a.threads, a.steps, off.adamw->moments().describe());
-    for (Run* r : {&mem, &off}) step(*r);  // warm-up: first touch, the file's first pass
-    const optim::MomentStore::IoStats io0 = off.adamw->moments().io_stats();
-    for (Run* r : {&mem, &off}) r->step_s.clear(), r->update_s.clear();
-    for (int s = 0; s < a.steps; ++s) {
-      for (Run* r : {&mem, &off}) step(*r);
-    }
-    const optim::MomentStore::IoStats io1 = off.adamw->moments().io_stats();
-    const double t0 = bench::median(mem.step_s), t1 = bench::median(off.step_s);
-    const double u0 = bench::median(mem.update_s), u1 = bench::median(off.update_s);
-    fmt::print("{:>10} {:>10} {:>8} {:>11} {:>8} {:>16} {:>12}\n", "moments", "step ms", "ratio", "update ms",
-               "ratio", "resident total", "offloaded");
-    for (const Run* r : {&mem, &off}) {
-      const double t = bench::median(r->step_s), u = bench::median(r->update_s);
-      fmt::print("{:>10} {:>10.1f} {:>7.3f}x {:>11.1f} {:>7.3f}x {:>16} {:>12}\n", r == &mem ? "in memory" : "offloaded",
-                 1e3 * t, t / t0, 1e3 * u, u / u0, format_bytes(static_cast<double>(r->tracker.peak_total())),
-                 format_bytes(static_cast<double>(r->tracker.peak(MemCategory::kOffloaded))));
-    }
-    // The planner's probe (plan/calibrate_disk.h), here as large as the moments.
-    const plan::DiskCalibration disk = plan::calibrate_disk(dir, static_cast<std::size_t>(2 * block_kib * 1024),
-                                                            static_cast<std::size_t>(8 * P));
-    const bool direct = disk.direct;
-    const double write_mbs = disk.model.write_bandwidth / 1e6, read_mbs = disk.model.read_bandwidth / 1e6;
-    const double steps = a.steps;
-    const double rd = (io1.bytes_read - io0.bytes_read) / steps, wr = (io1.bytes_written - io0.bytes_written) / steps;
-    const double disk_s = rd / (read_mbs * 1e6) + wr / (write_mbs * 1e6);
-    const double waited = (io1.wait_s - io0.wait_s) / steps;
-    fmt::print("disk under {} ({}): sequential write {:.0f} MB/s, read {:.0f} MB/s\n", dir,
-               direct ? "O_DIRECT" : "buffered: the file system refuses O_DIRECT, the page cache is in the way",
-               write_mbs, read_mbs);
-    fmt::print("per offloaded step: read {}, wrote {}; at those rates {:.1f} ms of disk time, {:.1f} ms "
-               "spent waiting for it: {:.0f}% hidden behind the update; floor of the update = disk time "
-               "{:.1f} ms vs in-memory update {:.1f} ms\n",
-               format_bytes(rd), format_bytes(wr), 1e3 * disk_s, 1e3 * waited,
-               100.0 * std::max(0.0, 1.0 - waited / disk_s), 1e3 * disk_s, 1e3 * u0);
-    // The planner's model of the offloaded update (plan/cost_model.h): the I/O fully behind the
-    // compute, max(disk time, in-memory update); measured against it as a ratio.
-    const double predicted = plan::offloaded_update_seconds(disk_s, u0);
-    fmt::print("planner's model of the offloaded update: max(disk {:.1f} ms, in-memory update {:.1f} ms) = "
-               "{:.1f} ms; measured {:.1f} ms = {:.3f}x the model\n",
-               1e3 * disk_s, 1e3 * u0, 1e3 * predicted, 1e3 * u1, u1 / predicted);
-    const bool same = std::memcmp(mem.model->params().values().data(), off.model->params().values().data(),
-                                  static_cast<std::size_t>(P) * sizeof(float)) == 0;
-    fmt::print("weights after {} steps: {}\n", a.steps + 1, same ? "bitwise equal" : "DIFFER");
-    (void)t1;
-    return same ? 0 : 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "offload bench: {}\n", e.what());
-    return 2;
+    rc = 2;
   }
+  MPI_Finalize();
+  return rc;
 }

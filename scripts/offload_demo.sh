@@ -8,10 +8,13 @@
 # from the disk bandwidth measured in DIR), then trains and prints the measured resident
 # memory and step times, and the ratio of measured to predicted resident memory.
 #
-# Usage: scripts/offload_demo.sh [--steps N (3)] [--dir DIR (runs/offload_demo)] [--ckpt]
+# Usage: scripts/offload_demo.sh [--steps N (3)] [--dir DIR (runs/offload_demo)] [--ckpt] [--params]
 #   --ckpt also writes the final checkpoint (6.2 GB of weights + 12.5 GB of moments, streamed
-#   from the offload file) under DIR/ckpt. Needs ~13 GiB of free memory and ~13 GB free in
-#   DIR (~32 GB with --ckpt). Run scripts/setup.sh first.
+#   from the offload file) under DIR/ckpt. --params runs --zero 3 --offload optimizer+params
+#   (the weights on disk too, 19 GB there; the planner, which has no ZeRO-3 at one rank, then
+#   predicts the optimizer-offload run, an upper bound). Needs ~13 GiB of free memory (the
+#   start-up holds the flat weights and gradients once, also with --params) and ~13 GB free in
+#   DIR (~19 GB with --params, ~32 GB more with --ckpt). Run scripts/setup.sh first.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,12 +22,15 @@ T=build/trident
 STEPS=3
 DIR=runs/offload_demo
 CKPT=0
+OFFLOAD=(--offload optimizer)
+PARAMS=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --steps) STEPS="$2"; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
     --ckpt) CKPT=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --params) PARAMS=1; OFFLOAD=(--zero 3 --offload optimizer+params); shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "offload_demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -45,7 +51,7 @@ if (( avail_kib < need_mem_kib )); then
   echo "offload_demo: $((avail_kib / 1024)) MiB of memory available, the run needs ~13 GiB resident" >&2
   exit 1
 fi
-need_disk_kib=$(( (CKPT ? 32 : 13) * 1000 * 1000 * 1000 / 1024 ))
+need_disk_kib=$(( ((PARAMS ? 19 : 13) + (CKPT ? 19 : 0)) * 1000 * 1000 * 1000 / 1024 ))
 free_kib=$(df -Pk "$DIR" | awk 'NR == 2 {print $4}')
 if (( free_kib < need_disk_kib )); then
   echo "offload_demo: $((free_kib / 1024 / 1024)) GiB free under $DIR, the run needs ~$((need_disk_kib / 1024 / 1024)) GiB" >&2
@@ -66,7 +72,7 @@ echo "== plan: the same run, predicted (memory per category, step time from ${OF
   --threads 2 --json "$DIR/plan.jsonl" | tee "$DIR/plan.txt"
 predicted=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["memory_bytes"])' "$DIR/plan.jsonl")
 
-echo "== train: $STEPS steps, bf16 matmuls, full recompute, AdamW moments offloaded to $OFF"
+echo "== train: $STEPS steps, bf16 matmuls, full recompute, ${OFFLOAD[*]} to $OFF"
 ckpt_flags=()
 (( CKPT )) && ckpt_flags=(--ckpt-dir "$DIR/ckpt")
 rm -rf "$DIR/ckpt" "$DIR/train.jsonl"
@@ -77,7 +83,7 @@ import resource, subprocess, sys
 rc = subprocess.call(sys.argv[1:])
 print(f"peak RSS (kernel): {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} KiB", flush=True)
 sys.exit(rc)' "$T" train --model "$CFG" --data data/janeausten "${SHAPE[@]}" --steps "$STEPS" \
-  --lr 3e-5 --warmup-steps 1 --precision bf16 --recompute full --offload optimizer --offload-dir "$OFF" \
+  --lr 3e-5 --warmup-steps 1 --precision bf16 --recompute full "${OFFLOAD[@]}" --offload-dir "$OFF" \
   --threads 2 --eval-every 0 --metrics "$DIR/train.jsonl" "${ckpt_flags[@]}" 2>&1 | tee "$DIR/train.txt"
 
 # The trainer's memory printout: "total resident current X peak Y".

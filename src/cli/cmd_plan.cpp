@@ -100,8 +100,9 @@ int run_plan(int argc, char** argv) {
                  "optimizer offload (docs/planner.md): auto proposes --offload optimizer for a layout that "
                  "does not fit --memory-per-rank without it (needs the disk: --offload-dir or --disk-mbps); "
                  "optimizer plans every layout with its AdamW moments on disk (memory then counts only three "
-                 "staging blocks of them, docs/memory.md); none never offloads")
-      ->check(CLI::IsMember({"none", "auto", "optimizer"}))->capture_default_str();
+                 "staging blocks of them, docs/memory.md); optimizer+params also puts ZeRO-3 layouts' parameter "
+                 "shards there (auto tries it for a ZeRO-3 layout optimizer offload does not fit); none never offloads")
+      ->check(CLI::IsMember({"none", "auto", "optimizer", "optimizer+params"}))->capture_default_str();
   app.add_option("--offload-dir", offload_dir,
                  "the directory the run offloads to: its disk's sequential O_DIRECT read and write bandwidth "
                  "is measured there (a 64 MiB probe file, removed after) to price offload");
@@ -159,13 +160,14 @@ int run_plan(int argc, char** argv) {
     req.precision = static_cast<kernels::Precision>(std::find(names.begin(), names.end(), precision) - names.begin());
   }
   req.bucket_mb = bucket_mb;
-  req.offload_optimizer = offload == "optimizer";
+  req.offload_optimizer = offload == "optimizer" || offload == "optimizer+params";
+  req.offload_params = offload == "optimizer+params";
   req.offload_auto = offload == "auto";
   TRI_CHECK(offload_block_kib > 0 && offload_block_kib % 4 == 0,
             "--offload-block-kib must be a positive multiple of 4 (direct I/O's 4 KiB pages), got {}", offload_block_kib);
   req.offload_block_bytes = 1024.0 * offload_block_kib;
   TRI_CHECK(!req.offload_optimizer || !offload_dir.empty() || disk_mbps > 0,
-            "plan --offload optimizer needs the offload disk's speed: pass --offload-dir DIR (the directory "
+            "plan --offload optimizer(+params) needs the offload disk's speed: pass --offload-dir DIR (the directory "
             "the run will offload to, measured there) or --disk-mbps MBPS");
   TRI_CHECK(disk_mbps >= 0, "--disk-mbps must be positive, got {}", disk_mbps);
   req.memory_per_rank = parse_bytes(memory);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -95,6 +96,11 @@ AsyncFile::AsyncFile(const std::string& path, std::size_t bytes, std::string wha
                format_bytes(avail));
     }
   }
+  // A file-size limit (ulimit -f) makes a write or fallocate past it raise SIGXFSZ, whose
+  // default action kills the process with no message; ignored, the call fails with EFBIG and
+  // becomes the clear error below (checkpoint writes past it fail the same way, their temp
+  // files never renamed over a good checkpoint).
+  ::signal(SIGXFSZ, SIG_IGN);
   if (bytes > 0 && ::fallocate(fd_, 0, 0, static_cast<off_t>(bytes)) != 0) {
     const int err = errno;
     if (err == EOPNOTSUPP || err == ENOSYS) {
@@ -107,8 +113,10 @@ AsyncFile::AsyncFile(const std::string& path, std::size_t bytes, std::string wha
     } else {
       ::close(fd_);
       ::unlink(path.c_str());
-      TRI_FAIL("cannot allocate {} for {} {}: {}; free some space or pass an --offload-dir on a "
-               "larger disk", format_bytes(static_cast<double>(bytes)), what_, path, errno_text(err));
+      TRI_FAIL("cannot allocate {} for {} {}: {}; {}", format_bytes(static_cast<double>(bytes)), what_, path,
+               errno_text(err),
+               err == EFBIG ? "the process's file-size limit (ulimit -f) is below it: raise the limit"
+                            : "free some space or pass an --offload-dir on a larger disk");
     }
   }
   ring_ = std::make_unique<Ring>();

@@ -47,6 +47,11 @@ AdamW::AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamW
   if (!store_) store_ = make_memory_moment_store(tracker, stored);
   TRI_CHECK(store_->size() == stored, "moment store holds {} elements, the range's trained ones {}",
             store_->size(), stored);
+  // A store holding the values holds every owned element (its index is the owned index).
+  TRI_CHECK(!store_->holds_values() || stored == at,
+            "--offload optimizer+params keeps the parameter shard with the moments, one entry per element, "
+            "and this run has {} frozen elements (a LoRA base) among its {}: use --offload optimizer",
+            at - stored, at);
 }
 
 int64_t AdamW::moment_count(const nn::ParameterSet& params, int64_t begin, int64_t end) {
@@ -87,12 +92,15 @@ void AdamW::step(float* values, const float* grads, float lr, float grad_scale, 
   // Each block of the store meets the ranges it overlaps (in store indices: frozen parameters
   // between ranges have none); the update is elementwise, so any split gives the same bits as
   // one pass.
-  store_->update([&](int64_t off, int64_t n, float* m, float* v) {
+  // With --offload optimizer+params the values come with the moments (w, in store order, which
+  // is then the owned order) and `values` is unused.
+  store_->update([&](int64_t off, int64_t n, float* m, float* v, float* w) {
     for (const Range& r : ranges_) {
       const int64_t b = std::max(r.store, off), e = std::min(r.store + (r.end - r.begin), off + n);
       if (b >= e) continue;
       const int64_t local = r.begin + (b - r.store), flat = r.flat + (b - r.store);
-      kernels::adamw_update(values + (values_at == At::kFlat ? flat : local),
+      float* x = w ? w + (b - off) : values + (values_at == At::kFlat ? flat : local);
+      kernels::adamw_update(x,
                             grads + (grads_at == At::kFlat ? flat : local), m + (b - off), v + (b - off), e - b, lr,
                             cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0f,
                             t_, grad_scale);

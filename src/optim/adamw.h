@@ -43,7 +43,9 @@ class AdamW {
   // shard buffer), or at flat element 0 (the full flat buffer, of which the owned ranges are
   // updated in place).
   enum class At { kOwned, kFlat };
-  // One update of the owned ranges: values[i] from grads[i] * grad_scale.
+  // One update of the owned ranges: values[i] from grads[i] * grad_scale. When the moment
+  // store holds the values (--offload optimizer+params), they are updated there and `values`
+  // is not read (pass null).
   void step(float* values, const float* grads, float lr, float grad_scale, At values_at = At::kOwned,
             At grads_at = At::kOwned);
 

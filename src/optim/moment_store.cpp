@@ -8,6 +8,7 @@
 #include <array>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "core/async_file_io.h"
 #include "core/check.h"
@@ -18,12 +19,12 @@ namespace {
 class MemoryMomentStore final : public MomentStore {
  public:
   MemoryMomentStore(MemoryTracker& tracker, int64_t n)
-      : MomentStore(n),
+      : MomentStore(n, false), tracker_(tracker),
         m_(tracker, MemCategory::kOptimizerState, static_cast<std::size_t>(n)),
         v_(tracker, MemCategory::kOptimizerState, static_cast<std::size_t>(n)) {}
 
   void update(const BlockFn& fn) override {
-    if (n_ > 0) fn(0, n_, m_.data(), v_.data());
+    if (n_ > 0) fn(0, n_, m_.data(), v_.data(), nullptr);
   }
   void read(int kind, int64_t begin, int64_t count, float* out) override {
     check(begin, count);
@@ -35,29 +36,51 @@ class MemoryMomentStore final : public MomentStore {
   }
   std::string describe() const override { return "in memory"; }
 
+  // A copy (the memory store has nothing to wait for).
+  class Copy final : public Prefetch {
+   public:
+    Copy(MemoryTracker& tracker, const float* from, int64_t count)
+        : buf_(tracker, MemCategory::kParameters, static_cast<std::size_t>(count)) {
+      std::copy_n(from, count, buf_.data());
+    }
+    const float* data() override { return buf_.data(); }
+
+   private:
+    FloatBuffer buf_;
+  };
+  std::unique_ptr<Prefetch> prefetch(int kind, int64_t begin, int64_t count) override {
+    check(begin, count);
+    return std::make_unique<Copy>(tracker_, buf(kind) + begin, count);
+  }
+
  private:
-  float* buf(int kind) { return kind == 0 ? m_.data() : v_.data(); }
+  float* buf(int kind) {
+    TRI_CHECK(kind == 0 || kind == 1, "the in-memory moment store holds no values (kind {})", kind);
+    return kind == 0 ? m_.data() : v_.data();
+  }
   void check(int64_t begin, int64_t count) const {
     TRI_CHECK(begin >= 0 && count >= 0 && begin + count <= n_, "moments [{}, {}) outside the {} held",
               begin, begin + count, n_);
   }
+  MemoryTracker& tracker_;
   FloatBuffer m_, v_;
 };
 
 class OffloadedMomentStore final : public MomentStore {
  public:
-  OffloadedMomentStore(MemoryTracker& tracker, int64_t n, const std::string& path, int64_t block_bytes)
-      : MomentStore(n), tracker_(tracker), block_bytes_(static_cast<std::size_t>(block_bytes)),
+  OffloadedMomentStore(MemoryTracker& tracker, int64_t n, const std::string& path, int64_t block_bytes,
+                       bool values)
+      : MomentStore(n, values), tracker_(tracker), parts_(values ? 3 : 2), block_bytes_(static_cast<std::size_t>(block_bytes)),
         block_elems_(block_bytes / static_cast<int64_t>(sizeof(float))),
         blocks_((n + block_elems_ - 1) / block_elems_) {
     TRI_CHECK(block_bytes > 0 && block_bytes % static_cast<int64_t>(AsyncFile::kAlignment) == 0,
               "offload block size {} bytes is not a positive multiple of {} (direct I/O's alignment)",
               block_bytes, AsyncFile::kAlignment);
-    file_.emplace(path, blocks_ == 0 ? 0 : offset(blocks_ - 1) + 2 * half_bytes(blocks_ - 1),
-                  "the optimizer offload file");
-    for (AlignedBytes& b : staging_) b = aligned_bytes(2 * block_bytes_);
-    resident_ = staging_.size() * 2 * block_bytes_;
-    offloaded_ = 2 * static_cast<std::size_t>(n) * sizeof(float);
+    file_.emplace(path, blocks_ == 0 ? 0 : offset(blocks_ - 1) + parts_ * half_bytes(blocks_ - 1),
+                  values ? "the optimizer+params offload file" : "the optimizer offload file");
+    for (AlignedBytes& b : staging_) b = aligned_bytes(parts_ * block_bytes_);
+    resident_ = staging_.size() * parts_ * block_bytes_;
+    offloaded_ = parts_ * static_cast<std::size_t>(n) * sizeof(float);
     tracker_.add(MemCategory::kOptimizerState, resident_);
     tracker_.add(MemCategory::kOffloaded, offloaded_);
   }
@@ -76,7 +99,7 @@ class OffloadedMomentStore final : public MomentStore {
     constexpr int64_t kSlots = 3;  // block i updates while i + 1 reads and i - 1 writes
     std::array<std::optional<AsyncFile::Ticket>, kSlots> reading, writing;
     auto slot = [&](int64_t i) { return static_cast<std::size_t>(i % kSlots); };
-    reading[0] = file_->submit_read(staging_[0].get(), 2 * half_bytes(0), offset(0));
+    reading[0] = file_->submit_read(staging_[0].get(), parts_ * half_bytes(0), offset(0));
     for (int64_t i = 0; i < blocks_; ++i) {
       const std::size_t s = slot(i);
       file_->wait(*reading[s]);
@@ -87,12 +110,13 @@ class OffloadedMomentStore final : public MomentStore {
           file_->wait(*writing[next]);
           writing[next].reset();
         }
-        reading[next] = file_->submit_read(staging_[next].get(), 2 * half_bytes(i + 1), offset(i + 1));
+        reading[next] = file_->submit_read(staging_[next].get(), parts_ * half_bytes(i + 1), offset(i + 1));
       }
       auto* m = reinterpret_cast<float*>(staging_[s].get());
       const int64_t begin = i * block_elems_;
-      fn(begin, std::min(block_elems_, n_ - begin), m, m + half_bytes(i) / sizeof(float));
-      writing[s] = file_->submit_write(staging_[s].get(), 2 * half_bytes(i), offset(i));
+      const std::size_t part = half_bytes(i) / sizeof(float);
+      fn(begin, std::min(block_elems_, n_ - begin), m, m + part, values_ ? m + 2 * part : nullptr);
+      writing[s] = file_->submit_write(staging_[s].get(), parts_ * half_bytes(i), offset(i));
     }
     for (auto& w : writing) {
       if (w) file_->wait(*w);
@@ -100,6 +124,7 @@ class OffloadedMomentStore final : public MomentStore {
   }
 
   void read(int kind, int64_t begin, int64_t count, float* out) override {
+    check_kind(kind);
     for_each_piece(begin, count, [&](int64_t blk, int64_t lo, int64_t len, int64_t done) {
       load_half(blk, kind);
       std::copy_n(half() + lo, len, out + done);
@@ -107,6 +132,7 @@ class OffloadedMomentStore final : public MomentStore {
   }
 
   void write(int kind, int64_t begin, int64_t count, const float* in) override {
+    check_kind(kind);
     for_each_piece(begin, count, [&](int64_t blk, int64_t lo, int64_t len, int64_t done) {
       if (len < block_elems_) load_half(blk, kind);  // keep the rest of the block
       std::copy_n(in + done, len, half() + lo);
@@ -115,9 +141,71 @@ class OffloadedMomentStore final : public MomentStore {
   }
 
   std::string describe() const override {
-    return fmt::format("offloaded to {} ({} io_uring, {} block(s) of 2 x {})", file_->path(),
+    return fmt::format("offloaded to {} ({} io_uring, {} block(s) of {} x {})", file_->path(),
                        file_->direct() ? "O_DIRECT" : "buffered (the file system refuses O_DIRECT)",
-                       blocks_, format_bytes(static_cast<double>(block_bytes_)));
+                       blocks_, parts_, format_bytes(static_cast<double>(block_bytes_)));
+  }
+
+  // The pieces of [begin, begin + count) of one part, block by block, each widened to whole
+  // pages, read into one aligned buffer. Only the first piece can start inside a page (every
+  // later one starts at its block's start and the one before ends at its block's end), so the
+  // elements are contiguous in the buffer after the first piece's slack.
+  class FilePrefetch final : public Prefetch {
+   public:
+    FilePrefetch(OffloadedMomentStore& s, int kind, int64_t begin, int64_t count) : s_(s) {
+      s.check_kind(kind);
+      TRI_CHECK(begin >= 0 && count >= 0 && begin + count <= s.n_, "values [{}, {}) outside the {} held",
+                begin, begin + count, s.n_);
+      if (count == 0) return;
+      constexpr std::size_t kA = AsyncFile::kAlignment;
+      const int64_t first = begin / s.block_elems_, last = (begin + count - 1) / s.block_elems_;
+      struct Piece { std::size_t at, bytes; };
+      std::vector<Piece> pieces;
+      for (int64_t blk = first; blk <= last; ++blk) {
+        const int64_t base = blk * s.block_elems_;
+        const std::size_t lo = blk == first ? static_cast<std::size_t>(begin - base) * sizeof(float) : 0;
+        const std::size_t hi = blk == last ? static_cast<std::size_t>(begin + count - base) * sizeof(float)
+                                           : s.half_bytes(blk);
+        const std::size_t a = lo / kA * kA, b = (hi + kA - 1) / kA * kA;
+        if (blk == first) skip_ = lo - a;
+        pieces.push_back({s.offset(blk) + static_cast<std::size_t>(kind) * s.half_bytes(blk) + a, b - a});
+        bytes_ += b - a;
+      }
+      buf_ = aligned_bytes(bytes_);
+      s.tracker_.add(MemCategory::kParameters, bytes_);
+      std::size_t at = 0;
+      for (const Piece& p : pieces) {
+        tickets_.push_back(s.file_->submit_read(buf_.get() + at, p.bytes, p.at));
+        at += p.bytes;
+      }
+    }
+    ~FilePrefetch() override {
+      try {
+        wait();
+      } catch (...) {  // an I/O error nobody asked for: the buffer is freed either way
+      }
+      if (bytes_ > 0) s_.tracker_.release(MemCategory::kParameters, bytes_);
+    }
+    const float* data() override {
+      wait();
+      return reinterpret_cast<const float*>(buf_.get() + skip_);
+    }
+
+   private:
+    void wait() {
+      while (!tickets_.empty()) {
+        const AsyncFile::Ticket t = tickets_.back();
+        tickets_.pop_back();
+        s_.file_->wait(t);
+      }
+    }
+    OffloadedMomentStore& s_;
+    AlignedBytes buf_;
+    std::size_t bytes_ = 0, skip_ = 0;
+    std::vector<AsyncFile::Ticket> tickets_;
+  };
+  std::unique_ptr<Prefetch> prefetch(int kind, int64_t begin, int64_t count) override {
+    return std::make_unique<FilePrefetch>(*this, kind, begin, count);
   }
 
   IoStats io_stats() const override {
@@ -125,7 +213,11 @@ class OffloadedMomentStore final : public MomentStore {
   }
 
  private:
-  std::size_t offset(int64_t blk) const { return static_cast<std::size_t>(blk) * 2 * block_bytes_; }
+  std::size_t offset(int64_t blk) const { return static_cast<std::size_t>(blk) * parts_ * block_bytes_; }
+  void check_kind(int kind) const {
+    TRI_CHECK(kind >= 0 && kind < static_cast<int>(parts_), "part {} of an offload file that holds {} (0: exp_avg, "
+              "1: exp_avg_sq, 2: values with --offload optimizer+params)", kind, parts_);
+  }
   // Bytes of one moment in block `blk`: the block size, less for the last block (its elements
   // rounded up to whole pages), so a small store does not take a whole block of disk.
   std::size_t half_bytes(int64_t blk) const {
@@ -153,6 +245,7 @@ class OffloadedMomentStore final : public MomentStore {
   }
 
   MemoryTracker& tracker_;
+  std::size_t parts_;  // 2: the moments; 3: and the values
   std::size_t block_bytes_;
   int64_t block_elems_, blocks_;
   std::optional<AsyncFile> file_;
@@ -168,12 +261,12 @@ std::unique_ptr<MomentStore> make_memory_moment_store(MemoryTracker& tracker, in
 
 std::unique_ptr<MomentStore> make_offloaded_moment_store(MemoryTracker& tracker, int64_t n,
                                                          const std::string& path,
-                                                         int64_t block_bytes) {
-  return std::make_unique<OffloadedMomentStore>(tracker, n, path, block_bytes);
+                                                         int64_t block_bytes, bool values) {
+  return std::make_unique<OffloadedMomentStore>(tracker, n, path, block_bytes, values);
 }
 
 std::span<const std::string_view> offload_kind_names() {
-  static constexpr std::string_view kNames[] = {"none", "optimizer"};
+  static constexpr std::string_view kNames[] = {"none", "optimizer", "optimizer+params"};
   return kNames;
 }
 
@@ -181,11 +274,12 @@ std::unique_ptr<MomentStore> make_moment_store(MemoryTracker& tracker, int64_t n
                                                const OffloadOptions& options, int world_rank,
                                                int chunk) {
   if (!options.optimizer()) return make_memory_moment_store(tracker, n);
-  TRI_CHECK(!options.dir.empty(), "--offload optimizer needs --offload-dir DIR (a directory on a "
-                                  "local disk with room for 8 bytes per parameter)");
-  const std::string path =
-      fmt::format("{}/trident-offload-rank{:05d}-chunk{}.moments", options.dir, world_rank, chunk);
-  return make_offloaded_moment_store(tracker, n, path, options.block_bytes());
+  TRI_CHECK(!options.dir.empty(), "--offload {} needs --offload-dir DIR (a directory on a local disk with "
+            "room for {} bytes per parameter)", offload_kind_names()[static_cast<std::size_t>(options.kind)],
+            options.params() ? 12 : 8);
+  const std::string path = fmt::format("{}/trident-offload-rank{:05d}-chunk{}.{}", options.dir, world_rank, chunk,
+                                       options.params() ? "state" : "moments");
+  return make_offloaded_moment_store(tracker, n, path, options.block_bytes(), options.params());
 }
 
 }  // namespace trident::optim

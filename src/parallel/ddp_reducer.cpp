@@ -111,10 +111,13 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
   }
 
   if (options_.zero >= 2) {
-    shard_grads_ = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(layout_.numel()));
+    // The flat gradients (zeros at construction) go first, so the start-up peak never holds both.
     params_.release_flat_grads();
+    shard_grads_ = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(layout_.numel()));
   }
-  if (options_.zero >= 3) {
+  if (options_.zero >= 3 && options_.offload_values) {
+    gathered_.resize(static_cast<std::size_t>(params.num_groups()));  // the values wait for the store
+  } else if (options_.zero >= 3) {
     shard_values_ = FloatBuffer(tracker_, MemCategory::kParameters, static_cast<std::size_t>(layout_.numel()));
     // Keep whatever the flat buffer holds (normally nothing yet: initialise or load after).
     if (!params_.values().empty()) {
@@ -379,7 +382,11 @@ void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scal
     case 0: adamw.step(v, params_.grads().data(), lr, grad_scale); return;  // owns [0, total)
     case 1: adamw.step(v, params_.grads().data(), lr, grad_scale, At::kFlat, At::kFlat); break;
     case 2: adamw.step(v, shard_grads_.data(), lr, grad_scale, At::kFlat, At::kOwned); break;
-    default: adamw.step(shard_values_.data(), shard_grads_.data(), lr, grad_scale); return;
+    default:
+      TRI_CHECK(!value_store_ || value_store_ == &adamw.moments(),
+                "the offloaded value shard is not in this optimizer's store");
+      adamw.step(value_store_ ? nullptr : shard_values_.data(), shard_grads_.data(), lr, grad_scale);
+      return;
   }
   // Stages 1-2: every rank updated its shard; gather each segment's full values in place over
   // its group (dp; edp for experts).
@@ -404,9 +411,18 @@ void DataParallel::before_group_forward(int g) {
   if (g + 1 < params_.num_groups()) next = values_needed(g + 1, false);
   std::vector<int> all = keep;
   all.insert(all.end(), next.begin(), next.end());
+  std::vector<int> ahead;  // offloaded values: the group after the next one is read now
+  if (value_store_ && g + 2 < params_.num_groups()) ahead = values_needed(g + 2, false);
   keep_only(all);
+  if (value_store_) {  // a read ahead that another order of hooks made stale (pipelines) goes
+    for (int h = 0; h < params_.num_groups(); ++h) {
+      auto in = [h](const std::vector<int>& v) { return std::find(v.begin(), v.end(), h) != v.end(); };
+      if (!in(all) && !in(ahead)) reads_[static_cast<std::size_t>(h)].reset();
+    }
+  }
   for (int h : keep) acquire(h);
   for (int h : next) issue_gather(h);
+  for (int h : ahead) prefetch(h);
 }
 
 void DataParallel::before_group_backward(int g) {
@@ -426,9 +442,18 @@ void DataParallel::before_group_backward(int g) {
   if (g - 1 >= 0) next = values_needed(g - 1, true);
   std::vector<int> all = keep;
   all.insert(all.end(), next.begin(), next.end());
+  std::vector<int> ahead;
+  if (value_store_ && g - 2 >= 0) ahead = values_needed(g - 2, true);
   keep_only(all);
+  if (value_store_) {  // a read ahead that another order of hooks made stale (pipelines) goes
+    for (int h = 0; h < params_.num_groups(); ++h) {
+      auto in = [h](const std::vector<int>& v) { return std::find(v.begin(), v.end(), h) != v.end(); };
+      if (!in(all) && !in(ahead)) reads_[static_cast<std::size_t>(h)].reset();
+    }
+  }
   for (int h : keep) acquire(h);
   for (int h : next) issue_gather(h);
+  for (int h : ahead) prefetch(h);
 }
 
 void DataParallel::after_group_backward(int g) { group_final(g); }
@@ -451,11 +476,20 @@ void DataParallel::issue_gather(int g) {
   // Each ZeRO segment of the group (dense layers: one; an MoE layer's experts: their own, over
   // edp) is gathered over its group.
   s.works.clear();
+  // The shard: in memory, or this group's slice as read from the offload file (shard index i
+  // at shard[i]).
+  TRI_CHECK(!options_.offload_values || value_store_, "ZeRO-3 values offloaded but no store attached yet");
+  const float* shard = shard_values_.data();
+  if (value_store_) {
+    const auto [first, last] = group_shard_[static_cast<std::size_t>(g)];
+    prefetch(g);
+    shard = last > first ? reads_[static_cast<std::size_t>(g)]->data() - first : nullptr;
+  }
   for (const ShardSegment& seg : layout_.segments) {
     const int64_t lo = std::max(gb, seg.lo), hi = std::min(ge, seg.hi);
     if (lo >= hi) continue;
     const auto [a, b] = layout_.mine(lo, hi);
-    const std::span<const float> in(shard_values_.data() + (b > a ? layout_.index(a) : 0), static_cast<std::size_t>(b - a));
+    const std::span<const float> in(b > a ? shard + layout_.index(a) : nullptr, static_cast<std::size_t>(b - a));
     const std::span<float> out(s.buf.data() + (lo - gb), static_cast<std::size_t>(hi - lo));
     comm::Communicator& group = group_of(seg);
     if (group.size() == 1) {
@@ -469,6 +503,15 @@ void DataParallel::issue_gather(int g) {
     if (p.group == g) params_.set_data_ptr(id, s.buf.data() + (p.offset - gb));
   }
   s.state = 1;
+  if (s.works.empty() && value_store_) reads_[static_cast<std::size_t>(g)].reset();  // copied already
+}
+
+void DataParallel::prefetch(int g) {
+  auto& r = reads_[static_cast<std::size_t>(g)];
+  const auto [first, last] = group_shard_[static_cast<std::size_t>(g)];
+  if (!r && last > first && gathered_[static_cast<std::size_t>(g)].state == 0) {
+    r = value_store_->prefetch(2, first, last - first);
+  }
 }
 
 void DataParallel::acquire(int g) {
@@ -477,6 +520,7 @@ void DataParallel::acquire(int g) {
   if (s.state == 1) {
     wait_all(s.works);
     s.state = 2;
+    if (value_store_) reads_[static_cast<std::size_t>(g)].reset();  // the gather has its copy
   }
 }
 
@@ -484,6 +528,7 @@ void DataParallel::release(int g) {
   Gathered& s = gathered_[static_cast<std::size_t>(g)];
   if (s.state == 0) return;
   if (s.state == 1) wait_all(s.works);
+  if (value_store_) reads_[static_cast<std::size_t>(g)].reset();
   s.buf.reset();
   s.state = 0;
   for (int id = 0; id < params_.size(); ++id) {
@@ -497,13 +542,20 @@ void DataParallel::keep_only(const std::vector<int>& keep) {
   }
 }
 
-void DataParallel::release_all() { keep_only({}); }
+void DataParallel::release_all() {
+  keep_only({});
+  for (auto& r : reads_) r.reset();  // read ahead and not gathered (the values change next)
+}
 
 void DataParallel::read_shard_values(int id, float* local) const {
   const nn::ParamInfo& p = params_.info(id);
   std::fill(local, local + p.numel, 0.0f);
   const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
-  if (hi > lo) {
+  if (hi <= lo) return;
+  TRI_CHECK(!options_.offload_values || value_store_, "ZeRO-3 values offloaded but no store attached yet");
+  if (value_store_) {
+    value_store_->read(2, layout_.index(lo), hi - lo, local + (lo - p.offset));
+  } else {
     std::memcpy(local + (lo - p.offset), shard_values_.data() + layout_.index(lo),
                 static_cast<std::size_t>(hi - lo) * sizeof(float));
   }
@@ -512,10 +564,50 @@ void DataParallel::read_shard_values(int id, float* local) const {
 void DataParallel::write_shard_values(int id, const float* local) {
   const nn::ParamInfo& p = params_.info(id);
   const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
-  if (hi > lo) {
+  if (hi <= lo) return;
+  TRI_CHECK(!options_.offload_values || value_store_, "ZeRO-3 values offloaded but no store attached yet");
+  if (value_store_) {
+    value_store_->write(2, layout_.index(lo), hi - lo, local + (lo - p.offset));
+  } else {
     std::memcpy(shard_values_.data() + layout_.index(lo), local + (lo - p.offset),
                 static_cast<std::size_t>(hi - lo) * sizeof(float));
   }
+}
+
+void DataParallel::attach_value_store(optim::MomentStore& store) {
+  TRI_CHECK(options_.zero >= 3, "--offload optimizer+params offloads ZeRO-3's parameter shards; this "
+            "reducer runs ZeRO-{}: add --zero 3", options_.zero);
+  TRI_CHECK(options_.offload_values && value_store_ == nullptr,
+            "attach_value_store needs DataParallelOptions::offload_values, once");
+  TRI_CHECK(store.holds_values() && store.size() == layout_.numel(),
+            "the offload store holds {} elements{}, the ZeRO-3 shard {}", store.size(),
+            store.holds_values() ? "" : " and no values", layout_.numel());
+  release_all();
+  if (!params_.values().empty()) {  // whatever the flat buffer holds (normally zeros: initialise or load after)
+    for (const ShardSegment& s : layout_.segments) {
+      if (s.my_hi() > s.my_lo()) store.write(2, s.base, s.my_hi() - s.my_lo(), params_.values().data() + s.my_lo());
+    }
+  }
+  params_.release_flat_values();
+  value_store_ = &store;
+  // Each group's shard elements are contiguous in shard order (shard order is flat order
+  // within this rank's pieces, and a group is a flat range).
+  group_shard_.assign(static_cast<std::size_t>(params_.num_groups()), FlatRange{0, 0});
+  for (int g = 0; g < params_.num_groups(); ++g) {
+    int64_t first = -1, last = -1;
+    for (const ShardSegment& seg : layout_.segments) {
+      const int64_t lo = std::max(params_.group_begin(g), seg.lo), hi = std::min(params_.group_end(g), seg.hi);
+      if (lo >= hi) continue;
+      const auto [a, b] = layout_.mine(lo, hi);
+      if (b <= a) continue;
+      if (first < 0) first = layout_.index(a);
+      TRI_CHECK(last < 0 || layout_.index(a) == last, "group {}'s shard is not contiguous", g);
+      last = layout_.index(a) + (b - a);
+    }
+    if (first >= 0) group_shard_[static_cast<std::size_t>(g)] = {first, last};
+  }
+  reads_.clear();
+  reads_.resize(static_cast<std::size_t>(params_.num_groups()));
 }
 
 void DataParallel::initialize_shard(uint64_t seed) {

@@ -37,6 +37,10 @@
 //   3:      values sharded too: a group's values are all_gathered into a working buffer just
 //           before its forward and its backward (the next group's gather prefetched) and freed
 //           after                                                     16Ψ/N
+//   3 + --offload optimizer+params: the value shard and the moments live in the offload file
+//           (attach_value_store); a group's shard slice is read from it before its gather,
+//           the read of the group after the next one issued while this one computes; the
+//           update streams values with the moments                     4Ψ/N (gradients)
 //   plus, during the step, the bucket / gathered-group working set.
 // The loss is scaled by 1 / global tokens, so the dp *sum* is the global mean gradient.
 //
@@ -51,6 +55,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -79,6 +84,9 @@ struct DataParallelOptions {
   // With bf16 each bucket's reduced element is round_bf16(sum_r round_bf16(g_r)), the same bits
   // on every rank and for any bucket size; ZeRO 2-3 keep it (widened) as the shard's gradient.
   GradReduceDType reduce_dtype = GradReduceDType::kFp32;
+  // Stage 3, --offload optimizer+params: the value shard never lives in memory; the flat values
+  // stay until attach_value_store writes this rank's part of them into the store.
+  bool offload_values = false;
 };
 
 // Buckets as parameter id ranges [first, last] (inclusive), in launch order (the last
@@ -136,6 +144,13 @@ class DataParallel : public nn::ModelHooks {
   void write_shard_values(int id, const float* local);
   // Initialises the shard from the logical tensors (as ParameterSet::initialize).
   void initialize_shard(uint64_t seed);
+  // Stage 3, --offload optimizer+params (options.offload_values): this rank's part of the flat
+  // values goes into `store` (the optimizer's moment store holding values, in shard order) and
+  // the flat values are freed, so the shard is never in memory; from here on the shard is
+  // read from it (gathers, checkpoints) and the optimizer updates it there. `store` must
+  // outlive this reducer's last gather.
+  void attach_value_store(optim::MomentStore& store);
+  bool values_offloaded() const { return value_store_ != nullptr; }
 
   // ---- nn::ModelHooks ----
   void before_group_forward(int group) override;
@@ -199,6 +214,12 @@ class DataParallel : public nn::ModelHooks {
   FloatBuffer shard_values_;  // stage 3
   FloatBuffer shard_grads_;   // stages 2-3
   std::vector<Gathered> gathered_;
+  // Stage 3 with the values offloaded: the store, each group's shard slice [first, second) in
+  // shard indices, and the reads in flight (or done, until the group's gather has finished).
+  optim::MomentStore* value_store_ = nullptr;
+  std::vector<FlatRange> group_shard_;
+  std::vector<std::unique_ptr<optim::MomentStore::Prefetch>> reads_;
+  void prefetch(int g);
   double wait_s_ = 0.0;
 };
 

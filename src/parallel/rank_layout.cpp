@@ -57,6 +57,11 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     ep_comm_ = std::make_unique<CommExpertParallel>(mesh_.ep());
     tp.ep = make_ep_context(*ep_comm_);
   }
+  // Checked here, on the run's final options (a resume restores --zero from its checkpoint).
+  TRI_CHECK(!options_.offload.params() || options_.zero == 3,
+            "--offload optimizer+params offloads ZeRO-3's parameter shards (as DeepSpeed's offload_param, "
+            "which also needs stage 3): add --zero 3 (this run has --zero {}), or use --offload optimizer",
+            options_.zero);
   // Pipeline parallelism: this rank's chunks of the layer stack (V of them when interleaved).
   const int V = shape.pp > 1 ? options_.virtual_stages : 1;
   std::vector<nn::StageSpec> stages{nn::StageSpec{}};
@@ -111,7 +116,8 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
           DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1,
-                              shape.ep > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype});
+                              shape.ep > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype,
+                              options_.offload.params()});
     }
     const std::vector<FlatRange> owned =
         c.dp ? c.dp->optimizer_ranges() : std::vector<FlatRange>{{0, c.model->params().total_numel()}};
@@ -120,6 +126,7 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
         optim::make_moment_store(tracker_, optim::AdamW::moment_count(c.model->params(), owned),
                                  options_.offload, mesh_.rank(),
                                  static_cast<int>(chunks_.size())));
+    if (options_.offload.params()) c.dp->attach_value_store(c.adamw->moments());
     if (config_.packed_base()) {
       c.packed = std::make_unique<quant::PackedBase>(c.model->params(), tracker_);
       c.packed->set_inner(c.dp.get());
@@ -215,7 +222,9 @@ std::string RankLayout::describe() const {
   }
   if (options_.grad_reduce_dtype == GradReduceDType::kBf16) text += "; gradient sums in bf16";
   if (options_.offload.optimizer() && !chunks_.empty()) {
-    text += "; AdamW moments " + chunks_.front().adamw->moments().describe();
+    text += std::string(options_.offload.params() ? "; AdamW moments and ZeRO-3 parameter shard "
+                                                  : "; AdamW moments ") +
+            chunks_.front().adamw->moments().describe();
   }
   if (!partition_text_.empty()) text += "\n" + partition_text_;
   return text;

@@ -42,8 +42,9 @@ struct BatchSplit {
 // One model chunk this rank holds, with its data-parallel reducer and optimizer.
 struct ModelChunk {
   std::unique_ptr<nn::Model> model;
-  std::unique_ptr<DataParallel> dp;  // null when dp == 1 and zero == 0; after model: destroyed first
+  // Before dp: destroyed after it (with --offload optimizer+params dp reads from its store).
   std::unique_ptr<optim::AdamW> adamw;
+  std::unique_ptr<DataParallel> dp;  // null when dp == 1 and zero == 0; after model: destroyed first
   // QLoRA: the packed frozen base; the model's hooks (dequantize, then dp's). Declared last:
   // destroyed first, before the reducer it hands on to.
   std::unique_ptr<quant::PackedBase> packed;

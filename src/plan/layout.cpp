@@ -25,7 +25,7 @@ std::string Layout::train_flags() const {
   if (virtual_stages > 1) s += fmt::format(" --virtual-stages {}", virtual_stages);
   if (sequence_parallel) s += " --sequence-parallel";
   if (ep > 1) s += fmt::format(" --ep {}", ep);
-  if (offload) s += " --offload optimizer";
+  if (offload) s += offload_params && zero >= 3 ? " --offload optimizer+params" : " --offload optimizer";
   return s;
 }
 

@@ -26,6 +26,7 @@ struct Layout {
   bool sequence_parallel = false;                     // only when tp > 1
   int ep = 1;  // expert-parallel ranks out of dp (mixture of experts; expert parameters / ep)
   bool offload = false;  // --offload optimizer: this rank's AdamW moments on disk
+  bool offload_params = false;  // with offload at ZeRO 3: --offload optimizer+params, the value shard too
 
   int world() const { return dp * tp * pp; }
   // "dp2 tp2 pp2"
@@ -34,7 +35,8 @@ struct Layout {
   std::string schedule_name() const;
   // The `trident train` flags that run this layout:
   // "--dp 2 --tp 2 --pp 2 --zero 1 --schedule 1f1b --micro-batches 4 --virtual-stages 1"
-  // (and " --offload optimizer" when offload; the run adds its --offload-dir).
+  // (and " --offload optimizer" or " --offload optimizer+params" when offload; the run adds
+  // its --offload-dir).
   std::string train_flags() const;
   bool operator==(const Layout&) const = default;
 };
@@ -56,6 +58,10 @@ struct PlanRequest {
   // offload_auto: a layout that does not fit memory_per_rank is planned again offloaded
   // (make_plan, when the machine's disk is known).
   bool offload_optimizer = false;
+  // --offload optimizer+params: ZeRO-3 layouts also keep their value shard on disk (the
+  // in-flight groups' gathers and reads stay resident); offload_auto tries it for a ZeRO-3
+  // layout that optimizer offload alone does not fit.
+  bool offload_params = false;
   bool offload_auto = false;
   double offload_block_bytes = 4.0 * 1024 * 1024;
   double memory_per_rank = 0.0;  // bytes; 0: unlimited

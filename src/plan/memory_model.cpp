@@ -2,6 +2,7 @@
 #include "plan/memory_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "nn/architecture.h"
@@ -158,6 +159,16 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     if (req.offload_optimizer || l.offload) {
       mb.offloaded = mb.optimizer;
       mb.optimizer = 6.0 * req.offload_block_bytes * static_cast<double>(rc.chunks.size());
+      if ((req.offload_params || l.offload_params) && l.zero >= 3) {
+        // The value shard joins the moments on disk (a third part of each staging block); in
+        // memory stay the two gathered groups and the shard slices read for the next two (the
+        // first rank of a segment holds the ceiling: a group's slice is at most max_group / dp
+        // rounded up, widened to whole 4 KiB pages at both ends).
+        mb.offloaded += 4 * shard;
+        mb.optimizer *= 1.5;
+        const double slice = std::ceil(static_cast<double>(max_group) / static_cast<double>(dp)) + 2048;
+        mb.params = 4 * (std::min(full, 2.0 * static_cast<double>(max_group)) + 2.0 * slice);
+      }
     }
     mb.activations = act_bytes;
     mb.workspace = 4 * work_floats;

@@ -22,7 +22,8 @@ PlanRow predict_layout(const PlanRequest& req, const Layout& l, ComputeModel& co
   PlanRow row;
   row.layout = l;
   row.layout.offload = l.offload || req.offload_optimizer;
-  row.memory = predict_memory(req, l);
+  row.layout.offload_params = row.layout.offload && l.zero >= 3 && (l.offload_params || req.offload_params);
+  row.memory = predict_memory(req, row.layout);
   row.step = predict_step(req, l, compute, machine);
   row.fits = req.memory_per_rank <= 0 || row.memory.worst().total() <= req.memory_per_rank;
   return row;
@@ -43,6 +44,12 @@ Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel
       offloaded.offload = true;
       PlanRow off = predict_layout(req, offloaded, compute, machine);
       if (off.memory.worst().total() < row.memory.worst().total()) row = std::move(off);
+      // Still too big at ZeRO 3: the parameter shard to disk as well (the slowest way to fit).
+      if (!row.fits && c.layout.zero >= 3) {
+        offloaded.offload_params = true;
+        PlanRow params = predict_layout(req, offloaded, compute, machine);
+        if (params.memory.worst().total() < row.memory.worst().total()) row = std::move(params);
+      }
     }
     plan.rows.push_back(row);
   }
@@ -117,7 +124,9 @@ std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOp
                        m.optimizer / MiB, m.activations / MiB, m.workspace / MiB, m.total() / MiB,
                        r.step.step_s * 1e3, r.step.tokens_per_s, 100 * r.step.bubble,
                        r.step.shared_bound() ? "cores" : "path",
-                       l.offload ? fmt::format("disk {:.1f} ms", r.step.offload_s * 1e3) : std::string("-"),
+                       l.offload ? fmt::format("disk{} {:.1f} ms", l.offload_params && l.zero >= 3 ? "+params" : "",
+                                               r.step.offload_s * 1e3)
+                                 : std::string("-"),
                        r.fits ? "" : "  (does not fit)");
   }
   if (shown < static_cast<int>(plan.rows.size())) {
@@ -130,7 +139,9 @@ std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOp
     out += "offload 'disk': the row runs --offload optimizer (proposed only where the layout does not fit "
            "without it, or asked for); optim is then the resident staging, the AdamW moments are on disk, "
            "not in total; the step's update takes max(AdamW compute, the moments' read + write at the "
-           "measured disk bandwidth shared by a node's ranks), the disk time shown\n";
+           "measured disk bandwidth shared by a node's ranks), the disk time shown; 'disk+params': "
+           "--offload optimizer+params (ZeRO 3), the parameter shard on disk too (params is then the "
+           "groups in flight), its update I/O included, its layers' reads not priced\n";
   }
   if (opt.show_rejected && !plan.rejected.empty()) {
     out += "not valid:\n";

@@ -72,8 +72,11 @@ std::optional<double> available_memory_bytes() {
   return avail;
 }
 
-double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world, bool offload_optimizer) {
-  const double bytes_per_param = offload_optimizer ? 8.0 : 16.0;
+double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world, bool offload_optimizer,
+                                  bool offload_params) {
+  // In memory: weights, gradients and both moments; the gradients and weights (optimizer
+  // offload); the gradient shard (optimizer+params, ZeRO 3).
+  const double bytes_per_param = offload_params ? 4.0 : offload_optimizer ? 8.0 : 16.0;
   return bytes_per_param * static_cast<double>(model.num_parameters()) / static_cast<double>(std::max(1, world));
 }
 
@@ -101,16 +104,18 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
 
   // 1. The bound that needs nothing built.
   const bool offload = cfg.engine.offload.optimizer();
-  const double floor_per_rank = lower_bound_bytes_per_rank(model, world, offload);
+  const bool offload_params = cfg.engine.offload.params();
+  const double floor_per_rank = lower_bound_bytes_per_rank(model, world, offload, offload_params);
   const double floor_node = node_sum(floor_per_rank);
   if (floor_node > *avail) {
     MPI_Comm_free(&node);
     TRI_FAIL("the model ({}) cannot be built here: its {} parameters need at least {} bytes each "
              "in memory ({}), {} per rank even split over all {} ranks, {} "
              "for the {} rank(s) on this node, but only {} is available{}",
-             model.describe(), model.num_parameters(), offload ? 8 : 16,
-             offload ? "weights and gradients; the AdamW moments are offloaded"
-                     : "weights, gradients, two AdamW moments",
+             model.describe(), model.num_parameters(), offload_params ? 4 : offload ? 8 : 16,
+             offload_params ? "gradients; the weights and AdamW moments are offloaded"
+             : offload      ? "weights and gradients; the AdamW moments are offloaded"
+                            : "weights, gradients, two AdamW moments",
              format_bytes(floor_per_rank), world,
              format_bytes(floor_node), local, format_bytes(*avail), hint);
   }
@@ -127,6 +132,7 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   req.recompute = cfg.engine.recompute;
   req.precision = cfg.engine.precision;
   req.offload_optimizer = offload;
+  req.offload_params = offload_params;
   req.offload_block_bytes = static_cast<double>(cfg.engine.offload.block_bytes());
   plan::Layout layout;
   layout.dp = cfg.parallel.dp;

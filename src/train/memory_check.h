@@ -28,6 +28,7 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
 
 // The construction-free lower bound: 16 bytes per parameter over `world` ranks, 8 when the
 // AdamW moments are offloaded (the parameter count in checked 64-bit arithmetic).
-double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world, bool offload_optimizer = false);
+double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world, bool offload_optimizer = false,
+                                  bool offload_params = false);
 
 }  // namespace trident::train

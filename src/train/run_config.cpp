@@ -199,7 +199,9 @@ void validate_run_config(const RunConfig& cfg) {
             enum_name(e.grad_reduce_dtype), p.dp);
   TRI_CHECK(!e.offload.optimizer() || !e.offload.dir.empty(),
             "--offload {} needs --offload-dir DIR: an existing directory on a local disk with room "
-            "for 8 bytes per parameter (the AdamW moments)", enum_name(e.offload.kind));
+            "for {} bytes per parameter ({})", enum_name(e.offload.kind), e.offload.params() ? 12 : 8,
+            e.offload.params() ? "the AdamW moments and the parameter shard" : "the AdamW moments");
+
   TRI_CHECK(e.offload.block_kib % 4 == 0,
             "offload_block_kib {} is not a multiple of 4: direct I/O moves whole 4 KiB pages; use "
             "{}", e.offload.block_kib, (e.offload.block_kib + 3) / 4 * 4);

@@ -3,7 +3,8 @@
 // a last partial block), random access reads/writes across block edges keep the neighbours,
 // the accounting puts the moments under "offloaded" and only the staging buffers in the
 // resident total, a second store on the same file is refused while the first lives, a
-// missing directory is one clear error, and a clean exit removes the file.
+// missing directory is one clear error, and a clean exit removes the file. With values
+// (--offload optimizer+params): the update in the store, prefetch() of any range.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -34,7 +35,7 @@ struct TempDir {
 };
 
 // Parameters whose decay setting flips at offsets that are not block multiples.
-nn::ParameterSet make_params(MemoryTracker& tracker) {
+nn::ParameterSet make_params(MemoryTracker& tracker, int frozen = -1) {
   nn::ParameterSet ps;
   ps.begin_group("g");
   const int64_t sizes[] = {1500, 37, 2600, 1, 900};
@@ -43,6 +44,7 @@ nn::ParameterSet make_params(MemoryTracker& tracker) {
     p.name = fmt::format("p{}", i);
     p.logical_shape = p.local_shape = {sizes[i]};
     p.weight_decay = i % 2 == 0;
+    p.frozen = i == frozen;
     ps.add(p);
   }
   ps.allocate(tracker);
@@ -110,7 +112,7 @@ TEST(MomentStore, RandomAccessAcrossBlocksKeepsNeighbours) {
   EXPECT_EQ(back, v);
   // update() sees what write() stored, block by block, and its changes persist.
   int64_t seen = 0;
-  store->update([&](int64_t b, int64_t count, float* bm, float* bv) {
+  store->update([&](int64_t b, int64_t count, float* bm, float* bv, float*) {
     EXPECT_EQ(b, seen);
     for (int64_t i = 0; i < count; ++i) {
       EXPECT_EQ(bm[i], m[static_cast<std::size_t>(b + i)]);
@@ -122,6 +124,69 @@ TEST(MomentStore, RandomAccessAcrossBlocksKeepsNeighbours) {
   EXPECT_EQ(seen, n);
   store->read(0, 2990, 10, back.data());
   for (int i = 0; i < 10; ++i) EXPECT_EQ(back[static_cast<std::size_t>(i)], m[2990 + static_cast<std::size_t>(i)] + 1.0f);
+}
+
+// --offload optimizer+params: the values are a third part of every block. AdamW updating them
+// in the store gives the bits of AdamW updating an in-memory buffer (the values then
+// read back), and prefetch() of any range -- inside one block, from the middle of one block
+// into the next, across three, at the unaligned end of the last -- returns exactly those
+// elements, counted under parameters while it lives.
+TEST(MomentStore, ValuesInTheStoreAndTheirPrefetch) {
+  TempDir dir;
+  MemoryTracker tracker;
+  nn::ParameterSet ps = make_params(tracker);
+  const int64_t n = ps.total_numel();
+  AdamWConfig cfg;
+  AdamW mem(ps, tracker, cfg);
+  AdamW off(ps, tracker, cfg, 0, -1,
+            make_offloaded_moment_store(tracker, n, (dir.path / "m.state").string(), kBlock, /*values=*/true));
+  ASSERT_TRUE(off.moments().holds_values());
+  std::vector<float> w(static_cast<std::size_t>(n)), g(w.size());
+  fill(w, 3);
+  off.moments().write(2, 0, n, w.data());
+  for (int step = 0; step < 4; ++step) {
+    fill(g, 200 + static_cast<uint64_t>(step));
+    mem.step(w.data(), g.data(), 1e-2f, 0.9f);
+    off.step(nullptr, g.data(), 1e-2f, 0.9f);
+  }
+  std::vector<float> back(w.size());
+  off.moments().read(2, 0, n, back.data());
+  EXPECT_EQ(back, w);
+  for (int kind = 0; kind < 2; ++kind) {
+    std::vector<float> a(w.size()), b(w.size());
+    mem.moments().read(kind, 0, n, a.data());
+    off.moments().read(kind, 0, n, b.data());
+    EXPECT_EQ(a, b) << "kind " << kind;
+  }
+  const std::pair<int64_t, int64_t> ranges[] = {{0, 1}, {5, 300}, {1000, 100}, {777, 2500}, {4000, n - 4000}, {n - 1, 1}};
+  for (const auto& [b, c] : ranges) {
+    const std::size_t before = tracker.current(MemCategory::kParameters);
+    {
+      auto pre = off.moments().prefetch(2, b, c);
+      EXPECT_GT(tracker.current(MemCategory::kParameters), before);
+      const float* got = pre->data();
+      for (int64_t i = 0; i < c; ++i) {
+        ASSERT_EQ(got[i], w[static_cast<std::size_t>(b + i)]) << "range [" << b << ", +" << c << ") at " << i;
+      }
+    }
+    EXPECT_EQ(tracker.current(MemCategory::kParameters), before);
+  }
+  EXPECT_THROW(mem.moments().read(2, 0, 1, back.data()), Error);  // the in-memory store has none
+}
+
+// A store holding values holds every element: frozen parameters (no moments) are refused.
+TEST(MomentStore, ValuesWithFrozenParametersAreRefused) {
+  TempDir dir;
+  MemoryTracker tracker;
+  nn::ParameterSet ps = make_params(tracker, /*frozen=*/1);
+  const int64_t trained = AdamW::moment_count(ps);
+  try {
+    AdamW off(ps, tracker, AdamWConfig{}, 0, -1,
+              make_offloaded_moment_store(tracker, trained, (dir.path / "m.state").string(), kBlock, true));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("use --offload optimizer"), std::string::npos) << e.what();
+  }
 }
 
 TEST(MomentStore, AccountsOffloadedApartFromResident) {

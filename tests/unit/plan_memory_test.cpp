@@ -92,6 +92,34 @@ TEST(PlanMemory, OffloadMovesTheMomentsToDiskLeavingStagingResident) {
   EXPECT_DOUBLE_EQ(predict_memory(r, v).worst().optimizer, 2 * 6 * 64 * 1024);
 }
 
+// --offload optimizer+params at ZeRO 3: the value shard joins the moments on disk (12 bytes per
+// shard element), the staging blocks hold three parts, and the resident parameters are the two
+// gathered groups plus two shard slices of the largest group (pages of slack at both ends).
+// Below ZeRO 3 it changes nothing against optimizer offload (the run refuses it there).
+TEST(PlanMemory, ParamsOffloadMovesTheShardToDiskAtZero3) {
+  PlanRequest r = request(2, 4);
+  r.offload_optimizer = true;
+  r.offload_params = true;
+  r.offload_block_bytes = 64 * 1024;
+  PlanRequest opt = r;
+  opt.offload_params = false;
+  Layout l;
+  l.dp = 2;
+  const double half = std::ceil(kPsi / 2);
+  const double max_group = kEmbed;
+  l.zero = 3;
+  const MemoryBreakdown on = predict_memory(r, l).worst(), base = predict_memory(opt, l).worst();
+  EXPECT_DOUBLE_EQ(on.offloaded, 12 * half);
+  EXPECT_DOUBLE_EQ(on.optimizer, 9 * 64 * 1024);
+  EXPECT_DOUBLE_EQ(on.params, 4 * (2 * max_group + 2 * (std::ceil(max_group / 2) + 2048)));
+  EXPECT_DOUBLE_EQ(base.params, 4 * (half + 2 * max_group));
+  EXPECT_DOUBLE_EQ(on.grads, base.grads);
+  l.zero = 2;
+  const MemoryBreakdown z2 = predict_memory(r, l).worst(), z2opt = predict_memory(opt, l).worst();
+  EXPECT_DOUBLE_EQ(z2.total(), z2opt.total());
+  EXPECT_DOUBLE_EQ(z2.offloaded, z2opt.offloaded);
+}
+
 TEST(PlanMemory, PipelineSplitPutsEmbeddingFirstAndHeadCopyLast) {
   PlanRequest r = request(8, 16);
   Layout l;

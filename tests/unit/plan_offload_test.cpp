@@ -2,7 +2,8 @@
 // formula (8 bytes per shard element read and written once, the node's disk split over its
 // ranks), the update's time as max(I/O, compute), the planner proposing offload only for
 // layouts that do not fit without it, the "nothing fits" message naming offload's
-// requirement, and the disk probe (measured, removed afterwards, clear errors).
+// requirement, auto offloading the ZeRO-3 parameter shard only where optimizer offload does
+// not fit, and the disk probe (measured, removed afterwards, clear errors).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -183,6 +184,46 @@ TEST(PlanOffload, AutoProposesOffloadOnlyWhereTheLayoutDoesNotFitWithoutIt) {
   const std::string none = error_of(r, compute, m);
   EXPECT_NE(none.find("even with --offload optimizer"), std::string::npos) << none;
   EXPECT_NE(none.find("no layout of 2 ranks fits"), std::string::npos) << none;
+}
+
+// --offload auto at ZeRO 3: a ZeRO-3 layout that optimizer offload alone does not fit is tried
+// with the parameter shard offloaded too, and listed so when that is smaller: its flags say
+// optimizer+params and its disk holds 12 bytes per shard element (1.5x the moments). No other
+// stage offloads the parameters. (On tiny the embeddings group is a quarter of the model, so tp
+// and pp layouts stay smaller overall: this checks the ZeRO-3 rows, not the ranking.)
+TEST(PlanOffload, AutoOffloadsTheParameterShardOfAZero3LayoutOptimizerOffloadDoesNotFit) {
+  PlanRequest r = request(2);
+  r.offload_auto = true;
+  r.bucket_mb = 0.01;  // ZeRO-3's gradient working set: the largest parameter, not all of tiny
+  FlopComputeModel compute(r.model, 1e9, 1e9);
+  const MachineModel m = machine(2, 1e9, 1e9);
+  Layout z3;
+  z3.dp = 2;
+  z3.zero = 3;
+  z3.offload = true;
+  const double opt = predict_memory(r, z3).worst().total();
+  Layout zp = z3;
+  zp.offload_params = true;
+  const MemoryBreakdown params = predict_memory(r, zp).worst();
+  ASSERT_LT(params.total(), opt);
+  EXPECT_DOUBLE_EQ(params.offloaded, 1.5 * predict_memory(r, z3).worst().offloaded);
+  r.memory_per_rank = 0.5 * (params.total() + opt);
+  bool seen = false;
+  for (const PlanRow& row : make_plan(r, compute, m).rows) {
+    const Layout& l = row.layout;
+    if (l.zero < 3) {
+      EXPECT_FALSE(l.offload_params) << l.train_flags();
+    }
+    if (l.dp == 2 && l.zero == 3 && l.micro_batches == 1) {
+      seen = true;
+      EXPECT_TRUE(l.offload_params && row.fits) << l.train_flags();
+      EXPECT_NE(l.train_flags().find("--offload optimizer+params"), std::string::npos) << l.train_flags();
+    }
+  }
+  EXPECT_TRUE(seen);
+  // With room for optimizer offload, no row offloads the parameters.
+  r.memory_per_rank = opt;
+  for (const PlanRow& row : make_plan(r, compute, m).rows) EXPECT_FALSE(row.layout.offload_params);
 }
 
 // Staging blocks larger than the moments (tiny's 8Ψ ~ 1 MiB against 24 MiB of 4 MiB blocks):
