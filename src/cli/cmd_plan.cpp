@@ -91,8 +91,8 @@ int run_plan(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--precision", precision,
                  "the run's --precision: its matmuls are timed at it (bf16 is about twice fp32 where the CPU has "
-                 "bf16 instructions); memory is the same in every precision (parameters, gradients, moments and "
-                 "activations stay fp32, docs/memory.md)")
+                 "bf16 instructions); bf16 adds its bf16 weight copy, 2 bytes per parameter held (gradients, moments, "
+                 "master weights and activations stay fp32, docs/memory.md)")
       ->check(CLI::IsMember(std::vector<std::string>(kernels::precision_names().begin(), kernels::precision_names().end())))
       ->capture_default_str();
   app.add_option("--bucket-mb", bucket_mb, "DDP/ZeRO gradient bucket size, MiB")->capture_default_str();
@@ -154,6 +154,10 @@ int run_plan(int argc, char** argv) {
   req.micro_batches = micro_batches;
   req.sequence_parallel = sp;
   req.recompute = nn::parse_recompute(recompute);
+  {
+    const auto names = kernels::precision_names();
+    req.precision = static_cast<kernels::Precision>(std::find(names.begin(), names.end(), precision) - names.begin());
+  }
   req.bucket_mb = bucket_mb;
   req.offload_optimizer = offload == "optimizer";
   req.offload_auto = offload == "auto";

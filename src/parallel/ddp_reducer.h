@@ -55,6 +55,7 @@
 
 #include "comm/communicator.h"
 #include "core/memory.h"
+#include "nn/bf16_weights.h"
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
 #include "optim/adamw.h"
@@ -136,6 +137,10 @@ class DataParallel : public nn::ModelHooks {
   void write_shard_values(int id, const float* local);
   // Initialises the shard from the logical tensors (as ParameterSet::initialize).
   void initialize_shard(uint64_t seed);
+  // --precision bf16: from now until end_weight_copies, each group gathered is also rounded
+  // once (r) into a bf16 copy that mm's products read (nn/bf16_weights.h), freed with the group.
+  void begin_weight_copies(kernels::MatmulEngine& mm, const nn::WeightRounding& r);
+  void end_weight_copies();
 
   // ---- nn::ModelHooks ----
   void before_group_forward(int group) override;
@@ -157,6 +162,7 @@ class DataParallel : public nn::ModelHooks {
     FloatBuffer buf;
     std::vector<comm::Work> works;  // one per ZeRO segment the group overlaps
     int state = 0;  // 0 none, 1 issued, 2 ready
+    nn::Bf16WeightCopy copy;  // bf16 weight copies on: made when ready, freed with buf
   };
   void group_final(int g);
   void launch(Bucket& b);
@@ -199,6 +205,8 @@ class DataParallel : public nn::ModelHooks {
   FloatBuffer shard_values_;  // stage 3
   FloatBuffer shard_grads_;   // stages 2-3
   std::vector<Gathered> gathered_;
+  kernels::MatmulEngine* copy_mm_ = nullptr;  // bf16 weight copies on (stage 3)
+  nn::WeightRounding rounding_;
   double wait_s_ = 0.0;
 };
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/matmul_engine.h"
 #include "nn/model_config.h"
 #include "nn/recompute.h"
 #include "parallel/pipeline/schedule.h"
@@ -47,6 +48,9 @@ struct PlanRequest {
   int micro_batches = 0;   // 0: try every divisor of the per-dp-rank batch
   bool sequence_parallel = false;
   nn::Recompute recompute = nn::Recompute::kNone;  // activation recomputation (memory)
+  // bf16 adds the bf16 weight copy (nn/bf16_weights.h): 2 bytes per parameter element held,
+  // or per gathered element under ZeRO-3.
+  kernels::Precision precision = kernels::Precision::kFp32;
   double bucket_mb = 25.0;       // DDP/ZeRO bucket size (working-set memory)
   // --offload optimizer: the AdamW moments on disk, three staging blocks of both in memory
   // per model chunk (optim/moment_store.h). offload_optimizer: every layout offloads;

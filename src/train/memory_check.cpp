@@ -125,6 +125,7 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   req.bucket_mb = cfg.engine.bucket_mb;
   req.sequence_parallel = cfg.engine.sequence_parallel;
   req.recompute = cfg.engine.recompute;
+  req.precision = cfg.engine.precision;
   req.offload_optimizer = offload;
   req.offload_block_bytes = static_cast<double>(cfg.engine.offload.block_bytes());
   plan::Layout layout;
