@@ -173,8 +173,10 @@ def main():
             return {(r["dp"], r["tp"], r["pp"], r["zero"], r["schedule"], r["micro_batches"]): r["memory_bytes"] for r in rs}
         m32, m16 = mem_by_layout(timed or []), mem_by_layout(timed16 or [])
         same = [k for k in m32 if k in m16]
-        check("plan's memory does not change with --precision (storage stays fp32)",
-              same and all(m32[k] == m16[k] for k in same), f"{len(same)} common layouts")
+        # bf16 adds its weight copy (plan/memory_model.h): 2 bytes per element held, or per gathered
+        # element at ZeRO-3, each of which fp32 already holds at 4 bytes: more, at most half as much again.
+        check("plan's bf16 memory adds the weight copy (more than fp32, at most 1.5x)",
+              same and all(m32[k] < m16[k] <= 1.5 * m32[k] for k in same), f"{len(same)} common layouts")
         rc, text, _ = plan("--top", "1", "--precision", "fp8")
         check("plan --precision fp8 is refused naming the accepted values", rc != 0 and "fp8" in text and "bf16" in text,
               text[-300:])
