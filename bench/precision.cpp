@@ -4,10 +4,14 @@
 // AdamW and the gradient norm are fp32 in both, so they are left out) alternate between the
 // two round by round, so drift on a shared machine hits both alike, and each median step is
 // printed as tokens/s and as a ratio against fp32's (issue 13's target: bf16 >= 1.6x). The
-// bf16 run's matmul backend is printed; its loss is printed next to fp32's. bf16 runs twice:
-// with the matmul-only activations saved in 16 bits (nn/saved_operand.h, the default) and with
-// them saved in fp32 (the switch Model::set_store_16bit_operands), and every run prints its
-// tracked activation bytes (MemCategory::kActivations) with the ratio against fp32's.
+// bf16 run's matmul backend is printed; its loss is printed next to fp32's. bf16 runs four
+// ways: weights rounded per product with the matmul-only activations saved in fp32 (`bf16
+// per-call fp32-saved`, the switch Model::set_store_16bit_operands off), the same with them
+// saved in 16 bits (`bf16 per-call`, nn/saved_operand.h), from the bf16 weight copy made once
+// per step (`bf16 copy`, what training does: the copy's rounding is inside the timed step) and
+// from a stochastically rounded copy (`bf16 copy sr`, --stochastic-rounding). Each row prints
+// its ratio against fp32 and its tracked activation bytes (MemCategory::kActivations) with the
+// ratio against fp32's; then whether 16-bit storage and the copy changed any bit (they must not).
 #include <fmt/format.h>
 
 #include <cstring>
@@ -32,6 +36,9 @@ namespace {
 struct Run {
   kernels::Precision precision;
   bool store16 = true;
+  const char* name;
+  bool copy = false;
+  nn::WeightRounding rounding;
   MemoryTracker tracker;
   std::unique_ptr<nn::Model> model;
   nn::ModelActivations acts;
@@ -50,12 +57,24 @@ int main(int argc, char** argv) {
     const std::vector<int32_t>& ids = batch.ids;
     const std::vector<int32_t>& targets = batch.targets;
     std::vector<std::unique_ptr<Run>> runs;
-    const std::pair<kernels::Precision, bool> kinds[] = {
-        {kernels::Precision::kFp32, true}, {kernels::Precision::kBf16, false}, {kernels::Precision::kBf16, true}};
-    for (const auto& [p, store16] : kinds) {
+    struct Variant {
+      kernels::Precision p;
+      const char* name;
+      bool store16, copy, stochastic;
+    };
+    for (const Variant& v : {Variant{kernels::Precision::kFp32, "fp32", true, false, false},
+                             Variant{kernels::Precision::kBf16, "bf16 per-call fp32-saved", false, false, false},
+                             Variant{kernels::Precision::kBf16, "bf16 per-call", true, false, false},
+                             Variant{kernels::Precision::kBf16, "bf16 copy", true, true, false},
+                             Variant{kernels::Precision::kBf16, "bf16 copy sr", true, true, true}}) {
+      const kernels::Precision p = v.p;
+      const bool store16 = v.store16;
       auto r = std::make_unique<Run>();
       r->precision = p;
       r->store16 = store16;
+      r->name = v.name;
+      r->copy = v.copy;
+      r->rounding = nn::WeightRounding{v.stochastic, 1337, 0};
       r->model = std::make_unique<nn::Model>(cfg);
       r->model->set_precision(p);
       r->model->set_store_16bit_operands(store16);
@@ -69,8 +88,11 @@ int main(int argc, char** argv) {
       Run& r = *runs[i];
       r.model->params().zero_grads();
       Stopwatch sw;
+      if (r.copy) r.model->begin_weight_copy(r.rounding);
       loss[i] = r.model->forward_backward(r.acts, ids.data(), targets.data(), B, T, 1.0f / static_cast<float>(N)) /
                 static_cast<double>(N);
+      if (r.copy) r.model->end_weight_copy();
+      ++r.rounding.step;
       return sw.seconds();
     };
     fmt::print("precision bench: {} ({} layers), batch {} x {} tokens, {} threads, median of {} steps "
@@ -82,29 +104,30 @@ int main(int argc, char** argv) {
     }
     const double t0 = bench::median(runs.front()->seconds);
     const double a0 = static_cast<double>(runs.front()->tracker.current(MemCategory::kActivations));
-    fmt::print("{:>22} {:>10} {:>12} {:>8} {:>14} {:>9} {:>10}\n", "precision", "step ms", "tokens/s", "speed",
+    fmt::print("{:>26} {:>10} {:>12} {:>8} {:>14} {:>9} {:>10}\n", "precision", "step ms", "tokens/s", "speed",
                "activations", "ratio", "loss");
     for (std::size_t i = 0; i < runs.size(); ++i) {
       const Run& r = *runs[i];
       const double t = bench::median(r.seconds);
       const double act = static_cast<double>(r.tracker.current(MemCategory::kActivations));
-      const std::string name = fmt::format("{}{}", kernels::precision_names()[static_cast<std::size_t>(r.precision)],
-                                           r.precision == kernels::Precision::kFp32 ? ""
-                                           : r.store16                              ? " (16-bit saved)"
-                                                                                    : " (fp32 saved)");
-      fmt::print("{:>22} {:>10.1f} {:>12.0f} {:>7.3f}x {:>14} {:>8.3f}x {:>10.5f}\n", name, 1e3 * t,
+      fmt::print("{:>26} {:>10.1f} {:>12.0f} {:>7.3f}x {:>14} {:>8.3f}x {:>10.5f}\n", r.name, 1e3 * t,
                  static_cast<double>(N) / t, t0 / t, format_bytes(act), act / a0, loss[i]);
       if (act != static_cast<double>(r.model->activation_bytes(B, T))) {
         fmt::print("  tracked activation bytes differ from Model::activation_bytes = {}\n", r.model->activation_bytes(B, T));
       }
     }
-    // The last step's gradients of the two bf16 runs: 16-bit storage changes no bit.
+    // The last step's gradients of the two per-call bf16 runs: 16-bit storage changes no bit.
     const nn::ParameterSet &g1 = runs[1]->model->params(), &g2 = runs[2]->model->params();
     const bool same = loss[1] == loss[2] && std::memcmp(g1.grads().data(), g2.grads().data(),
                                                          static_cast<std::size_t>(g1.total_numel()) * sizeof(float)) == 0;
     fmt::print("bf16 with 16-bit saved activations against fp32 saved: loss and gradients {}\n",
                same ? "bitwise equal" : "DIFFER");
-    return same ? 0 : 1;
+    const double per_call = bench::median(runs[2]->seconds), copied = bench::median(runs[3]->seconds);
+    fmt::print("bf16 copy vs per-call: {:.3f}x tokens/s; loss bitwise per-call's: {} "
+               "(the copy: {:.1f} MiB, 2 bytes per parameter element)\n",
+               per_call / copied, loss[2] == loss[3] ? "yes" : "NO",
+               static_cast<double>(runs[3]->model->params().total_numel()) * 2 / (1024.0 * 1024.0));
+    return same && loss[2] == loss[3] ? 0 : 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "precision bench: {}\n", e.what());
     return 2;

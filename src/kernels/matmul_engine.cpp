@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <functional>
 
 #include "core/check.h"
 #include "kernels/fp16.h"
@@ -51,6 +52,28 @@ void to_fp16_values(float* out, const float* in, int64_t n) { round_to_fp16(out,
 
 const bf16_t* MatmulEngine::round_a(const float* x, int64_t n) { return converted(a_, x, n, convert_to_bf16); }
 const bf16_t* MatmulEngine::round_b(const float* x, int64_t n) { return converted(b_, x, n, convert_to_bf16); }
+void MatmulEngine::add_weight_copy(const float* fp32, const bf16_t* copy, int64_t n) {
+  TRI_CHECK(fp32 != nullptr && copy != nullptr && n > 0, "add_weight_copy: empty range");
+  if (precision_ != Precision::kBf16) return;
+  remove_weight_copy(fp32);
+  weight_copies_.push_back({fp32, copy, n});
+}
+
+void MatmulEngine::remove_weight_copy(const float* fp32) {
+  std::erase_if(weight_copies_, [&](const WeightCopy& c) { return c.fp32 == fp32; });
+}
+
+const bf16_t* MatmulEngine::weight_operand(const float* w, int64_t n) {
+  const std::less_equal<const float*> le;  // a total order over pointers of distinct buffers
+  for (const WeightCopy& c : weight_copies_) {
+    if (le(c.fp32, w) && le(w + n, c.fp32 + c.n)) {
+      ++weight_copy_hits_;
+      return c.copy + (w - c.fp32);
+    }
+  }
+  return round_b(w, n);
+}
+
 const float* MatmulEngine::round16_a(const float* x, int64_t n) { return converted(a16_, x, n, to_fp16_values); }
 const float* MatmulEngine::round16_b(const float* x, int64_t n) { return converted(b16_, x, n, to_fp16_values); }
 
@@ -69,7 +92,7 @@ void MatmulEngine::forward(float* out, const float* inp, const float* weight, co
     beta = 1.0f;
   }
   // out (N, OC) = inp (N, C) @ weight (C, OC)
-  gemm_->gemm(false, false, N, OC, C, round_a(inp, N * C), C, round_b(weight, C * OC), OC, beta, out, OC);
+  gemm_->gemm(false, false, N, OC, C, round_a(inp, N * C), C, weight_operand(weight, C * OC), OC, beta, out, OC);
 }
 
 void MatmulEngine::backward(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -87,7 +110,7 @@ void MatmulEngine::backward(float* dinp, float* dweight, float* dbias, const flo
     check_sizes("matmul_backward (bf16)", N, C, OC);
     const bf16_t* dout16 = round_a(dout, N * OC);
     // dinp (N, C) = dout (N, OC) @ weight (C, OC)^T
-    if (dinp != nullptr) gemm_->gemm(false, true, N, C, OC, dout16, OC, round_b(weight, C * OC), OC, 0.0f, dinp, C);
+    if (dinp != nullptr) gemm_->gemm(false, true, N, C, OC, dout16, OC, weight_operand(weight, C * OC), OC, 0.0f, dinp, C);
     // dweight (C, OC) += inp (N, C)^T @ dout (N, OC)
     if (dweight != nullptr) gemm_->gemm(true, false, C, OC, N, round_b(inp, N * C), C, dout16, OC, 1.0f, dweight, OC);
   }
@@ -104,7 +127,7 @@ void MatmulEngine::forward_nt(float* out, const float* inp, const float* table, 
   detail::KernelTimer timer(KernelOp::kMatmulNt, false, N, C, V);
   check_sizes("matmul_forward_nt (bf16)", N, C, V);
   // out (N, V) = inp (N, C) @ table (V, C)^T
-  gemm_->gemm(false, true, N, V, C, round_a(inp, N * C), C, round_b(table, V * C), C, 0.0f, out, V);
+  gemm_->gemm(false, true, N, V, C, round_a(inp, N * C), C, weight_operand(table, V * C), C, 0.0f, out, V);
 }
 
 void MatmulEngine::backward_nt(float* dinp, float* dtable, const float* dout, const float* inp,
@@ -120,7 +143,7 @@ void MatmulEngine::backward_nt(float* dinp, float* dtable, const float* dout, co
   check_sizes("matmul_backward_nt (bf16)", N, C, V);
   const bf16_t* dout16 = round_a(dout, N * V);
   // dinp (N, C) = dout (N, V) @ table (V, C)
-  if (dinp != nullptr) gemm_->gemm(false, false, N, C, V, dout16, V, round_b(table, V * C), C, 0.0f, dinp, C);
+  if (dinp != nullptr) gemm_->gemm(false, false, N, C, V, dout16, V, weight_operand(table, V * C), C, 0.0f, dinp, C);
   // dtable (V, C) += dout (N, V)^T @ inp (N, C)
   if (dtable != nullptr) gemm_->gemm(true, false, V, C, N, dout16, V, round_b(inp, N * C), C, 1.0f, dtable, C);
 }
@@ -169,7 +192,7 @@ void MatmulEngine::forward(float* out, ActOperand inp, const float* weight, cons
     for (int64_t n = 0; n < N; ++n) std::memcpy(out + n * OC, bias, static_cast<size_t>(OC) * sizeof(float));
     beta = 1.0f;
   }
-  gemm_->gemm(false, false, N, OC, C, inp.bits, C, round_b(weight, C * OC), OC, beta, out, OC);
+  gemm_->gemm(false, false, N, OC, C, inp.bits, C, weight_operand(weight, C * OC), OC, beta, out, OC);
 }
 
 void MatmulEngine::backward(float* dinp, float* dweight, float* dbias, const float* dout, ActOperand inp,
@@ -186,7 +209,7 @@ void MatmulEngine::backward(float* dinp, float* dweight, float* dbias, const flo
     detail::KernelTimer timer(KernelOp::kMatmul, true, N, C, OC);
     check_sizes("matmul_backward (bf16)", N, C, OC);
     const bf16_t* dout16 = round_a(dout, N * OC);
-    if (dinp != nullptr) gemm_->gemm(false, true, N, C, OC, dout16, OC, round_b(weight, C * OC), OC, 0.0f, dinp, C);
+    if (dinp != nullptr) gemm_->gemm(false, true, N, C, OC, dout16, OC, weight_operand(weight, C * OC), OC, 0.0f, dinp, C);
     if (dweight != nullptr) gemm_->gemm(true, false, C, OC, N, inp.bits, C, dout16, OC, 1.0f, dweight, OC);
   }
   if (dbias != nullptr) matmul_backward(nullptr, nullptr, dbias, dout, nullptr, nullptr, N, C, OC);
@@ -200,7 +223,7 @@ void MatmulEngine::forward_nt(float* out, ActOperand inp, const float* table, in
   }
   detail::KernelTimer timer(KernelOp::kMatmulNt, false, N, C, V);
   check_sizes("matmul_forward_nt (bf16)", N, C, V);
-  gemm_->gemm(false, true, N, V, C, inp.bits, C, round_b(table, V * C), C, 0.0f, out, V);
+  gemm_->gemm(false, true, N, V, C, inp.bits, C, weight_operand(table, V * C), C, 0.0f, out, V);
 }
 
 void MatmulEngine::backward_nt(float* dinp, float* dtable, const float* dout, ActOperand inp, const float* table,
@@ -216,7 +239,7 @@ void MatmulEngine::backward_nt(float* dinp, float* dtable, const float* dout, Ac
   detail::KernelTimer timer(KernelOp::kMatmulNt, true, N, C, V);
   check_sizes("matmul_backward_nt (bf16)", N, C, V);
   const bf16_t* dout16 = round_a(dout, N * V);
-  if (dinp != nullptr) gemm_->gemm(false, false, N, C, V, dout16, V, round_b(table, V * C), C, 0.0f, dinp, C);
+  if (dinp != nullptr) gemm_->gemm(false, false, N, C, V, dout16, V, weight_operand(table, V * C), C, 0.0f, dinp, C);
   if (dtable != nullptr) gemm_->gemm(true, false, V, C, N, dout16, V, inp.bits, C, 1.0f, dtable, C);
 }
 

@@ -4,8 +4,10 @@
 //   kBf16  torch.autocast("cpu", bfloat16) numerics: both operands of every product (forward
 //          and both backward products) are rounded to bf16 (nearest even, kernels/bf16.h) and
 //          multiplied with fp32 accumulation by a Bf16Gemm (kernels/matmul_bf16.h); outputs,
-//          biases and their gradients, and everything outside the matmuls stay fp32. Weights are
-//          converted per call (no per-step cache): the fp32 parameters stay the master copy.
+//          biases and their gradients, and everything outside the matmuls stay fp32. A weight
+//          operand inside a registered bf16 weight copy (add_weight_copy: the model's once per
+//          step, nn/bf16_weights.h) is read from it; any other weight is converted per call.
+//          The fp32 parameters stay the master copy either way.
 //   kFp16  the same with fp16 rounding (kernels/fp16.h): operands become the nearest fp16 value
 //          (beyond 65504: inf, which the loss scaler of --precision fp16 detects), held in fp32
 //          and multiplied by the fp32 sgemm, exact per product (11-bit significands), fp32
@@ -81,11 +83,23 @@ class MatmulEngine {
   static void round_operand(Precision p, uint16_t* out, const float* in, int64_t n);
   static void widen_operand(Precision p, float* out, const uint16_t* in, int64_t n);
 
+  // Pre-rounded weight operands (kBf16 only; ignored otherwise): `copy` holds the bf16 values
+  // of the fp32 weights [fp32, fp32 + n) until remove_weight_copy(fp32). A product whose weight
+  // operand (forward's / backward's `weight`, the _nt `table`) lies wholly inside a registered
+  // range reads the copy at the same offset instead of rounding the weight again. The caller
+  // keeps the copy what it means (nearest-even bits of the current values: then every product is
+  // bitwise as without it; or a deliberate other rounding, nn/bf16_weights.h's stochastic one).
+  void add_weight_copy(const float* fp32, const bf16_t* copy, int64_t n);
+  void remove_weight_copy(const float* fp32);
+  // Products that read a registered copy since construction (tests, benchmarks).
+  int64_t weight_copy_hits() const { return weight_copy_hits_; }
+
  private:
   // A pre-rounded operand's fp16 values (kFp16), widened into scratch `s`.
   const float* widened16(std::vector<float>& s, const ActOperand& x, int64_t n);
   void check_rounded(const ActOperand& x) const;
-
+  // The bf16 weight operand: from a registered copy, else rounded into b-scratch.
+  const bf16_t* weight_operand(const float* w, int64_t n);
   // bf16 copies of two operands, in scratch reused across calls.
   const bf16_t* round_a(const float* x, int64_t n);
   const bf16_t* round_b(const float* x, int64_t n);
@@ -98,6 +112,13 @@ class MatmulEngine {
   std::unique_ptr<Bf16Gemm> gemm_;  // kBf16 only
   std::vector<bf16_t> a_, b_;
   std::vector<float> a16_, b16_;  // kFp16 only
+  struct WeightCopy {
+    const float* fp32;
+    const bf16_t* copy;
+    int64_t n;
+  };
+  std::vector<WeightCopy> weight_copies_;  // a few: the model's flat copy, or ZeRO-3's gathered groups
+  int64_t weight_copy_hits_ = 0;
 };
 
 }  // namespace trident::kernels

@@ -97,6 +97,12 @@ void Model::allocate(MemoryTracker& tracker) {
   params_.allocate(tracker);
 }
 
+void Model::begin_weight_copy(const WeightRounding& r) {
+  if (matmul_->precision() != kernels::Precision::kBf16 || params_.values().empty()) return;
+  TRI_CHECK(tracker_ != nullptr, "begin_weight_copy before allocate");
+  weight_copy_.fill(*tracker_, *matmul_, params_, 0, params_.total_numel(), params_.values().data(), r);
+}
+
 std::vector<int> Model::stage_run_layers() const {
   // The first layer of each run of alike layers (Architecture::layer_runs) in this stage.
   std::vector<int> firsts;

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "core/memory.h"
+#include "nn/bf16_weights.h"
 #include "nn/layer.h"
 #include "nn/model_config.h"
 #include "nn/norm.h"
@@ -121,13 +122,23 @@ class Model {
   // batch's tokens per expert (StepStats::expert_load, which holds the MoE layers' rows only).
   void update_router_bias(const std::vector<int64_t>& load);
   // The precision of every matmul of the layers and the head (kernels/matmul_engine.h).
-  void set_precision(kernels::Precision p) { *matmul_ = kernels::MatmulEngine(p); }
+  void set_precision(kernels::Precision p) {
+    weight_copy_.reset();
+    *matmul_ = kernels::MatmulEngine(p);
+  }
   const kernels::MatmulEngine& matmul() const { return *matmul_; }
   // How the activations read only as matmul operands are saved (nn/saved_operand.h): in the
   // matmuls' 16 bits under bf16/fp16 (bitwise the same results as fp32 storage, half the
   // bytes), fp32 under fp32. The switch (on by default) exists to check that equality.
   void set_store_16bit_operands(bool on) { store16_ = on; }
   kernels::Precision operand_storage() const { return store16_ ? matmul_->precision() : kernels::Precision::kFp32; }
+  kernels::MatmulEngine& matmul() { return *matmul_; }
+  // --precision bf16: rounds the fp32 values into the bf16 copy the matmuls read from now until
+  // end_weight_copy (nn/bf16_weights.h; the engine's train step and evaluation bracket
+  // themselves with these). Nothing in fp32 / fp16, or when the flat values are released
+  // (ZeRO-3 copies each gathered group instead).
+  void begin_weight_copy(const WeightRounding& r);
+  void end_weight_copy() { weight_copy_.unregister(); }
 
   // Allocates parameters and gradients; then initialise or load them.
   void allocate(MemoryTracker& tracker);
@@ -219,6 +230,7 @@ class Model {
   MemoryTracker* tracker_ = nullptr;
   // On the heap so scratch_.matmul stays valid when the model moves.
   std::unique_ptr<kernels::MatmulEngine> matmul_;
+  Bf16WeightCopy weight_copy_;  // after matmul_: unregisters before the engine goes
   FloatBuffer dres_;  // (N, C) residual-stream gradient
   SharedScratch scratch_;
   int64_t scratch_tokens_ = 0;

@@ -522,6 +522,21 @@ void DataParallel::acquire(int g) {
     s.state = 2;
     if (value_store_) reads_[static_cast<std::size_t>(g)].reset();  // the gather has its copy
   }
+  if (copy_mm_ != nullptr && !s.copy.registered()) {
+    const int64_t gb = params_.group_begin(g), ge = params_.group_end(g);
+    if (ge > gb) s.copy.fill(tracker_, *copy_mm_, params_, gb, ge, s.buf.data(), rounding_);
+  }
+}
+
+void DataParallel::begin_weight_copies(kernels::MatmulEngine& mm, const nn::WeightRounding& r) {
+  end_weight_copies();
+  copy_mm_ = &mm;
+  rounding_ = r;
+}
+
+void DataParallel::end_weight_copies() {
+  for (Gathered& s : gathered_) s.copy.reset();
+  copy_mm_ = nullptr;
 }
 
 void DataParallel::release(int g) {
@@ -529,6 +544,7 @@ void DataParallel::release(int g) {
   if (s.state == 0) return;
   if (s.state == 1) wait_all(s.works);
   if (value_store_) reads_[static_cast<std::size_t>(g)].reset();
+  s.copy.reset();
   s.buf.reset();
   s.state = 0;
   for (int id = 0; id < params_.size(); ++id) {

@@ -60,6 +60,7 @@
 
 #include "comm/communicator.h"
 #include "core/memory.h"
+#include "nn/bf16_weights.h"
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
 #include "optim/adamw.h"
@@ -151,6 +152,10 @@ class DataParallel : public nn::ModelHooks {
   // outlive this reducer's last gather.
   void attach_value_store(optim::MomentStore& store);
   bool values_offloaded() const { return value_store_ != nullptr; }
+  // --precision bf16: from now until end_weight_copies, each group gathered is also rounded
+  // once (r) into a bf16 copy that mm's products read (nn/bf16_weights.h), freed with the group.
+  void begin_weight_copies(kernels::MatmulEngine& mm, const nn::WeightRounding& r);
+  void end_weight_copies();
 
   // ---- nn::ModelHooks ----
   void before_group_forward(int group) override;
@@ -172,6 +177,7 @@ class DataParallel : public nn::ModelHooks {
     FloatBuffer buf;
     std::vector<comm::Work> works;  // one per ZeRO segment the group overlaps
     int state = 0;  // 0 none, 1 issued, 2 ready
+    nn::Bf16WeightCopy copy;  // bf16 weight copies on: made when ready, freed with buf
   };
   void group_final(int g);
   void launch(Bucket& b);
@@ -220,6 +226,8 @@ class DataParallel : public nn::ModelHooks {
   std::vector<FlatRange> group_shard_;
   std::vector<std::unique_ptr<optim::MomentStore::Prefetch>> reads_;
   void prefetch(int g);
+  kernels::MatmulEngine* copy_mm_ = nullptr;  // bf16 weight copies on (stage 3)
+  nn::WeightRounding rounding_;
   double wait_s_ = 0.0;
 };
 

@@ -24,6 +24,8 @@ class Engine {
       : layout_(mesh, config, options, tracker, global_batch, seq_len, micro_batches) {}
 
   void initialize(uint64_t seed) { initialize_params(layout_, seed); }
+  // The run's seed, which keys --stochastic-rounding (rank_layout.h); 0 until set.
+  void set_rounding_seed(uint64_t seed) { layout_.set_rounding_seed(seed); }
   StepStats train_step(const BatchFn& batch, float lr) { return parallel::train_step(layout_, batch, lr); }
   // Mean token loss of one global batch (no gradients). Same on every rank.
   double eval_loss(const BatchFn& batch) { return parallel::eval_loss(layout_, batch); }

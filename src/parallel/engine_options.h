@@ -23,6 +23,9 @@ struct EngineOptions {
   bool sequence_parallel = false;
   nn::Recompute recompute = nn::Recompute::kNone;             // activation recomputation
   kernels::Precision precision = kernels::Precision::kFp32;  // of every matmul
+  // bf16: round the fp32 master weights into their bf16 copy stochastically (nn/bf16_weights.h)
+  // instead of to nearest even.
+  bool stochastic_rounding = false;
   // Dynamic loss scaling, used when precision is fp16 (optim/loss_scaler.h).
   optim::LossScalerConfig loss_scaler;
   GradReduceDType grad_reduce_dtype = GradReduceDType::kFp32;  // of the dp/edp gradient sums

@@ -1,6 +1,8 @@
 // Forward-only evaluation (see eval_step.h).
 #include "parallel/eval_step.h"
 
+#include <optional>
+
 namespace trident::parallel {
 
 namespace {
@@ -44,6 +46,7 @@ double eval_loss(RankLayout& L, const BatchFn& batch) {
   int32_t* ids = buf.ids.empty() ? buf.mb_ids[0].data() : buf.ids.data();
   int32_t* targets = buf.targets.empty() ? buf.mb_targets[0].data() : buf.targets.data();
   double loss_sum = 0.0;
+  std::optional<WeightCopyScope> copies(std::in_place, L);  // bf16: the weights rounded once
   for (int m = 0; m < b.micro_batches; ++m) {
     batch(L.first_row() + m * b.micro_rows, b.micro_rows, ids, targets);
     if (!L.executor()) {
@@ -52,6 +55,7 @@ double eval_loss(RankLayout& L, const BatchFn& batch) {
       loss_sum += pipeline_micro_batch(L, ids, targets);
     }
   }
+  copies.reset();
   for (ModelChunk& c : L.chunks()) {
     if (c.dp) c.dp->release_all();  // ZeRO-3: drop the groups the forward gathered
   }

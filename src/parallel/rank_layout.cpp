@@ -42,6 +42,10 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
             "QLoRA (a quantized base) runs with ZeRO 0 or 1, not --zero {}: the frozen base is packed outside the "
             "buffers ZeRO-2/3 shard, and only the adapters are trained, whose state ZeRO-1 already shards",
             options.zero);
+  TRI_CHECK(!options.stochastic_rounding || options.precision == kernels::Precision::kBf16,
+            "--stochastic-rounding rounds the bf16 copy of the weights; it needs --precision bf16, not {} "
+            "(fp32 keeps no low-precision copy, fp16 rounds per product)",
+            kernels::precision_names()[static_cast<std::size_t>(options.precision)]);
 
   // Tensor parallelism: the model issues its tp collectives on the mesh's tp group; the step
   // needs nothing else (replicated parameters counted once, see owns()).
@@ -228,6 +232,23 @@ std::string RankLayout::describe() const {
   }
   if (!partition_text_.empty()) text += "\n" + partition_text_;
   return text;
+}
+
+void RankLayout::begin_weight_copies() {
+  if (options_.precision != kernels::Precision::kBf16) return;
+  const nn::WeightRounding r{options_.stochastic_rounding, rounding_seed_,
+                             static_cast<uint64_t>(chunks_.front().adamw->step_count())};
+  for (ModelChunk& c : chunks_) {
+    c.model->begin_weight_copy(r);
+    if (c.dp && c.dp->values_sharded()) c.dp->begin_weight_copies(c.model->matmul(), r);
+  }
+}
+
+void RankLayout::end_weight_copies() {
+  for (ModelChunk& c : chunks_) {
+    c.model->end_weight_copy();
+    if (c.dp) c.dp->end_weight_copies();
+  }
 }
 
 }  // namespace trident::parallel

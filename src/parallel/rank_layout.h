@@ -106,6 +106,15 @@ class RankLayout {
   void restore_loss_scaler(const optim::LossScalerState& state);
   // This rank computes losses (last stage, tp rank 0); others' loss sums are not counted.
   bool holds_loss() const;
+  // --precision bf16: the bf16 weight copies the matmuls read (nn/bf16_weights.h), made from
+  // the fp32 master values by begin_weight_copies -- every chunk's flat copy, or under ZeRO-3
+  // one per gathered group from then on -- and dropped by end_weight_copies. Rounded to
+  // nearest even, or with --stochastic-rounding keyed by (the run's seed, the updates applied
+  // so far, name, logical index). Nothing in fp32 / fp16.
+  void begin_weight_copies();
+  void end_weight_copies();
+  // The seed keying the stochastic rounding (the run's --seed; the trainer sets it).
+  void set_rounding_seed(uint64_t seed) { rounding_seed_ = seed; }
   std::string describe() const;
 
  private:
@@ -126,6 +135,19 @@ class RankLayout {
   MPI_Comm tied_comm_ = MPI_COMM_NULL;
   StepBuffers buffers_;
   std::string partition_text_;  // pp > 1: which layers each stage holds, for start-up logs
+  uint64_t rounding_seed_ = 0;
+};
+
+// begin_weight_copies for the scope's life (a train step, an evaluation), then end_weight_copies.
+class WeightCopyScope {
+ public:
+  explicit WeightCopyScope(RankLayout& L) : L_(L) { L_.begin_weight_copies(); }
+  ~WeightCopyScope() { L_.end_weight_copies(); }
+  WeightCopyScope(const WeightCopyScope&) = delete;
+  WeightCopyScope& operator=(const WeightCopyScope&) = delete;
+
+ private:
+  RankLayout& L_;
 };
 
 }  // namespace trident::parallel

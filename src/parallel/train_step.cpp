@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <tuple>
 
 #include "core/check.h"
@@ -130,6 +131,9 @@ double local_unique_grad_sumsq(const RankLayout& L) {
 
 StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
   zero_grads(L);
+  // bf16: the weights are rounded once here (after the last update, init or load) for every
+  // product of this step's forwards and backwards; dropped before the update changes them.
+  std::optional<WeightCopyScope> copies(std::in_place, L);
   const BatchSplit& b = L.batch();
   // fp16: backward runs on the loss times the scale (a power of two, so scaling and unscaling
   // are exact unless something over- or underflows, which is the point of it) and everything
@@ -192,6 +196,7 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
     stats.overflow = stats.skipped && std::isfinite(stats.loss) && scale > L.options().loss_scaler.min_scale;
     scaler->update(stats.skipped);
   }
+  copies.reset();
   if (stats.skipped) {
     // No update: weights, AdamW moments, its step counter and the router bias stay as they were (the gradients
     // are zeroed by the next step's begin_step). ZeRO-1/2 replicas need no all-gather either,

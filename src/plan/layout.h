@@ -51,6 +51,8 @@ struct PlanRequest {
   bool sequence_parallel = false;
   nn::Recompute recompute = nn::Recompute::kNone;  // activation recomputation (memory)
   // --precision: bf16/fp16 save the matmul-only activations in 16 bits (nn/saved_operand.h).
+  // bf16 adds the bf16 weight copy (nn/bf16_weights.h): 2 bytes per parameter element held,
+  // or per gathered element under ZeRO-3.
   kernels::Precision precision = kernels::Precision::kFp32;
   double bucket_mb = 25.0;       // DDP/ZeRO bucket size (working-set memory)
   // --offload optimizer: the AdamW moments on disk, three staging blocks of both in memory

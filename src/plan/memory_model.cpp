@@ -153,7 +153,10 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     const double full = static_cast<double>(psi);
     // Working sets during the step (ZeRO-2/3 buckets: the one reducing and the one filling).
     const double bucket = std::min(full, std::max(bucket_elems, static_cast<double>(max_param)));
-    mb.params = 4 * (l.zero >= 3 ? shard + std::min(full, 2.0 * static_cast<double>(max_group)) : full);
+    const double gathered = std::min(full, 2.0 * static_cast<double>(max_group));  // ZeRO-3's working set
+    mb.params = 4 * (l.zero >= 3 ? shard + gathered : full);
+    // bf16: the weight copy the matmuls read, of every element held (ZeRO-3: gathered).
+    if (req.precision == kernels::Precision::kBf16) mb.params += 2 * (l.zero >= 3 ? gathered : full);
     mb.grads = 4 * (l.zero >= 2 ? shard + std::min(full, 2.0 * bucket) : full);
     mb.optimizer = 8 * (l.zero >= 1 ? shard : full);
     if (req.offload_optimizer || l.offload) {

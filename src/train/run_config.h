@@ -364,8 +364,11 @@ void for_each_field(S& o, E& e, V&& v) {
   v(field("threads", 0, "OpenMP threads per rank").at_least(0).shown_as("0 = OpenMP's default")
         .alias("num_threads omp_threads nthreads"), o.threads);
   v(field("precision", parallel::EngineOptions{}.precision,
-          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style); fp16: the same with fp16 operands (overflow beyond 65504 is inf) and dynamic loss scaling ([optim] initial_loss_scale, loss_scale_window, hysteresis, min_loss_scale); parameters, gradients, optimizer and checkpoints stay fp32")
+          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style), the weights read from a bf16 copy made once a step from the fp32 master (2 more bytes a parameter); fp16: the same with fp16 operands (overflow beyond 65504 is inf) and dynamic loss scaling ([optim] initial_loss_scale, loss_scale_window, hysteresis, min_loss_scale); gradients, optimizer state, the master weights and checkpoints stay fp32")
         .alias("dtype mixed_precision amp autocast compute_dtype"), e.precision);
+  v(field("stochastic_rounding", parallel::EngineOptions{}.stochastic_rounding,
+          "precision bf16: round the fp32 master weights into the bf16 copy the matmuls read stochastically (up with probability of the dropped bits, as llm.c) instead of to nearest even, keyed by (seed, step, parameter name, element index) so every layout rounds alike")
+        .alias("stochastic_round bf16_stochastic_rounding"), e.stochastic_rounding);
   v(field("grad_reduce_dtype", parallel::EngineOptions{}.grad_reduce_dtype,
           "element type of the data-parallel gradient sums (DDP allreduce, ZeRO reduce-scatter, ep's edp sums): fp32; bf16: half the bytes, each rank's gradient rounded to bf16 and the ranks' values added in fp32 in rank order at the chunk's owner, then rounded to bf16 once (the same bits on every rank, for any bucket size); needs dp > 1")
         .alias("reduce_dtype grad_reduce_precision allreduce_dtype grad_comm_dtype"), e.grad_reduce_dtype);

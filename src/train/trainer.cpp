@@ -130,6 +130,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   MemoryTracker tracker;
   parallel::Engine engine(mesh, model_cfg, cfg.engine, tracker, cfg.data.batch_size,
                           cfg.data.seq_len, cfg.num_micro_batches());
+  engine.set_rounding_seed(static_cast<uint64_t>(cfg.train.seed));
   int64_t start_step = 0;
   int64_t packed_params = 0, packed_bytes = 0;  // the logical base's layer matrices, packed
   if (packed) {

@@ -33,6 +33,7 @@
 #include "core/rng.h"
 #include "nn/model_config.h"
 #include "parallel/engine.h"
+#include "plan/memory_model.h"
 #include "mpi_gtest_main.h"
 #include "equivalence_bounds.h"
 #include "replica_check.h"
@@ -272,6 +273,65 @@ TEST(DpMemory, PerRankBytesFollowTheZeroFormulas) {
     if (zero >= 3) {
       EXPECT_LE(peak_p, want_p + 4.0 * 4 * max_group) << "zero 3";
       EXPECT_LT(peak_p, 4 * psi) << "zero 3";  // never all values
+    }
+  }
+}
+
+// --precision bf16 (nn/bf16_weights.h): the fp32 values stay the optimizer's master and the
+// matmuls read a bf16 copy of every element the rank holds, 2 bytes each, counted as parameters:
+//   stage 0: 4Ψ + 2Ψ + 4Ψ + 8Ψ = 18Ψ (Megatron's bf16 with fp32 gradients, no distributed
+//            optimizer: 18 bytes a parameter)          stage 1: 6Ψ + 4Ψ + 8Ψ/N
+//   stage 2: 6Ψ + 4Ψ/N + 8Ψ/N                           stage 3: 16Ψ/N at rest, and during the
+//            step 2 bytes per gathered element besides the gathered fp32 values
+// and plan::predict_memory says the same.
+TEST(DpMemory, Bf16WeightCopyAddsTwoBytesPerHeldElement) {
+  const double N = dp_mesh().size();
+  for (int zero = 0; zero <= 3; ++zero) {
+    MemoryTracker t;
+    EngineOptions o = options(zero, 0.02);
+    o.precision = kernels::Precision::kBf16;
+    Engine e(dp_mesh(), model(), o, t, kBatch, kSeq, 1);
+    e.initialize(1);
+    t.reset_peaks();
+    e.train_step(batch_for(0, e.config().vocab_size), kLr);
+    const nn::ParameterSet& ps = e.model().params();
+    const double psi = static_cast<double>(ps.total_numel());
+    const double shard = e.data_parallel() ? static_cast<double>(e.data_parallel()->layout().numel()) : psi;
+    const double want_p = zero >= 3 ? 4 * shard : 6 * psi;
+    const double want_g = zero >= 2 ? 4 * shard : 4 * psi;
+    const double want_o = zero >= 1 ? 8 * shard : 8 * psi;
+    const double got_p = static_cast<double>(t.current(MemCategory::kParameters));
+    const double got = got_p + static_cast<double>(t.current(MemCategory::kGradients)) +
+                       static_cast<double>(t.current(MemCategory::kOptimizerState));
+    if (is_rank0()) {
+      std::printf("[dp %.0f bf16] zero %d  Psi %.0f  params %.0f (formula %.0f)  params+grads+optimizer %.0f = %.3f bytes/param\n",
+                  N, zero, psi, got_p, want_p, got, got / psi);
+    }
+    EXPECT_EQ(got_p, want_p) << "zero " << zero;
+    EXPECT_EQ(got, want_p + want_g + want_o) << "zero " << zero;
+    if (zero == 0) {
+      EXPECT_EQ(got, 18 * psi);
+    }
+    if (zero >= 3) {
+      // The gathered groups' fp32 values and bf16 copies: 6 bytes per gathered element.
+      int64_t max_group = 0;
+      for (int g = 0; g < ps.num_groups(); ++g) max_group = std::max(max_group, ps.group_end(g) - ps.group_begin(g));
+      const double peak_p = static_cast<double>(t.peak(MemCategory::kParameters));
+      EXPECT_GT(peak_p, want_p + 4.0 * max_group) << "zero 3: a copy was made";
+      EXPECT_LE(peak_p, want_p + 6.0 * 4 * max_group) << "zero 3";
+    }
+    // The planner's model (plan/memory_model.h) at rest: the same parameter bytes (stages 0-2).
+    if (zero < 3) {
+      plan::PlanRequest req;
+      req.model = model();
+      req.world = static_cast<int>(N);
+      req.batch_size = kBatch;
+      req.seq_len = kSeq;
+      req.precision = kernels::Precision::kBf16;
+      plan::Layout l;
+      l.dp = static_cast<int>(N);
+      l.zero = zero;
+      EXPECT_EQ(plan::predict_memory(req, l).worst().params, want_p) << "zero " << zero;
     }
   }
 }
