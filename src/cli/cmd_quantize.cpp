@@ -77,6 +77,10 @@ int run_quantize(int argc, char** argv) {
     m = quant::build_quantized_model(ck.config, read, format, group);
   } else {
     const nn::ModelConfig& c = ck.config;
+    // An expert sees only the tokens routed to it, so its H has other rows than its layer's
+    // (infer/gptq_calibrate.h checks every matrix saw every row): not supported yet.
+    TRI_CHECK(c.family != nn::Family::kMixtral, "--method gptq does not support the mixtral family yet (its experts "
+              "see only their routed tokens); use --method rtn");
     const int64_t T = calib_seq_len == 0 ? std::min<int64_t>(256, c.n_positions) : calib_seq_len;
     TRI_CHECK(T >= 1 && T <= c.n_positions, "--calib-seq-len {} must be in [1, n_positions {}]", T, c.n_positions);
     TRI_CHECK(calib_tokens >= T, "--calib-tokens {} is less than one window of --calib-seq-len {}", calib_tokens, T);
