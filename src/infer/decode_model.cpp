@@ -59,12 +59,7 @@ const float* DecodeModel::forward(const int32_t* ids, int64_t n, bool all_logits
     TRI_CHECK(ids[t] >= 0 && ids[t] < V, "token id {} is outside the vocabulary of {}", ids[t], V);
   }
   x_.resize(static_cast<std::size_t>(n * C));
-  kernels::embedding_forward(x_.data(), ids, wte_, n, C, 0, V);
-  if (wpe_ != nullptr) {
-    for (int64_t t = 0; t < n; ++t) {
-      kernels::residual_forward(x_.data() + t * C, x_.data() + t * C, wpe_ + (pos_ + t) * C, C);
-    }
-  }
+  embed_at(ids, n, pos_, x_.data());
   for (auto& layer : layers_) layer->forward(x_.data(), pos_, n, scratch_);
   pos_ += n;
   const int64_t rows = all_logits ? n : 1;
@@ -79,6 +74,29 @@ const float* DecodeModel::forward(const int32_t* ids, int64_t n, bool all_logits
   logits_.resize(static_cast<std::size_t>(rows * V));
   kernels::matmul_forward_nt(logits_.data(), normed_.data(), head_, rows, C, V);
   return logits_.data();
+}
+
+void DecodeModel::embed_at(const int32_t* ids, int64_t n, int64_t pos, float* x) const {
+  const int64_t C = w_.config.n_embd;
+  kernels::embedding_forward(x, ids, wte_, n, C, 0, w_.config.vocab_size);
+  if (wpe_ != nullptr) {
+    for (int64_t t = 0; t < n; ++t) kernels::residual_forward(x + t * C, x + t * C, wpe_ + (pos + t) * C, C);
+  }
+}
+
+void DecodeModel::embed(const int32_t* ids, int64_t n, float* x) const {
+  TRI_CHECK(n > 0 && n <= max_positions_, "a window of {} tokens exceeds the cache of {} positions", n, max_positions_);
+  for (int64_t t = 0; t < n; ++t) {
+    TRI_CHECK(ids[t] >= 0 && ids[t] < w_.config.vocab_size, "token id {} is outside the vocabulary of {}", ids[t],
+              w_.config.vocab_size);
+  }
+  embed_at(ids, n, 0, x);
+}
+
+void DecodeModel::run_layer(int layer, float* x, int64_t n) {
+  TRI_CHECK(layer >= 0 && layer < static_cast<int>(layers_.size()) && n > 0 && n <= max_positions_,
+            "run_layer({}, n {}): the model has {} layers and a cache of {}", layer, n, layers_.size(), max_positions_);
+  layers_[static_cast<std::size_t>(layer)]->forward(x, 0, n, scratch_);
 }
 
 int64_t DecodeModel::weight_bytes_per_token() const {

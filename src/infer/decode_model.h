@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -28,11 +29,22 @@ class DecodeModel {
   // Appends ids (n tokens; position() + n <= capacity(), checked) and returns their logits:
   // (n, vocab_size) when all_logits, else the last token's (vocab_size).
   const float* forward(const int32_t* ids, int64_t n, bool all_logits = false);
+  // Layer by layer, for GPTQ's calibration (infer/gptq_calibrate.h), on windows at position 0:
+  // x (n, C) = the embedding of ids; layer l applied to x in place (its cache overwritten).
+  void embed(const int32_t* ids, int64_t n, float* x) const;
+  void run_layer(int layer, float* x, int64_t n);
+  // The weights the layers read: a matrix replaced in place (same name, shape) is what the
+  // next run uses. The observer sees every layer matrix's input (quant::LinearScratch).
+  quant::QuantizedModel& mutable_weights() { return w_; }
+  void set_linear_observer(std::function<void(const quant::QuantMatrix&, const float*, int64_t)> f) {
+    scratch_.linear.observe = std::move(f);
+  }
   // Bytes of weights one decode step reads: every layer matrix (packed), the norms and biases,
   // the LM head, and one embedding row.
   int64_t weight_bytes_per_token() const;
 
  private:
+  void embed_at(const int32_t* ids, int64_t n, int64_t pos, float* x) const;
   quant::QuantizedModel w_;
   int64_t max_positions_;
   int64_t pos_ = 0;

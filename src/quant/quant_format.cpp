@@ -78,6 +78,39 @@ void QuantMatrix::finish_int8() {
   }
 }
 
+float int8_scale(const float* row, int64_t n) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::abs(row[i]));
+  return amax > 0.0f ? amax / 127.0f : 1.0f;
+}
+
+int8_t int8_code(float w, float scale) {
+  return static_cast<int8_t>(std::clamp(std::nearbyint(w / scale), -127.0f, 127.0f));
+}
+
+Q4Grid q4_grid(const float* x, int64_t n) {
+  float lo = x[0], hi = x[0];
+  for (int64_t j = 1; j < n; ++j) lo = std::min(lo, x[j]), hi = std::max(hi, x[j]);
+  return {hi > lo ? (hi - lo) / 15.0f : 1.0f, lo};
+}
+
+uint8_t q4_code(float w, Q4Grid g) {
+  return static_cast<uint8_t>(std::clamp(std::nearbyint((w - g.offset) / g.scale), 0.0f, 15.0f));
+}
+
+void check_q4_group(int64_t rows, int64_t cols, int group) {
+  TRI_CHECK(valid_group_size(group), "q4 group size {} is not supported; use --group-size 32, 64 or 128", group);
+  TRI_CHECK(cols % group == 0,
+            "q4 group size {} does not divide the matrix's {} inputs per row; choose a group size "
+            "that divides every quantized row ({} x {})", group, cols, rows, cols);
+}
+
+void put_q4(QuantMatrix& m, int64_t o, int64_t i, uint8_t q) {
+  const int64_t g = i / m.group, j = i % m.group, half = m.group / 2;
+  uint8_t& byte = m.q4[static_cast<std::size_t>(o * m.cols / 2 + g * half + j % half)];
+  byte = static_cast<uint8_t>(byte | (j < half ? q : q << 4));
+}
+
 QuantMatrix quantize(const float* w, int64_t rows, int64_t cols, Format format, int group) {
   QuantMatrix m;
   m.format = format, m.rows = rows, m.cols = cols;
@@ -92,24 +125,16 @@ QuantMatrix quantize(const float* w, int64_t rows, int64_t cols, Format format, 
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < rows; ++o) {
       const float* row = w + o * cols;
-      float amax = 0.0f;
-      for (int64_t i = 0; i < cols; ++i) amax = std::max(amax, std::abs(row[i]));
-      const float s = amax > 0.0f ? amax / 127.0f : 1.0f;  // an all-zero row: any scale is exact
+      const float s = int8_scale(row, cols);
       m.scale[static_cast<std::size_t>(o)] = s;
-      for (int64_t i = 0; i < cols; ++i) {
-        const float q = std::clamp(std::nearbyint(row[i] / s), -127.0f, 127.0f);
-        m.q8[static_cast<std::size_t>(o * cols + i)] = static_cast<int8_t>(q);
-      }
+      for (int64_t i = 0; i < cols; ++i) m.q8[static_cast<std::size_t>(o * cols + i)] = int8_code(row[i], s);
     }
     m.finish_int8();
     return m;
   }
-  TRI_CHECK(valid_group_size(group), "q4 group size {} is not supported; use --group-size 32, 64 or 128", group);
-  TRI_CHECK(cols % group == 0,
-            "q4 group size {} does not divide the matrix's {} inputs per row; choose a group size "
-            "that divides every quantized row ({} x {})", group, cols, rows, cols);
+  check_q4_group(rows, cols, group);
   m.group = group;
-  const int64_t G = group, half = G / 2, groups = cols / G;
+  const int64_t G = group, groups = cols / G;
   m.q4.assign(n / 2, 0);
   m.scale.resize(static_cast<std::size_t>(rows * groups));
   m.offset.resize(static_cast<std::size_t>(rows * groups));
@@ -117,17 +142,11 @@ QuantMatrix quantize(const float* w, int64_t rows, int64_t cols, Format format, 
   for (int64_t o = 0; o < rows; ++o) {
     for (int64_t g = 0; g < groups; ++g) {
       const float* x = w + o * cols + g * G;
-      float lo = x[0], hi = x[0];
-      for (int64_t j = 1; j < G; ++j) lo = std::min(lo, x[j]), hi = std::max(hi, x[j]);
-      const float s = hi > lo ? (hi - lo) / 15.0f : 1.0f;
+      const Q4Grid grid = q4_grid(x, G);
       const auto k = static_cast<std::size_t>(o * groups + g);
-      m.scale[k] = s;
-      m.offset[k] = lo;
-      uint8_t* bytes = m.q4.data() + o * cols / 2 + g * half;
-      for (int64_t j = 0; j < G; ++j) {
-        const auto q = static_cast<uint8_t>(std::clamp(std::nearbyint((x[j] - lo) / s), 0.0f, 15.0f));
-        bytes[j % half] |= static_cast<uint8_t>(j < half ? q : q << 4);
-      }
+      m.scale[k] = grid.scale;
+      m.offset[k] = grid.offset;
+      for (int64_t j = 0; j < G; ++j) put_q4(m, o, g * G + j, q4_code(x[j], grid));
     }
   }
   return m;

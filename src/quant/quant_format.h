@@ -58,4 +58,20 @@ void dequantize(const QuantMatrix& m, float* out, bool transposed = false);
 // The quantization step of row o at input i (s_o or s_g): the round-trip bound is step / 2.
 double step_at(const QuantMatrix& m, int64_t o, int64_t i);
 
+// The grids, one definition shared by round-to-nearest (quantize) and GPTQ (quant/gptq.h),
+// so both write the same format with the same arithmetic:
+// int8: the row's scale max|w| / 127 (1 for an all-zero row: any scale is exact) and a code.
+float int8_scale(const float* row, int64_t n);
+int8_t int8_code(float w, float scale);
+// q4: a group's scale (max - min) / 15 (1 when constant) and offset (the minimum), and a code.
+struct Q4Grid {
+  float scale = 1.0f, offset = 0.0f;
+};
+Q4Grid q4_grid(const float* x, int64_t n);
+uint8_t q4_code(float w, Q4Grid g);
+// Throws unless group is a supported size dividing cols (the message names both).
+void check_q4_group(int64_t rows, int64_t cols, int group);
+// Stores code q (0..15) of element (o, i) into m.q4 (m.q4 zero-initialised; the packing above).
+void put_q4(QuantMatrix& m, int64_t o, int64_t i, uint8_t q);
+
 }  // namespace trident::quant

@@ -142,6 +142,7 @@ bool use_simd(KernelPath path, bool available) {
 void quant_linear(float* out, const float* x, const QuantMatrix& w, const float* bias, int64_t N,
                   LinearScratch& scratch, KernelPath path) {
   const int64_t O = w.rows, I = w.cols;
+  if (scratch.observe) scratch.observe(w, x, N);
   if (w.format == Format::kFp32) {
     kernels::matmul_forward_nt(out, x, w.fp32.data(), N, I, O);
     if (bias != nullptr) {

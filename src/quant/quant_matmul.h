@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "quant/quant_format.h"
@@ -27,6 +28,9 @@ const char* kernel_path_name(Format format);
 struct LinearScratch {
   std::vector<int8_t> xq;     // (N, I)
   std::vector<float> xscale;  // (N)
+  // When set, quant_linear shows it every input (w, x (N, I), N) before the product: how GPTQ's
+  // calibration (infer/gptq_calibrate.h) sees what each layer matrix multiplies.
+  std::function<void(const QuantMatrix&, const float*, int64_t)> observe;
 };
 
 void quant_linear(float* out, const float* x, const QuantMatrix& w, const float* bias, int64_t N,

@@ -154,7 +154,7 @@ void save_quantized(const QuantizedModel& m, const std::string& dir) {
   w.write((fs::path(dir) / ckpt::kModelFile).string());
   nlohmann::json config = nn::model_config_to_hf_json(m.config);
   config[kQuantizationKey] = {
-      {"quant_method", "trident-rtn"},
+      {"quant_method", m.method},
       {"format", format_name(m.format)},
       {"group_size", m.group},
       {"symmetric", m.format == Format::kInt8},
@@ -170,6 +170,7 @@ struct QuantHeader {
   nn::ModelConfig config;
   Format format;
   int group;
+  std::string method;
 };
 
 QuantHeader read_header(const std::string& dir) {
@@ -179,7 +180,12 @@ QuantHeader read_header(const std::string& dir) {
             "{} has no {} object: not a quantized checkpoint", path, kQuantizationKey);
   const nlohmann::json q = j[kQuantizationKey];
   j.erase(kQuantizationKey);
-  QuantHeader h{nn::model_config_from_hf_json(j, path), Format::kFp32, 0};
+  QuantHeader h{nn::model_config_from_hf_json(j, path), Format::kFp32, 0, kMethodRtn};
+  if (q.contains("quant_method")) {
+    TRI_CHECK(q["quant_method"].is_string() && (q["quant_method"] == kMethodRtn || q["quant_method"] == kMethodGptq),
+              "{}: {}.quant_method must be \"{}\" or \"{}\"", path, kQuantizationKey, kMethodRtn, kMethodGptq);
+    h.method = q["quant_method"].get<std::string>();
+  }
   TRI_CHECK(q.contains("format") && q["format"].is_string(), "{}: {}.format is missing", path, kQuantizationKey);
   h.format = parse_format(q["format"].get<std::string>());
   if (h.format == Format::kQ4) {
@@ -217,7 +223,7 @@ QuantizedModel load_quantized(const std::string& dir) {
   const QuantHeader h = read_header(dir);
   const ckpt::SafetensorsReader r((fs::path(dir) / ckpt::kModelFile).string());
   QuantizedModel m;
-  m.config = h.config, m.format = h.format, m.group = h.group;
+  m.config = h.config, m.format = h.format, m.group = h.group, m.method = h.method;
   std::size_t expected_tensors = 0;
   for (const nn::ParamDecl& d : inference_tensors(h.config)) {
     if (!is_quantizable(d, h.config)) {
@@ -276,9 +282,10 @@ QuantizedModel load_for_inference(const std::string& path) {
 std::string describe_quantized(const std::string& dir) {
   const QuantHeader h = read_header(dir);
   const ckpt::SafetensorsReader r((fs::path(dir) / ckpt::kModelFile).string());
-  std::string out = fmt::format("checkpoint: {} (quantized, format {}{}; generate and eval read it, train only as "
-                                "a frozen QLoRA base)\n",
-                                dir, format_name(h.format), h.format == Format::kQ4 ? fmt::format(", group size {}", h.group) : "");
+  std::string out = fmt::format("checkpoint: {} (quantized, format {}{}, method {}; generate and eval read it, train "
+                                "only as a frozen QLoRA base)\n",
+                                dir, format_name(h.format), h.format == Format::kQ4 ? fmt::format(", group size {}", h.group) : "",
+                                h.method);
   out += fmt::format("model: {}\n", h.config.describe());
   uint64_t bytes = 0;
   out += fmt::format("tensors ({}):\n", r.tensors().size());

@@ -26,11 +26,16 @@
 namespace trident::quant {
 
 inline constexpr const char* kQuantizationKey = "quantization_config";
+inline constexpr const char* kMethodRtn = "trident-rtn";
+inline constexpr const char* kMethodGptq = "trident-gptq";
 
 struct QuantizedModel {
   nn::ModelConfig config;
   Format format = Format::kFp32;
   int group = 0;
+  // config.json's quantization_config.quant_method: how the codes were chosen (the format is
+  // the same either way): kMethodRtn (round to nearest) or kMethodGptq (quant/gptq.h).
+  std::string method = kMethodRtn;
   std::map<std::string, std::vector<float>> tensors;  // fp32, as declared (Hugging Face layout)
   std::map<std::string, QuantMatrix> matrices;        // [out, in]
 
