@@ -168,6 +168,20 @@ void fsync_directory(const std::string& dir) {
             std::strerror(err));
 }
 
+void require_new_output_dir(const std::string& dir, std::string_view flag) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(dir, ec);
+  if (st.type() == fs::file_type::not_found) return;
+  TRI_CHECK(!ec, "{} '{}': cannot inspect it ({}); give a new directory (nothing was written)", flag, dir,
+            ec.message());
+  TRI_CHECK(fs::is_directory(st), "{} '{}' exists and is not a directory; give a new directory (nothing was "
+            "written)", flag, dir);
+  const bool empty = fs::is_empty(dir, ec);
+  TRI_CHECK(!ec, "{} '{}': cannot list it ({}); give a new directory (nothing was written)", flag, dir,
+            ec.message());
+  TRI_CHECK(empty, "{} '{}' exists and is not empty; give a new directory (nothing was written)", flag, dir);
+}
+
 void remove_tree_quietly(const std::string& path) noexcept {
   std::error_code ec;
   fs::remove_all(path, ec);

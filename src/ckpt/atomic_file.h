@@ -49,6 +49,11 @@ class AtomicFile {
 // Writes `contents` to `path` atomically (AtomicFile in one call).
 void write_file_atomic(const std::string& path, std::string_view contents);
 
+// Refuses (trident::Error naming `flag`) an output directory that already holds something, so a
+// command that writes a new model never mixes its files with an old one's: the path must be
+// missing or an empty directory. Nothing is created.
+void require_new_output_dir(const std::string& dir, std::string_view flag = "--out");
+
 // fsync a directory so renames and creations inside it are durable.
 void fsync_directory(const std::string& dir);
 

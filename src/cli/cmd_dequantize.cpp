@@ -34,9 +34,7 @@ int run_dequantize(int argc, char** argv) {
   const std::string dir = ckpt::resolve_checkpoint(ckpt_path);
   TRI_CHECK(quant::is_quantized_checkpoint(dir), "--ckpt {} is not a quantized checkpoint (its config.json has no "
             "{}); it is fp32 already", dir, quant::kQuantizationKey);
-  std::error_code ec;
-  TRI_CHECK(!std::filesystem::exists(out_dir, ec) || std::filesystem::is_empty(out_dir, ec),
-            "--out '{}' exists and is not empty; give a new directory (nothing was written)", out_dir);
+  ckpt::require_new_output_dir(out_dir);
   const quant::QuantizedModel q = quant::load_quantized(dir);
   ckpt::SafetensorsWriter writer;
   std::vector<std::vector<float>> keep;

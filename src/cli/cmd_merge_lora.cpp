@@ -41,9 +41,7 @@ int run_merge_lora(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  std::error_code ec;
-  TRI_CHECK(!fs::exists(out_dir, ec) || fs::is_empty(out_dir, ec),
-            "--out '{}' exists and is not empty; give a new directory (nothing was written)", out_dir);
+  ckpt::require_new_output_dir(out_dir);
   // A QLoRA run's base: merging writes fp32 weights, so the dequantized values are the base to
   // merge into; one explicit step makes that visible (and the file reusable).
   TRI_CHECK(!quant::is_quantized_checkpoint(ckpt::resolve_checkpoint(base_path)),

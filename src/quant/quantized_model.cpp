@@ -130,9 +130,7 @@ bool is_quantized_checkpoint(const std::string& path) {
 
 void save_quantized(const QuantizedModel& m, const std::string& dir) {
   TRI_CHECK(m.format != Format::kFp32, "save_quantized needs an int8 or q4 model");
-  std::error_code ec;
-  TRI_CHECK(!fs::exists(dir, ec) || fs::is_empty(dir, ec),
-            "--out '{}' exists and is not empty; give a new directory (nothing was written)", dir);
+  ckpt::require_new_output_dir(dir);
   fs::create_directories(dir);
   ckpt::SafetensorsWriter w;
   for (const nn::ParamDecl& d : inference_tensors(m.config)) {
