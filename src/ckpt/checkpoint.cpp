@@ -1,27 +1,26 @@
-// Checkpoint directories: names, config.json, atomic commit, latest resolution, validation and
-// the `ckpt info` summary.
+// Checkpoint directories: names, config.json, atomic commit, latest resolution and opening.
+// Tensor validation is in checkpoint_validate.cpp, `ckpt verify` and `ckpt info` in
+// checkpoint_inspect.cpp.
 #include "ckpt/checkpoint.h"
 
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <regex>
-#include <set>
 #include <sstream>
 
 #include "ckpt/atomic_file.h"
+#include "ckpt/checkpoint_detail.h"
 #include "core/check.h"
 #include "nn/lora_checkpoint.h"
 #include "nn/moe_router.h"
 
 namespace fs = std::filesystem;
 
-namespace trident::ckpt {
-namespace {
+namespace trident::ckpt::detail {
 
 std::string join_path(const std::string& a, const std::string& b) { return (fs::path(a) / b).string(); }
 
@@ -55,6 +54,14 @@ nlohmann::json read_json_file(const std::string& path) {
   }
 }
 
+}  // namespace trident::ckpt::detail
+
+namespace trident::ckpt {
+
+using namespace detail;  // this file defines them
+
+namespace {
+
 // Every step_* directory under root with a note on whether it is complete.
 std::string describe_step_dirs(const std::string& root) {
   std::vector<std::pair<std::int64_t, std::string>> found;
@@ -87,7 +94,11 @@ std::string describe_step_dirs(const std::string& root) {
   return out;
 }
 
-std::string list_limited(const std::vector<std::string>& items, std::size_t max = 8) {
+}  // namespace
+
+namespace detail {
+
+std::string list_limited(const std::vector<std::string>& items, std::size_t max) {
   std::vector<std::string> shown(items.begin(), items.begin() + std::min(items.size(), max));
   std::string s = fmt::format("{}", fmt::join(shown, ", "));
   if (items.size() > max) s += fmt::format(" and {} more", items.size() - max);
@@ -104,19 +115,16 @@ std::string problem_list(const std::vector<std::string>& missing, const std::vec
   return s;
 }
 
-std::string format_bytes(std::uint64_t b) {
-  if (b >= (1ull << 30)) return fmt::format("{:.2f} GiB", static_cast<double>(b) / (1ull << 30));
-  if (b >= (1ull << 20)) return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1ull << 20));
-  if (b >= (1ull << 10)) return fmt::format("{:.1f} KiB", static_cast<double>(b) / (1ull << 10));
-  return fmt::format("{} B", b);
-}
-
 bool ignorable_hf_tensor(const nn::ModelConfig& config, const std::string& name, const std::string& prefix) {
   const nn::Architecture& arch = nn::architecture(config.family);
   // Buffers under the model class's prefix, or beside it (GPT2LMHeadModel's lm_head.weight).
   return (name.starts_with(prefix) && arch.ignorable_tensor(config, name.substr(prefix.size()))) ||
          arch.ignorable_tensor(config, name);
 }
+
+}  // namespace detail
+
+namespace {
 
 std::string detect_prefix(const SafetensorsSet& reader, const nn::ModelConfig& config) {
   const nn::Architecture& arch = nn::architecture(config.family);
@@ -360,8 +368,7 @@ std::optional<std::int64_t> LoadedCheckpoint::optimizer_step() const {
   }
 }
 
-namespace {
-LoadedCheckpoint open_checkpoint(const std::string& path) {
+LoadedCheckpoint detail::open_checkpoint(const std::string& path) {
   const std::string dir = resolve_checkpoint(path);
   const std::string config_path = join_path(dir, kConfigFile);
   TRI_CHECK(is_file(config_path),
@@ -386,252 +393,12 @@ LoadedCheckpoint open_checkpoint(const std::string& path) {
   }
   return ck;
 }
-}  // namespace
 
 LoadedCheckpoint load_checkpoint(const std::string& path) {
   LoadedCheckpoint ck = open_checkpoint(path);
   validate_model_tensors(ck.model, ck.config, ck.model_prefix);
   if (ck.optimizer) validate_optimizer_tensors(*ck.optimizer, ck.config);
   return ck;
-}
-
-std::string model_source(const SafetensorsSet& set) {
-  return set.sharded() ? set.index_path() : set.shards().front().path();
-}
-
-void validate_model_tensors(const SafetensorsSet& reader, const nn::ModelConfig& config,
-                            const std::string& prefix) {
-  // A config.json that names far more layers than the file holds (n_layer 1e9) must not make
-  // us list 12 * n_layer expected names first: compare the counts up front (small mismatches
-  // get the detailed report below).
-  const std::int64_t expected_count = nn::model_tensor_count(config);
-  TRI_CHECK(expected_count <= 2 * static_cast<std::int64_t>(reader.tensors().size()) + 1024,
-            "model tensors in {} do not match the model ({}): config.json implies {} tensors for "
-            "n_layer {} but the file holds {}; config.json does not belong to these weights",
-            model_source(reader), config.describe(), expected_count, config.n_layer, reader.tensors().size());
-  const nn::Architecture& arch = nn::architecture(config.family);
-  std::vector<std::string> missing, wrong_shape, wrong_dtype, extra, inferred;
-  std::set<std::string> expected;
-  for (const auto& spec : nn::model_tensor_specs(config)) {
-    const std::string name = prefix + spec.name;
-    expected.insert(name);
-    if (!reader.contains(name)) {
-      missing.push_back(name);
-      continue;
-    }
-    const auto& t = reader.info(name);
-    if (t.shape != spec.shape) {
-      wrong_shape.push_back(fmt::format("{} is {} (expected {})", name, shape_str(t.shape), shape_str(spec.shape)));
-    }
-    if (!dtype_readable_as_f32(t.dtype)) {
-      wrong_dtype.push_back(fmt::format("{} is {}", name, dtype_name(t.dtype)));
-    }
-  }
-  // The aux-free router bias (nn/moe_router.h) is state, not a parameter: optional (a checkpoint
-  // written without it starts it at zero), but of the right shape when there.
-  for (const auto& spec : nn::router_bias_specs(config)) {
-    const std::string name = prefix + spec.name;
-    expected.insert(name);
-    if (!reader.contains(name)) continue;
-    if (reader.info(name).shape != spec.shape) {
-      wrong_shape.push_back(fmt::format("{} is {} (expected {})", name, shape_str(reader.info(name).shape), shape_str(spec.shape)));
-    }
-  }
-  int max_layer = -1;
-  for (const auto& t : reader.tensors()) {
-    if (t.name.starts_with(prefix)) max_layer = std::max(max_layer, arch.layer_of(t.name.substr(prefix.size())));
-    if (expected.count(t.name) == 0 && !ignorable_hf_tensor(config, t.name, prefix)) extra.push_back(t.name);
-  }
-  if (missing.empty() && wrong_shape.empty() && wrong_dtype.empty() && extra.empty()) return;
-
-  // Say what shape the checkpoint's tensors imply, where they do.
-  auto infer = [&](const char* key, std::int64_t ck, std::int64_t model) {
-    if (ck != model) inferred.push_back(fmt::format("{} {} but the model has {}", key, ck, model));
-  };
-  for (const nn::ShapeWitness& w : arch.shape_witnesses(config)) {
-    const std::string name = prefix + w.tensor;
-    if (!reader.contains(name) || reader.info(name).shape.size() <= static_cast<std::size_t>(w.dim)) continue;
-    infer(w.field.c_str(), reader.info(name).shape[static_cast<std::size_t>(w.dim)], w.value);
-  }
-  if (max_layer >= 0) infer("n_layer", max_layer + 1, config.n_layer);
-
-  std::string msg = fmt::format("model tensors in {} do not match the model ({})", model_source(reader),
-                                config.describe());
-  if (!inferred.empty()) msg += fmt::format(": checkpoint has {}", fmt::join(inferred, ", "));
-  if (!missing.empty()) msg += fmt::format("; {} missing: {}", missing.size(), list_limited(missing));
-  if (!wrong_shape.empty()) msg += fmt::format("; {} with the wrong shape: {}", wrong_shape.size(), list_limited(wrong_shape));
-  if (!wrong_dtype.empty()) msg += fmt::format("; {} with a dtype that is not a float: {}", wrong_dtype.size(), list_limited(wrong_dtype));
-  if (!extra.empty()) msg += fmt::format("; {} unexpected: {}", extra.size(), list_limited(extra));
-  TRI_FAIL("{}", msg);
-}
-
-void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::ModelConfig& config) {
-  // The count first, without listing the tensors (see validate_model_tensors).
-  const std::int64_t expected_count = 2 * nn::trained_tensor_count(config);
-  TRI_CHECK(expected_count <= 2 * static_cast<std::int64_t>(reader.tensors().size()) + 1024,
-            "optimizer state in {} does not match the model ({}): it needs {} tensors (exp_avg and "
-            "exp_avg_sq of each of n_layer {}'s parameters) but the file holds {}",
-            reader.path(), config.describe(), expected_count, config.n_layer, reader.tensors().size());
-  const std::vector<nn::TensorSpec> trained = nn::trained_tensor_specs(config);
-  std::vector<std::string> missing, wrong;
-  for (const auto& spec : trained) {
-    for (const std::string& name : {exp_avg_name(spec.name), exp_avg_sq_name(spec.name)}) {
-      if (!reader.contains(name)) {
-        missing.push_back(name);
-        continue;
-      }
-      const auto& t = reader.info(name);
-      if (t.shape != spec.shape || t.dtype != DType::kF32) {
-        wrong.push_back(fmt::format("{} is {} {} (expected F32 {})", name, dtype_name(t.dtype),
-                                    shape_str(t.shape), shape_str(spec.shape)));
-      }
-    }
-  }
-  TRI_CHECK(missing.empty() && wrong.empty(), "optimizer state in {} does not match the model ({}){}",
-            reader.path(), config.describe(), problem_list(missing, wrong, {}));
-}
-
-// ---------------------------------------------------------------------------------------------
-// verify
-
-void check_finite(const float* data, std::int64_t n, const std::string& tensor, const std::string& file) {
-  std::int64_t first = -1, bad = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(data[i])) {
-      if (first < 0) first = i;
-      ++bad;
-    }
-  }
-  TRI_CHECK(bad == 0,
-            "tensor '{}' in {} holds {} at element {} ({} of {} elements are not finite): Trident "
-            "never writes non-finite values, so this file is damaged or comes from a diverged run",
-            tensor, file, data[first], first, bad, n);
-}
-
-std::string verify_checkpoint(const std::string& path) {
-  LoadedCheckpoint ck = open_checkpoint(path);  // config.json parsed and validated
-  validate_model_tensors(ck.model, ck.config, ck.model_prefix);
-  const std::vector<TensorSpec> specs = nn::model_tensor_specs(ck.config);
-  std::int64_t largest = 0;
-  for (const auto& spec : specs) largest = std::max(largest, shape_numel(spec.shape));
-  std::vector<float> buffer(static_cast<std::size_t>(largest));
-  std::int64_t elements = 0;
-  for (const auto& spec : specs) {
-    ck.read_param(spec.name, spec.shape, buffer.data());
-    check_finite(buffer.data(), shape_numel(spec.shape), ck.model_prefix + spec.name,
-                 ck.model.file_of(ck.model_prefix + spec.name));
-    elements += shape_numel(spec.shape);
-  }
-  std::string summary = fmt::format("verified: {} model tensors ({} parameters) load with the shapes "
-                                    "config.json implies", specs.size(), elements);
-  int bias_layers = 0;  // the aux-free router bias, where the checkpoint holds it
-  for (const auto& spec : nn::router_bias_specs(ck.config)) {
-    if (!ck.model.contains(ck.model_prefix + spec.name)) continue;
-    std::vector<float> bias(static_cast<std::size_t>(shape_numel(spec.shape)));
-    ck.read_param(spec.name, spec.shape, bias.data());
-    check_finite(bias.data(), shape_numel(spec.shape), ck.model_prefix + spec.name, ck.model.file_of(ck.model_prefix + spec.name));
-    ++bias_layers;
-  }
-  if (bias_layers > 0) summary += fmt::format(", and the router bias of {} layers", bias_layers);
-
-  const std::string trident_file = join_path(ck.path, kTridentFile);
-  const std::int64_t dir_step = parse_step_name(fs::path(ck.path).filename().string());
-  if (is_file(trident_file)) {
-    TRI_CHECK(ck.trident.is_object(), "{} is not a JSON object", trident_file);
-    TRI_CHECK(ck.trident.contains("step") && ck.trident["step"].is_number_integer() &&
-                  ck.trident["step"].get<std::int64_t>() >= 0,
-              "{}: field 'step' is {}, not a non-negative integer; without it a resumed run "
-              "would not know where its schedule and data stand",
-              trident_file, ck.trident.contains("step") ? ck.trident["step"].dump() : "missing");
-    TRI_CHECK(dir_step < 0 || ck.step == dir_step,
-              "{}: field 'step' is {} but the directory is {}", trident_file, ck.step,
-              fs::path(ck.path).filename().string());
-  }
-  if (ck.optimizer) {
-    validate_optimizer_tensors(*ck.optimizer, ck.config);
-    for (const auto& spec : nn::trained_tensor_specs(ck.config)) {
-      for (const std::string& name : {exp_avg_name(spec.name), exp_avg_sq_name(spec.name)}) {
-        buffer.resize(std::max(buffer.size(), static_cast<std::size_t>(shape_numel(spec.shape))));
-        ck.optimizer->read(name, spec.shape, buffer.data());
-        check_finite(buffer.data(), shape_numel(spec.shape), name, ck.optimizer->path());
-      }
-    }
-    const auto opt_step = ck.optimizer_step();  // throws on a non-integer
-    TRI_CHECK(opt_step.has_value() && *opt_step >= 0,
-              "optimizer state {} has no non-negative integer 'step' in its metadata (AdamW's bias "
-              "correction needs it)", ck.optimizer->path());
-    TRI_CHECK(ck.step < 0 || *opt_step <= ck.step,
-              "optimizer state {} is at AdamW step {}, beyond the run's step {} in {}: the two "
-              "files do not belong together", ck.optimizer->path(), *opt_step, ck.step, trident_file);
-    summary += fmt::format("; optimizer state complete (AdamW step {})", *opt_step);
-  }
-  if (ck.config.lora.enabled()) {
-    const std::string file = join_path(ck.path, kAdapterFile);
-    const SafetensorsReader adapters(file);
-    for (const auto& spec : nn::lora_tensor_specs(ck.config)) {
-      buffer.resize(std::max(buffer.size(), static_cast<std::size_t>(shape_numel(spec.shape))));
-      adapters.read(nn::peft_tensor_name(ck.config, spec.name), spec.shape, buffer.data());
-      check_finite(buffer.data(), shape_numel(spec.shape), spec.name, file);
-    }
-    summary += fmt::format("; LoRA adapters complete (r {}, {})", ck.config.lora.rank, fmt::join(ck.config.lora.targets, ","));
-  }
-  return summary + "; all finite";
-}
-
-// ---------------------------------------------------------------------------------------------
-// describe
-
-std::string describe_checkpoint(const std::string& path) {
-  LoadedCheckpoint ck = open_checkpoint(path);
-  std::string out;
-  out += fmt::format("checkpoint: {}\n", ck.path);
-  out += fmt::format("step: {}\n", ck.step >= 0 ? std::to_string(ck.step) : std::string("unknown (no trident.json)"));
-  const auto& c = ck.config;
-  out += fmt::format("config: {}\n", c.describe());
-  std::int64_t total = 0;
-  std::uint64_t bytes = 0;
-  std::size_t width = 4;
-  for (const auto& t : ck.model.tensors()) width = std::max(width, t.name.size());
-  std::string rows;
-  for (const auto& t : ck.model.tensors()) {
-    rows += fmt::format("  {:<{}}  {:<14}  {}\n", t.name, width, shape_str(t.shape), dtype_name(t.dtype));
-    if (!ignorable_hf_tensor(c, t.name, ck.model_prefix)) total += t.numel();
-    bytes += t.end - t.begin;
-  }
-  for (const std::string& w : ck.model.warnings()) out += fmt::format("warning: {}\n", w);
-  out += fmt::format("{}: {} tensors, {} parameters, {}\n",
-                     ck.model.sharded() ? fmt::format("{} ({} shards)", kModelIndexFile, ck.model.shards().size())
-                                        : std::string(kModelFile),
-                     ck.model.tensors().size(),
-                     total, format_bytes(bytes));
-  out += rows;
-  try {
-    validate_model_tensors(ck.model, ck.config, ck.model_prefix);
-    out += fmt::format("model tensors: match config.json ({} parameters expected)\n", c.num_parameters());
-  } catch (const Error& e) {
-    out += fmt::format("model tensors: DO NOT MATCH config.json: {}\n", e.what());
-  }
-  if (ck.optimizer) {
-    const auto step = ck.optimizer_step();
-    out += fmt::format("optimizer state: present ({} tensors, step {})", ck.optimizer->tensors().size(),
-                       step ? std::to_string(*step) : std::string("unknown"));
-    try {
-      validate_optimizer_tensors(*ck.optimizer, ck.config);
-      out += ", AdamW exp_avg and exp_avg_sq for every parameter\n";
-    } catch (const Error& e) {
-      out += fmt::format("\n  INCOMPLETE: {}\n", e.what());
-    }
-  } else {
-    out += "optimizer state: absent (usable with --init-from, not --resume)\n";
-  }
-  if (ck.trident.is_object()) {
-    std::vector<std::string> keys;
-    for (auto it = ck.trident.begin(); it != ck.trident.end(); ++it) keys.push_back(it.key());
-    out += fmt::format("trident.json: {}\n", fmt::join(keys, ", "));
-  } else {
-    out += "trident.json: absent\n";
-  }
-  return out;
 }
 
 }  // namespace trident::ckpt
