@@ -80,15 +80,17 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     po.pp = shape.pp;
     po.virtual_stages = V;
     if (options_.balance_stages) {
-      // Costs in transformer layers, from forward FLOPs per token as the architecture declares
-      // them (backward scales alike); the embedding is a lookup (negligible).
-      // Layers are counted alike (the partition's unit): the last one's FLOPs (an MoE layer
-      // when any is; first_k_dense layers are cheaper, which this balance does not see).
-      const double layer = nn::layer_forward_flops(config_, 1, 1, seq_len, config_.n_layer - 1) /
-                           static_cast<double>(seq_len);
+      // Costs from forward FLOPs per token as the architecture declares them for each layer
+      // (backward scales alike), in units of the last layer (an MoE layer when any is, so
+      // first_k_dense layers weigh what their dense MLP costs); the embedding is a lookup
+      // (negligible).
+      const double unit = nn::layer_forward_flops(config_, 1, 1, seq_len, config_.n_layer - 1);
       po.balance_cost = true;
       po.embedding_cost = 0.0;
-      po.head_cost = nn::head_forward_flops(config_, 1, 1, 1) / layer;
+      po.head_cost = nn::head_forward_flops(config_, 1, 1, 1) / (unit / static_cast<double>(seq_len));
+      for (int l = 0; l < config_.n_layer; ++l) {
+        po.layer_costs.push_back(nn::layer_forward_flops(config_, 1, 1, seq_len, l) / unit);
+      }
     }
     const pp::Partition part = pp::partition_layers(config_.n_layer, po);
     partition_text_ = part.describe();

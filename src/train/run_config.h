@@ -292,7 +292,7 @@ void for_each_field(S& o, E& e, V&& v) {
   v(field("virtual_stages", d.virtual_stages, "model chunks per pipeline rank (needs schedule interleaved when > 1)")
         .at_least(1).alias("virtual_pipeline_model_parallel_size num_virtual_stages vpp chunks_per_stage"),
     e.virtual_stages);
-  v(field("balance_stages", d.balance_stages, "pp > 1: split layers by estimated cost (the LM head counts as vocab/(12*n_embd + 2*seq_len) layers) instead of evenly")
+  v(field("balance_stages", d.balance_stages, "pp > 1: split layers by estimated cost (each layer its forward FLOPs, the LM head as vocab/(12*n_embd + 2*seq_len) GPT-2 layers) instead of evenly")
         .alias("balance partition_by_cost cost_balanced"), e.balance_stages);
   v(field("sequence_parallel", d.sequence_parallel, "split LayerNorm/dropout regions along the sequence over tp")
         .alias("sp sequence_parallelism"), e.sequence_parallel);

@@ -44,6 +44,20 @@ def main():
         rc, out, err = run([mpirun(), "-n", "2"] + base + ["--pp", "2", "--micro-batches", "2", "--balance-stages"])
         check("--balance-stages gives the head's stage fewer layers",
               rc == 0 and "embedding + layers [0, 5)" in err and "layers [5, 8) + ln_f + head" in err, err[-600:])
+        # Layers weigh what they cost: mixtral-tiny at 8 layers costs 26880 FLOPs a token per MoE
+        # layer (2 x (3072 attention + 128 router + 2 x 4608 expert) + 2048 for QK^T and AV at
+        # T 16) and 17408 per dense layer (one 4608 MLP, no router), the head 64000. All MoE:
+        # 8 + 2.38 units, the first stage ends nearest 5.19, after layer 5. With 2 dense layers
+        # first: 2 x 0.648 + 6 + 2.38 = 9.68 units, half is 4.84, so layer 6 (5.30) beats
+        # layer 5 (4.30); counting layers alike would keep [0, 5).
+        moe = [mpirun(), "-n", "2"] + base + ["--model", "mixtral-tiny", "--n-layer", "8", "--pp", "2",
+                                              "--micro-batches", "2", "--balance-stages"]
+        rc, out, err = run(moe)
+        check("--balance-stages, all layers MoE: [0, 5) + [5, 8)",
+              rc == 0 and "embedding + layers [0, 5)" in err and "layers [5, 8) + ln_f + head" in err, err[-600:])
+        rc, out, err = run(moe + ["--moe-first-k-dense", "2"])
+        check("--balance-stages weighs the cheaper dense layers: [0, 6) + [6, 8)",
+              rc == 0 and "embedding + layers [0, 6)" in err and "layers [6, 8) + ln_f + head" in err, err[-600:])
         rc, out, err = run(base + ["--balance-stages"])
         check("--balance-stages without a pipeline is refused", rc != 0 and "needs --pp > 1" in err, err[-300:])
         rc, out, err = run(base + ["--pipeline-timeline", f"{d}/none.svg"])

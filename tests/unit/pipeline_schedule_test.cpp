@@ -219,6 +219,18 @@ TEST(PipelinePartition, EvenInterleavedAndCostBalanced) {
   sizes.clear();
   for (const auto& c : p.chunks) sizes.push_back(c.layer_end - c.layer_begin);
   EXPECT_EQ(sizes, (std::vector<int>{1, 2, 2, 1}));
+  // Per-layer costs: two cheap (dense) layers of 0.25 before four of 1, embedding 0, head 1:
+  // total 5.5 over 2 stages -> the first ends nearest 2.75, after layer 3 (cost 2.5; after
+  // layer 4 it would be 3.5), where counting layers alike would split 3 + 3.
+  o = PartitionOptions{2, 1, true, 0.0, 1.0, {0.25, 0.25, 1, 1, 1, 1}};
+  p = partition_layers(6, o);
+  EXPECT_EQ(p.chunks[0].layer_end, 4);
+  o.layer_costs.clear();
+  EXPECT_EQ(partition_layers(6, o).chunks[0].layer_end, 3);
+  o.layer_costs = {1, 1};
+  EXPECT_NE(expect_msg([&] { partition_layers(6, o); }).find("2 given for 6 layers"), std::string::npos);
+  o.layer_costs = {1, 1, 1, 1, 1, -1};
+  EXPECT_NE(expect_msg([&] { partition_layers(6, o); }).find("finite and >= 0"), std::string::npos);
   // Single stage: everything.
   p = partition_layers(3, {1, 1});
   EXPECT_TRUE(p.chunks[0].has_embedding && p.chunks[0].has_head);

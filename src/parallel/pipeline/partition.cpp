@@ -29,6 +29,9 @@ Partition partition_layers(int n_layer, const PartitionOptions& o) {
             "the cost-balanced split (--balance-stages) supports --virtual-stages 1 only; drop "
             "one of the two");
   TRI_CHECK(o.embedding_cost >= 0 && o.head_cost >= 0, "stage costs must be >= 0");
+  TRI_CHECK(o.layer_costs.empty() || static_cast<int>(o.layer_costs.size()) == n_layer,
+            "layer costs: {} given for {} layers", o.layer_costs.size(), n_layer);
+  for (double c : o.layer_costs) TRI_CHECK(c >= 0 && std::isfinite(c), "layer costs must be finite and >= 0");
 
   Partition p;
   p.pp = o.pp;
@@ -39,14 +42,19 @@ Partition partition_layers(int n_layer, const PartitionOptions& o) {
   if (o.balance_cost && S > 1) {
     // Greedy on the cumulative cost: chunk s ends at the layer boundary closest to
     // (s + 1) / S of the total, keeping at least one layer per remaining chunk.
-    const double total = n_layer + o.embedding_cost + o.head_cost;
+    // before[l] = cost of layers [0, l), summed in layer order.
+    std::vector<double> before(static_cast<std::size_t>(n_layer) + 1, 0.0);
+    for (int l = 0; l < n_layer; ++l) {
+      before[l + 1] = before[l] + (o.layer_costs.empty() ? 1.0 : o.layer_costs[static_cast<std::size_t>(l)]);
+    }
+    const double total = before.back() + o.embedding_cost + o.head_cost;
     int begin = 0;
     for (int s = 0; s < S - 1; ++s) {
       const double target = total * (s + 1) / S;
       int best = begin + 1;
       double best_err = 1e300;
       for (int end = begin + 1; end <= n_layer - (S - 1 - s); ++end) {
-        const double cost = o.embedding_cost + end;  // cost of chunks 0..s
+        const double cost = o.embedding_cost + before[end];  // cost of chunks 0..s
         const double err = std::fabs(cost - target);
         if (err < best_err) best_err = err, best = end;
       }

@@ -20,6 +20,10 @@ struct PartitionOptions {
   bool balance_cost = false;
   double embedding_cost = 1.0;
   double head_cost = 1.0;
+  // With balance_cost: layer l costs layer_costs[l] (the unit embedding_cost and head_cost
+  // are in), so a model whose layers differ (dense layers before MoE ones) balances by what
+  // each costs; empty means every layer costs 1.
+  std::vector<double> layer_costs = {};
 };
 
 struct Partition {
