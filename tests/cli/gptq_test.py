@@ -109,6 +109,15 @@ def main():
             check(f"quantize {' '.join(os.path.basename(f) for f in flags)} is refused", rc != 0 and message in err,
                   err[-400:])
             check("  and writes nothing", not os.path.exists(f"{d}/bad"))
+        # Mixtral: an expert's H would see only its routed tokens; refused before calibrating.
+        mix = f"{d}/mixtral"
+        rc, _, err = run([T, "train", "--model", "mixtral-tiny", "--data", f"{d}/syn", "--steps", "1",
+                          "--batch-size", "2", "--seq-len", "32", "--eval-every", "0", "--ckpt-dir", mix])
+        check("mixtral-tiny: train a one-step checkpoint", rc == 0, err[-400:])
+        rc, _, err = run([T, "quantize", "--ckpt", mix, "--out", f"{d}/bad", "--format", "int8", *gptq])
+        check("quantize --method gptq of a mixtral checkpoint is refused, pointing to rtn",
+              rc != 0 and "does not support the mixtral family" in err and "--method rtn" in err, err[-400:])
+        check("  and writes nothing", not os.path.exists(f"{d}/bad"))
     finish()
 
 
