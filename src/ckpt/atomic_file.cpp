@@ -182,6 +182,26 @@ void require_new_output_dir(const std::string& dir, std::string_view flag) {
   TRI_CHECK(empty, "{} '{}' exists and is not empty; give a new directory (nothing was written)", flag, dir);
 }
 
+StagedDirectory stage_new_output_dir(const std::string& dir, std::string_view flag) {
+  require_new_output_dir(dir, flag);
+  fs::path p = fs::path(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();  // "out/"
+  TRI_CHECK(!p.filename().empty() && p.filename() != "." && p.filename() != "..",
+            "{} '{}' does not name a directory to create; give a new directory", flag, dir);
+  const fs::path root = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  return StagedDirectory(root.string(), p.filename().string());
+}
+
+void commit_new_output_dir(StagedDirectory& staged, std::string_view flag) {
+  try {
+    require_new_output_dir(staged.final_path(), flag);
+  } catch (const Error& e) {
+    staged.abort();
+    TRI_FAIL("{} (it appeared while this command ran: was another run writing there?)", e.what());
+  }
+  staged.commit();
+}
+
 void remove_tree_quietly(const std::string& path) noexcept {
   std::error_code ec;
   fs::remove_all(path, ec);

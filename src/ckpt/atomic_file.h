@@ -88,6 +88,15 @@ class StagedDirectory {
   bool done_ = false;
 };
 
+// A command's new output directory `dir` (a model written by quantize, dequantize or merge-lora):
+// checked with require_new_output_dir, then staged beside it, so a command that is killed or
+// fails leaves nothing under the name it was given; commit_new_output_dir makes the files
+// appear there together.
+StagedDirectory stage_new_output_dir(const std::string& dir, std::string_view flag = "--out");
+// Re-checks that `dir` is still missing or empty (another run may have written it meanwhile:
+// that is an error, not a silent replacement) and commits.
+void commit_new_output_dir(StagedDirectory& staged, std::string_view flag = "--out");
+
 namespace test_hooks {
 // Test hook: make the AtomicFile write that would cross `after_bytes` total bytes (counted
 // across all AtomicFiles from now on) fail with errno `err` (e.g. ENOSPC). -1 disables it.

@@ -34,7 +34,7 @@ int run_dequantize(int argc, char** argv) {
   const std::string dir = ckpt::resolve_checkpoint(ckpt_path);
   TRI_CHECK(quant::is_quantized_checkpoint(dir), "--ckpt {} is not a quantized checkpoint (its config.json has no "
             "{}); it is fp32 already", dir, quant::kQuantizationKey);
-  ckpt::require_new_output_dir(out_dir);
+  ckpt::StagedDirectory out = ckpt::stage_new_output_dir(out_dir);
   const quant::QuantizedModel q = quant::load_quantized(dir);
   ckpt::SafetensorsWriter writer;
   std::vector<std::vector<float>> keep;
@@ -47,9 +47,9 @@ int run_dequantize(int argc, char** argv) {
     quant::dequantize(q.matrix(d.name), keep.back().data(), d.in_out);
     writer.add_tensor(d.name, d.shape, keep.back().data());
   }
-  std::filesystem::create_directories(out_dir);
-  writer.write(out_dir + "/" + ckpt::kModelFile);
-  ckpt::write_file_atomic(out_dir + "/" + ckpt::kConfigFile, nn::model_config_to_hf_json(q.config).dump(2) + "\n");
+  writer.write(out.path() + "/" + ckpt::kModelFile);
+  ckpt::write_file_atomic(out.path() + "/" + ckpt::kConfigFile, nn::model_config_to_hf_json(q.config).dump(2) + "\n");
+  ckpt::commit_new_output_dir(out);
   fmt::print("dequantized {} ({}{}) -> {}: {} matrices as fp32\n", dir, quant::format_name(q.format),
              q.group > 0 ? fmt::format(" g{}", q.group) : "", out_dir, q.matrices.size());
   return 0;

@@ -41,7 +41,7 @@ int run_merge_lora(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  ckpt::require_new_output_dir(out_dir);
+  ckpt::StagedDirectory out = ckpt::stage_new_output_dir(out_dir);
   // A QLoRA run's base: merging writes fp32 weights, so the dequantized values are the base to
   // merge into; one explicit step makes that visible (and the file reusable).
   TRI_CHECK(!quant::is_quantized_checkpoint(ckpt::resolve_checkpoint(base_path)),
@@ -104,9 +104,9 @@ int run_merge_lora(int argc, char** argv) {
     }
     writer.add_tensor(spec.name, spec.shape, w);
   }
-  fs::create_directories(out_dir);
-  writer.write(out_dir + "/" + ckpt::kModelFile);
-  ckpt::write_file_atomic(out_dir + "/" + ckpt::kConfigFile, nn::model_config_to_hf_json(out_cfg).dump(2) + "\n");
+  writer.write(out.path() + "/" + ckpt::kModelFile);
+  ckpt::write_file_atomic(out.path() + "/" + ckpt::kConfigFile, nn::model_config_to_hf_json(out_cfg).dump(2) + "\n");
+  ckpt::commit_new_output_dir(out);
   fmt::print("merged {} adapters (r {}, alpha {:g}, {}) of {} into {} -> {}\n", merged, cfg.lora.rank, cfg.lora.alpha,
              fmt::format("{}", fmt::join(cfg.lora.targets, ",")), adapter_dir, base.path, out_dir);
   return 0;

@@ -130,8 +130,7 @@ bool is_quantized_checkpoint(const std::string& path) {
 
 void save_quantized(const QuantizedModel& m, const std::string& dir) {
   TRI_CHECK(m.format != Format::kFp32, "save_quantized needs an int8 or q4 model");
-  ckpt::require_new_output_dir(dir);
-  fs::create_directories(dir);
+  ckpt::StagedDirectory out = ckpt::stage_new_output_dir(dir);
   ckpt::SafetensorsWriter w;
   for (const nn::ParamDecl& d : inference_tensors(m.config)) {
     if (!is_quantizable(d, m.config)) {
@@ -149,7 +148,7 @@ void save_quantized(const QuantizedModel& m, const std::string& dir) {
     }
   }
   w.set_metadata("format", std::string(format_name(m.format)));
-  w.write((fs::path(dir) / ckpt::kModelFile).string());
+  w.write((fs::path(out.path()) / ckpt::kModelFile).string());
   nlohmann::json config = nn::model_config_to_hf_json(m.config);
   config[kQuantizationKey] = {
       {"quant_method", m.method},
@@ -159,7 +158,8 @@ void save_quantized(const QuantizedModel& m, const std::string& dir) {
       {"weight_layout", "[out, in]"},
       {"quantized", "2-D matmul parameters of the layers"},
       {"kept_fp32", "embeddings (and the tied LM head), untied LM head, norms, biases"}};
-  ckpt::write_file_atomic((fs::path(dir) / ckpt::kConfigFile).string(), config.dump(2) + "\n");
+  ckpt::write_file_atomic((fs::path(out.path()) / ckpt::kConfigFile).string(), config.dump(2) + "\n");
+  ckpt::commit_new_output_dir(out);
 }
 
 namespace {

@@ -11,7 +11,10 @@
 
 namespace {
 
+using trident::ckpt::commit_new_output_dir;
 using trident::ckpt::require_new_output_dir;
+using trident::ckpt::stage_new_output_dir;
+using trident::ckpt::StagedDirectory;
 using trident::test::TempDir;
 
 TEST(CkptOutputDir, MissingOrEmptyDirectoryIsAcceptedAndNotCreated) {
@@ -27,6 +30,45 @@ TEST(CkptOutputDir, NonEmptyDirectoryOrFileIsRefusedNamingTheFlag) {
   EXPECT_ERROR_HAS(require_new_output_dir(dir.path()), "--out '", "exists and is not empty", "nothing was written");
   EXPECT_ERROR_HAS(require_new_output_dir(dir.sub("model.safetensors"), "--into"), "--into '",
                    "exists and is not a directory");
+}
+
+bool only_entry_is(const std::string& dir, const std::string& name) {
+  int n = 0;
+  bool found = false;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) ++n, found |= e.path().filename() == name;
+  return n == 1 && found;
+}
+
+TEST(CkptOutputDir, StagedOutputAppearsOnlyAtCommit) {
+  TempDir dir;
+  const std::string out = dir.sub("q8") + "/";  // a trailing slash names the same directory
+  {
+    StagedDirectory staged = stage_new_output_dir(out);
+    std::ofstream(staged.path() + "/config.json") << "{}";
+    EXPECT_FALSE(std::filesystem::exists(dir.sub("q8")));
+    commit_new_output_dir(staged);
+  }
+  EXPECT_TRUE(std::filesystem::is_regular_file(dir.sub("q8/config.json")));
+  EXPECT_TRUE(only_entry_is(dir.path(), "q8"));  // no staging directory left
+}
+
+TEST(CkptOutputDir, AKilledOrFailedCommandLeavesNothing) {
+  TempDir dir;
+  {
+    StagedDirectory staged = stage_new_output_dir(dir.sub("out"));
+    std::ofstream(staged.path() + "/model.safetensors") << "partial";
+  }  // destroyed uncommitted, as on an exception
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+TEST(CkptOutputDir, AnOutputWrittenMeanwhileIsNotReplaced) {
+  TempDir dir;
+  StagedDirectory staged = stage_new_output_dir(dir.sub("out"));
+  std::filesystem::create_directory(dir.sub("out"));
+  std::ofstream(dir.sub("out/config.json")) << "theirs";
+  EXPECT_ERROR_HAS(commit_new_output_dir(staged), "exists and is not empty", "another run");
+  EXPECT_TRUE(only_entry_is(dir.path(), "out"));
+  EXPECT_TRUE(only_entry_is(dir.sub("out"), "config.json"));
 }
 
 }  // namespace
