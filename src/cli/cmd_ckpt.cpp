@@ -41,7 +41,7 @@ int run_ckpt(int argc, char** argv) {
               "non-zero, naming the file and tensor or field, unless it all loads and is finite");
   info->add_option("DIR", path,
                    "a step directory, a checkpoint root holding 'latest', or a Hugging Face "
-                   "GPT-2 directory (model.safetensors + config.json)")
+                   "GPT-2, Llama or Mixtral directory (safetensors + config.json)")
       ->required();
   use_trident_error_format(app);
   try {

@@ -45,7 +45,7 @@ CLI::Validator number_above(double bound, bool allow_equal) {
 
 int run_generate(int argc, char** argv) {
   CLI::App app{"Generate text from a checkpoint (a run directory with `latest`, a step directory, "
-               "or a Hugging Face GPT-2 directory with model.safetensors + config.json)",
+               "a quantized one, or a Hugging Face GPT-2, Llama or Mixtral directory with safetensors + config.json)",
                "trident generate"};
   std::string ckpt_path, prompt = "\n", tokenizer_dir = data::BpeTokenizer::kDefaultAssetDir;
   int max_new_tokens = 100, threads = 0;
