@@ -9,6 +9,7 @@
 
 #include "core/check.h"
 #include "kernels/kernels.h"
+#include "kernels/moe_combine.h"
 #include "nn/moe_exchange.h"
 #include "nn/moe_router.h"
 
@@ -150,30 +151,11 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
     to_source_major(a, a.yo.data(), a.ex.data(), C);
     ep_.comm->all_to_all_v(a.ex.data(), received, a.y.data(), sent);
   }
-  for (int64_t n = 0; n < N; ++n) {
-    float* o = partial + n * C;
-    std::fill(o, o + C, 0.0f);
-    for (int64_t j = 0; j < K; ++j) {
-      if (a.row_of[n * K + j] < 0) continue;  // dropped: contributes zero
-      const float w = a.weights[n * K + j];
-      const float* yr = a.y.data() + static_cast<int64_t>(a.row_of[n * K + j]) * C;
-      for (int64_t c = 0; c < C; ++c) o[c] += w * yr[c];
-    }
-  }
+  kernels::moe_combine_forward(partial, a.y.data(), a.row_of.data(), a.weights.data(), N, K, C);
   // Load-balancing statistics per sequence.
   a.routing_hash = routing_hash(a.experts.data(), a.keep.empty() ? nullptr : a.keep.data(), B, T, K);
-  a.seq_counts.assign(static_cast<std::size_t>(B * E), 0);
-  a.aux_sum = 0.0;
-  for (int64_t b = 0; b < B; ++b) {
-    int32_t* cnt = a.seq_counts.data() + b * E;
-    for (int64_t i = b * T * K; i < (b + 1) * T * K; ++i) ++cnt[a.experts[i]];
-    for (int64_t e = 0; e < E; ++e) {
-      double P = 0.0;
-      for (int64_t t = 0; t < T; ++t) P += a.probs[(b * T + t) * E + e];
-      const double f = static_cast<double>(E) / static_cast<double>(K * T) * cnt[e];
-      a.aux_sum += f * P / static_cast<double>(T);
-    }
-  }
+  a.seq_counts.resize(static_cast<std::size_t>(B * E));
+  a.aux_sum = kernels::moe_sequence_balance(a.seq_counts.data(), a.experts.data(), a.probs.data(), B, T, E, K);
 }
 
 void MoeMlp::experts_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, const int64_t* offsets, const float* x,
@@ -253,24 +235,10 @@ std::vector<int64_t> MoeMlp::exchange_elems(const std::vector<int64_t>& row_coun
 void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActivations& a, float* dx, const float* dout, const float* x,
                       int64_t B, int64_t T, const MoeLossWeights& weights) const {
   const int64_t N = B * T, C = cfg_.n_embd, E = cfg_.n_experts, K = cfg_.n_experts_per_tok;
-  // Routing-weight gradients <dout_n, y_(n,j)>: partial over tp (y is), summed.
+  // Routing-weight gradients <dout_n, y_(n,j)> (partial over tp, as y is: summed below) and
+  // d y_(n,j) = w_(n,j) dout_n, in the routed row.
   std::vector<float> dw(static_cast<std::size_t>(N * K));
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t j = 0; j < K; ++j) {
-      if (a.row_of[n * K + j] < 0) {  // dropped: no output, so no weight gradient
-        dw[n * K + j] = 0.0f;
-        continue;
-      }
-      const float* yr = a.y.data() + static_cast<int64_t>(a.row_of[n * K + j]) * C;
-      double s = 0.0;
-      for (int64_t c = 0; c < C; ++c) s += static_cast<double>(dout[n * C + c]) * yr[c];
-      dw[n * K + j] = static_cast<float>(s);
-      // d y_(n,j) = w_(n,j) dout_n, in the routed row.
-      float* dy = a.dys.data() + static_cast<int64_t>(a.row_of[n * K + j]) * C;
-      const float w = a.weights[n * K + j];
-      for (int64_t c = 0; c < C; ++c) dy[c] = w * dout[n * C + c];
-    }
-  }
+  kernels::moe_combine_backward(dw.data(), a.dys.data(), dout, a.y.data(), a.row_of.data(), a.weights.data(), N, K, C);
   tp_.allreduce_sum(dw.data(), N * K);
   // Experts backward over their rows: dxr (R, C) receives each routed row's input gradient.
   const int64_t R = a.offsets[E];  // the kept routed rows
@@ -295,54 +263,15 @@ void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActi
     ep_.comm->all_to_all_v(a.ex.data(), received, dxr.data(), sent);
   }
   // Scatter-add in expert order: each token's k input gradients are summed in a fixed order.
-  std::memset(dx, 0, static_cast<std::size_t>(N * C) * sizeof(float));
-  for (int64_t r = 0; r < R; ++r) {
-    float* d = dx + static_cast<int64_t>(a.token_of[r]) * C;
-    const float* g = dxr.data() + r * C;
-    for (int64_t c = 0; c < C; ++c) d[c] += g[c];
-  }
+  kernels::moe_scatter_add_rows(dx, dxr.data(), a.token_of.data(), R, N, C);
   // Router: routing weights -> probabilities (+ the aux loss) -> logits -> Wr and x.
-  std::vector<double> dp(static_cast<std::size_t>(E)), dlogit(static_cast<std::size_t>(N * E));
-  for (int64_t n = 0; n < N; ++n) {
-    const float* p = a.probs.data() + n * E;
-    const int32_t* sel = a.experts.data() + n * K;
-    std::fill(dp.begin(), dp.end(), 0.0);
-    if (cfg_.norm_topk_prob) {  // w_j = p_j / S: dp_j = (dw_j - sum_i dw_i w_i) / S
-      double S = 0.0, dot = 0.0;
-      for (int64_t j = 0; j < K; ++j) S += p[sel[j]];
-      for (int64_t j = 0; j < K; ++j) dot += static_cast<double>(dw[n * K + j]) * a.weights[n * K + j];
-      for (int64_t j = 0; j < K; ++j) dp[sel[j]] = (dw[n * K + j] - dot) / S;
-    } else {
-      for (int64_t j = 0; j < K; ++j) dp[sel[j]] = dw[n * K + j];
-    }
-    const int64_t b = n / T;
-    for (int64_t e = 0; e < E; ++e) {
-      const double f = static_cast<double>(E) / static_cast<double>(K * T) * a.seq_counts[b * E + e];
-      dp[e] += static_cast<double>(weights.aux) * f / static_cast<double>(T);
-    }
-    double dot = 0.0;
-    for (int64_t e = 0; e < E; ++e) dot += p[e] * dp[e];
-    // + the z-loss's: d (w lse^2) / d logit_e = 2 w lse p_e.
-    const double dz = 2.0 * static_cast<double>(weights.z) * a.lse[static_cast<std::size_t>(n)];
-    for (int64_t e = 0; e < E; ++e) dlogit[n * E + e] = p[e] * (dp[e] - dot + dz);
-  }
-  float* gr = ps.grad(router_);
-  const float* wr = ps.data(router_);
-  for (int64_t e = 0; e < E; ++e) {
-    for (int64_t c = 0; c < C; ++c) {
-      double s = 0.0;
-      for (int64_t n = 0; n < N; ++n) s += dlogit[n * E + e] * x[n * C + c];
-      gr[e * C + c] += static_cast<float>(s);
-    }
-  }
-  if (tp_.rank != 0) return;  // the input gradient is summed over tp: add the router's once
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      double s = 0.0;
-      for (int64_t e = 0; e < E; ++e) s += dlogit[n * E + e] * wr[e * C + c];
-      dx[n * C + c] += static_cast<float>(s);
-    }
-  }
+  std::vector<double> dlogit(static_cast<std::size_t>(N * E));
+  kernels::moe_router_logit_grad(dlogit.data(), a.probs.data(), a.experts.data(), dw.data(), a.weights.data(),
+                                 a.seq_counts.data(), a.lse.data(), N, T, E, K, cfg_.norm_topk_prob,
+                                 static_cast<double>(weights.aux), static_cast<double>(weights.z));
+  // The input gradient is summed over tp: only tp rank 0 adds the router's.
+  kernels::moe_router_backward_products(ps.grad(router_), tp_.rank == 0 ? dx : nullptr, dlogit.data(), x,
+                                        ps.data(router_), N, E, C);
 }
 
 }  // namespace trident::nn
