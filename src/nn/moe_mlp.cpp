@@ -86,12 +86,12 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
   // Router (nn/moe_router.h): per token, independent of the rows it shares a call with.
   a.lse.resize(static_cast<std::size_t>(N));
   a.z_sum = 0.0;
+#pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n) {
-    const double lse = route_token(x + n * C, wr, bias_, cfg_, a.probs.data() + n * E, a.experts.data() + n * K,
-                                   a.weights.data() + n * K);
-    a.lse[static_cast<std::size_t>(n)] = lse;
-    a.z_sum += lse * lse;
+    a.lse[static_cast<std::size_t>(n)] = route_token(x + n * C, wr, bias_, cfg_, a.probs.data() + n * E,
+                                                     a.experts.data() + n * K, a.weights.data() + n * K);
   }
+  for (double lse : a.lse) a.z_sum += lse * lse;  // in token order
   // Capacity, per sequence (nn/moe_router.h): the dropped pairs get no routed row.
   const int64_t cap = expert_capacity(cfg_.expert_capacity_factor, T, K, E);
   a.keep.resize(static_cast<std::size_t>(N * K));
