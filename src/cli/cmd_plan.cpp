@@ -8,9 +8,13 @@
 // between the ranks (plan/calibrate.h), so oversubscribed cores are priced in; rank 0 prints.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <limits>
+#include <type_traits>
 #include <cstdio>
 #include <exception>
 #include <fstream>
@@ -23,6 +27,7 @@
 
 #include "cli/cli11_errors.h"
 #include "cli/commands.h"
+#include "ckpt/checkpoint.h"
 #include "core/memory.h"
 #include "kernels/matmul_engine.h"
 #include "nn/parameters.h"
@@ -35,6 +40,8 @@
 #include "plan/calibrate_disk.h"
 #include "plan/placement.h"
 #include "plan/planner.h"
+#include "quant/quantized_model.h"
+#include "train/qlora.h"
 #include "train/run_config.h"
 
 namespace trident::cli {
@@ -61,6 +68,26 @@ double parse_bytes(const std::string& text) {
   TRI_CHECK(v >= 0, "--memory-per-rank must not be negative, got {}", text);
   return v * mult;
 }
+
+// Adds `trident train`'s own declaration of each named field (run_config.h: the flag, its --help
+// line and lower bound) as an option of `app` bound to that field, so plan's LoRA flags are
+// train's, one fact.
+struct TrainFieldAdder {
+  CLI::App& app;
+  std::vector<std::string_view> names;
+  template <class F, class M>
+  void operator()(const F& f, M& member) const {
+    if constexpr (std::is_same_v<M, int> || std::is_same_v<M, double> || std::is_same_v<M, std::string>) {
+      if (std::find(names.begin(), names.end(), f.name) == names.end()) return;
+      std::string flag = "--" + std::string(f.name);
+      std::replace(flag.begin(), flag.end(), '_', '-');
+      CLI::Option* opt = app.add_option(flag, member, std::string(f.help));
+      if constexpr (!std::is_same_v<M, std::string>) {
+        if (std::isfinite(f.bounds.min)) opt->check(CLI::Range(static_cast<M>(f.bounds.min), std::numeric_limits<M>::max()));
+      }
+    }
+  }
+};
 
 }  // namespace
 
@@ -124,6 +151,11 @@ int run_plan(int argc, char** argv) {
   app.add_flag("--all", all, "show every micro-batch count (default: the best fitting one per layout)");
   app.add_option("--top", top, "show at most this many rows; 0: all")->capture_default_str();
   app.add_option("--json", json_out, "also write every fitting row (rank order) as JSON lines to this file");
+  // A LoRA / QLoRA run (docs/lora.md): train's --init-from (its config.json is the model; a
+  // `trident quantize` output is a QLoRA base, packed) and --lora-rank/--lora-alpha/--lora-targets.
+  train::RunConfig run;
+  for_each_field(run.train, run.engine, TrainFieldAdder{app, {"init_from"}});
+  for_each_field(run.model, TrainFieldAdder{app, {"lora_rank", "lora_alpha", "lora_targets"}});
   use_trident_error_format(app);
   try {
     app.parse(argc, argv);
@@ -147,9 +179,20 @@ int run_plan(int argc, char** argv) {
   };
 
   plan::PlanRequest req;
-  train::ModelOptions mo;
+  train::ModelOptions& mo = run.model;
   mo.model = model;
-  req.model = train::resolve_model_config(mo);
+  const std::string& init_from = run.train.init_from;
+  if (init_from.empty()) {
+    TRI_CHECK(mo.lora_rank == 0, "plan --lora-rank plans a LoRA run, which trains adapters on a base checkpoint: "
+              "pass that checkpoint as --init-from DIR, as `trident train` takes it");
+    req.model = train::resolve_model_config(mo);
+  } else {
+    // The model `train --init-from DIR` would build (train/trainer.cpp): the directory's shape,
+    // the LoRA settings, and a quantized directory's packed base.
+    const std::string dir = ckpt::resolve_checkpoint(init_from);
+    req.model = train::with_objective_overrides(quant::inference_config(dir), mo);
+    if (quant::is_quantized_checkpoint(dir)) req.model = train::with_packed_base(req.model, quant::quantized_format(dir), dir);
+  }
   req.world = world;
   req.batch_size = batch;
   req.seq_len = seq > 0 ? seq : req.model.n_positions;
@@ -288,7 +331,11 @@ int run_plan(int argc, char** argv) {
     measured = m.get();
     compute = std::move(m);
   }
-  out(fmt::format("model {}: {}\n", model, req.model.describe()));
+  out(fmt::format("model {}: {}{}\n", init_from.empty() ? model : init_from, req.model.describe(),
+                  req.model.packed_base() ? fmt::format(" (frozen base packed as {}{})", req.model.packed_base_format,
+                                                        req.model.packed_base_group > 0
+                                                            ? fmt::format(" g{}", req.model.packed_base_group) : "")
+                                          : ""));
   out(fmt::format("machine: {} cores shared by {} ranks x {} thread(s); links {:.2f} GB/s, {:.0f} us latency{}\n",
                   cores, world, machine.threads_per_rank, machine.comm.bandwidth / 1e9,
                   machine.comm.latency * 1e6, comm_note));
@@ -323,12 +370,23 @@ int run_plan(int argc, char** argv) {
                        {"sync_s", r.step.sync_s}, {"dp_comm_s", r.step.dp_comm_s}, {"ep_comm_s", r.step.ep_comm_s},
                        {"offload", l.offload}, {"offload_s", r.step.offload_s},
                        {"memory_bytes", r.memory.worst().total()}, {"calibrated_ranks", ranks}};
+      const plan::MemoryBreakdown& w = r.memory.worst();
+      j["memory"] = {{"parameters", w.params}, {"packed_base", w.packed_base}, {"gradients", w.grads},
+                     {"optimizer_state", w.optimizer}, {"activations", w.activations}, {"workspace", w.workspace},
+                     {"offloaded", w.offloaded}};
       js << j.dump() << "\n";
     }
   }
   const plan::PlanRow& best = p.rows.front();
-  out(fmt::format("best: scripts/trident-mpirun -n {} build/trident train --model {} --batch-size {} --seq-len {} {}{}{}\n",
-                  world, model, req.batch_size, req.seq_len, best.layout.train_flags(),
+  const std::string model_flags =
+      init_from.empty() ? fmt::format("--model {}", model)
+                        : fmt::format("--init-from {}{}", init_from,
+                                      req.model.lora.enabled()
+                                          ? fmt::format(" --lora-rank {} --lora-alpha {:g} --lora-targets {}", req.model.lora.rank,
+                                                        req.model.lora.alpha, fmt::join(req.model.lora.targets, ","))
+                                          : "");
+  out(fmt::format("best: scripts/trident-mpirun -n {} build/trident train {} --batch-size {} --seq-len {} {}{}{}\n",
+                  world, model_flags, req.batch_size, req.seq_len, best.layout.train_flags(),
                   fmt::format("{}{}{}", req.recompute != nn::Recompute::kNone ? fmt::format(" --recompute {}", recompute) : "",
                               precision != "fp32" ? fmt::format(" --precision {}", precision) : "",
                               best.layout.offload ? fmt::format(" --offload-dir {}", offload_dir.empty() ? "DIR" : offload_dir) : ""),

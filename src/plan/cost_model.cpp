@@ -437,7 +437,9 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     const double exposed = std::max(last, dp_comm - window);
     // ZeRO: this rank's shard, dense state over dp and expert state over edp.
     const double owned = std::ceil((psi - experts) / l.dp) + (experts > 0 ? std::ceil(experts / (l.dp / l.ep)) : 0.0);
-    const double opt = compute.optimizer(static_cast<int64_t>(l.zero >= 1 ? owned : psi));
+    // A LoRA run updates its adapters only (the memory model counted the trained elements).
+    const double opt = compute.optimizer(m.lora.enabled() ? mem.trained_by_pp_rank[i]
+                                                          : static_cast<int64_t>(l.zero >= 1 ? owned : psi));
     // Offloaded: the moments the memory model put on disk stream in and out behind the update.
     const double io = offloaded ? offload_io_seconds(mem.by_pp_rank[i].offloaded, machine.disk, disk_sharing) : 0.0;
     const double opt_wall = offloaded ? offloaded_update_seconds(io, opt) : opt;

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "core/check.h"
+#include "nn/lora.h"
 #include "parallel/pipeline/partition.h"
 
 namespace trident::plan {
@@ -91,6 +92,14 @@ std::vector<Candidate> enumerate_layouts(const PlanRequest& r) {
       if (r.batch_size % base.dp != 0) {
         reject(base, fmt::format("batch size {} does not split over dp {}", r.batch_size, base.dp));
         continue;
+      }
+      if (m.lora.enabled()) {  // adapters split as their bases (nn/lora.h): the engine's own check
+        try {
+          nn::check_lora_tensor_parallel(m, tp);
+        } catch (const Error& e) {
+          reject(base, e.what());
+          continue;
+        }
       }
       const int64_t rank_batch = r.batch_size / base.dp;
       std::vector<int> ms = r.micro_batches > 0 ? std::vector<int>{r.micro_batches} : divisors(rank_batch);

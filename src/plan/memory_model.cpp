@@ -5,9 +5,16 @@
 #include <cmath>
 #include <cstring>
 
+#include <map>
+#include <string>
+
 #include "nn/architecture.h"
 #include "nn/moe_exchange.h"
+#include "optim/adamw.h"
 #include "parallel/pipeline/partition.h"
+#include "parallel/zero.h"
+#include "quant/quant_format.h"
+#include "quant/quantized_model.h"
 
 namespace trident::plan {
 namespace {
@@ -56,6 +63,44 @@ int64_t zero_shard_elems(const RankChunks& rc, int64_t dp, int ep) {
     shard += ceil_div(run, expert ? dp / ep : dp);
   }
   return ep > 1 ? shard : ceil_div(psi, dp);
+}
+
+// What a LoRA / QLoRA chunk adds to the formulas above (memory_model.h): the packed base's
+// bytes (its slices as the engine's PackedBase keeps them), the fp32 scratch they are
+// dequantized into (the largest layer group's packed elements), and the AdamW moments of each
+// dp rank (the trained elements of the optimizer ranges that rank's DataParallel hands AdamW).
+struct FrozenBaseTerms {
+  double packed_bytes = 0, scratch_floats = 0;
+  std::vector<int64_t> moments_by_dp_rank;
+};
+
+FrozenBaseTerms frozen_base_terms(const nn::Model& chunk, const std::map<std::string, bool>& in_out, int dp,
+                                  int zero) {
+  const nn::ModelConfig& m = chunk.config();
+  const nn::ParameterSet& ps = chunk.params();
+  FrozenBaseTerms t;
+  if (m.packed_base()) {
+    const quant::Format format = quant::parse_format(m.packed_base_format);
+    std::vector<double> group_floats(static_cast<std::size_t>(ps.num_groups()), 0.0);
+    for (const nn::ParamInfo& p : ps.infos()) {
+      if (!p.packed) continue;
+      const bool conv1d = in_out.at(p.name);  // Conv1D [in, out]; the packed matrix is [out, in]
+      const int64_t rows = p.local_shape[conv1d ? 1 : 0], cols = p.local_shape[conv1d ? 0 : 1];
+      t.packed_bytes += static_cast<double>(quant::packed_matrix_bytes(format, rows, cols, m.packed_base_group));
+      group_floats[static_cast<std::size_t>(p.group)] += static_cast<double>(rows * cols);
+    }
+    for (double g : group_floats) t.scratch_floats = std::max(t.scratch_floats, g);
+  }
+  // ZeRO >= 1: DataParallel's ranges, one segment over dp (under ep the engine cuts the expert
+  // runs out as their own segments, which moves the dense cut points: the count is then close,
+  // not exact; the experts themselves hold no adapter, LoRA never targets one).
+  for (int r = 0; r < (zero >= 1 ? dp : 1); ++r) {
+    const std::vector<parallel::FlatRange> owned =
+        zero >= 1 ? parallel::ShardLayout(ps.total_numel(), r, dp).pieces()
+                  : std::vector<parallel::FlatRange>{{0, ps.total_numel()}};
+    t.moments_by_dp_rank.push_back(optim::AdamW::moment_count(ps, owned));
+  }
+  return t;
 }
 
 }  // namespace
@@ -108,15 +153,28 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
   const int64_t dp = l.dp;
   const pp::ScheduleSpec spec{l.schedule, l.pp, l.micro_batches, l.virtual_stages};
   const double bucket_elems = req.bucket_mb * 1024.0 * 1024.0 / 4.0;
+  // Which packed matrices are Conv1D [in, out] (GPT-2), to count a slice's rows and columns.
+  std::map<std::string, bool> in_out;
+  if (m.packed_base()) {
+    for (const nn::ParamDecl& d : quant::declared_params(m)) in_out[d.name] = d.in_out;
+  }
   MemoryPrediction out;
   for (int r = 0; r < l.pp; ++r) {
     RankChunks rc = build_rank_chunks(m, l, r, req.recompute, req.precision);
     const std::vector<int> live =
         l.pp > 1 ? peak_live_per_chunk(spec, r) : std::vector<int>(static_cast<std::size_t>(l.virtual_stages), 1);
     int64_t psi = 0, expert_psi = 0, max_param = 0, max_group = 0;
-    double act_bytes = 0, work_floats = 0;
+    double act_bytes = 0, work_floats = 0, packed_bytes = 0;
+    std::vector<int64_t> lora_moments;  // per dp rank, summed over the chunks
     for (std::size_t c = 0; c < rc.chunks.size(); ++c) {
       const nn::Model& g = *rc.chunks[c];
+      if (m.lora.enabled()) {
+        const FrozenBaseTerms f = frozen_base_terms(g, in_out, l.dp, l.zero);
+        packed_bytes += f.packed_bytes;
+        work_floats += f.scratch_floats;
+        lora_moments.resize(f.moments_by_dp_rank.size(), 0);
+        for (std::size_t k = 0; k < lora_moments.size(); ++k) lora_moments[k] += f.moments_by_dp_rank[k];
+      }
       const nn::ParameterSet& ps = g.params();
       psi += ps.total_numel();
       for (const nn::ParamInfo& p : ps.infos()) {
@@ -158,7 +216,11 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     // bf16: the weight copy the matmuls read, of every element held (ZeRO-3: gathered).
     if (req.precision == kernels::Precision::kBf16) mb.params += 2 * (l.zero >= 3 ? gathered : full);
     mb.grads = 4 * (l.zero >= 2 ? shard + std::min(full, 2.0 * bucket) : full);
-    mb.optimizer = 8 * (l.zero >= 1 ? shard : full);
+    // A LoRA run's moments are its adapters' (the most any dp rank's shard holds of them).
+    const double trained = m.lora.enabled() ? static_cast<double>(*std::max_element(lora_moments.begin(), lora_moments.end()))
+                                            : (l.zero >= 1 ? shard : full);
+    mb.optimizer = 8 * trained;
+    mb.packed_base = packed_bytes;
     if (req.offload_optimizer || l.offload) {
       mb.offloaded = mb.optimizer;
       mb.optimizer = 6.0 * req.offload_block_bytes * static_cast<double>(rc.chunks.size());
@@ -178,6 +240,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     out.by_pp_rank.push_back(mb);
     out.params_by_pp_rank.push_back(psi);
     out.expert_params_by_pp_rank.push_back(expert_psi);
+    out.trained_by_pp_rank.push_back(static_cast<int64_t>(trained));
   }
   for (int r = 0; r < l.pp; ++r) {
     if (out.by_pp_rank[static_cast<std::size_t>(r)].total() > out.worst().total()) out.worst_pp_rank = r;

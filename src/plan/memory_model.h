@@ -18,6 +18,15 @@
 // each rank holds E / ep experts of every MoE layer, and each MoE layer's activations add its
 // token-exchange buffers (nn/moe_exchange.h, balanced routing) per live micro-batch (once per
 // chunk under full recompute, which keeps one layer's activations).
+// LoRA and QLoRA (nn/lora.h, quant/packed_base.h; the request's model carries lora and
+// packed_base_format): the chunks are built with the adapters and the frozen base, so Ψ counts
+// what the flat value and gradient buffers really hold (the adapters and every fp32 base
+// tensor; a packed base matrix holds 0 there); the AdamW moments are 8 bytes per trained
+// element of the optimizer's ranges (AdamW::moment_count: the adapters only; under ZeRO >= 1 the
+// most any dp rank's shard holds, the ranks' shards no longer being alike); packed_base is this
+// rank's packed slices (quant::packed_matrix_bytes: q4 G/2 + 8 bytes per group of G weights,
+// int8 1 byte + 4 per row) and the workspace adds the one fp32 scratch the largest layer group's
+// packed matrices are dequantized into.
 #pragma once
 
 #include <cstdint>
@@ -31,8 +40,9 @@ namespace trident::plan {
 
 struct MemoryBreakdown {
   double params = 0, grads = 0, optimizer = 0, activations = 0, workspace = 0;  // bytes
+  double packed_base = 0;  // QLoRA: the frozen base's packed matrices (MemCategory::kPackedBase)
   double offloaded = 0;  // on disk (--offload optimizer: the moments); not part of total()
-  double total() const { return params + grads + optimizer + activations + workspace; }
+  double total() const { return params + packed_base + grads + optimizer + activations + workspace; }
 };
 
 struct MemoryPrediction {
@@ -40,6 +50,8 @@ struct MemoryPrediction {
   std::vector<int64_t> params_by_pp_rank;   // Ψ of the rank's chunks (local, padded), unsharded
   // Of Ψ, the expert weights (nn::ParamInfo::expert >= 0): reduced over dp / ep, not dp.
   std::vector<int64_t> expert_params_by_pp_rank;
+  // Elements AdamW updates on the rank (its shard under ZeRO >= 1; a LoRA run: the adapters').
+  std::vector<int64_t> trained_by_pp_rank;
   int worst_pp_rank = 0;                    // largest total
   const MemoryBreakdown& worst() const { return by_pp_rank.at(static_cast<std::size_t>(worst_pp_rank)); }
 };

@@ -27,14 +27,16 @@ Format parse_format(std::string_view name, bool allow_fp32) {
 
 bool valid_group_size(int g) { return g == 32 || g == 64 || g == 128; }
 
-int64_t QuantMatrix::weight_bytes() const {
+int64_t packed_matrix_bytes(Format format, int64_t rows, int64_t cols, int group) {
   switch (format) {
     case Format::kFp32: return rows * cols * 4;
     case Format::kInt8: return rows * cols + rows * 4;
-    case Format::kQ4: return rows * cols / 2 + rows * groups_per_row() * 8;
+    case Format::kQ4: return rows * cols / 2 + rows * (group > 0 ? cols / group : 0) * 8;
   }
   return 0;
 }
+
+int64_t QuantMatrix::weight_bytes() const { return packed_matrix_bytes(format, rows, cols, group); }
 
 double QuantMatrix::at(int64_t o, int64_t i) const {
   switch (format) {

@@ -47,6 +47,11 @@ struct QuantMatrix {
   void finish_int8();
 };
 
+// Bytes an O x I matrix takes packed as `format` (q4: `group` inputs per group): int8 1 per
+// weight + a 4-byte scale per row; q4 half a byte per weight + a scale and an offset (4 bytes
+// each) per group. What QuantMatrix::weight_bytes returns and the planner counts for a QLoRA base.
+int64_t packed_matrix_bytes(Format format, int64_t rows, int64_t cols, int group);
+
 // w (O, I) row-major [out, in]. Throws when a q4 group size does not divide I (naming it).
 QuantMatrix quantize(const float* w, int64_t rows, int64_t cols, Format format, int group = 0);
 // The matrix as fp32, every element rounded once from at(o, i) (s q, or s q + m, in double):

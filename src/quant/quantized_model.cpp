@@ -217,6 +217,11 @@ void check_scales(const std::vector<float>& v, const std::string& name, const st
 
 }  // namespace
 
+PackedFormat quantized_format(const std::string& dir) {
+  const QuantHeader h = read_header(dir);
+  return {h.format, h.group};
+}
+
 QuantizedModel load_quantized(const std::string& dir) {
   const QuantHeader h = read_header(dir);
   const ckpt::SafetensorsReader r((fs::path(dir) / ckpt::kModelFile).string());

@@ -68,6 +68,12 @@ void save_quantized(const QuantizedModel& m, const std::string& dir);
 // scale is finite and positive and every offset finite (a corrupt file is an error naming the
 // tensor, never wrong text).
 QuantizedModel load_quantized(const std::string& dir);
+// A quantized checkpoint's format and q4 group size (0 for int8), from its config.json alone.
+struct PackedFormat {
+  Format format;
+  int group;
+};
+PackedFormat quantized_format(const std::string& dir);
 // The model config of either kind of checkpoint, without reading its tensors.
 nn::ModelConfig inference_config(const std::string& path);
 // A quantized checkpoint, or an fp32 one (any directory `generate` reads) kept fp32.

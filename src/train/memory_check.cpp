@@ -72,12 +72,20 @@ std::optional<double> available_memory_bytes() {
   return avail;
 }
 
+double floor_bytes_per_param(const nn::ModelConfig& model, bool offload_optimizer, bool offload_params) {
+  // QLoRA: a packed layer matrix is at least half a byte per weight (q4), everything else more.
+  if (model.packed_base()) return 0.5;
+  const double full = offload_params ? 4.0 : offload_optimizer ? 8.0 : 16.0;
+  // LoRA: the moments are the adapters' only; weights and gradients stay (the adapters' own
+  // moments, under 1% of a run's parameters, are left out of this floor).
+  return model.lora.enabled() ? std::min(full, 8.0) : full;
+}
+
 double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world, bool offload_optimizer,
                                   bool offload_params) {
   // In memory: weights, gradients and both moments; the gradients and weights (optimizer
   // offload); the gradient shard (optimizer+params, ZeRO 3).
-  const double bytes_per_param = offload_params ? 4.0 : offload_optimizer ? 8.0 : 16.0;
-  return bytes_per_param * static_cast<double>(model.num_parameters()) / static_cast<double>(std::max(1, world));
+  return floor_bytes_per_param(model, offload_optimizer, offload_params) * static_cast<double>(model.num_parameters()) / static_cast<double>(std::max(1, world));
 }
 
 void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::Mesh& mesh) {
@@ -109,11 +117,13 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   const double floor_node = node_sum(floor_per_rank);
   if (floor_node > *avail) {
     MPI_Comm_free(&node);
-    TRI_FAIL("the model ({}) cannot be built here: its {} parameters need at least {} bytes each "
+    TRI_FAIL("the model ({}) cannot be built here: its {} parameters need at least {:g} bytes each "
              "in memory ({}), {} per rank even split over all {} ranks, {} "
              "for the {} rank(s) on this node, but only {} is available{}",
-             model.describe(), model.num_parameters(), offload_params ? 4 : offload ? 8 : 16,
-             offload_params ? "gradients; the weights and AdamW moments are offloaded"
+             model.describe(), model.num_parameters(), floor_bytes_per_param(model, offload, offload_params),
+             model.packed_base() ? "the frozen base packed, q4 at least"
+             : model.lora.enabled() ? "weights and gradients; AdamW moments for the adapters only"
+             : offload_params ? "gradients; the weights and AdamW moments are offloaded"
              : offload      ? "weights and gradients; the AdamW moments are offloaded"
                             : "weights, gradients, two AdamW moments",
              format_bytes(floor_per_rank), world,
@@ -163,11 +173,11 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   MPI_Comm_free(&node);
   if (!mine || node_total <= *avail) return;
   TRI_FAIL("the model ({}) at this layout needs about {} resident on this rank (parameters {}, "
-           "gradients {}, optimizer state {}, activations {}, workspace {}: trident plan's memory "
+           "packed base {}, gradients {}, optimizer state {}, activations {}, workspace {}: trident plan's memory "
            "model; --async-ckpt snapshot {}; offloaded to disk, not counted: {}), {} for the {} "
            "rank(s) on this node, but only {} is available{}",
            model.describe(), format_bytes(mine->total() + snapshot), format_bytes(mine->params),
-           format_bytes(mine->grads), format_bytes(mine->optimizer), format_bytes(mine->activations),
+           format_bytes(mine->packed_base), format_bytes(mine->grads), format_bytes(mine->optimizer), format_bytes(mine->activations),
            format_bytes(mine->workspace), format_bytes(snapshot), format_bytes(mine->offloaded),
            format_bytes(node_total), local, format_bytes(*avail), hint);
 }

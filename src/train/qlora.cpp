@@ -36,7 +36,7 @@ ckpt::LoadedCheckpoint open_quantized_source(const std::string& path) {
   return ck;
 }
 
-nn::ModelConfig with_packed_base(nn::ModelConfig c, const quant::QuantizedModel& q, const std::string& source) {
+nn::ModelConfig with_packed_base(nn::ModelConfig c, quant::PackedFormat q, const std::string& source) {
   TRI_CHECK(c.lora.enabled(),
             "{} is a quantized checkpoint ({}): `train` takes it only as the frozen base of QLoRA, which needs "
             "--lora-rank r and --lora-targets (a full fine-tune would update rounded weights; train the fp32 "

@@ -23,7 +23,8 @@ bool is_quantized_source(const std::string& path);
 ckpt::LoadedCheckpoint open_quantized_source(const std::string& path);
 // The run's model: `c` (the base's shape and the LoRA settings) with the base packed as `q` is.
 // Throws when `c` trains no adapters: a quantized base is trainable only as a frozen QLoRA base.
-nn::ModelConfig with_packed_base(nn::ModelConfig c, const quant::QuantizedModel& q, const std::string& source);
+// (`trident plan --init-from QDIR` shapes its plan the same way, from quant::quantized_format.)
+nn::ModelConfig with_packed_base(nn::ModelConfig c, quant::PackedFormat q, const std::string& source);
 // Loads the base: packed matrices into the packed base, every other tensor as fp32.
 void load_packed_base(parallel::Engine& engine, const quant::QuantizedModel& q);
 

@@ -97,7 +97,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   if (source && quant::is_quantized_checkpoint(source->path)) packed = quant::load_quantized(source->path);
   nn::ModelConfig model_cfg = from_source ? with_objective_overrides(source->config, cfg.model)
                                           : resolve_model_config(cfg.model);
-  if (packed) model_cfg = with_packed_base(model_cfg, *packed, source->path);
+  if (packed) model_cfg = with_packed_base(model_cfg, {packed->format, packed->group}, source->path);
   // Which base a LoRA run's adapters belong to, recorded in every checkpoint (trident.json
   // lora_base, adapter_config.json base_model_name_or_path).
   const std::string lora_base = !model_cfg.lora.enabled() ? ""

@@ -65,6 +65,41 @@ TEST(PlanMemory, ZeroStagesFollowTheFormulas) {
   }
 }
 
+// LoRA (r 2 on c_attn, [96, 32] Conv1D [32, 96]: A [2, 32], B [96, 2]) and QLoRA on a q4 g32 base:
+// a layer's four matrices are 32x96, 32x32, 32x128, 128x32 (12288 weights), packed as
+// rows * cols / 2 + rows * (cols / 32) * 8 bytes with rows the outputs: 2304 + 768 + 3072 + 3072.
+TEST(PlanMemory, LoraAndQloraCountAdaptersAndThePackedBase) {
+  constexpr double kAdapters = L * 2 * (32 + 96), kLayerWeights = 12288, kLayerPacked = 9216;
+  PlanRequest r = request(1, 4);
+  r.model.lora = nn::LoraConfig{2, 4.0, {"c_attn"}};
+  const Layout l;
+  const MemoryBreakdown lora = predict_memory(r, l).worst();
+  EXPECT_DOUBLE_EQ(lora.params, 4 * (kPsi + kAdapters));
+  EXPECT_DOUBLE_EQ(lora.grads, 4 * (kPsi + kAdapters));
+  EXPECT_DOUBLE_EQ(lora.optimizer, 8 * kAdapters);  // moments for the adapters only
+  EXPECT_DOUBLE_EQ(lora.packed_base, 0);
+  r.model.packed_base_format = "q4";
+  r.model.packed_base_group = 32;
+  const MemoryBreakdown q = predict_memory(r, l).worst();
+  EXPECT_DOUBLE_EQ(q.params, 4 * (kPsi - L * kLayerWeights + kAdapters));
+  EXPECT_DOUBLE_EQ(q.grads, q.params);
+  EXPECT_DOUBLE_EQ(q.optimizer, 8 * kAdapters);
+  EXPECT_DOUBLE_EQ(q.packed_base, L * kLayerPacked);
+  EXPECT_DOUBLE_EQ(q.workspace - lora.workspace, 4 * kLayerWeights);  // one layer dequantized
+  EXPECT_DOUBLE_EQ(q.activations, lora.activations);
+  // ZeRO-1 over dp2, the prediction is the shard holding more adapters. QLoRA's flat buffer
+  // (40256 elements) is mostly the embeddings (34816): rank 0's half is those, rank 1 holds every
+  // layer and so every adapter. LoRA's (138560) splits inside the third of 8 layers: rank 1 holds more.
+  r.world = 2;
+  Layout z;
+  z.dp = 2, z.zero = 1;
+  EXPECT_DOUBLE_EQ(predict_memory(r, z).worst().optimizer, 8 * kAdapters);
+  r.model.packed_base_format.clear();
+  const MemoryBreakdown s = predict_memory(r, z).worst();
+  EXPECT_GT(s.optimizer, 8 * kAdapters / 2);
+  EXPECT_LT(s.optimizer, 8 * kAdapters);
+}
+
 TEST(PlanMemory, OffloadMovesTheMomentsToDiskLeavingStagingResident) {
   PlanRequest r = request(2, 4);
   Layout l;
