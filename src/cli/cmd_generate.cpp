@@ -1,13 +1,15 @@
 // `trident generate`: loads a checkpoint (any layout wrote it; it is layout-free; fp32 or from
 // `trident quantize`) into the single-process inference model with a KV cache
 // (infer/decode_model.h: the prompt is fed once, then one token per step) and samples text (nn/sampling.h: temperature 0 is greedy and
-// deterministic; a seed reproduces a sample).
+// deterministic; a seed reproduces a sample). A LoRA/QLoRA step directory as --ckpt, or --adapter
+// DIR on a base, runs with the adapters applied unmerged (infer/lora_apply.h).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -19,6 +21,7 @@
 #include "data/tokenizer.h"
 #include "kernels/kernels.h"
 #include "infer/decode_model.h"
+#include "infer/lora_apply.h"
 #include "quant/quantized_model.h"
 #include "nn/sampling.h"
 #include "train/memory_check.h"
@@ -47,11 +50,13 @@ int run_generate(int argc, char** argv) {
   CLI::App app{"Generate text from a checkpoint (a run directory with `latest`, a step directory, "
                "a quantized one, or a Hugging Face GPT-2, Llama or Mixtral directory with safetensors + config.json)",
                "trident generate"};
-  std::string ckpt_path, prompt = "\n", tokenizer_dir = data::BpeTokenizer::kDefaultAssetDir;
+  std::string ckpt_path, adapter_path, prompt = "\n", tokenizer_dir = data::BpeTokenizer::kDefaultAssetDir;
   int max_new_tokens = 100, threads = 0;
   bool print_ids = false;
   nn::SamplingOptions sampling;
-  app.add_option("--ckpt", ckpt_path, "checkpoint directory")->required();
+  app.add_option("--ckpt", ckpt_path, "checkpoint directory (a LoRA/QLoRA step directory: with its adapters)")->required();
+  app.add_option("--adapter", adapter_path,
+                 "a LoRA/QLoRA run's checkpoint whose adapters are applied, unmerged, to the --ckpt base");
   app.add_option("--prompt", prompt, "text to continue")->capture_default_str();
   app.add_option("--max-new-tokens", max_new_tokens, "tokens to generate")->capture_default_str()->check(number_above(0, false));
   app.add_option("--temperature", sampling.temperature, "sampling temperature; 0 = greedy (deterministic)")->capture_default_str()->check(number_above(0, true));
@@ -83,6 +88,8 @@ int run_generate(int argc, char** argv) {
               "the model in {} ({}) needs at least {} (4-byte weights), but only {} is available; this "
               "machine cannot load it", ckpt_path, cfg.describe(), format_bytes(need), format_bytes(*avail));
   }
+  // Adapters are checked against the base before the weights are read (a mismatch fails fast).
+  std::optional<ckpt::LoadedAdapters> adapters = infer::adapters_for(ckpt_path, adapter_path, cfg);
   const std::unique_ptr<data::Tokenizer> tokenizer_ptr =
       data::load_tokenizer(tokenizer_dir == data::BpeTokenizer::kDefaultAssetDir ? "gpt2" : tokenizer_dir);
   data::Tokenizer& tokenizer = *tokenizer_ptr;
@@ -92,6 +99,7 @@ int run_generate(int argc, char** argv) {
             "not trained on {} tokens; pass the tokenizer it was trained with (--tokenizer gpt2|cl100k|DIR)",
             cfg.vocab_size, tokenizer.vocab_size(), tok_name);
   infer::DecodeModel model(quant::load_for_inference(ckpt_path));
+  if (adapters) fmt::print(stderr, "{}\n", infer::apply_adapters(model, std::move(*adapters)));
 
   std::vector<int32_t> tokens = tokenizer.encode(prompt);
   if (tokens.empty()) {

@@ -11,6 +11,7 @@
 
 #include "ckpt/atomic_file.h"
 #include "ckpt/checkpoint.h"
+#include "ckpt/lora_adapters.h"
 #include "ckpt/safetensors.h"
 #include "cli/cli11_errors.h"
 #include "cli/commands.h"
@@ -51,32 +52,13 @@ int run_merge_lora(int argc, char** argv) {
   const ckpt::LoadedCheckpoint base = ckpt::load_checkpoint(base_path);
   TRI_CHECK(!base.config.lora.enabled(), "--base {} is itself a LoRA run's checkpoint; give the base it was "
             "trained on (its adapter_config.json names it)", base.path);
-  const std::string adapter_dir = ckpt::resolve_checkpoint(adapter_path);
-  const std::string config_file = adapter_dir + "/" + ckpt::kAdapterConfigFile;
-  const std::string tensor_file = adapter_dir + "/" + ckpt::kAdapterFile;
-  TRI_CHECK(fs::is_regular_file(config_file) && fs::is_regular_file(tensor_file),
-            "--adapter {} holds no {} and {}: give a checkpoint of a `train --lora-rank` run", adapter_dir,
-            ckpt::kAdapterConfigFile, ckpt::kAdapterFile);
-  nlohmann::json adapter_json;
-  std::ifstream(config_file) >> adapter_json;
+  // The adapters, checked against this base (ckpt/lora_adapters.h): one clear error each.
+  const ckpt::LoadedAdapters loaded = ckpt::read_adapters(base.config, adapter_path, base.path);
+  const std::string& adapter_dir = loaded.dir;
   nn::ModelConfig cfg = base.config;
-  cfg.lora = nn::lora_config_from_adapter_json(cfg, adapter_json, config_file);
-  cfg.validate();  // e.g. a rank no target of this base allows
-  const ckpt::SafetensorsReader adapters(tensor_file);
-  // Every adapter tensor must be one this base expects, with its shape: nothing left unmerged.
-  std::map<std::string, Shape> expected;
-  for (const auto& spec : nn::lora_tensor_specs(cfg)) expected[nn::peft_tensor_name(cfg, spec.name)] = spec.shape;
-  for (const ckpt::TensorInfo& info : adapters.tensors()) {
-    const std::string& name = info.name;
-    const auto it = expected.find(name);
-    TRI_CHECK(it != expected.end(), "{} holds {}, which is no adapter of base {} ({}): the adapter was trained on "
-              "another model", tensor_file, name, base.path, base.config.describe());
-    TRI_CHECK(info.shape == it->second, "{}: {} is {} but base {} needs {}: the adapter was trained on another "
-              "model shape", tensor_file, name, shape_str(info.shape), base.path, shape_str(it->second));
-  }
-  TRI_CHECK(adapters.tensors().size() == expected.size(), "{} holds {} adapter tensors; its adapter_config.json "
-            "({} targets on {} layers) needs {}", tensor_file, adapters.tensors().size(), cfg.lora.targets.size(),
-            cfg.n_layer, expected.size());
+  cfg.lora = loaded.lora;
+  std::map<std::string, const ckpt::LoadedAdapter*> by_weight;
+  for (const ckpt::LoadedAdapter& a : loaded.adapters) by_weight[a.base.name] = &a;
 
   nn::ModelConfig out_cfg = base.config;  // the merged model is a plain one
   ckpt::SafetensorsWriter writer;
@@ -87,20 +69,9 @@ int run_merge_lora(int argc, char** argv) {
     float* w = keep.back().data();
     base.read_param(spec.name, spec.shape, w);
     ckpt::check_finite(w, shape_numel(spec.shape), spec.name, base.model.file_of(base.model_prefix + spec.name));
-    const int layer = nn::architecture(cfg.family).layer_of(spec.name);
-    if (layer >= 0) {
-      for (const nn::LoraTarget& t : nn::selected_lora_targets(cfg, layer)) {
-        if (t.base.name != spec.name) continue;
-        const nn::LoraDecls d = nn::lora_decls(t.base, cfg.lora.rank);
-        std::vector<float> a(static_cast<std::size_t>(shape_numel(d.a.shape)));
-        std::vector<float> b(static_cast<std::size_t>(shape_numel(d.b.shape)));
-        adapters.read(nn::peft_tensor_name(cfg, d.a.name), d.a.shape, a.data());
-        adapters.read(nn::peft_tensor_name(cfg, d.b.name), d.b.shape, b.data());
-        ckpt::check_finite(a.data(), shape_numel(d.a.shape), d.a.name, tensor_file);
-        ckpt::check_finite(b.data(), shape_numel(d.b.shape), d.b.name, tensor_file);
-        nn::merge_lora(t.base, cfg.lora.scale(), cfg.lora.rank, w, a.data(), b.data());
-        ++merged;
-      }
+    if (const auto it = by_weight.find(spec.name); it != by_weight.end()) {
+      nn::merge_lora(it->second->base, cfg.lora.scale(), cfg.lora.rank, w, it->second->a.data(), it->second->b.data());
+      ++merged;
     }
     writer.add_tensor(spec.name, spec.shape, w);
   }

@@ -39,6 +39,11 @@ class DecodeModel {
   void set_linear_observer(std::function<void(const quant::QuantMatrix&, const float*, int64_t)> f) {
     scratch_.linear.observe = std::move(f);
   }
+  // Called after every layer matrix's product with (w, x, out, N): LoRA adapters applied
+  // unmerged (infer/lora_apply.h).
+  void set_linear_addend(std::function<void(const quant::QuantMatrix&, const float*, float*, int64_t)> f) {
+    scratch_.linear.add_after = std::move(f);
+  }
   // Bytes of weights one decode step reads: every layer matrix (packed), the norms and biases,
   // the LM head, and one embedding row.
   int64_t weight_bytes_per_token() const;

@@ -137,12 +137,10 @@ bool use_simd(KernelPath path, bool available) {
   return available;
 }
 
-}  // namespace
-
-void quant_linear(float* out, const float* x, const QuantMatrix& w, const float* bias, int64_t N,
-                  LinearScratch& scratch, KernelPath path) {
+// The product itself (quant_linear adds the hooks around it).
+void linear_product(float* out, const float* x, const QuantMatrix& w, const float* bias, int64_t N,
+                    LinearScratch& scratch, KernelPath path) {
   const int64_t O = w.rows, I = w.cols;
-  if (scratch.observe) scratch.observe(w, x, N);
   if (w.format == Format::kFp32) {
     kernels::matmul_forward_nt(out, x, w.fp32.data(), N, I, O);
     if (bias != nullptr) {
@@ -181,6 +179,15 @@ void quant_linear(float* out, const float* x, const QuantMatrix& w, const float*
       out[n * O + o] = y;
     }
   }
+}
+
+}  // namespace
+
+void quant_linear(float* out, const float* x, const QuantMatrix& w, const float* bias, int64_t N,
+                  LinearScratch& scratch, KernelPath path) {
+  if (scratch.observe) scratch.observe(w, x, N);
+  linear_product(out, x, w, bias, N, scratch, path);
+  if (scratch.add_after) scratch.add_after(w, x, out, N);
 }
 
 }  // namespace trident::quant

@@ -31,6 +31,9 @@ struct LinearScratch {
   // When set, quant_linear shows it every input (w, x (N, I), N) before the product: how GPTQ's
   // calibration (infer/gptq_calibrate.h) sees what each layer matrix multiplies.
   std::function<void(const QuantMatrix&, const float*, int64_t)> observe;
+  // When set, quant_linear calls it after the product (out (N, O) already holds x W^T + bias):
+  // how LoRA adapters are applied without merging them (infer/lora_apply.h).
+  std::function<void(const QuantMatrix&, const float*, float*, int64_t)> add_after;
 };
 
 void quant_linear(float* out, const float* x, const QuantMatrix& w, const float* bias, int64_t N,
