@@ -500,7 +500,8 @@ void DataParallel::issue_gather(int g) {
   }
   for (int id = 0; id < params_.size(); ++id) {
     const nn::ParamInfo& p = params_.info(id);
-    if (p.group == g) params_.set_data_ptr(id, s.buf.data() + (p.offset - gb));
+    // A packed base matrix (QLoRA) is not in the flat buffers: its pointer is the packed base's.
+    if (p.group == g && !p.packed) params_.set_data_ptr(id, s.buf.data() + (p.offset - gb));
   }
   s.state = 1;
   if (s.works.empty() && value_store_) reads_[static_cast<std::size_t>(g)].reset();  // copied already
@@ -548,7 +549,7 @@ void DataParallel::release(int g) {
   s.buf.reset();
   s.state = 0;
   for (int id = 0; id < params_.size(); ++id) {
-    if (params_.info(id).group == g) params_.set_data_ptr(id, nullptr);
+    if (params_.info(id).group == g && !params_.info(id).packed) params_.set_data_ptr(id, nullptr);
   }
 }
 

@@ -36,12 +36,10 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
   validate_tensor_parallel(config_, shape.tp, shape.world());
   TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
             options.zero);
-  // ZeRO-2/3 aim parameters at buckets and gathered groups of the flat buffers, which a packed
-  // base (quant/packed_base.h) is not part of.
-  TRI_CHECK(!config_.packed_base() || options.zero <= 1,
-            "QLoRA (a quantized base) runs with ZeRO 0 or 1, not --zero {}: the frozen base is packed outside the "
-            "buffers ZeRO-2/3 shard, and only the adapters are trained, whose state ZeRO-1 already shards",
-            options.zero);
+  // A packed base (QLoRA, quant/packed_base.h) is replicated on every dp rank and takes no room in
+  // the flat buffers ZeRO shards (numel 0): ZeRO-2 points gradients at buckets of those buffers,
+  // ZeRO-3 values at gathered groups of them, and both leave a packed matrix's pointer to the
+  // packed base (DataParallel skips ParamInfo::packed), so every stage shards the adapters' state.
   TRI_CHECK(!options.stochastic_rounding || options.precision == kernels::Precision::kBf16,
             "--stochastic-rounding rounds the bf16 copy of the weights; it needs --precision bf16, not {} "
             "(fp32 keeps no low-precision copy, fp16 rounds per product)",

@@ -14,8 +14,8 @@
 // groups, and a split that would cut a group is one clear error (int8's scale is per row, so
 // any column split works).
 //
-// It is the chunk's ModelHooks (dequantize, then hand on to the data-parallel reducer's).
-// ZeRO-2/3 point parameters at their own buffers and are refused with a packed base.
+// It is the chunk's ModelHooks (dequantize, then hand on to the data-parallel reducer's, which
+// under ZeRO-2/3 re-aims the flat parameters only, never a packed one).
 #pragma once
 
 #include <cstdint>
