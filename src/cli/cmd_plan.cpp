@@ -368,7 +368,8 @@ int run_plan(int argc, char** argv) {
                        {"fits", r.fits}, {"tokens_per_s", r.step.tokens_per_s}, {"step_s", r.step.step_s},
                        {"dedicated_s", r.step.dedicated_s}, {"shared_s", r.step.shared_s}, {"contended_s", r.step.contended_s},
                        {"sync_s", r.step.sync_s}, {"dp_comm_s", r.step.dp_comm_s}, {"ep_comm_s", r.step.ep_comm_s},
-                       {"offload", l.offload}, {"offload_s", r.step.offload_s},
+                       {"offload", l.offload}, {"offload_s", r.step.offload_s}, {"param_read_s", r.step.param_read_s},
+                       {"param_stall_s", r.step.param_stall_s},
                        {"memory_bytes", r.memory.worst().total()}, {"calibrated_ranks", ranks}};
       const plan::MemoryBreakdown& w = r.memory.worst();
       j["memory"] = {{"parameters", w.params}, {"packed_base", w.packed_base}, {"gradients", w.grads},

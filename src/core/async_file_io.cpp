@@ -32,14 +32,14 @@ std::string dir_of(const std::string& path) {
 }
 }  // namespace
 
-void AlignedFree::operator()(void* p) const { std::free(p); }
+void AlignedFree::operator()(void* p) const { detail::free_zeroed(p, bytes); }
 
 AlignedBytes aligned_bytes(std::size_t bytes) {
-  const std::size_t n = (bytes + AsyncFile::kAlignment - 1) / AsyncFile::kAlignment * AsyncFile::kAlignment;
-  void* p = std::aligned_alloc(AsyncFile::kAlignment, n == 0 ? AsyncFile::kAlignment : n);
+  std::size_t n = (bytes + AsyncFile::kAlignment - 1) / AsyncFile::kAlignment * AsyncFile::kAlignment;
+  if (n == 0) n = AsyncFile::kAlignment;
+  void* p = detail::allocate_zeroed(n, AsyncFile::kAlignment);
   if (!p) TRI_FAIL("out of memory allocating an I/O buffer of {}", format_bytes(static_cast<double>(n)));
-  std::memset(p, 0, n);
-  return AlignedBytes(static_cast<std::byte*>(p));
+  return AlignedBytes(static_cast<std::byte*>(p), AlignedFree{n});
 }
 
 struct AsyncFile::Ring {

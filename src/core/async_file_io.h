@@ -57,8 +57,16 @@ class AsyncFile {
   double bytes_read_ = 0, bytes_written_ = 0, wait_s_ = 0;
 };
 
+namespace detail {
+// Zeroed memory, mapped from the kernel from 1 MiB up (core/memory.cpp says why), else malloc'd
+// with `alignment`; free_zeroed takes the size allocate_zeroed was given.
+void* allocate_zeroed(std::size_t bytes, std::size_t alignment);
+void free_zeroed(void* p, std::size_t bytes);
+}  // namespace detail
+
 // A kAlignment-aligned byte buffer for AsyncFile requests (zeroed).
 struct AlignedFree {
+  std::size_t bytes = 0;  // as allocated
   void operator()(void* p) const;
 };
 using AlignedBytes = std::unique_ptr<std::byte[], AlignedFree>;

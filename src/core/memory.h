@@ -57,6 +57,11 @@ std::string format_bytes(double bytes);
 
 // A 64-byte aligned, zero-initialised array of floats accounted under one category.
 // Move-only; releases its bytes from the tracker when destroyed.
+// The kernel's peak resident set of this process so far (VmHWM in /proc/self/status), in bytes:
+// what the machine had to hold, start-up included, beside the tracker's per-category peaks,
+// which see only what the engine allocates. 0 where the kernel does not say (not Linux).
+std::size_t process_peak_rss();
+
 class FloatBuffer {
  public:
   FloatBuffer() = default;

@@ -92,9 +92,9 @@ void Model::update_router_bias(const std::vector<int64_t>& load) {
   }
 }
 
-void Model::allocate(MemoryTracker& tracker) {
+void Model::allocate(MemoryTracker& tracker, FlatBuffers flat) {
   tracker_ = &tracker;
-  params_.allocate(tracker);
+  params_.allocate(tracker, flat);
 }
 
 void Model::begin_weight_copy(const WeightRounding& r) {

@@ -140,8 +140,9 @@ class Model {
   void begin_weight_copy(const WeightRounding& r);
   void end_weight_copy() { weight_copy_.unregister(); }
 
-  // Allocates parameters and gradients; then initialise or load them.
-  void allocate(MemoryTracker& tracker);
+  // Allocates parameters and gradients (the flat buffers `flat` asks for; ZeRO 2-3 keep shards
+  // instead); then initialise or load them.
+  void allocate(MemoryTracker& tracker, FlatBuffers flat = {});
   ModelActivations make_activations(MemoryTracker& tracker, int64_t B, int64_t T) const;
   // Bytes make_activations allocates for one micro-batch under the recompute mode and the
   // operand storage (the analytic formula of docs/memory.md).

@@ -114,15 +114,15 @@ int ParameterSet::find(const std::string& name) const {
   return it == ids_.end() ? -1 : it->second;
 }
 
-void ParameterSet::allocate(MemoryTracker& tracker) {
-  values_ = FloatBuffer(tracker, MemCategory::kParameters, static_cast<std::size_t>(total_));
-  grads_ = FloatBuffer(tracker, MemCategory::kGradients, static_cast<std::size_t>(total_));
+void ParameterSet::allocate(MemoryTracker& tracker, FlatBuffers flat) {
+  if (flat.values) values_ = FloatBuffer(tracker, MemCategory::kParameters, static_cast<std::size_t>(total_));
+  if (flat.grads) grads_ = FloatBuffer(tracker, MemCategory::kGradients, static_cast<std::size_t>(total_));
   value_ptr_.resize(infos_.size());
   grad_ptr_.resize(infos_.size());
   for (std::size_t id = 0; id < infos_.size(); ++id) {
-    const bool flat = !infos_[id].packed;
-    value_ptr_[id] = flat ? values_.data() + infos_[id].offset : nullptr;
-    grad_ptr_[id] = flat ? grads_.data() + infos_[id].offset : nullptr;
+    const bool in_flat = !infos_[id].packed;
+    value_ptr_[id] = in_flat && flat.values ? values_.data() + infos_[id].offset : nullptr;
+    grad_ptr_[id] = in_flat && flat.grads ? grads_.data() + infos_[id].offset : nullptr;
   }
 }
 
@@ -141,24 +141,62 @@ void ParameterSet::initialize(uint64_t seed) {
   for (int id = 0; id < size(); ++id) initialize(seed, id);
 }
 
+namespace {
+
+// The declared init of logical element g (-1: padding, 0).
+float initial_value(const ParamInfo& p, uint64_t seed, uint64_t stream, int64_t g) {
+  if (g < 0) return 0.0f;
+  if (p.init_std > 0.0f) return p.init_std * normal_at(seed, stream, static_cast<uint64_t>(g));
+  // uniform_at is in (0, 1]: 2u - 1 in (-1, 1].
+  if (p.init_uniform > 0.0f) return p.init_uniform * (2.0f * uniform_at(seed, stream, static_cast<uint64_t>(g)) - 1.0f);
+  return p.init_value;
+}
+
+}  // namespace
+
 void ParameterSet::initialize(uint64_t seed, int id) {
   const ParamInfo& p = info(id);
   if (p.packed) return;  // loaded packed, never drawn
   float* out = data(id);
   TRI_CHECK(out != nullptr || p.numel == 0, "initialize: parameter {} has no storage", p.name);
   const uint64_t stream = fnv1a64(p.name);
-  for_each_local_element(p, [&](int64_t l, int64_t g) {
-    if (g < 0) {
-      out[l] = 0.0f;
-    } else if (p.init_std > 0.0f) {
-      out[l] = p.init_std * normal_at(seed, stream, static_cast<uint64_t>(g));
-    } else if (p.init_uniform > 0.0f) {
-      // uniform_at is in (0, 1]: 2u - 1 in (-1, 1].
-      out[l] = p.init_uniform * (2.0f * uniform_at(seed, stream, static_cast<uint64_t>(g)) - 1.0f);
-    } else {
-      out[l] = p.init_value;
-    }
-  });
+  for_each_local_element(p, [&](int64_t l, int64_t g) { out[l] = initial_value(p, seed, stream, g); });
+}
+
+void ParameterSet::initialize_range(uint64_t seed, int id, int64_t begin, int64_t count, float* out) const {
+  const ParamInfo& p = info(id);
+  TRI_CHECK(!p.packed && begin >= 0 && count >= 0 && begin + count <= p.numel,
+            "initialize_range: local elements [{}, {}) of {} ({} held{})", begin, begin + count, p.name, p.numel,
+            p.packed ? ", packed" : "");
+  const uint64_t stream = fnv1a64(p.name);
+  if (p.shard.is_full()) {
+    for (int64_t l = 0; l < count; ++l) out[l] = initial_value(p, seed, stream, begin + l);
+    return;
+  }
+  // Local element l = (o * local_dim + local_row) * inner + i, local_row running through the
+  // chunks in order (as for_each_local_element); walk from `begin` without a division each.
+  const auto d = static_cast<std::size_t>(p.shard.dim);
+  int64_t inner = 1;
+  for (std::size_t k = d + 1; k < p.logical_shape.size(); ++k) inner *= p.logical_shape[k];
+  const int64_t logical_dim = p.logical_shape[d], local_dim = p.local_shape[d];
+  if (count == 0 || inner == 0 || local_dim == 0) return;
+  int64_t o = begin / (local_dim * inner), row = begin / inner % local_dim, i = begin % inner;
+  std::size_t c = 0;
+  int64_t r = row;  // row within chunk c
+  while (r >= p.shard.chunks[c].length) r -= p.shard.chunks[c++].length;
+  for (int64_t l = 0; l < count; ++l) {
+    const Chunk& ch = p.shard.chunks[c];
+    const int64_t g = ch.logical_begin < 0 ? -1 : (o * logical_dim + ch.logical_begin + r) * inner + i;
+    out[l] = initial_value(p, seed, stream, g);
+    if (++i < inner) continue;
+    i = 0;
+    if (++r < ch.length) continue;
+    r = 0;
+    // The next chunk with rows (an empty one holds none), else the next outer index.
+    do {
+      if (++c == p.shard.chunks.size()) c = 0, ++o;
+    } while (p.shard.chunks[c].length == 0);
+  }
 }
 
 }  // namespace trident::nn

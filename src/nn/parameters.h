@@ -97,6 +97,14 @@ void gather_local_to_logical(const ParamInfo& info, const float* local, float* l
 // What a parameter group is, for generic code that treats the embedding and the head apart.
 enum class GroupRole { kEmbedding, kLayer, kHead };
 
+// Which flat buffers ParameterSet::allocate makes. ZeRO-3 keeps only a shard of the values and
+// ZeRO-2/3 only a shard of the gradients (parallel/ddp_reducer.h), so they are never made there:
+// building the whole model's values or gradients once, only to free them, would set a start-up
+// memory peak (4 bytes a parameter each) far above the steps'.
+struct FlatBuffers {
+  bool values = true, grads = true;
+};
+
 class ParameterSet {
  public:
   // Registration: groups are contiguous in the flat buffers, in registration order.
@@ -104,8 +112,9 @@ class ParameterSet {
   GroupRole group_role(int g) const { return group_roles_.at(static_cast<std::size_t>(g)); }
   int find_group(GroupRole role) const;  // the first group with `role`, or -1
   int add(ParamInfo info);  // returns the parameter's id
-  // Allocates values and gradients (zeroed) once all parameters are registered.
-  void allocate(MemoryTracker& tracker);
+  // Allocates values and gradients (zeroed) once all parameters are registered; what `flat`
+  // leaves out has null pointers (as after release_flat_values / release_flat_grads).
+  void allocate(MemoryTracker& tracker, FlatBuffers flat = {});
 
   int size() const { return static_cast<int>(infos_.size()); }
   const ParamInfo& info(int id) const { return infos_.at(static_cast<std::size_t>(id)); }
@@ -149,6 +158,10 @@ class ParameterSet {
   void initialize(uint64_t seed);
   // The same for one parameter (into data(id)).
   void initialize(uint64_t seed, int id);
+  // Local elements [begin, begin + count) of parameter `id` as initialize() draws them, into
+  // out[0, count): the same bits, without the parameter's storage (ZeRO-3 initialises its shard
+  // in bounded chunks this way, straight into memory or the offload file).
+  void initialize_range(uint64_t seed, int id, int64_t begin, int64_t count, float* out) const;
   void zero_grads() {
     if (!grads_.empty()) grads_.zero();
   }

@@ -600,7 +600,9 @@ void DataParallel::attach_value_store(optim::MomentStore& store) {
             "the offload store holds {} elements{}, the ZeRO-3 shard {}", store.size(),
             store.holds_values() ? "" : " and no values", layout_.numel());
   release_all();
-  if (!params_.values().empty()) {  // whatever the flat buffer holds (normally zeros: initialise or load after)
+  // Whatever the flat buffer holds; normally it was never made (RankLayout allocates no flat
+  // values under ZeRO-3: the file starts as zeros, then initialise or load after).
+  if (!params_.values().empty()) {
     for (const ShardSegment& s : layout_.segments) {
       if (s.my_hi() > s.my_lo()) store.write(2, s.base, s.my_hi() - s.my_lo(), params_.values().data() + s.my_lo());
     }
@@ -628,16 +630,32 @@ void DataParallel::attach_value_store(optim::MomentStore& store) {
 }
 
 void DataParallel::initialize_shard(uint64_t seed) {
-  for (int id = 0; id < params_.size(); ++id) {
-    const nn::ParamInfo& p = params_.info(id);
-    const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
-    if (hi <= lo) continue;
-    FloatBuffer tmp(tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(p.numel));
-    float* saved = params_.data(id);
-    params_.set_data_ptr(id, tmp.data());
-    params_.initialize(seed, id);
-    params_.set_data_ptr(id, saved);
-    write_shard_values(id, tmp.data());
+  TRI_CHECK(!options_.offload_values || value_store_, "ZeRO-3 values offloaded but no store attached yet");
+  // In shard order, kChunk elements at a time (aligned to kChunk in shard indices: the offload
+  // file's default block, so its writes are whole blocks, no read-modify-write), each chunk
+  // drawn from the parameters it overlaps with the bits ParameterSet::initialize draws. Nothing
+  // beyond the shard and one chunk is ever in memory (with the values offloaded, not even the
+  // shard): the start-up never holds a whole parameter, let alone the whole model.
+  constexpr int64_t kChunk = int64_t{1} << 20;
+  FloatBuffer staging;
+  if (value_store_ && layout_.numel() > 0) {
+    staging = FloatBuffer(tracker_, MemCategory::kWorkspace, static_cast<std::size_t>(std::min(kChunk, layout_.numel())));
+  }
+  int id = 0;  // the first parameter that may overlap the chunk (both advance in flat order)
+  for (const ShardSegment& seg : layout_.segments) {
+    for (int64_t f = seg.my_lo(); f < seg.my_hi();) {
+      const int64_t at = seg.base + (f - seg.my_lo());  // shard index of flat element f
+      const int64_t len = std::min(seg.my_hi() - f, kChunk - at % kChunk);
+      float* out = value_store_ ? staging.data() : shard_values_.data() + at;
+      while (id < params_.size() && params_.info(id).offset + params_.info(id).numel <= f) ++id;
+      for (int k = id; k < params_.size() && params_.info(k).offset < f + len; ++k) {
+        const nn::ParamInfo& p = params_.info(k);
+        const int64_t b = std::max(f, p.offset), e = std::min(f + len, p.offset + p.numel);
+        if (b < e) params_.initialize_range(seed, k, b - p.offset, e - b, out + (b - f));
+      }
+      if (value_store_) value_store_->write(2, at, len, staging.data());
+      f += len;
+    }
   }
 }
 

@@ -85,8 +85,9 @@ struct DataParallelOptions {
   // With bf16 each bucket's reduced element is round_bf16(sum_r round_bf16(g_r)), the same bits
   // on every rank and for any bucket size; ZeRO 2-3 keep it (widened) as the shard's gradient.
   GradReduceDType reduce_dtype = GradReduceDType::kFp32;
-  // Stage 3, --offload optimizer+params: the value shard never lives in memory; the flat values
-  // stay until attach_value_store writes this rank's part of them into the store.
+  // Stage 3, --offload optimizer+params: the value shard never lives in memory; flat values, if
+  // the model was allocated with them (RankLayout makes none under ZeRO 3), stay until
+  // attach_value_store writes this rank's part of them into the store.
   bool offload_values = false;
 };
 
@@ -101,7 +102,8 @@ std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t c
 class DataParallel : public nn::ModelHooks {
  public:
   // Sets up shards and releases the flat buffers ZeRO does not keep (values for stage 3,
-  // gradients for stages 2-3). `params` must be allocated.
+  // gradients for stages 2-3) where they were made. `params` must be allocated (with or
+  // without those flat buffers: nn::FlatBuffers).
   DataParallel(nn::ParameterSet& params, comm::Communicator& dp, MemoryTracker& tracker,
                const DataParallelOptions& options);
   ~DataParallel() override;
@@ -143,7 +145,8 @@ class DataParallel : public nn::ModelHooks {
   void read_shard_values(int id, float* local) const;
   // Stores this rank's shard elements of param `id` from a full local tensor.
   void write_shard_values(int id, const float* local);
-  // Initialises the shard from the logical tensors (as ParameterSet::initialize).
+  // Initialises the shard from the logical tensors (the bits ParameterSet::initialize draws),
+  // in bounded chunks straight into the shard or the offload store.
   void initialize_shard(uint64_t seed);
   // Stage 3, --offload optimizer+params (options.offload_values): this rank's part of the flat
   // values goes into `store` (the optimizer's moment store holding values, in shard order) and

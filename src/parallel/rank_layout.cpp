@@ -107,7 +107,9 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     c.model = std::make_unique<nn::Model>(config_, tp, st);
     c.model->set_recompute(options_.recompute);
     c.model->set_precision(options_.precision);
-    c.model->allocate(tracker_);
+    // ZeRO-3 keeps a shard of the values, ZeRO-2/3 one of the gradients (the reducer below
+    // makes them): the flat buffers are not made at all, so the start-up peak is the steps'.
+    c.model->allocate(tracker_, nn::FlatBuffers{options_.zero < 3, options_.zero < 2});
     // The MoE load-balancing loss: averaged over every MoE layer and every sequence of the
     // global batch, whatever the layout (nn/moe_mlp.h).
     if (config_.is_moe()) {

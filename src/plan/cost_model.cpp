@@ -336,6 +336,20 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
   const pp::Partition part = pp::partition_layers(m.n_layer, {l.pp, V});
   const MemoryPrediction mem = predict_memory(req, l);
 
+  const bool offloaded = l.offload || req.offload_optimizer;
+  TRI_CHECK(!offloaded || machine.disk.known(),
+            "{} offloads the optimizer but the offload disk's bandwidth is unknown; plan with --offload-dir "
+            "DIR (measured there) or --disk-mbps", l.train_flags());
+  // One disk per node, shared by the node's ranks of this layout.
+  int disk_sharing = l.world();
+  if (!machine.node_of_rank.empty()) {
+    disk_sharing = static_cast<int>(std::count(machine.node_of_rank.begin(),
+                                               machine.node_of_rank.begin() + std::min<std::ptrdiff_t>(
+                                                   l.world(), static_cast<std::ptrdiff_t>(machine.node_of_rank.size())),
+                                               machine.node_of_rank.front()));
+  }
+  double param_read_s = 0, param_stall_s = 0;  // busiest rank's (optimizer+params)
+
   pp::CostModel costs;
   costs.comm = l.pp > 1 ? cm.p2p(4.0 * static_cast<double>(Nl) * m.n_embd) : 0;
   costs.tied = nn::has_tied_embedding(m) ? cm.allreduce(4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd, 2) : 0.0;
@@ -380,9 +394,30 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
       if (l.pp > 1) work += 2.0 * M * copy.p2p(4.0 * static_cast<double>(Nl) * m.n_embd);
     }
     cpu_work[static_cast<std::size_t>(r)] = work;
+    // --offload optimizer+params: each pass reads its groups' shard slices from the disk
+    // (shared by the node's ranks); what the read-ahead cannot hide stalls the pass.
+    const MemoryBreakdown& mr = mem.by_pp_rank[static_cast<std::size_t>(r)];
+    if (offloaded && mr.slice_reads > 0) {
+      const double bw = machine.disk.read_bandwidth / disk_sharing;
+      const double pass = mr.slice_reads / 2 / V / bw, first = std::min(mr.first_slice / bw, pass);
+      double stall = 0;
+      for (int c = 0; c < V; ++c) {
+        const auto j = static_cast<std::size_t>(c);
+        const double f = param_stall_seconds(pass, first, compute_fwd.back()[j]);
+        const double b = param_stall_seconds(pass, 0.0, compute_bwd.back()[j]);
+        costs.forward_by_chunk.back()[j] += f;
+        costs.backward_by_chunk.back()[j] += b;
+        bwd_one[static_cast<std::size_t>(r)] += b;
+        stall += M * (f + b);
+      }
+      param_read_s = std::max(param_read_s, M * mr.slice_reads / bw);
+      param_stall_s = std::max(param_stall_s, stall);
+    }
   }
 
   StepPrediction p;
+  p.param_read_s = param_read_s;
+  p.param_stall_s = param_stall_s;
   double pipe_step = 0;
   std::vector<double> busy(static_cast<std::size_t>(l.pp)), bubbles(static_cast<std::size_t>(l.pp));
   if (l.pp > 1) {
@@ -401,18 +436,6 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
 
   const double bucket_bytes = req.bucket_mb * 1024.0 * 1024.0;
   double tail = 0, shared_work = 0, opt_wall_max = 0;
-  const bool offloaded = l.offload || req.offload_optimizer;
-  TRI_CHECK(!offloaded || machine.disk.known(),
-            "{} offloads the optimizer but the offload disk's bandwidth is unknown; plan with --offload-dir "
-            "DIR (measured there) or --disk-mbps", l.train_flags());
-  // One disk per node, shared by the node's ranks of this layout.
-  int disk_sharing = l.world();
-  if (!machine.node_of_rank.empty()) {
-    disk_sharing = static_cast<int>(std::count(machine.node_of_rank.begin(),
-                                               machine.node_of_rank.begin() + std::min<std::ptrdiff_t>(
-                                                   l.world(), static_cast<std::ptrdiff_t>(machine.node_of_rank.size())),
-                                               machine.node_of_rank.front()));
-  }
   for (int r = 0; r < l.pp; ++r) {
     const auto i = static_cast<std::size_t>(r);
     const double psi = static_cast<double>(mem.params_by_pp_rank[i]);

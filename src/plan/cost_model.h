@@ -151,6 +151,13 @@ double offload_io_seconds(double moment_bytes, const DiskModel& disk, int sharin
 // reads and i - 1 writes), so the I/O hides behind the compute and the slower of the two is
 // the update's time. bench/offload prints this prediction against its measurement.
 inline double offloaded_update_seconds(double io_s, double compute_s) { return std::max(io_s, compute_s); }
+// Seconds one pass (a chunk's forward or backward of one micro-batch) waits for its shard-slice
+// reads (`read_s` in all, `first_s` of them the first group's): ZeRO-3 with the values offloaded
+// reads group g + 2 while g computes, so the first read waits in full and the rest hide behind
+// the pass's compute (`compute_s`) as long as the disk keeps up.
+inline double param_stall_seconds(double read_s, double first_s, double compute_s) {
+  return first_s + std::max(0.0, read_s - first_s - compute_s);
+}
 
 struct MachineModel {
   int cores = 1;             // cores all ranks share (one machine)
@@ -189,6 +196,10 @@ struct StepPrediction {
   double ep_comm_s = 0;       // busiest rank's MoE token exchange per step (in compute_s)
   double optimizer_s = 0;      // AdamW's compute (busiest rank)
   double offload_s = 0;        // busiest rank's offload disk time (offload_io_seconds); 0 without offload
+  // --offload optimizer+params: busiest rank's disk time reading the layers' shard slices
+  // (MemoryBreakdown::slice_reads per micro-batch), and of it what the read-ahead does not hide
+  // (param_stall_seconds), which the layers' forward and backward costs carry.
+  double param_read_s = 0, param_stall_s = 0;
   double sync_s = 0;          // the per-step world allreduces (MachineModel), added to the step
   double bubble = 0;          // mean pipeline idle fraction (simulator), 0 without pp
   double tokens_per_s = 0;

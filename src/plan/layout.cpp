@@ -128,7 +128,10 @@ std::vector<Candidate> enumerate_layouts(const PlanRequest& r) {
               continue;
             }
           }
-          for (int zero = 0; zero <= (base.dp > 1 ? 3 : 0); ++zero) {
+          // One dp rank: ZeRO changes nothing, except that --offload optimizer+params needs
+          // stage 3 (the parameter shard, there the whole model, is what goes to disk).
+          for (int zero = 0; zero <= (base.dp > 1 || r.offload_params ? 3 : 0); ++zero) {
+            if (base.dp == 1 && zero > 0 && zero < 3) continue;
             Layout lz = ls;
             lz.zero = zero;
             out.push_back({lz, true, {}});

@@ -233,6 +233,10 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
         mb.optimizer *= 1.5;
         const double slice = std::ceil(static_cast<double>(max_group) / static_cast<double>(dp)) + 2048;
         mb.params = 4 * (std::min(full, 2.0 * static_cast<double>(max_group)) + 2.0 * slice);
+        // bf16: the gathered groups' weight copies, as without the values offloaded.
+        if (req.precision == kernels::Precision::kBf16) mb.params += 2 * gathered;
+        mb.slice_reads = 2 * 4 * shard;
+        mb.first_slice = 4 * std::min(shard, slice);
       }
     }
     mb.activations = act_bytes;

@@ -42,6 +42,11 @@ struct MemoryBreakdown {
   double params = 0, grads = 0, optimizer = 0, activations = 0, workspace = 0;  // bytes
   double packed_base = 0;  // QLoRA: the frozen base's packed matrices (MemCategory::kPackedBase)
   double offloaded = 0;  // on disk (--offload optimizer: the moments); not part of total()
+  // --offload optimizer+params: bytes one micro-batch reads of the layers' shard slices (each
+  // group's before its forward gather and again before its backward one: 2 x 4 bytes per shard
+  // element; read only, the update's reads and writes are `offloaded`'s), and the largest
+  // group's slice (an upper bound on a pass's first read, which no compute runs ahead of).
+  double slice_reads = 0, first_slice = 0;
   double total() const { return params + packed_base + grads + optimizer + activations + workspace; }
 };
 

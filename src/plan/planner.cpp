@@ -124,9 +124,11 @@ std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOp
                        m.optimizer / MiB, m.activations / MiB, m.workspace / MiB, m.total() / MiB,
                        r.step.step_s * 1e3, r.step.tokens_per_s, 100 * r.step.bubble,
                        r.step.shared_bound() ? "cores" : "path",
-                       l.offload ? fmt::format("disk{} {:.1f} ms", l.offload_params && l.zero >= 3 ? "+params" : "",
-                                               r.step.offload_s * 1e3)
-                                 : std::string("-"),
+                       !l.offload ? std::string("-")
+                       : l.offload_params && l.zero >= 3
+                           ? fmt::format("disk+params {:.1f} + {:.1f} ms ({:.1f} waited)", r.step.offload_s * 1e3,
+                                         r.step.param_read_s * 1e3, r.step.param_stall_s * 1e3)
+                           : fmt::format("disk {:.1f} ms", r.step.offload_s * 1e3),
                        r.fits ? "" : "  (does not fit)");
   }
   if (shown < static_cast<int>(plan.rows.size())) {
@@ -141,7 +143,10 @@ std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOp
            "not in total; the step's update takes max(AdamW compute, the moments' read + write at the "
            "measured disk bandwidth shared by a node's ranks), the disk time shown; 'disk+params': "
            "--offload optimizer+params (ZeRO 3), the parameter shard on disk too (params is then the "
-           "groups in flight), its update I/O included, its layers' reads not priced\n";
+           "groups in flight): the update's disk time + the layers' shard-slice reads' (each group's "
+           "before its forward and its backward gather, per micro-batch), of which the first group's read "
+           "of each forward and what the disk cannot keep hidden behind the pass's compute (it reads two "
+           "groups ahead) is waited for, added to the step\n";
   }
   if (opt.show_rejected && !plan.rejected.empty()) {
     out += "not valid:\n";

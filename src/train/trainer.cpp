@@ -265,7 +265,10 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                            {"tokens_per_s", tps},
                            {"step_ms", step_s * 1e3},
                            {"mfu", tps * flops_per_token / peak_flops},
-                           {"memory", memory_json(tracker)}};
+                           {"memory", memory_json(tracker)},
+                           // The kernel's peak RSS of this process since it started (start-up
+                           // included), beside the tracked per-step peaks in "memory".
+                           {"peak_rss", process_peak_rss()}};
     if (const auto idle = pipeline_report.record_step()) line["pipeline_idle"] = *idle;
     if (model_cfg.is_moe()) {
       line["aux_loss"] = stats.aux_loss;  // `loss` is the cross-entropy
@@ -333,8 +336,10 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
       fmt::print(stderr, "done: nothing to train, the run is already at step {} of {} (raise --steps to go on)\n",
                  start_step, cfg.train.steps);
     } else {
-      fmt::print(stderr, "done: step {} of {}, final loss {:.4f}{}, {:.1f} s\nmemory (peak per rank 0):\n{}",
-                 end_step, cfg.train.steps, last_loss, skipped, run_clock.seconds(), tracker.report());
+      fmt::print(stderr, "done: step {} of {}, final loss {:.4f}{}, {:.1f} s\nmemory (peak per rank 0):\n{}"
+                 "  {:<16} {} (the kernel's VmHWM of rank 0's process, start-up included)\n",
+                 end_step, cfg.train.steps, last_loss, skipped, run_clock.seconds(), tracker.report(),
+                 "peak RSS", format_bytes(static_cast<double>(process_peak_rss())));
     }
     fmt::print(stderr, "{}", pipeline_report.summary());
     if (!cfg.train.pipeline_timeline.empty()) {

@@ -18,6 +18,7 @@ from harness import check, finish, mpirun, run, trident  # noqa: E402
 
 FIELDS = {"dp", "tp", "pp", "ep", "zero", "schedule", "virtual_stages", "micro_batches", "sequence_parallel", "fits",
           "tokens_per_s", "step_s", "memory_bytes", "calibrated_ranks", "offload", "offload_s"}
+TINY_ALLOCATED = 135744 + 24 * 32  # tiny's parameters + padded vocabulary rows at tp 1
 ROW = re.compile(r"^\s*\d+\s+dp(\d+) tp(\d+) pp(\d+)\s", re.M)
 
 
@@ -98,6 +99,49 @@ def main():
         check("below even offload's requirement: refused, saying so", ok, text[-400:])
         rc, text, _ = plan(*off, "--offload", "optimizer")
         check("--offload optimizer without a disk is refused", rc != 0 and "--offload-dir" in text, text[-300:])
+
+        # optimizer+params: the layers' shard-slice reads are priced. 16 cores: the step is the
+        # critical path, which the reads' stalls lengthen. Per micro-batch each ZeRO-3 group's
+        # slice is read before its forward and before its backward gather: 2 x 4 bytes per shard
+        # element, at the disk's read rate shared by the node's 8 ranks; the first group's read
+        # of a forward waits in full, the rest only where the disk is slower than the pass.
+        prm = off + ["--cores", "16"]
+        for mbps in ("1000", "0.001"):
+            rc, text, with_params = plan(*prm, "--offload", "optimizer+params", "--disk-mbps", mbps)
+            _, _, opt_only = plan(*prm, "--offload", "optimizer", "--disk-mbps", mbps)
+            z3 = [r for r in with_params if r["zero"] == 3]
+            check(f"optimizer+params at {mbps} MB/s: the ZeRO-3 rows price the layers' reads, the others none",
+                  rc == 0 and z3 and all(r["param_read_s"] > 0 < r["param_stall_s"] <= r["param_read_s"] for r in z3)
+                  and all(r["param_read_s"] == 0 == r["param_stall_s"] for r in with_params if r["zero"] < 3),
+                  text[-400:])
+            dp_only = [r for r in z3 if r["tp"] == 1 and r["pp"] == 1 and r["dp"] == 8]
+            want = [r["micro_batches"] * 2 * 4 * -(-TINY_ALLOCATED // 8) / (float(mbps) * 1e6 / 8) for r in dp_only]
+            check(f"optimizer+params at {mbps} MB/s: dp8 rows read 2 x 4 bytes x the shard per micro-batch",
+                  dp_only and all(abs(r["param_read_s"] - w) <= 1e-9 * w for r, w in zip(dp_only, want)),
+                  str([(r["micro_batches"], r["param_read_s"], w) for r, w in zip(dp_only, want)]))
+            opt_by = {key(r): r for r in opt_only}
+            # Without a pipeline (whose bubbles may absorb a stall) the stalls lengthen the critical
+            # path beyond optimizer offload's, whose update moves 8 of the 12 bytes per element: at
+            # least by the stall itself.
+            longer = [(r["dedicated_s"], opt_by[key(r)]["dedicated_s"], r["param_stall_s"]) for r in z3
+                      if key(r) in opt_by and r["pp"] == 1]
+            check(f"optimizer+params at {mbps} MB/s: each ZeRO-3 critical path (pp 1) is longer than optimizer "
+                  "offload's by at least its stall", longer and all(p >= o + s * (1 - 1e-9) for p, o, s in longer),
+                  str(longer[:3]))
+            if mbps == "0.001":
+                check("a disk far slower than the passes hides almost none of the reads",
+                      all(r["param_stall_s"] >= 0.99 * r["param_read_s"] for r in z3), str(z3[:2]))
+            else:
+                check("a fast disk hides the reads but the first group's (the stall is a fraction of the reads)",
+                      all(r["param_stall_s"] < 0.75 * r["param_read_s"] for r in z3 if r["pp"] == 1),
+                      str([(r["param_stall_s"], r["param_read_s"]) for r in z3][:3]))
+        check("the table shows the update's and the reads' disk times",
+              re.search(r"disk\+params \d+\.\d \+ \d+\.\d ms \(\d+\.\d waited\)", text) is not None, text[-500:])
+        one_rank = list(base)
+        one_rank[one_rank.index("--world") + 1] = "1"
+        rc, text, one = plan("--flops", "1e10", "--offload", "optimizer+params", "--disk-mbps", "1000", cmd=one_rank)
+        check("one rank with --offload optimizer+params gets a ZeRO-3 row (the parameters on disk)",
+              rc == 0 and any(r["zero"] == 3 and r["param_read_s"] > 0 for r in one), text[-400:])
         with tempfile.TemporaryDirectory() as disk:
             rc, text, measured = plan(*off, "--offload-dir", disk, "--memory-per-rank", between)
             ok = rc == 0 and measured and all(r["offload"] for r in measured) and "offload disk under" in text
