@@ -9,7 +9,9 @@
 // per-call fp32-saved`, the switch Model::set_store_16bit_operands off), the same with them
 // saved in 16 bits (`bf16 per-call`, nn/saved_operand.h), from the bf16 weight copy made once
 // per step (`bf16 copy`, what training does: the copy's rounding is inside the timed step) and
-// from a stochastically rounded copy (`bf16 copy sr`, --stochastic-rounding). Each row prints
+// from a stochastically rounded copy (`bf16 copy sr`, --stochastic-rounding; its rounding on the
+// AVX-512 path where the CPU has it, kernels/bf16_stochastic.h), and the same forced onto the
+// scalar path (`bf16 copy sr scalar`: the same bits, checked). Each row prints
 // its ratio against fp32 and its tracked activation bytes (MemCategory::kActivations) with the
 // ratio against fp32's; then whether 16-bit storage and the copy changed any bit (they must not).
 #include <fmt/format.h>
@@ -23,6 +25,7 @@
 
 #include "core/memory.h"
 #include "core/timer.h"
+#include "kernels/bf16_stochastic.h"
 #include "kernels/kernels.h"
 #include "kernels/matmul_engine.h"
 #include "nn/model.h"
@@ -38,11 +41,13 @@ struct Run {
   bool store16 = true;
   const char* name;
   bool copy = false;
+  bool scalar_sr = false;  // kernels::force_scalar_stochastic_rounding during its copy
   nn::WeightRounding rounding;
   MemoryTracker tracker;
   std::unique_ptr<nn::Model> model;
   nn::ModelActivations acts;
   std::vector<double> seconds;
+  std::vector<double> copy_seconds;  // making the weight copy alone (inside `seconds`)
 };
 
 }  // namespace
@@ -60,13 +65,14 @@ int main(int argc, char** argv) {
     struct Variant {
       kernels::Precision p;
       const char* name;
-      bool store16, copy, stochastic;
+      bool store16, copy, stochastic, scalar_sr = false;
     };
     for (const Variant& v : {Variant{kernels::Precision::kFp32, "fp32", true, false, false},
                              Variant{kernels::Precision::kBf16, "bf16 per-call fp32-saved", false, false, false},
                              Variant{kernels::Precision::kBf16, "bf16 per-call", true, false, false},
                              Variant{kernels::Precision::kBf16, "bf16 copy", true, true, false},
-                             Variant{kernels::Precision::kBf16, "bf16 copy sr", true, true, true}}) {
+                             Variant{kernels::Precision::kBf16, "bf16 copy sr", true, true, true},
+                             Variant{kernels::Precision::kBf16, "bf16 copy sr scalar", true, true, true, true}}) {
       const kernels::Precision p = v.p;
       const bool store16 = v.store16;
       auto r = std::make_unique<Run>();
@@ -74,6 +80,7 @@ int main(int argc, char** argv) {
       r->store16 = store16;
       r->name = v.name;
       r->copy = v.copy;
+      r->scalar_sr = v.scalar_sr;
       r->rounding = nn::WeightRounding{v.stochastic, 1337, 0};
       r->model = std::make_unique<nn::Model>(cfg);
       r->model->set_precision(p);
@@ -88,7 +95,13 @@ int main(int argc, char** argv) {
       Run& r = *runs[i];
       r.model->params().zero_grads();
       Stopwatch sw;
-      if (r.copy) r.model->begin_weight_copy(r.rounding);
+      if (r.copy) {
+        kernels::force_scalar_stochastic_rounding(r.scalar_sr);
+        Stopwatch cw;
+        r.model->begin_weight_copy(r.rounding);
+        r.copy_seconds.push_back(cw.seconds());
+        kernels::force_scalar_stochastic_rounding(false);
+      }
       loss[i] = r.model->forward_backward(r.acts, ids.data(), targets.data(), B, T, 1.0f / static_cast<float>(N)) /
                 static_cast<double>(N);
       if (r.copy) r.model->end_weight_copy();
@@ -127,7 +140,20 @@ int main(int argc, char** argv) {
                "(the copy: {:.1f} MiB, 2 bytes per parameter element)\n",
                per_call / copied, loss[2] == loss[3] ? "yes" : "NO",
                static_cast<double>(runs[3]->model->params().total_numel()) * 2 / (1024.0 * 1024.0));
-    return same && loss[2] == loss[3] ? 0 : 1;
+    // Stochastic rounding: the AVX-512 and the scalar path (same seed and steps: the same bits,
+    // so the same loss and gradients), each against nearest even.
+    const nn::ParameterSet &s1 = runs[4]->model->params(), &s2 = runs[5]->model->params();
+    const bool sr_same = loss[4] == loss[5] && std::memcmp(s1.grads().data(), s2.grads().data(),
+                                                            static_cast<std::size_t>(s1.total_numel()) * sizeof(float)) == 0;
+    const double near = bench::median(runs[3]->copy_seconds), vec = bench::median(runs[4]->copy_seconds),
+                 scal = bench::median(runs[5]->copy_seconds);
+    fmt::print("weight copy ms: nearest {:.2f}, sr {} {:.2f} ({:.2f}x nearest's), sr scalar {:.2f} ({:.2f}x nearest's): "
+               "the vector path {:.2f}x faster; step sr/nearest {:.3f}x ({}), {:.3f}x (scalar); sr paths bitwise equal: {}\n",
+               1e3 * near, kernels::stochastic_rounding_vectorised() ? "avx-512" : "(no avx-512: scalar too)", 1e3 * vec,
+               vec / near, 1e3 * scal, scal / near, scal / vec, bench::median(runs[4]->seconds) / copied,
+               kernels::stochastic_rounding_vectorised() ? "avx-512" : "scalar", bench::median(runs[5]->seconds) / copied,
+               sr_same ? "yes" : "NO");
+    return same && sr_same && loss[2] == loss[3] ? 0 : 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "precision bench: {}\n", e.what());
     return 2;

@@ -68,6 +68,10 @@ class CountingComm final : public nn::TensorParallelComm {
     add("all_gather", std::accumulate(counts.begin(), counts.end(), int64_t{0}));
     inner_.all_gather(in, out, counts);
   }
+  void all_gather16(const uint16_t* in, uint16_t* out, std::span<const int64_t> counts) override {
+    add("all_gather16", std::accumulate(counts.begin(), counts.end(), int64_t{0}));
+    inner_.all_gather16(in, out, counts);
+  }
   struct Tally {
     int64_t calls = 0, elements = 0;
   };

@@ -43,6 +43,8 @@ struct ActOperand {
   Precision rounded = Precision::kFp32;  // what `bits` holds
   ActOperand(const float* x) : f32(x) {}  // NOLINT: implicit, so fp32 callers are unchanged
   ActOperand(const uint16_t* b, Precision p) : bits(b), rounded(p) {}
+  // The operand from element k on (a block of rows: one expert's, say).
+  ActOperand at(int64_t k) const { return bits != nullptr ? ActOperand(bits + k, rounded) : ActOperand(f32 + k); }
 };
 
 class MatmulEngine {

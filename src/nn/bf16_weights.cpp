@@ -2,45 +2,26 @@
 #include "nn/bf16_weights.h"
 
 #include <algorithm>
-#include <array>
 
 #include "core/check.h"
 #include "core/rng.h"
+#include "kernels/bf16_stochastic.h"
 #include "kernels/parallel_blocks.h"
+#include "nn/param_runs.h"
 
 namespace trident::nn {
 namespace {
 // Keeps the rounding's streams apart from the initialisation's (same seed, same names).
 constexpr uint64_t kRoundingSalt = 0x5352626631366d77ull;  // "SRbf16mw"
 
-// The bits of consecutive indices, one Philox block per 8 of them (cached: elements come in
-// index order within a run).
-class RoundingBits {
- public:
-  RoundingBits(uint64_t seed, uint64_t step, uint64_t stream)
-      : key_(seed ^ kRoundingSalt), counter_hi_(stream ^ (step * 0x9E3779B97F4A7C15ull)) {}
-  uint32_t at(uint64_t index) {
-    const uint64_t block = index >> 3;
-    if (!valid_ || block != block_) {
-      words_ = philox4x32({static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
-                           static_cast<uint32_t>(counter_hi_), static_cast<uint32_t>(counter_hi_ >> 32)},
-                          {static_cast<uint32_t>(key_), static_cast<uint32_t>(key_ >> 32)});
-      block_ = block;
-      valid_ = true;
-    }
-    return (words_[(index >> 1) & 3] >> (16 * (index & 1))) & 0xFFFFu;
-  }
-
- private:
-  uint64_t key_, counter_hi_;
-  uint64_t block_ = 0;
-  bool valid_ = false;
-  std::array<uint32_t, 4> words_{};
-};
+// The Philox stream of one parameter at (seed, step): kernels/bf16_stochastic.h's bits.
+kernels::PhiloxStream rounding_stream(uint64_t seed, uint64_t step, uint64_t stream) {
+  return {seed ^ kRoundingSalt, stream ^ (step * 0x9E3779B97F4A7C15ull)};
+}
 }  // namespace
 
 uint32_t stochastic_rounding_bits(uint64_t seed, uint64_t step, uint64_t stream, uint64_t index) {
-  return RoundingBits(seed, step, stream).at(index);
+  return kernels::PhiloxRoundingBits(rounding_stream(seed, step, stream)).at(index);
 }
 
 void round_weights(const ParameterSet& ps, int64_t lo, int64_t hi, const float* src, kernels::bf16_t* dst,
@@ -51,24 +32,25 @@ void round_weights(const ParameterSet& ps, int64_t lo, int64_t hi, const float* 
   for (const ParamInfo& p : ps.infos()) {
     const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel);
     if (a >= b) continue;
-    const uint64_t stream = fnv1a64(p.name);
+    const kernels::PhiloxStream stream = rounding_stream(r.seed, r.step, fnv1a64(p.name));
     const float* in = src + (p.offset - lo);
     kernels::bf16_t* out = dst + (p.offset - lo);
-    if (p.shard.is_full()) {  // local index = logical index: parallel, no index map
-      kernels::for_each_block(b - a, [&](int64_t i0, int64_t i1) {
-        RoundingBits bits(r.seed, r.step, stream);
-        for (int64_t l = a - p.offset + i0; l < a - p.offset + i1; ++l) {
-          out[l] = kernels::float_to_bf16_stochastic(in[l], bits.at(static_cast<uint64_t>(l)));
-        }
+    // Run by run (a replicated tensor is one; a shard one per chunk and outer index): each run
+    // holds consecutive logical indices, rounded in parallel blocks on the vectorised path;
+    // padding (zero) rounds to zero.
+    for (const LocalRun& run : local_runs(p)) {
+      const int64_t l0 = std::max(run.local, a - p.offset), l1 = std::min(run.local + run.length, b - p.offset);
+      if (l0 >= l1) continue;
+      if (run.logical < 0) {
+        kernels::convert_to_bf16(out + l0, in + l0, l1 - l0);
+        continue;
+      }
+      kernels::for_each_block(l1 - l0, [&](int64_t i0, int64_t i1) {
+        const int64_t l = l0 + i0;
+        kernels::round_to_bf16_stochastic(out + l, in + l, i1 - i0, static_cast<uint64_t>(run.logical + (l - run.local)),
+                                          stream);
       });
-      continue;
     }
-    RoundingBits bits(r.seed, r.step, stream);
-    for_each_local_element(p, [&](int64_t l, int64_t g) {
-      if (l < a - p.offset || l >= b - p.offset) return;
-      out[l] = g < 0 ? kernels::float_to_bf16(in[l])
-                     : kernels::float_to_bf16_stochastic(in[l], bits.at(static_cast<uint64_t>(g)));
-    });
   }
 }
 

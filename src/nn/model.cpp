@@ -132,7 +132,9 @@ int64_t Model::activation_bytes(int64_t B, int64_t T) const {
       case Recompute::kFull: break;  // the layers' working set is the model's (recompute_bytes)
     }
   }
-  if (stage_.has_head) total += 4 * (Nl * C + 2 * Nl + N * vocab_local_ + N);
+  // The head: ln_f's output (a matmul-only operand, saved_operand.h), its mean and rstd, the
+  // logits and the per-token losses.
+  if (stage_.has_head) total += SavedOperand::bytes(storage, Nl * C) + 4 * (2 * Nl + N * vocab_local_ + N);
   return total;
 }
 
@@ -195,7 +197,7 @@ ModelActivations Model::make_activations(MemoryTracker& tracker, int64_t B, int6
         tracker, B, T, tp_.sp() ? static_cast<int64_t>(Nl) : -1, recompute_ == Recompute::kNone, a.storage));
   }
   if (stage_.has_head) {
-    a.lnf = FloatBuffer(tracker, MemCategory::kActivations, Nl * C);
+    a.lnf = SavedOperand(tracker, a.storage, static_cast<int64_t>(Nl * C));
     a.lnf_mean = FloatBuffer(tracker, MemCategory::kActivations, Nl);
     a.lnf_rstd = FloatBuffer(tracker, MemCategory::kActivations, Nl);
     a.logits = FloatBuffer(tracker, MemCategory::kActivations, N * static_cast<std::size_t>(vocab_local_));
@@ -323,15 +325,28 @@ void Model::head_forward(ModelActivations& acts, int64_t N) {
   TRI_CHECK(stage_.has_head, "head on a stage without the LM head");
   const int64_t C = cfg_.n_embd;
   hook_forward(head_group_);
-  ensure_scratch_sp(N);
-  final_norm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(), acts.stage_output(),
-                     local_rows(N));
-  const float* lnf = acts.lnf.data();
-  if (tp_.sp()) {  // the head is column-parallel over the vocabulary: it needs every row
-    tp_.gather_rows(acts.lnf.data(), scratch_.gathered.data(), N, C);
-    lnf = scratch_.gathered.data();
+  if (tp_.sp() || acts.lnf.is16()) ensure_scratch(N);
+  // A 16-bit ln_f output is written in fp32 to dln (free until the head's backward) and
+  // rounded from there.
+  const int64_t Nl = local_rows(N);
+  float* out = acts.lnf.target(scratch_.dln.data());
+  final_norm_forward(out, acts.lnf_mean.data(), acts.lnf_rstd.data(), acts.stage_output(), Nl);
+  acts.lnf.store(out, Nl * C);
+  matmul_->forward_nt(acts.logits.data(), head_input(acts, N), params_.data(head_w_), N, C, vocab_local_);
+}
+
+kernels::ActOperand Model::head_input(const ModelActivations& acts, int64_t N) {
+  const int64_t C = cfg_.n_embd;
+  if (!tp_.sp()) return acts.lnf.operand();
+  // The head is column-parallel over the vocabulary: it needs every row, gathered as saved
+  // (16-bit words under bf16/fp16, the bits the product rounds them to anyway: half the bytes).
+  if (acts.lnf.is16()) {
+    auto* full = reinterpret_cast<uint16_t*>(scratch_.gathered.data());
+    tp_.gather_rows16(acts.lnf.bits(), full, N, C);
+    return {full, acts.lnf.storage()};
   }
-  matmul_->forward_nt(acts.logits.data(), lnf, params_.data(head_w_), N, C, vocab_local_);
+  tp_.gather_rows(acts.lnf.operand().f32, scratch_.gathered.data(), N, C);
+  return scratch_.gathered.data();
 }
 
 void Model::final_norm_forward(float* out, float* mean, float* rstd, const float* x, int64_t rows) const {
@@ -373,8 +388,14 @@ double Model::head_forward_backward(ModelActivations& acts, const int32_t* targe
   // Backward through the head: logits now hold dlogits.
   hook_before_backward(head_group_);
   // wte's gradient from the head accumulates into the local slice (the embedding adds its part).
+  // The head's input as head_forward gave it (under sequence parallelism the gathered rows,
+  // still in scratch: nothing ran in between).
   float* dlnf = scratch_.dln.data();
-  const float* lnf = tp_.sp() ? scratch_.gathered.data() : acts.lnf.data();
+  const kernels::ActOperand lnf =
+      !tp_.sp() ? acts.lnf.operand()
+                : (acts.lnf.is16() ? kernels::ActOperand(reinterpret_cast<const uint16_t*>(scratch_.gathered.data()),
+                                                         acts.lnf.storage())
+                                   : kernels::ActOperand(scratch_.gathered.data()));
   matmul_->backward_nt(dlnf, params_.grad(head_w_), acts.logits.data(), lnf,
                        params_.data(head_w_), N, C, vocab_local_);
   if (tp_.sp()) {
@@ -502,8 +523,11 @@ const float* Model::forward_last_logits(ModelActivations& acts, const int32_t* i
     return full;
   }
   const float* last = acts.stage_output() + (T - 1) * C;
-  final_norm_forward(acts.lnf.data(), acts.lnf_mean.data(), acts.lnf_rstd.data(), last, 1);
-  matmul_->forward_nt(acts.logits.data(), acts.lnf.data(), params_.data(head_w_), 1, C, vocab_local_);
+  if (acts.lnf.is16()) ensure_scratch(B * T);
+  float* out = acts.lnf.target(scratch_.dln.data());
+  final_norm_forward(out, acts.lnf_mean.data(), acts.lnf_rstd.data(), last, 1);
+  acts.lnf.store(out, C);
+  matmul_->forward_nt(acts.logits.data(), acts.lnf.operand(), params_.data(head_w_), 1, C, vocab_local_);
   return acts.logits.data();
 }
 

@@ -59,7 +59,11 @@ struct ModelActivations {
                                          // the last entry is the stage output
   std::vector<std::unique_ptr<LayerActivations>> blocks;  // [layer - layer_begin]; empty
                                                           // under full recompute
-  FloatBuffer lnf, lnf_mean, lnf_rstd;   // (Nl, C), (Nl), (Nl) final norm  head only
+  // (Nl, C) final norm output, head only: the head's products read it only as a matmul operand
+  // (logits = lnf wte^T, d wte += dlogits^T lnf; ln_f's backward reads its input, mean and
+  // rstd), so under bf16/fp16 it is saved in the matmuls' 16 bits (nn/saved_operand.h).
+  SavedOperand lnf;
+  FloatBuffer lnf_mean, lnf_rstd;        // (Nl), (Nl) final norm  head only
   FloatBuffer logits;                    // (N, Vp)  head only; becomes dlogits in place
   FloatBuffer losses;                    // (N)  head only
 
@@ -196,11 +200,13 @@ class Model {
   void ensure_scratch(int64_t N);
   void head_forward(ModelActivations& acts, int64_t N);
   // The final norm (LayerNorm or RMSNorm, as declared) over `rows` rows.
+  // The head's matmul input: ln_f's saved output, or its rows all-gathered under sequence
+  // parallelism (into scratch_.gathered, as 16-bit words when saved so).
+  kernels::ActOperand head_input(const ModelActivations& acts, int64_t N);
   void final_norm_forward(float* out, float* mean, float* rstd, const float* x, int64_t rows) const;
   // Vocab-parallel loss (tp > 1): losses and dlogits in place, as the single-process kernel.
   void vocab_parallel_loss(ModelActivations& acts, const int32_t* targets, int64_t N, float dloss);
   // Sequence parallelism needs the (N, C) gather buffers in forward too.
-  void ensure_scratch_sp(int64_t N) { if (tp_.sp()) ensure_scratch(N); }
   void hook_forward(int group) { if (hooks_) hooks_->before_group_forward(group); }
   void hook_before_backward(int group) { if (hooks_) hooks_->before_group_backward(group); }
   void hook_after_backward(int group) { if (hooks_) hooks_->after_group_backward(group); }

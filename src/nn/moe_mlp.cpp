@@ -27,7 +27,9 @@ int64_t moe_exchange_buffer_floats(const ModelConfig& cfg, int ep, int64_t N) {
   return ep > 1 ? 3 * moe_exchange_floats(cfg, N) : 0;  // ex, yo, xo below (forward, ep > 1)
 }
 
-MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t N) : tracker_(&tracker) {
+MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t N,
+                               kernels::Precision storage)
+    : tracker_(&tracker) {
   const auto A = MemCategory::kActivations;
   const auto E = static_cast<std::size_t>(cfg.n_experts), K = static_cast<std::size_t>(cfg.n_experts_per_tok);
   const auto R = static_cast<std::size_t>(routed_rows(cfg, N)), n = static_cast<std::size_t>(N);
@@ -36,9 +38,9 @@ MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, i
   weights = FloatBuffer(tracker, A, n * K);
   h1 = FloatBuffer(tracker, A, R * Il);
   h3 = FloatBuffer(tracker, A, R * Il);
-  act = FloatBuffer(tracker, A, R * Il);
+  act = SavedOperand(tracker, storage, static_cast<int64_t>(R * Il));
   y = FloatBuffer(tracker, A, R * C);
-  xs = FloatBuffer(tracker, A, R * C);
+  xs = SavedOperand(tracker, storage, static_cast<int64_t>(R * C));
   dys = FloatBuffer(tracker, A, R * C);
   experts.assign(n * K, 0);
   row_of.assign(n * K, 0);
@@ -50,9 +52,11 @@ void MoeActivations::ensure(FloatBuffer& b, std::size_t n) const {
   if (b.size() < n) b = FloatBuffer(*tracker_, MemCategory::kActivations, n);
 }
 
-int64_t MoeActivations::floats(const ModelConfig& cfg, int tp, int64_t N) {
-  const int64_t R = routed_rows(cfg, N), Il = cfg.mlp_width() / tp;
-  return N * (cfg.n_experts + cfg.n_experts_per_tok) + R * (3 * Il + 3 * cfg.n_embd);
+int64_t MoeActivations::bytes(const ModelConfig& cfg, int tp, int64_t N, kernels::Precision storage) {
+  const int64_t R = routed_rows(cfg, N), Il = cfg.mlp_width() / tp, C = cfg.n_embd;
+  // probs, weights; h1, h3, y, dys in fp32; act and xs as saved operands.
+  return 4 * (N * (cfg.n_experts + cfg.n_experts_per_tok) + R * (2 * Il + 2 * C)) + SavedOperand::bytes(storage, R * Il) +
+         SavedOperand::bytes(storage, R * C);
 }
 
 MoeMlp::MoeMlp(const ParameterSet& params, const ModelConfig& cfg, const TpContext& tp, int layer)
@@ -107,6 +111,9 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
   }
   for (int64_t e = 0; e < E; ++e) a.offsets[e + 1] += a.offsets[e];
   std::vector<int64_t> next(a.offsets.begin(), a.offsets.end() - 1);
+  // The routed rows in fp32: into xs itself, or (16-bit xs) into dys, free until backward, and
+  // rounded from there. At ep > 1 they are the rows sent to the owners.
+  float* rows = a.xs.target(a.dys.data());
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t j = 0; j < K; ++j) {
       if (!a.keep[n * K + j]) {
@@ -116,11 +123,12 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
       const int64_t r = next[a.experts[n * K + j]]++;
       a.row_of[n * K + j] = static_cast<int32_t>(r);
       a.token_of[r] = static_cast<int32_t>(n);
-      std::memcpy(a.xs.data() + r * C, x + n * C, static_cast<std::size_t>(C) * sizeof(float));
+      std::memcpy(rows + r * C, x + n * C, static_cast<std::size_t>(C) * sizeof(float));
     }
   }
   if (ep_.size == 1) {
-    experts_forward(mm, ps, a.offsets.data(), a.xs.data(), a.h1.data(), a.h3.data(), a.act.data(), a.y.data());
+    a.xs.store(rows, a.offsets[E] * C);
+    experts_forward(mm, ps, a.offsets.data(), a.xs.operand(), a.h1.data(), a.h3.data(), a.act, a.y.data());
   } else {
     TRI_CHECK(ep_.comm, "expert parallelism ep {} needs a communicator to exchange tokens", ep_.size);
     // Rows per (owner, local expert), then the rows themselves, to the owners.
@@ -142,11 +150,11 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
     a.ensure(a.xo, static_cast<std::size_t>(Ro * C));
     a.ensure(a.h1, static_cast<std::size_t>(Ro * Il));
     a.ensure(a.h3, static_cast<std::size_t>(Ro * Il));
-    a.ensure(a.act, static_cast<std::size_t>(Ro * Il));
+    a.ensure(a.act, Ro * Il);
     const std::vector<int64_t> sent = exchange_elems(a.send_counts), received = exchange_elems(a.recv_counts);
-    ep_.comm->all_to_all_v(a.xs.data(), sent, a.ex.data(), received);
+    ep_.comm->all_to_all_v(rows, sent, a.ex.data(), received);
     to_expert_major(a, a.ex.data(), a.xo.data(), C);
-    experts_forward(mm, ps, a.owner_offsets.data(), a.xo.data(), a.h1.data(), a.h3.data(), a.act.data(), a.yo.data());
+    experts_forward(mm, ps, a.owner_offsets.data(), a.xo.data(), a.h1.data(), a.h3.data(), a.act, a.yo.data());
     // The outputs back to their sources, in the order the rows came: a.y as at ep 1.
     to_source_major(a, a.yo.data(), a.ex.data(), C);
     ep_.comm->all_to_all_v(a.ex.data(), received, a.y.data(), sent);
@@ -158,33 +166,39 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
   a.aux_sum = kernels::moe_sequence_balance(a.seq_counts.data(), a.experts.data(), a.probs.data(), B, T, E, K);
 }
 
-void MoeMlp::experts_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, const int64_t* offsets, const float* x,
-                             float* h1, float* h3, float* act, float* y) const {
+void MoeMlp::experts_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, const int64_t* offsets, kernels::ActOperand x,
+                             float* h1, float* h3, SavedOperand& act, float* y) const {
   const int64_t C = cfg_.n_embd, Il = cfg_.mlp_width() / tp_.size;
+  // A 16-bit act is rounded from one expert's fp32 activations at a time (an untracked
+  // temporary, like experts_backward's gradients).
+  std::vector<float> temp;
   for (int l = 0; l < local_; ++l) {  // none for an expert no token chose
     const int64_t r0 = offsets[l], rows = offsets[l + 1] - r0;
     if (rows == 0) continue;
-    const float* xe = x + r0 * C;
+    const kernels::ActOperand xe = x.at(r0 * C);
     mm.forward_nt(h1 + r0 * Il, xe, ps.data(w1_[l]), rows, C, Il);
     mm.forward_nt(h3 + r0 * Il, xe, ps.data(w3_[l]), rows, C, Il);
-    kernels::swiglu_forward(act + r0 * Il, h1 + r0 * Il, h3 + r0 * Il, rows * Il);
-    mm.forward_nt(y + r0 * C, act + r0 * Il, ps.data(w2_[l]), rows, Il, C);
+    if (act.is16()) temp.resize(static_cast<std::size_t>(rows * Il));
+    float* ae = act.is16() ? temp.data() : act.target(nullptr) + r0 * Il;
+    kernels::swiglu_forward(ae, h1 + r0 * Il, h3 + r0 * Il, rows * Il);
+    if (act.is16()) act.put(r0 * Il, ae, rows * Il);
+    mm.forward_nt(y + r0 * C, act.operand().at(r0 * Il), ps.data(w2_[l]), rows, Il, C);
   }
 }
 
-void MoeMlp::experts_backward(kernels::MatmulEngine& mm, ParameterSet& ps, const int64_t* offsets, const float* x,
-                              const float* h1, const float* h3, const float* act, const float* dy, float* dxr) const {
+void MoeMlp::experts_backward(kernels::MatmulEngine& mm, ParameterSet& ps, const int64_t* offsets, kernels::ActOperand x,
+                              const float* h1, const float* h3, kernels::ActOperand act, const float* dy, float* dxr) const {
   const int64_t C = cfg_.n_embd, Il = cfg_.mlp_width() / tp_.size;
   std::vector<float> dh1, dh3, tmp, tmp1;
   for (int l = 0; l < local_; ++l) {
     const int64_t r0 = offsets[l], rows = offsets[l + 1] - r0;
     if (rows == 0) continue;
-    const float* xe = x + r0 * C;
+    const kernels::ActOperand xe = x.at(r0 * C);
     dh1.assign(static_cast<std::size_t>(rows * Il), 0.0f);
     dh3.assign(dh1.size(), 0.0f);
     tmp.assign(static_cast<std::size_t>(rows * C), 0.0f);
     tmp1.assign(tmp.size(), 0.0f);
-    mm.backward_nt(dh1.data(), ps.grad(w2_[l]), dy + r0 * C, act + r0 * Il, ps.data(w2_[l]), rows, Il, C);
+    mm.backward_nt(dh1.data(), ps.grad(w2_[l]), dy + r0 * C, act.at(r0 * Il), ps.data(w2_[l]), rows, Il, C);
     kernels::swiglu_backward(dh1.data(), dh3.data(), dh1.data(), h1 + r0 * Il, h3 + r0 * Il, rows * Il);
     mm.backward_nt(tmp.data(), ps.grad(w3_[l]), dh3.data(), xe, ps.data(w3_[l]), rows, C, Il);
     mm.backward_nt(tmp1.data(), ps.grad(w1_[l]), dh1.data(), xe, ps.data(w1_[l]), rows, C, Il);
@@ -246,10 +260,14 @@ void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActi
   if (ep_.size == 1) {
     // Inputs re-gathered into xs: x may be a re-gathered sequence-parallel buffer, so nothing
     // of forward's gather is assumed to survive.
+    // A 16-bit xs is rounded from the fp32 rows gathered into dxr (free until experts_backward).
+    float* rows = a.xs.target(dxr.data());
     for (int64_t r = 0; r < R; ++r) {
-      std::memcpy(a.xs.data() + r * C, x + static_cast<int64_t>(a.token_of[r]) * C, static_cast<std::size_t>(C) * sizeof(float));
+      std::memcpy(rows + r * C, x + static_cast<int64_t>(a.token_of[r]) * C, static_cast<std::size_t>(C) * sizeof(float));
     }
-    experts_backward(mm, ps, a.offsets.data(), a.xs.data(), a.h1.data(), a.h3.data(), a.act.data(), a.dys.data(), dxr.data());
+    a.xs.store(rows, R * C);
+    experts_backward(mm, ps, a.offsets.data(), a.xs.operand(), a.h1.data(), a.h3.data(), a.act.operand(), a.dys.data(),
+                     dxr.data());
   } else {
     // The conjugate exchange: output gradients to the owners (the forward's counts), input
     // gradients back. The owner's input rows are the ones it received in forward (a.xo).
@@ -257,7 +275,7 @@ void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActi
     ep_.comm->all_to_all_v(a.dys.data(), sent, a.ex.data(), received);
     to_expert_major(a, a.ex.data(), a.yo.data(), C);
     std::vector<float> dxo(static_cast<std::size_t>(a.owner_offsets[local_] * C));
-    experts_backward(mm, ps, a.owner_offsets.data(), a.xo.data(), a.h1.data(), a.h3.data(), a.act.data(), a.yo.data(),
+    experts_backward(mm, ps, a.owner_offsets.data(), a.xo.data(), a.h1.data(), a.h3.data(), a.act.operand(), a.yo.data(),
                      dxo.data());
     to_source_major(a, dxo.data(), a.ex.data(), C);
     ep_.comm->all_to_all_v(a.ex.data(), received, dxr.data(), sent);

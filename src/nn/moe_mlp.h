@@ -58,6 +58,7 @@
 #include "nn/moe_loss.h"
 #include "nn/model_config.h"
 #include "nn/parameters.h"
+#include "nn/saved_operand.h"
 #include "nn/tensor_parallel.h"
 
 namespace trident::nn {
@@ -67,9 +68,15 @@ namespace trident::nn {
 struct MoeActivations {
   FloatBuffer probs;        // (N, E) router softmax
   FloatBuffer weights;      // (N, k) routing weights, by ascending expert id
-  FloatBuffer h1, h3, act;  // (R, Il) w1 x, w3 x, silu(h1) * h3
-  FloatBuffer y;            // (R, C) expert outputs (partial sums over tp)
-  mutable FloatBuffer xs, dys;  // (R, C) scratch: gathered inputs, output gradients (backward)
+  FloatBuffer h1, h3;       // (R, Il) w1 x, w3 x (SwiGLU backward reads them as values)
+  // (R, Il) silu(h1) * h3: backward reads it only as w2's weight-gradient operand, so under
+  // bf16/fp16 it is saved in the matmuls' 16 bits (nn/saved_operand.h), bitwise as fp32.
+  SavedOperand act;
+  FloatBuffer y;            // (R, C) expert outputs (partial sums over tp; backward reads them as values)
+  // (R, C) the gathered input rows, an operand of w1/w3's products only (16 bits likewise;
+  // unused at ep > 1, where the owner's rows are xo), and the output gradients (backward).
+  mutable SavedOperand xs;
+  mutable FloatBuffer dys;
   std::vector<int32_t> experts;   // (N, k) the chosen experts, ascending
   std::vector<int32_t> row_of;    // (N, k) the routed row of (token, j); -1: dropped (capacity)
   std::vector<uint8_t> keep;      // (N, k) 1: within its expert's capacity (nn/moe_router.h)
@@ -92,9 +99,12 @@ struct MoeActivations {
 
   // Grows `b` to at least n floats (contents lost), tracked like the rest.
   void ensure(FloatBuffer& b, std::size_t n) const;
+  void ensure(SavedOperand& b, int64_t n) const { b.ensure(*tracker_, n); }
 
-  MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t N);
-  static int64_t floats(const ModelConfig& cfg, int tp, int64_t N);
+  // `storage`: how the matmul-only operands (act, xs) are saved (Model::operand_storage).
+  MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t N, kernels::Precision storage);
+  // Bytes the constructor allocates (before any ep > 1 growth).
+  static int64_t bytes(const ModelConfig& cfg, int tp, int64_t N, kernels::Precision storage);
 
  private:
   MemoryTracker* tracker_ = nullptr;
@@ -120,11 +130,11 @@ class MoeMlp {
  private:
   // The local experts (all of them at ep 1) over grouped rows: expert l's rows are
   // [offsets[l], offsets[l+1]) of x/h1/h3/act/y.
-  void experts_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, const int64_t* offsets, const float* x, float* h1,
-                       float* h3, float* act, float* y) const;
+  void experts_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, const int64_t* offsets, kernels::ActOperand x,
+                       float* h1, float* h3, SavedOperand& act, float* y) const;
   // dxr (rows, C) = each row's input gradient; weight gradients accumulate.
-  void experts_backward(kernels::MatmulEngine& mm, ParameterSet& ps, const int64_t* offsets, const float* x, const float* h1,
-                        const float* h3, const float* act, const float* dy, float* dxr) const;
+  void experts_backward(kernels::MatmulEngine& mm, ParameterSet& ps, const int64_t* offsets, kernels::ActOperand x,
+                        const float* h1, const float* h3, kernels::ActOperand act, const float* dy, float* dxr) const;
   // ep > 1: rows between the sources' layout (grouped by source, then local expert) and the
   // owner's (by local expert, then source).
   void to_expert_major(const MoeActivations& a, const float* from, float* to, int64_t width) const;

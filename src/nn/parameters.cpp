@@ -1,5 +1,6 @@
 // Parameter registration, the logical <-> local index mapping and initialisation.
 #include "nn/parameters.h"
+#include "nn/param_runs.h"
 
 #include "core/check.h"
 #include "core/rng.h"
@@ -23,13 +24,9 @@ Shape local_shape_of(const Shape& logical, const ShardSpec& shard) {
   return local;
 }
 
-void for_each_local_element(const ParamInfo& info,
-                            const std::function<void(int64_t, int64_t)>& fn) {
+std::vector<LocalRun> local_runs(const ParamInfo& info) {
   const int64_t n = shape_numel(info.local_shape);
-  if (info.shard.is_full()) {
-    for (int64_t i = 0; i < n; ++i) fn(i, i);
-    return;
-  }
+  if (info.shard.is_full()) return {LocalRun{0, 0, n}};
   // View both tensors as (outer, dim, inner) around the split dimension.
   const auto d = static_cast<std::size_t>(info.shard.dim);
   int64_t outer = 1, inner = 1;
@@ -37,19 +34,22 @@ void for_each_local_element(const ParamInfo& info,
   for (std::size_t i = d + 1; i < info.logical_shape.size(); ++i) inner *= info.logical_shape[i];
   const int64_t logical_dim = info.logical_shape[d];
   const int64_t local_dim = info.local_shape[d];
-  int64_t local = 0;
+  std::vector<LocalRun> runs;
   for (int64_t o = 0; o < outer; ++o) {
     int64_t local_row = 0;
     for (const Chunk& c : info.shard.chunks) {
-      for (int64_t r = 0; r < c.length; ++r, ++local_row) {
-        for (int64_t i = 0; i < inner; ++i) {
-          local = (o * local_dim + local_row) * inner + i;
-          const int64_t logical =
-              c.logical_begin < 0 ? -1 : (o * logical_dim + c.logical_begin + r) * inner + i;
-          fn(local, logical);
-        }
-      }
+      runs.push_back({(o * local_dim + local_row) * inner,
+                      c.logical_begin < 0 ? -1 : (o * logical_dim + c.logical_begin) * inner, c.length * inner});
+      local_row += c.length;
     }
+  }
+  return runs;
+}
+
+void for_each_local_element(const ParamInfo& info,
+                            const std::function<void(int64_t, int64_t)>& fn) {
+  for (const LocalRun& r : local_runs(info)) {
+    for (int64_t i = 0; i < r.length; ++i) fn(r.local + i, r.logical < 0 ? -1 : r.logical + i);
   }
 }
 

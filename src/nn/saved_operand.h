@@ -34,11 +34,16 @@ class SavedOperand {
   float* target(float* temp) { return is16() ? temp : buf_.data(); }
   // Stores rows [0, n) of `values` (target()'s pointer); a no-op for fp32 storage.
   void store(const float* values, int64_t n);
+  // Writes elements [at, at + n) from the fp32 `values` (rounded, or copied under fp32): for
+  // operands filled piecewise (the MoE experts' routed rows, nn/moe_mlp.h).
+  void put(int64_t at, const float* values, int64_t n);
+  // Grows to at least n elements of the same storage (contents lost), tracked as before.
+  void ensure(MemoryTracker& tracker, int64_t n);
+  kernels::Precision storage() const { return storage_; }
   // The operand for the engine: fp32, or pre-rounded 16-bit words.
   kernels::ActOperand operand() const;
-  // The fp32 values (exact widening of the 16 bits) in `out`, for code that needs floats
-  // (the sequence-parallel gather); fp32 storage: returns the buffer, `out` unused.
-  const float* values(float* out, int64_t n) const;
+  // The 16-bit words (is16() only): the sequence-parallel gather moves these.
+  const uint16_t* bits() const;
 
  private:
   FloatBuffer buf_;  // 16-bit storage: (n + 1) / 2 floats' bytes holding n words

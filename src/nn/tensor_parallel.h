@@ -31,6 +31,8 @@ class TensorParallelComm {
   virtual void reduce_scatter_sum(const float* in, float* out, std::span<const int64_t> counts) = 0;
   // in holds counts[rank] elements; out (sum(counts)) receives every rank's chunk in order.
   virtual void all_gather(const float* in, float* out, std::span<const int64_t> counts) = 0;
+  // The same for 16-bit words (bf16 or fp16 bits: only moved, never summed), half the bytes.
+  virtual void all_gather16(const uint16_t* in, uint16_t* out, std::span<const int64_t> counts) = 0;
 };
 
 // Rows [begin, begin + count) of N this rank holds under sequence parallelism.
@@ -78,6 +80,13 @@ struct TpContext {
     std::vector<int64_t> counts = rows(N).counts;
     for (int64_t& c : counts) c *= width;
     comm->all_gather(local, full, counts);
+  }
+  // The same for rows of 16-bit words: the matmul operands saved in 16 bits (nn/saved_operand.h),
+  // which the column-parallel matmul after the gather would round to those bits anyway.
+  void gather_rows16(const uint16_t* local, uint16_t* full, int64_t N, int64_t width) const {
+    std::vector<int64_t> counts = rows(N).counts;
+    for (int64_t& c : counts) c *= width;
+    comm->all_gather16(local, full, counts);
   }
   // Sequence-parallel reduce-scatter of partial (N, width) into this rank's summed rows.
   void reduce_scatter_rows(const float* full, float* local, int64_t N, int64_t width) const {

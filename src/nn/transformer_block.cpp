@@ -54,7 +54,7 @@ TransformerBlock::TransformerBlock(const ModelConfig& cfg, const TpContext& tp, 
 int64_t TransformerBlock::activation_bytes(const BlockShape& s, const ModelConfig& cfg, int tp, int64_t B,
                                            int64_t T, int64_t local_rows, kernels::Precision storage) {
   const int64_t N = B * T, Nl = local_rows < 0 ? N : local_rows;
-  const int64_t mlp = (s.moe ? 4 * MoeActivations::floats(cfg, tp, N) : 0) +
+  const int64_t mlp = (s.moe ? MoeActivations::bytes(cfg, tp, N, storage) : 0) +
                       (!s.moe || s.shared_experts ? Mlp::activation_bytes(s.activation, N, s.I, storage) : 0);
   // norm1, h, norm2 on Nl rows; qkv, atty, the core and the MLP's on N rows. A MoE block's
   // norm2 output stays fp32: the (fp32) router's weight gradient reads it as values.
@@ -100,7 +100,7 @@ std::unique_ptr<LayerActivations> TransformerBlock::make_activations(MemoryTrack
   a->attn = attn_.make_activations(tracker, B, T, save_attention_core, storage);
   a->h = FloatBuffer(tracker, MemCategory::kActivations, static_cast<std::size_t>(Nl * shape_.C));
   a->norm2 = norm2_.make_activations(tracker, Nl, mlp_.is_moe() ? kernels::Precision::kFp32 : storage);
-  if (mlp_.is_moe()) a->moe = std::make_unique<MoeActivations>(tracker, cfg_, tp_.size, N);
+  if (mlp_.is_moe()) a->moe = std::make_unique<MoeActivations>(tracker, cfg_, tp_.size, N, storage);
   a->mlp = mlp_.make_activations(tracker, N, storage);  // dense, or the shared experts' (none: empty)
   return a;
 }
@@ -111,15 +111,18 @@ void TransformerBlock::recompute_attention_core(LayerActivations& acts, int64_t 
   attn_.recompute_core(static_cast<BlockActivations&>(acts).attn, carve(s, B * T).attn.datty, B, T);
 }
 
-kernels::ActOperand TransformerBlock::region_input(const NormActivations& a, const float* out, SharedScratch& s,
-                                                  int64_t N) const {
+kernels::ActOperand TransformerBlock::region_input(const NormActivations& a, SharedScratch& s, int64_t N) const {
   const int64_t C = shape_.C;
   if (!tp_.sp()) return a.out.operand();
-  // Sequence parallelism gathers fp32 rows (16-bit ones widened first, exactly; the engine
-  // rounds them back to the same bits): backward widens into dln_local, free until the
-  // region's reduce-scatter writes it.
-  if (out == nullptr) out = a.out.values(s.dln_local.data(), tp_.local_rows(N) * C);
-  tp_.gather_rows(out, s.gathered.data(), N, C);
+  // Sequence parallelism gathers the rows as saved: 16-bit words under bf16/fp16 (the bits the
+  // column-parallel products round them to anyway, so bitwise an fp32 gather's result, half
+  // the bytes), in forward and again in backward; fp32 rows otherwise (a MoE block's norm2).
+  if (a.out.is16()) {
+    auto* full = reinterpret_cast<uint16_t*>(s.gathered.data());
+    tp_.gather_rows16(a.out.bits(), full, N, C);
+    return {full, a.out.storage()};
+  }
+  tp_.gather_rows(a.out.operand().f32, s.gathered.data(), N, C);
   return s.gathered.data();
 }
 
@@ -129,11 +132,11 @@ void TransformerBlock::forward(ParameterSet& ps, LayerActivations& acts, float* 
   const int64_t N = B * T, Nl = tp_.local_rows(N), C = shape_.C;
   const Scratch g = carve(s, N);
   // A norm's fp32 output goes through dln (free until backward) when saved in 16 bits.
-  const float* n1 = norm1_.forward(ps, a.norm1, x, Nl, s.dln.data());
-  attn_.forward(s.mm(), ps, s, a.attn, g.attn, a.h.data(), region_input(a.norm1, n1, s, N), B, T);
+  norm1_.forward(ps, a.norm1, x, Nl, s.dln.data());
+  attn_.forward(s.mm(), ps, s, a.attn, g.attn, a.h.data(), region_input(a.norm1, s, N), B, T);
   kernels::accumulate(a.h.data(), x, Nl * C);
-  const float* n2 = norm2_.forward(ps, a.norm2, a.h.data(), Nl, s.dln.data());
-  const kernels::ActOperand in = region_input(a.norm2, n2, s, N);
+  norm2_.forward(ps, a.norm2, a.h.data(), Nl, s.dln.data());
+  const kernels::ActOperand in = region_input(a.norm2, s, N);
   mlp_.forward(s.mm(), ps, s, a.mlp, a.moe.get(), g.mlp, out, in, B, T);
   kernels::accumulate(out, a.h.data(), Nl * C);
 }
@@ -146,7 +149,7 @@ void TransformerBlock::backward(ParameterSet& ps, const LayerActivations& acts, 
   NormGrads norm_grads(tp_, s, ps, {&norm2_, &norm1_});
   // MLP: dres is d/d out and, through the residual, the direct part of d/d h. The norm's
   // output is re-gathered (sequence parallelism saves only this rank's rows).
-  kernels::ActOperand in = region_input(a.norm2, nullptr, s, N);
+  kernels::ActOperand in = region_input(a.norm2, s, N);
   moe_loss_sums_ += mlp_.backward(s.mm(), ps, s, a.mlp, a.moe.get(), g.mlp, s.dln.data(), dres, in, B, T, moe_weights_);
   if (a.moe) {  // this micro-batch's tokens per expert, for the metrics' expert_load
     expert_load_.resize(static_cast<std::size_t>(cfg_.n_experts), 0);
@@ -156,7 +159,7 @@ void TransformerBlock::backward(ParameterSet& ps, const LayerActivations& acts, 
   const float* dn = tp_enter_backward(tp_, s.dln.data(), s.dln_local.data(), N, C);
   norm2_.backward(ps, norm_grads.slot(0), dres, dn, a.norm2, a.h.data(), Nl);
   // Attention: dres is now d/d h.
-  in = region_input(a.norm1, nullptr, s, N);
+  in = region_input(a.norm1, s, N);
   attn_.backward(s.mm(), ps, s, a.attn, g.attn, s.dln.data(), dres, in, B, T);
   dn = tp_enter_backward(tp_, s.dln.data(), s.dln_local.data(), N, C);
   norm1_.backward(ps, norm_grads.slot(1), dres, dn, a.norm1, x, Nl);

@@ -95,7 +95,7 @@ class TransformerBlock : public Layer {
   Scratch carve(SharedScratch& s, int64_t N) const;
   // The region's input (N, C) from a norm's saved output: forward from its fp32 values `out`,
   // backward (out null) from what was saved; gathered under sequence parallelism.
-  kernels::ActOperand region_input(const NormActivations& a, const float* out, SharedScratch& s, int64_t N) const;
+  kernels::ActOperand region_input(const NormActivations& a, SharedScratch& s, int64_t N) const;
 
   ModelConfig cfg_;
   TpContext tp_;

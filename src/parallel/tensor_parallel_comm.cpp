@@ -36,6 +36,15 @@ void CommTensorParallel::all_gather(const float* in, float* out, std::span<const
                       std::span<float>(out, static_cast<std::size_t>(total)), counts).wait();
 }
 
+void CommTensorParallel::all_gather16(const uint16_t* in, uint16_t* out, std::span<const int64_t> counts) {
+  TRI_CHECK(static_cast<int>(counts.size()) == group_.size(), "all_gather16: {} counts for {} ranks",
+            counts.size(), group_.size());
+  const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  const int64_t mine = counts[static_cast<std::size_t>(group_.rank())];
+  // 2-byte elements (the bf16 type moves fp16 bits just as well: MPI only copies them).
+  group_.all_gather_raw(in, mine, out, total, counts, comm::DType::kBF16).wait();
+}
+
 void validate_tensor_parallel(const nn::ModelConfig& cfg, int tp, int world_size) {
   TRI_CHECK(tp >= 1, "tp must be at least 1, got {}", tp);
   TRI_CHECK(tp <= world_size,

@@ -20,6 +20,7 @@ class CommTensorParallel final : public nn::TensorParallelComm {
   void allreduce_max(float* data, int64_t count) override;
   void reduce_scatter_sum(const float* in, float* out, std::span<const int64_t> counts) override;
   void all_gather(const float* in, float* out, std::span<const int64_t> counts) override;
+  void all_gather16(const uint16_t* in, uint16_t* out, std::span<const int64_t> counts) override;
 
  private:
   comm::Communicator& group_;

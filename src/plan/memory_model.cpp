@@ -36,6 +36,11 @@ class NullTpComm final : public nn::TensorParallelComm {
     for (int r = 0; r < rank_; ++r) off += counts[static_cast<std::size_t>(r)];
     std::memcpy(out + off, in, static_cast<std::size_t>(counts[static_cast<std::size_t>(rank_)]) * sizeof(float));
   }
+  void all_gather16(const uint16_t* in, uint16_t* out, std::span<const int64_t> counts) override {
+    int64_t off = 0;
+    for (int r = 0; r < rank_; ++r) off += counts[static_cast<std::size_t>(r)];
+    std::memcpy(out + off, in, static_cast<std::size_t>(counts[static_cast<std::size_t>(rank_)]) * sizeof(uint16_t));
+  }
 
  private:
   int rank_, size_;

@@ -9,6 +9,9 @@
 //     here from the config independently of the allocation code:
 //       per dense layer   N C (norm1 out) + N Q (attention out) + N C (norm2 out) + N I (activation)
 //       per MoE layer     N C (norm1 out) + N Q (attention out) + N S (shared experts' activation)
+//                         + R I (the experts' SwiGLU output) + R C (their gathered input rows),
+//                         R = N k routed rows
+//       the head          N C (ln_f's output)
 //     (an MoE layer's norm2 output stays fp32: its fp32 router's weight gradient reads it).
 // Mutation tried by hand: Attention::forward storing atty before core_forward wrote it fails
 // the bitwise test for every family; counting the MoE norm2 output as 16-bit in
@@ -85,10 +88,11 @@ Result run(const std::string& name, kernels::Precision p, bool store16, nn::Reco
 // Saved-operand elements per micro-batch (see the file comment), none / selective.
 int64_t operand_elements(const nn::ModelConfig& c) {
   const int64_t N = kB * kT, C = c.n_embd, Q = static_cast<int64_t>(c.n_head) * c.head_size();
-  int64_t e = 0;
+  const int64_t R = N * c.n_experts_per_tok;
+  int64_t e = N * C;  // the head's ln_f output
   for (int l = 0; l < c.n_layer; ++l) {
     e += N * C + N * Q;
-    e += c.layer_is_moe(l) ? N * c.shared_expert_width() : N * C + N * c.mlp_width();
+    e += c.layer_is_moe(l) ? N * c.shared_expert_width() + R * c.mlp_width() + R * C : N * C + N * c.mlp_width();
   }
   return e;
 }
@@ -127,7 +131,7 @@ TEST_P(Storage16, BytesAreTheFormulaAndTwoBytesLessPerOperandElement) {
 
 INSTANTIATE_TEST_SUITE_P(
     Families, Storage16,
-    ::testing::Combine(::testing::Values("tiny", "llama-tiny", "mixtral-tiny-dense-shared"),
+    ::testing::Combine(::testing::Values("tiny", "llama-tiny", "mixtral-tiny", "mixtral-tiny-dense-shared"),
                        ::testing::Values(kernels::Precision::kBf16, kernels::Precision::kFp16)),
     [](const auto& info) {
       std::string n = std::get<0>(info.param) + "_" +
