@@ -96,6 +96,7 @@ struct Signature {
 namespace detail {
 struct WorkState;
 struct Group;
+class Backend;
 }  // namespace detail
 
 // Handle of one issued operation. Copyable (shared state); a default Work is complete.
@@ -125,6 +126,9 @@ class Communicator {
   // Wraps a duplicate of `comm` (the caller keeps ownership of `comm`). `name` appears in
   // errors ("group dp"). Collective over `comm`.
   Communicator(MPI_Comm comm, std::string name, CommOptions options = CommOptions::from_env());
+  // Over any backend (comm/backend.h): MPI's, or the in-process one (comm/in_process.h).
+  Communicator(std::unique_ptr<detail::Backend> backend, std::string name,
+               CommOptions options = CommOptions::from_env());
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
@@ -138,6 +142,13 @@ class Communicator {
   void set_timeout_action(TimeoutAction action);
   // The underlying (duplicated) MPI communicator, e.g. for a raw-MPI baseline.
   MPI_Comm mpi_comm() const;
+  // The transport, for backend-specific accessors (mpi_comm_of in comm/mpi_backend.h).
+  detail::Backend& backend() const;
+  // Collective over the group, in issue order with its collectives: the ranks passing the same
+  // color >= 0 form a new group, ranked by key (ties by rank), with this group's options;
+  // color < 0 returns null (the rank joins no group). A rank that never calls it makes the
+  // others' watchdog fire after the timeout.
+  std::unique_ptr<Communicator> split(int color, int key, std::string name);
   // Number of collectives issued on this group so far.
   uint64_t collectives_issued() const;
   // Bytes this rank has sent to the others in allreduce, reduce-scatter and all-gather calls
