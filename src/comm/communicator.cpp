@@ -10,7 +10,6 @@
 #include <numeric>
 
 #include "comm/communicator_detail.h"
-#include "comm/mpi_backend.h"
 
 namespace trident::comm {
 
@@ -274,11 +273,6 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key, std::strin
   if (!p->sub) return nullptr;
   return std::make_unique<Communicator>(std::move(p->sub), std::move(name), group_->options);
 }
-
-Communicator::Communicator(MPI_Comm comm, std::string name, CommOptions options)
-    : Communicator(std::make_unique<detail::MpiBackend>(comm, name), name, options) {}
-
-MPI_Comm Communicator::mpi_comm() const { return mpi_comm_of(*this); }
 
 int Communicator::rank() const { return group_->rank; }
 int Communicator::size() const { return group_->size; }

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "comm/in_process.h"
+#include "comm/mesh.h"
 #include "core/check.h"
 
 namespace trident::comm {
@@ -193,6 +194,26 @@ TEST_P(InProcess, SplitIntoSubGroups) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, InProcess, ::testing::Values(1, 2, 3, 4, 5));
+
+TEST(InProcessComm, MeshGroupsOverThreads) {
+  const MeshShape shape{2, 2, 2, 2};  // pp, dp, tp, ep
+  run_in_process(shape.world(), [&](Communicator& launcher) {
+    Mesh mesh(launcher.split(0, launcher.rank(), "world"), shape);
+    const MeshCoord c = mesh.coord();
+    EXPECT_EQ(mesh_rank(c, shape), mesh.rank());
+    EXPECT_EQ(mesh.tp().rank(), c.tp);
+    EXPECT_EQ(mesh.dp().rank(), c.dp);
+    EXPECT_EQ(mesh.pp().rank(), c.pp);
+    EXPECT_EQ(mesh.ep().rank(), mesh.ep_coord());
+    EXPECT_EQ(mesh.edp().size(), 1);
+    // The dp group sums the world ranks that share (pp, tp).
+    std::vector<int64_t> v{mesh.rank()};
+    mesh.dp().allreduce(std::span(v)).wait();
+    int64_t want = 0;
+    for (int d = 0; d < shape.dp; ++d) want += mesh_rank(MeshCoord{c.pp, d, c.tp}, shape);
+    EXPECT_EQ(v[0], want);
+  }, test_options());
+}
 
 TEST(InProcessComm, DebugModeMismatchThrowsOnEveryRankNamingTheFirst) {
   const int n = 4;
