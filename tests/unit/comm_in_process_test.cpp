@@ -305,6 +305,33 @@ TEST(InProcessComm, RethrowsTheFailingRanksErrorAndReleasesTheOthers) {
   }
 }
 
+TEST(InProcessComm, SplitThatARankSkipsTimesOut) {
+  run_in_process(2, [&](Communicator& w) {
+    w.set_timeout(0.5);
+    if (w.rank() == 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      EXPECT_NE(w.split(0, 0, "late"), nullptr);  // joins late, so rank 0's worker drains
+      return;
+    }
+    try {
+      w.split(0, 0, "late");
+      ADD_FAILURE() << "expected the split to time out";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("split of group world into late did not complete "
+                                           "within 0.5 s"), std::string::npos) << e.what();
+    }
+  }, test_options());
+}
+
+TEST(InProcessComm, BadRankCountIsRefused) {
+  try {
+    run_in_process(0, [](Communicator&) {});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("need at least one rank, got 0"), std::string::npos) << e.what();
+  }
+}
+
 TEST(InProcessComm, RecvShorterThanTheMessageIsAnError) {
   try {
     run_in_process(2, [&](Communicator& w) {
