@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "comm/mesh.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "core/rng.h"
 #include "core/timer.h"
@@ -150,7 +151,7 @@ int main(int argc, char** argv) {
   try {
     const Args a = parse(argc, argv);
     const int n = mpi.world_size(), rank = mpi.world_rank();
-    comm::Mesh mesh(MPI_COMM_WORLD, comm::MeshShape{1, n, 1});
+    comm::Mesh mesh(comm::make_mpi_communicator(MPI_COMM_WORLD, "world"), comm::MeshShape{1, n, 1});
     std::string root = fmt::format("{}/trident-bench-async-ckpt-{}", a.dir, getpid());
     int len = static_cast<int>(root.size());
     MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);

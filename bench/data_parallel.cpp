@@ -23,6 +23,7 @@
 
 #include "comm/communicator.h"
 #include "comm/mesh.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "core/rng.h"
 #include "core/timer.h"
@@ -139,7 +140,7 @@ int main(int argc, char** argv) {
     // 1. Single process on world rank 0; the others sleep.
     Timing single;
     if (rank == 0) {
-      comm::Mesh self(MPI_COMM_SELF, comm::MeshShape{1, 1, 1});
+      comm::Mesh self(comm::make_mpi_communicator(MPI_COMM_SELF, "world"), comm::MeshShape{1, 1, 1});
       single = run(self, a, true);
       idle_barrier(MPI_COMM_WORLD);
     } else {
@@ -148,7 +149,7 @@ int main(int argc, char** argv) {
     MPI_Bcast(&single.step_s, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
 
     // 2-3. dp over all ranks, overlap on / off.
-    comm::Mesh mesh(MPI_COMM_WORLD, comm::MeshShape{1, n, 1});
+    comm::Mesh mesh(comm::make_mpi_communicator(MPI_COMM_WORLD, "world"), comm::MeshShape{1, n, 1});
     const Timing on = run(mesh, a, true);
     const Timing off = run(mesh, a, false);
     const Timing bf16 = run(mesh, a, true, parallel::GradReduceDType::kBf16);

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "comm/mpi_backend.h"
 #include "core/async_file_io.h"
 #include "core/memory.h"
 #include "core/timer.h"
@@ -229,7 +230,8 @@ int main(int argc, char** argv) {
     }
     bench::ModelStepArgs a = bench::parse_model_step_args(static_cast<int>(rest.size()), rest.data());
     kernels::set_num_threads(a.threads);
-    comm::Communicator self(MPI_COMM_SELF, "offload-bench");
+    const auto self_owner = comm::make_mpi_communicator(MPI_COMM_SELF, "offload-bench");
+    comm::Communicator& self = *self_owner;
     std::stringstream list(models);
     for (std::string m; std::getline(list, m, ',');) {
       a.model = m;

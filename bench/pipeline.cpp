@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "comm/communicator.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "kernels/kernels.h"
 #include "nn/model.h"
@@ -74,7 +75,8 @@ int main(int argc, char** argv) {
   try {
     comm::MpiRuntime mpi(&argc, &argv);
     const Args args = parse(argc, argv);
-    comm::Communicator pp(MPI_COMM_WORLD, "pp");
+    const auto pp_owner = comm::make_mpi_communicator(MPI_COMM_WORLD, "pp");
+    comm::Communicator& pp = *pp_owner;
     const int P = pp.size(), rank = pp.rank();
     kernels::set_num_threads(1);
     nn::ModelConfig cfg;

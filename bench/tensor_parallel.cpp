@@ -40,6 +40,7 @@
 #include <fmt/format.h>
 
 #include "comm/mesh.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "core/memory.h"
@@ -120,7 +121,7 @@ void run(const Args& args) {
   cfg.n_layer = args.layers, cfg.n_head = args.heads, cfg.n_embd = args.embd;
   cfg.n_positions = std::max(args.seq, 16), cfg.vocab_size = args.vocab;
   parallel::validate_tensor_parallel(cfg, world, world);
-  comm::Mesh mesh(MPI_COMM_WORLD, {1, 1, world});
+  comm::Mesh mesh(comm::make_mpi_communicator(MPI_COMM_WORLD, "world"), {1, 1, world});
   parallel::CommTensorParallel tp_comm(mesh.tp());
   CountingComm counting(tp_comm);
   const int t = world;

@@ -23,6 +23,7 @@
 
 #include "cli/commands.h"
 #include "comm/communicator.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "core/check.h"
 
@@ -236,7 +237,8 @@ int run_bench_comm(int argc, char** argv) {
 
   int result = 0;
   {
-    Communicator tri(MPI_COMM_WORLD, "world", comm::CommOptions::from_env());
+    const auto tri_owner = make_mpi_communicator(MPI_COMM_WORLD, "world", comm::CommOptions::from_env());
+    Communicator& tri = *tri_owner;
     MPI_Comm raw, sync;
     MPI_Comm_dup(MPI_COMM_WORLD, &raw);
     MPI_Comm_dup(MPI_COMM_WORLD, &sync);

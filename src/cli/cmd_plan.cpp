@@ -171,8 +171,9 @@ int run_plan(int argc, char** argv) {
   std::unique_ptr<comm::NodeMajorWorld> placed;
   std::unique_ptr<comm::Communicator> world_comm;
   if (ranks > 1) {
-    placed = std::make_unique<comm::NodeMajorWorld>(MPI_COMM_WORLD);
-    world_comm = std::make_unique<comm::Communicator>(placed->comm(), "plan-calibration");
+    std::unique_ptr<comm::Communicator> launcher = mpi.world();
+    placed = std::make_unique<comm::NodeMajorWorld>(*launcher, "plan-calibration");
+    world_comm = placed->take_world();
   }
   auto out = [&](const std::string& text) {
     if (root) std::fputs(text.c_str(), stdout);

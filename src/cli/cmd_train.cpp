@@ -35,8 +35,10 @@ int run_train(int argc, char** argv) {
   shape.ep = cfg.parallel.ep;
   comm::validate_mesh(shape, mpi.world_size());
   // Ranks regrouped by node first, so that every tp group shares a node for any placement.
-  comm::NodeMajorWorld placed(mpi.world());
-  comm::Mesh mesh(placed.comm(), shape);
+  std::unique_ptr<comm::Communicator> launcher = mpi.world();
+  comm::NodeMajorWorld placed(*launcher);
+  launcher.reset();
+  comm::Mesh mesh(placed.take_world(), shape);
   if (mesh.rank() == 0) fmt::print(stderr, "{}", placed.describe(shape.tp));
   return train::run_training(cfg, mesh);
 }

@@ -1,5 +1,5 @@
 // The Communicator's all_to_all and all_to_all_v (see communicator.h), and the per-rank count
-// layout MPI_Alltoallv takes, which the bf16 sums use too.
+// layout the *_v calls take, which the bf16 sums use too.
 #include <numeric>
 
 #include "comm/communicator_detail.h"
@@ -26,8 +26,7 @@ namespace {
 // first mismatch of the group (the lowest receiving rank's), so all throw the same error.
 void check_exchange_counts(detail::Group& g, const std::vector<int64_t>& send, const std::vector<int64_t>& recv) {
   std::vector<int64_t> told(static_cast<std::size_t>(g.size));
-  check_mpi(MPI_Alltoall(send.data(), 1, MPI_INT64_T, told.data(), 1, MPI_INT64_T, g.comm),
-            "all_to_all_v count check (MPI_Alltoall)", g.name);
+  g.backend->all_to_all(send.data(), 1, told.data(), DType::kI64);
   // {receiver, sender, sent, expected}, or {size, ...} when this rank agrees with everyone.
   int64_t mine[4] = {g.size, 0, 0, 0};
   for (int s = 0; s < g.size; ++s) {
@@ -37,8 +36,7 @@ void check_exchange_counts(detail::Group& g, const std::vector<int64_t>& send, c
     }
   }
   std::vector<int64_t> all(static_cast<std::size_t>(4 * g.size));
-  check_mpi(MPI_Allgather(mine, 4, MPI_INT64_T, all.data(), 4, MPI_INT64_T, g.comm),
-            "all_to_all_v count check (MPI_Allgather)", g.name);
+  g.backend->all_gather(mine, 4, all.data(), false, DType::kI64);
   for (int r = 0; r < g.size; ++r) {
     const int64_t* m = all.data() + 4 * r;
     if (m[0] == g.size) continue;
@@ -65,8 +63,7 @@ Work Communicator::all_to_all_raw(const void* in, int64_t in_count, std::span<co
               g0.name, in_count, out_count, g0.size);
     const int n = to_int_count(in_count / g0.size, "all_to_all");
     return issue(group_, sig, [=](detail::Group& g) {
-      check_mpi(MPI_Alltoall(in, n, mpi_type(dtype), out, n, mpi_type(dtype), g.comm), "MPI_Alltoall",
-                g.name);
+      g.backend->all_to_all(in, n, out, dtype);
     });
   }
   check_counts(g0, send_counts, "all_to_all_v send_counts");
@@ -84,9 +81,7 @@ Work Communicator::all_to_all_raw(const void* in, int64_t in_count, std::span<co
   const bool debug = g0.options.debug;
   return issue(group_, sig, [=](detail::Group& g) {
     if (debug) check_exchange_counts(g, send, recv);
-    check_mpi(MPI_Alltoallv(in, s.counts.data(), s.displs.data(), mpi_type(dtype), out, r.counts.data(),
-                            r.displs.data(), mpi_type(dtype), g.comm),
-              "MPI_Alltoallv", g.name);
+    g.backend->all_to_all_v(in, s, out, r, dtype);
   });
 }
 

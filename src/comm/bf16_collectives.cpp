@@ -21,9 +21,7 @@ std::vector<kernels::bf16_t> exchange_bf16_sum(detail::Group& g, const std::vect
   std::vector<int> rcounts(static_cast<std::size_t>(g.size), mine), rdispls(static_cast<std::size_t>(g.size));
   for (int s = 0; s < g.size; ++s) rdispls[static_cast<std::size_t>(s)] = to_int_count(int64_t{s} * mine, what);
   std::vector<kernels::bf16_t> got(static_cast<std::size_t>(g.size) * static_cast<std::size_t>(mine));
-  check_mpi(MPI_Alltoallv(wire.data(), send.counts.data(), send.displs.data(), MPI_UINT16_T, got.data(),
-                          rcounts.data(), rdispls.data(), MPI_UINT16_T, g.comm),
-            "MPI_Alltoallv (bf16 sum)", g.name);
+  g.backend->all_to_all_v(wire.data(), send, got.data(), IntLayout{rcounts, rdispls}, DType::kBF16);
   std::vector<kernels::bf16_t> sum(static_cast<std::size_t>(mine));
   sum_bf16_chunks(got.data(), g.size, mine, sum.data());
   return sum;
@@ -48,9 +46,7 @@ Work Communicator::allreduce_bf16(std::span<float> buf) {
     round_to_bf16(data, count, wire.data());
     const std::vector<kernels::bf16_t> sum = exchange_bf16_sum(g, wire, counts, "allreduce_bf16");
     const IntLayout l = int_layout(counts, "allreduce_bf16");
-    check_mpi(MPI_Allgatherv(sum.data(), static_cast<int>(sum.size()), MPI_UINT16_T, wire.data(),
-                             l.counts.data(), l.displs.data(), MPI_UINT16_T, g.comm),
-              "MPI_Allgatherv (bf16 sum)", g.name);
+    g.backend->all_gather_v(sum.data(), static_cast<int>(sum.size()), wire.data(), l, false, DType::kBF16);
     widen_from_bf16(wire.data(), count, data);
   });
 }

@@ -1,5 +1,5 @@
 // The Communicator's reductions and gathers: allreduce, reduce-scatter, all-gather, broadcast
-// and barrier, each one blocking MPI call on the group's worker thread (see communicator.h).
+// and barrier, each one blocking backend call on the group's worker thread (see communicator.h).
 #include <numeric>
 
 #include "comm/communicator_detail.h"
@@ -33,8 +33,7 @@ Work Communicator::allreduce_raw(void* buf, int64_t count, DType dtype, ReduceOp
   Signature sig{OpKind::kAllreduce, dtype, op, -1, count, 0, 0};
   group_->bytes_sent += ring_bytes(count * static_cast<int64_t>(dtype_size(dtype)), size(), 2);
   return issue(group_, sig, [=](detail::Group& g) {
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, buf, n, mpi_type(dtype), mpi_op(op), g.comm),
-              "MPI_Allreduce", g.name);
+    g.backend->allreduce(buf, n, dtype, op == ReduceOp::kAvg ? ReduceOp::kSum : op);
     if (op == ReduceOp::kAvg) scale(buf, count, dtype, g.size);
   });
 }
@@ -56,8 +55,7 @@ Work Communicator::reduce_scatter_raw(const void* in, int64_t in_count, void* ou
               g0.name, in_count, g0.size, out_count, out_count * g0.size);
     const int n = to_int_count(out_count, "reduce_scatter");
     return issue(group_, sig, [=](detail::Group& g) {
-      check_mpi(MPI_Reduce_scatter_block(in, out, n, mpi_type(dtype), mpi_op(op), g.comm),
-                "MPI_Reduce_scatter_block", g.name);
+      g.backend->reduce_scatter_block(in, out, n, dtype, op == ReduceOp::kAvg ? ReduceOp::kSum : op);
       if (op == ReduceOp::kAvg) scale(out, out_count, dtype, g.size);
     });
   }
@@ -71,8 +69,7 @@ Work Communicator::reduce_scatter_raw(const void* in, int64_t in_count, void* ou
   std::vector<int> icounts(counts.begin(), counts.end());
   sig.counts_hash = fnv1a(counts.data(), counts.size_bytes()) | 1;
   return issue(group_, sig, [=](detail::Group& g) {
-    check_mpi(MPI_Reduce_scatter(in, out, icounts.data(), mpi_type(dtype), mpi_op(op), g.comm),
-              "MPI_Reduce_scatter", g.name);
+    g.backend->reduce_scatter(in, out, icounts, dtype, op == ReduceOp::kAvg ? ReduceOp::kSum : op);
     if (op == ReduceOp::kAvg) scale(out, out_count, dtype, g.size);
   });
 }
@@ -93,9 +90,7 @@ Work Communicator::all_gather_raw(const void* in, int64_t in_count, void* out, i
     const bool in_place =
         n > 0 && in == static_cast<const char*>(out) + static_cast<size_t>(g0.rank) * n * es;
     return issue(group_, sig, [=](detail::Group& g) {
-      check_mpi(MPI_Allgather(in_place ? MPI_IN_PLACE : in, n, mpi_type(dtype), out, n,
-                              mpi_type(dtype), g.comm),
-                "MPI_Allgather", g.name);
+      g.backend->all_gather(in, n, out, in_place, dtype);
     });
   }
   check_counts(g0, counts, "all_gather_v");
@@ -105,17 +100,13 @@ Work Communicator::all_gather_raw(const void* in, int64_t in_count, void* out, i
             "input {} (expected counts[{}] = {})",
             g0.name, out_count, total, in_count, g0.rank, counts[g0.rank]);
   to_int_count(total, "all_gather_v");
-  std::vector<int> icounts(counts.begin(), counts.end());
-  std::vector<int> displs(counts.size(), 0);
-  for (size_t r = 1; r < counts.size(); ++r) displs[r] = displs[r - 1] + icounts[r - 1];
+  const IntLayout layout = int_layout(counts, "all_gather_v");
   const bool in_place = in_count > 0 &&
-      in == static_cast<const char*>(out) + static_cast<size_t>(displs[g0.rank]) * es;
+      in == static_cast<const char*>(out) + static_cast<size_t>(layout.displs[g0.rank]) * es;
   sig.counts_hash = fnv1a(counts.data(), counts.size_bytes()) | 1;
   const int n = static_cast<int>(in_count);
   return issue(group_, sig, [=](detail::Group& g) {
-    check_mpi(MPI_Allgatherv(in_place ? MPI_IN_PLACE : in, n, mpi_type(dtype), out,
-                             icounts.data(), displs.data(), mpi_type(dtype), g.comm),
-              "MPI_Allgatherv", g.name);
+    g.backend->all_gather_v(in, n, out, layout, in_place, dtype);
   });
 }
 
@@ -125,14 +116,14 @@ Work Communicator::broadcast_raw(void* buf, int64_t count, DType dtype, int root
   const int n = to_int_count(count, "broadcast");
   Signature sig{OpKind::kBroadcast, dtype, ReduceOp::kSum, root, count, 0, 0};
   return issue(group_, sig, [=](detail::Group& g) {
-    check_mpi(MPI_Bcast(buf, n, mpi_type(dtype), root, g.comm), "MPI_Bcast", g.name);
+    g.backend->broadcast(buf, n, dtype, root);
   });
 }
 
 Work Communicator::barrier() {
   Signature sig{OpKind::kBarrier, DType::kU8, ReduceOp::kSum, -1, 0, 0, 0};
   return issue(group_, sig, [](detail::Group& g) {
-    check_mpi(MPI_Barrier(g.comm), "MPI_Barrier", g.name);
+    g.backend->barrier();
   });
 }
 

@@ -2,6 +2,8 @@
 // issue order, signature checks in debug mode, and the watchdog's who-did-not-arrive query.
 #include "comm/communicator.h"
 
+#include <mpi.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <map>
@@ -113,34 +115,8 @@ std::string diagnose_timeout(detail::WorkState& s, double waited) {
   const int64_t asked = static_cast<int64_t>(s.sig.seq);
   std::map<int, int64_t> answers;
   if (!s.p2p) {
-    {
-      std::lock_guard lock(g.ctl_mutex);
-      // The buffer lives as long as the group, so the freed requests may finish any time.
-      auto& query = g.answer_buffers.emplace_back();
-      query = {asked, 0};
-      for (int r = 0; r < g.size; ++r) {
-        if (r == g.rank) continue;
-        MPI_Request req;
-        MPI_Isend(query.data(), 1, MPI_INT64_T, r, kQueryTag, g.ctl, &req);
-        MPI_Request_free(&req);
-      }
-    }
     const double grace = std::clamp(g.options.timeout_s / 4, 0.5, 2.0);
-    auto start = Clock::now();
-    while (seconds_since(start) < grace && static_cast<int>(answers.size()) < g.size - 1) {
-      g.service_queries();
-      std::lock_guard lock(g.ctl_mutex);
-      int flag = 0;
-      MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, kAnswerTag, g.ctl, &flag, &st);
-      if (flag) {
-        int64_t reply[2];
-        MPI_Recv(reply, 2, MPI_INT64_T, st.MPI_SOURCE, kAnswerTag, g.ctl, MPI_STATUS_IGNORE);
-        if (reply[0] == asked) answers[st.MPI_SOURCE] = reply[1];
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      }
-    }
+    answers = g.backend->ask_progress(asked, grace, [&g] { g.service_queries(); });
   }
   std::string head = fmt::format(
       "watchdog: {} call #{} on group {} did not complete within {:.1f} s (this is {} of the "
@@ -194,7 +170,7 @@ void Work::wait(double timeout_s) {
       {
         std::lock_guard lock(s.mutex);
         if (s.done) break;
-        MPI_Test(&s.request, &flag, MPI_STATUS_IGNORE);
+        flag = s.request->test();
         if (flag) s.done = true;
       }
       if (flag) break;
@@ -230,11 +206,7 @@ bool Work::test() {
   if (!state_) return true;
   detail::WorkState& s = *state_;
   std::lock_guard lock(s.mutex);
-  if (!s.done && s.p2p) {
-    int flag = 0;
-    MPI_Test(&s.request, &flag, MPI_STATUS_IGNORE);
-    if (flag) s.done = true;
-  }
+  if (!s.done && s.p2p && s.request->test()) s.done = true;
   if (s.done && s.error) std::rethrow_exception(s.error);
   return s.done;
 }
@@ -245,27 +217,18 @@ bool Work::is_completed() const {
   return state_->done;
 }
 
-Communicator::Communicator(MPI_Comm comm, std::string name, CommOptions options)
+Communicator::Communicator(std::unique_ptr<detail::Backend> backend, std::string name,
+                           CommOptions options)
     : group_(std::make_shared<detail::Group>()) {
+  TRI_CHECK(backend != nullptr, "Communicator {}: null backend", name);
   detail::Group& g = *group_;
   g.name = std::move(name);
   g.name_hash = fnv1a(g.name.data(), g.name.size());
   g.options = options;
-  check_mpi(MPI_Comm_dup(comm, &g.comm), "MPI_Comm_dup", g.name);
-  check_mpi(MPI_Comm_dup(comm, &g.ctl), "MPI_Comm_dup", g.name);
-  MPI_Comm_set_errhandler(g.comm, MPI_ERRORS_RETURN);
-  MPI_Comm_set_errhandler(g.ctl, MPI_ERRORS_RETURN);
-  MPI_Comm_rank(g.comm, &g.rank);
-  MPI_Comm_size(g.comm, &g.size);
-  MPI_Group mine, world;
-  MPI_Comm_group(g.comm, &mine);
-  MPI_Comm_group(MPI_COMM_WORLD, &world);
-  std::vector<int> ranks(g.size);
-  std::iota(ranks.begin(), ranks.end(), 0);
-  g.world_ranks.resize(g.size);
-  MPI_Group_translate_ranks(mine, g.size, ranks.data(), world, g.world_ranks.data());
-  MPI_Group_free(&mine);
-  MPI_Group_free(&world);
+  g.backend = std::move(backend);
+  g.rank = g.backend->rank();
+  g.size = g.backend->size();
+  g.world_ranks = g.backend->world_ranks();
   g.worker = std::thread([&g] { g.run_worker(); });
 }
 
@@ -277,21 +240,38 @@ Communicator::~Communicator() {
   }
   g.queue_cv.notify_one();
   if (g.worker.joinable()) g.worker.join();  // drains the queue: pending work completes
-  std::lock_guard lock(g.ctl_mutex);
-  // Drop stray watchdog messages so they do not outlive the communicator.
-  for (int tag : {kQueryTag, kAnswerTag}) {
-    for (;;) {
-      int flag = 0;
-      MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, tag, g.ctl, &flag, &st);
-      if (!flag) break;
-      int64_t junk[2];
-      MPI_Recv(junk, 2, MPI_INT64_T, st.MPI_SOURCE, tag, g.ctl, MPI_STATUS_IGNORE);
+  g.backend->close();
+}
+
+std::unique_ptr<Communicator> Communicator::split(int color, int key, std::string name) {
+  // On the worker, in issue order with the group's collectives (not numbered: no Work). The
+  // state is shared so that a wait given up (timeout) leaves the worker nothing dangling.
+  struct Pending {
+    detail::WorkState state;
+    std::unique_ptr<detail::Backend> sub;
+  };
+  auto p = std::make_shared<Pending>();
+  group_->enqueue([p, gp = group_, color, key, name] {
+    try {
+      p->sub = gp->backend->split(color, key, name);
+      p->state.finish(nullptr);
+    } catch (...) {
+      p->state.finish(std::current_exception());
     }
+  });
+  std::unique_lock lock(p->state.mutex);
+  const auto limit = std::chrono::duration<double>(group_->options.timeout_s);
+  if (!p->state.cv.wait_for(lock, limit, [&] { return p->state.done; })) {
+    std::string msg = fmt::format(
+        "watchdog: split of group {} into {} did not complete within {:.1f} s (this is {} of the "
+        "group): a rank of {} did not take part. Every rank of a group must split it",
+        group_->name, name, group_->options.timeout_s, group_->who(group_->rank), group_->name);
+    if (group_->options.on_timeout == TimeoutAction::kAbort) abort_job(msg, 1);
+    throw Error(msg);
   }
-  g.closed = true;
-  MPI_Comm_free(&g.comm);
-  MPI_Comm_free(&g.ctl);
+  if (p->state.error) std::rethrow_exception(p->state.error);
+  if (!p->sub) return nullptr;
+  return std::make_unique<Communicator>(std::move(p->sub), std::move(name), group_->options);
 }
 
 int Communicator::rank() const { return group_->rank; }
@@ -304,7 +284,7 @@ void Communicator::set_timeout(double seconds) {
 }
 void Communicator::set_debug(bool on) { group_->options.debug = on; }
 void Communicator::set_timeout_action(TimeoutAction a) { group_->options.on_timeout = a; }
-MPI_Comm Communicator::mpi_comm() const { return group_->comm; }
+detail::Backend& Communicator::backend() const { return *group_->backend; }
 uint64_t Communicator::collectives_issued() const { return group_->issued.load(); }
 uint64_t Communicator::bytes_sent() const { return group_->bytes_sent.load(); }
 

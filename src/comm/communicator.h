@@ -1,6 +1,8 @@
-// Communicator: collectives and point-to-point messages over one MPI process group, each
+// Communicator: collectives and point-to-point messages over one process group, each
 // returning a Work handle, with sequence numbers, signature checks (debug) and a watchdog.
-// Process layout (Mesh) lives in comm/mesh.h; MPI start-up in comm/runtime.h.
+// Process layout (Mesh) lives in comm/mesh.h; MPI start-up in comm/runtime.h. What carries the
+// data is a Backend (comm/backend.h): MPI's (comm/mpi_backend.h, make_mpi_communicator) or
+// ranks as threads of one process (comm/in_process.h, for unit tests). No MPI type appears here.
 //
 // How communication overlaps computation: a communication thread per group.
 //   Every Communicator owns one worker thread that executes the group's collectives, in
@@ -36,8 +38,6 @@
 // default it prints that and calls MPI_Abort so the whole job ends (no silent hang);
 // CommOptions::on_timeout = TimeoutAction::kThrow makes wait() throw it instead (tests).
 #pragma once
-
-#include <mpi.h>
 
 #include <cstdint>
 #include <memory>
@@ -96,6 +96,7 @@ struct Signature {
 namespace detail {
 struct WorkState;
 struct Group;
+class Backend;
 }  // namespace detail
 
 // Handle of one issued operation. Copyable (shared state); a default Work is complete.
@@ -122,9 +123,11 @@ std::vector<int64_t> chunk_offsets(std::span<const int64_t> counts);
 
 class Communicator {
  public:
-  // Wraps a duplicate of `comm` (the caller keeps ownership of `comm`). `name` appears in
-  // errors ("group dp"). Collective over `comm`.
-  Communicator(MPI_Comm comm, std::string name, CommOptions options = CommOptions::from_env());
+  // Over a backend (comm/backend.h): MPI's (make_mpi_communicator in comm/mpi_backend.h wraps
+  // a duplicate of an MPI communicator), or the in-process one (comm/in_process.h). `name`
+  // appears in errors ("group dp").
+  Communicator(std::unique_ptr<detail::Backend> backend, std::string name,
+               CommOptions options = CommOptions::from_env());
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
@@ -136,8 +139,13 @@ class Communicator {
   void set_timeout(double seconds);
   void set_debug(bool on);
   void set_timeout_action(TimeoutAction action);
-  // The underlying (duplicated) MPI communicator, e.g. for a raw-MPI baseline.
-  MPI_Comm mpi_comm() const;
+  // The transport, for backend-specific accessors (mpi_comm_of in comm/mpi_backend.h).
+  detail::Backend& backend() const;
+  // Collective over the group, in issue order with its collectives: the ranks passing the same
+  // color >= 0 form a new group, ranked by key (ties by rank), with this group's options;
+  // color < 0 returns null (the rank joins no group). A rank that never calls it makes the
+  // others' watchdog fire after the timeout.
+  std::unique_ptr<Communicator> split(int color, int key, std::string name);
   // Number of collectives issued on this group so far.
   uint64_t collectives_issued() const;
   // Bytes this rank has sent to the others in allreduce, reduce-scatter and all-gather calls

@@ -1,11 +1,10 @@
-// Internals the Communicator's source files share: the group (its worker thread, watchdog
-// answers and debug-mode signature check), a collective's completion state, MPI type and error
+// Internals the Communicator's source files share: the group (its backend, worker thread,
+// watchdog answers and debug-mode signature check), a collective's completion state, count
 // helpers, and the declarations of what one file defines for the others. communicator.cpp holds
 // groups, Work and the watchdog; collectives.cpp, all_to_all.cpp, bf16_collectives.cpp and
-// point_to_point.cpp the operations. Not part of the public interface (comm/communicator.h).
+// point_to_point.cpp the operations, which the group's Backend (comm/backend.h) carries.
+// Not part of the public interface (comm/communicator.h).
 #pragma once
-
-#include <mpi.h>
 
 #include <array>
 #include <atomic>
@@ -23,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/backend.h"
 #include "comm/communicator.h"
 #include "core/check.h"
 
@@ -30,8 +30,6 @@ namespace trident::comm::detail {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr int kQueryTag = 101;   // "which call have you reached?" payload: the asker's call #
-constexpr int kAnswerTag = 102;  // reply: {asked call #, my issued call count}
 constexpr double kServiceAfterS = 0.05;  // waits longer than this answer watchdog queries
 constexpr int kSpinIterations = 200;     // yields before sleeping (in wait and in the worker)
 
@@ -39,38 +37,7 @@ inline double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-inline MPI_Datatype mpi_type(DType d) {
-  switch (d) {
-    case DType::kF32: return MPI_FLOAT;
-    case DType::kF64: return MPI_DOUBLE;
-    case DType::kI32: return MPI_INT32_T;
-    case DType::kI64: return MPI_INT64_T;
-    case DType::kU8: return MPI_UINT8_T;
-    case DType::kU64: return MPI_UINT64_T;
-    case DType::kBF16: return MPI_UINT16_T;
-  }
-  return MPI_BYTE;
-}
-
-inline MPI_Op mpi_op(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::kSum:
-    case ReduceOp::kAvg: return MPI_SUM;
-    case ReduceOp::kMax: return MPI_MAX;
-    case ReduceOp::kMin: return MPI_MIN;
-  }
-  return MPI_SUM;
-}
-
 inline bool is_floating(DType d) { return d == DType::kF32 || d == DType::kF64; }
-
-inline void check_mpi(int rc, const char* what, const std::string& group) {
-  if (rc == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, text, &len);
-  TRI_FAIL("{} on group {} failed: {}", what, group, std::string(text, len));
-}
 
 inline int to_int_count(int64_t n, const char* what) {
   TRI_CHECK(n >= 0 && n <= INT_MAX, "{}: {} elements do not fit MPI's int count (max {}); split "
@@ -117,8 +84,7 @@ inline std::string join_ints(const std::vector<int>& v) {
 }
 
 struct Group {
-  MPI_Comm comm = MPI_COMM_NULL;  // the data communicator, used only by the worker thread
-  MPI_Comm ctl = MPI_COMM_NULL;   // watchdog queries and answers (any thread)
+  std::unique_ptr<Backend> backend;  // collectives on the worker thread; p2p and watchdog any
   int rank = 0;
   int size = 1;
   std::string name;
@@ -134,10 +100,6 @@ struct Group {
   std::atomic<size_t> queue_size{0};
   bool stopping = false;
   std::thread worker;
-
-  std::mutex ctl_mutex;
-  std::deque<std::array<int64_t, 2>> answer_buffers;  // live until the group is closed
-  bool closed = false;
 
   std::string who(int r) const {
     if (world_ranks.empty() || world_ranks[r] == r) return fmt::format("rank {}", r);
@@ -174,31 +136,14 @@ struct Group {
   }
 
   // Answers other ranks' "which call have you reached?" queries on this group.
-  void service_queries() {
-    std::lock_guard lock(ctl_mutex);
-    if (closed) return;
-    for (;;) {
-      int flag = 0;
-      MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, kQueryTag, ctl, &flag, &st);
-      if (!flag) return;
-      int64_t asked = 0;
-      MPI_Recv(&asked, 1, MPI_INT64_T, st.MPI_SOURCE, kQueryTag, ctl, MPI_STATUS_IGNORE);
-      auto& buf = answer_buffers.emplace_back();
-      buf = {asked, static_cast<int64_t>(issued.load())};
-      MPI_Request req;
-      MPI_Isend(buf.data(), 2, MPI_INT64_T, st.MPI_SOURCE, kAnswerTag, ctl, &req);
-      MPI_Request_free(&req);
-    }
-  }
+  void service_queries() { backend->answer_queries(issued.load()); }
 
   // Debug mode: every rank contributes its signature; all ranks see the same table and so
   // all throw the same error naming the first rank that disagrees with rank 0.
   void check_signature(const Signature& mine) {
     WireSig w = to_wire(mine, name_hash);
     std::vector<WireSig> all(size);
-    check_mpi(MPI_Allgather(&w, sizeof w, MPI_BYTE, all.data(), sizeof w, MPI_BYTE, comm),
-              "signature check (MPI_Allgather)", name);
+    backend->all_gather(&w, static_cast<int>(sizeof w), all.data(), false, DType::kU8);
     for (int r = 1; r < size; ++r) {
       if (same(all[r], all[0])) continue;
       Signature theirs = from_wire(all[r]);
@@ -222,7 +167,7 @@ struct WorkState {
   std::exception_ptr error;
   Signature sig;
   std::shared_ptr<Group> group;
-  MPI_Request request = MPI_REQUEST_NULL;  // send/recv only
+  std::unique_ptr<P2pRequest> request;  // send/recv only
   bool p2p = false;
 
   void finish(std::exception_ptr e) {
@@ -249,10 +194,7 @@ uint64_t ring_bytes(int64_t total, int size, int phases);
 // Throws unless counts has one non-negative entry per rank of g.
 void check_counts(const Group& g, std::span<const int64_t> counts, const char* what);
 
-// MPI_Alltoallv's int counts and displacements of per-rank element counts.
-struct IntLayout {
-  std::vector<int> counts, displs;
-};
+// The int counts and displacements (IntLayout, comm/backend.h) of per-rank element counts.
 IntLayout int_layout(std::span<const int64_t> counts, const char* what);
 
 }  // namespace trident::comm::detail

@@ -1,4 +1,4 @@
-// Mesh: rank <-> (pp, dp, tp) arithmetic and group creation with MPI_Comm_split.
+// Mesh: rank <-> (pp, dp, tp) arithmetic and group creation with Communicator::split.
 #include "comm/mesh.h"
 
 #include "core/check.h"
@@ -26,36 +26,21 @@ int mesh_rank(const MeshCoord& c, const MeshShape& s) {
   return (c.pp * s.dp + c.dp) * s.tp + c.tp;
 }
 
-namespace {
-
-std::unique_ptr<Communicator> split(MPI_Comm world, int color, int key, const std::string& name,
-                                    const CommOptions& options) {
-  MPI_Comm sub = MPI_COMM_NULL;
-  int rc = MPI_Comm_split(world, color, key, &sub);
-  TRI_CHECK(rc == MPI_SUCCESS, "MPI_Comm_split for group {} failed (code {})", name, rc);
-  auto comm = std::make_unique<Communicator>(sub, name, options);
-  MPI_Comm_free(&sub);  // the Communicator holds its own duplicate
-  return comm;
-}
-
-}  // namespace
-
-Mesh::Mesh(MPI_Comm world, MeshShape shape, CommOptions options) : shape_(shape) {
-  int world_size = 0, rank = 0;
-  MPI_Comm_size(world, &world_size);
-  MPI_Comm_rank(world, &rank);
-  validate_mesh(shape_, world_size);
-  coord_ = mesh_coord(rank, shape_);
+Mesh::Mesh(std::unique_ptr<Communicator> world, MeshShape shape)
+    : shape_(shape), world_(std::move(world)) {
+  TRI_CHECK(world_ != nullptr, "Mesh: null world communicator");
+  validate_mesh(shape_, world_->size());
+  coord_ = mesh_coord(world_->rank(), shape_);
   const MeshShape& s = shape_;
   const MeshCoord& c = coord_;
-  world_ = std::make_unique<Communicator>(world, "world", options);
-  tp_ = split(world, c.pp * s.dp + c.dp, c.tp, "tp", options);
-  dp_ = split(world, c.pp * s.tp + c.tp, c.dp, "dp", options);
-  pp_ = split(world, c.dp * s.tp + c.tp, c.pp, "pp", options);
+  Communicator& w = *world_;
+  tp_ = w.split(c.pp * s.dp + c.dp, c.tp, "tp");
+  dp_ = w.split(c.pp * s.tp + c.tp, c.dp, "dp");
+  pp_ = w.split(c.dp * s.tp + c.tp, c.pp, "pp");
   // color: (pp, tp, the other ep-axis coordinate), key: the group's own coordinate
   const int ep = c.dp % s.ep, edp = c.dp / s.ep, n_edp = s.dp / s.ep;
-  ep_ = split(world, (c.pp * s.tp + c.tp) * n_edp + edp, ep, "ep", options);
-  edp_ = split(world, (c.pp * s.tp + c.tp) * s.ep + ep, edp, "edp", options);
+  ep_ = w.split((c.pp * s.tp + c.tp) * n_edp + edp, ep, "ep");
+  edp_ = w.split((c.pp * s.tp + c.tp) * s.ep + ep, edp, "edp");
 }
 
 void Mesh::set_timeout(double seconds) {

@@ -12,8 +12,6 @@
 // dp / ep) over which expert gradients are reduced. ep 1: ep groups of one, edp = dp.
 #pragma once
 
-#include <mpi.h>
-
 #include <memory>
 #include <string>
 
@@ -43,8 +41,10 @@ int mesh_rank(const MeshCoord& coord, const MeshShape& shape);
 
 class Mesh {
  public:
-  // Collective over `world`: validates the shape and splits the tp, dp and pp groups.
-  Mesh(MPI_Comm world, MeshShape shape, CommOptions options = CommOptions::from_env());
+  // Collective over `world` (any backend: make_mpi_communicator in comm/mpi_backend.h, or an
+  // in-process world): validates the shape and splits the tp, dp, pp, ep and edp groups from
+  // it, each with world's options.
+  Mesh(std::unique_ptr<Communicator> world, MeshShape shape);
 
   const MeshShape& shape() const { return shape_; }
   const MeshCoord& coord() const { return coord_; }

@@ -8,6 +8,9 @@
 #include <numeric>
 #include <set>
 
+#include <mpi.h>
+
+#include "comm/mpi_backend.h"
 #include "core/check.h"
 
 namespace trident::comm {
@@ -60,7 +63,8 @@ std::string describe_placement(const std::vector<int>& node_of, const std::vecto
   return out;
 }
 
-NodeMajorWorld::NodeMajorWorld(MPI_Comm world) {
+NodeMajorWorld::NodeMajorWorld(Communicator& launcher, std::string world_name, CommOptions options) {
+  MPI_Comm world = mpi_comm_of(launcher);
   int rank = 0, size = 1;
   MPI_Comm_rank(world, &rank);
   MPI_Comm_size(world, &size);
@@ -75,7 +79,8 @@ NodeMajorWorld::NodeMajorWorld(MPI_Comm world) {
 
   order_ = node_major_order(leaders);
   const int mesh_rank = static_cast<int>(std::find(order_.begin(), order_.end(), rank) - order_.begin());
-  rc = MPI_Comm_split(world, 0, mesh_rank, &comm_);
+  MPI_Comm comm = MPI_COMM_NULL;
+  rc = MPI_Comm_split(world, 0, mesh_rank, &comm);
   TRI_CHECK(rc == MPI_SUCCESS, "MPI_Comm_split regrouping the ranks by node failed (code {})", rc);
 
   // Node index per mesh rank, and each node's name (processor name of its first rank).
@@ -83,7 +88,9 @@ NodeMajorWorld::NodeMajorWorld(MPI_Comm world) {
   int len = 0;
   MPI_Get_processor_name(name, &len);
   std::vector<char> all(static_cast<size_t>(size) * MPI_MAX_PROCESSOR_NAME);
-  MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR, comm_);
+  MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR, comm);
+  world_ = make_mpi_communicator(comm, std::move(world_name), options);
+  MPI_Comm_free(&comm);  // the Communicator holds its own duplicate
   std::map<int, int> index_of_leader;
   node_of_.resize(size);
   for (int m = 0; m < size; ++m) {
@@ -100,10 +107,11 @@ NodeMajorWorld::NodeMajorWorld(MPI_Comm world) {
   nodes_ = static_cast<int>(names_.size());
 }
 
-NodeMajorWorld::~NodeMajorWorld() {
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
+NodeMajorWorld::~NodeMajorWorld() = default;
+
+std::unique_ptr<Communicator> NodeMajorWorld::take_world() {
+  TRI_CHECK(world_ != nullptr, "NodeMajorWorld::take_world called twice");
+  return std::move(world_);
 }
 
 }  // namespace trident::comm

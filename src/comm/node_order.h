@@ -10,10 +10,11 @@
 // tp; the run stays correct (only slower), so that is a warning, not an error.
 #pragma once
 
-#include <mpi.h>
-
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "comm/communicator.h"
 
 namespace trident::comm {
 
@@ -28,20 +29,23 @@ std::string describe_placement(const std::vector<int>& node_of, const std::vecto
 
 class NodeMajorWorld {
  public:
-  // Collective over world.
-  explicit NodeMajorWorld(MPI_Comm world);
+  // Collective over `launcher` (an MPI-backed group, e.g. MpiRuntime::world()): builds the
+  // regrouped world, a Communicator named `name` with `options`.
+  explicit NodeMajorWorld(Communicator& launcher, std::string name = "world",
+                          CommOptions options = CommOptions::from_env());
   ~NodeMajorWorld();
   NodeMajorWorld(const NodeMajorWorld&) = delete;
   NodeMajorWorld& operator=(const NodeMajorWorld&) = delete;
 
-  MPI_Comm comm() const { return comm_; }
+  // The regrouped world (mesh rank = group rank), handed over once (e.g. to a Mesh).
+  std::unique_ptr<Communicator> take_world();
   int nodes() const { return nodes_; }
   // Mesh rank -> node index (0 .. nodes() - 1).
   const std::vector<int>& node_of() const { return node_of_; }
   std::string describe(int tp) const { return describe_placement(node_of_, names_, order_, tp); }
 
  private:
-  MPI_Comm comm_ = MPI_COMM_NULL;
+  std::unique_ptr<Communicator> world_;
   int nodes_ = 1;
   std::vector<int> order_;               // mesh rank -> launcher rank
   std::vector<int> node_of_;             // mesh rank -> node index

@@ -1,5 +1,5 @@
-// The Communicator's point-to-point send and recv (see communicator.h): nonblocking MPI calls
-// from the caller's thread, completed through Work like the collectives.
+// The Communicator's point-to-point send and recv (see communicator.h): nonblocking backend calls
+// (MPI_Isend/MPI_Irecv) from the caller's thread, completed through Work like the collectives.
 #include "comm/communicator_detail.h"
 
 namespace trident::comm {
@@ -15,9 +15,7 @@ Work Communicator::send_raw(const void* buf, int64_t count, DType dtype, int pee
   state->sig = Signature{OpKind::kSend, dtype, ReduceOp::kSum, peer, count, 0, 0};
   state->group = group_;
   state->p2p = true;
-  check_mpi(MPI_Isend(buf, to_int_count(count, "send"), mpi_type(dtype), peer, tag,
-                      group_->comm, &state->request),
-            "MPI_Isend", name());
+  state->request = group_->backend->isend(buf, to_int_count(count, "send"), dtype, peer, tag);
   return Work(state);
 }
 
@@ -30,9 +28,7 @@ Work Communicator::recv_raw(void* buf, int64_t count, DType dtype, int peer, int
   state->sig = Signature{OpKind::kRecv, dtype, ReduceOp::kSum, peer, count, 0, 0};
   state->group = group_;
   state->p2p = true;
-  check_mpi(MPI_Irecv(buf, to_int_count(count, "recv"), mpi_type(dtype), peer, tag,
-                      group_->comm, &state->request),
-            "MPI_Irecv", name());
+  state->request = group_->backend->irecv(buf, to_int_count(count, "recv"), dtype, peer, tag);
   return Work(state);
 }
 

@@ -1,6 +1,9 @@
 // MPI start-up and shut-down.
 #include "comm/runtime.h"
 
+#include <mpi.h>
+
+#include "comm/mpi_backend.h"
 #include "core/check.h"
 
 namespace trident::comm {
@@ -21,6 +24,10 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
             provided, MPI_THREAD_MULTIPLE);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
+}
+
+std::unique_ptr<Communicator> MpiRuntime::world(std::string name) const {
+  return make_mpi_communicator(MPI_COMM_WORLD, std::move(name));
 }
 
 MpiRuntime::~MpiRuntime() {

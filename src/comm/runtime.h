@@ -2,7 +2,10 @@
 // Works under mpirun, under Slurm's srun and launched alone (a singleton world of 1).
 #pragma once
 
-#include <mpi.h>
+#include <memory>
+#include <string>
+
+#include "comm/communicator.h"
 
 namespace trident::comm {
 
@@ -18,7 +21,8 @@ class MpiRuntime {
 
   int world_rank() const { return rank_; }
   int world_size() const { return size_; }
-  MPI_Comm world() const { return MPI_COMM_WORLD; }
+  // A Communicator over (a duplicate of) MPI_COMM_WORLD, the launcher's order of ranks.
+  std::unique_ptr<Communicator> world(std::string name = "launcher") const;
 
  private:
   bool owns_ = false;

@@ -173,15 +173,12 @@ void RankLayout::build_pipeline(const pp::ScheduleSpec& spec) {
   if (!nn::has_tied_embedding(config_)) return;
   const int p = mesh_.coord().pp;
   const bool on_end = p == 0 || p == mesh_.shape().pp - 1;
-  MPI_Comm_split(mesh_.world().mpi_comm(), on_end ? mesh_.coord().tp : MPI_UNDEFINED, mesh_.rank(),
-                 &tied_comm_);
-  if (on_end) tied_group_ = std::make_unique<comm::Communicator>(tied_comm_, "tied_embedding");
+  tied_group_ = mesh_.world().split(on_end ? mesh_.coord().tp : -1, mesh_.rank(), "tied_embedding");
 }
 
 RankLayout::~RankLayout() {
   executor_.reset();
   tied_group_.reset();
-  if (tied_comm_ != MPI_COMM_NULL) MPI_Comm_free(&tied_comm_);
 }
 
 bool RankLayout::owns(const ModelChunk& chunk, int id) {

@@ -132,7 +132,6 @@ class RankLayout {
   std::vector<ModelChunk> chunks_;
   std::unique_ptr<pp::PipelineExecutor> executor_;
   std::unique_ptr<comm::Communicator> tied_group_;
-  MPI_Comm tied_comm_ = MPI_COMM_NULL;
   StepBuffers buffers_;
   std::string partition_text_;  // pp > 1: which layers each stage holds, for start-up logs
   uint64_t rounding_seed_ = 0;

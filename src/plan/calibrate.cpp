@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/mpi_backend.h"
 #include "core/check.h"
 #include "core/timer.h"
 
@@ -77,11 +78,12 @@ PairTimes measure_pairs(comm::Communicator& world, const std::vector<int>& pair_
   const int rank = world.rank();
   const int my_pair = pair_of[static_cast<std::size_t>(rank)];
   MPI_Comm raw = MPI_COMM_NULL;
-  MPI_Comm_split(world.mpi_comm(), my_pair, rank, &raw);
+  MPI_Comm_split(comm::mpi_comm_of(world), my_pair, rank, &raw);
   double small = std::numeric_limits<double>::quiet_NaN(), p2p = small, large = small;
   double loaded_small = small, loaded_p2p = small;
   {
-    comm::Communicator pair(raw, "plan-calibration-pair");
+    const auto pair_owner = comm::make_mpi_communicator(raw, "plan-calibration-pair");
+    comm::Communicator& pair = *pair_owner;
     MPI_Comm_free(&raw);
     std::vector<float> one(1, 1.0f);
     auto ping_pong = [&] {
@@ -106,7 +108,7 @@ PairTimes measure_pairs(comm::Communicator& world, const std::vector<int>& pair_
     // waits until the peer is scheduled again (ranks > cores, mpi_yield_when_idle).
     {
       MPI_Comm side = MPI_COMM_NULL;
-      MPI_Comm_dup(world.mpi_comm(), &side);
+      MPI_Comm_dup(comm::mpi_comm_of(world), &side);
       MPI_Barrier(side);
       MPI_Request done = MPI_REQUEST_NULL;
       if (my_pair == pair_of[0] && pair.size() == 2) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/mpi_backend.h"
 #include "core/check.h"
 #include "core/memory.h"
 #include "parallel/pipeline/schedule.h"
@@ -95,7 +96,7 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   if (!avail) return;  // nothing to compare with (not Linux?): the allocation will tell
   // Ranks on this node share its memory.
   MPI_Comm node = MPI_COMM_NULL;
-  MPI_Comm_split_type(mesh.world().mpi_comm(), MPI_COMM_TYPE_SHARED, mesh.rank(), MPI_INFO_NULL, &node);
+  MPI_Comm_split_type(comm::mpi_comm_of(mesh.world()), MPI_COMM_TYPE_SHARED, mesh.rank(), MPI_INFO_NULL, &node);
   int local = 1;
   MPI_Comm_size(node, &local);
   auto node_sum = [&](double mine) {

@@ -11,6 +11,7 @@
 
 #include "comm/bf16_sum.h"
 #include "comm/communicator.h"
+#include "comm/mpi_backend.h"
 #include "core/check.h"
 #include "core/rng.h"
 #include "mpi_gtest_main.h"
@@ -19,7 +20,7 @@ namespace trident::comm {
 namespace {
 
 std::unique_ptr<Communicator> make_world() {
-  return std::make_unique<Communicator>(MPI_COMM_WORLD, "world", test::aborting_after(30.0));
+  return make_mpi_communicator(MPI_COMM_WORLD, "world", test::aborting_after(30.0));
 }
 
 // Rank r's value i: fp32 values of mixed sign and magnitude, most not representable in bf16,

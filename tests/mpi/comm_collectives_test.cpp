@@ -12,6 +12,7 @@
 
 #include "comm/communicator.h"
 #include "comm/mesh.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "mpi_gtest_main.h"
@@ -23,7 +24,7 @@ namespace {
 CommOptions test_options() { return test::aborting_after(30.0); }
 
 std::unique_ptr<Communicator> make_world() {
-  return std::make_unique<Communicator>(MPI_COMM_WORLD, "world", test_options());
+  return make_mpi_communicator(MPI_COMM_WORLD, "world", test_options());
 }
 
 std::vector<int64_t> sizes_for(int n) {
@@ -335,7 +336,7 @@ TEST(Comm, MeshCoordinatesAndGroups) {
   MPI_Comm_rank(MPI_COMM_WORLD, &r);
   for (const MeshShape& s : layouts(n)) {
     SCOPED_TRACE(fmt::format("pp={} dp={} tp={}", s.pp, s.dp, s.tp));
-    Mesh mesh(MPI_COMM_WORLD, s, test_options());
+    Mesh mesh(make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), s);
     const MeshCoord c = mesh.coord();
     EXPECT_EQ(c.tp, r % s.tp);
     EXPECT_EQ(c.dp, (r / s.tp) % s.dp);
@@ -368,7 +369,7 @@ TEST(Comm, MeshCoordinatesAndGroups) {
       if (s.dp % ep) continue;
       MeshShape se = s;
       se.ep = ep;
-      Mesh m(MPI_COMM_WORLD, se, test_options());
+      Mesh m(make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), se);
       EXPECT_EQ(m.ep().size(), ep);
       EXPECT_EQ(m.edp().size(), s.dp / ep);
       EXPECT_EQ(m.ep().rank(), c.dp % ep);
@@ -379,9 +380,9 @@ TEST(Comm, MeshCoordinatesAndGroups) {
       for (int d = 0; d < s.dp / ep; ++d) EXPECT_EQ(edpm[d], m.rank_of({c.pp, d * ep + c.dp % ep, c.tp}));
     }
   }
-  EXPECT_THROW(Mesh(MPI_COMM_WORLD, MeshShape{n, 2, 1}, test_options()), Error);
+  EXPECT_THROW(Mesh(make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), MeshShape{n, 2, 1}), Error);
   if (n % 2 == 0) {
-    EXPECT_THROW(Mesh(MPI_COMM_WORLD, MeshShape{1, 2, n / 2, 4}, test_options()), Error);
+    EXPECT_THROW(Mesh(make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), MeshShape{1, 2, n / 2, 4}), Error);
   }
 }
 

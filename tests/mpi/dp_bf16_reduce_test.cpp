@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "comm/mesh.h"
+#include "comm/mpi_backend.h"
 #include "nn/model_config.h"
 #include "parallel/engine.h"
 #include "mpi_gtest_main.h"
@@ -56,7 +57,7 @@ comm::Mesh& dp_mesh() {
   if (!g_mesh) {
     int n = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &n);
-    g_mesh = std::make_unique<comm::Mesh>(MPI_COMM_WORLD, comm::MeshShape{1, n, 1}, test::aborting_after(60.0));
+    g_mesh = std::make_unique<comm::Mesh>(comm::make_mpi_communicator(MPI_COMM_WORLD, "world", test::aborting_after(60.0)), comm::MeshShape{1, n, 1});
   }
   return *g_mesh;
 }

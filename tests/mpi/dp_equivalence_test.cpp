@@ -28,6 +28,7 @@
 
 #include "comm/communicator.h"
 #include "comm/mesh.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "core/rng.h"
@@ -55,13 +56,13 @@ comm::Mesh& dp_mesh() {
   if (!g_world_mesh) {
     int n = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &n);
-    g_world_mesh = std::make_unique<comm::Mesh>(MPI_COMM_WORLD, comm::MeshShape{1, n, 1}, test_options());
+    g_world_mesh = std::make_unique<comm::Mesh>(comm::make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), comm::MeshShape{1, n, 1});
   }
   return *g_world_mesh;
 }
 comm::Mesh& self_mesh() {
   if (!g_self_mesh) {
-    g_self_mesh = std::make_unique<comm::Mesh>(MPI_COMM_SELF, comm::MeshShape{1, 1, 1}, test_options());
+    g_self_mesh = std::make_unique<comm::Mesh>(comm::make_mpi_communicator(MPI_COMM_SELF, "world", test_options()), comm::MeshShape{1, 1, 1});
   }
   return *g_self_mesh;
 }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ckpt/checkpoint.h"
+#include "comm/mpi_backend.h"
 #include "core/check.h"
 #include "comm/mesh.h"
 #include "nn/model_config.h"
@@ -121,7 +122,7 @@ BatchFn batch(int step) { return test::synthetic_batch(step, nn::model_preset("t
 // the parameter restored, a good step. Compares with a run that takes only the good steps.
 void check_layout(const Layout& l, const std::string& poison, float bad_value) {
   SCOPED_TRACE(l.name + ", " + poison + " = " + std::to_string(bad_value));
-  comm::Mesh mesh(MPI_COMM_WORLD, l.shape, test::aborting_after(60.0));
+  comm::Mesh mesh(comm::make_mpi_communicator(MPI_COMM_WORLD, "world", test::aborting_after(60.0)), l.shape);
   MemoryTracker t1, t2;
   Engine e(mesh, nn::model_preset("tiny"), options(l.zero), t1, kBatch, kSeq, kMicroBatches);
   e.initialize(99);
@@ -188,7 +189,7 @@ std::string error_of(Fn&& fn) {
 TEST(NonfiniteState, CheckpointIsRefusedAndTheLastOneStaysLatest) {
   for (const Layout& l : layouts()) {
     SCOPED_TRACE(l.name);
-    comm::Mesh mesh(MPI_COMM_WORLD, l.shape, test::aborting_after(60.0));
+    comm::Mesh mesh(comm::make_mpi_communicator(MPI_COMM_WORLD, "world", test::aborting_after(60.0)), l.shape);
     MemoryTracker t;
     Engine e(mesh, nn::model_preset("tiny"), options(l.zero), t, kBatch, kSeq, kMicroBatches);
     e.initialize(5);

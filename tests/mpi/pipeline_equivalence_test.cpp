@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "comm/communicator.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "kernels/kernels.h"
@@ -214,7 +215,8 @@ std::vector<Case> cases(int P) {
 
 TEST(PipelineEquivalence, EveryScheduleMatchesSingleProcess) {
   kernels::set_num_threads(1);
-  comm::Communicator world(MPI_COMM_WORLD, "pp", test_options());
+  const auto world_owner = comm::make_mpi_communicator(MPI_COMM_WORLD, "pp", test_options());
+  comm::Communicator& world = *world_owner;
   for (const Case& cs : cases(world.size())) {
     run_case(world, cs);
     if (HasFatalFailure()) return;
@@ -223,7 +225,8 @@ TEST(PipelineEquivalence, EveryScheduleMatchesSingleProcess) {
 
 TEST(PipelineEquivalence, OneFOneBHoldsPpMicroBatchesGPipeHoldsM) {
   // Spelled out for M = 8, pp = 2 (the check): the first stage's activation peak.
-  comm::Communicator world(MPI_COMM_WORLD, "pp", test_options());
+  const auto world_owner = comm::make_mpi_communicator(MPI_COMM_WORLD, "pp", test_options());
+  comm::Communicator& world = *world_owner;
   const int P = world.size(), rank = world.rank();
   const nn::ModelConfig cfg = tiny();
   const Partition part = partition_layers(cfg.n_layer, {P, 1});
@@ -253,13 +256,15 @@ TEST(PipelineEquivalence, DeadStageIsNamedNotHung) {
   // Ranks 0 and 1 form a pp = 2 pipeline; rank 1 "dies" for 2.5 s (longer than the 1 s
   // timeout), so rank 0's wait for the gradient fails naming pp rank 1. Rank 1 then runs the
   // step so every message drains before the test ends.
-  comm::Communicator world(MPI_COMM_WORLD, "world", test_options());
+  const auto world_owner = comm::make_mpi_communicator(MPI_COMM_WORLD, "world", test_options());
+  comm::Communicator& world = *world_owner;
   MPI_Comm sub;
   MPI_Comm_split(MPI_COMM_WORLD, world.rank() < 2 ? 0 : 1, world.rank(), &sub);
   if (world.rank() < 2) {
     comm::CommOptions o = test_options();
     o.timeout_s = 1.0, o.on_timeout = comm::TimeoutAction::kThrow;
-    comm::Communicator pp(sub, "pp", o);
+    const auto pp_owner = comm::make_mpi_communicator(sub, "pp", o);
+    comm::Communicator& pp = *pp_owner;
     const nn::ModelConfig cfg = tiny();
     const Partition part = partition_layers(cfg.n_layer, {2, 1});
     MemoryTracker tracker;

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "comm/communicator.h"
+#include "comm/mpi_backend.h"
 #include "comm/progress_probe.h"
 #include "core/memory.h"
 #include "nn/model.h"
@@ -34,7 +35,8 @@ bool any_rank(comm::Communicator& world, bool mine) {
 }
 
 TEST(SendProgressProbe, MatchesTheTransport) {
-  comm::Communicator world(MPI_COMM_WORLD, "world");
+  const auto world_owner = comm::make_mpi_communicator(MPI_COMM_WORLD, "world");
+  comm::Communicator& world = *world_owner;
   if (copy_in_copy_out()) {
     // The receiver cannot finish while the sender sleeps outside MPI: always "needed".
     EXPECT_TRUE(comm::sends_need_sender_progress(world));
@@ -52,7 +54,8 @@ TEST(SendProgressProbe, MatchesTheTransport) {
 }
 
 TEST(SendProgressProbe, ExecutorStartsThePollingThreadAsAsked) {
-  comm::Communicator world(MPI_COMM_WORLD, "pp");
+  const auto world_owner = comm::make_mpi_communicator(MPI_COMM_WORLD, "pp");
+  comm::Communicator& world = *world_owner;
   const int P = world.size();
   nn::ModelConfig cfg;
   // Activations of 4 x 64 x 64 floats = 64 KiB: above what OpenMPI's shared memory sends

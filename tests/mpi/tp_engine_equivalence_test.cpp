@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "comm/mesh.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "core/rng.h"
@@ -114,7 +115,7 @@ std::unique_ptr<comm::Mesh> g_self_mesh;
 const Result& reference(int micro) {
   static std::map<int, Result> cache;
   if (!g_self_mesh) {
-    g_self_mesh = std::make_unique<comm::Mesh>(MPI_COMM_SELF, comm::MeshShape{1, 1, 1}, test_options());
+    g_self_mesh = std::make_unique<comm::Mesh>(comm::make_mpi_communicator(MPI_COMM_SELF, "world", test_options()), comm::MeshShape{1, 1, 1});
   }
   auto it = cache.find(micro);
   if (it == cache.end()) it = cache.emplace(micro, train(*g_self_mesh, options(false), micro)).first;
@@ -154,7 +155,7 @@ void expect_matches(const Result& got, const Result& want, const std::string& wh
 
 void run_layout(int dp, int tp, const EngineOptions& opt, const std::string& what, int pp = 1,
                 int micro = 1) {
-  comm::Mesh mesh(MPI_COMM_WORLD, comm::MeshShape{pp, dp, tp}, test_options());
+  comm::Mesh mesh(comm::make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), comm::MeshShape{pp, dp, tp});
   expect_matches(train(mesh, opt, micro), reference(micro), what);
 }
 
@@ -190,7 +191,7 @@ TEST(TpEngine, DataTimesPipelineParallelMatches) {
 TEST(TpEngine, LogicalWeightsLoadIntoTensorParallelSlices) {
   for (bool sp : {false, true}) {
     const Result& ref = reference(1);
-    comm::Mesh mesh(MPI_COMM_WORLD, comm::MeshShape{1, 1, world_size()}, test_options());
+    comm::Mesh mesh(comm::make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), comm::MeshShape{1, 1, world_size()});
     MemoryTracker tracker;
     Engine e(mesh, model(), options(sp), tracker, kBatch, kSeq, 1);
     std::vector<float> logical;

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "comm/mesh.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "core/check.h"
 #include "core/rng.h"
@@ -394,7 +395,7 @@ int main(int argc, char** argv) {
         options.on_timeout = trident::comm::TimeoutAction::kAbort;
         int world = 1;
         MPI_Comm_size(MPI_COMM_WORLD, &world);
-        mesh = std::make_unique<trident::comm::Mesh>(MPI_COMM_WORLD, trident::comm::MeshShape{1, 1, world}, options);
+        mesh = std::make_unique<trident::comm::Mesh>(trident::comm::make_mpi_communicator(MPI_COMM_WORLD, "world", options), trident::comm::MeshShape{1, 1, world});
         trident::g_mesh = mesh.get();
         trident::g_tp = std::make_unique<trident::parallel::CommTensorParallel>(mesh->tp());
       },
