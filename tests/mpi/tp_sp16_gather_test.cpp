@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "comm/mesh.h"
+#include "comm/mpi_backend.h"
 #include "comm/runtime.h"
 #include "kernels/kernels.h"
 #include "nn/model.h"
@@ -117,8 +118,9 @@ int main(int argc, char** argv) {
         trident::kernels::set_num_threads(1);
         int world = 1;
         MPI_Comm_size(MPI_COMM_WORLD, &world);
-        mesh = std::make_unique<trident::comm::Mesh>(MPI_COMM_WORLD, trident::comm::MeshShape{1, 1, world},
-                                                     trident::test::aborting_after(30.0));
+        mesh = std::make_unique<trident::comm::Mesh>(
+            trident::comm::make_mpi_communicator(MPI_COMM_WORLD, "world", trident::test::aborting_after(30.0)),
+            trident::comm::MeshShape{1, 1, world});
         trident::g_mesh = mesh.get();
         trident::g_tp = std::make_unique<trident::parallel::CommTensorParallel>(mesh->tp());
       },
