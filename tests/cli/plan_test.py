@@ -217,15 +217,16 @@ def main():
             return {(r["dp"], r["tp"], r["pp"], r["zero"], r["schedule"], r["micro_batches"]): r["memory_bytes"] for r in rs}
         m32, m16 = mem_by_layout(timed or []), mem_by_layout(timed16 or [])
         same = [k for k in m32 if k in m16]
-        # bf16 changes two terms (docs/memory.md): each layer's four matmul-only operands are saved in 2
-        # bytes (tiny, L 8, C 32, GPT-2: 2 * 7 N C bytes less a layer; at dp8 tp1 pp1 a micro-batch is
-        # N = 16/8/M x 32 tokens), and the bf16 weight copy adds 2 bytes per parameter element held
-        # (ZeRO 0-2: every element, whatever M). So m16 - m32 + L 14 N C is one positive constant there.
+        # bf16 changes two terms (docs/memory.md): each layer's four matmul-only operands and the
+        # head's ln_f output are saved in 2 bytes (tiny, L 8, C 32, GPT-2: 2 * 7 N C bytes less a
+        # layer and 2 N C less for ln_f; at dp8 tp1 pp1 a micro-batch is N = 16/8/M x 32 tokens), and
+        # the bf16 weight copy adds 2 bytes per parameter element held (ZeRO 0-2: every element,
+        # whatever M). So m16 - m32 + (L 14 + 2) N C is one positive constant there.
         check("plan's bf16 memory stays within 1.5x of fp32's on every layout",
               same and all(m16[k] <= 1.5 * m32[k] for k in same), f"{len(same)} common layouts")
         dp8 = [k for k in same if k[:3] == (8, 1, 1) and k[3] < 3]
-        copy = {m16[k] - m32[k] + 8 * 14 * (16 // 8 // k[5]) * 32 * 32 for k in dp8}
-        check("at dp8 tp1 pp1 ZeRO 0-2: bf16 = fp32 - L * 14 N C (16-bit operands) + one weight copy (2 B/element)",
+        copy = {m16[k] - m32[k] + (8 * 14 + 2) * (16 // 8 // k[5]) * 32 * 32 for k in dp8}
+        check("at dp8 tp1 pp1 ZeRO 0-2: bf16 = fp32 - (L * 14 + 2) N C (16-bit operands, ln_f) + one weight copy (2 B/element)",
               len({k[5] for k in dp8}) > 1 and len(copy) == 1 and min(copy) > 0 and min(copy) % 2 == 0,
               f"copy bytes per layout {sorted(copy)} over {dp8}")
         rc, text, _ = plan("--top", "1", "--precision", "fp8")
