@@ -10,6 +10,7 @@
 #include "kernels/vocab_parallel.h"
 #include "nn/architecture.h"
 #include "nn/moe_router.h"
+#include "nn/tp_region.h"
 
 namespace trident::nn {
 
@@ -336,17 +337,8 @@ void Model::head_forward(ModelActivations& acts, int64_t N) {
 }
 
 kernels::ActOperand Model::head_input(const ModelActivations& acts, int64_t N) {
-  const int64_t C = cfg_.n_embd;
-  if (!tp_.sp()) return acts.lnf.operand();
-  // The head is column-parallel over the vocabulary: it needs every row, gathered as saved
-  // (16-bit words under bf16/fp16, the bits the product rounds them to anyway: half the bytes).
-  if (acts.lnf.is16()) {
-    auto* full = reinterpret_cast<uint16_t*>(scratch_.gathered.data());
-    tp_.gather_rows16(acts.lnf.bits(), full, N, C);
-    return {full, acts.lnf.storage()};
-  }
-  tp_.gather_rows(acts.lnf.operand().f32, scratch_.gathered.data(), N, C);
-  return scratch_.gathered.data();
+  // The head is column-parallel over the vocabulary: it needs every row, gathered as saved.
+  return tp_enter(tp_, acts.lnf, scratch_.gathered.data(), N, cfg_.n_embd);
 }
 
 void Model::final_norm_forward(float* out, float* mean, float* rstd, const float* x, int64_t rows) const {

@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "kernels/matmul_engine.h"
+#include "nn/saved_operand.h"
 #include "nn/tensor_parallel.h"
 
 namespace trident::nn {
@@ -21,6 +23,21 @@ inline const float* tp_enter(const TpContext& tp, const float* x, float* gathere
   if (!tp.sp()) return x;
   tp.gather_rows(x, gathered, N, C);
   return gathered;
+}
+
+// A saved matmul operand x (Nl, C) -> the region's input (N, C): x itself, or gathered into
+// `gathered` as saved: 16-bit words under bf16/fp16 (the bits the column-parallel products
+// round them to anyway, so bitwise an fp32 gather's result at half the bytes), fp32 rows
+// otherwise. `gathered` holds N C floats either way.
+inline kernels::ActOperand tp_enter(const TpContext& tp, const SavedOperand& x, float* gathered, int64_t N,
+                                    int64_t C) {
+  if (!tp.sp()) return x.operand();
+  if (x.is16()) {
+    auto* full = reinterpret_cast<uint16_t*>(gathered);
+    tp.gather_rows16(x.bits(), full, N, C);
+    return {full, x.storage()};
+  }
+  return tp_enter(tp, x.operand().f32, gathered, N, C);
 }
 
 // d/d(region input) (N, C), partial per rank -> d/d x (Nl, C): summed in place, or

@@ -112,18 +112,9 @@ void TransformerBlock::recompute_attention_core(LayerActivations& acts, int64_t 
 }
 
 kernels::ActOperand TransformerBlock::region_input(const NormActivations& a, SharedScratch& s, int64_t N) const {
-  const int64_t C = shape_.C;
-  if (!tp_.sp()) return a.out.operand();
-  // Sequence parallelism gathers the rows as saved: 16-bit words under bf16/fp16 (the bits the
-  // column-parallel products round them to anyway, so bitwise an fp32 gather's result, half
-  // the bytes), in forward and again in backward; fp32 rows otherwise (a MoE block's norm2).
-  if (a.out.is16()) {
-    auto* full = reinterpret_cast<uint16_t*>(s.gathered.data());
-    tp_.gather_rows16(a.out.bits(), full, N, C);
-    return {full, a.out.storage()};
-  }
-  tp_.gather_rows(a.out.operand().f32, s.gathered.data(), N, C);
-  return s.gathered.data();
+  // Sequence parallelism gathers the rows as saved, in forward and again in backward (fp32
+  // rows for a MoE block's norm2, whose router reads values).
+  return tp_enter(tp_, a.out, s.gathered.data(), N, shape_.C);
 }
 
 void TransformerBlock::forward(ParameterSet& ps, LayerActivations& acts, float* out, const float* x, int64_t B,
