@@ -19,7 +19,7 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"prepare", trident::cli::run_prepare, "tokenize text into token shards (PREFIX_train.bin, PREFIX_val.bin)"},
-    {"train", trident::cli::run_train, "train a GPT-2 (single process or dp x tp x pp under mpirun)"},
+    {"train", trident::cli::run_train, "train a model: GPT-2, Llama or Mixtral (single process, or dp x tp x pp x ep under mpirun)"},
     {"generate", trident::cli::run_generate, "generate text from a checkpoint (fp32 or quantized; KV cache)"},
     {"eval", trident::cli::run_eval, "validation loss / perplexity of a checkpoint (fp32 or quantized) on a token shard"},
     {"quantize", trident::cli::run_quantize, "quantize a checkpoint's layer matrices to int8 or q4 (weight-only)"},
