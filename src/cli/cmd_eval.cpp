@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "core/check.h"
 #include "core/timer.h"
+#include "data/shard_meta.h"
 #include "data/token_shard.h"
 #include "infer/decode_model.h"
 #include "infer/lora_apply.h"
@@ -55,6 +56,12 @@ int run_eval(int argc, char** argv) {
   if (seq_len == 0) seq_len = std::min<int64_t>(256, cfg.n_positions);
   TRI_CHECK(seq_len >= 1 && seq_len <= cfg.n_positions, "--seq-len {} must be in [1, n_positions {}]", seq_len,
             cfg.n_positions);
+  if (const std::optional<std::string> tok = data::shard_file_tokenizer(shard_path)) {
+    TRI_CHECK(cfg.tokenizer.empty() || cfg.tokenizer == *tok,
+              "{} was trained on {} tokens (its config.json's trident_tokenizer) but {} holds {} tokens (its "
+              "meta file says so): the loss would score other text; tokenize the text with `trident prepare "
+              "--tokenizer {}`", ckpt_path, cfg.tokenizer, shard_path, *tok, cfg.tokenizer);
+  }
   const data::TokenShard shard = data::TokenShard::open(shard_path, cfg.vocab_size);
   TRI_CHECK(shard.size() >= static_cast<size_t>(seq_len + 1), "{} holds {} tokens, fewer than one window of {}",
             shard_path, shard.size(), seq_len + 1);

@@ -17,7 +17,6 @@
 #include "cli/commands.h"
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
-#include "data/bpe_tokenizer.h"
 #include "data/tokenizer.h"
 #include "kernels/kernels.h"
 #include "infer/decode_model.h"
@@ -50,7 +49,7 @@ int run_generate(int argc, char** argv) {
   CLI::App app{"Generate text from a checkpoint (a run directory with `latest`, a step directory, "
                "a quantized one, or a Hugging Face GPT-2, Llama or Mixtral directory with safetensors + config.json)",
                "trident generate"};
-  std::string ckpt_path, adapter_path, prompt = "\n", tokenizer_dir = data::BpeTokenizer::kDefaultAssetDir;
+  std::string ckpt_path, adapter_path, prompt = "\n", tokenizer_spec;
   int max_new_tokens = 100, threads = 0;
   bool print_ids = false;
   nn::SamplingOptions sampling;
@@ -66,9 +65,9 @@ int run_generate(int argc, char** argv) {
                  "Face does; 1 = off, 1.2-1.5 keeps greedy text from looping")
       ->capture_default_str()->check(number_above(0, false));
   app.add_option("--seed", sampling.seed, "sampling seed")->capture_default_str();
-  app.add_option("--tokenizer", tokenizer_dir,
-                 "the tokenizer the model was trained with: gpt2, cl100k, or a folder holding its files")
-      ->capture_default_str();
+  app.add_option("--tokenizer", tokenizer_spec,
+                 "the tokenizer the model was trained with: gpt2, cl100k, or a folder holding its files "
+                 "(default: the one its config.json records, trident_tokenizer; else gpt2)");
   app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str();
   app.add_flag("--print-ids", print_ids, "also print the prompt's and the generated token ids on stderr");
   use_trident_error_format(app);
@@ -91,8 +90,13 @@ int run_generate(int argc, char** argv) {
   // Adapters are checked against the base before the weights are read (a mismatch fails fast).
   std::optional<ckpt::LoadedAdapters> adapters = infer::adapters_for(ckpt_path, adapter_path, cfg);
   const std::unique_ptr<data::Tokenizer> tokenizer_ptr =
-      data::load_tokenizer(tokenizer_dir == data::BpeTokenizer::kDefaultAssetDir ? "gpt2" : tokenizer_dir);
+      data::load_tokenizer(!tokenizer_spec.empty() ? tokenizer_spec : !cfg.tokenizer.empty() ? cfg.tokenizer : "gpt2");
   data::Tokenizer& tokenizer = *tokenizer_ptr;
+  // Another vocabulary would decode the model's ids as other text without any error.
+  TRI_CHECK(cfg.tokenizer.empty() || tokenizer.name() == cfg.tokenizer,
+            "{} was trained on {} tokens (its config.json's trident_tokenizer), but --tokenizer {} is a {} "
+            "tokenizer: its ids would read as other text; drop --tokenizer to use the checkpoint's",
+            ckpt_path, cfg.tokenizer, tokenizer_spec, tokenizer.name());
   const std::string tok_name = tokenizer.name() == "gpt2" ? "GPT-2" : tokenizer.name();
   TRI_CHECK(cfg.vocab_size <= tokenizer.vocab_size(),
             "the model's vocabulary ({}) is larger than the tokenizer's ({}): this checkpoint was "

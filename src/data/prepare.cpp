@@ -1,5 +1,6 @@
 // Text -> token shards for `trident prepare`; see prepare.h.
 #include "data/prepare.h"
+#include "data/shard_meta.h"
 
 #include <nlohmann/json.hpp>
 
@@ -159,7 +160,7 @@ PrepareResult prepare(const PrepareOptions& options, std::ostream& log) {
                {"unigram_entropy_nats", result.val.unigram_entropy_nats},
                {"cross_entropy_under_train_unigram_nats", result.val_cross_entropy_under_train_unigram_nats}}},
   };
-  const std::string meta_path = options.out_prefix + "_meta.json";
+  const std::string meta_path = options.out_prefix + kShardMetaSuffix;
   std::ofstream(meta_path) << meta.dump(2) << '\n';
   return result;
 }

@@ -61,6 +61,11 @@ struct ModelConfig {
   // key: the quantized checkpoint's quantization_config says it.
   std::string packed_base_format;
   int packed_base_group = 0;
+  // The tokenizer of the token shards the model was trained on ("gpt2", "cl100k": their
+  // PREFIX_meta.json says it, data/shard_meta.h), so `generate` and `eval` use that vocabulary
+  // and refuse another; "" when unknown (a Hugging Face directory, shards without a meta file).
+  // Not an architecture fact: config.json holds it as "trident_tokenizer" for every family.
+  std::string tokenizer;
 
   int head_size() const { return n_embd / n_head; }
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }

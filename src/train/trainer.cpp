@@ -15,6 +15,7 @@
 #include "core/check.h"
 #include "core/timer.h"
 #include "data/batch_sampler.h"
+#include "data/shard_meta.h"
 #include "data/token_shard.h"
 #include "kernels/kernels.h"
 #include "nn/lora.h"
@@ -111,6 +112,19 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   std::optional<data::TokenShard> val_shard;
   if (cfg.data.eval_every > 0) {
     val_shard = data::TokenShard::open(cfg.data.data + "_val.bin", model_cfg.vocab_size);
+  }
+  // Which vocabulary the ids are: the shards' meta file says it, config.json records it, and a
+  // checkpoint trained on another tokenizer's ids is refused (the same ids would be other text).
+  const std::string recorded_tokenizer = source ? source->config.tokenizer : std::string();
+  if (const std::optional<std::string> data_tokenizer = data::shard_tokenizer(cfg.data.data)) {
+    TRI_CHECK(recorded_tokenizer.empty() || recorded_tokenizer == *data_tokenizer,
+              "{} was trained on {} tokens (its config.json's trident_tokenizer) but the shards {}_*.bin hold {} "
+              "tokens ({}{}): the same ids would mean other text; tokenize the data with `trident prepare "
+              "--tokenizer {}`", source->path, recorded_tokenizer, cfg.data.data, *data_tokenizer, cfg.data.data,
+              data::kShardMetaSuffix, recorded_tokenizer);
+    model_cfg.tokenizer = *data_tokenizer;
+  } else {
+    model_cfg.tokenizer = recorded_tokenizer;
   }
   // The sampler's one option is its order; the batch shape and the seed are the run's.
   const data::BatchSampler sampler(train_shard, {.batch_size = cfg.data.batch_size,

@@ -152,7 +152,12 @@ def main():
             check("generate --tokenizer cl100k", rc == 0 and want is not None and ids.get("prompt ids") == want[0]
                   and len(ids.get("generated ids", [])) == 8 and all(0 <= t < 100277 for t in ids["generated ids"]),
                   err[-500:] if rc else str(ids))
-            rc, out, err = run([T, "generate", "--ckpt", f"{d}/ck", "--prompt", prompt])
+            # Without --tokenizer the checkpoint's recorded one (config.json trident_tokenizer) is used.
+            rc, out, err = run([T, "generate", "--ckpt", f"{d}/ck", "--prompt", prompt, "--max-new-tokens", "2",
+                                "--print-ids"])
+            check("generate without --tokenizer uses the checkpoint's cl100k",
+                  rc == 0 and want is not None and f"prompt ids: {' '.join(map(str, want[0]))}" in err, err[-300:])
+            rc, out, err = run([T, "generate", "--ckpt", f"{d}/ck", "--tokenizer", "gpt2", "--prompt", prompt])
             check("generate refuses the GPT-2 tokenizer for a cl100k model", rc != 0 and "--tokenizer" in err,
                   err[-300:])
             rc, out, err = run([T, "train", "--model", "tiny", "--data", f"{d}/ja", "--steps", "1", "--batch-size", "2",
