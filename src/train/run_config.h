@@ -347,7 +347,7 @@ void for_each_field(S& o, E& e, V&& v) {
   v(field("resume", "", "continue the run saved in DIR (DIR/latest, or a step directory) with its saved options; flags given override, each change printed").placeholder("DIR").shown_as("none")
         .alias("resume_from restore resume_dir"), o.resume);
   v(field("ckpt_dir", "", "directory for checkpoints DIR/step_NNNNNNNN").placeholder("DIR").shown_as("none: no checkpoints")
-        .alias("checkpoint_dir out_dir save_dir output_dir save"), o.ckpt_dir);
+        .alias("checkpoint_dir out_dir save_dir output_dir save out output"), o.ckpt_dir);
   v(field("ckpt_every", 0, "steps between checkpoints (one is always written at the end)").at_least(0)
         .shown_as("0 = only at the end").alias("save_every checkpoint_every save_interval ckpt_interval"),
     o.ckpt_every);
