@@ -1,9 +1,12 @@
 // The subcommands parsed with CLI11 report a bad command line the way the rest of trident
-// reports errors ("error: ..." on stderr, exit code 1), not with CLI11's bare message.
+// reports errors ("error: ..." on stderr, exit code 1), not with CLI11's bare message, and
+// their numeric bounds in words.
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 
+#include <cstdlib>
 #include <string>
 
 namespace trident::cli {
@@ -12,6 +15,20 @@ inline void use_trident_error_format(CLI::App& app) {
   app.failure_message([](const CLI::App*, const CLI::Error& e) {
     return "error: " + std::string(e.what()) + "\nRun with --help for more information.\n";
   });
+}
+
+// CLI11's PositiveNumber / NonNegativeNumber print their range up to DBL_MAX; say it plainly.
+inline CLI::Validator number_above(double bound, bool allow_equal) {
+  const std::string need = fmt::format("{} {}", allow_equal ? ">=" : ">", bound);
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (end == text.c_str() || *end != '\0') return fmt::format("'{}' is not a number", text);
+        if (allow_equal ? v >= bound : v > bound) return "";
+        return fmt::format("must be {}, got {}", need, text);
+      },
+      need);
 }
 
 }  // namespace trident::cli

@@ -36,10 +36,10 @@ int run_eval(int argc, char** argv) {
                  "a LoRA/QLoRA run's checkpoint whose adapters are applied, unmerged, to the --ckpt base (a LoRA step "
                  "directory given as --ckpt applies its own)");
   app.add_option("--data", shard_path, "token shard (e.g. data/janeausten_val.bin)")->required();
-  app.add_option("--seq-len", seq_len, "tokens per window; 0 = min(256, n_positions)")->capture_default_str();
+  app.add_option("--seq-len", seq_len, "tokens per window; 0 = min(256, n_positions)")->capture_default_str()->check(number_above(0, true));
   app.add_option("--max-tokens", max_tokens, "score at most this many targets from the start; 0 = the whole shard")
-      ->capture_default_str();
-  app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str();
+      ->capture_default_str()->check(number_above(0, true));
+  app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str()->check(number_above(0, true));
   use_trident_error_format(app);
   try {
     app.parse(argc, argv);

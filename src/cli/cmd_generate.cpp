@@ -27,23 +27,6 @@
 
 namespace trident::cli {
 
-namespace {
-
-// CLI11's PositiveNumber / NonNegativeNumber print their range up to DBL_MAX; say it plainly.
-CLI::Validator number_above(double bound, bool allow_equal) {
-  const std::string need = fmt::format("{} {}", allow_equal ? ">=" : ">", bound);
-  return CLI::Validator(
-      [=](std::string& text) -> std::string {
-        char* end = nullptr;
-        const double v = std::strtod(text.c_str(), &end);
-        if (end == text.c_str() || *end != '\0') return fmt::format("'{}' is not a number", text);
-        if (allow_equal ? v >= bound : v > bound) return "";
-        return fmt::format("must be {}, got {}", need, text);
-      },
-      need);
-}
-
-}  // namespace
 
 int run_generate(int argc, char** argv) {
   CLI::App app{"Generate text from a checkpoint (a run directory with `latest`, a step directory, "
@@ -68,7 +51,7 @@ int run_generate(int argc, char** argv) {
   app.add_option("--tokenizer", tokenizer_spec,
                  "the tokenizer the model was trained with: gpt2, cl100k, or a folder holding its files "
                  "(default: the one its config.json records, trident_tokenizer; else gpt2)");
-  app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str();
+  app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str()->check(number_above(0, true));
   app.add_flag("--print-ids", print_ids, "also print the prompt's and the generated token ids on stderr");
   use_trident_error_format(app);
   try {

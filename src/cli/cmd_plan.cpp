@@ -30,6 +30,7 @@
 #include "ckpt/checkpoint.h"
 #include "core/memory.h"
 #include "kernels/matmul_engine.h"
+#include "nn/model_config.h"
 #include "nn/parameters.h"
 #include "train/memory_check.h"
 #include "comm/communicator.h"
@@ -106,7 +107,7 @@ int run_plan(int argc, char** argv) {
   std::string json_out, recompute = "none", offload = "auto", offload_dir, precision = "fp32";
   int offload_block_kib = 4096;
   double disk_mbps = 0;
-  app.add_option("--model", model, "preset (tiny, small, gpt2, gpt2-medium) or a config.json")->capture_default_str();
+  app.add_option("--model", model, fmt::format("preset ({}) or a Hugging Face config.json (gpt2, llama or mixtral)", fmt::join(nn::model_preset_names(), ", ")))->capture_default_str();
   app.add_option("--world", world, "ranks (dp * tp * pp)")->required();
   app.add_option("--memory-per-rank", memory, "bytes each rank may use (e.g. 2GiB); 0: unlimited")->capture_default_str();
   app.add_option("--batch-size", batch, "global sequences per optimizer step")->capture_default_str();

@@ -44,7 +44,7 @@ int run_quantize(int argc, char** argv) {
   CLI::Option* len_opt = app.add_option("--calib-seq-len", calib_seq_len,
                                         "gptq: tokens per calibration window (each from position 0); 0 = min(256, n_positions)")
                              ->capture_default_str();
-  app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str();
+  app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str()->check(number_above(0, true));
   use_trident_error_format(app);
   try {
     app.parse(argc, argv);
