@@ -104,6 +104,11 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   const std::string lora_base = !model_cfg.lora.enabled() ? ""
                                 : !cfg.train.init_from.empty() ? source->path
                                                                : source->trident.value("lora_base", std::string());
+  // Before the memory check and the shards, whose errors would name a symptom of this.
+  TRI_CHECK(cfg.data.seq_len <= model_cfg.n_positions,
+            "--seq-len {} is longer than the model's n_positions {}: lower --seq-len, or give the model more "
+            "positions (--n-positions; for a loaded checkpoint the table's size is fixed)", cfg.data.seq_len,
+            model_cfg.n_positions);
   check_model_fits(model_cfg, cfg, mesh);  // before anything is allocated
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
                                     "and PREFIX_val.bin, written by `trident prepare`)");
