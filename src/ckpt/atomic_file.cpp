@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "core/check.h"
+#include "core/crc32c.h"
 
 namespace fs = std::filesystem;
 
@@ -121,6 +122,7 @@ void AtomicFile::write(const void* data, std::size_t bytes) {
   TRI_CHECK(!done_, "write to '{}' after it was committed or aborted", final_path_);
   const char* src = static_cast<const char*>(data);
   bytes_written_ += bytes;
+  crc_ = crc32c_update(crc_, data, bytes);
   if (buffered_ + bytes <= buffer_.size()) {
     std::memcpy(buffer_.data() + buffered_, src, bytes);
     buffered_ += bytes;

@@ -32,6 +32,8 @@ class AtomicFile {
   const std::string& final_path() const { return final_path_; }
   const std::string& temp_path() const { return temp_path_; }
   std::uint64_t bytes_written() const { return bytes_written_; }
+  // CRC-32C of every byte written so far (core/crc32c.h): what the checkpoint records.
+  std::uint32_t crc32c() const { return crc_; }
 
  private:
   void flush();
@@ -44,6 +46,7 @@ class AtomicFile {
   std::vector<char> buffer_;
   std::size_t buffered_ = 0;
   std::uint64_t bytes_written_ = 0;
+  std::uint32_t crc_ = 0;
 };
 
 // Writes `contents` to `path` atomically (AtomicFile in one call).

@@ -14,7 +14,9 @@
 
 #include "ckpt/atomic_file.h"
 #include "ckpt/checkpoint_detail.h"
+#include "ckpt/checksums.h"
 #include "core/check.h"
+#include "core/crc32c.h"
 #include "nn/lora_checkpoint.h"
 #include "nn/moe_router.h"
 
@@ -260,27 +262,30 @@ std::string CheckpointWriter::commit() {
   std::string final_path;
   try {
     StagedDirectory staged(root_, name);
+    nlohmann::json checksums = nlohmann::json::object();  // ckpt/checksums.h
     if (packed_base_.empty()) {
-      model_.write(join_path(staged.path(), kModelFile));
+      checksums[kModelFile] = crc32c_string(model_.write(join_path(staged.path(), kModelFile)));
       write_file_atomic(join_path(staged.path(), kConfigFile), nn::model_config_to_hf_json(config_).dump(2) + "\n");
     } else {
       for (const char* f : {kModelFile, kConfigFile}) {
         TRI_CHECK(is_file(join_path(packed_base_, f)), "the QLoRA base {} has no {} any more", packed_base_, f);
         fs::copy_file(join_path(packed_base_, f), join_path(staged.path(), f));
       }
+      checksums[kModelFile] = crc32c_string(file_crc32c(join_path(staged.path(), kModelFile)));
     }
     if (config_.lora.enabled()) {
-      adapters_.write(join_path(staged.path(), kAdapterFile));
+      checksums[kAdapterFile] = crc32c_string(adapters_.write(join_path(staged.path(), kAdapterFile)));
       write_file_atomic(join_path(staged.path(), kAdapterConfigFile), adapter_config_.dump(2) + "\n");
     }
     if (optimizer_.size() > 0 || optimizer_step_) {
       SafetensorsWriter opt = optimizer_;
       opt.set_metadata("step", std::to_string(optimizer_step_.value_or(step_)));
       opt.set_metadata("format", "trident-adamw");
-      opt.write(join_path(staged.path(), kOptimizerFile));
+      checksums[kOptimizerFile] = crc32c_string(opt.write(join_path(staged.path(), kOptimizerFile)));
     }
     nlohmann::json state = trident_.is_object() ? trident_ : nlohmann::json{{"state", trident_}};
     state["step"] = step_;
+    state[kChecksumsKey] = std::move(checksums);
     write_file_atomic(join_path(staged.path(), kTridentFile), state.dump(2) + "\n");
     staged.commit();
     final_path = staged.final_path();
@@ -398,6 +403,7 @@ LoadedCheckpoint load_checkpoint(const std::string& path) {
   LoadedCheckpoint ck = open_checkpoint(path);
   validate_model_tensors(ck.model, ck.config, ck.model_prefix);
   if (ck.optimizer) validate_optimizer_tensors(*ck.optimizer, ck.config);
+  verify_checksums(ck.path, ck.trident);  // last: a damaged file's own error (NaN, shape) names it better
   return ck;
 }
 

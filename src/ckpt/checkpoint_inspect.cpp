@@ -7,6 +7,7 @@
 
 #include "ckpt/checkpoint.h"
 #include "ckpt/checkpoint_detail.h"
+#include "ckpt/checksums.h"
 #include "core/check.h"
 #include "nn/lora_checkpoint.h"
 #include "nn/moe_router.h"
@@ -95,7 +96,11 @@ std::string verify_checkpoint(const std::string& path) {
     }
     summary += fmt::format("; LoRA adapters complete (r {}, {})", ck.config.lora.rank, fmt::join(ck.config.lora.targets, ","));
   }
-  return summary + "; all finite";
+  summary += "; all finite";
+  if (const int files = verify_checksums(ck.path, ck.trident); files > 0) {
+    summary += fmt::format("; {} file(s) match their recorded crc32c", files);
+  }
+  return summary;
 }
 
 std::string describe_checkpoint(const std::string& path) {

@@ -217,7 +217,7 @@ class CountingSink final : public TensorSink {
 };
 }  // namespace
 
-void SafetensorsWriter::write(const std::string& path) const {
+std::uint32_t SafetensorsWriter::write(const std::string& path) const {
   AtomicFile file(path);  // removed again if anything below throws
   file.write(header_bytes());
   for (const auto& e : entries_) {
@@ -233,6 +233,7 @@ void SafetensorsWriter::write(const std::string& path) const {
               e.name, shape_str(e.shape), sink.written(), n, path);
   }
   file.commit();
+  return file.crc32c();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -68,8 +68,9 @@ class SafetensorsWriter {
   std::uint64_t file_size() const;
 
   // Streams everything to `path` through AtomicFile: either the complete file appears under
-  // `path` or (on any error, including a provider that throws) nothing does.
-  void write(const std::string& path) const;
+  // `path` or (on any error, including a provider that throws) nothing does. Returns the
+  // file's CRC-32C (core/crc32c.h).
+  std::uint32_t write(const std::string& path) const;
 
  private:
   struct Entry {

@@ -187,7 +187,14 @@ def ckpt_info_checks(T, d):
         path = damaged(name.replace(" ", "_").replace("'", ""), damage)
         expect_error(f"ckpt info refuses: {name}", [T, "ckpt", "info", path], *fragments)
     # Training does not start from one either (the NaN would make every step a skipped one).
+    # Trident's own checkpoints record crc32c checksums, so a poked value is refused as corrupt
+    # before its value is read; the finiteness check is what guards a checkpoint without them
+    # (another tool's, or one whose record was dropped), which these runs then exercise.
     path = f"{d}/bad_NaN_in_a_weight/step_00000002"
+    expect_error("a poked weight in a checkpoint with checksums is refused as corrupt",
+                 base[:-2] + ["--init-from", path], "model.safetensors is corrupt", "checksum")
+    for bad in ("bad_NaN_in_a_weight", "bad_NaN_in_a_moment"):
+        trident_json(f"{d}/{bad}/step_00000002", lambda j: j.pop("checksums"))
     expect_error("train --init-from a checkpoint with a NaN weight is refused",
                  base[:-2] + ["--init-from", path], "h.1.mlp.c_fc.weight", "not finite")
     expect_error("train --resume a checkpoint with a NaN moment is refused",

@@ -19,6 +19,8 @@
 
 #include "ckpt/atomic_file.h"
 #include "ckpt/checkpoint.h"
+#include "ckpt/checksums.h"
+#include "core/crc32c.h"
 #include "cli/commands.h"
 #include "core/check.h"
 #include "../support/expect_error.h"
@@ -426,7 +428,7 @@ TEST(CkptCheckpoint, DescribeAndCli) {
                            "h.1.attn.c_attn.weight", "[8, 24]", "F32",
                            "model tensors: match config.json",
                            "optimizer state: present (", "step 42", "exp_avg_sq for every parameter",
-                           "trident.json: data, rng, step"}) {
+                           "trident.json: checksums, data, rng, step"}) {
     EXPECT_NE(info.find(part), std::string::npos) << "missing '" << part << "' in:\n" << info;
   }
   const std::string params = fmt::format("{} parameters", c.num_parameters());
@@ -451,6 +453,60 @@ TEST(CkptCheckpoint, VerifyNamesTheNonFiniteTensor) {
   EXPECT_ERROR_HAS(verify_checkpoint(dir.path()), "tensor 'h.1.mlp.c_proj.bias'", "model.safetensors",
                    "-inf at element 5", "1 of 8 elements");
   EXPECT_ERROR_HAS(check_finite(w.at("h.1.mlp.c_proj.bias").data(), 8, "x", "f"), "tensor 'x' in f");
+}
+
+TEST(CkptCheckpoint, Crc32cKnownValuesAndHardwareEqualsTable) {
+  EXPECT_EQ(crc32c_update(0, "123456789", 9), 0xE3069283u);  // the CRC-32C check value
+  EXPECT_EQ(crc32c_update(0, "", 0), 0u);
+  EXPECT_EQ(crc32c_string(0xE3069283u), "crc32c:e3069283");
+  std::vector<unsigned char> bytes(4099);
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>((i * 2654435761u) >> 13);
+  // Every start and length mod 8 (the SSE4.2 path's word loop and its byte tail) and composition.
+  for (std::size_t off = 0; off < 9; ++off) {
+    for (std::size_t len : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{8}, std::size_t{9},
+                            std::size_t{63}, std::size_t{4090}}) {
+      const std::uint32_t hw = crc32c_update(0, bytes.data() + off, len);
+      ASSERT_EQ(hw, crc32c_update_portable(0, bytes.data() + off, len)) << off << " " << len;
+      const std::size_t cut = len / 3;
+      ASSERT_EQ(hw, crc32c_update(crc32c_update(0, bytes.data() + off, cut), bytes.data() + off + cut, len - cut));
+    }
+  }
+}
+
+TEST(CkptCheckpoint, ChecksumsAreRecordedAndAFlippedBitIsRefused) {
+  TempDir dir;
+  const auto c = micro_config();
+  const auto w = make_weights(c, 1.f);
+  const std::string path = save(dir.path(), 4, c, w);
+  const LoadedCheckpoint ck = load_checkpoint(path);
+  ASSERT_TRUE(ck.trident.contains(kChecksumsKey));
+  EXPECT_EQ(ck.trident[kChecksumsKey].size(), 2u);  // model and optimizer; config.json is not covered
+  EXPECT_EQ(ck.trident[kChecksumsKey][kModelFile], crc32c_string(file_crc32c(path + "/" + kModelFile)));
+  EXPECT_EQ(verify_checksums(path, ck.trident), 2);
+  EXPECT_NE(verify_checkpoint(path).find("2 file(s) match their recorded crc32c"), std::string::npos);
+
+  // One bit of one weight flipped: still a well-formed, finite checkpoint, so only the checksum knows.
+  {
+    std::fstream f(path + "/" + kOptimizerFile, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-3, std::ios::end);
+    char b = 0;
+    f.read(&b, 1);
+    b = static_cast<char>(b ^ 0x01);
+    f.seekp(-3, std::ios::end);
+    f.write(&b, 1);
+  }
+  const std::string recorded = ck.trident[kChecksumsKey][kOptimizerFile].get<std::string>();
+  EXPECT_ERROR_HAS(load_checkpoint(path), "optimizer.safetensors is corrupt", "its checksum is crc32c:",
+                   recorded.c_str(), "another step directory");
+  EXPECT_ERROR_HAS(verify_checkpoint(path), "optimizer.safetensors is corrupt");
+  // A listed file that is gone, and a malformed entry.
+  fs::remove(path + "/" + kOptimizerFile);
+  nlohmann::json t = ck.trident;
+  EXPECT_ERROR_HAS(verify_checksums(path, t), "optimizer.safetensors is missing", "records a checksum");
+  t[kChecksumsKey] = {{kModelFile, 7}};
+  EXPECT_ERROR_HAS(verify_checksums(path, t), "checksum of model.safetensors must be a string");
+  // No record (a Hugging Face directory, an older checkpoint): nothing to check.
+  EXPECT_EQ(verify_checksums(path, nlohmann::json()), 0);
 }
 
 // Manual timing at GPT-2 124M size (run with --gtest_also_run_disabled_tests): one 500 MB
