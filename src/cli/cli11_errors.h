@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 namespace trident::cli {
@@ -15,6 +16,18 @@ inline void use_trident_error_format(CLI::App& app) {
   app.failure_message([](const CLI::App*, const CLI::Error& e) {
     return "error: " + std::string(e.what()) + "\nRun with --help for more information.\n";
   });
+}
+
+// app.parse with the format above: the exit code to return (after --help, or a bad command
+// line: CLI11 has printed it), or nullopt to go on.
+inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv) {
+  use_trident_error_format(app);
+  try {
+    app.parse(argc, argv);  // CLI11 skips argv[0], the subcommand name
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return std::nullopt;
 }
 
 // CLI11's PositiveNumber / NonNegativeNumber print their range up to DBL_MAX; say it plainly.
@@ -29,6 +42,12 @@ inline CLI::Validator number_above(double bound, bool allow_equal) {
         return fmt::format("must be {}, got {}", need, text);
       },
       need);
+}
+
+
+// --threads N, the inference commands' thread count (0: OpenMP's default).
+inline CLI::Option* add_threads_option(CLI::App& app, int& threads) {
+  return app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str()->check(number_above(0, true));
 }
 
 }  // namespace trident::cli

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "ckpt/checkpoint.h"
@@ -43,12 +44,7 @@ int run_ckpt(int argc, char** argv) {
                    "a step directory, a checkpoint root holding 'latest', or a Hugging Face "
                    "GPT-2, Llama or Mixtral directory (safetensors + config.json)")
       ->required();
-  use_trident_error_format(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (const std::optional<int> rc = parse_command_line(app, argc, argv)) return *rc;
   if (info->parsed() && quant::is_quantized_checkpoint(path)) {
     std::fputs(quant::describe_quantized(path).c_str(), stdout);
     const quant::QuantizedModel m = quant::load_quantized(path);  // verifies every tensor

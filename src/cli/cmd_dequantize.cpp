@@ -25,12 +25,7 @@ int run_dequantize(int argc, char** argv) {
   std::string ckpt_path, out_dir;
   app.add_option("--ckpt", ckpt_path, "a `trident quantize` output (or a QLoRA run's step directory)")->required();
   app.add_option("--out", out_dir, "directory to write (must not exist or be empty)")->required();
-  use_trident_error_format(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (const std::optional<int> rc = parse_command_line(app, argc, argv)) return *rc;
   const std::string dir = ckpt::resolve_checkpoint(ckpt_path);
   TRI_CHECK(quant::is_quantized_checkpoint(dir), "--ckpt {} is not a quantized checkpoint (its config.json has no "
             "{}); it is fp32 already", dir, quant::kQuantizationKey);

@@ -39,13 +39,8 @@ int run_eval(int argc, char** argv) {
   app.add_option("--seq-len", seq_len, "tokens per window; 0 = min(256, n_positions)")->capture_default_str()->check(number_above(0, true));
   app.add_option("--max-tokens", max_tokens, "score at most this many targets from the start; 0 = the whole shard")
       ->capture_default_str()->check(number_above(0, true));
-  app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str()->check(number_above(0, true));
-  use_trident_error_format(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  add_threads_option(app, threads);
+  if (const std::optional<int> rc = parse_command_line(app, argc, argv)) return *rc;
   if (threads > 0) kernels::set_num_threads(threads);
   infer::require_decode_layer(quant::inference_config(ckpt_path).family);
   quant::QuantizedModel weights = quant::load_for_inference(ckpt_path);

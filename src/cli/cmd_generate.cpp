@@ -51,14 +51,9 @@ int run_generate(int argc, char** argv) {
   app.add_option("--tokenizer", tokenizer_spec,
                  "the tokenizer the model was trained with: gpt2, cl100k, or a folder holding its files "
                  "(default: the one its config.json records, trident_tokenizer; else gpt2)");
-  app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str()->check(number_above(0, true));
+  add_threads_option(app, threads);
   app.add_flag("--print-ids", print_ids, "also print the prompt's and the generated token ids on stderr");
-  use_trident_error_format(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (const std::optional<int> rc = parse_command_line(app, argc, argv)) return *rc;
   if (threads > 0) kernels::set_num_threads(threads);
 
   // Refuse absurd shapes before loading: the weights are held once, 4 bytes a parameter at most.

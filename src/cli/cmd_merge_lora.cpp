@@ -36,12 +36,7 @@ int run_merge_lora(int argc, char** argv) {
   app.add_option("--adapter", adapter_path, "a LoRA run's checkpoint (holding adapter_model.safetensors and "
                                             "adapter_config.json), or its root")->required();
   app.add_option("--out", out_dir, "directory to write (must not exist or be empty)")->required();
-  use_trident_error_format(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (const std::optional<int> rc = parse_command_line(app, argc, argv)) return *rc;
   ckpt::StagedDirectory out = ckpt::stage_new_output_dir(out_dir);
   // A QLoRA run's base: merging writes fp32 weights, so the dequantized values are the base to
   // merge into; one explicit step makes that visible (and the file reusable).

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <memory>
 #include <span>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -157,12 +158,7 @@ int run_plan(int argc, char** argv) {
   train::RunConfig run;
   for_each_field(run.train, run.engine, TrainFieldAdder{app, {"init_from"}});
   for_each_field(run.model, TrainFieldAdder{app, {"lora_rank", "lora_alpha", "lora_targets"}});
-  use_trident_error_format(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (const std::optional<int> rc = parse_command_line(app, argc, argv)) return *rc;
 
   comm::MpiRuntime mpi(&argc, &argv);
   const int ranks = mpi.world_size();

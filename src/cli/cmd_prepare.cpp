@@ -36,12 +36,7 @@ int run_prepare(int argc, char** argv) {
       ->capture_default_str();
   bool quiet = false;
   app.add_flag("--quiet", quiet, "No progress bar");
-  use_trident_error_format(app);
-  try {
-    app.parse(argc, argv);  // CLI11 skips argv[0], the subcommand name
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (const std::optional<int> rc = parse_command_line(app, argc, argv)) return *rc;
   opt.progress = !quiet;
   const auto r = data::prepare(opt, std::cerr);
   std::cout << fmt::format(

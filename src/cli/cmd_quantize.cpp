@@ -44,13 +44,8 @@ int run_quantize(int argc, char** argv) {
   CLI::Option* len_opt = app.add_option("--calib-seq-len", calib_seq_len,
                                         "gptq: tokens per calibration window (each from position 0); 0 = min(256, n_positions)")
                              ->capture_default_str();
-  app.add_option("--threads", threads, "threads; 0 = OpenMP's default")->capture_default_str()->check(number_above(0, true));
-  use_trident_error_format(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  add_threads_option(app, threads);
+  if (const std::optional<int> rc = parse_command_line(app, argc, argv)) return *rc;
   if (threads > 0) kernels::set_num_threads(threads);
   const quant::Format format = quant::parse_format(format_text);
   TRI_CHECK(method == "rtn" || method == "gptq", "unknown --method '{}'; choose rtn (round to nearest) or gptq "
