@@ -21,6 +21,8 @@ struct LoadedAdapters {
   std::string dir;      // the resolved step directory
   nn::LoraConfig lora;      // r, lora_alpha, the family's short target names
   std::vector<LoadedAdapter> adapters;  // layer then target order
+  // What the base check (ckpt/base_fingerprint.h) has to say: "" when the fingerprints agree.
+  std::string base_note;
 };
 
 // Whether DIR (a step directory) holds either adapter file.

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "ckpt/atomic_file.h"
+#include "ckpt/base_fingerprint.h"
 #include "ckpt/checkpoint.h"
 #include "ckpt/safetensors.h"
 #include "cli/cli11_errors.h"
@@ -43,7 +44,11 @@ int run_dequantize(int argc, char** argv) {
     writer.add_tensor(d.name, d.shape, keep.back().data());
   }
   writer.write(out.path() + "/" + ckpt::kModelFile);
-  ckpt::write_file_atomic(out.path() + "/" + ckpt::kConfigFile, nn::model_config_to_hf_json(q.config).dump(2) + "\n");
+  // The same base as the quantized one and its fp32 origin (ckpt/base_fingerprint.h): its values
+  // are what a QLoRA run on --ckpt trained on, so that run's adapters merge into this output.
+  nlohmann::json config = nn::model_config_to_hf_json(q.config);
+  if (!q.base_fingerprint.empty()) config[ckpt::kBaseFingerprintKey] = q.base_fingerprint;
+  ckpt::write_file_atomic(out.path() + "/" + ckpt::kConfigFile, config.dump(2) + "\n");
   ckpt::commit_new_output_dir(out);
   fmt::print("dequantized {} ({}{}) -> {}: {} matrices as fp32\n", dir, quant::format_name(q.format),
              q.group > 0 ? fmt::format(" g{}", q.group) : "", out_dir, q.matrices.size());

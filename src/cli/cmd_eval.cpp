@@ -31,10 +31,13 @@ int run_eval(int argc, char** argv) {
   std::string ckpt_path, shard_path, adapter_path;
   int64_t seq_len = 0, max_tokens = 0;
   int threads = 0;
+  bool allow_other_base = false;
   app.add_option("--ckpt", ckpt_path, "checkpoint: fp32 (step directory or root) or from `trident quantize`")->required();
   app.add_option("--adapter", adapter_path,
                  "a LoRA/QLoRA run's checkpoint whose adapters are applied, unmerged, to the --ckpt base (a LoRA step "
                  "directory given as --ckpt applies its own)");
+  app.add_flag("--allow-other-base", allow_other_base,
+               "apply --adapter although its run recorded another base than --ckpt (a different base fingerprint: docs/lora.md \"Which base\")");
   app.add_option("--data", shard_path, "token shard (e.g. data/janeausten_val.bin)")->required();
   app.add_option("--seq-len", seq_len, "tokens per window; 0 = min(256, n_positions)")->capture_default_str()->check(number_above(0, true));
   app.add_option("--max-tokens", max_tokens, "score at most this many targets from the start; 0 = the whole shard")
@@ -45,7 +48,7 @@ int run_eval(int argc, char** argv) {
   infer::require_decode_layer(quant::inference_config(ckpt_path).family);
   quant::QuantizedModel weights = quant::load_for_inference(ckpt_path);
   const nn::ModelConfig cfg = weights.config;
-  std::optional<ckpt::LoadedAdapters> adapters = infer::adapters_for(ckpt_path, adapter_path, cfg);
+  std::optional<ckpt::LoadedAdapters> adapters = infer::adapters_for(ckpt_path, adapter_path, cfg, allow_other_base);
   const std::string format = std::string(quant::format_name(weights.format)) +
                              (weights.group > 0 ? fmt::format(" g{}", weights.group) : "");
   if (seq_len == 0) seq_len = std::min<int64_t>(256, cfg.n_positions);

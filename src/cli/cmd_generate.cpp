@@ -34,11 +34,13 @@ int run_generate(int argc, char** argv) {
                "trident generate"};
   std::string ckpt_path, adapter_path, prompt = "\n", tokenizer_spec;
   int max_new_tokens = 100, threads = 0;
-  bool print_ids = false;
+  bool print_ids = false, allow_other_base = false;
   nn::SamplingOptions sampling;
   app.add_option("--ckpt", ckpt_path, "checkpoint directory (a LoRA/QLoRA step directory: with its adapters)")->required();
   app.add_option("--adapter", adapter_path,
                  "a LoRA/QLoRA run's checkpoint whose adapters are applied, unmerged, to the --ckpt base");
+  app.add_flag("--allow-other-base", allow_other_base,
+               "apply --adapter although its run recorded another base than --ckpt (a different base fingerprint: docs/lora.md \"Which base\")");
   app.add_option("--prompt", prompt, "text to continue")->capture_default_str();
   app.add_option("--max-new-tokens", max_new_tokens, "tokens to generate")->capture_default_str()->check(number_above(0, false));
   app.add_option("--temperature", sampling.temperature, "sampling temperature; 0 = greedy (deterministic)")->capture_default_str()->check(number_above(0, true));
@@ -66,7 +68,7 @@ int run_generate(int argc, char** argv) {
               "machine cannot load it", ckpt_path, cfg.describe(), format_bytes(need), format_bytes(*avail));
   }
   // Adapters are checked against the base before the weights are read (a mismatch fails fast).
-  std::optional<ckpt::LoadedAdapters> adapters = infer::adapters_for(ckpt_path, adapter_path, cfg);
+  std::optional<ckpt::LoadedAdapters> adapters = infer::adapters_for(ckpt_path, adapter_path, cfg, allow_other_base);
   const std::unique_ptr<data::Tokenizer> tokenizer_ptr =
       data::load_tokenizer(!tokenizer_spec.empty() ? tokenizer_spec : !cfg.tokenizer.empty() ? cfg.tokenizer : "gpt2");
   data::Tokenizer& tokenizer = *tokenizer_ptr;

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "ckpt/atomic_file.h"
+#include "ckpt/base_fingerprint.h"
 #include "ckpt/checkpoint.h"
 #include "ckpt/lora_adapters.h"
 #include "ckpt/safetensors.h"
@@ -31,11 +32,15 @@ int run_merge_lora(int argc, char** argv) {
                "and config.json).",
                "trident merge-lora"};
   std::string base_path, adapter_path, out_dir;
+  bool allow_other_base = false;
   app.add_option("--base", base_path, "the base checkpoint the adapters were trained on (a step directory, a "
                                       "root holding 'latest', or a Hugging Face directory)")->required();
   app.add_option("--adapter", adapter_path, "a LoRA run's checkpoint (holding adapter_model.safetensors and "
                                             "adapter_config.json), or its root")->required();
   app.add_option("--out", out_dir, "directory to write (must not exist or be empty)")->required();
+  app.add_flag("--allow-other-base", allow_other_base,
+               "merge although the adapters' run recorded another base than --base (a different base fingerprint: "
+               "docs/lora.md \"Which base\")");
   if (const std::optional<int> rc = parse_command_line(app, argc, argv)) return *rc;
   ckpt::StagedDirectory out = ckpt::stage_new_output_dir(out_dir);
   // A QLoRA run's base: merging writes fp32 weights, so the dequantized values are the base to
@@ -50,6 +55,11 @@ int run_merge_lora(int argc, char** argv) {
   // The adapters, checked against this base (ckpt/lora_adapters.h): one clear error each.
   const ckpt::LoadedAdapters loaded = ckpt::read_adapters(base.config, adapter_path, base.path);
   const std::string& adapter_dir = loaded.dir;
+  // ... and against its identity: the base the adapters' run recorded (ckpt/base_fingerprint.h).
+  if (const std::string note = ckpt::check_adapter_base(adapter_dir, base.path, "--base", allow_other_base);
+      !note.empty()) {
+    fmt::print(stderr, "{}\n", note);
+  }
   nn::ModelConfig cfg = base.config;
   cfg.lora = loaded.lora;
   std::map<std::string, const ckpt::LoadedAdapter*> by_weight;

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "ckpt/base_fingerprint.h"
 #include "ckpt/checkpoint.h"
 #include "cli/cli11_errors.h"
 #include "cli/commands.h"
@@ -98,6 +99,9 @@ int run_quantize(int argc, char** argv) {
     }
     m = std::move(r.model);
   }
+  // The base's identity travels with its quantized versions, so LoRA adapters of the fp32 base and
+  // QLoRA adapters of this output apply to either (ckpt/base_fingerprint.h).
+  m.base_fingerprint = ckpt::base_fingerprint(ck);
   quant::save_quantized(m, out_dir);
   fmt::print("quantized {} -> {}: method {}, format {}{}, {} matrices ({:.1f} MB packed), {} tensors kept fp32 ({:.1f} MB)\n",
              ck.path, out_dir, m.method, quant::format_name(format),

@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "ckpt/base_fingerprint.h"
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
 
@@ -54,7 +55,7 @@ void LoraApplier::add(const quant::QuantMatrix& w, const float* x, float* out, i
 }
 
 std::optional<ckpt::LoadedAdapters> adapters_for(const std::string& ckpt_path, const std::string& adapter,
-                                                 const nn::ModelConfig& base) {
+                                                 const nn::ModelConfig& base, bool allow_other_base) {
   const std::string dir = ckpt::resolve_checkpoint(ckpt_path);
   const bool own = ckpt::holds_adapters(dir);
   nn::ModelConfig shape = base;
@@ -62,7 +63,9 @@ std::optional<ckpt::LoadedAdapters> adapters_for(const std::string& ckpt_path, c
   if (!adapter.empty()) {
     TRI_CHECK(!own, "--ckpt {} is a LoRA run's step directory, which holds its own adapters; give its base as "
               "--ckpt to apply --adapter {}, or drop --adapter to apply the step directory's", dir, adapter);
-    return ckpt::read_adapters(shape, adapter, ckpt_path);
+    ckpt::LoadedAdapters loaded = ckpt::read_adapters(shape, adapter, ckpt_path);
+    loaded.base_note = ckpt::check_adapter_base(loaded.dir, ckpt_path, "--ckpt", allow_other_base);
+    return loaded;
   }
   if (!own) return std::nullopt;
   return ckpt::read_adapters(shape, dir, ckpt_path);
@@ -73,6 +76,7 @@ std::string apply_adapters(DecodeModel& model, ckpt::LoadedAdapters adapters) {
   const ckpt::LoadedAdapters& a = applier->adapters();
   std::string line = fmt::format("lora: {} adapters of {} applied unmerged (r {}, alpha {:g}, {})", a.adapters.size(),
                                  a.dir, a.lora.rank, a.lora.alpha, fmt::join(a.lora.targets, ","));
+  if (!a.base_note.empty()) line += "\n" + a.base_note;
   model.set_linear_addend([applier](const quant::QuantMatrix& w, const float* x, float* out, int64_t N) {
     applier->add(w, x, out, N);
   });

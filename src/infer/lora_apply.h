@@ -33,10 +33,13 @@ class LoraApplier {
 // What `trident eval` / `generate` apply on --ckpt CKPT: the adapters of --adapter DIR (a LoRA or
 // QLoRA run's checkpoint) checked against CKPT's model, or, without --adapter, those CKPT holds
 // itself (a LoRA or QLoRA step directory: its base plus its adapters); nullopt when neither.
-// Throws when CKPT holds adapters and --adapter is given too (which base is meant is unclear).
+// Throws when CKPT holds adapters and --adapter is given too (which base is meant is unclear), and
+// when --adapter's run recorded another base than CKPT (ckpt::check_adapter_base) unless
+// `allow_other_base` (--allow-other-base).
 std::optional<ckpt::LoadedAdapters> adapters_for(const std::string& ckpt, const std::string& adapter,
-                                                 const nn::ModelConfig& base);
-// Makes `model` apply `adapters` (kept alive by the model's hook); returns a one-line summary.
+                                                 const nn::ModelConfig& base, bool allow_other_base);
+// Makes `model` apply `adapters` (kept alive by the model's hook); returns a one-line summary (and the
+// base check's note on a second line, when it has one).
 std::string apply_adapters(DecodeModel& model, ckpt::LoadedAdapters adapters);
 
 }  // namespace trident::infer

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt/atomic_file.h"
+#include "ckpt/base_fingerprint.h"
 #include "ckpt/checkpoint.h"
 #include "ckpt/safetensors.h"
 #include "core/check.h"
@@ -158,6 +159,7 @@ void save_quantized(const QuantizedModel& m, const std::string& dir) {
       {"weight_layout", "[out, in]"},
       {"quantized", "2-D matmul parameters of the layers"},
       {"kept_fp32", "embeddings (and the tied LM head), untied LM head, norms, biases"}};
+  if (!m.base_fingerprint.empty()) config[ckpt::kBaseFingerprintKey] = m.base_fingerprint;
   ckpt::write_file_atomic((fs::path(out.path()) / ckpt::kConfigFile).string(), config.dump(2) + "\n");
   ckpt::commit_new_output_dir(out);
 }
@@ -169,6 +171,7 @@ struct QuantHeader {
   Format format;
   int group;
   std::string method;
+  std::string base_fingerprint;
 };
 
 QuantHeader read_header(const std::string& dir) {
@@ -178,7 +181,13 @@ QuantHeader read_header(const std::string& dir) {
             "{} has no {} object: not a quantized checkpoint", path, kQuantizationKey);
   const nlohmann::json q = j[kQuantizationKey];
   j.erase(kQuantizationKey);
-  QuantHeader h{nn::model_config_from_hf_json(j, path), Format::kFp32, 0, kMethodRtn};
+  std::string fingerprint;
+  if (j.contains(ckpt::kBaseFingerprintKey)) {
+    TRI_CHECK(j[ckpt::kBaseFingerprintKey].is_string(), "{}: {} must be a string", path, ckpt::kBaseFingerprintKey);
+    fingerprint = j[ckpt::kBaseFingerprintKey].get<std::string>();
+    j.erase(ckpt::kBaseFingerprintKey);
+  }
+  QuantHeader h{nn::model_config_from_hf_json(j, path), Format::kFp32, 0, kMethodRtn, fingerprint};
   if (q.contains("quant_method")) {
     TRI_CHECK(q["quant_method"].is_string() && (q["quant_method"] == kMethodRtn || q["quant_method"] == kMethodGptq),
               "{}: {}.quant_method must be \"{}\" or \"{}\"", path, kQuantizationKey, kMethodRtn, kMethodGptq);
@@ -227,6 +236,7 @@ QuantizedModel load_quantized(const std::string& dir) {
   const ckpt::SafetensorsReader r((fs::path(dir) / ckpt::kModelFile).string());
   QuantizedModel m;
   m.config = h.config, m.format = h.format, m.group = h.group, m.method = h.method;
+  m.base_fingerprint = h.base_fingerprint;
   std::size_t expected_tensors = 0;
   for (const nn::ParamDecl& d : inference_tensors(h.config)) {
     if (!is_quantizable(d, h.config)) {

@@ -36,6 +36,9 @@ struct QuantizedModel {
   // config.json's quantization_config.quant_method: how the codes were chosen (the format is
   // the same either way): kMethodRtn (round to nearest) or kMethodGptq (quant/gptq.h).
   std::string method = kMethodRtn;
+  // The fp32 origin's fingerprint (ckpt/base_fingerprint.h), config.json's trident_base_fingerprint:
+  // the base a LoRA adapter trained on this model, or on its origin, belongs to; "" when unknown.
+  std::string base_fingerprint;
   std::map<std::string, std::vector<float>> tensors;  // fp32, as declared (Hugging Face layout)
   std::map<std::string, QuantMatrix> matrices;        // [out, in]
 

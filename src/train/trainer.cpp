@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "ckpt/base_fingerprint.h"
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
 #include "core/timer.h"
@@ -109,6 +110,12 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
             "--seq-len {} is longer than the model's n_positions {}: lower --seq-len, or give the model more "
             "positions (--n-positions; for a loaded checkpoint the table's size is fixed)", cfg.data.seq_len,
             model_cfg.n_positions);
+  // ... and its identity (ckpt/base_fingerprint.h), checked when the adapters are applied or merged;
+  // computed on the lead rank, which alone writes checkpoints; a resume carries it over.
+  const std::string lora_base_fingerprint =
+      !model_cfg.lora.enabled() || !lead ? ""
+      : !cfg.train.init_from.empty()     ? ckpt::base_fingerprint(*source)
+                                         : source->trident.value(ckpt::kLoraBaseFingerprintKey, std::string());
   check_model_fits(model_cfg, cfg, mesh);  // before anything is allocated
   TRI_CHECK(!cfg.data.data.empty(), "no training data: pass --data PREFIX (files PREFIX_train.bin "
                                     "and PREFIX_val.bin, written by `trident prepare`)");
@@ -192,9 +199,10 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
       const int64_t adapters = nn::lora_parameter_count(model_cfg), base = model_cfg.num_parameters();
       fmt::print(stderr,
                  "lora: {} adapter parameters trained on a frozen base of {} ({:.3f}%); optimizer state "
-                 "(adapters only) {:.1f} KiB on rank 0\n",
+                 "(adapters only) {:.1f} KiB on rank 0; base fingerprint {}\n",
                  adapters, base, 100.0 * static_cast<double>(adapters) / static_cast<double>(base),
-                 static_cast<double>(tracker.current(MemCategory::kOptimizerState)) / 1024.0);
+                 static_cast<double>(tracker.current(MemCategory::kOptimizerState)) / 1024.0,
+                 lora_base_fingerprint.empty() ? "unknown" : lora_base_fingerprint);
       if (model_cfg.packed_base()) {
         fmt::print(stderr,
                    "qlora: frozen base's {} layer-matrix parameters packed as {}{}: {:.3f} bytes per parameter "
@@ -226,6 +234,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                          {"rng", {{"kind", "philox4x32-10, counter-based"}, {"seed", cfg.train.seed}}}};
     add_loss_scaler_state(engine, state);
     if (model_cfg.lora.enabled()) state["lora_base"] = lora_base;
+    if (!lora_base_fingerprint.empty()) state[ckpt::kLoraBaseFingerprintKey] = lora_base_fingerprint;
     return state;
   };
   auto save = [&](int64_t step) {
