@@ -6,6 +6,7 @@
 #include "core/check.h"
 #include "nn/lora.h"
 #include "parallel/pipeline/partition.h"
+#include "quant/packed_base.h"
 
 namespace trident::plan {
 
@@ -96,6 +97,7 @@ std::vector<Candidate> enumerate_layouts(const PlanRequest& r) {
       if (m.lora.enabled()) {  // adapters split as their bases (nn/lora.h): the engine's own check
         try {
           nn::check_lora_tensor_parallel(m, tp);
+          quant::check_packed_tp_split(m, tp);  // QLoRA q4: whole groups per rank, as the run's load checks
         } catch (const Error& e) {
           reject(base, e.what());
           continue;

@@ -82,7 +82,9 @@ struct Candidate {
 // Every layout for the request: valid ones and (with their reasons) the factorisations and
 // settings the engine would reject: tp not dividing n_head or 4*n_embd, more pipeline chunks
 // than layers, interleaving that does not divide the layers or the micro-batches, a batch
-// that does not split over dp or into M micro-batches. ZeRO 1-3 are only tried with dp > 1,
+// that does not split over dp or into M micro-batches, and for LoRA a tp the adapters cannot
+// follow or (QLoRA q4) one that cuts a packed matrix's groups (quant::check_packed_tp_split, the
+// run's own rule). ZeRO 1-3 are only tried with dp > 1,
 // schedules only with pp > 1. Mixture-of-experts models also get every expert-parallel split
 // ep > 1 of dp that divides the experts (ZeRO 0 only, as the engine requires).
 std::vector<Candidate> enumerate_layouts(const PlanRequest& request);

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "nn/architecture.h"
 
 namespace trident::quant {
 
@@ -25,6 +26,29 @@ void append_row(QuantMatrix& dst, const QuantMatrix& src, int64_t o) {
 }
 
 }  // namespace
+
+void check_whole_q4_groups(const nn::ParamInfo& info, bool in_out, int group, int64_t cols) {
+  if (info.shard.is_full() || info.shard.dim == (in_out ? 1 : 0)) return;  // whole rows: any split works
+  for (const nn::Chunk& c : info.shard.chunks) {
+    TRI_CHECK(c.logical_begin % group == 0 && c.length % group == 0,
+              "{}: its q4 groups of {} inputs straddle the tensor-parallel split (this rank takes inputs [{}, {}) "
+              "of {}): quantize the base with a --group-size dividing {}, or use a tp that splits {} inputs into "
+              "whole groups", info.name, group, c.logical_begin, c.logical_begin + c.length, cols, c.length, cols);
+  }
+}
+
+void check_packed_tp_split(const nn::ModelConfig& c, int tp) {
+  if (!c.packed_base() || parse_format(c.packed_base_format) != Format::kQ4) return;
+  const nn::Architecture& arch = nn::architecture(c.family);
+  for (int layer = 0; layer < c.n_layer; ++layer) {
+    for (const nn::ParamDecl& d : arch.layer_params(c, layer)) {
+      for (int r = 0; r < tp; ++r) {
+        const nn::ParamInfo info = nn::shard_for_tp(d, c, r, tp);
+        if (info.packed) check_whole_q4_groups(info, d.in_out, c.packed_base_group, d.shape[d.in_out ? 0 : 1]);
+      }
+    }
+  }
+}
 
 QuantMatrix slice_for_shard(const QuantMatrix& full, const nn::ParamInfo& info, bool in_out) {
   TRI_CHECK(full.format == Format::kInt8 || full.format == Format::kQ4, "{}: a packed base matrix is int8 or q4",
@@ -48,15 +72,8 @@ QuantMatrix slice_for_shard(const QuantMatrix& full, const nn::ParamInfo& info, 
     }
   } else {
     m.rows = full.rows;
-    for (const nn::Chunk& c : info.shard.chunks) {
-      m.cols += c.length;
-      if (full.format != Format::kQ4) continue;
-      TRI_CHECK(c.logical_begin % full.group == 0 && c.length % full.group == 0,
-                "{}: its q4 groups of {} inputs straddle the tensor-parallel split (this rank takes inputs [{}, {}) "
-                "of {}): quantize the base with a --group-size dividing {}, or use a tp that splits {} inputs into "
-                "whole groups", info.name, full.group, c.logical_begin, c.logical_begin + c.length, full.cols,
-                c.length, full.cols);
-    }
+    if (full.format == Format::kQ4) check_whole_q4_groups(info, in_out, full.group, full.cols);
+    for (const nn::Chunk& c : info.shard.chunks) m.cols += c.length;
     const int64_t G = full.group;
     for (int64_t o = 0; o < full.rows; ++o) {
       const auto O = static_cast<std::size_t>(o);

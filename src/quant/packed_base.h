@@ -68,6 +68,14 @@ class PackedBase : public nn::ModelHooks {
   int64_t packed_bytes_ = 0;
 };
 
+// The rule a tp split of a packed q4 matrix must keep (what slice_for_shard enforces): an input
+// split takes whole groups of `group` inputs. `info` is this rank's slice of a matrix of `cols`
+// inputs (Conv1D [in, out] when in_out). Throws, naming the matrix and the fix, when it does not.
+void check_whole_q4_groups(const nn::ParamInfo& info, bool in_out, int group, int64_t cols);
+// The same rule for every tp rank's slice of every matrix a QLoRA model shaped `c` holds packed
+// (nn::shard_for_tp, as the run registers them): `trident plan` rejects a tp this throws for.
+void check_packed_tp_split(const nn::ModelConfig& c, int tp);
+
 // This tp rank's slice of `full` (a matrix [out, in]) as `info` describes it: `info.shard`
 // along the declared layout's dim (Conv1D [in, out] when in_out). Throws when an input split
 // would cut a q4 group.

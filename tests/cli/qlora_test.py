@@ -13,6 +13,7 @@ uninterrupted one; merge-lora onto the dequantized base works and onto QDIR is r
 one clear error each (no --lora-rank, a q4 group straddling the tp split). QLoRA at dp2 ZeRO 2 and 3
 also equals ZeRO 0 within equivalence.py's bounds."""
 import hashlib
+import json
 import os
 import re
 import sys
@@ -154,6 +155,7 @@ def main():
         check("bad input: a tiny q4 g32 base", rc == 0 and rc2 == 0, (err + err2)[-400:])
         bad.append(([mpirun(), "-n", "2", T, "train", "--init-from", f"{d}/t32q", "--steps", "1", "--lora-rank", "4",
                      "--lora-targets", "attn.c_proj", "--tp", "2", "--threads", "1"] + common, "straddle"))
+        run_err = ""
         for cmd, needle in bad:
             launch = [c for c in cmd if c in ("--zero", "--tp")]
             if "--zero" in launch:
@@ -161,6 +163,21 @@ def main():
             rc, _, err = run(cmd)
             check(f"bad input ({needle}): clear error", rc != 0 and needle in err and "Segmentation" not in err,
                   err[-500:])
+            if needle == "straddle":
+                run_err = err
+        # trident plan applies the run's rule (quant::check_packed_tp_split, the function the load's
+        # slice check calls): tp2 of the same QLoRA run is not proposed, and the reason is printed.
+        rc, out, err = run([T, "plan", "--init-from", f"{d}/t32q", "--lora-rank", "4", "--lora-targets", "attn.c_proj",
+                            "--world", "2", "--batch-size", "8", "--seq-len", "32", "--flops", "1e10",
+                            "--link-gbps", "5", "--all", "--json", f"{d}/t32q_plan.jsonl"])
+        rows = [json.loads(line) for line in open(f"{d}/t32q_plan.jsonl")] if rc == 0 else []
+        rule = "h.0.attn.c_proj.weight: its q4 groups of 32 inputs straddle the tensor-parallel split"
+        check("plan of a q4 g32 QLoRA base at world 2: no tp2 layout, dp2 ones remain",
+              rc == 0 and rows and all(r["tp"] == 1 for r in rows) and any(r["dp"] == 2 for r in rows),
+              (out + err)[-600:] if rc else str([(r["dp"], r["tp"]) for r in rows]))
+        not_valid = out[out.find("not valid:"):] if "not valid:" in out else ""
+        check("plan prints the run's own reason for tp2 (the same error text as train's)",
+              rule in not_valid and rule in run_err, f"plan: {not_valid[:500]!r} run: {run_err[-300:]!r}")
     finish()
 
 
