@@ -12,6 +12,7 @@
 
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
+#include "nn/lora.h"
 #include "nn/lora_checkpoint.h"
 #include "nn/moe_router.h"
 
@@ -189,6 +190,12 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
   return root + "/" + ckpt::step_dir_name(step);
 }
 
+int64_t snapshot_floats(const nn::ModelConfig& c) {
+  const int64_t adapters = c.lora.enabled() ? nn::lora_parameter_count(c) : 0;
+  const int64_t values = (c.packed_base() ? 0 : c.num_parameters()) + adapters;
+  return values + 2 * (c.lora.enabled() ? adapters : c.num_parameters());
+}
+
 void take_snapshot(parallel::Engine& engine, const std::string& root, int64_t step,
                    const nlohmann::json& trident_state, CheckpointSnapshot& snapshot) {
   refuse_nonfinite(engine, root, step);
@@ -198,6 +205,9 @@ void take_snapshot(parallel::Engine& engine, const std::string& root, int64_t st
   if (writer_rank && snapshot.values.empty()) {
     std::size_t total = 0;
     for (const GatherStep& s : plan) total += static_cast<std::size_t>(shape_numel(s.spec->shape));
+    TRI_CHECK(static_cast<int64_t>(total) == snapshot_floats(cfg), "checkpoint snapshot: the gather plan holds {} "
+              "floats but snapshot_floats counts {} (the memory check would misprice --async-ckpt)", total,
+              snapshot_floats(cfg));
     snapshot.values = FloatBuffer(engine.tracker(), MemCategory::kCheckpointSnapshot, total);
   }
   std::size_t offset = 0;

@@ -35,6 +35,13 @@ struct CheckpointSnapshot {
   std::vector<float> router_bias;  // rank 0: the aux-free bias table (nn::Model::router_bias)
 };
 
+// How many floats rank 0's snapshot holds for a model `c`: the parameters take_snapshot gathers
+// (a QLoRA run's base none: its files are copied from the quantized checkpoint) and both AdamW
+// moments of every trained element (a LoRA run's adapters only), so 4 x this is its
+// ckpt_snapshot bytes; computed without listing the tensors (train's memory check prices
+// --async-ckpt with it before anything is built). take_snapshot checks it allocates exactly this.
+int64_t snapshot_floats(const nn::ModelConfig& c);
+
 // Collective, at a step boundary. Refuses non-finite state exactly as save_checkpoint does
 // (every rank, before anything is copied), then gathers the whole checkpoint into `snapshot`
 // (allocated from the engine's tracker the first time, reused after: its previous contents

@@ -18,6 +18,7 @@
 #include "parallel/pipeline/schedule.h"
 #include "plan/layout.h"
 #include "plan/memory_model.h"
+#include "train/checkpointing.h"
 
 namespace trident::train {
 
@@ -165,10 +166,11 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   } catch (const Error&) {
     // An invalid layout: the engine's constructor names the problem.
   }
-  // --async-ckpt: rank 0 also holds the checkpoint's snapshot, the logical weights and both
-  // AdamW moments in fp32.
+  // --async-ckpt: rank 0 also holds the checkpoint's snapshot, in fp32: the logical weights it
+  // writes and both AdamW moments of what is trained (LoRA: the base and the adapters, moments of
+  // the adapters only; QLoRA: the adapters and their moments, the packed base being copied).
   const double snapshot = cfg.train.async_ckpt && !cfg.train.ckpt_dir.empty() && mesh.rank() == 0
-                              ? 12.0 * static_cast<double>(model.num_parameters())
+                              ? 4.0 * static_cast<double>(snapshot_floats(model))
                               : 0.0;
   const double node_total = node_sum(mine ? mine->total() + snapshot : 0.0);
   MPI_Comm_free(&node);

@@ -353,7 +353,7 @@ void for_each_field(S& o, E& e, V&& v) {
     o.ckpt_every);
   v(field("keep_last", 0, "keep only the newest K checkpoints in --ckpt-dir, removing older ones after each save (never the one 'latest' names)")
         .at_least(0).shown_as("0 = keep all").placeholder("K").alias("save_total_limit keep_checkpoints max_checkpoints keep"), o.keep_last);
-  v(field("async_ckpt", false, "write each --ckpt-every checkpoint on a background thread from a snapshot while training goes on (rank 0 then holds a host copy of the model and both AdamW moments, 12 bytes per parameter); a failed write stops the run at the next step; the final checkpoint waits for it")
+  v(field("async_ckpt", false, "write each --ckpt-every checkpoint on a background thread from a snapshot while training goes on (rank 0 then holds a host copy of the model and both AdamW moments, 12 bytes per parameter; a LoRA run's moments are its adapters' only, a QLoRA run's copy holds no base); a failed write stops the run at the next step; the final checkpoint waits for it")
         .alias("async_save async_checkpoint async_checkpointing background_save"), o.async_ckpt);
   v(field("metrics", "", "write one JSON line of metrics per step to this file").placeholder("FILE").shown_as("none")
         .alias("metrics_file log_file metrics_path"), o.metrics);

@@ -11,6 +11,7 @@ n_embd 64). The planner proposes every ZeRO stage for both, and plan --lora-rank
 (or a quantized --init-from without --lora-rank) is one clear error."""
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -85,6 +86,22 @@ def main():
                       (measured["packed_base"] > 0) == (kind == "qlora"),
                       f"planned - measured {diff}; measured {measured}")
                 print(f"     {kind} {tag}: total planned {row['memory_bytes']:.0f} measured {measured['total']}")
+            # --async-ckpt: rank 0's snapshot holds what the checkpoint gathers (train/checkpointing.h
+            # snapshot_floats, which the memory check prices): LoRA the fp32 base and the adapters plus
+            # the adapters' two moments, QLoRA the adapters and their moments only (the packed base's
+            # files are copied), never 12 bytes per base parameter.
+            metrics = f"{d}/{kind}_async.jsonl"
+            rc, _, err = run([T, "train", "--init-from", src] + LORA + ["--steps", "3", "--lr", "1e-2", "--metrics",
+                             metrics, "--async-ckpt", "--ckpt-every", "1", "--ckpt-dir", f"{d}/{kind}_async"] + common)
+            counts = re.search(r"lora: (\d+) adapter parameters trained on a frozen base of (\d+)", err)
+            if rc or not counts:
+                check(f"{kind} --async-ckpt: the run", False, err[-800:])
+                continue
+            adapters, base_params = int(counts.group(1)), int(counts.group(2))
+            want = 4 * ((0 if kind == "qlora" else base_params) + 3 * adapters)
+            snap = max(m["memory"]["ckpt_snapshot"] for m in read_metrics(metrics) if "memory" in m)
+            check(f"{kind} --async-ckpt: the tracked snapshot is 4 x ({'' if kind == 'qlora' else 'base + '}3 x adapters)"
+                  f" = {want} bytes", snap == want, f"tracked {snap}, 12 B per base parameter would be {12 * base_params}")
         rc, _, err = run([T, "plan", "--model", "tiny", "--world", "1", "--lora-rank", "4", "--lora-targets", "c_attn",
                           "--flops", "1e10"])
         check("plan --lora-rank without --init-from: one clear error", rc != 0 and "--init-from" in err and
