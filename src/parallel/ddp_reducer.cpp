@@ -16,19 +16,8 @@ namespace {
 // One ZeRO segment over dp; under expert parallelism the expert parameters' runs over edp.
 ShardLayout make_shard_layout(const nn::ParameterSet& params, const comm::Communicator& dp,
                               const comm::Communicator* edp) {
-  std::vector<FlatRange> expert_runs;
-  if (edp) {
-    for (const nn::ParamInfo& p : params.infos()) {
-      if (p.expert < 0 || p.numel == 0) continue;
-      if (!expert_runs.empty() && expert_runs.back().second == p.offset) {
-        expert_runs.back().second += p.numel;
-      } else {
-        expert_runs.emplace_back(p.offset, p.offset + p.numel);
-      }
-    }
-  }
-  return ShardLayout(params.total_numel(), expert_runs, dp.rank(), dp.size(), edp ? edp->rank() : dp.rank(),
-                     edp ? edp->size() : dp.size());
+  return ShardLayout(params.total_numel(), edp ? expert_runs(params) : std::vector<FlatRange>{}, dp.rank(), dp.size(),
+                     edp ? edp->rank() : dp.rank(), edp ? edp->size() : dp.size());
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 
 #include "comm/communicator.h"
 #include "core/check.h"
+#include "nn/parameters.h"
 
 namespace trident::parallel {
 
@@ -111,5 +112,29 @@ struct ShardLayout {
  private:
   int64_t numel_ = 0;
 };
+
+// The flat ranges of `params`' expert parameters (nn::ParamInfo::expert >= 0), merged where they
+// touch, ascending: the segments ShardLayout shards over edp under expert parallelism.
+inline std::vector<FlatRange> expert_runs(const nn::ParameterSet& params) {
+  std::vector<FlatRange> runs;
+  for (const nn::ParamInfo& p : params.infos()) {
+    if (p.expert < 0 || p.numel == 0) continue;
+    if (!runs.empty() && runs.back().second == p.offset) {
+      runs.back().second += p.numel;
+    } else {
+      runs.emplace_back(p.offset, p.offset + p.numel);
+    }
+  }
+  return runs;
+}
+
+// The layout DataParallel shards `params` with at dp rank `dp_rank` of `dp_size` under expert
+// parallelism `ep` (ep 1: one segment over dp; otherwise expert runs over edp = dp / ep, where
+// this rank is edp rank dp_rank / ep, as comm::Mesh groups them). The reducer and the planner's
+// count of a rank's AdamW moments both use it.
+inline ShardLayout shard_layout_of(const nn::ParameterSet& params, int dp_rank, int dp_size, int ep) {
+  if (ep <= 1) return ShardLayout(params.total_numel(), dp_rank, dp_size);
+  return ShardLayout(params.total_numel(), expert_runs(params), dp_rank, dp_size, dp_rank / ep, dp_size / ep);
+}
 
 }  // namespace trident::parallel

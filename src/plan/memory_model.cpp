@@ -80,7 +80,7 @@ struct FrozenBaseTerms {
 };
 
 FrozenBaseTerms frozen_base_terms(const nn::Model& chunk, const std::map<std::string, bool>& in_out, int dp,
-                                  int zero) {
+                                  int ep, int zero) {
   const nn::ModelConfig& m = chunk.config();
   const nn::ParameterSet& ps = chunk.params();
   FrozenBaseTerms t;
@@ -96,12 +96,12 @@ FrozenBaseTerms frozen_base_terms(const nn::Model& chunk, const std::map<std::st
     }
     for (double g : group_floats) t.scratch_floats = std::max(t.scratch_floats, g);
   }
-  // ZeRO >= 1: DataParallel's ranges, one segment over dp (under ep the engine cuts the expert
-  // runs out as their own segments, which moves the dense cut points: the count is then close,
-  // not exact; the experts themselves hold no adapter, LoRA never targets one).
+  // ZeRO >= 1: DataParallel's ranges for dp rank r, from the same layout function (under ep the
+  // expert runs are their own segments over edp, which moves the dense cut points; every ep rank
+  // holds its experts at the same offsets, so ep rank 0's chunk stands for all).
   for (int r = 0; r < (zero >= 1 ? dp : 1); ++r) {
     const std::vector<parallel::FlatRange> owned =
-        zero >= 1 ? parallel::ShardLayout(ps.total_numel(), r, dp).pieces()
+        zero >= 1 ? parallel::shard_layout_of(ps, r, dp, ep).pieces()
                   : std::vector<parallel::FlatRange>{{0, ps.total_numel()}};
     t.moments_by_dp_rank.push_back(optim::AdamW::moment_count(ps, owned));
   }
@@ -174,7 +174,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     for (std::size_t c = 0; c < rc.chunks.size(); ++c) {
       const nn::Model& g = *rc.chunks[c];
       if (m.lora.enabled()) {
-        const FrozenBaseTerms f = frozen_base_terms(g, in_out, l.dp, l.zero);
+        const FrozenBaseTerms f = frozen_base_terms(g, in_out, l.dp, l.ep, l.zero);
         packed_bytes += f.packed_bytes;
         work_floats += f.scratch_floats;
         lora_moments.resize(f.moments_by_dp_rank.size(), 0);
