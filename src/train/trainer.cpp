@@ -110,8 +110,8 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
             "--seq-len {} is longer than the model's n_positions {}: lower --seq-len, or give the model more "
             "positions (--n-positions; for a loaded checkpoint the table's size is fixed)", cfg.data.seq_len,
             model_cfg.n_positions);
-  // ... and its identity (ckpt/base_fingerprint.h), checked when the adapters are applied or merged;
-  // computed on the lead rank, which alone writes checkpoints; a resume carries it over.
+  // The LoRA base's identity (ckpt/base_fingerprint.h), checked when the adapters are applied or
+  // merged; computed on the lead rank, which alone writes checkpoints; a resume carries it over.
   const std::string lora_base_fingerprint =
       !model_cfg.lora.enabled() || !lead ? ""
       : !cfg.train.init_from.empty()     ? ckpt::base_fingerprint(*source)
