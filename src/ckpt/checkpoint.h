@@ -156,6 +156,9 @@ void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::Model
 // when any of the n floats is NaN or inf: no checkpoint Trident writes holds one, so a file
 // that does is damaged or comes from a diverged run.
 void check_finite(const float* data, std::int64_t n, const std::string& tensor, const std::string& file);
+// The same for elements [begin, begin + n) of the tensor (a slice read on its own).
+void check_finite(const float* data, std::int64_t n, std::int64_t begin, const std::string& tensor,
+                  const std::string& file);
 
 // Everything a load reads, checked as `ckpt info` promises: config.json is a valid config of
 // a supported family; model.safetensors has every tensor config.json implies, with that shape, readable

@@ -115,6 +115,12 @@ void validate_optimizer_tensors(const SafetensorsReader& reader, const nn::Model
 }
 
 void check_finite(const float* data, std::int64_t n, const std::string& tensor, const std::string& file) {
+  check_finite(data, n, -1, tensor, file);
+}
+
+// begin < 0: the whole tensor.
+void check_finite(const float* data, std::int64_t n, std::int64_t begin, const std::string& tensor,
+                  const std::string& file) {
   std::int64_t first = -1, bad = 0;
   for (std::int64_t i = 0; i < n; ++i) {
     if (!std::isfinite(data[i])) {
@@ -122,10 +128,12 @@ void check_finite(const float* data, std::int64_t n, const std::string& tensor, 
       ++bad;
     }
   }
-  TRI_CHECK(bad == 0,
-            "tensor '{}' in {} holds {} at element {} ({} of {} elements are not finite): Trident "
-            "never writes non-finite values, so this file is damaged or comes from a diverged run",
-            tensor, file, data[first], first, bad, n);
+  if (bad == 0) return;
+  const std::string of = begin < 0 ? fmt::format("{} of {} elements are", bad, n)
+                                   : fmt::format("{} of its elements [{}, {}) are", bad, begin, begin + n);
+  TRI_FAIL("tensor '{}' in {} holds {} at element {} ({} not finite): Trident never writes non-finite values, "
+           "so this file is damaged or comes from a diverged run",
+           tensor, file, data[first], std::max<std::int64_t>(begin, 0) + first, of);
 }
 
 }  // namespace trident::ckpt

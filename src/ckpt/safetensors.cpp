@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -59,6 +60,38 @@ float half_to_float(std::uint16_t h) {
     bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
   }
   return std::bit_cast<float>(bits);
+}
+
+// n elements of dtype d at src (unaligned little-endian bytes) as fp32 into dst.
+void convert_to_f32(DType d, const std::byte* src, std::int64_t n, float* dst) {
+  switch (d) {
+    case DType::kF32:
+      std::memcpy(dst, src, static_cast<std::size_t>(n) * 4);
+      break;
+    case DType::kF16:
+      for (std::int64_t i = 0; i < n; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        dst[i] = half_to_float(h);
+      }
+      break;
+    case DType::kBF16:
+      for (std::int64_t i = 0; i < n; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        dst[i] = std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16);
+      }
+      break;
+    case DType::kF64:
+      for (std::int64_t i = 0; i < n; ++i) {
+        double x;
+        std::memcpy(&x, src + 8 * i, 8);
+        dst[i] = static_cast<float>(x);
+      }
+      break;
+    default:
+      TRI_FAIL("unreachable dtype");
+  }
 }
 
 std::string shape_json(const Shape& shape) {
@@ -242,8 +275,11 @@ std::uint32_t SafetensorsWriter::write(const std::string& path) const {
 struct SafetensorsReader::Mapping {
   void* addr = nullptr;
   std::size_t size = 0;
+  int fd = -1;  // kept open for read_range's pread
+  std::atomic<std::uint64_t> bytes_read{0};
   ~Mapping() {
     if (addr != nullptr && addr != MAP_FAILED) ::munmap(addr, size);
+    if (fd >= 0) ::close(fd);
   }
 };
 
@@ -270,9 +306,9 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
   }
   mapping_ = std::make_shared<Mapping>();
   mapping_->size = file_size;
+  mapping_->fd = fd;
   mapping_->addr = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
   const int map_err = errno;
-  ::close(fd);
   TRI_CHECK(mapping_->addr != MAP_FAILED, "cannot memory-map '{}': {}", path, std::strerror(map_err));
   const auto* base = static_cast<const std::byte*>(mapping_->addr);
 
@@ -299,6 +335,7 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
 
   const std::uint64_t data_size = file_size - 8 - header_len;
   data_ = base + 8 + header_len;
+  data_offset_ = 8 + header_len;
 
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& name = it.key();
@@ -407,44 +444,51 @@ std::span<const std::byte> SafetensorsReader::raw(const std::string& name) const
   return {data_ + t.begin, static_cast<std::size_t>(t.end - t.begin)};
 }
 
-void SafetensorsReader::read(const std::string& name, const Shape& expected_shape, float* dst) const {
+const TensorInfo& SafetensorsReader::readable(const std::string& name, const Shape& expected_shape) const {
   const auto& t = info(name);
   TRI_CHECK(t.shape == expected_shape, "tensor '{}' in {} has shape {} but {} was expected", name,
             path_, shape_str(t.shape), shape_str(expected_shape));
   TRI_CHECK(dtype_readable_as_f32(t.dtype),
             "tensor '{}' in {} has dtype {}, which cannot be read as fp32 (F32, F16, BF16 and F64 can)",
             name, path_, dtype_name(t.dtype));
-  const std::byte* src = data_ + t.begin;
-  const std::int64_t n = t.numel();
-  switch (t.dtype) {
-    case DType::kF32:
-      std::memcpy(dst, src, static_cast<std::size_t>(n) * 4);
-      break;
-    case DType::kF16:
-      for (std::int64_t i = 0; i < n; ++i) {
-        std::uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = half_to_float(h);
-      }
-      break;
-    case DType::kBF16:
-      for (std::int64_t i = 0; i < n; ++i) {
-        std::uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16);
-      }
-      break;
-    case DType::kF64:
-      for (std::int64_t i = 0; i < n; ++i) {
-        double d;
-        std::memcpy(&d, src + 8 * i, 8);
-        dst[i] = static_cast<float>(d);
-      }
-      break;
-    default:
-      TRI_FAIL("unreachable dtype");
+  return t;
+}
+
+void SafetensorsReader::read(const std::string& name, const Shape& expected_shape, float* dst) const {
+  const auto& t = readable(name, expected_shape);
+  convert_to_f32(t.dtype, data_ + t.begin, t.numel(), dst);
+}
+
+void SafetensorsReader::read_range(const std::string& name, const Shape& expected_shape, std::int64_t begin,
+                                   std::int64_t count, float* dst) const {
+  const auto& t = readable(name, expected_shape);
+  TRI_CHECK(begin >= 0 && count >= 0 && begin <= t.numel() - count,
+            "elements [{}, {}) of tensor '{}' in {} asked for, but it has {}", begin, begin + count, name, path_,
+            t.numel());
+  const std::size_t es = dtype_size(t.dtype);
+  // F32 lands in dst as read; the other dtypes go through a small buffer and are widened.
+  constexpr std::int64_t kPiece = 16384;
+  std::vector<std::byte> raw(t.dtype == DType::kF32 ? 0 : static_cast<std::size_t>(std::min(count, kPiece)) * es);
+  for (std::int64_t done = 0; done < count;) {
+    const std::int64_t n = t.dtype == DType::kF32 ? count - done : std::min(count - done, kPiece);
+    auto* to = t.dtype == DType::kF32 ? reinterpret_cast<std::byte*>(dst + done) : raw.data();
+    const std::size_t bytes = static_cast<std::size_t>(n) * es;
+    std::uint64_t at = data_offset_ + t.begin + static_cast<std::uint64_t>(begin + done) * es;
+    for (std::size_t got = 0; got < bytes;) {
+      const ssize_t r = ::pread(mapping_->fd, to + got, bytes - got, static_cast<off_t>(at + got));
+      if (r < 0 && errno == EINTR) continue;
+      const int err = errno;
+      TRI_CHECK(r > 0, "reading tensor '{}' from {} failed at byte {}: {}", name, path_, at + got,
+                r == 0 ? "the file ended early (it shrank after it was opened?)" : std::strerror(err));
+      got += static_cast<std::size_t>(r);
+    }
+    mapping_->bytes_read += bytes;
+    if (t.dtype != DType::kF32) convert_to_f32(t.dtype, raw.data(), n, dst + done);
+    done += n;
   }
 }
+
+std::uint64_t SafetensorsReader::bytes_read() const { return mapping_->bytes_read.load(); }
 
 std::vector<float> SafetensorsReader::get(const std::string& name, const Shape& expected_shape) const {
   std::vector<float> out(static_cast<std::size_t>(shape_numel(expected_shape)));

@@ -118,6 +118,15 @@ class SafetensorsReader {
   // was expected") or the dtype cannot be converted.
   void read(const std::string& name, const Shape& expected_shape, float* dst) const;
   std::vector<float> get(const std::string& name, const Shape& expected_shape) const;
+  // Elements [begin, begin + count) of `name` in row-major order (the same checks as read(),
+  // and the range must lie inside the tensor), read with pread rather than through the mapping:
+  // only those bytes are read, and none of the file stays resident in this process (a page of
+  // the mapping once touched counts in its RSS until the reader is gone). A ZeRO-3 or offloaded
+  // rank loads its slices of a checkpoint this way (parallel/layout_state.h).
+  void read_range(const std::string& name, const Shape& expected_shape, std::int64_t begin, std::int64_t count,
+                  float* dst) const;
+  // Bytes read_range has read from the file since it was opened (all copies of this reader).
+  std::uint64_t bytes_read() const;
 
   // Raw bytes of a tensor inside the mapping (any dtype).
   std::span<const std::byte> raw(const std::string& name) const;
@@ -127,6 +136,9 @@ class SafetensorsReader {
   std::string path_;
   std::shared_ptr<Mapping> mapping_;
   const std::byte* data_ = nullptr;  // start of the data section
+  std::uint64_t data_offset_ = 0;    // ... and its offset in the file
+  // info(name), checked to have `expected_shape` and a dtype readable as fp32.
+  const TensorInfo& readable(const std::string& name, const Shape& expected_shape) const;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::size_t> index_;
   Metadata metadata_;

@@ -231,4 +231,15 @@ std::vector<float> SafetensorsSet::get(const std::string& name, const Shape& exp
 
 std::span<const std::byte> SafetensorsSet::raw(const std::string& name) const { return shard_of(name).raw(name); }
 
+void SafetensorsSet::read_range(const std::string& name, const Shape& expected_shape, std::int64_t begin,
+                                std::int64_t count, float* dst) const {
+  shard_of(name).read_range(name, expected_shape, begin, count, dst);
+}
+
+std::uint64_t SafetensorsSet::bytes_read() const {
+  std::uint64_t n = 0;
+  for (const auto& shard : shards_) n += shard.bytes_read();
+  return n;
+}
+
 }  // namespace trident::ckpt

@@ -62,10 +62,14 @@ class SafetensorsSet {
   // The path of the file holding `name` (for messages).
   const std::string& file_of(const std::string& name) const { return shard_of(name).path(); }
 
-  // As SafetensorsReader::read/get/raw, on the shard holding `name`.
+  // As SafetensorsReader::read/get/raw/read_range, on the shard holding `name`.
   void read(const std::string& name, const Shape& expected_shape, float* dst) const;
   std::vector<float> get(const std::string& name, const Shape& expected_shape) const;
   std::span<const std::byte> raw(const std::string& name) const;
+  void read_range(const std::string& name, const Shape& expected_shape, std::int64_t begin, std::int64_t count,
+                  float* dst) const;
+  // read_range's bytes over every shard.
+  std::uint64_t bytes_read() const;
 
  private:
   void open_single(const std::string& path);

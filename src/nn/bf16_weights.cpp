@@ -2,7 +2,9 @@
 #include "nn/bf16_weights.h"
 
 #include <algorithm>
+#include <utility>
 
+#include "core/async_file_io.h"  // detail::allocate_zeroed, free_zeroed
 #include "core/check.h"
 #include "core/rng.h"
 #include "kernels/bf16_stochastic.h"
@@ -54,17 +56,19 @@ void round_weights(const ParameterSet& ps, int64_t lo, int64_t hi, const float* 
   }
 }
 
+namespace {
+// What allocate_zeroed is given for n elements: whole cache lines.
+std::size_t copy_alloc_bytes(std::size_t n) { return (n * sizeof(kernels::bf16_t) + 63) / 64 * 64; }
+}  // namespace
+
 Bf16WeightCopy& Bf16WeightCopy::operator=(Bf16WeightCopy&& o) noexcept {
   if (this == &o) return *this;
   reset();
-  buf_ = std::move(o.buf_);
-  tracker_ = o.tracker_;
-  mm_ = o.mm_;
-  src_ = o.src_;
-  o.buf_.clear();
-  o.tracker_ = nullptr;
-  o.mm_ = nullptr;
-  o.src_ = nullptr;
+  buf_ = std::exchange(o.buf_, nullptr);
+  n_ = std::exchange(o.n_, 0);
+  tracker_ = std::exchange(o.tracker_, nullptr);
+  mm_ = std::exchange(o.mm_, nullptr);
+  src_ = std::exchange(o.src_, nullptr);
   return *this;
 }
 
@@ -72,16 +76,20 @@ void Bf16WeightCopy::fill(MemoryTracker& tracker, kernels::MatmulEngine& mm, con
                           int64_t hi, const float* src, const WeightRounding& r) {
   unregister();
   const auto n = static_cast<std::size_t>(hi - lo);
-  if (n != buf_.size() || tracker_ != &tracker) {
+  if (n != n_ || tracker_ != &tracker) {
     reset();
-    buf_.resize(n);
-    buf_.shrink_to_fit();
+    if (n > 0) {
+      buf_ = static_cast<kernels::bf16_t*>(detail::allocate_zeroed(copy_alloc_bytes(n), 64));
+      TRI_CHECK(buf_ != nullptr, "out of memory allocating the bf16 weight copy ({})",
+                format_bytes(static_cast<double>(n * sizeof(kernels::bf16_t))));
+    }
+    n_ = n;
     tracker_ = &tracker;
     tracker_->add(MemCategory::kParameters, bytes());
   }
   if (n == 0) return;
-  round_weights(ps, lo, hi, src, buf_.data(), r);
-  mm.add_weight_copy(src, buf_.data(), static_cast<int64_t>(n));
+  round_weights(ps, lo, hi, src, buf_, r);
+  mm.add_weight_copy(src, buf_, static_cast<int64_t>(n));
   mm_ = &mm;
   src_ = src;
 }
@@ -96,7 +104,9 @@ void Bf16WeightCopy::reset() {
   unregister();
   if (tracker_ != nullptr) tracker_->release(MemCategory::kParameters, bytes());
   tracker_ = nullptr;
-  buf_ = {};
+  if (buf_ != nullptr) detail::free_zeroed(buf_, copy_alloc_bytes(n_));
+  buf_ = nullptr;
+  n_ = 0;
 }
 
 }  // namespace trident::nn

@@ -37,7 +37,10 @@ void round_weights(const ParameterSet& ps, int64_t lo, int64_t hi, const float* 
 
 // A bf16 copy of the flat range [lo, hi) of a parameter set's values, registered with a matmul
 // engine while filled. The buffer is kept between fills of the same size (one allocation for a
-// run) and freed by reset() or the destructor.
+// run) and freed by reset() or the destructor. From 1 MiB it is mapped straight from the kernel
+// and unmapped when freed, as FloatBuffer's are (core/memory.cpp), so the process's RSS follows
+// the tracker: through malloc, ZeRO-3's per-group copies, made and freed at every gather, kept
+// glibc's heap pages resident (docs/memory.md, "A model larger than memory").
 class Bf16WeightCopy {
  public:
   Bf16WeightCopy() = default;
@@ -55,11 +58,12 @@ class Bf16WeightCopy {
   // Unregisters and frees.
   void reset();
   bool registered() const { return mm_ != nullptr; }
-  const kernels::bf16_t* data() const { return buf_.data(); }
-  std::size_t bytes() const { return buf_.size() * sizeof(kernels::bf16_t); }
+  const kernels::bf16_t* data() const { return buf_; }
+  std::size_t bytes() const { return n_ * sizeof(kernels::bf16_t); }
 
  private:
-  std::vector<kernels::bf16_t> buf_;
+  kernels::bf16_t* buf_ = nullptr;
+  std::size_t n_ = 0;  // elements
   MemoryTracker* tracker_ = nullptr;
   kernels::MatmulEngine* mm_ = nullptr;
   const float* src_ = nullptr;

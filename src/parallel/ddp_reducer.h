@@ -145,6 +145,15 @@ class DataParallel : public nn::ModelHooks {
   void read_shard_values(int id, float* local) const;
   // Stores this rank's shard elements of param `id` from a full local tensor.
   void write_shard_values(int id, const float* local);
+  // The local elements of param `id` in this rank's shard: [local_begin, local_begin + count),
+  // at shard index shard_begin on (count 0: none).
+  struct ShardPart {
+    int64_t local_begin = 0, count = 0, shard_begin = 0;
+  };
+  ShardPart shard_part(int id) const;
+  // Stores local elements [first, first + count) of param `id`, which lie inside shard_part(id),
+  // from `values` (a checkpoint load, a chunk at a time: parallel/layout_state.cpp).
+  void write_shard_range(int id, int64_t first, int64_t count, const float* values);
   // Initialises the shard from the logical tensors (the bits ParameterSet::initialize draws),
   // in bounded chunks straight into the shard or the offload store.
   void initialize_shard(uint64_t seed);

@@ -130,15 +130,29 @@ void DataParallel::read_shard_values(int id, float* local) const {
 }
 
 void DataParallel::write_shard_values(int id, const float* local) {
+  const ShardPart part = shard_part(id);
+  if (part.count > 0) write_shard_range(id, part.local_begin, part.count, local + part.local_begin);
+}
+
+DataParallel::ShardPart DataParallel::shard_part(int id) const {
   const nn::ParamInfo& p = params_.info(id);
   const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
-  if (hi <= lo) return;
+  if (hi <= lo) return {};
+  return {lo - p.offset, hi - lo, layout_.index(lo)};
+}
+
+void DataParallel::write_shard_range(int id, int64_t first, int64_t count, const float* values) {
+  const ShardPart part = shard_part(id);
+  TRI_CHECK(first >= part.local_begin && count >= 0 && first + count <= part.local_begin + part.count,
+            "{}: local elements [{}, {}) are not all in this rank's shard [{}, {})", params_.info(id).name, first,
+            first + count, part.local_begin, part.local_begin + part.count);
+  if (count == 0) return;
   TRI_CHECK(!options_.offload_values || value_store_, "ZeRO-3 values offloaded but no store attached yet");
+  const int64_t at = part.shard_begin + (first - part.local_begin);
   if (value_store_) {
-    value_store_->write(2, layout_.index(lo), hi - lo, local + (lo - p.offset));
+    value_store_->write(2, at, count, values);
   } else {
-    std::memcpy(shard_values_.data() + layout_.index(lo), local + (lo - p.offset),
-                static_cast<std::size_t>(hi - lo) * sizeof(float));
+    std::memcpy(shard_values_.data() + at, values, static_cast<std::size_t>(count) * sizeof(float));
   }
 }
 

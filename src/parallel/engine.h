@@ -41,6 +41,13 @@ class Engine {
   void load_optimizer_state(const std::string& name, int kind, const float* logical) {
     parallel::load_optimizer_state(layout_, name, kind, logical);
   }
+  void load_param_from(const std::string& name, const LogicalReader& read, int64_t piece = kLoadChunk) {
+    parallel::load_param_from(layout_, name, read, piece);
+  }
+  void load_optimizer_state_from(const std::string& name, int kind, const LogicalReader& read,
+                                 int64_t piece = kLoadChunk) {
+    parallel::load_optimizer_state_from(layout_, name, kind, read, piece);
+  }
   void load_packed_param(const nn::ParamDecl& decl, const quant::QuantMatrix& full) {
     parallel::load_packed_param(layout_, decl, full);
   }

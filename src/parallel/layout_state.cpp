@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "nn/param_runs.h"
 
 namespace trident::parallel {
 
@@ -157,6 +158,74 @@ void load_optimizer_state(RankLayout& L, const std::string& name, int kind, cons
     nn::scatter_logical_to_local(c.model->params().info(id), logical, local.data());
     const MomentSlice m = moments_of(c, id, kind, /*read=*/false);
     c.adamw->moments().write(kind, m.store_begin, m.count, local.data() + m.local_begin);
+  }
+}
+
+namespace {
+
+// Local elements [l0, l1) of a parameter into out[0, l1 - l0): the logical elements its runs
+// hold, through `read`; its padding, zeros.
+void read_local(const std::vector<nn::LocalRun>& runs, int64_t l0, int64_t l1, const LogicalReader& read,
+                float* out) {
+  for (const nn::LocalRun& r : runs) {
+    const int64_t a = std::max(l0, r.local), b = std::min(l1, r.local + r.length);
+    if (a >= b) continue;
+    if (r.logical < 0) {
+      std::fill(out + (a - l0), out + (b - l0), 0.0f);
+    } else {
+      read(r.logical + (a - r.local), b - a, out + (a - l0));
+    }
+  }
+}
+
+// Local elements [first, first + count) of a parameter, stored from index `at` on, a piece at a
+// time: each piece ends where the stored index reaches a multiple of `piece` (kLoadChunk: the
+// offload file's default block, so its writes are whole blocks) or at the end; store(local,
+// index, n, values) takes each. One piece buffer, counted as workspace.
+template <class Store>
+void load_pieces(MemoryTracker& tracker, const std::vector<nn::LocalRun>& runs, int64_t first, int64_t count,
+                 int64_t at, int64_t piece, const LogicalReader& read, Store&& store) {
+  TRI_CHECK(piece > 0, "a checkpoint load's piece must hold at least one element, not {}", piece);
+  if (count <= 0) return;
+  FloatBuffer buf(tracker, MemCategory::kWorkspace, static_cast<std::size_t>(std::min(count, piece)));
+  for (int64_t done = 0; done < count;) {
+    const int64_t n = std::min(count - done, piece - (at + done) % piece);
+    read_local(runs, first + done, first + done + n, read, buf.data());
+    store(first + done, at + done, n, buf.data());
+    done += n;
+  }
+}
+
+}  // namespace
+
+void load_param_from(RankLayout& L, const std::string& name, const LogicalReader& read, int64_t piece) {
+  for (ModelChunk& c : L.chunks()) {
+    nn::ParameterSet& ps = c.model->params();
+    const int id = ps.find(name);
+    if (id < 0) continue;  // held by another stage
+    const nn::ParamInfo& info = ps.info(id);
+    TRI_CHECK(!info.packed, "{} is a packed base matrix: load it with load_packed_param", name);
+    const std::vector<nn::LocalRun> runs = nn::local_runs(info);
+    if (c.dp && c.dp->values_sharded()) {
+      const DataParallel::ShardPart part = c.dp->shard_part(id);
+      load_pieces(L.tracker(), runs, part.local_begin, part.count, part.shard_begin, piece, read,
+                  [&](int64_t local, int64_t, int64_t n, const float* v) { c.dp->write_shard_range(id, local, n, v); });
+    } else {
+      read_local(runs, 0, info.numel, read, ps.data(id));  // straight into the flat values
+    }
+  }
+}
+
+void load_optimizer_state_from(RankLayout& L, const std::string& name, int kind, const LogicalReader& read,
+                               int64_t piece) {
+  for (ModelChunk& c : L.chunks()) {
+    const int id = c.model->params().find(name);
+    if (id < 0) continue;
+    const MomentSlice m = moments_of(c, id, kind, /*read=*/false);
+    load_pieces(L.tracker(), nn::local_runs(c.model->params().info(id)), m.local_begin, m.count,
+                m.store_begin, piece, read, [&](int64_t, int64_t index, int64_t n, const float* v) {
+                  c.adamw->moments().write(kind, index, n, v);
+                });
   }
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "parallel/rank_layout.h"
@@ -25,6 +26,20 @@ void gather_optimizer_state(RankLayout& layout, const std::string& name, const S
 // parameter: a tied one lives on the first and the last stage). Not collective.
 void load_param(RankLayout& layout, const std::string& name, const float* logical);
 void load_optimizer_state(RankLayout& layout, const std::string& name, int kind, const float* logical);
+// Reads elements [begin, begin + count) of one logical tensor, row-major, into dst.
+using LogicalReader = std::function<void(int64_t begin, int64_t count, float* dst)>;
+// The same loads, with every rank reading only the logical elements it keeps: its tp / ep slice,
+// and of that its ZeRO shard's part (the values under ZeRO-3, the moments under ZeRO >= 1), in
+// pieces of at most kLoadChunk elements straight into the flat buffer, the shard or the offload
+// file. So a rank's load holds one piece, never the tensor, and reads 1/dp of a sharded tensor.
+// Bitwise what load_param / load_optimizer_state keep from the whole tensor (padding zero).
+// Not collective; `read` may be called any number of times, in any order. `piece`: the most
+// elements one piece holds (tests take small odd ones, to cross runs and offload blocks).
+inline constexpr int64_t kLoadChunk = int64_t{1} << 20;  // 4 MiB of fp32
+void load_param_from(RankLayout& layout, const std::string& name, const LogicalReader& read,
+                     int64_t piece = kLoadChunk);
+void load_optimizer_state_from(RankLayout& layout, const std::string& name, int kind, const LogicalReader& read,
+                               int64_t piece = kLoadChunk);
 // QLoRA: every rank passes the whole packed matrix of a packed base parameter and keeps its
 // slice (quant/packed_base.h); then check_packed_base once, after the last.
 void load_packed_param(RankLayout& layout, const nn::ParamDecl& decl, const quant::QuantMatrix& full);

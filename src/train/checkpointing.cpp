@@ -257,14 +257,18 @@ std::string write_snapshot(const CheckpointSnapshot& snapshot, const std::string
 int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint& loaded,
                          bool with_optimizer) {
   ckpt::check_same_model_shape(loaded.config, engine.config(), loaded.path);
+  // Each rank reads only the elements it keeps (its slices: layout_state.h), a piece at a time,
+  // straight from the files (pread: nothing of them stays resident), each piece checked finite.
+  // A rank that finds a non-finite value throws (main aborts the job, so no rank waits for it).
   // QLoRA: the base came packed (load_packed_base), not as fp32 tensors.
   for (const auto& spec : nn::model_tensor_specs(engine.config())) {
     if (engine.config().packed_base()) break;
-    std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
-    loaded.read_param(spec.name, spec.shape, logical.data());
-    ckpt::check_finite(logical.data(), shape_numel(spec.shape), spec.name,
-                       loaded.model.file_of(loaded.model_prefix + spec.name));
-    engine.load_param(spec.name, logical.data());
+    const std::string name = loaded.model_prefix + spec.name;
+    const std::string& file = loaded.model.file_of(name);
+    engine.load_param_from(spec.name, [&](int64_t begin, int64_t count, float* dst) {
+      loaded.model.read_range(name, spec.shape, begin, count, dst);
+      ckpt::check_finite(dst, count, begin, name, file);
+    });
   }
   load_router_bias(engine, loaded);
   // A resumed LoRA run continues its adapters; --init-from starts fresh ones on the base.
@@ -276,12 +280,12 @@ int64_t load_into_engine(parallel::Engine& engine, const ckpt::LoadedCheckpoint&
               loaded.path);
     ckpt::validate_optimizer_tensors(*loaded.optimizer, engine.config());
     for (const auto& spec : nn::trained_tensor_specs(engine.config())) {
-      std::vector<float> logical(static_cast<std::size_t>(shape_numel(spec.shape)));
       for (int kind = 0; kind < 2; ++kind) {
         const std::string name = kind == 0 ? ckpt::exp_avg_name(spec.name) : ckpt::exp_avg_sq_name(spec.name);
-        loaded.optimizer->read(name, spec.shape, logical.data());
-        ckpt::check_finite(logical.data(), shape_numel(spec.shape), name, loaded.optimizer->path());
-        engine.load_optimizer_state(spec.name, kind, logical.data());
+        engine.load_optimizer_state_from(spec.name, kind, [&](int64_t begin, int64_t count, float* dst) {
+          loaded.optimizer->read_range(name, spec.shape, begin, count, dst);
+          ckpt::check_finite(dst, count, begin, name, loaded.optimizer->path());
+        });
       }
     }
     const auto opt_step = loaded.optimizer_step();

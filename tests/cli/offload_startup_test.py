@@ -15,7 +15,10 @@ bytes per parameter, 204 MB) is what the steps hold. Rows at one rank:
 - --zero 3 --offload optimizer: the steps hold the value and gradient shards; the old start-up
   held the flat buffers beside both shards (+408 MB).
 Both rows also check the run trained (finite losses) and that peak_rss is reported on every step
-and in the closing memory printout.
+and in the closing memory printout. A third row resumes the optimizer+params run from its step-2
+checkpoint and holds the resumed run's VmHWM to the same bound: the load reads each tensor's shard
+part a piece at a time with pread (parallel/layout_state.h load_param_from), so neither whole
+tensors nor the checkpoint files' pages stay resident.
 
 Planted bug seen failing (then removed): FloatBuffer allocating through malloc again (before
 core/memory.cpp mapped large buffers: glibc's heap kept the freed gathered groups resident, VmHWM
@@ -49,10 +52,10 @@ def main():
         off = f"{d}/offload"
         os.makedirs(off)
 
-        def train(tag, model, mode):
+        def train(tag, model, mode, extra=(), steps=2):
             cmd = [T, "train", "--model", model, "--data", f"{d}/syn", "--batch-size", "1", "--seq-len", "16",
-                   "--steps", "2", "--lr", "1e-3", "--eval-every", "0", "--threads", "1", "--zero", "3",
-                   "--offload", mode, "--offload-dir", off, "--metrics", f"{d}/{tag}.jsonl"]
+                   "--steps", str(steps), "--lr", "1e-3", "--eval-every", "0", "--threads", "1", "--zero", "3",
+                   "--offload", mode, "--offload-dir", off, "--metrics", f"{d}/{tag}.jsonl", *extra]
             rc, _, err = run(cmd, timeout=600)
             check(f"{tag} runs", rc == 0, err[-1500:] if rc else "")
             m = read_metrics(f"{d}/{tag}.jsonl") if rc == 0 else []
@@ -76,6 +79,27 @@ def main():
             check(f"big {mode}: kernel peak RSS {rss / MiB:.1f} MiB <= tracked step peak {tracked / MiB:.1f} MiB + "
                   f"tiny run's RSS {overhead / MiB:.1f} MiB + {SLACK // MiB} MiB = {bound / MiB:.1f} MiB",
                   rss <= bound)
+
+        # A resume under optimizer+params: each tensor's shard part read from the checkpoint a piece
+        # at a time (pread), straight into the offload file. The old load read every whole tensor
+        # through the files' mappings, whose pages then stayed in the process's RSS (model and
+        # moments: 612 MB here) beside a whole tensor and its local copy.
+        mode = "optimizer+params"
+        base = train("tiny_resume", "tiny", mode)
+        saved = train("big_save", f"{d}/model.json", mode, ["--ckpt-dir", f"{d}/ckpt"])
+        resumed = train("big_resume", f"{d}/model.json", mode,
+                        ["--resume", f"{d}/ckpt", "--ckpt-dir", f"{d}/ckpt2"], steps=3)
+        if base and saved and resumed:
+            check("big resume: trained on from step 2", [x["step"] for x in resumed] == [3], str(resumed))
+            ckpt_bytes = sum(os.path.getsize(f"{d}/ckpt/step_00000002/{f}")
+                             for f in ("model.safetensors", "optimizer.safetensors"))
+            overhead = base[-1]["peak_rss"]
+            tracked = max(x["memory"]["total"] for x in resumed)
+            rss = resumed[-1]["peak_rss"]
+            bound = tracked + overhead + SLACK
+            check(f"big resume: kernel peak RSS {rss / MiB:.1f} MiB <= tracked step peak {tracked / MiB:.1f} MiB + "
+                  f"tiny run's RSS {overhead / MiB:.1f} MiB + {SLACK // MiB} MiB = {bound / MiB:.1f} MiB "
+                  f"(the checkpoint read: {ckpt_bytes / MiB:.1f} MiB)", rss <= bound)
     finish()
 
 

@@ -288,3 +288,61 @@ TEST(CkptSafetensors, CorruptFilesGiveSpecificErrors) {
     EXPECT_ERROR_HAS(r.get("ids", {2}), "tensor 'ids'", "has dtype I64, which cannot be read as fp32");
   }
 }
+
+// read_range (a rank's slice, by pread): bitwise the slice of read() for every dtype readable as
+// fp32, across read_range's 16384-element pieces of the 16-bit dtypes, counting exactly the bytes
+// asked for; a range outside the tensor and a file that shrank after opening are clear errors.
+TEST(CkptSafetensors, ReadRangeIsTheSliceOfReadAndCountsItsBytes) {
+  TempDir dir;
+  struct T {
+    const char* name;
+    const char* dtype;
+    std::int64_t n;
+    std::size_t size;
+  };
+  const T tensors[] = {{"a", "F32", 35, 4}, {"b", "BF16", 40000, 2}, {"c", "F16", 100, 2}, {"d", "F64", 9, 8}};
+  std::string header = "{", data;
+  for (const T& t : tensors) {
+    const std::size_t begin = data.size();
+    for (std::int64_t i = 0; i < t.n; ++i) {
+      if (t.size == 4) {
+        const float x = 0.5f * static_cast<float>(i) - 3.f;
+        data.append(reinterpret_cast<const char*>(&x), 4);
+      } else if (t.size == 8) {
+        const double x = 1.0 / (1.0 + static_cast<double>(i));
+        data.append(reinterpret_cast<const char*>(&x), 8);
+      } else {
+        const auto bits = static_cast<std::uint16_t>(i * 2654435761u >> 7);  // every kind of 16-bit pattern
+        data.append(reinterpret_cast<const char*>(&bits), 2);
+      }
+    }
+    header += std::string(header.size() > 1 ? "," : "") + "\"" + t.name + "\":{\"dtype\":\"" + t.dtype +
+              "\",\"shape\":[" + std::to_string(t.n) + "],\"data_offsets\":[" + std::to_string(begin) + "," +
+              std::to_string(data.size()) + "]}";
+  }
+  header += "}";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  const std::string path = dir.sub("r.safetensors");
+  write_raw(path, header, data);
+  const SafetensorsReader r(path);
+  std::uint64_t expected = 0;
+  for (const T& t : tensors) {
+    const std::vector<float> whole = r.get(t.name, {t.n});
+    const std::int64_t ranges[][2] = {{0, t.n}, {0, 0}, {t.n, 0}, {1, t.n - 2}, {t.n / 3, t.n / 2}, {t.n - 1, 1}};
+    for (const auto& [begin, count] : ranges) {
+      std::vector<float> part(static_cast<std::size_t>(count) + 1, 7.f);
+      r.read_range(t.name, {t.n}, begin, count, part.data());
+      EXPECT_EQ(std::memcmp(part.data(), whole.data() + begin, static_cast<std::size_t>(count) * 4), 0)
+          << t.name << " [" << begin << ", +" << count << ")";
+      EXPECT_EQ(part.back(), 7.f) << "wrote past the range";
+      expected += static_cast<std::uint64_t>(count) * t.size;
+    }
+  }
+  EXPECT_EQ(r.bytes_read(), expected);
+  std::vector<float> out(64);
+  EXPECT_ERROR_HAS(r.read_range("a", {35}, 30, 6, out.data()), "elements [30, 36) of tensor 'a'", "it has 35");
+  EXPECT_ERROR_HAS(r.read_range("a", {35}, -1, 2, out.data()), "elements [-1, 1)");
+  EXPECT_ERROR_HAS(r.read_range("a", {5, 7}, 0, 2, out.data()), "has shape [35] but [5, 7] was expected");
+  fs::resize_file(path, 8 + header.size() + 10);  // shrinks after the open: inside "a"
+  EXPECT_ERROR_HAS(r.read_range("a", {35}, 0, 35, out.data()), "reading tensor 'a' from", "the file ended early");
+}
