@@ -62,6 +62,8 @@ Work Communicator::all_to_all_raw(const void* in, int64_t in_count, std::span<co
               "the chunk; for variable chunks use all_to_all_v",
               g0.name, in_count, out_count, g0.size);
     const int n = to_int_count(in_count / g0.size, "all_to_all");
+    // Every chunk but this rank's own (which stays here).
+    group_->bytes_sent += static_cast<uint64_t>((in_count - n) * static_cast<int64_t>(dtype_size(dtype)));
     return issue(group_, sig, [=](detail::Group& g) {
       g.backend->all_to_all(in, n, out, dtype);
     });
@@ -76,6 +78,8 @@ Work Communicator::all_to_all_raw(const void* in, int64_t in_count, std::span<co
             g0.name, in_count, sent, out_count, received);
   // Totals differ between ranks: the signature compares the group size instead.
   sig.count = g0.size;
+  group_->bytes_sent +=
+      static_cast<uint64_t>((sent - send_counts[static_cast<std::size_t>(g0.rank)]) * static_cast<int64_t>(dtype_size(dtype)));
   const IntLayout s = int_layout(send_counts, "all_to_all_v"), r = int_layout(recv_counts, "all_to_all_v");
   std::vector<int64_t> send(send_counts.begin(), send_counts.end()), recv(recv_counts.begin(), recv_counts.end());
   const bool debug = g0.options.debug;

@@ -148,11 +148,13 @@ class Communicator {
   std::unique_ptr<Communicator> split(int color, int key, std::string name);
   // Number of collectives issued on this group so far.
   uint64_t collectives_issued() const;
-  // Bytes this rank has sent to the others in allreduce, reduce-scatter and all-gather calls
-  // (fp32 and the bf16 sums; not broadcast, all-to-all or point-to-point). The fp32 collectives
-  // count a bandwidth-optimal ring's (an allreduce 2 (N-1)/N of the buffer, a reduce-scatter
-  // (N-1)/N, an all-gather its input to N-1 ranks) -- MPI picks its own algorithm, which sends at
-  // least that -- the bf16 sums what their all_to_all_v and all_gather_v send. For benchmarks.
+  // Bytes this rank has sent to the others in allreduce, reduce-scatter, all-gather and
+  // all-to-all calls (fp32 and the bf16 sums; not broadcast or point-to-point). The fp32
+  // collectives count a bandwidth-optimal ring's (an allreduce 2 (N-1)/N of the buffer, a
+  // reduce-scatter (N-1)/N, an all-gather its input to N-1 ranks) -- MPI picks its own
+  // algorithm, which sends at least that -- the bf16 sums what their all_to_all_v and
+  // all_gather_v send, an all_to_all(_v) every chunk but this rank's own. For benchmarks and
+  // the tests of what a collective moves.
   uint64_t bytes_sent() const;
 
   // In place: buf <- op over ranks of buf. kAvg divides the sum by size() (floating only).

@@ -23,6 +23,10 @@ class ExpertParallelComm {
   // (chunks back to back in rank order) and this rank receives recv_counts[s] from rank s.
   virtual void all_to_all_v(const float* in, std::span<const int64_t> send_counts, float* out,
                             std::span<const int64_t> recv_counts) = 0;
+  // The same for 16-bit words (bf16 or fp16 bits: only moved, never summed), half the bytes:
+  // the expert inputs sent to their owners under --precision bf16|fp16 (nn/moe_mlp.h).
+  virtual void all_to_all_v16(const uint16_t* in, std::span<const int64_t> send_counts, uint16_t* out,
+                              std::span<const int64_t> recv_counts) = 0;
   // Equal chunks of `per_rank` counts: out[s * per_rank + i] = rank s's in[rank() * per_rank + i].
   virtual void all_to_all_counts(const int64_t* in, int64_t* out, int64_t per_rank) = 0;
 };

@@ -201,13 +201,13 @@ Gpt2LayerDecls gpt2_layer_decls(const ModelConfig& c, int layer) {
   auto column = [&](const char* n, Shape shape, int dim, int sections, int64_t unit, bool weight) {
     return ParamDecl{.name = p + n, .shape = std::move(shape), .split = TpSplit::kSplit, .dim = dim,
                      .sections = sections, .unit = unit, .weight_decay = weight,
-                     .init_std = weight ? std_w : 0.0f, .matmul = weight,
+                     .init_std = weight ? std_w : 0.0f, .matmul = weight, .operand_only = weight,
                      .in_out = weight};
   };
   // Row-parallel: input rows split; the bias is added once, after the sum (replicated).
   auto row = [&](const char* n, int64_t rows, int64_t unit) {
     return ParamDecl{.name = p + n, .shape = {rows, C}, .split = TpSplit::kSplit, .dim = 0,
-                     .unit = unit, .weight_decay = true, .init_std = std_proj, .matmul = true,
+                     .unit = unit, .weight_decay = true, .init_std = std_proj, .matmul = true, .operand_only = true,
                      .in_out = true};
   };
   return {.ln_1_weight = norm("ln_1.weight", 1.0f),

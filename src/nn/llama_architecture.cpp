@@ -149,7 +149,7 @@ class LlamaArchitecture final : public LlamaBlockArchitecture {
     if (!c.tie_word_embeddings) {
       v.push_back(ParamDecl{.name = "lm_head.weight", .shape = {c.vocab_size, c.n_embd},
                             .split = TpSplit::kVocab, .weight_decay = true, .init_std = 0.02f,
-                            .role = ParamRole::kLmHead, .matmul = true});
+                            .role = ParamRole::kLmHead, .matmul = true, .operand_only = true});
     }
     return v;
   }
@@ -182,7 +182,7 @@ LlamaLayerDecls llama_layer_decls(const ModelConfig& c, int layer) {
   // nn.Linear [out, in]: column-parallel splits dim 0 (outputs), row-parallel dim 1 (inputs).
   auto linear = [&](const char* n, int64_t out, int64_t in, TpSplit split, int dim, int64_t unit) {
     return ParamDecl{.name = p + n, .shape = {out, in}, .split = split, .dim = dim, .unit = unit,
-                     .weight_decay = true, .init_std = 0.02f, .matmul = true};
+                     .weight_decay = true, .init_std = 0.02f, .matmul = true, .operand_only = true};
   };
   return {.input_norm = norm("input_layernorm.weight"),
           .q_proj = linear("self_attn.q_proj.weight", Q, C, TpSplit::kSplit, 0, HS),

@@ -152,7 +152,7 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
       auto linear = [&](const char* n, int64_t out, int64_t in, int dim) {
         return ParamDecl{.name = fmt::format("{}experts.{}.{}", p, e, n), .shape = {out, in},
                          .split = TpSplit::kSplit, .dim = dim, .weight_decay = true, .init_std = 0.02f,
-                         .matmul = true, .expert = e};
+                         .matmul = true, .operand_only = true, .expert = e};
       };
       // As the dense MLP: w1/w3 column-parallel, w2 row-parallel.
       v.push_back(linear("w1.weight", I, C, 0));
@@ -217,7 +217,7 @@ std::optional<SharedExpertDecls> shared_expert_decls(const ModelConfig& c, int l
   const std::string p = fmt::format("model.layers.{}.block_sparse_moe.shared_experts.", layer);
   auto linear = [&](const char* n, int64_t out, int64_t in, int dim) {
     return ParamDecl{.name = p + n, .shape = {out, in}, .split = TpSplit::kSplit, .dim = dim, .weight_decay = true,
-                     .init_std = 0.02f, .matmul = true};
+                     .init_std = 0.02f, .matmul = true, .operand_only = true};
   };
   return SharedExpertDecls{.gate_proj = linear("gate_proj.weight", I, C, 0),
                            .up_proj = linear("up_proj.weight", I, C, 0),

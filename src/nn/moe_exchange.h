@@ -8,6 +8,10 @@
 
 #include "nn/model_config.h"
 
+namespace trident::kernels {
+enum class Precision;  // kernels/matmul_engine.h
+}  // namespace trident::kernels
+
 namespace trident::nn {
 
 // Floats one all_to_allv of a MoE layer moves out of a rank for N of its tokens: its k routed
@@ -17,11 +21,12 @@ namespace trident::nn {
 // micro-batch, plus one all_to_all of the E row counts in forward.
 int64_t moe_exchange_floats(const ModelConfig& cfg, int64_t N);
 
-// Floats a MoE layer's activations add at ep > 1 for N tokens (MoeActivations' receive
-// buffer `ex`, its owner-side outputs `yo` and received inputs `xo`), under balanced routing:
-// every owner then receives as many rows as it sends (Ro = R), so each buffer is one
-// exchange's rows. Routing imbalance makes the owner of a popular expert hold more
-// (h1/h3/act and xo grow to its Ro rows); 0 at ep 1.
-int64_t moe_exchange_buffer_floats(const ModelConfig& cfg, int ep, int64_t N);
+// Bytes a MoE layer's activations add at ep > 1 for N tokens (MoeActivations' receive buffer
+// `ex` and owner-side outputs `yo` in fp32, its received inputs `xo` as saved operands:
+// 16-bit words when `storage` is bf16/fp16), under balanced routing: every owner then
+// receives as many rows as it sends (Ro = R), so each buffer is one exchange's rows. Routing
+// imbalance makes the owner of a popular expert hold more (h1/h3/act and xo grow to its Ro
+// rows); 0 at ep 1.
+int64_t moe_exchange_buffer_bytes(const ModelConfig& cfg, int ep, int64_t N, kernels::Precision storage);
 
 }  // namespace trident::nn

@@ -23,8 +23,10 @@ int64_t routed_rows(const ModelConfig& c, int64_t N) { return N * c.n_experts_pe
 
 int64_t moe_exchange_floats(const ModelConfig& cfg, int64_t N) { return routed_rows(cfg, N) * cfg.n_embd; }
 
-int64_t moe_exchange_buffer_floats(const ModelConfig& cfg, int ep, int64_t N) {
-  return ep > 1 ? 3 * moe_exchange_floats(cfg, N) : 0;  // ex, yo, xo below (forward, ep > 1)
+int64_t moe_exchange_buffer_bytes(const ModelConfig& cfg, int ep, int64_t N, kernels::Precision storage) {
+  if (ep <= 1) return 0;
+  const int64_t rows = moe_exchange_floats(cfg, N);
+  return 4 * 2 * rows + SavedOperand::bytes(storage, rows);  // ex, yo (fp32), xo below (forward, ep > 1)
 }
 
 MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, int tp, int64_t N,
@@ -42,6 +44,7 @@ MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, i
   y = FloatBuffer(tracker, A, R * C);
   xs = SavedOperand(tracker, storage, static_cast<int64_t>(R * C));
   dys = FloatBuffer(tracker, A, R * C);
+  xo = SavedOperand(tracker, storage, 0);  // grown at ep > 1 to the rows received
   experts.assign(n * K, 0);
   row_of.assign(n * K, 0);
   token_of.assign(R, 0);
@@ -112,7 +115,8 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
   for (int64_t e = 0; e < E; ++e) a.offsets[e + 1] += a.offsets[e];
   std::vector<int64_t> next(a.offsets.begin(), a.offsets.end() - 1);
   // The routed rows in fp32: into xs itself, or (16-bit xs) into dys, free until backward, and
-  // rounded from there. At ep > 1 they are the rows sent to the owners.
+  // rounded from there. At ep > 1 they are the rows sent to the owners (as xs's 16-bit words
+  // when 16-bit).
   float* rows = a.xs.target(a.dys.data());
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t j = 0; j < K; ++j) {
@@ -147,16 +151,26 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
     const auto width = static_cast<std::size_t>(std::max(moe_exchange_floats(cfg_, N), Ro * C));
     a.ensure(a.ex, width);
     a.ensure(a.yo, width);
-    a.ensure(a.xo, static_cast<std::size_t>(Ro * C));
+    a.ensure(a.xo, Ro * C);
     a.ensure(a.h1, static_cast<std::size_t>(Ro * Il));
     a.ensure(a.h3, static_cast<std::size_t>(Ro * Il));
     a.ensure(a.act, Ro * Il);
     const std::vector<int64_t> sent = exchange_elems(a.send_counts), received = exchange_elems(a.recv_counts);
-    ep_.comm->all_to_all_v(rows, sent, a.ex.data(), received);
-    to_expert_major(a, a.ex.data(), a.xo.data(), C);
-    experts_forward(mm, ps, a.owner_offsets.data(), a.xo.data(), a.h1.data(), a.h3.data(), a.act, a.yo.data());
+    if (a.xo.is16()) {
+      // w1/w3 read the inputs only as operands, which the engine rounds to 16 bits anyway: the
+      // source rounds them (into xs) and sends the words, which the owner keeps as its xo,
+      // exactly what it would have made of received fp32 rows. Half the bytes, bitwise.
+      a.xs.store(rows, a.offsets[E] * C);
+      auto* words = reinterpret_cast<uint16_t*>(a.ex.data());  // ex holds >= Ro * C floats
+      ep_.comm->all_to_all_v16(a.xs.bits(), sent, words, received);
+      to_expert_major(a, words, a.xo.bits(), C * int64_t{sizeof(uint16_t)});
+    } else {
+      ep_.comm->all_to_all_v(rows, sent, a.ex.data(), received);
+      to_expert_major(a, a.ex.data(), a.xo.target(nullptr), C * int64_t{sizeof(float)});
+    }
+    experts_forward(mm, ps, a.owner_offsets.data(), a.xo.operand(), a.h1.data(), a.h3.data(), a.act, a.yo.data());
     // The outputs back to their sources, in the order the rows came: a.y as at ep 1.
-    to_source_major(a, a.yo.data(), a.ex.data(), C);
+    to_source_major(a, a.yo.data(), a.ex.data(), C * int64_t{sizeof(float)});
     ep_.comm->all_to_all_v(a.ex.data(), received, a.y.data(), sent);
   }
   kernels::moe_combine_forward(partial, a.y.data(), a.row_of.data(), a.weights.data(), N, K, C);
@@ -208,11 +222,14 @@ void MoeMlp::experts_backward(kernels::MatmulEngine& mm, ParameterSet& ps, const
 }
 
 namespace {
-// Copies blocks of rows: block b of `counts` (rows) moves from `from_at[b]` to `to_at[b]`.
-void move_blocks(const float* from, float* to, const std::vector<int64_t>& counts, const std::vector<int64_t>& from_at,
-                 const std::vector<int64_t>& to_at, int64_t width) {
+// Copies blocks of rows of `row_bytes`: block b of `counts` (rows) moves from row `from_at[b]`
+// to row `to_at[b]`.
+void move_blocks(const void* from, void* to, const std::vector<int64_t>& counts, const std::vector<int64_t>& from_at,
+                 const std::vector<int64_t>& to_at, int64_t row_bytes) {
+  const auto* src = static_cast<const char*>(from);
+  auto* dst = static_cast<char*>(to);
   for (std::size_t b = 0; b < counts.size(); ++b) {
-    std::memcpy(to + to_at[b] * width, from + from_at[b] * width, static_cast<std::size_t>(counts[b] * width) * sizeof(float));
+    std::memcpy(dst + to_at[b] * row_bytes, src + from_at[b] * row_bytes, static_cast<std::size_t>(counts[b] * row_bytes));
   }
 }
 // Row offsets of block (s, l) of P x El counts laid out source-major and expert-major.
@@ -228,14 +245,14 @@ std::pair<std::vector<int64_t>, std::vector<int64_t>> block_starts(const std::ve
 }
 }  // namespace
 
-void MoeMlp::to_expert_major(const MoeActivations& a, const float* from, float* to, int64_t width) const {
+void MoeMlp::to_expert_major(const MoeActivations& a, const void* from, void* to, int64_t row_bytes) const {
   const auto [sm, em] = block_starts(a.recv_counts, ep_.size, local_);
-  move_blocks(from, to, a.recv_counts, sm, em, width);
+  move_blocks(from, to, a.recv_counts, sm, em, row_bytes);
 }
 
-void MoeMlp::to_source_major(const MoeActivations& a, const float* from, float* to, int64_t width) const {
+void MoeMlp::to_source_major(const MoeActivations& a, const void* from, void* to, int64_t row_bytes) const {
   const auto [sm, em] = block_starts(a.recv_counts, ep_.size, local_);
-  move_blocks(from, to, a.recv_counts, em, sm, width);
+  move_blocks(from, to, a.recv_counts, em, sm, row_bytes);
 }
 
 std::vector<int64_t> MoeMlp::exchange_elems(const std::vector<int64_t>& row_counts) const {
@@ -273,11 +290,11 @@ void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActi
     // gradients back. The owner's input rows are the ones it received in forward (a.xo).
     const std::vector<int64_t> sent = exchange_elems(a.send_counts), received = exchange_elems(a.recv_counts);
     ep_.comm->all_to_all_v(a.dys.data(), sent, a.ex.data(), received);
-    to_expert_major(a, a.ex.data(), a.yo.data(), C);
+    to_expert_major(a, a.ex.data(), a.yo.data(), C * int64_t{sizeof(float)});
     std::vector<float> dxo(static_cast<std::size_t>(a.owner_offsets[local_] * C));
-    experts_backward(mm, ps, a.owner_offsets.data(), a.xo.data(), a.h1.data(), a.h3.data(), a.act.operand(), a.yo.data(),
+    experts_backward(mm, ps, a.owner_offsets.data(), a.xo.operand(), a.h1.data(), a.h3.data(), a.act.operand(), a.yo.data(),
                      dxo.data());
-    to_source_major(a, dxo.data(), a.ex.data(), C);
+    to_source_major(a, dxo.data(), a.ex.data(), C * int64_t{sizeof(float)});
     ep_.comm->all_to_all_v(a.ex.data(), received, dxr.data(), sent);
   }
   // Scatter-add in expert order: each token's k input gradients are summed in a fixed order.

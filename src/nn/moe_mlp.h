@@ -74,7 +74,8 @@ struct MoeActivations {
   SavedOperand act;
   FloatBuffer y;            // (R, C) expert outputs (partial sums over tp; backward reads them as values)
   // (R, C) the gathered input rows, an operand of w1/w3's products only (16 bits likewise;
-  // unused at ep > 1, where the owner's rows are xo), and the output gradients (backward).
+  // at ep > 1 the 16-bit words sent to the owners, whose rows are xo), and the output
+  // gradients (backward).
   mutable SavedOperand xs;
   mutable FloatBuffer dys;
   std::vector<int32_t> experts;   // (N, k) the chosen experts, ascending
@@ -94,8 +95,10 @@ struct MoeActivations {
   // demand, as the load is only known after routing).
   std::vector<int64_t> send_counts, recv_counts;  // (P * El) routed rows
   std::vector<int64_t> owner_offsets;  // (El + 1) first expert-major row of each local expert
-  FloatBuffer xo;                      // (Ro, C) the received input rows, expert-major
-  mutable FloatBuffer ex, yo;          // (max(R, Ro), C) exchange scratch
+  // (Ro, C) the received input rows, expert-major: w1/w3's operand only, so in 16 bits like xs
+  // (sent as those words: the exchange of inputs moves half the bytes, bitwise the same).
+  SavedOperand xo;
+  mutable FloatBuffer ex, yo;  // (max(R, Ro), C) exchange scratch (fp32: outputs, gradients)
 
   // Grows `b` to at least n floats (contents lost), tracked like the rest.
   void ensure(FloatBuffer& b, std::size_t n) const;
@@ -135,10 +138,10 @@ class MoeMlp {
   // dxr (rows, C) = each row's input gradient; weight gradients accumulate.
   void experts_backward(kernels::MatmulEngine& mm, ParameterSet& ps, const int64_t* offsets, kernels::ActOperand x,
                         const float* h1, const float* h3, kernels::ActOperand act, const float* dy, float* dxr) const;
-  // ep > 1: rows between the sources' layout (grouped by source, then local expert) and the
-  // owner's (by local expert, then source).
-  void to_expert_major(const MoeActivations& a, const float* from, float* to, int64_t width) const;
-  void to_source_major(const MoeActivations& a, const float* from, float* to, int64_t width) const;
+  // ep > 1: rows of `row_bytes` (C floats, or C 16-bit words) between the sources' layout
+  // (grouped by source, then local expert) and the owner's (by local expert, then source).
+  void to_expert_major(const MoeActivations& a, const void* from, void* to, int64_t row_bytes) const;
+  void to_source_major(const MoeActivations& a, const void* from, void* to, int64_t row_bytes) const;
   // ep > 1: element counts of the rows each rank sends (by_sender: a.send_counts) or receives.
   std::vector<int64_t> exchange_elems(const std::vector<int64_t>& row_counts) const;
 

@@ -42,6 +42,7 @@ ParamInfo shard_for_tp(const ParamDecl& d, const ModelConfig& config, int rank, 
   info.packed = info.frozen && config.packed_base() && is_packable(d);
   info.role = d.role;
   info.tied = d.tied;
+  info.operand_only = d.operand_only;
   info.expert = d.expert;
   switch (d.split) {
     case TpSplit::kReplicated:

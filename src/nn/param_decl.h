@@ -51,6 +51,13 @@ struct ParamDecl {
   // A matrix every token multiplies with (counts in the 6N of the FLOP formula). A tied
   // embedding counts: the head multiplies with it.
   bool matmul = false;
+  // Read only as a matmul operand, through the matmul engine (forward's x W^T, backward's dy W;
+  // the weight gradient x^T dy does not read it): under bf16 the engine reads the bf16 copy
+  // (nn/bf16_weights.h), never the fp32 values. Layer matrices and an untied LM head; not an
+  // embedding (looked up as values), norms, biases, the fp32 router or LoRA's adapters. What
+  // may one day hold such a parameter's fp32 master only as a ZeRO shard (docs/memory.md, "Not
+  // yet"); tests/unit/operand_only_params_test poisons these values and expects the same bits.
+  bool operand_only = false;
   // Quantization and QLoRA keep it fp32 although it is a layer matrix: the MoE router, whose
   // logits choose experts (a rounded router routes other tokens elsewhere; nn/moe_router.h).
   bool keep_fp32 = false;

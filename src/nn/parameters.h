@@ -70,6 +70,8 @@ struct ParamInfo {
   ParamRole role = ParamRole::kOther;
   // Used by both the embedding and the LM head (param_decl.h).
   bool tied = false;
+  // Read only as a matmul operand (ParamDecl::operand_only).
+  bool operand_only = false;
   // The LM head's copy of a tied parameter on a last stage without the embedding: its
   // gradient is summed with the embedding's each step; it is never counted or saved.
   bool tied_copy = false;

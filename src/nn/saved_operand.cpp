@@ -35,10 +35,14 @@ const uint16_t* SavedOperand::bits() const {
   return reinterpret_cast<const uint16_t*>(buf_.data());
 }
 
+uint16_t* SavedOperand::bits() {
+  TRI_CHECK(is16(), "SavedOperand::bits: the operand is stored in fp32");
+  return reinterpret_cast<uint16_t*>(buf_.data());
+}
+
 kernels::ActOperand SavedOperand::operand() const {
   if (!is16()) return {buf_.data()};
   return {reinterpret_cast<const uint16_t*>(buf_.data()), storage_};
 }
-
 
 }  // namespace trident::nn

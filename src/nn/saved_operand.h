@@ -42,8 +42,10 @@ class SavedOperand {
   kernels::Precision storage() const { return storage_; }
   // The operand for the engine: fp32, or pre-rounded 16-bit words.
   kernels::ActOperand operand() const;
-  // The 16-bit words (is16() only): the sequence-parallel gather moves these.
+  // The 16-bit words (is16() only): the sequence-parallel gather and the expert-parallel
+  // exchange move these; the mutable one receives words rounded elsewhere (nn/moe_mlp.cpp).
   const uint16_t* bits() const;
+  uint16_t* bits();
 
  private:
   FloatBuffer buf_;  // 16-bit storage: (n + 1) / 2 floats' bytes holding n words

@@ -14,6 +14,14 @@ void CommExpertParallel::all_to_all_v(const float* in, std::span<const int64_t> 
   group_.all_to_all_v(std::span<const float>(in, sent), send_counts, std::span<float>(out, received), recv_counts).wait();
 }
 
+void CommExpertParallel::all_to_all_v16(const uint16_t* in, std::span<const int64_t> send_counts, uint16_t* out,
+                                        std::span<const int64_t> recv_counts) {
+  const int64_t sent = std::accumulate(send_counts.begin(), send_counts.end(), int64_t{0});
+  const int64_t received = std::accumulate(recv_counts.begin(), recv_counts.end(), int64_t{0});
+  // 2-byte elements (the bf16 type moves fp16 bits just as well: MPI only copies them).
+  group_.all_to_all_raw(in, sent, send_counts, out, received, recv_counts, comm::DType::kBF16).wait();
+}
+
 void CommExpertParallel::all_to_all_counts(const int64_t* in, int64_t* out, int64_t per_rank) {
   const auto n = static_cast<std::size_t>(per_rank * group_.size());
   group_.all_to_all(std::span<const int64_t>(in, n), std::span<int64_t>(out, n)).wait();

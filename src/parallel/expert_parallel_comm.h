@@ -16,6 +16,8 @@ class CommExpertParallel final : public nn::ExpertParallelComm {
   int size() const override { return group_.size(); }
   void all_to_all_v(const float* in, std::span<const int64_t> send_counts, float* out,
                     std::span<const int64_t> recv_counts) override;
+  void all_to_all_v16(const uint16_t* in, std::span<const int64_t> send_counts, uint16_t* out,
+                      std::span<const int64_t> recv_counts) override;
   void all_to_all_counts(const int64_t* in, int64_t* out, int64_t per_rank) override;
 
  private:

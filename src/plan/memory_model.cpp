@@ -196,8 +196,8 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       // micro-batch and layer, or in the one rerun layer's under full recompute.
       const nn::StageSpec& st = g.stage();
       const int moe = moe_layer_count(m, st.layer_begin, st.layer_end);
-      const double exchange = static_cast<double>(nn::moe_exchange_buffer_floats(m, l.ep, N));
-      act_bytes += 4 * (req.recompute == nn::Recompute::kFull ? (moe > 0 ? exchange : 0.0)
+      const double exchange = static_cast<double>(nn::moe_exchange_buffer_bytes(m, l.ep, N, g.operand_storage()));
+      act_bytes += (req.recompute == nn::Recompute::kFull ? (moe > 0 ? exchange : 0.0)
                                                               : static_cast<double>(live[c]) * moe * exchange);
       // Model::ensure_scratch: residual grad, shared and layer scratch, vocab-parallel sums.
       double w = static_cast<double>(g.workspace_floats(N));

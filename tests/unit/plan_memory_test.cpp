@@ -237,6 +237,9 @@ class ThreadEp final : public nn::ExpertParallelComm {
   void all_to_all_v(const float* in, std::span<const int64_t> send, float* out, std::span<const int64_t>) override {
     exchange(in, std::vector<int64_t>(send.begin(), send.end()), out, sizeof(float));
   }
+  void all_to_all_v16(const uint16_t* in, std::span<const int64_t> send, uint16_t* out, std::span<const int64_t>) override {
+    exchange(in, std::vector<int64_t>(send.begin(), send.end()), out, sizeof(uint16_t));
+  }
   void all_to_all_counts(const int64_t* in, int64_t* out, int64_t per_rank) override {
     exchange(in, std::vector<int64_t>(static_cast<std::size_t>(g_.size), per_rank), out, sizeof(int64_t));
   }
@@ -260,11 +263,13 @@ class ThreadEp final : public nn::ExpertParallelComm {
   int rank_;
 };
 
-TEST(PlanMemory, ExpertParallelActivationsMatchTheTrackerOfTwoEpRanks) {
-  // mixtral-tiny with every token routed to all E = 4 experts (k = E): routing is balanced
-  // whatever the router, each ep rank receives as many rows as it sends, so the estimate
-  // (nn/moe_exchange.h's exchange buffers per MoE layer) is exact, not a bound.
+// mixtral-tiny with every token routed to all E = 4 experts (k = E): routing is balanced
+// whatever the router, each ep rank receives as many rows as it sends, so the estimate
+// (nn/moe_exchange.h's exchange buffers per MoE layer) is exact, not a bound. Under bf16 the
+// owner's received inputs xo are 16-bit words (nn/moe_mlp.h), the other two buffers fp32.
+void check_ep_activations(kernels::Precision precision) {
   PlanRequest r = request(2, 4);
+  r.precision = precision;
   r.model = nn::model_preset("mixtral-tiny");
   r.model.n_experts_per_tok = r.model.n_experts;
   const int64_t B = 2, T = r.seq_len;  // 4 sequences over dp 2, one micro-batch
@@ -282,6 +287,7 @@ TEST(PlanMemory, ExpertParallelActivationsMatchTheTrackerOfTwoEpRanks) {
       tp.ep = nn::EpContext{q, ep, ep > 1 ? &comm : nullptr};
       MemoryTracker tracker;
       nn::Model model(r.model, tp);
+      model.set_precision(precision);
       model.allocate(tracker);
       model.params().initialize(5);
       nn::ModelActivations acts = model.make_activations(tracker, B, T);
@@ -302,15 +308,21 @@ TEST(PlanMemory, ExpertParallelActivationsMatchTheTrackerOfTwoEpRanks) {
       EXPECT_EQ(peak[static_cast<std::size_t>(q)], predicted.worst().activations) << "ep " << ep << " rank " << q;
     }
     if (ep == 2) {
-      // What ep adds: per layer three buffers of the k N routed rows x C (receive, owner
-      // outputs, owner inputs).
+      // What ep adds: per layer (4 MoE layers) three buffers of the k N routed rows x C: the
+      // receive buffer and the owner's outputs in fp32, the owner's inputs in s bytes.
       Layout one = l;
       one.ep = 1;
       const double rows = static_cast<double>(r.model.n_experts_per_tok) * B * T;
+      const double s = precision == kernels::Precision::kFp32 ? 4 : 2;
       EXPECT_DOUBLE_EQ(predicted.worst().activations - predict_memory(r, one).worst().activations,
-                       4 * 4 * 3 * rows * C);
+                       4 * (4 + 4 + s) * rows * C);
     }
   }
+}
+
+TEST(PlanMemory, ExpertParallelActivationsMatchTheTrackerOfTwoEpRanks) { check_ep_activations(kernels::Precision::kFp32); }
+TEST(PlanMemory, ExpertParallelBf16ActivationsMatchTheTrackerOfTwoEpRanks) {
+  check_ep_activations(kernels::Precision::kBf16);
 }
 
 TEST(PlanMemory, LivePerChunkMatchesTheSchedules) {
