@@ -28,18 +28,14 @@ int run_train(int argc, char** argv) {
     }
     cfg = std::move(resumed.config);
   }
-  comm::MeshShape shape;
-  shape.dp = cfg.parallel.dp;
-  shape.tp = cfg.parallel.tp;
-  shape.pp = cfg.parallel.pp;
-  shape.ep = cfg.parallel.ep;
+  const comm::MeshShape shape(cfg.parallel.pp, cfg.parallel.dp, cfg.parallel.tp, cfg.parallel.ep);
   comm::validate_mesh(shape, mpi.world_size());
   // Ranks regrouped by node first, so that every tp group shares a node for any placement.
   std::unique_ptr<comm::Communicator> launcher = mpi.world();
   comm::NodeMajorWorld placed(*launcher);
   launcher.reset();
   comm::Mesh mesh(placed.take_world(), shape);
-  if (mesh.rank() == 0) fmt::print(stderr, "{}", placed.describe(shape.tp));
+  if (mesh.rank() == 0) fmt::print(stderr, "{}", placed.describe(shape.size(comm::kTp)));
   return train::run_training(cfg, mesh);
 }
 

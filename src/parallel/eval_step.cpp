@@ -13,7 +13,7 @@ constexpr int kEvalTag = 1;
 double pipeline_micro_batch(RankLayout& L, const int32_t* ids, const int32_t* targets) {
   // Through the global chunks in order: chunk s lives on pp rank s % pp as local chunk s / pp.
   comm::Mesh& mesh = L.mesh();
-  const int P = mesh.shape().pp, me = mesh.coord().pp;
+  const int P = mesh.shape().size(comm::kPp), me = mesh.coord(comm::kPp);
   const int S = P * static_cast<int>(L.chunks().size());
   const int64_t B = L.batch().micro_rows, T = L.batch().seq_len;
   double loss = 0.0;

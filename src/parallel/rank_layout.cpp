@@ -15,25 +15,27 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
                        MemoryTracker& tracker, int64_t global_batch, int64_t seq_len, int micro_batches)
     : mesh_(mesh), config_(config), options_(options), tracker_(tracker) {
   const comm::MeshShape& shape = mesh.shape();
+  const int dp = shape.size(comm::kDp), tp_size = shape.size(comm::kTp), pp_size = shape.size(comm::kPp),
+            ep_size = shape.size(comm::kEp);
   config_.validate();
-  TRI_CHECK(global_batch % shape.dp == 0,
+  TRI_CHECK(global_batch % dp == 0,
             "batch size {} is not divisible by dp {}: each data-parallel rank takes batch_size / "
             "dp sequences; use a batch size that is a multiple of {}",
-            global_batch, shape.dp, shape.dp);
+            global_batch, dp, dp);
   BatchSplit& b = batch_;
   b.global_batch = global_batch;
   b.seq_len = seq_len;
-  b.rank_rows = global_batch / shape.dp;
+  b.rank_rows = global_batch / dp;
   b.micro_batches = micro_batches;
   TRI_CHECK(micro_batches >= 1 && b.rank_rows % micro_batches == 0,
             "the {} sequences per data-parallel rank (batch size {} / dp {}) do not split into {} "
             "micro-batches; use a micro-batch count that divides {}",
-            b.rank_rows, global_batch, shape.dp, micro_batches, b.rank_rows);
+            b.rank_rows, global_batch, dp, micro_batches, b.rank_rows);
   b.micro_rows = b.rank_rows / micro_batches;
   TRI_CHECK(seq_len >= 1 && seq_len <= config_.n_positions,
             "sequence length {} must be between 1 and the model's n_positions {}", seq_len,
             config_.n_positions);
-  validate_tensor_parallel(config_, shape.tp, shape.world());
+  validate_tensor_parallel(config_, tp_size, shape.world());
   TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
             options.zero);
   // A packed base (QLoRA, quant/packed_base.h) is replicated on every dp rank and takes no room in
@@ -48,14 +50,14 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
   // Tensor parallelism: the model issues its tp collectives on the mesh's tp group; the step
   // needs nothing else (replicated parameters counted once, see owns()).
   nn::TpContext tp;
-  if (shape.tp > 1) {
+  if (tp_size > 1) {
     tp_comm_ = std::make_unique<CommTensorParallel>(mesh_.tp());
     tp = make_tp_context(*tp_comm_, options_.sequence_parallel);
   }
   // Expert parallelism: the MoE layers exchange token rows over the mesh's ep group and hold
   // their ep rank's experts only (nn/moe_mlp.h); expert gradients are reduced over edp.
-  validate_expert_parallel(config_, shape.ep);
-  if (shape.ep > 1) {
+  validate_expert_parallel(config_, ep_size);
+  if (ep_size > 1) {
     ep_comm_ = std::make_unique<CommExpertParallel>(mesh_.ep());
     tp.ep = make_ep_context(*ep_comm_);
   }
@@ -65,17 +67,17 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
             "which also needs stage 3): add --zero 3 (this run has --zero {}), or use --offload optimizer",
             options_.zero);
   // Pipeline parallelism: this rank's chunks of the layer stack (V of them when interleaved).
-  const int V = shape.pp > 1 ? options_.virtual_stages : 1;
+  const int V = pp_size > 1 ? options_.virtual_stages : 1;
   std::vector<nn::StageSpec> stages{nn::StageSpec{}};
   pp::ScheduleSpec spec;
-  if (shape.pp > 1) {
+  if (pp_size > 1) {
     spec.kind = options_.schedule;
-    spec.pp = shape.pp;
+    spec.pp = pp_size;
     spec.micro_batches = micro_batches;
     spec.virtual_stages = V;
     spec.validate();
     pp::PartitionOptions po;
-    po.pp = shape.pp;
+    po.pp = pp_size;
     po.virtual_stages = V;
     if (options_.balance_stages) {
       // Costs from forward FLOPs per token as the architecture declares them for each layer
@@ -94,7 +96,7 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     partition_text_ = part.describe();
     if (!partition_text_.empty() && partition_text_.back() == '\n') partition_text_.pop_back();
     stages.clear();
-    for (int c = 0; c < V; ++c) stages.push_back(part.chunk(mesh_.coord().pp, c));
+    for (int c = 0; c < V; ++c) stages.push_back(part.chunk(mesh_.coord(comm::kPp), c));
   } else {
     TRI_CHECK(options_.virtual_stages == 1,
               "--virtual-stages {} needs pipeline parallelism (--pp > 1) and the interleaved "
@@ -118,11 +120,11 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
       z_loss_weight_ = config_.router_z_loss_coef / (layers * static_cast<double>(global_batch * seq_len));
       c.model->set_moe_loss_weights(moe_loss_weights(1.0));
     }
-    if (shape.dp > 1 || options_.zero > 0) {
+    if (dp > 1 || options_.zero > 0) {
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
-          DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, shape.pp > 1,
-                              shape.ep > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype,
+          DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, pp_size > 1,
+                              ep_size > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype,
                               options_.offload.params()});
     }
     const std::vector<FlatRange> owned =
@@ -140,7 +142,7 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     chunks_.push_back(std::move(c));
   }
   if (options_.precision == kernels::Precision::kFp16) loss_scaler_.emplace(options_.loss_scaler);
-  if (shape.pp == 1) {
+  if (pp_size == 1) {
     if (chunks_[0].hooks()) chunks_[0].model->set_hooks(chunks_[0].hooks());
     buffers_.acts = chunks_[0].model->make_activations(tracker_, b.micro_rows, seq_len);
     buffers_.ids.resize(static_cast<std::size_t>(b.micro_rows * seq_len));
@@ -171,9 +173,9 @@ void RankLayout::build_pipeline(const pp::ScheduleSpec& spec) {
   // The tied parameter's group: first and last stage, same tp coordinate, every dp rank
   // (none when nothing is tied: an untied head's gradient is its own stage's).
   if (!nn::has_tied_embedding(config_)) return;
-  const int p = mesh_.coord().pp;
-  const bool on_end = p == 0 || p == mesh_.shape().pp - 1;
-  tied_group_ = mesh_.world().split(on_end ? mesh_.coord().tp : -1, mesh_.rank(), "tied_embedding");
+  const int p = mesh_.coord(comm::kPp);
+  const bool on_end = p == 0 || p == mesh_.shape().size(comm::kPp) - 1;
+  tied_group_ = mesh_.world().split(on_end ? mesh_.coord(comm::kTp) : -1, mesh_.rank(), "tied_embedding");
 }
 
 RankLayout::~RankLayout() {
@@ -189,7 +191,7 @@ bool RankLayout::owns(const ModelChunk& chunk, int id) {
 }
 
 int RankLayout::replica_coord(const nn::ParamInfo& info) const {
-  return info.expert >= 0 ? mesh_.edp_coord() : mesh_.coord().dp;
+  return info.expert >= 0 ? mesh_.coord(comm::kEdp) : mesh_.coord(comm::kDp);
 }
 
 void RankLayout::restore_loss_scaler(const optim::LossScalerState& state) {
@@ -198,7 +200,7 @@ void RankLayout::restore_loss_scaler(const optim::LossScalerState& state) {
 }
 
 bool RankLayout::holds_loss() const {
-  return chunks_.back().model->stage().has_head && mesh_.coord().tp == 0;
+  return chunks_.back().model->stage().has_head && mesh_.coord(comm::kTp) == 0;
 }
 
 std::string RankLayout::describe() const {
@@ -207,11 +209,11 @@ std::string RankLayout::describe() const {
   std::string text = fmt::format(
       "layout dp {} x tp {} x pp {} (world {}), zero {}; global batch {} x {} tokens, {} "
       "sequences per dp rank in {} micro-batch(es) of {}",
-      s.dp, s.tp, s.pp, s.world(), options_.zero, b.global_batch, b.seq_len, b.rank_rows,
+      s.size(comm::kDp), s.size(comm::kTp), s.size(comm::kPp), s.world(), options_.zero, b.global_batch, b.seq_len, b.rank_rows,
       b.micro_batches, b.micro_rows);
-  if (s.ep > 1) {
-    text += fmt::format("; expert parallel ep {} (of dp; {} of {} experts per rank)", s.ep,
-                        config_.n_experts / s.ep, config_.n_experts);
+  if (const int ep = s.size(comm::kEp); ep > 1) {
+    text += fmt::format("; expert parallel ep {} (of dp; {} of {} experts per rank)", ep,
+                        config_.n_experts / ep, config_.n_experts);
   }
   if (executor_) {
     text += fmt::format("; schedule {}", executor_->spec().describe());

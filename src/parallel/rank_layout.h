@@ -77,7 +77,7 @@ class RankLayout {
   MemoryTracker& tracker() { return tracker_; }
   const BatchSplit& batch() const { return batch_; }
   // This rank's first row of the global batch.
-  int64_t first_row() const { return mesh_.coord().dp * batch_.rank_rows; }
+  int64_t first_row() const { return mesh_.coord(comm::kDp) * batch_.rank_rows; }
 
   std::vector<ModelChunk>& chunks() { return chunks_; }
   const std::vector<ModelChunk>& chunks() const { return chunks_; }

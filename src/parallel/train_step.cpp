@@ -54,7 +54,7 @@ double run_micro_batches(RankLayout& L, const BatchFn& batch, float dloss) {
 void sum_tied_grads(RankLayout& L) {
   comm::Communicator* group = L.tied_group();
   if (!group) return;
-  const int p = L.mesh().coord().pp;
+  const int p = L.mesh().coord(comm::kPp);
   const ModelChunk& c = p == 0 ? L.chunks().front() : L.chunks().back();
   nn::ParameterSet& ps = c.model->params();
   const int id = ps.find_tied();
@@ -67,7 +67,7 @@ void sum_tied_grads(RankLayout& L) {
     std::tie(lo, hi) = c.dp->layout().mine(info.offset, info.offset + info.numel);
     if (hi > lo) shard += c.dp->layout().index(lo);
     std::copy(shard, shard + (hi - lo), sum.data() + (lo - info.offset));
-  } else if (L.mesh().coord().dp == 0) {
+  } else if (L.mesh().coord(comm::kDp) == 0) {
     std::memcpy(sum.data(), ps.grad(id), sum.size() * sizeof(float));
   }
   group->allreduce(std::span<float>(sum), comm::ReduceOp::kSum).wait();
@@ -153,9 +153,9 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
   for (ModelChunk& c : L.chunks()) moe_sums += c.model->take_moe_loss_sums();
   comm::Communicator& world = L.mesh().world();
   std::vector<double> sums{local_unique_grad_sumsq(L), L.holds_loss() ? loss_sum : 0.0,
-                           L.mesh().coord().tp == 0 ? moe_sums.aux : 0.0,
-                           L.mesh().coord().tp == 0 ? moe_sums.z : 0.0,
-                           L.mesh().coord().tp == 0 ? moe_sums.dropped : 0.0};
+                           L.mesh().coord(comm::kTp) == 0 ? moe_sums.aux : 0.0,
+                           L.mesh().coord(comm::kTp) == 0 ? moe_sums.z : 0.0,
+                           L.mesh().coord(comm::kTp) == 0 ? moe_sums.dropped : 0.0};
   world.allreduce(std::span<double>(sums), comm::ReduceOp::kSum).wait();
   stats.grad_norm = std::sqrt(sums[0]) / scale;
   stats.loss_scale = scaler ? scale : 0.0;
@@ -172,7 +172,7 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
     stats.expert_load.assign(static_cast<std::size_t>(cfg.n_layer * cfg.n_experts), 0);
     std::vector<int64_t> mine(stats.expert_load.size(), 0);
     for (ModelChunk& c : L.chunks()) c.model->take_expert_load(mine);
-    if (L.mesh().coord().tp == 0) stats.expert_load = std::move(mine);
+    if (L.mesh().coord(comm::kTp) == 0) stats.expert_load = std::move(mine);
     world.allreduce(std::span<int64_t>(stats.expert_load), comm::ReduceOp::kSum).wait();
     // The MoE layers' rows only: the first_k_dense layers route nothing.
     stats.expert_load.erase(stats.expert_load.begin(),
@@ -180,7 +180,7 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
     // The routing hashes likewise (wrapping sums add up exactly in any order).
     std::vector<uint64_t> hash(static_cast<std::size_t>(cfg.n_layer), 0);
     for (ModelChunk& c : L.chunks()) c.model->take_routing_hash(hash);
-    if (L.mesh().coord().tp != 0) std::fill(hash.begin(), hash.end(), 0);
+    if (L.mesh().coord(comm::kTp) != 0) std::fill(hash.begin(), hash.end(), 0);
     world.allreduce(std::span<uint64_t>(hash), comm::ReduceOp::kSum).wait();
     stats.routing_hash.assign(hash.begin() + cfg.first_k_dense, hash.end());
   }

@@ -1,6 +1,6 @@
 // Which of a layout's process groups span nodes. The rank -> node map is the one the job runs
 // with: comm::NodeMajorWorld regroups the launcher's ranks node by node (mesh rank m on node
-// node_of_rank[m]), and comm::mesh_coord places mesh rank m at (pp, dp, tp), tp fastest. The
+// node_of_rank[m]), and comm::MeshShape places mesh rank m at (pp, dp, tp), tp fastest. The
 // planner prices a group's collectives on the intra-node link when all its ranks share a node
 // and on the inter-node link otherwise (a ring runs at the pace of its slowest hop).
 #pragma once

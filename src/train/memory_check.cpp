@@ -161,7 +161,7 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
     if (cfg.data.seq_len <= model.n_positions && cfg.data.batch_size % cfg.parallel.dp == 0 &&
         cfg.rank_batch() % cfg.num_micro_batches() == 0) {
       const plan::MemoryPrediction p = plan::predict_memory(req, layout);
-      mine = p.by_pp_rank.at(static_cast<std::size_t>(mesh.coord().pp));
+      mine = p.by_pp_rank.at(static_cast<std::size_t>(mesh.coord(comm::kPp)));
     }
   } catch (const Error&) {
     // An invalid layout: the engine's constructor names the problem.

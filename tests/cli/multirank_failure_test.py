@@ -32,7 +32,7 @@ def main():
                 "--eval-every", "0", "--log-every", "100"]
         expect_job_error("world size that does not match dp x tp x pp",
                          [mpirun(), "-n", "4", *base, "--steps", "2", "--dp", "2", "--tp", "2", "--pp", "2"],
-                         "dp(2) * tp(2) * pp(2) = 8", "world size 4")
+                         "pp(2) * edp(2) * ep(1) * tp(2) (dp = edp * ep = 2) has 8 ranks", "world size 4")
         expect_job_error("tp that does not divide the heads",
                          [mpirun(), "-n", "3", *base, "--steps", "2", "--tp", "3"], "n_head", "tp")
         expect_job_error("more pipeline stages than layers",

@@ -314,8 +314,11 @@ TEST(Comm, SendRecvRing) {
   EXPECT_EQ(rb[0], 200 + prev);
 }
 
-std::vector<MeshShape> layouts(int n) {
-  std::vector<MeshShape> out;
+struct Sizes {
+  int pp, dp, tp;
+};
+std::vector<Sizes> layouts(int n) {
+  std::vector<Sizes> out;
   for (int pp = 1; pp <= n; ++pp)
     for (int dp = 1; dp <= n; ++dp)
       for (int tp = 1; tp <= n; ++tp)
@@ -334,27 +337,29 @@ TEST(Comm, MeshCoordinatesAndGroups) {
   int n = 0, r = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &n);
   MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  for (const MeshShape& s : layouts(n)) {
+  for (const Sizes& s : layouts(n)) {
     SCOPED_TRACE(fmt::format("pp={} dp={} tp={}", s.pp, s.dp, s.tp));
-    Mesh mesh(make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), s);
-    const MeshCoord c = mesh.coord();
-    EXPECT_EQ(c.tp, r % s.tp);
-    EXPECT_EQ(c.dp, (r / s.tp) % s.dp);
-    EXPECT_EQ(c.pp, r / (s.tp * s.dp));
-    EXPECT_EQ(mesh.rank_of(c), r);
+    // The (pp, dp, tp) arithmetic spelled out, tp fastest: the Mesh's list of dimensions
+    // must give exactly these coordinates and groups.
+    auto rank_at = [&](int p, int d, int t) { return (p * s.dp + d) * s.tp + t; };
+    const int ct = r % s.tp, cd = (r / s.tp) % s.dp, cp = r / (s.tp * s.dp);
+    Mesh mesh(make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), MeshShape(s.pp, s.dp, s.tp));
+    EXPECT_EQ(mesh.coord(kTp), ct);
+    EXPECT_EQ(mesh.coord(kDp), cd);
+    EXPECT_EQ(mesh.coord(kPp), cp);
     EXPECT_EQ(mesh.world().size(), n);
     EXPECT_EQ(mesh.tp().size(), s.tp);
     EXPECT_EQ(mesh.dp().size(), s.dp);
     EXPECT_EQ(mesh.pp().size(), s.pp);
-    EXPECT_EQ(mesh.tp().rank(), c.tp);
-    EXPECT_EQ(mesh.dp().rank(), c.dp);
-    EXPECT_EQ(mesh.pp().rank(), c.pp);
+    EXPECT_EQ(mesh.tp().rank(), ct);
+    EXPECT_EQ(mesh.dp().rank(), cd);
+    EXPECT_EQ(mesh.pp().rank(), cp);
     auto tp = members(mesh.tp(), r);
-    for (int t = 0; t < s.tp; ++t) EXPECT_EQ(tp[t], mesh.rank_of({c.pp, c.dp, t}));
+    for (int t = 0; t < s.tp; ++t) EXPECT_EQ(tp[t], rank_at(cp, cd, t));
     auto dp = members(mesh.dp(), r);
-    for (int d = 0; d < s.dp; ++d) EXPECT_EQ(dp[d], mesh.rank_of({c.pp, d, c.tp}));
+    for (int d = 0; d < s.dp; ++d) EXPECT_EQ(dp[d], rank_at(cp, d, ct));
     auto pp = members(mesh.pp(), r);
-    for (int p = 0; p < s.pp; ++p) EXPECT_EQ(pp[p], mesh.rank_of({p, c.dp, c.tp}));
+    for (int p = 0; p < s.pp; ++p) EXPECT_EQ(pp[p], rank_at(p, cd, ct));
     // Groups along different axes work concurrently.
     std::vector<float> a(100, 1.0f), b(100, 1.0f);
     Work wa = mesh.dp().allreduce(std::span(a));
@@ -367,17 +372,18 @@ TEST(Comm, MeshCoordinatesAndGroups) {
     // dp ranks, edp groups the ranks with the same dp % ep.
     for (int ep = 1; ep <= s.dp; ++ep) {
       if (s.dp % ep) continue;
-      MeshShape se = s;
-      se.ep = ep;
-      Mesh m(make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), se);
+      Mesh m(make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), MeshShape(s.pp, s.dp, s.tp, ep));
+      EXPECT_EQ(m.coord(kDp), cd);
       EXPECT_EQ(m.ep().size(), ep);
       EXPECT_EQ(m.edp().size(), s.dp / ep);
-      EXPECT_EQ(m.ep().rank(), c.dp % ep);
-      EXPECT_EQ(m.edp().rank(), c.dp / ep);
+      EXPECT_EQ(m.ep().rank(), cd % ep);
+      EXPECT_EQ(m.edp().rank(), cd / ep);
       auto epm = members(m.ep(), r);
-      for (int q = 0; q < ep; ++q) EXPECT_EQ(epm[q], m.rank_of({c.pp, c.dp / ep * ep + q, c.tp}));
+      for (int q = 0; q < ep; ++q) EXPECT_EQ(epm[q], rank_at(cp, cd / ep * ep + q, ct));
       auto edpm = members(m.edp(), r);
-      for (int d = 0; d < s.dp / ep; ++d) EXPECT_EQ(edpm[d], m.rank_of({c.pp, d * ep + c.dp % ep, c.tp}));
+      for (int d = 0; d < s.dp / ep; ++d) EXPECT_EQ(edpm[d], rank_at(cp, d * ep + cd % ep, ct));
+      auto dpm = members(m.dp(), r);
+      for (int d = 0; d < s.dp; ++d) EXPECT_EQ(dpm[d], rank_at(cp, d, ct));
     }
   }
   EXPECT_THROW(Mesh(make_mpi_communicator(MPI_COMM_WORLD, "world", test_options()), MeshShape{n, 2, 1}), Error);

@@ -7,7 +7,9 @@
 #include <atomic>
 #include <chrono>
 #include <numeric>
+#include <string>
 #include <thread>
+#include <utility>
 
 #include "comm/in_process.h"
 #include "comm/mesh.h"
@@ -199,19 +201,53 @@ TEST(InProcessComm, MeshGroupsOverThreads) {
   const MeshShape shape{2, 2, 2, 2};  // pp, dp, tp, ep
   run_in_process(shape.world(), [&](Communicator& launcher) {
     Mesh mesh(launcher.split(0, launcher.rank(), "world"), shape);
-    const MeshCoord c = mesh.coord();
-    EXPECT_EQ(mesh_rank(c, shape), mesh.rank());
-    EXPECT_EQ(mesh.tp().rank(), c.tp);
-    EXPECT_EQ(mesh.dp().rank(), c.dp);
-    EXPECT_EQ(mesh.pp().rank(), c.pp);
-    EXPECT_EQ(mesh.ep().rank(), mesh.ep_coord());
+    const int r = mesh.rank(), tp = r % 2, dp = (r / 2) % 2, pp = r / 4;  // today's arithmetic
+    EXPECT_EQ(mesh.tp().rank(), tp);
+    EXPECT_EQ(mesh.dp().rank(), dp);
+    EXPECT_EQ(mesh.pp().rank(), pp);
+    EXPECT_EQ(mesh.ep().rank(), dp % 2);
     EXPECT_EQ(mesh.edp().size(), 1);
     // The dp group sums the world ranks that share (pp, tp).
-    std::vector<int64_t> v{mesh.rank()};
+    std::vector<int64_t> v{r};
     mesh.dp().allreduce(std::span(v)).wait();
-    int64_t want = 0;
-    for (int d = 0; d < shape.dp; ++d) want += mesh_rank(MeshCoord{c.pp, d, c.tp}, shape);
-    EXPECT_EQ(v[0], want);
+    EXPECT_EQ(v[0], (pp * 2 + 0) * 2 + tp + (pp * 2 + 1) * 2 + tp);
+  }, test_options());
+}
+
+// "One more name": a mesh with a fifth dimension (cp, a test-only context-parallel axis
+// between ep and tp) and a compound group over it builds over the in-process world, and every
+// group holds the ranks the row-major arithmetic over the five sizes says, ranked by their
+// coordinate on it.
+TEST(InProcessComm, MeshWithAFifthDimensionSplitsByItsName) {
+  const std::vector<MeshDim> dims{{"pp", 2}, {"edp", 1}, {"ep", 2}, {"cp", 2}, {"tp", 2}};
+  const MeshShape shape(dims, {{"dp", {"edp", "ep"}}, {"cp_tp", {"cp", "tp"}}});
+  ASSERT_EQ(shape.world(), 16);
+  run_in_process(shape.world(), [&](Communicator& launcher) {
+    Mesh mesh(launcher.split(0, launcher.rank(), "world"), shape);
+    const int r = mesh.rank();
+    const int tp = r % 2, cp = (r / 2) % 2, ep = (r / 4) % 2, pp = r / 8;
+    auto at = [](int p, int e, int c, int t) { return ((p * 2 + e) * 2 + c) * 2 + t; };
+    EXPECT_EQ(mesh.coord("cp"), cp);
+    EXPECT_EQ(mesh.group("cp").size(), 2);
+    EXPECT_EQ(mesh.group("cp").rank(), cp);
+    EXPECT_EQ(mesh.group("cp_tp").rank(), cp * 2 + tp);
+    EXPECT_EQ(mesh.tp().rank(), tp);
+    EXPECT_EQ(mesh.ep().rank(), ep);
+    EXPECT_EQ(mesh.dp().rank(), ep);  // edp 1: dp is the ep dimension
+    EXPECT_EQ(mesh.pp().rank(), pp);
+    const std::vector<std::pair<std::string, std::vector<int>>> want{
+        {"cp", {at(pp, ep, 0, tp), at(pp, ep, 1, tp)}},
+        {"tp", {at(pp, ep, cp, 0), at(pp, ep, cp, 1)}},
+        {"pp", {at(0, ep, cp, tp), at(1, ep, cp, tp)}},
+        {"dp", {at(pp, 0, cp, tp), at(pp, 1, cp, tp)}},
+        {"cp_tp", {at(pp, ep, 0, 0), at(pp, ep, 0, 1), at(pp, ep, 1, 0), at(pp, ep, 1, 1)}}};
+    for (const auto& [name, members] : want) {
+      EXPECT_EQ(shape.members(r, name), members) << name;
+      // Every member's world rank, gathered over the group in group-rank order.
+      std::vector<int32_t> mine{r}, all(members.size());
+      mesh.group(name).all_gather(std::span<const int32_t>(mine), std::span(all)).wait();
+      EXPECT_EQ(std::vector<int>(all.begin(), all.end()), members) << name;
+    }
   }, test_options());
 }
 
