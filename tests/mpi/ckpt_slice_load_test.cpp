@@ -179,7 +179,7 @@ void check_layout(const Layout& l, const nn::ModelConfig& tiny, comm::Mesh& mesh
     const uint64_t model_all = sum_over_ranks(model_mine), opt_all = sum_over_ranks(opt_mine);
     const uint64_t model_data = data_bytes(ck.model.tensors()), opt_data = data_bytes(ck.optimizer->tensors());
     const int world = l.shape.world();
-    const bool dp_only = l.shape.dp == world;
+    const bool dp_only = l.shape.size(comm::kDp) == world;
     if (dp_only && l.zero >= 3) {
       EXPECT_EQ(model_all, model_data) << "each weight read by exactly one rank";
     }

@@ -43,7 +43,7 @@ std::vector<int64_t> engine_optimizer_bytes(int ep, int zero) {
     MemoryTracker tracker;
     parallel::Engine e(mesh, lora_mixtral(), eo, tracker, kBatch, kSeq, 1);
     std::lock_guard lock(m);
-    out[static_cast<std::size_t>(mesh.coord().dp)] = static_cast<int64_t>(tracker.current(MemCategory::kOptimizerState));
+    out[static_cast<std::size_t>(mesh.coord(comm::kDp))] = static_cast<int64_t>(tracker.current(MemCategory::kOptimizerState));
   }, o);
   return out;
 }
