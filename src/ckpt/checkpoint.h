@@ -137,7 +137,9 @@ struct LoadedCheckpoint {
 
 // Loads PATH (a step directory, a ROOT with `latest`, or a Hugging Face directory with only
 // model.safetensors + config.json) and validates the model tensors against config.json.
-LoadedCheckpoint load_checkpoint(const std::string& path);
+// Checks the files' recorded checksums (ckpt/checksums.h) last, unless `check_checksums` is false:
+// a multi-rank run has one rank check them (train/trainer.cpp), so no sharded rank reads whole files.
+LoadedCheckpoint load_checkpoint(const std::string& path, bool check_checksums = true);
 
 // Checks every expected model tensor's name, shape and dtype against `config`; one error lists
 // all that is missing, mismatched or extra, and infers the checkpoint's shape where it can

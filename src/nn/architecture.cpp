@@ -164,7 +164,17 @@ double head_forward_flops(const ModelConfig& c, int tp, int64_t B, int64_t T) {
   return 2.0 * N * c.n_embd * static_cast<double>(c.vocab_size) / tp;
 }
 
-nlohmann::json model_config_to_hf_json(const ModelConfig& c) { return architecture(c.family).to_hf_json(c); }
+namespace {
+// config.json's key for ModelConfig::tokenizer, the same for every family (not a Hugging Face key;
+// its loaders keep unknown keys as attributes).
+constexpr const char* kTokenizerKey = "trident_tokenizer";
+}  // namespace
+
+nlohmann::json model_config_to_hf_json(const ModelConfig& c) {
+  nlohmann::json j = architecture(c.family).to_hf_json(c);
+  if (!c.tokenizer.empty()) j[kTokenizerKey] = c.tokenizer;
+  return j;
+}
 
 ModelConfig model_config_from_hf_json(const nlohmann::json& j, const std::string& source) {
   TRI_CHECK(j.is_object(), "{} is not a JSON object", source);
@@ -206,6 +216,11 @@ ModelConfig model_config_from_hf_json(const nlohmann::json& j, const std::string
     }
   }
   ModelConfig c = arch.from_hf_json(j, source);
+  if (j.contains(kTokenizerKey)) {
+    TRI_CHECK(j[kTokenizerKey].is_string(), "{}: {} must be a string such as \"gpt2\", got {}", source,
+              kTokenizerKey, j[kTokenizerKey].dump());
+    c.tokenizer = j[kTokenizerKey].get<std::string>();
+  }
   try {
     c.validate();
   } catch (const Error& e) {

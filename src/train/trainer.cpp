@@ -10,11 +10,13 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 
 #include "ckpt/base_fingerprint.h"
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
 #include "core/timer.h"
+#include "ckpt/checksums.h"
 #include "data/batch_sampler.h"
 #include "data/shard_meta.h"
 #include "data/token_shard.h"
@@ -76,7 +78,26 @@ std::optional<ckpt::LoadedCheckpoint> source_checkpoint(const RunConfig& cfg) {
   const std::string& from = cfg.train.resume.empty() ? cfg.train.init_from : cfg.train.resume;
   if (from.empty()) return std::nullopt;
   if (is_quantized_source(from)) return open_quantized_source(from);  // QLoRA (train/qlora.h)
-  return ckpt::load_checkpoint(from);
+  return ckpt::load_checkpoint(from, /*check_checksums=*/false);  // once, by rank 0: below
+}
+
+// The source's recorded checksums (ckpt/checksums.h), read by rank 0 alone, so ranks that load only
+// their slices do not each read every file whole; every rank then fails together if it is corrupt.
+// (Ranks on other nodes read the same paths: a node-local copy there is not checked.)
+void check_source_checksums(const ckpt::LoadedCheckpoint& source, comm::Communicator& world) {
+  std::string problem;
+  if (world.rank() == 0) {
+    try {
+      ckpt::verify_checksums(source.path, source.trident);
+    } catch (const Error& e) {
+      problem = e.what();
+    }
+  }
+  int64_t corrupt = problem.empty() ? 0 : 1;
+  world.broadcast(std::span<int64_t>(&corrupt, 1), 0).wait();
+  TRI_CHECK(corrupt == 0, "{}", world.rank() == 0 ? problem
+                                                  : fmt::format("rank 0 found a file of {} corrupt (its error names "
+                                                                "it); no rank starts from it", source.path));
 }
 
 }  // namespace
@@ -85,6 +106,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   // Installed first, so a signal during set-up still stops the run after its first step.
   const PreemptionHandler preemption(parse_preempt_signals(cfg.train.preempt_signals));
   const std::optional<ckpt::LoadedCheckpoint> source = source_checkpoint(cfg);
+  if (source) check_source_checksums(*source, mesh.world());
   const bool lead = mesh.rank() == 0;
   if (cfg.train.threads > 0) kernels::set_num_threads(cfg.train.threads);
   comm::check_same_across_ranks(mesh.world(), "the run configuration", run_config_hash(cfg));
