@@ -1,6 +1,7 @@
-// The matmuls of a profiled step replayed through plain OpenBLAS sgemm (its own threading, as a
-// user calling the BLAS gets it), shape for shape, so a step's matmul time can be set against
-// what the BLAS itself achieves on the same products. A 1024^3 probe is the BLAS's best case;
+// The matmuls of a profiled step replayed through a plain sgemm, shape for shape: OpenBLAS's
+// (its own threading, as a user calling the BLAS gets it) or oneDNN's (threaded over OpenMP),
+// so a step's matmul time can be set against what each library itself achieves on the same
+// products. A 1024^3 probe is the BLAS's best case;
 // a model's products (K = 384 rows, a 50k-wide head) run slower in any caller, and only this
 // comparison separates Trident's own overhead (splitting, packing, glue) from the BLAS's
 // shape efficiency.
@@ -11,6 +12,7 @@
 #pragma once
 
 #include <cblas.h>
+#include <dnnl.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -24,6 +26,10 @@
 
 namespace trident::bench {
 
+enum class SgemmLibrary { kOpenBlas, kOneDnn };
+
+inline const char* name_of(SgemmLibrary lib) { return lib == SgemmLibrary::kOpenBlas ? "OpenBLAS" : "oneDNN"; }
+
 class SameShapeSgemm {
  public:
   // Notes one matmul call of the profiled steps; other kernels are ignored.
@@ -32,26 +38,32 @@ class SameShapeSgemm {
     ++calls_[{static_cast<int>(k.op), k.backward, k.d0, k.d1, k.d2}];
   }
 
-  // Seconds the recorded calls take through cblas_sgemm with `threads` OpenBLAS threads (the
-  // median of `reps` timings of each distinct shape, times its call count).
-  double seconds(int threads, int reps) const {
+  // Seconds the recorded calls take through `lib`'s sgemm with `threads` threads (the median
+  // of `reps` timings of each distinct shape, times its call count).
+  double seconds(SgemmLibrary lib, int threads, int reps) const {
     const int before = openblas_get_num_threads();
-    openblas_set_num_threads(threads);
+    const int omp_before = omp_get_max_threads();
+    if (lib == SgemmLibrary::kOpenBlas) {
+      openblas_set_num_threads(threads);
+    } else {
+      omp_set_num_threads(threads);
+    }
     double total = 0.0;
     for (const auto& [key, count] : calls_) {
       const auto [op, backward, d0, d1, d2] = key;
       const std::vector<Product> products = products_of(op == static_cast<int>(kernels::KernelOp::kMatmulNt), backward, d0, d1, d2);
       std::vector<double> t;
-      run(products);  // warm-up: page faults, thread pool
+      run(lib, products);  // warm-up: page faults, thread pool
       for (int r = 0; r < reps; ++r) {
         Stopwatch sw;
-        run(products);
+        run(lib, products);
         t.push_back(sw.seconds());
       }
       std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
       total += t[t.size() / 2] * count;
     }
     openblas_set_num_threads(before);
+    omp_set_num_threads(omp_before);
     return total;
   }
 
@@ -71,7 +83,7 @@ class SameShapeSgemm {
     if (!backward) return {{CblasNoTrans, CblasNoTrans, n, o, c}};
     return {{CblasNoTrans, CblasTrans, n, c, o}, {CblasTrans, CblasNoTrans, c, o, n}};
   }
-  void run(const std::vector<Product>& ps) const {
+  void run(SgemmLibrary lib, const std::vector<Product>& ps) const {
     for (const Product& p : ps) {
       const auto need = [](std::vector<float>& v, int64_t n) {
         if (static_cast<int64_t>(v.size()) < n) v.assign(static_cast<std::size_t>(n), 0.01f);
@@ -81,6 +93,11 @@ class SameShapeSgemm {
       need(c_, p.M * p.N);
       const int64_t lda = p.ta == CblasNoTrans ? p.K : p.M;
       const int64_t ldb = p.tb == CblasNoTrans ? p.N : p.K;
+      if (lib == SgemmLibrary::kOneDnn) {
+        dnnl_sgemm(p.ta == CblasNoTrans ? 'N' : 'T', p.tb == CblasNoTrans ? 'N' : 'T', p.M, p.N, p.K,
+                   1.0f, a_.data(), lda, b_.data(), ldb, 1.0f, c_.data(), p.N);
+        continue;
+      }
       cblas_sgemm(CblasRowMajor, p.ta, p.tb, static_cast<blasint>(p.M), static_cast<blasint>(p.N),
                   static_cast<blasint>(p.K), 1.0f, a_.data(), static_cast<blasint>(lda), b_.data(),
                   static_cast<blasint>(ldb), 1.0f, c_.data(), static_cast<blasint>(p.N));

@@ -2,6 +2,7 @@
 // and the tied LM head (table [V, C]), forward and both backward products. Transposes are
 // expressed with sgemm's transpose flags, never materialised.
 #include <cblas.h>
+#include <dnnl.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -49,13 +50,18 @@ constexpr int64_t kSplitAlign = 32;
 // C (M, Nc) = op(A) op(B) + beta * C with every degenerate size handled here, since BLAS
 // rejects leading dimensions of 0 and an empty reduction must still apply beta.
 //
-// Threading: C is cut along its larger dimension into one block per OpenMP thread and each
-// block is a single-threaded sgemm. OpenBLAS's own pthread pool is kept at one thread: its
-// workers busy-wait (sched_yield) for ~0.1 s after every call, and on a machine with as many
-// cores as threads they then steal the cores the OpenMP kernels between two matmuls need
-// (a residual add measured 50x slower than its memory traffic). With one pool the threads
-// hand over without contention. Each element of C is computed by one sgemm call with a
-// fixed reduction order, so results are deterministic for a given thread count.
+// Threading: a product worth more than one thread goes to oneDNN's sgemm (row-major, the same
+// arguments), which threads it over the process's OpenMP pool and shares each packed panel
+// between the threads. Cutting C into one single-threaded OpenBLAS sgemm per thread (the
+// fallback below, and the path where oneDNN refuses a call) makes every thread pack the
+// whole shared operand: on the tied head's dx product (K = 50304) that duplicated packing was
+// most of the 10% by which the step's matmuls trailed the BLAS (docs/performance.md).
+// OpenBLAS's own pthread pool stays at one thread: its workers busy-wait (sched_yield) for
+// ~0.1 s after every call, and on a machine with as many cores as threads they then steal
+// the cores the OpenMP kernels between two matmuls need (a residual add measured 50x slower
+// than its memory traffic). oneDNN uses the same OpenMP pool, so threads hand over without
+// contention. oneDNN partitions a product by its shape and the thread count only, so results
+// are deterministic for a given thread count (not across thread counts).
 void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t Nc, int64_t K,
           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
           int64_t ldc) {
@@ -77,6 +83,10 @@ void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t Nc, int64_t
   if (static_cast<double>(M) * static_cast<double>(Nc) * static_cast<double>(K) < kMinParallelMacs) threads = 1;
   threads = static_cast<int>(std::min<int64_t>(threads, (dim + kSplitAlign - 1) / kSplitAlign));
   if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+  if (threads > 1 && dnnl_sgemm(ta == CblasNoTrans ? 'N' : 'T', tb == CblasNoTrans ? 'N' : 'T', M, Nc, K,
+                                1.0f, A, lda, B, ldb, beta, C, ldc) == dnnl_success) {
+    return;
+  }
   if (threads <= 1) {
     sgemm1(ta, tb, M, Nc, K, A, lda, B, ldb, beta, C, ldc);
     return;

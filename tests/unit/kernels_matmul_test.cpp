@@ -1,5 +1,8 @@
 // Tests of matmul_{forward,backward}(_nt) against a double-precision scalar reference, with
 // gradients checked by central finite differences of sum(out * R).
+#include <cmath>
+#include <cstring>
+
 #include "kernels/kernels.h"
 #include "kernels_testing.h"
 
@@ -146,6 +149,78 @@ TEST(Matmul, LargeForwardAgainstReference) {
   matmul_forward(out.data(), inp.data(), w.data(), bias.data(), N, C, OC);
   const auto bd = to_double(bias);
   expect_close(out, ref_matmul(to_double(inp), to_double(w), &bd, N, C, OC), kRtol, kAtol, "out");
+}
+
+// C (M, Nc) = beta * C + op(A) op(B) in double, with each element's sum of |terms| beside it:
+// fp32 accumulation of K products is within K * u * sum|a_i b_i| (u = 2^-24) of the exact sum,
+// whatever order or blocking the BLAS chooses (Higham, the gamma_K bound), plus half an ulp
+// for the final rounding.
+struct RefProduct {
+  std::vector<double> value, bound;
+};
+RefProduct ref_gemm(bool ta, bool tb, int64_t M, int64_t Nc, int64_t K, const std::vector<float>& A,
+                    const std::vector<float>& B, const std::vector<float>& C0) {
+  RefProduct r{std::vector<double>(static_cast<size_t>(M * Nc)), std::vector<double>(static_cast<size_t>(M * Nc))};
+  const double u = 0x1p-24;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < Nc; ++j) {
+      const size_t ij = static_cast<size_t>(i * Nc + j);
+      double s = C0.empty() ? 0.0 : C0[ij], mag = std::abs(s);
+      for (int64_t k = 0; k < K; ++k) {
+        const double a = ta ? A[static_cast<size_t>(k * M + i)] : A[static_cast<size_t>(i * K + k)];
+        const double b = tb ? B[static_cast<size_t>(j * K + k)] : B[static_cast<size_t>(k * Nc + j)];
+        s += a * b;
+        mag += std::abs(a * b);
+      }
+      r.value[ij] = s;
+      r.bound[ij] = static_cast<double>(K + 1) * u * mag + u * std::abs(s);
+    }
+  return r;
+}
+
+void expect_within_bound(const std::vector<float>& got, const RefProduct& ref, const char* what) {
+  ASSERT_EQ(got.size(), ref.value.size());
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_LE(std::abs(static_cast<double>(got[i]) - ref.value[i]), ref.bound[i]) << what << " element " << i;
+}
+
+// Products large enough to be threaded (above kernels/matmul.cpp's one-thread threshold): the
+// forward and both backward products of both layouts, the weight gradients accumulating into
+// non-zero values, at two threads; each within its rounding bound and bitwise repeatable.
+TEST(Matmul, ThreadedProductsWithinRoundingBoundAndRepeatable) {
+  const int before = num_threads();
+  set_num_threads(2);
+  const int64_t N = 256, C = 160, OC = 96;
+  const auto inp = random_floats(N * C, 21);
+  const auto w = random_floats(C * OC, 22);
+  const auto dout = random_floats(N * OC, 23);
+  const auto dw0 = random_floats(C * OC, 24);
+  auto run = [&] {
+    std::vector<std::vector<float>> r(6);
+    r[0].resize(static_cast<size_t>(N * OC));
+    matmul_forward(r[0].data(), inp.data(), w.data(), nullptr, N, C, OC);
+    r[1].resize(static_cast<size_t>(N * C));
+    r[2] = dw0;
+    matmul_backward(r[1].data(), r[2].data(), nullptr, dout.data(), inp.data(), w.data(), N, C, OC);
+    // The tied-head layout: table (V, C) with V = OC.
+    r[3].resize(static_cast<size_t>(N * OC));
+    matmul_forward_nt(r[3].data(), inp.data(), w.data(), N, C, OC);  // w read as (OC, C)
+    r[4].resize(static_cast<size_t>(N * C));
+    r[5] = dw0;                                                       // read as (OC, C)
+    matmul_backward_nt(r[4].data(), r[5].data(), dout.data(), inp.data(), w.data(), N, C, OC);
+    return r;
+  };
+  const auto a = run();
+  expect_within_bound(a[0], ref_gemm(false, false, N, OC, C, inp, w, {}), "fwd out");
+  expect_within_bound(a[1], ref_gemm(false, true, N, C, OC, dout, w, {}), "bwd dinp");
+  expect_within_bound(a[2], ref_gemm(true, false, C, OC, N, inp, dout, dw0), "bwd dweight");
+  expect_within_bound(a[3], ref_gemm(false, true, N, OC, C, inp, w, {}), "nt out");
+  expect_within_bound(a[4], ref_gemm(false, false, N, C, OC, dout, w, {}), "nt dinp");
+  expect_within_bound(a[5], ref_gemm(true, false, OC, C, N, dout, inp, dw0), "nt dtable");
+  const auto b = run();
+  for (size_t k = 0; k < a.size(); ++k)
+    EXPECT_EQ(0, std::memcmp(a[k].data(), b[k].data(), a[k].size() * sizeof(float))) << "product " << k;
+  set_num_threads(before);
 }
 
 TEST(Matmul, EmptyReductionZeroesOutputs) {
