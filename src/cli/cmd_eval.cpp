@@ -55,10 +55,8 @@ int run_eval(int argc, char** argv) {
   TRI_CHECK(seq_len >= 1 && seq_len <= cfg.n_positions, "--seq-len {} must be in [1, n_positions {}]", seq_len,
             cfg.n_positions);
   if (const std::optional<std::string> tok = data::shard_file_tokenizer(shard_path)) {
-    TRI_CHECK(cfg.tokenizer.empty() || cfg.tokenizer == *tok,
-              "{} was trained on {} tokens (its config.json's trident_tokenizer) but {} holds {} tokens (its "
-              "meta file says so): the loss would score other text; tokenize the text with `trident prepare "
-              "--tokenizer {}`", ckpt_path, cfg.tokenizer, shard_path, *tok, cfg.tokenizer);
+    data::require_same_tokenizer(ckpt_path, cfg.tokenizer, fmt::format("{} (its meta file) holds", shard_path), *tok,
+                                 fmt::format("tokenize the text with `trident prepare --tokenizer {}`", cfg.tokenizer));
   }
   const data::TokenShard shard = data::TokenShard::open(shard_path, cfg.vocab_size);
   TRI_CHECK(shard.size() >= static_cast<size_t>(seq_len + 1), "{} holds {} tokens, fewer than one window of {}",

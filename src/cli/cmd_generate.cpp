@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
+#include "data/shard_meta.h"
 #include "data/tokenizer.h"
 #include "kernels/kernels.h"
 #include "infer/decode_model.h"
@@ -73,10 +74,8 @@ int run_generate(int argc, char** argv) {
       data::load_tokenizer(!tokenizer_spec.empty() ? tokenizer_spec : !cfg.tokenizer.empty() ? cfg.tokenizer : "gpt2");
   data::Tokenizer& tokenizer = *tokenizer_ptr;
   // Another vocabulary would decode the model's ids as other text without any error.
-  TRI_CHECK(cfg.tokenizer.empty() || tokenizer.name() == cfg.tokenizer,
-            "{} was trained on {} tokens (its config.json's trident_tokenizer), but --tokenizer {} is a {} "
-            "tokenizer: its ids would read as other text; drop --tokenizer to use the checkpoint's",
-            ckpt_path, cfg.tokenizer, tokenizer_spec, tokenizer.name());
+  data::require_same_tokenizer(ckpt_path, cfg.tokenizer, fmt::format("--tokenizer {} makes", tokenizer_spec),
+                               tokenizer.name(), "drop --tokenizer to use the checkpoint's");
   const std::string tok_name = tokenizer.name() == "gpt2" ? "GPT-2" : tokenizer.name();
   TRI_CHECK(cfg.vocab_size <= tokenizer.vocab_size(),
             "the model's vocabulary ({}) is larger than the tokenizer's ({}): this checkpoint was "

@@ -34,4 +34,11 @@ std::optional<std::string> shard_file_tokenizer(const std::string& shard_path) {
   return std::nullopt;
 }
 
+void require_same_tokenizer(const std::string& checkpoint, const std::string& recorded, const std::string& source,
+                            const std::string& found, const std::string& fix) {
+  TRI_CHECK(recorded.empty() || recorded == found,
+            "{} was trained on {} tokens (its config.json's trident_tokenizer) but {} {} tokens: the same ids "
+            "would mean other text; {}", checkpoint, recorded, source, found, fix);
+}
+
 }  // namespace trident::data

@@ -17,4 +17,11 @@ std::optional<std::string> shard_tokenizer(const std::string& prefix);
 // The same for one shard file, PREFIX_train.bin or PREFIX_val.bin (nullopt for other names).
 std::optional<std::string> shard_file_tokenizer(const std::string& shard_path);
 
+// The one refusal of token ids from another vocabulary: `checkpoint` was trained on `recorded`
+// tokens (its config.json's trident_tokenizer) and `source` (shards, a shard, a --tokenizer
+// flag) holds `found` tokens. An error naming both and `fix`, unless they agree or the
+// checkpoint records none (then nothing can be said).
+void require_same_tokenizer(const std::string& checkpoint, const std::string& recorded, const std::string& source,
+                            const std::string& found, const std::string& fix);
+
 }  // namespace trident::data

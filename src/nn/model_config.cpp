@@ -81,4 +81,11 @@ ModelConfig model_preset(std::string_view name) {
            fmt::join(model_preset_names(), ", "));
 }
 
+void check_sequence_length(const ModelConfig& config, int64_t seq_len) {
+  TRI_CHECK(seq_len >= 1 && seq_len <= config.n_positions,
+            "--seq-len {} must be between 1 and the model's n_positions {}: lower --seq-len, or give the model "
+            "more positions (--n-positions; for a loaded checkpoint the table's size is fixed)", seq_len,
+            config.n_positions);
+}
+
 }  // namespace trident::nn

@@ -91,6 +91,10 @@ struct ModelConfig {
   std::string describe() const;  // "llama n_layer=12 n_head=12 n_embd=768 ..."
 };
 
+// The one check that `seq_len` tokens fit the model's positions (GPT-2's position table, Llama's
+// rope cache: both built for n_positions), with the fix in its message.
+void check_sequence_length(const ModelConfig& config, int64_t seq_len);
+
 // Presets of every family: "tiny", "small", "gpt2", "gpt2-medium", "llama-tiny",
 // "llama-small", "llama-1b". Throws trident::Error listing them for any other name.
 ModelConfig model_preset(std::string_view name);

@@ -32,9 +32,7 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
             "micro-batches; use a micro-batch count that divides {}",
             b.rank_rows, global_batch, dp, micro_batches, b.rank_rows);
   b.micro_rows = b.rank_rows / micro_batches;
-  TRI_CHECK(seq_len >= 1 && seq_len <= config_.n_positions,
-            "sequence length {} must be between 1 and the model's n_positions {}", seq_len,
-            config_.n_positions);
+  nn::check_sequence_length(config_, seq_len);
   validate_tensor_parallel(config_, tp_size, shape.world());
   TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
             options.zero);

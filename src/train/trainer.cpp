@@ -128,10 +128,7 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
                                 : !cfg.train.init_from.empty() ? source->path
                                                                : source->trident.value("lora_base", std::string());
   // Before the memory check and the shards, whose errors would name a symptom of this.
-  TRI_CHECK(cfg.data.seq_len <= model_cfg.n_positions,
-            "--seq-len {} is longer than the model's n_positions {}: lower --seq-len, or give the model more "
-            "positions (--n-positions; for a loaded checkpoint the table's size is fixed)", cfg.data.seq_len,
-            model_cfg.n_positions);
+  nn::check_sequence_length(model_cfg, cfg.data.seq_len);
   // The LoRA base's identity (ckpt/base_fingerprint.h), checked when the adapters are applied or
   // merged; computed on the lead rank, which alone writes checkpoints; a resume carries it over.
   const std::string lora_base_fingerprint =
@@ -151,11 +148,13 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   // checkpoint trained on another tokenizer's ids is refused (the same ids would be other text).
   const std::string recorded_tokenizer = source ? source->config.tokenizer : std::string();
   if (const std::optional<std::string> data_tokenizer = data::shard_tokenizer(cfg.data.data)) {
-    TRI_CHECK(recorded_tokenizer.empty() || recorded_tokenizer == *data_tokenizer,
-              "{} was trained on {} tokens (its config.json's trident_tokenizer) but the shards {}_*.bin hold {} "
-              "tokens ({}{}): the same ids would mean other text; tokenize the data with `trident prepare "
-              "--tokenizer {}`", source->path, recorded_tokenizer, cfg.data.data, *data_tokenizer, cfg.data.data,
-              data::kShardMetaSuffix, recorded_tokenizer);
+    if (source) {
+      data::require_same_tokenizer(source->path, recorded_tokenizer,
+                                   fmt::format("the shards {}_*.bin ({}{}) hold", cfg.data.data, cfg.data.data,
+                                               data::kShardMetaSuffix),
+                                   *data_tokenizer,
+                                   fmt::format("tokenize the data with `trident prepare --tokenizer {}`", recorded_tokenizer));
+    }
     model_cfg.tokenizer = *data_tokenizer;
   } else {
     model_cfg.tokenizer = recorded_tokenizer;
