@@ -11,13 +11,21 @@
 namespace trident::ckpt {
 
 inline constexpr const char* kChecksumsKey = "checksums";
+// The same record in config.json, for the directories `trident quantize`, `dequantize` and
+// `merge-lora` write: they are not step directories (no trident.json, whose "step" `ckpt info`
+// and --resume require), so their record sits beside trident_base_fingerprint.
+inline constexpr const char* kOutputChecksumsKey = "trident_checksums";
+
+// The checksums DIR records: `trident` (its trident.json, or null)'s "checksums", else its
+// config.json's "trident_checksums"; null when neither (a Hugging Face directory, an older output).
+nlohmann::json recorded_checksums(const std::string& dir, const nlohmann::json& trident);
 
 // CRC-32C of the whole file at `path`, read in blocks (no mapping: resident memory stays flat).
 std::uint32_t file_crc32c(const std::string& path);
 
-// Throws, naming the file and both values, when a file `trident` (the step's trident.json, or
-// null) lists under "checksums" is missing or no longer has its recorded CRC. Returns how many
-// files were checked (0: the checkpoint records none, e.g. a Hugging Face directory).
+// Throws, naming the file and both values, when a file recorded_checksums(dir, trident) lists is
+// missing or no longer has its recorded CRC. Returns how many files were checked (0: the
+// checkpoint records none, e.g. a Hugging Face directory).
 int verify_checksums(const std::string& dir, const nlohmann::json& trident);
 
 }  // namespace trident::ckpt

@@ -5,10 +5,12 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <cstdio>
+#include <fstream>
 #include <optional>
 #include <string>
 
 #include "ckpt/checkpoint.h"
+#include "ckpt/checksums.h"
 #include "cli/cli11_errors.h"
 #include "cli/commands.h"
 #include "core/check.h"
@@ -47,9 +49,17 @@ int run_ckpt(int argc, char** argv) {
   if (const std::optional<int> rc = parse_command_line(app, argc, argv)) return *rc;
   if (info->parsed() && quant::is_quantized_checkpoint(path)) {
     std::fputs(quant::describe_quantized(path).c_str(), stdout);
-    const quant::QuantizedModel m = quant::load_quantized(path);  // verifies every tensor
-    std::fputs(fmt::format("ok: {} packed matrices and {} fp32 tensors load, scales finite and positive\n",
-                           m.matrices.size(), m.tensors.size()).c_str(), stdout);
+    const quant::QuantizedModel m = quant::load_quantized(path, /*check_checksums=*/false);  // verifies every tensor
+    // ... and the files against their recorded CRC-32Cs (a QLoRA step directory's trident.json, else config.json).
+    nlohmann::json trident;
+    if (std::ifstream in(path + "/" + ckpt::kTridentFile); in) trident = nlohmann::json::parse(in, nullptr, false);
+    const int files = ckpt::verify_checksums(path, trident);
+    std::fputs(fmt::format("ok: {} packed matrices and {} fp32 tensors load, scales finite and positive; {}\n",
+                           m.matrices.size(), m.tensors.size(),
+                           files > 0 ? fmt::format("{} file(s) match their recorded crc32c", files)
+                                     : std::string("no checksums recorded (written before they were)"))
+                   .c_str(),
+               stdout);
   } else if (info->parsed()) {
     // trident::Error goes to main: a message naming the file and the problem, exit status 1.
     const std::string text = ckpt::describe_checkpoint(path);

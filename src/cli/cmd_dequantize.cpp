@@ -10,6 +10,8 @@
 #include "ckpt/atomic_file.h"
 #include "ckpt/base_fingerprint.h"
 #include "ckpt/checkpoint.h"
+#include "ckpt/checksums.h"
+#include "core/crc32c.h"
 #include "ckpt/safetensors.h"
 #include "cli/cli11_errors.h"
 #include "cli/commands.h"
@@ -43,11 +45,12 @@ int run_dequantize(int argc, char** argv) {
     quant::dequantize(q.matrix(d.name), keep.back().data(), d.in_out);
     writer.add_tensor(d.name, d.shape, keep.back().data());
   }
-  writer.write(out.path() + "/" + ckpt::kModelFile);
+  const std::uint32_t crc = writer.write(out.path() + "/" + ckpt::kModelFile);
   // The same base as the quantized one and its fp32 origin (ckpt/base_fingerprint.h): its values
   // are what a QLoRA run on --ckpt trained on, so that run's adapters merge into this output.
   nlohmann::json config = nn::model_config_to_hf_json(q.config);
   if (!q.base_fingerprint.empty()) config[ckpt::kBaseFingerprintKey] = q.base_fingerprint;
+  config[ckpt::kOutputChecksumsKey] = {{ckpt::kModelFile, crc32c_string(crc)}};  // ckpt/checksums.h: loads verify it
   ckpt::write_file_atomic(out.path() + "/" + ckpt::kConfigFile, config.dump(2) + "\n");
   ckpt::commit_new_output_dir(out);
   fmt::print("dequantized {} ({}{}) -> {}: {} matrices as fp32\n", dir, quant::format_name(q.format),

@@ -12,6 +12,8 @@
 #include "ckpt/atomic_file.h"
 #include "ckpt/base_fingerprint.h"
 #include "ckpt/checkpoint.h"
+#include "ckpt/checksums.h"
+#include "core/crc32c.h"
 #include "ckpt/lora_adapters.h"
 #include "ckpt/safetensors.h"
 #include "cli/cli11_errors.h"
@@ -80,8 +82,10 @@ int run_merge_lora(int argc, char** argv) {
     }
     writer.add_tensor(spec.name, spec.shape, w);
   }
-  writer.write(out.path() + "/" + ckpt::kModelFile);
-  ckpt::write_file_atomic(out.path() + "/" + ckpt::kConfigFile, nn::model_config_to_hf_json(out_cfg).dump(2) + "\n");
+  const std::uint32_t crc = writer.write(out.path() + "/" + ckpt::kModelFile);
+  nlohmann::json config = nn::model_config_to_hf_json(out_cfg);
+  config[ckpt::kOutputChecksumsKey] = {{ckpt::kModelFile, crc32c_string(crc)}};  // ckpt/checksums.h: loads verify it
+  ckpt::write_file_atomic(out.path() + "/" + ckpt::kConfigFile, config.dump(2) + "\n");
   ckpt::commit_new_output_dir(out);
   fmt::print("merged {} adapters (r {}, alpha {:g}, {}) of {} into {} -> {}\n", merged, cfg.lora.rank, cfg.lora.alpha,
              fmt::format("{}", fmt::join(cfg.lora.targets, ",")), adapter_dir, base.path, out_dir);

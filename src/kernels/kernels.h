@@ -54,7 +54,7 @@ void position_embedding_backward(float* dwpe, const float* dout, int64_t B, int6
 // out (N, C), mean (N), rstd (N) saved for backward.
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
                        const float* weight, const float* bias, int64_t N, int64_t C);
-// Accumulates into dinp (N, C) (+=); dweight, dbias (C) +=.
+// Accumulates into dinp (N, C) (+=); dweight, dbias (C) += (each skipped when null: a frozen norm).
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                         const float* inp, const float* weight, const float* mean,
                         const float* rstd, int64_t N, int64_t C);
@@ -63,7 +63,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
 // out (N, C) = inp * rstd * weight with rstd (N) = 1 / sqrt(mean(inp^2) + eps), saved.
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t N, int64_t C,
                      float eps);
-// Accumulates into dinp (N, C) (+=); dweight (C) +=.
+// Accumulates into dinp (N, C) (+=); dweight (C) += (skipped when null: a frozen norm).
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                       const float* rstd, int64_t N, int64_t C);
 

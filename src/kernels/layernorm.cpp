@@ -47,7 +47,8 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
   detail::KernelTimer timer(KernelOp::kLayerNorm, true, N, C);
   TRI_CHECK(N >= 0 && C > 0, "layernorm_backward: bad sizes N={} C={}", N, C);
   // One parallel region for both passes (one fork/join per call instead of two).
-  const int64_t nblocks = (C + kColBlock - 1) / kColBlock;
+  // No weight or bias gradient (a frozen norm: null pointers): only the dinp pass runs.
+  const int64_t nblocks = dweight != nullptr || dbias != nullptr ? (C + kColBlock - 1) / kColBlock : 0;
 #pragma omp parallel
   {
   // dinp, row by row: with xhat = (x - mean) * rstd and g = weight * dout,
@@ -96,8 +97,8 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
       }
     }
     for (int64_t c = c0; c < c1; ++c) {
-      dweight[c] += dw[c - c0];
-      dbias[c] += db[c - c0];
+      if (dweight != nullptr) dweight[c] += dw[c - c0];
+      if (dbias != nullptr) dbias[c] += db[c - c0];
     }
   }
   }  // omp parallel

@@ -89,8 +89,9 @@ void moe_router_logit_grad(double* dlogit, const float* probs, const int32_t* ex
 
 void moe_router_backward_products(float* dwr, float* dx, const double* dlogit, const float* x, const float* wr,
                                   int64_t N, int64_t E, int64_t C) {
+  const int64_t rows = dwr != nullptr ? E : 0;  // a frozen router (a LoRA base): no dwr
 #pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t e = 0; e < E; ++e) {
+  for (int64_t e = 0; e < rows; ++e) {
     for (int64_t c = 0; c < C; ++c) {
       double s = 0.0;
       for (int64_t n = 0; n < N; ++n) s += dlogit[n * E + e] * x[n * C + c];

@@ -32,7 +32,7 @@ void moe_router_logit_grad(double* dlogit, const float* probs, const int32_t* ex
                            const float* weights, const int32_t* seq_counts, const double* lse, int64_t N, int64_t T,
                            int64_t E, int64_t K, bool normalized, double aux_coef, double z_coef);
 
-// dwr (E, C) += dlogit^T x, and dx (N, C) += dlogit wr when dx is not null; sums in fp64.
+// dwr (E, C) += dlogit^T x when dwr is not null, and dx (N, C) += dlogit wr when dx is not null; sums in fp64.
 void moe_router_backward_products(float* dwr, float* dx, const double* dlogit, const float* x, const float* wr,
                                   int64_t N, int64_t E, int64_t C);
 

@@ -35,7 +35,8 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
                       const float* rstd, int64_t N, int64_t C) {
   detail::KernelTimer timer(KernelOp::kRmsNorm, true, N, C);
   TRI_CHECK(N >= 0 && C > 0, "rmsnorm_backward: bad sizes N={} C={}", N, C);
-  const int64_t nblocks = (C + kColBlock - 1) / kColBlock;
+  // No weight gradient (a frozen norm: null): only the dinp pass runs.
+  const int64_t nblocks = dweight != nullptr ? (C + kColBlock - 1) / kColBlock : 0;
 #pragma omp parallel
   {
   // With xhat = x * rstd and g = weight * dout: dx = rstd * (g - xhat * mean(g * xhat)).

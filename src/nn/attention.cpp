@@ -77,7 +77,9 @@ void Attention::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScra
   // ranks holding the head: set aside what they hold, let the projection accumulate the share
   // into zeroed gradients, then put back held + summed share.
   const std::size_t kv_bytes = static_cast<std::size_t>(heads_.KV() * qkv_.in_width()) * sizeof(float);
-  if (kv_replicated()) {
+  // (A frozen projection, a LoRA base, has no k/v gradient to sum.)
+  const bool sum_replicas = kv_replicated() && ps.grad(qkv_.id(1)) != nullptr;
+  if (sum_replicas) {
     for (std::size_t j = 0; j < 2; ++j) {
       float* grad = ps.grad(qkv_.id(1 + j));
       std::memcpy(g.kv_part + j * (kv_bytes / sizeof(float)), grad, kv_bytes);
@@ -85,7 +87,7 @@ void Attention::backward(kernels::MatmulEngine& mm, ParameterSet& ps, SharedScra
     }
   }
   qkv_.backward(mm, ps, dinp, g.dqkv, in, N, g.work, s.lora.data());
-  if (kv_replicated()) sum_kv_replicas(ps, g);
+  if (sum_replicas) sum_kv_replicas(ps, g);
 }
 
 void Attention::sum_kv_replicas(ParameterSet& ps, const AttentionScratch& g) const {

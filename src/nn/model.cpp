@@ -441,9 +441,11 @@ void Model::embed_backward(ModelActivations& acts, int64_t B, int64_t T) {
     tp_.gather_rows(dres_.data(), scratch_.full.data(), N, C);
     dx = scratch_.full.data();
   }
-  if (wpe_ >= 0) kernels::position_embedding_backward(params_.grad(wpe_), dx, B, T, C);
-  kernels::embedding_backward(params_.grad(wte_), dx, acts.ids.data(), N, C,
-                              tp_.rank * vocab_local_, vocab_local_);
+  // A frozen embedding (a LoRA base) has no gradient slot (null): nothing to scatter.
+  if (wpe_ >= 0 && params_.grad(wpe_)) kernels::position_embedding_backward(params_.grad(wpe_), dx, B, T, C);
+  if (params_.grad(wte_)) {
+    kernels::embedding_backward(params_.grad(wte_), dx, acts.ids.data(), N, C, tp_.rank * vocab_local_, vocab_local_);
+  }
   // With the head on this stage too, wte's gradient is complete only now.
   hook_after_backward(embed_group_);
   if (stage_.has_head && head_group_ >= 0) hook_after_backward(head_group_);

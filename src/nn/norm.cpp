@@ -72,8 +72,9 @@ void NormGrads::finish() {
   tp_.allreduce_sum(partial_, floats_);
   for (std::size_t i = 0; i < norms_.size(); ++i) {
     const Norm& n = *norms_[i];
-    kernels::accumulate(params_.grad(n.weight_id()), slots_[i].weight, n.channels());
-    if (n.has_bias()) kernels::accumulate(params_.grad(n.bias_id()), slots_[i].bias, n.channels());
+    // A frozen norm (a LoRA base) has no gradient slot: its partial sums go nowhere.
+    if (float* w = params_.grad(n.weight_id())) kernels::accumulate(w, slots_[i].weight, n.channels());
+    if (float* b = n.has_bias() ? params_.grad(n.bias_id()) : nullptr) kernels::accumulate(b, slots_[i].bias, n.channels());
   }
 }
 

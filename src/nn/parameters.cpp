@@ -82,6 +82,8 @@ int ParameterSet::add(ParamInfo info) {
   info.group = num_groups() - 1;
   info.offset = total_;
   total_ += info.numel;
+  info.grad_offset = info.frozen ? -1 : grad_total_;
+  if (!info.frozen) grad_total_ += info.numel;
   group_end_.back() = total_;
   ids_.emplace(info.name, size());
   infos_.push_back(std::move(info));
@@ -116,13 +118,13 @@ int ParameterSet::find(const std::string& name) const {
 
 void ParameterSet::allocate(MemoryTracker& tracker, FlatBuffers flat) {
   if (flat.values) values_ = FloatBuffer(tracker, MemCategory::kParameters, static_cast<std::size_t>(total_));
-  if (flat.grads) grads_ = FloatBuffer(tracker, MemCategory::kGradients, static_cast<std::size_t>(total_));
+  if (flat.grads) grads_ = FloatBuffer(tracker, MemCategory::kGradients, static_cast<std::size_t>(grad_total_));
   value_ptr_.resize(infos_.size());
   grad_ptr_.resize(infos_.size());
   for (std::size_t id = 0; id < infos_.size(); ++id) {
     const bool in_flat = !infos_[id].packed;
     value_ptr_[id] = in_flat && flat.values ? values_.data() + infos_[id].offset : nullptr;
-    grad_ptr_[id] = in_flat && flat.grads ? grads_.data() + infos_[id].offset : nullptr;
+    grad_ptr_[id] = infos_[id].grad_offset >= 0 && flat.grads ? grads_.data() + infos_[id].grad_offset : nullptr;
   }
 }
 

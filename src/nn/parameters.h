@@ -83,6 +83,10 @@ struct ParamInfo {
   int group = 0;         // layer group (embeddings, h.0, ..., ln_f)
   int64_t offset = 0;    // into the flat buffers
   int64_t numel = 0;     // local elements in the flat buffers (0 for a packed one)
+  // Into the flat gradient buffer, which holds the trained parameters only: -1 for a frozen one
+  // (a LoRA base: no gradient slot, grad() is null; ZeRO-2/3's buckets, cut from the value
+  // layout, still give it one). Equal to `offset` when nothing is frozen.
+  int64_t grad_offset = -1;
 };
 
 // Local shape of a logical tensor under a shard spec.
@@ -115,7 +119,9 @@ class ParameterSet {
   int find_group(GroupRole role) const;  // the first group with `role`, or -1
   int add(ParamInfo info);  // returns the parameter's id
   // Allocates values and gradients (zeroed) once all parameters are registered; what `flat`
-  // leaves out has null pointers (as after release_flat_values / release_flat_grads).
+  // leaves out has null pointers (as after release_flat_values / release_flat_grads). The
+  // gradient buffer holds the trained parameters only (grad_numel()): a frozen parameter's
+  // grad() is null, so layers skip its gradient.
   void allocate(MemoryTracker& tracker, FlatBuffers flat = {});
 
   int size() const { return static_cast<int>(infos_.size()); }
@@ -135,6 +141,8 @@ class ParameterSet {
   int64_t group_end(int g) const { return group_end_.at(static_cast<std::size_t>(g)); }
 
   int64_t total_numel() const { return total_; }
+  // Elements of the flat gradient buffer: the trained parameters' (ParamInfo::grad_offset).
+  int64_t grad_numel() const { return grad_total_; }
   // allocate() has run (the flat buffers may since have been released by ZeRO).
   bool allocated() const { return value_ptr_.size() == infos_.size() && !infos_.empty(); }
   // Where parameter `id`'s values and gradient live. By default inside the flat buffers
@@ -174,7 +182,7 @@ class ParameterSet {
   std::vector<std::string> group_names_;
   std::vector<GroupRole> group_roles_;
   std::vector<int64_t> group_begin_, group_end_;
-  int64_t total_ = 0;
+  int64_t total_ = 0, grad_total_ = 0;
   FloatBuffer values_, grads_;
   std::vector<float*> value_ptr_, grad_ptr_;  // per parameter id
 };

@@ -33,12 +33,13 @@ AdamW::AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamW
     for (const nn::ParamInfo& p : params.infos()) {
       const int64_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.numel);
       if (b >= e || p.frozen) continue;
-      const int64_t local = at + (b - lo);
+      const int64_t local = at + (b - lo), grad = p.grad_offset + (b - p.offset);
       if (!ranges_.empty() && ranges_.back().decay == p.weight_decay && ranges_.back().end == local &&
-          ranges_.back().flat + (ranges_.back().end - ranges_.back().begin) == b) {
+          ranges_.back().flat + (ranges_.back().end - ranges_.back().begin) == b &&
+          ranges_.back().grad + (ranges_.back().end - ranges_.back().begin) == grad) {
         ranges_.back().end = local + (e - b);
       } else {
-        ranges_.push_back({local, local + (e - b), b, p.weight_decay, stored});
+        ranges_.push_back({local, local + (e - b), b, grad, p.weight_decay, stored});
       }
       stored += e - b;
     }
@@ -101,7 +102,7 @@ void AdamW::step(float* values, const float* grads, float lr, float grad_scale, 
       const int64_t local = r.begin + (b - r.store), flat = r.flat + (b - r.store);
       float* x = w ? w + (b - off) : values + (values_at == At::kFlat ? flat : local);
       kernels::adamw_update(x,
-                            grads + (grads_at == At::kFlat ? flat : local), m + (b - off), v + (b - off), e - b, lr,
+                            grads + (grads_at == At::kFlat ? r.grad + (b - r.store) : local), m + (b - off), v + (b - off), e - b, lr,
                             cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0f,
                             t_, grad_scale);
     }

@@ -41,7 +41,9 @@ class AdamW {
 
   // Where a buffer handed to step() starts: at the first owned element, in owned order (a
   // shard buffer), or at flat element 0 (the full flat buffer, of which the owned ranges are
-  // updated in place).
+  // updated in place). For the gradients kFlat means the parameter set's flat gradient buffer,
+  // laid out by ParamInfo::grad_offset (the trained parameters only; the value layout when
+  // nothing is frozen).
   enum class At { kOwned, kFlat };
   // One update of the owned ranges: values[i] from grads[i] * grad_scale. When the moment
   // store holds the values (--offload optimizer+params), they are updated there and `values`
@@ -69,6 +71,7 @@ class AdamW {
   struct Range {
     int64_t begin, end;  // in owned order
     int64_t flat;        // the flat index of `begin`
+    int64_t grad;        // its index in the flat gradient buffer (ParamInfo::grad_offset)
     bool decay;
     int64_t store;  // the moment store's index of `begin`
   };

@@ -22,17 +22,19 @@ ShardLayout make_shard_layout(const nn::ParameterSet& params, const comm::Commun
 
 }  // namespace
 
-std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t cap_elems) {
+std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t cap_elems, bool grad_layout) {
   std::vector<BucketSpan> out;
   for (int id = params.size() - 1; id >= 0; --id) {
     const nn::ParamInfo& p = params.info(id);
+    if (grad_layout && p.grad_offset < 0) continue;  // frozen: no gradient to reduce
+    const int64_t at = grad_layout ? p.grad_offset : p.offset;
     // Parameters are registered at increasing offsets: a bucket grows downwards.
-    if (!out.empty() && out.back().hi - p.offset <= cap_elems) {
+    if (!out.empty() && out.back().hi - at <= cap_elems) {
       out.back().first = id;
-      out.back().lo = p.offset;
+      out.back().lo = at;
       continue;
     }
-    out.push_back({id, id, p.offset, p.offset + p.numel});
+    out.push_back({id, id, at, at + p.numel});
   }
   return out;
 }
@@ -44,14 +46,16 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
   TRI_CHECK(options.zero >= 0 && options.zero <= 3, "ZeRO stage {} is not one of 0, 1, 2, 3",
             options.zero);
   const double cap = options.bucket_mb * 1024.0 * 1024.0 / sizeof(float);
-  spans_ = assign_buckets(params, cap < 1.0 ? 1 : static_cast<int64_t>(cap));
+  // ZeRO 0-1 reduce the flat gradient buffer (the trained parameters only: ParamInfo::grad_offset);
+  // ZeRO 2-3 reduce-scatter buckets cut from the value layout their shards follow.
+  spans_ = assign_buckets(params, cap < 1.0 ? 1 : static_cast<int64_t>(cap), options.zero < 2);
   {
     const int w = params.find_tied();
     const int hg = params.find_group(nn::GroupRole::kHead);
     const int eg = params.find_group(nn::GroupRole::kEmbedding);
     const nn::ParamInfo* wi = w >= 0 ? &params.info(w) : nullptr;
-    tied_split_ = options.zero < 2 && wi && hg >= 0 && wi->group == eg && wi->shard.dim == 0 &&
-                  wi->shard.chunks.size() <= 2;
+    tied_split_ = options.zero < 2 && wi && wi->grad_offset >= 0 && hg >= 0 && wi->group == eg &&
+                  wi->shard.dim == 0 && wi->shard.chunks.size() <= 2;
     if (tied_split_) {
       // The tied embedding alone in a bucket: cut the bucket that holds it.
       std::vector<BucketSpan> cut;
@@ -60,7 +64,7 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
           cut.push_back(b);
           continue;
         }
-        const int64_t wlo = wi->offset, whi = wi->offset + wi->numel;
+        const int64_t wlo = wi->grad_offset, whi = wi->grad_offset + wi->numel;  // ZeRO 0-1: gradient layout
         if (b.last > w) cut.push_back({w + 1, b.last, whi, b.hi});
         cut.push_back({w, w, wlo, whi});
         if (b.first < w) cut.push_back({b.first, w - 1, b.lo, wlo});
@@ -250,13 +254,22 @@ void DataParallel::launch_split(Bucket& b) {
   // sums are the same as unsplit: every rank's gradient is its rows' share of the global mean,
   // an expert's already summed over its ep group's tokens by the owner.
   comm::Communicator& edp = *options_.expert_group;
+  // Frozen parameters hold no room in the gradient buffer: they neither join nor cut a run.
   float* g = params_.grads().data();
   int id = b.span.first;
   while (id <= b.span.last) {
+    if (params_.info(id).grad_offset < 0) {
+      ++id;
+      continue;
+    }
     const bool expert = params_.info(id).expert >= 0;
     int end = id;
-    while (end + 1 <= b.span.last && (params_.info(end + 1).expert >= 0) == expert) ++end;
-    const int64_t lo = params_.info(id).offset, hi = params_.info(end).offset + params_.info(end).numel;
+    for (int k = id + 1; k <= b.span.last; ++k) {
+      if (params_.info(k).grad_offset < 0) continue;
+      if ((params_.info(k).expert >= 0) != expert) break;
+      end = k;
+    }
+    const int64_t lo = params_.info(id).grad_offset, hi = params_.info(end).grad_offset + params_.info(end).numel;
     const std::span<float> run(g + lo, static_cast<std::size_t>(hi - lo));
     if (!expert) {
       b.works.push_back(sum(dp_, run));
@@ -341,7 +354,7 @@ void DataParallel::finish_tied_rows() {
   }
   comm::Work work = sum(dp_, std::span<float>(packed));
   wait(work);
-  float* g = params_.grads().data() + w.offset;  // already summed over dp (the head's part)
+  float* g = params_.grads().data() + w.grad_offset;  // already summed over dp (the head's part)
   for (std::size_t i = 0; i < local_rows.size(); ++i) {
     float* row = g + local_rows[i] * C;
     const float* add = packed.data() + i * C;
@@ -369,7 +382,7 @@ void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scal
   using At = optim::AdamW::At;
   float* v = params_.values().data();
   switch (options_.zero) {
-    case 0: adamw.step(v, params_.grads().data(), lr, grad_scale); return;  // owns [0, total)
+    case 0: adamw.step(v, params_.grads().data(), lr, grad_scale, At::kFlat, At::kFlat); return;  // owns [0, total)
     case 1: adamw.step(v, params_.grads().data(), lr, grad_scale, At::kFlat, At::kFlat); break;
     case 2: adamw.step(v, shard_grads_.data(), lr, grad_scale, At::kFlat, At::kOwned); break;
     default:

@@ -93,11 +93,14 @@ struct DataParallelOptions {
 
 // Buckets as parameter id ranges [first, last] (inclusive), in launch order (the last
 // parameters first), each at most cap_elems elements unless a single parameter is larger.
+// grad_layout (ZeRO 0-1): ranges of the flat gradient buffer, which holds the trained
+// parameters only (a LoRA run's adapters: frozen ones are in no bucket, and an id range may
+// step over them); otherwise of the value layout (ZeRO 2-3 cut their buckets from the shards').
 struct BucketSpan {
   int first = 0, last = 0;
   int64_t lo = 0, hi = 0;  // flat range
 };
-std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t cap_elems);
+std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t cap_elems, bool grad_layout = false);
 
 class DataParallel : public nn::ModelHooks {
  public:

@@ -60,6 +60,7 @@ void sum_tied_grads(RankLayout& L) {
   const int id = ps.find_tied();
   TRI_CHECK(id >= 0, "stage {} holds no tied embedding", p);
   const nn::ParamInfo& info = ps.info(id);
+  if (info.frozen) return;  // a LoRA base: not trained, so nothing to sum (both ends see the same config)
   std::vector<float> sum(static_cast<std::size_t>(info.numel), 0.0f);
   float* shard = c.dp ? c.dp->shard_grads() : nullptr;
   int64_t lo = 0, hi = 0;
@@ -213,7 +214,8 @@ StepStats train_step(RankLayout& L, const BatchFn& batch, float lr) {
       stats.comm_wait_s += c.dp->comm_wait_seconds();
     } else {
       nn::ParameterSet& ps = c.model->params();
-      c.adamw->step(ps.values().data(), ps.grads().data(), lr, grad_factor);
+      c.adamw->step(ps.values().data(), ps.grads().data(), lr, grad_factor, optim::AdamW::At::kFlat,
+                    optim::AdamW::At::kFlat);
     }
   }
   // Aux-loss-free balancing (nn/moe_router.h): once per applied update, from the world's exact

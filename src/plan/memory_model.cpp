@@ -168,7 +168,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     RankChunks rc = build_rank_chunks(m, l, r, req.recompute, req.precision);
     const std::vector<int> live =
         l.pp > 1 ? peak_live_per_chunk(spec, r) : std::vector<int>(static_cast<std::size_t>(l.virtual_stages), 1);
-    int64_t psi = 0, expert_psi = 0, max_param = 0, max_group = 0;
+    int64_t psi = 0, grad_psi = 0, expert_psi = 0, max_param = 0, max_group = 0;
     double act_bytes = 0, work_floats = 0, packed_bytes = 0;
     std::vector<int64_t> lora_moments;  // per dp rank, summed over the chunks
     for (std::size_t c = 0; c < rc.chunks.size(); ++c) {
@@ -182,6 +182,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       }
       const nn::ParameterSet& ps = g.params();
       psi += ps.total_numel();
+      grad_psi += ps.grad_numel();  // the flat gradient buffer: the trained parameters (LoRA: the adapters)
       for (const nn::ParamInfo& p : ps.infos()) {
         max_param = std::max(max_param, p.numel);
         if (p.expert >= 0) expert_psi += p.numel;
@@ -203,8 +204,10 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       double w = static_cast<double>(g.workspace_floats(N));
       // DataParallel's scratch copy of the tied embedding gradient (ZeRO 0/1, embedding and head on
       // one rank): the embedding's part waits there while the head's part is reduced.
+      // Not for a frozen embedding (a LoRA base): it has no gradient to reduce.
+      const int tied = ps.find_tied();
       if ((l.dp > 1 || l.zero > 0) && l.zero < 2 && g.stage().has_embedding && g.stage().has_head &&
-          nn::has_tied_embedding(m)) {
+          nn::has_tied_embedding(m) && tied >= 0 && ps.info(tied).grad_offset >= 0) {
         w += static_cast<double>(m.padded_vocab(l.tp) / l.tp * C);
       }
       work_floats += w;
@@ -220,7 +223,9 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     mb.params = 4 * (l.zero >= 3 ? shard + gathered : full);
     // bf16: the weight copy the matmuls read, of every element held (ZeRO-3: gathered).
     if (req.precision == kernels::Precision::kBf16) mb.params += 2 * (l.zero >= 3 ? gathered : full);
-    mb.grads = 4 * (l.zero >= 2 ? shard + std::min(full, 2.0 * bucket) : full);
+    // ZeRO 0-1: the flat gradient buffer, the trained parameters only; ZeRO 2-3: the value
+    // layout's shard and buckets (which still span a LoRA run's frozen tensors).
+    mb.grads = 4 * (l.zero >= 2 ? shard + std::min(full, 2.0 * bucket) : static_cast<double>(grad_psi));
     // A LoRA run's moments are its adapters' (the most any dp rank's shard holds of them).
     const double trained = m.lora.enabled() ? static_cast<double>(*std::max_element(lora_moments.begin(), lora_moments.end()))
                                             : (l.zero >= 1 ? shard : full);

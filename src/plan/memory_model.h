@@ -20,8 +20,10 @@
 // chunk under full recompute, which keeps one layer's activations).
 // LoRA and QLoRA (nn/lora.h, quant/packed_base.h; the request's model carries lora and
 // packed_base_format): the chunks are built with the adapters and the frozen base, so Ψ counts
-// what the flat value and gradient buffers really hold (the adapters and every fp32 base
-// tensor; a packed base matrix holds 0 there); the AdamW moments are 8 bytes per trained
+// what the flat value buffer really holds (the adapters and every fp32 base tensor; a packed
+// base matrix holds 0 there); the flat gradient buffer (ZeRO 0-1) holds the adapters only
+// (ParameterSet::grad_numel), while ZeRO 2-3's shard and buckets, cut from the value layout,
+// still span the frozen tensors; the AdamW moments are 8 bytes per trained
 // element of the optimizer's ranges (AdamW::moment_count: the adapters only; under ZeRO >= 1 the
 // most any dp rank's shard holds, the ranks' shards no longer being alike); packed_base is this
 // rank's packed slices (quant::packed_matrix_bytes: q4 G/2 + 8 bytes per group of G weights,

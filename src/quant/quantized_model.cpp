@@ -12,6 +12,8 @@
 #include "ckpt/atomic_file.h"
 #include "ckpt/base_fingerprint.h"
 #include "ckpt/checkpoint.h"
+#include "ckpt/checksums.h"
+#include "core/crc32c.h"
 #include "ckpt/safetensors.h"
 #include "core/check.h"
 #include "nn/architecture.h"
@@ -149,7 +151,7 @@ void save_quantized(const QuantizedModel& m, const std::string& dir) {
     }
   }
   w.set_metadata("format", std::string(format_name(m.format)));
-  w.write((fs::path(out.path()) / ckpt::kModelFile).string());
+  const std::uint32_t crc = w.write((fs::path(out.path()) / ckpt::kModelFile).string());
   nlohmann::json config = nn::model_config_to_hf_json(m.config);
   config[kQuantizationKey] = {
       {"quant_method", m.method},
@@ -160,6 +162,8 @@ void save_quantized(const QuantizedModel& m, const std::string& dir) {
       {"quantized", "2-D matmul parameters of the layers"},
       {"kept_fp32", "embeddings (and the tied LM head), untied LM head, norms, biases"}};
   if (!m.base_fingerprint.empty()) config[ckpt::kBaseFingerprintKey] = m.base_fingerprint;
+  // Like a training checkpoint's trident.json record (ckpt/checksums.h): every load verifies it.
+  config[ckpt::kOutputChecksumsKey] = {{ckpt::kModelFile, crc32c_string(crc)}};
   ckpt::write_file_atomic((fs::path(out.path()) / ckpt::kConfigFile).string(), config.dump(2) + "\n");
   ckpt::commit_new_output_dir(out);
 }
@@ -226,12 +230,21 @@ void check_scales(const std::vector<float>& v, const std::string& name, const st
 
 }  // namespace
 
+namespace {
+
+nlohmann::json trident_json_of(const std::string& dir) {
+  const fs::path t = fs::path(dir) / ckpt::kTridentFile;  // a QLoRA step directory's; outputs have none
+  return fs::is_regular_file(t) ? read_json(t.string()) : nlohmann::json(nullptr);
+}
+
+}  // namespace
+
 PackedFormat quantized_format(const std::string& dir) {
   const QuantHeader h = read_header(dir);
   return {h.format, h.group};
 }
 
-QuantizedModel load_quantized(const std::string& dir) {
+QuantizedModel load_quantized(const std::string& dir, bool check_checksums) {
   const QuantHeader h = read_header(dir);
   const ckpt::SafetensorsReader r((fs::path(dir) / ckpt::kModelFile).string());
   QuantizedModel m;
@@ -273,6 +286,8 @@ QuantizedModel load_quantized(const std::string& dir) {
   }
   TRI_CHECK(r.tensors().size() == expected_tensors, "{} holds {} tensors but a {} checkpoint of {} has {}",
             r.path(), r.tensors().size(), format_name(h.format), h.config.describe(), expected_tensors);
+  // Last, as load_checkpoint does: a damaged file's own error (a shape, a NaN scale) names it better.
+  if (check_checksums) ckpt::verify_checksums(dir, trident_json_of(dir));
   return m;
 }
 

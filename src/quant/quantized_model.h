@@ -69,8 +69,10 @@ bool is_quantized_checkpoint(const std::string& path);
 void save_quantized(const QuantizedModel& m, const std::string& dir);
 // Reads a quantized checkpoint, checking every packed tensor's dtype and shape and that every
 // scale is finite and positive and every offset finite (a corrupt file is an error naming the
-// tensor, never wrong text).
-QuantizedModel load_quantized(const std::string& dir);
+// tensor, never wrong text), then (check_checksums) that its files have the CRC-32Cs recorded
+// when they were written (config.json "trident_checksums", or a QLoRA step directory's
+// trident.json: ckpt/checksums.h), so a flipped code byte, which no range check sees, is refused.
+QuantizedModel load_quantized(const std::string& dir, bool check_checksums = true);
 // A quantized checkpoint's format and q4 group size (0 for int8), from its config.json alone.
 struct PackedFormat {
   Format format;

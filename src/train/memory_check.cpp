@@ -78,9 +78,10 @@ double floor_bytes_per_param(const nn::ModelConfig& model, bool offload_optimize
   // QLoRA: a packed layer matrix is at least half a byte per weight (q4), everything else more.
   if (model.packed_base()) return 0.5;
   const double full = offload_params ? 4.0 : offload_optimizer ? 8.0 : 16.0;
-  // LoRA: the moments are the adapters' only; weights and gradients stay (the adapters' own
-  // moments, under 1% of a run's parameters, are left out of this floor).
-  return model.lora.enabled() ? std::min(full, 8.0) : full;
+  // LoRA: the moments are the adapters' only, and so are the gradients at ZeRO 0-1 (ZeRO 2-3's
+  // shard is 4/N a parameter, which the weights' 4 already bound); the weights stay (the adapters'
+  // own gradients and moments, under 1% of a run's parameters, are left out of this floor).
+  return model.lora.enabled() ? std::min(full, 4.0) : full;
 }
 
 double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world, bool offload_optimizer,
@@ -124,7 +125,7 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
              "for the {} rank(s) on this node, but only {} is available{}",
              model.describe(), model.num_parameters(), floor_bytes_per_param(model, offload, offload_params),
              model.packed_base() ? "the frozen base packed, q4 at least"
-             : model.lora.enabled() ? "weights and gradients; AdamW moments for the adapters only"
+             : model.lora.enabled() ? "the weights; gradients and AdamW moments for the adapters only"
              : offload_params ? "gradients; the weights and AdamW moments are offloaded"
              : offload      ? "weights and gradients; the AdamW moments are offloaded"
                             : "weights, gradients, two AdamW moments",

@@ -118,7 +118,10 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   const bool from_source = !cfg.train.init_from.empty() || (source && cfg.model.lora_rank > 0);
   // QLoRA: the quantized base, packed (quant/packed_base.h); loaded once, sliced by every rank.
   std::optional<quant::QuantizedModel> packed;
-  if (source && quant::is_quantized_checkpoint(source->path)) packed = quant::load_quantized(source->path);
+  // Its checksums were checked above, by rank 0 alone.
+  if (source && quant::is_quantized_checkpoint(source->path)) {
+    packed = quant::load_quantized(source->path, /*check_checksums=*/false);
+  }
   nn::ModelConfig model_cfg = from_source ? with_objective_overrides(source->config, cfg.model)
                                           : resolve_model_config(cfg.model);
   if (packed) model_cfg = with_packed_base(model_cfg, {packed->format, packed->group}, source->path);

@@ -8,7 +8,13 @@ shape checks pass for both, so only the fingerprint tells them apart. The q4 qua
 dequantization, and a QLoRA run on the q4 version carry A's fingerprint, so LoRA adapters of A apply to
 its q4 version and QLoRA adapters merge into the dequantized values and apply to A itself. --resume
 carries the fingerprint over; a step directory without one (an older run) is applied with a note that it
-was not checked."""
+was not checked.
+
+A base that records its files' checksums (every Trident checkpoint) has a "files:" fingerprint derived from
+them, so the check reads no tensor (TRIDENT_TRACE_FINGERPRINT=1 says where each fingerprint came from); a
+directory without them (a Hugging Face directory: here a copy of A or B without trident.json) has the tensor
+hash. Adapters and bases of the two kinds are compared by tensor hash, so an adapter recorded before
+"files:" fingerprints (one trained on the copy of A) still applies to A and is still refused on B."""
 import json
 import os
 import re
@@ -56,17 +62,21 @@ def main():
         if step is None:
             return
         fp_a = recorded(step)
-        check("the LoRA run records a 16-hex-digit base fingerprint in trident.json and prints it",
-              fp_a is not None and re.fullmatch(r"[0-9a-f]{16}", fp_a) is not None and f"base fingerprint {fp_a}" in err,
-              f"{fp_a!r} {err[-300:]}")
+        check("the LoRA run records a 'files:' base fingerprint (from A's recorded checksums) in trident.json and "
+              "prints it", fp_a is not None and re.fullmatch(r"files:[0-9a-f]{16}", fp_a) is not None and
+              f"base fingerprint {fp_a}" in err, f"{fp_a!r} {err[-300:]}")
         step_b, _ = train(f"{d}/lora_b", "--init-from", base_b, *LORA, "--steps", "2", "--lr", "1e-2")
         check("base B (another seed, same shape) has another fingerprint", step_b is not None and
               recorded(step_b) not in (None, fp_a), f"{step_b and recorded(step_b)} vs {fp_a}")
 
-        # The right base: applied, no note.
-        rc, out, err = evaluate("--ckpt", base_a, "--adapter", step)
+        # The right base: applied, no note, and its fingerprint from the recorded checksums (no third read).
+        rc, out, err = run([T, "eval", "--data", val, "--seq-len", str(SEQ), "--ckpt", base_a, "--adapter", step],
+                           env={"TRIDENT_TRACE_FINGERPRINT": "1"})
         check("eval --ckpt A --adapter (trained on A): applied, no note", rc == 0 and "applied unmerged" in err and
               "note:" not in err, err[-400:])
+        check("... A's fingerprint comes from its recorded checksums: no tensor hashed",
+              f"fingerprint: {base_a}: from the recorded checksums" in err and "hashed its tensors" not in err,
+              "\n".join(line for line in err.splitlines() if line.startswith("fingerprint:")) or err[-400:])
 
         # Another base of the same family and shape: one clear error naming both, in every command.
         for cmd, flags in [("eval", ["--data", val, "--seq-len", str(SEQ), "--ckpt", base_b, "--adapter", step]),
@@ -111,6 +121,31 @@ def main():
         rc, _, err = run([T, "quantize", "--ckpt", base_b, "--out", qb, "--format", "q4", "--group-size", "32"])
         rc, out, err = evaluate("--ckpt", qb, "--adapter", step)
         check("LoRA adapters of A onto B's q4 version: the error", rc != 0 and "--allow-other-base" in err, err[-400:])
+
+        # Directories without recorded checksums (Hugging Face ones: copies without trident.json) have the tensor
+        # hash; an adapter recorded with one (as before "files:" fingerprints) is compared by tensor hash.
+        hf_a, hf_b = f"{d}/hf_a", f"{d}/hf_b"
+        for src, dst in ((base_a, hf_a), (base_b, hf_b)):
+            shutil.copytree(src, dst)
+            for f in ("trident.json", "optimizer.safetensors"):
+                if os.path.exists(f"{dst}/{f}"):
+                    os.remove(f"{dst}/{f}")
+        old_kind, err = train(f"{d}/lora_hf", "--init-from", hf_a, *LORA, "--steps", "2", "--lr", "1e-2")
+        if old_kind is None:
+            return
+        fp_old = recorded(old_kind)
+        check("a LoRA run on a directory without checksums records the 16-hex-digit tensor hash",
+              fp_old is not None and re.fullmatch(r"[0-9a-f]{16}", fp_old) is not None, str(fp_old))
+        for what, flags, ok in [("a tensor-hash adapter of A on A (files: kind)", ["--ckpt", base_a, "--adapter", old_kind], True),
+                                ("a tensor-hash adapter of A on B", ["--ckpt", base_b, "--adapter", old_kind], False),
+                                ("A's files: adapter on the copy of A", ["--ckpt", hf_a, "--adapter", step], True),
+                                ("A's files: adapter on the copy of B", ["--ckpt", hf_b, "--adapter", step], False)]:
+            rc, out, err = evaluate(*flags)
+            if ok:
+                check(f"{what}: the same base by tensor hash, applied, no note", rc == 0 and "note:" not in err, err[-400:])
+            else:
+                check(f"{what}: refused, naming --allow-other-base", rc != 0 and "--allow-other-base" in err and
+                      "Segmentation" not in err, err[-400:])
 
         # A step directory without a fingerprint (an older run): applied, with a note that it was not checked.
         old = f"{d}/old_step"

@@ -2,7 +2,8 @@
 plan/memory_model.h): plan --init-from BASE --lora-rank r --lora-targets ... predicts, for the layout
 the run uses, exactly the bytes the run's MemoryTracker reports (peak, rank 0) in every category the
 frozen base and the adapters change: parameters (the flat buffer: adapters plus every fp32 base tensor,
-no packed matrix), packed_base (the q4 slices), gradients (the same flat buffer) and optimizer_state
+no packed matrix), packed_base (the q4 slices), gradients (the adapters only: 4 bytes each, single process checked
+against the run's own count) and optimizer_state
 (8 bytes per adapter element: AdamW holds moments for the adapters only), the workspace (which under
 QLoRA adds the one fp32 layer the base is dequantized into; with dp's tied-embedding scratch, which the
 run files under comm_buffers), the activations, and so the total. Single process, dp2 and tp2 (tp
@@ -86,6 +87,13 @@ def main():
                       (measured["packed_base"] > 0) == (kind == "qlora"),
                       f"planned - measured {diff}; measured {measured}")
                 print(f"     {kind} {tag}: total planned {row['memory_bytes']:.0f} measured {measured['total']}")
+                if tag == "single":
+                    # The flat gradient buffer holds the adapters only (ParamInfo::grad_offset): no
+                    # slot for the frozen norms, embeddings and biases.
+                    counts = re.search(r"lora: (\d+) adapter parameters trained", err)
+                    adapters = int(counts.group(1)) if counts else -1
+                    check(f"{kind} single: tracked gradients = 4 x the {adapters} adapter parameters",
+                          measured["gradients"] == 4 * adapters, f"tracked {measured['gradients']}")
             # --async-ckpt: rank 0's snapshot holds what the checkpoint gathers (train/checkpointing.h
             # snapshot_floats, which the memory check prices): LoRA the fp32 base and the adapters plus
             # the adapters' two moments, QLoRA the adapters and their moments only (the packed base's

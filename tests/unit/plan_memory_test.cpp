@@ -75,14 +75,14 @@ TEST(PlanMemory, LoraAndQloraCountAdaptersAndThePackedBase) {
   const Layout l;
   const MemoryBreakdown lora = predict_memory(r, l).worst();
   EXPECT_DOUBLE_EQ(lora.params, 4 * (kPsi + kAdapters));
-  EXPECT_DOUBLE_EQ(lora.grads, 4 * (kPsi + kAdapters));
+  EXPECT_DOUBLE_EQ(lora.grads, 4 * kAdapters);  // ZeRO 0: the gradient buffer holds the adapters only
   EXPECT_DOUBLE_EQ(lora.optimizer, 8 * kAdapters);  // moments for the adapters only
   EXPECT_DOUBLE_EQ(lora.packed_base, 0);
   r.model.packed_base_format = "q4";
   r.model.packed_base_group = 32;
   const MemoryBreakdown q = predict_memory(r, l).worst();
   EXPECT_DOUBLE_EQ(q.params, 4 * (kPsi - L * kLayerWeights + kAdapters));
-  EXPECT_DOUBLE_EQ(q.grads, q.params);
+  EXPECT_DOUBLE_EQ(q.grads, 4 * kAdapters);
   EXPECT_DOUBLE_EQ(q.optimizer, 8 * kAdapters);
   EXPECT_DOUBLE_EQ(q.packed_base, L * kLayerPacked);
   EXPECT_DOUBLE_EQ(q.workspace - lora.workspace, 4 * kLayerWeights);  // one layer dequantized

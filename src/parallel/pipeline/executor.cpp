@@ -313,7 +313,7 @@ void PipelineExecutor::reduce_tied_grads() {
   nn::Model* model = rank_ == 0 ? chunks_.front() : chunks_.back();
   // Both ends derive this from the same config: an untied model has nothing to sum.
   const int id = model->params().find_tied();
-  if (id < 0) return;
+  if (id < 0 || model->params().info(id).frozen) return;  // frozen (a LoRA base): no gradient on either end
   const auto count = static_cast<std::size_t>(model->params().info(id).numel);
   float* grad = model->params().grad(id);
   FloatBuffer other(tracker_, MemCategory::kCommBuffers, count);
