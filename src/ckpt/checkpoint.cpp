@@ -194,6 +194,12 @@ void check_same_model_shape(const nn::ModelConfig& ck, const nn::ModelConfig& mo
   if (ck.family == model.family && ck.family == nn::Family::kMixtral) {  // which layers hold what
     cmp("first_k_dense_replace", ck.first_k_dense, model.first_k_dense);
     cmp("n_shared_experts", ck.n_shared_experts, model.n_shared_experts);
+    cmp("moe_intermediate_size", ck.expert_width(), model.expert_width());
+    // Not shapes, but the same weights route otherwise under another rule.
+    cmp("scoring_func", nn::scoring_name(ck.scoring), nn::scoring_name(model.scoring));
+    cmp("n_group", ck.n_group, model.n_group);
+    cmp("topk_group", ck.topk_group, model.topk_group);
+    cmp("routed_scaling_factor", ck.routed_scaling_factor, model.routed_scaling_factor);
   }
   TRI_CHECK(diffs.empty(),
             "checkpoint {} has {}; load it into the same model shape (its config.json gives the "

@@ -68,6 +68,12 @@ class Backend {
   // Collective over the group (on the worker thread): the ranks passing the same color >= 0
   // form a new group ordered by key (ties by rank); color < 0 returns null.
   virtual std::unique_ptr<Backend> split(int color, int key, const std::string& name) = 0;
+  // Collective over the group (on the worker thread): the ranks that share this rank's node --
+  // what the transport calls one (MPI: MPI_COMM_TYPE_SHARED, the ranks that can share memory;
+  // in-process: every rank) -- as a new group ranked as in this one.
+  virtual std::unique_ptr<Backend> split_node(const std::string& name) = 0;
+  // This rank's node's name (MPI: MPI_Get_processor_name; in-process: "in-process").
+  virtual std::string node_name() const = 0;
   // After the worker has stopped: drops stray watchdog messages and frees the transport.
   virtual void close() = 0;
 };

@@ -244,6 +244,17 @@ Communicator::~Communicator() {
 }
 
 std::unique_ptr<Communicator> Communicator::split(int color, int key, std::string name) {
+  return split_by([color, key, name](detail::Backend& b) { return b.split(color, key, name); }, name);
+}
+
+std::unique_ptr<Communicator> Communicator::split_node(std::string name) {
+  return split_by([name](detail::Backend& b) { return b.split_node(name); }, name);
+}
+
+std::string Communicator::node_name() const { return group_->backend->node_name(); }
+
+std::unique_ptr<Communicator> Communicator::split_by(
+    std::function<std::unique_ptr<detail::Backend>(detail::Backend&)> make, std::string name) {
   // On the worker, in issue order with the group's collectives (not numbered: no Work). The
   // state is shared so that a wait given up (timeout) leaves the worker nothing dangling.
   struct Pending {
@@ -251,9 +262,9 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key, std::strin
     std::unique_ptr<detail::Backend> sub;
   };
   auto p = std::make_shared<Pending>();
-  group_->enqueue([p, gp = group_, color, key, name] {
+  group_->enqueue([p, gp = group_, make = std::move(make)] {
     try {
-      p->sub = gp->backend->split(color, key, name);
+      p->sub = make(*gp->backend);
       p->state.finish(nullptr);
     } catch (...) {
       p->state.finish(std::current_exception());

@@ -40,6 +40,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -146,6 +147,11 @@ class Communicator {
   // color < 0 returns null (the rank joins no group). A rank that never calls it makes the
   // others' watchdog fire after the timeout.
   std::unique_ptr<Communicator> split(int color, int key, std::string name);
+  // Collective likewise: the ranks sharing this rank's node (what the transport calls one:
+  // MPI_COMM_TYPE_SHARED under MPI, every rank in-process), ranked as here.
+  std::unique_ptr<Communicator> split_node(std::string name);
+  // This rank's node's name (MPI_Get_processor_name; "in-process").
+  std::string node_name() const;
   // Number of collectives issued on this group so far.
   uint64_t collectives_issued() const;
   // Bytes this rank has sent to the others in allreduce, reduce-scatter, all-gather and
@@ -248,6 +254,10 @@ class Communicator {
   Work recv_raw(void* buf, int64_t count, DType dtype, int peer, int tag);
 
  private:
+  // split / split_node: `make` runs on the worker, in issue order, under the watchdog.
+  std::unique_ptr<Communicator> split_by(std::function<std::unique_ptr<detail::Backend>(detail::Backend&)> make,
+                                         std::string name);
+
   std::shared_ptr<detail::Group> group_;
 };
 

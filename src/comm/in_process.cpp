@@ -330,6 +330,9 @@ class InProcessBackend final : public detail::Backend {
     if (!sub) return nullptr;
     return std::make_unique<InProcessBackend>(sub, sub_rank, name);
   }
+  // One process is one node.
+  std::unique_ptr<Backend> split_node(const std::string& name) override { return split(0, rank_, name); }
+  std::string node_name() const override { return "in-process"; }
 
   void close() override {}
 

@@ -172,6 +172,24 @@ std::unique_ptr<Backend> MpiBackend::split(int color, int key, const std::string
   return out;
 }
 
+std::unique_ptr<Backend> MpiBackend::split_node(const std::string& name) {
+  int rank = 0;
+  MPI_Comm_rank(comm_, &rank);
+  MPI_Comm sub = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &sub),
+            "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)", name_);
+  auto out = std::make_unique<MpiBackend>(sub, name);
+  MPI_Comm_free(&sub);  // the backend holds its own duplicates
+  return out;
+}
+
+std::string MpiBackend::node_name() const {
+  char name[MPI_MAX_PROCESSOR_NAME] = {};
+  int len = 0;
+  MPI_Get_processor_name(name, &len);
+  return std::string(name, static_cast<std::size_t>(len));
+}
+
 void MpiBackend::close() {
   std::lock_guard lock(ctl_mutex_);
   if (closed_) return;

@@ -80,6 +80,8 @@ class MpiBackend final : public Backend {
   std::map<int, int64_t> ask_progress(int64_t asked, double grace,
                                       const std::function<void()>& service) override;
   std::unique_ptr<Backend> split(int color, int key, const std::string& name) override;
+  std::unique_ptr<Backend> split_node(const std::string& name) override;
+  std::string node_name() const override;
   void close() override;
 
  private:

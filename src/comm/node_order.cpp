@@ -1,4 +1,5 @@
-// NodeMajorWorld: regrouping the launcher's ranks by node (MPI_Comm_split_type + MPI_Comm_split).
+// NodeMajorWorld: regrouping the launcher's ranks by node (Communicator::split_node + split), over
+// any backend.
 #include "comm/node_order.h"
 
 #include <fmt/format.h>
@@ -8,9 +9,6 @@
 #include <numeric>
 #include <set>
 
-#include <mpi.h>
-
-#include "comm/mpi_backend.h"
 #include "core/check.h"
 
 namespace trident::comm {
@@ -64,39 +62,32 @@ std::string describe_placement(const std::vector<int>& node_of, const std::vecto
 }
 
 NodeMajorWorld::NodeMajorWorld(Communicator& launcher, std::string world_name, CommOptions options) {
-  MPI_Comm world = mpi_comm_of(launcher);
-  int rank = 0, size = 1;
-  MPI_Comm_rank(world, &rank);
-  MPI_Comm_size(world, &size);
-  MPI_Comm local = MPI_COMM_NULL;
-  int rc = MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local);
-  TRI_CHECK(rc == MPI_SUCCESS, "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) failed (code {})", rc);
-  int leader = rank;
-  MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, local);
-  MPI_Comm_free(&local);
-  std::vector<int> leaders(size);
-  MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, world);
+  const int rank = launcher.rank(), size = launcher.size();
+  int32_t leader = rank;  // the lowest launcher rank on this rank's node
+  launcher.split_node("node")->allreduce(std::span<int32_t>(&leader, 1), ReduceOp::kMin).wait();
+  std::vector<int32_t> leaders(static_cast<size_t>(size));
+  launcher.all_gather(std::span<const int32_t>(&leader, 1), std::span<int32_t>(leaders)).wait();
 
-  order_ = node_major_order(leaders);
+  order_ = node_major_order(std::vector<int>(leaders.begin(), leaders.end()));
   const int mesh_rank = static_cast<int>(std::find(order_.begin(), order_.end(), rank) - order_.begin());
-  MPI_Comm comm = MPI_COMM_NULL;
-  rc = MPI_Comm_split(world, 0, mesh_rank, &comm);
-  TRI_CHECK(rc == MPI_SUCCESS, "MPI_Comm_split regrouping the ranks by node failed (code {})", rc);
+  world_ = launcher.split(0, mesh_rank, std::move(world_name));
+  world_->set_timeout(options.timeout_s);
+  world_->set_debug(options.debug);
+  world_->set_timeout_action(options.on_timeout);
 
-  // Node index per mesh rank, and each node's name (processor name of its first rank).
-  char name[MPI_MAX_PROCESSOR_NAME] = {};
-  int len = 0;
-  MPI_Get_processor_name(name, &len);
-  std::vector<char> all(static_cast<size_t>(size) * MPI_MAX_PROCESSOR_NAME);
-  MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR, comm);
-  world_ = make_mpi_communicator(comm, std::move(world_name), options);
-  MPI_Comm_free(&comm);  // the Communicator holds its own duplicate
+  // Node index per mesh rank, and each node's name (the node name of its first rank).
+  constexpr size_t kNameBytes = 256;
+  std::string mine = launcher.node_name();
+  mine.resize(kNameBytes - 1);  // truncated or padded with NULs; the last byte stays NUL
+  std::vector<uint8_t> own(kNameBytes, 0), all(static_cast<size_t>(size) * kNameBytes);
+  std::copy(mine.begin(), mine.end(), own.begin());
+  world_->all_gather(std::span<const uint8_t>(own), std::span<uint8_t>(all)).wait();
   std::map<int, int> index_of_leader;
   node_of_.resize(size);
   for (int m = 0; m < size; ++m) {
     auto [it, fresh] = index_of_leader.emplace(leaders[order_[m]], static_cast<int>(index_of_leader.size()));
     if (fresh) {
-      std::string n(&all[static_cast<size_t>(m) * MPI_MAX_PROCESSOR_NAME]);
+      std::string n(reinterpret_cast<const char*>(&all[static_cast<size_t>(m) * kNameBytes]));
       // Two nodes reporting one host name (network namespaces without their own hostname):
       // keep them apart in messages.
       if (std::find(names_.begin(), names_.end(), n) != names_.end()) n += fmt::format("#{}", it->second);

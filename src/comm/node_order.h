@@ -1,9 +1,9 @@
 // NodeMajorWorld: the launcher's world with its ranks regrouped node by node, so that the mesh's
 // consecutive ranks (a tensor-parallel group, tp fastest) share a node whatever order the
 // launcher placed them in (mpirun --map-by node, a round-robin hostfile, srun --distribution
-// cyclic). Nodes are what the MPI library calls one (MPI_COMM_TYPE_SHARED: the ranks that can
-// share memory), taken in the order of their lowest launcher rank; inside a node the launcher's
-// order is kept. With the usual block placement (--map-by slot, ppr:K:node, srun's default)
+// cyclic). Nodes are what the transport calls one (Communicator::split_node; under MPI
+// MPI_COMM_TYPE_SHARED: the ranks that can share memory; in-process: one node), taken in the
+// order of their lowest launcher rank; inside a node the launcher's order is kept. With the usual block placement (--map-by slot, ppr:K:node, srun's default)
 // nothing moves, and launcher rank 0 is always mesh rank 0.
 //
 // A tp group can still span nodes when a node holds a number of ranks that is not a multiple of
@@ -29,8 +29,8 @@ std::string describe_placement(const std::vector<int>& node_of, const std::vecto
 
 class NodeMajorWorld {
  public:
-  // Collective over `launcher` (an MPI-backed group, e.g. MpiRuntime::world()): builds the
-  // regrouped world, a Communicator named `name` with `options`.
+  // Collective over `launcher` (any backend: MpiRuntime::world(), an in-process world): builds
+  // the regrouped world, a Communicator named `name` with `options`.
   explicit NodeMajorWorld(Communicator& launcher, std::string name = "world",
                           CommOptions options = CommOptions::from_env());
   ~NodeMajorWorld();

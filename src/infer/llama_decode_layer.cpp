@@ -54,7 +54,7 @@ class LlamaDecodeLayer final : public DecodeLayer {
       if (cfg_.has_router_bias()) bias_ = m.tensor(nn::router_bias_name(layer)).data();
       for (int e = 0; e < cfg_.n_experts; ++e) {
         const std::string x = fmt::format("{}experts.{}.", b, e);
-        experts_.push_back(swiglu(x, "w1.weight", "w3.weight", "w2.weight", cfg_.mlp_width()));
+        experts_.push_back(swiglu(x, "w1.weight", "w3.weight", "w2.weight", cfg_.expert_width()));
       }
       if (cfg_.n_shared_experts > 0) {
         shared_ = swiglu(b + "shared_experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight",
@@ -70,7 +70,7 @@ class LlamaDecodeLayer final : public DecodeLayer {
     namespace k = kernels;
     const int64_t C = cfg_.n_embd, HS = cfg_.head_size(), NH = cfg_.n_head, NKV = cfg_.kv_heads();
     const int64_t Q = NH * HS, KV = NKV * HS;
-    const int64_t widest = std::max({static_cast<int64_t>(cfg_.mlp_width()), shared_.I, KV});
+    const int64_t widest = std::max({static_cast<int64_t>(cfg_.mlp_width()), static_cast<int64_t>(cfg_.expert_width()), shared_.I, KV});
     const auto eps = static_cast<float>(cfg_.norm_eps);
     const auto theta = static_cast<float>(cfg_.rope_theta);
     float* nrm = s.get(0, n * C);

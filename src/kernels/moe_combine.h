@@ -24,13 +24,23 @@ void moe_combine_backward(float* dweights, float* dy, const float* dout, const f
 // input gradients summed in expert order.
 void moe_scatter_add_rows(float* dx, const float* drows, const int32_t* token_of, int64_t R, int64_t N, int64_t C);
 
+// How the router's scores became routing weights (nn/moe_router.h): w_j = scale p_j / S over the
+// k chosen when `normalized`, else scale p_j; p the softmax of the logits, or (sigmoid) each
+// logit's sigmoid, whose aux-loss P_e then reads p_e / sum_e' p_e'.
+struct RouterRule {
+  bool normalized = true;
+  bool sigmoid = false;
+  double scale = 1.0;
+};
+
 // The router's logit gradients dlogit (N, E), in fp64, from the routing-weight gradients
-// dweights (N K): through the top-k renormalisation when `normalized` (w_j = p_j / S), plus the
-// aux loss's aux_coef * f_e / T (f_e = E / (K T) * seq_counts[b E + e], b = n / T), through the
-// softmax, plus the z-loss's 2 z_coef lse_n p_e.
+// dweights (N K): through the top-k renormalisation and scale (rule), plus the aux loss's
+// aux_coef * f_e / T (f_e = E / (K T) * seq_counts[b E + e], b = n / T; under sigmoid through
+// the normalisation p_e / sum p), through the softmax (or each sigmoid: p_e (1 - p_e)), plus the
+// z-loss's 2 z_coef lse_n p_e (softmax only).
 void moe_router_logit_grad(double* dlogit, const float* probs, const int32_t* experts, const float* dweights,
                            const float* weights, const int32_t* seq_counts, const double* lse, int64_t N, int64_t T,
-                           int64_t E, int64_t K, bool normalized, double aux_coef, double z_coef);
+                           int64_t E, int64_t K, RouterRule rule, double aux_coef, double z_coef);
 
 // dwr (E, C) += dlogit^T x when dwr is not null, and dx (N, C) += dlogit wr when dx is not null; sums in fp64.
 void moe_router_backward_products(float* dwr, float* dx, const double* dlogit, const float* x, const float* wr,
@@ -38,8 +48,9 @@ void moe_router_backward_products(float* dwr, float* dx, const double* dlogit, c
 
 // seq_counts (B, E) = the pairs of each sequence routed to each expert (dropped ones included:
 // the choice is what the aux loss balances); returns the sum over sequences of
-// sum_e f_e P_e with f_e = E / (K T) * count and P_e the sequence's mean probability of e.
+// sum_e f_e P_e with f_e = E / (K T) * count and P_e the sequence's mean probability of e
+// (`normalize`: of p_e / sum_e' p_e', the sigmoid router's affinities).
 double moe_sequence_balance(int32_t* seq_counts, const int32_t* experts, const float* probs, int64_t B, int64_t T,
-                            int64_t E, int64_t K);
+                            int64_t E, int64_t K, bool normalize = false);
 
 }  // namespace trident::kernels

@@ -36,6 +36,8 @@ std::string_view family_name(Family f) {
   return "gpt2";
 }
 
+std::string_view scoring_name(RouterScoring s) { return s == RouterScoring::kSigmoid ? "sigmoid" : "softmax"; }
+
 const Architecture& architecture_for_model_type(std::string_view model_type, const std::string& source) {
   std::vector<std::string> known;
   for (const Architecture* a : all_architectures()) {
@@ -98,6 +100,10 @@ void check_tensor_parallel_split(const ModelConfig& c, int tp) {
             "the MLP width ({}) is not divisible by tp ({}): the MLP is split by columns; "
             "choose a tp that divides {}",
             c.mlp_width(), tp, c.mlp_width());
+  TRI_CHECK(!c.is_moe() || c.expert_width() % tp == 0,
+            "the experts' width (moe_intermediate_size {}) is not divisible by tp ({}): each expert is "
+            "split by columns like the dense MLP; choose a tp that divides {}",
+            c.expert_width(), tp, c.expert_width());
   // Everything else the declarations say about splitting (key/value heads vs tp): slicing one
   // layer for rank 0 throws naming the parameter and the fix.
   const Architecture& a = architecture(c.family);

@@ -34,7 +34,8 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     for (const char* k : {"num_local_experts", "num_experts_per_tok", "router_aux_loss_coef",
                           "router_z_loss_coef", "router_bias_update_rate", "expert_capacity_factor",
                           "output_router_logits", "router_jitter_noise", "sliding_window",
-                          "first_k_dense_replace", "n_shared_experts"}) {
+                          "first_k_dense_replace", "n_shared_experts", "moe_intermediate_size", "scoring_func",
+                          "routed_scaling_factor", "n_group", "topk_group"}) {
       keys.emplace_back(k);
     }
     return keys;
@@ -62,6 +63,12 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     // DeepSeek-V3's keys (not Mixtral's, whose config would ignore them): written only when used.
     if (c.first_k_dense > 0) j["first_k_dense_replace"] = c.first_k_dense;
     if (c.n_shared_experts > 0) j["n_shared_experts"] = c.n_shared_experts;
+    // Qwen2-MoE's and DeepSeek's (the experts' width apart from intermediate_size) and DeepSeek-V3's
+    // router: written only when they differ from Mixtral's meaning.
+    if (c.moe_inner > 0) j["moe_intermediate_size"] = c.moe_inner;
+    if (c.scoring != RouterScoring::kSoftmax) j["scoring_func"] = scoring_name(c.scoring);
+    if (c.routed_scaling_factor != 1.0) j["routed_scaling_factor"] = c.routed_scaling_factor;
+    if (c.n_group > 1) j["n_group"] = c.n_group, j["topk_group"] = c.topk_group;
     return j;
   }
 
@@ -80,6 +87,27 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
       // DeepSeek writes null for none.
       c.n_shared_experts = j["n_shared_experts"].is_null() ? 0 : hf_json_int(j, "n_shared_experts", source, kNeeds);
     }
+    if (j.contains("moe_intermediate_size") && !j["moe_intermediate_size"].is_null()) {
+      c.moe_inner = hf_json_int(j, "moe_intermediate_size", source, kNeeds);
+      TRI_CHECK(c.moe_inner > 0, "{} has moe_intermediate_size {}: each routed expert's width must be positive",
+                source, c.moe_inner);
+    }
+    if (j.contains("scoring_func")) {
+      const nlohmann::json& f = j["scoring_func"];
+      TRI_CHECK(f.is_string() && (f == "softmax" || f == "sigmoid"),
+                "{} has scoring_func {}: Trident's router scores experts by \"softmax\" (Mixtral) or "
+                "\"sigmoid\" (DeepSeek-V3)", source, f.dump());
+      c.scoring = f == "sigmoid" ? RouterScoring::kSigmoid : RouterScoring::kSoftmax;
+    }
+    c.routed_scaling_factor = hf_json_number(j, "routed_scaling_factor", source, 1.0);
+    // DeepSeek writes null or 1 for no group limit.
+    if (j.contains("n_group") && !j["n_group"].is_null()) c.n_group = hf_json_int(j, "n_group", source, kNeeds);
+    if (j.contains("topk_group") && !j["topk_group"].is_null()) {
+      c.topk_group = hf_json_int(j, "topk_group", source, kNeeds);
+    } else {
+      c.topk_group = c.n_group;
+    }
+    if (c.n_group <= 1) c.n_group = 1, c.topk_group = 1;  // one group: every expert eligible
     TRI_CHECK(hf_json_number(j, "router_jitter_noise", source, 0.0) == 0.0,
               "{} has router_jitter_noise {}: Trident's router is deterministic (the same routing in "
               "every layout); set it to 0", source, j["router_jitter_noise"].dump());
@@ -125,10 +153,26 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
               "first_k_dense_replace (--moe-first-k-dense) {} must be between 0 and n_layer - 1 = {}: layers "
               "[0, k) keep a dense MLP and at least one layer must have experts (a model without any is a "
               "llama)", c.first_k_dense, c.n_layer - 1);
-    TRI_CHECK(c.n_shared_experts >= 0 && c.n_shared_experts <= std::numeric_limits<int>::max() / c.mlp_width(),
+    TRI_CHECK(c.moe_inner >= 0, "moe_intermediate_size (--moe-inner) must be positive (or 0: the experts are "
+              "intermediate_size wide), got {}", c.moe_inner);
+    TRI_CHECK(c.n_shared_experts >= 0 && c.n_shared_experts <= std::numeric_limits<int>::max() / c.expert_width(),
               "n_shared_experts (--moe-shared-experts) must be between 0 and {} (their SwiGLU of width "
-              "n_shared_experts x intermediate_size {} must fit a 32-bit int), got {}",
-              std::numeric_limits<int>::max() / c.mlp_width(), c.mlp_width(), c.n_shared_experts);
+              "n_shared_experts x the experts' width {} must fit a 32-bit int), got {}",
+              std::numeric_limits<int>::max() / c.expert_width(), c.expert_width(), c.n_shared_experts);
+    TRI_CHECK(c.routed_scaling_factor > 0 && std::isfinite(c.routed_scaling_factor),
+              "routed_scaling_factor must be positive (it multiplies the routing weights; 1: none, DeepSeek-V3 "
+              "2.5), got {}", c.routed_scaling_factor);
+    TRI_CHECK(c.n_group >= 1 && c.n_experts % c.n_group == 0 && c.n_experts / c.n_group >= (c.n_group > 1 ? 2 : 1),
+              "n_group {} must divide num_local_experts {} into groups of at least 2 experts (a group's score is "
+              "the sum of its 2 best; n_group 1: no group limit)", c.n_group, c.n_experts);
+    TRI_CHECK(c.topk_group >= 1 && c.topk_group <= c.n_group &&
+                  static_cast<int64_t>(c.topk_group) * (c.n_experts / c.n_group) >= c.n_experts_per_tok,
+              "topk_group {} must be between 1 and n_group {}, and its groups must hold at least num_experts_per_tok "
+              "{} experts ({} each): a token chooses its k experts among the best topk_group groups",
+              c.topk_group, c.n_group, c.n_experts_per_tok, c.n_experts / std::max(c.n_group, 1));
+    TRI_CHECK(c.scoring == RouterScoring::kSoftmax || c.router_z_loss_coef == 0,
+              "router_z_loss_coef (--moe-z-loss-coef) {} is a softmax router's regulariser (logsumexp of the logits); "
+              "this model's scoring_func is sigmoid: set it to 0", c.router_z_loss_coef);
   }
 
   std::vector<LayerRun> layer_runs(const ModelConfig& c) const override {
@@ -143,7 +187,7 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
     // the first_k_dense layers (DeepSeek-V3's first_k_dense_replace), which keep it.
     if (!c.layer_is_moe(layer)) return llama_layer_decls(c, layer).all();
     std::vector<ParamDecl> v = llama_layer_decls(c, layer).all(/*with_mlp=*/false);
-    const int64_t C = c.n_embd, I = c.mlp_width();
+    const int64_t C = c.n_embd, I = c.expert_width();
     const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", layer);
     // The router is replicated over tp (every rank routes every token alike).
     v.push_back(ParamDecl{.name = p + "gate.weight", .shape = {c.n_experts, C}, .weight_decay = true,
@@ -187,15 +231,16 @@ class MixtralArchitecture final : public LlamaBlockArchitecture {
 
   std::vector<ShapeWitness> shape_witnesses(const ModelConfig& c) const override {
     std::vector<ShapeWitness> w;
-    for (ShapeWitness& s : llama().shape_witnesses(c)) {
-      if (s.field != "intermediate_size") w.push_back(std::move(s));
+    for (ShapeWitness& s : llama().shape_witnesses(c)) {  // Llama's names layer 0's dense MLP
+      if (s.field != "intermediate_size" || c.first_k_dense > 0) w.push_back(std::move(s));
     }
     // The first MoE layer's (layer 0 is dense with first_k_dense).
     const std::string p = fmt::format("model.layers.{}.block_sparse_moe.", c.first_k_dense);
     w.push_back({"num_local_experts", p + "gate.weight", 0, c.n_experts});
-    w.push_back({"intermediate_size", p + "experts.0.w1.weight", 0, c.mlp_width()});
+    w.push_back({c.moe_inner > 0 ? "moe_intermediate_size" : "intermediate_size", p + "experts.0.w1.weight", 0,
+                 c.expert_width()});
     if (c.n_shared_experts > 0) {
-      w.push_back({"n_shared_experts * intermediate_size", p + "shared_experts.gate_proj.weight", 0,
+      w.push_back({"n_shared_experts * moe_intermediate_size", p + "shared_experts.gate_proj.weight", 0,
                    c.shared_expert_width()});
     }
     return w;

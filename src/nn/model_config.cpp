@@ -43,6 +43,10 @@ void ModelConfig::validate() const {
               "first_k_dense_replace {} / n_shared_experts {} shape a mixture-of-experts model's layers, but this "
               "{} model has no experts: use a mixtral model (or set both to 0)",
               first_k_dense, n_shared_experts, family_name(family));
+    TRI_CHECK(moe_inner == 0 && scoring == RouterScoring::kSoftmax && n_group == 1 && routed_scaling_factor == 1.0,
+              "moe_intermediate_size / scoring_func / n_group / routed_scaling_factor describe a mixture of experts, "
+              "but this {} model has no experts: use a mixtral model (or drop them)",
+              family_name(family));
   }
   architecture(family).validate(*this);
   validate_lora(*this);
@@ -59,6 +63,10 @@ std::string ModelConfig::describe() const {
   if (is_moe()) s += fmt::format(" experts={} top_k={}", n_experts, n_experts_per_tok);
   if (first_k_dense > 0) s += fmt::format(" first_k_dense={}", first_k_dense);
   if (n_shared_experts > 0) s += fmt::format(" shared_experts={}", n_shared_experts);
+  if (is_moe() && moe_inner > 0) s += fmt::format(" moe_inner={}", moe_inner);
+  if (is_moe() && scoring != RouterScoring::kSoftmax) s += fmt::format(" scoring={}", scoring_name(scoring));
+  if (is_moe() && n_group > 1) s += fmt::format(" groups={}/{}", topk_group, n_group);
+  if (is_moe() && routed_scaling_factor != 1.0) s += fmt::format(" routed_scaling={:g}", routed_scaling_factor);
   if (lora.enabled()) s += fmt::format(" lora r={} alpha={:g} targets={}", lora.rank, lora.alpha, fmt::join(lora.targets, ","));
   return s + fmt::format(" ({} params)", num_parameters());
 }

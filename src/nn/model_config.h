@@ -17,6 +17,10 @@ namespace trident::nn {
 enum class Family { kGpt2, kLlama, kMixtral };
 std::string_view family_name(Family f);  // "gpt2", "llama", "mixtral"
 
+// How a mixture of experts' router turns logits into scores (Hugging Face's scoring_func).
+enum class RouterScoring { kSoftmax, kSigmoid };
+std::string_view scoring_name(RouterScoring s);  // "softmax", "sigmoid"
+
 struct ModelConfig {
   Family family = Family::kGpt2;
   int n_layer = 12;
@@ -46,12 +50,23 @@ struct ModelConfig {
   // tokens, by router probability. 0: dropless.
   double expert_capacity_factor = 0.0;
   // DeepSeek-V3's first_k_dense_replace: layers [0, first_k_dense) keep Llama's dense SwiGLU
-  // MLP (model.layers.N.mlp.*, width mlp_width(), the experts' width); the rest are MoE layers.
+  // MLP (model.layers.N.mlp.*, width mlp_width(), intermediate_size); the rest are MoE layers.
   int first_k_dense = 0;
   // DeepSeek's n_shared_experts: S SwiGLU experts every token of an MoE layer passes through,
   // ungated, added to the routed experts' output; built as DeepSeek builds them, ONE SwiGLU of
-  // width S * mlp_width() (nn/mlp.h). 0: none.
+  // width S * expert_width() (nn/mlp.h). 0: none.
   int n_shared_experts = 0;
+  // DeepSeek / Qwen2-MoE's moe_intermediate_size: each routed expert's width (and, times
+  // n_shared_experts, the shared experts'), apart from the dense layers' intermediate_size
+  // (n_inner). 0: the experts are mlp_width() wide (Mixtral's meaning of intermediate_size).
+  int moe_inner = 0;
+  // DeepSeek-V3's router (nn/moe_router.h): scoring_func (softmax, or sigmoid scores), the
+  // routing weights' routed_scaling_factor, and group-limited routing (the E experts in n_group
+  // groups, only the best topk_group groups eligible; n_group 1: no limit).
+  RouterScoring scoring = RouterScoring::kSoftmax;
+  double routed_scaling_factor = 1.0;
+  int n_group = 1;
+  int topk_group = 1;
   // LoRA adapters on a frozen base (nn/lora.h); off by default. Not a config.json key: a
   // checkpoint's adapters are described by their own adapter_config.json.
   LoraConfig lora;
@@ -80,7 +95,9 @@ struct ModelConfig {
     return is_moe() ? std::max(0, end - std::max(begin, first_k_dense)) : 0;
   }
   int moe_layers() const { return moe_layers(0, n_layer); }
-  int shared_expert_width() const { return n_shared_experts * mlp_width(); }
+  // A routed expert's width (moe_intermediate_size, or intermediate_size when unset).
+  int expert_width() const { return moe_inner > 0 ? moe_inner : mlp_width(); }
+  int shared_expert_width() const { return n_shared_experts * expert_width(); }
   // vocab_size rounded up to a multiple of vocab_pad_multiple * tp.
   int64_t padded_vocab(int tp = 1) const;
   // Parameters of the logical (unpadded, Hugging Face) model, a tied head counted once;

@@ -35,7 +35,7 @@ MoeActivations::MoeActivations(MemoryTracker& tracker, const ModelConfig& cfg, i
   const auto A = MemCategory::kActivations;
   const auto E = static_cast<std::size_t>(cfg.n_experts), K = static_cast<std::size_t>(cfg.n_experts_per_tok);
   const auto R = static_cast<std::size_t>(routed_rows(cfg, N)), n = static_cast<std::size_t>(N);
-  const auto Il = static_cast<std::size_t>(cfg.mlp_width() / tp), C = static_cast<std::size_t>(cfg.n_embd);
+  const auto Il = static_cast<std::size_t>(cfg.expert_width() / tp), C = static_cast<std::size_t>(cfg.n_embd);
   probs = FloatBuffer(tracker, A, n * E);
   weights = FloatBuffer(tracker, A, n * K);
   h1 = FloatBuffer(tracker, A, R * Il);
@@ -56,7 +56,7 @@ void MoeActivations::ensure(FloatBuffer& b, std::size_t n) const {
 }
 
 int64_t MoeActivations::bytes(const ModelConfig& cfg, int tp, int64_t N, kernels::Precision storage) {
-  const int64_t R = routed_rows(cfg, N), Il = cfg.mlp_width() / tp, C = cfg.n_embd;
+  const int64_t R = routed_rows(cfg, N), Il = cfg.expert_width() / tp, C = cfg.n_embd;
   // probs, weights; h1, h3, y, dys in fp32; act and xs as saved operands.
   return 4 * (N * (cfg.n_experts + cfg.n_experts_per_tok) + R * (2 * Il + 2 * C)) + SavedOperand::bytes(storage, R * Il) +
          SavedOperand::bytes(storage, R * C);
@@ -88,7 +88,7 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
                      int64_t T) const {
   namespace k = kernels;
   const int64_t N = B * T, C = cfg_.n_embd, E = cfg_.n_experts, K = cfg_.n_experts_per_tok;
-  const int64_t Il = cfg_.mlp_width() / tp_.size;
+  const int64_t Il = cfg_.expert_width() / tp_.size;
   const float* wr = ps.data(router_);
   // Router (nn/moe_router.h): per token, independent of the rows it shares a call with.
   a.lse.resize(static_cast<std::size_t>(N));
@@ -177,12 +177,13 @@ void MoeMlp::forward(kernels::MatmulEngine& mm, const ParameterSet& ps, MoeActiv
   // Load-balancing statistics per sequence.
   a.routing_hash = routing_hash(a.experts.data(), a.keep.empty() ? nullptr : a.keep.data(), B, T, K);
   a.seq_counts.resize(static_cast<std::size_t>(B * E));
-  a.aux_sum = kernels::moe_sequence_balance(a.seq_counts.data(), a.experts.data(), a.probs.data(), B, T, E, K);
+  a.aux_sum = kernels::moe_sequence_balance(a.seq_counts.data(), a.experts.data(), a.probs.data(), B, T, E, K,
+                                            cfg_.scoring == RouterScoring::kSigmoid);
 }
 
 void MoeMlp::experts_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, const int64_t* offsets, kernels::ActOperand x,
                              float* h1, float* h3, SavedOperand& act, float* y) const {
-  const int64_t C = cfg_.n_embd, Il = cfg_.mlp_width() / tp_.size;
+  const int64_t C = cfg_.n_embd, Il = cfg_.expert_width() / tp_.size;
   // A 16-bit act is rounded from one expert's fp32 activations at a time (an untracked
   // temporary, like experts_backward's gradients).
   std::vector<float> temp;
@@ -202,7 +203,7 @@ void MoeMlp::experts_forward(kernels::MatmulEngine& mm, const ParameterSet& ps, 
 
 void MoeMlp::experts_backward(kernels::MatmulEngine& mm, ParameterSet& ps, const int64_t* offsets, kernels::ActOperand x,
                               const float* h1, const float* h3, kernels::ActOperand act, const float* dy, float* dxr) const {
-  const int64_t C = cfg_.n_embd, Il = cfg_.mlp_width() / tp_.size;
+  const int64_t C = cfg_.n_embd, Il = cfg_.expert_width() / tp_.size;
   std::vector<float> dh1, dh3, tmp, tmp1;
   for (int l = 0; l < local_; ++l) {
     const int64_t r0 = offsets[l], rows = offsets[l + 1] - r0;
@@ -302,7 +303,10 @@ void MoeMlp::backward(kernels::MatmulEngine& mm, ParameterSet& ps, const MoeActi
   // Router: routing weights -> probabilities (+ the aux loss) -> logits -> Wr and x.
   std::vector<double> dlogit(static_cast<std::size_t>(N * E));
   kernels::moe_router_logit_grad(dlogit.data(), a.probs.data(), a.experts.data(), dw.data(), a.weights.data(),
-                                 a.seq_counts.data(), a.lse.data(), N, T, E, K, cfg_.norm_topk_prob,
+                                 a.seq_counts.data(), a.lse.data(), N, T, E, K,
+                                 kernels::RouterRule{.normalized = cfg_.norm_topk_prob,
+                                                     .sigmoid = cfg_.scoring == RouterScoring::kSigmoid,
+                                                     .scale = cfg_.routed_scaling_factor},
                                  static_cast<double>(weights.aux), static_cast<double>(weights.z));
   // The input gradient is summed over tp: only tp rank 0 adds the router's.
   kernels::moe_router_backward_products(ps.grad(router_), tp_.rank == 0 ? dx : nullptr, dlogit.data(), x,

@@ -11,9 +11,36 @@
 
 namespace trident::nn {
 
-void select_experts(const float* p, const float* bias, int64_t E, int64_t K, int32_t* sel) {
+void select_experts(const float* p, const float* bias, int64_t E, int64_t K, int32_t* sel, int64_t n_group,
+                    int64_t topk_group) {
   auto score = [&](int64_t e) { return bias != nullptr ? p[e] + bias[e] : p[e]; };
+  // taken: chosen, or not eligible (outside the best topk_group groups).
   std::vector<bool> taken(static_cast<std::size_t>(E), false);
+  if (n_group > 1) {
+    const int64_t G = E / n_group;
+    std::vector<float> group(static_cast<std::size_t>(n_group));
+    for (int64_t g = 0; g < n_group; ++g) {  // its two largest scores (values: ties do not matter)
+      float a = -INFINITY, b = -INFINITY;
+      for (int64_t e = g * G; e < (g + 1) * G; ++e) {
+        const float v = score(e);
+        if (v > a) {
+          b = a, a = v;
+        } else if (v > b) {
+          b = v;
+        }
+      }
+      group[g] = a + b;
+    }
+    std::vector<bool> eligible(static_cast<std::size_t>(n_group), false);
+    for (int64_t j = 0; j < topk_group; ++j) {
+      int64_t best = -1;
+      for (int64_t g = 0; g < n_group; ++g) {  // strict > keeps the lower group on a tie
+        if (!eligible[g] && (best < 0 || group[g] > group[best])) best = g;
+      }
+      eligible[best] = true;
+    }
+    for (int64_t e = 0; e < E; ++e) taken[e] = !eligible[e / G];
+  }
   for (int64_t j = 0; j < K; ++j) {
     int64_t best = -1;
     for (int64_t e = 0; e < E; ++e) {  // strict > keeps the lower id on a tie
@@ -38,14 +65,20 @@ double route_token(const float* x, const float* router, const float* bias, const
   }
   double z = 0.0;
   for (int64_t e = 0; e < E; ++e) z += std::exp(logit[e] - mx);
-  for (int64_t e = 0; e < E; ++e) probs[e] = static_cast<float>(std::exp(logit[e] - mx) / z);
-  // Top k: the largest probabilities (plus the aux-free bias, selection only), ties to the
-  // lowest id; the weights use the unbiased probabilities.
-  select_experts(probs, bias, E, K, sel);
+  if (cfg.scoring == RouterScoring::kSigmoid) {
+    for (int64_t e = 0; e < E; ++e) probs[e] = static_cast<float>(1.0 / (1.0 + std::exp(-logit[e])));
+  } else {
+    for (int64_t e = 0; e < E; ++e) probs[e] = static_cast<float>(std::exp(logit[e] - mx) / z);
+  }
+  // Top k: the largest scores (plus the aux-free bias, selection only; within the eligible
+  // groups), ties to the lowest id; the weights use the unbiased scores.
+  select_experts(probs, bias, E, K, sel, cfg.n_group, cfg.topk_group);
   double sum = 0.0;
   for (int64_t j = 0; j < K; ++j) sum += probs[sel[j]];
+  const double scale = cfg.routed_scaling_factor;
   for (int64_t j = 0; j < K; ++j) {
-    weights[j] = cfg.norm_topk_prob ? static_cast<float>(probs[sel[j]] / sum) : probs[sel[j]];
+    // HF adds 1e-20 to the sum: below fp32's resolution of any sum of k scores it could change.
+    weights[j] = static_cast<float>((cfg.norm_topk_prob ? probs[sel[j]] / sum : probs[sel[j]]) * scale);
   }
   return mx + std::log(z);
 }

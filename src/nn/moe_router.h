@@ -2,6 +2,23 @@
 // them): top-k selection with an optional selection bias, the per-sequence capacity rule, and
 // the bias's once-per-step update. Plain functions over arrays, so they are tested alone.
 //
+// Scores (ModelConfig::scoring, Hugging Face's scoring_func): softmax over the E experts
+// (Mixtral), or DeepSeek-V3's sigmoid, s_e = sigmoid(logit_e) per expert (fp32 logits as
+// always). Everything below that says "probability" reads the score s_e under sigmoid: the
+// selection by s + b, the capacity's priority, and the routing weights, s_j / sum of the k
+// chosen (norm_topk_prob) or s_j, both times routed_scaling_factor (1 unless set; DeepSeek-V3
+// 2.5). The aux loss's P_e under sigmoid is the sequence's mean of s_e / sum_e' s_e' (the
+// DeepSeek-V3 paper's normalised affinity of its sequence-wise balance loss, eqs. 17-20).
+// Followed: transformers' DeepseekV3TopkRouter (modeling_deepseek_v3.py at huggingface/
+// transformers 00b676f8; docs/moe.md), except its masked_fill(0.0) for ineligible groups, which
+// lets an ineligible expert outrank an eligible one whose biased score is negative: here, as in
+// DeepSeek-V3's own inference/model.py (masked_fill -inf), an ineligible expert is never chosen.
+//
+// Group-limited routing (n_group > 1; DeepSeek-V3's n_group / topk_group): the experts are
+// n_group consecutive groups of E / n_group; a group's score is the sum of its two largest
+// s_e + b_e; only the topk_group best groups are eligible, and the top k is chosen among their
+// experts. Every tie goes to the lowest id (group or expert), as everywhere.
+//
 // Aux-loss-free balancing (DeepSeek-V3, Wang et al. 2024 "Auxiliary-Loss-Free Load Balancing"):
 // each MoE layer holds a bias b[E] (fp32 state, not trained) that is added to the router
 // probabilities only to choose the top k; the routing weights stay the unbiased p_j / sum p.
@@ -37,14 +54,18 @@
 namespace trident::nn {
 
 // sel[K] = the K experts with the largest p_e + bias_e (bias null: p_e; fp32 sums), ties to the
-// lowest id, in ascending id order.
-void select_experts(const float* p, const float* bias, int64_t E, int64_t K, int32_t* sel);
+// lowest id, in ascending id order; with n_group > 1 only among the experts of the topk_group
+// groups of largest score (the sum of a group's two largest p_e + bias_e, fp32; ties to the
+// lowest group).
+void select_experts(const float* p, const float* bias, int64_t E, int64_t K, int32_t* sel, int64_t n_group = 1,
+                    int64_t topk_group = 1);
 
 // Routes one token x (C) with the router's weights (E, C): fp32 logits from one fixed-order
 // double dot product per expert (so a token's logits do not depend on the rows it shares a call
-// with), the softmax in double into probs (E), the top K by probs + bias (select_experts) into
-// sel (K, ascending), and their routing weights (K): p_j / sum of the K chosen when
-// cfg.norm_topk_prob (Mixtral), else p_j. Returns log sum_e exp(logit_e), the z-loss's term.
+// with), the scores in double into probs (E): the softmax, or each logit's sigmoid, the top K by
+// probs + bias (select_experts, with cfg's groups) into sel (K, ascending), and their routing
+// weights (K): p_j / sum of the K chosen when cfg.norm_topk_prob (Mixtral), else p_j, times
+// cfg.routed_scaling_factor. Returns log sum_e exp(logit_e), the z-loss's term.
 // Training (nn/moe_mlp.cpp) and inference (infer/) both route through this.
 double route_token(const float* x, const float* router, const float* bias, const ModelConfig& cfg, float* probs,
                    int32_t* sel, float* weights);

@@ -310,6 +310,7 @@ nn::ModelConfig resolve_model_config(const ModelOptions& m) {
                &nn::ModelConfig::first_k_dense);
   override_moe(g, m.moe_shared_experts, "--moe-shared-experts", "adds shared experts to a mixture-of-experts model",
                &nn::ModelConfig::n_shared_experts);
+  override_moe(g, m.moe_inner, "--moe-inner", "sets the routed experts' width", &nn::ModelConfig::moe_inner);
   g = with_objective_overrides(g, m);
   g.validate();
   return g;

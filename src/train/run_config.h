@@ -125,6 +125,7 @@ struct ModelOptions {
   std::optional<double> moe_capacity_factor;   // unset: config.json's expert_capacity_factor (0)
   std::optional<int> moe_first_k_dense;     // unset: the preset's / config.json's first_k_dense_replace
   std::optional<int> moe_shared_experts;    // unset: the preset's / config.json's n_shared_experts
+  std::optional<int> moe_inner;             // unset: the preset's / config.json's moe_intermediate_size
   int lora_rank;             // 0: no adapters, every parameter trained
   double lora_alpha;         // 0: 2 * lora_rank
   std::string lora_targets;  // comma-separated short names of the family's LoRA targets
@@ -161,10 +162,12 @@ void for_each_field(S& o, V&& v) {
         .at_least(0).shown_as("from config.json (0 = off)").alias("router_bias_update_rate bias_update_speed bias_update_rate moe_router_bias_update_rate aux_free_bias"), o.moe_bias_update_rate);
   v(field("moe_capacity_factor", std::optional<double>{}, "override (mixture of experts): each expert keeps at most ceil(c T k / E) routed tokens of each sequence, by router probability (ties: position); the rest contribute zero (docs/moe.md)")
         .at_least(0).shown_as("from config.json (0 = dropless)").alias("expert_capacity_factor capacity_factor moe_expert_capacity_factor"), o.moe_capacity_factor);
-  v(field("moe_first_k_dense", std::optional<int>{}, "override (mixture of experts): the first k layers keep a dense SwiGLU MLP of the experts' width, the rest have experts (DeepSeek-V3's first_k_dense_replace; docs/moe.md)")
+  v(field("moe_first_k_dense", std::optional<int>{}, "override (mixture of experts): the first k layers keep a dense SwiGLU MLP of width n_inner (intermediate_size), the rest have experts (DeepSeek-V3's first_k_dense_replace; docs/moe.md)")
         .at_least(0).shown_as("from the preset (0)").alias("first_k_dense_replace first_k_dense k_dense moe_layer_freq"), o.moe_first_k_dense);
   v(field("moe_shared_experts", std::optional<int>{}, "override (mixture of experts): shared experts every token of an MoE layer passes through, ungated, as one SwiGLU of S x the expert width (DeepSeek's n_shared_experts; docs/moe.md)")
         .at_least(0).shown_as("from the preset (0)").alias("n_shared_experts shared_experts num_shared_experts moe_shared_expert_intermediate_size"), o.moe_shared_experts);
+  v(field("moe_inner", std::optional<int>{}, "override (mixture of experts): each routed expert's width, apart from the dense layers' n_inner (Qwen2-MoE / DeepSeek's moe_intermediate_size; the shared experts are S x it; docs/moe.md)")
+        .at_least(1).shown_as("from the preset (n_inner)").alias("moe_intermediate_size expert_width moe_ffn_hidden_size"), o.moe_inner);
   v(field("lora_rank", 0, "LoRA: train rank-r adapters on a frozen base (needs --init-from or --resume; docs/lora.md)")
         .at_least(0).shown_as("0 = off").alias("lora_r lora_dim"), o.lora_rank);
   v(field("lora_alpha", 0.0, "LoRA: adapter outputs are scaled by alpha / r (PEFT's lora_alpha)")

@@ -88,6 +88,23 @@ def main():
         expect_error("first_k_dense_replace in a Llama config.json",
                      base + ["--data", f"{d}/ok", "--model", config_file("lk", {**llama, "first_k_dense_replace": 1})],
                      "first_k_dense_replace", "mixes two model families")
+        # DeepSeek's widths and router (issue 15): bad values refused by name, MoE only.
+        expect_error("--moe-inner on a dense model",
+                     base + ["--data", f"{d}/ok", "--model", "llama-tiny", "--moe-inner", "16"],
+                     "--moe-inner 16 sets the routed experts' width", "has no experts; drop the flag")
+        expect_error("moe_intermediate_size 0 in a config.json",
+                     base + ["--data", f"{d}/ok", "--model", config_file("mi0", {**mixtral, "moe_intermediate_size": 0})],
+                     "has moe_intermediate_size 0: each routed expert's width must be positive")
+        expect_error("an unknown scoring_func",
+                     base + ["--data", f"{d}/ok", "--model", config_file("sf", {**mixtral, "scoring_func": "relu"})],
+                     "has scoring_func \"relu\"", "\"softmax\" (Mixtral) or \"sigmoid\" (DeepSeek-V3)")
+        expect_error("n_group that does not divide the experts",
+                     base + ["--data", f"{d}/ok", "--model", config_file("ng", {**mixtral, "n_group": 3, "topk_group": 1})],
+                     "n_group 3 must divide num_local_experts 4")
+        expect_error("the z-loss with a sigmoid router",
+                     base + ["--data", f"{d}/ok", "--model", config_file("sz", {**mixtral, "scoring_func": "sigmoid"}),
+                             "--moe-z-loss-coef", "0.1"],
+                     "this model's scoring_func is sigmoid: set it to 0")
         # Expert parallelism (issue 15): ep must divide dp and the experts; dense models are
         # refused with the fix (ZeRO with ep is allowed: cli.layout_matrix_test.mixtral-tiny).
         moe = base + ["--data", f"{d}/ok", "--model", "mixtral-tiny"]

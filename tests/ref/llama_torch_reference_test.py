@@ -77,6 +77,16 @@ CASES = {
     # DeepSeek-V3's layer mix: layer 0 dense (first_k_dense 1), layer 1 MoE with one shared expert.
     "moe_dense_shared": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2,
                          "norm_topk_prob": True, "z_loss_coef": 0.1, "first_k_dense": 1, "shared_experts": 1},
+    # DeepSeek's widths: the dense layer 0 176 wide (intermediate_size), the experts and the shared
+    # expert 48 (moe_intermediate_size).
+    "moe_widths": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 4, "top_k": 2,
+                   "norm_topk_prob": True, "z_loss_coef": 0.1, "first_k_dense": 1, "shared_experts": 1,
+                   "moe_inner": 48},
+    # DeepSeek-V3's router: sigmoid scores, 8 experts in 2 groups of 4 of which the best 1 is
+    # eligible, top 2, renormalised, times 2.5, with a preset aux-free bias updated every step.
+    "moe_sigmoid_groups": {"n_kv_head": 2, "tie_word_embeddings": False, "n_experts": 8, "top_k": 2,
+                           "norm_topk_prob": True, "bias_rate": 0.005, "moe_inner": 48, "scoring_func": "sigmoid",
+                           "routed_scaling": 2.5, "n_group": 2, "topk_group": 1},
 }
 __doc__ += ", ".join(CASES)
 
@@ -87,7 +97,9 @@ def dump_command(tool, case, out):
            "--norm-topk-prob", "1" if c["norm_topk_prob"] else "0",
            "--z-loss-coef", str(c.get("z_loss_coef", 0.0)), "--bias-rate", str(c.get("bias_rate", 0.0)),
            "--capacity-factor", str(c.get("capacity_factor", 0.0)), "--first-k-dense", str(c.get("first_k_dense", 0)),
-           "--shared-experts", str(c.get("shared_experts", 0))] if c.get("n_experts") else []
+           "--shared-experts", str(c.get("shared_experts", 0)), "--moe-inner", str(c.get("moe_inner", 0)),
+           "--scoring-func", c.get("scoring_func", "softmax"), "--routed-scaling", str(c.get("routed_scaling", 1.0)),
+           "--n-group", str(c.get("n_group", 1)), "--topk-group", str(c.get("topk_group", 1))] if c.get("n_experts") else []
     return [tool, "--family", "mixtral" if moe else "llama", "--n-kv-head", str(c["n_kv_head"]),
             "--tie-word-embeddings", "1" if c["tie_word_embeddings"] else "0"] + moe + [out]
 
@@ -111,6 +123,9 @@ MUTANTS = {
     "moe_capacity_renormalised": ["logits", "every parameter's gradient", "final weights"],
     "moe_shared_dropped": ["logits", "every parameter's gradient", "final weights"],
     "moe_aux_over_all_layers": ["aux loss", "every parameter's gradient"],
+    "moe_groups_ignored": ["logits", "routing: every layer's tokens per expert at every step"],
+    "moe_scaling_dropped": ["logits", "every parameter's gradient", "final weights"],
+    "moe_sigmoid_aux_raw": ["aux loss", "every parameter's gradient"],
 }
 OPTIMIZER_MUTANTS = ("no_weight_decay", "lr_off_at_step_3")
 

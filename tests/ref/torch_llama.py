@@ -65,6 +65,14 @@ class LlamaConfig:
     # n_shared_experts (one ungated SwiGLU of S x the expert width beside the routed experts).
     first_k_dense: int = 0
     n_shared_experts: int = 0
+    # moe_intermediate_size: the routed (and, times S, shared) experts' width apart from the dense
+    # layers' intermediate_size (0: the same). DeepSeek-V3's router (torch_mixtral.py): sigmoid
+    # scores, routed_scaling_factor, group-limited routing (n_group groups, topk_group eligible).
+    moe_intermediate_size: int = 0
+    scoring_func: str = "softmax"
+    routed_scaling_factor: float = 1.0
+    n_group: int = 1
+    topk_group: int = 1
 
     def moe_layers(self):
         return self.n_layer - self.first_k_dense if self.n_experts else 0
@@ -86,7 +94,11 @@ class LlamaConfig:
                            router_bias_update_rate=float(meta.get("router_bias_update_rate", 0.0)),
                            expert_capacity_factor=float(meta.get("expert_capacity_factor", 0.0)),
                            first_k_dense=int(meta.get("first_k_dense", 0)),
-                           n_shared_experts=int(meta.get("n_shared_experts", 0)))
+                           n_shared_experts=int(meta.get("n_shared_experts", 0)),
+                           moe_intermediate_size=int(meta.get("moe_intermediate_size", 0)),
+                           scoring_func=str(meta.get("scoring_func", "softmax")),
+                           routed_scaling_factor=float(meta.get("routed_scaling_factor", 1.0)),
+                           n_group=int(meta.get("n_group", 1)), topk_group=int(meta.get("topk_group", 1)))
 
     @staticmethod
     def from_hf(config):
@@ -168,6 +180,9 @@ class Hooks:
     bias_update_sign: float = 1.0  # -1: the bias update pushes towards imbalance (a mutant)
     shared_experts: bool = True    # the shared experts' output is added to the routed experts'
     aux_over_all_layers: bool = False  # the aux / z averages divide by n_layer, not the MoE layers
+    groups_ignored: bool = False   # group-limited routing skipped: the top k of all experts
+    routed_scaling: bool = True    # the routing weights times routed_scaling_factor
+    sigmoid_aux_normalised: bool = True  # the sigmoid router's aux P_e reads s_e / sum s (else raw s_e)
 
 
 HF = Hooks()
@@ -195,6 +210,11 @@ MUTANT_HOOKS = {
     # averaged over every layer (dense ones included) instead of the MoE layers.
     "moe_shared_dropped": Hooks(shared_experts=False),
     "moe_aux_over_all_layers": Hooks(aux_over_all_layers=True),
+    # DeepSeek-V3's router: the group limit skipped, routed_scaling_factor left out, the sigmoid
+    # router's aux loss on raw scores instead of the normalised affinities.
+    "moe_groups_ignored": Hooks(groups_ignored=True),
+    "moe_scaling_dropped": Hooks(routed_scaling=False),
+    "moe_sigmoid_aux_raw": Hooks(sigmoid_aux_normalised=False),
 }
 
 
@@ -215,6 +235,12 @@ def mutant_applies(name, cfg):
     if name.startswith("moe_capacity"):
         return cfg.n_experts > 0 and cfg.expert_capacity_factor > 0
     if name.startswith("moe_"):
+        if name == "moe_groups_ignored":
+            return cfg.n_experts > 0 and cfg.n_group > 1
+        if name == "moe_scaling_dropped":
+            return cfg.n_experts > 0 and cfg.routed_scaling_factor != 1.0
+        if name == "moe_sigmoid_aux_raw":
+            return cfg.n_experts > 0 and cfg.scoring_func == "sigmoid" and cfg.router_aux_loss_coef > 0
         if name == "moe_z_dropped":
             return cfg.n_experts > 0 and cfg.router_z_loss_coef > 0
         if name == "moe_shared_dropped":
@@ -258,7 +284,8 @@ def forward(W, ids, cfg, hooks=HF, moe_stats=None):
         if cfg.n_experts and l >= cfg.first_k_dense:
             renorm = cfg.norm_topk_prob if hooks.moe_renorm is None else hooks.moe_renorm
             y, aux, routing = torch_mixtral.moe_block(h, W, p, cfg, hooks.act, renorm, hooks.aux_rule,
-                                                      hooks.bias_rule, hooks.capacity_rule, hooks.shared_experts)
+                                                      hooks.bias_rule, hooks.capacity_rule, hooks.shared_experts,
+                                                      hooks)
             if moe_stats is not None:
                 moe_stats.append((aux, routing))
             x = x + y
@@ -304,7 +331,7 @@ def param_shapes(cfg, hidden, intermediate, vocab):
         s[p + "self_attn.v_proj.weight"] = (cfg.n_kv_head * hd, hidden)
         s[p + "self_attn.o_proj.weight"] = (hidden, cfg.n_head * hd)
         if cfg.n_experts and l >= cfg.first_k_dense:
-            s.update(torch_mixtral.param_shapes(cfg, p, hidden, intermediate))
+            s.update(torch_mixtral.param_shapes(cfg, p, hidden, cfg.moe_intermediate_size or intermediate))
         else:
             s[p + "mlp.gate_proj.weight"] = (intermediate, hidden)
             s[p + "mlp.up_proj.weight"] = (intermediate, hidden)

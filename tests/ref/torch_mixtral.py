@@ -39,7 +39,18 @@ shared experts, one ungated SwiGLU of width S x I added to the routed experts' o
 
   model.layers.N.block_sparse_moe.shared_experts.{gate,up,down}_proj.weight  (S I, C), (S I, C), (C, S I)
 
-The aux and z averages are over the MoE layers only (the dense ones have no router)."""
+The aux and z averages are over the MoE layers only (the dense ones have no router). With
+moe_intermediate_size the routed experts (and the shared ones, S x it) have that width, the dense
+layers intermediate_size.
+
+DeepSeek-V3's router (transformers' DeepseekV3TopkRouter, modeling_deepseek_v3.py; Trident's
+nn/moe_router.h): scoring_func "sigmoid" scores each expert s_e = sigmoid(logit_e); the choice
+is by s + b (b the bias, if any), limited with n_group > 1 to the topk_group groups (of E /
+n_group consecutive experts) whose two largest s + b sum highest, the others masked to -inf (as
+DeepSeek's own inference code; HF fills 0.0, which only differs when an eligible biased score is
+negative); the weights are the unbiased s_j, renormalised over the k when norm_topk_prob, times
+routed_scaling_factor. The aux loss's P_e then reads s_e / sum_e' s_e' (DeepSeek-V3's normalised
+affinities)."""
 import math
 
 import numpy as np
@@ -81,8 +92,20 @@ def update_bias(bias, load, rate):
     return out
 
 
+def choose(scores, cfg, K, groups=True):
+    """(N, K) the chosen experts: the top K of scores (N, E), among the best topk_group of
+    n_group groups when groups (a group's score: the sum of its two largest)."""
+    E, G = scores.shape[-1], getattr(cfg, "n_group", 1)
+    if groups and G > 1:
+        group = scores.view(-1, G, E // G).topk(2, dim=-1).values.sum(dim=-1)
+        best = group.topk(cfg.topk_group, dim=-1).indices
+        mask = torch.zeros_like(group, dtype=torch.bool).scatter_(1, best, True)
+        scores = scores.masked_fill(~mask.repeat_interleave(E // G, dim=1), float("-inf"))
+    return scores.topk(K, dim=-1).indices
+
+
 def moe_block(x, W, prefix, cfg, act, renorm, aux_rule, bias_rule="selection", capacity_rule="probs",
-              shared=True):
+              shared=True, hooks=None):
     """x (B, T, C) -> (out (B, T, C), this layer's aux summed over its B sequences, routing
     statistics: tokens routed to each expert, the z terms summed over the layer's tokens, and the
     smallest gap between a token's k-th and (k+1)-th probability, which says how far the routing
@@ -92,19 +115,23 @@ def moe_block(x, W, prefix, cfg, act, renorm, aux_rule, bias_rule="selection", c
     moe = prefix + "block_sparse_moe."
     rows = x.reshape(B * T, C)
     logits = F.linear(rows, W[moe + "gate.weight"])
-    probs = logits.softmax(dim=-1)
+    sigmoid = getattr(cfg, "scoring_func", "softmax") == "sigmoid"
+    probs = logits.sigmoid() if sigmoid else logits.softmax(dim=-1)
+    groups = not (hooks is not None and hooks.groups_ignored)
     bias = W.get(moe + "gate.e_score_correction_bias") if bias_rule != "ignored" else None
+    unbiased_chosen = choose(probs.detach(), cfg, K, groups)
     if bias is None:
-        weights, chosen = torch.topk(probs, K, dim=-1)
-        unbiased_chosen = chosen
+        chosen = unbiased_chosen
+        weights = probs.gather(-1, chosen)
     else:
         scores = probs + bias
-        chosen = torch.topk(scores.detach(), K, dim=-1).indices
-        unbiased_chosen = torch.topk(probs.detach(), K, dim=-1).indices
+        chosen = choose(scores.detach(), cfg, K, groups)
         # The weights are the unbiased probabilities ("weights" mutant: the biased scores).
         weights = (scores if bias_rule == "weights" else probs).gather(-1, chosen)
     if renorm:
         weights = weights / weights.sum(dim=-1, keepdim=True)
+    if hooks is None or hooks.routed_scaling:
+        weights = weights * getattr(cfg, "routed_scaling_factor", 1.0)
     keep = capacity_keep(chosen, probs, B, T, E, K, getattr(cfg, "expert_capacity_factor", 0.0),
                          by_position=capacity_rule == "position")
     if capacity_rule == "renormalised" and renorm:  # mutant: the kept weights renormalised again
@@ -124,12 +151,14 @@ def moe_block(x, W, prefix, cfg, act, renorm, aux_rule, bias_rule="selection", c
         out = out + F.linear(act(F.linear(rows, W[sp + "gate_proj.weight"])) * F.linear(rows, W[sp + "up_proj.weight"]),
                              W[sp + "down_proj.weight"])
     routed = F.one_hot(chosen, E).sum(dim=1).to(probs.dtype)  # (B*T, E): 1 where chosen
+    # The aux loss's affinities: the softmax itself, or the sigmoid scores normalised per token.
+    aff = probs / probs.sum(dim=-1, keepdim=True) if sigmoid and (hooks is None or hooks.sigmoid_aux_normalised) else probs
     if aux_rule == "sequence":
         f = E / (K * T) * routed.view(B, T, E).sum(dim=1)  # (B, E)
-        aux = (f * probs.view(B, T, E).mean(dim=1)).sum()
+        aux = (f * aff.view(B, T, E).mean(dim=1)).sum()
     else:  # "batch"
         f = E / (K * B * T) * routed.sum(dim=0)
-        aux = B * (f * probs.mean(dim=0)).sum()  # as B sequences' worth, to average alike
+        aux = B * (f * aff.mean(dim=0)).sum()  # as B sequences' worth, to average alike
     sorted_p = probs.detach().sort(dim=-1, descending=True).values
     gap = (sorted_p[:, K - 1] - sorted_p[:, K]).min().item() if K < E else float("inf")
     z = torch.logsumexp(logits, dim=-1).pow(2).sum()

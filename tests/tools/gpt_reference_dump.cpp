@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
   const std::string usage =
       "usage: gpt_reference_dump [--family gpt2|llama|mixtral] [--n-kv-head K] [--tie-word-embeddings 0|1]\n"
       "                          [--n-experts E --top-k K --norm-topk-prob 0|1 --z-loss-coef Z\n"
-      "                           --first-k-dense K --shared-experts S]\n"
+      "                           --first-k-dense K --shared-experts S --moe-inner I]\n"
+      "                          [--scoring-func softmax|sigmoid --routed-scaling F --n-group G --topk-group G]\n"
       "                          [--bias-rate U --capacity-factor C]\n"
       "                          [--precision fp32|bf16|fp16] OUT_DIR\n";
   kernels::Precision precision = kernels::Precision::kFp32;
@@ -68,6 +69,16 @@ int main(int argc, char** argv) {
       cfg.first_k_dense = std::stoi(argv[++i]);
     } else if (i + 1 < argc && a == "--shared-experts") {
       cfg.n_shared_experts = std::stoi(argv[++i]);
+    } else if (i + 1 < argc && a == "--moe-inner") {
+      cfg.moe_inner = std::stoi(argv[++i]);
+    } else if (i + 1 < argc && a == "--scoring-func") {
+      cfg.scoring = std::string(argv[++i]) == "sigmoid" ? nn::RouterScoring::kSigmoid : nn::RouterScoring::kSoftmax;
+    } else if (i + 1 < argc && a == "--routed-scaling") {
+      cfg.routed_scaling_factor = std::stod(argv[++i]);
+    } else if (i + 1 < argc && a == "--n-group") {
+      cfg.n_group = std::stoi(argv[++i]);
+    } else if (i + 1 < argc && a == "--topk-group") {
+      cfg.topk_group = std::stoi(argv[++i]);
     } else if (i + 1 < argc && a == "--norm-topk-prob") {
       cfg.norm_topk_prob = std::string(argv[++i]) == "1";
     } else if (i + 1 < argc && a == "--n-kv-head") {
@@ -144,6 +155,11 @@ int main(int argc, char** argv) {
     meta["n_shared_experts"] = cfg.n_shared_experts;
     meta["router_bias_update_rate"] = cfg.router_bias_update_rate;
     meta["expert_capacity_factor"] = cfg.expert_capacity_factor;
+    meta["moe_intermediate_size"] = cfg.expert_width();
+    meta["scoring_func"] = nn::scoring_name(cfg.scoring);
+    meta["routed_scaling_factor"] = cfg.routed_scaling_factor;
+    meta["n_group"] = cfg.n_group;
+    meta["topk_group"] = cfg.topk_group;
   }
   if (cfg.has_router_bias()) {
     // A preset nonzero bias (as a checkpoint would hold), large against the initial router's

@@ -1,7 +1,13 @@
-// node_major_order / describe_placement: regrouping ranks by node and the placement report.
+// node_major_order / describe_placement: regrouping ranks by node and the placement report; and
+// NodeMajorWorld itself over the in-process backend (one process is one node), feeding a Mesh.
 #include <gtest/gtest.h>
 
+#include <mutex>
+
+#include "comm/in_process.h"
+#include "comm/mesh.h"
 #include "comm/node_order.h"
+#include "core/check.h"
 
 namespace trident::comm {
 namespace {
@@ -33,6 +39,29 @@ TEST(NodeOrder, WarnsForEveryTpGroupThatSpansNodes) {
   EXPECT_NE(s.find("warning: tp group of ranks 2-3 spans nodes a, b"), std::string::npos) << s;
   EXPECT_EQ(s.find("ranks 0-1 spans"), std::string::npos) << s;
   EXPECT_EQ(s.find("ranks 4-5 spans"), std::string::npos) << s;
+}
+
+TEST(NodeOrder, NodeMajorWorldOverThreadsIsOneNodeAndKeepsTheOrder) {
+  CommOptions o;
+  o.timeout_s = 30.0;
+  o.on_timeout = TimeoutAction::kThrow;
+  std::mutex m;
+  std::vector<int> nodes, node_of_sizes;
+  run_in_process(4, [&](Communicator& launcher) {
+    NodeMajorWorld placed(launcher, "world", o);
+    EXPECT_EQ(placed.nodes(), 1);
+    EXPECT_EQ(placed.node_of(), (std::vector<int>{0, 0, 0, 0}));
+    EXPECT_EQ(placed.describe(2), "");  // one node: nothing to report
+    const int r = launcher.rank();
+    Mesh mesh(placed.take_world(), MeshShape{1, 2, 2});
+    EXPECT_EQ(mesh.rank(), r);  // nothing moves on one node
+    EXPECT_EQ(mesh.world().name(), "world");
+    EXPECT_EQ(mesh.world().options().timeout_s, 30.0);
+    std::vector<int64_t> v{r};
+    mesh.tp().allreduce(std::span(v)).wait();
+    EXPECT_EQ(v[0], r / 2 * 4 + 1);  // (2q) + (2q + 1)
+    EXPECT_THROW(placed.take_world(), Error);
+  }, o);
 }
 
 }  // namespace

@@ -78,7 +78,7 @@ Outputs run_all(Routed& r) {
   o.aux = moe_sequence_balance(o.counts.data(), r.experts.data(), r.probs.data(), r.B, r.T, r.E, r.K);
   o.dlogit.resize(static_cast<std::size_t>(r.N * r.E));
   moe_router_logit_grad(o.dlogit.data(), r.probs.data(), r.experts.data(), r.dweights.data(), r.weights.data(),
-                        o.counts.data(), r.lse.data(), r.N, r.T, r.E, r.K, true, 0.5, 0.1);
+                        o.counts.data(), r.lse.data(), r.N, r.T, r.E, r.K, RouterRule{}, 0.5, 0.1);
   o.dwr.assign(static_cast<std::size_t>(r.E * r.C), 0.25f);
   o.dxr.assign(static_cast<std::size_t>(r.N * r.C), 0.5f);
   moe_router_backward_products(o.dwr.data(), o.dxr.data(), o.dlogit.data(), r.x.data(), r.wr.data(), r.N, r.E, r.C);

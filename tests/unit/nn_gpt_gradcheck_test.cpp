@@ -239,6 +239,22 @@ TEST(MixtralGradcheck, FirstKDenseAndSharedExpertsEveryParameterTensorMatchesFin
   check_every_tensor(c);
 }
 
+// DeepSeek-V3's router: sigmoid scores (backward through each s (1 - s)), weights times
+// routed_scaling_factor 2.5, 6 experts in 3 groups of which the best 2 are eligible, the aux loss
+// on the normalised affinities s / sum s (its gradient through that normalisation); with the
+// dense layer 24 wide and the experts and shared expert 16 (moe_intermediate_size). z-loss off (a
+// softmax router's).
+ModelConfig deepseek_shape(bool norm_topk) {
+  ModelConfig c = mixtral_shape(norm_topk);
+  c.n_experts = 6, c.scoring = RouterScoring::kSigmoid, c.routed_scaling_factor = 2.5;
+  c.n_group = 3, c.topk_group = 2, c.router_z_loss_coef = 0.0;
+  c.first_k_dense = 1, c.n_shared_experts = 1, c.moe_inner = 16;
+  return c;
+}
+TEST(MixtralGradcheck, SigmoidGroupLimitedRouterEveryParameterTensorMatchesFiniteDifferences) {
+  check_every_tensor(deepseek_shape(true));
+}
+
 TEST(GptGradcheck, PaddingRowsStayZeroAndGetNoGradient) {
   Fixture f;
   ParameterSet& ps = f.model.params();

@@ -1,15 +1,19 @@
 // The mixture of experts' routing rules (nn/moe_router.h): selection with the aux-free bias
 // (chosen by p + b, weighted by the unbiased p), the per-sequence capacity rule (descending
 // probability, ties by position, dropped pairs contribute zero), and the bias update, each
-// against a hand computation; then the same rules inside a Mixtral layer (nn/moe_mlp.h).
+// against a hand computation; DeepSeek-V3's sigmoid scores with routed_scaling_factor and its
+// group-limited selection on hand cases; then the same rules inside a Mixtral layer (nn/moe_mlp.h).
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <vector>
 
+#include "core/check.h"
 #include "kernels/kernels.h"
+#include "nn/architecture.h"
 #include "nn/llama_block.h"
 #include "nn/model.h"
 #include "nn/moe_router.h"
@@ -31,6 +35,115 @@ TEST(MoeRouter, SelectionByBiasedScoreTiesToLowestId) {
   select_experts(tie, nullptr, 4, 2, sel);
   EXPECT_EQ(sel[0], 0);
   EXPECT_EQ(sel[1], 1);
+}
+
+// DeepSeek-V3's group-limited routing: E = 8 in 4 groups of 2, the best 2 groups eligible.
+TEST(MoeRouter, GroupLimitedSelectionTakesTheBestGroupsByTheirTwoLargest) {
+  // Group scores 0.9, 1.0, 1.05, 0.3: groups 2 and 1 eligible, so expert 0 (the largest, 0.9) is
+  // not; among 2, 3, 4, 5 the top 2 are 4 (0.6) and 2 (0.5, tied with 3: the lower id).
+  const float p[8] = {0.9f, 0.0f, 0.5f, 0.5f, 0.6f, 0.45f, 0.1f, 0.2f};
+  int32_t sel[2];
+  select_experts(p, nullptr, 8, 2, sel, 4, 2);
+  EXPECT_EQ(std::vector<int>(sel, sel + 2), (std::vector<int>{2, 4}));
+  select_experts(p, nullptr, 8, 2, sel);  // no group limit: the top 2 of all
+  EXPECT_EQ(std::vector<int>(sel, sel + 2), (std::vector<int>{0, 4}));
+  // The bias counts in the group scores too: group 3 becomes 1.1 + 1.2, group 2 stays 1.05.
+  const float bias[8] = {0, 0, 0, 0, 0, 0, 1.0f, 1.0f};
+  select_experts(p, bias, 8, 2, sel, 4, 2);
+  EXPECT_EQ(std::vector<int>(sel, sel + 2), (std::vector<int>{6, 7}));
+  // Every group tied: the lowest groups are eligible, the lowest ids chosen.
+  const float tie[8] = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+  int32_t three[3];
+  select_experts(tie, nullptr, 8, 3, three, 4, 2);
+  EXPECT_EQ(std::vector<int>(three, three + 3), (std::vector<int>{0, 1, 2}));
+  // An ineligible expert is never chosen, even where the eligible biased scores are negative
+  // (transformers' masked_fill(0.0) would pick expert 0 or 1 here; DeepSeek's own code, -inf, not).
+  const float q[4] = {0.3f, 0.2f, 0.1f, 0.1f};
+  const float neg[4] = {-1.0f, -1.0f, 0.0f, -0.5f};  // groups: -1.5 and -0.3
+  select_experts(q, neg, 4, 2, sel, 2, 1);
+  EXPECT_EQ(std::vector<int>(sel, sel + 2), (std::vector<int>{2, 3}));
+}
+
+// DeepSeek-V3's sigmoid scores: weights = the chosen raw scores, renormalised over the k or not,
+// times routed_scaling_factor; the selection by score + bias.
+TEST(MoeRouter, SigmoidScoresAndScaledWeights) {
+  ModelConfig c = model_preset("mixtral-tiny");
+  c.n_embd = 2, c.n_experts = 4, c.n_experts_per_tok = 2;
+  c.scoring = RouterScoring::kSigmoid, c.routed_scaling_factor = 2.5;
+  const float x[2] = {1.0f, 0.0f};
+  const float router[8] = {2.0f, 7.0f, -1.0f, 7.0f, 0.5f, 7.0f, 1.0f, 7.0f};  // logits 2, -1, 0.5, 1
+  const double logit[4] = {2.0, -1.0, 0.5, 1.0};
+  double s[4];
+  for (int e = 0; e < 4; ++e) s[e] = static_cast<float>(1.0 / (1.0 + std::exp(-logit[e])));
+  float probs[4], w[2];
+  int32_t sel[2];
+  route_token(x, router, nullptr, c, probs, sel, w);
+  for (int e = 0; e < 4; ++e) EXPECT_FLOAT_EQ(probs[e], static_cast<float>(s[e])) << e;
+  EXPECT_EQ(std::vector<int>(sel, sel + 2), (std::vector<int>{0, 3}));
+  EXPECT_FLOAT_EQ(w[0], static_cast<float>(2.5 * s[0] / (s[0] + s[3])));
+  EXPECT_FLOAT_EQ(w[1], static_cast<float>(2.5 * s[3] / (s[0] + s[3])));
+  c.norm_topk_prob = false;
+  route_token(x, router, nullptr, c, probs, sel, w);
+  EXPECT_FLOAT_EQ(w[0], static_cast<float>(2.5 * s[0]));
+  EXPECT_FLOAT_EQ(w[1], static_cast<float>(2.5 * s[3]));
+  // A bias chooses expert 2 over 3; its weight is its raw score.
+  const float bias[4] = {0.0f, 0.0f, 0.2f, 0.0f};
+  route_token(x, router, bias, c, probs, sel, w);
+  EXPECT_EQ(std::vector<int>(sel, sel + 2), (std::vector<int>{0, 2}));
+  EXPECT_FLOAT_EQ(w[1], static_cast<float>(2.5 * s[2]));
+}
+
+// DeepSeek-V3's config.json keys: written only when not Mixtral's, read back alike; bad values
+// refused by name.
+TEST(MoeRouter, DeepSeekRouterKeysRoundTripAndBadValuesAreRefused) {
+  ModelConfig c = model_preset("mixtral-tiny");  // 4 experts, top 2
+  EXPECT_FALSE(model_config_to_hf_json(c).contains("scoring_func"));
+  EXPECT_FALSE(model_config_to_hf_json(c).contains("n_group"));
+  c.scoring = RouterScoring::kSigmoid, c.routed_scaling_factor = 2.5, c.n_group = 2, c.topk_group = 1;
+  c.validate();
+  const nlohmann::json j = model_config_to_hf_json(c);
+  EXPECT_EQ(j.at("scoring_func"), "sigmoid");
+  EXPECT_EQ(j.at("routed_scaling_factor"), 2.5);
+  EXPECT_EQ(j.at("n_group"), 2);
+  EXPECT_EQ(j.at("topk_group"), 1);
+  const ModelConfig back = model_config_from_hf_json(j, "config.json");
+  EXPECT_EQ(back.scoring, RouterScoring::kSigmoid);
+  EXPECT_EQ(back.routed_scaling_factor, 2.5);
+  EXPECT_EQ(back.n_group, 2);
+  EXPECT_EQ(back.topk_group, 1);
+  EXPECT_EQ(model_config_to_hf_json(back), j);
+  auto error = [](const std::function<void()>& f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  nlohmann::json bad = j;
+  bad["scoring_func"] = "relu";
+  EXPECT_NE(error([&] { (void)model_config_from_hf_json(bad, "cfg.json"); }).find("cfg.json has scoring_func \"relu\""),
+            std::string::npos);
+  auto invalid = [&](auto edit) {
+    ModelConfig m = c;
+    edit(m);
+    return error([&] { m.validate(); });
+  };
+  EXPECT_NE(invalid([](ModelConfig& m) { m.n_group = 3; }).find("n_group 3 must divide num_local_experts 4"),
+            std::string::npos);
+  EXPECT_NE(invalid([](ModelConfig& m) { m.n_group = 4, m.topk_group = 1; }).find("groups of at least 2"),
+            std::string::npos);
+  EXPECT_NE(invalid([](ModelConfig& m) { m.topk_group = 3; }).find("topk_group 3 must be between 1 and n_group 2"),
+            std::string::npos);
+  EXPECT_NE(invalid([](ModelConfig& m) { m.n_experts_per_tok = 3; }).find("at least num_experts_per_tok 3"),
+            std::string::npos);
+  EXPECT_NE(invalid([](ModelConfig& m) { m.router_z_loss_coef = 0.1; }).find("scoring_func is sigmoid"),
+            std::string::npos);
+  EXPECT_NE(invalid([](ModelConfig& m) { m.routed_scaling_factor = 0; }).find("routed_scaling_factor must be positive"),
+            std::string::npos);
+  ModelConfig llama = model_preset("llama-tiny");
+  llama.scoring = RouterScoring::kSigmoid;
+  EXPECT_NE(error([&] { llama.validate(); }).find("has no experts"), std::string::npos);
 }
 
 TEST(MoeRouter, CapacityIsCeilOfFactorTimesShareClampedToTheSequence) {

@@ -52,9 +52,16 @@ comm::CommOptions test_options() {
   return o;
 }
 
-nn::ModelConfig moe_shape() {
+// deepseek: DeepSeek-V3's router (sigmoid scores, weights x 2.5, the 4 experts in 2 groups of
+// which 1 is eligible) and widths (experts 32 wide, one shared expert, the dense width 48 unused
+// by the routed layers).
+nn::ModelConfig moe_shape(bool deepseek = false) {
   nn::ModelConfig c = nn::model_preset("mixtral-tiny");
   c.n_layer = 2, c.n_positions = kT, c.vocab_size = 50, c.vocab_pad_multiple = 8;
+  if (deepseek) {
+    c.scoring = nn::RouterScoring::kSigmoid, c.routed_scaling_factor = 2.5, c.n_group = 2, c.topk_group = 1;
+    c.moe_inner = 32, c.n_shared_experts = 1, c.router_z_loss_coef = 0.0;
+  }
   return c;
 }
 
@@ -75,8 +82,9 @@ struct Run {
   std::map<std::string, int> expert_of;          // parameter -> expert (-1: dense)
 };
 
-Run run(const nn::TpContext& ctx, int64_t first, int64_t rows, float dloss, bool forced, kernels::Precision precision) {
-  const nn::ModelConfig cfg = moe_shape();
+Run run(const nn::TpContext& ctx, int64_t first, int64_t rows, float dloss, bool forced, kernels::Precision precision,
+        bool deepseek) {
+  const nn::ModelConfig cfg = moe_shape(deepseek);
   MemoryTracker tracker;
   nn::Model model(cfg, ctx);
   model.set_precision(precision);
@@ -131,15 +139,15 @@ bool bitwise(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-void check(int P, bool forced, kernels::Precision precision) {
+void check(int P, bool forced, kernels::Precision precision, bool deepseek = false) {
   kernels::set_num_threads(1);  // the ranks are the parallelism
-  const nn::ModelConfig cfg = moe_shape();
+  const nn::ModelConfig cfg = moe_shape(deepseek);
   const int K = cfg.n_experts_per_tok, El = cfg.n_experts / P;
   const float dloss = 1.0f / static_cast<float>(P * kB * kT);  // per token of the global batch
   const double bound = static_cast<double>(cfg.n_embd + P * kB * kT) / (1 << 24);  // see the file comment
-  const Run whole = run({}, 0, P * kB, dloss, forced, precision);
+  const Run whole = run({}, 0, P * kB, dloss, forced, precision, deepseek);
   std::vector<Run> slices;
-  for (int q = 0; q < P; ++q) slices.push_back(run({}, q * kB, kB, dloss, forced, precision));
+  for (int q = 0; q < P; ++q) slices.push_back(run({}, q * kB, kB, dloss, forced, precision, deepseek));
   // The routing must exercise what the test is about: uneven loads, and (forced) idle experts.
   for (int l = 0; l < cfg.n_layer; ++l) {
     const std::vector<int64_t>& n = whole.recv_rows[static_cast<std::size_t>(l)];
@@ -155,8 +163,8 @@ void check(int P, bool forced, kernels::Precision precision) {
     nn::TpContext ctx;
     ctx.ep = make_ep_context(ep);
     const int q = mesh.coord(comm::kEp);
-    const std::string what = fmt::format("ep {} rank {}{}", P, q, forced ? " forced routing" : "");
-    const Run got = run(ctx, q * kB, kB, dloss, forced, precision);
+    const std::string what = fmt::format("ep {} rank {}{}{}", P, q, forced ? " forced routing" : "", deepseek ? " deepseek" : "");
+    const Run got = run(ctx, q * kB, kB, dloss, forced, precision, deepseek);
     const Run& slice = slices[static_cast<std::size_t>(q)];
     EXPECT_NEAR(got.loss, slice.loss, bound * std::fabs(slice.loss)) << what;
     EXPECT_NEAR(got.aux, slice.aux, bound * std::fabs(slice.aux)) << what;
@@ -204,6 +212,11 @@ TEST(InProcessExpertParallel, Ep4WithIdleExpertsMatchesOneRank) { check(4, true,
 TEST(InProcessExpertParallel, Bf16ExpertGradientsAreBitwiseOneRanksAtEp2) { check(2, false, kBf16); }
 TEST(InProcessExpertParallel, Bf16ExpertGradientsAreBitwiseOneRanksAtEp4) { check(4, false, kBf16); }
 TEST(InProcessExpertParallel, Bf16WithIdleExpertsIsBitwiseAtEp4) { check(4, true, kBf16); }
+// DeepSeek-V3's sigmoid, group-limited router and moe_intermediate_size: layout-independent alike
+// (forced: sigmoid(0) ties every expert and group, so group 0's experts 0 and 1 take every token).
+TEST(InProcessExpertParallel, DeepSeekRouterAndWidthsEp2MatchOneRank) { check(2, false, kFp32, true); }
+TEST(InProcessExpertParallel, DeepSeekRouterAndWidthsEp4MatchOneRank) { check(4, false, kFp32, true); }
+TEST(InProcessExpertParallel, DeepSeekForcedRoutingEp4MatchesOneRank) { check(4, true, kFp32, true); }
 
 }  // namespace
 }  // namespace trident::parallel
