@@ -146,7 +146,36 @@ FloatBuffer::FloatBuffer(MemoryTracker& tracker, MemCategory category, std::size
     TRI_FAIL("out of memory allocating {} for {}", format_bytes(static_cast<double>(bytes)),
              mem_category_name(category));
   }
-  tracker_->add(category_, count_ * sizeof(float));
+  tracked_ = count_ * sizeof(float);
+  tracker_->add(category_, tracked_);
+}
+
+FloatBuffer::FloatBuffer(MemoryTracker& tracker, MemCategory category, std::size_t count,
+                         const std::vector<std::pair<int64_t, int64_t>>& backed)
+    : count_(count), backed_(backed), tracker_(&tracker), category_(category) {
+  if (count == 0) return;
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  sparse_map_ = (count * sizeof(float) + page - 1) / page * page;
+  void* p = ::mmap(nullptr, sparse_map_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    sparse_map_ = 0;
+    TRI_FAIL("out of address space reserving {} for {}", format_bytes(static_cast<double>(count * sizeof(float))),
+             mem_category_name(category));
+  }
+  data_ = static_cast<float*>(p);
+  int64_t prev = 0;
+  for (const auto& [lo, hi] : backed_) {
+    TRI_CHECK(prev <= lo && lo <= hi && hi <= static_cast<int64_t>(count),
+              "sparse buffer range [{}, {}) not ascending inside the {} elements", lo, hi, count);
+    prev = hi;
+    if (hi == lo) continue;
+    const std::size_t a = static_cast<std::size_t>(lo) * sizeof(float) / page * page;
+    const std::size_t b = (static_cast<std::size_t>(hi) * sizeof(float) + page - 1) / page * page;
+    TRI_CHECK(::mprotect(static_cast<char*>(p) + a, b - a, PROT_READ | PROT_WRITE) == 0,
+              "mprotect of a sparse {} buffer failed", mem_category_name(category));
+    tracked_ += static_cast<std::size_t>(hi - lo) * sizeof(float);
+  }
+  tracker_->add(category_, tracked_);
 }
 
 FloatBuffer::FloatBuffer(FloatBuffer&& other) noexcept { *this = std::move(other); }
@@ -156,6 +185,9 @@ FloatBuffer& FloatBuffer::operator=(FloatBuffer&& other) noexcept {
     reset();
     data_ = std::exchange(other.data_, nullptr);
     count_ = std::exchange(other.count_, 0);
+    tracked_ = std::exchange(other.tracked_, 0);
+    sparse_map_ = std::exchange(other.sparse_map_, 0);
+    backed_ = std::exchange(other.backed_, {});
     tracker_ = std::exchange(other.tracker_, nullptr);
     category_ = other.category_;
   }
@@ -165,16 +197,25 @@ FloatBuffer& FloatBuffer::operator=(FloatBuffer&& other) noexcept {
 FloatBuffer::~FloatBuffer() { reset(); }
 
 void FloatBuffer::zero() {
-  if (data_) std::memset(data_, 0, count_ * sizeof(float));
+  if (!data_) return;
+  if (sparse_map_ == 0) return static_cast<void>(std::memset(data_, 0, count_ * sizeof(float)));
+  for (const auto& [lo, hi] : backed_) std::fill(data_ + lo, data_ + hi, 0.0f);
 }
 
 void FloatBuffer::reset() {
   if (data_) {
-    detail::free_zeroed(data_, float_bytes(count_));
-    if (tracker_) tracker_->release(category_, count_ * sizeof(float));
+    if (sparse_map_ > 0) {
+      ::munmap(data_, sparse_map_);
+    } else {
+      detail::free_zeroed(data_, float_bytes(count_));
+    }
+    if (tracker_) tracker_->release(category_, tracked_);
   }
   data_ = nullptr;
   count_ = 0;
+  tracked_ = 0;
+  sparse_map_ = 0;
+  backed_.clear();
 }
 
 }  // namespace trident

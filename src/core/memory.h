@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace trident {
 
@@ -66,6 +68,16 @@ class FloatBuffer {
  public:
   FloatBuffer() = default;
   FloatBuffer(MemoryTracker& tracker, MemCategory category, std::size_t count);
+  // Only the element ranges `backed` ([first, second), ascending, disjoint, inside [0, count))
+  // are memory, zero-initialised; the rest of [0, count) is address space mapped without
+  // access, so a pointer there is only a key (ZeRO-1/2's sharded master keeps the operand-only
+  // parameters' fp32 values elsewhere and their flat addresses as the keys of their 16-bit
+  // copy: parallel/zero_master.h) and reading it faults at once instead of reading stale
+  // values. Always mapped from the kernel, whatever the size, the backed ranges' pages made
+  // readable and writable (so a few KiB around each range are too). Counted: the backed
+  // elements' bytes, exactly.
+  FloatBuffer(MemoryTracker& tracker, MemCategory category, std::size_t count,
+              const std::vector<std::pair<int64_t, int64_t>>& backed);
   FloatBuffer(FloatBuffer&& other) noexcept;
   FloatBuffer& operator=(FloatBuffer&& other) noexcept;
   FloatBuffer(const FloatBuffer&) = delete;
@@ -76,14 +88,22 @@ class FloatBuffer {
   const float* data() const { return data_; }
   std::size_t size() const { return count_; }
   bool empty() const { return count_ == 0; }
+  MemoryTracker* tracker() const { return tracker_; }
+  // Bytes counted in the tracker (count * 4, or a sparse buffer's backed elements').
+  std::size_t tracked_bytes() const { return tracked_; }
+  // The sparse constructor's ranges (empty: every element is memory).
+  const std::vector<std::pair<int64_t, int64_t>>& backed() const { return backed_; }
   float& operator[](std::size_t i) { return data_[i]; }
   const float& operator[](std::size_t i) const { return data_[i]; }
-  void zero();
+  void zero();    // the backed elements only, when sparse
   void reset();  // free now
 
  private:
   float* data_ = nullptr;
   std::size_t count_ = 0;
+  std::size_t tracked_ = 0;
+  std::size_t sparse_map_ = 0;  // sparse: the mapping's length in bytes (0: allocate_zeroed's)
+  std::vector<std::pair<int64_t, int64_t>> backed_;
   MemoryTracker* tracker_ = nullptr;
   MemCategory category_ = MemCategory::kWorkspace;
 };

@@ -54,7 +54,7 @@ const bf16_t* MatmulEngine::round_a(const float* x, int64_t n) { return converte
 const bf16_t* MatmulEngine::round_b(const float* x, int64_t n) { return converted(b_, x, n, convert_to_bf16); }
 void MatmulEngine::add_weight_copy(const float* fp32, const bf16_t* copy, int64_t n) {
   TRI_CHECK(fp32 != nullptr && copy != nullptr && n > 0, "add_weight_copy: empty range");
-  if (precision_ != Precision::kBf16) return;
+  if (precision_ == Precision::kFp32) return;
   remove_weight_copy(fp32);
   weight_copies_.push_back({fp32, copy, n});
 }
@@ -63,7 +63,7 @@ void MatmulEngine::remove_weight_copy(const float* fp32) {
   std::erase_if(weight_copies_, [&](const WeightCopy& c) { return c.fp32 == fp32; });
 }
 
-const bf16_t* MatmulEngine::weight_operand(const float* w, int64_t n) {
+const uint16_t* MatmulEngine::registered_copy(const float* w, int64_t n) {
   const std::less_equal<const float*> le;  // a total order over pointers of distinct buffers
   for (const WeightCopy& c : weight_copies_) {
     if (le(c.fp32, w) && le(w + n, c.fp32 + c.n)) {
@@ -71,7 +71,20 @@ const bf16_t* MatmulEngine::weight_operand(const float* w, int64_t n) {
       return c.copy + (w - c.fp32);
     }
   }
+  return nullptr;
+}
+
+const bf16_t* MatmulEngine::weight_operand(const float* w, int64_t n) {
+  if (const uint16_t* c = registered_copy(w, n)) return c;
   return round_b(w, n);
+}
+
+const float* MatmulEngine::weight16(const float* w, int64_t n) {
+  const uint16_t* c = registered_copy(w, n);
+  if (c == nullptr) return round16_b(w, n);
+  if (b16_.size() < static_cast<size_t>(n)) b16_.resize(static_cast<size_t>(n));
+  widen_operand(Precision::kFp16, b16_.data(), c, n);  // exact: the values round16_b would make
+  return b16_.data();
 }
 
 const float* MatmulEngine::round16_a(const float* x, int64_t n) { return converted(a16_, x, n, to_fp16_values); }
@@ -81,7 +94,7 @@ void MatmulEngine::forward(float* out, const float* inp, const float* weight, co
                            int64_t N, int64_t C, int64_t OC) {
   if (precision_ == Precision::kFp32) return matmul_forward(out, inp, weight, bias, N, C, OC);
   if (precision_ == Precision::kFp16) {
-    return matmul_forward(out, round16_a(inp, N * C), round16_b(weight, C * OC), bias, N, C, OC);
+    return matmul_forward(out, round16_a(inp, N * C), weight16(weight, C * OC), bias, N, C, OC);
   }
   detail::KernelTimer timer(KernelOp::kMatmul, false, N, C, OC);
   check_sizes("matmul_forward (bf16)", N, C, OC);
@@ -102,7 +115,7 @@ void MatmulEngine::backward(float* dinp, float* dweight, float* dbias, const flo
     // dout is rounded once and reused by both products; the weight's rounding is dropped
     // before the input's is made (one b-scratch serves both, in turn).
     const float* dout16 = round16_a(dout, N * OC);
-    if (dinp != nullptr) matmul_backward(dinp, nullptr, nullptr, dout16, nullptr, round16_b(weight, C * OC), N, C, OC);
+    if (dinp != nullptr) matmul_backward(dinp, nullptr, nullptr, dout16, nullptr, weight16(weight, C * OC), N, C, OC);
     if (dweight != nullptr) matmul_backward(nullptr, dweight, nullptr, dout16, round16_b(inp, N * C), nullptr, N, C, OC);
   }
   if (precision_ == Precision::kBf16) {
@@ -122,7 +135,7 @@ void MatmulEngine::forward_nt(float* out, const float* inp, const float* table, 
                               int64_t V) {
   if (precision_ == Precision::kFp32) return matmul_forward_nt(out, inp, table, N, C, V);
   if (precision_ == Precision::kFp16) {
-    return matmul_forward_nt(out, round16_a(inp, N * C), round16_b(table, V * C), N, C, V);
+    return matmul_forward_nt(out, round16_a(inp, N * C), weight16(table, V * C), N, C, V);
   }
   detail::KernelTimer timer(KernelOp::kMatmulNt, false, N, C, V);
   check_sizes("matmul_forward_nt (bf16)", N, C, V);
@@ -135,7 +148,7 @@ void MatmulEngine::backward_nt(float* dinp, float* dtable, const float* dout, co
   if (precision_ == Precision::kFp32) return matmul_backward_nt(dinp, dtable, dout, inp, table, N, C, V);
   if (precision_ == Precision::kFp16) {
     const float* dout16 = round16_a(dout, N * V);
-    if (dinp != nullptr) matmul_backward_nt(dinp, nullptr, dout16, nullptr, round16_b(table, V * C), N, C, V);
+    if (dinp != nullptr) matmul_backward_nt(dinp, nullptr, dout16, nullptr, weight16(table, V * C), N, C, V);
     if (dtable != nullptr) matmul_backward_nt(nullptr, dtable, dout16, round16_b(inp, N * C), nullptr, N, C, V);
     return;
   }
@@ -182,7 +195,7 @@ void MatmulEngine::forward(float* out, ActOperand inp, const float* weight, cons
   if (inp.bits == nullptr) return forward(out, inp.f32, weight, bias, N, C, OC);
   check_rounded(inp);
   if (precision_ == Precision::kFp16) {
-    return matmul_forward(out, widened16(a16_, inp, N * C), round16_b(weight, C * OC), bias, N, C, OC);
+    return matmul_forward(out, widened16(a16_, inp, N * C), weight16(weight, C * OC), bias, N, C, OC);
   }
   detail::KernelTimer timer(KernelOp::kMatmul, false, N, C, OC);
   check_sizes("matmul_forward (bf16)", N, C, OC);
@@ -201,7 +214,7 @@ void MatmulEngine::backward(float* dinp, float* dweight, float* dbias, const flo
   check_rounded(inp);
   if (precision_ == Precision::kFp16) {
     const float* dout16 = round16_a(dout, N * OC);
-    if (dinp != nullptr) matmul_backward(dinp, nullptr, nullptr, dout16, nullptr, round16_b(weight, C * OC), N, C, OC);
+    if (dinp != nullptr) matmul_backward(dinp, nullptr, nullptr, dout16, nullptr, weight16(weight, C * OC), N, C, OC);
     if (dweight != nullptr) {
       matmul_backward(nullptr, dweight, nullptr, dout16, widened16(b16_, inp, N * C), nullptr, N, C, OC);
     }
@@ -219,7 +232,7 @@ void MatmulEngine::forward_nt(float* out, ActOperand inp, const float* table, in
   if (inp.bits == nullptr) return forward_nt(out, inp.f32, table, N, C, V);
   check_rounded(inp);
   if (precision_ == Precision::kFp16) {
-    return matmul_forward_nt(out, widened16(a16_, inp, N * C), round16_b(table, V * C), N, C, V);
+    return matmul_forward_nt(out, widened16(a16_, inp, N * C), weight16(table, V * C), N, C, V);
   }
   detail::KernelTimer timer(KernelOp::kMatmulNt, false, N, C, V);
   check_sizes("matmul_forward_nt (bf16)", N, C, V);
@@ -232,7 +245,7 @@ void MatmulEngine::backward_nt(float* dinp, float* dtable, const float* dout, Ac
   check_rounded(inp);
   if (precision_ == Precision::kFp16) {
     const float* dout16 = round16_a(dout, N * V);
-    if (dinp != nullptr) matmul_backward_nt(dinp, nullptr, dout16, nullptr, round16_b(table, V * C), N, C, V);
+    if (dinp != nullptr) matmul_backward_nt(dinp, nullptr, dout16, nullptr, weight16(table, V * C), N, C, V);
     if (dtable != nullptr) matmul_backward_nt(nullptr, dtable, dout16, widened16(b16_, inp, N * C), nullptr, N, C, V);
     return;
   }

@@ -85,12 +85,15 @@ class MatmulEngine {
   static void round_operand(Precision p, uint16_t* out, const float* in, int64_t n);
   static void widen_operand(Precision p, float* out, const uint16_t* in, int64_t n);
 
-  // Pre-rounded weight operands (kBf16 only; ignored otherwise): `copy` holds the bf16 values
-  // of the fp32 weights [fp32, fp32 + n) until remove_weight_copy(fp32). A product whose weight
-  // operand (forward's / backward's `weight`, the _nt `table`) lies wholly inside a registered
-  // range reads the copy at the same offset instead of rounding the weight again. The caller
-  // keeps the copy what it means (nearest-even bits of the current values: then every product is
-  // bitwise as without it; or a deliberate other rounding, nn/bf16_weights.h's stochastic one).
+  // Pre-rounded weight operands (kBf16 and kFp16; ignored under kFp32): `copy` holds the 16-bit
+  // values (bf16 bits under kBf16, fp16 bits under kFp16) of the fp32 weights [fp32, fp32 + n)
+  // until remove_weight_copy(fp32). A product whose weight operand (forward's / backward's
+  // `weight`, the _nt `table`) lies wholly inside a registered range reads the copy at the same
+  // offset instead of rounding the weight again (fp16: widened, exactly, into scratch). The
+  // caller keeps the copy what it means (nearest-even bits of the current values: then every
+  // product is bitwise as without it; or a deliberate other rounding, nn/bf16_weights.h's
+  // stochastic one). The fp32 range need not be readable: under ZeRO-1/2's sharded master
+  // (parallel/zero_master.h) it is only the key the copy is found by.
   void add_weight_copy(const float* fp32, const bf16_t* copy, int64_t n);
   void remove_weight_copy(const float* fp32);
   // Products that read a registered copy since construction (tests, benchmarks).
@@ -100,8 +103,12 @@ class MatmulEngine {
   // A pre-rounded operand's fp16 values (kFp16), widened into scratch `s`.
   const float* widened16(std::vector<float>& s, const ActOperand& x, int64_t n);
   void check_rounded(const ActOperand& x) const;
+  // The registered copy's words for weights [w, w + n), or null.
+  const uint16_t* registered_copy(const float* w, int64_t n);
   // The bf16 weight operand: from a registered copy, else rounded into b-scratch.
   const bf16_t* weight_operand(const float* w, int64_t n);
+  // The fp16 weight operand (as fp32 values) in b16-scratch: a registered copy widened, else rounded.
+  const float* weight16(const float* w, int64_t n);
   // bf16 copies of two operands, in scratch reused across calls.
   const bf16_t* round_a(const float* x, int64_t n);
   const bf16_t* round_b(const float* x, int64_t n);
@@ -119,7 +126,7 @@ class MatmulEngine {
     const bf16_t* copy;
     int64_t n;
   };
-  std::vector<WeightCopy> weight_copies_;  // a few: the model's flat copy, or ZeRO-3's gathered groups
+  std::vector<WeightCopy> weight_copies_;  // a few: the model's flat copy, ZeRO-3's gathered groups, ZeRO-1/2's
   int64_t weight_copy_hits_ = 0;
 };
 

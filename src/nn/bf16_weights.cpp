@@ -30,6 +30,11 @@ void round_weights(const ParameterSet& ps, int64_t lo, int64_t hi, const float* 
                    const WeightRounding& r) {
   TRI_CHECK(0 <= lo && lo <= hi && hi <= ps.total_numel(), "round_weights: range [{}, {}) outside the {} elements",
             lo, hi, ps.total_numel());
+  if (r.precision == kernels::Precision::kFp16) {
+    TRI_CHECK(!r.stochastic, "round_weights: fp16 copies round to nearest only");
+    return kernels::MatmulEngine::round_operand(kernels::Precision::kFp16, dst, src, hi - lo);
+  }
+  TRI_CHECK(r.precision == kernels::Precision::kBf16, "round_weights: fp32 weights are not rounded");
   if (!r.stochastic) return kernels::convert_to_bf16(dst, src, hi - lo);
   for (const ParamInfo& p : ps.infos()) {
     const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel);
@@ -74,8 +79,15 @@ Bf16WeightCopy& Bf16WeightCopy::operator=(Bf16WeightCopy&& o) noexcept {
 
 void Bf16WeightCopy::fill(MemoryTracker& tracker, kernels::MatmulEngine& mm, const ParameterSet& ps, int64_t lo,
                           int64_t hi, const float* src, const WeightRounding& r) {
-  unregister();
   const auto n = static_cast<std::size_t>(hi - lo);
+  reserve(tracker, n);
+  if (n == 0) return;
+  round_weights(ps, lo, hi, src, buf_, r);
+  register_with(mm, src);
+}
+
+kernels::bf16_t* Bf16WeightCopy::reserve(MemoryTracker& tracker, std::size_t n) {
+  unregister();
   if (n != n_ || tracker_ != &tracker) {
     reset();
     if (n > 0) {
@@ -87,11 +99,15 @@ void Bf16WeightCopy::fill(MemoryTracker& tracker, kernels::MatmulEngine& mm, con
     tracker_ = &tracker;
     tracker_->add(MemCategory::kParameters, bytes());
   }
-  if (n == 0) return;
-  round_weights(ps, lo, hi, src, buf_, r);
-  mm.add_weight_copy(src, buf_, static_cast<int64_t>(n));
+  return buf_;
+}
+
+void Bf16WeightCopy::register_with(kernels::MatmulEngine& mm, const float* key) {
+  unregister();
+  if (n_ == 0) return;
+  mm.add_weight_copy(key, buf_, static_cast<int64_t>(n_));
   mm_ = &mm;
-  src_ = src;
+  src_ = key;
 }
 
 void Bf16WeightCopy::unregister() {

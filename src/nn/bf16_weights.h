@@ -23,15 +23,19 @@ struct WeightRounding {
   bool stochastic = false;
   uint64_t seed = 0;  // the run's seed
   uint64_t step = 0;  // optimizer updates applied before the copy is made
+  // The 16 bits: bf16, or fp16 (--precision fp16, nearest only: the engine's per-product
+  // rounding; a persistent copy exists for it under ZeRO-1/2's sharded master only).
+  kernels::Precision precision = kernels::Precision::kBf16;
 };
 
 // The random bits that round logical element `index` of parameter `name` (stream fnv1a64(name))
 // at (seed, step): 16 of them, drawn from a Philox block shared by 8 consecutive indices.
 uint32_t stochastic_rounding_bits(uint64_t seed, uint64_t step, uint64_t stream, uint64_t index);
 
-// dst[i - lo] = the bf16 of src[i - lo] for the flat elements [lo, hi) of `ps` (src: values
-// starting at element lo): nearest even, or stochastically with r's key (padding elements,
-// outside every logical tensor, are zero and round to zero either way).
+// dst[i - lo] = the bf16 (r.precision fp16: the fp16 bits) of src[i - lo] for the flat
+// elements [lo, hi) of `ps` (src: values starting at element lo): nearest even, or (bf16)
+// stochastically with r's key (padding elements, outside every logical tensor, are zero and
+// round to zero either way).
 void round_weights(const ParameterSet& ps, int64_t lo, int64_t hi, const float* src, kernels::bf16_t* dst,
                    const WeightRounding& r);
 
@@ -53,12 +57,18 @@ class Bf16WeightCopy {
   // Rounds src (the values of elements [lo, hi) of ps) into the copy and registers it with mm.
   void fill(MemoryTracker& tracker, kernels::MatmulEngine& mm, const ParameterSet& ps, int64_t lo, int64_t hi,
             const float* src, const WeightRounding& r);
+  // The buffer of n elements, unregistered, for a caller that fills it itself (its contents are
+  // kept when it already holds n elements with this tracker; otherwise zeros).
+  kernels::bf16_t* reserve(MemoryTracker& tracker, std::size_t n);
+  // Registers the buffer with mm as the copy of the fp32 range that starts at `key`.
+  void register_with(kernels::MatmulEngine& mm, const float* key);
   // Unregisters (the products convert per call again); the buffer stays for the next fill.
   void unregister();
   // Unregisters and frees.
   void reset();
   bool registered() const { return mm_ != nullptr; }
   const kernels::bf16_t* data() const { return buf_; }
+  std::size_t size() const { return n_; }
   std::size_t bytes() const { return n_ * sizeof(kernels::bf16_t); }
 
  private:

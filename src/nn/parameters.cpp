@@ -2,6 +2,8 @@
 #include "nn/parameters.h"
 #include "nn/param_runs.h"
 
+#include <algorithm>
+
 #include "core/check.h"
 #include "core/rng.h"
 
@@ -131,6 +133,18 @@ void ParameterSet::allocate(MemoryTracker& tracker, FlatBuffers flat) {
 void ParameterSet::release_flat_values() {
   values_.reset();
   for (float*& p : value_ptr_) p = nullptr;
+}
+
+void ParameterSet::keep_flat_values(const std::vector<std::pair<int64_t, int64_t>>& backed) {
+  TRI_CHECK(!values_.empty() || total_ == 0, "keep_flat_values: the flat values were not allocated");
+  if (total_ == 0) return;
+  MemoryTracker* tracker = values_.tracker();
+  FloatBuffer kept(*tracker, MemCategory::kParameters, static_cast<std::size_t>(total_), backed);
+  for (const auto& [lo, hi] : backed) std::copy(values_.data() + lo, values_.data() + hi, kept.data() + lo);
+  for (std::size_t id = 0; id < infos_.size(); ++id) {
+    if (value_ptr_[id] == values_.data() + infos_[id].offset) value_ptr_[id] = kept.data() + infos_[id].offset;
+  }
+  values_ = std::move(kept);
 }
 
 void ParameterSet::release_flat_grads() {

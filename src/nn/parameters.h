@@ -158,6 +158,12 @@ class ParameterSet {
   // parameter's pointer becomes nullptr until set again.
   void release_flat_values();
   void release_flat_grads();
+  // Keeps only the flat value ranges `backed` ([first, second), ascending) in memory, with the
+  // values they hold (FloatBuffer's sparse form): the rest of the flat value buffer becomes
+  // address space without access, so data() of a parameter there is only a key (ZeRO-1/2's
+  // sharded master keeps those values in a shard and the matmuls read their 16-bit copy, found
+  // by that address: parallel/zero_master.h).
+  void keep_flat_values(const std::vector<std::pair<int64_t, int64_t>>& backed);
   // The flat buffers; empty once released.
   FloatBuffer& values() { return values_; }
   FloatBuffer& grads() { return grads_; }

@@ -88,6 +88,24 @@ AdamW::FlatRange AdamW::owned_part(int64_t lo, int64_t hi) const {
   return part;
 }
 
+void AdamW::step(const ValuesAt& values, const float* grads, float lr, float grad_scale, At grads_at) {
+  TRI_CHECK(!store_->holds_values(), "AdamW::step: a moment store holding the values takes no other values");
+  ++t_;
+  store_->update([&](int64_t off, int64_t n, float* m, float* v, float*) {
+    for (const Range& r : ranges_) {
+      const int64_t b = std::max(r.store, off), e = std::min(r.store + (r.end - r.begin), off + n);
+      for (int64_t i = b; i < e;) {
+        const int64_t local = r.begin + (i - r.store), flat = r.flat + (i - r.store);
+        const auto [x, k] = values(flat, e - i);
+        TRI_CHECK(x != nullptr && k >= 1 && k <= e - i, "AdamW::step: no values for flat element {}", flat);
+        kernels::adamw_update(x, grads + (grads_at == At::kFlat ? flat : local), m + (i - off), v + (i - off), k, lr,
+                              cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0f, t_, grad_scale);
+        i += k;
+      }
+    }
+  });
+}
+
 void AdamW::step(float* values, const float* grads, float lr, float grad_scale, At values_at, At grads_at) {
   ++t_;
   // Each block of the store meets the ranges it overlaps (in store indices: frozen parameters

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -50,6 +51,13 @@ class AdamW {
   // is not read (pass null).
   void step(float* values, const float* grads, float lr, float grad_scale, At values_at = At::kOwned,
             At grads_at = At::kOwned);
+  // Where the values of owned flat elements [flat, flat + n) are: a pointer to the first and how
+  // many follow it contiguously (1 to n). One update then takes its values from more than one
+  // buffer (ZeRO-1/2's sharded master: the operand-only parameters' from the shard, the others'
+  // from the flat buffer, parallel/zero_master.h); AdamW is elementwise, so the split keeps the
+  // bits. Not with a store that holds the values.
+  using ValuesAt = std::function<std::pair<float*, int64_t>(int64_t flat, int64_t n)>;
+  void step(const ValuesAt& values, const float* grads, float lr, float grad_scale, At grads_at);
 
   // Elements of [begin, end) (end < 0: to the end) that are trained (not frozen): the moments held.
   static int64_t moment_count(const nn::ParameterSet& params, int64_t begin = 0, int64_t end = -1);

@@ -109,6 +109,11 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
     params_.release_flat_grads();
     shard_grads_ = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(layout_.numel()));
   }
+  if (options_.shard_master) {
+    TRI_CHECK(options_.zero == 1 || options_.zero == 2, "the sharded fp32 master is ZeRO-1/2's, not ZeRO-{}'s",
+              options_.zero);
+    master_ = std::make_unique<ShardedMaster>(params_, layout_, tracker_);
+  }
   if (options_.zero >= 3 && options_.offload_values) {
     gathered_.resize(static_cast<std::size_t>(params.num_groups()));  // the values wait for the store
   } else if (options_.zero >= 3) {
@@ -380,6 +385,17 @@ void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scal
             "the optimizer's {} flat ranges are not this rank's ZeRO-{} ranges ({})", adamw.owned().size(),
             options_.zero, optimizer_ranges().size());
   using At = optim::AdamW::At;
+  if (master_) {
+    // The operand-only pieces' values from the master shard, the others' from the flat buffer;
+    // then the value-read elements gathered in fp32, the 16-bit copy at the next refresh.
+    const optim::AdamW::ValuesAt at = [this](int64_t flat, int64_t n) { return master_->values_at(flat, n); };
+    adamw.step(at, options_.zero == 1 ? params_.grads().data() : shard_grads_.data(), lr, grad_scale,
+               options_.zero == 1 ? At::kFlat : At::kOwned);
+    master_->gather_flat_values([this](const ShardSegment& s) -> comm::Communicator& { return group_of(s); },
+                                [this](std::vector<comm::Work>& w) { wait_all(w); });
+    master_->invalidate();
+    return;
+  }
   float* v = params_.values().data();
   switch (options_.zero) {
     case 0: adamw.step(v, params_.grads().data(), lr, grad_scale, At::kFlat, At::kFlat); return;  // owns [0, total)
@@ -403,6 +419,12 @@ void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scal
         std::span<const int64_t>(s.counts_of(s.lo, s.hi))));
   }
   wait_all(works);
+}
+
+void DataParallel::refresh_weight_copy(kernels::MatmulEngine& mm, const nn::WeightRounding& r) {
+  if (!master_ || !master_->stale()) return;
+  master_->refresh(mm, r, [this](const ShardSegment& s) -> comm::Communicator& { return group_of(s); },
+                   [this](std::vector<comm::Work>& w) { wait_all(w); });
 }
 
 // ---- hooks ----

@@ -66,6 +66,7 @@
 #include "optim/adamw.h"
 #include "parallel/grad_reduce_dtype.h"
 #include "parallel/zero.h"
+#include "parallel/zero_master.h"
 
 namespace trident::parallel {
 
@@ -89,6 +90,9 @@ struct DataParallelOptions {
   // the model was allocated with them (RankLayout makes none under ZeRO 3), stay until
   // attach_value_store writes this rank's part of them into the store.
   bool offload_values = false;
+  // Stages 1-2 in bf16/fp16 (shards_master, zero_master.h): the operand-only parameters' fp32
+  // master lives in this rank's shard only and the matmuls read a persistent 16-bit copy.
+  bool shard_master = false;
 };
 
 // Buckets as parameter id ranges [first, last] (inclusive), in launch order (the last
@@ -167,6 +171,17 @@ class DataParallel : public nn::ModelHooks {
   // outlive this reducer's last gather.
   void attach_value_store(optim::MomentStore& store);
   bool values_offloaded() const { return value_store_ != nullptr; }
+  // ---- stages 1-2, options.shard_master: the sharded fp32 master (zero_master.h) ----
+  // Null without it. Parameters it holds() have their values there, not in the flat buffer.
+  ShardedMaster* master() { return master_.get(); }
+  const ShardedMaster* master() const { return master_.get(); }
+  // The 16-bit copy rounded again (r) and gathered if the values changed since it was made
+  // (an update, init or load: values_changed); registered with mm. Every dp rank calls it.
+  void refresh_weight_copy(kernels::MatmulEngine& mm, const nn::WeightRounding& r);
+  // Values were written outside the optimizer (init, load): the copy is remade at the next refresh.
+  void values_changed() {
+    if (master_) master_->invalidate();
+  }
   // --precision bf16: from now until end_weight_copies, each group gathered is also rounded
   // once (r) into a bf16 copy that mm's products read (nn/bf16_weights.h), freed with the group.
   void begin_weight_copies(kernels::MatmulEngine& mm, const nn::WeightRounding& r);
@@ -241,6 +256,7 @@ class DataParallel : public nn::ModelHooks {
   std::vector<FlatRange> group_shard_;
   std::vector<std::unique_ptr<optim::MomentStore::Prefetch>> reads_;
   void prefetch(int g);
+  std::unique_ptr<ShardedMaster> master_;  // stages 1-2, options.shard_master
   kernels::MatmulEngine* copy_mm_ = nullptr;  // bf16 weight copies on (stage 3)
   nn::WeightRounding rounding_;
   double wait_s_ = 0.0;

@@ -26,6 +26,11 @@ struct EngineOptions {
   // bf16: round the fp32 master weights into their bf16 copy stochastically (nn/bf16_weights.h)
   // instead of to nearest even.
   bool stochastic_rounding = false;
+  // ZeRO-1/2 in bf16/fp16: each rank keeps the fp32 master of the operand-only parameters for
+  // its own shard only and the matmuls read a persistent 16-bit copy, all-gathered after each
+  // update (parallel/zero_master.h: 2 + 4 + 12/N bytes a parameter at ZeRO-1, 2 + 16/N at
+  // ZeRO-2). Off: every rank holds them in full, as before (what the tests compare it with).
+  bool shard_master = false;
   // Dynamic loss scaling, used when precision is fp16 (optim/loss_scaler.h).
   optim::LossScalerConfig loss_scaler;
   GradReduceDType grad_reduce_dtype = GradReduceDType::kFp32;  // of the dp/edp gradient sums

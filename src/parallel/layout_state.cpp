@@ -77,9 +77,16 @@ void initialize_params(RankLayout& L, uint64_t seed) {
   for (ModelChunk& c : L.chunks()) {
     if (c.dp && c.dp->values_sharded()) {
       c.dp->initialize_shard(seed);  // ZeRO-3: only this rank's shard exists
+    } else if (ShardedMaster* m = c.dp ? c.dp->master() : nullptr) {
+      // ZeRO-1/2's sharded master: the operand-only parameters' shard there, the rest flat.
+      for (int id = 0; id < c.model->params().size(); ++id) {
+        if (!m->holds(id)) c.model->params().initialize(seed, id);
+      }
+      m->initialize(seed);
     } else {
       c.model->params().initialize(seed);
     }
+    if (c.dp) c.dp->values_changed();
   }
 }
 
@@ -95,10 +102,16 @@ void gather_param(RankLayout& L, const std::string& name, const Shape& logical_s
     info = p.chunk->model->params().info(p.id);
     TRI_CHECK(!info.packed, "{} is a packed (quantized) base matrix: it is not gathered as fp32; a QLoRA "
               "checkpoint keeps the quantized base as loaded", name);
+    const ShardedMaster* m = p.chunk->dp ? p.chunk->dp->master() : nullptr;
     if (p.chunk->dp && p.chunk->dp->values_sharded()) {
       // ZeRO-3: each dp rank adds its shard's elements (zeros elsewhere).
       shard.assign(static_cast<std::size_t>(info.numel), 0.0f);
       p.chunk->dp->read_shard_values(p.id, shard.data());
+      local = shard.data();
+      contributes = true;
+    } else if (m && m->holds(p.id)) {  // ZeRO-1/2's sharded master: likewise
+      shard.assign(static_cast<std::size_t>(info.numel), 0.0f);
+      m->read_values(p.id, shard.data());
       local = shard.data();
       contributes = true;
     } else {
@@ -140,13 +153,20 @@ void load_param(RankLayout& L, const std::string& name, const float* logical) {
     const int id = ps.find(name);
     if (id < 0) continue;  // held by another stage
     TRI_CHECK(!ps.info(id).packed, "{} is a packed base matrix: load it with load_packed_param", name);
+    ShardedMaster* m = c.dp ? c.dp->master() : nullptr;
     if (c.dp && c.dp->values_sharded()) {
       std::vector<float> local(static_cast<std::size_t>(ps.info(id).numel));
       nn::scatter_logical_to_local(ps.info(id), logical, local.data());
       c.dp->write_shard_values(id, local.data());
+    } else if (m && m->holds(id)) {
+      std::vector<float> local(static_cast<std::size_t>(ps.info(id).numel));
+      nn::scatter_logical_to_local(ps.info(id), logical, local.data());
+      const ShardedMaster::Part q = m->part(id);
+      m->write_range(id, q.local_begin, q.count, local.data() + q.local_begin);
     } else {
       nn::scatter_logical_to_local(ps.info(id), logical, ps.data(id));
     }
+    if (c.dp) c.dp->values_changed();
   }
 }
 
@@ -206,13 +226,19 @@ void load_param_from(RankLayout& L, const std::string& name, const LogicalReader
     const nn::ParamInfo& info = ps.info(id);
     TRI_CHECK(!info.packed, "{} is a packed base matrix: load it with load_packed_param", name);
     const std::vector<nn::LocalRun> runs = nn::local_runs(info);
+    ShardedMaster* m = c.dp ? c.dp->master() : nullptr;
     if (c.dp && c.dp->values_sharded()) {
       const DataParallel::ShardPart part = c.dp->shard_part(id);
       load_pieces(L.tracker(), runs, part.local_begin, part.count, part.shard_begin, piece, read,
                   [&](int64_t local, int64_t, int64_t n, const float* v) { c.dp->write_shard_range(id, local, n, v); });
+    } else if (m && m->holds(id)) {  // ZeRO-1/2's sharded master: this rank's part only
+      const ShardedMaster::Part q = m->part(id);
+      load_pieces(L.tracker(), runs, q.local_begin, q.count, q.at, piece, read,
+                  [&](int64_t local, int64_t, int64_t n, const float* v) { m->write_range(id, local, n, v); });
     } else {
       read_local(runs, 0, info.numel, read, ps.data(id));  // straight into the flat values
     }
+    if (c.dp) c.dp->values_changed();
   }
 }
 
@@ -259,6 +285,10 @@ std::string find_nonfinite_state(RankLayout& L) {
       if (c.dp && c.dp->values_sharded()) {  // ZeRO-3: only the shard is this rank's
         shard.assign(static_cast<std::size_t>(info.numel), 0.0f);
         c.dp->read_shard_values(id, shard.data());
+        values = shard.data();
+      } else if (const ShardedMaster* m = c.dp ? c.dp->master() : nullptr; m && m->holds(id)) {
+        shard.assign(static_cast<std::size_t>(info.numel), 0.0f);  // ZeRO-1/2's sharded master
+        m->read_values(id, shard.data());
         values = shard.data();
       }
       if (const int64_t i = first_nonfinite(values, info.numel); i >= 0) {

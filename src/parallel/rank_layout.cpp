@@ -123,7 +123,10 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
           c.model->params(), mesh_.dp(), tracker_,
           DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, pp_size > 1,
                               ep_size > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype,
-                              options_.offload.params()});
+                              options_.offload.params(),
+                              options_.shard_master && shards_master(options_.zero, options_.precision,
+                                                                     config_.lora.enabled(),
+                                                                     options_.offload.optimizer())});
     }
     const std::vector<FlatRange> owned =
         c.dp ? c.dp->optimizer_ranges() : std::vector<FlatRange>{{0, c.model->params().total_numel()}};
@@ -234,10 +237,15 @@ std::string RankLayout::describe() const {
 }
 
 void RankLayout::begin_weight_copies() {
-  if (options_.precision != kernels::Precision::kBf16) return;
+  if (options_.precision == kernels::Precision::kFp32) return;
   const nn::WeightRounding r{options_.stochastic_rounding, rounding_seed_,
-                             static_cast<uint64_t>(chunks_.front().adamw->step_count())};
+                             static_cast<uint64_t>(chunks_.front().adamw->step_count()), options_.precision};
   for (ModelChunk& c : chunks_) {
+    if (c.dp && c.dp->master()) {  // ZeRO-1/2's persistent copy, remade after a change
+      c.dp->refresh_weight_copy(c.model->matmul(), r);
+      continue;
+    }
+    if (options_.precision != kernels::Precision::kBf16) continue;  // fp16 rounds per product
     c.model->begin_weight_copy(r);
     if (c.dp && c.dp->values_sharded()) c.dp->begin_weight_copies(c.model->matmul(), r);
   }

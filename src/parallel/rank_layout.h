@@ -110,7 +110,9 @@ class RankLayout {
   // the fp32 master values by begin_weight_copies -- every chunk's flat copy, or under ZeRO-3
   // one per gathered group from then on -- and dropped by end_weight_copies. Rounded to
   // nearest even, or with --stochastic-rounding keyed by (the run's seed, the updates applied
-  // so far, name, logical index). Nothing in fp32 / fp16.
+  // so far, name, logical index). Under ZeRO-1/2's sharded master (zero_master.h; bf16 and
+  // fp16) the reducer's persistent 16-bit copy instead, remade here (a dp collective) only
+  // after the values changed. Nothing in fp32, nor otherwise in fp16.
   void begin_weight_copies();
   void end_weight_copies();
   // The seed keying the stochastic rounding (the run's --seed; the trainer sets it).

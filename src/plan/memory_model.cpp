@@ -11,8 +11,10 @@
 #include "nn/architecture.h"
 #include "nn/moe_exchange.h"
 #include "optim/adamw.h"
+#include "parallel/engine_options.h"
 #include "parallel/pipeline/partition.h"
 #include "parallel/zero.h"
+#include "parallel/zero_master.h"
 #include "quant/quant_format.h"
 #include "quant/quantized_model.h"
 
@@ -223,6 +225,25 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     mb.params = 4 * (l.zero >= 3 ? shard + gathered : full);
     // bf16: the weight copy the matmuls read, of every element held (ZeRO-3: gathered).
     if (req.precision == kernels::Precision::kBf16) mb.params += 2 * (l.zero >= 3 ? gathered : full);
+    // ZeRO-1/2's sharded master (parallel/zero_master.h), as the engine decides it: the 16-bit
+    // copy of every element, the value-read parameters' fp32 values, the fp32 master of the
+    // operand-only elements of the dp rank's shard (the most any dp rank holds).
+    if (parallel::EngineOptions{}.shard_master &&
+        parallel::shards_master(l.zero, req.precision, m.lora.enabled(), req.offload_optimizer || l.offload)) {
+      double operand = 0, master = 0;
+      for (int r = 0; r < l.dp; ++r) {
+        double mine = 0;
+        for (const auto& chunk : rc.chunks) {
+          const nn::ParameterSet& ps = chunk->params();
+          mine += static_cast<double>(parallel::operand_only_elems(ps, parallel::shard_layout_of(ps, r, l.dp, l.ep).pieces()));
+        }
+        master = std::max(master, mine);
+      }
+      for (const auto& chunk : rc.chunks) {
+        for (const auto& [a, b] : parallel::operand_only_runs(chunk->params())) operand += static_cast<double>(b - a);
+      }
+      mb.params = 2 * full + 4 * (full - operand) + 4 * master;
+    }
     // ZeRO 0-1: the flat gradient buffer, the trained parameters only; ZeRO 2-3: the value
     // layout's shard and buckets (which still span a LoRA run's frozen tensors).
     mb.grads = 4 * (l.zero >= 2 ? shard + std::min(full, 2.0 * bucket) : static_cast<double>(grad_psi));
