@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -36,7 +37,8 @@ std::uint32_t file_crc32c(const std::string& path) {
   return crc;
 }
 
-int verify_checksums(const std::string& dir, const nlohmann::json& trident) {
+int verify_checksums(const std::string& dir, const nlohmann::json& trident,
+                     std::span<const SafetensorsReader* const> read_by) {
   if (!trident.is_object() || !trident.contains(kChecksumsKey)) return 0;
   const nlohmann::json& sums = trident[kChecksumsKey];
   TRI_CHECK(sums.is_object(), "{}/trident.json: \"{}\" must be an object of file names and \"crc32c:...\" values, "
@@ -49,7 +51,11 @@ int verify_checksums(const std::string& dir, const nlohmann::json& trident) {
     TRI_CHECK(std::filesystem::is_regular_file(path),
               "{} is missing: its trident.json records a checksum for it, so the checkpoint is incomplete; "
               "use another step directory (or copy this one again)", path);
-    const std::string got = crc32c_string(file_crc32c(path));
+    const auto reader = std::find_if(read_by.begin(), read_by.end(), [&](const SafetensorsReader* r) {
+      std::error_code ec;
+      return r != nullptr && std::filesystem::equivalent(r->path(), path, ec);
+    });
+    const std::string got = crc32c_string(reader != read_by.end() ? (*reader)->file_crc32c() : file_crc32c(path));
     TRI_CHECK(got == want.get<std::string>(),
               "{} is corrupt: its checksum is {} but the checkpoint recorded {} when it wrote it, so its bytes "
               "changed since (a disk or copy error, or an edit). Resume from another step directory, or copy this "
