@@ -543,7 +543,9 @@ TEST(CkptCheckpoint, ChecksumsFoldedIntoAWholeFileLoadReadEachFileOnce) {
       } else {
         ck.read_param(it->name, it->shape, v.data());
       }
-      if (sound) EXPECT_EQ(v, w.at(it->name)) << it->name;
+      if (sound) {
+        EXPECT_EQ(v, w.at(it->name)) << it->name;
+      }
     }
     std::vector<float> again(w.at("wte.weight").size());
     ck.read_param("wte.weight", {c.vocab_size, c.n_embd}, again.data());  // read twice: counted once
