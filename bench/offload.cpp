@@ -13,8 +13,13 @@
 // moments in the store's requests (both moments of a block), two in flight (the page cache
 // is out of the way wherever the file system takes O_DIRECT; said when it does not). Hidden
 // I/O: the share of the offload's disk time (bytes moved / measured bandwidth) not spent
-// waiting; and the measured update against the planner's model of it, max(disk time,
-// in-memory update). Several models (a comma list) run one after the other in one invocation.
+// waiting. The planner's model against each measured variant, as ratios: the update (max(disk
+// time of the bytes the memory model puts on disk, in-memory update)), under optimizer+params the
+// passes' stall (the forward and backward over the in-memory run's; predicted from the memory
+// model's slice reads against the in-memory passes' compute, plan::param_pass_stalls), and the
+// whole step (the in-memory step with the update replaced and the stall added): the in-memory
+// pieces are measured, so only the offload terms are under test. Several models (a comma list)
+// run one after the other in one invocation.
 // The weights of the runs are compared bitwise at the end (exit 1 if they differ).
 #include <fmt/format.h>
 #include <mpi.h>
@@ -38,6 +43,7 @@
 #include "parallel/ddp_reducer.h"
 #include "plan/calibrate_disk.h"
 #include "plan/cost_model.h"
+#include "plan/memory_model.h"
 
 #include "model_step_bench.h"
 
@@ -52,7 +58,9 @@ struct Run {
   std::unique_ptr<optim::AdamW> adamw;
   std::unique_ptr<parallel::DataParallel> dp;  // --params: ZeRO-3 over one rank (after adamw: destroyed first)
   nn::ModelActivations acts;
-  std::vector<double> step_s, update_s;
+  // Per step: the whole step, the update, the forward and the backward (head included, as the
+  // planner counts it), and the I/O wait of the passes (optimizer+params: the slices' reads).
+  std::vector<double> step_s, update_s, forward_s, backward_s, pass_wait_s;
   const char* name() const {
     return kind == optim::OffloadKind::kNone ? "in memory" : kind == optim::OffloadKind::kOptimizer ? "optimizer" : "opt+params";
   }
@@ -124,8 +132,20 @@ bool bench_model(const bench::ModelStepArgs& a, const std::string& dir, int64_t 
     } else {
       r.model->params().zero_grads();
     }
-    r.model->forward_backward(r.acts, batch.ids.data(), batch.targets.data(), B, T, 1.0f / static_cast<float>(N));
+    // Model::forward_backward's pieces, timed apart: the planner prices the two passes' stalls
+    // against their own compute.
+    const double wait0 = r.adamw->moments().io_stats().wait_s;
+    Stopwatch sf;
+    r.model->embed_forward(r.acts, batch.ids.data(), B, T);
+    r.model->blocks_forward(r.acts, B, T);
+    r.forward_s.push_back(sf.seconds());
+    Stopwatch sb;
+    r.model->head_forward_backward(r.acts, batch.targets.data(), B, T, 1.0f / static_cast<float>(N));
+    r.model->blocks_backward(r.acts, B, T);
+    r.model->embed_backward(r.acts, B, T);
     if (r.dp) r.dp->end_micro_batch();
+    r.backward_s.push_back(sb.seconds());
+    r.pass_wait_s.push_back(r.adamw->moments().io_stats().wait_s - wait0);
     Stopwatch su;
     if (r.dp) {
       r.dp->optimizer_step(*r.adamw, 6e-4f, 1.0f);
@@ -144,7 +164,7 @@ bool bench_model(const bench::ModelStepArgs& a, const std::string& dir, int64_t 
   for (auto& r : runs) step(*r);  // warm-up: first touch, the file's first pass
   std::vector<optim::MomentStore::IoStats> io0;
   for (auto& r : runs) {
-    r->step_s.clear(), r->update_s.clear();
+    r->step_s.clear(), r->update_s.clear(), r->forward_s.clear(), r->backward_s.clear(), r->pass_wait_s.clear();
     r->tracker.reset_peaks();
     io0.push_back(r->adamw->moments().io_stats());
   }
@@ -182,15 +202,49 @@ bool bench_model(const bench::ModelStepArgs& a, const std::string& dir, int64_t 
                100.0 * std::max(0.0, 1.0 - waited / disk_s),
                r.kind == optim::OffloadKind::kOptimizerParams ? " (behind the layers' compute and the update)"
                                                               : " (behind the update)");
-    if (r.kind == optim::OffloadKind::kOptimizer) {
-      // The planner's model of the offloaded update (plan/cost_model.h): the I/O fully behind
-      // the compute, max(disk time, in-memory update); measured against it as a ratio.
-      const double predicted = plan::offloaded_update_seconds(disk_s, u0);
-      fmt::print("planner's model of the offloaded update: max(disk {:.1f} ms, in-memory update {:.1f} ms) = "
-                 "{:.1f} ms; measured {:.1f} ms = {:.3f}x the model\n",
-                 1e3 * disk_s, 1e3 * u0, 1e3 * predicted, 1e3 * bench::median(r.update_s),
-                 bench::median(r.update_s) / predicted);
+    // The planner's model of this variant (plan/cost_model.h, plan/memory_model.cpp) on the
+    // in-memory run's measured pieces, so that only the offload terms are under test: the bytes
+    // the memory model puts on disk and its slice reads, at the probe's bandwidth; the update as
+    // max(disk time, in-memory update); the passes' stalls from their in-memory compute; the
+    // step as the in-memory step with the update replaced and the stalls added.
+    plan::PlanRequest req;
+    req.model = cfg;
+    req.batch_size = B, req.seq_len = T, req.micro_batches = 1;
+    req.offload_block_bytes = static_cast<double>(block_kib) * 1024;
+    plan::Layout layout;
+    layout.zero = params ? 3 : 0;
+    layout.offload = true;
+    layout.offload_params = r.kind == optim::OffloadKind::kOptimizerParams;
+    const plan::MemoryBreakdown pm = plan::predict_memory(req, layout).worst();
+    const double io_pred = plan::offload_io_seconds(pm.offloaded, disk.model, 1);
+    const double update_pred = plan::offloaded_update_seconds(io_pred, u0);
+    const double f0 = bench::median(mem.forward_s), b0 = bench::median(mem.backward_s);
+    const plan::PassStalls stall_pred = layout.offload_params
+        ? plan::param_pass_stalls(pm.slice_reads, pm.first_slice, 1, disk.model.read_bandwidth, f0, b0)
+        : plan::PassStalls{};
+    const double stall_pred_s = stall_pred.forward_s + stall_pred.backward_s;
+    const double step_pred = t0 - u0 + update_pred + stall_pred_s;
+    const double u = bench::median(r.update_s), t = bench::median(r.step_s);
+    const double stall = bench::median(r.forward_s) - f0 + bench::median(r.backward_s) - b0;
+    const double pass_wait = bench::median(r.pass_wait_s);
+    fmt::print("{} against the planner's model: update measured {:.1f} ms, predicted max(disk {:.1f} ms of {} "
+               "each way, in-memory update {:.1f} ms) = {:.1f} ms: {:.3f}x\n",
+               r.name(), 1e3 * u, 1e3 * io_pred, format_bytes(pm.offloaded), 1e3 * u0, 1e3 * update_pred,
+               u / update_pred);
+    if (layout.offload_params) {
+      fmt::print("{} against the planner's model: passes' stall measured {:.1f} ms (forward + backward over the "
+                 "in-memory ones; {:.1f} ms of it waiting for reads), predicted {:.1f} ms (forward {:.1f}: the "
+                 "first group's {} read {:.1f} ms + what of {:.1f} ms of reads outlasts {:.1f} ms of compute; "
+                 "backward {:.1f}: of {:.1f} ms behind {:.1f} ms){}\n",
+                 r.name(), 1e3 * stall, 1e3 * pass_wait, 1e3 * stall_pred_s, 1e3 * stall_pred.forward_s,
+                 format_bytes(pm.first_slice), 1e3 * std::min(pm.first_slice / disk.model.read_bandwidth, stall_pred.read_s),
+                 1e3 * stall_pred.read_s, 1e3 * f0, 1e3 * stall_pred.backward_s, 1e3 * stall_pred.read_s, 1e3 * b0,
+                 stall_pred_s > 0 ? fmt::format(": {:.3f}x", stall / stall_pred_s) : std::string());
     }
+    fmt::print("{} against the planner's model: step measured {:.1f} ms, predicted {:.1f} ms (in-memory step "
+               "{:.1f} - update {:.1f} + offloaded update {:.1f} + stall {:.1f}): {:.3f}x\n",
+               r.name(), 1e3 * t, 1e3 * step_pred, 1e3 * t0, 1e3 * u0, 1e3 * update_pred, 1e3 * stall_pred_s,
+               t / step_pred);
   }
   const std::vector<float> w0 = weights(mem);
   bool all_same = true;

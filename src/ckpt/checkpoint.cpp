@@ -405,11 +405,33 @@ LoadedCheckpoint detail::open_checkpoint(const std::string& path) {
   return ck;
 }
 
-LoadedCheckpoint load_checkpoint(const std::string& path, bool check_checksums) {
+int LoadedCheckpoint::verify_checksums() const {
+  std::vector<const SafetensorsReader*> readers;
+  for (const SafetensorsReader& shard : model.shards()) readers.push_back(&shard);
+  if (optimizer) readers.push_back(&*optimizer);
+  return ckpt::verify_checksums(path, trident, readers);
+}
+
+void LoadedCheckpoint::load_then_verify(const std::function<void()>& load) const {
+  try {
+    load();
+  } catch (const Error&) {
+    verify_checksums();  // throws instead when a file is damaged
+    throw;
+  }
+  verify_checksums();
+}
+
+LoadedCheckpoint load_checkpoint(const std::string& path, ChecksumCheck checksums) {
   LoadedCheckpoint ck = open_checkpoint(path);
   validate_model_tensors(ck.model, ck.config, ck.model_prefix);
   if (ck.optimizer) validate_optimizer_tensors(*ck.optimizer, ck.config);
-  if (check_checksums) verify_checksums(ck.path, ck.trident);  // last: a damaged file's own error names it better
+  if (checksums == ChecksumCheck::kNow) {
+    ckpt::verify_checksums(ck.path, ck.trident);  // last: a damaged file's own error names it better
+  } else if (checksums == ChecksumCheck::kAfterReads) {
+    ck.model.checksum_reads();
+    if (ck.optimizer) ck.optimizer->checksum_reads();
+  }
   return ck;
 }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -133,13 +134,31 @@ struct LoadedCheckpoint {
   // Reads the logical parameter with the Hugging Face name `name` (no prefix) into dst.
   void read_param(const std::string& name, const Shape& shape, float* dst) const;
   std::optional<std::int64_t> optimizer_step() const;  // optimizer metadata "step"
+  // The recorded checksums (ckpt/checksums.h) checked through this checkpoint's readers: after a
+  // load_checkpoint(..., kAfterReads) whose caller read the tensors, only what it did not read
+  // is read now. Throws as verify_checksums; returns the files checked.
+  int verify_checksums() const;
+  // Runs `load` (which reads this checkpoint's tensors), then verify_checksums(). Where `load`
+  // throws, the checksums are checked first: a damaged file is then named as such rather than by
+  // a symptom of its bytes (a NaN read, a bad value), and the load's own error stands otherwise.
+  void load_then_verify(const std::function<void()>& load) const;
+};
+
+// When load_checkpoint checks the files' recorded checksums (ckpt/checksums.h).
+enum class ChecksumCheck {
+  kNow,         // before it returns: one pass over each file of its own
+  kAfterReads,  // the caller's: the readers checksum what they read (checksum_reads), and the
+                // caller calls verify_checksums() once it has read the weights, before it uses
+                // them; a single process that reads whole files (generate, eval, quantize,
+                // train at one rank) so reads each file once
+  kSkip,        // not at all: the config alone is wanted, or another rank or call checks them
 };
 
 // Loads PATH (a step directory, a ROOT with `latest`, or a Hugging Face directory with only
-// model.safetensors + config.json) and validates the model tensors against config.json.
-// Checks the files' recorded checksums (ckpt/checksums.h) last, unless `check_checksums` is false:
-// a multi-rank run has one rank check them (train/trainer.cpp), so no sharded rank reads whole files.
-LoadedCheckpoint load_checkpoint(const std::string& path, bool check_checksums = true);
+// model.safetensors + config.json) and validates the model tensors against config.json, and
+// the checksums as `checksums` says. A multi-rank run has rank 0 check them in a pass of its own
+// (train/trainer.cpp, kSkip here), so no rank that loads only its slices reads whole files.
+LoadedCheckpoint load_checkpoint(const std::string& path, ChecksumCheck checksums = ChecksumCheck::kNow);
 
 // Checks every expected model tensor's name, shape and dtype against `config`; one error lists
 // all that is missing, mismatched or extra, and infers the checkpoint's shape where it can

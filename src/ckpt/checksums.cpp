@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -52,7 +53,8 @@ nlohmann::json recorded_checksums(const std::string& dir, const nlohmann::json& 
   return nullptr;
 }
 
-int verify_checksums(const std::string& dir, const nlohmann::json& trident) {
+int verify_checksums(const std::string& dir, const nlohmann::json& trident,
+                     std::span<const SafetensorsReader* const> read_by) {
   const bool step_dir = trident.is_object() && trident.contains(kChecksumsKey);
   const nlohmann::json sums = recorded_checksums(dir, trident);
   if (sums.is_null()) return 0;
@@ -72,7 +74,11 @@ int verify_checksums(const std::string& dir, const nlohmann::json& trident) {
     TRI_CHECK(std::filesystem::is_regular_file(path),
               "{} is missing: its {} records a checksum for it, so the checkpoint is incomplete. {}", path, record,
               remedy);
-    const std::string got = crc32c_string(file_crc32c(path));
+    const auto reader = std::find_if(read_by.begin(), read_by.end(), [&](const SafetensorsReader* r) {
+      std::error_code ec;
+      return r != nullptr && std::filesystem::equivalent(r->path(), path, ec);
+    });
+    const std::string got = crc32c_string(reader != read_by.end() ? (*reader)->file_crc32c() : file_crc32c(path));
     TRI_CHECK(got == want.get<std::string>(),
               "{} is corrupt: its checksum is {} but the checkpoint recorded {} when it wrote it, so its bytes "
               "changed since (a disk or copy error, or an edit). {}", path, got, want.get<std::string>(), remedy);

@@ -6,7 +6,10 @@
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
+
+#include "ckpt/safetensors.h"
 
 namespace trident::ckpt {
 
@@ -26,6 +29,9 @@ std::uint32_t file_crc32c(const std::string& path);
 // Throws, naming the file and both values, when a file recorded_checksums(dir, trident) lists is
 // missing or no longer has its recorded CRC. Returns how many files were checked (0: the
 // checkpoint records none, e.g. a Hugging Face directory).
-int verify_checksums(const std::string& dir, const nlohmann::json& trident);
+// A file one of `read_by` has open is checked through it (SafetensorsReader::file_crc32c: what
+// a load read with checksum_reads() on is not read again); the others with file_crc32c.
+int verify_checksums(const std::string& dir, const nlohmann::json& trident,
+                     std::span<const SafetensorsReader* const> read_by = {});
 
 }  // namespace trident::ckpt

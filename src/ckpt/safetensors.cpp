@@ -11,10 +11,12 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "ckpt/atomic_file.h"
 #include "core/check.h"
+#include "core/crc32c.h"
 
 namespace trident::ckpt {
 
@@ -277,6 +279,25 @@ struct SafetensorsReader::Mapping {
   std::size_t size = 0;
   int fd = -1;  // kept open for read_range's pread
   std::atomic<std::uint64_t> bytes_read{0};
+  // checksum_reads(): the CRC-32C of each byte range read() and read_range() passed over, by
+  // file offset; a range that starts where the last one ended is joined to it (a load's
+  // sequential pieces stay one extent).
+  struct Extent {
+    std::uint64_t begin, end;
+    std::uint32_t crc;
+  };
+  std::mutex mu;
+  std::atomic<bool> checksum{false};
+  std::vector<Extent> extents;
+  void record(std::uint64_t begin, std::uint64_t end, std::uint32_t crc) {
+    const std::lock_guard<std::mutex> lock(mu);
+    if (!extents.empty() && extents.back().end == begin) {
+      extents.back().crc = crc32c_combine(extents.back().crc, crc, end - begin);
+      extents.back().end = end;
+    } else {
+      extents.push_back({begin, end, crc});
+    }
+  }
   ~Mapping() {
     if (addr != nullptr && addr != MAP_FAILED) ::munmap(addr, size);
     if (fd >= 0) ::close(fd);
@@ -456,7 +477,23 @@ const TensorInfo& SafetensorsReader::readable(const std::string& name, const Sha
 
 void SafetensorsReader::read(const std::string& name, const Shape& expected_shape, float* dst) const {
   const auto& t = readable(name, expected_shape);
-  convert_to_f32(t.dtype, data_ + t.begin, t.numel(), dst);
+  mapping_->bytes_read += t.end - t.begin;
+  if (!mapping_->checksum) {
+    convert_to_f32(t.dtype, data_ + t.begin, t.numel(), dst);
+    return;
+  }
+  // The CRC of each piece just before it is converted, while its bytes are in cache: one pass.
+  const std::size_t es = dtype_size(t.dtype);
+  const std::int64_t piece = static_cast<std::int64_t>((std::size_t{256} << 10) / es);
+  std::uint32_t crc = 0;
+  for (std::int64_t done = 0; done < t.numel();) {
+    const std::int64_t n = std::min(piece, t.numel() - done);
+    const std::byte* from = data_ + t.begin + static_cast<std::uint64_t>(done) * es;
+    crc = crc32c_update(crc, from, static_cast<std::size_t>(n) * es);
+    convert_to_f32(t.dtype, from, n, dst + done);
+    done += n;
+  }
+  mapping_->record(data_offset_ + t.begin, data_offset_ + t.end, crc);
 }
 
 void SafetensorsReader::read_range(const std::string& name, const Shape& expected_shape, std::int64_t begin,
@@ -469,6 +506,7 @@ void SafetensorsReader::read_range(const std::string& name, const Shape& expecte
   // F32 lands in dst as read; the other dtypes go through a small buffer and are widened.
   constexpr std::int64_t kPiece = 16384;
   std::vector<std::byte> raw(t.dtype == DType::kF32 ? 0 : static_cast<std::size_t>(std::min(count, kPiece)) * es);
+  std::uint32_t crc = 0;  // checksum_reads(): of the bytes as they arrive
   for (std::int64_t done = 0; done < count;) {
     const std::int64_t n = t.dtype == DType::kF32 ? count - done : std::min(count - done, kPiece);
     auto* to = t.dtype == DType::kF32 ? reinterpret_cast<std::byte*>(dst + done) : raw.data();
@@ -483,12 +521,60 @@ void SafetensorsReader::read_range(const std::string& name, const Shape& expecte
       got += static_cast<std::size_t>(r);
     }
     mapping_->bytes_read += bytes;
+    if (mapping_->checksum) crc = crc32c_update(crc, to, bytes);
     if (t.dtype != DType::kF32) convert_to_f32(t.dtype, raw.data(), n, dst + done);
     done += n;
+  }
+  if (mapping_->checksum && count > 0) {
+    const std::uint64_t from = data_offset_ + t.begin + static_cast<std::uint64_t>(begin) * es;
+    mapping_->record(from, from + static_cast<std::uint64_t>(count) * es, crc);
   }
 }
 
 std::uint64_t SafetensorsReader::bytes_read() const { return mapping_->bytes_read.load(); }
+
+void SafetensorsReader::checksum_reads() const { mapping_->checksum = true; }
+
+std::uint32_t SafetensorsReader::file_crc32c() const {
+  Mapping& m = *mapping_;
+  const std::lock_guard<std::mutex> lock(m.mu);
+  std::vector<Mapping::Extent> ext = m.extents;
+  // By start, the longest first where two start together (a range read twice counts once).
+  std::sort(ext.begin(), ext.end(), [](const Mapping::Extent& a, const Mapping::Extent& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end > b.end;
+  });
+  std::uint32_t crc = 0;
+  std::uint64_t cursor = 0;
+  std::vector<std::byte> block;
+  // Bytes no read covered (the header, tensors the load left alone) are read now, with pread:
+  // nothing of the file stays resident through the mapping.
+  auto read_to = [&](std::uint64_t end) {
+    if (block.empty()) block.resize(std::size_t{4} << 20);
+    while (cursor < end) {
+      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(end - cursor, block.size()));
+      const ssize_t r = ::pread(m.fd, block.data(), want, static_cast<off_t>(cursor));
+      if (r < 0 && errno == EINTR) continue;
+      const int err = errno;
+      TRI_CHECK(r > 0, "reading '{}' to check its checksum failed at byte {}: {}", path_, cursor,
+                r == 0 ? "the file ended early (it shrank after it was opened?)" : std::strerror(err));
+      crc = crc32c_update(crc, block.data(), static_cast<std::size_t>(r));
+      cursor += static_cast<std::uint64_t>(r);
+      m.bytes_read += static_cast<std::uint64_t>(r);
+    }
+  };
+  for (const Mapping::Extent& e : ext) {
+    if (e.end <= cursor) continue;  // inside what is counted already
+    if (e.begin > cursor) read_to(e.begin);
+    if (e.begin == cursor) {
+      crc = crc32c_combine(crc, e.crc, e.end - e.begin);
+      cursor = e.end;
+    } else {
+      read_to(e.end);  // overlaps the counted part: its tail read again
+    }
+  }
+  read_to(m.size);
+  return crc;
+}
 
 std::vector<float> SafetensorsReader::get(const std::string& name, const Shape& expected_shape) const {
   std::vector<float> out(static_cast<std::size_t>(shape_numel(expected_shape)));

@@ -125,8 +125,19 @@ class SafetensorsReader {
   // rank loads its slices of a checkpoint this way (parallel/layout_state.h).
   void read_range(const std::string& name, const Shape& expected_shape, std::int64_t begin, std::int64_t count,
                   float* dst) const;
-  // Bytes read_range has read from the file since it was opened (all copies of this reader).
+  // Bytes read() and read_range() have passed over, and file_crc32c() read, since the file was
+  // opened (all copies of this reader).
   std::uint64_t bytes_read() const;
+
+  // From now on read() and read_range() also checksum the bytes they pass over (CRC-32C, as
+  // they read them: no second pass), so that file_crc32c() after a load that read the tensors
+  // reads only what the load did not (the header, tensors left alone). A whole-file load's
+  // checksum check is then folded into its reads (ckpt/checksums.h).
+  void checksum_reads() const;
+  // CRC-32C of the whole file: the reads checksum_reads() recorded, joined in file order
+  // (core/crc32c.h's combine), and the rest of the file read now through pread. Without
+  // checksum_reads() that is one whole pass over the file.
+  std::uint32_t file_crc32c() const;
 
   // Raw bytes of a tensor inside the mapping (any dtype).
   std::span<const std::byte> raw(const std::string& name) const;

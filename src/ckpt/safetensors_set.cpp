@@ -242,4 +242,8 @@ std::uint64_t SafetensorsSet::bytes_read() const {
   return n;
 }
 
+void SafetensorsSet::checksum_reads() const {
+  for (const auto& shard : shards_) shard.checksum_reads();
+}
+
 }  // namespace trident::ckpt

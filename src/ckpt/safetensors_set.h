@@ -68,8 +68,10 @@ class SafetensorsSet {
   std::span<const std::byte> raw(const std::string& name) const;
   void read_range(const std::string& name, const Shape& expected_shape, std::int64_t begin, std::int64_t count,
                   float* dst) const;
-  // read_range's bytes over every shard.
+  // bytes_read() over every shard.
   std::uint64_t bytes_read() const;
+  // SafetensorsReader::checksum_reads() on every shard.
+  void checksum_reads() const;
 
  private:
   void open_single(const std::string& path);

@@ -62,7 +62,9 @@ int run_quantize(int argc, char** argv) {
   TRI_CHECK(!quant::is_quantized_checkpoint(ckpt_path),
             "'{}' is already quantized; quantize the fp32 checkpoint it was made from (re-quantizing "
             "would compound the rounding)", ckpt_path);
-  const ckpt::LoadedCheckpoint ck = ckpt::load_checkpoint(ckpt_path);
+  // Every weight is read, so the checksums come from those reads (one pass over each file), checked
+  // before anything is calibrated or written.
+  const ckpt::LoadedCheckpoint ck = ckpt::load_checkpoint(ckpt_path, ckpt::ChecksumCheck::kAfterReads);
   infer::require_decode_layer(ck.config.family);  // a quantized checkpoint is only for decode
   const auto read = [&](const nn::ParamDecl& d, float* dst) {
     ck.read_param(d.name, d.shape, dst);
@@ -70,7 +72,7 @@ int run_quantize(int argc, char** argv) {
   };
   quant::QuantizedModel m;
   if (!gptq) {
-    m = quant::build_quantized_model(ck.config, read, format, group);
+    ck.load_then_verify([&] { m = quant::build_quantized_model(ck.config, read, format, group); });
   } else {
     const nn::ModelConfig& c = ck.config;
     // An expert sees only the tokens routed to it, so its H has other rows than its layer's
@@ -86,11 +88,15 @@ int run_quantize(int argc, char** argv) {
     std::vector<int32_t> tokens(static_cast<std::size_t>(calib_tokens / T * T));
     shard.copy(0, tokens.size(), tokens.data());
     // Everything that can fail on the format fails before the calibration: the group size per matrix.
-    if (format == quant::Format::kQ4) (void)quant::build_quantized_model(c, read, format, group);
+    quant::QuantizedModel weights;
+    ck.load_then_verify([&] {
+      if (format == quant::Format::kQ4) (void)quant::build_quantized_model(c, read, format, group);
+      weights = quant::build_quantized_model(c, read, quant::Format::kFp32, 0);
+    });
     fmt::print(stderr, "gptq: {} windows of {} tokens from {}, {} layers\n", tokens.size() / static_cast<std::size_t>(T),
                T, calib_path, c.n_layer);
     infer::GptqResult r = infer::gptq_quantize_model(
-        quant::build_quantized_model(c, read, quant::Format::kFp32, 0), tokens, T, format, group, quant::GptqOptions{},
+        std::move(weights), tokens, T, format, group, quant::GptqOptions{},
         [](const std::string& line) { fmt::print(stderr, "{}\n", line); });
     for (const infer::GptqMatrixReport& x : r.matrices) {
       const double e = std::max(x.energy, 1e-300);

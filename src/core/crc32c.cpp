@@ -44,7 +44,41 @@ __attribute__((target("sse4.2"))) std::uint32_t update_sse42(std::uint32_t c, co
 }
 #endif
 
+// a(x) * b(x) modulo the polynomial, both bit-reversed (x^0 is the top bit), as zlib's multmodp.
+std::uint32_t multiply_mod(std::uint32_t a, std::uint32_t b) {
+  std::uint32_t m = 1u << 31, p = 0;
+  for (;;) {
+    if (a & m) {
+      p ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = (b & 1u) ? (b >> 1) ^ kPolynomial : b >> 1;
+  }
+  return p;
+}
+
+// x^(2^k) modulo the polynomial, k = 0..31 (beyond, the powers cycle with the multiplicative order).
+std::array<std::uint32_t, 32> make_powers() {
+  std::array<std::uint32_t, 32> t{};
+  std::uint32_t p = 1u << 30;  // x^1
+  t[0] = p;
+  for (std::size_t k = 1; k < t.size(); ++k) t[k] = p = multiply_mod(p, p);
+  return t;
+}
+
 }  // namespace
+
+std::uint32_t crc32c_combine(std::uint32_t crc_a, std::uint32_t crc_b, std::uint64_t len_b) {
+  static const std::array<std::uint32_t, 32> powers = make_powers();
+  // x^(8 len_b): crc_a shifted past len_b bytes of zeros, then b's own CRC on top.
+  std::uint32_t shift = 1u << 31;  // x^0
+  unsigned k = 3;                  // 8 = 2^3 bits a byte
+  for (std::uint64_t n = len_b; n != 0; n >>= 1, ++k) {
+    if (n & 1u) shift = multiply_mod(powers[k & 31u], shift);
+  }
+  return multiply_mod(shift, crc_a) ^ crc_b;
+}
 
 std::uint32_t crc32c_update(std::uint32_t crc, const void* data, std::size_t bytes) {
   const auto* p = static_cast<const unsigned char*>(data);

@@ -15,6 +15,11 @@ std::uint32_t crc32c_update(std::uint32_t crc, const void* data, std::size_t byt
 // The table code alone, which the SSE4.2 path must equal (for tests and CPUs without SSE4.2).
 std::uint32_t crc32c_update_portable(std::uint32_t crc, const void* data, std::size_t bytes);
 
+// The CRC of a + b from crc32c(a), crc32c(b) and b's length, without the bytes (zlib's
+// crc32_combine, by multiplication modulo the polynomial: O(log len_b)): so pieces of a file
+// checksummed in any order can be joined in file order.
+std::uint32_t crc32c_combine(std::uint32_t crc_a, std::uint32_t crc_b, std::uint64_t len_b);
+
 // "crc32c:" and 8 lower-case hex digits, as checkpoints record it.
 std::string crc32c_string(std::uint32_t crc);
 

@@ -226,12 +226,12 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     const MemoryBreakdown& mr = mem.by_pp_rank[static_cast<std::size_t>(r)];
     if (offloaded && mr.slice_reads > 0) {
       const double bw = machine.disk.read_bandwidth / disk_sharing;
-      const double pass = mr.slice_reads / 2 / V / bw, first = std::min(mr.first_slice / bw, pass);
       double stall = 0;
       for (int c = 0; c < V; ++c) {
         const auto j = static_cast<std::size_t>(c);
-        const double f = param_stall_seconds(pass, first, compute_fwd.back()[j]);
-        const double b = param_stall_seconds(pass, 0.0, compute_bwd.back()[j]);
+        const PassStalls ps =
+            param_pass_stalls(mr.slice_reads, mr.first_slice, V, bw, compute_fwd.back()[j], compute_bwd.back()[j]);
+        const double f = ps.forward_s, b = ps.backward_s;
         costs.forward_by_chunk.back()[j] += f;
         costs.backward_by_chunk.back()[j] += b;
         bwd_one[static_cast<std::size_t>(r)] += b;

@@ -158,6 +158,26 @@ inline double offloaded_update_seconds(double io_s, double compute_s) { return s
 inline double param_stall_seconds(double read_s, double first_s, double compute_s) {
   return first_s + std::max(0.0, read_s - first_s - compute_s);
 }
+// One model chunk's stalls per micro-batch under --offload optimizer+params, from the memory
+// model's `slice_reads` (bytes a micro-batch reads over the rank's `chunks`, half before the
+// forward gathers, half before the backward ones) and `first_slice`, at `read_bandwidth`
+// (bytes/s, this rank's share of the disk), against the chunk's forward and backward compute.
+// The forward waits for its first group's read in full; the backward's first group (the head)
+// is still gathered from the forward. predict_step adds these to the chunks' costs;
+// bench/offload prints them against a measured step.
+struct PassStalls {
+  double read_s = 0;  // one pass's reads (the forward's, the same again for the backward)
+  double forward_s = 0, backward_s = 0;
+};
+inline PassStalls param_pass_stalls(double slice_reads, double first_slice, int chunks, double read_bandwidth,
+                                    double forward_s, double backward_s) {
+  PassStalls p;
+  p.read_s = slice_reads / 2 / chunks / read_bandwidth;
+  const double first = std::min(first_slice / read_bandwidth, p.read_s);
+  p.forward_s = param_stall_seconds(p.read_s, first, forward_s);
+  p.backward_s = param_stall_seconds(p.read_s, 0.0, backward_s);
+  return p;
+}
 
 struct MachineModel {
   int cores = 1;             // cores all ranks share (one machine)

@@ -19,7 +19,7 @@ namespace trident::plan {
 
 struct Layout {
   int dp = 1, tp = 1, pp = 1;
-  int zero = 0;                                       // ZeRO stage over dp (0 when dp == 1)
+  int zero = 0;                                       // ZeRO stage over dp (0 when dp == 1, or 3 to offload the parameters)
   pp::ScheduleKind schedule = pp::ScheduleKind::kOneFOneB;  // meaningful when pp > 1
   int virtual_stages = 1;                             // V (interleaved only)
   int micro_batches = 1;                              // M per dp rank per step
@@ -62,7 +62,7 @@ struct PlanRequest {
   bool offload_optimizer = false;
   // --offload optimizer+params: ZeRO-3 layouts also keep their value shard on disk (the
   // in-flight groups' gathers and reads stay resident); offload_auto tries it for a ZeRO-3
-  // layout that optimizer offload alone does not fit.
+  // layout, or a one-dp-rank layout as ZeRO 3, that optimizer offload alone does not fit.
   bool offload_params = false;
   bool offload_auto = false;
   double offload_block_bytes = 4.0 * 1024 * 1024;

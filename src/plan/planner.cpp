@@ -45,7 +45,10 @@ Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel
       PlanRow off = predict_layout(req, offloaded, compute, machine);
       if (off.memory.worst().total() < row.memory.worst().total()) row = std::move(off);
       // Still too big at ZeRO 3: the parameter shard to disk as well (the slowest way to fit).
-      if (!row.fits && c.layout.zero >= 3) {
+      // At one dp rank the layout is ZeRO 0 (in memory the stages change nothing there), but the
+      // parameter offload needs stage 3, whose shard is then the whole model: tried as ZeRO 3.
+      if (!row.fits && (c.layout.zero >= 3 || (c.layout.dp == 1 && c.layout.ep == 1))) {
+        offloaded.zero = 3;
         offloaded.offload_params = true;
         PlanRow params = predict_layout(req, offloaded, compute, machine);
         if (params.memory.worst().total() < row.memory.worst().total()) row = std::move(params);
@@ -89,7 +92,8 @@ Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel
              req.world, format_bytes(req.memory_per_rank), format_bytes(s.memory.worst().total()),
              s.layout.shape(), s.layout.zero,
              s.layout.pp > 1 ? fmt::format(" {}", s.layout.schedule_name()) : std::string(), s.layout.micro_batches,
-             offloads ? ", even with --offload optimizer" : "", offload_note);
+             !offloads ? "" : s.layout.offload_params ? ", even with --offload optimizer+params" : ", even with --offload optimizer",
+             offload_note);
   }
   return plan;
 }

@@ -28,7 +28,8 @@ struct Plan {
 
 // Predicts every valid layout. With request.offload_auto and a known machine.disk, a layout
 // that does not fit is predicted again with --offload optimizer (never one that fits: offload
-// only adds disk time). Throws trident::Error when none fits --memory-per-rank, naming the
+// only adds disk time), and where that still does not fit, a ZeRO-3 or one-dp-rank layout with
+// --offload optimizer+params at ZeRO 3; each kept when it is smaller. Throws trident::Error when none fits --memory-per-rank, naming the
 // smallest requirement, the layout that has it and what offload would need.
 Plan make_plan(const PlanRequest& request, ComputeModel& compute, const MachineModel& machine);
 

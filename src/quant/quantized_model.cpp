@@ -292,19 +292,27 @@ QuantizedModel load_quantized(const std::string& dir, bool check_checksums) {
 }
 
 nn::ModelConfig inference_config(const std::string& path) {
-  return is_quantized_checkpoint(path) ? read_header(path).config : ckpt::load_checkpoint(path).config;
+  // The config alone: the load that reads the weights (load_for_inference, train) checks the checksums.
+  return is_quantized_checkpoint(path) ? read_header(path).config
+                                       : ckpt::load_checkpoint(path, ckpt::ChecksumCheck::kSkip).config;
 }
 
 QuantizedModel load_for_inference(const std::string& path) {
   if (is_quantized_checkpoint(path)) return load_quantized(path);
-  const ckpt::LoadedCheckpoint ck = ckpt::load_checkpoint(path);
-  return build_quantized_model(
-      ck.config,
-      [&](const nn::ParamDecl& d, float* dst) {
-        ck.read_param(d.name, d.shape, dst);
-        ckpt::check_finite(dst, shape_numel(d.shape), ck.model_prefix + d.name, ck.model.file_of(ck.model_prefix + d.name));
-      },
-      Format::kFp32, 0);
+  // Every weight is read, so the checksums come from those reads (one pass over each file).
+  const ckpt::LoadedCheckpoint ck = ckpt::load_checkpoint(path, ckpt::ChecksumCheck::kAfterReads);
+  QuantizedModel m;
+  ck.load_then_verify([&] {
+    m = build_quantized_model(
+        ck.config,
+        [&](const nn::ParamDecl& d, float* dst) {
+          ck.read_param(d.name, d.shape, dst);
+          ckpt::check_finite(dst, shape_numel(d.shape), ck.model_prefix + d.name,
+                             ck.model.file_of(ck.model_prefix + d.name));
+        },
+        Format::kFp32, 0);
+  });
+  return m;
 }
 
 std::string describe_quantized(const std::string& dir) {

@@ -74,16 +74,20 @@ double evaluate(parallel::Engine& engine, const data::EvalBatches& batches) {
 }
 
 // The checkpoint a run starts from (--resume, else --init-from), loaded once; none otherwise.
-std::optional<ckpt::LoadedCheckpoint> source_checkpoint(const RunConfig& cfg) {
+// Its checksums: one process reads every byte of it anyway, so they are folded into those reads
+// and checked right after the load (run_training); several ranks read slices, so rank 0 reads the
+// files for them alone, before the load (check_source_checksums).
+std::optional<ckpt::LoadedCheckpoint> source_checkpoint(const RunConfig& cfg, bool one_process) {
   const std::string& from = cfg.train.resume.empty() ? cfg.train.init_from : cfg.train.resume;
   if (from.empty()) return std::nullopt;
   if (is_quantized_source(from)) return open_quantized_source(from);  // QLoRA (train/qlora.h)
-  return ckpt::load_checkpoint(from, /*check_checksums=*/false);  // once, by rank 0: below
+  return ckpt::load_checkpoint(from, one_process ? ckpt::ChecksumCheck::kAfterReads : ckpt::ChecksumCheck::kSkip);
 }
 
 // The source's recorded checksums (ckpt/checksums.h), read by rank 0 alone, so ranks that load only
 // their slices do not each read every file whole; every rank then fails together if it is corrupt.
-// (Ranks on other nodes read the same paths: a node-local copy there is not checked.)
+// (Ranks on other nodes read the same paths: a node-local copy there is not checked.) Several
+// ranks only: one process checks them through its load's own reads.
 void check_source_checksums(const ckpt::LoadedCheckpoint& source, comm::Communicator& world) {
   std::string problem;
   if (world.rank() == 0) {
@@ -105,8 +109,9 @@ void check_source_checksums(const ckpt::LoadedCheckpoint& source, comm::Communic
 int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   // Installed first, so a signal during set-up still stops the run after its first step.
   const PreemptionHandler preemption(parse_preempt_signals(cfg.train.preempt_signals));
-  const std::optional<ckpt::LoadedCheckpoint> source = source_checkpoint(cfg);
-  if (source) check_source_checksums(*source, mesh.world());
+  const bool one_process = mesh.world().size() == 1;
+  const std::optional<ckpt::LoadedCheckpoint> source = source_checkpoint(cfg, one_process);
+  if (source && !one_process) check_source_checksums(*source, mesh.world());
   const bool lead = mesh.rank() == 0;
   if (cfg.train.threads > 0) kernels::set_num_threads(cfg.train.threads);
   comm::check_same_across_ranks(mesh.world(), "the run configuration", run_config_hash(cfg));
@@ -191,7 +196,10 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
     packed.reset();  // each rank keeps its slices only
   }
   if (!cfg.train.resume.empty()) {
-    start_step = load_into_engine(engine, *source, /*with_optimizer=*/true);
+    // One process: the checksums from the load's own reads, before any step (source_checkpoint).
+    const auto load = [&] { start_step = load_into_engine(engine, *source, /*with_optimizer=*/true); };
+    if (one_process) source->load_then_verify(load);
+    else load();
     if (lead) fmt::print(stderr, "resumed from {} at step {}\n", source->path, start_step);
     if (restore_loss_scaler_state(engine, *source) && lead) {
       fmt::print(stderr, "fp16 loss scale {:g} restored from the checkpoint\n", engine.loss_scaler()->scale());
@@ -199,7 +207,9 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   } else if (source) {
     // LoRA: the adapters (no checkpoint tensors) start as PEFT's, the base is then loaded over.
     if (model_cfg.lora.enabled() && !model_cfg.packed_base()) engine.initialize(cfg.train.seed);
-    load_into_engine(engine, *source, /*with_optimizer=*/false);
+    const auto load = [&] { load_into_engine(engine, *source, /*with_optimizer=*/false); };
+    if (one_process) source->load_then_verify(load);  // as above
+    else load();
     if (lead) fmt::print(stderr, "initialised from {}\n", source->path);
   } else {
     engine.initialize(cfg.train.seed);

@@ -509,6 +509,87 @@ TEST(CkptCheckpoint, ChecksumsAreRecordedAndAFlippedBitIsRefused) {
   EXPECT_EQ(verify_checksums(path, nlohmann::json()), 0);
 }
 
+TEST(CkptCheckpoint, Crc32cCombineJoinsPiecesInFileOrder) {
+  std::vector<unsigned char> bytes(10007);
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>((i * 2654435761u) >> 11);
+  const std::uint32_t whole = crc32c_update(0, bytes.data(), bytes.size());
+  for (std::size_t cut : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{8}, std::size_t{4096},
+                          std::size_t{10006}, std::size_t{10007}}) {
+    const std::uint32_t a = crc32c_update(0, bytes.data(), cut), b = crc32c_update(0, bytes.data() + cut, bytes.size() - cut);
+    ASSERT_EQ(crc32c_combine(a, b, bytes.size() - cut), whole) << cut;
+  }
+  EXPECT_EQ(crc32c_combine(0xE3069283u, 0, 0), 0xE3069283u);
+}
+
+// A whole-file load with its checksums folded into its reads (ChecksumCheck::kAfterReads): the
+// tensors read in reverse file order, some as ranges, one twice; the optimizer file not at all.
+// verify_checksums() then reads only what the load did not, so each file is read exactly once
+// (the readers' byte counters equal the files' sizes), and a flipped bit is still refused.
+TEST(CkptCheckpoint, ChecksumsFoldedIntoAWholeFileLoadReadEachFileOnce) {
+  TempDir dir;
+  const auto c = micro_config();
+  const auto w = make_weights(c, 1.f);
+  const std::string path = save(dir.path(), 4, c, w);
+  const std::uint64_t model_size = fs::file_size(path + "/" + kModelFile);
+  const std::uint64_t opt_size = fs::file_size(path + "/" + kOptimizerFile);
+  auto read_all = [&](const LoadedCheckpoint& ck, bool sound) {
+    const auto specs = nn::model_tensor_specs(c);
+    for (auto it = specs.rbegin(); it != specs.rend(); ++it) {
+      std::vector<float> v(static_cast<std::size_t>(shape_numel(it->shape)));
+      const auto n = static_cast<std::int64_t>(v.size());
+      if (n > 3 && (it - specs.rbegin()) % 2 == 0) {  // as a slice load would: in two ranges, the second first
+        ck.model.read_range(it->name, it->shape, n / 3, n - n / 3, v.data() + n / 3);
+        ck.model.read_range(it->name, it->shape, 0, n / 3, v.data());
+      } else {
+        ck.read_param(it->name, it->shape, v.data());
+      }
+      if (sound) {
+        EXPECT_EQ(v, w.at(it->name)) << it->name;
+      }
+    }
+    std::vector<float> again(w.at("wte.weight").size());
+    ck.read_param("wte.weight", {c.vocab_size, c.n_embd}, again.data());  // read twice: counted once
+  };
+  {
+    const LoadedCheckpoint ck = load_checkpoint(path, ChecksumCheck::kAfterReads);
+    read_all(ck, true);
+    const std::uint64_t tensors = ck.model.bytes_read();
+    EXPECT_EQ(ck.verify_checksums(), 2);
+    EXPECT_EQ(ck.model.bytes_read() - tensors, model_size - tensors + static_cast<std::uint64_t>(4 * w.at("wte.weight").size()))
+        << "the check read the header and nothing the load had read";
+    EXPECT_EQ(ck.optimizer->bytes_read(), opt_size) << "the unread file, read once for its checksum";
+  }
+  // verify_checkpoint (ckpt info) the same way: every byte of both files read once.
+  const std::string both = std::to_string(model_size + opt_size);
+  EXPECT_NE(verify_checkpoint(path).find("2 file(s) match their recorded crc32c (checked as read: " + both +
+                                         " read of the files' " + both + ")"),
+            std::string::npos) << verify_checkpoint(path);
+  // One bit of the first tensor's data flipped (the file's first data byte after the header).
+  {
+    std::uint64_t header = 0;
+    std::fstream f(path + "/" + kModelFile, std::ios::in | std::ios::out | std::ios::binary);
+    f.read(reinterpret_cast<char*>(&header), 8);
+    f.seekg(static_cast<std::streamoff>(8 + header + 1));
+    char b = 0;
+    f.read(&b, 1);
+    b = static_cast<char>(b ^ 0x10);
+    f.seekp(static_cast<std::streamoff>(8 + header + 1));
+    f.write(&b, 1);
+  }
+  const LoadedCheckpoint bad = load_checkpoint(path, ChecksumCheck::kAfterReads);  // the check is the caller's
+  read_all(bad, false);  // the flipped value is read as it is
+  EXPECT_ERROR_HAS(bad.verify_checksums(), "model.safetensors is corrupt", "its checksum is crc32c:");
+  // load_then_verify: a load that fails on a damaged file's symptom reports the damage instead.
+  const LoadedCheckpoint bad2 = load_checkpoint(path, ChecksumCheck::kAfterReads);
+  EXPECT_ERROR_HAS(bad2.load_then_verify([] { TRI_FAIL("a symptom"); }), "model.safetensors is corrupt");
+  EXPECT_ERROR_HAS(load_checkpoint(path, ChecksumCheck::kSkip).load_then_verify([] {}), "model.safetensors is corrupt");
+  // ... and its own error where the files are sound.
+  TempDir other;
+  const std::string good = save(other.path(), 4, c, w);
+  EXPECT_ERROR_HAS(load_checkpoint(good, ChecksumCheck::kAfterReads).load_then_verify([] { TRI_FAIL("a symptom"); }),
+                   "a symptom");
+}
+
 // Manual timing at GPT-2 124M size (run with --gtest_also_run_disabled_tests): one 500 MB
 // model.safetensors streamed from a single reused buffer, then read back.
 TEST(CkptCheckpoint, DISABLED_Gpt2SizedModelStreams) {

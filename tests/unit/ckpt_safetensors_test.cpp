@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/checksums.h"
 #include "ckpt/safetensors.h"
 #include "core/check.h"
 #include "../support/expect_error.h"
@@ -328,6 +329,7 @@ TEST(CkptSafetensors, ReadRangeIsTheSliceOfReadAndCountsItsBytes) {
   std::uint64_t expected = 0;
   for (const T& t : tensors) {
     const std::vector<float> whole = r.get(t.name, {t.n});
+    expected += static_cast<std::uint64_t>(t.n) * t.size;  // read() counts too
     const std::int64_t ranges[][2] = {{0, t.n}, {0, 0}, {t.n, 0}, {1, t.n - 2}, {t.n / 3, t.n / 2}, {t.n - 1, 1}};
     for (const auto& [begin, count] : ranges) {
       std::vector<float> part(static_cast<std::size_t>(count) + 1, 7.f);
@@ -339,6 +341,21 @@ TEST(CkptSafetensors, ReadRangeIsTheSliceOfReadAndCountsItsBytes) {
     }
   }
   EXPECT_EQ(r.bytes_read(), expected);
+  {
+    // checksum_reads(): the CRC of the reads, every dtype and across read_range's pieces, joined
+    // with the parts never read (the header, "a", the start of "b") is the file's.
+    const SafetensorsReader folded(path);
+    folded.checksum_reads();
+    std::vector<float> v(40000);
+    folded.read_range("b", {40000}, 20001, 19999, v.data());
+    folded.read_range("b", {40000}, 17, 20000, v.data());  // overlaps the read before
+    folded.read("d", {9}, v.data());
+    folded.read("c", {100}, v.data());
+    const std::uint64_t before = folded.bytes_read();
+    EXPECT_EQ(folded.file_crc32c(), file_crc32c(path));
+    EXPECT_EQ(folded.file_crc32c(), SafetensorsReader(path).file_crc32c());  // nothing recorded: one whole pass
+    EXPECT_GT(folded.bytes_read(), before);
+  }
   std::vector<float> out(64);
   EXPECT_ERROR_HAS(r.read_range("a", {35}, 30, 6, out.data()), "elements [30, 36) of tensor 'a'", "it has 35");
   EXPECT_ERROR_HAS(r.read_range("a", {35}, -1, 2, out.data()), "elements [-1, 1)");

@@ -3,7 +3,8 @@
 // ranks), the update's time as max(I/O, compute), the planner proposing offload only for
 // layouts that do not fit without it, the "nothing fits" message naming offload's
 // requirement, auto offloading the ZeRO-3 parameter shard only where optimizer offload does
-// not fit, and the disk probe (measured, removed afterwards, clear errors).
+// not fit (and at one dp rank, as ZeRO 3), and the disk probe (measured, removed afterwards,
+// clear errors).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -224,6 +225,53 @@ TEST(PlanOffload, AutoOffloadsTheParameterShardOfAZero3LayoutOptimizerOffloadDoe
   // With room for optimizer offload, no row offloads the parameters.
   r.memory_per_rank = opt;
   for (const PlanRow& row : make_plan(r, compute, m).rows) EXPECT_FALSE(row.layout.offload_params);
+}
+
+// --offload auto at one dp rank: the layouts there are ZeRO 0 (in memory the stages change
+// nothing at dp 1), so before, auto tried optimizer offload at most and a model that fits only
+// with its parameters on disk too was refused. Now such a layout is tried as ZeRO 3 with
+// optimizer+params (the engine's parameter offload needs stage 3; the shard is the whole model)
+// and listed that way, with that layout's flags; with room for optimizer offload it stays ZeRO 0
+// (the faster way to fit).
+TEST(PlanOffload, AutoTriesZero3WithTheParametersOffloadedAtOneRank) {
+  PlanRequest r = request(1);
+  r.offload_auto = true;
+  r.bucket_mb = 0.01;  // ZeRO-3's gradient working set: the largest parameter, not all of tiny
+  r.micro_batches = 1;  // one row per layout, whose totals are the two below
+  r.model.n_layer = 16;  // layers enough that two groups in flight weigh less than the weights
+  FlopComputeModel compute(r.model, 1e9, 1e9);
+  const MachineModel m = machine(1, 1e9, 1e9);
+  Layout opt;
+  opt.offload = true;
+  const double opt_total = predict_memory(r, opt).worst().total();
+  Layout zp = opt;
+  zp.zero = 3;
+  zp.offload_params = true;
+  const double zp_total = predict_memory(r, zp).worst().total();
+  ASSERT_LT(zp_total, opt_total);
+  r.memory_per_rank = 0.5 * (zp_total + opt_total);
+  const Plan p = make_plan(r, compute, m);
+  ASSERT_GT(p.fitting(), 0);
+  for (const PlanRow& row : p.rows) {
+    if (!row.fits) continue;
+    const Layout& l = row.layout;
+    EXPECT_TRUE(l.dp == 1 && l.zero == 3 && l.offload && l.offload_params) << l.train_flags();
+    EXPECT_NE(l.train_flags().find("--zero 3"), std::string::npos) << l.train_flags();
+    EXPECT_NE(l.train_flags().find("--offload optimizer+params"), std::string::npos) << l.train_flags();
+    EXPECT_GT(row.step.param_read_s, 0) << l.train_flags();
+    EXPECT_LE(row.memory.worst().total(), r.memory_per_rank);
+  }
+  // Room for optimizer offload: ZeRO 0 with the moments on disk, the parameters in memory.
+  r.memory_per_rank = opt_total;
+  const Plan q = make_plan(r, compute, m);
+  ASSERT_GT(q.fitting(), 0);
+  EXPECT_EQ(q.rows.front().layout.zero, 0);
+  EXPECT_TRUE(q.rows.front().layout.offload);
+  for (const PlanRow& row : q.rows) EXPECT_FALSE(row.layout.offload_params) << row.layout.train_flags();
+  // Below even that: refused, naming the parameter offload it counted.
+  r.memory_per_rank = 0.5 * zp_total;
+  const std::string e = error_of(r, compute, m);
+  EXPECT_NE(e.find("even with --offload optimizer+params"), std::string::npos) << e;
 }
 
 // Staging blocks larger than the moments (tiny's 8Ψ ~ 1 MiB against 24 MiB of 4 MiB blocks):
