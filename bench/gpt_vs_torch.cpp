@@ -332,31 +332,16 @@ int main(int argc, char** argv) {
     // sgemm through Trident's matmul path (kernels/matmul.cpp: oneDNN's threaded sgemm), the
     // same 1024^3 product as train::measure_sgemm_flops's OpenBLAS-threaded probe.
     auto trident_sgemm_flops = [](double seconds) {
-      const int64_t n = 1024;
-      std::vector<float> a(static_cast<std::size_t>(n * n), 0.5f), b(a.size(), 0.25f), c(a.size());
-      kernels::matmul_forward(c.data(), a.data(), b.data(), nullptr, n, n, n);
-      Stopwatch sw;
-      int calls = 0;
-      do {
-        kernels::matmul_forward(c.data(), a.data(), b.data(), nullptr, n, n, n);
-        ++calls;
-      } while (sw.seconds() < seconds);
-      return 2.0 * static_cast<double>(n * n * n) * calls / sw.seconds();
+      return train::time_square_sgemm(1024, seconds, [](const float* a, const float* b, float* c) {
+        kernels::matmul_forward(c, a, b, nullptr, 1024, 1024, 1024);
+      });
     };
     // oneDNN's own sgemm on the same 1024^3 product: the machine's peak is whichever library
     // is faster, so Trident's matmuls are set against the better of the two probes.
     auto onednn_sgemm_flops = [](double seconds) {
-      const int64_t n = 1024;
-      std::vector<float> a(static_cast<std::size_t>(n * n), 0.5f), b(a.size(), 0.25f), c(a.size());
-      auto call = [&] { dnnl_sgemm('N', 'N', n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); };
-      call();
-      Stopwatch sw;
-      int calls = 0;
-      do {
-        call();
-        ++calls;
-      } while (sw.seconds() < seconds);
-      return 2.0 * static_cast<double>(n * n * n) * calls / sw.seconds();
+      return train::time_square_sgemm(1024, seconds, [](const float* a, const float* b, float* c) {
+        dnnl_sgemm('N', 'N', 1024, 1024, 1024, 1.0f, a, 1024, b, 1024, 0.0f, c, 1024);
+      });
     };
     std::vector<double> tri_s, torch_s, sgemm, sgemm_ours, sgemm_dnnl;
     std::printf("# round  sgemm GFLOP/s  trident ms/step  torch ms/step  load\n");

@@ -4,30 +4,35 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <cstddef>
 #include <vector>
 
 #include "core/timer.h"
 
 namespace trident::train {
 
-double measure_sgemm_flops(double seconds) {
-  const int n = 1024;
-  // OpenBLAS's own threading with as many threads as the OpenMP kernels use (the training
-  // kernels split sgemm over OpenMP threads themselves and keep OpenBLAS at one thread).
-  const int before = openblas_get_num_threads();
-  openblas_set_num_threads(omp_get_max_threads());
-  std::vector<float> a(static_cast<std::size_t>(n) * n, 0.5f), b(a.size(), 0.25f), c(a.size());
-  // One warm-up call (thread pool start, page faults), then time whole calls.
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
-              0.0f, c.data(), n);
+double time_square_sgemm(int n, double seconds,
+                         const std::function<void(const float* a, const float* b, float* c)>& product) {
+  const std::size_t elems = static_cast<std::size_t>(n) * static_cast<std::size_t>(n);
+  std::vector<float> a(elems, 0.5f), b(elems, 0.25f), c(elems);
+  product(a.data(), b.data(), c.data());
   Stopwatch sw;
   int calls = 0;
   do {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
-                n, 0.0f, c.data(), n);
+    product(a.data(), b.data(), c.data());
     ++calls;
   } while (sw.seconds() < seconds);
-  const double flops = 2.0 * n * n * n * calls / sw.seconds();
+  return 2.0 * static_cast<double>(n) * n * n * calls / sw.seconds();
+}
+
+double measure_sgemm_flops(double seconds) {
+  const int n = 1024;
+  // OpenBLAS's own threading with as many threads as the OpenMP kernels use.
+  const int before = openblas_get_num_threads();
+  openblas_set_num_threads(omp_get_max_threads());
+  const double flops = time_square_sgemm(n, seconds, [n](const float* a, const float* b, float* c) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+  });
   openblas_set_num_threads(before);
   return flops;
 }
