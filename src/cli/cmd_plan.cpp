@@ -291,26 +291,29 @@ int run_plan(int argc, char** argv) {
   } else if (offload != "none" && !offload_dir.empty()) {
     // Rank 0 alone probes (the node's ranks share the disk: the cost model divides it); every
     // rank learns the figures, or that the probe failed (rank 0 says why).
-    double got[4] = {0, 0, 0, 0};  // ok, read, write, direct
-    std::exception_ptr failed;
+    double got[3] = {0, 0, 0};  // read, write, direct
+    std::string failed;
     plan::DiskCalibration dc;
     if (root) {
       try {
         dc = plan::calibrate_disk(offload_dir, static_cast<std::size_t>(2 * req.offload_block_bytes));
-        got[0] = 1, got[1] = dc.model.read_bandwidth, got[2] = dc.model.write_bandwidth, got[3] = dc.direct;
-      } catch (const std::exception&) {
-        failed = std::current_exception();
+        got[0] = dc.model.read_bandwidth, got[1] = dc.model.write_bandwidth, got[2] = dc.direct;
+      } catch (const std::exception& e) {
+        failed = e.what();
       }
     }
-    if (world_comm) world_comm->broadcast(std::span<double>(got, 4), 0).wait();
-    if (failed) std::rethrow_exception(failed);  // rank 0's own error, naming the directory
-    TRI_CHECK(got[0] != 0, "rank 0 could not measure the offload disk under --offload-dir {}", offload_dir);
-    machine.disk.read_bandwidth = got[1];
-    machine.disk.write_bandwidth = got[2];
+    if (world_comm) {
+      comm::throw_if_root_failed(*world_comm, failed);  // rank 0's error, naming the directory, on every rank
+      world_comm->broadcast(std::span<double>(got, 3), 0).wait();
+    } else if (!failed.empty()) {
+      throw Error(failed);
+    }
+    machine.disk.read_bandwidth = got[0];
+    machine.disk.write_bandwidth = got[1];
     disk_note = fmt::format("offload disk under {}: sequential {} read {:.0f} MB/s, write {:.0f} MB/s "
                             "({:.0f} MiB probe in {} requests)",
-                            offload_dir, got[3] != 0 ? "O_DIRECT" : "buffered (the file system refuses O_DIRECT)",
-                            got[1] / 1e6, got[2] / 1e6, dc.probe_bytes / 1048576.0, format_bytes(dc.request_bytes));
+                            offload_dir, got[2] != 0 ? "O_DIRECT" : "buffered (the file system refuses O_DIRECT)",
+                            got[0] / 1e6, got[1] / 1e6, dc.probe_bytes / 1048576.0, format_bytes(dc.request_bytes));
   }
 
   std::unique_ptr<plan::ComputeModel> compute;

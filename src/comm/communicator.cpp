@@ -351,6 +351,16 @@ void check_same_across_ranks(Communicator& comm, std::string_view what, uint64_t
                           comm.name(), what, groups, what));
 }
 
+void throw_if_root_failed(Communicator& comm, const std::string& error, int root) {
+  int64_t size = comm.rank() == root ? static_cast<int64_t>(error.size()) : 0;
+  comm.broadcast(std::span<int64_t>(&size, 1), root).wait();
+  if (size == 0) return;
+  std::vector<uint8_t> bytes(error.begin(), error.end());
+  bytes.resize(static_cast<size_t>(size));
+  comm.broadcast(std::span<uint8_t>(bytes), root).wait();
+  throw Error(std::string(bytes.begin(), bytes.end()));
+}
+
 void abort_job(const std::string& message, int code) {
   static std::atomic<bool> aborting{false};
   int initialized = 0, finalized = 0;

@@ -265,6 +265,12 @@ class Communicator {
 // on every rank, with the same message, when they differ: which ranks hold which hash.
 void check_same_across_ranks(Communicator& comm, std::string_view what, uint64_t hash);
 
+// For a failure only `root` can see (a file it alone read or wrote): `root`'s `error` (empty when
+// it had none) becomes every rank's, and every rank throws it. Whichever rank's abort ends the job
+// first then prints the cause itself: a "see rank 0's error" thrown on the others could win that
+// race and kill rank 0 before it printed. Collective; returns when `root` had no error.
+void throw_if_root_failed(Communicator& comm, const std::string& error, int root = 0);
+
 // For main(): prints "[rank R] error: <message>" to stderr once and ends the whole job with
 // MPI_Abort(code) (plain exit when MPI is not running). Never returns.
 [[noreturn]] void abort_job(const std::string& message, int code = 1);

@@ -61,10 +61,13 @@ std::optional<std::string> AsyncCheckpointer::settle(bool wait) {
   in_flight_ = false;
   const std::string dir = root_ + "/" + ckpt::step_dir_name(snapshot_.step);
   if (agreed[0] == kFailed) {
-    TRI_FAIL("the checkpoint of step {} written in the background (--async-ckpt) failed: {}; "
-             "the run stops here, the checkpoints already in {} (and 'latest') are untouched",
-             snapshot_.step,
-             writer_rank_ ? error_ : std::string("rank 0 could not write it (see its error)"), root_);
+    // The writer's message on every rank (comm::throw_if_root_failed), so any rank's abort says why.
+    comm::throw_if_root_failed(
+        engine_.mesh().world(),
+        writer_rank_ ? fmt::format("the checkpoint of step {} written in the background (--async-ckpt) failed: {}; "
+                                   "the run stops here, the checkpoints already in {} (and 'latest') are untouched",
+                                   snapshot_.step, error_, root_)
+                     : std::string());
   }
   return dir;
 }

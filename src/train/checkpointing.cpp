@@ -179,14 +179,8 @@ std::string save_checkpoint(parallel::Engine& engine, const std::string& root, i
   } else {
     for (const GatherStep& s : plan) gather(engine, s, nullptr);
   }
-  // Every rank learns whether the write worked, so all of them stop together on failure.
-  std::vector<int32_t> failed{error.empty() ? 0 : 1};
-  engine.mesh().world().allreduce(std::span<int32_t>(failed), comm::ReduceOp::kMax).wait();
-  if (failed[0]) {
-    TRI_FAIL("{}", writer_rank ? error
-                               : std::string("rank 0 failed to write the checkpoint (see its error); "
-                                             "the previous checkpoint is intact"));
-  }
+  // Every rank learns whether the write worked, and its error, so all of them stop together.
+  comm::throw_if_root_failed(engine.mesh().world(), error);
   return root + "/" + ckpt::step_dir_name(step);
 }
 

@@ -3,7 +3,6 @@
 
 #include <fmt/format.h>
 
-#include <span>
 #include <vector>
 
 #include "ckpt/checkpoint.h"
@@ -11,20 +10,6 @@
 #include "core/check.h"
 
 namespace trident::train {
-
-namespace {
-
-// Rank 0's `text` on every rank of `world`. Collective.
-std::string broadcast_text(comm::Communicator& world, std::string text) {
-  std::int64_t size[1] = {static_cast<std::int64_t>(text.size())};
-  world.broadcast(std::span<std::int64_t>(size), 0).wait();
-  std::vector<std::uint8_t> bytes(text.begin(), text.end());
-  bytes.resize(static_cast<size_t>(size[0]));
-  if (size[0] > 0) world.broadcast(std::span<std::uint8_t>(bytes), 0).wait();
-  return std::string(bytes.begin(), bytes.end());
-}
-
-}  // namespace
 
 CheckpointDirOwner::CheckpointDirOwner(comm::Communicator& world, const std::string& root,
                                        std::int64_t start_step, int keep_last)
@@ -49,8 +34,7 @@ CheckpointDirOwner::CheckpointDirOwner(comm::Communicator& world, const std::str
       lock_.reset();
     }
   }
-  error = broadcast_text(world, error);
-  if (!error.empty()) throw Error(error);  // rank 0's message, on every rank
+  comm::throw_if_root_failed(world, error);  // rank 0's message, on every rank
 }
 
 void CheckpointDirOwner::after_save() {

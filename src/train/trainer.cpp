@@ -97,11 +97,7 @@ void check_source_checksums(const ckpt::LoadedCheckpoint& source, comm::Communic
       problem = e.what();
     }
   }
-  int64_t corrupt = problem.empty() ? 0 : 1;
-  world.broadcast(std::span<int64_t>(&corrupt, 1), 0).wait();
-  TRI_CHECK(corrupt == 0, "{}", world.rank() == 0 ? problem
-                                                  : fmt::format("rank 0 found a file of {} corrupt (its error names "
-                                                                "it); no rank starts from it", source.path));
+  comm::throw_if_root_failed(world, problem);  // every rank names the file
 }
 
 }  // namespace

@@ -200,8 +200,8 @@ def main():
                 # rank is already in; both must end with the error, not hang or mismatch.
                 # Filling the disk to 200 KB free makes model.safetensors (550 KB) fail, before
                 # any moment is gathered. A short comm timeout turns a hang into a failure.
-                # (Rank 1's own message, "rank 0 failed to write the checkpoint", is not
-                # required: mpirun may end rank 1 as soon as rank 0 exits, before it prints.)
+                # Every rank throws rank 0's message (comm::throw_if_root_failed), so whichever
+                # rank's abort ends the job first prints the cause.
                 st = os.statvfs(mnt)
                 with open(f"{mnt}/filler", "wb") as f:
                     f.write(b"\0" * (st.f_bavail * st.f_frsize - 200 * 1024))

@@ -194,9 +194,11 @@ def ckpt_info_checks(T, d):
     expect_error("a poked weight in a checkpoint with checksums is refused as corrupt",
                  base[:-2] + ["--init-from", path], "model.safetensors is corrupt", "checksum")
     # Under mpirun rank 0 alone reads the files for their checksums; every rank stops with it.
-    expect_error("at dp 2 too, every rank refusing it (rank 0 names the file)",
+    # Every rank throws rank 0's message, so whichever rank ends the job first names the file (a
+    # "see rank 0's error" on rank 1 once won that race and killed rank 0 before it printed).
+    expect_error("at dp 2 too, every rank refusing it with the file's name",
                  [mpirun(), "-n", "2"] + base[:-2] + ["--dp", "2", "--init-from", path],
-                 "model.safetensors is corrupt", "rank 0 found a file of")
+                 "model.safetensors is corrupt", "checksum")
     for bad in ("bad_NaN_in_a_weight", "bad_NaN_in_a_moment"):
         trident_json(f"{d}/{bad}/step_00000002", lambda j: j.pop("checksums"))
     expect_error("train --init-from a checkpoint with a NaN weight is refused",
