@@ -3,7 +3,10 @@ in layout_matrix_test.py's docstring (fp32 unit roundoff u; a layout only reorde
 loss after k steps k * u * sqrt(V / (B*T)) relative, grad norm k * u * sqrt(B*T) relative,
 weights the sum over steps of lr * u * sqrt(B*T) * (grad_norm / sqrt(N)) / eps absolute.
 Runs compared with them use AdamW eps 1e-6 (see there why)."""
+import json
 import math
+import os
+import subprocess
 
 U = 2.0 ** -24
 EPS = 1e-6
@@ -56,3 +59,18 @@ def deviations(got, ref, batch, seq, vocab):
     bad_norm = [k + 1 for k, (a, b) in enumerate(zip(got, ref))
                 if abs(a["grad_norm"] - b["grad_norm"]) > grad_norm_bound(k + 1, batch, seq) * b["grad_norm"]]
     return bad_loss, bad_norm
+
+
+def sgemm_rows_invariant(build_dir):
+    """Whether this CPU's fp32 products give a row the same bits at any row count
+    (tests/tools/sgemm_rows_probe.cpp). Where they do, dp and pp ranks compute each row's
+    activations bitwise as one process does and only the weight gradients' sums reorder; where
+    they do not (OpenBLAS's and oneDNN's AVX2 kernels), the activations carry fp32 noise as tp's
+    do, so a bf16 run's operands may round differently from the first step on."""
+    probe = os.path.join(build_dir, "tests", "tools", "sgemm_rows_probe")
+    got = json.loads(subprocess.run([probe], check=True, capture_output=True, text=True,
+                                    env=dict(os.environ, OMP_NUM_THREADS="1")).stdout)
+    print(f"sgemm rows invariant to the row count here: {got['row_invariant']} "
+          f"({got['differing']} of {got['checked']} elements differ)")
+    return bool(got["row_invariant"])
+

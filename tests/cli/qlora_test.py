@@ -5,7 +5,12 @@ The reference: LoRA on `trident dequantize QDIR`, an fp32 checkpoint holding exa
 packed matrices dequantize to (quant::dequantize, used by both). The two runs then multiply the same
 fp32 weights with the same kernels in the same order, so every step's loss and grad norm and the
 trained adapters and AdamW moments are compared bit for bit, not within a bound: single process, dp2
-(ZeRO 0, 1, 2 and 3: the packed base replicated, the adapters' state sharded), tp2 and pp2, on GPT-2 (q4, group 32; n_embd 64 so tp2 splits the row-parallel inputs
+(ZeRO 0, 1, 2 and 3: the packed base replicated, the adapters' state sharded), tp2 and pp2. One
+exception: at ZeRO 2 and 3 the grad norm is summed over each rank's gradient shard, and LoRA's
+flat gradient buffer still spans its fp32 base (zeros) where QLoRA's holds the adapters only, so
+the shards split the adapters at different elements and the norm's double partial sums are
+added in another order: equal within 64 units of double rounding (its sum has a few thousand
+terms per shard, then two shards), while the adapters, moments and losses stay bitwise, on GPT-2 (q4, group 32; n_embd 64 so tp2 splits the row-parallel inputs
 into whole groups) and Llama (int8). Also: the memory printout's packed_base is the packed bytes and the
 fp32 parameters shrink by 4 bytes per packed weight; the step directory holds the quantized base's files
 byte for byte (never rewritten as fp32) and QDIR is untouched; a resumed QLoRA run is bitwise the
@@ -68,7 +73,7 @@ def main():
             lora = ["train", "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", targets, "--steps", str(STEPS),
                     "--lr", "1e-2", "--lr-schedule", "constant", "--eps", str(EPS)] + common
 
-            def pair(tag, launch, extra):
+            def pair(tag, launch, extra, norm_ulps=0):
                 """QLoRA on QDIR and LoRA on its dequantized copy in one layout; (ok, detail, qlora stderr)."""
                 out = {}
                 for kind, src in (("q", qdir), ("f", deq)):
@@ -83,7 +88,9 @@ def main():
                 for f in ("adapter_model.safetensors", "optimizer.safetensors"):
                     a, b = safetensors_stdlib.load(f"{dq}/{f}"), safetensors_stdlib.load(f"{df}/{f}")
                     tensors[f] = a == b and len(a) > 0
-                ok = len(sq) == STEPS and sq == sf and all(tensors.values())
+                losses_equal = [a[0] for a in sq] == [b[0] for b in sf]
+                norms_equal = all(abs(a[1] - b[1]) <= norm_ulps * 2.0 ** -53 * abs(b[1]) for a, b in zip(sq, sf))
+                ok = len(sq) == STEPS and len(sf) == STEPS and losses_equal and norms_equal and all(tensors.values())
                 return ok, f"qlora {sq[:2]}.. lora {sf[:2]}.., tensors equal {tensors}", errq
 
             ok, detail, qerr = pair("single", [], [])
@@ -116,8 +123,8 @@ def main():
                                        ("dp2_zero3", [mpirun(), "-n", "2"], ["--dp", "2", "--zero", "3", "--threads", "1"]),
                                        ("tp2", [mpirun(), "-n", "2"], ["--tp", "2", "--threads", "1"]),
                                        ("pp2", [mpirun(), "-n", "2"], ["--pp", "2", "--grad-accum", "2", "--threads", "1"])]:
-                ok, detail, _ = pair(tag, launch, extra)
-                check(f"{name}: QLoRA {tag} == LoRA {tag} on the dequantized base, bitwise", ok, detail)
+                ok, detail, _ = pair(tag, launch, extra, 64 if "zero2" in tag or "zero3" in tag else 0)
+                check(f"{name}: QLoRA {tag} == LoRA {tag} on the dequantized base, bitwise" + (" (the grad norm to double rounding)" if "zero2" in tag or "zero3" in tag else ""), ok, detail)
             # ZeRO 2/3 shard the adapters' state only (the packed base replicated): against ZeRO-0 at dp2,
             # dp2's two-term sums are the same whatever the stage, so only the grad norm's sum over the
             # shards is reordered: losses and grad norms within equivalence.py's bounds.

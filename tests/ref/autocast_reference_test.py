@@ -24,9 +24,20 @@ Fp32Bounds (fp32_bounds.py):
    ulp ~ 2 u_b |x|, so in expectation a flip costs 2 delta |x| -- fp32's order, not bf16's. Per
    product in series that is delta (the accumulation) + 2 delta (flips), along P = 4 L + 1
    products in series (q|k|v, o/c_proj, up|gate/c_fc, down/c_proj per layer, then the head):
-       emulation_rel = 3 P delta (forward, loss); gradients twice.
-   (A flip's worst case is heavier -- one flip in a length-n dot product moves it by ~2 u_b /
-   sqrt(n) of its scale -- but each costs a probability delta / u_b, ~1e-3 here, per operand.)
+       emulation_rel = 3 P delta (forward logits, loss).
+   Gradients are not held to that. The backward rounds ~10^4 operands per product (every
+   activation gradient), so a few flips are expected in every run, and one flip in a length-n
+   dot product moves it by ~2 u_b / sqrt(n) of its scale: bf16's order, in whichever tensors the
+   flips happen to reach. Which operands flip depends on the fp32 noise, so on the CPU's sgemm:
+   measured, torch's own float32 run of this emulation lies up to 1.5e-3 (relative Frobenius, one
+   GPT-2 tensor) from its float64 run, and Trident on an AVX2 CPU (OpenBLAS's Haswell kernels)
+   up to 4.8e-4 (a Llama tensor), while on AVX-512 CPUs both sat near 1e-6. What a flip cannot do
+   is reproduce the rounding: flips change a sparse random few operands, the scheme changes all
+   of them. So the gradient check is against the size of the rounding's own effect, R = the RMS
+   over tensors of |emulation - float64| / |float64| (Frobenius per tensor): Trident's RMS
+   distance from the emulation must be under R / 3. Measured: Trident 4e-5 R (GPT-2) and 0.03 R
+   (Llama), torch float32 0.19 R; the emulation without its backward roundings is 0.74-0.91 R
+   away, without any rounding 1.0 R, so either mutant fails.
 2. Trident vs float64 without any rounding: each product of rounded operands is off by < 2 u_b
    relative per term (u_b per operand), and along the P products in series those add:
        bf16_rel = P * 2 u_b + delta (forward, loss); gradients twice.
@@ -148,7 +159,7 @@ def gradients(loss_fn, init, ids, targets, dtype, ctx=None):
     return logits.detach().double().reshape(-1, logits.shape[-1]).numpy(), loss.item(), {k: w.grad.double().numpy() for k, w in W.items()}
 
 
-def compare(tag, got, ref, fwd_bound, results, prefix):
+def compare(tag, got, ref, fwd_bound, results, prefix, rounding_effect=None):
     logits, loss, grads = got
     e = rel_err(logits, ref[0])
     check(f"{prefix}logits", e < fwd_bound, f"max rel err {e:.2e} (bound {fwd_bound:.2e})", results)
@@ -159,9 +170,22 @@ def compare(tag, got, ref, fwd_bound, results, prefix):
         e = rel_err(grads[k], g)
         if e > worst:
             worst, worst_name = e, k
-    check(f"{prefix}every parameter's gradient", worst < 2 * fwd_bound,
-          f"worst max rel err {worst:.2e} ({worst_name}) over {len(ref[2])} tensors (bound {2 * fwd_bound:.2e})", results)
+    if rounding_effect is None:
+        check(f"{prefix}every parameter's gradient", worst < 2 * fwd_bound,
+              f"worst max rel err {worst:.2e} ({worst_name}) over {len(ref[2])} tensors (bound {2 * fwd_bound:.2e})",
+              results)
+    else:  # against the emulation: flips allowed, the rounding itself must be reproduced (docstring, 1.)
+        d = rms_distance(grads, ref[2])
+        check(f"{prefix}every parameter's gradient", d < rounding_effect / 3,
+              f"RMS over {len(ref[2])} tensors of the relative Frobenius distance {d:.2e} = {d / rounding_effect:.2f} R "
+              f"(bound R / 3, R = {rounding_effect:.2e}); worst max rel err {worst:.2e} ({worst_name})", results)
     return worst
+
+
+def rms_distance(grads, ref):
+    """RMS over the tensors of |grads - ref| / |ref| (Frobenius norms, each tensor its own scale)."""
+    v = [float(np.linalg.norm(grads[k] - g) / max(np.linalg.norm(g), 1e-30)) for k, g in ref.items()]
+    return math.sqrt(sum(x * x for x in v) / len(v))
 
 
 def run_family(build, fam, d):
@@ -190,13 +214,14 @@ def run_family(build, fam, d):
     bf16_rel = P * 2 * UB + delta
     autocast_rel = P * 3 * UB + L * 9 * UB
     print(f"{fam.name}: L={L} C={C} V={V} B={B} T={T}; delta (fp32) {delta:.2e}, P={P}: emulation bound {flip_rel:.2e}, "
-          f"bf16 vs float64 {bf16_rel:.2e}, autocast vs float64 {autocast_rel:.2e} (gradients: twice each)")
+          f"bf16 vs float64 {bf16_rel:.2e}, autocast vs float64 {autocast_rel:.2e} (gradients: twice each; against the emulation R / 3)")
 
     fn = fam.make_loss(meta)
     exact = gradients(fn, init, ids, targets, torch.float64)
     results = []
     emul = gradients(fn, init, ids, targets, torch.float64, BF16_MATMULS())
-    w_emul = compare(fam.name, trident, emul, flip_rel, results, "emulation: ")
+    effect = rms_distance(emul[2], exact[2])  # R: what the emulated rounding does to the gradients
+    w_emul = compare(fam.name, trident, emul, flip_rel, results, "emulation: ", effect)
     compare(fam.name, trident, exact, bf16_rel, results, "float64: ")
     e = rel_err(trident[0], exact[0])
     check("float64: the rounding shows (logits off by more than fp32's bound)", e > fp32.forward_rel,
@@ -213,7 +238,7 @@ def run_family(build, fam, d):
     for mutant, must_fail in MUTANTS.items():
         got = []
         compare(fam.name, trident, gradients(fn, init, ids, targets, torch.float64, BF16_MATMULS(mutant)),
-                flip_rel, got, "emulation: ")
+                flip_rel, got, "emulation: ", effect)
         failed = [w for w, ok, _ in got if not ok]
         missed = [c for c in must_fail if c not in failed]
         print(f"{'ok  ' if not missed else 'FAIL'} {fam.name}: mutant {mutant} is caught: fails {failed}"

@@ -210,6 +210,9 @@ TEST_P(InProcessPipeline, EveryScheduleMatchesOneRank) {
     if (!refs.count(cs.M)) refs.emplace(cs.M, reference(cs.M));
   }
   comm::run_in_process(P, [&](comm::Communicator& launcher) {
+    // OpenMP's thread count is per thread: each rank's thread starts at OMP_NUM_THREADS, not
+    // at the 1 set above, and the reference ran with 1 thread.
+    kernels::set_num_threads(1);
     comm::Mesh mesh(launcher.split(0, launcher.rank(), "world"), comm::MeshShape{P, 1, 1});
     for (const Case& cs : cases) run_rank(mesh, cs, refs.at(cs.M));
   }, test_options());
