@@ -121,8 +121,9 @@ int run_plan(int argc, char** argv) {
   app.add_option("--precision", precision,
                  "the run's --precision: its matmuls are timed at it (bf16 is about twice fp32 where the CPU has "
                  "bf16 instructions); bf16/fp16 save the activations read only as matmul operands in 16 bits and "
-                 "bf16 adds its bf16 weight copy, 2 bytes per parameter held (gradients, moments, master weights and "
-                 "the other activations stay fp32, docs/memory.md)")
+                 "bf16 adds its bf16 weight copy, 2 bytes per parameter held, and at ZeRO 1-2 shards the layer matrices' "
+                 "fp32 master over dp (gradients, moments, master weights and the other activations stay fp32, "
+                 "docs/memory.md)")
       ->check(CLI::IsMember(std::vector<std::string>(kernels::precision_names().begin(), kernels::precision_names().end())))
       ->capture_default_str();
   app.add_option("--bucket-mb", bucket_mb, "DDP/ZeRO gradient bucket size, MiB")->capture_default_str();

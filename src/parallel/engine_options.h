@@ -29,8 +29,9 @@ struct EngineOptions {
   // ZeRO-1/2 in bf16/fp16: each rank keeps the fp32 master of the operand-only parameters for
   // its own shard only and the matmuls read a persistent 16-bit copy, all-gathered after each
   // update (parallel/zero_master.h: 2 + 4 + 12/N bytes a parameter at ZeRO-1, 2 + 16/N at
-  // ZeRO-2). Off: every rank holds them in full, as before (what the tests compare it with).
-  bool shard_master = false;
+  // ZeRO-2), where parallel::shards_master says so. Off: every rank holds them in full (6 bytes
+  // with the per-step copy), bitwise the same results; only tests turn it off, to compare.
+  bool shard_master = true;
   // Dynamic loss scaling, used when precision is fp16 (optim/loss_scaler.h).
   optim::LossScalerConfig loss_scaler;
   GradReduceDType grad_reduce_dtype = GradReduceDType::kFp32;  // of the dp/edp gradient sums

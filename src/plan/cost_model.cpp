@@ -117,14 +117,16 @@ CommModel copy_only(const CommModel& cm) {
   return copy;
 }
 
-// Data-parallel traffic of one step for Ψ local parameters (ddp_reducer.h).
-double dp_traffic(const CommModel& cm, int zero, int dp, int M, double psi) {
+// Data-parallel traffic of one step for Ψ local parameters (ddp_reducer.h); at ZeRO 1-2 the
+// values all-gathered after the update are value_share x 4Ψ bytes (an all-gather costs what a
+// reduce-scatter of the same bytes does): 1, or less with the sharded master's 16-bit copy.
+double dp_traffic(const CommModel& cm, int zero, int dp, int M, double psi, double value_share = 1.0) {
   if (dp <= 1) return 0;
-  const double bytes = 4.0 * psi;
+  const double bytes = 4.0 * psi, values = value_share * bytes;
   switch (zero) {
     case 0: return cm.allreduce(bytes, dp);
-    case 1: return cm.allreduce(bytes, dp) + cm.reduce_scatter(bytes, dp);   // + all_gather of values
-    case 2: return M * cm.reduce_scatter(bytes, dp) + cm.reduce_scatter(bytes, dp);
+    case 1: return cm.allreduce(bytes, dp) + cm.reduce_scatter(values, dp);   // + all_gather of values
+    case 2: return M * cm.reduce_scatter(bytes, dp) + cm.reduce_scatter(values, dp);
     default: return 3.0 * M * cm.reduce_scatter(bytes, dp);  // gathers before fwd and bwd, reduce-scatter
   }
 }
@@ -268,9 +270,12 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     const double psi = static_cast<double>(mem.params_by_pp_rank[i]);
     // Under ep the expert weights are reduced over edp (dp / ep ranks), the rest over dp.
     const double experts = l.ep > 1 ? static_cast<double>(mem.expert_params_by_pp_rank[i]) : 0.0;
+    // The value all-gather's share of 4Ψ, applied to the expert and the dense parts alike (the
+    // value-read parameters an MoE adds, its routers, are a sliver of either).
+    const double value_share = psi > 0 ? mem.value_gather_bytes_by_pp_rank[i] / (4.0 * psi) : 1.0;
     auto grad_traffic = [&](const CommModel& dense_link, const CommModel& expert_link) {
-      return dp_traffic(dense_link, l.zero, l.dp, M, psi - experts) +
-             (experts > 0 ? dp_traffic(expert_link, l.zero, l.dp / l.ep, M, experts) : 0.0);
+      return dp_traffic(dense_link, l.zero, l.dp, M, psi - experts, value_share) +
+             (experts > 0 ? dp_traffic(expert_link, l.zero, l.dp / l.ep, M, experts, value_share) : 0.0);
     };
     const double dp_comm = grad_traffic(dpl, edpl);
     // What cannot hide behind backward: the bucket finished last (the embedding's, which
@@ -283,7 +288,7 @@ StepPrediction predict_step(const PlanRequest& req, const Layout& l, ComputeMode
     if (first.has_embedding || part.chunk(r, V - 1).has_head) {
       last_bytes = std::max(last_bytes, 4.0 * static_cast<double>(m.padded_vocab(tp) / tp) * m.n_embd);
     }
-    const double last = std::min(dp_comm, dp_traffic(dpl, std::min(l.zero, 1), l.dp, 1, last_bytes / 4.0));
+    const double last = std::min(dp_comm, dp_traffic(dpl, std::min(l.zero, 1), l.dp, 1, last_bytes / 4.0, value_share));
     const double exposed = std::max(last, dp_comm - window);
     // ZeRO: this rank's shard, dense state over dp and expert state over edp.
     const double owned = std::ceil((psi - experts) / l.dp) + (experts > 0 ? std::ceil(experts / (l.dp / l.ep)) : 0.0);

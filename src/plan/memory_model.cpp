@@ -228,6 +228,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     // ZeRO-1/2's sharded master (parallel/zero_master.h), as the engine decides it: the 16-bit
     // copy of every element, the value-read parameters' fp32 values, the fp32 master of the
     // operand-only elements of the dp rank's shard (the most any dp rank holds).
+    double value_gather = 4 * full;
     if (parallel::EngineOptions{}.shard_master &&
         parallel::shards_master(l.zero, req.precision, m.lora.enabled(), req.offload_optimizer || l.offload)) {
       double operand = 0, master = 0;
@@ -243,6 +244,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
         for (const auto& [a, b] : parallel::operand_only_runs(chunk->params())) operand += static_cast<double>(b - a);
       }
       mb.params = 2 * full + 4 * (full - operand) + 4 * master;
+      value_gather = 2 * full + 4 * (full - operand);
     }
     // ZeRO 0-1: the flat gradient buffer, the trained parameters only; ZeRO 2-3: the value
     // layout's shard and buckets (which still span a LoRA run's frozen tensors).
@@ -276,6 +278,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     out.params_by_pp_rank.push_back(psi);
     out.expert_params_by_pp_rank.push_back(expert_psi);
     out.trained_by_pp_rank.push_back(static_cast<int64_t>(trained));
+    out.value_gather_bytes_by_pp_rank.push_back(value_gather);
   }
   for (int r = 0; r < l.pp; ++r) {
     if (out.by_pp_rank[static_cast<std::size_t>(r)].total() > out.worst().total()) out.worst_pp_rank = r;

@@ -59,6 +59,10 @@ struct MemoryPrediction {
   std::vector<int64_t> expert_params_by_pp_rank;
   // Elements AdamW updates on the rank (its shard under ZeRO >= 1; a LoRA run: the adapters').
   std::vector<int64_t> trained_by_pp_rank;
+  // Bytes of values each dp rank's ZeRO-1/2 all-gather after an update carries, over the whole
+  // Ψ: 4Ψ, or with the sharded master (parallel/zero_master.h) the 16-bit copy 2Ψ plus the
+  // value-read parameters' fp32 values 4Ψv.
+  std::vector<double> value_gather_bytes_by_pp_rank;
   int worst_pp_rank = 0;                    // largest total
   const MemoryBreakdown& worst() const { return by_pp_rank.at(static_cast<std::size_t>(worst_pp_rank)); }
 };

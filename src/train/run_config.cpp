@@ -38,6 +38,12 @@ namespace {
 constexpr std::string_view kNonfiniteNames[] = {"skip", "stop"};
 }  // namespace
 
+std::span<const std::string_view> enum_names(MoeScoring) {
+  static const std::string_view names[] = {"preset", nn::scoring_name(nn::RouterScoring::kSoftmax),
+                                            nn::scoring_name(nn::RouterScoring::kSigmoid)};
+  return names;
+}
+
 std::span<const std::string_view> enum_names(data::DataOrder) { return data::data_order_names(); }
 std::span<const std::string_view> enum_names(optim::LrSchedule::Kind) { return optim::lr_schedule_kind_names(); }
 std::span<const std::string_view> enum_names(pp::ScheduleKind) { return pp::schedule_kind_names(); }
@@ -311,6 +317,18 @@ nn::ModelConfig resolve_model_config(const ModelOptions& m) {
   override_moe(g, m.moe_shared_experts, "--moe-shared-experts", "adds shared experts to a mixture-of-experts model",
                &nn::ModelConfig::n_shared_experts);
   override_moe(g, m.moe_inner, "--moe-inner", "sets the routed experts' width", &nn::ModelConfig::moe_inner);
+  if (m.moe_scoring != MoeScoring::kPreset) {
+    TRI_CHECK(g.is_moe(), "--moe-scoring {} sets the router's scoring, but this model ({}) has no experts; drop the flag",
+              enum_name(m.moe_scoring), nn::family_name(g.family));
+    g.scoring = m.moe_scoring == MoeScoring::kSigmoid ? nn::RouterScoring::kSigmoid : nn::RouterScoring::kSoftmax;
+  }
+  override_moe(g, m.moe_routed_scaling, "--moe-routed-scaling", "scales the routing weights",
+               &nn::ModelConfig::routed_scaling_factor);
+  // A group count alone keeps every group eligible (topk_group = n_group, as config.json's null).
+  override_moe(g, m.moe_groups, "--moe-groups", "limits the routing to groups of experts", &nn::ModelConfig::n_group);
+  if (m.moe_groups && !m.moe_topk_groups) g.topk_group = g.n_group;
+  override_moe(g, m.moe_topk_groups, "--moe-topk-groups", "limits the routing to the best groups",
+               &nn::ModelConfig::topk_group);
   g = with_objective_overrides(g, m);
   g.validate();
   return g;

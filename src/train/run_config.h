@@ -39,11 +39,14 @@ namespace trident::train {
 // ---- Enumerated options. enum_names(E{}) lists the spellings, indexed by the enum's value
 // (the lower layer's own table, except for the run's own NonfinitePolicy).
 enum class NonfinitePolicy { kSkip, kStop };
+// --moe-scoring: keep the model's router scoring (preset / config.json) or set one of nn's.
+enum class MoeScoring { kPreset, kSoftmax, kSigmoid };
 
 std::span<const std::string_view> enum_names(data::DataOrder);          // random, sequential
 std::span<const std::string_view> enum_names(optim::LrSchedule::Kind);  // cosine, constant
 std::span<const std::string_view> enum_names(pp::ScheduleKind);         // gpipe, 1f1b, interleaved
 std::span<const std::string_view> enum_names(NonfinitePolicy);          // skip, stop
+std::span<const std::string_view> enum_names(MoeScoring);              // preset, softmax, sigmoid
 std::span<const std::string_view> enum_names(optim::OffloadKind);       // none, optimizer
 std::span<const std::string_view> enum_names(nn::Recompute);            // none, selective, full
 std::span<const std::string_view> enum_names(kernels::Precision);       // fp32, bf16, fp16
@@ -126,6 +129,10 @@ struct ModelOptions {
   std::optional<int> moe_first_k_dense;     // unset: the preset's / config.json's first_k_dense_replace
   std::optional<int> moe_shared_experts;    // unset: the preset's / config.json's n_shared_experts
   std::optional<int> moe_inner;             // unset: the preset's / config.json's moe_intermediate_size
+  MoeScoring moe_scoring;                   // kPreset: the preset's / config.json's scoring_func
+  std::optional<double> moe_routed_scaling;  // unset: the preset's / config.json's routed_scaling_factor
+  std::optional<int> moe_groups;            // unset: the preset's / config.json's n_group
+  std::optional<int> moe_topk_groups;       // unset: the preset's / config.json's topk_group
   int lora_rank;             // 0: no adapters, every parameter trained
   double lora_alpha;         // 0: 2 * lora_rank
   std::string lora_targets;  // comma-separated short names of the family's LoRA targets
@@ -168,6 +175,14 @@ void for_each_field(S& o, V&& v) {
         .at_least(0).shown_as("from the preset (0)").alias("n_shared_experts shared_experts num_shared_experts moe_shared_expert_intermediate_size"), o.moe_shared_experts);
   v(field("moe_inner", std::optional<int>{}, "override (mixture of experts): each routed expert's width, apart from the dense layers' n_inner (Qwen2-MoE / DeepSeek's moe_intermediate_size; the shared experts are S x it; docs/moe.md)")
         .at_least(1).shown_as("from the preset (n_inner)").alias("moe_intermediate_size expert_width moe_ffn_hidden_size"), o.moe_inner);
+  v(field("moe_scoring", MoeScoring::kPreset, "override (mixture of experts): how the router scores experts: softmax over the logits (Mixtral) or each logit's sigmoid, the top-k weights then normalised (DeepSeek-V3's scoring_func; docs/moe.md)")
+        .alias("scoring_func router_scoring score_func moe_router_score_function"), o.moe_scoring);
+  v(field("moe_routed_scaling", std::optional<double>{}, "override (mixture of experts): the routing weights are multiplied by this (DeepSeek-V3's routed_scaling_factor, 2.5 there; docs/moe.md)")
+        .above(0).shown_as("from the preset (1)").alias("routed_scaling_factor routed_scaling moe_router_topk_scaling_factor"), o.moe_routed_scaling);
+  v(field("moe_groups", std::optional<int>{}, "override (mixture of experts): group-limited routing: the experts in this many groups, a group scored by the sum of its 2 best, a token's experts chosen among the best --moe-topk-groups groups (DeepSeek-V3's n_group; docs/moe.md)")
+        .at_least(1).shown_as("from the preset (1 = no limit)").alias("n_group expert_groups moe_router_num_groups"), o.moe_groups);
+  v(field("moe_topk_groups", std::optional<int>{}, "override (mixture of experts): the groups a token's experts may come from (DeepSeek-V3's topk_group; docs/moe.md)")
+        .at_least(1).shown_as("from the preset (all groups)").alias("topk_group moe_router_group_topk"), o.moe_topk_groups);
   v(field("lora_rank", 0, "LoRA: train rank-r adapters on a frozen base (needs --init-from or --resume; docs/lora.md)")
         .at_least(0).shown_as("0 = off").alias("lora_r lora_dim"), o.lora_rank);
   v(field("lora_alpha", 0.0, "LoRA: adapter outputs are scaled by alpha / r (PEFT's lora_alpha)")
@@ -367,7 +382,7 @@ void for_each_field(S& o, E& e, V&& v) {
   v(field("threads", 0, "OpenMP threads per rank").at_least(0).shown_as("0 = OpenMP's default")
         .alias("num_threads omp_threads nthreads"), o.threads);
   v(field("precision", parallel::EngineOptions{}.precision,
-          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style), the weights read from a bf16 copy made once a step from the fp32 master (2 more bytes a parameter); fp16: the same with fp16 operands (overflow beyond 65504 is inf) and dynamic loss scaling ([optim] initial_loss_scale, loss_scale_window, hysteresis, min_loss_scale); gradients, optimizer state, the master weights and checkpoints stay fp32")
+          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style), the weights read from a bf16 copy made once a step from the fp32 master (2 more bytes a parameter; at ZeRO 1-2 the copy persists and the layer matrices' fp32 master is sharded over dp, docs/memory.md); fp16: the same with fp16 operands (overflow beyond 65504 is inf) and dynamic loss scaling ([optim] initial_loss_scale, loss_scale_window, hysteresis, min_loss_scale); gradients, optimizer state, the master weights and checkpoints stay fp32")
         .alias("dtype mixed_precision amp autocast compute_dtype"), e.precision);
   v(field("stochastic_rounding", parallel::EngineOptions{}.stochastic_rounding,
           "precision bf16: round the fp32 master weights into the bf16 copy the matmuls read stochastically (up with probability of the dropped bits, as llm.c) instead of to nearest even, keyed by (seed, step, parameter name, element index) so every layout rounds alike")

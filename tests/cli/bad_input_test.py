@@ -105,6 +105,25 @@ def main():
                      base + ["--data", f"{d}/ok", "--model", config_file("sz", {**mixtral, "scoring_func": "sigmoid"}),
                              "--moe-z-loss-coef", "0.1"],
                      "this model's scoring_func is sigmoid: set it to 0")
+        expect_error("--moe-scoring on a dense model",
+                     base + ["--data", f"{d}/ok", "--model", "llama-tiny", "--moe-scoring", "sigmoid"],
+                     "--moe-scoring sigmoid sets the router's scoring", "has no experts; drop the flag")
+        expect_error("an unknown --moe-scoring",
+                     base + ["--data", f"{d}/ok", "--model", "mixtral-tiny", "--moe-scoring", "relu"],
+                     "relu", "preset, softmax, sigmoid")
+        expect_error("--moe-groups that does not divide the experts",
+                     base + ["--data", f"{d}/ok", "--model", "mixtral-tiny", "--moe-groups", "3"],
+                     "n_group 3 must divide num_local_experts 4")
+        expect_error("--moe-topk-groups beyond --moe-groups",
+                     base + ["--data", f"{d}/ok", "--model", "mixtral-tiny", "--moe-groups", "2", "--moe-topk-groups", "3"],
+                     "topk_group 3 must be between 1 and n_group 2")
+        expect_error("--moe-routed-scaling 0",
+                     base + ["--data", f"{d}/ok", "--model", "mixtral-tiny", "--moe-routed-scaling", "0"],
+                     "--moe-routed-scaling = 0 is out of range", "must be > 0")
+        expect_error("--moe-scoring sigmoid with the z-loss",
+                     base + ["--data", f"{d}/ok", "--model", "mixtral-tiny", "--moe-scoring", "sigmoid",
+                             "--moe-z-loss-coef", "0.1"],
+                     "this model's scoring_func is sigmoid: set it to 0")
         # Expert parallelism (issue 15): ep must divide dp and the experts; dense models are
         # refused with the fix (ZeRO with ep is allowed: cli.layout_matrix_test.mixtral-tiny).
         moe = base + ["--data", f"{d}/ok", "--model", "mixtral-tiny"]

@@ -107,6 +107,15 @@ MIXTRAL_BALANCED_FLAGS = ["--moe-bias-update-rate", "0.01", "--moe-capacity-fact
 DENSE_SHARED_ROWS = [(8, 1, 1, 0, "1f1b", 2), (4, 2, 1, 0, "1f1b"), (4, 1, 2, 0, "1f1b"), (2, 2, 2, 0, "gpipe", 2),
                      (2, 1, 4, 0, "1f1b", 2)]
 DENSE_SHARED_FLAGS = ["--moe-first-k-dense", "1", "--moe-shared-experts", "1", "--moe-bias-update-rate", "0.01"]
+# Mixtral-tiny with DeepSeek-V3's router: sigmoid scores, the top-k weights normalised and scaled
+# by routed_scaling_factor 2.5, group-limited routing (the 4 experts in 2 groups, the best group
+# only: a token's 2 experts are one group's pair), and the aux-free bias moving the choice. The
+# z-loss is a softmax router's and stays off. dp, ep (a group per ep rank and split over ranks),
+# tp, pp with micro-batches, ZeRO.
+DEEPSEEK_ROUTER_ROWS = [(8, 1, 1, 0, "1f1b"), (8, 1, 1, 0, "1f1b", 2), (4, 1, 1, 0, "1f1b", 4), (4, 2, 1, 0, "1f1b"),
+                        (4, 1, 2, 0, "1f1b", 2), (2, 2, 2, 0, "gpipe", 2), (2, 1, 1, 3, "1f1b", 2)]
+DEEPSEEK_ROUTER_FLAGS = ["--moe-scoring", "sigmoid", "--moe-routed-scaling", "2.5", "--moe-groups", "2",
+                         "--moe-topk-groups", "1", "--moe-bias-update-rate", "0.01"]
 LLAMA_TIED_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 88,
     "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
@@ -129,6 +138,8 @@ def layouts(model="tiny"):
         return MIXTRAL_BALANCED_ROWS
     if model == "mixtral-tiny-dense-shared":
         return DENSE_SHARED_ROWS
+    if model == "mixtral-tiny-deepseek-router":
+        return DEEPSEEK_ROUTER_ROWS
     if model != "tiny":
         return LLAMA_ROWS
     rows = []
@@ -179,7 +190,11 @@ def main():
             model_arg = "mixtral-tiny"
             common[2] = model_arg
             common += DENSE_SHARED_FLAGS
-        if model.startswith("mixtral-tiny"):
+        if model == "mixtral-tiny-deepseek-router":
+            model_arg = "mixtral-tiny"
+            common[2] = model_arg
+            common += DEEPSEEK_ROUTER_FLAGS
+        elif model.startswith("mixtral-tiny"):
             common += ["--moe-z-loss-coef", "0.01"]  # the router z-loss on too: in the objective, and compared
         rc, _, err = run([T] + common + ["--ckpt-dir", f"{d}/ref", "--metrics", f"{d}/ref.jsonl"])
         check("single-process reference run", rc == 0, err[-1500:] if rc else "")

@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,7 @@
 #include "core/rng.h"
 #include "nn/model_config.h"
 #include "parallel/engine.h"
+#include "parallel/zero_master.h"
 #include "plan/memory_model.h"
 #include "mpi_gtest_main.h"
 #include "equivalence_bounds.h"
@@ -281,10 +283,13 @@ TEST(DpMemory, PerRankBytesFollowTheZeroFormulas) {
 // --precision bf16 (nn/bf16_weights.h): the fp32 values stay the optimizer's master and the
 // matmuls read a bf16 copy of every element the rank holds, 2 bytes each, counted as parameters:
 //   stage 0: 4Ψ + 2Ψ + 4Ψ + 8Ψ = 18Ψ (Megatron's bf16 with fp32 gradients, no distributed
-//            optimizer: 18 bytes a parameter)          stage 1: 6Ψ + 4Ψ + 8Ψ/N
-//   stage 2: 6Ψ + 4Ψ/N + 8Ψ/N                           stage 3: 16Ψ/N at rest, and during the
-//            step 2 bytes per gathered element besides the gathered fp32 values
-// and plan::predict_memory says the same.
+//            optimizer: 18 bytes a parameter)
+//   stages 1-2: the fp32 master of the operand-only parameters sharded (parallel/zero_master.h):
+//            parameters 2Ψ (the copy) + 4Ψv (the value-read ones, full) + 4 x this rank's
+//            operand-only shard elements; gradients 4Ψ (stage 1) or 4Ψ/N (stage 2); moments 8Ψ/N
+//   stage 3: 16Ψ/N at rest, and during the step 2 bytes per gathered element besides the
+//            gathered fp32 values
+// and plan::predict_memory says the same for the parameters (the most any dp rank holds).
 TEST(DpMemory, Bf16WeightCopyAddsTwoBytesPerHeldElement) {
   const double N = dp_mesh().size();
   for (int zero = 0; zero <= 3; ++zero) {
@@ -298,7 +303,16 @@ TEST(DpMemory, Bf16WeightCopyAddsTwoBytesPerHeldElement) {
     const nn::ParameterSet& ps = e.model().params();
     const double psi = static_cast<double>(ps.total_numel());
     const double shard = e.data_parallel() ? static_cast<double>(e.data_parallel()->layout().numel()) : psi;
-    const double want_p = zero >= 3 ? 4 * shard : 6 * psi;
+    // Stages 1-2: the copy, the value-read parameters' full values, this rank's master shard.
+    int64_t operand = 0, mine = 0;
+    if (zero == 1 || zero == 2) {
+      for (const auto& [lo, hi] : operand_only_runs(ps)) operand += hi - lo;
+      mine = operand_only_elems(ps, e.data_parallel()->layout().pieces());
+      ASSERT_NE(e.data_parallel()->master(), nullptr) << "zero " << zero << ": the master is sharded by default";
+    }
+    const double want_p = zero >= 3   ? 4 * shard
+                          : zero >= 1 ? 2 * psi + 4 * static_cast<double>(psi - operand) + 4 * static_cast<double>(mine)
+                                      : 6 * psi;
     const double want_g = zero >= 2 ? 4 * shard : 4 * psi;
     const double want_o = zero >= 1 ? 8 * shard : 8 * psi;
     const double got_p = static_cast<double>(t.current(MemCategory::kParameters));
@@ -332,7 +346,11 @@ TEST(DpMemory, Bf16WeightCopyAddsTwoBytesPerHeldElement) {
       plan::Layout l;
       l.dp = static_cast<int>(N);
       l.zero = zero;
-      EXPECT_EQ(plan::predict_memory(req, l).worst().params, want_p) << "zero " << zero;
+      // The planner's worst rank: the largest master shard of any dp rank.
+      int64_t most = mine;
+      dp_mesh().world().allreduce(std::span<int64_t>(&most, 1), comm::ReduceOp::kMax).wait();
+      const double worst_p = want_p + 4 * static_cast<double>(most - mine);
+      EXPECT_EQ(plan::predict_memory(req, l).worst().params, worst_p) << "zero " << zero;
     }
   }
 }
