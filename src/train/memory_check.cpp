@@ -2,17 +2,18 @@
 #include "train/memory_check.h"
 
 #include <fmt/format.h>
-#include <mpi.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "comm/mpi_backend.h"
+#include "comm/communicator.h"
 #include "core/check.h"
 #include "core/memory.h"
 #include "parallel/pipeline/schedule.h"
@@ -97,14 +98,11 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   const std::optional<double> avail = available_memory_bytes();
   if (!avail) return;  // nothing to compare with (not Linux?): the allocation will tell
   // Ranks on this node share its memory.
-  MPI_Comm node = MPI_COMM_NULL;
-  MPI_Comm_split_type(comm::mpi_comm_of(mesh.world()), MPI_COMM_TYPE_SHARED, mesh.rank(), MPI_INFO_NULL, &node);
-  int local = 1;
-  MPI_Comm_size(node, &local);
+  const std::unique_ptr<comm::Communicator> node = mesh.world().split_node("node");
+  const int local = node->size();
   auto node_sum = [&](double mine) {
-    double sum = 0;
-    MPI_Allreduce(&mine, &sum, 1, MPI_DOUBLE, MPI_SUM, node);
-    return sum;
+    node->allreduce(std::span<double>(&mine, 1), comm::ReduceOp::kSum).wait();
+    return mine;
   };
   const std::string hint = fmt::format(
       "; use a smaller model, or more ranks with --zero 3 / --tp / --pp (or a smaller --batch-size / "
@@ -119,7 +117,6 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   const double floor_per_rank = lower_bound_bytes_per_rank(model, world, offload, offload_params);
   const double floor_node = node_sum(floor_per_rank);
   if (floor_node > *avail) {
-    MPI_Comm_free(&node);
     TRI_FAIL("the model ({}) cannot be built here: its {} parameters need at least {:g} bytes each "
              "in memory ({}), {} per rank even split over all {} ranks, {} "
              "for the {} rank(s) on this node, but only {} is available{}",
@@ -174,7 +171,6 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
                               ? 4.0 * static_cast<double>(snapshot_floats(model))
                               : 0.0;
   const double node_total = node_sum(mine ? mine->total() + snapshot : 0.0);
-  MPI_Comm_free(&node);
   if (!mine || node_total <= *avail) return;
   TRI_FAIL("the model ({}) at this layout needs about {} resident on this rank (parameters {}, "
            "packed base {}, gradients {}, optimizer state {}, activations {}, workspace {}: trident plan's memory "
