@@ -2,7 +2,8 @@
 // (nn::Model::forward_logits, which recomputes the whole prefix): a prompt fed at once and the
 // rest one token at a time gives every position's logits within fp32 bounds, for every family
 // (Llama with grouped-query attention and an untied head too; Mixtral with a dense layer, a
-// shared expert and the router bias, and without them).
+// shared expert and the router bias, and without them; DeepSeek-V3's sigmoid, group-limited
+// router with its narrower experts).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -101,6 +102,19 @@ TEST(DecodeModel, MixtralCacheEqualsRecompute) {
   c.router_bias_update_rate = 0.01;
   expect_cache_equals_recompute(c);
   c.first_k_dense = 0, c.n_shared_experts = 0, c.router_bias_update_rate = 0, c.norm_topk_prob = false;
+  expect_cache_equals_recompute(c);
+}
+
+TEST(DecodeModel, DeepSeekRouterCacheEqualsRecompute) {
+  // DeepSeek-V3's router and widths: sigmoid scores, 2 groups of 2 experts with the best one
+  // eligible, the weights renormalised and x 2.5, the aux-free bias, experts narrower than the
+  // dense layer 0 and a shared expert. Decode routes through the same nn::route_token.
+  nn::ModelConfig c = nn::model_preset("mixtral-tiny");
+  c.scoring = nn::RouterScoring::kSigmoid;
+  c.n_group = 2, c.topk_group = 1;
+  c.routed_scaling_factor = 2.5;
+  c.router_bias_update_rate = 0.01;
+  c.first_k_dense = 1, c.n_shared_experts = 1, c.moe_inner = 24;
   expect_cache_equals_recompute(c);
 }
 
