@@ -465,6 +465,25 @@ std::span<const std::byte> SafetensorsReader::raw(const std::string& name) const
   return {data_ + t.begin, static_cast<std::size_t>(t.end - t.begin)};
 }
 
+void SafetensorsReader::read_raw(const std::string& name, std::span<std::byte> dst) const {
+  const auto& t = info(name);
+  const auto bytes = static_cast<std::size_t>(t.end - t.begin);
+  TRI_CHECK(dst.size() == bytes, "read_raw of '{}' in {}: {} bytes, into a buffer of {}", name, path_, bytes, dst.size());
+  mapping_->bytes_read += bytes;
+  if (!mapping_->checksum) {
+    std::memcpy(dst.data(), data_ + t.begin, bytes);
+    return;
+  }
+  constexpr std::size_t kPiece = std::size_t{256} << 10;  // checksummed while in cache, as read()
+  std::uint32_t crc = 0;
+  for (std::size_t done = 0; done < bytes; done += kPiece) {
+    const std::size_t n = std::min(kPiece, bytes - done);
+    crc = crc32c_update(crc, data_ + t.begin + done, n);
+    std::memcpy(dst.data() + done, data_ + t.begin + done, n);
+  }
+  mapping_->record(data_offset_ + t.begin, data_offset_ + t.end, crc);
+}
+
 const TensorInfo& SafetensorsReader::readable(const std::string& name, const Shape& expected_shape) const {
   const auto& t = info(name);
   TRI_CHECK(t.shape == expected_shape, "tensor '{}' in {} has shape {} but {} was expected", name,

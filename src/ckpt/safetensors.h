@@ -141,6 +141,9 @@ class SafetensorsReader {
 
   // Raw bytes of a tensor inside the mapping (any dtype).
   std::span<const std::byte> raw(const std::string& name) const;
+  // A copy of those bytes (any dtype; dst.size() must be the tensor's byte count), counted in
+  // bytes_read() and, after checksum_reads(), checksummed as they are copied as read() does.
+  void read_raw(const std::string& name, std::span<std::byte> dst) const;
 
  private:
   struct Mapping;

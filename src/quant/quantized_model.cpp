@@ -209,14 +209,18 @@ QuantHeader read_header(const std::string& dir) {
 }
 
 // A packed tensor's raw bytes, checked for dtype and shape.
-std::span<const std::byte> packed(const ckpt::SafetensorsReader& r, const std::string& name, ckpt::DType dtype,
-                                  const Shape& shape) {
+// A packed tensor's bytes into `dst` (resized), after its dtype and shape are checked.
+template <class Byte>
+void read_packed(const ckpt::SafetensorsReader& r, const std::string& name, ckpt::DType dtype, const Shape& shape,
+                 std::vector<Byte>& dst) {
+  static_assert(sizeof(Byte) == 1);
   const ckpt::TensorInfo& info = r.info(name);
   TRI_CHECK(info.dtype == dtype && info.shape == shape,
             "tensor '{}' in {} is {} {} but the quantized format needs {} {}; the file is damaged or "
             "was not written by `trident quantize`", name, r.path(), ckpt::dtype_name(info.dtype),
             shape_str(info.shape), ckpt::dtype_name(dtype), shape_str(shape));
-  return r.raw(name);
+  dst.resize(static_cast<std::size_t>(info.end - info.begin));
+  r.read_raw(name, std::as_writable_bytes(std::span<Byte>(dst)));
 }
 
 void check_scales(const std::vector<float>& v, const std::string& name, const std::string& file, bool positive) {
@@ -247,6 +251,8 @@ PackedFormat quantized_format(const std::string& dir) {
 QuantizedModel load_quantized(const std::string& dir, bool check_checksums) {
   const QuantHeader h = read_header(dir);
   const ckpt::SafetensorsReader r((fs::path(dir) / ckpt::kModelFile).string());
+  // The checksum check folded into this load's reads: the file is read once (ckpt/checksums.h).
+  if (check_checksums) r.checksum_reads();
   QuantizedModel m;
   m.config = h.config, m.format = h.format, m.group = h.group, m.method = h.method;
   m.base_fingerprint = h.base_fingerprint;
@@ -263,9 +269,7 @@ QuantizedModel load_quantized(const std::string& dir, bool check_checksums) {
     QuantMatrix q;
     q.format = h.format, q.rows = O, q.cols = I;
     if (h.format == Format::kInt8) {
-      const auto raw = packed(r, d.name, ckpt::DType::kI8, {O, I});
-      q.q8.resize(raw.size());
-      std::memcpy(q.q8.data(), raw.data(), raw.size());
+      read_packed(r, d.name, ckpt::DType::kI8, {O, I}, q.q8);
       q.scale = r.get(d.name + ".scale", {O});
       check_scales(q.scale, d.name + ".scale", r.path(), true);
       q.finish_int8();
@@ -273,9 +277,7 @@ QuantizedModel load_quantized(const std::string& dir, bool check_checksums) {
     } else {
       TRI_CHECK(I % h.group == 0, "'{}' has {} inputs per row, which group size {} does not divide", d.name, I, h.group);
       q.group = h.group;
-      const auto raw = packed(r, d.name, ckpt::DType::kU8, {O, I / 2});
-      q.q4.resize(raw.size());
-      std::memcpy(q.q4.data(), raw.data(), raw.size());
+      read_packed(r, d.name, ckpt::DType::kU8, {O, I / 2}, q.q4);
       q.scale = r.get(d.name + ".scale", {O, I / h.group});
       q.offset = r.get(d.name + ".offset", {O, I / h.group});
       check_scales(q.scale, d.name + ".scale", r.path(), true);
@@ -287,7 +289,10 @@ QuantizedModel load_quantized(const std::string& dir, bool check_checksums) {
   TRI_CHECK(r.tensors().size() == expected_tensors, "{} holds {} tensors but a {} checkpoint of {} has {}",
             r.path(), r.tensors().size(), format_name(h.format), h.config.describe(), expected_tensors);
   // Last, as load_checkpoint does: a damaged file's own error (a shape, a NaN scale) names it better.
-  if (check_checksums) ckpt::verify_checksums(dir, trident_json_of(dir));
+  if (check_checksums) {
+    const ckpt::SafetensorsReader* const read_by[] = {&r};
+    ckpt::verify_checksums(dir, trident_json_of(dir), read_by);
+  }
   return m;
 }
 

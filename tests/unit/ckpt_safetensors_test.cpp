@@ -351,6 +351,10 @@ TEST(CkptSafetensors, ReadRangeIsTheSliceOfReadAndCountsItsBytes) {
     folded.read_range("b", {40000}, 17, 20000, v.data());  // overlaps the read before
     folded.read("d", {9}, v.data());
     folded.read("c", {100}, v.data());
+    std::vector<std::byte> raw(folded.raw("a").size());  // read_raw: the bytes as they are, checksummed too
+    folded.read_raw("a", raw);
+    EXPECT_EQ(std::memcmp(raw.data(), folded.raw("a").data(), raw.size()), 0);
+    EXPECT_ERROR_HAS(folded.read_raw("a", std::span<std::byte>(raw).first(raw.size() - 1)), "read_raw of 'a'");
     const std::uint64_t before = folded.bytes_read();
     EXPECT_EQ(folded.file_crc32c(), file_crc32c(path));
     EXPECT_EQ(folded.file_crc32c(), SafetensorsReader(path).file_crc32c());  // nothing recorded: one whole pass
