@@ -304,6 +304,13 @@ nn::ModelConfig resolve_model_config(const ModelOptions& m) {
     // a key the family does not implement is refused, never silently dropped.
     g = ckpt::read_model_config(path.string());
   }
+  g = with_shape_overrides(g, m);
+  g = with_objective_overrides(g, m);
+  g.validate();
+  return g;
+}
+
+nn::ModelConfig with_shape_overrides(nn::ModelConfig g, const ModelOptions& m) {
   if (m.n_layer) g.n_layer = m.n_layer;
   if (m.n_head) g.n_head = m.n_head;
   if (m.n_kv_head) g.n_kv_head = m.n_kv_head;
@@ -329,9 +336,20 @@ nn::ModelConfig resolve_model_config(const ModelOptions& m) {
   if (m.moe_groups && !m.moe_topk_groups) g.topk_group = g.n_group;
   override_moe(g, m.moe_topk_groups, "--moe-topk-groups", "limits the routing to the best groups",
                &nn::ModelConfig::topk_group);
-  g = with_objective_overrides(g, m);
-  g.validate();
   return g;
+}
+
+void check_init_from_shape(const nn::ModelConfig& stored, const ModelOptions& m, const std::string& dir) {
+  std::string problem;
+  try {
+    ckpt::check_same_model_shape(stored, with_shape_overrides(stored, m), dir);
+  } catch (const Error& e) {
+    problem = e.what();
+  }
+  TRI_CHECK(problem.empty(),
+            "the model-shape flags given cannot be honoured with --init-from {}: the weights fix the model ({}); "
+            "drop them (the run trains the checkpoint's model), or start a new model without --init-from. [{}]",
+            dir, stored.describe(), problem);
 }
 
 nn::ModelConfig with_objective_overrides(nn::ModelConfig g, const ModelOptions& m) {

@@ -360,7 +360,7 @@ void for_each_field(S& o, E& e, V&& v) {
         .at_least(0).shown_as("0 = run to --steps").alias("stop_at halt_after"), o.stop_after);
   v(field("seed", int64_t{1337}, "seeds weights, data order and dropout").at_least(0)
         .alias("random_seed rng_seed"), o.seed);
-  v(field("init_from", "", "start from a directory holding model.safetensors and config.json (a `trident quantize` output: QLoRA, with --lora-rank)")
+  v(field("init_from", "", "start from a directory holding model.safetensors and config.json (a `trident quantize` output: QLoRA, with --lora-rank); its config.json is the model, so shape overrides that would change it are refused")
         .placeholder("DIR").shown_as("none").alias("init pretrained from_pretrained load init_checkpoint"), o.init_from);
   v(field("resume", "", "continue the run saved in DIR (DIR/latest, or a step directory) with its saved options; flags given override, each change printed").placeholder("DIR").shown_as("none")
         .alias("resume_from restore resume_dir"), o.resume);
@@ -504,5 +504,11 @@ nn::ModelConfig resolve_model_config(const ModelOptions& model);
 // (moe_aux_loss_coef, moe_z_loss_coef) and the LoRA adapters (lora_rank, lora_alpha,
 // lora_targets; validated here) applied: also honoured for a model loaded with --init-from.
 nn::ModelConfig with_objective_overrides(nn::ModelConfig model, const ModelOptions& options);
+// `model` with the set [model] overrides that shape the network (layers, widths, heads, the
+// experts' layout and router rule) applied, not validated.
+nn::ModelConfig with_shape_overrides(nn::ModelConfig model, const ModelOptions& options);
+// --init-from: the checkpoint's weights fix the model, so shape overrides that would change
+// `stored` are refused (one naming what differs); ones that restate it are fine.
+void check_init_from_shape(const nn::ModelConfig& stored, const ModelOptions& options, const std::string& dir);
 
 }  // namespace trident::train

@@ -123,6 +123,8 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   if (source && quant::is_quantized_checkpoint(source->path)) {
     packed = quant::load_quantized(source->path, /*check_checksums=*/false);
   }
+  // Shape flags beside --init-from would be silently dropped: refused unless they restate it.
+  if (!cfg.train.init_from.empty()) check_init_from_shape(source->config, cfg.model, source->path);
   nn::ModelConfig model_cfg = from_source ? with_objective_overrides(source->config, cfg.model)
                                           : resolve_model_config(cfg.model);
   if (packed) model_cfg = with_packed_base(model_cfg, {packed->format, packed->group}, source->path);

@@ -190,6 +190,13 @@ def ckpt_info_checks(T, d):
     # Trident's own checkpoints record crc32c checksums, so a poked value is refused as corrupt
     # before its value is read; the finiteness check is what guards a checkpoint without them
     # (another tool's, or one whose record was dropped), which these runs then exercise.
+    # --init-from takes the checkpoint's model: a shape flag that would change it is refused (it
+    # was silently dropped), one restating it is not.
+    expect_error("--init-from with --n-layer 2 (the checkpoint has 8) is refused",
+                 base[:-2] + ["--init-from", good, "--n-layer", "2"],
+                 "cannot be honoured with --init-from", "n_layer 8 but the model has 2")
+    rc, _, err = run(base[:-2] + ["--init-from", good, "--n-layer", "8", "--steps", "3"])
+    check("--init-from with --n-layer 8, the checkpoint's own, trains", rc == 0, err[-500:] if rc else "")
     path = f"{d}/bad_NaN_in_a_weight/step_00000002"
     expect_error("a poked weight in a checkpoint with checksums is refused as corrupt",
                  base[:-2] + ["--init-from", path], "model.safetensors is corrupt", "checksum")
