@@ -465,6 +465,25 @@ std::span<const std::byte> SafetensorsReader::raw(const std::string& name) const
   return {data_ + t.begin, static_cast<std::size_t>(t.end - t.begin)};
 }
 
+namespace {
+
+// The CRC-32C of [from, from + bytes), taken piece by piece just before copy(offset, n) moves
+// each piece on, while its bytes are in cache: one pass (read(), read_raw()).
+template <class Copy>
+std::uint32_t copy_checksummed(const std::byte* from, std::size_t bytes, std::size_t piece, Copy&& copy) {
+  std::uint32_t crc = 0;
+  for (std::size_t done = 0; done < bytes; done += piece) {
+    const std::size_t n = std::min(piece, bytes - done);
+    crc = crc32c_update(crc, from + done, n);
+    copy(done, n);
+  }
+  return crc;
+}
+
+constexpr std::size_t kChecksumPiece = std::size_t{256} << 10;
+
+}  // namespace
+
 void SafetensorsReader::read_raw(const std::string& name, std::span<std::byte> dst) const {
   const auto& t = info(name);
   const auto bytes = static_cast<std::size_t>(t.end - t.begin);
@@ -474,13 +493,10 @@ void SafetensorsReader::read_raw(const std::string& name, std::span<std::byte> d
     std::memcpy(dst.data(), data_ + t.begin, bytes);
     return;
   }
-  constexpr std::size_t kPiece = std::size_t{256} << 10;  // checksummed while in cache, as read()
-  std::uint32_t crc = 0;
-  for (std::size_t done = 0; done < bytes; done += kPiece) {
-    const std::size_t n = std::min(kPiece, bytes - done);
-    crc = crc32c_update(crc, data_ + t.begin + done, n);
-    std::memcpy(dst.data() + done, data_ + t.begin + done, n);
-  }
+  const std::byte* from = data_ + t.begin;
+  const std::uint32_t crc = copy_checksummed(from, bytes, kChecksumPiece, [&](std::size_t at, std::size_t n) {
+    std::memcpy(dst.data() + at, from + at, n);
+  });
   mapping_->record(data_offset_ + t.begin, data_offset_ + t.end, crc);
 }
 
@@ -501,17 +517,13 @@ void SafetensorsReader::read(const std::string& name, const Shape& expected_shap
     convert_to_f32(t.dtype, data_ + t.begin, t.numel(), dst);
     return;
   }
-  // The CRC of each piece just before it is converted, while its bytes are in cache: one pass.
+  // Pieces of whole elements, each converted right after its CRC.
   const std::size_t es = dtype_size(t.dtype);
-  const std::int64_t piece = static_cast<std::int64_t>((std::size_t{256} << 10) / es);
-  std::uint32_t crc = 0;
-  for (std::int64_t done = 0; done < t.numel();) {
-    const std::int64_t n = std::min(piece, t.numel() - done);
-    const std::byte* from = data_ + t.begin + static_cast<std::uint64_t>(done) * es;
-    crc = crc32c_update(crc, from, static_cast<std::size_t>(n) * es);
-    convert_to_f32(t.dtype, from, n, dst + done);
-    done += n;
-  }
+  const std::byte* from = data_ + t.begin;
+  const std::uint32_t crc = copy_checksummed(
+      from, static_cast<std::size_t>(t.numel()) * es, kChecksumPiece / es * es, [&](std::size_t at, std::size_t n) {
+        convert_to_f32(t.dtype, from + at, static_cast<std::int64_t>(n / es), dst + at / es);
+      });
   mapping_->record(data_offset_ + t.begin, data_offset_ + t.end, crc);
 }
 

@@ -120,7 +120,7 @@ CommModel copy_only(const CommModel& cm) {
 // Data-parallel traffic of one step for Ψ local parameters (ddp_reducer.h); at ZeRO 1-2 the
 // values all-gathered after the update are value_share x 4Ψ bytes (an all-gather costs what a
 // reduce-scatter of the same bytes does): 1, or less with the sharded master's 16-bit copy.
-double dp_traffic(const CommModel& cm, int zero, int dp, int M, double psi, double value_share = 1.0) {
+double dp_traffic(const CommModel& cm, int zero, int dp, int M, double psi, double value_share) {
   if (dp <= 1) return 0;
   const double bytes = 4.0 * psi, values = value_share * bytes;
   switch (zero) {

@@ -243,8 +243,8 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       for (const auto& chunk : rc.chunks) {
         for (const auto& [a, b] : parallel::operand_only_runs(chunk->params())) operand += static_cast<double>(b - a);
       }
-      mb.params = 2 * full + 4 * (full - operand) + 4 * master;
-      value_gather = 2 * full + 4 * (full - operand);
+      value_gather = 2 * full + 4 * (full - operand);  // the 16-bit copy and the value-read fp32 values
+      mb.params = value_gather + 4 * master;
     }
     // ZeRO 0-1: the flat gradient buffer, the trained parameters only; ZeRO 2-3: the value
     // layout's shard and buckets (which still span a LoRA run's frozen tensors).

@@ -208,7 +208,6 @@ QuantHeader read_header(const std::string& dir) {
   return h;
 }
 
-// A packed tensor's raw bytes, checked for dtype and shape.
 // A packed tensor's bytes into `dst` (resized), after its dtype and shape are checked.
 template <class Byte>
 void read_packed(const ckpt::SafetensorsReader& r, const std::string& name, ckpt::DType dtype, const Shape& shape,

@@ -107,6 +107,9 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   const PreemptionHandler preemption(parse_preempt_signals(cfg.train.preempt_signals));
   const bool one_process = mesh.world().size() == 1;
   const std::optional<ckpt::LoadedCheckpoint> source = source_checkpoint(cfg, one_process);
+  // Shape flags beside --init-from would be silently dropped: refused unless they restate the
+  // checkpoint's model, before its files are read again for their checksums.
+  if (!cfg.train.init_from.empty()) check_init_from_shape(source->config, cfg.model, source->path);
   if (source && !one_process) check_source_checksums(*source, mesh.world());
   const bool lead = mesh.rank() == 0;
   if (cfg.train.threads > 0) kernels::set_num_threads(cfg.train.threads);
@@ -123,8 +126,6 @@ int run_training(const RunConfig& cfg, comm::Mesh& mesh) {
   if (source && quant::is_quantized_checkpoint(source->path)) {
     packed = quant::load_quantized(source->path, /*check_checksums=*/false);
   }
-  // Shape flags beside --init-from would be silently dropped: refused unless they restate it.
-  if (!cfg.train.init_from.empty()) check_init_from_shape(source->config, cfg.model, source->path);
   nn::ModelConfig model_cfg = from_source ? with_objective_overrides(source->config, cfg.model)
                                           : resolve_model_config(cfg.model);
   if (packed) model_cfg = with_packed_base(model_cfg, {packed->format, packed->group}, source->path);
