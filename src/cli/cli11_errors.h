@@ -6,9 +6,12 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <string>
+
+#include "cli/unknown_option.h"
 
 namespace trident::cli {
 
@@ -25,6 +28,15 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
   try {
     app.parse(argc, argv);  // CLI11 skips argv[0], the subcommand name
   } catch (const CLI::ParseError& e) {
+    // An option it does not have comes first, named with the likely one meant: CLI11 names
+    // neither, and reports a missing required option before it. --help is a ParseError too
+    // (exit code 0) and is left to CLI11.
+    if (e.get_exit_code() != 0) {
+      if (const std::optional<std::string> msg = unknown_option_message(app, argc, argv)) {
+        fmt::print(stderr, "error: {}\nRun with --help for more information.\n", *msg);
+        return e.get_exit_code();
+      }
+    }
     return app.exit(e);
   }
   return std::nullopt;

@@ -42,7 +42,7 @@ int run_generate(int argc, char** argv) {
                  "a LoRA/QLoRA run's checkpoint whose adapters are applied, unmerged, to the --ckpt base");
   app.add_flag("--allow-other-base", allow_other_base,
                "apply --adapter although its run recorded another base than --ckpt (a different base fingerprint: docs/lora.md \"Which base\")");
-  app.add_option("--prompt", prompt, "text to continue")->capture_default_str();
+  app.add_option("--prompt", prompt, "text to continue (default: empty, which starts from <|endoftext|>)");
   app.add_option("--max-new-tokens", max_new_tokens, "tokens to generate")->capture_default_str()->check(number_above(0, false));
   app.add_option("--temperature", sampling.temperature, "sampling temperature; 0 = greedy (deterministic)")->capture_default_str()->check(number_above(0, true));
   app.add_option("--top-k", sampling.top_k, "sample among the k most likely tokens; 0 = all")->capture_default_str()->check(number_above(0, true));

@@ -45,6 +45,17 @@ def main():
                                                   "--recompute", "attention"], "--recompute", "none, selective or full")
         expect_error("unknown flag suggests the nearest", base + ["--data", f"{d}/ok", "--lerning-rate", "1e-3"],
                      "lerning", "lr")
+        # The other commands (CLI11) name an unknown option and the one likely meant, even when a
+        # required option is missing too (CLI11 alone said "arguments were not expected" or
+        # "--data is required").
+        expect_error("generate: unknown flag suggests the nearest",
+                     [T, "generate", "--ckpt", f"{d}/none", "--max-tokens", "5"], "'--max-tokens'", "'--max-new-tokens'")
+        expect_error("eval: unknown flag before a missing required one",
+                     [T, "eval", "--ckpt", f"{d}/none", "--dat", f"{d}/ok"], "'--dat'", "'--data'")
+        expect_error("plan: unknown --flag=value suggests the nearest",
+                     [T, "plan", "--modle=tiny", "--world", "1"], "'--modle'", "'--model'")
+        expect_error("quantize: no close option lists them",
+                     [T, "quantize", "--in", f"{d}/none"], "'--in'", "--ckpt, --out")
         with open(f"{d}/bad.toml", "w") as f:
             f.write("[optim]\nlerning_rate = 0.001\n")
         expect_error("unknown TOML key suggests the nearest",
