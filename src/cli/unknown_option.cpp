@@ -53,7 +53,12 @@ std::optional<std::string> unknown_option_message(const CLI::App& app, int argc,
     }
     std::string hint = train::detail::did_you_mean(train::detail::closest(flag.substr(2), cands));
     if (hint.empty()) {
-      hint = fmt::format("the options of '{}' are {} (see --help)", app.get_name(), fmt::join(names, ", "));
+      std::vector<std::string> listed;
+    for (const std::string& n : names) {
+      if (n != "--help") listed.push_back(n);
+    }
+    hint = listed.empty() ? fmt::format("'{}' takes no options but --help", app.get_name())
+                          : fmt::format("the options of '{}' are {} (see --help)", app.get_name(), fmt::join(listed, ", "));
     }
     return fmt::format("unknown option '{}'; {}", flag, hint);
   }
