@@ -104,10 +104,13 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
     group_buckets_[static_cast<std::size_t>(head_group_)].push_back(tied_bucket_);
   }
 
+  TRI_CHECK(options_.zero >= 2 || options_.grad_dtype == GradDType::kFp32,
+            "16-bit gradients ({}) are ZeRO-2/3's gradient shard, not ZeRO-{}'s",
+            grad_dtype_names()[static_cast<std::size_t>(options_.grad_dtype)], options_.zero);
   if (options_.zero >= 2) {
     // The flat gradients (zeros at construction) go first, so the start-up peak never holds both.
     params_.release_flat_grads();
-    shard_grads_ = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(layout_.numel()));
+    shard_grads_ = GradShard(tracker_, layout_.numel(), options_.grad_dtype);
   }
   if (options_.shard_master) {
     TRI_CHECK(options_.zero == 1 || options_.zero == 2, "the sharded fp32 master is ZeRO-1/2's, not ZeRO-{}'s",
@@ -288,12 +291,12 @@ void DataParallel::launch_split(Bucket& b) {
 void DataParallel::retire(Bucket& b) {
   if (b.retired) return;
   wait_all(b.works);
-  // Gradient accumulation over micro-batches happens here, on the reduced shard.
+  // Gradient accumulation over micro-batches happens here, on the reduced shard: in fp32, or
+  // (16-bit gradients) the stored value plus this micro-batch's fp32 part, rounded once.
   const float* r = b.recv.data();
   for (const auto& [lo, hi] : b.recv_parts) {
     if (hi <= lo) continue;
-    float* acc = shard_grads_.data() + layout_.index(lo);
-    for (int64_t i = 0; i < hi - lo; ++i) acc[i] += r[i];
+    shard_grads_.fold(layout_.index(lo), r, hi - lo);
     r += hi - lo;
   }
   b.recv.reset();
@@ -375,7 +378,7 @@ double DataParallel::shard_grad_sumsq(const std::function<bool(int)>& owns) cons
   for (int id = 0; id < params_.size(); ++id) {
     const nn::ParamInfo& p = params_.info(id);
     const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
-    if (hi > lo && owns(id)) sum += kernels::sum_squares(shard_grads_.data() + layout_.index(lo), hi - lo);
+    if (hi > lo && owns(id)) sum += shard_grads_.sum_squares(layout_.index(lo), hi - lo);
   }
   return sum;
 }
@@ -389,7 +392,7 @@ void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scal
     // The operand-only pieces' values from the master shard, the others' from the flat buffer;
     // then the value-read elements gathered in fp32, the 16-bit copy at the next refresh.
     const optim::AdamW::ValuesAt at = [this](int64_t flat, int64_t n) { return master_->values_at(flat, n); };
-    adamw.step(at, options_.zero == 1 ? params_.grads().data() : shard_grads_.data(), lr, grad_scale,
+    adamw.step(at, options_.zero == 1 ? optim::GradsIn(params_.grads().data()) : shard_grads_.grads(), lr, grad_scale,
                options_.zero == 1 ? At::kFlat : At::kOwned);
     master_->gather_flat_values([this](const ShardSegment& s) -> comm::Communicator& { return group_of(s); },
                                 [this](std::vector<comm::Work>& w) { wait_all(w); });
@@ -400,11 +403,11 @@ void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scal
   switch (options_.zero) {
     case 0: adamw.step(v, params_.grads().data(), lr, grad_scale, At::kFlat, At::kFlat); return;  // owns [0, total)
     case 1: adamw.step(v, params_.grads().data(), lr, grad_scale, At::kFlat, At::kFlat); break;
-    case 2: adamw.step(v, shard_grads_.data(), lr, grad_scale, At::kFlat, At::kOwned); break;
+    case 2: adamw.step(v, shard_grads_.grads(), lr, grad_scale, At::kFlat, At::kOwned); break;
     default:
       TRI_CHECK(!value_store_ || value_store_ == &adamw.moments(),
                 "the offloaded value shard is not in this optimizer's store");
-      adamw.step(value_store_ ? nullptr : shard_values_.data(), shard_grads_.data(), lr, grad_scale);
+      adamw.step(value_store_ ? nullptr : shard_values_.data(), shard_grads_.grads(), lr, grad_scale);
       return;
   }
   // Stages 1-2: every rank updated its shard; gather each segment's full values in place over

@@ -27,7 +27,8 @@
 // writes into a scratch copy; afterwards only the scratch rows of tokens some dp rank looked up
 // (the union of the ids, all_gathered) are summed over dp and added. Same sums, other order.
 //
-// Stages (Ψ parameters, N dp ranks, fp32, bytes per rank at rest):
+// Stages (Ψ parameters, N dp ranks, fp32, bytes per rank at rest; --grad-dtype bf16|fp16 makes
+// stage 2-3's gradient shard 2Ψ/N, the buckets staying fp32 working buffers):
 //   0 DDP:  allreduce (sum) of each bucket on the last micro-batch    params 4Ψ, grads 4Ψ, Adam 8Ψ
 //   1:      as 0; AdamW moments for this rank's shard only; each rank updates its shard of the
 //           values, then all_gather of the values                     4Ψ + 4Ψ + 8Ψ/N
@@ -64,7 +65,9 @@
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
 #include "optim/adamw.h"
+#include "parallel/grad_dtype.h"
 #include "parallel/grad_reduce_dtype.h"
+#include "parallel/grad_shard.h"
 #include "parallel/zero.h"
 #include "parallel/zero_master.h"
 
@@ -86,6 +89,10 @@ struct DataParallelOptions {
   // With bf16 each bucket's reduced element is round_bf16(sum_r round_bf16(g_r)), the same bits
   // on every rank and for any bucket size; ZeRO 2-3 keep it (widened) as the shard's gradient.
   GradReduceDType reduce_dtype = GradReduceDType::kFp32;
+  // The gradient at rest (grad_dtype.h): ZeRO 2-3's shard_grads() in fp32 or 16 bits, each
+  // micro-batch's reduced fp32 part folded in with one rounding (the buckets stay fp32 working
+  // buffers). 16 bits at ZeRO 0-1 are refused (the flat gradient buffer stays fp32 there).
+  GradDType grad_dtype = GradDType::kFp32;
   // Stage 3, --offload optimizer+params: the value shard never lives in memory; flat values, if
   // the model was allocated with them (RankLayout makes none under ZeRO 3), stay until
   // attach_value_store writes this rank's part of them into the store.
@@ -144,8 +151,8 @@ class DataParallel : public nn::ModelHooks {
   double comm_wait_seconds() const { return wait_s_; }
 
   // Stages 2-3: this rank's reduced gradient shard, layout().numel() elements in shard order
-  // (layout().index(flat)); null for stages 0-1.
-  float* shard_grads() { return shard_grads_.empty() ? nullptr : shard_grads_.data(); }
+  // (layout().index(flat)), in options().grad_dtype; null for stages 0-1 (and an empty shard).
+  GradShard* shard_grads() { return shard_grads_.empty() ? nullptr : &shard_grads_; }
   // ---- stage 3: values live in shards ----
   bool values_sharded() const { return options_.zero >= 3; }
   // Param `id`'s local tensor with this rank's shard elements filled in, zeros elsewhere.
@@ -248,7 +255,7 @@ class DataParallel : public nn::ModelHooks {
   const int32_t* ids_ = nullptr;
   int64_t n_ids_ = 0;
   FloatBuffer shard_values_;  // stage 3
-  FloatBuffer shard_grads_;   // stages 2-3
+  GradShard shard_grads_;     // stages 2-3
   std::vector<Gathered> gathered_;
   // Stage 3 with the values offloaded: the store, each group's shard slice [first, second) in
   // shard indices, and the reads in flight (or done, until the group's gather has finished).

@@ -64,6 +64,19 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
             "--offload optimizer+params offloads ZeRO-3's parameter shards (as DeepSpeed's offload_param, "
             "which also needs stage 3): add --zero 3 (this run has --zero {}), or use --offload optimizer",
             options_.zero);
+  {
+    const std::string_view g = grad_dtype_names()[static_cast<std::size_t>(options_.grad_dtype)];
+    TRI_CHECK(grad_dtype_fits(options_.grad_dtype, options_.precision),
+              "--grad-dtype {} needs --precision {} (this run has --precision {}): 16-bit gradients are stored in "
+              "the precision the matmuls round to (bf16 with bf16, fp16 with fp16); use --grad-dtype fp32 or "
+              "--precision {}",
+              g, g, kernels::precision_names()[static_cast<std::size_t>(options_.precision)], g);
+    TRI_CHECK(options_.grad_dtype == GradDType::kFp32 || options_.zero >= 2,
+              "--grad-dtype {} needs --zero 2 or 3 (this run has --zero {}): 16-bit gradients at rest are ZeRO-2/3's "
+              "reduced gradient shard; at ZeRO 0-1 the flat gradient buffer stays fp32; add --zero 2, or use "
+              "--grad-dtype fp32",
+              g, options_.zero);
+  }
   // Pipeline parallelism: this rank's chunks of the layer stack (V of them when interleaved).
   const int V = pp_size > 1 ? options_.virtual_stages : 1;
   std::vector<nn::StageSpec> stages{nn::StageSpec{}};
@@ -122,7 +135,7 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
           DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, pp_size > 1,
-                              ep_size > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype,
+                              ep_size > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype, options_.grad_dtype,
                               options_.offload.params(),
                               options_.shard_master && shards_master(options_.zero, options_.precision,
                                                                      config_.lora.enabled(),
@@ -227,6 +240,9 @@ std::string RankLayout::describe() const {
     text += "; matmuls: " + chunks_.front().model->matmul().describe();
   }
   if (options_.grad_reduce_dtype == GradReduceDType::kBf16) text += "; gradient sums in bf16";
+  if (options_.grad_dtype != GradDType::kFp32) {
+    text += fmt::format("; gradients at rest in {}", grad_dtype_names()[static_cast<std::size_t>(options_.grad_dtype)]);
+  }
   if (options_.offload.optimizer() && !chunks_.empty()) {
     text += std::string(options_.offload.params() ? "; AdamW moments and ZeRO-3 parameter shard "
                                                   : "; AdamW moments ") +

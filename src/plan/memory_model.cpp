@@ -247,8 +247,10 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       mb.params = value_gather + 4 * master;
     }
     // ZeRO 0-1: the flat gradient buffer, the trained parameters only; ZeRO 2-3: the value
-    // layout's shard and buckets (which still span a LoRA run's frozen tensors).
-    mb.grads = 4 * (l.zero >= 2 ? shard + std::min(full, 2.0 * bucket) : static_cast<double>(grad_psi));
+    // layout's shard (--grad-dtype: 2 or 4 bytes an element) and its fp32 buckets (which still
+    // span a LoRA run's frozen tensors).
+    mb.grads = l.zero >= 2 ? parallel::grad_bytes(req.grad_dtype) * shard + 4 * std::min(full, 2.0 * bucket)
+                           : 4 * static_cast<double>(grad_psi);
     // A LoRA run's moments are its adapters' (the most any dp rank's shard holds of them).
     const double trained = m.lora.enabled() ? static_cast<double>(*std::max_element(lora_moments.begin(), lora_moments.end()))
                                             : (l.zero >= 1 ? shard : full);

@@ -141,6 +141,7 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   req.sequence_parallel = cfg.engine.sequence_parallel;
   req.recompute = cfg.engine.recompute;
   req.precision = cfg.engine.precision;
+  req.grad_dtype = cfg.engine.grad_dtype;
   req.offload_optimizer = offload;
   req.offload_params = offload_params;
   req.offload_block_bytes = static_cast<double>(cfg.engine.offload.block_bytes());

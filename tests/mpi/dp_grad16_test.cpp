@@ -1,0 +1,254 @@
+// --grad-dtype bf16|fp16 (parallel/grad_shard.h): ZeRO 2-3's reduced gradient shard stored in
+// 16 bits, against fp32 storage of the same layout.
+// ranks: 2
+//
+// What 16-bit storage changes: the shard element after micro-batch m is
+// s_m = round(s_{m-1} + r_m) (s_0 = 0, r_m the micro-batch's reduced fp32 part), where fp32
+// storage keeps s_m = s_{m-1} + r_m in fp32. So:
+//   - one micro-batch with --grad-reduce-dtype bf16: r_1 is already a bf16 value (the bf16 sum
+//     rounds it once), round(0 + r_1) = r_1, and bf16 storage holds exactly what fp32 storage
+//     holds: losses, grad norms and weights are bitwise equal (GPT-2 and Llama, ZeRO 2 and 3);
+//   - M micro-batches: each fold rounds once more, |s_M - S_M| <= M u sum_m |r_m| (u the
+//     format's unit roundoff, 2^-8 bf16, 2^-11 fp16), i.e. M u relative when the micro-batches'
+//     parts do not cancel. As in dp_bf16_reduce_test.cpp's derivation, with delta = M u: grad
+//     norm at step k within k delta relative; loss equal at step 1, then AdamW's update moves by
+//     at most 2 delta lr relative for a delta relative change of its gradient, so the loss moves
+//     by at most sum over steps j < k of 2 delta lr sqrt(n) norm_j / loss_k relative.
+// The runs with 2 micro-batches must differ from fp32 storage (the storage rounds). Memory: the
+// tracker's gradients at rest are exactly 2 bytes a shard element.
+// Mutation tried by hand: the 16-bit shard not zeroed at begin_step fails the bitwise test at
+// its first comparison. Not detectable here, by arithmetic: the order of the 16-bit sum of
+// squares (a bf16 value's square has 16 significant bits, so over these tensors the double sums
+// are exact in any order), and one rounding versus two in fold() with one micro-batch (r_1 is
+// already bf16). The fold's single rounding is tests/unit/grad_shard_test's.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/mesh.h"
+#include "comm/mpi_backend.h"
+#include "core/check.h"
+#include "nn/model_config.h"
+#include "parallel/engine.h"
+#include "mpi_gtest_main.h"
+#include "replica_check.h"
+#include "synthetic_batch.h"
+
+namespace trident::parallel {
+namespace {
+
+constexpr int kSteps = 5;
+constexpr int64_t kBatch = 8, kSeq = 16;
+constexpr float kLr = 1e-3f;
+
+}  // namespace
+
+std::unique_ptr<comm::Mesh> g_mesh;  // released before MPI_Finalize (main)
+
+namespace {
+
+comm::Mesh& dp_mesh() {
+  if (!g_mesh) {
+    int n = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &n);
+    g_mesh = std::make_unique<comm::Mesh>(comm::make_mpi_communicator(MPI_COMM_WORLD, "world", test::aborting_after(60.0)),
+                                          comm::MeshShape{1, n, 1});
+  }
+  return *g_mesh;
+}
+
+struct Curves {
+  std::vector<double> losses, norms;
+  std::vector<int> skipped;
+  std::map<std::string, std::vector<float>> weights;
+  int64_t numel = 0;
+  double grad_bytes = 0, shard = 0;  // the tracker's gradients at rest, this rank's shard elements
+};
+
+EngineOptions options(int zero, kernels::Precision precision, GradDType grad, GradReduceDType reduce) {
+  EngineOptions o;
+  o.zero = zero;
+  o.precision = precision;
+  o.grad_dtype = grad;
+  o.grad_reduce_dtype = reduce;
+  o.bucket_mb = 0.02;  // several buckets
+  o.grad_clip = 1.0;
+  o.adamw.eps = 1e-6f;
+  o.loss_scaler.initial_scale = 4096.0;  // fp16: no step overflows at this scale (checked)
+  return o;
+}
+
+Curves train(const std::string& model, const EngineOptions& opt, int micro) {
+  MemoryTracker tracker;
+  Engine e(dp_mesh(), nn::model_preset(model), opt, tracker, kBatch, kSeq, micro);
+  e.initialize(1234);
+  Curves r;
+  for (int s = 0; s < kSteps; ++s) {
+    const StepStats st = e.train_step(test::synthetic_batch(s, e.config().vocab_size, kSeq), kLr);
+    r.losses.push_back(st.loss);
+    r.norms.push_back(st.grad_norm);
+    r.skipped.push_back(st.skipped ? 1 : 0);
+  }
+  r.grad_bytes = static_cast<double>(tracker.current(MemCategory::kGradients));
+  r.shard = static_cast<double>(e.data_parallel()->layout().numel());
+  const test::ReplicaMismatch rm = test::compare_dp_replicas(e);
+  EXPECT_EQ(rm.elements, 0) << "dp replicas differ, first " << rm.first;
+  for (const nn::ParamInfo& p : e.model().params().infos()) {
+    std::vector<float> v(static_cast<std::size_t>(shape_numel(p.logical_shape)));
+    e.gather_param(p.name, p.logical_shape, v.data());
+    r.numel += static_cast<int64_t>(v.size());
+    r.weights[p.name] = std::move(v);
+  }
+  return r;
+}
+
+std::string label(const std::string& model, int zero, int micro) {
+  return model + " zero " + std::to_string(zero) + " micro " + std::to_string(micro);
+}
+
+// The header's bound with delta = M u; returns the largest fractions of the loss and norm bounds used.
+std::pair<double, double> expect_within_bound(const Curves& got, const Curves& want, double delta, const std::string& what) {
+  EXPECT_EQ(got.losses[0], want.losses[0]) << what << ": the first loss comes before any update";
+  double used_loss = 0, used_norm = 0, drift = 0;
+  for (std::size_t s = 0; s < want.losses.size(); ++s) {
+    const double k = static_cast<double>(s + 1);
+    const double norm_b = k * delta;
+    const double dn = std::fabs(got.norms[s] - want.norms[s]) / want.norms[s];
+    EXPECT_LE(dn, norm_b) << what << " step " << k;
+    used_norm = std::max(used_norm, dn / norm_b);
+    if (s > 0) {
+      const double loss_b = drift / want.losses[s];
+      const double dl = std::fabs(got.losses[s] - want.losses[s]) / want.losses[s];
+      EXPECT_LE(dl, loss_b) << what << " step " << k;
+      used_loss = std::max(used_loss, dl / loss_b);
+    }
+    drift += 2 * delta * kLr * std::sqrt(static_cast<double>(want.numel)) * want.norms[s];
+  }
+  return {used_loss, used_norm};
+}
+
+struct Case {
+  std::string model;
+  int zero;
+};
+
+class Grad16 : public testing::TestWithParam<Case> {};
+
+TEST_P(Grad16, OneMicroBatchOfBf16SumsIsBitwiseFp32Storage) {
+  const Case c = GetParam();
+  const auto bf16 = kernels::Precision::kBf16;
+  const Curves f = train(c.model, options(c.zero, bf16, GradDType::kFp32, GradReduceDType::kBf16), 1);
+  const Curves h = train(c.model, options(c.zero, bf16, GradDType::kBf16, GradReduceDType::kBf16), 1);
+  const std::string what = label(c.model, c.zero, 1);
+  EXPECT_EQ(h.losses, f.losses) << what;
+  EXPECT_EQ(h.norms, f.norms) << what;
+  if (dp_mesh().rank() == 0) {
+    EXPECT_TRUE(h.weights == f.weights) << what << ": weights differ";
+  }
+  // At rest (after the step: the buckets freed) the gradients are the shard alone.
+  EXPECT_EQ(f.grad_bytes, 4 * f.shard) << what;
+  EXPECT_EQ(h.grad_bytes, 2 * h.shard) << what;
+}
+
+TEST_P(Grad16, MicroBatchesTrackFp32StorageWithinTheBoundAndDiffer) {
+  const Case c = GetParam();
+  constexpr int kMicro = 2;
+  const auto bf16 = kernels::Precision::kBf16;
+  for (GradReduceDType reduce : {GradReduceDType::kBf16, GradReduceDType::kFp32}) {
+    const Curves f = train(c.model, options(c.zero, bf16, GradDType::kFp32, reduce), kMicro);
+    const Curves h = train(c.model, options(c.zero, bf16, GradDType::kBf16, reduce), kMicro);
+    const std::string what = label(c.model, c.zero, kMicro) + (reduce == GradReduceDType::kBf16 ? " bf16 sums" : " fp32 sums");
+    const auto [used_loss, used_norm] = expect_within_bound(h, f, kMicro / 256.0, what);
+    EXPECT_NE(h.norms, f.norms) << what << ": 16-bit storage equal to fp32 (did it round?)";
+    if (dp_mesh().rank() == 0) {
+      std::printf("[%s] bf16 vs fp32 gradients at rest: loss dev <= %.3f of bound, grad norm dev <= %.3f of bound\n",
+                  what.c_str(), used_loss, used_norm);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dp, Grad16,
+                         testing::Values(Case{"tiny", 2}, Case{"tiny", 3}, Case{"llama-tiny", 2}, Case{"llama-tiny", 3}),
+                         [](const testing::TestParamInfo<Case>& i) {
+                           std::string m = i.param.model == "tiny" ? "gpt2" : "llama";
+                           return m + "_zero" + std::to_string(i.param.zero);
+                         });
+
+// fp16 gradients are stored scaled (by 4096 here: no step overflows, checked): the same bound
+// with fp16's u = 2^-11, against fp32 storage of the same fp16 run.
+TEST(Grad16Fp16, TracksFp32StorageWithinTheFp16Bound) {
+  constexpr int kMicro = 2;
+  const auto fp16 = kernels::Precision::kFp16;
+  for (int zero : {2, 3}) {
+    const Curves f = train("tiny", options(zero, fp16, GradDType::kFp32, GradReduceDType::kFp32), kMicro);
+    const Curves h = train("tiny", options(zero, fp16, GradDType::kFp16, GradReduceDType::kFp32), kMicro);
+    const std::string what = label("tiny", zero, kMicro) + " fp16";
+    EXPECT_EQ(f.skipped, std::vector<int>(kSteps, 0)) << what;
+    EXPECT_EQ(h.skipped, std::vector<int>(kSteps, 0)) << what;
+    const auto [used_loss, used_norm] = expect_within_bound(h, f, kMicro / 2048.0, what);
+    EXPECT_NE(h.norms, f.norms) << what;
+    EXPECT_EQ(h.grad_bytes, 2 * h.shard) << what;
+    if (dp_mesh().rank() == 0) {
+      std::printf("[%s] fp16 vs fp32 gradients at rest: loss dev <= %.3f of bound, grad norm dev <= %.3f of bound\n",
+                  what.c_str(), used_loss, used_norm);
+    }
+  }
+}
+
+// A scale at which fp16 overflows (2^100: the backward's fp16 operands and the stored fp16
+// gradients are inf): the step is skipped on every rank, the scaler backs off (hysteresis 1:
+// every skip), and training goes on once the scale fits (a step applied, finite).
+TEST(Grad16Fp16, AnOverflowingStoreIsSkippedAndRecovers) {
+  EngineOptions o = options(2, kernels::Precision::kFp16, GradDType::kFp16, GradReduceDType::kFp32);
+  o.loss_scaler.initial_scale = std::ldexp(1.0, 100);
+  o.loss_scaler.hysteresis = 1;
+  MemoryTracker tracker;
+  Engine e(dp_mesh(), nn::model_preset("tiny"), o, tracker, kBatch, kSeq, 2);
+  e.initialize(1234);
+  const StepStats first = e.train_step(test::synthetic_batch(0, e.config().vocab_size, kSeq), kLr);
+  EXPECT_TRUE(first.skipped);
+  EXPECT_TRUE(first.overflow);
+  bool applied = false;
+  for (int s = 1; s < 120 && !applied; ++s) {
+    const StepStats st = e.train_step(test::synthetic_batch(s, e.config().vocab_size, kSeq), kLr);
+    applied = !st.skipped;
+    if (applied) {
+      EXPECT_TRUE(std::isfinite(st.loss) && std::isfinite(st.grad_norm));
+      EXPECT_LT(st.loss_scale, o.loss_scaler.initial_scale) << "the scaler backed off";
+    }
+  }
+  EXPECT_TRUE(applied) << "the scaler never backed off far enough";
+  EXPECT_EQ(e.optimizer_step(), 1);
+}
+
+// What the engine refuses, each with the flags named.
+TEST(Grad16BadInput, MismatchedPrecisionAndZeroOneAreClearErrors) {
+  auto error_of = [](const EngineOptions& o) -> std::string {
+    MemoryTracker t;
+    try {
+      Engine e(dp_mesh(), nn::model_preset("tiny"), o, t, kBatch, kSeq, 1);
+    } catch (const Error& err) {
+      return err.what();
+    }
+    return "";
+  };
+  const std::string p = error_of(options(2, kernels::Precision::kFp32, GradDType::kBf16, GradReduceDType::kFp32));
+  EXPECT_NE(p.find("--grad-dtype bf16"), std::string::npos) << p;
+  EXPECT_NE(p.find("--precision bf16"), std::string::npos) << p;
+  const std::string q = error_of(options(2, kernels::Precision::kBf16, GradDType::kFp16, GradReduceDType::kFp32));
+  EXPECT_NE(q.find("--precision fp16"), std::string::npos) << q;
+  const std::string z = error_of(options(1, kernels::Precision::kBf16, GradDType::kBf16, GradReduceDType::kFp32));
+  EXPECT_NE(z.find("--zero 2"), std::string::npos) << z;
+}
+
+}  // namespace
+}  // namespace trident::parallel
+
+int main(int argc, char** argv) {
+  return trident::test::run_tests_on_every_rank(argc, argv, {}, [] { trident::parallel::g_mesh.reset(); });
+}
