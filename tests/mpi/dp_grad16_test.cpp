@@ -15,7 +15,9 @@
 //     at most 2 delta lr relative for a delta relative change of its gradient, so the loss moves
 //     by at most sum over steps j < k of 2 delta lr sqrt(n) norm_j / loss_k relative.
 // The runs with 2 micro-batches must differ from fp32 storage (the storage rounds). Memory: the
-// tracker's gradients at rest are exactly 2 bytes a shard element.
+// tracker's gradients at rest are exactly 2 bytes a shard element. Also: layout independence
+// (dp 2 against one process, the layout matrix's bf16 bounds widened by the folds), a pipeline's
+// tied-embedding sum, fp16 (scaled) storage and its overflow, and what the engine refuses.
 // Mutation tried by hand: the 16-bit shard not zeroed at begin_step fails the bitwise test at
 // its first comparison. Not detectable here, by arithmetic: the order of the 16-bit sum of
 // squares (a bf16 value's square has 16 significant bits, so over these tensors the double sums
@@ -48,7 +50,7 @@ constexpr float kLr = 1e-3f;
 
 }  // namespace
 
-std::unique_ptr<comm::Mesh> g_mesh;  // released before MPI_Finalize (main)
+std::unique_ptr<comm::Mesh> g_mesh, g_self_mesh, g_pp_mesh;  // released before MPI_Finalize (main)
 
 namespace {
 
@@ -60,6 +62,22 @@ comm::Mesh& dp_mesh() {
                                           comm::MeshShape{1, n, 1});
   }
   return *g_mesh;
+}
+
+comm::Mesh& self_mesh() {
+  if (!g_self_mesh) {
+    g_self_mesh = std::make_unique<comm::Mesh>(comm::make_mpi_communicator(MPI_COMM_SELF, "world", test::aborting_after(60.0)),
+                                               comm::MeshShape{1, 1, 1});
+  }
+  return *g_self_mesh;
+}
+
+comm::Mesh& pp_mesh() {  // pp 2 x dp 1
+  if (!g_pp_mesh) {
+    g_pp_mesh = std::make_unique<comm::Mesh>(comm::make_mpi_communicator(MPI_COMM_WORLD, "world", test::aborting_after(60.0)),
+                                             comm::MeshShape{2, 1, 1});
+  }
+  return *g_pp_mesh;
 }
 
 struct Curves {
@@ -83,9 +101,9 @@ EngineOptions options(int zero, kernels::Precision precision, GradDType grad, Gr
   return o;
 }
 
-Curves train(const std::string& model, const EngineOptions& opt, int micro) {
+Curves train(comm::Mesh& mesh, const std::string& model, const EngineOptions& opt, int micro) {
   MemoryTracker tracker;
-  Engine e(dp_mesh(), nn::model_preset(model), opt, tracker, kBatch, kSeq, micro);
+  Engine e(mesh, nn::model_preset(model), opt, tracker, kBatch, kSeq, micro);
   e.initialize(1234);
   Curves r;
   for (int s = 0; s < kSteps; ++s) {
@@ -98,30 +116,40 @@ Curves train(const std::string& model, const EngineOptions& opt, int micro) {
   r.shard = static_cast<double>(e.data_parallel()->layout().numel());
   const test::ReplicaMismatch rm = test::compare_dp_replicas(e);
   EXPECT_EQ(rm.elements, 0) << "dp replicas differ, first " << rm.first;
+  // The weights of every parameter (all ranks take part in each gather: with pp > 1 a stage holds
+  // only its own parameters, so pipelines compare losses and norms only).
+  r.numel = e.config().num_parameters();  // the logical elements (the bound's n)
+  if (mesh.pp().size() > 1) return r;
   for (const nn::ParamInfo& p : e.model().params().infos()) {
     std::vector<float> v(static_cast<std::size_t>(shape_numel(p.logical_shape)));
     e.gather_param(p.name, p.logical_shape, v.data());
-    r.numel += static_cast<int64_t>(v.size());
     r.weights[p.name] = std::move(v);
   }
   return r;
 }
+
+Curves train(const std::string& model, const EngineOptions& opt, int micro) { return train(dp_mesh(), model, opt, micro); }
 
 std::string label(const std::string& model, int zero, int micro) {
   return model + " zero " + std::to_string(zero) + " micro " + std::to_string(micro);
 }
 
 // The header's bound with delta = M u; returns the largest fractions of the loss and norm bounds used.
-std::pair<double, double> expect_within_bound(const Curves& got, const Curves& want, double delta, const std::string& what) {
-  EXPECT_EQ(got.losses[0], want.losses[0]) << what << ": the first loss comes before any update";
-  double used_loss = 0, used_norm = 0, drift = 0;
+// `first_loss`: the relative difference the first loss may have (0: equal, as when only the
+// stored gradients differ; a layout reorders the loss sum itself).
+std::pair<double, double> expect_within_bound(const Curves& got, const Curves& want, double delta, const std::string& what,
+                                              double first_loss = 0.0) {
+  if (first_loss == 0.0) {
+    EXPECT_EQ(got.losses[0], want.losses[0]) << what << ": the first loss comes before any update";
+  }
+  double used_loss = 0, used_norm = 0, drift = first_loss * want.losses[0];
   for (std::size_t s = 0; s < want.losses.size(); ++s) {
     const double k = static_cast<double>(s + 1);
     const double norm_b = k * delta;
     const double dn = std::fabs(got.norms[s] - want.norms[s]) / want.norms[s];
     EXPECT_LE(dn, norm_b) << what << " step " << k;
     used_norm = std::max(used_norm, dn / norm_b);
-    if (s > 0) {
+    if (s > 0 || first_loss > 0.0) {
       const double loss_b = drift / want.losses[s];
       const double dl = std::fabs(got.losses[s] - want.losses[s]) / want.losses[s];
       EXPECT_LE(dl, loss_b) << what << " step " << k;
@@ -178,6 +206,51 @@ INSTANTIATE_TEST_SUITE_P(Dp, Grad16,
                            std::string m = i.param.model == "tiny" ? "gpt2" : "llama";
                            return m + "_zero" + std::to_string(i.param.zero);
                          });
+
+// Layout independence with 16-bit gradients, against one process at ZeRO 2 (every micro-batch
+// of 2 rows: 4 micro-batches there, 2 per dp rank here). Besides the fp32 reordering a layout
+// causes (eta = 2^-24 sqrt(B T) relative), each of a run's M folds rounds once (u = 2^-8) and a
+// reordered bf16 matmul operand can cross a rounding boundary and move by a whole bf16 step s =
+// 2^-7 (tests/cli/equivalence.py, bf16_step_factor: the layout matrix's bf16 bound). So delta =
+// s + (M_one + M_dp) u relative per step for the grad norm, the loss drift from it as above, and
+// the first loss within the layout matrix's bf16 loss bound: 2^-24 sqrt(V / (B T)) x sqrt(s / eta).
+TEST(Grad16Layout, DpTwoTracksOneProcessWithinTheBf16Bounds) {
+  const auto bf16 = kernels::Precision::kBf16;
+  const double u = 1.0 / 256, s = 1.0 / 128, bt = static_cast<double>(kBatch * kSeq), v = 1000;
+  const double eta = std::ldexp(1.0, -24) * std::sqrt(bt);
+  const double first = std::ldexp(1.0, -24) * std::sqrt(v / bt) * std::sqrt(s / eta);
+  for (const char* model : {"tiny", "llama-tiny"}) {
+    const Curves one = train(self_mesh(), model, options(2, bf16, GradDType::kBf16, GradReduceDType::kFp32), 4);
+    for (int zero : {2, 3}) {
+      const Curves dp = train(model, options(zero, bf16, GradDType::kBf16, GradReduceDType::kFp32), 2);
+      const std::string what = std::string(model) + " dp2 zero " + std::to_string(zero) + " vs one process";
+      const auto [used_loss, used_norm] = expect_within_bound(dp, one, s + (4 + 2) * u, what, first);
+      if (dp_mesh().rank() == 0) {
+        std::printf("[%s] bf16 gradients: loss dev <= %.3f of bound, grad norm dev <= %.3f of bound\n", what.c_str(),
+                    used_loss, used_norm);
+      }
+    }
+  }
+}
+
+// Pipeline (pp 2, dp 1, ZeRO 2, 2 micro-batches): the reducer sees the step as one micro-batch
+// (one fold, fp32 in the buckets before it), then sum_tied_grads adds the two stages' parts of
+// the tied embedding in fp32 and rounds once: two roundings, delta = 2u, against fp32 storage.
+TEST(Grad16Pipeline, TiedEmbeddingSumTracksFp32StorageWithinTheBound) {
+  if (dp_mesh().size() != 2) GTEST_SKIP() << "pp 2 needs 2 ranks";
+  const auto bf16 = kernels::Precision::kBf16;
+  EngineOptions f = options(2, bf16, GradDType::kFp32, GradReduceDType::kFp32);
+  EngineOptions h = options(2, bf16, GradDType::kBf16, GradReduceDType::kFp32);
+  const Curves cf = train(pp_mesh(), "tiny", f, 2);
+  const Curves ch = train(pp_mesh(), "tiny", h, 2);
+  const auto [used_loss, used_norm] = expect_within_bound(ch, cf, 2.0 / 256, "pp2 zero 2");
+  EXPECT_NE(ch.norms, cf.norms) << "pp2: 16-bit storage equal to fp32 (did it round?)";
+  EXPECT_EQ(ch.grad_bytes, 2 * ch.shard);
+  if (pp_mesh().rank() == 0) {
+    std::printf("[pp2 zero 2] bf16 vs fp32 gradients at rest: loss dev <= %.3f of bound, grad norm dev <= %.3f of bound\n",
+                used_loss, used_norm);
+  }
+}
 
 // fp16 gradients are stored scaled (by 4096 here: no step overflows, checked): the same bound
 // with fp16's u = 2^-11, against fp32 storage of the same fp16 run.
@@ -250,5 +323,9 @@ TEST(Grad16BadInput, MismatchedPrecisionAndZeroOneAreClearErrors) {
 }  // namespace trident::parallel
 
 int main(int argc, char** argv) {
-  return trident::test::run_tests_on_every_rank(argc, argv, {}, [] { trident::parallel::g_mesh.reset(); });
+  return trident::test::run_tests_on_every_rank(argc, argv, {}, [] {
+    trident::parallel::g_pp_mesh.reset();
+    trident::parallel::g_self_mesh.reset();
+    trident::parallel::g_mesh.reset();
+  });
 }
