@@ -1,5 +1,6 @@
-// ZeRO-2/3's reduced gradient shard at rest (ddp_reducer.h), in shard order, stored in the
-// run's gradient dtype (grad_dtype.h): fp32, or 16-bit words (2 bytes an element, accounted as
+// Gradients at rest in the run's gradient dtype (grad_dtype.h): ZeRO-2/3's reduced gradient
+// shard in shard order, or ZeRO-0/1's flat gradient buffer under 16-bit gradients (ddp_reducer.h),
+// stored as fp32, or 16-bit words (2 bytes an element, accounted as
 // `gradients`). Every write is one rounding of an fp32 value: fold() adds a micro-batch's
 // reduced fp32 part to the stored value in fp32 and rounds the sum once (so with one
 // micro-batch whose reduced part is already 16-bit exact, e.g. a bf16 reduction into bf16

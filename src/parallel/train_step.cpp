@@ -121,10 +121,13 @@ double local_unique_grad_sumsq(const RankLayout& L) {
     }
     // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's (an
     // expert's: edp rank 0's, the replicas holding that expert).
+    // (16-bit gradients at ZeRO 0-1: the reducer's 16-bit flat buffer, same layout.)
     const nn::ParameterSet& ps = c.model->params();
+    const GradShard* g16 = c.dp ? c.dp->flat_grads16() : nullptr;
     for (int id = 0; id < ps.size(); ++id) {
       if (!counted(id) || L.replica_coord(ps.info(id)) != 0) continue;
-      sum += kernels::sum_squares(ps.grad(id), ps.info(id).numel);
+      sum += g16 ? g16->sum_squares(ps.info(id).grad_offset, ps.info(id).numel)
+                 : kernels::sum_squares(ps.grad(id), ps.info(id).numel);
     }
   }
   return sum;

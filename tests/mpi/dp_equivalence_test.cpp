@@ -360,9 +360,11 @@ TEST(DpMemory, Bf16WeightCopyAddsTwoBytesPerHeldElement) {
 // element, exactly, everything else as with fp32 gradients; during the step the fp32 buckets
 // come on top as before. plan::predict_memory's gradients (shard + two buckets) fall by exactly
 // 2 bytes a worst-rank shard element, and its parameters and optimizer state do not move.
+// ZeRO 0-1: the flat gradient buffer in 2 bytes an element at rest, and during the step the
+// largest layer group's fp32 working buffer on top (the tracker's peak and the planner exactly).
 TEST(DpMemory, SixteenBitGradientsTakeTwoBytesPerShardElement) {
   const double N = dp_mesh().size();
-  for (int zero = 2; zero <= 3; ++zero) {
+  for (int zero = 0; zero <= 3; ++zero) {
     std::map<GradDType, std::array<double, 3>> at_rest;
     double shard = 0;
     for (GradDType d : {GradDType::kFp32, GradDType::kBf16}) {
@@ -373,7 +375,13 @@ TEST(DpMemory, SixteenBitGradientsTakeTwoBytesPerShardElement) {
       Engine e(dp_mesh(), model(), o, t, kBatch, kSeq, 2);
       e.initialize(1);
       e.train_step(batch_for(0, e.config().vocab_size), kLr);
-      shard = static_cast<double>(e.data_parallel()->layout().numel());
+      // ZeRO 0-1: the flat gradient buffer (every trained element) is what is stored.
+      shard = static_cast<double>(zero >= 2 ? e.data_parallel()->layout().numel() : e.model().params().grad_numel());
+      if (d == GradDType::kBf16 && zero < 2) {
+        // During the step: the largest layer group's fp32 working buffer on top, one at a time.
+        const double working = static_cast<double>(group_working_elems(e.model().params()));
+        EXPECT_EQ(static_cast<double>(t.peak(MemCategory::kGradients)), 2 * shard + 4 * working) << "zero " << zero;
+      }
       at_rest[d] = {static_cast<double>(t.current(MemCategory::kParameters)),
                     static_cast<double>(t.current(MemCategory::kGradients)),
                     static_cast<double>(t.current(MemCategory::kOptimizerState))};
@@ -398,7 +406,12 @@ TEST(DpMemory, SixteenBitGradientsTakeTwoBytesPerShardElement) {
     const plan::MemoryBreakdown h = plan::predict_memory(req, l).worst();
     double most = shard;  // the planner's worst rank holds the largest shard
     dp_mesh().world().allreduce(std::span<double>(&most, 1), comm::ReduceOp::kMax).wait();
-    EXPECT_EQ(f.grads - h.grads, 2 * most) << "zero " << zero;
+    if (zero >= 2) {
+      EXPECT_EQ(f.grads - h.grads, 2 * most) << "zero " << zero;
+    } else {  // the step's peak: the 16-bit buffer and the largest group's fp32 working buffer
+      nn::Model m(model(), nn::TpContext{}, nn::StageSpec{});
+      EXPECT_EQ(h.grads, 2 * shard + 4 * static_cast<double>(group_working_elems(m.params()))) << "zero " << zero;
+    }
     EXPECT_EQ(h.params, f.params) << "zero " << zero;
     EXPECT_EQ(h.optimizer, f.optimizer) << "zero " << zero;
     if (is_rank0()) {

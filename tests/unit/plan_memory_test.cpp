@@ -66,7 +66,9 @@ TEST(PlanMemory, ZeroStagesFollowTheFormulas) {
 }
 
 // --grad-dtype bf16|fp16: ZeRO 2-3's gradient shard at 2 bytes an element, the two fp32
-// buckets as before; ZeRO 0-1 (which the engine refuses with 16-bit gradients) unchanged.
+// buckets as before; ZeRO 0-1: the flat buffer at 2 bytes an element plus the largest layer
+// group's fp32 working buffer (the embeddings group, wte + wpe: larger than the head's ln_f +
+// the tied wte it writes first).
 TEST(PlanMemory, SixteenBitGradientsHalveTheShardOnly) {
   PlanRequest r = request(2, 4);
   r.bucket_mb = 0.01;
@@ -80,6 +82,10 @@ TEST(PlanMemory, SixteenBitGradientsHalveTheShardOnly) {
     for (int zero = 2; zero <= 3; ++zero) {
       l.zero = zero;
       EXPECT_DOUBLE_EQ(predict_memory(r, l).worst().grads, 2 * half + 4 * 2 * bucket) << zero;
+    }
+    for (int zero = 0; zero <= 1; ++zero) {
+      l.zero = zero;
+      EXPECT_DOUBLE_EQ(predict_memory(r, l).worst().grads, 2 * kPsi + 4 * kEmbed) << zero;
     }
   }
 }
