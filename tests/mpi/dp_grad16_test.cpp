@@ -52,7 +52,7 @@ constexpr float kLr = 1e-3f;
 
 }  // namespace
 
-std::unique_ptr<comm::Mesh> g_mesh, g_self_mesh, g_pp_mesh, g_ep_mesh;  // released before MPI_Finalize (main)
+std::unique_ptr<comm::Mesh> g_mesh, g_self_mesh, g_pp_mesh, g_ep_mesh, g_tp_mesh;  // released before MPI_Finalize (main)
 
 namespace {
 
@@ -88,6 +88,14 @@ comm::Mesh& ep_mesh() {  // dp 2 = ep 2 (edp 1)
                                              comm::MeshShape{1, 2, 1, 2});
   }
   return *g_ep_mesh;
+}
+
+comm::Mesh& tp_mesh() {  // tp 2, dp 1
+  if (!g_tp_mesh) {
+    g_tp_mesh = std::make_unique<comm::Mesh>(comm::make_mpi_communicator(MPI_COMM_WORLD, "world", test::aborting_after(60.0)),
+                                             comm::MeshShape{1, 1, 2});
+  }
+  return *g_tp_mesh;
 }
 
 struct Curves {
@@ -273,18 +281,33 @@ TEST(Grad16Flat, TiedAndMicroBatchesTrackFp32StorageWithinTheBoundAndDiffer) {
 // after one step the 16-bit flat gradient of each tensor against fp32 storage's, relative
 // Frobenius distance. A dropped or doubled contribution of a micro-batch or a group shows as
 // >= 0.5; rounding as about (M + 2) u = 0.016 (times the tensor's cancellation, sum |parts| / |sum|).
+// Run at dp 2 (ZeRO 0 and 1) and at tp 2 (with and without sequence parallelism: the norms' tp
+// sums), each rank comparing its own slices.
 TEST(Grad16Flat, EveryTensorGetsItsGradient) {
   const auto bf16 = kernels::Precision::kBf16;
-  for (int zero : {0, 1}) {
+  struct Layout {
+    comm::Mesh* mesh;
+    int zero;
+    bool sp;
+    std::string name;
+  };
+  std::vector<Layout> layouts{{&dp_mesh(), 0, false, "dp2 zero 0"}, {&dp_mesh(), 1, false, "dp2 zero 1"}};
+  if (dp_mesh().size() == 2) {
+    layouts.push_back({&tp_mesh(), 0, false, "tp2"});
+    layouts.push_back({&tp_mesh(), 0, true, "tp2 sp"});
+  }
+  for (const Layout& lay : layouts) {
+    const int zero = lay.zero;
     std::vector<std::vector<float>> g[2];
     for (int k = 0; k < 2; ++k) {
       MemoryTracker t;
-      Engine e(dp_mesh(), nn::model_preset("tiny"),
-               options(zero, bf16, k ? GradDType::kBf16 : GradDType::kFp32, GradReduceDType::kFp32), t, kBatch, kSeq, 2);
+      EngineOptions o = options(zero, bf16, k ? GradDType::kBf16 : GradDType::kFp32, GradReduceDType::kFp32);
+      o.sequence_parallel = lay.sp;
+      Engine e(*lay.mesh, nn::model_preset("tiny"), o, t, kBatch, kSeq, 2);
       e.initialize(1234);
       e.train_step(test::synthetic_batch(0, e.config().vocab_size, kSeq), kLr);
       const nn::ParameterSet& ps = e.model().params();
-      const GradShard* g16 = e.data_parallel()->flat_grads16();
+      const GradShard* g16 = e.data_parallel() ? e.data_parallel()->flat_grads16() : nullptr;
       ASSERT_EQ(g16 != nullptr, k == 1);
       for (int id = 0; id < ps.size(); ++id) {
         std::vector<float> v(static_cast<std::size_t>(ps.info(id).numel));
@@ -305,10 +328,37 @@ TEST(Grad16Flat, EveryTensorGetsItsGradient) {
       }
       ASSERT_GT(n, 0.0) << "tensor " << id << " has no gradient in fp32 either";
       const double rel = std::sqrt(d / n);
-      EXPECT_LT(rel, 0.5) << "zero " << zero << " tensor " << id << ": its gradient is missing or doubled";
+      EXPECT_LT(rel, 0.5) << lay.name << " tensor " << id << ": its gradient is missing or doubled";
       worst = std::max(worst, rel);
     }
-    if (dp_mesh().rank() == 0) std::printf("[tiny zero %d] per-tensor relative gradient distance <= %.4f\n", zero, worst);
+    if (dp_mesh().rank() == 0) std::printf("[tiny %s] per-tensor relative gradient distance <= %.4f\n", lay.name.c_str(), worst);
+  }
+}
+
+// Tensor parallelism (tp 2, one dp rank, ZeRO 0: the reducer exists for the 16-bit store alone;
+// the norm gains' and replicated parameters' tp sums happen inside their group's backward, so in
+// its working buffer), with and without sequence parallelism: against fp32 storage within
+// delta = (M + 2) u.
+TEST(Grad16Flat, TensorParallelTracksFp32StorageWithinTheBound) {
+  if (dp_mesh().size() != 2) GTEST_SKIP() << "tp 2 needs 2 ranks";
+  constexpr int kMicro = 2;
+  const auto bf16 = kernels::Precision::kBf16;
+  for (const char* model : {"tiny", "llama-tiny"}) {
+    for (bool sp : {false, true}) {
+      EngineOptions f = options(0, bf16, GradDType::kFp32, GradReduceDType::kFp32);
+      EngineOptions h = options(0, bf16, GradDType::kBf16, GradReduceDType::kFp32);
+      f.sequence_parallel = h.sequence_parallel = sp;
+      const Curves cf = train(tp_mesh(), model, f, kMicro);
+      const Curves ch = train(tp_mesh(), model, h, kMicro);
+      const std::string what = std::string(model) + " tp2" + (sp ? " sp" : "") + " zero 0 micro 2";
+      const auto [used_loss, used_norm] = expect_within_bound(ch, cf, (kMicro + 2) / 256.0, what);
+      EXPECT_NE(ch.norms, cf.norms) << what;
+      EXPECT_EQ(ch.grad_bytes, 2 * ch.shard) << what;
+      if (dp_mesh().rank() == 0) {
+        std::printf("[%s] 16-bit flat gradients: loss dev <= %.3f of bound, grad norm dev <= %.3f of bound\n",
+                    what.c_str(), used_loss, used_norm);
+      }
+    }
   }
 }
 
@@ -464,6 +514,7 @@ TEST(Grad16BadInput, FlatSixteenBitGradientsUnderAPipelineAreAClearError) {
 
 int main(int argc, char** argv) {
   return trident::test::run_tests_on_every_rank(argc, argv, {}, [] {
+    trident::parallel::g_tp_mesh.reset();
     trident::parallel::g_ep_mesh.reset();
     trident::parallel::g_pp_mesh.reset();
     trident::parallel::g_self_mesh.reset();
