@@ -77,8 +77,11 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
     const int hg = params.find_group(nn::GroupRole::kHead);
     const int eg = params.find_group(nn::GroupRole::kEmbedding);
     const nn::ParamInfo* wi = w >= 0 ? &params.info(w) : nullptr;
+    // (Not for 16-bit gradients at one dp rank, where nothing is summed: the reducer is there for
+    // the 16-bit store alone, and the scratch copy would be 4 bytes a row of overhead.)
+    const bool store_only = options.grad_dtype != GradDType::kFp32 && dp.size() == 1 && !options.expert_group;
     tied_split_ = options.zero < 2 && wi && wi->grad_offset >= 0 && hg >= 0 && wi->group == eg &&
-                  wi->shard.dim == 0 && wi->shard.chunks.size() <= 2;
+                  wi->shard.dim == 0 && wi->shard.chunks.size() <= 2 && !store_only;
     if (tied_split_) {
       // The tied embedding alone in a bucket: cut the bucket that holds it.
       std::vector<BucketSpan> cut;
@@ -280,6 +283,7 @@ void DataParallel::launch(Bucket& b) {
     float* data = params_.grads().data();
     int64_t origin = 0;
     if (flat16_on_) {
+      if (dp_.size() == 1) return;  // one rank (no ep either): the store holds the sum already
       b.wire = FloatBuffer(tracker_, MemCategory::kCommBuffers, static_cast<std::size_t>(n));
       flat16_.read(b.span.lo, n, b.wire.data());
       data = b.wire.data();
@@ -290,6 +294,19 @@ void DataParallel::launch(Bucket& b) {
     } else {
       // Sum: every rank's gradient is its rows' share of the global mean.
       b.works.push_back(sum(dp_, std::span<float>(data + (b.span.lo - origin), static_cast<std::size_t>(n))));
+    }
+    if (flat16_on_) {
+      // Bound the wire buffers (4 bytes an element: all of them would undo the 16-bit saving):
+      // the oldest sums are waited for and rounded back once more than two are in flight.
+      constexpr std::size_t kMaxWires = 2;
+      in_flight_.push_back(static_cast<int>(&b - buckets_.data()));
+      while (in_flight_.size() > kMaxWires) {
+        Bucket& o = buckets_[static_cast<std::size_t>(in_flight_.front())];
+        wait_all(o.works);
+        o.works.clear();
+        finish_wire(o);
+        in_flight_.pop_front();
+      }
     }
     return;
   }
@@ -417,6 +434,7 @@ void DataParallel::end_micro_batch() {
         wait_all(b.works);
         if (flat16_on_) finish_wire(b);
       }
+      in_flight_.clear();
     }
     if (tied_split_) finish_tied_rows();
   }

@@ -274,7 +274,9 @@ class DataParallel : public nn::ModelHooks {
   std::vector<int> bucket_of_;                  // per parameter id
   std::vector<std::vector<int>> group_buckets_;  // per group
   std::vector<char> group_final_;
-  std::deque<int> in_flight_;  // stages 2-3: launched, not yet retired, in launch order
+  // Stages 2-3: launched, not yet retired; stages 0-1 with 16-bit gradients: wire buffers still
+  // being summed. In launch order.
+  std::deque<int> in_flight_;
   int current_bwd_ = -1;
   bool armed_ = false;  // this micro-batch communicates
   int tied_ = -1, tied_group_ = -1, head_group_ = -1, embed_group_ = -1;

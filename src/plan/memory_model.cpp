@@ -210,9 +210,9 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       // one rank): the embedding's part waits there while the head's part is reduced.
       // Not for a frozen embedding (a LoRA base): it has no gradient to reduce.
       const int tied = ps.find_tied();
-      // (16-bit gradients bring the reducer at one dp rank too.)
+      // (16-bit gradients bring a reducer at one dp rank too, which makes no scratch there.)
       const bool grad16 = req.grad_dtype != parallel::GradDType::kFp32;
-      if ((l.dp > 1 || l.zero > 0 || grad16) && l.zero < 2 && g.stage().has_embedding && g.stage().has_head &&
+      if ((l.dp > 1 || (l.zero > 0 && !grad16)) && l.zero < 2 && g.stage().has_embedding && g.stage().has_head &&
           nn::has_tied_embedding(m) && tied >= 0 && ps.info(tied).grad_offset >= 0) {
         w += static_cast<double>(m.padded_vocab(l.tp) / l.tp * C);
       }

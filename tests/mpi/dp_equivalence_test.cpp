@@ -366,7 +366,8 @@ TEST(DpMemory, SixteenBitGradientsTakeTwoBytesPerShardElement) {
   const double N = dp_mesh().size();
   for (int zero = 0; zero <= 3; ++zero) {
     std::map<GradDType, std::array<double, 3>> at_rest;
-    double shard = 0;
+    std::map<GradDType, double> peak_comm;
+    double shard = 0, psi = 0, wire_cap = 0;
     for (GradDType d : {GradDType::kFp32, GradDType::kBf16}) {
       MemoryTracker t;
       EngineOptions o = options(zero, 0.02);
@@ -382,9 +383,20 @@ TEST(DpMemory, SixteenBitGradientsTakeTwoBytesPerShardElement) {
         const double working = static_cast<double>(group_working_elems(e.model().params()));
         EXPECT_EQ(static_cast<double>(t.peak(MemCategory::kGradients)), 2 * shard + 4 * working) << "zero " << zero;
       }
+      peak_comm[d] = static_cast<double>(t.peak(MemCategory::kCommBuffers));
+      psi = static_cast<double>(e.model().params().grad_numel());
+      int64_t max_param = 0;
+      for (const nn::ParamInfo& p : e.model().params().infos()) max_param = std::max(max_param, p.numel);
+      wire_cap = std::max(0.02 * 1024 * 1024 / 4, static_cast<double>(max_param));  // a bucket's elements at most
       at_rest[d] = {static_cast<double>(t.current(MemCategory::kParameters)),
                     static_cast<double>(t.current(MemCategory::kGradients)),
                     static_cast<double>(t.current(MemCategory::kOptimizerState))};
+    }
+    if (zero < 2) {
+      // The dp sum's fp32 wire buffers: at most two in flight plus the one being launched, never
+      // the whole gradient (which would undo the saving).
+      EXPECT_LE(peak_comm[GradDType::kBf16], peak_comm[GradDType::kFp32] + 4 * 3 * wire_cap) << "zero " << zero;
+      EXPECT_LT(peak_comm[GradDType::kBf16] - peak_comm[GradDType::kFp32], 4 * psi) << "zero " << zero;
     }
     EXPECT_EQ(at_rest[GradDType::kFp32][1], 4 * shard) << "zero " << zero;
     EXPECT_EQ(at_rest[GradDType::kBf16][1], 2 * shard) << "zero " << zero;
