@@ -105,7 +105,7 @@ int run_plan(int argc, char** argv) {
   int64_t batch = 8, seq = 0;
   double bucket_mb = 25.0, link_gbps = 0, latency_us = 20, flops = 0;
   bool sp = false, all = false, no_overlap = false;
-  std::string json_out, recompute = "none", offload = "auto", offload_dir, precision = "fp32";
+  std::string json_out, recompute = "none", offload = "auto", offload_dir, precision = "fp32", grad_dtype = "fp32";
   int offload_block_kib = 4096;
   double disk_mbps = 0;
   app.add_option("--model", model, fmt::format("preset ({}) or a Hugging Face config.json (gpt2, llama or mixtral)", fmt::join(nn::model_preset_names(), ", ")))->capture_default_str();
@@ -125,6 +125,13 @@ int run_plan(int argc, char** argv) {
                  "fp32 master over dp (gradients, moments, master weights and the other activations stay fp32, "
                  "docs/memory.md)")
       ->check(CLI::IsMember(std::vector<std::string>(kernels::precision_names().begin(), kernels::precision_names().end())))
+      ->capture_default_str();
+  app.add_option("--grad-dtype", grad_dtype,
+                 "the run's --grad-dtype: bf16 (with --precision bf16) or fp16 (with --precision fp16) store the "
+                 "gradients at rest in 2 bytes an element (ZeRO 2-3's shard; ZeRO 0-1's flat buffer plus the largest "
+                 "layer group's fp32 working buffer, and not under a pipeline: such layouts are listed as not valid; "
+                 "docs/memory.md)")
+      ->check(CLI::IsMember(std::vector<std::string>(parallel::grad_dtype_names().begin(), parallel::grad_dtype_names().end())))
       ->capture_default_str();
   app.add_option("--bucket-mb", bucket_mb, "DDP/ZeRO gradient bucket size, MiB")->capture_default_str();
   app.add_option("--offload", offload,
@@ -202,6 +209,12 @@ int run_plan(int argc, char** argv) {
   {
     const auto names = kernels::precision_names();
     req.precision = static_cast<kernels::Precision>(std::find(names.begin(), names.end(), precision) - names.begin());
+    const auto g = parallel::grad_dtype_names();
+    req.grad_dtype = static_cast<parallel::GradDType>(std::find(g.begin(), g.end(), grad_dtype) - g.begin());
+    TRI_CHECK(parallel::grad_dtype_fits(req.grad_dtype, req.precision),
+              "--grad-dtype {} needs --precision {} (this plan has --precision {}): 16-bit gradients are stored in "
+              "the precision the matmuls round to; use --grad-dtype fp32 or --precision {}",
+              grad_dtype, grad_dtype, precision, grad_dtype);
   }
   req.bucket_mb = bucket_mb;
   req.offload_optimizer = offload == "optimizer" || offload == "optimizer+params";
@@ -391,8 +404,9 @@ int run_plan(int argc, char** argv) {
                                           : "");
   out(fmt::format("best: scripts/trident-mpirun -n {} build/trident train {} --batch-size {} --seq-len {} {}{}{}\n",
                   world, model_flags, req.batch_size, req.seq_len, best.layout.train_flags(),
-                  fmt::format("{}{}{}", req.recompute != nn::Recompute::kNone ? fmt::format(" --recompute {}", recompute) : "",
+                  fmt::format("{}{}{}{}", req.recompute != nn::Recompute::kNone ? fmt::format(" --recompute {}", recompute) : "",
                               precision != "fp32" ? fmt::format(" --precision {}", precision) : "",
+                              grad_dtype != "fp32" ? fmt::format(" --grad-dtype {}", grad_dtype) : "",
                               best.layout.offload ? fmt::format(" --offload-dir {}", offload_dir.empty() ? "DIR" : offload_dir) : ""),
                   machine.threads_per_rank > 1 ? fmt::format(" --threads {}", machine.threads_per_rank) : ""));
   if (ranks == 1 && world > 1 && flops <= 0) {

@@ -119,10 +119,11 @@ void adamw_block(float* param, const float* grad, float* m, float* v, int64_t n,
 
 }  // namespace
 
-void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
-                  float beta1, float beta2, float eps, float weight_decay, int64_t t,
-                  float grad_scale) {
-  detail::KernelTimer timer(KernelOp::kAdamW, false, n);
+namespace {
+
+// PyTorch's scalars (see as_decimal) for step t.
+AdamScalars adam_scalars(float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t,
+                         float grad_scale, int64_t n) {
   TRI_CHECK(n >= 0, "adamw_update: bad size n={}", n);
   TRI_CHECK(t >= 1, "adamw_update: step t is 1-based, got {}", t);
   TRI_CHECK(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f,
@@ -140,14 +141,52 @@ void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n
   const float one_minus_b2 = static_cast<float>(1.0 - b2_d);
   const float neg_step_size = static_cast<float>(-(lr_d / (1.0 - std::pow(b1_d, step))));
   const float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(b2_d, step)));
-  const AdamScalars k{decay, b1, one_minus_b1, b2, one_minus_b2, neg_step_size, bc2_sqrt, eps,
-                     grad_scale};
-  constexpr int64_t kBlock = 1 << 14;
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  return AdamScalars{decay, b1, one_minus_b1, b2, one_minus_b2, neg_step_size, bc2_sqrt, eps, grad_scale};
+}
+
+constexpr int64_t kAdamBlock = 1 << 14;
+constexpr int64_t kSumChunk = 1 << 16;
+
+// One chunk of sum_squares, a function of its own so the fp32 and 16-bit entries run the very
+// same loop (and so the same association of the simd reduction) on the same fp32 values.
+__attribute__((noinline)) double chunk_sum_squares(const float* x, int64_t n) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(x[i]) * x[i];
+  return acc;
+}
+
+}  // namespace
+
+void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int64_t t,
+                  float grad_scale) {
+  detail::KernelTimer timer(KernelOp::kAdamW, false, n);
+  const AdamScalars k = adam_scalars(lr, beta1, beta2, eps, weight_decay, t, grad_scale, n);
+  const int64_t nblocks = (n + kAdamBlock - 1) / kAdamBlock;
 #pragma omp parallel for schedule(static)
   for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const int64_t begin = blk * kBlock;
-    adamw_block(param + begin, grad + begin, m + begin, v + begin, std::min(kBlock, n - begin), k);
+    const int64_t begin = blk * kAdamBlock;
+    adamw_block(param + begin, grad + begin, m + begin, v + begin, std::min(kAdamBlock, n - begin), k);
+  }
+}
+
+void adamw_update(float* param, const uint16_t* grad, Half grad_type, float* m, float* v, int64_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int64_t t, float grad_scale) {
+  detail::KernelTimer timer(KernelOp::kAdamW, false, n);
+  const AdamScalars k = adam_scalars(lr, beta1, beta2, eps, weight_decay, t, grad_scale, n);
+  const int64_t nblocks = (n + kAdamBlock - 1) / kAdamBlock;
+  // Each block's gradients widened (exactly) into a thread's 64 KiB of fp32, then the fp32
+  // block update: elementwise, so the bits are those of the fp32 entry on the widened values.
+#pragma omp parallel
+  {
+    std::vector<float> wide(static_cast<std::size_t>(std::min(kAdamBlock, n)));
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t begin = blk * kAdamBlock, len = std::min(kAdamBlock, n - begin);
+      widen_half(grad_type, grad + begin, len, wide.data());
+      adamw_block(param + begin, wide.data(), m + begin, v + begin, len, k);
+    }
   }
 }
 
@@ -156,16 +195,32 @@ double sum_squares(const float* x, int64_t n) {
   TRI_CHECK(n >= 0, "sum_squares: bad size n={}", n);
   // Fixed-size chunks summed in double, then the chunk sums added in order: the result is
   // the same for every thread count (a plain OpenMP reduction would not be).
-  constexpr int64_t kChunk = 1 << 16;
-  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  const int64_t nchunks = (n + kSumChunk - 1) / kSumChunk;
   std::vector<double> partial(static_cast<size_t>(nchunks));
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < nchunks; ++k) {
-    const int64_t end = std::min(n, (k + 1) * kChunk);
-    double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = k * kChunk; i < end; ++i) acc += static_cast<double>(x[i]) * x[i];
-    partial[static_cast<size_t>(k)] = acc;
+    const int64_t begin = k * kSumChunk;
+    partial[static_cast<size_t>(k)] = chunk_sum_squares(x + begin, std::min(n, begin + kSumChunk) - begin);
+  }
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+double sum_squares(const uint16_t* x, Half type, int64_t n) {
+  detail::KernelTimer timer(KernelOp::kSumSquares, false, n);
+  TRI_CHECK(n >= 0, "sum_squares: bad size n={}", n);
+  const int64_t nchunks = (n + kSumChunk - 1) / kSumChunk;
+  std::vector<double> partial(static_cast<size_t>(nchunks));
+#pragma omp parallel
+  {
+    std::vector<float> wide(static_cast<std::size_t>(std::min(kSumChunk, n)));
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < nchunks; ++k) {
+      const int64_t begin = k * kSumChunk, len = std::min(n, begin + kSumChunk) - begin;
+      widen_half(type, x + begin, len, wide.data());
+      partial[static_cast<size_t>(k)] = chunk_sum_squares(wide.data(), len);
+    }
   }
   double total = 0.0;
   for (double p : partial) total += p;

@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "kernels/half.h"
+
 namespace trident::kernels {
 
 // Threads used by BLAS and OpenMP kernels (both set together).
@@ -147,9 +149,17 @@ void crossentropy_softmax_forward_backward(float* losses, float* logits, const i
 void adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int64_t t,
                   float grad_scale);
+// The same update reading 16-bit gradients (--grad-dtype bf16|fp16, parallel/grad_shard.h):
+// each is widened exactly to fp32 and the arithmetic is the fp32 entry point's, bit for bit
+// (the update of widen(grad) through the fp32 entry gives the same bits).
+void adamw_update(float* param, const uint16_t* grad, Half grad_type, float* m, float* v, int64_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int64_t t, float grad_scale);
 
 // Sum of squares in double (for the global gradient norm).
 double sum_squares(const float* x, int64_t n);
+// Of 16-bit values, widened: bitwise sum_squares of their fp32 values (the same chunks, the
+// same order).
+double sum_squares(const uint16_t* x, Half type, int64_t n);
 // Sum in double, element 0 first (the token losses: the same order whatever the threads).
 double sum_in_order(const float* x, int64_t n);
 

@@ -15,6 +15,16 @@ std::vector<AdamW::FlatRange> one_range(const nn::ParameterSet& params, int64_t 
   return {{begin, end < 0 ? params.total_numel() : end}};
 }
 
+// kernels::adamw_update of n elements whose gradients start at element `at` of g.
+void update(float* x, const GradsIn& g, int64_t at, float* m, float* v, int64_t n, float lr, const AdamWConfig& c,
+            float wd, int64_t t, float grad_scale) {
+  if (g.f32 || !g.bits) {
+    kernels::adamw_update(x, g.f32 + at, m, v, n, lr, c.beta1, c.beta2, c.eps, wd, t, grad_scale);
+  } else {
+    kernels::adamw_update(x, g.bits + at, g.half, m, v, n, lr, c.beta1, c.beta2, c.eps, wd, t, grad_scale);
+  }
+}
+
 }  // namespace
 
 AdamW::AdamW(const nn::ParameterSet& params, MemoryTracker& tracker, const AdamWConfig& cfg,
@@ -88,7 +98,7 @@ AdamW::FlatRange AdamW::owned_part(int64_t lo, int64_t hi) const {
   return part;
 }
 
-void AdamW::step(const ValuesAt& values, const float* grads, float lr, float grad_scale, At grads_at) {
+void AdamW::step(const ValuesAt& values, GradsIn grads, float lr, float grad_scale, At grads_at) {
   TRI_CHECK(!store_->holds_values(), "AdamW::step: a moment store holding the values takes no other values");
   ++t_;
   store_->update([&](int64_t off, int64_t n, float* m, float* v, float*) {
@@ -98,15 +108,15 @@ void AdamW::step(const ValuesAt& values, const float* grads, float lr, float gra
         const int64_t local = r.begin + (i - r.store), flat = r.flat + (i - r.store);
         const auto [x, k] = values(flat, e - i);
         TRI_CHECK(x != nullptr && k >= 1 && k <= e - i, "AdamW::step: no values for flat element {}", flat);
-        kernels::adamw_update(x, grads + (grads_at == At::kFlat ? flat : local), m + (i - off), v + (i - off), k, lr,
-                              cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0f, t_, grad_scale);
+        update(x, grads, grads_at == At::kFlat ? flat : local, m + (i - off), v + (i - off), k, lr, cfg_,
+               r.decay ? static_cast<float>(cfg_.weight_decay) : 0.0f, t_, grad_scale);
         i += k;
       }
     }
   });
 }
 
-void AdamW::step(float* values, const float* grads, float lr, float grad_scale, At values_at, At grads_at) {
+void AdamW::step(float* values, GradsIn grads, float lr, float grad_scale, At values_at, At grads_at) {
   ++t_;
   // Each block of the store meets the ranges it overlaps (in store indices: frozen parameters
   // between ranges have none); the update is elementwise, so any split gives the same bits as
@@ -119,10 +129,8 @@ void AdamW::step(float* values, const float* grads, float lr, float grad_scale, 
       if (b >= e) continue;
       const int64_t local = r.begin + (b - r.store), flat = r.flat + (b - r.store);
       float* x = w ? w + (b - off) : values + (values_at == At::kFlat ? flat : local);
-      kernels::adamw_update(x,
-                            grads + (grads_at == At::kFlat ? r.grad + (b - r.store) : local), m + (b - off), v + (b - off), e - b, lr,
-                            cfg_.beta1, cfg_.beta2, cfg_.eps, r.decay ? cfg_.weight_decay : 0.0f,
-                            t_, grad_scale);
+      update(x, grads, grads_at == At::kFlat ? r.grad + (b - r.store) : local, m + (b - off), v + (b - off), e - b, lr,
+             cfg_, r.decay ? static_cast<float>(cfg_.weight_decay) : 0.0f, t_, grad_scale);
     }
   });
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/memory.h"
+#include "kernels/half.h"
 #include "nn/parameters.h"
 #include "optim/moment_store.h"
 
@@ -26,6 +27,17 @@ struct AdamWConfig {
   double beta2 = 0.95;
   double eps = 1e-8;
   double weight_decay = 0.1;
+};
+
+// The gradients step() reads: fp32, or 16-bit words (--grad-dtype bf16|fp16: ZeRO-2/3's shard,
+// parallel/grad_shard.h), each widened exactly, the update's arithmetic unchanged (so the bits
+// are those of the fp32 step on the widened values).
+struct GradsIn {
+  const float* f32 = nullptr;
+  const uint16_t* bits = nullptr;
+  kernels::Half half = kernels::Half::kBf16;
+  GradsIn(const float* g) : f32(g) {}  // NOLINT: implicit, an fp32 buffer is the common case
+  GradsIn(const uint16_t* g, kernels::Half h) : bits(g), half(h) {}
 };
 
 class AdamW {
@@ -49,7 +61,7 @@ class AdamW {
   // One update of the owned ranges: values[i] from grads[i] * grad_scale. When the moment
   // store holds the values (--offload optimizer+params), they are updated there and `values`
   // is not read (pass null).
-  void step(float* values, const float* grads, float lr, float grad_scale, At values_at = At::kOwned,
+  void step(float* values, GradsIn grads, float lr, float grad_scale, At values_at = At::kOwned,
             At grads_at = At::kOwned);
   // Where the values of owned flat elements [flat, flat + n) are: a pointer to the first and how
   // many follow it contiguously (1 to n). One update then takes its values from more than one
@@ -57,7 +69,7 @@ class AdamW {
   // from the flat buffer, parallel/zero_master.h); AdamW is elementwise, so the split keeps the
   // bits. Not with a store that holds the values.
   using ValuesAt = std::function<std::pair<float*, int64_t>(int64_t flat, int64_t n)>;
-  void step(const ValuesAt& values, const float* grads, float lr, float grad_scale, At grads_at);
+  void step(const ValuesAt& values, GradsIn grads, float lr, float grad_scale, At grads_at);
 
   // Elements of [begin, end) (end < 0: to the end) that are trained (not frozen): the moments held.
   static int64_t moment_count(const nn::ParameterSet& params, int64_t begin = 0, int64_t end = -1);

@@ -39,6 +39,29 @@ std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t c
   return out;
 }
 
+std::vector<int> group_working_params(const nn::ParameterSet& params, int g) {
+  std::vector<int> ids;
+  for (int id = 0; id < params.size(); ++id) {
+    if (params.info(id).group == g && params.info(id).grad_offset >= 0) ids.push_back(id);
+  }
+  const int tied = params.find_tied();
+  if (g >= 0 && g == params.find_group(nn::GroupRole::kHead) && tied >= 0 && params.info(tied).group != g &&
+      params.info(tied).grad_offset >= 0) {
+    ids.push_back(tied);
+  }
+  return ids;
+}
+
+int64_t group_working_elems(const nn::ParameterSet& params) {
+  int64_t most = 0;
+  for (int g = 0; g < params.num_groups(); ++g) {
+    int64_t n = 0;
+    for (int id : group_working_params(params, g)) n += params.info(id).numel;
+    most = std::max(most, n);
+  }
+  return most;
+}
+
 DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, MemoryTracker& tracker,
                            const DataParallelOptions& options)
     : params_(params), dp_(dp), tracker_(tracker), options_(options),
@@ -54,8 +77,11 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
     const int hg = params.find_group(nn::GroupRole::kHead);
     const int eg = params.find_group(nn::GroupRole::kEmbedding);
     const nn::ParamInfo* wi = w >= 0 ? &params.info(w) : nullptr;
+    // (Not for 16-bit gradients at one dp rank, where nothing is summed: the reducer is there for
+    // the 16-bit store alone, and the scratch copy would be 4 bytes a row of overhead.)
+    const bool store_only = options.grad_dtype != GradDType::kFp32 && dp.size() == 1 && !options.expert_group;
     tied_split_ = options.zero < 2 && wi && wi->grad_offset >= 0 && hg >= 0 && wi->group == eg &&
-                  wi->shard.dim == 0 && wi->shard.chunks.size() <= 2;
+                  wi->shard.dim == 0 && wi->shard.chunks.size() <= 2 && !store_only;
     if (tied_split_) {
       // The tied embedding alone in a bucket: cut the bucket that holds it.
       std::vector<BucketSpan> cut;
@@ -104,10 +130,20 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
     group_buckets_[static_cast<std::size_t>(head_group_)].push_back(tied_bucket_);
   }
 
+  if (options_.zero < 2 && options_.grad_dtype != GradDType::kFp32) {
+    TRI_CHECK(!options_.pipeline, "16-bit gradients ({}) at ZeRO-{} are not implemented under a pipeline",
+              grad_dtype_names()[static_cast<std::size_t>(options_.grad_dtype)], options_.zero);
+    // The flat fp32 gradients (if made) go: 16 bits at rest, fp32 only per group in backward.
+    params_.release_flat_grads();
+    flat16_on_ = true;
+    flat16_ = GradShard(tracker_, params_.grad_numel(), options_.grad_dtype);
+    working_.resize(static_cast<std::size_t>(params_.num_groups()));
+    for (int g = 0; g < params_.num_groups(); ++g) working_[static_cast<std::size_t>(g)].ids = group_working_params(params_, g);
+  }
   if (options_.zero >= 2) {
     // The flat gradients (zeros at construction) go first, so the start-up peak never holds both.
     params_.release_flat_grads();
-    shard_grads_ = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(layout_.numel()));
+    shard_grads_ = GradShard(tracker_, layout_.numel(), options_.grad_dtype);
   }
   if (options_.shard_master) {
     TRI_CHECK(options_.zero == 1 || options_.zero == 2, "the sharded fp32 master is ZeRO-1/2's, not ZeRO-{}'s",
@@ -163,6 +199,52 @@ void DataParallel::begin_step() {
   wait_s_ = 0.0;
   params_.zero_grads();
   if (!shard_grads_.empty()) shard_grads_.zero();
+  if (flat16_on_) flat16_.zero();
+}
+
+void DataParallel::open_working(int g) {
+  Working& w = working_[static_cast<std::size_t>(g)];
+  if (!w.buf.empty()) return;
+  // The tied embedding's embedding-backward part goes to the scratch copy while its head part
+  // is being reduced (launch): then not here.
+  w.placed.clear();
+  int64_t n = 0;
+  for (int id : w.ids) {
+    if (id == tied_ && !tied_scratch_.empty()) continue;
+    w.placed.push_back(id);
+    n += params_.info(id).numel;
+  }
+  if (n == 0) return;
+  w.buf = FloatBuffer(tracker_, MemCategory::kGradients, static_cast<std::size_t>(n));
+  int64_t at = 0;
+  for (int id : w.placed) {
+    params_.set_grad_ptr(id, w.buf.data() + at);
+    at += params_.info(id).numel;
+  }
+}
+
+void DataParallel::fold_working(int g) {
+  Working& w = working_[static_cast<std::size_t>(g)];
+  if (w.buf.empty()) return;
+  int64_t at = 0;
+  for (int id : w.placed) {
+    const nn::ParamInfo& p = params_.info(id);
+    flat16_.fold(p.grad_offset, w.buf.data() + at, p.numel);
+    params_.set_grad_ptr(id, nullptr);
+    at += p.numel;
+  }
+  w.placed.clear();
+  w.buf.reset();
+}
+
+void DataParallel::finish_wire(Bucket& b) {
+  if (b.wire.empty()) return;
+  flat16_.write(b.span.lo, b.span.hi - b.span.lo, b.wire.data());
+  b.wire.reset();
+}
+
+optim::GradsIn DataParallel::flat_grads_in() const {
+  return flat16_on_ ? flat16_.grads() : optim::GradsIn(params_.grads().data());
 }
 
 void DataParallel::begin_micro_batch(bool last) {
@@ -196,11 +278,35 @@ void DataParallel::launch(Bucket& b) {
   }
   b.works.clear();
   if (options_.zero < 2) {
+    // 16-bit gradients: the bucket's elements widened into an fp32 wire buffer, summed there,
+    // and rounded back once (finish_wire, after the wait).
+    float* data = params_.grads().data();
+    int64_t origin = 0;
+    if (flat16_on_) {
+      if (dp_.size() == 1) return;  // one rank (no ep either): the store holds the sum already
+      b.wire = FloatBuffer(tracker_, MemCategory::kCommBuffers, static_cast<std::size_t>(n));
+      flat16_.read(b.span.lo, n, b.wire.data());
+      data = b.wire.data();
+      origin = b.span.lo;
+    }
     if (options_.expert_group) {
-      launch_split(b);
+      launch_split(b, data, origin);
     } else {
       // Sum: every rank's gradient is its rows' share of the global mean.
-      b.works.push_back(sum(dp_, std::span<float>(params_.grads().data() + b.span.lo, static_cast<std::size_t>(n))));
+      b.works.push_back(sum(dp_, std::span<float>(data + (b.span.lo - origin), static_cast<std::size_t>(n))));
+    }
+    if (flat16_on_) {
+      // Bound the wire buffers (4 bytes an element: all of them would undo the 16-bit saving):
+      // the oldest sums are waited for and rounded back once more than two are in flight.
+      constexpr std::size_t kMaxWires = 2;
+      in_flight_.push_back(static_cast<int>(&b - buckets_.data()));
+      while (in_flight_.size() > kMaxWires) {
+        Bucket& o = buckets_[static_cast<std::size_t>(in_flight_.front())];
+        wait_all(o.works);
+        o.works.clear();
+        finish_wire(o);
+        in_flight_.pop_front();
+      }
     }
     return;
   }
@@ -253,14 +359,13 @@ void DataParallel::launch(Bucket& b) {
   }
 }
 
-void DataParallel::launch_split(Bucket& b) {
+void DataParallel::launch_split(Bucket& b, float* data, int64_t origin) {
   // Runs of consecutive parameters of one kind (dense or expert), each summed over its group:
   // the expert-data-parallel group for experts (nothing when it is one rank), dp otherwise. The
   // sums are the same as unsplit: every rank's gradient is its rows' share of the global mean,
   // an expert's already summed over its ep group's tokens by the owner.
   comm::Communicator& edp = *options_.expert_group;
   // Frozen parameters hold no room in the gradient buffer: they neither join nor cut a run.
-  float* g = params_.grads().data();
   int id = b.span.first;
   while (id <= b.span.last) {
     if (params_.info(id).grad_offset < 0) {
@@ -275,7 +380,7 @@ void DataParallel::launch_split(Bucket& b) {
       end = k;
     }
     const int64_t lo = params_.info(id).grad_offset, hi = params_.info(end).grad_offset + params_.info(end).numel;
-    const std::span<float> run(g + lo, static_cast<std::size_t>(hi - lo));
+    const std::span<float> run(data + (lo - origin), static_cast<std::size_t>(hi - lo));
     if (!expert) {
       b.works.push_back(sum(dp_, run));
     } else if (edp.size() > 1) {
@@ -288,12 +393,12 @@ void DataParallel::launch_split(Bucket& b) {
 void DataParallel::retire(Bucket& b) {
   if (b.retired) return;
   wait_all(b.works);
-  // Gradient accumulation over micro-batches happens here, on the reduced shard.
+  // Gradient accumulation over micro-batches happens here, on the reduced shard: in fp32, or
+  // (16-bit gradients) the stored value plus this micro-batch's fp32 part, rounded once.
   const float* r = b.recv.data();
   for (const auto& [lo, hi] : b.recv_parts) {
     if (hi <= lo) continue;
-    float* acc = shard_grads_.data() + layout_.index(lo);
-    for (int64_t i = 0; i < hi - lo; ++i) acc[i] += r[i];
+    shard_grads_.fold(layout_.index(lo), r, hi - lo);
     r += hi - lo;
   }
   b.recv.reset();
@@ -305,6 +410,8 @@ void DataParallel::retire(Bucket& b) {
 void DataParallel::group_final(int g) {
   if (g < 0 || group_final_[static_cast<std::size_t>(g)]) return;
   group_final_[static_cast<std::size_t>(g)] = 1;
+  // 16-bit gradients: the group's fp32 gradients of this micro-batch go into the store first.
+  if (flat16_on_) fold_working(g);
   for (int bi : group_buckets_[static_cast<std::size_t>(g)]) {
     Bucket& b = buckets_[static_cast<std::size_t>(bi)];
     if (--b.pending > 0) continue;
@@ -314,13 +421,20 @@ void DataParallel::group_final(int g) {
 }
 
 void DataParallel::end_micro_batch() {
+  if (flat16_on_) {
+    for (int g = 0; g < params_.num_groups(); ++g) fold_working(g);  // any group not reported final
+  }
   if (armed_) {
     // In bucket order: the same on every rank (and the launch order when overlap is off).
     for (Bucket& b : buckets_) {
       if (!b.launched) launch(b);
     }
     if (options_.zero < 2) {
-      for (Bucket& b : buckets_) wait_all(b.works);
+      for (Bucket& b : buckets_) {
+        wait_all(b.works);
+        if (flat16_on_) finish_wire(b);
+      }
+      in_flight_.clear();
     }
     if (tied_split_) finish_tied_rows();
   }
@@ -359,6 +473,20 @@ void DataParallel::finish_tied_rows() {
   }
   comm::Work work = sum(dp_, std::span<float>(packed));
   wait(work);
+  if (flat16_on_) {
+    // The reduced head part, widened, plus the rows, rounded once into the store.
+    std::vector<float> row(static_cast<std::size_t>(C));
+    for (std::size_t i = 0; i < local_rows.size(); ++i) {
+      const int64_t at = w.grad_offset + local_rows[i] * C;
+      flat16_.read(at, C, row.data());
+      const float* add = packed.data() + i * C;
+      for (int64_t c = 0; c < C; ++c) row[static_cast<std::size_t>(c)] += add[c];
+      flat16_.write(at, C, row.data());
+    }
+    params_.set_grad_ptr(tied_, nullptr);
+    tied_scratch_.reset();
+    return;
+  }
   float* g = params_.grads().data() + w.grad_offset;  // already summed over dp (the head's part)
   for (std::size_t i = 0; i < local_rows.size(); ++i) {
     float* row = g + local_rows[i] * C;
@@ -375,7 +503,7 @@ double DataParallel::shard_grad_sumsq(const std::function<bool(int)>& owns) cons
   for (int id = 0; id < params_.size(); ++id) {
     const nn::ParamInfo& p = params_.info(id);
     const auto [lo, hi] = layout_.mine(p.offset, p.offset + p.numel);
-    if (hi > lo && owns(id)) sum += kernels::sum_squares(shard_grads_.data() + layout_.index(lo), hi - lo);
+    if (hi > lo && owns(id)) sum += shard_grads_.sum_squares(layout_.index(lo), hi - lo);
   }
   return sum;
 }
@@ -389,7 +517,7 @@ void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scal
     // The operand-only pieces' values from the master shard, the others' from the flat buffer;
     // then the value-read elements gathered in fp32, the 16-bit copy at the next refresh.
     const optim::AdamW::ValuesAt at = [this](int64_t flat, int64_t n) { return master_->values_at(flat, n); };
-    adamw.step(at, options_.zero == 1 ? params_.grads().data() : shard_grads_.data(), lr, grad_scale,
+    adamw.step(at, options_.zero == 1 ? flat_grads_in() : shard_grads_.grads(), lr, grad_scale,
                options_.zero == 1 ? At::kFlat : At::kOwned);
     master_->gather_flat_values([this](const ShardSegment& s) -> comm::Communicator& { return group_of(s); },
                                 [this](std::vector<comm::Work>& w) { wait_all(w); });
@@ -398,13 +526,13 @@ void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scal
   }
   float* v = params_.values().data();
   switch (options_.zero) {
-    case 0: adamw.step(v, params_.grads().data(), lr, grad_scale, At::kFlat, At::kFlat); return;  // owns [0, total)
-    case 1: adamw.step(v, params_.grads().data(), lr, grad_scale, At::kFlat, At::kFlat); break;
-    case 2: adamw.step(v, shard_grads_.data(), lr, grad_scale, At::kFlat, At::kOwned); break;
+    case 0: adamw.step(v, flat_grads_in(), lr, grad_scale, At::kFlat, At::kFlat); return;  // owns [0, total)
+    case 1: adamw.step(v, flat_grads_in(), lr, grad_scale, At::kFlat, At::kFlat); break;
+    case 2: adamw.step(v, shard_grads_.grads(), lr, grad_scale, At::kFlat, At::kOwned); break;
     default:
       TRI_CHECK(!value_store_ || value_store_ == &adamw.moments(),
                 "the offloaded value shard is not in this optimizer's store");
-      adamw.step(value_store_ ? nullptr : shard_values_.data(), shard_grads_.data(), lr, grad_scale);
+      adamw.step(value_store_ ? nullptr : shard_values_.data(), shard_grads_.grads(), lr, grad_scale);
       return;
   }
   // Stages 1-2: every rank updated its shard; gather each segment's full values in place over
@@ -457,6 +585,7 @@ void DataParallel::before_group_backward(int g) {
     group_final(current_bwd_);
   }
   current_bwd_ = g;
+  if (flat16_on_) open_working(g);
   if (options_.zero >= 2) {
     for (int bi : group_buckets_[static_cast<std::size_t>(g)]) ensure_grad_storage(bi);
     if (g == head_group_ && tied_ >= 0 && tied_group_ != g) ensure_grad_storage(bucket_of_[static_cast<std::size_t>(tied_)]);

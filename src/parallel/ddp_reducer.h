@@ -27,7 +27,9 @@
 // writes into a scratch copy; afterwards only the scratch rows of tokens some dp rank looked up
 // (the union of the ids, all_gathered) are summed over dp and added. Same sums, other order.
 //
-// Stages (Ψ parameters, N dp ranks, fp32, bytes per rank at rest):
+// Stages (Ψ parameters, N dp ranks, fp32, bytes per rank at rest; --grad-dtype bf16|fp16 makes
+// the gradients 2Ψ at stages 0-1 and 2Ψ/N at 2-3, the buckets and per-group working buffers
+// staying fp32: DataParallelOptions::grad_dtype):
 //   0 DDP:  allreduce (sum) of each bucket on the last micro-batch    params 4Ψ, grads 4Ψ, Adam 8Ψ
 //   1:      as 0; AdamW moments for this rank's shard only; each rank updates its shard of the
 //           values, then all_gather of the values                     4Ψ + 4Ψ + 8Ψ/N
@@ -64,7 +66,9 @@
 #include "nn/parameters.h"
 #include "nn/tensor_parallel.h"
 #include "optim/adamw.h"
+#include "parallel/grad_dtype.h"
 #include "parallel/grad_reduce_dtype.h"
+#include "parallel/grad_shard.h"
 #include "parallel/zero.h"
 #include "parallel/zero_master.h"
 
@@ -86,6 +90,14 @@ struct DataParallelOptions {
   // With bf16 each bucket's reduced element is round_bf16(sum_r round_bf16(g_r)), the same bits
   // on every rank and for any bucket size; ZeRO 2-3 keep it (widened) as the shard's gradient.
   GradReduceDType reduce_dtype = GradReduceDType::kFp32;
+  // The gradient at rest (grad_dtype.h): ZeRO 2-3's shard_grads() in fp32 or 16 bits, each
+  // micro-batch's reduced fp32 part folded in with one rounding (the buckets stay fp32 working
+  // buffers). ZeRO 0-1 (not under a pipeline): the flat gradient buffer itself is 16-bit
+  // (flat_grads16()); each layer group's backward writes into an fp32 working buffer of the
+  // group's gradients (group_working_elems), folded into it with one rounding when the group's
+  // gradients are final; a bucket's dp sum widens its 16-bit elements into an fp32 wire buffer,
+  // sums them (fp32, or bf16 on the wire) and rounds the sum back once.
+  GradDType grad_dtype = GradDType::kFp32;
   // Stage 3, --offload optimizer+params: the value shard never lives in memory; flat values, if
   // the model was allocated with them (RankLayout makes none under ZeRO 3), stay until
   // attach_value_store writes this rank's part of them into the store.
@@ -105,6 +117,13 @@ struct BucketSpan {
   int64_t lo = 0, hi = 0;  // flat range
 };
 std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t cap_elems, bool grad_layout = false);
+
+// ZeRO 0-1 with 16-bit gradients: the parameters whose gradients layer group g's backward writes
+// into its fp32 working buffer (its trained parameters; the head group also the tied embedding
+// when this stage holds it, which the head's backward writes first), and the most elements any
+// group's set holds (one set is live at a time: the reducer's and the planner's count).
+std::vector<int> group_working_params(const nn::ParameterSet& params, int g);
+int64_t group_working_elems(const nn::ParameterSet& params);
 
 class DataParallel : public nn::ModelHooks {
  public:
@@ -144,8 +163,12 @@ class DataParallel : public nn::ModelHooks {
   double comm_wait_seconds() const { return wait_s_; }
 
   // Stages 2-3: this rank's reduced gradient shard, layout().numel() elements in shard order
-  // (layout().index(flat)); null for stages 0-1.
-  float* shard_grads() { return shard_grads_.empty() ? nullptr : shard_grads_.data(); }
+  // (layout().index(flat)), in options().grad_dtype; null for stages 0-1 (and an empty shard).
+  GradShard* shard_grads() { return shard_grads_.empty() ? nullptr : &shard_grads_; }
+  // ZeRO 0-1 with 16-bit gradients: the flat gradient buffer (ParamInfo::grad_offset layout),
+  // replicated over dp after the step's reduction; null otherwise (the gradients are then
+  // ParameterSet::grads()).
+  const GradShard* flat_grads16() const { return flat16_on_ ? &flat16_ : nullptr; }
   // ---- stage 3: values live in shards ----
   bool values_sharded() const { return options_.zero >= 3; }
   // Param `id`'s local tensor with this rank's shard elements filled in, zeros elsewhere.
@@ -202,6 +225,12 @@ class DataParallel : public nn::ModelHooks {
     FloatBuffer recv;  // stages 2-3: this rank's reduced parts, in shard order
     std::vector<FlatRange> recv_parts;  // stages 2-3: the flat range of each part of recv
     std::vector<comm::Work> works;  // one sum, or one per dense / expert run or ZeRO segment
+    FloatBuffer wire;  // ZeRO 0-1, 16-bit gradients: the bucket widened to fp32 for its sum
+  };
+  struct Working {  // ZeRO 0-1, 16-bit gradients: one group's fp32 gradients during its backward
+    FloatBuffer buf;
+    std::vector<int> ids;     // group_working_params
+    std::vector<int> placed;  // those with their gradient in buf now, consecutively
   };
   struct Gathered {  // stage 3: one group's values
     FloatBuffer buf;
@@ -211,7 +240,9 @@ class DataParallel : public nn::ModelHooks {
   };
   void group_final(int g);
   void launch(Bucket& b);
-  void launch_split(Bucket& b);  // expert parallelism: dense runs over dp, expert runs over edp
+  // Expert parallelism: dense runs over dp, expert runs over edp, summed in place in `data`,
+  // which holds the flat gradient element i at data[i - origin].
+  void launch_split(Bucket& b, float* data, int64_t origin);
   void retire(Bucket& b);  // stages 2-3: wait, add into the shard, free the bucket
   void ensure_grad_storage(int bucket);
   void wait(comm::Work& w);
@@ -221,6 +252,11 @@ class DataParallel : public nn::ModelHooks {
   // The sum over `group` in the configured dtype (options_.reduce_dtype).
   comm::Work sum(comm::Communicator& group, std::span<float> buf);
   void finish_tied_rows();  // the sparse the tied embedding rows of the embedding backward
+  // ZeRO 0-1, 16-bit gradients.
+  void open_working(int g);   // g's working buffer, zeroed, the gradient pointers into it
+  void fold_working(int g);   // folded into flat16_ (one rounding each), freed, pointers null
+  void finish_wire(Bucket& b);  // the bucket's summed wire rounded back into flat16_
+  optim::GradsIn flat_grads_in() const;  // the flat gradients AdamW reads
   // Stage 3 gathering.
   std::vector<int> values_needed(int g, bool backward) const;
   void issue_gather(int g);
@@ -238,7 +274,9 @@ class DataParallel : public nn::ModelHooks {
   std::vector<int> bucket_of_;                  // per parameter id
   std::vector<std::vector<int>> group_buckets_;  // per group
   std::vector<char> group_final_;
-  std::deque<int> in_flight_;  // stages 2-3: launched, not yet retired, in launch order
+  // Stages 2-3: launched, not yet retired; stages 0-1 with 16-bit gradients: wire buffers still
+  // being summed. In launch order.
+  std::deque<int> in_flight_;
   int current_bwd_ = -1;
   bool armed_ = false;  // this micro-batch communicates
   int tied_ = -1, tied_group_ = -1, head_group_ = -1, embed_group_ = -1;
@@ -248,7 +286,10 @@ class DataParallel : public nn::ModelHooks {
   const int32_t* ids_ = nullptr;
   int64_t n_ids_ = 0;
   FloatBuffer shard_values_;  // stage 3
-  FloatBuffer shard_grads_;   // stages 2-3
+  GradShard shard_grads_;     // stages 2-3
+  bool flat16_on_ = false;    // stages 0-1 with 16-bit gradients
+  GradShard flat16_;          // then the flat gradients, grad layout
+  std::vector<Working> working_;  // per group
   std::vector<Gathered> gathered_;
   // Stage 3 with the values offloaded: the store, each group's shard slice [first, second) in
   // shard indices, and the reads in flight (or done, until the group's gather has finished).

@@ -10,6 +10,7 @@
 #include "optim/adamw.h"
 #include "optim/loss_scaler.h"
 #include "optim/moment_store.h"
+#include "parallel/grad_dtype.h"
 #include "parallel/grad_reduce_dtype.h"
 #include "parallel/pipeline/schedule.h"
 
@@ -35,6 +36,8 @@ struct EngineOptions {
   // Dynamic loss scaling, used when precision is fp16 (optim/loss_scaler.h).
   optim::LossScalerConfig loss_scaler;
   GradReduceDType grad_reduce_dtype = GradReduceDType::kFp32;  // of the dp/edp gradient sums
+  // Of the gradient at rest (grad_dtype.h): 16 bits must match precision; ZeRO 2-3 only.
+  GradDType grad_dtype = GradDType::kFp32;
   double bucket_mb = 25.0;  // DDP gradient bucket size, MiB
   bool overlap = true;      // overlap gradient allreduce with backward
   optim::AdamWConfig adamw;

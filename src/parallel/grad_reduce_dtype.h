@@ -1,7 +1,7 @@
 // The element type of the data-parallel gradient communication (--grad-reduce-dtype): fp32
 // (MPI's own sum), or bf16 (Communicator::allreduce_bf16 / reduce_scatter_bf16_v: half the
 // bytes, each reduced element round_bf16(sum over dp ranks in rank order of round_bf16(g_r)),
-// added in fp32). The gradients the optimizer reads stay fp32 either way.
+// added in fp32). The gradients the optimizer reads are fp32 unless --grad-dtype (grad_dtype.h).
 #pragma once
 
 #include <array>

@@ -64,6 +64,20 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
             "--offload optimizer+params offloads ZeRO-3's parameter shards (as DeepSpeed's offload_param, "
             "which also needs stage 3): add --zero 3 (this run has --zero {}), or use --offload optimizer",
             options_.zero);
+  {
+    const std::string_view g = grad_dtype_names()[static_cast<std::size_t>(options_.grad_dtype)];
+    TRI_CHECK(grad_dtype_fits(options_.grad_dtype, options_.precision),
+              "--grad-dtype {} needs --precision {} (this run has --precision {}): 16-bit gradients are stored in "
+              "the precision the matmuls round to (bf16 with bf16, fp16 with fp16); use --grad-dtype fp32 or "
+              "--precision {}",
+              g, g, kernels::precision_names()[static_cast<std::size_t>(options_.precision)], g);
+    TRI_CHECK(options_.grad_dtype == GradDType::kFp32 || options_.zero >= 2 || pp_size == 1,
+              "--grad-dtype {} at --zero {} with --pp {} is not implemented: ZeRO 0-1 keep 16-bit gradients "
+              "with one layer group's fp32 working buffer, which the pipeline's interleaved backwards would "
+              "need per micro-batch in flight; use --zero 2 or 3 (their gradient shard is 16-bit under any "
+              "pipeline), or --grad-dtype fp32",
+              g, options_.zero, pp_size);
+  }
   // Pipeline parallelism: this rank's chunks of the layer stack (V of them when interleaved).
   const int V = pp_size > 1 ? options_.virtual_stages : 1;
   std::vector<nn::StageSpec> stages{nn::StageSpec{}};
@@ -109,7 +123,9 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
     c.model->set_precision(options_.precision);
     // ZeRO-3 keeps a shard of the values, ZeRO-2/3 one of the gradients (the reducer below
     // makes them): the flat buffers are not made at all, so the start-up peak is the steps'.
-    c.model->allocate(tracker_, nn::FlatBuffers{options_.zero < 3, options_.zero < 2});
+    // With 16-bit gradients ZeRO 0-1's flat gradients are the reducer's 16-bit store instead.
+    const bool grad16 = options_.grad_dtype != GradDType::kFp32;
+    c.model->allocate(tracker_, nn::FlatBuffers{options_.zero < 3, options_.zero < 2 && !grad16});
     // The MoE load-balancing loss: averaged over every MoE layer and every sequence of the
     // global batch, whatever the layout (nn/moe_mlp.h).
     if (config_.is_moe()) {
@@ -118,11 +134,11 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
       z_loss_weight_ = config_.router_z_loss_coef / (layers * static_cast<double>(global_batch * seq_len));
       c.model->set_moe_loss_weights(moe_loss_weights(1.0));
     }
-    if (dp > 1 || options_.zero > 0) {
+    if (dp > 1 || options_.zero > 0 || grad16) {  // 16-bit gradients live in the reducer
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
           DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, pp_size > 1,
-                              ep_size > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype,
+                              ep_size > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype, options_.grad_dtype,
                               options_.offload.params(),
                               options_.shard_master && shards_master(options_.zero, options_.precision,
                                                                      config_.lora.enabled(),
@@ -227,6 +243,9 @@ std::string RankLayout::describe() const {
     text += "; matmuls: " + chunks_.front().model->matmul().describe();
   }
   if (options_.grad_reduce_dtype == GradReduceDType::kBf16) text += "; gradient sums in bf16";
+  if (options_.grad_dtype != GradDType::kFp32) {
+    text += fmt::format("; gradients at rest in {}", grad_dtype_names()[static_cast<std::size_t>(options_.grad_dtype)]);
+  }
   if (options_.offload.optimizer() && !chunks_.empty()) {
     text += std::string(options_.offload.params() ? "; AdamW moments and ZeRO-3 parameter shard "
                                                   : "; AdamW moments ") +

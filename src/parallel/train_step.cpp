@@ -62,18 +62,20 @@ void sum_tied_grads(RankLayout& L) {
   const nn::ParamInfo& info = ps.info(id);
   if (info.frozen) return;  // a LoRA base: not trained, so nothing to sum (both ends see the same config)
   std::vector<float> sum(static_cast<std::size_t>(info.numel), 0.0f);
-  float* shard = c.dp ? c.dp->shard_grads() : nullptr;
-  int64_t lo = 0, hi = 0;
+  // ZeRO-2/3's shard may be 16-bit (--grad-dtype): read widened, the two stages' parts summed
+  // in fp32, the sum rounded once into the store.
+  GradShard* shard = c.dp ? c.dp->shard_grads() : nullptr;
+  int64_t lo = 0, hi = 0, at = 0;
   if (shard) {
     std::tie(lo, hi) = c.dp->layout().mine(info.offset, info.offset + info.numel);
-    if (hi > lo) shard += c.dp->layout().index(lo);
-    std::copy(shard, shard + (hi - lo), sum.data() + (lo - info.offset));
+    if (hi > lo) at = c.dp->layout().index(lo);
+    shard->read(at, hi - lo, sum.data() + (lo - info.offset));
   } else if (L.mesh().coord(comm::kDp) == 0) {
     std::memcpy(sum.data(), ps.grad(id), sum.size() * sizeof(float));
   }
   group->allreduce(std::span<float>(sum), comm::ReduceOp::kSum).wait();
   if (shard) {
-    std::copy_n(sum.data() + (lo - info.offset), hi - lo, shard);
+    shard->write(at, hi - lo, sum.data() + (lo - info.offset));
   } else {
     std::memcpy(ps.grad(id), sum.data(), sum.size() * sizeof(float));
   }
@@ -119,10 +121,13 @@ double local_unique_grad_sumsq(const RankLayout& L) {
     }
     // After the dp allreduce every dp replica holds the same gradient: count dp rank 0's (an
     // expert's: edp rank 0's, the replicas holding that expert).
+    // (16-bit gradients at ZeRO 0-1: the reducer's 16-bit flat buffer, same layout.)
     const nn::ParameterSet& ps = c.model->params();
+    const GradShard* g16 = c.dp ? c.dp->flat_grads16() : nullptr;
     for (int id = 0; id < ps.size(); ++id) {
       if (!counted(id) || L.replica_coord(ps.info(id)) != 0) continue;
-      sum += kernels::sum_squares(ps.grad(id), ps.info(id).numel);
+      sum += g16 ? g16->sum_squares(ps.info(id).grad_offset, ps.info(id).numel)
+                 : kernels::sum_squares(ps.grad(id), ps.info(id).numel);
     }
   }
   return sum;

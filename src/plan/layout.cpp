@@ -131,11 +131,18 @@ std::vector<Candidate> enumerate_layouts(const PlanRequest& r) {
             }
           }
           // One dp rank: ZeRO changes nothing, except that --offload optimizer+params needs
-          // stage 3 (the parameter shard, there the whole model, is what goes to disk).
-          for (int zero = 0; zero <= (base.dp > 1 || r.offload_params ? 3 : 0); ++zero) {
-            if (base.dp == 1 && zero > 0 && zero < 3) continue;
+          // stage 3 (the parameter shard, there the whole model, is what goes to disk), and that
+          // 16-bit gradients under a pipeline need stage 2 or 3 (the engine refuses 0-1 there).
+          const bool grad16_pp = r.grad_dtype != parallel::GradDType::kFp32 && pp > 1;
+          for (int zero = 0; zero <= (base.dp > 1 || r.offload_params || grad16_pp ? 3 : 0); ++zero) {
+            if (base.dp == 1 && zero > 0 && zero < 3 && !(grad16_pp && zero == 2)) continue;
             Layout lz = ls;
             lz.zero = zero;
+            if (grad16_pp && zero < 2) {
+              reject(lz, fmt::format("--grad-dtype {} at ZeRO {} is not implemented under a pipeline (use ZeRO 2 or 3)",
+                                     parallel::grad_dtype_names()[static_cast<std::size_t>(r.grad_dtype)], zero));
+              continue;
+            }
             out.push_back({lz, true, {}});
           }
           // Expert parallelism, out of dp, for a mixture of experts: every ep > 1 dividing dp
@@ -152,6 +159,11 @@ std::vector<Candidate> enumerate_layouts(const PlanRequest& r) {
             }
             for (int zero = 0; zero <= 3; ++zero) {
               le.zero = zero;
+              if (grad16_pp && zero < 2) {
+                reject(le, fmt::format("--grad-dtype {} at ZeRO {} is not implemented under a pipeline (use ZeRO 2 or 3)",
+                                       parallel::grad_dtype_names()[static_cast<std::size_t>(r.grad_dtype)], zero));
+                continue;
+              }
               out.push_back({le, true, {}});
             }
           }

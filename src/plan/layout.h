@@ -13,6 +13,7 @@
 #include "kernels/matmul_engine.h"
 #include "nn/model_config.h"
 #include "nn/recompute.h"
+#include "parallel/grad_dtype.h"
 #include "parallel/pipeline/schedule.h"
 
 namespace trident::plan {
@@ -54,6 +55,10 @@ struct PlanRequest {
   // bf16 adds the bf16 weight copy (nn/bf16_weights.h): 2 bytes per parameter element held,
   // or per gathered element under ZeRO-3.
   kernels::Precision precision = kernels::Precision::kFp32;
+  // --grad-dtype bf16|fp16: the gradients at rest take 2 bytes an element (ZeRO 2-3's shard, with
+  // its fp32 buckets at 4; ZeRO 0-1's flat buffer, with the largest layer group's fp32 working
+  // buffer at 4).
+  parallel::GradDType grad_dtype = parallel::GradDType::kFp32;
   double bucket_mb = 25.0;       // DDP/ZeRO bucket size (working-set memory)
   // --offload optimizer: the AdamW moments on disk, three staging blocks of both in memory
   // per model chunk (optim/moment_store.h). offload_optimizer: every layout offloads;

@@ -11,6 +11,7 @@
 #include "nn/architecture.h"
 #include "nn/moe_exchange.h"
 #include "optim/adamw.h"
+#include "parallel/ddp_reducer.h"  // group_working_elems
 #include "parallel/engine_options.h"
 #include "parallel/pipeline/partition.h"
 #include "parallel/zero.h"
@@ -170,7 +171,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     RankChunks rc = build_rank_chunks(m, l, r, req.recompute, req.precision);
     const std::vector<int> live =
         l.pp > 1 ? peak_live_per_chunk(spec, r) : std::vector<int>(static_cast<std::size_t>(l.virtual_stages), 1);
-    int64_t psi = 0, grad_psi = 0, expert_psi = 0, max_param = 0, max_group = 0;
+    int64_t psi = 0, grad_psi = 0, expert_psi = 0, max_param = 0, max_group = 0, working = 0;
     double act_bytes = 0, work_floats = 0, packed_bytes = 0;
     std::vector<int64_t> lora_moments;  // per dp rank, summed over the chunks
     for (std::size_t c = 0; c < rc.chunks.size(); ++c) {
@@ -185,6 +186,7 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       const nn::ParameterSet& ps = g.params();
       psi += ps.total_numel();
       grad_psi += ps.grad_numel();  // the flat gradient buffer: the trained parameters (LoRA: the adapters)
+      working = std::max(working, parallel::group_working_elems(ps));  // ZeRO 0-1, 16-bit gradients
       for (const nn::ParamInfo& p : ps.infos()) {
         max_param = std::max(max_param, p.numel);
         if (p.expert >= 0) expert_psi += p.numel;
@@ -208,7 +210,9 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       // one rank): the embedding's part waits there while the head's part is reduced.
       // Not for a frozen embedding (a LoRA base): it has no gradient to reduce.
       const int tied = ps.find_tied();
-      if ((l.dp > 1 || l.zero > 0) && l.zero < 2 && g.stage().has_embedding && g.stage().has_head &&
+      // (16-bit gradients bring a reducer at one dp rank too, which makes no scratch there.)
+      const bool grad16 = req.grad_dtype != parallel::GradDType::kFp32;
+      if ((l.dp > 1 || (l.zero > 0 && !grad16)) && l.zero < 2 && g.stage().has_embedding && g.stage().has_head &&
           nn::has_tied_embedding(m) && tied >= 0 && ps.info(tied).grad_offset >= 0) {
         w += static_cast<double>(m.padded_vocab(l.tp) / l.tp * C);
       }
@@ -247,8 +251,14 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
       mb.params = value_gather + 4 * master;
     }
     // ZeRO 0-1: the flat gradient buffer, the trained parameters only; ZeRO 2-3: the value
-    // layout's shard and buckets (which still span a LoRA run's frozen tensors).
-    mb.grads = 4 * (l.zero >= 2 ? shard + std::min(full, 2.0 * bucket) : static_cast<double>(grad_psi));
+    // layout's shard (--grad-dtype: 2 or 4 bytes an element) and its fp32 buckets (which still
+    // span a LoRA run's frozen tensors).
+    // ZeRO 0-1 with 16-bit gradients: the flat buffer in 2 bytes and the largest layer group's
+    // fp32 working buffer (one is live at a time).
+    mb.grads = l.zero >= 2 ? parallel::grad_bytes(req.grad_dtype) * shard + 4 * std::min(full, 2.0 * bucket)
+               : req.grad_dtype != parallel::GradDType::kFp32
+                   ? 2 * static_cast<double>(grad_psi) + 4 * static_cast<double>(working)
+                   : 4 * static_cast<double>(grad_psi);
     // A LoRA run's moments are its adapters' (the most any dp rank's shard holds of them).
     const double trained = m.lora.enabled() ? static_cast<double>(*std::max_element(lora_moments.begin(), lora_moments.end()))
                                             : (l.zero >= 1 ? shard : full);

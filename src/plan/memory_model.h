@@ -3,6 +3,8 @@
 // stage, the tied head's copy of the tied embedding on the last, blocks split by pp::partition_layers, tp
 // slices of the padded vocabulary), sharded over dp by the ZeRO stage (ddp_reducer.h):
 //   stage 0: 4Ψ + 4Ψ + 8Ψ     1: 4Ψ + 4Ψ + 8Ψ/N     2: 4Ψ + 4Ψ/N + 8Ψ/N     3: 16Ψ/N
+// (--grad-dtype bf16|fp16 stores the gradients in 2Ψ at stages 0-1, plus the largest layer
+// group's fp32 working buffer during the step, and in 2Ψ/N at stages 2-3)
 // (--precision bf16 adds the bf16 weight copy to the parameters: 2Ψ at stages 0-2, 2 bytes per
 // gathered element at stage 3, so 18Ψ at stage 0 like Megatron's bf16 with fp32 gradients)
 // (--offload optimizer moves the 8Ψ or 8Ψ/N of the moments to `offloaded`, leaving three

@@ -52,6 +52,7 @@ std::span<const std::string_view> enum_names(optim::OffloadKind) { return optim:
 std::span<const std::string_view> enum_names(nn::Recompute) { return nn::recompute_names(); }
 std::span<const std::string_view> enum_names(kernels::Precision) { return kernels::precision_names(); }
 std::span<const std::string_view> enum_names(parallel::GradReduceDType) { return parallel::grad_reduce_dtype_names(); }
+std::span<const std::string_view> enum_names(parallel::GradDType) { return parallel::grad_dtype_names(); }
 
 // ---------------------------------------------------------------------------------------------
 // Defaults: each struct's constructor applies the defaults of its field list. Fields held by

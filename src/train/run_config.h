@@ -51,6 +51,7 @@ std::span<const std::string_view> enum_names(optim::OffloadKind);       // none,
 std::span<const std::string_view> enum_names(nn::Recompute);            // none, selective, full
 std::span<const std::string_view> enum_names(kernels::Precision);       // fp32, bf16, fp16
 std::span<const std::string_view> enum_names(parallel::GradReduceDType);  // fp32, bf16
+std::span<const std::string_view> enum_names(parallel::GradDType);        // fp32, bf16, fp16
 
 template <class E>
   requires std::is_enum_v<E>
@@ -350,7 +351,7 @@ struct TrainOptions {
   TrainOptions();
 };
 
-// Of [train], the engine's options hold `precision` and `grad_reduce_dtype` (RunConfig::engine).
+// Of [train], the engine's options hold `precision`, `grad_reduce_dtype` and `grad_dtype` (RunConfig::engine).
 template <class S, class E, class V>
   requires TableOf<S, E, TrainOptions>
 void for_each_field(S& o, E& e, V&& v) {
@@ -382,7 +383,7 @@ void for_each_field(S& o, E& e, V&& v) {
   v(field("threads", 0, "OpenMP threads per rank").at_least(0).shown_as("0 = OpenMP's default")
         .alias("num_threads omp_threads nthreads"), o.threads);
   v(field("precision", parallel::EngineOptions{}.precision,
-          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style), the weights read from a bf16 copy made once a step from the fp32 master (2 more bytes a parameter; at ZeRO 1-2 the copy persists and the layer matrices' fp32 master is sharded over dp, docs/memory.md); fp16: the same with fp16 operands (overflow beyond 65504 is inf) and dynamic loss scaling ([optim] initial_loss_scale, loss_scale_window, hysteresis, min_loss_scale); gradients, optimizer state, the master weights and checkpoints stay fp32")
+          "matmul precision: fp32; bf16: every matmul of forward and backward rounds its operands to bf16 and accumulates in fp32 (torch.autocast-style), the weights read from a bf16 copy made once a step from the fp32 master (2 more bytes a parameter; at ZeRO 1-2 the copy persists and the layer matrices' fp32 master is sharded over dp, docs/memory.md); fp16: the same with fp16 operands (overflow beyond 65504 is inf) and dynamic loss scaling ([optim] initial_loss_scale, loss_scale_window, hysteresis, min_loss_scale); gradients (unless --grad-dtype), optimizer state, the master weights and checkpoints stay fp32")
         .alias("dtype mixed_precision amp autocast compute_dtype"), e.precision);
   v(field("stochastic_rounding", parallel::EngineOptions{}.stochastic_rounding,
           "precision bf16: round the fp32 master weights into the bf16 copy the matmuls read stochastically (up with probability of the dropped bits, as llm.c) instead of to nearest even, keyed by (seed, step, parameter name, element index) so every layout rounds alike")
@@ -390,6 +391,9 @@ void for_each_field(S& o, E& e, V&& v) {
   v(field("grad_reduce_dtype", parallel::EngineOptions{}.grad_reduce_dtype,
           "element type of the data-parallel gradient sums (DDP allreduce, ZeRO reduce-scatter, ep's edp sums): fp32; bf16: half the bytes, each rank's gradient rounded to bf16 and the ranks' values added in fp32 in rank order at the chunk's owner, then rounded to bf16 once (the same bits on every rank, for any bucket size); needs dp > 1")
         .alias("reduce_dtype grad_reduce_precision allreduce_dtype grad_comm_dtype"), e.grad_reduce_dtype);
+  v(field("grad_dtype", parallel::EngineOptions{}.grad_dtype,
+          "element type of the gradients at rest (what the optimizer, the gradient norm, clipping and the nonfinite check read): fp32; bf16 with --precision bf16, fp16 with --precision fp16 (scaled by the loss scale: an overflow is an inf and the step is skipped): 2 bytes an element (ZeRO 2-3's gradient shard, ZeRO 0-1's flat gradients with one layer group's fp32 working buffer in backward), each micro-batch's gradient still computed in fp32 and added to the stored one with one rounding to nearest even; ZeRO 0-1 not with --pp > 1 (docs/memory.md)")
+        .alias("grad_accum_dtype main_grads_dtype gradient_dtype grads_dtype"), e.grad_dtype);
   v(field("log_every", 1, "steps between progress lines on stderr").at_least(1)
         .alias("log_interval print_every"), o.log_every);
   v(field("preempt_signals", "TERM,INT,USR1",

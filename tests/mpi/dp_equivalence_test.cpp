@@ -18,6 +18,7 @@
 // reduction algorithm for another message size, which associates the 4-term sum differently.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdio>
@@ -351,6 +352,83 @@ TEST(DpMemory, Bf16WeightCopyAddsTwoBytesPerHeldElement) {
       dp_mesh().world().allreduce(std::span<int64_t>(&most, 1), comm::ReduceOp::kMax).wait();
       const double worst_p = want_p + 4 * static_cast<double>(most - mine);
       EXPECT_EQ(plan::predict_memory(req, l).worst().params, worst_p) << "zero " << zero;
+    }
+  }
+}
+
+// --grad-dtype bf16 (parallel/grad_shard.h) at ZeRO 2-3: the gradient shard takes 2 bytes an
+// element, exactly, everything else as with fp32 gradients; during the step the fp32 buckets
+// come on top as before. plan::predict_memory's gradients (shard + two buckets) fall by exactly
+// 2 bytes a worst-rank shard element, and its parameters and optimizer state do not move.
+// ZeRO 0-1: the flat gradient buffer in 2 bytes an element at rest, and during the step the
+// largest layer group's fp32 working buffer on top (the tracker's peak and the planner exactly).
+TEST(DpMemory, SixteenBitGradientsTakeTwoBytesPerShardElement) {
+  const double N = dp_mesh().size();
+  for (int zero = 0; zero <= 3; ++zero) {
+    std::map<GradDType, std::array<double, 3>> at_rest;
+    std::map<GradDType, double> peak_comm;
+    double shard = 0, psi = 0, wire_cap = 0;
+    for (GradDType d : {GradDType::kFp32, GradDType::kBf16}) {
+      MemoryTracker t;
+      EngineOptions o = options(zero, 0.02);
+      o.precision = kernels::Precision::kBf16;
+      o.grad_dtype = d;
+      Engine e(dp_mesh(), model(), o, t, kBatch, kSeq, 2);
+      e.initialize(1);
+      e.train_step(batch_for(0, e.config().vocab_size), kLr);
+      // ZeRO 0-1: the flat gradient buffer (every trained element) is what is stored.
+      shard = static_cast<double>(zero >= 2 ? e.data_parallel()->layout().numel() : e.model().params().grad_numel());
+      if (d == GradDType::kBf16 && zero < 2) {
+        // During the step: the largest layer group's fp32 working buffer on top, one at a time.
+        const double working = static_cast<double>(group_working_elems(e.model().params()));
+        EXPECT_EQ(static_cast<double>(t.peak(MemCategory::kGradients)), 2 * shard + 4 * working) << "zero " << zero;
+      }
+      peak_comm[d] = static_cast<double>(t.peak(MemCategory::kCommBuffers));
+      psi = static_cast<double>(e.model().params().grad_numel());
+      int64_t max_param = 0;
+      for (const nn::ParamInfo& p : e.model().params().infos()) max_param = std::max(max_param, p.numel);
+      wire_cap = std::max(0.02 * 1024 * 1024 / 4, static_cast<double>(max_param));  // a bucket's elements at most
+      at_rest[d] = {static_cast<double>(t.current(MemCategory::kParameters)),
+                    static_cast<double>(t.current(MemCategory::kGradients)),
+                    static_cast<double>(t.current(MemCategory::kOptimizerState))};
+    }
+    if (zero < 2) {
+      // The dp sum's fp32 wire buffers: at most two in flight plus the one being launched, never
+      // the whole gradient (which would undo the saving).
+      EXPECT_LE(peak_comm[GradDType::kBf16], peak_comm[GradDType::kFp32] + 4 * 3 * wire_cap) << "zero " << zero;
+      EXPECT_LT(peak_comm[GradDType::kBf16] - peak_comm[GradDType::kFp32], 4 * psi) << "zero " << zero;
+    }
+    EXPECT_EQ(at_rest[GradDType::kFp32][1], 4 * shard) << "zero " << zero;
+    EXPECT_EQ(at_rest[GradDType::kBf16][1], 2 * shard) << "zero " << zero;
+    EXPECT_EQ(at_rest[GradDType::kBf16][0], at_rest[GradDType::kFp32][0]) << "zero " << zero;
+    EXPECT_EQ(at_rest[GradDType::kBf16][2], at_rest[GradDType::kFp32][2]) << "zero " << zero;
+    plan::PlanRequest req;
+    req.model = model();
+    req.world = static_cast<int>(N);
+    req.batch_size = kBatch;
+    req.seq_len = kSeq;
+    req.bucket_mb = 0.02;
+    req.precision = kernels::Precision::kBf16;
+    plan::Layout l;
+    l.dp = static_cast<int>(N);
+    l.zero = zero;
+    l.micro_batches = 2;
+    const plan::MemoryBreakdown f = plan::predict_memory(req, l).worst();
+    req.grad_dtype = GradDType::kBf16;
+    const plan::MemoryBreakdown h = plan::predict_memory(req, l).worst();
+    double most = shard;  // the planner's worst rank holds the largest shard
+    dp_mesh().world().allreduce(std::span<double>(&most, 1), comm::ReduceOp::kMax).wait();
+    if (zero >= 2) {
+      EXPECT_EQ(f.grads - h.grads, 2 * most) << "zero " << zero;
+    } else {  // the step's peak: the 16-bit buffer and the largest group's fp32 working buffer
+      nn::Model m(model(), nn::TpContext{}, nn::StageSpec{});
+      EXPECT_EQ(h.grads, 2 * shard + 4 * static_cast<double>(group_working_elems(m.params()))) << "zero " << zero;
+    }
+    EXPECT_EQ(h.params, f.params) << "zero " << zero;
+    EXPECT_EQ(h.optimizer, f.optimizer) << "zero " << zero;
+    if (is_rank0()) {
+      std::printf("[dp %.0f bf16 grads] zero %d  shard %.0f  gradients at rest %.0f (fp32: %.0f)  plan %.0f (fp32: %.0f)\n", N,
+                  zero, shard, at_rest[GradDType::kBf16][1], at_rest[GradDType::kFp32][1], h.grads, f.grads);
     }
   }
 }

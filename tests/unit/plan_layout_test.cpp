@@ -112,3 +112,36 @@ TEST(PlanLayout, BadRequestsSayWhatToChange) {
 
 }  // namespace
 }  // namespace trident::plan
+
+namespace trident::plan {
+namespace {
+
+// --grad-dtype bf16: the engine refuses ZeRO 0-1 under a pipeline (their 16-bit flat gradients
+// keep one layer group's fp32 working buffer, which interleaved backwards would need per
+// micro-batch), so those layouts are listed as not valid with the reason, and a one-dp-rank
+// pipeline gets ZeRO 2 and 3 instead of ZeRO 0 (without 16-bit gradients it gets ZeRO 0 only).
+TEST(PlanLayout, SixteenBitGradientsUnderAPipelineNeedZeroTwoOrThree) {
+  PlanRequest r = tiny_request(4, 8, 0);
+  r.precision = kernels::Precision::kBf16;
+  r.grad_dtype = parallel::GradDType::kBf16;
+  int pp_zero01 = 0, rejected = 0, dp1_pp_zero2 = 0;
+  for (const Candidate& c : enumerate_layouts(r)) {
+    const Layout& l = c.layout;
+    if (l.pp > 1 && l.zero < 2) {
+      ++pp_zero01;
+      EXPECT_FALSE(c.valid) << l.shape() << " zero " << l.zero;
+      if (!c.valid && c.reason.find("--grad-dtype bf16 at ZeRO") != std::string::npos) ++rejected;
+    }
+    if (l.pp > 1 && l.dp == 1 && l.zero == 2 && c.valid) ++dp1_pp_zero2;
+  }
+  EXPECT_GT(pp_zero01, 0);
+  EXPECT_GT(rejected, 0);  // (the others are rejected earlier, for their schedule)
+  EXPECT_GT(dp1_pp_zero2, 0);
+  r.grad_dtype = parallel::GradDType::kFp32;
+  for (const Candidate& c : enumerate_layouts(r)) {
+    EXPECT_FALSE(c.layout.pp > 1 && c.layout.dp == 1 && c.layout.zero == 2) << "fp32: one dp rank plans ZeRO 0 only";
+  }
+}
+
+}  // namespace
+}  // namespace trident::plan

@@ -65,6 +65,31 @@ TEST(PlanMemory, ZeroStagesFollowTheFormulas) {
   }
 }
 
+// --grad-dtype bf16|fp16: ZeRO 2-3's gradient shard at 2 bytes an element, the two fp32
+// buckets as before; ZeRO 0-1: the flat buffer at 2 bytes an element plus the largest layer
+// group's fp32 working buffer (the embeddings group, wte + wpe: larger than the head's ln_f +
+// the tied wte it writes first).
+TEST(PlanMemory, SixteenBitGradientsHalveTheShardOnly) {
+  PlanRequest r = request(2, 4);
+  r.bucket_mb = 0.01;
+  Layout l;
+  l.dp = 2;
+  const double half = std::ceil(kPsi / 2);
+  const double bucket = Vp * C;
+  for (parallel::GradDType d : {parallel::GradDType::kBf16, parallel::GradDType::kFp16}) {
+    r.grad_dtype = d;
+    r.precision = d == parallel::GradDType::kBf16 ? kernels::Precision::kBf16 : kernels::Precision::kFp16;
+    for (int zero = 2; zero <= 3; ++zero) {
+      l.zero = zero;
+      EXPECT_DOUBLE_EQ(predict_memory(r, l).worst().grads, 2 * half + 4 * 2 * bucket) << zero;
+    }
+    for (int zero = 0; zero <= 1; ++zero) {
+      l.zero = zero;
+      EXPECT_DOUBLE_EQ(predict_memory(r, l).worst().grads, 2 * kPsi + 4 * kEmbed) << zero;
+    }
+  }
+}
+
 // LoRA (r 2 on c_attn, [96, 32] Conv1D [32, 96]: A [2, 32], B [96, 2]) and QLoRA on a q4 g32 base:
 // a layer's four matrices are 32x96, 32x32, 32x128, 128x32 (12288 weights), packed as
 // rows * cols / 2 + rows * (cols / 32) * 8 bytes with rows the outputs: 2304 + 768 + 3072 + 3072.
