@@ -14,11 +14,12 @@
 // reference without offload, bitwise the same, and after the mid-run move (the load writes the
 // store, the copy is then read back from it). Memory: the parameters' bytes drop by the master,
 // `offloaded` holds 8 bytes per shard element plus 4 per master element, and the staging blocks
-// hold three parts.
+// hold three parts; the non-finite check finds a NaN loaded into the offloaded master.
 // ranks: 2 3
 #include <gtest/gtest.h>
 
 #include <bit>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -276,6 +277,21 @@ TEST(ZeroMasterMemory, OffloadedMasterLeavesTheCopyAndTheValueReadValues) {
     EXPECT_EQ(t.current(MemCategory::kOffloaded), static_cast<std::size_t>(8 * shard + 4 * mine)) << "zero " << zero;
     EXPECT_EQ(t.current(MemCategory::kOptimizerState), static_cast<std::size_t>(3 * 3 * kBlockKib * 1024))
         << "zero " << zero;
+    // The non-finite check (run before every checkpoint) reads the master from the file: a NaN
+    // loaded into the last layer matrix is found and named.
+    EXPECT_EQ(e.find_nonfinite_state(), "");
+    const nn::ParamInfo* last = nullptr;
+    for (const nn::ParamInfo& p : ps.infos()) {
+      if (p.operand_only) last = &p;
+    }
+    ASSERT_NE(last, nullptr);
+    std::vector<float> v(static_cast<std::size_t>(shape_numel(last->logical_shape)));
+    e.gather_param(last->name, last->logical_shape, v.data());
+    mesh().world().broadcast(std::span<float>(v), 0).wait();
+    v.back() = std::nanf("");
+    e.load_param(last->name, v.data());
+    const std::string found = e.find_nonfinite_state();
+    EXPECT_NE(found.find(last->name + " (weights)"), std::string::npos) << found;
     if (mesh().rank() == 0) {
       std::printf("[dp %d] zero %d bf16 offloaded master: parameters %zu B = %.3f bytes/param, offloaded %zu B\n",
                   mesh().size(), zero, t.current(MemCategory::kParameters),
