@@ -5,7 +5,8 @@ blocks must not change a bit). Layouts: one process; dp2 under ZeRO 0, 1, 2 and 
 1F1B under ZeRO 1; and in bf16, where ZeRO 1-2's sharded fp32 master joins the moments in the
 offload file (parallel/zero_master.h): ZeRO 1 at one process (two micro-batches), dp2 ZeRO 1, dp2
 ZeRO 2 with stochastic rounding (the 16-bit copy rounded from the master as it streams through the
-update must be the copy rounded from the values at the next step). Then, at one process:
+update must be the copy rounded from the values at the next step), dp2 x pp2 interleaved bf16
+ZeRO 1 (two model chunks per rank: two masters, two files). Then, at one process:
 - resume crosses modes both ways (offloaded run stopped at step 2, resumed without offload, and
   the reverse) and ends bitwise where the uninterrupted run ends, in fp32 and in bf16 at ZeRO 1
   (the offloaded master loaded from a checkpoint written without offload, and the reverse);
@@ -53,6 +54,8 @@ LAYOUTS = [
     ("single_bf16_zero1", 1, BF16_ZERO1 + ["--micro-batches", "2"]),
     ("dp2_bf16_zero1", 2, ["--dp", "2"] + BF16_ZERO1),
     ("dp2_bf16_zero2_sr", 2, ["--dp", "2", "--zero", "2", "--precision", "bf16", "--stochastic-rounding"]),
+    ("dp2_pp2_bf16_zero1_interleaved", 4, ["--dp", "2", "--pp", "2"] + BF16_ZERO1 + [
+        "--schedule", "interleaved", "--virtual-stages", "2", "--micro-batches", "2"]),
 ]
 
 
@@ -110,6 +113,9 @@ def main():
                     "--steps", str(STEPS), "--ckpt-dir", f"{d}/{tag}", "--metrics", f"{d}/{tag}.jsonl"]
                 rc, _, err = run(cmd, env={"TRIDENT_COMM_TIMEOUT": "120"})
                 check(f"{tag} runs", rc == 0, f"rc={rc}: {err.strip()[-1500:]}" if rc else "")
+                if mode == "optimizer" and "bf16" in flags:  # the sharded master went to the file too
+                    check(f"{tag}: the fp32 master is offloaded", "AdamW moments and the fp32 master shard offloaded"
+                          in err, err.strip()[-800:])
                 if rc == 0:
                     res[mode] = result(d, tag)
             if len(res) == 2:
