@@ -235,6 +235,11 @@ std::string RankLayout::describe() const {
                         : master                  ? "; AdamW moments and the fp32 master shard "
                                                   : "; AdamW moments ") +
             chunks_.front().adamw->moments().describe();
+    // ZeRO 0 updates the whole model in place: its fp32 values have no sharded master to offload.
+    if (options_.zero == 0 && options_.precision != kernels::Precision::kFp32 && !config_.lora.enabled()) {
+      text += " (at --zero 0 the fp32 values stay in memory; --zero 1, also at one rank, puts the fp32 master "
+              "on disk too)";
+    }
   }
   if (!partition_text_.empty()) text += "\n" + partition_text_;
   return text;

@@ -85,7 +85,7 @@ optim::ValueRuns ShardedMaster::store_runs() const {
 }
 
 void ShardedMaster::attach_store(optim::MomentStore& store) {
-  TRI_CHECK(store_ == nullptr && master_.empty() && numel_ >= 0,
+  TRI_CHECK(store_ == nullptr && master_.empty(),
             "the sharded fp32 master is attached to an offload store once, and only when made for one");
   TRI_CHECK(store.value_count() == numel_, "the offload store holds {} values, this rank's fp32 master {}",
             store.value_count(), numel_);
