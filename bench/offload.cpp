@@ -108,7 +108,7 @@ bool bench_model(const bench::ModelStepArgs& a, const std::string& dir, int64_t 
     if (k != optim::OffloadKind::kNone) {
       store = optim::make_offloaded_moment_store(
           r->tracker, n, fmt::format("{}/trident-bench-offload-{}.state", dir, static_cast<int>(k)), block_kib * 1024,
-          k == optim::OffloadKind::kOptimizerParams);
+          k == optim::OffloadKind::kOptimizerParams ? optim::ValueRuns{{0, n}} : optim::ValueRuns{});
     }
     r->adamw = std::make_unique<optim::AdamW>(ps, r->tracker, adam, owned, std::move(store));
     if (k == optim::OffloadKind::kOptimizerParams) r->dp->attach_value_store(r->adamw->moments());

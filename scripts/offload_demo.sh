@@ -3,8 +3,10 @@
 # parameters) trained on Jane Austen for a few steps on one machine whose memory cannot hold
 # it with fp32 AdamW in memory (16 bytes x 1.56B = 24.9 GB > 24 GiB, before activations),
 # with --precision bf16 (matmul speed), --recompute full (activations: each layer's input
-# only) and --offload optimizer (the AdamW moments, 8 bytes a parameter, on disk under
-# DIR). It prints the planner's prediction for the same run (memory by category, step time
+# only) and --zero 1 --offload optimizer (the AdamW moments, 8 bytes a parameter, and the fp32
+# master of the layer matrices, 4 bytes each, on disk under DIR; in memory the bf16 copy, the
+# gradients and the embeddings' fp32 values: ZeRO 1 at one rank is ZeRO 0's math with the master
+# sharded, here the whole of it, and so offloadable; docs/memory.md). It prints the planner's prediction for the same run (memory by category, step time
 # from the disk bandwidth measured in DIR), then trains and prints the measured resident
 # memory and step times, and the ratio of measured to predicted resident memory.
 #
@@ -12,8 +14,7 @@
 #   --ckpt also writes the final checkpoint (6.2 GB of weights + 12.5 GB of moments, streamed
 #   from the offload file) under DIR/ckpt. --params runs --zero 3 --offload optimizer+params
 #   (the weights on disk too, 19 GB there; the planner predicts that run's ZeRO-3 row). Needs
-#   ~13 GiB of free memory (~10 GiB with --params) and ~13 GB free in DIR (~19 GB with --params,
-#   ~32 GB more with --ckpt). Run scripts/setup.sh first.
+#   ~10 GiB of free memory and ~19 GB free in DIR (~19 GB more with --ckpt). Run scripts/setup.sh first.
 #   Prints three resident figures against the plan's formula: the trainer's tracked peak during
 #   the steps, and the kernel's peak RSS (VmHWM) of the process, start-up included.
 set -euo pipefail
@@ -23,8 +24,8 @@ T=build/trident
 STEPS=3
 DIR=runs/offload_demo
 CKPT=0
-OFFLOAD=(--offload optimizer)
-PLAN_OFFLOAD=(--offload optimizer)
+OFFLOAD=(--zero 1 --offload optimizer)
+PLAN_OFFLOAD=(--zero 1 --offload optimizer)
 PARAMS=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -32,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --dir) DIR="$2"; shift 2 ;;
     --ckpt) CKPT=1; shift ;;
     --params) PARAMS=1; OFFLOAD=(--zero 3 --offload optimizer+params); PLAN_OFFLOAD=(--offload optimizer+params); shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "offload_demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -47,13 +48,13 @@ OFF="$DIR/offload"
 mkdir -p "$OFF"
 
 # Refuse early, with the numbers, rather than being killed by the kernel or a full disk.
-need_mem_kib=$(((PARAMS ? 10 : 13) * 1024 * 1024))
+need_mem_kib=$((10 * 1024 * 1024))
 avail_kib=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
 if (( avail_kib < need_mem_kib )); then
   echo "offload_demo: $((avail_kib / 1024)) MiB of memory available, the run needs ~$((need_mem_kib / 1024 / 1024)) GiB resident" >&2
   exit 1
 fi
-need_disk_kib=$(( ((PARAMS ? 19 : 13) + (CKPT ? 19 : 0)) * 1000 * 1000 * 1000 / 1024 ))
+need_disk_kib=$(( (19 + (CKPT ? 19 : 0)) * 1000 * 1000 * 1000 / 1024 ))
 free_kib=$(df -Pk "$DIR" | awk 'NR == 2 {print $4}')
 if (( free_kib < need_disk_kib )); then
   echo "offload_demo: $((free_kib / 1024 / 1024)) GiB free under $DIR, the run needs ~$((need_disk_kib / 1024 / 1024)) GiB" >&2
@@ -72,11 +73,12 @@ SHAPE=(--batch-size 1 --seq-len 128)
 echo "== plan: the same run, predicted (memory per category, step time from ${OFF}'s measured bandwidth)"
 "$T" plan --model "$CFG" --world 1 "${SHAPE[@]}" --recompute full --precision bf16 "${PLAN_OFFLOAD[@]}" \
   --offload-dir "$OFF" --threads 2 --json "$DIR/plan.jsonl" | tee "$DIR/plan.txt"
-# The row of the layout trained: ZeRO 3 with --params, else the best (ZeRO 0).
+# The row of the layout trained: ZeRO 3 with --params, else ZeRO 1 (the planner plans an offloaded
+# one-rank bf16 layout as ZeRO 1, its master on disk).
 predicted=$(python3 -c '
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-want = 3 if sys.argv[2] == "1" else 0
+want = 3 if sys.argv[2] == "1" else 1
 print(next(r for r in rows if r["zero"] == want and r["offload"])["memory_bytes"])' "$DIR/plan.jsonl" "$PARAMS")
 
 echo "== train: $STEPS steps, bf16 matmuls, full recompute, ${OFFLOAD[*]} to $OFF"

@@ -138,7 +138,8 @@ int run_plan(int argc, char** argv) {
                  "optimizer offload (docs/planner.md): auto proposes --offload optimizer for a layout that "
                  "does not fit --memory-per-rank without it (needs the disk: --offload-dir or --disk-mbps); "
                  "optimizer plans every layout with its AdamW moments on disk (memory then counts only three "
-                 "staging blocks of them, docs/memory.md); optimizer+params also puts ZeRO-3 layouts' parameter "
+                 "staging blocks of them, docs/memory.md; in bf16/fp16 at ZeRO 1-2 the fp32 master too, and a "
+                 "one-rank layout is planned as ZeRO 1 for it); optimizer+params also puts ZeRO-3 layouts' parameter "
                  "shards there (auto tries it for a ZeRO-3 layout, or one dp rank as ZeRO 3, that optimizer offload does "
                  "not fit); none never offloads")
       ->check(CLI::IsMember({"none", "auto", "optimizer", "optimizer+params"}))->capture_default_str();

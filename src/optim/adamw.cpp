@@ -98,21 +98,24 @@ AdamW::FlatRange AdamW::owned_part(int64_t lo, int64_t hi) const {
   return part;
 }
 
-void AdamW::step(const ValuesAt& values, GradsIn grads, float lr, float grad_scale, At grads_at) {
+void AdamW::step(const ValuesAt& values, GradsIn grads, float lr, float grad_scale, At grads_at,
+                 const BlockDone& done) {
   TRI_CHECK(!store_->holds_values(), "AdamW::step: a moment store holding the values takes no other values");
   ++t_;
-  store_->update([&](int64_t off, int64_t n, float* m, float* v, float*) {
+  store_->update([&](const MomentStore::Block& blk) {
+    const int64_t off = blk.begin, n = blk.count;
     for (const Range& r : ranges_) {
       const int64_t b = std::max(r.store, off), e = std::min(r.store + (r.end - r.begin), off + n);
       for (int64_t i = b; i < e;) {
         const int64_t local = r.begin + (i - r.store), flat = r.flat + (i - r.store);
-        const auto [x, k] = values(flat, e - i);
+        const auto [x, k] = values(flat, e - i, blk);
         TRI_CHECK(x != nullptr && k >= 1 && k <= e - i, "AdamW::step: no values for flat element {}", flat);
-        update(x, grads, grads_at == At::kFlat ? flat : local, m + (i - off), v + (i - off), k, lr, cfg_,
+        update(x, grads, grads_at == At::kFlat ? flat : local, blk.m + (i - off), blk.v + (i - off), k, lr, cfg_,
                r.decay ? static_cast<float>(cfg_.weight_decay) : 0.0f, t_, grad_scale);
         i += k;
       }
     }
+    if (done) done(blk);
   });
 }
 
@@ -123,7 +126,13 @@ void AdamW::step(float* values, GradsIn grads, float lr, float grad_scale, At va
   // one pass.
   // With --offload optimizer+params the values come with the moments (w, in store order, which
   // is then the owned order) and `values` is unused.
-  store_->update([&](int64_t off, int64_t n, float* m, float* v, float* w) {
+  TRI_CHECK(store_->holds_values() || store_->value_count() == 0,
+            "AdamW::step: the store holds some elements' values (a sharded master): use the ValuesAt step");
+  store_->update([&](const MomentStore::Block& blk) {
+    const int64_t off = blk.begin, n = blk.count;
+    float* m = blk.m;
+    float* v = blk.v;
+    float* w = blk.w;
     for (const Range& r : ranges_) {
       const int64_t b = std::max(r.store, off), e = std::min(r.store + (r.end - r.begin), off + n);
       if (b >= e) continue;

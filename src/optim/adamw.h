@@ -64,12 +64,16 @@ class AdamW {
   void step(float* values, GradsIn grads, float lr, float grad_scale, At values_at = At::kOwned,
             At grads_at = At::kOwned);
   // Where the values of owned flat elements [flat, flat + n) are: a pointer to the first and how
-  // many follow it contiguously (1 to n). One update then takes its values from more than one
-  // buffer (ZeRO-1/2's sharded master: the operand-only parameters' from the shard, the others'
-  // from the flat buffer, parallel/zero_master.h); AdamW is elementwise, so the split keeps the
-  // bits. Not with a store that holds the values.
-  using ValuesAt = std::function<std::pair<float*, int64_t>(int64_t flat, int64_t n)>;
-  void step(const ValuesAt& values, GradsIn grads, float lr, float grad_scale, At grads_at);
+  // many follow it contiguously (1 to n), given the store's block they are updated in (whose
+  // values part holds some elements' values when the store keeps ZeRO-1/2's master offloaded).
+  // One update then takes its values from more than one buffer (ZeRO-1/2's sharded master: the
+  // operand-only parameters' from the shard or the block, the others' from the flat buffer,
+  // parallel/zero_master.h); AdamW is elementwise, so the split keeps the bits. `done` (may be
+  // empty) sees each block after its update, before the store writes it back.
+  using ValuesAt = std::function<std::pair<float*, int64_t>(int64_t flat, int64_t n, const MomentStore::Block& b)>;
+  using BlockDone = std::function<void(const MomentStore::Block& b)>;
+  void step(const ValuesAt& values, GradsIn grads, float lr, float grad_scale, At grads_at,
+            const BlockDone& done = {});
 
   // Elements of [begin, end) (end < 0: to the end) that are trained (not frozen): the moments held.
   static int64_t moment_count(const nn::ParameterSet& params, int64_t begin = 0, int64_t end = -1);

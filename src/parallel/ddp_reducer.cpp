@@ -148,7 +148,7 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
   if (options_.shard_master) {
     TRI_CHECK(options_.zero == 1 || options_.zero == 2, "the sharded fp32 master is ZeRO-1/2's, not ZeRO-{}'s",
               options_.zero);
-    master_ = std::make_unique<ShardedMaster>(params_, layout_, tracker_);
+    master_ = std::make_unique<ShardedMaster>(params_, layout_, tracker_, options_.offload_master);
   }
   if (options_.zero >= 3 && options_.offload_values) {
     gathered_.resize(static_cast<std::size_t>(params.num_groups()));  // the values wait for the store
@@ -514,14 +514,21 @@ void DataParallel::optimizer_step(optim::AdamW& adamw, float lr, float grad_scal
             options_.zero, optimizer_ranges().size());
   using At = optim::AdamW::At;
   if (master_) {
-    // The operand-only pieces' values from the master shard, the others' from the flat buffer;
-    // then the value-read elements gathered in fp32, the 16-bit copy at the next refresh.
-    const optim::AdamW::ValuesAt at = [this](int64_t flat, int64_t n) { return master_->values_at(flat, n); };
+    // The operand-only pieces' values from the master shard (offloaded: from each store block,
+    // rounded into the 16-bit copy as they pass), the others' from the flat buffer; then the
+    // value-read elements gathered in fp32, the 16-bit copy at the next refresh.
+    TRI_CHECK(master_->offloaded() == options_.offload_master,
+              "the offloaded fp32 master was not attached to the optimizer's store");
+    const optim::AdamW::ValuesAt at = [this](int64_t flat, int64_t n, const optim::MomentStore::Block& b) {
+      return master_->values_at(flat, n, b);
+    };
+    optim::AdamW::BlockDone done;
+    if (master_->offloaded()) done = [this](const optim::MomentStore::Block& b) { master_->round_block(b); };
+    master_->begin_update(adamw.step_count() + 1);
     adamw.step(at, options_.zero == 1 ? flat_grads_in() : shard_grads_.grads(), lr, grad_scale,
-               options_.zero == 1 ? At::kFlat : At::kOwned);
+               options_.zero == 1 ? At::kFlat : At::kOwned, done);
     master_->gather_flat_values([this](const ShardSegment& s) -> comm::Communicator& { return group_of(s); },
                                 [this](std::vector<comm::Work>& w) { wait_all(w); });
-    master_->invalidate();
     return;
   }
   float* v = params_.values().data();

@@ -43,6 +43,9 @@
 //           (attach_value_store); a group's shard slice is read from it before its gather,
 //           the read of the group after the next one issued while this one computes; the
 //           update streams values with the moments                     4Ψ/N (gradients)
+//   1-2 in bf16/fp16 (the sharded master, zero_master.h) + --offload optimizer: the operand-only
+//           parameters' fp32 master shard lives with the moments in the offload file: per
+//           such parameter in memory the 16-bit copy and the gradient, 2 + 4 (ZeRO-2: 2 + 4/N)
 //   plus, during the step, the bucket / gathered-group working set.
 // The loss is scaled by 1 / global tokens, so the dp *sum* is the global mean gradient.
 //
@@ -105,6 +108,9 @@ struct DataParallelOptions {
   // Stages 1-2 in bf16/fp16 (shards_master, zero_master.h): the operand-only parameters' fp32
   // master lives in this rank's shard only and the matmuls read a persistent 16-bit copy.
   bool shard_master = false;
+  // With shard_master, --offload optimizer: the master shard is to live in the optimizer's offload
+  // store (master()->attach_store once the store exists), the flat values keeping it until then.
+  bool offload_master = false;
 };
 
 // Buckets as parameter id ranges [first, last] (inclusive), in launch order (the last

@@ -135,23 +135,25 @@ RankLayout::RankLayout(comm::Mesh& mesh, const nn::ModelConfig& config, const En
       c.model->set_moe_loss_weights(moe_loss_weights(1.0));
     }
     if (dp > 1 || options_.zero > 0 || grad16) {  // 16-bit gradients live in the reducer
+      const bool master = options_.shard_master && shards_master(options_.zero, options_.precision, config_.lora.enabled());
       c.dp = std::make_unique<DataParallel>(
           c.model->params(), mesh_.dp(), tracker_,
           DataParallelOptions{options_.zero, options_.bucket_mb, options_.overlap, pp_size > 1,
                               ep_size > 1 ? &mesh_.edp() : nullptr, options_.grad_reduce_dtype, options_.grad_dtype,
                               options_.offload.params(),
-                              options_.shard_master && shards_master(options_.zero, options_.precision,
-                                                                     config_.lora.enabled(),
-                                                                     options_.offload.optimizer())});
+                              master, master && options_.offload.optimizer()});
     }
     const std::vector<FlatRange> owned =
         c.dp ? c.dp->optimizer_ranges() : std::vector<FlatRange>{{0, c.model->params().total_numel()}};
+    // --offload optimizer under the sharded master: its shard goes into the store's values part.
+    ShardedMaster* offloaded_master = c.dp && c.dp->options().offload_master ? c.dp->master() : nullptr;
     c.adamw = std::make_unique<optim::AdamW>(
         c.model->params(), tracker_, options_.adamw, owned,
         optim::make_moment_store(tracker_, optim::AdamW::moment_count(c.model->params(), owned),
-                                 options_.offload, mesh_.rank(),
-                                 static_cast<int>(chunks_.size())));
+                                 options_.offload, mesh_.rank(), static_cast<int>(chunks_.size()),
+                                 offloaded_master ? offloaded_master->store_runs() : optim::ValueRuns{}));
     if (options_.offload.params()) c.dp->attach_value_store(c.adamw->moments());
+    if (offloaded_master) offloaded_master->attach_store(c.adamw->moments());
     if (config_.packed_base()) {
       c.packed = std::make_unique<quant::PackedBase>(c.model->params(), tracker_);
       c.packed->set_inner(c.dp.get());
@@ -247,9 +249,16 @@ std::string RankLayout::describe() const {
     text += fmt::format("; gradients at rest in {}", grad_dtype_names()[static_cast<std::size_t>(options_.grad_dtype)]);
   }
   if (options_.offload.optimizer() && !chunks_.empty()) {
+    const bool master = chunks_.front().dp && chunks_.front().dp->master() && chunks_.front().dp->master()->offloaded();
     text += std::string(options_.offload.params() ? "; AdamW moments and ZeRO-3 parameter shard "
+                        : master                  ? "; AdamW moments and the fp32 master shard "
                                                   : "; AdamW moments ") +
             chunks_.front().adamw->moments().describe();
+    // ZeRO 0 updates the whole model in place: its fp32 values have no sharded master to offload.
+    if (options_.zero == 0 && options_.precision != kernels::Precision::kFp32 && !config_.lora.enabled()) {
+      text += " (at --zero 0 the fp32 values stay in memory; --zero 1, also at one rank, puts the fp32 master "
+              "on disk too)";
+    }
   }
   if (!partition_text_.empty()) text += "\n" + partition_text_;
   return text;

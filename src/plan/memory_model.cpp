@@ -233,9 +233,10 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
     // copy of every element, the value-read parameters' fp32 values, the fp32 master of the
     // operand-only elements of the dp rank's shard (the most any dp rank holds).
     double value_gather = 4 * full;
-    if (parallel::EngineOptions{}.shard_master &&
-        parallel::shards_master(l.zero, req.precision, m.lora.enabled(), req.offload_optimizer || l.offload)) {
-      double operand = 0, master = 0;
+    const bool offload = req.offload_optimizer || l.offload;
+    double master = 0;  // the sharded master's fp32 shard (the most any dp rank holds)
+    if (parallel::EngineOptions{}.shard_master && parallel::shards_master(l.zero, req.precision, m.lora.enabled())) {
+      double operand = 0;
       for (int r = 0; r < l.dp; ++r) {
         double mine = 0;
         for (const auto& chunk : rc.chunks) {
@@ -248,7 +249,8 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
         for (const auto& [a, b] : parallel::operand_only_runs(chunk->params())) operand += static_cast<double>(b - a);
       }
       value_gather = 2 * full + 4 * (full - operand);  // the 16-bit copy and the value-read fp32 values
-      mb.params = value_gather + 4 * master;
+      // --offload optimizer: the shard is the offload file's values part (below), not resident.
+      mb.params = value_gather + (offload ? 0.0 : 4 * master);
     }
     // ZeRO 0-1: the flat gradient buffer, the trained parameters only; ZeRO 2-3: the value
     // layout's shard (--grad-dtype: 2 or 4 bytes an element) and its fp32 buckets (which still
@@ -264,9 +266,13 @@ MemoryPrediction predict_memory(const PlanRequest& req, const Layout& l) {
                                             : (l.zero >= 1 ? shard : full);
     mb.optimizer = 8 * trained;
     mb.packed_base = packed_bytes;
-    if (req.offload_optimizer || l.offload) {
+    if (offload) {
       mb.offloaded = mb.optimizer;
       mb.optimizer = 6.0 * req.offload_block_bytes * static_cast<double>(rc.chunks.size());
+      if (master > 0) {  // the sharded master's values part: a third part of each staging block
+        mb.offloaded += 4 * master;
+        mb.optimizer *= 1.5;
+      }
       if ((req.offload_params || l.offload_params) && l.zero >= 3) {
         // The value shard joins the moments on disk (a third part of each staging block); in
         // memory stay the two gathered groups and the shard slices read for the next two (the

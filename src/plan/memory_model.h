@@ -8,7 +8,9 @@
 // (--precision bf16 adds the bf16 weight copy to the parameters: 2Ψ at stages 0-2, 2 bytes per
 // gathered element at stage 3, so 18Ψ at stage 0 like Megatron's bf16 with fp32 gradients)
 // (--offload optimizer moves the 8Ψ or 8Ψ/N of the moments to `offloaded`, leaving three
-// staging blocks of both moments, 6 x block bytes, per model chunk resident)
+// staging blocks of both moments, 6 x block bytes, per model chunk resident; with ZeRO-1/2's
+// sharded master in bf16/fp16 its fp32 shard joins them there, 4 bytes per operand-only shard
+// element, and the staging blocks hold three parts, 9 x block bytes)
 // plus the step's working sets (ZeRO-2/3: two gradient buckets in flight; ZeRO-3: the gathered
 // values of the current and the prefetched layer group). Activations: the model's own formula
 // (nn::Model::activation_bytes, under the request's recompute mode and precision) per micro-batch and
@@ -45,7 +47,7 @@ namespace trident::plan {
 struct MemoryBreakdown {
   double params = 0, grads = 0, optimizer = 0, activations = 0, workspace = 0;  // bytes
   double packed_base = 0;  // QLoRA: the frozen base's packed matrices (MemCategory::kPackedBase)
-  double offloaded = 0;  // on disk (--offload optimizer: the moments); not part of total()
+  double offloaded = 0;  // on disk (--offload optimizer: the moments, a sharded master); not part of total()
   // --offload optimizer+params: bytes one micro-batch reads of the layers' shard slices (each
   // group's before its forward gather and again before its backward one: 2 x 4 bytes per shard
   // element; read only, the update's reads and writes are `offloaded`'s), and the largest

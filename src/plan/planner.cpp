@@ -10,6 +10,7 @@
 
 #include "core/check.h"
 #include "core/memory.h"
+#include "parallel/zero_master.h"
 
 namespace trident::plan {
 
@@ -37,12 +38,28 @@ Plan make_plan(const PlanRequest& req, ComputeModel& compute, const MachineModel
       continue;
     }
     PlanRow row = predict_layout(req, c.layout, compute, machine);
+    // At one dp rank the layout is ZeRO 0, which in bf16/fp16 keeps the fp32 values in memory
+    // when the optimizer is offloaded; ZeRO 1 there is the same math with the fp32 master on
+    // disk too (parallel/zero_master.h), and no slower: an offloaded one-rank layout takes it
+    // where it is smaller.
+    auto master_on_disk = [&](PlanRow& r) {
+      if (!r.layout.offload || r.layout.zero != 0 || c.layout.dp != 1 || c.layout.ep != 1 ||
+          !parallel::shards_master(1, req.precision, req.model.lora.enabled())) {
+        return;
+      }
+      Layout z1 = r.layout;
+      z1.zero = 1;
+      PlanRow one = predict_layout(req, z1, compute, machine);
+      if (one.memory.worst().total() < r.memory.worst().total()) r = std::move(one);
+    };
+    master_on_disk(row);
     // Offload only where it is the way to fit: it never makes a step faster. Kept only when
     // it shrinks the layout (its staging blocks can outweigh a small model's moments).
     if (!row.fits && req.offload_auto && machine.disk.known()) {
       Layout offloaded = c.layout;
       offloaded.offload = true;
       PlanRow off = predict_layout(req, offloaded, compute, machine);
+      master_on_disk(off);
       if (off.memory.worst().total() < row.memory.worst().total()) row = std::move(off);
       // Still too big at ZeRO 3: the parameter shard to disk as well (the slowest way to fit).
       // At one dp rank the layout is ZeRO 0 (in memory the stages change nothing there), but the
@@ -143,8 +160,9 @@ std::string format_plan(const Plan& plan, const PlanRequest& req, const FormatOp
          "cores (ranks share cores), 'path' = pipeline critical path + exposed communication\n";
   if (std::any_of(plan.rows.begin(), plan.rows.end(), [](const PlanRow& r) { return r.layout.offload; })) {
     out += "offload 'disk': the row runs --offload optimizer (proposed only where the layout does not fit "
-           "without it, or asked for); optim is then the resident staging, the AdamW moments are on disk, "
-           "not in total; the step's update takes max(AdamW compute, the moments' read + write at the "
+           "without it, or asked for); optim is then the resident staging, the AdamW moments (in bf16/fp16 "
+           "at ZeRO 1-2 also the fp32 master) are on disk, not in total; the step's update takes max(AdamW "
+           "compute, the moments' read + write at the "
            "measured disk bandwidth shared by a node's ranks), the disk time shown; 'disk+params': "
            "--offload optimizer+params (ZeRO 3), the parameter shard on disk too (params is then the "
            "groups in flight): the update's disk time + the layers' shard-slice reads' (each group's "

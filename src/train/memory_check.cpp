@@ -75,11 +75,15 @@ std::optional<double> available_memory_bytes() {
   return avail;
 }
 
-double floor_bytes_per_param(const nn::ModelConfig& model, bool offload_optimizer, bool offload_params, bool grad16) {
+double floor_bytes_per_param(const nn::ModelConfig& model, bool offload_optimizer, bool offload_params,
+                             bool low_precision, bool grad16) {
   // QLoRA: a packed layer matrix is at least half a byte per weight (q4), everything else more.
   if (model.packed_base()) return 0.5;
-  // 16-bit gradients: 2 bytes of the 4.
-  const double full = (offload_params ? 4.0 : offload_optimizer ? 8.0 : 16.0) - (grad16 ? 2.0 : 0.0);
+  // Optimizer offload in bf16/fp16: ZeRO-1/2's fp32 master can be on disk too (parallel/
+  // zero_master.h), leaving the 16-bit copy (2) and the gradients (4). 16-bit gradients: 2 bytes
+  // of the gradients' 4.
+  const double full =
+      (offload_params ? 4.0 : offload_optimizer ? (low_precision ? 6.0 : 8.0) : 16.0) - (grad16 ? 2.0 : 0.0);
   // LoRA: the moments are the adapters' only, and so are the gradients at ZeRO 0-1 (ZeRO 2-3's
   // shard is 4/N a parameter, which the weights' 4 already bound); the weights stay (the adapters'
   // own gradients and moments, under 1% of a run's parameters, are left out of this floor).
@@ -87,10 +91,11 @@ double floor_bytes_per_param(const nn::ModelConfig& model, bool offload_optimize
 }
 
 double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world, bool offload_optimizer,
-                                  bool offload_params, bool grad16) {
+                                  bool offload_params, bool low_precision, bool grad16) {
   // In memory: weights, gradients and both moments; the gradients and weights (optimizer
-  // offload); the gradient shard (optimizer+params, ZeRO 3).
-  return floor_bytes_per_param(model, offload_optimizer, offload_params, grad16) * static_cast<double>(model.num_parameters()) / static_cast<double>(std::max(1, world));
+  // offload; the weights 16-bit under bf16/fp16); the gradient shard (optimizer+params, ZeRO 3).
+  return floor_bytes_per_param(model, offload_optimizer, offload_params, low_precision, grad16) *
+         static_cast<double>(model.num_parameters()) / static_cast<double>(std::max(1, world));
 }
 
 void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::Mesh& mesh) {
@@ -115,17 +120,19 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
   // 1. The bound that needs nothing built.
   const bool offload = cfg.engine.offload.optimizer();
   const bool offload_params = cfg.engine.offload.params();
+  const bool low_precision = cfg.engine.precision != kernels::Precision::kFp32;
   const bool grad16 = cfg.engine.grad_dtype != parallel::GradDType::kFp32;
-  const double floor_per_rank = lower_bound_bytes_per_rank(model, world, offload, offload_params, grad16);
+  const double floor_per_rank = lower_bound_bytes_per_rank(model, world, offload, offload_params, low_precision, grad16);
   const double floor_node = node_sum(floor_per_rank);
   if (floor_node > *avail) {
     TRI_FAIL("the model ({}) cannot be built here: its {} parameters need at least {:g} bytes each "
              "in memory ({}), {} per rank even split over all {} ranks, {} "
              "for the {} rank(s) on this node, but only {} is available{}",
-             model.describe(), model.num_parameters(), floor_bytes_per_param(model, offload, offload_params, grad16),
+             model.describe(), model.num_parameters(), floor_bytes_per_param(model, offload, offload_params, low_precision, grad16),
              model.packed_base() ? "the frozen base packed, q4 at least"
              : model.lora.enabled() ? "the weights; gradients and AdamW moments for the adapters only"
              : offload_params ? "gradients; the weights and AdamW moments are offloaded"
+             : offload && low_precision ? "16-bit weights and gradients; the AdamW moments and the fp32 master are offloaded"
              : offload      ? "weights and gradients; the AdamW moments are offloaded"
                             : "weights, gradients, two AdamW moments",
              format_bytes(floor_per_rank), world,

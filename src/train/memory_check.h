@@ -28,12 +28,14 @@ void check_model_fits(const nn::ModelConfig& model, const RunConfig& cfg, comm::
 
 // The construction-free lower bound: floor_bytes_per_param per parameter over `world` ranks
 // (the parameter count in checked 64-bit arithmetic).
-// 16 bytes (weights, gradients, two moments); 8 with the moments offloaded, 4 with the weights
-// too; 2 fewer each with 16-bit gradients (--grad-dtype); LoRA 8 (moments for the adapters
-// only); QLoRA 0.5 (a q4-packed base's least).
+// 16 bytes (weights, gradients, two moments); 8 with the moments offloaded, 6 when the weights
+// are also 16-bit (`low_precision`: bf16/fp16, whose ZeRO-1/2 fp32 master then joins the moments
+// on disk, leaving the 16-bit copy and the gradients), 4 with the weights offloaded too
+// (optimizer+params); 2 fewer each with 16-bit gradients (`grad16`, --grad-dtype); LoRA 4 at most
+// (moments for the adapters only); QLoRA 0.5 (a q4-packed base's least).
 double floor_bytes_per_param(const nn::ModelConfig& model, bool offload_optimizer, bool offload_params,
-                             bool grad16 = false);
+                             bool low_precision = false, bool grad16 = false);
 double lower_bound_bytes_per_rank(const nn::ModelConfig& model, int world, bool offload_optimizer = false,
-                                  bool offload_params = false, bool grad16 = false);
+                                  bool offload_params = false, bool low_precision = false, bool grad16 = false);
 
 }  // namespace trident::train

@@ -323,9 +323,9 @@ void for_each_field(S& o, E& e, V&& v) {
   v(field("overlap", d.overlap, "overlap gradient communication with backward")
         .alias("overlap_comm overlap_grad_reduce"), e.overlap);
   v(field("offload", d.offload.kind,
-          "none; optimizer: the AdamW moments this rank owns (its ZeRO shard) live in a file under --offload-dir, streamed through in blocks with io_uring while the update runs; optimizer+params (needs --zero 3): the parameter shard too, each layer's slice read ahead of its gather (results bitwise as none; see docs/memory.md)")
+          "none; optimizer: the AdamW moments this rank owns (its ZeRO shard) live in a file under --offload-dir, streamed through in blocks with io_uring while the update runs, and in bf16/fp16 at --zero 1-2 the fp32 master of the layer matrices too (the 16-bit copy stays in memory); optimizer+params (needs --zero 3): the parameter shard too, each layer's slice read ahead of its gather (results bitwise as none; see docs/memory.md)")
         .alias("offload_optimizer cpu_offload optimizer_offload zero_offload offload_device"), e.offload.kind);
-  v(field("offload_dir", d.offload.dir, "directory (existing, writable, with room for 8 bytes per parameter, 12 with optimizer+params) for --offload's files, one per rank; two live runs cannot share it")
+  v(field("offload_dir", d.offload.dir, "directory (existing, writable, with room for 8 bytes per parameter, 12 with optimizer+params or a bf16/fp16 ZeRO 1-2 master) for --offload's files, one per rank; two live runs cannot share it")
         .placeholder("DIR").shown_as("none").alias("nvme_path offload_path swap_dir offload_folder"), e.offload.dir);
   v(field("offload_block_kib", d.offload.block_kib, "--offload: KiB of one moment per I/O block (a multiple of 4); three blocks of both moments (and values) stay in memory")
         .at_least(4).alias("offload_block_size buffer_size offload_buffer_size"), e.offload.block_kib);

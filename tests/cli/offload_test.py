@@ -2,12 +2,18 @@
 the two runs give bitwise the same per-step losses and grad norms, the same final weights and the
 same optimizer.safetensors (the update is elementwise, so streaming the moments through 16 KiB
 blocks must not change a bit). Layouts: one process; dp2 under ZeRO 0, 1, 2 and 3; dp2 x tp2 x pp2
-1F1B under ZeRO 1. Then, at one process:
+1F1B under ZeRO 1; and in bf16, where ZeRO 1-2's sharded fp32 master joins the moments in the
+offload file (parallel/zero_master.h): ZeRO 1 at one process (two micro-batches), dp2 ZeRO 1, dp2
+ZeRO 2 with stochastic rounding (the 16-bit copy rounded from the master as it streams through the
+update must be the copy rounded from the values at the next step), dp2 x pp2 interleaved bf16
+ZeRO 1 (two model chunks per rank: two masters, two files). Then, at one process:
 - resume crosses modes both ways (offloaded run stopped at step 2, resumed without offload, and
-  the reverse) and ends bitwise where the uninterrupted run ends;
+  the reverse) and ends bitwise where the uninterrupted run ends, in fp32 and in bf16 at ZeRO 1
+  (the offloaded master loaded from a checkpoint written without offload, and the reverse);
 - the memory accounting: metrics' memory.offloaded holds both moments (8 bytes per element) and
-  the resident optimizer_state only the three staging blocks; the offload file is gone after a
-  clean exit;
+  the resident optimizer_state only the three staging blocks; in bf16 at ZeRO 1 also the master
+  (4 bytes per layer-matrix element), which leaves the resident parameters, and the staging blocks
+  hold three parts; the offload file is gone after a clean exit;
 - a run killed (SIGKILL) mid-training leaves its checkpoint loadable: with its offload file
   deleted the resume still succeeds from the checkpoint and matches an uninterrupted run;
 - a second live run on the same --offload-dir is refused (the first one's file lock);
@@ -33,7 +39,9 @@ import safetensors_stdlib as st  # noqa: E402
 STEPS = 3
 BATCH, SEQ, VOCAB = 8, 32, 1000
 N_ALLOCATED = 135744 + 24 * 32  # tiny: logical parameters + padded vocabulary rows
+N_OPERAND = 8 * 12 * 32 * 32  # tiny's layer matrices (8 layers of 12 C^2, C = 32): the operand-only ones
 BLOCK_KIB = 16
+BF16_ZERO1 = ["--zero", "1", "--precision", "bf16"]
 
 LAYOUTS = [
     ("single", 1, ["--micro-batches", "2"]),
@@ -43,6 +51,11 @@ LAYOUTS = [
     ("dp2_zero3", 2, ["--dp", "2", "--zero", "3"]),
     ("dp2_tp2_pp2_zero1", 8, ["--dp", "2", "--tp", "2", "--pp", "2", "--zero", "1", "--schedule", "1f1b",
                               "--micro-batches", "2"]),
+    ("single_bf16_zero1", 1, BF16_ZERO1 + ["--micro-batches", "2"]),
+    ("dp2_bf16_zero1", 2, ["--dp", "2"] + BF16_ZERO1),
+    ("dp2_bf16_zero2_sr", 2, ["--dp", "2", "--zero", "2", "--precision", "bf16", "--stochastic-rounding"]),
+    ("dp2_pp2_bf16_zero1_interleaved", 4, ["--dp", "2", "--pp", "2"] + BF16_ZERO1 + [
+        "--schedule", "interleaved", "--virtual-stages", "2", "--micro-batches", "2"]),
 ]
 
 
@@ -100,6 +113,9 @@ def main():
                     "--steps", str(STEPS), "--ckpt-dir", f"{d}/{tag}", "--metrics", f"{d}/{tag}.jsonl"]
                 rc, _, err = run(cmd, env={"TRIDENT_COMM_TIMEOUT": "120"})
                 check(f"{tag} runs", rc == 0, f"rc={rc}: {err.strip()[-1500:]}" if rc else "")
+                if mode == "optimizer" and "bf16" in flags:  # the sharded master went to the file too
+                    check(f"{tag}: the fp32 master is offloaded", "AdamW moments and the fp32 master shard offloaded"
+                          in err, err.strip()[-800:])
                 if rc == 0:
                     res[mode] = result(d, tag)
             if len(res) == 2:
@@ -117,25 +133,41 @@ def main():
                 check("single: resident total falls by the moments less the staging",
                       none_total - mem["total"] == 8 * N_ALLOCATED - 3 * 2 * BLOCK_KIB * 1024,
                       f"{none_total} vs {mem['total']}")
+            if name == "single_bf16_zero1" and len(res) == 2:
+                mem, none_mem = res["optimizer"][3][-1]["memory"], res["none"][3][-1]["memory"]
+                check("single bf16 zero1: memory.offloaded is both moments and the fp32 master",
+                      mem["offloaded"] == 8 * N_ALLOCATED + 4 * N_OPERAND, str(mem))
+                check("single bf16 zero1: the master left the resident parameters (copy + value-read values stay)",
+                      mem["parameters"] == 2 * N_ALLOCATED + 4 * (N_ALLOCATED - N_OPERAND)
+                      and none_mem["parameters"] - mem["parameters"] == 4 * N_OPERAND,
+                      f"{mem['parameters']} vs {none_mem['parameters']} without offload")
+                check("single bf16 zero1: resident optimizer_state is three staging blocks of three parts",
+                      mem["optimizer_state"] == 3 * 3 * BLOCK_KIB * 1024, str(mem))
 
-        # 2. Resume across modes (one process, 4 steps; the reference is 4 steps without offload).
-        ref_tag = "resume_ref"
-        rc, _, err = run([T] + common + ["--steps", "4", "--ckpt-dir", f"{d}/{ref_tag}", "--metrics",
-                                         f"{d}/{ref_tag}.jsonl"])
-        check("resume reference runs", rc == 0, err[-1500:])
-        ref = result(d, ref_tag, 4)
-        for first, second in (("optimizer", "none"), ("none", "optimizer")):
-            tag = f"resume_{first}_to_{second}"
-            mode_flags = {"optimizer": offload, "none": ["--offload", "none"]}
-            rc, _, err = run([T] + common + mode_flags[first] + [
-                "--steps", "4", "--stop-after", "2", "--ckpt-dir", f"{d}/{tag}", "--metrics", f"{d}/{tag}.jsonl"])
-            check(f"{tag}: first half", rc == 0, err[-1500:])
-            rc, _, err = run([T, "train", "--resume", f"{d}/{tag}", "--ckpt-dir", f"{d}/{tag}", "--metrics",
-                              f"{d}/{tag}.jsonl"] + mode_flags[second])
-            check(f"{tag}: resumed", rc == 0, err[-1500:])
-            if rc == 0:
-                r = result(d, tag, 4)
-                same_run(tag, ref, r)
+        # 2. Resume across modes (one process, 4 steps; the reference is 4 steps without offload),
+        # in fp32 and in bf16 at ZeRO 1 (the offloaded master).
+        for prec_tag, prec in (("", []), ("bf16_zero1_", BF16_ZERO1)):
+            ref_tag = f"resume_{prec_tag}ref"
+            rc, _, err = run([T] + common + prec + ["--steps", "4", "--ckpt-dir", f"{d}/{ref_tag}", "--metrics",
+                                                    f"{d}/{ref_tag}.jsonl"])
+            check(f"{ref_tag} runs", rc == 0, err[-1500:])
+            ref = result(d, ref_tag, 4)
+            for first, second in (("optimizer", "none"), ("none", "optimizer")):
+                tag = f"resume_{prec_tag}{first}_to_{second}"
+                mode_flags = {"optimizer": offload, "none": ["--offload", "none"]}
+                rc, _, err = run([T] + common + prec + mode_flags[first] + [
+                    "--steps", "4", "--stop-after", "2", "--ckpt-dir", f"{d}/{tag}", "--metrics", f"{d}/{tag}.jsonl"])
+                check(f"{tag}: first half", rc == 0, err[-1500:])
+                rc, _, err = run([T, "train", "--resume", f"{d}/{tag}", "--ckpt-dir", f"{d}/{tag}", "--metrics",
+                                  f"{d}/{tag}.jsonl"] + mode_flags[second])
+                check(f"{tag}: resumed", rc == 0, err[-1500:])
+                if rc == 0:
+                    r = result(d, tag, 4)
+                    same_run(tag, ref, r)
+                    if prec:
+                        check(f"{tag}: the resumed run held the master as asked",
+                              (r[3][-1]["memory"]["offloaded"] > 8 * N_ALLOCATED) == (second == "optimizer"),
+                              str(r[3][-1]["memory"]))
 
         # 3. A killed run: checkpoint intact, offload file useless and removable, resume works.
         tag = "killed"

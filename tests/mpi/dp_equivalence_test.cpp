@@ -22,11 +22,14 @@
 #include <bit>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <span>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "comm/communicator.h"
 #include "comm/mesh.h"
@@ -431,6 +434,71 @@ TEST(DpMemory, SixteenBitGradientsTakeTwoBytesPerShardElement) {
                   zero, shard, at_rest[GradDType::kBf16][1], at_rest[GradDType::kFp32][1], h.grads, f.grads);
     }
   }
+}
+
+// --offload optimizer under bf16 at ZeRO 1-2: the sharded master's fp32 shard joins the moments
+// in the offload file. At rest after a step the tracker holds the 16-bit copy and the value-read
+// parameters' fp32 values as parameters (nothing of the master), the flat gradients (ZeRO-1) or
+// the gradient shard, and three staging blocks of three parts (two where the rank's shard holds
+// no master element); `offloaded` is 8 bytes per shard
+// element plus 4 per master element. The planner (and so the start-up memory check) says the
+// same for its worst rank: the largest master shard of any dp rank, on disk.
+TEST(DpMemory, OffloadedMasterIsOnDiskNotResident) {
+  const double N = dp_mesh().size();
+  const std::string dir = "/tmp/trident-dpmem-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  constexpr int kBlockKib = 16;
+  for (int zero = 1; zero <= 2; ++zero) {
+    MemoryTracker t;
+    EngineOptions o = options(zero, 0.02);
+    o.precision = kernels::Precision::kBf16;
+    o.offload = optim::OffloadOptions{optim::OffloadKind::kOptimizer, dir, kBlockKib};
+    Engine e(dp_mesh(), model(), o, t, kBatch, kSeq, 1);
+    e.initialize(1);
+    e.train_step(batch_for(0, e.config().vocab_size), kLr);
+    const nn::ParameterSet& ps = e.model().params();
+    ASSERT_NE(e.data_parallel()->master(), nullptr);
+    const double psi = static_cast<double>(ps.total_numel());
+    const double shard = static_cast<double>(e.data_parallel()->layout().numel());
+    int64_t operand = 0;
+    for (const auto& [lo, hi] : operand_only_runs(ps)) operand += hi - lo;
+    const int64_t mine = operand_only_elems(ps, e.data_parallel()->layout().pieces());
+    const double want_p = 2 * psi + 4 * static_cast<double>(psi - operand);
+    const double want_g = zero >= 2 ? 4 * shard : 4 * psi;
+    // A rank whose shard holds no operand-only element (at dp 4, the one holding wte) keeps two parts.
+    const double want_o = 3.0 * (mine > 0 ? 3 : 2) * kBlockKib * 1024;
+    const double want_off = 8 * shard + 4 * static_cast<double>(mine);
+    const double got_p = static_cast<double>(t.current(MemCategory::kParameters));
+    const double got_off = static_cast<double>(t.current(MemCategory::kOffloaded));
+    if (is_rank0()) {
+      std::printf("[dp %.0f bf16 offload] zero %d  Psi %.0f  params %.0f (%.3f bytes/param)  offloaded %.0f\n", N, zero,
+                  psi, got_p, got_p / psi, got_off);
+    }
+    EXPECT_EQ(got_p, want_p) << "zero " << zero;
+    EXPECT_EQ(static_cast<double>(t.current(MemCategory::kGradients)), want_g) << "zero " << zero;
+    EXPECT_EQ(static_cast<double>(t.current(MemCategory::kOptimizerState)), want_o) << "zero " << zero;
+    EXPECT_EQ(got_off, want_off) << "zero " << zero;
+    plan::PlanRequest req;
+    req.model = model();
+    req.world = static_cast<int>(N);
+    req.batch_size = kBatch;
+    req.seq_len = kSeq;
+    req.precision = kernels::Precision::kBf16;
+    req.offload_optimizer = true;
+    req.offload_block_bytes = kBlockKib * 1024.0;
+    plan::Layout l;
+    l.dp = static_cast<int>(N);
+    l.zero = zero;
+    int64_t most = mine;
+    dp_mesh().world().allreduce(std::span<int64_t>(&most, 1), comm::ReduceOp::kMax).wait();
+    const plan::MemoryBreakdown p = plan::predict_memory(req, l).worst();
+    EXPECT_EQ(p.params, want_p) << "zero " << zero;
+    EXPECT_EQ(p.optimizer, 3.0 * (most > 0 ? 3 : 2) * kBlockKib * 1024) << "zero " << zero;
+    // The planner's worst rank: the first dp rank's shard (the ceiling) and the largest master.
+    const double worst_shard = std::ceil(psi / N);
+    EXPECT_EQ(p.offloaded, 8 * worst_shard + 4 * static_cast<double>(most)) << "zero " << zero;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 // A checkpoint's logical tensors (values and both moments) are the same whichever layout wrote

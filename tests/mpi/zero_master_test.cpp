@@ -8,13 +8,23 @@
 // is rounded with the same keys (logical indices), so any difference is a bug. Memory: the
 // parameters' bytes are exactly 2 Psi (the copy) + 4 Psi_v (value-read, full) + 4 x this rank's
 // shard of the operand-only parameters.
+// --offload optimizer (the "_offload" cases): the master shard lives in the offload file with the
+// moments (16 KiB blocks, so runs of the master cross blocks and some blocks hold none), the
+// copy rounded from each block as it streams through the update; against the same full-fp32
+// reference without offload, bitwise the same, and after the mid-run move (the load writes the
+// store, the copy is then read back from it). Memory: the parameters' bytes drop by the master,
+// `offloaded` holds 8 bytes per shard element plus 4 per master element, and the staging blocks
+// hold three parts; the non-finite check finds a NaN loaded into the offloaded master.
 // ranks: 2 3
 #include <gtest/gtest.h>
 
 #include <bit>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
+#include <unistd.h>
 #include <memory>
 #include <string>
 #include <vector>
@@ -57,21 +67,42 @@ struct Case {
   kernels::Precision precision;
   bool stochastic;
   int micro;
+  bool offload = false;  // --offload optimizer: the master shard on disk
   std::string name() const {
     std::string s = model + "_zero" + std::to_string(zero) + "_" +
                     std::string(kernels::precision_names()[static_cast<int>(precision)]) +
-                    (stochastic ? "_sr" : "") + "_micro" + std::to_string(micro);
+                    (stochastic ? "_sr" : "") + "_micro" + std::to_string(micro) + (offload ? "_offload" : "");
     for (char& ch : s) ch = ch == '-' ? '_' : ch;
     return s;
   }
 };
 
-EngineOptions options(const Case& c, bool shard) {
+// This process's offload directory (the files are named by world rank; one directory per process
+// keeps the cleanup local), removed at exit.
+struct OffloadDir {
+  std::filesystem::path path;
+  OffloadDir() {
+    path = std::filesystem::temp_directory_path() / ("trident-zero-master-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(path);
+  }
+  ~OffloadDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+const std::string& offload_dir() {
+  static const OffloadDir dir;
+  return dir.path.native();
+}
+constexpr int kBlockKib = 16;
+
+EngineOptions options(const Case& c, bool shard, bool offload = false) {
   EngineOptions o;
   o.zero = c.zero;
   o.precision = c.precision;
   o.stochastic_rounding = c.stochastic;
   o.shard_master = shard;
+  if (offload) o.offload = optim::OffloadOptions{optim::OffloadKind::kOptimizer, offload_dir(), kBlockKib};
   o.bucket_mb = 0.02;  // several buckets
   // fp16: a scale the tiny model's gradients do not overflow at, so steps are applied (a
   // skipped one, which changes nothing, is what an overflow would give both runs alike).
@@ -109,9 +140,11 @@ void step(Engine& e, int s, MasterRun& r) {
   r.norms.push_back(st.grad_norm);
 }
 
+// The sharded master (with c.offload as the case says), or the full fp32 values without offload.
 MasterRun train(const Case& c, bool shard, int moved_at = -1) {
   MemoryTracker t;
-  auto e = std::make_unique<Engine>(mesh(), model(c.model), options(c, shard), t, kBatch, kSeq, c.micro);
+  const bool offload = shard && c.offload;
+  auto e = std::make_unique<Engine>(mesh(), model(c.model), options(c, shard, offload), t, kBatch, kSeq, c.micro);
   e->set_rounding_seed(77);
   e->initialize(5);
   MasterRun r;
@@ -120,7 +153,8 @@ MasterRun train(const Case& c, bool shard, int moved_at = -1) {
     if (s == moved_at) {  // the state into a fresh engine, as a resume loads it
       const State st = state_of(*e);
       const int64_t updates = e->optimizer_step();
-      auto f = std::make_unique<Engine>(mesh(), model(c.model), options(c, shard), t2, kBatch, kSeq, c.micro);
+      e.reset();  // its offload file goes before the fresh engine takes the name
+      auto f = std::make_unique<Engine>(mesh(), model(c.model), options(c, shard, offload), t2, kBatch, kSeq, c.micro);
       f->set_rounding_seed(77);
       for (const nn::ParamInfo& p : f->model().params().infos()) {
         f->load_param(p.name, st.at(p.name).data());
@@ -179,6 +213,11 @@ std::vector<Case> cases() {
     }
   }
   out.push_back({"tiny", 2, P::kBf16, true, 2});
+  // The master offloaded: nearest and stochastic bf16, fp16, both models, both stages.
+  out.push_back({"tiny", 1, P::kBf16, false, 1, true});
+  out.push_back({"tiny", 2, P::kBf16, true, 2, true});
+  out.push_back({"llama-untied", 1, P::kBf16, true, 1, true});
+  out.push_back({"llama-untied", 2, P::kFp16, false, 1, true});
   return out;
 }
 
@@ -208,6 +247,56 @@ TEST(ZeroMasterMemory, ParametersTakeTwoPlusFourOverNBytesPerOperandOnlyElement)
       std::printf("[dp %d] zero %d bf16 sharded master: parameters %zu B = %.3f bytes/param (full fp32 + copy: 6)\n",
                   mesh().size(), zero, t.current(MemCategory::kParameters),
                   static_cast<double>(t.current(MemCategory::kParameters)) / static_cast<double>(psi));
+    }
+  }
+}
+
+// --offload optimizer: the master leaves memory for the offload file's values part. At rest
+// after a step the parameters hold the copy and the value-read values only; `offloaded` is both
+// moments of the shard plus this rank's master; the optimizer's resident bytes are three staging
+// blocks of three parts.
+TEST(ZeroMasterMemory, OffloadedMasterLeavesTheCopyAndTheValueReadValues) {
+  for (int zero : {1, 2}) {
+    MemoryTracker t;
+    const Case c{"tiny", zero, kernels::Precision::kBf16, false, 1, true};
+    Engine e(mesh(), model(c.model), options(c, true, true), t, kBatch, kSeq, 1);
+    e.initialize(5);
+    e.train_step(test::synthetic_batch(0, e.config().vocab_size, kSeq), kLr);
+    const nn::ParameterSet& ps = e.model().params();
+    const DataParallel& dp = *e.data_parallel();
+    ASSERT_NE(dp.master(), nullptr);
+    ASSERT_TRUE(dp.master()->offloaded());
+    int64_t operand = 0;
+    for (const auto& [lo, hi] : operand_only_runs(ps)) operand += hi - lo;
+    const int64_t psi = ps.total_numel(), mine = operand_only_elems(ps, dp.layout().pieces());
+    const int64_t shard = dp.layout().numel();
+    EXPECT_EQ(mine, dp.master()->numel());
+    EXPECT_GT(mine, 0);
+    EXPECT_EQ(static_cast<double>(t.current(MemCategory::kParameters)), 2.0 * psi + 4.0 * (psi - operand))
+        << "zero " << zero;
+    EXPECT_EQ(t.current(MemCategory::kOffloaded), static_cast<std::size_t>(8 * shard + 4 * mine)) << "zero " << zero;
+    EXPECT_EQ(t.current(MemCategory::kOptimizerState), static_cast<std::size_t>(3 * 3 * kBlockKib * 1024))
+        << "zero " << zero;
+    // The non-finite check (run before every checkpoint) reads the master from the file: a NaN
+    // loaded into the last layer matrix is found and named.
+    EXPECT_EQ(e.find_nonfinite_state(), "");
+    const nn::ParamInfo* last = nullptr;
+    for (const nn::ParamInfo& p : ps.infos()) {
+      if (p.operand_only) last = &p;
+    }
+    ASSERT_NE(last, nullptr);
+    std::vector<float> v(static_cast<std::size_t>(shape_numel(last->logical_shape)));
+    e.gather_param(last->name, last->logical_shape, v.data());
+    mesh().world().broadcast(std::span<float>(v), 0).wait();
+    v.back() = std::nanf("");
+    e.load_param(last->name, v.data());
+    const std::string found = e.find_nonfinite_state();
+    EXPECT_NE(found.find(last->name + " (weights)"), std::string::npos) << found;
+    if (mesh().rank() == 0) {
+      std::printf("[dp %d] zero %d bf16 offloaded master: parameters %zu B = %.3f bytes/param, offloaded %zu B\n",
+                  mesh().size(), zero, t.current(MemCategory::kParameters),
+                  static_cast<double>(t.current(MemCategory::kParameters)) / static_cast<double>(psi),
+                  t.current(MemCategory::kOffloaded));
     }
   }
 }

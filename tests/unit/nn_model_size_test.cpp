@@ -69,9 +69,17 @@ TEST(ModelSize, DuplicateNamesAreStillRefused) {
 TEST(ModelSize, MemoryLowerBoundAndAvailability) {
   const ModelConfig g = model_preset("gpt2");
   EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4), 16.0 * 124439808 / 4);
+  // Offloaded moments: the weights and gradients stay, 4 + 4 bytes; in bf16/fp16 the ZeRO-1/2 fp32
+  // master can go to disk too, leaving the 16-bit copy and the gradients, 2 + 4; with the ZeRO-3
+  // shard offloaded, the gradient shard's 4.
+  EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4, true), 8.0 * 124439808 / 4);
+  EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4, true, false, true), 6.0 * 124439808 / 4);
+  EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4, true, true, true), 4.0 * 124439808 / 4);
+  EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4, false, false, true), 16.0 * 124439808 / 4);
   // 16-bit gradients (--grad-dtype): 2 bytes of the gradients' 4, with or without offload.
-  EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4, false, false, true), 14.0 * 124439808 / 4);
-  EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4, true, true, true), 2.0 * 124439808 / 4);
+  EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4, false, false, true, true), 14.0 * 124439808 / 4);
+  EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4, true, false, true, true), 4.0 * 124439808 / 4);
+  EXPECT_DOUBLE_EQ(train::lower_bound_bytes_per_rank(g, 4, true, true, true, true), 2.0 * 124439808 / 4);
   const auto avail = train::available_memory_bytes();
   ASSERT_TRUE(avail.has_value()) << "Linux has /proc/meminfo";
   EXPECT_GT(*avail, 0.0);

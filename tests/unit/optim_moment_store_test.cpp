@@ -112,7 +112,11 @@ TEST(MomentStore, RandomAccessAcrossBlocksKeepsNeighbours) {
   EXPECT_EQ(back, v);
   // update() sees what write() stored, block by block, and its changes persist.
   int64_t seen = 0;
-  store->update([&](int64_t b, int64_t count, float* bm, float* bv, float*) {
+  store->update([&](const MomentStore::Block& blk) {
+    const int64_t b = blk.begin, count = blk.count;
+    float* bm = blk.m;
+    float* bv = blk.v;
+    EXPECT_EQ(blk.w, nullptr);
     EXPECT_EQ(b, seen);
     for (int64_t i = 0; i < count; ++i) {
       EXPECT_EQ(bm[i], m[static_cast<std::size_t>(b + i)]);
@@ -139,7 +143,7 @@ TEST(MomentStore, ValuesInTheStoreAndTheirPrefetch) {
   AdamWConfig cfg;
   AdamW mem(ps, tracker, cfg);
   AdamW off(ps, tracker, cfg, 0, -1,
-            make_offloaded_moment_store(tracker, n, (dir.path / "m.state").string(), kBlock, /*values=*/true));
+            make_offloaded_moment_store(tracker, n, (dir.path / "m.state").string(), kBlock, ValueRuns{{0, n}}));
   ASSERT_TRUE(off.moments().holds_values());
   std::vector<float> w(static_cast<std::size_t>(n)), g(w.size());
   fill(w, 3);
@@ -174,6 +178,80 @@ TEST(MomentStore, ValuesInTheStoreAndTheirPrefetch) {
   EXPECT_THROW(mem.moments().read(2, 0, 1, back.data()), Error);  // the in-memory store has none
 }
 
+// ZeRO-1/2's offloaded fp32 master: the store holds the values of some elements only (runs in
+// store indices, cut by block boundaries and empty in some blocks), indexed by value index. Each
+// update block hands over exactly the values of its elements in the runs, write() and read() by
+// value index keep the neighbours (also inside a part that is not whole pages), and the disk
+// holds 8 bytes per element plus 4 per value.
+TEST(MomentStore, SomeValuesInTheStore) {
+  TempDir dir;
+  MemoryTracker tracker;
+  const int64_t n = 5000;  // kBlock / 4 = 1024 elements a block: 5 blocks
+  const int64_t block = kBlock / static_cast<int64_t>(sizeof(float));
+  const ValueRuns runs = {{10, 20}, {1000, 2100}, {2100, 2101}, {4500, 5000}};  // block 3 holds none
+  int64_t held = 0;
+  for (const auto& [a, b] : runs) held += b - a;
+  auto store = make_offloaded_moment_store(tracker, n, (dir.path / "m.state").string(), kBlock, runs);
+  EXPECT_EQ(store->value_count(), held);
+  EXPECT_FALSE(store->holds_values());
+  EXPECT_EQ(tracker.current(MemCategory::kOffloaded), static_cast<std::size_t>(8 * n + 4 * held));
+  EXPECT_EQ(tracker.current(MemCategory::kOptimizerState), static_cast<std::size_t>(3 * 3 * kBlock));
+  std::vector<float> w(static_cast<std::size_t>(held)), m(static_cast<std::size_t>(n));
+  fill(w, 11);
+  fill(m, 12);
+  store->write(2, 0, held, w.data());
+  store->write(0, 0, n, m.data());
+  std::vector<float> piece(300, -3.0f);  // value indices 5..305: runs 0 and 1, blocks 0 and 0-1
+  store->write(2, 5, 300, piece.data());
+  std::copy(piece.begin(), piece.end(), w.begin() + 5);
+  std::vector<float> back(w.size());
+  store->read(2, 0, held, back.data());
+  EXPECT_EQ(back, w);
+  // The value index of store element e (-1: none held).
+  auto value_of = [&](int64_t e) {
+    int64_t at = 0;
+    for (const auto& [a, b] : runs) {
+      if (e >= a && e < b) return at + (e - a);
+      at += b - a;
+    }
+    return int64_t{-1};
+  };
+  int64_t seen = 0, values_seen = 0;
+  store->update([&](const MomentStore::Block& blk) {
+    ASSERT_NE(blk.w, nullptr);
+    EXPECT_EQ(blk.begin, seen);
+    EXPECT_EQ(blk.w_first, values_seen);
+    int64_t count = 0;
+    for (int64_t e = blk.begin; e < blk.begin + blk.count; ++e) {
+      const int64_t v = value_of(e);
+      if (v < 0) continue;
+      EXPECT_EQ(v, blk.w_first + count) << "element " << e;
+      EXPECT_EQ(blk.w[count], w[static_cast<std::size_t>(v)]) << "element " << e;
+      blk.w[count] += 1.0f;
+      ++count;
+    }
+    EXPECT_EQ(blk.w_count, count) << "block at " << blk.begin;
+    EXPECT_EQ(blk.m[0], m[static_cast<std::size_t>(blk.begin)]);
+    if (blk.begin == 3 * block) {
+      EXPECT_EQ(count, 0);
+    }
+    seen += blk.count;
+    values_seen += count;
+  });
+  EXPECT_EQ(seen, n);
+  EXPECT_EQ(values_seen, held);
+  store->read(2, 0, held, back.data());
+  for (std::size_t i = 0; i < w.size(); ++i) ASSERT_EQ(back[i], w[i] + 1.0f) << "value " << i;
+  std::vector<float> mb(m.size());
+  store->read(0, 0, n, mb.data());
+  EXPECT_EQ(mb, m);
+  EXPECT_THROW(store->read(2, held - 1, 2, back.data()), Error);  // past the values held
+  EXPECT_THROW(store->prefetch(2, 0, 1), Error);  // prefetch is ZeRO-3's, of every element's values
+  EXPECT_THROW(make_offloaded_moment_store(tracker, n, (dir.path / "x.state").string(), kBlock,
+                                           ValueRuns{{10, 20}, {15, 30}}),
+               Error);  // overlapping runs
+}
+
 // A store holding values holds every element: frozen parameters (no moments) are refused.
 TEST(MomentStore, ValuesWithFrozenParametersAreRefused) {
   TempDir dir;
@@ -182,7 +260,8 @@ TEST(MomentStore, ValuesWithFrozenParametersAreRefused) {
   const int64_t trained = AdamW::moment_count(ps);
   try {
     AdamW off(ps, tracker, AdamWConfig{}, 0, -1,
-              make_offloaded_moment_store(tracker, trained, (dir.path / "m.state").string(), kBlock, true));
+              make_offloaded_moment_store(tracker, trained, (dir.path / "m.state").string(), kBlock,
+                                          ValueRuns{{0, trained}}));
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("use --offload optimizer"), std::string::npos) << e.what();

@@ -152,6 +152,41 @@ TEST(PlanMemory, OffloadMovesTheMomentsToDiskLeavingStagingResident) {
   EXPECT_DOUBLE_EQ(predict_memory(r, v).worst().optimizer, 2 * 6 * 64 * 1024);
 }
 
+// --offload optimizer in bf16 at ZeRO 1 on one rank: the sharded master (the layer matrices,
+// 8 x 12 C^2 = 98,304 operand-only elements of tiny's 136,512) goes to disk with the moments:
+// offloaded 8 x 136,512 + 4 x 98,304 = 1,485,312 B; the parameters keep the 16-bit copy of every
+// element and the fp32 values of the rest, 2 x 136,512 + 4 x 38,208 = 425,856 B (without offload
+// + 4 x 98,304 = 819,072 B); the staging blocks hold three parts (9 x 64 KiB). ZeRO 0 keeps the
+// fp32 values in memory (no sharded master there): 6 bytes an element, the moments alone on disk.
+TEST(PlanMemory, OffloadTakesTheBf16MasterToDiskAtZero1And2) {
+  PlanRequest r = request(1, 4);
+  r.precision = kernels::Precision::kBf16;
+  r.offload_optimizer = true;
+  r.offload_block_bytes = 64 * 1024;
+  PlanRequest plain = r;
+  plain.offload_optimizer = false;
+  constexpr double kOperand = L * 12 * C * C;
+  ASSERT_DOUBLE_EQ(kPsi, 136512);
+  ASSERT_DOUBLE_EQ(kOperand, 98304);
+  Layout l;
+  l.zero = 1;
+  const MemoryBreakdown on = predict_memory(r, l).worst(), off = predict_memory(plain, l).worst();
+  EXPECT_DOUBLE_EQ(on.offloaded, 1485312);
+  EXPECT_DOUBLE_EQ(on.params, 425856);
+  EXPECT_DOUBLE_EQ(off.params, 819072);
+  EXPECT_DOUBLE_EQ(on.optimizer, 9 * 64 * 1024);
+  EXPECT_DOUBLE_EQ(on.grads, off.grads);
+  l.zero = 2;  // one rank: the shard is the whole model, the same bytes on disk and resident
+  const MemoryBreakdown z2 = predict_memory(r, l).worst();
+  EXPECT_DOUBLE_EQ(z2.offloaded, 1485312);
+  EXPECT_DOUBLE_EQ(z2.params, 425856);
+  l.zero = 0;
+  const MemoryBreakdown z0 = predict_memory(r, l).worst();
+  EXPECT_DOUBLE_EQ(z0.params, 6 * kPsi);
+  EXPECT_DOUBLE_EQ(z0.offloaded, 8 * kPsi);
+  EXPECT_DOUBLE_EQ(z0.optimizer, 6 * 64 * 1024);
+}
+
 // --offload optimizer+params at ZeRO 3: the value shard joins the moments on disk (12 bytes per
 // shard element), the staging blocks hold three parts, and the resident parameters are the two
 // gathered groups plus two shard slices of the largest group (pages of slack at both ends).

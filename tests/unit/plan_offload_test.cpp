@@ -274,6 +274,44 @@ TEST(PlanOffload, AutoTriesZero3WithTheParametersOffloadedAtOneRank) {
   EXPECT_NE(e.find("even with --offload optimizer+params"), std::string::npos) << e;
 }
 
+// bf16 at one rank: the one-rank layout is ZeRO 0, which keeps its fp32 values in memory with the
+// moments on disk; ZeRO 1 there is the same math with the fp32 master on disk too, so an
+// offloaded one-rank row takes it when smaller. By hand (tiny, 4 KiB blocks): ZeRO 0 holds 6
+// bytes of parameters an element and 6 staging pages; ZeRO 1 the copy and the value-read values
+// (2 + 4 Psi_v / Psi), 9 pages, and DataParallel's scratch copy of the tied embedding's gradient
+// (Vp x C = 32,768 floats): 4 x 98,304 (the master) - 3 x 4096 - 4 x 32,768 = 249,856 bytes less.
+// In fp32 there is no sharded master: the row stays ZeRO 0.
+TEST(PlanOffload, Bf16AtOneRankOffloadsTheMasterAsZero1) {
+  PlanRequest r = request(1);
+  r.precision = kernels::Precision::kBf16;
+  r.offload_auto = true;
+  r.micro_batches = 1;
+  FlopComputeModel compute(r.model, 1e9, 1e9);
+  const MachineModel m = machine(1, 1e9, 1e9);
+  Layout z0;
+  z0.offload = true;
+  Layout z1 = z0;
+  z1.zero = 1;
+  const double t0 = predict_memory(r, z0).worst().total(), t1 = predict_memory(r, z1).worst().total();
+  EXPECT_DOUBLE_EQ(t0 - t1, 249856);
+  r.memory_per_rank = 0.5 * (t0 + t1);
+  const Plan p = make_plan(r, compute, m);
+  ASSERT_GT(p.fitting(), 0);
+  for (const PlanRow& row : p.rows) {
+    if (!row.fits) continue;
+    const Layout& l = row.layout;
+    EXPECT_TRUE(l.dp == 1 && l.zero == 1 && l.offload && !l.offload_params) << l.train_flags();
+    EXPECT_NE(l.train_flags().find("--zero 1"), std::string::npos) << l.train_flags();
+    EXPECT_NE(l.train_flags().find("--offload optimizer"), std::string::npos) << l.train_flags();
+  }
+  r.precision = kernels::Precision::kFp32;
+  r.memory_per_rank = predict_memory(r, z0).worst().total();
+  const Plan q = make_plan(r, compute, m);
+  ASSERT_GT(q.fitting(), 0);
+  EXPECT_EQ(q.rows.front().layout.zero, 0) << q.rows.front().layout.train_flags();
+  EXPECT_TRUE(q.rows.front().layout.offload);
+}
+
 // Staging blocks larger than the moments (tiny's 8Ψ ~ 1 MiB against 24 MiB of 4 MiB blocks):
 // offload would not shrink any layout, so auto proposes none and the refusal says why.
 TEST(PlanOffload, AutoSkipsOffloadThatWouldNotShrinkTheLayout) {

@@ -103,7 +103,7 @@ TEST(AdamWValuesAt, TwoBuffersCutAnywhereAreBitwiseOnePass) {
   // `two` keeps flat [cut_lo, cut_hi) in another buffer (inside p0's decay range and p2's).
   const int64_t cut_lo = 333, cut_hi = 1200;
   std::vector<float> flat = w, other(w.begin() + cut_lo, w.begin() + cut_hi);
-  const optim::AdamW::ValuesAt at = [&](int64_t f, int64_t k) -> std::pair<float*, int64_t> {
+  const optim::AdamW::ValuesAt at = [&](int64_t f, int64_t k, const optim::MomentStore::Block&) -> std::pair<float*, int64_t> {
     if (f >= cut_lo && f < cut_hi) return {other.data() + (f - cut_lo), std::min(k, cut_hi - f)};
     return {flat.data() + f, f < cut_lo ? std::min(k, cut_lo - f) : k};
   };
