@@ -39,24 +39,27 @@ std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t c
   return out;
 }
 
-std::vector<int> group_working_params(const nn::ParameterSet& params, int g) {
-  std::vector<int> ids;
+std::vector<std::vector<int>> group_working_params(const nn::ParameterSet& params) {
+  // One pass over the parameters (a deep model has as many groups as layers: a pass per group
+  // would be quadratic, minutes for 10^5 layers in the start-up memory check).
+  std::vector<std::vector<int>> ids(static_cast<std::size_t>(params.num_groups()));
   for (int id = 0; id < params.size(); ++id) {
-    if (params.info(id).group == g && params.info(id).grad_offset >= 0) ids.push_back(id);
+    const nn::ParamInfo& p = params.info(id);
+    if (p.grad_offset >= 0) ids.at(static_cast<std::size_t>(p.group)).push_back(id);
   }
   const int tied = params.find_tied();
-  if (g >= 0 && g == params.find_group(nn::GroupRole::kHead) && tied >= 0 && params.info(tied).group != g &&
-      params.info(tied).grad_offset >= 0) {
-    ids.push_back(tied);
+  const int head = params.find_group(nn::GroupRole::kHead);
+  if (head >= 0 && tied >= 0 && params.info(tied).group != head && params.info(tied).grad_offset >= 0) {
+    ids[static_cast<std::size_t>(head)].push_back(tied);
   }
   return ids;
 }
 
 int64_t group_working_elems(const nn::ParameterSet& params) {
   int64_t most = 0;
-  for (int g = 0; g < params.num_groups(); ++g) {
+  for (const std::vector<int>& group : group_working_params(params)) {
     int64_t n = 0;
-    for (int id : group_working_params(params, g)) n += params.info(id).numel;
+    for (int id : group) n += params.info(id).numel;
     most = std::max(most, n);
   }
   return most;
@@ -138,7 +141,8 @@ DataParallel::DataParallel(nn::ParameterSet& params, comm::Communicator& dp, Mem
     flat16_on_ = true;
     flat16_ = GradShard(tracker_, params_.grad_numel(), options_.grad_dtype);
     working_.resize(static_cast<std::size_t>(params_.num_groups()));
-    for (int g = 0; g < params_.num_groups(); ++g) working_[static_cast<std::size_t>(g)].ids = group_working_params(params_, g);
+    std::vector<std::vector<int>> ids = group_working_params(params_);
+    for (std::size_t g = 0; g < ids.size(); ++g) working_[g].ids = std::move(ids[g]);
   }
   if (options_.zero >= 2) {
     // The flat gradients (zeros at construction) go first, so the start-up peak never holds both.

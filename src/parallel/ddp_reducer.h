@@ -124,11 +124,11 @@ struct BucketSpan {
 };
 std::vector<BucketSpan> assign_buckets(const nn::ParameterSet& params, int64_t cap_elems, bool grad_layout = false);
 
-// ZeRO 0-1 with 16-bit gradients: the parameters whose gradients layer group g's backward writes
+// ZeRO 0-1 with 16-bit gradients: per layer group g, the parameters whose gradients g's backward writes
 // into its fp32 working buffer (its trained parameters; the head group also the tied embedding
 // when this stage holds it, which the head's backward writes first), and the most elements any
 // group's set holds (one set is live at a time: the reducer's and the planner's count).
-std::vector<int> group_working_params(const nn::ParameterSet& params, int g);
+std::vector<std::vector<int>> group_working_params(const nn::ParameterSet& params);
 int64_t group_working_elems(const nn::ParameterSet& params);
 
 class DataParallel : public nn::ModelHooks {
