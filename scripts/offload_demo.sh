@@ -25,7 +25,7 @@ STEPS=3
 DIR=runs/offload_demo
 CKPT=0
 OFFLOAD=(--zero 1 --offload optimizer)
-PLAN_OFFLOAD=(--zero 1 --offload optimizer)
+PLAN_OFFLOAD=(--offload optimizer)
 PARAMS=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
